@@ -1,0 +1,77 @@
+"""One error type for everything a user can get wrong.
+
+Every problem vaultpy reports is a :class:`Problem`: the file it is about, the
+field (a TOML table path, a secret id, a host name …), what is wrong and how to
+fix it.  It renders as one line::
+
+    hosts.toml: hosts.web1.pubkey: not an ssh-ed25519 or age1 public key; use …
+
+:class:`VaultpyError` carries one or more problems.  The CLI prints each on its
+own line and exits 1; library users catch the exception and read ``problems``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as the user would type it: relative to the working directory when below it."""
+    p = Path(path)
+    try:
+        rel = p.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return str(p)
+    return str(rel) if str(rel) != "." else str(p)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A single, user-facing problem: where, what, and what to do next."""
+
+    file: str
+    message: str
+    field: str = ""
+    hint: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.field:
+            parts.append(self.field)
+        text = ": ".join([*parts, self.message])
+        if self.hint:
+            text += f"; {self.hint}"
+        return text
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "field": self.field, "message": self.message,
+                "hint": self.hint}
+
+
+class VaultpyError(Exception):
+    """Raised for any problem the user can fix.  ``problems`` holds one or more lines."""
+
+    def __init__(self, problems: Problem | list[Problem]) -> None:
+        self.problems: list[Problem] = problems if isinstance(problems, list) else [problems]
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def fail(file: str | os.PathLike[str], message: str, *, field: str = "",
+         hint: str = "") -> VaultpyError:
+    """Build (not raise) a one-problem error; ``raise fail(...)`` reads naturally."""
+    return VaultpyError(Problem(display_path(file), message, field, hint))
+
+
+def os_problem(path: str | os.PathLike[str], exc: OSError, action: str) -> Problem:
+    """Turn an OSError into a readable problem without a traceback."""
+    reason = exc.strerror or str(exc)
+    hint = ""
+    if isinstance(exc, PermissionError):
+        hint = "check the file's permissions or run as a user who can read it"
+    elif isinstance(exc, FileNotFoundError):
+        hint = "check the path"
+    elif isinstance(exc, IsADirectoryError):
+        hint = "point it at a file, not a directory"
+    return Problem(display_path(path), f"cannot {action}: {reason}", "", hint)
