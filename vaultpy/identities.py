@@ -1,0 +1,38 @@
+"""Which identity files to use, in order of precedence (DESIGN §6b):
+
+``-i FILE`` (repeatable) > ``VAULTPY_IDENTITY`` (``:``-separated) >
+``[vaultpy] identity`` in hosts.toml > ``~/.config/vaultpy/master.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from vaultpy import age
+from vaultpy.errors import Problem, VaultpyError
+from vaultpy.model import DEFAULT_IDENTITY, Config
+
+
+def identity_paths(cfg: Config, explicit: Sequence[Path] = ()) -> list[Path]:
+    if explicit:
+        return list(explicit)
+    env = os.environ.get("VAULTPY_IDENTITY")
+    if env:
+        return [Path(os.path.expanduser(p)) for p in env.split(":") if p]
+    if cfg.identity is not None:
+        return [cfg.identity]
+    default = Path(os.path.expanduser(DEFAULT_IDENTITY))
+    if default.exists():
+        return [default]
+    raise VaultpyError(Problem("hosts.toml", "no master identity to decrypt with",
+                               "vaultpy.identity",
+                               "pass -i FILE, set VAULTPY_IDENTITY, or set [vaultpy] "
+                               "identity"))
+
+
+def load(cfg: Config, explicit: Sequence[Path] = (),
+         ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> list[age.Identity]:
+    """Read and unlock every identity once (one passphrase prompt per file)."""
+    return age.load_identities(identity_paths(cfg, explicit), ask)

@@ -1,0 +1,474 @@
+"""hosts.toml → a typed, immutable :class:`Config` (schema version 1, DESIGN §2).
+
+:func:`load` validates everything and reports *all* problems of a file in one
+:class:`~vaultpy.errors.VaultpyError`, one line each, naming the file, the TOML
+table path and the fix.  Nothing here touches the disk beyond reading
+hosts.toml; whether master files exist is the business of the commands.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from vaultpy import templates
+from vaultpy.age import normalize_recipient
+from vaultpy.errors import Problem, VaultpyError, display_path
+
+FILENAME = "hosts.toml"
+ID_RE = re.compile(templates.ID_PATTERN)
+ID_MAX = 128
+USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
+UNIT_RE = re.compile(r"[^\s/]+")
+DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
+HOST_KEY_HINT = "use the host's /etc/ssh/ssh_host_ed25519_key.pub (or an age1… key)"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A master secret: ``secrets/<id>.age``, encrypted to the master recipients."""
+
+    id: str
+    file: Path
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how a file lands on the host (fields shared by secrets and templates)."""
+
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0400"
+    path: str | None = None
+    restart_units: tuple[str, ...] = ()
+    reload_units: tuple[str, ...] = ()
+    early: bool = False
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Secret ``id`` installed on a host as file ``name``."""
+
+    id: str
+    name: str
+    out: Output = field(default_factory=Output)
+
+
+@dataclass(frozen=True)
+class Template:
+    """Non-secret text with placeholders, rendered on the host into file ``name``."""
+
+    name: str
+    content: str
+    trim: bool
+    refs: tuple[str, ...]
+    out: Output = field(default_factory=Output)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    recipients: tuple[str, ...]
+    deployments: tuple[Deployment, ...]
+    templates: tuple[Template, ...]
+
+    @property
+    def needed(self) -> tuple[str, ...]:
+        """Every secret id whose ciphertext the host receives (installed or used by a
+        template), sorted."""
+        ids = {d.id for d in self.deployments}
+        for t in self.templates:
+            ids.update(t.refs)
+        return tuple(sorted(ids))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    recipients: tuple[str, ...]
+    identity: Path | None
+    secrets_dir: Path
+    cache_dir: Path
+    secrets: Mapping[str, Secret]
+    hosts: Mapping[str, Host]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.cache_dir / ".vaultpy.lock"
+
+    def secret(self, secret_id: str) -> Secret:
+        try:
+            return self.secrets[secret_id]
+        except KeyError:
+            raise VaultpyError(Problem(display_path(self.path), f"unknown secret id "
+                                       f"{secret_id!r}", "secrets",
+                                       f"declare [secrets.{secret_id}] in hosts.toml")) from None
+
+
+# --------------------------------------------------------------------------- validation
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+class _Checker:
+    """Collects problems while walking the TOML document."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = display_path(path)
+        self.problems: list[Problem] = []
+
+    def add(self, where: str, message: str, hint: str = "") -> None:
+        self.problems.append(Problem(self.file, message, where, hint))
+
+    def keys(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else (
+                    "allowed keys: " + ", ".join(allowed))
+                self.add(f"{where}.{key}" if where else key, "unknown key", hint)
+
+    def table(self, value: Any, where: str) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.add(where, f"expected a table, got {_kind(value)}",
+                     f"write it as [{where}]")
+            return None
+        return value
+
+    def string(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, str):
+            self.add(where, f"expected a string, got {_kind(value)}", "quote the value")
+            return None
+        return value
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.add(where, f"expected true or false, got {_kind(value)}")
+            return False
+        return value
+
+    def strings(self, value: Any, where: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.add(where, f"expected a list of strings, got {_kind(value)}",
+                     'write it as ["a", "b"]')
+            return []
+        return list(value)
+
+    def ident(self, value: str, where: str, what: str) -> bool:
+        if len(value) > ID_MAX or not ID_RE.fullmatch(value):
+            shown = value if len(value) <= 40 else value[:37] + "…"
+            self.add(where, f"invalid {what} {shown!r}",
+                     f"use letters, digits, '_', '.', '-', starting with a letter or "
+                     f"digit, at most {ID_MAX} characters")
+            return False
+        return True
+
+
+def _quote(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.replace('"', '\\"') + '"'
+
+
+def _owner(ck: _Checker, value: Any, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = ""
+    if text.isdigit() and int(text) < 2**32 - 1:
+        return text
+    if not text.isdigit() and len(text) <= 32 and USER_RE.fullmatch(text):
+        return text
+    ck.add(where, f"invalid user or group {value!r}",
+           "use a name like \"postgres\" or a numeric id like 1000")
+    return "root"
+
+
+def _mode(ck: _Checker, value: Any, where: str) -> str:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
+        number = int(value, 8)
+    if number is None or not 0 <= number <= 0o777:
+        ck.add(where, f"invalid mode {value!r}",
+               'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)')
+        return "0400"
+    return f"{number:04o}"
+
+
+def _path(ck: _Checker, value: Any, where: str) -> str | None:
+    text = ck.string(value, where)
+    if text is None:
+        return None
+    pure = PurePosixPath(text)
+    if (not pure.is_absolute() or ".." in pure.parts or text != str(pure) or text == "/"
+            or "\0" in text):
+        ck.add(where, f"invalid path {text!r}",
+               "use an absolute, normalised path like /var/lib/app/secret")
+        return None
+    return text
+
+
+def _units(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
+    units = ck.strings(value, where)
+    for unit in units:
+        if not UNIT_RE.fullmatch(unit):
+            ck.add(where, f"invalid unit name {unit!r}", 'use a name like "nginx.service"')
+    return tuple(units)
+
+
+OUTPUT_KEYS = ("owner", "group", "mode", "path", "restart_units", "reload_units", "early")
+
+
+def _output(ck: _Checker, table: Mapping[str, Any], where: str) -> Output:
+    return Output(
+        owner=_owner(ck, table["owner"], f"{where}.owner") if "owner" in table else "root",
+        group=_owner(ck, table["group"], f"{where}.group") if "group" in table else "root",
+        mode=_mode(ck, table["mode"], f"{where}.mode") if "mode" in table else "0400",
+        path=_path(ck, table["path"], f"{where}.path") if "path" in table else None,
+        restart_units=_units(ck, table.get("restart_units", []), f"{where}.restart_units"),
+        reload_units=_units(ck, table.get("reload_units", []), f"{where}.reload_units"),
+        early=ck.boolean(table["early"], f"{where}.early") if "early" in table else False,
+    )
+
+
+def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[str, ...]:
+    items = [value] if host and isinstance(value, str) else ck.strings(value, where)
+    if not items:
+        if isinstance(value, list):
+            ck.add(where, "no recipients", "add at least one age1… or ssh-ed25519 key")
+        return ()
+    out: list[str] = []
+    for i, text in enumerate(items):
+        at = where if len(items) == 1 and host else f"{where}[{i}]"
+        try:
+            norm = normalize_recipient(text, allow_rsa=not host)
+        except ValueError as exc:
+            ck.add(at, str(exc), HOST_KEY_HINT if host else
+                   "use an age1… key (age-keygen -y) or an ssh-ed25519 public key line")
+            continue
+        if norm in out:
+            ck.add(at, "the same key is listed twice", "remove the duplicate")
+            continue
+        out.append(norm)
+    return tuple(out)
+
+
+def _rel(root: Path, text: str) -> Path:
+    p = Path(os.path.expanduser(text))
+    return p if p.is_absolute() else root / p
+
+
+def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> Host | None:
+    where = f"hosts.{_quote(name)}"
+    ok = ck.ident(name, where, "host name")
+    table = ck.table(raw, where)
+    if table is None:
+        return None
+    ck.keys(table, where, ("pubkey", "secrets", "templates"))
+    if "pubkey" not in table:
+        ck.add(f"{where}.pubkey", "missing", HOST_KEY_HINT)
+        recipients: tuple[str, ...] = ()
+    else:
+        recipients = _recipients(ck, table["pubkey"], f"{where}.pubkey", host=True)
+
+    deployments: list[Deployment] = []
+    raw_secrets = table.get("secrets", [])
+    if isinstance(raw_secrets, list):
+        for i, sid in enumerate(raw_secrets):
+            if ck.string(sid, f"{where}.secrets[{i}]") is not None and ck.ident(
+                    sid, f"{where}.secrets[{i}]", "secret id"):
+                deployments.append(Deployment(sid, sid))
+    elif isinstance(raw_secrets, dict):
+        for sid, spec in raw_secrets.items():
+            at = f"{where}.secrets.{_quote(sid)}"
+            if not ck.ident(sid, at, "secret id"):
+                continue
+            sub = ck.table(spec, at)
+            if sub is None:
+                continue
+            ck.keys(sub, at, ("name", *OUTPUT_KEYS))
+            out_name = sid
+            if "name" in sub:
+                given = ck.string(sub["name"], f"{at}.name")
+                if given is not None and ck.ident(given, f"{at}.name", "file name"):
+                    out_name = given
+            deployments.append(Deployment(sid, out_name, _output(ck, sub, at)))
+    else:
+        ck.add(f"{where}.secrets", f"expected a list of ids or a table, got "
+               f"{_kind(raw_secrets)}", f'write secrets = ["id"] or [{where}.secrets.<id>]')
+
+    tmpls: list[Template] = []
+    raw_templates = table.get("templates", {})
+    if ck.table(raw_templates, f"{where}.templates") is not None:
+        for tname, spec in raw_templates.items():
+            at = f"{where}.templates.{_quote(tname)}"
+            if not ck.ident(tname, at, "template name"):
+                continue
+            sub = ck.table(spec, at)
+            if sub is None:
+                continue
+            ck.keys(sub, at, ("content", "trim", *OUTPUT_KEYS))
+            content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
+            if "content" not in sub:
+                ck.add(f"{at}.content", "missing", "give the template's text")
+            refs: list[str] = []
+            if content is not None:
+                try:
+                    refs = templates.references(content)
+                except templates.TemplateError as exc:
+                    ck.add(f"{at}.content", str(exc))
+            trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
+            tmpls.append(Template(tname, content or "", trim, tuple(refs),
+                                  _output(ck, sub, at)))
+
+    for d in deployments:
+        if d.id not in declared:
+            ck.add(f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
+                   f"declare [secrets.{_quote(d.id)}] in hosts.toml")
+    for t in tmpls:
+        for ref in t.refs:
+            if ref not in declared:
+                ck.add(f"{where}.templates.{_quote(t.name)}.content",
+                       f"unknown secret id {ref!r} in placeholder",
+                       f"declare [secrets.{_quote(ref)}] or fix the placeholder")
+    seen_ids: set[str] = set()
+    for d in deployments:
+        if d.id in seen_ids:
+            ck.add(f"{where}.secrets", f"secret {d.id!r} is listed twice", "remove one")
+        seen_ids.add(d.id)
+    names: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    items = [(f"secret {d.id!r}", d.name, d.out) for d in deployments] + [
+        (f"template {t.name!r}", t.name, t.out) for t in tmpls]
+    for label, out_name, out in items:
+        if out_name in names and names[out_name] != label:
+            ck.add(where, f"{label} and {names[out_name]} both install as {out_name!r}",
+                   "give one of them another name")
+        names.setdefault(out_name, label)
+        if out.path is not None:
+            if out.path in paths:
+                ck.add(where, f"{label} and {paths[out.path]} both use path {out.path!r}",
+                       "give one of them another path")
+            paths.setdefault(out.path, label)
+    if not ok:
+        return None
+    return Host(name, recipients, tuple(deployments), tuple(tmpls))
+
+
+def parse(text: str, path: Path) -> Config:
+    """Validate the text of a hosts.toml that lives at ``path``."""
+    ck = _Checker(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "",
+                                   "fix the syntax at that line")) from None
+    root = path.parent
+    ck.keys(doc, "", ("vaultpy", "secrets", "hosts"))
+
+    settings = ck.table(doc.get("vaultpy", {}), "vaultpy") or {}
+    ck.keys(settings, "vaultpy", ("recipients", "identity", "secrets_dir", "cache_dir"))
+    if "recipients" not in settings:
+        ck.add("vaultpy.recipients", "missing",
+               'add recipients = ["age1…"] (the master public key, age-keygen -y)')
+        recipients: tuple[str, ...] = ()
+    else:
+        recipients = _recipients(ck, settings["recipients"], "vaultpy.recipients", host=False)
+    identity = None
+    if "identity" in settings:
+        given = ck.string(settings["identity"], "vaultpy.identity")
+        identity = _rel(root, given) if given else None
+    dirs = {}
+    for key, default in (("secrets_dir", "secrets"), ("cache_dir", "secrets/cache")):
+        folder = ck.string(settings.get(key, default), f"vaultpy.{key}") or default
+        dirs[key] = Path(os.path.normpath(_rel(root, folder)))
+    secrets_dir, cache_dir = dirs["secrets_dir"], dirs["cache_dir"]
+
+    declared: dict[str, Secret] = {}
+    raw_secrets = ck.table(doc.get("secrets", {}), "secrets") or {}
+    for sid, spec in raw_secrets.items():
+        where = f"secrets.{_quote(sid)}"
+        if not ck.ident(sid, where, "secret id"):
+            continue
+        sub = ck.table(spec, where)
+        if sub is None:
+            continue
+        ck.keys(sub, where, ("file",))
+        file = secrets_dir / f"{sid}.age"
+        if "file" in sub:
+            given = ck.string(sub["file"], f"{where}.file")
+            if given:
+                file = Path(os.path.normpath(_rel(root, given)))
+        declared[sid] = Secret(sid, file)
+
+    hosts: dict[str, Host] = {}
+    raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
+    for name, spec in raw_hosts.items():
+        host = _host(ck, name, spec, declared)
+        if host is not None:
+            hosts[name] = host
+
+    resolved_cache = cache_dir.resolve()
+    if resolved_cache == root.resolve() or root.resolve().is_relative_to(resolved_cache):
+        ck.add("vaultpy.cache_dir", "the cache would contain hosts.toml",
+               'use a directory of its own, like "secrets/cache"')
+    for s in declared.values():
+        if s.file.resolve().is_relative_to(resolved_cache):
+            ck.add(f"secrets.{_quote(s.id)}.file", "master file lies inside the cache "
+                   "directory (renc would delete it)", "move it out of cache_dir")
+    if ck.problems:
+        raise VaultpyError(ck.problems)
+    return Config(path=path, recipients=recipients, identity=identity,
+                  secrets_dir=secrets_dir, cache_dir=cache_dir,
+                  secrets=MappingProxyType(dict(sorted(declared.items()))),
+                  hosts=MappingProxyType(dict(sorted(hosts.items()))))
+
+
+def find(start: Path) -> Path:
+    """hosts.toml in ``start`` or its nearest parent that has one (like git)."""
+    here = start.resolve()
+    for d in (here, *here.parents):
+        candidate = d / FILENAME
+        if candidate.is_file():
+            return candidate
+    raise VaultpyError(Problem(display_path(start), f"no {FILENAME} here or in any parent "
+                               "directory", "", "run vaultpy init, or pass -C DIR"))
+
+
+def load(repo: Path | None = None) -> Config:
+    """Find and load hosts.toml: ``repo`` may be a directory or the file itself."""
+    if repo is None:
+        path = find(Path.cwd())
+    elif repo.is_dir():
+        path = repo / FILENAME
+        if not path.exists():
+            raise VaultpyError(Problem(display_path(repo), f"no {FILENAME} in this directory",
+                                       "", "run vaultpy init there, or fix -C"))
+    else:
+        path = repo
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VaultpyError(Problem(display_path(path), f"cannot read: {exc.strerror}", "",
+                                   "check the path and its permissions")) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise VaultpyError(Problem(display_path(path), "not UTF-8 text", "",
+                                   "save it as UTF-8")) from None
+    return parse(text, path.absolute())

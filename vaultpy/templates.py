@@ -1,0 +1,95 @@
+"""Template placeholders: ``{{ secrets.<id> }}``.
+
+Syntax (DESIGN §2): spaces inside the braces are optional; ``{{{{`` writes a
+literal ``{{``; any other ``{{`` is ordinary text (so templates of other tools
+keep working), except that ``{{`` followed by optional spaces and ``secrets.``
+must form a complete placeholder.  Parsing happens at compile time (unknown ids
+and broken placeholders are errors in hosts.toml); rendering happens on the host.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_START = re.compile(r"\{\{ *secrets\.")
+_FULL = re.compile(r"\{\{ *secrets\.(" + ID_PATTERN + r") *\}\}")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A placeholder for the secret ``id``."""
+
+    id: str
+
+
+Segment = str | Ref
+
+
+class TemplateError(ValueError):
+    def __init__(self, message: str, line: int, column: int) -> None:
+        self.line, self.column = line, column
+        super().__init__(f"line {line} column {column}: {message}")
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def parse(text: str) -> list[Segment]:
+    """Split ``text`` into literal strings and :class:`Ref` placeholders."""
+    out: list[Segment] = []
+    buf: list[str] = []
+    i = 0
+    while True:
+        j = text.find("{{", i)
+        if j < 0:
+            buf.append(text[i:])
+            break
+        buf.append(text[i:j])
+        if text.startswith("{{{{", j):
+            buf.append("{{")
+            i = j + 4
+            continue
+        if _START.match(text, j):
+            m = _FULL.match(text, j)
+            if m is None:
+                line, col = _position(text, j)
+                raise TemplateError("broken placeholder; write {{ secrets.<id> }} "
+                                    "(or {{{{ for a literal {{)", line, col)
+            if buf:
+                out.append("".join(buf))
+                buf = []
+            out.append(Ref(m.group(1)))
+            i = m.end()
+            continue
+        buf.append("{{")
+        i = j + 2
+    literal = "".join(buf)
+    if literal:
+        out.append(literal)
+    return out
+
+
+def references(text: str) -> list[str]:
+    """The secret ids a template uses, in order of first use."""
+    seen: dict[str, None] = {}
+    for seg in parse(text):
+        if isinstance(seg, Ref):
+            seen.setdefault(seg.id)
+    return list(seen)
+
+
+def render(text: str, values: Mapping[str, bytes], trim: bool = False) -> bytes:
+    """Substitute every placeholder; a missing value is a KeyError naming the id."""
+    parts: list[bytes] = []
+    for seg in parse(text):
+        if isinstance(seg, Ref):
+            value = values[seg.id]
+            parts.append(value.strip() if trim else value)
+        else:
+            parts.append(seg.encode("utf-8"))
+    return b"".join(parts)
