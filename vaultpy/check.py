@@ -1,0 +1,75 @@
+"""``vaultpy check`` and ``vaultpy status``: what the cache holds versus what it should.
+
+Needs no key: master files and cache files are validated structurally (age
+header, stanzas for exactly the host's recipients, plausible payload size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vaultpy import cache
+from vaultpy._internal import ageformat
+from vaultpy.errors import Problem, display_path
+from vaultpy.model import Config
+
+FIX_RENC = "run vaultpy renc"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The state of one (host, secret) pair."""
+
+    host: str
+    id: str
+    state: str          # ok | missing | damaged | no-master
+    file: str
+    detail: str = ""
+    installed: bool = True
+
+
+def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
+    """Every (host, secret) pair's state, plus the problems that make ``check`` fail."""
+    p = cache.plan(cfg)
+    problems = list(p.problems)
+    for sid, _sha in sorted(p.masters.items()):
+        master = cfg.secrets[sid].file
+        try:
+            ageformat.parse(master.read_bytes())
+        except (ageformat.FormatError, OSError) as exc:
+            problems.append(Problem(display_path(master), f"master file is not a valid age "
+                                    f"file: {exc}", f"secrets.{sid}",
+                                    "restore it from git, or recreate it with vaultpy edit"))
+    entries: list[Entry] = []
+    planned = {(i.host, i.id): i for i in p.items}
+    for host in cfg.hosts.values():
+        installed = {d.id for d in host.deployments}
+        for sid in host.needed:
+            item = planned.get((host.name, sid))
+            if item is None:
+                entries.append(Entry(host.name, sid, "no-master",
+                                     display_path(cfg.secrets[sid].file),
+                                     installed=sid in installed))
+                continue
+            reason = cache.verify(item.path, item.recipients)
+            state = "ok" if reason is None else ("missing" if reason == "missing"
+                                                 else "damaged")
+            entries.append(Entry(host.name, sid, state, display_path(item.path),
+                                 reason or "", sid in installed))
+            if reason == "missing":
+                problems.append(Problem(display_path(item.path), "cache file is missing",
+                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+            elif reason is not None:
+                problems.append(Problem(display_path(item.path), f"cache file is {reason}",
+                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+    for path in p.stale:
+        what = ("leftover temporary file" if cache.is_leftover(path) else
+                "directory of a host that is not in hosts.toml" if path.is_dir() else
+                "stale cache file")
+        problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
+    return entries, problems
+
+
+def check(cfg: Config) -> list[Problem]:
+    """Empty when the cache is complete, well-formed and has nothing stale."""
+    return survey(cfg)[1]

@@ -1,0 +1,147 @@
+"""``vaultpy edit ID``: the $EDITOR round trip, with plaintext only in RAM.
+
+The plaintext lives in a fresh 0700 directory on a RAM-backed filesystem
+(``$XDG_RUNTIME_DIR`` or ``/dev/shm``; tmpfs or ramfs, checked in
+/proc/self/mountinfo) and is removed on every exit path: success, editor
+failure, an exception, SIGINT, SIGTERM or SIGHUP.  The master file is
+re-encrypted only if the bytes changed.
+
+Like git, vaultpy ignores SIGINT while the editor runs, so Ctrl-C inside vim
+does not abort the edit; an editor that dies of it counts as a failed edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from vaultpy import age, identities, masters
+from vaultpy._internal import ageformat, fsutil
+from vaultpy.errors import Problem, VaultpyError
+from vaultpy.model import Config
+
+
+@dataclass(frozen=True)
+class EditResult:
+    path: Path
+    changed: bool
+    created: bool
+
+
+def ram_candidates() -> list[Path]:
+    out = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        out.append(Path(os.environ["XDG_RUNTIME_DIR"]))
+    out += [Path("/dev/shm"), Path(f"/run/user/{os.getuid()}")]
+    return out
+
+
+def private_dir(allow_disk: bool = False) -> Path:
+    """A new 0700 directory on RAM-backed storage (or on disk if explicitly allowed)."""
+    for base in ram_candidates():
+        if (base.is_dir() and os.access(base, os.W_OK | os.X_OK)
+                and fsutil.mount_fstype(base) in fsutil.RAM_FILESYSTEMS):
+            return Path(tempfile.mkdtemp(prefix="vaultpy-edit-", dir=base))
+    if allow_disk:
+        return Path(tempfile.mkdtemp(prefix="vaultpy-edit-"))
+    raise VaultpyError(Problem("$XDG_RUNTIME_DIR", "no RAM-backed directory for the "
+                               "plaintext (tried " + ", ".join(map(str, ram_candidates()))
+                               + ")", "", "mount a tmpfs on /dev/shm, or pass --allow-disk "
+                               "to accept plaintext on disk"))
+
+
+class _Aborted(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_during_editor() -> Iterator[None]:
+    def abort(signum: int, _frame: FrameType | None) -> None:
+        raise _Aborted(signum)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT,
+                                                signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, abort)
+    signal.signal(signal.SIGHUP, abort)
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def editor_command() -> str:
+    return os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+
+
+def run_editor(path: Path, editor: str | None = None) -> None:
+    """Run ``$VISUAL``/``$EDITOR`` on ``path`` (through sh, as git does)."""
+    command = editor or editor_command()
+    with _signals_during_editor():
+        # The child must not inherit our ignored SIGINT: restore defaults in it.
+        proc = subprocess.Popen(["sh", "-c", command + ' "$@"', "vaultpy-editor", str(path)],
+                                preexec_fn=_child_signals)
+        try:
+            status = proc.wait()
+        except _Aborted:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    if status != 0:
+        how = (f"was killed by {signal.Signals(-status).name}" if status < 0
+               else f"exited with status {status}")
+        raise VaultpyError(Problem("$EDITOR", f"editor {command!r} {how}", "",
+                                   "nothing was changed; fix the editor or try again"))
+
+
+def _child_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
+         ask: age.PassphraseFn = age.passphrase_from_env_or_tty, editor: str | None = None,
+         allow_disk: bool = False) -> EditResult:
+    secret = cfg.secret(secret_id)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    exists = secret.file.exists()
+    armor = False
+    old = b""
+    if exists:
+        data = masters.read_master(cfg, secret_id)
+        armor = ageformat.is_armored(data)
+        old = masters.decrypt(cfg, secret_id, identities.load(cfg, identity_files, ask))
+    workdir = private_dir(allow_disk)
+    old_umask = os.umask(0o077)
+    try:
+        plain = workdir / secret_id
+        fsutil.write_new(plain, old, 0o600)
+        try:
+            run_editor(plain, editor)
+        except _Aborted as exc:
+            raise VaultpyError(Problem("$EDITOR", f"interrupted by {exc}", "",
+                                       "nothing was changed")) from None
+        new = plain.read_bytes()
+    finally:
+        os.umask(old_umask)
+        fsutil.remove_tree(workdir)
+    if new == old:
+        return EditResult(secret.file, changed=False, created=False)
+    masters.write_master(cfg, secret_id, new, armor)
+    return EditResult(secret.file, changed=True, created=not exists)

@@ -1,0 +1,109 @@
+"""``vaultpy init``: a commented hosts.toml, and optionally a new master identity."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import tomli_w
+
+from vaultpy import age
+from vaultpy._internal import fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.model import FILENAME
+
+TEMPLATE = """\
+# hosts.toml — the one source of truth for vaultpy (schema version 1).
+# Reference: docs/hosts-toml.md in the vaultpy repository; `vaultpy --help`.
+
+[vaultpy]
+# Master recipients: every secrets/<id>.age is encrypted to all of these.
+# Add a backup key (age1… or "ssh-ed25519 AAAA…") here, then run `vaultpy rekey`.
+{recipients}
+{identity}
+# secrets_dir = "secrets"
+# cache_dir = "secrets/cache"   # renc output: safe to commit
+
+# Declare each secret; its master file is secrets/<id>.age unless `file` says otherwise.
+# Create it with `vaultpy edit db_password` (or `vaultpy encrypt db_password < file`).
+#
+# [secrets.db_password]
+
+# One table per host, with its SSH ed25519 host key (/etc/ssh/ssh_host_ed25519_key.pub).
+#
+# [hosts.web1]
+# pubkey = "ssh-ed25519 AAAA… root@web1"
+# secrets = ["db_password"]                 # all defaults: root:root 0400
+#
+# [hosts.web1.secrets.db_password]          # or: one table per secret
+# owner = "postgres"
+# mode = "0400"
+# restart_units = ["postgresql.service"]
+#
+# [hosts.web1.templates."app.env"]          # rendered on the host
+# content = "DB_URL=postgres://app:{{{{ secrets.db_password }}}}@db/app\\n"
+"""
+
+
+def _identity_text(secret_key: str, public: str) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
+
+
+def init(directory: Path, recipients: Sequence[str] = (),
+         generate_identity: Path | None = None) -> list[Path]:
+    """Create ``directory/hosts.toml`` (never overwriting) and return what was written."""
+    target = directory / FILENAME
+    problems: list[Problem] = []
+    if target.exists():
+        problems.append(Problem(display_path(target), "already exists", "",
+                                "edit it, or choose another directory"))
+    if generate_identity is not None and generate_identity.exists():
+        problems.append(Problem(display_path(generate_identity), "already exists", "",
+                                "choose another path; vaultpy never overwrites a key"))
+    normalized = []
+    for r in recipients:
+        try:
+            normalized.append(age.normalize_recipient(r, allow_rsa=True))
+        except ValueError as exc:
+            problems.append(Problem("--recipient", str(exc), "",
+                                    "use an age1… key or an ssh-ed25519 public key line"))
+    if problems:
+        raise VaultpyError(problems)
+    written: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        identity_line = '# identity = "~/.config/vaultpy/master.txt"   # or -i / VAULTPY_IDENTITY'
+        if generate_identity is not None:
+            secret_key, public = age.generate_x25519()
+            generate_identity.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = fsutil.tmp_name(generate_identity)
+            fsutil.write_new(tmp, _identity_text(secret_key, public).encode(), 0o600)
+            fsutil.fsync_path(tmp)
+            os.link(tmp, generate_identity)       # fails instead of overwriting
+            os.unlink(tmp)
+            fsutil.fsync_path(generate_identity.parent, directory=True)
+            written.append(generate_identity)
+            normalized.insert(0, public)
+            shown = os.path.relpath(generate_identity.absolute(), directory.absolute())
+            identity_line = tomli_w.dumps({"identity": shown}).strip()
+        if normalized:
+            recipients_line = tomli_w.dumps({"recipients": normalized}).strip()
+        else:
+            recipients_line = 'recipients = []   # add your master public key: age-keygen -y KEY'
+        text = TEMPLATE.format(recipients=recipients_line, identity=identity_line)
+        (directory / "secrets").mkdir(exist_ok=True)
+        tmp = fsutil.tmp_name(target)
+        fsutil.write_new(tmp, text.encode(), 0o644)
+        fsutil.fsync_path(tmp)
+        os.link(tmp, target)
+        os.unlink(tmp)
+        fsutil.fsync_path(directory, directory=True)
+        written.append(target)
+    except FileExistsError as exc:
+        raise fail(exc.filename or target, "already exists") from None
+    except OSError as exc:
+        raise VaultpyError(os_problem(exc.filename or target, exc, "write")) from None
+    return written

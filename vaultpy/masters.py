@@ -1,0 +1,65 @@
+"""Master secrets by id: ``encrypt``, ``decrypt``, ``rekey``.
+
+Master files are encrypted to the ``[vaultpy] recipients``; every write is
+atomic (temp + fsync + rename + fsync of the directory) and serialised with
+renc by the repository lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from vaultpy import age, identities
+from vaultpy._internal import ageformat, fsutil
+from vaultpy.errors import VaultpyError, display_path, os_problem
+from vaultpy.model import Config
+
+
+def read_master(cfg: Config, secret_id: str) -> bytes:
+    secret = cfg.secret(secret_id)
+    try:
+        return secret.file.read_bytes()
+    except FileNotFoundError:
+        raise VaultpyError(os_problem(secret.file, FileNotFoundError(2, "no such file"),
+                                      "read master file")) from None
+    except OSError as exc:
+        raise VaultpyError(os_problem(secret.file, exc, "read master file")) from None
+
+
+def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False) -> Path:
+    """Encrypt ``plaintext`` to the master recipients and replace the master file."""
+    secret = cfg.secret(secret_id)
+    ciphertext = age.encrypt(plaintext, cfg.recipients, armor=armor)
+    try:
+        secret.file.parent.mkdir(parents=True, exist_ok=True)
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            fsutil.atomic_write(secret.file, ciphertext)
+    except OSError as exc:
+        raise VaultpyError(os_problem(secret.file, exc, "write master file")) from None
+    return secret.file
+
+
+def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
+    data = read_master(cfg, secret_id)
+    return age.decrypt(data, ids, display_path(cfg.secret(secret_id).file))
+
+
+def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] = (),
+          ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> list[Path]:
+    """Re-encrypt master files to the current recipients.
+
+    Every file is decrypted first, so a file no key can open stops the run
+    before anything is written; then each file is replaced atomically.
+    """
+    chosen = list(ids) or [s for s, sec in cfg.secrets.items() if sec.file.exists()]
+    for sid in chosen:
+        cfg.secret(sid)
+    keys = identities.load(cfg, identity_files, ask)
+    plain: dict[str, tuple[bytes, bool]] = {}
+    for sid in chosen:
+        data = read_master(cfg, sid)
+        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
+                      ageformat.is_armored(data))
+    return [write_master(cfg, sid, text, armor) for sid, (text, armor) in plain.items()]

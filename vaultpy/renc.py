@@ -1,0 +1,250 @@
+"""The renc pipeline (DESIGN §4): master secrets → per-host cache.
+
+1. ``plan``     - hash master files, name every expected cache file (no crypto);
+2. ``verify``   - files already present are done, unless damaged;
+3. ``decrypt``  - each needed master once, in a worker, with identities loaded once;
+4. ``encrypt``  - per host, in worker processes; each output is written to a temp
+                  name, one ``syncfs`` makes the batch durable, then renames;
+5. ``prune``    - stale files and directories of removed hosts;
+6. ``report``   - a :class:`Result` the CLI renders as a table or JSON.
+
+Any failure is collected per item; the cache is never left with an empty or
+partial file under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaultpy import age, cache, identities
+from vaultpy._internal import fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.model import Config
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Result:
+    written: list[cache.Item] = field(default_factory=list)
+    unchanged: list[cache.Item] = field(default_factory=list)
+    repaired: list[cache.Item] = field(default_factory=list)
+    pruned: list[Path] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+    failed_items: set[tuple[str, str]] = field(default_factory=set)   # (host, id)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "written": [str(i.path) for i in self.written],
+            "repaired": [str(i.path) for i in self.repaired],
+            "unchanged": len(self.unchanged),
+            "pruned": [str(p) for p in self.pruned],
+            "failed": [p.as_dict() for p in self.failed],
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Encrypt one master secret for several hosts (decrypting it once)."""
+
+    secret_id: str
+    master: Path
+    master_sha256: str
+    targets: tuple[cache.Item, ...]
+
+
+# Identities are set in the parent before the worker pool forks, so workers
+# inherit them in memory: no key material crosses a pipe, no second prompt.
+_IDENTITIES: list[age.Identity] = []
+
+
+Outcome = tuple[cache.Item, str, Problem | None]   # (item, temp file, failure)
+
+
+def _failure(item: cache.Item, problem: Problem) -> Outcome:
+    return (item, "", Problem(problem.file, problem.message,
+                              f"hosts.{item.host}.{item.id}", problem.hint))
+
+
+def _run_job(job: _Job) -> list[Outcome]:
+    """In a worker: decrypt one master, encrypt it for each target to a temp file."""
+    try:
+        data = job.master.read_bytes()
+        if hashlib.sha256(data).hexdigest() != job.master_sha256:
+            raise VaultpyError(Problem(display_path(job.master), "changed while renc was "
+                                       "running", "", "run vaultpy renc again"))
+        plaintext = age.decrypt(data, _IDENTITIES, display_path(job.master))
+    except (OSError, VaultpyError) as exc:
+        # One line for the master, naming every host that misses it.
+        first = (os_problem(job.master, exc, "read master file") if isinstance(exc, OSError)
+                 else exc.problems[0])
+        hosts = ", ".join(t.host for t in job.targets)
+        problem = Problem(first.file, first.message, f"needed by {hosts}", first.hint)
+        return [(t, "", problem) for t in job.targets]
+    out: list[Outcome] = []
+    for t in job.targets:
+        tmp = fsutil.tmp_name(t.path)
+        try:
+            fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            out.append(_failure(t, os_problem(t.path, exc, "write cache file")))
+        except Exception as exc:  # a pyrage error: report it, never crash the pool
+            out.append(_failure(t, Problem(display_path(t.path), f"encryption failed: {exc}")))
+        else:
+            out.append((t, str(tmp), None))
+    return out
+
+
+def _execute(jobs: list[_Job], workers: int, progress: ProgressFn | None,
+             total: int) -> list[Outcome]:
+    results: list[Outcome] = []
+    done = 0
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            part = _run_job(job)
+            results.extend(part)
+            done += len(part)
+            if progress:
+                progress(done, total)
+        return results
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        futures: list[Future[list[Outcome]]] = [
+            pool.submit(_run_job, j) for j in jobs]
+        try:
+            for fut, job in zip(futures, jobs, strict=True):
+                try:
+                    part = fut.result()
+                except Exception as exc:  # a worker died (OOM, signal)
+                    part = [_failure(t, Problem(display_path(t.path),
+                                                f"worker failed: {exc}")) for t in job.targets]
+                results.extend(part)
+                done += len(part)
+                if progress:
+                    progress(done, total)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for _item, tmp, _err in results:
+                if tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+            raise
+    return results
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
+         identity_files: Sequence[Path] = (),
+         ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
+         progress: ProgressFn | None = None) -> Result:
+    """Bring the cache of ``hosts`` (default: all) up to date with the master files."""
+    for h in hosts:
+        if h not in cfg.hosts:
+            raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
+                                       "hosts", "known hosts: " + ", ".join(cfg.hosts)))
+    todo = _survey(cfg, hosts, Result())
+    if todo:          # unlock keys before touching the disk: a wrong key changes nothing
+        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+    try:
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            result = Result()
+            p = cache.plan(cfg, hosts)          # again, under the lock
+            todo = _survey(cfg, hosts, result, p)
+            if todo:
+                if not _IDENTITIES:
+                    _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+                _encrypt_all(cfg, p, todo, result, jobs or default_jobs(), progress)
+            _prune(cfg, p, result)
+    finally:
+        _IDENTITIES.clear()
+    return result
+
+
+def _survey(cfg: Config, hosts: Sequence[str], result: Result,
+            p: cache.Plan | None = None) -> list[cache.Item]:
+    """Plan and sort items into unchanged / repaired (damaged) / todo."""
+    p = p or cache.plan(cfg, hosts)
+    if p.problems:
+        raise VaultpyError(p.problems)
+    todo: list[cache.Item] = []
+    for item in p.items:
+        reason = cache.verify(item.path, item.recipients)
+        if reason is None:
+            result.unchanged.append(item)
+        elif reason == "missing":
+            todo.append(item)
+        else:
+            result.repaired.append(item)
+    return todo + result.repaired
+
+
+def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
+                 workers: int, progress: ProgressFn | None) -> None:
+    by_secret: dict[str, list[cache.Item]] = {}
+    for item in todo:
+        by_secret.setdefault(item.id, []).append(item)
+    for host in {i.host for i in todo}:
+        (cfg.cache_dir / host).mkdir(mode=0o755, exist_ok=True)
+    jobs = [_Job(sid, cfg.secrets[sid].file, p.masters[sid], tuple(items))
+            for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
+    ready: list[tuple[cache.Item, str]] = []
+    for item, tmp, problem in _execute(jobs, workers, progress, len(todo)):
+        if problem is None:
+            ready.append((item, tmp))
+        else:
+            if problem not in result.failed:
+                result.failed.append(problem)
+            result.failed_items.add((item.host, item.id))
+    if not ready:
+        return
+    try:
+        fsutil.syncfs(cfg.cache_dir)            # data durable before any rename
+        for item, tmp in ready:
+            os.rename(tmp, item.path)           # atomic; replaces a damaged file too
+            if item not in result.repaired:
+                result.written.append(item)
+        for host in {i.host for i, _ in ready}:
+            fsutil.fsync_path(cfg.cache_dir / host, directory=True)
+    except OSError as exc:
+        for item, tmp in ready:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            result.failed_items.add((item.host, item.id))
+        result.failed.append(os_problem(cfg.cache_dir, exc, "finish writing the cache"))
+
+
+def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
+    dirs: set[Path] = set()
+    for path in p.stale:
+        m = cache.NAME_RE.fullmatch(path.name)
+        if m and (path.parent.name, m.group("id")) in result.failed_items:
+            continue            # keep the host's last good copy until renc succeeds
+        try:
+            fsutil.remove_tree(path)
+        except OSError as exc:
+            result.failed.append(os_problem(path, exc, "remove stale cache file"))
+            continue
+        dirs.add(path.parent)
+        if not cache.is_leftover(path):
+            result.pruned.append(path)
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            fsutil.fsync_path(d, directory=True)
