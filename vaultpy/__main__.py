@@ -1,0 +1,3 @@
+from vaultpy.cli import main
+
+main()

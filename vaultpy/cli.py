@@ -1,0 +1,352 @@
+"""The ``vaultpy`` command: a thin typer layer over the library.
+
+Each command parses its options, calls one library function and prints the
+result with rich.  Problems are printed one per line (file: field: what; fix)
+and exit 1; usage errors exit 2; nothing here ever shows a traceback unless
+``VAULTPY_DEBUG=1``.  Heavy modules are imported inside the commands so that
+``vaultpy --help`` and ``--version`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from vaultpy import __version__
+from vaultpy.errors import Problem, VaultpyError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from vaultpy.model import Config
+
+app = typer.Typer(
+    name="vaultpy",
+    help="Compile age-encrypted secrets for NixOS and Linux hosts.\n\n"
+         "Master secrets live in secrets/<id>.age; `vaultpy renc` re-encrypts them to each "
+         "host's SSH key into secrets/cache/<host>/, which is safe to commit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+RepoOpt = Annotated[Path | None, typer.Option(
+    "-C", "--repo", metavar="DIR",
+    help="Repository (or hosts.toml) to use; default: the nearest hosts.toml upwards.")]
+IdentityOpt = Annotated[list[Path] | None, typer.Option(
+    "-i", "--identity", metavar="FILE",
+    help="Master identity file (repeatable); default: VAULTPY_IDENTITY, then "
+         "\\[vaultpy] identity.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class _Globals:
+    repo: Path | None = None
+    identity: list[Path] = []  # noqa: RUF012 (process-wide CLI state)
+
+
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _config(repo: Path | None) -> Config:
+    from vaultpy import model
+
+    return model.load(repo or _Globals.repo)
+
+
+def _identity(identity: list[Path] | None) -> list[Path]:
+    return list(identity or _Globals.identity)
+
+
+def _print_problems(problems: list[Problem], console: Console | None = None) -> None:
+    console = console or _err()
+    for p in problems:
+        console.print(str(p), markup=False, style="red" if console.stderr else None)
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _exit(code: int) -> NoReturn:
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.",
+                                          is_eager=True)] = False,
+) -> None:
+    if version:
+        print(f"vaultpy {__version__}")
+        raise typer.Exit(0)
+    _Globals.repo = repo
+    _Globals.identity = list(identity or [])
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create hosts.toml.")] = Path("."),
+    generate_identity: Annotated[Path | None, typer.Option(
+        "--generate-identity", metavar="PATH",
+        help="Also create a new master identity (mode 0600) and use it.")] = None,
+    recipient: Annotated[list[str] | None, typer.Option(
+        "--recipient", "-r", help="A master recipient to list (repeatable).")] = None,
+) -> None:
+    """Start a repository: a commented hosts.toml and a secrets/ directory."""
+    from vaultpy.init import init as do_init
+
+    written = do_init(directory, recipient or [], generate_identity)
+    for path in written:
+        _err().print(f"wrote {path}", markup=False)
+    if generate_identity is not None:
+        _err().print(f"Keep {generate_identity} secret and backed up: it decrypts every "
+                     "secret. Consider a second (backup) recipient.", markup=False)
+
+
+@app.command()
+def encrypt(
+    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    file: Annotated[Path | None, typer.Option("--file", "-f",
+                                              help="Read plaintext from FILE, not stdin.")] = None,
+    armor: Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor.")] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Encrypt plaintext (stdin or --file) as master secret ID."""
+    from vaultpy import masters
+
+    cfg = _config(repo)
+    cfg.secret(secret_id)
+    if file is None and sys.stdin.isatty():
+        _err().print("reading the secret from the terminal; end with Ctrl-D", markup=False)
+    try:
+        data = file.read_bytes() if file is not None else sys.stdin.buffer.read()
+    except OSError as exc:
+        from vaultpy.errors import os_problem
+
+        raise VaultpyError(os_problem(file or "-", exc, "read plaintext")) from None
+    path = masters.write_master(cfg, secret_id, data, armor)
+    _err().print(f"wrote {path}; run vaultpy renc to update the hosts", markup=False)
+
+
+@app.command()
+def decrypt(
+    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Decrypt master secret ID to stdout."""
+    import resource
+
+    from vaultpy import identities, masters
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    cfg = _config(repo)
+    cfg.secret(secret_id)
+    data = masters.decrypt(cfg, secret_id, identities.load(cfg, _identity(identity)))
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+@app.command()
+def edit(
+    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    allow_disk: Annotated[bool, typer.Option(
+        "--allow-disk", help="Accept a disk-backed temp dir if no RAM-backed one exists.")
+    ] = False,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Edit master secret ID in $VISUAL/$EDITOR; plaintext stays in RAM."""
+    from vaultpy.edit import edit as do_edit
+
+    cfg = _config(repo)
+    result = do_edit(cfg, secret_id, identity_files=_identity(identity),
+                     allow_disk=allow_disk)
+    if not result.changed:
+        _err().print(f"{secret_id}: unchanged, nothing written", markup=False)
+    else:
+        what = "created" if result.created else "updated"
+        _err().print(f"{secret_id}: {what} {result.path}; run vaultpy renc to update the "
+                     "hosts", markup=False)
+
+
+@app.command()
+def renc(
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", "-H", help="Only this host (repeatable).")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Worker processes (default: one per CPU).")] = None,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Re-encrypt master secrets to each host's key, into the cache."""
+    from vaultpy import renc as pipeline
+
+    cfg = _config(repo)
+    progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
+    if progress_cm is None:
+        result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity))
+    else:
+        with progress_cm as (bar, task):
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = pipeline.renc(cfg, host or [], jobs=jobs,
+                                   identity_files=_identity(identity), progress=report)
+    if json_out:
+        _emit_json(result.as_dict())
+    else:
+        _renc_summary(result, cfg.cache_dir)
+    if not result.ok:
+        _print_problems(result.failed)
+        _exit(1)
+
+
+def _progress() -> Any:
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    @contextlib.contextmanager
+    def cm() -> Any:
+        with Progress(TextColumn("encrypting"), BarColumn(), MofNCompleteColumn(),
+                      console=_err(), transient=True) as bar:
+            yield bar, bar.add_task("renc", total=None)
+
+    return cm()
+
+
+def _renc_summary(result: Any, cache_dir: Path) -> None:
+    from rich.table import Table
+
+    rows: dict[str, list[int]] = {}
+    for col, items in enumerate((result.written, result.repaired, result.unchanged)):
+        for item in items:
+            rows.setdefault(item.host, [0, 0, 0, 0])[col] += 1
+    for path in result.pruned:       # a file of a host, or a removed host's directory
+        host = path.name if path.parent == cache_dir else path.parent.name
+        rows.setdefault(host, [0, 0, 0, 0])[3] += 1
+    table = Table(title=None, show_edge=False)
+    for name in ("host", "written", "repaired", "unchanged", "pruned"):
+        table.add_column(name, justify="left" if name == "host" else "right")
+    totals = [0, 0, 0, 0]
+    for host in sorted(rows):
+        counts = rows[host]
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        table.add_row(host, *map(str, counts))
+    table.add_row("[bold]total[/]", *(f"[bold]{n}[/]" for n in totals))
+    _out().print(table)
+    if result.failed:
+        _err().print(f"[red]{len(result.failed)} failed[/]")
+
+
+@app.command()
+def check(
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
+    from vaultpy.check import check as do_check
+
+    cfg = _config(repo)
+    problems = do_check(cfg)
+    if json_out:
+        _emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+    elif problems:
+        _print_problems(problems, _out())
+        _err().print(f"[red]{len(problems)} problem(s)[/]")
+    else:
+        _err().print("[green]ok[/]: every host has every secret; nothing stale")
+    if problems:
+        _exit(1)
+
+
+@app.command()
+def rekey(
+    secret_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="Only these secrets (default: all).")] = None,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Re-encrypt master files to the current \\[vaultpy] recipients."""
+    from vaultpy import masters
+
+    cfg = _config(repo)
+    written = masters.rekey(cfg, secret_ids or [], _identity(identity))
+    _err().print(f"re-encrypted {len(written)} master file(s); run vaultpy renc next",
+                 markup=False)
+
+
+@app.command()
+def status(
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Show hosts x secrets and the state of each cache file."""
+    from rich.table import Table
+
+    from vaultpy.check import survey
+
+    cfg = _config(repo)
+    entries, problems = survey(cfg)
+    if json_out:
+        _emit_json({"ok": not problems,
+                    "entries": [e.__dict__ for e in entries],
+                    "problems": [p.as_dict() for p in problems]})
+        return
+    ids = sorted({e.id for e in entries})
+    table = Table(show_edge=False)
+    table.add_column("host")
+    for sid in ids:
+        table.add_column(sid, justify="center")
+    marks = {"ok": "[green]ok[/]", "missing": "[red]missing[/]", "damaged": "[red]damaged[/]",
+             "no-master": "[red]no master[/]"}
+    grid: dict[str, dict[str, str]] = {}
+    for e in entries:
+        mark = marks[e.state] + ("" if e.installed else " [dim](tmpl)[/]")
+        grid.setdefault(e.host, {})[e.id] = mark
+    for host in cfg.hosts:
+        table.add_row(host, *(grid.get(host, {}).get(sid, "[dim]·[/]") for sid in ids))
+    _out().print(table)
+    if problems:
+        _err().print(f"[yellow]{len(problems)} problem(s); see vaultpy check[/]")
+
+
+def main() -> None:
+    """Entry point: map every failure to one readable line and an exit code."""
+    if sys.argv[1:] == ["--version"]:
+        print(f"vaultpy {__version__}")
+        return
+    try:
+        app(prog_name="vaultpy")
+    except VaultpyError as exc:
+        _print_problems(exc.problems)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _err().print("interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("VAULTPY_DEBUG"):
+            raise
+        _err().print(f"vaultpy: internal error: {type(exc).__name__}: {exc} (set "
+                     "VAULTPY_DEBUG=1 for details and please report it)", markup=False)
+        sys.exit(70)
