@@ -1,0 +1,170 @@
+"""Shared fixtures: real keys from the real tools, and the real CLI in a subprocess.
+
+* keys come from Debian's ``age-keygen`` and OpenSSH's ``ssh-keygen``;
+* :class:`Repo` builds an operator repository in a temp dir and runs
+  ``python -m vaultpy`` against it, so exit codes, stderr and the absence of
+  tracebacks are tested exactly as a user sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is required in CI (installed by make deps)")
+        pytest.skip(f"{tool} not installed (make deps installs it)")
+    return path
+
+
+def age_keygen(directory: Path, name: str) -> tuple[Path, str]:
+    """A new X25519 identity file made by the real age-keygen; returns (file, recipient)."""
+    path = directory / name
+    subprocess.run([need("age-keygen"), "-o", str(path)], check=True, capture_output=True)
+    public = subprocess.run([need("age-keygen"), "-y", str(path)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    return path, public
+
+
+def ssh_keygen(directory: Path, name: str, comment: str = "", passphrase: str = ""
+               ) -> tuple[Path, str]:
+    """A new ed25519 key pair made by the real ssh-keygen; returns (private file, pub line)."""
+    path = directory / name
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "ed25519", "-N", passphrase, "-C",
+                    comment, "-f", str(path)], check=True, capture_output=True)
+    return path, (directory / f"{name}.pub").read_text().strip()
+
+
+@dataclass
+class Host:
+    name: str
+    key: Path          # private SSH host key
+    pubkey: str        # the .pub line (with comment)
+
+
+@dataclass
+class Repo:
+    """An operator repository: hosts.toml, secrets/, a master identity, host keys."""
+
+    root: Path
+    identity: Path
+    recipient: str
+    hosts: dict[str, Host] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "secrets" / "cache"
+
+    def run(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """Run the real CLI; never raises on a non-zero exit."""
+        full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.env, **(env or {})}
+        full_env.pop("VAULTPY_DEBUG", None)
+        return subprocess.run([sys.executable, "-m", "vaultpy", *args], input=input,
+                              capture_output=True, cwd=cwd or self.root, env=full_env,
+                              timeout=timeout)
+
+    def ok(self, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+        proc = self.run(*args, **kw)  # type: ignore[arg-type]
+        assert proc.returncode == 0, (args, proc.stdout.decode(), proc.stderr.decode())
+        return proc
+
+    def write_hosts(self, text: str) -> None:
+        (self.root / "hosts.toml").write_text(text)
+
+    def cache_files(self) -> dict[str, bytes]:
+        """Every file under the cache (relative path -> bytes), lock file excluded."""
+        out = {}
+        for p in sorted(self.cache.rglob("*")):
+            if p.is_file() and p.name != ".vaultpy.lock":
+                out[str(p.relative_to(self.cache))] = p.read_bytes()
+        return out
+
+    def snapshot(self) -> dict[str, tuple[bytes, int]]:
+        """Bytes and mtime_ns of every file in the repository (for "nothing changed")."""
+        out = {}
+        for p in sorted(self.root.rglob("*")):
+            if p.is_file():
+                out[str(p.relative_to(self.root))] = (p.read_bytes(), p.stat().st_mtime_ns)
+        return out
+
+
+def toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def hosts_toml(recipients: list[str], secrets: list[str],
+               hosts: Mapping[str, tuple[str, list[str]]], extra: str = "") -> str:
+    """A hosts.toml: ``hosts`` maps name -> (pubkey, [secret ids])."""
+    lines = ["[vaultpy]", "recipients = [" + ", ".join(map(toml_str, recipients)) + "]", ""]
+    lines += [f"[secrets.{s}]" for s in secrets]
+    for name, (pubkey, ids) in hosts.items():
+        lines += ["", f"[hosts.{name}]", f"pubkey = {toml_str(pubkey)}",
+                  "secrets = [" + ", ".join(map(toml_str, ids)) + "]"]
+    return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Iterator[object]:
+    """Factory: make_repo(hosts=3, secrets={"id": b"plaintext", ...}) -> Repo.
+
+    Every host gets every secret.  Master files are written with ``vaultpy
+    encrypt`` (so they are real age files for the master recipient), and
+    VAULTPY_IDENTITY points at the master identity.
+    """
+    counter = iter(range(1000))
+
+    def factory(hosts: int = 3, secrets: Mapping[str, bytes] | None = None,
+                encrypt: bool = True) -> Repo:
+        root = tmp_path / f"repo{next(counter)}"
+        (root / "keys").mkdir(parents=True)
+        identity, recipient = age_keygen(root / "keys", "master.txt")
+        repo = Repo(root, identity, recipient, env={"VAULTPY_IDENTITY": str(identity)})
+        for i in range(hosts):
+            name = f"host{i}"
+            key, pub = ssh_keygen(root / "keys", name, comment=f"root@{name}")
+            repo.hosts[name] = Host(name, key, pub)
+        secrets = dict(secrets if secrets is not None else
+                       {"alpha": b"alpha-secret\n", "beta": b"beta-secret"})
+        repo.write_hosts(hosts_toml([recipient], list(secrets),
+                                    {h.name: (h.pubkey, list(secrets))
+                                     for h in repo.hosts.values()}))
+        (root / "secrets").mkdir()
+        if encrypt:
+            for sid, plaintext in secrets.items():
+                repo.ok("encrypt", sid, input=plaintext)
+        return repo
+
+    yield factory
+
+
+def age_decrypt(path: Path, identity: Path) -> bytes:
+    """Decrypt with the real age CLI."""
+    proc = subprocess.run([need("age"), "-d", "-i", str(identity), str(path)],
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout
+
+
+def assert_one_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    """Non-zero exit, no traceback, and every needle on one stderr line."""
+    err = proc.stderr.decode()
+    assert proc.returncode not in (0, 70), (proc.returncode, err)
+    assert "Traceback" not in err and "Traceback" not in proc.stdout.decode(), err
+    lines = [ln for ln in err.splitlines() if all(n in ln for n in needles)]
+    assert lines, f"no line with {needles!r} in:\n{err}"
+    return lines[0]
