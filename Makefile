@@ -1,0 +1,52 @@
+# vaultpy — developer entry points.  Every target installs what it needs.
+#   make demo   install, then run renc/check/status on the demo repository
+#   make test   install the test peers (age, nix, ssh) and run the full suite
+#   make lint   ruff + mypy --strict
+#   make dev    everything a developer needs, without running anything
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := age nix-bin openssh-client util-linux strace
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-fast lint dev deps clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
+	touch $@
+
+deps:  ## Debian packages the tests run against (real peers, not mocks)
+	@missing=""; for t in age age-keygen nix-instantiate ssh-keygen setpriv strace unshare; do \
+	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $(APT_PACKAGES) >/dev/null; \
+	fi
+
+dev: deps $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/vaultpy renc
+	$(BIN)/vaultpy check
+	$(BIN)/vaultpy status
+
+test: dev
+	$(BIN)/python -m pytest -q
+
+test-fast: dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check vaultpy tests
+	$(BIN)/mypy --strict vaultpy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
