@@ -344,6 +344,11 @@ def main() -> None:
     except KeyboardInterrupt:
         _err().print("interrupted", markup=False)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`vaultpy decrypt x | head`): exit like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
     except Exception as exc:
         if os.environ.get("VAULTPY_DEBUG"):
             raise

@@ -454,6 +454,9 @@ def load(repo: Path | None = None) -> Config:
     """Find and load hosts.toml: ``repo`` may be a directory or the file itself."""
     if repo is None:
         path = find(Path.cwd())
+    elif not repo.exists():
+        raise VaultpyError(Problem(display_path(repo), "no such file or directory", "",
+                                   "fix -C/--repo: give the directory holding hosts.toml"))
     elif repo.is_dir():
         path = repo / FILENAME
         if not path.exists():
