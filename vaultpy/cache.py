@@ -36,12 +36,25 @@ def cache_name(secret_id: str, master_sha256: str, recipients: Sequence[str]) ->
     return f"{secret_id}.{cache_hash(master_sha256, recipients)[:32]}.age"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Master:
+    """What the plan needs of a master file: its hash, and its payload length when the
+    header parses (age's payload length depends only on the plaintext length, so every
+    cache file of this secret must have exactly the same)."""
+
+    sha256: str
+    payload: int | None
+    format_error: str | None = None
+
+
+def read_master_info(path: Path) -> Master:
+    data = path.read_bytes()
+    try:
+        payload: int | None = ageformat.parse(data).payload_size
+        error = None
+    except ageformat.FormatError as exc:
+        payload, error = None, str(exc)
+    return Master(hashlib.sha256(data).hexdigest(), payload, error)
 
 
 @dataclass(frozen=True)
@@ -52,30 +65,35 @@ class Item:
     id: str
     path: Path
     recipients: tuple[str, ...]
+    payload: int | None = None       # expected payload length (the master's)
 
 
 @dataclass
 class Plan:
     items: list[Item] = field(default_factory=list)
-    masters: dict[str, str] = field(default_factory=dict)   # id -> sha256 of master file
+    masters: dict[str, Master] = field(default_factory=dict)
     stale: list[Path] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)   # missing/unreadable masters
 
 
-def master_hashes(cfg: Config, ids: Iterable[str]) -> tuple[dict[str, str], list[Problem]]:
-    hashes: dict[str, str] = {}
+def missing_master(cfg: Config, sid: str) -> Problem:
+    return Problem(display_path(cfg.secrets[sid].file), "master file is missing",
+                   f"secrets.{sid}", f"create it with vaultpy edit {sid} (or vaultpy "
+                   f"encrypt {sid})")
+
+
+def master_hashes(cfg: Config, ids: Iterable[str]) -> tuple[dict[str, Master], list[Problem]]:
+    hashes: dict[str, Master] = {}
     problems: list[Problem] = []
     for sid in sorted(set(ids)):
         secret = cfg.secrets[sid]
         try:
-            hashes[sid] = sha256_file(secret.file)
+            hashes[sid] = read_master_info(secret.file)
         except FileNotFoundError:
-            problems.append(Problem(display_path(secret.file), "master file is missing",
-                                    f"secrets.{sid}",
-                                    f"create it with vaultpy edit {sid} (or vaultpy "
-                                    f"encrypt {sid})"))
+            problems.append(missing_master(cfg, sid))
         except OSError as exc:
-            problems.append(os_problem(secret.file, exc, "read master file"))
+            p = os_problem(secret.file, exc, "read master file")
+            problems.append(Problem(p.file, p.message, f"secrets.{sid}", p.hint))
     return hashes, problems
 
 
@@ -92,13 +110,13 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     for host in selected:
         names = expected.setdefault(host.name, set())
         for sid in host.needed:
-            sha = result.masters.get(sid)
-            if sha is None:
+            master = result.masters.get(sid)
+            if master is None:
                 continue
-            name = cache_name(sid, sha, host.recipients)
+            name = cache_name(sid, master.sha256, host.recipients)
             names.add(name)
             result.items.append(Item(host.name, sid, cfg.cache_dir / host.name / name,
-                                     host.recipients))
+                                     host.recipients, master.payload))
     for host_name, names in expected.items():
         host_dir = cfg.cache_dir / host_name
         for entry in _listdir(host_dir):
@@ -128,9 +146,11 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
-def verify(path: Path, recipients: Sequence[str]) -> str | None:
+def verify(path: Path, recipients: Sequence[str], payload: int | None = None) -> str | None:
     """Why the cache file at ``path`` is not a complete age file for ``recipients``
-    (None when it is).  Structure only: no key is needed."""
+    (None when it is).  Structure only: no key is needed.  ``payload`` is the master's
+    payload length: equal plaintexts have equal payload lengths, so any truncation
+    or extension shows."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -141,6 +161,9 @@ def verify(path: Path, recipients: Sequence[str]) -> str | None:
         header = ageformat.parse(data)
     except ageformat.FormatError as exc:
         return f"damaged: {exc}"
+    if payload is not None and header.payload_size != payload:
+        return (f"damaged: payload is {header.payload_size} bytes, the master's is "
+                f"{payload} (truncated or altered)")
     stanzas = header.recipient_stanzas()
     if len(stanzas) != len(recipients):
         return (f"encrypted to {len(stanzas)} recipient(s), the host has "

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vaultpy import cache
-from vaultpy._internal import ageformat
 from vaultpy.errors import Problem, display_path
 from vaultpy.model import Config
 
@@ -32,13 +31,11 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     """Every (host, secret) pair's state, plus the problems that make ``check`` fail."""
     p = cache.plan(cfg)
     problems = list(p.problems)
-    for sid, _sha in sorted(p.masters.items()):
-        master = cfg.secrets[sid].file
-        try:
-            ageformat.parse(master.read_bytes())
-        except (ageformat.FormatError, OSError) as exc:
-            problems.append(Problem(display_path(master), f"master file is not a valid age "
-                                    f"file: {exc}", f"secrets.{sid}",
+    for sid, master in sorted(p.masters.items()):
+        if master.format_error is not None:
+            problems.append(Problem(display_path(cfg.secrets[sid].file), "master file is "
+                                    f"not a valid age file: {master.format_error}",
+                                    f"secrets.{sid}",
                                     "restore it from git, or recreate it with vaultpy edit"))
     entries: list[Entry] = []
     planned = {(i.host, i.id): i for i in p.items}
@@ -51,7 +48,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      display_path(cfg.secrets[sid].file),
                                      installed=sid in installed))
                 continue
-            reason = cache.verify(item.path, item.recipients)
+            reason = cache.verify(item.path, item.recipients, item.payload)
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
             entries.append(Entry(host.name, sid, state, display_path(item.path),

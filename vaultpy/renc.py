@@ -186,7 +186,7 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result,
         raise VaultpyError(p.problems)
     todo: list[cache.Item] = []
     for item in p.items:
-        reason = cache.verify(item.path, item.recipients)
+        reason = cache.verify(item.path, item.recipients, item.payload)
         if reason is None:
             result.unchanged.append(item)
         elif reason == "missing":
@@ -201,9 +201,22 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
-    for host in {i.host for i in todo}:
-        (cfg.cache_dir / host).mkdir(mode=0o755, exist_ok=True)
-    jobs = [_Job(sid, cfg.secrets[sid].file, p.masters[sid], tuple(items))
+    created = [cfg.cache_dir / h for h in sorted({i.host for i in todo})
+               if not (cfg.cache_dir / h).exists()]
+    for d in created:
+        d.mkdir(mode=0o755, exist_ok=True)
+    try:
+        _encrypt_jobs(cfg, p, todo, by_secret, result, workers, progress)
+    finally:
+        for d in created:               # a failed first run leaves no empty directory
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _encrypt_jobs(cfg: Config, p: cache.Plan, todo: list[cache.Item],
+                  by_secret: dict[str, list[cache.Item]], result: Result, workers: int,
+                  progress: ProgressFn | None) -> None:
+    jobs = [_Job(sid, cfg.secrets[sid].file, p.masters[sid].sha256, tuple(items))
             for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
     ready: list[tuple[cache.Item, str]] = []
     for item, tmp, problem in _execute(jobs, workers, progress, len(todo)):
