@@ -69,6 +69,18 @@ def _config(repo: Path | None) -> Config:
     return model.load(repo or _Globals.repo)
 
 
+def _config_for(repo: Path | None, json_out: bool) -> Config:
+    """Load hosts.toml; with --json an invalid file is still reported as JSON."""
+    try:
+        return _config(repo)
+    except VaultpyError as exc:
+        if not json_out:
+            raise
+        _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
+        _print_problems(exc.problems)
+        _exit(1)
+
+
 def _identity(identity: list[Path] | None) -> list[Path]:
     return list(identity or _Globals.identity)
 
@@ -267,7 +279,7 @@ def check(
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy.check import check as do_check
 
-    cfg = _config(repo)
+    cfg = _config_for(repo, json_out)
     problems = do_check(cfg)
     if json_out:
         _emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
@@ -306,7 +318,7 @@ def status(
 
     from vaultpy.check import survey
 
-    cfg = _config(repo)
+    cfg = _config_for(repo, json_out)
     entries, problems = survey(cfg)
     if json_out:
         _emit_json({"ok": not problems,

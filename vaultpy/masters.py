@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vaultpy import age, identities
 from vaultpy._internal import ageformat, fsutil
+from vaultpy.cache import missing_master
 from vaultpy.errors import VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -21,8 +22,7 @@ def read_master(cfg: Config, secret_id: str) -> bytes:
     try:
         return secret.file.read_bytes()
     except FileNotFoundError:
-        raise VaultpyError(os_problem(secret.file, FileNotFoundError(2, "no such file"),
-                                      "read master file")) from None
+        raise VaultpyError(missing_master(cfg, secret_id)) from None
     except OSError as exc:
         raise VaultpyError(os_problem(secret.file, exc, "read master file")) from None
 

@@ -28,6 +28,9 @@ ID_MAX = 128
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 UNIT_RE = re.compile(r"[^\s/]+")
 DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
+# `mode = 400` is decimal in TOML (0o620): refuse it rather than guess.
+_DECIMAL_MODE = re.compile(
+    r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]+)(?![0-9_.xXoObBeE:-])")
 HOST_KEY_HINT = "use the host's /etc/ssh/ssh_host_ed25519_key.pub (or an age1… key)"
 
 
@@ -129,6 +132,7 @@ class _Checker:
     def __init__(self, path: Path) -> None:
         self.file = display_path(path)
         self.problems: list[Problem] = []
+        self.decimal_modes: set[int] = set()   # `mode = <decimal>` literals in the text
 
     def add(self, where: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(self.file, message, where, hint))
@@ -188,9 +192,9 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
         text = value
     else:
         text = ""
-    if text.isdigit() and int(text) < 2**32 - 1:
+    if re.fullmatch(r"[0-9]+", text) and int(text) < 2**32 - 1:
         return text
-    if not text.isdigit() and len(text) <= 32 and USER_RE.fullmatch(text):
+    if len(text) <= 32 and USER_RE.fullmatch(text) and text.isascii():
         return text
     ck.add(where, f"invalid user or group {value!r}",
            "use a name like \"postgres\" or a numeric id like 1000")
@@ -200,11 +204,17 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
 def _mode(ck: _Checker, value: Any, where: str) -> str:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 8 and value in ck.decimal_modes:
+            ck.add(where, f"mode = {value} is a decimal number (0o{value:o})",
+                   f'write it as a string "0{value}" or as 0o{value}')
+            return "0400"
         number = value
     elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
         number = int(value, 8)
     if number is None or not 0 <= number <= 0o777:
-        ck.add(where, f"invalid mode {value!r}",
+        shown = f"0o{value:o}" if isinstance(value, int) and not isinstance(value, bool) \
+            and value >= 0 else repr(value)
+        ck.add(where, f"invalid mode {shown}",
                'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)')
         return "0400"
     return f"{number:04o}"
@@ -379,6 +389,7 @@ def parse(text: str, path: Path) -> Config:
         raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "",
                                    "fix the syntax at that line")) from None
     root = path.parent
+    ck.decimal_modes = {int(m.group("value")) for m in _DECIMAL_MODE.finditer(text)}
     ck.keys(doc, "", ("vaultpy", "secrets", "hosts"))
 
     settings = ck.table(doc.get("vaultpy", {}), "vaultpy") or {}
