@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,13 +108,18 @@ def toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def toml_key(key: str) -> str:
+    """A bare TOML key when possible, quoted otherwise (ids may contain dots)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_str(key)
+
+
 def hosts_toml(recipients: list[str], secrets: list[str],
                hosts: Mapping[str, tuple[str, list[str]]], extra: str = "") -> str:
     """A hosts.toml: ``hosts`` maps name -> (pubkey, [secret ids])."""
     lines = ["[vaultpy]", "recipients = [" + ", ".join(map(toml_str, recipients)) + "]", ""]
-    lines += [f"[secrets.{s}]" for s in secrets]
+    lines += [f"[secrets.{toml_key(s)}]" for s in secrets]
     for name, (pubkey, ids) in hosts.items():
-        lines += ["", f"[hosts.{name}]", f"pubkey = {toml_str(pubkey)}",
+        lines += ["", f"[hosts.{toml_key(name)}]", f"pubkey = {toml_str(pubkey)}",
                   "secrets = [" + ", ".join(map(toml_str, ids)) + "]"]
     return "\n".join(lines) + "\n" + extra
 

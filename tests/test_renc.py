@@ -1,0 +1,505 @@
+"""The renc pipeline (DESIGN §3, §4): naming, idempotence, incremental updates,
+pruning, --host, --jobs, crash leftovers, repair, template-only secrets, --json."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
+
+RESULT_KEYS = {"ok", "written", "repaired", "unchanged", "pruned", "failed"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def toml_value(value: str | list[str]) -> str:
+    if isinstance(value, str):
+        return toml_str(value)
+    return "[" + ", ".join(map(toml_str, value)) + "]"
+
+
+def write_config(repo: Repo, secrets: list[str],
+                 hosts: dict[str, tuple[str | list[str], list[str]]], extra: str = "") -> None:
+    """hosts.toml with the repo's master recipient; a pubkey may be a list of keys."""
+    lines = ["[vaultpy]", f"recipients = {toml_value([repo.recipient])}", ""]
+    lines += [f'[secrets."{s}"]' for s in secrets]
+    for name, (pubkey, ids) in hosts.items():
+        lines += ["", f"[hosts.{name}]", f"pubkey = {toml_value(pubkey)}",
+                  f"secrets = {toml_value(ids)}"]
+    repo.write_hosts("\n".join(lines) + "\n" + extra)
+
+
+def renc_json(repo: Repo, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = repo.ok("renc", "--json", *args, env=env)
+    data = json.loads(proc.stdout)          # the whole of stdout is one JSON document
+    assert set(data) >= RESULT_KEYS, data
+    return data
+
+
+def state(repo: Repo) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime_ns of every file under the cache (lock file excluded)."""
+    out = {}
+    for p in sorted(repo.cache.rglob("*")):
+        if p.is_file() and p.name != ".vaultpy.lock":
+            out[str(p.relative_to(repo.cache))] = (p.read_bytes(), p.stat().st_mtime_ns)
+    return out
+
+
+def rel(repo: Repo, paths: list[str]) -> set[str]:
+    """Paths from --json output, relative to the cache dir."""
+    return {str(Path(p).resolve().relative_to(repo.cache.resolve())) for p in paths}
+
+
+def normalise(pubkey: str) -> str:
+    """DESIGN §3: `type base64`, the SSH comment dropped (age1 keys as they are)."""
+    pubkey = pubkey.strip()
+    if pubkey.startswith("age1"):
+        return pubkey
+    kind, b64 = pubkey.split()[:2]
+    return f"{kind} {b64}"
+
+
+def expected_name(repo: Repo, sid: str, pubkeys: str | list[str]) -> str:
+    """DESIGN §3, computed independently of vaultpy."""
+    keys = [pubkeys] if isinstance(pubkeys, str) else pubkeys
+    master = hashlib.sha256((repo.root / "secrets" / f"{sid}.age").read_bytes()).hexdigest()
+    text = master + "\n" + "\n".join(normalise(k) for k in keys)
+    return f"{sid}.{hashlib.sha256(text.encode()).hexdigest()[:32]}.age"
+
+
+def host_files(repo: Repo, host: str) -> set[str]:
+    d = repo.cache / host
+    return set(os.listdir(d)) if d.exists() else set()
+
+
+def three_host_repo(make_repo: Any) -> tuple[Repo, dict[str, bytes], dict[str, list[str]]]:
+    """host0: alpha beta gamma; host1: alpha beta; host2: beta gamma."""
+    secrets = {"alpha": b"alpha-1\n", "beta": b"beta-1", "gamma": os.urandom(3000)}
+    repo = make_repo(hosts=3, secrets=secrets)
+    layout = {"host0": ["alpha", "beta", "gamma"], "host1": ["alpha", "beta"],
+              "host2": ["beta", "gamma"]}
+    write_config(repo, list(secrets),
+                 {h: (repo.hosts[h].pubkey, ids) for h, ids in layout.items()})
+    return repo, secrets, layout
+
+
+def assert_all_decrypt(repo: Repo, plaintexts: dict[str, bytes],
+                       layout: dict[str, list[str]], keys: dict[str, Path] | None = None) -> None:
+    keys = keys or {h: repo.hosts[h].key for h in layout}
+    for host, ids in layout.items():
+        files = sorted((repo.cache / host).iterdir())
+        assert sorted(f.name.split(".")[0] for f in files) == sorted(ids), host
+        for f in files:
+            assert age_decrypt(f, keys[host]) == plaintexts[f.name.split(".")[0]]
+
+
+# --------------------------------------------------------------------------- 4. naming
+
+def test_cache_names_follow_design_section_3(make_repo):
+    secrets = {"alpha": b"a", "beta": b"", "db.pass-word_2": b"with dots and dashes\n"}
+    repo = make_repo(hosts=2, secrets=secrets, encrypt=False)
+    keys = repo.root / "keys"
+    _, bare_pub = ssh_keygen(keys, "bare", comment="")               # no comment at all
+    _, spaced_pub = ssh_keygen(keys, "spaced", comment="root@web1 the web server")
+    _, age_pub = age_keygen(keys, "agehost.txt")
+    _, second_pub = ssh_keygen(keys, "second", comment="second@key")
+    assert len(bare_pub.split()) == 2 and len(spaced_pub.split()) == 6
+    ids = list(secrets)
+    hosts: dict[str, tuple[str | list[str], list[str]]] = {
+        "host0": (repo.hosts["host0"].pubkey, ids),            # "ssh-ed25519 AAAA root@host0"
+        "host1": (repo.hosts["host1"].pubkey, ["alpha"]),
+        "bare": (bare_pub, ids),
+        "spaced": (spaced_pub.replace(" ", "  ", 1) + "  ", ids),   # odd whitespace too
+        "agehost": (age_pub, ["beta", "db.pass-word_2"]),
+        "dual": ([second_pub, age_pub], ids),                   # order as listed
+        "dual2": ([age_pub, second_pub], ids),
+    }
+    write_config(repo, ids, hosts)
+    for sid, plaintext in secrets.items():
+        repo.ok("encrypt", sid, input=plaintext)
+    repo.ok("renc")
+
+    for host, (pubkeys, host_ids) in hosts.items():
+        want = {expected_name(repo, sid, pubkeys) for sid in host_ids}
+        assert host_files(repo, host) == want, host
+    # Sanity of the contract itself: the comment does not matter, the key does.
+    assert expected_name(repo, "alpha", bare_pub) == expected_name(
+        repo, "alpha", bare_pub + " some comment")
+    assert host_files(repo, "dual") != host_files(repo, "dual2")
+    repo.ok("check")
+
+
+# --------------------------------------------------------------------------- 5. no-op
+
+def test_second_renc_writes_nothing(make_repo):
+    repo, _plaintexts, layout = three_host_repo(make_repo)
+    first = renc_json(repo)
+    n = sum(len(ids) for ids in layout.values())
+    assert len(first["written"]) == n and first["unchanged"] == 0
+    before_cache = state(repo)
+    before_repo = repo.snapshot()
+    assert len(before_cache) == n
+
+    second = renc_json(repo)
+    assert second["ok"] is True
+    assert second["written"] == []
+    assert second["repaired"] == []
+    assert second["pruned"] == []
+    assert second["failed"] == []
+    assert second["unchanged"] == n
+    assert state(repo) == before_cache          # bytes and mtime_ns of every cache file
+    assert repo.snapshot() == before_repo       # and nothing else in the repository
+
+
+# --------------------------------------------------------------------------- 6. changes
+
+def test_changed_master_rewrites_only_that_secret(make_repo):
+    repo, plaintexts, layout = three_host_repo(make_repo)
+    renc_json(repo)
+    before = state(repo)
+
+    plaintexts["alpha"] = b"alpha-2, rotated\n"
+    repo.ok("encrypt", "alpha", input=plaintexts["alpha"])
+    result = renc_json(repo)
+
+    after = state(repo)
+    old_alpha = {p for p in before if p.split("/")[1].startswith("alpha.")}
+    new_alpha = {p for p in after if p.split("/")[1].startswith("alpha.")}
+    assert {p.split("/")[0] for p in new_alpha} == {"host0", "host1"}    # host2 has no alpha
+    assert old_alpha.isdisjoint(new_alpha)                  # new names …
+    assert old_alpha.isdisjoint(after)                      # … old ones pruned
+    for p in new_alpha:
+        assert p.split("/")[1] == expected_name(repo, "alpha", repo.hosts[p.split("/")[0]].pubkey)
+    untouched = set(before) - old_alpha
+    assert set(after) - new_alpha == untouched
+    for p in untouched:
+        assert after[p] == before[p], p                     # bytes and mtime identical
+    assert rel(repo, result["written"]) == new_alpha
+    assert rel(repo, result["pruned"]) == old_alpha
+    assert result["unchanged"] == len(untouched)
+    assert_all_decrypt(repo, plaintexts, layout)
+
+
+def test_changed_host_key_rewrites_only_that_host(make_repo):
+    repo, plaintexts, layout = three_host_repo(make_repo)
+    renc_json(repo)
+    before = state(repo)
+    old_key = repo.hosts["host1"].key
+
+    new_key, new_pub = ssh_keygen(repo.root / "keys", "host1-new", comment="root@host1")
+    write_config(repo, list(plaintexts),
+                 {h: (new_pub if h == "host1" else repo.hosts[h].pubkey, ids)
+                  for h, ids in layout.items()})
+    result = renc_json(repo)
+
+    after = state(repo)
+    old_host1 = {p for p in before if p.startswith("host1/")}
+    new_host1 = {p for p in after if p.startswith("host1/")}
+    assert len(new_host1) == len(layout["host1"])
+    assert old_host1.isdisjoint(after)
+    assert {p.split("/")[1] for p in new_host1} == {
+        expected_name(repo, sid, new_pub) for sid in layout["host1"]}
+    for p in set(before) - old_host1:
+        assert after[p] == before[p], p
+    assert set(after) - new_host1 == set(before) - old_host1
+    assert rel(repo, result["written"]) == new_host1
+    assert rel(repo, result["pruned"]) == old_host1
+    keys = {h: repo.hosts[h].key for h in layout} | {"host1": new_key}
+    assert_all_decrypt(repo, plaintexts, layout, keys)
+    for p in new_host1:                     # the old key no longer opens them
+        proc = subprocess.run([need("age"), "-d", "-i", str(old_key),
+                                             str(repo.cache / p)], capture_output=True)
+        assert proc.returncode != 0
+
+
+def test_removed_host_loses_its_cache_directory(make_repo):
+    repo, plaintexts, layout = three_host_repo(make_repo)
+    renc_json(repo)
+    before = state(repo)
+    assert (repo.cache / "host2").is_dir()
+
+    del layout["host2"]
+    write_config(repo, list(plaintexts), {h: (repo.hosts[h].pubkey, ids)
+                                          for h, ids in layout.items()})
+    result = renc_json(repo)
+
+    assert not (repo.cache / "host2").exists()
+    assert rel(repo, result["pruned"]) == {"host2"}
+    assert result["written"] == []
+    after = state(repo)
+    assert after == {p: v for p, v in before.items() if not p.startswith("host2/")}
+    repo.ok("check")
+
+
+def test_secret_removed_from_host_is_pruned(make_repo):
+    repo, plaintexts, layout = three_host_repo(make_repo)
+    renc_json(repo)
+    before = state(repo)
+
+    layout["host0"] = ["alpha", "gamma"]            # beta no longer deployed to host0
+    write_config(repo, list(plaintexts), {h: (repo.hosts[h].pubkey, ids)
+                                          for h, ids in layout.items()})
+    result = renc_json(repo)
+
+    gone = {p for p in before if p.startswith("host0/beta.")}
+    assert len(gone) == 1
+    after = state(repo)
+    assert after == {p: v for p, v in before.items() if p not in gone}
+    assert rel(repo, result["pruned"]) == gone
+    assert result["written"] == []
+    assert_all_decrypt(repo, plaintexts, layout)
+
+
+# --------------------------------------------------------------------------- 7. --host, --jobs
+
+def test_renc_host_touches_only_that_host(make_repo):
+    repo, plaintexts, layout = three_host_repo(make_repo)
+
+    # From scratch: only host1's directory appears.
+    result = renc_json(repo, "--host", "host1")
+    assert sorted(p.name for p in repo.cache.iterdir() if p.is_dir()) == ["host1"]
+    assert {p.split("/")[0] for p in rel(repo, result["written"])} == {"host1"}
+
+    renc_json(repo)                                     # now everyone is up to date
+    # Make every host out of date, and give the others something prunable.
+    plaintexts["beta"] = b"beta-2"
+    repo.ok("encrypt", "beta", input=plaintexts["beta"])
+    for h in ("host0", "host2"):
+        (repo.cache / h / f".beta.{'0' * 32}.age.vaultpy-tmp-abcdef").write_bytes(b"x")
+    (repo.cache / "oldhost").mkdir()
+    (repo.cache / "oldhost" / "alpha.0123456789abcdef0123456789abcdef.age").write_bytes(b"x")
+    before = state(repo)
+
+    result = renc_json(repo, "--host", "host1")
+
+    after = state(repo)
+    for p, v in before.items():
+        if not p.startswith("host1/"):
+            assert after.get(p) == v, p                  # others: byte+mtime identical
+    assert {p for p in after if not p.startswith("host1/")} == {
+        p for p in before if not p.startswith("host1/")}
+    assert {p.split("/")[0] for p in rel(repo, result["written"])} == {"host1"}
+    assert {p.split("/")[0] for p in rel(repo, result["pruned"])} == {"host1"}
+    host1 = {p.split("/")[1] for p in after if p.startswith("host1/")}
+    assert host1 == {expected_name(repo, s, repo.hosts["host1"].pubkey)
+                     for s in layout["host1"]}
+    assert_all_decrypt(repo, plaintexts, {"host1": layout["host1"]})
+
+
+def test_jobs_1_and_2_give_the_same_valid_cache(make_repo):
+    secrets = {f"s{i}": f"secret number {i}\n".encode() for i in range(6)}
+    secrets["s6"] = os.urandom(200_000)
+    repo = make_repo(hosts=3, secrets=secrets)
+    layout = {h: list(secrets) for h in repo.hosts}
+    n = len(secrets) * len(repo.hosts)
+
+    one = renc_json(repo, "--jobs", "1")
+    assert len(one["written"]) == n
+    names_one = set(state(repo))
+    assert_all_decrypt(repo, secrets, layout)
+
+    for h in repo.hosts:
+        shutil.rmtree(repo.cache / h)
+    two = renc_json(repo, "--jobs", "2")
+    assert len(two["written"]) == n and two["failed"] == []
+    assert set(state(repo)) == names_one                 # names do not depend on --jobs
+    assert_all_decrypt(repo, secrets, layout)
+    repo.ok("check")
+
+
+class _RecordingPool(concurrent.futures.ProcessPoolExecutor):
+    """The real process pool, recording that it was used."""
+
+    created: ClassVar[list[int]] = []
+    submitted: ClassVar[list[int]] = []
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        type(self).created.append(kw.get("max_workers", args[0] if args else 0))
+
+    def submit(self, fn: Any, /, *args: Any, **kw: Any) -> Any:
+        type(self).submitted.append(os.getpid())
+        return super().submit(fn, *args, **kw)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_process_pool_is_used_for_jobs_above_one(make_repo, monkeypatch, jobs):
+    from vaultpy import model
+    from vaultpy import renc as pipeline
+
+    secrets = {f"s{i}": f"pool secret {i}".encode() for i in range(4)}
+    repo = make_repo(hosts=2, secrets=secrets)
+    monkeypatch.setattr(_RecordingPool, "created", [])
+    monkeypatch.setattr(_RecordingPool, "submitted", [])
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", _RecordingPool)
+    monkeypatch.chdir(repo.root)
+
+    result = pipeline.renc(model.load(repo.root), jobs=jobs, identity_files=[repo.identity])
+
+    assert result.ok, result.failed
+    assert len(result.written) == len(secrets) * len(repo.hosts)
+    if jobs == 1:
+        assert _RecordingPool.created == []
+    else:
+        assert _RecordingPool.created == [2]
+        assert len(_RecordingPool.submitted) == len(secrets)   # one job per secret, > 1
+    assert_all_decrypt(repo, secrets, {h: list(secrets) for h in repo.hosts})
+
+
+# --------------------------------------------------------------------------- 8. leftovers, repair
+
+def test_leftover_temp_files_are_removed(make_repo):
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    before = state(repo)
+    alpha = next(p for p in before if p.startswith("host0/alpha."))
+    leftovers = [
+        repo.cache / "host0" / f".{alpha.split('/')[1]}.vaultpy-tmp-abcdef",   # of a live name
+        repo.cache / "host0" / f".beta.{'f' * 32}.age.vaultpy-tmp-0123456789ab",
+        repo.cache / "host2" / ".gamma.0123456789abcdef0123456789abcdef.age.vaultpy-tmp-ffffff",
+    ]
+    for p in leftovers:
+        p.write_bytes(b"age-encryption.org/v1\n-> partial")
+
+    result = renc_json(repo)
+
+    assert [p for p in leftovers if os.path.lexists(p)] == []
+    assert state(repo) == before
+    assert result["written"] == [] and result["repaired"] == []
+    assert result["unchanged"] == len(before)
+    repo.ok("check")
+
+
+def _damage_and_renc(repo: Repo, damage: dict[str, bytes]) -> tuple[dict[str, Any],
+                                                                   dict[str, tuple[bytes, int]],
+                                                                   dict[str, tuple[bytes, int]]]:
+    before = state(repo)
+    for victim_rel, data in damage.items():
+        (repo.cache / victim_rel).write_bytes(data)
+    damaged = state(repo)
+    result = renc_json(repo)
+    return result, before, damaged
+
+
+def _header_end(data: bytes) -> int:
+    """Offset just past the MAC line ("--- …\n") of a binary age file."""
+    mac = data.index(b"\n--- ") + 1
+    return data.index(b"\n", mac) + 1
+
+
+def _assert_repaired(repo: Repo, result: dict[str, Any], before: dict[str, tuple[bytes, int]],
+                     damaged: dict[str, tuple[bytes, int]], victims: set[str],
+                     plaintexts: dict[str, bytes]) -> None:
+    assert result["ok"] is True
+    assert rel(repo, result["repaired"]) == victims
+    assert rel(repo, result["written"]).isdisjoint(victims)
+    assert result["unchanged"] == len(before) - len(victims)
+    after = state(repo)
+    assert set(after) == set(before)                   # same names, rewritten in place
+    for p in victims:
+        assert after[p][0] != damaged[p][0], p
+        host, sid = p.split("/")[0], p.split("/")[1].split(".")[0]
+        assert age_decrypt(repo.cache / p, repo.hosts[host].key) == plaintexts[sid]
+    for p in set(before) - victims:
+        assert after[p] == before[p], p
+    repo.ok("check")
+
+
+def test_damaged_cache_file_header_is_repaired(make_repo):
+    repo, plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    files = state(repo)
+    pick = {f"{h}/{s}": next(p for p in files if p.startswith(f"{h}/{s}."))
+            for h, s in (("host0", "gamma"), ("host0", "alpha"), ("host1", "alpha"),
+                         ("host1", "beta"), ("host2", "gamma"))}
+    data = {k: files[v][0] for k, v in pick.items()}
+    damage = {
+        pick["host0/gamma"]: b"",                                           # emptied
+        pick["host1/alpha"]: data["host1/alpha"][:60],                     # cut in header
+        pick["host2/gamma"]: data["host2/gamma"][:_header_end(data["host2/gamma"])],
+        pick["host1/beta"]: data["host1/beta"][:_header_end(data["host1/beta"]) + 10],
+        # a complete age file, but for another host's key (e.g. a bad merge)
+        pick["host0/alpha"]: data["host1/alpha"],
+    }
+    result, before, damaged = _damage_and_renc(repo, damage)
+    _assert_repaired(repo, result, before, damaged, set(damage), plaintexts)
+
+
+def test_truncated_cache_file_payload_is_repaired(make_repo):
+    """Cut inside the last payload chunk: the header is intact, age -d fails."""
+    repo, plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    files = state(repo)
+    g0 = next(p for p in files if p.startswith("host0/gamma."))
+    g2 = next(p for p in files if p.startswith("host2/gamma."))
+    d0, d2 = files[g0][0], files[g2][0]
+    he = _header_end(d2)
+    damage = {g0: d0[:-5], g2: d2[: he + (len(d2) - he) // 2]}
+    for p, data in damage.items():
+        (repo.cache / p).write_bytes(data)
+        proc = subprocess.run([need("age"), "-d", "-i",
+                                             str(repo.hosts[p.split("/")[0]].key),
+                                             str(repo.cache / p)], capture_output=True)
+        assert proc.returncode != 0                     # really unusable on the host
+    result, _before, damaged = _damage_and_renc(repo, damage)
+    _assert_repaired(repo, result, files, damaged, set(damage), plaintexts)
+
+
+# --------------------------------------------------------------------------- 9. templates
+
+def test_template_only_secret_reaches_the_host(make_repo):
+    secrets = {"alpha": b"alpha-secret\n", "beta": b"beta-secret"}
+    repo = make_repo(hosts=2, secrets=secrets)
+    write_config(repo, list(secrets),
+                 {"host0": (repo.hosts["host0"].pubkey, ["alpha"]),
+                  "host1": (repo.hosts["host1"].pubkey, ["alpha"])},
+                 extra='\n[hosts.host0.templates."a.env"]\ncontent = "K={{ secrets.beta }}"\n')
+    result = renc_json(repo)
+
+    assert host_files(repo, "host0") == {expected_name(repo, s, repo.hosts["host0"].pubkey)
+                                         for s in ("alpha", "beta")}
+    assert host_files(repo, "host1") == {expected_name(repo, "alpha",
+                                                       repo.hosts["host1"].pubkey)}
+    assert len(result["written"]) == 3
+    assert_all_decrypt(repo, secrets, {"host0": ["alpha", "beta"], "host1": ["alpha"]})
+    repo.ok("check")
+
+
+# --------------------------------------------------------------------------- 10. --json
+
+def test_json_report_shape(make_repo):
+    repo, _plaintexts, layout = three_host_repo(make_repo)
+    n = sum(len(ids) for ids in layout.values())
+    data = renc_json(repo)
+    assert data["ok"] is True
+    assert isinstance(data["written"], list) and len(data["written"]) == n
+    assert all(isinstance(p, str) and Path(p).is_file() for p in data["written"])
+    assert data["repaired"] == [] and data["pruned"] == [] and data["failed"] == []
+    assert data["unchanged"] == 0
+    assert rel(repo, data["written"]) == set(state(repo))
+
+    # A failure is reported in the same shape, with exit status 1.
+    _stranger, stranger_pub = age_keygen(repo.root / "keys", "stranger.txt")
+    (repo.root / "secrets" / "beta.age").unlink()
+    proc = subprocess.run(
+        [need("age"), "-r", stranger_pub, "-o", str(repo.root / "secrets" / "beta.age")],
+        input=b"beta for someone else", capture_output=True)
+    assert proc.returncode == 0
+    proc = repo.run("renc", "--json")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert set(data) >= RESULT_KEYS
+    assert data["ok"] is False
+    assert data["written"] == []
+    assert len(data["failed"]) == 1
+    failure = data["failed"][0]
+    assert "beta.age" in failure["file"] and failure["message"]
+    assert "Traceback" not in proc.stderr.decode()
