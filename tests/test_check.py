@@ -1,0 +1,233 @@
+"""``vaultpy check`` / ``status``: the cache versus what hosts.toml asks for (no key).
+
+Every damage is made for real on disk (deleted, copied, truncated, swapped files,
+a temp file as a killed renc leaves it); ``check`` must name each file with the fix,
+``check --json`` must hold one entry per problem, and ``renc`` must repair it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Repo, assert_one_clean_error, hosts_toml
+
+from vaultpy._internal import fsutil
+
+Expected = list[tuple[str, str]]        # (file as displayed, message fragment)
+
+
+def cache_file(repo: Repo, host: str, sid: str) -> Path:
+    (path,) = (repo.cache / host).glob(f"{sid}.*.age")
+    return path
+
+
+def rel(repo: Repo, path: Path) -> str:
+    return str(path.relative_to(repo.root))
+
+
+def check_lines(proc: subprocess.CompletedProcess[bytes]) -> list[str]:
+    """check's problem lines (stdout), after asserting a clean failure."""
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert "Traceback" not in out + err
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def check_json(repo: Repo) -> dict:
+    proc = repo.run("check", "--json")
+    assert "Traceback" not in proc.stderr.decode()
+    data = json.loads(proc.stdout)
+    assert proc.returncode == (0 if data["ok"] else 1), proc.stderr.decode()
+    assert set(data) == {"ok", "problems"}
+    return data
+
+
+def assert_lines(repo: Repo, expected: Expected) -> None:
+    """check fails with exactly one line per expected problem, each with the fix."""
+    lines = check_lines(repo.run("check"))
+    assert len(lines) == len(expected), lines
+    for file, fragment in expected:
+        hits = [ln for ln in lines if ln.startswith(file + ":") and fragment in ln]
+        assert len(hits) == 1, (file, fragment, lines)
+        assert "vaultpy renc" in hits[0], hits[0]
+
+
+def assert_reports(repo: Repo, expected: Expected) -> None:
+    """... and ``check --json`` has exactly one entry per problem."""
+    assert_lines(repo, expected)
+    data = check_json(repo)
+    assert data["ok"] is False
+    assert len(data["problems"]) == len(expected), data
+    assert sorted(p["file"] for p in data["problems"]) == sorted(f for f, _ in expected)
+    for p in data["problems"]:
+        assert set(p) == {"file", "field", "message", "hint"}
+        assert "vaultpy renc" in p["hint"], p
+
+
+def assert_clean(repo: Repo) -> None:
+    """check exits 0 (the JSON form carries the same verdict and exit code)."""
+    assert check_json(repo) == {"ok": True, "problems": []}
+
+
+# --------------------------------------------------------------------------- damages
+
+def missing(repo: Repo) -> Expected:
+    path = cache_file(repo, "host0", "alpha")
+    path.unlink()
+    return [(rel(repo, path), "cache file is missing")]
+
+
+def stale_file(repo: Repo) -> Expected:
+    extra = repo.cache / "host0" / f"alpha.{pysecrets.token_hex(16)}.age"
+    shutil.copy2(cache_file(repo, "host0", "alpha"), extra)
+    return [(rel(repo, extra), "stale cache file")]
+
+
+def unknown_host_dir(repo: Repo) -> Expected:
+    gone = repo.cache / "oldhost"
+    gone.mkdir()
+    shutil.copy2(cache_file(repo, "host0", "alpha"),
+                 gone / "alpha.0123456789abcdef0123456789abcdef.age")
+    return [(rel(repo, gone), "directory of a host that is not in hosts.toml")]
+
+
+def removed_host(repo: Repo) -> Expected:
+    h = repo.hosts["host0"]
+    repo.write_hosts(hosts_toml([repo.recipient], ["alpha"], {"host0": (h.pubkey, ["alpha"])}))
+    return [(rel(repo, repo.cache / "host1"), "directory of a host that is not in hosts.toml")]
+
+
+def truncated_tail(repo: Repo) -> Expected:
+    path = cache_file(repo, "host1", "alpha")
+    path.write_bytes(path.read_bytes()[:-20])
+    return [(rel(repo, path), "cache file is damaged")]
+
+
+def swapped(repo: Repo) -> Expected:
+    a, b = cache_file(repo, "host0", "alpha"), cache_file(repo, "host1", "alpha")
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    return [(rel(repo, a), "not encrypted to the host's current key"),
+            (rel(repo, b), "not encrypted to the host's current key")]
+
+
+def leftover_tmp(repo: Repo) -> Expected:
+    final = cache_file(repo, "host1", "alpha")
+    tmp = fsutil.tmp_name(final)            # exactly what a killed renc leaves behind
+    tmp.write_bytes(final.read_bytes()[:50])
+    return [(rel(repo, tmp), "leftover temporary file")]
+
+
+# an unknown host's directory and a header cut are covered by the all-at-once test
+DAMAGES: dict[str, Callable[[Repo], Expected]] = {
+    "missing": missing, "stale_file": stale_file, "removed_host": removed_host,
+    "truncated_tail": truncated_tail, "swapped_host_keys": swapped, "leftover_tmp": leftover_tmp,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_check_reports_each_problem_and_renc_repairs_it(make_repo, damage: str) -> None:
+    repo = make_repo(hosts=2, secrets={"alpha": b"alpha-secret\n"})
+    repo.ok("renc")
+    expected = DAMAGES[damage](repo)
+    assert_lines(repo, expected)      # the JSON count is checked with all damages at once
+    repo.ok("renc")
+    assert_clean(repo)
+    for file, _ in expected:            # stale things are gone, the rest is rewritten
+        path = repo.root / file
+        assert not path.exists() or (path.name.endswith(".age") and path.stat().st_size > 0)
+    assert not [p for p in repo.cache.rglob("*") if fsutil.is_tmp(p.name)]
+
+
+def test_check_invalid_hosts_toml(make_repo) -> None:
+    repo = make_repo(hosts=2, secrets={"alpha": b"x"})
+    repo.ok("renc")
+    good = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(good.replace("[hosts.host1]", "[hosts.host1]\npubkye = 1"))
+    before = repo.snapshot()
+    proc = repo.run("check")
+    assert proc.returncode == 1
+    assert_one_clean_error(proc, "hosts.toml", "hosts.host1.pubkye", "unknown key",
+                           "did you mean 'pubkey'?")
+    assert repo.snapshot() == before
+    repo.write_hosts(good)          # the fix for this one is in hosts.toml
+    assert_clean(repo)
+
+
+def test_check_json_reports_invalid_hosts_toml(make_repo) -> None:
+    """``check --json`` is for machines: a broken hosts.toml must still yield the JSON
+    document (ok false, one entry per problem), not an empty stdout."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"x"}, encrypt=False)
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts("bogus = 1\n" + text.replace("[vaultpy]", "[vaultpy]\nrecipents = []"))
+    proc = repo.run("check", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+    data = json.loads(proc.stdout or b"null")
+    assert isinstance(data, dict), (proc.stdout, proc.stderr)
+    assert data["ok"] is False
+    assert len(data["problems"]) == 2, data
+    assert all(p["file"] == "hosts.toml" for p in data["problems"])
+    assert sorted(p["field"] for p in data["problems"]) == ["bogus", "vaultpy.recipents"]
+
+
+def test_all_damages_at_once_status_and_repair(make_repo) -> None:
+    repo = make_repo(hosts=3)
+    repo.ok("renc")
+    assert repo.ok("check").stdout.decode().strip() == ""
+    status = json.loads(repo.ok("status", "--json").stdout)
+    assert status["ok"] is True and status["problems"] == []
+    assert {(e["host"], e["id"], e["state"]) for e in status["entries"]} == {
+        (h, s, "ok") for h in repo.hosts for s in ("alpha", "beta")}
+    assert all(e["installed"] for e in status["entries"])
+
+    gone = cache_file(repo, "host0", "beta")
+    gone.unlink()
+    broken = cache_file(repo, "host2", "alpha")
+    broken.write_bytes(broken.read_bytes()[:-20])
+    cut = cache_file(repo, "host2", "beta")
+    cut.write_bytes(cut.read_bytes()[:100])
+    expected = [(rel(repo, gone), "cache file is missing"),
+                (rel(repo, broken), "cache file is damaged"),
+                (rel(repo, cut), "cache file is damaged")]
+    expected += unknown_host_dir(repo) + swapped(repo) + leftover_tmp(repo) + stale_file(repo)
+    assert_reports(repo, expected)
+
+    states = {(e["host"], e["id"]): e for e in
+              json.loads(repo.run("status", "--json").stdout)["entries"]}
+    assert states["host0", "beta"]["state"] == "missing"
+    assert states["host0", "beta"]["file"] == rel(repo, gone)
+    assert states["host2", "alpha"]["state"] == "damaged"
+    assert "truncated" in states["host2", "alpha"]["detail"]
+    assert states["host0", "alpha"]["state"] == states["host1", "alpha"]["state"] == "damaged"
+    assert states["host2", "beta"]["state"] == "damaged"
+    assert states["host1", "beta"]["state"] == "ok"
+    assert len(states) == 6
+    text = repo.run("status")
+    assert "Traceback" not in text.stderr.decode()
+    table = text.stdout.decode()
+    assert "missing" in table and "damaged" in table and " ok " in table
+    assert "problem" in text.stderr.decode()
+
+    repo.ok("renc")
+    assert_clean(repo)
+    status = json.loads(repo.ok("status", "--json").stdout)
+    assert {e["state"] for e in status["entries"]} == {"ok"}
+    assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock", "host0", "host1",
+                                                           "host2"]
+    assert all(len(list((repo.cache / h).iterdir())) == 2 for h in repo.hosts)
+
+
+def test_status_shows_missing_before_first_renc(make_repo) -> None:
+    repo = make_repo(hosts=1, secrets={"alpha": b"x"})
+    data = json.loads(repo.ok("status", "--json").stdout)
+    assert data["ok"] is False
+    (entry,) = data["entries"]
+    assert (entry["host"], entry["id"], entry["state"]) == ("host0", "alpha", "missing")
+    assert data["problems"][0]["message"] == "cache file is missing"

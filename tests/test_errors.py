@@ -1,0 +1,453 @@
+"""Every way a user can get it wrong ends in one clean line and an unchanged repository.
+
+Each error case asserts: exit 1 (2 for usage errors), no traceback, one line naming
+the file and the field or fix, and — with :meth:`Repo.snapshot` before and after —
+that no byte, mtime, lock file or temp file changed.  Damage is real: corrupted
+files on disk, real keys from age-keygen/ssh-keygen, and an unprivileged user
+(setpriv) for unreadable files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Repo, age_decrypt, age_keygen, assert_one_clean_error, need, toml_str
+
+from vaultpy import cache
+
+
+def dirs(repo: Repo) -> set[str]:
+    return {str(p.relative_to(repo.root)) for p in repo.root.rglob("*") if p.is_dir()}
+
+
+def state(repo: Repo) -> tuple[dict[str, tuple[bytes, int]], set[str]]:
+    """Bytes and mtimes of every file, and every directory (no new empty dirs either)."""
+    return repo.snapshot(), dirs(repo)
+
+
+def fails(proc: subprocess.CompletedProcess[bytes], *needles: str, code: int = 1) -> str:
+    """Exit ``code``, no traceback anywhere, and a stderr line holding every needle."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr.decode())
+    return assert_one_clean_error(proc, *needles)
+
+
+def output_line(proc: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    """Like :func:`fails` for ``check``, which prints its findings on stdout."""
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert "Traceback" not in out + err
+    lines = [ln for ln in (out + err).splitlines() if all(n in ln for n in needles)]
+    assert lines, f"no line with {needles!r} in:\n{out}{err}"
+    return lines[0]
+
+
+def normalized(pubkey: str) -> str:
+    return " ".join(pubkey.split()[:2])
+
+
+def expected_cache(repo: Repo, sid: str) -> dict[str, str]:
+    """host -> the cache path (relative to the repo) that DESIGN §3 names for ``sid``."""
+    sha = hashlib.sha256((repo.root / "secrets" / f"{sid}.age").read_bytes()).hexdigest()
+    return {h.name: f"secrets/cache/{h.name}/"
+            + cache.cache_name(sid, sha, (normalized(h.pubkey),))
+            for h in repo.hosts.values()}
+
+
+# --------------------------------------------------------------------------- corrupt master
+
+def flip_payload(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0x01])
+
+
+def truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def garbage(data: bytes) -> bytes:
+    return b"\x00not age at all\xff\n" * 16
+
+
+def break_armor(data: bytes) -> bytes:
+    assert data.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    return data.rstrip(b"\n").rsplit(b"\n", 1)[0] + b"\n"      # END line gone
+
+
+@pytest.mark.parametrize("corrupt", [flip_payload, truncate, garbage, break_armor],
+                         ids=lambda f: f.__name__)
+def test_corrupt_master(make_repo, corrupt) -> None:
+    repo = make_repo(hosts=2, secrets={"alpha": b"alpha-secret\n"}, encrypt=False)
+    armor = ["--armor"] if corrupt is break_armor else []
+    repo.ok("encrypt", "alpha", *armor, input=b"alpha-secret\n")
+    repo.ok("renc")
+    old = expected_cache(repo, "alpha")
+    cached = repo.cache_files()
+    assert len(cached) == 2
+    master = repo.root / "secrets" / "alpha.age"
+    master.write_bytes(corrupt(master.read_bytes()))
+
+    before = state(repo)
+    line = fails(repo.run("renc"), "secrets/alpha.age")
+    assert "restore it from git" in line, line
+    assert "Traceback" not in line
+    assert state(repo) == before
+    assert repo.cache_files() == cached              # the hosts keep their last good copy
+
+    # check tells the truth about what is on disk for the changed master
+    proc = repo.run("check", "--json")
+    assert proc.returncode == 1, proc.stderr.decode()
+    problems = json.loads(proc.stdout)["problems"]
+    new = expected_cache(repo, "alpha")
+    for p in problems:
+        path = repo.root / p["file"]
+        if p["message"] == "cache file is missing":
+            assert not path.exists() and p["file"] in new.values(), p
+        elif p["message"] == "stale cache file":
+            assert path.is_file() and p["file"] in old.values(), p
+        else:
+            assert p["file"] == "secrets/alpha.age" and corrupt is not flip_payload, p
+    missing = {p["file"] for p in problems if p["message"] == "cache file is missing"}
+    stale = {p["file"] for p in problems if p["message"] == "stale cache file"}
+    assert missing == set(new.values())
+    assert stale == set(old.values()) == set(f"secrets/cache/{f}" for f in cached)
+    if corrupt is not flip_payload:         # structurally broken: check sees it without a key
+        assert [p for p in problems if p["file"] == "secrets/alpha.age"], problems
+
+
+# --------------------------------------------------------------------------- wrong identity
+
+def test_wrong_identity(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=2)
+    other, _ = age_keygen(tmp_path, "other.txt")
+    before = state(repo)
+    proc = repo.run("renc", env={"VAULTPY_IDENTITY": str(other)})
+    assert proc.returncode == 1, proc.stderr.decode()
+    lines = [ln for ln in proc.stderr.decode().splitlines() if "can decrypt it" in ln]
+    assert len(lines) == 2, proc.stderr.decode()          # one per master, not per host
+    for sid in ("alpha", "beta"):
+        line = assert_one_clean_error(proc, f"secrets/{sid}.age", "-i")
+        assert str(other) in line or "other.txt" in line
+    assert repo.cache_files() == {}
+    assert repo.snapshot() == before[0]
+
+    proc = repo.run("-i", str(other), "decrypt", "alpha")
+    fails(proc, "secrets/alpha.age", "-i")
+    assert proc.stdout == b""
+    assert repo.snapshot() == before[0]
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory an unprivileged user can traverse (pytest's tmp root is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="vaultpy-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def as_nobody(root: Path, identity: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI as an unprivileged user, so that file permissions apply to it."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = [need("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "HOME": str(root),
+           "VAULTPY_IDENTITY": str(identity)}
+    env.pop("VAULTPY_DEBUG", None)
+    return subprocess.run([*prefix, sys.executable, "-m", "vaultpy", *args], cwd=root,
+                          env=env, capture_output=True, timeout=120)
+
+
+def test_unreadable_master_and_identity(make_repo, shared_dir: Path) -> None:
+    built = make_repo(hosts=2)
+    built.ok("renc")
+    root = shared_dir / "repo"
+    shutil.copytree(built.root, root, symlinks=True)
+    repo = Repo(root, root / "keys" / "master.txt", built.recipient, built.hosts)
+    identity = repo.identity
+    identity.chmod(0o644)                 # readable for the unprivileged user ...
+    if os.geteuid() == 0:                 # ... and a cache it could write to
+        for p in [repo.cache, *repo.cache.rglob("*")]:
+            os.chown(p, NOBODY, NOBODY)
+    probe = as_nobody(root, identity, "decrypt", "beta")
+    if probe.returncode != 0 and b"setpriv" in probe.stderr:
+        pytest.skip(f"setpriv cannot switch user here: {probe.stderr.decode()}")
+    assert probe.stdout == b"beta-secret", probe.stderr.decode()
+    cached = repo.cache_files()
+
+    master = root / "secrets" / "alpha.age"
+    master.chmod(0o000)
+    before = state(repo)
+    for args in (("renc",), ("decrypt", "alpha")):
+        proc = as_nobody(root, identity, *args)
+        fails(proc, "secrets/alpha.age", "Permission denied", "permissions")
+        assert proc.stdout == b""
+        assert state(repo) == before, args
+    proc = as_nobody(root, identity, "check")
+    output_line(proc, "secrets/alpha.age", "Permission denied")
+    stale_lines = [ln for ln in proc.stdout.decode().splitlines() if "stale" in ln]
+    assert state(repo) == before
+
+    master.chmod(0o644)
+    (root / "secrets" / "cache" / "host0" / next(
+        n for n in os.listdir(root / "secrets" / "cache" / "host0") if n.startswith("beta."))
+     ).unlink()                                           # renc has work to do
+    identity.chmod(0o000)
+    before = state(repo)
+    for args in (("renc",), ("decrypt", "alpha")):
+        proc = as_nobody(root, identity, *args)
+        fails(proc, "keys/master.txt", "cannot read identity", "Permission denied")
+        assert proc.stdout == b""
+        assert state(repo) == before, args
+    assert len(repo.cache_files()) == len(cached) - 1
+    # check must be truthful: the unreadable master's cache files are its hosts' last
+    # good copy, exactly as for a missing master (renc refuses to run and keeps them),
+    # so they are not "stale ... run vaultpy renc to remove it".
+    assert stale_lines == [], stale_lines
+
+
+# --------------------------------------------------------------------------- missing master
+
+def test_missing_master_fails_renc_and_check(make_repo) -> None:
+    repo = make_repo(hosts=2)
+    repo.ok("renc")
+    cached = repo.cache_files()
+    (repo.root / "secrets" / "alpha.age").unlink()
+    before = state(repo)
+    fails(repo.run("renc"), "secrets/alpha.age", "secrets.alpha", "master file is missing",
+          "vaultpy edit alpha")
+    assert state(repo) == before
+    proc = repo.run("check")
+    output_line(proc, "secrets/alpha.age", "master file is missing", "vaultpy edit alpha")
+    assert "stale" not in proc.stdout.decode()       # old copies are kept, not stale
+    assert state(repo) == before
+    assert repo.cache_files() == cached
+
+
+def test_decrypt_missing_master_hints_edit(make_repo) -> None:
+    repo = make_repo(hosts=1, secrets={"alpha": b"x"}, encrypt=False)
+    before = state(repo)
+    proc = repo.run("decrypt", "alpha")
+    fails(proc, "secrets/alpha.age", "vaultpy edit alpha")
+    assert proc.stdout == b""
+    assert state(repo) == before
+
+
+def test_encrypt_and_edit_create_a_missing_master(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=1, encrypt=False)          # alpha and beta declared, no files
+    repo.ok("encrypt", "alpha", input=b"from stdin")
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "from the editor" > "$1"\n')
+    editor.chmod(0o755)
+    proc = repo.ok("edit", "--allow-disk", "beta", env={"EDITOR": str(editor), "VISUAL": ""})
+    assert b"created" in proc.stderr
+    assert age_decrypt(repo.root / "secrets" / "alpha.age", repo.identity) == b"from stdin"
+    assert age_decrypt(repo.root / "secrets" / "beta.age", repo.identity) == b"from the editor"
+    repo.ok("renc")
+    repo.ok("check")
+
+
+# --------------------------------------------------------------------------- bad hosts.toml
+
+def _rsa_pub(directory: Path) -> str:
+    path = directory / "rsa"
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
+                    "root@old", "-f", str(path)], check=True, capture_output=True)
+    return (directory / "rsa.pub").read_text().strip()
+
+
+def _short_ed25519() -> str:
+    """Well-formed base64 and wire format, but a 31-byte key."""
+    blob = b"".join(struct.pack(">I", len(f)) + f for f in (b"ssh-ed25519", b"\x01" * 31))
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
+def _bad_checksum(recipient: str) -> str:
+    i = 20
+    alt = "q" if recipient[i] != "q" else "p"
+    return recipient[:i] + alt + recipient[i + 1:]
+
+
+WEB = "[hosts.web]\npubkey = {h0}\n"
+ALPHA = WEB + "[hosts.web.secrets.alpha]\n"
+
+# id: (hosts.toml text after [vaultpy] recipients and [secrets.alpha]/[secrets.beta],
+#      needles that must share one stderr line besides "hosts.toml")
+BAD: dict[str, tuple[str, tuple[str, ...]]] = {
+    "toml_syntax": ("[hosts.web\npubkey = 1\n", ("not valid TOML", "line")),
+    "unknown_key_did_you_mean": (ALPHA + 'onwer = "app"\n',
+                                 ("hosts.web.secrets.alpha.onwer", "unknown key",
+                                  "did you mean 'owner'?")),
+    "unknown_top_level_key": ("[host.web]\npubkey = {h0}\n",
+                              ("host", "unknown key", "did you mean 'hosts'?")),
+    "type_early": (ALPHA + 'early = "yes"\n', ("hosts.web.secrets.alpha.early",
+                                                "expected true or false")),
+    "type_units": (ALPHA + 'restart_units = "nginx.service"\n',
+                   ("hosts.web.secrets.alpha.restart_units", "expected a list of strings")),
+    "type_host": ("[hosts]\nweb = 5\n", ("hosts.web", "expected a table, got an integer")),
+    "type_secrets_list": (WEB + "secrets = [1]\n", ("hosts.web.secrets[0]",
+                                                   "expected a string")),
+    "type_owner": (ALPHA + "owner = true\n", ("hosts.web.secrets.alpha.owner",
+                                              "invalid user or group")),
+    "owner_unicode_digit": (ALPHA + 'owner = "²"\n', ("hosts.web.secrets.alpha.owner",
+                                                       "invalid user or group")),
+    "id_dotdot": ('[secrets."../x"]\n', ('secrets."../x"', "invalid secret id '../x'")),
+    "id_slash": ('[secrets."a/b"]\n', ('secrets."a/b"', "invalid secret id 'a/b'")),
+    "id_long": (f'[secrets.{"s" * 200}]\n', ("invalid secret id", "at most 128")),
+    "host_dotdot": ('[hosts."../x"]\npubkey = {h0}\n', ('hosts."../x"',
+                                                         "invalid host name '../x'")),
+    "host_slash": ('[hosts."a/b"]\npubkey = {h0}\n', ('hosts."a/b"', "invalid host name")),
+    "host_long": (f'[hosts.{"h" * 129}]\npubkey = {{h0}}\n', ("invalid host name",
+                                                              "at most 128")),
+    "mode_0999": (ALPHA + 'mode = "0999"\n', ("hosts.web.secrets.alpha.mode",
+                                               "invalid mode '0999'")),
+    "mode_setuid": (ALPHA + 'mode = "4755"\n', ("hosts.web.secrets.alpha.mode",
+                                                 "invalid mode '4755'", "setuid")),
+    "mode_setuid_int": (ALPHA + "mode = 0o4755\n", ("hosts.web.secrets.alpha.mode",
+                                                     "invalid mode")),
+    "mode_float": (ALPHA + "mode = 12.5\n", ("hosts.web.secrets.alpha.mode",
+                                              "invalid mode 12.5")),
+    "ssh_rsa": ("[hosts.web]\npubkey = {rsa}\n",
+                ("hosts.web.pubkey", "not an ssh-ed25519 or age1 public key")),
+    "ed25519_bad_base64": ("[hosts.web]\npubkey = {bad_b64}\n",
+                           ("hosts.web.pubkey", "damaged ssh-ed25519 key")),
+    "ed25519_short_key": ("[hosts.web]\npubkey = {short}\n",
+                          ("hosts.web.pubkey", "damaged ssh-ed25519 key", "length")),
+    "age1_bad_checksum": ("[hosts.web]\npubkey = {bad_age}\n",
+                          ("hosts.web.pubkey", "bad checksum")),
+    "unknown_secret": (WEB + 'secrets = ["alpha", "nosuch"]\n',
+                       ("hosts.web.secrets.nosuch", "unknown secret id 'nosuch'",
+                        "[secrets.nosuch]")),
+    "unknown_placeholder": (WEB + '[hosts.web.templates."app.env"]\n'
+                            'content = "A={{{{ secrets.nosuch }}}}"\n',
+                            ('hosts.web.templates."app.env".content',
+                             "unknown secret id 'nosuch' in placeholder")),
+    "broken_placeholder": (WEB + '[hosts.web.templates."app.env"]\n'
+                           'content = "ok {{{{ .x }}}} A={{{{ secrets.alpha"\n',
+                           ('hosts.web.templates."app.env".content', "broken placeholder",
+                            "column 15")),
+    "duplicate_names": (WEB + '[hosts.web.secrets.alpha]\nname = "x"\n'
+                        '[hosts.web.secrets.beta]\nname = "x"\n',
+                        ("hosts.web", "both install as 'x'")),
+    "duplicate_name_template": (WEB + '[hosts.web.secrets.alpha]\n'
+                                '[hosts.web.templates.alpha]\ncontent = "x"\n',
+                                ("hosts.web", "both install as 'alpha'")),
+    "duplicate_paths": (WEB + '[hosts.web.secrets.alpha]\npath = "/etc/app/key"\n'
+                        '[hosts.web.secrets.beta]\npath = "/etc/app/key"\n',
+                        ("hosts.web", "both use path '/etc/app/key'")),
+    "master_in_cache": ('[secrets.gamma]\nfile = "secrets/cache/gamma.age"\n',
+                        ("secrets.gamma.file", "inside the cache directory")),
+}
+
+
+@pytest.fixture(scope="module")
+def rsa_pub(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _rsa_pub(tmp_path_factory.mktemp("rsa"))
+
+
+def bad_hosts(repo: Repo, body: str, rsa: str) -> str:
+    h0 = repo.hosts["host0"].pubkey
+    kind, b64, comment = h0.split(" ", 2)
+    values = {"h0": h0, "rsa": rsa, "bad_b64": f"{kind} {b64[:30]}!{b64[31:]} {comment}",
+              "short": _short_ed25519(), "bad_age": _bad_checksum(repo.recipient)}
+    return (f"[vaultpy]\nrecipients = [{toml_str(repo.recipient)}]\n\n"
+            "[secrets.alpha]\n[secrets.beta]\n\n"
+            + body.format(**{k: toml_str(v) for k, v in values.items()}))
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_hosts_toml(make_repo, rsa_pub: str, case: str) -> None:
+    body, needles = BAD[case]
+    repo = make_repo(hosts=1, encrypt=False)
+    repo.write_hosts(bad_hosts(repo, body, rsa_pub))
+    before = state(repo)
+    proc = repo.run("renc")
+    fails(proc, "hosts.toml", *needles)
+    problems = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("hosts.toml")]
+    assert len(problems) == 1, proc.stderr.decode()        # nothing reported twice
+    assert state(repo) == before
+    assert not repo.cache.exists()                           # not even the lock file
+
+
+def test_several_problems_all_reported_in_one_run(make_repo, rsa_pub: str) -> None:
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    body = (
+        '[secrets."a/b"]\n'
+        "[hosts.web]\npubkey = {rsa}\nsecrets = [\"alpha\", \"nosuch\"]\n"
+        "[hosts.db]\npubkey = {bad_age}\n"
+        '[hosts.db.secrets.alpha]\nmode = "0999"\nonwer = "x"\n'
+        '[hosts.db.templates."t"]\ncontent = "{{{{ secrets.zzz }}}}"\n'
+    )
+    repo.write_hosts(bad_hosts(repo, body, rsa_pub))
+    expected = [
+        ('secrets."a/b"', "invalid secret id"),
+        ("hosts.web.pubkey", "not an ssh-ed25519 or age1 public key"),
+        ("hosts.web.secrets.nosuch", "unknown secret id"),
+        ("hosts.db.pubkey", "bad checksum"),
+        ("hosts.db.secrets.alpha.mode", "invalid mode"),
+        ("hosts.db.secrets.alpha.onwer", "did you mean 'owner'?"),
+        ("hosts.db.templates.t.content", "unknown secret id 'zzz'"),
+    ]
+    before = state(repo)
+    for args in (("renc",), ("check",), ("encrypt", "alpha")):
+        proc = repo.run(*args, input=b"new plaintext")
+        assert proc.returncode == 1, (args, proc.stderr.decode())
+        lines = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("hosts.toml: ")]
+        assert len(lines) == len(expected), (args, lines)
+        for field, fragment in expected:
+            fails(proc, f"hosts.toml: {field}: ", fragment)
+        assert state(repo) == before, args
+
+
+# --------------------------------------------------------------------------- where and how
+
+def test_unknown_host_for_renc(make_repo) -> None:
+    repo = make_repo(hosts=2, secrets={"alpha": b"a"})
+    before = state(repo)
+    fails(repo.run("renc", "--host", "nosuch"), "hosts.toml", "unknown host 'nosuch'",
+          "host0, host1")
+    assert state(repo) == before
+
+
+def test_repo_option_and_no_hosts_toml(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"}, encrypt=False)
+    before = state(repo)
+    for args in (("-C", "/nonexistent", "renc"), ("-C", "/nonexistent", "check"),
+                 ("renc", "-C", "/nonexistent/hosts.toml")):
+        fails(repo.run(*args), "/nonexistent")
+    empty = tmp_path / "empty" / "sub"
+    empty.mkdir(parents=True)
+    if any((d / "hosts.toml").exists() for d in empty.parents):
+        pytest.skip("a hosts.toml exists above the test directory")
+    for command in ("renc", "check", "status"):
+        fails(repo.run(command, cwd=empty), "no hosts.toml", "vaultpy init")
+    assert state(repo) == before
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("renc", "--bogus"), ("--bogus", "check"), ("nosuchcmd",),
+                                  ("renc", "--jobs", "0"), ("decrypt",)],
+                         ids=["unknown_option", "unknown_global", "unknown_command",
+                              "bad_value", "missing_argument"])
+def test_usage_errors_exit_2(make_repo, args: tuple[str, ...]) -> None:
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"}, encrypt=False)
+    before = state(repo)
+    proc = repo.run(*args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr.decode())
+    text = proc.stdout.decode() + proc.stderr.decode()
+    assert "Traceback" not in text and "Usage" in text
+    assert state(repo) == before

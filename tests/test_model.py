@@ -1,0 +1,333 @@
+"""hosts.toml → the typed, immutable model (DESIGN §2), and ``vaultpy init``.
+
+The library tests call :func:`vaultpy.model.parse` directly with keys made by the
+real ``age-keygen`` and ``ssh-keygen``; the ``init`` tests run the real CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Repo,
+    age_decrypt,
+    age_keygen,
+    assert_one_clean_error,
+    need,
+    ssh_keygen,
+    toml_str,
+)
+
+from vaultpy import model
+from vaultpy.errors import VaultpyError
+from vaultpy.model import Deployment, Output
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("keys")
+    _, master = age_keygen(d, "master.txt")
+    _, web = ssh_keygen(d, "web", comment="root@web.example")
+    _, db = ssh_keygen(d, "db", comment="root@db")
+    _, age_host = age_keygen(d, "agehost.txt")
+    return {"master": master, "web": web, "db": db, "age_host": age_host}
+
+
+def parse(text: str, root: Path) -> model.Config:
+    return model.parse(text, root / "hosts.toml")
+
+
+def head(keys: dict[str, str], extra: str = "") -> str:
+    return f"[vaultpy]\nrecipients = [{toml_str(keys['master'])}]\n{extra}\n"
+
+
+# --------------------------------------------------------------------------- defaults
+
+def test_defaults(keys: dict[str, str], tmp_path: Path) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.db_password]
+
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+
+[hosts.web.secrets.db_password]
+""", tmp_path)
+    assert cfg.path == tmp_path / "hosts.toml"
+    assert cfg.root == tmp_path
+    assert cfg.identity is None
+    assert cfg.secrets_dir == tmp_path / "secrets"
+    assert cfg.cache_dir == tmp_path / "secrets" / "cache"
+    assert cfg.secrets["db_password"].file == tmp_path / "secrets" / "db_password.age"
+    (dep,) = cfg.hosts["web"].deployments
+    assert dep == Deployment("db_password", "db_password", Output())
+    out = dep.out
+    assert (out.owner, out.group, out.mode, out.path) == ("root", "root", "0400", None)
+    assert (out.restart_units, out.reload_units, out.early) == ((), (), False)
+    assert cfg.hosts["web"].templates == ()
+
+
+def test_template_defaults_match_secret_defaults(keys: dict[str, str], tmp_path: Path) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.a]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.templates."app.env"]
+content = "A={{{{ secrets.a }}}}\\n"
+""", tmp_path)
+    (t,) = cfg.hosts["web"].templates
+    assert t.name == "app.env"
+    assert t.out == Output()
+    assert t.out.mode == "0400" and t.trim is False
+
+
+@pytest.mark.parametrize(("toml_value", "expected"), [
+    ("0o440", "0440"), ('"440"', "0440"), ('"0640"', "0640"), ("0o600", "0600"),
+    ('"0000"', "0000"), ("0o777", "0777"),
+])
+def test_mode_normalisation(keys: dict[str, str], tmp_path: Path, toml_value: str,
+                            expected: str) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.a]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.a]
+mode = {toml_value}
+""", tmp_path)
+    assert cfg.hosts["web"].deployments[0].out.mode == expected
+
+
+def test_numeric_owner_and_group(keys: dict[str, str], tmp_path: Path) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.a]
+[secrets.b]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.a]
+owner = 1000
+group = 0
+[hosts.web.secrets.b]
+owner = "postgres"
+group = "1001"
+""", tmp_path)
+    a, b = cfg.hosts["web"].deployments
+    assert (a.out.owner, a.out.group) == ("1000", "0")
+    assert isinstance(a.out.owner, str)
+    assert (b.out.owner, b.out.group) == ("postgres", "1001")
+
+
+def test_unicode_digit_owner_is_a_clean_error(keys: dict[str, str], tmp_path: Path) -> None:
+    """"²" and "١٢٣" satisfy str.isdigit() but are not user ids: a problem, not a crash
+    and not a non-ASCII "numeric" owner passed to the host."""
+    for owner in ("²", "١٢٣"):
+        text = head(keys) + f"""
+[secrets.a]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.a]
+owner = {toml_str(owner)}
+"""
+        with pytest.raises(VaultpyError) as info:
+            parse(text, tmp_path)
+        (problem,) = info.value.problems
+        assert problem.field == "hosts.web.secrets.a.owner", problem
+
+
+def test_shorthand_list_equals_tables_with_defaults(keys: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    decl = "[secrets.a]\n[secrets.b]\n"
+    short = parse(head(keys) + decl + f"""
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+secrets = ["a", "b"]
+""", tmp_path)
+    long = parse(head(keys) + decl + f"""
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.a]
+[hosts.web.secrets.b]
+""", tmp_path)
+    assert short.hosts["web"] == long.hosts["web"]
+    assert [d.id for d in short.hosts["web"].deployments] == ["a", "b"]
+    assert all(d.out == Output() for d in short.hosts["web"].deployments)
+
+
+def test_template_refs_are_collected_into_needed(keys: dict[str, str], tmp_path: Path) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.installed]
+[secrets.zeta]
+[secrets.alpha]
+[secrets.unused]
+
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+secrets = ["installed"]
+
+[hosts.web.templates."app.env"]
+content = \"\"\"Z={{{{secrets.zeta}}}} A={{{{ secrets.alpha }}}} again={{{{  secrets.zeta  }}}}
+literal={{{{{{{{ secrets.unused }}}} other={{{{ .Values.x }}}}
+\"\"\"
+trim = true
+
+[hosts.db]
+pubkey = {toml_str(keys['db'])}
+""", tmp_path)
+    web = cfg.hosts["web"]
+    (t,) = web.templates
+    assert t.refs == ("zeta", "alpha")           # order of first use, no duplicates
+    assert t.trim is True
+    assert web.needed == ("alpha", "installed", "zeta")   # sorted; not "unused"
+    assert [d.id for d in web.deployments] == ["installed"]   # templates install nothing
+    assert cfg.hosts["db"].needed == ()
+
+
+def test_recipients_are_normalised(keys: dict[str, str], tmp_path: Path) -> None:
+    web_type, web_b64, _comment = keys["web"].split(" ", 2)
+    db_type, db_b64, _ = keys["db"].split(" ", 2)
+    cfg = parse(f"""
+[vaultpy]
+recipients = [{toml_str("  " + keys['master'] + "  ")}, {toml_str(keys['db'] + " extra words")}]
+
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+
+[hosts.agehost]
+pubkey = {toml_str(keys['age_host'])}
+""", tmp_path)
+    assert "@" not in web_b64 and _comment == "root@web.example"
+    assert cfg.recipients == (keys["master"], f"{db_type} {db_b64}")
+    assert cfg.hosts["web"].recipients == (f"{web_type} {web_b64}",)
+    assert cfg.hosts["agehost"].recipients == (keys["age_host"],)
+
+
+def test_config_is_immutable(keys: dict[str, str], tmp_path: Path) -> None:
+    cfg = parse(head(keys) + f"""
+[secrets.a]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+secrets = ["a"]
+""", tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.cache_dir = tmp_path  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.hosts["evil"] = cfg.hosts["web"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del cfg.secrets["a"]  # type: ignore[attr-defined]
+    host = cfg.hosts["web"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        host.recipients = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        host.deployments[0].out.mode = "0777"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.secrets["a"].file = Path("/etc/shadow")  # type: ignore[misc]
+    assert isinstance(host.deployments, tuple) and isinstance(host.recipients, tuple)
+    assert isinstance(cfg.recipients, tuple)
+
+
+def test_relative_paths_resolve_against_the_hosts_toml_directory(
+        keys: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "deep" / "repo"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)            # not the cwd: the file's own directory
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = model.parse(f"""
+[vaultpy]
+recipients = [{toml_str(keys['master'])}]
+identity = "keys/master.txt"
+secrets_dir = "enc"
+cache_dir = "build/./cache/"
+
+[secrets.a]
+[secrets.b]
+file = "other/../other/b.age"
+[secrets.c]
+file = "/abs/c.age"
+[secrets.d]
+file = "~/d.age"
+""", repo / "hosts.toml")
+    assert cfg.identity == repo / "keys" / "master.txt"
+    assert cfg.secrets_dir == repo / "enc"
+    assert cfg.cache_dir == repo / "build" / "cache"
+    assert cfg.lock_path == repo / "build" / "cache" / ".vaultpy.lock"
+    assert cfg.secrets["a"].file == repo / "enc" / "a.age"
+    assert cfg.secrets["b"].file == repo / "other" / "b.age"
+    assert cfg.secrets["c"].file == Path("/abs/c.age")
+    assert cfg.secrets["d"].file == tmp_path / "home" / "d.age"
+
+
+def test_parse_reports_every_problem_with_file_and_field(keys: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(VaultpyError) as info:
+        parse(head(keys, 'secret_dir = "x"') + f"""
+[secrets."bad/id"]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+secrets = ["nosuch"]
+[hosts.db]
+pubkey = {toml_str(keys['db'])}
+[hosts.db.secrets.x]
+mode = "0999"
+""", tmp_path)
+    fields = sorted(p.field for p in info.value.problems)
+    assert fields == sorted(['vaultpy.secret_dir', 'secrets."bad/id"',
+                             "hosts.web.secrets.nosuch", "hosts.db.secrets.x.mode",
+                             "hosts.db.secrets.x"]), info.value.problems
+    assert all(p.file.endswith("hosts.toml") and p.hint for p in info.value.problems)
+    assert "did you mean 'secrets_dir'?" in str(info.value)
+
+
+# --------------------------------------------------------------------------- vaultpy init
+
+def _bare_repo(root: Path) -> Repo:
+    root.mkdir(parents=True, exist_ok=True)
+    # an empty VAULTPY_IDENTITY falls through to [vaultpy] identity
+    return Repo(root, root / "unused", "", env={"VAULTPY_IDENTITY": ""})
+
+
+def test_init_writes_hosts_toml_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    repo = _bare_repo(tmp_path / "site")
+    repo.ok("init")
+    text = (repo.root / "hosts.toml").read_text()
+    assert "[vaultpy]" in text and "recipients" in text
+    assert (repo.root / "secrets").is_dir()
+    before = repo.snapshot()
+    for args in (("init",), ("init", "--generate-identity", "keys/master.txt"),
+                 ("init", str(repo.root))):
+        proc = repo.run(*args)
+        assert proc.returncode == 1, proc.stderr.decode()
+        assert_one_clean_error(proc, "hosts.toml", "already exists")
+        assert repo.snapshot() == before
+        assert not (repo.root / "keys").exists()
+
+
+def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
+    repo = _bare_repo(tmp_path / "site")
+    repo.ok("init", "--generate-identity", "keys/master.txt")
+    ident = repo.root / "keys" / "master.txt"
+    assert stat.S_IMODE(ident.stat().st_mode) == 0o600
+    public = subprocess.run([need("age-keygen"), "-y", str(ident)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    assert public.startswith("age1")
+    cfg = model.load(repo.root)
+    assert cfg.recipients == (public,)
+    assert cfg.identity == repo.root / "keys" / "master.txt"
+    assert not [p for p in repo.root.rglob("*") if "vaultpy-tmp" in p.name]
+
+    # add a secret and a host; the generated file still loads and the pipeline works
+    key, pub = ssh_keygen(tmp_path, "web1", comment="root@web1")
+    with open(repo.root / "hosts.toml", "a") as fh:
+        fh.write(f'\n[secrets.db]\n\n[hosts.web1]\npubkey = {toml_str(pub)}\n'
+                 f'secrets = ["db"]\n')
+    assert model.load(repo.root).hosts["web1"].needed == ("db",)
+    repo.ok("encrypt", "db", input=b"s3cret\n")
+    repo.ok("renc")
+    repo.ok("check")
+    (cached,) = (repo.root / "secrets" / "cache" / "web1").glob("db.*.age")
+    assert age_decrypt(cached, key) == b"s3cret\n"
+    assert age_decrypt(repo.root / "secrets" / "db.age", ident) == b"s3cret\n"
+    assert os.stat(ident).st_mode & 0o077 == 0
