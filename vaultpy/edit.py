@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -86,23 +87,32 @@ def editor_command() -> str:
     return os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
 
 
+# A plain command line ("vim", "code --wait", "emacsclient -t") can be exec'd by
+# the shell, so the editor itself is our child and gets our signals; one with
+# shell syntax (";", "&&", "$(…)") keeps the wrapper shell, as git does.
+_PLAIN_COMMAND = re.compile(r"""[\w\s./'"=:+,@%~-]+""")
+
+
 def run_editor(path: Path, editor: str | None = None) -> None:
-    """Run ``$VISUAL``/``$EDITOR`` on ``path`` (through sh, as git does)."""
+    """Run ``$VISUAL``/``$EDITOR`` on ``path`` (through sh, as git does).
+
+    Call inside :func:`_signals_during_editor`.
+    """
     command = editor or editor_command()
-    with _signals_during_editor():
-        # The child must not inherit our ignored SIGINT: restore defaults in it.
-        proc = subprocess.Popen(["sh", "-c", command + ' "$@"', "vaultpy-editor", str(path)],
-                                preexec_fn=_child_signals)
+    script = ("exec " if _PLAIN_COMMAND.fullmatch(command) else "") + command + ' "$@"'
+    # The child must not inherit our ignored SIGINT: restore defaults in it.
+    proc = subprocess.Popen(["sh", "-c", script, "vaultpy-editor", str(path)],
+                            preexec_fn=_child_signals)
+    try:
+        status = proc.wait()
+    except _Aborted:
+        proc.terminate()
         try:
-            status = proc.wait()
-        except _Aborted:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if status != 0:
         how = (f"was killed by {signal.Signals(-status).name}" if status < 0
                else f"exited with status {status}")
@@ -127,20 +137,28 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
         data = masters.read_master(cfg, secret_id)
         armor = ageformat.is_armored(data)
         old = masters.decrypt(cfg, secret_id, identities.load(cfg, identity_files, ask))
-    workdir = private_dir(allow_disk)
     old_umask = os.umask(0o077)
-    try:
-        plain = workdir / secret_id
-        fsutil.write_new(plain, old, 0o600)
+    # Signal handlers stay in place until the plaintext is gone: a SIGTERM at any
+    # moment in between still runs the cleanup below.
+    with _signals_during_editor():
+        workdir = private_dir(allow_disk)
         try:
+            plain = workdir / secret_id
+            fsutil.write_new(plain, old, 0o600)
             run_editor(plain, editor)
+            try:
+                new = plain.read_bytes()
+            except OSError as exc:
+                raise VaultpyError(Problem("$EDITOR", f"the edited file is gone or unreadable "
+                                           f"({exc.strerror})", "",
+                                           "nothing was changed; save the file in place")
+                                   ) from None
         except _Aborted as exc:
             raise VaultpyError(Problem("$EDITOR", f"interrupted by {exc}", "",
                                        "nothing was changed")) from None
-        new = plain.read_bytes()
-    finally:
-        os.umask(old_umask)
-        fsutil.remove_tree(workdir)
+        finally:
+            os.umask(old_umask)
+            fsutil.remove_tree(workdir)
     if new == old:
         return EditResult(secret.file, changed=False, created=False)
     masters.write_master(cfg, secret_id, new, armor)
