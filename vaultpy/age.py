@@ -145,11 +145,15 @@ def _unlock_ssh(data: bytes, source: str, ask: PassphraseFn) -> Identity:
         if "decrypted" not in str(exc):
             raise fail(source, f"unusable OpenSSH private key ({exc})",
                        hint="use an ed25519 or RSA key made by ssh-keygen") from None
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     password = ask(f"Passphrase for {source}: ").encode()
     try:
         loaded = serialization.load_ssh_private_key(data, password=password)
+    except UnsupportedAlgorithm as exc:
+        raise fail(source, f"cannot unlock this SSH key: {exc}",
+                   hint="install vaultpy with its dependencies (cryptography[ssh])") from None
     except ValueError:
         raise fail(source, "wrong passphrase for this SSH key",
                    hint="check VAULTPY_PASSPHRASE_FILE or retype it") from None
@@ -245,7 +249,9 @@ def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) ->
 
 
 def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str) -> bytes:
-    check_format(ciphertext, source)
+    header = check_format(ciphertext, source)
+    if header.armored:      # the spec allows whitespace around armor; rage does not
+        ciphertext = ciphertext.strip(b" \t\r\n")
     try:
         return bytes(pyrage.decrypt(ciphertext, [i.key for i in identities]))
     except pyrage.DecryptError as exc:

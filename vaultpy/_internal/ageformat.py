@@ -65,6 +65,8 @@ def dearmor(data: bytes) -> bytes:
     """Strict RFC 7468 decoding; only surrounding whitespace is tolerated."""
     text = data.strip(b" \t\r\n")
     crlf = b"\r\n" in text
+    if crlf and text.count(b"\r\n") != text.count(b"\n"):
+        raise FormatError("armor: mixed line endings (CRLF and LF)")
     lines = text.split(b"\r\n" if crlf else b"\n")
     if lines[0] != ARMOR_BEGIN:
         raise FormatError("armor: first line is not " + ARMOR_BEGIN.decode())
