@@ -60,14 +60,16 @@ def parse(text: str) -> list[Segment]:
                 line, col = _position(text, j)
                 raise TemplateError("broken placeholder; write {{ secrets.<id> }} "
                                     "(or {{{{ for a literal {{)", line, col)
-            if buf:
-                out.append("".join(buf))
-                buf = []
+            literal = "".join(buf)
+            if literal:
+                out.append(literal)
+            buf = []
             out.append(Ref(m.group(1)))
             i = m.end()
             continue
-        buf.append("{{")
-        i = j + 2
+        # An ordinary "{": the next brace may start a placeholder ("{{{ secrets.a }}").
+        buf.append("{")
+        i = j + 1
     literal = "".join(buf)
     if literal:
         out.append(literal)
