@@ -1,0 +1,414 @@
+"""``vaultpy edit ID`` through the real CLI with a scripted $EDITOR.
+
+The editor is a small sh script; what it sees (path, modes, filesystem type) is
+written to an info file so the test can check it after the run.  The text it
+appends comes from the environment, never from a file, so the plaintext bytes
+exist on disk only if vaultpy puts them there; every test ends by scanning
+XDG_RUNTIME_DIR, /dev/shm, /tmp and the repository for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import age_decrypt, assert_one_clean_error, hosts_toml
+
+from vaultpy import edit as edit_mod
+from vaultpy._internal import fsutil
+from vaultpy.errors import VaultpyError
+
+RECORD = r'''
+f="$1"; d=$(dirname "$f")
+{
+  echo "path=$f"
+  echo "mode=$(stat -c %a "$f")"
+  echo "dirmode=$(stat -c %a "$d")"
+  echo "fstype=$(stat -f -c %T "$d")"
+  echo "entries=$(ls -A "$d" | tr '\n' ' ')"
+  echo "pid=$$"
+} > "$INFO"
+'''
+
+
+@pytest.fixture
+def runtime() -> Iterator[Path]:
+    """A fresh XDG_RUNTIME_DIR on tmpfs."""
+    d = Path(tempfile.mkdtemp(prefix="vaultpy-test-rt-", dir="/dev/shm"))
+    yield d
+    fsutil.remove_tree(d)
+
+
+@pytest.fixture
+def marker() -> bytes:
+    """A distinctive plaintext: it must never reach a file anywhere."""
+    return f"plaintext-marker-{secrets.token_hex(16)}".encode()
+
+
+@pytest.fixture
+def case(make_repo, tmp_path, runtime, marker):
+    """A repo with secret ``s`` = marker, and helpers to run ``vaultpy edit``."""
+    return EditCase(make_repo(hosts=0, secrets={"s": marker + b"\n"}), tmp_path, runtime,
+                    marker)
+
+
+class EditCase:
+    def __init__(self, repo, tmp: Path, runtime: Path, marker: bytes) -> None:
+        self.repo, self.tmp, self.runtime, self.marker = repo, tmp, runtime, marker
+        self.info = tmp / "editor-info"
+        self.append = f"appended-{secrets.token_hex(12)}\n"
+        self.started = time.time()
+
+    def editor(self, body: str) -> str:
+        script = self.tmp / f"editor-{secrets.token_hex(4)}.sh"
+        script.write_text("#!/bin/sh\n" + body)
+        script.chmod(0o755)
+        return str(script)
+
+    def env(self, editor: str, **extra: str) -> dict[str, str]:
+        return {"EDITOR": editor, "VISUAL": "", "XDG_RUNTIME_DIR": str(self.runtime),
+                "APPEND": self.append, "INFO": str(self.info), **extra}
+
+    def edit(self, editor: str, sid: str = "s", **extra: str) -> subprocess.CompletedProcess:
+        return self.repo.run("edit", sid, env=self.env(editor, **extra), input=b"")
+
+    def popen(self, editor: str, sid: str = "s") -> subprocess.Popen[bytes]:
+        full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.repo.env,
+                **self.env(editor)}
+        full.pop("VAULTPY_DEBUG", None)
+        # output goes to files, not pipes: an editor that outlives vaultpy would keep a
+        # pipe open and hang the test instead of failing it
+        with open(self.tmp / "out", "wb") as out, open(self.tmp / "err", "wb") as err:
+            return subprocess.Popen([sys.executable, "-m", "vaultpy", "edit", sid],
+                                    cwd=self.repo.root, env=full, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+
+    def finish(self, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
+        """Wait for vaultpy (not for its children) and return (stdout, stderr)."""
+        proc.wait(timeout=30)
+        return ((self.tmp / "out").read_text(errors="replace"),
+                (self.tmp / "err").read_text(errors="replace"))
+
+    def seen(self) -> dict[str, str]:
+        out = {}
+        for line in self.info.read_text().splitlines():
+            k, _, v = line.partition("=")
+            out[k] = v
+        return out
+
+    @property
+    def master(self) -> Path:
+        return self.repo.root / "secrets" / "s.age"
+
+    def assert_clean(self) -> None:
+        """The private dir is gone and no file anywhere holds the plaintext."""
+        if self.info.exists():
+            assert not Path(self.seen()["path"]).parent.exists(), "private dir left behind"
+        assert list(self.runtime.iterdir()) == []
+        needles = [self.marker, self.append.encode().strip()]
+        for root in (self.runtime, Path("/dev/shm"), Path("/tmp"), self.repo.root):
+            for path in _recent_files(root, self.started - 2):
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                for needle in needles:
+                    assert needle not in data, f"plaintext found in {path}"
+
+
+def _recent_files(root: Path, since: float) -> Iterator[Path]:
+    """Regular files under ``root`` changed since ``since`` (symlinks not followed)."""
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda _e: None):
+        for name in filenames:
+            path = Path(dirpath, name)
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_ctime >= since and st.st_size < 64 << 20:
+                yield path
+        dirnames[:] = [d for d in dirnames if not Path(dirpath, d).is_symlink()]
+
+
+def test_the_leak_scan_is_not_vacuous(case):
+    leak = case.tmp / "sub" / "leak.bin"
+    leak.parent.mkdir()
+    leak.write_bytes(b"xx" + case.marker + b"yy")
+    with pytest.raises(AssertionError, match="plaintext found"):
+        case.assert_clean()
+    leak.unlink()
+    case.assert_clean()
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_in_a_private_ram_directory(case):
+    before = case.master.read_bytes()
+    editor = case.editor(RECORD + 'printf "%s" "$APPEND" >> "$f"\n'
+                         'echo swap > "$d/.s.swp"\n')          # like vim's swap file
+    proc = case.edit(editor)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"s: updated" in proc.stderr and b"Traceback" not in proc.stderr
+    seen = case.seen()
+    path = Path(seen["path"])
+    # the plaintext lived in a fresh 0700 directory on tmpfs, inside XDG_RUNTIME_DIR
+    assert path.parent.parent == case.runtime
+    assert path.name == "s"
+    assert seen["fstype"] in ("tmpfs", "ramfs")
+    assert seen["mode"] == "600" and seen["dirmode"] == "700"
+    assert seen["entries"].split() == ["s"]
+    assert not path.parent.exists()
+    expected = case.marker + b"\n" + case.append.encode()
+    assert case.repo.ok("decrypt", "s").stdout == expected
+    assert age_decrypt(case.master, case.repo.identity) == expected
+    assert case.master.read_bytes() != before
+    assert not case.master.read_bytes().startswith(b"-----BEGIN")
+    assert not [p for p in case.master.parent.iterdir() if fsutil.is_tmp(p.name)]
+    case.assert_clean()
+
+
+def test_armored_master_stays_armored(case):
+    case.repo.ok("encrypt", "s", "--armor", input=case.marker)
+    proc = case.edit(case.editor('printf "%s" "$APPEND" >> "$1"\n'))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert case.master.read_bytes().startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    assert age_decrypt(case.master, case.repo.identity) == case.marker + case.append.encode()
+    case.assert_clean()
+
+
+def test_editor_that_replaces_the_file_by_rename(case):
+    """Editors that write a new file and rename it over the old one (vim with
+    backupcopy=no, many GUI editors) are a normal case."""
+    editor = case.editor(RECORD + '{ cat "$f"; printf "%s" "$APPEND"; } > "$d/.new"\n'
+                         'mv "$d/.new" "$f"\n')
+    proc = case.edit(editor)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert case.repo.ok("decrypt", "s").stdout == case.marker + b"\n" + case.append.encode()
+    case.assert_clean()
+
+
+def test_unchanged_file_is_not_rewritten(case):
+    snap = case.repo.snapshot()
+    proc = case.edit(case.editor(RECORD + 'touch "$f"\n'))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"unchanged" in proc.stderr
+    assert case.repo.snapshot() == snap            # bytes and mtime of every file
+    assert not Path(case.seen()["path"]).parent.exists()
+    case.assert_clean()
+
+
+def test_new_id_is_created(case):
+    repo = case.repo
+    repo.write_hosts(hosts_toml([repo.recipient], ["s", "fresh", "empty"], {}))
+    # creating needs no identity at all
+    no_id = {"VAULTPY_IDENTITY": "", "HOME": str(case.tmp / "home")}
+    proc = case.edit(case.editor(RECORD + 'printf "%s" "$APPEND" >> "$f"\n'), "fresh", **no_id)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"fresh: created" in proc.stderr
+    assert case.seen()["mode"] == "600"
+    fresh = repo.root / "secrets" / "fresh.age"
+    assert age_decrypt(fresh, repo.identity) == case.append.encode()
+    assert repo.ok("decrypt", "fresh").stdout == case.append.encode()
+
+    # an untouched empty new file creates nothing
+    snap = repo.snapshot()
+    proc = case.edit(case.editor(":\n"), "empty", **no_id)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"unchanged" in proc.stderr
+    assert not (repo.root / "secrets" / "empty.age").exists()
+    assert repo.snapshot() == snap
+    case.assert_clean()
+
+
+def test_unknown_id_touches_nothing(case):
+    snap = case.repo.snapshot()
+    proc = case.edit(case.editor("echo ran > \"$INFO\"\n"), "nope")
+    assert_one_clean_error(proc, "unknown secret id 'nope'")
+    assert not case.info.exists()
+    assert case.repo.snapshot() == snap
+    case.assert_clean()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_editor_failure_changes_nothing(case):
+    snap = case.repo.snapshot()
+    editor = case.editor(RECORD + 'printf "%s" "$APPEND" >> "$f"\nexit 3\n')
+    proc = case.edit(editor)
+    assert proc.returncode != 0
+    assert_one_clean_error(proc, "exited with status 3")
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    assert case.repo.snapshot() == snap
+    assert not Path(case.seen()["path"]).parent.exists()
+    case.assert_clean()
+
+
+def test_editor_that_deletes_the_file_is_a_clean_error(case):
+    snap = case.repo.snapshot()
+    proc = case.edit(case.editor(RECORD + 'rm -f "$f"\n'))
+    assert_one_clean_error(proc)
+    assert proc.returncode == 1, proc.stderr.decode()       # not an internal error (70)
+    assert case.repo.snapshot() == snap
+    case.assert_clean()
+
+
+def test_wrong_identity_fails_before_any_plaintext_dir(case):
+    from conftest import age_keygen
+
+    other, _ = age_keygen(case.tmp, "other.txt")
+    snap = case.repo.snapshot()
+    proc = case.edit(case.editor("echo ran > \"$INFO\"\n"), VAULTPY_IDENTITY=str(other))
+    assert_one_clean_error(proc, "none of the identities")
+    assert not case.info.exists()
+    assert case.repo.snapshot() == snap
+    case.assert_clean()
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"vaultpy exited early with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError("the editor never started")
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _group_reaped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Whatever happens, nothing of the session we started survives the test."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+SLEEPER = (RECORD + 'printf "%s" "$APPEND" >> "$f"\n'
+           'echo "$f" > "$INFO.tmp" && mv "$INFO.tmp" "$INFO.started"\n'
+           'exec sleep 60\n')
+
+
+def test_ctrl_c_to_the_process_group_aborts_cleanly(case):
+    snap = case.repo.snapshot()
+    proc = case.popen(case.editor(SLEEPER))
+    with _group_reaped(proc):
+        _wait_for(Path(str(case.info) + ".started"), proc)
+        os.killpg(proc.pid, signal.SIGINT)                # a terminal's Ctrl-C
+        out, text = case.finish(proc)
+    assert proc.returncode not in (0, 70), text
+    assert "Traceback" not in text + out
+    assert len(text.strip().splitlines()) == 1, text
+    assert "SIGINT" in text or "interrupted" in text or "status 130" in text, text
+    assert case.repo.snapshot() == snap
+    assert not _alive(int(case.seen()["pid"]))
+    case.assert_clean()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_signal_to_vaultpy_alone_ends_the_editor_and_cleans_up(case, signum):
+    snap = case.repo.snapshot()
+    proc = case.popen(case.editor(SLEEPER))
+    with _group_reaped(proc):
+        _wait_for(Path(str(case.info) + ".started"), proc)
+        editor_pid = int(case.seen()["pid"])
+        os.kill(proc.pid, signum)
+        out, text = case.finish(proc)
+        assert proc.returncode not in (0, 70), text
+        assert "Traceback" not in text + out
+        assert signal.Signals(signum).name in text, text
+        assert case.repo.snapshot() == snap
+        assert not Path(case.seen()["path"]).parent.exists()
+        case.assert_clean()
+        # the editor itself (not only the `sh -c` wrapper around it) must be gone
+        deadline = time.monotonic() + 2
+        while _alive(editor_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(editor_pid), "the editor outlived vaultpy edit"
+
+
+def test_ctrl_c_inside_an_editor_that_handles_it_does_not_abort(case):
+    """Like git, vaultpy ignores SIGINT while the editor runs: an editor that catches
+    Ctrl-C (vim does) keeps the edit alive and its result is saved."""
+    go = case.tmp / "go"
+    editor = case.editor(RECORD + "trap '' INT\n"
+                         'echo x > "$INFO.tmp" && mv "$INFO.tmp" "$INFO.started"\n'
+                         f'while [ ! -e "{go}" ]; do sleep 0.02; done\n'
+                         'printf "%s" "$APPEND" >> "$f"\n')
+    proc = case.popen(editor)
+    with _group_reaped(proc):
+        _wait_for(Path(str(case.info) + ".started"), proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+        go.touch()
+        _, err = case.finish(proc)
+    assert proc.returncode == 0, err
+    assert case.repo.ok("decrypt", "s").stdout == case.marker + b"\n" + case.append.encode()
+    case.assert_clean()
+
+
+# --------------------------------------------------------------------------- private_dir
+
+
+def test_private_dir_prefers_ram_backed_xdg_runtime_dir(runtime, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    d = edit_mod.private_dir()
+    try:
+        assert d.parent == runtime
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
+        assert fsutil.mount_fstype(d) in fsutil.RAM_FILESYSTEMS
+    finally:
+        fsutil.remove_tree(d)
+
+
+def test_private_dir_skips_a_disk_backed_xdg_runtime_dir(tmp_path, monkeypatch):
+    assert fsutil.mount_fstype(tmp_path) not in fsutil.RAM_FILESYSTEMS
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    d = edit_mod.private_dir()
+    try:
+        assert d.parent != tmp_path
+        assert fsutil.mount_fstype(d) in fsutil.RAM_FILESYSTEMS
+    finally:
+        fsutil.remove_tree(d)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_ram_backed_dir_needs_allow_disk(tmp_path, monkeypatch):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    monkeypatch.setattr(edit_mod, "ram_candidates", lambda: [disk])
+    with pytest.raises(VaultpyError) as exc:
+        edit_mod.private_dir()
+    assert "--allow-disk" in str(exc.value)
+    assert list(disk.iterdir()) == []
+    d = edit_mod.private_dir(allow_disk=True)
+    try:
+        assert d.is_dir() and stat.S_IMODE(d.stat().st_mode) == 0o700
+    finally:
+        fsutil.remove_tree(d)

@@ -1,0 +1,218 @@
+"""Template placeholders (DESIGN §2): ``{{ secrets.<id> }}``, ``{{{{`` for a literal ``{{``."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaultpy.templates import ID_PATTERN, Ref, TemplateError, parse, references, render
+
+
+def segs(text: str) -> list[str | Ref]:
+    """parse() without empty literal segments (those are checked once, separately)."""
+    return [s for s in parse(text) if s != ""]
+
+
+# ----------------------------------------------------------------------------- parse
+
+
+def test_plain_text_is_one_literal():
+    assert parse("hello\nworld\n") == ["hello\nworld\n"]
+    assert parse("") == []
+    assert references("no placeholders") == []
+    assert render("no placeholders", {}) == b"no placeholders"
+
+
+def test_one_placeholder():
+    assert parse("DB={{ secrets.db }}\n") == ["DB=", Ref("db"), "\n"]
+    assert references("DB={{ secrets.db }}\n") == ["db"]
+
+
+def test_placeholder_alone():
+    assert segs("{{ secrets.db }}") == [Ref("db")]
+
+
+def test_parse_yields_no_empty_literal_segments():
+    """A placeholder at the start, or two adjacent ones, must not produce "" literals
+    (parse() already drops an empty trailing literal; the mid-text check tests the
+    list ``buf`` instead of its joined content)."""
+    for text in ("{{ secrets.a }}", "{{ secrets.a }}{{ secrets.b }}", "x{{ secrets.a }}"):
+        assert "" not in parse(text), parse(text)
+
+
+def test_several_placeholders_and_references_in_order_of_first_use():
+    text = "{{ secrets.b }}:{{ secrets.a }}/{{ secrets.b }}{{secrets.c}}"
+    assert segs(text) == [Ref("b"), ":", Ref("a"), "/", Ref("b"), Ref("c")]
+    assert references(text) == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("text", [
+    "{{secrets.a}}",
+    "{{ secrets.a }}",
+    "{{  secrets.a  }}",
+    "{{secrets.a   }}",
+    "{{     secrets.a}}",
+])
+def test_spaces_inside_the_braces_are_optional(text):
+    assert segs(text) == [Ref("a")]
+    assert render(text, {"a": b"v"}) == b"v"
+
+
+@pytest.mark.parametrize("sid", ["db.password", "db-password", "a_b", "A9", "9", "x.y-z_w",
+                                 "a.", "a-"])
+def test_ids_with_dots_dashes_and_underscores(sid):
+    assert parse(f"<{{{{ secrets.{sid} }}}}>") == ["<", Ref(sid), ">"]
+    assert render(f"<{{{{ secrets.{sid} }}}}>", {sid: b"V"}) == b"<V>"
+
+
+def test_quadruple_brace_writes_a_literal_double_brace():
+    assert render("a{{{{b", {}) == b"a{{b"
+    # the escape also protects something that would otherwise be a placeholder
+    assert parse("{{{{ secrets.a }}") == ["{{ secrets.a }}"]
+    assert references("{{{{ secrets.a }}") == []
+    assert render("{{{{{{{{", {}) == b"{{{{"
+    assert render("x {{{{ secrets.a }} {{ secrets.a }}", {"a": b"S"}) == \
+        b"x {{ secrets.a }} S"
+
+
+@pytest.mark.parametrize("text", [
+    "{{ foo }}",
+    "{{ .Values.password }}",      # helm / go templates
+    "{{secret.a}}",                # not "secrets."
+    "{{ secretsX }}",
+    "{{ Secrets.a }}",             # case-sensitive
+    "{{",
+    "}}",
+    "a {{ b }} c {{ d",
+    "{{{ x }}}",
+    "{ secrets.a }",
+    "secrets.a }}",
+])
+def test_other_double_braces_are_ordinary_text(text):
+    assert parse(text) == [text]
+    assert references(text) == []
+    assert render(text, {}) == text.encode()
+
+
+def test_other_braces_next_to_a_placeholder():
+    text = "{{ foo }} {{ secrets.a }} {{ bar }}"
+    assert parse(text) == ["{{ foo }} ", Ref("a"), " {{ bar }}"]
+    assert render(text, {"a": b"X"}) == b"{{ foo }} X {{ bar }}"
+
+
+@pytest.mark.parametrize(("text", "line", "column"), [
+    ("{{ secrets.", 1, 1),
+    ("{{ secrets.a }", 1, 1),
+    ("{{ secrets.a b }}", 1, 1),
+    ("{{ secrets.}}", 1, 1),
+    ("{{ secrets. a }}", 1, 1),
+    ("{{ secrets.a\n}}", 1, 1),
+    ("{{ secrets.a } }", 1, 1),
+    ("{{ secrets.-a }}", 1, 1),        # an id starts with [A-Za-z0-9]
+    ("{{ secrets.a!b }}", 1, 1),
+    ("x = {{secrets.", 1, 5),
+    ("one\ntwo\n  {{ secrets.a", 3, 3),
+    ("ok {{ secrets.a }}\nbad: {{ secrets.b }", 2, 6),
+    ("é{{ secrets.", 1, 2),            # columns count characters, not bytes
+])
+def test_broken_placeholder_is_an_error_with_line_and_column(text, line, column):
+    with pytest.raises(TemplateError) as exc:
+        parse(text)
+    assert (exc.value.line, exc.value.column) == (line, column)
+    assert f"line {line} column {column}" in str(exc.value)
+    with pytest.raises(TemplateError):
+        references(text)
+    with pytest.raises(TemplateError):
+        render(text, {"a": b"x", "b": b"y"})
+
+
+def test_template_error_is_a_value_error():
+    assert issubclass(TemplateError, ValueError)
+
+
+def test_brace_run_before_a_placeholder_is_not_silently_left_unrendered():
+    """``{{{ secrets.a }}``: the ``{{`` at offset 1 is followed by `` secrets.``, so by
+    DESIGN §2 it "must form a complete placeholder".  Rendering must therefore either
+    substitute it (``{`` + value) or refuse the template; leaving the text
+    ``{{{ secrets.a }}`` in the output (and ``a`` out of ``references``, so the host
+    would not even receive the ciphertext) is the wrong result."""
+    try:
+        segments = segs("{{{ secrets.a }}")
+    except TemplateError:
+        return
+    assert segments == ["{", Ref("a")]
+    assert references("{{{ secrets.a }}") == ["a"]
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def test_render_inserts_bytes_verbatim():
+    values = {"a": b"\xff\xfe\x00binary\x80", "b": "pässwörd".encode()}
+    out = render("A={{ secrets.a }};B={{ secrets.b }};\n", values)
+    assert out == b"A=\xff\xfe\x00binary\x80;B=" + "pässwörd".encode() + b";\n"
+
+
+def test_render_encodes_literal_text_as_utf8():
+    assert render("ü {{ secrets.a }} €", {"a": b"\xff"}) == "ü ".encode() + b"\xff" + " €".encode()
+
+
+def test_render_same_secret_twice():
+    assert render("{{ secrets.a }}-{{ secrets.a }}", {"a": b"x"}) == b"x-x"
+
+
+def test_trim_strips_whitespace_of_inserted_secrets_only():
+    text = "  key = {{ secrets.a }} ;\t\n"
+    values = {"a": b" \t secret\n\n"}
+    assert render(text, values) == b"  key =  \t secret\n\n ;\t\n"
+    assert render(text, values, trim=True) == b"  key = secret ;\t\n"
+
+
+def test_trim_keeps_inner_whitespace_of_secrets():
+    assert render("{{ secrets.a }}", {"a": b"\n a b \n"}, trim=True) == b"a b"
+
+
+def test_trim_of_an_all_whitespace_secret_is_empty():
+    assert render("[{{ secrets.a }}]", {"a": b" \n\t"}, trim=True) == b"[]"
+
+
+def test_missing_value_is_a_key_error_naming_the_id():
+    with pytest.raises(KeyError) as exc:
+        render("{{ secrets.a }} {{ secrets.missing.id }}", {"a": b"x"})
+    assert exc.value.args[0] == "missing.id"
+
+
+def test_extra_values_are_ignored():
+    assert render("{{ secrets.a }}", {"a": b"1", "b": b"2"}) == b"1"
+
+
+# ----------------------------------------------------------------------------- properties
+
+_no_open_brace = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
+_ids = st.from_regex(rf"\A{ID_PATTERN}\Z", fullmatch=True).filter(lambda s: len(s) <= 40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_no_open_brace.filter(lambda s: "{{" not in s))
+def test_text_without_double_brace_is_unchanged(text):
+    segments = parse(text)
+    assert "".join(s for s in segments if isinstance(s, str)) == text
+    assert not any(isinstance(s, Ref) for s in segments)
+    assert render(text, {}) == text.encode("utf-8")
+    assert render(text, {}, trim=True) == text.encode("utf-8")
+
+
+_side = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{"),
+                max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sid=_ids, value=st.binary(max_size=64), left=st.integers(0, 3),
+       right=st.integers(0, 3), prefix=_side, suffix=_side)
+def test_any_id_renders_to_its_value(sid, value, left, right, prefix, suffix):
+    text = prefix + "{{" + " " * left + "secrets." + sid + " " * right + "}}" + suffix
+    assert references(text) == [sid]
+    assert render(text, {sid: value}) == prefix.encode() + value + suffix.encode()
+    assert render(text, {sid: value}, trim=True) == \
+        prefix.encode() + value.strip() + suffix.encode()
