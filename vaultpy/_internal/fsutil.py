@@ -131,3 +131,51 @@ def remove_tree(path: Path) -> None:
             path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+def mountpoint_fstype(path: Path) -> str | None:
+    """The filesystem type mounted exactly at ``path`` (None if it is not a mountpoint)."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            rows = fh.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for row in rows:                      # later rows are mounted on top: the last wins
+        left, _, right = row.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and right and fields[4].replace("\\040", " ") == target:
+            found = right.split()[0]
+    return found
+
+
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+
+
+def mount_ramfs(path: Path, mode: str = "0751") -> None:
+    """mount -t ramfs -o nosuid,nodev,noexec,mode=MODE ramfs PATH (via mount(2))."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    rc = _libc.mount(b"ramfs", os.fsencode(path), b"ramfs",
+                     ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                     f"mode={mode}".encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
+def makedirs(path: Path, mode: int = 0o755) -> None:
+    """mkdir -p whose new directories get exactly ``mode`` whatever the umask."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)

@@ -1,0 +1,265 @@
+"""The activation profile (DESIGN §5): what one host consumes.
+
+Written by ``vaultpy profile --host H`` from hosts.toml, and by the Nix module
+with ``builtins.toJSON``; both must produce identical bytes, so :func:`dumps`
+uses Nix's conventions (keys sorted, no whitespace, UTF-8), secrets are sorted
+by id and templates by name.  :func:`load` validates a profile strictly: it is
+the input of activation, which runs as root on every boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from vaultpy import cache, templates
+from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.model import ID_RE, UNIT_RE, USER_RE, Config, Output
+
+VERSION = 1
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "identities": ["/etc/ssh/ssh_host_ed25519_key"],
+    "dir": "/run/vaultpy",
+    "early_dir": "/run/vaultpy-early",
+    "store": "/run/vaultpy.d",
+    "keep": 3,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    identities: tuple[str, ...]
+    dir: str
+    early_dir: str
+    store: str
+    keep: int
+
+
+@dataclass(frozen=True)
+class Item:
+    """A file in the generation directory: a secret (``id`` set) or a template."""
+
+    name: str
+    out: Output
+    id: str | None = None            # secrets
+    file: Path | None = None         # secrets: the cache file (absolute)
+    install: bool = True             # False: only decrypted for templates
+    content: str | None = None       # templates
+    trim: bool = False
+
+    @property
+    def is_template(self) -> bool:
+        return self.content is not None
+
+
+@dataclass(frozen=True)
+class Profile:
+    host: str
+    settings: Settings
+    secrets: tuple[Item, ...]
+    templates: tuple[Item, ...]
+    source: str = "profile"
+
+    def installed(self, early: bool) -> list[Item]:
+        """Files one activation creates: the ``early`` ones (into ``early_dir``, before
+        users exist) or the others (into ``dir``)."""
+        items = [s for s in self.secrets if s.install] + list(self.templates)
+        return [i for i in items if i.out.early == early]
+
+    def secret(self, secret_id: str) -> Item | None:
+        return next((s for s in self.secrets if s.id == secret_id), None)
+
+
+def _output_json(out: Output) -> dict[str, Any]:
+    return {"owner": out.owner, "group": out.group, "mode": out.mode, "path": out.path,
+            "restart_units": list(out.restart_units), "reload_units": list(out.reload_units),
+            "early": out.early}
+
+
+def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, Any]:
+    """The profile of ``host`` as a JSON-ready dict.
+
+    ``file`` paths are absolute, or relative to ``relative_to`` (the directory the
+    profile will be written to) when given.
+    """
+    if host not in cfg.hosts:
+        raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {host!r}", "hosts",
+                                   "known hosts: " + ", ".join(cfg.hosts)))
+    h = cfg.hosts[host]
+    hashes, problems = cache.master_hashes(cfg, h.needed)
+    if problems:
+        raise VaultpyError(problems)
+    deployed = {d.id: d for d in h.deployments}
+    secrets = []
+    for sid in h.needed:
+        path = cfg.cache_dir / host / cache.cache_name(sid, hashes[sid].sha256, h.recipients)
+        file = os.path.relpath(path, relative_to) if relative_to else str(path.absolute())
+        d = deployed.get(sid)
+        out = d.out if d else Output()
+        secrets.append({"id": sid, "file": file, "install": d is not None,
+                        "name": d.name if d else sid, **_output_json(out)})
+    tmpls = [{"name": t.name, "content": t.content, "trim": t.trim, **_output_json(t.out)}
+             for t in sorted(h.templates, key=lambda t: t.name)]
+    return {"version": VERSION, "host": host, "settings": dict(DEFAULT_SETTINGS),
+            "secrets": secrets, "templates": tmpls}
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Serialise exactly as Nix's builtins.toJSON does."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def bad(self, where: str, message: str, hint: str = "") -> None:
+        self.problems.append(Problem(self.source, message, where,
+                                     hint or "regenerate it with vaultpy profile"))
+
+    def get(self, obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+            where: str, optional: bool = False) -> Any:
+        if key not in obj:
+            if not optional:
+                self.bad(f"{where}.{key}" if where else key, "missing")
+            return None
+        value = obj[key]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+        if not ok and not (optional and value is None):
+            self.bad(f"{where}.{key}" if where else key,
+                     f"expected {getattr(kind, '__name__', kind)}, got "
+                     f"{type(value).__name__}")
+            return None
+        return value
+
+
+def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        rd.bad(where, "expected a string")
+        return None
+    pure = PurePosixPath(value)
+    if not pure.is_absolute() or ".." in pure.parts or str(pure) != value or value == "/":
+        rd.bad(where, f"not an absolute, normalised path: {value!r}")
+        return None
+    return value
+
+
+def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
+    owner = rd.get(obj, "owner", str, where) or "root"
+    group = rd.get(obj, "group", str, where) or "root"
+    for key, val in (("owner", owner), ("group", group)):
+        if not (val.isdigit() or USER_RE.fullmatch(val)):
+            rd.bad(f"{where}.{key}", f"invalid user or group {val!r}")
+    mode = rd.get(obj, "mode", str, where) or "0400"
+    if not re.fullmatch(r"0[0-7]{3}", mode):
+        rd.bad(f"{where}.mode", f"invalid mode {mode!r}", 'use 4 octal digits like "0400"')
+        mode = "0400"
+    units: dict[str, tuple[str, ...]] = {}
+    for key in ("restart_units", "reload_units"):
+        raw = rd.get(obj, key, list, where) or []
+        if not all(isinstance(u, str) and UNIT_RE.fullmatch(u) for u in raw):
+            rd.bad(f"{where}.{key}", "expected a list of unit names")
+            raw = []
+        units[key] = tuple(raw)
+    early = rd.get(obj, "early", bool, where)
+    path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
+    return Output(owner, group, mode, path, units["restart_units"], units["reload_units"],
+                  bool(early))
+
+
+def parse(data: Any, source: str, base: Path) -> Profile:
+    """Validate a decoded profile; ``base`` resolves relative ``file`` paths."""
+    rd = _Reader(source)
+    if not isinstance(data, dict):
+        raise VaultpyError(Problem(source, "not a JSON object", "",
+                                   "regenerate it with vaultpy profile"))
+    version = rd.get(data, "version", int, "")
+    if version is not None and version != VERSION:
+        rd.bad("version", f"unsupported profile version {version}",
+               "upgrade vaultpy on this host")
+    host = rd.get(data, "host", str, "") or ""
+    raw = rd.get(data, "settings", dict, "") or {}
+    idents = rd.get(raw, "identities", list, "settings") or []
+    if not idents or not all(isinstance(i, str) for i in idents):
+        rd.bad("settings.identities", "expected a non-empty list of key paths")
+        idents = []
+    keep = rd.get(raw, "keep", int, "settings")
+    if keep is not None and keep < 1:
+        rd.bad("settings.keep", "must be at least 1")
+    settings = Settings(
+        identities=tuple(idents),
+        dir=_abs_path(rd, rd.get(raw, "dir", str, "settings"), "settings.dir") or "",
+        early_dir=_abs_path(rd, rd.get(raw, "early_dir", str, "settings"),
+                            "settings.early_dir") or "",
+        store=_abs_path(rd, rd.get(raw, "store", str, "settings"), "settings.store") or "",
+        keep=keep if isinstance(keep, int) and keep >= 1 else 3)
+    secrets: list[Item] = []
+    for i, obj in enumerate(rd.get(data, "secrets", list, "") or []):
+        where = f"secrets[{i}]"
+        if not isinstance(obj, dict):
+            rd.bad(where, "expected an object")
+            continue
+        sid = rd.get(obj, "id", str, where) or ""
+        name = rd.get(obj, "name", str, where) or ""
+        for key, val in (("id", sid), ("name", name)):
+            if not ID_RE.fullmatch(val):
+                rd.bad(f"{where}.{key}", f"invalid {key} {val!r}")
+        file = rd.get(obj, "file", str, where) or ""
+        install = rd.get(obj, "install", bool, where)
+        secrets.append(Item(name=name, out=_read_output(rd, obj, where), id=sid,
+                            file=(base / file) if file else None, install=bool(install)))
+    tmpls: list[Item] = []
+    known = {s.id for s in secrets}
+    for i, obj in enumerate(rd.get(data, "templates", list, "") or []):
+        where = f"templates[{i}]"
+        if not isinstance(obj, dict):
+            rd.bad(where, "expected an object")
+            continue
+        name = rd.get(obj, "name", str, where) or ""
+        if not ID_RE.fullmatch(name):
+            rd.bad(f"{where}.name", f"invalid name {name!r}")
+        content = rd.get(obj, "content", str, where) or ""
+        try:
+            for ref in templates.references(content):
+                if ref not in known:
+                    rd.bad(f"{where}.content", f"template {name!r} uses secret {ref!r}, "
+                           "which the profile does not carry")
+        except templates.TemplateError as exc:
+            rd.bad(f"{where}.content", str(exc))
+        trim = rd.get(obj, "trim", bool, where)
+        tmpls.append(Item(name=name, out=_read_output(rd, obj, where), content=content,
+                          trim=bool(trim)))
+    names: set[str] = set()
+    for item in [s for s in secrets if s.install] + tmpls:
+        if item.name in names:
+            rd.bad("secrets", f"two items install as {item.name!r}")
+        names.add(item.name)
+    if rd.problems:
+        raise VaultpyError(rd.problems)
+    return Profile(host, settings, tuple(secrets), tuple(tmpls), source)
+
+
+def load(path: Path) -> Profile:
+    source = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise VaultpyError(Problem(source, f"cannot read profile: {reason}", "",
+                                   "check the --profile path")) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VaultpyError(Problem(source, f"not valid JSON: {exc}", "",
+                                   "regenerate it with vaultpy profile")) from None
+    return parse(data, source, path.parent.absolute())
