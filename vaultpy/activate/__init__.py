@@ -1,0 +1,70 @@
+"""On-host activation (DESIGN §6): profile → new generation on ramfs → atomic switch.
+
+The whole procedure is :data:`STEPS`, run in order, each a named function of
+one :class:`~vaultpy.activate.context.Context`, each logged by name and
+testable alone:
+
+1. ``lock``              flock ``<store>.lock``: activations never interleave;
+2. ``load_identities``   the host's SSH key(s), read once;
+3. ``mount_store``       the store is ramfs (mounted if needed; tmpfs/disk refused);
+4. ``new_generation``    ``<store>/<N+1>``, 0751; unfinished leftovers removed;
+5. ``decrypt_secrets``   every needed secret, installed O_EXCL|O_NOFOLLOW, owner and
+                         mode set before the first byte;
+6. ``render_templates``  placeholders filled, same file discipline;
+7. ``link_paths``        extra paths as symlinks, placed by temp name + rename;
+8. ``switch``            manifest written, then ``dir`` swapped atomically;
+9. ``diff_and_notify``   changes since the previous generation → unit restarts;
+10. ``prune``            keep the newest ``keep`` generations.
+
+A failure before ``switch`` removes the half-built generation and leaves the
+previous one live; nothing half-populated ever goes live.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable
+
+from vaultpy import profile as profile_mod
+from vaultpy._internal import fsutil
+from vaultpy.activate import generation, install, links, notify, store
+from vaultpy.activate.context import Context, Options
+
+Step = Callable[[Context], None]
+
+STEPS: list[tuple[str, Step]] = [
+    ("lock", store.lock),
+    ("load_identities", store.load_identities),
+    ("mount_store", store.mount_store),
+    ("new_generation", generation.new_generation),
+    ("decrypt_secrets", install.decrypt_secrets),
+    ("render_templates", install.render_templates),
+    ("link_paths", links.link_paths),
+    ("switch", generation.switch),
+    ("diff_and_notify", notify.diff_and_notify),
+    ("prune", generation.prune),
+]
+
+__all__ = ["STEPS", "Context", "Options", "activate"]
+
+
+def activate(opts: Options) -> Context:
+    """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
+    old_umask = os.umask(0o077)
+    ctx = Context(opts, profile_mod.load(opts.profile))
+    try:
+        for _name, step in STEPS:
+            step(ctx)
+        return ctx
+    finally:
+        if ctx.generation_fd is not None:
+            os.close(ctx.generation_fd)
+        if ctx.generation is not None and not ctx.switched and not opts.dry_run:
+            fsutil.remove_tree(ctx.generation)      # a failed build never goes live
+        if ctx.lock_fd is not None:
+            os.close(ctx.lock_fd)
+        ctx.plaintext.clear()
+        ctx.rendered.clear()
+        os.umask(old_umask)

@@ -1,0 +1,88 @@
+"""The state that flows through the activation steps."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaultpy import age
+from vaultpy.profile import Item, Profile
+
+MANIFEST = ".vaultpy-manifest.json"   # written last: marks a generation as complete
+
+
+@dataclass(frozen=True)
+class Options:
+    profile: Path
+    root: Path = Path("/")
+    no_mount: bool = False
+    dry_run: bool = False
+    early: bool = False
+    systemctl: str = "systemctl"
+    keep: int | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the previous live generation and the new one."""
+
+    name: str
+    kind: str                       # added | changed | removed
+    detail: str = ""
+    restart_units: tuple[str, ...] = ()
+    reload_units: tuple[str, ...] = ()
+
+
+@dataclass
+class Context:
+    opts: Options
+    profile: Profile
+    lock_fd: int | None = None
+    identities: list[age.Identity] = field(default_factory=list)
+    previous: Path | None = None         # the live generation before this run
+    generation: Path | None = None       # the one being built
+    generation_fd: int | None = None
+    plaintext: dict[str, bytes] = field(default_factory=dict)   # secret id -> bytes
+    rendered: dict[str, bytes] = field(default_factory=dict)    # template name -> bytes
+    changes: list[Change] = field(default_factory=list)
+    switched: bool = False
+    notified: list[str] = field(default_factory=list)
+
+    def host_path(self, path: str) -> Path:
+        """A path on the host, under --root."""
+        return self.opts.root / path.lstrip("/")
+
+    @property
+    def store(self) -> Path:
+        return self.host_path(self.profile.settings.store)
+
+    @property
+    def link(self) -> Path:
+        """The live symlink this run switches: ``dir``, or ``early_dir`` with --early."""
+        s = self.profile.settings
+        return self.host_path(s.early_dir if self.opts.early else s.dir)
+
+    @property
+    def keep(self) -> int:
+        return self.opts.keep or self.profile.settings.keep
+
+    def items(self) -> list[Item]:
+        """The files this run installs (only ``early`` ones with --early)."""
+        return self.profile.installed(early=self.opts.early)
+
+    def log(self, step: str, message: str) -> None:
+        if not self.opts.quiet:
+            print(f"vaultpy activate: {step}: {message}", file=sys.stderr)
+
+
+def read_link_generation(link: Path) -> Path | None:
+    """The generation directory a live symlink points to, if it is one."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    resolved = (link.parent / target)
+    return resolved if resolved.is_dir() else None

@@ -1,0 +1,123 @@
+"""Step ``link_paths``: each extra ``path`` becomes a symlink to ``<dir>/<name>``.
+
+The link points through the live symlink, so it follows every switch without
+being rewritten.  It is placed by temp name + rename(2) inside a directory
+opened component by component with O_NOFOLLOW: a symlink planted by another
+user, at the path itself or anywhere above it, is never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import stat
+from pathlib import PurePosixPath
+
+from vaultpy._internal import fsutil
+from vaultpy.activate.context import MANIFEST, Context
+from vaultpy.errors import Problem, VaultpyError
+
+
+def _refuse(path: str, why: str) -> VaultpyError:
+    return VaultpyError(Problem(path, why, "path",
+                                "remove it, or make the directories above it root-owned"))
+
+
+def open_parent(ctx: Context, path: str, create: bool) -> int:
+    """A descriptor of ``path``'s parent directory, walked from --root without
+    following any symlink or directory that a non-root user controls."""
+    parts = PurePosixPath(path).parent.parts[1:]
+    fd = os.open(ctx.opts.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            shown = "/" + "/".join(parts[: i + 1])
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                os.chmod(part, 0o755, dir_fd=fd)      # whatever the umask
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if st.st_uid != 0:
+                raise _refuse(shown, "is owned by another user; refusing to write below it")
+            if stat.S_ISLNK(st.st_mode):     # root's own symlink (e.g. /etc -> …): follow
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            elif stat.S_ISDIR(st.st_mode):
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            else:
+                raise _refuse(shown, "is not a directory")
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _place(ctx: Context, path: str, name: str) -> None:
+    dir_path = ctx.profile.settings.early_dir if ctx.opts.early else ctx.profile.settings.dir
+    target = os.path.relpath(PurePosixPath(dir_path) / name, PurePosixPath(path).parent)
+    base = PurePosixPath(path).name
+    fd = open_parent(ctx, path, create=True)
+    try:
+        try:
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise _refuse(path, "is a directory")
+        except FileNotFoundError:
+            pass
+        tmp = f".{base}{fsutil.TMP_MARK}{secrets.token_hex(6)}"
+        os.symlink(target, tmp, dir_fd=fd)
+        try:
+            os.rename(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)   # replaces, never follows
+        except OSError:
+            os.unlink(tmp, dir_fd=fd)
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _previous_paths(ctx: Context) -> set[str]:
+    if ctx.previous is None:
+        return set()
+    try:
+        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        return {i["path"] for i in data["items"] if i.get("path")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _unlink_stale(ctx: Context, path: str) -> None:
+    """Remove a link a previous generation placed, only if it is still our symlink."""
+    try:
+        fd = open_parent(ctx, path, create=False)
+    except (FileNotFoundError, VaultpyError):
+        return
+    try:
+        base = PurePosixPath(path).name
+        st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid == 0:
+            os.unlink(base, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    finally:
+        os.close(fd)
+
+
+def link_paths(ctx: Context) -> None:
+    wanted = {i.out.path: i.name for i in ctx.items() if i.out.path}
+    for path, name in sorted(wanted.items()):
+        if ctx.opts.dry_run:
+            ctx.log("link_paths", f"would link {path}")
+            continue
+        _place(ctx, path, name)
+    for path in sorted(_previous_paths(ctx) - set(wanted)):
+        if not ctx.opts.dry_run:
+            _unlink_stale(ctx, path)
+    if wanted:
+        ctx.log("link_paths", f"{len(wanted)} path(s)")

@@ -1,0 +1,98 @@
+"""Step ``diff_and_notify``: what changed since the previous live generation, and
+the units to restart or reload because of it.
+
+An item changed when its content, owner, group or mode differs; added and
+removed items count too.  Each unit is called once, after the switch:
+``systemctl try-restart`` for restart_units, ``try-reload-or-restart`` for
+reload_units (a unit in both is restarted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from vaultpy.activate.context import MANIFEST, Change, Context
+from vaultpy.activate.users import Accounts
+
+
+def _previous_items(ctx: Context) -> dict[str, dict[str, list[str]]]:
+    if ctx.previous is None:
+        return {}
+    try:
+        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        return {i["name"]: i for i in data["items"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def compute_changes(ctx: Context) -> list[Change]:
+    accounts = Accounts(ctx.opts.root)
+    previous = _previous_items(ctx)
+    changes: list[Change] = []
+    for item in ctx.items():
+        content = (ctx.rendered[item.name] if item.is_template
+                   else ctx.plaintext[item.id or ""])
+        label = f"{'template' if item.is_template else 'secret'} {item.name!r}"
+        want = (accounts.uid(item.out.owner, label), accounts.gid(item.out.group, label),
+                int(item.out.mode, 8))
+        units = (item.out.restart_units, item.out.reload_units)
+        old = ctx.previous / item.name if ctx.previous is not None else None
+        try:
+            if old is None:
+                raise FileNotFoundError
+            st = os.stat(old, follow_symlinks=False)
+            with open(old, "rb") as fh:
+                old_content = fh.read()
+        except OSError:
+            changes.append(Change(item.name, "added", "", *units))
+            continue
+        diffs = []
+        if old_content != content:
+            diffs.append("content")
+        if (st.st_uid, st.st_gid) != want[:2]:
+            diffs.append("owner")
+        if (st.st_mode & 0o7777) != want[2]:
+            diffs.append("mode")
+        if diffs:
+            changes.append(Change(item.name, "changed", "+".join(diffs), *units))
+    current = {i.name for i in ctx.items()}
+    for name, old_item in sorted(previous.items()):
+        if name not in current:
+            changes.append(Change(name, "removed", "",
+                                  tuple(old_item.get("restart_units", [])),
+                                  tuple(old_item.get("reload_units", []))))
+    return changes
+
+
+def diff_and_notify(ctx: Context) -> None:
+    ctx.changes = compute_changes(ctx)
+    restart: dict[str, None] = {}
+    reload: dict[str, None] = {}
+    for c in ctx.changes:
+        ctx.log("diff_and_notify", f"{c.kind} {c.name}" + (f" ({c.detail})" if c.detail else ""))
+        for u in c.restart_units:
+            restart.setdefault(u)
+        for u in c.reload_units:
+            reload.setdefault(u)
+    calls = [("try-restart", u) for u in restart] + [
+        ("try-reload-or-restart", u) for u in reload if u not in restart]
+    if not calls:
+        return
+    if ctx.opts.dry_run:
+        for verb, unit in calls:
+            ctx.log("diff_and_notify", f"would run systemctl {verb} {unit}")
+        return
+    systemctl = shutil.which(ctx.opts.systemctl)
+    if systemctl is None:
+        ctx.log("diff_and_notify", f"{ctx.opts.systemctl} not found; not restarting "
+                + ", ".join(u for _, u in calls))
+        return
+    for verb, unit in calls:
+        proc = subprocess.run([systemctl, verb, unit], capture_output=True, text=True)
+        ctx.notified.append(f"{verb} {unit}")
+        if proc.returncode != 0:
+            ctx.log("diff_and_notify", f"warning: systemctl {verb} {unit} failed: "
+                    f"{(proc.stderr or proc.stdout).strip()}")

@@ -1,0 +1,94 @@
+"""Steps ``lock``, ``load_identities`` and ``mount_store``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+from vaultpy import age
+from vaultpy._internal import fsutil
+from vaultpy.activate.context import Context
+from vaultpy.errors import Problem, VaultpyError
+
+
+def lock(ctx: Context) -> None:
+    """flock ``<store>.lock`` beside the store (the ramfs is mounted over the store
+    itself), so two activations never interleave.  The kernel drops the lock if
+    the process dies."""
+    if ctx.opts.dry_run:
+        return
+    path = ctx.store.with_name(ctx.store.name + ".lock")
+    fsutil.makedirs(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ctx.lock_fd = fd
+    ctx.log("lock", f"holding {path}")
+
+
+def _no_prompt(prompt: str) -> str:
+    raise VaultpyError(Problem("settings.identities", "host keys must not be "
+                               "passphrase-protected (activation runs unattended)", "",
+                               "use the host's plain /etc/ssh/ssh_host_ed25519_key"))
+
+
+def load_identities(ctx: Context) -> None:
+    """Read the host's key(s) once; a missing key is fatal, clearly."""
+    for raw in ctx.profile.settings.identities:
+        path = ctx.host_path(raw)
+        if not path.exists():
+            raise VaultpyError(Problem(str(path), "host key not found",
+                                       "settings.identities",
+                                       "is this the right host? (ssh-keygen -A creates "
+                                       "host keys)"))
+        ctx.identities.extend(age.load_identity_file(path, _no_prompt))
+    ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
+
+
+def mount_store(ctx: Context) -> None:
+    """The store must be a ramfs: never swapped, never on disk.  Mount one if the
+    store is not a mountpoint; refuse tmpfs and disk filesystems."""
+    store = ctx.store
+    if not store.exists():
+        if ctx.opts.dry_run:
+            ctx.log("mount_store", f"would create and mount ramfs on {store}")
+            return
+        fsutil.makedirs(store.parent)
+        store.mkdir(mode=0o751)
+        os.chmod(store, 0o751)
+    st = store.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise VaultpyError(Problem(str(store), "store is not a directory", "store",
+                                   "remove it; vaultpy creates the store itself"))
+    fstype = fsutil.mountpoint_fstype(store)
+    if fstype is not None and fstype != "ramfs":
+        raise VaultpyError(Problem(str(store), f"store is a {fstype} mount, not "
+                                   "ramfs (tmpfs can be swapped to disk)", "store",
+                                   f"unmount it (umount {store}) and let vaultpy mount a "
+                                   "ramfs"))
+    if fstype is None:
+        if ctx.opts.no_mount:
+            ctx.log("mount_store", f"--no-mount: using {store} as it is (NOT ramfs)")
+        elif ctx.opts.dry_run:
+            ctx.log("mount_store", f"would mount ramfs on {store}")
+            return
+        else:
+            try:
+                fsutil.mount_ramfs(store)
+            except OSError as exc:
+                raise VaultpyError(Problem(str(store), f"cannot mount ramfs: "
+                                           f"{exc.strerror}", "store",
+                                           "run as root (or pass --no-mount for a test "
+                                           "--root)")) from None
+            ctx.log("mount_store", f"mounted ramfs on {store}")
+    st = store.stat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        if ctx.opts.dry_run:
+            return
+        if fstype is None and not ctx.opts.no_mount:
+            os.chown(store, 0, 0)
+            os.chmod(store, 0o751)
+        else:
+            raise VaultpyError(Problem(str(store), "store is not owned by root or "
+                                       "is writable by others", "store",
+                                       f"chown root:root {store} && chmod 0751 {store}"))
