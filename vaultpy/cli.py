@@ -309,12 +309,101 @@ def rekey(
 
 
 @app.command()
+def profile(
+    host: Annotated[str, typer.Option("--host", "-H", help="The host to describe.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Write here (cache paths relative to FILE's directory) instead of stdout "
+             "(absolute paths).")] = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Write the activation profile (JSON) of one host."""
+    from vaultpy import profile as profile_mod
+    from vaultpy._internal import fsutil
+
+    cfg = _config(repo)
+    data = profile_mod.build(cfg, host, relative_to=output.absolute().parent if output else None)
+    text = profile_mod.dumps(data)
+    if output is None:
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        fsutil.atomic_write(output, text.encode() + b"\n")
+    except OSError as exc:
+        from vaultpy.errors import os_problem
+
+        raise VaultpyError(os_problem(output, exc, "write the profile")) from None
+    _err().print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def activate(
+    profile: Annotated[Path, typer.Option("--profile", "-p", metavar="FILE",
+                                          help="The host's profile.json.")],
+    root: Annotated[Path, typer.Option(
+        "--root", metavar="DIR",
+        help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")] = Path("/"),
+    no_mount: Annotated[bool, typer.Option(
+        "--no-mount", help="Do not mount ramfs on the store (tests and demos only).")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show what would change; touch nothing.")] = False,
+    early: Annotated[bool, typer.Option(
+        "--early", help="Only items marked early, into early_dir.")] = False,
+    systemctl: Annotated[str, typer.Option(
+        "--systemctl", metavar="PATH", help="systemctl to call for unit restarts.")
+    ] = "systemctl",
+    keep: Annotated[int | None, typer.Option(
+        "--keep", min=1, help="Generations to keep (default: the profile's).")] = None,
+) -> None:
+    """On the host: decrypt into a new generation on ramfs and switch to it atomically."""
+    from vaultpy.activate import Options
+    from vaultpy.activate import activate as run
+
+    ctx = run(Options(profile=profile, root=root, no_mount=no_mount, dry_run=dry_run,
+                      early=early, systemctl=systemctl, keep=keep))
+    verb = "would change" if dry_run else "changed"
+    names = ", ".join(f"{c.name} ({c.kind})" for c in ctx.changes) or "nothing"
+    _err().print(f"{verb}: {names}", markup=False)
+    if not dry_run:
+        _err().print(f"live: {ctx.link} -> {ctx.generation}", markup=False)
+
+
+@app.command()
+def bundle(
+    host: Annotated[str, typer.Option("--host", "-H", help="The host to bundle.")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
+                                         help="Directory to create.")],
+    vaultpy_path: Annotated[str, typer.Option(
+        "--vaultpy", metavar="PATH", help="vaultpy's path on the host (for the unit).")
+    ] = "/usr/local/bin/vaultpy",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing DIR.")] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Write a self-contained bundle for a non-NixOS systemd host."""
+    from vaultpy.bundle import bundle as do_bundle
+
+    out = do_bundle(_config(repo), host, output, vaultpy_path, force)
+    _err().print(f"wrote {out}: copy it to /etc/vaultpy on {host} (see README)",
+                 markup=False)
+
+
+@app.command()
 def status(
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
+    profile: Annotated[Path | None, typer.Option(
+        "--profile", "-p", metavar="FILE", help="On a host: compare the live generation "
+        "with this profile.")] = None,
+    root: Annotated[Path, typer.Option("--root", metavar="DIR",
+                                       help="With --profile: the host's root.")] = Path("/"),
 ) -> None:
-    """Show hosts x secrets and the state of each cache file."""
+    """Show hosts x secrets and the state of each cache file (or, with --profile, the
+    live generation on this host and what differs from the profile)."""
     from rich.table import Table
+
+    if profile is not None:
+        _host_status(profile, root, json_out)
+        return
 
     from vaultpy.check import survey
 
@@ -341,6 +430,44 @@ def status(
     _out().print(table)
     if problems:
         _err().print(f"[yellow]{len(problems)} problem(s); see vaultpy check[/]")
+
+
+def _host_status(profile: Path, root: Path, json_out: bool) -> None:
+    from rich.table import Table
+
+    from vaultpy.activate import Options
+    from vaultpy.activate import activate as run
+    from vaultpy.activate.context import read_link_generation
+
+    ctx = run(Options(profile=profile, root=root, dry_run=True, quiet=True))
+    live = read_link_generation(ctx.link)
+    files = []
+    if live is not None:
+        for entry in sorted(live.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            st = entry.lstat()
+            files.append({"name": entry.name, "uid": st.st_uid, "gid": st.st_gid,
+                          "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size})
+    changes = [c.__dict__ for c in ctx.changes]
+    if json_out:
+        _emit_json({"ok": not changes, "live": str(live) if live else None,
+                    "files": files, "changes": changes})
+    else:
+        _out().print(f"live generation: {live or 'none'}", markup=False)
+        table = Table(show_edge=False)
+        for col in ("name", "uid", "gid", "mode", "size"):
+            table.add_column(col)
+        for f in files:
+            table.add_row(*(str(f[k]) for k in ("name", "uid", "gid", "mode", "size")))
+        _out().print(table)
+        for c in ctx.changes:
+            _out().print(f"differs: {c.name} ({c.kind}{': ' + c.detail if c.detail else ''})",
+                         markup=False)
+        if not changes:
+            _out().print("in sync with the profile", markup=False)
+    if changes:
+        _exit(1)
 
 
 def main() -> None:
