@@ -1,0 +1,160 @@
+# vaultpy's Nix library: builtins only, no nixpkgs, so it evaluates anywhere.
+#
+#   cacheName            { id, secretFile, recipients } -> "<id>.<hash>.age"   (docs/contracts.md)
+#   profileFromHostsToml { hostsToml, host, root? }     -> the profile `vaultpy profile --host H` writes
+#   profileFromOptions   { host, settings, secrets, templates } -> the same profile from module options
+#   templateRefs         text -> [ id ]   the secrets a template uses
+#   placeholder          id -> "{{ secrets.<id> }}"
+#
+# Every function here has a Python twin, and the tests compare them.
+let
+  inherit (builtins)
+    attrNames concatStringsSep elemAt filter foldl' fromTOML genList hashFile hashString
+    head isAttrs isInt isList isString length listToAttrs map readFile sort split stringLength
+    substring toString;
+
+  words = s: filter (w: isString w && w != "") (split "[[:space:]]+" s);
+
+  # "ssh-ed25519 AAAA… comment" -> "ssh-ed25519 AAAA…"; age1 keys as written.
+  normalizeRecipient = key:
+    let w = words key;
+    in if substring 0 4 (head w) == "age1" then head w else "${elemAt w 0} ${elemAt w 1}";
+
+  toList = x: if isList x then x else [ x ];
+
+  cacheHash = { secretFile, recipients }:
+    hashString "sha256"
+      (hashFile "sha256" secretFile + "\n"
+        + concatStringsSep "\n" (map normalizeRecipient (toList recipients)));
+
+  cacheName = { id, secretFile, recipients }:
+    "${id}.${substring 0 32 (cacheHash { inherit secretFile recipients; })}.age";
+
+  # Leftmost match first: "{{{{" (a literal "{{") wins over a placeholder that
+  # would start inside it, exactly like the Python scanner.
+  templateRefs = text:
+    let
+      parts = split "(\\{\\{\\{\\{|\\{\\{ *secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*) *}})" text;
+      found = map (m: elemAt m 1) (filter (m: isList m && elemAt m 1 != null) parts);
+    in
+    foldl' (acc: id: if builtins.elem id acc then acc else acc ++ [ id ]) [ ] found;
+
+  placeholder = id: "{{ secrets.${id} }}";
+
+  uniqueSorted = xs: attrNames (listToAttrs (map (x: { name = x; value = null; }) xs));
+
+  # 288 -> "0440"; "440" -> "0440"; "0440" -> "0440"
+  octal = n: if n < 8 then toString n else octal (n / 8) + toString (n - 8 * (n / 8));
+  normalizeMode = m:
+    let s = if isInt m then octal m else m;
+    in concatStringsSep "" (genList (_: "0") (4 - stringLength s)) + s;
+
+  normalizeOwner = o: if isInt o then toString o else o;
+
+  defaultSettings = {
+    identities = [ "/etc/ssh/ssh_host_ed25519_key" ];
+    dir = "/run/vaultpy";
+    early_dir = "/run/vaultpy-early";
+    store = "/run/vaultpy.d";
+    keep = 3;
+  };
+
+  # The output fields shared by secrets and templates, with hosts.toml's defaults.
+  outputFields = spec: {
+    owner = normalizeOwner (spec.owner or "root");
+    group = normalizeOwner (spec.group or "root");
+    mode = normalizeMode (spec.mode or "0400");
+    path = spec.path or null;
+    restart_units = spec.restart_units or [ ];
+    reload_units = spec.reload_units or [ ];
+    early = spec.early or false;
+  };
+
+  # Join a hosts.toml-relative path onto root (a path), keeping absolute ones.
+  resolve = root: p: if substring 0 1 p == "/" then /. + p else root + "/${p}";
+
+  # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
+  # templates = [ { name, content, trim, <output fields> } ]  ->  the profile attrset.
+  mkProfile = { host, settings, secrets, templates }: {
+    version = 1;
+    inherit host;
+    settings = defaultSettings // settings;
+    secrets = sort (a: b: a.id < b.id) secrets;
+    templates = sort (a: b: a.name < b.name) templates;
+  };
+
+  profileFromHostsToml = { hostsToml, host, root ? dirOf hostsToml }:
+    let
+      doc = fromTOML (readFile hostsToml);
+      top = doc.vaultpy or { };
+      secretsDir = top.secrets_dir or "secrets";
+      cacheDir = resolve root (top.cache_dir or "secrets/cache");
+      declared = doc.secrets or { };
+      masterFile = id:
+        let spec = declared.${id}; in
+        if spec ? file then resolve root spec.file else resolve root "${secretsDir}/${id}.age";
+      h = doc.hosts.${host};
+      recipients = toList h.pubkey;
+      raw = h.secrets or [ ];
+      deployed =
+        if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
+      tmpls = h.templates or { };
+      refs = builtins.concatLists (map (n: templateRefs tmpls.${n}.content) (attrNames tmpls));
+      needed = uniqueSorted (attrNames deployed ++ refs);
+      secretEntry = id:
+        let
+          spec = deployed.${id} or { };
+          installed = deployed ? ${id};
+        in
+        {
+          inherit id;
+          file = toString (cacheDir + "/${host}/${cacheName {
+            inherit id recipients;
+            secretFile = masterFile id;
+          }}");
+          install = installed;
+          name = if installed then spec.name or id else id;
+        } // outputFields spec;
+      templateEntry = name:
+        let spec = tmpls.${name}; in
+        { inherit name; content = spec.content; trim = spec.trim or false; }
+        // outputFields spec;
+    in
+    mkProfile {
+      inherit host;
+      settings = { };
+      secrets = map secretEntry needed;
+      templates = map templateEntry (attrNames tmpls);
+    };
+
+  # From the NixOS module's options (camelCase) to the same profile.
+  #   secrets.<id>   = { file, install, name, owner, group, mode, path, restartUnits, reloadUnits, early }
+  #   templates.<n>  = { content, trim, owner, group, mode, path, restartUnits, reloadUnits, early }
+  #   cacheFile      = id: spec -> the cache file (a path or a store path string)
+  profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile }:
+    let
+      out = spec: outputFields {
+        inherit (spec) owner group mode path early;
+        restart_units = spec.restartUnits;
+        reload_units = spec.reloadUnits;
+      };
+    in
+    mkProfile {
+      inherit host settings;
+      secrets = map
+        (id:
+          let spec = secrets.${id}; in
+          { inherit id; file = toString (cacheFile id spec); install = spec.install;
+            name = spec.name; } // out spec)
+        (attrNames secrets);
+      templates = map
+        (name:
+          let spec = templates.${name}; in
+          { inherit name; content = spec.content; trim = spec.trim; } // out spec)
+        (attrNames templates);
+    };
+in
+{
+  inherit cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+    profileFromOptions defaultSettings normalizeMode;
+}

@@ -1,0 +1,341 @@
+# The vaultpy NixOS module: declare secrets in your configuration, get them under
+# /run/vaultpy on every boot and every `nixos-rebuild switch`.
+#
+#   vaultpy.settings.hostPubkey = "ssh-ed25519 AAAA…";   # this host's key
+#   vaultpy.settings.cacheRoot = ./secrets/cache;         # the repo's renc output
+#   vaultpy.secrets.db_password = { file = ./secrets/db_password.age; owner = "postgres"; };
+#   services.foo.passwordFile = config.vaultpy.secrets.db_password.outPath;
+#
+# or import everything for this host from the operator's hosts.toml:
+#
+#   vaultpy.hostsToml = ./hosts.toml;
+{ config, lib, ... }:
+let
+  inherit (lib) mkOption mkIf mkMerge mkDefault types mapAttrs attrNames filterAttrs
+    concatMap concatStringsSep optional optionals;
+  cfg = config.vaultpy;
+  s = cfg.settings;
+  vlib = import ./lib.nix;
+
+  unitName = types.strMatching "[^[:space:]/]+";
+  userName = types.either types.int (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
+
+  outputOptions = {
+    owner = mkOption {
+      type = userName;
+      default = "root";
+      description = "Owner of the file: a user name from `users.users`, or a numeric id.";
+    };
+    group = mkOption {
+      type = userName;
+      default = "root";
+      description = "Group of the file: a group name from `users.groups`, or a numeric id.";
+    };
+    mode = mkOption {
+      type = types.strMatching "0[0-7]{3}";
+      default = "0400";
+      description = "Permission bits, four octal digits.";
+    };
+    path = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      description = "An extra path: a symlink to the live file.";
+    };
+    restartUnits = mkOption {
+      type = types.listOf unitName;
+      default = [ ];
+      description = "Units to `systemctl try-restart` when this file changes.";
+    };
+    reloadUnits = mkOption {
+      type = types.listOf unitName;
+      default = [ ];
+      description = "Units to `systemctl try-reload-or-restart` when this file changes.";
+    };
+    early = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Install before users exist (into earlyDir), e.g. password hashes.";
+    };
+  };
+
+  liveDir = early: if early then s.earlyDir else s.dir;
+
+  secretType = types.submodule ({ name, config, ... }: {
+    options = outputOptions // {
+      file = mkOption {
+        type = types.path;
+        description = "The master file, secrets/<id>.age (encrypted to the master key).";
+      };
+      name = mkOption {
+        type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
+        default = name;
+        description = "File name inside the generation directory.";
+      };
+      install = mkOption {
+        type = types.bool;
+        default = true;
+        description = "false: only decrypted for templates, not installed as a file.";
+      };
+      outPath = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "${liveDir config.early}/${config.name}";
+        description = "Where the secret is readable on the host.";
+      };
+    };
+  });
+
+  templateType = types.submodule ({ name, config, ... }: {
+    options = outputOptions // {
+      content = mkOption {
+        type = types.str;
+        description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
+      };
+      trim = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Strip whitespace around each inserted secret.";
+      };
+      outPath = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "${liveDir config.early}/${name}";
+        description = "Where the rendered file is readable on the host.";
+      };
+    };
+  });
+
+  recipients = if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ];
+
+  cachePath = id: spec:
+    s.cacheRoot + "/${s.hostName}/${vlib.cacheName { inherit id recipients; secretFile = spec.file; }}";
+
+  # The cache file goes into the store (it is ciphertext); a missing one is
+  # reported by an assertion, not by a copy error.
+  cacheFile = id: spec:
+    let p = cachePath id spec; in if builtins.pathExists p then "${p}" else toString p;
+
+  profile = vlib.profileFromOptions {
+    host = s.hostName;
+    settings = {
+      identities = s.hostKeys;
+      dir = s.dir;
+      early_dir = s.earlyDir;
+      store = s.store;
+      keep = s.keep;
+    };
+    secrets = cfg.secrets;
+    templates = cfg.templates;
+    inherit cacheFile;
+  };
+
+  profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
+
+  # --- hosts.toml import -------------------------------------------------------------
+  fromToml =
+    let
+      root = dirOf cfg.hostsToml;
+      doc = builtins.fromTOML (builtins.readFile cfg.hostsToml);
+      top = doc.vaultpy or { };
+      resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
+      declared = doc.secrets or { };
+      masterFile = id:
+        if (declared.${id} or { }) ? file then resolve declared.${id}.file
+        else resolve "${top.secrets_dir or "secrets"}/${id}.age";
+      h = doc.hosts.${s.hostName} or (throw
+        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${toString cfg.hostsToml}");
+      raw = h.secrets or [ ];
+      deployed = if builtins.isList raw
+        then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
+      tmpls = h.templates or { };
+      refs = concatMap (n: vlib.templateRefs tmpls.${n}.content) (attrNames tmpls);
+      fromSpec = spec: builtins.removeAttrs
+        (spec // {
+          restartUnits = spec.restart_units or [ ];
+          reloadUnits = spec.reload_units or [ ];
+        } // lib.optionalAttrs (spec ? mode) { mode = vlib.normalizeMode spec.mode; }
+          // lib.optionalAttrs (spec ? owner) { owner = toString spec.owner; }
+          // lib.optionalAttrs (spec ? group) { group = toString spec.group; })
+        [ "restart_units" "reload_units" ];
+    in
+    {
+      pubkey = h.pubkey;
+      cacheRoot = resolve (top.cache_dir or "secrets/cache");
+      secrets = builtins.listToAttrs (map
+        (id: {
+          name = id;
+          value = mapAttrs (_: mkDefault) (fromSpec (deployed.${id} or { })
+            // { file = masterFile id; install = deployed ? ${id}; });
+        })
+        (lib.unique (attrNames deployed ++ refs)));
+      templates = mapAttrs (_: spec: mapAttrs (_: mkDefault) (fromSpec spec)) tmpls;
+    };
+
+  # --- checks ------------------------------------------------------------------------
+  installed = filterAttrs (_: v: v.install) cfg.secrets;
+  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; inherit (v) name path owner group early; }) installed
+    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) path owner group early; }) cfg.templates;
+  dupes = key: xs:
+    let
+      keyed = map (x: { k = key x; inherit (x) label; }) (builtins.filter (x: key x != null) xs);
+      groups = builtins.groupBy (x: x.k) keyed;
+    in
+    filterAttrs (_: g: builtins.length g > 1) groups;
+  known = kind: name:
+    builtins.isInt name || builtins.match "[0-9]+" name != null || name == "root"
+    || (config.users.${kind} or { }) ? ${name};
+  templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
+    (attrNames cfg.templates);
+  hasEarly = builtins.any (i: i.early) items;
+  vaultpy = "${cfg.package}/bin/vaultpy";
+  activateCmd = flags: "${vaultpy} activate --profile ${profileFile}${flags}";
+in
+{
+  options.vaultpy = {
+    package = mkOption {
+      type = types.package;
+      description = "The vaultpy package (the flake's nixosModules.default sets it).";
+    };
+    hostsToml = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "Import this host's secrets and templates from the operator's hosts.toml (merged with the options below; options win).";
+    };
+    settings = {
+      hostPubkey = mkOption {
+        type = types.nullOr (types.either types.str (types.listOf types.str));
+        default = null;
+        description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys.";
+      };
+      hostKeys = mkOption {
+        type = types.listOf types.str;
+        default = map (k: k.path) (builtins.filter (k: (k.type or "") == "ed25519")
+          (config.services.openssh.hostKeys or [ { type = "ed25519"; path = "/etc/ssh/ssh_host_ed25519_key"; } ]));
+        defaultText = lib.literalExpression ''ed25519 paths of services.openssh.hostKeys'';
+        description = "Private keys the host decrypts with.";
+      };
+      cacheRoot = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "The repository's secrets/cache directory (vaultpy renc output).";
+      };
+      hostName = mkOption {
+        type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
+        default = config.networking.hostName or "nixos";
+        defaultText = lib.literalExpression "config.networking.hostName";
+        description = "This host's name in hosts.toml (its cache directory).";
+      };
+      dir = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy"; description = "The live symlink."; };
+      earlyDir = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy-early"; description = "The live symlink for early items."; };
+      store = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy.d"; description = "The ramfs holding generations."; };
+      keep = mkOption { type = types.ints.positive; default = 3; description = "Generations to keep."; };
+    };
+    secrets = mkOption {
+      type = types.attrsOf secretType;
+      default = { };
+      description = "Secrets to install on this host, by id.";
+    };
+    templates = mkOption {
+      type = types.attrsOf templateType;
+      default = { };
+      description = "Files rendered on the host from text with secret placeholders.";
+    };
+    placeholder = mkOption {
+      type = types.attrsOf types.str;
+      readOnly = true;
+      default = mapAttrs (id: _: vlib.placeholder id) cfg.secrets;
+      description = "placeholder.<id>: the text to put in a template for secret <id>.";
+    };
+    profile = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = profile;
+      description = "The activation profile (what `vaultpy profile` would write).";
+    };
+    profileFile = mkOption {
+      type = types.str;
+      readOnly = true;
+      default = profileFile;
+      description = "The profile as a JSON file in the store.";
+    };
+  };
+
+  config = mkMerge [
+    (mkIf (cfg.hostsToml != null) {
+      vaultpy.settings.hostPubkey = mkDefault fromToml.pubkey;
+      vaultpy.settings.cacheRoot = mkDefault fromToml.cacheRoot;
+      vaultpy.secrets = fromToml.secrets;
+      vaultpy.templates = fromToml.templates;
+    })
+    (mkIf (cfg.secrets != { } || cfg.templates != { }) {
+      assertions =
+        [
+          { assertion = s.hostPubkey != null;
+            message = "vaultpy.settings.hostPubkey is not set: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"; }
+          { assertion = s.cacheRoot != null;
+            message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache"; }
+        ]
+        ++ optionals (s.hostPubkey != null && s.cacheRoot != null) (lib.mapAttrsToList (id: spec: {
+          assertion = builtins.pathExists (cachePath id spec);
+          message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc`";
+        }) cfg.secrets)
+        ++ concatMap (i: [
+          { assertion = known "users" i.owner;
+            message = "vaultpy: ${i.label}: owner ${toString i.owner} is not in users.users"; }
+          { assertion = known "groups" i.group;
+            message = "vaultpy: ${i.label}: group ${toString i.group} is not in users.groups"; }
+        ]) items
+        ++ lib.mapAttrsToList (n: g: { assertion = false;
+            message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} install as the same name ${n}"; })
+          (dupes (i: "${if i.early then "early/" else ""}${i.name}") items)
+        ++ lib.mapAttrsToList (p: g: { assertion = false;
+            message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${p}"; })
+          (dupes (i: i.path) items)
+        ++ map (r: { assertion = cfg.secrets ? ${r.id};
+            message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
+          templateRefs;
+
+      environment.systemPackages = [ cfg.package ];
+
+      systemd.services.vaultpy-activate = {
+        description = "vaultpy: install secrets into ${s.dir}";
+        wantedBy = [ "sysinit.target" ];
+        after = [ "local-fs.target" "systemd-sysusers.service" "userborn.service" ];
+        before = [ "sysinit.target" "shutdown.target" ];
+        conflicts = [ "shutdown.target" ];
+        unitConfig.DefaultDependencies = false;
+        restartTriggers = [ profileFile ];   # switch-to-configuration re-runs activation
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          UMask = "0077";
+          ExecStart = activateCmd " --systemctl ${config.systemd.package or "/run/current-system/sw"}/bin/systemctl";
+        };
+      };
+    })
+    (mkIf hasEarly {
+      # Early items (user password hashes) must exist before users are created: by
+      # the activation script on classic NixOS, by this unit with sysusers/userborn.
+      systemd.services.vaultpy-activate-early = {
+        description = "vaultpy: install early secrets into ${s.earlyDir}";
+        wantedBy = [ "sysinit.target" ];
+        after = [ "local-fs.target" ];
+        before = [ "systemd-sysusers.service" "userborn.service" "sysinit.target" "shutdown.target" ];
+        conflicts = [ "shutdown.target" ];
+        unitConfig.DefaultDependencies = false;
+        restartTriggers = [ profileFile ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          UMask = "0077";
+          ExecStart = activateCmd " --early";
+        };
+      };
+      system.activationScripts.vaultpy-early = {
+        deps = [ "specialfs" ];
+        text = activateCmd " --early";
+      };
+      system.activationScripts.users.deps = [ "vaultpy-early" ];
+    })
+  ];
+}
