@@ -494,3 +494,7 @@ def main() -> None:
         _err().print(f"vaultpy: internal error: {type(exc).__name__}: {exc} (set "
                      "VAULTPY_DEBUG=1 for details and please report it)", markup=False)
         sys.exit(70)
+
+
+# Commands that live in their own modules register themselves on `app`.
+from vaultpy import cli_vault  # noqa: E402, F401
