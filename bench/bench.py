@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""vaultpy benchmark: ratios against real peers measured in the same run.
+
+    python bench/bench.py            # 500 secrets x 20 hosts (+ a 10,000-file cache)
+    python bench/bench.py --quick    # under a minute
+
+Measures, on the same fixture (keys from the real age-keygen / ssh-keygen; secret
+sizes mixed 32 B .. 64 KiB with a few 1 MiB):
+
+* peer   — the agenix way: one `age -d` per master + one `age -e -R` per (host,
+           secret), from a shell loop (a random sample of pairs on big fixtures);
+* floor  — pyrage encryption of the same plaintexts in one process per core,
+           writing plain files: the cost of crypto + writes alone;
+* vaultpy — cold / no-op / one-changed renc, check, --version, --help, and
+           activation of a large profile into a ramfs (inside unshare -m) versus
+           a plain pyrage decrypt loop of the same files; peak RSS of each run.
+
+Writes bench/results/latest.md and latest.json.  Numbers are never asserted in
+tests: the targets of the performance issue are printed as met / missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pyrage
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+        ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Run a command that must succeed; return (seconds, result)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr.decode()}")
+    return elapsed, proc
+
+
+def timed_rss(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one process, measured with wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        sys.exit(f"bench: {' '.join(cmd)} failed: {err}")
+    return elapsed, usage.ru_maxrss
+
+
+def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    return min(timed_rss(cmd, cwd, env)[0] for _ in range(n))
+
+
+# --------------------------------------------------------------------------- fixture
+
+def sizes(n: int, rng: random.Random) -> list[int]:
+    out = []
+    for i in range(n):
+        if i % 100 == 99:
+            out.append(1 << 20)                       # a few 1 MiB secrets
+        else:
+            out.append(int(32 * (2048 ** rng.random())))   # log-uniform 32 B .. 64 KiB
+    return out
+
+
+def make_fixture(root: Path, n_secrets: int, n_hosts: int, seed: int = 1) -> dict[str, object]:
+    rng = random.Random(seed)
+    (root / "keys").mkdir(parents=True)
+    (root / "secrets").mkdir()
+    subprocess.run(["age-keygen", "-o", str(root / "keys/master.txt")], check=True,
+                   capture_output=True)
+    master_pub = subprocess.run(["age-keygen", "-y", str(root / "keys/master.txt")],
+                                check=True, capture_output=True, text=True).stdout.strip()
+    hosts = []
+    for h in range(n_hosts):
+        name = f"h{h:03d}"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}",
+                        "-f", str(root / "keys" / name)], check=True)
+        hosts.append((name, (root / "keys" / f"{name}.pub").read_text().strip()))
+    recipient = pyrage.x25519.Recipient.from_str(master_pub)
+    ids = [f"s{i:04d}" for i in range(n_secrets)]
+    for sid, size in zip(ids, sizes(n_secrets, rng), strict=True):
+        (root / "secrets" / f"{sid}.age").write_bytes(
+            pyrage.encrypt(rng.randbytes(size), [recipient]))
+    lines = ["[vaultpy]", f'recipients = ["{master_pub}"]',
+             'identity = "keys/master.txt"', ""]
+    lines += [f"[secrets.{sid}]" for sid in ids]
+    for name, pub in hosts:
+        lines += ["", f"[hosts.{name}]", f'pubkey = "{pub}"',
+                  "secrets = [" + ", ".join(f'"{s}"' for s in ids) + "]"]
+    (root / "hosts.toml").write_text("\n".join(lines) + "\n")
+    return {"ids": ids, "hosts": hosts, "master_pub": master_pub}
+
+
+# --------------------------------------------------------------------------- peers
+
+def peer_age_cli(root: Path, fx: dict[str, object], sample: int, rng: random.Random
+                 ) -> tuple[float, int]:
+    """agenix/agenix-rekey style: age -d the master once, age -e -R per host."""
+    ids: list[str] = fx["ids"]                    # type: ignore[assignment]
+    hosts: list[tuple[str, str]] = fx["hosts"]    # type: ignore[assignment]
+    n_secrets = max(1, min(len(ids), sample // max(1, len(hosts))))
+    chosen = rng.sample(ids, n_secrets)
+    out = root / "peer-out"
+    out.mkdir()
+    script = ["set -e"]
+    for sid in chosen:
+        script.append(f'plain=$(mktemp -p /dev/shm); age -d -i keys/master.txt '
+                      f'secrets/{sid}.age > "$plain"')
+        for name, _ in hosts:
+            script.append(f'age -e -R keys/{name}.pub -o peer-out/{name}-{sid}.age "$plain"')
+        script.append('rm -f "$plain"')
+    start = time.perf_counter()
+    subprocess.run(["bash", "-c", "\n".join(script)], cwd=root, check=True)
+    return time.perf_counter() - start, n_secrets * len(hosts)
+
+
+def _floor_job(args: tuple[bytes, list[str], list[str]]) -> int:
+    plaintext, recipients, outs = args
+    n = 0
+    for rec, out in zip(recipients, outs, strict=True):
+        Path(out).write_bytes(pyrage.encrypt(plaintext, [pyrage.ssh.Recipient.from_str(rec)]))
+        n += 1
+    return n
+
+
+def floor_pyrage(root: Path, fx: dict[str, object], workers: int) -> tuple[float, int]:
+    """The same plaintexts encrypted with pyrage in `workers` processes, plain writes."""
+    ids: list[str] = fx["ids"]                    # type: ignore[assignment]
+    hosts: list[tuple[str, str]] = fx["hosts"]    # type: ignore[assignment]
+    ident = pyrage.x25519.Identity.from_str(
+        next(ln for ln in (root / "keys/master.txt").read_text().splitlines()
+             if ln.startswith("AGE-SECRET-KEY")))
+    out = root / "floor-out"
+    out.mkdir()
+    start = time.perf_counter()
+    jobs = []
+    for sid in ids:
+        plain = pyrage.decrypt((root / "secrets" / f"{sid}.age").read_bytes(), [ident])
+        jobs.append((plain, [" ".join(p.split()[:2]) for _, p in hosts],
+                     [str(out / f"{name}-{sid}.age") for name, _ in hosts]))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        n = sum(pool.map(_floor_job, jobs))
+    return time.perf_counter() - start, n
+
+
+# --------------------------------------------------------------------------- vaultpy
+
+def vaultpy(*args: str) -> list[str]:
+    return [PY, "-m", "vaultpy", *args]
+
+
+def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float]:
+    """activate a host profile with `n` secrets into a ramfs (unshare -m) vs a plain
+    pyrage decrypt loop of the same cache files."""
+    host = "h000"
+    hostroot = root / f"hostroot-{n}"
+    (hostroot / "etc/ssh").mkdir(parents=True)
+    shutil.copy(root / "keys" / host, hostroot / "etc/ssh/ssh_host_ed25519_key")
+    (hostroot / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (hostroot / "etc/group").write_text("root:x:0:\n")
+    prof = json.loads(run(vaultpy("profile", "--host", host), cwd=root, env=env)[1].stdout)
+    prof["secrets"] = prof["secrets"][:n]
+    (hostroot / "profile.json").write_text(json.dumps(prof))
+    files = [s["file"] for s in prof["secrets"]]
+    # The peer is a whole process too (interpreter start-up included), like vaultpy.
+    loop = ("import pyrage,sys\n"
+            "k=pyrage.ssh.Identity.from_buffer(open(sys.argv[1],'rb').read())\n"
+            "for f in sys.argv[2:]:\n"
+            "    pyrage.decrypt(open(f,'rb').read(),[k])\n")
+    plain_times, act_times = [], []
+    for _ in range(3):
+        plain_times.append(run([PY, "-c", loop, str(root / "keys" / host), *files])[0])
+        script = (f"{PY} -m vaultpy activate --profile {hostroot}/profile.json "
+                  f"--root {hostroot} --systemctl /bin/true 2>/dev/null")
+        start = time.perf_counter()
+        subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       check=True, env=env)
+        act_times.append(time.perf_counter() - start)
+    return {"activate_s": min(act_times), "plain_decrypt_loop_s": min(plain_times),
+            "secrets": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small fixture, under a minute")
+    ap.add_argument("--secrets", type=int)
+    ap.add_argument("--hosts", type=int)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--keep", action="store_true", help="keep the fixture directory")
+    args = ap.parse_args()
+    n_secrets = args.secrets or (60 if args.quick else 500)
+    n_hosts = args.hosts or (5 if args.quick else 20)
+    cores = len(os.sched_getaffinity(0))
+    rng = random.Random(7)
+    work = Path(tempfile.mkdtemp(prefix="vaultpy-bench-"))
+    env = {**os.environ, "NO_COLOR": "1", "VAULTPY_IDENTITY": str(work / "big/keys/master.txt")}
+    res: dict[str, object] = {"secrets": n_secrets, "hosts": n_hosts, "cores": cores,
+                              "python": sys.version.split()[0]}
+    try:
+        big = work / "big"
+        print(f"fixture: {n_secrets} secrets x {n_hosts} hosts …", file=sys.stderr)
+        fx = make_fixture(big, n_secrets, n_hosts)
+        files = n_secrets * n_hosts
+
+        t, n = peer_age_cli(big, fx, sample=200 if args.quick else 400, rng=rng)
+        res["peer_per_file_ms"] = 1000 * t / n
+        t, n = floor_pyrage(big, fx, cores)
+        res["floor_per_file_ms"] = 1000 * t / n
+
+        t, rss = timed_rss(vaultpy("renc", "--json"), big, env)
+        res["renc_cold_per_file_ms"] = 1000 * t / files
+        res["renc_cold_rss_kib"] = rss
+        res["renc_noop_s"] = best_of(5, vaultpy("renc"), big, env)
+        res["check_s"] = best_of(5, vaultpy("check"), big, env)
+        res["version_s"] = best_of(5, vaultpy("--version"), big, env)
+        res["help_s"] = best_of(5, vaultpy("--help"), big, env)
+        res["python_pass_s"] = best_of(5, [PY, "-c", "pass"], big, env)
+
+        # One secret changed: re-encrypt its master, renc again.
+        sid = fx["ids"][0]                                    # type: ignore[index]
+        pub = fx["master_pub"]
+        (big / "secrets" / f"{sid}.age").write_bytes(
+            pyrage.encrypt(b"changed", [pyrage.x25519.Recipient.from_str(pub)]))
+        res["renc_one_changed_s"] = timed_rss(vaultpy("renc"), big, env)[0]
+
+        # --jobs 1 vs --jobs 2, cold, on a copy of the fixture.
+        for jobs in (1, 2):
+            shutil.rmtree(big / "secrets" / "cache")
+            res[f"renc_cold_jobs{jobs}_s"] = timed_rss(vaultpy("renc", "--jobs", str(jobs)),
+                                                       big, env)[0]
+
+        res["activation"] = bench_activation(big, env, min(500, n_secrets))
+
+        # Memory: renc at ~1,000 files vs the full fixture.
+        small = work / "small"
+        make_fixture(small, max(1, 1000 // n_hosts), n_hosts, seed=2)
+        env_small = {**env, "VAULTPY_IDENTITY": str(small / "keys/master.txt")}
+        res["renc_rss_1000_kib"] = timed_rss(vaultpy("renc"), small, env_small)[1]
+        res["renc_rss_full_kib"] = res["renc_cold_rss_kib"]
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report(res, args.out, args.quick)
+
+
+def report(r: dict[str, object], out: Path, quick: bool) -> None:
+    f = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+    act: dict[str, float] = r["activation"]                  # type: ignore[assignment]
+    noop_ref = f["version_s"]
+    rows = [
+        ("cold renc vs age CLI peer (speed-up per file)", f["peer_per_file_ms"] /
+         f["renc_cold_per_file_ms"], ">= 20x", lambda x: x >= 20),
+        ("cold renc vs pyrage multi-process floor", f["renc_cold_per_file_ms"] /
+         f["floor_per_file_ms"], "<= 1.5x", lambda x: x <= 1.5),
+        ("--jobs 2 speed-up over --jobs 1", f["renc_cold_jobs1_s"] / f["renc_cold_jobs2_s"],
+         ">= 1.7x", lambda x: x >= 1.7),
+        ("no-op renc vs --version", f["renc_noop_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
+        ("check vs --version", f["check_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
+        ("one-changed renc vs no-op renc", f["renc_one_changed_s"] / f["renc_noop_s"],
+         "<= 2x + re-encryption", lambda x: x <= 2.5),
+        ("--version vs python -c pass", f["version_s"] / f["python_pass_s"], "<= 8x",
+         lambda x: x <= 8),
+        ("activation vs plain pyrage decrypt loop", act["activate_s"] /
+         act["plain_decrypt_loop_s"], "<= 1.5x", lambda x: x <= 1.5),
+        ("peak RSS renc full vs ~1,000 files", f["renc_rss_full_kib"] / f["renc_rss_1000_kib"],
+         "<= 1.3x", lambda x: x <= 1.3),
+    ]
+    lines = [f"# vaultpy benchmark ({'quick' if quick else 'full'})", "",
+             f"{r['secrets']} secrets x {r['hosts']} hosts = "
+             f"{int(r['secrets']) * int(r['hosts'])} cache files; {r['cores']} cores; "
+             f"Python {r['python']}; activation of {act['secrets']} secrets.", "",
+             "| measure | ratio | target | |", "| --- | ---: | --- | --- |"]
+    for name, value, target, ok in rows:
+        lines.append(f"| {name} | {value:.2f}x | {target} | {'met' if ok(value) else 'MISSED'} |")
+    lines += ["", "| raw figure | value |", "| --- | ---: |"]
+    for k, v in sorted(f.items()):
+        lines.append(f"| {k} | {v:.4g} |")
+    for k, v in sorted(act.items()):
+        lines.append(f"| activation.{k} | {v:.4g} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(text)
+    (out / "latest.json").write_text(json.dumps(
+        {**r, "ratios": {name: round(v, 3) for name, v, _t, _ok in rows}}, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
