@@ -2,6 +2,7 @@
 #   make demo   install, then run renc/check/status on the demo repository
 #   make test   install the test peers (age, nix, ssh) and run the full suite
 #   make lint   ruff + mypy --strict
+#   make bench  ratios against the age CLI and the pyrage floor (bench/results/latest.md)
 #   make dev    everything a developer needs, without running anything
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := age nix-bin openssh-client util-linux strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint dev deps clean
+.PHONY: demo test test-fast lint dev deps bench bench-quick clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +46,14 @@ test-fast: dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check vaultpy tests
+	$(BIN)/ruff check vaultpy tests bench
 	$(BIN)/mypy --strict vaultpy
+
+bench: dev
+	$(BIN)/python bench/bench.py
+
+bench-quick: dev
+	$(BIN)/python bench/bench.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
