@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_STATE = {".vaultpy.lock", ".vaultpy-verified"}   # git-ignored files renc keeps
 
 
 def need(tool: str) -> str:
@@ -88,10 +89,11 @@ class Repo:
         (self.root / "hosts.toml").write_text(text)
 
     def cache_files(self) -> dict[str, bytes]:
-        """Every file under the cache (relative path -> bytes), lock file excluded."""
+        """Every file under the cache (relative path -> bytes), except renc's lock and
+        verification index (local state, git-ignored)."""
         out = {}
         for p in sorted(self.cache.rglob("*")):
-            if p.is_file() and p.name != ".vaultpy.lock":
+            if p.is_file() and p.name not in LOCAL_STATE:
                 out[str(p.relative_to(self.cache))] = p.read_bytes()
         return out
 

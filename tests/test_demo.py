@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import ROOT, Repo, age_decrypt
+from conftest import LOCAL_STATE, ROOT, Repo, age_decrypt
 
 
 def demo_copy(tmp_path: Path) -> Repo:
@@ -14,7 +14,7 @@ def demo_copy(tmp_path: Path) -> Repo:
     root.mkdir()
     shutil.copy(ROOT / "hosts.toml", root)
     shutil.copytree(ROOT / "secrets", root / "secrets",
-                    ignore=shutil.ignore_patterns(".vaultpy.lock"))
+                    ignore=shutil.ignore_patterns(*LOCAL_STATE))
     shutil.copytree(ROOT / "demo", root / "demo")
     identity = root / "demo" / "master-identity.demo-only.txt"
     return Repo(root, identity, "", env={"VAULTPY_IDENTITY": ""})
@@ -26,8 +26,8 @@ def test_committed_cache_is_current_and_renc_is_a_noop(tmp_path: Path) -> None:
     before = repo.snapshot()
     out = json.loads(repo.ok("renc", "--json").stdout)
     assert out["written"] == [] and out["pruned"] == [] and out["unchanged"] == 6
-    after = repo.snapshot()
-    after.pop("secrets/cache/.vaultpy.lock", None)
+    after = {k: v for k, v in repo.snapshot().items()
+             if Path(k).name not in LOCAL_STATE}
     assert after == before
 
 

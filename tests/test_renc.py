@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
+from conftest import LOCAL_STATE, Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
 
 RESULT_KEYS = {"ok", "written", "repaired", "unchanged", "pruned", "failed"}
 
@@ -45,10 +45,10 @@ def renc_json(repo: Repo, *args: str, env: dict[str, str] | None = None) -> dict
 
 
 def state(repo: Repo) -> dict[str, tuple[bytes, int]]:
-    """Bytes and mtime_ns of every file under the cache (lock file excluded)."""
+    """Bytes and mtime_ns of every file under the cache (renc's local state excluded)."""
     out = {}
     for p in sorted(repo.cache.rglob("*")):
-        if p.is_file() and p.name != ".vaultpy.lock":
+        if p.is_file() and p.name not in LOCAL_STATE:
             out[str(p.relative_to(repo.cache))] = (p.read_bytes(), p.stat().st_mtime_ns)
     return out
 

@@ -10,7 +10,9 @@ changed master file or host key yields a new name while the old one is stale.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from vaultpy import age
 from vaultpy._internal import ageformat
-from vaultpy._internal.fsutil import is_tmp
+from vaultpy._internal.fsutil import atomic_write, is_tmp
 from vaultpy.errors import Problem, display_path, os_problem
 from vaultpy.model import Config
 
@@ -63,9 +65,18 @@ class Item:
 
     host: str
     id: str
-    path: Path
+    dir: str                         # the host's cache directory
+    name: str                        # <id>.<hash>.age
     recipients: tuple[str, ...]
     payload: int | None = None       # expected payload length (the master's)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir, self.name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}/{self.name}"
 
 
 @dataclass
@@ -109,19 +120,19 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     expected: dict[str, set[str]] = {}
     for host in selected:
         names = expected.setdefault(host.name, set())
+        host_dir = os.path.join(cfg.cache_dir, host.name)     # strings: 10,000s of items
         for sid in host.needed:
             master = result.masters.get(sid)
             if master is None:
                 continue
             name = cache_name(sid, master.sha256, host.recipients)
             names.add(name)
-            result.items.append(Item(host.name, sid, cfg.cache_dir / host.name / name,
-                                     host.recipients, master.payload))
+            result.items.append(Item(host.name, sid, host_dir, name, host.recipients,
+                                     master.payload))
     for host_name, names in expected.items():
-        host_dir = cfg.cache_dir / host_name
-        for entry in _listdir(host_dir):
+        for entry in _listdir(cfg.cache_dir / host_name):
             if entry not in names:
-                result.stale.append(host_dir / entry)
+                result.stale.append(cfg.cache_dir / host_name / entry)
     if not hosts:
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
@@ -173,6 +184,74 @@ def verify(path: Path, recipients: Sequence[str], payload: int | None = None) ->
     if tags != want:
         return "not encrypted to the host's current key"
     return None
+
+
+INDEX = ".vaultpy-verified"      # git-ignored, like the lock file
+
+
+StatKey = tuple[int, int, int, int]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    """What must stay the same for a verified file to still be the verified bytes.
+    ctime cannot be set from user space: any write or rename changes it."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+class VerifiedIndex:
+    """Cache files renc has verified (or written), keyed by their stat.
+
+    Like git's index: a file whose stat matches is trusted without re-reading;
+    any other file is verified in full.  Losing the index costs one full
+    verification, never correctness.
+    """
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.path = cache_dir / INDEX
+        self.entries: dict[str, StatKey] = {}
+        self.changed = False
+        try:
+            raw = json.loads(self.path.read_text())
+            if isinstance(raw, dict):
+                self.entries = {k: (v[0], v[1], v[2], v[3]) for k, v in raw.items()
+                                if isinstance(v, list) and len(v) == 4}
+        except (OSError, ValueError):
+            pass
+
+    def check(self, item: Item) -> str | None:
+        """Like :func:`verify`, but trusting files whose stat the index vouches for."""
+        try:
+            st = os.stat(os.path.join(item.dir, item.name), follow_symlinks=False)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+        if self.entries.get(item.key) == stat_key(st):
+            return None
+        reason = verify(item.path, item.recipients, item.payload)
+        if reason is None:
+            self.record(item)
+        return reason
+
+    def record(self, item: Item) -> None:
+        try:
+            self.entries[item.key] = stat_key(os.stat(os.path.join(item.dir, item.name)))
+            self.changed = True
+        except OSError:
+            pass
+
+    def save(self, items: Iterable[Item] | None) -> None:
+        """Write atomically, only if anything changed; with ``items`` (a full plan),
+        forget entries of files that are no longer planned."""
+        live = {i.key for i in items} if items is not None else None
+        stale = set(self.entries) - live if live is not None else set()
+        if not (self.changed or stale):
+            return
+        for key in stale:
+            del self.entries[key]
+        data = json.dumps(self.entries, sort_keys=True, separators=(",", ":")).encode()
+        with contextlib.suppress(OSError):
+            atomic_write(self.path, data, 0o644)
 
 
 def is_leftover(path: Path) -> bool:

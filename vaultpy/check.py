@@ -38,7 +38,9 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                     f"secrets.{sid}",
                                     "restore it from git, or recreate it with vaultpy edit"))
     entries: list[Entry] = []
+    index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
+    shown_cache = display_path(cfg.cache_dir)        # once, not per file (resolve() is slow)
     for host in cfg.hosts.values():
         installed = {d.id for d in host.deployments}
         for sid in host.needed:
@@ -48,16 +50,17 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      display_path(cfg.secrets[sid].file),
                                      installed=sid in installed))
                 continue
-            reason = cache.verify(item.path, item.recipients, item.payload)
+            reason = index.check(item)
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
-            entries.append(Entry(host.name, sid, state, display_path(item.path),
+            shown = f"{shown_cache}/{item.host}/{item.name}"
+            entries.append(Entry(host.name, sid, state, shown,
                                  reason or "", sid in installed))
             if reason == "missing":
-                problems.append(Problem(display_path(item.path), "cache file is missing",
+                problems.append(Problem(shown, "cache file is missing",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
             elif reason is not None:
-                problems.append(Problem(display_path(item.path), f"cache file is {reason}",
+                problems.append(Problem(shown, f"cache file is {reason}",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
     for path in p.stale:
         what = ("leftover temporary file" if cache.is_leftover(path) else

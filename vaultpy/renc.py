@@ -159,26 +159,34 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
-    todo = _survey(cfg, hosts, Result())
-    if todo:          # unlock keys before touching the disk: a wrong key changes nothing
+    # On a first run, validate everything and unlock keys before creating anything:
+    # bad input or a wrong key must not leave even a lock file behind.
+    first_run = not cfg.lock_path.exists()
+    if first_run and _survey(cfg, hosts, Result(), cache.VerifiedIndex(cfg.cache_dir)):
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
             result = Result()
-            p = cache.plan(cfg, hosts)          # again, under the lock
-            todo = _survey(cfg, hosts, result, p)
+            index = cache.VerifiedIndex(cfg.cache_dir)
+            p = cache.plan(cfg, hosts)
+            todo = _survey(cfg, hosts, result, index, p)
             if todo:
                 if not _IDENTITIES:
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
                 _encrypt_all(cfg, p, todo, result, jobs or default_jobs(), progress)
+                for item in result.written + result.repaired:
+                    if (item.host, item.id) not in result.failed_items:
+                        index.record(item)
             _prune(cfg, p, result)
+            if result.ok:       # a failed run changes nothing it need not change
+                index.save(None if hosts else p.items)
     finally:
         _IDENTITIES.clear()
     return result
 
 
-def _survey(cfg: Config, hosts: Sequence[str], result: Result,
+def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
             p: cache.Plan | None = None) -> list[cache.Item]:
     """Plan and sort items into unchanged / repaired (damaged) / todo."""
     p = p or cache.plan(cfg, hosts)
@@ -186,7 +194,7 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result,
         raise VaultpyError(p.problems)
     todo: list[cache.Item] = []
     for item in p.items:
-        reason = cache.verify(item.path, item.recipients, item.payload)
+        reason = index.check(item)
         if reason is None:
             result.unchanged.append(item)
         elif reason == "missing":
