@@ -440,33 +440,44 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
     from vaultpy.activate.context import read_link_generation
 
     ctx = run(Options(profile=profile, root=root, dry_run=True, quiet=True))
-    live = read_link_generation(ctx.link)
-    files = []
-    if live is not None:
-        for entry in sorted(live.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            st = entry.lstat()
-            files.append({"name": entry.name, "uid": st.st_uid, "gid": st.st_gid,
-                          "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size})
-    changes = [c.__dict__ for c in ctx.changes]
-    if json_out:
-        _emit_json({"ok": not changes, "live": str(live) if live else None,
-                    "files": files, "changes": changes})
-    else:
-        _out().print(f"live generation: {live or 'none'}", markup=False)
+    runs = [ctx]
+    if ctx.profile.installed(early=True):          # the early side is a generation too
+        runs.append(run(Options(profile=profile, root=root, dry_run=True, quiet=True,
+                                early=True)))
+    report: dict[str, Any] = {"ok": True, "changes": []}
+    for r in runs:
+        live = read_link_generation(r.link)
+        files = []
+        if live is not None:
+            for entry in sorted(live.iterdir()):
+                if entry.name.startswith("."):
+                    continue
+                st = entry.lstat()
+                files.append({"name": entry.name, "uid": st.st_uid, "gid": st.st_gid,
+                              "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size})
+        changes = [{**c.__dict__, "early": r.opts.early} for c in r.changes]
+        prefix = "early_" if r.opts.early else ""
+        report.update({f"{prefix}live": str(live) if live else None, f"{prefix}files": files})
+        report["changes"] += changes                 # one list: consumers need not merge
+        report["ok"] = report["ok"] and not changes
+        if json_out:
+            continue
+        _out().print(f"{'early ' if r.opts.early else ''}live generation: {live or 'none'}",
+                     markup=False)
         table = Table(show_edge=False)
         for col in ("name", "uid", "gid", "mode", "size"):
             table.add_column(col)
         for f in files:
             table.add_row(*(str(f[k]) for k in ("name", "uid", "gid", "mode", "size")))
         _out().print(table)
-        for c in ctx.changes:
+        for c in r.changes:
             _out().print(f"differs: {c.name} ({c.kind}{': ' + c.detail if c.detail else ''})",
                          markup=False)
-        if not changes:
-            _out().print("in sync with the profile", markup=False)
-    if changes:
+    if json_out:
+        _emit_json(report)
+    elif report["ok"]:
+        _out().print("in sync with the profile", markup=False)
+    if not report["ok"]:
         _exit(1)
 
 

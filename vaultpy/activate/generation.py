@@ -7,22 +7,43 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from vaultpy._internal import fsutil
+from vaultpy.activate import notify
 from vaultpy.activate.context import MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError
 
 _NUMBER = re.compile(r"[0-9]+")
 
 
-def generations(store: Path) -> list[int]:
+def _numeric(store: Path) -> list[int]:
     try:
         names = os.listdir(store)
     except FileNotFoundError:
         return []
-    return sorted(int(n) for n in names if _NUMBER.fullmatch(n) and (store / n).is_dir()
-                  and not (store / n).is_symlink())
+    return sorted(int(n) for n in names if _NUMBER.fullmatch(n))
+
+
+def generations(store: Path) -> list[int]:
+    """Numbered generation directories (never a symlink or a file of that name)."""
+    return [n for n in _numeric(store)
+            if (store / str(n)).is_dir() and not (store / str(n)).is_symlink()]
+
+
+def remove_leftover_links(link: Path) -> None:
+    """Temp symlinks a killed run left beside ``link`` (ours: root-owned symlinks only)."""
+    prefix = f".{link.name}{fsutil.TMP_MARK}"
+    try:
+        names = os.listdir(link.parent)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            st = os.lstat(link.parent / name)
+            if stat.S_ISLNK(st.st_mode) and st.st_uid == 0:
+                os.unlink(link.parent / name)
 
 
 def referenced(ctx: Context) -> set[Path]:
@@ -49,29 +70,36 @@ def new_generation(ctx: Context) -> None:
     _check_link_replaceable(ctx.link)
     ctx.previous = read_link_generation(ctx.link)
     live = referenced(ctx)
-    numbers = generations(ctx.store)
+    numbers = _numeric(ctx.store)               # number past anything numeric in the store
     for n in numbers:
         path = ctx.store / str(n)
-        unfinished = path.resolve() not in live and not (path / MANIFEST).exists()
+        is_dir = path.is_dir() and not path.is_symlink()
+        unfinished = not is_dir or (path.resolve() not in live
+                                    and not (path / MANIFEST).exists())
         if unfinished and not ctx.opts.dry_run:
-            fsutil.remove_tree(path)
+            fsutil.remove_tree(path)            # never follows a symlink
             ctx.log("new_generation", f"removed unfinished generation {n}")
     number = (numbers[-1] + 1) if numbers else 1
-    ctx.generation = ctx.store / str(number)
+    target = ctx.store / str(number)
     if ctx.opts.dry_run:
+        ctx.generation = target
         ctx.log("new_generation", f"would build generation {number}")
         return
-    os.mkdir(ctx.generation, 0o751)
-    os.chown(ctx.generation, 0, 0)
-    os.chmod(ctx.generation, 0o751)
-    ctx.generation_fd = os.open(ctx.generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    ctx.log("new_generation", f"building {ctx.generation}")
+    os.mkdir(target, 0o751)
+    ctx.generation = target                     # ours from now on (removed if we fail)
+    os.chown(target, 0, 0)
+    os.chmod(target, 0o751)
+    ctx.generation_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    ctx.log("new_generation", f"building {target}")
 
 
 def _write_manifest(ctx: Context) -> None:
+    """Items, and the unit calls this generation owes: they are recorded before the
+    switch, so a crash between switch and notification is made good by the next run."""
     items = [{"name": i.name, "path": i.out.path, "restart_units": list(i.out.restart_units),
               "reload_units": list(i.out.reload_units)} for i in ctx.items()]
-    data = json.dumps({"version": 1, "host": ctx.profile.host, "items": items},
+    data = json.dumps({"version": 1, "host": ctx.profile.host, "items": items,
+                       "pending": [list(c) for c in notify.plan_calls(ctx)]},
                       sort_keys=True).encode()
     assert ctx.generation_fd is not None
     fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -91,6 +119,7 @@ def switch(ctx: Context) -> None:
     _write_manifest(ctx)
     link = ctx.link
     fsutil.makedirs(link.parent)
+    remove_leftover_links(link)
     target = os.path.relpath(ctx.generation, link.parent)
     tmp = link.with_name(f".{link.name}{fsutil.TMP_MARK}{secrets.token_hex(6)}")
     os.symlink(target, tmp)

@@ -69,7 +69,13 @@ def _place(ctx: Context, path: str, name: str) -> None:
                 raise _refuse(path, "is a directory")
         except FileNotFoundError:
             pass
-        tmp = f".{base}{fsutil.TMP_MARK}{secrets.token_hex(6)}"
+        prefix = f".{base}{fsutil.TMP_MARK}"
+        for leftover in os.listdir(fd):             # from a killed run: ours only
+            if leftover.startswith(prefix):
+                lst = os.stat(leftover, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(lst.st_mode) and lst.st_uid == 0:
+                    os.unlink(leftover, dir_fd=fd)
+        tmp = f"{prefix}{secrets.token_hex(6)}"
         os.symlink(target, tmp, dir_fd=fd)
         try:
             os.rename(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)   # replaces, never follows

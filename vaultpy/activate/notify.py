@@ -67,19 +67,52 @@ def compute_changes(ctx: Context) -> list[Change]:
     return changes
 
 
-def diff_and_notify(ctx: Context) -> None:
-    ctx.changes = compute_changes(ctx)
+NOTIFIED = ".vaultpy-notified"   # in a generation: its pending unit calls were made
+
+
+def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
+    """Unit calls the previous generation recorded but never confirmed (a crash
+    between its switch and its notification)."""
+    if ctx.previous is None or (ctx.previous / NOTIFIED).exists():
+        return []
+    try:
+        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        return [(str(v), str(u)) for v, u in data.get("pending", [])]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def plan_calls(ctx: Context) -> list[tuple[str, str]]:
+    """Every unit call this run owes: for its changes, and those left unfinished."""
+    if not ctx.changes:
+        ctx.changes = compute_changes(ctx)
     restart: dict[str, None] = {}
     reload: dict[str, None] = {}
+    for verb, unit in _unfinished_calls(ctx):
+        (restart if verb == "try-restart" else reload).setdefault(unit)
     for c in ctx.changes:
-        ctx.log("diff_and_notify", f"{c.kind} {c.name}" + (f" ({c.detail})" if c.detail else ""))
         for u in c.restart_units:
             restart.setdefault(u)
         for u in c.reload_units:
             reload.setdefault(u)
-    calls = [("try-restart", u) for u in restart] + [
+    return [("try-restart", u) for u in restart] + [
         ("try-reload-or-restart", u) for u in reload if u not in restart]
+
+
+def _mark_notified(ctx: Context) -> None:
+    if ctx.generation_fd is not None:
+        fd = os.open(NOTIFIED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
+                     dir_fd=ctx.generation_fd)
+        os.close(fd)
+
+
+def diff_and_notify(ctx: Context) -> None:
+    calls = plan_calls(ctx)
+    for c in ctx.changes:
+        ctx.log("diff_and_notify", f"{c.kind} {c.name}" + (f" ({c.detail})" if c.detail else ""))
     if not calls:
+        if not ctx.opts.dry_run:
+            _mark_notified(ctx)
         return
     if ctx.opts.dry_run:
         for verb, unit in calls:
@@ -96,3 +129,4 @@ def diff_and_notify(ctx: Context) -> None:
         if proc.returncode != 0:
             ctx.log("diff_and_notify", f"warning: systemctl {verb} {unit} failed: "
                     f"{(proc.stderr or proc.stdout).strip()}")
+    _mark_notified(ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from pathlib import Path
 
 from vaultpy import age
 from vaultpy._internal import fsutil
@@ -20,16 +21,23 @@ def lock(ctx: Context) -> None:
         return
     path = ctx.store.with_name(ctx.store.name + ".lock")
     fsutil.makedirs(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise VaultpyError(Problem(str(path), f"cannot open the lock file: {exc.strerror}",
+                                   "store", "remove it if it is a symlink or not a regular "
+                                   "file; vaultpy creates it")) from None
     fcntl.flock(fd, fcntl.LOCK_EX)
     ctx.lock_fd = fd
     ctx.log("lock", f"holding {path}")
 
 
-def _no_prompt(prompt: str) -> str:
-    raise VaultpyError(Problem("settings.identities", "host keys must not be "
-                               "passphrase-protected (activation runs unattended)", "",
-                               "use the host's plain /etc/ssh/ssh_host_ed25519_key"))
+def _no_prompt(path: Path) -> age.PassphraseFn:
+    def refuse(prompt: str) -> str:
+        raise VaultpyError(Problem(str(path), "host key is passphrase-protected, but "
+                                   "activation runs unattended", "settings.identities",
+                                   "use an unencrypted host key (ssh-keygen -A makes them)"))
+    return refuse
 
 
 def load_identities(ctx: Context) -> None:
@@ -41,7 +49,7 @@ def load_identities(ctx: Context) -> None:
                                        "settings.identities",
                                        "is this the right host? (ssh-keygen -A creates "
                                        "host keys)"))
-        ctx.identities.extend(age.load_identity_file(path, _no_prompt))
+        ctx.identities.extend(age.load_identity_file(path, _no_prompt(path)))
     ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
 
 
