@@ -17,8 +17,12 @@ let
   s = cfg.settings;
   vlib = import ./lib.nix;
 
+  # As strict as `vaultpy activate`'s profile loader: what evaluates also boots.
   unitName = types.strMatching "[^[:space:]/]+";
-  userName = types.either types.int (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
+  userName = types.either types.ints.unsigned
+    (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
+  # absolute and normalised: no empty, "." or ".." segment, no trailing slash
+  absPath = types.strMatching "(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+";
 
   outputOptions = {
     owner = mkOption {
@@ -37,7 +41,7 @@ let
       description = "Permission bits, four octal digits.";
     };
     path = mkOption {
-      type = types.nullOr (types.strMatching "/.*");
+      type = types.nullOr absPath;
       default = null;
       description = "An extra path: a symlink to the live file.";
     };
@@ -208,7 +212,7 @@ in
         description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys.";
       };
       hostKeys = mkOption {
-        type = types.listOf types.str;
+        type = types.nonEmptyListOf types.str;
         default = map (k: k.path) (builtins.filter (k: (k.type or "") == "ed25519")
           (config.services.openssh.hostKeys or [ { type = "ed25519"; path = "/etc/ssh/ssh_host_ed25519_key"; } ]));
         defaultText = lib.literalExpression ''ed25519 paths of services.openssh.hostKeys'';
@@ -225,9 +229,9 @@ in
         defaultText = lib.literalExpression "config.networking.hostName";
         description = "This host's name in hosts.toml (its cache directory).";
       };
-      dir = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy"; description = "The live symlink."; };
-      earlyDir = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy-early"; description = "The live symlink for early items."; };
-      store = mkOption { type = types.strMatching "/.+"; default = "/run/vaultpy.d"; description = "The ramfs holding generations."; };
+      dir = mkOption { type = absPath; default = "/run/vaultpy"; description = "The live symlink."; };
+      earlyDir = mkOption { type = absPath; default = "/run/vaultpy-early"; description = "The live symlink for early items."; };
+      store = mkOption { type = absPath; default = "/run/vaultpy.d"; description = "The ramfs holding generations."; };
       keep = mkOption { type = types.ints.positive; default = 3; description = "Generations to keep."; };
     };
     secrets = mkOption {
@@ -287,7 +291,7 @@ in
         ]) items
         ++ lib.mapAttrsToList (n: g: { assertion = false;
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} install as the same name ${n}"; })
-          (dupes (i: "${if i.early then "early/" else ""}${i.name}") items)
+          (dupes (i: i.name) items)
         ++ lib.mapAttrsToList (p: g: { assertion = false;
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${p}"; })
           (dupes (i: i.path) items)
