@@ -1,0 +1,589 @@
+"""On-host activation (DESIGN §5, §6), end to end and step by step.
+
+Everything is real: masters and cache files from the CLI, host keys from
+ssh-keygen, activation as ``python -m vaultpy activate`` into a temporary
+``--root`` (as root, so chown/chmod are real), ramfs/tmpfs mounts inside
+``unshare -m``, and a recording script in place of systemctl.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from activate_helpers import (
+    HostRoot,
+    Recorder,
+    activate_cmd,
+    activate_ok,
+    copy_repo,
+    demo_repo,
+    file_state,
+    make_host_root,
+    make_recorder,
+    new_repo,
+    prepare_root,
+    run_vaultpy,
+    snapshot_tree,
+    unshare_sh,
+    write_deploy_hosts,
+    write_profile,
+)
+from conftest import Repo, assert_one_clean_error
+
+if os.geteuid() != 0:
+    pytest.skip("activation tests chown files and mount: run as root", allow_module_level=True)
+
+SECRETS: dict[str, bytes] = {            # declared out of order on purpose
+    "num": b"numeric-owner-secret\n",
+    "named": b"named\x00binary\xff\xfe data",
+    "plain": b"plain-secret",
+    "tonly": b"  \n padded-template-only \t\n",
+    "early_pw": b"early-password\n",
+}
+
+SECRET_OPTS: dict[str, dict[str, Any]] = {
+    "num": {"owner": "1234", "group": "4321", "mode": "0640",
+            "restart_units": ["num.service"]},
+    "named": {"owner": "app", "group": "svc", "mode": "0440", "path": "/etc/app/named.key",
+              "reload_units": ["named.service"]},
+    "plain": {},
+    "early_pw": {"early": True, "owner": "0", "mode": "0400",
+                 "restart_units": ["early.service"]},
+}
+TEMPLATE_OPTS: dict[str, dict[str, Any]] = {
+    "trim.env": {"content": "A=[{{ secrets.tonly }}] B=[{{secrets.plain}}]\n", "trim": True,
+                 "owner": "svc", "group": "app", "mode": "0444",
+                 "restart_units": ["tmpl.service"]},
+    "raw.env": {"content": "# café ☕\nA=[{{ secrets.tonly }}]\n{{{{ literal }}\n",
+                "trim": False, "mode": "0400"},
+}
+TRIM_ENV = b"A=[padded-template-only] B=[plain-secret]\n"
+RAW_ENV = ("# café ☕\nA=[  \n padded-template-only \t\n]\n{{ literal }}\n").encode()
+NORMAL_FILES = {"num", "named", "plain", "trim.env", "raw.env"}
+HOST = "host0"
+
+
+# ------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def base_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """Built once per module (keys, masters, hosts.toml, renc); copied per test."""
+    repo = new_repo(tmp_path_factory.mktemp("base") / "repo", SECRETS)
+    write_deploy_hosts(repo, SECRETS, {HOST: (SECRET_OPTS, TEMPLATE_OPTS)})
+    repo.ok("renc")
+    return repo
+
+
+class World:
+    """A repository, a host root with its profile, and a recording systemctl."""
+
+    def __init__(self, repo: Repo, host: HostRoot, rec: Recorder) -> None:
+        self.repo, self.host, self.rec = repo, host, rec
+        self.secret_opts = copy.deepcopy(SECRET_OPTS)
+        self.template_opts = copy.deepcopy(TEMPLATE_OPTS)
+
+    def activate(self, *extra: str) -> Any:
+        return activate_ok(self.host.profile, self.host.root, *extra,
+                           systemctl=self.rec.script)
+
+    def redeploy(self) -> None:
+        """hosts.toml from the current options, renc, profile again."""
+        write_deploy_hosts(self.repo, SECRETS, {HOST: (self.secret_opts, self.template_opts)})
+        self.repo.ok("renc")
+        write_profile(self.repo, HOST, self.host.profile)
+
+    def change_secret(self, sid: str, plaintext: bytes) -> None:
+        self.repo.ok("encrypt", sid, input=plaintext)
+        self.redeploy()
+
+    @property
+    def live(self) -> Path:
+        return self.host.live
+
+    def names(self, directory: Path) -> set[str]:
+        return {n for n in os.listdir(directory) if not n.startswith(".")}
+
+
+@pytest.fixture
+def world(base_repo: Repo, tmp_path: Path) -> World:
+    repo = copy_repo(base_repo, tmp_path / "repo")
+    host = make_host_root(repo, HOST, tmp_path / "root")
+    return World(repo, host, make_recorder(tmp_path / "bin"))
+
+
+def assert_normal_generation(w: World, gen: Path) -> None:
+    h = w.host
+    assert w.names(gen) == NORMAL_FILES
+    assert file_state(gen / "num") == (SECRETS["num"], 1234, 4321, 0o640)
+    assert file_state(gen / "named") == (SECRETS["named"], h.uid("app"), h.gid("svc"), 0o440)
+    assert file_state(gen / "plain") == (SECRETS["plain"], 0, 0, 0o400)
+    assert file_state(gen / "trim.env") == (TRIM_ENV, h.uid("svc"), h.gid("app"), 0o444)
+    assert file_state(gen / "raw.env") == (RAW_ENV, 0, 0, 0o400)
+
+
+# ------------------------------------------------------------- 1. end to end
+
+def test_end_to_end_files_owners_modes_templates_links(world: World) -> None:
+    w, h = world, world.host
+    proc = w.activate()
+    assert os.readlink(h.live) == "vaultpy.d/1"            # relative
+    gen = h.store / "1"
+    assert stat.S_IMODE(gen.stat().st_mode) == 0o751 and gen.stat().st_uid == 0
+    assert_normal_generation(w, gen)
+    # also read through the live symlink, as services do
+    assert (h.live / "num").read_bytes() == SECRETS["num"]
+    # not installed: the template-only secret and the early item
+    assert not (gen / "tonly").exists() and not (gen / "early_pw").exists()
+    assert not os.path.lexists(h.early)
+    # the extra path: a relative symlink that resolves into the live generation
+    link = h.root / "etc/app/named.key"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert os.path.realpath(link) == os.path.realpath(gen / "named")
+    assert link.read_bytes() == SECRETS["named"]
+    assert b"Traceback" not in proc.stderr
+
+
+def test_demo_web1_activates(tmp_path: Path) -> None:
+    repo = demo_repo(tmp_path)
+    host = make_host_root(repo, "web1", tmp_path / "root",
+                          users={"app": (1201, 2201), "nginx": (1202, 2202)}, groups={})
+    activate_ok(host.profile, host.root, systemctl=make_recorder(tmp_path / "bin").script)
+    assert os.readlink(host.live) == "vaultpy.d/1"
+    api = repo.ok("decrypt", "api_token").stdout
+    db = repo.ok("decrypt", "db_password").stdout
+    tls = repo.ok("decrypt", "tls_key").stdout
+    assert {n for n in os.listdir(host.live) if not n.startswith(".")} == {
+        "api_token", "web1.key", "app.env"}
+    assert file_state(host.live / "api_token") == (api, 1201, 2201, 0o440)
+    assert file_state(host.live / "web1.key") == (tls, 1202, 0, 0o400)
+    env = (f"DATABASE_URL=postgres://app:{db.decode().strip()}@db1/app\n"
+           f"API_TOKEN={api.decode().strip()}\n").encode()
+    assert file_state(host.live / "app.env") == (env, 1201, 0, 0o400)
+    link = host.root / "etc/nginx/tls/web1.key"
+    assert os.path.realpath(link) == os.path.realpath(host.store / "1" / "web1.key")
+    assert link.read_bytes() == tls
+
+
+# ------------------------------------------------------------- 2. profile JSON
+
+def _canonical(text: str) -> str:
+    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def test_profile_json_paths_order_and_format(world: World, tmp_path: Path) -> None:
+    repo = world.repo
+    out = repo.ok("profile", "--host", HOST).stdout.decode("utf-8")
+    assert out.endswith("}\n") and out.count("\n") == 1
+    assert out[:-1] == _canonical(out)
+    data = json.loads(out)
+    assert [s["id"] for s in data["secrets"]] == ["early_pw", "named", "num", "plain", "tonly"]
+    assert [t["name"] for t in data["templates"]] == ["raw.env", "trim.env"]
+    assert {s["id"]: s["install"] for s in data["secrets"]} == {
+        "early_pw": True, "named": True, "num": True, "plain": True, "tonly": False}
+    cache = {p.resolve() for p in (repo.cache / HOST).glob("*.age")}
+    absolute = {}
+    for s in data["secrets"]:
+        assert os.path.isabs(s["file"]), s
+        assert Path(s["file"]).resolve() in cache
+        absolute[s["id"]] = Path(s["file"]).resolve()
+    assert len(absolute) == len(cache) == 5
+    named = next(s for s in data["secrets"] if s["id"] == "named")
+    assert (named["owner"], named["group"], named["mode"], named["path"],
+            named["reload_units"]) == ("app", "svc", "0440", "/etc/app/named.key",
+                                       ["named.service"])
+    # -o: relative to the output file's directory, and they still resolve
+    target = tmp_path / "elsewhere" / "deep" / "p.json"
+    target.parent.mkdir(parents=True)
+    repo.ok("profile", "--host", HOST, "-o", str(target))
+    written = target.read_text(encoding="utf-8")
+    assert written.endswith("\n") and written[:-1] == _canonical(written)
+    rel = json.loads(written)
+    for s in rel["secrets"]:
+        assert not os.path.isabs(s["file"]), s
+        assert (target.parent / s["file"]).resolve() == absolute[s["id"]]
+        s["file"] = data["secrets"][[x["id"] for x in data["secrets"]].index(s["id"])]["file"]
+    assert rel == data                       # nothing else differs
+
+
+# ------------------------------------------------------------- 3. ramfs
+
+def _mount_rows(mountinfo: str, mountpoint: Path) -> list[str]:
+    target = os.path.realpath(mountpoint)
+    rows = []
+    for row in mountinfo.splitlines():
+        left, _, right = row.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and fields[4].replace("\\040", " ") == target:
+            rows.append(right.split()[0])
+    return rows
+
+
+def test_store_is_ramfs_when_mounting(world: World) -> None:
+    h = world.host
+    cmd = shlex.join(activate_cmd(h.profile, h.root, no_mount=False,
+                                  systemctl=world.rec.script))
+    script = f"""
+set -e
+{cmd}
+{cmd}
+echo "@@mountinfo"
+cat /proc/self/mountinfo
+echo "@@stat"
+stat -c '%u %g %a' {shlex.quote(str(h.live / 'named'))}
+echo "@@data"
+cat {shlex.quote(str(h.live / 'plain'))}
+"""
+    proc = unshare_sh(script)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode("utf-8", "replace")
+    mountinfo = out.split("@@mountinfo\n")[1].split("@@stat\n")[0]
+    assert _mount_rows(mountinfo, h.store) == ["ramfs"]          # mounted once, ramfs
+    stat_line, data = out.split("@@stat\n")[1].split("@@data\n")
+    assert stat_line.split() == [str(h.uid("app")), str(h.gid("svc")), "440"]
+    assert data == SECRETS["plain"].decode()
+    # the plaintext lived only on the ramfs: outside the namespace the store is empty
+    assert os.listdir(h.store) == []
+    assert os.readlink(h.live) == "vaultpy.d/2"      # (a dangling link on the disk)
+
+
+def test_tmpfs_store_is_refused(world: World) -> None:
+    h = world.host
+    h.store.mkdir(parents=True)
+    os.chmod(h.store, 0o751)
+    cmd = shlex.join(activate_cmd(h.profile, h.root, no_mount=False,
+                                  systemctl=world.rec.script))
+    script = f"""
+mount -t tmpfs -o mode=0751 tmpfs {shlex.quote(str(h.store))} || exit 99
+{cmd}
+rc=$?
+echo "@@ls"
+ls -A {shlex.quote(str(h.store))}
+exit $rc
+"""
+    proc = unshare_sh(script)
+    assert proc.returncode != 99, proc.stderr.decode()
+    assert_one_clean_error(proc, "tmpfs", "ramfs")
+    assert proc.stdout.decode().split("@@ls\n")[1].strip() == ""   # no generation
+    assert not os.path.lexists(h.live)
+    assert world.rec.calls() == []
+
+
+# ------------------------------------------------------------- 4. generations, notify
+
+def test_generations_numbering_and_keep(world: World) -> None:
+    w, h = world, world.host
+    w.activate()
+    w.rec.clear()
+    w.activate()
+    w.activate()
+    assert h.generations() == [1, 2, 3]
+    assert os.readlink(h.live) == "vaultpy.d/3"
+    assert w.rec.calls() == []                       # unchanged runs call nothing
+    w.activate()                                     # the profile's keep: 3
+    assert h.generations() == [2, 3, 4] and os.readlink(h.live) == "vaultpy.d/4"
+    w.activate("--keep", "2")
+    assert h.generations() == [4, 5] and os.readlink(h.live) == "vaultpy.d/5"
+    w.activate("--keep", "2")
+    assert h.generations() == [5, 6] and os.readlink(h.live) == "vaultpy.d/6"
+    assert_normal_generation(w, h.live)
+    # a live generation is never pruned, even when older than the newest `keep`:
+    # the early link keeps its generation while normal runs move on with --keep 1
+    w.activate("--early")
+    assert os.readlink(h.early) == "vaultpy.d/7"
+    w.activate("--keep", "1")
+    w.activate("--keep", "1")
+    assert h.generations() == [7, 9]
+    assert os.readlink(h.live) == "vaultpy.d/9" and os.readlink(h.early) == "vaultpy.d/7"
+    assert (h.early / "early_pw").read_bytes() == SECRETS["early_pw"]
+    assert_normal_generation(w, h.live)
+
+
+def test_changes_call_exactly_their_units(world: World) -> None:
+    w, h = world, world.host
+    w.activate()
+    w.rec.clear()
+    # content of one secret
+    w.change_secret("num", b"num v2")
+    w.activate()
+    assert w.rec.take() == ["try-restart num.service"]
+    assert (h.live / "num").read_bytes() == b"num v2"
+    assert file_state(h.live / "named")[0] == SECRETS["named"]
+    # a reload unit
+    w.change_secret("named", b"named v2")
+    w.activate()
+    assert w.rec.take() == ["try-reload-or-restart named.service"]
+    link = h.root / "etc/app/named.key"           # the extra path follows the switch
+    assert os.path.realpath(link) == os.path.realpath(h.store / "3" / "named")
+    assert link.read_bytes() == b"named v2"
+    # a template-only secret changes a template, which carries the units
+    w.change_secret("tonly", b"tonly v2")
+    w.activate()
+    assert w.rec.take() == ["try-restart tmpl.service"]
+    assert (h.live / "trim.env").read_bytes() == b"A=[tonly v2] B=[plain-secret]\n"
+    # whitespace only: the trimmed template is unchanged, raw.env (no units) changed
+    w.change_secret("tonly", b"\ttonly v2 \n")
+    w.activate()
+    assert w.rec.take() == []
+    assert (h.live / "raw.env").read_bytes().endswith(b"A=[\ttonly v2 \n]\n{{ literal }}\n")
+    # owner only
+    w.secret_opts["named"]["owner"] = "svc"
+    w.redeploy()
+    w.activate()
+    assert w.rec.take() == ["try-reload-or-restart named.service"]
+    assert file_state(h.live / "named") == (b"named v2", h.uid("svc"), h.gid("svc"), 0o440)
+    # mode only
+    w.secret_opts["num"]["mode"] = "0600"
+    w.redeploy()
+    w.activate()
+    assert w.rec.take() == ["try-restart num.service"]
+    assert file_state(h.live / "num") == (b"num v2", 1234, 4321, 0o600)
+    # group only
+    w.secret_opts["num"]["group"] = "secrets"
+    w.redeploy()
+    w.activate()
+    assert w.rec.take() == ["try-restart num.service"]
+    assert file_state(h.live / "num") == (b"num v2", 1234, h.gid("secrets"), 0o600)
+    # the extra path moves: the old link goes, the new one resolves; no unit called
+    w.secret_opts["named"]["path"] = "/srv/new/named.key"
+    w.redeploy()
+    w.activate()
+    assert w.rec.take() == []
+    assert not os.path.lexists(link)
+    assert (h.root / "srv/new/named.key").read_bytes() == b"named v2"
+    # nothing changed
+    w.redeploy()
+    w.activate()
+    assert w.rec.take() == []
+    assert os.readlink(h.live) == "vaultpy.d/10"
+
+
+def test_removed_secret_disappears_and_calls_its_units(world: World) -> None:
+    w, h = world, world.host
+    w.activate()
+    assert (h.root / "etc/app/named.key").is_symlink()
+    w.rec.clear()
+    del w.secret_opts["num"], w.secret_opts["named"]
+    w.redeploy()
+    assert "num" not in {s["id"] for s in json.loads(h.profile.read_text())["secrets"]}
+    w.activate()
+    assert sorted(w.rec.take()) == ["try-reload-or-restart named.service",
+                                    "try-restart num.service"]
+    assert w.names(h.live) == NORMAL_FILES - {"num", "named"}
+    assert not os.path.lexists(h.root / "etc/app/named.key")     # its extra path too
+    assert file_state(h.live / "plain") == (SECRETS["plain"], 0, 0, 0o400)
+
+
+# ------------------------------------------------------------- 5. dry run, early
+
+def test_dry_run_changes_nothing(world: World) -> None:
+    w, h = world, world.host
+    before = snapshot_tree(h.root)
+    proc = activate_ok(h.profile, h.root, "--dry-run", systemctl=w.rec.script)
+    assert snapshot_tree(h.root) == before           # not even the store or a lock file
+    err = proc.stderr.decode()
+    assert "would" in err and "num (added)" in err and "trim.env (added)" in err, err
+    assert w.rec.calls() == []
+    # with a live generation and a changed secret
+    w.activate()
+    w.rec.clear()
+    w.change_secret("num", b"num v2")
+    before = snapshot_tree(h.root)
+    proc = activate_ok(h.profile, h.root, "--dry-run", "--keep", "1",
+                       systemctl=w.rec.script)
+    assert snapshot_tree(h.root) == before
+    err = proc.stderr.decode()
+    assert "would change: num (changed)" in err, err
+    assert "try-restart num.service" in err, err
+    assert w.rec.calls() == []
+    # with mounting on, too: nothing is mounted or created
+    proc = activate_ok(h.profile, h.root, "--dry-run", no_mount=False,
+                       systemctl=w.rec.script)
+    assert snapshot_tree(h.root) == before
+
+
+def test_early_and_normal_runs_install_disjoint_items(world: World) -> None:
+    w, h = world, world.host
+    w.activate("--early")
+    assert os.readlink(h.early) == "vaultpy.d/1"
+    assert w.names(h.early) == {"early_pw"}
+    assert file_state(h.early / "early_pw") == (SECRETS["early_pw"], 0, 0, 0o400)
+    assert not os.path.lexists(h.live)
+    w.activate()
+    assert os.readlink(h.live) == "vaultpy.d/2"
+    assert_normal_generation(w, h.live)
+    assert os.readlink(h.early) == "vaultpy.d/1" and w.names(h.early) == {"early_pw"}
+    w.rec.clear()
+    w.activate("--early")                             # unchanged: nothing called
+    assert w.rec.calls() == []
+    assert os.readlink(h.early) == "vaultpy.d/3"
+    assert h.generations() == [1, 2, 3]
+    w.change_secret("early_pw", b"early v2")
+    w.activate()                                      # normal run: early item not its business
+    assert w.rec.take() == []
+    w.activate("--early")
+    assert w.rec.take() == ["try-restart early.service"]
+    assert (h.early / "early_pw").read_bytes() == b"early v2"
+
+
+# ------------------------------------------------------------- 6. status
+
+def test_status_in_sync_then_differs(world: World) -> None:
+    w, h = world, world.host
+    w.activate()
+    w.activate("--early")        # the profile has early items: both sides must be live
+    w.rec.clear()
+    args = ("status", "--profile", str(h.profile), "--root", str(h.root))
+    before = snapshot_tree(h.root)
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_vaultpy(*args, "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["changes"] == []
+    assert {f["name"] for f in data["files"]} == NORMAL_FILES
+    assert snapshot_tree(h.root) == before           # status only looks
+    w.change_secret("num", b"num v2")
+    before = snapshot_tree(h.root)
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert b"num" in proc.stdout
+    proc = run_vaultpy(*args, "--json")
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["ok"] is False
+    assert [(c["name"], c["kind"]) for c in data["changes"]] == [("num", "changed")]
+    assert snapshot_tree(h.root) == before
+    assert w.rec.calls() == []
+    # drift on the host (someone chowned a live file) is a difference too
+    w.activate()
+    assert run_vaultpy(*args).returncode == 0
+    os.chown(h.live / "plain", 5, 5)
+    proc = run_vaultpy(*args, "--json")
+    assert proc.returncode == 1
+    assert [(c["name"], c["kind"], c["detail"]) for c in json.loads(proc.stdout)["changes"]
+            ] == [("plain", "changed", "owner")]
+
+
+def test_status_covers_early_items(world: World) -> None:
+    """The profile's early items live in early_dir; a change to one of them is a
+    difference from the profile like any other."""
+    w, h = world, world.host
+    w.activate("--early")
+    w.activate()
+    args = ("status", "--profile", str(h.profile), "--root", str(h.root), "--json")
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    w.change_secret("early_pw", b"early v2")
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 1, proc.stdout.decode()
+    changes = json.loads(proc.stdout)["changes"]
+    assert [(c["name"], c["kind"]) for c in changes] == [("early_pw", "changed")]
+
+
+# ------------------------------------------------------------- 7. bundle
+
+def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
+                                                            tmp_path: Path) -> None:
+    repo = world.repo
+    out = tmp_path / "bundle"
+    repo.ok("bundle", "--host", HOST, "-o", str(out))
+    names = {str(p.relative_to(out)) for p in out.rglob("*")}
+    cache = {p.name: p.read_bytes() for p in (repo.cache / HOST).glob("*.age")}
+    assert {n for n in names if n.startswith("cache")} == {"cache"} | {
+        f"cache/{n}" for n in cache}
+    for n, data in cache.items():
+        assert (out / "cache" / n).read_bytes() == data
+    assert {"profile.json", "vaultpy-activate.service"} <= names
+    unit = (out / "vaultpy-activate.service").read_text()
+    assert "ExecStart=" in unit and "activate --profile /etc/vaultpy/profile.json" in unit
+    early_unit = (out / "vaultpy-activate-early.service").read_text()  # host has early items
+    assert "activate --profile /etc/vaultpy/profile.json --early" in early_unit
+    prof_text = (out / "profile.json").read_text()
+    assert prof_text[:-1] == _canonical(prof_text)
+    for s in json.loads(prof_text)["secrets"]:
+        assert not os.path.isabs(s["file"]) and s["file"].startswith("cache/"), s
+    # activate from a copy, with the original bundle and the repo's cache gone
+    copy_dir = tmp_path / "host-etc" / "vaultpy"
+    shutil.copytree(out, copy_dir)
+    shutil.move(repo.cache, tmp_path / "cache-moved-away")
+    shutil.move(out, tmp_path / "bundle-moved-away")
+    h = prepare_root(tmp_path / "root2", repo.hosts[HOST].key, copy_dir / "profile.json")
+    activate_ok(h.profile, h.root, systemctl=world.rec.script)
+    assert os.readlink(h.live) == "vaultpy.d/1"
+    assert_normal_generation(World(repo, h, world.rec), h.live)
+    # refuses to overwrite without --force
+    shutil.move(tmp_path / "cache-moved-away", repo.cache)
+    shutil.move(tmp_path / "bundle-moved-away", out)
+    (out / "stale-file").write_text("x")
+    before = snapshot_tree(out)
+    proc = repo.run("bundle", "--host", HOST, "-o", str(out))
+    line = assert_one_clean_error(proc, "exists")
+    assert "--force" in proc.stderr.decode(), line
+    assert snapshot_tree(out) == before
+    repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")
+    assert not (out / "stale-file").exists() and (out / "profile.json").is_file()
+
+
+# ------------------------------------------------------------- 8. steps alone
+
+def test_each_step_alone(world: World) -> None:
+    from vaultpy import profile as profile_mod
+    from vaultpy.activate import STEPS, Context, Options
+
+    h = world.host
+    assert [name for name, _ in STEPS] == [
+        "lock", "load_identities", "mount_store", "new_generation", "decrypt_secrets",
+        "render_templates", "link_paths", "switch", "diff_and_notify", "prune"]
+    steps = dict(STEPS)
+    opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
+                   systemctl=str(world.rec.script))
+    ctx = Context(opts, profile_mod.load(h.profile))
+    try:
+        steps["lock"](ctx)
+        assert ctx.lock_fd is not None and (h.root / "run/vaultpy.d.lock").exists()
+        steps["load_identities"](ctx)
+        assert len(ctx.identities) == 1
+        steps["mount_store"](ctx)
+        assert h.store.is_dir() and os.listdir(h.store) == []
+        steps["new_generation"](ctx)
+        gen = h.store / "1"
+        assert ctx.generation == gen and gen.is_dir() and os.listdir(gen) == []
+        assert stat.S_IMODE(gen.stat().st_mode) == 0o751 and gen.stat().st_uid == 0
+        assert not os.path.lexists(h.live)
+        steps["decrypt_secrets"](ctx)
+        assert set(os.listdir(gen)) == {"num", "named", "plain"}
+        assert file_state(gen / "num") == (SECRETS["num"], 1234, 4321, 0o640)
+        assert file_state(gen / "named") == (SECRETS["named"], h.uid("app"), h.gid("svc"),
+                                             0o440)
+        assert file_state(gen / "plain") == (SECRETS["plain"], 0, 0, 0o400)
+        assert not os.path.lexists(h.live)
+        steps["render_templates"](ctx)
+        assert set(os.listdir(gen)) == NORMAL_FILES
+        assert file_state(gen / "trim.env") == (TRIM_ENV, h.uid("svc"), h.gid("app"), 0o444)
+        assert not os.path.lexists(h.live)
+        steps["link_paths"](ctx)
+        assert (h.root / "etc/app/named.key").is_symlink()
+        assert not os.path.lexists(h.live)
+        steps["switch"](ctx)
+        assert os.readlink(h.live) == "vaultpy.d/1" and ctx.switched
+        assert (h.root / "etc/app/named.key").read_bytes() == SECRETS["named"]
+        assert world.rec.calls() == []
+        steps["diff_and_notify"](ctx)
+        assert {c.name for c in ctx.changes} == NORMAL_FILES
+        assert {c.kind for c in ctx.changes} == {"added"}
+        assert sorted(world.rec.calls()) == sorted(ctx.notified)
+        steps["prune"](ctx)
+        assert os.listdir(h.store) == ["1"]
+    finally:
+        for fd in (ctx.generation_fd, ctx.lock_fd):
+            if fd is not None:
+                os.close(fd)

@@ -1,0 +1,869 @@
+"""Fault tolerance and security of on-host activation (DESIGN §6).
+
+Everything is real: keys from ``age-keygen``/``ssh-keygen``, cache files from
+``vaultpy renc``, profiles from ``vaultpy profile``, activation as
+``python -m vaultpy activate`` in a subprocess (run as root, so fchown, lchown,
+mounts and setpriv are the real thing), SIGKILL from the kernel, ramfs from
+``unshare -m``.  Nothing of vaultpy is mocked.
+
+Layout of every test root (a copy of one module-wide template)::
+
+    <dir>/repo/secrets/cache/host0/*.age     the cache files the profiles name
+    <dir>/root/etc/{passwd,group,ssh/ssh_host_ed25519_key}
+    <dir>/root/profile.json                  profile A (vaultpy profile -o)
+    <dir>/root/profile-b.json                profile B (same secrets, other outputs)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from activate_helpers import (
+    DEFAULT_GROUPS,
+    DEFAULT_USERS,
+    HostRoot,
+    activate,
+    activate_cmd,
+    make_host_root,
+    snapshot_tree,
+    unshare_sh,
+    vaultpy_env,
+    write_deploy_hosts,
+    write_profile,
+)
+from conftest import ROOT, Host, Repo, age_keygen, assert_one_clean_error, need, ssh_keygen
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root (chown, lchown, mounts, setpriv)")
+
+MANIFEST = ".vaultpy-manifest.json"
+NOBODY = 65534
+IDS = ("alpha", "beta", "gamma", "delta")
+APP = DEFAULT_USERS["app"]        # (uid, gid)
+SVC = DEFAULT_USERS["svc"]
+
+# Profile A and profile B carry the same four secrets (so one cache serves both) but
+# install different bytes / modes under the same names: alternating between them
+# really changes the live generation.
+Config = tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]
+CONFIG_A: Config = (
+    {"alpha": {"owner": "app", "group": "app", "mode": "0440", "path": "/var/lib/app/alpha",
+               "restart_units": ["a.service"]},
+     "beta": {"owner": "svc", "group": "svc", "mode": "0400", "restart_units": ["b.service"]}},
+    {"app.env": {"content": "ALPHA={{ secrets.alpha }}\nGAMMA={{ secrets.gamma }}\n",
+                 "owner": "app", "group": "app", "mode": "0440",
+                 "reload_units": ["app.service"]},
+     "d.conf": {"content": "D={{ secrets.delta }}\n", "mode": "0600"}},
+)
+CONFIG_B: Config = (
+    {"alpha": {"owner": "app", "group": "app", "mode": "0400", "path": "/var/lib/app/alpha",
+               "restart_units": ["a.service"]},
+     "gamma": {"name": "beta", "owner": "svc", "group": "svc", "mode": "0400",
+               "restart_units": ["b.service"]}},
+    {"app.env": {"content": "ALPHA={{ secrets.alpha }}\nBETA={{ secrets.beta }}\n",
+                 "owner": "app", "group": "app", "mode": "0440",
+                 "reload_units": ["app.service"]},
+     "d.conf": {"content": "D2={{ secrets.delta }}\n", "mode": "0600"}},
+)
+
+FileState = tuple[bytes, int, int, int]          # bytes, uid, gid, mode
+
+
+def token(label: str) -> bytes:
+    """A distinctive random plaintext (never written to disk by the tests themselves)."""
+    return f"vpy-{label}-{os.urandom(18).hex()}".encode()
+
+
+def expected(vals: dict[str, bytes]) -> dict[str, dict[str, FileState]]:
+    """What a complete generation of profile A / B holds, computed independently."""
+    a, b, g, d = (vals[i] for i in IDS)
+    return {
+        "A": {"alpha": (a, APP[0], APP[1], 0o440),
+              "beta": (b, SVC[0], SVC[1], 0o400),
+              "app.env": (b"ALPHA=" + a + b"\nGAMMA=" + g + b"\n", APP[0], APP[1], 0o440),
+              "d.conf": (b"D=" + d + b"\n", 0, 0, 0o600)},
+        "B": {"alpha": (a, APP[0], APP[1], 0o400),
+              "beta": (g, SVC[0], SVC[1], 0o400),
+              "app.env": (b"ALPHA=" + a + b"\nBETA=" + b + b"\n", APP[0], APP[1], 0o440),
+              "d.conf": (b"D2=" + d + b"\n", 0, 0, 0o600)},
+    }
+
+
+# ----------------------------------------------------------------------- the world
+
+@dataclass
+class World:
+    base: Path                       # holds repo/ and root/ (the template)
+    repo: Repo
+    vals: dict[str, bytes]
+    exp: dict[str, dict[str, FileState]]
+
+
+def build_repo(root: Path, vals: dict[str, bytes]) -> Repo:
+    """A one-host repository (host0) whose cache serves profiles A and B."""
+    (root / "keys").mkdir(parents=True)
+    identity, recipient = age_keygen(root / "keys", "master.txt")
+    repo = Repo(root, identity, recipient, env={"VAULTPY_IDENTITY": str(identity)})
+    key, pub = ssh_keygen(root / "keys", "host0", comment="root@host0")
+    repo.hosts["host0"] = Host("host0", key, pub)
+    (root / "secrets").mkdir()
+    write_deploy_hosts(repo, IDS, {"host0": CONFIG_A})
+    for sid in IDS:
+        repo.ok("encrypt", sid, input=vals[sid])
+    repo.ok("renc")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    base = tmp_path_factory.mktemp("faults")
+    vals = {sid: token(sid) for sid in IDS}
+    repo = build_repo(base / "repo", vals)
+    host = make_host_root(repo, "host0", base / "root")            # profile.json = A
+    cache_a = repo.cache_files()
+    write_deploy_hosts(repo, IDS, {"host0": CONFIG_B})
+    repo.ok("renc")
+    write_profile(repo, "host0", host.root / "profile-b.json")
+    assert repo.cache_files() == cache_a, "profile B must reuse profile A's cache files"
+    return World(base, repo, vals, expected(vals))
+
+
+def fresh(world: World, dest: Path) -> HostRoot:
+    """A private copy of the template root (and of the cache its profiles name)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(world.base / "root", dest / "root", symlinks=True)
+    shutil.copytree(world.repo.cache, dest / "repo" / "secrets" / "cache")
+    return HostRoot(dest / "root", dest / "root" / "profile.json", "host0",
+                    dict(DEFAULT_USERS), dict(DEFAULT_GROUPS))
+
+
+def profile_of(host: HostRoot, which: str) -> Path:
+    return host.profile if which == "A" else host.root / "profile-b.json"
+
+
+def run(host: HostRoot, which: str = "A", *extra: str, no_mount: bool = True,
+        systemctl: str | Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return activate(profile_of(host, which), host.root, *extra, no_mount=no_mount,
+                    systemctl=systemctl or shutil.which("true"))
+
+
+def run_ok(host: HostRoot, which: str = "A", **kw: object) -> subprocess.CompletedProcess[bytes]:
+    proc = run(host, which, **kw)  # type: ignore[arg-type]
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    return proc
+
+
+def cache_file(host: HostRoot, sid: str) -> Path:
+    data = json.loads(host.profile.read_text())
+    (entry,) = [s for s in data["secrets"] if s["id"] == sid]
+    return (host.profile.parent / str(entry["file"])).resolve()
+
+
+def edit_profile(host: HostRoot, change: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(host.profile.read_text())
+    change(data)
+    host.profile.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+def live_gen(host: HostRoot) -> Path | None:
+    try:
+        target = os.readlink(host.live)
+    except FileNotFoundError:
+        return None
+    return host.live.parent / target
+
+
+def gen_files(gen: Path) -> dict[str, FileState]:
+    """Every installed file of a generation, never following a symlink.  vaultpy's own
+    bookkeeping (manifest, notified marker) are dotfiles: item names cannot start
+    with a dot."""
+    out: dict[str, FileState] = {}
+    for entry in os.scandir(gen):
+        if entry.name.startswith("."):
+            continue
+        st = entry.stat(follow_symlinks=False)
+        assert stat.S_ISREG(st.st_mode), f"{entry.path} is not a regular file"
+        out[entry.name] = (Path(entry.path).read_bytes(), st.st_uid, st.st_gid,
+                           stat.S_IMODE(st.st_mode))
+    return out
+
+
+def numbered(store: Path) -> list[str]:
+    """Every numeric entry of the store, whatever its type."""
+    if not store.is_dir():
+        return []
+    return sorted((n for n in os.listdir(store) if n.isdigit()), key=int)
+
+
+def tmp_leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if ".vaultpy-tmp-" in p.name)
+
+
+# ------------------------------------------------- 1. faults leave the old generation
+
+def _wrong_key(host: HostRoot, tmp: Path) -> None:
+    key, _ = ssh_keygen(tmp, "other_host_key")
+    shutil.copyfile(key, host.root / "etc/ssh/ssh_host_ed25519_key")
+
+
+def _passphrase_key(host: HostRoot, tmp: Path) -> None:
+    key, _ = ssh_keygen(tmp, "locked_host_key", passphrase="secret-pass")
+    shutil.copyfile(key, host.root / "etc/ssh/ssh_host_ed25519_key")
+
+
+def _garbage_key(host: HostRoot, tmp: Path) -> None:
+    (host.root / "etc/ssh/ssh_host_ed25519_key").write_bytes(b"this is not a key\n")
+
+
+def _missing_key(host: HostRoot, tmp: Path) -> None:
+    (host.root / "etc/ssh/ssh_host_ed25519_key").unlink()
+
+
+def _flip_payload_byte(host: HostRoot, tmp: Path) -> None:
+    path = cache_file(host, "beta")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01                      # inside the last chunk: header still parses
+    path.write_bytes(bytes(data))
+
+
+def _truncate_payload(host: HostRoot, tmp: Path) -> None:
+    path = cache_file(host, "gamma")       # gamma only feeds a template
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _truncate_header(host: HostRoot, tmp: Path) -> None:
+    path = cache_file(host, "delta")
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _empty_cache(host: HostRoot, tmp: Path) -> None:
+    cache_file(host, "beta").write_bytes(b"")
+
+
+def _missing_cache(host: HostRoot, tmp: Path) -> None:
+    cache_file(host, "delta").unlink()
+
+
+def _user_removed(host: HostRoot, tmp: Path) -> None:
+    passwd = host.root / "etc/passwd"
+    lines = [ln for ln in passwd.read_text().splitlines() if not ln.startswith("svc:")]
+    passwd.write_text("\n".join(lines) + "\n")
+
+
+def _template_owner_ghost(host: HostRoot, tmp: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        (t,) = [t for t in d["templates"] if t["name"] == "app.env"]
+        t["owner"] = "ghost"
+    edit_profile(host, change)
+
+
+def _group_ghost(host: HostRoot, tmp: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        (s,) = [s for s in d["secrets"] if s["id"] == "alpha"]
+        s["group"] = "ghostgrp"
+    edit_profile(host, change)
+
+
+def _leftover_placeholder(host: HostRoot, tmp: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        (t,) = [t for t in d["templates"] if t["name"] == "app.env"]
+        t["content"] += "Z={{ secrets.zeta }}\n"
+    edit_profile(host, change)
+
+
+def _template_secret_dropped(host: HostRoot, tmp: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["secrets"] = [s for s in d["secrets"] if s["id"] != "gamma"]
+    edit_profile(host, change)
+
+
+KEY = "etc/ssh/ssh_host_ed25519_key"
+
+# name -> (apply the fault, words the error line must hold: each entry is a tuple of
+# alternatives, "{key}" stands for the root's host key path)
+FAULTS: dict[str, tuple[Callable[[HostRoot, Path], None], list[tuple[str, ...]]]] = {
+    "wrong-host-key": (_wrong_key, [("secret 'alpha'", "secret 'beta'", "secret 'gamma'",
+                                     "secret 'delta'"), ("can decrypt",)]),
+    "missing-host-key": (_missing_key, [("{key}",), ("host key not found",)]),
+    "garbage-host-key": (_garbage_key, [("{key}",), ("not an age identity",
+                                                     "not a valid", "no identity")]),
+    "passphrase-host-key": (_passphrase_key, [("{key}",), ("passphrase",)]),
+    "corrupt-payload": (_flip_payload_byte, [("secret 'beta'",), ("damaged",)]),
+    "truncated-payload": (_truncate_payload, [("secret 'gamma'",), ("truncated", "damaged")]),
+    "truncated-header": (_truncate_header, [("secret 'delta'",), ("truncated",
+                                                                  "not a valid age file")]),
+    "empty-cache-file": (_empty_cache, [("secret 'beta'",), ("empty",)]),
+    "missing-cache-file": (_missing_cache, [("secret 'delta'",), ("cannot read",)]),
+    "unknown-owner-secret": (_user_removed, [("secret 'beta'",), ("unknown user 'svc'",)]),
+    "unknown-owner-template": (_template_owner_ghost, [("template 'app.env'",),
+                                                       ("unknown user 'ghost'",)]),
+    "unknown-group": (_group_ghost, [("secret 'alpha'",), ("unknown group 'ghostgrp'",)]),
+    "leftover-placeholder": (_leftover_placeholder, [("app.env",), ("zeta",)]),
+    "template-secret-dropped": (_template_secret_dropped, [("app.env",), ("gamma",)]),
+}
+
+
+def assert_clean_line(proc: subprocess.CompletedProcess[bytes],
+                      words: list[tuple[str, ...]]) -> str:
+    """exit != 0 (and not 70), no traceback, and one stderr line holding, for every
+    entry of ``words``, one of its alternatives."""
+    assert_one_clean_error(proc)
+    err = proc.stderr.decode()
+    assert "internal error" not in err, err
+    for line in err.splitlines():
+        if all(any(alt in line for alt in alts) for alts in words):
+            return line
+    raise AssertionError(f"no line with {words!r} in:\n{err}")
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_keeps_previous_generation_live_and_identical(world: World, tmp_path: Path,
+                                                            fault: str) -> None:
+    host = fresh(world, tmp_path)
+    run_ok(host)
+    gen = live_gen(host)
+    assert gen is not None and gen.name == "1"
+    assert gen_files(gen) == world.exp["A"]
+    link_before = os.readlink(host.live)
+    gen_before = snapshot_tree(gen)
+    path_link_before = os.readlink(host.root / "var/lib/app/alpha")
+
+    apply, words = FAULTS[fault]
+    apply(host, tmp_path)
+    root_before = snapshot_tree(host.root)          # everything, after the fault
+    key = str(host.root / KEY)
+    proc = run(host, "A")
+
+    line = assert_clean_line(proc, [tuple(a.replace("{key}", key) for a in alts)
+                                    for alts in words])
+    assert line
+    # the previous generation: still live, byte-, owner- and mode-identical
+    assert os.readlink(host.live) == link_before
+    assert snapshot_tree(gen) == gen_before
+    assert os.readlink(host.root / "var/lib/app/alpha") == path_link_before
+    # no new generation (finished or not), no temp file, nothing else changed
+    assert numbered(host.store) == ["1"]
+    assert snapshot_tree(host.root) == root_before
+
+
+# -------------------------------------------------------------- 2. SIGKILL anywhere
+
+def _calibrate(host: HostRoot, rounds: int = 3) -> tuple[float, float]:
+    """(time to the ``lock`` log line, time to exit) of a normal run, medians."""
+    locks, ends = [], []
+    for i in range(rounds):
+        cmd = activate_cmd(profile_of(host, "AB"[i % 2]), host.root,
+                           systemctl=shutil.which("true"))
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=vaultpy_env(), cwd=ROOT)
+        assert proc.stderr is not None
+        t_lock = None
+        for raw in proc.stderr:
+            if t_lock is None and b": lock: " in raw:
+                t_lock = time.monotonic() - t0
+        assert proc.wait() == 0
+        ends.append(time.monotonic() - t0)
+        locks.append(t_lock if t_lock is not None else 0.0)
+    return sorted(locks)[rounds // 2], sorted(ends)[rounds // 2]
+
+
+def _which_profile(gen: Path, exp: dict[str, dict[str, FileState]]) -> str | None:
+    files = gen_files(gen)
+    return next((k for k, v in exp.items() if v == files), None)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_breaks_the_live_generation(world: World,
+                                                                   tmp_path: Path) -> None:
+    host = fresh(world, tmp_path)
+    t_lock, t_end = _calibrate(host)
+    run_ok(host, "B")                                   # so iteration 0 (A) changes things
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    counts = {"before-lock-or-build": 0, "mid-build": 0, "built-not-switched": 0,
+              "after-switch": 0, "finished": 0}
+    iterations = 60
+    deadline = time.monotonic() + 85
+    done = 0
+    for i in range(iterations):
+        if time.monotonic() > deadline:
+            break
+        which = "AB"[i % 2]
+        other = "AB"[(i + 1) % 2]
+        prev = live_gen(host)
+        assert prev is not None and _which_profile(prev, world.exp) == other
+        before = set(numbered(host.store))
+        # a third of the kills anywhere in the run, a third after the imports, a third
+        # around the few milliseconds where the steps run
+        pick = rng.randrange(3)
+        delay = (rng.uniform(0, t_end) if pick == 0 else rng.uniform(t_lock, t_end)
+                 if pick == 1 else rng.uniform(max(0.0, t_lock - 0.01), t_lock + 0.02))
+        proc = subprocess.Popen(activate_cmd(profile_of(host, which), host.root,
+                                             systemctl=shutil.which("true")),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=vaultpy_env(), cwd=ROOT)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        rc = proc.wait()
+
+        gen = live_gen(host)
+        assert gen is not None, f"iteration {i} (seed {seed}): the live symlink is gone"
+        assert gen.is_dir() and not gen.is_symlink(), gen
+        assert (gen / MANIFEST).is_file(), f"live generation {gen} has no manifest"
+        assert os.readlink(host.root / "var/lib/app/alpha") == "../../../run/vaultpy/alpha"
+        got = _which_profile(gen, world.exp)
+        new = set(numbered(host.store)) - before
+        if rc == 0:
+            counts["finished"] += 1
+            assert got == which
+        elif gen != prev:
+            counts["after-switch"] += 1
+            assert got == which, f"iteration {i} (seed {seed}): {gen} is incomplete"
+        else:
+            assert got == other, f"iteration {i} (seed {seed}): live {gen} changed"
+            if not new:
+                counts["before-lock-or-build"] += 1
+            elif all((host.store / n / MANIFEST).exists() for n in new):
+                counts["built-not-switched"] += 1
+            else:
+                counts["mid-build"] += 1
+
+        run_ok(host, which)                            # recovery: a normal run
+        gen = live_gen(host)
+        assert gen is not None and _which_profile(gen, world.exp) == which
+        for n in numbered(host.store):
+            path = host.store / n
+            assert path.is_dir() and not path.is_symlink()
+            assert (path / MANIFEST).is_file(), f"unfinished generation {n} left behind"
+        done += 1
+
+    before_switch = (counts["before-lock-or-build"] + counts["mid-build"]
+                     + counts["built-not-switched"])
+    leftovers = tmp_leftovers(host.root)
+    print(f"\nSIGKILL soak: {done} kills (seed {seed}, run {t_end * 1000:.0f} ms, lock at "
+          f"{t_lock * 1000:.0f} ms): before switch {before_switch} {counts}, after switch "
+          f"{counts['after-switch']}, finished before the kill {counts['finished']}; "
+          f"temp names left behind: {leftovers}")
+    assert done >= 50, f"only {done} iterations in the time budget"
+
+
+def test_kill_after_switch_does_not_lose_unit_restarts(world: World, tmp_path: Path) -> None:
+    """A run killed after ``switch`` but before it restarted every unit: the next run
+    must still restart the units of what changed (else services keep old secrets)."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    log = tmp_path / "calls.log"
+    killer = tmp_path / "systemctl-killer"
+    killer.write_text(f'#!/bin/sh\necho "$*" >> {log}\nkill -9 $PPID\nexit 0\n')
+    killer.chmod(0o755)
+    recorder = tmp_path / "systemctl"
+    recorder.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexit 0\n')
+    recorder.chmod(0o755)
+
+    proc = run(host, "B", systemctl=killer)            # killed by its first systemctl call
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    gen = live_gen(host)
+    assert gen is not None and _which_profile(gen, world.exp) == "B"   # it had switched
+    run_ok(host, "B", systemctl=recorder)
+    calls = set(log.read_text().splitlines())
+    # A -> B changed alpha (mode), beta (content), app.env (content)
+    assert {"try-restart a.service", "try-restart b.service",
+            "try-reload-or-restart app.service"} <= calls, sorted(calls)
+
+
+def test_temp_names_a_killed_run_left_are_removed(world: World, tmp_path: Path) -> None:
+    """A run killed between symlink(tmp) and rename(tmp, final) leaves a temp symlink
+    beside the live link or an extra path (the soak test above hits this).  fsutil's
+    rule: "temporary files a killed run left behind are recognised by name and
+    removed" -- the next run must clean them up."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    left = [host.live.with_name(".vaultpy.vaultpy-tmp-0123456789ab"),
+            host.root / "var/lib/app/.alpha.vaultpy-tmp-0123456789ab"]
+    os.symlink("vaultpy.d/1", left[0])
+    os.symlink("../../../run/vaultpy/alpha", left[1])
+    run_ok(host, "B")
+    assert [p for p in left if os.path.lexists(p)] == []
+
+
+# ------------------------------------------------------- 3. planted symlinks (attacks)
+
+def _victim_file(root: Path) -> tuple[Path, FileState]:
+    victim = root / "etc/shadow-victim"
+    victim.write_bytes(b"root:$6$victim-hash:19000:0:99999:7:::\n")
+    os.chmod(victim, 0o640)
+    st = victim.lstat()
+    return victim, (victim.read_bytes(), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+
+
+def _victim_dir(root: Path) -> Path:
+    d = root / "srv/victim"
+    d.mkdir(parents=True)
+    (d / "keep").write_bytes(b"precious\n")
+    os.chmod(d, 0o755)
+    return d
+
+
+def _state(path: Path) -> FileState:
+    st = path.lstat()
+    return path.read_bytes(), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@pytest.mark.parametrize("target", ["file", "dir"])
+def test_symlink_planted_at_path_is_replaced_never_followed(world: World, tmp_path: Path,
+                                                            target: str) -> None:
+    host = fresh(world, tmp_path)
+    victim, victim_state = _victim_file(host.root)
+    vdir = _victim_dir(host.root)
+    vdir_before = snapshot_tree(vdir)
+    app = host.root / "var/lib/app"
+    app.mkdir(parents=True)
+    planted = app / "alpha"
+    os.symlink(victim if target == "file" else vdir, planted)
+    os.lchown(planted, NOBODY, NOBODY)
+
+    run_ok(host, "A")
+    assert _state(victim) == victim_state
+    assert snapshot_tree(vdir) == vdir_before
+    st = planted.lstat()
+    assert stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+    assert os.readlink(planted) == "../../../run/vaultpy/alpha"
+    assert planted.read_bytes() == world.vals["alpha"]
+    assert tmp_leftovers(host.root) == []
+
+
+@pytest.mark.parametrize("level", ["var/lib", "var/lib/app"])
+@pytest.mark.parametrize("kind", ["symlink", "dir"])
+def test_parent_of_path_controlled_by_another_user_is_refused(world: World, tmp_path: Path,
+                                                               level: str, kind: str) -> None:
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    gen = live_gen(host)
+    assert gen is not None
+    gen_before = snapshot_tree(gen)
+    link_before = os.readlink(host.live)
+    vdir = _victim_dir(host.root)
+    parent = host.root / level
+    if kind == "symlink":
+        shutil.rmtree(host.root / "var/lib")
+        if level == "var/lib/app":
+            (host.root / "var/lib").mkdir()
+            os.chmod(host.root / "var/lib", 0o755)
+        os.symlink(vdir, parent)
+        os.lchown(parent, NOBODY, NOBODY)
+    else:
+        os.chown(parent, NOBODY, NOBODY)
+    vdir_before = snapshot_tree(vdir)
+    below_before = snapshot_tree(host.root / "var")
+
+    proc = run(host, "B")
+    assert_clean_line(proc, [("/" + level,), ("another user",)])
+    assert snapshot_tree(vdir) == vdir_before
+    assert snapshot_tree(host.root / "var") == below_before
+    assert os.readlink(host.live) == link_before
+    assert snapshot_tree(gen) == gen_before
+    assert numbered(host.store) == ["1"]
+
+
+@pytest.mark.parametrize("number", ["next", "far"])
+@pytest.mark.parametrize("target", ["dir", "file"])
+def test_symlink_planted_in_store_is_not_followed(world: World, tmp_path: Path,
+                                                  number: str, target: str) -> None:
+    """store/<N> planted as a symlink by another user (the next number, or a later
+    one): never written through; the run either skips it or refuses cleanly."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    vdir = _victim_dir(host.root)
+    victim, victim_state = _victim_file(host.root)
+    vdir_before = snapshot_tree(vdir)
+    name = "2" if number == "next" else "7"
+    planted = host.store / name
+    os.symlink(vdir if target == "dir" else victim, planted)
+    os.lchown(planted, NOBODY, NOBODY)
+
+    for _ in range(7 if number == "far" else 1):        # "far": walk past number 7
+        before = live_gen(host)
+        proc = run(host, "B")
+        err = proc.stderr.decode()
+        assert snapshot_tree(vdir) == vdir_before
+        assert _state(victim) == victim_state
+        if proc.returncode == 0:
+            gen = live_gen(host)
+            assert gen is not None and not gen.is_symlink() and gen.is_dir()
+            assert gen.resolve().parent == host.store.resolve()
+            assert _which_profile(gen, world.exp) == "B"
+        else:
+            assert_clean_line(proc, [(f"/{name}",)])
+            assert live_gen(host) == before
+        assert "internal error" not in err and "Traceback" not in err, err
+
+
+def test_lock_file_planted_as_symlink_is_not_followed(world: World, tmp_path: Path) -> None:
+    host = fresh(world, tmp_path)
+    victim, victim_state = _victim_file(host.root)
+    lock = host.store.with_name(host.store.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(victim, lock)
+    os.lchown(lock, NOBODY, NOBODY)
+    proc = run(host, "A")
+    assert _state(victim) == victim_state
+    err = proc.stderr.decode()
+    if proc.returncode == 0:
+        assert stat.S_ISREG(lock.lstat().st_mode)
+    else:
+        assert_clean_line(proc, [("vaultpy.d.lock",)])
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------ 4. concurrent activations
+
+def _waiters(pids: set[int]) -> set[int]:
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields:
+            try:
+                pid = int(fields[fields.index("FLOCK") + 3])
+            except (ValueError, IndexError):
+                continue
+            if pid in pids:
+                out.add(pid)
+    return out
+
+
+def test_two_activations_at_once_are_serialised(world: World, tmp_path: Path) -> None:
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    lock_path = host.store.with_name(host.store.name + ".lock")
+    log_path = tmp_path / "both.log"
+    holder = os.open(lock_path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)         # both start while the lock is taken
+    try:
+        with open(log_path, "ab") as log:
+            procs = [subprocess.Popen(activate_cmd(profile_of(host, w), host.root,
+                                                   systemctl=shutil.which("true")),
+                                      stdout=subprocess.DEVNULL, stderr=log,
+                                      env=vaultpy_env(), cwd=ROOT) for w in "AB"]
+        pids = {p.pid for p in procs}
+        deadline = time.monotonic() + 20
+        while _waiters(pids) != pids and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _waiters(pids) == pids, "both activations should be waiting on the lock"
+    finally:
+        os.close(holder)
+    rcs = [p.wait(timeout=60) for p in procs]
+    text = log_path.read_text()
+    assert rcs == [0, 0], text
+    assert "Traceback" not in text
+
+    events = [(m.start(), "hold", "") for m in re.finditer(r": lock: holding ", text)]
+    events += [(m.start(), "build", m.group(1))
+               for m in re.finditer(r": new_generation: building \S*/(\d+)\n", text)]
+    events += [(m.start(), "switch", m.group(1))
+               for m in re.finditer(r": switch: \S+ -> vaultpy\.d/(\d+)\n", text)]
+    seq = [(kind, n) for _, kind, n in sorted(events)]
+    assert seq == [("hold", ""), ("build", "2"), ("switch", "2"),
+                   ("hold", ""), ("build", "3"), ("switch", "3")], text
+    got = {_which_profile(host.store / n, world.exp) for n in ("2", "3")}
+    assert got == {"A", "B"}
+    for n in ("1", "2", "3"):
+        assert (host.store / n / MANIFEST).is_file()
+    assert live_gen(host) == host.store / "3"
+
+
+# ------------------------------------------------------- 5. plaintext never on disk
+
+def _find(tops: list[Path], needles: list[bytes], skip: set[Path], since: float | None
+          ) -> list[str]:
+    hits = []
+    skip_s = {str(p) for p in skip}
+    for top in tops:
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip_s]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    if since is not None and max(st.st_mtime, st.st_ctime) < since:
+                        continue
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+                hits += [f"{path}: {n[:12]!r}…" for n in needles if n in data]
+    return hits
+
+
+def test_plaintext_is_never_written_outside_the_store(make_repo: Callable[..., Repo],
+                                                      tmp_path: Path) -> None:
+    start = time.time() - 1
+    vals = {sid: token(sid) for sid in IDS}
+    repo = make_repo(hosts=1, secrets=vals)
+    write_deploy_hosts(repo, IDS, {"host0": CONFIG_A})
+    repo.ok("renc")
+    needles = list(vals.values())
+    tops = [Path(tempfile.gettempdir())]
+    if not str(tmp_path).startswith(str(tops[0])):
+        tops.append(tmp_path)
+
+    # --no-mount: the plaintext is in the store (on disk here), and nowhere else
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    proc = activate(host.profile, host.root, systemctl=shutil.which("true"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    gen = live_gen(host)
+    assert gen is not None and (gen / "alpha").read_bytes() == vals["alpha"]
+    assert len(_find([host.store], needles, set(), None)) >= 4    # the scanner works
+    assert _find([host.root], needles, {host.store}, None) == []
+    assert _find(tops, needles, {host.store}, start) == []
+    shutil.rmtree(host.store)             # only the ramfs phase below may hold plaintext
+
+    # the real thing: a ramfs mounted by vaultpy in a private mount namespace
+    host2 = make_host_root(repo, "host0", tmp_path / "root2")
+    script = ('"$@" || exit 10\n'
+              'store="$(realpath "$ROOT_DIR/run/vaultpy.d")"\n'
+              'grep -q " $store .* - ramfs " /proc/self/mountinfo || exit 11\n'
+              'cd "$ROOT_DIR/run/vaultpy" && sha256sum alpha beta app.env d.conf')
+    cmd = activate_cmd(host2.profile, host2.root, no_mount=False,
+                       systemctl=shutil.which("true"))
+    proc = unshare_sh(script, env={"ROOT_DIR": str(host2.root)}, args=cmd)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr.decode())
+    sums = {name: digest for digest, name in
+            (line.split() for line in proc.stdout.decode().splitlines())}
+    assert sums["alpha"] == hashlib.sha256(vals["alpha"]).hexdigest()
+    assert sums["beta"] == hashlib.sha256(vals["beta"]).hexdigest()
+    assert sums["d.conf"] == hashlib.sha256(b"D=" + vals["delta"] + b"\n").hexdigest()
+    assert host2.store.is_dir() and os.listdir(host2.store) == []   # ramfs gone with it
+    assert _find(tops, needles, set(), start) == []
+
+
+# --------------------------------------------------------- 6. modes and ownership
+
+def _strace_events(trace: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Per file created with O_EXCL: its open mode, then fchown/fchmod/write in order."""
+    files: dict[str, list[tuple[Any, ...]]] = {}
+    by_fd: dict[str, str] = {}
+    for line in trace.splitlines():
+        m = re.match(r'openat\((\w+), "([^"]+)", ([A-Z_|]+), (0\d*)\)\s*=\s*(\d+)$', line)
+        if m and "O_EXCL" in m.group(3):
+            by_fd[m.group(5)] = m.group(2)
+            files[m.group(2)] = [("open", int(m.group(4), 8))]
+            continue
+        m = re.match(r"(fchown|fchmod|write|close)\((\d+)(?:, ([^)]*))?\)", line)
+        if m and m.group(2) in by_fd:
+            name = by_fd[m.group(2)]
+            if m.group(1) == "close":
+                del by_fd[m.group(2)]
+            elif m.group(1) == "fchown":
+                uid, gid = (int(x) for x in m.group(3).split(", ")[:2])
+                files[name].append(("fchown", uid, gid))
+            elif m.group(1) == "fchmod":
+                files[name].append(("fchmod", int(m.group(3), 8)))
+            else:
+                files[name].append(("write",))
+    return files
+
+
+def test_every_file_has_owner_and_mode_before_its_first_byte(world: World,
+                                                             tmp_path: Path) -> None:
+    need("strace")
+    host = fresh(world, tmp_path)
+    trace = tmp_path / "trace"
+    cmd = ["strace", "-qq", "-s", "0", "-o", str(trace), "-e",
+           "trace=openat,fchown,fchmod,write,close,mkdir,chmod",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == 0, proc.stderr.decode()
+    text = trace.read_text()
+    events = _strace_events(text)
+    for name, (_, uid, gid, mode) in world.exp["A"].items():
+        ev = events[name]
+        assert ev[0] == ("open", 0), (name, ev)          # created with mode 0000
+        first_write = next((i for i, e in enumerate(ev) if e[0] == "write"), None)
+        assert first_write is not None, (name, ev)
+        before = ev[1:first_write]
+        assert ("fchown", uid, gid) in before, (name, ev)
+        assert ("fchmod", mode) in before, (name, ev)
+        assert [e for e in ev if e[0] == "fchmod"] == [("fchmod", mode)], (name, ev)
+    assert events[MANIFEST][0][1] & ~0o400 == 0
+    # the generation directory: created no wider than 0751, then 0751
+    gen = host.store / "1"
+    made = re.findall(rf'mkdir\("{re.escape(str(gen))}", (0\d+)\)\s*=\s*0', text)
+    assert made and int(made[0], 8) & ~0o751 == 0, made
+
+
+def test_generation_is_0751_and_files_have_exactly_their_modes(world: World) -> None:
+    """Checked as other users (setpriv): nobody can list a generation or read a
+    secret; the owner reads its file through the 0751 directory."""
+    need("setpriv")
+    outer = Path(tempfile.mkdtemp(prefix="vaultpy-modes-"))
+    try:
+        os.chmod(outer, 0o755)                      # other users may traverse to root/
+        host = fresh(world, outer)
+        run_ok(host, "A")
+        gen = live_gen(host)
+        assert gen is not None
+        for d in (gen, host.store):
+            st = d.lstat()
+            assert stat.S_IMODE(st.st_mode) == 0o751 and (st.st_uid, st.st_gid) == (0, 0), d
+        assert gen_files(gen) == world.exp["A"]          # exactly the declared modes
+        assert stat.S_IMODE((gen / MANIFEST).lstat().st_mode) == 0o400
+
+        def as_user(uid: int, gid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}",
+                                   "--clear-groups", *argv], capture_output=True)
+
+        denied = as_user(NOBODY, NOBODY, "ls", str(gen))
+        assert denied.returncode != 0 and b"denied" in denied.stderr, denied
+        assert as_user(NOBODY, NOBODY, "cat", str(gen / "alpha")).returncode != 0
+        assert as_user(SVC[0], SVC[1], "cat", str(gen / "alpha")).returncode != 0
+        own = as_user(APP[0], APP[1], "cat", str(host.live / "alpha"))
+        assert own.returncode == 0 and own.stdout == world.vals["alpha"], own
+        path = as_user(APP[0], APP[1], "cat", str(host.root / "var/lib/app/alpha"))
+        assert path.stdout == world.vals["alpha"], path
+    finally:
+        shutil.rmtree(outer)
+
+
+@pytest.mark.parametrize("how", ["owned-by-nobody", "world-writable", "group-writable"])
+def test_store_not_owned_by_root_is_refused(world: World, tmp_path: Path, how: str) -> None:
+    host = fresh(world, tmp_path)
+    host.store.mkdir(parents=True)
+    planted = host.store / "1"                      # an attacker's pre-made "generation"
+    planted.mkdir()
+    (planted / "alpha").write_bytes(b"attacker's alpha\n")
+    if how == "owned-by-nobody":
+        os.chmod(host.store, 0o751)
+        for p in (host.store, planted, planted / "alpha"):
+            os.chown(p, NOBODY, NOBODY)
+    else:
+        os.chmod(host.store, 0o777 if how == "world-writable" else 0o771)
+    before = snapshot_tree(host.store)
+    proc = run(host, "A")
+    assert_clean_line(proc, [(str(host.store),), ("not owned by root",)])
+    assert snapshot_tree(host.store) == before
+    assert not os.path.lexists(host.live)
+    assert not os.path.lexists(host.root / "var/lib/app/alpha")
+
