@@ -1,0 +1,1003 @@
+"""The Nix side (nix/lib.nix, nix/module.nix, flake.nix) against the Python side.
+
+Everything runs the real Debian ``nix-instantiate`` (``--readonly-mode``, a private
+``NIX_STATE_DIR``: no daemon, no store writes) and, for the module and the flake, the
+real ``lib.evalModules`` of the nixpkgs lib copy found through ``NIXPKGS_LIB``
+(default ``../shared/nixpkgs-lib/lib``).  Without either, the tests skip; with ``CI``
+set they fail instead, because CI must run them.
+
+Evaluations are batched (one ``nix-instantiate`` per fixture, not per pair) to keep
+the file fast.  Python results come from the real CLI (``vaultpy profile``, ``renc``)
+and from ``vaultpy.cache`` / ``vaultpy.templates``; the cache name is also recomputed
+here from DESIGN §3 independently of both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+from conftest import ROOT, Repo, age_keygen, need, ssh_keygen, toml_str
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaultpy import cache as vcache
+from vaultpy import model as vmodel
+from vaultpy import profile as vprofile
+from vaultpy import templates as vtemplates
+from vaultpy.age import normalize_recipient
+from vaultpy.errors import VaultpyError
+
+LIB_NIX = ROOT / "nix" / "lib.nix"
+EVAL_MODULE = ROOT / "tests" / "nix" / "eval-module.nix"
+DEFAULT_NIXPKGS_LIB = ROOT.parent / "shared" / "nixpkgs-lib" / "lib"
+FAKE_PACKAGE = "/nix/store/11111111111111111111111111111111-vaultpy"
+FAKE_SYSTEMD = "/nix/store/00000000000000000000000000000000-systemd"
+STORE_RE = re.compile(r"/nix/store/([0-9a-df-np-sv-z]{32})-([^/]+)")
+
+
+# --------------------------------------------------------------------------- Nix runner
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the Nix tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Nix:
+    exe: str
+    env: dict[str, str]
+
+    def run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.exe, "--readonly-mode", *map(str, args)],
+                              capture_output=True, text=True, env=self.env, timeout=120)
+
+    def eval(self, expr: str | None = None, *, file: Path | None = None,
+             args: Iterable[str] = (), attr: str | None = None) -> Any:
+        """``nix-instantiate --eval --strict --json`` of ``expr`` (or ``file``)."""
+        proc = self.eval_proc(expr, file=file, args=args, attr=attr)
+        assert proc.returncode == 0, f"nix-instantiate failed:\n{proc.stderr}\n{expr or ''}"
+        return json.loads(proc.stdout)
+
+    def eval_proc(self, expr: str | None = None, *, file: Path | None = None,
+                  args: Iterable[str] = (), attr: str | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+        cmd: list[str | Path] = ["--eval", "--strict", "--json", *args]
+        if attr is not None:
+            cmd += ["-A", attr]
+        cmd += ["-E", expr] if expr is not None else [file or ""]
+        return self.run(*cmd)
+
+
+@pytest.fixture(scope="session")
+def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
+    exe = shutil.which("nix-instantiate")
+    if exe is None:
+        _unavailable("nix-instantiate not installed (make deps installs nix-bin)")
+    state = tmp_path_factory.mktemp("nix-state")
+    env = {**os.environ, "NIX_STATE_DIR": str(state), "XDG_CACHE_HOME": str(state / "cache"),
+           "NIX_PATH": ""}
+    return Nix(str(exe), env)
+
+
+@pytest.fixture(scope="session")
+def nixpkgs_lib(nix: Nix) -> Nix:
+    """``nix`` with NIXPKGS_LIB pointing at a nixpkgs lib (for lib.evalModules)."""
+    given_path = os.environ.get("NIXPKGS_LIB")
+    path = Path(given_path) if given_path else DEFAULT_NIXPKGS_LIB
+    if not (path / "default.nix").is_file():
+        where = f"NIXPKGS_LIB={given_path}" if given_path else f"the default {path}"
+        _unavailable(f"no nixpkgs lib at {where} (see ../shared/nixpkgs-lib/PROVENANCE.md)")
+    return Nix(nix.exe, {**nix.env, "NIXPKGS_LIB": str(path.resolve())})
+
+
+# --------------------------------------------------------------------------- Nix values
+
+class Raw(str):
+    """A Nix expression inserted as is."""
+
+
+def nix_str(s: str) -> str:
+    out = s.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return '"' + out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+
+
+def nix_value(v: Any) -> str:
+    """A Python value as a Nix expression (Path -> a path literal, Raw -> as is)."""
+    if isinstance(v, Raw):
+        return str(v)
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return f"({v})"
+    if isinstance(v, Path):
+        return f"(/. + {nix_str(str(v.absolute()))})"
+    if isinstance(v, str):
+        return nix_str(v)
+    if isinstance(v, list | tuple):
+        return "[ " + " ".join(f"({nix_value(x)})" for x in v) + " ]"
+    if isinstance(v, Mapping):
+        return "{ " + "".join(f"{nix_str(k)} = {nix_value(x)}; " for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+def write_module(path: Path, config: Mapping[str, Any]) -> Path:
+    path.write_text(nix_value(config) + "\n")
+    return path
+
+
+def eval_modules(nix: Nix, configs: Mapping[str, Path]) -> dict[str, Any]:
+    """Every output of tests/nix/eval-module.nix, for several configs in one call."""
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; in "
+            f"builtins.mapAttrs (_: c: em {{ config = c; }}) {nix_value(configs)}")
+    result: dict[str, Any] = nix.eval(expr)
+    return result
+
+
+# --------------------------------------------------------------------------- store paths
+
+_NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+
+def _nix32(data: bytes) -> str:
+    chars = []
+    for n in range((len(data) * 8 - 1) // 5, -1, -1):
+        i, j = divmod(n * 5, 8)
+        c = data[i] >> j
+        if i + 1 < len(data):
+            c |= data[i + 1] << (8 - j)
+        chars.append(_NIX32[c & 0x1F])
+    return "".join(chars)
+
+
+def _store_path(kind: str, inner_sha256: str, name: str) -> str:
+    digest = hashlib.sha256(f"{kind}:sha256:{inner_sha256}:/nix/store:{name}".encode()).digest()
+    folded = bytearray(20)
+    for i, b in enumerate(digest):
+        folded[i % 20] ^= b
+    return f"/nix/store/{_nix32(bytes(folded))}-{name}"
+
+
+def store_path_of_file(path: Path) -> str:
+    """Where ``"${path}"`` copies a regular file (NAR hash, "source" path)."""
+    def s(b: bytes) -> bytes:
+        return len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8)
+    parts = [b"nix-archive-1", b"(", b"type", b"regular"]
+    if os.access(path, os.X_OK):
+        parts += [b"executable", b""]
+    parts += [b"contents", path.read_bytes(), b")"]
+    nar = b"".join(map(s, parts))
+    return _store_path("source", hashlib.sha256(nar).hexdigest(), path.name)
+
+
+def store_path_of_text(name: str, text: str, references: Iterable[str]) -> str:
+    """Where ``builtins.toFile name text`` puts ``text``."""
+    kind = "text" + "".join(f":{r}" for r in sorted(set(references)))
+    return _store_path(kind, hashlib.sha256(text.encode()).hexdigest(), name)
+
+
+# --------------------------------------------------------------------------- Python side
+
+def independent_cache_name(sid: str, master: Path, recipients: str | list[str]) -> str:
+    """DESIGN §3, written again from the text (not vaultpy.cache)."""
+    keys = [recipients] if isinstance(recipients, str) else recipients
+    norm = [k.split()[0] if k.strip().startswith("age1") else " ".join(k.split()[:2])
+            for k in keys]
+    inner = hashlib.sha256(master.read_bytes()).hexdigest()
+    h = hashlib.sha256((inner + "\n" + "\n".join(norm)).encode()).hexdigest()
+    return f"{sid}.{h[:32]}.age"
+
+
+def cli_profiles(root: Path, hosts: Iterable[str]) -> dict[str, str]:
+    """``vaultpy profile --host H`` stdout for each host (run in parallel)."""
+    repo = Repo(root, root / "unused-identity", "")
+
+    def one(host: str) -> str:
+        proc = repo.ok("-C", str(root), "profile", "--host", host)
+        return proc.stdout.decode()
+    hosts = list(hosts)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(hosts, pool.map(one, hosts), strict=True))
+
+
+def normalise_files(profile: dict[str, Any], *, store: bool) -> dict[str, Any]:
+    """The profile with each secret's ``file`` reduced to its name: the Nix store
+    prefix ``/nix/store/<hash>-`` (``store``) or the directory (the CLI's paths)."""
+    out: dict[str, Any] = json.loads(json.dumps(profile))
+    for s in out["secrets"]:
+        if store:
+            m = STORE_RE.fullmatch(s["file"])
+            assert m, f"not a store path: {s['file']}"
+            s["file"] = m.group(2)
+        else:
+            s["file"] = Path(s["file"]).name
+    return out
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@dataclass
+class Rich:
+    """A generated operator repository exercising every hosts.toml feature."""
+
+    root: Path
+    repo: Repo
+    doc: dict[str, Any]
+    pub: dict[str, str]          # raw pubkey values, as written
+    masters: dict[str, Path]
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "vault" / "out"
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(self.doc["hosts"])
+
+
+RICH_TOML = """\
+[vaultpy]
+recipients = [{age_master}, {ssh_master}]
+secrets_dir = "vault/masters"
+cache_dir = "./vault/../vault/out"
+
+[secrets.db_password]
+[secrets.api-token]
+[secrets."tls.key"]
+file = "other/tls.age"
+[secrets.only_tmpl]
+[secrets.user_hash]
+[secrets.unused]
+
+[hosts.web1]
+pubkey = {web1}
+
+[hosts.web1.secrets.db_password]
+owner = 1000
+group = 1000
+mode = 0o440
+restart_units = ["app.service", "worker@1.service"]
+
+[hosts.web1.secrets."tls.key"]
+name = "server.key"
+owner = "nginx"
+mode = "440"
+path = "/etc/nginx/tls/server.key"
+reload_units = ["nginx.service"]
+
+[hosts.web1.secrets.user_hash]
+early = true
+name = "alice.hash"
+
+[hosts.web1.templates."app.env"]
+content = \"\"\"
+DB={{{{ secrets.db_password }}}}
+ONLY={{{{secrets.only_tmpl}}}}
+TLS={{{{  secrets.tls.key  }}}}
+LITERAL={{{{{{{{ not a placeholder }}}}
+OTHER={{{{ .Values.x }}}} "quoted" \\\\ back é ✓\ttab
+\"\"\"
+trim = true
+owner = "app"
+group = "app"
+mode = 0o440
+path = "/etc/app/app.env"
+restart_units = ["app.service"]
+reload_units = ["app-reload.service"]
+
+[hosts.web1.templates.motd]
+content = 'hello {{{{ secrets.api-token }}}} and {{{{ secrets.api-token }}}}'
+early = true
+mode = "0444"
+
+[hosts.db1]
+pubkey = {db1}
+secrets = ["db_password", "api-token"]
+
+[hosts.mail1]
+pubkey = {mail1}
+[hosts.mail1.secrets.api-token]
+[hosts.mail1.templates.creds]
+content = "{{{{ secrets.only_tmpl }}}}"
+
+[hosts.edge1]
+pubkey = {edge1}
+secrets = ["db_password", "user_hash"]
+
+[hosts.multi]
+pubkey = [{multi_ssh}, {multi_age}]
+[hosts.multi.templates."x.conf"]
+content = "{{{{ secrets.db_password }}}}:{{{{ secrets.api-token }}}}"
+"""
+
+
+@pytest.fixture(scope="session")
+def rich(tmp_path_factory: pytest.TempPathFactory) -> Rich:
+    """>= 3 hosts; pubkeys with and without comments, with extra spaces and a tab, an
+    age1 host, a host with two keys; master recipients age1 + ssh-ed25519; custom
+    secrets_dir/cache_dir, a ``file`` override, templates, early items; after renc."""
+    root = tmp_path_factory.mktemp("rich")
+    keys = root / "keys"
+    keys.mkdir()
+    identity, age_master = age_keygen(keys, "master.txt")
+    _, ssh_master = ssh_keygen(keys, "master_ssh", comment="backup@laptop")
+    _, web1 = ssh_keygen(keys, "web1", comment="root@web1")
+    _, db1 = ssh_keygen(keys, "db1")                      # no comment
+    assert len(db1.split()) == 2
+    _, mail1 = ssh_keygen(keys, "mail1", comment="root@mail1")
+    mail1 = "  " + mail1.replace(" ", " \t  ", 1).replace(" root@", "   root@") + "   extra  "
+    _, edge1 = age_keygen(keys, "edge1.txt")
+    _, multi_ssh = ssh_keygen(keys, "multi", comment="root@multi")
+    _, multi_age = age_keygen(keys, "multi.txt")
+    pub: dict[str, Any] = {"web1": web1, "db1": db1, "mail1": mail1, "edge1": edge1,
+                           "multi": [multi_ssh, multi_age]}
+    text = RICH_TOML.format(
+        age_master=toml_str(age_master), ssh_master=toml_str(ssh_master),
+        **{k: toml_str(v) for k, v in pub.items() if isinstance(v, str)},
+        multi_ssh=toml_str(multi_ssh), multi_age=toml_str(multi_age))
+    (root / "hosts.toml").write_text(text)
+    doc = tomllib.loads(text)
+    assert doc["hosts"]["mail1"]["pubkey"] == mail1 and "\t" in mail1
+    # Master files: the real age CLI, to both master recipients.
+    rfile = keys / "master-recipients.txt"
+    rfile.write_text(f"{age_master}\n{ssh_master}\n")
+    masters = {sid: root / "vault" / "masters" / f"{sid}.age" for sid in doc["secrets"]}
+    masters["tls.key"] = root / "other" / "tls.age"
+    for sid, path in masters.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([need("age"), "-R", str(rfile), "-o", str(path)],
+                       input=f"{sid}-plaintext\n".encode(), check=True, capture_output=True)
+    repo = Repo(root, identity, age_master, env={"VAULTPY_IDENTITY": str(identity)})
+    repo.ok("renc")
+    return Rich(root, repo, doc, pub, masters)
+
+
+@pytest.fixture(scope="session")
+def demo_doc() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "hosts.toml").read_text())
+
+
+# =========================================================================== 1. parsing
+
+NIX_FILES = sorted({ROOT / "flake.nix", *ROOT.glob("nix/*.nix"), *ROOT.glob("tests/nix/*.nix"),
+                    *(p for p in ROOT.rglob("*.nix")
+                      if not any(part.startswith(".") for part in p.relative_to(ROOT).parts))})
+
+
+def test_the_glob_finds_the_nix_files() -> None:
+    names = {str(p.relative_to(ROOT)) for p in NIX_FILES}
+    assert {"flake.nix", "nix/lib.nix", "nix/module.nix", "nix/package.nix",
+            "tests/nix/eval-module.nix", "tests/nix/nixos-stubs.nix"} <= names, names
+
+
+@pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_nix_file_parses(nix: Nix, path: Path) -> None:
+    proc = nix.run("--parse", path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_parse_check_rejects_a_broken_file(nix: Nix, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nix"
+    bad.write_text("{ a = 1; b = ; }\n")
+    proc = nix.run("--parse", bad)
+    assert proc.returncode != 0 and "syntax error" in proc.stderr
+
+
+# =========================================================================== 2. cacheName
+
+def _cache_name_parity(nix: Nix, hosts_toml: Path, doc: dict[str, Any], tmp_path: Path
+                       ) -> dict[tuple[str, str], str]:
+    """Nix's cacheName for every (host, needed secret), compared with vaultpy.cache and
+    the independent recomputation; returns {(host, id): name}."""
+    cfg = vmodel.load(hosts_toml)
+    pairs = [{"host": h, "id": sid, "file": str(cfg.secrets[sid].file),
+              "recipients": doc["hosts"][h]["pubkey"]}
+             for h in sorted(cfg.hosts) for sid in cfg.hosts[h].needed]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(pairs))
+    names = nix.eval(
+        f"let l = import {nix_value(LIB_NIX)}; in map (p: l.cacheName "
+        f"{{ inherit (p) id recipients; secretFile = p.file; }}) "
+        f"(builtins.fromJSON (builtins.readFile {nix_value(data)}))")
+    assert len(names) == len(pairs) > 0
+    out = {}
+    for p, name in zip(pairs, names, strict=True):
+        master = Path(p["file"])
+        raw = p["recipients"]
+        python = vcache.cache_name(
+            p["id"], hashlib.sha256(master.read_bytes()).hexdigest(),
+            [normalize_recipient(k) for k in ([raw] if isinstance(raw, str) else raw)])
+        assert name == python == independent_cache_name(p["id"], master, raw), p
+        out[(p["host"], p["id"])] = name
+    return out
+
+
+def _on_disk(cache_dir: Path) -> set[tuple[str, str]]:
+    return {(p.parent.name, p.name) for p in cache_dir.glob("*/*.age")}
+
+
+def test_cache_name_parity_demo(nix: Nix, demo_doc: dict[str, Any], tmp_path: Path) -> None:
+    names = _cache_name_parity(nix, ROOT / "hosts.toml", demo_doc, tmp_path)
+    assert {h for h, _ in names} == {"web1", "db1", "mail1"}
+    # The committed renc output carries exactly these names.
+    assert {(h, n) for (h, _), n in names.items()} == _on_disk(ROOT / "secrets" / "cache")
+
+
+def test_cache_name_parity_generated(nix: Nix, rich: Rich, tmp_path: Path) -> None:
+    names = _cache_name_parity(nix, rich.root / "hosts.toml", rich.doc, tmp_path)
+    assert {h for h, _ in names} == set(rich.hosts) and len(rich.hosts) >= 5
+    # renc wrote exactly the files Nix names: no more, no less.
+    assert {(h, n) for (h, _), n in names.items()} == _on_disk(rich.cache)
+    # A comment, spaces or a tab in the key line do not change a name; a key does.
+    assert names[("web1", "db_password")] != names[("db1", "db_password")]
+
+
+def test_cache_name_ignores_comments_and_whitespace(nix: Nix, rich: Rich) -> None:
+    bare = " ".join(rich.pub["web1"].split()[:2])
+    variants = [rich.pub["web1"], bare, f"  {bare}\t  some comment  ", [bare]]
+    master = rich.masters["db_password"]
+    names = nix.eval(
+        f"let l = import {nix_value(LIB_NIX)}; in map (r: l.cacheName {{ id = \"x\"; "
+        f"secretFile = {nix_value(master)}; recipients = r; }}) {nix_value(variants)}")
+    assert set(names) == {independent_cache_name("x", master, bare)}
+
+
+# =========================================================================== 3. profiles
+
+def _profile_parity(nix: Nix, root: Path, hosts: list[str]) -> None:
+    nix_json = nix.eval(
+        f"let l = import {nix_value(LIB_NIX)}; in builtins.listToAttrs (map (h: {{ name = h; "
+        f"value = builtins.toJSON (l.profileFromHostsToml {{ hostsToml = "
+        f"{nix_value(root / 'hosts.toml')}; host = h; }}); }}) {nix_value(hosts)})")
+    cli = cli_profiles(root, hosts)
+    for host in hosts:
+        assert cli[host].endswith("\n") and not cli[host].endswith("\n\n")
+        assert json.loads(nix_json[host]) == json.loads(cli[host]), host
+        assert nix_json[host] == cli[host][:-1], host         # byte for byte
+
+
+def test_profile_parity_demo(nix: Nix, demo_doc: dict[str, Any]) -> None:
+    _profile_parity(nix, ROOT, sorted(demo_doc["hosts"]))
+
+
+def test_profile_parity_generated(nix: Nix, rich: Rich) -> None:
+    _profile_parity(nix, rich.root, rich.hosts)
+
+
+def test_generated_profile_covers_the_features(rich: Rich) -> None:
+    """Guards the fixture: the parity above is only as good as what it contains."""
+    web1 = json.loads(cli_profiles(rich.root, ["web1"])["web1"])
+    s = {x["id"]: x for x in web1["secrets"]}
+    assert set(s) == {"db_password", "tls.key", "user_hash", "only_tmpl", "api-token"}
+    assert s["db_password"]["owner"] == "1000" and s["db_password"]["mode"] == "0440"
+    assert s["tls.key"]["mode"] == "0440" and s["tls.key"]["name"] == "server.key"
+    assert s["tls.key"]["path"] == "/etc/nginx/tls/server.key"
+    assert s["tls.key"]["reload_units"] == ["nginx.service"]
+    assert s["user_hash"]["early"] is True
+    assert s["only_tmpl"]["install"] is False and s["api-token"]["install"] is False
+    assert Path(s["tls.key"]["file"]).parent == rich.cache / "web1"
+    t = {x["name"]: x for x in web1["templates"]}
+    assert t["app.env"]["trim"] is True and t["app.env"]["mode"] == "0440"
+    assert t["app.env"]["owner"] == "app" and t["motd"]["early"] is True
+    assert "é ✓\ttab" in t["app.env"]["content"] and '"quoted" \\ back' in t["app.env"]["content"]
+
+
+def toml_basic(text: str) -> str:
+    """A TOML basic string; every control character escaped (TOML forbids them raw)."""
+    def esc(c: str) -> str:
+        if c in '"\\':
+            return "\\" + c
+        return f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+    return '"' + "".join(map(esc, text)) + '"'
+
+
+def test_profile_json_escaping_matches(nix: Nix, tmp_path: Path) -> None:
+    """Control characters, quotes, backslashes and non-ASCII text in a template."""
+    root = tmp_path / "esc"
+    (root / "secrets").mkdir(parents=True)
+    (root / "secrets" / "a.age").write_bytes(b"not really age, only hashed")
+    _, pub = ssh_keygen(tmp_path, "k", comment="c")
+    content = 'q" b\\ \\n t\t r\r nl\n c\u0001 \u001f del\u007f é 𝄞 \u2028 bell\u0007 bs\b ff\f'
+    master = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"   # the demo's
+    (root / "hosts.toml").write_text(
+        f'[vaultpy]\nrecipients = ["{master}"]\n'
+        "[secrets.a]\n[hosts.h]\npubkey = " + toml_str(pub) + "\n"
+        "[hosts.h.templates.t]\ncontent = " + toml_basic(content) + "\n"
+        'trim = false\n[hosts.h.secrets.a]\n')
+    got = nix.eval(f"builtins.toJSON ((import {nix_value(LIB_NIX)}).profileFromHostsToml "
+                   f"{{ hostsToml = {nix_value(root / 'hosts.toml')}; host = \"h\"; }})")
+    cli = cli_profiles(root, ["h"])["h"][:-1]
+    assert json.loads(got) == json.loads(cli)
+    assert json.loads(got)["templates"][0]["content"] == content
+    # Nix < 2.13 (Debian's 2.8) writes \b and \f as \u0008 and \u000c; later Nix (nlohmann
+    # json) and Python write \b and \f.  Every other byte must be identical.
+    old_style = got.replace("\\u0008", "\\b").replace("\\u000c", "\\f")
+    assert old_style == cli
+
+
+# =========================================================================== 4. templateRefs
+
+TRICKY_REFS: list[tuple[str, list[str]]] = [
+    ("{{{{ secrets.a }}", []),
+    ("{{{ secrets.a }}", ["a"]),
+    ("{{secrets.a}}{{ secrets.b.c }}", ["a", "b.c"]),
+    ("{{ foo }}", []),
+    ("x {{{{{ secrets.a }}", []),
+    ("{{{{{{ secrets.a }}", ["a"]),
+    ("{{{{{{{ secrets.a }}", ["a"]),
+    ("{{{{{{{{ secrets.a }}", []),
+    ("{{ secrets.b }}{{ secrets.a }}{{secrets.b}} {{ secrets.a }}", ["b", "a"]),
+    ("{{ secrets.my-id.v2 }} {{ secrets.X_1-y.z }}", ["my-id.v2", "X_1-y.z"]),
+    ("{{   secrets.a   }}", ["a"]),
+    ("{{ secrets.a. }}", ["a."]),
+    ("{{ secrets.a }}}}", ["a"]),
+    ("{ {{ secrets.a }} }", ["a"]),
+    ("{{ foo {{ secrets.a }}", ["a"]),
+    ("{{\nsecrets.a }}", []),
+    ("é{{ secrets.a }}\n{{ secrets.B_2 }}ü", ["a", "B_2"]),
+    ("{{ secrets.a }} {{{{ secrets.b }}", ["a"]),
+    ("", []),
+    ("no braces at all", []),
+]
+
+
+def _nix_refs(nix: Nix, texts: list[str], tmp: Path) -> list[list[str]]:
+    data = tmp / f"refs-{hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}.json"
+    data.write_text(json.dumps(texts, ensure_ascii=False))
+    refs: list[list[str]] = nix.eval(
+        f"map (import {nix_value(LIB_NIX)}).templateRefs "
+        f"(builtins.fromJSON (builtins.readFile {nix_value(data)}))")
+    return refs
+
+
+def test_template_refs_tricky(nix: Nix, tmp_path: Path) -> None:
+    texts = [t for t, _ in TRICKY_REFS]
+    got = _nix_refs(nix, texts, tmp_path)
+    for (text, want), nix_refs in zip(TRICKY_REFS, got, strict=True):
+        assert vtemplates.references(text) == want, text
+        assert nix_refs == want, text
+
+
+_TOKENS = st.sampled_from(["{", "}", "{{", "}}", "{{{{", " ", "  ", "secrets.", "a", "b",
+                           ".", "s", "e", "{{ secrets.", "{{secrets.", " }}", "}}", "ab"])
+_TEMPLATE_TEXT = st.one_of(st.text(alphabet="{} secrets.ab", max_size=40),
+                           st.lists(_TOKENS, max_size=16).map("".join))
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(texts=st.lists(_TEMPLATE_TEXT, min_size=50, max_size=50))
+def test_template_refs_random(nix: Nix, tmp_path: Path, texts: list[str]) -> None:
+    """Random text: wherever Python accepts a template, Nix finds the same ids (Python
+    rejects broken placeholders; Nix's helper does not validate, so those are skipped)."""
+    got = _nix_refs(nix, texts, tmp_path)
+    for text, nix_refs in zip(texts, got, strict=True):
+        try:
+            want = vtemplates.references(text)
+        except vtemplates.TemplateError:
+            continue
+        assert nix_refs == want, text
+
+
+def test_placeholder_round_trips(nix: Nix) -> None:
+    ids = ["a", "db_password", "tls.key", "x-1.b_2"]
+    got = nix.eval(f"map (import {nix_value(LIB_NIX)}).placeholder {nix_value(ids)}")
+    assert got == [f"{{{{ secrets.{i} }}}}" for i in ids]
+    assert [vtemplates.references(p) for p in got] == [[i] for i in ids]
+
+
+# =========================================================================== 5. the module
+
+DEMO_USERS: dict[str, Any] = {"users": {"users": {"app": {}, "nginx": {}, "postgres": {}},
+                        "groups": {"app": {}, "postgres": {}}}}
+
+
+def _check_store_files(module_profile: dict[str, Any], cli_profile: dict[str, Any]) -> None:
+    """Each module ``file`` is the store copy of exactly the CLI's cache file."""
+    by_id = {s["id"]: s["file"] for s in cli_profile["secrets"]}
+    for s in module_profile["secrets"]:
+        assert s["file"] == store_path_of_file(Path(by_id[s["id"]])), s["id"]
+
+
+def test_module_from_demo_hosts_toml(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    """(a) vaultpy.hostsToml = the demo: every demo host's module profile equals
+    `vaultpy profile --host H` (file paths reduced to names), no failed assertion."""
+    hosts = ["web1", "db1", "mail1"]
+    configs = {h: write_module(tmp_path / f"{h}.nix", {
+        "vaultpy": {"hostsToml": ROOT / "hosts.toml"}, "networking": {"hostName": h},
+        **DEMO_USERS}) for h in hosts}
+    out = eval_modules(nixpkgs_lib, configs)
+    cli = {h: json.loads(t) for h, t in cli_profiles(ROOT, hosts).items()}
+    for h in hosts:
+        assert out[h]["failedAssertions"] == [], h
+        assert normalise_files(out[h]["profile"], store=True) == \
+            normalise_files(cli[h], store=False), h
+        assert json.loads(out[h]["profileJson"]) == out[h]["profile"]
+        _check_store_files(out[h]["profile"], cli[h])
+    assert out["web1"]["outPaths"]["tls_key"] == "/run/vaultpy/web1.key"
+
+
+def test_module_from_generated_hosts_toml(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """(a) the same through the generated fixture: owner ints, modes 0o440 and "440",
+    custom dirs, a file override, template-only secrets, early items, two keys."""
+    users: dict[str, Any] = {"users": {"users": {"app": {}, "nginx": {}}, "groups": {"app": {}}}}
+    configs = {h: write_module(tmp_path / f"{h}.nix", {
+        "vaultpy": {"hostsToml": rich.root / "hosts.toml"}, "networking": {"hostName": h},
+        **users}) for h in rich.hosts}
+    out = eval_modules(nixpkgs_lib, configs)
+    cli = {h: json.loads(t) for h, t in cli_profiles(rich.root, rich.hosts).items()}
+    for h in rich.hosts:
+        assert out[h]["failedAssertions"] == [], h
+        assert normalise_files(out[h]["profile"], store=True) == \
+            normalise_files(cli[h], store=False), h
+        _check_store_files(out[h]["profile"], cli[h])
+        early = any(i["early"] for i in cli[h]["secrets"] if i["install"]) or any(
+            i["early"] for i in cli[h]["templates"])
+        assert ("vaultpy-activate-early" in out[h]["services"]) == early, h
+
+
+def _web1_options(rich: Rich) -> dict[str, Any]:
+    """The generated fixture's web1, as pure module options (no hosts.toml)."""
+    m = rich.masters
+    tmpl = rich.doc["hosts"]["web1"]["templates"]
+    return {
+        "vaultpy": {
+            "settings": {"hostPubkey": rich.pub["web1"], "cacheRoot": rich.cache,
+                         "hostName": "web1"},
+            "secrets": {
+                "db_password": {"file": m["db_password"], "owner": 1000, "group": 1000,
+                                "mode": "0440",
+                                "restartUnits": ["app.service", "worker@1.service"]},
+                "tls.key": {"file": m["tls.key"], "name": "server.key", "owner": "nginx",
+                            "mode": "0440", "path": "/etc/nginx/tls/server.key",
+                            "reloadUnits": ["nginx.service"]},
+                "user_hash": {"file": m["user_hash"], "early": True, "name": "alice.hash"},
+                "only_tmpl": {"file": m["only_tmpl"], "install": False},
+                "api-token": {"file": m["api-token"], "install": False},
+            },
+            "templates": {
+                "app.env": {"content": tmpl["app.env"]["content"], "trim": True,
+                            "owner": "app", "group": "app", "mode": "0440",
+                            "path": "/etc/app/app.env", "restartUnits": ["app.service"],
+                            "reloadUnits": ["app-reload.service"]},
+                "motd": {"content": tmpl["motd"]["content"], "early": True, "mode": "0444"},
+            },
+        },
+        "users": {"users": {"app": {}, "nginx": {}}, "groups": {"app": {}}},
+    }
+
+
+@pytest.fixture(scope="session")
+def web1_options(nixpkgs_lib: Nix, rich: Rich, tmp_path_factory: pytest.TempPathFactory
+                 ) -> dict[str, Any]:
+    """The module evaluated with _web1_options (every eval-module.nix output)."""
+    path = write_module(tmp_path_factory.mktemp("opts") / "web1.nix", _web1_options(rich))
+    result: dict[str, Any] = eval_modules(nixpkgs_lib, {"web1": path})["web1"]
+    return result
+
+
+def test_module_from_options(web1_options: dict[str, Any], rich: Rich) -> None:
+    """(b) pure option declarations give what `vaultpy profile` gives for the
+    equivalent hosts.toml."""
+    cli = json.loads(cli_profiles(rich.root, ["web1"])["web1"])
+    assert web1_options["failedAssertions"] == []
+    assert normalise_files(web1_options["profile"], store=True) == \
+        normalise_files(cli, store=False)
+    _check_store_files(web1_options["profile"], cli)
+
+
+def _profile_store_path(out: dict[str, Any]) -> str:
+    files = [s["file"] for s in out["profile"]["secrets"] if s["file"].startswith("/nix/store/")]
+    return store_path_of_text(f"vaultpy-profile-{out['profile']['host']}.json",
+                              out["profileJson"], files)
+
+
+def test_module_activation_unit(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    """(c) the unit that runs activation, for the demo's web1 (no early items)."""
+    cfg = write_module(tmp_path / "web1.nix", {"vaultpy": {"hostsToml": ROOT / "hosts.toml"},
+                                               "networking": {"hostName": "web1"},
+                                               **DEMO_USERS})
+    out = eval_modules(nixpkgs_lib, {"web1": cfg})["web1"]
+    unit = out["services"]["vaultpy-activate"]
+    assert "sysinit.target" in unit["wantedBy"]
+    assert "sysinit.target" in unit["before"]
+    assert {"local-fs.target", "systemd-sysusers.service"} <= set(unit["after"])
+    assert unit["serviceConfig"]["Type"] == "oneshot"
+    assert unit["serviceConfig"]["RemainAfterExit"] is True
+    assert unit["unitConfig"]["DefaultDependencies"] is False
+    # ExecStart runs the package's vaultpy on exactly the module's profile JSON.
+    profile_path = _profile_store_path(out)
+    assert unit["serviceConfig"]["ExecStart"] == (
+        f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} "
+        f"--systemctl {FAKE_SYSTEMD}/bin/systemctl")
+    assert re.fullmatch(r"/nix/store/[0-9a-df-np-sv-z]{32}-vaultpy-profile-web1\.json",
+                        profile_path)
+    # No early item: no early unit and no activation script.
+    assert "vaultpy-activate-early" not in out["services"]
+    assert out["activationScripts"] == {}
+
+
+def test_module_early_unit(web1_options: dict[str, Any]) -> None:
+    """(c) an early item adds vaultpy-activate-early (--early, before sysusers), the
+    vaultpy-early activation script, and makes the users script depend on it."""
+    services = web1_options["services"]
+    early = services["vaultpy-activate-early"]
+    profile_path = _profile_store_path(web1_options)
+    cmd = f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} --early"
+    assert early["serviceConfig"]["ExecStart"] == cmd
+    assert early["serviceConfig"]["Type"] == "oneshot"
+    assert "sysinit.target" in early["wantedBy"]
+    assert {"systemd-sysusers.service", "sysinit.target"} <= set(early["before"])
+    assert services["vaultpy-activate"]["serviceConfig"]["ExecStart"].startswith(
+        f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} --systemctl ")
+    scripts = web1_options["activationScripts"]
+    assert scripts["vaultpy-early"]["text"] == cmd
+    assert "specialfs" in scripts["vaultpy-early"]["deps"]
+    assert scripts["users"]["deps"] == ["vaultpy-early"]
+
+
+def test_module_out_paths_and_placeholders(web1_options: dict[str, Any]) -> None:
+    """(d) outPath = <dir>/<name> (<early_dir>/<name> for early items), placeholders."""
+    assert web1_options["outPaths"] == {
+        "db_password": "/run/vaultpy/db_password",
+        "tls.key": "/run/vaultpy/server.key",
+        "user_hash": "/run/vaultpy-early/alice.hash",
+        "only_tmpl": "/run/vaultpy/only_tmpl",
+        "api-token": "/run/vaultpy/api-token",
+        "template:app.env": "/run/vaultpy/app.env",
+        "template:motd": "/run/vaultpy-early/motd",
+    }
+    ids = ["api-token", "db_password", "only_tmpl", "tls.key", "user_hash"]
+    assert web1_options["placeholder"] == {i: f"{{{{ secrets.{i} }}}}" for i in ids}
+
+
+def test_module_out_paths_follow_custom_dirs(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path
+                                            ) -> None:
+    opts = _web1_options(rich)
+    opts["vaultpy"]["settings"].update(dir="/run/sec", earlyDir="/run/sec-early")
+    out = eval_modules(nixpkgs_lib, {"c": write_module(tmp_path / "c.nix", opts)})["c"]
+    assert out["outPaths"]["tls.key"] == "/run/sec/server.key"
+    assert out["outPaths"]["user_hash"] == "/run/sec-early/alice.hash"
+    assert out["profile"]["settings"]["dir"] == "/run/sec"
+    assert out["profile"]["settings"]["early_dir"] == "/run/sec-early"
+
+
+def _base_secret(rich: Rich, **fields: Any) -> dict[str, Any]:
+    """web1 of the generated fixture with one secret, db_password (its cache file
+    exists), plus ``fields``: valid as it is (see the "base" cases below)."""
+    return {"vaultpy": {"settings": {"hostPubkey": rich.pub["web1"], "cacheRoot": rich.cache,
+                                     "hostName": "web1"},
+                        "secrets": {"db_password": {"file": rich.masters["db_password"],
+                                                    **fields}}}}
+
+
+_OPT = "vaultpy.secrets.db_password."
+TYPE_ERRORS = {
+    "mode-no-leading-zero": ({"mode": "400"}, _OPT + "mode"),
+    "mode-not-octal": ({"mode": "0999"}, _OPT + "mode"),
+    "unknown-option": ({"bogus": True}, _OPT + "bogus"),
+    "unit-with-space": ({"restartUnits": ["bad unit.service"]}, _OPT + "restartUnits"),
+    "unit-with-slash": ({"reloadUnits": ["a/b.service"]}, _OPT + "reloadUnits"),
+    "bad-owner": ({"owner": "Bad Name"}, _OPT + "owner"),
+}
+
+
+def test_module_option_type_errors(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """(e) a wrong value fails evaluation with an error naming the option."""
+    def run(item: tuple[str, tuple[dict[str, Any], str]]
+            ) -> tuple[str, str, subprocess.CompletedProcess[str]]:
+        name, (fields, option) = item
+        cfg = write_module(tmp_path / f"{name}.nix", _base_secret(rich, **fields))
+        return name, option, nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profile",
+                                                   args=["--arg", "config", str(cfg)])
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(run, TYPE_ERRORS.items()))
+    for name, option, proc in results:
+        assert proc.returncode != 0, f"{name}: evaluation succeeded"
+        # "`vaultpy.secrets.db_password.mode'", or "`…restartUnits."[definition …"
+        assert re.search(f"`{re.escape(option)}['.]", proc.stderr), f"{name}:\n{proc.stderr}"
+    # The same base with a valid value evaluates: the failures above are the values'.
+    ok = write_module(tmp_path / "ok.nix", _base_secret(rich, mode="0440"))
+    assert nixpkgs_lib.eval(file=EVAL_MODULE, attr="profile",
+                            args=["--arg", "config", str(ok)])["secrets"][0]["mode"] == "0440"
+
+
+def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    base = _base_secret(rich)
+    settings_ = base["vaultpy"]["settings"]
+    master = rich.masters["db_password"]
+    empty = tmp_path / "empty-cache"
+    empty.mkdir(exist_ok=True)
+    return {
+        "demo-valid": {"vaultpy": {"hostsToml": ROOT / "hosts.toml"},
+                       "networking": {"hostName": "web1"}, **DEMO_USERS},
+        "options-valid": _web1_options(rich),
+        "missing-cache": {"vaultpy": {"settings": {**settings_, "cacheRoot": empty},
+                                      "secrets": {"x": {"file": master}}}},
+        "unknown-owner": {"vaultpy": {"settings": settings_,
+                                      "secrets": {"db_password": {"file": master,
+                                                                  "owner": "ghost"}}}},
+        "unknown-group": {"vaultpy": {"settings": settings_,
+                                      "secrets": {"db_password": {"file": master,
+                                                                  "group": "ghosts"}}}},
+        "duplicate-path": {"vaultpy": {"settings": settings_, "secrets": {
+            "db_password": {"file": master, "path": "/etc/same"},
+            "user_hash": {"file": rich.masters["user_hash"], "path": "/etc/same"}}}},
+        "undeclared-template-secret": {"vaultpy": {
+            "settings": settings_, "secrets": {"db_password": {"file": master}},
+            "templates": {"t": {"content": "{{ secrets.db_password }} {{ secrets.nope }}"}}}},
+    }
+
+
+@pytest.fixture(scope="session")
+def assertion_results(nixpkgs_lib: Nix, rich: Rich, tmp_path_factory: pytest.TempPathFactory
+                      ) -> dict[str, list[str]]:
+    tmp = tmp_path_factory.mktemp("assertions")
+    cases = _assertion_cases(rich, tmp)
+    configs = {n: write_module(tmp / f"{n}.nix", c) for n, c in cases.items()}
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; in "
+            f"builtins.mapAttrs (_: c: (em {{ config = c; }}).failedAssertions) "
+            f"{nix_value(configs)}")
+    failed: dict[str, list[str]] = nixpkgs_lib.eval(expr)
+    return failed
+
+
+def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, list[str]]
+                                                  ) -> None:
+    assert assertion_results["demo-valid"] == []
+    assert assertion_results["options-valid"] == []
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("missing-cache", ["secret x", "is missing", "run `vaultpy renc`"]),
+    ("unknown-owner", ["secret db_password", "owner ghost is not in users.users"]),
+    ("unknown-group", ["secret db_password", "group ghosts is not in users.groups"]),
+    ("duplicate-path", ["secret db_password", "secret user_hash", "same path /etc/same"]),
+    ("undeclared-template-secret", ["template t uses secrets.nope",
+                                    "declare vaultpy.secrets.nope"]),
+])
+def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
+                                needles: list[str]) -> None:
+    """(f) exactly one failed assertion, with the right text."""
+    failed = assertion_results[case]
+    assert len(failed) == 1, failed
+    assert all(n in failed[0] for n in needles), failed
+
+
+def test_missing_cache_assertion_names_the_expected_file(
+        assertion_results: dict[str, list[str]], rich: Rich, tmp_path: Path) -> None:
+    name = independent_cache_name("x", rich.masters["db_password"], rich.pub["web1"])
+    [message] = assertion_results["missing-cache"]
+    assert f"/empty-cache/web1/{name} is missing" in message
+
+
+# Configurations the module must refuse (a type error or a failed assertion) because
+# `vaultpy activate` refuses their profile at boot (vaultpy/profile.py `parse`), and
+# hosts.toml validation refuses the same thing (vaultpy/model.py).
+def _refused_cases(rich: Rich) -> dict[str, dict[str, Any]]:
+    master = rich.masters["db_password"]
+    base = _base_secret(rich)
+    return {
+        "same-name-early-and-not": {"vaultpy": {
+            "settings": base["vaultpy"]["settings"],
+            "secrets": {"db_password": {"file": master, "name": "same", "early": True}},
+            "templates": {"same": {"content": "x"}}}},
+        "negative-owner": _base_secret(rich, owner=-1),
+        "path-with-dotdot": _base_secret(rich, path="/etc/app/../x"),
+        "path-is-root": _base_secret(rich, path="/"),
+        "dir-trailing-slash": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "dir": "/run/vaultpy/"}}},
+        "no-host-keys": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "hostKeys": []}}},
+    }
+
+
+@pytest.fixture(scope="session")
+def refused_results(nixpkgs_lib: Nix, rich: Rich, tmp_path_factory: pytest.TempPathFactory
+                    ) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("refused")
+    configs = {n: write_module(tmp / f"{n}.nix", c) for n, c in _refused_cases(rich).items()}
+    configs["control"] = write_module(tmp / "control.nix", _web1_options(rich))
+    configs["base"] = write_module(tmp / "base.nix", _base_secret(rich))
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; in builtins.mapAttrs (_: c: "
+            f"let v = em {{ config = c; }}; x = {{ inherit (v) failedAssertions profileJson; }};"
+            f" r = builtins.tryEval (builtins.deepSeq x x); in "
+            f"{{ evaluates = r.success; value = if r.success then r.value else null; }}) "
+            f"{nix_value(configs)}")
+    results: dict[str, Any] = nixpkgs_lib.eval(expr)
+    return results
+
+
+@pytest.mark.parametrize("case", ["control", "base", *(
+    "same-name-early-and-not", "negative-owner", "path-with-dotdot", "path-is-root",
+    "dir-trailing-slash", "no-host-keys")])
+def test_module_accepts_only_profiles_activation_loads(refused_results: dict[str, Any],
+                                                       case: str) -> None:
+    r = refused_results[case]
+    controls = ("control", "base")
+    if not r["evaluates"] or r["value"]["failedAssertions"]:
+        assert case not in controls, r
+        # Refused by the module: good, unless for an unrelated reason.
+        assert not any("is missing" in m for m in (r["value"] or {}).get(
+            "failedAssertions", [])), r
+        return
+    try:
+        vprofile.parse(json.loads(r["value"]["profileJson"]), "module", Path("/"))
+        rejected = None
+    except VaultpyError as exc:
+        rejected = str(exc)
+    if rejected is not None:
+        pytest.fail(f"{case}: the module accepts a configuration (no type error, no failed "
+                    f"assertion) whose profile `vaultpy activate` rejects at boot: {rejected}",
+                    pytrace=False)
+    assert case in controls, f"{case}: expected the profile loader to reject it"
+
+
+# =========================================================================== 6. the flake
+
+def test_flake_outputs(nixpkgs_lib: Nix, demo_doc: dict[str, Any]) -> None:
+    """flake.nix evaluates without real nixpkgs: lib.cacheName, nixosModules.default."""
+    lib_path = nixpkgs_lib.env["NIXPKGS_LIB"]
+    pub = demo_doc["hosts"]["db1"]["pubkey"]
+    expr = f"""
+      let
+        flake = import {nix_value(ROOT / 'flake.nix')};
+        nixpkgs = {{ lib = import {nix_value(Path(lib_path))}; legacyPackages = {{ }}; }};
+        self = flake.outputs {{ inherit self nixpkgs; }};
+        module = self.nixosModules.default {{
+          lib = nixpkgs.lib; pkgs = {{ stdenv.hostPlatform.system = "x86_64-linux"; }}; }};
+      in {{
+        name = self.lib.cacheName {{ id = "db_password"; recipients = {nix_str(pub)};
+          secretFile = {nix_value(ROOT / 'secrets' / 'db_password.age')}; }};
+        defaultIsFunction = builtins.isFunction self.nixosModules.default;
+        aliasIsFunction = builtins.isFunction self.nixosModules.vaultpy;
+        imports = map toString module.imports;
+        systems = builtins.attrNames self.packages;
+        description = flake.description;
+      }}"""
+    out = nixpkgs_lib.eval(expr)
+    expected = independent_cache_name("db_password", ROOT / "secrets" / "db_password.age", pub)
+    assert out["name"] == expected
+    assert (ROOT / "secrets" / "cache" / "db1" / expected).is_file()
+    assert out["defaultIsFunction"] is True and out["aliasIsFunction"] is True
+    assert out["imports"] == [str(ROOT / "nix" / "module.nix")]
+    assert out["systems"] == ["aarch64-linux", "x86_64-linux"]
+    assert "vaultpy" in out["description"]
+
+
+def test_flake_module_uses_the_flake_package(nixpkgs_lib: Nix) -> None:
+    """nixosModules.default sets vaultpy.package to the flake's package (here built by a
+    stub callPackage: no real nixpkgs)."""
+    lib_path = nixpkgs_lib.env["NIXPKGS_LIB"]
+    pkg = "/nix/store/22222222222222222222222222222222-vaultpy-flake"
+    expr = f"""
+      let
+        lib = import {nix_value(Path(lib_path))};
+        fake = {{ type = "derivation"; name = "vaultpy"; outPath = {nix_str(pkg)}; }};
+        nixpkgs = {{ inherit lib;
+          legacyPackages.x86_64-linux.callPackage = _: _: fake; }};
+        self = (import {nix_value(ROOT / 'flake.nix')}).outputs {{ inherit self nixpkgs; }};
+        c = (lib.evalModules {{ modules = [
+          {nix_value(ROOT / 'tests' / 'nix' / 'nixos-stubs.nix')}
+          self.nixosModules.default
+          {{ _module.args.pkgs = {{ stdenv.hostPlatform.system = "x86_64-linux"; }};
+             vaultpy.hostsToml = {nix_value(ROOT / 'hosts.toml')};
+             networking.hostName = "db1"; users.users.postgres = {{ }};
+             users.groups.postgres = {{ }}; }}
+        ]; }}).config;
+      in c.systemd.services.vaultpy-activate.serviceConfig.ExecStart"""
+    assert nixpkgs_lib.eval(expr).startswith(f"{pkg}/bin/vaultpy activate --profile /nix/store/")
