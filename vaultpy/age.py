@@ -116,8 +116,34 @@ class Identity:
 PassphraseFn = Callable[[str], str]
 
 
+_passphrase_fd: int | None = None
+
+
+def set_passphrase_fd(fd: int) -> None:
+    """Read passphrases (one line each) from ``fd`` instead of the terminal."""
+    global _passphrase_fd
+    _passphrase_fd = fd
+
+
+def _read_line_from_fd(fd: int) -> str:
+    data = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 1)
+        except OSError as exc:
+            raise VaultpyError(Problem("--passphrase-fd", f"cannot read passphrase: "
+                                       f"{exc.strerror}", "", "pass an open descriptor")
+                               ) from None
+        if not chunk or chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8").rstrip("\r")
+
+
 def passphrase_from_env_or_tty(prompt: str) -> str:
-    """``VAULTPY_PASSPHRASE_FILE`` (first line), else an interactive prompt."""
+    """``--passphrase-fd``, then ``VAULTPY_PASSPHRASE_FILE`` (first line), else a prompt."""
+    if _passphrase_fd is not None:
+        return _read_line_from_fd(_passphrase_fd)
     path = os.environ.get("VAULTPY_PASSPHRASE_FILE")
     if path:
         try:
@@ -163,7 +189,7 @@ def _unlock_ssh(data: bytes, source: str, ask: PassphraseFn) -> Identity:
     return Identity(source, "ssh", pyrage.ssh.Identity.from_buffer(plain))
 
 
-def _parse_identity_text(text: str, source: str) -> list[Identity]:
+def parse_identity_text(text: str, source: str) -> list[Identity]:
     found: list[Identity] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -214,7 +240,7 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     except UnicodeDecodeError:
         raise fail(source, "not an identity file (binary data)",
                    hint="point -i at an age identity or an OpenSSH private key") from None
-    return _parse_identity_text(text, source)
+    return parse_identity_text(text, source)
 
 
 def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_env_or_tty

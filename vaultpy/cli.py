@@ -105,12 +105,32 @@ def _main(
     identity: IdentityOpt = None,
     version: Annotated[bool, typer.Option("--version", help="Show the version and exit.",
                                           is_eager=True)] = False,
+    from_shares: Annotated[Path | None, typer.Option(
+        "--from-shares", metavar="DIR",
+        help="Use the master identity rebuilt in memory from Shamir share files in DIR.")
+    ] = None,
+    from_shares_prompt: Annotated[bool, typer.Option(
+        "--from-shares-prompt", help="Rebuild the master identity from shares typed in.")
+    ] = False,
+    passphrase_fd: Annotated[int | None, typer.Option(
+        "--passphrase-fd", metavar="N", help="Read passphrases from file descriptor N.")
+    ] = None,
 ) -> None:
     if version:
         print(f"vaultpy {__version__}")
         raise typer.Exit(0)
     _Globals.repo = repo
     _Globals.identity = list(identity or [])
+    if passphrase_fd is not None:
+        from vaultpy import age
+
+        age.set_passphrase_fd(passphrase_fd)
+    if from_shares is not None or from_shares_prompt:
+        from vaultpy import identities, shamir
+
+        text = (shamir.combine_from_dir(from_shares) if from_shares is not None
+                else shamir.combine_from_prompt())
+        identities.use_in_memory(text, "shamir shares")
 
 
 @app.command()
@@ -508,4 +528,4 @@ def main() -> None:
 
 
 # Commands that live in their own modules register themselves on `app`.
-from vaultpy import cli_vault  # noqa: E402, F401
+from vaultpy import cli_keys, cli_recovery, cli_vault  # noqa: E402, F401

@@ -14,6 +14,14 @@ from vaultpy import age
 from vaultpy.errors import Problem, VaultpyError
 from vaultpy.model import DEFAULT_IDENTITY, Config
 
+_in_memory: list[age.Identity] = []
+
+
+def use_in_memory(text: str, source: str) -> None:
+    """Use identities held only in memory (e.g. rebuilt from Shamir shares) instead of
+    any file; the key never touches the disk."""
+    _in_memory[:] = age.parse_identity_text(text, source)
+
 
 def identity_paths(cfg: Config, explicit: Sequence[Path] = ()) -> list[Path]:
     if explicit:
@@ -35,4 +43,6 @@ def identity_paths(cfg: Config, explicit: Sequence[Path] = ()) -> list[Path]:
 def load(cfg: Config, explicit: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> list[age.Identity]:
     """Read and unlock every identity once (one passphrase prompt per file)."""
+    if _in_memory and not explicit:
+        return list(_in_memory)
     return age.load_identities(identity_paths(cfg, explicit), ask)

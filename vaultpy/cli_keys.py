@@ -1,0 +1,3 @@
+"""CLI commands registered on vaultpy.cli.app (see the module that implements them)."""
+
+from __future__ import annotations
