@@ -59,7 +59,7 @@ def read_master_info(path: Path) -> Master:
     return Master(hashlib.sha256(data).hexdigest(), payload, error)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One ciphertext a host needs: secret ``id`` encrypted to ``recipients`` at ``path``."""
 

@@ -71,14 +71,17 @@ _IDENTITIES: list[age.Identity] = []
 
 
 Outcome = tuple[cache.Item, str, Problem | None]   # (item, temp file, failure)
+# What a worker sends back: the target's index in its job, not a copy of the item
+# (10,000 pickled copies would double the parent's memory).
+_Reply = tuple[int, str, Problem | None]
 
 
-def _failure(item: cache.Item, problem: Problem) -> Outcome:
-    return (item, "", Problem(problem.file, problem.message,
-                              f"hosts.{item.host}.{item.id}", problem.hint))
+def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
+    return (i, "", Problem(problem.file, problem.message,
+                           f"hosts.{item.host}.{item.id}", problem.hint))
 
 
-def _run_job(job: _Job) -> list[Outcome]:
+def _run_job(job: _Job) -> list[_Reply]:
     """In a worker: decrypt one master, encrypt it for each target to a temp file."""
     try:
         data = job.master.read_bytes()
@@ -92,21 +95,26 @@ def _run_job(job: _Job) -> list[Outcome]:
                  else exc.problems[0])
         hosts = ", ".join(t.host for t in job.targets)
         problem = Problem(first.file, first.message, f"needed by {hosts}", first.hint)
-        return [(t, "", problem) for t in job.targets]
-    out: list[Outcome] = []
-    for t in job.targets:
+        return [(i, "", problem) for i in range(len(job.targets))]
+    out: list[_Reply] = []
+    for i, t in enumerate(job.targets):
         tmp = fsutil.tmp_name(t.path)
         try:
             fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            out.append(_failure(t, os_problem(t.path, exc, "write cache file")))
+            out.append(_failure(i, t, os_problem(t.path, exc, "write cache file")))
         except Exception as exc:  # a pyrage error: report it, never crash the pool
-            out.append(_failure(t, Problem(display_path(t.path), f"encryption failed: {exc}")))
+            out.append(_failure(i, t, Problem(display_path(t.path),
+                                              f"encryption failed: {exc}")))
         else:
-            out.append((t, str(tmp), None))
+            out.append((i, str(tmp), None))
     return out
+
+
+def _resolve(job: _Job, replies: list[_Reply]) -> list[Outcome]:
+    return [(job.targets[i], tmp, problem) for i, tmp, problem in replies]
 
 
 def _execute(jobs: list[_Job], workers: int, progress: ProgressFn | None,
@@ -115,7 +123,7 @@ def _execute(jobs: list[_Job], workers: int, progress: ProgressFn | None,
     done = 0
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            part = _run_job(job)
+            part = _resolve(job, _run_job(job))
             results.extend(part)
             done += len(part)
             if progress:
@@ -123,15 +131,16 @@ def _execute(jobs: list[_Job], workers: int, progress: ProgressFn | None,
         return results
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures: list[Future[list[Outcome]]] = [
+        futures: list[Future[list[_Reply]]] = [
             pool.submit(_run_job, j) for j in jobs]
         try:
             for fut, job in zip(futures, jobs, strict=True):
                 try:
-                    part = fut.result()
+                    part = _resolve(job, fut.result())
                 except Exception as exc:  # a worker died (OOM, signal)
-                    part = [_failure(t, Problem(display_path(t.path),
-                                                f"worker failed: {exc}")) for t in job.targets]
+                    part = _resolve(job, [_failure(i, t, Problem(display_path(t.path),
+                                                                 f"worker failed: {exc}"))
+                                          for i, t in enumerate(job.targets)])
                 results.extend(part)
                 done += len(part)
                 if progress:
