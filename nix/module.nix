@@ -191,8 +191,8 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
     (attrNames cfg.templates);
   hasEarly = builtins.any (i: i.early) items;
-  vaultpy = "${cfg.package}/bin/vaultpy";
-  activateCmd = flags: "${vaultpy} activate --profile ${profileFile}${flags}";
+  # vaultpy-activate: the boot-time entry point (no typer/rich imports)
+  activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
 in
 {
   options.vaultpy = {

@@ -504,7 +504,7 @@ def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
         assert (out / "cache" / n).read_bytes() == data
     assert {"profile.json", "vaultpy-activate.service"} <= names
     unit = (out / "vaultpy-activate.service").read_text()
-    assert "ExecStart=" in unit and "activate --profile /etc/vaultpy/profile.json" in unit
+    assert "ExecStart=" in unit and "vaultpy-activate --profile /etc/vaultpy/profile.json" in unit
     early_unit = (out / "vaultpy-activate-early.service").read_text()  # host has early items
     assert "activate --profile /etc/vaultpy/profile.json --early" in early_unit
     prof_text = (out / "profile.json").read_text()

@@ -722,7 +722,7 @@ def test_module_activation_unit(nixpkgs_lib: Nix, tmp_path: Path) -> None:
     # ExecStart runs the package's vaultpy on exactly the module's profile JSON.
     profile_path = _profile_store_path(out)
     assert unit["serviceConfig"]["ExecStart"] == (
-        f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} "
+        f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} "
         f"--systemctl {FAKE_SYSTEMD}/bin/systemctl")
     assert re.fullmatch(r"/nix/store/[0-9a-df-np-sv-z]{32}-vaultpy-profile-web1\.json",
                         profile_path)
@@ -737,13 +737,13 @@ def test_module_early_unit(web1_options: dict[str, Any]) -> None:
     services = web1_options["services"]
     early = services["vaultpy-activate-early"]
     profile_path = _profile_store_path(web1_options)
-    cmd = f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} --early"
+    cmd = f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} --early"
     assert early["serviceConfig"]["ExecStart"] == cmd
     assert early["serviceConfig"]["Type"] == "oneshot"
     assert "sysinit.target" in early["wantedBy"]
     assert {"systemd-sysusers.service", "sysinit.target"} <= set(early["before"])
     assert services["vaultpy-activate"]["serviceConfig"]["ExecStart"].startswith(
-        f"{FAKE_PACKAGE}/bin/vaultpy activate --profile {profile_path} --systemctl ")
+        f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} --systemctl ")
     scripts = web1_options["activationScripts"]
     assert scripts["vaultpy-early"]["text"] == cmd
     assert "specialfs" in scripts["vaultpy-early"]["deps"]
@@ -1000,4 +1000,5 @@ def test_flake_module_uses_the_flake_package(nixpkgs_lib: Nix) -> None:
              users.groups.postgres = {{ }}; }}
         ]; }}).config;
       in c.systemd.services.vaultpy-activate.serviceConfig.ExecStart"""
-    assert nixpkgs_lib.eval(expr).startswith(f"{pkg}/bin/vaultpy activate --profile /nix/store/")
+    assert nixpkgs_lib.eval(expr).startswith(
+        f"{pkg}/bin/vaultpy-activate --profile /nix/store/")

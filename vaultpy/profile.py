@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vaultpy import cache, templates
+from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import ID_RE, UNIT_RE, USER_RE, Config, Output
 
@@ -87,6 +87,8 @@ def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, 
     ``file`` paths are absolute, or relative to ``relative_to`` (the directory the
     profile will be written to) when given.
     """
+    from vaultpy import cache  # operator side only: hosts load profiles, not caches
+
     if host not in cfg.hosts:
         raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {host!r}", "hosts",
                                    "known hosts: " + ", ".join(cfg.hosts)))

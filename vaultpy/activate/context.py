@@ -48,6 +48,7 @@ class Context:
     plaintext: dict[str, bytes] = field(default_factory=dict)   # secret id -> bytes
     rendered: dict[str, bytes] = field(default_factory=dict)    # template name -> bytes
     changes: list[Change] = field(default_factory=list)
+    changes_computed: bool = False          # computed once, before the switch
     switched: bool = False
     notified: list[str] = field(default_factory=list)
 

@@ -70,7 +70,7 @@ def decrypt_secrets(ctx: Context) -> None:
                                        f"read its cache file: {exc.strerror}", "file",
                                        "run vaultpy renc and deploy again")) from None
         try:
-            ctx.plaintext[sid] = age.decrypt(data, ctx.identities, display_path(item.file))
+            ctx.plaintext[sid] = age.decrypt(data, ctx.identities, str(item.file))
         except VaultpyError as exc:
             p = exc.problems[0]
             raise VaultpyError(Problem(p.file, f"secret {sid!r}: {p.message}", p.field,

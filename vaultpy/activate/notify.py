@@ -84,8 +84,9 @@ def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
 
 def plan_calls(ctx: Context) -> list[tuple[str, str]]:
     """Every unit call this run owes: for its changes, and those left unfinished."""
-    if not ctx.changes:
+    if not ctx.changes_computed:
         ctx.changes = compute_changes(ctx)
+        ctx.changes_computed = True
     restart: dict[str, None] = {}
     reload: dict[str, None] = {}
     for verb, unit in _unfinished_calls(ctx):

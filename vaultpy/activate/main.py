@@ -1,0 +1,76 @@
+"""``vaultpy-activate``: the boot-time entry point, without typer or rich.
+
+Runs on every boot and every switch, so it imports only what activation needs
+(like sops-nix's separate ``sops-install-secrets``).  It takes exactly the
+options of ``vaultpy activate`` (a test keeps the two in step) and prints
+problems in the same one-line form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vaultpy.errors import VaultpyError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vaultpy-activate",
+        description="On the host: decrypt into a new generation on ramfs and switch to it "
+                    "atomically (the same as `vaultpy activate`).")
+    p.add_argument("--profile", "-p", type=Path, required=True, metavar="FILE",
+                   help="The host's profile.json.")
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")
+    p.add_argument("--no-mount", action="store_true",
+                   help="Do not mount ramfs on the store (tests and demos only).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Show what would change; touch nothing.")
+    p.add_argument("--early", action="store_true",
+                   help="Only items marked early, into early_dir.")
+    p.add_argument("--systemctl", default="systemctl", metavar="PATH",
+                   help="systemctl to call for unit restarts.")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help="Generations to keep (default: the profile's).")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.keep is not None and args.keep < 1:
+        parser().error("--keep must be at least 1")
+    from vaultpy.activate import Options, activate
+
+    try:
+        ctx = activate(Options(profile=args.profile, root=args.root, no_mount=args.no_mount,
+                               dry_run=args.dry_run, early=args.early,
+                               systemctl=args.systemctl, keep=args.keep))
+    except VaultpyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:                      # a bug: one line, never a traceback
+        if os.environ.get("VAULTPY_DEBUG"):
+            raise
+        print(f"vaultpy-activate: internal error: {type(exc).__name__}: {exc} (set "
+              "VAULTPY_DEBUG=1 for details and please report it)", file=sys.stderr)
+        return 70
+    verb = "would change" if args.dry_run else "changed"
+    names = ", ".join(f"{c.name} ({c.kind})" for c in ctx.changes) or "nothing"
+    print(f"{verb}: {names}", file=sys.stderr)
+    if not args.dry_run:
+        print(f"live: {ctx.link} -> {ctx.generation}", file=sys.stderr)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
