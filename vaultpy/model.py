@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
@@ -32,6 +33,82 @@ DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
 _DECIMAL_MODE = re.compile(
     r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]+)(?![0-9_.xXoObBeE:-])")
 HOST_KEY_HINT = "use the host's /etc/ssh/ssh_host_ed25519_key.pub (or an age1… key)"
+VAULT_AUTH = ("token", "approle")
+VAULT_REF_HINT = ('write it as "<mount>/<path>#<field>", e.g. "secret/app/db#password" '
+                  '(append @N to pin version N)')
+# KV v2 mount and path segments: no policy globs (* +), quotes, spaces or "..".
+_VAULT_MOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_VAULT_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=~@-]*")
+_VAULT_FIELD_RE = re.compile(r"(?:(?![#@\\\"])[\x21-\x7e])+")
+
+
+@dataclass(frozen=True)
+class VaultRef:
+    """A value in Vault/OpenBao KV v2: ``field`` of the secret at ``<mount>/<path>``,
+    the latest version or, when ``version`` is set, exactly that one."""
+
+    mount: str
+    path: str
+    field: str
+    version: int | None = None
+
+    @property
+    def location(self) -> str:
+        """``<mount>/<path>``: what `bao kv get` takes."""
+        return f"{self.mount}/{self.path}"
+
+    @property
+    def data_path(self) -> str:
+        """The API path of the value (what a policy grants): ``<mount>/data/<path>``."""
+        return f"{self.mount}/data/{self.path}"
+
+    def __str__(self) -> str:
+        pinned = "" if self.version is None else f"@{self.version}"
+        return f"{self.location}#{self.field}{pinned}"
+
+
+def parse_vault_ref(text: str) -> VaultRef:
+    """``"<mount>/<path>#<field>[@version]"`` → :class:`VaultRef`; ValueError says why not."""
+    where, sep, rest = text.rpartition("#")
+    if not sep:
+        raise ValueError(f"no #field in vault reference {text!r}")
+    field_name, at, version_text = rest.partition("@")
+    version: int | None = None
+    if at:
+        if not re.fullmatch(r"[1-9][0-9]{0,9}", version_text):
+            raise ValueError(f"version {version_text!r} in vault reference {text!r} is not "
+                             "a positive integer")
+        version = int(version_text)
+    if not _VAULT_FIELD_RE.fullmatch(field_name):
+        raise ValueError(f"invalid field name {field_name!r} in vault reference {text!r}")
+    mount, slash, path = where.partition("/")
+    if not slash or not path:
+        raise ValueError(f"vault reference {text!r} needs a mount and a path "
+                         "(<mount>/<path>)")
+    if not _VAULT_MOUNT_RE.fullmatch(mount):
+        raise ValueError(f"invalid mount {mount!r} in vault reference {text!r}")
+    for segment in path.split("/"):
+        if not _VAULT_SEGMENT_RE.fullmatch(segment) or segment.strip(".") == "":
+            raise ValueError(f"invalid path segment {segment!r} in vault reference {text!r} "
+                             "(letters, digits and _ . , : = ~ @ -; no empty, '.' or '..' "
+                             "segments)")
+    return VaultRef(mount, path, field_name, version)
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """``[vaultpy.vault]``: how ``pull`` and ``push`` reach Vault/OpenBao.  The
+    environment (VAULT_ADDR/BAO_ADDR …) overrides ``addr``, ``namespace`` and ``ca_cert``
+    when the commands run (:mod:`vaultpy.vault`)."""
+
+    addr: str | None = None
+    auth: str = "token"
+    role_id: str | None = None
+    secret_id_file: Path | None = None
+    wrapped_secret_id_file: Path | None = None
+    namespace: str | None = None
+    ca_cert: Path | None = None
+    approle_mount: str = "approle"
 
 
 @dataclass(frozen=True)
@@ -40,6 +117,7 @@ class Secret:
 
     id: str
     file: Path
+    vault: VaultRef | None = None   # pull/push source in Vault/OpenBao KV v2
 
 
 @dataclass(frozen=True)
@@ -101,6 +179,7 @@ class Config:
     cache_dir: Path
     secrets: Mapping[str, Secret]
     hosts: Mapping[str, Host]
+    vault: VaultSettings | None = None   # [vaultpy.vault]
 
     @property
     def root(self) -> Path:
@@ -283,6 +362,64 @@ def _rel(root: Path, text: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+VAULT_KEYS = ("addr", "auth", "role_id", "secret_id_file", "wrapped_secret_id_file",
+              "namespace", "ca_cert", "approle_mount")
+
+
+def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
+    where = "vaultpy.vault"
+    table = ck.table(raw, where)
+    if table is None:
+        return None
+    ck.keys(table, where, VAULT_KEYS)
+    text: dict[str, str] = {}
+    for key in VAULT_KEYS:
+        if key in table:
+            value = ck.string(table[key], f"{where}.{key}")
+            if value is not None and not value.strip():
+                ck.add(f"{where}.{key}", "empty", "give a value or remove the key")
+            elif value is not None:
+                text[key] = value
+    addr = text.get("addr")
+    if addr is not None:
+        parts = urlsplit(addr)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            ck.add(f"{where}.addr", f"invalid address {addr!r}",
+                   'use a URL like "https://vault.example.com:8200"')
+    auth = text.get("auth", "token")
+    if auth not in VAULT_AUTH:
+        close = difflib.get_close_matches(auth, VAULT_AUTH, n=1)
+        ck.add(f"{where}.auth", f"unknown auth method {auth!r}",
+               f"did you mean {close[0]!r}?" if close else 'use "token" or "approle"')
+    approle_keys = ("role_id", "secret_id_file", "wrapped_secret_id_file", "approle_mount")
+    if auth == "token":
+        for key in approle_keys:
+            if key in table:
+                ck.add(f"{where}.{key}", 'only used with auth = "approle"',
+                       'set auth = "approle" or remove the key')
+    elif auth == "approle":
+        if "role_id" not in table:
+            ck.add(f"{where}.role_id", 'missing (auth = "approle")',
+                   "give the role ID (bao read auth/approle/role/<name>/role-id)")
+        if "secret_id_file" not in table and "wrapped_secret_id_file" not in table:
+            ck.add(where, 'auth = "approle" needs secret_id_file or wrapped_secret_id_file',
+                   "point one of them at the file holding the (wrapped) secret ID")
+    mount = text.get("approle_mount", "approle")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*", mount):
+        ck.add(f"{where}.approle_mount", f"invalid auth mount {mount!r}",
+               'use the path the AppRole method is enabled at, like "approle"')
+
+    def file(key: str) -> Path | None:
+        given = text.get(key)
+        return Path(os.path.normpath(_rel(root, given))) if given else None
+
+    return VaultSettings(addr=addr, auth=auth, role_id=text.get("role_id"),
+                         secret_id_file=file("secret_id_file"),
+                         wrapped_secret_id_file=file("wrapped_secret_id_file"),
+                         namespace=text.get("namespace"), ca_cert=file("ca_cert"),
+                         approle_mount=mount)
+
+
 def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> Host | None:
     where = f"hosts.{_quote(name)}"
     ok = ck.ident(name, where, "host name")
@@ -393,7 +530,8 @@ def parse(text: str, path: Path) -> Config:
     ck.keys(doc, "", ("vaultpy", "secrets", "hosts"))
 
     settings = ck.table(doc.get("vaultpy", {}), "vaultpy") or {}
-    ck.keys(settings, "vaultpy", ("recipients", "identity", "secrets_dir", "cache_dir"))
+    ck.keys(settings, "vaultpy", ("recipients", "identity", "secrets_dir", "cache_dir",
+                                  "vault"))
     if "recipients" not in settings:
         ck.add("vaultpy.recipients", "missing",
                'add recipients = ["age1…"] (the master public key, age-keygen -y)')
@@ -409,6 +547,7 @@ def parse(text: str, path: Path) -> Config:
         folder = ck.string(settings.get(key, default), f"vaultpy.{key}") or default
         dirs[key] = Path(os.path.normpath(_rel(root, folder)))
     secrets_dir, cache_dir = dirs["secrets_dir"], dirs["cache_dir"]
+    vault = _vault_settings(ck, settings["vault"], root) if "vault" in settings else None
 
     declared: dict[str, Secret] = {}
     raw_secrets = ck.table(doc.get("secrets", {}), "secrets") or {}
@@ -419,13 +558,21 @@ def parse(text: str, path: Path) -> Config:
         sub = ck.table(spec, where)
         if sub is None:
             continue
-        ck.keys(sub, where, ("file",))
+        ck.keys(sub, where, ("file", "vault"))
         file = secrets_dir / f"{sid}.age"
         if "file" in sub:
             given = ck.string(sub["file"], f"{where}.file")
             if given:
                 file = Path(os.path.normpath(_rel(root, given)))
-        declared[sid] = Secret(sid, file)
+        ref: VaultRef | None = None
+        if "vault" in sub:
+            text_ref = ck.string(sub["vault"], f"{where}.vault")
+            if text_ref is not None:
+                try:
+                    ref = parse_vault_ref(text_ref)
+                except ValueError as exc:
+                    ck.add(f"{where}.vault", str(exc), VAULT_REF_HINT)
+        declared[sid] = Secret(sid, file, ref)
 
     hosts: dict[str, Host] = {}
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
@@ -447,7 +594,7 @@ def parse(text: str, path: Path) -> Config:
     return Config(path=path, recipients=recipients, identity=identity,
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
-                  hosts=MappingProxyType(dict(sorted(hosts.items()))))
+                  hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault)
 
 
 def find(start: Path) -> Path:

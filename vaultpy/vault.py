@@ -1,0 +1,855 @@
+"""Vault/OpenBao interoperability: KV v2 as a source of master secrets, and back.
+
+* :func:`pull` — fetch every ``vault = "<mount>/<path>#<field>[@N]"`` value, compare it
+  with the decrypted master file, and re-encrypt the master only when it changed;
+* :func:`push` — write master secrets into KV v2 with check-and-set;
+* :func:`access` / :func:`policies` — who can read what (hosts x secrets) and one HCL
+  policy per host granting read on exactly its secrets' KV v2 data paths.
+
+Where Vault is and how to log in comes from ``[vaultpy.vault]`` in hosts.toml and the
+usual environment variables (``BAO_ADDR``/``VAULT_ADDR``, ``BAO_TOKEN``/``VAULT_TOKEN``,
+``BAO_NAMESPACE``/``VAULT_NAMESPACE``, ``BAO_CACERT``/``VAULT_CACERT``), which override the
+file.  hvac is the client.
+
+Everything that can fail is checked before anything is written: a pull that cannot fetch
+every selected value writes no master file, a push that finds a conflict writes nothing.
+Secret values never appear in messages, results or JSON.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaultpy import age, cache, identities, masters
+from vaultpy._internal import ageformat, fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.model import Config, Host, VaultRef, VaultSettings
+
+TIMEOUT = 15.0                       # seconds per HTTP request
+TOKEN_FILE = "~/.vault-token"        # where `vault login` and `bao login` keep the token
+_ENV = {
+    "addr": ("BAO_ADDR", "VAULT_ADDR"),
+    "token": ("BAO_TOKEN", "VAULT_TOKEN"),
+    "namespace": ("BAO_NAMESPACE", "VAULT_NAMESPACE"),
+    "ca_cert": ("BAO_CACERT", "VAULT_CACERT"),
+    "ca_path": ("BAO_CAPATH", "VAULT_CAPATH"),
+}
+Status = str   # "created" | "updated" | "unchanged" (pull); "missing" | "differs" (--check)
+
+
+# --------------------------------------------------------------------------- settings
+
+def _env(kind: str) -> tuple[str, str] | None:
+    """(variable, value) of the first non-empty variable for ``kind``."""
+    for name in _ENV[kind]:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where Vault is, after the environment has had its say."""
+
+    addr: str
+    namespace: str | None
+    verify: bool | str
+    settings: VaultSettings
+
+
+def target(cfg: Config) -> Target:
+    settings = cfg.vault or VaultSettings()
+    file = display_path(cfg.path)
+    env_addr = _env("addr")
+    addr = env_addr[1] if env_addr else settings.addr
+    if not addr:
+        raise VaultpyError(Problem(file, "no Vault address", "vaultpy.vault.addr",
+                                   'set addr = "https://vault.example.com:8200" in '
+                                   "[vaultpy.vault], or BAO_ADDR / VAULT_ADDR"))
+    if not re.match(r"https?://[^/\s]", addr):
+        where = env_addr[0] if env_addr else "vaultpy.vault.addr"
+        raise VaultpyError(Problem(file, f"invalid Vault address {addr!r}", where,
+                                   'use a URL like "https://vault.example.com:8200"'))
+    env_ns = _env("namespace")
+    namespace = env_ns[1] if env_ns else settings.namespace
+    verify: bool | str = True
+    env_ca, env_capath = _env("ca_cert"), _env("ca_path")
+    if env_ca:
+        verify = env_ca[1]
+    elif settings.ca_cert is not None:
+        verify = str(settings.ca_cert)
+    elif env_capath:
+        verify = env_capath[1]
+    if isinstance(verify, str) and not os.path.exists(verify):
+        where = (env_ca or env_capath or ("vaultpy.vault.ca_cert", ""))[0]
+        raise VaultpyError(Problem(file, f"CA certificate {verify} does not exist", where,
+                                   "point it at the PEM file of Vault's CA"))
+    return Target(addr.rstrip("/"), namespace, verify, settings)
+
+
+# --------------------------------------------------------------------------- errors
+
+class VaultFailure(Exception):
+    """A failed Vault operation: ``message`` and ``hint`` for one problem line."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _vault_message(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors:
+        text = "; ".join(str(e) for e in errors)
+    else:
+        text = str(exc.args[0]) if exc.args and exc.args[0] is not None else ""
+    return " ".join(text.replace("*", " ").split())     # Vault's "1 error occurred:\n\t* …"
+
+
+def _connection_reason(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if m:
+        return m.group(1).strip().rstrip(".").lower()
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    return "connection failed"
+
+
+def _classify(exc: Exception, addr: str, what: str, denied_hint: str) -> VaultFailure:
+    """Turn an hvac/requests exception into a one-line failure (never with a value)."""
+    import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+    import requests  # type: ignore[import-untyped,unused-ignore]
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return VaultFailure(f"TLS verification of {addr} failed",
+                            "set ca_cert in [vaultpy.vault] (or VAULT_CACERT) to Vault's CA")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return VaultFailure(f"Vault at {addr} did not answer in {TIMEOUT:.0f}s",
+                            "check the address and the network")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return VaultFailure(f"cannot reach Vault at {addr} ({_connection_reason(exc)})",
+                            "check BAO_ADDR / VAULT_ADDR or [vaultpy.vault] addr, and that "
+                            "the server is up")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return VaultFailure(f"request to Vault at {addr} failed ({type(exc).__name__})")
+    if isinstance(exc, hx.Forbidden):
+        return VaultFailure(f"permission denied {what}", denied_hint)
+    if isinstance(exc, hx.Unauthorized):
+        return VaultFailure(f"not authorised {what}: {_vault_message(exc)}",
+                            "log in again (bao login / vault login) or check the AppRole")
+    if isinstance(exc, hx.VaultDown):
+        return VaultFailure(f"Vault at {addr} is sealed or unavailable",
+                            "unseal it or try again later")
+    if isinstance(exc, hx.VaultError):
+        return VaultFailure(f"Vault refused {what}: {_vault_message(exc) or type(exc).__name__}")
+    raise exc
+
+
+# --------------------------------------------------------------------------- session
+
+@dataclass(frozen=True)
+class KvSecret:
+    """One KV v2 read: the fields (None when that version is deleted) and the version."""
+
+    data: dict[str, Any] | None
+    version: int
+    deleted: bool = False
+    destroyed: bool = False
+
+
+class Session:
+    """An authenticated hvac client for one command run."""
+
+    def __init__(self, cfg: Config) -> None:
+        import hvac  # type: ignore[import-untyped,unused-ignore]
+
+        self.cfg = cfg
+        self.target = target(cfg)
+        self.file = display_path(cfg.path)
+        self.client = hvac.Client(url=self.target.addr, token="", verify=self.target.verify,
+                                  timeout=TIMEOUT, namespace=self.target.namespace)
+        self._revoke = False
+        self._down: VaultFailure | None = None     # first connection failure, reused
+        self._token_ok: bool | None = None
+
+    # -- authentication
+
+    def login(self) -> None:
+        settings = self.target.settings
+        if settings.auth == "approle":
+            self._login_approle(settings)
+        else:
+            self.client.token = self._token()
+
+    def _token(self) -> str:
+        found = _env("token")
+        if found:
+            return found[1]
+        path = Path(os.path.expanduser(TOKEN_FILE))
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            token = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise VaultpyError(Problem(str(path), f"cannot read the Vault token: {reason}",
+                                       "", "set BAO_TOKEN / VAULT_TOKEN instead")) from None
+        if not token:
+            raise VaultpyError(Problem(
+                self.file, "no Vault token", "vaultpy.vault.auth",
+                f"set BAO_TOKEN or VAULT_TOKEN, run bao login / vault login (it writes "
+                f'{TOKEN_FILE}), or use auth = "approle"'))
+        return token
+
+    def _fail(self, where: str, failure: VaultFailure) -> VaultpyError:
+        return VaultpyError(Problem(self.target.addr, failure.message, where, failure.hint))
+
+    def _login_approle(self, settings: VaultSettings) -> None:
+        secret_id = self._secret_id(settings)
+        mount = settings.approle_mount
+        where = f"auth/{mount}/login"
+        try:
+            self.client.auth.approle.login(role_id=settings.role_id, secret_id=secret_id,
+                                           mount_point=mount)
+        except Exception as exc:
+            failure = _classify(exc, self.target.addr, "to log in with the AppRole",
+                                "check role_id and the secret ID")
+            import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+            if isinstance(exc, hx.InvalidRequest | hx.Forbidden):
+                failure = VaultFailure(
+                    f"AppRole login failed: {_vault_message(exc) or 'invalid credentials'}",
+                    "check role_id, and that the secret ID is not expired or used up "
+                    "(ask for a new one)")
+            elif isinstance(exc, hx.InvalidPath):
+                failure = VaultFailure(f"no AppRole auth method at auth/{mount}",
+                                       "enable it (bao auth enable approle) or set "
+                                       "approle_mount in [vaultpy.vault]")
+            raise self._fail(where, failure) from None
+        self._revoke = True
+
+    def _secret_id(self, settings: VaultSettings) -> str:
+        """The AppRole secret ID.  A wrapped one (``wrapped_secret_id_file``, when that
+        file exists) is unwrapped — which consumes it — and, with ``secret_id_file``
+        set, saved there (0600) and its spent token file removed, so later runs log in
+        with the saved ID until a new wrapped token is dropped in place."""
+        stored, wrapped = settings.secret_id_file, settings.wrapped_secret_id_file
+        if wrapped is None or (stored is not None and not wrapped.exists()):
+            assert stored is not None       # the model requires one of the two
+            return _read_small(stored, "secret ID", "vaultpy.vault.secret_id_file")
+        token = _wrapping_token(wrapped)
+        saved = stored if stored is not None and stored.exists() else None
+        secret_id = self._unwrap(token, settings.approle_mount, wrapped, saved)
+        if stored is not None:
+            try:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                fsutil.atomic_write(stored, secret_id.encode() + b"\n", mode=0o600)
+            except OSError as exc:
+                raise VaultpyError(Problem(display_path(stored), "cannot save the unwrapped "
+                                           f"secret ID: {exc.strerror}",
+                                           "vaultpy.vault.secret_id_file",
+                                           "fix the directory's permissions and ask for a "
+                                           "new wrapped secret ID")) from None
+            with suppress(OSError):
+                wrapped.unlink()
+        return secret_id
+
+    def _unwrap(self, token: str, mount: str, wrapped: Path, saved: Path | None) -> str:
+        """Look the wrapping token up (who made it?), then unwrap it — once."""
+        import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+        hint = ("a response-wrapped secret ID can be unwrapped only once, within its TTL; "
+                "if you did not unwrap it, someone else may have")
+        if saved is not None:
+            hint += (f"; or delete {display_path(wrapped)} to log in with the saved secret "
+                     f"ID in {display_path(saved)}")
+        used = VaultFailure("wrapping token already used or expired; ask for a new one", hint)
+        where = "sys/wrapping/unwrap"
+        try:
+            info = self.client.adapter.post("/v1/sys/wrapping/lookup", json={"token": token})
+        except hx.InvalidRequest as exc:
+            if "not valid or does not exist" in _vault_message(exc):
+                raise self._fail(where, used) from None
+            raise self._fail(where, _classify(exc, self.target.addr,
+                                              "to look up the wrapping token", "")) from None
+        except Exception as exc:
+            raise self._fail(where, _classify(exc, self.target.addr,
+                                              "to look up the wrapping token", "")) from None
+        creation = str(((info or {}).get("data") or {}).get("creation_path", ""))
+        if not re.fullmatch(rf"auth/{re.escape(mount)}/role/[^/]+/secret-id", creation):
+            raise self._fail(where, VaultFailure(
+                f"the wrapping token was not made for an AppRole secret ID (creation path "
+                f"{creation or 'unknown'!r}); refusing to unwrap it",
+                "it may have been tampered with: ask for a new one, made with "
+                f"bao write -wrap-ttl=… -f auth/{mount}/role/<role>/secret-id"))
+        try:
+            # The wrapping token itself authenticates the unwrap (no other token needed).
+            self.client.token = token
+            try:
+                response = self.client.sys.unwrap()
+            finally:
+                self.client.token = ""
+        except hx.InvalidRequest as exc:
+            if "not valid or does not exist" in _vault_message(exc):
+                raise self._fail(where, used) from None
+            raise self._fail(where, _classify(exc, self.target.addr,
+                                              "to unwrap the secret ID", "")) from None
+        except Exception as exc:
+            raise self._fail(where, _classify(exc, self.target.addr,
+                                              "to unwrap the secret ID", "")) from None
+        secret_id = ((response or {}).get("data") or {}).get("secret_id")
+        if not isinstance(secret_id, str) or not secret_id:
+            raise self._fail(where, VaultFailure("the wrapping token held no secret_id",
+                                                 "ask for a wrapped AppRole secret ID"))
+        return secret_id
+
+    def close(self) -> None:
+        """Revoke the token an AppRole login created (best effort)."""
+        if self._revoke:
+            self._revoke = False
+            with suppress(Exception):   # the token expires on its own anyway
+                self.client.auth.token.revoke_self()
+
+    # -- KV v2
+
+    def _call(self, fn: Callable[[], Any], what: str, denied_hint: str) -> Any:
+        if self._down is not None:
+            raise self._down
+        import requests  # type: ignore[import-untyped,unused-ignore]
+
+        try:
+            return fn()
+        except requests.exceptions.RequestException as exc:
+            self._down = _classify(exc, self.target.addr, what, denied_hint)
+            raise self._down from None
+        except Exception as exc:
+            failure = _classify(exc, self.target.addr, what, denied_hint)
+        if failure.message.startswith("permission denied") and not self._token_valid():
+            failure = VaultFailure(f"{failure.message}: Vault does not accept the token",
+                                   "it is invalid or expired: log in again (bao login / "
+                                   "vault login) or set BAO_TOKEN / VAULT_TOKEN")
+        raise failure
+
+    def _token_valid(self) -> bool:
+        """After a 403: can the token look itself up?  (Any valid token with the
+        default policy can; a refused lookup means a bad token.)"""
+        if self._token_ok is None:
+            import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+            try:
+                self.client.auth.token.lookup_self()
+                self._token_ok = True
+            except hx.Forbidden:
+                self._token_ok = False
+            except Exception:
+                self._token_ok = True     # unknown: do not blame the token
+        return self._token_ok
+
+    def read(self, mount: str, path: str, version: int | None = None) -> KvSecret | None:
+        """Read ``<mount>/data/<path>``; None when nothing was ever written there."""
+        import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+        location = f"{mount}/{path}"
+        data_path = f"{mount}/data/{path}"
+        kv = self.client.secrets.kv.v2
+
+        def call() -> Any:
+            try:
+                return kv.read_secret_version(path=path, mount_point=mount, version=version,
+                                              raise_on_deleted_version=False)
+            except hx.InvalidPath as exc:
+                if "no handler for route" in _vault_message(exc):
+                    raise VaultFailure(f"no secrets engine is mounted at {mount}/",
+                                       "check the mount in vault = … (bao secrets list)"
+                                       ) from None
+                body = exc.json if isinstance(exc.json, dict) else {}
+                if isinstance(body.get("data"), dict) and body["data"].get("metadata"):
+                    return body          # a destroyed version: 404, but with metadata
+                return None
+
+        response = self._call(call, f"reading {data_path}",
+                              f"the token's policies must grant read on {data_path} "
+                              "(vaultpy access --vault-policy writes such a policy)")
+        if response is None:
+            return None
+        body = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            raise VaultFailure(f"{location} is not a KV version 2 secret",
+                               f"make {mount}/ a KV v2 mount (bao secrets enable -version=2 kv)")
+        meta = body["metadata"]
+        fields = body.get("data")
+        return KvSecret(fields if isinstance(fields, dict) else None,
+                        int(meta.get("version") or 0),
+                        deleted=bool(meta.get("deletion_time")),
+                        destroyed=bool(meta.get("destroyed")))
+
+    def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
+        """Write a new version with check-and-set ``cas``; returns the new version."""
+        import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+        data_path = f"{mount}/data/{path}"
+
+        def call() -> Any:
+            try:
+                return self.client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=data, cas=cas, mount_point=mount)
+            except hx.InvalidRequest as exc:
+                if "check-and-set" in _vault_message(exc):
+                    raise VaultFailure(
+                        f"{mount}/{path} changed in Vault while pushing (it is no longer "
+                        f"at version {cas})", "run vaultpy push again") from None
+                raise
+
+        response = self._call(call, f"writing {data_path}",
+                              f"the token's policies must grant create and update on "
+                              f"{data_path}")
+        return int(((response or {}).get("data") or {}).get("version") or 0)
+
+
+def _read_small(path: Path, what: str, where: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not text"
+        raise VaultpyError(Problem(display_path(path), f"cannot read the {what}: {reason}",
+                                   where, "check the path in [vaultpy.vault]")) from None
+    if not text:
+        raise VaultpyError(Problem(display_path(path), f"the {what} file is empty", where,
+                                   "put the value in it"))
+    return text
+
+
+def _wrapping_token(path: Path) -> str:
+    """The token in a wrapped-secret-ID file: the bare token, or the JSON that
+    ``bao write -format=json -wrap-ttl=… …/secret-id`` prints."""
+    text = _read_small(path, "wrapped secret ID", "vaultpy.vault.wrapped_secret_id_file")
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+            token = (doc.get("wrap_info") or {}).get("token") or doc.get("token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise VaultpyError(Problem(display_path(path), "no wrap_info.token in this JSON",
+                                       "vaultpy.vault.wrapped_secret_id_file",
+                                       "store the wrapping token (or bao's -format=json "
+                                       "output)"))
+        return token
+    if len(text.split()) != 1:
+        raise VaultpyError(Problem(display_path(path), "not a wrapping token",
+                                   "vaultpy.vault.wrapped_secret_id_file",
+                                   "the file must hold only the token (hvs./s. …)"))
+    return text
+
+
+@contextmanager
+def session(cfg: Config) -> Iterator[Session]:
+    s = Session(cfg)
+    try:
+        s.login()
+        yield s
+    finally:
+        s.close()
+
+
+SessionFactory = Callable[[Config], Any]
+
+
+# --------------------------------------------------------------------------- selection
+
+def _problem(cfg: Config, sid: str, message: str, hint: str = "") -> Problem:
+    return Problem(display_path(cfg.path), message, f"secrets.{sid}.vault", hint)
+
+
+def select(cfg: Config, ids: Sequence[str]) -> list[tuple[str, VaultRef]]:
+    """The Vault-backed secrets to act on: ``ids`` (each must have ``vault = …``), or all."""
+    problems: list[Problem] = []
+    chosen: list[tuple[str, VaultRef]] = []
+    if not ids:
+        chosen = [(sid, s.vault) for sid, s in cfg.secrets.items() if s.vault is not None]
+        if not chosen:
+            raise VaultpyError(Problem(display_path(cfg.path), "no secret has a vault "
+                                       "reference", "secrets",
+                                       'add vault = "<mount>/<path>#<field>" to a '
+                                       "[secrets.<id>] table"))
+        return chosen
+    for sid in dict.fromkeys(ids):
+        secret = cfg.secrets.get(sid)
+        if secret is None:
+            close = difflib.get_close_matches(sid, list(cfg.secrets), n=1)
+            problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
+                                    "secrets", f"did you mean {close[0]!r}?" if close else
+                                    f"declare [secrets.{sid}] in hosts.toml"))
+        elif secret.vault is None:
+            problems.append(_problem(cfg, sid, f"secret {sid!r} has no vault reference",
+                                     'add vault = "<mount>/<path>#<field>" to '
+                                     f"[secrets.{sid}]"))
+        else:
+            chosen.append((sid, secret.vault))
+    if problems:
+        raise VaultpyError(problems)
+    return chosen
+
+
+def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence[Path],
+                      ask: age.PassphraseFn, *, required: bool
+                      ) -> tuple[dict[str, tuple[bytes, bool]], list[Problem]]:
+    """Plaintext and armor flag of each master file that exists (all must, if
+    ``required``); identities are loaded only when some file needs them."""
+    raw: dict[str, bytes] = {}
+    problems: list[Problem] = []
+    for sid in sids:
+        secret = cfg.secrets[sid]
+        try:
+            raw[sid] = secret.file.read_bytes()
+        except FileNotFoundError:
+            if required:
+                problems.append(cache.missing_master(cfg, sid))
+        except OSError as exc:
+            problems.append(Problem(display_path(secret.file), "cannot read master file: "
+                                    f"{exc.strerror}", f"secrets.{sid}",
+                                    "check the file's permissions"))
+    if problems or not raw:
+        return {}, problems
+    keys = identities.load(cfg, identity_files, ask)
+    plain: dict[str, tuple[bytes, bool]] = {}
+    for sid, data in raw.items():
+        try:
+            plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
+                          ageformat.is_armored(data))
+        except VaultpyError as exc:
+            problems.extend(exc.problems)
+    return plain, problems
+
+
+# --------------------------------------------------------------------------- pull
+
+@dataclass(frozen=True)
+class PullItem:
+    id: str
+    ref: VaultRef
+    version: int            # the KV v2 version fetched
+    status: Status
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "vault": str(self.ref), "version": self.version,
+                "status": self.status}
+
+
+@dataclass
+class PullResult:
+    check: bool
+    items: list[PullItem] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[PullItem]:
+        return [i for i in self.items if i.status != "unchanged"]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.check and self.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "check": self.check,
+                "secrets": [i.as_dict() for i in self.items],
+                "changed": [i.id for i in self.changed],
+                "problems": []}
+
+
+def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], Any]
+           ) -> tuple[bytes, int]:
+    key = (ref.mount, ref.path, ref.version)
+    if key not in reads:
+        try:
+            reads[key] = s.read(ref.mount, ref.path, ref.version)
+        except VaultFailure as exc:
+            reads[key] = exc
+    got = reads[key]
+    if isinstance(got, VaultFailure):
+        raise got
+    if got is None:
+        if ref.version is not None:
+            raise VaultFailure(f"no version {ref.version} of {ref.location} in Vault",
+                               f"check the @version (bao kv metadata get {ref.location})")
+        raise VaultFailure(f"no secret at {ref.location} in Vault",
+                           f"check the path (bao kv get {ref.location}); {ref.mount}/ must "
+                           "be a KV version 2 mount")
+    if got.data is None:
+        state = "destroyed" if got.destroyed else "deleted"
+        raise VaultFailure(f"version {got.version} of {ref.location} is {state}",
+                           f"bao kv undelete -versions={got.version} {ref.location}, or pin "
+                           "another version with @N" if state == "deleted" else
+                           "write a new version, or pin another one with @N")
+    if ref.field not in got.data:
+        names = sorted(str(k) for k in got.data)
+        close = difflib.get_close_matches(ref.field, names, n=1)
+        shown = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+        raise VaultFailure(f"{ref.location} (version {got.version}) has no field "
+                           f"{ref.field!r}" + (f" (fields: {shown})" if names else ""),
+                           f"did you mean #{close[0]}?" if close else
+                           "fix the #field in vault = …")
+    value = got.data[ref.field]
+    if not isinstance(value, str):
+        kind = {bool: "a boolean", int: "a number", float: "a number", dict: "an object",
+                list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+        raise VaultFailure(f"field {ref.field!r} of {ref.location} is {kind}, not a string",
+                           "vaultpy keeps each secret as text: store the value as a string")
+    return value.encode("utf-8"), got.version
+
+
+def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
+         identity_files: Sequence[Path] = (),
+         ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
+         session_factory: SessionFactory = session) -> PullResult:
+    """Fetch the selected values; write each master whose plaintext differs (unless
+    ``check``).  Any failure raises before anything is written."""
+    chosen = select(cfg, ids)
+    sids = [sid for sid, _ in chosen]
+    current, problems = _decrypt_existing(cfg, sids, identity_files, ask, required=False)
+    if problems:
+        raise VaultpyError(problems)
+
+    fetched: dict[str, tuple[bytes, int]] = {}
+    with session_factory(cfg) as s:
+        reads: dict[tuple[str, str, int | None], Any] = {}
+        for sid, ref in chosen:
+            try:
+                fetched[sid] = _value(s, ref, reads)
+            except VaultFailure as exc:
+                problems.append(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint))
+    if problems:
+        raise VaultpyError(problems)
+
+    result = PullResult(check=check)
+    for sid, ref in chosen:
+        value, version = fetched[sid]
+        old = current.get(sid)
+        if old is None:
+            status = "missing" if check else "created"
+        elif old[0] != value:
+            status = "differs" if check else "updated"
+        else:
+            status = "unchanged"
+        result.items.append(PullItem(sid, ref, version, status))
+    if not check:
+        for item in result.changed:
+            armor = current[item.id][1] if item.id in current else False
+            masters.write_master(cfg, item.id, fetched[item.id][0], armor)
+    return result
+
+
+# --------------------------------------------------------------------------- push
+
+@dataclass(frozen=True)
+class PushItem:
+    id: str
+    ref: VaultRef
+    status: str              # "written" | "unchanged" | "failed"
+    version: int             # Vault's version after the push (or the current one)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "vault": str(self.ref), "status": self.status,
+                "version": self.version}
+
+
+@dataclass
+class PushResult:
+    items: list[PushItem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "secrets": [i.as_dict() for i in self.items],
+                "problems": [p.as_dict() for p in self.problems]}
+
+
+@dataclass
+class _Write:
+    mount: str
+    path: str
+    data: dict[str, Any]
+    cas: int
+    ids: list[tuple[str, VaultRef]]
+
+
+def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
+         identity_files: Sequence[Path] = (),
+         ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
+         session_factory: SessionFactory = session) -> PushResult:
+    """Write master secrets into KV v2.  A field Vault already holds with a different
+    value is refused unless ``force``; every write uses check-and-set against the
+    version read just before, so a concurrent writer makes it fail instead of being
+    overwritten.  Conflicts and read failures stop the run before any write."""
+    chosen = select(cfg, ids)
+    problems: list[Problem] = []
+    for sid, ref in chosen:
+        if ref.version is not None:
+            problems.append(_problem(cfg, sid, f"{sid} is pinned to version {ref.version} "
+                                     f"({ref}); push always writes a new version",
+                                     f"remove @{ref.version} to push"))
+    if problems:
+        raise VaultpyError(problems)
+    plain, problems = _decrypt_existing(cfg, [sid for sid, _ in chosen], identity_files, ask,
+                                        required=True)
+    values: dict[str, str] = {}
+    for sid, _ in chosen:
+        if sid not in plain:
+            continue
+        try:
+            values[sid] = plain[sid][0].decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(Problem(display_path(cfg.secrets[sid].file), "not UTF-8 text; "
+                                    "Vault KV v2 stores strings", f"secrets.{sid}",
+                                    "push only text secrets (or base64-encode it first)"))
+    if problems:
+        raise VaultpyError(problems)
+
+    groups: dict[tuple[str, str], list[tuple[str, VaultRef]]] = {}
+    for sid, ref in chosen:
+        groups.setdefault((ref.mount, ref.path), []).append((sid, ref))
+
+    result = PushResult()
+    with session_factory(cfg) as s:
+        writes: list[_Write] = []
+        for (mount, path), members in groups.items():
+            try:
+                current = s.read(mount, path)
+            except VaultFailure as exc:
+                problems.extend(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint)
+                                for sid, ref in members)
+                continue
+            version = current.version if current is not None else 0
+            old = dict(current.data or {}) if current is not None else {}
+            new = dict(old)
+            mine: dict[str, str] = {}
+            for sid, ref in members:
+                if ref.field in mine and mine[ref.field] != values[sid]:
+                    problems.append(_problem(cfg, sid, f"{sid} and another secret both push "
+                                             f"to {ref} with different values",
+                                             "give each its own #field"))
+                    continue
+                mine[ref.field] = values[sid]
+                if ref.field in old and old[ref.field] != values[sid] and not force:
+                    problems.append(_problem(
+                        cfg, sid, f"{ref}: Vault holds a different value (version "
+                        f"{version})", "vaultpy pull takes Vault's value; push --force "
+                        "overwrites it"))
+                new[ref.field] = values[sid]
+            if new == old and current is not None and current.data is not None:
+                result.items.extend(PushItem(sid, ref, "unchanged", version)
+                                    for sid, ref in members)
+            else:
+                writes.append(_Write(mount, path, new, version, members))
+        if problems:
+            raise VaultpyError(problems)
+        for w in writes:
+            try:
+                written = s.write(w.mount, w.path, w.data, w.cas)
+            except VaultFailure as exc:
+                result.problems.extend(_problem(cfg, sid, f"{ref}: {exc.message}",
+                                                exc.hint) for sid, ref in w.ids)
+                result.items.extend(PushItem(sid, ref, "failed", w.cas) for sid, ref in w.ids)
+                continue
+            result.items.extend(PushItem(sid, ref, "written", written) for sid, ref in w.ids)
+    order = {sid: i for i, (sid, _) in enumerate(chosen)}
+    result.items.sort(key=lambda i: order[i.id])
+    return result
+
+
+# --------------------------------------------------------------------------- access
+
+@dataclass(frozen=True)
+class Grant:
+    """Host ``host`` can read secret ``secret``: how, with which key, from which file."""
+
+    host: str
+    secret: str
+    installed_as: str | None            # file name in the generation dir, or None
+    templates: tuple[str, ...]          # templates of the host that use it
+    recipients: tuple[str, ...]         # the host's keys, normalised (type base64)
+    cache_file: Path | None             # None while the master file is missing
+    vault: VaultRef | None
+
+    def as_dict(self, root: Path) -> dict[str, Any]:
+        return {"host": self.host, "secret": self.secret, "installed_as": self.installed_as,
+                "templates": list(self.templates), "recipients": list(self.recipients),
+                "cache_file": _rel(self.cache_file, root),
+                "vault": str(self.vault) if self.vault else None,
+                "vault_path": self.vault.data_path if self.vault else None}
+
+
+def _rel(path: Path | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def access(cfg: Config, hosts: Sequence[str] = ()) -> list[Grant]:
+    """Every (host, secret) pair where the host receives the secret's ciphertext."""
+    selected = _hosts(cfg, hosts)
+    hashes, _ = cache.master_hashes(cfg, {sid for h in selected for sid in h.needed})
+    grants = []
+    for host in selected:
+        installed = {d.id: d.name for d in host.deployments}
+        for sid in host.needed:
+            master = hashes.get(sid)
+            cache_file = (cfg.cache_dir / host.name /
+                          cache.cache_name(sid, master.sha256, host.recipients)
+                          if master is not None else None)
+            grants.append(Grant(host.name, sid, installed.get(sid),
+                                tuple(t.name for t in host.templates if sid in t.refs),
+                                host.recipients, cache_file, cfg.secrets[sid].vault))
+    return grants
+
+
+def _hosts(cfg: Config, names: Sequence[str]) -> list[Host]:
+    unknown = [n for n in names if n not in cfg.hosts]
+    if unknown:
+        problems = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, list(cfg.hosts), n=1)
+            problems.append(Problem(display_path(cfg.path), f"unknown host {n!r}", "hosts",
+                                    f"did you mean {close[0]!r}?" if close else
+                                    "hosts are the [hosts.<name>] tables"))
+        raise VaultpyError(problems)
+    return [cfg.hosts[n] for n in dict.fromkeys(names)] if names else list(cfg.hosts.values())
+
+
+def policy(cfg: Config, host: str) -> str:
+    """An HCL policy granting ``host`` read on exactly its secrets' KV v2 data paths."""
+    paths: dict[str, list[str]] = {}
+    for sid in cfg.hosts[host].needed:
+        ref = cfg.secrets[sid].vault
+        if ref is not None:
+            paths.setdefault(ref.data_path, []).append(f"{sid} ({ref})")
+    lines = [f"# Vault/OpenBao policy for host {host}, written by vaultpy access "
+             "--vault-policy.",
+             "# Read on exactly the KV v2 values of the host's secrets; load it with",
+             f"#   bao policy write vaultpy-{host} FILE"]
+    if not paths:
+        lines.append("# (none of this host's secrets comes from Vault: it grants nothing)")
+    for data_path in sorted(paths):
+        lines += ["", *(f"# {what}" for what in paths[data_path]),
+                  f'path "{data_path}" {{', '  capabilities = ["read"]', "}"]
+    return "\n".join(lines) + "\n"
+
+
+def policies(cfg: Config, hosts: Sequence[str] = ()) -> dict[str, str]:
+    return {h.name: policy(cfg, h.name) for h in _hosts(cfg, hosts)}
