@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from vaultpy.model import Config
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="vaultpy",
@@ -69,16 +72,21 @@ def _config(repo: Path | None) -> Config:
     return model.load(repo or _Globals.repo)
 
 
-def _config_for(repo: Path | None, json_out: bool) -> Config:
-    """Load hosts.toml; with --json an invalid file is still reported as JSON."""
+def _json_errors(json_out: bool, fn: Callable[[], T]) -> T:
+    """Run ``fn``; with --json a failure is still one JSON document on stdout."""
     try:
-        return _config(repo)
+        return fn()
     except VaultpyError as exc:
         if not json_out:
             raise
         _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
         _print_problems(exc.problems)
         _exit(1)
+
+
+def _config_for(repo: Path | None, json_out: bool) -> Config:
+    """Load hosts.toml; with --json an invalid file is still reported as JSON."""
+    return _json_errors(json_out, lambda: _config(repo))
 
 
 def _identity(identity: list[Path] | None) -> list[Path]:
@@ -295,12 +303,22 @@ def _renc_summary(result: Any, cache_dir: Path) -> None:
 def check(
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
+    recipient_coverage: Annotated[bool, typer.Option(
+        "--recipient-coverage", help="Also prove each master file is addressed to exactly "
+        "the \\[vaultpy] recipients and decrypts with each --backup-identity.")] = False,
+    backup_identity: Annotated[list[Path] | None, typer.Option(
+        "--backup-identity", metavar="FILE", help="A backup identity every master file must "
+        "decrypt with (repeatable; implies --recipient-coverage).")] = None,
 ) -> None:
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy.check import check as do_check
 
     cfg = _config_for(repo, json_out)
     problems = do_check(cfg)
+    if recipient_coverage or backup_identity:
+        from vaultpy import recovery
+
+        problems += recovery.coverage(cfg, backup_identity or [])
     if json_out:
         _emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
     elif problems:
@@ -318,11 +336,38 @@ def rekey(
         metavar="[ID]...", help="Only these secrets (default: all).")] = None,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
+    rotate_master: Annotated[bool, typer.Option(
+        "--rotate-master", help="Rotate the master key: a new identity (--new-identity), "
+        "every master re-encrypted to it and the remaining recipients, hosts.toml updated, "
+        "renc run. Resumable: rerun the same command after an interruption.")] = False,
+    new_identity: Annotated[Path | None, typer.Option(
+        "--new-identity", metavar="FILE", help="Where to write the new master identity "
+        "(implies --rotate-master).")] = None,
+    retire: Annotated[list[str] | None, typer.Option(
+        "--retire", metavar="RECIPIENT", help="With --rotate-master: also drop this "
+        "recipient (default: the public key of the identity in use).")] = None,
 ) -> None:
-    """Re-encrypt master files to the current \\[vaultpy] recipients."""
-    from vaultpy import masters
+    """Re-encrypt master files to the current \\[vaultpy] recipients (or rotate the
+    master key with --rotate-master)."""
+    from vaultpy import masters, recovery
 
     cfg = _config(repo)
+    if rotate_master or new_identity is not None:
+        if secret_ids:
+            _err().print("--rotate-master re-encrypts every master; give no IDs",
+                         markup=False)
+            _exit(2)
+        rot = recovery.rotate_master(cfg, new_identity, _identity(identity), retire or [],
+                                     say=lambda m: _err().print(m, markup=False))
+        _err().print(f"rotated {len(rot.rotated)} master file(s) to {rot.new_recipient} "
+                     f"(+ {len(rot.recipients) - 1} backup recipient(s)); retired "
+                     f"{len(rot.retired)} key(s); renc done", markup=False)
+        where = ("hosts.toml's identity now points at it" if rot.identity_in_hosts_toml else
+                 "use it with -i, VAULTPY_IDENTITY or [vaultpy] identity")
+        _err().print(f"new master identity: {rot.new_identity} ({where}); back it up, e.g. "
+                     "vaultpy identity split", markup=False)
+        return
+    recovery.refuse_if_rotating(cfg)
     written = masters.rekey(cfg, secret_ids or [], _identity(identity))
     _err().print(f"re-encrypted {len(written)} master file(s); run vaultpy renc next",
                  markup=False)

@@ -7,8 +7,7 @@ secret values are never printed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -21,28 +20,14 @@ from vaultpy.cli import (
     _err,
     _exit,
     _identity,
+    _json_errors,
     _out,
     _print_problems,
     app,
 )
-from vaultpy.errors import VaultpyError
-
-T = TypeVar("T")
 
 IdsArg = Annotated[list[str] | None, typer.Argument(
     metavar="[ID]...", help="Only these secrets (default: every secret with vault = …).")]
-
-
-def _json_errors(json_out: bool, fn: Callable[[], T]) -> T:
-    """Run ``fn``; with --json a failure is still one JSON document on stdout."""
-    try:
-        return fn()
-    except VaultpyError as exc:
-        if not json_out:
-            raise
-        _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
-        _print_problems(exc.problems)
-        _exit(1)
 
 
 @app.command()
