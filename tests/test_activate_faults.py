@@ -401,8 +401,10 @@ def test_sigkill_at_random_points_never_breaks_the_live_generation(world: World,
     rng = random.Random(seed)
     counts = {"before-lock-or-build": 0, "mid-build": 0, "built-not-switched": 0,
               "after-switch": 0, "finished": 0}
-    iterations = 60
-    deadline = time.monotonic() + 85
+    # issue 7 asks for >= 200 kills; about 0.6 s each (a killed run and a recovery run)
+    iterations = int(os.environ.get("VAULTPY_SOAK_KILLS", "200"))
+    started = time.monotonic()
+    deadline = started + max(300.0, 3.0 * iterations)     # a guard against a hang only
     done = 0
     for i in range(iterations):
         if time.monotonic() > deadline:
@@ -463,7 +465,8 @@ def test_sigkill_at_random_points_never_breaks_the_live_generation(world: World,
           f"{t_lock * 1000:.0f} ms): before switch {before_switch} {counts}, after switch "
           f"{counts['after-switch']}, finished before the kill {counts['finished']}; "
           f"temp names left behind: {leftovers}")
-    assert done >= 50, f"only {done} iterations in the time budget"
+    print(f"SIGKILL soak: {time.monotonic() - started:.0f} s for {done} kills")
+    assert done == iterations, f"only {done} of {iterations} kills before the deadline"
 
 
 def test_kill_after_switch_does_not_lose_unit_restarts(world: World, tmp_path: Path) -> None:

@@ -9,6 +9,10 @@ def main() -> None:
 
         print(f"vaultpy {__version__}")
         return
+    import resource
+
+    # No command may dump core: renc, rekey, encrypt, pull... hold plaintext or keys.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     from vaultpy.cli import main as cli_main
 
     cli_main()

@@ -136,8 +136,16 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     if not hosts:
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
-            if entry not in cfg.hosts and path.is_dir() and not path.is_symlink():
+            removed_host = entry not in cfg.hosts and path.is_dir() and not path.is_symlink()
+            leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
+            if removed_host or leftover:
                 result.stale.append(path)
+        # Temp files of an interrupted encrypt/edit/rekey beside the master files
+        # (ciphertext only, but clutter that must not pile up).
+        for folder in sorted({cfg.secrets_dir, *(s.file.parent for s in cfg.secrets.values())}):
+            result.stale += [folder / e for e in _listdir(folder)
+                             if is_tmp(e) and (folder / e).is_file()
+                             and not (folder / e).is_symlink()]
     # A master that could not be hashed keeps its old cache files: they are the
     # host's last good copy until the master is fixed.
     broken = {p.field.removeprefix("secrets.") for p in result.problems}
@@ -215,7 +223,7 @@ class VerifiedIndex:
             if isinstance(raw, dict):
                 self.entries = {k: (v[0], v[1], v[2], v[3]) for k, v in raw.items()
                                 if isinstance(v, list) and len(v) == 4}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):     # a damaged index: start over
             pass
 
     def check(self, item: Item) -> str | None:

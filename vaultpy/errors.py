@@ -12,16 +12,23 @@ own line and exits 1; library users catch the exception and read ``problems``.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
     """A path as the user would type it: relative to the working directory when below it."""
     p = Path(path)
     try:
-        rel = p.resolve().relative_to(Path.cwd().resolve())
+        # Resolve the directory only: a symlink is named as written, not by its target.
+        full = (p.absolute().parent.resolve() / p.name if p.name not in ("", "..")
+                else p.resolve())
+        rel = full.relative_to(Path.cwd().resolve())
     except (ValueError, OSError):
         return str(p)
     return str(rel) if str(rel) != "." else str(p)
@@ -43,7 +50,9 @@ class Problem:
         text = ": ".join([*parts, self.message])
         if self.hint:
             text += f"; {self.hint}"
-        return text
+        # One line, whatever a file name or TOML key holds: no newline, NUL or
+        # terminal escape from user input reaches the terminal raw.
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
     def as_dict(self) -> dict[str, str]:
         return {"file": self.file, "field": self.field, "message": self.message,
@@ -74,4 +83,6 @@ def os_problem(path: str | os.PathLike[str], exc: OSError, action: str) -> Probl
         hint = "check the path"
     elif isinstance(exc, IsADirectoryError):
         hint = "point it at a file, not a directory"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some disk space, then run it again"
     return Problem(display_path(path), f"cannot {action}: {reason}", "", hint)

@@ -7,6 +7,7 @@ renc by the repository lock.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,14 +28,16 @@ def read_master(cfg: Config, secret_id: str) -> bytes:
         raise VaultpyError(os_problem(secret.file, exc, "read master file")) from None
 
 
-def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False) -> Path:
-    """Encrypt ``plaintext`` to the master recipients and replace the master file."""
+def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False, *,
+                 lock: bool = True) -> Path:
+    """Encrypt ``plaintext`` to the master recipients and replace the master file
+    (``lock=False``: the caller already holds the repository lock)."""
     secret = cfg.secret(secret_id)
     ciphertext = age.encrypt(plaintext, cfg.recipients, armor=armor)
     try:
         secret.file.parent.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
+        with fsutil.locked(cfg.lock_path) if lock else contextlib.nullcontext():
             fsutil.atomic_write(secret.file, ciphertext)
     except OSError as exc:
         raise VaultpyError(os_problem(secret.file, exc, "write master file")) from None
@@ -57,9 +60,25 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     for sid in chosen:
         cfg.secret(sid)
     keys = identities.load(cfg, identity_files, ask)
+    seen: dict[str, bytes] = {}
     plain: dict[str, tuple[bytes, bool]] = {}
     for sid in chosen:
-        data = read_master(cfg, sid)
+        data = seen[sid] = read_master(cfg, sid)
         plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
                       ageformat.is_armored(data))
-    return [write_master(cfg, sid, text, armor) for sid, (text, armor) in plain.items()]
+    # One hold of the lock from here to the last write: a master another writer
+    # (encrypt, edit) replaced meanwhile is decrypted again, never overwritten
+    # with the plaintext read before.
+    with contextlib.ExitStack() as stack:
+        try:
+            cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(fsutil.locked(cfg.lock_path))
+        except OSError as exc:
+            raise VaultpyError(os_problem(cfg.lock_path, exc, "lock the repository")) from None
+        for sid in chosen:
+            data = read_master(cfg, sid)
+            if data != seen[sid]:
+                plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
+                              ageformat.is_armored(data))
+        return [write_master(cfg, sid, text, armor, lock=False)
+                for sid, (text, armor) in plain.items()]

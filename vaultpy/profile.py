@@ -136,11 +136,22 @@ class _Reader:
         value = obj[key]
         ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
         if not ok and not (optional and value is None):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
             self.bad(f"{where}.{key}" if where else key,
-                     f"expected {getattr(kind, '__name__', kind)}, got "
-                     f"{type(value).__name__}")
+                     f"expected {' or '.join(_json_kind(k) for k in kinds)}, got "
+                     f"{_json_kind(type(value))}")
             return None
         return value
+
+
+_JSON_KINDS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number",
+                                str: "a string", list: "a list", dict: "an object",
+                                type(None): "null"}
+
+
+def _json_kind(kind: type) -> str:
+    """A JSON type as the profile's reader knows it ("a string", not "str")."""
+    return _JSON_KINDS.get(kind, kind.__name__)
 
 
 def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
@@ -263,5 +274,9 @@ def load(path: Path) -> Profile:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise VaultpyError(Problem(source, f"not valid JSON: {exc}", "",
+                                   "regenerate it with vaultpy profile")) from None
+    except (ValueError, RecursionError):    # a 5000-digit number, [[[[…]]]] nested deeply
+        raise VaultpyError(Problem(source, "not a profile: a number with thousands of digits "
+                                   "or values nested too deeply", "",
                                    "regenerate it with vaultpy profile")) from None
     return parse(data, source, path.parent.absolute())

@@ -68,6 +68,10 @@ class _Job:
 # Identities are set in the parent before the worker pool forks, so workers
 # inherit them in memory: no key material crosses a pipe, no second prompt.
 _IDENTITIES: list[age.Identity] = []
+# First runs decrypt every master before creating anything (see _decrypts_or_raise);
+# the plaintexts, keyed by id with the hash of the master they came from, are
+# inherited by the workers too, so no master is decrypted twice.
+_PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 
 
 Outcome = tuple[cache.Item, str, Problem | None]   # (item, temp file, failure)
@@ -84,11 +88,15 @@ def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
 def _run_job(job: _Job) -> list[_Reply]:
     """In a worker: decrypt one master, encrypt it for each target to a temp file."""
     try:
-        data = job.master.read_bytes()
-        if hashlib.sha256(data).hexdigest() != job.master_sha256:
-            raise VaultpyError(Problem(display_path(job.master), "changed while renc was "
-                                       "running", "", "run vaultpy renc again"))
-        plaintext = age.decrypt(data, _IDENTITIES, display_path(job.master))
+        known = _PLAINTEXTS.get(job.secret_id)
+        if known is not None and known[0] == job.master_sha256:
+            plaintext = known[1]
+        else:
+            data = job.master.read_bytes()
+            if hashlib.sha256(data).hexdigest() != job.master_sha256:
+                raise VaultpyError(Problem(display_path(job.master), "changed while renc "
+                                           "was running", "", "run vaultpy renc again"))
+            plaintext = age.decrypt(data, _IDENTITIES, display_path(job.master))
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         first = (os_problem(job.master, exc, "read master file") if isinstance(exc, OSError)
@@ -171,8 +179,11 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
     # On a first run, validate everything and unlock keys before creating anything:
     # bad input or a wrong key must not leave even a lock file behind.
     first_run = not cfg.lock_path.exists()
-    if first_run and _survey(cfg, hosts, Result(), cache.VerifiedIndex(cfg.cache_dir)):
+    first_todo = (_survey(cfg, hosts, Result(), cache.VerifiedIndex(cfg.cache_dir))
+                  if first_run else [])
+    if first_todo:
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+        _decrypts_or_raise(cfg, first_todo)
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
@@ -192,7 +203,34 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
                 index.save(None if hosts else p.items)
     finally:
         _IDENTITIES.clear()
+        _PLAINTEXTS.clear()
     return result
+
+
+def _decrypts_or_raise(cfg: Config, todo: list[cache.Item]) -> None:
+    """First run: every master it needs must decrypt before the lock file is created
+    (a corrupt master or a wrong key is bad input, and bad input changes nothing)."""
+    needed: dict[str, list[str]] = {}
+    for item in todo:
+        needed.setdefault(item.id, []).append(item.host)
+    problems: list[Problem] = []
+    for sid, names in sorted(needed.items()):
+        path = cfg.secrets[sid].file
+        try:
+            data = path.read_bytes()
+            # Kept for the workers (inherited through fork): decrypted once, not twice
+            # (a hardware key would otherwise ask for every touch twice).
+            _PLAINTEXTS[sid] = (hashlib.sha256(data).hexdigest(),
+                                age.decrypt(data, _IDENTITIES, display_path(path)))
+        except (OSError, VaultpyError) as exc:
+            first = (os_problem(path, exc, "read master file") if isinstance(exc, OSError)
+                     else exc.problems[0])
+            problems.append(Problem(first.file, first.message,
+                                    f"needed by {', '.join(names)}", first.hint))
+    if problems:
+        _IDENTITIES.clear()
+        _PLAINTEXTS.clear()
+        raise VaultpyError(problems)
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
