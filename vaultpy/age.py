@@ -3,7 +3,8 @@
 * :func:`normalize_recipient` — parse ``age1…`` / ``ssh-ed25519 …`` public keys
   into their canonical ``type base64`` form (the SSH comment dropped);
 * :func:`load_identities` — age identity files (plain or passphrase-encrypted),
-  OpenSSH ed25519/RSA private keys (plain or passphrase-protected);
+  OpenSSH ed25519/RSA private keys (plain or passphrase-protected), plugin
+  identities (``AGE-PLUGIN-…``, run by pyrage through ``age-plugin-<name>``);
 * :func:`encrypt` / :func:`decrypt` — bytes in, bytes out.  Every ciphertext is
   checked against the age specification (:mod:`vaultpy._internal.ageformat`)
   before pyrage sees it, so out-of-spec files are refused with a reason.
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import mmap
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +52,37 @@ def _ssh_wire_fields(blob: bytes) -> list[bytes]:
     return fields
 
 
-def normalize_recipient(text: str, *, allow_rsa: bool = False) -> str:
-    """Return ``text`` in canonical form or raise ValueError saying what is wrong."""
+# Native age 1.3+ types that look like plugin recipients (age1<name>1…) but are not.
+_NOT_PLUGINS = frozenset({"pq", "tag", "tagpq"})
+
+
+def _plugin_recipient(text: str, allow_plugin: bool) -> str:
+    try:
+        name = pyrage.plugin.Recipient.from_str(text).plugin()
+    except pyrage.RecipientError:
+        raise ValueError("not a valid age1 key (bad checksum)") from None
+    if name in _NOT_PLUGINS:
+        raise ValueError("post-quantum and tag age recipients are not supported yet")
+    if not allow_plugin:
+        raise ValueError(f"a plugin recipient (age-plugin-{name}) can only be a master "
+                         "recipient in [vaultpy] recipients")
+    return text
+
+
+def plugin_name(recipient: str) -> str | None:
+    """The plugin a canonical ``age1<name>1…`` recipient needs (None for native keys)."""
+    if not recipient.startswith("age1"):
+        return None
+    head, sep, _ = recipient[4:].rpartition("1")    # Bech32 data never holds a "1"
+    return head if sep and head and head not in _NOT_PLUGINS else None
+
+
+def normalize_recipient(text: str, *, allow_rsa: bool = False, allow_plugin: bool = False
+                        ) -> str:
+    """Return ``text`` in canonical form or raise ValueError saying what is wrong.
+
+    ``allow_plugin``: accept ``age1<name>1…`` plugin recipients (age-plugin-<name> must be
+    on PATH when encrypting) — for master recipients only, never for hosts."""
     text = text.strip()
     if text.startswith("age1"):
         if text != text.lower() or " " in text:
@@ -58,8 +91,7 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False) -> str:
             pyrage.x25519.Recipient.from_str(text)
         except pyrage.RecipientError:
             if "1" in text[4:]:
-                raise ValueError("plugin and post-quantum age recipients are not supported "
-                                 "yet") from None
+                return _plugin_recipient(text, allow_plugin)
             raise ValueError("not a valid age1 X25519 public key (bad checksum or "
                              "length)") from None
         return text
@@ -78,7 +110,12 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False) -> str:
         raise ValueError(f"damaged {kind} key: its body does not say {kind}")
     if kind == SSH_ED25519 and (len(fields) != 2 or len(fields[1]) != 32):
         raise ValueError("damaged ssh-ed25519 key: wrong key length")
-    return f"{kind} {b64}"
+    canonical = f"{kind} {b64}"
+    try:        # what age itself accepts (an ed25519 point on the curve, an RSA modulus)
+        _recipient_cache[canonical] = pyrage.ssh.Recipient.from_str(canonical)
+    except pyrage.RecipientError:
+        raise ValueError(f"damaged {kind} key: not a valid public key") from None
+    return canonical
 
 
 def ssh_stanza_tag(recipient: str) -> str | None:
@@ -189,8 +226,13 @@ def _unlock_ssh(data: bytes, source: str, ask: PassphraseFn) -> Identity:
     return Identity(source, "ssh", pyrage.ssh.Identity.from_buffer(plain))
 
 
-def parse_identity_text(text: str, source: str) -> list[Identity]:
+def parse_identity_text(text: str, source: str,
+                        ask: PassphraseFn = passphrase_from_env_or_tty) -> list[Identity]:
+    """The identities in an identity file's text.  Plugin identities come last, one
+    :class:`Identity` per plugin (holding all of that plugin's lines): a plugin, and
+    its PIN or touch, is only used for a file no plain key in the list opens."""
     found: list[Identity] = []
+    plugins: dict[str, tuple[int, list[Any]]] = {}     # name -> (first line, identities)
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -202,11 +244,18 @@ def parse_identity_text(text: str, source: str) -> list[Identity]:
                 raise fail(source, f"line {number}: damaged AGE-SECRET-KEY (bad checksum)",
                            hint="restore the identity file from your backup") from None
         elif line.startswith("AGE-PLUGIN-"):
-            raise fail(source, f"line {number}: plugin identities are not supported yet",
-                       hint="use an X25519 or SSH identity")
+            try:
+                ident = pyrage.plugin.Identity.from_str(line)
+            except pyrage.IdentityError:
+                raise fail(source, f"line {number}: damaged AGE-PLUGIN identity (bad "
+                           "checksum)", hint="regenerate it with the plugin (e.g. "
+                           "age-plugin-yubikey --identity)") from None
+            plugins.setdefault(ident.plugin(), (number, []))[1].append(ident)
         else:
             raise fail(source, f"line {number}: not an age identity",
                        hint="an identity file holds AGE-SECRET-KEY-1… lines (age-keygen)")
+    for name, (number, idents) in plugins.items():
+        found.append(_plugin_identity(name, idents, source, number, ask))
     if not found:
         raise fail(source, "no identity in this file",
                    hint="generate one with age-keygen or vaultpy init --generate-identity")
@@ -240,7 +289,7 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     except UnicodeDecodeError:
         raise fail(source, "not an identity file (binary data)",
                    hint="point -i at an age identity or an OpenSSH private key") from None
-    return parse_identity_text(text, source)
+    return parse_identity_text(text, source, ask)
 
 
 def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_env_or_tty
@@ -249,6 +298,7 @@ def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_e
     out: list[Identity] = []
     for path in paths:
         out.extend(load_identity_file(path, ask))
+    out.sort(key=lambda i: i.kind == "plugin")     # stable: plain keys first, in order
     return out
 
 
@@ -256,6 +306,227 @@ def generate_x25519() -> tuple[str, str]:
     """A new X25519 identity: (secret key line, public recipient)."""
     ident = pyrage.x25519.Identity.generate()
     return str(ident), str(ident.to_public())
+
+
+# --------------------------------------------------------------------------- plugins
+#
+# pyrage drives a plugin one file at a time: every decryption starts
+# ``age-plugin-<name> --age-plugin=identity-v1`` afresh (once per stanza tried, until one
+# unwraps), and every start asks again for whatever the plugin needs from the user (a
+# PIN, a confirmation).  The first request of a run goes to the user; the same request
+# later in the run, in this process or in a renc worker forked after the identities were
+# loaded, is answered from :class:`_Answers`.
+
+_ANSWERS_SIZE = 1 << 16
+_PENDING_POLL = 0.02
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class _Answers:
+    """What the user told plugins during this run, shared with forked workers: an
+    anonymous shared mapping (JSON) and a lock, both inherited across ``fork``.
+
+    A secret (PIN, passphrase) stays *pending* until the decryption that first used it
+    ends; meanwhile other processes wait instead of trying it in parallel.  Once it
+    failed it is never offered again in this run: a hardware key locks itself after a
+    few wrong PINs."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._mem = mmap.mmap(-1, _ANSWERS_SIZE)    # MAP_SHARED | MAP_ANONYMOUS
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self._mine: set[str] = set()                 # pending secrets this process gave
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        (n,) = struct.unpack_from(">I", self._mem, 0)
+        loaded: dict[str, dict[str, Any]] = json.loads(self._mem[4 : 4 + n]) if n else {}
+        return loaded
+
+    def _write(self, table: dict[str, dict[str, Any]]) -> None:
+        data = json.dumps(table).encode()
+        if 4 + len(data) <= _ANSWERS_SIZE:          # else: not remembered, asked again
+            self._mem[4 : 4 + len(data)] = data
+            struct.pack_into(">I", self._mem, 0, len(data))
+
+    def answer(self, key: str, ask: Callable[[], Any], *, secret: bool) -> Any:
+        """The answer for ``key``: remembered, or ``ask()``-ed (once; prompts are
+        serialized by the lock).  None when there is none to give."""
+        while True:
+            with self._lock:
+                table = self._read()
+                entry = table.get(key)
+                if (entry is not None and entry["state"] == "pending"
+                        and entry["pid"] != os.getpid() and not _alive(entry["pid"])):
+                    entry = None            # its process died before it could say
+                if entry is None:
+                    value = ask()
+                    if value is None or value == "":
+                        table[key] = {"state": "failed", "why": "none was given"}
+                        value = None
+                    elif secret:
+                        table[key] = {"state": "pending", "pid": os.getpid(), "value": value}
+                        self._mine.add(key)
+                    else:
+                        table[key] = {"state": "ok", "value": value}
+                    self._write(table)
+                    return value
+                if entry["state"] == "failed":
+                    _plugin_notes.append(f"not asked again: {entry['why']} earlier in "
+                                         "this run")
+                    return None
+                if entry["state"] == "ok" or entry["pid"] == os.getpid():
+                    return entry["value"]
+            time.sleep(_PENDING_POLL)           # another process is trying it right now
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mem[:] = bytes(_ANSWERS_SIZE)    # overwrite the secrets too
+            self._mine.clear()
+
+    def settle(self, worked: bool) -> None:
+        """The decryption that used this process's pending secrets ended."""
+        if not self._mine:
+            return
+        with self._lock:
+            table = self._read()
+            for key in self._mine:
+                entry = table.get(key)
+                if entry and entry["state"] == "pending" and entry["pid"] == os.getpid():
+                    table[key] = ({"state": "ok", "value": entry["value"]} if worked else
+                                  {"state": "failed", "why": "it was rejected"})
+            self._write(table)
+            self._mine.clear()
+
+
+_answers: _Answers | None = None
+_plugin_errors: list[BaseException] = []    # raised in a callback, re-raised after pyrage
+_plugin_notes: list[str] = []               # why a callback gave no answer
+
+
+def forget_plugin_answers() -> None:
+    """Forget what the user told plugins (PINs, confirmations) so far: the next request
+    is put to the user again.  (A CLI run never needs this: its answers die with it.)"""
+    if _answers is not None:
+        _answers.clear()
+
+
+def _shared_answers() -> _Answers:
+    global _answers
+    if _answers is None:
+        _answers = _Answers()
+    return _answers
+
+
+def _tty_line(prompt: str) -> str | None:
+    """A line typed on the controlling terminal (echoed), or None without one."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    line = bytearray()
+    try:
+        os.write(fd, prompt.encode())
+        while (byte := os.read(fd, 1)) not in (b"", b"\n"):
+            line += byte
+        if not byte and not line:
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return line.decode("utf-8", "replace").rstrip("\r")
+
+
+class _PluginCallbacks:
+    """pyrage's plugin callbacks (display_message, confirm, request_public_string,
+    request_passphrase).  They must never raise (pyrage would panic): an exception is
+    kept and re-raised by :func:`decrypt` / :func:`encrypt` once pyrage returns."""
+
+    def __init__(self, plugin: str, ask: PassphraseFn) -> None:
+        self.plugin = plugin
+        self.ask = ask
+
+    def _guard(self, key: str, ask: Callable[[], Any], secret: bool) -> Any:
+        try:
+            return _shared_answers().answer(f"{self.plugin}\0{key}", ask, secret=secret)
+        except BaseException as exc:        # handed back once pyrage returns
+            _plugin_errors.append(exc)
+            return None
+
+    def display_message(self, message: str) -> None:
+        def show() -> str:
+            os.write(2, f"age-plugin-{self.plugin}: {_clean(message)}\n".encode())
+            return "shown"
+
+        self._guard(f"msg\0{message}", show, False)     # each distinct message once
+
+    def confirm(self, message: str, yes_string: str, no_string: str | None) -> bool | None:
+        def ask() -> bool | None:
+            choices = f"{yes_string}/{no_string}" if no_string else yes_string
+            reply = _tty_line(f"age-plugin-{self.plugin}: {_clean(message)} "
+                              f"[{choices}, Enter = {yes_string}] ")
+            if reply is None:
+                return None
+            reply = reply.strip().lower()
+            if reply in ("", "y", "yes", yes_string.lower()):
+                return True
+            return False if no_string is not None else None
+
+        answer: bool | None = self._guard(f"confirm\0{message}", ask, False)
+        return answer
+
+    def request_public_string(self, description: str) -> str | None:
+        def ask() -> str | None:
+            return _tty_line(f"age-plugin-{self.plugin}: {_clean(description)}: ")
+
+        answer: str | None = self._guard(f"public\0{description}", ask, False)
+        return answer
+
+    def request_passphrase(self, description: str) -> str | None:
+        text = _clean(description).rstrip().rstrip(":")
+        answer: str | None = self._guard(
+            f"secret\0{description}", lambda: self.ask(f"{text} [age-plugin-{self.plugin}]: "),
+            True)
+        return answer
+
+
+def _clean(message: str) -> str:
+    """A pyrage message on one line, without the Unicode isolates (U+2068, U+2069) it
+    wraps names in."""
+    return " ".join(message.replace("\u2068", "").replace("\u2069", "").split())
+
+
+def _plugin_identity(name: str, idents: list[Any], source: str, number: int,
+                     ask: PassphraseFn) -> Identity:
+    _shared_answers()                   # before renc forks its workers
+    try:
+        key = pyrage.plugin.IdentityPluginV1(name, idents, _PluginCallbacks(name, ask))
+    except pyrage.DecryptError:
+        raise fail(source, f"line {number}: this identity needs age-plugin-{name}, which is "
+                   "not on PATH", hint=f"install age-plugin-{name}") from None
+    return Identity(source, "plugin", key)
+
+
+def _take_plugin_error() -> BaseException | None:
+    error = _plugin_errors[0] if _plugin_errors else None
+    _plugin_errors.clear()
+    return error
+
+
+def _take_plugin_notes() -> str:
+    notes = "; ".join(dict.fromkeys(_plugin_notes))
+    _plugin_notes.clear()
+    return f" ({notes})" if notes else ""
 
 
 # --------------------------------------------------------------------------- crypto
@@ -270,20 +541,75 @@ def check_format(data: bytes, source: str) -> ageformat.Header:
 
 
 def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) -> bytes:
-    """Encrypt to canonical recipient strings (see :func:`normalize_recipient`)."""
-    return bytes(pyrage.encrypt(plaintext, [_recipient(r) for r in recipients], armored=armor))
+    """Encrypt to canonical recipient strings (see :func:`normalize_recipient`).
+
+    Plugin recipients are wrapped by ``age-plugin-<name> --age-plugin=recipient-v1``,
+    one plugin process per plugin (all its recipients at once), stanzas in the order
+    of ``recipients``."""
+    objs: list[Any] = []
+    plugins: dict[str, list[Any]] = {}
+    for r in recipients:
+        name = plugin_name(r)
+        if name is None:
+            objs.append(_recipient(r))
+        else:
+            if name not in plugins:
+                objs.append(name)               # replaced below, keeping the order
+            plugins.setdefault(name, []).append(pyrage.plugin.Recipient.from_str(r))
+    if not plugins:
+        return bytes(pyrage.encrypt(plaintext, objs, armored=armor))
+    worked = False
+    try:
+        objs = [pyrage.plugin.RecipientPluginV1(o, plugins[o], [], _PluginCallbacks(
+                    o, passphrase_from_env_or_tty)) if isinstance(o, str) else o
+                for o in objs]
+        ciphertext = bytes(pyrage.encrypt(plaintext, objs, armored=armor))
+        worked = True
+        return ciphertext
+    except pyrage.EncryptError as exc:
+        error = _take_plugin_error()
+        if error is not None:
+            raise error from None
+        names = ", ".join(f"age-plugin-{n}" for n in plugins)
+        raise VaultpyError(Problem(
+            names, f"cannot encrypt to the plugin recipient: {_clean(str(exc))}"
+            f"{_take_plugin_notes()}", "vaultpy.recipients",
+            f"install {names} on PATH, or check its key")) from None
+    finally:
+        if _answers is not None:
+            _answers.settle(worked)
+        _plugin_errors.clear()
+        _plugin_notes.clear()
 
 
 def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str) -> bytes:
     header = check_format(ciphertext, source)
     if header.armored:      # the spec allows whitespace around armor; rage does not
         ciphertext = ciphertext.strip(b" \t\r\n")
+    worked = False
     try:
-        return bytes(pyrage.decrypt(ciphertext, [i.key for i in identities]))
+        plaintext = bytes(pyrage.decrypt(ciphertext, [i.key for i in identities]))
+        worked = True
+        return plaintext
     except pyrage.DecryptError as exc:
-        if "No matching keys" in str(exc):
+        message = _clean(str(exc))
+        plugin_failed = "No matching keys" in message or "age-plugin-" in message
+        worked = not plugin_failed      # e.g. a damaged payload: the PIN itself was right
+        error = _take_plugin_error()
+        if error is not None:
+            raise error from None
+        notes = _take_plugin_notes()
+        if "No matching keys" in message:
             used = ", ".join(sorted({i.source for i in identities})) or "none"
-            raise fail(source, f"none of the identities ({used}) can decrypt it",
+            raise fail(source, f"none of the identities ({used}) can decrypt it{notes}",
                        hint="pass the right key with -i FILE or VAULTPY_IDENTITY") from None
+        if "age-plugin-" in message:
+            raise fail(source, f"{message}{notes}", hint="check the PIN, and that the "
+                       "plugin's key is present") from None
         raise fail(source, f"decryption failed: {exc} (the file is damaged)",
                    hint="restore it from git, or recreate it (vaultpy edit / encrypt)") from None
+    finally:
+        if _answers is not None:
+            _answers.settle(worked)
+        _plugin_errors.clear()
+        _plugin_notes.clear()

@@ -71,5 +71,22 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
 
 
 def check(cfg: Config) -> list[Problem]:
-    """Empty when the cache is complete, well-formed and has nothing stale."""
-    return survey(cfg)[1]
+    """Empty when the cache is complete, well-formed and has nothing stale (and no
+    master key rotation is left unfinished)."""
+    from vaultpy.recovery import rotation_problems
+
+    return survey(cfg)[1] + rotation_problems(cfg)
+
+
+def overdue(cfg: Config) -> list[Problem]:
+    """Secrets whose ``rotate_days`` have passed (warnings; errors with ``check --strict``).
+    Reads secrets/rotation.toml only when some secret has ``rotate_days``."""
+    if not any(s.rotate_days is not None for s in cfg.secrets.values()):
+        return []
+    from vaultpy.errors import VaultpyError
+    from vaultpy.generate import overdue_problems
+
+    try:
+        return overdue_problems(cfg)
+    except VaultpyError as exc:      # a damaged rotation.toml is reported, not fatal
+        return exc.problems

@@ -241,7 +241,7 @@ def renc(
     """Re-encrypt master secrets to each host's key, into the cache."""
     from vaultpy import renc as pipeline
 
-    cfg = _config(repo)
+    cfg = _config_for(repo, json_out)
     progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
     if progress_cm is None:
         result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity))
@@ -309,23 +309,34 @@ def check(
     backup_identity: Annotated[list[Path] | None, typer.Option(
         "--backup-identity", metavar="FILE", help="A backup identity every master file must "
         "decrypt with (repeatable; implies --recipient-coverage).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Secrets overdue for rotation (rotate_days) fail the check instead "
+        "of warning.")] = False,
 ) -> None:
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy.check import check as do_check
+    from vaultpy.check import overdue
 
     cfg = _config_for(repo, json_out)
     problems = do_check(cfg)
+    warnings = overdue(cfg)
+    if strict:
+        problems, warnings = problems + warnings, []
     if recipient_coverage or backup_identity:
         from vaultpy import recovery
 
         problems += recovery.coverage(cfg, backup_identity or [])
     if json_out:
-        _emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
-    elif problems:
-        _print_problems(problems, _out())
-        _err().print(f"[red]{len(problems)} problem(s)[/]")
+        _emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems],
+                    "warnings": [w.as_dict() for w in warnings]})
     else:
-        _err().print("[green]ok[/]: every host has every secret; nothing stale")
+        for w in warnings:
+            _err().print(f"warning: {w}", markup=False, style="yellow")
+        if problems:
+            _print_problems(problems, _out())
+            _err().print(f"[red]{len(problems)} problem(s)[/]")
+        else:
+            _err().print("[green]ok[/]: every host has every secret; nothing stale")
     if problems:
         _exit(1)
 

@@ -1,3 +1,303 @@
-"""CLI commands registered on vaultpy.cli.app (see the module that implements them)."""
+"""CLI commands for keys and values: ``host add|rm|rotate``, ``generate``, ``rotate``,
+``doctor`` — registered on :data:`vaultpy.cli.app`.
+
+The libraries are :mod:`vaultpy.onboard`, :mod:`vaultpy.generate` and
+:mod:`vaultpy.doctor`; these commands parse options and print.  Results go to stdout
+with ``--json`` (one JSON document), messages and hints to stderr; secret values are
+never printed.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vaultpy.cli import (
+    IdentityOpt,
+    JsonOpt,
+    RepoOpt,
+    _config_for,
+    _emit_json,
+    _err,
+    _exit,
+    _identity,
+    _out,
+    _print_problems,
+    app,
+)
+from vaultpy.errors import VaultpyError
+
+if os.environ.get("NO_COLOR"):
+    # rich drops colours under NO_COLOR but keeps bold/dim; typer's usage-error and help
+    # panels would still carry escape codes on a terminal.  No colour system: plain text.
+    from typer import rich_utils
+
+    rich_utils.COLOR_SYSTEM = None
+
+
+def _fail_json(json_out: bool, exc: VaultpyError) -> None:
+    """With --json a failure is still one JSON document on stdout (then exit 1)."""
+    if not json_out:
+        raise exc
+    _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
+    _print_problems(exc.problems)
+    _exit(1)
+
+
+def _say(text: str) -> None:
+    _err().print(text, markup=False)
+
+
+# --------------------------------------------------------------------------- host
+
+host_app = typer.Typer(
+    name="host", no_args_is_help=True,
+    help="Add, remove or re-key a host in hosts.toml (comments and layout kept), then "
+         "renc it.")
+app.add_typer(host_app, name="host")
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name in hosts.toml.")]
+PubkeyOpt = Annotated[str | None, typer.Option(
+    "--pubkey", metavar="KEY", help='The host key line, e.g. "ssh-ed25519 AAAA… root@web1" '
+    "(or an age1… key).")]
+PubkeyFileOpt = Annotated[Path | None, typer.Option(
+    "--pubkey-file", metavar="FILE", help="Read the key from FILE "
+    "(/etc/ssh/ssh_host_ed25519_key.pub of the host).")]
+KeyscanOpt = Annotated[str | None, typer.Option(
+    "--keyscan", metavar="HOST[:PORT]", help="Ask the running host's sshd (ssh-keyscan -t "
+    "ed25519); compare the fingerprint shown with the host's console.")]
+GenerateOpt = Annotated[Path | None, typer.Option(
+    "--generate", metavar="OUT_DIR", help="Create the host's ed25519 key pair in OUT_DIR "
+    "(ssh-keygen; private key 0600) for provisioning.")]
+NoRencOpt = Annotated[bool, typer.Option(
+    "--no-renc", help="Only edit hosts.toml; run vaultpy renc later.")]
+
+
+def _source(pubkey: str | None, pubkey_file: Path | None, keyscan: str | None,
+            generate: Path | None) -> Any:
+    from vaultpy.onboard import KeySource
+
+    given = [KeySource(kind, str(value)) for kind, value in (
+        ("pubkey", pubkey), ("pubkey-file", pubkey_file), ("keyscan", keyscan),
+        ("generate", generate)) if value is not None]
+    if len(given) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --pubkey, --pubkey-file, --keyscan, --generate",
+            param_hint="the host key")
+    return given[0]
+
+
+def _report_host(out: Any, json_out: bool) -> None:
+    from vaultpy.onboard import install_instructions
+
+    if json_out:
+        _emit_json(out.as_dict())
+    else:
+        what = f" ({out.fingerprint})" if out.fingerprint else ""
+        _say({"added": f"added host {out.host}{what} to hosts.toml",
+              "rotated": f"new key for host {out.host}{what} in hosts.toml",
+              "unchanged": f"unchanged: host {out.host} already has this key{what}",
+              "removed": f"removed host {out.host} from hosts.toml"}[out.action])
+        if out.cache_removed is not None:
+            _say(f"deleted its cache {out.cache_removed}")
+        for w in out.warnings:
+            _err().print(f"warning: {w}", markup=False, style="yellow")
+        if out.generated is not None:
+            _say(install_instructions(out.generated, out.host))
+        if out.renc is not None and out.renc.ok:
+            r = out.renc
+            _say(f"renc {out.host}: {len(r.written) + len(r.repaired)} written, "
+                 f"{len(r.unchanged)} unchanged, {len(r.pruned)} pruned")
+    if out.failed:
+        _print_problems(out.failed)
+        _err().print(f"hosts.toml is updated; fix the problem above, then run vaultpy renc "
+                     f"--host {out.host}", markup=False, style="red")
+        _exit(1)
+
+
+@host_app.command("add")
+def host_add(
+    name: NameArg,
+    pubkey: PubkeyOpt = None,
+    pubkey_file: PubkeyFileOpt = None,
+    keyscan: KeyscanOpt = None,
+    generate: GenerateOpt = None,
+    secrets: Annotated[str | None, typer.Option(
+        "--secrets", metavar="ID,ID…", help="Deploy these declared secrets to the host "
+        "(all defaults: root:root 0400).")] = None,
+    no_renc: NoRencOpt = False,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Add a host: its key from --pubkey, --pubkey-file, --keyscan or --generate."""
+    from vaultpy import onboard
+
+    source = _source(pubkey, pubkey_file, keyscan, generate)
+    ids = [s.strip() for s in (secrets or "").split(",") if s.strip()]
+    cfg = _config_for(repo, json_out)
+    try:
+        out = onboard.add(cfg, name, source, ids, run_renc=not no_renc,
+                          identity_files=_identity(identity))
+    except VaultpyError as exc:
+        _fail_json(json_out, exc)
+        return
+    _report_host(out, json_out)
+
+
+@host_app.command("rm")
+def host_rm(
+    name: NameArg,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Remove a host from hosts.toml and delete its cache directory."""
+    from vaultpy import onboard
+
+    cfg = _config_for(repo, json_out)
+    try:
+        out = onboard.remove(cfg, name)
+    except VaultpyError as exc:
+        _fail_json(json_out, exc)
+        return
+    _report_host(out, json_out)
+
+
+@host_app.command("rotate")
+def host_rotate(
+    name: NameArg,
+    pubkey: PubkeyOpt = None,
+    pubkey_file: PubkeyFileOpt = None,
+    keyscan: KeyscanOpt = None,
+    generate: GenerateOpt = None,
+    no_renc: NoRencOpt = False,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Replace a host's key (after a reinstall) and re-encrypt its secrets to it."""
+    from vaultpy import onboard
+
+    source = _source(pubkey, pubkey_file, keyscan, generate)
+    cfg = _config_for(repo, json_out)
+    try:
+        out = onboard.rotate(cfg, name, source, run_renc=not no_renc,
+                             identity_files=_identity(identity))
+    except VaultpyError as exc:
+        _fail_json(json_out, exc)
+        return
+    _report_host(out, json_out)
+
+
+# --------------------------------------------------------------------------- generate, rotate
+
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="[ID]...", show_default=False)]
+
+
+def _report_values(cfg: Any, result: Any, json_out: bool, verb: str) -> None:
+    from vaultpy.errors import display_path
+    from vaultpy.generate import public_path
+
+    if json_out:
+        _emit_json(result.as_dict())
+    else:
+        for sid in result.generated:
+            secret = cfg.secrets[sid]
+            extra = (f", public key {display_path(public_path(secret))}"
+                     if secret.generate.key_pair else "")
+            _say(f"{sid}: {verb} ({secret.generate}) → {display_path(secret.file)}{extra}")
+        for sid in result.marked:
+            _say(f"{sid}: rotation recorded")
+        for sid, why in result.skipped:
+            _say(f"{sid}: {why}")
+        if result.generated:
+            _say(f"{len(result.generated)} secret(s) {verb}; run vaultpy renc to update the "
+                 "hosts")
+        elif not result.marked and not result.problems:
+            _say(f"nothing to {'generate' if verb == 'generated' else 'rotate'}")
+    if result.problems:
+        _print_problems(result.problems)
+        _exit(1)
+
+
+@app.command("generate")
+def generate_cmd(
+    secret_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="Only these secrets (default: every secret with generate = "
+        "… whose master file is missing).")] = None,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Create missing generated secrets ([secrets.ID] generate = "alnum:32" …)."""
+    from vaultpy import generate
+
+    cfg = _config_for(repo, json_out)
+    try:
+        result = generate.generate(cfg, secret_ids or [])
+    except VaultpyError as exc:
+        _fail_json(json_out, exc)
+        return
+    _report_values(cfg, result, json_out, "generated")
+
+
+@app.command("rotate")
+def rotate_cmd(
+    secret_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="The secrets to regenerate (with --due: only those of them "
+        "that are due).")] = None,
+    due: Annotated[bool, typer.Option(
+        "--due", help="Regenerate every secret whose rotate_days have passed.")] = False,
+    mark: Annotated[bool, typer.Option(
+        "--mark", help="Do not generate: record that ID was changed by hand now.")] = False,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Regenerate secrets (new values, recorded in secrets/rotation.toml)."""
+    from vaultpy import generate
+
+    cfg = _config_for(repo, json_out)
+    try:
+        result = generate.rotate(cfg, secret_ids or [], due_only=due, mark=mark)
+    except VaultpyError as exc:
+        _fail_json(json_out, exc)
+        return
+    _report_values(cfg, result, json_out, "rotated")
+
+
+# --------------------------------------------------------------------------- doctor
+
+@app.command()
+def doctor(
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+    identity: IdentityOpt = None,
+) -> None:
+    """Check this machine: hosts.toml, recipients, identity, RAM storage, ramfs, tools."""
+    from vaultpy import cli
+    from vaultpy import doctor as doc
+
+    styles = {doc.OK: "green", doc.WARNING: "yellow", doc.PROBLEM: "red", doc.SKIPPED: "dim"}
+    out = _out()
+
+    def show(c: Any) -> None:
+        out.print(f"{c.status:<8} {c.name:<20} {c.detail}", markup=False,
+                  style=styles[c.status])
+        if c.fix and c.status in (doc.PROBLEM, doc.WARNING):
+            out.print(f"{'':<8} {'':<20} fix: {c.fix}", markup=False)
+
+    checks = doc.run(repo or cli._Globals.repo, _identity(identity),
+                     on_check=None if json_out else show)
+    good = doc.ok(checks)
+    if json_out:
+        _emit_json({"ok": good, "checks": [c.as_dict() for c in checks]})
+    else:
+        problems = sum(c.status == doc.PROBLEM for c in checks)
+        _err().print(f"{problems} problem(s); fix them as shown" if problems else
+                     "no problems found", markup=False, style="red" if problems else "green")
+    if not good:
+        _exit(1)
+
+

@@ -1,3 +1,241 @@
-"""CLI commands registered on vaultpy.cli.app (see the module that implements them)."""
+"""CLI commands for key recovery and migration, registered on vaultpy.cli.app:
+
+* ``vaultpy identity split|combine`` — Shamir (SLIP-39) shares of the master identity
+  (:mod:`vaultpy.shamir`);
+* ``vaultpy import agenix|vaultix`` — migrate another tool's secrets
+  (:mod:`vaultpy.migrate`).
+
+Shares and the rebuilt secret key go to stdout or to files only when asked;
+everything else (progress, hints) goes to stderr.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaultpy.cli import (
+    IdentityOpt,
+    JsonOpt,
+    RepoOpt,
+    _config,
+    _emit_json,
+    _err,
+    _Globals,
+    _identity,
+    _out,
+    app,
+)
+from vaultpy.errors import Problem, VaultpyError
+
+identity_app = typer.Typer(
+    name="identity", no_args_is_help=True,
+    help="Back up the master identity as Shamir shares (SLIP-39) and rebuild it.")
+import_app = typer.Typer(
+    name="import", no_args_is_help=True,
+    help="Migrate secrets from agenix or vaultix into this repository.")
+app.add_typer(identity_app, name="identity")
+app.add_typer(import_app, name="import")
+
+
+def _master_identity_line(identity: list[Path], repo: Path | None) -> str:
+    """The one X25519 identity to split: -i FILE, shares in memory, or the repo's."""
+    from vaultpy import age, identities
+
+    explicit = _identity(identity)
+    if explicit:
+        keys = age.load_identities(explicit)
+    elif identities._in_memory:
+        keys = list(identities._in_memory)
+    else:
+        keys = identities.load(_config(repo))
+    sources = ", ".join(sorted({k.source for k in keys}))
+    if len(keys) != 1:
+        raise VaultpyError(Problem(sources, f"holds {len(keys)} identities; split one key "
+                                   "at a time", "", "put the master key alone in a file "
+                                   "and pass it with -i FILE"))
+    key = keys[0]
+    if key.kind != "x25519":
+        raise VaultpyError(Problem(key.source, f"not an X25519 identity ({key.kind}): it "
+                                   "cannot be split",
+                                   "", "only age X25519 identities (AGE-SECRET-KEY-1…, "
+                                   "age-keygen) can be split into shares"))
+    return str(key.key)
+
+
+@identity_app.command("split")
+def split(
+    threshold: Annotated[int, typer.Option(
+        "--threshold", "-t", metavar="K", help="Shares needed to rebuild the key.")],
+    shares: Annotated[int, typer.Option(
+        "--shares", "-n", metavar="N", help="Shares to make (at most 16).")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="DIR", help="Write one file per share here (mode 0600; "
+        "existing files are never overwritten). Default: print them.")] = None,
+    identity: IdentityOpt = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Split the master identity into N SLIP-39 mnemonic shares, any K of which rebuild it."""
+    from vaultpy import shamir
+
+    line = _master_identity_line(identity or [], repo)
+    made = shamir.split(line, threshold, shares)
+    public = shamir.public_key(line)
+    if output is not None:
+        files = shamir.write_shares(made, public, output)
+        for f in files:
+            _err().print(f"wrote {f}", markup=False)
+    else:
+        for s in made:
+            sys.stdout.write(shamir.render_share(s, public) + "\n")
+        sys.stdout.flush()
+    _err().print(f"{shares} shares of {public}; any {threshold} rebuild it (vaultpy identity "
+                 "combine, or vaultpy --from-shares DIR COMMAND). Give each share to a "
+                 "different holder, then keep the identity file offline or destroy it.",
+                 markup=False)
+
+
+@identity_app.command("combine")
+def combine(
+    shares: Annotated[list[str] | None, typer.Argument(
+        metavar="[DIR | FILE... | prompt]",
+        help="A directory of share files, the files, or 'prompt' (default) to type them.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", help="Write the rebuilt identity here (mode 0600, "
+        "never overwriting). Without it the secret key is never shown.")] = None,
+    json_out: JsonOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Rebuild the master identity from shares and print its public key."""
+    from vaultpy import shamir
+
+    if not shares or shares in (["prompt"], ["-"]):
+        line = shamir.combine_from_prompt()
+    else:
+        line = shamir.combine_files([Path(s) for s in shares])
+    public = shamir.public_key(line)
+    listed = _listed_in_repo(public, repo)
+    if output is not None:
+        shamir.write_identity_file(output, line)
+        _err().print(f"wrote {output} (mode 0600)", markup=False)
+    if json_out:
+        _emit_json({"public_key": public, "recipient_of_repo": listed,
+                    "output": str(output) if output else None})
+    else:
+        _out().print(public, markup=False)
+    if listed is True:
+        _err().print("it is a [vaultpy] recipient of hosts.toml", markup=False)
+    elif listed is False:
+        _err().print("warning: it is NOT a [vaultpy] recipient of hosts.toml", markup=False)
+    if output is None:
+        _err().print("the key was not written anywhere; use --output FILE to write it, or "
+                     "vaultpy --from-shares DIR COMMAND to use it from memory", markup=False)
+
+
+def _listed_in_repo(public: str, repo: Path | None) -> bool | None:
+    """Whether ``public`` is a master recipient of the repository (None: no repository)."""
+    try:
+        cfg = _config(repo)
+    except VaultpyError:
+        return None
+    return public in cfg.recipients
+
+
+# --------------------------------------------------------------------------- import
+
+RecipientOpt = Annotated[list[str] | None, typer.Option(
+    "--recipient", "-r", metavar="KEY", help="Master recipient for the imported secrets "
+    "(repeatable; default: hosts.toml's, else see the command's help).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace master files that exist but are not declared in hosts.toml "
+    "(left by an interrupted import).")]
+OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
+    "-i", "--identity", metavar="FILE", help="The identity the old tool decrypted with "
+    "(repeatable; agenix's default: ~/.ssh/id_ed25519, ~/.ssh/id_rsa).")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
+
+
+def _target(repo: Path | None) -> Path:
+    """Where to import: -C DIR, else the nearest hosts.toml upwards, else the current
+    directory (a new hosts.toml)."""
+    from vaultpy import model
+
+    given = repo or _Globals.repo
+    if given is not None:
+        return given.parent if given.is_file() else given
+    try:
+        return model.find(Path.cwd()).parent
+    except VaultpyError:
+        return Path.cwd()
+
+
+def _report(result: object, dry_run: bool) -> None:
+    from vaultpy.migrate import ImportResult
+
+    assert isinstance(result, ImportResult)
+    for w in result.warnings:
+        _err().print(f"warning: {w}", markup=False)
+    if dry_run:
+        sys.stdout.write(result.hosts_toml)
+        return
+    _err().print(f"imported {len(result.secrets)} secret(s) for {len(result.hosts)} host(s) "
+                 f"into {result.path}; next: vaultpy renc && vaultpy check", markup=False)
+
+
+@import_app.command("agenix")
+def import_agenix(
+    secrets_nix: Annotated[Path, typer.Argument(metavar="SECRETS_NIX",
+                                                help="agenix's secrets.nix (rules file).")],
+    hosts_from: Annotated[Path | None, typer.Option(
+        "--hosts-from", metavar="FILE", help="Host names for host keys: a .nix, .json or "
+        ".toml file mapping NAME to a public key (or a list of keys).")] = None,
+    host_key: Annotated[list[str] | None, typer.Option(
+        "--host-key", metavar="NAME=KEY", help="A host and its public key (repeatable).")
+    ] = None,
+    hosts_by_comment: Annotated[bool, typer.Option(
+        "--hosts-by-comment", help="Also treat ssh keys whose comment is root@NAME as host "
+        "NAME.")] = False,
+    recipient: RecipientOpt = None,
+    identity: OldIdentityOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Import agenix secrets: hosts from host keys, masters re-encrypted to vaultpy's
+    recipients (default: hosts.toml's, else the non-host keys of secrets.nix)."""
+    from vaultpy import migrate
+
+    result = migrate.import_agenix(
+        secrets_nix, _target(repo), hosts_from=hosts_from, host_keys=host_key or [],
+        hosts_by_comment=hosts_by_comment, recipients=recipient or [],
+        identity_files=_identity(identity), force=force, dry_run=dry_run)
+    _report(result, dry_run)
+
+
+@import_app.command("vaultix")
+def import_vaultix(
+    profiles: Annotated[list[Path], typer.Argument(
+        metavar="PROFILE.json...", help="vaultix profiles, one per host (see "
+        "docs/migration.md for how to get them).")],
+    secrets_dir: Annotated[Path | None, typer.Option(
+        "--secrets-dir", metavar="DIR", help="Where the .age files are when the profile's "
+        "/nix/store paths are not on this machine.")] = None,
+    recipient: RecipientOpt = None,
+    identity: OldIdentityOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Import vaultix secrets and templates (master recipients: --recipient, else
+    hosts.toml's, else the public key of the X25519 identity given with -i)."""
+    from vaultpy import migrate
+
+    result = migrate.import_vaultix(
+        profiles, _target(repo), secrets_dir=secrets_dir, recipients=recipient or [],
+        identity_files=_identity(identity), force=force, dry_run=dry_run)
+    _report(result, dry_run)

@@ -9,6 +9,7 @@ hosts.toml; whether master files exist is the business of the commands.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -31,7 +32,7 @@ UNIT_RE = re.compile(r"[^\s/]+")
 DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
 # `mode = 400` is decimal in TOML (0o620): refuse it rather than guess.
 _DECIMAL_MODE = re.compile(
-    r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]+)(?![0-9_.xXoObBeE:-])")
+    r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]{1,20})(?![0-9_.xXoObBeE:-])")
 HOST_KEY_HINT = "use the host's /etc/ssh/ssh_host_ed25519_key.pub (or an age1… key)"
 VAULT_AUTH = ("token", "approle")
 VAULT_REF_HINT = ('write it as "<mount>/<path>#<field>", e.g. "secret/app/db#password" '
@@ -111,6 +112,61 @@ class VaultSettings:
     approle_mount: str = "approle"
 
 
+GENERATE_SIZED = {"alnum": "characters", "hex": "random bytes", "base64": "random bytes",
+                  "passphrase": "words"}
+GENERATE_KINDS = (*GENERATE_SIZED, "ssh-ed25519", "x25519", "command")
+GENERATE_MAX = {"alnum": 4096, "hex": 4096, "base64": 4096, "passphrase": 64}
+GENERATE_HINT = ('use "alnum:32", "hex:32", "base64:32", "passphrase:6", "ssh-ed25519", '
+                 '"x25519" or "command:<shell command>"')
+ROTATE_DAYS_MAX = 36500
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """``generate = "…"`` of a secret: how `vaultpy generate` makes its value.
+
+    ``size`` counts characters (alnum), random bytes (hex, base64, as `openssl rand`) or
+    words (passphrase); ``command`` is the shell command of ``command:<cmd>``."""
+
+    kind: str
+    size: int = 0
+    command: str = ""
+
+    @property
+    def key_pair(self) -> bool:
+        return self.kind in ("ssh-ed25519", "x25519")
+
+    def __str__(self) -> str:
+        if self.kind == "command":
+            return f"command:{self.command}"
+        return f"{self.kind}:{self.size}" if self.kind in GENERATE_SIZED else self.kind
+
+
+def parse_generate_spec(text: str) -> GenerateSpec:
+    """``"alnum:32"`` … → :class:`GenerateSpec`; ValueError says what is wrong."""
+    kind, colon, arg = text.partition(":")
+    if kind == "command":
+        if not arg.strip():
+            raise ValueError("command: needs a shell command, e.g. \"command:pwgen -s 32 1\"")
+        return GenerateSpec("command", command=arg)
+    if kind in ("ssh-ed25519", "x25519"):
+        if colon:
+            raise ValueError(f"{kind} takes no size (got {text!r})")
+        return GenerateSpec(kind)
+    if kind in GENERATE_SIZED:
+        unit = GENERATE_SIZED[kind]
+        if not colon:
+            raise ValueError(f"{kind} needs a size in {unit}, e.g. \"{kind}:"
+                             f"{6 if kind == 'passphrase' else 32}\"")
+        if not re.fullmatch(r"[1-9][0-9]{0,5}", arg) or int(arg) > GENERATE_MAX[kind]:
+            raise ValueError(f"invalid size {arg!r} for {kind}: 1 to {GENERATE_MAX[kind]} "
+                             f"{unit}")
+        return GenerateSpec(kind, int(arg))
+    close = difflib.get_close_matches(kind, GENERATE_KINDS, n=1)
+    raise ValueError(f"unknown generator {kind!r}" + (f" (did you mean {close[0]!r}?)"
+                                                      if close else ""))
+
+
 @dataclass(frozen=True)
 class Secret:
     """A master secret: ``secrets/<id>.age``, encrypted to the master recipients."""
@@ -118,6 +174,8 @@ class Secret:
     id: str
     file: Path
     vault: VaultRef | None = None   # pull/push source in Vault/OpenBao KV v2
+    generate: GenerateSpec | None = None   # `vaultpy generate` / `rotate` make the value
+    rotate_days: int | None = None         # `check` warns once the last rotation is older
 
 
 @dataclass(frozen=True)
@@ -237,9 +295,19 @@ class _Checker:
             return None
         return value
 
+    def path_string(self, value: Any, where: str) -> str | None:
+        """A string naming a local file or directory: no OS accepts a NUL in one."""
+        text = self.string(value, where)
+        if text is not None and "\0" in text:
+            self.add(where, f"invalid path {text!r} (it holds a NUL character)",
+                     "remove the NUL (\\u0000) from the path")
+            return None
+        return text
+
     def boolean(self, value: Any, where: str) -> bool:
         if not isinstance(value, bool):
-            self.add(where, f"expected true or false, got {_kind(value)}")
+            self.add(where, f"expected true or false, got {_kind(value)}",
+                     "write true or false, without quotes")
             return False
         return value
 
@@ -261,7 +329,8 @@ class _Checker:
 
 
 def _quote(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.replace('"', '\\"') + '"'
+    # A TOML basic string (JSON's escapes are a subset): "a\\b", "x\\u0000y" as written.
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _owner(ck: _Checker, value: Any, where: str) -> str:
@@ -345,7 +414,7 @@ def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[st
     for i, text in enumerate(items):
         at = where if len(items) == 1 and host else f"{where}[{i}]"
         try:
-            norm = normalize_recipient(text, allow_rsa=not host)
+            norm = normalize_recipient(text, allow_rsa=not host, allow_plugin=not host)
         except ValueError as exc:
             ck.add(at, str(exc), HOST_KEY_HINT if host else
                    "use an age1… key (age-keygen -y) or an ssh-ed25519 public key line")
@@ -525,6 +594,10 @@ def parse(text: str, path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "",
                                    "fix the syntax at that line")) from None
+    except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
+        raise VaultpyError(Problem(ck.file, "not valid TOML for vaultpy: a number with "
+                                   "thousands of digits or values nested too deeply", "",
+                                   "fix that value")) from None
     root = path.parent
     ck.decimal_modes = {int(m.group("value")) for m in _DECIMAL_MODE.finditer(text)}
     ck.keys(doc, "", ("vaultpy", "secrets", "hosts"))
@@ -540,11 +613,11 @@ def parse(text: str, path: Path) -> Config:
         recipients = _recipients(ck, settings["recipients"], "vaultpy.recipients", host=False)
     identity = None
     if "identity" in settings:
-        given = ck.string(settings["identity"], "vaultpy.identity")
+        given = ck.path_string(settings["identity"], "vaultpy.identity")
         identity = _rel(root, given) if given else None
     dirs = {}
     for key, default in (("secrets_dir", "secrets"), ("cache_dir", "secrets/cache")):
-        folder = ck.string(settings.get(key, default), f"vaultpy.{key}") or default
+        folder = ck.path_string(settings.get(key, default), f"vaultpy.{key}") or default
         dirs[key] = Path(os.path.normpath(_rel(root, folder)))
     secrets_dir, cache_dir = dirs["secrets_dir"], dirs["cache_dir"]
     vault = _vault_settings(ck, settings["vault"], root) if "vault" in settings else None
@@ -558,10 +631,10 @@ def parse(text: str, path: Path) -> Config:
         sub = ck.table(spec, where)
         if sub is None:
             continue
-        ck.keys(sub, where, ("file", "vault"))
+        ck.keys(sub, where, ("file", "vault", "generate", "rotate_days"))
         file = secrets_dir / f"{sid}.age"
         if "file" in sub:
-            given = ck.string(sub["file"], f"{where}.file")
+            given = ck.path_string(sub["file"], f"{where}.file")
             if given:
                 file = Path(os.path.normpath(_rel(root, given)))
         ref: VaultRef | None = None
@@ -572,7 +645,24 @@ def parse(text: str, path: Path) -> Config:
                     ref = parse_vault_ref(text_ref)
                 except ValueError as exc:
                     ck.add(f"{where}.vault", str(exc), VAULT_REF_HINT)
-        declared[sid] = Secret(sid, file, ref)
+        gen: GenerateSpec | None = None
+        if "generate" in sub:
+            gen_text = ck.string(sub["generate"], f"{where}.generate")
+            if gen_text is not None:
+                try:
+                    gen = parse_generate_spec(gen_text)
+                except ValueError as exc:
+                    ck.add(f"{where}.generate", str(exc), GENERATE_HINT)
+        rotate_days: int | None = None
+        if "rotate_days" in sub:
+            days = sub["rotate_days"]
+            if (isinstance(days, int) and not isinstance(days, bool)
+                    and 1 <= days <= ROTATE_DAYS_MAX):
+                rotate_days = days
+            else:
+                ck.add(f"{where}.rotate_days", f"expected a number of days, got {days!r}",
+                       f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
+        declared[sid] = Secret(sid, file, ref, gen, rotate_days)
 
     hosts: dict[str, Host] = {}
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}

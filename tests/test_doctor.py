@@ -1,0 +1,291 @@
+"""``vaultpy doctor`` and the CLI niceties: shell completion, ``--json`` on every read
+command, ``NO_COLOR`` and non-TTY output without escape codes.
+
+Doctor runs against real repositories (real age keys), with real tools on PATH or a
+PATH without them; NO_COLOR is tested on a real pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import Repo, age_keygen
+
+from vaultpy import doctor
+from vaultpy.cli import app
+
+CHECKS = ["vaultpy", "hosts.toml", "recipients", "identity", "ram-dir", "ramfs",
+          "tool:age", "tool:age-keygen", "tool:ssh-keygen", "tool:ssh-keyscan",
+          "tool:nix-instantiate"]
+
+
+def doctor_json(repo: Repo, *args: str, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[int, dict]:
+    proc = repo.run("doctor", "--json", *args, env=env, cwd=cwd)
+    assert "Traceback" not in proc.stderr.decode()
+    data = json.loads(proc.stdout)
+    assert proc.returncode == (0 if data["ok"] else 1), proc.stderr.decode()
+    return proc.returncode, {c["name"]: c for c in data["checks"]}
+
+
+def test_healthy_repository(make_repo) -> None:
+    repo = make_repo(hosts=2)
+    before = repo.snapshot()
+    rc, checks = doctor_json(repo)
+    assert rc == 0
+    assert list(checks) == CHECKS
+    assert checks["hosts.toml"]["status"] == "ok"
+    assert "2 host(s), 2 secret(s)" in checks["hosts.toml"]["detail"]
+    assert checks["identity"]["status"] == "ok"
+    assert "decrypts all 2 master file(s)" in checks["identity"]["detail"]
+    assert checks["recipients"]["status"] == "warning"      # one master recipient only
+    assert "backup recipient" in checks["recipients"]["fix"]
+    for c in checks.values():
+        assert set(c) == {"name", "status", "detail", "fix"}
+        assert c["status"] in ("ok", "warning", "problem", "skipped")
+    age_check = checks["tool:age"]
+    assert age_check["status"] == "ok" and "/age" in age_check["detail"]
+    text = repo.ok("doctor")
+    lines = text.stdout.decode().splitlines()
+    assert any(ln.startswith("ok") and "identity" in ln for ln in lines)
+    assert any(ln.strip().startswith("fix: add a backup recipient") for ln in lines)
+    assert "no problems found" in text.stderr.decode()
+    assert repo.snapshot() == before                       # doctor writes nothing
+
+
+def test_missing_and_wrong_identity(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=1)
+    rc, checks = doctor_json(repo, env={"VAULTPY_IDENTITY": str(tmp_path / "gone.txt")})
+    assert rc == 1
+    assert checks["identity"]["status"] == "problem"
+    assert "gone.txt: no such file" in checks["identity"]["detail"]
+    assert "-i FILE" in checks["identity"]["fix"]
+    other, _ = age_keygen(tmp_path, "other.txt")
+    rc, checks = doctor_json(repo, env={"VAULTPY_IDENTITY": str(other)})
+    assert rc == 1
+    assert "cannot decrypt 2 of 2 master file(s)" in checks["identity"]["detail"]
+    proc = repo.run("doctor", env={"VAULTPY_IDENTITY": str(other)})
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    assert any(ln.startswith("problem") and "identity" in ln for ln in out.splitlines())
+    assert "fix: pass the right key with -i FILE" in out
+    assert "1 problem(s)" in proc.stderr.decode()
+
+
+def test_identity_readable_by_others_is_a_warning(make_repo) -> None:
+    repo = make_repo(hosts=1)
+    repo.identity.chmod(0o644)
+    rc, checks = doctor_json(repo)
+    assert rc == 0
+    assert checks["identity"]["status"] == "warning"
+    assert "readable by others (mode 0644)" in checks["identity"]["detail"]
+    assert checks["identity"]["fix"] == f"chmod 600 {repo.identity}"
+
+
+def test_invalid_hosts_toml_and_no_repository(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=1)
+    text = (repo.root / "hosts.toml").read_text()
+    (repo.root / "hosts.toml").write_text(text.replace(repo.recipient, "age1broken"))
+    rc, checks = doctor_json(repo)
+    assert rc == 1
+    assert checks["hosts.toml"]["status"] == "problem"
+    assert checks["recipients"]["status"] == "problem"
+    assert "recipients[0]" in checks["recipients"]["detail"]
+    assert checks["identity"]["status"] == "skipped"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, checks = doctor_json(repo, cwd=empty)
+    assert rc == 1 and "no hosts.toml" in checks["hosts.toml"]["detail"]
+    assert checks["hosts.toml"]["fix"] == "run vaultpy init, or pass -C DIR"
+
+
+def test_tools_missing_are_warnings(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(hosts=1)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    rc, checks = doctor_json(repo, env={"PATH": str(bare)})
+    assert rc == 0
+    for name in CHECKS[6:]:
+        assert checks[name]["status"] == "warning", checks[name]
+        assert "not installed" in checks[name]["detail"]
+        assert checks[name]["fix"].startswith("apt-get install ")
+
+
+def test_old_tool_version_is_a_warning(tmp_path: Path) -> None:
+    fake = tmp_path / "age"
+    fake.write_text("#!/bin/sh\necho v0.9.0\n")
+    fake.chmod(0o755)
+    tool = doctor.Tool(str(fake), ("--version",), "tests", "age", (1, 0))
+    check = doctor.check_tool(tool)
+    assert check.status == "warning" and "older than 1.0" in check.detail
+
+
+def test_ram_dir_problem_when_only_disk(monkeypatch, tmp_path: Path) -> None:
+    from vaultpy import edit
+
+    monkeypatch.setattr(edit, "ram_candidates", lambda: [tmp_path])
+    check = doctor.check_ram_dir()
+    assert check.status == "problem"
+    assert str(tmp_path) in check.detail and "--allow-disk" in check.fix
+
+
+def test_ramfs_check() -> None:
+    check = doctor.check_ramfs()
+    if os.geteuid() != 0:
+        assert check.status == "skipped"
+    else:
+        assert check.status in ("ok", "warning"), check
+        assert check.name == "ramfs"
+
+
+# --------------------------------------------------------------------------- completion
+
+def _vaultpy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vaultpy", *args], capture_output=True,
+                          text=True, env=full, timeout=60)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_show_completion_prints_a_script(shell: str) -> None:
+    proc = _vaultpy("--show-completion", shell, env={"SHELL": f"/bin/{shell}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "_VAULTPY_COMPLETE" in proc.stdout and "vaultpy" in proc.stdout
+
+
+def test_completion_completes_commands_and_subcommands() -> None:
+    def complete(words: str) -> list[str]:
+        proc = _vaultpy(env={"_VAULTPY_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                             "COMP_CWORD": str(len(words.split()) - 1)})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert "host" in complete("vaultpy ho")
+    assert {"rm", "rotate"} <= set(complete("vaultpy host r"))
+    assert "--json" in complete("vaultpy doctor --j")
+
+
+# --------------------------------------------------------------------------- --json
+
+# Every command is classified here; a new command must be added to one of the lists.
+READ_COMMANDS = {"status", "check", "renc", "access", "doctor", "pull"}
+ALSO_JSON = {"push", "generate", "rotate", "host add", "host rm", "host rotate",
+             "identity combine"}
+NO_JSON = {
+    "init": "writes files; prints their paths",
+    "encrypt": "writes one master file",
+    "decrypt": "its output is the secret itself",
+    "edit": "interactive",
+    "rekey": "rewrites master files",
+    "profile": "its output is JSON already",
+    "activate": "host side, logs steps",
+    "bundle": "writes a directory",
+    "identity split": "writes share files",
+    "import agenix": "writes hosts.toml and master files",
+    "import vaultix": "writes hosts.toml and master files",
+}
+
+
+def _commands() -> dict[str, list[str]]:
+    """Every leaf command of the CLI → its option names."""
+    out: dict[str, list[str]] = {}
+
+    def walk(cmd: object, prefix: str) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            full = f"{prefix} {name}".strip()
+            if getattr(sub, "commands", None) is not None:
+                walk(sub, full)
+            else:
+                out[full] = [o for p in sub.params for o in getattr(p, "opts", [])]
+
+    walk(typer.main.get_command(app), "")
+    return out
+
+
+def test_every_read_command_has_json() -> None:
+    commands = _commands()
+    unclassified = set(commands) - READ_COMMANDS - ALSO_JSON - set(NO_JSON)
+    assert not unclassified, (f"classify {sorted(unclassified)} in tests/test_doctor.py: "
+                              "read commands need --json")
+    for name in READ_COMMANDS | ALSO_JSON:
+        assert name in commands, f"{name} is gone: update the lists"
+        assert "--json" in commands[name], f"vaultpy {name} has no --json"
+
+
+def test_read_commands_print_json(make_repo) -> None:
+    repo = make_repo(hosts=2)
+    for args in (("renc",), ("status",), ("check",), ("access",), ("doctor",)):
+        proc = repo.run(*args, "--json")
+        assert proc.returncode == 0, (args, proc.stderr.decode())
+        data = json.loads(proc.stdout)
+        assert data["ok"] is True, args
+    (repo.root / "hosts.toml").write_text("[vaultpy]\nrecipients = 3\n")
+    for args in (("renc",), ("status",), ("check",), ("access",), ("doctor",)):
+        proc = repo.run(*args, "--json")
+        assert proc.returncode == 1, args
+        data = json.loads(proc.stdout)                   # still one JSON document
+        assert data["ok"] is False, args
+
+
+# --------------------------------------------------------------------------- colour
+
+def _run_on_pty(args: list[str], env: dict[str, str], cwd: Path) -> bytes:
+    """Run the CLI with stdin/stdout/stderr on a real pseudo-terminal; return all output."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vaultpy", *args], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, cwd=cwd, close_fds=True)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                   # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        proc.wait(timeout=30)
+    return out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NO_COLOR", "FORCE_COLOR", "PY_COLORS", "GITHUB_ACTIONS", "TERM",
+                        "_TYPER_FORCE_DISABLE_TERMINAL")}
+    return {**env, "TERM": "xterm-256color", "COLUMNS": "100", **extra}
+
+
+ERRORS = [["-C", "/nonexistent", "renc"],      # a problem line (red on a terminal)
+          ["renc", "--bogus"],                 # a usage error (typer's panel)
+          ["host", "add", "x"]]                # a usage error of a sub-command
+
+
+@pytest.mark.parametrize("args", ERRORS)
+def test_no_color_means_no_escape_codes(args: list[str], tmp_path: Path) -> None:
+    coloured = _run_on_pty(args, _env(), tmp_path)
+    assert b"\x1b[" in coloured, coloured           # the pty is a terminal: colour is on
+    plain = _run_on_pty(args, _env(NO_COLOR="1"), tmp_path)
+    assert b"\x1b" not in plain, plain
+    assert plain.strip()
+
+
+@pytest.mark.parametrize("args", ERRORS)
+def test_no_escape_codes_when_not_a_terminal(args: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vaultpy", *args], capture_output=True,
+                          env=_env(), cwd=tmp_path, timeout=60)
+    assert proc.returncode in (1, 2)
+    assert proc.stderr.strip() and b"\x1b" not in proc.stderr + proc.stdout

@@ -1,0 +1,288 @@
+"""Generated secrets and rotation: ``vaultpy generate``, ``vaultpy rotate``, and the
+overdue warnings of ``vaultpy check``.
+
+Every generated master file is decrypted with the real ``age -d -i master``; key pairs
+are checked with the real ``ssh-keygen -y -f`` and ``age-keygen -y``; a failing
+generator must leave the repository byte-for-byte (and mtime) unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import string
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Repo,
+    age_decrypt,
+    assert_one_clean_error,
+    hosts_toml,
+    need,
+    toml_key,
+    toml_str,
+)
+
+from vaultpy import generate
+from vaultpy.model import GenerateSpec
+
+SPECS = {
+    "pw": 'generate = "alnum:32"',
+    "token": 'generate = "hex:16"',
+    "blob": 'generate = "base64:32"',
+    "words": 'generate = "passphrase:6"',
+    "deploy": 'generate = "ssh-ed25519"',
+    "ident": 'generate = "x25519"',
+    "cmd": 'generate = "command:printf \'%s-made\' \\"$VAULTPY_SECRET_ID\\""',
+    "manual": "",
+}
+
+
+def spec_repo(make_repo, specs: dict[str, str] | None = None, host_secrets: tuple[str, ...]
+              = ("pw",)) -> Repo:
+    """A repository whose secrets are declared with the given table bodies."""
+    specs = SPECS if specs is None else specs
+    repo = make_repo(hosts=1, secrets={}, encrypt=False)
+    host = repo.hosts["host0"]
+    text = hosts_toml([repo.recipient], [], {"host0": (host.pubkey, list(host_secrets))})
+    head, _, tail = text.partition("\n[hosts.")
+    tables = "".join(f"[secrets.{toml_key(sid)}]\n{body}\n" for sid, body in specs.items())
+    repo.write_hosts(head + "\n" + tables + "\n[hosts." + tail)
+    return repo
+
+
+def master(repo: Repo, sid: str) -> bytes:
+    return age_decrypt(repo.root / "secrets" / f"{sid}.age", repo.identity)
+
+
+def rotation(repo: Repo) -> dict:
+    return tomllib.loads((repo.root / "secrets" / "rotation.toml").read_text())
+
+
+def test_every_generator_makes_what_it_declares(make_repo, tmp_path: Path) -> None:
+    repo = spec_repo(make_repo)
+    proc = repo.ok("generate")
+    err = proc.stderr.decode()
+    assert "7 secret(s) generated; run vaultpy renc" in err, err
+    assert "manual" not in err
+
+    pw = master(repo, "pw").decode()
+    assert len(pw) == 32 and set(pw) <= set(string.ascii_letters + string.digits)
+    token = master(repo, "token").decode()
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+    blob = master(repo, "blob")
+    assert len(blob) == 44 and len(base64.b64decode(blob, validate=True)) == 32
+    words = master(repo, "words").decode().split(" ")
+    assert len(words) == 6 and set(words) <= set(generate.wordlist())
+    assert master(repo, "cmd") == b"cmd-made"
+
+    private = tmp_path / "deploy"
+    private.write_bytes(master(repo, "deploy"))
+    private.chmod(0o600)
+    derived = subprocess.run([need("ssh-keygen"), "-y", "-f", str(private)], check=True,
+                             capture_output=True, text=True).stdout.split()
+    pub = (repo.root / "secrets" / "deploy.pub").read_text().split()
+    assert derived[:2] == pub[:2] and pub[0] == "ssh-ed25519" and pub[2] == "deploy"
+    info = subprocess.run([need("ssh-keygen"), "-l", "-f", str(private)], check=True,
+                          capture_output=True, text=True).stdout
+    assert info.rstrip().endswith("(ED25519)"), info
+
+    ident = tmp_path / "ident.txt"
+    ident.write_bytes(master(repo, "ident"))
+    recipient = subprocess.run([need("age-keygen"), "-y", str(ident)], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    assert (repo.root / "secrets" / "ident.pub").read_text() == recipient + "\n"
+    sealed = subprocess.run([need("age"), "-r", recipient], input=b"to the new key",
+                            check=True, capture_output=True).stdout
+    opened = subprocess.run([need("age"), "-d", "-i", str(ident)], input=sealed, check=True,
+                            capture_output=True).stdout
+    assert opened == b"to the new key"
+
+    state = rotation(repo)
+    assert state["version"] == 1
+    assert set(state["rotated"]) == {"pw", "token", "blob", "words", "deploy", "ident", "cmd"}
+    for when in state["rotated"].values():
+        assert isinstance(when, dt.datetime) and when.tzinfo is not None
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_generate_creates_only_missing_ones(make_repo) -> None:
+    repo = spec_repo(make_repo, {"a": 'generate = "alnum:20"', "b": 'generate = "hex:8"'},
+                     ("a", "b"))
+    repo.ok("encrypt", "a", input=b"hand-made")
+    out = json.loads(repo.ok("generate", "--json").stdout)
+    assert out["generated"] == ["b"]
+    assert out["skipped"] == [{"id": "a", "reason": "exists (vaultpy rotate replaces it)"}]
+    assert master(repo, "a") == b"hand-made"
+    before = repo.snapshot()
+    out = json.loads(repo.ok("generate", "--json").stdout)
+    assert out["generated"] == [] and repo.snapshot() == before
+
+
+def test_a_failing_generator_writes_nothing(make_repo) -> None:
+    repo = spec_repo(make_repo, {"good": 'generate = "alnum:16"',
+                                 "bad": 'generate = "command:false"',
+                                 "silent": 'generate = "command:true"'}, ("good",))
+    before = repo.snapshot()
+    proc = repo.run("generate")
+    assert_one_clean_error(proc, "secrets.bad.generate", "'false' failed (exit 1)",
+                           "nothing was written")
+    assert repo.snapshot() == before
+    assert not (repo.root / "secrets" / "cache").exists()
+    proc = repo.run("generate", "good", "silent")
+    assert_one_clean_error(proc, "secrets.silent.generate", "printed nothing")
+    assert repo.snapshot() == before
+    repo.ok("generate", "good")
+    assert set(rotation(repo)["rotated"]) == {"good"}
+
+
+def test_refused_requests(make_repo) -> None:
+    repo = spec_repo(make_repo, {"g": 'generate = "hex:4"', "manual": ""}, ("g",))
+    before = repo.snapshot()
+    assert_one_clean_error(repo.run("generate", "manual"), "secrets.manual",
+                           "has no generate")
+    assert_one_clean_error(repo.run("generate", "nope"), "unknown secret id 'nope'")
+    assert_one_clean_error(repo.run("rotate"), "nothing to rotate", "--due")
+    assert_one_clean_error(repo.run("rotate", "manual"), "has no generate",
+                           "vaultpy edit manual")
+    assert_one_clean_error(repo.run("rotate", "--due", "--mark"), "do not go together")
+    assert repo.snapshot() == before
+
+
+@pytest.mark.parametrize("body, needles", [
+    ('generate = "alnm:32"', ("secrets.x.generate", "did you mean 'alnum'")),
+    ('generate = "alnum"', ("secrets.x.generate", "needs a size")),
+    ('generate = "hex:0"', ("secrets.x.generate", "invalid size '0'")),
+    ('generate = "passphrase:65"', ("secrets.x.generate", "1 to 64 words")),
+    ('generate = "x25519:32"', ("secrets.x.generate", "takes no size")),
+    ('generate = "command:  "', ("secrets.x.generate", "needs a shell command")),
+    ("generate = 32", ("secrets.x.generate", "expected a string")),
+    ("rotate_days = 0", ("secrets.x.rotate_days", "whole number from 1")),
+    ('rotate_days = "30"', ("secrets.x.rotate_days", "expected a number of days")),
+    ("rotate_days = true", ("secrets.x.rotate_days", "expected a number of days")),
+    ("rotate_dayz = 3", ("secrets.x.rotate_dayz", "did you mean 'rotate_days'")),
+])
+def test_bad_declarations(make_repo, body: str, needles: tuple[str, ...]) -> None:
+    repo = spec_repo(make_repo, {"x": body}, ())
+    before = repo.snapshot()
+    for command in ("check", "generate"):
+        assert_one_clean_error(repo.run(command), "hosts.toml", *needles)
+    assert repo.snapshot() == before
+
+
+def test_rotate_replaces_values_and_records_the_time(make_repo, tmp_path: Path) -> None:
+    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:32"', "deploy":
+                                 'generate = "ssh-ed25519"'}, ("pw",))
+    repo.ok("generate")
+    repo.ok("renc")
+    old_pw, old_pub = master(repo, "pw"), (repo.root / "secrets" / "deploy.pub").read_text()
+    old_state = rotation(repo)["rotated"]
+    out = json.loads(repo.ok("rotate", "pw", "deploy", "--json").stdout)
+    assert out["generated"] == ["pw", "deploy"]
+    assert master(repo, "pw") != old_pw and len(master(repo, "pw")) == 32
+    assert (repo.root / "secrets" / "deploy.pub").read_text() != old_pub
+    new_state = rotation(repo)["rotated"]
+    assert new_state["pw"] >= old_state["pw"]
+    assert repo.run("check").returncode == 1           # the host's copy is now stale
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def _set_rotated(repo: Repo, **ages_days: int) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    lines = ["version = 1", "", "[rotated]"]
+    lines += [f"{sid} = {(now - dt.timedelta(days=d)).isoformat()}"
+              for sid, d in ages_days.items()]
+    (repo.root / "secrets" / "rotation.toml").write_text("\n".join(lines) + "\n")
+
+
+def test_overdue_warnings_and_rotate_due(make_repo) -> None:
+    repo = spec_repo(make_repo, {
+        "fresh": 'generate = "alnum:12"\nrotate_days = 30',
+        "stale": 'generate = "hex:8"\nrotate_days = 30',
+        "handmade": "rotate_days = 7",
+        "forever": 'generate = "alnum:12"',
+    }, ("fresh", "stale"))
+    repo.ok("generate")
+    repo.ok("encrypt", "handmade", input=b"typed in")
+    repo.ok("renc")
+    _set_rotated(repo, fresh=3, stale=45, forever=4000)
+
+    proc = repo.ok("check")
+    err = proc.stderr.decode()
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2, err
+    assert any("secrets.stale" in w and "45 days ago" in w and "vaultpy rotate stale" in w
+               for w in warnings), warnings
+    assert any("secrets.handmade" in w and "no rotation is recorded" in w and
+               "vaultpy rotate --mark handmade" in w for w in warnings), warnings
+    data = json.loads(repo.ok("check", "--json").stdout)
+    assert data["ok"] and data["problems"] == []
+    assert sorted(w["field"] for w in data["warnings"]) == ["secrets.handmade", "secrets.stale"]
+    strict = repo.run("check", "--strict")
+    assert strict.returncode == 1
+    assert "secrets.stale" in strict.stdout.decode()
+    data = json.loads(repo.run("check", "--strict", "--json").stdout)
+    assert not data["ok"] and len(data["problems"]) == 2 and data["warnings"] == []
+
+    old_fresh, old_stale = master(repo, "fresh"), master(repo, "stale")
+    proc = repo.run("rotate", "--due", "--json")
+    assert proc.returncode == 1                     # handmade is due and cannot be made
+    out = json.loads(proc.stdout)
+    assert out["generated"] == ["stale"]
+    assert [p["field"] for p in out["problems"]] == ["secrets.handmade"]
+    assert master(repo, "fresh") == old_fresh and master(repo, "stale") != old_stale
+    repo.ok("rotate", "--mark", "handmade")
+    repo.ok("renc")
+    proc = repo.ok("check", "--strict")
+    assert "warning" not in proc.stderr.decode()
+    out = json.loads(repo.ok("rotate", "--due", "--json").stdout)
+    assert out["generated"] == [] and out["problems"] == []
+
+
+def test_damaged_rotation_state(make_repo) -> None:
+    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:12"\nrotate_days = 1'}, ("pw",))
+    repo.ok("generate")
+    repo.ok("renc")
+    (repo.root / "secrets" / "rotation.toml").write_text("[rotated]\npw = 'yesterday'\n")
+    before = repo.snapshot()
+    proc = repo.ok("check")             # a warning, like every rotation finding
+    assert "warning: secrets/rotation.toml: rotated.pw: expected a date-time" in \
+        proc.stderr.decode()
+    proc = repo.run("check", "--strict")
+    assert proc.returncode == 1
+    assert "rotation.toml: rotated.pw: expected a date-time" in proc.stdout.decode()
+    assert_one_clean_error(repo.run("rotate", "pw"), "rotation.toml", "rotated.pw")
+    assert repo.snapshot() == before
+
+
+def test_values_are_random_and_cover_their_alphabet() -> None:
+    alnum = generate.make_value(GenerateSpec("alnum", 4096), "x").secret.decode()
+    assert set(alnum) == set(string.ascii_letters + string.digits)
+    assert len({generate.make_value(GenerateSpec("hex", 16), "x").secret
+                for _ in range(50)}) == 50
+    words = generate.make_value(GenerateSpec("passphrase", 64), "x").secret.decode()
+    assert len(words.split(" ")) == 64
+
+
+def test_wordlist_is_shipped_whole() -> None:
+    words = generate.wordlist()
+    assert len(words) == 7776 == len(set(words))
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)?", w) for w in words)
+    assert words[0] == "abacus" and words[-1] == "zoom"
+    text = generate.WORDLIST.read_text()
+    assert "Electronic Frontier Foundation" in text and "CC BY 3.0" in text
+
+
+def test_rotation_file_is_tomli_w_output(make_repo) -> None:
+    repo = spec_repo(make_repo, {"a.b": 'generate = "hex:4"'}, ())
+    repo.ok("generate")
+    text = (repo.root / "secrets" / "rotation.toml").read_text()
+    assert text.startswith("version = 1\n\n[rotated]\n")
+    assert toml_str("a.b") in text

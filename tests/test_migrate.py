@@ -1,0 +1,395 @@
+"""Migration from agenix and vaultix, with real tools end to end.
+
+The agenix fixture is a secrets.nix written here (Nix ``let`` bindings, a list
+concatenation, a sub-directory, an armored secret), evaluated by the real
+``nix-instantiate``; its secrets are encrypted by the real ``age -R`` (as agenix
+does), to keys made by ``ssh-keygen`` and ``age-keygen``.  After the import,
+``vaultpy renc`` and ``vaultpy check`` pass and each host decrypts exactly its
+secrets with the real ``age -d``.  The vaultix fixture is a JSON profile in the
+shape vaultix's renc app writes (documented in docs/migration.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import age_decrypt, age_keygen, assert_one_clean_error, need, ssh_keygen
+
+from vaultpy import migrate, model, templates
+
+
+@pytest.fixture
+def nix_env(tmp_path_factory) -> dict[str, str]:
+    if shutil.which("nix-instantiate") is None:
+        if os.environ.get("CI"):
+            pytest.fail("nix-instantiate is required in CI")
+        pytest.skip("nix-instantiate not installed")
+    state = tmp_path_factory.mktemp("nix-state")
+    return {"NIX_STATE_DIR": str(state), "XDG_CACHE_HOME": str(state / "cache"),
+            "NIX_PATH": ""}
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
+        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    full = {k: v for k, v in os.environ.items() if k not in ("VAULTPY_IDENTITY",
+                                                              "VAULTPY_DEBUG")}
+    full.update({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "vaultpy", *args], cwd=cwd, input=input,
+                          capture_output=True, env=full, timeout=180)
+
+
+def ok(*args: str, **kw) -> subprocess.CompletedProcess[bytes]:
+    proc = run(*args, **kw)
+    assert proc.returncode == 0, (args, proc.stdout.decode(), proc.stderr.decode())
+    return proc
+
+
+def age_encrypt(plaintext: bytes, recipients: list[str], out: Path, armor: bool) -> None:
+    """Encrypt like agenix: the real age with a recipients file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rfile = out.with_name(out.name + ".recipients")
+    rfile.write_text("\n".join(recipients) + "\n")
+    subprocess.run([need("age"), *(["-a"] if armor else []), "-R", str(rfile), "-o", str(out)],
+                   input=plaintext, check=True, capture_output=True)
+    rfile.unlink()
+
+
+@dataclass
+class Agenix:
+    dir: Path                        # where secrets.nix lives (the agenix repo)
+    secrets_nix: Path
+    operator: Path                   # the operator's SSH key agenix decrypted with
+    operator_pub: str
+    hosts: dict[str, tuple[Path, str]]
+    plain: dict[str, bytes]          # vaultpy id -> plaintext
+    expected: dict[str, set[str]]    # host -> vaultpy ids
+
+
+@pytest.fixture
+def agenix(tmp_path) -> Agenix:
+    d = tmp_path / "agenix"
+    keys = tmp_path / "keys"
+    d.mkdir()
+    keys.mkdir()
+    operator, operator_pub = ssh_keygen(keys, "alice", comment="alice@laptop")
+    _ci_ident, ci_pub = age_keygen(keys, "ci.txt")
+    hosts = {}
+    for name in ("web1", "db1"):
+        hosts[name] = ssh_keygen(keys, name, comment=f"root@{name}")
+    web1, db1 = hosts["web1"][1], hosts["db1"][1]
+    text = f'''# agenix rules (written for vaultpy's tests)
+let
+  alice = "{operator_pub}";
+  ci = "{ci_pub}";
+  web1 = "{web1}";
+  db1 = "{db1}";
+  users = [ alice ci ];
+  systems = [ web1 db1 ];
+in
+{{
+  "db_password.age".publicKeys = users ++ systems;
+  "api-token.age".publicKeys = [ alice web1 ];
+  "hosts/db1/backup key.age" = {{ publicKeys = [ alice db1 ]; armor = true; }};
+  "only-ops.age".publicKeys = users;
+}}
+'''
+    secrets_nix = d / "secrets.nix"
+    secrets_nix.write_text(text)
+    rules = {"db_password.age": ([operator_pub, ci_pub, web1, db1], False),
+             "api-token.age": ([operator_pub, web1], False),
+             "hosts/db1/backup key.age": ([operator_pub, db1], True),
+             "only-ops.age": ([operator_pub, ci_pub], False)}
+    plain = {"db_password": b"hunter2\n", "api-token": b"tok-" + bytes(range(256)),
+             "hosts-db1-backup_key": b"-----BEGIN KEY-----\nabc\n", "only-ops": b""}
+    for (name, (recips, armor)), sid in zip(rules.items(), plain, strict=True):
+        age_encrypt(plain[sid], recips, d / name, armor)
+    expected = {"web1": {"db_password", "api-token"},
+                "db1": {"db_password", "hosts-db1-backup_key"}}
+    return Agenix(d, secrets_nix, operator, operator_pub, hosts, plain, expected)
+
+
+def hosts_nix(agenix: Agenix) -> Path:
+    path = agenix.dir.parent / "hosts.nix"
+    path.write_text("{\n" + "".join(f'  {n} = "{pub}";\n' for n, (_, pub)
+                                     in agenix.hosts.items()) + "}\n")
+    return path
+
+
+def assert_imported(agenix: Agenix, repo: Path, recipients: list[str],
+                    identity: Path | None = None) -> model.Config:
+    """The imported repository is equivalent to the agenix one, renc/check pass, and
+    each host decrypts exactly its secrets with the real age."""
+    cfg = model.load(repo)
+    assert list(cfg.recipients) == [model.normalize_recipient(r, allow_rsa=True)
+                                    for r in recipients]
+    assert set(cfg.secrets) == set(agenix.plain)
+    assert set(cfg.hosts) == set(agenix.expected)
+    for name, host in cfg.hosts.items():
+        assert host.recipients == (model.normalize_recipient(agenix.hosts[name][1]),)
+        assert {d.id for d in host.deployments} == agenix.expected[name]
+        assert all(d.out == model.Output() and d.name == d.id for d in host.deployments)
+    backup = repo / "secrets" / "hosts-db1-backup_key.age"
+    assert backup.read_bytes().startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")  # armor kept
+    ok("renc", "-i", str(identity or agenix.operator), cwd=repo)
+    ok("check", cwd=repo)
+    for name, (key, _) in agenix.hosts.items():
+        files = sorted((repo / "secrets" / "cache" / name).glob("*.age"))
+        assert {f.name.split(".")[0] for f in files} == agenix.expected[name]
+        for f in files:
+            assert age_decrypt(f, key) == agenix.plain[f.name.split(".")[0]]
+    return cfg
+
+
+# --------------------------------------------------------------------------- agenix
+
+def test_import_agenix_with_hosts_from_a_nix_file(agenix, nix_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+              str(hosts_nix(agenix)), "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert "imported 4 secret(s) for 2 host(s)" in proc.stderr.decode()
+    text = (repo / "hosts.toml").read_text()
+    assert "Master recipients: the keys of secrets.nix that are not host keys" in text
+    cfg = assert_imported(agenix, repo, [agenix.operator_pub,
+                                         _ci_pub(agenix)])
+    # The operator's SSH key (a master recipient now) opens every master.
+    for sid, plain in agenix.plain.items():
+        assert age_decrypt(cfg.secrets[sid].file, agenix.operator) == plain
+    proc = ok("decrypt", "api-token", "-i", str(agenix.operator), cwd=repo)
+    assert proc.stdout == agenix.plain["api-token"]
+
+
+def _ci_pub(agenix: Agenix) -> str:
+    return (agenix.dir.parent / "keys" / "ci.txt").read_text().split("public key: ")[1].split()[0]
+
+
+def test_import_agenix_with_host_key_options_and_own_recipient(agenix, nix_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    master, master_pub = age_keygen(tmp_path, "master.txt")
+    args = [f"--host-key={n}={pub}" for n, (_, pub) in agenix.hosts.items()]
+    ok("import", "agenix", str(agenix.secrets_nix), *args, "--recipient", master_pub,
+       "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    cfg = assert_imported(agenix, repo, [master_pub], master)
+    for sid, plain in agenix.plain.items():
+        assert age_decrypt(cfg.secrets[sid].file, master) == plain
+
+
+def test_import_agenix_hosts_by_comment(agenix, nix_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
+       "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert_imported(agenix, repo, [agenix.operator_pub, _ci_pub(agenix)])
+
+
+def test_import_agenix_into_an_existing_repository(agenix, nix_env, make_repo):
+    repo = make_repo(hosts=1, secrets={"old": b"kept"})
+    text_before = (repo.root / "hosts.toml").read_text()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+              str(hosts_nix(agenix)), "-i", str(agenix.operator), cwd=repo.root, env=nix_env)
+    text = (repo.root / "hosts.toml").read_text()
+    assert text.startswith(text_before)                 # appended, nothing rewritten
+    cfg = model.load(repo.root)
+    assert list(cfg.recipients) == [repo.recipient]     # existing master recipients
+    assert set(cfg.hosts) == {"host0", "web1", "db1"}
+    for sid, plain in agenix.plain.items():
+        assert age_decrypt(cfg.secrets[sid].file, repo.identity) == plain
+    ok("renc", cwd=repo.root, env=repo.env)
+    ok("check", cwd=repo.root)
+    # A second import collides: clean errors, one per id and host, nothing written.
+    before = repo.snapshot()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+               str(hosts_nix(agenix)), "-i", str(agenix.operator), cwd=repo.root, env=nix_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.count("is already declared") == 6, err
+    assert repo.snapshot() == before
+
+
+def test_import_agenix_problems_write_nothing(agenix, nix_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stranger, _ = ssh_keygen(tmp_path, "stranger")
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment", "-i",
+               str(stranger), cwd=repo, env=nix_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.count("none of the identities") == 4, err      # every file named
+    assert list(repo.iterdir()) == []
+
+    (agenix.dir / "api-token.age").unlink()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment", "-i",
+               str(agenix.operator), cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "api-token.age", "cannot read the secret", "agenix first")
+    assert list(repo.iterdir()) == []
+
+    broken = agenix.dir / "broken.nix"
+    broken.write_text('{ "a.age".publicKeys = [ "x" ; }\n')
+    proc = run("import", "agenix", str(broken), "-i", str(agenix.operator), cwd=repo,
+               env=nix_env)
+    assert_one_clean_error(proc, "broken.nix", "nix-instantiate failed")
+
+    bad_key = agenix.dir / "badkey.nix"
+    bad_key.write_text('{ "a.age".publicKeys = [ "ssh-ed25519 AAAAnotbase64!" ]; }\n')
+    proc = run("import", "agenix", str(bad_key), "-i", str(agenix.operator), cwd=repo,
+               env=nix_env)
+    assert_one_clean_error(proc, "badkey.nix", '"a.age"', "damaged ssh-ed25519 key")
+    assert list(repo.iterdir()) == []
+
+
+def test_import_agenix_dry_run_prints_hosts_toml(agenix, nix_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment", "--dry-run",
+              "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert list(repo.iterdir()) == []
+    cfg = model.parse(proc.stdout.decode(), repo / "hosts.toml")
+    assert {h: {d.id for d in host.deployments} for h, host in cfg.hosts.items()} == \
+        agenix.expected
+
+
+def test_agenix_ids():
+    assert migrate.agenix_id("a.age") == "a"
+    assert migrate.agenix_id("./hosts/web/db.age") == "hosts-web-db"
+    assert migrate.agenix_id("we ird$.age") == "we_ird_"
+
+
+# --------------------------------------------------------------------------- vaultix
+
+def store_path(name: str) -> str:
+    return "/nix/store/" + hashlib.sha256(name.encode()).hexdigest()[:32].translate(
+        str.maketrans("abcdef", "ghijkl")) + "-" + name
+
+
+def vaultix_profile(host: str, pubkey: str, secrets: dict, templates_: dict,
+                    before: list[str]) -> dict:
+    """A profile as vaultix's renc app writes it (builtins.toJSON of config.vaultix's
+    beforeUserborn, placeholder, secrets, settings and templates)."""
+    return {
+        "beforeUserborn": before,
+        "placeholder": {sid: "{{ " + hashlib.sha256(sid.encode()).hexdigest() + " }}"
+                        for sid in secrets},
+        "secrets": secrets,
+        "settings": {"cacheInStore": store_path("vaultix-cache"),
+                     "decryptedDir": "/run/vaultix",
+                     "decryptedDirForUser": "/run/vaultix-for-user",
+                     "decryptedMountPoint": "/run/vaultix.d", "hostIdentifier": host,
+                     "hostKeys": [{"path": "/etc/ssh/ssh_host_ed25519_key",
+                                   "type": "ed25519"}],
+                     "hostPubkey": pubkey},
+        "templates": templates_,
+    }
+
+
+def vsecret(sid: str, **over) -> dict:
+    name = over.pop("name", sid)
+    base = {"id": sid, "file": store_path(f"{sid}.age"), "group": "root", "mode": "0400",
+            "name": name, "owner": "root", "path": f"/run/vaultix/{name}", "insert": {},
+            "cleanPlaceholder": False}
+    return {**base, **over}
+
+
+def placeholder(sid: str) -> str:
+    return "{{ " + hashlib.sha256(sid.encode()).hexdigest() + " }}"
+
+
+@pytest.fixture
+def vaultix(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    master, master_pub = age_keygen(keys, "vaultix-master.txt")
+    hosts = {n: ssh_keygen(keys, n) for n in ("alpha", "beta")}
+    sdir = tmp_path / "flake" / "secrets"
+    plain = {"db": b"pw\n", "wg": b"wg-private-key", "user-pw": b"$6$hash"}
+    for sid, value in plain.items():
+        age_encrypt(value, [master_pub], sdir / f"{sid}.age", armor=sid == "wg")
+    content = (f"url=postgres://app:{placeholder('db')}@db/app\n"
+               "literal {{{{ stays\njinja {{ var }} and {{ secrets.x }}\n")
+    alpha = vaultix_profile("alpha", hosts["alpha"][1], {
+        "db": vsecret("db", owner="postgres", group="postgres", mode="640"),
+        "user-pw": vsecret("user-pw", path="/run/vaultix-for-user/user-pw"),
+    }, {"app-env": {"name": "app.env", "content": content, "trim": True, "owner": "app",
+                    "group": "root", "mode": "0440", "path": "/run/vaultix/app.env"}},
+        ["user-pw"])
+    beta = vaultix_profile("beta", hosts["beta"][1], {
+        "db": vsecret("db"),
+        "wg": vsecret("wg", name="wg0.key", owner="systemd-network",
+                      path="/etc/wireguard/wg0.key"),
+    }, {}, [])
+    profiles = []
+    for prof in (alpha, beta):
+        p = tmp_path / f"{prof['settings']['hostIdentifier']}.json"
+        p.write_text(json.dumps(prof, indent=2))
+        profiles.append(p)
+    return {"master": master, "master_pub": master_pub, "hosts": hosts, "sdir": sdir,
+            "plain": plain, "profiles": profiles, "content": content}
+
+
+def test_import_vaultix_profiles(vaultix, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+       str(vaultix["sdir"]), "-i", str(vaultix["master"]), cwd=repo)
+    cfg = model.load(repo)
+    assert list(cfg.recipients) == [vaultix["master_pub"]]    # from the -i identity
+    alpha, beta = cfg.hosts["alpha"], cfg.hosts["beta"]
+    a = {d.id: d for d in alpha.deployments}
+    assert a["db"].out == model.Output(owner="postgres", group="postgres", mode="0640")
+    assert a["user-pw"].out == model.Output(early=True)
+    (tmpl,) = alpha.templates
+    assert tmpl.name == "app.env" and tmpl.trim and tmpl.refs == ("db",)
+    assert tmpl.out == model.Output(owner="app", mode="0440")
+    rendered = templates.render(tmpl.content, {"db": b"PW"})
+    assert rendered == vaultix["content"].replace(placeholder("db"), "PW").encode()
+    b = {d.id: d for d in beta.deployments}
+    assert b["wg"].name == "wg0.key"
+    assert b["wg"].out == model.Output(owner="systemd-network", path="/etc/wireguard/wg0.key")
+    assert (repo / "secrets" / "wg.age").read_bytes().startswith(b"-----BEGIN AGE")
+    ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
+    ok("check", cwd=repo)
+    for name, (key, _) in vaultix["hosts"].items():
+        for f in (repo / "secrets" / "cache" / name).glob("*.age"):
+            assert age_decrypt(f, key) == vaultix["plain"][f.name.split(".")[0]]
+
+
+def test_import_vaultix_unsupported_and_missing_are_clean_errors(vaultix, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "vaultix", str(vaultix["profiles"][0]), "-i",
+               str(vaultix["master"]), cwd=repo)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "--secrets-dir" in err and err.count("not found") == 2, err
+    prof = json.loads(vaultix["profiles"][1].read_text())
+    prof["secrets"]["db"]["insert"] = {"a" * 64: {"order": 0, "content": "x"}}
+    prof["secrets"]["wg"]["mode"] = "u=r"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(prof))
+    proc = run("import", "vaultix", str(bad), "--secrets-dir", str(vaultix["sdir"]),
+               "-i", str(vaultix["master"]), cwd=repo)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "insert/cleanPlaceholder" in err
+    assert "'u=r' is not an octal mode" in err
+    assert list(repo.iterdir()) == []
+
+
+def test_convert_template_escapes_only_what_vaultpy_would_misread():
+    ph = {hashlib.sha256(b"a").hexdigest(): "a"}
+    cases = ["plain", "{{ var }}", "{{{{", "{{ secrets.x }}", "{{" + placeholder("a"),
+             "x{" + placeholder("a") + "}y", "{{{ " + placeholder("a")]
+    for text in cases:
+        out = migrate.convert_template(text, ph)
+        got = templates.render(out, {"a": b"V"}).decode()
+        assert got == text.replace(placeholder("a"), "V"), (text, out)
+    assert migrate.convert_template("{{ var }}", ph) == "{{ var }}"
+    with pytest.raises(ValueError, match="names no secret"):
+        migrate.convert_template(placeholder("zzz"), ph)

@@ -1,0 +1,316 @@
+"""``vaultpy doctor``: is this machine ready to run vaultpy, and if not, what to fix.
+
+Each check returns a :class:`Check` with a status:
+
+* ``ok``       — works;
+* ``warning``  — works, but something deserves attention (a single master recipient, an
+                 identity readable by others, an optional tool missing);
+* ``problem``  — a vaultpy command will fail until it is fixed (exit 1);
+* ``skipped``  — could not be checked here (and why).
+
+Checks: hosts.toml (valid), recipients (parse; a backup recipient), identity (present,
+private, unlocks, decrypts the master files), ram-dir (RAM-backed storage for
+``vaultpy edit``), ramfs (in the kernel; as root, actually mountable inside a throwaway
+``unshare -m`` namespace), and the versions of the external tools vaultpy works with.
+Nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vaultpy import __version__
+from vaultpy.errors import VaultpyError, display_path
+from vaultpy.model import Config
+
+OK, WARNING, PROBLEM, SKIPPED = "ok", "warning", "problem", "skipped"
+TOOL_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tool:
+    command: str
+    version_args: tuple[str, ...]
+    used_for: str
+    package: str
+    minimum: tuple[int, ...] = ()
+
+
+TOOLS = (
+    Tool("age", ("--version",), "interop checks and manual decryption", "age", (1, 0)),
+    Tool("age-keygen", ("--version",), "making age identities by hand", "age", (1, 0)),
+    Tool("ssh-keygen", (), "vaultpy host add --generate", "openssh-client"),
+    Tool("ssh-keyscan", (), "vaultpy host add --keyscan", "openssh-client"),
+    Tool("nix-instantiate", ("--version",), "the NixOS module (evaluation)", "nix-bin",
+         (2, 8)),
+)
+
+
+def _first_problem(exc: VaultpyError) -> tuple[str, str]:
+    first = exc.problems[0]
+    more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+    return f"{first.file}: {first.field + ': ' if first.field else ''}{first.message}{more}", (
+        first.hint or "run vaultpy check for every problem")
+
+
+def check_config(repo: Path | None) -> tuple[Check, Config | None]:
+    from vaultpy import model
+
+    try:
+        cfg = model.load(repo)
+    except VaultpyError as exc:
+        detail, fix = _first_problem(exc)
+        return Check("hosts.toml", PROBLEM, detail, fix), None
+    return Check("hosts.toml", OK, f"{display_path(cfg.path)}: {len(cfg.hosts)} host(s), "
+                 f"{len(cfg.secrets)} secret(s)"), cfg
+
+
+def _raw_recipients(repo: Path | None) -> list[str] | None:
+    """The recipients list of a hosts.toml that does not validate as a whole."""
+    from vaultpy import model
+
+    try:
+        path = model.find(Path.cwd()) if repo is None else (
+            repo / model.FILENAME if repo.is_dir() else repo)
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (VaultpyError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    value = doc.get("vaultpy", {}).get("recipients") if isinstance(doc.get("vaultpy"),
+                                                                  dict) else None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
+    from vaultpy import age
+
+    if cfg is None:
+        raw = _raw_recipients(repo)
+        if raw is None:
+            return Check("recipients", SKIPPED, "hosts.toml could not be read")
+        bad = []
+        for i, text in enumerate(raw):
+            try:
+                age.normalize_recipient(text, allow_rsa=True)
+            except ValueError as exc:
+                bad.append(f"recipients[{i}]: {exc}")
+        if bad:
+            return Check("recipients", PROBLEM, "; ".join(bad),
+                         "use age1… keys (age-keygen -y) or ssh-ed25519 public key lines")
+        return Check("recipients", OK, f"{len(raw)} master recipient(s) parse")
+    kinds = sorted({r.split()[0] if " " in r else "age1" for r in cfg.recipients})
+    detail = f"{len(cfg.recipients)} master recipient(s) ({', '.join(kinds)}); " \
+             f"{sum(len(h.recipients) for h in cfg.hosts.values())} host key(s) parse"
+    if len(cfg.recipients) == 1:
+        return Check("recipients", WARNING, detail + "; a single master recipient: losing "
+                     "that key loses every secret", "add a backup recipient to [vaultpy] "
+                     "recipients, then run vaultpy rekey")
+    return Check("recipients", OK, detail)
+
+
+def check_identity(cfg: Config | None, explicit: Sequence[Path]) -> Check:
+    if cfg is None:
+        return Check("identity", SKIPPED, "needs a valid hosts.toml")
+    from vaultpy import age, identities
+
+    try:
+        in_memory = bool(identities._in_memory) and not explicit
+        paths = [] if in_memory else identities.identity_paths(cfg, explicit)
+    except VaultpyError as exc:
+        detail, fix = _first_problem(exc)
+        return Check("identity", PROBLEM, detail, fix)
+    notes: list[str] = []
+    for p in paths:
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            return Check("identity", PROBLEM, f"{display_path(p)}: no such file",
+                         "pass -i FILE, set VAULTPY_IDENTITY, or fix [vaultpy] identity "
+                         "(or create one: vaultpy init --generate-identity PATH)")
+        except OSError as exc:
+            return Check("identity", PROBLEM, f"{display_path(p)}: {exc.strerror}",
+                         "check the path and its permissions")
+        if mode & 0o077:
+            notes.append(f"{display_path(p)} is readable by others (mode {mode & 0o777:04o})")
+    try:
+        keys = identities.load(cfg, explicit)
+    except VaultpyError as exc:
+        detail, fix = _first_problem(exc)
+        return Check("identity", PROBLEM, detail, fix)
+    masters = [s for s in cfg.secrets.values() if s.file.exists()]
+    failed: list[str] = []
+    for s in masters:
+        try:
+            age.decrypt(s.file.read_bytes(), keys, display_path(s.file))
+        except (VaultpyError, OSError):
+            failed.append(display_path(s.file))
+    where = "in memory" if not paths else ", ".join(display_path(p) for p in paths)
+    if failed:
+        return Check("identity", PROBLEM, f"{where} cannot decrypt {len(failed)} of "
+                     f"{len(masters)} master file(s) (first: {failed[0]})",
+                     "pass the right key with -i FILE, or re-encrypt them with a key that "
+                     "can (vaultpy rekey)")
+    detail = (f"{where} decrypts all {len(masters)} master file(s)" if masters else
+              f"{where} unlocks (no master file yet to test it on)")
+    if notes:
+        return Check("identity", WARNING, detail + "; " + "; ".join(notes),
+                     "chmod 600 " + " ".join(str(p) for p in paths))
+    return Check("identity", OK, detail)
+
+
+def check_ram_dir() -> Check:
+    from vaultpy._internal import fsutil
+    from vaultpy.edit import ram_candidates
+
+    tried = []
+    for base in ram_candidates():
+        fstype = fsutil.mount_fstype(base) if base.is_dir() else None
+        tried.append(f"{base} ({fstype or 'absent'})")
+        if (fstype in fsutil.RAM_FILESYSTEMS and os.access(base, os.W_OK | os.X_OK)):
+            return Check("ram-dir", OK, f"{base} is {fstype}: vaultpy edit keeps plaintext "
+                         "there")
+    return Check("ram-dir", PROBLEM, "no writable RAM-backed directory for vaultpy edit "
+                 "(tried " + ", ".join(tried) + ")", "mount a tmpfs on /dev/shm or set "
+                 "XDG_RUNTIME_DIR to one (or accept disk: vaultpy edit --allow-disk)")
+
+
+def _ramfs_in_kernel() -> bool | None:
+    try:
+        with open("/proc/filesystems", encoding="utf-8") as fh:
+            return any(line.split()[-1:] == ["ramfs"] for line in fh)
+    except OSError:
+        return None
+
+
+def check_ramfs() -> Check:
+    """Activation (on hosts) mounts ramfs; check the kernel has it and, as root, that a
+    mount works in a private mount namespace that disappears with the test."""
+    known = _ramfs_in_kernel()
+    if known is False:
+        return Check("ramfs", WARNING, "the kernel has no ramfs: vaultpy activate cannot run "
+                     "here (only hosts need it)", "use a kernel with ramfs (CONFIG_RAMFS)")
+    if os.geteuid() != 0:
+        return Check("ramfs", SKIPPED, "ramfs is in the kernel; mounting it needs root "
+                     "(vaultpy activate runs as root on hosts)")
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if unshare is None or mount is None:
+        return Check("ramfs", SKIPPED, "ramfs is in the kernel; unshare/mount are not "
+                     "installed to test a mount", "install util-linux and mount")
+    with tempfile.TemporaryDirectory(prefix="vaultpy-doctor-") as target:
+        try:
+            proc = subprocess.run(
+                [unshare, "-m", "--propagation", "private", mount, "-t", "ramfs", "-o",
+                 "nosuid,nodev,noexec,mode=0700", "ramfs", target],
+                capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check("ramfs", WARNING, f"could not test a ramfs mount: {exc}",
+                         "only hosts that run vaultpy activate need it")
+    if proc.returncode != 0:
+        said = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return Check("ramfs", WARNING, f"ramfs is in the kernel but mounting it failed "
+                     f"here ({said})", "only hosts need it; in a container, allow "
+                     "CAP_SYS_ADMIN and mount namespaces")
+    return Check("ramfs", OK, "mountable (tested in a private mount namespace)")
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else None
+
+
+def _ssh_version() -> str:
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        return "installed"
+    try:
+        proc = subprocess.run([ssh, "-V"], capture_output=True, text=True,
+                              timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return "installed"
+    return (proc.stderr or proc.stdout).strip().split(",")[0] or "installed"
+
+
+def check_tool(tool: Tool) -> Check:
+    path = shutil.which(tool.command)
+    name = f"tool:{tool.command}"
+    if path is None:
+        return Check(name, WARNING, f"not installed (needed for {tool.used_for})",
+                     f"apt-get install {tool.package}")
+    if not tool.version_args:
+        return Check(name, OK, f"{_ssh_version()} ({path})")
+    try:
+        proc = subprocess.run([path, *tool.version_args], capture_output=True, text=True,
+                              timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name, WARNING, f"{path} does not run: {exc}",
+                     f"reinstall {tool.package}")
+    said = (proc.stdout or proc.stderr).strip().splitlines()
+    text = said[0] if said else ""
+    version = _version(text)
+    if proc.returncode != 0 or version is None:
+        return Check(name, WARNING, f"{path}: cannot tell its version ({text or 'no output'})",
+                     f"reinstall {tool.package}")
+    if tool.minimum and version < tool.minimum:
+        want = ".".join(map(str, tool.minimum))
+        return Check(name, WARNING, f"{text} is older than {want}",
+                     f"upgrade {tool.package} to {want} or later")
+    return Check(name, OK, f"{text} ({path})")
+
+
+def check_python() -> Check:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pyrage = version("pyrage")
+    except PackageNotFoundError:
+        pyrage = "unknown"
+    return Check("vaultpy", OK, f"vaultpy {__version__}, pyrage {pyrage}, Python "
+                 f"{platform.python_version()}")
+
+
+def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
+        tools: Sequence[Tool] = TOOLS,
+        on_check: Callable[[Check], None] | None = None) -> list[Check]:
+    """Every check, in order; ``on_check`` sees each as soon as it is done."""
+    out: list[Check] = []
+
+    def add(c: Check) -> None:
+        out.append(c)
+        if on_check is not None:
+            on_check(c)
+
+    add(check_python())
+    config_check, cfg = check_config(repo)
+    add(config_check)
+    add(check_recipients(cfg, repo))
+    add(check_identity(cfg, identity_files))
+    add(check_ram_dir())
+    add(check_ramfs())
+    for tool in tools:
+        add(check_tool(tool))
+    return out
+
+
+def ok(checks: Sequence[Check]) -> bool:
+    return all(c.status != PROBLEM for c in checks)

@@ -1,0 +1,428 @@
+"""Generated secrets and their rotation: ``vaultpy generate`` and ``vaultpy rotate``.
+
+A secret declares how its value is made, ``[secrets.<id>] generate = "…"``
+(:class:`vaultpy.model.GenerateSpec`), and optionally ``rotate_days = N``:
+
+* ``alnum:N``      N characters from ``[A-Za-z0-9]``;
+* ``hex:N``        N random bytes as 2N lowercase hex digits (like ``openssl rand -hex N``);
+* ``base64:N``     N random bytes, standard base64 with padding (``openssl rand -base64 N``);
+* ``passphrase:N`` N words of the EFF large wordlist (7776 words, 12.9 bits each),
+                   separated by single spaces;
+* ``ssh-ed25519``  an OpenSSH ed25519 private key; its public line goes to ``<id>.pub``;
+* ``x25519``       an age X25519 identity; its ``age1…`` recipient goes to ``<id>.pub``;
+* ``command:<cmd>`` the standard output of ``/bin/sh -c <cmd>``, run in the repository
+                   with ``VAULTPY_SECRET_ID`` set; a non-zero exit or no output fails.
+
+Randomness comes from :mod:`secrets` (the OS CSPRNG); key pairs are made in memory with
+``cryptography`` / pyrage, so no plaintext key ever touches the disk.  Values carry no
+trailing newline, except key files, which end with one as ssh-keygen and age-keygen
+write them.
+
+Every value of a run is made first, in memory; only when all succeeded are the master
+files, public halves and ``secrets/rotation.toml`` written (temp names, fsync, renames,
+directory fsync) under the repository lock.  A failure writes nothing.
+
+``secrets/rotation.toml`` (written with tomli-w) records when each secret was last
+(re)generated::
+
+    version = 1
+
+    [rotated]
+    db_password = 2025-05-01 10:00:00+00:00
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import os
+import secrets as pysecrets
+import string
+import subprocess
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vaultpy._internal import fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.model import Config, GenerateSpec, Secret
+
+ALNUM = string.ascii_letters + string.digits
+ROTATION_FILE = "rotation.toml"
+WORDLIST = Path(__file__).with_name("wordlists") / "eff_large_wordlist.txt"
+PASSPHRASE_SEPARATOR = " "
+_UTC = dt.UTC
+
+
+def now() -> dt.datetime:
+    """The current time in UTC, to the second (what rotation.toml records)."""
+    return dt.datetime.now(_UTC).replace(microsecond=0)
+
+
+# --------------------------------------------------------------------------- values
+
+@dataclass(frozen=True)
+class Value:
+    """A freshly made secret: the master plaintext and, for key pairs, the public half."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    public: bytes | None = None
+
+
+@cache
+def wordlist() -> tuple[str, ...]:
+    """The EFF large wordlist shipped in the package (comment lines skipped)."""
+    words = tuple(line.strip() for line in WORDLIST.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.startswith("#"))
+    if len(words) != 7776 or len(set(words)) != 7776:     # a damaged installation
+        raise VaultpyError(Problem(str(WORDLIST), f"wordlist holds {len(set(words))} "
+                                   "distinct words, expected 7776", "",
+                                   "reinstall vaultpy"))
+    return words
+
+
+def _ssh_ed25519(secret_id: str) -> Value:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH)
+    return Value(secret_id, private, public + f" {secret_id}\n".encode())
+
+
+def _x25519(secret_id: str) -> Value:
+    from vaultpy import age
+
+    secret_key, public = age.generate_x25519()
+    text = f"# public key: {public}\n{secret_key}\n"
+    return Value(secret_id, text.encode(), f"{public}\n".encode())
+
+
+def _command(cfg: Config, secret: Secret, command: str) -> Value:
+    where = f"secrets.{secret.id}.generate"
+    env = {**os.environ, "VAULTPY_SECRET_ID": secret.id, "VAULTPY_REPO": str(cfg.root)}
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", command], cwd=cfg.root, env=env,
+                              stdout=subprocess.PIPE, check=False)
+    except OSError as exc:
+        raise VaultpyError(Problem(display_path(cfg.path), f"cannot run the command: "
+                                   f"{exc.strerror}", where, "nothing was written")) from None
+    if proc.returncode != 0:
+        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} failed "
+                                   f"(exit {proc.returncode})", where,
+                                   "fix the command; nothing was written"))
+    if not proc.stdout:
+        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
+                                   "nothing", where, "it must print the secret on its "
+                                   "standard output; nothing was written"))
+    return Value(secret.id, proc.stdout)
+
+
+def make(cfg: Config, secret: Secret) -> Value:
+    """Make a new value for ``secret`` (which must have ``generate``), in memory."""
+    spec = secret.generate
+    if spec is None:
+        raise VaultpyError(no_generator(cfg, secret.id))
+    return make_value(spec, secret.id, lambda cmd: _command(cfg, secret, cmd))
+
+
+def make_value(spec: GenerateSpec, secret_id: str, run_command: Any = None) -> Value:
+    kind, n = spec.kind, spec.size
+    if kind == "alnum":
+        return Value(secret_id, "".join(pysecrets.choice(ALNUM) for _ in range(n)).encode())
+    if kind == "hex":
+        return Value(secret_id, pysecrets.token_hex(n).encode())
+    if kind == "base64":
+        return Value(secret_id, base64.b64encode(pysecrets.token_bytes(n)))
+    if kind == "passphrase":
+        words = wordlist()
+        return Value(secret_id, PASSPHRASE_SEPARATOR.join(
+            pysecrets.choice(words) for _ in range(n)).encode())
+    if kind == "ssh-ed25519":
+        return _ssh_ed25519(secret_id)
+    if kind == "x25519":
+        return _x25519(secret_id)
+    if kind == "command" and run_command is not None:
+        value: Value = run_command(spec.command)
+        return value
+    raise ValueError(f"cannot generate {spec}")      # unreachable: the model validated it
+
+
+def no_generator(cfg: Config, secret_id: str) -> Problem:
+    return Problem(display_path(cfg.path), f"secret {secret_id!r} has no generate = …",
+                   f"secrets.{secret_id}", 'add e.g. generate = "alnum:32", or change it '
+                   f"by hand with vaultpy edit {secret_id}")
+
+
+def public_path(secret: Secret) -> Path:
+    """Where a key pair's public half lives: ``<id>.pub`` beside the master file."""
+    return secret.file.parent / f"{secret.id}.pub"
+
+
+# --------------------------------------------------------------------------- rotation state
+
+def rotation_path(cfg: Config) -> Path:
+    return cfg.secrets_dir / ROTATION_FILE
+
+
+def load_rotation(cfg: Config) -> dict[str, dt.datetime]:
+    """``secrets/rotation.toml`` as id → last rotation (UTC); empty if there is none."""
+    path = rotation_path(cfg)
+    shown = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise VaultpyError(Problem(shown, f"cannot read: {reason}", "",
+                                   "restore it from git")) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise VaultpyError(Problem(shown, f"not valid TOML: {exc}", "",
+                                   "restore it from git; vaultpy rotate rewrites it")) from None
+    problems: list[Problem] = []
+    if doc.get("version", 1) != 1:
+        problems.append(Problem(shown, f"unsupported version {doc.get('version')!r}",
+                                "version", "this vaultpy reads version 1"))
+    for key in doc:
+        if key not in ("version", "rotated"):
+            problems.append(Problem(shown, "unknown key", key, "allowed keys: version, rotated"))
+    table = doc.get("rotated", {})
+    out: dict[str, dt.datetime] = {}
+    if not isinstance(table, dict):
+        problems.append(Problem(shown, "expected a table", "rotated", "write it as [rotated]"))
+        table = {}
+    for sid, when in table.items():
+        if isinstance(when, dt.datetime):
+            out[sid] = when if when.tzinfo else when.replace(tzinfo=_UTC)
+        elif isinstance(when, dt.date):
+            out[sid] = dt.datetime(when.year, when.month, when.day, tzinfo=_UTC)
+        else:
+            problems.append(Problem(shown, f"expected a date-time, got {when!r}",
+                                    f"rotated.{sid}", "write it like 2025-05-01T10:00:00Z"))
+    if problems:
+        raise VaultpyError(problems)
+    return out
+
+
+def dump_rotation(cfg: Config, state: dict[str, dt.datetime]) -> bytes:
+    """rotation.toml's bytes: declared secrets only, sorted by id, UTC to the second."""
+    import tomli_w
+
+    rotated = {sid: when.astimezone(_UTC).replace(microsecond=0)
+               for sid, when in sorted(state.items()) if sid in cfg.secrets}
+    return tomli_w.dumps({"version": 1, "rotated": rotated}).encode()
+
+
+@dataclass(frozen=True)
+class Due:
+    """A secret whose ``rotate_days`` has passed (or whose rotation was never recorded)."""
+
+    id: str
+    rotate_days: int
+    last: dt.datetime | None
+
+    def age_days(self, at: dt.datetime) -> int | None:
+        return None if self.last is None else (at - self.last).days
+
+
+def due(cfg: Config, at: dt.datetime | None = None,
+        state: dict[str, dt.datetime] | None = None) -> list[Due]:
+    """Secrets with ``rotate_days`` that are due at ``at`` (default: now).  A secret whose
+    master file does not exist yet is not listed (check reports the missing file)."""
+    at = at or now()
+    chosen = [s for s in cfg.secrets.values() if s.rotate_days is not None]
+    if not chosen:
+        return []
+    state = load_rotation(cfg) if state is None else state
+    out = []
+    for s in chosen:
+        assert s.rotate_days is not None
+        last = state.get(s.id)
+        if last is None and not s.file.exists():
+            continue
+        if last is None or at - last >= dt.timedelta(days=s.rotate_days):
+            out.append(Due(s.id, s.rotate_days, last))
+    return out
+
+
+def overdue_problems(cfg: Config, at: dt.datetime | None = None) -> list[Problem]:
+    """One problem per secret due for rotation (``check`` shows them as warnings)."""
+    at = at or now()
+    shown = display_path(rotation_path(cfg))
+    out = []
+    for d in due(cfg, at):
+        fix = (f"run vaultpy rotate {d.id} (or vaultpy rotate --due)"
+               if cfg.secrets[d.id].generate is not None else
+               f"change it (vaultpy edit {d.id}), then record it: vaultpy rotate --mark {d.id}")
+        if d.last is None:
+            msg = f"rotate_days = {d.rotate_days} but no rotation is recorded"
+        else:
+            msg = (f"overdue for rotation: last rotated {d.last:%Y-%m-%d} "
+                   f"({d.age_days(at)} days ago; rotate_days = {d.rotate_days})")
+        out.append(Problem(shown, msg, f"secrets.{d.id}", fix))
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+@dataclass
+class Result:
+    generated: list[str] = field(default_factory=list)      # ids with a new value
+    marked: list[str] = field(default_factory=list)         # rotation recorded only
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (id, why)
+    written: list[Path] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)   # due but not generatable
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "generated": self.generated, "marked": self.marked,
+                "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
+                "written": [str(p) for p in self.written],
+                "problems": [p.as_dict() for p in self.problems]}
+
+
+def _check_ids(cfg: Config, ids: Sequence[str]) -> None:
+    problems = []
+    for sid in ids:
+        if sid not in cfg.secrets:
+            problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
+                                    "secrets", f"declare [secrets.{sid}] in hosts.toml"))
+    if problems:
+        raise VaultpyError(problems)
+
+
+def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = None
+             ) -> Result:
+    """Create the master files of generated secrets that do not exist yet.
+
+    Without ``ids``: every secret with ``generate`` whose master file is missing.
+    Named ids must have ``generate``; an existing one is skipped (rotate replaces it).
+    """
+    _check_ids(cfg, ids)
+    missing = [no_generator(cfg, sid) for sid in ids if cfg.secrets[sid].generate is None]
+    if missing:
+        raise VaultpyError(missing)
+    result = Result()
+    chosen = list(dict.fromkeys(ids)) or [s.id for s in cfg.secrets.values() if s.generate]
+    todo = []
+    for sid in chosen:
+        if cfg.secrets[sid].file.exists():
+            result.skipped.append((sid, "exists (vaultpy rotate replaces it)"))
+        else:
+            todo.append(sid)
+    _produce_and_write(cfg, todo, [], result, at or now())
+    return result
+
+
+def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
+           mark: bool = False, at: dt.datetime | None = None) -> Result:
+    """Replace the values of ``ids`` (or, with ``due_only``, of the secrets due for
+    rotation) with new ones; with ``mark``, only record that ``ids`` were rotated by
+    hand now."""
+    at = at or now()
+    _check_ids(cfg, ids)
+    if not ids and not due_only:
+        raise VaultpyError(Problem("vaultpy rotate", "nothing to rotate", "",
+                                   "name the secret ids, or pass --due"))
+    if mark and due_only:
+        raise VaultpyError(Problem("vaultpy rotate", "--mark and --due do not go together",
+                                   "", "name the ids that were rotated by hand"))
+    result = Result()
+    state = load_rotation(cfg)          # a damaged state file stops the run up front
+    if mark:
+        _produce_and_write(cfg, [], list(dict.fromkeys(ids)), result, at, state)
+        return result
+    chosen = list(dict.fromkeys(ids))
+    if due_only:                        # ids, if given, narrow the due ones down
+        wanted, chosen = set(chosen), []
+        for d in due(cfg, at, state):
+            if wanted and d.id not in wanted:
+                continue
+            if cfg.secrets[d.id].generate is None:
+                result.problems.append(Problem(
+                    display_path(rotation_path(cfg)), "due for rotation but has no "
+                    "generate = …", f"secrets.{d.id}", f"change it (vaultpy edit {d.id}), "
+                    f"then record it: vaultpy rotate --mark {d.id}"))
+            else:
+                chosen.append(d.id)
+        result.skipped += [(sid, "not due") for sid in sorted(wanted - {*chosen} - {
+            p.field.removeprefix("secrets.") for p in result.problems})]
+    else:
+        missing = [no_generator(cfg, sid) for sid in chosen
+                   if cfg.secrets[sid].generate is None]
+        if missing:
+            raise VaultpyError(missing)
+    _produce_and_write(cfg, chosen, [], result, at, state)
+    return result
+
+
+def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: Result,
+                       at: dt.datetime, state: dict[str, dt.datetime] | None = None) -> None:
+    if not todo and not marks:
+        return
+    from vaultpy import age
+
+    values = [make(cfg, cfg.secrets[sid]) for sid in todo]      # all in memory first
+    state = dict(load_rotation(cfg) if state is None else state)
+    files: list[tuple[Path, bytes, int]] = []
+    for v in values:
+        secret = cfg.secrets[v.id]
+        files.append((secret.file, age.encrypt(v.secret, cfg.recipients), 0o644))
+        if v.public is not None:
+            files.append((public_path(secret), v.public, 0o644))
+        state[v.id] = at
+    for sid in marks:
+        state[sid] = at
+    files.append((rotation_path(cfg), dump_rotation(cfg, state), 0o644))
+    _write_all(cfg, files)
+    result.generated += todo
+    result.marked += marks
+    result.written += [path for path, _, _ in files]
+
+
+def _write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
+    """Write every file durably under a temp name, then rename them all (under the lock)."""
+    temps: list[tuple[Path, Path]] = []
+    current: Path = cfg.secrets_dir
+    try:
+        for path, _, _ in files:
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+        current = cfg.cache_dir
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            try:
+                for path, data, mode in files:
+                    current = path
+                    tmp = fsutil.tmp_name(path)
+                    fsutil.write_new(tmp, data, mode)
+                    temps.append((tmp, path))
+                    fsutil.fsync_path(tmp)
+                for tmp, path in temps:
+                    current = path
+                    os.rename(tmp, path)
+            except BaseException:
+                for tmp, _ in temps:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+            for d in sorted({path.parent for _, path in temps}):
+                current = d
+                fsutil.fsync_path(d, directory=True)
+    except OSError as exc:
+        raise VaultpyError(os_problem(current, exc, "write")) from None

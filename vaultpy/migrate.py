@@ -1,0 +1,662 @@
+"""Migration from agenix and vaultix (``vaultpy import agenix|vaultix``).
+
+Both importers build the same tool-independent :class:`Plan` (master secrets with
+their source ``.age`` files, hosts with their keys, deployments and templates),
+then :func:`apply` does the rest the same way:
+
+1. choose the master recipients (``--recipient``; else hosts.toml's; else the
+   importer's default) and check for collisions with what hosts.toml already has;
+2. render the new hosts.toml (or the tables appended to the existing one) and
+   validate it with the real model loader, checking it is equivalent to the plan;
+3. decrypt every source file with the operator's identity (one prompt per file);
+4. only then write: each master file atomically (encrypted to the master
+   recipients), hosts.toml last, atomically.  Bad input writes nothing.
+
+agenix (``secrets.nix``, evaluated with ``nix-instantiate --eval --strict --json``):
+``{ "<path>.age" = { publicKeys = [ "<key>" … ]; armor = <bool>; }; … }``; paths are
+relative to secrets.nix.  Which keys are hosts is not in the file (Nix variable
+names are gone after evaluation), so hosts are named by ``--hosts-from FILE``,
+``--host-key NAME=KEY`` or, on request, by ``root@NAME`` key comments; every other
+key is an operator key (the default master recipients).
+
+vaultix (one JSON profile per host, as vaultix's ``renc`` app writes it from
+``config.vaultix``: ``settings`` (``hostIdentifier``, ``hostPubkey``, ``decryptedDir``,
+``decryptedDirForUser`` …), ``secrets.<id>`` (``file``, ``name``, ``owner``, ``group``,
+``mode``, ``path``, ``insert``, ``cleanPlaceholder``), ``templates.<key>`` (``name``,
+``content``, ``trim``, ``owner``, ``group``, ``mode``, ``path``), ``beforeUserborn`` and
+``placeholder.<id> = "{{ <sha256 of id> }}"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vaultpy import age, model, templates
+from vaultpy._internal import ageformat, fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+
+ID_RE = re.compile(templates.ID_PATTERN)
+_COMMENT_HOST = re.compile(r"root@(" + templates.ID_PATTERN + r")")
+
+
+@dataclass
+class PlannedSecret:
+    id: str
+    source: Path           # the other tool's .age file
+    origin: str            # for messages: "secrets.nix: \"a.age\""
+
+
+@dataclass
+class PlannedHost:
+    name: str
+    pubkeys: list[str]                        # as written (comments kept)
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> fields
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> fields
+
+
+@dataclass
+class Plan:
+    tool: str
+    source: str
+    secrets: dict[str, PlannedSecret] = field(default_factory=dict)
+    hosts: dict[str, PlannedHost] = field(default_factory=dict)
+    default_recipients: list[str] = field(default_factory=list)
+    default_hint: str = ""
+    warnings: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class ImportResult:
+    path: Path
+    hosts_toml: str
+    secrets: list[str]
+    hosts: list[str]
+    warnings: list[str]
+    written: list[Path]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def nix_eval_json(path: Path) -> Any:
+    """``nix-instantiate --eval --strict --json FILE`` (read-only: no store writes)."""
+    exe = shutil.which("nix-instantiate")
+    if exe is None:
+        raise fail(path, "nix-instantiate is needed to evaluate this file",
+                   hint="install Nix (Debian: nix-bin), or write the mapping as JSON/TOML")
+    try:
+        proc = subprocess.run([exe, "--eval", "--strict", "--json", "--readonly-mode",
+                               str(path.absolute())], capture_output=True, text=True,
+                              timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise fail(path, f"cannot run nix-instantiate: {exc}") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error")] or lines[-1:] or ["(no output)"]
+        raise fail(path, f"nix-instantiate failed: {errors[0]}"[:400],
+                   hint="fix the Nix expression (run nix-instantiate --eval --strict "
+                   "--json on it to see the whole error)")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise fail(path, "nix-instantiate printed no JSON") from None
+
+
+def _load_mapping(path: Path) -> Any:
+    """A .nix, .json or .toml file's value."""
+    suffix = path.suffix.lower()
+    if suffix == ".nix":
+        return nix_eval_json(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(path, f"cannot read: {exc}") from None
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as exc:
+        raise fail(path, f"not valid {'TOML' if suffix == '.toml' else 'JSON'}: {exc}",
+                   hint="give a .nix, .json or .toml file mapping NAME to KEY") from None
+
+
+def _norm(key: str, *, host: bool) -> str:
+    return age.normalize_recipient(key, allow_rsa=not host, allow_plugin=not host)
+
+
+def _comment(key: str) -> str:
+    parts = key.split(None, 2)
+    return parts[2].strip() if len(parts) == 3 and not key.startswith("age1") else ""
+
+
+def _short(key: str) -> str:
+    kind, _, rest = key.partition(" ")
+    if not rest:
+        return key[:20] + "…"
+    comment = _comment(key)
+    return f"{kind} {rest.split()[0][:12]}…" + (f" ({comment})" if comment else "")
+
+
+def _mode(value: Any) -> str | None:
+    """A chmod-style octal mode string as vaultpy writes it ("400" -> "0400")."""
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        return f"{int(value, 8):04o}"
+    return None
+
+
+# --------------------------------------------------------------------------- agenix
+
+def agenix_id(name: str) -> str:
+    """``"hosts/web/db.age"`` -> ``"hosts-web-db"``: ``.age`` dropped, ``/`` -> ``-``,
+    other characters outside ``[A-Za-z0-9_.-]`` -> ``_``."""
+    base = name[:-4] if name.endswith(".age") else name
+    base = base.lstrip("./").replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", base)
+
+
+def _host_map(plan: Plan, hosts_from: Path | None, host_keys: Sequence[str]
+              ) -> dict[str, list[str]]:
+    """Host name -> its keys as written, from --hosts-from and --host-key."""
+    named: dict[str, list[str]] = {}
+    if hosts_from is not None:
+        data = _load_mapping(hosts_from)
+        if not isinstance(data, dict):
+            raise fail(hosts_from, "expected a mapping of host name to public key",
+                       hint='e.g. { web1 = "ssh-ed25519 AAAA…"; }')
+        for name, value in data.items():
+            keys = [value] if isinstance(value, str) else value
+            if not isinstance(keys, list) or not keys or not all(
+                    isinstance(k, str) for k in keys):
+                plan.problems.append(Problem(display_path(hosts_from), "expected a key or "
+                                             "a list of keys", str(name)))
+                continue
+            named.setdefault(str(name), []).extend(keys)
+    for item in host_keys:
+        name, sep, key = item.partition("=")
+        if not sep or not name.strip() or not key.strip():
+            plan.problems.append(Problem("--host-key", f"expected NAME=KEY, got {item!r}", "",
+                                         'e.g. --host-key "web1=ssh-ed25519 AAAA…"'))
+            continue
+        named.setdefault(name.strip(), []).append(key.strip())
+    return named
+
+
+def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
+                host_keys: Sequence[str] = (), hosts_by_comment: bool = False) -> Plan:
+    plan = Plan("agenix", display_path(secrets_nix),
+                default_hint="the keys of secrets.nix that are not host keys")
+    rules = nix_eval_json(secrets_nix)
+    shown = display_path(secrets_nix)
+    if not isinstance(rules, dict):
+        raise fail(secrets_nix, "expected an attribute set of \"<file>.age\" = { publicKeys "
+                   "= [ … ]; }", hint="this is agenix's rules file (secrets.nix)")
+    by_key: dict[str, str] = {}                 # normalised host key -> host name
+    for name, keys in _host_map(plan, hosts_from, host_keys).items():
+        if not ID_RE.fullmatch(name):
+            plan.problems.append(Problem("--hosts-from/--host-key", f"invalid host name "
+                                         f"{name!r}", "", "use letters, digits, '_', '.', '-'"))
+            continue
+        for key in keys:
+            try:
+                norm = _norm(key, host=True)
+            except ValueError as exc:
+                plan.problems.append(Problem("--hosts-from/--host-key", f"host {name}: {exc}",
+                                             "", model.HOST_KEY_HINT))
+                continue
+            if by_key.setdefault(norm, name) != name:
+                plan.problems.append(Problem("--hosts-from/--host-key", f"the same key is "
+                                             f"given for {by_key[norm]} and {name}", ""))
+                continue
+            host = plan.hosts.setdefault(name, PlannedHost(name, []))
+            host.pubkeys.append(key.strip())
+    users: dict[str, str] = {}                  # normalised -> as written, first seen
+    ids: dict[str, str] = {}
+    for name in sorted(rules):
+        rule = rules[name]
+        where = f'"{name}"'
+        if not isinstance(rule, dict) or not isinstance(rule.get("publicKeys"), list):
+            plan.problems.append(Problem(shown, "expected { publicKeys = [ … ]; }", where))
+            continue
+        for extra in sorted(set(rule) - {"publicKeys", "armor"}):
+            plan.warnings.append(f"{shown}: {name}: ignoring attribute {extra!r}")
+        sid = agenix_id(name)
+        if not sid or not ID_RE.fullmatch(sid) or len(sid) > model.ID_MAX:
+            plan.problems.append(Problem(shown, f"cannot make a secret id of {name!r}", where,
+                                         "rename the file"))
+            continue
+        if sid in ids:
+            plan.problems.append(Problem(shown, f"{name!r} and {ids[sid]!r} both become "
+                                         f"secret id {sid!r}", where, "rename one of them"))
+            continue
+        ids[sid] = name
+        source = (secrets_nix.parent / name)
+        plan.secrets[sid] = PlannedSecret(sid, source, f"{shown}: {name}")
+        for key in rule["publicKeys"]:
+            if not isinstance(key, str):
+                plan.problems.append(Problem(shown, "publicKeys holds a non-string", where))
+                continue
+            try:
+                norm = _norm(key, host=False)
+            except ValueError as exc:
+                plan.problems.append(Problem(shown, f"{exc}: {key[:40]!r}", where,
+                                             age.KEY_HINT))
+                continue
+            host_name = by_key.get(norm)
+            if host_name is None and hosts_by_comment:
+                m = _COMMENT_HOST.fullmatch(_comment(key))
+                if m and norm.startswith(age.SSH_ED25519):
+                    host_name = m.group(1)
+                    by_key[norm] = host_name
+                    plan.hosts.setdefault(host_name, PlannedHost(host_name, [])).pubkeys.append(
+                        key.strip())
+            if host_name is not None:
+                plan.hosts[host_name].secrets.setdefault(sid, {})
+            else:
+                users.setdefault(norm, key.strip())
+    for host in plan.hosts.values():
+        if not host.secrets:
+            plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
+                                 "key; it is added without secrets")
+    plan.default_recipients = list(users.values())
+    return plan
+
+
+# --------------------------------------------------------------------------- vaultix
+
+_STORE = re.compile(r"^/nix/store/[0-9a-z]{32}-(?P<name>.+)$")
+_VAULTIX_PLACEHOLDER = re.compile(r"\{\{ ([0-9a-f]{64}) \}\}")
+
+
+def _resolve_store_file(text: str, secrets_dir: Path | None, base: Path) -> Path | None:
+    path = Path(text)
+    if not path.is_absolute():
+        path = base / path
+    if path.is_file():
+        return path
+    if secrets_dir is not None:
+        m = _STORE.match(text)
+        name = m.group("name") if m else path.name
+        candidate = secrets_dir / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def convert_template(content: str, placeholders: Mapping[str, str]) -> str:
+    """vaultix template text -> vaultpy's: ``{{ <sha256 hex of id> }}`` becomes
+    ``{{ secrets.<id> }}``; literal ``{{`` are escaped only where vaultpy would misread
+    them.  ValueError names an unknown placeholder."""
+    parts: list[str | templates.Ref] = []
+    pos = 0
+    for m in _VAULTIX_PLACEHOLDER.finditer(content):
+        sid = placeholders.get(m.group(1))
+        if sid is None:
+            raise ValueError(f"placeholder {{{{ {m.group(1)[:12]}… }}}} names no secret of "
+                             "this profile")
+        parts.append(content[pos : m.start()])
+        parts.append(templates.Ref(sid))
+        pos = m.end()
+    parts.append(content[pos:])
+
+    def render(escape_all: bool) -> str:
+        out = []
+        for p in parts:
+            if isinstance(p, templates.Ref):
+                out.append(f"{{{{ secrets.{p.id} }}}}")
+            else:
+                out.append(p.replace("{{", "{{{{") if escape_all else p)
+        return "".join(out)
+
+    def segments(items: Sequence[str | templates.Ref]) -> list[str | templates.Ref]:
+        merged: list[str | templates.Ref] = []
+        for it in items:
+            if isinstance(it, str) and merged and isinstance(merged[-1], str):
+                merged[-1] += it
+            elif not (isinstance(it, str) and not it):
+                merged.append(it)
+        return merged
+
+    want = segments(parts)
+    for escape_all in (False, True):
+        text = render(escape_all)
+        try:
+            if segments(templates.parse(text)) == want:
+                return text
+        except templates.TemplateError:
+            continue
+    raise ValueError("cannot express this template in vaultpy's placeholder syntax")
+
+
+def _output_fields(entry: Mapping[str, Any], where: str, plan: Plan,
+                   default_paths: Sequence[str], early: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    owner, group = entry.get("owner", "root"), entry.get("group", "root")
+    if owner != "root":
+        out["owner"] = owner
+    if group != "root":
+        out["group"] = group
+    mode = entry.get("mode", "0400")
+    normal = _mode(mode)
+    if normal is None:
+        plan.problems.append(Problem(plan.source, f"mode {mode!r} is not an octal mode",
+                                     f"{where}.mode", 'vaultpy takes octal modes like "0440"'))
+    elif normal != "0400":
+        out["mode"] = normal
+    path = entry.get("path")
+    if isinstance(path, str) and path and path not in default_paths:
+        out["path"] = path
+    if early:
+        out["early"] = True
+    return out
+
+
+def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -> Plan:
+    plan = Plan("vaultix", ", ".join(display_path(p) for p in profiles),
+                default_hint="the public key of the X25519 identity given with -i")
+    digests: dict[str, tuple[str, str]] = {}          # id -> (sha256 of source, host)
+    for prof_path in profiles:
+        shown = display_path(prof_path)
+        try:
+            data = json.loads(prof_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise fail(prof_path, f"cannot read the vaultix profile: {exc}",
+                       hint="give the JSON profile (see docs/migration.md)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            raise fail(prof_path, "not a vaultix profile (no settings)",
+                       hint="give the JSON profile (see docs/migration.md)")
+        settings = data["settings"]
+        name, pubkey = settings.get("hostIdentifier"), settings.get("hostPubkey")
+        if not isinstance(name, str) or not ID_RE.fullmatch(name):
+            plan.problems.append(Problem(shown, f"invalid or missing host name {name!r}",
+                                         "settings.hostIdentifier"))
+            continue
+        if name in plan.hosts:
+            plan.problems.append(Problem(shown, f"host {name} is given twice",
+                                         "settings.hostIdentifier", "give one profile per host"))
+            continue
+        if not isinstance(pubkey, str):
+            plan.problems.append(Problem(shown, "missing", "settings.hostPubkey"))
+            continue
+        try:
+            _norm(pubkey, host=True)
+        except ValueError as exc:
+            plan.problems.append(Problem(shown, str(exc), "settings.hostPubkey",
+                                         model.HOST_KEY_HINT))
+            continue
+        host = PlannedHost(name, [pubkey.strip()])
+        plan.hosts[name] = host
+        early_ids = set(data.get("beforeUserborn") or [])
+        dirs = [settings.get("decryptedDir", "/run/vaultix"),
+                settings.get("decryptedDirForUser", "/run/vaultix-for-user")]
+        secrets = data.get("secrets") or {}
+        placeholders = {hashlib.sha256(sid.encode()).hexdigest(): sid for sid in secrets}
+        for sid, holder in (data.get("placeholder") or {}).items():
+            m = _VAULTIX_PLACEHOLDER.fullmatch(str(holder))
+            if m:
+                placeholders[m.group(1)] = sid
+        for sid, entry in sorted(secrets.items()):
+            where = f"secrets.{sid}"
+            if not isinstance(entry, dict):
+                plan.problems.append(Problem(shown, "expected an object", where))
+                continue
+            if not ID_RE.fullmatch(sid) or len(sid) > model.ID_MAX:
+                plan.problems.append(Problem(shown, f"secret id {sid!r} is not valid for "
+                                             "vaultpy", where, "rename the secret"))
+                continue
+            if entry.get("insert") or entry.get("cleanPlaceholder"):
+                plan.problems.append(Problem(shown, "insert/cleanPlaceholder are not "
+                                             "supported by vaultpy", where, "move the inserted "
+                                             "text into the secret, or use a template"))
+                continue
+            file_text = entry.get("file")
+            source = (_resolve_store_file(file_text, secrets_dir, prof_path.parent)
+                      if isinstance(file_text, str) else None)
+            if source is None:
+                plan.problems.append(Problem(shown, f"secret file {file_text!r} not found",
+                                             f"{where}.file", "build the host once so the "
+                                             "file is in /nix/store, or pass --secrets-dir "
+                                             "DIR holding <name>.age"))
+                continue
+            try:
+                digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            except OSError as exc:
+                plan.problems.append(os_problem(source, exc, "read the secret"))
+                continue
+            seen = digests.setdefault(sid, (digest, name))
+            if seen[0] != digest:
+                plan.problems.append(Problem(shown, f"secret {sid!r} differs from the one of "
+                                             f"host {seen[1]}", where, "give them distinct "
+                                             "ids in vaultix first"))
+                continue
+            plan.secrets.setdefault(sid, PlannedSecret(sid, source, f"{shown}: {where}"))
+            out_name = entry.get("name", sid)
+            fields: dict[str, Any] = {}
+            if out_name != sid:
+                fields["name"] = out_name
+            defaults = [f"{d}/{out_name}" for d in dirs if isinstance(d, str)]
+            fields.update(_output_fields(entry, where, plan, defaults, sid in early_ids))
+            host.secrets[sid] = fields
+        for key, entry in sorted((data.get("templates") or {}).items()):
+            where = f"templates.{key}"
+            if not isinstance(entry, dict):
+                plan.problems.append(Problem(shown, "expected an object", where))
+                continue
+            tname = entry.get("name", key)
+            if not isinstance(tname, str) or not ID_RE.fullmatch(tname):
+                plan.problems.append(Problem(shown, f"template name {tname!r} is not valid "
+                                             "for vaultpy", where, "rename the template"))
+                continue
+            try:
+                content = convert_template(str(entry.get("content", "")), placeholders)
+            except ValueError as exc:
+                plan.problems.append(Problem(shown, str(exc), f"{where}.content"))
+                continue
+            fields = {"content": content, "trim": bool(entry.get("trim", True))}
+            defaults = [f"{d}/{tname}" for d in dirs if isinstance(d, str)]
+            fields.update(_output_fields(entry, where, plan, defaults, key in early_ids))
+            host.templates[tname] = fields
+        for other in sorted(set(data) - {"settings", "secrets", "templates", "beforeUserborn",
+                                        "placeholder"}):
+            plan.warnings.append(f"{shown}: ignoring {other!r}")
+    return plan
+
+
+# --------------------------------------------------------------------------- apply
+
+def _host_table(host: PlannedHost) -> dict[str, Any]:
+    table: dict[str, Any] = {"pubkey": host.pubkeys[0] if len(host.pubkeys) == 1
+                             else host.pubkeys}
+    if host.secrets:
+        if any(host.secrets.values()):
+            table["secrets"] = {sid: dict(f) for sid, f in sorted(host.secrets.items())}
+        else:
+            table["secrets"] = sorted(host.secrets)
+    if host.templates:
+        table["templates"] = {n: dict(f) for n, f in sorted(host.templates.items())}
+    return table
+
+
+def render_tables(plan: Plan) -> str:
+    import tomli_w
+
+    doc: dict[str, Any] = {}
+    if plan.secrets:
+        doc["secrets"] = {sid: {} for sid in sorted(plan.secrets)}
+    if plan.hosts:
+        doc["hosts"] = {n: _host_table(h) for n, h in sorted(plan.hosts.items())}
+    return tomli_w.dumps(doc, multiline_strings=True)
+
+
+def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
+                keys: Sequence[age.Identity]) -> tuple[list[str], str]:
+    """The master recipients as written in hosts.toml, and where they came from."""
+    if existing is not None:
+        if given and [_norm(g, host=False) for g in given] != list(
+                existing.recipients):
+            raise fail(existing.path, "hosts.toml already has [vaultpy] recipients; the "
+                       "imported masters are encrypted to them", field="--recipient",
+                       hint="drop --recipient (or change hosts.toml first)")
+        return list(existing.recipients), "hosts.toml"
+    if given:
+        return [g.strip() for g in given], "--recipient"
+    if plan.default_recipients:
+        return plan.default_recipients, plan.default_hint
+    publics = []
+    for k in keys:
+        if k.kind == "x25519":
+            publics.append(str(k.key.to_public()))
+    if publics:
+        return publics, "the X25519 identity given with -i"
+    raise VaultpyError(Problem("--recipient", "no master recipient for the new hosts.toml",
+                               "", "give one with --recipient KEY (your master public key, "
+                               "age-keygen -y)"))
+
+
+def default_identities() -> list[Path]:
+    """agenix's own defaults: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist."""
+    home = Path(os.path.expanduser("~/.ssh"))
+    return [p for p in (home / "id_ed25519", home / "id_rsa") if p.exists()]
+
+
+def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
+          identity_files: Sequence[Path] = (), force: bool = False, dry_run: bool = False,
+          ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
+    if plan.problems:
+        raise VaultpyError(plan.problems)
+    hosts_path = (target / model.FILENAME).absolute()
+    existing: model.Config | None = None
+    old_text = ""
+    if hosts_path.exists():
+        existing = model.load(hosts_path)
+        old_text = hosts_path.read_text(encoding="utf-8")
+    files = list(identity_files) or default_identities()
+    if not files:
+        raise VaultpyError(Problem("-i", f"no identity to decrypt the {plan.tool} secrets",
+                                   "", f"pass the key {plan.tool} decrypted with: -i FILE"))
+    keys = age.load_identities(files, ask)
+    chosen, origin = _recipients(plan, recipients, existing, keys)
+    problems: list[Problem] = []
+    if existing is not None:
+        for sid in plan.secrets:
+            if sid in existing.secrets:
+                problems.append(Problem(display_path(hosts_path), f"secret {sid!r} is already "
+                                        "declared", f"secrets.{sid}", "remove it, or import "
+                                        "into another repository"))
+        for name in plan.hosts:
+            if name in existing.hosts:
+                problems.append(Problem(display_path(hosts_path), f"host {name!r} is already "
+                                        "declared", f"hosts.{name}", "remove it, or import "
+                                        "into another repository"))
+    if problems:
+        raise VaultpyError(problems)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    tables = render_tables(plan)
+    if existing is None:
+        import tomli_w
+
+        head = tomli_w.dumps({"vaultpy": {"recipients": list(chosen)}})
+        text = (f"# Imported from {plan.tool} ({plan.source}) on {stamp} by vaultpy import.\n"
+                f"# Master recipients: {origin}.\n{head}\n{tables}")
+    else:
+        sep = "" if old_text.endswith("\n") or not old_text else "\n"
+        text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({plan.source}) on {stamp} "
+                f"by vaultpy import.\n{tables}")
+    try:
+        cfg = model.parse(text, hosts_path)
+    except VaultpyError as exc:
+        raise VaultpyError([Problem(p.file, p.message, p.field, p.hint or "fix the source "
+                                    f"{plan.tool} configuration") for p in exc.problems]
+                           ) from None
+    _check_equivalent(plan, cfg)
+    # Decrypt everything before writing anything.
+    problems = []
+    plain: dict[str, tuple[bytes, bool]] = {}
+    for sid, sec in plan.secrets.items():
+        target_file = cfg.secrets[sid].file
+        if target_file.exists() and not force:
+            problems.append(Problem(display_path(target_file), "already exists", f"secrets.{sid}",
+                                    "it is not declared in hosts.toml; remove it or pass "
+                                    "--force (an interrupted import)"))
+            continue
+        try:
+            data = sec.source.read_bytes()
+        except OSError as exc:
+            p = os_problem(sec.source, exc, "read the secret")
+            problems.append(Problem(p.file, p.message, sec.origin, f"create it with "
+                                    f"{plan.tool} first, or remove it from its configuration"))
+            continue
+        try:
+            plain[sid] = (age.decrypt(data, keys, display_path(sec.source)),
+                          ageformat.is_armored(data))
+        except VaultpyError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise VaultpyError(problems)
+    result = ImportResult(hosts_path, text, sorted(plan.secrets), sorted(plan.hosts),
+                          plan.warnings, [])
+    if dry_run:
+        return result
+    master_recipients = list(cfg.recipients)
+    try:
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            for sid in sorted(plain):
+                text_bytes, armor = plain.pop(sid)
+                dest = cfg.secrets[sid].file
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fsutil.atomic_write(dest, age.encrypt(text_bytes, master_recipients, armor))
+                result.written.append(dest)
+            mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
+            fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
+    except OSError as exc:
+        raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
+    return result
+
+
+def _check_equivalent(plan: Plan, cfg: model.Config) -> None:
+    """The hosts.toml about to be written says exactly what the plan says."""
+    for name, host in plan.hosts.items():
+        got = cfg.hosts.get(name)
+        want_keys = tuple(_norm(k, host=True) for k in host.pubkeys)
+        if (got is None or got.recipients != want_keys
+                or {d.id for d in got.deployments} != set(host.secrets)
+                or {t.name for t in got.templates} != set(host.templates)):
+            raise VaultpyError(Problem(display_path(cfg.path), f"host {name}: the rendered "
+                                       "hosts.toml does not match the import (a bug)", "",
+                                       "please report it"))
+
+
+def import_agenix(secrets_nix: Path, target: Path, *, hosts_from: Path | None = None,
+                  host_keys: Sequence[str] = (), hosts_by_comment: bool = False,
+                  recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
+                  force: bool = False, dry_run: bool = False,
+                  ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
+    if not secrets_nix.is_file():
+        raise fail(secrets_nix, "no such file", hint="give agenix's secrets.nix")
+    plan = plan_agenix(secrets_nix, hosts_from=hosts_from, host_keys=host_keys,
+                       hosts_by_comment=hosts_by_comment)
+    if not plan.hosts and not plan.problems:
+        plan.warnings.append("no host key recognised: every key became a master recipient; "
+                             "name hosts with --hosts-from FILE or --host-key NAME=KEY")
+    return apply(plan, target, recipients=recipients, identity_files=identity_files,
+                 force=force, dry_run=dry_run, ask=ask)
+
+
+def import_vaultix(profiles: Sequence[Path], target: Path, *, secrets_dir: Path | None = None,
+                   recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
+                   force: bool = False, dry_run: bool = False,
+                   ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
+    plan = plan_vaultix(profiles, secrets_dir=secrets_dir)
+    return apply(plan, target, recipients=recipients, identity_files=identity_files,
+                 force=force, dry_run=dry_run, ask=ask)

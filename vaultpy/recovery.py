@@ -1,0 +1,548 @@
+"""Disaster recovery: prove backup keys work, and rotate the master key.
+
+* :func:`coverage` — ``vaultpy check --recipient-coverage [--backup-identity F]…``:
+  every master file must decrypt with *each* backup identity, and its header must
+  be addressed to exactly the ``[vaultpy] recipients`` as far as the header shows
+  it (ssh-ed25519/ssh-rsa stanzas carry a key tag; X25519 stanzas only count).
+* :func:`rotate_master` — ``vaultpy rekey --rotate-master --new-identity FILE``:
+  a new X25519 master identity, every master re-encrypted to it plus the backup
+  recipients that remain, ``hosts.toml`` updated, renc run.  Progress is kept in
+  a journal (``.vaultpy-rotation.jsonl`` beside hosts.toml) so that a run killed
+  at any point is finished by running the same command again.
+
+Journal: the first line (written atomically before anything else) records the
+new identity's path and public key, the new recipient list and the masters to
+rotate; then one ``{"done": id}`` line is appended (and fsynced) after each master
+is atomically replaced, and ``{"hosts_toml": true}`` once hosts.toml is updated.
+The journal is removed when renc has succeeded.  The new identity file is written
+(0600, durable) after the journal's first line and before any master, so a master
+is never encrypted to a key that is not on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vaultpy import age, identities
+from vaultpy._internal import ageformat, fsutil
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.model import Config
+
+JOURNAL = ".vaultpy-rotation.jsonl"
+FIX_REKEY = "run vaultpy rekey"
+
+
+# --------------------------------------------------------------------------- coverage
+
+def _short(recipient: str) -> str:
+    kind, _, rest = recipient.partition(" ")
+    if not rest:
+        return recipient[:16] + "…" if len(recipient) > 20 else recipient
+    return f"{kind} {rest[:12]}…"
+
+
+def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Problem]:
+    """What a master's stanzas say about its recipients versus ``[vaultpy] recipients``."""
+    shown = display_path(cfg.secrets[sid].file)
+    where = f"secrets.{sid}"
+    out: list[Problem] = []
+    stanzas = header.recipient_stanzas()
+    tags = {s.args[0] for s in stanzas if s.type in (age.SSH_ED25519, age.SSH_RSA) and s.args}
+    wanted_tags: set[str] = set()
+    x25519_wanted = 0
+    plugins = [r for r in cfg.recipients if age.plugin_name(r)]
+    for r in cfg.recipients:
+        if r in plugins:            # a plugin's stanzas name no recipient: not checkable
+            continue
+        tag = age.ssh_stanza_tag(r)
+        if tag is None:
+            x25519_wanted += 1
+            continue
+        wanted_tags.add(tag)
+        if tag not in tags:
+            out.append(Problem(shown, f"not encrypted to [vaultpy] recipient {_short(r)}",
+                               where, FIX_REKEY))
+    for tag in sorted(tags - wanted_tags):
+        out.append(Problem(shown, f"also encrypted to an SSH key that is not a [vaultpy] "
+                           f"recipient (tag {tag})", where, f"{FIX_REKEY} to drop it"))
+    x25519 = sum(1 for s in stanzas if s.type == "X25519")
+    if x25519 < x25519_wanted:
+        out.append(Problem(shown, f"has {x25519} X25519 stanza(s) but [vaultpy] recipients "
+                           f"list {x25519_wanted} age1 key(s)", where, FIX_REKEY))
+    elif x25519 > x25519_wanted:
+        out.append(Problem(shown, f"has {x25519} X25519 stanza(s) but [vaultpy] recipients "
+                           f"list {x25519_wanted} age1 key(s): a key not listed (an old "
+                           "master key?) can still decrypt it", where, f"{FIX_REKEY} to drop it"))
+    others = sorted({s.type for s in stanzas} - {"X25519", age.SSH_ED25519, age.SSH_RSA})
+    if others and not plugins:
+        out.append(Problem(shown, "has stanzas vaultpy never writes: " + ", ".join(others),
+                           where, FIX_REKEY))
+    return out
+
+
+def coverage(cfg: Config, backup_files: Sequence[Path],
+             ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> list[Problem]:
+    """Problems with recipient coverage (empty = every master is fully covered).
+
+    Missing or malformed master files are left to ``check`` (which reports them).
+    """
+    problems: list[Problem] = []
+    backups: list[tuple[str, list[age.Identity]]] = []
+    for path in backup_files:
+        try:
+            backups.append((display_path(path), age.load_identity_file(path, ask)))
+        except VaultpyError as exc:
+            problems.extend(Problem(p.file, p.message, "--backup-identity", p.hint)
+                            for p in exc.problems)
+    for sid, secret in cfg.secrets.items():
+        try:
+            data = secret.file.read_bytes()
+            header = ageformat.parse(data)
+        except (OSError, ageformat.FormatError):
+            continue
+        problems.extend(header_problems(cfg, sid, header))
+        for source, keys in backups:
+            try:
+                age.decrypt(data, keys, display_path(secret.file))
+            except VaultpyError as exc:
+                reason = exc.problems[0].message
+                why = "" if "can decrypt it" in reason else f" ({reason})"
+                problems.append(Problem(display_path(secret.file), "cannot be decrypted by "
+                                        f"backup identity {source}{why}", f"secrets.{sid}",
+                                        "add its public key to [vaultpy] recipients, then "
+                                        "run vaultpy rekey"))
+    return problems
+
+
+def rotation_problems(cfg: Config) -> list[Problem]:
+    """A rotation left unfinished is a problem for ``check``."""
+    journal = cfg.root / JOURNAL
+    if not journal.exists():
+        return []
+    return [Problem(display_path(journal), "a master key rotation is unfinished", "",
+                    "run vaultpy rekey --rotate-master to finish it")]
+
+
+# --------------------------------------------------------------------------- hosts.toml
+
+_HEADER = re.compile(r"^[ \t]*\[[ \t]*(?P<name>[^\]\[]*?)[ \t]*\][ \t]*(#.*)?$")
+
+
+def _skip_value(text: str, i: int) -> int:
+    """Index just past the TOML value starting at ``text[i]`` (strings, arrays, scalars)."""
+    if text.startswith('"""', i) or text.startswith("'''", i):
+        q = text[i : i + 3]
+        j = i + 3
+        while True:
+            k = text.find(q, j)
+            if k < 0:
+                raise ValueError("unterminated string")
+            if q == '"""' and _escaped(text, k):
+                j = k + 1
+                continue
+            while text.startswith(q[0], k + 3):      # """a"""" ends at the last quote
+                k += 1
+            return k + 3
+    if text[i] == '"':
+        j = i + 1
+        while j < len(text) and text[j] != "\n":
+            if text[j] == "\\":
+                j += 2
+                continue
+            if text[j] == '"':
+                return j + 1
+            j += 1
+        raise ValueError("unterminated string")
+    if text[i] == "'":
+        k = text.find("'", i + 1)
+        if k < 0 or "\n" in text[i:k]:
+            raise ValueError("unterminated string")
+        return k + 1
+    if text[i] in "[{":
+        close = "]" if text[i] == "[" else "}"
+        j = i + 1
+        while j < len(text):
+            c = text[j]
+            if c == close:
+                return j + 1
+            if c in " \t\r\n,":
+                j += 1
+            elif c == "#":
+                nl = text.find("\n", j)
+                j = len(text) if nl < 0 else nl
+            elif c == "=" and close == "}":
+                j += 1
+            elif close == "}" and re.match(r"[A-Za-z0-9_.-]", c):
+                j = re.compile(r"[A-Za-z0-9_.-]+").match(text, j).end()  # type: ignore[union-attr]
+            else:
+                j = _skip_value(text, j)
+        raise ValueError("unterminated array")
+    m = re.compile(r"[^\s,#\]\}]+").match(text, i)
+    if m is None:
+        raise ValueError("no value")
+    return m.end()
+
+
+def _escaped(text: str, k: int) -> bool:
+    n = 0
+    while k - 1 - n >= 0 and text[k - 1 - n] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def set_vaultpy_value(text: str, key: str, value: str) -> str | None:
+    """``text`` with ``[vaultpy] key`` set to the TOML literal ``value``, comments and
+    layout elsewhere unchanged; None if the key is not written plainly in [vaultpy]."""
+    lines = text.splitlines(keepends=True)
+    offset, in_table, in_value_until = 0, False, -1
+    for line in lines:
+        start = offset
+        offset += len(line)
+        if start < in_value_until:
+            continue
+        m = _HEADER.match(line.rstrip("\r\n"))
+        if m and not line.lstrip().startswith("[["):
+            in_table = m.group("name") == "vaultpy"
+            continue
+        if not in_table:
+            continue
+        km = re.match(r"[ \t]*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")[ \t]*=[ \t]*", line)
+        if km is None:
+            continue
+        begin = start + km.end()
+        end = _skip_value(text, begin)
+        if km.group("key").strip('"') == key:
+            return text[:begin] + value + text[end:]
+        in_value_until = end
+    return None
+
+
+def _master(text: str) -> str:
+    """A master recipient in canonical form (RSA and plugin recipients allowed)."""
+    return age.normalize_recipient(text, allow_rsa=True, allow_plugin=True)
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+# --------------------------------------------------------------------------- rotation
+
+@dataclass
+class Journal:
+    path: Path
+    new_identity: Path
+    new_recipient: str
+    recipients_raw: list[str]          # as they will be written into hosts.toml
+    retired: list[str]                 # normalised
+    masters: list[str]
+    done: set[str] = field(default_factory=set)
+    hosts_toml: bool = False
+
+    @property
+    def recipients(self) -> list[str]:
+        return [_master(r) for r in self.recipients_raw]
+
+    def header(self) -> dict[str, Any]:
+        return {"version": 1, "new_identity": str(self.new_identity),
+                "new_recipient": self.new_recipient, "recipients": self.recipients_raw,
+                "retired": self.retired, "masters": self.masters}
+
+    def write_header(self) -> None:
+        fsutil.atomic_write(self.path, (json.dumps(self.header()) + "\n").encode(), 0o600)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_journal(cfg: Config) -> Journal | None:
+    path = cfg.root / JOURNAL
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(path, f"cannot read the rotation journal: {exc}",
+                   hint="restore it, or remove it and check every master by hand") from None
+    lines = text.split("\n")
+    try:
+        head = json.loads(lines[0])
+        journal = Journal(path, Path(head["new_identity"]), head["new_recipient"],
+                          list(head["recipients"]), list(head["retired"]),
+                          list(head["masters"]))
+    except (ValueError, KeyError, TypeError):
+        raise fail(path, "damaged rotation journal (first line)",
+                   hint="remove it and check every master by hand") from None
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue                      # a line torn by a crash: that step is redone
+        if isinstance(entry, dict) and isinstance(entry.get("done"), str):
+            journal.done.add(entry["done"])
+        elif isinstance(entry, dict) and entry.get("hosts_toml") is True:
+            journal.hosts_toml = True
+    return journal
+
+
+def refuse_if_rotating(cfg: Config) -> None:
+    """Plain ``rekey`` (and friends) must not run across an unfinished rotation."""
+    if (cfg.root / JOURNAL).exists():
+        raise VaultpyError(rotation_problems(cfg))
+
+
+@dataclass
+class RotationResult:
+    new_identity: Path
+    new_recipient: str
+    recipients: list[str]
+    retired: list[str]
+    rotated: list[str]
+    resumed: bool
+    identity_in_hosts_toml: bool
+    renc: Any = None
+
+
+def _identity_text(line: str, public: str) -> bytes:
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (f"# created: {when} (vaultpy rekey --rotate-master)\n"
+            f"# public key: {public}\n{line}\n").encode()
+
+
+def _write_identity(path: Path, line: str, public: str) -> None:
+    from vaultpy.shamir import _write_exclusive
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_exclusive(path, _identity_text(line, public))
+        fsutil.fsync_path(path.parent, directory=True)
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "write the new identity")) from None
+
+
+def _x25519_publics(keys: Sequence[age.Identity]) -> list[str]:
+    out = []
+    for k in keys:
+        if k.kind == "x25519":
+            with contextlib.suppress(Exception):
+                out.append(str(k.key.to_public()))
+    return out
+
+
+def _raw_recipients(cfg: Config) -> list[str]:
+    try:
+        doc = tomllib.loads(cfg.path.read_text(encoding="utf-8"))
+        raw = doc["vaultpy"]["recipients"]
+        return [r.strip() for r in raw] if isinstance(raw, list) else list(cfg.recipients)
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(cfg.recipients)
+
+
+def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
+           retire: Sequence[str], ask: age.PassphraseFn
+           ) -> tuple[Journal, dict[str, tuple[bytes, bool]]]:
+    """Validate, decrypt every master, then write the journal and the new identity."""
+    if os.path.lexists(new_identity):
+        raise fail(new_identity, "already exists", field="--new-identity",
+                   hint="give a path for the new master identity that does not exist yet")
+    chosen = [s for s, sec in cfg.secrets.items() if sec.file.exists()]
+    keys = identities.load(cfg, identity_files, ask)
+    current = list(cfg.recipients)
+    retired: list[str] = []
+    problems: list[Problem] = []
+    for text in retire:
+        try:
+            norm = _master(text)
+        except ValueError as exc:
+            problems.append(Problem("--retire", str(exc), "", age.KEY_HINT))
+            continue
+        if norm not in current:
+            problems.append(Problem("--retire", f"{_short(norm)} is not a [vaultpy] recipient",
+                                    "", "give one of the keys listed in hosts.toml"))
+        elif norm not in retired:
+            retired.append(norm)
+    if problems:
+        raise VaultpyError(problems)
+    for pub in _x25519_publics(keys):
+        if pub in current and pub not in retired:
+            retired.append(pub)
+    if not retired:
+        raise VaultpyError(Problem(display_path(cfg.path), "none of the [vaultpy] recipients "
+                                   "belongs to the identity in use, so none would be retired",
+                                   "vaultpy.recipients", "name the old master key with "
+                                   "--retire RECIPIENT"))
+    plain: dict[str, tuple[bytes, bool]] = {}
+    for sid in chosen:
+        data = cfg.secrets[sid].file.read_bytes()
+        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
+                      ageformat.is_armored(data))
+    line, public = age.generate_x25519()
+    remaining = [r for r in _raw_recipients(cfg)
+                 if _master(r) not in retired]
+    journal = Journal(cfg.root / JOURNAL, new_identity.absolute(), public,
+                      [public, *remaining], retired, chosen)
+    try:
+        journal.write_header()
+    except OSError as exc:
+        raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")) from None
+    _write_identity(journal.new_identity, line, public)
+    return journal, plain
+
+
+def _resume_identity(journal: Journal) -> list[age.Identity]:
+    """The new identity of an unfinished rotation (regenerated if a crash lost it
+    before anything was encrypted to it)."""
+    path = journal.new_identity
+    if not path.exists():
+        if journal.done or journal.hosts_toml:
+            raise fail(path, f"the new master identity is missing but {len(journal.done)} "
+                       "master(s) are already encrypted to it",
+                       hint="restore the file from where you copied it")
+        line, public = age.generate_x25519()
+        journal.new_recipient = public
+        journal.recipients_raw[0] = public
+        try:
+            journal.write_header()
+        except OSError as exc:
+            raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")
+                               ) from None
+        _write_identity(path, line, public)
+    keys = age.load_identity_file(path)
+    if journal.new_recipient not in _x25519_publics(keys):
+        raise fail(path, "is not the identity this rotation started with (its public key "
+                   f"is not {journal.new_recipient})", hint="restore the right file")
+    return keys
+
+
+def rotate_master(cfg: Config, new_identity: Path | None,
+                  identity_files: Sequence[Path] = (), retire: Sequence[str] = (),
+                  ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
+                  say: Callable[[str], None] | None = None,
+                  renc_jobs: int | None = None) -> RotationResult:
+    """Rotate the master key, or finish a rotation that was interrupted."""
+    from vaultpy import model
+    from vaultpy import renc as pipeline
+
+    journal = read_journal(cfg)
+    resumed = journal is not None
+    plain: dict[str, tuple[bytes, bool]] = {}
+    if journal is None:
+        if new_identity is None:
+            raise VaultpyError(Problem("--new-identity", "missing", "",
+                                       "say where to write the new master identity "
+                                       "(--new-identity FILE)"))
+        journal, plain = _start(cfg, new_identity, identity_files, retire, ask)
+    else:
+        if new_identity is not None and new_identity.absolute() != journal.new_identity:
+            raise fail(journal.path, f"an unfinished rotation writes the new identity to "
+                       f"{journal.new_identity}, not {new_identity}",
+                       hint="rerun with that --new-identity, or without it")
+        if say:
+            say(f"resuming the unfinished master key rotation ({len(journal.done)} of "
+                f"{len(journal.masters)} master(s) done)")
+    new_keys = _resume_identity(journal)
+    # Masters written while the rotation was pending are rotated too.
+    for sid, sec in cfg.secrets.items():
+        if sid not in journal.masters and sec.file.exists() and not journal.hosts_toml:
+            journal.masters.append(sid)
+    todo = [sid for sid in journal.masters if sid not in journal.done and sid in cfg.secrets
+            and cfg.secrets[sid].file.exists()]
+    old_keys: list[age.Identity] | None = None
+    for sid in todo:
+        if sid in plain:
+            continue
+        path = cfg.secrets[sid].file
+        data = path.read_bytes()
+        try:
+            text = age.decrypt(data, new_keys, display_path(path))
+        except VaultpyError:
+            if old_keys is None:
+                old_keys = identities.load(cfg, identity_files, ask)
+            text = age.decrypt(data, [*old_keys, *new_keys], display_path(path))
+        plain[sid] = (text, ageformat.is_armored(data))
+    recipients = journal.recipients
+    try:
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            for sid in todo:
+                text, armor = plain.pop(sid)
+                fsutil.atomic_write(cfg.secrets[sid].file,
+                                    age.encrypt(text, recipients, armor=armor))
+                journal.append({"done": sid})
+                journal.done.add(sid)
+    except OSError as exc:
+        raise VaultpyError(os_problem(cfg.root, exc, "re-encrypt the masters")) from None
+    identity_set = _update_hosts_toml(cfg, journal)
+    cfg = model.load(cfg.path)
+    result = pipeline.renc(cfg, (), jobs=renc_jobs, identity_files=[journal.new_identity],
+                           ask=ask)
+    rotation = RotationResult(journal.new_identity, journal.new_recipient, recipients,
+                              journal.retired, todo, resumed, identity_set, result)
+    if not result.ok:
+        raise VaultpyError([*result.failed, Problem(display_path(journal.path), "renc failed "
+                            "after the masters were rotated", "", "fix the problems above "
+                            "and run vaultpy rekey --rotate-master again")])
+    try:
+        journal.path.unlink()
+        fsutil.fsync_path(journal.path.parent, directory=True)
+    except OSError as exc:
+        raise VaultpyError(os_problem(journal.path, exc, "remove the rotation journal")) from None
+    return rotation
+
+
+def _identity_setting(cfg: Config, path: Path) -> str:
+    try:
+        return str(path.relative_to(cfg.root.absolute()))
+    except ValueError:
+        return str(path)
+
+
+def _update_hosts_toml(cfg: Config, journal: Journal) -> bool:
+    """Point hosts.toml at the new recipients (and identity, if it names one)."""
+    from vaultpy import model
+
+    if journal.hosts_toml:
+        return cfg.identity is not None
+    text = cfg.path.read_text(encoding="utf-8")
+    new_text = set_vaultpy_value(text, "recipients", _toml_list(journal.recipients_raw))
+    if new_text is None:
+        raise fail(cfg.path, "cannot find [vaultpy] recipients to update",
+                   field="vaultpy.recipients", hint="write recipients = " +
+                   _toml_list(journal.recipients_raw) + " under [vaultpy] by hand, then "
+                   "rerun vaultpy rekey --rotate-master")
+    has_identity = cfg.identity is not None
+    if has_identity:
+        with_id = set_vaultpy_value(new_text, "identity",
+                                    _toml_str(_identity_setting(cfg, journal.new_identity)))
+        new_text = with_id if with_id is not None else new_text
+    updated = model.parse(new_text, cfg.path)
+    if (list(updated.recipients) != journal.recipients or updated.hosts != cfg.hosts
+            or updated.secrets != cfg.secrets):
+        raise fail(cfg.path, "updating [vaultpy] recipients automatically would change more "
+                   "than the recipients", field="vaultpy.recipients", hint="write recipients "
+                   "= " + _toml_list(journal.recipients_raw) + " by hand, then rerun")
+    try:
+        fsutil.atomic_write(cfg.path, new_text.encode("utf-8"),
+                            cfg.path.stat().st_mode & 0o777)
+        journal.append({"hosts_toml": True})
+    except OSError as exc:
+        raise VaultpyError(os_problem(cfg.path, exc, "update hosts.toml")) from None
+    return has_identity and updated.identity == journal.new_identity
