@@ -187,7 +187,8 @@ def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float
     plain_times, act_times = [], []
     for _ in range(3):
         plain_times.append(run([PY, "-c", loop, str(root / "keys" / host), *files])[0])
-        script = (f"{PY} -m vaultpy activate --profile {hostroot}/profile.json "
+        # vaultpy-activate: the boot entry point the systemd units run
+        script = (f"{PY} -m vaultpy.activate.main --profile {hostroot}/profile.json "
                   f"--root {hostroot} --systemctl /bin/true 2>/dev/null")
         start = time.perf_counter()
         subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
@@ -224,9 +225,11 @@ def main() -> None:
         t, n = floor_pyrage(big, fx, cores)
         res["floor_per_file_ms"] = 1000 * t / n
 
-        t, rss = timed_rss(vaultpy("renc", "--json"), big, env)
+        t, rss = timed_rss(vaultpy("renc"), big, env)     # a first run (no lock yet)
         res["renc_cold_per_file_ms"] = 1000 * t / files
         res["renc_cold_rss_kib"] = rss
+        shutil.rmtree(big / "secrets" / "cache" / fx["hosts"][0][0])  # type: ignore[index]
+        res["renc_rss_later_kib"] = timed_rss(vaultpy("renc"), big, env)[1]
         res["renc_noop_s"] = best_of(5, vaultpy("renc"), big, env)
         res["check_s"] = best_of(5, vaultpy("check"), big, env)
         res["version_s"] = best_of(5, vaultpy("--version"), big, env)
@@ -254,6 +257,10 @@ def main() -> None:
         env_small = {**env, "VAULTPY_IDENTITY": str(small / "keys/master.txt")}
         res["renc_rss_1000_kib"] = timed_rss(vaultpy("renc"), small, env_small)[1]
         res["renc_rss_full_kib"] = res["renc_cold_rss_kib"]
+        # The same comparison for a later run (the lock exists: no first-run pre-check,
+        # which holds every plaintext in memory); one host's 500 files rewritten.
+        shutil.rmtree(small / "secrets" / "cache" / "h000")
+        res["renc_rss_1000_later_kib"] = timed_rss(vaultpy("renc"), small, env_small)[1]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -281,6 +288,8 @@ def report(r: dict[str, object], out: Path, quick: bool) -> None:
          act["plain_decrypt_loop_s"], "<= 1.5x", lambda x: x <= 1.5),
         ("peak RSS renc full vs ~1,000 files", f["renc_rss_full_kib"] / f["renc_rss_1000_kib"],
          "<= 1.3x", lambda x: x <= 1.3),
+        ("peak RSS, later runs: full vs ~1,000 files", f["renc_rss_later_kib"] /
+         f["renc_rss_1000_later_kib"], "<= 1.3x", lambda x: x <= 1.3),
     ]
     lines = [f"# vaultpy benchmark ({'quick' if quick else 'full'})", "",
              f"{r['secrets']} secrets x {r['hosts']} hosts = "

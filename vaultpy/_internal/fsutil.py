@@ -33,7 +33,7 @@ def is_tmp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` exclusively and write ``data`` (no fsync, no rename)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
