@@ -24,11 +24,11 @@ from vaultpy.cli import (
     _err,
     _exit,
     _identity,
+    _json_errors,
     _out,
     _print_problems,
     app,
 )
-from vaultpy.errors import VaultpyError
 
 if os.environ.get("NO_COLOR"):
     # rich drops colours under NO_COLOR but keeps bold/dim; typer's usage-error and help
@@ -36,15 +36,6 @@ if os.environ.get("NO_COLOR"):
     from typer import rich_utils
 
     rich_utils.COLOR_SYSTEM = None
-
-
-def _fail_json(json_out: bool, exc: VaultpyError) -> None:
-    """With --json a failure is still one JSON document on stdout (then exit 1)."""
-    if not json_out:
-        raise exc
-    _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
-    _print_problems(exc.problems)
-    _exit(1)
 
 
 def _say(text: str) -> None:
@@ -139,12 +130,8 @@ def host_add(
     source = _source(pubkey, pubkey_file, keyscan, generate)
     ids = [s.strip() for s in (secrets or "").split(",") if s.strip()]
     cfg = _config_for(repo, json_out)
-    try:
-        out = onboard.add(cfg, name, source, ids, run_renc=not no_renc,
-                          identity_files=_identity(identity))
-    except VaultpyError as exc:
-        _fail_json(json_out, exc)
-        return
+    out = _json_errors(json_out, lambda: onboard.add(
+        cfg, name, source, ids, run_renc=not no_renc, identity_files=_identity(identity)))
     _report_host(out, json_out)
 
 
@@ -158,11 +145,7 @@ def host_rm(
     from vaultpy import onboard
 
     cfg = _config_for(repo, json_out)
-    try:
-        out = onboard.remove(cfg, name)
-    except VaultpyError as exc:
-        _fail_json(json_out, exc)
-        return
+    out = _json_errors(json_out, lambda: onboard.remove(cfg, name))
     _report_host(out, json_out)
 
 
@@ -183,12 +166,8 @@ def host_rotate(
 
     source = _source(pubkey, pubkey_file, keyscan, generate)
     cfg = _config_for(repo, json_out)
-    try:
-        out = onboard.rotate(cfg, name, source, run_renc=not no_renc,
-                             identity_files=_identity(identity))
-    except VaultpyError as exc:
-        _fail_json(json_out, exc)
-        return
+    out = _json_errors(json_out, lambda: onboard.rotate(
+        cfg, name, source, run_renc=not no_renc, identity_files=_identity(identity)))
     _report_host(out, json_out)
 
 
@@ -235,11 +214,7 @@ def generate_cmd(
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)
-    try:
-        result = generate.generate(cfg, secret_ids or [])
-    except VaultpyError as exc:
-        _fail_json(json_out, exc)
-        return
+    result = _json_errors(json_out, lambda: generate.generate(cfg, secret_ids or []))
     _report_values(cfg, result, json_out, "generated")
 
 
@@ -259,11 +234,8 @@ def rotate_cmd(
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)
-    try:
-        result = generate.rotate(cfg, secret_ids or [], due_only=due, mark=mark)
-    except VaultpyError as exc:
-        _fail_json(json_out, exc)
-        return
+    result = _json_errors(json_out, lambda: generate.rotate(cfg, secret_ids or [],
+                                                            due_only=due, mark=mark))
     _report_values(cfg, result, json_out, "rotated")
 
 
