@@ -13,17 +13,18 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
 
+T = TypeVar("T")
 FILENAME = "hosts.toml"
 ID_RE = re.compile(templates.ID_PATTERN)
 ID_MAX = 128
@@ -303,6 +304,20 @@ class _Checker:
                      "remove the NUL (\\u0000) from the path")
             return None
         return text
+
+    def parsed(self, table: Mapping[str, Any], key: str, where: str,
+               parse: Callable[[str], T], hint: str) -> T | None:
+        """``table[key]`` as a string given to ``parse``; its ValueError becomes a problem."""
+        if key not in table:
+            return None
+        text = self.string(table[key], f"{where}.{key}")
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            self.add(f"{where}.{key}", str(exc), hint)
+            return None
 
     def boolean(self, value: Any, where: str) -> bool:
         if not isinstance(value, bool):
@@ -637,22 +652,8 @@ def parse(text: str, path: Path) -> Config:
             given = ck.path_string(sub["file"], f"{where}.file")
             if given:
                 file = Path(os.path.normpath(_rel(root, given)))
-        ref: VaultRef | None = None
-        if "vault" in sub:
-            text_ref = ck.string(sub["vault"], f"{where}.vault")
-            if text_ref is not None:
-                try:
-                    ref = parse_vault_ref(text_ref)
-                except ValueError as exc:
-                    ck.add(f"{where}.vault", str(exc), VAULT_REF_HINT)
-        gen: GenerateSpec | None = None
-        if "generate" in sub:
-            gen_text = ck.string(sub["generate"], f"{where}.generate")
-            if gen_text is not None:
-                try:
-                    gen = parse_generate_spec(gen_text)
-                except ValueError as exc:
-                    ck.add(f"{where}.generate", str(exc), GENERATE_HINT)
+        ref = ck.parsed(sub, "vault", where, parse_vault_ref, VAULT_REF_HINT)
+        gen = ck.parsed(sub, "generate", where, parse_generate_spec, GENERATE_HINT)
         rotate_days: int | None = None
         if "rotate_days" in sub:
             days = sub["rotate_days"]
