@@ -627,15 +627,24 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
         raise VaultpyError(problems)
     validate_source(source)
     key = resolve(source, name)
+    return _apply_key(cfg, text, name, key, "added",
+                      lambda: add_host_text(text, name, key.line, list(secrets)),
+                      run_renc, identity_files)
+
+
+def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
+               make_text: Callable[[], str], run_renc: bool,
+               identity_files: Sequence[Path]) -> Outcome:
+    """Write the hosts.toml edit that gives ``name`` its key, then renc that host.
+    A key pair generated for the edit is removed again if the edit fails."""
     try:
-        new_text, new_cfg = _edit(cfg, text, lambda: add_host_text(
-            text, name, key.line, list(secrets)), name)
+        new_text, new_cfg = _edit(cfg, text, make_text, name)
         _write(cfg, text, new_text)
     except BaseException:
         if key.generated is not None:
             key.generated.undo()
         raise
-    out = Outcome("added", name, key.line, fingerprint(key.normalized), key.generated,
+    out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
     if run_renc:
         _run_renc(out, new_cfg, identity_files)
@@ -672,19 +681,8 @@ def rotate(cfg: Config, name: str, source: KeySource, *, run_renc: bool = True,
         if key.generated is not None:       # unreachable: a new key pair is new
             key.generated.undo()
         return Outcome("unchanged", name, key.line, fingerprint(key.normalized))
-    try:
-        new_text, new_cfg = _edit(cfg, text, lambda: set_pubkey_text(text, name, key.line),
-                                  name)
-        _write(cfg, text, new_text)
-    except BaseException:
-        if key.generated is not None:
-            key.generated.undo()
-        raise
-    out = Outcome("rotated", name, key.line, fingerprint(key.normalized), key.generated,
-                  warnings=_same_key_elsewhere(cfg, name, key.normalized))
-    if run_renc:
-        _run_renc(out, new_cfg, identity_files)
-    return out
+    return _apply_key(cfg, text, name, key, "rotated",
+                      lambda: set_pubkey_text(text, name, key.line), run_renc, identity_files)
 
 
 def install_instructions(gen: Generated, name: str) -> str:
