@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import ROOT, Repo, toml_key, toml_str
+from conftest import LOCAL_STATE, ROOT, Repo, toml_key, toml_str
 
 # name -> (uid, gid); every user has a same-named group.  Distinct numbers, so a
 # wrong lookup (user table used for a group, or the running system's files) shows.
@@ -299,7 +299,7 @@ def demo_repo(tmp_path: Path) -> Repo:
     root.mkdir()
     shutil.copy(ROOT / "hosts.toml", root)
     shutil.copytree(ROOT / "secrets", root / "secrets",
-                    ignore=shutil.ignore_patterns(".vaultpy.lock", ".vaultpy-verified"))
+                    ignore=shutil.ignore_patterns(*LOCAL_STATE))
     shutil.copytree(ROOT / "demo", root / "demo")
     identity = root / "demo" / "master-identity.demo-only.txt"
     repo = Repo(root, identity, "", env={"VAULTPY_IDENTITY": ""})
@@ -332,7 +332,7 @@ def copy_repo(repo: Repo, dest: Path) -> Repo:
     from conftest import Host
 
     shutil.copytree(repo.root, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns(".vaultpy.lock", ".vaultpy-verified"))
+                    ignore=shutil.ignore_patterns(*LOCAL_STATE))
 
     def moved(p: Path) -> Path:
         try:

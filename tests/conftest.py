@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_STATE = {".vaultpy.lock", ".vaultpy-verified"}   # git-ignored files renc keeps
+LOCAL_STATE = {".vaultpy.lock", ".vaultpy-verified", ".vaultpy-memo"}   # git-ignored
 
 
 def need(tool: str) -> str:

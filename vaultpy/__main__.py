@@ -1,4 +1,5 @@
-"""Entry point.  ``vaultpy --version`` answers before the CLI (typer, rich) is imported."""
+"""Entry point.  ``vaultpy --version``, and a ``renc`` or ``check`` that the no-op memo
+(vaultpy/_internal/memo.py) can answer, finish before the CLI (typer, rich) is imported."""
 
 import sys
 
@@ -9,6 +10,12 @@ def main() -> None:
 
         print(f"vaultpy {__version__}")
         return
+    if "renc" in sys.argv[1:] or "check" in sys.argv[1:]:
+        from vaultpy._internal import memo
+
+        code = memo.answer(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
     import resource
 
     # No command may dump core: renc, rekey, encrypt, pull... hold plaintext or keys.

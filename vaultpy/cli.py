@@ -240,8 +240,12 @@ def renc(
 ) -> None:
     """Re-encrypt master secrets to each host's key, into the cache."""
     from vaultpy import renc as pipeline
+    from vaultpy._internal import memo
 
+    snapshot = None if host else memo.begin(repo or _Globals.repo)   # before loading
     cfg = _config_for(repo, json_out)
+    if snapshot is not None:
+        snapshot.capture(cfg)
     progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
     if progress_cm is None:
         result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity))
@@ -252,10 +256,13 @@ def renc(
 
             result = pipeline.renc(cfg, host or [], jobs=jobs,
                                    identity_files=_identity(identity), progress=report)
+    if snapshot is not None and result.ok and not (result.written or result.repaired
+                                                   or result.pruned):
+        snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
     if json_out:
         _emit_json(result.as_dict())
     else:
-        _renc_summary(result, cfg.cache_dir)
+        _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts))
     if not result.ok:
         _print_problems(result.failed)
         _exit(1)
@@ -275,8 +282,14 @@ def _progress() -> Any:
     return cm()
 
 
-def _renc_summary(result: Any, cache_dir: Path) -> None:
+def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
     from rich.table import Table
+
+    from vaultpy._internal.memo import renc_noop_line
+
+    if not (result.written or result.repaired or result.pruned or result.failed):
+        _out().print(renc_noop_line(len(result.unchanged), hosts), markup=False)
+        return
 
     rows: dict[str, list[int]] = {}
     for col, items in enumerate((result.written, result.repaired, result.unchanged)):
@@ -314,12 +327,21 @@ def check(
         "of warning.")] = False,
 ) -> None:
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
+    from vaultpy._internal import memo
     from vaultpy.check import check as do_check
     from vaultpy.check import overdue
 
+    plain = not (recipient_coverage or backup_identity or strict)
+    snapshot = memo.begin(repo or _Globals.repo) if plain else None    # before loading
     cfg = _config_for(repo, json_out)
+    if snapshot is not None:
+        snapshot.capture(cfg)
     problems = do_check(cfg)
     warnings = overdue(cfg)
+    # A passing check is remembered unless time alone could change it (rotate_days).
+    if snapshot is not None and not problems and not any(
+            s.rotate_days is not None for s in cfg.secrets.values()):
+        snapshot.commit("check")
     if strict:
         problems, warnings = problems + warnings, []
     if recipient_coverage or backup_identity:
@@ -336,7 +358,7 @@ def check(
             _print_problems(problems, _out())
             _err().print(f"[red]{len(problems)} problem(s)[/]")
         else:
-            _err().print("[green]ok[/]: every host has every secret; nothing stale")
+            _err().print(f"[green]ok[/]{memo.CHECK_OK_TAIL}")
     if problems:
         _exit(1)
 

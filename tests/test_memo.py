@@ -1,0 +1,316 @@
+"""The no-op memo (vaultpy/_internal/memo.py): an unchanged ``renc``/``check`` answers
+without the CLI, and every kind of change anywhere the answer depends on is seen.
+
+"Answered from the memo" is observed, not assumed: the run is repeated under
+``python -X importtime`` and must not have imported ``vaultpy.cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Host, Repo, age_keygen, hosts_toml, ssh_keygen
+
+from vaultpy import model
+from vaultpy._internal import memo
+
+MEMO = memo.FILENAME
+
+
+def from_memo(repo: Repo, *args: str, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> bool:
+    """Whether ``vaultpy ARGS`` was answered without importing the CLI."""
+    full_env = {**os.environ, "NO_COLOR": "1", **repo.env, **(env or {})}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "vaultpy", *args],
+                          capture_output=True, cwd=cwd or repo.root, env=full_env, timeout=120)
+    imported = proc.stderr.decode()
+    assert "import time:" in imported
+    return "vaultpy.cli" not in imported
+
+
+def outputs(proc: subprocess.CompletedProcess[bytes]) -> tuple[int, str, str]:
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def full(repo: Repo, *args: str) -> tuple[int, str, str]:
+    return outputs(repo.run(*args, env={"VAULTPY_NO_MEMO": "1"}))
+
+
+def settled(repo: Repo) -> None:
+    """renc and check have each run once on the current state: both are memoised."""
+    repo.ok("renc")          # nothing to do (the cache is complete): recorded
+    repo.ok("check")         # passed: recorded
+    assert trusted(repo, "renc") and trusted(repo, "check")
+
+
+def trusted(repo: Repo, command: str) -> bool:
+    """In-process: would the memo answer ``command`` now?"""
+    return memo.lookup(command, os.path.realpath(repo.root / "hosts.toml")) is not None
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    root = tmp_path_factory.mktemp("memo") / "template"
+    (root / "keys").mkdir(parents=True)
+    identity, recipient = age_keygen(root / "keys", "master.txt")
+    repo = Repo(root, identity, recipient, env={"VAULTPY_IDENTITY": str(identity)})
+    for i in range(3):
+        key, pub = ssh_keygen(root / "keys", f"host{i}", comment=f"root@host{i}")
+        repo.hosts[f"host{i}"] = Host(f"host{i}", key, pub)
+    secrets = {"alpha": b"alpha\n", "beta": b"beta", "gamma": b"g"}
+    repo.write_hosts(hosts_toml([recipient], list(secrets),
+                                {h.name: (h.pubkey, list(secrets)) for h in repo.hosts.values()}))
+    (root / "secrets").mkdir()
+    for sid, plaintext in secrets.items():
+        repo.ok("encrypt", sid, input=plaintext)
+    repo.ok("renc")
+    return repo
+
+
+@pytest.fixture
+def repo(template: Repo, tmp_path: Path) -> Repo:
+    """A copy of the template (its own paths and inodes: the template's memo is void)."""
+    root = tmp_path / "repo"
+    shutil.copytree(template.root, root, symlinks=True)
+    assert not (root / "secrets" / "cache" / MEMO).exists()    # renc wrote: no memo
+    identity = root / "keys" / "master.txt"
+    return Repo(root, identity, template.recipient,
+                {n: Host(n, root / "keys" / n, h.pubkey) for n, h in template.hosts.items()},
+                env={"VAULTPY_IDENTITY": str(identity)})
+
+
+@pytest.mark.parametrize("args", [("renc",), ("renc", "--json"), ("check",),
+                                  ("check", "--json"), ("renc", "-j", "2"),
+                                  ("-C", "ROOT", "check"), ("renc", "--repo=ROOT")])
+def test_memo_answers_exactly_like_the_full_command(repo: Repo, args: tuple[str, ...]
+                                                    ) -> None:
+    args = tuple(a.replace("ROOT", str(repo.root)) for a in args)
+    settled(repo)
+    assert from_memo(repo, *args, cwd=repo.root / "secrets")
+    assert outputs(repo.run(*args)) == full(repo, *args)
+    assert full(repo, *args)[0] == 0
+
+
+def test_a_run_that_wrote_files_records_nothing(repo: Repo) -> None:
+    shutil.rmtree(repo.cache / "host0")
+    repo.ok("renc")
+    assert not (repo.cache / MEMO).exists()
+    repo.ok("renc")
+    assert (repo.cache / MEMO).exists() and from_memo(repo, "renc")
+    assert not trusted(repo, "check")          # check has not passed on this state yet
+
+
+def cache_file(repo: Repo, host: str = "host1", sid: str = "beta") -> Path:
+    (path,) = (repo.cache / host).glob(f"{sid}.*.age")
+    return path
+
+
+def same_size_same_mtime(path: Path, change: Callable[[bytes], bytes]) -> None:
+    """Rewrite ``path`` in place, same length, mtime put back: only ctime tells."""
+    st = path.stat()
+    data = path.read_bytes()
+    new = change(data)
+    assert len(new) == len(data) and new != data
+    with open(path, "r+b") as f:
+        f.write(new)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+MUTATIONS: dict[str, Callable[[Repo], None]] = {
+    "hosts.toml edited in place (same size, same mtime)": lambda r: same_size_same_mtime(
+        r.root / "hosts.toml", lambda d: d.replace(b'"beta", "gamma"', b'"gamma", "beta"', 1)),
+    "master file re-encrypted": lambda r: r.ok("encrypt", "beta", input=b"new beta"),
+    "master file damaged in place": lambda r: same_size_same_mtime(
+        r.root / "secrets" / "gamma.age", flip_last_byte),
+    "cache file damaged in place (same size, same mtime)": lambda r: same_size_same_mtime(
+        cache_file(r), lambda d: b"b" + d[1:]),
+    "cache file truncated": lambda r: os.truncate(cache_file(r), 40),
+    "cache file deleted": lambda r: cache_file(r).unlink(),
+    "stray file in a host's cache": lambda r: (r.cache / "host0" / "old.0123.age")
+    .write_bytes(b"x"),
+    "cache directory of a host removed from hosts.toml": lambda r: (
+        r.cache / "gone").mkdir(),
+    "host cache directory deleted": lambda r: shutil.rmtree(r.cache / "host2"),
+    "leftover temp file beside the masters": lambda r: (
+        r.root / "secrets" / ".alpha.age.vaultpy-tmp-0123456789ab").write_bytes(b"x"),
+    "leftover temp file in the cache": lambda r: (
+        r.cache / ".x.vaultpy-tmp-0123456789ab").write_bytes(b"x"),
+    "unfinished master rotation": lambda r: (
+        r.root / ".vaultpy-rotation.jsonl").write_text("{}\n"),
+    "master file replaced by another (rename)": lambda r: os.replace(
+        r.root / "secrets" / "alpha.age", r.root / "secrets" / "beta.age"),
+}
+
+
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_every_change_the_answer_depends_on_is_seen(repo: Repo, name: str) -> None:
+    settled(repo)
+    MUTATIONS[name](repo)
+    assert not trusted(repo, "check") and not trusted(repo, "renc"), name
+    if not name.startswith("hosts.toml"):         # that edit only reorders a list
+        assert repo.run("check").returncode == 1, name
+
+
+def test_an_input_as_new_as_the_snapshot_is_never_trusted(repo: Repo) -> None:
+    """The racy-clean rule, on its own: with `since` no newer than an input's ctime,
+    the same digest must not be trusted."""
+    settled(repo)
+    path = repo.cache / MEMO
+    data = json.loads(path.read_text())
+    newest = max(max(os.stat(f).st_ctime_ns, os.stat(f).st_mtime_ns)
+                 for f in data["files"] if os.path.exists(f))
+    for since in (newest, newest - 1):
+        data["ok"]["check"]["since"] = since
+        path.write_text(json.dumps(data))
+        assert not from_memo(repo, "check")
+    data["ok"]["check"]["since"] = newest + 10**12
+    path.write_text(json.dumps(data))
+    # every other input is older than `since` here (the cache files included)
+    assert from_memo(repo, "check")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other version", "other config",
+                                    "not a dict", "wrong types", "no since"])
+def test_a_damaged_or_foreign_memo_is_ignored(repo: Repo, damage: str) -> None:
+    settled(repo)
+    path = repo.cache / MEMO
+    text = path.read_text()
+    data = json.loads(text)
+    if damage == "garbage":
+        path.write_bytes(os.urandom(200))
+    elif damage == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "other version":
+        path.write_text(json.dumps({**data, "vaultpy": "0.0.0"}))
+    elif damage == "other config":
+        path.write_text(json.dumps({**data, "config": "/elsewhere/hosts.toml"}))
+    elif damage == "not a dict":
+        path.write_text("[1, 2]")
+    elif damage == "wrong types":
+        path.write_text(json.dumps({**data, "files": "abc", "ok": ["renc"]}))
+    else:
+        del data["ok"]["renc"]["since"]
+        path.write_text(json.dumps(data))
+    assert not from_memo(repo, "renc")
+    assert outputs(repo.run("renc")) == full(repo, "renc")
+
+
+@pytest.mark.parametrize("args", [("renc", "--host", "host0"), ("check", "--strict"),
+                                  ("renc", "--jobs", "0"), ("renc", "--nope"),
+                                  ("check", "--recipient-coverage"), ("status",)])
+def test_options_the_memo_cannot_answer_run_in_full(repo: Repo, args: tuple[str, ...]) -> None:
+    settled(repo)
+    assert not from_memo(repo, *args)
+
+
+def test_memo_off_switch(repo: Repo) -> None:
+    settled(repo)
+    assert not from_memo(repo, "renc", env={"VAULTPY_NO_MEMO": "1"})
+
+
+def test_check_is_not_remembered_when_time_alone_can_change_it(repo: Repo) -> None:
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[secrets.alpha]", "[secrets.alpha]\nrotate_days = 30"))
+    repo.ok("renc")
+    repo.ok("check")
+    assert not trusted(repo, "check")
+    assert trusted(repo, "renc")
+
+
+def test_a_custom_cache_dir_is_found(repo: Repo) -> None:
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[vaultpy]\n", '[vaultpy]\ncache_dir = "build/cache"  # x\n'))
+    repo.ok("renc")
+    repo.ok("renc")
+    repo.ok("check")
+    assert (repo.root / "build" / "cache" / MEMO).exists()
+    assert from_memo(repo, "renc") and from_memo(repo, "check")
+
+
+def test_a_failing_check_records_nothing(repo: Repo) -> None:
+    cache_file(repo).unlink()
+    assert repo.run("check").returncode == 1
+    assert repo.run("check").returncode == 1
+    assert not (repo.cache / MEMO).exists()
+
+
+# ------------------------------------------------------------------ in-process: the snapshot
+
+
+def test_a_hosts_toml_changed_after_the_snapshot_began_is_not_recorded(repo: Repo) -> None:
+    snap = memo.begin(repo.root)
+    assert snap is not None
+    path = repo.root / "hosts.toml"
+    path.write_text(path.read_text() + "\n")      # between begin() and loading
+    snap.capture(model.load(repo.root))
+    snap.commit("check")
+    assert not (repo.cache / MEMO).exists()
+
+
+def test_a_change_during_the_run_outdates_what_it_records(repo: Repo) -> None:
+    snap = memo.begin(repo.root)
+    assert snap is not None
+    snap.capture(model.load(repo.root))
+    cache_file(repo).unlink()                    # the run would have seen this...
+    snap.commit("check")                         # ...but records the state before it
+    assert (repo.cache / MEMO).exists()
+    assert not from_memo(repo, "check")
+    assert repo.run("check").returncode == 1
+
+
+def test_the_digest_covers_vaultpy_itself(repo: Repo, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """Another version of the code (even unreleased) never trusts this memo."""
+    fake = tmp_path / "pkg"
+    (fake / "_internal").mkdir(parents=True)
+    (fake / "renc.py").write_text("x = 1\n")
+    monkeypatch.setattr(memo, "_PACKAGE", str(fake))
+    before = memo.digest([], [], [])
+    (fake / "renc.py").write_text("x = 2\n")
+    assert memo.digest([], [], []) != before
+
+
+def test_a_killed_snapshot_leaves_only_a_leftover_renc_removes(repo: Repo) -> None:
+    """The clock file of a run killed inside memo.begin() is an ordinary leftover."""
+    settled(repo)
+    (repo.cache / f"{MEMO}.vaultpy-tmp-0123456789ab").write_bytes(b"")
+    assert not from_memo(repo, "check")
+    assert repo.run("check").returncode == 1
+    repo.ok("renc")
+    assert repo.run("check").returncode == 0
+    assert not list(repo.cache.glob("*vaultpy-tmp*"))
+
+
+def test_hosts_toml_found_from_a_subdirectory_and_through_c(repo: Repo) -> None:
+    settled(repo)
+    assert from_memo(repo, "check", cwd=repo.cache / "host0")
+    assert from_memo(repo, "-C", str(repo.root / "hosts.toml"), "renc", cwd=Path("/"))
+    assert from_memo(repo, "renc", "-C", str(repo.root), cwd=Path("/"))
+
+
+def test_a_memo_that_cannot_be_written_costs_only_the_shortcut(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaultpy._internal import fsutil
+
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(fsutil, "atomic_write", refuse)
+    snap = memo.begin(repo.root)
+    assert snap is not None
+    snap.capture(model.load(repo.root))
+    snap.commit("check")                         # no exception, nothing written
+    assert not (repo.cache / MEMO).exists()
+    assert not list(repo.cache.glob("*vaultpy-tmp*"))
