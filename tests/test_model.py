@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    LOCAL_STATE,
     Repo,
     age_decrypt,
     age_keygen,
@@ -331,3 +332,14 @@ def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     assert age_decrypt(cached, key) == b"s3cret\n"
     assert age_decrypt(repo.root / "secrets" / "db.age", ident) == b"s3cret\n"
     assert os.stat(ident).st_mode & 0o077 == 0
+
+    # git (the real one) sees the cache files, never renc's local state
+    git = need("git")
+    repo.ok("renc")          # a no-op run: writes the memo too
+    subprocess.run([git, "init", "-q", str(repo.root)], check=True)
+    status = subprocess.run([git, "status", "--porcelain", "--untracked-files=all"],
+                            cwd=repo.root, check=True, capture_output=True, text=True).stdout
+    listed = {Path(line[3:]).name for line in status.splitlines()}
+    assert listed & LOCAL_STATE == set(), status
+    assert any(name.startswith("db.") for name in listed) and ".gitignore" in listed
+    assert (repo.root / "secrets" / "cache" / ".vaultpy-memo").exists()

@@ -47,6 +47,14 @@ TEMPLATE = """\
 """
 
 
+GITIGNORE = """\
+# Local state of vaultpy renc/check: the lock, the verification index, the no-op memo.
+.vaultpy.lock
+.vaultpy-verified
+.vaultpy-memo
+"""
+
+
 def _identity_text(secret_key: str, public: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
@@ -102,6 +110,12 @@ def init(directory: Path, recipients: Sequence[str] = (),
         os.unlink(tmp)
         fsutil.fsync_path(directory, directory=True)
         written.append(target)
+        ignore = directory / "secrets" / "cache" / ".gitignore"
+        if not ignore.exists():
+            # renc's local state: never committed (the cache files themselves are)
+            ignore.parent.mkdir(exist_ok=True)
+            fsutil.atomic_write(ignore, GITIGNORE.encode(), 0o644)
+            written.append(ignore)
     except FileExistsError as exc:
         raise fail(exc.filename or target, "already exists") from None
     except OSError as exc:
