@@ -231,6 +231,24 @@ def test_new_id_is_created(case):
     case.assert_clean()
 
 
+def test_a_master_written_during_the_edit_is_not_overwritten(case):
+    """Two people editing one secret: the second save must not silently discard the
+    first.  The editor itself runs ``vaultpy encrypt`` on the same id mid-edit."""
+    other = f"written-meanwhile-{secrets.token_hex(8)}\n"
+    editor = case.editor('printf "%s" "$APPEND" >> "$1"\n'
+                         'printf "%s" "$OTHER" | "$PY" -m vaultpy encrypt s\n')
+    proc = case.edit(editor, OTHER=other, PY=sys.executable)
+    line = assert_one_clean_error(proc, "secrets/s.age", "changed by another writer")
+    assert proc.returncode == 1
+    assert case.repo.ok("decrypt", "s").stdout == other.encode()      # theirs stays
+    (kept,) = case.master.parent.glob("s.age.conflict-*")               # ours is kept
+    assert kept.name in line
+    assert age_decrypt(kept, case.repo.identity) == (case.marker + b"\n"
+                                                     + case.append.encode())
+    assert not [p for p in case.master.parent.iterdir() if fsutil.is_tmp(p.name)]
+    case.assert_clean()
+
+
 def test_unknown_id_touches_nothing(case):
     snap = case.repo.snapshot()
     proc = case.edit(case.editor("echo ran > \"$INFO\"\n"), "nope")

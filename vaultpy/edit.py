@@ -4,7 +4,8 @@ The plaintext lives in a fresh 0700 directory on a RAM-backed filesystem
 (``$XDG_RUNTIME_DIR`` or ``/dev/shm``; tmpfs or ramfs, checked in
 /proc/self/mountinfo) and is removed on every exit path: success, editor
 failure, an exception, SIGINT, SIGTERM or SIGHUP.  The master file is
-re-encrypted only if the bytes changed.
+re-encrypted only if the bytes changed, and only if nobody else wrote the master
+while the editor was open (else the edit is kept beside it, encrypted).
 
 Like git, vaultpy ignores SIGINT while the editor runs, so Ctrl-C inside vim
 does not abort the edit; an editor that dies of it counts as a failed edit.
@@ -133,6 +134,7 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
     exists = secret.file.exists()
     armor = False
     old = b""
+    data: bytes | None = None
     if exists:
         data = masters.read_master(cfg, secret_id)
         armor = ageformat.is_armored(data)
@@ -161,5 +163,6 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
             fsutil.remove_tree(workdir)
     if new == old:
         return EditResult(secret.file, changed=False, created=False)
-    masters.write_master(cfg, secret_id, new, armor)
+    # Another edit (or encrypt) may have written meanwhile: never overwrite it silently.
+    masters.write_master(cfg, secret_id, new, armor, based_on=data)
     return EditResult(secret.file, changed=True, created=not exists)

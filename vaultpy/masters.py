@@ -8,13 +8,15 @@ renc by the repository lock.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from vaultpy import age, identities
 from vaultpy._internal import ageformat, fsutil
 from vaultpy.cache import missing_master
-from vaultpy.errors import VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
 
@@ -28,20 +30,61 @@ def read_master(cfg: Config, secret_id: str) -> bytes:
         raise VaultpyError(os_problem(secret.file, exc, "read master file")) from None
 
 
+ANY = object()      # write_master(based_on=ANY): last writer wins (encrypt, pull)
+
+
 def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False, *,
-                 lock: bool = True) -> Path:
+                 lock: bool = True, based_on: object = ANY) -> Path:
     """Encrypt ``plaintext`` to the master recipients and replace the master file
-    (``lock=False``: the caller already holds the repository lock)."""
+    (``lock=False``: the caller already holds the repository lock).
+
+    ``based_on``: the master bytes the plaintext was derived from (None: there was no
+    file).  If the file holds anything else by the time the lock is held, someone
+    wrote it meanwhile: nothing is overwritten, the new ciphertext is kept beside it
+    (see :func:`_keep_conflict`) and the error says where.
+    """
     secret = cfg.secret(secret_id)
     ciphertext = age.encrypt(plaintext, cfg.recipients, armor=armor)
     try:
         secret.file.parent.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path) if lock else contextlib.nullcontext():
+            if based_on is not ANY and _current(secret.file) != based_on:
+                _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
     except OSError as exc:
         raise VaultpyError(os_problem(secret.file, exc, "write master file")) from None
     return secret.file
+
+
+def _current(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _keep_conflict(cfg: Config, secret_id: str, ciphertext: bytes) -> NoReturn:
+    """The master changed under a read-modify-write (two ``edit``s at once): keep the
+    loser's version, encrypted like any master, in ``<id>.age.conflict-<time>``."""
+    secret = cfg.secret(secret_id)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = secret.file.with_name(f"{secret.file.name}.conflict-{stamp}")
+    n = 1
+    while True:
+        try:
+            fsutil.write_new(kept, ciphertext, 0o644)
+            break
+        except FileExistsError:
+            n += 1
+            kept = secret.file.with_name(f"{secret.file.name}.conflict-{stamp}-{n}")
+    fsutil.fsync_path(kept)
+    fsutil.fsync_path(kept.parent, directory=True)
+    raise VaultpyError(Problem(
+        display_path(secret.file), "changed by another writer while you were editing it; "
+        "it was not overwritten", f"secrets.{secret_id}",
+        f"your version is kept, encrypted, in {display_path(kept)}: compare it with "
+        f"vaultpy decrypt {secret_id}, merge with vaultpy edit {secret_id}, then delete it"))
 
 
 def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
