@@ -154,11 +154,22 @@ def _vaultpy(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           text=True, env=full, timeout=60)
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_show_completion_prints_a_script(shell: str) -> None:
-    proc = _vaultpy("--show-completion", shell, env={"SHELL": f"/bin/{shell}"})
+@pytest.mark.parametrize(("shell", "mark"), [("bash", "complete -o default -F"),
+                                           ("zsh", "#compdef vaultpy"),
+                                           ("fish", "complete --command vaultpy")])
+def test_completion_prints_the_named_shells_script(shell: str, mark: str) -> None:
+    """The script of the shell asked for, whatever shell runs vaultpy (typer's own
+    --show-completion ignores its argument and guesses from the process tree)."""
+    proc = _vaultpy("completion", shell, env={"SHELL": "/bin/sh",
+                                              "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "_VAULTPY_COMPLETE" in proc.stdout and "vaultpy" in proc.stdout
+    assert mark in proc.stdout and "_VAULTPY_COMPLETE" in proc.stdout
+
+
+def test_completion_for_an_unknown_shell_is_one_clean_error() -> None:
+    proc = _vaultpy("completion", "tcsh")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no completion for 'tcsh'" in proc.stderr and "bash, zsh, fish" in proc.stderr
 
 
 def test_completion_completes_commands_and_subcommands() -> None:
@@ -191,6 +202,7 @@ NO_JSON = {
     "identity split": "writes share files",
     "import agenix": "writes hosts.toml and master files",
     "import vaultix": "writes hosts.toml and master files",
+    "completion": "its output is a shell script",
 }
 
 

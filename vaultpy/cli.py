@@ -530,6 +530,28 @@ def status(
         _err().print(f"[yellow]{len(problems)} problem(s); see vaultpy check[/]")
 
 
+SHELLS = ("bash", "zsh", "fish")
+
+
+@app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
+) -> None:
+    """Print the completion script for SHELL.
+
+    bash: vaultpy completion bash > ~/.local/share/bash-completion/completions/vaultpy
+    zsh:  vaultpy completion zsh > ~/.zfunc/_vaultpy   (with fpath+=~/.zfunc)
+    fish: vaultpy completion fish > ~/.config/fish/completions/vaultpy.fish
+    """
+    from typer.completion import get_completion_script  # type: ignore[attr-defined]
+
+    if shell not in SHELLS:
+        raise VaultpyError(Problem("SHELL", f"no completion for {shell!r}", "",
+                                   "choose one of " + ", ".join(SHELLS)))
+    sys.stdout.write(get_completion_script(prog_name="vaultpy",
+                                           complete_var="_VAULTPY_COMPLETE", shell=shell))
+
+
 def _host_status(profile: Path, root: Path, json_out: bool) -> None:
     from rich.table import Table
 
