@@ -284,7 +284,7 @@ def test_the_digest_covers_vaultpy_itself(repo: Repo, monkeypatch: pytest.Monkey
 def test_a_killed_snapshot_leaves_only_a_leftover_renc_removes(repo: Repo) -> None:
     """The clock file of a run killed inside memo.begin() is an ordinary leftover."""
     settled(repo)
-    (repo.cache / f"{MEMO}.vaultpy-tmp-0123456789ab").write_bytes(b"")
+    (repo.cache / f"{MEMO}.vaultpy-tmp-0123456789ab").mkdir()
     assert not from_memo(repo, "check")
     assert repo.run("check").returncode == 1
     repo.ok("renc")

@@ -17,8 +17,8 @@ CLI, parsing hosts.toml or hashing masters: like ``git status`` trusting its ind
 
 1. the snapshot is taken *before* the run reads anything (hosts.toml is stat'ed before it
    is loaded), so a change during the run shows as a different stat or name;
-2. the run first reads the file system's clock (the mtime of a file it creates and
-   removes), and an input whose mtime or ctime is not strictly older than that is never
+2. the run first reads the file system's clock (the mtime of a directory it creates
+   and removes), and an input whose mtime or ctime is not strictly older than that is never
    trusted: a change within the same timestamp tick as the snapshot cannot hide.
 
 Anything unexpected - no memo, another version, a damaged file, an option the fast path
@@ -124,18 +124,20 @@ def _version() -> str:
 
 
 def _fs_clock(folder: str) -> int | None:
-    """The file system's idea of now: the mtime of a file created (and removed) here."""
+    """The file system's idea of now: the mtime of a directory created (and removed)
+    here.  A directory, not a file: no data is ever written, not even none."""
     name = os.path.join(folder, f"{FILENAME}.vaultpy-tmp-{os.urandom(6).hex()}")
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
+        os.mkdir(name, 0o700)
     except OSError:
         return None
     try:
-        return os.fstat(fd).st_mtime_ns
+        return os.stat(name, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return None
     finally:
-        os.close(fd)
-        os.unlink(name)
+        with contextlib.suppress(OSError):
+            os.rmdir(name)
 
 
 class Snapshot:
