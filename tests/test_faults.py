@@ -65,6 +65,7 @@ TMP_MARK = ".vaultpy-tmp-"           # docs/contracts.md: temp names never end i
 NAME_RE = re.compile(r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)\.(?P<hash>[0-9a-f]{32})\.age")
 LOCK = ".vaultpy.lock"
 INDEX = ".vaultpy-verified"
+MEMO = ".vaultpy-memo"
 BIG = 256 * 1024
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, chown, setpriv)")
@@ -206,7 +207,7 @@ class Fleet:
         temps: list[Path] = []
         for entry in sorted(os.scandir(self.cache), key=lambda e: e.name):
             path = Path(entry.path)
-            if entry.name in (LOCK, INDEX):
+            if entry.name in (LOCK, INDEX, MEMO):
                 assert entry.is_file(follow_symlinks=False), path
             elif TMP_MARK in entry.name and entry.name.startswith("."):
                 temps.append(path)
@@ -744,12 +745,13 @@ def test_a_lock_left_by_a_killed_renc_blocks_nobody(make_repo, tmp_path: Path) -
 
 # ============================================================ 3. plaintext hygiene
 
-STRACE_CALLS = "openat,open,creat,rename,renameat,renameat2,write,pwrite64,writev"
+STRACE_CALLS = "openat,open,creat,rename,renameat,renameat2,link,linkat,write,pwrite64,writev"
 _OPEN = re.compile(r'(?:openat|open|creat)\(.*\) = \d+<(?P<path>[^>]*)>$')
 _WRITE = re.compile(r'(?:write|pwrite64|writev)\(\d+<(?P<path>[^>]*)>, ')
 _RENAME = re.compile(r'rename\("(?P<src>[^"]*)", "(?P<dst>[^"]*)"\) = 0')
-_RENAMEAT = re.compile(r'renameat2?\(\w+<(?P<sdir>[^>]*)>, "(?P<src>[^"]*)", '
+_RENAMEAT = re.compile(r'(?:renameat2?|linkat)\(\w+<(?P<sdir>[^>]*)>, "(?P<src>[^"]*)", '
                        r'\w+<(?P<ddir>[^>]*)>, "(?P<dst>[^"]*)"(?:, \w+)?\) = 0')
+_LINK = re.compile(r'link\("(?P<src>[^"]*)", "(?P<dst>[^"]*)"\) = 0')
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 
 
@@ -782,7 +784,8 @@ class TraceAudit:
 
 def audit_trace(log: Path, ram: Sequence[Path], cwd: Path) -> TraceAudit:
     """Every regular file the traced processes opened for writing or wrote to, followed
-    through renames; those outside the RAM-backed directories ``ram``."""
+    through renames and hard links (the lock file is linked into place already
+    locked); those outside the RAM-backed directories ``ram``."""
     written: list[str] = []
     renames: list[tuple[str, str]] = []
     for line in _joined(log.read_text(errors="replace")):
@@ -794,7 +797,7 @@ def audit_trace(log: Path, ram: Sequence[Path], cwd: Path) -> TraceAudit:
         if m:
             written.append(m.group("path"))
             continue
-        m = _RENAME.match(line)
+        m = _RENAME.match(line) or _LINK.match(line)   # a hard link: followed like a rename
         if m:
             renames.append((os.path.join(cwd, m.group("src")),
                             os.path.join(cwd, m.group("dst"))))

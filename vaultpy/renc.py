@@ -3,8 +3,9 @@
 1. ``plan``     - hash master files, name every expected cache file (no crypto);
 2. ``verify``   - files already present are done, unless damaged;
 3. ``decrypt``  - each needed master once, in a worker, with identities loaded once;
-4. ``encrypt``  - per host, in worker processes; each output is written to a temp
-                  name, one ``syncfs`` makes the batch durable, then renames;
+4. ``encrypt``  - per secret, in worker processes; each output is written to a temp
+                  name; while the workers go on, the parent publishes finished
+                  batches: one ``syncfs`` makes a batch durable, then its renames;
 5. ``prune``    - stale files and directories of removed hosts;
 6. ``report``   - a :class:`Result` the CLI renders as a table or JSON.
 
@@ -19,6 +20,7 @@ import hashlib
 import multiprocessing
 import os
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ class _Job:
 
     secret_id: str
     master: Path
+    source: str                      # the master's path as messages name it
     master_sha256: str
     targets: tuple[cache.Item, ...]
 
@@ -69,16 +72,18 @@ class _Job:
 # Identities are set in the parent before the worker pool forks, so workers
 # inherit them in memory: no key material crosses a pipe, no second prompt.
 _IDENTITIES: list[age.Identity] = []
-# First runs decrypt every master before creating anything (see _decrypts_or_raise);
-# the plaintexts, keyed by id with the hash of the master they came from, are
-# inherited by the workers too, so no master is decrypted twice.
+# First runs decrypt every master before creating anything (see _decrypts_or_raise).
+# When an identity is a plugin (a hardware key may want a touch per decryption) the
+# plaintexts, keyed by id with the hash of the master they came from, are kept and
+# inherited by the workers, so no master is decrypted twice.  Plain X25519 / SSH keys
+# decrypt again in the workers instead: cheap, and the parent (whose memory every
+# forked worker starts from) does not hold every plaintext at once.
 _PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 
 
-Outcome = tuple[cache.Item, str, Problem | None]   # (item, temp file, failure)
-# What a worker sends back: the target's index in its job, not a copy of the item
-# (10,000 pickled copies would double the parent's memory).
-_Reply = tuple[int, str, Problem | None]
+# What a worker sends back per target: the target's index in its job, not a copy
+# of the item (10,000 pickled copies would double the parent's memory).
+_Reply = tuple[int, str, Problem | None]     # (index, temp file, failure)
 
 
 def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
@@ -95,9 +100,10 @@ def _run_job(job: _Job) -> list[_Reply]:
         else:
             data = job.master.read_bytes()
             if hashlib.sha256(data).hexdigest() != job.master_sha256:
-                raise VaultpyError(Problem(display_path(job.master), "changed while renc "
-                                           "was running", "", "run vaultpy renc again"))
-            plaintext = age.decrypt(data, _IDENTITIES, display_path(job.master))
+                raise VaultpyError(Problem(job.source, "changed while renc was running",
+                                           "", "run vaultpy renc again"))
+            plaintext = age.decrypt(data, _IDENTITIES, job.source)
+            del data
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         first = (os_problem(job.master, exc, "read master file") if isinstance(exc, OSError)
@@ -106,63 +112,142 @@ def _run_job(job: _Job) -> list[_Reply]:
         problem = Problem(first.file, first.message, f"needed by {hosts}", first.hint)
         return [(i, "", problem) for i in range(len(job.targets))]
     out: list[_Reply] = []
-    for i, t in enumerate(job.targets):
-        # Plain strings on this path: a pathlib join per file cost more than the I/O.
-        tmp = os.path.join(t.dir, f".{t.name}{fsutil.TMP_MARK}{secrets.token_hex(6)}")
-        try:
-            fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            out.append(_failure(i, t, os_problem(t.path, exc, "write cache file")))
-        except Exception as exc:  # a pyrage error: report it, never crash the pool
-            out.append(_failure(i, t, Problem(display_path(t.path),
-                                              f"encryption failed: {exc}")))
-        else:
-            out.append((i, tmp, None))
+    try:
+        for i, t in enumerate(job.targets):
+            # Plain strings on this path: a pathlib join per file cost more than the I/O.
+            tmp = os.path.join(t.dir, f".{t.name}{fsutil.TMP_MARK}{secrets.token_hex(6)}")
+            try:
+                fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                out.append(_failure(i, t, os_problem(t.path, exc, "write cache file")))
+            except Exception as exc:  # a pyrage error: report it, never crash the pool
+                out.append(_failure(i, t, Problem(display_path(t.path),
+                                                  f"encryption failed: {exc}")))
+            else:
+                out.append((i, tmp, None))
+    except BaseException:           # Ctrl-C: the parent never hears of these temp files
+        for _i, tmp, _problem in out:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        raise
     return out
 
 
-def _resolve(job: _Job, replies: list[_Reply]) -> list[Outcome]:
-    return [(job.targets[i], tmp, problem) for i, tmp, problem in replies]
+class _Publisher:
+    """Makes finished temp files final, a batch at a time, while encryption goes on.
+
+    Per batch: one ``syncfs`` (every byte of the batch durable), then its renames
+    (each atomic, replacing a damaged file), then the index records them.  The host
+    directories are fsynced once, at the end (:meth:`finish`).  Until a temp file is
+    renamed it is ``pending``: :meth:`discard` removes what is left on an interrupt.
+    """
+
+    def __init__(self, cfg: Config, result: Result, index: cache.VerifiedIndex,
+                 batch_files: int, batch_bytes: int) -> None:
+        self.cfg = cfg
+        self.result = result
+        self.index = index
+        self.batch_files = batch_files
+        self.batch_bytes = batch_bytes
+        self.repaired = {(i.host, i.id) for i in result.repaired}
+        self.pending: list[tuple[cache.Item, str]] = []
+        self.pending_bytes = 0
+        self.dirs: set[str] = set()
+        self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
+
+    def add(self, item: cache.Item, tmp: str) -> None:
+        self.pending.append((item, tmp))
+        self.pending_bytes += (item.payload or 0) + 256
+
+    def flush_if_full(self) -> None:
+        if len(self.pending) >= self.batch_files or self.pending_bytes >= self.batch_bytes:
+            self.flush()
+
+    def fail(self, item: cache.Item, problem: Problem) -> None:
+        if problem not in self.result.failed:
+            self.result.failed.append(problem)
+        self.result.failed_items.add((item.host, item.id))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        done = 0
+        try:
+            if self.broken is None:
+                fsutil.syncfs(self.cfg.cache_dir)        # data durable before any rename
+                for item, tmp in pending:
+                    os.rename(tmp, os.path.join(item.dir, item.name))
+                    done += 1
+                    self.dirs.add(item.dir)
+                    if (item.host, item.id) not in self.repaired:
+                        self.result.written.append(item)
+                    self.index.record(item)
+        except OSError as exc:
+            self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
+        finally:
+            for item, tmp in pending[done:]:
+                if self.broken is not None:
+                    self.fail(item, self.broken)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def finish(self) -> None:
+        self.flush()
+        for d in sorted(self.dirs):
+            try:
+                fsutil.fsync_path(Path(d), directory=True)
+            except OSError as exc:
+                problem = os_problem(d, exc, "finish writing the cache")
+                for item in [*self.result.written, *self.result.repaired]:
+                    if item.dir == d:
+                        self.fail(item, problem)
+
+    def discard(self) -> None:
+        for _item, tmp in self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.pending = []
 
 
-def _execute(jobs: list[_Job], workers: int, progress: ProgressFn | None,
-             total: int) -> list[Outcome]:
-    results: list[Outcome] = []
-    done = 0
+def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
+             ) -> None:
+    """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            part = _resolve(job, _run_job(job))
-            results.extend(part)
-            done += len(part)
-            if progress:
-                progress(done, total)
-        return results
+            deliver(job, _run_job(job))
+        return
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures: list[Future[list[_Reply]]] = [
-            pool.submit(_run_job, j) for j in jobs]
+        # Delivered jobs leave the queue, and their replies with them.
+        queue: deque[tuple[Future[list[_Reply]], _Job]] = deque(
+            (pool.submit(_run_job, j), j) for j in jobs)
         try:
-            for fut, job in zip(futures, jobs, strict=True):
+            while queue:
+                fut, job = queue[0]
                 try:
-                    part = _resolve(job, fut.result())
+                    replies = fut.result()
                 except Exception as exc:  # a worker died (OOM, signal)
-                    part = _resolve(job, [_failure(i, t, Problem(display_path(t.path),
-                                                                 f"worker failed: {exc}"))
-                                          for i, t in enumerate(job.targets)])
-                results.extend(part)
-                done += len(part)
-                if progress:
-                    progress(done, total)
+                    replies = [_failure(i, t, Problem(display_path(t.path),
+                                                      f"worker failed: {exc}"))
+                               for i, t in enumerate(job.targets)]
+                deliver(job, replies)
+                queue.popleft()
+                del fut, replies
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
-            for _item, tmp, _err in results:
-                if tmp:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
+            # Jobs that finished but were not (all) delivered: their temp files go too
+            # (unlinking one already renamed fails harmlessly: temp names are unique).
+            for fut, _job in queue:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    for _i, tmp, _err in fut.result():
+                        if tmp:
+                            with contextlib.suppress(OSError):
+                                os.unlink(tmp)
             raise
-    return results
 
 
 def default_jobs() -> int:
@@ -180,26 +265,23 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     # On a first run, validate everything and unlock keys before creating anything:
     # bad input or a wrong key must not leave even a lock file behind.
-    first_run = not cfg.lock_path.exists()
-    first_todo = (_survey(cfg, hosts, Result(), cache.VerifiedIndex(cfg.cache_dir))
-                  if first_run else [])
-    if first_todo:
-        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-        _decrypts_or_raise(cfg, first_todo)
+    first = _first_run_checks(cfg, hosts, identity_files, ask) \
+        if not cfg.lock_path.exists() else None
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
-            result = Result()
-            index = cache.VerifiedIndex(cfg.cache_dir)
-            p = cache.plan(cfg, hosts)
-            todo = _survey(cfg, hosts, result, index, p)
-            if todo:
+        with fsutil.locked(cfg.lock_path) as created:
+            # A lock file this run created was never held by anyone else: no writer
+            # can have changed a master or the cache since the first run's survey.
+            s = first if first is not None and created else _Survey.take(cfg, hosts)
+            del first
+            result, index, p = s.result, s.index, s.plan
+            if s.todo:
                 if not _IDENTITIES:
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-                _encrypt_all(cfg, p, todo, result, jobs or default_jobs(), progress)
-                for item in result.written + result.repaired:
-                    if (item.host, item.id) not in result.failed_items:
-                        index.record(item)
+                # Renamed files are recorded in the index as they are published.
+                _encrypt_all(cfg, p, s.todo, result, index, jobs or default_jobs(),
+                             progress)
+            s.todo = []
             _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change
                 index.save(None if hosts else p.items)
@@ -209,21 +291,51 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
     return result
 
 
-def _decrypts_or_raise(cfg: Config, todo: list[cache.Item]) -> None:
-    """First run: every master it needs must decrypt before the lock file is created
-    (a corrupt master or a wrong key is bad input, and bad input changes nothing)."""
+@dataclass
+class _Survey:
+    """The plan, and its items sorted into unchanged / repaired / to do."""
+
+    result: Result
+    index: cache.VerifiedIndex
+    plan: cache.Plan
+    todo: list[cache.Item]
+
+    @classmethod
+    def take(cls, cfg: Config, hosts: Sequence[str]) -> _Survey:
+        result, index, p = Result(), cache.VerifiedIndex(cfg.cache_dir), cache.plan(cfg, hosts)
+        return cls(result, index, p, _survey(cfg, hosts, result, index, p))
+
+
+def _first_run_checks(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
+                      ask: age.PassphraseFn) -> _Survey:
+    """Before the lock file exists: survey, and decrypt every master the run needs."""
+    s = _Survey.take(cfg, hosts)
     needed: dict[str, list[str]] = {}
-    for item in todo:
+    for item in s.todo:
         needed.setdefault(item.id, []).append(item.host)
+    if needed:
+        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+        _decrypts_or_raise(cfg, needed)
+    return s
+
+
+def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]]) -> None:
+    """First run: every master it needs must decrypt before the lock file is created
+    (a corrupt master or a wrong key is bad input, and bad input changes nothing).
+    ``needed``: secret id -> the hosts that need it."""
+    # Kept for the workers (inherited through fork) only when a plugin may be asked:
+    # a hardware key would otherwise want every touch twice.
+    keep = any(i.kind == "plugin" for i in _IDENTITIES)
+    sources = _Sources()
     problems: list[Problem] = []
     for sid, names in sorted(needed.items()):
         path = cfg.secrets[sid].file
         try:
             data = path.read_bytes()
-            # Kept for the workers (inherited through fork): decrypted once, not twice
-            # (a hardware key would otherwise ask for every touch twice).
-            _PLAINTEXTS[sid] = (hashlib.sha256(data).hexdigest(),
-                                age.decrypt(data, _IDENTITIES, display_path(path)))
+            plaintext = age.decrypt(data, _IDENTITIES, sources.of(path))
+            if keep:
+                _PLAINTEXTS[sid] = (hashlib.sha256(data).hexdigest(), plaintext)
+            del data, plaintext
         except (OSError, VaultpyError) as exc:
             first = (os_problem(path, exc, "read master file") if isinstance(exc, OSError)
                      else exc.problems[0])
@@ -233,6 +345,24 @@ def _decrypts_or_raise(cfg: Config, todo: list[cache.Item]) -> None:
         _IDENTITIES.clear()
         _PLAINTEXTS.clear()
         raise VaultpyError(problems)
+
+
+class _Sources:
+    """:func:`display_path` of many files in few directories: the directory part is
+    resolved once per directory (it is most of the cost), not once per file."""
+
+    def __init__(self) -> None:
+        self.prefix: dict[str, str | None] = {}
+
+    def of(self, path: Path) -> str:
+        parent, name = os.path.split(path)
+        prefix = self.prefix.get(parent, "")
+        if prefix == "":
+            shown = display_path(path)
+            self.prefix[parent] = (shown[:-len(name)] if name and shown.endswith(name)
+                                   else None)
+            return shown
+        return display_path(path) if prefix is None else prefix + name
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
@@ -254,7 +384,8 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
 
 
 def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
-                 workers: int, progress: ProgressFn | None) -> None:
+                 index: cache.VerifiedIndex, workers: int, progress: ProgressFn | None
+                 ) -> None:
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
@@ -263,42 +394,54 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
     for d in created:
         d.mkdir(mode=0o755, exist_ok=True)
     try:
-        _encrypt_jobs(cfg, p, todo, by_secret, result, workers, progress)
+        _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress)
     finally:
         for d in created:               # a failed first run leaves no empty directory
             with contextlib.suppress(OSError):
                 d.rmdir()
 
 
+# A batch is published once it holds 1/8 of the run (at least this much): big enough
+# that syncfs calls stay few, small enough that most of them overlap encryption.
+_BATCH_FILES = 256
+_BATCH_BYTES = 8 << 20
+
+
 def _encrypt_jobs(cfg: Config, p: cache.Plan, todo: list[cache.Item],
-                  by_secret: dict[str, list[cache.Item]], result: Result, workers: int,
+                  by_secret: dict[str, list[cache.Item]], result: Result,
+                  index: cache.VerifiedIndex, workers: int,
                   progress: ProgressFn | None) -> None:
-    jobs = [_Job(sid, cfg.secrets[sid].file, p.masters[sid].sha256, tuple(items))
+    sources = _Sources()
+    jobs = [_Job(sid, cfg.secrets[sid].file, sources.of(cfg.secrets[sid].file),
+                 p.masters[sid].sha256, tuple(items))
             for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
-    ready: list[tuple[cache.Item, str]] = []
-    for item, tmp, problem in _execute(jobs, workers, progress, len(todo)):
-        if problem is None:
-            ready.append((item, tmp))
-        else:
-            if problem not in result.failed:
-                result.failed.append(problem)
-            result.failed_items.add((item.host, item.id))
-    if not ready:
-        return
+    total = len(todo)
+    total_bytes = sum((i.payload or 0) + 256 for i in todo)
+    if workers > 1 and len(jobs) > 1:
+        pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
+                         max(_BATCH_BYTES, total_bytes // 8))
+    else:                       # nothing to overlap with: one syncfs, at the end
+        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1)
+    done = 0
+
+    def deliver(job: _Job, replies: list[_Reply]) -> None:
+        nonlocal done
+        for i, tmp, problem in replies:
+            item = job.targets[i]
+            if problem is None:
+                pub.add(item, tmp)
+            else:
+                pub.fail(item, problem)
+        pub.flush_if_full()
+        done += len(replies)
+        if progress:
+            progress(done, total)
+
     try:
-        fsutil.syncfs(cfg.cache_dir)            # data durable before any rename
-        for item, tmp in ready:
-            os.rename(tmp, os.path.join(item.dir, item.name))   # atomic; replaces a damaged file
-            if item not in result.repaired:
-                result.written.append(item)
-        for host in {i.host for i, _ in ready}:
-            fsutil.fsync_path(cfg.cache_dir / host, directory=True)
-    except OSError as exc:
-        for item, tmp in ready:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            result.failed_items.add((item.host, item.id))
-        result.failed.append(os_problem(cfg.cache_dir, exc, "finish writing the cache"))
+        _execute(jobs, workers, deliver)
+        pub.finish()
+    finally:
+        pub.discard()                   # an interrupt: no temp file stays behind
 
 
 def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:

@@ -86,18 +86,43 @@ def syncfs(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[bool]:
     """Hold an exclusive flock on ``lock_path`` (created once, never rewritten).
 
     flock is released by the kernel when the process dies, so a killed run never
-    leaves a lock that blocks the next one.
+    leaves a lock that blocks the next one.  Yields True when this call created the
+    lock file: then no other process can ever have held the lock before this one.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd, created = _open_new_lock(lock_path) if not os.path.lexists(lock_path) else (-1, False)
+    if fd < 0:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield created
     finally:
         os.close(fd)
+
+
+def _open_new_lock(lock_path: Path) -> tuple[int, bool]:
+    """Create ``lock_path`` already locked: a temp file is flocked before it is linked
+    to the lock's name, so nobody can take the lock between creation and flock.
+    (-1, False) when the name exists by now, or the filesystem has no hard links."""
+    tmp = tmp_name(lock_path)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.link(tmp, lock_path)
+    except OSError:
+        os.close(fd)
+        return -1, False
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return fd, True
 
 
 def mount_fstype(path: Path) -> str | None:

@@ -1,0 +1,203 @@
+"""renc's pipeline internals (in process): batches published while encryption goes on
+(syncfs before every rename, directories fsynced after), interrupts leave no temp
+file, first runs keep no plaintext unless a plugin may be asked, and a lock file the
+run created itself lets it reuse its first-run survey."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Repo, age_decrypt
+
+from vaultpy import cache, model
+from vaultpy import renc as pipeline
+from vaultpy._internal import fsutil
+
+SECRETS = {f"s{i}": f"pipeline secret {i}\n".encode() for i in range(6)} | {
+    "big": os.urandom(100_000)}
+
+
+def _temps(repo: Repo) -> list[Path]:
+    return [p for p in repo.cache.rglob("*") if fsutil.TMP_MARK in p.name]
+
+
+def _assert_complete(repo: Repo) -> None:
+    for host in repo.hosts.values():
+        files = sorted((repo.cache / host.name).iterdir())
+        assert sorted(f.name.split(".")[0] for f in files) == sorted(SECRETS)
+        for f in files:
+            assert age_decrypt(f, host.key) == SECRETS[f.name.split(".")[0]]
+
+
+def _renc(repo: Repo, jobs: int = 2) -> pipeline.Result:
+    return pipeline.renc(model.load(repo.root), jobs=jobs, identity_files=[repo.identity])
+
+
+@pytest.fixture
+def repo(make_repo: Any, monkeypatch: pytest.MonkeyPatch) -> Repo:
+    r: Repo = make_repo(hosts=3, secrets=SECRETS)
+    monkeypatch.chdir(r.root)
+    return r
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_rename_follows_a_syncfs_that_saw_its_temp_file(repo, monkeypatch, jobs):
+    """Tiny batches: many publishes.  Each rename's source existed when the latest
+    syncfs ran (its bytes were durable), every host directory is fsynced after its
+    last rename, and the index vouches for every file written."""
+    monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
+    monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
+    events: list[tuple[str, Any]] = []
+    real_syncfs, real_rename, real_fsync = fsutil.syncfs, os.rename, fsutil.fsync_path
+
+    def syncfs(path: Path) -> None:
+        real_syncfs(path)
+        events.append(("syncfs", {str(p) for p in _temps(repo)}))
+
+    def rename(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        if str(dst).endswith(".age"):       # a cache file (not the index, say)
+            events.append(("rename", (src, dst)))
+
+    def fsync_path(path: Path, directory: bool = False) -> None:
+        real_fsync(path, directory)
+        events.append(("fsync", str(path)))
+
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    monkeypatch.setattr(pipeline.os, "rename", rename)
+    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
+
+    result = _renc(repo, jobs)
+
+    assert result.ok, result.failed
+    assert len(result.written) == len(SECRETS) * len(repo.hosts)
+    synced: set[str] = set()
+    renamed: dict[str, int] = {}
+    for n, (kind, what) in enumerate(events):
+        if kind == "syncfs":
+            synced = what
+        elif kind == "rename":
+            assert what[0] in synced, f"renamed before a syncfs saw it: {what[0]}"
+            renamed[os.path.dirname(what[1])] = n
+    syncs = sum(kind == "syncfs" for kind, _ in events)
+    assert syncs > 1 if jobs > 1 else syncs == 1        # batches overlap the workers
+    for d, last in renamed.items():
+        assert any(k == "fsync" and w == d and n > last for n, (k, w) in enumerate(events))
+    assert _temps(repo) == []
+    _assert_complete(repo)
+    index = cache.VerifiedIndex(repo.cache)
+    assert all(index.check(i) is None and i.key in index.entries for i in result.written)
+
+
+def test_interrupt_while_publishing_leaves_no_temp_file(repo, monkeypatch):
+    """Ctrl-C in the parent after some batches were published: every temp file is
+    gone (published ones, pending ones, and those of jobs not yet delivered), and
+    every final name is complete."""
+    monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
+    monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
+    calls = []
+    real = pipeline._Publisher.flush_if_full
+
+    def flush_if_full(self: pipeline._Publisher) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(pipeline._Publisher, "flush_if_full", flush_if_full)
+    with pytest.raises(KeyboardInterrupt):
+        _renc(repo, 2)
+    assert _temps(repo) == []
+    published = [p for h in repo.hosts for p in (repo.cache / h).iterdir()]
+    assert published                                  # two batches made it
+    for p in published:
+        host = repo.hosts[p.parent.name]
+        assert age_decrypt(p, host.key) == SECRETS[p.name.split(".")[0]]
+    monkeypatch.undo()
+    monkeypatch.chdir(repo.root)
+    assert _renc(repo, 2).ok                          # and the next run completes it
+    _assert_complete(repo)
+
+
+def test_a_failed_publish_keeps_nothing_half_done(repo, monkeypatch):
+    """syncfs fails for a batch: the run fails, no temp file stays, nothing of that
+    batch is under a final name, and the index is not saved."""
+    def syncfs(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    result = _renc(repo, 2)
+    assert not result.ok
+    assert any("cannot finish writing the cache" in p.message for p in result.failed)
+    assert result.written == []
+    assert _temps(repo) == []
+    assert not any((repo.cache / h).exists() and any((repo.cache / h).iterdir())
+                   for h in repo.hosts)
+    assert not (repo.cache / cache.INDEX).exists()
+
+
+def _first_run(repo: Repo) -> None:
+    """Back to a repository renc has never run in: no cache, no lock file."""
+    fsutil.remove_tree(repo.cache)
+
+
+def test_first_run_keeps_no_plaintext_for_plain_keys(repo, monkeypatch):
+    """An X25519 master key: the first run's pre-check decrypts every master, keeps
+    none of them (the workers decrypt again), and the cache is complete."""
+    _first_run(repo)
+    kept: list[int] = []
+    real = pipeline._decrypts_or_raise
+
+    def spy(cfg: model.Config, needed: dict[str, list[str]]) -> None:
+        real(cfg, needed)
+        kept.append(len(pipeline._PLAINTEXTS))
+
+    monkeypatch.setattr(pipeline, "_decrypts_or_raise", spy)
+    assert _renc(repo, 2).ok
+    assert kept == [0]
+    _assert_complete(repo)
+
+
+def test_first_run_plans_once_when_it_created_the_lock(repo, monkeypatch):
+    """The lock file a first run creates was never held by anyone: the survey made
+    before it stands.  A lock file someone else made in between means a new plan."""
+    plans = []
+    real = cache.plan
+
+    def counting(cfg: model.Config, hosts: Any = None) -> cache.Plan:
+        plans.append(1)
+        return real(cfg, hosts)
+
+    monkeypatch.setattr(pipeline.cache, "plan", counting)
+    _first_run(repo)
+    assert _renc(repo, 2).ok
+    assert len(plans) == 1
+    _assert_complete(repo)
+
+    plans.clear()
+    fsutil.remove_tree(repo.cache)
+    real_checks = pipeline._first_run_checks
+
+    def then_someone_locks(*args: Any) -> Any:
+        s = real_checks(*args)
+        repo.cache.mkdir(parents=True)
+        with fsutil.locked(repo.cache / ".vaultpy.lock") as created:
+            assert created
+        return s
+
+    monkeypatch.setattr(pipeline, "_first_run_checks", then_someone_locks)
+    assert _renc(repo, 2).ok
+    assert len(plans) == 2
+    _assert_complete(repo)
+
+
+def test_locked_says_whether_it_created_the_lock_file(tmp_path):
+    lock = tmp_path / "lock"
+    with fsutil.locked(lock) as created:
+        assert created and lock.is_file()
+    with fsutil.locked(lock) as created:
+        assert not created
+    assert sorted(os.listdir(tmp_path)) == ["lock"]      # no temp file left beside it
