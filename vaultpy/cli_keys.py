@@ -10,6 +10,7 @@ never printed.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,9 +31,11 @@ from vaultpy.cli import (
     app,
 )
 
-if os.environ.get("NO_COLOR"):
+if os.environ.get("NO_COLOR") and (sys.stdout.isatty() or sys.stderr.isatty()):
     # rich drops colours under NO_COLOR but keeps bold/dim; typer's usage-error and help
     # panels would still carry escape codes on a terminal.  No colour system: plain text.
+    # (Only on a terminal: elsewhere rich writes no escape codes, and importing
+    # rich_utils costs 80 ms of every command.)
     from typer import rich_utils
 
     rich_utils.COLOR_SYSTEM = None

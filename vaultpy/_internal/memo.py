@@ -63,10 +63,12 @@ def _code_files() -> list[str]:
     return out
 
 
-def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str]
-           ) -> tuple[str, int]:
-    """The digest of the inputs' state, and the newest mtime/ctime seen (ns).
+def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
+           unless: str | None = None) -> tuple[str, str, int]:
+    """(digest of the files alone, digest of the whole state, newest mtime/ctime seen).
 
+    With ``unless``: when the files' digest differs from it, stop there (the whole
+    digest is then ""): a changed master is found in 500 stats, not 10,500.
     Written for speed (it is most of a no-op run): one stat per file, the numbers
     packed into arrays rather than tuples.
     """
@@ -82,6 +84,9 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str]
         h.update(f"{path}\0{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
                  f"{st.st_mtime_ns} {st.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
         newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    files_value = h.hexdigest()
+    if unless is not None and files_value != unless:
+        return files_value, "", newest
     for folder in listed:
         try:
             names = "\0".join(sorted(set(os.listdir(folder)) - _OWN))
@@ -98,7 +103,7 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str]
             entries = sorted(set(os.listdir(fd)) - _OWN)
             sts = [stat(n, dir_fd=fd, follow_symlinks=False) for n in entries]
         except OSError:              # an entry vanished while scanning: not a no-op
-            return "", newest
+            return files_value, "", newest
         finally:
             os.close(fd)
         mtimes, ctimes = [s.st_mtime_ns for s in sts], [s.st_ctime_ns for s in sts]
@@ -111,7 +116,7 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str]
         h.update(numbers.tobytes())
         if sts:
             newest = max(newest, max(mtimes), max(ctimes))
-    return h.hexdigest(), newest
+    return files_value, h.hexdigest(), newest
 
 
 def _version() -> str:
@@ -147,7 +152,7 @@ class Snapshot:
     def __init__(self, config: str, cache_dir: str, since: int, pre: tuple[int, ...]) -> None:
         self.config, self.cache_dir, self.since, self.pre = config, cache_dir, since, pre
         self.lists: dict[str, list[str]] | None = None
-        self.value = ""
+        self.files_value = self.value = ""
 
     def capture(self, cfg: Config) -> None:
         """Digest the inputs ``cfg`` names, before the run reads any of them."""
@@ -163,8 +168,8 @@ class Snapshot:
         scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
         self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),
                       "scanned": sorted(set(scanned))}
-        self.value, newest = digest(self.lists["files"], self.lists["listed"],
-                                    self.lists["scanned"])
+        self.files_value, self.value, newest = digest(
+            self.lists["files"], self.lists["listed"], self.lists["scanned"])
         if not self.value or newest >= self.since:
             self.lists = None       # an input is changing (or did in this very tick)
 
@@ -184,7 +189,8 @@ class Snapshot:
             entries = {k: v for k, v in kept.items() if k != command}
         entries[command] = {"since": self.since, **(facts or {})}
         memo = {"format": FORMAT, "vaultpy": _version(), "config": self.config,
-                **self.lists, "digest": self.value, "ok": entries}
+                **self.lists, "files_digest": self.files_value, "digest": self.value,
+                "ok": entries}
         with contextlib.suppress(OSError):
             atomic_write(path, json.dumps(memo, sort_keys=True).encode(), 0o644)
 
@@ -311,7 +317,10 @@ def lookup(command: str, config: str) -> dict[str, object] | None:
             or files is None or listed is None or scanned is None
             or memo.get("config") != config or config not in files):
         return None
-    value, newest = digest(files, listed, scanned)
+    expected = memo.get("files_digest")
+    if not isinstance(expected, str):
+        return None
+    _files_value, value, newest = digest(files, listed, scanned, unless=expected)
     if not value or value != memo.get("digest") or newest >= entry["since"]:
         return None                 # changed, changing, or racily clean
     return entry
