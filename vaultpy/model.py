@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -603,6 +602,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
 
 def parse(text: str, path: Path) -> Config:
     """Validate the text of a hosts.toml that lives at ``path``."""
+    # here, not at the top: activation imports this module, never TOML
+    import tomllib
+
     ck = _Checker(path)
     try:
         doc = tomllib.loads(text)
