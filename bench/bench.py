@@ -64,6 +64,17 @@ def timed_rss(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, in
     return elapsed, usage.ru_maxrss
 
 
+def cold_renc(root: Path, env: dict[str, str], args: list[str], rounds: int
+              ) -> tuple[float, int]:
+    """Best wall time and highest peak RSS of ``rounds`` renc runs on an empty cache."""
+    best, rss = float("inf"), 0
+    for _ in range(rounds):
+        shutil.rmtree(root / "secrets" / "cache", ignore_errors=True)
+        t, r = timed_rss(vaultpy("renc", *args), root, env)
+        best, rss = min(best, t), max(rss, r)
+    return best, rss
+
+
 def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return min(timed_rss(cmd, cwd, env)[0] for _ in range(n))
 
@@ -141,14 +152,15 @@ def _floor_job(args: tuple[bytes, list[str], list[str]]) -> int:
     return n
 
 
-def floor_pyrage(root: Path, fx: dict[str, object], workers: int) -> tuple[float, int]:
-    """The same plaintexts encrypted with pyrage in `workers` processes, plain writes."""
+def floor_pyrage(root: Path, fx: dict[str, object], workers: int, round_: int = 0) -> float:
+    """The same plaintexts encrypted with pyrage in `workers` processes, plain writes;
+    returns the wall time."""
     ids: list[str] = fx["ids"]                    # type: ignore[assignment]
     hosts: list[tuple[str, str]] = fx["hosts"]    # type: ignore[assignment]
     ident = pyrage.x25519.Identity.from_str(
         next(ln for ln in (root / "keys/master.txt").read_text().splitlines()
              if ln.startswith("AGE-SECRET-KEY")))
-    out = root / f"floor-out-{workers}"
+    out = root / f"floor-out-{workers}-{round_}"
     out.mkdir()
     os.sync()
     start = time.perf_counter()
@@ -159,7 +171,10 @@ def floor_pyrage(root: Path, fx: dict[str, object], workers: int) -> tuple[float
                      [str(out / f"{name}-{sid}.age") for name, _ in hosts]))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         n = sum(pool.map(_floor_job, jobs))
-    return time.perf_counter() - start, n
+    elapsed = time.perf_counter() - start
+    assert n == len(ids) * len(hosts)
+    shutil.rmtree(out)
+    return elapsed
 
 
 # --------------------------------------------------------------------------- vaultpy
@@ -187,7 +202,7 @@ def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float
             "for f in sys.argv[2:]:\n"
             "    pyrage.decrypt(open(f,'rb').read(),[k])\n")
     plain_times, act_times = [], []
-    for _ in range(3):
+    for _ in range(5):
         plain_times.append(run([PY, "-c", loop, str(root / "keys" / host), *files])[0])
         # vaultpy-activate: the boot entry point the systemd units run
         script = (f"{PY} -m vaultpy.activate.main --profile {hostroot}/profile.json "
@@ -227,12 +242,16 @@ def main() -> None:
 
         t, n = peer_age_cli(big, fx, sample=200 if args.quick else 400, rng=rng)
         res["peer_per_file_ms"] = 1000 * t / n
-        t, n = floor_pyrage(big, fx, cores)
-        res["floor_per_file_ms"] = 1000 * t / n
-        # What this machine allows: the same pyrage work in one process vs `cores`.
-        res["floor_1proc_per_file_ms"] = 1000 * floor_pyrage(big, fx, 1)[0] / n
+        # The floor, best of 3 like vaultpy's cold runs (a shared VM's disk and CPU vary
+        # by tens of percent from run to run), and what this machine allows: the same
+        # pyrage work in one process vs `cores`.
+        for procs, key in ((cores, "floor_per_file_ms"), (1, "floor_1proc_per_file_ms")):
+            best = min(floor_pyrage(big, fx, procs, r) for r in range(3))
+            res[key] = 1000 * best / files
 
-        t, rss = timed_rss(vaultpy("renc"), big, env)     # a first run (no lock yet)
+        # Cold runs (empty cache, so also no lock: first runs), best of 3 like the other
+        # timings: file creation on a shared VM disk varies by a second from run to run.
+        t, rss = cold_renc(big, env, [], rounds=3)
         res["renc_cold_per_file_ms"] = 1000 * t / files
         res["renc_cold_rss_kib"] = rss
         shutil.rmtree(big / "secrets" / "cache" / fx["hosts"][0][0])  # type: ignore[index]
@@ -250,11 +269,14 @@ def main() -> None:
             pyrage.encrypt(b"changed", [pyrage.x25519.Recipient.from_str(pub)]))
         res["renc_one_changed_s"] = timed_rss(vaultpy("renc"), big, env)[0]
 
-        # --jobs 1 vs --jobs 2, cold, on a copy of the fixture.
-        for jobs in (1, 2):
-            shutil.rmtree(big / "secrets" / "cache")
-            res[f"renc_cold_jobs{jobs}_s"] = timed_rss(vaultpy("renc", "--jobs", str(jobs)),
-                                                       big, env)[0]
+        # --jobs 1 vs --jobs 2, cold, best of 3 each, interleaved.
+        best = {1: float("inf"), 2: float("inf")}
+        for _ in range(3):
+            for jobs in (1, 2):
+                t = cold_renc(big, env, ["--jobs", str(jobs)], rounds=1)[0]
+                best[jobs] = min(best[jobs], t)
+        for jobs, t in best.items():
+            res[f"renc_cold_jobs{jobs}_s"] = t
 
         res["activation"] = bench_activation(big, env, min(500, n_secrets))
 
