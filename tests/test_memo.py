@@ -25,10 +25,10 @@ MEMO = memo.FILENAME
 
 
 def from_memo(repo: Repo, *args: str, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> bool:
+              env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> bool:
     """Whether ``vaultpy ARGS`` was answered without importing the CLI."""
     full_env = {**os.environ, "NO_COLOR": "1", **repo.env, **(env or {})}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "vaultpy", *args],
+    proc = subprocess.run([*prefix, sys.executable, "-X", "importtime", "-m", "vaultpy", *args],
                           capture_output=True, cwd=cwd or repo.root, env=full_env, timeout=120)
     imported = proc.stderr.decode()
     assert "import time:" in imported
@@ -314,3 +314,86 @@ def test_a_memo_that_cannot_be_written_costs_only_the_shortcut(
     snap.commit("check")                         # no exception, nothing written
     assert not (repo.cache / MEMO).exists()
     assert not list(repo.cache.glob("*vaultpy-tmp*"))
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_a_bookkeeping_name_that_is_not_a_file_counts(repo: Repo) -> None:
+    settled(repo)
+    (repo.cache / ".vaultpy-verified").unlink()
+    (repo.cache / ".vaultpy-verified").mkdir()
+    assert not trusted(repo, "check")
+    assert repo.run("check").returncode == 1
+
+
+def test_a_lock_renc_cannot_take_is_a_clean_error_not_a_memo_answer(repo: Repo) -> None:
+    settled(repo)
+    (repo.cache / ".vaultpy.lock").unlink()
+    (repo.cache / ".vaultpy.lock").mkdir()
+    assert not from_memo(repo, "renc")
+    proc = repo.run("renc")
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert b".vaultpy.lock" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"internal error" not in proc.stderr
+
+
+def test_another_reader_never_trusts_the_memo(repo: Repo) -> None:
+    """Permission to read is part of the answer: root without its capabilities (as
+    setpriv leaves it) may not read what root with them could."""
+    settled(repo)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux)")
+    assert not from_memo(repo, "check",
+                         prefix=(setpriv, "--inh-caps=-all", "--bounding-set=-all"))
+
+
+def test_another_home_never_trusts_the_memo(repo: Repo, tmp_path: Path) -> None:
+    """``~`` in hosts.toml paths expands differently for another HOME."""
+    settled(repo)
+    assert not from_memo(repo, "check", env={"HOME": str(tmp_path)})
+
+
+def test_a_symlinked_hosts_toml_does_not_share_another_repos_memo(
+        repo: Repo, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-cache"
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[vaultpy]\n", f'[vaultpy]\ncache_dir = "{shared}"\n'))
+    repo.ok("renc")
+    settled(repo)
+    other = tmp_path / "other"
+    (other / "secrets").mkdir(parents=True)
+    (other / "hosts.toml").symlink_to(repo.root / "hosts.toml")
+    assert not from_memo(repo, "check", cwd=other)
+    proc = repo.run("check", cwd=other)
+    assert proc.returncode == 1 and b"master file is missing" in proc.stdout
+
+
+def test_a_temp_named_entry_that_changes_type_is_seen(repo: Repo) -> None:
+    left = repo.root / "secrets" / ".alpha.age.vaultpy-tmp-0123456789ab"
+    left.mkdir()                     # a directory: not a leftover file
+    settled(repo)
+    left.rmdir()
+    left.write_bytes(b"junk")        # a leftover file: check must say so
+    assert not trusted(repo, "check")
+    assert repo.run("check").returncode == 1
+
+
+def test_a_symlinked_cache_file_is_never_trusted(repo: Repo, tmp_path: Path) -> None:
+    """renc and check read through it; its target can change without the link's stat."""
+    path = cache_file(repo)
+    target = tmp_path / "elsewhere.age"
+    path.rename(target)
+    path.symlink_to(target)
+    repo.ok("renc")
+    repo.ok("renc")
+    repo.ok("check")
+    assert not trusted(repo, "renc") and not trusted(repo, "check")
+
+
+def test_forced_colours_are_left_to_rich(repo: Repo) -> None:
+    settled(repo)
+    assert not from_memo(repo, "check", env={"NO_COLOR": "", "FORCE_COLOR": "1"})
+    assert from_memo(repo, "check", env={"FORCE_COLOR": "1"})     # NO_COLOR=1 wins
+    assert from_memo(repo, "check", "--json", env={"NO_COLOR": "", "FORCE_COLOR": "1"})

@@ -268,8 +268,12 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
     first = _first_run_checks(cfg, hosts, identity_files, ask) \
         if not cfg.lock_path.exists() else None
     try:
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path) as created:
+        with contextlib.ExitStack() as stack:
+            try:
+                cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+                created = stack.enter_context(fsutil.locked(cfg.lock_path))
+            except OSError as exc:      # read-only checkout, a directory in its place...
+                raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
             # A lock file this run created was never held by anyone else: no writer
             # can have changed a master or the cache since the first run's survey.
             s = first if first is not None and created else _Survey.take(cfg, hosts)

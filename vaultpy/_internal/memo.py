@@ -17,9 +17,9 @@ CLI, parsing hosts.toml or hashing masters: like ``git status`` trusting its ind
 
 1. the snapshot is taken *before* the run reads anything (hosts.toml is stat'ed before it
    is loaded), so a change during the run shows as a different stat or name;
-2. the run first reads the file system's clock (the mtime of a directory it creates
-   and removes), and an input whose mtime or ctime is not strictly older than that is never
-   trusted: a change within the same timestamp tick as the snapshot cannot hide.
+2. the run first reads the file system's clock (the cache directory's mtime, touched),
+   and an input whose mtime or ctime is not strictly older than that is never trusted:
+   a change within the same timestamp tick as the snapshot cannot hide.
 
 Anything unexpected - no memo, another version, a damaged file, an option the fast path
 does not know - falls back to the full run.  ``VAULTPY_NO_MEMO=1`` turns it off.
@@ -34,6 +34,7 @@ import json
 import os
 import sys
 from array import array
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 try:                        # hashlib would load OpenSSL: 4 ms of a 60 ms run
     from _blake2 import blake2b
@@ -73,6 +74,7 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     packed into arrays rather than tuples.
     """
     h = blake2b(digest_size=20)
+    h.update(_who().encode("utf-8", "surrogateescape"))
     newest = 0
     stat = os.stat
     for path in [*files, *_code_files()]:
@@ -89,7 +91,10 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
         return files_value, "", newest
     for folder in listed:
         try:
-            names = "\0".join(sorted(set(os.listdir(folder)) - _OWN))
+            entries = sorted(set(os.listdir(folder)) - _OWN)
+            # a temp-named entry is a leftover only as a regular file: its type counts
+            kinds = [_kind(os.path.join(folder, n)) for n in entries if _TMP in n]
+            names = "\0".join(entries) + "\0" + " ".join(kinds)
         except OSError as exc:
             names = f"-{exc.errno}"
         h.update(f"{folder}\0{names}\n".encode("utf-8", "surrogateescape"))
@@ -100,12 +105,18 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
             h.update(f"{folder}\0-{exc.errno}\n".encode("utf-8", "surrogateescape"))
             continue
         try:
-            entries = sorted(set(os.listdir(fd)) - _OWN)
+            entries = sorted(os.listdir(fd))
             sts = [stat(n, dir_fd=fd, follow_symlinks=False) for n in entries]
         except OSError:              # an entry vanished while scanning: not a no-op
             return files_value, "", newest
         finally:
             os.close(fd)
+        if _OWN.intersection(entries):   # bookkeeping files do not count - as files
+            kept = [(n, st) for n, st in zip(entries, sts, strict=True)
+                    if not (n in _OWN and S_ISREG(st.st_mode))]
+            entries, sts = [n for n, _ in kept], [st for _, st in kept]
+        if any(S_ISLNK(st.st_mode) for st in sts):
+            return files_value, "", newest   # read through by renc/check: never trusted
         mtimes, ctimes = [s.st_mtime_ns for s in sts], [s.st_ctime_ns for s in sts]
         numbers = array("q", mtimes)
         for values in (ctimes, [s.st_size for s in sts], [s.st_ino for s in sts],
@@ -119,6 +130,30 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     return files_value, h.hexdigest(), newest
 
 
+_TMP = ".vaultpy-tmp-"
+
+
+def _kind(path: str) -> str:
+    try:
+        return f"{os.lstat(path).st_mode}:{int(os.path.isfile(path))}"
+    except OSError as exc:
+        return f"-{exc.errno}"
+
+
+def _who() -> str:
+    """What the same files mean depends on who reads them and how paths expand: the
+    user, groups and capabilities (permission to read), HOME (``~`` in hosts.toml),
+    and the Python running vaultpy."""
+    caps = ""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            caps = next((ln for ln in f if ln.startswith("CapEff:")), "")
+    except OSError:
+        pass
+    return (f"{os.geteuid()} {os.getegid()} {sorted(os.getgroups())} {caps.strip()} "
+            f"{os.path.expanduser('~')} {sys.version}\n")
+
+
 def _version() -> str:
     from vaultpy import __version__
 
@@ -129,20 +164,15 @@ def _version() -> str:
 
 
 def _fs_clock(folder: str) -> int | None:
-    """The file system's idea of now: the mtime of a directory created (and removed)
-    here.  A directory, not a file: no data is ever written, not even none."""
-    name = os.path.join(folder, f"{FILENAME}.vaultpy-tmp-{os.urandom(6).hex()}")
+    """The file system's idea of now: the new mtime of ``folder`` (the cache directory),
+    touched.  Nothing is created or removed; no input's stat includes that folder's own
+    (its entries are what counts)."""
     try:
-        os.mkdir(name, 0o700)
+        os.utime(folder)
+        st = os.stat(folder, follow_symlinks=False)
     except OSError:
         return None
-    try:
-        return os.stat(name, follow_symlinks=False).st_mtime_ns
-    except OSError:
-        return None
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(name)
+    return st.st_mtime_ns if S_ISDIR(st.st_mode) else None
 
 
 class Snapshot:
@@ -158,7 +188,7 @@ class Snapshot:
         """Digest the inputs ``cfg`` names, before the run reads any of them."""
         from vaultpy.recovery import JOURNAL
 
-        if (os.path.realpath(cfg.path) != self.config
+        if (str(cfg.path) != self.config
                 or os.path.realpath(cfg.cache_dir) != os.path.realpath(self.cache_dir)
                 or _stat(self.config) != self.pre):
             return                  # hosts.toml changed, or the memo would live elsewhere
@@ -170,7 +200,7 @@ class Snapshot:
                       "scanned": sorted(set(scanned))}
         self.files_value, self.value, newest = digest(
             self.lists["files"], self.lists["listed"], self.lists["scanned"])
-        if not self.value or newest >= self.since:
+        if not self.value or newest >= self.since or not _one_clock(self.cache_dir, files):
             self.lists = None       # an input is changing (or did in this very tick)
 
     def commit(self, command: str, facts: dict[str, int] | None = None) -> None:
@@ -193,6 +223,24 @@ class Snapshot:
                 "ok": entries}
         with contextlib.suppress(OSError):
             atomic_write(path, json.dumps(memo, sort_keys=True).encode(), 0o644)
+
+
+def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
+    """The racy-clean rule compares with the clock of cache_dir's file system: inputs
+    on another one (another disk, NFS) could be stamped by another clock."""
+    try:
+        dev = os.stat(cache_dir).st_dev
+    except OSError:
+        return False
+    for path in files:
+        try:
+            if os.stat(path).st_dev != dev:
+                return False
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def begin(repo: object) -> Snapshot | None:
@@ -267,18 +315,29 @@ def _count(text: str) -> bool:
 
 
 def _hosts_toml(repo: str | None) -> str | None:
+    """hosts.toml's path exactly as model.load names it (cfg.path): the memo of one
+    repository is never found through another (say, a symlinked hosts.toml)."""
     if repo is not None:
         path = os.path.join(repo, "hosts.toml") if os.path.isdir(repo) else repo
-        return os.path.realpath(path) if os.path.isfile(path) else None
-    here = os.getcwd()
+        if not os.path.isfile(path):
+            return None
+        return _absolute(path)
+    here = os.getcwd()                     # already resolved, like Path.cwd().resolve()
     while True:
         candidate = os.path.join(here, "hosts.toml")
         if os.path.isfile(candidate):
-            return os.path.realpath(candidate)
+            return candidate
         parent = os.path.dirname(here)
         if parent == here:
             return None
         here = parent
+
+
+def _absolute(path: str) -> str:
+    """``str(Path(path).absolute())`` without importing pathlib: "." and empty parts
+    dropped, ".." and symlinks kept."""
+    full = path if path.startswith("/") else os.getcwd() + "/" + path
+    return "/" + "/".join(p for p in full.split("/") if p not in ("", "."))
 
 
 def _cache_dir(config: str) -> str:
@@ -326,13 +385,29 @@ def lookup(command: str, config: str) -> dict[str, object] | None:
     return entry
 
 
-def _color(stream: object) -> bool:
+def _color(stream: object) -> bool | None:
+    """Whether rich would colour ``stream``; None when that is not obvious (then the
+    full command answers: rich's own rules have more cases than are worth copying)."""
     if os.environ.get("NO_COLOR"):
         return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
+    if any(os.environ.get(v) is not None for v in
+           ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")):
+        return None
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and os.environ.get("TERM") not in ("dumb", "unknown")
+    if not (isatty and isatty()):
+        return False
+    return True if os.environ.get("TERM") not in (None, "", "dumb", "unknown") else None
+
+
+def _may_lock(cache_dir: str) -> bool:
+    """A full renc opens its lock file read-write even when it has nothing to do: if it
+    could not, it would not say "nothing to do" either (its lock is not in the digest)."""
+    lock = os.path.join(cache_dir, ".vaultpy.lock")
+    eff = os.access in os.supports_effective_ids
+    if os.path.lexists(lock):
+        return (not os.path.islink(lock) and os.path.isfile(lock)
+                and os.access(lock, os.R_OK | os.W_OK, effective_ids=eff))
+    return os.access(cache_dir, os.W_OK | os.X_OK, effective_ids=eff)
 
 
 def answer(argv: Sequence[str]) -> int | None:
@@ -349,7 +424,12 @@ def answer(argv: Sequence[str]) -> int | None:
         if entry is None:
             return None
         files, hosts = entry.get("files"), entry.get("hosts")
-        if command == "renc" and not (isinstance(files, int) and isinstance(hosts, int)):
+        if command == "renc" and not (isinstance(files, int) and isinstance(hosts, int)
+                                      and config is not None
+                                      and _may_lock(_cache_dir(config))):
+            return None
+        color = _color(sys.stderr) if command == "check" and not json_out else False
+        if color is None:
             return None
     except Exception:       # never worse than the full run
         return None
@@ -364,7 +444,7 @@ def answer(argv: Sequence[str]) -> int | None:
         sys.stdout.write(json.dumps({"ok": True, "problems": [], "warnings": []},
                                     indent=2, sort_keys=True) + "\n")
     else:
-        ok = "\x1b[32mok\x1b[0m" if _color(sys.stderr) else "ok"
+        ok = "\x1b[32mok\x1b[0m" if color else "ok"
         sys.stderr.write(f"{ok}{CHECK_OK_TAIL}\n")
     return 0
 
