@@ -87,12 +87,8 @@ def init(directory: Path, recipients: Sequence[str] = (),
         if generate_identity is not None:
             secret_key, public = age.generate_x25519()
             generate_identity.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = fsutil.tmp_name(generate_identity)
-            fsutil.write_new(tmp, _identity_text(secret_key, public).encode(), 0o600)
-            fsutil.fsync_path(tmp)
-            os.link(tmp, generate_identity)       # fails instead of overwriting
-            os.unlink(tmp)
-            fsutil.fsync_path(generate_identity.parent, directory=True)
+            fsutil.create_new(generate_identity,           # fails instead of overwriting
+                              _identity_text(secret_key, public).encode(), 0o600)
             written.append(generate_identity)
             normalized.insert(0, public)
             shown = os.path.relpath(generate_identity.absolute(), directory.absolute())
@@ -103,12 +99,7 @@ def init(directory: Path, recipients: Sequence[str] = (),
             recipients_line = 'recipients = []   # add your master public key: age-keygen -y KEY'
         text = TEMPLATE.format(recipients=recipients_line, identity=identity_line)
         (directory / "secrets").mkdir(exist_ok=True)
-        tmp = fsutil.tmp_name(target)
-        fsutil.write_new(tmp, text.encode(), 0o644)
-        fsutil.fsync_path(tmp)
-        os.link(tmp, target)
-        os.unlink(tmp)
-        fsutil.fsync_path(directory, directory=True)
+        fsutil.create_new(target, text.encode(), 0o644)
         written.append(target)
         ignore = directory / "secrets" / "cache" / ".gitignore"
         if not ignore.exists():

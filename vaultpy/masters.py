@@ -73,13 +73,11 @@ def _keep_conflict(cfg: Config, secret_id: str, ciphertext: bytes) -> NoReturn:
     n = 1
     while True:
         try:
-            fsutil.write_new(kept, ciphertext, 0o644)
+            fsutil.create_new(kept, ciphertext, 0o644)     # complete or absent
             break
         except FileExistsError:
             n += 1
             kept = secret.file.with_name(f"{secret.file.name}.conflict-{stamp}-{n}")
-    fsutil.fsync_path(kept)
-    fsutil.fsync_path(kept.parent, directory=True)
     raise VaultpyError(Problem(
         display_path(secret.file), "changed by another writer while you were editing it; "
         "it was not overwritten", f"secrets.{secret_id}",

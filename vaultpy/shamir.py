@@ -199,7 +199,6 @@ def write_shares(shares: Sequence[Share], public: str, directory: Path) -> list[
         for share, path in zip(shares, targets, strict=True):
             _write_exclusive(path, render_share(share, public, created).encode())
             written.append(path)
-        _fsync_dir(directory)
     except OSError as exc:
         for p in written:                 # all shares or none
             with contextlib.suppress(OSError):
@@ -209,24 +208,10 @@ def write_shares(shares: Sequence[Share], public: str, directory: Path) -> list[
 
 
 def _write_exclusive(path: Path, data: bytes) -> None:
-    """Write a temp file 0600, fsync it, then link it to ``path`` (fails if it exists)."""
+    """``path`` created 0600 whatever the umask, complete or absent, never replacing."""
     from vaultpy._internal import fsutil
 
-    tmp = fsutil.tmp_name(path)
-    try:
-        fsutil.write_new(tmp, data, 0o600)
-        os.chmod(tmp, 0o600)               # whatever the umask
-        fsutil.fsync_path(tmp)
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    from vaultpy._internal import fsutil
-
-    fsutil.fsync_path(directory, directory=True)
+    fsutil.create_new(path, data, 0o600, exact_mode=True)
 
 
 def write_identity_file(path: Path, identity_line: str) -> None:
@@ -239,7 +224,6 @@ def write_identity_file(path: Path, identity_line: str) -> None:
                    "is never overwritten")
     try:
         _write_exclusive(path, text.encode())
-        _fsync_dir(path.parent)
     except OSError as exc:
         raise VaultpyError(os_problem(path, exc, "write the identity")) from None
 

@@ -45,6 +45,25 @@ def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def create_new(path: Path, data: bytes, mode: int = 0o644, *, exact_mode: bool = False
+               ) -> None:
+    """Create ``path`` with ``data``, never replacing anything: the bytes go to a temp
+    file, are fsynced, and the temp file is hard-linked to ``path`` (FileExistsError if
+    it exists), so ``path`` is complete or absent.  ``exact_mode``: ``mode`` whatever
+    the umask."""
+    tmp = tmp_name(path)
+    try:
+        write_new(tmp, data, mode)
+        if exact_mode:
+            os.chmod(tmp, mode)
+        fsync_path(tmp)
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_path(path.parent, directory=True)
+
+
 def fsync_path(path: Path, directory: bool = False) -> None:
     flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
     fd = os.open(path, flags)
