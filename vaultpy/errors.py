@@ -13,6 +13,7 @@ own line and exits 1; library users catch the exception and read ``problems``.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -24,14 +25,28 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def display_path(path: str | os.PathLike[str]) -> str:
     """A path as the user would type it: relative to the working directory when below it."""
     p = Path(path)
-    try:
-        # Resolve the directory only: a symlink is named as written, not by its target.
-        full = (p.absolute().parent.resolve() / p.name if p.name not in ("", "..")
-                else p.resolve())
-        rel = full.relative_to(Path.cwd().resolve())
-    except (ValueError, OSError):
+    if p.name in ("", ".."):
+        try:
+            rel = p.resolve().relative_to(Path.cwd().resolve())
+        except (ValueError, OSError):
+            return str(p)
+        return str(rel) if str(rel) != "." else str(p)
+    # Resolve the directory only: a symlink is named as written, not by its target.
+    # Many files share few directories (10,000 cache files, 500 masters): each
+    # directory is resolved once per working directory.
+    shown = _shown_dir(str(p.absolute().parent), os.getcwd())
+    if shown is None:
         return str(p)
-    return str(rel) if str(rel) != "." else str(p)
+    return p.name if shown == "." else f"{shown}/{p.name}"
+
+
+@functools.lru_cache(maxsize=256)
+def _shown_dir(parent: str, cwd: str) -> str | None:
+    """``parent`` resolved, relative to the resolved ``cwd``; None when not below it."""
+    try:
+        return str(Path(parent).resolve().relative_to(Path(cwd).resolve()))
+    except (ValueError, OSError):
+        return None
 
 
 @dataclass(frozen=True)

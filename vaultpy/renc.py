@@ -330,13 +330,12 @@ def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]]) -> None:
     # Kept for the workers (inherited through fork) only when a plugin may be asked:
     # a hardware key would otherwise want every touch twice.
     keep = any(i.kind == "plugin" for i in _IDENTITIES)
-    sources = _Sources()
     problems: list[Problem] = []
     for sid, names in sorted(needed.items()):
         path = cfg.secrets[sid].file
         try:
             data = path.read_bytes()
-            plaintext = age.decrypt(data, _IDENTITIES, sources.of(path))
+            plaintext = age.decrypt(data, _IDENTITIES, display_path(path))
             if keep:
                 _PLAINTEXTS[sid] = (hashlib.sha256(data).hexdigest(), plaintext)
             del data, plaintext
@@ -349,24 +348,6 @@ def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]]) -> None:
         _IDENTITIES.clear()
         _PLAINTEXTS.clear()
         raise VaultpyError(problems)
-
-
-class _Sources:
-    """:func:`display_path` of many files in few directories: the directory part is
-    resolved once per directory (it is most of the cost), not once per file."""
-
-    def __init__(self) -> None:
-        self.prefix: dict[str, str | None] = {}
-
-    def of(self, path: Path) -> str:
-        parent, name = os.path.split(path)
-        prefix = self.prefix.get(parent, "")
-        if prefix == "":
-            shown = display_path(path)
-            self.prefix[parent] = (shown[:-len(name)] if name and shown.endswith(name)
-                                   else None)
-            return shown
-        return display_path(path) if prefix is None else prefix + name
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
@@ -415,8 +396,7 @@ def _encrypt_jobs(cfg: Config, p: cache.Plan, todo: list[cache.Item],
                   by_secret: dict[str, list[cache.Item]], result: Result,
                   index: cache.VerifiedIndex, workers: int,
                   progress: ProgressFn | None) -> None:
-    sources = _Sources()
-    jobs = [_Job(sid, cfg.secrets[sid].file, sources.of(cfg.secrets[sid].file),
+    jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
                  p.masters[sid].sha256, tuple(items))
             for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
     total = len(todo)
