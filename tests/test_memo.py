@@ -397,3 +397,13 @@ def test_forced_colours_are_left_to_rich(repo: Repo) -> None:
     assert not from_memo(repo, "check", env={"NO_COLOR": "", "FORCE_COLOR": "1"})
     assert from_memo(repo, "check", env={"FORCE_COLOR": "1"})     # NO_COLOR=1 wins
     assert from_memo(repo, "check", "--json", env={"NO_COLOR": "", "FORCE_COLOR": "1"})
+
+
+def test_the_memos_literal_names_are_the_projects(repo: Repo) -> None:
+    """memo.py spells these out instead of importing their modules (start-up time)."""
+    from vaultpy import cache
+    from vaultpy._internal import fsutil
+
+    assert memo._TMP == fsutil.TMP_MARK
+    lock = model.load(repo.root).lock_path.name
+    assert {lock, cache.INDEX, memo.FILENAME} == memo._OWN

@@ -78,10 +78,15 @@ def check(cfg: Config) -> list[Problem]:
     return survey(cfg)[1] + rotation_problems(cfg)
 
 
+def has_rotation(cfg: Config) -> bool:
+    """Whether some secret has ``rotate_days``: then time alone can change check's answer."""
+    return any(s.rotate_days is not None for s in cfg.secrets.values())
+
+
 def overdue(cfg: Config) -> list[Problem]:
     """Secrets whose ``rotate_days`` have passed (warnings; errors with ``check --strict``).
     Reads secrets/rotation.toml only when some secret has ``rotate_days``."""
-    if not any(s.rotate_days is not None for s in cfg.secrets.values()):
+    if not has_rotation(cfg):
         return []
     from vaultpy.errors import VaultpyError
     from vaultpy.generate import overdue_problems

@@ -329,7 +329,7 @@ def check(
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy._internal import memo
     from vaultpy.check import check as do_check
-    from vaultpy.check import overdue
+    from vaultpy.check import has_rotation, overdue
 
     plain = not (recipient_coverage or backup_identity or strict)
     snapshot = memo.begin(repo or _Globals.repo) if plain else None    # before loading
@@ -339,8 +339,7 @@ def check(
     problems = do_check(cfg)
     warnings = overdue(cfg)
     # A passing check is remembered unless time alone could change it (rotate_days).
-    if snapshot is not None and not problems and not any(
-            s.rotate_days is not None for s in cfg.secrets.values()):
+    if snapshot is not None and not problems and not has_rotation(cfg):
         snapshot.commit("check")
     if strict:
         problems, warnings = problems + warnings, []

@@ -49,10 +49,10 @@ if TYPE_CHECKING:
 
 FILENAME = ".vaultpy-memo"
 FORMAT = 1
-# Bookkeeping files of the cache directory that are not inputs of any answer.
+# Bookkeeping files of the cache directory that are not inputs of any answer (the
+# lock, cache.INDEX: literals here, see tests/test_memo.py, to keep imports cheap).
 _OWN = frozenset({FILENAME, ".vaultpy-verified", ".vaultpy.lock"})
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def _code_files() -> list[str]:
@@ -130,7 +130,7 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     return files_value, h.hexdigest(), newest
 
 
-_TMP = ".vaultpy-tmp-"
+_TMP = ".vaultpy-tmp-"      # fsutil.TMP_MARK, not imported: fsutil takes ~25 ms to load
 
 
 def _kind(path: str) -> str:
@@ -363,9 +363,11 @@ def _cache_dir(config: str) -> str:
     return os.path.normpath(os.path.join(root, os.path.expanduser(given)))
 
 
-def lookup(command: str, config: str) -> dict[str, object] | None:
-    """What the memo recorded for ``command`` having nothing to do, if it still holds."""
-    memo = _load(os.path.join(_cache_dir(config), FILENAME))
+def lookup(command: str, config: str, cache_dir: str | None = None
+           ) -> dict[str, object] | None:
+    """What the memo recorded for ``command`` having nothing to do, if it still holds
+    (``cache_dir``: where the memo is, when the caller has already worked it out)."""
+    memo = _load(os.path.join(cache_dir or _cache_dir(config), FILENAME))
     if memo is None or memo.get("format") != FORMAT or memo.get("vaultpy") != _version():
         return None
     entries = memo.get("ok")
@@ -420,13 +422,15 @@ def answer(argv: Sequence[str]) -> int | None:
             return None
         command, repo, json_out = parsed
         config = _hosts_toml(repo)
-        entry = lookup(command, config) if config is not None else None
+        if config is None:
+            return None
+        cache_dir = _cache_dir(config)          # reads hosts.toml: once
+        entry = lookup(command, config, cache_dir)
         if entry is None:
             return None
         files, hosts = entry.get("files"), entry.get("hosts")
         if command == "renc" and not (isinstance(files, int) and isinstance(hosts, int)
-                                      and config is not None
-                                      and _may_lock(_cache_dir(config))):
+                                      and _may_lock(cache_dir)):
             return None
         color = _color(sys.stderr) if command == "check" and not json_out else False
         if color is None:
