@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
-import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -115,7 +114,7 @@ def _run_job(job: _Job) -> list[_Reply]:
     try:
         for i, t in enumerate(job.targets):
             # Plain strings on this path: a pathlib join per file cost more than the I/O.
-            tmp = os.path.join(t.dir, f".{t.name}{fsutil.TMP_MARK}{secrets.token_hex(6)}")
+            tmp = os.path.join(t.dir, f".{t.name}{fsutil.tmp_suffix()}")
             try:
                 fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
             except OSError as exc:

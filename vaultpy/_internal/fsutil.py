@@ -13,11 +13,8 @@ Rules every writer in vaultpy follows:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +22,14 @@ from pathlib import Path
 TMP_MARK = ".vaultpy-tmp-"
 
 
+def tmp_suffix() -> str:
+    """What follows a final name in its temp file's name: the mark, and 48 random bits
+    (os.urandom, as ``secrets.token_hex``; ``secrets`` itself would load hmac)."""
+    return TMP_MARK + os.urandom(6).hex()
+
+
 def tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TMP_MARK}{secrets.token_hex(6)}")
+    return final.with_name(f".{final.name}{tmp_suffix()}")
 
 
 def is_tmp(name: str) -> bool:
@@ -87,19 +90,28 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_path(path.parent, directory=True)
 
 
-_libc: ctypes.CDLL | None = None
+def _libc_call(name: str, *args: object) -> None:
+    """Call libc's ``name`` (no Python wrapper exists); raise OSError on failure.
+
+    ctypes is imported only here: most commands never need it, and its
+    ``util.find_library`` alone took 13 ms to import and spawned ldconfig when called.
+    The symbols are looked up in the running process (``CDLL(None)``), which has libc
+    loaded whatever its file is called (glibc, musl)."""
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    if fn(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def syncfs(path: Path) -> None:
     """Flush the whole filesystem holding ``path``: one call instead of an fsync per file."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
+        _libc_call("syncfs", fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(fd)
 
@@ -199,15 +211,13 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 def mount_ramfs(path: Path, mode: str = "0751") -> None:
     """mount -t ramfs -o nosuid,nodev,noexec,mode=MODE ramfs PATH (via mount(2))."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    rc = _libc.mount(b"ramfs", os.fsencode(path), b"ramfs",
-                     ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC),
-                     f"mode={mode}".encode())
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(path))
+    import ctypes
+
+    try:
+        _libc_call("mount", b"ramfs", os.fsencode(path), b"ramfs",
+                   ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), f"mode={mode}".encode())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def makedirs(path: Path, mode: int = 0o755) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
@@ -121,7 +120,7 @@ def switch(ctx: Context) -> None:
     fsutil.makedirs(link.parent)
     remove_leftover_links(link)
     target = os.path.relpath(ctx.generation, link.parent)
-    tmp = link.with_name(f".{link.name}{fsutil.TMP_MARK}{secrets.token_hex(6)}")
+    tmp = link.with_name(f".{link.name}{fsutil.tmp_suffix()}")
     os.symlink(target, tmp)
     try:
         os.rename(tmp, link)
