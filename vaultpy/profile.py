@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -72,7 +73,15 @@ class Profile:
         return [i for i in items if i.out.early == early]
 
     def secret(self, secret_id: str) -> Item | None:
-        return next((s for s in self.secrets if s.id == secret_id), None)
+        return self._by_id.get(secret_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str | None, Item]:
+        """Activation looks every secret up: a dict, not a scan per lookup (n²)."""
+        found: dict[str | None, Item] = {}
+        for s in self.secrets:
+            found.setdefault(s.id, s)       # the first one, as a scan would find
+        return found
 
 
 def _output_json(out: Output) -> dict[str, Any]:
