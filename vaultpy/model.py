@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -218,7 +219,7 @@ class Host:
     deployments: tuple[Deployment, ...]
     templates: tuple[Template, ...]
 
-    @property
+    @cached_property
     def needed(self) -> tuple[str, ...]:
         """Every secret id whose ciphertext the host receives (installed or used by a
         template), sorted."""
@@ -270,6 +271,7 @@ class _Checker:
         self.file = display_path(path)
         self.problems: list[Problem] = []
         self.decimal_modes: set[int] = set()   # `mode = <decimal>` literals in the text
+        self.plain_deployments: dict[str, Deployment] = {}    # shared by every host
 
     def add(self, where: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(self.file, message, where, hint))
@@ -519,10 +521,17 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
     deployments: list[Deployment] = []
     raw_secrets = table.get("secrets", [])
     if isinstance(raw_secrets, list):
+        plain = ck.plain_deployments
         for i, sid in enumerate(raw_secrets):
-            if ck.string(sid, f"{where}.secrets[{i}]") is not None and ck.ident(
-                    sid, f"{where}.secrets[{i}]", "secret id"):
-                deployments.append(Deployment(sid, sid))
+            # The common case first, without building messages: a valid id, whose
+            # (immutable) Deployment every host listing it shares.
+            if isinstance(sid, str) and len(sid) <= ID_MAX and ID_RE.fullmatch(sid):
+                d = plain.get(sid)
+                if d is None:
+                    d = plain[sid] = Deployment(sid, sid)
+                deployments.append(d)
+            elif ck.string(sid, f"{where}.secrets[{i}]") is not None:
+                ck.ident(sid, f"{where}.secrets[{i}]", "secret id")     # adds the problem
     elif isinstance(raw_secrets, dict):
         for sid, spec in raw_secrets.items():
             at = f"{where}.secrets.{_quote(sid)}"
@@ -581,20 +590,24 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
         if d.id in seen_ids:
             ck.add(f"{where}.secrets", f"secret {d.id!r} is listed twice", "remove one")
         seen_ids.add(d.id)
-    names: dict[str, str] = {}
-    paths: dict[str, str] = {}
-    items = [(f"secret {d.id!r}", d.name, d.out) for d in deployments] + [
-        (f"template {t.name!r}", t.name, t.out) for t in tmpls]
-    for label, out_name, out in items:
-        if out_name in names and names[out_name] != label:
-            ck.add(where, f"{label} and {names[out_name]} both install as {out_name!r}",
+    # Labels ("secret 'x'") are only spelled for a clash: 10,000s of entries have none.
+    def label(i: int) -> str:
+        return (f"secret {deployments[i].id!r}" if i < len(deployments)
+                else f"template {tmpls[i - len(deployments)].name!r}")
+
+    names: dict[str, int] = {}
+    paths: dict[str, int] = {}
+    items = [(d.name, d.out) for d in deployments] + [(t.name, t.out) for t in tmpls]
+    for i, (out_name, out) in enumerate(items):
+        first = names.setdefault(out_name, i)
+        if first != i and label(first) != label(i):
+            ck.add(where, f"{label(i)} and {label(first)} both install as {out_name!r}",
                    "give one of them another name")
-        names.setdefault(out_name, label)
         if out.path is not None:
-            if out.path in paths:
-                ck.add(where, f"{label} and {paths[out.path]} both use path {out.path!r}",
+            first = paths.setdefault(out.path, i)
+            if first != i:
+                ck.add(where, f"{label(i)} and {label(first)} both use path {out.path!r}",
                        "give one of them another path")
-            paths.setdefault(out.path, label)
     if not ok:
         return None
     return Host(name, recipients, tuple(deployments), tuple(tmpls))
