@@ -31,8 +31,13 @@ NAME_RE = re.compile(r"(?P<id>.+)\.(?P<hash>[0-9a-f]{32})\.age")
 
 def cache_hash(master_sha256: str, recipients: Sequence[str]) -> str:
     """The full 64-hex-digit hash of DESIGN §3."""
-    text = master_sha256 + "\n" + "\n".join(recipients)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(master_sha256.encode() + recipients_suffix(recipients)).hexdigest()
+
+
+def recipients_suffix(recipients: Sequence[str]) -> bytes:
+    """The part of :func:`cache_hash`'s input after the master's hash: the same for all
+    of a host's files, so :func:`plan` computes it once per host."""
+    return ("\n" + "\n".join(recipients)).encode("utf-8")
 
 
 def cache_name(secret_id: str, master_sha256: str, recipients: Sequence[str]) -> str:
@@ -119,17 +124,21 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     result.masters, result.problems = master_hashes(
         cfg, (sid for h in selected for sid in h.needed))
     expected: dict[str, set[str]] = {}
+    # 10,000s of items: plain strings, and cache_name's hash with its parts made once
+    masters = {sid: (m.sha256.encode(), m.payload) for sid, m in result.masters.items()}
+    sha256 = hashlib.sha256
     for host in selected:
         names = expected.setdefault(host.name, set())
-        host_dir = os.path.join(cfg.cache_dir, host.name)     # strings: 10,000s of items
+        host_dir = os.path.join(cfg.cache_dir, host.name)
+        suffix = recipients_suffix(host.recipients)
         for sid in host.needed:
-            master = result.masters.get(sid)
+            master = masters.get(sid)
             if master is None:
                 continue
-            name = cache_name(sid, master.sha256, host.recipients)
+            name = f"{sid}.{sha256(master[0] + suffix).hexdigest()[:32]}.age"
             names.add(name)
             result.items.append(Item(host.name, sid, host_dir, name, host.recipients,
-                                     master.payload))
+                                     master[1]))
     for host_name, names in expected.items():
         for entry in _listdir(cfg.cache_dir / host_name):
             if entry not in names:
