@@ -178,6 +178,26 @@ def floor_pyrage(root: Path, fx: dict[str, object], workers: int, round_: int = 
     return elapsed
 
 
+def reencrypt_one(root: Path, fx: dict[str, object], sid: str) -> float:
+    """The crypto floor of a one-secret change: decrypt its master and encrypt it for
+    every host, plain writes, in this process."""
+    hosts: list[tuple[str, str]] = fx["hosts"]    # type: ignore[assignment]
+    ident = pyrage.x25519.Identity.from_str(
+        next(ln for ln in (root / "keys/master.txt").read_text().splitlines()
+             if ln.startswith("AGE-SECRET-KEY")))
+    out = root / "reencrypt-out"
+    out.mkdir()
+    os.sync()
+    start = time.perf_counter()
+    plain = pyrage.decrypt((root / "secrets" / f"{sid}.age").read_bytes(), [ident])
+    for name, pubkey in hosts:
+        (out / f"{name}.age").write_bytes(
+            pyrage.encrypt(plain, [pyrage.ssh.Recipient.from_str(pubkey)]))
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(out)
+    return elapsed
+
+
 # --------------------------------------------------------------------------- vaultpy
 
 def vaultpy(*args: str) -> list[str]:
@@ -270,12 +290,19 @@ def main() -> None:
         res["help_s"] = best_of(5, vaultpy("--help"), big, env)
         res["python_pass_s"] = best_of(5, [PY, "-c", "pass"], big, env)
 
-        # One secret changed: re-encrypt its master, renc again.
+        # One secret changed (new content in its master), renc again: best of 3, each a
+        # real change.  The target's allowance is what re-encrypting that secret for its
+        # hosts costs on its own: one pyrage decrypt, an encrypt and a file per host.
         sid = fx["ids"][0]                                    # type: ignore[index]
-        pub = fx["master_pub"]
-        (big / "secrets" / f"{sid}.age").write_bytes(
-            pyrage.encrypt(b"changed", [pyrage.x25519.Recipient.from_str(pub)]))
-        res["renc_one_changed_s"] = timed_rss(vaultpy("renc"), big, env)[0]
+        pub = pyrage.x25519.Recipient.from_str(fx["master_pub"])  # type: ignore[arg-type]
+        changed, reenc = [], []
+        for n in range(3):
+            (big / "secrets" / f"{sid}.age").write_bytes(
+                pyrage.encrypt(f"changed {n}".encode(), [pub]))
+            changed.append(timed_rss(vaultpy("renc"), big, env)[0])
+            reenc.append(reencrypt_one(big, fx, sid))
+        res["renc_one_changed_s"] = min(changed)
+        res["reencrypt_one_secret_s"] = min(reenc)
 
         # --jobs 1 vs --jobs 2, cold, best of 3 each, interleaved.
         best = {1: float("inf"), 2: float("inf")}
@@ -319,8 +346,9 @@ def report(r: dict[str, object], out: Path, quick: bool) -> None:
          f["floor_per_file_ms"], "reference", lambda x: True),
         ("no-op renc vs --version", f["renc_noop_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
         ("check vs --version", f["check_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
-        ("one-changed renc vs no-op renc", f["renc_one_changed_s"] / f["renc_noop_s"],
-         "<= 2x + re-encryption", lambda x: x <= 2.5),
+        ("one-changed renc vs (2x no-op renc + re-encrypting that secret alone)",
+         f["renc_one_changed_s"] / (2 * f["renc_noop_s"] + f["reencrypt_one_secret_s"]),
+         "<= 1x", lambda x: x <= 1),
         ("(reference) one-changed renc vs a full no-op run, memo off",
          f["renc_one_changed_s"] / f["renc_noop_full_s"], "reference", lambda x: True),
         ("--version vs python -c pass", f["version_s"] / f["python_pass_s"], "<= 8x",
