@@ -458,6 +458,25 @@ def test_truncated_cache_file_payload_is_repaired(make_repo):
     _assert_repaired(repo, result, files, damaged, set(damage), plaintexts)
 
 
+def test_a_symlinked_cache_file_is_reverified_every_run(make_repo, tmp_path):
+    """The verification index vouches for regular files only: a symlink's own stat
+    stays the same while its target is damaged, so renc reads through it each time."""
+    repo, plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    name = next(p for p in state(repo) if p.startswith("host0/alpha."))
+    target = tmp_path / "elsewhere.age"
+    (repo.cache / name).rename(target)
+    (repo.cache / name).symlink_to(target)
+    no_memo = {**os.environ, "VAULTPY_NO_MEMO": "1"}
+    assert renc_json(repo, env=no_memo)["repaired"] == []     # verified through the link
+    good = target.read_bytes()
+    target.write_bytes(good[:-5])                             # the link's lstat is unchanged
+    result = renc_json(repo, env=no_memo)
+    assert rel(repo, result["repaired"]) == {name}
+    assert not (repo.cache / name).is_symlink()
+    assert age_decrypt(repo.cache / name, repo.hosts["host0"].key) == plaintexts["alpha"]
+
+
 # --------------------------------------------------------------------------- 9. templates
 
 def test_template_only_secret_reaches_the_host(make_repo):

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
@@ -175,13 +176,15 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
-def verify(path: Path, recipients: Sequence[str], payload: int | None = None) -> str | None:
+def verify(path: Path | str, recipients: Sequence[str], payload: int | None = None
+           ) -> str | None:
     """Why the cache file at ``path`` is not a complete age file for ``recipients``
     (None when it is).  Structure only: no key is needed.  ``payload`` is the master's
     payload length: equal plaintexts have equal payload lengths, so any truncation
     or extension shows."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
@@ -240,17 +243,23 @@ class VerifiedIndex:
 
     def check(self, item: Item) -> str | None:
         """Like :func:`verify`, but trusting files whose stat the index vouches for."""
+        path = os.path.join(item.dir, item.name)
         try:
-            st = os.stat(os.path.join(item.dir, item.name), follow_symlinks=False)
+            st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return "missing"
         except OSError as exc:
             return f"unreadable ({exc.strerror})"
-        if self.entries.get(item.key) == stat_key(st):
+        key = stat_key(st)
+        if self.entries.get(item.key) == key:
             return None
-        reason = verify(item.path, item.recipients, item.payload)
-        if reason is None:
-            self.record(item)
+        reason = verify(path, item.recipients, item.payload)
+        if reason is None and S_ISREG(st.st_mode):
+            # The stat taken *before* the read: a file rewritten after it no longer
+            # matches (unless within one timestamp tick, like git's racy entries).
+            # A symlink is never vouched for: its target can change under the same lstat.
+            self.entries[item.key] = key
+            self.changed = True
         return reason
 
     def record(self, item: Item) -> None:
