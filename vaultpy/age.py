@@ -24,15 +24,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyrage
 
 from vaultpy._internal import ageformat
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
-
-TYPE_CHECKING = False        # typing costs 3 ms to import, and activation imports this
-if TYPE_CHECKING:
-    from typing import Any
 
 SSH_ED25519 = "ssh-ed25519"
 SSH_RSA = "ssh-rsa"

@@ -17,17 +17,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
 
-TYPE_CHECKING = False        # typing costs 3 ms to import, and activation imports this
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
-    T = TypeVar("T")
+T = TypeVar("T")
 FILENAME = "hosts.toml"
 ID_RE = re.compile(templates.ID_PATTERN)
 ID_MAX = 128

@@ -16,14 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import ID_RE, UNIT_RE, USER_RE, Config, Output
-
-TYPE_CHECKING = False        # typing costs 3 ms to import, on every boot
-if TYPE_CHECKING:
-    from typing import Any
 
 VERSION = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
