@@ -201,3 +201,39 @@ def test_locked_says_whether_it_created_the_lock_file(tmp_path):
     with fsutil.locked(lock) as created:
         assert not created
     assert sorted(os.listdir(tmp_path)) == ["lock"]      # no temp file left beside it
+
+
+def test_index_vouches_only_for_the_file_it_read(repo, monkeypatch):
+    """A host directory swapped between the lstat and the read (another process):
+    the intact copy read must not make the index vouch for the damaged file that the
+    lstat saw.  The index keeps no device number, and a rename keeps ctimes."""
+    assert _renc(repo).ok
+    cfg = model.load(repo.root)
+    item = next(i for i in cache.plan(cfg).items if i.host == "host0")
+    live = repo.cache / "host0"
+    good, bad = repo.cache / "host0.good", repo.cache / "host0.bad"
+    path = live / item.name
+    data = path.read_bytes()
+    os.link(path, repo.cache / "kept")            # the intact copy keeps its own inode
+    path.unlink()
+    path.write_bytes(data[:-5])                   # the live file: damaged, a new inode
+    good.mkdir()
+    os.link(repo.cache / "kept", good / item.name)
+    real = cache._verify_read
+
+    def swapped(*args: Any) -> Any:
+        live.rename(bad)
+        good.rename(live)
+        try:
+            return real(*args)
+        finally:
+            live.rename(good)
+            bad.rename(live)
+
+    (cfg.cache_dir / cache.INDEX).unlink()          # nothing vouched for yet
+    index = cache.VerifiedIndex(cfg.cache_dir)
+    monkeypatch.setattr(cache, "_verify_read", swapped)
+    assert index.check(item) is None              # it did read an intact file...
+    monkeypatch.setattr(cache, "_verify_read", real)
+    assert item.key not in index.entries          # ...but not the one the lstat saw
+    assert "damaged" in (index.check(item) or "")

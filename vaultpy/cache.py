@@ -182,13 +182,25 @@ def verify(path: Path | str, recipients: Sequence[str], payload: int | None = No
     (None when it is).  Structure only: no key is needed.  ``payload`` is the master's
     payload length: equal plaintexts have equal payload lengths, so any truncation
     or extension shows."""
+    return _verify_read(path, recipients, payload)[0]
+
+
+def _verify_read(path: Path | str, recipients: Sequence[str], payload: int | None
+                 ) -> tuple[str | None, os.stat_result | None]:
+    """:func:`verify`, and the stat of the very file it read (None if unread)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
+            st = os.fstat(f.fileno())
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+        return f"unreadable ({exc.strerror})", None
+    return _verify_bytes(data, recipients, payload), st
+
+
+def _verify_bytes(data: bytes, recipients: Sequence[str], payload: int | None
+                  ) -> str | None:
     try:
         header = ageformat.parse(data)
     except ageformat.FormatError as exc:
@@ -253,11 +265,12 @@ class VerifiedIndex:
         key = stat_key(st)
         if self.entries.get(item.key) == key:
             return None
-        reason = verify(path, item.recipients, item.payload)
-        if reason is None and S_ISREG(st.st_mode):
-            # The stat taken *before* the read: a file rewritten after it no longer
-            # matches (unless within one timestamp tick, like git's racy entries).
-            # A symlink is never vouched for: its target can change under the same lstat.
+        reason, read = _verify_read(path, item.recipients, item.payload)
+        # Vouch only for what was read: the file lstat'ed before the read is the one
+        # opened (same device, and a key that holds the inode: not a symlink's
+        # target, not a directory swapped in meanwhile) and unchanged when read.
+        if (reason is None and read is not None and S_ISREG(st.st_mode)
+                and read.st_dev == st.st_dev and stat_key(read) == key):
             self.entries[item.key] = key
             self.changed = True
         return reason
