@@ -90,8 +90,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_path(path.parent, directory=True)
 
 
-def _libc_call(name: str, *args: object) -> None:
-    """Call libc's ``name`` (no Python wrapper exists); raise OSError on failure.
+def _libc_call(path: Path, name: str, *args: object) -> None:
+    """Call libc's ``name`` (no Python wrapper exists); raise OSError naming ``path``.
 
     ctypes is imported only here: most commands never need it, and its
     ``util.find_library`` alone took 13 ms to import and spawned ldconfig when called.
@@ -102,16 +102,14 @@ def _libc_call(name: str, *args: object) -> None:
     fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     if fn(*args) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise OSError(err, os.strerror(err), str(path))
 
 
 def syncfs(path: Path) -> None:
     """Flush the whole filesystem holding ``path``: one call instead of an fsync per file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _libc_call("syncfs", fd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        _libc_call(path, "syncfs", fd)
     finally:
         os.close(fd)
 
@@ -213,11 +211,8 @@ def mount_ramfs(path: Path, mode: str = "0751") -> None:
     """mount -t ramfs -o nosuid,nodev,noexec,mode=MODE ramfs PATH (via mount(2))."""
     import ctypes
 
-    try:
-        _libc_call("mount", b"ramfs", os.fsencode(path), b"ramfs",
-                   ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), f"mode={mode}".encode())
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    _libc_call(path, "mount", b"ramfs", os.fsencode(path), b"ramfs",
+               ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), f"mode={mode}".encode())
 
 
 def makedirs(path: Path, mode: int = 0o755) -> None:
