@@ -42,7 +42,12 @@ def recipients_suffix(recipients: Sequence[str]) -> bytes:
 
 
 def cache_name(secret_id: str, master_sha256: str, recipients: Sequence[str]) -> str:
-    return f"{secret_id}.{cache_hash(master_sha256, recipients)[:32]}.age"
+    return _name(secret_id, master_sha256.encode(), recipients_suffix(recipients))
+
+
+def _name(secret_id: str, master_sha256: bytes, suffix: bytes) -> str:
+    """:func:`cache_name` from its parts (:func:`plan` makes each part once)."""
+    return f"{secret_id}.{hashlib.sha256(master_sha256 + suffix).hexdigest()[:32]}.age"
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,6 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     expected: dict[str, set[str]] = {}
     # 10,000s of items: plain strings, and cache_name's hash with its parts made once
     masters = {sid: (m.sha256.encode(), m.payload) for sid, m in result.masters.items()}
-    sha256 = hashlib.sha256
     for host in selected:
         names = expected.setdefault(host.name, set())
         host_dir = os.path.join(cfg.cache_dir, host.name)
@@ -136,7 +140,7 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             master = masters.get(sid)
             if master is None:
                 continue
-            name = f"{sid}.{sha256(master[0] + suffix).hexdigest()[:32]}.age"
+            name = _name(sid, master[0], suffix)
             names.add(name)
             result.items.append(Item(host.name, sid, host_dir, name, host.recipients,
                                      master[1]))
