@@ -451,13 +451,16 @@ def activate(
     ] = "systemctl",
     keep: Annotated[int | None, typer.Option(
         "--keep", min=1, help="Generations to keep (default: the profile's).")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1,
+        help="Processes that decrypt (default: the CPUs, at most 4).")] = None,
 ) -> None:
     """On the host: decrypt into a new generation on ramfs and switch to it atomically."""
     from vaultpy.activate import Options
     from vaultpy.activate import activate as run
 
     ctx = run(Options(profile=profile, root=root, no_mount=no_mount, dry_run=dry_run,
-                      early=early, systemctl=systemctl, keep=keep))
+                      early=early, systemctl=systemctl, keep=keep, jobs=jobs))
     verb = "would change" if dry_run else "changed"
     names = ", ".join(f"{c.name} ({c.kind})" for c in ctx.changes) or "nothing"
     _err().print(f"{verb}: {names}", markup=False)

@@ -8,8 +8,9 @@ testable alone:
 2. ``load_identities``   the host's SSH key(s), read once;
 3. ``mount_store``       the store is ramfs (mounted if needed; tmpfs/disk refused);
 4. ``new_generation``    ``<store>/<N+1>``, 0751; unfinished leftovers removed;
-5. ``decrypt_secrets``   every needed secret, installed O_EXCL|O_NOFOLLOW, owner and
-                         mode set before the first byte;
+5. ``decrypt_secrets``   every needed secret (in forked helpers too, when there are
+                         many), installed O_EXCL|O_NOFOLLOW, owner and mode set
+                         before the first byte;
 6. ``render_templates``  placeholders filled, same file discipline;
 7. ``link_paths``        extra paths as symlinks, placed by temp name + rename;
 8. ``switch``            manifest written, then ``dir`` swapped atomically;

@@ -23,6 +23,7 @@ class Options:
     systemctl: str = "systemctl"
     keep: int | None = None
     quiet: bool = False
+    jobs: int | None = None         # decrypting processes (default: CPUs, at most 4)
 
 
 @dataclass(frozen=True)

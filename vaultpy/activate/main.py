@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
                    help="systemctl to call for unit restarts.")
     p.add_argument("--keep", type=int, metavar="N",
                    help="Generations to keep (default: the profile's).")
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="Processes that decrypt (default: the CPUs, at most 4).")
     return p
 
 
@@ -42,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.keep is not None and args.keep < 1:
         parser().error("--keep must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser().error("--jobs must be at least 1")
     from vaultpy.activate import Options, activate
 
     try:
         ctx = activate(Options(profile=args.profile, root=args.root, no_mount=args.no_mount,
                                dry_run=args.dry_run, early=args.early,
-                               systemctl=args.systemctl, keep=args.keep))
+                               systemctl=args.systemctl, keep=args.keep, jobs=args.jobs))
     except VaultpyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -1,0 +1,200 @@
+"""decrypt_secrets in several processes (vaultpy/activate/install.py).
+
+With many secrets, forked helpers decrypt a share each and hand the plaintexts back
+in shared memory; the activating process still creates every file.  These tests run
+the real ``vaultpy activate`` on 50 secrets and check that helpers change nothing but
+the time: the same generation, the same first error, and a helper killed with
+SIGKILL mid-way costs nothing but a retry in the parent.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyrage
+import pytest
+from activate_helpers import (
+    HostRoot,
+    activate,
+    activate_cmd,
+    activate_ok,
+    make_host_root,
+    vaultpy_env,
+)
+from conftest import ROOT, Repo
+
+IDS = [f"s{i:02d}" for i in range(50)]    # 3 shares of >= PARALLEL_MIN / 2 each
+
+
+@pytest.fixture
+def world(make_repo: Callable[..., Repo]) -> tuple[Repo, dict[str, bytes]]:
+    """One host, 50 secrets of mixed sizes (one of 300 KB), cache compiled."""
+    vals = {sid: os.urandom(300_000 if sid == "s07" else 20 + 37 * i)
+            for i, sid in enumerate(IDS)}
+    repo = make_repo(hosts=1, secrets=vals, encrypt=False)
+    master = pyrage.x25519.Recipient.from_str(repo.recipient)
+    for sid, value in vals.items():
+        (repo.root / "secrets" / f"{sid}.age").write_bytes(pyrage.encrypt(value, [master]))
+    repo.ok("renc")
+    return repo, vals
+
+
+def generation(host: HostRoot) -> dict[str, tuple[bytes, int, int, int]]:
+    gen = host.live.parent / os.readlink(host.live)
+    out = {}
+    for p in sorted(gen.iterdir()):
+        if p.name.startswith(".vaultpy"):
+            continue
+        st = p.lstat()
+        out[p.name] = (p.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return out
+
+
+def cache_file(host: HostRoot, sid: str) -> Path:
+    prof = json.loads(host.profile.read_text())
+    entry = next(s for s in prof["secrets"] if s["id"] == sid)
+    return (host.profile.parent / entry["file"]).resolve()
+
+
+@pytest.mark.parametrize("jobs", ["2", "3"])
+def test_helpers_build_the_same_generation_as_one_process(world: tuple[Repo, dict[str, bytes]],
+                                                          tmp_path: Path, jobs: str) -> None:
+    repo, vals = world
+    one = make_host_root(repo, "host0", tmp_path / "one")
+    many = make_host_root(repo, "host0", tmp_path / "many")
+    proc1 = activate_ok(one.profile, one.root, "--jobs", "1", systemctl=shutil.which("true"))
+    procn = activate_ok(many.profile, many.root, "--jobs", jobs,
+                        systemctl=shutil.which("true"))
+    assert b"50 decrypted\n" in proc1.stderr
+    assert f"50 decrypted in {jobs} processes".encode() in procn.stderr
+    got = generation(many)
+    assert got == generation(one)
+    assert len(got) == len(IDS)
+    assert {name: data for name, (data, *_rest) in got.items()} == vals
+
+
+def test_first_error_is_the_one_a_single_process_reports(world: tuple[Repo, dict[str, bytes]],
+                                                         tmp_path: Path) -> None:
+    """s03 is in the helper's share, s10 in the parent's: both damaged, the error
+    names s03 (the first in order) exactly as a one-process run does, and the live
+    generation stays the previous one."""
+    repo, _vals = world
+    results = {}
+    for jobs in ("1", "2"):
+        host = make_host_root(repo, "host0", tmp_path / f"root{jobs}")
+        activate_ok(host.profile, host.root, systemctl=shutil.which("true"))
+        before = generation(host)
+        saved = {}
+        for sid in ("s03", "s10"):
+            path = cache_file(host, sid)
+            saved[path] = path.read_bytes()
+            path.write_bytes(saved[path][:-20] + bytes(20))     # payload damaged
+        try:
+            proc = activate(host.profile, host.root, "--jobs", jobs,
+                            systemctl=shutil.which("true"))
+        finally:
+            for path, data in saved.items():
+                path.write_bytes(data)
+        assert proc.returncode == 1, proc.stderr.decode()
+        assert b"Traceback" not in proc.stderr
+        assert generation(host) == before
+        results[jobs] = proc.stderr.decode().replace(str(host.root), "<root>")
+    assert "'s03'" in results["2"] and "'s10'" not in results["2"]
+    assert results["2"] == results["1"]
+
+
+def _helper_of(pid: int, deadline: float) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while time.monotonic() < deadline:
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.005)
+    raise AssertionError("no helper process appeared")
+
+
+def _open_writer(fifo: Path, deadline: float) -> int:
+    """Open the FIFO for writing once a reader has it open."""
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        time.sleep(0.005)
+    raise AssertionError(f"nobody opened {fifo} for reading")
+
+
+def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict[str, bytes]],
+                                                         tmp_path: Path) -> None:
+    """s05's cache file is a FIFO: the helper (whose share it is) blocks reading it
+    and is SIGKILLed there.  The parent decrypts s05 and the rest of that share
+    itself, and the generation is complete and right."""
+    repo, vals = world
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    path = cache_file(host, "s05")
+    data = path.read_bytes()
+    path.unlink()
+    os.mkfifo(path)
+    deadline = time.monotonic() + 60
+    proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
+                                         systemctl=shutil.which("true")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=vaultpy_env(), cwd=ROOT)
+    try:
+        helper = _helper_of(proc.pid, deadline)
+        fd = _open_writer(path, deadline)           # the helper is reading s05 now
+        os.kill(helper, signal.SIGKILL)
+        os.close(fd)
+        while time.monotonic() < deadline:          # until the parent has reaped it
+            try:
+                os.kill(helper, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.005)
+        # the parent now reads s05 itself: give it the bytes
+        fd = _open_writer(path, deadline)
+        try:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    time.sleep(0.001)
+        finally:
+            os.close(fd)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    got = generation(host)
+    assert {name: d for name, (d, *_rest) in got.items()} == vals
+
+
+def test_small_profiles_stay_in_one_process(world: tuple[Repo, dict[str, bytes]],
+                                            tmp_path: Path) -> None:
+    """--jobs is a ceiling: a profile below PARALLEL_MIN secrets forks nothing."""
+    from vaultpy.activate.install import PARALLEL_MIN
+
+    repo, _vals = world
+    assert len(IDS) >= PARALLEL_MIN
+    prof = json.loads((make_host_root(repo, "host0", tmp_path / "r").profile).read_text())
+    prof["secrets"] = prof["secrets"][:PARALLEL_MIN - 1]
+    host = make_host_root(repo, "host0", tmp_path / "small")
+    for s in prof["secrets"]:
+        s["file"] = str(cache_file(host, s["id"]))
+    host.profile.write_text(json.dumps(prof))
+    proc = activate_ok(host.profile, host.root, "--jobs", "4", systemctl=shutil.which("true"))
+    assert f"{PARALLEL_MIN - 1} decrypted\n".encode() in proc.stderr
