@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +183,8 @@ def remove_tree(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     elif path.exists():
+        import shutil  # on first use: activation at boot never removes a tree
+
         shutil.rmtree(path)
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 
 from vaultpy.activate.context import MANIFEST, Change, Context
 from vaultpy.activate.users import Accounts
@@ -119,6 +117,10 @@ def diff_and_notify(ctx: Context) -> None:
         for verb, unit in calls:
             ctx.log("diff_and_notify", f"would run systemctl {verb} {unit}")
         return
+    # Only when a unit is to be restarted: subprocess takes ~5 ms to import.
+    import shutil
+    import subprocess
+
     systemctl = shutil.which(ctx.opts.systemctl)
     if systemctl is None:
         ctx.log("diff_and_notify", f"{ctx.opts.systemctl} not found; not restarting "
