@@ -198,3 +198,64 @@ def test_small_profiles_stay_in_one_process(world: tuple[Repo, dict[str, bytes]]
     host.profile.write_text(json.dumps(prof))
     proc = activate_ok(host.profile, host.root, "--jobs", "4", systemctl=shutil.which("true"))
     assert f"{PARALLEL_MIN - 1} decrypted\n".encode() in proc.stderr
+
+
+def test_what_a_helper_delivers_is_not_decrypted_again(world: tuple[Repo, dict[str, bytes]],
+                                                       tmp_path: Path) -> None:
+    """s05's cache file is a FIFO fed exactly once, to the helper whose share it is:
+    had the parent read it again, the run would block there."""
+    repo, vals = world
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    path = cache_file(host, "s05")
+    data = path.read_bytes()
+    path.unlink()
+    os.mkfifo(path)
+    deadline = time.monotonic() + 60
+    proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
+                                         systemctl=shutil.which("true")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=vaultpy_env(), cwd=ROOT)
+    try:
+        fd = _open_writer(path, deadline)
+        try:
+            os.set_blocking(fd, True)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b"50 decrypted in 2 processes" in err
+    assert {name: d for name, (d, *_rest) in generation(host).items()} == vals
+
+
+def test_a_failure_does_not_wait_for_a_later_blocked_file(
+        world: tuple[Repo, dict[str, bytes]], tmp_path: Path) -> None:
+    """s02 (the parent's share) is damaged and s05 (the helper's) is a FIFO nobody
+    writes: one process fails at s02 and never opens s05, so two must not wait for
+    the helper stuck on it either."""
+    repo, _vals = world
+    errors = {}
+    for jobs in ("1", "2"):
+        host = make_host_root(repo, "host0", tmp_path / f"root{jobs}")
+        damaged = cache_file(host, "s02")
+        saved = damaged.read_bytes()
+        damaged.write_bytes(saved[:-20] + bytes(20))
+        fifo = cache_file(host, "s05")
+        kept = fifo.read_bytes()
+        fifo.unlink()
+        os.mkfifo(fifo)
+        try:
+            proc = activate(host.profile, host.root, "--jobs", jobs,
+                            systemctl=shutil.which("true"), timeout=60)
+        finally:
+            damaged.write_bytes(saved)
+            fifo.unlink()
+            fifo.write_bytes(kept)
+        assert proc.returncode == 1, proc.stderr.decode()
+        errors[jobs] = proc.stderr.decode().replace(str(host.root), "<root>")
+    assert "'s02'" in errors["2"]
+    assert errors["2"] == errors["1"]

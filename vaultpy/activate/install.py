@@ -20,7 +20,8 @@ import mmap
 import os
 import signal
 import struct
-from typing import NoReturn
+import time
+from collections.abc import Iterator
 
 from vaultpy import age, templates
 from vaultpy.activate.context import Context
@@ -121,12 +122,29 @@ def decrypt_secrets(ctx: Context) -> None:
 
 
 _LEN = struct.Struct("<q")
+# Signals that must not land between a fork and the bookkeeping of its pid: in the
+# helper they would unwind into the caller's code, in the parent lose the pid.
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _decrypt_shares(ctx: Context, ids: list[str], jobs: int) -> int:
     """Decrypt ``ids`` in ``jobs`` processes, into ``ctx.plaintext``; return how many
     processes took part.  What fails or is not delivered is left out: the caller
-    decrypts it again, and reports it."""
+    decrypts it again, in order, and reports it.
+
+    Once any failure is known (here, or a helper that stopped early) the helpers
+    still running are killed: from there on the caller's in-order pass is exactly
+    the one-process run, which stops at the first failure (and so never waits for,
+    say, a later file that blocks)."""
     shares = [ids[k::jobs] for k in range(jobs)]
     helpers: dict[int, tuple[mmap.mmap, list[str]]] = {}     # pid -> region, share
     regions: list[mmap.mmap] = []
@@ -136,41 +154,63 @@ def _decrypt_shares(ctx: Context, ids: list[str], jobs: int) -> int:
             # Room for every plaintext (each shorter than its ciphertext) and a length
             # per item, after the count of items delivered so far.
             size = _LEN.size * (len(share) + 1) + sum(_size(ctx, sid) for sid in share)
-            try:
-                region = mmap.mmap(-1, size)        # MAP_SHARED | MAP_ANONYMOUS
-                regions.append(region)
-                pid = os.fork()
-            except OSError:
-                break               # no memory or no process to spare: decrypt here
-            if pid == 0:            # the helper: leaves only through os._exit
-                _helper(ctx, share, region)
-            helpers[pid] = (region, share)
+            with _signals_held():
+                try:
+                    region = mmap.mmap(-1, size)        # MAP_SHARED | MAP_ANONYMOUS
+                    regions.append(region)
+                    pid = os.fork()
+                except OSError:
+                    break           # no memory or no process to spare: decrypt here
+                if pid == 0:
+                    try:
+                        _helper(ctx, share, region)
+                    finally:
+                        os._exit(1)             # never back into the caller's code
+                helpers[pid] = (region, share)
+                started += 1
+        failed = False
         for sid in shares[0]:
             try:
                 ctx.plaintext[sid] = _decrypt_one(ctx, sid)
-            except VaultpyError:
-                break               # the caller meets it again, in order
-        for pid in list(helpers):
-            os.waitpid(pid, 0)
-            region, share = helpers.pop(pid)
-            started += 1
-            offset = _LEN.size
-            for sid in share[:max(0, min(_LEN.unpack_from(region, 0)[0], len(share)))]:
-                n = _LEN.unpack_from(region, offset)[0]
-                ctx.plaintext[sid] = region[offset + _LEN.size:offset + _LEN.size + n]
-                offset += _LEN.size + n
+            except Exception:
+                failed = True       # the caller meets it again, in order
+                break
+        while helpers:
+            for pid in list(helpers):
+                if failed:
+                    os.kill(pid, signal.SIGKILL)    # not reaped yet: still our child
+                with _signals_held():
+                    if os.waitpid(pid, 0 if failed else os.WNOHANG)[0] == 0:
+                        continue
+                    region, share = helpers.pop(pid)
+                if _collect(ctx, region, share) < len(share):
+                    failed = True
+            if helpers and not failed:
+                time.sleep(0.001)
         return started
     finally:
-        for pid in helpers:         # interrupted: no helper outlives this step
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        for region in regions:      # no plaintext left behind in the shared pages
-            try:
-                region.madvise(mmap.MADV_REMOVE)     # frees them: reads as zeros now
-            except (AttributeError, OSError):
-                region[:] = bytes(len(region))
-            region.close()
+        with _signals_held():
+            for pid in helpers:     # interrupted: no helper outlives this step
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            for region in regions:  # no plaintext left behind in the shared pages
+                try:
+                    region.madvise(mmap.MADV_REMOVE)     # frees them: reads as zeros
+                except (AttributeError, OSError):
+                    region[:] = bytes(len(region))
+                region.close()
+
+
+def _collect(ctx: Context, region: mmap.mmap, share: list[str]) -> int:
+    """Take what a finished helper delivered; return how many items that was."""
+    count: int = max(0, min(_LEN.unpack_from(region, 0)[0], len(share)))
+    offset = _LEN.size
+    for sid in share[:count]:
+        n = _LEN.unpack_from(region, offset)[0]
+        ctx.plaintext[sid] = region[offset + _LEN.size:offset + _LEN.size + n]
+        offset += _LEN.size + n
+    return count
 
 
 def _size(ctx: Context, sid: str) -> int:
@@ -181,10 +221,21 @@ def _size(ctx: Context, sid: str) -> int:
         return 0                # the helper cannot deliver it: the caller reports it
 
 
-def _helper(ctx: Context, share: list[str], region: mmap.mmap) -> NoReturn:
+def _helper(ctx: Context, share: list[str], region: mmap.mmap) -> None:
     """In a forked helper: decrypt ``share`` in order into ``region``, and stop at the
     first secret that fails or does not fit (the file grew since its stat)."""
     try:
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)      # a signal ends the helper, at once
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        # Hold nothing the parent's death should release: the activation lock, the
+        # caller's stdout and stderr (a helper never writes to either).
+        null = os.open(os.devnull, os.O_RDWR)
+        for std in (1, 2):
+            os.dup2(null, std)
+        for held in (ctx.lock_fd, ctx.generation_fd):
+            if held is not None:
+                os.close(held)
         offset = _LEN.size
         for done, sid in enumerate(share, 1):
             plaintext = _decrypt_one(ctx, sid)
@@ -195,7 +246,7 @@ def _helper(ctx: Context, share: list[str], region: mmap.mmap) -> NoReturn:
             region[offset + _LEN.size:end] = plaintext
             _LEN.pack_into(region, 0, done)
             offset = end
-    except BaseException:       # an error, Ctrl-C: the parent decrypts it again
+    except BaseException:       # an error, an interrupt: the parent decrypts it again
         pass
     finally:
         os._exit(0)
