@@ -27,9 +27,11 @@ def test_both_entry_points_take_the_same_options() -> None:
 
 
 def test_boot_entry_point_does_not_import_the_cli_stack() -> None:
+    """Nor hosts.toml's model (a profile is all a host reads), nor subprocess (only
+    needed when a unit is restarted): every boot would pay for them."""
     code = ("import sys; import vaultpy.activate.main as m; from vaultpy.activate import "
-            "activate; print(' '.join(sorted(n for n in ('typer', 'rich', 'click') "
-            "if n in sys.modules)))")
+            "activate; print(' '.join(sorted(n for n in ('typer', 'rich', 'click', "
+            "'vaultpy.model', 'subprocess') if n in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""

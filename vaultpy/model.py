@@ -24,12 +24,15 @@ from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
 
+# Re-exported: vaultpy.model.Output and the name patterns predate vaultpy.output.
+from vaultpy.output import ID_RE as ID_RE
+from vaultpy.output import UNIT_RE as UNIT_RE
+from vaultpy.output import USER_RE as USER_RE
+from vaultpy.output import Output as Output
+
 T = TypeVar("T")
 FILENAME = "hosts.toml"
-ID_RE = re.compile(templates.ID_PATTERN)
 ID_MAX = 128
-USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
-UNIT_RE = re.compile(r"[^\s/]+")
 DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
 # `mode = 400` is decimal in TOML (0o620): refuse it rather than guess.
 _DECIMAL_MODE = re.compile(
@@ -177,19 +180,6 @@ class Secret:
     vault: VaultRef | None = None   # pull/push source in Vault/OpenBao KV v2
     generate: GenerateSpec | None = None   # `vaultpy generate` / `rotate` make the value
     rotate_days: int | None = None         # `check` warns once the last rotation is older
-
-
-@dataclass(frozen=True)
-class Output:
-    """Where and how a file lands on the host (fields shared by secrets and templates)."""
-
-    owner: str = "root"
-    group: str = "root"
-    mode: str = "0400"
-    path: str | None = None
-    restart_units: tuple[str, ...] = ()
-    reload_units: tuple[str, ...] = ()
-    early: bool = False
 
 
 @dataclass(frozen=True)

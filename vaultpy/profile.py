@@ -16,11 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import ID_RE, UNIT_RE, USER_RE, Config, Output
+from vaultpy.output import ID_RE, UNIT_RE, USER_RE, Output
+
+if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's model
+    from vaultpy.model import Config
 
 VERSION = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
