@@ -134,14 +134,20 @@ def _open_writer(fifo: Path, deadline: float) -> int:
     raise AssertionError(f"nobody opened {fifo} for reading")
 
 
-def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict[str, bytes]],
-                                                         tmp_path: Path) -> None:
-    """s05's cache file is a FIFO: the helper (whose share it is) blocks reading it
-    and is SIGKILLed there.  The parent decrypts s05 and the rest of that share
-    itself, and the generation is complete and right."""
-    repo, vals = world
-    host = make_host_root(repo, "host0", tmp_path / "root")
-    path = cache_file(host, "s05")
+def _feed(fifo: Path, data: bytes, deadline: float) -> None:
+    """Write ``data`` to the FIFO's next reader, then close it (EOF)."""
+    fd = _open_writer(fifo, deadline)
+    os.set_blocking(fd, True)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
+def _activate_over_fifo(host: HostRoot, sid: str,
+                        drive: Callable[[int, Path, bytes, float], None]
+                        ) -> tuple[int, bytes]:
+    """Activate with --jobs 2 while ``sid``'s cache file is a FIFO, which
+    ``drive(pid, fifo, ciphertext, deadline)`` serves; (exit status, stderr)."""
+    path = cache_file(host, sid)
     data = path.read_bytes()
     path.unlink()
     os.mkfifo(path)
@@ -151,36 +157,39 @@ def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=vaultpy_env(), cwd=ROOT)
     try:
-        helper = _helper_of(proc.pid, deadline)
-        fd = _open_writer(path, deadline)           # the helper is reading s05 now
+        drive(proc.pid, path, data, deadline)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict[str, bytes]],
+                                                         tmp_path: Path) -> None:
+    """s05's cache file is a FIFO: the helper (whose share it is) blocks reading it
+    and is SIGKILLed there.  The parent decrypts s05 and the rest of that share
+    itself, and the generation is complete and right."""
+    repo, vals = world
+    host = make_host_root(repo, "host0", tmp_path / "root")
+
+    def kill_helper_then_feed(pid: int, fifo: Path, data: bytes, deadline: float) -> None:
+        helper = _helper_of(pid, deadline)
+        os.close(_open_writer(fifo, deadline))      # the helper was reading s05: now
         os.kill(helper, signal.SIGKILL)
-        os.close(fd)
         while time.monotonic() < deadline:          # until the parent has reaped it
             try:
                 os.kill(helper, 0)
             except ProcessLookupError:
                 break
             time.sleep(0.005)
-        # the parent now reads s05 itself: give it the bytes
-        fd = _open_writer(path, deadline)
-        try:
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[os.write(fd, view):]
-                except BlockingIOError:
-                    time.sleep(0.001)
-        finally:
-            os.close(fd)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+        _feed(fifo, data, deadline)                 # the parent reads s05 itself
+
+    status, err = _activate_over_fifo(host, "s05", kill_helper_then_feed)
+    assert status == 0, err.decode()
     assert b"Traceback" not in err
-    got = generation(host)
-    assert {name: d for name, (d, *_rest) in got.items()} == vals
+    assert {name: d for name, (d, *_rest) in generation(host).items()} == vals
 
 
 def test_small_profiles_stay_in_one_process(world: tuple[Repo, dict[str, bytes]],
@@ -206,28 +215,9 @@ def test_what_a_helper_delivers_is_not_decrypted_again(world: tuple[Repo, dict[s
     had the parent read it again, the run would block there."""
     repo, vals = world
     host = make_host_root(repo, "host0", tmp_path / "root")
-    path = cache_file(host, "s05")
-    data = path.read_bytes()
-    path.unlink()
-    os.mkfifo(path)
-    deadline = time.monotonic() + 60
-    proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
-                                         systemctl=shutil.which("true")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=vaultpy_env(), cwd=ROOT)
-    try:
-        fd = _open_writer(path, deadline)
-        try:
-            os.set_blocking(fd, True)
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+    status, err = _activate_over_fifo(host, "s05", lambda _pid, fifo, data, deadline:
+                                      _feed(fifo, data, deadline))
+    assert status == 0, err.decode()
     assert b"50 decrypted in 2 processes" in err
     assert {name: d for name, (d, *_rest) in generation(host).items()} == vals
 
