@@ -32,7 +32,12 @@ NAME_RE = re.compile(r"(?P<id>.+)\.(?P<hash>[0-9a-f]{32})\.age")
 
 def cache_hash(master_sha256: str, recipients: Sequence[str]) -> str:
     """The full 64-hex-digit hash of DESIGN §3."""
-    return hashlib.sha256(master_sha256.encode() + recipients_suffix(recipients)).hexdigest()
+    return _hash(master_sha256.encode(), recipients_suffix(recipients))
+
+
+def _hash(master_sha256: bytes, suffix: bytes) -> str:
+    """:func:`cache_hash` from its parts (:func:`plan` makes each part once)."""
+    return hashlib.sha256(master_sha256 + suffix).hexdigest()
 
 
 def recipients_suffix(recipients: Sequence[str]) -> bytes:
@@ -46,8 +51,8 @@ def cache_name(secret_id: str, master_sha256: str, recipients: Sequence[str]) ->
 
 
 def _name(secret_id: str, master_sha256: bytes, suffix: bytes) -> str:
-    """:func:`cache_name` from its parts (:func:`plan` makes each part once)."""
-    return f"{secret_id}.{hashlib.sha256(master_sha256 + suffix).hexdigest()[:32]}.age"
+    """:func:`cache_name` from its parts."""
+    return f"{secret_id}.{_hash(master_sha256, suffix)[:32]}.age"
 
 
 @dataclass(frozen=True)
