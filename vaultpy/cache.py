@@ -25,7 +25,10 @@ from vaultpy import age
 from vaultpy._internal import ageformat
 from vaultpy._internal.fsutil import atomic_write, is_tmp
 from vaultpy.errors import Problem, display_path, os_problem
-from vaultpy.model import Config
+
+TYPE_CHECKING = False       # the incremental renc names cache files without the model
+if TYPE_CHECKING:
+    from vaultpy.model import Config
 
 NAME_RE = re.compile(r"(?P<id>.+)\.(?P<hash>[0-9a-f]{32})\.age")
 

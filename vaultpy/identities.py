@@ -12,7 +12,12 @@ from pathlib import Path
 
 from vaultpy import age
 from vaultpy.errors import Problem, VaultpyError
-from vaultpy.model import DEFAULT_IDENTITY, Config
+
+TYPE_CHECKING = False       # the incremental renc loads identities, never the model
+if TYPE_CHECKING:
+    from vaultpy.model import Config
+
+DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
 
 _in_memory: list[age.Identity] = []
 
@@ -23,14 +28,24 @@ def use_in_memory(text: str, source: str) -> None:
     _in_memory[:] = age.parse_identity_text(text, source)
 
 
+def use_loaded(keys: Sequence[age.Identity]) -> None:
+    """Use identities already unlocked in this process (no second passphrase prompt)."""
+    _in_memory[:] = keys
+
+
 def identity_paths(cfg: Config, explicit: Sequence[Path] = ()) -> list[Path]:
+    return configured_paths(cfg.identity, explicit)
+
+
+def configured_paths(configured: Path | None, explicit: Sequence[Path] = ()) -> list[Path]:
+    """:func:`identity_paths`, given ``[vaultpy] identity`` (``configured``)."""
     if explicit:
         return list(explicit)
     env = os.environ.get("VAULTPY_IDENTITY")
     if env:
         return [Path(os.path.expanduser(p)) for p in env.split(":") if p]
-    if cfg.identity is not None:
-        return [cfg.identity]
+    if configured is not None:
+        return [configured]
     default = Path(os.path.expanduser(DEFAULT_IDENTITY))
     if default.exists():
         return [default]
@@ -43,6 +58,13 @@ def identity_paths(cfg: Config, explicit: Sequence[Path] = ()) -> list[Path]:
 def load(cfg: Config, explicit: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> list[age.Identity]:
     """Read and unlock every identity once (one passphrase prompt per file)."""
+    return load_configured(cfg.identity, explicit, ask)
+
+
+def load_configured(configured: Path | None, explicit: Sequence[Path] = (),
+                    ask: age.PassphraseFn = age.passphrase_from_env_or_tty
+                    ) -> list[age.Identity]:
+    """:func:`load`, given ``[vaultpy] identity`` (``configured``)."""
     if _in_memory and not explicit:
         return list(_in_memory)
-    return age.load_identities(identity_paths(cfg, explicit), ask)
+    return age.load_identities(configured_paths(configured, explicit), ask)

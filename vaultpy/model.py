@@ -33,7 +33,6 @@ from vaultpy.output import Output as Output
 T = TypeVar("T")
 FILENAME = "hosts.toml"
 ID_MAX = 128
-DEFAULT_IDENTITY = "~/.config/vaultpy/master.txt"
 # `mode = 400` is decimal in TOML (0o620): refuse it rather than guess.
 _DECIMAL_MODE = re.compile(
     r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]{1,20})(?![0-9_.xXoObBeE:-])")
