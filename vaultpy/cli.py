@@ -283,9 +283,7 @@ def _progress() -> Any:
 
 
 def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
-    from rich.table import Table
-
-    from vaultpy._internal.memo import renc_noop_line
+    from vaultpy._internal.memo import renc_noop_line, renc_table
 
     if not (result.written or result.repaired or result.pruned or result.failed):
         _out().print(renc_noop_line(len(result.unchanged), hosts), markup=False)
@@ -298,16 +296,7 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
     for path in result.pruned:       # a file of a host, or a removed host's directory
         host = path.name if path.parent == cache_dir else path.parent.name
         rows.setdefault(host, [0, 0, 0, 0])[3] += 1
-    table = Table(title=None, show_edge=False)
-    for name in ("host", "written", "repaired", "unchanged", "pruned"):
-        table.add_column(name, justify="left" if name == "host" else "right")
-    totals = [0, 0, 0, 0]
-    for host in sorted(rows):
-        counts = rows[host]
-        totals = [a + b for a, b in zip(totals, counts, strict=True)]
-        table.add_row(host, *map(str, counts))
-    table.add_row("[bold]total[/]", *(f"[bold]{n}[/]" for n in totals))
-    _out().print(table)
+    _out().print(renc_table(rows), markup=False)
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 

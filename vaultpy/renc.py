@@ -47,12 +47,13 @@ class Result:
         return not self.failed
 
     def as_dict(self) -> dict[str, object]:
+        """Paths sorted: the order workers finish in is no part of the answer."""
         return {
             "ok": self.ok,
-            "written": [str(i.path) for i in self.written],
-            "repaired": [str(i.path) for i in self.repaired],
+            "written": sorted(str(i.path) for i in self.written),
+            "repaired": sorted(str(i.path) for i in self.repaired),
             "unchanged": len(self.unchanged),
-            "pruned": [str(p) for p in self.pruned],
+            "pruned": sorted(str(p) for p in self.pruned),
             "failed": [p.as_dict() for p in self.failed],
         }
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from vaultpy.model import Config
 
 FILENAME = ".vaultpy-memo"
-FORMAT = 1
+FORMAT = 2
 # Bookkeeping files of the cache directory that are not inputs of any answer (the
 # lock, cache.INDEX: literals here, see tests/test_memo.py, to keep imports cheap).
 _OWN = frozenset({FILENAME, ".vaultpy-verified", ".vaultpy.lock"})
@@ -64,70 +64,176 @@ def _code_files() -> list[str]:
     return out
 
 
-def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
-           unless: str | None = None) -> tuple[str, str, int]:
-    """(digest of the files alone, digest of the whole state, newest mtime/ctime seen).
-
-    With ``unless``: when the files' digest differs from it, stop there (the whole
-    digest is then ""): a changed master is found in 500 stats, not 10,500.
-    Written for speed (it is most of a no-op run): one stat per file, the numbers
-    packed into arrays rather than tuples.
-    """
-    h = blake2b(digest_size=20)
-    h.update(_who().encode("utf-8", "surrogateescape"))
+def file_lines(paths: Sequence[str]) -> tuple[list[str], int]:
+    """Each file's stat as one line (its errno when it cannot be stat'ed), and the
+    newest mtime/ctime seen."""
+    lines: list[str] = []
     newest = 0
     stat = os.stat
-    for path in [*files, *_code_files()]:
+    for path in paths:
         try:
             st = stat(path)
         except OSError as exc:
-            h.update(f"{path}\0{exc.errno}\n".encode("utf-8", "surrogateescape"))
+            lines.append(f"-{exc.errno}")
             continue
-        h.update(f"{path}\0{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
-                 f"{st.st_mtime_ns} {st.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
+        lines.append(f"{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
+                     f"{st.st_mtime_ns} {st.st_ctime_ns}")
         newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
-    files_value = h.hexdigest()
-    if unless is not None and files_value != unless:
-        return files_value, "", newest
-    for folder in listed:
-        try:
-            entries = sorted(set(os.listdir(folder)) - _OWN)
-            # a temp-named entry is a leftover only as a regular file: its type counts
-            kinds = [_kind(os.path.join(folder, n)) for n in entries if _TMP in n]
-            names = "\0".join(entries) + "\0" + " ".join(kinds)
-        except OSError as exc:
-            names = f"-{exc.errno}"
-        h.update(f"{folder}\0{names}\n".encode("utf-8", "surrogateescape"))
-    for folder in scanned:
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            h.update(f"{folder}\0-{exc.errno}\n".encode("utf-8", "surrogateescape"))
-            continue
+    return lines, newest
+
+
+def head() -> tuple[str, int]:
+    """The digest of who runs which code (:func:`_who`, vaultpy's own modules), and the
+    newest mtime/ctime among those modules."""
+    code = _code_files()
+    lines, newest = file_lines(code)
+    h = blake2b(digest_size=20)
+    h.update(_who().encode("utf-8", "surrogateescape"))
+    h.update(_joined(code, lines))
+    return h.hexdigest(), newest
+
+
+def files_digest(head_value: str, files: Sequence[str], lines: Sequence[str]) -> str:
+    h = blake2b(head_value.encode(), digest_size=20)
+    h.update(_joined(files, lines))
+    return h.hexdigest()
+
+
+def _joined(paths: Sequence[str], lines: Sequence[str]) -> bytes:
+    return "".join(f"{p}\0{ln}\n" for p, ln in zip(paths, lines, strict=True)).encode(
+        "utf-8", "surrogateescape")
+
+
+# A scanned folder: its entries (sorted, bookkeeping files left out) and their lstat.
+Scan = tuple[list[str], list[os.stat_result]]
+
+
+class Rest:
+    """The state of the folders: the entry names of ``listed`` ones (kept in
+    :attr:`names`), the entries with their stat of ``scanned`` ones (:attr:`scans`),
+    and the digest of it all (:attr:`value`)."""
+
+    def __init__(self, names: dict[str, str], scans: dict[str, Scan | None],
+                 parts: dict[str, bytes], newest: int) -> None:
+        self.names, self.scans, self.parts, self.newest = names, scans, parts, newest
+        h = blake2b(digest_size=20)
+        for folder, listing in names.items():
+            h.update(f"{folder}\0{listing}\n".encode("utf-8", "surrogateescape"))
+        for part in parts.values():
+            h.update(part)
+        self.value = h.hexdigest()
+
+    @classmethod
+    def take(cls, listed: Sequence[str], scanned: Sequence[str]) -> Rest | None:
+        """None when the state cannot be trusted: an entry vanished while scanning, or
+        a symlink (renc and check read through it)."""
+        names: dict[str, str] = {}
+        for folder in listed:
+            try:
+                entries = sorted(set(os.listdir(folder)) - _OWN)
+                # a temp-named entry is a leftover only as a regular file: its type counts
+                kinds = [_kind(os.path.join(folder, n)) for n in entries if _TMP in n]
+                names[folder] = "\0".join(entries) + "\0" + " ".join(kinds)
+            except OSError as exc:
+                names[folder] = f"-{exc.errno}"
+        scans: dict[str, Scan | None] = {}
+        parts: dict[str, bytes] = {}
+        newest = 0
+        for folder in scanned:
+            try:
+                scan = _scan(folder)
+            except _Vanished:                # an entry vanished while scanning
+                return None
+            except OSError as exc:
+                scans[folder] = None
+                parts[folder] = f"{folder}\0-{exc.errno}\n".encode("utf-8", "surrogateescape")
+                continue
+            scans[folder] = scan
+            part = _scan_part(folder, scan)
+            if part is None:
+                return None
+            parts[folder], folder_newest = part
+            newest = max(newest, folder_newest)
+        return cls(names, scans, parts, newest)
+
+    def updated(self, changes: dict[str, dict[str, os.stat_result | None]]) -> Rest | None:
+        """This state with entries of scanned folders replaced (a stat) or removed
+        (None).  ``newest`` stays an upper bound: it never decreases."""
+        scans, parts, newest = dict(self.scans), dict(self.parts), self.newest
+        for folder, entries in changes.items():
+            scan = scans.get(folder)
+            if scan is None:
+                return None
+            merged: dict[str, os.stat_result | None] = dict(zip(*scan, strict=True))
+            merged.update(entries)
+            kept = {n: st for n, st in merged.items() if st is not None}
+            names = sorted(kept)
+            scans[folder] = new = (names, [kept[n] for n in names])
+            part = _scan_part(folder, new)
+            if part is None:
+                return None
+            parts[folder], folder_newest = part
+            newest = max(newest, folder_newest)
+        return Rest(self.names, scans, parts, newest)
+
+
+def _scan_part(folder: str, scan: Scan) -> tuple[bytes, int] | None:
+    """What the digest holds of a scanned folder, and its newest mtime/ctime; None
+    when an entry is a symlink."""
+    entries, sts = scan
+    if any(S_ISLNK(st.st_mode) for st in sts):
+        return None
+    mtimes, ctimes = [s.st_mtime_ns for s in sts], [s.st_ctime_ns for s in sts]
+    numbers = array("q", mtimes)
+    for values in (ctimes, [s.st_size for s in sts], [s.st_ino for s in sts],
+                   [s.st_mode for s in sts]):
+        numbers.extend(values)
+    head = f"{folder}\0{len(entries)}\0".encode("utf-8", "surrogateescape")
+    body = "\0".join(entries).encode("utf-8", "surrogateescape")
+    return head + body + numbers.tobytes(), max(max(mtimes, default=0), max(ctimes, default=0))
+
+
+class _Vanished(Exception):
+    """A folder's entry could not be stat'ed right after it was listed."""
+
+
+def _scan(folder: str) -> Scan:
+    """Raises OSError when ``folder`` cannot be opened, :class:`_Vanished` when it
+    changes while it is read."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         try:
             entries = sorted(os.listdir(fd))
-            sts = [stat(n, dir_fd=fd, follow_symlinks=False) for n in entries]
-        except OSError:              # an entry vanished while scanning: not a no-op
-            return files_value, "", newest
-        finally:
-            os.close(fd)
-        if _OWN.intersection(entries):   # bookkeeping files do not count - as files
-            kept = [(n, st) for n, st in zip(entries, sts, strict=True)
-                    if not (n in _OWN and S_ISREG(st.st_mode))]
-            entries, sts = [n for n, _ in kept], [st for _, st in kept]
-        if any(S_ISLNK(st.st_mode) for st in sts):
-            return files_value, "", newest   # read through by renc/check: never trusted
-        mtimes, ctimes = [s.st_mtime_ns for s in sts], [s.st_ctime_ns for s in sts]
-        numbers = array("q", mtimes)
-        for values in (ctimes, [s.st_size for s in sts], [s.st_ino for s in sts],
-                       [s.st_mode for s in sts]):
-            numbers.extend(values)
-        h.update(f"{folder}\0{len(entries)}\0".encode("utf-8", "surrogateescape"))
-        h.update("\0".join(entries).encode("utf-8", "surrogateescape"))
-        h.update(numbers.tobytes())
-        if sts:
-            newest = max(newest, max(mtimes), max(ctimes))
-    return files_value, h.hexdigest(), newest
+            sts = [os.stat(n, dir_fd=fd, follow_symlinks=False) for n in entries]
+        except OSError:
+            raise _Vanished(folder) from None
+    finally:
+        os.close(fd)
+    if _OWN.intersection(entries):   # bookkeeping files do not count - as files
+        kept = [(n, st) for n, st in zip(entries, sts, strict=True)
+                if not (n in _OWN and S_ISREG(st.st_mode))]
+        entries, sts = [n for n, _ in kept], [st for _, st in kept]
+    return entries, sts
+
+
+def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
+           unless: str | None = None) -> tuple[str, str, int]:
+    """(digest of the files alone, digest of the folders, newest mtime/ctime seen).
+
+    With ``unless``: when the files' digest differs from it, stop there (the folders'
+    digest is then ""): a changed master is found in 500 stats, not 10,500.  The
+    folders' digest is also "" when they cannot be trusted (see :meth:`Rest.take`).
+    """
+    head_value, newest = head()
+    lines, files_newest = file_lines(files)
+    files_value = files_digest(head_value, files, lines)
+    newest = max(newest, files_newest)
+    if unless is not None and files_value != unless:
+        return files_value, "", newest
+    rest = Rest.take(listed, scanned)
+    if rest is None:
+        return files_value, "", newest
+    return files_value, rest.value, max(newest, rest.newest)
 
 
 _TMP = ".vaultpy-tmp-"      # fsutil.TMP_MARK, not imported: fsutil takes ~25 ms to load
@@ -183,6 +289,7 @@ class Snapshot:
         self.config, self.cache_dir, self.since, self.pre = config, cache_dir, since, pre
         self.lists: dict[str, list[str]] | None = None
         self.files_value = self.value = ""
+        self.extra: dict[str, object] = {}
 
     def capture(self, cfg: Config) -> None:
         """Digest the inputs ``cfg`` names, before the run reads any of them."""
@@ -198,31 +305,58 @@ class Snapshot:
         scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
         self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),
                       "scanned": sorted(set(scanned))}
-        self.files_value, self.value, newest = digest(
-            self.lists["files"], self.lists["listed"], self.lists["scanned"])
-        if not self.value or newest >= self.since or not _one_clock(self.cache_dir, files):
+        head_value, newest = head()
+        lines, files_newest = file_lines(self.lists["files"])
+        rest = Rest.take(self.lists["listed"], self.lists["scanned"])
+        if (rest is None or max(newest, files_newest, rest.newest) >= self.since
+                or not _one_clock(self.cache_dir, files)):
             self.lists = None       # an input is changing (or did in this very tick)
+            return
+        self.files_value = files_digest(head_value, self.lists["files"], lines)
+        self.value = rest.value
+        self.extra = {"head": head_value, "stats": lines, "plan": skeleton(cfg)}
 
     def commit(self, command: str, facts: dict[str, int] | None = None) -> None:
         """The run ended clean: record that ``command`` had nothing to do."""
         if self.lists is None:
             return
-        from pathlib import Path
-
-        from vaultpy._internal.fsutil import atomic_write
-
-        path = Path(self.cache_dir, FILENAME)
-        old = _load(str(path))
+        old = _load(os.path.join(self.cache_dir, FILENAME))
         entries: dict[str, object] = {}
-        kept = old.get("ok") if old is not None and old.get("digest") == self.value else None
+        kept = (old.get("ok") if old is not None and old.get("digest") == self.value
+                and old.get("files_digest") == self.files_value else None)
         if isinstance(kept, dict):       # the same state: keep what other commands said
             entries = {k: v for k, v in kept.items() if k != command}
         entries[command] = {"since": self.since, **(facts or {})}
-        memo = {"format": FORMAT, "vaultpy": _version(), "config": self.config,
-                **self.lists, "files_digest": self.files_value, "digest": self.value,
-                "ok": entries}
-        with contextlib.suppress(OSError):
-            atomic_write(path, json.dumps(memo, sort_keys=True).encode(), 0o644)
+        write(self.cache_dir, {"config": self.config, **self.lists, **self.extra,
+                               "files_digest": self.files_value, "digest": self.value,
+                               "ok": entries})
+
+
+def write(cache_dir: str, memo: dict[str, object]) -> None:
+    """Replace the memo (a failure to write costs only the shortcut)."""
+    from pathlib import Path
+
+    from vaultpy._internal.fsutil import atomic_write
+
+    memo = {"format": FORMAT, "vaultpy": _version(), **memo}
+    with contextlib.suppress(OSError):
+        atomic_write(Path(cache_dir, FILENAME), json.dumps(memo, sort_keys=True).encode(),
+                     0o644)
+
+
+def skeleton(cfg: Config) -> dict[str, object]:
+    """What :mod:`vaultpy._internal.delta` needs of hosts.toml to re-encrypt a changed
+    master without loading it: each host's recipients, and which hosts need which
+    secret (indices into ``hosts``)."""
+    hosts = list(cfg.hosts.values())
+    secrets: dict[str, list[object]] = {}
+    for i, host in enumerate(hosts):
+        for sid in host.needed:
+            entry = secrets.setdefault(sid, [str(cfg.secrets[sid].file), []])
+            entry[1].append(i)          # type: ignore[attr-defined]
+    return {"cache_dir": str(cfg.cache_dir),
+            "identity": None if cfg.identity is None else str(cfg.identity),
+            "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets}
 
 
 def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
@@ -426,6 +560,10 @@ def answer(argv: Sequence[str]) -> int | None:
             return None
         cache_dir = _cache_dir(config)          # reads hosts.toml: once
         entry = lookup(command, config, cache_dir)
+        if entry is None and command == "renc":
+            from vaultpy._internal import delta  # a master changed, nothing else did?
+
+            return delta.answer(config, cache_dir, json_out)
         if entry is None:
             return None
         files, hosts = entry.get("files"), entry.get("hosts")
@@ -465,3 +603,18 @@ def renc_noop_line(files: int, hosts: int) -> str:
 def renc_noop_json(files: int) -> dict[str, object]:
     return {"failed": [], "ok": True, "pruned": [], "repaired": [], "unchanged": files,
             "written": []}
+
+
+RENC_COLUMNS = ("written", "repaired", "unchanged", "pruned")
+
+
+def renc_table(rows: dict[str, list[int]]) -> str:
+    """What renc did, a row per host (counts in :data:`RENC_COLUMNS` order) and a total:
+    plain aligned text, for people and for ``awk`` alike."""
+    body = [[host, *map(str, counts)] for host, counts in sorted(rows.items())]
+    totals = [sum(c[i] for c in rows.values()) for i in range(len(RENC_COLUMNS))]
+    table = [["host", *RENC_COLUMNS], *body, ["total", *map(str, totals)]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join([row[0].ljust(widths[0]),
+                                *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+                     for row in table)

@@ -1,0 +1,347 @@
+"""The incremental renc: only some master files changed since the memo was recorded.
+
+``vaultpy edit db`` then ``vaultpy renc``: the full pipeline (:mod:`vaultpy.renc`)
+would load hosts.toml, hash every master and check every cache file, work in
+proportion to the repository.  When the memo (:mod:`vaultpy._internal.memo`) holds a
+clean state, and under the renc lock everything it covers still has the same stat
+except some master files, this module does only what that change needs, in steps:
+
+1. ``survey``  - the memo's state holds but for those masters; the memo's plan skeleton
+                 (each host's recipients, which hosts need which secret) says what to do;
+2. ``encrypt`` - each changed master read and decrypted once, encrypted for each host
+                 that needs it into a temp file;
+3. ``publish`` - one ``syncfs``, the renames, the host's previous files removed, one
+                 ``syncfs``: the same order and durability as the full pipeline;
+4. ``record``  - the state after: the state before plus exactly this run's changes,
+                 re-stat'ed once the file system's clock has passed them, so the next
+                 unchanged run is a memo hit (the memo's racy-clean rule, unchanged);
+5. ``report``  - the full run's very output.
+
+Anything it does not expect - more than :data:`MAX_FILES` files to write, a master
+that does not decrypt, a cache file out of place - ends it before anything is
+published, and the full pipeline runs and reports instead (with the identities
+already unlocked: no second prompt).  The verification index is not touched: the
+next full run reads and verifies the few files written here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib  # loaded by memo already
+import hashlib
+import json
+import os
+import sys
+import time
+from bisect import bisect_left
+from stat import S_ISREG
+
+from vaultpy._internal import memo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vaultpy import age
+
+# Beyond this many files the full pipeline's worker processes are the faster way.
+MAX_FILES = 256
+_LOCK = ".vaultpy.lock"
+_CLOCK_WAIT_S = 0.1      # for the clock to pass this run's writes, else record nothing
+
+class Recorded:
+    """The memo as recorded by a clean ``renc`` or ``check``, its fields type-checked."""
+
+    def __init__(self, raw: dict[str, object]) -> None:
+        """Raises ValueError (or TypeError) when anything is missing or malformed."""
+        self.raw = raw
+        self.files = _strings(raw["files"])
+        self.listed = _strings(raw["listed"])
+        self.scanned = _strings(raw["scanned"])
+        self.stats = _strings(raw["stats"])
+        self.head = _string(raw["head"])
+        self.rest = _string(raw["digest"])
+        ok = raw["ok"]
+        if not (isinstance(ok, dict) and any(
+                isinstance(ok.get(c), dict) and isinstance(ok[c].get("since"), int)
+                for c in ("renc", "check"))) or len(self.stats) != len(self.files):
+            raise ValueError("no clean run recorded")
+        # A passing check means renc has nothing to do too: every planned file present
+        # and verified, nothing stale (the same plan, the same verification).
+        plan = raw["plan"]
+        if not isinstance(plan, dict):
+            raise ValueError("no plan")
+        self.cache_dir = _string(plan["cache_dir"])
+        identity = plan["identity"]
+        self.identity = None if identity is None else _string(identity)
+        self.hosts = [(_string(h[0]), tuple(_strings(h[1]))) for h in plan["hosts"]]
+        self.secrets: dict[str, tuple[str, list[int]]] = {}
+        self.needs = [0] * len(self.hosts)      # how many secrets each host needs
+        for sid, (file, indices) in dict(plan["secrets"]).items():
+            if (not isinstance(indices, list) or not indices
+                    or not set(map(type, indices)) <= {int}
+                    or min(indices) < 0 or max(indices) >= len(self.hosts)):
+                raise ValueError("bad host index")
+            self.secrets[_string(sid)] = (_string(file), indices)
+            for i in indices:
+                self.needs[i] += 1
+        self.masters = {file for file, _ in self.secrets.values()}
+        self.items = sum(self.needs)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    return [_string(v) for v in value]
+
+
+class _Write:
+    """One cache file this run replaces: ``old`` by ``new`` in ``folder``."""
+
+    def __init__(self, host: str, folder: str, old: str, new: str, tmp: str) -> None:
+        self.host, self.folder, self.old, self.new, self.tmp = host, folder, old, new, tmp
+
+
+class Run:
+    def __init__(self, rec: Recorded, cache_dir: str) -> None:
+        self.rec, self.cache_dir = rec, cache_dir
+        self.clock0 = 0
+        self.rest: memo.Rest | None = None
+        self.todo: list[tuple[str, str, list[int]]] = []     # (id, master, host indices)
+        self.read: dict[str, str] = {}      # master -> the stat line of the bytes read
+        self.read_newest = 0
+        self.keys: list[age.Identity] | None = None
+        self.writes: list[_Write] = []
+        self.temps: set[str] = set()
+        # What this run changed: folder -> entry -> its lstat after, or None (removed).
+        self.ours: dict[str, dict[str, os.stat_result | None]] = {}
+
+    # 1 ---------------------------------------------------------------------- survey
+    def survey(self) -> bool:
+        """Whether the recorded state holds, but for some masters' stat."""
+        rec = self.rec
+        clock = memo._fs_clock(self.cache_dir)
+        head_value, _ = memo.head()
+        if clock is None or head_value != rec.head:
+            return False
+        self.clock0 = clock
+        lines, _ = memo.file_lines(rec.files)
+        changed = {f for f, now, then in zip(rec.files, lines, rec.stats, strict=True)
+                   if now != then}
+        if not changed or not changed <= rec.masters:   # hosts.toml, the journal: full run
+            return False
+        self.rest = memo.Rest.take(rec.listed, rec.scanned)
+        if self.rest is None or self.rest.value != rec.rest:
+            return False
+        self.todo = [(sid, file, hosts) for sid, (file, hosts) in sorted(rec.secrets.items())
+                     if file in changed]
+        return sum(len(hosts) for _sid, _file, hosts in self.todo) <= MAX_FILES
+
+    # 2 --------------------------------------------------------------------- encrypt
+    def encrypt(self) -> bool:
+        from pathlib import Path
+
+        from vaultpy import age, cache
+        from vaultpy._internal import fsutil
+        from vaultpy.errors import VaultpyError, display_path
+
+        assert self.rest is not None
+        for sid, master, hosts in self.todo:
+            try:
+                with open(master, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    data = f.read()
+            except OSError:
+                return False
+            self.read[master] = (f"{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
+                                 f"{st.st_mtime_ns} {st.st_ctime_ns}")
+            self.read_newest = max(self.read_newest, st.st_mtime_ns, st.st_ctime_ns)
+            sha = hashlib.sha256(data).hexdigest()
+            plaintext: bytes | None = None
+            for i in hosts:
+                host, recipients = self.rec.hosts[i]
+                folder = os.path.join(self.rec.cache_dir, host)
+                old = self._current(folder, sid)
+                if old is None:
+                    return False
+                new = cache.cache_name(sid, sha, recipients)
+                if new == old:          # touched, not changed
+                    continue
+                try:
+                    if plaintext is None:
+                        if self.keys is None:
+                            from vaultpy import identities
+
+                            configured = self.rec.identity
+                            self.keys = identities.load_configured(
+                                None if configured is None else Path(configured))
+                        plaintext = age.decrypt(data, self.keys, display_path(master))
+                    ciphertext = age.encrypt(plaintext, recipients)
+                except (VaultpyError, OSError, ValueError):
+                    return False
+                tmp = os.path.join(folder, f".{new}{fsutil.tmp_suffix()}")
+                self.temps.add(tmp)
+                try:
+                    fsutil.write_new(tmp, ciphertext)
+                except OSError:
+                    return False
+                self.writes.append(_Write(host, folder, old, new, tmp))
+        return True
+
+    def _current(self, folder: str, sid: str) -> str | None:
+        """The one cache file of ``sid`` in ``folder`` (a clean state has exactly one)."""
+        from vaultpy import cache
+
+        assert self.rest is not None
+        scan = self.rest.scans.get(folder)
+        if scan is None:
+            return None
+        names, sts = scan
+        prefix = sid + "."
+        found = []
+        i = bisect_left(names, prefix)
+        while i < len(names) and names[i].startswith(prefix):
+            m = cache.NAME_RE.fullmatch(names[i])
+            if m and m.group("id") == sid and S_ISREG(sts[i].st_mode):
+                found.append(names[i])
+            i += 1
+        return found[0] if len(found) == 1 else None
+
+    # 3 --------------------------------------------------------------------- publish
+    def publish(self) -> bool:
+        """Durable new files, then the renames, then the old files go (as renc: a
+        crash anywhere leaves each host a complete file, the old or the new)."""
+        if not self.writes:
+            return True
+        from pathlib import Path
+
+        from vaultpy._internal import fsutil
+
+        try:
+            fsutil.syncfs(Path(self.cache_dir))
+            for w in self.writes:
+                final = os.path.join(w.folder, w.new)
+                os.rename(w.tmp, final)
+                self.temps.discard(w.tmp)
+                ours = self.ours.setdefault(w.folder, {})
+                ours[w.new] = os.lstat(final)
+            for w in self.writes:
+                os.unlink(os.path.join(w.folder, w.old))
+                self.ours[w.folder][w.old] = None
+            fsutil.syncfs(Path(self.cache_dir))     # the renames and removals too
+            top = self.ours.setdefault(self.rec.cache_dir, {})
+            for w in self.writes:
+                top[w.host] = os.lstat(w.folder)
+        except OSError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        for tmp in self.temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.temps.clear()
+
+    # 4 ---------------------------------------------------------------------- record
+    def record(self) -> None:
+        """Record the state after this run: the state surveyed plus this run's changes.
+
+        No second scan is needed.  Every entry this run did not change had, when the
+        memo was recorded, a stat older than that memo's clock, so older than the clock
+        this run read before surveying (:attr:`clock0`): any change since then gives
+        it a newer stat, which the next lookup sees.  The same holds for the masters
+        read here, if they were older than :attr:`clock0` when read.  What this run
+        wrote was stat'ed after its last change; the clock recorded is read once the
+        file system's clock has moved past those stats (the racy-clean rule)."""
+        rec, before = self.rec, self.rest
+        assert before is not None
+        if self.read_newest >= self.clock0:
+            return                  # a master changed in the very tick it was read
+        newest_ours = max((max(st.st_mtime_ns, st.st_ctime_ns)
+                           for entries in self.ours.values() for st in entries.values()
+                           if st is not None), default=0)
+        deadline = time.monotonic() + _CLOCK_WAIT_S
+        while True:
+            clock = memo._fs_clock(self.cache_dir)
+            if clock is None or (clock <= newest_ours and time.monotonic() > deadline):
+                return
+            if clock > newest_ours:
+                break
+            time.sleep(0.001)
+        after = before.updated(self.ours)
+        if after is None or after.newest >= clock:
+            return
+        lines = [self.read.get(f, then) for f, then in zip(rec.files, rec.stats, strict=True)]
+        memo.write(self.cache_dir, {
+            **{k: v for k, v in rec.raw.items() if k not in ("format", "vaultpy")},
+            "stats": lines, "files_digest": memo.files_digest(rec.head, rec.files, lines),
+            "digest": after.value,
+            "ok": {"renc": {"since": clock, "files": rec.items, "hosts": len(rec.hosts)}}})
+
+    # 5 ---------------------------------------------------------------------- report
+    def report(self, json_out: bool) -> str:
+        rec = self.rec
+        if not self.writes:
+            if json_out:
+                return json.dumps(memo.renc_noop_json(rec.items), indent=2,
+                                  sort_keys=True) + "\n"
+            return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n"
+        if json_out:
+            return json.dumps({
+                "failed": [], "ok": True, "repaired": [],
+                "pruned": sorted(os.path.join(w.folder, w.old) for w in self.writes),
+                "unchanged": rec.items - len(self.writes),
+                "written": sorted(os.path.join(w.folder, w.new) for w in self.writes),
+            }, indent=2, sort_keys=True) + "\n"
+        rows = {host: [0, 0, n, 0] for (host, _), n in zip(rec.hosts, rec.needs, strict=True)
+                if n}
+        for w in self.writes:
+            row = rows[w.host]
+            row[0], row[2], row[3] = row[0] + 1, row[2] - 1, row[3] + 1
+        return memo.renc_table(rows) + "\n"
+
+
+def load(config: str, cache_dir: str) -> Recorded | None:
+    raw = memo._load(os.path.join(cache_dir, memo.FILENAME))
+    if (raw is None or raw.get("format") != memo.FORMAT
+            or raw.get("vaultpy") != memo._version() or raw.get("config") != config):
+        return None
+    try:
+        return Recorded(raw)
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def answer(config: str, cache_dir: str, json_out: bool) -> int | None:
+    """Exit status after an incremental renc, or None: run the full pipeline."""
+    rec = load(config, cache_dir)
+    lock = os.path.join(cache_dir, _LOCK)
+    if (rec is None or not os.path.isfile(lock) or os.path.islink(lock)
+            or not memo._may_lock(cache_dir)):
+        return None             # no clean state recorded, or a first run
+    from pathlib import Path
+
+    from vaultpy._internal import fsutil
+
+    run = Run(rec, cache_dir)
+    try:
+        with fsutil.locked(Path(lock)):
+            try:
+                if not (run.survey() and run.encrypt() and run.publish()):
+                    if run.keys is not None:
+                        from vaultpy import identities
+
+                        identities.use_loaded(run.keys)
+                    return None
+            finally:
+                run.discard()
+            with contextlib.suppress(Exception):    # published: the memo is only a shortcut
+                run.record()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    sys.stdout.write(run.report(json_out))
+    return 0
