@@ -265,3 +265,23 @@ def test_killed_at_any_point_the_next_run_completes(repo: Repo) -> None:
         assert not list(repo.cache.rglob("*vaultpy-tmp*"))
         old = value
     assert killed >= 1
+
+
+def test_with_the_scan_in_a_helper_process_too(repo: Repo) -> None:
+    """Big caches are scanned by a forked helper while the run imports the crypto
+    stack; here the threshold is lowered so that 9 files take that path."""
+    settled(repo)
+    change(repo, "alpha", b"alpha 3")
+    code = ("import sys; from vaultpy._internal import memo; memo.PARALLEL_ENTRIES = 1; "
+            "from vaultpy.__main__ import main; sys.argv = ['vaultpy', 'renc']; main()")
+    env = {**os.environ, "NO_COLOR": "1", **repo.env}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=repo.root,
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "vaultpy.cli" not in proc.stderr.decode()
+    assert proc.stdout.decode().splitlines()[-1].split() == ["total", "3", "0", "6", "3"]
+    assert trusted(repo, "renc")
+    assert full(repo, "check")[0] == 0
+    for host in repo.hosts.values():
+        (new,) = (repo.cache / host.name).glob("alpha.*.age")
+        assert age_decrypt(new, host.key) == b"alpha 3"

@@ -7,7 +7,7 @@ without the CLI, and every kind of change anywhere the answer depends on is seen
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import shutil
 from collections.abc import Callable
@@ -112,15 +112,15 @@ def test_an_input_as_new_as_the_snapshot_is_never_trusted(repo: Repo) -> None:
     the same digest must not be trusted."""
     settled(repo)
     path = repo.cache / MEMO
-    data = json.loads(path.read_text())
+    data = marshal.loads(path.read_bytes())
     newest = max(max(os.stat(f).st_ctime_ns, os.stat(f).st_mtime_ns)
                  for f in data["files"] if os.path.exists(f))
     for since in (newest, newest - 1):
         data["ok"]["check"]["since"] = since
-        path.write_text(json.dumps(data))
+        path.write_bytes(marshal.dumps(data))
         assert not from_memo(repo, "check")
     data["ok"]["check"]["since"] = newest + 10**12
-    path.write_text(json.dumps(data))
+    path.write_bytes(marshal.dumps(data))
     # every other input is older than `since` here (the cache files included)
     assert from_memo(repo, "check")
 
@@ -130,23 +130,23 @@ def test_an_input_as_new_as_the_snapshot_is_never_trusted(repo: Repo) -> None:
 def test_a_damaged_or_foreign_memo_is_ignored(repo: Repo, damage: str) -> None:
     settled(repo)
     path = repo.cache / MEMO
-    text = path.read_text()
-    data = json.loads(text)
+    text = path.read_bytes()
+    data = marshal.loads(text)
     if damage == "garbage":
         path.write_bytes(os.urandom(200))
     elif damage == "truncated":
-        path.write_text(text[: len(text) // 2])
+        path.write_bytes(text[: len(text) // 2])
     elif damage == "other version":
-        path.write_text(json.dumps({**data, "vaultpy": "0.0.0"}))
+        path.write_bytes(marshal.dumps({**data, "vaultpy": "0.0.0"}))
     elif damage == "other config":
-        path.write_text(json.dumps({**data, "config": "/elsewhere/hosts.toml"}))
+        path.write_bytes(marshal.dumps({**data, "config": "/elsewhere/hosts.toml"}))
     elif damage == "not a dict":
-        path.write_text("[1, 2]")
+        path.write_bytes(marshal.dumps([1, 2]))
     elif damage == "wrong types":
-        path.write_text(json.dumps({**data, "files": "abc", "ok": ["renc"]}))
+        path.write_bytes(marshal.dumps({**data, "files": "abc", "ok": ["renc"]}))
     else:
         del data["ok"]["renc"]["since"]
-        path.write_text(json.dumps(data))
+        path.write_bytes(marshal.dumps(data))
     assert not from_memo(repo, "renc")
     assert outputs(repo.run("renc")) == full(repo, "renc")
 
@@ -352,3 +352,72 @@ def test_the_memos_literal_names_are_the_projects(repo: Repo) -> None:
     assert memo._TMP == fsutil.TMP_MARK
     lock = model.load(repo.root).lock_path.name
     assert {lock, cache.INDEX, memo.FILENAME} == memo._OWN
+
+
+# ------------------------------------------------------------------ the scan's helper process
+
+
+def recorded(repo: Repo) -> dict[str, object]:
+    raw = memo._load(str(repo.cache / MEMO))
+    assert raw is not None
+    return raw
+
+
+def scan(raw: dict[str, object], **kw: object) -> memo.Rest | None:
+    return memo.Rest.start(raw["listed"], raw["scanned"], **kw).finish()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_helper_process_scans_to_the_very_same_state(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, offload: bool) -> None:
+    settled(repo)
+    raw = recorded(repo)
+    alone = scan(raw, keep=set(raw["scanned"]))        # type: ignore[arg-type]
+    monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
+    forks: list[int] = []
+    real_fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+    helped = scan(raw, keep=set(raw["scanned"]), entries=9, offload=offload)  # type: ignore[arg-type]
+    assert forks == [1]
+    assert alone is not None and helped is not None
+    assert helped.value == alone.value == raw["digest"]
+    assert (helped.newest, helped.entries) == (alone.newest, alone.entries)
+    assert {f: (s[0], list(s[1])) for f, s in helped.scans.items() if s} == \
+        {f: (s[0], list(s[1])) for f, s in alone.scans.items() if s}
+
+
+def test_a_helper_that_fails_is_made_up_for(repo: Repo, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    settled(repo)
+    raw = recorded(repo)
+    monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
+
+    class Broken:                    # the helper cannot send its answer: it exits 1
+        loads = staticmethod(marshal.loads)
+
+        @staticmethod
+        def dumps(_value: object) -> bytes:
+            raise ValueError("no")
+
+    monkeypatch.setattr(memo, "marshal", Broken)
+    rest = scan(raw, entries=9)
+    assert rest is not None and rest.value == raw["digest"]
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    rest = scan(raw, entries=9)
+    assert rest is not None and rest.value == raw["digest"]
+
+
+def test_a_symlink_in_the_helpers_share_is_never_trusted(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    settled(repo)
+    raw = recorded(repo)
+    monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
+    theirs = raw["scanned"][1::2]                      # type: ignore[index]
+    os.symlink("/etc/hostname", os.path.join(theirs[0], "link"))
+    assert scan(raw, entries=9) is None
+    assert scan(raw, entries=9, offload=True) is None
+    assert scan(raw) is None

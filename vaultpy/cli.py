@@ -9,7 +9,6 @@ and exit 1; usage errors exit 2; nothing here ever shows a traceback unless
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -100,7 +99,9 @@ def _print_problems(problems: list[Problem], console: Console | None = None) -> 
 
 
 def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    from vaultpy._internal.memo import as_json
+
+    sys.stdout.write(as_json(data))
 
 
 def _exit(code: int) -> NoReturn:

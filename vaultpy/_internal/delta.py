@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib  # loaded by memo already
 import hashlib
-import json
 import os
 import sys
 import time
@@ -106,9 +105,9 @@ class _Write:
 
 
 class Run:
-    def __init__(self, rec: Recorded, cache_dir: str) -> None:
+    def __init__(self, rec: Recorded, cache_dir: str, clock0: int) -> None:
         self.rec, self.cache_dir = rec, cache_dir
-        self.clock0 = 0
+        self.clock0 = clock0        # the file system's clock before anything was stat'ed
         self.rest: memo.Rest | None = None
         self.todo: list[tuple[str, str, list[int]]] = []     # (id, master, host indices)
         self.read: dict[str, str] = {}      # master -> the stat line of the bytes read
@@ -120,25 +119,25 @@ class Run:
         self.ours: dict[str, dict[str, os.stat_result | None]] = {}
 
     # 1 ---------------------------------------------------------------------- survey
-    def survey(self) -> bool:
-        """Whether the recorded state holds, but for some masters' stat."""
+    def survey(self, scanning: memo.Scanning) -> bool:
+        """Whether the recorded state holds, but for some masters' stat.  ``scanning``:
+        the cache's scan, begun (after :attr:`clock0`) in a helper process."""
         rec = self.rec
-        clock = memo._fs_clock(self.cache_dir)
         head_value, _ = memo.head()
-        if clock is None or head_value != rec.head:
+        if head_value != rec.head:
             return False
-        self.clock0 = clock
         lines, _ = memo.file_lines(rec.files)
         changed = {f for f, now, then in zip(rec.files, lines, rec.stats, strict=True)
                    if now != then}
         if not changed or not changed <= rec.masters:   # hosts.toml, the journal: full run
             return False
-        self.rest = memo.Rest.take(rec.listed, rec.scanned)
-        if self.rest is None or self.rest.value != rec.rest:
-            return False
         self.todo = [(sid, file, hosts) for sid, (file, hosts) in sorted(rec.secrets.items())
                      if file in changed]
-        return sum(len(hosts) for _sid, _file, hosts in self.todo) <= MAX_FILES
+        if sum(len(hosts) for _sid, _file, hosts in self.todo) > MAX_FILES:
+            return False
+        _import_crypto()            # ~35 ms, about what the helper's 10,000 stats take
+        self.rest = scanning.finish()
+        return self.rest is not None and self.rest.value == rec.rest
 
     # 2 --------------------------------------------------------------------- encrypt
     def encrypt(self) -> bool:
@@ -199,13 +198,13 @@ class Run:
         scan = self.rest.scans.get(folder)
         if scan is None:
             return None
-        names, sts = scan
+        names = scan[0]
         prefix = sid + "."
         found = []
         i = bisect_left(names, prefix)
         while i < len(names) and names[i].startswith(prefix):
             m = cache.NAME_RE.fullmatch(names[i])
-            if m and m.group("id") == sid and S_ISREG(sts[i].st_mode):
+            if m and m.group("id") == sid and S_ISREG(memo.entry_mode(scan, i)):
                 found.append(names[i])
             i += 1
         return found[0] if len(found) == 1 else None
@@ -216,12 +215,10 @@ class Run:
         crash anywhere leaves each host a complete file, the old or the new)."""
         if not self.writes:
             return True
-        from pathlib import Path
-
         from vaultpy._internal import fsutil
 
         try:
-            fsutil.syncfs(Path(self.cache_dir))
+            fsutil.syncfs(self.cache_dir)
             for w in self.writes:
                 final = os.path.join(w.folder, w.new)
                 os.rename(w.tmp, final)
@@ -231,7 +228,7 @@ class Run:
             for w in self.writes:
                 os.unlink(os.path.join(w.folder, w.old))
                 self.ours[w.folder][w.old] = None
-            fsutil.syncfs(Path(self.cache_dir))     # the renames and removals too
+            fsutil.syncfs(self.cache_dir)           # the renames and removals too
             top = self.ours.setdefault(self.rec.cache_dir, {})
             for w in self.writes:
                 top[w.host] = os.lstat(w.folder)
@@ -278,7 +275,7 @@ class Run:
         memo.write(self.cache_dir, {
             **{k: v for k, v in rec.raw.items() if k not in ("format", "vaultpy")},
             "stats": lines, "files_digest": memo.files_digest(rec.head, rec.files, lines),
-            "digest": after.value,
+            "digest": after.value, "entries": after.entries,
             "ok": {"renc": {"since": clock, "files": rec.items, "hosts": len(rec.hosts)}}})
 
     # 5 ---------------------------------------------------------------------- report
@@ -286,16 +283,15 @@ class Run:
         rec = self.rec
         if not self.writes:
             if json_out:
-                return json.dumps(memo.renc_noop_json(rec.items), indent=2,
-                                  sort_keys=True) + "\n"
+                return memo.as_json(memo.renc_noop_json(rec.items))
             return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n"
         if json_out:
-            return json.dumps({
+            return memo.as_json({
                 "failed": [], "ok": True, "repaired": [],
                 "pruned": sorted(os.path.join(w.folder, w.old) for w in self.writes),
                 "unchanged": rec.items - len(self.writes),
                 "written": sorted(os.path.join(w.folder, w.new) for w in self.writes),
-            }, indent=2, sort_keys=True) + "\n"
+            })
         rows = {host: [0, 0, n, 0] for (host, _), n in zip(rec.hosts, rec.needs, strict=True)
                 if n}
         for w in self.writes:
@@ -304,40 +300,58 @@ class Run:
         return memo.renc_table(rows) + "\n"
 
 
-def load(config: str, cache_dir: str) -> Recorded | None:
+def _import_crypto() -> None:
+    """What :meth:`Run.encrypt` needs (also what a full run would, if handed over)."""
+    import vaultpy.cache
+    import vaultpy.identities  # noqa: F401
+
+
+def _load(config: str, cache_dir: str) -> dict[str, object] | None:
     raw = memo._load(os.path.join(cache_dir, memo.FILENAME))
     if (raw is None or raw.get("format") != memo.FORMAT
             or raw.get("vaultpy") != memo._version() or raw.get("config") != config):
         return None
-    try:
-        return Recorded(raw)
-    except (KeyError, ValueError, TypeError, IndexError):
-        return None
+    return raw
 
 
 def answer(config: str, cache_dir: str, json_out: bool) -> int | None:
     """Exit status after an incremental renc, or None: run the full pipeline."""
-    rec = load(config, cache_dir)
+    raw = _load(config, cache_dir)
     lock = os.path.join(cache_dir, _LOCK)
-    if (rec is None or not os.path.isfile(lock) or os.path.islink(lock)
+    if (raw is None or not os.path.isfile(lock) or os.path.islink(lock)
             or not memo._may_lock(cache_dir)):
         return None             # no clean state recorded, or a first run
-    from pathlib import Path
-
+    try:
+        listed, scanned = _strings(raw["listed"]), _strings(raw["scanned"])
+    except (KeyError, ValueError):
+        return None
     from vaultpy._internal import fsutil
 
-    run = Run(rec, cache_dir)
     try:
-        with fsutil.locked(Path(lock)):
+        with fsutil.locked(lock):
+            clock0 = memo._fs_clock(cache_dir)
+            if clock0 is None:
+                return None
+            # A helper process stats the cache (it shares the lock's open file for those
+            # ~35 ms, and only stats) while this one checks the rest and imports.
+            scanning = memo.Rest.start(listed, scanned, keep=set(scanned),
+                                       entries=raw.get("entries"), offload=True)
+            run: Run | None = None
             try:
-                if not (run.survey() and run.encrypt() and run.publish()):
+                try:
+                    run = Run(Recorded(raw), cache_dir, clock0)
+                except (KeyError, ValueError, TypeError, IndexError):
+                    return None
+                if not (run.survey(scanning) and run.encrypt() and run.publish()):
                     if run.keys is not None:
                         from vaultpy import identities
 
                         identities.use_loaded(run.keys)
                     return None
             finally:
-                run.discard()
+                scanning.cancel()
+                if run is not None:
+                    run.discard()
             with contextlib.suppress(Exception):    # published: the memo is only a shortcut
                 run.record()
     except KeyboardInterrupt:

@@ -16,7 +16,10 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
-from pathlib import Path
+
+TYPE_CHECKING = False       # pathlib costs ~10 ms to import; only callers need it
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TMP_MARK = ".vaultpy-tmp-"
 
@@ -66,7 +69,7 @@ def create_new(path: Path, data: bytes, mode: int = 0o644, *, exact_mode: bool =
     fsync_path(path.parent, directory=True)
 
 
-def fsync_path(path: Path, directory: bool = False) -> None:
+def fsync_path(path: Path | str, directory: bool = False) -> None:
     flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
     fd = os.open(path, flags)
     try:
@@ -89,7 +92,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_path(path.parent, directory=True)
 
 
-def _libc_call(path: Path, name: str, *args: object) -> None:
+def _libc_call(path: Path | str, name: str, *args: object) -> None:
     """Call libc's ``name`` (no Python wrapper exists); raise OSError naming ``path``.
 
     ctypes is imported only here: most commands never need it, and its
@@ -104,7 +107,7 @@ def _libc_call(path: Path, name: str, *args: object) -> None:
         raise OSError(err, os.strerror(err), str(path))
 
 
-def syncfs(path: Path) -> None:
+def syncfs(path: Path | str) -> None:
     """Flush the whole filesystem holding ``path``: one call instead of an fsync per file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -114,7 +117,7 @@ def syncfs(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[bool]:
+def locked(lock_path: Path | str) -> Iterator[bool]:
     """Hold an exclusive flock on ``lock_path`` (created once, never rewritten).
 
     flock is released by the kernel when the process dies, so a killed run never
@@ -131,11 +134,12 @@ def locked(lock_path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _open_new_lock(lock_path: Path) -> tuple[int, bool]:
+def _open_new_lock(lock_path: Path | str) -> tuple[int, bool]:
     """Create ``lock_path`` already locked: a temp file is flocked before it is linked
     to the lock's name, so nobody can take the lock between creation and flock.
     (-1, False) when the name exists by now, or the filesystem has no hard links."""
-    tmp = tmp_name(lock_path)
+    tmp = os.path.join(os.path.dirname(lock_path),
+                       f".{os.path.basename(lock_path)}{tmp_suffix()}")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
     try:
