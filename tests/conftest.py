@@ -176,3 +176,12 @@ def assert_one_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: s
     lines = [ln for ln in err.splitlines() if all(n in ln for n in needles)]
     assert lines, f"no line with {needles!r} in:\n{err}"
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def memo_template(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """Three hosts, three secrets, the cache complete (tests/memo_helpers.py): built
+    once per module, copied by each test."""
+    from memo_helpers import make_template
+
+    return make_template(tmp_path_factory.mktemp("memo") / "template")

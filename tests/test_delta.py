@@ -25,7 +25,6 @@ from memo_helpers import (
     copy_repo,
     from_memo,
     full,
-    make_template,
     outputs,
     settled,
     trusted,
@@ -35,14 +34,9 @@ from vaultpy import identities
 from vaultpy._internal import delta, memo
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    return make_template(tmp_path_factory.mktemp("delta") / "template")
-
-
 @pytest.fixture
-def repo(template: Repo, tmp_path: Path) -> Repo:
-    return copy_repo(template, tmp_path / "repo")
+def repo(memo_template: Repo, tmp_path: Path) -> Repo:
+    return copy_repo(memo_template, tmp_path / "repo")
 
 
 def change(repo: Repo, sid: str, plaintext: bytes) -> None:
@@ -78,9 +72,9 @@ def test_a_changed_master_is_reencrypted_without_the_cli(repo: Repo) -> None:
 
 
 @pytest.mark.parametrize("args", [("renc",), ("renc", "--json"), ("renc", "-j", "1")])
-def test_output_and_cache_are_those_of_a_full_run(repo: Repo, template: Repo, tmp_path: Path,
+def test_output_and_cache_are_those_of_a_full_run(repo: Repo, memo_template: Repo, tmp_path: Path,
                                                   args: tuple[str, ...]) -> None:
-    twin = copy_repo(template, tmp_path / "twin")     # the same keys and masters
+    twin = copy_repo(memo_template, tmp_path / "twin")     # the same keys and masters
     settled(repo)
     change(repo, "beta", b"beta 2")
     shutil.copyfile(repo.root / "secrets" / "beta.age", twin.root / "secrets" / "beta.age")
@@ -133,8 +127,8 @@ def test_a_touched_master_with_the_same_bytes_writes_nothing(repo: Repo) -> None
 
 @pytest.mark.parametrize("damage", ["not age", "other key", "missing"])
 def test_a_master_that_does_not_decrypt_is_reported_by_the_full_run(
-        repo: Repo, template: Repo, tmp_path: Path, damage: str) -> None:
-    twin = copy_repo(template, tmp_path / "twin")
+        repo: Repo, memo_template: Repo, tmp_path: Path, damage: str) -> None:
+    twin = copy_repo(memo_template, tmp_path / "twin")
     settled(repo)
     master = repo.root / "secrets" / "beta.age"
     if damage == "not age":

@@ -15,20 +15,15 @@ from pathlib import Path
 
 import pytest
 from conftest import Repo
-from memo_helpers import MEMO, copy_repo, from_memo, full, make_template, outputs, settled, trusted
+from memo_helpers import MEMO, copy_repo, from_memo, full, outputs, settled, trusted
 
 from vaultpy import model
 from vaultpy._internal import memo
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    return make_template(tmp_path_factory.mktemp("memo") / "template")
-
-
 @pytest.fixture
-def repo(template: Repo, tmp_path: Path) -> Repo:
-    return copy_repo(template, tmp_path / "repo")
+def repo(memo_template: Repo, tmp_path: Path) -> Repo:
+    return copy_repo(memo_template, tmp_path / "repo")
 
 
 @pytest.mark.parametrize("args", [("renc",), ("renc", "--json"), ("check",),
