@@ -279,3 +279,95 @@ def test_with_the_scan_in_a_helper_process_too(repo: Repo) -> None:
     for host in repo.hosts.values():
         (new,) = (repo.cache / host.name).glob("alpha.*.age")
         assert age_decrypt(new, host.key) == b"alpha 3"
+
+
+# ------------------------------------------------------------------ failures once published
+
+
+def in_process(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo.root)
+    monkeypatch.setenv("VAULTPY_IDENTITY", str(repo.identity))
+    monkeypatch.delenv("VAULTPY_NO_MEMO", raising=False)
+
+
+def test_an_old_file_that_cannot_be_removed_is_reported_not_handed_over(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """Found in review: a failure after the first rename used to hand over to the
+    full run, whose report then left out what was already published."""
+    settled(repo)
+    change(repo, "alpha", b"alpha 2")
+    in_process(repo, monkeypatch)
+    stuck = next((repo.cache / "host1").glob("alpha.*.age"))
+    real_unlink = os.unlink
+
+    def unlink(path: object, *a: object, **k: object) -> None:
+        if str(path) == str(stuck):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_unlink(path, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert memo.answer(["renc"]) == 1                  # answered here, exit 1
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows["total"] == ["3", "0", "6", "2"]
+    assert rows["host1"] == ["1", "0", "2", "0"]
+    assert err.splitlines()[0] == "1 failed"
+    assert "cannot remove stale cache file: Operation not permitted" in err
+    assert not trusted(repo, "renc")                  # a failed run records nothing
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert outputs(repo.run("renc"))[1].splitlines()[-1].split() == ["total", "0", "0", "9", "1"]
+    assert full(repo, "check")[0] == 0
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_rename_that_fails(repo: Repo, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str], fail_at: int) -> None:
+    """The first rename failing hands over (nothing is published yet); a later one
+    fails that file and the rest, as the full pipeline's publisher does."""
+    settled(repo)
+    before = repo.cache_files()
+    change(repo, "alpha", b"alpha 2")
+    in_process(repo, monkeypatch)
+    real_rename, calls = os.rename, []
+
+    def rename(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == fail_at:
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    code = memo.answer(["renc", "--json"])
+    out, err = capsys.readouterr()
+    assert not list(repo.cache.rglob("*vaultpy-tmp*"))
+    if fail_at == 1:
+        assert code is None and out == err == ""
+        assert repo.cache_files() == before
+    else:
+        assert code == 1
+        report = json.loads(out)
+        assert len(report["written"]) == len(report["pruned"]) == 1 and not report["ok"]
+        assert report["failed"][0]["message"] == ("cannot finish writing the cache: "
+                                                  "No space left on device")
+        assert err.count("\n") == 1 and "free some disk space" in err
+        for host in repo.hosts.values():      # every host has exactly one complete file
+            (only,) = (repo.cache / host.name).glob("alpha.*.age")
+            assert age_decrypt(only, host.key) in (b"alpha\n", b"alpha 2")
+    monkeypatch.setattr(os, "rename", real_rename)
+    repo.ok("renc")
+    assert full(repo, "check")[0] == 0
+
+
+def test_identities_that_do_not_load_fail_as_a_full_run_does(
+        repo: Repo, memo_template: Repo, tmp_path: Path) -> None:
+    twin = copy_repo(memo_template, tmp_path / "twin")
+    settled(repo)
+    change(repo, "beta", b"beta 2")
+    shutil.copyfile(repo.root / "secrets" / "beta.age", twin.root / "secrets" / "beta.age")
+    gone = {"VAULTPY_IDENTITY": str(tmp_path / "no-such-key.txt")}
+    mine = outputs(repo.run("renc", env=gone))
+    theirs = outputs(twin.run("renc", env={**gone, "VAULTPY_NO_MEMO": "1"}))
+    assert mine[0] == theirs[0] == 1
+    assert mine[1:] == theirs[1:] and "no-such-key.txt" in mine[2]
+    assert from_memo(repo, "renc", env=gone)          # answered without the CLI

@@ -10,6 +10,10 @@ from __future__ import annotations
 import marshal
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -416,3 +420,42 @@ def test_a_symlink_in_the_helpers_share_is_never_trusted(
     assert scan(raw, entries=9) is None
     assert scan(raw, entries=9, offload=True) is None
     assert scan(raw) is None
+
+
+def test_the_helper_is_not_interrupted_by_ctrl_c(repo: Repo, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """SIGINT reaches the whole process group; the helper holds it blocked until it
+    exits, so it never unwinds into the caller's code (found in review)."""
+    settled(repo)
+    raw = recorded(repo)
+    monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
+    real = memo._folder
+
+    def slow(folder: str) -> object:
+        time.sleep(0.3)
+        return real(folder)
+
+    monkeypatch.setattr(memo, "_folder", slow)      # the helper inherits it
+    scanning = memo.Rest.start(raw["listed"], raw["scanned"], entries=9,  # type: ignore[arg-type]
+                               offload=True)
+    helper = scanning.helper
+    assert helper is not None
+    time.sleep(0.1)
+    os.kill(helper.pid, signal.SIGINT)
+    monkeypatch.setattr(memo, "_folder", real)
+    rest = scanning.finish()
+    assert rest is not None and rest.value == raw["digest"]
+    assert helper.status is not None
+    assert os.WIFEXITED(helper.status) and os.WEXITSTATUS(helper.status) == 0
+
+
+def test_ctrl_c_on_the_fast_path_is_one_line(repo: Repo) -> None:
+    """Found in review: a Ctrl-C while the memo answered printed a traceback."""
+    settled(repo)
+    code = ("import sys\nfrom vaultpy._internal import memo\n"
+            "def interrupted(argv):\n    raise KeyboardInterrupt\n"
+            "memo.answer = interrupted\nsys.argv = ['vaultpy', 'renc']\n"
+            "from vaultpy.__main__ import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo.root, capture_output=True,
+                          env={**os.environ, **repo.env}, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, b"", b"interrupted\n")

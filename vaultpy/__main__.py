@@ -13,7 +13,11 @@ def main() -> None:
     if "renc" in sys.argv[1:] or "check" in sys.argv[1:]:
         from vaultpy._internal import memo
 
-        code = memo.answer(sys.argv[1:])
+        try:
+            code = memo.answer(sys.argv[1:])
+        except KeyboardInterrupt:               # as the CLI: one line, exit 130
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
         if code is not None:
             sys.exit(code)
     import resource

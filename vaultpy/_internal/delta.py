@@ -20,8 +20,10 @@ except some master files, this module does only what that change needs, in steps
 Anything it does not expect - more than :data:`MAX_FILES` files to write, a master
 that does not decrypt, a cache file out of place - ends it before anything is
 published, and the full pipeline runs and reports instead (with the identities
-already unlocked: no second prompt).  The verification index is not touched: the
-next full run reads and verifies the few files written here, once.
+already unlocked: no second prompt).  Once a file is published, failures are this
+run's to report, exactly as the full pipeline would (:meth:`Run.publish`).  The
+verification index is not touched: the next full run reads and verifies the few files
+written here, once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vaultpy._internal import memo
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from vaultpy import age
+    from vaultpy.errors import Problem
 
 # Beyond this many files the full pipeline's worker processes are the faster way.
 MAX_FILES = 256
@@ -102,6 +105,8 @@ class _Write:
 
     def __init__(self, host: str, folder: str, old: str, new: str, tmp: str) -> None:
         self.host, self.folder, self.old, self.new, self.tmp = host, folder, old, new, tmp
+        self.pruned = False         # the old file is removed
+        self.failed = False         # the new file is not (durably) in place
 
 
 class Run:
@@ -117,6 +122,10 @@ class Run:
         self.temps: set[str] = set()
         # What this run changed: folder -> entry -> its lstat after, or None (removed).
         self.ours: dict[str, dict[str, os.stat_result | None]] = {}
+        self.published: list[_Write] = []
+        self.failed: list[Problem] = []     # after publishing began: reported, not handed over
+        self.failed_record = False
+        self.fatal: list[Problem] = []      # the full run's answer too (identities)
 
     # 1 ---------------------------------------------------------------------- survey
     def survey(self, scanning: memo.Scanning) -> bool:
@@ -141,13 +150,13 @@ class Run:
 
     # 2 --------------------------------------------------------------------- encrypt
     def encrypt(self) -> bool:
-        from pathlib import Path
-
+        """Every changed master read and named first, then decrypted once and encrypted
+        for each host into temp files.  False: hand over (nothing is published)."""
         from vaultpy import age, cache
         from vaultpy._internal import fsutil
         from vaultpy.errors import VaultpyError, display_path
 
-        assert self.rest is not None
+        jobs: list[tuple[str, bytes, list[tuple[str, str, str, str, tuple[str, ...]]]]] = []
         for sid, master, hosts in self.todo:
             try:
                 with open(master, "rb") as f:
@@ -159,7 +168,7 @@ class Run:
                                  f"{st.st_mtime_ns} {st.st_ctime_ns}")
             self.read_newest = max(self.read_newest, st.st_mtime_ns, st.st_ctime_ns)
             sha = hashlib.sha256(data).hexdigest()
-            plaintext: bytes | None = None
+            targets = []
             for i in hosts:
                 host, recipients = self.rec.hosts[i]
                 folder = os.path.join(self.rec.cache_dir, host)
@@ -167,27 +176,44 @@ class Run:
                 if old is None:
                     return False
                 new = cache.cache_name(sid, sha, recipients)
-                if new == old:          # touched, not changed
-                    continue
-                try:
-                    if plaintext is None:
-                        if self.keys is None:
-                            from vaultpy import identities
-
-                            configured = self.rec.identity
-                            self.keys = identities.load_configured(
-                                None if configured is None else Path(configured))
-                        plaintext = age.decrypt(data, self.keys, display_path(master))
-                    ciphertext = age.encrypt(plaintext, recipients)
-                except (VaultpyError, OSError, ValueError):
-                    return False
+                if new != old:              # else touched, not changed
+                    targets.append((host, folder, old, new, recipients))
+            if targets:
+                jobs.append((master, data, targets))
+        if jobs and not self._unlock():
+            return False
+        assert self.keys is not None or not jobs
+        for master, data, targets in jobs:
+            try:
+                plaintext = age.decrypt(data, self.keys or [], display_path(master))
+            except (VaultpyError, ValueError):
+                return False
+            for host, folder, old, new, recipients in targets:
                 tmp = os.path.join(folder, f".{new}{fsutil.tmp_suffix()}")
                 self.temps.add(tmp)
                 try:
-                    fsutil.write_new(tmp, ciphertext)
-                except OSError:
+                    fsutil.write_new(tmp, age.encrypt(plaintext, recipients))
+                except (VaultpyError, OSError, ValueError):
                     return False
                 self.writes.append(_Write(host, folder, old, new, tmp))
+        return True
+
+    def _unlock(self) -> bool:
+        """Load the identities as a full run would.  If that fails, the full run would
+        fail the same way at the same point (the state is clean but for the masters):
+        its problems are this run's answer, and nobody is asked twice."""
+        from pathlib import Path
+
+        from vaultpy import identities
+        from vaultpy.errors import VaultpyError
+
+        configured = self.rec.identity
+        try:
+            self.keys = identities.load_configured(None if configured is None
+                                                   else Path(configured))
+        except VaultpyError as exc:
+            self.fatal = exc.problems
+            return False
         return True
 
     def _current(self, folder: str, sid: str) -> str | None:
@@ -212,29 +238,64 @@ class Run:
     # 3 --------------------------------------------------------------------- publish
     def publish(self) -> bool:
         """Durable new files, then the renames, then the old files go (as renc: a
-        crash anywhere leaves each host a complete file, the old or the new)."""
+        crash anywhere leaves each host a complete file, the old or the new).
+
+        False (hand over) only while nothing is published.  A failure after the first
+        rename is this run's to report, as the full pipeline reports it: a rename that
+        fails fails it and every later file (their temp files go, each host keeps its
+        old file); an old file that cannot be removed fails alone."""
         if not self.writes:
             return True
         from vaultpy._internal import fsutil
+        from vaultpy.errors import os_problem
 
         try:
             fsutil.syncfs(self.cache_dir)
-            for w in self.writes:
-                final = os.path.join(w.folder, w.new)
-                os.rename(w.tmp, final)
-                self.temps.discard(w.tmp)
-                ours = self.ours.setdefault(w.folder, {})
-                ours[w.new] = os.lstat(final)
-            for w in self.writes:
-                os.unlink(os.path.join(w.folder, w.old))
-                self.ours[w.folder][w.old] = None
-            fsutil.syncfs(self.cache_dir)           # the renames and removals too
-            top = self.ours.setdefault(self.rec.cache_dir, {})
-            for w in self.writes:
-                top[w.host] = os.lstat(w.folder)
         except OSError:
             return False
+        published: list[_Write] = []
+        for n, w in enumerate(self.writes):
+            final = os.path.join(w.folder, w.new)
+            try:
+                os.rename(w.tmp, final)
+            except OSError as exc:
+                if not published:
+                    return False
+                problem = os_problem(self.cache_dir, exc, "finish writing the cache")
+                self._fail(self.writes[n:], problem)
+                break
+            self.temps.discard(w.tmp)
+            published.append(w)
+            self._ours(w.folder, w.new, final)
+        self.published = published
+        for w in published:
+            path = os.path.join(w.folder, w.old)
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                self._fail([], os_problem(path, exc, "remove stale cache file"))
+                continue
+            w.pruned = True
+            self.ours[w.folder][w.old] = None
+        try:
+            fsutil.syncfs(self.cache_dir)           # the renames and removals too
+        except OSError as exc:
+            self._fail(published, os_problem(self.cache_dir, exc, "finish writing the cache"))
+        for w in published:
+            self._ours(self.rec.cache_dir, w.host, w.folder)
         return True
+
+    def _ours(self, folder: str, name: str, path: str) -> None:
+        try:
+            self.ours.setdefault(folder, {})[name] = os.lstat(path)
+        except OSError:
+            self.failed_record = True
+
+    def _fail(self, writes: list[_Write], problem: Problem) -> None:
+        if problem not in self.failed:
+            self.failed.append(problem)
+        for w in writes:
+            w.failed = True
 
     def discard(self) -> None:
         for tmp in self.temps:
@@ -255,6 +316,8 @@ class Run:
         file system's clock has moved past those stats (the racy-clean rule)."""
         rec, before = self.rec, self.rest
         assert before is not None
+        if self.failed or self.failed_record:
+            return                  # as a full run: a failed run records nothing
         if self.read_newest >= self.clock0:
             return                  # a master changed in the very tick it was read
         newest_ours = max((max(st.st_mtime_ns, st.st_ctime_ns)
@@ -279,25 +342,32 @@ class Run:
             "ok": {"renc": {"since": clock, "files": rec.items, "hosts": len(rec.hosts)}}})
 
     # 5 ---------------------------------------------------------------------- report
-    def report(self, json_out: bool) -> str:
+    def report(self, json_out: bool) -> tuple[str, str, int]:
+        """(stdout, stderr, exit status), as the full run would print and end."""
         rec = self.rec
         if not self.writes:
             if json_out:
-                return memo.as_json(memo.renc_noop_json(rec.items))
-            return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n"
+                return memo.as_json(memo.renc_noop_json(rec.items)), "", 0
+            return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n", "", 0
+        problems = "".join(f"{p}\n" for p in self.failed)
+        code = 1 if self.failed else 0
         if json_out:
             return memo.as_json({
-                "failed": [], "ok": True, "repaired": [],
-                "pruned": sorted(os.path.join(w.folder, w.old) for w in self.writes),
-                "unchanged": rec.items - len(self.writes),
-                "written": sorted(os.path.join(w.folder, w.new) for w in self.writes),
-            })
+                "failed": [p.as_dict() for p in self.failed], "ok": not self.failed,
+                "repaired": [], "unchanged": rec.items - len(self.writes),
+                "pruned": sorted(os.path.join(w.folder, w.old) for w in self.published
+                                 if w.pruned),
+                "written": sorted(os.path.join(w.folder, w.new) for w in self.published),
+            }), problems, code
         rows = {host: [0, 0, n, 0] for (host, _), n in zip(rec.hosts, rec.needs, strict=True)
                 if n}
         for w in self.writes:
-            row = rows[w.host]
-            row[0], row[2], row[3] = row[0] + 1, row[2] - 1, row[3] + 1
-        return memo.renc_table(rows) + "\n"
+            rows[w.host][2] -= 1
+        for w in self.published:
+            rows[w.host][0] += 1
+            rows[w.host][3] += w.pruned
+        failed = f"{len(self.failed)} failed\n" if self.failed else ""
+        return memo.renc_table(rows) + "\n", failed + problems, code
 
 
 def _import_crypto() -> None:
@@ -343,6 +413,9 @@ def answer(config: str, cache_dir: str, json_out: bool) -> int | None:
                 except (KeyError, ValueError, TypeError, IndexError):
                     return None
                 if not (run.survey(scanning) and run.encrypt() and run.publish()):
+                    if run.fatal:
+                        sys.stderr.write("".join(f"{p}\n" for p in run.fatal))
+                        return 1
                     if run.keys is not None:
                         from vaultpy import identities
 
@@ -357,5 +430,8 @@ def answer(config: str, cache_dir: str, json_out: bool) -> int | None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    sys.stdout.write(run.report(json_out))
-    return 0
+    out, err, code = run.report(json_out)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    sys.stderr.write(err)
+    return code

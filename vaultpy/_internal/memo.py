@@ -33,6 +33,8 @@ This module must stay cheap to import: the standard library only, nothing from v
 
 from __future__ import annotations
 
+# The C module behind signal (which imports enum: ~6 ms): only its functions are used.
+import _signal  # type: ignore[import-not-found]
 import contextlib
 import marshal
 import os
@@ -342,13 +344,21 @@ class _Helper:
             r, w = os.pipe()
         except OSError:
             return None
+        # The helper must never run the caller's code: SIGINT (sent to the whole process
+        # group by Ctrl-C), SIGTERM and SIGHUP are blocked across fork() and stay blocked
+        # in it until os._exit.  (_signal: the signal module would import enum.)
+        held = {_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP}
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, held)
         try:
             pid = os.fork()
         except OSError:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             os.close(r)
             os.close(w)
             return None
-        if pid == 0:                                     # the helper
+        if pid != 0:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+        else:                                            # the helper
             code = 1
             try:
                 os.close(r)
@@ -404,10 +414,8 @@ class _Helper:
             self.fd = -1
         if self.status is None:
             if kill:
-                import signal
-
                 with contextlib.suppress(OSError):
-                    os.kill(self.pid, signal.SIGKILL)
+                    os.kill(self.pid, _signal.SIGKILL)
             try:
                 self.status = os.waitpid(self.pid, 0)[1]
             except ChildProcessError:
