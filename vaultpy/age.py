@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import mmap
 import os
 import struct
@@ -349,10 +348,14 @@ class _Answers:
 
     def _read(self) -> dict[str, dict[str, Any]]:
         (n,) = struct.unpack_from(">I", self._mem, 0)
+        import json  # plugins only: not on every run's import path
+
         loaded: dict[str, dict[str, Any]] = json.loads(self._mem[4 : 4 + n]) if n else {}
         return loaded
 
     def _write(self, table: dict[str, dict[str, Any]]) -> None:
+        import json
+
         data = json.dumps(table).encode()
         if 4 + len(data) <= _ANSWERS_SIZE:          # else: not remembered, asked again
             self._mem[4 : 4 + len(data)] = data

@@ -376,19 +376,13 @@ def _import_crypto() -> None:
     import vaultpy.identities  # noqa: F401
 
 
-def _load(config: str, cache_dir: str) -> dict[str, object] | None:
-    raw = memo._load(os.path.join(cache_dir, memo.FILENAME))
-    if (raw is None or raw.get("format") != memo.FORMAT
-            or raw.get("vaultpy") != memo._version() or raw.get("config") != config):
-        return None
-    return raw
-
-
-def answer(config: str, cache_dir: str, json_out: bool) -> int | None:
-    """Exit status after an incremental renc, or None: run the full pipeline."""
-    raw = _load(config, cache_dir)
+def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
+           ) -> int | None:
+    """Exit status after an incremental renc, or None: run the full pipeline.
+    ``raw``: the memo as loaded from ``cache_dir``."""
     lock = os.path.join(cache_dir, _LOCK)
-    if (raw is None or not os.path.isfile(lock) or os.path.islink(lock)
+    if (raw.get("format") != memo.FORMAT or raw.get("vaultpy") != memo._version()
+            or raw.get("config") != config or not os.path.isfile(lock) or os.path.islink(lock)
             or not memo._may_lock(cache_dir)):
         return None             # no clean state recorded, or a first run
     try:

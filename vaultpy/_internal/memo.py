@@ -707,11 +707,13 @@ def _cache_dir(config: str) -> str:
     return os.path.normpath(os.path.join(root, os.path.expanduser(given)))
 
 
-def lookup(command: str, config: str, cache_dir: str | None = None
-           ) -> dict[str, object] | None:
+def lookup(command: str, config: str, cache_dir: str | None = None,
+           memo: dict[str, object] | None = None) -> dict[str, object] | None:
     """What the memo recorded for ``command`` having nothing to do, if it still holds
-    (``cache_dir``: where the memo is, when the caller has already worked it out)."""
-    memo = _load(os.path.join(cache_dir or _cache_dir(config), FILENAME))
+    (``cache_dir``: where the memo is, when the caller has already worked it out;
+    ``memo``: the memo, when the caller has already loaded it)."""
+    if memo is None:
+        memo = _load(os.path.join(cache_dir or _cache_dir(config), FILENAME))
     if memo is None or memo.get("format") != FORMAT or memo.get("vaultpy") != _version():
         return None
     entries = memo.get("ok")
@@ -770,11 +772,12 @@ def answer(argv: Sequence[str]) -> int | None:
         if config is None:
             return None
         cache_dir = _cache_dir(config)          # reads hosts.toml: once
-        entry = lookup(command, config, cache_dir)
-        if entry is None and command == "renc":
+        raw = _load(os.path.join(cache_dir, FILENAME))
+        entry = lookup(command, config, cache_dir, raw) if raw is not None else None
+        if entry is None and command == "renc" and raw is not None:
             from vaultpy._internal import delta  # a master changed, nothing else did?
 
-            return delta.answer(config, cache_dir, json_out)
+            return delta.answer(config, cache_dir, json_out, raw)
         if entry is None:
             return None
         files, hosts = entry.get("files"), entry.get("hosts")
