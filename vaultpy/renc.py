@@ -115,7 +115,7 @@ def _run_job(job: _Job) -> list[_Reply]:
     try:
         for i, t in enumerate(job.targets):
             # Plain strings on this path: a pathlib join per file cost more than the I/O.
-            tmp = os.path.join(t.dir, f".{t.name}{fsutil.tmp_suffix()}")
+            tmp = os.path.join(t.dir, fsutil.tmp_basename(t.name))
             try:
                 fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
             except OSError as exc:

@@ -59,7 +59,7 @@ class Recorded:
         self.scanned = _strings(raw["scanned"])
         self.stats = _strings(raw["stats"])
         self.head = _string(raw["head"])
-        self.rest = _string(raw["digest"])
+        self.digest = _string(raw["digest"])       # of the folders
         ok = raw["ok"]
         if not (isinstance(ok, dict) and any(
                 isinstance(ok.get(c), dict) and isinstance(ok[c].get("since"), int)
@@ -106,7 +106,6 @@ class _Write:
     def __init__(self, host: str, folder: str, old: str, new: str, tmp: str) -> None:
         self.host, self.folder, self.old, self.new, self.tmp = host, folder, old, new, tmp
         self.pruned = False         # the old file is removed
-        self.failed = False         # the new file is not (durably) in place
 
 
 class Run:
@@ -146,7 +145,7 @@ class Run:
             return False
         _import_crypto()            # ~35 ms, about what the helper's 10,000 stats take
         self.rest = scanning.finish()
-        return self.rest is not None and self.rest.value == rec.rest
+        return self.rest is not None and self.rest.value == rec.digest
 
     # 2 --------------------------------------------------------------------- encrypt
     def encrypt(self) -> bool:
@@ -164,8 +163,7 @@ class Run:
                     data = f.read()
             except OSError:
                 return False
-            self.read[master] = (f"{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
-                                 f"{st.st_mtime_ns} {st.st_ctime_ns}")
+            self.read[master] = memo.stat_line(st)
             self.read_newest = max(self.read_newest, st.st_mtime_ns, st.st_ctime_ns)
             sha = hashlib.sha256(data).hexdigest()
             targets = []
@@ -189,7 +187,7 @@ class Run:
             except (VaultpyError, ValueError):
                 return False
             for host, folder, old, new, recipients in targets:
-                tmp = os.path.join(folder, f".{new}{fsutil.tmp_suffix()}")
+                tmp = os.path.join(folder, fsutil.tmp_basename(new))
                 self.temps.add(tmp)
                 try:
                     fsutil.write_new(tmp, age.encrypt(plaintext, recipients))
@@ -254,16 +252,15 @@ class Run:
         except OSError:
             return False
         published: list[_Write] = []
-        for n, w in enumerate(self.writes):
+        for w in self.writes:
             final = os.path.join(w.folder, w.new)
             try:
                 os.rename(w.tmp, final)
             except OSError as exc:
                 if not published:
                     return False
-                problem = os_problem(self.cache_dir, exc, "finish writing the cache")
-                self._fail(self.writes[n:], problem)
-                break
+                self._fail(os_problem(self.cache_dir, exc, "finish writing the cache"))
+                break       # this file and the later ones stay unpublished
             self.temps.discard(w.tmp)
             published.append(w)
             self._ours(w.folder, w.new, final)
@@ -273,14 +270,14 @@ class Run:
             try:
                 os.unlink(path)
             except OSError as exc:
-                self._fail([], os_problem(path, exc, "remove stale cache file"))
+                self._fail(os_problem(path, exc, "remove stale cache file"))
                 continue
             w.pruned = True
             self.ours[w.folder][w.old] = None
         try:
             fsutil.syncfs(self.cache_dir)           # the renames and removals too
         except OSError as exc:
-            self._fail(published, os_problem(self.cache_dir, exc, "finish writing the cache"))
+            self._fail(os_problem(self.cache_dir, exc, "finish writing the cache"))
         for w in published:
             self._ours(self.rec.cache_dir, w.host, w.folder)
         return True
@@ -291,11 +288,9 @@ class Run:
         except OSError:
             self.failed_record = True
 
-    def _fail(self, writes: list[_Write], problem: Problem) -> None:
+    def _fail(self, problem: Problem) -> None:
         if problem not in self.failed:
             self.failed.append(problem)
-        for w in writes:
-            w.failed = True
 
     def discard(self) -> None:
         for tmp in self.temps:
@@ -349,7 +344,7 @@ class Run:
             if json_out:
                 return memo.as_json(memo.renc_noop_json(rec.items)), "", 0
             return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n", "", 0
-        problems = "".join(f"{p}\n" for p in self.failed)
+        problems = _lines(self.failed)
         code = 1 if self.failed else 0
         if json_out:
             return memo.as_json({
@@ -368,6 +363,11 @@ class Run:
             rows[w.host][3] += w.pruned
         failed = f"{len(self.failed)} failed\n" if self.failed else ""
         return memo.renc_table(rows) + "\n", failed + problems, code
+
+
+def _lines(problems: list[Problem]) -> str:
+    """Problems as the CLI prints them: one line each (colour aside)."""
+    return "".join(f"{p}\n" for p in problems)
 
 
 def _import_crypto() -> None:
@@ -408,7 +408,7 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
                     return None
                 if not (run.survey(scanning) and run.encrypt() and run.publish()):
                     if run.fatal:
-                        sys.stderr.write("".join(f"{p}\n" for p in run.fatal))
+                        sys.stderr.write(_lines(run.fatal))
                         return 1
                     if run.keys is not None:
                         from vaultpy import identities

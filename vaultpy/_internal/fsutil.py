@@ -24,17 +24,19 @@ if TYPE_CHECKING:
 TMP_MARK = ".vaultpy-tmp-"
 
 
-def tmp_suffix() -> str:
-    """What follows a final name in its temp file's name: the mark, and 48 random bits
-    (os.urandom, as ``secrets.token_hex``; ``secrets`` itself would load hmac)."""
-    return TMP_MARK + os.urandom(6).hex()
+def tmp_basename(name: str) -> str:
+    """The name of a temp file for final name ``name``, beside it: a dot (hidden), the
+    name, the mark (:func:`is_tmp`), and 48 random bits (os.urandom, as
+    ``secrets.token_hex``; ``secrets`` itself would load hmac)."""
+    return f".{name}{TMP_MARK}{os.urandom(6).hex()}"
 
 
 def tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}{tmp_suffix()}")
+    return final.with_name(tmp_basename(final.name))
 
 
 def is_tmp(name: str) -> bool:
+    """Whether ``name`` is a temp file's (see :func:`tmp_basename`)."""
     return name.startswith(".") and TMP_MARK in name
 
 
@@ -138,8 +140,7 @@ def _open_new_lock(lock_path: Path | str) -> tuple[int, bool]:
     """Create ``lock_path`` already locked: a temp file is flocked before it is linked
     to the lock's name, so nobody can take the lock between creation and flock.
     (-1, False) when the name exists by now, or the filesystem has no hard links."""
-    tmp = os.path.join(os.path.dirname(lock_path),
-                       f".{os.path.basename(lock_path)}{tmp_suffix()}")
+    tmp = os.path.join(os.path.dirname(lock_path), tmp_basename(os.path.basename(lock_path)))
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
     try:

@@ -71,7 +71,7 @@ def _code_files() -> list[str]:
 
 
 def file_lines(paths: Sequence[str]) -> tuple[list[str], int]:
-    """Each file's stat as one line (its errno when it cannot be stat'ed), and the
+    """Each file's :func:`stat_line` (its errno when it cannot be stat'ed), and the
     newest mtime/ctime seen."""
     lines: list[str] = []
     newest = 0
@@ -82,10 +82,15 @@ def file_lines(paths: Sequence[str]) -> tuple[list[str], int]:
         except OSError as exc:
             lines.append(f"-{exc.errno}")
             continue
-        lines.append(f"{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
-                     f"{st.st_mtime_ns} {st.st_ctime_ns}")
+        lines.append(stat_line(st))
         newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
     return lines, newest
+
+
+def stat_line(st: os.stat_result) -> str:
+    """What the memo holds of an input file's stat."""
+    return (f"{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} "
+            f"{st.st_mtime_ns} {st.st_ctime_ns}")
 
 
 def head() -> tuple[str, int]:
@@ -226,24 +231,19 @@ class Scanning:
                 names[folder] = "\0".join(found) + "\0" + " ".join(kinds)
             except OSError as exc:
                 names[folder] = f"-{exc.errno}"
-        helper, done = self.helper, {}
+        helper = self.helper
+        done: dict[str, _Folder] = {}
         try:
-            for folder in self.scanned:
-                if helper is None or folder not in helper.folders:
-                    one = _folder(folder)
-                    if one is None:
-                        return None
-                    done[folder] = one
+            theirs = helper.folders if helper is not None else frozenset()
+            if not _scan_into(done, [f for f in self.scanned if f not in theirs]):
+                return None
             if helper is not None:
                 got = helper.collect()
                 if isinstance(got, str):        # _UNTRUSTED
                     return None
                 if got is None:                 # the helper failed: scan its share here
-                    for folder in helper.folders:
-                        one = _folder(folder)
-                        if one is None:
-                            return None
-                        done[folder] = one
+                    if not _scan_into(done, list(theirs)):
+                        return None
                 else:
                     done.update(got)
         finally:
@@ -268,6 +268,16 @@ PARALLEL_ENTRIES = 2048
 # A scanned folder's digest, its newest mtime/ctime, its scan, its number of entries.
 _Folder = tuple[bytes, int, Scan | None, int]
 _UNTRUSTED = "untrusted"
+
+
+def _scan_into(done: dict[str, _Folder], folders: list[str]) -> bool:
+    """Scan ``folders`` into ``done``; False as soon as one cannot be trusted."""
+    for folder in folders:
+        one = _folder(folder)
+        if one is None:
+            return False
+        done[folder] = one
+    return True
 
 
 def _digest(data: bytes) -> bytes:

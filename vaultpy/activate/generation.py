@@ -120,7 +120,7 @@ def switch(ctx: Context) -> None:
     fsutil.makedirs(link.parent)
     remove_leftover_links(link)
     target = os.path.relpath(ctx.generation, link.parent)
-    tmp = link.with_name(f".{link.name}{fsutil.tmp_suffix()}")
+    tmp = fsutil.tmp_name(link)
     os.symlink(target, tmp)
     try:
         os.rename(tmp, link)

@@ -74,7 +74,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
                 lst = os.stat(leftover, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISLNK(lst.st_mode) and lst.st_uid == 0:
                     os.unlink(leftover, dir_fd=fd)
-        tmp = f".{base}{fsutil.tmp_suffix()}"
+        tmp = fsutil.tmp_basename(base)
         os.symlink(target, tmp, dir_fd=fd)
         try:
             os.rename(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)   # replaces, never follows
