@@ -15,6 +15,7 @@ from conftest import Repo, age_decrypt
 from vaultpy import cache, model
 from vaultpy import renc as pipeline
 from vaultpy._internal import fsutil
+from vaultpy.errors import VaultpyError
 
 SECRETS = {f"s{i}": f"pipeline secret {i}\n".encode() for i in range(6)} | {
     "big": os.urandom(100_000)}
@@ -151,13 +152,50 @@ def test_first_run_keeps_no_plaintext_for_plain_keys(repo, monkeypatch):
     kept: list[int] = []
     real = pipeline._decrypts_or_raise
 
-    def spy(cfg: model.Config, needed: dict[str, list[str]]) -> None:
-        real(cfg, needed)
+    def spy(cfg: model.Config, needed: dict[str, list[str]], workers: int) -> None:
+        real(cfg, needed, workers)
         kept.append(len(pipeline._PLAINTEXTS))
 
     monkeypatch.setattr(pipeline, "_decrypts_or_raise", spy)
     assert _renc(repo, 2).ok
     assert kept == [0]
+    _assert_complete(repo)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_first_run_names_every_master_that_does_not_decrypt(repo, jobs):
+    """The first run's check (in worker processes with --jobs 2) reports each bad
+    master once, in id order, naming the hosts that need it, and creates nothing."""
+    _first_run(repo)
+    for sid in ("s4", "s1"):
+        (repo.root / "secrets" / f"{sid}.age").write_bytes(b"age-encryption.org/v1\njunk\n")
+    with pytest.raises(VaultpyError) as err:
+        _renc(repo, jobs)
+    problems = err.value.problems
+    assert [p.file for p in problems] == ["secrets/s1.age", "secrets/s4.age"]
+    for p in problems:
+        assert p.field == "needed by " + ", ".join(sorted(repo.hosts))
+    assert not repo.cache.exists()
+
+
+_PARENT = os.getpid()
+
+
+def _dies_in_a_worker(path: Path) -> Any:
+    if os.getpid() != _PARENT:
+        os._exit(9)
+    return _real_decrypt_master(path)
+
+
+_real_decrypt_master = pipeline._decrypt_master
+
+
+def test_first_run_check_survives_a_dead_worker(repo, monkeypatch):
+    """A worker of the first run's check dies (OOM killer, a signal): the parent
+    checks the masters itself, and the run completes."""
+    _first_run(repo)
+    monkeypatch.setattr(pipeline, "_decrypt_master", _dies_in_a_worker)
+    assert _renc(repo, 2).ok
     _assert_complete(repo)
 
 

@@ -22,6 +22,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,16 @@ _PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 _Reply = tuple[int, str, Problem | None]     # (index, temp file, failure)
 
 
+def _master_problem(path: Path, exc: OSError | VaultpyError) -> Problem:
+    return (os_problem(path, exc, "read master file") if isinstance(exc, OSError)
+            else exc.problems[0])
+
+
+def _needed_by(problem: Problem, hosts: Sequence[str]) -> Problem:
+    return Problem(problem.file, problem.message, f"needed by {', '.join(hosts)}",
+                   problem.hint)
+
+
 def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
     return (i, "", Problem(problem.file, problem.message,
                            f"hosts.{item.host}.{item.id}", problem.hint))
@@ -106,10 +117,7 @@ def _run_job(job: _Job) -> list[_Reply]:
             del data
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
-        first = (os_problem(job.master, exc, "read master file") if isinstance(exc, OSError)
-                 else exc.problems[0])
-        hosts = ", ".join(t.host for t in job.targets)
-        problem = Problem(first.file, first.message, f"needed by {hosts}", first.hint)
+        problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
         return [(i, "", problem) for i in range(len(job.targets))]
     out: list[_Reply] = []
     try:
@@ -263,9 +271,10 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
+    workers = jobs or default_jobs()
     # On a first run, validate everything and unlock keys before creating anything:
     # bad input or a wrong key must not leave even a lock file behind.
-    first = _first_run_checks(cfg, hosts, identity_files, ask) \
+    first = _first_run_checks(cfg, hosts, identity_files, ask, workers) \
         if not cfg.lock_path.exists() else None
     try:
         with contextlib.ExitStack() as stack:
@@ -283,8 +292,7 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
                 if not _IDENTITIES:
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
                 # Renamed files are recorded in the index as they are published.
-                _encrypt_all(cfg, p, s.todo, result, index, jobs or default_jobs(),
-                             progress)
+                _encrypt_all(cfg, p, s.todo, result, index, workers, progress)
             s.todo = []
             _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change
@@ -311,7 +319,7 @@ class _Survey:
 
 
 def _first_run_checks(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
-                      ask: age.PassphraseFn) -> _Survey:
+                      ask: age.PassphraseFn, workers: int) -> _Survey:
     """Before the lock file exists: survey, and decrypt every master the run needs."""
     s = _Survey.take(cfg, hosts)
     needed: dict[str, list[str]] = {}
@@ -319,35 +327,60 @@ def _first_run_checks(cfg: Config, hosts: Sequence[str], identity_files: Sequenc
         needed.setdefault(item.id, []).append(item.host)
     if needed:
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-        _decrypts_or_raise(cfg, needed)
+        _decrypts_or_raise(cfg, needed, workers)
     return s
 
 
-def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]]) -> None:
+def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]], workers: int = 1) -> None:
     """First run: every master it needs must decrypt before the lock file is created
     (a corrupt master or a wrong key is bad input, and bad input changes nothing).
-    ``needed``: secret id -> the hosts that need it."""
+    ``needed``: secret id -> the hosts that need it.  The masters are decrypted in
+    ``workers`` processes (forked: they inherit the unlocked identities), except when
+    the plaintexts are kept (below), which must stay in this process."""
     # Kept for the workers (inherited through fork) only when a plugin may be asked:
     # a hardware key would otherwise want every touch twice.
     keep = any(i.kind == "plugin" for i in _IDENTITIES)
-    problems: list[Problem] = []
-    for sid, names in sorted(needed.items()):
-        path = cfg.secrets[sid].file
-        try:
-            data = path.read_bytes()
-            plaintext = age.decrypt(data, _IDENTITIES, display_path(path))
-            if keep:
-                _PLAINTEXTS[sid] = (hashlib.sha256(data).hexdigest(), plaintext)
-            del data, plaintext
-        except (OSError, VaultpyError) as exc:
-            first = (os_problem(path, exc, "read master file") if isinstance(exc, OSError)
-                     else exc.problems[0])
-            problems.append(Problem(first.file, first.message,
-                                    f"needed by {', '.join(names)}", first.hint))
+    order = sorted(needed)
+    paths = [cfg.secrets[sid].file for sid in order]
+    if keep or workers <= 1 or len(paths) <= 1:
+        outcomes = [_decrypt_master(path, sid if keep else None)
+                    for sid, path in zip(order, paths, strict=True)]
+    else:
+        outcomes = _in_workers(_decrypt_master, paths, workers)
+    problems = [_needed_by(problem, needed[sid])
+                for sid, problem in zip(order, outcomes, strict=True)
+                if problem is not None]
     if problems:
         _IDENTITIES.clear()
         _PLAINTEXTS.clear()
         raise VaultpyError(problems)
+
+
+def _decrypt_master(path: Path, keep_as: str | None = None) -> Problem | None:
+    """Whether ``path`` decrypts with the loaded identities; ``keep_as``: keep the
+    plaintext under this secret id (with the hash of the master it came from)."""
+    try:
+        data = path.read_bytes()
+        plaintext = age.decrypt(data, _IDENTITIES, display_path(path))
+    except (OSError, VaultpyError) as exc:
+        return _master_problem(path, exc)
+    if keep_as is not None:
+        _PLAINTEXTS[keep_as] = (hashlib.sha256(data).hexdigest(), plaintext)
+    return None
+
+
+def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers: int
+                ) -> list[Problem | None]:
+    """``[fn(p) for p in paths]``, in forked worker processes."""
+    ctx = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(paths)), mp_context=ctx)
+    try:
+        chunk = max(1, len(paths) // (8 * workers))
+        return list(pool.map(fn, paths, chunksize=chunk))
+    except BrokenProcessPool:       # a worker died (OOM, signal): ask this process
+        return [fn(p) for p in paths]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
