@@ -39,11 +39,16 @@ demo: $(VENV)/.installed
 	$(BIN)/vaultpy check
 	$(BIN)/vaultpy status
 
+# One pytest worker per core (pytest-xdist): most tests wait on real subprocesses.
+# Every test has its own directories, keys and (for OpenBao) port, so workers never
+# share state; `-n 0` runs the suite in one process.
+PYTEST := $(BIN)/python -m pytest -q -n auto
+
 test: dev
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: dev
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check vaultpy tests bench
