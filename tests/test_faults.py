@@ -316,9 +316,9 @@ def fleet_mixed(root: Path) -> Fleet:
 class Inotify:
     """Wake up when a file is created or renamed into any of ``dirs`` (inotify(7))."""
 
-    IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+    IN_OPEN, IN_CREATE, IN_MOVED_TO = 0x20, 0x100, 0x80
 
-    def __init__(self, dirs: Sequence[Path]) -> None:
+    def __init__(self, dirs: Sequence[Path], mask: int = IN_CREATE | IN_MOVED_TO) -> None:
         import ctypes
 
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -326,8 +326,7 @@ class Inotify:
         assert self.fd >= 0, os.strerror(ctypes.get_errno())
         self.names: dict[int, Path] = {}
         for d in dirs:
-            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(d),
-                                              self.IN_CREATE | self.IN_MOVED_TO)
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(d), mask)
             assert wd >= 0, (d, os.strerror(ctypes.get_errno()))
             self.names[wd] = d
 
@@ -492,6 +491,74 @@ def test_renc_sigkill_soak_never_leaves_a_partial_cache_file(fleets: dict[str, F
     assert kills >= total
     landed = sum(c["encrypting"] + c["renaming"] for c in report.values())
     assert landed >= kills // 10, f"too few kills landed during encryption: {report}"
+
+
+def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole process group: renc and its worker
+    processes.  Whenever it lands (a first run's check, encryption, publishing), renc
+    says "interrupted" and exits 130, no worker prints a traceback, no temp file stays
+    behind and every final name is complete.  The next run completes the cache."""
+    sizes = {f"s{i:02d}": 40 for i in range(24)} | {f"big{i}": 1 << 20 for i in range(4)}
+    needs = {f"h{i}": list(sizes) for i in range(6)}
+    fleet = build_fleet(tmp_path / "fleet", "ctrlc", {h: ["ssh"] for h in needs}, sizes,
+                        needs)
+    seed = int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or int.from_bytes(os.urandom(4),
+                                                                          "big")
+    rng = random.Random(seed)
+    env = env_of(fleet.repo, VAULTPY_NO_MEMO="1")     # the full pipeline, with workers
+    # A first run: the time from opening hosts.toml (the interpreter is up: a Ctrl-C
+    # during its own start-up is Python's to report) to the end.
+    ends = []
+    for _ in range(3):
+        shutil.rmtree(fleet.cache)
+        watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
+        proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
+                                env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+        assert watch.wait(Inotify.IN_OPEN, proc)
+        watch.close()
+        t0 = time.monotonic()
+        assert proc.wait() == 0
+        ends.append(time.monotonic() - t0)
+    t_end = sorted(ends)[1]
+    landed = {"first-run": 0, "encrypting": 0}
+    for i in range(16):
+        where = f"interrupt {i} (seed {seed})"
+        first = i % 2 == 0
+        if first:                                      # no cache, no lock file
+            shutil.rmtree(fleet.cache)
+            watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
+        else:
+            for sid in rng.sample(sorted(sizes), 4):
+                fleet.set_master(sid, rng)
+            watch = Inotify([fleet.cache / h for h in fleet.needs])
+        proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            if first:
+                assert watch.wait(Inotify.IN_OPEN, proc), where
+                time.sleep(rng.uniform(0, 0.8 * t_end))   # (not as it exits)
+            elif watch.wait(Inotify.IN_CREATE, proc):  # encryption under way
+                time.sleep(rng.uniform(0, 0.02))
+        finally:
+            watch.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate()
+        if proc.returncode == -signal.SIGINT:
+            # Python gives SIGINT its default action back as it exits: a Ctrl-C then
+            # kills it silently, after the run's whole report
+            assert err == b"" and b"\ntotal " in out, (where, out, err)
+        elif proc.returncode != 0:
+            assert (proc.returncode, err) == (130, b"interrupted\n"), where
+            landed["first-run" if first else "encrypting"] += 1
+        if fleet.cache.exists():
+            assert fleet.audit() == [], f"{where}: temp files left behind"
+        fleet.repo.ok("renc", "--jobs", "2")
+        assert fleet.audit() == [] and fleet.finals() == fleet.planned(), where
+    print(f"\nCtrl-C of renc: {landed} (seed {seed})")
+    assert landed["first-run"] >= 3 and landed["encrypting"] >= 3, landed
+    fleet.repo.ok("check")
 
 
 def test_a_temp_file_left_at_the_top_of_the_cache_is_reported_and_removed(make_repo):

@@ -5,6 +5,14 @@ import sys
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:   # before the CLI's own handler (as it: one line, exit 130)
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+def _main() -> None:
     if sys.argv[1:] == ["--version"]:
         from vaultpy import __version__
 
@@ -13,11 +21,7 @@ def main() -> None:
     if "renc" in sys.argv[1:] or "check" in sys.argv[1:]:
         from vaultpy._internal import memo
 
-        try:
-            code = memo.answer(sys.argv[1:])
-        except KeyboardInterrupt:               # as the CLI: one line, exit 130
-            sys.stderr.write("interrupted\n")
-            sys.exit(130)
+        code = memo.answer(sys.argv[1:])
         if code is not None:
             sys.exit(code)
     import resource

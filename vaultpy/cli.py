@@ -606,6 +606,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _err().print("interrupted", markup=False)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:     # typer turns Ctrl-C into a silent exit 130
+            _err().print("interrupted", markup=False)
+        raise
     except BrokenPipeError:
         # The reader went away (`vaultpy decrypt x | head`): exit like other Unix tools.
         devnull = os.open(os.devnull, os.O_WRONLY)

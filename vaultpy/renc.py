@@ -20,7 +20,7 @@ import hashlib
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -120,6 +120,7 @@ def _run_job(job: _Job) -> list[_Reply]:
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
         return [(i, "", problem) for i in range(len(job.targets))]
     out: list[_Reply] = []
+    tmp = ""
     try:
         for i, t in enumerate(job.targets):
             # Plain strings on this path: a pathlib join per file cost more than the I/O.
@@ -135,13 +136,44 @@ def _run_job(job: _Job) -> list[_Reply]:
                                                   f"encryption failed: {exc}")))
             else:
                 out.append((i, tmp, None))
-    except BaseException:           # Ctrl-C: the parent never hears of these temp files
-        for _i, tmp, _problem in out:
-            if tmp:
+    except BaseException:           # the parent never hears of these temp files
+        for path in [tmp, *(done for _i, done, _problem in out)]:
+            if path:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    os.unlink(path)
         raise
     return out
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent.  A terminal sends SIGINT to the whole
+    process group; a worker it interrupted would print a traceback and could leave
+    the file it was writing.  So a worker finishes its job (a few milliseconds), and
+    the parent, which cancels the jobs not started, removes what the last ones wrote.
+    A handler, not SIG_IGN: a plugin the worker runs must still die of Ctrl-C (an
+    ignored signal would stay ignored across exec).  Workers are forked with SIGINT
+    blocked (:func:`_forking`), so none arrives before the handler is in place."""
+    import signal
+
+    signal.signal(signal.SIGINT, _no_op)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _no_op(_signum: int, _frame: object) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _forking() -> Iterator[None]:
+    """SIGINT held back while a pool forks its workers (at its first submit); a Ctrl-C
+    meanwhile reaches this process when the block ends."""
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Publisher:
@@ -229,11 +261,14 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
             deliver(job, _run_job(job))
         return
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                             initializer=_worker_init) as pool:
         # Delivered jobs leave the queue, and their replies with them.
-        queue: deque[tuple[Future[list[_Reply]], _Job]] = deque(
-            (pool.submit(_run_job, j), j) for j in jobs)
+        queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
         try:
+            with _forking():        # (inside the try: a job runs as soon as it is queued)
+                for j in jobs:
+                    queue.append((pool.submit(_run_job, j), j))
             while queue:
                 fut, job = queue[0]
                 try:
@@ -373,10 +408,13 @@ def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers
                 ) -> list[Problem | None]:
     """``[fn(p) for p in paths]``, in forked worker processes."""
     ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(paths)), mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(paths)), mp_context=ctx,
+                               initializer=_worker_init)
     try:
         chunk = max(1, len(paths) // (8 * workers))
-        return list(pool.map(fn, paths, chunksize=chunk))
+        with _forking():
+            outcomes = pool.map(fn, paths, chunksize=chunk)   # every chunk queued
+        return list(outcomes)
     except BrokenProcessPool:       # a worker died (OOM, signal): ask this process
         return [fn(p) for p in paths]
     finally:
