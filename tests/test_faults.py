@@ -347,13 +347,15 @@ class Inotify:
                 out.append((mask, name))
                 pos += 16 + size
 
-    def wait(self, mask: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
-        """Until an event matching ``mask`` (True) or the process ends (False)."""
+    def wait(self, mask: int, proc: subprocess.Popen[bytes], timeout: float = 30,
+             name: str | None = None) -> bool:
+        """Until an event matching ``mask`` (and ``name``) (True) or the process ends
+        (False)."""
         import select
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(m & mask for m, _ in self.drain()):
+            if any(m & mask and name in (None, n) for m, n in self.drain()):
                 return True
             if proc.poll() is not None:
                 return False
@@ -495,9 +497,10 @@ def test_renc_sigkill_soak_never_leaves_a_partial_cache_file(fleets: dict[str, F
 
 def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
     """A terminal's Ctrl-C is SIGINT to the whole process group: renc and its worker
-    processes.  Whenever it lands (a first run's check, encryption, publishing), renc
-    says "interrupted" and exits 130, no worker prints a traceback, no temp file stays
-    behind and every final name is complete.  The next run completes the cache."""
+    processes.  Whenever it lands (a first run's check, encryption, publishing), and
+    when it is pressed twice, renc says "interrupted" and exits 130, no worker prints a
+    traceback or outlives it (holding the lock), no temp file stays behind and every
+    final name is complete.  The next run completes the cache."""
     sizes = {f"s{i:02d}": 40 for i in range(24)} | {f"big{i}": 1 << 20 for i in range(4)}
     needs = {f"h{i}": list(sizes) for i in range(6)}
     fleet = build_fleet(tmp_path / "fleet", "ctrlc", {h: ["ssh"] for h in needs}, sizes,
@@ -514,16 +517,17 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
         watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
         proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
                                 env=env, stdout=subprocess.DEVNULL, start_new_session=True)
-        assert watch.wait(Inotify.IN_OPEN, proc)
+        assert watch.wait(Inotify.IN_OPEN, proc, name="hosts.toml")
         watch.close()
         t0 = time.monotonic()
         assert proc.wait() == 0
         ends.append(time.monotonic() - t0)
     t_end = sorted(ends)[1]
-    landed = {"first-run": 0, "encrypting": 0}
+    landed = {"first-run": 0, "encrypting": 0, "twice": 0}
     for i in range(16):
         where = f"interrupt {i} (seed {seed})"
         first = i % 2 == 0
+        twice = i % 4 == 3                             # every other encrypting run
         if first:                                      # no cache, no lock file
             shutil.rmtree(fleet.cache)
             watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
@@ -536,7 +540,7 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
                                 start_new_session=True)
         try:
             if first:
-                assert watch.wait(Inotify.IN_OPEN, proc), where
+                assert watch.wait(Inotify.IN_OPEN, proc, name="hosts.toml"), where
                 time.sleep(rng.uniform(0, 0.8 * t_end))   # (not as it exits)
             elif watch.wait(Inotify.IN_CREATE, proc):  # encryption under way
                 time.sleep(rng.uniform(0, 0.02))
@@ -544,20 +548,32 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
             watch.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate()
+            if twice:
+                time.sleep(rng.uniform(0.001, 0.005))
+                os.killpg(proc.pid, signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            killpg(proc)
+            raise AssertionError(f"{where}: renc hangs after Ctrl-C") from None
         if proc.returncode == -signal.SIGINT:
             # Python gives SIGINT its default action back as it exits: a Ctrl-C then
             # kills it silently, after the run's whole report
             assert err == b"" and b"\ntotal " in out, (where, out, err)
         elif proc.returncode != 0:
             assert (proc.returncode, err) == (130, b"interrupted\n"), where
-            landed["first-run" if first else "encrypting"] += 1
+            if fleet.finals() != fleet.planned():      # it stopped short of the end
+                landed["first-run" if first else "encrypting"] += 1
+                landed["twice"] += twice
         if fleet.cache.exists():
             assert fleet.audit() == [], f"{where}: temp files left behind"
+            if (fleet.cache / LOCK).exists():
+                assert flock_holders(fleet.cache / LOCK) == (set(), set()), \
+                    f"{where}: a process outlived renc, holding its lock"
         fleet.repo.ok("renc", "--jobs", "2")
         assert fleet.audit() == [] and fleet.finals() == fleet.planned(), where
     print(f"\nCtrl-C of renc: {landed} (seed {seed})")
-    assert landed["first-run"] >= 3 and landed["encrypting"] >= 3, landed
+    assert landed["first-run"] >= 3 and landed["encrypting"] >= 3 and landed["twice"], landed
     fleet.repo.ok("check")
 
 

@@ -179,11 +179,13 @@ def test_first_run_names_every_master_that_does_not_decrypt(repo, jobs):
 
 
 _PARENT = os.getpid()
+_IN_PARENT: list[Path] = []
 
 
 def _dies_in_a_worker(path: Path) -> Any:
     if os.getpid() != _PARENT:
         os._exit(9)
+    _IN_PARENT.append(path)
     return _real_decrypt_master(path)
 
 
@@ -195,7 +197,9 @@ def test_first_run_check_survives_a_dead_worker(repo, monkeypatch):
     checks the masters itself, and the run completes."""
     _first_run(repo)
     monkeypatch.setattr(pipeline, "_decrypt_master", _dies_in_a_worker)
+    _IN_PARENT.clear()
     assert _renc(repo, 2).ok
+    assert sorted(p.name for p in _IN_PARENT) == sorted(f"{s}.age" for s in SECRETS)
     _assert_complete(repo)
 
 

@@ -145,18 +145,28 @@ def _run_job(job: _Job) -> list[_Reply]:
     return out
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """Workers leave Ctrl-C to the parent.  A terminal sends SIGINT to the whole
     process group; a worker it interrupted would print a traceback and could leave
     the file it was writing.  So a worker finishes its job (a few milliseconds), and
     the parent, which cancels the jobs not started, removes what the last ones wrote.
     A handler, not SIG_IGN: a plugin the worker runs must still die of Ctrl-C (an
-    ignored signal would stay ignored across exec).  Workers are forked with SIGINT
-    blocked (:func:`_forking`), so none arrives before the handler is in place."""
+    ignored signal would stay ignored across exec).  Workers are forked while the
+    parent only records SIGINT (:func:`_sigint_deferred`), so none arrives before this
+    handler is in place.
+
+    A worker dies with its parent (``PR_SET_PDEATHSIG``): left behind, it would keep
+    the unlocked keys in memory and the renc lock held."""
     import signal
 
     signal.signal(signal.SIGINT, _no_op)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with contextlib.suppress(OSError, AttributeError):
+        fsutil.libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:      # the parent died before prctl took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _no_op(_signum: int, _frame: object) -> None:
@@ -164,16 +174,28 @@ def _no_op(_signum: int, _frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _forking() -> Iterator[None]:
-    """SIGINT held back while a pool forks its workers (at its first submit); a Ctrl-C
-    meanwhile reaches this process when the block ends."""
+def _sigint_deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block is recorded, and raised as KeyboardInterrupt once the
+    block is done.  For the pool's forks (the workers are forked with this handler, so
+    none is interrupted before its own is in place) and for its clean-up (a second
+    Ctrl-C must not leave a shutdown half done: the workers would wait forever).
+    Python runs signal handlers in the main thread whichever thread the kernel picked,
+    so this holds with rich's refresh thread running too.  Outside the main thread,
+    where no handler can be set, the block runs as it is."""
     import signal
+    import threading
 
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 class _Publisher:
@@ -258,29 +280,29 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
     """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            deliver(job, _run_job(job))
+            with _sigint_deferred():    # as a worker: a job, once begun, is delivered
+                deliver(job, _run_job(job))
         return
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                             initializer=_worker_init) as pool:
-        # Delivered jobs leave the queue, and their replies with them.
-        queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
-        try:
-            with _forking():        # (inside the try: a job runs as soon as it is queued)
-                for j in jobs:
-                    queue.append((pool.submit(_run_job, j), j))
-            while queue:
-                fut, job = queue[0]
-                try:
-                    replies = fut.result()
-                except Exception as exc:  # a worker died (OOM, signal)
-                    replies = [_failure(i, t, Problem(display_path(t.path),
-                                                      f"worker failed: {exc}"))
-                               for i, t in enumerate(job.targets)]
-                deliver(job, replies)
-                queue.popleft()
-                del fut, replies
-        except BaseException:
+    pool = _pool(min(workers, len(jobs)))
+    # Delivered jobs leave the queue, and their replies with them.
+    queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
+    try:
+        with _sigint_deferred():    # (inside the try: a job runs as soon as it is queued)
+            for j in jobs:
+                queue.append((pool.submit(_run_job, j), j))
+        while queue:
+            fut, job = queue[0]
+            try:
+                replies = fut.result()
+            except Exception as exc:  # a worker died (OOM, signal)
+                replies = [_failure(i, t, Problem(display_path(t.path),
+                                                  f"worker failed: {exc}"))
+                           for i, t in enumerate(job.targets)]
+            deliver(job, replies)
+            queue.popleft()
+            del fut, replies
+    except BaseException:
+        with _sigint_deferred():
             pool.shutdown(wait=True, cancel_futures=True)
             # Jobs that finished but were not (all) delivered: their temp files go too
             # (unlinking one already renamed fails harmlessly: temp names are unique).
@@ -290,7 +312,16 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
                         if tmp:
                             with contextlib.suppress(OSError):
                                 os.unlink(tmp)
-            raise
+        raise
+    with _sigint_deferred():
+        pool.shutdown(wait=True)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Forked workers (they inherit the unlocked identities), set up by _worker_init."""
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def default_jobs() -> int:
@@ -307,11 +338,11 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     workers = jobs or default_jobs()
-    # On a first run, validate everything and unlock keys before creating anything:
-    # bad input or a wrong key must not leave even a lock file behind.
-    first = _first_run_checks(cfg, hosts, identity_files, ask, workers) \
-        if not cfg.lock_path.exists() else None
     try:
+        # On a first run, validate everything and unlock keys before creating anything:
+        # bad input or a wrong key must not leave even a lock file behind.
+        first = _first_run_checks(cfg, hosts, identity_files, ask, workers) \
+            if not cfg.lock_path.exists() else None
         with contextlib.ExitStack() as stack:
             try:
                 cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -407,18 +438,17 @@ def _decrypt_master(path: Path, keep_as: str | None = None) -> Problem | None:
 def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers: int
                 ) -> list[Problem | None]:
     """``[fn(p) for p in paths]``, in forked worker processes."""
-    ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(paths)), mp_context=ctx,
-                               initializer=_worker_init)
+    pool = _pool(min(workers, len(paths)))
     try:
         chunk = max(1, len(paths) // (8 * workers))
-        with _forking():
+        with _sigint_deferred():
             outcomes = pool.map(fn, paths, chunksize=chunk)   # every chunk queued
         return list(outcomes)
     except BrokenProcessPool:       # a worker died (OOM, signal): ask this process
         return [fn(p) for p in paths]
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        with _sigint_deferred():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,

@@ -94,6 +94,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_path(path.parent, directory=True)
 
 
+def libc_call(name: str, *args: object) -> None:
+    """Call libc's ``name`` (no Python wrapper exists); OSError if it fails."""
+    _libc_call("", name, *args)
+
+
 def _libc_call(path: Path | str, name: str, *args: object) -> None:
     """Call libc's ``name`` (no Python wrapper exists); raise OSError naming ``path``.
 
