@@ -39,10 +39,11 @@ demo: $(VENV)/.installed
 	$(BIN)/vaultpy check
 	$(BIN)/vaultpy status
 
-# One pytest worker per core (pytest-xdist): most tests wait on real subprocesses.
+# One pytest worker per core, at most 4 (pytest-xdist): most tests wait on real
+# subprocesses, and the soak tests time their kills against a machine not overloaded.
 # Every test has its own directories, keys and (for OpenBao) port, so workers never
 # share state; `-n 0` runs the suite in one process.
-PYTEST := $(BIN)/python -m pytest -q -n auto
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 test: dev
 	$(PYTEST)

@@ -405,7 +405,7 @@ def test_sigkill_at_random_points_never_breaks_the_live_generation(world: World,
     # ``every``-th kill; in between, the next run is killed on top of the leftovers of
     # the one before, a state a recovery after each kill would never reach.
     iterations = int(os.environ.get("VAULTPY_SOAK_KILLS", "200"))
-    every = int(os.environ.get("VAULTPY_SOAK_RECOVER_EVERY", "3"))
+    every = max(1, int(os.environ.get("VAULTPY_SOAK_RECOVER_EVERY", "3")))
     recoveries = 0
     started = time.monotonic()
     deadline = started + max(300.0, 3.0 * iterations)     # a guard against a hang only
