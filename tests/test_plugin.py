@@ -29,6 +29,7 @@ from conftest import Host, Repo, age_decrypt, age_keygen, assert_one_clean_error
 from test_prompts import no_tty, run_in_pty, tty_env, vaultpy_argv
 
 from vaultpy import age
+from vaultpy._internal import fsutil
 from vaultpy.errors import VaultpyError
 
 PLUGIN_SOURCE = Path(__file__).parent / "plugins" / "age-plugin-vptest"
@@ -453,3 +454,23 @@ def test_vaultpy_decrypts_what_age_wrote(on_path, pkey, tmp_path):
     ids = age.load_identity_file(ident, ask)
     assert age.decrypt(out.read_bytes(), ids, "by-age.age") == b"written by age"
     assert len(asked) == 1 and on_path.starts("identity-v1") == 1
+
+
+@pytest.mark.parametrize("jobs", ["1", "4"])
+def test_ctrl_c_at_the_pin_prompt_of_a_later_run_ends_it(prepo, jobs):
+    """A later run (the lock exists) decrypts in its workers, which finish the job
+    they hold on a Ctrl-C: a PIN prompt they wait on must still end at once, as the
+    first run's does."""
+    repo = prepo.fresh()
+    first = run_in_pty(vaultpy_argv("renc"), [(PIN_PROMPT, PIN)], env=tty_env(repo),
+                       cwd=repo.root)
+    assert first.returncode == 0, first.output.decode(errors="replace")
+    host = sorted(repo.hosts)[0]
+    shutil.rmtree(repo.cache / host)                   # work for a later run
+    prepo.plugin.reset()
+    run = run_in_pty(vaultpy_argv("renc", "-j", jobs), [(PIN_PROMPT, "\x03")],
+                     env=tty_env(repo), cwd=repo.root, timeout=60)
+    assert len(run.prompts) == 1, run.prompts
+    assert run.returncode == 130, run.output.decode(errors="replace")
+    assert b"Traceback" not in run.output and b"interrupted" in run.output
+    assert not any(fsutil.is_tmp(p.name) for p in repo.cache.rglob("*"))

@@ -65,7 +65,8 @@ def run_in_pty(argv: Sequence[str], answers: Sequence[tuple[str, str]], *,
                pass_fds: Sequence[int] = ()) -> PtyRun:
     """Run ``argv`` with a new pseudo-terminal as stdin, stdout, stderr and controlling
     terminal.  Whenever the output since the last answer matches one of ``answers``'
-    patterns, the prompt is recorded and its answer typed (with Enter)."""
+    patterns, the prompt is recorded and its answer typed (with Enter; a Ctrl-C,
+    ``"\x03"``, alone)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     proc = subprocess.Popen(list(argv), stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
@@ -95,7 +96,7 @@ def run_in_pty(argv: Sequence[str], answers: Sequence[tuple[str, str]], *,
                 if m:
                     prompts.append(m.group(0).decode())
                     pos = len(raw)
-                    os.write(master, answer.encode() + b"\n")
+                    os.write(master, answer.encode() + (b"" if answer == "\x03" else b"\n"))
                     break
         returncode = proc.wait(timeout=30)
     finally:

@@ -104,6 +104,8 @@ def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
 
 def _run_job(job: _Job) -> list[_Reply]:
     """In a worker: decrypt one master, encrypt it for each target to a temp file."""
+    if _STOPPING:
+        raise KeyboardInterrupt
     try:
         known = _PLAINTEXTS.get(job.secret_id)
         if known is not None and known[0] == job.master_sha256:
@@ -151,7 +153,8 @@ def _worker_init(parent: int) -> None:
     the file it was writing.  So a worker finishes its job (a few milliseconds), and
     the parent, which cancels the jobs not started, removes what the last ones wrote.
     A handler, not SIG_IGN: a plugin the worker runs must still die of Ctrl-C (an
-    ignored signal would stay ignored across exec).  Workers are forked while the
+    ignored signal would stay ignored across exec), and a plugin's question the worker
+    waits on must still end (:func:`_worker_sigint`).  Workers are forked while the
     parent only records SIGINT (:func:`_sigint_deferred`), so none arrives before this
     handler is in place.
 
@@ -159,7 +162,7 @@ def _worker_init(parent: int) -> None:
     the unlocked keys in memory and the renc lock held."""
     import signal
 
-    signal.signal(signal.SIGINT, _no_op)
+    signal.signal(signal.SIGINT, _worker_sigint)
     with contextlib.suppress(OSError, AttributeError):
         fsutil.libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:      # the parent died before prctl took effect
@@ -169,8 +172,17 @@ def _worker_init(parent: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _no_op(_signum: int, _frame: object) -> None:
-    pass
+_STOPPING = False       # in a worker: Ctrl-C was pressed, start no other job
+
+
+def _worker_sigint(_signum: int, _frame: object) -> None:
+    """A worker's SIGINT: the job under way goes on, unless a plugin's question waits
+    on the terminal (the user must not have to answer it to stop renc); no other job
+    starts (its plugin would ask again)."""
+    global _STOPPING
+    _STOPPING = True
+    if age.asking():
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -189,7 +201,13 @@ def _sigint_deferred() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))
+
+    def record(signum: int, _frame: object) -> None:
+        if age.asking():            # a plugin's question waits on the terminal: end it
+            raise KeyboardInterrupt
+        got.append(signum)
+
+    old = signal.signal(signal.SIGINT, record)
     try:
         yield
     finally:
