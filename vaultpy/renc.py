@@ -269,11 +269,12 @@ class _Publisher:
         except OSError as exc:
             self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
         finally:
-            for item, tmp in pending[done:]:
-                if self.broken is not None:
-                    self.fail(item, self.broken)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            with _sigint_deferred():    # a Ctrl-C must not cut this clean-up short
+                for item, tmp in pending[done:]:
+                    if self.broken is not None:
+                        self.fail(item, self.broken)
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
 
     def finish(self) -> None:
         self.flush()
@@ -287,10 +288,11 @@ class _Publisher:
                         self.fail(item, problem)
 
     def discard(self) -> None:
-        for _item, tmp in self.pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        self.pending = []
+        with _sigint_deferred():        # a Ctrl-C must not cut this clean-up short
+            for _item, tmp in self.pending:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self.pending = []
 
 
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
