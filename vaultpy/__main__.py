@@ -5,11 +5,21 @@ import sys
 
 
 def main() -> None:
+    from vaultpy._internal import sigint
+
+    # For the whole process: a first Ctrl-C stops the command, later ones cannot cut
+    # the clean-up it started short (vaultpy/_internal/sigint.py).
+    sigint.install()
     try:
         _main()
     except KeyboardInterrupt:   # before the CLI's own handler (as it: one line, exit 130)
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    finally:
+        # The command is over.  Python gives SIGINT its default action back as it
+        # exits: a Ctrl-C in those last milliseconds would turn the exit status into
+        # a kill.  An ignored signal it leaves alone.
+        sigint.ignore()
 
 
 def _main() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyrage
 
-from vaultpy._internal import ageformat
+from vaultpy._internal import ageformat, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
 
 SSH_ED25519 = "ssh-ed25519"
@@ -450,15 +450,6 @@ def _tty_line(prompt: str) -> str | None:
     return line.decode("utf-8", "replace").rstrip("\r")
 
 
-_asking = 0     # plugin callbacks under way in this process (see asking())
-
-
-def asking() -> bool:
-    """Whether a plugin's question waits on the terminal here (or for its turn to): a
-    Ctrl-C must end it even where interrupts are otherwise held back (renc's workers)."""
-    return _asking > 0
-
-
 class _PluginCallbacks:
     """pyrage's plugin callbacks (display_message, confirm, request_public_string,
     request_passphrase).  They must never raise (pyrage would panic): an exception is
@@ -469,15 +460,13 @@ class _PluginCallbacks:
         self.ask = ask
 
     def _guard(self, key: str, ask: Callable[[], Any], secret: bool) -> Any:
-        global _asking
-        _asking += 1
+        # A Ctrl-C ends the question even where it is otherwise held back (renc).
         try:
-            return _shared_answers().answer(f"{self.plugin}\0{key}", ask, secret=secret)
+            with sigint.question():
+                return _shared_answers().answer(f"{self.plugin}\0{key}", ask, secret=secret)
         except BaseException as exc:        # handed back once pyrage returns
             _plugin_errors.append(exc)
             return None
-        finally:
-            _asking -= 1
 
     def display_message(self, message: str) -> None:
         def show() -> str:

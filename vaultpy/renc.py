@@ -20,14 +20,14 @@ import hashlib
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -104,7 +104,7 @@ def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
 
 def _run_job(job: _Job) -> list[_Reply]:
     """In a worker: decrypt one master, encrypt it for each target to a temp file."""
-    if _STOPPING:
+    if sigint.stopped():            # Ctrl-C was pressed: start no other job
         raise KeyboardInterrupt
     try:
         known = _PLAINTEXTS.get(job.secret_id)
@@ -155,7 +155,7 @@ def _worker_init(parent: int) -> None:
     A handler, not SIG_IGN: a plugin the worker runs must still die of Ctrl-C (an
     ignored signal would stay ignored across exec), and a plugin's question the worker
     waits on must still end (:func:`_worker_sigint`).  Workers are forked while the
-    parent only records SIGINT (:func:`_sigint_deferred`), so none arrives before this
+    parent holds Ctrl-C back (:func:`sigint.held`), so none is interrupted before this
     handler is in place.
 
     A worker dies with its parent (``PR_SET_PDEATHSIG``): left behind, it would keep
@@ -163,6 +163,7 @@ def _worker_init(parent: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, _worker_sigint)
+    sigint.forget()
     with contextlib.suppress(OSError, AttributeError):
         fsutil.libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:      # the parent died before prctl took effect
@@ -172,47 +173,12 @@ def _worker_init(parent: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-_STOPPING = False       # in a worker: Ctrl-C was pressed, start no other job
-
-
 def _worker_sigint(_signum: int, _frame: object) -> None:
     """A worker's SIGINT: the job under way goes on, unless a plugin's question waits
     on the terminal (the user must not have to answer it to stop renc); no other job
-    starts (its plugin would ask again)."""
-    global _STOPPING
-    _STOPPING = True
-    if age.asking():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """A Ctrl-C inside the block is recorded, and raised as KeyboardInterrupt once the
-    block is done.  For the pool's forks (the workers are forked with this handler, so
-    none is interrupted before its own is in place) and for its clean-up (a second
-    Ctrl-C must not leave a shutdown half done: the workers would wait forever).
-    Python runs signal handlers in the main thread whichever thread the kernel picked,
-    so this holds with rich's refresh thread running too.  Outside the main thread,
-    where no handler can be set, the block runs as it is."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def record(signum: int, _frame: object) -> None:
-        if age.asking():            # a plugin's question waits on the terminal: end it
-            raise KeyboardInterrupt
-        got.append(signum)
-
-    old = signal.signal(signal.SIGINT, record)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
-    if got:
+    starts, and no later question is asked (:func:`sigint.stopped`)."""
+    sigint.stop()
+    if sigint.asking():
         raise KeyboardInterrupt
 
 
@@ -252,24 +218,26 @@ class _Publisher:
         self.result.failed_items.add((item.host, item.id))
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        pending, self.pending, self.pending_bytes = self.pending, [], 0
-        done = 0
-        try:
-            if self.broken is None:
-                fsutil.syncfs(self.cfg.cache_dir)        # data durable before any rename
-                for item, tmp in pending:
-                    os.rename(tmp, os.path.join(item.dir, item.name))
-                    done += 1
-                    self.dirs.add(item.dir)
-                    if (item.host, item.id) not in self.repaired:
-                        self.result.written.append(item)
-                    self.index.record(item)
-        except OSError as exc:
-            self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
-        finally:
-            with _sigint_deferred():    # a Ctrl-C must not cut this clean-up short
+        """Publish the pending batch whole: a Ctrl-C waits for its renames (the syncfs
+        before them is not interruptible anyway), and for the clean-up if one fails."""
+        with sigint.held():
+            if not self.pending:
+                return
+            pending, self.pending, self.pending_bytes = self.pending, [], 0
+            done = 0
+            try:
+                if self.broken is None:
+                    fsutil.syncfs(self.cfg.cache_dir)    # data durable before any rename
+                    for item, tmp in pending:
+                        os.rename(tmp, os.path.join(item.dir, item.name))
+                        done += 1
+                        self.dirs.add(item.dir)
+                        if (item.host, item.id) not in self.repaired:
+                            self.result.written.append(item)
+                        self.index.record(item)
+            except OSError as exc:
+                self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
+            finally:
                 for item, tmp in pending[done:]:
                     if self.broken is not None:
                         self.fail(item, self.broken)
@@ -288,7 +256,7 @@ class _Publisher:
                         self.fail(item, problem)
 
     def discard(self) -> None:
-        with _sigint_deferred():        # a Ctrl-C must not cut this clean-up short
+        with sigint.held():        # a Ctrl-C must not cut this clean-up short
             for _item, tmp in self.pending:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -300,14 +268,14 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
     """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            with _sigint_deferred():    # as a worker: a job, once begun, is delivered
+            with sigint.held():    # as a worker: a job, once begun, is delivered
                 deliver(job, _run_job(job))
         return
     pool = _pool(min(workers, len(jobs)))
     # Delivered jobs leave the queue, and their replies with them.
     queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
     try:
-        with _sigint_deferred():    # (inside the try: a job runs as soon as it is queued)
+        with sigint.held():    # (inside the try: a job runs as soon as it is queued)
             for j in jobs:
                 queue.append((pool.submit(_run_job, j), j))
         while queue:
@@ -322,7 +290,7 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
             queue.popleft()
             del fut, replies
     except BaseException:
-        with _sigint_deferred():
+        with sigint.held():
             pool.shutdown(wait=True, cancel_futures=True)
             # Jobs that finished but were not (all) delivered: their temp files go too
             # (unlinking one already renamed fails harmlessly: temp names are unique).
@@ -333,7 +301,7 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
                             with contextlib.suppress(OSError):
                                 os.unlink(tmp)
         raise
-    with _sigint_deferred():
+    with sigint.held():
         pool.shutdown(wait=True)
 
 
@@ -358,6 +326,12 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     workers = jobs or default_jobs()
+    with sigint.caught():
+        return _renc(cfg, hosts, workers, identity_files, ask, progress)
+
+
+def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Sequence[Path],
+          ask: age.PassphraseFn, progress: ProgressFn | None) -> Result:
     try:
         # On a first run, validate everything and unlock keys before creating anything:
         # bad input or a wrong key must not leave even a lock file behind.
@@ -461,13 +435,13 @@ def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers
     pool = _pool(min(workers, len(paths)))
     try:
         chunk = max(1, len(paths) // (8 * workers))
-        with _sigint_deferred():
+        with sigint.held():
             outcomes = pool.map(fn, paths, chunksize=chunk)   # every chunk queued
         return list(outcomes)
     except BrokenProcessPool:       # a worker died (OOM, signal): ask this process
         return [fn(p) for p in paths]
     finally:
-        with _sigint_deferred():
+        with sigint.held():
             pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -36,7 +36,7 @@ import time
 from bisect import bisect_left
 from stat import S_ISREG
 
-from vaultpy._internal import memo
+from vaultpy._internal import memo, sigint
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -244,6 +244,10 @@ class Run:
         old file); an old file that cannot be removed fails alone."""
         if not self.writes:
             return True
+        with sigint.held():         # a Ctrl-C waits for the run to be published whole
+            return self._publish()
+
+    def _publish(self) -> bool:
         from vaultpy._internal import fsutil
         from vaultpy.errors import os_problem
 
@@ -416,9 +420,10 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
                         identities.use_loaded(run.keys)
                     return None
             finally:
-                scanning.cancel()
-                if run is not None:
-                    run.discard()
+                with sigint.held():     # a Ctrl-C must not cut the clean-up short
+                    scanning.cancel()
+                    if run is not None:
+                        run.discard()
             with contextlib.suppress(Exception):    # published: the memo is only a shortcut
                 run.record()
     except KeyboardInterrupt:

@@ -17,6 +17,8 @@ import fcntl
 import os
 from collections.abc import Iterator
 
+from vaultpy._internal import sigint
+
 TYPE_CHECKING = False       # pathlib costs ~10 ms to import; only callers need it
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,15 +61,16 @@ def create_new(path: Path, data: bytes, mode: int = 0o644, *, exact_mode: bool =
     it exists), so ``path`` is complete or absent.  ``exact_mode``: ``mode`` whatever
     the umask."""
     tmp = tmp_name(path)
-    try:
-        write_new(tmp, data, mode)
-        if exact_mode:
-            os.chmod(tmp, mode)
-        fsync_path(tmp)
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with sigint.held():             # a Ctrl-C cannot come between the temp file and its end
+        try:
+            write_new(tmp, data, mode)
+            if exact_mode:
+                os.chmod(tmp, mode)
+            fsync_path(tmp)
+            os.link(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     fsync_path(path.parent, directory=True)
 
 
@@ -83,14 +86,15 @@ def fsync_path(path: Path | str, directory: bool = False) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new bytes, never a mix."""
     tmp = tmp_name(path)
-    try:
-        write_new(tmp, data, mode)
-        fsync_path(tmp)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with sigint.held():             # a Ctrl-C cannot come between the temp file and its end
+        try:
+            write_new(tmp, data, mode)
+            fsync_path(tmp)
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     fsync_path(path.parent, directory=True)
 
 
@@ -144,7 +148,13 @@ def locked(lock_path: Path | str) -> Iterator[bool]:
 def _open_new_lock(lock_path: Path | str) -> tuple[int, bool]:
     """Create ``lock_path`` already locked: a temp file is flocked before it is linked
     to the lock's name, so nobody can take the lock between creation and flock.
-    (-1, False) when the name exists by now, or the filesystem has no hard links."""
+    (-1, False) when the name exists by now, or the filesystem has no hard links.
+    A Ctrl-C waits for the temp file to be gone (none of this blocks)."""
+    with sigint.held():
+        return _link_new_lock(lock_path)
+
+
+def _link_new_lock(lock_path: Path | str) -> tuple[int, bool]:
     tmp = os.path.join(os.path.dirname(lock_path), tmp_basename(os.path.basename(lock_path)))
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)

@@ -1,0 +1,114 @@
+"""The Ctrl-C policy (vaultpy/_internal/sigint.py), with real SIGINTs sent to this
+process.  Its uses are tested end to end in tests/test_faults.py (renc, the incremental
+renc) and tests/test_plugin.py (a PIN prompt)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from vaultpy._internal import sigint
+
+
+def ctrl_c() -> None:
+    signal.raise_signal(signal.SIGINT)      # its handler runs before this returns
+
+
+def test_the_first_ctrl_c_raises_and_later_ones_are_ignored() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    cleaned = []
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        try:
+            ctrl_c()
+            pytest.fail("not interrupted")
+        finally:
+            assert sigint.stopped()
+            ctrl_c()                # during the clean-up: ignored
+            ctrl_c()
+            cleaned.append(True)
+    assert cleaned
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not sigint.stopped()
+
+
+def test_a_held_block_ends_before_the_ctrl_c_is_raised() -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        with sigint.held():
+            ctrl_c()
+            steps.append("outer goes on")
+            with sigint.held():
+                ctrl_c()                    # a second one: ignored
+                steps.append("inner goes on")
+            steps.append("outer still goes on")
+        steps.append("never")
+    assert steps == ["outer goes on", "inner goes on", "outer still goes on"]
+
+
+def test_the_held_ctrl_c_wins_over_an_error_in_the_block() -> None:
+    with pytest.raises(KeyboardInterrupt), sigint.caught(), sigint.held():
+        ctrl_c()
+        raise OSError("an error the caller would have handled and gone on after")
+
+
+def test_without_a_ctrl_c_nothing_changes() -> None:
+    with sigint.caught():
+        with sigint.held():
+            pass
+        assert not sigint.stopped()
+
+
+def test_a_question_ends_at_every_ctrl_c_and_none_is_asked_after_one() -> None:
+    with sigint.caught(), sigint.held():
+        with pytest.raises(KeyboardInterrupt), sigint.question():
+            assert sigint.asking()
+            ctrl_c()                    # held, yet the question ends
+        assert not sigint.asking()
+        with pytest.raises(KeyboardInterrupt), sigint.question():
+            pytest.fail("a question asked after Ctrl-C")
+        with pytest.raises(KeyboardInterrupt), sigint.question():
+            pass
+
+
+def test_outside_the_policy_a_held_block_is_a_plain_block() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), sigint.held():
+        ctrl_c()
+        pytest.fail("not interrupted")
+
+
+def test_caught_inside_caught_keeps_the_outer_policy() -> None:
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        with sigint.caught():
+            pass
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ctrl_c()
+
+
+def test_a_child_keeps_a_ctrl_c_its_parent_saw() -> None:
+    with pytest.raises(KeyboardInterrupt), sigint.caught(), sigint.held():
+        ctrl_c()
+        pid = os.fork()
+        if pid == 0:                    # a worker: its own handler from now on
+            sigint.forget()
+            os._exit(0 if sigint.stopped() else 1)
+        status = os.waitpid(pid, 0)[1]      # (an assert here would lose to the Ctrl-C)
+    assert os.waitstatus_to_exitcode(status) == 0
+    pid = os.fork()
+    if pid == 0:
+        sigint.forget()
+        first = sigint.stopped()
+        sigint.stop()
+        os._exit(0 if (not first and sigint.stopped()) else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_ignore_leaves_sigint_ignored() -> None:
+    pid = os.fork()
+    if pid == 0:
+        sigint.ignore()
+        ctrl_c()
+        os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
