@@ -218,16 +218,20 @@ class _Publisher:
         self.result.failed_items.add((item.host, item.id))
 
     def flush(self) -> None:
-        """Publish the pending batch whole: a Ctrl-C waits for its renames (the syncfs
-        before them is not interruptible anyway), and for the clean-up if one fails."""
+        """Publish the pending batch.  A Ctrl-C during its syncfs leaves it pending
+        (:meth:`discard` removes it); its renames are held whole, with their clean-up."""
+        if not self.pending:
+            return
+        if self.broken is None:
+            try:
+                fsutil.syncfs(self.cfg.cache_dir)        # data durable before any rename
+            except OSError as exc:
+                self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
         with sigint.held():
-            if not self.pending:
-                return
             pending, self.pending, self.pending_bytes = self.pending, [], 0
             done = 0
             try:
                 if self.broken is None:
-                    fsutil.syncfs(self.cfg.cache_dir)    # data durable before any rename
                     for item, tmp in pending:
                         os.rename(tmp, os.path.join(item.dir, item.name))
                         done += 1

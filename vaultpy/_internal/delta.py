@@ -244,17 +244,19 @@ class Run:
         old file); an old file that cannot be removed fails alone."""
         if not self.writes:
             return True
-        with sigint.held():         # a Ctrl-C waits for the run to be published whole
-            return self._publish()
-
-    def _publish(self) -> bool:
         from vaultpy._internal import fsutil
-        from vaultpy.errors import os_problem
 
         try:
             fsutil.syncfs(self.cache_dir)
         except OSError:
             return False
+        with sigint.held():         # from the first rename on, a Ctrl-C waits for the end
+            return self._renames()
+
+    def _renames(self) -> bool:
+        from vaultpy._internal import fsutil
+        from vaultpy.errors import os_problem
+
         published: list[_Write] = []
         for w in self.writes:
             final = os.path.join(w.folder, w.new)

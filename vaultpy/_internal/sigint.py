@@ -104,7 +104,7 @@ def caught() -> Iterator[None]:
 def held() -> Iterator[None]:
     """A Ctrl-C within the block is raised when the block (the outermost one) ends.
     For what must not be cut in two: forking workers (none may be interrupted before
-    its own handler is in place), a job once begun, publishing a batch, a temp file's
+    its own handler is in place), a job once begun, a batch's renames, a temp file's
     life (created, then renamed or removed).  Outside the policy, the block runs as it
     is."""
     state = _state
