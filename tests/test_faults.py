@@ -496,6 +496,28 @@ def test_renc_sigkill_soak_never_leaves_a_partial_cache_file(fleets: dict[str, F
     assert landed >= kills // 10, f"too few kills landed during encryption: {report}"
 
 
+def press_ctrl_c(proc: subprocess.Popen[bytes], twice: bool, rng: random.Random,
+                 where: str) -> bool:
+    """Ctrl-C (SIGINT to renc's process group; ``twice``: again a few ms later), then
+    wait for renc.  It either finished first (exit 0) or prints "interrupted" and exits
+    130: never killed by the signal, even as Python exits (vaultpy ignores SIGINT by
+    then).  True when it was interrupted."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+        if twice:
+            time.sleep(rng.uniform(0.001, 0.005))
+            os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        killpg(proc)
+        raise AssertionError(f"{where}: renc hangs after Ctrl-C") from None
+    if proc.returncode == 0:
+        return False
+    assert (proc.returncode, err) == (130, b"interrupted\n"), (where, out, err)
+    return True
+
+
 def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
     """A terminal's Ctrl-C is SIGINT to the whole process group: renc and its worker
     processes.  Whenever it lands (a first run's check, encryption, publishing), and
@@ -547,22 +569,9 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
                 time.sleep(rng.uniform(0, 0.02))
         finally:
             watch.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-            if twice:
-                time.sleep(rng.uniform(0.001, 0.005))
-                os.killpg(proc.pid, signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            killpg(proc)
-            raise AssertionError(f"{where}: renc hangs after Ctrl-C") from None
-        # Never killed by it, even as Python exits (vaultpy ignores SIGINT by then).
-        if proc.returncode != 0:
-            assert (proc.returncode, err) == (130, b"interrupted\n"), (where, out, err)
-            if fleet.finals() != fleet.planned():      # it stopped short of the end
-                landed["first-run" if first else "encrypting"] += 1
-                landed["twice"] += twice
+        if press_ctrl_c(proc, twice, rng, where) and fleet.finals() != fleet.planned():
+            landed["first-run" if first else "encrypting"] += 1    # it stopped short
+            landed["twice"] += twice
         if fleet.cache.exists():
             assert fleet.audit() == [], f"{where}: temp files left behind"
             if (fleet.cache / LOCK).exists():
@@ -607,20 +616,8 @@ def test_ctrl_c_stops_an_incremental_renc_cleanly(tmp_path: Path) -> None:
                 time.sleep(rng.uniform(0, 0.04))
         finally:
             watch.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-            if twice:
-                time.sleep(rng.uniform(0.001, 0.005))
-                os.killpg(proc.pid, signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            killpg(proc)
-            raise AssertionError(f"{where}: renc hangs after Ctrl-C") from None
-        if proc.returncode != 0:
-            assert (proc.returncode, err) == (130, b"interrupted\n"), (where, out, err)
-            if fleet.finals() != fleet.planned():
-                stopped["twice" if twice else "once"] += 1
+        if press_ctrl_c(proc, twice, rng, where) and fleet.finals() != fleet.planned():
+            stopped["twice" if twice else "once"] += 1
         assert fleet.audit() == [], f"{where}: temp files left behind"
         assert flock_holders(fleet.cache / LOCK) == (set(), set()), where
         fleet.repo.ok("renc")
