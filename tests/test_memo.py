@@ -366,9 +366,9 @@ def scan(raw: dict[str, object], **kw: object) -> memo.Rest | None:
     return memo.Rest.start(raw["listed"], raw["scanned"], **kw).finish()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("offload", [False, True])
+@pytest.mark.parametrize("share", [0.5, 0.8, 1.0])
 def test_a_helper_process_scans_to_the_very_same_state(
-        repo: Repo, monkeypatch: pytest.MonkeyPatch, offload: bool) -> None:
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, share: float) -> None:
     settled(repo)
     raw = recorded(repo)
     alone = scan(raw, keep=set(raw["scanned"]))        # type: ignore[arg-type]
@@ -376,8 +376,13 @@ def test_a_helper_process_scans_to_the_very_same_state(
     forks: list[int] = []
     real_fork = os.fork
     monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
-    helped = scan(raw, keep=set(raw["scanned"]), entries=9, offload=offload)  # type: ignore[arg-type]
+    given: list[int] = []
+    real_start = memo._Helper.start
+    monkeypatch.setattr(memo._Helper, "start", lambda folders, keep: (
+        given.append(len(folders)), real_start(folders, keep))[1])
+    helped = scan(raw, keep=set(raw["scanned"]), entries=9, share=share)  # type: ignore[arg-type]
     assert forks == [1]
+    assert given == [int(len(raw["scanned"]) * share)] and given[0] >= 2   # type: ignore[arg-type]
     assert alone is not None and helped is not None
     assert helped.value == alone.value == raw["digest"]
     assert (helped.newest, helped.entries) == (alone.newest, alone.entries)
@@ -418,7 +423,7 @@ def test_a_symlink_in_the_helpers_share_is_never_trusted(
     theirs = raw["scanned"][1::2]                      # type: ignore[index]
     os.symlink("/etc/hostname", os.path.join(theirs[0], "link"))
     assert scan(raw, entries=9) is None
-    assert scan(raw, entries=9, offload=True) is None
+    assert scan(raw, entries=9, share=1.0) is None
     assert scan(raw) is None
 
 
@@ -437,7 +442,7 @@ def test_the_helper_is_not_interrupted_by_ctrl_c(repo: Repo, monkeypatch: pytest
 
     monkeypatch.setattr(memo, "_folder", slow)      # the helper inherits it
     scanning = memo.Rest.start(raw["listed"], raw["scanned"], entries=9,  # type: ignore[arg-type]
-                               offload=True)
+                               share=1.0)
     helper = scanning.helper
     assert helper is not None
     time.sleep(0.1)

@@ -23,12 +23,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyrage
 
 from vaultpy._internal import ageformat, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
+
+TYPE_CHECKING = False       # typing costs ~5 ms to import; annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 SSH_ED25519 = "ssh-ed25519"
 SSH_RSA = "ssh-rsa"

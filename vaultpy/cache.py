@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,39 +23,18 @@ from stat import S_ISREG
 from vaultpy import age
 from vaultpy._internal import ageformat
 from vaultpy._internal.fsutil import atomic_write, is_tmp
+
+# Naming lives apart (the incremental renc needs it alone); it is this module's API too.
+from vaultpy._internal.names import NAME_RE as NAME_RE
+from vaultpy._internal.names import _name
+from vaultpy._internal.names import cache_hash as cache_hash
+from vaultpy._internal.names import cache_name as cache_name
+from vaultpy._internal.names import recipients_suffix as recipients_suffix
 from vaultpy.errors import Problem, display_path, os_problem
 
 TYPE_CHECKING = False       # the incremental renc names cache files without the model
 if TYPE_CHECKING:
     from vaultpy.model import Config
-
-NAME_RE = re.compile(r"(?P<id>.+)\.(?P<hash>[0-9a-f]{32})\.age")
-
-
-def cache_hash(master_sha256: str, recipients: Sequence[str]) -> str:
-    """The full 64-hex-digit hash of DESIGN §3."""
-    return _hash(master_sha256.encode(), recipients_suffix(recipients))
-
-
-def _hash(master_sha256: bytes, suffix: bytes) -> str:
-    """:func:`cache_hash` from its parts (:func:`plan` makes each part once)."""
-    return hashlib.sha256(master_sha256 + suffix).hexdigest()
-
-
-def recipients_suffix(recipients: Sequence[str]) -> bytes:
-    """The part of :func:`cache_hash`'s input after the master's hash: the same for all
-    of a host's files, so :func:`plan` computes it once per host."""
-    return ("\n" + "\n".join(recipients)).encode("utf-8")
-
-
-def cache_name(secret_id: str, master_sha256: str, recipients: Sequence[str]) -> str:
-    return _name(secret_id, master_sha256.encode(), recipients_suffix(recipients))
-
-
-def _name(secret_id: str, master_sha256: bytes, suffix: bytes) -> str:
-    """:func:`cache_name` from its parts."""
-    return f"{secret_id}.{_hash(master_sha256, suffix)[:32]}.age"
-
 
 @dataclass(frozen=True)
 class Master:

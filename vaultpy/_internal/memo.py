@@ -154,17 +154,19 @@ class Rest:
 
     @classmethod
     def start(cls, listed: Sequence[str], scanned: Sequence[str], *,
-              keep: Collection[str] = (), entries: object = 0, offload: bool = False
+              keep: Collection[str] = (), entries: object = 0, share: float = 0.5
               ) -> Scanning:
         """:meth:`take` in two steps, so that the caller can work meanwhile.
 
         ``entries``: how many entries the last record saw.  From
-        :data:`PARALLEL_ENTRIES` on, a forked helper starts scanning: half of the
-        folders (the other half is scanned by :meth:`Scanning.finish`), or all of them
-        with ``offload`` (the caller has work of its own until it calls finish)."""
+        :data:`PARALLEL_ENTRIES` on, a forked helper starts scanning ``share`` of the
+        folders, spread evenly; :meth:`Scanning.finish` scans the rest.  Half, unless
+        the caller has work of its own until it calls finish (then more, up to 1)."""
         helper = None
         if isinstance(entries, int) and entries >= PARALLEL_ENTRIES and len(scanned) >= 4:
-            helper = _Helper.start(list(scanned if offload else scanned[1::2]), keep)
+            theirs = [f for i, f in enumerate(scanned)
+                      if int((i + 1) * share) > int(i * share)]
+            helper = _Helper.start(theirs, keep) if theirs else None
         return Scanning(listed, scanned, keep, helper)
 
     def updated(self, changes: dict[str, dict[str, os.stat_result | None]]) -> Rest | None:
