@@ -75,10 +75,11 @@ class _Job:
 _IDENTITIES: list[age.Identity] = []
 # First runs decrypt every master before creating anything (see _decrypts_or_raise).
 # When an identity is a plugin (a hardware key may want a touch per decryption) the
-# plaintexts, keyed by id with the hash of the master they came from, are kept and
-# inherited by the workers, so no master is decrypted twice.  Plain X25519 / SSH keys
-# decrypt again in the workers instead: cheap, and the parent (whose memory every
-# forked worker starts from) does not hold every plaintext at once.
+# plaintexts, keyed by id with the hash of the master they came from, are kept, and
+# this process encrypts them itself (no pool: see _renc), so no master is decrypted
+# twice.  Plain X25519 / SSH keys decrypt again in the workers instead: cheap, and the
+# parent (whose memory every forked worker starts from) does not hold every plaintext
+# at once.
 _PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 
 
@@ -406,8 +407,8 @@ def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]], workers: int =
     ``needed``: secret id -> the hosts that need it.  The masters are decrypted in
     ``workers`` processes (forked: they inherit the unlocked identities), except when
     the plaintexts are kept (below), which must stay in this process."""
-    # Kept for the workers (inherited through fork) only when a plugin may be asked:
-    # a hardware key would otherwise want every touch twice.
+    # Kept for the encryption (in this process) only when a plugin may be asked: a
+    # hardware key would otherwise want every touch twice.
     keep = any(i.kind == "plugin" for i in _IDENTITIES)
     order = sorted(needed)
     paths = [cfg.secrets[sid].file for sid in order]
