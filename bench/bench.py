@@ -15,6 +15,12 @@ sizes mixed 32 B .. 64 KiB with a few 1 MiB):
            activation of a large profile into a ramfs (inside unshare -m) versus
            a plain pyrage decrypt loop of the same files; peak RSS of each run.
 
+No tree is deleted between timed runs: each is renamed aside (:func:`set_aside`) and
+removed with the whole work directory at the end.  On ext4 without a journal (as on
+the CI's VMs) a file created within a minute or more of a large deletion waits while
+the kernel skips every recently freed inode, which would charge a cold run for the
+tree the benchmark removed before it.
+
 Writes bench/results/latest.md and latest.json.  Numbers are never asserted in
 tests: the targets of the performance issue are printed as met / missed.
 """
@@ -40,6 +46,8 @@ HERE = Path(__file__).resolve().parent
 # The interpreter every measured process runs: set by main() to a venv where vaultpy
 # is installed as users get it (see installed_python).
 PY = sys.executable
+# Where set_aside moves trees: the benchmark's work directory, once main() made it.
+WORK = Path(tempfile.gettempdir())
 
 
 def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
@@ -67,14 +75,22 @@ def timed_rss(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, in
     return elapsed, usage.ru_maxrss
 
 
+def set_aside(tree: Path) -> None:
+    """Move ``tree`` out of the way, to be deleted with the work directory (see the
+    module's docstring: a deletion would slow the next timed run's file creation)."""
+    if tree.exists():
+        trash = Path(tempfile.mkdtemp(prefix="set-aside-", dir=WORK))
+        tree.rename(trash / tree.name)
+
+
 def cold_renc(root: Path, env: dict[str, str], args: list[str], rounds: int
               ) -> tuple[float, int]:
     """Best wall time and highest peak RSS of ``rounds`` renc runs on an empty cache."""
     best, rss = float("inf"), 0
     for _ in range(rounds):
-        shutil.rmtree(root / "secrets" / "cache", ignore_errors=True)
-        # The removal's metadata is written back now, as the floor's start is: renc's
-        # own syncfs calls would otherwise flush it inside the timed run.
+        set_aside(root / "secrets" / "cache")
+        # Written back now, as the floor's start is: renc's own syncfs calls would
+        # otherwise flush it inside the timed run.
         os.sync()
         t, r = timed_rss(vaultpy("renc", *args), root, env)
         best, rss = min(best, t), max(rss, r)
@@ -179,7 +195,7 @@ def floor_pyrage(root: Path, fx: dict[str, object], workers: int, round_: int = 
         n = sum(pool.map(_floor_job, jobs))
     elapsed = time.perf_counter() - start
     assert n == len(ids) * len(hosts)
-    shutil.rmtree(out)
+    set_aside(out)
     return elapsed
 
 
@@ -199,7 +215,7 @@ def reencrypt_one(root: Path, fx: dict[str, object], sid: str) -> float:
         (out / f"{name}.age").write_bytes(
             pyrage.encrypt(plain, [pyrage.ssh.Recipient.from_str(pubkey)]))
     elapsed = time.perf_counter() - start
-    shutil.rmtree(out)
+    set_aside(out)
     return elapsed
 
 
@@ -280,7 +296,7 @@ def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float
 
 
 def main() -> None:
-    global PY
+    global PY, WORK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small fixture, under a minute")
     ap.add_argument("--secrets", type=int)
@@ -296,7 +312,7 @@ def main() -> None:
     # tree that may never have been imported before.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "vaultpy")],
                    check=True)
-    work = Path(tempfile.mkdtemp(prefix="vaultpy-bench-"))
+    work = WORK = Path(tempfile.mkdtemp(prefix="vaultpy-bench-"))
     PY = installed_python(work)
     env = {**os.environ, "NO_COLOR": "1", "VAULTPY_IDENTITY": str(work / "big/keys/master.txt")}
     res: dict[str, object] = {"secrets": n_secrets, "hosts": n_hosts, "cores": cores,
@@ -321,7 +337,7 @@ def main() -> None:
         t, rss = cold_renc(big, env, [], rounds=3)
         res["renc_cold_per_file_ms"] = 1000 * t / files
         res["renc_cold_rss_kib"] = rss
-        shutil.rmtree(big / "secrets" / "cache" / fx["hosts"][0][0])  # type: ignore[index]
+        set_aside(big / "secrets" / "cache" / fx["hosts"][0][0])  # type: ignore[index]
         res["renc_rss_later_kib"] = timed_rss(vaultpy("renc"), big, env)[1]
         res["renc_noop_s"] = best_of(5, vaultpy("renc"), big, env)
         # The same no-op as a full run (memo off): what the memo saves, and the fixed
@@ -376,7 +392,7 @@ def main() -> None:
         res["renc_rss_full_kib"] = res["renc_cold_rss_kib"]
         # The same comparison for a later run (the lock exists: no first-run pre-check,
         # which holds every plaintext in memory); one host's 500 files rewritten.
-        shutil.rmtree(small / "secrets" / "cache" / "h000")
+        set_aside(small / "secrets" / "cache" / "h000")
         res["renc_rss_1000_later_kib"] = timed_rss(vaultpy("renc"), small, env_small)[1]
     finally:
         if not args.keep:
