@@ -19,6 +19,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,6 +140,52 @@ def test_round_trip_and_one_prompt_for_many_files(on_path, pkey, tmp_path):
     assert on_path.starts("identity-v1") == 5
     assert on_path.count()["request-secret"] == 5
     assert len(asked) == 1 and re.fullmatch(PIN_PROMPT, asked[0]), asked
+
+
+def test_renc_forks_its_workers_only_once_pyrage_threads_are_gone(on_path, pkey, monkeypatch):
+    """pyrage's plugin client leaves a thread behind after a plugin call (age's notice
+    for a slow plugin, polling every 100 ms). Pools forked while it lived hung about once
+    in 85 first runs; renc's pool waits for it."""
+    from vaultpy import renc
+
+    ident, recipient = pkey
+    ct = age.encrypt(b"x", [recipient])
+    _asked, ask = counting_ask()
+    ids = age.load_identity_file(ident, ask)
+    time.sleep(0.3)                                 # the encryption's thread is gone
+    monkeypatch.setattr(renc, "_THREADS_AT_START", renc._threads())
+    assert age.decrypt(ct, ids, "x") == b"x"
+    assert renc._threads() > renc._THREADS_AT_START     # the thread pyrage left
+    start = time.monotonic()
+    pool = renc._pool(2)
+    try:
+        assert pool is not None
+        assert renc._threads() == renc._THREADS_AT_START
+        assert time.monotonic() - start < renc._FORK_WAIT
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_renc_works_alone_when_its_threads_outlive_the_wait(monkeypatch, tmp_path):
+    from vaultpy import renc
+
+    done = threading.Event()
+    monkeypatch.setattr(renc, "_THREADS_AT_START", renc._threads())
+    monkeypatch.setattr(renc, "_FORK_WAIT", 0.2)
+    lingering = threading.Thread(target=done.wait, args=(10,))
+    lingering.start()
+    try:
+        start = time.monotonic()
+        assert renc._pool(2) is None
+        assert 0.2 <= time.monotonic() - start < 2
+        ran_in: list[int] = []
+        assert renc._in_workers(lambda p: ran_in.append(os.getpid()), [tmp_path] * 3, 2) \
+            == [None] * 3
+        assert ran_in == [os.getpid()] * 3          # no pool: done in this process
+    finally:
+        done.set()
+        lingering.join()
 
 
 def test_plain_keys_are_tried_before_the_plugin(on_path, pkey, tmp_path):

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -75,11 +76,10 @@ class _Job:
 _IDENTITIES: list[age.Identity] = []
 # First runs decrypt every master before creating anything (see _decrypts_or_raise).
 # When an identity is a plugin (a hardware key may want a touch per decryption) the
-# plaintexts, keyed by id with the hash of the master they came from, are kept, and
-# this process encrypts them itself (no pool: see _renc), so no master is decrypted
-# twice.  Plain X25519 / SSH keys decrypt again in the workers instead: cheap, and the
-# parent (whose memory every forked worker starts from) does not hold every plaintext
-# at once.
+# plaintexts, keyed by id with the hash of the master they came from, are kept and
+# inherited by the workers, so no master is decrypted twice.  Plain X25519 / SSH keys
+# decrypt again in the workers instead: cheap, and the parent (whose memory every
+# forked worker starts from) does not hold every plaintext at once.
 _PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 
 
@@ -271,12 +271,12 @@ class _Publisher:
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
              ) -> None:
     """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
-    if workers <= 1 or len(jobs) <= 1:
+    pool = _pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else None
+    if pool is None:
         for job in jobs:
             with sigint.held():    # as a worker: a job, once begun, is delivered
                 deliver(job, _run_job(job))
         return
-    pool = _pool(min(workers, len(jobs)))
     # Delivered jobs leave the queue, and their replies with them.
     queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
     try:
@@ -310,11 +310,45 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
         pool.shutdown(wait=True)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """Forked workers (they inherit the unlocked identities), set up by _worker_init."""
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """Forked workers (they inherit the unlocked identities), set up by _worker_init;
+    None when threads this run started outlive the wait (:func:`_quiesced`): the
+    caller then does the work itself."""
+    if not _quiesced():
+        return None
     return ProcessPoolExecutor(max_workers=workers,
                                mp_context=multiprocessing.get_context("fork"),
                                initializer=_worker_init, initargs=(os.getpid(),))
+
+
+# Threads the process had when renc() began (the CLI: 1; a library caller may have more).
+_THREADS_AT_START = 0
+_FORK_WAIT = 1.0      # seconds
+
+
+def _threads() -> int:
+    """How many threads this process has (Linux /proc; 0 where it cannot be read)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+def _quiesced() -> bool:
+    """Wait (up to _FORK_WAIT) until no thread this run started is left; False if one is.
+
+    fork() copies only the calling thread: whatever another thread was doing is cut off
+    in the child, with any lock it held.  pyrage's plugin client leaves a thread behind
+    after each plugin call (age's notice for a slow plugin, which polls every 100 ms
+    until it sees the call ended).  Pools forked while such threads lived hung about
+    once in 85 first runs with a plugin identity (the first job's result never came
+    back); once the fork waited for them (up to ~100 ms), not once in 360 runs."""
+    deadline = time.monotonic() + _FORK_WAIT
+    while _threads() > _THREADS_AT_START:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def default_jobs() -> int:
@@ -326,11 +360,13 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
          progress: ProgressFn | None = None) -> Result:
     """Bring the cache of ``hosts`` (default: all) up to date with the master files."""
+    global _THREADS_AT_START
     for h in hosts:
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     workers = jobs or default_jobs()
+    _THREADS_AT_START = _threads()
     with sigint.caught():
         return _renc(cfg, hosts, workers, identity_files, ask, progress)
 
@@ -357,12 +393,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 if not _IDENTITIES:
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
                 # Renamed files are recorded in the index as they are published.
-                # Plaintexts kept (a plugin identity's first run, decrypted here): no
-                # pool.  A pool forked after pyrage's plugin code ran in this process
-                # once in ~30 runs never got its first job's result back (renc hung);
-                # encrypting here, with every plaintext at hand, costs ~0.3 ms a file.
-                _encrypt_all(cfg, p, s.todo, result, index, 1 if _PLAINTEXTS else workers,
-                             progress)
+                _encrypt_all(cfg, p, s.todo, result, index, workers, progress)
             s.todo = []
             _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change
@@ -407,8 +438,8 @@ def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]], workers: int =
     ``needed``: secret id -> the hosts that need it.  The masters are decrypted in
     ``workers`` processes (forked: they inherit the unlocked identities), except when
     the plaintexts are kept (below), which must stay in this process."""
-    # Kept for the encryption (in this process) only when a plugin may be asked: a
-    # hardware key would otherwise want every touch twice.
+    # Kept for the workers (inherited through fork) only when a plugin may be asked:
+    # a hardware key would otherwise want every touch twice.
     keep = any(i.kind == "plugin" for i in _IDENTITIES)
     order = sorted(needed)
     paths = [cfg.secrets[sid].file for sid in order]
@@ -441,8 +472,10 @@ def _decrypt_master(path: Path, keep_as: str | None = None) -> Problem | None:
 
 def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers: int
                 ) -> list[Problem | None]:
-    """``[fn(p) for p in paths]``, in forked worker processes."""
+    """``[fn(p) for p in paths]``, in forked worker processes (or here, see _pool)."""
     pool = _pool(min(workers, len(paths)))
+    if pool is None:
+        return [fn(p) for p in paths]
     try:
         chunk = max(1, len(paths) // (8 * workers))
         with sigint.held():
