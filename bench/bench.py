@@ -101,6 +101,16 @@ def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return min(timed_rss(cmd, cwd, env)[0] for _ in range(n))
 
 
+def best_interleaved(n: int, cmds: dict[str, list[str]], cwd: Path, env: dict[str, str]
+                     ) -> dict[str, float]:
+    """Best wall time of each command over ``n`` rounds, each round running every one."""
+    best = dict.fromkeys(cmds, float("inf"))
+    for _ in range(n):
+        for key, cmd in cmds.items():
+            best[key] = min(best[key], timed_rss(cmd, cwd, env)[0])
+    return best
+
+
 # --------------------------------------------------------------------------- fixture
 
 def sizes(n: int, rng: random.Random) -> list[int]:
@@ -144,21 +154,21 @@ def make_fixture(root: Path, n_secrets: int, n_hosts: int, seed: int = 1) -> dic
 
 # --------------------------------------------------------------------------- peers
 
-def peer_age_cli(root: Path, fx: dict[str, object], sample: int, rng: random.Random
-                 ) -> tuple[float, int]:
+def peer_age_cli(root: Path, fx: dict[str, object], sample: int, rng: random.Random,
+                 round_: int = 0) -> tuple[float, int]:
     """agenix/agenix-rekey style: age -d the master once, age -e -R per host."""
     ids: list[str] = fx["ids"]                    # type: ignore[assignment]
     hosts: list[tuple[str, str]] = fx["hosts"]    # type: ignore[assignment]
     n_secrets = max(1, min(len(ids), sample // max(1, len(hosts))))
     chosen = rng.sample(ids, n_secrets)
-    out = root / "peer-out"
+    out = root / f"peer-out-{round_}"
     out.mkdir()
     script = ["set -e"]
     for sid in chosen:
         script.append(f'plain=$(mktemp -p /dev/shm); age -d -i keys/master.txt '
                       f'secrets/{sid}.age > "$plain"')
         for name, _ in hosts:
-            script.append(f'age -e -R keys/{name}.pub -o peer-out/{name}-{sid}.age "$plain"')
+            script.append(f'age -e -R keys/{name}.pub -o {out.name}/{name}-{sid}.age "$plain"')
         script.append('rm -f "$plain"')
     start = time.perf_counter()
     subprocess.run(["bash", "-c", "\n".join(script)], cwd=root, check=True)
@@ -323,28 +333,38 @@ def main() -> None:
         fx = make_fixture(big, n_secrets, n_hosts)
         files = n_secrets * n_hosts
 
-        t, n = peer_age_cli(big, fx, sample=200 if args.quick else 400, rng=rng)
-        res["peer_per_file_ms"] = 1000 * t / n
-        # The floor, best of 3 like vaultpy's cold runs (a shared VM's disk and CPU vary
-        # by tens of percent from run to run), and what this machine allows: the same
-        # pyrage work in one process vs `cores`.
-        for procs, key in ((cores, "floor_per_file_ms"), (1, "floor_1proc_per_file_ms")):
-            best = min(floor_pyrage(big, fx, procs, r) for r in range(3))
-            res[key] = 1000 * best / files
-
-        # Cold runs (empty cache, so also no lock: first runs), best of 3 like the other
-        # timings: file creation on a shared VM disk varies by a second from run to run.
-        t, rss = cold_renc(big, env, [], rounds=3)
-        res["renc_cold_per_file_ms"] = 1000 * t / files
+        # The peer (a third of its sample each round), the floor (in `cores` processes,
+        # and in one: what this machine allows) and vaultpy's cold runs (empty cache, so
+        # also no lock: first runs), interleaved round by round, best of 3 each: a
+        # shared VM's disk and CPU drift by tens of percent within a run, and phases
+        # measured a minute apart carried that drift into their ratios.
+        floors: dict[int, list[float]] = {cores: [], 1: []}
+        cold, peer, rss = [], [], 0
+        for r in range(3):
+            t, n = peer_age_cli(big, fx, (200 if args.quick else 400) // 3, rng, r)
+            peer.append(t / n)
+            for procs, times in floors.items():
+                times.append(floor_pyrage(big, fx, procs, r))
+            t, m = cold_renc(big, env, [], rounds=1)
+            cold.append(t)
+            rss = max(rss, m)
+        res["peer_per_file_ms"] = 1000 * min(peer)
+        res["floor_per_file_ms"] = 1000 * min(floors[cores]) / files
+        res["floor_1proc_per_file_ms"] = 1000 * min(floors[1]) / files
+        res["renc_cold_per_file_ms"] = 1000 * min(cold) / files
         res["renc_cold_rss_kib"] = rss
         set_aside(big / "secrets" / "cache" / fx["hosts"][0][0])  # type: ignore[index]
         res["renc_rss_later_kib"] = timed_rss(vaultpy("renc"), big, env)[1]
-        res["renc_noop_s"] = best_of(5, vaultpy("renc"), big, env)
+        # Start-up bound runs, interleaved the same way, best of 5 each.
+        quick = {"renc_noop_s": vaultpy("renc"), "check_s": vaultpy("check"),
+                 "version_s": vaultpy("--version"), "help_s": vaultpy("--help"),
+                 "python_pass_s": [PY, "-c", "pass"]}
+        for k, v in best_interleaved(5, quick, big, env).items():
+            res[k] = v
         # The same no-op as a full run (memo off): what the memo saves, and the fixed
         # cost every run that has work to do still pays.
         res["renc_noop_full_s"] = best_of(3, vaultpy("renc"), big,
                                           {**env, "VAULTPY_NO_MEMO": "1"})
-        res["check_s"] = best_of(5, vaultpy("check"), big, env)
         # CI checks a fresh clone: no verification index, no memo (both git-ignored),
         # so every cache file is read and parsed.
         index = big / "secrets" / "cache" / ".vaultpy-verified"
@@ -355,9 +375,6 @@ def main() -> None:
             fresh.append(timed_rss(vaultpy("check"), big, env)[0])
         index.write_bytes(kept)          # later runs measure a working copy, not a clone
         res["check_fresh_clone_s"] = min(fresh)
-        res["version_s"] = best_of(5, vaultpy("--version"), big, env)
-        res["help_s"] = best_of(5, vaultpy("--help"), big, env)
-        res["python_pass_s"] = best_of(5, [PY, "-c", "pass"], big, env)
 
         # One secret changed (new content in its master), renc again: best of 3, each a
         # real change.  The target's allowance is what re-encrypting that secret for its
