@@ -30,8 +30,8 @@ import pytest
 from conftest import Host, Repo, age_decrypt, age_keygen, assert_one_clean_error, need, ssh_keygen
 from test_prompts import no_tty, run_in_pty, tty_env, vaultpy_argv
 
-from vaultpy import age
-from vaultpy._internal import fsutil
+from vaultpy import age, renc
+from vaultpy._internal import forksafe, fsutil
 from vaultpy.errors import VaultpyError
 
 PLUGIN_SOURCE = Path(__file__).parent / "plugins" / "age-plugin-vptest"
@@ -146,32 +146,49 @@ def test_renc_forks_its_workers_only_once_pyrage_threads_are_gone(on_path, pkey,
     """pyrage's plugin client leaves a thread behind after a plugin call (age's notice
     for a slow plugin, polling every 100 ms). Pools forked while it lived hung about once
     in 85 first runs; renc's pool waits for it."""
-    from vaultpy import renc
-
     ident, recipient = pkey
     ct = age.encrypt(b"x", [recipient])
     _asked, ask = counting_ask()
     ids = age.load_identity_file(ident, ask)
     time.sleep(0.3)                                 # the encryption's thread is gone
-    monkeypatch.setattr(renc, "_THREADS_AT_START", renc._threads())
+    monkeypatch.setattr(forksafe, "_baseline", forksafe.threads())
     assert age.decrypt(ct, ids, "x") == b"x"
-    assert renc._threads() > renc._THREADS_AT_START     # the thread pyrage left
+    assert forksafe.threads() > forksafe._baseline      # the thread pyrage left
     start = time.monotonic()
     pool = renc._pool(2)
     try:
         assert pool is not None
-        assert renc._threads() == renc._THREADS_AT_START
+        assert forksafe.threads() == forksafe._baseline
         assert time.monotonic() - start < renc._FORK_WAIT
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def test_renc_works_alone_when_its_threads_outlive_the_wait(monkeypatch, tmp_path):
-    from vaultpy import renc
+def test_plugin_code_marks_the_threads_not_to_wait_for(on_path, pkey, monkeypatch):
+    """The count is taken before a plugin first runs, by loading a plugin identity or
+    encrypting to a plugin recipient; until then no fork waits for anything."""
+    ident, recipient = pkey
+    for first_use in (lambda: age.load_identity_file(ident, counting_ask()[1]),
+                      lambda: age.encrypt(b"x", [recipient])):
+        monkeypatch.setattr(forksafe, "_baseline", None)
+        done = threading.Event()
+        other = threading.Thread(target=done.wait, args=(10,))  # a library caller's
+        other.start()
+        try:
+            start = time.monotonic()
+            assert forksafe.settled(5) and time.monotonic() - start < 0.1
+            first_use()
+            assert forksafe._baseline is not None
+            assert forksafe.settled(5)              # `other` is not waited for
+        finally:
+            done.set()
+            other.join()
 
+
+def test_renc_works_alone_when_plugin_threads_outlive_the_wait(monkeypatch, tmp_path):
     done = threading.Event()
-    monkeypatch.setattr(renc, "_THREADS_AT_START", renc._threads())
+    monkeypatch.setattr(forksafe, "_baseline", forksafe.threads())
     monkeypatch.setattr(renc, "_FORK_WAIT", 0.2)
     lingering = threading.Thread(target=done.wait, args=(10,))
     lingering.start()

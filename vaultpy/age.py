@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyrage
 
-from vaultpy._internal import ageformat, sigint
+from vaultpy._internal import ageformat, forksafe, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
 
 TYPE_CHECKING = False       # typing costs ~5 ms to import; annotations only
@@ -517,6 +517,7 @@ def _clean(message: str) -> str:
 def _plugin_identity(name: str, idents: list[Any], source: str, number: int,
                      ask: PassphraseFn) -> Identity:
     _shared_answers()                   # before renc forks its workers
+    forksafe.mark()                     # before the plugin ever runs
     try:
         key = pyrage.plugin.IdentityPluginV1(name, idents, _PluginCallbacks(name, ask))
     except pyrage.DecryptError:
@@ -567,6 +568,7 @@ def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) ->
     if not plugins:
         return bytes(pyrage.encrypt(plaintext, objs, armored=armor))
     worked = False
+    forksafe.mark()
     try:
         objs = [pyrage.plugin.RecipientPluginV1(o, plugins[o], [], _PluginCallbacks(
                     o, passphrase_from_env_or_tty)) if isinstance(o, str) else o

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import fsutil, sigint
+from vaultpy._internal import forksafe, fsutil, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -312,43 +311,16 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
     """Forked workers (they inherit the unlocked identities), set up by _worker_init;
-    None when threads this run started outlive the wait (:func:`_quiesced`): the
-    caller then does the work itself."""
-    if not _quiesced():
+    None when threads a plugin call left behind outlive the wait (:mod:`forksafe`):
+    the caller then does the work itself."""
+    if not forksafe.settled(_FORK_WAIT):
         return None
     return ProcessPoolExecutor(max_workers=workers,
                                mp_context=multiprocessing.get_context("fork"),
                                initializer=_worker_init, initargs=(os.getpid(),))
 
 
-# Threads the process had when renc() began (the CLI: 1; a library caller may have more).
-_THREADS_AT_START = 0
-_FORK_WAIT = 1.0      # seconds
-
-
-def _threads() -> int:
-    """How many threads this process has (Linux /proc; 0 where it cannot be read)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 0
-
-
-def _quiesced() -> bool:
-    """Wait (up to _FORK_WAIT) until no thread this run started is left; False if one is.
-
-    fork() copies only the calling thread: whatever another thread was doing is cut off
-    in the child, with any lock it held.  pyrage's plugin client leaves a thread behind
-    after each plugin call (age's notice for a slow plugin, which polls every 100 ms
-    until it sees the call ended).  Pools forked while such threads lived hung about
-    once in 85 first runs with a plugin identity (the first job's result never came
-    back); once the fork waited for them (up to ~100 ms), not once in 360 runs."""
-    deadline = time.monotonic() + _FORK_WAIT
-    while _threads() > _THREADS_AT_START:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
+_FORK_WAIT = 1.0      # seconds; ~100 ms in practice
 
 
 def default_jobs() -> int:
@@ -360,13 +332,11 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
          progress: ProgressFn | None = None) -> Result:
     """Bring the cache of ``hosts`` (default: all) up to date with the master files."""
-    global _THREADS_AT_START
     for h in hosts:
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     workers = jobs or default_jobs()
-    _THREADS_AT_START = _threads()
     with sigint.caught():
         return _renc(cfg, hosts, workers, identity_files, ask, progress)
 
