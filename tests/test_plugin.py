@@ -188,6 +188,7 @@ def test_plugin_code_marks_the_threads_not_to_wait_for(on_path, pkey, monkeypatc
 
 def test_renc_works_alone_when_plugin_threads_outlive_the_wait(monkeypatch, tmp_path):
     done = threading.Event()
+    time.sleep(0.3)                 # an earlier test's pyrage thread (<= 100 ms) is gone
     monkeypatch.setattr(forksafe, "_baseline", forksafe.threads())
     monkeypatch.setattr(renc, "_FORK_WAIT", 0.2)
     lingering = threading.Thread(target=done.wait, args=(10,))
