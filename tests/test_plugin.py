@@ -152,14 +152,13 @@ def test_renc_forks_its_workers_only_once_pyrage_threads_are_gone(on_path, pkey,
     ids = age.load_identity_file(ident, ask)
     time.sleep(0.3)                                 # the encryption's thread is gone
     monkeypatch.setattr(forksafe, "_baseline", forksafe.threads())
+    monkeypatch.setattr(renc, "_FORK_WAIT", 10.0)   # a loaded CI machine: never give up
     assert age.decrypt(ct, ids, "x") == b"x"
     assert forksafe.threads() > forksafe._baseline      # the thread pyrage left
-    start = time.monotonic()
     pool = renc._pool(2)
     try:
         assert pool is not None
         assert forksafe.threads() == forksafe._baseline
-        assert time.monotonic() - start < renc._FORK_WAIT
     finally:
         if pool is not None:
             pool.shutdown()
