@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -306,3 +307,27 @@ def test_no_terminal_and_no_passphrase_source(repos, keys):
     proc = no_tty(repo, "renc")
     assert_one_clean_error(proc, "VAULTPY_PASSPHRASE_FILE", "no terminal")
     assert repo.cache_files() == {}
+
+
+# --------------------------------------------------------------------------- progress bar
+
+
+def test_renc_progress_bar_on_a_terminal_counts_to_the_end(make_repo):
+    repo = make_repo(hosts=3)
+    run = run_in_pty(vaultpy_argv("renc", "-j", "2"), [], env=tty_env(repo), cwd=repo.root)
+    assert run.returncode == 0, run.output.decode(errors="replace")
+    shown = ANSI.sub(b"", run.output)
+    assert b"encrypting" in shown and b"6/6" in shown, shown
+
+
+def test_renc_progress_bar_starts_no_thread():
+    """renc forks its workers while the bar is up, and fork() must not cut a thread off
+    in the middle of a write: rich's refresh thread is not used (the callback redraws)."""
+    from vaultpy import cli
+
+    before = threading.enumerate()
+    with cli._progress() as report:
+        assert threading.enumerate() == before
+        report(1, 2)
+        report(2, 2)
+    assert threading.enumerate() == before

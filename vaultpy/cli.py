@@ -251,10 +251,7 @@ def renc(
     if progress_cm is None:
         result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity))
     else:
-        with progress_cm as (bar, task):
-            def report(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
+        with progress_cm as report:
             result = pipeline.renc(cfg, host or [], jobs=jobs,
                                    identity_files=_identity(identity), progress=report)
     if snapshot is not None and result.ok and not (result.written or result.repaired
@@ -270,15 +267,31 @@ def renc(
 
 
 def _progress() -> Any:
+    """A progress bar on stderr, as a ``report(done, total)`` callback.  The callback
+    redraws it (at most 10 times a second, and at the end), not rich's refresh thread:
+    renc forks its workers while the bar is up, and a fork must not cut another thread
+    off in the middle of a write (see vaultpy/_internal/forksafe.py)."""
     import contextlib
+    import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     @contextlib.contextmanager
     def cm() -> Any:
         with Progress(TextColumn("encrypting"), BarColumn(), MofNCompleteColumn(),
-                      console=_err(), transient=True) as bar:
-            yield bar, bar.add_task("renc", total=None)
+                      console=_err(), transient=True, auto_refresh=False) as bar:
+            task = bar.add_task("renc", total=None)
+            shown = 0.0
+
+            def report(done: int, total: int) -> None:
+                nonlocal shown
+                bar.update(task, completed=done, total=total)
+                now = time.monotonic()
+                if now - shown >= 0.1 or done >= total:
+                    shown = now
+                    bar.refresh()
+
+            yield report
 
     return cm()
 

@@ -1,12 +1,13 @@
 """Forking only once the threads that foreign code left behind are gone.
 
 fork() copies only the calling thread: whatever another thread was doing is cut off in
-the child, with any lock it held.  vaultpy starts no thread of its own before it forks,
-but pyrage's plugin client does: it leaves one behind after each plugin call (age's
-notice for a slow plugin, which polls every 100 ms until it sees the call ended).  renc
-pools forked while such threads lived hung about once in 85 first runs with a plugin
-identity (the first job's result never came back); once the fork waited for them, not
-once in 360 runs.
+the child, with any lock it held.  vaultpy starts no thread of its own before it forks
+(its progress bar is redrawn by renc's callback, not by rich's refresh thread), but
+pyrage's plugin client does: it leaves one behind after each plugin call (age's notice
+for a slow plugin, which polls every 100 ms until it sees the call ended).  renc pools
+forked while such threads lived hung about once in 85 first runs with a plugin identity
+(the first job's result never came back); once the fork waited for them, not once in
+1,080 runs.
 
 :func:`mark` runs before any plugin code can; :func:`settled` before a fork.  Threads
 the process had before the first plugin call (a library caller's own) are not waited for.
