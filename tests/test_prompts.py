@@ -17,6 +17,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -331,3 +332,44 @@ def test_renc_progress_bar_starts_no_thread():
         report(1, 2)
         report(2, 2)
     assert threading.enumerate() == before
+
+
+# --------------------------------------------------------------------------- Ctrl-C at a prompt
+
+
+def test_a_pending_signal_ends_a_terminal_read_it_did_not_interrupt():
+    """A signal whose C handler ran in another thread, or before the read() began,
+    interrupts no read: its Python handler waits for the reading thread to run bytecode.
+    A blocking read() would wait for the next key; renc hung so at a PIN prompt after a
+    Ctrl-C about once in 400 runs. The terminal read waits at most 0.1 s at a time."""
+    from vaultpy import age
+
+    class Stop(Exception):
+        pass
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise Stop
+
+    master, slave = os.openpty()
+    done = threading.Event()
+
+    def other_thread() -> None:
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)   # handled here, in C
+        if not done.wait(5):
+            os.write(master, b"key\n")      # what a blocking read() would wait for
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    sender = threading.Thread(target=other_thread)
+    try:
+        start = time.monotonic()
+        sender.start()
+        with pytest.raises(Stop):
+            age._read_tty_line(slave)
+        assert time.monotonic() - start < 3
+    finally:
+        done.set()
+        sender.join()
+        signal.signal(signal.SIGUSR1, old)
+        os.close(master)
+        os.close(slave)

@@ -191,10 +191,13 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
         except OSError as exc:
             raise fail(path, f"cannot read passphrase file: {exc.strerror}",
                        field="VAULTPY_PASSPHRASE_FILE") from None
-    import getpass
-
     try:
-        return getpass.getpass(prompt)
+        secret = _tty_secret(prompt)
+        if secret is None:          # no terminal: getpass reads stdin (with a warning)
+            import getpass
+
+            secret = getpass.getpass(prompt)
+        return secret
     except (EOFError, OSError):
         problem = Problem("VAULTPY_PASSPHRASE_FILE", "a passphrase is needed but there is no "
                           "terminal to ask on", "", "set VAULTPY_PASSPHRASE_FILE to a file "
@@ -439,18 +442,62 @@ def _tty_line(prompt: str) -> str | None:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
         return None
-    line = bytearray()
     try:
         os.write(fd, prompt.encode())
-        while (byte := os.read(fd, 1)) not in (b"", b"\n"):
-            line += byte
-        if not byte and not line:
-            return None
-    except OSError:
+        line = _read_tty_line(fd)
+    except (OSError, EOFError):
         return None
     finally:
         os.close(fd)
     return line.decode("utf-8", "replace").rstrip("\r")
+
+
+def _tty_secret(prompt: str) -> str | None:
+    """What getpass does on the terminal (echo off, then a newline), read with
+    :func:`_read_tty_line`; None without a terminal.  EOFError on Ctrl-D."""
+    import termios
+
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        old = termios.tcgetattr(fd)
+        quiet = termios.tcgetattr(fd)
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        try:
+            os.write(fd, prompt.encode())
+            line = _read_tty_line(fd)
+        finally:
+            termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+            os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+    return line.decode("utf-8", "replace").rstrip("\r")
+
+
+def _read_tty_line(fd: int) -> bytes:
+    """A line from the terminal ``fd`` (EOFError at its end), read so that a Ctrl-C
+    always ends the wait.  A signal that lands after the prompt is written but before
+    a blocking read() begins (or in another thread) leaves its Python handler pending
+    behind that read for good; renc hung so at a PIN prompt about once in 400 runs.
+    So the wait is select() for at most 0.1 s at a time, and pending handlers run
+    between waits."""
+    import select
+
+    line = bytearray()
+    while True:
+        if not select.select([fd], [], [], 0.1)[0]:
+            continue
+        byte = os.read(fd, 1)
+        if byte == b"\n":
+            return bytes(line)
+        if not byte:
+            if line:
+                return bytes(line)
+            raise EOFError
+        line += byte
 
 
 class _PluginCallbacks:
