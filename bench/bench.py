@@ -83,18 +83,14 @@ def set_aside(tree: Path) -> None:
         tree.rename(trash / tree.name)
 
 
-def cold_renc(root: Path, env: dict[str, str], args: list[str], rounds: int
-              ) -> tuple[float, int]:
-    """Best wall time and highest peak RSS of ``rounds`` renc runs on an empty cache."""
-    best, rss = float("inf"), 0
-    for _ in range(rounds):
-        set_aside(root / "secrets" / "cache")
-        # Written back now, as the floor's start is: renc's own syncfs calls would
-        # otherwise flush it inside the timed run.
-        os.sync()
-        t, r = timed_rss(vaultpy("renc", *args), root, env)
-        best, rss = min(best, t), max(rss, r)
-    return best, rss
+def cold_renc(root: Path, env: dict[str, str], args: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS of one renc run on an empty cache (callers take the best
+    of their rounds, interleaved with the runs they are compared with)."""
+    set_aside(root / "secrets" / "cache")
+    # Written back now, as the floor's start is: renc's own syncfs calls would
+    # otherwise flush it inside the timed run.
+    os.sync()
+    return timed_rss(vaultpy("renc", *args), root, env)
 
 
 def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -345,7 +341,7 @@ def main() -> None:
             peer.append(t / n)
             for procs, times in floors.items():
                 times.append(floor_pyrage(big, fx, procs, r))
-            t, m = cold_renc(big, env, [], rounds=1)
+            t, m = cold_renc(big, env, [])
             cold.append(t)
             rss = max(rss, m)
         res["peer_per_file_ms"] = 1000 * min(peer)
@@ -394,7 +390,7 @@ def main() -> None:
         best = {1: float("inf"), 2: float("inf")}
         for _ in range(3):
             for jobs in (1, 2):
-                t = cold_renc(big, env, ["--jobs", str(jobs)], rounds=1)[0]
+                t = cold_renc(big, env, ["--jobs", str(jobs)])[0]
                 best[jobs] = min(best[jobs], t)
         for jobs, t in best.items():
             res[f"renc_cold_jobs{jobs}_s"] = t
