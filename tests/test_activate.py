@@ -542,7 +542,8 @@ def test_each_step_alone(world: World) -> None:
     h = world.host
     assert [name for name, _ in STEPS] == [
         "lock", "load_identities", "mount_store", "new_generation", "decrypt_secrets",
-        "render_templates", "link_paths", "switch", "diff_and_notify", "prune"]
+        "render_templates", "check_paths", "switch", "link_paths", "diff_and_notify",
+        "prune"]
     steps = dict(STEPS)
     opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
                    systemctl=str(world.rec.script))
@@ -570,11 +571,14 @@ def test_each_step_alone(world: World) -> None:
         assert set(os.listdir(gen)) == NORMAL_FILES
         assert file_state(gen / "trim.env") == (TRIM_ENV, h.uid("svc"), h.gid("app"), 0o444)
         assert not os.path.lexists(h.live)
-        steps["link_paths"](ctx)
-        assert (h.root / "etc/app/named.key").is_symlink()
-        assert not os.path.lexists(h.live)
+        assert not os.path.lexists(h.root / "etc/app/named.key")
+        steps["check_paths"](ctx)
+        assert not os.path.lexists(h.root / "etc/app") and not os.path.lexists(h.live)
         steps["switch"](ctx)
         assert os.readlink(h.live) == "vaultpy.d/1" and ctx.switched
+        assert not os.path.lexists(h.root / "etc/app/named.key")    # links: next step
+        steps["link_paths"](ctx)
+        assert (h.root / "etc/app/named.key").is_symlink() and ctx.problems == []
         assert (h.root / "etc/app/named.key").read_bytes() == SECRETS["named"]
         assert world.rec.calls() == []
         steps["diff_and_notify"](ctx)

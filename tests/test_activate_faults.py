@@ -563,6 +563,91 @@ def test_symlink_planted_at_path_is_replaced_never_followed(world: World, tmp_pa
     assert tmp_leftovers(host.root) == []
 
 
+def _move_alphas_path_to_beta(data: dict[str, Any]) -> None:
+    for entry in data["secrets"]:
+        if entry["id"] == "alpha":
+            entry["path"] = None
+        elif entry["id"] == "beta":
+            entry["path"] = "/var/lib/app/beta"
+
+
+def test_a_failed_switch_changes_no_link(world: World, tmp_path: Path) -> None:
+    """Links change only after the switch: a run that fails at the switch itself (an
+    I/O error injected into rename(2), the live symlink's swap) leaves the old link in
+    place and adds no new one."""
+    need("strace")
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    edit_profile(host, _move_alphas_path_to_beta)      # the next run moves the link
+    before = snapshot_tree(host.root)
+    cmd = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename",
+           "-e", "inject=rename:error=EIO",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert_clean_line(proc, [("cannot switch",), ("Input/output error",)])
+    assert snapshot_tree(host.root) == before
+    assert os.readlink(host.root / "var/lib/app/alpha") == "../../../run/vaultpy/alpha"
+    run_ok(host, "A")                                   # and without the fault, it moves
+    assert not os.path.lexists(host.root / "var/lib/app/alpha")
+    assert (host.root / "var/lib/app/beta").read_bytes() == world.vals["beta"]
+
+
+def test_a_path_below_roots_own_symlink_links_to_the_live_file(world: World,
+                                                               tmp_path: Path) -> None:
+    """A root-owned symlink above the path (followed on purpose, like /etc -> …) that
+    leads deeper than it looks: the relative link still reaches the live file."""
+    host = fresh(world, tmp_path)
+    (host.root / "deep/x/y/cfg").mkdir(parents=True)
+    (host.root / "srv").mkdir(exist_ok=True)
+    os.symlink("../deep/x/y/cfg", host.root / "srv/cfg")
+
+    def change(data: dict[str, Any]) -> None:
+        for entry in data["secrets"]:
+            if entry["id"] == "alpha":
+                entry["path"] = "/srv/cfg/app/alpha"
+    edit_profile(host, change)
+    run_ok(host, "A")
+    assert (host.root / "srv/cfg/app/alpha").read_bytes() == world.vals["alpha"]
+    assert (host.root / "deep/x/y/cfg/app/alpha").is_symlink()
+
+
+def test_a_grant_the_new_generation_revokes_ends_with_the_switch(world: World) -> None:
+    """alpha: group app may read it in A (0440), not in B (0400).  After the switch to
+    B the older generation is kept (for ``keep``) but sealed 0700: a member of group app
+    cannot go on reading A's copy by its full path."""
+    need("setpriv")
+    outer = Path(tempfile.mkdtemp(prefix="vaultpy-seal-"))
+    try:
+        os.chmod(outer, 0o755)                      # other users may traverse to root/
+        host = fresh(world, outer)
+        run_ok(host, "A")
+        first = live_gen(host)
+        assert first is not None
+
+        def member_reads(path: Path) -> bool:       # not alpha's owner, in its group
+            return subprocess.run(["setpriv", f"--reuid={SVC[0]}", f"--regid={APP[1]}",
+                                   "--clear-groups", "cat", str(path)],
+                                  capture_output=True).returncode == 0
+        assert member_reads(first / "alpha")
+        run_ok(host, "B")
+        second = live_gen(host)
+        assert second is not None and second != first and first.is_dir()
+        assert not member_reads(host.live / "alpha")
+        assert not member_reads(first / "alpha")
+        assert stat.S_IMODE(first.stat().st_mode) == 0o700
+        assert stat.S_IMODE(second.stat().st_mode) == 0o751
+        run_ok(host, "A")                           # back to A: a new generation, 0751
+        third = live_gen(host)
+        assert third is not None and third.name == "3"
+        assert member_reads(host.live / "alpha")
+        assert [stat.S_IMODE((host.store / n).stat().st_mode) for n in "123"] == [
+            0o700, 0o700, 0o751]
+    finally:
+        shutil.rmtree(outer)
+
+
 @pytest.mark.parametrize("level", ["var/lib", "var/lib/app"])
 @pytest.mark.parametrize("kind", ["symlink", "dir"])
 def test_parent_of_path_controlled_by_another_user_is_refused(world: World, tmp_path: Path,

@@ -443,6 +443,14 @@ def prop_profile(data: Any) -> None:
         assert model.ID_RE.fullmatch(item.name)
         assert re.fullmatch(r"0[0-7]{3}", item.out.mode)
         assert item.out.path is None or item.out.path.startswith("/")
+        for who in (item.out.owner, item.out.group):    # chown(2) takes -1 as "unchanged"
+            assert not who.isdigit() or (who.isascii() and int(who) < 2**32 - 1), who
+    paths = [i.out.path for i in items if i.out.path]
+    assert len(paths) == len(set(paths))
+    s = prof.settings
+    for path in paths:          # never inside (or above) activation's own directories
+        for d in (s.dir, s.early_dir, s.store):
+            assert path != d and not path.startswith(d + "/") and not d.startswith(path + "/")
     known = {s.id for s in prof.secrets}
     for t in prof.templates:
         assert set(templates.references(t.content or "")) <= known
@@ -460,6 +468,45 @@ def test_valid_profile_parses() -> None:
     prop_profile(VALID_PROFILE)
     prof = profile.parse(VALID_PROFILE, "profile.json", Path("/x"))
     assert [i.name for i in prof.installed(early=False)] == ["api_token", "app.env"]
+
+
+def _with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(VALID_PROFILE)
+    change(data)
+    return data
+
+
+def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d[kind][i].update(fields)
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (_set("secrets", 0, path="/run/vaultpy/other"), "secrets[0].path", "/run/vaultpy"),
+    (_set("secrets", 0, path="/run/vaultpy"), "secrets[0].path", "dir"),
+    (_set("templates", 0, path="/run/vaultpy.d/1/x"), "templates[0].path", "store"),
+    (_set("templates", 0, path="/run"), "templates[0].path", "overlaps"),
+    (lambda d: (d["settings"].update(dir="/srv/live"),
+                d["secrets"][0].update(path="/srv/live/x")), "secrets[0].path", "/srv/live"),
+    (lambda d: (d["secrets"][0].update(path="/etc/app/key"),
+                d["templates"][0].update(path="/etc/app/key")), "templates[0].path",
+     "two items use the path '/etc/app/key'"),
+    (_set("secrets", 0, owner="4294967295"), "secrets[0].owner", "invalid user"),
+    (_set("templates", 0, group="99999999999999999999"), "templates[0].group", "invalid"),
+    (_set("templates", 0, owner="\u00b2"), "templates[0].owner", "invalid user"),
+])
+def test_profile_refuses_what_activation_cannot_do_safely(
+        change: Callable[[dict[str, Any]], None], field: str, words: str) -> None:
+    """A path onto activation's own directories would write into the live generation;
+    two items on one path would lose one silently; (uid_t)-1 means "leave the owner"."""
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(_with(change), "profile.json", Path("/x"))
+    assert [(p.field, words in p.message) for p in exc.value.problems] == [(field, True)]
+
+
+def test_profile_takes_the_largest_real_numeric_owner() -> None:
+    prof = profile.parse(_with(_set("secrets", 0, owner="4294967294", path="/srv/a/b")),
+                         "profile.json", Path("/x"))
+    assert prof.secrets[0].out.owner == "4294967294"
 
 
 # =========================================================================== age files

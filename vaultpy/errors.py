@@ -88,8 +88,10 @@ def fail(file: str | os.PathLike[str], message: str, *, field: str = "",
     return VaultpyError(Problem(display_path(file), message, field, hint))
 
 
-def os_problem(path: str | os.PathLike[str], exc: OSError, action: str) -> Problem:
-    """Turn an OSError into a readable problem without a traceback."""
+def os_problem(path: str | os.PathLike[str], exc: OSError, action: str, *,
+               as_is: bool = False) -> Problem:
+    """Turn an OSError into a readable problem without a traceback.  ``as_is``: name
+    ``path`` as given (a host path during activation), not relative to the cwd."""
     reason = exc.strerror or str(exc)
     hint = ""
     if isinstance(exc, PermissionError):
@@ -100,4 +102,5 @@ def os_problem(path: str | os.PathLike[str], exc: OSError, action: str) -> Probl
         hint = "point it at a file, not a directory"
     elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "free some disk space, then run it again"
-    return Problem(display_path(path), f"cannot {action}: {reason}", "", hint)
+    return Problem(os.fspath(path) if as_is else display_path(path),
+                   f"cannot {action}: {reason}", "", hint)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.output import DEFAULT_DIRS, path_clash, path_clash_message
 
 # Re-exported: vaultpy.model.Output and the name patterns predate vaultpy.output.
 from vaultpy.output import ID_RE as ID_RE
@@ -382,6 +383,10 @@ def _path(ck: _Checker, value: Any, where: str) -> str | None:
             or "\0" in text):
         ck.add(where, f"invalid path {text!r}",
                "use an absolute, normalised path like /var/lib/app/secret")
+        return None
+    clash = path_clash(text, DEFAULT_DIRS)
+    if clash is not None:
+        ck.add(where, *path_clash_message(text, clash, DEFAULT_DIRS[clash]))
         return None
     return text
 

@@ -16,6 +16,30 @@ from vaultpy.templates import ID_PATTERN
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")  # owner / group names
 UNIT_RE = re.compile(r"[^\s/]+")                    # systemd units to restart / reload
+ID_MAX = 2**32 - 2          # numeric owners: (uid_t)-1 means "leave unchanged" to chown
+# Where activation keeps its own state (the profile's settings): never a ``path``.
+DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
+                "store": "/run/vaultpy.d"}
+
+
+def numeric_id_ok(text: str) -> bool:
+    """A numeric owner or group chown(2) takes as that id (not -1, not beyond 32 bits)."""
+    return text.isascii() and text.isdigit() and int(text) <= ID_MAX
+
+
+def path_clash(path: str, dirs: dict[str, str]) -> str | None:
+    """The setting among ``dirs`` (name -> absolute path) that ``path`` is, lies inside or
+    contains, if any: a link there would replace activation's own files or symlinks."""
+    for key, d in dirs.items():
+        if path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path + "/"):
+            return key
+    return None
+
+
+def path_clash_message(path: str, key: str, d: str) -> tuple[str, str]:
+    """The problem and hint for :func:`path_clash`'s answer."""
+    return (f"path {path!r} overlaps {d!r}, where activation keeps its {key}",
+            f"choose a path outside {d}, or drop it")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.output import ID_RE, UNIT_RE, USER_RE, Output
+from vaultpy.output import (
+    DEFAULT_DIRS,
+    ID_RE,
+    UNIT_RE,
+    USER_RE,
+    Output,
+    numeric_id_ok,
+    path_clash,
+    path_clash_message,
+)
 
 if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's model
     from vaultpy.model import Config
@@ -28,9 +37,7 @@ if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's mod
 VERSION = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
     "identities": ["/etc/ssh/ssh_host_ed25519_key"],
-    "dir": "/run/vaultpy",
-    "early_dir": "/run/vaultpy-early",
-    "store": "/run/vaultpy.d",
+    **DEFAULT_DIRS,
     "keep": 3,
 }
 
@@ -183,7 +190,7 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
     owner = rd.get(obj, "owner", str, where) or "root"
     group = rd.get(obj, "group", str, where) or "root"
     for key, val in (("owner", owner), ("group", group)):
-        if not (val.isdigit() or USER_RE.fullmatch(val)):
+        if not (numeric_id_ok(val) or (not val.isdigit() and USER_RE.fullmatch(val))):
             rd.bad(f"{where}.{key}", f"invalid user or group {val!r}")
     mode = rd.get(obj, "mode", str, where) or "0400"
     if not re.fullmatch(r"0[0-7]{3}", mode):
@@ -265,10 +272,23 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         tmpls.append(Item(name=name, out=_read_output(rd, obj, where), content=content,
                           trim=bool(trim)))
     names: set[str] = set()
-    for item in [s for s in secrets if s.install] + tmpls:
+    paths: set[str] = set()
+    dirs = {"dir": settings.dir, "early_dir": settings.early_dir, "store": settings.store}
+    labelled = [(f"secrets[{i}]", s) for i, s in enumerate(secrets) if s.install] + [
+        (f"templates[{i}]", t) for i, t in enumerate(tmpls)]
+    for where, item in labelled:
         if item.name in names:
             rd.bad("secrets", f"two items install as {item.name!r}")
         names.add(item.name)
+        path = item.out.path
+        if path is None:
+            continue
+        if path in paths:
+            rd.bad(f"{where}.path", f"two items use the path {path!r}")
+        paths.add(path)
+        clash = path_clash(path, {k: v for k, v in dirs.items() if v})
+        if clash is not None:
+            rd.bad(f"{where}.path", *path_clash_message(path, clash, dirs[clash]))
     if rd.problems:
         raise VaultpyError(rd.problems)
     return Profile(host, settings, tuple(secrets), tuple(tmpls), source)

@@ -12,13 +12,19 @@ testable alone:
                          many), installed O_EXCL|O_NOFOLLOW, owner and mode set
                          before the first byte;
 6. ``render_templates``  placeholders filled, same file discipline;
-7. ``link_paths``        extra paths as symlinks, placed by temp name + rename;
+7. ``check_paths``       every extra path can be linked (writes nothing);
 8. ``switch``            manifest written, then ``dir`` swapped atomically;
-9. ``diff_and_notify``   changes since the previous generation → unit restarts;
-10. ``prune``            keep the newest ``keep`` generations.
+9. ``link_paths``        extra paths as symlinks through ``dir``, placed by temp
+                         name + rename; those no item wants any more removed;
+10. ``diff_and_notify``  changes since the previous generation → unit restarts;
+11. ``prune``            keep the newest ``keep`` generations; seal the older ones
+                         that stay (0700: a revoked grant ends with the switch).
 
 A failure before ``switch`` removes the half-built generation and leaves the
-previous one live; nothing half-populated ever goes live.
+previous one live, its links untouched: nothing half-populated ever goes live and
+nothing live changes.  After the switch the run goes to the end: a path that still
+cannot be linked (an I/O error) is reported then, once the units have heard of the
+new generation.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from vaultpy import profile as profile_mod
 from vaultpy._internal import fsutil
 from vaultpy.activate import generation, install, links, notify, store
 from vaultpy.activate.context import Context, Options
+from vaultpy.errors import VaultpyError, os_problem
 
 Step = Callable[[Context], None]
 
@@ -41,8 +48,9 @@ STEPS: list[tuple[str, Step]] = [
     ("new_generation", generation.new_generation),
     ("decrypt_secrets", install.decrypt_secrets),
     ("render_templates", install.render_templates),
-    ("link_paths", links.link_paths),
+    ("check_paths", links.check_paths),
     ("switch", generation.switch),
+    ("link_paths", links.link_paths),
     ("diff_and_notify", notify.diff_and_notify),
     ("prune", generation.prune),
 ]
@@ -56,8 +64,15 @@ def activate(opts: Options) -> Context:
     old_umask = os.umask(0o077)
     ctx = Context(opts, profile_mod.load(opts.profile))
     try:
-        for _name, step in STEPS:
-            step(ctx)
+        for name, step in STEPS:
+            try:
+                step(ctx)
+            except OSError as exc:      # ENOSPC, EIO…: one line naming the step
+                where = exc.filename if isinstance(exc.filename, str) else str(ctx.link)
+                raise VaultpyError(os_problem(where, exc, name.replace("_", " "),
+                                                 as_is=True)) from None
+        if ctx.problems:
+            raise VaultpyError(ctx.problems)
         return ctx
     finally:
         if ctx.generation_fd is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age
+from vaultpy.errors import Problem
 from vaultpy.profile import Item, Profile
 
 MANIFEST = ".vaultpy-manifest.json"   # written last: marks a generation as complete
@@ -52,6 +53,7 @@ class Context:
     changes_computed: bool = False          # computed once, before the switch
     switched: bool = False
     notified: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)   # after the switch: raised last
 
     def host_path(self, path: str) -> Path:
         """A path on the host, under --root."""

@@ -133,13 +133,19 @@ def switch(ctx: Context) -> None:
 
 
 def prune(ctx: Context) -> None:
-    """Keep the newest ``keep`` generations (and any that is live); delete the rest."""
+    """Keep the newest ``keep`` generations (and any that is live); delete the rest.
+    Kept ones that are not live are sealed (0700, root only): a user whose grant the
+    new generation revoked must not go on reading the old file by its full path."""
     live = referenced(ctx)
     numbers = generations(ctx.store)
     keep = set(numbers[-ctx.keep:])
     for n in numbers:
         path = ctx.store / str(n)
-        if n in keep or path.resolve() in live:
+        if path.resolve() in live:
+            continue
+        if n in keep:
+            if not ctx.opts.dry_run and stat.S_IMODE(path.stat().st_mode) != 0o700:
+                os.chmod(path, 0o700)
             continue
         if ctx.opts.dry_run:
             ctx.log("prune", f"would remove generation {n}")

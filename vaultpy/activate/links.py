@@ -1,4 +1,5 @@
-"""Step ``link_paths``: each extra ``path`` becomes a symlink to ``<dir>/<name>``.
+"""Steps ``check_paths`` and ``link_paths``: each extra ``path`` becomes a symlink to
+``<dir>/<name>``.
 
 The link points through the live symlink, so it follows every switch without
 being rewritten.  It is placed by temp name + rename(2) inside a directory
@@ -12,11 +13,12 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import MANIFEST, Context
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy.errors import Problem, VaultpyError, os_problem
 
 
 def _refuse(path: str, why: str) -> VaultpyError:
@@ -56,12 +58,28 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
         raise
 
 
+def _real_parent(ctx: Context, fd: int, nominal: str) -> str:
+    """The host path of the directory ``fd`` (``nominal`` with root's own symlinks
+    above it resolved): a relative link target counts from there."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return nominal
+    root = os.path.realpath(ctx.opts.root)
+    if real == root:
+        return "/"
+    if root != "/" and not real.startswith(root + "/"):
+        return nominal
+    return real[len(root):] if root != "/" else real
+
+
 def _place(ctx: Context, path: str, name: str) -> None:
     dir_path = ctx.profile.settings.early_dir if ctx.opts.early else ctx.profile.settings.dir
-    target = os.path.relpath(PurePosixPath(dir_path) / name, PurePosixPath(path).parent)
     base = PurePosixPath(path).name
     fd = open_parent(ctx, path, create=True)
     try:
+        parent = _real_parent(ctx, fd, str(PurePosixPath(path).parent))
+        target = os.path.relpath(PurePosixPath(dir_path) / name, parent)
         try:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -114,15 +132,47 @@ def _unlink_stale(ctx: Context, path: str) -> None:
         os.close(fd)
 
 
+def check_paths(ctx: Context) -> None:
+    """Before the switch, writing nothing: every extra path can be linked (no directory
+    of another user above it, no directory in its place), so that a refused path
+    changes nothing live.  :func:`link_paths` checks again as it places each link."""
+    for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
+        try:
+            fd = open_parent(ctx, path, create=False)
+        except FileNotFoundError:
+            continue                    # link_paths creates the rest, root-owned
+        try:
+            st = os.stat(PurePosixPath(path).name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise _refuse(path, "is a directory")
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def link_paths(ctx: Context) -> None:
+    """After the switch (links of items that are new resolve only from then on).  A
+    path that cannot be linked or removed does not stop the run: its problem is kept
+    in ``ctx.problems``, raised once the units have heard of the new generation."""
     wanted = {i.out.path: i.name for i in ctx.items() if i.out.path}
     for path, name in sorted(wanted.items()):
         if ctx.opts.dry_run:
             ctx.log("link_paths", f"would link {path}")
             continue
-        _place(ctx, path, name)
+        _attempt(ctx, path, "link", _place, name)
     for path in sorted(_previous_paths(ctx) - set(wanted)):
         if not ctx.opts.dry_run:
-            _unlink_stale(ctx, path)
+            _attempt(ctx, path, "remove the old link", _unlink_stale)
     if wanted:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
+
+
+def _attempt(ctx: Context, path: str, action: str, fn: Callable[..., None],
+             *args: str) -> None:
+    try:
+        fn(ctx, path, *args)
+    except VaultpyError as exc:
+        ctx.problems.extend(exc.problems)
+    except OSError as exc:
+        ctx.problems.append(os_problem(path, exc, action, as_is=True))
