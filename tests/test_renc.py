@@ -477,6 +477,31 @@ def test_a_symlinked_cache_file_is_reverified_every_run(make_repo, tmp_path):
     assert age_decrypt(repo.cache / name, repo.hosts["host0"].key) == plaintexts["alpha"]
 
 
+def test_the_index_does_not_vouch_for_a_file_changed_in_the_tick_it_was_read(make_repo):
+    """git's "racily clean" rule.  A cache file renc verified by reading, but which
+    last changed in the very tick of the run's clock, is not recorded: a same-size
+    rewrite later in that tick keeps its stat (1 s ticks on some file systems), and
+    every later check and renc would trust it.  The tick is made to coincide here by
+    handing the index the file's own ctime as the clock."""
+    from vaultpy import cache, model
+
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    (repo.cache / cache.INDEX).unlink()
+    item = cache.plan(model.load(repo.root), ()).items[0]
+    st = os.stat(item.path)
+    tick = max(st.st_mtime_ns, st.st_ctime_ns)
+    racy = cache.VerifiedIndex(repo.cache, clock=tick)
+    assert racy.check(item) is None and item.key not in racy.entries
+    blind = cache.VerifiedIndex(repo.cache)               # `check`: no clock, no vouching
+    assert blind.check(item) is None and item.key not in blind.entries
+    later = cache.VerifiedIndex(repo.cache, clock=tick + 1)
+    assert later.check(item) is None and later.entries[item.key] == cache.stat_key(st)
+    # A real run reads the file system's clock first: files older than it are recorded.
+    renc_json(repo, env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+    assert item.key in cache.VerifiedIndex(repo.cache).entries
+
+
 # --------------------------------------------------------------------------- 9. templates
 
 def test_template_only_secret_reaches_the_host(make_repo):

@@ -227,10 +227,17 @@ class VerifiedIndex:
     Like git's index: a file whose stat matches is trusted without re-reading;
     any other file is verified in full.  Losing the index costs one full
     verification, never correctness.
+
+    ``clock``: the file system's clock when the run began (:func:`memo.fs_clock`).  A
+    file verified by reading is vouched for only if it last changed *before* it: a
+    same-size rewrite in the very timestamp tick of the read (a coarse clock: 1 s on
+    some file systems) would otherwise keep the stat the index trusts (git's
+    "racily clean" rule).  Without a clock, reads vouch for nothing.
     """
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, *, clock: int | None = None) -> None:
         self.path = cache_dir / INDEX
+        self.clock = clock
         self.entries: dict[str, StatKey] = {}
         self.changed = False
         try:
@@ -260,12 +267,14 @@ class VerifiedIndex:
         # opened (same device, and a key that holds the inode: not a symlink's
         # target, not a directory swapped in meanwhile) and unchanged when read.
         if (reason is None and read is not None and S_ISREG(st.st_mode)
-                and read.st_dev == st.st_dev and stat_key(read) == key):
+                and read.st_dev == st.st_dev and stat_key(read) == key
+                and self.clock is not None and max(st.st_mtime_ns, st.st_ctime_ns) < self.clock):
             self.entries[item.key] = key
             self.changed = True
         return reason
 
     def record(self, item: Item) -> None:
+        """A file this run just wrote (and renamed into place) under the lock."""
         try:
             self.entries[item.key] = stat_key(os.stat(os.path.join(item.dir, item.name)))
             self.changed = True

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import forksafe, fsutil, sigint
+from vaultpy._internal import forksafe, fsutil, memo, sigint
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -385,7 +385,9 @@ class _Survey:
 
     @classmethod
     def take(cls, cfg: Config, hosts: Sequence[str]) -> _Survey:
-        result, index, p = Result(), cache.VerifiedIndex(cfg.cache_dir), cache.plan(cfg, hosts)
+        clock = memo.fs_clock(str(cfg.cache_dir)) if cfg.cache_dir.is_dir() else None
+        index = cache.VerifiedIndex(cfg.cache_dir, clock=clock)
+        result, p = Result(), cache.plan(cfg, hosts)
         return cls(result, index, p, _survey(cfg, hosts, result, index, p))
 
 

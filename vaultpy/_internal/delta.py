@@ -327,7 +327,7 @@ class Run:
                            if st is not None), default=0)
         deadline = time.monotonic() + _CLOCK_WAIT_S
         while True:
-            clock = memo._fs_clock(self.cache_dir)
+            clock = memo.fs_clock(self.cache_dir)
             if clock is None or (clock <= newest_ours and time.monotonic() > deadline):
                 return
             if clock > newest_ours:
@@ -402,7 +402,7 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
 
     try:
         with fsutil.locked(lock):
-            clock0 = memo._fs_clock(cache_dir)
+            clock0 = memo.fs_clock(cache_dir)
             if clock0 is None:
                 return None
             # A helper process stats most of the cache (it shares the lock's open file

@@ -487,7 +487,7 @@ def _version() -> str:
 # --------------------------------------------------------------------------- recording
 
 
-def _fs_clock(folder: str) -> int | None:
+def fs_clock(folder: str) -> int | None:
     """The file system's idea of now: the new mtime of ``folder`` (the cache directory),
     touched.  Nothing is created or removed; no input's stat includes that folder's own
     (its entries are what counts)."""
@@ -606,7 +606,7 @@ def begin(repo: object) -> Snapshot | None:
         return None
     pre = _stat(config)
     cache_dir = _cache_dir(config)
-    since = _fs_clock(cache_dir)
+    since = fs_clock(cache_dir)
     if since is None or not pre:
         return None
     return Snapshot(config, cache_dir, since, pre)
