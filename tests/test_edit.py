@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import stat
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import age_decrypt, assert_one_clean_error, hosts_toml
+from conftest import age_decrypt, assert_one_clean_error, hosts_toml, need
 
 from vaultpy import edit as edit_mod
 from vaultpy._internal import fsutil
@@ -247,6 +248,45 @@ def test_a_master_written_during_the_edit_is_not_overwritten(case):
                                                      + case.append.encode())
     assert not [p for p in case.master.parent.iterdir() if fsutil.is_tmp(p.name)]
     case.assert_clean()
+
+
+@pytest.mark.parametrize("where", ["beside", "ram"])
+def test_an_edit_the_disk_cannot_take_is_kept_encrypted(case, where):
+    """The master cannot be replaced (ENOSPC injected into rename(2)): the text typed
+    exists nowhere else, so its ciphertext is kept - beside the master, or in RAM when
+    nothing can be created there either (link(2) fails too) - and the one error line
+    says where.  The master is unchanged and no plaintext is left anywhere."""
+    need("strace")
+    before = case.master.read_bytes()
+    editor = case.editor('printf "%s" "$APPEND" >> "$1"\n')
+    faults = ["-e", "inject=rename:error=ENOSPC"]
+    if where == "ram":
+        faults += ["-e", "inject=link,linkat:error=ENOSPC"]
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "300", **case.repo.env,
+            **case.env(editor)}
+    full.pop("VAULTPY_DEBUG", None)
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, *faults,
+                           sys.executable, "-m", "vaultpy", "edit", "s"],
+                          cwd=case.repo.root, env=full, stdin=subprocess.DEVNULL,
+                          capture_output=True)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    line = assert_one_clean_error(proc, "secrets/s.age", "No space left on device",
+                                  "your edit is kept, encrypted")
+    kept = Path(re.search(r"kept, encrypted, in (\S+):", line).group(1))
+    kept = kept if kept.is_absolute() else case.repo.root / kept
+    if where == "beside":
+        assert kept.parent == case.master.parent and kept.name.startswith("s.age.unsaved-")
+    else:
+        assert str(kept).startswith("/dev/shm/vaultpy-unsaved-")
+    try:
+        assert age_decrypt(kept, case.repo.identity) == (case.marker + b"\n"
+                                                         + case.append.encode())
+        assert case.master.read_bytes() == before
+        case.assert_clean()
+    finally:
+        if where == "ram":
+            fsutil.remove_tree(kept.parent)
 
 
 def test_unknown_id_touches_nothing(case):

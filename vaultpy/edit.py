@@ -164,5 +164,5 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
     if new == old:
         return EditResult(secret.file, changed=False, created=False)
     # Another edit (or encrypt) may have written meanwhile: never overwrite it silently.
-    masters.write_master(cfg, secret_id, new, armor, based_on=data)
+    masters.write_master(cfg, secret_id, new, armor, based_on=data, keep_unsaved=True)
     return EditResult(secret.file, changed=True, created=not exists)

@@ -8,6 +8,8 @@ renc by the repository lock.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +36,8 @@ ANY = object()      # write_master(based_on=ANY): last writer wins (encrypt, pul
 
 
 def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False, *,
-                 lock: bool = True, based_on: object = ANY) -> Path:
+                 lock: bool = True, based_on: object = ANY, keep_unsaved: bool = False
+                 ) -> Path:
     """Encrypt ``plaintext`` to the master recipients and replace the master file
     (``lock=False``: the caller already holds the repository lock).
 
@@ -42,6 +45,10 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
     file).  If the file holds anything else by the time the lock is held, someone
     wrote it meanwhile: nothing is overwritten, the new ciphertext is kept beside it
     (see :func:`_keep_conflict`) and the error says where.
+
+    ``keep_unsaved``: the plaintext exists nowhere else (``edit``): if the master
+    cannot be written (a full disk, an I/O error), the new ciphertext is kept anyway
+    (see :func:`_keep_unsaved`) and the error says where.
     """
     secret = cfg.secret(secret_id)
     ciphertext = age.encrypt(plaintext, cfg.recipients, armor=armor)
@@ -53,8 +60,36 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
                 _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
     except OSError as exc:
-        raise VaultpyError(os_problem(secret.file, exc, "write master file")) from None
+        problem = os_problem(secret.file, exc, "write master file")
+        kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
+        if kept is not None:
+            problem = Problem(problem.file, problem.message, f"secrets.{secret_id}",
+                              f"your edit is kept, encrypted, in {display_path(kept)}: once "
+                              f"this is fixed, mv {display_path(kept)} "
+                              f"{display_path(secret.file)}")
+        raise VaultpyError(problem) from None
     return secret.file
+
+
+def _keep_unsaved(master: Path, ciphertext: bytes) -> Path | None:
+    """Keep a master's new ciphertext that could not replace it: beside it if that can
+    be written, else in a fresh directory in RAM (it is ciphertext: safe anywhere, but
+    gone at reboot).  None if neither can be written."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    beside = master.with_name(f"{master.name}.unsaved-{stamp}-{os.getpid()}")
+    try:
+        fsutil.create_new(beside, ciphertext, 0o644)
+        return beside
+    except OSError:
+        pass
+    try:        # a new, private directory: the name is only given once the file is whole
+        ram = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        folder = Path(tempfile.mkdtemp(prefix="vaultpy-unsaved-", dir=ram))
+        kept = folder / master.name
+        fsutil.write_new(kept, ciphertext, 0o644)
+        return kept
+    except OSError:
+        return None
 
 
 def _current(path: Path) -> bytes | None:
