@@ -39,7 +39,40 @@ let
     in
     foldl' (acc: id: if builtins.elem id acc then acc else acc ++ [ id ]) [ ] found;
 
+  # true when the text has a "{{ secrets." that does not form a whole placeholder: the
+  # Python parser's "broken placeholder" (the same leftmost scan as templateRefs).
+  brokenPlaceholder = text:
+    let
+      parts = split "(\\{\\{\\{\\{|\\{\\{ *secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*) *}}|\\{\\{ *secrets\\.)" text;
+    in
+    builtins.any (m: isList m && elemAt m 1 == null && elemAt m 0 != "{{{{") parts;
+
   placeholder = id: "{{ secrets.${id} }}";
+
+  # `mode = 440` in hosts.toml is a decimal TOML integer (0o670), not what it looks
+  # like: the decimal literals written after `mode =`, as strings, like the Python
+  # checker's scan of the text (vaultpy/model.py _DECIMAL_MODE).
+  decimalModes = text:
+    let
+      excluded = c: builtins.match "[0-9_.xXoObBeE:-]" c != null;
+      inLine = line:
+        let parts = split "[{,][ \t]*mode[ \t]*=[ \t]*([0-9]{1,20})" ("," + line);
+        in builtins.concatLists (genList
+          (i:
+            let m = elemAt parts i; next = elemAt parts (i + 1); in
+            if isList m && !(excluded (substring 0 1 next)) then [ (head m) ] else [ ])
+          (length parts - 1));
+    in
+    builtins.concatLists (map inLine (filter isString (split "\n" text)));
+
+  # A hosts.toml mode, normalised; `where` names the field for the error.
+  checkedMode = { decimals, file, where }: m:
+    if isInt m && m >= 8 && builtins.elem (toString m) decimals
+    then throw "${file}: ${where}: mode = ${toString m} is a decimal number (0o${octal m}); ${
+      if builtins.match "[0-7]{1,3}" (toString m) != null
+      then "write it as a string \"0${toString m}\" or as 0o${toString m}"
+      else "write it as an octal string like \"0440\""}"
+    else normalizeMode m;
 
   uniqueSorted = xs: attrNames (listToAttrs (map (x: { name = x; value = null; }) xs));
 
@@ -85,7 +118,11 @@ let
 
   profileFromHostsToml = { hostsToml, host, root ? dirOf hostsToml }:
     let
-      doc = fromTOML (readFile hostsToml);
+      text = readFile hostsToml;
+      doc = fromTOML text;
+      decimals = decimalModes text;
+      mode = where: spec: checkedMode { inherit decimals where; file = toString hostsToml; }
+        (spec.mode or "0400");
       top = doc.vaultpy or { };
       secretsDir = top.secrets_dir or "secrets";
       cacheDir = resolve root (top.cache_dir or "secrets/cache");
@@ -114,11 +151,11 @@ let
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
-        } // outputFields spec;
+        } // outputFields spec // { mode = mode "hosts.${host}.secrets.${id}.mode" spec; };
       templateEntry = name:
         let spec = tmpls.${name}; in
         { inherit name; content = spec.content; trim = spec.trim or false; }
-        // outputFields spec;
+        // outputFields spec // { mode = mode "hosts.${host}.templates.${name}.mode" spec; };
     in
     mkProfile {
       inherit host;
@@ -156,5 +193,5 @@ let
 in
 {
   inherit cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
-    profileFromOptions defaultSettings normalizeMode;
+    profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode;
 }

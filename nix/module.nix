@@ -4,7 +4,7 @@
 #   vaultpy.settings.hostPubkey = "ssh-ed25519 AAAA…";   # this host's key
 #   vaultpy.settings.cacheRoot = ./secrets/cache;         # the repo's renc output
 #   vaultpy.secrets.db_password = { file = ./secrets/db_password.age; owner = "postgres"; };
-#   services.foo.passwordFile = config.vaultpy.secrets.db_password.outPath;
+#   services.foo.passwordFile = config.vaultpy.secrets.db_password.path;   # as with agenix
 #
 # or import everything for this host from the operator's hosts.toml:
 #
@@ -43,7 +43,11 @@ let
     path = mkOption {
       type = types.nullOr absPath;
       default = null;
-      description = "An extra path: a symlink to the live file.";
+      description = ''
+        Where the file is read (as agenix's, sops-nix's and vaultix's `path`): by default
+        its place in the live directory, `outPath`; set to another absolute path, a
+        symlink there to it (outside `settings.dir`, `earlyDir` and `store`).
+      '';
     };
     restartUnits = mkOption {
       type = types.listOf unitName;
@@ -63,9 +67,18 @@ let
   };
 
   liveDir = early: if early then s.earlyDir else s.dir;
+  # `path` defaults to the file's own place; only another value becomes a symlink.
+  pathAt = place: outputOptions.path // {
+    default = place;
+    defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
+  };
+  extraPath = v: if v.path == null || v.path == v.outPath then null else v.path;
+  validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
+    && builtins.stringLength id <= 128;
 
   secretType = types.submodule ({ name, config, ... }: {
     options = outputOptions // {
+      path = pathAt config.outPath;
       file = mkOption {
         type = types.path;
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
@@ -91,6 +104,7 @@ let
 
   templateType = types.submodule ({ name, config, ... }: {
     options = outputOptions // {
+      path = pathAt config.outPath;
       content = mkOption {
         type = types.str;
         description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
@@ -128,8 +142,8 @@ let
       store = s.store;
       keep = s.keep;
     };
-    secrets = cfg.secrets;
-    templates = cfg.templates;
+    secrets = mapAttrs (_: v: v // { path = extraPath v; }) cfg.secrets;
+    templates = mapAttrs (_: v: v // { path = extraPath v; }) cfg.templates;
     inherit cacheFile;
   };
 
@@ -138,47 +152,83 @@ let
   # --- hosts.toml import -------------------------------------------------------------
   fromToml =
     let
+      file = toString cfg.hostsToml;
+      text = builtins.readFile cfg.hostsToml;
+      doc = builtins.fromTOML text;
+      # one line naming the file, the field and the fix, as `vaultpy check` does
+      bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
       root = dirOf cfg.hostsToml;
-      doc = builtins.fromTOML (builtins.readFile cfg.hostsToml);
       top = doc.vaultpy or { };
       resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
       declared = doc.secrets or { };
-      masterFile = id:
-        if (declared.${id} or { }) ? file then resolve declared.${id}.file
-        else resolve "${top.secrets_dir or "secrets"}/${id}.age";
+      hw = "hosts.${s.hostName}";
       h = doc.hosts.${s.hostName} or (throw
-        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${toString cfg.hostsToml}");
+        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file}");
+      masterFile = id:
+        let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
+                else resolve "${top.secrets_dir or "secrets"}/${id}.age";
+        in if builtins.pathExists f then f
+           else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
       raw = h.secrets or [ ];
       deployed = if builtins.isList raw
         then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
       tmpls = h.templates or { };
-      refs = concatMap (n: vlib.templateRefs tmpls.${n}.content) (attrNames tmpls);
-      fromSpec = spec: builtins.removeAttrs
-        (spec // {
-          restartUnits = spec.restart_units or [ ];
-          reloadUnits = spec.reload_units or [ ];
-        } // lib.optionalAttrs (spec ? mode) { mode = vlib.normalizeMode spec.mode; }
-          // lib.optionalAttrs (spec ? owner) { owner = toString spec.owner; }
-          // lib.optionalAttrs (spec ? group) { group = toString spec.group; })
-        [ "restart_units" "reload_units" ];
+      content = n: tmpls.${n}.content or (bad "${hw}.templates.${n}.content"
+        "missing: give the template's text");
+      refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
+      decimals = vlib.decimalModes text;
+      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
+      fromSpec = where: allowed: spec:
+        let
+          unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
+        in
+        if !(builtins.isAttrs spec) then bad where "expected a table"
+        else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
+          "unknown key; use one of ${concatStringsSep ", " allowed}"
+        else builtins.removeAttrs
+          (spec // {
+            restartUnits = spec.restart_units or [ ];
+            reloadUnits = spec.reload_units or [ ];
+          } // lib.optionalAttrs (spec ? mode) {
+              mode = vlib.checkedMode { inherit decimals; file = "vaultpy.hostsToml: ${file}";
+                                     where = "${where}.mode"; } spec.mode; }
+            // lib.optionalAttrs (spec ? owner) { owner = toString spec.owner; }
+            // lib.optionalAttrs (spec ? group) { group = toString spec.group; })
+          [ "restart_units" "reload_units" ];
     in
     {
-      pubkey = h.pubkey;
+      pubkey = h.pubkey or (bad "${hw}.pubkey"
+        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
       cacheRoot = resolve (top.cache_dir or "secrets/cache");
       secrets = builtins.listToAttrs (map
         (id: {
           name = id;
-          value = mapAttrs (_: mkDefault) (fromSpec (deployed.${id} or { })
-            // { file = masterFile id; install = deployed ? ${id}; });
+          value = mapAttrs (_: mkDefault)
+            (fromSpec "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
+              // { file = masterFile id; install = deployed ? ${id}; });
         })
         (lib.unique (attrNames deployed ++ refs)));
-      templates = mapAttrs (_: spec: mapAttrs (_: mkDefault) (fromSpec spec)) tmpls;
+      templates = mapAttrs (n: spec: mapAttrs (_: mkDefault)
+        (fromSpec "${hw}.templates.${n}" ([ "content" "trim" ] ++ outputKeys) spec
+          // { content = content n; })) tmpls;
     };
 
   # --- checks ------------------------------------------------------------------------
   installed = filterAttrs (_: v: v.install) cfg.secrets;
-  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; inherit (v) name path owner group early; }) installed
-    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) path owner group early; }) cfg.templates;
+  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; path = extraPath v; inherit (v) name owner group early; }) installed
+    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) owner group early;
+                                   path = if validId n then extraPath v else null; }) cfg.templates;
+  # `path` overlapping activation's own directories would write into the live generation
+  clashes = p: builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
+    [ s.dir s.earlyDir s.store ];
+  # chown(2) takes (uid_t)-1 as "leave unchanged": numeric ids stop below it
+  idTooBig = n:
+    let digits = builtins.match "0*([0-9]+)" (toString n);
+        d = if digits == null then "" else builtins.head digits;
+        len = builtins.stringLength d;
+    in digits != null && (len > 10 || (len == 10 && d > "4294967294"));
+  keyShape = k: builtins.match
+    "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
   dupes = key: xs:
     let
       keyed = map (x: { k = key x; inherit (x) label; }) (builtins.filter (x: key x != null) xs);
@@ -279,10 +329,32 @@ in
           { assertion = s.cacheRoot != null;
             message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache"; }
         ]
-        ++ optionals (s.hostPubkey != null && s.cacheRoot != null) (lib.mapAttrsToList (id: spec: {
-          assertion = builtins.pathExists (cachePath id spec);
-          message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc`";
-        }) cfg.secrets)
+        ++ map (k: { assertion = keyShape k;
+            message = "vaultpy.settings.hostPubkey: ${k} is not an ssh-ed25519 or age1 public key: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"; })
+          (if s.hostPubkey == null then [ ] else recipients)
+        ++ optionals (s.hostPubkey != null && s.cacheRoot != null && builtins.all keyShape recipients)
+          (lib.mapAttrsToList (id: spec: {
+            assertion = validId id -> builtins.pathExists (cachePath id spec);
+            message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: list ${id} under [hosts.${s.hostName}] in hosts.toml (renc writes only what a host is given there, under the same id and master file), then run `vaultpy renc`";
+          }) cfg.secrets)
+        ++ map (id: { assertion = false;
+            message = "vaultpy: secret id ${builtins.toJSON id} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128), as in hosts.toml"; })
+          (builtins.filter (id: !(validId id)) (attrNames cfg.secrets))
+        ++ map (n: { assertion = false;
+            message = "vaultpy: template name ${builtins.toJSON n} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
+          (builtins.filter (n: !(validId n)) (attrNames cfg.templates))
+        ++ lib.mapAttrsToList (n: _: { assertion = false;
+            message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
+          (filterAttrs (_: t: vlib.brokenPlaceholder t.content) cfg.templates)
+        ++ map (i: { assertion = false;
+            message = "vaultpy: ${i.label}: path ${i.path} overlaps ${concatStringsSep " and " (clashes i.path)}, where activation keeps its own files: choose a path outside, or leave path unset"; })
+          (builtins.filter (i: i.path != null && clashes i.path != [ ]) items)
+        ++ lib.mapAttrsToList (id: _: { assertion = false;
+            message = "vaultpy: secret ${id}: path is set but install = false (the secret only feeds templates): drop the path, or install it"; })
+          (filterAttrs (_: v: !v.install && extraPath v != null) cfg.secrets)
+        ++ concatMap (i: map (f: { assertion = false;
+            message = "vaultpy: ${i.label}: ${f} ${toString i.${f}} is too big: numeric ids stop at 4294967294"; })
+          (builtins.filter (f: idTooBig i.${f}) [ "owner" "group" ])) items
         ++ concatMap (i: [
           { assertion = known "users" i.owner;
             message = "vaultpy: ${i.label}: owner ${toString i.owner} is not in users.users"; }
@@ -339,6 +411,12 @@ in
         deps = [ "specialfs" ];
         text = activateCmd " --early";
       };
+    })
+    # Classic NixOS creates users in the `users` activation script: early items first.
+    # With systemd-sysusers or userborn that script is an empty string (no deps: the
+    # early unit orders itself before them instead).
+    (mkIf (hasEarly && !(config.systemd.sysusers.enable or false)
+           && !(config.services.userborn.enable or false)) {
       system.activationScripts.users.deps = [ "vaultpy-early" ];
     })
   ];

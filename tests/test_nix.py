@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -582,15 +583,64 @@ _TEMPLATE_TEXT = st.one_of(st.text(alphabet="{} secrets.ab", max_size=40),
           HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 @given(texts=st.lists(_TEMPLATE_TEXT, min_size=50, max_size=50))
 def test_template_refs_random(nix: Nix, tmp_path: Path, texts: list[str]) -> None:
-    """Random text: wherever Python accepts a template, Nix finds the same ids (Python
-    rejects broken placeholders; Nix's helper does not validate, so those are skipped)."""
+    """Random text: wherever Python accepts a template, Nix finds the same ids, and
+    Nix's brokenPlaceholder is true exactly where Python rejects the text."""
     got = _nix_refs(nix, texts, tmp_path)
-    for text, nix_refs in zip(texts, got, strict=True):
+    broken = _nix_broken(nix, texts, tmp_path)
+    for text, nix_refs, nix_broken in zip(texts, got, broken, strict=True):
         try:
             want = vtemplates.references(text)
         except vtemplates.TemplateError:
+            assert nix_broken, text
             continue
+        assert not nix_broken, text
         assert nix_refs == want, text
+
+
+def _nix_broken(nix: Nix, texts: list[str], tmp: Path) -> list[bool]:
+    data = tmp / f"broken-{hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}.json"
+    data.write_text(json.dumps(texts, ensure_ascii=False))
+    out: list[bool] = nix.eval(
+        f"map (import {nix_value(LIB_NIX)}).brokenPlaceholder "
+        f"(builtins.fromJSON (builtins.readFile {nix_value(data)}))")
+    return out
+
+
+def test_broken_placeholder_tricky(nix: Nix, tmp_path: Path) -> None:
+    texts = ["{{ secrets.a }}", "{{ secrets.a }", "{{{{ secrets.a }", "x {{ secrets. }}",
+             "{{{ secrets.a }}", "{{ other }}", "{{secrets.a}}{{ secrets.", "{{ secrets.-a }}"]
+    want = []
+    for t in texts:
+        try:
+            vtemplates.parse(t)
+            want.append(False)
+        except vtemplates.TemplateError:
+            want.append(True)
+    assert want == [False, True, False, True, False, False, True, True]
+    assert _nix_broken(nix, texts, tmp_path) == want
+
+
+_MODE_LINES = st.lists(st.sampled_from([
+    "mode = 440", "mode=0o440", "  mode\t= 600 # c", "x = { mode = 640, a = 1 }",
+    "{ mode = 7 }, { mode = 9 }", "mode = 440_0", "mode = 1.5", "mode = 0x1ff",
+    "mode = 12345678901234567890123", "mode = 12345678901234567890", 'mode = "0440"',
+    "node = 440", "amode = 440", "mode = 77\r", "mode = 44:", "[x]", ""]), max_size=8)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(_MODE_LINES.map("\n".join), min_size=30, max_size=30))
+def test_decimal_modes_match_the_python_scan(nix: Nix, tmp_path: Path,
+                                             texts: list[str]) -> None:
+    """lib.decimalModes is the twin of vaultpy/model.py's _DECIMAL_MODE: the module and
+    lib.profileFromHostsToml refuse `mode = 440` (0o670) exactly where Python does."""
+    data = tmp_path / f"modes-{hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}"
+    data.write_text(json.dumps(texts))
+    got = nix.eval(f"map (import {nix_value(LIB_NIX)}).decimalModes "
+                   f"(builtins.fromJSON (builtins.readFile {nix_value(data)}))")
+    for text, nix_modes in zip(texts, got, strict=True):
+        want = {m.group("value") for m in vmodel._DECIMAL_MODE.finditer(text)}
+        assert set(nix_modes) == want, text
 
 
 def test_placeholder_round_trips(nix: Nix) -> None:
@@ -765,6 +815,88 @@ def test_module_out_paths_and_placeholders(web1_options: dict[str, Any]) -> None
     assert web1_options["placeholder"] == {i: f"{{{{ secrets.{i} }}}}" for i in ids}
 
 
+def test_module_path_is_where_the_file_is_read_as_with_agenix(
+        web1_options: dict[str, Any], nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """`config.vaultpy.secrets.<id>.path`, as agenix's, sops-nix's and vaultix's, is where
+    a service reads the file: the live place by default (no symlink then), the extra
+    symlink when set.  Set to the live place itself, it is no symlink either."""
+    assert web1_options["paths"] == {**web1_options["outPaths"],
+                                     "tls.key": "/etc/nginx/tls/server.key",
+                                     "template:app.env": "/etc/app/app.env"}
+    opts = _base_secret(rich, path="/run/vaultpy/db_password")
+    out = eval_modules(nixpkgs_lib, {"c": write_module(tmp_path / "c.nix", opts)})["c"]
+    assert out["failedAssertions"] == []
+    assert out["paths"]["db_password"] == "/run/vaultpy/db_password"
+    assert [s_["path"] for s_ in out["profile"]["secrets"]] == [None]
+
+
+@pytest.mark.parametrize("sysusers", ["systemd", "userborn", None])
+def test_early_items_order_the_users_script_only_on_classic_nixos(
+        nixpkgs_lib: Nix, rich: Rich, tmp_path: Path, sysusers: str | None) -> None:
+    """With systemd-sysusers or userborn, nixpkgs makes `activationScripts.users` an
+    empty string: no `deps` may be added to it (the early unit orders itself before
+    them instead)."""
+    opts: dict[str, Any] = _web1_options(rich)
+    if sysusers == "systemd":
+        opts["systemd"] = {"sysusers": {"enable": True}}
+    elif sysusers == "userborn":
+        opts["services"] = {"userborn": {"enable": True}}
+    out = eval_modules(nixpkgs_lib, {"c": write_module(tmp_path / "c.nix", opts)})["c"]
+    scripts = out["activationScripts"]
+    assert "vaultpy-early" in scripts
+    if sysusers is None:
+        assert scripts["users"]["deps"] == ["vaultpy-early"]
+    else:
+        assert "users" not in scripts
+        assert {"systemd-sysusers.service", "userborn.service"} <= set(
+            out["services"]["vaultpy-activate-early"]["before"])
+
+
+# hosts.toml mistakes the module must report as `vaultpy check` does: one line naming
+# the file, the field and the fix (not a Nix error about an attribute or an option).
+_DEMO_TOML = (ROOT / "hosts.toml").read_text()
+_WEB1_PUBKEY = next(ln for ln in _DEMO_TOML.splitlines() if "AAAAIGqkay" in ln)
+HOSTS_TOML_ERRORS = {
+    "no-pubkey": (_DEMO_TOML.replace(_WEB1_PUBKEY, ""),
+                  "hosts.web1.pubkey: missing: give this host's"),
+    "template-without-content": (_DEMO_TOML.replace(
+        '[hosts.web1.templates."app.env"]\ncontent = """',
+        '[hosts.web1.templates."app.env"]\ncontents = """'),
+        "hosts.web1.templates.app.env.content: missing: give the template's text"),
+    "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
+                                       'ownr = "app"\ngroup = "app"'),
+                    "hosts.web1.secrets.api_token.ownr: unknown key; use one of name, owner"),
+    "decimal-mode": (_DEMO_TOML.replace('mode = "0440"', "mode = 440"),
+                     'hosts.web1.secrets.api_token.mode: mode = 440 is a decimal number '
+                     '(0o670); write it as a string "0440"'),
+    "missing-master": (_DEMO_TOML.replace("[hosts.web1.secrets.api_token]",
+                                          "[hosts.web1.secrets.nope]\n"
+                                          "[hosts.web1.secrets.api_token]"),
+                       "hosts.web1.secrets: secret nope has no master file"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTS_TOML_ERRORS))
+def test_hosts_toml_mistakes_are_one_clear_line(nixpkgs_lib: Nix, tmp_path: Path,
+                                                case: str) -> None:
+    text, expected = HOSTS_TOML_ERRORS[case]
+    assert text != _DEMO_TOML
+    (tmp_path / "secrets").symlink_to(ROOT / "secrets")
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(text)
+    cfg = write_module(tmp_path / "c.nix", {"vaultpy": {"hostsToml": hosts},
+                                            "networking": {"hostName": "web1"},
+                                            **DEMO_USERS})
+    proc = nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profileJson",
+                                 args=["--arg", "config", str(cfg)])
+    assert proc.returncode != 0, proc.stdout
+    assert f"vaultpy.hostsToml: {hosts}: {expected}" in proc.stderr, proc.stderr
+    # and Python says the same of the same file
+    py = subprocess.run([sys.executable, "-m", "vaultpy", "-C", str(tmp_path), "check"],
+                        capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert py.returncode != 0
+
+
 def test_module_out_paths_follow_custom_dirs(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path
                                             ) -> None:
     opts = _web1_options(rich)
@@ -840,6 +972,21 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "undeclared-template-secret": {"vaultpy": {
             "settings": settings_, "secrets": {"db_password": {"file": master}},
             "templates": {"t": {"content": "{{ secrets.db_password }} {{ secrets.nope }}"}}}},
+        "template-name-traversal": {"vaultpy": {
+            "settings": settings_, "secrets": {"db_password": {"file": master}},
+            "templates": {"../../etc/shadow": {"content": "x"}}}},
+        "secret-id-slash": {"vaultpy": {"settings": settings_,
+                                        "secrets": {"a/b": {"file": master, "name": "ab"}}}},
+        "broken-placeholder": {"vaultpy": {
+            "settings": settings_, "secrets": {"db_password": {"file": master}},
+            "templates": {"t": {"content": "{{ secrets.db_password }"}}}},
+        "path-in-live-dir": _base_secret(rich, path="/run/vaultpy/other"),
+        "path-above-store": _base_secret(rich, path="/run"),
+        "path-not-installed": _base_secret(rich, install=False, path="/etc/x"),
+        "owner-too-big": _base_secret(rich, owner="4294967295"),
+        "group-too-big-int": _base_secret(rich, group=99999999999),
+        "bad-host-key": {"vaultpy": {**base["vaultpy"], "settings": {
+            **settings_, "hostPubkey": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC root@x"}}},
     }
 
 
@@ -869,6 +1016,16 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("duplicate-path", ["secret db_password", "secret user_hash", "same path /etc/same"]),
     ("undeclared-template-secret", ["template t uses secrets.nope",
                                     "declare vaultpy.secrets.nope"]),
+    ("template-name-traversal", ['template name "../../etc/shadow" is invalid']),
+    ("secret-id-slash", ['secret id "a/b" is invalid']),
+    ("broken-placeholder", ["template t: broken placeholder", "{{ secrets.<id> }}"]),
+    ("path-in-live-dir", ["secret db_password", "/run/vaultpy/other overlaps /run/vaultpy,"]),
+    ("path-above-store", ["path /run overlaps /run/vaultpy and /run/vaultpy-early and "
+                          "/run/vaultpy.d"]),
+    ("path-not-installed", ["secret db_password", "install = false"]),
+    ("owner-too-big", ["secret db_password", "owner 4294967295 is too big"]),
+    ("group-too-big-int", ["secret db_password", "group 99999999999 is too big"]),
+    ("bad-host-key", ["hostPubkey", "ssh-rsa", "not an ssh-ed25519 or age1 public key"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:

@@ -355,12 +355,19 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
     return "root"
 
 
+def _short(text: str, limit: int = 120) -> str:
+    """A message about a value of any length, at most ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
+
+
 def _mode(ck: _Checker, value: Any, where: str) -> str:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         if value >= 8 and value in ck.decimal_modes:
-            ck.add(where, f"mode = {value} is a decimal number (0o{value:o})",
-                   f'write it as a string "0{value}" or as 0o{value}')
+            fix = (f'write it as a string "0{value}" or as 0o{value}'
+                   if re.fullmatch(r"[0-7]{1,3}", str(value))
+                   else 'write it as an octal string like "0440"')
+            ck.add(where, _short(f"mode = {value} is a decimal number (0o{value:o})"), fix)
             return "0400"
         number = value
     elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
@@ -368,7 +375,7 @@ def _mode(ck: _Checker, value: Any, where: str) -> str:
     if number is None or not 0 <= number <= 0o777:
         shown = f"0o{value:o}" if isinstance(value, int) and not isinstance(value, bool) \
             and value >= 0 else repr(value)
-        ck.add(where, f"invalid mode {shown}",
+        ck.add(where, _short(f"invalid mode {shown}"),
                'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)')
         return "0400"
     return f"{number:04o}"

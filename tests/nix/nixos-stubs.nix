@@ -16,6 +16,8 @@ in
     system.activationScripts = mkOption { type = types.attrsOf types.anything; default = { }; };
     environment.systemPackages = mkOption { type = types.listOf types.anything; default = [ ]; };
     networking.hostName = mkOption { type = types.str; default = "nixos"; };
+    systemd.sysusers.enable = mkOption { type = types.bool; default = false; };
+    services.userborn.enable = mkOption { type = types.bool; default = false; };
     services.openssh.hostKeys = mkOption {
       type = types.listOf types.anything;
       default = [ { type = "ed25519"; path = "/etc/ssh/ssh_host_ed25519_key"; } ];
