@@ -442,7 +442,9 @@ def prop_profile(data: Any) -> None:
     for item in [*prof.secrets, *prof.templates]:
         assert model.ID_RE.fullmatch(item.name)
         assert re.fullmatch(r"0[0-7]{3}", item.out.mode)
-        assert item.out.path is None or item.out.path.startswith("/")
+        assert item.out.path is None or (item.out.path.startswith("/")
+                                          and "\0" not in item.out.path)
+        assert item.file is None or "\0" not in str(item.file)
         for who in (item.out.owner, item.out.group):    # chown(2) takes -1 as "unchanged"
             assert not who.isdigit() or (who.isascii() and int(who) < 2**32 - 1), who
     paths = [i.out.path for i in items if i.out.path]
@@ -493,6 +495,8 @@ def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     (_set("secrets", 0, owner="4294967295"), "secrets[0].owner", "invalid user"),
     (_set("templates", 0, group="99999999999999999999"), "templates[0].group", "invalid"),
     (_set("templates", 0, owner="\u00b2"), "templates[0].owner", "invalid user"),
+    (_set("templates", 0, path="/etc/a\u0000b"), "templates[0].path", "not an absolute"),
+    (_set("secrets", 0, file="\u0000"), "secrets[0].file", "NUL"),
 ])
 def test_profile_refuses_what_activation_cannot_do_safely(
         change: Callable[[dict[str, Any]], None], field: str, words: str) -> None:

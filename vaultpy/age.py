@@ -169,14 +169,19 @@ def _read_line_from_fd(fd: int) -> str:
     while True:
         try:
             chunk = os.read(fd, 1)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:     # OverflowError: fd beyond a C int
+            reason = exc.strerror if isinstance(exc, OSError) else "no such descriptor"
             raise VaultpyError(Problem("--passphrase-fd", f"cannot read passphrase: "
-                                       f"{exc.strerror}", "", "pass an open descriptor")
+                                       f"{reason}", "", "pass an open descriptor")
                                ) from None
         if not chunk or chunk == b"\n":
             break
         data += chunk
-    return data.decode("utf-8").rstrip("\r")
+    try:
+        return data.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        raise VaultpyError(Problem("--passphrase-fd", "the passphrase is not UTF-8 text", "",
+                                   "pass the passphrase as UTF-8")) from None
 
 
 def passphrase_from_env_or_tty(prompt: str) -> str:
@@ -191,14 +196,16 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
         except OSError as exc:
             raise fail(path, f"cannot read passphrase file: {exc.strerror}",
                        field="VAULTPY_PASSPHRASE_FILE") from None
+        except UnicodeDecodeError:
+            raise fail(path, "the passphrase file is not UTF-8 text",
+                       field="VAULTPY_PASSPHRASE_FILE",
+                       hint="save the passphrase as UTF-8") from None
     try:
         secret = _tty_secret(prompt)
-        if secret is None:          # no terminal: getpass reads stdin (with a warning)
-            import getpass
-
-            secret = getpass.getpass(prompt)
+        if secret is None:          # no terminal: a line from stdin, as getpass would
+            secret = _stdin_line(prompt)
         return secret
-    except (EOFError, OSError):
+    except (EOFError, OSError, UnicodeDecodeError):
         problem = Problem("VAULTPY_PASSPHRASE_FILE", "a passphrase is needed but there is no "
                           "terminal to ask on", "", "set VAULTPY_PASSPHRASE_FILE to a file "
                           "holding it")
@@ -475,6 +482,19 @@ def _tty_secret(prompt: str) -> str | None:
     finally:
         os.close(fd)
     return line.decode("utf-8", "replace").rstrip("\r")
+
+
+def _stdin_line(prompt: str) -> str:
+    """getpass's fallback without a terminal, minus its warning lines: the prompt on
+    stderr, a line from stdin (EOFError when there is none)."""
+    import sys
+
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
 
 
 def _read_tty_line(fd: int) -> bytes:

@@ -18,11 +18,11 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
-from vaultpy._internal.fsutil import atomic_write, is_tmp
+from vaultpy._internal.fsutil import atomic_write, is_tmp, read_regular
 
 # Naming lives apart (the incremental renc needs it alone); it is this module's API too.
 from vaultpy._internal.names import NAME_RE as NAME_RE
@@ -48,7 +48,7 @@ class Master:
 
 
 def read_master_info(path: Path) -> Master:
-    data = path.read_bytes()
+    data, _st = read_regular(path)
     try:
         payload: int | None = ageformat.parse(data).payload_size
         error = None
@@ -179,9 +179,7 @@ def _verify_read(path: Path | str, recipients: Sequence[str], payload: int | Non
                  ) -> tuple[str | None, os.stat_result | None]:
     """:func:`verify`, and the stat of the very file it read (None if unread)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-            st = os.fstat(f.fileno())
+        data, st = read_regular(path)
     except FileNotFoundError:
         return "missing", None
     except OSError as exc:
@@ -208,6 +206,27 @@ def _verify_bytes(data: bytes, recipients: Sequence[str], payload: int | None
         return "not encrypted to the host's current key"
     return None
 
+
+def in_the_way(item: Item) -> str | None:
+    """What stops renc from writing ``item`` that renc must not remove itself (it may
+    hold someone's files): a directory in the file's place, or a file in the place of
+    the host's directory.  None when nothing is in the way."""
+    try:
+        if not S_ISDIR(os.stat(item.dir).st_mode):
+            return f"{display_path(item.dir)} is not a directory"
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None             # reported by the read or the write itself
+    try:
+        if S_ISDIR(os.lstat(os.path.join(item.dir, item.name)).st_mode):
+            return "a directory is in its place"
+    except OSError:
+        pass
+    return None
+
+
+FIX_IN_THE_WAY = "move it away, then run vaultpy renc"
 
 INDEX = ".vaultpy-verified"      # git-ignored, like the lock file
 

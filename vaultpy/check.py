@@ -50,10 +50,17 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      display_path(cfg.secrets[sid].file),
                                      installed=sid in installed))
                 continue
+            shown = f"{shown_cache}/{item.host}/{item.name}"
             reason = index.check(item)
+            blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+            if blocker is not None:
+                entries.append(Entry(host.name, sid, "damaged", shown, blocker,
+                                     sid in installed))
+                problems.append(Problem(shown, f"cache file cannot be written: {blocker}",
+                                        f"hosts.{host.name}.{sid}", cache.FIX_IN_THE_WAY))
+                continue
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
-            shown = f"{shown_cache}/{item.host}/{item.name}"
             entries.append(Entry(host.name, sid, state, shown,
                                  reason or "", sid in installed))
             if reason == "missing":

@@ -28,7 +28,7 @@ def display_path(path: str | os.PathLike[str]) -> str:
     if p.name in ("", ".."):
         try:
             rel = p.resolve().relative_to(Path.cwd().resolve())
-        except (ValueError, OSError):
+        except (ValueError, OSError, RuntimeError):   # RuntimeError: a symlink loop (3.11)
             return str(p)
         return str(rel) if str(rel) != "." else str(p)
     # Resolve the directory only: a symlink is named as written, not by its target.
@@ -45,7 +45,7 @@ def _shown_dir(parent: str, cwd: str) -> str | None:
     """``parent`` resolved, relative to the resolved ``cwd``; None when not below it."""
     try:
         return str(Path(parent).resolve().relative_to(Path(cwd).resolve()))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):   # RuntimeError: a symlink loop (3.11)
         return None
 
 

@@ -43,7 +43,11 @@ def configured_paths(configured: Path | None, explicit: Sequence[Path] = ()) -> 
         return list(explicit)
     env = os.environ.get("VAULTPY_IDENTITY")
     if env:
-        return [Path(os.path.expanduser(p)) for p in env.split(":") if p]
+        paths = [Path(os.path.expanduser(p)) for p in env.split(":") if p]
+        if not paths:
+            raise VaultpyError(Problem("VAULTPY_IDENTITY", f"names no file: {env!r}", "",
+                                       "set it to identity files separated by ':'"))
+        return paths
     if configured is not None:
         return [configured]
     default = Path(os.path.expanduser(DEFAULT_IDENTITY))

@@ -74,7 +74,12 @@ def init(directory: Path, recipients: Sequence[str] = (),
     normalized = []
     for r in recipients:
         try:
-            normalized.append(age.normalize_recipient(r, allow_rsa=True))
+            key = age.normalize_recipient(r, allow_rsa=True)
+            if key in normalized:
+                problems.append(Problem("--recipient", f"the same key is given twice: {r}",
+                                        "", "give each recipient once"))
+                continue
+            normalized.append(key)
         except ValueError as exc:
             problems.append(Problem("--recipient", str(exc), "",
                                     "use an age1… key or an ssh-ed25519 public key line"))

@@ -25,7 +25,7 @@ from vaultpy.model import Config
 def read_master(cfg: Config, secret_id: str) -> bytes:
     secret = cfg.secret(secret_id)
     try:
-        return secret.file.read_bytes()
+        return fsutil.read_regular(secret.file)[0]
     except FileNotFoundError:
         raise VaultpyError(missing_master(cfg, secret_id)) from None
     except OSError as exc:

@@ -242,9 +242,13 @@ class Config:
         try:
             return self.secrets[secret_id]
         except KeyError:
-            raise VaultpyError(Problem(display_path(self.path), f"unknown secret id "
-                                       f"{secret_id!r}", "secrets",
-                                       f"declare [secrets.{secret_id}] in hosts.toml")) from None
+            if ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
+                hint = f"declare [secrets.{secret_id}] in hosts.toml"
+            else:
+                hint = ("ids are letters, digits, _ . - (starting with a letter or digit, "
+                        f"at most {ID_MAX}); known: " + (", ".join(self.secrets) or "none"))
+            raise VaultpyError(Problem(display_path(self.path), _short(
+                f"unknown secret id {secret_id!r}"), "secrets", _short(hint, 300))) from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -353,6 +357,17 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
     ck.add(where, f"invalid user or group {value!r}",
            "use a name like \"postgres\" or a numeric id like 1000")
     return "root"
+
+
+def _resolved(ck: _Checker, path: Path, where: str) -> Path | None:
+    """``path`` with its symlinks resolved, or None (and a problem) for a symlink loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:      # 3.11: RuntimeError("Symlink loop …")
+        reason = "a symlink loop" if isinstance(exc, RuntimeError) else exc.strerror
+        ck.add(where, f"{display_path(path)}: cannot resolve it ({reason})",
+               "fix or remove the symlinks on that path")
+        return None
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -468,8 +483,13 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                 text[key] = value
     addr = text.get("addr")
     if addr is not None:
-        parts = urlsplit(addr)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:                                    # "http://[::1", "http://h:x" raise
+            parts = urlsplit(addr)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            ok = ok and (parts.port is None or parts.port >= 0)   # .port checks the port
+        except ValueError:
+            ok = False
+        if not ok:
             ck.add(f"{where}.addr", f"invalid address {addr!r}",
                    'use a URL like "https://vault.example.com:8200"')
     auth = text.get("auth", "token")
@@ -688,12 +708,19 @@ def parse(text: str, path: Path) -> Config:
         if host is not None:
             hosts[name] = host
 
-    resolved_cache = cache_dir.resolve()
-    if resolved_cache == root.resolve() or root.resolve().is_relative_to(resolved_cache):
+    resolved_cache = _resolved(ck, cache_dir, "vaultpy.cache_dir")
+    resolved_root = _resolved(ck, root, "")
+    if resolved_cache is not None and resolved_root is not None and (
+            resolved_cache == resolved_root or resolved_root.is_relative_to(resolved_cache)):
         ck.add("vaultpy.cache_dir", "the cache would contain hosts.toml",
                'use a directory of its own, like "secrets/cache"')
+    if resolved_cache is not None and cache_dir.exists() and not cache_dir.is_dir():
+        ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
+               "point cache_dir at a directory (renc creates it if missing)")
     for s in declared.values():
-        if s.file.resolve().is_relative_to(resolved_cache):
+        resolved = _resolved(ck, s.file, f"secrets.{_quote(s.id)}.file")
+        if resolved is not None and resolved_cache is not None and \
+                resolved.is_relative_to(resolved_cache):
             ck.add(f"secrets.{_quote(s.id)}.file", "master file lies inside the cache "
                    "directory (renc would delete it)", "move it out of cache_dir")
     if ck.problems:

@@ -180,7 +180,8 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
         rd.bad(where, "expected a string")
         return None
     pure = PurePosixPath(value)
-    if not pure.is_absolute() or ".." in pure.parts or str(pure) != value or value == "/":
+    if (not pure.is_absolute() or ".." in pure.parts or str(pure) != value or value == "/"
+            or "\0" in value):
         rd.bad(where, f"not an absolute, normalised path: {value!r}")
         return None
     return value
@@ -247,6 +248,9 @@ def parse(data: Any, source: str, base: Path) -> Profile:
             if not ID_RE.fullmatch(val):
                 rd.bad(f"{where}.{key}", f"invalid {key} {val!r}")
         file = rd.get(obj, "file", str, where) or ""
+        if "\0" in file:
+            rd.bad(f"{where}.file", "the path holds a NUL character")
+            file = ""
         install = rd.get(obj, "install", bool, where)
         secrets.append(Item(name=name, out=_read_output(rd, obj, where), id=sid,
                             file=(base / file) if file else None, install=bool(install)))

@@ -111,7 +111,7 @@ def _run_job(job: _Job) -> list[_Reply]:
         if known is not None and known[0] == job.master_sha256:
             plaintext = known[1]
         else:
-            data = job.master.read_bytes()
+            data = fsutil.read_regular(job.master)[0]
             if hashlib.sha256(data).hexdigest() != job.master_sha256:
                 raise VaultpyError(Problem(job.source, "changed while renc was running",
                                            "", "run vaultpy renc again"))
@@ -433,7 +433,7 @@ def _decrypt_master(path: Path, keep_as: str | None = None) -> Problem | None:
     """Whether ``path`` decrypts with the loaded identities; ``keep_as``: keep the
     plaintext under this secret id (with the hash of the master it came from)."""
     try:
-        data = path.read_bytes()
+        data = fsutil.read_regular(path)[0]
         plaintext = age.decrypt(data, _IDENTITIES, display_path(path))
     except (OSError, VaultpyError) as exc:
         return _master_problem(path, exc)
@@ -469,6 +469,13 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     todo: list[cache.Item] = []
     for item in p.items:
         reason = index.check(item)
+        blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+        if blocker is not None:         # renc never removes what it did not write
+            result.failed.append(Problem(display_path(item.path), "cannot write the cache "
+                                         f"file: {blocker}", f"hosts.{item.host}.{item.id}",
+                                         cache.FIX_IN_THE_WAY))
+            result.failed_items.add((item.host, item.id))
+            continue
         if reason is None:
             result.unchanged.append(item)
         elif reason == "missing":

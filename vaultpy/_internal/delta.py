@@ -159,9 +159,7 @@ class Run:
         jobs: list[tuple[str, bytes, list[tuple[str, str, str, str, tuple[str, ...]]]]] = []
         for sid, master, hosts in self.todo:
             try:
-                with open(master, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    data = f.read()
+                data, st = fsutil.read_regular(master)
             except OSError:
                 return False
             self.read[master] = memo.stat_line(st)

@@ -13,8 +13,10 @@ Rules every writer in vaultpy follows:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 
 from vaultpy._internal import sigint
@@ -197,15 +199,42 @@ def mount_fstype(path: Path) -> str | None:
 RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
 
+def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file (a symlink to one included), and the stat of what was
+    read.  Anything else raises OSError before a byte is read: a FIFO planted where a
+    file is expected would block ``open`` or ``read`` forever (it is opened
+    non-blocking, and never read), a device could stream without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)",
+                          str(path))
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
 def remove_tree(path: Path) -> None:
-    """``rm -r`` that never follows symlinks (shutil's fd-based rmtree) and tolerates absence."""
-    if path.is_symlink() or path.is_file():
+    """``rm -r`` that never follows symlinks (shutil's fd-based rmtree) and tolerates
+    absence.  Anything that is not a directory (a FIFO, a socket, a device node too)
+    is unlinked, never opened: opening a FIFO would wait for a writer forever."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    elif path.exists():
-        import shutil  # on first use: activation at boot never removes a tree
+        return
+    import shutil  # on first use: activation at boot never removes a tree
 
-        shutil.rmtree(path)
+    shutil.rmtree(path)
 
 
 def mountpoint_fstype(path: Path) -> str | None:

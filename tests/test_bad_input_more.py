@@ -1,0 +1,197 @@
+"""Bad input found by a review with the real CLI: each case gets one clean line naming
+the file, the field and a fix that works, never a hang, a traceback or an internal
+error.  (The corpus, tests/corpus/, holds the cases that need no special file: FIFOs,
+symlink loops and directories in a file's place are made here.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyrage
+import pytest
+from conftest import Repo, age_decrypt, assert_one_clean_error
+
+from vaultpy import age
+from vaultpy.errors import VaultpyError
+
+SECRETS = {"alpha": b"alpha-1\n", "beta": b"beta-1\n"}
+NO_MEMO = {"VAULTPY_NO_MEMO": "1"}
+
+
+@pytest.fixture
+def repo(make_repo) -> Repo:
+    r: Repo = make_repo(hosts=1, secrets=SECRETS)
+    r.ok("renc")
+    return r
+
+
+def check_line(proc: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    """`check` prints its findings on stdout: exit 1 and one line holding every needle."""
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + err, (out, err)
+    lines = [ln for ln in out.splitlines() if all(n in ln for n in needles)]
+    assert lines, f"no line with {needles!r} in:\n{out}"
+    return lines[0]
+
+
+def _cache_file(repo: Repo, sid: str) -> Path:
+    (path,) = (repo.cache / "host0").glob(f"{sid}.*.age")
+    return path
+
+
+# --------------------------------------------------------------- special files in the cache
+
+def test_a_fifo_in_the_cache_is_removed_never_opened(repo: Repo) -> None:
+    """Stale, it is unlinked (opening it would wait for a writer forever, with the
+    lock held); under a planned name, it is reported by check and replaced by renc."""
+    stale = repo.cache / "host0" / "fifo.age"
+    os.mkfifo(stale)
+    planned = _cache_file(repo, "alpha")
+    planned.unlink()
+    os.mkfifo(planned)
+    proc = repo.run("check", env=NO_MEMO, timeout=30)
+    check_line(proc, planned.name, "not a regular file", "run vaultpy renc")
+    repo.ok("renc", env=NO_MEMO, timeout=30)
+    assert not os.path.lexists(stale)
+    assert age_decrypt(planned, repo.hosts["host0"].key) == SECRETS["alpha"]
+    repo.ok("check", env=NO_MEMO, timeout=30)
+
+
+def test_a_fifo_as_master_is_a_clean_error(repo: Repo) -> None:
+    master = repo.root / "secrets" / "beta.age"
+    master.unlink()
+    os.mkfifo(master)
+    proc = repo.run("renc", env=NO_MEMO, timeout=30)
+    assert_one_clean_error(proc, "secrets/beta.age", "not a regular file")
+
+
+def test_a_directory_in_a_cache_files_place_is_named_and_kept(repo: Repo) -> None:
+    """renc never removes a directory it did not create: it says what is in the way,
+    where, and a fix that works (check says the same), and repairs nothing else."""
+    planned = _cache_file(repo, "alpha")
+    planned.unlink()
+    planned.mkdir()
+    (planned / "someone's file").write_text("keep me")
+    for cmd, find in (("check", check_line), ("renc", assert_one_clean_error)):
+        proc = repo.run(cmd, env=NO_MEMO)
+        line = find(proc, planned.name, "a directory is in its place",
+                    "move it away, then run vaultpy renc")
+        assert "host0.alpha" in line
+    assert (planned / "someone's file").read_text() == "keep me"
+    report = json.loads(repo.run("renc", "--json", env=NO_MEMO).stdout)
+    assert report["repaired"] == [] and report["written"] == []     # not counted twice
+    assert [p["field"] for p in report["failed"]] == ["hosts.host0.alpha"]
+    (planned / "someone's file").unlink()
+    planned.rmdir()
+    repo.ok("renc", env=NO_MEMO)
+    repo.ok("check", env=NO_MEMO)
+
+
+def test_a_file_in_a_host_directorys_place(repo: Repo) -> None:
+    host_dir = repo.cache / "host0"
+    for f in host_dir.iterdir():
+        f.unlink()
+    host_dir.rmdir()
+    host_dir.write_text("not a directory")
+    proc = repo.run("renc", env=NO_MEMO)
+    assert_one_clean_error(proc, "host0 is not a directory", "move it away")
+    assert host_dir.read_text() == "not a directory"
+
+
+def test_cache_dir_that_is_a_file(repo: Repo) -> None:
+    (repo.root / "cfile").write_text("")
+    text = (repo.root / "hosts.toml").read_text().replace(
+        "[vaultpy]\n", '[vaultpy]\ncache_dir = "cfile"\n', 1)
+    repo.write_hosts(text)
+    for cmd in ("renc", "check"):       # a hosts.toml problem: stderr for both
+        assert_one_clean_error(repo.run(cmd, env=NO_MEMO), "hosts.toml",
+                               "vaultpy.cache_dir", "cfile is not a directory")
+
+
+@pytest.mark.parametrize("field", ["file", "cache_dir", "secrets_dir"])
+def test_a_symlink_loop_in_a_configured_path(repo: Repo, field: str) -> None:
+    (repo.root / "l2").symlink_to("l1")
+    (repo.root / "l1").symlink_to("l2")
+    text = (repo.root / "hosts.toml").read_text()
+    if field == "file":
+        text = text.replace("[secrets.alpha]\n", '[secrets.alpha]\nfile = "l1"\n', 1)
+    else:
+        text = text.replace("[vaultpy]\n", f'[vaultpy]\n{field} = "l1"\n', 1)
+    repo.write_hosts(text)
+    proc = repo.run("check", env=NO_MEMO)
+    assert_one_clean_error(proc, "hosts.toml", "a symlink loop", "fix or remove the symlinks")
+
+
+# --------------------------------------------------------------------------- hosts.toml
+
+@pytest.mark.parametrize("addr", ["http://[::1", "http://vault:port", "http://vault:99999"])
+def test_a_vault_address_python_cannot_split(repo: Repo, addr: str) -> None:
+    text = (repo.root / "hosts.toml").read_text() + f'\n[vaultpy.vault]\naddr = "{addr}"\n'
+    (repo.root / "hosts.toml").write_text(text)
+    assert_one_clean_error(repo.run("check", env=NO_MEMO), "hosts.toml",
+                           "vaultpy.vault.addr", "invalid address", "use a URL like")
+
+
+@pytest.mark.parametrize("sid", ["../x", "a b", "x" * 300])
+def test_an_impossible_id_gets_a_possible_fix(repo: Repo, sid: str) -> None:
+    line = assert_one_clean_error(repo.run("decrypt", sid), "unknown secret id",
+                                  "ids are letters, digits", "known: alpha, beta")
+    assert "declare [secrets." not in line and len(line) < 400
+
+
+def test_vaultpy_identity_naming_no_file(repo: Repo) -> None:
+    assert_one_clean_error(repo.run("decrypt", "alpha", env={"VAULTPY_IDENTITY": ":"}),
+                           "VAULTPY_IDENTITY", "names no file")
+
+
+def test_init_refuses_a_recipient_given_twice(tmp_path: Path) -> None:
+    key = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"
+    proc = subprocess.run([sys.executable, "-m", "vaultpy", "init", str(tmp_path / "j"),
+                           "-r", key, "-r", key], capture_output=True,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert_one_clean_error(proc, "--recipient", "given twice")
+    assert not (tmp_path / "j" / "hosts.toml").exists()
+
+
+# ----------------------------------------------------------------------------- passphrases
+
+def test_passphrase_fd_beyond_a_c_int_is_a_clean_error() -> None:
+    with pytest.raises(VaultpyError, match="cannot read passphrase: no such descriptor"):
+        age._read_line_from_fd(99999999999)
+
+
+def test_passphrase_that_is_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r, w = os.pipe()
+    os.write(w, b"\xff\xfe\n")
+    os.close(w)
+    try:
+        with pytest.raises(VaultpyError, match="not UTF-8"):
+            age._read_line_from_fd(r)
+    finally:
+        os.close(r)
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"\xff\n")
+    monkeypatch.setenv("VAULTPY_PASSPHRASE_FILE", str(pw))
+    with pytest.raises(VaultpyError, match="passphrase file is not UTF-8"):
+        age.passphrase_from_env_or_tty("passphrase: ")
+
+
+def test_no_terminal_and_no_stdin_is_one_line_without_python_warnings(make_repo,
+                                                                      tmp_path: Path) -> None:
+    """A passphrase-protected identity, no terminal (setsid: no controlling tty),
+    stdin empty: one line, not getpass's warning lines before it."""
+    repo: Repo = make_repo(hosts=0, secrets={"s": b"x"})
+    protected = tmp_path / "protected.age"
+    protected.write_bytes(pyrage.passphrase.encrypt(repo.identity.read_bytes(), "pw"))
+    proc = subprocess.run(["setsid", sys.executable, "-m", "vaultpy", "-i", str(protected),
+                           "decrypt", "s"], cwd=repo.root, stdin=subprocess.DEVNULL,
+                          capture_output=True, env={**os.environ, "NO_COLOR": "1",
+                                                    **repo.env})
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Warning" not in err and "getpass" not in err, err
+    assert_one_clean_error(proc, "no terminal to ask on", "VAULTPY_PASSPHRASE_FILE")
