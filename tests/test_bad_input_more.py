@@ -5,6 +5,7 @@ symlink loops and directories in a file's place are made here.)"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -195,3 +196,32 @@ def test_no_terminal_and_no_stdin_is_one_line_without_python_warnings(make_repo,
     assert proc.returncode == 1, err
     assert "Warning" not in err and "getpass" not in err, err
     assert_one_clean_error(proc, "no terminal to ask on", "VAULTPY_PASSPHRASE_FILE")
+
+
+# ------------------------------------------------------------------ one problem, one line
+
+def test_recipients_that_are_not_strings_are_one_problem(repo: Repo) -> None:
+    text = (repo.root / "hosts.toml").read_text()
+    start = text.index("recipients = ")
+    end = text.index("]", start) + 1
+    repo.write_hosts(text[:start] + "recipients = [1, 2]" + text[end:])
+    proc = repo.run("check", env=NO_MEMO)
+    lines = [ln for ln in proc.stderr.decode().splitlines() if "vaultpy.recipients" in ln]
+    assert len(lines) == 1 and "expected a list of strings" in lines[0], lines
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["settings"].pop("identities"), "settings.identities"),
+    (lambda d: d["templates"][0].pop("name"), "templates[0].name"),
+    (lambda d: d["secrets"][1].update(name=5), "secrets[1].name"),
+])
+def test_a_profile_field_missing_or_mistyped_is_one_problem(change, field: str) -> None:
+    from test_fuzz import VALID_PROFILE
+
+    from vaultpy import profile
+
+    data = copy.deepcopy(VALID_PROFILE)
+    change(data)
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [p.field for p in exc.value.problems] == [field], exc.value.problems

@@ -282,7 +282,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 ERRORS = [["-C", "/nonexistent", "renc"],      # a problem line (red on a terminal)
-          ["renc", "--bogus"],                 # a usage error (typer's panel)
+          ["renc", "--bogus"],                 # a usage error (one line)
           ["host", "add", "x"]]                # a usage error of a sub-command
 
 

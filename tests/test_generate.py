@@ -262,6 +262,22 @@ def test_damaged_rotation_state(make_repo) -> None:
     assert repo.snapshot() == before
 
 
+def test_a_rotation_date_in_the_future_is_reported(make_repo) -> None:
+    """9999-12-31 would silence the secret's rotation warnings for ever."""
+    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:12"\nrotate_days = 1'}, ("pw",))
+    repo.ok("generate")
+    repo.ok("renc")
+    (repo.root / "secrets" / "rotation.toml").write_text(
+        "version = 1\n[rotated]\npw = 9999-12-31T00:00:00Z\n")
+    proc = repo.run("check", "--strict")
+    assert proc.returncode == 1
+    assert "rotation.toml: secrets.pw: rotation recorded in the future (9999-12-31); " \
+        "run vaultpy rotate pw" in proc.stdout.decode()
+    repo.ok("rotate", "pw")         # the fix it names works
+    repo.ok("renc")
+    repo.ok("check", "--strict")
+
+
 def test_values_are_random_and_cover_their_alphabet() -> None:
     alnum = generate.make_value(GenerateSpec("alnum", 4096), "x").secret.decode()
     assert set(alnum) == set(string.ascii_letters + string.digits)

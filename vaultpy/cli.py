@@ -606,13 +606,38 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
         _exit(1)
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """click's ClickException (vendored by typer, so named by its shape)."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int)
+
+
+def _usage_error(exc: Any) -> None:
+    """A usage error (unknown option, bad value, missing argument) as one line, like
+    every other error: typer's default is a usage line, a hint and a boxed panel."""
+    if type(exc).__name__ == "NoArgsIsHelpError":      # the help was shown instead
+        return
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "vaultpy"
+    message = " ".join(str(exc.format_message()).split()).rstrip(".")
+    _err().print(f"{where}: {message}; see {where} --help", markup=False, soft_wrap=True,
+                 style="red")
+
+
 def main() -> None:
     """Entry point: map every failure to one readable line and an exit code."""
     if sys.argv[1:] == ["--version"]:
         print(f"vaultpy {__version__}")
         return
     try:
-        app(prog_name="vaultpy")
+        # Not standalone: usage errors come here (see _usage_error), and an exit code
+        # (typer.Exit, --help) is returned rather than raised.
+        code = app(prog_name="vaultpy", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)      # (130, typer's Ctrl-C, is reported below)
+    except typer.Abort:         # end of input at a prompt
+        _err().print("aborted", markup=False)
+        sys.exit(1)
     except VaultpyError as exc:
         _print_problems(exc.problems)
         sys.exit(1)
@@ -629,6 +654,9 @@ def main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(141)
     except Exception as exc:
+        if _is_usage_error(exc):
+            _usage_error(exc)
+            sys.exit(getattr(exc, "exit_code", 2))
         if os.environ.get("VAULTPY_DEBUG"):
             raise
         _err().print(f"vaultpy: internal error: {type(exc).__name__}: {exc} (set "

@@ -252,7 +252,10 @@ def due(cfg: Config, at: dt.datetime | None = None,
         last = state.get(s.id)
         if last is None and not s.file.exists():
             continue
-        if last is None or at - last >= dt.timedelta(days=s.rotate_days):
+        # A date in the future (beyond a day of clock skew) would silence the secret
+        # for years: it is due, like one never recorded.
+        if (last is None or at - last >= dt.timedelta(days=s.rotate_days)
+                or last - at > dt.timedelta(days=1)):
             out.append(Due(s.id, s.rotate_days, last))
     return out
 
@@ -268,6 +271,8 @@ def overdue_problems(cfg: Config, at: dt.datetime | None = None) -> list[Problem
                f"change it (vaultpy edit {d.id}), then record it: vaultpy rotate --mark {d.id}")
         if d.last is None:
             msg = f"rotate_days = {d.rotate_days} but no rotation is recorded"
+        elif d.last > at:
+            msg = f"rotation recorded in the future ({d.last:%Y-%m-%d})"
         else:
             msg = (f"overdue for rotation: last rotated {d.last:%Y-%m-%d} "
                    f"({d.age_days(at)} days ago; rotate_days = {d.rotate_days})")

@@ -439,7 +439,7 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str) -> Output:
 def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[str, ...]:
     items = [value] if host and isinstance(value, str) else ck.strings(value, where)
     if not items:
-        if isinstance(value, list):
+        if value == []:         # (a list of other things was reported by ck.strings)
             ck.add(where, "no recipients", "add at least one age1… or ssh-ed25519 key")
         return ()
     out: list[str] = []
@@ -643,8 +643,9 @@ def parse(text: str, path: Path) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "",
-                                   "fix the syntax at that line")) from None
+        hint = ("the file starts with a byte order mark (BOM): save it as UTF-8 without one"
+                if text.startswith("\ufeff") else "fix the syntax at that line")
+        raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "", hint)) from None
     except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
         raise VaultpyError(Problem(ck.file, "not valid TOML for vaultpy: a number with "
                                    "thousands of digits or values nested too deeply", "",

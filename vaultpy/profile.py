@@ -222,9 +222,10 @@ def parse(data: Any, source: str, base: Path) -> Profile:
                "upgrade vaultpy on this host")
     host = rd.get(data, "host", str, "") or ""
     raw = rd.get(data, "settings", dict, "") or {}
-    idents = rd.get(raw, "identities", list, "settings") or []
-    if not idents or not all(isinstance(i, str) for i in idents):
+    idents = rd.get(raw, "identities", list, "settings")
+    if idents is not None and (not idents or not all(isinstance(i, str) for i in idents)):
         rd.bad("settings.identities", "expected a non-empty list of key paths")
+    if not idents or not all(isinstance(i, str) for i in idents):
         idents = []
     keep = rd.get(raw, "keep", int, "settings")
     if keep is not None and keep < 1:
@@ -242,11 +243,11 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         if not isinstance(obj, dict):
             rd.bad(where, "expected an object")
             continue
-        sid = rd.get(obj, "id", str, where) or ""
-        name = rd.get(obj, "name", str, where) or ""
-        for key, val in (("id", sid), ("name", name)):
-            if not ID_RE.fullmatch(val):
+        got = {key: rd.get(obj, key, str, where) for key in ("id", "name")}
+        for key, val in got.items():     # a missing or mistyped one is reported already
+            if val is not None and not ID_RE.fullmatch(val):
                 rd.bad(f"{where}.{key}", f"invalid {key} {val!r}")
+        sid, name = got["id"] or "", got["name"] or ""
         file = rd.get(obj, "file", str, where) or ""
         if "\0" in file:
             rd.bad(f"{where}.file", "the path holds a NUL character")
@@ -261,9 +262,10 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         if not isinstance(obj, dict):
             rd.bad(where, "expected an object")
             continue
-        name = rd.get(obj, "name", str, where) or ""
-        if not ID_RE.fullmatch(name):
-            rd.bad(f"{where}.name", f"invalid name {name!r}")
+        got_name = rd.get(obj, "name", str, where)
+        if got_name is not None and not ID_RE.fullmatch(got_name):
+            rd.bad(f"{where}.name", f"invalid name {got_name!r}")
+        name = got_name or ""
         content = rd.get(obj, "content", str, where) or ""
         try:
             for ref in templates.references(content):
