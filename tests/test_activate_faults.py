@@ -16,6 +16,7 @@ Layout of every test root (a copy of one module-wide template)::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,7 +29,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -617,19 +618,13 @@ def test_a_grant_the_new_generation_revokes_ends_with_the_switch(world: World) -
     """alpha: group app may read it in A (0440), not in B (0400).  After the switch to
     B the older generation is kept (for ``keep``) but sealed 0700: a member of group app
     cannot go on reading A's copy by its full path."""
-    need("setpriv")
-    outer = Path(tempfile.mkdtemp(prefix="vaultpy-seal-"))
-    try:
-        os.chmod(outer, 0o755)                      # other users may traverse to root/
-        host = fresh(world, outer)
+    with host_others_can_reach(world, "vaultpy-seal-") as host:
         run_ok(host, "A")
         first = live_gen(host)
         assert first is not None
 
         def member_reads(path: Path) -> bool:       # not alpha's owner, in its group
-            return subprocess.run(["setpriv", f"--reuid={SVC[0]}", f"--regid={APP[1]}",
-                                   "--clear-groups", "cat", str(path)],
-                                  capture_output=True).returncode == 0
+            return as_user(SVC[0], APP[1], "cat", str(path)).returncode == 0
         assert member_reads(first / "alpha")
         run_ok(host, "B")
         second = live_gen(host)
@@ -644,8 +639,24 @@ def test_a_grant_the_new_generation_revokes_ends_with_the_switch(world: World) -
         assert member_reads(host.live / "alpha")
         assert [stat.S_IMODE((host.store / n).stat().st_mode) for n in "123"] == [
             0o700, 0o700, 0o751]
+
+
+@contextlib.contextmanager
+def host_others_can_reach(world: World, prefix: str) -> Iterator[HostRoot]:
+    """A fresh host root below a 0755 directory (pytest's tmp_path is 0700), so that
+    other users, run with setpriv, can traverse to it."""
+    need("setpriv")
+    outer = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        os.chmod(outer, 0o755)
+        yield fresh(world, outer)
     finally:
         shutil.rmtree(outer)
+
+
+def as_user(uid: int, gid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                           *argv], capture_output=True)
 
 
 @pytest.mark.parametrize("level", ["var/lib", "var/lib/app"])
@@ -914,11 +925,7 @@ def test_every_file_has_owner_and_mode_before_its_first_byte(world: World,
 def test_generation_is_0751_and_files_have_exactly_their_modes(world: World) -> None:
     """Checked as other users (setpriv): nobody can list a generation or read a
     secret; the owner reads its file through the 0751 directory."""
-    need("setpriv")
-    outer = Path(tempfile.mkdtemp(prefix="vaultpy-modes-"))
-    try:
-        os.chmod(outer, 0o755)                      # other users may traverse to root/
-        host = fresh(world, outer)
+    with host_others_can_reach(world, "vaultpy-modes-") as host:
         run_ok(host, "A")
         gen = live_gen(host)
         assert gen is not None
@@ -927,11 +934,6 @@ def test_generation_is_0751_and_files_have_exactly_their_modes(world: World) -> 
             assert stat.S_IMODE(st.st_mode) == 0o751 and (st.st_uid, st.st_gid) == (0, 0), d
         assert gen_files(gen) == world.exp["A"]          # exactly the declared modes
         assert stat.S_IMODE((gen / MANIFEST).lstat().st_mode) == 0o400
-
-        def as_user(uid: int, gid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
-            return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}",
-                                   "--clear-groups", *argv], capture_output=True)
-
         denied = as_user(NOBODY, NOBODY, "ls", str(gen))
         assert denied.returncode != 0 and b"denied" in denied.stderr, denied
         assert as_user(NOBODY, NOBODY, "cat", str(gen / "alpha")).returncode != 0
@@ -940,8 +942,6 @@ def test_generation_is_0751_and_files_have_exactly_their_modes(world: World) -> 
         assert own.returncode == 0 and own.stdout == world.vals["alpha"], own
         path = as_user(APP[0], APP[1], "cat", str(host.root / "var/lib/app/alpha"))
         assert path.stdout == world.vals["alpha"], path
-    finally:
-        shutil.rmtree(outer)
 
 
 @pytest.mark.parametrize("how", ["owned-by-nobody", "world-writable", "group-writable"])
