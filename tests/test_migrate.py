@@ -393,3 +393,98 @@ def test_convert_template_escapes_only_what_vaultpy_would_misread():
     assert migrate.convert_template("{{ var }}", ph) == "{{ var }}"
     with pytest.raises(ValueError, match="names no secret"):
         migrate.convert_template(placeholder("zzz"), ph)
+
+
+def _bad_profile(vaultix, tmp_path: Path, change) -> Path:
+    prof = json.loads(vaultix["profiles"][0].read_text())
+    change(prof)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(prof))
+    return path
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda p: p.update(secrets=["db"]), "secrets", "expected an object"),
+    (lambda p: p.update(placeholder=["x"]), "placeholder", "expected an object"),
+    (lambda p: p.update(beforeUserborn=[{"a": 1}]), "beforeUserborn", "a list of names"),
+    (lambda p: p["secrets"]["db"].update(name=None), None, "imported"),
+    (lambda p: p["secrets"]["db"].update(name=5), "secrets.db.name", "not valid"),
+    (lambda p: p["secrets"]["db"].update(owner=None), "secrets.db.owner", "not a user"),
+    (lambda p: p["templates"]["app-env"].update(content=None), "templates.app-env.content",
+     "missing"),
+    (lambda p: p["templates"]["app-env"].pop("content"), "templates.app-env.content",
+     "missing"),
+    (lambda p: p["templates"]["app-env"].update(trim="false"), "templates.app-env.trim",
+     "expected true or false"),
+])
+def test_a_malformed_vaultix_profile_is_one_line_per_problem(vaultix, tmp_path, change,
+                                                            field, words):
+    """Wrong JSON types were internal errors or were imported silently as something
+    else (content null -> the text "None", trim "false" -> true)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    bad = _bad_profile(vaultix, tmp_path, change)
+    proc = run("import", "vaultix", str(bad), "--secrets-dir", str(vaultix["sdir"]),
+               "-i", str(vaultix["master"]), cwd=repo)
+    if field is None:           # name null: vaultix's default, the id
+        assert proc.returncode == 0, proc.stderr.decode()
+        return
+    line = assert_one_clean_error(proc, "bad.json", field, words)
+    assert "internal error" not in line
+    assert list(repo.iterdir()) == []
+
+
+def test_a_bad_mode_is_blamed_on_its_own_profile(vaultix, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    bad = _bad_profile(vaultix, tmp_path, lambda p: p["secrets"]["db"].update(mode="rw"))
+    ok_profile = vaultix["profiles"][1]
+    proc = run("import", "vaultix", str(ok_profile), str(bad), "--secrets-dir",
+               str(vaultix["sdir"]), "-i", str(vaultix["master"]), cwd=repo)
+    line = assert_one_clean_error(proc, "bad.json", "'rw' is not an octal mode")
+    assert ok_profile.name not in line
+
+
+def test_a_bad_recipient_into_an_existing_repository(agenix, nix_env, make_repo):
+    repo = make_repo(hosts=1, secrets={"old": b"kept"})
+    proc = run("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+               "--recipient", "garbage", cwd=repo.root, env=nix_env)
+    assert_one_clean_error(proc, "--recipient", "age-keygen -y")
+
+
+def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tmp_path):
+    """--hosts-by-comment names ssh-ed25519 keys only: an RSA host key, or a key
+    whose comment says root@host, would silently read every master secret."""
+    text = agenix.secrets_nix.read_text()
+    rsa = subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
+                          "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
+    del rsa
+    rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
+    agenix.secrets_nix.write_text(text.replace("publicKeys = [", f'publicKeys = [ "{rsa_pub}" ', 1))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
+              "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    err = proc.stderr.decode()
+    assert "root@legacy) looks like a host key but becomes a master recipient" in err, err
+
+
+def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path):
+    """ENOSPC at the last rename (hosts.toml's): the masters already written are
+    removed, so a rerun works, without --force."""
+    need("strace")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    argv = [sys.executable, "-m", "vaultpy", "import", "agenix", str(agenix.secrets_nix),
+            "--hosts-from", str(hosts_nix(agenix)), "-i", str(agenix.operator)]
+    n_masters = len(agenix.plain)
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           f"inject=rename:error=ENOSPC:when={n_masters + 1}", *argv],
+                          cwd=repo, env={**os.environ, "NO_COLOR": "1", **nix_env},
+                          capture_output=True)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert_one_clean_error(proc, "cannot write the import", "No space left on device")
+    left = [p for p in repo.rglob("*") if p.is_file() and p.name != ".vaultpy.lock"]
+    assert left == [], left
+    ok(*argv[3:], cwd=repo, env=nix_env)            # and the rerun needs no --force

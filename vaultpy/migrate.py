@@ -29,6 +29,7 @@ vaultix (one JSON profile per host, as vaultix's ``renc`` app writes it from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -73,6 +74,7 @@ class Plan:
     hosts: dict[str, PlannedHost] = field(default_factory=dict)
     default_recipients: list[str] = field(default_factory=list)
     default_hint: str = ""
+    default_warnings: list[str] = field(default_factory=list)   # if the defaults are used
     warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -269,6 +271,14 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
             plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
                                  "key; it is added without secrets")
     plan.default_recipients = list(users.values())
+    for key in plan.default_recipients:      # a host that could read every master
+        comment = _comment(key)
+        if _COMMENT_HOST.fullmatch(comment) or key.startswith("ssh-rsa "):
+            plan.default_warnings.append(
+                f"{_short(key)} ({comment or 'ssh-rsa'}) looks like a host key but becomes "
+                "a master recipient, able to decrypt every secret: name its host with "
+                "--hosts-from FILE or --host-key NAME=KEY (host keys must be ssh-ed25519), "
+                "or drop it from [vaultpy] recipients after the import")
     return plan
 
 
@@ -339,17 +349,19 @@ def convert_template(content: str, placeholders: Mapping[str, str]) -> str:
 
 
 def _output_fields(entry: Mapping[str, Any], where: str, plan: Plan,
-                   default_paths: Sequence[str], early: bool) -> dict[str, Any]:
+                   default_paths: Sequence[str], early: bool, shown: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    owner, group = entry.get("owner", "root"), entry.get("group", "root")
-    if owner != "root":
-        out["owner"] = owner
-    if group != "root":
-        out["group"] = group
+    for key in ("owner", "group"):
+        value = entry.get(key, "root")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            plan.problems.append(Problem(shown, f"{key} {value!r} is not a user or group",
+                                         f"{where}.{key}", 'give a name like "root"'))
+        elif value != "root":
+            out[key] = value
     mode = entry.get("mode", "0400")
     normal = _mode(mode)
     if normal is None:
-        plan.problems.append(Problem(plan.source, f"mode {mode!r} is not an octal mode",
+        plan.problems.append(Problem(shown, f"mode {mode!r} is not an octal mode",
                                      f"{where}.mode", 'vaultpy takes octal modes like "0440"'))
     elif normal != "0400":
         out["mode"] = normal
@@ -396,9 +408,22 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
             continue
         host = PlannedHost(name, [pubkey.strip()])
         plan.hosts[name] = host
-        early_ids = set(data.get("beforeUserborn") or [])
-        dirs = [settings.get("decryptedDir", "/run/vaultix"),
-                settings.get("decryptedDirForUser", "/run/vaultix-for-user")]
+        kinds = {"beforeUserborn": list, "secrets": dict, "templates": dict,
+                 "placeholder": dict}
+        wrong = [k for k, kind in kinds.items()
+                 if data.get(k) is not None and not isinstance(data[k], kind)]
+        early = data.get("beforeUserborn") or []
+        if isinstance(early, list) and not all(isinstance(i, str) for i in early):
+            wrong.append("beforeUserborn")
+        if wrong:
+            for k in wrong:
+                want = "a list of names" if k == "beforeUserborn" else "an object"
+                plan.problems.append(Problem(shown, f"expected {want}", k, "export the "
+                                             "profile as docs/migration.md shows"))
+            continue
+        early_ids = set(early)
+        dirs = [settings.get("decryptedDir") or "/run/vaultix",
+                settings.get("decryptedDirForUser") or "/run/vaultix-for-user"]
         secrets = data.get("secrets") or {}
         placeholders = {hashlib.sha256(sid.encode()).hexdigest(): sid for sid in secrets}
         for sid, holder in (data.get("placeholder") or {}).items():
@@ -440,12 +465,17 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                                              "ids in vaultix first"))
                 continue
             plan.secrets.setdefault(sid, PlannedSecret(sid, source, f"{shown}: {where}"))
-            out_name = entry.get("name", sid)
+            out_name = entry.get("name") or sid
+            if not isinstance(out_name, str) or not ID_RE.fullmatch(out_name):
+                plan.problems.append(Problem(shown, f"name {out_name!r} is not valid for "
+                                             "vaultpy", f"{where}.name", "rename it"))
+                continue
             fields: dict[str, Any] = {}
             if out_name != sid:
                 fields["name"] = out_name
             defaults = [f"{d}/{out_name}" for d in dirs if isinstance(d, str)]
-            fields.update(_output_fields(entry, where, plan, defaults, sid in early_ids))
+            fields.update(_output_fields(entry, where, plan, defaults, sid in early_ids,
+                                         shown))
             host.secrets[sid] = fields
         for key, entry in sorted((data.get("templates") or {}).items()):
             where = f"templates.{key}"
@@ -457,14 +487,25 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                 plan.problems.append(Problem(shown, f"template name {tname!r} is not valid "
                                              "for vaultpy", where, "rename the template"))
                 continue
+            raw_content, trim = entry.get("content"), entry.get("trim", True)
+            if not isinstance(raw_content, str):
+                plan.problems.append(Problem(shown, "missing" if raw_content is None else
+                                             "expected a string", f"{where}.content",
+                                             "give the template's text"))
+                continue
+            if not isinstance(trim, bool):
+                plan.problems.append(Problem(shown, f"expected true or false, got {trim!r}",
+                                             f"{where}.trim"))
+                continue
             try:
-                content = convert_template(str(entry.get("content", "")), placeholders)
+                content = convert_template(raw_content, placeholders)
             except ValueError as exc:
                 plan.problems.append(Problem(shown, str(exc), f"{where}.content"))
                 continue
-            fields = {"content": content, "trim": bool(entry.get("trim", True))}
+            fields = {"content": content, "trim": trim}
             defaults = [f"{d}/{tname}" for d in dirs if isinstance(d, str)]
-            fields.update(_output_fields(entry, where, plan, defaults, key in early_ids))
+            fields.update(_output_fields(entry, where, plan, defaults, key in early_ids,
+                                         shown))
             host.templates[tname] = fields
         for other in sorted(set(data) - {"settings", "secrets", "templates", "beforeUserborn",
                                         "placeholder"}):
@@ -501,6 +542,12 @@ def render_tables(plan: Plan) -> str:
 def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                 keys: Sequence[age.Identity]) -> tuple[list[str], str]:
     """The master recipients as written in hosts.toml, and where they came from."""
+    for g in given:
+        try:
+            _norm(g, host=False)
+        except ValueError as exc:
+            raise VaultpyError(Problem("--recipient", str(exc), "", "give an age1… key or "
+                                       "an ssh public key line (age-keygen -y FILE)")) from None
     if existing is not None:
         if given and [_norm(g, host=False) for g in given] != list(
                 existing.recipients):
@@ -511,6 +558,7 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
     if given:
         return [g.strip() for g in given], "--recipient"
     if plan.default_recipients:
+        plan.warnings.extend(plan.default_warnings)
         return plan.default_recipients, plan.default_hint
     publics = []
     for k in keys:
@@ -608,18 +656,35 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     if dry_run:
         return result
     master_recipients = list(cfg.recipients)
+    before: dict[Path, bytes | None] = {}      # what each written master replaced
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
+            # hosts.toml was read before the prompts and the decryption: an edit made
+            # meanwhile (by hand, or by host add) must not be overwritten.
+            now = hosts_path.read_text(encoding="utf-8") if existing is not None else None
+            if now is not None and now != old_text:
+                raise VaultpyError(Problem(display_path(hosts_path), "changed while the "
+                                           "import was running; nothing was written", "",
+                                           "run the import again"))
             for sid in sorted(plain):
                 text_bytes, armor = plain.pop(sid)
                 dest = cfg.secrets[sid].file
                 dest.parent.mkdir(parents=True, exist_ok=True)
+                before[dest] = dest.read_bytes() if dest.exists() else None
                 fsutil.atomic_write(dest, age.encrypt(text_bytes, master_recipients, armor))
                 result.written.append(dest)
             mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
             fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
     except OSError as exc:
+        # All or nothing: without hosts.toml, the masters written would only block a
+        # rerun ("already exists").  Each goes back to what it replaced.
+        for dest, old in before.items():
+            with contextlib.suppress(OSError):
+                if old is None:
+                    dest.unlink()
+                else:
+                    fsutil.atomic_write(dest, old)
         raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
     return result
 
