@@ -696,3 +696,90 @@ def test_pull_needs_vault_refs_and_an_address(make_repo) -> None:
     repo.write_hosts(text)
     proc = repo.run("pull", env=env)
     assert_one_clean_error(proc, "no Vault address", "VAULT_ADDR")
+
+
+class _Front:
+    """A real HTTP server in a thread in front of nothing: it answers every request
+    with ``reply`` (status, headers, body) and records what it was sent."""
+
+    def __init__(self, reply: tuple[int, dict[str, str], bytes]) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                seen.append((self.command, self.path, dict(self.headers),
+                             self.rfile.read(length)))
+                status, headers, body = reply
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _any
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_is_refused_and_the_token_stays_home(vrepo, bao: Bao, prefix: str) -> None:
+    """requests would resend X-Vault-Token (and an AppRole secret ID, in the body) to
+    wherever a 307 points: vaultpy follows no redirect."""
+    elsewhere = _Front((200, {"Content-Type": "application/json"}, b"{}"))
+    front = _Front((307, {"Location": f"{elsewhere.addr}/v1/secret/data/x"}, b""))
+    try:
+        repo = vrepo({"a": f"secret/{prefix}/a#v"})
+        before = repo.snapshot()
+        proc = repo.run("pull", env={"VAULT_ADDR": front.addr})
+        line = assert_one_clean_error(proc, "secrets.a.vault", "redirect",
+                                      "does not follow redirects")
+        assert bao.token not in text_of(proc) and "307" in line
+        assert front.seen and elsewhere.seen == []
+        assert repo.snapshot() == before
+    finally:
+        front.close()
+        elsewhere.close()
+
+
+def test_a_version_that_is_not_a_number_is_a_clean_error(vrepo, prefix: str) -> None:
+    body = json.dumps({"data": {"metadata": {"version": "x"}, "data": {"v": "a"}}}).encode()
+    front = _Front((200, {"Content-Type": "application/json"}, body))
+    try:
+        repo = vrepo({"a": f"secret/{prefix}/a#v"})
+        proc = repo.run("pull", env={"VAULT_ADDR": front.addr})
+        assert_one_clean_error(proc, "secrets.a.vault", "version 'x'", "not a number")
+    finally:
+        front.close()
+
+
+def test_push_to_a_deleted_latest_version_keeps_the_other_fields(vrepo, bao: Bao,
+                                                                 prefix: str) -> None:
+    bao.put(f"{prefix}/del", {"pw": "P1", "user": "U1"})
+    repo = vrepo({"a": f"secret/{prefix}/del#pw"})
+    repo.ok("pull")
+    bao.root.secrets.kv.v2.delete_latest_version_of_secret(path=f"{prefix}/del",
+                                                           mount_point="secret")
+    repo.ok("encrypt", "a", input=b"LOCAL")
+    proc = repo.run("push")
+    assert_one_clean_error(proc, "secrets.a.vault", "latest version (1) is deleted",
+                           "bao kv undelete -versions=1")
+    meta = bao.root.secrets.kv.v2.read_secret_metadata(path=f"{prefix}/del",
+                                                       mount_point="secret")
+    assert meta["data"]["current_version"] == 1            # nothing written
+    bao.root.secrets.kv.v2.undelete_secret_versions(path=f"{prefix}/del", versions=[1],
+                                                    mount_point="secret")
+    assert_one_clean_error(repo.run("push"), "Vault holds a different value")
+    repo.ok("push", "--force")
+    assert bao.get(f"{prefix}/del") == ({"pw": "LOCAL", "user": "U1"}, 2)

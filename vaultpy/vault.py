@@ -141,6 +141,11 @@ def _classify(exc: Exception, addr: str, what: str, denied_hint: str) -> VaultFa
         return VaultFailure(f"cannot reach Vault at {addr} ({_connection_reason(exc)})",
                             "check BAO_ADDR / VAULT_ADDR or [vaultpy.vault] addr, and that "
                             "the server is up")
+    if isinstance(exc, requests.exceptions.TooManyRedirects):     # see _refuse_redirects
+        return VaultFailure(f"Vault at {addr} redirected the request {what} ({exc}); "
+                            "vaultpy does not follow redirects: the token would go with "
+                            "them", "set addr to the address it redirects to, if you trust "
+                            "it")
     if isinstance(exc, requests.exceptions.RequestException):
         return VaultFailure(f"request to Vault at {addr} failed ({type(exc).__name__})")
     if isinstance(exc, hx.Forbidden):
@@ -154,6 +159,17 @@ def _classify(exc: Exception, addr: str, what: str, denied_hint: str) -> VaultFa
     if isinstance(exc, hx.VaultError):
         return VaultFailure(f"Vault refused {what}: {_vault_message(exc) or type(exc).__name__}")
     raise exc
+
+
+def _refuse_redirects(response: Any, *_args: Any, **_kwargs: Any) -> None:
+    """A requests response hook: a 3xx is an error, never followed (see Session)."""
+    if 300 <= response.status_code < 400:
+        import requests  # type: ignore[import-untyped,unused-ignore]
+
+        where = response.headers.get("Location", "")
+        raise requests.exceptions.TooManyRedirects(
+            f"{response.status_code} to {where[:80]}" if where else str(response.status_code),
+            response=response)
 
 
 # --------------------------------------------------------------------------- session
@@ -177,8 +193,15 @@ class Session:
         self.cfg = cfg
         self.target = target(cfg)
         self.file = display_path(cfg.path)
+        import requests  # type: ignore[import-untyped,unused-ignore]
+
+        # Never follow a redirect: requests would resend X-Vault-Token, an AppRole
+        # secret ID or a wrapping token (in the body) to wherever it points.
+        session = requests.Session()
+        session.hooks["response"].append(_refuse_redirects)
         self.client = hvac.Client(url=self.target.addr, token="", verify=self.target.verify,
-                                  timeout=TIMEOUT, namespace=self.target.namespace)
+                                  timeout=TIMEOUT, namespace=self.target.namespace,
+                                  allow_redirects=False, session=session)
         self._revoke = False
         self._down: VaultFailure | None = None     # first connection failure, reused
         self._token_ok: bool | None = None
@@ -390,7 +413,7 @@ class Session:
         meta = body["metadata"]
         fields = body.get("data")
         return KvSecret(fields if isinstance(fields, dict) else None,
-                        int(meta.get("version") or 0),
+                        _version(meta.get("version"), location),
                         deleted=bool(meta.get("deletion_time")),
                         destroyed=bool(meta.get("destroyed")))
 
@@ -414,7 +437,20 @@ class Session:
         response = self._call(call, f"writing {data_path}",
                               f"the token's policies must grant create and update on "
                               f"{data_path}")
-        return int(((response or {}).get("data") or {}).get("version") or 0)
+        return _version(((response or {}).get("data") or {}).get("version"),
+                        f"{mount}/{path}")
+
+
+def _version(value: Any, location: str) -> int:
+    """A KV version number from the server's answer (0 when it gives none)."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | str) or \
+            not str(value).isdigit() or not str(value).isascii():
+        raise VaultFailure(f"Vault answered with a version {str(value)[:20]!r} for "
+                           f"{location}, not a number", "check that addr is a Vault or "
+                           "OpenBao server (not a proxy rewriting its answers)")
+    return int(value)
 
 
 def _read_small(path: Path, what: str, where: str) -> str:
@@ -733,6 +769,14 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                 for sid, ref in members)
                 continue
             version = current.version if current is not None else 0
+            if current is not None and current.data is None and not force:
+                # Its latest version is deleted (or destroyed): its other fields, and
+                # whether they differ, cannot be known; a write would drop them.
+                problems.extend(_problem(
+                    cfg, sid, f"{ref}: its latest version ({version}) is deleted in Vault",
+                    f"undelete it (bao kv undelete -versions={version} {mount}/{path}), "
+                    "or push --force to write only vaultpy's fields") for sid, ref in members)
+                continue
             old = dict(current.data or {}) if current is not None else {}
             new = dict(old)
             mine: dict[str, str] = {}
