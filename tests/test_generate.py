@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import re
 import string
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -276,6 +278,27 @@ def test_a_rotation_date_in_the_future_is_reported(make_repo) -> None:
     repo.ok("rotate", "pw")         # the fix it names works
     repo.ok("renc")
     repo.ok("check", "--strict")
+
+
+def test_a_failed_rotation_of_a_key_pair_writes_nothing(make_repo) -> None:
+    """The private key, its .pub and rotation.toml are renamed one after the other: an
+    I/O error at the second rename must not leave a new key beside the old .pub."""
+    need("strace")
+    repo = spec_repo(make_repo, {"sshk": 'generate = "ssh-ed25519"'}, ("sshk",))
+    repo.ok("generate")
+    secrets_dir = repo.root / "secrets"
+    before = {p.name: p.read_bytes() for p in secrets_dir.iterdir() if p.is_file()}
+    assert {"sshk.age", "sshk.pub"} <= set(before)
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           "inject=rename:error=EIO:when=2", sys.executable, "-m", "vaultpy",
+                           "rotate", "sshk"], cwd=repo.root, capture_output=True,
+                          env={**os.environ, "NO_COLOR": "1", **repo.env})
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert_one_clean_error(proc, "Input/output error")
+    assert {p.name: p.read_bytes() for p in secrets_dir.iterdir() if p.is_file()} == before
+    repo.ok("rotate", "sshk")                       # and without the fault, it rotates
+    assert (secrets_dir / "sshk.pub").read_bytes() != before["sshk.pub"]
 
 
 def test_values_are_random_and_cover_their_alphabet() -> None:

@@ -336,6 +336,13 @@ def test_rotate_master_sigkill_then_rerun_finishes(make_repo, tmp_path):
     assert_one_clean_error(proc, "rotation is unfinished", "--rotate-master")
     proc = repo.run("rekey", "--new-identity", str(tmp_path / "other.txt"))
     assert_one_clean_error(proc, "unfinished rotation")
+    # Nothing else writes a master meanwhile: it would be for the old key only, and
+    # the rotation, once resumed, would take a journalled one as done.
+    first = masters[0].read_bytes()
+    for args in (("encrypt", masters[0].stem), ("edit", masters[0].stem)):
+        proc = repo.run(*args, input=b"written mid-rotation", env={"EDITOR": "true"})
+        assert_one_clean_error(proc, "rotation is unfinished", "--rotate-master")
+    assert masters[0].read_bytes() == first
 
     proc = repo.ok("rekey", "--rotate-master")            # resume: same command, no path
     assert "resuming" in proc.stderr.decode()

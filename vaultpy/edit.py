@@ -130,6 +130,9 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty, editor: str | None = None,
          allow_disk: bool = False) -> EditResult:
     secret = cfg.secret(secret_id)
+    from vaultpy.recovery import refuse_if_rotating
+
+    refuse_if_rotating(cfg)     # before any typing: the save would be refused
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     exists = secret.file.exists()
     armor = False

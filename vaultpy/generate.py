@@ -411,6 +411,10 @@ def _write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
         current = cfg.cache_dir
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
+            from vaultpy.recovery import refuse_if_rotating
+
+            refuse_if_rotating(cfg)     # a master written now would miss the new key
+            before: list[tuple[Path, bytes | None]] = []     # what each rename replaced
             try:
                 for path, data, mode in files:
                     current = path
@@ -420,11 +424,21 @@ def _write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
                     fsutil.fsync_path(tmp)
                 for tmp, path in temps:
                     current = path
+                    old = path.read_bytes() if path.exists() else None
                     os.rename(tmp, path)
+                    before.append((path, old))
             except BaseException:
                 for tmp, _ in temps:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
+                # All or nothing: a new private key beside the old .pub (or a new value
+                # without its rotation.toml record) must not stay.
+                for path, old in reversed(before):
+                    with contextlib.suppress(OSError):
+                        if old is None:
+                            path.unlink()
+                        else:
+                            fsutil.atomic_write(path, old)
                 raise
             for d in sorted({path.parent for _, path in temps}):
                 current = d
