@@ -285,6 +285,33 @@ def test_rotate_master_end_to_end(make_repo, tmp_path):
     assert repo.ok("decrypt", "s001").stdout == secrets["s001"]  # via hosts.toml identity
 
 
+def test_a_master_written_while_the_rotation_decrypts_is_not_rolled_back(
+        make_repo, tmp_path, monkeypatch):
+    """The rotation decrypts every master before it takes the lock; a value written in
+    that window (by encrypt, rotate, pull…) must be the one it rotates, not the older
+    plaintext it had read."""
+    from vaultpy import masters, model
+
+    repo, secrets = many_secret_repo(make_repo, 3)
+    monkeypatch.chdir(repo.root)
+    cfg = model.load(repo.root)
+    real = recovery.Journal.write_header
+    wrote: list[bool] = []
+
+    def write_header(self: recovery.Journal) -> None:
+        if not wrote:                       # once, between the decryption and the lock
+            masters.write_master(cfg, "s001", b"written meanwhile")
+            wrote.append(True)
+        real(self)
+
+    monkeypatch.setattr(recovery.Journal, "write_header", write_header)
+    new = tmp_path / "new.txt"
+    recovery.rotate_master(cfg, new, identity_files=[repo.identity])
+    assert wrote
+    assert age_decrypt(repo.root / "secrets" / "s001.age", new) == b"written meanwhile"
+    assert age_decrypt(repo.root / "secrets" / "s002.age", new) == secrets["s002"]
+
+
 def test_rotate_master_that_cannot_decrypt_writes_nothing(make_repo, tmp_path):
     repo, _ = many_secret_repo(make_repo, 3)
     stranger, _ = age_keygen(tmp_path, "stranger.txt")

@@ -356,9 +356,12 @@ def _raw_recipients(cfg: Config) -> list[str]:
         return list(cfg.recipients)
 
 
+Decrypted = dict[str, tuple[bytes, bool, bytes]]    # id -> (plaintext, armored, its master)
+
+
 def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
            retire: Sequence[str], ask: age.PassphraseFn
-           ) -> tuple[Journal, dict[str, tuple[bytes, bool]]]:
+           ) -> tuple[Journal, Decrypted, list[age.Identity]]:
     """Validate, decrypt every master, then write the journal and the new identity."""
     if os.path.lexists(new_identity):
         raise fail(new_identity, "already exists", field="--new-identity",
@@ -389,11 +392,11 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
                                    "belongs to the identity in use, so none would be retired",
                                    "vaultpy.recipients", "name the old master key with "
                                    "--retire RECIPIENT"))
-    plain: dict[str, tuple[bytes, bool]] = {}
+    plain: Decrypted = {}
     for sid in chosen:
         data = cfg.secrets[sid].file.read_bytes()
         plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
-                      ageformat.is_armored(data))
+                      ageformat.is_armored(data), data)
     line, public = age.generate_x25519()
     remaining = [r for r in _raw_recipients(cfg)
                  if _master(r) not in retired]
@@ -404,7 +407,7 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
     except OSError as exc:
         raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")) from None
     _write_identity(journal.new_identity, line, public)
-    return journal, plain
+    return journal, plain, keys
 
 
 def _resume_identity(journal: Journal) -> list[age.Identity]:
@@ -443,13 +446,14 @@ def rotate_master(cfg: Config, new_identity: Path | None,
 
     journal = read_journal(cfg)
     resumed = journal is not None
-    plain: dict[str, tuple[bytes, bool]] = {}
+    plain: Decrypted = {}
+    old_keys: list[age.Identity] | None = None
     if journal is None:
         if new_identity is None:
             raise VaultpyError(Problem("--new-identity", "missing", "",
                                        "say where to write the new master identity "
                                        "(--new-identity FILE)"))
-        journal, plain = _start(cfg, new_identity, identity_files, retire, ask)
+        journal, plain, old_keys = _start(cfg, new_identity, identity_files, retire, ask)
     else:
         if new_identity is not None and new_identity.absolute() != journal.new_identity:
             raise fail(journal.path, f"an unfinished rotation writes the new identity to "
@@ -465,31 +469,37 @@ def rotate_master(cfg: Config, new_identity: Path | None,
             journal.masters.append(sid)
     todo = [sid for sid in journal.masters if sid not in journal.done and sid in cfg.secrets
             and cfg.secrets[sid].file.exists()]
-    old_keys: list[age.Identity] | None = None
-    for sid in todo:
-        if sid in plain:
-            continue
-        path = cfg.secrets[sid].file
-        data = path.read_bytes()
+    def decrypt(path: Path, data: bytes) -> bytes:
+        nonlocal old_keys
         try:
-            text = age.decrypt(data, new_keys, display_path(path))
+            return age.decrypt(data, new_keys, display_path(path))
         except VaultpyError:
             if old_keys is None:
                 old_keys = identities.load(cfg, identity_files, ask)
-            text = age.decrypt(data, [*old_keys, *new_keys], display_path(path))
-        plain[sid] = (text, ageformat.is_armored(data))
+            return age.decrypt(data, [*old_keys, *new_keys], display_path(path))
+
+    for sid in todo:
+        if sid not in plain:
+            data = cfg.secrets[sid].file.read_bytes()
+            plain[sid] = (decrypt(cfg.secrets[sid].file, data), ageformat.is_armored(data),
+                          data)
     recipients = journal.recipients
+    current: Path = cfg.cache_dir
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
             for sid in todo:
-                text, armor = plain.pop(sid)
-                fsutil.atomic_write(cfg.secrets[sid].file,
-                                    age.encrypt(text, recipients, armor=armor))
+                text, armor, was = plain.pop(sid)
+                current = cfg.secrets[sid].file
+                now = current.read_bytes()
+                if now != was:
+                    # Written since it was read (before the lock): rotate the newer value.
+                    text, armor = decrypt(current, now), ageformat.is_armored(now)
+                fsutil.atomic_write(current, age.encrypt(text, recipients, armor=armor))
                 journal.append({"done": sid})
                 journal.done.add(sid)
     except OSError as exc:
-        raise VaultpyError(os_problem(cfg.root, exc, "re-encrypt the masters")) from None
+        raise VaultpyError(os_problem(current, exc, "re-encrypt the master")) from None
     identity_set = _update_hosts_toml(cfg, journal)
     cfg = model.load(cfg.path)
     result = pipeline.renc(cfg, (), jobs=renc_jobs, identity_files=[journal.new_identity],
