@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Repo, age_decrypt, assert_one_clean_error, toml_key, toml_str
+from conftest import Repo, age_decrypt, assert_one_clean_error, need, toml_key, toml_str
 
 hvac = pytest.importorskip("hvac")
 
@@ -783,3 +784,26 @@ def test_push_to_a_deleted_latest_version_keeps_the_other_fields(vrepo, bao: Bao
     assert_one_clean_error(repo.run("push"), "Vault holds a different value")
     repo.ok("push", "--force")
     assert bao.get(f"{prefix}/del") == ({"pw": "LOCAL", "user": "U1"}, 2)
+
+
+def test_a_pull_that_cannot_write_everything_writes_nothing(vrepo, bao: Bao,
+                                                            prefix: str) -> None:
+    """A password and its user, changed together in Vault: an I/O error at the second
+    master's rename puts the first back, so renc never compiles one without the other."""
+    need("strace")
+    bao.put(f"{prefix}/pair", {"password": "pw-1", "user": "u-1"})
+    repo = vrepo({"pw": f"secret/{prefix}/pair#password", "user": f"secret/{prefix}/pair#user"})
+    repo.ok("pull")
+    bao.put(f"{prefix}/pair", {"password": "pw-2", "user": "u-2"})
+    before = repo.snapshot()
+    env = {**os.environ, "NO_COLOR": "1", **repo.env}
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           "inject=rename:error=EIO:when=2", sys.executable, "-m", "vaultpy",
+                           "pull"], cwd=repo.root, env=env, capture_output=True)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert_one_clean_error(proc, "Input/output error")
+    assert repo.snapshot() == before
+    repo.ok("pull")
+    assert age_decrypt(master(repo, "pw"), repo.identity) == b"pw-2"
+    assert age_decrypt(master(repo, "user"), repo.identity) == b"u-2"

@@ -34,7 +34,6 @@ directory fsync) under the repository lock.  A failure writes nothing.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import os
 import secrets as pysecrets
@@ -47,8 +46,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vaultpy._internal import fsutil
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import Config, GenerateSpec, Secret
 
 ALNUM = string.ascii_letters + string.digits
@@ -394,54 +392,9 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     for sid in marks:
         state[sid] = at
     files.append((rotation_path(cfg), dump_rotation(cfg, state), 0o644))
-    _write_all(cfg, files)
+    from vaultpy.masters import write_all
+
+    write_all(cfg, files)
     result.generated += todo
     result.marked += marks
     result.written += [path for path, _, _ in files]
-
-
-def _write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
-    """Write every file durably under a temp name, then rename them all (under the lock)."""
-    temps: list[tuple[Path, Path]] = []
-    current: Path = cfg.secrets_dir
-    try:
-        for path, _, _ in files:
-            current = path
-            path.parent.mkdir(parents=True, exist_ok=True)
-        current = cfg.cache_dir
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
-            from vaultpy.recovery import refuse_if_rotating
-
-            refuse_if_rotating(cfg)     # a master written now would miss the new key
-            before: list[tuple[Path, bytes | None]] = []     # what each rename replaced
-            try:
-                for path, data, mode in files:
-                    current = path
-                    tmp = fsutil.tmp_name(path)
-                    fsutil.write_new(tmp, data, mode)
-                    temps.append((tmp, path))
-                    fsutil.fsync_path(tmp)
-                for tmp, path in temps:
-                    current = path
-                    old = path.read_bytes() if path.exists() else None
-                    os.rename(tmp, path)
-                    before.append((path, old))
-            except BaseException:
-                for tmp, _ in temps:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                # All or nothing: a new private key beside the old .pub (or a new value
-                # without its rotation.toml record) must not stay.
-                for path, old in reversed(before):
-                    with contextlib.suppress(OSError):
-                        if old is None:
-                            path.unlink()
-                        else:
-                            fsutil.atomic_write(path, old)
-                raise
-            for d in sorted({path.parent for _, path in temps}):
-                current = d
-                fsutil.fsync_path(d, directory=True)
-    except OSError as exc:
-        raise VaultpyError(os_problem(current, exc, "write")) from None

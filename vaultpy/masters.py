@@ -104,6 +104,57 @@ def _keep_unsaved(master: Path, ciphertext: bytes) -> Path | None:
         return None
 
 
+def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
+    """Write every file durably under a temp name, then rename them all under one hold of
+    the lock: a reader that takes the lock (renc) sees all of them or none, and a failed
+    rename puts back what the earlier ones replaced (``rotate`` of a key pair: never a
+    new private key beside the old .pub; ``pull``: never half of a change)."""
+    temps: list[tuple[Path, Path]] = []
+    current: Path = cfg.secrets_dir
+    try:
+        for path, _, _ in files:
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+        current = cfg.cache_dir
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.locked(cfg.lock_path):
+            if (cfg.root / JOURNAL).exists():   # a master written now misses the new key
+                raise VaultpyError(rotation_problems(cfg))
+            # What each rename replaced: its bytes, mode and times (put back unchanged).
+            before: list[tuple[Path, tuple[bytes, os.stat_result] | None]] = []
+            try:
+                for path, data, mode in files:
+                    current = path
+                    tmp = fsutil.tmp_name(path)
+                    fsutil.write_new(tmp, data, mode)
+                    temps.append((tmp, path))
+                    fsutil.fsync_path(tmp)
+                for tmp, path in temps:
+                    current = path
+                    old = (path.read_bytes(), path.stat()) if path.exists() else None
+                    os.rename(tmp, path)
+                    before.append((path, old))
+            except BaseException:
+                for tmp, _ in temps:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                # All or nothing: a new private key beside the old .pub (or a new value
+                # without its rotation.toml record) must not stay.
+                for path, old in reversed(before):
+                    with contextlib.suppress(OSError):
+                        if old is None:
+                            path.unlink()
+                        else:
+                            fsutil.atomic_write(path, old[0], old[1].st_mode & 0o7777)
+                            os.utime(path, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
+                raise
+            for d in sorted({path.parent for _, path in temps}):
+                current = d
+                fsutil.fsync_path(d, directory=True)
+    except OSError as exc:
+        raise VaultpyError(os_problem(current, exc, "write")) from None
+
+
 def _current(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

@@ -678,10 +678,14 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
         else:
             status = "unchanged"
         result.items.append(PullItem(sid, ref, version, status))
-    if not check:
-        for item in result.changed:
-            armor = current[item.id][1] if item.id in current else False
-            masters.write_master(cfg, item.id, fetched[item.id][0], armor)
+    if not check and result.changed:
+        # One write of them all: a field pulled with another of the same secret (a
+        # password and its user) is never half updated when renc reads the masters.
+        masters.write_all(cfg, [
+            (cfg.secrets[item.id].file,
+             age.encrypt(fetched[item.id][0], cfg.recipients,
+                         armor=current[item.id][1] if item.id in current else False), 0o644)
+            for item in result.changed])
     return result
 
 
