@@ -312,6 +312,20 @@ def test_a_master_written_while_the_rotation_decrypts_is_not_rolled_back(
     assert age_decrypt(repo.root / "secrets" / "s002.age", new) == secrets["s002"]
 
 
+def test_a_new_identity_a_killed_run_left_half_written_is_removed(make_repo, tmp_path):
+    """A SIGKILL while the new identity was written leaves its temp file: a secret key
+    (never used: the journal's is the one written whole), on disk until removed."""
+    repo, _ = many_secret_repo(make_repo, 2)
+    new = tmp_path / "keys" / "new.txt"
+    new.parent.mkdir()
+    leftover = new.with_name(".new.txt.vaultpy-tmp-0123456789ab")
+    leftover.write_text("AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n")
+    other = new.with_name("unrelated.txt")
+    other.write_text("kept")
+    repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
+    assert sorted(p.name for p in new.parent.iterdir()) == ["new.txt", "unrelated.txt"]
+
+
 def test_rotate_master_that_cannot_decrypt_writes_nothing(make_repo, tmp_path):
     repo, _ = many_secret_repo(make_repo, 3)
     stranger, _ = age_keygen(tmp_path, "stranger.txt")

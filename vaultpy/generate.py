@@ -188,7 +188,8 @@ def load_rotation(cfg: Config) -> dict[str, dt.datetime]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise VaultpyError(Problem(shown, f"not valid TOML: {exc}", "",
-                                   "restore it from git; vaultpy rotate rewrites it")) from None
+                                   "restore it from git (vaultpy rotate needs it whole)")
+                           ) from None
     problems: list[Problem] = []
     if doc.get("version", 1) != 1:
         problems.append(Problem(shown, f"unsupported version {doc.get('version')!r}",
