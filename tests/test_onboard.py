@@ -412,6 +412,37 @@ mode = "0440"
     assert "# comment about b" not in new_b and "template text" in new_b
 
 
+def test_remove_keeps_dividers_and_end_of_file_comments() -> None:
+    """Comments after a removed host's last key describe what follows (a section
+    divider, the end of the file), not that host: they stay; its own go."""
+    text = """[vaultpy]
+recipients = ["x"]
+
+# web hosts
+[hosts.a]
+pubkey = "ka"
+# inside a's body
+secrets = []
+
+# ===== staging hosts =====
+
+# b is the staging box
+[hosts.b]
+pubkey = "kb"
+
+# end of file note
+"""
+    new_a = onboard.remove_host_text(text, "a")
+    assert tomllib.loads(new_a) == _without(tomllib.loads(text), "a")
+    assert "# web hosts" not in new_a and "inside a's body" not in new_a
+    assert "\n\n# ===== staging hosts =====\n\n# b is the staging box\n[hosts.b]" in new_a
+    assert new_a.endswith('pubkey = "kb"\n\n# end of file note\n')
+    new_b = onboard.remove_host_text(text, "b")
+    assert tomllib.loads(new_b) == _without(tomllib.loads(text), "b")
+    assert "staging box" not in new_b
+    assert new_b.endswith("secrets = []\n\n# ===== staging hosts =====\n\n# end of file note\n")
+
+
 def test_edits_of_unusual_layouts_fall_back_to_tomlkit() -> None:
     dotted = '[vaultpy]\nrecipients = ["x"]\n[hosts]\na.pubkey = "ka"  # a\nb = { pubkey = "kb" }\n'
     new = onboard.remove_host_text(dotted, "a")

@@ -423,15 +423,18 @@ def _remove_by_lines(text: str, name: str) -> str | None:
         while out_numbers and out_numbers[-1] in comments and out_numbers[-1] == start - 1:
             out.pop()
             start = out_numbers.pop()
-        # comment lines right above the next (kept) header describe that one: they stay
+        # Comments after the section's last key describe what follows (the next
+        # header, a "# ---- staging ----" divider, the end of the file): they stay.
         keep_from = end
-        if s + 1 < len(headers) and not gone[s + 1]:
-            while keep_from - 1 > headers[s] and keep_from - 1 in comments:
-                keep_from -= 1
+        while keep_from - 1 > headers[s] and (keep_from - 1 in comments
+                                              or is_blank(keep_from - 1)):
+            keep_from -= 1
+        while keep_from < end and is_blank(keep_from):
+            keep_from += 1
         while out_numbers and is_blank(out_numbers[-1]):
             out.pop()
             out_numbers.pop()
-        if out and s + 1 < len(headers):
+        if out and (s + 1 < len(headers) or keep_from < end):
             out.append(nl)
             out_numbers.append(-1)
         out += lines[keep_from:end]
