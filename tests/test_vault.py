@@ -807,3 +807,20 @@ def test_a_pull_that_cannot_write_everything_writes_nothing(vrepo, bao: Bao,
     repo.ok("pull")
     assert age_decrypt(master(repo, "pw"), repo.identity) == b"pw-2"
     assert age_decrypt(master(repo, "user"), repo.identity) == b"u-2"
+
+
+def test_a_token_without_the_default_policy_is_not_only_called_invalid(vrepo, bao: Bao,
+                                                                        prefix: str) -> None:
+    """A valid token made with -no-default-policy cannot look itself up either: the
+    hint names both causes, and the policy the read needs."""
+    bao.put(f"{prefix}/np", {"v": "x"})
+    bao.root.sys.create_or_update_policy("no-read",
+                                         'path "sys/nothing" { capabilities = ["read"] }')
+    token = bao.root.auth.token.create(policies=["no-read"], no_default_policy=True,
+                                       ttl="5m")["auth"]["client_token"]
+    repo = vrepo({"a": f"secret/{prefix}/np#v"})
+    proc = repo.run("pull", env={"VAULT_TOKEN": token})
+    assert_one_clean_error(proc, "secrets.a.vault", "does not accept the token",
+                           "made without the default policy",
+                           f"must grant read on secret/data/{prefix}/np")
+    assert token not in text_of(proc)

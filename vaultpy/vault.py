@@ -359,9 +359,13 @@ class Session:
         except Exception as exc:
             failure = _classify(exc, self.target.addr, what, denied_hint)
         if failure.message.startswith("permission denied") and not self._token_valid():
-            failure = VaultFailure(f"{failure.message}: Vault does not accept the token",
-                                   "it is invalid or expired: log in again (bao login / "
-                                   "vault login) or set BAO_TOKEN / VAULT_TOKEN")
+            # A bad token and a valid one made without the default policy both fail to
+            # look themselves up (403): say both.
+            failure = VaultFailure(
+                f"{failure.message}: Vault does not accept the token, not even to look "
+                "itself up", "if it is invalid or expired, log in again (bao login / vault "
+                "login) or set BAO_TOKEN / VAULT_TOKEN; if it was made without the default "
+                f"policy, {denied_hint}")
         raise failure
 
     def _token_valid(self) -> bool:
