@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -112,3 +113,27 @@ def test_ignore_leaves_sigint_ignored() -> None:
         ctrl_c()
         os._exit(0)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_ctrl_c_in_importlibs_module_lock_callback_is_taken_after_it() -> None:
+    """A KeyboardInterrupt raised in the weakref callback importlib runs when a module
+    lock dies is printed ("Exception ignored in ... cb") and dropped: the Ctrl-C was
+    lost (a rare CI failure). The policy takes it again once the callback is done.
+    Here the callback is a function named cb compiled under importlib's file name."""
+    ns: dict[str, object] = {}
+    exec(compile("import signal\n"
+                 "def cb(log):\n"
+                 "    signal.raise_signal(signal.SIGINT)   # the handler sees this frame\n"
+                 "    log.append('cb went on')\n"
+                 "    log.append('cb done')\n", "<frozen importlib._bootstrap>", "exec"), ns)
+    cb = ns["cb"]
+    assert callable(cb)
+    log: list[str] = []
+    alarm = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        cb(log)
+        log.append("after cb")
+        time.sleep(5)           # the Ctrl-C comes back within a millisecond
+        pytest.fail("not interrupted")
+    assert log == ["cb went on", "cb done", "after cb"]
+    assert signal.getsignal(signal.SIGALRM) == alarm      # put back

@@ -29,6 +29,7 @@ import contextlib
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
 
 class _State:
@@ -43,7 +44,40 @@ _questions = 0          # plugin questions waiting on the terminal in this proce
 _stopped = False        # a Ctrl-C came to this process outside the policy (a worker)
 
 
-def _handler(_signum: int, _frame: object) -> None:
+def _swallowed_here(frame: Any) -> bool:
+    """Whether an exception raised in ``frame`` would be printed and dropped: the weakref
+    callback importlib runs when a module lock dies ("Exception ignored in ... cb")."""
+    code = getattr(frame, "f_code", None)
+    return (code is not None and code.co_name == "cb"
+            and code.co_filename == "<frozen importlib._bootstrap>")
+
+
+_retry_armed = False     # a Ctrl-C is to come back by SIGALRM (see _retry_soon)
+_alarm_before: object = None
+
+
+def _retry_soon() -> None:
+    """Take the Ctrl-C again in a millisecond, by SIGALRM: a signal raised here would
+    be handled at once, still inside the callback."""
+    global _retry_armed, _alarm_before
+    if not _retry_armed:
+        _alarm_before = _signal.signal(_signal.SIGALRM, _on_alarm)
+        _retry_armed = True
+    _signal.setitimer(_signal.ITIMER_REAL, 0.001)
+
+
+def _on_alarm(_signum: int, frame: object) -> None:
+    global _retry_armed
+    _retry_armed = False
+    before = _alarm_before
+    _signal.signal(_signal.SIGALRM, before if before is not None else _signal.SIG_DFL)
+    _handler(_signal.SIGINT, frame)
+
+
+def _handler(_signum: int, frame: object) -> None:
+    if _swallowed_here(frame):
+        _retry_soon()
+        return
     state = _state
     if state is None:
         raise KeyboardInterrupt
