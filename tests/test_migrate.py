@@ -456,9 +456,8 @@ def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tm
     """--hosts-by-comment names ssh-ed25519 keys only: an RSA host key, or a key
     whose comment says root@host, would silently read every master secret."""
     text = agenix.secrets_nix.read_text()
-    rsa = subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
-                          "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
-    del rsa
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
+                    "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
     rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
     agenix.secrets_nix.write_text(text.replace("publicKeys = [", f'publicKeys = [ "{rsa_pub}" ', 1))
     repo = tmp_path / "repo"

@@ -29,6 +29,7 @@ from vaultpy import age, identities, masters
 from vaultpy._internal import ageformat, fsutil
 from vaultpy.errors import Problem, VaultpyError
 from vaultpy.model import Config
+from vaultpy.recovery import refuse_if_rotating
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,6 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty, editor: str | None = None,
          allow_disk: bool = False) -> EditResult:
     secret = cfg.secret(secret_id)
-    from vaultpy.recovery import refuse_if_rotating
-
     refuse_if_rotating(cfg)     # before any typing: the save would be refused
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     exists = secret.file.exists()

@@ -20,7 +20,7 @@ from vaultpy._internal import ageformat, fsutil
 from vaultpy.cache import missing_master
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
-from vaultpy.recovery import JOURNAL, rotation_problems
+from vaultpy.recovery import JOURNAL, refuse_if_rotating, rotation_problems
 
 
 def read_master(cfg: Config, secret_id: str) -> bytes:
@@ -118,8 +118,7 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
         current = cfg.cache_dir
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
-            if (cfg.root / JOURNAL).exists():   # a master written now misses the new key
-                raise VaultpyError(rotation_problems(cfg))
+            refuse_if_rotating(cfg)     # a master written now would miss the new key
             # What each rename replaced: its bytes, mode and times (put back unchanged).
             before: list[tuple[Path, tuple[bytes, os.stat_result] | None]] = []
             try:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.output import DEFAULT_DIRS, path_clash, path_clash_message
+from vaultpy.output import DEFAULT_DIRS, numeric_id_ok, path_clash, path_clash_message
 
 # Re-exported: vaultpy.model.Output and the name patterns predate vaultpy.output.
 from vaultpy.output import ID_RE as ID_RE
@@ -350,7 +350,7 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
         text = value
     else:
         text = ""
-    if re.fullmatch(r"[0-9]+", text) and int(text) < 2**32 - 1:
+    if numeric_id_ok(text):
         return text
     if len(text) <= 32 and USER_RE.fullmatch(text) and text.isascii():
         return text

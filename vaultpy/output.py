@@ -16,7 +16,7 @@ from vaultpy.templates import ID_PATTERN
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")  # owner / group names
 UNIT_RE = re.compile(r"[^\s/]+")                    # systemd units to restart / reload
-ID_MAX = 2**32 - 2          # numeric owners: (uid_t)-1 means "leave unchanged" to chown
+UID_MAX = 2**32 - 2         # numeric owners: (uid_t)-1 means "leave unchanged" to chown
 # Where activation keeps its own state (the profile's settings): never a ``path``.
 DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
                 "store": "/run/vaultpy.d"}
@@ -24,7 +24,7 @@ DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
 
 def numeric_id_ok(text: str) -> bool:
     """A numeric owner or group chown(2) takes as that id (not -1, not beyond 32 bits)."""
-    return text.isascii() and text.isdigit() and int(text) <= ID_MAX
+    return text.isascii() and text.isdigit() and int(text) <= UID_MAX
 
 
 def path_clash(path: str, dirs: dict[str, str]) -> str | None:

@@ -222,10 +222,10 @@ def parse(data: Any, source: str, base: Path) -> Profile:
                "upgrade vaultpy on this host")
     host = rd.get(data, "host", str, "") or ""
     raw = rd.get(data, "settings", dict, "") or {}
-    idents = rd.get(raw, "identities", list, "settings")
-    if idents is not None and (not idents or not all(isinstance(i, str) for i in idents)):
-        rd.bad("settings.identities", "expected a non-empty list of key paths")
+    idents = rd.get(raw, "identities", list, "settings")    # None: reported already
     if not idents or not all(isinstance(i, str) for i in idents):
+        if idents is not None:
+            rd.bad("settings.identities", "expected a non-empty list of key paths")
         idents = []
     keep = rd.get(raw, "keep", int, "settings")
     if keep is not None and keep < 1:

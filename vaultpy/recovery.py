@@ -334,7 +334,7 @@ def _write_identity(path: Path, line: str, public: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A run killed while writing the identity left its temp file, a secret key
         # never used (the journal's key is the one written whole): remove it.
-        prefix = f".{path.name}{fsutil.TMP_MARK}"
+        prefix = fsutil.tmp_prefix(path.name)
         for leftover in path.parent.iterdir():
             if leftover.name.startswith(prefix) and leftover.is_file() \
                     and not leftover.is_symlink():

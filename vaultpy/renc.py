@@ -385,8 +385,7 @@ class _Survey:
 
     @classmethod
     def take(cls, cfg: Config, hosts: Sequence[str]) -> _Survey:
-        clock = memo.fs_clock(str(cfg.cache_dir)) if cfg.cache_dir.is_dir() else None
-        index = cache.VerifiedIndex(cfg.cache_dir, clock=clock)
+        index = cache.VerifiedIndex(cfg.cache_dir, clock=memo.fs_clock(str(cfg.cache_dir)))
         result, p = Result(), cache.plan(cfg, hosts)
         return cls(result, index, p, _survey(cfg, hosts, result, index, p))
 

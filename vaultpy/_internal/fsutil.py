@@ -28,11 +28,16 @@ if TYPE_CHECKING:
 TMP_MARK = ".vaultpy-tmp-"
 
 
+def tmp_prefix(name: str) -> str:
+    """How every temp file for final name ``name`` begins (a killed run's leftovers)."""
+    return f".{name}{TMP_MARK}"
+
+
 def tmp_basename(name: str) -> str:
     """The name of a temp file for final name ``name``, beside it: a dot (hidden), the
     name, the mark (:func:`is_tmp`), and 48 random bits (os.urandom, as
     ``secrets.token_hex``; ``secrets`` itself would load hmac)."""
-    return f".{name}{TMP_MARK}{os.urandom(6).hex()}"
+    return f"{tmp_prefix(name)}{os.urandom(6).hex()}"
 
 
 def tmp_name(final: Path) -> Path:

@@ -52,23 +52,19 @@ def _swallowed_here(frame: Any) -> bool:
             and code.co_filename == "<frozen importlib._bootstrap>")
 
 
-_retry_armed = False     # a Ctrl-C is to come back by SIGALRM (see _retry_soon)
-_alarm_before: object = None
+_alarm_before: object = None    # SIGALRM's handler while _on_alarm stands in for it
 
 
 def _retry_soon() -> None:
     """Take the Ctrl-C again in a millisecond, by SIGALRM: a signal raised here would
     be handled at once, still inside the callback."""
-    global _retry_armed, _alarm_before
-    if not _retry_armed:
+    global _alarm_before
+    if _signal.getsignal(_signal.SIGALRM) is not _on_alarm:
         _alarm_before = _signal.signal(_signal.SIGALRM, _on_alarm)
-        _retry_armed = True
     _signal.setitimer(_signal.ITIMER_REAL, 0.001)
 
 
 def _on_alarm(_signum: int, frame: object) -> None:
-    global _retry_armed
-    _retry_armed = False
     before = _alarm_before
     _signal.signal(_signal.SIGALRM, before if before is not None else _signal.SIG_DFL)
     _handler(_signal.SIGINT, frame)

@@ -33,7 +33,7 @@ def generations(store: Path) -> list[int]:
 
 def remove_leftover_links(link: Path) -> None:
     """Temp symlinks a killed run left beside ``link`` (ours: root-owned symlinks only)."""
-    prefix = f".{link.name}{fsutil.TMP_MARK}"
+    prefix = fsutil.tmp_prefix(link.name)
     try:
         names = os.listdir(link.parent)
     except FileNotFoundError:

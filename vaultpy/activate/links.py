@@ -86,7 +86,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
                 raise _refuse(path, "is a directory")
         except FileNotFoundError:
             pass
-        prefix = f".{base}{fsutil.TMP_MARK}"
+        prefix = fsutil.tmp_prefix(base)
         for leftover in os.listdir(fd):             # from a killed run: ours only
             if leftover.startswith(prefix):
                 lst = os.stat(leftover, dir_fd=fd, follow_symlinks=False)
