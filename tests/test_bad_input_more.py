@@ -70,6 +70,25 @@ def test_a_fifo_as_master_is_a_clean_error(repo: Repo) -> None:
     assert_one_clean_error(proc, "secrets/beta.age", "not a regular file")
 
 
+def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:
+    """`encrypt --file /dev/zero` (or an endless pipe) used to read until memory ran
+    out; it stops past the limit, writes nothing, and says what to do instead."""
+    from vaultpy.masters import MAX_PLAINTEXT
+
+    master = repo.root / "secrets" / "alpha.age"
+    before = master.read_bytes()
+    proc = repo.run("encrypt", "alpha", "--file", "/dev/zero", timeout=60)
+    assert_one_clean_error(proc, "/dev/zero", f"more than {MAX_PLAINTEXT >> 20} MiB")
+    proc = repo.run("encrypt", "alpha", input=bytes(MAX_PLAINTEXT + 1), timeout=60)
+    assert_one_clean_error(proc, "-: more than", "encrypt a big file with age")
+    assert master.read_bytes() == before
+    # the limit itself is accepted, from a pipe as from a file
+    big = repo.root / "big"
+    big.write_bytes(b"x" * MAX_PLAINTEXT)
+    repo.ok("encrypt", "alpha", "--file", str(big), timeout=60)
+    assert age_decrypt(master, repo.identity) == big.read_bytes()
+
+
 def test_a_directory_in_a_cache_files_place_is_named_and_kept(repo: Repo) -> None:
     """renc never removes a directory it did not create: it says what is in the way,
     where, and a fix that works (check says the same), and repairs nothing else."""

@@ -33,6 +33,10 @@ def read_master(cfg: Config, secret_id: str) -> bytes:
         raise VaultpyError(os_problem(secret.file, exc, "read master file")) from None
 
 
+# The most plaintext `encrypt` takes: every host holds its secrets in RAM, and a
+# stream without end (`--file /dev/zero`) must stop with an error, not exhaust memory.
+MAX_PLAINTEXT = 64 << 20
+
 ANY = object()      # write_master(based_on=ANY): last writer wins (encrypt, pull)
 
 

@@ -225,6 +225,19 @@ def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
+def read_at_most(fd: int, limit: int) -> bytes | None:
+    """Everything readable from ``fd`` (a file, pipe or terminal), or None once it
+    holds more than ``limit`` bytes: ``--file /dev/zero`` must end, not fill RAM."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(fd, 1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def remove_tree(path: Path) -> None:
     """``rm -r`` that never follows symlinks (shutil's fd-based rmtree) and tolerates
     absence.  Anything that is not a directory (a FIFO, a socket, a device node too)
