@@ -533,6 +533,55 @@ def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
     assert not (out / "stale-file").exists() and (out / "profile.json").is_file()
 
 
+def _bundle_under_strace(repo: Repo, out: Path, fault: str) -> Any:
+    import subprocess
+    import sys
+
+    from conftest import need
+
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **repo.env}
+    return subprocess.run([need("strace"), "-f", "-qq", "-o", "/dev/null", "-e", fault,
+                           sys.executable, "-m", "vaultpy", "bundle", "--host", HOST,
+                           "-o", str(out), "--force"],
+                          cwd=repo.root, env=env, capture_output=True, timeout=120)
+
+
+def test_bundle_replacement_is_one_step_and_a_failure_keeps_the_old_one(
+        world: World, tmp_path: Path) -> None:
+    """--force swaps the new bundle in (renameat2 RENAME_EXCHANGE): the old one was
+    removed first, so a crash in between left no bundle.  A failure keeps the old
+    bundle whole, leaves no temp directory, and names the bundle's own path, never
+    the temp one; a killed run's temp directory is removed by the next run."""
+    repo = world.repo
+    out = tmp_path / "out" / "bundle"
+    repo.ok("bundle", "--host", HOST, "-o", str(out))
+    (out / "old-marker").write_text("old")
+    before = snapshot_tree(out)
+
+    def leftovers() -> list[str]:
+        return sorted(n for n in os.listdir(out.parent) if n != "bundle")
+
+    proc = _bundle_under_strace(repo, out, "inject=renameat2:error=EIO")
+    line = assert_one_clean_error(proc, str(out), "cannot write the bundle",
+                                  "Input/output error")
+    assert ".vaultpy-tmp-" not in line
+    assert snapshot_tree(out) == before and leftovers() == []
+    # a full disk while copying a ciphertext: the line names the file in the bundle
+    proc = _bundle_under_strace(repo, out, "inject=write:error=ENOSPC:when=1")
+    line = assert_one_clean_error(proc, f"{out}/cache/", "No space left on device")
+    assert ".vaultpy-tmp-" not in line
+    assert snapshot_tree(out) == before and leftovers() == []
+    # a file system that cannot exchange: replaced through a temp name instead
+    (out.parent / ".bundle.vaultpy-tmp-killedrun" / "cache").mkdir(parents=True)
+    proc = _bundle_under_strace(repo, out, "inject=renameat2:error=EINVAL")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert not (out / "old-marker").exists() and (out / "profile.json").is_file()
+    assert leftovers() == []
+    (out / "old-marker").write_text("old")
+    repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")
+    assert not (out / "old-marker").exists() and leftovers() == []
+
+
 # ------------------------------------------------------------- 8. steps alone
 
 def test_each_step_alone(world: World) -> None:

@@ -6,13 +6,13 @@
     <out>/vaultpy-activate-early.service  (only when the host has early items)
 
 Copy the directory to /etc/vaultpy on the host; see the README.  The bundle is
-built under a temporary name and renamed into place: never half-written.
+built under a temporary name and swapped into place: never half-written, never absent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from pathlib import Path
 
 from vaultpy import cache, profile
@@ -74,28 +74,68 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
     for s in data["secrets"]:
         bad = cache.verify(cfg.cache_dir / host / s["file"], cfg.hosts[host].recipients)
         if bad is not None:
-            raise VaultpyError(Problem(s["file"], f"cache file is {bad}",
+            raise VaultpyError(Problem(display_path(cfg.cache_dir / host / s["file"]),
+                                       f"cache file is {bad}",
                                        f"hosts.{host}.{s['id']}", "run vaultpy renc first"))
         s["file"] = f"cache/{s['file']}"
-    staging = out.with_name(f".{out.name}{fsutil.TMP_MARK}{os.getpid()}")
+    files: dict[str, bytes] = {
+        "profile.json": (profile.dumps(data) + "\n").encode(),
+        "vaultpy-activate.service": unit_text(host, data["settings"], vaultpy,
+                                              early=False).encode(),
+    }
+    if any(i["early"] for i in data["secrets"] + data["templates"] if i.get("install", True)):
+        files["vaultpy-activate-early.service"] = unit_text(
+            host, data["settings"], vaultpy, early=True).encode()
+    _publish(out, [(s["file"], cfg.cache_dir / host / Path(s["file"]).name)
+                   for s in data["secrets"]], files)
+    return out
+
+
+def _publish(out: Path, copies: list[tuple[str, Path]], files: dict[str, bytes]) -> None:
+    """Build the bundle beside ``out`` under a temp name, flush it, and swap it in:
+    ``out`` is the old bundle or the new one, never absent or half-written, even if
+    the run is killed (a killed run's temp directory is removed by the next one)."""
+    parent = out.parent
+    staging = parent / fsutil.tmp_basename(out.name)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for leftover in os.listdir(parent):
+            if leftover.startswith(fsutil.tmp_prefix(out.name)):
+                fsutil.remove_tree(parent / leftover)
+        (staging / "cache").mkdir(parents=True)
+        for rel, src in copies:
+            _put(staging / rel, fsutil.read_regular(src)[0])
+        for rel, text in files.items():
+            _put(staging / rel, text)
+        fsutil.syncfs(staging)
+        if os.path.lexists(out):
+            fsutil.exchange(staging, out)       # staging now holds the old bundle
+        else:
+            os.rename(staging, out)
+        fsutil.fsync_path(parent, directory=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fsutil.remove_tree(staging)
+        raise VaultpyError(os_problem(_outside_name(exc.filename, staging, out), exc,
+                                      "write the bundle")) from None
     try:
         fsutil.remove_tree(staging)
-        (staging / "cache").mkdir(parents=True)
-        for s in data["secrets"]:
-            shutil.copyfile(cfg.cache_dir / host / Path(s["file"]).name, staging / s["file"])
-        (staging / "profile.json").write_text(profile.dumps(data) + "\n")
-        (staging / "vaultpy-activate.service").write_text(
-            unit_text(host, data["settings"], vaultpy, early=False))
-        if any(i["early"] for i in data["secrets"] + data["templates"]
-               if i.get("install", True)):
-            (staging / "vaultpy-activate-early.service").write_text(
-                unit_text(host, data["settings"], vaultpy, early=True))
-        fsutil.syncfs(staging)
-        if out.exists():
-            fsutil.remove_tree(out)
-        os.rename(staging, out)
-        fsutil.fsync_path(out.parent, directory=True)
     except OSError as exc:
-        fsutil.remove_tree(staging)
-        raise VaultpyError(os_problem(exc.filename or out, exc, "write the bundle")) from None
-    return out
+        raise VaultpyError(os_problem(staging, exc, "remove the replaced bundle")) from None
+
+
+def _put(path: Path, data: bytes) -> None:
+    try:
+        fsutil.write_new(path, data)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)        # os.write names no file
+        raise
+
+
+def _outside_name(name: object, staging: Path, out: Path) -> Path:
+    """The path a user knows for ``name``: inside the bundle rather than inside its
+    temp directory (``out`` itself when the failing call named no file)."""
+    if not isinstance(name, str):
+        return out
+    inside = os.path.relpath(name, staging)
+    return out if inside.startswith("..") else out / inside

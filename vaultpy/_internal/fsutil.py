@@ -125,6 +125,26 @@ def _libc_call(path: Path | str, name: str, *args: object) -> None:
         raise OSError(err, os.strerror(err), str(path))
 
 
+def exchange(a: Path | str, b: Path | str) -> None:
+    """Swap ``a`` and ``b`` in one step (renameat2 RENAME_EXCHANGE): a directory is
+    replaced without a moment where its name is absent.  Where the file system cannot
+    exchange (EINVAL), ``b`` is moved to ``a``'s name through a temp name instead."""
+    try:
+        _libc_call(b, "renameat2", _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
+                   _RENAME_EXCHANGE)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        aside = os.path.join(os.path.dirname(a), tmp_basename(os.path.basename(a)))
+        os.rename(b, aside)
+        os.rename(a, b)
+        os.rename(aside, a)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
 def syncfs(path: Path | str) -> None:
     """Flush the whole filesystem holding ``path``: one call instead of an fsync per file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
