@@ -285,6 +285,27 @@ def test_rotate_master_end_to_end(make_repo, tmp_path):
     assert repo.ok("decrypt", "s001").stdout == secrets["s001"]  # via hosts.toml identity
 
 
+def test_rotation_keeps_the_comments_of_a_multi_line_recipients_array(make_repo, tmp_path):
+    """The array `vaultpy init` writes, one recipient per line with a comment: the
+    retired line goes, the new key comes first, every other line stays as it was."""
+    _backup, backup_pub = age_keygen(tmp_path, "backup.txt")
+    repo, secrets = many_secret_repo(make_repo, 2, extra=[backup_pub])
+    text = (repo.root / "hosts.toml").read_text()
+    one_line = text[text.index("recipients = ["):text.index("  # keep\n")]
+    multi = (f'recipients = [\n    "{repo.recipient}",    # laptop, retire in May\n'
+             f'    "{backup_pub}",  # YubiKey in the safe\n    # "age1old…",  # gone\n]')
+    repo.write_hosts(text.replace(one_line + "  # keep", multi))
+    new = tmp_path / "new.txt"
+    repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
+    new_pub = shamir.public_key(key_line(new))
+    after = (repo.root / "hosts.toml").read_text()
+    assert (f'recipients = [\n    "{new_pub}",\n    "{backup_pub}",  # YubiKey in the safe\n'
+            '    # "age1old…",  # gone\n]') in after, after
+    assert "laptop" not in after and repo.recipient not in after
+    for sid, plain in secrets.items():
+        assert age_decrypt(repo.root / "secrets" / f"{sid}.age", new) == plain
+
+
 def test_a_master_written_while_the_rotation_decrypts_is_not_rolled_back(
         make_repo, tmp_path, monkeypatch):
     """The rotation decrypts every master before it takes the lock; a value written in

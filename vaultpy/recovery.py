@@ -532,6 +532,26 @@ def _identity_setting(cfg: Config, path: Path) -> str:
         return str(path)
 
 
+def _rotated_in_place(text: str, journal: Journal) -> str | None:
+    """``text`` with the retired recipients taken out of a multi-line array and the new
+    one put first, the other elements with their comments and the layout as they were
+    (tomlkit round-trips them); None for a one-line array, or where tomlkit cannot."""
+    try:
+        import tomlkit
+
+        doc = tomlkit.parse(text)
+        array = doc["vaultpy"]["recipients"]
+        if "\n" not in array.as_string():
+            return None         # one line holds no comment; the plain rewrite is tidier
+        for i in reversed(range(len(array))):
+            if _master(str(array[i])) in journal.retired:
+                del array[i]
+        array.insert(0, journal.new_recipient)
+        return tomlkit.dumps(doc)
+    except Exception:   # tomlkit refuses some layouts; the plain rewrite remains
+        return None
+
+
 def _update_hosts_toml(cfg: Config, journal: Journal) -> bool:
     """Point hosts.toml at the new recipients (and identity, if it names one)."""
     from vaultpy import model
@@ -539,20 +559,27 @@ def _update_hosts_toml(cfg: Config, journal: Journal) -> bool:
     if journal.hosts_toml:
         return cfg.identity is not None
     text = cfg.path.read_text(encoding="utf-8")
-    new_text = set_vaultpy_value(text, "recipients", _toml_list(journal.recipients_raw))
-    if new_text is None:
+    plain = set_vaultpy_value(text, "recipients", _toml_list(journal.recipients_raw))
+    candidates = [t for t in (_rotated_in_place(text, journal), plain) if t is not None]
+    if not candidates:
         raise fail(cfg.path, "cannot find [vaultpy] recipients to update",
                    field="vaultpy.recipients", hint="write recipients = " +
                    _toml_list(journal.recipients_raw) + " under [vaultpy] by hand, then "
                    "rerun vaultpy rekey --rotate-master")
     has_identity = cfg.identity is not None
-    if has_identity:
-        with_id = set_vaultpy_value(new_text, "identity",
-                                    _toml_str(_identity_setting(cfg, journal.new_identity)))
-        new_text = with_id if with_id is not None else new_text
-    updated = model.parse(new_text, cfg.path)
-    if (list(updated.recipients) != journal.recipients or updated.hosts != cfg.hosts
-            or updated.secrets != cfg.secrets):
+    for new_text in candidates:
+        if has_identity:
+            with_id = set_vaultpy_value(
+                new_text, "identity", _toml_str(_identity_setting(cfg, journal.new_identity)))
+            new_text = with_id if with_id is not None else new_text
+        try:
+            updated = model.parse(new_text, cfg.path)
+        except VaultpyError:
+            continue
+        if (list(updated.recipients) == journal.recipients and updated.hosts == cfg.hosts
+                and updated.secrets == cfg.secrets):
+            break
+    else:
         raise fail(cfg.path, "updating [vaultpy] recipients automatically would change more "
                    "than the recipients", field="vaultpy.recipients", hint="write recipients "
                    "= " + _toml_list(journal.recipients_raw) + " by hand, then rerun")
