@@ -491,6 +491,32 @@ def test_plugin_missing_from_path(prepo):
     assert (repo.root / "secrets" / "s0.age").read_bytes() == before
 
 
+def test_a_rotation_to_a_plugin_not_installed_starts_nothing(make_repo, plugin, pkey,
+                                                              tmp_path):
+    """A backup recipient whose plugin is not on PATH failed the rotation after its
+    journal existed, and every master write then waited on that journal: it is found
+    out before anything is written."""
+    from conftest import hosts_toml
+
+    from vaultpy.recovery import JOURNAL
+
+    _ident, backup = pkey
+    repo = make_repo(hosts=1, secrets={"a": b"alpha"}, encrypt=False)
+    repo.write_hosts(hosts_toml([repo.recipient, backup], ["a"],
+                                {h.name: (h.pubkey, ["a"]) for h in repo.hosts.values()}))
+    repo.ok("encrypt", "a", input=b"alpha", env=plugin.env)
+    before = repo.snapshot()
+    new = tmp_path / "new.txt"
+    no_plugin = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"}
+    proc = repo.run("rekey", "--rotate-master", "--new-identity", str(new), env=no_plugin)
+    assert_one_clean_error(proc, "age-plugin-vptest", "cannot encrypt", "install")
+    assert not (repo.root / JOURNAL).exists() and not new.exists()
+    assert repo.snapshot() == before
+    repo.ok("encrypt", "a", input=b"alpha-2", env=plugin.env)     # no journal in the way
+    repo.ok("rekey", "--rotate-master", "--new-identity", str(new), env=plugin.env)
+    assert age_decrypt(repo.root / "secrets" / "a.age", new) == b"alpha-2"
+
+
 # --------------------------------------------------------------------------- the age CLI
 
 

@@ -407,6 +407,10 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
     line, public = age.generate_x25519()
     remaining = [r for r in _raw_recipients(cfg)
                  if _master(r) not in retired]
+    # A recipient nothing can encrypt to (a plugin not installed) would stop the
+    # rotation after its journal exists, and every master write waits on a journal:
+    # find it out now, while nothing is written.
+    age.encrypt(b"", [_master(r) for r in [public, *remaining]])
     journal = Journal(cfg.root / JOURNAL, new_identity.absolute(), public,
                       [public, *remaining], retired, chosen)
     try:
