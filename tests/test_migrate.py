@@ -246,6 +246,41 @@ def test_import_agenix_problems_write_nothing(agenix, nix_env, tmp_path):
     assert list(repo.iterdir()) == []
 
 
+def test_import_hints_name_the_old_tools_key_and_files(agenix, nix_env, tmp_path):
+    """The hints of an import speak of the tool migrated from: VAULTPY_IDENTITY and
+    `vaultpy edit` cannot help with an agenix file; a missing --hosts-from file is a
+    line of its own, not Python's errno text or Nix's."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stranger, _ = ssh_keygen(tmp_path, "stranger")
+    base = ("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment")
+    proc = run(*base, "-i", str(stranger), cwd=repo, env=nix_env)
+    line = assert_one_clean_error(proc, "db_password.age", "none of the identities",
+                                  "pass the key agenix decrypted it with: -i FILE")
+    assert "VAULTPY_IDENTITY" not in proc.stderr.decode(), line
+    proc = run(*base, "-i", str(tmp_path / "nokey"), cwd=repo, env=nix_env)
+    line = assert_one_clean_error(proc, "nokey", "cannot read identity",
+                                  "pass the key agenix decrypted with: -i FILE")
+    assert "VAULTPY_IDENTITY" not in line
+    damaged = agenix.dir / "db_password.age"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    proc = run(*base, "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    line = assert_one_clean_error(proc, "db_password.age", "not a valid age file",
+                                  "recreate it with agenix")
+    assert "vaultpy edit" not in line
+    for missing in ("hosts.nix", "hosts.json", "hosts.toml"):
+        proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+                   str(tmp_path / missing), cwd=repo, env=nix_env)
+        line = assert_one_clean_error(proc, missing, "cannot read it: No such file",
+                                      "check the path")
+        assert "Errno" not in line and "nix-instantiate" not in line
+    (tmp_path / "latin1.json").write_bytes(b'{"web1": "\xe9"}')
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+               str(tmp_path / "latin1.json"), cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "latin1.json", "not UTF-8 text")
+    assert list(repo.iterdir()) == []
+
+
 def test_import_agenix_dry_run_prints_hosts_toml(agenix, nix_env, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

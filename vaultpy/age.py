@@ -274,15 +274,20 @@ def parse_identity_text(text: str, source: str,
     return found
 
 
-def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tty
-                       ) -> list[Identity]:
+UNREADABLE_IDENTITY_HINT = ("pass -i FILE, set VAULTPY_IDENTITY, or fix [vaultpy] identity "
+                            "in hosts.toml")
+WRONG_KEY_HINT = "pass the right key with -i FILE or VAULTPY_IDENTITY"
+DAMAGED_HINT = "restore it from git, or recreate it (vaultpy edit / encrypt)"
+
+
+def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tty, *,
+                       unreadable_hint: str = UNREADABLE_IDENTITY_HINT) -> list[Identity]:
     source = display_path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise VaultpyError(Problem(source, f"cannot read identity: {exc.strerror}", "",
-                                   "pass -i FILE, set VAULTPY_IDENTITY, or fix "
-                                   "[vaultpy] identity in hosts.toml")) from None
+                                   unreadable_hint)) from None
     if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data[:200]:
         return [_unlock_ssh(data, source, ask)]
     if data.startswith(b"age-encryption.org/") or ageformat.is_armored(data):
@@ -304,12 +309,12 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     return parse_identity_text(text, source, ask)
 
 
-def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_env_or_tty
-                    ) -> list[Identity]:
+def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_env_or_tty,
+                    *, unreadable_hint: str = UNREADABLE_IDENTITY_HINT) -> list[Identity]:
     """Load every identity from ``paths``; each file is read (and unlocked) once."""
     out: list[Identity] = []
     for path in paths:
-        out.extend(load_identity_file(path, ask))
+        out.extend(load_identity_file(path, ask, unreadable_hint=unreadable_hint))
     out.sort(key=lambda i: i.kind == "plugin")     # stable: plain keys first, in order
     return out
 
@@ -607,13 +612,13 @@ def _take_plugin_notes() -> str:
 
 # --------------------------------------------------------------------------- crypto
 
-def check_format(data: bytes, source: str) -> ageformat.Header:
+def check_format(data: bytes, source: str, damaged_hint: str = DAMAGED_HINT
+                 ) -> ageformat.Header:
     """Parse an age file strictly; raise a VaultpyError naming ``source`` if it is bad."""
     try:
         return ageformat.parse(data)
     except ageformat.FormatError as exc:
-        raise fail(source, f"not a valid age file: {exc}",
-                   hint="restore it from git, or recreate it (vaultpy edit / encrypt)") from None
+        raise fail(source, f"not a valid age file: {exc}", hint=damaged_hint) from None
 
 
 def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) -> bytes:
@@ -659,8 +664,11 @@ def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) ->
         _plugin_notes.clear()
 
 
-def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str) -> bytes:
-    header = check_format(ciphertext, source)
+def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str, *,
+            wrong_key_hint: str = WRONG_KEY_HINT, damaged_hint: str = DAMAGED_HINT) -> bytes:
+    """The plaintext; one problem naming ``source`` if no identity opens it (the fix:
+    ``wrong_key_hint``) or it is damaged (``damaged_hint``)."""
+    header = check_format(ciphertext, source, damaged_hint)
     if header.armored:      # the spec allows whitespace around armor; rage does not
         ciphertext = ciphertext.strip(b" \t\r\n")
     worked = False
@@ -679,12 +687,12 @@ def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str) -> b
         if "No matching keys" in message:
             used = ", ".join(sorted({i.source for i in identities})) or "none"
             raise fail(source, f"none of the identities ({used}) can decrypt it{notes}",
-                       hint="pass the right key with -i FILE or VAULTPY_IDENTITY") from None
+                       hint=wrong_key_hint) from None
         if "age-plugin-" in message:
             raise fail(source, f"{message}{notes}", hint="check the PIN, and that the "
                        "plugin's key is present") from None
         raise fail(source, f"decryption failed: {exc} (the file is damaged)",
-                   hint="restore it from git, or recreate it (vaultpy edit / encrypt)") from None
+                   hint=damaged_hint) from None
     finally:
         if _answers is not None:
             _answers.settle(worked)

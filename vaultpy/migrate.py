@@ -93,6 +93,10 @@ class ImportResult:
 
 def nix_eval_json(path: Path) -> Any:
     """``nix-instantiate --eval --strict --json FILE`` (read-only: no store writes)."""
+    try:
+        fsutil.read_regular(path)       # a clear line for a missing file, not Nix's
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "read it")) from None
     exe = shutil.which("nix-instantiate")
     if exe is None:
         raise fail(path, "nix-instantiate is needed to evaluate this file",
@@ -121,9 +125,12 @@ def _load_mapping(path: Path) -> Any:
     if suffix == ".nix":
         return nix_eval_json(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise fail(path, f"cannot read: {exc}") from None
+        text = fsutil.read_regular(path)[0].decode("utf-8")
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "read it")) from None
+    except UnicodeDecodeError:
+        raise fail(path, "not UTF-8 text",
+                   hint="give a .nix, .json or .toml file mapping NAME to KEY") from None
     try:
         if suffix == ".toml":
             return tomllib.loads(text)
@@ -592,7 +599,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     if not files:
         raise VaultpyError(Problem("-i", f"no identity to decrypt the {plan.tool} secrets",
                                    "", f"pass the key {plan.tool} decrypted with: -i FILE"))
-    keys = age.load_identities(files, ask)
+    keys = age.load_identities(files, ask, unreadable_hint=f"pass the key {plan.tool} "
+                               "decrypted with: -i FILE")
     chosen, origin = _recipients(plan, recipients, existing, keys)
     problems: list[Problem] = []
     if existing is not None:
@@ -645,8 +653,11 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                     f"{plan.tool} first, or remove it from its configuration"))
             continue
         try:
-            plain[sid] = (age.decrypt(data, keys, display_path(sec.source)),
-                          ageformat.is_armored(data))
+            plain[sid] = (age.decrypt(
+                data, keys, display_path(sec.source),
+                wrong_key_hint=f"pass the key {plan.tool} decrypted it with: -i FILE",
+                damaged_hint=f"restore it from git, or recreate it with {plan.tool}"),
+                ageformat.is_armored(data))
         except VaultpyError as exc:
             problems.extend(exc.problems)
     if problems:
