@@ -533,6 +533,30 @@ def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
     assert not (out / "stale-file").exists() and (out / "profile.json").is_file()
 
 
+def test_bundle_force_replaces_only_a_bundle(world: World, tmp_path: Path) -> None:
+    """--force replaced whatever -o named: a file of notes, a directory of other data,
+    a device (a review run turned /dev/null into a bundle directory)."""
+    import stat as stat_mod
+
+    repo = world.repo
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important\n")
+    data_dir = tmp_path / "data"
+    (data_dir / "sub").mkdir(parents=True)
+    (data_dir / "sub" / "keep").write_text("keep")
+    device = tmp_path / "null"
+    os.mknod(device, stat_mod.S_IFCHR | 0o666, os.makedev(1, 3))
+    link = tmp_path / "link"
+    link.symlink_to(data_dir)
+    for target in (notes, data_dir, device, link):
+        before = snapshot_tree(tmp_path)
+        proc = repo.run("bundle", "--host", HOST, "-o", str(target), "--force")
+        assert_one_clean_error(proc, str(target), "is not a vaultpy bundle",
+                               "move it away yourself")
+        assert snapshot_tree(tmp_path) == before, target
+    assert stat_mod.S_ISCHR(device.lstat().st_mode) and notes.read_text() == "important\n"
+
+
 def _bundle_under_strace(repo: Repo, out: Path, fault: str) -> Any:
     import subprocess
     import sys

@@ -45,6 +45,16 @@ WantedBy={wanted}
 """
 
 
+UNIT_NAME = "vaultpy-activate.service"
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is a directory ``bundle`` wrote: the only kind --force replaces
+    (``-o /dev/null --force``, or a directory of other files, must never be)."""
+    return (not os.path.islink(path) and os.path.isdir(path)
+            and os.path.isfile(path / "profile.json") and os.path.isfile(path / UNIT_NAME))
+
+
 def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool) -> str:
     if early:
         return UNIT.format(host=host, what="early secrets (before users exist)",
@@ -61,9 +71,15 @@ def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool)
 def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vaultpy",
            force: bool = False) -> Path:
     """Write the bundle of ``host`` to ``out``; refuses to replace it unless ``force``."""
-    if out.exists() and not force:
-        raise VaultpyError(Problem(display_path(out), "already exists", "",
-                                   "choose another -o, or pass --force to replace it"))
+    if os.path.lexists(out):
+        if not force:
+            raise VaultpyError(Problem(display_path(out), "already exists", "",
+                                       "choose another -o, or pass --force to replace it"))
+        if not is_bundle(out):
+            raise VaultpyError(Problem(
+                display_path(out), "is not a vaultpy bundle (no profile.json and "
+                f"{UNIT_NAME} in it), so --force does not replace it", "",
+                "choose another -o, or move it away yourself"))
     data = profile.build(cfg, host, relative_to=cfg.cache_dir / host)
     missing = [s for s in data["secrets"]
                if not (cfg.cache_dir / host / s["file"]).is_file()]
@@ -80,7 +96,7 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
         s["file"] = f"cache/{s['file']}"
     files: dict[str, bytes] = {
         "profile.json": (profile.dumps(data) + "\n").encode(),
-        "vaultpy-activate.service": unit_text(host, data["settings"], vaultpy,
+        UNIT_NAME: unit_text(host, data["settings"], vaultpy,
                                               early=False).encode(),
     }
     if any(i["early"] for i in data["secrets"] + data["templates"] if i.get("install", True)):

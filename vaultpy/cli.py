@@ -493,7 +493,8 @@ def bundle(
     vaultpy_path: Annotated[str, typer.Option(
         "--vaultpy", metavar="PATH", help="vaultpy's path on the host (for the unit).")
     ] = "/usr/local/bin/vaultpy",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing DIR.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
     repo: RepoOpt = None,
 ) -> None:
     """Write a self-contained bundle for a non-NixOS systemd host."""
