@@ -167,6 +167,37 @@ def test_import_agenix_with_hosts_from_a_nix_file(agenix, nix_env, tmp_path):
     assert proc.stdout == agenix.plain["api-token"]
 
 
+def test_import_in_the_agenix_repository_itself(agenix, nix_env, tmp_path):
+    """The usual agenix layout is ./secrets/secrets.nix beside ./secrets/<name>.age,
+    where vaultpy's masters go by default: the import used to stop at "already
+    exists; remove it or pass --force", and --force replaced agenix's own files.
+    They are never replaced; --masters-dir keeps vaultpy's masters apart."""
+    infra = tmp_path / "infra"
+    shutil.copytree(agenix.dir, infra / "secrets")
+    before = {p: p.read_bytes() for p in (infra / "secrets").rglob("*") if p.is_file()}
+    args = ("import", "agenix", "./secrets/secrets.nix", "--hosts-from",
+            str(hosts_nix(agenix)), "-i", str(agenix.operator))
+    for force in ((), ("--force",)):
+        proc = run(*args, *force, cwd=infra, env=nix_env)
+        line = assert_one_clean_error(proc, "secrets/db_password.age",
+                                      "is the agenix file being imported",
+                                      "--masters-dir vaultpy-secrets")
+        assert "--force" not in line
+        assert {p: p.read_bytes() for p in (infra / "secrets").rglob("*")
+                if p.is_file()} == before and not (infra / "hosts.toml").exists()
+    ok(*args, "--masters-dir", "vaultpy-secrets", cwd=infra, env=nix_env)
+    assert {p: p.read_bytes() for p in before} == before        # agenix's files as they were
+    cfg = model.load(infra)
+    masters = infra / "vaultpy-secrets"
+    assert cfg.secrets_dir == masters and cfg.cache_dir == masters / "cache"
+    ok("renc", "-i", str(agenix.operator), cwd=infra)
+    ok("check", cwd=infra)
+    for sid, plain in agenix.plain.items():
+        assert age_decrypt(masters / f"{sid}.age", agenix.operator) == plain
+    proc = run(*args, "--masters-dir", "elsewhere", cwd=infra, env=nix_env)
+    assert_one_clean_error(proc, "--masters-dir", "hosts.toml exists")
+
+
 def _ci_pub(agenix: Agenix) -> str:
     return (agenix.dir.parent / "keys" / "ci.txt").read_text().split("public key: ")[1].split()[0]
 

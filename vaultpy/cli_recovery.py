@@ -158,6 +158,9 @@ OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
     "(repeatable; agenix's default: ~/.ssh/id_ed25519, ~/.ssh/id_rsa).")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
+MastersDirOpt = Annotated[str | None, typer.Option(
+    "--masters-dir", metavar="DIR", help="Where a new hosts.toml keeps vaultpy's masters "
+    "(its secrets_dir; default: secrets), when the old tool's files are in secrets/.")]
 
 
 def _target(repo: Path | None) -> Path:
@@ -204,6 +207,7 @@ def import_agenix(
     identity: OldIdentityOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
+    masters_dir: MastersDirOpt = None,
     repo: RepoOpt = None,
 ) -> None:
     """Import agenix secrets: hosts from host keys, masters re-encrypted to vaultpy's
@@ -213,7 +217,8 @@ def import_agenix(
     result = migrate.import_agenix(
         secrets_nix, _target(repo), hosts_from=hosts_from, host_keys=host_key or [],
         hosts_by_comment=hosts_by_comment, recipients=recipient or [],
-        identity_files=_identity(identity), force=force, dry_run=dry_run)
+        identity_files=_identity(identity), force=force, dry_run=dry_run,
+        masters_dir=masters_dir)
     _report(result, dry_run)
 
 
@@ -229,6 +234,7 @@ def import_vaultix(
     identity: OldIdentityOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
+    masters_dir: MastersDirOpt = None,
     repo: RepoOpt = None,
 ) -> None:
     """Import vaultix secrets and templates (master recipients: --recipient, else
@@ -237,5 +243,6 @@ def import_vaultix(
 
     result = migrate.import_vaultix(
         profiles, _target(repo), secrets_dir=secrets_dir, recipients=recipient or [],
-        identity_files=_identity(identity), force=force, dry_run=dry_run)
+        identity_files=_identity(identity), force=force, dry_run=dry_run,
+        masters_dir=masters_dir)
     _report(result, dry_run)

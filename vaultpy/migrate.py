@@ -578,6 +578,13 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                                "age-keygen -y)"))
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def default_identities() -> list[Path]:
     """agenix's own defaults: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist."""
     home = Path(os.path.expanduser("~/.ssh"))
@@ -586,7 +593,11 @@ def default_identities() -> list[Path]:
 
 def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
           identity_files: Sequence[Path] = (), force: bool = False, dry_run: bool = False,
+          masters_dir: str | None = None,
           ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
+    """Check everything, then write the masters and hosts.toml.  ``masters_dir``: the
+    new hosts.toml's secrets_dir (cache_dir below it), for an import in the directory
+    that holds the old tool's files."""
     if plan.problems:
         raise VaultpyError(plan.problems)
     hosts_path = (target / model.FILENAME).absolute()
@@ -603,6 +614,10 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                "decrypted with: -i FILE")
     chosen, origin = _recipients(plan, recipients, existing, keys)
     problems: list[Problem] = []
+    if existing is not None and masters_dir is not None:
+        problems.append(Problem("--masters-dir", f"{display_path(hosts_path)} exists, and "
+                                "its secrets_dir decides where masters go", "",
+                                "drop --masters-dir, or set secrets_dir in hosts.toml"))
     if existing is not None:
         for sid in plan.secrets:
             if sid in existing.secrets:
@@ -621,7 +636,10 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     if existing is None:
         import tomli_w
 
-        head = tomli_w.dumps({"vaultpy": {"recipients": list(chosen)}})
+        settings: dict[str, Any] = {"recipients": list(chosen)}
+        if masters_dir is not None:
+            settings.update(secrets_dir=masters_dir, cache_dir=f"{masters_dir}/cache")
+        head = tomli_w.dumps({"vaultpy": settings})
         text = (f"# Imported from {plan.tool} ({plan.source}) on {stamp} by vaultpy import.\n"
                 f"# Master recipients: {origin}.\n{head}\n{tables}")
     else:
@@ -640,6 +658,15 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     plain: dict[str, tuple[bytes, bool]] = {}
     for sid, sec in plan.secrets.items():
         target_file = cfg.secrets[sid].file
+        if _same_file(target_file, sec.source):
+            # Never replaced, --force or not: it is what is being imported.
+            problems.append(Problem(
+                display_path(target_file), f"is the {plan.tool} file being imported, and "
+                "its vaultpy master would replace it", f"secrets.{sid}",
+                "keep vaultpy's masters apart: --masters-dir vaultpy-secrets"
+                if existing is None
+                else "set secrets_dir in hosts.toml to a directory of vaultpy's own"))
+            continue
         if target_file.exists() and not force:
             problems.append(Problem(display_path(target_file), "already exists", f"secrets.{sid}",
                                     "it is not declared in hosts.toml; remove it or pass "
@@ -716,7 +743,7 @@ def _check_equivalent(plan: Plan, cfg: model.Config) -> None:
 def import_agenix(secrets_nix: Path, target: Path, *, hosts_from: Path | None = None,
                   host_keys: Sequence[str] = (), hosts_by_comment: bool = False,
                   recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
-                  force: bool = False, dry_run: bool = False,
+                  force: bool = False, dry_run: bool = False, masters_dir: str | None = None,
                   ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
     if not secrets_nix.is_file():
         raise fail(secrets_nix, "no such file", hint="give agenix's secrets.nix")
@@ -726,13 +753,13 @@ def import_agenix(secrets_nix: Path, target: Path, *, hosts_from: Path | None = 
         plan.warnings.append("no host key recognised: every key became a master recipient; "
                              "name hosts with --hosts-from FILE or --host-key NAME=KEY")
     return apply(plan, target, recipients=recipients, identity_files=identity_files,
-                 force=force, dry_run=dry_run, ask=ask)
+                 force=force, dry_run=dry_run, masters_dir=masters_dir, ask=ask)
 
 
 def import_vaultix(profiles: Sequence[Path], target: Path, *, secrets_dir: Path | None = None,
                    recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
-                   force: bool = False, dry_run: bool = False,
+                   force: bool = False, dry_run: bool = False, masters_dir: str | None = None,
                    ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
     plan = plan_vaultix(profiles, secrets_dir=secrets_dir)
     return apply(plan, target, recipients=recipients, identity_files=identity_files,
-                 force=force, dry_run=dry_run, ask=ask)
+                 force=force, dry_run=dry_run, masters_dir=masters_dir, ask=ask)
