@@ -458,6 +458,23 @@ def test_truncated_cache_file_payload_is_repaired(make_repo):
     _assert_repaired(repo, result, files, damaged, set(damage), plaintexts)
 
 
+def test_a_damaged_file_that_could_not_be_rewritten_is_not_counted_repaired(make_repo,
+                                                                             tmp_path):
+    """With the wrong key, nothing can be re-encrypted: the summary and --json listed
+    the damaged file as repaired and as failed at once."""
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    g0 = next(p for p in state(repo) if p.startswith("host0/gamma."))
+    (repo.cache / g0).write_bytes(b"")
+    other, _ = age_keygen(tmp_path, "other.txt")
+    proc = repo.run("renc", "--json", env={"VAULTPY_IDENTITY": str(other)})
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1 and not data["ok"] and data["failed"], data
+    assert data["repaired"] == [] and data["written"] == [], data
+    repo.ok("renc")
+    repo.ok("check")
+
+
 def test_a_symlinked_cache_file_is_reverified_every_run(make_repo, tmp_path):
     """The verification index vouches for regular files only: a symlink's own stat
     stays the same while its target is damaged, so renc reads through it each time."""
