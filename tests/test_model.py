@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -304,6 +305,31 @@ def test_init_writes_hosts_toml_and_refuses_to_overwrite(tmp_path: Path) -> None
         assert_one_clean_error(proc, "hosts.toml", "already exists")
         assert repo.snapshot() == before
         assert not (repo.root / "keys").exists()
+
+
+def test_init_names_an_identity_under_home_with_a_tilde(tmp_path: Path) -> None:
+    """The README's `init --generate-identity ~/.config/vaultpy/master.txt` wrote a
+    path relative to the repository (`../home/…`): a clone elsewhere, or another
+    user's checkout, could not find it.  Under $HOME it is `~/…` now; inside the
+    repository it stays relative, elsewhere absolute."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    for name, ident, expected in (
+            ("a", home / ".config" / "vaultpy" / "master.txt", "~/.config/vaultpy/master.txt"),
+            ("b", tmp_path / "b" / "keys" / "m.txt", "keys/m.txt"),
+            ("c", tmp_path / "elsewhere" / "m.txt", str(tmp_path / "elsewhere" / "m.txt"))):
+        repo = _bare_repo(tmp_path / name)
+        repo.ok("init", "--generate-identity", str(ident), env=env)
+        assert f'identity = "{expected}"' in (repo.root / "hosts.toml").read_text()
+    moved = tmp_path / "deeper" / "a"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "a", moved)
+    with (moved / "hosts.toml").open("a") as fh:
+        fh.write("\n[secrets.s]\n")
+    repo = _bare_repo(moved)
+    repo.ok("encrypt", "s", input=b"v", env=env)
+    assert repo.ok("decrypt", "s", env=env).stdout == b"v"
 
 
 def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import tomli_w
 
-from vaultpy import age
+from vaultpy import age, model
 from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 from vaultpy.model import FILENAME
@@ -96,7 +95,7 @@ def init(directory: Path, recipients: Sequence[str] = (),
                               _identity_text(secret_key, public).encode(), 0o600)
             written.append(generate_identity)
             normalized.insert(0, public)
-            shown = os.path.relpath(generate_identity.absolute(), directory.absolute())
+            shown = model.identity_setting(directory, generate_identity)
             identity_line = tomli_w.dumps({"identity": shown}).strip()
         if normalized:
             recipients_line = tomli_w.dumps({"recipients": normalized}).strip()

@@ -458,6 +458,19 @@ def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[st
     return tuple(out)
 
 
+def identity_setting(root: Path, path: Path) -> str:
+    """How hosts.toml names an identity file at ``path``: relative inside the repository
+    ``root`` (it moves with it), ``~/…`` under the home directory (the same for every
+    clone, whoever's home it is), else absolute."""
+    path = Path(os.path.abspath(path))
+    if path.is_relative_to(os.path.abspath(root)):
+        return str(path.relative_to(os.path.abspath(root)))
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~") and path.is_relative_to(home):
+        return f"~/{path.relative_to(home)}"
+    return str(path)
+
+
 def _rel(root: Path, text: str) -> Path:
     p = Path(os.path.expanduser(text))
     return p if p.is_absolute() else root / p

@@ -530,10 +530,9 @@ def rotate_master(cfg: Config, new_identity: Path | None,
 
 
 def _identity_setting(cfg: Config, path: Path) -> str:
-    try:
-        return str(path.relative_to(cfg.root.absolute()))
-    except ValueError:
-        return str(path)
+    from vaultpy import model
+
+    return model.identity_setting(cfg.root, path)
 
 
 def _rotated_in_place(text: str, journal: Journal) -> str | None:
