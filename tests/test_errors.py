@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Repo, age_decrypt, age_keygen, assert_one_clean_error, need, toml_str
@@ -453,3 +455,32 @@ def test_usage_errors_exit_2(make_repo, args: tuple[str, ...]) -> None:
     assert line.startswith("vaultpy") and line.endswith(" --help"), line
     assert "Traceback" not in line and "╭" not in line
     assert state(repo) == before
+
+
+def _commands(group: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, cmd in group.commands.items():
+        yield f"{prefix}{name}", cmd
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, f"{prefix}{name} ")
+
+
+def test_every_help_text_reads_whole_in_the_command_list() -> None:
+    """A command's one-line description is its docstring's first paragraph: a line
+    break in it showed in `vaultpy --help` mid-sentence ("rotate the / master key"), and
+    a [bracketed] word in any help text is read as rich markup and vanished ("(
+    generate = …" for "([secrets.ID] generate = …")."""
+    import typer
+
+    from vaultpy.cli import app
+
+    root = typer.main.get_command(app)
+    seen = 0
+    for name, cmd in _commands(root):
+        first = (cmd.help or "").split("\n\n")[0]
+        assert "\n" not in first.strip(), (name, first)
+        texts = [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)]
+        for text in texts:
+            for m in re.finditer(r"(?<!\\)\[[a-z][^\]]*\]", text):
+                raise AssertionError(f"{name}: rich would eat {m.group()!r} in {text!r}")
+        seen += 1
+    assert seen > 20

@@ -44,7 +44,7 @@ RepoOpt = Annotated[Path | None, typer.Option(
 IdentityOpt = Annotated[list[Path] | None, typer.Option(
     "-i", "--identity", metavar="FILE",
     help="Master identity file (repeatable); default: VAULTPY_IDENTITY, then "
-         "\\[vaultpy] identity.")]
+         "\\[vaultpy] identity, then ~/.config/vaultpy/master.txt.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -396,8 +396,9 @@ def rekey(
         "--retire", metavar="RECIPIENT", help="With --rotate-master: also drop this "
         "recipient (default: the public key of the identity in use).")] = None,
 ) -> None:
-    """Re-encrypt master files to the current \\[vaultpy] recipients (or rotate the
-    master key with --rotate-master)."""
+    """Re-encrypt master files to the current \\[vaultpy] recipients.
+
+    With --rotate-master: a new master key, the old one retired."""
     from vaultpy import masters, recovery
 
     cfg = _config(repo)
@@ -515,8 +516,9 @@ def status(
     root: Annotated[Path, typer.Option("--root", metavar="DIR",
                                        help="With --profile: the host's root.")] = Path("/"),
 ) -> None:
-    """Show hosts x secrets and the state of each cache file (or, with --profile, the
-    live generation on this host and what differs from the profile)."""
+    """Show hosts x secrets and the state of each cache file.
+
+    With --profile, on a host: the live generation and what differs from the profile."""
     from rich.table import Table
 
     if profile is not None:

@@ -213,7 +213,7 @@ def generate_cmd(
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
 ) -> None:
-    """Create missing generated secrets ([secrets.ID] generate = "alnum:32" …)."""
+    """Create missing generated secrets (\\[secrets.ID] generate = "alnum:32" …)."""
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)

@@ -149,13 +149,13 @@ def _listed_in_repo(public: str, repo: Path | None) -> bool | None:
 
 RecipientOpt = Annotated[list[str] | None, typer.Option(
     "--recipient", "-r", metavar="KEY", help="Master recipient for the imported secrets "
-    "(repeatable; default: hosts.toml's, else see the command's help).")]
+    "(repeatable; default: hosts.toml's, else as the command's description says).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace master files that exist but are not declared in hosts.toml "
     "(left by an interrupted import).")]
 OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
     "-i", "--identity", metavar="FILE", help="The identity the old tool decrypted with "
-    "(repeatable; agenix's default: ~/.ssh/id_ed25519, ~/.ssh/id_rsa).")]
+    "(repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, as agenix).")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
 MastersDirOpt = Annotated[str | None, typer.Option(
@@ -210,8 +210,10 @@ def import_agenix(
     masters_dir: MastersDirOpt = None,
     repo: RepoOpt = None,
 ) -> None:
-    """Import agenix secrets: hosts from host keys, masters re-encrypted to vaultpy's
-    recipients (default: hosts.toml's, else the non-host keys of secrets.nix)."""
+    """Import agenix secrets: hosts from host keys, masters re-encrypted.
+
+    Master recipients: --recipient, else hosts.toml's, else the keys of secrets.nix
+    that are not host keys."""
     from vaultpy import migrate
 
     result = migrate.import_agenix(
@@ -237,8 +239,10 @@ def import_vaultix(
     masters_dir: MastersDirOpt = None,
     repo: RepoOpt = None,
 ) -> None:
-    """Import vaultix secrets and templates (master recipients: --recipient, else
-    hosts.toml's, else the public key of the X25519 identity given with -i)."""
+    """Import vaultix secrets and templates, masters re-encrypted.
+
+    Master recipients: --recipient, else hosts.toml's, else the public key of the
+    X25519 identity given with -i."""
     from vaultpy import migrate
 
     result = migrate.import_vaultix(
