@@ -335,9 +335,9 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                        ("hosts.web.secrets.nosuch", "unknown secret id 'nosuch'",
                         "[secrets.nosuch]")),
     "unknown_placeholder": (WEB + '[hosts.web.templates."app.env"]\n'
-                            'content = "A={{{{ secrets.nosuch }}}}"\n',
+                            'content = "A={{{{ secrets.alpha }}}}\\nB={{{{ secrets.nosuch }}}}"\n',
                             ('hosts.web.templates."app.env".content',
-                             "unknown secret id 'nosuch' in placeholder")),
+                             "line 2 column 3: unknown secret id 'nosuch' in placeholder")),
     "broken_placeholder": (WEB + '[hosts.web.templates."app.env"]\n'
                            'content = "ok {{{{ .x }}}} A={{{{ secrets.alpha"\n',
                            ('hosts.web.templates."app.env".content', "broken placeholder",

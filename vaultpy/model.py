@@ -616,8 +616,10 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
     for t in tmpls:
         for ref in t.refs:
             if ref not in declared:
+                line, column = templates.position_of(t.content, ref)
                 ck.add(f"{where}.templates.{_quote(t.name)}.content",
-                       f"unknown secret id {ref!r} in placeholder",
+                       f"line {line} column {column}: unknown secret id {ref!r} in "
+                       "placeholder",
                        f"declare [secrets.{_quote(ref)}] or fix the placeholder")
     seen_ids: set[str] = set()
     for d in deployments:

@@ -41,9 +41,22 @@ def _position(text: str, index: int) -> tuple[int, int]:
 
 def parse(text: str) -> list[Segment]:
     """Split ``text`` into literal strings and :class:`Ref` placeholders."""
-    out: list[Segment] = []
+    return [seg for seg, _at in _scan(text)]
+
+
+def position_of(text: str, secret_id: str) -> tuple[int, int]:
+    """Line and column of the first placeholder naming ``secret_id`` (for messages)."""
+    for seg, at in _scan(text):
+        if isinstance(seg, Ref) and seg.id == secret_id:
+            return _position(text, at)
+    raise LookupError(secret_id)
+
+
+def _scan(text: str) -> list[tuple[Segment, int]]:
+    """The segments of ``text``, each with the index where it starts."""
+    out: list[tuple[Segment, int]] = []
     buf: list[str] = []
-    i = 0
+    i = start = 0
     while True:
         j = text.find("{{", i)
         if j < 0:
@@ -62,17 +75,17 @@ def parse(text: str) -> list[Segment]:
                                     "(or {{{{ for a literal {{)", line, col)
             literal = "".join(buf)
             if literal:
-                out.append(literal)
+                out.append((literal, start))
             buf = []
-            out.append(Ref(m.group(1)))
-            i = m.end()
+            out.append((Ref(m.group(1)), j))
+            i = start = m.end()
             continue
         # An ordinary "{": the next brace may start a placeholder ("{{{ secrets.a }}").
         buf.append("{")
         i = j + 1
     literal = "".join(buf)
     if literal:
-        out.append(literal)
+        out.append((literal, start))
     return out
 
 
