@@ -393,6 +393,13 @@ def test_pull_errors_one_line_per_id_and_nothing_written(vrepo, bao: Bao, prefix
     proc = repo.run("pull", "--json")
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1 and doc["ok"] is False and len(doc["problems"]) == 7
+    # every documented key, as on success (docs/vault.md): scripts read .changed
+    assert doc | {"problems": []} == {"ok": False, "check": False, "changed": [],
+                                      "secrets": [], "problems": []}
+    doc = json.loads(repo.run("pull", "--check", "--json").stdout)
+    assert doc["check"] is True and doc["changed"] == [] and doc["secrets"] == []
+    doc = json.loads(repo.run("push", "--json").stdout)
+    assert doc["ok"] is False and doc["secrets"] == [] and doc["problems"]
 
     repo.ok("pull", "good")                             # the allowed one alone works
     assert age_decrypt(master(repo, "good"), repo.identity) == b"fine"

@@ -71,14 +71,19 @@ def _config(repo: Path | None) -> Config:
     return model.load(repo or _Globals.repo)
 
 
-def _json_errors(json_out: bool, fn: Callable[[], T]) -> T:
-    """Run ``fn``; with --json a failure is still one JSON document on stdout."""
+def _json_errors(json_out: bool, fn: Callable[[], T],
+                 empty: Callable[[], Any] | None = None) -> T:
+    """Run ``fn``; with --json a failure is still one JSON document on stdout, with
+    every key of the command's result (``empty``: the result of nothing done, whose
+    ``as_dict`` gives them), so that scripts reading ``.changed`` find a list."""
     try:
         return fn()
     except VaultpyError as exc:
         if not json_out:
             raise
-        _emit_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
+        doc = empty().as_dict() if empty is not None else {}
+        doc.update(ok=False, problems=[p.as_dict() for p in exc.problems])
+        _emit_json(doc)
         _print_problems(exc.problems)
         _exit(1)
 

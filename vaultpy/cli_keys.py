@@ -217,7 +217,8 @@ def generate_cmd(
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)
-    result = _json_errors(json_out, lambda: generate.generate(cfg, secret_ids or []))
+    result = _json_errors(json_out, lambda: generate.generate(cfg, secret_ids or []),
+                          generate.Result)
     _report_values(cfg, result, json_out, "generated")
 
 
@@ -238,7 +239,8 @@ def rotate_cmd(
 
     cfg = _config_for(repo, json_out)
     result = _json_errors(json_out, lambda: generate.rotate(cfg, secret_ids or [],
-                                                            due_only=due, mark=mark))
+                                                            due_only=due, mark=mark),
+                          generate.Result)
     _report_values(cfg, result, json_out, "rotated")
 
 

@@ -45,7 +45,8 @@ def pull(
 
     cfg = _config_for(repo, json_out)
     result = _json_errors(json_out, lambda: vault.pull(
-        cfg, secret_ids or [], check=check, identity_files=_identity(identity)))
+        cfg, secret_ids or [], check=check, identity_files=_identity(identity)),
+        lambda: vault.PullResult(check))
     if json_out:
         _emit_json(result.as_dict())
     else:
@@ -87,7 +88,8 @@ def push(
 
     cfg = _config_for(repo, json_out)
     result = _json_errors(json_out, lambda: vault.push(
-        cfg, secret_ids or [], force=force, identity_files=_identity(identity)))
+        cfg, secret_ids or [], force=force, identity_files=_identity(identity)),
+        vault.PushResult)
     if json_out:
         _emit_json(result.as_dict())
     else:
