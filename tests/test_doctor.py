@@ -168,7 +168,7 @@ def test_completion_prints_the_named_shells_script(shell: str, mark: str) -> Non
 
 def test_completion_for_an_unknown_shell_is_one_clean_error() -> None:
     proc = _vaultpy("completion", "tcsh")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr     # a usage error
     assert "no completion for 'tcsh'" in proc.stderr and "bash, zsh, fish" in proc.stderr
 
 

@@ -245,6 +245,7 @@ def test_cli_bad_thresholds(tmp_path, args, needle):
     ident, _ = age_keygen(tmp_path, "master.txt")
     proc = run("identity", "split", *args, "-i", str(ident), cwd=tmp_path)
     assert_one_clean_error(proc, needle)
+    assert proc.returncode == 2                     # a usage error, as the README says
 
 
 def test_cli_combine_output_never_overwrites(tmp_path):

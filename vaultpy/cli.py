@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from vaultpy import __version__
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy.errors import Problem, UsageError, VaultpyError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,7 +85,7 @@ def _json_errors(json_out: bool, fn: Callable[[], T],
         doc.update(ok=False, problems=[p.as_dict() for p in exc.problems])
         _emit_json(doc)
         _print_problems(exc.problems)
-        _exit(1)
+        _exit(2 if isinstance(exc, UsageError) else 1)
 
 
 def _config_for(repo: Path | None, json_out: bool) -> Config:
@@ -573,8 +573,8 @@ def completion(
     from typer.completion import get_completion_script  # type: ignore[attr-defined]
 
     if shell not in SHELLS:
-        raise VaultpyError(Problem("SHELL", f"no completion for {shell!r}", "",
-                                   "choose one of " + ", ".join(SHELLS)))
+        raise UsageError(Problem("SHELL", f"no completion for {shell!r}", "",
+                                 "choose one of " + ", ".join(SHELLS)))
     sys.stdout.write(get_completion_script(prog_name="vaultpy",
                                            complete_var="_VAULTPY_COMPLETE", shell=shell))
 
@@ -662,7 +662,7 @@ def main() -> None:
         sys.exit(1)
     except VaultpyError as exc:
         _print_problems(exc.problems)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         _err().print("interrupted", markup=False)
         sys.exit(130)

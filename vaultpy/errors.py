@@ -82,6 +82,11 @@ class VaultpyError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class UsageError(VaultpyError):
+    """Options that do not go together, or an argument out of range: exit 2, as for
+    the usage errors the command-line parser finds itself."""
+
+
 def fail(file: str | os.PathLike[str], message: str, *, field: str = "",
          hint: str = "") -> VaultpyError:
     """Build (not raise) a one-problem error; ``raise fail(...)`` reads naturally."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, fail, os_problem
 
 SECRET_HRP = "age-secret-key-"
 PUBLIC_HRP = "age"
@@ -141,11 +141,12 @@ def split(identity_line: str, threshold: int, count: int) -> list[Share]:
     import shamir_mnemonic
 
     if not 1 <= threshold <= count <= 16:
-        raise fail("--threshold", f"cannot split {threshold} of {count}",
-                   hint="use 1 <= THRESHOLD <= SHARES <= 16 (SLIP-39's limit)")
+        raise UsageError(Problem("--threshold", f"cannot split {threshold} of {count}", "",
+                                 "use 1 <= THRESHOLD <= SHARES <= 16 (SLIP-39's limit)"))
     if threshold == 1 and count > 1:
-        raise fail("--threshold", "a threshold of 1 with several shares makes each share a "
-                   "plain copy of the key", hint="use --threshold 2 or more, or --shares 1")
+        raise UsageError(Problem("--threshold", "a threshold of 1 with several shares makes "
+                                 "each share a plain copy of the key", "",
+                                 "use --threshold 2 or more, or --shares 1"))
     try:
         secret = secret_from_identity(identity_line)
     except ValueError:
