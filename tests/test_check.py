@@ -125,10 +125,17 @@ def leftover_tmp(repo: Repo) -> Expected:
     return [(rel(repo, tmp), "leftover temporary file")]
 
 
+def dir_in_host_dir(repo: Repo) -> Expected:
+    junk = repo.cache / "host1" / "junk"
+    junk.mkdir()
+    return [(rel(repo, junk), "directory inside a host's cache directory")]
+
+
 # an unknown host's directory and a header cut are covered by the all-at-once test
 DAMAGES: dict[str, Callable[[Repo], Expected]] = {
     "missing": missing, "stale_file": stale_file, "removed_host": removed_host,
     "truncated_tail": truncated_tail, "swapped_host_keys": swapped, "leftover_tmp": leftover_tmp,
+    "dir_in_host_dir": dir_in_host_dir,
 }
 
 
@@ -144,6 +151,28 @@ def test_check_reports_each_problem_and_renc_repairs_it(make_repo, damage: str) 
         path = repo.root / file
         assert not path.exists() or (path.name.endswith(".age") and path.stat().st_size > 0)
     assert not [p for p in repo.cache.rglob("*") if fsutil.is_tmp(p.name)]
+
+
+def test_a_damaged_master_and_the_copy_renc_keeps(make_repo) -> None:
+    """The host's last good copy, which renc keeps while the master is damaged, was
+    called a stale file that renc would remove, and the item a missing cache file to
+    renc: neither is what renc does.  One line for the master, one for the copy."""
+    repo = make_repo(hosts=2, secrets={"alpha": b"alpha-secret\n", "beta": b"b"})
+    repo.ok("renc")
+    kept = {h: cache_file(repo, h, "alpha") for h in ("host0", "host1")}
+    (repo.root / "secrets" / "alpha.age").write_bytes(b"garbage, not age\n")
+    assert repo.run("renc").returncode == 1
+    assert all(p.exists() for p in kept.values())           # renc kept them
+    data = check_json(repo)
+    lines = sorted((p["file"], p["message"]) for p in data["problems"])
+    assert lines == sorted(
+        [("secrets/alpha.age", "master file is not a valid age file: not an age file (no "
+          "age-encryption.org/v1 header)")] +
+        [(rel(repo, p), "the host's last good copy, kept while its master file is damaged")
+         for p in kept.values()]), lines
+    proc = repo.run("status", "--json")
+    rows = [e for e in json.loads(proc.stdout)["entries"] if e["id"] == "alpha"]
+    assert rows and all(e["detail"] == "its master file is damaged" for e in rows), rows
 
 
 def test_check_invalid_hosts_toml(make_repo) -> None:

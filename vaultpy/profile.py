@@ -210,12 +210,49 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
                   bool(early))
 
 
+def _field(where: str, key: object) -> str:
+    """``where.key``, or ``where["key"]`` (ASCII-escaped) for a key that is not a plain
+    word: a field path is printed, never a raw newline or surrogate from the file."""
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_]+", key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{json.dumps(key)}]"
+
+
+def _not_utf8(value: Any, where: str = "") -> list[str]:
+    """The field paths of every string (dict keys included) that does not encode to
+    UTF-8: a JSON escape like "\\ud800" decodes to a lone surrogate, which no file
+    name, file content or user name can hold (writing it would crash activation)."""
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:            # iterative: a deeply nested profile must not recurse
+        obj, at = stack.pop()
+        if isinstance(obj, str):
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError:
+                found.append(at)
+        elif isinstance(obj, dict):
+            for key, val in reversed(obj.items()):
+                field = _field(at, key)
+                stack.append((val, field))
+                stack.append((key, f"{field} (its name)"))
+        elif isinstance(obj, list):
+            stack.extend((val, _field(at, i)) for i, val in reversed(list(enumerate(obj))))
+    return found
+
+
 def parse(data: Any, source: str, base: Path) -> Profile:
     """Validate a decoded profile; ``base`` resolves relative ``file`` paths."""
     rd = _Reader(source)
     if not isinstance(data, dict):
         raise VaultpyError(Problem(source, "not a JSON object", "",
                                    "regenerate it with vaultpy profile"))
+    for where in _not_utf8(data):
+        rd.bad(where, "not valid UTF-8: holds a lone surrogate (a \\ud800-\\udfff escape)")
+    if rd.problems:         # checked first: every later check may print the value
+        raise VaultpyError(rd.problems)
     version = rd.get(data, "version", int, "")
     if version is not None and version != VERSION:
         rd.bad("version", f"unsupported profile version {version}",
