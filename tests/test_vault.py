@@ -266,7 +266,9 @@ def test_pull_creates_updates_and_changes_nothing_when_in_sync(vrepo, bao: Bao,
     after = repo.snapshot()
     assert age_decrypt(master(repo, "db_password"), repo.identity) == b"pw-2"
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed == {"secrets/db_password.age"}
+    assert changed == {"secrets/db_password.age", "secrets/vault-versions.toml"}
+    assert after["secrets/vault-versions.toml"][0].endswith(
+        b"[versions]\napi = 1\ndb_password = 2\ndb_user = 2\n")
 
 
 def test_pull_keeps_armor_and_only_named_ids(vrepo, bao: Bao, prefix: str) -> None:
@@ -596,7 +598,11 @@ def test_push_round_trip_and_refuses_to_overwrite(vrepo, bao: Bao, prefix: str) 
     assert "unchanged" in proc.stderr.decode()
     assert bao.get(f"{prefix}/fresh")[1] == 1 and bao.get(f"{prefix}/shared")[1] == 2
 
-    # Edited locally while Vault holds another value: refused, nothing written.
+    # Edited locally while Vault holds another value, with no record of which version
+    # the masters came from (see the next test): refused, nothing written.
+    state = repo.root / "secrets" / "vault-versions.toml"
+    assert state.read_text().endswith("[versions]\nnew = 1\nshared = 2\n")
+    state.unlink()
     repo.ok("encrypt", "new", input=b"edited locally")
     repo.ok("encrypt", "shared", input=b"s-2")
     proc = repo.run("push")
@@ -614,6 +620,47 @@ def test_push_round_trip_and_refuses_to_overwrite(vrepo, bao: Bao, prefix: str) 
     before = repo.snapshot()
     repo.ok("pull", "new")
     assert repo.snapshot() == before
+
+
+def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix: str
+                                                         ) -> None:
+    """pull and push record the version each master holds (secrets/vault-versions.toml,
+    versions only): a value edited here on top of it is pushed without --force; a
+    change in Vault since is a conflict, named as such, and nothing is written."""
+    bao.put(f"{prefix}/db", {"pw": "v1", "user": "app"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    state = repo.root / "secrets" / "vault-versions.toml"
+    assert "pw = 1" in state.read_text() and "v1" not in state.read_text()
+    mtime = state.stat().st_mtime_ns
+    repo.ok("pull")                                     # in sync: no rewrite, no churn
+    assert state.stat().st_mtime_ns == mtime
+
+    repo.ok("encrypt", "pw", input=b"edited here")     # 1. an edit on top of version 1
+    doc = json.loads(repo.ok("push", "--json").stdout)
+    assert [(x["status"], x["version"]) for x in doc["secrets"]] == [("written", 2)]
+    assert bao.get(f"{prefix}/db") == ({"pw": "edited here", "user": "app"}, 2)
+    assert "pw = 2" in state.read_text()
+
+    bao.put(f"{prefix}/db", {"pw": "edited here", "user": "other"})     # 2. another field
+    repo.ok("encrypt", "pw", input=b"edited again")
+    repo.ok("push")
+    assert bao.get(f"{prefix}/db") == ({"pw": "edited again", "user": "other"}, 4)
+
+    bao.put(f"{prefix}/db", {"pw": "set in vault", "user": "other"})    # 3. Vault newer
+    proc = repo.run("push")
+    assert_one_clean_error(proc, "secrets.pw.vault", "Vault has a newer value (version 5",
+                           "vaultpy pull takes it")
+    repo.ok("encrypt", "pw", input=b"and here")                         # 4. both changed
+    proc = repo.run("push")
+    assert_one_clean_error(proc, "secrets.pw.vault", "changed both here and in Vault",
+                           "version 4 → 5", "--force")
+    for value in ("set in vault", "and here", "edited"):
+        assert value not in text_of(proc)
+    assert bao.get(f"{prefix}/db")[1] == 5 and "pw = 4" in state.read_text()
+    repo.ok("pull")
+    assert "pw = 5" in state.read_text()
+    assert repo.ok("decrypt", "pw").stdout == b"set in vault"
 
 
 def test_push_refuses_pinned_refs_and_missing_masters(vrepo, bao: Bao, prefix: str) -> None:
@@ -878,8 +925,7 @@ def test_push_to_a_deleted_latest_version_keeps_the_other_fields(vrepo, bao: Bao
     assert meta["data"]["current_version"] == 1            # nothing written
     bao.root.secrets.kv.v2.undelete_secret_versions(path=f"{prefix}/del", versions=[1],
                                                     mount_point="secret")
-    assert_one_clean_error(repo.run("push"), "Vault holds a different value")
-    repo.ok("push", "--force")
+    repo.ok("push")       # version 1 is back, the one pulled: LOCAL is an edit on top
     assert bao.get(f"{prefix}/del") == ({"pw": "LOCAL", "user": "U1"}, 2)
 
 

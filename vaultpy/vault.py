@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultpy import age, cache, identities, masters
+from vaultpy import age, cache, identities, masters, vaultstate
 from vaultpy._internal import ageformat, fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import Config, Host, VaultRef, VaultSettings
@@ -731,14 +731,20 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
         else:
             status = "unchanged"
         result.items.append(PullItem(sid, ref, version, status))
-    if not check and result.changed:
-        # One write of them all: a field pulled with another of the same secret (a
-        # password and its user) is never half updated when renc reads the masters.
-        masters.write_all(cfg, [
-            (cfg.secrets[item.id].file,
-             age.encrypt(fetched[item.id][0], cfg.recipients,
-                         armor=current[item.id][1] if item.id in current else False), 0o644)
-            for item in result.changed])
+    if check:
+        return result
+    # One write of them all: a field pulled with another of the same secret (a password
+    # and its user) is never half updated when renc reads the masters; the versions the
+    # masters now hold are recorded in the same write (see vaultstate).
+    files = [(cfg.secrets[item.id].file,
+              age.encrypt(fetched[item.id][0], cfg.recipients,
+                          armor=current[item.id][1] if item.id in current else False), 0o644)
+             for item in result.changed]
+    state = vaultstate.pending(cfg, {item.id: item.version for item in result.items})
+    if state is not None:
+        files.append((vaultstate.path(cfg), state, 0o644))
+    if files:
+        masters.write_all(cfg, files)
     return result
 
 
@@ -816,6 +822,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
         groups.setdefault((ref.mount, ref.path), []).append((sid, ref))
 
     result = PushResult()
+    pulled = vaultstate.load(cfg)
     with session_factory(cfg) as s:
         writes: list[_Write] = []
         for (mount, path), members in groups.items():
@@ -845,10 +852,11 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                     continue
                 mine[ref.field] = values[sid]
                 if ref.field in old and old[ref.field] != values[sid] and not force:
-                    problems.append(_problem(
-                        cfg, sid, f"{ref}: Vault holds a different value (version "
-                        f"{version})", "vaultpy pull takes Vault's value; push --force "
-                        "overwrites it"))
+                    conflict = _conflict(s, ref, old[ref.field], values[sid], version,
+                                         pulled.get(sid))
+                    if conflict is not None:
+                        problems.append(_problem(cfg, sid, f"{ref}: {conflict[0]}",
+                                                 conflict[1]))
                 new[ref.field] = values[sid]
             if new == old and current is not None and current.data is not None:
                 result.items.extend(PushItem(sid, ref, "unchanged", version)
@@ -868,7 +876,41 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
             result.items.extend(PushItem(sid, ref, "written", written) for sid, ref in w.ids)
     order = {sid: i for i, (sid, _) in enumerate(chosen)}
     result.items.sort(key=lambda i: order[i.id])
+    try:
+        vaultstate.record(cfg, {i.id: i.version for i in result.items if i.status != "failed"})
+    except OSError as exc:
+        result.problems.append(Problem(display_path(vaultstate.path(cfg)), "cannot record "
+                                       f"the versions pushed: {exc.strerror or exc}", "",
+                                       "the values are in Vault; run vaultpy pull to record "
+                                       "them"))
     return result
+
+
+def _conflict(s: Session, ref: VaultRef, theirs: Any, ours: str, version: int,
+              base: int | None) -> tuple[str, str] | None:
+    """Vault's field differs from the master: None when the master was edited on top of
+    what Vault still holds (the version recorded at the last pull or push, ``base``),
+    else what is wrong and what to do (message, hint)."""
+    fix = "vaultpy pull takes Vault's value; push --force overwrites it"
+    if base is None:
+        return f"Vault holds a different value (version {version})", fix
+    if base == version:
+        return None                 # Vault unchanged since: the difference is our edit
+    try:
+        then = s.read(ref.mount, ref.path, base)
+    except VaultFailure:
+        then = None
+    was = then.data.get(ref.field) if then is not None and then.data is not None else None
+    if was is None:
+        return (f"Vault holds a different value (version {version}), and version {base}, "
+                "which this master was pulled from, cannot be read to compare", fix)
+    if was == theirs:
+        return None                 # only other fields changed in Vault meanwhile
+    if was == ours:
+        return (f"Vault has a newer value (version {version}; this master holds version "
+                f"{base}'s)", "vaultpy pull takes it")
+    return (f"changed both here and in Vault (version {base} → {version}) since the last "
+            "pull", fix)
 
 
 # --------------------------------------------------------------------------- access
