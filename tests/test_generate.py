@@ -325,3 +325,21 @@ def test_rotation_file_is_tomli_w_output(make_repo) -> None:
     text = (repo.root / "secrets" / "rotation.toml").read_text()
     assert text.startswith("version = 1\n\n[rotated]\n")
     assert toml_str("a.b") in text
+
+
+def test_a_command_loses_one_trailing_line_ending(make_repo) -> None:
+    """`echo value` prints value and a newline: the secret is the value (the docs say
+    values have no trailing newline); only that one line ending goes."""
+    repo = spec_repo(make_repo, {
+        "echoed": 'generate = "command:echo value-1"',
+        "crlf": "generate = \"command:printf 'value-2\\\\r\\\\n'\"",
+        "blank": "generate = \"command:printf 'value-3\\\\n\\\\n'\"",
+        "bare": "generate = \"command:printf value-4\"",
+        "newline": "generate = \"command:echo\""}, ())
+    repo.ok("generate", "echoed", "crlf", "blank", "bare")
+    assert master(repo, "echoed") == b"value-1"
+    assert master(repo, "crlf") == b"value-2"
+    assert master(repo, "blank") == b"value-3\n"
+    assert master(repo, "bare") == b"value-4"
+    assert_one_clean_error(repo.run("generate", "newline"), "secrets.newline.generate",
+                           "printed nothing but a line ending")

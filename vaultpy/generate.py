@@ -11,7 +11,8 @@ A secret declares how its value is made, ``[secrets.<id>] generate = "…"``
 * ``ssh-ed25519``  an OpenSSH ed25519 private key; its public line goes to ``<id>.pub``;
 * ``x25519``       an age X25519 identity; its ``age1…`` recipient goes to ``<id>.pub``;
 * ``command:<cmd>`` the standard output of ``/bin/sh -c <cmd>``, run in the repository
-                   with ``VAULTPY_SECRET_ID`` set; a non-zero exit or no output fails.
+                   with ``VAULTPY_SECRET_ID`` set, less one trailing line ending (``\n``
+                   or ``\r\n``, as ``echo`` adds); a non-zero exit or no output fails.
 
 Randomness comes from :mod:`secrets` (the OS CSPRNG); key pairs are made in memory with
 ``cryptography`` / pyrage, so no plaintext key ever touches the disk.  Values carry no
@@ -118,11 +119,16 @@ def _command(cfg: Config, secret: Secret, command: str) -> Value:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} failed "
                                    f"(exit {proc.returncode})", where,
                                    "fix the command; nothing was written"))
-    if not proc.stdout:
+    # `echo value` ends its line: the value is what is before it (one line ending only,
+    # unlike the shell's $(…), so a value that ends in blank lines keeps them).
+    out = proc.stdout
+    out = out[:-2] if out.endswith(b"\r\n") else out[:-1] if out.endswith(b"\n") else out
+    if not out:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
-                                   "nothing", where, "it must print the secret on its "
+                                   "nothing" + (" but a line ending" if proc.stdout else ""),
+                                   where, "it must print the secret on its "
                                    "standard output; nothing was written"))
-    return Value(secret.id, proc.stdout)
+    return Value(secret.id, out)
 
 
 def make(cfg: Config, secret: Secret) -> Value:
