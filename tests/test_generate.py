@@ -343,3 +343,12 @@ def test_a_command_loses_one_trailing_line_ending(make_repo) -> None:
     assert master(repo, "bare") == b"value-4"
     assert_one_clean_error(repo.run("generate", "newline"), "secrets.newline.generate",
                            "printed nothing but a line ending")
+
+
+def test_a_damaged_rotation_state_stops_generate_before_any_command(make_repo) -> None:
+    repo = spec_repo(make_repo, {"a": 'generate = "command:touch ran; echo v"'}, ())
+    (repo.root / "secrets" / "rotation.toml").write_text("garbage[\n")
+    before = repo.snapshot()
+    assert_one_clean_error(repo.run("generate"), "rotation.toml", "not valid TOML")
+    assert not (repo.root / "ran").exists()          # the command was never started
+    assert repo.snapshot() == before

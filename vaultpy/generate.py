@@ -387,8 +387,10 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
         return
     from vaultpy import age
 
-    values = [make(cfg, cfg.secrets[sid]) for sid in todo]      # all in memory first
+    # A damaged state file stops the run before any command: generator runs (its side
+    # effects would be for nothing).
     state = dict(load_rotation(cfg) if state is None else state)
+    values = [make(cfg, cfg.secrets[sid]) for sid in todo]      # all in memory first
     files: list[tuple[Path, bytes, int]] = []
     for v in values:
         secret = cfg.secrets[v.id]
