@@ -352,3 +352,41 @@ def test_a_damaged_rotation_state_stops_generate_before_any_command(make_repo) -
     assert_one_clean_error(repo.run("generate"), "rotation.toml", "not valid TOML")
     assert not (repo.root / "ran").exists()          # the command was never started
     assert repo.snapshot() == before
+
+
+@pytest.mark.parametrize("specs, field, needle", [
+    ({"a": 'generate = "alnum:10"\nfile = "secrets/k.pub"', "k": 'generate = "ssh-ed25519"'},
+     "secrets.a.file", "secrets/k.pub is also the public key file of secret 'k'"),
+    ({"k": 'generate = "x25519"\nfile = "secrets/k.pub"'},
+     "secrets.k.file", "secrets/k.pub is also its own public key file"),
+    ({"a": 'generate = "alnum:10"\nfile = "secrets/rotation.toml"'},
+     "secrets.a.file", "secrets/rotation.toml is also the rotation state file"),
+    ({"a": 'generate = "alnum:10"\nfile = "secrets/k.age"', "k": 'generate = "hex:4"'},
+     "secrets.a.file", "secrets/k.age is also the master file of secret 'k'"),
+    ({"a": 'generate = "alnum:10"\nfile = "shared.age"',
+      "b": 'generate = "hex:4"\nfile = "./x/../shared.age"'},
+     "secrets.b.file", "shared.age is also the master file of secret 'a'"),
+])
+def test_a_file_written_for_two_values_is_refused(make_repo, specs: dict[str, str],
+                                                  field: str, needle: str) -> None:
+    """One generate run would write both values to the same file, the second silently
+    replacing the first (a plaintext .pub over a master, or the reverse)."""
+    repo = spec_repo(make_repo, specs, ())
+    before = repo.snapshot()
+    for command in ("check", "generate"):
+        assert_one_clean_error(repo.run(command), "hosts.toml", field, needle,
+                               "a file of its own")
+    assert repo.snapshot() == before
+
+
+def test_write_all_refuses_two_files_for_one_path(make_repo) -> None:
+    from vaultpy import masters, model
+
+    repo = spec_repo(make_repo, {"a": ""}, ())
+    cfg = model.load(repo.root)
+    before = repo.snapshot()
+    target = repo.root / "secrets" / "a.age"
+    with pytest.raises(generate.VaultpyError, match="nothing was written"):
+        masters.write_all(cfg, [(target, b"one", 0o644),
+                                (target.parent / "x" / ".." / "a.age", b"two", 0o644)])
+    assert repo.snapshot() == before

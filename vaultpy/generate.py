@@ -48,10 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import Config, GenerateSpec, Secret
+from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
 ALNUM = string.ascii_letters + string.digits
-ROTATION_FILE = "rotation.toml"
 WORDLIST = Path(__file__).with_name("wordlists") / "eff_large_wordlist.txt"
 PASSPHRASE_SEPARATOR = " "
 _UTC = dt.UTC
@@ -169,7 +168,7 @@ def no_generator(cfg: Config, secret_id: str) -> Problem:
 
 def public_path(secret: Secret) -> Path:
     """Where a key pair's public half lives: ``<id>.pub`` beside the master file."""
-    return secret.file.parent / f"{secret.id}.pub"
+    return secret.file.parent / f"{secret.id}.pub"      # as Secret.public_file
 
 
 # --------------------------------------------------------------------------- rotation state

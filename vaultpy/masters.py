@@ -113,6 +113,14 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
     the lock: a reader that takes the lock (renc) sees all of them or none, and a failed
     rename puts back what the earlier ones replaced (``rotate`` of a key pair: never a
     new private key beside the old .pub; ``pull``: never half of a change)."""
+    seen: set[str] = set()
+    for path, _, _ in files:        # the second would silently replace the first
+        where = os.path.realpath(path)
+        if where in seen:
+            raise VaultpyError(Problem(display_path(path), "two files of one write would "
+                                       "go here; nothing was written", "",
+                                       "give each secret a file of its own in hosts.toml"))
+        seen.add(where)
     temps: list[tuple[Path, Path]] = []
     current: Path = cfg.secrets_dir
     try:

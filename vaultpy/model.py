@@ -123,6 +123,7 @@ GENERATE_MAX = {"alnum": 4096, "hex": 4096, "base64": 4096, "passphrase": 64}
 GENERATE_HINT = ('use "alnum:32", "hex:32", "base64:32", "passphrase:6", "ssh-ed25519", '
                  '"x25519" or "command:<shell command>"')
 ROTATE_DAYS_MAX = 36500
+ROTATION_FILE = "rotation.toml"     # in secrets_dir: vaultpy.generate's rotation state
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,14 @@ class Secret:
     vault: VaultRef | None = None   # pull/push source in Vault/OpenBao KV v2
     generate: GenerateSpec | None = None   # `vaultpy generate` / `rotate` make the value
     rotate_days: int | None = None         # `check` warns once the last rotation is older
+
+    @property
+    def public_file(self) -> Path | None:
+        """Where a key pair's public half lives: ``<id>.pub`` beside the master file
+        (None unless ``generate`` makes a key pair)."""
+        if self.generate is None or not self.generate.key_pair:
+            return None
+        return self.file.parent / f"{self.id}.pub"
 
 
 @dataclass(frozen=True)
@@ -649,6 +658,34 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
     return Host(name, recipients, tuple(deployments), tuple(tmpls))
 
 
+def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: set[str],
+                  secrets_dir: Path) -> None:
+    """A ``file = …`` that is also another secret's master file, a key pair's ``<id>.pub``
+    or the rotation state: one `vaultpy generate` would write both values to it, the
+    second overwriting the first (a plaintext .pub over a master, or the reverse)."""
+    # path -> (the secret it belongs to, or "", what it is)
+    claimed: dict[Path, tuple[str, str]] = {secrets_dir / ROTATION_FILE: (
+        "", "the rotation state file (vaultpy generate and rotate write it)")}
+    for s in declared.values():
+        if s.public_file is not None:
+            claimed.setdefault(s.public_file, (s.id, f"public key file (generate = "
+                                                     f"\"{s.generate}\")"))
+    for s in declared.values():                 # default files never clash with each other
+        if s.id not in chosen_files:
+            claimed.setdefault(s.file, (s.id, "master file"))
+    for s in declared.values():
+        if s.id not in chosen_files:
+            continue
+        owner, what = claimed.setdefault(s.file, (s.id, "master file"))
+        if owner == s.id and what == "master file":
+            continue
+        kind, _, detail = what.partition(" (")
+        named = (what if not owner else f"its own {what}" if owner == s.id else
+                 f"the {kind} of secret {owner!r}" + (f" ({detail}" if detail else ""))
+        ck.add(f"secrets.{_quote(s.id)}.file", f"{display_path(s.file)} is also {named}",
+               f"give secret {s.id!r} a file of its own")
+
+
 def parse(text: str, path: Path) -> Config:
     """Validate the text of a hosts.toml that lives at ``path``."""
     # here, not at the top: activation imports this module, never TOML
@@ -690,6 +727,7 @@ def parse(text: str, path: Path) -> Config:
     vault = _vault_settings(ck, settings["vault"], root) if "vault" in settings else None
 
     declared: dict[str, Secret] = {}
+    chosen_files: set[str] = set()          # ids with a `file = …` of their own
     raw_secrets = ck.table(doc.get("secrets", {}), "secrets") or {}
     for sid, spec in raw_secrets.items():
         where = f"secrets.{_quote(sid)}"
@@ -704,6 +742,7 @@ def parse(text: str, path: Path) -> Config:
             given = ck.path_string(sub["file"], f"{where}.file")
             if given:
                 file = Path(os.path.normpath(_rel(root, given)))
+                chosen_files.add(sid)
         ref = ck.parsed(sub, "vault", where, parse_vault_ref, VAULT_REF_HINT)
         gen = ck.parsed(sub, "generate", where, parse_generate_spec, GENERATE_HINT)
         rotate_days: int | None = None
@@ -716,6 +755,7 @@ def parse(text: str, path: Path) -> Config:
                 ck.add(f"{where}.rotate_days", f"expected a number of days, got {days!r}",
                        f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
         declared[sid] = Secret(sid, file, ref, gen, rotate_days)
+    _shared_files(ck, declared, chosen_files, secrets_dir)
 
     hosts: dict[str, Host] = {}
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
