@@ -390,3 +390,65 @@ def test_write_all_refuses_two_files_for_one_path(make_repo) -> None:
         masters.write_all(cfg, [(target, b"one", 0o644),
                                 (target.parent / "x" / ".." / "a.age", b"two", 0o644)])
     assert repo.snapshot() == before
+
+
+def test_a_master_created_while_generate_runs_is_never_replaced(make_repo) -> None:
+    """generate looks for missing masters, makes their values, then writes: a master
+    the operator wrote in between (here: from inside the generator) is kept, and the
+    run writes nothing."""
+    encrypt = f"printf operator-chosen | {sys.executable} -m vaultpy encrypt api"
+    repo = spec_repo(make_repo, {"api": f'generate = "command:{encrypt}; echo made"',
+                                 "other": 'generate = "alnum:8"'}, ())
+    proc = repo.run("generate")
+    assert_one_clean_error(proc, "secrets/api.age", "secrets.api", "created by another "
+                           "writer", "nothing was written", "vaultpy rotate api")
+    assert master(repo, "api") == b"operator-chosen"
+    assert sorted(p.name for p in (repo.root / "secrets").iterdir()
+                  if p.is_file()) == ["api.age"]
+    out = json.loads(repo.ok("generate", "--json").stdout)     # the fix it names
+    assert out["generated"] == ["other"]
+    assert master(repo, "api") == b"operator-chosen"
+
+
+def test_write_all_never_replaces_a_new_file_that_appears_before_its_rename(
+        make_repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check under the lock misses a writer that does not take the lock: the rename
+    itself (renameat2 RENAME_NOREPLACE) must not replace what it wrote."""
+    from vaultpy import masters, model
+    from vaultpy._internal import fsutil
+
+    repo = spec_repo(make_repo, {"a": "", "b": ""}, ())
+    cfg = model.load(repo.root)
+    a, b = cfg.secrets["a"].file, cfg.secrets["b"].file
+    sync = fsutil.fsync_path
+
+    def sneaky(path: Path | str, directory: bool = False) -> None:
+        if not a.exists():
+            a.write_bytes(b"written meanwhile")
+        sync(path, directory)
+
+    monkeypatch.setattr(fsutil, "fsync_path", sneaky)
+    with pytest.raises(masters.Appeared):
+        masters.write_all(cfg, [(b, b"b-value", 0o644), (a, b"a-value", 0o644)], new=[a, b])
+    assert a.read_bytes() == b"written meanwhile"
+    assert sorted(p.name for p in a.parent.iterdir() if p.is_file()) == ["a.age"]
+
+
+@pytest.mark.parametrize("noreplace", [True, False])
+def test_rename_new_refuses_an_existing_target(tmp_path: Path, noreplace: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaultpy._internal import fsutil
+
+    if not noreplace:       # a file system without RENAME_NOREPLACE: the fallback
+        def einval(*_: object) -> None:
+            raise OSError(22, "Invalid argument")
+        monkeypatch.setattr(fsutil, "_libc_call", einval)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        fsutil.rename_new(src, dst)
+    assert (src.read_bytes(), dst.read_bytes()) == (b"new", b"old")
+    dst.unlink()
+    fsutil.rename_new(src, dst)
+    assert dst.read_bytes() == b"new" and not src.exists()

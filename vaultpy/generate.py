@@ -334,7 +334,7 @@ def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = N
             result.skipped.append((sid, "exists (vaultpy rotate replaces it)"))
         else:
             todo.append(sid)
-    _produce_and_write(cfg, todo, [], result, at or now())
+    _produce_and_write(cfg, todo, [], result, at or now(), create=True)
     return result
 
 
@@ -381,7 +381,11 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
 
 
 def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: Result,
-                       at: dt.datetime, state: dict[str, dt.datetime] | None = None) -> None:
+                       at: dt.datetime, state: dict[str, dt.datetime] | None = None, *,
+                       create: bool = False) -> None:
+    """Make the values of ``todo``, then write them and the rotation state in one
+    :func:`~vaultpy.masters.write_all`.  ``create`` (generate): the master files must
+    still be absent then; one another writer created meanwhile is never replaced."""
     if not todo and not marks:
         return
     from vaultpy import age
@@ -400,9 +404,18 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     for sid in marks:
         state[sid] = at
     files.append((rotation_path(cfg), dump_rotation(cfg, state), 0o644))
-    from vaultpy.masters import write_all
+    from vaultpy import masters
 
-    write_all(cfg, files)
+    try:
+        masters.write_all(cfg, files, new=[cfg.secrets[sid].file for sid in todo]
+                          if create else ())
+    except masters.Appeared as exc:
+        owner = {cfg.secrets[sid].file: sid for sid in todo}
+        raise VaultpyError([Problem(
+            display_path(path), "created by another writer while vaultpy generate made "
+            "its value; nothing was written", f"secrets.{owner[path]}",
+            f"it is kept as written (vaultpy rotate {owner[path]} replaces it); run "
+            "vaultpy generate again for any others") for path in exc.paths]) from None
     result.generated += todo
     result.marked += marks
     result.written += [path for path, _, _ in files]

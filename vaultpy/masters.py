@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -108,11 +108,28 @@ def _keep_unsaved(master: Path, ciphertext: bytes) -> Path | None:
         return None
 
 
-def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
+class Appeared(Exception):
+    """:func:`write_all`: files of ``new`` exist by the time the lock is held (another
+    writer created them meanwhile); nothing was written."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__(", ".join(map(str, paths)))
+        self.paths = paths
+
+
+def write_all(cfg: Config, files: list[tuple[Path, bytes, int]], *,
+              new: Collection[Path] = ()) -> None:
     """Write every file durably under a temp name, then rename them all under one hold of
     the lock: a reader that takes the lock (renc) sees all of them or none, and a failed
     rename puts back what the earlier ones replaced (``rotate`` of a key pair: never a
-    new private key beside the old .pub; ``pull``: never half of a change)."""
+    new private key beside the old .pub; ``pull``: never half of a change).  Files are
+    renamed in the order given.
+
+    ``new``: paths of ``files`` that must not exist (``generate`` creates them; another
+    writer may have since it looked).  If one does once the lock is held, or appears
+    before its rename (which never replaces it), :class:`Appeared` is raised and
+    nothing is written."""
+    new = set(new)
     seen: set[str] = set()
     for path, _, _ in files:        # the second would silently replace the first
         where = os.path.realpath(path)
@@ -131,6 +148,9 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path):
             refuse_if_rotating(cfg)     # a master written now would miss the new key
+            appeared = [path for path in new if os.path.lexists(path)]
+            if appeared:
+                raise Appeared(appeared)
             # What each rename replaced: its bytes, mode and times (put back unchanged).
             before: list[tuple[Path, tuple[bytes, os.stat_result] | None]] = []
             try:
@@ -142,6 +162,13 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]]) -> None:
                     fsutil.fsync_path(tmp)
                 for tmp, path in temps:
                     current = path
+                    if path in new:
+                        try:
+                            fsutil.rename_new(tmp, path)
+                        except FileExistsError:
+                            raise Appeared([path]) from None
+                        before.append((path, None))
+                        continue
                     old = (path.read_bytes(), path.stat()) if path.exists() else None
                     os.rename(tmp, path)
                     before.append((path, old))

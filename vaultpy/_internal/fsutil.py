@@ -142,7 +142,27 @@ def exchange(a: Path | str, b: Path | str) -> None:
 
 
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+
+
+def rename_new(src: Path | str, dst: Path | str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists: FileExistsError then, and ``src``
+    stays (renameat2 RENAME_NOREPLACE).  Where the file system or libc cannot (EINVAL,
+    ENOSYS, no renameat2), a check then a rename: callers hold the repository lock, so
+    only a writer that does not take it could come between the two."""
+    try:
+        _libc_call(dst, "renameat2", _AT_FDCWD, os.fsencode(src), _AT_FDCWD,
+                   os.fsencode(dst), _RENAME_NOREPLACE)
+        return
+    except AttributeError:          # a libc without renameat2 (musl before 1.2.4)
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
 
 
 def syncfs(path: Path | str) -> None:
