@@ -452,3 +452,74 @@ def test_rename_new_refuses_an_existing_target(tmp_path: Path, noreplace: bool,
     dst.unlink()
     fsutil.rename_new(src, dst)
     assert dst.read_bytes() == b"new" and not src.exists()
+
+
+@pytest.mark.parametrize("syscall, when", [("rename", 1), ("rename", 2), ("renameat2", 1)])
+def test_generate_killed_between_its_renames_is_finished_by_the_next_run(
+        make_repo, tmp_path: Path, syscall: str, when: int) -> None:
+    """The .pub and rotation.toml are renamed before the master (the "done" marker that
+    makes the next run skip the secret): a kill at any rename leaves no master, or a
+    whole key pair, and the next generate leaves a key pair whose halves match."""
+    need("strace")
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           f"inject={syscall}:signal=KILL:when={when}", sys.executable, "-m",
+                           "vaultpy", "generate"], cwd=repo.root, capture_output=True,
+                          env={**os.environ, "NO_COLOR": "1", **repo.env})
+    if b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode != 0                     # it was killed
+    assert not (repo.root / "secrets" / "deploy.age").exists()
+    repo.ok("generate")
+    private = tmp_path / "deploy"
+    private.write_bytes(master(repo, "deploy"))
+    private.chmod(0o600)
+    derived = subprocess.run([need("ssh-keygen"), "-y", "-f", str(private)], check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert (repo.root / "secrets" / "deploy.pub").read_text().split()[:2] == derived[:2]
+    assert set(rotation(repo)["rotated"]) == {"deploy"}
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_generate_derives_a_missing_public_key_again(make_repo, tmp_path: Path) -> None:
+    """A key-pair master without its .pub (left by a run killed between its renames,
+    before masters were renamed last): the next generate derives the .pub from the
+    master, and records the rotation if that was lost too."""
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"',
+                                 "ident": 'generate = "x25519"'}, ())
+    repo.ok("generate")
+    secrets_dir = repo.root / "secrets"
+    pubs = {sid: (secrets_dir / f"{sid}.pub").read_bytes() for sid in ("deploy", "ident")}
+    made = rotation(repo)["rotated"]["deploy"]
+    for sid in pubs:
+        (secrets_dir / f"{sid}.pub").unlink()
+    (secrets_dir / "rotation.toml").unlink()
+    ages = {sid: (secrets_dir / f"{sid}.age").read_bytes() for sid in pubs}
+
+    no_identity = {"VAULTPY_IDENTITY": "", "HOME": str(tmp_path)}
+    proc = repo.run("generate", "deploy", env=no_identity)
+    assert_one_clean_error(proc, "secrets/deploy.pub", "secrets.deploy",
+                           "missing beside secrets/deploy.age", "-i FILE",
+                           "vaultpy rotate deploy")
+    assert not (secrets_dir / "deploy.pub").exists()
+
+    proc = repo.ok("generate")
+    err = proc.stderr.decode()
+    assert "deploy: secrets/deploy.pub was missing; derived it again" in err, err
+    assert {sid: (secrets_dir / f"{sid}.pub").read_bytes() for sid in pubs} == pubs
+    assert {sid: (secrets_dir / f"{sid}.age").read_bytes() for sid in pubs} == ages
+    state = rotation(repo)["rotated"]
+    assert set(state) == {"deploy", "ident"} and abs(state["deploy"] - made).seconds < 60
+    out = json.loads(repo.ok("generate", "--json").stdout)     # whole again: nothing to do
+    assert out["repaired"] == [] and out["generated"] == [] and len(out["skipped"]) == 2
+
+
+def test_a_key_pair_master_that_holds_no_key_is_reported(make_repo) -> None:
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ())
+    repo.ok("encrypt", "deploy", input=b"not a key")
+    before = repo.snapshot()
+    assert_one_clean_error(repo.run("generate"), "secrets/deploy.pub", "secrets.deploy",
+                           "not an unencrypted OpenSSH private key",
+                           "vaultpy rotate deploy")
+    assert repo.snapshot() == before

@@ -325,6 +325,15 @@ def generate_x25519() -> tuple[str, str]:
     return str(ident), str(ident.to_public())
 
 
+def x25519_recipient(secret_key: str) -> str:
+    """The ``age1…`` recipient of an ``AGE-SECRET-KEY-1…`` line; ValueError if it is
+    not one."""
+    try:
+        return str(pyrage.x25519.Identity.from_str(secret_key.strip()).to_public())
+    except pyrage.IdentityError:
+        raise ValueError("damaged AGE-SECRET-KEY (bad checksum)") from None
+
+
 # --------------------------------------------------------------------------- plugins
 #
 # pyrage drives a plugin one file at a time: every decryption starts

@@ -193,12 +193,16 @@ def _report_values(cfg: Any, result: Any, json_out: bool, verb: str) -> None:
             _say(f"{sid}: {verb} ({secret.generate}) → {display_path(secret.file)}{extra}")
         for sid in result.marked:
             _say(f"{sid}: rotation recorded")
+        for sid in result.repaired:
+            secret = cfg.secrets[sid]
+            _say(f"{sid}: {display_path(public_path(secret))} was missing; derived it again "
+                 f"from {display_path(secret.file)}")
         for sid, why in result.skipped:
             _say(f"{sid}: {why}")
         if result.generated:
             _say(f"{len(result.generated)} secret(s) {verb}; run vaultpy renc to update the "
                  "hosts")
-        elif not result.marked and not result.problems:
+        elif not result.marked and not result.problems and not result.repaired:
             _say(f"nothing to {'generate' if verb == 'generated' else 'rotate'}")
     if result.problems:
         _print_problems(result.problems)
@@ -212,13 +216,15 @@ def generate_cmd(
         "… whose master file is missing).")] = None,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
+    identity: IdentityOpt = None,
 ) -> None:
-    """Create missing generated secrets (\\[secrets.ID] generate = "alnum:32" …)."""
+    """Create missing generated secrets (\\[secrets.ID] generate = "alnum:32" …), and the
+    missing .pub of a generated key pair (decrypting it with the master identity)."""
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)
-    result = _json_errors(json_out, lambda: generate.generate(cfg, secret_ids or []),
-                          generate.Result)
+    result = _json_errors(json_out, lambda: generate.generate(
+        cfg, secret_ids or [], identity_files=_identity(identity)), generate.Result)
     _report_values(cfg, result, json_out, "generated")
 
 

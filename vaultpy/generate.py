@@ -21,7 +21,9 @@ write them.
 
 Every value of a run is made first, in memory; only when all succeeded are the master
 files, public halves and ``secrets/rotation.toml`` written (temp names, fsync, renames,
-directory fsync) under the repository lock.  A failure writes nothing.
+directory fsync) under the repository lock.  A failure writes nothing.  generate
+renames the masters last and never over a master that appeared meanwhile; a key-pair
+master found without its ``<id>.pub`` gets it derived again from the decrypted master.
 
 ``secrets/rotation.toml`` (written with tomli-w) records when each secret was last
 (re)generated::
@@ -35,6 +37,7 @@ directory fsync) under the repository lock.  A failure writes nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import os
 import secrets as pysecrets
@@ -92,9 +95,16 @@ def _ssh_ed25519(secret_id: str) -> Value:
     private = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH)
-    return Value(secret_id, private, public + f" {secret_id}\n".encode())
+    return Value(secret_id, private, _ssh_public_line(key, secret_id))
+
+
+def _ssh_public_line(key: Any, secret_id: str) -> bytes:
+    """``ssh-ed25519 AAAA… <id>`` and a newline: the .pub of an ed25519 private key."""
+    from cryptography.hazmat.primitives import serialization
+
+    public: bytes = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH)
+    return public + f" {secret_id}\n".encode()
 
 
 def _x25519(secret_id: str) -> Value:
@@ -103,6 +113,32 @@ def _x25519(secret_id: str) -> Value:
     secret_key, public = age.generate_x25519()
     text = f"# public key: {public}\n{secret_key}\n"
     return Value(secret_id, text.encode(), f"{public}\n".encode())
+
+
+def public_half(spec: GenerateSpec, secret_id: str, private: bytes) -> bytes:
+    """The ``<id>.pub`` bytes of a key pair's master plaintext, as generate writes them;
+    ValueError says why ``private`` is not such a key."""
+    if spec.kind == "ssh-ed25519":
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        try:
+            key = serialization.load_ssh_private_key(private, None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("not an unencrypted OpenSSH private key") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("not an ed25519 private key")
+        return _ssh_public_line(key, secret_id)
+    if spec.kind == "x25519":
+        from vaultpy import age
+
+        keys = [line.strip() for line in private.decode("utf-8", "replace").splitlines()
+                if line.strip().startswith("AGE-SECRET-KEY-1")]
+        if len(keys) != 1:
+            raise ValueError("not an age X25519 identity (one AGE-SECRET-KEY-1… line)")
+        return f"{age.x25519_recipient(keys[0])}\n".encode()
+    raise ValueError(f"{spec} makes no key pair")
 
 
 def _command(cfg: Config, secret: Secret, command: str) -> Value:
@@ -292,7 +328,8 @@ class Result:
     marked: list[str] = field(default_factory=list)         # rotation recorded only
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (id, why)
     written: list[Path] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)   # due but not generatable
+    problems: list[Problem] = field(default_factory=list)   # due but not generatable, …
+    repaired: list[str] = field(default_factory=list)       # key pairs given their .pub
 
     @property
     def ok(self) -> bool:
@@ -301,7 +338,7 @@ class Result:
     def as_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "generated": self.generated, "marked": self.marked,
                 "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
-                "written": [str(p) for p in self.written],
+                "repaired": self.repaired, "written": [str(p) for p in self.written],
                 "problems": [p.as_dict() for p in self.problems]}
 
 
@@ -315,12 +352,15 @@ def _check_ids(cfg: Config, ids: Sequence[str]) -> None:
         raise VaultpyError(problems)
 
 
-def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = None
-             ) -> Result:
+def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = None,
+             identity_files: Sequence[Path] = (), ask: Any = None) -> Result:
     """Create the master files of generated secrets that do not exist yet.
 
     Without ``ids``: every secret with ``generate`` whose master file is missing.
-    Named ids must have ``generate``; an existing one is skipped (rotate replaces it).
+    Named ids must have ``generate``; an existing one is skipped (rotate replaces it),
+    unless it is a key pair whose ``<id>.pub`` is missing (a run killed between its
+    renames, before masters were renamed last): that public half is derived again from
+    the master, decrypted with the master identity (``identity_files``, ``ask``).
     """
     _check_ids(cfg, ids)
     missing = [no_generator(cfg, sid) for sid in ids if cfg.secrets[sid].generate is None]
@@ -328,14 +368,59 @@ def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = N
         raise VaultpyError(missing)
     result = Result()
     chosen = list(dict.fromkeys(ids)) or [s.id for s in cfg.secrets.values() if s.generate]
-    todo = []
+    todo, lacking = [], []
     for sid in chosen:
-        if cfg.secrets[sid].file.exists():
-            result.skipped.append((sid, "exists (vaultpy rotate replaces it)"))
-        else:
+        secret = cfg.secrets[sid]
+        if not secret.file.exists():
             todo.append(sid)
-    _produce_and_write(cfg, todo, [], result, at or now(), create=True)
+        elif secret.public_file is not None and not os.path.lexists(secret.public_file):
+            lacking.append(sid)
+        else:
+            result.skipped.append((sid, "exists (vaultpy rotate replaces it)"))
+    repairs = _public_halves(cfg, lacking, result, identity_files, ask) if lacking else []
+    _produce_and_write(cfg, todo, [], result, at or now(), create=True, repairs=repairs)
     return result
+
+
+def _public_halves(cfg: Config, ids: list[str], result: Result,
+                   identity_files: Sequence[Path], ask: Any) -> list[Value]:
+    """The public halves of key-pair masters whose ``<id>.pub`` is missing, derived
+    from the decrypted masters; one problem in ``result`` for each that cannot be."""
+    from vaultpy import age, identities, masters
+
+    def problem(sid: str, why: str, fix: str) -> None:
+        secret = cfg.secrets[sid]
+        assert secret.public_file is not None
+        result.problems.append(Problem(
+            display_path(secret.public_file), f"missing beside {display_path(secret.file)} "
+            f"(an interrupted run?), and {why}", f"secrets.{sid}", f"{fix}, or run vaultpy "
+            f"rotate {sid} for a new key pair"))
+
+    try:
+        keys = identities.load(cfg, identity_files, ask or age.passphrase_from_env_or_tty)
+    except VaultpyError as exc:
+        for sid in ids:
+            why = exc.problems[0]
+            problem(sid, f"it cannot be derived from the master ({why.file}: {why.message})",
+                    f"give the master identity (-i FILE or VAULTPY_IDENTITY) to vaultpy "
+                    f"generate {sid}")
+        return []
+    out = []
+    for sid in ids:
+        spec = cfg.secrets[sid].generate
+        assert spec is not None
+        try:
+            private = masters.decrypt(cfg, sid, keys)
+        except VaultpyError as exc:
+            problem(sid, f"the master cannot be decrypted ({exc.problems[0].message})",
+                    f"fix that and run vaultpy generate {sid} again")
+            continue
+        try:
+            out.append(Value(sid, private, public_half(spec, sid, private)))
+        except ValueError as exc:
+            problem(sid, f"the master holds no key to derive it from ({exc})",
+                    f"write the public key to it by hand (vaultpy decrypt {sid})")
+    return out
 
 
 def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
@@ -382,11 +467,17 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
 
 def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: Result,
                        at: dt.datetime, state: dict[str, dt.datetime] | None = None, *,
-                       create: bool = False) -> None:
+                       create: bool = False, repairs: Sequence[Value] = ()) -> None:
     """Make the values of ``todo``, then write them and the rotation state in one
     :func:`~vaultpy.masters.write_all`.  ``create`` (generate): the master files must
-    still be absent then; one another writer created meanwhile is never replaced."""
-    if not todo and not marks:
+    still be absent then; one another writer created meanwhile is never replaced.
+    ``repairs``: key pairs whose master exists, to be given their missing ``.pub``.
+
+    The "done" marker is renamed last, so a run killed between the renames leaves
+    what the next run repairs: for generate the masters (an absent one is made again,
+    its .pub and rotation record replaced), for rotate rotation.toml (the rotation is
+    not recorded, and ``rotate`` again makes a key pair whole)."""
+    if not todo and not marks and not repairs:
         return
     from vaultpy import age
 
@@ -394,28 +485,39 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     # effects would be for nothing).
     state = dict(load_rotation(cfg) if state is None else state)
     values = [make(cfg, cfg.secrets[sid]) for sid in todo]      # all in memory first
-    files: list[tuple[Path, bytes, int]] = []
+    publics: list[tuple[Path, bytes, int]] = []
+    masters_: list[tuple[Path, bytes, int]] = []
     for v in values:
         secret = cfg.secrets[v.id]
-        files.append((secret.file, age.encrypt(v.secret, cfg.recipients), 0o644))
+        masters_.append((secret.file, age.encrypt(v.secret, cfg.recipients), 0o644))
         if v.public is not None:
-            files.append((public_path(secret), v.public, 0o644))
+            publics.append((public_path(secret), v.public, 0o644))
         state[v.id] = at
+    for v in repairs:
+        secret = cfg.secrets[v.id]
+        assert v.public is not None
+        publics.append((public_path(secret), v.public, 0o644))
+        if v.id not in state:           # made by a killed run: record when it was made
+            with contextlib.suppress(OSError):
+                made = dt.datetime.fromtimestamp(secret.file.stat().st_mtime, _UTC)
+                state[v.id] = made.replace(microsecond=0)
     for sid in marks:
         state[sid] = at
-    files.append((rotation_path(cfg), dump_rotation(cfg, state), 0o644))
+    rotation = (rotation_path(cfg), dump_rotation(cfg, state), 0o644)
+    files = [*publics, rotation, *masters_] if create else [*publics, *masters_, rotation]
+    new = {cfg.secrets[v.id].file: v.id for v in values} if create else {}
+    new.update({public_path(cfg.secrets[v.id]): v.id for v in repairs})
     from vaultpy import masters
 
     try:
-        masters.write_all(cfg, files, new=[cfg.secrets[sid].file for sid in todo]
-                          if create else ())
+        masters.write_all(cfg, files, new=new)
     except masters.Appeared as exc:
-        owner = {cfg.secrets[sid].file: sid for sid in todo}
         raise VaultpyError([Problem(
             display_path(path), "created by another writer while vaultpy generate made "
-            "its value; nothing was written", f"secrets.{owner[path]}",
-            f"it is kept as written (vaultpy rotate {owner[path]} replaces it); run "
+            "its value; nothing was written", f"secrets.{new[path]}",
+            f"it is kept as written (vaultpy rotate {new[path]} replaces it); run "
             "vaultpy generate again for any others") for path in exc.paths]) from None
     result.generated += todo
     result.marked += marks
+    result.repaired += [v.id for v in repairs]
     result.written += [path for path, _, _ in files]
