@@ -523,3 +523,15 @@ def test_a_key_pair_master_that_holds_no_key_is_reported(make_repo) -> None:
                            "not an unencrypted OpenSSH private key",
                            "vaultpy rotate deploy")
     assert repo.snapshot() == before
+
+
+def test_concurrent_runs_keep_each_others_rotation_records(make_repo) -> None:
+    """rotation.toml is read, updated and written back: a record another run wrote
+    between the read and the write (here: from inside a generator) must stay."""
+    nested = f"{sys.executable} -m vaultpy generate b >/dev/null 2>&1"
+    repo = spec_repo(make_repo, {"a": f'generate = "command:{nested}; echo a"',
+                                 "b": 'generate = "alnum:8"'}, ())
+    repo.ok("generate", "a")
+    assert set(rotation(repo)["rotated"]) == {"a", "b"}
+    repo.ok("rotate", "--mark", "b")
+    assert set(rotation(repo)["rotated"]) == {"a", "b"}

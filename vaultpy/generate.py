@@ -44,7 +44,7 @@ import secrets as pysecrets
 import string
 import subprocess
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -472,6 +472,8 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     :func:`~vaultpy.masters.write_all`.  ``create`` (generate): the master files must
     still be absent then; one another writer created meanwhile is never replaced.
     ``repairs``: key pairs whose master exists, to be given their missing ``.pub``.
+    ``state``: rotation.toml as the caller read it (None: read now, so a damaged file
+    stops the run before any generator); it is read again under the lock to be updated.
 
     The "done" marker is renamed last, so a run killed between the renames leaves
     what the next run repairs: for generate the masters (an absent one is made again,
@@ -483,8 +485,11 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
 
     # A damaged state file stops the run before any command: generator runs (its side
     # effects would be for nothing).
-    state = dict(load_rotation(cfg) if state is None else state)
+    if state is None:
+        load_rotation(cfg)
     values = [make(cfg, cfg.secrets[sid]) for sid in todo]      # all in memory first
+    recorded: dict[str, dt.datetime] = {}       # what this run records in rotation.toml
+    unless_known: dict[str, dt.datetime] = {}   # … unless it holds a date already
     publics: list[tuple[Path, bytes, int]] = []
     masters_: list[tuple[Path, bytes, int]] = []
     for v in values:
@@ -492,18 +497,24 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
         masters_.append((secret.file, age.encrypt(v.secret, cfg.recipients), 0o644))
         if v.public is not None:
             publics.append((public_path(secret), v.public, 0o644))
-        state[v.id] = at
+        recorded[v.id] = at
     for v in repairs:
         secret = cfg.secrets[v.id]
         assert v.public is not None
         publics.append((public_path(secret), v.public, 0o644))
-        if v.id not in state:           # made by a killed run: record when it was made
-            with contextlib.suppress(OSError):
-                made = dt.datetime.fromtimestamp(secret.file.stat().st_mtime, _UTC)
-                state[v.id] = made.replace(microsecond=0)
+        with contextlib.suppress(OSError):  # made by a killed run: when it was made
+            made = dt.datetime.fromtimestamp(secret.file.stat().st_mtime, _UTC)
+            unless_known[v.id] = made.replace(microsecond=0)
     for sid in marks:
-        state[sid] = at
-    rotation = (rotation_path(cfg), dump_rotation(cfg, state), 0o644)
+        recorded[sid] = at
+
+    def rotation_state() -> bytes:
+        # Read again under the lock: another generate or rotate may have recorded
+        # its secrets since this run read the file, and they must stay.
+        return dump_rotation(cfg, {**unless_known, **load_rotation(cfg), **recorded})
+
+    rotation: tuple[Path, bytes | Callable[[], bytes], int] = (
+        rotation_path(cfg), rotation_state, 0o644)
     files = [*publics, rotation, *masters_] if create else [*publics, *masters_, rotation]
     new = {cfg.secrets[v.id].file: v.id for v in values} if create else {}
     new.update({public_path(cfg.secrets[v.id]): v.id for v in repairs})

@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -117,8 +117,8 @@ class Appeared(Exception):
         self.paths = paths
 
 
-def write_all(cfg: Config, files: list[tuple[Path, bytes, int]], *,
-              new: Collection[Path] = ()) -> None:
+def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], bytes], int]],
+              *, new: Collection[Path] = ()) -> None:
     """Write every file durably under a temp name, then rename them all under one hold of
     the lock: a reader that takes the lock (renc) sees all of them or none, and a failed
     rename puts back what the earlier ones replaced (``rotate`` of a key pair: never a
@@ -128,7 +128,11 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]], *,
     ``new``: paths of ``files`` that must not exist (``generate`` creates them; another
     writer may have since it looked).  If one does once the lock is held, or appears
     before its rename (which never replaces it), :class:`Appeared` is raised and
-    nothing is written."""
+    nothing is written.
+
+    A file's data may be a function: it is called under the lock (a read-modify-write
+    of a file other writers update, such as rotation.toml); what it raises stops the
+    run before anything is renamed."""
     new = set(new)
     seen: set[str] = set()
     for path, _, _ in files:        # the second would silently replace the first
@@ -157,7 +161,7 @@ def write_all(cfg: Config, files: list[tuple[Path, bytes, int]], *,
                 for path, data, mode in files:
                     current = path
                     tmp = fsutil.tmp_name(path)
-                    fsutil.write_new(tmp, data, mode)
+                    fsutil.write_new(tmp, data() if callable(data) else data, mode)
                     temps.append((tmp, path))
                     fsutil.fsync_path(tmp)
                 for tmp, path in temps:
