@@ -150,10 +150,14 @@ def test_refused_requests(make_repo) -> None:
     assert_one_clean_error(repo.run("generate", "manual"), "secrets.manual",
                            "has no generate")
     assert_one_clean_error(repo.run("generate", "nope"), "unknown secret id 'nope'")
-    assert_one_clean_error(repo.run("rotate"), "nothing to rotate", "--due")
+    proc = repo.run("rotate")
+    assert_one_clean_error(proc, "nothing to rotate", "--due")
+    assert proc.returncode == 2                     # a usage error (README: exit codes)
     assert_one_clean_error(repo.run("rotate", "manual"), "has no generate",
                            "vaultpy edit manual")
-    assert_one_clean_error(repo.run("rotate", "--due", "--mark"), "do not go together")
+    proc = repo.run("rotate", "--due", "--mark")
+    assert_one_clean_error(proc, "do not go together")
+    assert proc.returncode == 2
     assert repo.snapshot() == before
 
 
@@ -361,6 +365,8 @@ def test_a_damaged_rotation_state_stops_generate_before_any_command(make_repo) -
      "secrets.k.file", "secrets/k.pub is also its own public key file"),
     ({"a": 'generate = "alnum:10"\nfile = "secrets/rotation.toml"'},
      "secrets.a.file", "secrets/rotation.toml is also the rotation state file"),
+    ({"a": 'generate = "alnum:10"\nfile = "secrets/vault-versions.toml"'},
+     "secrets.a.file", "secrets/vault-versions.toml is also the Vault versions file"),
     ({"a": 'generate = "alnum:10"\nfile = "secrets/k.age"', "k": 'generate = "hex:4"'},
      "secrets.a.file", "secrets/k.age is also the master file of secret 'k'"),
     ({"a": 'generate = "alnum:10"\nfile = "shared.age"',

@@ -50,7 +50,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.errors import Problem, UsageError, VaultpyError, display_path
 from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
 ALNUM = string.ascii_letters + string.digits
@@ -431,11 +431,11 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
     at = at or now()
     _check_ids(cfg, ids)
     if not ids and not due_only:
-        raise VaultpyError(Problem("vaultpy rotate", "nothing to rotate", "",
-                                   "name the secret ids, or pass --due"))
+        raise UsageError(Problem("vaultpy rotate", "nothing to rotate", "",
+                                 "name the secret ids, or pass --due"))
     if mark and due_only:
-        raise VaultpyError(Problem("vaultpy rotate", "--mark and --due do not go together",
-                                   "", "name the ids that were rotated by hand"))
+        raise UsageError(Problem("vaultpy rotate", "--mark and --due do not go together",
+                                 "", "name the ids that were rotated by hand"))
     result = Result()
     state = load_rotation(cfg)          # a damaged state file stops the run up front
     if mark:

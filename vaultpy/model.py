@@ -124,6 +124,7 @@ GENERATE_HINT = ('use "alnum:32", "hex:32", "base64:32", "passphrase:6", "ssh-ed
                  '"x25519" or "command:<shell command>"')
 ROTATE_DAYS_MAX = 36500
 ROTATION_FILE = "rotation.toml"     # in secrets_dir: vaultpy.generate's rotation state
+VAULT_VERSIONS_FILE = "vault-versions.toml"     # in secrets_dir: see vaultpy.vaultstate
 
 
 @dataclass(frozen=True)
@@ -664,8 +665,11 @@ def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: se
     or the rotation state: one `vaultpy generate` would write both values to it, the
     second overwriting the first (a plaintext .pub over a master, or the reverse)."""
     # path -> (the secret it belongs to, or "", what it is)
-    claimed: dict[Path, tuple[str, str]] = {secrets_dir / ROTATION_FILE: (
-        "", "the rotation state file (vaultpy generate and rotate write it)")}
+    claimed: dict[Path, tuple[str, str]] = {
+        secrets_dir / ROTATION_FILE: (
+            "", "the rotation state file (vaultpy generate and rotate write it)"),
+        secrets_dir / VAULT_VERSIONS_FILE: (
+            "", "the Vault versions file (vaultpy pull and push write it)")}
     for s in declared.values():
         if s.public_file is not None:
             claimed.setdefault(s.public_file, (s.id, f"public key file (generate = "

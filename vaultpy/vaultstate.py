@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vaultpy._internal import fsutil
-from vaultpy.model import Config
+from vaultpy.model import VAULT_VERSIONS_FILE, Config
 
-FILENAME = "vault-versions.toml"
+FILENAME = VAULT_VERSIONS_FILE
 HEADER = ("# Written by vaultpy pull/push: the Vault (KV v2) version each master file "
           "holds.\n# Commit it with the masters; push uses it to tell your edits from "
           "Vault's.\n")
