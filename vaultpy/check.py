@@ -37,6 +37,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                     f"not a valid age file: {master.format_error}",
                                     f"secrets.{sid}",
                                     "restore it from git, or recreate it with vaultpy edit"))
+    damaged_masters = {sid for sid, m in p.masters.items() if m.format_error is not None}
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
@@ -61,8 +62,12 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 continue
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
+            bad_master = sid in damaged_masters and reason == "missing"
             entries.append(Entry(host.name, sid, state, shown,
-                                 reason or "", sid in installed))
+                                 "its master file is damaged" if bad_master else reason or "",
+                                 sid in installed))
+            if bad_master:
+                continue        # the master's own line says what to do
             if reason == "missing":
                 problems.append(Problem(shown, "cache file is missing",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
@@ -70,8 +75,17 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 problems.append(Problem(shown, f"cache file is {reason}",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
     for path in p.stale:
+        m = cache.NAME_RE.fullmatch(path.name)
+        if (m and m.group("id") in damaged_masters and path.parent.name in cfg.hosts
+                and path.parent.parent == cfg.cache_dir):
+            problems.append(Problem(display_path(path), "the host's last good copy, kept "
+                                    "while its master file is damaged", "",
+                                    "restore the master file; renc then replaces this copy"))
+            continue
         what = ("leftover temporary file" if cache.is_leftover(path) else
-                "directory of a host that is not in hosts.toml" if path.is_dir() else
+                "directory of a host that is not in hosts.toml"
+                if path.is_dir() and path.parent == cfg.cache_dir else
+                "directory inside a host's cache directory" if path.is_dir() else
                 "stale cache file")
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     return entries, problems
