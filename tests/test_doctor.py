@@ -22,14 +22,14 @@ from conftest import Repo, age_keygen
 from vaultpy import doctor
 from vaultpy.cli import app
 
-CHECKS = ["vaultpy", "hosts.toml", "recipients", "identity", "ram-dir", "ramfs",
+CHECKS = ["vaultpy", "hosts.toml", "recipients", "masters", "identity", "ram-dir", "ramfs",
           "tool:age", "tool:age-keygen", "tool:ssh-keygen", "tool:ssh-keyscan",
           "tool:nix-instantiate"]
 
 
 def doctor_json(repo: Repo, *args: str, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> tuple[int, dict]:
-    proc = repo.run("doctor", "--json", *args, env=env, cwd=cwd)
+                cwd: Path | None = None, timeout: float = 120) -> tuple[int, dict]:
+    proc = repo.run("doctor", "--json", *args, env=env, cwd=cwd, timeout=timeout)
     assert "Traceback" not in proc.stderr.decode()
     data = json.loads(proc.stdout)
     assert proc.returncode == (0 if data["ok"] else 1), proc.stderr.decode()
@@ -46,6 +46,8 @@ def test_healthy_repository(make_repo) -> None:
     assert "2 host(s), 2 secret(s)" in checks["hosts.toml"]["detail"]
     assert checks["identity"]["status"] == "ok"
     assert "decrypts all 2 master file(s)" in checks["identity"]["detail"]
+    assert checks["masters"] == {"name": "masters", "status": "ok", "fix": "",
+                                 "detail": "2 master file(s) are well-formed age files"}
     assert checks["recipients"]["status"] == "warning"      # one master recipient only
     assert "backup recipient" in checks["recipients"]["fix"]
     for c in checks.values():
@@ -90,6 +92,38 @@ def test_identity_readable_by_others_is_a_warning(make_repo) -> None:
     assert checks["identity"]["fix"] == f"chmod 600 {repo.identity}"
 
 
+def test_fifo_master_is_one_line_not_a_hang(make_repo) -> None:
+    """A FIFO where a master belongs: doctor must not block opening or reading it."""
+    repo = make_repo(hosts=1)
+    master = repo.root / "secrets" / "alpha.age"
+    master.unlink()
+    os.mkfifo(master)
+    rc, checks = doctor_json(repo, timeout=60)      # a hang fails with TimeoutExpired
+    assert rc == 1
+    assert checks["masters"]["status"] == "problem"
+    assert checks["masters"]["detail"] == ("secrets/alpha.age: cannot read: not a regular "
+                                           "file (a FIFO, socket or device)")
+    assert "restore it from git" in checks["masters"]["fix"]
+    assert checks["identity"]["status"] == "ok"
+    assert "decrypts all 1 well-formed master file(s)" in checks["identity"]["detail"]
+    proc = repo.run("doctor", timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stdout.decode().splitlines()
+    assert [ln.split()[:2] for ln in lines if "alpha.age" in ln] == [["problem", "masters"]]
+
+
+def test_damaged_master_is_not_an_identity_problem(make_repo) -> None:
+    repo = make_repo(hosts=1)
+    (repo.root / "secrets" / "alpha.age").write_bytes(os.urandom(100))
+    rc, checks = doctor_json(repo)
+    assert rc == 1
+    assert checks["masters"]["status"] == "problem"
+    assert checks["masters"]["detail"].startswith("secrets/alpha.age: not a valid age file")
+    assert checks["masters"]["fix"].startswith("restore it from git")
+    assert checks["identity"]["status"] == "ok", checks["identity"]
+    assert "rekey" not in checks["identity"]["fix"]
+
+
 def test_invalid_hosts_toml_and_no_repository(make_repo, tmp_path: Path) -> None:
     repo = make_repo(hosts=1)
     text = (repo.root / "hosts.toml").read_text()
@@ -113,7 +147,7 @@ def test_tools_missing_are_warnings(make_repo, tmp_path: Path) -> None:
     bare.mkdir()
     rc, checks = doctor_json(repo, env={"PATH": str(bare)})
     assert rc == 0
-    for name in CHECKS[6:]:
+    for name in [n for n in CHECKS if n.startswith("tool:")]:
         assert checks[name]["status"] == "warning", checks[name]
         assert "not installed" in checks[name]["detail"]
         assert checks[name]["fix"].startswith("apt-get install ")

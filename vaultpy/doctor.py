@@ -8,8 +8,9 @@ Each check returns a :class:`Check` with a status:
 * ``problem``  — a vaultpy command will fail until it is fixed (exit 1);
 * ``skipped``  — could not be checked here (and why).
 
-Checks: hosts.toml (valid), recipients (parse; a backup recipient), identity (present,
-private, unlocks, decrypts the master files), ram-dir (RAM-backed storage for
+Checks: hosts.toml (valid), recipients (parse; a backup recipient), masters (each
+master file a regular file and a well-formed age file: needs no key), identity (present,
+private, unlocks, decrypts the well-formed master files), ram-dir (RAM-backed storage for
 ``vaultpy edit``), ramfs (in the kernel; as root, actually mountable inside a throwaway
 ``unshare -m`` namespace), and the versions of the external tools vaultpy works with.
 Nothing is written.
@@ -128,7 +129,49 @@ def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
     return Check("recipients", OK, detail)
 
 
-def check_identity(cfg: Config | None, explicit: Sequence[Path]) -> Check:
+def read_masters(cfg: Config) -> tuple[dict[Path, bytes], list[str]]:
+    """The master files present that are well-formed age files (by path), and one line
+    per master that is not: unreadable, not a regular file (a FIFO would block a plain
+    read forever), or not an age file.  Missing masters are neither (check reports
+    them)."""
+    from vaultpy._internal import ageformat, fsutil
+
+    good: dict[Path, bytes] = {}
+    bad: list[str] = []
+    for s in cfg.secrets.values():
+        try:
+            data = fsutil.read_regular(s.file)[0]
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            bad.append(f"{display_path(s.file)}: cannot read: {exc.strerror or exc}")
+            continue
+        try:
+            ageformat.parse(data)
+        except ageformat.FormatError as exc:
+            bad.append(f"{display_path(s.file)}: not a valid age file: {exc}")
+            continue
+        good[s.file] = data
+    return good, bad
+
+
+def check_masters(cfg: Config | None,
+                  masters: tuple[dict[Path, bytes], list[str]] | None = None) -> Check:
+    if cfg is None:
+        return Check("masters", SKIPPED, "needs a valid hosts.toml")
+    good, bad = masters if masters is not None else read_masters(cfg)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        return Check("masters", PROBLEM, bad[0] + more,
+                     "restore it from git, or recreate it with vaultpy edit (vaultpy "
+                     "check lists every one)")
+    return Check("masters", OK, f"{len(good)} master file(s) are well-formed age files")
+
+
+def check_identity(cfg: Config | None, explicit: Sequence[Path],
+                   masters: tuple[dict[Path, bytes], list[str]] | None = None) -> Check:
+    """Whether the identity decrypts the master files; only the well-formed ones are
+    tried (a damaged file is a masters problem, not a wrong key)."""
     if cfg is None:
         return Check("identity", SKIPPED, "needs a valid hosts.toml")
     from vaultpy import age, identities
@@ -157,20 +200,21 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path]) -> Check:
     except VaultpyError as exc:
         detail, fix = _first_problem(exc)
         return Check("identity", PROBLEM, detail, fix)
-    masters = [s for s in cfg.secrets.values() if s.file.exists()]
+    readable, damaged = masters if masters is not None else read_masters(cfg)
     failed: list[str] = []
-    for s in masters:
+    for path, data in readable.items():
         try:
-            age.decrypt(s.file.read_bytes(), keys, display_path(s.file))
-        except (VaultpyError, OSError):
-            failed.append(display_path(s.file))
+            age.decrypt(data, keys, display_path(path))
+        except VaultpyError:
+            failed.append(display_path(path))
     where = "in memory" if not paths else ", ".join(display_path(p) for p in paths)
     if failed:
         return Check("identity", PROBLEM, f"{where} cannot decrypt {len(failed)} of "
-                     f"{len(masters)} master file(s) (first: {failed[0]})",
+                     f"{len(readable)} master file(s) (first: {failed[0]})",
                      "pass the right key with -i FILE, or re-encrypt them with a key that "
                      "can (vaultpy rekey)")
-    detail = (f"{where} decrypts all {len(masters)} master file(s)" if masters else
+    which = " well-formed" if damaged else ""
+    detail = (f"{where} decrypts all {len(readable)}{which} master file(s)" if readable else
               f"{where} unlocks (no master file yet to test it on)")
     if notes:
         return Check("identity", WARNING, detail + "; " + "; ".join(notes),
@@ -304,7 +348,9 @@ def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
     config_check, cfg = check_config(repo)
     add(config_check)
     add(check_recipients(cfg, repo))
-    add(check_identity(cfg, identity_files))
+    masters = read_masters(cfg) if cfg is not None else None
+    add(check_masters(cfg, masters))
+    add(check_identity(cfg, identity_files, masters))
     add(check_ram_dir())
     add(check_ramfs())
     for tool in tools:
