@@ -124,6 +124,18 @@ def test_damaged_master_is_not_an_identity_problem(make_repo) -> None:
     assert "rekey" not in checks["identity"]["fix"]
 
 
+def test_no_master_recipients_is_not_ok(make_repo) -> None:
+    repo = make_repo(hosts=1)
+    text = (repo.root / "hosts.toml").read_text()
+    (repo.root / "hosts.toml").write_text(text.replace(f'"{repo.recipient}"', ""))
+    rc, checks = doctor_json(repo)
+    assert rc == 1
+    assert "no recipients" in checks["hosts.toml"]["detail"]
+    assert checks["recipients"]["status"] == "problem"
+    assert "no master recipients" in checks["recipients"]["detail"]
+    assert checks["masters"]["status"] == "skipped"
+
+
 def test_invalid_hosts_toml_and_no_repository(make_repo, tmp_path: Path) -> None:
     repo = make_repo(hosts=1)
     text = (repo.root / "hosts.toml").read_text()

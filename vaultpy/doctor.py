@@ -118,6 +118,10 @@ def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
         if bad:
             return Check("recipients", PROBLEM, "; ".join(bad),
                          "use age1… keys (age-keygen -y) or ssh-ed25519 public key lines")
+        if not raw:
+            return Check("recipients", PROBLEM, "no master recipients: nothing can be "
+                         "encrypted", "add at least one age1… key (age-keygen -y) or "
+                         "ssh-ed25519 public key line to [vaultpy] recipients")
         return Check("recipients", OK, f"{len(raw)} master recipient(s) parse")
     kinds = sorted({r.split()[0] if " " in r else "age1" for r in cfg.recipients})
     detail = f"{len(cfg.recipients)} master recipient(s) ({', '.join(kinds)}); " \
