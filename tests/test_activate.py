@@ -14,6 +14,8 @@ import os
 import shlex
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from activate_helpers import (
     run_vaultpy,
     snapshot_tree,
     unshare_sh,
+    vaultpy_env,
     write_deploy_hosts,
     write_profile,
 )
@@ -471,6 +474,33 @@ def test_status_in_sync_then_differs(world: World) -> None:
     assert proc.returncode == 1
     assert [(c["name"], c["kind"], c["detail"]) for c in json.loads(proc.stdout)["changes"]
             ] == [("plain", "changed", "owner")]
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    ("templates", "content", "X=\ud800{{ secrets.plain }}"),
+    ("secrets", "path", "/etc/app/x\ud800"),
+])
+def test_profile_string_that_is_not_utf8_is_one_line(world: World, kind: str, field: str,
+                                                      value: str) -> None:
+    """A "\\ud800" JSON escape in a profile string crashed activation and status with
+    exit 70 (UnicodeEncodeError) writing it; the loader refuses it, naming the field."""
+    w, h = world, world.host
+    w.activate()
+    data = json.loads(h.profile.read_text())
+    i = next(i for i, item in enumerate(data[kind]) if field in item)
+    data[kind][i][field] = value
+    h.profile.write_text(json.dumps(data))          # ASCII: the surrogate as an escape
+    before = snapshot_tree(h.root)
+    where = f"{kind}[{i}].{field}"
+    for cmd in (activate_cmd(h.profile, h.root, systemctl=w.rec.script),
+                [sys.executable, "-m", "vaultpy.activate.main",
+                 *activate_cmd(h.profile, h.root, systemctl=w.rec.script)[4:]],
+                [sys.executable, "-m", "vaultpy", "status", "--profile", str(h.profile),
+                 "--root", str(h.root)]):
+        proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), timeout=120)
+        assert_one_clean_error(proc, str(h.profile.name), where, "not valid UTF-8")
+        assert len(proc.stderr.decode().splitlines()) == 1, proc.stderr.decode()
+    assert snapshot_tree(h.root) == before
 
 
 def test_status_covers_early_items(world: World) -> None:

@@ -507,6 +507,48 @@ def test_profile_refuses_what_activation_cannot_do_safely(
     assert [(p.field, words in p.message) for p in exc.value.problems] == [(field, True)]
 
 
+def _string_fields(doc: Any, where: str = "") -> Iterator[tuple[str, Callable[[Any], None]]]:
+    """(field path, a change putting a lone surrogate into that string) for every string
+    value of a JSON document."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(
+        doc, list) else []
+    for key, value in items:
+        at = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key
+        if isinstance(value, str):
+            yield at, (lambda d, at=at: _put(d, at))
+        else:
+            yield from _string_fields(value, at)
+
+
+def _put(doc: Any, at: str) -> None:
+    """Insert "\\ud800" (as json.loads decodes the escape) into the string at ``at``."""
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", at)]
+    for key in keys[:-1]:
+        doc = doc[key]
+    doc[keys[-1]] = doc[keys[-1]][:1] + "\ud800" + doc[keys[-1]][1:]
+
+
+def test_profile_refuses_every_string_that_is_not_utf8() -> None:
+    """A JSON escape like "\\ud800" decodes to a lone surrogate: no file, path or user
+    name can hold it, and activation crashed (exit 70) writing it.  Every string field,
+    and a key, is refused in one line naming the field."""
+    fields = list(_string_fields(VALID_PROFILE))
+    assert {"templates[0].content", "secrets[1].path", "secrets[0].name",
+            "settings.identities[0]", "secrets[0].restart_units[0]", "templates[0].owner",
+            "host", "secrets[0].file"} <= {at for at, _ in fields}
+    for at, change in fields:
+        data = json.loads(json.dumps(_with(change)))     # through JSON, as load reads it
+        with pytest.raises(VaultpyError) as exc:
+            profile.parse(data, "profile.json", Path("/x"))
+        assert [(p.field, "not valid UTF-8" in p.message) for p in exc.value.problems] == [
+            (at, True)], at
+        assert "\ud800" not in str(exc.value.problems[0])
+    data = _with(lambda d: d["templates"][0].update({"x\ud800\n": 1}))
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [p.field for p in exc.value.problems] == ['templates[0]["x\\ud800\\n"] (its name)']
+
+
 def test_profile_takes_the_largest_real_numeric_owner() -> None:
     prof = profile.parse(_with(_set("secrets", 0, owner="4294967294", path="/srv/a/b")),
                          "profile.json", Path("/x"))
