@@ -46,7 +46,8 @@ let
       description = ''
         Where the file is read (as agenix's, sops-nix's and vaultix's `path`): by default
         its place in the live directory, `outPath`; set to another absolute path, a
-        symlink there to it (outside `settings.dir`, `earlyDir` and `store`).
+        symlink there to it (outside `settings.dir`, `earlyDir` and `store`, and not
+        `<store>.lock`, activation's lock file).
       '';
     };
     restartUnits = mkOption {
@@ -218,9 +219,15 @@ let
   items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; path = extraPath v; inherit (v) name owner group early; }) installed
     ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) owner group early;
                                    path = if validId n then extraPath v else null; }) cfg.templates;
-  # `path` overlapping activation's own directories would write into the live generation
+  # `path` overlapping activation's own directories would write into the live generation;
+  # on the store's lock file (<store>.lock) or a temporary name of a live symlink
+  # (.<name>.vaultpy-tmp-… beside it), it would break or be removed by the next run.
+  # vaultpy/output.py `path_clash` refuses the same paths.
+  tmpLinkPrefix = d: "${lib.removeSuffix (baseNameOf d) d}.${baseNameOf d}.vaultpy-tmp-";
   clashes = p: builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
-    [ s.dir s.earlyDir s.store ];
+      [ s.dir s.earlyDir s.store "${s.store}.lock" ]
+    ++ map (d: "${tmpLinkPrefix d}*") (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p)
+      [ s.dir s.earlyDir ]);
   # chown(2) takes (uid_t)-1 as "leave unchanged": numeric ids stop below it
   idTooBig = n:
     let digits = builtins.match "0*([0-9]+)" (toString n);

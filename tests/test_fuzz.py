@@ -451,8 +451,11 @@ def prop_profile(data: Any) -> None:
     assert len(paths) == len(set(paths))
     s = prof.settings
     for path in paths:          # never inside (or above) activation's own directories
-        for d in (s.dir, s.early_dir, s.store):
+        for d in (s.dir, s.early_dir, s.store, s.store + ".lock"):
             assert path != d and not path.startswith(d + "/") and not d.startswith(path + "/")
+        for d in (s.dir, s.early_dir):      # nor a live symlink's temporary name
+            head, _, base = d.rpartition("/")
+            assert not path.startswith(f"{head}/.{base}.vaultpy-tmp-")
     known = {s.id for s in prof.secrets}
     for t in prof.templates:
         assert set(templates.references(t.content or "")) <= known
@@ -487,6 +490,12 @@ def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     (_set("secrets", 0, path="/run/vaultpy"), "secrets[0].path", "dir"),
     (_set("templates", 0, path="/run/vaultpy.d/1/x"), "templates[0].path", "store"),
     (_set("templates", 0, path="/run"), "templates[0].path", "overlaps"),
+    (_set("secrets", 0, path="/run/vaultpy.d.lock"), "secrets[0].path", "its lock file"),
+    (_set("templates", 0, path="/run/.vaultpy-early.vaultpy-tmp-1"), "templates[0].path",
+     "early_dir's temporary symlinks"),
+    (lambda d: (d["settings"].update(store="/srv/st"),
+                d["secrets"][0].update(path="/srv/st.lock/x")), "secrets[0].path",
+     "'/srv/st.lock', where activation keeps its lock file"),
     (lambda d: (d["settings"].update(dir="/srv/live"),
                 d["secrets"][0].update(path="/srv/live/x")), "secrets[0].path", "/srv/live"),
     (lambda d: (d["secrets"][0].update(path="/etc/app/key"),

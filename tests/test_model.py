@@ -283,6 +283,39 @@ mode = "0999"
     assert "did you mean 'secrets_dir'?" in str(info.value)
 
 
+@pytest.mark.parametrize("path, owned", [
+    ("/run/vaultpy.d.lock", "'/run/vaultpy.d.lock', where activation keeps its lock file"),
+    ("/run/vaultpy.d.lock/x", "'/run/vaultpy.d.lock', where activation keeps its lock"),
+    ("/run/.vaultpy.vaultpy-tmp-0123456789ab",
+     "'/run/.vaultpy.vaultpy-tmp-*', where activation keeps its dir's temporary symlinks"),
+    ("/run/.vaultpy-early.vaultpy-tmp-x", "'/run/.vaultpy-early.vaultpy-tmp-*', where "
+     "activation keeps its early_dir's temporary symlinks"),
+    ("/run/vaultpy.d", "'/run/vaultpy.d', where activation keeps its store"),
+    ("/run/vaultpy.d.lockx", None), ("/run/.vaultpy.d.vaultpy-tmp-x", None),
+    ("/run/vaultpy.lock", None),
+])
+def test_path_onto_a_file_activation_owns_is_refused(keys: dict[str, str], tmp_path: Path,
+                                                     path: str, owned: str | None) -> None:
+    """A link at <store>.lock made the next activation fail to lock ("Too many levels
+    of symbolic links"), and one at a live symlink's temporary name is removed by the
+    next run as a leftover: both are activation's own files, like its directories."""
+    text = head(keys) + f"""
+[secrets.db]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.db]
+path = {toml_str(path)}
+"""
+    if owned is None:
+        assert parse(text, tmp_path).hosts["web"].deployments[0].out.path == path
+        return
+    with pytest.raises(VaultpyError) as info:
+        parse(text, tmp_path)
+    [problem] = info.value.problems
+    assert problem.field == "hosts.web.secrets.db.path"
+    assert f"path {path!r} overlaps {owned}" in problem.message, problem
+
+
 # --------------------------------------------------------------------------- vaultpy init
 
 def _bare_repo(root: Path) -> Repo:

@@ -982,6 +982,8 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             "templates": {"t": {"content": "{{ secrets.db_password }"}}}},
         "path-in-live-dir": _base_secret(rich, path="/run/vaultpy/other"),
         "path-above-store": _base_secret(rich, path="/run"),
+        "path-is-store-lock": _base_secret(rich, path="/run/vaultpy.d.lock"),
+        "path-is-tmp-link": _base_secret(rich, path="/run/.vaultpy-early.vaultpy-tmp-x"),
         "path-not-installed": _base_secret(rich, install=False, path="/etc/x"),
         "owner-too-big": _base_secret(rich, owner="4294967295"),
         "group-too-big-int": _base_secret(rich, group=99999999999),
@@ -1022,6 +1024,10 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("path-in-live-dir", ["secret db_password", "/run/vaultpy/other overlaps /run/vaultpy,"]),
     ("path-above-store", ["path /run overlaps /run/vaultpy and /run/vaultpy-early and "
                           "/run/vaultpy.d"]),
+    ("path-is-store-lock", ["secret db_password", "path /run/vaultpy.d.lock overlaps "
+                            "/run/vaultpy.d.lock, where activation keeps its own files"]),
+    ("path-is-tmp-link", ["secret db_password", "path /run/.vaultpy-early.vaultpy-tmp-x "
+                          "overlaps /run/.vaultpy-early.vaultpy-tmp-*,"]),
     ("path-not-installed", ["secret db_password", "install = false"]),
     ("owner-too-big", ["secret db_password", "owner 4294967295 is too big"]),
     ("group-too-big-int", ["secret db_password", "group 99999999999 is too big"]),
@@ -1056,6 +1062,12 @@ def _refused_cases(rich: Rich) -> dict[str, dict[str, Any]]:
         "negative-owner": _base_secret(rich, owner=-1),
         "path-with-dotdot": _base_secret(rich, path="/etc/app/../x"),
         "path-is-root": _base_secret(rich, path="/"),
+        "path-is-store-lock": _base_secret(rich, path="/run/vaultpy.d.lock"),
+        "path-in-custom-store-lock": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "store": "/srv/st"}, "secrets": {
+            "db_password": {**base["vaultpy"]["secrets"]["db_password"],
+                            "path": "/srv/st.lock/key"}}}},
+        "path-is-dir-tmp-link": _base_secret(rich, path="/run/.vaultpy.vaultpy-tmp-0a"),
         "dir-trailing-slash": {"vaultpy": {**base["vaultpy"], "settings": {
             **base["vaultpy"]["settings"], "dir": "/run/vaultpy/"}}},
         "no-host-keys": {"vaultpy": {**base["vaultpy"], "settings": {
@@ -1081,6 +1093,7 @@ def refused_results(nixpkgs_lib: Nix, rich: Rich, tmp_path_factory: pytest.TempP
 
 @pytest.mark.parametrize("case", ["control", "base", *(
     "same-name-early-and-not", "negative-owner", "path-with-dotdot", "path-is-root",
+    "path-is-store-lock", "path-in-custom-store-lock", "path-is-dir-tmp-link",
     "dir-trailing-slash", "no-host-keys")])
 def test_module_accepts_only_profiles_activation_loads(refused_results: dict[str, Any],
                                                        case: str) -> None:

@@ -418,7 +418,7 @@ def _path(ck: _Checker, value: Any, where: str) -> str | None:
         return None
     clash = path_clash(text, DEFAULT_DIRS)
     if clash is not None:
-        ck.add(where, *path_clash_message(text, clash, DEFAULT_DIRS[clash]))
+        ck.add(where, *path_clash_message(text, *clash))
         return None
     return text
 

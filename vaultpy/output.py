@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vaultpy._internal.fsutil import TMP_MARK
 from vaultpy.templates import ID_PATTERN
 
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
@@ -27,19 +28,48 @@ def numeric_id_ok(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= UID_MAX
 
 
-def path_clash(path: str, dirs: dict[str, str]) -> str | None:
-    """The setting among ``dirs`` (name -> absolute path) that ``path`` is, lies inside or
-    contains, if any: a link there would replace activation's own files or symlinks."""
+LOCK_SUFFIX = ".lock"       # activation's flock: <store>.lock, beside the store
+
+
+def lock_path(store: str) -> str:
+    """The file activation locks (beside the store: a ramfs is mounted over the store)."""
+    return store + LOCK_SUFFIX
+
+
+def tmp_link_prefix(link: str) -> str:
+    """How the temporary names begin that activation gives the live symlink ``link``
+    (``dir``, ``early_dir``) before renaming it into place: beside it, and removed as a
+    killed run's leftovers by the next run (:func:`vaultpy._internal.fsutil.tmp_prefix`)."""
+    head, _, base = link.rpartition("/")
+    return f"{head}/.{base}{TMP_MARK}"
+
+
+def _overlaps(path: str, d: str) -> bool:
+    return path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path + "/")
+
+
+def path_clash(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
+    """What activation keeps at ``path`` (is it, lies inside or contains it), given its
+    settings ``dirs`` (name -> absolute path): ``(what, where)``, or None.  A link there
+    would replace activation's own files or symlinks: the ``dir``, ``early_dir`` and
+    ``store`` themselves, the store's lock file, and the temporary names of the live
+    symlinks.  The NixOS module (nix/module.nix ``clashes``) refuses the same paths."""
     for key, d in dirs.items():
-        if path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path + "/"):
-            return key
+        if _overlaps(path, d):
+            return key, d
+    if dirs.get("store") and _overlaps(path, lock_path(dirs["store"])):
+        return "lock file", lock_path(dirs["store"])
+    for key in ("dir", "early_dir"):
+        if dirs.get(key) and path.startswith(tmp_link_prefix(dirs[key])):
+            return f"{key}'s temporary symlinks", tmp_link_prefix(dirs[key]) + "*"
     return None
 
 
-def path_clash_message(path: str, key: str, d: str) -> tuple[str, str]:
+def path_clash_message(path: str, what: str, where: str) -> tuple[str, str]:
     """The problem and hint for :func:`path_clash`'s answer."""
-    return (f"path {path!r} overlaps {d!r}, where activation keeps its {key}",
-            f"choose a path outside {d}, or drop it")
+    return (f"path {path!r} overlaps {where!r}, where activation keeps its {what}",
+            f"choose a path outside {where}, or drop it" if what in DEFAULT_DIRS else
+            "choose another path, or drop it")
 
 
 @dataclass(frozen=True)

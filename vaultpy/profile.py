@@ -331,7 +331,7 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         paths.add(path)
         clash = path_clash(path, {k: v for k, v in dirs.items() if v})
         if clash is not None:
-            rd.bad(f"{where}.path", *path_clash_message(path, clash, dirs[clash]))
+            rd.bad(f"{where}.path", *path_clash_message(path, *clash))
     if rd.problems:
         raise VaultpyError(rd.problems)
     return Profile(host, settings, tuple(secrets), tuple(tmpls), source)

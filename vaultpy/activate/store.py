@@ -11,6 +11,7 @@ from vaultpy import age
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import Context
 from vaultpy.errors import Problem, VaultpyError
+from vaultpy.output import lock_path
 
 
 def lock(ctx: Context) -> None:
@@ -19,7 +20,7 @@ def lock(ctx: Context) -> None:
     the process dies."""
     if ctx.opts.dry_run:
         return
-    path = ctx.store.with_name(ctx.store.name + ".lock")
+    path = Path(lock_path(str(ctx.store)))      # a profile path never overlaps it
     fsutil.makedirs(path.parent)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
