@@ -228,6 +228,15 @@ let
       [ s.dir s.earlyDir s.store "${s.store}.lock" ]
     ++ map (d: "${tmpLinkPrefix d}*") (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p)
       [ s.dir s.earlyDir ]);
+  # Activation's own places must not be, or lie inside, one another
+  # (vaultpy/output.py `settings_clashes`).
+  places = [ { n = "dir"; p = s.dir; } { n = "earlyDir"; p = s.earlyDir; }
+             { n = "store"; p = s.store; } { n = "the store's lock file"; p = "${s.store}.lock"; } ];
+  overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
+  settingsClashes = concatMap (i: map (b: { a = (builtins.elemAt places i).n; inherit (b) n; })
+      (builtins.filter (b: overlaps (builtins.elemAt places i).p b.p)
+        (lib.drop (i + 1) places)))
+    (lib.range 0 (builtins.length places - 1));
   # chown(2) takes (uid_t)-1 as "leave unchanged": numeric ids stop below it
   idTooBig = n:
     let digits = builtins.match "0*([0-9]+)" (toString n);
@@ -353,6 +362,9 @@ in
         ++ lib.mapAttrsToList (n: _: { assertion = false;
             message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
           (filterAttrs (_: t: vlib.brokenPlaceholder t.content) cfg.templates)
+        ++ map (c: { assertion = false;
+            message = "vaultpy.settings: ${c.a} and ${c.n} overlap: activation would put one over the other; give each a place of its own"; })
+          settingsClashes
         ++ map (i: { assertion = false;
             message = "vaultpy: ${i.label}: path ${i.path} overlaps ${concatStringsSep " and " (clashes i.path)}, where activation keeps its own files: choose a path outside, or leave path unset"; })
           (builtins.filter (i: i.path != null && clashes i.path != [ ]) items)

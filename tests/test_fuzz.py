@@ -506,6 +506,12 @@ def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     (_set("templates", 0, owner="\u00b2"), "templates[0].owner", "invalid user"),
     (_set("templates", 0, path="/etc/a\u0000b"), "templates[0].path", "not an absolute"),
     (_set("secrets", 0, file="\u0000"), "secrets[0].file", "NUL"),
+    (lambda d: d["settings"].update(dir="/run/vaultpy.d/live"), "settings.dir",
+     "dir and store overlap"),
+    (lambda d: d["settings"].update(early_dir="/run/vaultpy.d.lock"), "settings.early_dir",
+     "early_dir and lock file overlap"),
+    (lambda d: d["settings"].update(dir="/run/x", early_dir="/run/x"), "settings.dir",
+     "dir and early_dir overlap"),
 ])
 def test_profile_refuses_what_activation_cannot_do_safely(
         change: Callable[[dict[str, Any]], None], field: str, words: str) -> None:

@@ -989,6 +989,8 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "group-too-big-int": _base_secret(rich, group=99999999999),
         "bad-host-key": {"vaultpy": {**base["vaultpy"], "settings": {
             **settings_, "hostPubkey": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC root@x"}}},
+        "early-dir-on-store-lock": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "earlyDir": "/run/vaultpy.d.lock"}}},
     }
 
 
@@ -1032,6 +1034,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("owner-too-big", ["secret db_password", "owner 4294967295 is too big"]),
     ("group-too-big-int", ["secret db_password", "group 99999999999 is too big"]),
     ("bad-host-key", ["hostPubkey", "ssh-rsa", "not an ssh-ed25519 or age1 public key"]),
+    ("early-dir-on-store-lock", ["vaultpy.settings: earlyDir and the store's lock file "
+                                 "overlap", "a place of its own"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:
@@ -1072,6 +1076,12 @@ def _refused_cases(rich: Rich) -> dict[str, dict[str, Any]]:
             **base["vaultpy"]["settings"], "dir": "/run/vaultpy/"}}},
         "no-host-keys": {"vaultpy": {**base["vaultpy"], "settings": {
             **base["vaultpy"]["settings"], "hostKeys": []}}},
+        "dir-inside-store": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "dir": "/run/vaultpy.d/live"}}},
+        "early-dir-on-store-lock": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "earlyDir": "/run/vaultpy.d.lock"}}},
+        "dir-is-early-dir": {"vaultpy": {**base["vaultpy"], "settings": {
+            **base["vaultpy"]["settings"], "dir": "/run/vaultpy-early"}}},
     }
 
 
@@ -1094,7 +1104,8 @@ def refused_results(nixpkgs_lib: Nix, rich: Rich, tmp_path_factory: pytest.TempP
 @pytest.mark.parametrize("case", ["control", "base", *(
     "same-name-early-and-not", "negative-owner", "path-with-dotdot", "path-is-root",
     "path-is-store-lock", "path-in-custom-store-lock", "path-is-dir-tmp-link",
-    "dir-trailing-slash", "no-host-keys")])
+    "dir-trailing-slash", "no-host-keys", "dir-inside-store", "early-dir-on-store-lock",
+    "dir-is-early-dir")])
 def test_module_accepts_only_profiles_activation_loads(refused_results: dict[str, Any],
                                                        case: str) -> None:
     r = refused_results[case]

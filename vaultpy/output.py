@@ -65,6 +65,19 @@ def path_clash(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+def settings_clashes(dirs: dict[str, str]) -> list[tuple[str, str]]:
+    """Pairs of activation's own places (``dir``, ``early_dir``, ``store`` and the
+    store's lock file) that are, or lie inside, one another: activation would replace
+    one with the other (a live symlink over the lock file, a generation inside a live
+    link).  The NixOS module (nix/module.nix ``settingsClashes``) refuses the same."""
+    places = dict(dirs)
+    if places.get("store"):
+        places["lock file"] = lock_path(places["store"])
+    names = [k for k in places if places[k]]
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if _overlaps(places[a], places[b])]
+
+
 def path_clash_message(path: str, what: str, where: str) -> tuple[str, str]:
     """The problem and hint for :func:`path_clash`'s answer."""
     return (f"path {path!r} overlaps {where!r}, where activation keeps its {what}",

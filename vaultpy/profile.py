@@ -29,6 +29,7 @@ from vaultpy.output import (
     numeric_id_ok,
     path_clash,
     path_clash_message,
+    settings_clashes,
 )
 
 if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's model
@@ -317,6 +318,9 @@ def parse(data: Any, source: str, base: Path) -> Profile:
     names: set[str] = set()
     paths: set[str] = set()
     dirs = {"dir": settings.dir, "early_dir": settings.early_dir, "store": settings.store}
+    for a, b in settings_clashes(dirs):
+        rd.bad(f"settings.{a}", f"{a} and {b} overlap: activation would put one over "
+               "the other; give each a place of its own")
     labelled = [(f"secrets[{i}]", s) for i, s in enumerate(secrets) if s.install] + [
         (f"templates[{i}]", t) for i, t in enumerate(tmpls)]
     for where, item in labelled:
