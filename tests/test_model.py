@@ -48,6 +48,17 @@ def head(keys: dict[str, str], extra: str = "") -> str:
     return f"[vaultpy]\nrecipients = [{toml_str(keys['master'])}]\n{extra}\n"
 
 
+def one_setting(keys: dict[str, str], sid: str, key: str, value: str) -> str:
+    """hosts.toml: secret ``sid`` on host web, with ``key = value`` for it there."""
+    return head(keys) + f"""
+[secrets.{sid}]
+[hosts.web]
+pubkey = {toml_str(keys['web'])}
+[hosts.web.secrets.{sid}]
+{key} = {toml_str(value)}
+"""
+
+
 # --------------------------------------------------------------------------- defaults
 
 def test_defaults(keys: dict[str, str], tmp_path: Path) -> None:
@@ -126,13 +137,7 @@ def test_unicode_digit_owner_is_a_clean_error(keys: dict[str, str], tmp_path: Pa
     """"²" and "١٢٣" satisfy str.isdigit() but are not user ids: a problem, not a crash
     and not a non-ASCII "numeric" owner passed to the host."""
     for owner in ("²", "١٢٣"):
-        text = head(keys) + f"""
-[secrets.a]
-[hosts.web]
-pubkey = {toml_str(keys['web'])}
-[hosts.web.secrets.a]
-owner = {toml_str(owner)}
-"""
+        text = one_setting(keys, "a", "owner", owner)
         with pytest.raises(VaultpyError) as info:
             parse(text, tmp_path)
         (problem,) = info.value.problems
@@ -299,13 +304,7 @@ def test_path_onto_a_file_activation_owns_is_refused(keys: dict[str, str], tmp_p
     """A link at <store>.lock made the next activation fail to lock ("Too many levels
     of symbolic links"), and one at a live symlink's temporary name is removed by the
     next run as a leftover: both are activation's own files, like its directories."""
-    text = head(keys) + f"""
-[secrets.db]
-[hosts.web]
-pubkey = {toml_str(keys['web'])}
-[hosts.web.secrets.db]
-path = {toml_str(path)}
-"""
+    text = one_setting(keys, "db", "path", path)
     if owned is None:
         assert parse(text, tmp_path).hosts["web"].deployments[0].out.path == path
         return
