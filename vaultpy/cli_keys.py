@@ -218,8 +218,10 @@ def generate_cmd(
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
 ) -> None:
-    """Create missing generated secrets (\\[secrets.ID] generate = "alnum:32" …), and the
-    missing .pub of a generated key pair (decrypting it with the master identity)."""
+    """Create missing generated secrets (\\[secrets.ID] generate = "alnum:32" …).
+
+    Also the missing .pub of a generated key pair (decrypting it with the master
+    identity)."""
     from vaultpy import generate
 
     cfg = _config_for(repo, json_out)
