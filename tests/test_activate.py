@@ -310,6 +310,30 @@ def test_generations_numbering_and_keep(world: World) -> None:
     assert_normal_generation(w, h.live)
 
 
+def test_under_root_no_unit_of_this_machine_is_restarted(world: World) -> None:
+    """--root prefixes every host path (an image being built, a test), but systemctl
+    talks to the machine it runs on: a review saw `activate --root DIR` restart this
+    machine's postgresql.service.  Units are called there only with --systemctl."""
+    import subprocess
+
+    from activate_helpers import ROOT, activate_cmd, vaultpy_env
+
+    w, h = world, world.host
+    w.activate()
+    w.rec.clear()
+    w.change_secret("num", b"num v2")
+    env = {**vaultpy_env(), "PATH": f"{w.rec.script.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(activate_cmd(h.profile, h.root), env=env, capture_output=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert w.rec.take() == []                           # the systemctl on PATH: not called
+    assert "not restarting num.service: --root is not /" in proc.stderr.decode()
+    assert (h.live / "num").read_bytes() == b"num v2"
+    w.change_secret("num", b"num v3")
+    w.activate()                                        # --systemctl given: called
+    assert w.rec.take() == ["try-restart num.service"]
+
+
 def test_changes_call_exactly_their_units(world: World) -> None:
     w, h = world, world.host
     w.activate()

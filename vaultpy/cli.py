@@ -469,9 +469,9 @@ def activate(
         "--dry-run", help="Show what would change; touch nothing.")] = False,
     early: Annotated[bool, typer.Option(
         "--early", help="Only items marked early, into early_dir.")] = False,
-    systemctl: Annotated[str, typer.Option(
-        "--systemctl", metavar="PATH", help="systemctl to call for unit restarts.")
-    ] = "systemctl",
+    systemctl: Annotated[str | None, typer.Option(
+        "--systemctl", metavar="PATH", help="systemctl to call for unit restarts (default: "
+        "systemctl, but none with a --root other than /).")] = None,
     keep: Annotated[int | None, typer.Option(
         "--keep", min=1, help="Generations to keep (default: the profile's).")] = None,
     jobs: Annotated[int | None, typer.Option(

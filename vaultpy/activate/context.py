@@ -21,7 +21,7 @@ class Options:
     no_mount: bool = False
     dry_run: bool = False
     early: bool = False
-    systemctl: str = "systemctl"
+    systemctl: str | None = None    # None: "systemctl", but none at all under --root
     keep: int | None = None
     quiet: bool = False
     jobs: int | None = None         # decrypting processes (default: CPUs, at most 4)

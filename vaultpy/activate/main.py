@@ -31,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Show what would change; touch nothing.")
     p.add_argument("--early", action="store_true",
                    help="Only items marked early, into early_dir.")
-    p.add_argument("--systemctl", default="systemctl", metavar="PATH",
-                   help="systemctl to call for unit restarts.")
+    p.add_argument("--systemctl", default=None, metavar="PATH",
+                   help="systemctl to call for unit restarts (default: systemctl, but none "
+                        "with a --root other than /).")
     p.add_argument("--keep", type=int, metavar="N",
                    help="Generations to keep (default: the profile's).")
     p.add_argument("--jobs", "-j", type=int, metavar="N",

@@ -117,14 +117,22 @@ def diff_and_notify(ctx: Context) -> None:
         for verb, unit in calls:
             ctx.log("diff_and_notify", f"would run systemctl {verb} {unit}")
         return
+    units = ", ".join(u for _, u in calls)
+    if ctx.opts.systemctl is None and os.path.realpath(ctx.opts.root) != "/":
+        # The units are the system's under --root (an image being built, a test), not
+        # this machine's: restarting this machine's namesakes would be wrong.
+        ctx.log("diff_and_notify", f"not restarting {units}: --root is not /, and these "
+                "units are not this machine's (pass --systemctl PATH to call one)")
+        _mark_notified(ctx)
+        return
     # Only when a unit is to be restarted: subprocess takes ~5 ms to import.
     import shutil
     import subprocess
 
-    systemctl = shutil.which(ctx.opts.systemctl)
+    name = ctx.opts.systemctl or "systemctl"
+    systemctl = shutil.which(name)
     if systemctl is None:
-        ctx.log("diff_and_notify", f"{ctx.opts.systemctl} not found; not restarting "
-                + ", ".join(u for _, u in calls))
+        ctx.log("diff_and_notify", f"{name} not found; not restarting {units}")
         return
     for verb, unit in calls:
         proc = subprocess.run([systemctl, verb, unit], capture_output=True, text=True)
