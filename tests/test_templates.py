@@ -216,3 +216,43 @@ def test_any_id_renders_to_its_value(sid, value, left, right, prefix, suffix):
     assert render(text, {sid: value}) == prefix.encode() + value + suffix.encode()
     assert render(text, {sid: value}, trim=True) == \
         prefix.encode() + value.strip() + suffix.encode()
+
+
+@pytest.mark.parametrize("text, mid", [
+    ("URL=x:{{ secrets.pw }}@db\n", True),
+    ("PW={{ secrets.pw }}\nNEXT=1\n", False),
+    ("PW={{ secrets.pw }}", False),
+    ("PW={{ secrets.pw }}\r\n", False),
+    ("{{ secrets.pw }}{{ secrets.user }}\n", True),
+    ("A={{ secrets.pw }}\nB={{ secrets.pw }} tail\n", True),
+    ("A={{ secrets.other }} tail\n", False),
+])
+def test_mid_line(text: str, mid: bool) -> None:
+    """A placeholder with more of its line after it: a value ending in a newline (what
+    editors save) would split that line."""
+    from vaultpy.templates import mid_line
+
+    assert mid_line(text, "pw") is mid
+
+
+def test_encrypt_and_edit_warn_of_a_newline_a_template_puts_mid_line(make_repo) -> None:
+    import json
+
+    from conftest import hosts_toml
+
+    repo = make_repo(hosts=1, secrets={"pw": b"x", "tok": b"y"})
+    h = repo.hosts["host0"]
+    content = json.dumps("URL=a:{{ secrets.pw }}@db\nT={{ secrets.tok }}\n")  # TOML-safe
+    repo.write_hosts(hosts_toml([repo.recipient], ["pw", "tok"], {"host0": (h.pubkey, [])}) +
+                     f'[hosts.host0.templates."app.env"]\ncontent = {content}\n')
+    err = repo.ok("encrypt", "pw", input=b"s3cret\n").stderr.decode()
+    assert ("warning: pw ends with a newline, and template app.env (on host0) has text after "
+            "it on the same line") in err and "trim = true" in err
+    for quiet in (("pw", b"s3cret"), ("tok", b"t0k\n")):       # no newline; at a line end
+        assert "warning" not in repo.ok("encrypt", quiet[0], input=quiet[1]).stderr.decode()
+    assert "warning: tok is now empty" in repo.ok("encrypt", "tok", input=b"").stderr.decode()
+    editor = repo.root / "ed.sh"
+    editor.write_text("#!/bin/sh\nprintf 'edited\\n' > \"$1\"\n")
+    editor.chmod(0o755)
+    err = repo.ok("edit", "pw", env={"EDITOR": str(editor)}).stderr.decode()
+    assert "warning: pw ends with a newline" in err

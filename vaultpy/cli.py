@@ -204,6 +204,8 @@ def encrypt(
             "age on its own and keep only its key in vaultpy"))
     path = masters.write_master(cfg, secret_id, data, armor)
     _err().print(f"wrote {path}; run vaultpy renc to update the hosts", markup=False)
+    for w in masters.value_warnings(cfg, secret_id, data):
+        _err().print(f"warning: {w}", markup=False, style="yellow")
 
 
 @app.command()
@@ -246,6 +248,8 @@ def edit(
         what = "created" if result.created else "updated"
         _err().print(f"{secret_id}: {what} {result.path}; run vaultpy renc to update the "
                      "hosts", markup=False)
+        for w in result.warnings:
+            _err().print(f"warning: {w}", markup=False, style="yellow")
 
 
 @app.command()

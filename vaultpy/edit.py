@@ -37,6 +37,7 @@ class EditResult:
     path: Path
     changed: bool
     created: bool
+    warnings: tuple[str, ...] = ()      # masters.value_warnings of the saved value
 
 
 def ram_candidates() -> list[Path]:
@@ -167,4 +168,5 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
         return EditResult(secret.file, changed=False, created=False)
     # Another edit (or encrypt) may have written meanwhile: never overwrite it silently.
     masters.write_master(cfg, secret_id, new, armor, based_on=data, keep_unsaved=True)
-    return EditResult(secret.file, changed=True, created=not exists)
+    return EditResult(secret.file, changed=True, created=not exists,
+                      warnings=tuple(masters.value_warnings(cfg, secret_id, new)))

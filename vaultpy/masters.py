@@ -40,6 +40,25 @@ MAX_PLAINTEXT = 64 << 20
 ANY = object()      # write_master(based_on=ANY): last writer wins (encrypt, pull)
 
 
+def value_warnings(cfg: Config, secret_id: str, plaintext: bytes) -> list[str]:
+    """What a user may not mean by a value just given (warnings, never errors): an
+    empty one, or a final newline that a template without ``trim`` puts mid-line."""
+    from vaultpy import templates
+
+    if not plaintext:
+        return [f"{secret_id} is now empty"]
+    if not plaintext.endswith(b"\n"):
+        return []
+    where: dict[str, list[str]] = {}
+    for host in cfg.hosts.values():
+        for t in host.templates:
+            if secret_id in t.refs and not t.trim and templates.mid_line(t.content, secret_id):
+                where.setdefault(t.name, []).append(host.name)
+    return [f"{secret_id} ends with a newline, and template {name} (on {', '.join(hosts)}) "
+            "has text after it on the same line: the newline lands there; set trim = true "
+            "on the template, or store the value without it" for name, hosts in where.items()]
+
+
 def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False, *,
                  lock: bool = True, based_on: object = ANY, keep_unsaved: bool = False
                  ) -> Path:

@@ -52,6 +52,18 @@ def position_of(text: str, secret_id: str) -> tuple[int, int]:
     raise LookupError(secret_id)
 
 
+def mid_line(text: str, secret_id: str) -> bool:
+    """Whether some placeholder for ``secret_id`` has more of its line after it: a value
+    ending in a newline (what most editors save) would break that line in two."""
+    segments = parse(text)
+    for i, seg in enumerate(segments):
+        if isinstance(seg, Ref) and seg.id == secret_id:
+            after = segments[i + 1] if i + 1 < len(segments) else "\n"
+            if isinstance(after, Ref) or not after.startswith(("\n", "\r\n")):
+                return True
+    return False
+
+
 def _scan(text: str) -> list[tuple[Segment, int]]:
     """The segments of ``text``, each with the index where it starts."""
     out: list[tuple[Segment, int]] = []
