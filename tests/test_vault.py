@@ -215,6 +215,14 @@ def write_config(repo: Repo, bao: Bao, refs: dict[str, str | None], vault: str =
     repo.write_hosts("\n".join(lines) + "\n")
 
 
+def recorded(repo: Repo) -> dict[str, int]:
+    """secrets/vault-versions.toml: id -> the version recorded."""
+    import tomllib
+
+    doc = tomllib.loads((repo.root / "secrets" / "vault-versions.toml").read_text())
+    return {sid: e["version"] for sid, e in doc["versions"].items()}
+
+
 def master(repo: Repo, sid: str) -> Path:
     return repo.root / "secrets" / f"{sid}.age"
 
@@ -267,8 +275,7 @@ def test_pull_creates_updates_and_changes_nothing_when_in_sync(vrepo, bao: Bao,
     assert age_decrypt(master(repo, "db_password"), repo.identity) == b"pw-2"
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"secrets/db_password.age", "secrets/vault-versions.toml"}
-    assert after["secrets/vault-versions.toml"][0].endswith(
-        b"[versions]\napi = 1\ndb_password = 2\ndb_user = 2\n")
+    assert recorded(repo) == {"api": 1, "db_password": 2, "db_user": 2}
 
 
 def test_pull_keeps_armor_and_only_named_ids(vrepo, bao: Bao, prefix: str) -> None:
@@ -397,7 +404,7 @@ def test_pull_errors_one_line_per_id_and_nothing_written(vrepo, bao: Bao, prefix
     assert proc.returncode == 1 and doc["ok"] is False and len(doc["problems"]) == 7
     # every documented key, as on success (docs/vault.md): scripts read .changed
     assert doc | {"problems": []} == {"ok": False, "check": False, "changed": [],
-                                      "secrets": [], "problems": []}
+                                      "secrets": [], "recorded": False, "problems": []}
     doc = json.loads(repo.run("pull", "--check", "--json").stdout)
     assert doc["check"] is True and doc["changed"] == [] and doc["secrets"] == []
     doc = json.loads(repo.run("push", "--json").stdout)
@@ -486,7 +493,22 @@ def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path:
         assert_one_clean_error(repo.run("pull"), f"TLS verification of {addr} failed",
                                "set ca_cert in [vaultpy.vault]")
         assert secret_files(repo) == before
-        repo.ok("pull", env={"VAULT_CACERT": str(ca)})
+        # a CA directory (VAULT_CAPATH) is read under OpenSSL's hashed names
+        cadir = tmp_path / "cadir"
+        cadir.mkdir()
+        shutil.copy(ca, cadir / "vault-ca.pem")
+        assert_one_clean_error(repo.run("pull", env={"VAULT_CAPATH": str(cadir)}),
+                               "TLS verification", f"openssl rehash {cadir}")
+        for env, needles in (({"VAULT_CACERT": str(cadir)}, ("VAULT_CACERT", "is a directory",
+                                                              "VAULT_CAPATH")),
+                             ({"VAULT_CAPATH": str(ca)}, ("VAULT_CAPATH", "is not a directory")),
+                             ({"BAO_CACERT": str(tmp_path / "gone.pem"), "VAULT_CAPATH":
+                               str(cadir)}, ("BAO_CACERT", "gone.pem does not exist"))):
+            assert_one_clean_error(repo.run("pull", env=env), *needles)
+        assert secret_files(repo) == before
+        subprocess.run([need("openssl"), "rehash", str(cadir)], check=True,
+                       capture_output=True)
+        repo.ok("pull", env={"VAULT_CAPATH": str(cadir)})
         assert age_decrypt(master(repo, "a"), repo.identity) == b"over-tls"
     finally:
         _stop(proc)
@@ -601,7 +623,7 @@ def test_push_round_trip_and_refuses_to_overwrite(vrepo, bao: Bao, prefix: str) 
     # Edited locally while Vault holds another value, with no record of which version
     # the masters came from (see the next test): refused, nothing written.
     state = repo.root / "secrets" / "vault-versions.toml"
-    assert state.read_text().endswith("[versions]\nnew = 1\nshared = 2\n")
+    assert recorded(repo) == {"new": 1, "shared": 2}
     state.unlink()
     repo.ok("encrypt", "new", input=b"edited locally")
     repo.ok("encrypt", "shared", input=b"s-2")
@@ -631,7 +653,7 @@ def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix:
     repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
     repo.ok("pull")
     state = repo.root / "secrets" / "vault-versions.toml"
-    assert "pw = 1" in state.read_text() and "v1" not in state.read_text()
+    assert recorded(repo) == {"pw": 1} and "v1" not in state.read_text()
     mtime = state.stat().st_mtime_ns
     repo.ok("pull")                                     # in sync: no rewrite, no churn
     assert state.stat().st_mtime_ns == mtime
@@ -640,7 +662,7 @@ def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix:
     doc = json.loads(repo.ok("push", "--json").stdout)
     assert [(x["status"], x["version"]) for x in doc["secrets"]] == [("written", 2)]
     assert bao.get(f"{prefix}/db") == ({"pw": "edited here", "user": "app"}, 2)
-    assert "pw = 2" in state.read_text()
+    assert recorded(repo) == {"pw": 2}
 
     bao.put(f"{prefix}/db", {"pw": "edited here", "user": "other"})     # 2. another field
     repo.ok("encrypt", "pw", input=b"edited again")
@@ -657,10 +679,48 @@ def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix:
                            "version 4 → 5", "--force")
     for value in ("set in vault", "and here", "edited"):
         assert value not in text_of(proc)
-    assert bao.get(f"{prefix}/db")[1] == 5 and "pw = 4" in state.read_text()
+    assert bao.get(f"{prefix}/db")[1] == 5 and recorded(repo) == {"pw": 4}
     repo.ok("pull")
-    assert "pw = 5" in state.read_text()
+    assert recorded(repo) == {"pw": 5}
     assert repo.ok("decrypt", "pw").stdout == b"set in vault"
+
+
+def test_push_never_takes_a_record_for_another_value(vrepo, bao: Bao, prefix: str
+                                                     ) -> None:
+    """A version number alone names no value (a review overwrote Vault with each of
+    these, without --force): a record of another path, of a secret deleted and written
+    again (its versions start over), of a field or secret removed since, is no licence
+    to write."""
+    kv = bao.root.secrets.kv.v2
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u1"})
+    bao.put(f"{prefix}/other", {"pw": "THEIRS"})
+    repo = vrepo({"db": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    # 1. the id now points elsewhere: the record is of secret/…/db, not …/other
+    write_config(repo, bao, {"db": f"secret/{prefix}/other#pw"})
+    assert_one_clean_error(repo.run("push"), "secrets.db.vault", "Vault holds a different value")
+    assert bao.get(f"{prefix}/other") == ({"pw": "THEIRS"}, 1)
+    write_config(repo, bao, {"db": f"secret/{prefix}/db#pw"})
+    # 2. deleted and written again: version 1 again, another value
+    kv.delete_metadata_and_all_versions(path=f"{prefix}/db", mount_point="secret")
+    bao.put(f"{prefix}/db", {"pw": "OPS", "user": "u1"})
+    assert_one_clean_error(repo.run("push"), "secrets.db.vault",
+                           "version 1, which this master holds, cannot be read as it was")
+    assert bao.get(f"{prefix}/db") == ({"pw": "OPS", "user": "u1"}, 1)
+    repo.ok("pull")
+    # 3. the field removed in Vault since
+    bao.put(f"{prefix}/db", {"user": "u1"})
+    repo.ok("encrypt", "db", input=b"edited")
+    assert_one_clean_error(repo.run("push"), "secrets.db.vault",
+                           "field 'pw' was removed in Vault since version 1", "--force")
+    assert bao.get(f"{prefix}/db") == ({"user": "u1"}, 2)
+    # 4. the whole secret deleted since
+    kv.delete_metadata_and_all_versions(path=f"{prefix}/db", mount_point="secret")
+    assert_one_clean_error(repo.run("push"), "secrets.db.vault",
+                           "deleted in Vault since version 1")
+    assert kv.list_secrets(path=prefix, mount_point="secret")["data"]["keys"] == ["other"]
+    repo.ok("push", "--force")
+    assert bao.get(f"{prefix}/db") == ({"pw": "edited"}, 1)
 
 
 def test_push_refuses_pinned_refs_and_missing_masters(vrepo, bao: Bao, prefix: str) -> None:
@@ -967,3 +1027,23 @@ def test_a_token_without_the_default_policy_is_not_only_called_invalid(vrepo, ba
                            "made without the default policy",
                            f"must grant read on secret/data/{prefix}/np")
     assert token not in text_of(proc)
+
+
+def test_a_fifo_where_pull_writes_is_one_line_not_a_hang(vrepo, bao: Bao, prefix: str
+                                                         ) -> None:
+    """A FIFO at secrets/vault-versions.toml hung pull for ever, holding the lock (the
+    snapshot kept for a roll-back opened it); a master that is a FIFO likewise."""
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u1"})
+    repo = vrepo({"db": f"secret/{prefix}/db#pw", "user": f"secret/{prefix}/db#user"})
+    repo.ok("pull", "db")
+    state = repo.root / "secrets" / "vault-versions.toml"
+    state.unlink()
+    os.mkfifo(state)
+    bao.put(f"{prefix}/db", {"pw": "p2", "user": "u1"})
+    proc = repo.run("pull", timeout=30)
+    assert_one_clean_error(proc, "vault-versions.toml", "not a regular file")
+    assert age_decrypt(master(repo, "db"), repo.identity) == b"p1"      # rolled back
+    state.unlink()
+    master(repo, "db").unlink()
+    os.mkfifo(master(repo, "db"))
+    assert_one_clean_error(repo.run("pull", timeout=30), "db.age", "not a regular file")

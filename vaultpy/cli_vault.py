@@ -67,6 +67,9 @@ def pull(
         elif changed:
             _err().print(f"wrote {changed} master file(s); run vaultpy renc to update the "
                          "hosts", markup=False)
+        elif result.recorded:
+            _err().print("no value changed; Vault's versions moved, recorded in "
+                         "secrets/vault-versions.toml", markup=False)
         else:
             _err().print("nothing changed", markup=False)
     if not result.ok:

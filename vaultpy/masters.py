@@ -192,7 +192,8 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                             raise Appeared([path]) from None
                         before.append((path, None))
                         continue
-                    old = (path.read_bytes(), path.stat()) if path.exists() else None
+                    # read_regular: a FIFO there must not hang this with the lock held
+                    old = fsutil.read_regular(path) if path.exists() else None
                     os.rename(tmp, path)
                     before.append((path, old))
             except BaseException:
@@ -218,7 +219,7 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
 
 def _current(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        return fsutil.read_regular(path)[0]
     except FileNotFoundError:
         return None
 

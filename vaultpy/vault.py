@@ -83,25 +83,40 @@ def target(cfg: Config) -> Target:
     env_ns = _env("namespace")
     namespace = env_ns[1] if env_ns else settings.namespace
     verify: bool | str = True
+    source = ""                 # where verify came from: the field or variable to name
     env_ca, env_capath = _env("ca_cert"), _env("ca_path")
     if env_ca:
-        verify = env_ca[1]
+        source, verify = env_ca
     elif settings.ca_cert is not None:
-        verify = str(settings.ca_cert)
+        source, verify = "vaultpy.vault.ca_cert", str(settings.ca_cert)
     elif env_capath:
-        verify = env_capath[1]
-    if isinstance(verify, str) and not os.path.exists(verify):
-        where = (env_ca or env_capath or ("vaultpy.vault.ca_cert", ""))[0]
-        raise VaultpyError(Problem(file, f"CA certificate {verify} does not exist", where,
-                                   "point it at the PEM file of Vault's CA"))
-    if isinstance(verify, str) and os.path.isfile(verify) and addr.startswith("https:"):
-        reason = _unreadable_ca(verify)
-        if reason:
-            where = (env_ca or ("vaultpy.vault.ca_cert", ""))[0]
-            raise VaultpyError(Problem(file, f"CA certificate {verify} {reason}", where,
-                                       "point it at the PEM file of Vault's CA "
-                                       "(-----BEGIN CERTIFICATE----- …)"))
+        source, verify = env_capath
+    if isinstance(verify, str):
+        problem = _ca_problem(verify, source in _ENV["ca_path"], addr.startswith("https:"))
+        if problem:
+            raise VaultpyError(Problem(file, problem[0], source, problem[1]))
     return Target(addr.rstrip("/"), namespace, verify, settings)
+
+
+def _ca_problem(path: str, directory: bool, https: bool) -> tuple[str, str] | None:
+    """What is wrong with a CA file (or, ``directory``, a CA directory), if anything."""
+    what = "CA directory" if directory else "CA certificate"
+    if not os.path.exists(path):
+        return (f"{what} {path} does not exist",
+                "point it at a directory of Vault's CA certificates" if directory
+                else "point it at the PEM file of Vault's CA")
+    if directory and not os.path.isdir(path):
+        return (f"{what} {path} is not a directory",
+                "a PEM file goes in ca_cert or BAO_CACERT / VAULT_CACERT")
+    if not directory and os.path.isdir(path):
+        return (f"{what} {path} is a directory",
+                "a directory of certificates goes in BAO_CAPATH / VAULT_CAPATH")
+    if not directory and https:
+        reason = _unreadable_ca(path)
+        if reason:
+            return (f"{what} {path} {reason}",
+                    "point it at the PEM file of Vault's CA (-----BEGIN CERTIFICATE----- …)")
+    return None
 
 
 def _unreadable_ca(path: str) -> str:
@@ -159,6 +174,11 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
     if isinstance(exc, requests.exceptions.SSLError):
         m = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(exc))
         detail = f" ({m.group(1)})" if m else ""
+        if isinstance(target.verify, str) and os.path.isdir(target.verify):
+            return VaultFailure(f"TLS verification of {addr} failed{detail}",
+                                f"check that {target.verify} holds the CA that signed Vault's "
+                                "certificate, under OpenSSL's hashed names (openssl rehash "
+                                f"{target.verify})")
         if isinstance(target.verify, str):
             return VaultFailure(f"TLS verification of {addr} failed{detail}",
                                 f"check that {target.verify} is the CA that signed Vault's "
@@ -213,6 +233,7 @@ class KvSecret:
     version: int
     deleted: bool = False
     destroyed: bool = False
+    created: str = ""       # the version's created_time: with the version, names a value
 
 
 class Session:
@@ -467,10 +488,12 @@ class Session:
         return KvSecret(fields if isinstance(fields, dict) else None,
                         _version(meta.get("version"), location),
                         deleted=bool(meta.get("deletion_time")),
-                        destroyed=bool(meta.get("destroyed")))
+                        destroyed=bool(meta.get("destroyed")),
+                        created=str(meta.get("created_time") or ""))
 
-    def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
-        """Write a new version with check-and-set ``cas``; returns the new version."""
+    def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> tuple[int, str]:
+        """Write a new version with check-and-set ``cas``; returns the new version and
+        its created_time."""
         import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
 
         data_path = f"{mount}/data/{path}"
@@ -489,8 +512,9 @@ class Session:
         response = self._call(call, f"writing {data_path}",
                               f"the token's policies must grant create and update on "
                               f"{data_path}")
-        return _version(((response or {}).get("data") or {}).get("version"),
-                        f"{mount}/{path}")
+        answer = (response or {}).get("data") or {}
+        return (_version(answer.get("version"), f"{mount}/{path}"),
+                str(answer.get("created_time") or ""))
 
 
 def _version(value: Any, location: str) -> int:
@@ -600,7 +624,7 @@ def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence
     for sid in sids:
         secret = cfg.secrets[sid]
         try:
-            raw[sid] = secret.file.read_bytes()
+            raw[sid] = fsutil.read_regular(secret.file)[0]
         except FileNotFoundError:
             if required:
                 problems.append(cache.missing_master(cfg, sid))
@@ -639,6 +663,7 @@ class PullItem:
 class PullResult:
     check: bool
     items: list[PullItem] = field(default_factory=list)
+    recorded: bool = False      # secrets/vault-versions.toml was rewritten (versions moved)
 
     @property
     def changed(self) -> list[PullItem]:
@@ -651,12 +676,12 @@ class PullResult:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "check": self.check,
                 "secrets": [i.as_dict() for i in self.items],
-                "changed": [i.id for i in self.changed],
+                "changed": [i.id for i in self.changed], "recorded": self.recorded,
                 "problems": []}
 
 
 def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], Any]
-           ) -> tuple[bytes, int]:
+           ) -> tuple[bytes, KvSecret]:
     key = (ref.mount, ref.path, ref.version)
     if key not in reads:
         try:
@@ -694,7 +719,14 @@ def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], A
                 list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
         raise VaultFailure(f"field {ref.field!r} of {ref.location} is {kind}, not a string",
                            "vaultpy keeps each secret as text: store the value as a string")
-    return value.encode("utf-8"), got.version
+    return value.encode("utf-8"), got
+
+
+def _entry(s: Session, ref: VaultRef, got: KvSecret | tuple[int, str]) -> vaultstate.Entry:
+    """What vault-versions.toml records of the value of ``ref`` read (or written) now."""
+    version, created = (got.version, got.created) if isinstance(got, KvSecret) else got
+    return vaultstate.Entry(str(ref), s.target.addr, s.target.namespace or "", version,
+                            created)
 
 
 def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
@@ -709,12 +741,14 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
     if problems:
         raise VaultpyError(problems)
 
-    fetched: dict[str, tuple[bytes, int]] = {}
+    fetched: dict[str, tuple[bytes, KvSecret]] = {}
+    entries: dict[str, vaultstate.Entry] = {}
     with session_factory(cfg) as s:
         reads: dict[tuple[str, str, int | None], Any] = {}
         for sid, ref in chosen:
             try:
                 fetched[sid] = _value(s, ref, reads)
+                entries[sid] = _entry(s, ref, fetched[sid][1])
             except VaultFailure as exc:
                 problems.append(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint))
     if problems:
@@ -722,7 +756,7 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
 
     result = PullResult(check=check)
     for sid, ref in chosen:
-        value, version = fetched[sid]
+        value, version = fetched[sid][0], fetched[sid][1].version
         old = current.get(sid)
         if old is None:
             status = "missing" if check else "created"
@@ -736,13 +770,15 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
     # One write of them all: a field pulled with another of the same secret (a password
     # and its user) is never half updated when renc reads the masters; the versions the
     # masters now hold are recorded in the same write (see vaultstate).
-    files = [(cfg.secrets[item.id].file,
-              age.encrypt(fetched[item.id][0], cfg.recipients,
-                          armor=current[item.id][1] if item.id in current else False), 0o644)
-             for item in result.changed]
-    state = vaultstate.pending(cfg, {item.id: item.version for item in result.items})
-    if state is not None:
-        files.append((vaultstate.path(cfg), state, 0o644))
+    files: list[tuple[Path, bytes | Callable[[], bytes], int]] = [
+        (cfg.secrets[item.id].file,
+         age.encrypt(fetched[item.id][0], cfg.recipients,
+                     armor=current[item.id][1] if item.id in current else False), 0o644)
+        for item in result.changed]
+    if vaultstate.pending(cfg, entries) is not None:
+        # (computed again under the lock: a push recorded meanwhile is kept)
+        files.append((vaultstate.path(cfg), vaultstate.under_lock(cfg, entries), 0o644))
+        result.recorded = True
     if files:
         masters.write_all(cfg, files)
     return result
@@ -823,6 +859,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
 
     result = PushResult()
     pulled = vaultstate.load(cfg)
+    entries: dict[str, vaultstate.Entry] = {}      # what to record once pushed
     with session_factory(cfg) as s:
         writes: list[_Write] = []
         for (mount, path), members in groups.items():
@@ -851,9 +888,8 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                              "give each its own #field"))
                     continue
                 mine[ref.field] = values[sid]
-                if ref.field in old and old[ref.field] != values[sid] and not force:
-                    conflict = _conflict(s, ref, old[ref.field], values[sid], version,
-                                         pulled.get(sid))
+                if not force and old.get(ref.field) != values[sid]:
+                    conflict = _conflict(s, ref, current, values[sid], pulled.get(sid))
                     if conflict is not None:
                         problems.append(_problem(cfg, sid, f"{ref}: {conflict[0]}",
                                                  conflict[1]))
@@ -861,6 +897,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
             if new == old and current is not None and current.data is not None:
                 result.items.extend(PushItem(sid, ref, "unchanged", version)
                                     for sid, ref in members)
+                entries.update((sid, _entry(s, ref, current)) for sid, ref in members)
             else:
                 writes.append(_Write(mount, path, new, version, members))
         if problems:
@@ -873,11 +910,12 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                                 exc.hint) for sid, ref in w.ids)
                 result.items.extend(PushItem(sid, ref, "failed", w.cas) for sid, ref in w.ids)
                 continue
-            result.items.extend(PushItem(sid, ref, "written", written) for sid, ref in w.ids)
+            result.items.extend(PushItem(sid, ref, "written", written[0]) for sid, ref in w.ids)
+            entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
     order = {sid: i for i, (sid, _) in enumerate(chosen)}
     result.items.sort(key=lambda i: order[i.id])
     try:
-        vaultstate.record(cfg, {i.id: i.version for i in result.items if i.status != "failed"})
+        vaultstate.record(cfg, entries)
     except OSError as exc:
         result.problems.append(Problem(display_path(vaultstate.path(cfg)), "cannot record "
                                        f"the versions pushed: {exc.strerror or exc}", "",
@@ -886,26 +924,41 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
     return result
 
 
-def _conflict(s: Session, ref: VaultRef, theirs: Any, ours: str, version: int,
-              base: int | None) -> tuple[str, str] | None:
-    """Vault's field differs from the master: None when the master was edited on top of
-    what Vault still holds (the version recorded at the last pull or push, ``base``),
-    else what is wrong and what to do (message, hint)."""
+def _conflict(s: Session, ref: VaultRef, current: KvSecret | None, ours: str,
+              recorded: vaultstate.Entry | None) -> tuple[str, str] | None:
+    """Vault's field is not the master's value: None when the master was edited on top
+    of what Vault still holds (the value recorded at the last pull or push, ``recorded``,
+    when it is this field's, at this server, in this namespace, and Vault still has that
+    version as it was), else what is wrong and what to do (message, hint)."""
     fix = "vaultpy pull takes Vault's value; push --force overwrites it"
-    if base is None:
+    version = current.version if current is not None else 0
+    theirs = (current.data or {}).get(ref.field) if current is not None else None
+    if recorded is None or not recorded.matches(str(ref), s.target.addr, s.target.namespace):
+        if theirs is None:
+            return None                 # nothing there, nothing known: seeding it
         return f"Vault holds a different value (version {version})", fix
-    if base == version:
-        return None                 # Vault unchanged since: the difference is our edit
-    try:
-        then = s.read(ref.mount, ref.path, base)
-    except VaultFailure:
-        then = None
-    was = then.data.get(ref.field) if then is not None and then.data is not None else None
+    base = recorded.version
+    if current is None:
+        return (f"deleted in Vault since version {base}, which this master holds",
+                "push --force writes it again; vaultpy pull tells you what is there")
+    if base == version and current.created == recorded.created:
+        then: KvSecret | None = current
+    else:
+        try:
+            then = s.read(ref.mount, ref.path, base)
+        except VaultFailure:
+            then = None
+        if then is not None and then.created != recorded.created:
+            then = None                 # the secret was deleted and written again since
+    was = (then.data or {}).get(ref.field) if then is not None else None
     if was is None:
         return (f"Vault holds a different value (version {version}), and version {base}, "
-                "which this master was pulled from, cannot be read to compare", fix)
+                "which this master holds, cannot be read as it was to compare", fix)
+    if theirs is None:
+        return (f"field {ref.field!r} was removed in Vault since version {base}",
+                "push --force writes it again; vaultpy pull tells you what is there")
     if was == theirs:
-        return None                 # only other fields changed in Vault meanwhile
+        return None                 # Vault's field unchanged since: the difference is ours
     if was == ours:
         return (f"Vault has a newer value (version {version}; this master holds version "
                 f"{base}'s)", "vaultpy pull takes it")

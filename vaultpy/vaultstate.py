@@ -1,40 +1,60 @@
-"""``secrets/vault-versions.toml``: the Vault version each master file holds.
+"""``secrets/vault-versions.toml``: which Vault value each master file holds.
 
-``vaultpy pull`` records, for every secret it fetched, the KV v2 version its value came
-from; ``vaultpy push`` records the version it wrote.  With that, push can tell a value
-edited here since the last pull (Vault's field still as pulled: safe to write) from one
-changed in Vault meanwhile (a conflict), which it could not before without ``--force``.
+``vaultpy pull`` records, for every secret it fetched, where its value came from and which
+KV v2 version it was; ``vaultpy push`` records the version it wrote.  With that, push can
+tell a value edited here since (Vault's field still as recorded: safe to write) from one
+changed in Vault meanwhile (a conflict), which it could not without ``--force``.
 
-The file is committed with the masters.  It holds version numbers only, never values.
-A missing, damaged or stale entry only ever makes push refuse, never overwrite:
+A version number alone names no value: the same secret deleted and written again starts
+from version 1, and the same number exists at another path, namespace or server.  So an
+entry holds the whole address and the version's creation time, and is used only when
+all of them still match (:meth:`Entry.matches`).  The file is committed with the masters
+and holds no value.  A missing, damaged or stale entry only ever makes push refuse,
+never overwrite:
 
-    # Written by vaultpy pull/push: the Vault (KV v2) version each master file holds.
-    [versions]
-    db_password = 4
+    [versions.db_password]
+    vault = "secret/app/db#password"
+    server = "https://vault.example.com:8200"
+    namespace = ""
+    version = 4
+    created = "2026-11-27T15:00:00.123456789Z"
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vaultpy._internal import fsutil
 from vaultpy.model import VAULT_VERSIONS_FILE, Config
 
 FILENAME = VAULT_VERSIONS_FILE
-HEADER = ("# Written by vaultpy pull/push: the Vault (KV v2) version each master file "
-          "holds.\n# Commit it with the masters; push uses it to tell your edits from "
-          "Vault's.\n")
+HEADER = ("# Written by vaultpy pull/push: the Vault (KV v2) value each master file holds.\n"
+          "# Commit it with the masters; push uses it to tell your edits from Vault's.\n")
+
+
+@dataclass(frozen=True)
+class Entry:
+    vault: str              # the secret's `vault = …` reference
+    server: str             # Vault's address
+    namespace: str          # "" for none
+    version: int
+    created: str            # the version's created_time, as Vault gives it
+
+    def matches(self, vault: str, server: str, namespace: str | None) -> bool:
+        """Whether this records a value of the same field, at the same server."""
+        return (self.vault, self.server, self.namespace) == (vault, server, namespace or "")
 
 
 def path(cfg: Config) -> Path:
     return cfg.secrets_dir / FILENAME
 
 
-def load(cfg: Config) -> dict[str, int]:
-    """id -> version; empty when the file is missing or unreadable (push then refuses
-    what it cannot tell apart, as without the file)."""
+def load(cfg: Config) -> dict[str, Entry]:
+    """id -> entry; well-formed entries only, and none when the file is missing or
+    unreadable (push then refuses what it cannot tell apart, as without the file)."""
     try:
         doc = tomllib.loads(fsutil.read_regular(path(cfg))[0].decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -42,28 +62,53 @@ def load(cfg: Config) -> dict[str, int]:
     versions = doc.get("versions")
     if not isinstance(versions, dict):
         return {}
-    return {str(k): v for k, v in versions.items()
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    out: dict[str, Entry] = {}
+    for sid, raw in versions.items():
+        if not isinstance(raw, dict):
+            continue
+        strings = [raw.get(k) for k in ("vault", "server", "namespace", "created")]
+        version = raw.get("version")
+        if (all(isinstance(v, str) for v in strings) and isinstance(version, int)
+                and not isinstance(version, bool) and 0 < version < 2**63):
+            out[str(sid)] = Entry(str(raw["vault"]), str(raw["server"]),
+                                  str(raw["namespace"]), version, str(raw["created"]))
+    return out
 
 
-def pending(cfg: Config, changes: Mapping[str, int]) -> bytes | None:
-    """The file's bytes with ``changes`` applied (ids no longer taken from Vault
-    dropped), or None when that changes nothing on disk: no churn in git, and no file
-    at all until some version is known."""
+def _kept(cfg: Config, changes: Mapping[str, Entry]) -> dict[str, Entry]:
+    entries = {**load(cfg), **changes}
+    return {sid: e for sid, e in sorted(entries.items())
+            if sid in cfg.secrets and cfg.secrets[sid].vault is not None}
+
+
+def render(cfg: Config, changes: Mapping[str, Entry]) -> bytes:
+    """The file's bytes with ``changes`` applied; ids no longer taken from Vault dropped."""
     import tomli_w
 
-    versions = {**load(cfg), **changes}
-    kept = {sid: v for sid, v in sorted(versions.items())
-            if sid in cfg.secrets and cfg.secrets[sid].vault is not None}
-    new = (HEADER + tomli_w.dumps({"versions": kept})).encode("utf-8")
+    kept = {sid: asdict(e) for sid, e in _kept(cfg, changes).items()}
+    return (HEADER + tomli_w.dumps({"versions": kept})).encode("utf-8")
+
+
+def pending(cfg: Config, changes: Mapping[str, Entry]) -> bytes | None:
+    """:func:`render`, or None when that changes nothing on disk: no churn in git, and
+    no file at all until some value is recorded."""
     try:
         old: bytes | None = fsutil.read_regular(path(cfg))[0]
     except OSError:
         old = None
-    return None if new == old or (old is None and not kept) else new
+    if old is None and not _kept(cfg, changes):
+        return None
+    new = render(cfg, changes)
+    return None if new == old else new
 
 
-def record(cfg: Config, changes: Mapping[str, int]) -> None:
+def under_lock(cfg: Config, changes: Mapping[str, Entry]) -> Callable[[], bytes]:
+    """The file's new bytes, computed when called (by masters.write_all, under the lock,
+    so that a push recorded meanwhile is not lost)."""
+    return lambda: render(cfg, changes)
+
+
+def record(cfg: Config, changes: Mapping[str, Entry]) -> None:
     """Apply ``changes`` on their own (after a push), under the repository lock."""
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     with fsutil.locked(cfg.lock_path):
