@@ -260,3 +260,37 @@ def test_status_shows_missing_before_first_renc(make_repo) -> None:
     (entry,) = data["entries"]
     assert (entry["host"], entry["id"], entry["state"]) == ("host0", "alpha", "missing")
     assert data["problems"][0]["message"] == "cache file is missing"
+
+
+def test_two_hosts_with_one_key_are_named_by_check_and_renc(make_repo) -> None:
+    """A key pasted into two [hosts] tables lets each host read the other's secrets:
+    `host add` warned of it, a hand edit of hosts.toml went unnoticed."""
+    repo = make_repo(hosts=2, secrets={"alpha": b"a", "beta": b"b"})
+    h0, h1 = repo.hosts["host0"], repo.hosts["host1"]
+    repo.write_hosts(hosts_toml([repo.recipient], ["alpha", "beta"],
+                                {"host0": (h0.pubkey, ["alpha"]), "host1": (h0.pubkey, ["beta"])}))
+    for _ in range(2):                      # said again: no memo hides it
+        err = repo.ok("renc").stderr.decode()
+        assert ("warning: hosts.toml: hosts.host1.pubkey: hosts 'host0' and 'host1' have the "
+                "same key") in err, err
+    for _ in range(2):
+        proc = repo.ok("check")
+        assert "have the same key" in proc.stderr.decode()
+    data = check_json(repo)
+    assert data["ok"] and [w["field"] for w in data["warnings"]] == ["hosts.host1.pubkey"]
+    repo.write_hosts(hosts_toml([repo.recipient], ["alpha", "beta"],
+                                {"host0": (h0.pubkey, ["alpha"]), "host1": (h1.pubkey, ["beta"])}))
+    assert "same key" not in repo.ok("renc").stderr.decode()
+
+
+def test_a_misspelt_id_gets_the_id_it_resembles(make_repo) -> None:
+    repo = make_repo(hosts=1, secrets={"smtp_password": b"a"})
+    h = repo.hosts["host0"]
+    repo.write_hosts(hosts_toml([repo.recipient], ["smtp_password"],
+                                {"host0": (h.pubkey, ["smtp_pasword"])}))
+    assert_one_clean_error(repo.run("check"), "hosts.host0.secrets.smtp_pasword",
+                           "did you mean 'smtp_password'?")
+    repo.write_hosts(hosts_toml([repo.recipient], ["smtp_password"],
+                                {"host0": (h.pubkey, ["smtp_password"])}))
+    assert_one_clean_error(repo.run("decrypt", "smtp_pasword"), "smtp_pasword",
+                           "did you mean 'smtp_password'?")

@@ -277,12 +277,18 @@ def renc(
         with progress_cm as report:
             result = pipeline.renc(cfg, host or [], jobs=jobs,
                                    identity_files=_identity(identity), progress=report)
-    if snapshot is not None and result.ok and not (result.written or result.repaired
-                                                   or result.pruned):
+    from vaultpy.model import shared_host_keys
+
+    warnings = shared_host_keys(cfg)
+    if snapshot is not None and result.ok and not warnings and not (
+            result.written or result.repaired or result.pruned):
+        # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
     if json_out:
         _emit_json(result.as_dict())
     else:
+        for w in warnings:
+            _err().print(f"warning: {w}", markup=False, style="yellow")
         _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts))
     if not result.ok:
         _print_problems(result.failed)
@@ -356,6 +362,7 @@ def check(
     from vaultpy._internal import memo
     from vaultpy.check import check as do_check
     from vaultpy.check import has_rotation, overdue
+    from vaultpy.model import shared_host_keys
 
     plain = not (recipient_coverage or backup_identity or strict)
     snapshot = memo.begin(repo or _Globals.repo) if plain else None    # before loading
@@ -363,10 +370,10 @@ def check(
     if snapshot is not None:
         snapshot.capture(cfg)
     problems = do_check(cfg)
-    warnings = overdue(cfg)
+    warnings = shared_host_keys(cfg) + overdue(cfg)
     # A passing check is remembered unless time alone could change it (rotate_days).
-    if snapshot is not None and not problems and not has_rotation(cfg):
-        snapshot.commit("check")
+    if snapshot is not None and not problems and not warnings and not has_rotation(cfg):
+        snapshot.commit("check")        # (a warning is said again on every run)
     if strict:
         problems, warnings = problems + warnings, []
     if recipient_coverage or backup_identity:

@@ -252,7 +252,10 @@ class Config:
         try:
             return self.secrets[secret_id]
         except KeyError:
-            if ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
+            close = difflib.get_close_matches(secret_id, list(self.secrets), n=1)
+            if close:
+                hint = f"did you mean {close[0]!r}?"
+            elif ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
                 hint = f"declare [secrets.{secret_id}] in hosts.toml"
             else:
                 hint = ("ids are letters, digits, _ . - (starting with a letter or digit, "
@@ -468,6 +471,22 @@ def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[st
     return tuple(out)
 
 
+def shared_host_keys(cfg: Config) -> list[Problem]:
+    """Warnings: hosts listed with the same key (a cloned machine, a key pasted twice).
+    Each can read every secret of the other."""
+    first: dict[str, str] = {}
+    out: list[Problem] = []
+    for name, host in cfg.hosts.items():
+        for key in host.recipients:
+            other = first.setdefault(key, name)
+            if other != name:
+                out.append(Problem(display_path(cfg.path), f"hosts {other!r} and {name!r} "
+                                   "have the same key: each can read the other's secrets",
+                                   f"hosts.{name}.pubkey", "give each host its own key (its "
+                                   "/etc/ssh/ssh_host_ed25519_key.pub)"))
+    return out
+
+
 def identity_setting(root: Path, path: Path) -> str:
     """How hosts.toml names an identity file at ``path``: relative inside the repository
     ``root`` (it moves with it), ``~/…`` under the home directory (the same for every
@@ -621,7 +640,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
 
     for d in deployments:
         if d.id not in declared:
+            close = difflib.get_close_matches(d.id, list(declared), n=1)
             ck.add(f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
+                   f"did you mean {close[0]!r}?" if close else
                    f"declare [secrets.{_quote(d.id)}] in hosts.toml")
     for t in tmpls:
         for ref in t.refs:
@@ -630,6 +651,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
                 ck.add(f"{where}.templates.{_quote(t.name)}.content",
                        f"line {line} column {column}: unknown secret id {ref!r} in "
                        "placeholder",
+                       f"did you mean {close[0]!r}?"
+                       if (close := difflib.get_close_matches(ref, list(declared), n=1)) else
                        f"declare [secrets.{_quote(ref)}] or fix the placeholder")
     seen_ids: set[str] = set()
     for d in deployments:
