@@ -45,16 +45,20 @@ class Master:
     sha256: str
     payload: int | None
     format_error: str | None = None
+    header: ageformat.Header | None = None      # (check compares its stanzas with the
+                                                # [vaultpy] recipients)
 
 
 def read_master_info(path: Path) -> Master:
     data, _st = read_regular(path)
+    header: ageformat.Header | None = None
     try:
-        payload: int | None = ageformat.parse(data).payload_size
+        header = ageformat.parse(data)
+        payload: int | None = header.payload_size
         error = None
     except ageformat.FormatError as exc:
         payload, error = None, str(exc)
-    return Master(hashlib.sha256(data).hexdigest(), payload, error)
+    return Master(hashlib.sha256(data).hexdigest(), payload, error, header)
 
 
 @dataclass(frozen=True, slots=True)

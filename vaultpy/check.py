@@ -31,12 +31,17 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     """Every (host, secret) pair's state, plus the problems that make ``check`` fail."""
     p = cache.plan(cfg)
     problems = list(p.problems)
+    from vaultpy.recovery import header_problems
+
     for sid, master in sorted(p.masters.items()):
         if master.format_error is not None:
             problems.append(Problem(display_path(cfg.secrets[sid].file), "master file is "
                                     f"not a valid age file: {master.format_error}",
                                     f"secrets.{sid}",
                                     "restore it from git, or recreate it with vaultpy edit"))
+        elif master.header is not None:
+            # A backup key added without `vaultpy rekey` covers nothing yet.
+            problems += header_problems(cfg, sid, master.header)
     damaged_masters = {sid for sid, m in p.masters.items() if m.format_error is not None}
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
@@ -92,8 +97,9 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
 
 
 def check(cfg: Config) -> list[Problem]:
-    """Empty when the cache is complete, well-formed and has nothing stale (and no
-    master key rotation is left unfinished)."""
+    """Empty when the cache is complete, well-formed and has nothing stale, every
+    master is addressed to exactly the [vaultpy] recipients as far as its header shows,
+    and no master key rotation is left unfinished."""
     from vaultpy.recovery import rotation_problems
 
     return survey(cfg)[1] + rotation_problems(cfg)

@@ -349,8 +349,8 @@ def check(
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
     recipient_coverage: Annotated[bool, typer.Option(
-        "--recipient-coverage", help="Also prove each master file is addressed to exactly "
-        "the \\[vaultpy] recipients and decrypts with each --backup-identity.")] = False,
+        "--recipient-coverage", help="Kept for scripts: every check now proves each "
+        "master file is addressed to exactly the \\[vaultpy] recipients.")] = False,
     backup_identity: Annotated[list[Path] | None, typer.Option(
         "--backup-identity", metavar="FILE", help="A backup identity every master file must "
         "decrypt with (repeatable; implies --recipient-coverage).")] = None,
