@@ -73,13 +73,25 @@ let
     default = place;
     defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
   };
-  extraPath = v: if v.path == null || v.path == v.outPath then null else v.path;
+  # A secret with install = false has no file on the host: reading its `path` is a
+  # mistake (`passwordFile = config.vaultpy.secrets.x.path` would name nothing), so that
+  # default throws; `pathGiven` tells whether a path was set anyway (an assertion).
+  extraPath = v:
+    if !(v.install or true) then (if v.pathGiven then v.path else null)
+    else if v.path == null || v.path == v.outPath then null else v.path;
   validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
     && builtins.stringLength id <= 128;
 
-  secretType = types.submodule ({ name, config, ... }: {
+  secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
       path = pathAt config.outPath;
+      pathGiven = mkOption {
+        type = types.bool;
+        internal = true;
+        readOnly = true;
+        default = options.path.highestPrio < (lib.mkOptionDefault null).priority;
+        description = "Whether `path` was set (not its default).";
+      };
       file = mkOption {
         type = types.path;
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
@@ -97,8 +109,10 @@ let
       outPath = mkOption {
         type = types.str;
         readOnly = true;
-        default = "${liveDir config.early}/${config.name}";
-        description = "Where the secret is readable on the host.";
+        default = if config.install then "${liveDir config.early}/${config.name}" else throw
+          "vaultpy: secret ${name} is not installed on this host (install = false: it only feeds templates), so it has no path: read it through a template, or install it (list it under [hosts.<host>.secrets] in hosts.toml, or set vaultpy.secrets.${name}.install = true)";
+        defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
+        description = "Where the secret is readable on the host (none with install = false).";
       };
     };
   });

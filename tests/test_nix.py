@@ -806,8 +806,8 @@ def test_module_out_paths_and_placeholders(web1_options: dict[str, Any]) -> None
         "db_password": "/run/vaultpy/db_password",
         "tls.key": "/run/vaultpy/server.key",
         "user_hash": "/run/vaultpy-early/alice.hash",
-        "only_tmpl": "/run/vaultpy/only_tmpl",
-        "api-token": "/run/vaultpy/api-token",
+        "only_tmpl": None,                  # install = false: no file, no outPath
+        "api-token": None,
         "template:app.env": "/run/vaultpy/app.env",
         "template:motd": "/run/vaultpy-early/motd",
     }
@@ -828,6 +828,30 @@ def test_module_path_is_where_the_file_is_read_as_with_agenix(
     assert out["failedAssertions"] == []
     assert out["paths"]["db_password"] == "/run/vaultpy/db_password"
     assert [s_["path"] for s_ in out["profile"]["secrets"]] == [None]
+
+
+def test_the_path_of_a_secret_not_installed_is_an_error_naming_it(
+        nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """A secret only a template uses (install = false) has no file on the host: its
+    `.path` used to name /run/vaultpy/<id> all the same, so `passwordFile = ….path`
+    evaluated, and the service failed at boot.  Reading it is now an evaluation error
+    that says what to do; the rest of the configuration evaluates as before."""
+    opts = _base_secret(rich, install=False)
+    opts["vaultpy"]["templates"] = {"t": {"content": "{{ secrets.db_password }}"}}
+    config = write_module(tmp_path / "c.nix", opts)
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; v = em {{ config = {nix_value(config)}; }};"
+            " in { inherit (v) failedAssertions; profile = v.profileJson; }")
+    out = nixpkgs_lib.eval(expr)
+    assert out["failedAssertions"] == [] and '"install":false' in out["profile"]
+    read = (f"let lib = import (builtins.getEnv \"NIXPKGS_LIB\"); c = (lib.evalModules {{ "
+            f"modules = [ {nix_value(ROOT / 'tests/nix/nixos-stubs.nix')} "
+            f"{nix_value(ROOT / 'nix/module.nix')} {{ vaultpy.package = {{ type = "
+            f"\"derivation\"; name = \"v\"; outPath = \"/x\"; }}; }} "
+            f"{nix_value(config)} ]; }}).config; in c.vaultpy.secrets.db_password.path")
+    proc = nixpkgs_lib.eval_proc(read)
+    assert proc.returncode != 0
+    assert ("vaultpy: secret db_password is not installed on this host (install = false: "
+            "it only feeds templates), so it has no path") in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("sysusers", ["systemd", "userborn", None])

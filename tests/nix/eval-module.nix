@@ -12,9 +12,9 @@ in
 {
   inherit (c.vaultpy) profile placeholder;
   profileJson = builtins.toJSON c.vaultpy.profile;
-  outPaths = lib.mapAttrs (_: v: v.outPath) c.vaultpy.secrets
+  outPaths = lib.mapAttrs (_: v: if v.install then v.outPath else null) c.vaultpy.secrets
     // lib.mapAttrs' (n: v: lib.nameValuePair "template:${n}" v.outPath) c.vaultpy.templates;
-  paths = lib.mapAttrs (_: v: v.path) c.vaultpy.secrets
+  paths = lib.mapAttrs (_: v: if v.install then v.path else null) c.vaultpy.secrets
     // lib.mapAttrs' (n: v: lib.nameValuePair "template:${n}" v.path) c.vaultpy.templates;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
   services = lib.mapAttrs (_: v: builtins.removeAttrs v [ "restartTriggers" ]) c.systemd.services;
