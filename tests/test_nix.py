@@ -100,7 +100,8 @@ def nixpkgs_lib(nix: Nix) -> Nix:
     path = Path(given_path) if given_path else DEFAULT_NIXPKGS_LIB
     if not (path / "default.nix").is_file():
         where = f"NIXPKGS_LIB={given_path}" if given_path else f"the default {path}"
-        _unavailable(f"no nixpkgs lib at {where} (see ../shared/nixpkgs-lib/PROVENANCE.md)")
+        _unavailable(f"no nixpkgs lib at {where}: set NIXPKGS_LIB to a nixpkgs checkout's "
+                     "lib/ directory (nix-community/nixpkgs.lib), see the README")
     return Nix(nix.exe, {**nix.env, "NIXPKGS_LIB": str(path.resolve())})
 
 

@@ -508,7 +508,8 @@ def bundle(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
                                          help="Directory to create.")],
     vaultpy_path: Annotated[str, typer.Option(
-        "--vaultpy", metavar="PATH", help="vaultpy's path on the host (for the unit).")
+        "--vaultpy", metavar="PATH", help="vaultpy's path on the host: the unit runs "
+        "PATH-activate, beside it.")
     ] = "/usr/local/bin/vaultpy",
     force: Annotated[bool, typer.Option(
         "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
@@ -518,8 +519,8 @@ def bundle(
     from vaultpy.bundle import bundle as do_bundle
 
     out = do_bundle(_config(repo), host, output, vaultpy_path, force)
-    _err().print(f"wrote {out}: copy it to /etc/vaultpy on {host} (see README)",
-                 markup=False)
+    _err().print(f"wrote {out}: copy it to /etc/vaultpy on {host} (see README); its unit "
+                 f"runs {vaultpy_path}-activate there", markup=False)
 
 
 @app.command()
