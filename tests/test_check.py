@@ -253,6 +253,25 @@ def test_all_damages_at_once_status_and_repair(make_repo) -> None:
     assert all(len(list((repo.cache / h).iterdir())) == 2 for h in repo.hosts)
 
 
+def test_an_edited_master_makes_the_hosts_copies_outdated_not_missing(make_repo) -> None:
+    """After `vaultpy edit`, status said "missing" for every host, and check added a
+    "stale cache file" line for each old copy: the copy is there, only out of date."""
+    repo = make_repo(hosts=2, secrets={"alpha": b"a1", "beta": b"b"})
+    repo.ok("renc")
+    repo.ok("encrypt", "alpha", input=b"a2")
+    data = check_json(repo)
+    lines = sorted((p["field"], p["message"]) for p in data["problems"])
+    why = "cache file is out of date: its master or the host's key changed since renc"
+    assert lines == [("hosts.host0.alpha", why), ("hosts.host1.alpha", why)], lines
+    states = {(e["host"], e["id"]): e["state"]
+              for e in json.loads(repo.run("status", "--json").stdout)["entries"]}
+    assert states == {("host0", "alpha"): "outdated", ("host1", "alpha"): "outdated",
+                      ("host0", "beta"): "ok", ("host1", "beta"): "ok"}
+    assert "outdated" in repo.run("status").stdout.decode()
+    repo.ok("renc")
+    assert_clean(repo)
+
+
 def test_status_shows_missing_before_first_renc(make_repo) -> None:
     repo = make_repo(hosts=1, secrets={"alpha": b"x"})
     data = json.loads(repo.ok("status", "--json").stdout)

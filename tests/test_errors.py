@@ -111,23 +111,22 @@ def test_corrupt_master(make_repo, corrupt) -> None:
     problems = json.loads(proc.stdout)["problems"]
     new = expected_cache(repo, "alpha")
     # A master check can see is damaged (no key needed): the copies renc keeps are named
-    # as such.  One that parses but does not decrypt: check cannot know, and reports
-    # the new names missing and the old ones stale.
+    # as such.  One that parses but does not decrypt: check cannot know, and reports the
+    # hosts' copies out of date (renc will say the master is damaged).
     seen_damaged = corrupt is not flip_payload
-    kept_as = ("the host's last good copy, kept while its master file is damaged"
-               if seen_damaged else "stale cache file")
+    outdated = "cache file is out of date: its master or the host's key changed since renc"
+    kept_as = "the host's last good copy, kept while its master file is damaged"
     for p in problems:
         path = repo.root / p["file"]
-        if p["message"] == "cache file is missing":
-            assert not path.exists() and p["file"] in new.values(), p
+        if p["message"] == outdated:
+            assert not path.exists() and p["file"] in new.values() and not seen_damaged, p
         elif p["message"] == kept_as:
-            assert path.is_file() and p["file"] in old.values(), p
+            assert path.is_file() and p["file"] in old.values() and seen_damaged, p
         else:
             assert p["file"] == "secrets/alpha.age" and seen_damaged, p
-    missing = {p["file"] for p in problems if p["message"] == "cache file is missing"}
-    kept = {p["file"] for p in problems if p["message"] == kept_as}
-    assert missing == (set() if seen_damaged else set(new.values()))
-    assert kept == set(old.values()) == set(f"secrets/cache/{f}" for f in cached)
+    named = {p["file"] for p in problems if p["message"] in (outdated, kept_as)}
+    assert named == set((old if seen_damaged else new).values())
+    assert set(old.values()) == set(f"secrets/cache/{f}" for f in cached)
     if corrupt is not flip_payload:         # structurally broken: check sees it without a key
         assert [p for p in problems if p["file"] == "secrets/alpha.age"], problems
 

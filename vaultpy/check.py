@@ -21,7 +21,7 @@ class Entry:
 
     host: str
     id: str
-    state: str          # ok | missing | damaged | no-master
+    state: str          # ok | outdated | missing | damaged | no-master
     file: str
     detail: str = ""
     installed: bool = True
@@ -43,6 +43,10 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             # A backup key added without `vaultpy rekey` covers nothing yet.
             problems += header_problems(cfg, sid, master.header)
     damaged_masters = {sid for sid, m in p.masters.items() if m.format_error is not None}
+    # (host, id) of stale files: the host's copy of a master that changed since renc
+    older = {(path.parent.name, m.group("id")) for path in p.stale
+             if path.parent.parent == cfg.cache_dir
+             and (m := cache.NAME_RE.fullmatch(path.name)) is not None}
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
@@ -68,6 +72,15 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
             bad_master = sid in damaged_masters and reason == "missing"
+            if reason == "missing" and not bad_master and (host.name, sid) in older:
+                # The master (an edit) or the host's key changed since renc: the host's
+                # copy is not lost, it is out of date.
+                why = "its master or the host's key changed since renc"
+                entries.append(Entry(host.name, sid, "outdated", shown, why,
+                                     sid in installed))
+                problems.append(Problem(shown, f"cache file is out of date: {why}",
+                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+                continue
             entries.append(Entry(host.name, sid, state, shown,
                                  "its master file is damaged" if bad_master else reason or "",
                                  sid in installed))
@@ -79,6 +92,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             elif reason is not None:
                 problems.append(Problem(shown, f"cache file is {reason}",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
+    outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}
     for path in p.stale:
         m = cache.NAME_RE.fullmatch(path.name)
         if (m and m.group("id") in damaged_masters and path.parent.name in cfg.hosts
@@ -87,6 +101,9 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                     "while its master file is damaged", "",
                                     "restore the master file; renc then replaces this copy"))
             continue
+        if m and (path.parent.name, m.group("id")) in outdated \
+                and path.parent.parent == cfg.cache_dir:
+            continue            # the out-of-date line above says it, and renc replaces it
         what = ("leftover temporary file" if cache.is_leftover(path) else
                 "directory of a host that is not in hosts.toml"
                 if path.is_dir() and path.parent == cfg.cache_dir else

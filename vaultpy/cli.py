@@ -556,7 +556,8 @@ def status(
     table.add_column("host")
     for sid in ids:
         table.add_column(sid, justify="center")
-    marks = {"ok": "[green]ok[/]", "missing": "[red]missing[/]", "damaged": "[red]damaged[/]",
+    marks = {"ok": "[green]ok[/]", "outdated": "[yellow]outdated[/]",
+             "missing": "[red]missing[/]", "damaged": "[red]damaged[/]",
              "no-master": "[red]no master[/]"}
     grid: dict[str, dict[str, str]] = {}
     for e in entries:
