@@ -84,7 +84,13 @@ def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Pro
                            "master key?) can still decrypt it", where, f"{FIX_REKEY} to drop it"))
     others = sorted({s.type for s in stanzas} - {"X25519", age.SSH_ED25519, age.SSH_RSA})
     if others and not plugins:
-        out.append(Problem(shown, "has stanzas vaultpy never writes: " + ", ".join(others),
+        # Named only when they look like a stanza type ("piv-p256"): a header is file
+        # content, and a message never repeats a long run of it.
+        named = [t for t in others if re.fullmatch(r"[A-Za-z0-9_-]{1,24}", t)]
+        what = ", ".join(named) + (f" (and {len(others) - len(named)} more)"
+                                   if len(named) < len(others) else "")
+        out.append(Problem(shown, "has stanzas vaultpy never writes: "
+                           + (what if named else f"{len(others)} unknown type(s)"),
                            where, FIX_REKEY))
     return out
 
