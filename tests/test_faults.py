@@ -742,7 +742,7 @@ def test_renc_and_encrypt_at_once_are_serialised(make_repo) -> None:
         repo.ok("check")
     else:                   # renc ran first: the cache is consistent, and one behind
         proc = repo.run("check")
-        assert proc.returncode == 1 and b"missing" in proc.stdout + proc.stderr
+        assert proc.returncode == 1 and b"out of date" in proc.stdout + proc.stderr
         repo.ok("renc")
         repo.ok("check")
     _assert_cache_decrypts(repo, {**plain, "a": new_a})
