@@ -48,8 +48,9 @@ def load_identities(ctx: Context) -> None:
         if not path.exists():
             raise VaultpyError(Problem(str(path), "host key not found",
                                        "settings.identities",
-                                       "is this the right host? (ssh-keygen -A creates "
-                                       "host keys)"))
+                                       "is this the right host? restore its key from "
+                                       "a backup: a new key (ssh-keygen -A) cannot "
+                                       "decrypt what renc wrote for the old one"))
         ctx.identities.extend(age.load_identity_file(path, _no_prompt(path)))
     ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
 
