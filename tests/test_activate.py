@@ -329,6 +329,12 @@ def test_under_root_no_unit_of_this_machine_is_restarted(world: World) -> None:
     assert w.rec.take() == []                           # the systemctl on PATH: not called
     assert "not restarting num.service: --root is not /" in proc.stderr.decode()
     assert (h.live / "num").read_bytes() == b"num v2"
+    w.change_secret("num", b"num v2b")                  # a dry run says the same
+    proc = subprocess.run(activate_cmd(h.profile, h.root, "--dry-run"), env=env,
+                          capture_output=True, cwd=ROOT, timeout=120)
+    assert "would not restart num.service: --root is not /" in proc.stderr.decode()
+    subprocess.run(activate_cmd(h.profile, h.root), env=env, capture_output=True, cwd=ROOT,
+                   timeout=120, check=True)
     w.change_secret("num", b"num v3")
     w.activate()                                        # --systemctl given: called
     assert w.rec.take() == ["try-restart num.service"]

@@ -297,6 +297,8 @@ def test_two_hosts_with_one_key_are_named_by_check_and_renc(make_repo) -> None:
         assert "have the same key" in proc.stderr.decode()
     data = check_json(repo)
     assert data["ok"] and [w["field"] for w in data["warnings"]] == ["hosts.host1.pubkey"]
+    data = json.loads(repo.ok("renc", "--json").stdout)
+    assert [w["field"] for w in data["warnings"]] == ["hosts.host1.pubkey"]
     repo.write_hosts(hosts_toml([repo.recipient], ["alpha", "beta"],
                                 {"host0": (h0.pubkey, ["alpha"]), "host1": (h1.pubkey, ["beta"])}))
     assert "same key" not in repo.ok("renc").stderr.decode()

@@ -517,6 +517,26 @@ def test_a_rotation_to_a_plugin_not_installed_starts_nothing(make_repo, plugin, 
     assert age_decrypt(repo.root / "secrets" / "a.age", new) == b"alpha-2"
 
 
+def test_a_plugin_backup_listed_without_rekey_fails_check(make_repo, plugin, pkey) -> None:
+    """A plugin key's stanza names no recipient, so the header check skipped plugin
+    keys altogether: a YubiKey backup added to [vaultpy] recipients and never rekeyed
+    to passed `check` (a review).  Each plugin key listed needs a stanza."""
+    from conftest import hosts_toml
+
+    _ident, backup = pkey
+    repo = make_repo(hosts=1, secrets={"a": b"alpha"})
+    repo.ok("renc")
+    h = repo.hosts["host0"]
+    repo.write_hosts(hosts_toml([repo.recipient, backup], ["a"], {h.name: (h.pubkey, ["a"])}))
+    proc = repo.run("check", env=plugin.env)
+    assert proc.returncode == 1
+    assert "secrets/a.age: secrets.a: has 0 plugin stanza(s) but [vaultpy] recipients list " \
+           "1 plugin key(s); run vaultpy rekey" in proc.stdout.decode(), proc.stdout.decode()
+    repo.ok("rekey", env=plugin.env)
+    repo.ok("renc", env=plugin.env)
+    repo.ok("check", env=plugin.env)
+
+
 # --------------------------------------------------------------------------- the age CLI
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pytest
 from conftest import LOCAL_STATE, Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
 
-RESULT_KEYS = {"ok", "written", "repaired", "unchanged", "pruned", "failed"}
+RESULT_KEYS = {"ok", "written", "repaired", "unchanged", "pruned", "failed", "warnings"}
 
 
 # --------------------------------------------------------------------------- helpers

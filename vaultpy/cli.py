@@ -285,7 +285,7 @@ def renc(
         # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
     if json_out:
-        _emit_json(result.as_dict())
+        _emit_json(result.as_dict() | {"warnings": [w.as_dict() for w in warnings]})
     else:
         for w in warnings:
             _err().print(f"warning: {w}", markup=False, style="yellow")

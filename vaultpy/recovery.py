@@ -82,7 +82,14 @@ def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Pro
         out.append(Problem(shown, f"has {x25519} X25519 stanza(s) but [vaultpy] recipients "
                            f"list {x25519_wanted} age1 key(s): a key not listed (an old "
                            "master key?) can still decrypt it", where, f"{FIX_REKEY} to drop it"))
-    others = sorted({s.type for s in stanzas} - {"X25519", age.SSH_ED25519, age.SSH_RSA})
+    native = {"X25519", age.SSH_ED25519, age.SSH_RSA}
+    foreign = [s for s in stanzas if s.type not in native]
+    if len(foreign) < len(plugins):
+        # A plugin's stanza names no recipient, but each plugin key adds one: fewer
+        # means a plugin key listed (a YubiKey backup) was never encrypted to.
+        out.append(Problem(shown, f"has {len(foreign)} plugin stanza(s) but [vaultpy] "
+                           f"recipients list {len(plugins)} plugin key(s)", where, FIX_REKEY))
+    others = sorted({s.type for s in foreign})
     if others and not plugins:
         # Named only when they look like a stanza type ("piv-p256"): a header is file
         # content, and a message never repeats a long run of it.
@@ -122,8 +129,10 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
             except VaultpyError as exc:
                 reason = exc.problems[0].message
                 why = "" if "can decrypt it" in reason else f" ({reason})"
+                listed = bool(set(_x25519_publics(keys)) & set(cfg.recipients))
                 problems.append(Problem(display_path(secret.file), "cannot be decrypted by "
                                         f"backup identity {source}{why}", f"secrets.{sid}",
+                                        "its key is listed: run vaultpy rekey" if listed else
                                         "add its public key to [vaultpy] recipients, then "
                                         "run vaultpy rekey"))
     return problems

@@ -357,6 +357,7 @@ class Run:
                 "repaired": [], "unchanged": rec.items - len(self.writes),
                 "pruned": sorted(os.path.join(w.folder, w.old) for w in self.published
                                  if w.pruned),
+                "warnings": [],             # as the memo it runs from: none stood
                 "written": sorted(os.path.join(w.folder, w.new) for w in self.published),
             }), problems, code
         rows = {host: [0, 0, n, 0] for (host, _), n in zip(rec.hosts, rec.needs, strict=True)

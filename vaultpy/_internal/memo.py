@@ -833,7 +833,7 @@ def as_json(data: dict[str, object]) -> str:
 
 def renc_noop_json(files: int) -> dict[str, object]:
     return {"failed": [], "ok": True, "pruned": [], "repaired": [], "unchanged": files,
-            "written": []}
+            "warnings": [], "written": []}     # (no memo is recorded while a warning stands)
 
 
 RENC_COLUMNS = ("written", "repaired", "unchanged", "pruned")

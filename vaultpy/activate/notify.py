@@ -113,17 +113,20 @@ def diff_and_notify(ctx: Context) -> None:
         if not ctx.opts.dry_run:
             _mark_notified(ctx)
         return
-    if ctx.opts.dry_run:
-        for verb, unit in calls:
-            ctx.log("diff_and_notify", f"would run systemctl {verb} {unit}")
-        return
     units = ", ".join(u for _, u in calls)
     if ctx.opts.systemctl is None and os.path.realpath(ctx.opts.root) != "/":
         # The units are the system's under --root (an image being built, a test), not
         # this machine's: restarting this machine's namesakes would be wrong.
-        ctx.log("diff_and_notify", f"not restarting {units}: --root is not /, and these "
-                "units are not this machine's (pass --systemctl PATH to call one)")
-        _mark_notified(ctx)
+        would = "would not restart" if ctx.opts.dry_run else "not restarting"
+        ctx.log("diff_and_notify", f"{would} {units}: --root is not /, and these units "
+                "are not this machine's (pass --systemctl PATH to call one)")
+        if not ctx.opts.dry_run:
+            _mark_notified(ctx)
+        return
+    if ctx.opts.dry_run:
+        for verb, unit in calls:
+            ctx.log("diff_and_notify",
+                    f"would run {ctx.opts.systemctl or 'systemctl'} {verb} {unit}")
         return
     # Only when a unit is to be restarted: subprocess takes ~5 ms to import.
     import shutil
