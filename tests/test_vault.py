@@ -404,7 +404,8 @@ def test_pull_errors_one_line_per_id_and_nothing_written(vrepo, bao: Bao, prefix
     assert proc.returncode == 1 and doc["ok"] is False and len(doc["problems"]) == 7
     # every documented key, as on success (docs/vault.md): scripts read .changed
     assert doc | {"problems": []} == {"ok": False, "check": False, "changed": [],
-                                      "secrets": [], "recorded": False, "problems": []}
+                                      "secrets": [], "recorded": False, "edited": [],
+                                      "problems": []}
     doc = json.loads(repo.run("pull", "--check", "--json").stdout)
     assert doc["check"] is True and doc["changed"] == [] and doc["secrets"] == []
     doc = json.loads(repo.run("push", "--json").stdout)
@@ -680,9 +681,42 @@ def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix:
     for value in ("set in vault", "and here", "edited"):
         assert value not in text_of(proc)
     assert bao.get(f"{prefix}/db")[1] == 5 and recorded(repo) == {"pw": 4}
-    repo.ok("pull")
+    assert_one_clean_error(repo.run("pull"), "edited here since version 4")  # not lost
+    repo.ok("pull", "--force")                                               # on purpose
     assert recorded(repo) == {"pw": 5}
     assert repo.ok("decrypt", "pw").stdout == b"set in vault"
+
+
+def test_pull_does_not_replace_an_edit_made_here_and_not_pushed(vrepo, bao: Bao,
+                                                                 prefix: str) -> None:
+    """With the record of what each master holds, pull can tell an edit made here (the
+    master is not Vault's value at the recorded version) from a master merely behind:
+    it used to replace the edit silently.  --check names it; --force takes Vault's."""
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw", "user": f"secret/{prefix}/db#user"})
+    repo.ok("pull")
+    repo.ok("encrypt", "pw", input=b"edited here")
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u2"})         # only the other field moves
+    before = secret_files(repo)
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "secrets.pw.vault", "edited here since version 1",
+                           "not pushed", "Vault is at version 2", "vaultpy push keeps",
+                           "pull --force")
+    assert secret_files(repo) == before                         # user not written either
+    proc = repo.run("pull", "--check", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["edited"] == ["pw"] and doc["changed"] == ["user"]
+    out = repo.run("pull", "--check")
+    assert "pw: edited here since the last pull; vaultpy push keeps it" in out.stdout.decode()
+    assert "run vaultpy pull; push the edited ones" in out.stderr.decode()
+    repo.ok("pull", "user")                                     # the other id alone: fine
+    repo.ok("push", "pw")
+    assert bao.get(f"{prefix}/db") == ({"pw": "edited here", "user": "u2"}, 3)
+    repo.ok("encrypt", "pw", input=b"second edit")
+    repo.ok("pull", "--force")
+    assert repo.ok("decrypt", "pw").stdout == b"edited here"
+    for value in (b"edited here", b"second edit", b"p1"):
+        assert value not in proc.stdout + proc.stderr
 
 
 def test_push_never_takes_a_record_for_another_value(vrepo, bao: Bao, prefix: str

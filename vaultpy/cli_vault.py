@@ -36,6 +36,9 @@ def pull(
     check: Annotated[bool, typer.Option(
         "--check", help="Only compare: exit 1 and name the ids that differ from Vault "
         "(never their values); write nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Take Vault's value even over a master edited here and not "
+        "pushed.")] = False,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
@@ -45,23 +48,26 @@ def pull(
 
     cfg = _config_for(repo, json_out)
     result = _json_errors(json_out, lambda: vault.pull(
-        cfg, secret_ids or [], check=check, identity_files=_identity(identity)),
+        cfg, secret_ids or [], check=check, force=force, identity_files=_identity(identity)),
         lambda: vault.PullResult(check))
     if json_out:
         _emit_json(result.as_dict())
     else:
         words = {"created": "created", "updated": "updated", "unchanged": "unchanged",
-                 "missing": "differs (no master file yet)", "differs": "differs from Vault"}
+                 "missing": "differs (no master file yet)", "differs": "differs from Vault",
+                 "edited": "edited here since the last pull; vaultpy push keeps it"}
         console = _out() if check else _err()
         for item in result.items:
             if check and item.status == "unchanged":
                 continue
             console.print(f"{item.id}: {words[item.status]} ({item.ref}, version "
                           f"{item.version})", markup=False)
-        changed = len(result.changed)
+        changed = len(result.changed) + len(result.edited)
         if check and changed:
-            _err().print(f"{changed} of {len(result.items)} secret(s) differ from Vault; run "
-                         "vaultpy pull", markup=False)
+            fix = "; ".join(f for f, n in (("run vaultpy pull", result.changed),
+                                           ("push the edited ones", result.edited)) if n)
+            _err().print(f"{changed} of {len(result.items)} secret(s) differ from Vault; "
+                         f"{fix}", markup=False)
         elif check:
             _err().print(f"in sync: {len(result.items)} secret(s) match Vault", markup=False)
         elif changed:

@@ -667,16 +667,22 @@ class PullResult:
 
     @property
     def changed(self) -> list[PullItem]:
-        return [i for i in self.items if i.status != "unchanged"]
+        return [i for i in self.items if i.status not in ("unchanged", "edited")]
+
+    @property
+    def edited(self) -> list[PullItem]:
+        """(--check) masters edited here since their recorded version, not pushed."""
+        return [i for i in self.items if i.status == "edited"]
 
     @property
     def ok(self) -> bool:
-        return not (self.check and self.changed)
+        return not (self.check and (self.changed or self.edited))
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "check": self.check,
                 "secrets": [i.as_dict() for i in self.items],
                 "changed": [i.id for i in self.changed], "recorded": self.recorded,
+                "edited": [i.id for i in self.edited],
                 "problems": []}
 
 
@@ -722,6 +728,25 @@ def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], A
     return value.encode("utf-8"), got
 
 
+def _edited_here(s: Session, ref: VaultRef, entry: vaultstate.Entry | None, mine: bytes
+                 ) -> int | None:
+    """The recorded version when the master holds a value that is not Vault's at that
+    version: an edit made here and not pushed.  None when there is no such edit, or
+    when it cannot be told (no usable record, that version gone): Vault wins then."""
+    if entry is None or not entry.matches(str(ref), s.target.addr, s.target.namespace):
+        return None
+    try:
+        then = s.read(ref.mount, ref.path, entry.version)
+    except VaultFailure:
+        return None
+    if then is None or then.data is None or then.created != entry.created:
+        return None
+    was = then.data.get(ref.field)
+    if not isinstance(was, str) or was.encode("utf-8") == mine:
+        return None
+    return entry.version
+
+
 def _entry(s: Session, ref: VaultRef, got: KvSecret | tuple[int, str]) -> vaultstate.Entry:
     """What vault-versions.toml records of the value of ``ref`` read (or written) now."""
     version, created = (got.version, got.created) if isinstance(got, KvSecret) else got
@@ -729,12 +754,13 @@ def _entry(s: Session, ref: VaultRef, got: KvSecret | tuple[int, str]) -> vaults
                             created)
 
 
-def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
+def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bool = False,
          identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
          session_factory: SessionFactory = session) -> PullResult:
     """Fetch the selected values; write each master whose plaintext differs (unless
-    ``check``).  Any failure raises before anything is written."""
+    ``check``).  A master edited here since the value recorded for it (not pushed) is
+    not replaced unless ``force``.  Any failure raises before anything is written."""
     chosen = select(cfg, ids)
     sids = [sid for sid, _ in chosen]
     current, problems = _decrypt_existing(cfg, sids, identity_files, ask, required=False)
@@ -751,6 +777,11 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
                 entries[sid] = _entry(s, ref, fetched[sid][1])
             except VaultFailure as exc:
                 problems.append(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint))
+        recorded = vaultstate.load(cfg)
+        edited = {} if force or problems else {
+            sid: base for sid, ref in chosen
+            if sid in current and current[sid][0] != fetched[sid][0]
+            and (base := _edited_here(s, ref, recorded.get(sid), current[sid][0])) is not None}
     if problems:
         raise VaultpyError(problems)
 
@@ -760,11 +791,21 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False,
         old = current.get(sid)
         if old is None:
             status = "missing" if check else "created"
+        elif sid in edited:
+            status = "edited"
+            if not check:
+                problems.append(_problem(
+                    cfg, sid, f"{ref}: edited here since version {edited[sid]}, which it "
+                    "was pulled at, and not pushed" + ("" if version == edited[sid] else
+                                                       f"; Vault is at version {version}"),
+                    "vaultpy push keeps the edit; vaultpy pull --force takes Vault's value"))
         elif old[0] != value:
             status = "differs" if check else "updated"
         else:
             status = "unchanged"
         result.items.append(PullItem(sid, ref, version, status))
+    if problems:
+        raise VaultpyError(problems)
     if check:
         return result
     # One write of them all: a field pulled with another of the same secret (a password
