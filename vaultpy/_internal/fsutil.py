@@ -125,41 +125,46 @@ def _libc_call(path: Path | str, name: str, *args: object) -> None:
         raise OSError(err, os.strerror(err), str(path))
 
 
-def exchange(a: Path | str, b: Path | str) -> None:
-    """Swap ``a`` and ``b`` in one step (renameat2 RENAME_EXCHANGE): a directory is
-    replaced without a moment where its name is absent.  Where the file system cannot
-    exchange (EINVAL), ``b`` is moved to ``a``'s name through a temp name instead."""
-    try:
-        _libc_call(b, "renameat2", _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
-                   _RENAME_EXCHANGE)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        aside = os.path.join(os.path.dirname(a), tmp_basename(os.path.basename(a)))
-        os.rename(b, aside)
-        os.rename(a, b)
-        os.rename(aside, a)
-
-
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
 
-def rename_new(src: Path | str, dst: Path | str) -> None:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists: FileExistsError then, and ``src``
-    stays (renameat2 RENAME_NOREPLACE).  Where the file system or libc cannot (EINVAL,
-    ENOSYS, no renameat2), a check then a rename: callers hold the repository lock, so
-    only a writer that does not take it could come between the two."""
+def _renameat2(src: Path | str, dst: Path | str, flags: int) -> bool:
+    """renameat2(2) with ``flags``; False where it cannot be asked (a libc without it,
+    such as musl before 1.2.4, or a file system refusing the flag: EINVAL, ENOSYS), for
+    the caller's fallback.  Any other failure raises OSError naming ``dst``."""
     try:
         _libc_call(dst, "renameat2", _AT_FDCWD, os.fsencode(src), _AT_FDCWD,
-                   os.fsencode(dst), _RENAME_NOREPLACE)
-        return
-    except AttributeError:          # a libc without renameat2 (musl before 1.2.4)
-        pass
+                   os.fsencode(dst), flags)
+    except AttributeError:
+        return False
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
+        return False
+    return True
+
+
+def exchange(a: Path | str, b: Path | str) -> None:
+    """Swap ``a`` and ``b`` in one step (renameat2 RENAME_EXCHANGE): a directory is
+    replaced without a moment where its name is absent.  Where that cannot be done,
+    ``b`` is moved to ``a``'s name through a temp name instead."""
+    if _renameat2(a, b, _RENAME_EXCHANGE):
+        return
+    aside = os.path.join(os.path.dirname(a), tmp_basename(os.path.basename(a)))
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
+def rename_new(src: Path | str, dst: Path | str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists: FileExistsError then, and ``src``
+    stays (renameat2 RENAME_NOREPLACE).  Where that cannot be done, a check then a
+    rename: callers hold the repository lock, so only a writer that does not take it
+    could come between the two."""
+    if _renameat2(src, dst, _RENAME_NOREPLACE):
+        return
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
     os.rename(src, dst)
