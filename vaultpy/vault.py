@@ -174,17 +174,16 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
     if isinstance(exc, requests.exceptions.SSLError):
         m = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(exc))
         detail = f" ({m.group(1)})" if m else ""
-        if isinstance(target.verify, str) and os.path.isdir(target.verify):
-            return VaultFailure(f"TLS verification of {addr} failed{detail}",
-                                f"check that {target.verify} holds the CA that signed Vault's "
-                                "certificate, under OpenSSL's hashed names (openssl rehash "
-                                f"{target.verify})")
-        if isinstance(target.verify, str):
-            return VaultFailure(f"TLS verification of {addr} failed{detail}",
-                                f"check that {target.verify} is the CA that signed Vault's "
-                                "certificate, and that the certificate names the host in addr")
-        return VaultFailure(f"TLS verification of {addr} failed{detail}",
-                            "set ca_cert in [vaultpy.vault] (or VAULT_CACERT) to Vault's CA")
+        ca = target.verify
+        if isinstance(ca, str) and os.path.isdir(ca):
+            hint = (f"check that {ca} holds the CA that signed Vault's certificate, under "
+                    f"OpenSSL's hashed names (openssl rehash {ca})")
+        elif isinstance(ca, str):
+            hint = (f"check that {ca} is the CA that signed Vault's certificate, and that "
+                    "the certificate names the host in addr")
+        else:
+            hint = "set ca_cert in [vaultpy.vault] (or VAULT_CACERT) to Vault's CA"
+        return VaultFailure(f"TLS verification of {addr} failed{detail}", hint)
     if isinstance(exc, requests.exceptions.Timeout):
         return VaultFailure(f"Vault at {addr} did not answer in {TIMEOUT:.0f}s",
                             "check the address and the network")
@@ -728,20 +727,33 @@ def _value(s: Session, ref: VaultRef, reads: dict[tuple[str, str, int | None], A
     return value.encode("utf-8"), got
 
 
-def _edited_here(s: Session, ref: VaultRef, entry: vaultstate.Entry | None, mine: bytes
-                 ) -> int | None:
+def _recorded_value(s: Session, ref: VaultRef, entry: vaultstate.Entry,
+                    current: KvSecret | None) -> Any:
+    """Vault's value of ``ref``'s field at the version ``entry`` records, or None when
+    that version cannot be read as it was (gone from KV history, or the secret deleted
+    and written again since: its versions start over, so the created_time must match).
+    ``current``, a read already made, is used when it is that very version."""
+    if current is not None and (current.version, current.created) == (entry.version,
+                                                                        entry.created):
+        then: KvSecret | None = current
+    else:
+        try:
+            then = s.read(ref.mount, ref.path, entry.version)
+        except VaultFailure:
+            return None
+        if then is not None and then.created != entry.created:
+            return None
+    return (then.data or {}).get(ref.field) if then is not None else None
+
+
+def _edited_here(s: Session, ref: VaultRef, entry: vaultstate.Entry | None,
+                 current: KvSecret, mine: bytes) -> int | None:
     """The recorded version when the master holds a value that is not Vault's at that
     version: an edit made here and not pushed.  None when there is no such edit, or
     when it cannot be told (no usable record, that version gone): Vault wins then."""
     if entry is None or not entry.matches(str(ref), s.target.addr, s.target.namespace):
         return None
-    try:
-        then = s.read(ref.mount, ref.path, entry.version)
-    except VaultFailure:
-        return None
-    if then is None or then.data is None or then.created != entry.created:
-        return None
-    was = then.data.get(ref.field)
+    was = _recorded_value(s, ref, entry, current)
     if not isinstance(was, str) or was.encode("utf-8") == mine:
         return None
     return entry.version
@@ -781,7 +793,8 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
         edited = {} if force or problems else {
             sid: base for sid, ref in chosen
             if sid in current and current[sid][0] != fetched[sid][0]
-            and (base := _edited_here(s, ref, recorded.get(sid), current[sid][0])) is not None}
+            and (base := _edited_here(s, ref, recorded.get(sid), fetched[sid][1],
+                                      current[sid][0])) is not None}
     if problems:
         raise VaultpyError(problems)
 
@@ -982,16 +995,7 @@ def _conflict(s: Session, ref: VaultRef, current: KvSecret | None, ours: str,
     if current is None:
         return (f"deleted in Vault since version {base}, which this master holds",
                 "push --force writes it again; vaultpy pull tells you what is there")
-    if base == version and current.created == recorded.created:
-        then: KvSecret | None = current
-    else:
-        try:
-            then = s.read(ref.mount, ref.path, base)
-        except VaultFailure:
-            then = None
-        if then is not None and then.created != recorded.created:
-            then = None                 # the secret was deleted and written again since
-    was = (then.data or {}).get(ref.field) if then is not None else None
+    was = _recorded_value(s, ref, recorded, current)
     if was is None:
         return (f"Vault holds a different value (version {version}), and version {base}, "
                 "which this master holds, cannot be read as it was to compare", fix)
