@@ -52,12 +52,23 @@ def path(cfg: Config) -> Path:
     return cfg.secrets_dir / FILENAME
 
 
+def _read(cfg: Config) -> bytes | None:
+    try:
+        return fsutil.read_regular(path(cfg))[0]
+    except OSError:
+        return None
+
+
 def load(cfg: Config) -> dict[str, Entry]:
     """id -> entry; well-formed entries only, and none when the file is missing or
     unreadable (push then refuses what it cannot tell apart, as without the file)."""
+    return _parse(_read(cfg))
+
+
+def _parse(data: bytes | None) -> dict[str, Entry]:
     try:
-        doc = tomllib.loads(fsutil.read_regular(path(cfg))[0].decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        doc = tomllib.loads((data or b"").decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
     versions = doc.get("versions")
     if not isinstance(versions, dict):
@@ -75,30 +86,33 @@ def load(cfg: Config) -> dict[str, Entry]:
     return out
 
 
-def _kept(cfg: Config, changes: Mapping[str, Entry]) -> dict[str, Entry]:
-    entries = {**load(cfg), **changes}
+def _kept(cfg: Config, old: dict[str, Entry], changes: Mapping[str, Entry]
+          ) -> dict[str, Entry]:
+    entries = {**old, **changes}
     return {sid: e for sid, e in sorted(entries.items())
             if sid in cfg.secrets and cfg.secrets[sid].vault is not None}
 
 
-def render(cfg: Config, changes: Mapping[str, Entry]) -> bytes:
-    """The file's bytes with ``changes`` applied; ids no longer taken from Vault dropped."""
+def _render(kept: Mapping[str, Entry]) -> bytes:
     import tomli_w
 
-    kept = {sid: asdict(e) for sid, e in _kept(cfg, changes).items()}
-    return (HEADER + tomli_w.dumps({"versions": kept})).encode("utf-8")
+    doc = {"versions": {sid: asdict(e) for sid, e in kept.items()}}
+    return (HEADER + tomli_w.dumps(doc)).encode("utf-8")
+
+
+def render(cfg: Config, changes: Mapping[str, Entry]) -> bytes:
+    """The file's bytes with ``changes`` applied; ids no longer taken from Vault dropped."""
+    return _render(_kept(cfg, load(cfg), changes))
 
 
 def pending(cfg: Config, changes: Mapping[str, Entry]) -> bytes | None:
     """:func:`render`, or None when that changes nothing on disk: no churn in git, and
-    no file at all until some value is recorded."""
-    try:
-        old: bytes | None = fsutil.read_regular(path(cfg))[0]
-    except OSError:
-        old = None
-    if old is None and not _kept(cfg, changes):
+    no file at all until some value is recorded (the file is read once)."""
+    old = _read(cfg)
+    kept = _kept(cfg, _parse(old), changes)
+    if old is None and not kept:
         return None
-    new = render(cfg, changes)
+    new = _render(kept)
     return None if new == old else new
 
 
