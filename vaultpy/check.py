@@ -33,8 +33,10 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     problems = list(p.problems)
     from vaultpy.recovery import header_problems
 
+    damaged_masters: set[str] = set()
     for sid, master in sorted(p.masters.items()):
         if master.format_error is not None:
+            damaged_masters.add(sid)
             problems.append(Problem(display_path(cfg.secrets[sid].file), "master file is "
                                     f"not a valid age file: {master.format_error}",
                                     f"secrets.{sid}",
@@ -42,11 +44,11 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
         elif master.header is not None:
             # A backup key added without `vaultpy rekey` covers nothing yet.
             problems += header_problems(cfg, sid, master.header)
-    damaged_masters = {sid for sid, m in p.masters.items() if m.format_error is not None}
-    # (host, id) of stale files: the host's copy of a master that changed since renc
-    older = {(path.parent.name, m.group("id")) for path in p.stale
+    # Stale cache files in a host's directory, as (host, id): older copies of a secret
+    older = {path: (path.parent.name, m.group("id")) for path in p.stale
              if path.parent.parent == cfg.cache_dir
              and (m := cache.NAME_RE.fullmatch(path.name)) is not None}
+    older_ids = set(older.values())
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
@@ -72,7 +74,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
             bad_master = sid in damaged_masters and reason == "missing"
-            if reason == "missing" and not bad_master and (host.name, sid) in older:
+            if reason == "missing" and not bad_master and (host.name, sid) in older_ids:
                 # The master (an edit) or the host's key changed since renc: the host's
                 # copy is not lost, it is out of date.
                 why = "its master or the host's key changed since renc"
@@ -94,15 +96,13 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
     outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}
     for path in p.stale:
-        m = cache.NAME_RE.fullmatch(path.name)
-        if (m and m.group("id") in damaged_masters and path.parent.name in cfg.hosts
-                and path.parent.parent == cfg.cache_dir):
+        host_id = older.get(path)
+        if host_id is not None and host_id[1] in damaged_masters and host_id[0] in cfg.hosts:
             problems.append(Problem(display_path(path), "the host's last good copy, kept "
                                     "while its master file is damaged", "",
                                     "restore the master file; renc then replaces this copy"))
             continue
-        if m and (path.parent.name, m.group("id")) in outdated \
-                and path.parent.parent == cfg.cache_dir:
+        if host_id in outdated:
             continue            # the out-of-date line above says it, and renc replaces it
         what = ("leftover temporary file" if cache.is_leftover(path) else
                 "directory of a host that is not in hosts.toml"
