@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -252,9 +252,9 @@ class Config:
         try:
             return self.secrets[secret_id]
         except KeyError:
-            close = difflib.get_close_matches(secret_id, list(self.secrets), n=1)
+            close = did_you_mean(secret_id, self.secrets)
             if close:
-                hint = f"did you mean {close[0]!r}?"
+                hint = close
             elif ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
                 hint = f"declare [secrets.{secret_id}] in hosts.toml"
             else:
@@ -286,9 +286,7 @@ class _Checker:
     def keys(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
         for key in table:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else (
-                    "allowed keys: " + ", ".join(allowed))
+                hint = did_you_mean(key, allowed) or "allowed keys: " + ", ".join(allowed)
                 self.add(f"{where}.{key}" if where else key, "unknown key", hint)
 
     def table(self, value: Any, where: str) -> dict[str, Any] | None:
@@ -471,6 +469,12 @@ def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[st
     return tuple(out)
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``did you mean 'x'?`` for the known name closest to ``name`` ("" if none is)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
 def shared_host_keys(cfg: Config) -> list[Problem]:
     """Warnings: hosts listed with the same key (a cloned machine, a key pasted twice).
     Each can read every secret of the other."""
@@ -536,9 +540,8 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                    'use a URL like "https://vault.example.com:8200"')
     auth = text.get("auth", "token")
     if auth not in VAULT_AUTH:
-        close = difflib.get_close_matches(auth, VAULT_AUTH, n=1)
         ck.add(f"{where}.auth", f"unknown auth method {auth!r}",
-               f"did you mean {close[0]!r}?" if close else 'use "token" or "approle"')
+               did_you_mean(str(auth), VAULT_AUTH) or 'use "token" or "approle"')
     approle_keys = ("role_id", "secret_id_file", "wrapped_secret_id_file", "approle_mount")
     if auth == "token":
         for key in approle_keys:
@@ -640,10 +643,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
 
     for d in deployments:
         if d.id not in declared:
-            close = difflib.get_close_matches(d.id, list(declared), n=1)
             ck.add(f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
-                   f"did you mean {close[0]!r}?" if close else
-                   f"declare [secrets.{_quote(d.id)}] in hosts.toml")
+                   did_you_mean(d.id, declared)
+                   or f"declare [secrets.{_quote(d.id)}] in hosts.toml")
     for t in tmpls:
         for ref in t.refs:
             if ref not in declared:
@@ -651,9 +653,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
                 ck.add(f"{where}.templates.{_quote(t.name)}.content",
                        f"line {line} column {column}: unknown secret id {ref!r} in "
                        "placeholder",
-                       f"did you mean {close[0]!r}?"
-                       if (close := difflib.get_close_matches(ref, list(declared), n=1)) else
-                       f"declare [secrets.{_quote(ref)}] or fix the placeholder")
+                       did_you_mean(ref, declared)
+                       or f"declare [secrets.{_quote(ref)}] or fix the placeholder")
     seen_ids: set[str] = set()
     for d in deployments:
         if d.id in seen_ids:

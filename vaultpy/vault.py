@@ -32,7 +32,7 @@ from typing import Any
 from vaultpy import age, cache, identities, masters, vaultstate
 from vaultpy._internal import ageformat, fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import Config, Host, VaultRef, VaultSettings
+from vaultpy.model import Config, Host, VaultRef, VaultSettings, did_you_mean
 
 TIMEOUT = 15.0                       # seconds per HTTP request
 TOKEN_FILE = "~/.vault-token"        # where `vault login` and `bao login` keep the token
@@ -598,10 +598,9 @@ def select(cfg: Config, ids: Sequence[str]) -> list[tuple[str, VaultRef]]:
     for sid in dict.fromkeys(ids):
         secret = cfg.secrets.get(sid)
         if secret is None:
-            close = difflib.get_close_matches(sid, list(cfg.secrets), n=1)
             problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
-                                    "secrets", f"did you mean {close[0]!r}?" if close else
-                                    f"declare [secrets.{sid}] in hosts.toml"))
+                                    "secrets", did_you_mean(sid, cfg.secrets)
+                                    or f"declare [secrets.{sid}] in hosts.toml"))
         elif secret.vault is None:
             problems.append(_problem(cfg, sid, f"secret {sid!r} has no vault reference",
                                      'add vault = "<mount>/<path>#<field>" to '
@@ -1065,10 +1064,9 @@ def _hosts(cfg: Config, names: Sequence[str]) -> list[Host]:
     if unknown:
         problems = []
         for n in unknown:
-            close = difflib.get_close_matches(n, list(cfg.hosts), n=1)
             problems.append(Problem(display_path(cfg.path), f"unknown host {n!r}", "hosts",
-                                    f"did you mean {close[0]!r}?" if close else
-                                    "hosts are the [hosts.<name>] tables"))
+                                    did_you_mean(n, cfg.hosts)
+                                    or "hosts are the [hosts.<name>] tables"))
         raise VaultpyError(problems)
     return [cfg.hosts[n] for n in dict.fromkeys(names)] if names else list(cfg.hosts.values())
 
