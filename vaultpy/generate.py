@@ -203,8 +203,12 @@ def no_generator(cfg: Config, secret_id: str) -> Problem:
 
 
 def public_path(secret: Secret) -> Path:
-    """Where a key pair's public half lives: ``<id>.pub`` beside the master file."""
-    return secret.file.parent / f"{secret.id}.pub"      # as Secret.public_file
+    """Where a key pair's public half lives (:attr:`Secret.public_file`, the one rule,
+    which hosts.toml's validation also uses)."""
+    path = secret.public_file
+    if path is None:
+        raise ValueError(f"secret {secret.id!r} makes no key pair")
+    return path
 
 
 # --------------------------------------------------------------------------- rotation state
