@@ -20,7 +20,7 @@ from vaultpy._internal import ageformat, fsutil
 from vaultpy.cache import missing_master
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
-from vaultpy.recovery import JOURNAL, refuse_if_rotating, rotation_problems
+from vaultpy.recovery import refuse_if_rotating
 
 
 def read_master(cfg: Config, secret_id: str) -> bytes:
@@ -80,17 +80,19 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
         secret.file.parent.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with fsutil.locked(cfg.lock_path) if lock else contextlib.nullcontext():
-            if lock and (cfg.root / JOURNAL).exists():
-                # A master key rotation is unfinished: this ciphertext is for the old
-                # recipients, and the rotation would take it as already done.
-                rotating = rotation_problems(cfg)
+            try:
+                if lock:
+                    # A master key rotation is unfinished: this ciphertext is for the old
+                    # recipients, and the rotation would take it as already done.
+                    refuse_if_rotating(cfg)
+            except VaultpyError as exc:
                 kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
-                if kept is not None:
-                    rotating = [Problem(p.file, p.message, p.field,
-                                        f"{p.hint}; your edit is kept, encrypted to the old "
-                                        f"recipients, in {display_path(kept)}")
-                                for p in rotating]
-                raise VaultpyError(rotating)
+                if kept is None:
+                    raise
+                raise VaultpyError([Problem(p.file, p.message, p.field,
+                                            f"{p.hint}; your edit is kept, encrypted to the "
+                                            f"old recipients, in {display_path(kept)}")
+                                    for p in exc.problems]) from None
             if based_on is not ANY and _current(secret.file) != based_on:
                 _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
