@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
 
 from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
@@ -32,7 +31,10 @@ from vaultpy.output import (
     settings_clashes,
 )
 
+TYPE_CHECKING = False       # typing costs ~5 ms to import, on every activation
 if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's model
+    from typing import Any
+
     from vaultpy.model import Config
 
 VERSION = 1
@@ -188,6 +190,10 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
     return value
 
 
+_MODE_RE = re.compile(r"0[0-7]{3}")
+_WORD_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
 def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
     owner = rd.get(obj, "owner", str, where) or "root"
     group = rd.get(obj, "group", str, where) or "root"
@@ -195,7 +201,7 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
         if not (numeric_id_ok(val) or (not val.isdigit() and USER_RE.fullmatch(val))):
             rd.bad(f"{where}.{key}", f"invalid user or group {val!r}")
     mode = rd.get(obj, "mode", str, where) or "0400"
-    if not re.fullmatch(r"0[0-7]{3}", mode):
+    if not _MODE_RE.fullmatch(mode):
         rd.bad(f"{where}.mode", f"invalid mode {mode!r}", 'use 4 octal digits like "0400"')
         mode = "0400"
     units: dict[str, tuple[str, ...]] = {}
@@ -216,7 +222,7 @@ def _field(where: str, key: object) -> str:
     word: a field path is printed, never a raw newline or surrogate from the file."""
     if isinstance(key, int):
         return f"{where}[{key}]"
-    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_]+", key):
+    if isinstance(key, str) and _WORD_RE.fullmatch(key):
         return f"{where}.{key}" if where else key
     return f"{where}[{json.dumps(key)}]"
 
@@ -225,6 +231,11 @@ def _not_utf8(value: Any, where: str = "") -> list[str]:
     """The field paths of every string (dict keys included) that does not encode to
     UTF-8: a JSON escape like "\\ud800" decodes to a lone surrogate, which no file
     name, file content or user name can hold (writing it would crash activation)."""
+    try:        # the common case at C speed: nothing to name
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return []
+    except (ValueError, TypeError, RecursionError):   # UnicodeEncodeError: find them
+        pass
     found: list[str] = []
     stack: list[tuple[Any, str]] = [(value, where)]
     while stack:            # iterative: a deeply nested profile must not recurse
