@@ -65,6 +65,18 @@ def cache_file(host: HostRoot, sid: str) -> Path:
     return (host.profile.parent / entry["file"]).resolve()
 
 
+def share_of(host: HostRoot, sid: str, jobs: int = 2) -> int:
+    """Which share (0: the activating process) ``sid`` falls in, as install._split
+    deals them from the cache files as they are now (a FIFO counts as 0 bytes): each
+    test below checks its premise with it, rather than trusting it."""
+    from vaultpy.activate.install import _split
+
+    prof = json.loads(host.profile.read_text())
+    ids = [s["id"] for s in prof["secrets"]]
+    sizes = {i: os.stat(cache_file(host, i)).st_size for i in ids}
+    return next(k for k, share in enumerate(_split(ids, sizes, jobs)) if sid in share)
+
+
 @pytest.mark.parametrize("jobs", ["2", "3"])
 def test_helpers_build_the_same_generation_as_one_process(world: tuple[Repo, dict[str, bytes]],
                                                           tmp_path: Path, jobs: str) -> None:
@@ -98,6 +110,7 @@ def test_first_error_is_the_one_a_single_process_reports(world: tuple[Repo, dict
             path = cache_file(host, sid)
             saved[path] = path.read_bytes()
             path.write_bytes(saved[path][:-20] + bytes(20))     # payload damaged
+        assert (share_of(host, "s03"), share_of(host, "s10")) == (1, 0)
         try:
             proc = activate(host.profile, host.root, "--jobs", jobs,
                             systemctl=shutil.which("true"))
@@ -151,6 +164,7 @@ def _activate_over_fifo(host: HostRoot, sid: str,
     data = path.read_bytes()
     path.unlink()
     os.mkfifo(path)
+    assert share_of(host, sid) == 1, f"{sid} is not in the helper's share"
     deadline = time.monotonic() + 60
     proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
                                          systemctl=shutil.which("true")),
@@ -238,6 +252,7 @@ def test_a_failure_does_not_wait_for_a_later_blocked_file(
         kept = fifo.read_bytes()
         fifo.unlink()
         os.mkfifo(fifo)
+        assert (share_of(host, "s02"), share_of(host, "s05")) == (0, 1)
         try:
             proc = activate(host.profile, host.root, "--jobs", jobs,
                             systemctl=shutil.which("true"), timeout=60)
@@ -249,3 +264,25 @@ def test_a_failure_does_not_wait_for_a_later_blocked_file(
         errors[jobs] = proc.stderr.decode().replace(str(host.root), "<root>")
     assert "'s02'" in errors["2"]
     assert errors["2"] == errors["1"]
+
+
+def test_shares_are_balanced_by_work_and_keep_the_order() -> None:
+    """The benchmark's profile: every 100th secret is 1 MiB.  Dealt every other
+    secret, all five landed in the helper's share (three times the bytes); dealt by
+    work, the shares differ by less than one big secret, and small files of
+    slightly different sizes (a grease stanza) still alternate."""
+    from vaultpy.activate.install import _ITEM_COST, _split
+
+    ids = [f"s{i:03d}" for i in range(500)]
+    sizes = {sid: (1 << 20) if i % 100 == 99 else 300 + (i * 7919) % 200
+             for i, sid in enumerate(ids)}
+    shares = _split(ids, sizes, 2)
+    assert sorted(shares[0] + shares[1]) == ids
+    assert all(share == sorted(share) for share in shares)
+    work = [sum(sizes[sid] + _ITEM_COST for sid in share) for share in shares]
+    assert abs(work[0] - work[1]) < (1 << 20) + _ITEM_COST
+    assert [sum(sizes[sid] > 1000 for sid in share) for share in shares] != [0, 5]
+    assert shares[0][:4] == ["s000", "s002", "s004", "s006"]
+    old = [ids[0::2], ids[1::2]]
+    old_work = [sum(sizes[sid] + _ITEM_COST for sid in share) for share in old]
+    assert abs(old_work[0] - old_work[1]) > 4 << 20        # what this replaced

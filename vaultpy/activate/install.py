@@ -74,7 +74,8 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
                                    "in the profile", "secrets",
                                    "regenerate the profile with vaultpy profile"))
     try:
-        data = item.file.read_bytes()
+        with open(item.file, "rb") as f:      # (pathlib's read_bytes costs twice as much)
+            data = f.read()
     except OSError as exc:
         raise VaultpyError(Problem(display_path(item.file), f"secret {sid!r}: cannot "
                                    f"read its cache file: {exc.strerror}", "file",
@@ -145,7 +146,8 @@ def _decrypt_shares(ctx: Context, ids: list[str], jobs: int) -> int:
     still running are killed: from there on the caller's in-order pass is exactly
     the one-process run, which stops at the first failure (and so never waits for,
     say, a later file that blocks)."""
-    shares = [ids[k::jobs] for k in range(jobs)]
+    sizes = {sid: _size(ctx, sid) for sid in ids}
+    shares = _split(ids, sizes, jobs)
     helpers: dict[int, tuple[mmap.mmap, list[str]]] = {}     # pid -> region, share
     regions: list[mmap.mmap] = []
     started = 1
@@ -153,7 +155,7 @@ def _decrypt_shares(ctx: Context, ids: list[str], jobs: int) -> int:
         for share in shares[1:]:
             # Room for every plaintext (each shorter than its ciphertext) and a length
             # per item, after the count of items delivered so far.
-            size = _LEN.size * (len(share) + 1) + sum(_size(ctx, sid) for sid in share)
+            size = _LEN.size * (len(share) + 1) + sum(sizes[sid] for sid in share)
             with _signals_held():
                 try:
                     region = mmap.mmap(-1, size)        # MAP_SHARED | MAP_ANONYMOUS
@@ -211,6 +213,28 @@ def _collect(ctx: Context, region: mmap.mmap, share: list[str]) -> int:
         ctx.plaintext[sid] = region[offset + _LEN.size:offset + _LEN.size + n]
         offset += _LEN.size + n
     return count
+
+
+# What one decryption costs, in bytes' worth of decrypting (measured: ~0.25 ms to
+# unwrap the file key with X25519, ~2.2 ns a byte of payload).
+_ITEM_COST = 110_000
+
+
+def _split(ids: list[str], sizes: dict[str, int], jobs: int) -> list[list[str]]:
+    """``jobs`` shares of about equal work, each in the order of ``ids``: each secret in
+    turn goes to the share with the least work so far, work counted in whole
+    decryptions (a file's size rounded down to them, plus one).  Small secrets (all
+    alike, whatever a random grease stanza adds to a file) alternate; a big one is
+    made up by the next few small ones, so no share runs more than one secret's work
+    behind.  Dealt every other secret, the five 1 MiB secrets of a 500-secret profile
+    could all land in one share."""
+    load = [0] * jobs
+    shares: list[list[str]] = [[] for _ in range(jobs)]
+    for sid in ids:
+        k = load.index(min(load))
+        shares[k].append(sid)
+        load[k] += 1 + sizes[sid] // _ITEM_COST
+    return shares
 
 
 def _size(ctx: Context, sid: str) -> int:
