@@ -918,7 +918,8 @@ class TraceAudit:
 def audit_trace(log: Path, ram: Sequence[Path], cwd: Path) -> TraceAudit:
     """Every regular file the traced processes opened for writing or wrote to, followed
     through renames and hard links (the lock file is linked into place already
-    locked); those outside the RAM-backed directories ``ram``."""
+    locked) and renames of a directory holding it; those outside the RAM-backed
+    directories ``ram``."""
     written: list[str] = []
     renames: list[tuple[str, str]] = []
     for line in _joined(log.read_text(errors="replace")):
@@ -947,8 +948,11 @@ def audit_trace(log: Path, ram: Sequence[Path], cwd: Path) -> TraceAudit:
             continue                          # pipes, sockets, ttys, /dev/null
         final = path
         for src, dst in renames:
-            if os.path.normpath(src) == os.path.normpath(final):
+            src, dst = os.path.normpath(src), os.path.normpath(dst)
+            if src == os.path.normpath(final):
                 final = dst
+            elif final.startswith(src + "/"):   # a directory renamed (renc's new hosts)
+                final = dst + final[len(src):]
         if any(_under(final, r) or _under(path, r) for r in ram):
             out.in_ram.add(final)
         elif os.path.isfile(final):

@@ -33,6 +33,13 @@ def _assert_complete(repo: Repo) -> None:
             assert age_decrypt(f, host.key) == SECRETS[f.name.split(".")[0]]
 
 
+def _hosts_exist(repo: Repo) -> None:
+    """Empty host directories: files are then written beside their final names and
+    renamed one by one (a new host is built whole in a temp directory instead)."""
+    for h in repo.hosts:
+        (repo.cache / h).mkdir(parents=True, exist_ok=True)
+
+
 def _renc(repo: Repo, jobs: int = 2) -> pipeline.Result:
     return pipeline.renc(model.load(repo.root), jobs=jobs, identity_files=[repo.identity])
 
@@ -49,6 +56,7 @@ def test_every_rename_follows_a_syncfs_that_saw_its_temp_file(repo, monkeypatch,
     """Tiny batches: many publishes.  Each rename's source existed when the latest
     syncfs ran (its bytes were durable), every host directory is fsynced after its
     last rename, and the index vouches for every file written."""
+    _hosts_exist(repo)
     monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
     monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
     events: list[tuple[str, Any]] = []
@@ -97,6 +105,7 @@ def test_interrupt_while_publishing_leaves_no_temp_file(repo, monkeypatch):
     """Ctrl-C in the parent after some batches were published: every temp file is
     gone (published ones, pending ones, and those of jobs not yet delivered), and
     every final name is complete."""
+    _hosts_exist(repo)
     monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
     monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
     calls = []
@@ -126,6 +135,8 @@ def test_interrupt_while_publishing_leaves_no_temp_file(repo, monkeypatch):
 def test_a_failed_publish_keeps_nothing_half_done(repo, monkeypatch):
     """syncfs fails for a batch: the run fails, no temp file stays, nothing of that
     batch is under a final name, and the index is not saved."""
+    _hosts_exist(repo)
+
     def syncfs(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
@@ -279,3 +290,121 @@ def test_index_vouches_only_for_the_file_it_read(repo, monkeypatch):
     monkeypatch.setattr(cache, "_verify_read", real)
     assert item.key not in index.entries          # ...but not the one the lstat saw
     assert "damaged" in (index.check(item) or "")
+
+
+# ------------------------------------------------- hosts built whole in a temp directory
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_new_host_is_built_whole_then_renamed_into_place(repo, monkeypatch, jobs):
+    """A host without a cache directory: its files go into a temp directory under
+    their final names (no temp file, no rename of their own), one syncfs makes them
+    durable, then one rename per host puts the directory in place and the cache
+    directory is fsynced.  The index takes each file's stat as the worker wrote it,
+    and that stat is the file's."""
+    _first_run(repo)
+    events: list[tuple[str, str]] = []
+    real_syncfs, real_rename, real_new = fsutil.syncfs, os.rename, fsutil.rename_new
+    real_fsync = fsutil.fsync_path
+
+    def syncfs(path: Path) -> None:
+        real_syncfs(path)
+        events.append(("syncfs", str(path)))
+
+    def rename(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        events.append(("rename", str(dst)))
+
+    def rename_new(src: str, dst: str) -> None:
+        assert fsutil.TMP_MARK in os.path.basename(src)
+        assert len(os.listdir(src)) == len(SECRETS)        # whole, before it goes in
+        real_new(src, dst)
+        events.append(("rename_new", str(dst)))
+
+    def fsync_path(path: Path, directory: bool = False) -> None:
+        real_fsync(path, directory)
+        events.append(("fsync", str(path)))
+
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    monkeypatch.setattr(pipeline.os, "rename", rename)
+    monkeypatch.setattr(pipeline.fsutil, "rename_new", rename_new)
+    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
+    result = _renc(repo, jobs)
+    assert result.ok, result.failed
+    assert len(result.written) == len(SECRETS) * len(repo.hosts)
+    kinds = [k for k, w in events if k != "rename" or w.endswith(".age")]
+    assert kinds.count("syncfs") == 1 and kinds.count("rename") == 0
+    placed = [w for k, w in events if k == "rename_new"]
+    assert sorted(placed) == sorted(str(repo.cache / h) for h in repo.hosts)
+    first = next(n for n, (k, _) in enumerate(events) if k == "rename_new")
+    assert events.index(("syncfs", str(repo.cache))) < first
+    assert events[-1] == ("fsync", str(repo.cache))     # the renames made durable
+    assert _temps(repo) == []
+    _assert_complete(repo)
+    index = cache.VerifiedIndex(repo.cache)
+    for item in result.written:
+        assert index.entries[item.key] == cache.stat_key(os.stat(item.path))
+
+
+def test_an_interrupted_first_run_puts_no_host_directory_in_place(repo, monkeypatch):
+    """Ctrl-C while a first run encrypts: no host directory exists at all (none is
+    half-filled), no temp directory is left, and the next run builds them all."""
+    _first_run(repo)
+    calls = []
+    real = pipeline._Publisher.flush_if_full
+
+    def flush_if_full(self: pipeline._Publisher) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(pipeline._Publisher, "flush_if_full", flush_if_full)
+    with pytest.raises(KeyboardInterrupt):
+        _renc(repo, 2)
+    assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]
+    monkeypatch.undo()
+    monkeypatch.chdir(repo.root)
+    assert _renc(repo, 2).ok
+    _assert_complete(repo)
+    assert _temps(repo) == []
+
+
+def test_a_host_directory_made_meanwhile_gets_the_files_one_by_one(repo, monkeypatch):
+    """Someone creates a host's directory while renc builds it (renc never removes
+    what it did not write): that host's files are renamed into it one by one, each
+    recorded with its stat after the rename, and what was there stays."""
+    _first_run(repo)
+    real_new = fsutil.rename_new
+    host = sorted(repo.hosts)[0]
+
+    def rename_new(src: str, dst: str) -> None:
+        if os.path.basename(dst) == host:
+            os.mkdir(dst)
+            Path(dst, "notes.txt").write_text("mine\n")
+        real_new(src, dst)
+
+    monkeypatch.setattr(pipeline.fsutil, "rename_new", rename_new)
+    result = _renc(repo, 2)
+    assert result.ok, result.failed
+    assert (repo.cache / host / "notes.txt").read_text() == "mine\n"
+    assert _temps(repo) == []
+    index = cache.VerifiedIndex(repo.cache)
+    for item in result.written:
+        assert index.entries[item.key] == cache.stat_key(os.stat(item.path))
+    (repo.cache / host / "notes.txt").unlink()
+    _assert_complete(repo)
+
+
+def test_a_failed_syncfs_puts_no_new_host_in_place(repo, monkeypatch):
+    """The last syncfs fails on a first run: no host directory is renamed into place
+    (its files' bytes may not be on disk), no temp directory stays."""
+    _first_run(repo)
+
+    def syncfs(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    result = _renc(repo, 2)
+    assert not result.ok and result.written == []
+    assert any("cannot finish writing the cache" in p.message for p in result.failed)
+    assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]

@@ -296,13 +296,16 @@ class VerifiedIndex:
             self.changed = True
         return reason
 
-    def record(self, item: Item) -> None:
-        """A file this run just wrote (and renamed into place) under the lock."""
-        try:
-            self.entries[item.key] = stat_key(os.stat(os.path.join(item.dir, item.name)))
-            self.changed = True
-        except OSError:
-            pass
+    def record(self, item: Item, key: StatKey | None = None) -> None:
+        """A file this run just wrote (and renamed into place) under the lock; ``key``:
+        its stat, when the writer took it after the last change (saves a stat)."""
+        if key is None:
+            try:
+                key = stat_key(os.stat(os.path.join(item.dir, item.name)))
+            except OSError:
+                return
+        self.entries[item.key] = key
+        self.changed = True
 
     def save(self, items: Iterable[Item] | None) -> None:
         """Write atomically, only if anything changed; with ``items`` (a full plan),

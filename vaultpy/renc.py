@@ -5,7 +5,10 @@
 3. ``decrypt``  - each needed master once, in a worker, with identities loaded once;
 4. ``encrypt``  - per secret, in worker processes; each output is written to a temp
                   name; while the workers go on, the parent publishes finished
-                  batches: one ``syncfs`` makes a batch durable, then its renames;
+                  batches: one ``syncfs`` makes a batch durable, then its renames.
+                  A host whose directory does not exist yet (a first run, a new
+                  host) is written whole into a temp directory, renamed into place
+                  once at the end: one rename for the host, not one per file;
 5. ``prune``    - stale files and directories of removed hosts;
 6. ``report``   - a :class:`Result` the CLI renders as a table or JSON.
 
@@ -68,6 +71,9 @@ class _Job:
     source: str                      # the master's path as messages name it
     master_sha256: str
     targets: tuple[cache.Item, ...]
+    # Per target: the temp directory its host is being built in (the file goes there
+    # under its final name), or "" to write a temp file beside the final one.
+    staged: tuple[str, ...] = ()
 
 
 # Identities are set in the parent before the worker pool forks, so workers
@@ -83,8 +89,10 @@ _PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 
 
 # What a worker sends back per target: the target's index in its job, not a copy
-# of the item (10,000 pickled copies would double the parent's memory).
-_Reply = tuple[int, str, Problem | None]     # (index, temp file, failure)
+# of the item (10,000 pickled copies would double the parent's memory); for a file
+# written into a staged directory, its stat as written (a directory's rename changes
+# no stat of the files in it: the verification index takes it as is).
+_Reply = tuple[int, str, Problem | None, cache.StatKey | None]   # (index, file, failure, stat)
 
 
 def _master_problem(path: Path, exc: OSError | VaultpyError) -> Problem:
@@ -99,7 +107,7 @@ def _needed_by(problem: Problem, hosts: Sequence[str]) -> Problem:
 
 def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
     return (i, "", Problem(problem.file, problem.message,
-                           f"hosts.{item.host}.{item.id}", problem.hint))
+                           f"hosts.{item.host}.{item.id}", problem.hint), None)
 
 
 def _run_job(job: _Job) -> list[_Reply]:
@@ -120,15 +128,17 @@ def _run_job(job: _Job) -> list[_Reply]:
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
-        return [(i, "", problem) for i in range(len(job.targets))]
+        return [(i, "", problem, None) for i in range(len(job.targets))]
     out: list[_Reply] = []
     tmp = ""
     try:
         for i, t in enumerate(job.targets):
             # Plain strings on this path: a pathlib join per file cost more than the I/O.
-            tmp = os.path.join(t.dir, fsutil.tmp_basename(t.name))
+            staged = job.staged[i] if job.staged else ""
+            tmp = (os.path.join(staged, t.name) if staged
+                   else os.path.join(t.dir, fsutil.tmp_basename(t.name)))
             try:
-                fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
+                st = fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -137,9 +147,9 @@ def _run_job(job: _Job) -> list[_Reply]:
                 out.append(_failure(i, t, Problem(display_path(t.path),
                                                   f"encryption failed: {exc}")))
             else:
-                out.append((i, tmp, None))
+                out.append((i, tmp, None, cache.stat_key(st) if staged else None))
     except BaseException:           # the parent never hears of these temp files
-        for path in [tmp, *(done for _i, done, _problem in out)]:
+        for path in [tmp, *(done for _i, done, _problem, _st in out)]:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -189,24 +199,39 @@ class _Publisher:
     (each atomic, replacing a damaged file), then the index records them.  The host
     directories are fsynced once, at the end (:meth:`finish`).  Until a temp file is
     renamed it is ``pending``: :meth:`discard` removes what is left on an interrupt.
+
+    ``staging``: final host directory -> the temp directory it is being built in.
+    Files written there need no rename of their own; :meth:`finish` makes them
+    durable with the last ``syncfs`` and renames each directory into place (never
+    over one that appeared meanwhile: its files are then moved in one by one).
     """
 
     def __init__(self, cfg: Config, result: Result, index: cache.VerifiedIndex,
-                 batch_files: int, batch_bytes: int) -> None:
+                 batch_files: int, batch_bytes: int, staging: dict[str, str]) -> None:
         self.cfg = cfg
         self.result = result
         self.index = index
         self.batch_files = batch_files
         self.batch_bytes = batch_bytes
+        self.staging = staging
         self.repaired = {(i.host, i.id) for i in result.repaired}
         self.pending: list[tuple[cache.Item, str]] = []
         self.pending_bytes = 0
+        self.unsynced = 0               # files written since the last syncfs (staged too)
+        self.staged: dict[str, list[tuple[cache.Item, cache.StatKey]]] = {}
         self.dirs: set[str] = set()
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
 
-    def add(self, item: cache.Item, tmp: str) -> None:
-        self.pending.append((item, tmp))
-        self.pending_bytes += (item.payload or 0) + 256
+    def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
+        """A finished file: ``tmp`` to rename, or (``key`` given) one in a staged
+        directory, which waits for the end: a syncfs while the workers run costs them
+        more than it saves (measured on 2 cores), and the file has no rename to wait."""
+        self.unsynced += 1
+        if key is not None:
+            self.staged.setdefault(item.dir, []).append((item, key))
+        else:
+            self.pending.append((item, tmp))
+            self.pending_bytes += (item.payload or 0) + 256
 
     def flush_if_full(self) -> None:
         if len(self.pending) >= self.batch_files or self.pending_bytes >= self.batch_bytes:
@@ -220,25 +245,23 @@ class _Publisher:
     def flush(self) -> None:
         """Publish the pending batch.  A Ctrl-C during its syncfs leaves it pending
         (:meth:`discard` removes it); its renames are held whole, with their clean-up."""
-        if not self.pending:
+        if not self.unsynced:
             return
         if self.broken is None:
             try:
                 fsutil.syncfs(self.cfg.cache_dir)        # data durable before any rename
             except OSError as exc:
                 self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
+        self.unsynced = self.pending_bytes = 0
         with sigint.held():
-            pending, self.pending, self.pending_bytes = self.pending, [], 0
+            pending, self.pending = self.pending, []
             done = 0
             try:
                 if self.broken is None:
                     for item, tmp in pending:
                         os.rename(tmp, os.path.join(item.dir, item.name))
                         done += 1
-                        self.dirs.add(item.dir)
-                        if (item.host, item.id) not in self.repaired:
-                            self.result.written.append(item)
-                        self.index.record(item)
+                        self._published(item)
             except OSError as exc:
                 self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
             finally:
@@ -248,8 +271,17 @@ class _Publisher:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
 
+    def _published(self, item: cache.Item, key: cache.StatKey | None = None) -> None:
+        self.dirs.add(item.dir)
+        if (item.host, item.id) not in self.repaired:
+            self.result.written.append(item)
+        self.index.record(item, key)
+
     def finish(self) -> None:
         self.flush()
+        with sigint.held():
+            for final, built in sorted(self.staging.items()):
+                self._place(final, built)
         for d in sorted(self.dirs):
             try:
                 fsutil.fsync_path(Path(d), directory=True)
@@ -258,6 +290,47 @@ class _Publisher:
                 for item in [*self.result.written, *self.result.repaired]:
                     if item.dir == d:
                         self.fail(item, problem)
+        if self.staging:
+            try:
+                fsutil.fsync_path(self.cfg.cache_dir, directory=True)
+            except OSError as exc:
+                problem = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
+                for item in self.result.written:
+                    if item.dir in self.staging:
+                        self.fail(item, problem)
+
+    def _place(self, final: str, built: str) -> None:
+        """Rename the staged directory ``built`` to ``final`` (its files are durable:
+        :meth:`flush` ran syncfs after the last of them)."""
+        files = self.staged.pop(final, [])
+        if self.broken is not None:
+            for item, _key in files:
+                self.fail(item, self.broken)
+        if self.broken is not None or not files:
+            return                      # discard() removes the directory
+        try:
+            fsutil.rename_new(built, final)
+        except FileExistsError:         # made meanwhile (renc never removes it): file by file
+            self._move_files(files, built)
+            return
+        except OSError as exc:
+            problem = os_problem(final, exc, "finish writing the cache")
+            for item, _key in files:
+                self.fail(item, problem)
+            return
+        del self.staging[final]
+        for item, key in files:
+            self._published(item, key)
+        self.dirs.discard(final)        # its entries were synced in place; its parent is next
+
+    def _move_files(self, files: list[tuple[cache.Item, cache.StatKey]], built: str) -> None:
+        for item, _key in files:
+            try:
+                os.rename(os.path.join(built, item.name), os.path.join(item.dir, item.name))
+            except OSError as exc:
+                self.fail(item, os_problem(item.path, exc, "write cache file"))
+            else:
+                self._published(item)   # renamed: its ctime changed, so stat it again
 
     def discard(self) -> None:
         with sigint.held():        # a Ctrl-C must not cut this clean-up short
@@ -265,6 +338,10 @@ class _Publisher:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             self.pending = []
+            for built in self.staging.values():
+                with contextlib.suppress(OSError):
+                    fsutil.remove_tree(Path(built))
+            self.staging.clear()
 
 
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
@@ -300,7 +377,7 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
             # (unlinking one already renamed fails harmlessly: temp names are unique).
             for fut, _job in queue:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    for _i, tmp, _err in fut.result():
+                    for _i, tmp, _err, _st in fut.result():
                         if tmp:
                             with contextlib.suppress(OSError):
                                 os.unlink(tmp)
@@ -493,16 +570,20 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
-    created = [cfg.cache_dir / h for h in sorted({i.host for i in todo})
-               if not (cfg.cache_dir / h).exists()]
-    for d in created:
-        d.mkdir(mode=0o755, exist_ok=True)
+    # A host without a directory is built in a temp one (a killed run leaves only that,
+    # which the next full renc prunes), renamed into place at the end.
+    staging: dict[str, str] = {}
     try:
-        _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress)
-    finally:
-        for d in created:               # a failed first run leaves no empty directory
+        for d in sorted({i.dir for i in todo}):
+            if not os.path.lexists(d):
+                built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
+                os.mkdir(built, 0o755)
+                staging[d] = built
+        _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress, staging)
+    finally:    # a mkdir failed: the ones made before it (the publisher removes the rest)
+        for built in staging.values():
             with contextlib.suppress(OSError):
-                d.rmdir()
+                os.rmdir(built)
 
 
 # A batch is published once it holds 1/8 of the run (at least this much): big enough
@@ -514,25 +595,26 @@ _BATCH_BYTES = 8 << 20
 def _encrypt_jobs(cfg: Config, p: cache.Plan, todo: list[cache.Item],
                   by_secret: dict[str, list[cache.Item]], result: Result,
                   index: cache.VerifiedIndex, workers: int,
-                  progress: ProgressFn | None) -> None:
+                  progress: ProgressFn | None, staging: dict[str, str]) -> None:
     jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
-                 p.masters[sid].sha256, tuple(items))
+                 p.masters[sid].sha256, tuple(items),
+                 tuple(staging.get(i.dir, "") for i in items) if staging else ())
             for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
     total = len(todo)
     total_bytes = sum((i.payload or 0) + 256 for i in todo)
     if workers > 1 and len(jobs) > 1:
         pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
-                         max(_BATCH_BYTES, total_bytes // 8))
+                         max(_BATCH_BYTES, total_bytes // 8), staging)
     else:                       # nothing to overlap with: one syncfs, at the end
-        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1)
+        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, staging)
     done = 0
 
     def deliver(job: _Job, replies: list[_Reply]) -> None:
         nonlocal done
-        for i, tmp, problem in replies:
+        for i, path, problem, key in replies:
             item = job.targets[i]
             if problem is None:
-                pub.add(item, tmp)
+                pub.add(item, path, key)
             else:
                 pub.fail(item, problem)
         pub.flush_if_full()

@@ -49,14 +49,16 @@ def is_tmp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` exclusively and write ``data`` (no fsync, no rename)."""
+def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> os.stat_result:
+    """Create ``path`` exclusively and write ``data`` (no fsync, no rename); return the
+    stat of the file as written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        return os.fstat(fd)
     finally:
         os.close(fd)
 
