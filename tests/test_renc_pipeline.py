@@ -408,3 +408,19 @@ def test_a_failed_syncfs_puts_no_new_host_in_place(repo, monkeypatch):
     assert not result.ok and result.written == []
     assert any("cannot finish writing the cache" in p.message for p in result.failed)
     assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]
+
+
+def test_a_killed_first_run_leaves_a_temp_directory_check_names_and_renc_removes(repo):
+    """What SIGKILL leaves of a first run is a temp host directory: check names it as
+    such (not as a removed host), and the next full renc removes it."""
+    assert _renc(repo, 2).ok
+    left = repo.cache / fsutil.tmp_basename(sorted(repo.hosts)[0])
+    left.mkdir()
+    (left / "s0.0123456789abcdef0123456789abcdef.age").write_bytes(b"half")
+    proc = repo.run("check")
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert f"{left.name}: leftover temporary directory (a new host's cache" in out
+    assert "not in hosts.toml" not in out
+    result = _renc(repo, 2)
+    assert result.ok and result.pruned == [] and not left.exists()

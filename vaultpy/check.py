@@ -104,7 +104,9 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             continue
         if host_id in outdated:
             continue            # the out-of-date line above says it, and renc replaces it
-        what = ("leftover temporary file" if cache.is_leftover(path) else
+        what = ("leftover temporary directory (a new host's cache, from an interrupted "
+                "renc)" if cache.is_leftover(path) and path.is_dir() else
+                "leftover temporary file" if cache.is_leftover(path) else
                 "directory of a host that is not in hosts.toml"
                 if path.is_dir() and path.parent == cfg.cache_dir else
                 "directory inside a host's cache directory" if path.is_dir() else
