@@ -279,8 +279,9 @@ class _Publisher:
 
     def finish(self) -> None:
         self.flush()
+        placing = sorted(self.staging.items())
         with sigint.held():
-            for final, built in sorted(self.staging.items()):
+            for final, built in placing:
                 self._place(final, built)
         for d in sorted(self.dirs):
             try:
@@ -290,7 +291,7 @@ class _Publisher:
                 for item in [*self.result.written, *self.result.repaired]:
                     if item.dir == d:
                         self.fail(item, problem)
-        if self.staging:
+        if placing:         # the directories' renames durable
             try:
                 fsutil.fsync_path(self.cfg.cache_dir, directory=True)
             except OSError as exc:
