@@ -432,3 +432,23 @@ def test_a_killed_first_run_leaves_a_temp_directory_check_names_and_renc_removes
     assert "not in hosts.toml" not in out
     result = _renc(repo, 2)
     assert result.ok and result.pruned == [] and not left.exists()
+
+
+def test_a_failed_fsync_of_the_cache_directory_fails_the_new_hosts(repo, monkeypatch):
+    """The publisher itself fsyncs the cache directory once new hosts are renamed into
+    place (the index's own save, which swallows its errors, is not what makes those
+    renames durable): when that fsync fails, the new hosts' files are failed."""
+    _first_run(repo)
+    real_fsync = fsutil.fsync_path
+
+    def fsync_path(path: Path, directory: bool = False) -> None:
+        if directory and os.path.samefile(path, repo.cache):
+            raise OSError(5, "Input/output error")
+        real_fsync(path, directory)
+
+    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
+    result = _renc(repo, 2)
+    assert not result.ok
+    assert any("cannot finish writing the cache" in p.message for p in result.failed)
+    assert {h for h, _sid in result.failed_items} == set(repo.hosts)
+    assert not (repo.cache / cache.INDEX).exists()

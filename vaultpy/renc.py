@@ -220,6 +220,7 @@ class _Publisher:
         self.unsynced = 0               # files written since the last syncfs (staged too)
         self.staged: dict[str, list[tuple[cache.Item, cache.StatKey]]] = {}
         self.dirs: set[str] = set()
+        self.placed: set[str] = set()   # staged directories renamed into place
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
@@ -279,9 +280,8 @@ class _Publisher:
 
     def finish(self) -> None:
         self.flush()
-        placing = sorted(self.staging.items())
         with sigint.held():
-            for final, built in placing:
+            for final, built in sorted(self.staging.items()):
                 self._place(final, built)
         for d in sorted(self.dirs):
             try:
@@ -291,13 +291,13 @@ class _Publisher:
                 for item in [*self.result.written, *self.result.repaired]:
                     if item.dir == d:
                         self.fail(item, problem)
-        if placing:         # the directories' renames durable
+        if self.placed:             # (placed ones have left self.staging)
             try:
                 fsutil.fsync_path(self.cfg.cache_dir, directory=True)
             except OSError as exc:
                 problem = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
                 for item in self.result.written:
-                    if item.dir in self.staging:
+                    if item.dir in self.placed:
                         self.fail(item, problem)
 
     def _place(self, final: str, built: str) -> None:
@@ -320,6 +320,7 @@ class _Publisher:
                 self.fail(item, problem)
             return
         del self.staging[final]
+        self.placed.add(final)
         for item, key in files:
             self._published(item, key)
         self.dirs.discard(final)        # its entries were synced in place; its parent is next
