@@ -452,3 +452,42 @@ def test_a_failed_fsync_of_the_cache_directory_fails_the_new_hosts(repo, monkeyp
     assert any("cannot finish writing the cache" in p.message for p in result.failed)
     assert {h for h, _sid in result.failed_items} == set(repo.hosts)
     assert not (repo.cache / cache.INDEX).exists()
+
+
+_WORKER_PARENT: list[int] = []
+
+
+def _half_written_then_dead(path: str, data: bytes, mode: int = 0o644) -> os.stat_result:
+    """A worker killed (OOM killer, a signal) half way through one host's big file."""
+    if (os.getpid() != _WORKER_PARENT[0] and os.path.basename(path).startswith("big.")
+            and fsutil.TMP_MARK in os.path.dirname(path)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.write(fd, data[:len(data) // 2])
+        os._exit(9)
+    return _real_write_new(path, data, mode)
+
+
+_real_write_new = fsutil.write_new
+
+
+def test_a_worker_dying_while_building_a_new_host_leaves_no_partial_file(repo, monkeypatch):
+    """A worker dies mid-write into a new host's temp directory (under the file's final
+    name): its files are failed, and none of them goes into place with the directory,
+    so no partial file ever has a final name; the next run completes the cache."""
+    _first_run(repo)
+    _WORKER_PARENT[:] = [os.getpid()]
+    monkeypatch.setattr(pipeline.fsutil, "write_new", _half_written_then_dead)
+    result = _renc(repo, 2)
+    assert not result.ok
+    assert any("worker failed" in p.message for p in result.failed)
+    for host in repo.hosts.values():
+        d = repo.cache / host.name
+        for f in sorted(d.iterdir()) if d.exists() else []:
+            sid = f.name.split(".")[0]
+            assert age_decrypt(f, host.key) == SECRETS[sid]       # complete
+            assert (host.name, sid) not in result.failed_items, f"failed, yet in place: {f}"
+    assert [p for p in repo.cache.iterdir() if fsutil.TMP_MARK in p.name] == []
+    monkeypatch.undo()
+    monkeypatch.chdir(repo.root)
+    assert _renc(repo, 2).ok
+    _assert_complete(repo)

@@ -221,6 +221,10 @@ class _Publisher:
         self.staged: dict[str, list[tuple[cache.Item, cache.StatKey]]] = {}
         self.dirs: set[str] = set()
         self.placed: set[str] = set()   # staged directories renamed into place
+        # Failed files' final names in a staged directory: a worker that died mid-job
+        # may have left them there, partial, and the directory's rename would put them
+        # in place with it.  They are unlinked before the last syncfs (:meth:`finish`).
+        self.dropped: list[str] = []
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
@@ -242,6 +246,9 @@ class _Publisher:
         if problem not in self.result.failed:
             self.result.failed.append(problem)
         self.result.failed_items.add((item.host, item.id))
+        built = self.staging.get(item.dir)
+        if built is not None:
+            self.dropped.append(os.path.join(built, item.name))
 
     def flush(self) -> None:
         """Publish the pending batch.  A Ctrl-C during its syncfs leaves it pending
@@ -279,6 +286,11 @@ class _Publisher:
         self.index.record(item, key)
 
     def finish(self) -> None:
+        for path in self.dropped:   # before the syncfs: the unlinks durable with the rest
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                self.unsynced += 1
+        self.dropped = []
         self.flush()
         with sigint.held():
             for final, built in sorted(self.staging.items()):
