@@ -131,11 +131,19 @@ def dir_in_host_dir(repo: Repo) -> Expected:
     return [(rel(repo, junk), "directory inside a host's cache directory")]
 
 
+def tmp_named_dir_in_host_dir(repo: Repo) -> Expected:
+    """renc builds only a new host's directory under a temp name, beside the hosts: one
+    inside a host's directory is no cache of a new host (check said it was)."""
+    junk = fsutil.tmp_name(cache_file(repo, "host1", "alpha"))
+    junk.mkdir()
+    return [(rel(repo, junk), "directory inside a host's cache directory")]
+
+
 # an unknown host's directory and a header cut are covered by the all-at-once test
 DAMAGES: dict[str, Callable[[Repo], Expected]] = {
     "missing": missing, "stale_file": stale_file, "removed_host": removed_host,
     "truncated_tail": truncated_tail, "swapped_host_keys": swapped, "leftover_tmp": leftover_tmp,
-    "dir_in_host_dir": dir_in_host_dir,
+    "dir_in_host_dir": dir_in_host_dir, "tmp_named_dir_in_host_dir": tmp_named_dir_in_host_dir,
 }
 
 

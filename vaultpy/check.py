@@ -104,11 +104,13 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             continue
         if host_id in outdated:
             continue            # the out-of-date line above says it, and renc replaces it
+        top = path.parent == cfg.cache_dir
         what = ("leftover temporary directory (a new host's cache, from an interrupted "
-                "renc)" if cache.is_leftover(path) and path.is_dir() else
-                "leftover temporary file" if cache.is_leftover(path) else
+                "renc)" if cache.is_leftover(path) and path.is_dir() and top else
+                "leftover temporary file"
+                if cache.is_leftover(path) and not path.is_dir() else
                 "directory of a host that is not in hosts.toml"
-                if path.is_dir() and path.parent == cfg.cache_dir else
+                if path.is_dir() and top else
                 "directory inside a host's cache directory" if path.is_dir() else
                 "stale cache file")
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
