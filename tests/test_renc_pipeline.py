@@ -491,3 +491,30 @@ def test_a_worker_dying_while_building_a_new_host_leaves_no_partial_file(repo, m
     monkeypatch.chdir(repo.root)
     assert _renc(repo, 2).ok
     _assert_complete(repo)
+
+
+def test_a_host_directory_that_cannot_be_made_is_one_line(repo, monkeypatch):
+    """mkdir of a new host's temp directory fails (no inode left): one problem naming
+    the host's directory, not an internal error; nothing is left behind."""
+    import errno
+
+    from vaultpy.errors import VaultpyError
+
+    _first_run(repo)
+    real_mkdir = os.mkdir
+    made: list[str] = []
+
+    def mkdir(path: Any, mode: int = 0o777, **kw: Any) -> None:
+        if fsutil.TMP_MARK in os.path.basename(str(path)):
+            if made:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            made.append(str(path))
+        real_mkdir(path, mode, **kw)
+
+    monkeypatch.setattr(pipeline.os, "mkdir", mkdir)
+    with pytest.raises(VaultpyError) as err:
+        _renc(repo, 2)
+    [problem] = err.value.problems
+    assert "cannot create the host's cache directory" in problem.message
+    assert "No space left on device" in problem.message
+    assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]

@@ -591,7 +591,11 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
         for d in sorted({i.dir for i in todo}):
             if not os.path.lexists(d):
                 built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
-                os.mkdir(built, 0o755)
+                try:
+                    os.mkdir(built, 0o755)
+                except OSError as exc:      # no inode left, a read-only file system...
+                    raise VaultpyError(os_problem(d, exc, "create the host's cache "
+                                                  "directory")) from None
                 staging[d] = built
         _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress, staging)
     finally:    # a mkdir failed: the ones made before it (the publisher removes the rest)
