@@ -40,6 +40,33 @@ def _hosts_exist(repo: Repo) -> None:
         (repo.cache / h).mkdir(parents=True, exist_ok=True)
 
 
+def _log_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[Any]) -> None:
+    """Append ("fsync", path) to ``events`` after each fsync renc makes."""
+    real = fsutil.fsync_path
+
+    def fsync_path(path: Path, directory: bool = False) -> None:
+        real(path, directory)
+        events.append(("fsync", str(path)))
+
+    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
+
+
+def _interrupted_at_third_delivery(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run renc --jobs 2 with a Ctrl-C in the parent as it takes the third job's files."""
+    calls = []
+    real = pipeline._Publisher.flush_if_full
+
+    def flush_if_full(self: pipeline._Publisher) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(pipeline._Publisher, "flush_if_full", flush_if_full)
+    with pytest.raises(KeyboardInterrupt):
+        _renc(repo, 2)
+
+
 def _renc(repo: Repo, jobs: int = 2) -> pipeline.Result:
     return pipeline.renc(model.load(repo.root), jobs=jobs, identity_files=[repo.identity])
 
@@ -60,7 +87,8 @@ def test_every_rename_follows_a_syncfs_that_saw_its_temp_file(repo, monkeypatch,
     monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
     monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
     events: list[tuple[str, Any]] = []
-    real_syncfs, real_rename, real_fsync = fsutil.syncfs, os.rename, fsutil.fsync_path
+    real_syncfs, real_rename = fsutil.syncfs, os.rename
+    _log_fsyncs(monkeypatch, events)
 
     def syncfs(path: Path) -> None:
         real_syncfs(path)
@@ -71,13 +99,8 @@ def test_every_rename_follows_a_syncfs_that_saw_its_temp_file(repo, monkeypatch,
         if str(dst).endswith(".age"):       # a cache file (not the index, say)
             events.append(("rename", (src, dst)))
 
-    def fsync_path(path: Path, directory: bool = False) -> None:
-        real_fsync(path, directory)
-        events.append(("fsync", str(path)))
-
     monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
     monkeypatch.setattr(pipeline.os, "rename", rename)
-    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
 
     result = _renc(repo, jobs)
 
@@ -108,18 +131,7 @@ def test_interrupt_while_publishing_leaves_no_temp_file(repo, monkeypatch):
     _hosts_exist(repo)
     monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
     monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
-    calls = []
-    real = pipeline._Publisher.flush_if_full
-
-    def flush_if_full(self: pipeline._Publisher) -> None:
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(self)
-
-    monkeypatch.setattr(pipeline._Publisher, "flush_if_full", flush_if_full)
-    with pytest.raises(KeyboardInterrupt):
-        _renc(repo, 2)
+    _interrupted_at_third_delivery(repo, monkeypatch)
     assert _temps(repo) == []
     published = [p for h in repo.hosts for p in (repo.cache / h).iterdir()]
     assert published                                  # two batches made it
@@ -304,7 +316,7 @@ def test_a_new_host_is_built_whole_then_renamed_into_place(repo, monkeypatch, jo
     _first_run(repo)
     events: list[tuple[str, str]] = []
     real_syncfs, real_rename, real_new = fsutil.syncfs, os.rename, fsutil.rename_new
-    real_fsync = fsutil.fsync_path
+    _log_fsyncs(monkeypatch, events)
 
     def syncfs(path: Path) -> None:
         real_syncfs(path)
@@ -320,10 +332,6 @@ def test_a_new_host_is_built_whole_then_renamed_into_place(repo, monkeypatch, jo
         real_new(src, dst)
         events.append(("rename_new", str(dst)))
 
-    def fsync_path(path: Path, directory: bool = False) -> None:
-        real_fsync(path, directory)
-        events.append(("fsync", str(path)))
-
     real_save = cache.VerifiedIndex.save
 
     def save(self: cache.VerifiedIndex, items: Any) -> None:
@@ -333,7 +341,6 @@ def test_a_new_host_is_built_whole_then_renamed_into_place(repo, monkeypatch, jo
     monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
     monkeypatch.setattr(pipeline.os, "rename", rename)
     monkeypatch.setattr(pipeline.fsutil, "rename_new", rename_new)
-    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
     monkeypatch.setattr(cache.VerifiedIndex, "save", save)
     result = _renc(repo, jobs)
     assert result.ok, result.failed
@@ -357,18 +364,7 @@ def test_an_interrupted_first_run_puts_no_host_directory_in_place(repo, monkeypa
     """Ctrl-C while a first run encrypts: no host directory exists at all (none is
     half-filled), no temp directory is left, and the next run builds them all."""
     _first_run(repo)
-    calls = []
-    real = pipeline._Publisher.flush_if_full
-
-    def flush_if_full(self: pipeline._Publisher) -> None:
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(self)
-
-    monkeypatch.setattr(pipeline._Publisher, "flush_if_full", flush_if_full)
-    with pytest.raises(KeyboardInterrupt):
-        _renc(repo, 2)
+    _interrupted_at_third_delivery(repo, monkeypatch)
     assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]
     monkeypatch.undo()
     monkeypatch.chdir(repo.root)
