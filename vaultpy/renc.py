@@ -591,17 +591,23 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
         for d in sorted({i.dir for i in todo}):
             if not os.path.lexists(d):
                 built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
-                try:
-                    os.mkdir(built, 0o755)
-                except OSError as exc:      # no inode left, a read-only file system...
-                    raise VaultpyError(os_problem(d, exc, "create the host's cache "
-                                                  "directory")) from None
-                staging[d] = built
+                # Held: a Ctrl-C during the mkdir is raised as it returns, which must
+                # find the directory recorded, or nothing would remove it.
+                with sigint.held():
+                    try:
+                        os.mkdir(built, 0o755)
+                    except OSError as exc:      # no inode left, a read-only file system
+                        raise VaultpyError(os_problem(d, exc, "create the host's cache "
+                                                      "directory")) from None
+                    staging[d] = built
         _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress, staging)
-    finally:    # a mkdir failed: the ones made before it (the publisher removes the rest)
-        for built in staging.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(built)
+    finally:
+        # What the publisher did not place or remove: made before a failed mkdir, or
+        # left by a Ctrl-C that came before the publisher's own clean-up began.
+        with sigint.held():
+            for built in staging.values():
+                with contextlib.suppress(OSError):
+                    fsutil.remove_tree(Path(built))
 
 
 # A batch is published once it holds 1/8 of the run (at least this much): big enough
