@@ -538,3 +538,19 @@ def test_ctrl_c_during_a_new_host_mkdir_leaves_no_temp_directory(repo, monkeypat
         _renc(repo, 2)
     assert len(temp_dirs) == 2
     assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]
+
+
+def test_a_host_run_removes_that_hosts_leftover_temp_directory(repo):
+    """renc --host X removes what a killed run left of X's new directory (and only
+    X's: another host's waits for a run that covers it, or a full one)."""
+    assert _renc(repo, 2).ok
+    first, second = sorted(repo.hosts)[:2]
+    left = {h: repo.cache / fsutil.tmp_basename(h) for h in (first, second)}
+    for d in left.values():
+        d.mkdir()
+        (d / "s0.0123456789abcdef0123456789abcdef.age").write_bytes(b"half")
+    result = pipeline.renc(model.load(repo.root), [first], jobs=2,
+                           identity_files=[repo.identity])
+    assert result.ok and result.pruned == []
+    assert not left[first].exists() and left[second].exists()
+    assert _renc(repo, 2).ok and not left[second].exists()

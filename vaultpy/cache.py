@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from stat import S_ISDIR, S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
-from vaultpy._internal.fsutil import atomic_write, is_tmp, read_regular
+from vaultpy._internal.fsutil import atomic_write, is_tmp, read_regular, tmp_prefix
 
 # Naming lives apart (the incremental renc needs it alone); it is this module's API too.
 from vaultpy._internal.names import NAME_RE as NAME_RE
@@ -138,7 +139,14 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
         for entry in _listdir(cfg.cache_dir / host_name):
             if entry not in names:
                 result.stale.append(cfg.cache_dir / host_name / entry)
-    if not hosts:
+    if hosts:   # a --host run: what a killed run left of these hosts' new directories
+        prefixes = {tmp_prefix(h.name) for h in selected}
+        for entry in _listdir(cfg.cache_dir):
+            path = cfg.cache_dir / entry
+            if (entry[:-12] in prefixes and _HEX12.fullmatch(entry[-12:])
+                    and path.is_dir() and not path.is_symlink()):
+                result.stale.append(path)
+    else:
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
             removed_host = entry not in cfg.hosts and path.is_dir() and not path.is_symlink()
@@ -156,6 +164,9 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     broken = {p.field.removeprefix("secrets.") for p in result.problems}
     result.stale = [p for p in result.stale if _stale_id(p) not in broken]
     return result
+
+
+_HEX12 = re.compile(r"[0-9a-f]{12}")     # the random end of fsutil.tmp_basename
 
 
 def _stale_id(path: Path) -> str | None:
