@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +139,10 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             if entry not in names:
                 result.stale.append(cfg.cache_dir / host_name / entry)
     if hosts:   # a --host run: what a killed run left of these hosts' new directories
-        prefixes = {tmp_prefix(h.name) for h in selected}
+        prefixes = tuple(tmp_prefix(h.name) for h in selected)
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
-            if (entry[:-12] in prefixes and _HEX12.fullmatch(entry[-12:])
-                    and path.is_dir() and not path.is_symlink()):
+            if entry.startswith(prefixes) and path.is_dir() and not path.is_symlink():
                 result.stale.append(path)
     else:
         for entry in _listdir(cfg.cache_dir):
@@ -164,9 +162,6 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     broken = {p.field.removeprefix("secrets.") for p in result.problems}
     result.stale = [p for p in result.stale if _stale_id(p) not in broken]
     return result
-
-
-_HEX12 = re.compile(r"[0-9a-f]{12}")     # the random end of fsutil.tmp_basename
 
 
 def _stale_id(path: Path) -> str | None:
