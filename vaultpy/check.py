@@ -104,14 +104,13 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             continue
         if host_id in outdated:
             continue            # the out-of-date line above says it, and renc replaces it
-        top = path.parent == cfg.cache_dir
+        top, is_dir, leftover = (path.parent == cfg.cache_dir, path.is_dir(),
+                                 cache.is_leftover(path))
         what = ("leftover temporary directory (a new host's cache, from an interrupted "
-                "renc)" if cache.is_leftover(path) and path.is_dir() and top else
-                "leftover temporary file"
-                if cache.is_leftover(path) and not path.is_dir() else
-                "directory of a host that is not in hosts.toml"
-                if path.is_dir() and top else
-                "directory inside a host's cache directory" if path.is_dir() else
+                "renc)" if leftover and is_dir and top else
+                "leftover temporary file" if leftover and not is_dir else
+                "directory of a host that is not in hosts.toml" if is_dir and top else
+                "directory inside a host's cache directory" if is_dir else
                 "stale cache file")
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     return entries, problems
