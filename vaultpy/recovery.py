@@ -110,31 +110,33 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
     left to ``check`` (which reports them on every run).
     """
     problems: list[Problem] = []
-    backups: list[tuple[str, list[age.Identity]]] = []
+    backups: list[tuple[str, list[age.Identity], str]] = []    # (source, keys, the fix)
     for path in backup_files:
         try:
-            backups.append((display_path(path), age.load_identity_file(path, ask)))
+            keys = age.load_identity_file(path, ask)
         except VaultpyError as exc:
             problems.extend(Problem(p.file, p.message, "--backup-identity", p.hint)
                             for p in exc.problems)
+            continue
+        listed = bool(set(_x25519_publics(keys)) & set(cfg.recipients))
+        backups.append((display_path(path), keys, "its key is listed: run vaultpy rekey"
+                        if listed else "add its public key to [vaultpy] recipients, then "
+                        "run vaultpy rekey"))
     for sid, secret in cfg.secrets.items():
         try:
             data = secret.file.read_bytes()
             ageformat.parse(data)
         except (OSError, ageformat.FormatError):
             continue
-        for source, keys in backups:
+        for source, keys, fix in backups:
             try:
                 age.decrypt(data, keys, display_path(secret.file))
             except VaultpyError as exc:
                 reason = exc.problems[0].message
                 why = "" if "can decrypt it" in reason else f" ({reason})"
-                listed = bool(set(_x25519_publics(keys)) & set(cfg.recipients))
                 problems.append(Problem(display_path(secret.file), "cannot be decrypted by "
                                         f"backup identity {source}{why}", f"secrets.{sid}",
-                                        "its key is listed: run vaultpy rekey" if listed else
-                                        "add its public key to [vaultpy] recipients, then "
-                                        "run vaultpy rekey"))
+                                        fix))
     return problems
 
 
