@@ -266,6 +266,9 @@ class Scanning:
 # half of them: lstat is most of a no-op run, and on 2 cores the halves overlap.
 # (Threads do not help: each stat returns into a wait for the GIL.)
 PARALLEL_ENTRIES = 2048
+# The helper's share in :func:`digest`, where this process has ~550 files of its own to
+# stat (modules, masters) before its share of the folders.
+_FIRST_SHARE = 0.55
 
 # A scanned folder's digest, its newest mtime/ctime, its scan, its number of entries.
 _Folder = tuple[bytes, int, Scan | None, int]
@@ -441,14 +444,21 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     With ``unless``: when the files' digest differs from it, stop there (the folders'
     digest is then ""): a changed master is found in 500 stats, not 10,500.  The
     folders' digest is also "" when they cannot be trusted (see :meth:`Rest.take`).
+
+    On a big cache the helper starts first, and takes a little more than half of the
+    folders: this process stats vaultpy's modules and the files meanwhile.
     """
-    head_value, newest = head()
-    lines, files_newest = file_lines(files)
-    files_value = files_digest(head_value, files, lines)
-    newest = max(newest, files_newest)
-    if unless is not None and files_value != unless:
-        return files_value, "", newest
-    rest = Rest.take(listed, scanned, entries=entries)
+    scanning = Rest.start(listed, scanned, entries=entries, share=_FIRST_SHARE)
+    try:
+        head_value, newest = head()
+        lines, files_newest = file_lines(files)
+        files_value = files_digest(head_value, files, lines)
+        newest = max(newest, files_newest)
+        if unless is not None and files_value != unless:
+            return files_value, "", newest
+        rest = scanning.finish()
+    finally:
+        scanning.cancel()
     if rest is None:
         return files_value, "", newest
     return files_value, rest.value, max(newest, rest.newest)
