@@ -87,6 +87,8 @@ class Plan:
     masters: dict[str, Master] = field(default_factory=dict)
     stale: list[Path] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)   # missing/unreadable masters
+    # Host cache directories that did not exist: their items are missing, no stat needed
+    absent: set[str] = field(default_factory=set)
 
 
 def missing_master(cfg: Config, sid: str) -> Problem:
@@ -135,7 +137,14 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             result.items.append(Item(host.name, sid, host_dir, name, host.recipients,
                                      master[1]))
     for host_name, names in expected.items():
-        for entry in _listdir(cfg.cache_dir / host_name):
+        try:
+            entries = sorted(os.listdir(cfg.cache_dir / host_name))
+        except FileNotFoundError:
+            result.absent.add(os.path.join(cfg.cache_dir, host_name))
+            continue
+        except NotADirectoryError:      # in the way: each item's check says so
+            continue
+        for entry in entries:
             if entry not in names:
                 result.stale.append(cfg.cache_dir / host_name / entry)
     if hosts:   # a --host run: what a killed run left of these hosts' new directories

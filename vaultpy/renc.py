@@ -560,8 +560,9 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     if p.problems:
         raise VaultpyError(p.problems)
     todo: list[cache.Item] = []
+    absent = p.absent           # a first run's 10,000 items: no stat each
     for item in p.items:
-        reason = index.check(item)
+        reason = "missing" if item.dir in absent else index.check(item)
         blocker = None if reason in (None, "missing") else cache.in_the_way(item)
         if blocker is not None:         # renc never removes what it did not write
             result.failed.append(Problem(display_path(item.path), "cannot write the cache "
