@@ -99,7 +99,12 @@ def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 def best_interleaved(n: int, cmds: dict[str, list[str]], cwd: Path, env: dict[str, str]
                      ) -> dict[str, float]:
-    """Best wall time of each command over ``n`` rounds, each round running every one."""
+    """Best wall time of each command over ``n`` rounds, each round running every one,
+    after one round untimed: the steady state.  (A renc or check that finds nothing to
+    do records the no-op memo; until one has, the first such run is a full one, which
+    ``renc_noop_full_s`` measures on its own.)"""
+    for cmd in cmds.values():
+        timed_rss(cmd, cwd, env)
     best = dict.fromkeys(cmds, float("inf"))
     for _ in range(n):
         for key, cmd in cmds.items():
