@@ -371,3 +371,36 @@ def test_identities_that_do_not_load_fail_as_a_full_run_does(
     assert mine[0] == theirs[0] == 1
     assert mine[1:] == theirs[1:] and "no-such-key.txt" in mine[2]
     assert from_memo(repo, "renc", env=gone)          # answered without the CLI
+
+
+def test_a_failed_sync_after_the_renames_reports_no_file_written(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """The syncfs that makes the renames durable fails: the new files are in place but
+    not known durable.  As the full pipeline does when a directory's fsync fails, the
+    run fails and lists them as failed only, not also as written."""
+    settled(repo)
+    change(repo, "alpha", b"alpha 2")
+    in_process(repo, monkeypatch)
+    from vaultpy._internal import fsutil
+
+    real_syncfs, calls = fsutil.syncfs, []
+
+    def syncfs(path: object) -> None:
+        calls.append(path)
+        if len(calls) == 2:                 # the first makes the new files' bytes durable
+            raise OSError(5, "Input/output error")
+        real_syncfs(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil, "syncfs", syncfs)
+    assert memo.answer(["renc", "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert not report["ok"] and report["written"] == []
+    assert report["failed"][0]["message"] == ("cannot finish writing the cache: "
+                                              "Input/output error")
+    assert err.count("\n") == 1
+    assert not trusted(repo, "renc")
+    monkeypatch.setattr(fsutil, "syncfs", real_syncfs)
+    repo.ok("renc")
+    assert full(repo, "check")[0] == 0

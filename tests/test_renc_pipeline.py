@@ -447,7 +447,36 @@ def test_a_failed_fsync_of_the_cache_directory_fails_the_new_hosts(repo, monkeyp
     assert not result.ok
     assert any("cannot finish writing the cache" in p.message for p in result.failed)
     assert {h for h, _sid in result.failed_items} == set(repo.hosts)
+    assert result.written == []         # failed, so not also reported as written
     assert not (repo.cache / cache.INDEX).exists()
+
+
+def test_a_failed_fsync_of_a_host_directory_fails_its_files_only(repo, monkeypatch):
+    """Files renamed into an existing host directory whose fsync then fails are failed,
+    and reported once: not also as written (or repaired)."""
+    _hosts_exist(repo)
+    assert _renc(repo, 2).ok
+    first, second, _third = repo.hosts
+    for host in (first, second):
+        for f in (repo.cache / host).glob("s[01].*"):
+            f.write_bytes(b"damaged")
+    next((repo.cache / first).glob("s2.*")).unlink()
+    real_fsync = fsutil.fsync_path
+
+    def fsync_path(path: Path, directory: bool = False) -> None:
+        if directory and os.path.samefile(path, repo.cache / first):
+            raise OSError(5, "Input/output error")
+        real_fsync(path, directory)
+
+    monkeypatch.setattr(pipeline.fsutil, "fsync_path", fsync_path)
+    result = _renc(repo, 2)
+    assert not result.ok
+    assert sorted(result.failed_items) == [(first, "s0"), (first, "s1"), (first, "s2")]
+    assert sorted((i.host, i.id) for i in result.repaired) == [(second, "s0"), (second, "s1")]
+    assert result.written == []
+    reported = result.as_dict()
+    assert not {str(repo.cache / first)} & {str(Path(p).parent) for p in
+                                             [*reported["written"], *reported["repaired"]]}
 
 
 _WORKER_PARENT: list[int] = []

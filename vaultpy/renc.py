@@ -455,9 +455,11 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
                 # Renamed files are recorded in the index as they are published.
                 _encrypt_all(cfg, p, s.todo, result, index, workers, progress)
-                # A damaged file is repaired once its new copy is in place, not before.
-                result.repaired = [i for i in result.repaired
-                                   if (i.host, i.id) not in result.failed_items]
+                # A damaged file is repaired once its new copy is in place, not before;
+                # a file whose directory's fsync failed is failed, not also written.
+                failed = result.failed_items
+                result.repaired = [i for i in result.repaired if (i.host, i.id) not in failed]
+                result.written = [i for i in result.written if (i.host, i.id) not in failed]
             s.todo = []
             _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change

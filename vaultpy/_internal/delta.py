@@ -123,6 +123,7 @@ class Run:
         # What this run changed: folder -> entry -> its lstat after, or None (removed).
         self.ours: dict[str, dict[str, os.stat_result | None]] = {}
         self.published: list[_Write] = []
+        self.unsynced = False
         self.failed: list[Problem] = []     # after publishing began: reported, not handed over
         self.failed_record = False
         self.fatal: list[Problem] = []      # the full run's answer too (identities)
@@ -283,6 +284,7 @@ class Run:
             fsutil.syncfs(self.cache_dir)           # the renames and removals too
         except OSError as exc:
             self._fail(os_problem(self.cache_dir, exc, "finish writing the cache"))
+            self.unsynced = True    # in place, not known durable: failed, not written
         for w in published:
             self._ours(self.rec.cache_dir, w.host, w.folder)
         return True
@@ -351,6 +353,7 @@ class Run:
             return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n", "", 0
         problems = _lines(self.failed)
         code = 1 if self.failed else 0
+        written = [] if self.unsynced else self.published
         if json_out:
             return memo.as_json({
                 "failed": [p.as_dict() for p in self.failed], "ok": not self.failed,
@@ -358,14 +361,14 @@ class Run:
                 "pruned": sorted(os.path.join(w.folder, w.old) for w in self.published
                                  if w.pruned),
                 "warnings": [],             # as the memo it runs from: none stood
-                "written": sorted(os.path.join(w.folder, w.new) for w in self.published),
+                "written": sorted(os.path.join(w.folder, w.new) for w in written),
             }), problems, code
         rows = {host: [0, 0, n, 0] for (host, _), n in zip(rec.hosts, rec.needs, strict=True)
                 if n}
         for w in self.writes:
             rows[w.host][2] -= 1
         for w in self.published:
-            rows[w.host][0] += 1
+            rows[w.host][0] += not self.unsynced
             rows[w.host][3] += w.pruned
         failed = f"{len(self.failed)} failed\n" if self.failed else ""
         return memo.renc_table(rows) + "\n", failed + problems, code
