@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -488,6 +489,67 @@ def test_generate_killed_between_its_renames_is_finished_by_the_next_run(
     repo.ok("check")
 
 
+def _killed_at(repo: Repo, syscall: str, when: int, *args: str) -> None:
+    """Run vaultpy ``args`` with a SIGKILL delivered as it enters its ``when``-th
+    ``syscall`` (strace's fault injection: the call itself never happens)."""
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           f"inject={syscall}:signal=KILL:when={when}", sys.executable, "-m",
+                           "vaultpy", *args], cwd=repo.root, capture_output=True,
+                          env={**os.environ, "NO_COLOR": "1", **repo.env})
+    if b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -9 or proc.returncode == 128 + 9, proc.stderr.decode()
+
+
+def _pair_matches(repo: Repo, sid: str, tmp_path: Path) -> bytes:
+    """The .pub beside ``sid``'s master is the public half of that very master."""
+    private = tmp_path / sid
+    private.write_bytes(master(repo, sid))
+    private.chmod(0o600)
+    derived = subprocess.run([need("ssh-keygen"), "-y", "-f", str(private)], check=True,
+                             capture_output=True, text=True).stdout.split()
+    pub = (repo.root / "secrets" / f"{sid}.pub").read_bytes()
+    assert pub.split()[:2] == [w.encode() for w in derived[:2]]
+    return pub
+
+
+@pytest.mark.parametrize("when", [1, 2, 3, 4])
+def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
+        make_repo, tmp_path: Path, when: int) -> None:
+    """rotate replaces a key pair's master, its .pub and rotation.toml: three renames,
+    after the one that puts the journal of the write in place.  Killed at any of them,
+    the pair is never mixed: before the journal, the old pair stays (its temp files
+    are leftovers renc removes); after it, the next command that takes the lock
+    finishes the rotation, and check says so meanwhile."""
+    need("strace")
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    repo.ok("generate")
+    repo.ok("renc")
+    old_pub = _pair_matches(repo, "deploy", tmp_path)
+    journal = repo.cache / ".vaultpy-writes"
+
+    _killed_at(repo, "rename", when, "rotate", "deploy")
+    assert journal.exists() == (when > 1)
+    proc = repo.run("check")
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    if when > 1:
+        assert out.startswith("secrets/cache/.vaultpy-writes: a write of several files was "
+                              "interrupted before all of them were replaced; run vaultpy "
+                              "renc: any command that takes the lock finishes it first\n")
+        assert "leftover temporary file" not in out
+    else:
+        assert "secrets/.deploy.pub.vaultpy-tmp-" in out
+        assert out.count("leftover temporary file") == 4, out   # 3 and the journal's own
+    err = repo.ok("renc").stderr.decode()
+    assert not journal.exists()
+    assert not [p for p in (repo.root / "secrets").iterdir() if "vaultpy-tmp" in p.name], err
+    new_pub = _pair_matches(repo, "deploy", tmp_path)
+    assert (new_pub != old_pub) == (when > 1)
+    assert ("deploy" in rotation(repo)["rotated"])
+    repo.ok("check")
+
+
 def test_generate_derives_a_missing_public_key_again(make_repo, tmp_path: Path) -> None:
     """A key-pair master without its .pub (left by a run killed between its renames,
     before masters were renamed last): the next generate derives the .pub from the
@@ -541,3 +603,81 @@ def test_concurrent_runs_keep_each_others_rotation_records(make_repo) -> None:
     assert set(rotation(repo)["rotated"]) == {"a", "b"}
     repo.ok("rotate", "--mark", "b")
     assert set(rotation(repo)["rotated"]) == {"a", "b"}
+
+
+def _three_files(make_repo) -> tuple[Repo, Any, list[Path]]:
+    from vaultpy import model
+
+    repo = spec_repo(make_repo, {"a": "", "b": "", "c": ""}, ())
+    files = [repo.root / "secrets" / f"{sid}.age" for sid in "abc"]
+    for i, f in enumerate(files):
+        f.write_bytes(b"old %d" % i)
+        f.chmod(0o640)
+    repo.cache.mkdir(parents=True, exist_ok=True)
+    (repo.cache / ".vaultpy.lock").touch()
+    return repo, model.load(repo.root), files
+
+
+def _failing_rename(monkeypatch: pytest.MonkeyPatch, at: Path) -> None:
+    real = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if str(dst) == str(at) and ".vaultpy-tmp-" in str(src):
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def test_write_all_undoes_its_renames_when_one_fails(make_repo, monkeypatch) -> None:
+    """The third rename fails: the first two are undone (bytes, mode and times as they
+    were), and no journal or temp file stays."""
+    from vaultpy import masters
+
+    repo, cfg, files = _three_files(make_repo)
+    before = repo.snapshot()
+    _failing_rename(monkeypatch, files[2])
+    with pytest.raises(generate.VaultpyError, match="Input/output error"):
+        masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)])
+    assert repo.snapshot() == before
+    assert [f.stat().st_mode & 0o777 for f in files] == [0o640] * 3
+    assert not (repo.cache / ".vaultpy-writes").exists()
+
+
+def test_a_write_that_cannot_be_undone_is_finished_by_the_next_command(
+        make_repo, monkeypatch) -> None:
+    """The third rename fails, and so does putting back what the first replaced: the
+    journal stays, with every temp file it lists, and the next command that takes the
+    lock (here renc) finishes the write: all three new, never a mix."""
+    from vaultpy import masters
+    from vaultpy._internal import fsutil
+
+    repo, cfg, files = _three_files(make_repo)
+    _failing_rename(monkeypatch, files[2])
+    real_write = fsutil.atomic_write
+
+    def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+        if path == files[0]:
+            raise OSError(28, "No space left on device")
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(fsutil, "atomic_write", atomic_write)
+    with pytest.raises(generate.VaultpyError, match="Input/output error"):
+        masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)])
+    assert (repo.cache / ".vaultpy-writes").exists()
+    assert files[1].read_bytes() == b"old 1"            # put back before the failure
+    monkeypatch.undo()
+    proc = repo.run("renc")
+    assert "Traceback" not in proc.stderr.decode()
+    assert [f.read_bytes() for f in files] == [b"new 0", b"new 1", b"new 2"]
+    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not [p for p in files[0].parent.iterdir() if ".vaultpy-tmp-" in p.name]
+
+
+def test_a_damaged_journal_is_one_line_naming_it(make_repo) -> None:
+    repo, _cfg, _files = _three_files(make_repo)
+    (repo.cache / ".vaultpy-writes").write_text('{"format": 1, "renames": [["../x", "y"]]}')
+    for command in ("renc", "generate", "rotate a"):
+        assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy-writes",
+                               "the journal of an interrupted write is damaged",
+                               "move the ones you want into place by hand, then delete it")

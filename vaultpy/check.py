@@ -120,9 +120,13 @@ def check(cfg: Config) -> list[Problem]:
     """Empty when the cache is complete, well-formed and has nothing stale, every
     master is addressed to exactly the [vaultpy] recipients as far as its header shows,
     and no master key rotation is left unfinished."""
+    from vaultpy._internal import writes
     from vaultpy.recovery import rotation_problems
 
-    return survey(cfg)[1] + rotation_problems(cfg)
+    # Temp files an interrupted write lists are not leftovers: renc finishes the write.
+    listed = writes.listed(cfg)
+    found = [p for p in survey(cfg)[1] if p.file not in listed]
+    return writes.problems(cfg) + found + rotation_problems(cfg)
 
 
 def has_rotation(cfg: Config) -> bool:

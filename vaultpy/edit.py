@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from vaultpy import age, identities, masters
-from vaultpy._internal import ageformat, fsutil
+from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError
 from vaultpy.model import Config
 from vaultpy.recovery import refuse_if_rotating
@@ -133,6 +133,7 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
          allow_disk: bool = False) -> EditResult:
     secret = cfg.secret(secret_id)
     refuse_if_rotating(cfg)     # before any typing: the save would be refused
+    writes.settle(cfg)          # edit the value an interrupted write was putting there
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     exists = secret.file.exists()
     armor = False

@@ -50,6 +50,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from vaultpy._internal import writes
 from vaultpy.errors import Problem, UsageError, VaultpyError, display_path
 from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
@@ -367,6 +368,7 @@ def generate(cfg: Config, ids: Sequence[str] = (), *, at: dt.datetime | None = N
     the master, decrypted with the master identity (``identity_files``, ``ask``).
     """
     _check_ids(cfg, ids)
+    writes.settle(cfg)          # a killed generate's masters count as made
     missing = [no_generator(cfg, sid) for sid in ids if cfg.secrets[sid].generate is None]
     if missing:
         raise VaultpyError(missing)
@@ -441,6 +443,7 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
         raise UsageError(Problem("vaultpy rotate", "--mark and --due do not go together",
                                  "", "name the ids that were rotated by hand"))
     result = Result()
+    writes.settle(cfg)
     state = load_rotation(cfg)          # a damaged state file stops the run up front
     if mark:
         _produce_and_write(cfg, [], list(dict.fromkeys(ids)), result, at, state)
@@ -479,10 +482,11 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     ``state``: rotation.toml as the caller read it (None: read now, so a damaged file
     stops the run before any generator); it is read again under the lock to be updated.
 
-    The "done" marker is renamed last, so a run killed between the renames leaves
-    what the next run repairs: for generate the masters (an absent one is made again,
-    its .pub and rotation record replaced), for rotate rotation.toml (the rotation is
-    not recorded, and ``rotate`` again makes a key pair whole)."""
+    A run killed between the renames leaves their journal: the next command that takes
+    the lock finishes them (vaultpy/_internal/writes.py).  The "done" marker is still
+    renamed last (for generate the masters, for rotate rotation.toml), so a state
+    without the journal (an older vaultpy's crash, a .pub deleted by hand) is one the
+    next run repairs: a missing master is made again, a missing .pub derived again."""
     if not todo and not marks and not repairs:
         return
     from vaultpy import age

@@ -47,10 +47,12 @@ TEMPLATE = """\
 
 
 GITIGNORE = """\
-# Local state of vaultpy renc/check: the lock, the verification index, the no-op memo.
+# Local state of vaultpy: the lock, the verification index, the no-op memo, and the
+# journal of a write of several files while it runs.
 .vaultpy.lock
 .vaultpy-verified
 .vaultpy-memo
+.vaultpy-writes
 """
 
 

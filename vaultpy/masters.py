@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaultpy import age, identities
-from vaultpy._internal import ageformat, fsutil
+from vaultpy._internal import ageformat, fsutil, sigint, writes
 from vaultpy.cache import missing_master
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
@@ -79,7 +79,7 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
     try:
         secret.file.parent.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path) if lock else contextlib.nullcontext():
+        with writes.lock(cfg) if lock else contextlib.nullcontext():
             try:
                 if lock:
                     # A master key rotation is unfinished: this ciphertext is for the old
@@ -170,14 +170,13 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
             current = path
             path.parent.mkdir(parents=True, exist_ok=True)
         current = cfg.cache_dir
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
+        with writes.lock(cfg):
             refuse_if_rotating(cfg)     # a master written now would miss the new key
             appeared = [path for path in new if os.path.lexists(path)]
             if appeared:
                 raise Appeared(appeared)
-            # What each rename replaced: its bytes, mode and times (put back unchanged).
-            before: list[tuple[Path, tuple[bytes, os.stat_result] | None]] = []
+            # Each rename done, and what it replaced: bytes, mode and times (or nothing).
+            before: list[tuple[Path, Path, tuple[bytes, os.stat_result] | None]] = []
             try:
                 for path, data, mode in files:
                     current = path
@@ -185,6 +184,10 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                     fsutil.write_new(tmp, data() if callable(data) else data, mode)
                     temps.append((tmp, path))
                     fsutil.fsync_path(tmp)
+                # From here on the write is decided: killed, it is finished by the next
+                # command that takes the lock (vaultpy/_internal/writes.py).
+                current = writes.path(cfg)
+                writes.begin(cfg, [(tmp, path, path in new) for tmp, path in temps])
                 for tmp, path in temps:
                     current = path
                     if path in new:
@@ -192,31 +195,50 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                             fsutil.rename_new(tmp, path)
                         except FileExistsError:
                             raise Appeared([path]) from None
-                        before.append((path, None))
+                        before.append((tmp, path, None))
                         continue
                     # read_regular: a FIFO there must not hang this with the lock held
                     old = fsutil.read_regular(path) if path.exists() else None
                     os.rename(tmp, path)
-                    before.append((path, old))
+                    before.append((tmp, path, old))
             except BaseException:
-                for tmp, _ in temps:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
                 # All or nothing: a new private key beside the old .pub (or a new value
-                # without its rotation.toml record) must not stay.
-                for path, old in reversed(before):
-                    with contextlib.suppress(OSError):
-                        if old is None:
-                            path.unlink()
-                        else:
-                            fsutil.atomic_write(path, old[0], old[1].st_mode & 0o7777)
-                            os.utime(path, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
+                # without its rotation.toml record) must not stay.  The renames are
+                # undone (the new bytes back under their temp names), then the journal
+                # goes, then the temp files.  Killed before the journal is gone, or if a
+                # file cannot be put back, the next command finishes the write instead:
+                # every temp file it lists is there again.
+                with sigint.held():
+                    if _put_back(before):
+                        with contextlib.suppress(OSError):
+                            writes.end(cfg)
+                            for tmp, _ in temps:
+                                with contextlib.suppress(OSError):
+                                    os.unlink(tmp)
                 raise
             for d in sorted({path.parent for _, path in temps}):
                 current = d
                 fsutil.fsync_path(d, directory=True)
+            with contextlib.suppress(OSError):      # left behind, it lists nothing to do
+                writes.end(cfg)
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "write")) from None
+
+
+def _put_back(before: list[tuple[Path, Path, tuple[bytes, os.stat_result] | None]]
+              ) -> bool:
+    """Undo :func:`write_all`'s renames, last first: the new bytes go back to their temp
+    name, and the file is as it was (bytes, mode and times; or absent).  False if one
+    could not be put back (the journal then stays, to finish the write)."""
+    for tmp, path, old in reversed(before):
+        try:
+            os.rename(path, tmp)
+            if old is not None:
+                fsutil.atomic_write(path, old[0], old[1].st_mode & 0o7777)
+                os.utime(path, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
+        except OSError:
+            return False
+    return True
 
 
 def _current(path: Path) -> bytes | None:
@@ -275,7 +297,7 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     with contextlib.ExitStack() as stack:
         try:
             cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(fsutil.locked(cfg.lock_path))
+            stack.enter_context(writes.lock(cfg))
         except OSError as exc:
             raise VaultpyError(os_problem(cfg.lock_path, exc, "lock the repository")) from None
         for sid in chosen:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, model, templates
-from vaultpy._internal import ageformat, fsutil
+from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 
 ID_RE = re.compile(templates.ID_PATTERN)
@@ -697,7 +697,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     before: dict[Path, bytes | None] = {}      # what each written master replaced
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
+        with writes.lock(cfg):
             # hosts.toml was read before the prompts and the decryption: an edit made
             # meanwhile (by hand, or by host add) must not be overwritten.
             now = hosts_path.read_text(encoding="utf-8") if existing is not None else None

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, model
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -553,7 +553,7 @@ def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] |
     try:
         st = path.stat()
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
+        with writes.lock(cfg):
             if path.read_bytes() != old_text.encode():
                 raise _problem(cfg, "changed while vaultpy was editing it", "",
                                "run the command again")

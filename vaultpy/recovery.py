@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, identities
-from vaultpy._internal import ageformat, fsutil
+from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 from vaultpy.model import Config
 
@@ -515,7 +515,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     current: Path = cfg.cache_dir
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with fsutil.locked(cfg.lock_path):
+        with writes.lock(cfg):
             for sid in todo:
                 text, armor, was = plain.pop(sid)
                 current = cfg.secrets[sid].file

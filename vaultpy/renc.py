@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import forksafe, fsutil, memo, sigint
+from vaultpy._internal import forksafe, fsutil, memo, sigint, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -445,9 +445,13 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 created = stack.enter_context(fsutil.locked(cfg.lock_path))
             except OSError as exc:      # read-only checkout, a directory in its place...
                 raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+            # A write of several masters a killed writer left half done is finished
+            # first (vaultpy/_internal/writes.py).
+            finished = writes.finish(cfg)
             # A lock file this run created was never held by anyone else: no writer
             # can have changed a master or the cache since the first run's survey.
-            s = first if first is not None and created else _Survey.take(cfg, hosts)
+            s = (first if first is not None and created and not finished
+                 else _Survey.take(cfg, hosts))
             del first
             result, index, p = s.result, s.index, s.plan
             if s.todo:

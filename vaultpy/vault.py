@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, cache, identities, masters, vaultstate
-from vaultpy._internal import ageformat, fsutil
+from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import Config, Host, VaultRef, VaultSettings, did_you_mean
 
@@ -774,6 +774,7 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
     not replaced unless ``force``.  Any failure raises before anything is written."""
     chosen = select(cfg, ids)
     sids = [sid for sid, _ in chosen]
+    writes.settle(cfg)          # compare with what an interrupted pull was writing
     current, problems = _decrypt_existing(cfg, sids, identity_files, ask, required=False)
     if problems:
         raise VaultpyError(problems)

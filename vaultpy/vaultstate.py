@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, writes
 from vaultpy.model import VAULT_VERSIONS_FILE, Config
 
 FILENAME = VAULT_VERSIONS_FILE
@@ -125,7 +125,7 @@ def under_lock(cfg: Config, changes: Mapping[str, Entry]) -> Callable[[], bytes]
 def record(cfg: Config, changes: Mapping[str, Entry]) -> None:
     """Apply ``changes`` on their own (after a push), under the repository lock."""
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-    with fsutil.locked(cfg.lock_path):
+    with writes.lock(cfg):
         data = pending(cfg, changes)
         if data is not None:
             fsutil.atomic_write(path(cfg), data)

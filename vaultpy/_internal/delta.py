@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # Beyond this many files the full pipeline's worker processes are the faster way.
 MAX_FILES = 256
 _LOCK = ".vaultpy.lock"
+_WRITES = ".vaultpy-writes"     # writes.JOURNAL: an interrupted write the full run finishes
 _CLOCK_WAIT_S = 0.1      # for the clock to pass this run's writes, else record nothing
 _HELPER_SHARE = 0.8      # of the cache's folders, stat'ed by a helper while this imports
 
@@ -394,6 +395,7 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
     lock = os.path.join(cache_dir, _LOCK)
     if (raw.get("format") != memo.FORMAT or raw.get("vaultpy") != memo._version()
             or raw.get("config") != config or not os.path.isfile(lock) or os.path.islink(lock)
+            or os.path.lexists(os.path.join(cache_dir, _WRITES))
             or not memo._may_lock(cache_dir)):
         return None             # no clean state recorded, or a first run
     try:
@@ -405,8 +407,8 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
     try:
         with fsutil.locked(lock):
             clock0 = memo.fs_clock(cache_dir)
-            if clock0 is None:
-                return None
+            if clock0 is None or os.path.lexists(os.path.join(cache_dir, _WRITES)):
+                return None     # (a writer killed while this waited for the lock)
             # A helper process stats most of the cache (it shares the lock's open file
             # meanwhile, and only stats) while this one checks the rest and imports
             # (~25 ms, about 4/5 of what the helper's share takes); then this one

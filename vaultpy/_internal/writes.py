@@ -1,0 +1,157 @@
+"""The journal of a multi-file write, so that a crash cannot leave half of it.
+
+:func:`vaultpy.masters.write_all` replaces several files together: a key pair's master
+and its ``.pub`` with rotation.toml (``rotate``), several masters with
+vault-versions.toml (``pull``).  Each file is replaced atomically by a rename, but a
+kill or a power cut between two renames would leave, say, a new private key beside the
+old public one: a pair that no longer matches, and nothing that says so.
+
+So once every new file is durable under its temp name, the list of renames is written
+durably to ``<cache_dir>/.vaultpy-writes`` (beside the repository's lock) before the
+first of them.  From then on the write is decided: it is finished, by the writer or by
+the next command that takes the lock (:func:`lock`), which renames what is left.  A
+temp file's name is unique, so one that still exists was not renamed yet.  The journal
+goes once the renames and their directories are durable.
+
+A writer that fails before its first rename, or puts back what its renames replaced
+(:func:`vaultpy.masters.write_all`), removes the journal before its temp files: killed
+in between, the next command finishes the write instead, which is as whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from vaultpy._internal import fsutil, sigint
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.model import Config
+
+JOURNAL = ".vaultpy-writes"
+_FORMAT = 1
+
+
+def path(cfg: Config) -> Path:
+    return cfg.cache_dir / JOURNAL
+
+
+def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
+    """Record ``renames`` ((temp file, final path, must be new)), durably, before the
+    first of them.  Paths are kept relative to the repository (it may be moved)."""
+    entries = [[os.path.relpath(tmp, cfg.root), os.path.relpath(final, cfg.root), new]
+               for tmp, final, new in renames]
+    data = json.dumps({"format": _FORMAT, "renames": entries}, indent=1).encode() + b"\n"
+    fsutil.atomic_write(path(cfg), data, 0o644)      # fsyncs the cache directory too
+
+
+def end(cfg: Config) -> None:
+    """The write is whole (or was undone): forget it.  Not fsynced: a journal that comes
+    back after a crash lists only temp files that are gone, and finishing it does
+    nothing."""
+    with contextlib.suppress(FileNotFoundError):
+        path(cfg).unlink()
+
+
+@contextlib.contextmanager
+def lock(cfg: Config) -> Iterator[bool]:
+    """Hold the repository's lock (:func:`fsutil.locked`, creating the cache directory
+    it lives in) with any interrupted write finished first.  Yields whether this call
+    created the lock file."""
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    with fsutil.locked(cfg.lock_path) as created:
+        finish(cfg)
+        yield created
+
+
+def settle(cfg: Config) -> None:
+    """Finish an interrupted write now, if there is one: for commands that decide what
+    to write (generate: which masters are missing) before they take the lock."""
+    if os.path.lexists(path(cfg)):
+        with lock(cfg):
+            pass
+
+
+def finish(cfg: Config) -> list[Path]:
+    """Finish the write a killed writer left (the caller holds the lock): rename the
+    temp files it listed that are still there.  Returns the paths replaced."""
+    journal = path(cfg)
+    try:
+        raw = journal.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise VaultpyError(os_problem(journal, exc, "read")) from None
+    renames = _parse(raw, cfg.root)
+    if renames is None:
+        raise VaultpyError(Problem(
+            display_path(journal), "the journal of an interrupted write is damaged", "",
+            "the temp files it lists (named .<file>.vaultpy-tmp-…) hold the new values; "
+            "move the ones you want into place by hand, then delete it"))
+    done: list[Path] = []
+    current = journal
+    with sigint.held():             # finished whole, or left for the next command
+        try:
+            for tmp, final, new in renames:
+                current = final
+                if not os.path.isfile(tmp) or os.path.islink(tmp):
+                    continue        # renamed before the interruption
+                if new:
+                    try:
+                        fsutil.rename_new(tmp, final)
+                    except FileExistsError:     # made since, outside vaultpy: it stays
+                        os.unlink(tmp)
+                        continue
+                else:
+                    os.rename(tmp, final)
+                done.append(final)
+            for folder in sorted({final.parent for _tmp, final, _new in renames}):
+                current = folder
+                fsutil.fsync_path(folder, directory=True)
+            current = journal
+            journal.unlink()
+        except OSError as exc:
+            raise VaultpyError(os_problem(current, exc,
+                                          "finish an interrupted write at")) from None
+    return done
+
+
+def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        return None
+    entries = data.get("renames")
+    if not isinstance(entries, list):
+        return None
+    out = []
+    for e in entries:
+        if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                and isinstance(e[1], str) and isinstance(e[2], bool)
+                and fsutil.is_tmp(os.path.basename(e[0]))):
+            return None
+        out.append((root / e[0], root / e[1], e[2]))
+    return out
+
+
+def listed(cfg: Config) -> set[str]:
+    """The temp files an interrupted write lists, as :func:`display_path` names them."""
+    try:
+        renames = _parse(path(cfg).read_bytes(), cfg.root)
+    except OSError:
+        return set()
+    return {display_path(tmp) for tmp, _final, _new in renames or ()}
+
+
+def problems(cfg: Config) -> list[Problem]:
+    """For ``check``: an interrupted write waits to be finished."""
+    journal = path(cfg)
+    if not os.path.lexists(journal):
+        return []
+    return [Problem(display_path(journal), "a write of several files was interrupted "
+                    "before all of them were replaced", "",
+                    "run vaultpy renc: any command that takes the lock finishes it first")]
