@@ -553,3 +553,40 @@ def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path
     left = [p for p in repo.rglob("*") if p.is_file() and p.name != ".vaultpy.lock"]
     assert left == [], left
     ok(*argv[3:], cwd=repo, env=nix_env)            # and the rerun needs no --force
+
+
+def test_agenix_default_identities_take_a_pem_rsa_key(agenix, nix_env, tmp_path):
+    """agenix decrypts with ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, and age reads an RSA key
+    in the PEM format ssh-keygen wrote before OpenSSH 7.8 ("BEGIN RSA PRIVATE KEY", with
+    or without a passphrase).  The import read such a file as an age identity file and
+    stopped at "line 1: not an age identity", even when ~/.ssh/id_ed25519 opened every
+    secret."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(agenix.operator, home / ".ssh" / "id_ed25519")
+    for name, passphrase in (("id_rsa", ""), ("legacy_rsa", "old pass phrase")):
+        subprocess.run([need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-m", "PEM",
+                        "-N", passphrase, "-C", "bob@old", "-f", str(home / ".ssh" / name)],
+                       check=True, capture_output=True)
+        assert (home / ".ssh" / name).read_bytes().startswith(b"-----BEGIN RSA PRIVATE KEY")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from", str(hosts_nix(agenix)),
+       "--dry-run", cwd=repo, env={**nix_env, "HOME": str(home)})
+    # The PEM keys decrypt what the real age encrypted to them.
+    pwfile = tmp_path / "pw"
+    pwfile.write_text("old pass phrase\n")
+    only_rsa = tmp_path / "only-rsa"
+    only_rsa.mkdir()
+    for name in ("id_rsa", "legacy_rsa"):
+        pub = (home / ".ssh" / f"{name}.pub").read_text().strip()
+        age_encrypt(b"rsa-" + name.encode(), [pub], only_rsa / "r.age", armor=False)
+        (only_rsa / "secrets.nix").write_text(f'{{ "r.age".publicKeys = [ "{pub}" ]; }}\n')
+        out = tmp_path / f"repo-{name}"
+        out.mkdir()
+        ok("import", "agenix", str(only_rsa / "secrets.nix"), "-i",
+           str(home / ".ssh" / name), cwd=out,
+           env={**nix_env, "VAULTPY_PASSPHRASE_FILE": str(pwfile)})
+        proc = ok("decrypt", "r", "-i", str(home / ".ssh" / name), cwd=out,
+                  env={"VAULTPY_PASSPHRASE_FILE": str(pwfile)})
+        assert proc.stdout == b"rsa-" + name.encode()

@@ -212,12 +212,18 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
         raise VaultpyError(problem) from None
 
 
+# The private key formats age reads as SSH identities: OpenSSH's own, and the PEM
+# (PKCS#1) RSA keys ssh-keygen wrote before OpenSSH 7.8 (-m PEM), passphrase or not.
+_OPENSSH_KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+_PEM_RSA_KEY = b"-----BEGIN RSA PRIVATE KEY-----"
+
+
 def _unlock_ssh(data: bytes, source: str, ask: PassphraseFn) -> Identity:
     try:
         key = pyrage.ssh.Identity.from_buffer(data)
         return Identity(source, "ssh", key)
     except pyrage.IdentityError as exc:
-        if "decrypted" not in str(exc):
+        if "decrypted" not in str(exc) and "EncryptedPem" not in str(exc):
             raise fail(source, f"unusable OpenSSH private key ({exc})",
                        hint="use an ed25519 or RSA key made by ssh-keygen") from None
     from cryptography.exceptions import UnsupportedAlgorithm
@@ -225,7 +231,9 @@ def _unlock_ssh(data: bytes, source: str, ask: PassphraseFn) -> Identity:
 
     password = ask(f"Passphrase for {source}: ").encode()
     try:
-        loaded = serialization.load_ssh_private_key(data, password=password)
+        loaded = (serialization.load_pem_private_key(data, password=password)
+                  if _PEM_RSA_KEY in data[:200] else
+                  serialization.load_ssh_private_key(data, password=password))
     except UnsupportedAlgorithm as exc:
         raise fail(source, f"cannot unlock this SSH key: {exc}",
                    hint="install vaultpy with its dependencies (cryptography[ssh])") from None
@@ -288,7 +296,7 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     except OSError as exc:
         raise VaultpyError(Problem(source, f"cannot read identity: {exc.strerror}", "",
                                    unreadable_hint)) from None
-    if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data[:200]:
+    if _OPENSSH_KEY in data[:200] or _PEM_RSA_KEY in data[:200]:
         return [_unlock_ssh(data, source, ask)]
     if data.startswith(b"age-encryption.org/") or ageformat.is_armored(data):
         try:
