@@ -590,3 +590,29 @@ def test_agenix_default_identities_take_a_pem_rsa_key(agenix, nix_env, tmp_path)
         proc = ok("decrypt", "r", "-i", str(home / ".ssh" / name), cwd=out,
                   env={"VAULTPY_PASSPHRASE_FILE": str(pwfile)})
         assert proc.stdout == b"rsa-" + name.encode()
+
+
+def test_force_never_replaces_an_imported_file_of_another_secret(agenix, nix_env, tmp_path):
+    """secrets.nix at the top of the repository, with "a.age" there and "secrets/a.age"
+    below: the master of id a (secrets/a.age) is where agenix keeps the other secret.
+    The import said "already exists ... pass --force (an interrupted import)", and
+    --force then wrote the master over that agenix file."""
+    infra = tmp_path / "infra"
+    (infra / "secrets").mkdir(parents=True)
+    pub = agenix.operator_pub
+    (infra / "secrets.nix").write_text(
+        f'{{ "a.age".publicKeys = [ "{pub}" ]; "secrets/a.age".publicKeys = [ "{pub}" ]; }}\n')
+    age_encrypt(b"top", [pub], infra / "a.age", armor=False)
+    age_encrypt(b"below", [pub], infra / "secrets" / "a.age", armor=False)
+    before = {p: p.read_bytes() for p in infra.rglob("*") if p.is_file()}
+    args = ("import", "agenix", "./secrets.nix", "-i", str(agenix.operator))
+    for force in ((), ("--force",)):
+        proc = run(*args, *force, cwd=infra, env=nix_env)
+        line = assert_one_clean_error(proc, "secrets/a.age", "is the agenix file being "
+                                      "imported", "--masters-dir vaultpy-secrets")
+        assert "--force" not in line
+        assert {p: p.read_bytes() for p in infra.rglob("*") if p.is_file()} == before
+    ok(*args, "--masters-dir", "vaultpy-secrets", cwd=infra, env=nix_env)
+    assert {p: p.read_bytes() for p in before} == before
+    assert age_decrypt(infra / "vaultpy-secrets" / "a.age", agenix.operator) == b"top"
+    assert age_decrypt(infra / "vaultpy-secrets" / "secrets-a.age", agenix.operator) == b"below"

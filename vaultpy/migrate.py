@@ -578,11 +578,13 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                                "age-keygen -y)"))
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _file_key(path: Path) -> tuple[int, int] | None:
+    """What makes ``path`` the same file as another (None: there is no file)."""
     try:
-        return os.path.samefile(a, b)
+        st = path.stat()
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
 def default_identities() -> list[Path]:
@@ -656,10 +658,13 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     # Decrypt everything before writing anything.
     problems = []
     plain: dict[str, tuple[bytes, bool]] = {}
+    imported = {key for sec in plan.secrets.values()
+                if (key := _file_key(sec.source)) is not None}
     for sid, sec in plan.secrets.items():
         target_file = cfg.secrets[sid].file
-        if _same_file(target_file, sec.source):
-            # Never replaced, --force or not: it is what is being imported.
+        if _file_key(target_file) in imported:
+            # Never replaced, --force or not: it is what is being imported (this
+            # secret's file, or another's).
             problems.append(Problem(
                 display_path(target_file), f"is the {plan.tool} file being imported, and "
                 "its vaultpy master would replace it", f"secrets.{sid}",
