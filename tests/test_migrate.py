@@ -616,3 +616,26 @@ def test_force_never_replaces_an_imported_file_of_another_secret(agenix, nix_env
     assert {p: p.read_bytes() for p in before} == before
     assert age_decrypt(infra / "vaultpy-secrets" / "a.age", agenix.operator) == b"top"
     assert age_decrypt(infra / "vaultpy-secrets" / "secrets-a.age", agenix.operator) == b"below"
+
+
+def test_one_run_lists_the_input_and_the_decryption_problems(agenix, nix_env, tmp_path):
+    """docs/migration.md: the first problem does not stop the check, so one run lists
+    every problem.  A problem in the input (an RSA host key, a bad --recipient) used
+    to stop the import before any secret was decrypted: the files the key given
+    cannot open were only named by the next run."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
+                    "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
+    rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
+    stranger, _ = ssh_keygen(tmp_path, "stranger")
+    hosts = hosts_nix(agenix)
+    hosts.write_text(hosts.read_text().replace("}", f'  legacy = "{rsa_pub}";\n}}'))
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from", str(hosts),
+               "--recipient", "age1garbage", "-i", str(stranger), cwd=repo, env=nix_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert_one_clean_error(proc, "host legacy", "not an ssh-ed25519 or age1 public key")
+    assert_one_clean_error(proc, "--recipient")
+    assert err.count("none of the identities") == len(agenix.plain), err
+    assert list(repo.iterdir()) == []

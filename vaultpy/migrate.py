@@ -600,8 +600,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     """Check everything, then write the masters and hosts.toml.  ``masters_dir``: the
     new hosts.toml's secrets_dir (cache_dir below it), for an import in the directory
     that holds the old tool's files."""
-    if plan.problems:
-        raise VaultpyError(plan.problems)
+    # Every check runs, whatever an earlier one found: one run lists every problem.
+    problems: list[Problem] = list(plan.problems)
     hosts_path = (target / model.FILENAME).absolute()
     existing: model.Config | None = None
     old_text = ""
@@ -610,12 +610,20 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         old_text = hosts_path.read_text(encoding="utf-8")
     files = list(identity_files) or default_identities()
     if not files:
-        raise VaultpyError(Problem("-i", f"no identity to decrypt the {plan.tool} secrets",
-                                   "", f"pass the key {plan.tool} decrypted with: -i FILE"))
-    keys = age.load_identities(files, ask, unreadable_hint=f"pass the key {plan.tool} "
-                               "decrypted with: -i FILE")
-    chosen, origin = _recipients(plan, recipients, existing, keys)
-    problems: list[Problem] = []
+        raise VaultpyError([*problems, Problem(
+            "-i", f"no identity to decrypt the {plan.tool} secrets", "",
+            f"pass the key {plan.tool} decrypted with: -i FILE")])
+    try:
+        keys = age.load_identities(files, ask, unreadable_hint=f"pass the key {plan.tool} "
+                                   "decrypted with: -i FILE")
+    except VaultpyError as exc:
+        raise VaultpyError([*problems, *exc.problems]) from None
+    chosen: list[str] = []
+    origin = ""
+    try:
+        chosen, origin = _recipients(plan, recipients, existing, keys)
+    except VaultpyError as exc:
+        problems.extend(exc.problems)
     if existing is not None and masters_dir is not None:
         problems.append(Problem("--masters-dir", f"{display_path(hosts_path)} exists, and "
                                 "its secrets_dir decides where masters go", "",
@@ -631,38 +639,39 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 problems.append(Problem(display_path(hosts_path), f"host {name!r} is already "
                                         "declared", f"hosts.{name}", "remove it, or import "
                                         "into another repository"))
-    if problems:
-        raise VaultpyError(problems)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    tables = render_tables(plan)
-    if existing is None:
-        import tomli_w
+    # The new hosts.toml, when the input is right (else it would say something else).
+    cfg: model.Config | None = None
+    text = ""
+    if not problems:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+        tables = render_tables(plan)
+        if existing is None:
+            import tomli_w
 
-        settings: dict[str, Any] = {"recipients": list(chosen)}
-        if masters_dir is not None:
-            settings.update(secrets_dir=masters_dir, cache_dir=f"{masters_dir}/cache")
-        head = tomli_w.dumps({"vaultpy": settings})
-        text = (f"# Imported from {plan.tool} ({plan.source}) on {stamp} by vaultpy import.\n"
-                f"# Master recipients: {origin}.\n{head}\n{tables}")
-    else:
-        sep = "" if old_text.endswith("\n") or not old_text else "\n"
-        text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({plan.source}) on {stamp} "
-                f"by vaultpy import.\n{tables}")
-    try:
-        cfg = model.parse(text, hosts_path)
-    except VaultpyError as exc:
-        raise VaultpyError([Problem(p.file, p.message, p.field, p.hint or "fix the source "
-                                    f"{plan.tool} configuration") for p in exc.problems]
-                           ) from None
-    _check_equivalent(plan, cfg)
+            settings: dict[str, Any] = {"recipients": list(chosen)}
+            if masters_dir is not None:
+                settings.update(secrets_dir=masters_dir, cache_dir=f"{masters_dir}/cache")
+            head = tomli_w.dumps({"vaultpy": settings})
+            text = (f"# Imported from {plan.tool} ({plan.source}) on {stamp} by vaultpy "
+                    f"import.\n# Master recipients: {origin}.\n{head}\n{tables}")
+        else:
+            sep = "" if old_text.endswith("\n") or not old_text else "\n"
+            text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({plan.source}) on {stamp} "
+                    f"by vaultpy import.\n{tables}")
+        try:
+            cfg = model.parse(text, hosts_path)
+        except VaultpyError as exc:
+            problems.extend(Problem(p.file, p.message, p.field, p.hint or "fix the source "
+                                    f"{plan.tool} configuration") for p in exc.problems)
+        else:
+            _check_equivalent(plan, cfg)
     # Decrypt everything before writing anything.
-    problems = []
     plain: dict[str, tuple[bytes, bool]] = {}
     imported = {key for sec in plan.secrets.values()
                 if (key := _file_key(sec.source)) is not None}
     for sid, sec in plan.secrets.items():
-        target_file = cfg.secrets[sid].file
-        if _file_key(target_file) in imported:
+        target_file = cfg.secrets[sid].file if cfg is not None else None
+        if target_file is not None and _file_key(target_file) in imported:
             # Never replaced, --force or not: it is what is being imported (this
             # secret's file, or another's).
             problems.append(Problem(
@@ -671,12 +680,10 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 "keep vaultpy's masters apart: --masters-dir vaultpy-secrets"
                 if existing is None
                 else "set secrets_dir in hosts.toml to a directory of vaultpy's own"))
-            continue
-        if target_file.exists() and not force:
+        elif target_file is not None and target_file.exists() and not force:
             problems.append(Problem(display_path(target_file), "already exists", f"secrets.{sid}",
                                     "it is not declared in hosts.toml; remove it or pass "
                                     "--force (an interrupted import)"))
-            continue
         try:
             data = sec.source.read_bytes()
         except OSError as exc:
@@ -694,6 +701,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             problems.extend(exc.problems)
     if problems:
         raise VaultpyError(problems)
+    assert cfg is not None          # built and valid whenever nothing was found wrong
     result = ImportResult(hosts_path, text, sorted(plan.secrets), sorted(plan.hosts),
                           plan.warnings, [])
     if dry_run:
