@@ -639,3 +639,46 @@ def test_one_run_lists_the_input_and_the_decryption_problems(agenix, nix_env, tm
     assert_one_clean_error(proc, "--recipient")
     assert err.count("none of the identities") == len(agenix.plain), err
     assert list(repo.iterdir()) == []
+
+
+
+def _next_step(proc: subprocess.CompletedProcess[bytes]) -> list[list[str]]:
+    """The commands after "next: " of an import's last line, as argv lists."""
+    import shlex
+
+    line = proc.stderr.decode().split("; next: ", 1)[1].strip()
+    return [shlex.split(part)[1:] for part in line.split(" && ")]
+
+
+def _run_next_step(proc: subprocess.CompletedProcess[bytes], repo: Path, home: Path) -> None:
+    steps = _next_step(proc)
+    assert [s[0] for s in steps] == ["renc", "check"] and "-i" in steps[0], steps
+    for step in steps:
+        ok(*step, cwd=repo, env={"HOME": str(home)})
+
+
+def test_the_next_step_printed_works_as_printed(agenix, nix_env, tmp_path):
+    """The import ends with what to run next.  By default the masters are encrypted to
+    the operator's keys of secrets.nix, which are not vaultpy's default master
+    identity: the printed "vaultpy renc" stopped at "no master identity to decrypt
+    with".  The line names the -i that opens them."""
+    args = ("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+            str(hosts_nix(agenix)), "-i", str(agenix.operator))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _run_next_step(ok(*args, cwd=repo, env=nix_env), repo, tmp_path)
+    # A dedicated master key given with --recipient is not one the import holds.
+    _, master_pub = age_keygen(tmp_path, "master.txt")
+    other = tmp_path / "repo-recipient"
+    other.mkdir()
+    proc = ok(*args, "--recipient", master_pub, cwd=other, env=nix_env)
+    assert _next_step(proc) == [["renc"], ["check"]]
+
+
+def test_the_next_step_printed_after_a_vaultix_import_works(vaultix, tmp_path):
+    """vaultix's master identity (-i) stays the master key: renc needs it too."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+              str(vaultix["sdir"]), "-i", str(vaultix["master"]), cwd=repo)
+    _run_next_step(proc, repo, tmp_path)

@@ -186,8 +186,13 @@ def _report(result: object, dry_run: bool) -> None:
     if dry_run:
         sys.stdout.write(result.hosts_toml)
         return
+    renc = "vaultpy renc"
+    if result.master_identity is not None:      # the masters are not opened by default
+        import shlex
+
+        renc += f" -i {shlex.quote(str(result.master_identity))}"
     _err().print(f"imported {len(result.secrets)} secret(s) for {len(result.hosts)} host(s) "
-                 f"into {result.path}; next: vaultpy renc && vaultpy check", markup=False)
+                 f"into {result.path}; next: {renc} && vaultpy check", markup=False)
 
 
 @import_app.command("agenix")

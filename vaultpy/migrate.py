@@ -87,6 +87,9 @@ class ImportResult:
     hosts: list[str]
     warnings: list[str]
     written: list[Path]
+    # An identity file of the import that opens the masters written, for the next
+    # step: `vaultpy renc -i FILE` (None: none does; renc needs the master identity).
+    master_identity: Path | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -708,6 +711,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         return result
     master_recipients = list(cfg.recipients)
     before: dict[Path, bytes | None] = {}      # what each written master replaced
+    probe = b""                                # a master written, for master_identity
     try:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with writes.lock(cfg):
@@ -723,7 +727,9 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 dest = cfg.secrets[sid].file
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 before[dest] = dest.read_bytes() if dest.exists() else None
-                fsutil.atomic_write(dest, age.encrypt(text_bytes, master_recipients, armor))
+                ciphertext = age.encrypt(text_bytes, master_recipients, armor)
+                fsutil.atomic_write(dest, ciphertext)
+                probe = probe or ciphertext
                 result.written.append(dest)
             mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
             fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
@@ -737,7 +743,26 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 else:
                     fsutil.atomic_write(dest, old)
         raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
+    result.master_identity = _opener(files, keys, probe)
     return result
+
+
+def _opener(files: Sequence[Path], keys: Sequence[age.Identity], ciphertext: bytes
+            ) -> Path | None:
+    """The first of ``files`` whose keys open ``ciphertext`` (a master just written).
+    Plugin keys are not tried: a PIN or a touch for a hint is too much."""
+    if not ciphertext:
+        return None
+    for path in files:
+        mine = [k for k in keys if k.source == display_path(path) and k.kind != "plugin"]
+        if not mine:
+            continue
+        try:
+            age.decrypt(ciphertext, mine, display_path(path))
+        except VaultpyError:
+            continue
+        return path
+    return None
 
 
 def _check_equivalent(plan: Plan, cfg: model.Config) -> None:
