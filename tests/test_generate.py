@@ -681,3 +681,71 @@ def test_a_damaged_journal_is_one_line_naming_it(make_repo) -> None:
         assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy-writes",
                                "the journal of an interrupted write is damaged",
                                "move the ones you want into place by hand, then delete it")
+
+
+def _outside_pair(secrets: Path, identity: Path, tmp_path: Path) -> bytes:
+    """As _pair_matches, for a ``deploy`` key pair in ``secrets``."""
+    private = tmp_path / "deploy-private"
+    private.unlink(missing_ok=True)
+    private.write_bytes(age_decrypt(secrets / "deploy.age", identity))
+    private.chmod(0o600)
+    derived = subprocess.run([need("ssh-keygen"), "-y", "-f", str(private)], check=True,
+                             capture_output=True, text=True).stdout.split()
+    pub = (secrets / "deploy.pub").read_bytes()
+    assert pub.split()[:2] == [w.encode() for w in derived[:2]]
+    return pub
+
+
+@pytest.mark.parametrize("how", ["absolute, repo moved", "relative, both moved",
+                                 "relative, through a symlink"])
+def test_a_journal_of_files_outside_the_repository_is_finished(
+        make_repo, tmp_path: Path, how: str) -> None:
+    """secrets_dir outside the repository: the journal of a rotate killed after its
+    first rename is finished whole, whether the repository was moved since (alone, with
+    an absolute secrets_dir; or together with it, with a relative one), or is reached
+    through a symlink (``..`` then means the symlink's parent, as in hosts.toml)."""
+    need("strace")
+    made = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    top = tmp_path / "top"
+    (top / "deep").mkdir(parents=True)
+    made.root.rename(top / "deep" / "repo")
+    repo = Repo(top / "deep" / "repo", top / "deep" / "repo" / "keys" / "master.txt",
+                made.recipient, made.hosts)
+    shared = top / "shared"
+    setting = str(shared) if how.startswith("absolute") else "../../shared"
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[vaultpy]\n", "[vaultpy]\nsecrets_dir = "
+                                  f"{toml_str(setting)}\n", 1))
+    if how.endswith("symlink"):         # the repository is only known by its link
+        (tmp_path / "elsewhere").mkdir()
+        link = tmp_path / "elsewhere" / "link"
+        link.symlink_to(repo.root)
+        shared = tmp_path / "shared"    # ../../shared of the link, as written
+        repo = Repo(link, repo.root / "keys" / "master.txt", repo.recipient, repo.hosts)
+    repo.env = {"VAULTPY_IDENTITY": str(repo.root / "keys" / "master.txt")}
+    repo.ok("-C", str(repo.root), "generate")
+    old_pub = _outside_pair(shared, repo.identity, tmp_path)
+
+    _killed_at(repo, "rename", 2, "-C", str(repo.root), "rotate", "deploy")
+    assert (repo.root / "secrets" / "cache" / ".vaultpy-writes").exists()
+    if how.startswith("absolute"):
+        new_top = tmp_path / "a" / "b" / "c" / "repo"
+        new_top.parent.mkdir(parents=True)
+        repo.root.rename(new_top)
+        repo = Repo(new_top, new_top / "keys" / "master.txt", repo.recipient, repo.hosts)
+    elif how.startswith("relative, both"):
+        new_top = tmp_path / "a" / "b" / "c"
+        new_top.parent.mkdir(parents=True)
+        top.rename(new_top)
+        shared = new_top / "shared"
+        repo = Repo(new_top / "deep" / "repo", new_top / "deep" / "repo" / "keys" /
+                    "master.txt", repo.recipient, repo.hosts)
+    repo.env = {"VAULTPY_IDENTITY": str(repo.identity)}
+    out = repo.run("-C", str(repo.root), "check").stdout.decode()
+    assert "a write of several files was interrupted" in out
+    assert "leftover temporary file" not in out, out
+    repo.ok("-C", str(repo.root), "renc")
+    assert not (repo.root / "secrets" / "cache" / ".vaultpy-writes").exists()
+    assert not [p for p in shared.iterdir() if "vaultpy-tmp" in p.name]
+    assert _outside_pair(shared, repo.identity, tmp_path) != old_pub
+    repo.ok("-C", str(repo.root), "check")

@@ -40,10 +40,13 @@ def path(cfg: Config) -> Path:
 
 def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
     """Record ``renames`` ((temp file, final path, must be new)), durably, before the
-    first of them.  Paths are kept relative to the repository (it may be moved)."""
+    first of them.  Paths are kept relative to the repository (it may be moved), with
+    where it was: a file outside it (secrets_dir = "/srv/…" or "../…") is found again
+    under either (see :func:`_parse`)."""
     entries = [[os.path.relpath(tmp, cfg.root), os.path.relpath(final, cfg.root), new]
                for tmp, final, new in renames]
-    data = json.dumps({"format": _FORMAT, "renames": entries}, indent=1).encode() + b"\n"
+    data = json.dumps({"format": _FORMAT, "root": os.path.abspath(cfg.root),
+                       "renames": entries}, indent=1).encode() + b"\n"
     fsutil.atomic_write(path(cfg), data, 0o644)      # fsyncs the cache directory too
 
 
@@ -119,6 +122,11 @@ def finish(cfg: Config) -> list[Path]:
 
 
 def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
+    """The journal's renames, as paths under ``root`` (the repository now).  They are
+    joined as hosts.toml's paths are (``..`` taken off the path, not looked up: through
+    a symlink to the repository it is the link's parent); a temp file not found there
+    but found under the repository's path when the journal was written (a folder given
+    by its absolute path, the repository moved since) is that one."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
@@ -126,7 +134,8 @@ def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         return None
     entries = data.get("renames")
-    if not isinstance(entries, list):
+    was = data.get("root", os.fspath(root))
+    if not isinstance(entries, list) or not isinstance(was, str):
         return None
     out = []
     for e in entries:
@@ -134,7 +143,13 @@ def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
                 and isinstance(e[1], str) and isinstance(e[2], bool)
                 and fsutil.is_tmp(os.path.basename(e[0]))):
             return None
-        out.append((root / e[0], root / e[1], e[2]))
+        for base in (os.fspath(root), was):
+            tmp, final = (Path(os.path.normpath(os.path.join(base, p))) for p in e[:2])
+            if os.path.lexists(tmp):
+                break
+        else:
+            tmp, final = (Path(os.path.normpath(os.path.join(root, p))) for p in e[:2])
+        out.append((tmp, final, e[2]))
     return out
 
 
