@@ -749,3 +749,44 @@ def test_a_journal_of_files_outside_the_repository_is_finished(
     assert not [p for p in shared.iterdir() if "vaultpy-tmp" in p.name]
     assert _outside_pair(shared, repo.identity, tmp_path) != old_pub
     repo.ok("-C", str(repo.root), "check")
+
+
+def test_rotate_master_rotates_the_master_an_interrupted_generate_was_making(
+        make_repo, tmp_path: Path) -> None:
+    """generate killed after its journal, before its master's rename (masters go last):
+    the master key rotation finishes that write before it lists the masters to rotate,
+    so the new master is encrypted to the new key too, not left to the retired one."""
+    need("strace")
+    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:32"', "manual": ""}, ("pw",))
+    repo.ok("encrypt", "manual", input=b"typed by hand")
+    _killed_at(repo, "rename", 2, "generate")      # rotation.toml; pw.age: renameat2
+    pw = repo.root / "secrets" / "pw.age"
+    assert (repo.cache / ".vaultpy-writes").exists() and not pw.exists()
+    new = tmp_path / "new.txt"
+    repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
+    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert len(age_decrypt(pw, new)) == 32
+    assert age_decrypt(repo.root / "secrets" / "manual.age", new) == b"typed by hand"
+    repo.ok("check")
+
+
+def test_rekey_reencrypts_the_master_an_interrupted_generate_was_making(
+        make_repo, tmp_path: Path) -> None:
+    """As above, for rekey after a recipient is added: the master the killed generate
+    was making is finished first, then re-encrypted with the others."""
+    need("strace")
+    from conftest import age_keygen
+
+    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:32"', "manual": ""}, ("pw",))
+    repo.ok("encrypt", "manual", input=b"typed by hand")
+    _killed_at(repo, "rename", 2, "generate")      # rotation.toml; pw.age: renameat2
+    pw = repo.root / "secrets" / "pw.age"
+    assert (repo.cache / ".vaultpy-writes").exists() and not pw.exists()
+    backup, backup_pub = age_keygen(tmp_path, "backup.txt")
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace(f"recipients = [{toml_str(repo.recipient)}]",
+                                  f"recipients = [{toml_str(repo.recipient)}, "
+                                  f"{toml_str(backup_pub)}]", 1))
+    assert "re-encrypted 2 master file(s)" in repo.ok("rekey").stderr.decode()
+    assert len(age_decrypt(pw, backup)) == 32
+    assert age_decrypt(repo.root / "secrets" / "manual.age", backup) == b"typed by hand"

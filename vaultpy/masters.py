@@ -281,6 +281,7 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     Every file is decrypted first, so a file no key can open stops the run
     before anything is written; then each file is replaced atomically.
     """
+    writes.settle(cfg)      # a master an interrupted write was making is one to rekey
     chosen = list(ids) or [s for s, sec in cfg.secrets.items() if sec.file.exists()]
     for sid in chosen:
         cfg.secret(sid)

@@ -472,6 +472,9 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     from vaultpy import model
     from vaultpy import renc as pipeline
 
+    # A write a killed generate (or pull) left is finished first: its masters are
+    # among those to rotate, not left encrypted to the old key once the lock is held.
+    writes.settle(cfg)
     journal = read_journal(cfg)
     resumed = journal is not None
     plain: Decrypted = {}
