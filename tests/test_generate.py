@@ -790,3 +790,16 @@ def test_rekey_reencrypts_the_master_an_interrupted_generate_was_making(
     assert "re-encrypted 2 master file(s)" in repo.ok("rekey").stderr.decode()
     assert len(age_decrypt(pw, backup)) == 32
     assert age_decrypt(repo.root / "secrets" / "manual.age", backup) == b"typed by hand"
+
+
+def test_a_journal_that_cannot_be_finished_for_the_lock_is_one_clean_line(
+        make_repo) -> None:
+    """An interrupted write waits, and the lock cannot be taken (here a directory in
+    its place; a read-only checkout alike): the commands that finish the write before
+    they decide anything say so in one line, never as an internal error."""
+    repo, _cfg, _files = _three_files(make_repo)
+    (repo.cache / ".vaultpy.lock").unlink()
+    (repo.cache / ".vaultpy.lock").mkdir()
+    (repo.cache / ".vaultpy-writes").write_text('{"format": 1, "renames": []}')
+    for command in ("generate", "rotate a", "rekey", "edit a"):
+        assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy.lock")

@@ -73,8 +73,11 @@ def settle(cfg: Config) -> None:
     """Finish an interrupted write now, if there is one: for commands that decide what
     to write (generate: which masters are missing) before they take the lock."""
     if os.path.lexists(path(cfg)):
-        with lock(cfg):
-            pass
+        try:
+            with lock(cfg):
+                pass
+        except OSError as exc:      # a read-only checkout, a directory in its place...
+            raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
 
 
 def finish(cfg: Config) -> list[Path]:
