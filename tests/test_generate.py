@@ -803,3 +803,36 @@ def test_a_journal_that_cannot_be_finished_for_the_lock_is_one_clean_line(
     (repo.cache / ".vaultpy-writes").write_text('{"format": 1, "renames": []}')
     for command in ("generate", "rotate a", "rekey", "edit a"):
         assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy.lock")
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_an_interrupt_just_after_a_rename_is_undone_with_the_others(
+        make_repo, monkeypatch, new: bool) -> None:
+    """A Ctrl-C (KeyboardInterrupt) that lands as the second rename returns, before the
+    writer noted it: that rename is undone with the first, never left new beside old."""
+    from vaultpy import masters
+    from vaultpy._internal import fsutil
+
+    repo, cfg, files = _three_files(make_repo)
+    if new:
+        files[1].unlink()
+    before = repo.snapshot()
+    real_rename, real_new = os.rename, fsutil.rename_new
+    hit = []
+
+    def interrupted(real: Any) -> Any:
+        def call(src: Any, dst: Any) -> None:
+            real(src, dst)
+            if str(dst) == str(files[1]) and ".vaultpy-tmp-" in str(src) and not hit:
+                hit.append(dst)
+                raise KeyboardInterrupt
+        return call
+
+    monkeypatch.setattr(os, "rename", interrupted(real_rename))
+    monkeypatch.setattr(fsutil, "rename_new", interrupted(real_new))
+    with pytest.raises(KeyboardInterrupt):
+        masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)],
+                          new={files[1]} if new else ())
+    assert hit
+    assert repo.snapshot() == before
+    assert not (repo.cache / ".vaultpy-writes").exists()

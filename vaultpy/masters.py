@@ -190,17 +190,19 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                 writes.begin(cfg, [(tmp, path, path in new) for tmp, path in temps])
                 for tmp, path in temps:
                     current = path
+                    # Noted before the rename: an exception (a Ctrl-C) can land as it
+                    # returns.  _put_back skips a file whose temp name is still there.
                     if path in new:
+                        before.append((tmp, path, None))
                         try:
                             fsutil.rename_new(tmp, path)
                         except FileExistsError:
                             raise Appeared([path]) from None
-                        before.append((tmp, path, None))
                         continue
                     # read_regular: a FIFO there must not hang this with the lock held
                     old = fsutil.read_regular(path) if path.exists() else None
-                    os.rename(tmp, path)
                     before.append((tmp, path, old))
+                    os.rename(tmp, path)
             except BaseException:
                 # All or nothing: a new private key beside the old .pub (or a new value
                 # without its rotation.toml record) must not stay.  The renames are
@@ -229,8 +231,11 @@ def _put_back(before: list[tuple[Path, Path, tuple[bytes, os.stat_result] | None
               ) -> bool:
     """Undo :func:`write_all`'s renames, last first: the new bytes go back to their temp
     name, and the file is as it was (bytes, mode and times; or absent).  False if one
-    could not be put back (the journal then stays, to finish the write)."""
+    could not be put back (the journal then stays, to finish the write).  A file whose
+    temp file still exists was not renamed (a temp name is unique): it is left as is."""
     for tmp, path, old in reversed(before):
+        if os.path.lexists(tmp):
+            continue
         try:
             os.rename(path, tmp)
             if old is not None:
