@@ -10,6 +10,7 @@ XDG_RUNTIME_DIR, /dev/shm, /tmp and the repository for them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -287,6 +288,36 @@ def test_an_edit_the_disk_cannot_take_is_kept_encrypted(case, where):
     finally:
         if where == "ram":
             fsutil.remove_tree(kept.parent)
+
+
+def test_an_edit_is_kept_when_an_interrupted_write_cannot_be_finished(case):
+    """While the editor runs, another writer is killed and leaves the journal of its
+    write (vaultpy/_internal/writes.py); the save finishes it first, and that fails
+    (ENOSPC injected into rename(2)): the text typed exists nowhere else, so its
+    ciphertext is kept as when the master itself cannot be replaced."""
+    need("strace")
+    tmp = ".s.age" + fsutil.TMP_MARK + "0123456789ab"
+    journal = json.dumps({"format": 1, "renames": [[f"secrets/{tmp}", "secrets/s.age",
+                                                    False]]})
+    editor = case.editor('printf "%s" "$APPEND" >> "$1"\n'
+                         'cp "$REPO/secrets/s.age" "$REPO/secrets/$TMP"\n'
+                         'printf "%s" "$JOURNAL" > "$REPO/secrets/cache/.vaultpy-writes"\n')
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "300", **case.repo.env,
+            **case.env(editor, REPO=str(case.repo.root), TMP=tmp, JOURNAL=journal)}
+    full.pop("VAULTPY_DEBUG", None)
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           "inject=rename:error=ENOSPC", sys.executable, "-m", "vaultpy",
+                           "edit", "s"], cwd=case.repo.root, env=full,
+                          stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    line = assert_one_clean_error(proc, "No space left on device",
+                                  "your edit is kept, encrypted")
+    assert "old recipients" not in line
+    (kept,) = case.master.parent.glob("s.age.unsaved-*")
+    assert age_decrypt(kept, case.repo.identity) == (case.marker + b"\n"
+                                                     + case.append.encode())
+    case.assert_clean()
 
 
 def test_unknown_id_touches_nothing(case):

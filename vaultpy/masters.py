@@ -79,19 +79,24 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
     try:
         secret.file.parent.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        with writes.lock(cfg) if lock else contextlib.nullcontext():
+        with fsutil.locked(cfg.lock_path) if lock else contextlib.nullcontext():
+            how = "encrypted"
             try:
                 if lock:
+                    # An interrupted write is finished first (writes.lock); one that
+                    # cannot be must not lose an edit either.
+                    writes.finish(cfg)
                     # A master key rotation is unfinished: this ciphertext is for the old
                     # recipients, and the rotation would take it as already done.
+                    how = "encrypted to the old recipients"
                     refuse_if_rotating(cfg)
             except VaultpyError as exc:
                 kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
                 if kept is None:
                     raise
                 raise VaultpyError([Problem(p.file, p.message, p.field,
-                                            f"{p.hint}; your edit is kept, encrypted to the "
-                                            f"old recipients, in {display_path(kept)}")
+                                            f"{p.hint}; your edit is kept, {how}, in "
+                                            f"{display_path(kept)}")
                                     for p in exc.problems]) from None
             if based_on is not ANY and _current(secret.file) != based_on:
                 _keep_conflict(cfg, secret_id, ciphertext)
