@@ -836,3 +836,32 @@ def test_an_interrupt_just_after_a_rename_is_undone_with_the_others(
     assert hit
     assert repo.snapshot() == before
     assert not (repo.cache / ".vaultpy-writes").exists()
+
+
+def test_a_master_made_elsewhere_since_a_killed_generate_keeps_its_own_pub(
+        make_repo, tmp_path: Path) -> None:
+    """generate of a key pair killed after its journal, before any of its renames; the
+    same secret then arrives from elsewhere (a git pull of a teammate's generate): the
+    master (new: never replaced) and its .pub. The killed write cannot be whole any
+    more: it is dropped, and the teammate's .pub is not replaced with the public half
+    of a key that was never put in place."""
+    need("strace")
+    import shutil
+
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    twin = tmp_path / "twin"
+    shutil.copytree(repo.root, twin, symlinks=True)
+    repo.ok("generate", cwd=twin)                       # the teammate's
+    _killed_at(repo, "rename", 2, "generate")           # before the .pub's rename
+    assert (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / "secrets" / "deploy.age").exists()
+    for name in ("deploy.age", "deploy.pub", "rotation.toml"):      # git pull
+        shutil.copy2(twin / "secrets" / name, repo.root / "secrets" / name)
+    repo.ok("renc")
+    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not [p for p in (repo.root / "secrets").iterdir() if "vaultpy-tmp" in p.name]
+    assert _pair_matches(repo, "deploy", tmp_path) == (twin / "secrets" / "deploy.pub"
+                                                       ).read_bytes()
+    assert (repo.root / "secrets" / "rotation.toml").read_bytes() == (
+        twin / "secrets" / "rotation.toml").read_bytes()
+    repo.ok("check")

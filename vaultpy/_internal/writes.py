@@ -82,7 +82,8 @@ def settle(cfg: Config) -> None:
 
 def finish(cfg: Config) -> list[Path]:
     """Finish the write a killed writer left (the caller holds the lock): rename the
-    temp files it listed that are still there.  Returns the paths replaced."""
+    temp files it listed that are still there (or remove them, if a file that must be
+    new exists by now).  Returns the paths replaced."""
     journal = path(cfg)
     try:
         raw = journal.read_bytes()
@@ -96,14 +97,26 @@ def finish(cfg: Config) -> list[Path]:
             display_path(journal), "the journal of an interrupted write is damaged", "",
             "the temp files it lists (named .<file>.vaultpy-tmp-…) hold the new values; "
             "move the ones you want into place by hand, then delete it"))
+    def waiting(tmp: Path) -> bool:     # else renamed before the interruption
+        return os.path.isfile(tmp) and not os.path.islink(tmp)
+
+    # A file that must be new was made since, outside vaultpy (the same secret from a
+    # git pull): the write can no longer be whole, and the rest of it must not go
+    # beside that file (the .pub of a key never put in place over the one that came
+    # with it).  It is dropped, as write_all drops a write whose new file appeared.
+    dropped = any(new and waiting(tmp) and os.path.lexists(final)
+                  for tmp, final, new in renames)
     done: list[Path] = []
     current = journal
     with sigint.held():             # finished whole, or left for the next command
         try:
             for tmp, final, new in renames:
                 current = final
-                if not os.path.isfile(tmp) or os.path.islink(tmp):
-                    continue        # renamed before the interruption
+                if not waiting(tmp):
+                    continue
+                if dropped:
+                    os.unlink(tmp)
+                    continue
                 if new:
                     try:
                         fsutil.rename_new(tmp, final)
