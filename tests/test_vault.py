@@ -767,6 +767,39 @@ def test_push_refuses_pinned_refs_and_missing_masters(vrepo, bao: Bao, prefix: s
         bao.get(f"{prefix}/q")
 
 
+def test_push_after_a_pull_killed_between_its_renames(vrepo, bao: Bao, prefix: str
+                                                     ) -> None:
+    """pull killed between the renames of its masters (after its journal, see
+    vaultpy/_internal/writes.py): push finishes that write before it compares the
+    masters with Vault, so the values pull was putting in place are not taken for
+    stale ones (nor pushed), and nothing is written to Vault."""
+    need("strace")
+    bao.put(f"{prefix}/a", {"v": "a-1"})
+    bao.put(f"{prefix}/b", {"v": "b-1"})
+    repo = vrepo({"a": f"secret/{prefix}/a#v", "b": f"secret/{prefix}/b#v"})
+    repo.ok("pull")
+    bao.put(f"{prefix}/a", {"v": "a-2"})
+    bao.put(f"{prefix}/b", {"v": "b-2"})
+    env = {**os.environ, "NO_COLOR": "1", **repo.env}
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                           "inject=rename:signal=KILL:when=3", sys.executable, "-m",
+                           "vaultpy", "pull"], cwd=repo.root, capture_output=True, env=env)
+    if b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode in (-9, 128 + 9), proc.stderr.decode()
+    assert (repo.cache / ".vaultpy-writes").exists()
+    assert age_decrypt(master(repo, "a"), repo.identity) == b"a-2"     # renamed
+    assert age_decrypt(master(repo, "b"), repo.identity) == b"b-1"     # not yet
+    proc = repo.ok("push", "--json")
+    assert {s["id"]: s["status"] for s in json.loads(proc.stdout)["secrets"]} == {
+        "a": "unchanged", "b": "unchanged"}
+    assert bao.get(f"{prefix}/a") == ({"v": "a-2"}, 2)
+    assert bao.get(f"{prefix}/b") == ({"v": "b-2"}, 2)
+    assert age_decrypt(master(repo, "b"), repo.identity) == b"b-2"
+    assert recorded(repo) == {"a": 2, "b": 2}
+    assert not (repo.cache / ".vaultpy-writes").exists()
+
+
 def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix: str,
                                                          monkeypatch) -> None:
     from vaultpy import model, vault

@@ -892,6 +892,9 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                      f"remove @{ref.version} to push"))
     if problems:
         raise VaultpyError(problems)
+    # Push the values an interrupted pull was putting in place, not half of them (the
+    # rest would look stale, and refused as older than Vault's).
+    writes.settle(cfg)
     plain, problems = _decrypt_existing(cfg, [sid for sid, _ in chosen], identity_files, ask,
                                         required=True)
     values: dict[str, str] = {}
@@ -915,7 +918,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
     pulled = vaultstate.load(cfg)
     entries: dict[str, vaultstate.Entry] = {}      # what to record once pushed
     with session_factory(cfg) as s:
-        writes: list[_Write] = []
+        to_write: list[_Write] = []
         for (mount, path), members in groups.items():
             try:
                 current = s.read(mount, path)
@@ -953,10 +956,10 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                     for sid, ref in members)
                 entries.update((sid, _entry(s, ref, current)) for sid, ref in members)
             else:
-                writes.append(_Write(mount, path, new, version, members))
+                to_write.append(_Write(mount, path, new, version, members))
         if problems:
             raise VaultpyError(problems)
-        for w in writes:
+        for w in to_write:
             try:
                 written = s.write(w.mount, w.path, w.data, w.cas)
             except VaultFailure as exc:
