@@ -964,3 +964,42 @@ def test_store_not_owned_by_root_is_refused(world: World, tmp_path: Path, how: s
     assert not os.path.lexists(host.live)
     assert not os.path.lexists(host.root / "var/lib/app/alpha")
 
+
+
+# ------------------------------------------------------- 7. extra paths across runs
+
+def _set_alpha(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        for entry in data["secrets"]:
+            if entry["id"] == "alpha":
+                entry.update(fields)
+    return change
+
+
+def run_extra_ok(host: HostRoot, *extra: str) -> None:
+    proc = run(host, "A", *extra)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("to", ["early", "normal"])
+def test_an_item_moved_between_early_and_normal_keeps_its_link(world: World, tmp_path: Path,
+                                                               to: str) -> None:
+    """alpha (path /var/lib/app/alpha) moves from the normal run to the early one, or
+    back.  Each run links the items it installs, and the other run, which installed it
+    last time, sees the path as no longer wanted: it must not remove the link the first
+    one just placed (the two runs come in either order: the early activation script
+    and both units re-run on a switch), or the path is gone until the next boot."""
+    host = fresh(world, tmp_path)
+    link = host.root / "var/lib/app/alpha"
+    first, second = (["--early"], []) if to == "early" else ([], ["--early"])
+    edit_profile(host, _set_alpha(early=to == "normal"))
+    run_extra_ok(host, *first)
+    run_extra_ok(host, *second)                 # alpha's link, through the other dir
+    edit_profile(host, _set_alpha(early=to == "early"))
+    run_extra_ok(host, *first)                  # places the link through its own dir
+    want = f"../../../run/{'vaultpy-early' if to == 'early' else 'vaultpy'}/alpha"
+    assert os.readlink(link) == want
+    run_extra_ok(host, *second)                 # alpha left this run's items
+    assert os.readlink(link) == want
+    assert link.read_bytes() == world.vals["alpha"]

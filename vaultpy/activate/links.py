@@ -73,13 +73,19 @@ def _real_parent(ctx: Context, fd: int, nominal: str) -> str:
     return real[len(root):] if root != "/" else real
 
 
-def _place(ctx: Context, path: str, name: str) -> None:
+def _target(ctx: Context, fd: int, path: str, name: str) -> str:
+    """What the link at ``path`` (its parent open as ``fd``) holds: ``name`` in this
+    run's live directory, relative to where the link really is."""
     dir_path = ctx.profile.settings.early_dir if ctx.opts.early else ctx.profile.settings.dir
+    parent = _real_parent(ctx, fd, str(PurePosixPath(path).parent))
+    return os.path.relpath(PurePosixPath(dir_path) / name, parent)
+
+
+def _place(ctx: Context, path: str, name: str) -> None:
     base = PurePosixPath(path).name
     fd = open_parent(ctx, path, create=True)
     try:
-        parent = _real_parent(ctx, fd, str(PurePosixPath(path).parent))
-        target = os.path.relpath(PurePosixPath(dir_path) / name, parent)
+        target = _target(ctx, fd, path, name)
         try:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -104,18 +110,23 @@ def _place(ctx: Context, path: str, name: str) -> None:
         os.close(fd)
 
 
-def _previous_paths(ctx: Context) -> set[str]:
+def _previous_paths(ctx: Context) -> dict[str, str]:
+    """The extra paths of the previous generation, each with its item's name."""
     if ctx.previous is None:
-        return set()
+        return {}
     try:
         data = json.loads((ctx.previous / MANIFEST).read_bytes())
-        return {i["path"] for i in data["items"] if i.get("path")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
-def _unlink_stale(ctx: Context, path: str) -> None:
-    """Remove a link a previous generation placed, only if it is still our symlink."""
+def _unlink_stale(ctx: Context, path: str, name: str) -> None:
+    """Remove a link a previous generation placed, only if it is still our symlink:
+    root's, and to ``name`` through this run's live directory.  A link to anything
+    else is not this run's to remove: the other run's (an item moved between the
+    early and the normal run, which the other run has just linked), or one root put
+    there since."""
     try:
         fd = open_parent(ctx, path, create=False)
     except (FileNotFoundError, VaultpyError):
@@ -123,7 +134,8 @@ def _unlink_stale(ctx: Context, path: str) -> None:
     try:
         base = PurePosixPath(path).name
         st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode) and st.st_uid == 0:
+        if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+                and os.readlink(base, dir_fd=fd) == _target(ctx, fd, path, name)):
             os.unlink(base, dir_fd=fd)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
@@ -161,9 +173,9 @@ def link_paths(ctx: Context) -> None:
             ctx.log("link_paths", f"would link {path}")
             continue
         _attempt(ctx, path, "link", _place, name)
-    for path in sorted(_previous_paths(ctx) - set(wanted)):
-        if not ctx.opts.dry_run:
-            _attempt(ctx, path, "remove the old link", _unlink_stale)
+    for path, old_name in sorted(_previous_paths(ctx).items()):
+        if path not in wanted and not ctx.opts.dry_run:
+            _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
     if wanted:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
 
