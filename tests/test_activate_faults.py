@@ -1003,3 +1003,34 @@ def test_an_item_moved_between_early_and_normal_keeps_its_link(world: World, tmp
     run_extra_ok(host, *second)                 # alpha left this run's items
     assert os.readlink(link) == want
     assert link.read_bytes() == world.vals["alpha"]
+
+
+def test_a_link_a_killed_run_owed_is_removed_by_the_next(world: World, tmp_path: Path) -> None:
+    """A moves alpha's path to beta.  The run that makes the move is killed (a real
+    SIGKILL, sent by strace as it enters unlink) after its switch, before it removed
+    alpha's old link.  The next run's previous generation (the killed run's) no longer
+    names alpha's path: it must still remove the link, or /var/lib/app/alpha stays
+    behind for good."""
+    need("strace")
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    old = host.root / "var/lib/app/alpha"
+    assert os.readlink(old) == "../../../run/vaultpy/alpha"
+    edit_profile(host, _move_alphas_path_to_beta)
+    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=unlink,unlinkat",
+           "-e", "inject=unlink,unlinkat:signal=KILL:when=1",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    gen = live_gen(host)
+    assert gen is not None and gen.name == "2", "killed after its switch"
+    assert os.path.lexists(old), "killed before it removed the old link"
+    assert (host.root / "var/lib/app/beta").read_bytes() == world.vals["beta"]
+
+    run_ok(host, "A")
+    assert not os.path.lexists(old)
+    assert (host.root / "var/lib/app/beta").read_bytes() == world.vals["beta"]
+    run_ok(host, "A")                               # and it is not removed again and again
+    assert not os.path.lexists(old)

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from vaultpy._internal import fsutil
-from vaultpy.activate import notify
+from vaultpy.activate import links, notify
 from vaultpy.activate.context import MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError
 
@@ -93,12 +93,14 @@ def new_generation(ctx: Context) -> None:
 
 
 def _write_manifest(ctx: Context) -> None:
-    """Items, and the unit calls this generation owes: they are recorded before the
-    switch, so a crash between switch and notification is made good by the next run."""
+    """Items, and the unit calls and old links this generation owes: they are recorded
+    before the switch, so a crash between switch and notification (or the links'
+    removal) is made good by the next run."""
     items = [{"name": i.name, "path": i.out.path, "restart_units": list(i.out.restart_units),
               "reload_units": list(i.out.reload_units)} for i in ctx.items()]
     data = json.dumps({"version": 1, "host": ctx.profile.host, "items": items,
-                       "pending": [list(c) for c in notify.plan_calls(ctx)]},
+                       "pending": [list(c) for c in notify.plan_calls(ctx)],
+                       "unlink": sorted(list(p) for p in links.stale_links(ctx).items())},
                       sort_keys=True).encode()
     assert ctx.generation_fd is not None
     fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

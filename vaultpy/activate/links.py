@@ -110,15 +110,27 @@ def _place(ctx: Context, path: str, name: str) -> None:
         os.close(fd)
 
 
-def _previous_paths(ctx: Context) -> dict[str, str]:
-    """The extra paths of the previous generation, each with its item's name."""
+LINKED = ".vaultpy-linked"   # in a generation: the old links its run owed are removed
+
+
+def stale_links(ctx: Context) -> dict[str, str]:
+    """The links this run owes removing (path -> the item name they lead to): the
+    previous generation's extra paths no item wants now, and, when the run that built
+    it did not get to remove its own (killed after its switch, or a removal failed:
+    no ``LINKED`` in it), those it owed too.  Recorded in the manifest before the
+    switch, so that a run killed after it leaves them to the next one."""
     if ctx.previous is None:
         return {}
     try:
         data = json.loads((ctx.previous / MANIFEST).read_bytes())
-        return {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
+        old = {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
+        if not (ctx.previous / LINKED).exists():
+            for path, name in data.get("unlink", []):
+                old.setdefault(str(path), str(name))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+    wanted = {i.out.path for i in ctx.items() if i.out.path}
+    return {path: name for path, name in old.items() if path not in wanted}
 
 
 def _unlink_stale(ctx: Context, path: str, name: str) -> None:
@@ -173,11 +185,20 @@ def link_paths(ctx: Context) -> None:
             ctx.log("link_paths", f"would link {path}")
             continue
         _attempt(ctx, path, "link", _place, name)
-    for path, old_name in sorted(_previous_paths(ctx).items()):
-        if path not in wanted and not ctx.opts.dry_run:
+    if not ctx.opts.dry_run:
+        failed = len(ctx.problems)
+        for path, old_name in sorted(stale_links(ctx).items()):
             _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
+        if len(ctx.problems) == failed:         # else the next run tries them again
+            _attempt(ctx, str(ctx.generation), "record the links", _mark_linked)
     if wanted:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
+
+
+def _mark_linked(ctx: Context, path: str) -> None:
+    assert ctx.generation_fd is not None
+    os.close(os.open(LINKED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
+                     dir_fd=ctx.generation_fd))
 
 
 def _attempt(ctx: Context, path: str, action: str, fn: Callable[..., None],
