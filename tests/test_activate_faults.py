@@ -1034,3 +1034,27 @@ def test_a_link_a_killed_run_owed_is_removed_by_the_next(world: World, tmp_path:
     assert (host.root / "var/lib/app/beta").read_bytes() == world.vals["beta"]
     run_ok(host, "A")                               # and it is not removed again and again
     assert not os.path.lexists(old)
+
+
+def test_an_error_after_the_live_link_moved_keeps_the_new_generation(world: World,
+                                                                    tmp_path: Path) -> None:
+    """switch renames the live symlink, then fsyncs its directory.  An I/O error in that
+    fsync (injected by strace) comes after the switch: the generation the live link now
+    names must not be removed as a failed build (the link would dangle: every secret
+    gone).  The run reports it, and the live link leads to the new, complete files."""
+    need("strace")
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+           "-e", "inject=fsync:error=EIO:when=1",
+           *activate_cmd(profile_of(host, "B"), host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert_clean_line(proc, [("Input/output error",)])
+    gen = live_gen(host)
+    assert gen is not None and gen.is_dir(), "the live link dangles"
+    assert gen_files(gen) == world.exp["B"]
+    assert os.readlink(host.root / "var/lib/app/alpha") == "../../../run/vaultpy/alpha"
+    run_ok(host, "B")                                   # and the next run goes on from it
+    assert gen_files(host.live) == world.exp["B"]

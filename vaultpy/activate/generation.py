@@ -12,7 +12,7 @@ from pathlib import Path
 from vaultpy._internal import fsutil
 from vaultpy.activate import links, notify
 from vaultpy.activate.context import MANIFEST, Context, read_link_generation
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy.errors import Problem, VaultpyError, os_problem
 
 _NUMBER = re.compile(r"[0-9]+")
 
@@ -129,9 +129,12 @@ def switch(ctx: Context) -> None:
     except OSError:
         os.unlink(tmp)
         raise
-    fsutil.fsync_path(link.parent, directory=True)
-    ctx.switched = True
+    ctx.switched = True         # live from here: never removed as a failed build
     ctx.log("switch", f"{link} -> {target}")
+    try:
+        fsutil.fsync_path(link.parent, directory=True)
+    except OSError as exc:      # like any problem after the switch: reported at the end
+        ctx.problems.append(os_problem(link.parent, exc, "sync the switch", as_is=True))
 
 
 def prune(ctx: Context) -> None:
