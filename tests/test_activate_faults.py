@@ -1058,3 +1058,33 @@ def test_an_error_after_the_live_link_moved_keeps_the_new_generation(world: Worl
     assert os.readlink(host.root / "var/lib/app/alpha") == "../../../run/vaultpy/alpha"
     run_ok(host, "B")                                   # and the next run goes on from it
     assert gen_files(host.live) == world.exp["B"]
+
+
+@pytest.mark.parametrize("alias", ["/var/run/vaultpy", "/var/run/vaultpy/alpha",
+                                   "/var/run/vaultpy.d.lock", "/var/run/vaultpy/new/beta"])
+def test_a_path_that_reaches_activations_own_places_through_a_symlink_is_refused(
+        world: World, tmp_path: Path, alias: str) -> None:
+    """/var/run is root's symlink to /run on every current Linux, so /var/run/vaultpy
+    *is* the live symlink, though the profile loader (which refuses /run/vaultpy) sees
+    another path.  A link placed there would replace the live symlink (every secret
+    gone: it would point at itself), a file of the live generation, or the lock file.
+    Refused before the switch, like /run/vaultpy itself: nothing changes."""
+    host = fresh(world, tmp_path)
+    (host.root / "var").mkdir(exist_ok=True)
+    os.symlink("../run", host.root / "var/run")
+    run_ok(host, "A")
+    gen = live_gen(host)
+    assert gen is not None
+    gen_before = snapshot_tree(gen)
+
+    def change(data: dict[str, Any]) -> None:
+        for entry in data["secrets"]:
+            if entry["id"] == "beta":
+                entry["path"] = alias
+    edit_profile(host, change)
+    before = snapshot_tree(host.root / "run")
+    proc = run(host, "A")
+    assert_clean_line(proc, [(alias,), ("activation keeps",)])
+    assert snapshot_tree(host.root / "run") == before
+    assert snapshot_tree(gen) == gen_before
+    assert (host.live / "alpha").read_bytes() == world.vals["alpha"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -19,6 +20,7 @@ from pathlib import PurePosixPath
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import MANIFEST, Context
 from vaultpy.errors import Problem, VaultpyError, os_problem
+from vaultpy.output import path_clash
 
 
 def _refuse(path: str, why: str) -> VaultpyError:
@@ -46,6 +48,11 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
                 raise _refuse(shown, "is owned by another user; refusing to write below it")
             if stat.S_ISLNK(st.st_mode):     # root's own symlink (e.g. /etc -> …): follow
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                try:
+                    _refuse_own_place(ctx, path, _real_parent(ctx, nxt, shown), below=True)
+                except BaseException:
+                    os.close(nxt)
+                    raise
             elif stat.S_ISDIR(st.st_mode):
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             else:
@@ -65,12 +72,48 @@ def _real_parent(ctx: Context, fd: int, nominal: str) -> str:
         real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return nominal
+    return _host(ctx, real, nominal)
+
+
+def _host(ctx: Context, real: str, nominal: str) -> str:
+    """``real`` (a path on this machine) as a path on the host under --root."""
     root = os.path.realpath(ctx.opts.root)
     if real == root:
         return "/"
     if root != "/" and not real.startswith(root + "/"):
         return nominal
     return real[len(root):] if root != "/" else real
+
+
+def _refuse_own_place(ctx: Context, path: str, real: str, below: bool = False) -> None:
+    """Refuse ``path`` when it really is (``real``: root's symlinks above it resolved)
+    one of activation's own places, or lies in or above one; ``below``: ``real`` is a
+    directory the walk reached, refused only inside one.  The profile loader refuses
+    ``/run/vaultpy`` as written; ``/var/run/vaultpy`` (``/var/run`` is root's symlink
+    to ``/run``) is the same place, and a link there would replace the live symlink,
+    a file of the live generation or the lock."""
+    s = ctx.profile.settings
+    places = {}
+    for key, place in (("dir", s.dir), ("early_dir", s.early_dir), ("store", s.store)):
+        head, base = posixpath.split(place)
+        places[key] = posixpath.join(
+            _host(ctx, os.path.realpath(ctx.host_path(head)), head), base)
+    if below:
+        clash = next(((k, d) for k, d in places.items()
+                      if real == d or real.startswith(d + "/")), None)
+    else:
+        clash = path_clash(real, places)
+    if clash is not None:
+        what, where = clash
+        raise VaultpyError(Problem(path, f"leads to {real!r}, which overlaps {where!r}, "
+                                   f"where activation keeps its {what}", "path",
+                                   "choose a path outside it, or drop it"))
+
+
+def _real_path(ctx: Context, fd: int, path: str) -> str:
+    """``path`` with root's symlinks above it resolved (its parent open as ``fd``)."""
+    pure = PurePosixPath(path)
+    return posixpath.join(_real_parent(ctx, fd, str(pure.parent)), pure.name)
 
 
 def _target(ctx: Context, fd: int, path: str, name: str) -> str:
@@ -85,6 +128,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
     base = PurePosixPath(path).name
     fd = open_parent(ctx, path, create=True)
     try:
+        _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
         target = _target(ctx, fd, path, name)
         try:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
@@ -166,6 +210,7 @@ def check_paths(ctx: Context) -> None:
         except FileNotFoundError:
             continue                    # link_paths creates the rest, root-owned
         try:
+            _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
             st = os.stat(PurePosixPath(path).name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 raise _refuse(path, "is a directory")
