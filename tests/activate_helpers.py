@@ -145,7 +145,11 @@ def prepare_root(root: Path, key: Path, profile: Path, host: str = "host0",
 
 @dataclass
 class Recorder:
-    """A fake systemctl: appends its arguments ("$*") as one line to ``log``."""
+    """A fake systemctl: appends its arguments ("$*") as one line to ``log``.
+
+    Every call must pass ``--no-block`` (checked here, then left out of the lines):
+    activation runs inside a unit, and waiting for the restart of a unit ordered after
+    it would wait forever."""
 
     script: Path
     log: Path
@@ -153,7 +157,9 @@ class Recorder:
     def calls(self) -> list[str]:
         if not self.log.exists():
             return []
-        return self.log.read_text().splitlines()
+        lines = self.log.read_text().splitlines()
+        assert all(ln.startswith("--no-block ") for ln in lines), lines
+        return [ln.removeprefix("--no-block ") for ln in lines]
 
     def clear(self) -> None:
         if self.log.exists():

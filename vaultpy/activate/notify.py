@@ -3,8 +3,8 @@ the units to restart or reload because of it.
 
 An item changed when its content, owner, group or mode differs; added and
 removed items count too.  Each unit is called once, after the switch:
-``systemctl try-restart`` for restart_units, ``try-reload-or-restart`` for
-reload_units (a unit in both is restarted).
+``systemctl --no-block try-restart`` for restart_units, ``try-reload-or-restart`` for
+reload_units (a unit in both is restarted): queued, never waited for.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def diff_and_notify(ctx: Context) -> None:
     if ctx.opts.dry_run:
         for verb, unit in calls:
             ctx.log("diff_and_notify",
-                    f"would run {ctx.opts.systemctl or 'systemctl'} {verb} {unit}")
+                    f"would run {ctx.opts.systemctl or 'systemctl'} --no-block {verb} {unit}")
         return
     # Only when a unit is to be restarted: subprocess takes ~5 ms to import.
     import shutil
@@ -138,7 +138,12 @@ def diff_and_notify(ctx: Context) -> None:
         ctx.log("diff_and_notify", f"{name} not found; not restarting {units}")
         return
     for verb, unit in calls:
-        proc = subprocess.run([systemctl, verb, unit], capture_output=True, text=True)
+        # --no-block: the job is queued, not waited for.  Activation runs inside a
+        # oneshot unit (no start timeout); a unit ordered after it (After=
+        # vaultpy-activate.service, as services that read secrets often are) could
+        # only restart once that unit is done: waiting here would never end.
+        proc = subprocess.run([systemctl, "--no-block", verb, unit], capture_output=True,
+                              text=True)
         ctx.notified.append(f"{verb} {unit}")
         if proc.returncode != 0:
             ctx.log("diff_and_notify", f"warning: systemctl {verb} {unit} failed: "
