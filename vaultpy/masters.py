@@ -218,7 +218,7 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                 with sigint.held():
                     if _put_back(before):
                         with contextlib.suppress(OSError):
-                            writes.end(cfg)
+                            writes.end(cfg, undone=True)
                             for tmp, _ in temps:
                                 with contextlib.suppress(OSError):
                                     os.unlink(tmp)

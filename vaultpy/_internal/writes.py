@@ -50,12 +50,19 @@ def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
     fsutil.atomic_write(path(cfg), data, 0o644)      # fsyncs the cache directory too
 
 
-def end(cfg: Config) -> None:
-    """The write is whole (or was undone): forget it.  Not fsynced: a journal that comes
-    back after a crash lists only temp files that are gone, and finishing it does
-    nothing."""
-    with contextlib.suppress(FileNotFoundError):
+def end(cfg: Config, *, undone: bool = False) -> None:
+    """The write is whole: forget it.  Not fsynced: a journal that comes back after a
+    crash lists only temp files that are gone, and finishing it does nothing.
+
+    ``undone``: the write was undone, and its temp files go next.  The journal's removal
+    is then made durable first: else, after a power cut, the next command could finish
+    a write the writer had reported as failed."""
+    try:
         path(cfg).unlink()
+    except FileNotFoundError:
+        return
+    if undone:
+        fsutil.fsync_path(cfg.cache_dir, directory=True)
 
 
 @contextlib.contextmanager
@@ -128,12 +135,17 @@ def finish(cfg: Config) -> list[Path]:
                 done.append(final)
             for folder in sorted({final.parent for _tmp, final, _new in renames}):
                 current = folder
-                fsutil.fsync_path(folder, directory=True)
+                try:
+                    fsutil.fsync_path(folder, directory=True)
+                except FileNotFoundError:   # removed since: nothing of it to keep
+                    continue
             current = journal
             journal.unlink()
         except OSError as exc:
-            raise VaultpyError(os_problem(current, exc,
-                                          "finish an interrupted write at")) from None
+            p = os_problem(current, exc, "finish an interrupted write at")
+            raise VaultpyError(Problem(
+                p.file, p.message, p.field, (f"{p.hint}; " if p.hint else "") +
+                f"or delete {display_path(journal)} to leave the write as it is")) from None
     return done
 
 
