@@ -271,6 +271,7 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
     (attrNames cfg.templates);
   hasEarly = builtins.any (i: i.early) items;
+  earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
 in
@@ -388,6 +389,11 @@ in
         ++ concatMap (i: map (f: { assertion = false;
             message = "vaultpy: ${i.label}: ${f} ${toString i.${f}} is too big: numeric ids stop at 4294967294"; })
           (builtins.filter (f: idTooBig i.${f}) [ "owner" "group" ])) items
+        # Early items are installed before users and groups exist (vaultpy/output.py
+        # `early_owner_ok`): a name could only be looked up in a later boot.
+        ++ map (i: { assertion = false;
+            message = "vaultpy: ${i.label}: an early item is installed before users and groups exist: its owner and group must be root or numeric ids (leave them out, give numeric ids, or drop early)"; })
+          (builtins.filter (i: i.early && !(earlyOwnerOk i.owner && earlyOwnerOk i.group)) items)
         ++ concatMap (i: [
           { assertion = known "users" i.owner;
             message = "vaultpy: ${i.label}: owner ${toString i.owner} is not in users.users"; }

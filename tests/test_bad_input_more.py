@@ -244,3 +244,42 @@ def test_a_profile_field_missing_or_mistyped_is_one_problem(change, field: str) 
     with pytest.raises(VaultpyError) as exc:
         profile.parse(data, "profile.json", Path("/x"))
     assert [p.field for p in exc.value.problems] == [field], exc.value.problems
+
+
+def test_an_early_item_with_a_named_owner_is_refused(repo: Repo) -> None:
+    """Early items are installed before users and groups exist (a first boot, a user
+    added in the same switch): a name there could not be looked up, and the whole early
+    run, root's password hash with it, would fail.  Refused up front, as sops-nix
+    refuses neededForUsers secrets not owned by root."""
+    sid = sorted(SECRETS)[0]
+    text = (repo.root / "hosts.toml").read_text()
+    listed = 'secrets = ["alpha", "beta"]\n'
+    assert listed in text
+    base = (text.replace(listed, "") + "\n[hosts.host0.secrets.beta]\n"
+            f"[hosts.host0.secrets.{sid}]\nearly = true\n")
+    for extra, refused in (('owner = "nobody"\n', True), ('group = "daemon"\n', True),
+                           ('owner = "65534"\ngroup = "0"\n', False), ("", False)):
+        repo.write_hosts(base + extra)
+        proc = repo.run("check", env=NO_MEMO)
+        if refused:
+            assert_one_clean_error(proc, "hosts.toml", f"hosts.host0.secrets.{sid}.early",
+                                   "installed before users and groups exist",
+                                   "root or numeric ids", "drop early")
+        else:
+            assert "early" not in proc.stderr.decode(), proc.stderr.decode()
+
+
+@pytest.mark.parametrize("owner, group", [("app", "root"), ("root", "app")])
+def test_a_profile_early_item_with_a_named_owner_is_one_problem(owner: str, group: str
+                                                                ) -> None:
+    from test_fuzz import VALID_PROFILE
+
+    from vaultpy import profile
+
+    data = copy.deepcopy(VALID_PROFILE)
+    data["secrets"][1].update(owner=owner, group=group)       # (early: True)
+    assert data["secrets"][1]["early"] is True
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [p.field for p in exc.value.problems] == ["secrets[1].early"], exc.value.problems
+    assert "root or numeric ids" in exc.value.problems[0].message

@@ -1016,6 +1016,8 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             **settings_, "hostPubkey": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC root@x"}}},
         "early-dir-on-store-lock": {"vaultpy": {**base["vaultpy"], "settings": {
             **base["vaultpy"]["settings"], "earlyDir": "/run/vaultpy.d.lock"}}},
+        "early-named-owner": {**_base_secret(rich, early=True, owner="app"), **DEMO_USERS},
+        "early-numeric-ids": _base_secret(rich, early=True, owner="0", group=0),
     }
 
 
@@ -1036,6 +1038,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                                                   ) -> None:
     assert assertion_results["demo-valid"] == []
     assert assertion_results["options-valid"] == []
+    assert assertion_results["early-numeric-ids"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1061,6 +1064,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("bad-host-key", ["hostPubkey", "ssh-rsa", "not an ssh-ed25519 or age1 public key"]),
     ("early-dir-on-store-lock", ["vaultpy.settings: earlyDir and the store's lock file "
                                  "overlap", "a place of its own"]),
+    ("early-named-owner", ["secret db_password", "an early item is installed before users "
+                           "and groups exist", "root or numeric ids"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:

@@ -23,7 +23,15 @@ from urllib.parse import urlsplit
 from vaultpy import templates
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.output import DEFAULT_DIRS, numeric_id_ok, path_clash, path_clash_message
+from vaultpy.output import (
+    DEFAULT_DIRS,
+    EARLY_OWNER_HINT,
+    EARLY_OWNER_PROBLEM,
+    early_owner_ok,
+    numeric_id_ok,
+    path_clash,
+    path_clash_message,
+)
 
 # Re-exported: vaultpy.model.Output and the name patterns predate vaultpy.output.
 from vaultpy.output import ID_RE as ID_RE
@@ -436,7 +444,7 @@ OUTPUT_KEYS = ("owner", "group", "mode", "path", "restart_units", "reload_units"
 
 
 def _output(ck: _Checker, table: Mapping[str, Any], where: str) -> Output:
-    return Output(
+    out = Output(
         owner=_owner(ck, table["owner"], f"{where}.owner") if "owner" in table else "root",
         group=_owner(ck, table["group"], f"{where}.group") if "group" in table else "root",
         mode=_mode(ck, table["mode"], f"{where}.mode") if "mode" in table else "0400",
@@ -445,6 +453,9 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str) -> Output:
         reload_units=_units(ck, table.get("reload_units", []), f"{where}.reload_units"),
         early=ck.boolean(table["early"], f"{where}.early") if "early" in table else False,
     )
+    if out.early and not (early_owner_ok(out.owner) and early_owner_ok(out.group)):
+        ck.add(f"{where}.early", EARLY_OWNER_PROBLEM, EARLY_OWNER_HINT)
+    return out
 
 
 def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[str, ...]:

@@ -28,6 +28,17 @@ def numeric_id_ok(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= UID_MAX
 
 
+def early_owner_ok(text: str) -> bool:
+    """An early item's owner or group: installed before users and groups exist (on a
+    first boot, or one added in the same switch), so no name is looked up but root's."""
+    return text == "root" or numeric_id_ok(text)
+
+
+EARLY_OWNER_PROBLEM = ("an early item is installed before users and groups exist: its "
+                       "owner and group must be root or numeric ids")
+EARLY_OWNER_HINT = "leave owner and group out (root), give numeric ids, or drop early"
+
+
 LOCK_SUFFIX = ".lock"       # activation's flock: <store>.lock, beside the store
 
 

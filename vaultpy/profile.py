@@ -21,10 +21,13 @@ from vaultpy import templates
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.output import (
     DEFAULT_DIRS,
+    EARLY_OWNER_HINT,
+    EARLY_OWNER_PROBLEM,
     ID_RE,
     UNIT_RE,
     USER_RE,
     Output,
+    early_owner_ok,
     numeric_id_ok,
     path_clash,
     path_clash_message,
@@ -212,6 +215,8 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
             raw = []
         units[key] = tuple(raw)
     early = rd.get(obj, "early", bool, where)
+    if early and not (early_owner_ok(owner) and early_owner_ok(group)):
+        rd.bad(f"{where}.early", EARLY_OWNER_PROBLEM, EARLY_OWNER_HINT)
     path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
     return Output(owner, group, mode, path, units["restart_units"], units["reload_units"],
                   bool(early))
