@@ -993,10 +993,11 @@ def test_an_item_moved_between_early_and_normal_keeps_its_link(world: World, tmp
     host = fresh(world, tmp_path)
     link = host.root / "var/lib/app/alpha"
     first, second = (["--early"], []) if to == "early" else ([], ["--early"])
-    edit_profile(host, _set_alpha(early=to == "normal"))
+    # (root's: an early item's owner and group must be; the same in both places)
+    edit_profile(host, _set_alpha(early=to == "normal", owner="root", group="root"))
     run_extra_ok(host, *first)
     run_extra_ok(host, *second)                 # alpha's link, through the other dir
-    edit_profile(host, _set_alpha(early=to == "early"))
+    edit_profile(host, _set_alpha(early=to == "early", owner="root", group="root"))
     run_extra_ok(host, *first)                  # places the link through its own dir
     want = f"../../../run/{'vaultpy-early' if to == 'early' else 'vaultpy'}/alpha"
     assert os.readlink(link) == want
