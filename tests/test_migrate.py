@@ -682,3 +682,23 @@ def test_the_next_step_printed_after_a_vaultix_import_works(vaultix, tmp_path):
     proc = ok("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
               str(vaultix["sdir"]), "-i", str(vaultix["master"]), cwd=repo)
     _run_next_step(proc, repo, tmp_path)
+
+
+def test_the_line_of_nix_output_that_says_what_is_wrong(agenix, nix_env, tmp_path) -> None:
+    """Debian's Nix prints the error first; Nix 2.13 and later open with a bare
+    "error:" and a trace, and end with the innermost error: either way the one line
+    shown says what is wrong, not just "error:"."""
+    from vaultpy import migrate
+
+    broken = tmp_path / "undefined.nix"
+    broken.write_text("{ a = missing_thing; }\n")
+    proc = run("import", "agenix", str(broken), "-i", str(agenix.operator), cwd=tmp_path,
+               env=nix_env)
+    assert_one_clean_error(proc, "undefined.nix", "nix-instantiate failed: error:",
+                           "undefined variable 'missing_thing'")
+    newer = ("error:\n       … while evaluating the attribute 'a'\n\n"
+             "         at /x/undefined.nix:1:3:\n\n            1| { a = missing_thing; }\n"
+             "             |   ^\n\n       error: undefined variable 'missing_thing'\n\n"
+             "       at /x/undefined.nix:1:7:\n")
+    assert migrate.nix_error(newer) == "error: undefined variable 'missing_thing'"
+    assert migrate.nix_error("") == "(no output)"

@@ -111,15 +111,22 @@ def nix_eval_json(path: Path) -> Any:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise fail(path, f"cannot run nix-instantiate: {exc}") from None
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("error")] or lines[-1:] or ["(no output)"]
-        raise fail(path, f"nix-instantiate failed: {errors[0]}"[:400],
+        raise fail(path, f"nix-instantiate failed: {nix_error(proc.stderr)}"[:400],
                    hint="fix the Nix expression (run nix-instantiate --eval --strict "
                    "--json on it to see the whole error)")
     try:
         return json.loads(proc.stdout)
     except ValueError:
         raise fail(path, "nix-instantiate printed no JSON") from None
+
+
+def nix_error(stderr: str) -> str:
+    """The line of Nix's error output that says what is wrong.  Nix up to 2.12 prints it
+    first (``error: undefined variable 'x'``, then where); later ones open with a bare
+    ``error:`` and a trace, and end with the innermost ``error: …``."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith("error") and ln.rstrip(":") != "error"]
+    return (said[-1:] or lines[-1:] or ["(no output)"])[0]
 
 
 def _load_mapping(path: Path) -> Any:
