@@ -21,12 +21,12 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyrage
 
 from vaultpy._internal import ageformat, forksafe, sigint
+from vaultpy._internal.record import record
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
 
 TYPE_CHECKING = False       # typing costs ~5 ms to import; annotations only
@@ -143,7 +143,7 @@ def _recipient(text: str) -> Any:
 
 # --------------------------------------------------------------------------- identities
 
-@dataclass(frozen=True)
+@record
 class Identity:
     """An unlocked identity held in memory, and where it came from (for messages)."""
 

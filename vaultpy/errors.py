@@ -16,8 +16,9 @@ import errno
 import functools
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+from vaultpy._internal.record import record
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -49,7 +50,7 @@ def _shown_dir(parent: str, cwd: str) -> str | None:
         return None
 
 
-@dataclass(frozen=True)
+@record
 class Problem:
     """A single, user-facing problem: where, what, and what to do next."""
 

@@ -9,9 +9,9 @@ runs on every boot and reads only a profile, does not load hosts.toml's validato
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from vaultpy._internal.fsutil import TMP_MARK
+from vaultpy._internal.record import record
 from vaultpy.templates import ID_PATTERN
 
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
@@ -96,7 +96,7 @@ def path_clash_message(path: str, what: str, where: str) -> tuple[str, str]:
             "choose another path, or drop it")
 
 
-@dataclass(frozen=True)
+@record
 class Output:
     """Where and how a file lands on the host (fields shared by secrets and templates)."""
 

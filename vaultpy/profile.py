@@ -13,11 +13,11 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from vaultpy import templates
+from vaultpy._internal.record import record
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.output import (
     DEFAULT_DIRS,
@@ -48,7 +48,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     identities: tuple[str, ...]
     dir: str
@@ -57,7 +57,7 @@ class Settings:
     keep: int
 
 
-@dataclass(frozen=True)
+@record
 class Item:
     """A file in the generation directory: a secret (``id`` set) or a template."""
 
@@ -74,7 +74,7 @@ class Item:
         return self.content is not None
 
 
-@dataclass(frozen=True)
+@record
 class Profile:
     host: str
     settings: Settings

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from vaultpy._internal.record import record
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _START = re.compile(r"\{\{ *secrets\.")
 _FULL = re.compile(r"\{\{ *secrets\.(" + ID_PATTERN + r") *\}\}")
 
 
-@dataclass(frozen=True)
+@record
 class Ref:
     """A placeholder for the secret ``id``."""
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+
+from vaultpy._internal.record import record
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -29,14 +30,14 @@ class FormatError(ValueError):
     """The bytes are not a well-formed age file; the message says where."""
 
 
-@dataclass(frozen=True)
+@record
 class Stanza:
     type: str
     args: tuple[str, ...]
     body: bytes
 
 
-@dataclass(frozen=True)
+@record
 class Header:
     stanzas: tuple[Stanza, ...]
     mac: bytes

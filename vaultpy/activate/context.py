@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age
+from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem
 from vaultpy.profile import Item, Profile
 
 MANIFEST = ".vaultpy-manifest.json"   # written last: marks a generation as complete
 
 
-@dataclass(frozen=True)
+@record
 class Options:
     profile: Path
     root: Path = Path("/")
@@ -27,7 +27,7 @@ class Options:
     jobs: int | None = None         # decrypting processes (default: CPUs, at most 4)
 
 
-@dataclass(frozen=True)
+@record
 class Change:
     """One difference between the previous live generation and the new one."""
 
@@ -38,7 +38,7 @@ class Change:
     reload_units: tuple[str, ...] = ()
 
 
-@dataclass
+@mutable_record
 class Context:
     opts: Options
     profile: Profile
