@@ -754,17 +754,24 @@ def test_a_journal_of_files_outside_the_repository_is_finished(
     repo.ok("-C", str(repo.root), "check")
 
 
-def test_rotate_master_rotates_the_master_an_interrupted_generate_was_making(
-        make_repo, tmp_path: Path) -> None:
-    """generate killed after its journal, before its master's rename (masters go last):
-    the master key rotation finishes that write before it lists the masters to rotate,
-    so the new master is encrypted to the new key too, not left to the retired one."""
+def _generate_killed_before_its_master(make_repo) -> tuple[Repo, Path]:
+    """A repository with a hand-written master, and a generate of ``pw`` killed after
+    its journal, before its master's rename (masters go last)."""
     need("strace")
     repo = spec_repo(make_repo, {"pw": 'generate = "alnum:32"', "manual": ""}, ("pw",))
     repo.ok("encrypt", "manual", input=b"typed by hand")
     _killed_at(repo, "rename", 2, "generate")      # rotation.toml; pw.age: renameat2
     pw = repo.root / "secrets" / "pw.age"
     assert (repo.cache / ".vaultpy-writes").exists() and not pw.exists()
+    return repo, pw
+
+
+def test_rotate_master_rotates_the_master_an_interrupted_generate_was_making(
+        make_repo, tmp_path: Path) -> None:
+    """generate killed after its journal, before its master's rename (masters go last):
+    the master key rotation finishes that write before it lists the masters to rotate,
+    so the new master is encrypted to the new key too, not left to the retired one."""
+    repo, pw = _generate_killed_before_its_master(make_repo)
     new = tmp_path / "new.txt"
     repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
     assert not (repo.cache / ".vaultpy-writes").exists()
@@ -777,14 +784,9 @@ def test_rekey_reencrypts_the_master_an_interrupted_generate_was_making(
         make_repo, tmp_path: Path) -> None:
     """As above, for rekey after a recipient is added: the master the killed generate
     was making is finished first, then re-encrypted with the others."""
-    need("strace")
     from conftest import age_keygen
 
-    repo = spec_repo(make_repo, {"pw": 'generate = "alnum:32"', "manual": ""}, ("pw",))
-    repo.ok("encrypt", "manual", input=b"typed by hand")
-    _killed_at(repo, "rename", 2, "generate")      # rotation.toml; pw.age: renameat2
-    pw = repo.root / "secrets" / "pw.age"
-    assert (repo.cache / ".vaultpy-writes").exists() and not pw.exists()
+    repo, pw = _generate_killed_before_its_master(make_repo)
     backup, backup_pub = age_keygen(tmp_path, "backup.txt")
     text = (repo.root / "hosts.toml").read_text()
     repo.write_hosts(text.replace(f"recipients = [{toml_str(repo.recipient)}]",
