@@ -344,6 +344,34 @@ def test_a_master_written_while_the_rotation_decrypts_is_not_rolled_back(
     assert age_decrypt(repo.root / "secrets" / "s002.age", new) == secrets["s002"]
 
 
+def test_the_rotation_updates_hosts_toml_under_the_lock(make_repo, tmp_path, monkeypatch):
+    """hosts.toml is read, changed and written back: without the repository's lock, a
+    `vaultpy host add` (which takes it) could write in between and be lost."""
+    from vaultpy import model
+
+    repo, _secrets = many_secret_repo(make_repo, 2)
+    monkeypatch.chdir(repo.root)
+    cfg = model.load(repo.root)
+    real = recovery._update_hosts_toml
+    held: list[bool] = []
+
+    def update(cfg: model.Config, journal: recovery.Journal) -> bool:
+        fd = os.open(cfg.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return real(cfg, journal)
+
+    monkeypatch.setattr(recovery, "_update_hosts_toml", update)
+    new = tmp_path / "new.txt"
+    recovery.rotate_master(cfg, new, identity_files=[repo.identity])
+    assert held == [True]
+
+
 def test_a_new_identity_a_killed_run_left_half_written_is_removed(make_repo, tmp_path):
     """A SIGKILL while the new identity was written leaves its temp file: a secret key
     (never used: the journal's is the one written whole), on disk until removed."""

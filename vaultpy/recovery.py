@@ -531,7 +531,11 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                 journal.done.add(sid)
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "re-encrypt the master")) from None
-    identity_set = _update_hosts_toml(cfg, journal)
+    try:
+        with writes.lock(cfg):      # a read-modify-write: `host add` takes it too
+            identity_set = _update_hosts_toml(cfg, journal)
+    except OSError as exc:
+        raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
     cfg = model.load(cfg.path)
     result = pipeline.renc(cfg, (), jobs=renc_jobs, identity_files=[journal.new_identity],
                            ask=ask)
