@@ -543,13 +543,25 @@ def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path
     argv = [sys.executable, "-m", "vaultpy", "import", "agenix", str(agenix.secrets_nix),
             "--hosts-from", str(hosts_nix(agenix)), "-i", str(agenix.operator)]
     n_masters = len(agenix.plain)
-    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
+                           "trace=flock,close,unlink,unlinkat,rename", "-e",
                            f"inject=rename:error=ENOSPC:when={n_masters + 1}", *argv],
                           cwd=repo, env={**os.environ, "NO_COLOR": "1", **nix_env},
                           capture_output=True)
     if proc.returncode != 0 and b"ptrace" in proc.stderr:
         pytest.skip("ptrace not permitted here")
     assert_one_clean_error(proc, "cannot write the import", "No space left on device")
+    # The masters are removed while the lock is still held: a master another command
+    # writes once it is released is never taken back.
+    calls = log.read_text().splitlines()
+    locked = next(i for i, c in enumerate(calls) if "flock(" in c and "LOCK_EX" in c)
+    lock_fd = calls[locked].split("flock(")[1].split(",")[0]
+    released = next(i for i, c in enumerate(calls[locked:], locked)
+                    if f"close({lock_fd})" in c)
+    removed = [i for i, c in enumerate(calls) if "unlink" in c and ".age\"" in c
+               and ".vaultpy-tmp-" not in c]
+    assert len(removed) == n_masters and all(locked < i < released for i in removed), calls
     left = [p for p in repo.rglob("*") if p.is_file() and p.name != ".vaultpy.lock"]
     assert left == [], left
     ok(*argv[3:], cwd=repo, env=nix_env)            # and the rerun needs no --force

@@ -729,26 +729,30 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 raise VaultpyError(Problem(display_path(hosts_path), "changed while the "
                                            "import was running; nothing was written", "",
                                            "run the import again"))
-            for sid in sorted(plain):
-                text_bytes, armor = plain.pop(sid)
-                dest = cfg.secrets[sid].file
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                before[dest] = dest.read_bytes() if dest.exists() else None
-                ciphertext = age.encrypt(text_bytes, master_recipients, armor)
-                fsutil.atomic_write(dest, ciphertext)
-                probe = probe or ciphertext
-                result.written.append(dest)
-            mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
-            fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
+            try:
+                for sid in sorted(plain):
+                    text_bytes, armor = plain.pop(sid)
+                    dest = cfg.secrets[sid].file
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    before[dest] = dest.read_bytes() if dest.exists() else None
+                    ciphertext = age.encrypt(text_bytes, master_recipients, armor)
+                    fsutil.atomic_write(dest, ciphertext)
+                    probe = probe or ciphertext
+                    result.written.append(dest)
+                mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
+                fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
+            except OSError:
+                # All or nothing: without hosts.toml, the masters written would only
+                # block a rerun ("already exists").  Each goes back to what it replaced,
+                # still under the lock: a master another command writes next is kept.
+                for dest, old in before.items():
+                    with contextlib.suppress(OSError):
+                        if old is None:
+                            dest.unlink()
+                        else:
+                            fsutil.atomic_write(dest, old)
+                raise
     except OSError as exc:
-        # All or nothing: without hosts.toml, the masters written would only block a
-        # rerun ("already exists").  Each goes back to what it replaced.
-        for dest, old in before.items():
-            with contextlib.suppress(OSError):
-                if old is None:
-                    dest.unlink()
-                else:
-                    fsutil.atomic_write(dest, old)
         raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
     result.master_identity = _opener(files, keys, probe)
     return result
