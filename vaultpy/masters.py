@@ -305,12 +305,7 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     # One hold of the lock from here to the last write: a master another writer
     # (encrypt, edit) replaced meanwhile is decrypted again, never overwritten
     # with the plaintext read before.
-    with contextlib.ExitStack() as stack:
-        try:
-            cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(writes.lock(cfg))
-        except OSError as exc:
-            raise VaultpyError(os_problem(cfg.lock_path, exc, "lock the repository")) from None
+    with writes.held(cfg, "lock the repository"):
         for sid in chosen:
             data = read_master(cfg, sid)
             if data != seen[sid]:

@@ -720,7 +720,6 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     before: dict[Path, bytes | None] = {}      # what each written master replaced
     probe = b""                                # a master written, for master_identity
     try:
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with writes.lock(cfg):
             # hosts.toml was read before the prompts and the decryption: an edit made
             # meanwhile (by hand, or by host add) must not be overwritten.

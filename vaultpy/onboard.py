@@ -552,7 +552,6 @@ def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] |
     path = cfg.path.resolve()
     try:
         st = path.stat()
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with writes.lock(cfg):
             if path.read_bytes() != old_text.encode():
                 raise _problem(cfg, "changed while vaultpy was editing it", "",

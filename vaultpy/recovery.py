@@ -517,7 +517,6 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     recipients = journal.recipients
     current: Path = cfg.cache_dir
     try:
-        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         with writes.lock(cfg):
             for sid in todo:
                 text, armor, was = plain.pop(sid)
@@ -531,11 +530,8 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                 journal.done.add(sid)
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "re-encrypt the master")) from None
-    try:
-        with writes.lock(cfg):      # a read-modify-write: `host add` takes it too
-            identity_set = _update_hosts_toml(cfg, journal)
-    except OSError as exc:
-        raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+    with writes.held(cfg):      # a read-modify-write: `host add` takes it too
+        identity_set = _update_hosts_toml(cfg, journal)
     cfg = model.load(cfg.path)
     result = pipeline.renc(cfg, (), jobs=renc_jobs, identity_files=[journal.new_identity],
                            ask=ask)

@@ -124,7 +124,6 @@ def under_lock(cfg: Config, changes: Mapping[str, Entry]) -> Callable[[], bytes]
 
 def record(cfg: Config, changes: Mapping[str, Entry]) -> None:
     """Apply ``changes`` on their own (after a push), under the repository lock."""
-    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     with writes.lock(cfg):
         data = pending(cfg, changes)
         if data is not None:

@@ -76,15 +76,24 @@ def lock(cfg: Config) -> Iterator[bool]:
         yield created
 
 
+@contextlib.contextmanager
+def held(cfg: Config, action: str = "take the lock") -> Iterator[bool]:
+    """:func:`lock`, with a failure to take it (a read-only checkout, a directory in its
+    place...) as one line naming the lock; what the block raises is the caller's."""
+    with contextlib.ExitStack() as stack:
+        try:
+            created = stack.enter_context(lock(cfg))
+        except OSError as exc:
+            raise VaultpyError(os_problem(cfg.lock_path, exc, action)) from None
+        yield created
+
+
 def settle(cfg: Config) -> None:
     """Finish an interrupted write now, if there is one: for commands that decide what
     to write (generate: which masters are missing) before they take the lock."""
     if os.path.lexists(path(cfg)):
-        try:
-            with lock(cfg):
-                pass
-        except OSError as exc:      # a read-only checkout, a directory in its place...
-            raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+        with held(cfg):
+            pass
 
 
 def finish(cfg: Config) -> list[Path]:
