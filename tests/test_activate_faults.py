@@ -1089,3 +1089,43 @@ def test_a_path_that_reaches_activations_own_places_through_a_symlink_is_refused
     assert snapshot_tree(host.root / "run") == before
     assert snapshot_tree(gen) == gen_before
     assert (host.live / "alpha").read_bytes() == world.vals["alpha"]
+
+
+def test_a_directory_made_for_a_path_has_its_mode_even_if_the_run_is_killed(
+        world: World, tmp_path: Path) -> None:
+    """A path's missing parents are made root's, 0755 (activation runs under umask
+    0077).  The run is killed (a real SIGKILL, from strace) at the system call right
+    after the mkdir of the first one: that directory must already be 0755.  Made 0700
+    and chmodded after, it would stay 0700 for good (the next run finds it there and
+    leaves it), and the service could never reach its file."""
+    need("strace")
+    path = "/var/lib/made/deep/alpha"
+    hosts = [fresh(world, tmp_path / n) for n in ("probe", "victim")]
+    for host in hosts:
+        run_ok(host, "A")
+        edit_profile(host, _set_alpha(path=path))
+    # Which call follows the mkdir, and how many of its kind come before: a traced run.
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-qq", "-o", str(trace), *activate_cmd(
+        hosts[0].profile, hosts[0].root, systemctl=shutil.which("true"))],
+        capture_output=True, env=vaultpy_env(), cwd=ROOT, check=True)
+    lines = [ln for ln in trace.read_text().splitlines() if re.match(r"\w+\(", ln)]
+    calls = [ln.split("(", 1)[0] for ln in lines]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("mkdir") and '"made"' in ln)
+    after = calls[at + 1]
+    when = calls[: at + 2].count(after)
+    proc = subprocess.run(["strace", "-qq", "-o", os.devnull, "-e", f"trace={after}",
+                           "-e", f"inject={after}:signal=KILL:when={when}", *activate_cmd(
+                               hosts[1].profile, hosts[1].root,
+                               systemctl=shutil.which("true"))],
+                          capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    made = hosts[1].root / "var/lib/made"
+    assert made.is_dir() and not (made / "deep").exists(), "killed after the first mkdir"
+    run_ok(hosts[1], "A")
+    for d in (made, made / "deep"):
+        st = d.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0), d
+    assert (hosts[1].root / path.lstrip("/")).read_bytes() == world.vals["alpha"]

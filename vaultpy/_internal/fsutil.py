@@ -338,8 +338,17 @@ def makedirs(path: Path, mode: int = 0o755) -> None:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            continue
-        os.chmod(d, mode)
+        with contextlib.suppress(FileExistsError):
+            mkdir_exact(d, mode)
+
+
+def mkdir_exact(path: Path | str, mode: int, dir_fd: int | None = None) -> None:
+    """mkdir with exactly ``mode`` from the start, whatever the umask: with a chmod
+    after it, a process killed in between would leave the directory with the umask's
+    mode for good (the next run finds it there and goes on).  The umask is cleared for
+    the one call: only for processes with no other thread creating files (activation)."""
+    old = os.umask(0)
+    try:
+        os.mkdir(path, mode, dir_fd=dir_fd)
+    finally:
+        os.umask(old)

@@ -84,10 +84,9 @@ def new_generation(ctx: Context) -> None:
         ctx.generation = target
         ctx.log("new_generation", f"would build generation {number}")
         return
-    os.mkdir(target, 0o751)
+    fsutil.mkdir_exact(target, 0o751)
     ctx.generation = target                     # ours from now on (removed if we fail)
     os.chown(target, 0, 0)
-    os.chmod(target, 0o751)
     ctx.generation_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     ctx.log("new_generation", f"building {target}")
 

@@ -41,8 +41,7 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                os.chmod(part, 0o755, dir_fd=fd)      # whatever the umask
+                fsutil.mkdir_exact(part, 0o755, dir_fd=fd)
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             if st.st_uid != 0:
                 raise _refuse(shown, "is owned by another user; refusing to write below it")

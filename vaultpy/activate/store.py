@@ -64,8 +64,7 @@ def mount_store(ctx: Context) -> None:
             ctx.log("mount_store", f"would create and mount ramfs on {store}")
             return
         fsutil.makedirs(store.parent)
-        store.mkdir(mode=0o751)
-        os.chmod(store, 0o751)
+        fsutil.mkdir_exact(store, 0o751)
     st = store.lstat()
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise VaultpyError(Problem(str(store), "store is not a directory", "store",
