@@ -242,6 +242,11 @@ let
       [ s.dir s.earlyDir s.store "${s.store}.lock" ]
     ++ map (d: "${tmpLinkPrefix d}*") (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p)
       [ s.dir s.earlyDir ]);
+  # An item's path inside another item's: that one is a symlink to a file, and a link
+  # below it would be written through it (vaultpy/output.py `nesting`).
+  withPath = builtins.filter (i: i.path != null) items;
+  nested = concatMap (i: map (o: { inherit (i) label path; outer = o; })
+    (builtins.filter (o: lib.hasPrefix "${o.path}/" i.path) withPath)) withPath;
   # Activation's own places must not be, or lie inside, one another
   # (vaultpy/output.py `settings_clashes`).
   places = [ { n = "dir"; p = s.dir; } { n = "earlyDir"; p = s.earlyDir; }
@@ -406,6 +411,9 @@ in
         ++ lib.mapAttrsToList (p: g: { assertion = false;
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${p}"; })
           (dupes (i: i.path) items)
+        ++ map (n: { assertion = false;
+            message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
+          nested
         ++ map (r: { assertion = cfg.secrets ? ${r.id};
             message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
           templateRefs;

@@ -356,6 +356,10 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
     "duplicate_paths": (WEB + '[hosts.web.secrets.alpha]\npath = "/etc/app/key"\n'
                         '[hosts.web.secrets.beta]\npath = "/etc/app/key"\n',
                         ("hosts.web", "both use path '/etc/app/key'")),
+    "nested_paths": (WEB + '[hosts.web.secrets.alpha]\npath = "/etc/app"\n'
+                     '[hosts.web.templates.t]\ncontent = "x"\npath = "/etc/app/t/conf"\n',
+                     ("hosts.web", "template 't': path '/etc/app/t/conf' lies inside "
+                      "'/etc/app', secret 'alpha''s path", "give one of them another path")),
     "master_in_cache": ('[secrets.gamma]\nfile = "secrets/cache/gamma.age"\n',
                         ("secrets.gamma.file", "inside the cache directory")),
 }

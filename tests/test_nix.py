@@ -994,6 +994,12 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "duplicate-path": {"vaultpy": {"settings": settings_, "secrets": {
             "db_password": {"file": master, "path": "/etc/same"},
             "user_hash": {"file": rich.masters["user_hash"], "path": "/etc/same"}}}},
+        "nested-path": {"vaultpy": {"settings": settings_, "secrets": {
+            "db_password": {"file": master, "path": "/etc/app"},
+            "user_hash": {"file": rich.masters["user_hash"], "path": "/etc/app/conf/hash"}}}},
+        "sibling-paths": {"vaultpy": {"settings": settings_, "secrets": {
+            "db_password": {"file": master, "path": "/etc/app"},
+            "user_hash": {"file": rich.masters["user_hash"], "path": "/etc/app-hash"}}}},
         "undeclared-template-secret": {"vaultpy": {
             "settings": settings_, "secrets": {"db_password": {"file": master}},
             "templates": {"t": {"content": "{{ secrets.db_password }} {{ secrets.nope }}"}}}},
@@ -1039,6 +1045,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     assert assertion_results["demo-valid"] == []
     assert assertion_results["options-valid"] == []
     assert assertion_results["early-numeric-ids"] == []
+    assert assertion_results["sibling-paths"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1046,6 +1053,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("unknown-owner", ["secret db_password", "owner ghost is not in users.users"]),
     ("unknown-group", ["secret db_password", "group ghosts is not in users.groups"]),
     ("duplicate-path", ["secret db_password", "secret user_hash", "same path /etc/same"]),
+    ("nested-path", ["secret user_hash: path /etc/app/conf/hash lies inside /etc/app, "
+                     "secret db_password's path", "another path"]),
     ("undeclared-template-secret", ["template t uses secrets.nope",
                                     "declare vaultpy.secrets.nope"]),
     ("template-name-traversal", ['template name "../../etc/shadow" is invalid']),

@@ -28,6 +28,8 @@ from vaultpy.output import (
     EARLY_OWNER_HINT,
     EARLY_OWNER_PROBLEM,
     early_owner_ok,
+    nesting,
+    nesting_message,
     numeric_id_ok,
     path_clash,
     path_clash_message,
@@ -689,6 +691,11 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
             if first != i:
                 ck.add(where, f"{label(i)} and {label(first)} both use path {out.path!r}",
                        "give one of them another path")
+    for i, (_name, out) in enumerate(items):
+        outer = nesting(out.path, paths) if out.path is not None else None
+        if out.path is not None and outer is not None:
+            problem, hint = nesting_message(out.path, outer, f"{label(paths[outer])}'s")
+            ck.add(where, f"{label(i)}: {problem}", hint)
     if not ok:
         return None
     return Host(name, recipients, tuple(deployments), tuple(tmpls))

@@ -14,6 +14,10 @@ from vaultpy._internal.fsutil import TMP_MARK
 from vaultpy._internal.record import record
 from vaultpy.templates import ID_PATTERN
 
+TYPE_CHECKING = False       # typing and collections.abc: not on activation's path
+if TYPE_CHECKING:
+    from collections.abc import Container
+
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")  # owner / group names
 UNIT_RE = re.compile(r"[^\s/]+")                    # systemd units to restart / reload
@@ -74,6 +78,26 @@ def path_clash(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
         if dirs.get(key) and path.startswith(tmp_link_prefix(dirs[key])):
             return f"{key}'s temporary symlinks", tmp_link_prefix(dirs[key]) + "*"
     return None
+
+
+def nesting(path: str, others: Container[str]) -> str | None:
+    """Another item's path that ``path`` lies inside (``others``: every item's path),
+    or None.  That one is a symlink into the live directory: a link below it would be
+    written through it, into a generation.  The NixOS module (nix/module.nix
+    ``nested``) refuses the same."""
+    parent, _, _ = path.rpartition("/")
+    while parent:
+        if parent in others:
+            return parent
+        parent, _, _ = parent.rpartition("/")
+    return None
+
+
+def nesting_message(path: str, outer: str, whose: str = "another item's"
+                    ) -> tuple[str, str]:
+    """The problem and hint for :func:`nesting`'s answer."""
+    return (f"path {path!r} lies inside {outer!r}, {whose} path (a link to a file: "
+            "nothing can be linked below it)", "give one of them another path")
 
 
 def settings_clashes(dirs: dict[str, str]) -> list[tuple[str, str]]:

@@ -28,6 +28,8 @@ from vaultpy.output import (
     USER_RE,
     Output,
     early_owner_ok,
+    nesting,
+    nesting_message,
     numeric_id_ok,
     path_clash,
     path_clash_message,
@@ -352,6 +354,11 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         clash = path_clash(path, {k: v for k, v in dirs.items() if v})
         if clash is not None:
             rd.bad(f"{where}.path", *path_clash_message(path, *clash))
+    for where, item in labelled:
+        path = item.out.path
+        outer = nesting(path, paths) if path is not None else None
+        if path is not None and outer is not None:
+            rd.bad(f"{where}.path", *nesting_message(path, outer))
     if rd.problems:
         raise VaultpyError(rd.problems)
     return Profile(host, settings, tuple(secrets), tuple(tmpls), source)
