@@ -675,8 +675,8 @@ def test_each_step_alone(world: World) -> None:
     h = world.host
     assert [name for name, _ in STEPS] == [
         "lock", "load_identities", "mount_store", "new_generation", "decrypt_secrets",
-        "render_templates", "check_paths", "switch", "link_paths", "diff_and_notify",
-        "prune"]
+        "render_templates", "check_paths", "switch", "link_paths", "retire_early",
+        "diff_and_notify", "prune"]
     steps = dict(STEPS)
     opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
                    systemctl=str(world.rec.script))
@@ -714,6 +714,8 @@ def test_each_step_alone(world: World) -> None:
         assert (h.root / "etc/app/named.key").is_symlink() and ctx.problems == []
         assert (h.root / "etc/app/named.key").read_bytes() == SECRETS["named"]
         assert world.rec.calls() == []
+        steps["retire_early"](ctx)          # (no early generation was ever live here)
+        assert ctx.problems == [] and not os.path.lexists(h.early)
         steps["diff_and_notify"](ctx)
         assert {c.name for c in ctx.changes} == NORMAL_FILES
         assert {c.kind for c in ctx.changes} == {"added"}

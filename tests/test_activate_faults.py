@@ -1129,3 +1129,43 @@ def test_a_directory_made_for_a_path_has_its_mode_even_if_the_run_is_killed(
         st = d.lstat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0), d
     assert (hosts[1].root / path.lstrip("/")).read_bytes() == world.vals["alpha"]
+
+
+@pytest.mark.parametrize("how", ["dropped", "made-normal"])
+def test_the_early_generation_goes_with_the_last_early_item(world: World, tmp_path: Path,
+                                                            how: str) -> None:
+    """alpha, the host's only early item (with a path), is dropped from the early run:
+    its path dropped with it, or alpha made a normal item at the same path.  Nothing
+    runs --early again (the NixOS module and the bundle only run it when there are
+    early items), so the normal run must take the early generation out of service:
+    left live, early_dir would keep the old file readable (a password hash) until the
+    next boot, and its link would lead to it."""
+    host = fresh(world, tmp_path)
+    early = host.root / "run/vaultpy-early"
+    link = host.root / "var/lib/app/alpha"
+    edit_profile(host, _set_alpha(early=True, owner="root", group="root"))
+    run_extra_ok(host, "--early")
+    run_extra_ok(host)
+    early_gen = live_gen_of(early)
+    assert os.readlink(link) == "../../../run/vaultpy-early/alpha"
+    edit_profile(host, _set_alpha(early=False, path=None) if how == "dropped"
+                 else _set_alpha(early=False))
+    run_extra_ok(host)
+    assert not os.path.lexists(early)
+    if how == "dropped":
+        assert not os.path.lexists(link)
+    else:
+        assert os.readlink(link) == "../../../run/vaultpy/alpha"
+        assert link.read_bytes() == world.vals["alpha"]
+    st = early_gen.lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o700, "kept, but sealed: root's alone"
+    for _ in range(3):                              # and removed in its turn
+        run_extra_ok(host)
+    assert not early_gen.exists()
+    assert not os.path.lexists(early)
+
+
+def live_gen_of(link: Path) -> Path:
+    gen = link.parent / os.readlink(link)
+    assert gen.is_dir()
+    return gen

@@ -16,8 +16,9 @@ testable alone:
 8. ``switch``            manifest written, then ``dir`` swapped atomically;
 9. ``link_paths``        extra paths as symlinks through ``dir``, placed by temp
                          name + rename; those no item wants any more removed;
-10. ``diff_and_notify``  changes since the previous generation → unit restarts;
-11. ``prune``            keep the newest ``keep`` generations; seal the older ones
+10. ``retire_early``     no early item left: ``early_dir`` and its links removed;
+11. ``diff_and_notify``  changes since the previous generation → unit restarts;
+12. ``prune``            keep the newest ``keep`` generations; seal the older ones
                          that stay (0700: a revoked grant ends with the switch).
 
 A failure before ``switch`` removes the half-built generation and leaves the
@@ -51,6 +52,7 @@ STEPS: list[tuple[str, Step]] = [
     ("check_paths", links.check_paths),
     ("switch", generation.switch),
     ("link_paths", links.link_paths),
+    ("retire_early", links.retire_early),
     ("diff_and_notify", notify.diff_and_notify),
     ("prune", generation.prune),
 ]

@@ -1,5 +1,6 @@
-"""Steps ``check_paths`` and ``link_paths``: each extra ``path`` becomes a symlink to
-``<dir>/<name>``.
+"""Steps ``check_paths``, ``link_paths`` and ``retire_early``: each extra ``path``
+becomes a symlink to ``<dir>/<name>``; the early items' live link goes with the last
+of them.
 
 The link points through the live symlink, so it follows every switch without
 being rewritten.  It is placed by temp name + rename(2) inside a directory
@@ -15,10 +16,10 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil
-from vaultpy.activate.context import MANIFEST, Context
+from vaultpy.activate.context import MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
 
@@ -115,10 +116,12 @@ def _real_path(ctx: Context, fd: int, path: str) -> str:
     return posixpath.join(_real_parent(ctx, fd, str(pure.parent)), pure.name)
 
 
-def _target(ctx: Context, fd: int, path: str, name: str) -> str:
+def _target(ctx: Context, fd: int, path: str, name: str, early: bool | None = None) -> str:
     """What the link at ``path`` (its parent open as ``fd``) holds: ``name`` in this
-    run's live directory, relative to where the link really is."""
-    dir_path = ctx.profile.settings.early_dir if ctx.opts.early else ctx.profile.settings.dir
+    run's live directory (``early``: in early_dir, or not), relative to where the link
+    really is."""
+    early = ctx.opts.early if early is None else early
+    dir_path = ctx.profile.settings.early_dir if early else ctx.profile.settings.dir
     parent = _real_parent(ctx, fd, str(PurePosixPath(path).parent))
     return os.path.relpath(PurePosixPath(dir_path) / name, parent)
 
@@ -164,24 +167,30 @@ def stale_links(ctx: Context) -> dict[str, str]:
     switch, so that a run killed after it leaves them to the next one."""
     if ctx.previous is None:
         return {}
+    wanted = {i.out.path for i in ctx.items() if i.out.path}
+    return {path: name for path, name in _placed_by(ctx.previous).items()
+            if path not in wanted}
+
+
+def _placed_by(gen: Path) -> dict[str, str]:
+    """The links generation ``gen`` placed, or owed removing (path -> item name)."""
     try:
-        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        data = json.loads((gen / MANIFEST).read_bytes())
         old = {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
-        if not (ctx.previous / LINKED).exists():
+        if not (gen / LINKED).exists():
             for path, name in data.get("unlink", []):
                 old.setdefault(str(path), str(name))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    wanted = {i.out.path for i in ctx.items() if i.out.path}
-    return {path: name for path, name in old.items() if path not in wanted}
+    return old
 
 
-def _unlink_stale(ctx: Context, path: str, name: str) -> None:
+def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None) -> None:
     """Remove a link a previous generation placed, only if it is still our symlink:
-    root's, and to ``name`` through this run's live directory.  A link to anything
-    else is not this run's to remove: the other run's (an item moved between the
-    early and the normal run, which the other run has just linked), or one root put
-    there since."""
+    root's, and to ``name`` through this run's live directory (``early``: early_dir,
+    or not).  A link to anything else is not this run's to remove: the other run's (an
+    item moved between the early and the normal run, which the other run has just
+    linked), or one root put there since."""
     try:
         fd = open_parent(ctx, path, create=False)
     except (FileNotFoundError, VaultpyError):
@@ -190,7 +199,7 @@ def _unlink_stale(ctx: Context, path: str, name: str) -> None:
         base = PurePosixPath(path).name
         st = os.stat(base, dir_fd=fd, follow_symlinks=False)
         if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
-                and os.readlink(base, dir_fd=fd) == _target(ctx, fd, path, name)):
+                and os.readlink(base, dir_fd=fd) == _target(ctx, fd, path, name, early)):
             os.unlink(base, dir_fd=fd)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
@@ -239,6 +248,40 @@ def link_paths(ctx: Context) -> None:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
 
 
+def retire_early(ctx: Context) -> None:
+    """When the profile has no early item any more (the last one was dropped, or made
+    normal), the early generation goes out of service now, not at the next boot
+    (nothing runs ``--early`` again to replace it): its links that still lead through
+    ``early_dir`` are removed, then ``early_dir`` itself, and :func:`prune` treats the
+    generation as any old one (sealed, then removed).  A run killed part way leaves the
+    rest to the next."""
+    if ctx.profile.installed(early=True):
+        return
+    link = ctx.host_path(ctx.profile.settings.early_dir)
+    try:
+        st = os.lstat(link)
+    except FileNotFoundError:
+        return
+    gen = read_link_generation(link) if stat.S_ISLNK(st.st_mode) and st.st_uid == 0 else None
+    if gen is None or gen.resolve().parent != ctx.store.resolve():
+        return                          # not our live link: never touched
+    if ctx.opts.dry_run:
+        ctx.log("retire_early", f"would remove {link} (no early item is left)")
+        return
+    failed = len(ctx.problems)
+    for path, name in sorted(_placed_by(gen).items()):
+        _attempt(ctx, path, "remove the old link", _unlink_stale, name, True)
+    if len(ctx.problems) != failed:
+        return                          # the next run tries again, the link still there
+    _attempt(ctx, str(link), "remove the early items' live link", _unlink_live)
+    ctx.log("retire_early", f"removed {link}: no early item is left")
+
+
+def _unlink_live(_ctx: Context, path: str) -> None:
+    os.unlink(path)
+    fsutil.fsync_path(os.path.dirname(path), directory=True)
+
+
 def _mark_linked(ctx: Context, path: str) -> None:
     assert ctx.generation_fd is not None
     os.close(os.open(LINKED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
@@ -246,7 +289,7 @@ def _mark_linked(ctx: Context, path: str) -> None:
 
 
 def _attempt(ctx: Context, path: str, action: str, fn: Callable[..., None],
-             *args: str) -> None:
+             *args: object) -> None:
     try:
         fn(ctx, path, *args)
     except VaultpyError as exc:
