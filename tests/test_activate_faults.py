@@ -1169,3 +1169,32 @@ def live_gen_of(link: Path) -> Path:
     gen = link.parent / os.readlink(link)
     assert gen.is_dir()
     return gen
+
+
+@pytest.mark.parametrize("damage", ["garbage", "binary", "unreadable"])
+def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
+                                                 damage: str) -> None:
+    """Activation runs on the host, where -i, VAULTPY_IDENTITY and hosts.toml mean
+    nothing: a host key that is not a key, or cannot be read, is explained in terms of
+    the host (settings.identities, the key file), and nothing changes."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    before = snapshot_tree(host.root)
+    key = host.root / "etc/ssh/ssh_host_ed25519_key"
+    saved, mode = key.read_bytes(), stat.S_IMODE(key.stat().st_mode)
+    if damage == "garbage":
+        key.write_bytes(b"this is not a key\n")
+    elif damage == "binary":
+        key.write_bytes(b"\xff\xfe\x00 not text")
+    else:
+        key.unlink()
+        key.mkdir()                     # read(2) fails: EISDIR
+    proc = run(host, "A")
+    line = assert_clean_line(proc, [(str(key),), ("settings.identities",)])
+    for operator_word in (" -i", "VAULTPY_IDENTITY", "hosts.toml"):
+        assert operator_word not in line, line
+    if key.is_dir():
+        key.rmdir()
+    key.write_bytes(saved)
+    key.chmod(mode)
+    assert snapshot_tree(host.root) == before

@@ -51,8 +51,20 @@ def load_identities(ctx: Context) -> None:
                                        "is this the right host? restore its key from "
                                        "a backup: a new key (ssh-keygen -A) cannot "
                                        "decrypt what renc wrote for the old one"))
-        ctx.identities.extend(age.load_identity_file(path, _no_prompt(path)))
+        try:
+            ctx.identities.extend(age.load_identity_file(path, _no_prompt(path),
+                                                         unreadable_hint=_UNREADABLE))
+        except VaultpyError as exc:     # the hints speak to an operator (-i, hosts.toml)
+            raise VaultpyError([p if p.field == _FIELD else
+                                Problem(p.file, p.message, _FIELD, _NOT_A_KEY)
+                                for p in exc.problems]) from None
     ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
+
+
+_FIELD = "settings.identities"
+_UNREADABLE = "root must be able to read the host key: check the file and its permissions"
+_NOT_A_KEY = ("settings.identities must name the host's OpenSSH private key "
+              "(/etc/ssh/ssh_host_ed25519_key): restore it from a backup")
 
 
 def mount_store(ctx: Context) -> None:
