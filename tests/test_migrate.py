@@ -534,6 +534,38 @@ def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tm
     assert "root@legacy) looks like a host key but becomes a master recipient" in err, err
 
 
+def test_an_rsa_user_key_is_named_once_and_not_called_a_host_key(agenix, nix_env,
+                                                                  tmp_path):
+    """An ssh-rsa key stays a master recipient (vaultpy hosts take no RSA key), and the
+    import says so; the warning printed the key's comment twice ("(bob@old) (bob@old)")
+    and called a user's key a host key.  Each warning names the key once."""
+    text = agenix.secrets_nix.read_text()
+    pubs = {}
+    for name, comment in (("bob", "bob@old"), ("legacy", "root@legacy")):
+        subprocess.run([need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-N", "",
+                        "-C", comment, "-f", str(tmp_path / name)], check=True)
+        pubs[comment] = (tmp_path / f"{name}.pub").read_text().strip()
+    keys = " ".join(f'"{k}"' for k in pubs.values())
+    agenix.secrets_nix.write_text(text.replace("publicKeys = [", f"publicKeys = [ {keys} ", 1))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+              str(hosts_nix(agenix)), "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    warnings = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("warning:")]
+    for comment in pubs:
+        (line,) = [ln for ln in warnings if comment in ln]
+        assert line.count(comment) == 1, line
+        fpr = subprocess.run([need("ssh-keygen"), "-l", "-f", "-"], input=pubs[comment],
+                             capture_output=True, text=True, check=True).stdout.split()[1]
+        assert line.startswith(f"warning: ssh-rsa {fpr} ({comment}) ") and "becomes a " \
+            "master recipient, able to decrypt every secret" in line, line
+        assert "ssh-ed25519" in line and "drop it from [vaultpy] recipients" in line, line
+    user = next(ln for ln in warnings if "bob@old" in ln)
+    assert "looks like a host key" not in user, user
+    assert "(root@legacy) looks like a host key but becomes" in \
+        next(ln for ln in warnings if "root@legacy" in ln)
+
+
 def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path):
     """ENOSPC at the last rename (hosts.toml's): the masters already written are
     removed, so a rerun works, without --force."""

@@ -29,6 +29,7 @@ vaultix (one JSON profile per host, as vaultix's ``renc`` app writes it from
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -160,11 +161,18 @@ def _comment(key: str) -> str:
 
 
 def _short(key: str) -> str:
+    """An ssh key as ``ssh-keygen -l`` names it (the start of the base64 is the same for
+    every key of a type), with its comment; an age1… key shortened."""
     kind, _, rest = key.partition(" ")
     if not rest:
         return key[:20] + "…"
     comment = _comment(key)
-    return f"{kind} {rest.split()[0][:12]}…" + (f" ({comment})" if comment else "")
+    try:
+        blob = base64.b64decode(rest.split()[0], validate=True)
+        name = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    except ValueError:
+        name = rest.split()[0][:12] + "…"
+    return f"{kind} {name}" + (f" ({comment})" if comment else "")
 
 
 def _mode(value: Any) -> str | None:
@@ -289,13 +297,19 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
                                  "key; it is added without secrets")
     plan.default_recipients = list(users.values())
     for key in plan.default_recipients:      # a host that could read every master
-        comment = _comment(key)
-        if _COMMENT_HOST.fullmatch(comment) or key.startswith("ssh-rsa "):
-            plan.default_warnings.append(
-                f"{_short(key)} ({comment or 'ssh-rsa'}) looks like a host key but becomes "
-                "a master recipient, able to decrypt every secret: name its host with "
-                "--hosts-from FILE or --host-key NAME=KEY (host keys must be ssh-ed25519), "
-                "or drop it from [vaultpy] recipients after the import")
+        host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
+        rsa = key.startswith("ssh-rsa ")
+        if not (host_like or rsa):
+            continue
+        # _short names the key once, with its comment.  An RSA key may be a user's
+        # (agenix's id_rsa) or a host's, and cannot be a vaultpy host's either way.
+        fix = ("if it is a host's key, drop it from [vaultpy] recipients after the import "
+               "and give the host its ssh-ed25519 key (vaultpy hosts take no RSA key)"
+               if rsa else "name its host with --hosts-from FILE, --host-key NAME=KEY or "
+               "--hosts-by-comment, or drop it from [vaultpy] recipients after the import")
+        plan.default_warnings.append(
+            f"{_short(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
+            f" a master recipient, able to decrypt every secret: {fix}")
     return plan
 
 
