@@ -746,3 +746,38 @@ def test_the_line_of_nix_output_that_says_what_is_wrong(agenix, nix_env, tmp_pat
              "       at /x/undefined.nix:1:7:\n")
     assert migrate.nix_error(newer) == "error: undefined variable 'missing_thing'"
     assert migrate.nix_error("") == "(no output)"
+
+
+def _plugin_recipient(tmp_path: Path) -> str:
+    """A recipient of tests/plugins/age-plugin-vptest, made by the plugin itself."""
+    source = Path(__file__).parent / "plugins" / "age-plugin-vptest"
+    out = subprocess.run([sys.executable, str(source), "--generate", "--pin", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("# recipient: ")[1].split()[0]
+
+
+def test_a_plugin_not_installed_fails_the_import_before_anything_is_made(vaultix, tmp_path):
+    """A master recipient whose plugin is not on PATH failed the import only once it
+    held the lock: an empty secrets/cache directory and its lock file stayed behind in
+    an empty directory.  It is one line naming the plugin and the fix, and nothing is
+    made, in a new repository or an existing one."""
+    recipient = _plugin_recipient(tmp_path)
+    no_plugin = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"]))
+    proc = run(*args, "--recipient", recipient, cwd=repo, env=no_plugin)
+    line = assert_one_clean_error(proc, "age-plugin-vptest", "cannot encrypt",
+                                  "install age-plugin-vptest on PATH")
+    assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr.decode()
+    assert "--recipient" in line, line
+    assert list(repo.iterdir()) == []
+    # Into a repository whose recipients name the plugin: hosts.toml and everything
+    # beside it as they were.
+    (repo / "hosts.toml").write_text(f'[vaultpy]\nrecipients = ["{recipient}"]\n')
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    proc = run(*args, cwd=repo, env=no_plugin)
+    assert_one_clean_error(proc, "age-plugin-vptest", "cannot encrypt", "install")
+    assert sorted(repo.rglob("*")) == sorted(before)
+    assert {p: p.read_bytes() for p in before} == before

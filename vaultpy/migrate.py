@@ -730,9 +730,20 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                           plan.warnings, [])
     if dry_run:
         return result
-    master_recipients = list(cfg.recipients)
+    # Encrypted before anything is made: a recipient that cannot be encrypted to (its
+    # plugin not installed) fails the import with the repository as it was.
+    out: list[tuple[Path, bytes]] = []
+    for sid in sorted(plain):
+        text_bytes, armor = plain.pop(sid)
+        try:
+            out.append((cfg.secrets[sid].file,
+                        age.encrypt(text_bytes, list(cfg.recipients), armor)))
+        except VaultpyError as exc:
+            where = "--recipient" if origin == "--recipient" else (
+                "vaultpy.recipients" if existing is not None else f"publicKeys in {plan.source}")
+            raise VaultpyError([Problem(p.file, p.message, where, p.hint)
+                                for p in exc.problems]) from None
     before: dict[Path, bytes | None] = {}      # what each written master replaced
-    probe = b""                                # a master written, for master_identity
     try:
         with writes.lock(cfg):
             # hosts.toml was read before the prompts and the decryption: an edit made
@@ -743,14 +754,10 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                            "import was running; nothing was written", "",
                                            "run the import again"))
             try:
-                for sid in sorted(plain):
-                    text_bytes, armor = plain.pop(sid)
-                    dest = cfg.secrets[sid].file
+                for dest, ciphertext in out:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     before[dest] = dest.read_bytes() if dest.exists() else None
-                    ciphertext = age.encrypt(text_bytes, master_recipients, armor)
                     fsutil.atomic_write(dest, ciphertext)
-                    probe = probe or ciphertext
                     result.written.append(dest)
                 mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
                 fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
@@ -767,7 +774,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 raise
     except OSError as exc:
         raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
-    result.master_identity = _opener(files, keys, probe)
+    result.master_identity = _opener(files, keys, out[0][1] if out else b"")
     return result
 
 
