@@ -567,8 +567,8 @@ def test_an_rsa_user_key_is_named_once_and_not_called_a_host_key(agenix, nix_env
 
 
 def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path):
-    """ENOSPC at the last rename (hosts.toml's): the masters already written are
-    removed, so a rerun works, without --force."""
+    """ENOSPC at the last rename (the last master's; hosts.toml goes first): what the
+    renames did is put back and the temp files go, so a rerun works, without --force."""
     need("strace")
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -577,23 +577,25 @@ def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path
     n_masters = len(agenix.plain)
     log = tmp_path / "strace.log"
     proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
-                           "trace=flock,close,unlink,unlinkat,rename", "-e",
-                           f"inject=rename:error=ENOSPC:when={n_masters + 1}", *argv],
+                           "trace=flock,close,unlink,unlinkat,rename,renameat2", "-e",
+                           f"inject=renameat2:error=ENOSPC:when={n_masters + 1}", *argv],
                           cwd=repo, env={**os.environ, "NO_COLOR": "1", **nix_env},
                           capture_output=True)
     if proc.returncode != 0 and b"ptrace" in proc.stderr:
         pytest.skip("ptrace not permitted here")
-    assert_one_clean_error(proc, "cannot write the import", "No space left on device")
-    # The masters are removed while the lock is still held: a master another command
-    # writes once it is released is never taken back.
+    assert_one_clean_error(proc, "secrets/", ".age: cannot write: No space left on device")
+    # Put back while the lock is still held: a master another command writes once it
+    # is released is never taken back.
     calls = log.read_text().splitlines()
     locked = next(i for i, c in enumerate(calls) if "flock(" in c and "LOCK_EX" in c)
     lock_fd = calls[locked].split("flock(")[1].split(",")[0]
     released = next(i for i, c in enumerate(calls[locked:], locked)
                     if f"close({lock_fd})" in c)
-    removed = [i for i, c in enumerate(calls) if "unlink" in c and ".age\"" in c
-               and ".vaultpy-tmp-" not in c]
-    assert len(removed) == n_masters and all(locked < i < released for i in removed), calls
+    renamed = [i for i, c in enumerate(calls) if "renameat2(" in c and "= 0" in c]
+    undone = [i for i, c in enumerate(calls) if c.split("(")[0].endswith("rename")
+              and "vaultpy-tmp" in c.split(",")[1]]
+    assert len(renamed) == n_masters and len(undone) == n_masters, calls
+    assert all(locked < i < released for i in undone), calls
     left = [p for p in repo.rglob("*") if p.is_file() and p.name != ".vaultpy.lock"]
     assert left == [], left
     ok(*argv[3:], cwd=repo, env=nix_env)            # and the rerun needs no --force
@@ -781,3 +783,77 @@ def test_a_plugin_not_installed_fails_the_import_before_anything_is_made(vaultix
     assert_one_clean_error(proc, "age-plugin-vptest", "cannot encrypt", "install")
     assert sorted(repo.rglob("*")) == sorted(before)
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("syscall, when", [("rename", 1), ("renameat2", 1), ("renameat2", 3)])
+def test_an_import_killed_while_it_writes_leaves_nothing_behind(vaultix, tmp_path, syscall,
+                                                                 when):
+    """SIGKILL as the import writes: at the rename of its journal (every temp file
+    written, nothing decided), at hosts.toml's rename (decided, nothing in place yet),
+    at the second master's (hosts.toml and one master in place).  The import wrote
+    each master with its own temp + rename, and a kill left a .<id>.age.vaultpy-tmp-*
+    file that the rerun did not remove.  Now the masters and hosts.toml are one
+    journaled write: before the journal, the rerun removes the temp files; after it,
+    the next command that takes the lock finishes it (and check says so meanwhile)."""
+    need("strace")
+    from types import SimpleNamespace
+
+    from test_generate import _killed_at
+
+    from vaultpy._internal import fsutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"]))
+    _killed_at(SimpleNamespace(root=repo, env={}), syscall, when, *args)  # type: ignore[arg-type]
+
+    def temps() -> list[Path]:
+        return [p for p in repo.rglob("*") if fsutil.is_tmp(p.name)]
+
+    journal = repo / "secrets" / "cache" / ".vaultpy-writes"
+    hosts = repo / "hosts.toml"
+    if syscall == "rename":             # the journal's: every temp file, nothing decided
+        assert not journal.exists() and not hosts.exists()
+        assert any(p.name.startswith(".db.age.vaultpy-tmp-") for p in temps()), temps()
+        ok(*args, cwd=repo)             # the rerun removes them, and imports
+        assert temps() == []
+    elif when == 1:                     # hosts.toml's: decided, nothing in place yet
+        assert journal.exists() and not hosts.exists()
+        proc = run(*args, cwd=repo)     # only this rerun can find the journal: it finishes it
+        assert_one_clean_error(proc, "hosts.toml", "an interrupted write (a killed import's) "
+                               "was finished first", "run vaultpy check")
+        assert temps() == [] and not journal.exists()
+    else:                               # a master's: hosts.toml there, check names the fix
+        assert journal.exists() and hosts.exists()
+        proc = run("check", cwd=repo)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+        assert proc.stdout.decode().startswith(
+            "secrets/cache/.vaultpy-writes: a write of several files was interrupted before "
+            "all of them were replaced; run vaultpy renc"), proc.stdout.decode()
+    ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
+    ok("check", cwd=repo)
+    assert temps() == [] and not journal.exists()
+    cfg = model.load(repo)
+    assert set(cfg.hosts) == {"alpha", "beta"}
+    for sid, plain in vaultix["plain"].items():
+        assert age_decrypt(repo / "secrets" / f"{sid}.age", vaultix["master"]) == plain
+
+
+def test_force_replaces_an_undeclared_master_in_the_same_write(vaultix, tmp_path):
+    """A master file that is not declared stops the import; --force replaces it, as
+    part of the one journaled write of the import."""
+    repo = tmp_path / "repo"
+    (repo / "secrets").mkdir(parents=True)
+    stray = repo / "secrets" / "db.age"
+    stray.write_bytes(b"not the import's")
+    args = ("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"]))
+    proc = run(*args, cwd=repo)
+    line = assert_one_clean_error(proc, "secrets/db.age", "already exists", "--force")
+    assert "interrupted import)" in line and stray.read_bytes() == b"not the import's"
+    ok(*args, "--force", cwd=repo)
+    assert age_decrypt(stray, vaultix["master"]) == vaultix["plain"]["db"]
+    assert not (repo / "secrets" / "cache" / ".vaultpy-writes").exists()
+    ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
+    ok("check", cwd=repo)

@@ -152,7 +152,7 @@ RecipientOpt = Annotated[list[str] | None, typer.Option(
     "(repeatable; default: hosts.toml's, else as the command's description says).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace master files that exist but are not declared in hosts.toml "
-    "(left by an interrupted import).")]
+    "(put there by hand, or left by an older vaultpy's interrupted import).")]
 OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
     "-i", "--identity", metavar="FILE", help="The identity the old tool decrypted with "
     "(repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, as agenix).")]

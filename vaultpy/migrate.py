@@ -9,8 +9,10 @@ then :func:`apply` does the rest the same way:
 2. render the new hosts.toml (or the tables appended to the existing one) and
    validate it with the real model loader, checking it is equivalent to the plan;
 3. decrypt every source file with the operator's identity (one prompt per file);
-4. only then write: each master file atomically (encrypted to the master
-   recipients), hosts.toml last, atomically.  Bad input writes nothing.
+4. encrypt every master to the master recipients, and only then write hosts.toml and
+   the masters as one journaled write (:func:`vaultpy.masters.write_all`): all of them
+   or none, finished by the next command if killed once decided.  Bad input writes
+   nothing.
 
 agenix (``secrets.nix``, evaluated with ``nix-instantiate --eval --strict --json``):
 ``{ "<path>.age" = { publicKeys = [ "<key>" … ]; armor = <bool>; }; … }``; paths are
@@ -44,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vaultpy import age, model, templates
+from vaultpy import age, masters, model, templates
 from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 
@@ -632,6 +634,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     if hosts_path.exists():
         existing = model.load(hosts_path)
         old_text = hosts_path.read_text(encoding="utf-8")
+        if not dry_run:
+            _finish_interrupted(existing, old_text)
     files = list(identity_files) or default_identities()
     if not files:
         raise VaultpyError([*problems, Problem(
@@ -689,6 +693,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                     f"{plan.tool} configuration") for p in exc.problems)
         else:
             _check_equivalent(plan, cfg)
+            if existing is None and not dry_run:
+                _finish_interrupted(cfg, None)
     # Decrypt everything before writing anything.
     plain: dict[str, tuple[bytes, bool]] = {}
     imported = {key for sec in plan.secrets.values()
@@ -706,8 +712,9 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 else "set secrets_dir in hosts.toml to a directory of vaultpy's own"))
         elif target_file is not None and target_file.exists() and not force:
             problems.append(Problem(display_path(target_file), "already exists", f"secrets.{sid}",
-                                    "it is not declared in hosts.toml; remove it or pass "
-                                    "--force (an interrupted import)"))
+                                    "it is not declared in hosts.toml (put there by hand, or "
+                                    "left by an older vaultpy's interrupted import); remove "
+                                    "it, or pass --force to replace it"))
         try:
             data = sec.source.read_bytes()
         except OSError as exc:
@@ -732,50 +739,88 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         return result
     # Encrypted before anything is made: a recipient that cannot be encrypted to (its
     # plugin not installed) fails the import with the repository as it was.
-    out: list[tuple[Path, bytes]] = []
+    out: list[tuple[Path, bytes, int]] = []
     for sid in sorted(plain):
         text_bytes, armor = plain.pop(sid)
         try:
             out.append((cfg.secrets[sid].file,
-                        age.encrypt(text_bytes, list(cfg.recipients), armor)))
+                        age.encrypt(text_bytes, list(cfg.recipients), armor), 0o644))
         except VaultpyError as exc:
             where = "--recipient" if origin == "--recipient" else (
                 "vaultpy.recipients" if existing is not None else f"publicKeys in {plan.source}")
             raise VaultpyError([Problem(p.file, p.message, where, p.hint)
                                 for p in exc.problems]) from None
-    before: dict[Path, bytes | None] = {}      # what each written master replaced
-    try:
-        with writes.lock(cfg):
-            # hosts.toml was read before the prompts and the decryption: an edit made
-            # meanwhile (by hand, or by host add) must not be overwritten.
-            now = hosts_path.read_text(encoding="utf-8") if existing is not None else None
-            if now is not None and now != old_text:
-                raise VaultpyError(Problem(display_path(hosts_path), "changed while the "
-                                           "import was running; nothing was written", "",
-                                           "run the import again"))
-            try:
-                for dest, ciphertext in out:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    before[dest] = dest.read_bytes() if dest.exists() else None
-                    fsutil.atomic_write(dest, ciphertext)
-                    result.written.append(dest)
-                mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
-                fsutil.atomic_write(hosts_path, text.encode("utf-8"), mode)
-            except OSError:
-                # All or nothing: without hosts.toml, the masters written would only
-                # block a rerun ("already exists").  Each goes back to what it replaced,
-                # still under the lock: a master another command writes next is kept.
-                for dest, old in before.items():
-                    with contextlib.suppress(OSError):
-                        if old is None:
-                            dest.unlink()
-                        else:
-                            fsutil.atomic_write(dest, old)
-                raise
-    except OSError as exc:
-        raise VaultpyError(os_problem(hosts_path.parent, exc, "write the import")) from None
+    _write(cfg, text, existing, old_text, out)
+    result.written = [dest for dest, _, _ in out]
     result.master_identity = _opener(files, keys, out[0][1] if out else b"")
     return result
+
+
+def _finish_interrupted(cfg: model.Config, text: str | None) -> None:
+    """Finish a write a killed command left decided (a killed import's), as every command
+    that takes the lock does first.  If that wrote hosts.toml (``text`` before; None: it
+    did not exist), the import was checked against a hosts.toml that is gone: it stops."""
+    if not os.path.lexists(writes.path(cfg)):
+        return
+    writes.settle(cfg)
+    try:
+        now: str | None = cfg.path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        now = None
+    if now != text:
+        raise VaultpyError(Problem(
+            display_path(cfg.path), "an interrupted write (a killed import's) was finished "
+            "first, and it wrote this file; nothing of this import was written", "",
+            "run vaultpy check, then the import again for what is still missing"))
+
+
+def _write(cfg: model.Config, text: str, existing: model.Config | None, old_text: str,
+           out: Sequence[tuple[Path, bytes, int]]) -> None:
+    """hosts.toml and the masters, as one journaled write (masters.write_all): all of
+    them or none, and a write killed once it is decided is finished by the next command
+    that takes the lock (vaultpy/_internal/writes.py).  hosts.toml goes first, so that
+    from its rename on `vaultpy check` finds the journal and renc finishes it; killed
+    before the journal, only temp files are left, which this removes on the rerun (and
+    renc, once hosts.toml is there).  A failure puts back what the renames replaced."""
+    hosts_path = cfg.path
+    mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
+    dests = [dest for dest, _, _ in out]
+
+    def hosts_toml() -> bytes:
+        # Called under the lock, before any temp file of this write (hosts.toml is its
+        # first file).  hosts.toml was read before the prompts and the decryption: an
+        # edit made meanwhile (by hand, or by host add) must not be overwritten.
+        try:
+            now: str | None = hosts_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            now = None
+        if existing is not None and now != old_text:
+            raise VaultpyError(Problem(display_path(hosts_path), "changed while the import "
+                                       "was running; nothing was written", "",
+                                       "run the import again"))
+        # A killed import's temp files (a temp file is only made under the lock):
+        # renc removes those beside the masters, but without hosts.toml nothing runs.
+        prefixes: dict[Path, set[str]] = {}
+        for dest in [hosts_path, *dests, writes.path(cfg)]:
+            prefixes.setdefault(dest.parent, set()).add(fsutil.tmp_prefix(dest.name))
+        for folder, mine in prefixes.items():
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.listdir(folder):
+                    left = folder / entry
+                    if entry.startswith(tuple(mine)) and left.is_file() \
+                            and not left.is_symlink():
+                        left.unlink()
+        return text.encode("utf-8")
+
+    new = {dest for dest in dests if not os.path.lexists(dest)}
+    if existing is None:
+        new.add(hosts_path)
+    try:
+        masters.write_all(cfg, [(hosts_path, hosts_toml, mode), *out], new=new)
+    except masters.Appeared as exc:
+        raise VaultpyError(Problem(display_path(exc.paths[0]), "was made while the import "
+                                   "was running; nothing was written", "",
+                                   "run vaultpy check, then the import again")) from None
 
 
 def _opener(files: Sequence[Path], keys: Sequence[age.Identity], ciphertext: bytes
