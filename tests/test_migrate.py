@@ -857,3 +857,57 @@ def test_force_replaces_an_undeclared_master_in_the_same_write(vaultix, tmp_path
     assert not (repo / "secrets" / "cache" / ".vaultpy-writes").exists()
     ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
     ok("check", cwd=repo)
+
+
+def test_the_rules_file_and_its_names_are_read_as_agenix_reads_them(agenix, nix_env,
+                                                                    tmp_path):
+    """agenix takes its rules file from RULES (default ./secrets.nix) and reads the names
+    in it relative to the directory it runs in: `RULES=secrets/secrets.nix agenix -r`
+    from the top of a repository has names like "secrets/a.age".  The import ignored
+    RULES (SECRETS_NIX was required) and read every name relative to secrets.nix, so
+    such a repository stopped at "secrets/secrets/a.age: cannot read the secret ...;
+    create it with agenix first"."""
+    infra = tmp_path / "infra"
+    (infra / "secrets").mkdir(parents=True)
+    pub = agenix.operator_pub
+    (infra / "secrets" / "secrets.nix").write_text(
+        f'{{ "secrets/a.age".publicKeys = [ "{pub}" ];\n'
+        f'   "secrets/sub/b.age".publicKeys = [ "{pub}" ]; }}\n')
+    age_encrypt(b"A", [pub], infra / "secrets" / "a.age", armor=False)
+    age_encrypt(b"B", [pub], infra / "secrets" / "sub" / "b.age", armor=False)
+    opts = ("-i", str(agenix.operator), "--masters-dir", "vaultpy-secrets")
+    rules = {**nix_env, "RULES": "secrets/secrets.nix"}
+
+    def imported(repo: Path) -> None:
+        assert age_decrypt(repo / "vaultpy-secrets" / "secrets-a.age", agenix.operator) == b"A"
+        assert age_decrypt(repo / "vaultpy-secrets" / "secrets-sub-b.age",
+                           agenix.operator) == b"B"
+
+    # Given as the argument, without RULES: agenix would have run beside it.  One line
+    # for the whole file, naming where the names were looked for and the fix.
+    proc = run("import", "agenix", "secrets/secrets.nix", *opts, cwd=infra, env=nix_env)
+    line = assert_one_clean_error(proc, 'secrets/secrets.nix: "secrets/a.age": found from '
+                                  "the current directory, not from this file's (and 1 more)",
+                                  "RULES=secrets/secrets.nix vaultpy import agenix")
+    assert proc.stderr.decode().strip() == line
+    assert sorted(p.name for p in infra.iterdir()) == ["secrets"]
+    # RULES alone, as agenix ran: the names are relative to the current directory.
+    ok("import", "agenix", *opts, cwd=infra, env=rules)
+    imported(infra)
+    assert "# Imported from agenix (secrets/secrets.nix)" in (infra / "hosts.toml").read_text()
+    # RULES and the same file as the argument: the same.
+    other = tmp_path / "other"
+    other.mkdir()
+    ok("import", "agenix", "secrets/secrets.nix", "-C", str(other), *opts, cwd=infra,
+       env=rules)
+    assert age_decrypt(other / "vaultpy-secrets" / "secrets-a.age", agenix.operator) == b"A"
+    # Neither the argument nor RULES, and no ./secrets.nix: one line, the fix.
+    proc = run("import", "agenix", *opts, cwd=other, env=nix_env)
+    assert_one_clean_error(proc, "secrets.nix", "no such file", "RULES")
+    # RULES set, but agenix ran beside the file (the usual cd secrets/): one line, too.
+    proc = run("import", "agenix", *opts, cwd=agenix.dir.parent,
+               env={**nix_env, "RULES": "agenix/secrets.nix"})
+    line = assert_one_clean_error(proc, 'agenix/secrets.nix: "api-token.age": found from '
+                                  "this file's directory, not from the current one (and 3 "
+                                  "more)", "agenix ran in agenix: run the import there")
+    assert proc.stderr.decode().strip() == line

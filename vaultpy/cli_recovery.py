@@ -11,6 +11,7 @@ everything else (progress, hints) goes to stderr.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -197,8 +198,10 @@ def _report(result: object, dry_run: bool) -> None:
 
 @import_app.command("agenix")
 def import_agenix(
-    secrets_nix: Annotated[Path, typer.Argument(metavar="SECRETS_NIX",
-                                                help="agenix's secrets.nix (rules file).")],
+    secrets_nix: Annotated[Path | None, typer.Argument(
+        metavar="SECRETS_NIX", help="agenix's rules file (default: $RULES, else "
+        "./secrets.nix, as agenix).  Its names are read from the current directory when "
+        "RULES names it, else from the file's own directory.", show_default=False)] = None,
     hosts_from: Annotated[Path | None, typer.Option(
         "--hosts-from", metavar="FILE", help="Host names for host keys: a .nix, .json or "
         ".toml file mapping NAME to a public key (or a list of keys).")] = None,
@@ -225,7 +228,7 @@ def import_agenix(
         secrets_nix, _target(repo), hosts_from=hosts_from, host_keys=host_key or [],
         hosts_by_comment=hosts_by_comment, recipients=recipient or [],
         identity_files=_identity(identity), force=force, dry_run=dry_run,
-        masters_dir=masters_dir)
+        masters_dir=masters_dir, rules_env=os.environ.get("RULES"))
     _report(result, dry_run)
 
 

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -221,8 +222,52 @@ def _host_map(plan: Plan, hosts_from: Path | None, host_keys: Sequence[str]
     return named
 
 
+def agenix_rules(given: Path | None, rules_env: str | None) -> tuple[Path, Path]:
+    """agenix's rules file, and the directory the names in it are relative to, as the
+    agenix CLI has them: ``RULES`` names the file (default ``./secrets.nix``), and the
+    names are paths from the directory agenix runs in.  A file given as SECRETS_NIX is
+    read as agenix run beside it (with the default RULES) reads it, unless RULES names
+    that very file: then agenix ran here."""
+    env_path = Path(rules_env) if rules_env else None
+    if given is None:
+        return env_path or Path("secrets.nix"), Path.cwd()
+    key = _file_key(env_path) if env_path is not None else None
+    return given, Path.cwd() if key is not None and key == _file_key(given) else given.parent
+
+
+def _misplaced(plan: Plan, secrets_nix: Path, base: Path, ids: Mapping[str, str]) -> None:
+    """Names not found from ``base`` but from the other directory agenix could have run
+    in: one line for the rules file, saying where to run the import (not one "cannot
+    read" per file, whose fix would be wrong)."""
+    here, beside = Path.cwd().absolute(), secrets_nix.parent.absolute()
+    other = beside if base.absolute() == here else here
+    if other == base.absolute():
+        return
+    found = [sid for sid, name in ids.items()
+             if not os.path.lexists(plan.secrets[sid].source) and (other / name).is_file()]
+    if not found:
+        return
+    shown = display_path(secrets_nix)
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    if other == here:
+        message = f"found from the current directory, not from this file's{more}"
+        hint = (f"agenix ran here with RULES={shlex.quote(shown)}: run the import so too, "
+                f"RULES={shlex.quote(shown)} vaultpy import agenix …")
+    else:
+        message = f"found from this file's directory, not from the current one{more}"
+        hint = (f"agenix ran in {display_path(secrets_nix.parent)}: run the import there, "
+                "or unset RULES and give the file as SECRETS_NIX")
+    plan.problems.append(Problem(shown, message, f'"{ids[found[0]]}"', hint))
+    for sid in found:           # said once, here, not again as unreadable
+        del plan.secrets[sid]
+
+
 def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
-                host_keys: Sequence[str] = (), hosts_by_comment: bool = False) -> Plan:
+                host_keys: Sequence[str] = (), hosts_by_comment: bool = False,
+                base: Path | None = None) -> Plan:
+    """``base``: the directory the names of secrets.nix are relative to (default: its
+    own; see :func:`agenix_rules`)."""
+    base = secrets_nix.parent if base is None else base
     plan = Plan("agenix", display_path(secrets_nix),
                 default_hint="the keys of secrets.nix that are not host keys")
     rules = nix_eval_json(secrets_nix)
@@ -269,7 +314,7 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
                                          f"secret id {sid!r}", where, "rename one of them"))
             continue
         ids[sid] = name
-        source = (secrets_nix.parent / name)
+        source = base / name
         plan.secrets[sid] = PlannedSecret(sid, source, f"{shown}: {name}")
         for key in rule["publicKeys"]:
             if not isinstance(key, str):
@@ -293,6 +338,7 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
                 plan.hosts[host_name].secrets.setdefault(sid, {})
             else:
                 users.setdefault(norm, key.strip())
+    _misplaced(plan, secrets_nix, base, ids)
     for host in plan.hosts.values():
         if not host.secrets:
             plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
@@ -854,15 +900,23 @@ def _check_equivalent(plan: Plan, cfg: model.Config) -> None:
                                        "please report it"))
 
 
-def import_agenix(secrets_nix: Path, target: Path, *, hosts_from: Path | None = None,
+def import_agenix(secrets_nix: Path | None, target: Path, *, hosts_from: Path | None = None,
                   host_keys: Sequence[str] = (), hosts_by_comment: bool = False,
                   recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
                   force: bool = False, dry_run: bool = False, masters_dir: str | None = None,
+                  rules_env: str | None = None,
                   ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
-    if not secrets_nix.is_file():
-        raise fail(secrets_nix, "no such file", hint="give agenix's secrets.nix")
-    plan = plan_agenix(secrets_nix, hosts_from=hosts_from, host_keys=host_keys,
-                       hosts_by_comment=hosts_by_comment)
+    """``secrets_nix`` None: agenix's own default, ``rules_env`` (the RULES environment
+    variable), else ./secrets.nix (see :func:`agenix_rules`)."""
+    rules, base = agenix_rules(secrets_nix, rules_env)
+    if not rules.is_file():
+        if secrets_nix is not None:
+            raise fail(rules, "no such file", hint="give agenix's secrets.nix")
+        raise fail(rules, "no such file", field="RULES" if rules_env else "",
+                   hint="give agenix's rules file as SECRETS_NIX, or set RULES to it "
+                   "as for agenix")
+    plan = plan_agenix(rules, hosts_from=hosts_from, host_keys=host_keys,
+                       hosts_by_comment=hosts_by_comment, base=base)
     if not plan.hosts and not plan.problems:
         plan.warnings.append("no host key recognised: every key became a master recipient; "
                              "name hosts with --hosts-from FILE or --host-key NAME=KEY")
