@@ -911,3 +911,65 @@ def test_the_rules_file_and_its_names_are_read_as_agenix_reads_them(agenix, nix_
                                   "this file's directory, not from the current one (and 3 "
                                   "more)", "agenix ran in agenix: run the import there")
     assert proc.stderr.decode().strip() == line
+
+
+def _with_files(vaultix, tmp_path: Path, files: dict[str, str]) -> list[Path]:
+    """The fixture's profiles with each secret's ``file`` replaced."""
+    out = []
+    for prof_path in vaultix["profiles"]:
+        prof = json.loads(prof_path.read_text())
+        for sid, entry in prof["secrets"].items():
+            entry["file"] = files[sid]
+        path = tmp_path / "profiles" / prof_path.name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(prof))
+        out.append(path)
+    return out
+
+
+def test_a_file_inside_a_flake_source_in_the_store_maps_below_secrets_dir(vaultix,
+                                                                         tmp_path):
+    """`file = ./secrets/db.age;` in a flake is /nix/store/<hash>-source/secrets/db.age:
+    --secrets-dir looked for DIR/source/secrets/db.age, so neither the flake's secrets
+    directory nor its root worked, and the error still said "pass --secrets-dir DIR".
+    The path below <hash>-source is looked for under DIR, then each shorter tail of it
+    (DIR the flake's root, its secrets directory, or below); two store paths that
+    would map to one file, and a file not found, are one line each saying what to pass."""
+    flake = vaultix["sdir"].parent
+    (flake / "secrets" / "hosts").mkdir()
+    (flake / "secrets" / "wg.age").rename(flake / "secrets" / "hosts" / "wg.age")
+    source = store_path("source")
+    files = {"db": f"{source}/secrets/db.age", "user-pw": f"{source}/secrets/user-pw.age",
+             "wg": f"{source}/secrets/hosts/wg.age"}
+    profiles = _with_files(vaultix, tmp_path, files)
+    for n, secrets_dir in enumerate((flake, flake / "secrets", flake / "secrets" / "hosts")):
+        repo = tmp_path / f"repo{n}"
+        repo.mkdir()
+        args = ("import", "vaultix", *map(str, profiles), "--secrets-dir", str(secrets_dir),
+                "-i", str(vaultix["master"]))
+        if n == 2:          # below the secrets: hosts/wg.age only
+            proc = run(*args, cwd=repo)
+            line = assert_one_clean_error(proc, "secrets.db.file", f"{source}/secrets/db.age",
+                                          "not found", "--secrets-dir")
+            assert "secrets/hosts/secrets/db.age" in line, line   # where it was looked for
+            assert sorted(repo.iterdir()) == []
+            continue
+        ok(*args, cwd=repo)
+        for sid, plain in vaultix["plain"].items():
+            assert age_decrypt(repo / "secrets" / f"{sid}.age", vaultix["master"]) == plain
+    # Two secrets of the same file name in two directories, and a --secrets-dir that
+    # has only one of them: not both imported from it.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(flake / "secrets" / "db.age", flat / "key.age")
+    files = {"db": f"{source}/secrets/a/key.age", "user-pw": f"{source}/secrets/b/key.age",
+             "wg": f"{source}/secrets/hosts/wg.age"}
+    (flat / "hosts").mkdir()
+    shutil.copy(flake / "secrets" / "hosts" / "wg.age", flat / "hosts" / "wg.age")
+    repo = tmp_path / "repo-flat"
+    repo.mkdir()
+    proc = run("import", "vaultix", *map(str, _with_files(vaultix, tmp_path, files)),
+               "--secrets-dir", str(flat), "-i", str(vaultix["master"]), cwd=repo)
+    line = assert_one_clean_error(proc, "secrets/a/key.age", "secrets/b/key.age",
+                                  "flat/key.age", "--secrets-dir")
+    assert sorted(repo.iterdir()) == []

@@ -239,7 +239,8 @@ def import_vaultix(
         "docs/migration.md for how to get them).")],
     secrets_dir: Annotated[Path | None, typer.Option(
         "--secrets-dir", metavar="DIR", help="Where the .age files are when the profile's "
-        "/nix/store paths are not on this machine.")] = None,
+        "/nix/store paths are not on this machine (for …-source/secrets/x.age: the "
+        "flake's root, or its secrets directory).")] = None,
     recipient: RecipientOpt = None,
     identity: OldIdentityOpt = None,
     force: ForceOpt = False,

@@ -367,19 +367,36 @@ _STORE = re.compile(r"^/nix/store/[0-9a-z]{32}-(?P<name>.+)$")
 _VAULTIX_PLACEHOLDER = re.compile(r"\{\{ ([0-9a-f]{64}) \}\}")
 
 
-def _resolve_store_file(text: str, secrets_dir: Path | None, base: Path) -> Path | None:
+def _tails(text: str) -> list[Path]:
+    """Where below a --secrets-dir DIR the secret file ``text`` may be, most specific
+    first.  A store path's part below ``/nix/store/<hash>-`` and each shorter tail of
+    it: ``…-source/secrets/db.age`` (``file = ./secrets/db.age`` in a flake) is
+    ``secrets/db.age`` under DIR the flake's root, then ``db.age`` under DIR its
+    secrets directory; ``…-db.age`` (builtins.path, vaultix's default) is ``db.age``.
+    Another path: its file name."""
+    m = _STORE.match(text)
+    if m is None:
+        return [Path(Path(text).name)] if Path(text).name else []
+    obj, _, below = m.group("name").partition("/")
+    parts = [p for p in [*([] if obj == "source" else [obj]), *below.split("/")]
+             if p not in ("", ".")]
+    if ".." in parts:
+        return []
+    return [Path(*parts[i:]) for i in range(len(parts))]
+
+
+def _resolve_store_file(text: str, secrets_dir: Path | None, base: Path
+                        ) -> tuple[Path | None, list[Path]]:
+    """The secret file ``text`` names, and where else it was looked for."""
     path = Path(text)
     if not path.is_absolute():
         path = base / path
     if path.is_file():
-        return path
-    if secrets_dir is not None:
-        m = _STORE.match(text)
-        name = m.group("name") if m else path.name
-        candidate = secrets_dir / name
-        if candidate.is_file():
-            return candidate
-    return None
+        return path, []
+    if secrets_dir is None:
+        return None, []
+    tried = [secrets_dir / tail for tail in _tails(text)]
+    return next((c for c in tried if c.is_file()), None), tried
 
 
 def convert_template(content: str, placeholders: Mapping[str, str]) -> str:
@@ -456,6 +473,7 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
     plan = Plan("vaultix", ", ".join(display_path(p) for p in profiles),
                 default_hint="the public key of the X25519 identity given with -i")
     digests: dict[str, tuple[str, str]] = {}          # id -> (sha256 of source, host)
+    claimed: dict[str, str] = {}                      # source read -> the file it is for
     for prof_path in profiles:
         shown = display_path(prof_path)
         try:
@@ -524,13 +542,31 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                                              "text into the secret, or use a template"))
                 continue
             file_text = entry.get("file")
-            source = (_resolve_store_file(file_text, secrets_dir, prof_path.parent)
-                      if isinstance(file_text, str) else None)
+            source, tried = (_resolve_store_file(file_text, secrets_dir, prof_path.parent)
+                             if isinstance(file_text, str) else (None, []))
             if source is None:
-                plan.problems.append(Problem(shown, f"secret file {file_text!r} not found",
-                                             f"{where}.file", "build the host once so the "
-                                             "file is in /nix/store, or pass --secrets-dir "
-                                             "DIR holding <name>.age"))
+                tails = _tails(file_text) if isinstance(file_text, str) else []
+                holding = (f"DIR holding {tails[0]}" + (f" (or {tails[-1]})"
+                                                        if len(tails) > 1 else "")
+                           if tails else "DIR holding <name>.age")
+                plan.problems.append(Problem(
+                    shown, f"secret file {file_text!r} not found" + (
+                        f", nor {', '.join(display_path(t) for t in tried)}" if tried else ""),
+                    f"{where}.file", f"pass --secrets-dir {holding}" if tried else
+                    f"build the host once so the file is in /nix/store, or pass "
+                    f"--secrets-dir {holding}"))
+                continue
+            # Two store paths read from one file: a --secrets-dir that has the file
+            # name but not the directories (a/key.age and b/key.age as DIR/key.age).
+            assert isinstance(file_text, str)       # a source was found from it
+            key = os.path.abspath(source)
+            other = claimed.setdefault(key, file_text)
+            if _STORE.sub(r"\g<name>", other) != _STORE.sub(r"\g<name>", file_text):
+                plan.problems.append(Problem(
+                    shown, f"secret files {other!r} and {file_text!r} would both be read "
+                    f"from {display_path(source)}", f"{where}.file",
+                    "pass --secrets-dir the directory their paths below the store are "
+                    "relative to (the flake's root for …-source/…)"))
                 continue
             try:
                 digest = hashlib.sha256(source.read_bytes()).hexdigest()
