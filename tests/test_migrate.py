@@ -973,3 +973,42 @@ def test_a_file_inside_a_flake_source_in_the_store_maps_below_secrets_dir(vaulti
     line = assert_one_clean_error(proc, "secrets/a/key.age", "secrets/b/key.age",
                                   "flat/key.age", "--secrets-dir")
     assert sorted(repo.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", ["edited", "removed"])
+def test_hosts_toml_changed_while_the_import_asks_writes_nothing(make_repo, vaultix,
+                                                                 tmp_path, change):
+    """hosts.toml is read before the passphrase prompt and checked again under the lock:
+    edited meanwhile, or removed (which was an internal error), the import stops with
+    one line and writes nothing."""
+    from test_faults import _blocked_on_fifo, wait_until
+
+    key, pub = ssh_keygen(tmp_path, "locked", passphrase="pw")
+    sdir = tmp_path / "locked-secrets"
+    for sid, value in vaultix["plain"].items():
+        age_encrypt(value, [pub], sdir / f"{sid}.age", armor=False)
+    repo = make_repo(hosts=1, secrets={"old": b"kept"})
+    fifo = tmp_path / "passphrase.fifo"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if k != "VAULTPY_IDENTITY"}
+    proc = subprocess.Popen([sys.executable, "-m", "vaultpy", "import", "vaultix",
+                             *map(str, vaultix["profiles"]), "--secrets-dir", str(sdir),
+                             "-i", str(key)], cwd=repo.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**env, "NO_COLOR": "1", "VAULTPY_PASSPHRASE_FILE": str(fifo)})
+    wait_until(lambda: _blocked_on_fifo(proc.pid), what="the import at its prompt")
+    hosts = repo.root / "hosts.toml"
+    if change == "edited":
+        hosts.write_text(hosts.read_text() + "# edited meanwhile\n")
+    else:
+        hosts.unlink()
+    before = repo.snapshot()
+    fifo.write_text("pw\n")
+    out, err = proc.communicate(timeout=120)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_clean_error(done, "hosts.toml: changed while the import was running; nothing "
+                           "was written", "run the import again")
+    after = repo.snapshot()
+    assert {k: v for k, v in after.items() if not k.startswith("secrets/cache/")} == \
+        {k: v for k, v in before.items() if not k.startswith("secrets/cache/")}
+    assert not [k for k in after if "vaultpy-tmp" in k or k.endswith(".vaultpy-writes")]

@@ -865,7 +865,10 @@ def _write(cfg: model.Config, text: str, existing: model.Config | None, old_text
     before the journal, only temp files are left, which this removes on the rerun (and
     renc, once hosts.toml is there).  A failure puts back what the renames replaced."""
     hosts_path = cfg.path
-    mode = hosts_path.stat().st_mode & 0o777 if existing is not None else 0o644
+    mode = 0o644
+    if existing is not None:
+        with contextlib.suppress(OSError):      # gone: hosts_toml() below says so
+            mode = hosts_path.stat().st_mode & 0o777
     dests = [dest for dest, _, _ in out]
 
     def hosts_toml() -> bytes:
