@@ -1012,3 +1012,28 @@ def test_hosts_toml_changed_while_the_import_asks_writes_nothing(make_repo, vaul
     assert {k: v for k, v in after.items() if not k.startswith("secrets/cache/")} == \
         {k: v for k, v in before.items() if not k.startswith("secrets/cache/")}
     assert not [k for k in after if "vaultpy-tmp" in k or k.endswith(".vaultpy-writes")]
+
+
+def test_an_import_killed_in_a_repository_leaves_what_check_reports(make_repo, vaultix):
+    """Into an existing repository, killed before its journal: the temp files of the
+    masters and of hosts.toml are left.  check names every one of them, hosts.toml's
+    too (it looked beside the masters only), and renc removes them."""
+    need("strace")
+    from test_generate import _killed_at
+
+    repo = make_repo(hosts=1, secrets={"old": b"kept"})
+    args = ("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"]))
+    _killed_at(repo, "rename", 1, *args)            # the journal's rename
+    left = sorted(str(p.relative_to(repo.root)) for p in repo.root.rglob("*")
+                  if ".vaultpy-tmp-" in p.name)
+    assert len(left) == 5 and any(p.startswith(".hosts.toml.") for p in left), left
+    proc = repo.run("check")
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    for path in left:
+        assert f"{path}: leftover temporary file; run vaultpy renc to remove it" in out, out
+    repo.ok("renc")
+    repo.ok("check")
+    assert not [p for p in repo.root.rglob("*") if ".vaultpy-tmp-" in p.name]
+    assert "alpha" not in model.load(repo.root).hosts      # the import did not happen

@@ -161,11 +161,15 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             if removed_host or leftover:
                 result.stale.append(path)
         # Temp files of an interrupted encrypt/edit/rekey beside the master files
-        # (ciphertext only, but clutter that must not pile up).
+        # (ciphertext only, but clutter that must not pile up), and of an interrupted
+        # hosts.toml write (import, host add: written under the lock too).
         for folder in sorted({cfg.secrets_dir, *(s.file.parent for s in cfg.secrets.values())}):
             result.stale += [folder / e for e in _listdir(folder)
                              if is_tmp(e) and (folder / e).is_file()
                              and not (folder / e).is_symlink()]
+        top, mine = cfg.path.parent, tmp_prefix(cfg.path.name)
+        result.stale += [top / e for e in _listdir(top) if e.startswith(mine)
+                         and (top / e).is_file() and not (top / e).is_symlink()]
     # A master that could not be hashed keeps its old cache files: they are the
     # host's last good copy until the master is fixed.
     broken = {p.field.removeprefix("secrets.") for p in result.problems}
