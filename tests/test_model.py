@@ -267,6 +267,60 @@ file = "~/d.age"
     assert cfg.secrets["d"].file == tmp_path / "home" / "d.age"
 
 
+@pytest.mark.parametrize("given, made, field, needle", [
+    # the same file spelled another way (lexically): caught already, kept
+    ('file = "./secrets/../secrets/a.age"', {}, "secrets.b.file",
+     "secrets/a.age is also the master file of secret 'a'; give secret 'b'"),
+    # a symlink to secret a's master
+    ('file = "alias.age"', {"alias.age": "secrets/a.age"}, "secrets.b.file",
+     "alias.age is also the master file of secret 'a', through a symlink (it is "
+     "secrets/a.age); give secret 'b' a file of its own"),
+    # a folder reached through a symlink
+    ('file = "linked/a.age"', {"linked": "secrets"}, "secrets.b.file",
+     "is also the master file of secret 'a', through a symlink; give secret 'b'"),
+    # b's default file is a symlink to a's
+    ("", {"secrets/b.age": "a.age"}, "secrets.b",
+     "secrets/b.age is also the master file of secret 'a', through a symlink (it is "
+     "secrets/a.age); remove that symlink, or give secret 'b' a file of its own"),
+    # a symlink to a key pair's .pub, not written yet
+    ('file = "pub.age"', {"pub.age": "secrets/k.pub"}, "secrets.b.file",
+     "pub.age is also the public key file of secret 'k' (generate = \"ssh-ed25519\"), "
+     "through a symlink (it is secrets/k.pub)"),
+    # a symlink to the rotation state
+    ('file = "rot.age"', {"rot.age": "secrets/rotation.toml"}, "secrets.b.file",
+     "rot.age is also the rotation state file"),
+])
+def test_one_master_file_reached_two_ways_is_refused_at_load(
+        keys: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str,
+        made: dict[str, str], field: str, needle: str) -> None:
+    """Two secrets whose files are one file, as the file system sees it (however
+    hosts.toml spells them), are refused by load, with the usual one line: not later by
+    masters.write_all, once a command has decided what to write."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "a.age").write_bytes(b"x")
+    for link, target in made.items():
+        (tmp_path / link).symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    text = head(keys) + f"""
+[secrets.a]
+[secrets.k]
+generate = "ssh-ed25519"
+[secrets.b]
+{given}
+"""
+    (tmp_path / "hosts.toml").write_text(text)
+    with pytest.raises(VaultpyError) as info:
+        model.load(tmp_path)
+    assert [(p.file, p.field) for p in info.value.problems] == [("hosts.toml", field)], \
+        info.value.problems
+    assert needle in str(info.value.problems[0])
+    # without the symlinks, the same file is fine (a, k and b: three files)
+    for link in made:
+        (tmp_path / link).unlink()
+    if made:
+        model.load(tmp_path)
+
+
 def test_parse_reports_every_problem_with_file_and_field(keys: dict[str, str],
                                                           tmp_path: Path) -> None:
     with pytest.raises(VaultpyError) as info:

@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -391,6 +392,41 @@ def _resolved(ck: _Checker, path: Path, where: str) -> Path | None:
         return None
 
 
+class _Files:
+    """Where files resolve to, as the file system sees them (what ``Path.resolve`` gives),
+    for hundreds of files in a few folders: each folder is resolved once, then a file
+    costs one lstat (a full resolve only for a symlink).  Paths are already normalised
+    (absolute, no ``..``), so a file that is no symlink is its resolved folder / name."""
+
+    def __init__(self, ck: _Checker) -> None:
+        self.ck = ck
+        self.folders: dict[Path, Path | None] = {}
+
+    def resolve(self, path: Path, where: str | None) -> Path | None:
+        """``path`` resolved; None when it cannot be (a symlink loop: a problem at
+        ``where``, unless None)."""
+        parent = path.parent
+        if parent not in self.folders:
+            try:
+                self.folders[parent] = parent.resolve()
+            except (RuntimeError, OSError):     # reported for the file below
+                self.folders[parent] = None
+        folder = self.folders[parent]
+        if folder is not None:
+            try:
+                link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except OSError:                     # missing: resolve() keeps the name too
+                link = False
+            if not link:
+                return folder / path.name
+        if where is None:
+            try:
+                return path.resolve()
+            except (RuntimeError, OSError):
+                return None
+        return _resolved(self.ck, path, where)
+
+
 def _short(text: str, limit: int = 120) -> str:
     """A message about a value of any length, at most ``limit`` characters."""
     return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
@@ -702,34 +738,48 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
 
 
 def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: set[str],
-                  secrets_dir: Path) -> None:
+                  secrets_dir: Path, where_is: Mapping[str, Path | None],
+                  files: _Files) -> None:
     """A ``file = …`` that is also another secret's master file, a key pair's ``<id>.pub``
     or the rotation state: one `vaultpy generate` would write both values to it, the
-    second overwriting the first (a plaintext .pub over a master, or the reverse)."""
-    # path -> (the secret it belongs to, or "", what it is)
-    claimed: dict[Path, tuple[str, str]] = {
-        secrets_dir / ROTATION_FILE: (
-            "", "the rotation state file (vaultpy generate and rotate write it)"),
-        secrets_dir / VAULT_VERSIONS_FILE: (
-            "", "the Vault versions file (vaultpy pull and push write it)")}
+    second overwriting the first (a plaintext .pub over a master, or the reverse).
+
+    Files are compared as the file system sees them: ``where_is`` holds each master
+    file resolved (None: it cannot be); so ``./secrets/a.age`` or a symlink to it is
+    ``secrets/a.age``.  A default file is blamed only when a symlink makes it another
+    one (``secrets/b.age`` -> ``a.age``)."""
+    def same(path: Path, resolved: Path | None) -> Path:
+        return path if resolved is None else resolved
+
+    # file as resolved -> (the secret it belongs to, or "", what it is, its path)
+    claimed: dict[Path, tuple[str, str, Path]] = {}
+    for fixed, what in (
+            (secrets_dir / ROTATION_FILE,
+             "the rotation state file (vaultpy generate and rotate write it)"),
+            (secrets_dir / VAULT_VERSIONS_FILE,
+             "the Vault versions file (vaultpy pull and push write it)")):
+        claimed[same(fixed, files.resolve(fixed, None))] = ("", what, fixed)
     for s in declared.values():
-        if s.public_file is not None:
-            claimed.setdefault(s.public_file, (s.id, f"public key file (generate = "
-                                                     f"\"{s.generate}\")"))
-    for s in declared.values():                 # default files never clash with each other
-        if s.id not in chosen_files:
-            claimed.setdefault(s.file, (s.id, "master file"))
-    for s in declared.values():
-        if s.id not in chosen_files:
-            continue
-        owner, what = claimed.setdefault(s.file, (s.id, "master file"))
+        pub = s.public_file
+        if pub is not None:
+            claimed.setdefault(same(pub, files.resolve(pub, None)), (
+                s.id, f"public key file (generate = \"{s.generate}\")", pub))
+    # Default files first: a clash is blamed on the `file = …` that makes it.
+    for s in sorted(declared.values(), key=lambda s: s.id in chosen_files):
+        owner, what, path = claimed.setdefault(same(s.file, where_is.get(s.id)),
+                                               (s.id, "master file", s.file))
         if owner == s.id and what == "master file":
             continue
         kind, _, detail = what.partition(" (")
         named = (what if not owner else f"its own {what}" if owner == s.id else
                  f"the {kind} of secret {owner!r}" + (f" ({detail}" if detail else ""))
-        ck.add(f"secrets.{_quote(s.id)}.file", f"{display_path(s.file)} is also {named}",
-               f"give secret {s.id!r} a file of its own")
+        shown, other = display_path(s.file), display_path(path)
+        through = ("" if path == s.file else ", through a symlink" if other == shown
+                   else f", through a symlink (it is {other})")
+        at = f"secrets.{_quote(s.id)}" + (".file" if s.id in chosen_files else "")
+        ck.add(at, f"{shown} is also {named}{through}",
+               f"give secret {s.id!r} a file of its own" if s.id in chosen_files else
+               f"remove that symlink, or give secret {s.id!r} a file of its own (file = …)")
 
 
 def parse(text: str, path: Path) -> Config:
@@ -801,7 +851,10 @@ def parse(text: str, path: Path) -> Config:
                 ck.add(f"{where}.rotate_days", f"expected a number of days, got {days!r}",
                        f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
         declared[sid] = Secret(sid, file, ref, gen, rotate_days)
-    _shared_files(ck, declared, chosen_files, secrets_dir)
+    files = _Files(ck)
+    where_is = {s.id: files.resolve(s.file, f"secrets.{_quote(s.id)}.file")
+                for s in declared.values()}
+    _shared_files(ck, declared, chosen_files, secrets_dir, where_is, files)
 
     hosts: dict[str, Host] = {}
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
@@ -820,7 +873,7 @@ def parse(text: str, path: Path) -> Config:
         ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
                "point cache_dir at a directory (renc creates it if missing)")
     for s in declared.values():
-        resolved = _resolved(ck, s.file, f"secrets.{_quote(s.id)}.file")
+        resolved = where_is[s.id]
         if resolved is not None and resolved_cache is not None and \
                 resolved.is_relative_to(resolved_cache):
             ck.add(f"secrets.{_quote(s.id)}.file", "master file lies inside the cache "
