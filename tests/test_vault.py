@@ -829,6 +829,95 @@ def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix
     assert bao.get(f"{prefix}/race") == ({"v": "theirs"}, 2)
 
 
+def _push_with(vrepo, bao: Bao, prefix: str, monkeypatch, meanwhile: Any
+               ) -> tuple[Repo, Any]:
+    """push of secret r (a value new to Vault), with ``meanwhile(repo)`` run right after
+    its Vault write: after push's settle, before it records the version it wrote."""
+    from vaultpy import model, vault
+
+    repo = vrepo({"r": f"secret/{prefix}/r#v"})
+    repo.write_hosts((repo.root / "hosts.toml").read_text()
+                     + '\n[secrets.deploy]\ngenerate = "ssh-ed25519"\n')
+    repo.ok("encrypt", "r", input=b"mine")
+    repo.ok("generate", "deploy")
+    for name, value in repo.env.items():
+        monkeypatch.setenv(name, value)
+
+    class Late(vault.Session):
+        def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
+            written = super().write(mount, path, data, cas)
+            meanwhile(repo)
+            return written
+
+    @contextlib.contextmanager
+    def late(cfg: Any) -> Iterator[vault.Session]:
+        s = Late(cfg)
+        s.login()
+        yield s
+
+    cfg = model.load(repo.root)
+    return repo, vault.push(cfg, identity_files=[repo.identity], session_factory=late)
+
+
+def test_push_finishes_a_write_killed_after_its_settle(vrepo, bao: Bao, prefix: str,
+                                                       monkeypatch, tmp_path: Path) -> None:
+    """A rotate SIGKILLed between its renames while push talks to Vault (after push's
+    settle): push's record takes the lock, which finishes that write first; push is
+    whole and reports its write."""
+    from vaultpy import model
+    from vaultpy._internal import writes
+
+    need("strace")
+
+    def killed_rotate(repo: Repo) -> None:
+        proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e",
+                               "inject=rename:signal=KILL:when=2", sys.executable, "-m",
+                               "vaultpy", "rotate", "deploy"], cwd=repo.root,
+                              capture_output=True, env={**os.environ, "NO_COLOR": "1",
+                                                        **repo.env})
+        if b"ptrace" in proc.stderr:
+            pytest.skip("ptrace not permitted here")
+        assert proc.returncode in (-9, 128 + 9), proc.stderr.decode()
+        assert writes.path(model.load(repo.root)).exists()
+
+    repo, result = _push_with(vrepo, bao, prefix, monkeypatch, killed_rotate)
+    assert result.ok, result.problems
+    assert [(i.id, i.status, i.version) for i in result.items] == [("r", "written", 1)]
+    assert bao.get(f"{prefix}/r") == ({"v": "mine"}, 1)
+    assert recorded(repo) == {"r": 1}
+    assert not writes.path(model.load(repo.root)).exists()
+    private = tmp_path / "deploy"           # the rotated pair is whole
+    private.write_bytes(age_decrypt(master(repo, "deploy"), repo.identity))
+    private.chmod(0o600)
+    derived = subprocess.run([need("ssh-keygen"), "-y", "-f", str(private)], check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert (repo.root / "secrets" / "deploy.pub").read_text().split()[:2] == derived[:2]
+
+
+def test_push_reports_its_write_when_a_journal_it_cannot_finish_appears(
+        vrepo, bao: Bao, prefix: str, monkeypatch) -> None:
+    """A journal that appears after push's settle and cannot be finished (damaged)
+    stops push's record, not its report: the Vault write is reported as written, and
+    one line says the versions were not recorded, that the values are in Vault and
+    what to do; nothing else changed."""
+    from vaultpy import model
+    from vaultpy._internal import writes
+
+    def damaged(repo: Repo) -> None:
+        writes.path(model.load(repo.root)).write_text("{not json\n")
+
+    repo, result = _push_with(vrepo, bao, prefix, monkeypatch, damaged)
+    assert [(i.id, i.status, i.version) for i in result.items] == [("r", "written", 1)]
+    assert bao.get(f"{prefix}/r") == ({"v": "mine"}, 1)
+    assert len(result.problems) == 1, result.problems
+    line = str(result.problems[0])
+    assert line.startswith(f"{writes.path(model.load(repo.root))}: cannot record the "
+                           "versions pushed: the journal of an interrupted write is "
+                           "damaged; the values are in Vault; "), line
+    assert line.endswith("then run vaultpy pull to record them") and "\n" not in line
+    assert not (repo.root / "secrets" / "vault-versions.toml").exists()
+
+
 # --------------------------------------------------------------------------- access
 
 def test_access_matrix_and_vault_policies(vrepo, bao: Bao, prefix: str) -> None:

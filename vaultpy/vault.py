@@ -971,6 +971,11 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
             entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
     order = {sid: i for i, (sid, _) in enumerate(chosen)}
     result.items.sort(key=lambda i: order[i.id])
+    # The record takes the lock, which finishes first any write a writer killed since
+    # settle left (a journal): the lock is not held across the Vault calls, which wait
+    # on the network (and settle's finish, then, is not the last word).  One that
+    # cannot be finished stops the record, never what Vault has: the items stay
+    # "written", and the problem says where the values are.
     try:
         vaultstate.record(cfg, entries)
     except OSError as exc:
@@ -978,6 +983,12 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                        f"the versions pushed: {exc.strerror or exc}", "",
                                        "the values are in Vault; run vaultpy pull to record "
                                        "them"))
+    except VaultpyError as exc:
+        result.problems.extend(Problem(
+            p.file, f"cannot record the versions pushed: {p.message}", p.field,
+            "; ".join(filter(None, ("the values are in Vault", p.hint,
+                                    "then run vaultpy pull to record them"))))
+            for p in exc.problems)
     return result
 
 
