@@ -528,7 +528,7 @@ def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
     repo.ok("renc")
     old_pub = _pair_matches(repo, "deploy", tmp_path)
     made = rotation(repo)["rotated"]["deploy"]
-    journal = repo.cache / ".vaultpy-writes"
+    journal = repo.root / ".vaultpy-writes"
     time.sleep(1.1)                     # rotation.toml records whole seconds
 
     _killed_at(repo, "rename", when, "rotate", "deploy")
@@ -537,7 +537,7 @@ def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
     out = proc.stdout.decode()
     assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
     if when > 1:
-        assert out.startswith("secrets/cache/.vaultpy-writes: a write of several files was "
+        assert out.startswith(".vaultpy-writes: a write of several files was "
                               "interrupted before all of them were replaced; run vaultpy "
                               "renc: any command that takes the lock finishes it first\n")
         assert "leftover temporary file" not in out
@@ -550,6 +550,40 @@ def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
     new_pub = _pair_matches(repo, "deploy", tmp_path)
     assert (new_pub != old_pub) == (when > 1)
     assert (rotation(repo)["rotated"]["deploy"] > made) == (when > 1)   # recorded with it
+    repo.ok("check")
+
+
+def test_a_write_killed_then_cache_dir_changed_is_still_finished(
+        make_repo, tmp_path: Path) -> None:
+    """rotate SIGKILLed between its renames (after its journal), then hosts.toml given
+    another cache_dir: the next commands still find the journal (it lives beside
+    hosts.toml, not in the cache), so check says the write was interrupted (not that
+    its temp files are leftovers for renc to delete) and renc finishes it whole."""
+    need("strace")
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    repo.ok("generate")
+    repo.ok("renc")
+    old_pub = _pair_matches(repo, "deploy", tmp_path)
+    made = rotation(repo)["rotated"]["deploy"]
+    time.sleep(1.1)                     # rotation.toml records whole seconds
+
+    _killed_at(repo, "rename", 2, "rotate", "deploy")      # the .pub renamed, not the rest
+    waiting = [p.name for p in (repo.root / "secrets").iterdir() if "vaultpy-tmp" in p.name]
+    assert waiting
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[vaultpy]\n", '[vaultpy]\ncache_dir = "build/cache"\n', 1))
+
+    proc = repo.run("check")
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    assert "a write of several files was interrupted" in out, out
+    assert "leftover temporary file" not in out, out
+    repo.ok("renc")
+    assert not (repo.root / ".vaultpy-writes").exists()
+    assert not [p for p in (repo.root / "secrets").iterdir() if "vaultpy-tmp" in p.name]
+    assert _pair_matches(repo, "deploy", tmp_path) != old_pub      # the new pair, whole
+    assert rotation(repo)["rotated"]["deploy"] > made
+    assert (repo.root / "build" / "cache" / ".vaultpy.lock").exists()
     repo.ok("check")
 
 
@@ -644,7 +678,7 @@ def test_write_all_undoes_its_renames_when_one_fails(make_repo, monkeypatch) -> 
         masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)])
     assert repo.snapshot() == before
     assert [f.stat().st_mode & 0o777 for f in files] == [0o640] * 3
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
 
 
 def test_a_write_that_cannot_be_undone_is_finished_by_the_next_command(
@@ -667,21 +701,23 @@ def test_a_write_that_cannot_be_undone_is_finished_by_the_next_command(
     monkeypatch.setattr(fsutil, "atomic_write", atomic_write)
     with pytest.raises(generate.VaultpyError, match="Input/output error"):
         masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)])
-    assert (repo.cache / ".vaultpy-writes").exists()
+    assert (repo.root / ".vaultpy-writes").exists()
     assert files[1].read_bytes() == b"old 1"            # put back before the failure
     monkeypatch.undo()
     proc = repo.run("renc")
     assert "Traceback" not in proc.stderr.decode()
     assert [f.read_bytes() for f in files] == [b"new 0", b"new 1", b"new 2"]
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
     assert not [p for p in files[0].parent.iterdir() if ".vaultpy-tmp-" in p.name]
 
 
-def test_a_damaged_journal_is_one_line_naming_it(make_repo) -> None:
+@pytest.mark.parametrize("where", [".vaultpy-writes",
+                                   "secrets/cache/.vaultpy-writes"])  # an older vaultpy's
+def test_a_damaged_journal_is_one_line_naming_it(make_repo, where: str) -> None:
     repo, _cfg, _files = _three_files(make_repo)
-    (repo.cache / ".vaultpy-writes").write_text('{"format": 1, "renames": [["../x", "y"]]}')
+    (repo.root / where).write_text('{"format": 1, "renames": [["../x", "y"]]}')
     for command in ("renc", "generate", "rotate a"):
-        assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy-writes",
+        assert_one_clean_error(repo.run(*command.split()), f"{where}: ",
                                "the journal of an interrupted write is damaged",
                                "move the ones you want into place by hand, then delete it")
 
@@ -730,7 +766,7 @@ def test_a_journal_of_files_outside_the_repository_is_finished(
     old_pub = _outside_pair(shared, repo.identity, tmp_path)
 
     _killed_at(repo, "rename", 2, "-C", str(repo.root), "rotate", "deploy")
-    assert (repo.root / "secrets" / "cache" / ".vaultpy-writes").exists()
+    assert (repo.root / ".vaultpy-writes").exists()
     if how.startswith("absolute"):
         new_top = tmp_path / "a" / "b" / "c" / "repo"
         new_top.parent.mkdir(parents=True)
@@ -748,7 +784,7 @@ def test_a_journal_of_files_outside_the_repository_is_finished(
     assert "a write of several files was interrupted" in out
     assert "leftover temporary file" not in out, out
     repo.ok("-C", str(repo.root), "renc")
-    assert not (repo.root / "secrets" / "cache" / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
     assert not [p for p in shared.iterdir() if "vaultpy-tmp" in p.name]
     assert _outside_pair(shared, repo.identity, tmp_path) != old_pub
     repo.ok("-C", str(repo.root), "check")
@@ -762,7 +798,7 @@ def _generate_killed_before_its_master(make_repo) -> tuple[Repo, Path]:
     repo.ok("encrypt", "manual", input=b"typed by hand")
     _killed_at(repo, "rename", 2, "generate")      # rotation.toml; pw.age: renameat2
     pw = repo.root / "secrets" / "pw.age"
-    assert (repo.cache / ".vaultpy-writes").exists() and not pw.exists()
+    assert (repo.root / ".vaultpy-writes").exists() and not pw.exists()
     return repo, pw
 
 
@@ -774,7 +810,7 @@ def test_rotate_master_rotates_the_master_an_interrupted_generate_was_making(
     repo, pw = _generate_killed_before_its_master(make_repo)
     new = tmp_path / "new.txt"
     repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
     assert len(age_decrypt(pw, new)) == 32
     assert age_decrypt(repo.root / "secrets" / "manual.age", new) == b"typed by hand"
     repo.ok("check")
@@ -805,7 +841,7 @@ def test_a_journal_that_cannot_be_finished_for_the_lock_is_one_clean_line(
     repo, _cfg, _files = _three_files(make_repo)
     (repo.cache / ".vaultpy.lock").unlink()
     (repo.cache / ".vaultpy.lock").mkdir()
-    (repo.cache / ".vaultpy-writes").write_text('{"format": 1, "renames": []}')
+    (repo.root / ".vaultpy-writes").write_text('{"format": 1, "renames": []}')
     for command in ("generate", "rotate a", "rekey", "edit a"):
         assert_one_clean_error(repo.run(*command.split()), "secrets/cache/.vaultpy.lock")
 
@@ -840,7 +876,7 @@ def test_an_interrupt_just_after_a_rename_is_undone_with_the_others(
                           new={files[1]} if new else ())
     assert hit
     assert repo.snapshot() == before
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
 
 
 def test_a_master_made_elsewhere_since_a_killed_generate_keeps_its_own_pub(
@@ -858,12 +894,12 @@ def test_a_master_made_elsewhere_since_a_killed_generate_keeps_its_own_pub(
     shutil.copytree(repo.root, twin, symlinks=True)
     repo.ok("generate", cwd=twin)                       # the teammate's
     _killed_at(repo, "rename", 2, "generate")           # before the .pub's rename
-    assert (repo.cache / ".vaultpy-writes").exists()
+    assert (repo.root / ".vaultpy-writes").exists()
     assert not (repo.root / "secrets" / "deploy.age").exists()
     for name in ("deploy.age", "deploy.pub", "rotation.toml"):      # git pull
         shutil.copy2(twin / "secrets" / name, repo.root / "secrets" / name)
     repo.ok("renc")
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
     assert not [p for p in (repo.root / "secrets").iterdir() if "vaultpy-tmp" in p.name]
     assert _pair_matches(repo, "deploy", tmp_path) == (twin / "secrets" / "deploy.pub"
                                                        ).read_bytes()
@@ -876,7 +912,7 @@ def test_a_journal_whose_folder_is_gone_is_dropped(make_repo) -> None:
     """The journal lists a folder removed since (a branch switch): nothing of the write
     is left there to finish, so the next command drops the journal, not fails on it."""
     repo, _cfg, _files = _three_files(make_repo)
-    journal = repo.cache / ".vaultpy-writes"
+    journal = repo.root / ".vaultpy-writes"
     journal.write_text(json.dumps({"format": 1, "root": str(repo.root), "renames": [
         ["gone/.x.age.vaultpy-tmp-0123456789ab", "gone/x.age", False]]}))
     repo.ok("renc")

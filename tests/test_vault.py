@@ -787,7 +787,7 @@ def test_push_after_a_pull_killed_between_its_renames(vrepo, bao: Bao, prefix: s
     if b"ptrace" in proc.stderr:
         pytest.skip("ptrace not permitted here")
     assert proc.returncode in (-9, 128 + 9), proc.stderr.decode()
-    assert (repo.cache / ".vaultpy-writes").exists()
+    assert (repo.root / ".vaultpy-writes").exists()
     assert age_decrypt(master(repo, "a"), repo.identity) == b"a-2"     # renamed
     assert age_decrypt(master(repo, "b"), repo.identity) == b"b-1"     # not yet
     proc = repo.ok("push", "--json")
@@ -797,7 +797,7 @@ def test_push_after_a_pull_killed_between_its_renames(vrepo, bao: Bao, prefix: s
     assert bao.get(f"{prefix}/b") == ({"v": "b-2"}, 2)
     assert age_decrypt(master(repo, "b"), repo.identity) == b"b-2"
     assert recorded(repo) == {"a": 2, "b": 2}
-    assert not (repo.cache / ".vaultpy-writes").exists()
+    assert not (repo.root / ".vaultpy-writes").exists()
 
 
 def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix: str,

@@ -32,6 +32,8 @@ from vaultpy._internal.names import cache_name as cache_name
 from vaultpy._internal.names import recipients_suffix as recipients_suffix
 from vaultpy.errors import Problem, display_path, os_problem
 
+_WRITES_JOURNAL = ".vaultpy-writes"    # vaultpy._internal.writes.JOURNAL, spelled out
+
 TYPE_CHECKING = False       # the incremental renc names cache files without the model
 if TYPE_CHECKING:
     from vaultpy.model import Config
@@ -161,15 +163,19 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             if removed_host or leftover:
                 result.stale.append(path)
         # Temp files of an interrupted encrypt/edit/rekey beside the master files
-        # (ciphertext only, but clutter that must not pile up), and of an interrupted
-        # hosts.toml write (import, host add: written under the lock too).
+        # (ciphertext only, but clutter that must not pile up),
         for folder in sorted({cfg.secrets_dir, *(s.file.parent for s in cfg.secrets.values())}):
             result.stale += [folder / e for e in _listdir(folder)
                              if is_tmp(e) and (folder / e).is_file()
                              and not (folder / e).is_symlink()]
-        top, mine = cfg.path.parent, tmp_prefix(cfg.path.name)
+        # and beside hosts.toml, the temp files of an interrupted hosts.toml write
+        # (import, host add: written under the lock too) and of a write journal killed
+        # before its rename (it lists renames nothing was decided for).
+        top = cfg.path.parent
+        mine = (tmp_prefix(cfg.path.name), tmp_prefix(_WRITES_JOURNAL))
         result.stale += [top / e for e in _listdir(top) if e.startswith(mine)
-                         and (top / e).is_file() and not (top / e).is_symlink()]
+                         and (top / e).is_file() and not (top / e).is_symlink()
+                         and top / e not in result.stale]
     # A master that could not be hashed keeps its old cache files: they are the
     # host's last good copy until the master is fixed.
     broken = {p.field.removeprefix("secrets.") for p in result.problems}

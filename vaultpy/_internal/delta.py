@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 MAX_FILES = 256
 _LOCK = ".vaultpy.lock"
 _WRITES = ".vaultpy-writes"     # writes.JOURNAL: an interrupted write the full run finishes
+                                # (beside hosts.toml; in the cache, from older versions)
 _CLOCK_WAIT_S = 0.1      # for the clock to pass this run's writes, else record nothing
 _HELPER_SHARE = 0.8      # of the cache's folders, stat'ed by a helper while this imports
 
@@ -393,9 +394,11 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
     """Exit status after an incremental renc, or None: run the full pipeline.
     ``raw``: the memo as loaded from ``cache_dir``."""
     lock = os.path.join(cache_dir, _LOCK)
+    journals = (os.path.join(os.path.dirname(config), _WRITES),
+                os.path.join(cache_dir, _WRITES))
     if (raw.get("format") != memo.FORMAT or raw.get("vaultpy") != memo._version()
             or raw.get("config") != config or not os.path.isfile(lock) or os.path.islink(lock)
-            or os.path.lexists(os.path.join(cache_dir, _WRITES))
+            or any(map(os.path.lexists, journals))
             or not memo._may_lock(cache_dir)):
         return None             # no clean state recorded, or a first run
     try:
@@ -407,7 +410,7 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
     try:
         with fsutil.locked(lock):
             clock0 = memo.fs_clock(cache_dir)
-            if clock0 is None or os.path.lexists(os.path.join(cache_dir, _WRITES)):
+            if clock0 is None or any(map(os.path.lexists, journals)):
                 return None     # (a writer killed while this waited for the lock)
             # A helper process stats most of the cache (it shares the lock's open file
             # meanwhile, and only stats) while this one checks the rest and imports

@@ -521,14 +521,15 @@ class Snapshot:
 
     def capture(self, cfg: Config) -> None:
         """Digest the inputs ``cfg`` names, before the run reads any of them."""
+        from vaultpy._internal.writes import JOURNAL as WRITES
         from vaultpy.recovery import JOURNAL
 
         if (str(cfg.path) != self.config
                 or os.path.realpath(cfg.cache_dir) != os.path.realpath(self.cache_dir)
                 or _stat(self.config) != self.pre):
             return                  # hosts.toml changed, or the memo would live elsewhere
-        files = [self.config, str(cfg.root / JOURNAL), *(str(s.file) for s in
-                                                          cfg.secrets.values())]
+        files = [self.config, str(cfg.root / JOURNAL), str(cfg.root / WRITES),
+                 *(str(s.file) for s in cfg.secrets.values())]
         listed = [str(cfg.secrets_dir), *(str(s.file.parent) for s in cfg.secrets.values())]
         scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
         self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),

@@ -7,11 +7,17 @@ kill or a power cut between two renames would leave, say, a new private key besi
 old public one: a pair that no longer matches, and nothing that says so.
 
 So once every new file is durable under its temp name, the list of renames is written
-durably to ``<cache_dir>/.vaultpy-writes`` (beside the repository's lock) before the
-first of them.  From then on the write is decided: it is finished, by the writer or by
-the next command that takes the lock (:func:`lock`), which renames what is left.  A
-temp file's name is unique, so one that still exists was not renamed yet.  The journal
-goes once the renames and their directories are durable.
+durably to ``.vaultpy-writes`` beside hosts.toml before the first of them.  From then
+on the write is decided: it is finished, by the writer or by the next command that
+takes the lock (:func:`lock`), which renames what is left.  A temp file's name is
+unique, so one that still exists was not renamed yet.  The journal goes once the
+renames and their directories are durable.
+
+The journal lives beside hosts.toml, not in ``cache_dir`` with the lock: hosts.toml is
+how every command finds the repository, whatever its settings say.  A writer killed,
+then ``cache_dir`` changed, would otherwise leave a journal no command looks at, and
+its write half done for good (``check`` would even call its temp files leftovers).
+A journal an older vaultpy left in ``<cache_dir>/.vaultpy-writes`` is finished too.
 
 A writer that fails before its first rename, or puts back what its renames replaced
 (:func:`vaultpy.masters.write_all`), removes the journal before its temp files: killed
@@ -35,7 +41,13 @@ _FORMAT = 1
 
 
 def path(cfg: Config) -> Path:
-    return cfg.cache_dir / JOURNAL
+    return cfg.root / JOURNAL
+
+
+def _journals(cfg: Config) -> tuple[Path, ...]:
+    """Where a journal may be: beside hosts.toml, and in ``cache_dir``, where earlier
+    versions of vaultpy kept it."""
+    return (path(cfg), cfg.cache_dir / JOURNAL)
 
 
 def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
@@ -47,7 +59,7 @@ def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
                for tmp, final, new in renames]
     data = json.dumps({"format": _FORMAT, "root": os.path.abspath(cfg.root),
                        "renames": entries}, indent=1).encode() + b"\n"
-    fsutil.atomic_write(path(cfg), data, 0o644)      # fsyncs the cache directory too
+    fsutil.atomic_write(path(cfg), data, 0o644)      # fsyncs the repository too
 
 
 def end(cfg: Config, *, undone: bool = False) -> None:
@@ -62,7 +74,7 @@ def end(cfg: Config, *, undone: bool = False) -> None:
     except FileNotFoundError:
         return
     if undone:
-        fsutil.fsync_path(cfg.cache_dir, directory=True)
+        fsutil.fsync_path(cfg.root, directory=True)
 
 
 @contextlib.contextmanager
@@ -91,7 +103,7 @@ def held(cfg: Config, action: str = "take the lock") -> Iterator[bool]:
 def settle(cfg: Config) -> None:
     """Finish an interrupted write now, if there is one: for commands that decide what
     to write (generate: which masters are missing) before they take the lock."""
-    if os.path.lexists(path(cfg)):
+    if any(os.path.lexists(journal) for journal in _journals(cfg)):
         with held(cfg):
             pass
 
@@ -100,7 +112,13 @@ def finish(cfg: Config) -> list[Path]:
     """Finish the write a killed writer left (the caller holds the lock): rename the
     temp files it listed that are still there (or remove them, if a file that must be
     new exists by now).  Returns the paths replaced."""
-    journal = path(cfg)
+    done: list[Path] = []
+    for journal in reversed(_journals(cfg)):        # an older vaultpy's first
+        done += _finish(cfg, journal)
+    return done
+
+
+def _finish(cfg: Config, journal: Path) -> list[Path]:
     try:
         raw = journal.read_bytes()
     except FileNotFoundError:
@@ -192,18 +210,19 @@ def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
 
 def listed(cfg: Config) -> set[str]:
     """The temp files an interrupted write lists, as :func:`display_path` names them."""
-    try:
-        renames = _parse(path(cfg).read_bytes(), cfg.root)
-    except OSError:
-        return set()
-    return {display_path(tmp) for tmp, _final, _new in renames or ()}
+    out: set[str] = set()
+    for journal in _journals(cfg):
+        try:
+            renames = _parse(journal.read_bytes(), cfg.root)
+        except OSError:
+            continue
+        out.update(display_path(tmp) for tmp, _final, _new in renames or ())
+    return out
 
 
 def problems(cfg: Config) -> list[Problem]:
     """For ``check``: an interrupted write waits to be finished."""
-    journal = path(cfg)
-    if not os.path.lexists(journal):
-        return []
     return [Problem(display_path(journal), "a write of several files was interrupted "
                     "before all of them were replaced", "",
-                    "run vaultpy renc: any command that takes the lock finishes it first")]
+                    "run vaultpy renc: any command that takes the lock finishes it first")
+            for journal in _journals(cfg) if os.path.lexists(journal)]
