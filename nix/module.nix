@@ -243,10 +243,17 @@ let
     ++ map (d: "${tmpLinkPrefix d}*") (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p)
       [ s.dir s.earlyDir ]);
   # An item's path inside another item's: that one is a symlink to a file, and a link
-  # below it would be written through it (vaultpy/output.py `nesting`).
+  # below it would be written through it (vaultpy/output.py `nesting`).  Each path's
+  # ancestors are looked up by name, as there: a pairwise scan is quadratic, minutes
+  # of evaluation for a host with thousands of items.
   withPath = builtins.filter (i: i.path != null) items;
-  nested = concatMap (i: map (o: { inherit (i) label path; outer = o; })
-    (builtins.filter (o: lib.hasPrefix "${o.path}/" i.path) withPath)) withPath;
+  byPath = builtins.groupBy (i: i.path) withPath;
+  ancestors = p:                        # "/a/b/c" -> [ "/a" "/a/b" ]
+    let parts = builtins.tail (lib.splitString "/" p); in
+    map (k: "/" + concatStringsSep "/" (lib.take k parts))
+      (lib.range 1 (builtins.length parts - 1));
+  nested = concatMap (i: concatMap (a: map (o: { inherit (i) label path; outer = o; })
+    (byPath.${a} or [ ])) (ancestors i.path)) withPath;
   # Activation's own places must not be, or lie inside, one another
   # (vaultpy/output.py `settings_clashes`).
   places = [ { n = "dir"; p = s.dir; } { n = "earlyDir"; p = s.earlyDir; }

@@ -1091,6 +1091,35 @@ def test_missing_cache_assertion_names_the_expected_file(
     assert f"/empty-cache/web1/{name} is missing" in message
 
 
+def test_the_nested_path_check_is_linear_in_the_items(nixpkgs_lib: Nix, rich: Rich,
+                                                     tmp_path: Path) -> None:
+    """The module's `nested` check, as vaultpy/output.py `nesting`, looks each path's
+    ancestors up by name: a pairwise scan over every item with a path is quadratic
+    (about 35 s of evaluation for 4,000 items, minutes for 10,000).  Counted in
+    evaluation steps (NIX_SHOW_STATS), not seconds: the work that items with a path
+    add to items without one must double, not quadruple, with the items."""
+    stats = tmp_path / "stats.json"
+    counting = Nix(nixpkgs_lib.exe, {**nixpkgs_lib.env, "NIX_SHOW_STATS": "1",
+                                     "NIX_SHOW_STATS_PATH": str(stats)})
+
+    def calls(n: int, paths: bool) -> int:
+        config = {"vaultpy": {
+            "settings": {"hostPubkey": rich.pub["web1"], "cacheRoot": rich.cache,
+                         "hostName": "web1"},
+            "templates": {f"t{i}": {"content": "x", **({"path": f"/etc/t{i}/deep/conf"}
+                                                        if paths else {})}
+                          for i in range(n)}}}
+        module = write_module(tmp_path / f"m{n}{paths}.nix", config)
+        failed = counting.eval(f"(import {nix_value(EVAL_MODULE)} "
+                               f"{{ config = {nix_value(module)}; }}).failedAssertions")
+        assert failed == []
+        steps: int = json.loads(stats.read_text())["nrFunctionCalls"]
+        return steps
+
+    added = {n: calls(n, True) - calls(n, False) for n in (300, 600)}
+    assert added[600] < 2.5 * added[300], added
+
+
 # Configurations the module must refuse (a type error or a failed assertion) because
 # `vaultpy activate` refuses their profile at boot (vaultpy/profile.py `parse`), and
 # hosts.toml validation refuses the same thing (vaultpy/model.py).
