@@ -1193,6 +1193,11 @@ def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
     line = assert_clean_line(proc, [(str(key),), ("settings.identities",)])
     for operator_word in (" -i", "VAULTPY_IDENTITY", "hosts.toml"):
         assert operator_word not in line, line
+    # A file that cannot be read is not a file to restore from a backup: the advice
+    # is about reading it (its permissions), the other about what it holds.
+    unreadable = damage == "unreadable"
+    assert ("permissions" in line) == unreadable, line
+    assert ("restore it from a backup" in line) != unreadable, line
     if key.is_dir():
         key.rmdir()
     key.write_bytes(saved)

@@ -56,7 +56,8 @@ def load_identities(ctx: Context) -> None:
                                                          unreadable_hint=_UNREADABLE))
         except VaultpyError as exc:     # the hints speak to an operator (-i, hosts.toml)
             raise VaultpyError([p if p.field == _FIELD else
-                                Problem(p.file, p.message, _FIELD, _NOT_A_KEY)
+                                Problem(p.file, p.message, _FIELD,
+                                        _UNREADABLE if p.hint == _UNREADABLE else _NOT_A_KEY)
                                 for p in exc.problems]) from None
     ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
 
