@@ -1171,7 +1171,7 @@ def live_gen_of(link: Path) -> Path:
     return gen
 
 
-@pytest.mark.parametrize("damage", ["garbage", "binary", "unreadable"])
+@pytest.mark.parametrize("damage", ["garbage", "binary", "unreadable", "age-key"])
 def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
                                                  damage: str) -> None:
     """Activation runs on the host, where -i, VAULTPY_IDENTITY and hosts.toml mean
@@ -1186,6 +1186,8 @@ def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
         key.write_bytes(b"this is not a key\n")
     elif damage == "binary":
         key.write_bytes(b"\xff\xfe\x00 not text")
+    elif damage == "age-key":           # a host whose pubkey is age1…: a damaged key
+        key.write_bytes(b"AGE-SECRET-KEY-1" + b"Q" * 58 + b"\n")
     else:
         key.unlink()
         key.mkdir()                     # read(2) fails: EISDIR
@@ -1198,6 +1200,9 @@ def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
     unreadable = damage == "unreadable"
     assert ("permissions" in line) == unreadable, line
     assert ("restore it from a backup" in line) != unreadable, line
+    # hosts.toml's pubkey may be an age1 key: its identity file is the host's key then,
+    # and pointing settings.identities at the OpenSSH key would not decrypt anything.
+    assert unreadable or "age identity" in line, line
     if key.is_dir():
         key.rmdir()
     key.write_bytes(saved)

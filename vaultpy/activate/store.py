@@ -64,8 +64,9 @@ def load_identities(ctx: Context) -> None:
 
 _FIELD = "settings.identities"
 _UNREADABLE = "root must be able to read the host key: check the file and its permissions"
-_NOT_A_KEY = ("settings.identities must name the host's OpenSSH private key "
-              "(/etc/ssh/ssh_host_ed25519_key): restore it from a backup")
+_NOT_A_KEY = ("settings.identities must name the host's private key, its OpenSSH host key "
+              "(/etc/ssh/ssh_host_ed25519_key) or, for an age1 pubkey, its age identity "
+              "file: restore it from a backup")
 
 
 def mount_store(ctx: Context) -> None:
