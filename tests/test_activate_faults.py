@@ -42,6 +42,7 @@ from activate_helpers import (
     activate,
     activate_cmd,
     make_host_root,
+    make_recorder,
     snapshot_tree,
     unshare_sh,
     vaultpy_env,
@@ -1163,6 +1164,37 @@ def test_the_early_generation_goes_with_the_last_early_item(world: World, tmp_pa
         run_extra_ok(host)
     assert not early_gen.exists()
     assert not os.path.lexists(early)
+
+
+def test_the_units_of_the_retired_early_items_hear_of_their_removal(
+        world: World, tmp_path: Path) -> None:
+    """alpha, the only early item, restarts early-user.service when it changes.  It is
+    dropped (kept only for app.env, install = false): the normal run retires the early
+    generation, and alpha's file goes with it.  An early run would have counted alpha
+    removed and restarted its unit; none runs again, so the normal run must (and its
+    --dry-run says it would)."""
+    host = fresh(world, tmp_path)
+    rec = make_recorder(tmp_path / "bin")
+    edit_profile(host, _set_alpha(early=True, owner="root", group="root",
+                                  restart_units=["early-user.service"]))
+    def ok(*extra: str) -> str:
+        proc = run(host, "A", *extra, systemctl=rec.script)
+        err = proc.stderr.decode()
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        return err
+
+    ok()
+    ok("--early")
+    rec.clear()
+    edit_profile(host, _set_alpha(early=False, path=None, install=False, restart_units=[]))
+    before = snapshot_tree(host.root)
+    assert "try-restart early-user.service" in ok("--dry-run")
+    assert snapshot_tree(host.root) == before and rec.calls() == []
+    ok()
+    assert not os.path.lexists(host.root / "run/vaultpy-early")
+    assert rec.take() == ["try-restart early-user.service"]
+    ok()                                            # once: nothing is retired again
+    assert rec.calls() == []
 
 
 def live_gen_of(link: Path) -> Path:

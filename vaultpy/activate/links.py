@@ -255,16 +255,10 @@ def retire_early(ctx: Context) -> None:
     ``early_dir`` are removed, then ``early_dir`` itself, and :func:`prune` treats the
     generation as any old one (sealed, then removed).  A run killed part way leaves the
     rest to the next."""
-    if ctx.profile.installed(early=True):
+    gen = retiring(ctx)
+    if gen is None:
         return
     link = ctx.host_path(ctx.profile.settings.early_dir)
-    try:
-        st = os.lstat(link)
-    except FileNotFoundError:
-        return
-    gen = read_link_generation(link) if stat.S_ISLNK(st.st_mode) and st.st_uid == 0 else None
-    if gen is None or gen.resolve().parent != ctx.store.resolve():
-        return                          # not our live link: never touched
     if ctx.opts.dry_run:
         ctx.log("retire_early", f"would remove {link} (no early item is left)")
         return
@@ -275,6 +269,24 @@ def retire_early(ctx: Context) -> None:
         return                          # the next run tries again, the link still there
     _attempt(ctx, str(link), "remove the early items' live link", _unlink_live)
     ctx.log("retire_early", f"removed {link}: no early item is left")
+
+
+def retiring(ctx: Context) -> Path | None:
+    """The early generation :func:`retire_early` takes out of service, or None: the
+    profile has no early item, and ``early_dir`` is still our live link (root's
+    symlink to a generation in the store; anything else is never touched).  Its items
+    count as removed (:mod:`notify`): their units hear of it like any other's."""
+    if ctx.profile.installed(early=True):
+        return None
+    link = ctx.host_path(ctx.profile.settings.early_dir)
+    try:
+        st = os.lstat(link)
+    except FileNotFoundError:
+        return None
+    gen = read_link_generation(link) if stat.S_ISLNK(st.st_mode) and st.st_uid == 0 else None
+    if gen is None or gen.resolve().parent != ctx.store.resolve():
+        return None
+    return gen
 
 
 def _unlink_live(_ctx: Context, path: str) -> None:

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+from vaultpy.activate import links
 from vaultpy.activate.context import MANIFEST, Change, Context
 from vaultpy.activate.users import Accounts
 
 
-def _previous_items(ctx: Context) -> dict[str, dict[str, list[str]]]:
-    if ctx.previous is None:
+def _previous_items(ctx: Context, gen: Path | None = None
+                    ) -> dict[str, dict[str, list[str]]]:
+    """The items generation ``gen`` (default: the previous live one) installed."""
+    gen = ctx.previous if gen is None else gen
+    if gen is None:
         return {}
     try:
-        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        data = json.loads((gen / MANIFEST).read_bytes())
         return {i["name"]: i for i in data["items"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -62,6 +67,17 @@ def compute_changes(ctx: Context) -> list[Change]:
             changes.append(Change(name, "removed", "",
                                   tuple(old_item.get("restart_units", [])),
                                   tuple(old_item.get("reload_units", []))))
+    # The early generation this run retires (links.retire_early): its files go with
+    # early_dir, as removed as any other (the early run, which would report them, never
+    # runs again).  Planned here, before the switch, so the calls are in the manifest.
+    retired = links.retiring(ctx) if not ctx.opts.early else None
+    if retired is not None and ctx.previous is not None \
+            and retired.resolve() == ctx.previous.resolve():
+        retired = None                  # (early_dir on the live generation: kept live)
+    for name, old_item in sorted(_previous_items(ctx, retired).items() if retired else ()):
+        changes.append(Change(name, "removed", "from the early generation",
+                              tuple(old_item.get("restart_units", [])),
+                              tuple(old_item.get("reload_units", []))))
     return changes
 
 
