@@ -1240,3 +1240,22 @@ def test_a_bad_host_key_gets_advice_for_the_host(world: World, tmp_path: Path,
     key.write_bytes(saved)
     key.chmod(mode)
     assert snapshot_tree(host.root) == before
+
+
+def test_an_early_run_with_no_early_item_says_nothing_is_live(world: World,
+                                                             tmp_path: Path) -> None:
+    """A leftover early unit (a plain-Linux bundle that lost its early items) still
+    runs --early: it retires early_dir like the normal run, and its last line must not
+    claim a live generation that it has just taken out of service."""
+    host = fresh(world, tmp_path)
+    early = host.root / "run/vaultpy-early"
+    edit_profile(host, _set_alpha(early=True, owner="root", group="root"))
+    run_extra_ok(host, "--early")
+    assert os.path.islink(early)
+    edit_profile(host, _set_alpha(early=False))
+    proc = run(host, "A", "--early")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert not os.path.lexists(early)
+    assert f"live: nothing ({early} removed: no early item is left)" in err, err
+    assert "live: " + str(early) + " ->" not in err

@@ -490,16 +490,13 @@ def activate(
         help="Processes that decrypt (default: the CPUs, at most 4).")] = None,
 ) -> None:
     """On the host: decrypt into a new generation on ramfs and switch to it atomically."""
-    from vaultpy.activate import Options
+    from vaultpy.activate import Options, summary
     from vaultpy.activate import activate as run
 
     ctx = run(Options(profile=profile, root=root, no_mount=no_mount, dry_run=dry_run,
                       early=early, systemctl=systemctl, keep=keep, jobs=jobs))
-    verb = "would change" if dry_run else "changed"
-    names = ", ".join(f"{c.name} ({c.kind})" for c in ctx.changes) or "nothing"
-    _err().print(f"{verb}: {names}", markup=False)
-    if not dry_run:
-        _err().print(f"live: {ctx.link} -> {ctx.generation}", markup=False)
+    for line in summary(ctx):
+        _err().print(line, markup=False)
 
 
 @app.command()

@@ -57,7 +57,7 @@ STEPS: list[tuple[str, Step]] = [
     ("prune", generation.prune),
 ]
 
-__all__ = ["STEPS", "Context", "Options", "activate"]
+__all__ = ["STEPS", "Context", "Options", "activate", "summary"]
 
 
 def activate(opts: Options) -> Context:
@@ -86,3 +86,15 @@ def activate(opts: Options) -> Context:
         ctx.plaintext.clear()
         ctx.rendered.clear()
         os.umask(old_umask)
+
+
+def summary(ctx: Context) -> list[str]:
+    """The lines a finished run ends with: what changed, and what is live now."""
+    verb = "would change" if ctx.opts.dry_run else "changed"
+    lines = [f"{verb}: " + (", ".join(f"{c.name} ({c.kind})" for c in ctx.changes)
+                            or "nothing")]
+    if ctx.opts.dry_run:
+        return lines
+    if ctx.opts.early and ctx.retired:
+        return [*lines, f"live: nothing ({ctx.link} removed: no early item is left)"]
+    return [*lines, f"live: {ctx.link} -> {ctx.generation}"]

@@ -52,6 +52,7 @@ class Context:
     changes: list[Change] = field(default_factory=list)
     changes_computed: bool = False          # computed once, before the switch
     switched: bool = False
+    retired: bool = False                   # early_dir removed: no early item is left
     notified: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)   # after the switch: raised last
 

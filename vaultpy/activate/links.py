@@ -268,7 +268,9 @@ def retire_early(ctx: Context) -> None:
     if len(ctx.problems) != failed:
         return                          # the next run tries again, the link still there
     _attempt(ctx, str(link), "remove the early items' live link", _unlink_live)
-    ctx.log("retire_early", f"removed {link}: no early item is left")
+    if len(ctx.problems) == failed:
+        ctx.retired = True
+        ctx.log("retire_early", f"removed {link}: no early item is left")
 
 
 def retiring(ctx: Context) -> Path | None:

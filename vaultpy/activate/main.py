@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--keep must be at least 1")
     if args.jobs is not None and args.jobs < 1:
         parser().error("--jobs must be at least 1")
-    from vaultpy.activate import Options, activate
+    from vaultpy.activate import Options, activate, summary
 
     try:
         ctx = activate(Options(profile=args.profile, root=args.root, no_mount=args.no_mount,
@@ -65,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaultpy-activate: internal error: {type(exc).__name__}: {exc} (set "
               "VAULTPY_DEBUG=1 for details and please report it)", file=sys.stderr)
         return 70
-    verb = "would change" if args.dry_run else "changed"
-    names = ", ".join(f"{c.name} ({c.kind})" for c in ctx.changes) or "nothing"
-    print(f"{verb}: {names}", file=sys.stderr)
-    if not args.dry_run:
-        print(f"live: {ctx.link} -> {ctx.generation}", file=sys.stderr)
+    for line in summary(ctx):
+        print(line, file=sys.stderr)
     return 0
 
 
