@@ -1259,3 +1259,37 @@ def test_an_early_run_with_no_early_item_says_nothing_is_live(world: World,
     assert not os.path.lexists(early)
     assert f"live: nothing ({early} removed: no early item is left)" in err, err
     assert "live: " + str(early) + " ->" not in err
+
+
+@pytest.mark.parametrize("case", ["world-writable", "sticky", "roots-symlink-to-theirs",
+                                  "roots-symlink-to-world-writable"])
+def test_a_directory_others_can_change_is_not_written_below(world: World, tmp_path: Path,
+                                                           case: str) -> None:
+    """alpha's link goes in /var/lib/app.  A directory there that every user may write
+    to (and not sticky), or root's own symlink that leads to another user's directory
+    or to such a one, would let that user replace the link with one to a file of
+    theirs, read by the service as its secret: refused before the switch, nothing
+    changes.  A sticky one (as /tmp) is safe: nobody else can rename root's entries."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    app = host.root / "var/lib/app"
+    if case in ("world-writable", "sticky"):
+        os.chmod(app, 0o1777 if case == "sticky" else 0o777)
+    else:
+        theirs = host.root / "srv/theirs"
+        theirs.mkdir(parents=True)
+        if case == "roots-symlink-to-theirs":
+            os.chown(theirs, NOBODY, NOBODY)
+        else:
+            os.chmod(theirs, 0o777)
+        shutil.rmtree(app)
+        os.symlink("../../srv/theirs", app)          # root's own symlink
+    before = snapshot_tree(host.root)
+    proc = run(host, "B")
+    if case == "sticky":
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert (app / "alpha").read_bytes() == world.vals["alpha"]
+        return
+    words = "another user" if case == "roots-symlink-to-theirs" else "every user"
+    assert_clean_line(proc, [("/var/lib/app",), (words,)])
+    assert snapshot_tree(host.root) == before

@@ -26,7 +26,8 @@ from vaultpy.output import path_clash
 
 def _refuse(path: str, why: str) -> VaultpyError:
     return VaultpyError(Problem(path, why, "path",
-                                "remove it, or make the directories above it root-owned"))
+                                "remove it, or make the directories above it root-owned "
+                                "and not writable by others"))
 
 
 def open_parent(ctx: Context, path: str, create: bool) -> int:
@@ -59,10 +60,24 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
                 raise _refuse(shown, "is not a directory")
             os.close(fd)
             fd = nxt
+            _refuse_theirs(os.fstat(fd), shown, followed=stat.S_ISLNK(st.st_mode))
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_theirs(st: os.stat_result, shown: str, followed: bool) -> None:
+    """A directory the walk entered (``followed``: through root's symlink) must be one
+    no other user can change: root's, and not writable by everyone (unless sticky, as
+    /tmp: then nobody else can rename or remove root's entries).  Else another user
+    could replace the link with one of theirs, and the service would read their file."""
+    if st.st_uid != 0:
+        raise _refuse(shown, ("leads to a directory" if followed else "is")
+                      + " owned by another user; refusing to write below it")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise _refuse(shown, ("leads to a directory" if followed else "is")
+                      + " writable by every user; refusing to write below it")
 
 
 def _real_parent(ctx: Context, fd: int, nominal: str) -> str:
