@@ -811,7 +811,7 @@ def test_an_import_killed_while_it_writes_leaves_nothing_behind(vaultix, tmp_pat
     def temps() -> list[Path]:
         return [p for p in repo.rglob("*") if fsutil.is_tmp(p.name)]
 
-    journal = repo / "secrets" / "cache" / ".vaultpy-writes"
+    journal = repo / ".vaultpy-writes"
     hosts = repo / "hosts.toml"
     if syscall == "rename":             # the journal's: every temp file, nothing decided
         assert not journal.exists() and not hosts.exists()
@@ -829,7 +829,7 @@ def test_an_import_killed_while_it_writes_leaves_nothing_behind(vaultix, tmp_pat
         proc = run("check", cwd=repo)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
         assert proc.stdout.decode().startswith(
-            "secrets/cache/.vaultpy-writes: a write of several files was interrupted before "
+            ".vaultpy-writes: a write of several files was interrupted before "
             "all of them were replaced; run vaultpy renc"), proc.stdout.decode()
     ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
     ok("check", cwd=repo)
@@ -854,7 +854,7 @@ def test_force_replaces_an_undeclared_master_in_the_same_write(vaultix, tmp_path
     assert "interrupted import)" in line and stray.read_bytes() == b"not the import's"
     ok(*args, "--force", cwd=repo)
     assert age_decrypt(stray, vaultix["master"]) == vaultix["plain"]["db"]
-    assert not (repo / "secrets" / "cache" / ".vaultpy-writes").exists()
+    assert not (repo / ".vaultpy-writes").exists()
     ok("renc", cwd=repo, env={"VAULTPY_IDENTITY": str(vaultix["master"])})
     ok("check", cwd=repo)
 
