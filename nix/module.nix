@@ -240,8 +240,11 @@ let
   tmpLinkPrefix = d: "${lib.removeSuffix (baseNameOf d) d}.${baseNameOf d}.vaultpy-tmp-";
   clashes = p: builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
       [ s.dir s.earlyDir s.store "${s.store}.lock" ]
-    ++ map (d: "${tmpLinkPrefix d}*") (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p)
-      [ s.dir s.earlyDir ]);
+    ++ (let live = map (d: "${tmpLinkPrefix d}*")
+                     (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p) [ s.dir s.earlyDir ]);
+        # else a link's own temp names, beside it (removed as a killed run's leftovers)
+        in if live != [ ] then live
+           else lib.optional (lib.hasInfix ".vaultpy-tmp-" (baseNameOf p)) "*.vaultpy-tmp-*");
   # An item's path inside another item's: that one is a symlink to a file, and a link
   # below it would be written through it (vaultpy/output.py `nesting`).  Each path's
   # ancestors are looked up by name, as there: a pairwise scan is quadratic, minutes

@@ -360,6 +360,9 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                      '[hosts.web.templates.t]\ncontent = "x"\npath = "/etc/app/t/conf"\n',
                      ("hosts.web", "template 't': path '/etc/app/t/conf' lies inside "
                       "'/etc/app', secret 'alpha''s path", "give one of them another path")),
+    "tmp_name_path": (WEB + '[hosts.web.secrets.alpha]\npath = "/etc/.key.vaultpy-tmp-x"\n',
+                      ("hosts.web.secrets.alpha.path", "'*.vaultpy-tmp-*'",
+                       "temporary names")),
     "master_in_cache": ('[secrets.gamma]\nfile = "secrets/cache/gamma.age"\n',
                         ("secrets.gamma.file", "inside the cache directory")),
 }

@@ -504,6 +504,8 @@ def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     (lambda d: (d["secrets"][0].update(path="/etc/app"),
                 d["templates"][0].update(path="/etc/app/conf")), "templates[0].path",
      "path '/etc/app/conf' lies inside '/etc/app', another item's path"),
+    (_set("secrets", 0, path="/etc/app/.key.vaultpy-tmp-1"), "secrets[0].path",
+     "temporary names"),
     (_set("secrets", 0, owner="4294967295"), "secrets[0].owner", "invalid user"),
     (_set("templates", 0, group="99999999999999999999"), "templates[0].group", "invalid"),
     (_set("templates", 0, owner="\u00b2"), "templates[0].owner", "invalid user"),

@@ -1015,6 +1015,7 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "path-above-store": _base_secret(rich, path="/run"),
         "path-is-store-lock": _base_secret(rich, path="/run/vaultpy.d.lock"),
         "path-is-tmp-link": _base_secret(rich, path="/run/.vaultpy-early.vaultpy-tmp-x"),
+        "path-is-a-links-tmp-name": _base_secret(rich, path="/etc/.x.vaultpy-tmp-1"),
         "path-not-installed": _base_secret(rich, install=False, path="/etc/x"),
         "owner-too-big": _base_secret(rich, owner="4294967295"),
         "group-too-big-int": _base_secret(rich, group=99999999999),
@@ -1067,6 +1068,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                             "/run/vaultpy.d.lock, where activation keeps its own files"]),
     ("path-is-tmp-link", ["secret db_password", "path /run/.vaultpy-early.vaultpy-tmp-x "
                           "overlaps /run/.vaultpy-early.vaultpy-tmp-*,"]),
+    ("path-is-a-links-tmp-name", ["secret db_password", "path /etc/.x.vaultpy-tmp-1 "
+                                  "overlaps *.vaultpy-tmp-*,"]),
     ("path-not-installed", ["secret db_password", "install = false"]),
     ("owner-too-big", ["secret db_password", "owner 4294967295 is too big"]),
     ("group-too-big-int", ["secret db_password", "group 99999999999 is too big"]),

@@ -77,6 +77,8 @@ def path_clash(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
     for key in ("dir", "early_dir"):
         if dirs.get(key) and path.startswith(tmp_link_prefix(dirs[key])):
             return f"{key}'s temporary symlinks", tmp_link_prefix(dirs[key]) + "*"
+    if TMP_MARK in path.rpartition("/")[2]:     # a link's own temp names, beside it
+        return "temporary names (removed as a killed run's leftovers)", f"*{TMP_MARK}*"
     return None
 
 
