@@ -350,8 +350,9 @@ mode = "0999"
     ("/run/.vaultpy-early.vaultpy-tmp-x", "'/run/.vaultpy-early.vaultpy-tmp-*', where "
      "activation keeps its early_dir's temporary symlinks"),
     ("/run/vaultpy.d", "'/run/vaultpy.d', where activation keeps its store"),
-    ("/run/vaultpy.d.lockx", None), ("/run/.vaultpy.d.vaultpy-tmp-x", None),
-    ("/run/vaultpy.lock", None),
+    ("/run/.vaultpy.d.vaultpy-tmp-x", "'*.vaultpy-tmp-*', where activation keeps its "
+     "temporary names"),
+    ("/run/vaultpy.d.lockx", None), ("/run/vaultpy.lock", None),
 ])
 def test_path_onto_a_file_activation_owns_is_refused(keys: dict[str, str], tmp_path: Path,
                                                      path: str, owned: str | None) -> None:
