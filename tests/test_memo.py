@@ -92,6 +92,12 @@ MUTATIONS: dict[str, Callable[[Repo], None]] = {
         r.cache / ".x.vaultpy-tmp-0123456789ab").write_bytes(b"x"),
     "unfinished master rotation": lambda r: (
         r.root / ".vaultpy-rotation.jsonl").write_text("{}\n"),
+    "interrupted write of several files": lambda r: (
+        r.root / ".vaultpy-writes").write_text('{"format": 1, "renames": []}\n'),
+    "leftover temp file of hosts.toml": lambda r: (
+        r.root / ".hosts.toml.vaultpy-tmp-0123456789ab").write_bytes(b"x"),
+    "leftover temp file of a write journal beside hosts.toml": lambda r: (
+        r.root / "..vaultpy-writes.vaultpy-tmp-0123456789ab").write_bytes(b"x"),
     "master file replaced by another (rename)": lambda r: os.replace(
         r.root / "secrets" / "alpha.age", r.root / "secrets" / "beta.age"),
 }

@@ -530,7 +530,10 @@ class Snapshot:
             return                  # hosts.toml changed, or the memo would live elsewhere
         files = [self.config, str(cfg.root / JOURNAL), str(cfg.root / WRITES),
                  *(str(s.file) for s in cfg.secrets.values())]
-        listed = [str(cfg.secrets_dir), *(str(s.file.parent) for s in cfg.secrets.values())]
+        # hosts.toml's folder too: check and renc count the temp files of a killed
+        # hosts.toml write, or of a write journal killed before its rename, there
+        listed = [str(cfg.root), str(cfg.secrets_dir),
+                  *(str(s.file.parent) for s in cfg.secrets.values())]
         scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
         self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),
                       "scanned": sorted(set(scanned))}
