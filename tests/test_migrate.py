@@ -1037,3 +1037,53 @@ def test_an_import_killed_in_a_repository_leaves_what_check_reports(make_repo, v
     repo.ok("check")
     assert not [p for p in repo.root.rglob("*") if ".vaultpy-tmp-" in p.name]
     assert "alpha" not in model.load(repo.root).hosts      # the import did not happen
+
+
+def test_an_import_killed_as_it_puts_hosts_toml_back_leaves_it_findable(
+        make_repo, vaultix, monkeypatch):
+    """A master's rename fails after hosts.toml's: the write is put back, hosts.toml
+    last.  The put-back moved hosts.toml to its temp name, then wrote the old text in
+    its place: killed in between, hosts.toml was gone, and with it the only way any
+    command finds the journal (check and renc: "no hosts.toml here").  Now hosts.toml
+    is there at every point: killed, check names the journal and renc finishes it."""
+    import errno
+
+    from vaultpy._internal import fsutil
+
+    class Killed(BaseException):
+        pass
+
+    repo = make_repo(hosts=1, secrets={"old": b"kept"})
+    hosts = repo.root / "hosts.toml"
+    old_text = hosts.read_text()
+
+    def rename_new(src, dst):
+        raise OSError(errno.EIO, "Input/output error", str(dst))
+
+    real_write = fsutil.atomic_write
+
+    def atomic_write(path, *args, **kw):
+        if Path(path) == hosts:
+            raise Killed            # SIGKILL as the old hosts.toml is written back
+        return real_write(path, *args, **kw)
+
+    monkeypatch.setattr(fsutil, "rename_new", rename_new)
+    monkeypatch.setattr(fsutil, "atomic_write", atomic_write)
+    with pytest.raises(Killed):
+        migrate.import_vaultix(vaultix["profiles"], repo.root,
+                               secrets_dir=vaultix["sdir"],
+                               identity_files=[vaultix["master"]])
+    monkeypatch.undo()
+    assert hosts.is_file() and (repo.root / ".vaultpy-writes").exists()
+    proc = repo.run("check")
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    assert ".vaultpy-writes: a write of several files was interrupted" in out, out
+    repo.ok("renc")
+    repo.ok("check")
+    assert not [p for p in repo.root.rglob("*") if fsutil.is_tmp(p.name)]
+    assert not (repo.root / ".vaultpy-writes").exists()
+    text = hosts.read_text()
+    assert text.startswith(old_text) and text != old_text     # the import, whole
+    for sid, plain in vaultix["plain"].items():     # to the repository's recipients
+        assert age_decrypt(repo.root / "secrets" / f"{sid}.age", repo.identity) == plain

@@ -237,15 +237,25 @@ def _put_back(before: list[tuple[Path, Path, tuple[bytes, os.stat_result] | None
     """Undo :func:`write_all`'s renames, last first: the new bytes go back to their temp
     name, and the file is as it was (bytes, mode and times; or absent).  False if one
     could not be put back (the journal then stays, to finish the write).  A file whose
-    temp file still exists was not renamed (a temp name is unique): it is left as is."""
+    temp file still exists was not renamed (a temp name is unique): it is left as is.
+
+    A file that replaced another is never absent meanwhile: its new bytes get their temp
+    name back as a hard link, then the old file is renamed over it.  Killed in between,
+    the next command finishes the write; and hosts.toml (an import's), by which every
+    command finds the journal, is still there."""
     for tmp, path, old in reversed(before):
         if os.path.lexists(tmp):
             continue
         try:
-            os.rename(path, tmp)
-            if old is not None:
-                fsutil.atomic_write(path, old[0], old[1].st_mode & 0o7777)
-                os.utime(path, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
+            if old is None:
+                os.rename(path, tmp)
+                continue
+            try:
+                os.link(path, tmp, follow_symlinks=False)
+            except OSError:             # no hard links here: as absent for a moment
+                os.rename(path, tmp)
+            fsutil.atomic_write(path, old[0], old[1].st_mode & 0o7777)
+            os.utime(path, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
         except OSError:
             return False
     return True

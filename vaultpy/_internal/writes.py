@@ -159,6 +159,10 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
                         continue
                 else:
                     os.rename(tmp, final)
+                    # One file under both names (a put-back killed after it linked the
+                    # new bytes back to their temp name): the rename did nothing.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
                 done.append(final)
             for folder in sorted({final.parent for _tmp, final, _new in renames}):
                 current = folder
