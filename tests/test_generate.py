@@ -514,6 +514,15 @@ def _pair_matches(repo: Repo, sid: str, tmp_path: Path) -> bytes:
     return pub
 
 
+def _generated_pair(make_repo, tmp_path: Path) -> tuple[Repo, bytes, Any]:
+    """A repository whose key pair "deploy" is generated and renc'ed: the repository,
+    its public key, and when rotation.toml says it was made."""
+    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
+    repo.ok("generate")
+    repo.ok("renc")
+    return repo, _pair_matches(repo, "deploy", tmp_path), rotation(repo)["rotated"]["deploy"]
+
+
 @pytest.mark.parametrize("when", [1, 2, 3, 4])
 def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
         make_repo, tmp_path: Path, when: int) -> None:
@@ -523,11 +532,7 @@ def test_rotate_killed_between_its_renames_leaves_a_whole_pair(
     are leftovers renc removes); after it, the next command that takes the lock
     finishes the rotation, and check says so meanwhile."""
     need("strace")
-    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
-    repo.ok("generate")
-    repo.ok("renc")
-    old_pub = _pair_matches(repo, "deploy", tmp_path)
-    made = rotation(repo)["rotated"]["deploy"]
+    repo, old_pub, made = _generated_pair(make_repo, tmp_path)
     journal = repo.root / ".vaultpy-writes"
     time.sleep(1.1)                     # rotation.toml records whole seconds
 
@@ -560,11 +565,7 @@ def test_a_write_killed_then_cache_dir_changed_is_still_finished(
     hosts.toml, not in the cache), so check says the write was interrupted (not that
     its temp files are leftovers for renc to delete) and renc finishes it whole."""
     need("strace")
-    repo = spec_repo(make_repo, {"deploy": 'generate = "ssh-ed25519"'}, ("deploy",))
-    repo.ok("generate")
-    repo.ok("renc")
-    old_pub = _pair_matches(repo, "deploy", tmp_path)
-    made = rotation(repo)["rotated"]["deploy"]
+    repo, old_pub, made = _generated_pair(make_repo, tmp_path)
     time.sleep(1.1)                     # rotation.toml records whole seconds
 
     _killed_at(repo, "rename", 2, "rotate", "deploy")      # the .pub renamed, not the rest

@@ -800,6 +800,17 @@ def test_push_after_a_pull_killed_between_its_renames(vrepo, bao: Bao, prefix: s
     assert not (repo.root / ".vaultpy-writes").exists()
 
 
+def _logged_in(session_class: Any) -> Any:
+    """A session factory for push that makes a ``session_class`` (a vault.Session with
+    a hook) and logs it in, as vault.session does."""
+    @contextlib.contextmanager
+    def make(cfg: Any) -> Iterator[Any]:
+        s = session_class(cfg)
+        s.login()
+        yield s
+    return make
+
+
 def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix: str,
                                                          monkeypatch) -> None:
     from vaultpy import model, vault
@@ -815,15 +826,9 @@ def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix
             bao.put(path, {"v": "theirs"}, mount=mount)     # lands between read and write
             return super().write(mount, path, data, cas)
 
-    @contextlib.contextmanager
-    def racing(cfg: Any) -> Iterator[vault.Session]:
-        s = Racing(cfg)
-        s.login()
-        yield s
-
     cfg = model.load(repo.root)
     result = vault.push(cfg, force=True, identity_files=[repo.identity],
-                        session_factory=racing)
+                        session_factory=_logged_in(Racing))
     assert not result.ok
     assert "changed in Vault while pushing" in str(result.problems[0])
     assert bao.get(f"{prefix}/race") == ({"v": "theirs"}, 2)
@@ -849,14 +854,9 @@ def _push_with(vrepo, bao: Bao, prefix: str, monkeypatch, meanwhile: Any
             meanwhile(repo)
             return written
 
-    @contextlib.contextmanager
-    def late(cfg: Any) -> Iterator[vault.Session]:
-        s = Late(cfg)
-        s.login()
-        yield s
-
     cfg = model.load(repo.root)
-    return repo, vault.push(cfg, identity_files=[repo.identity], session_factory=late)
+    return repo, vault.push(cfg, identity_files=[repo.identity],
+                            session_factory=_logged_in(Late))
 
 
 def test_push_finishes_a_write_killed_after_its_settle(vrepo, bao: Bao, prefix: str,
