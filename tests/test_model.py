@@ -419,6 +419,20 @@ def test_init_names_an_identity_under_home_with_a_tilde(tmp_path: Path) -> None:
     assert repo.ok("decrypt", "s", env=env).stdout == b"v"
 
 
+def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
+    """A repository that has a .gitignore keeps every line of it; the journal's lines
+    are added once."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / ".gitignore").write_text("node_modules/\n*.log")    # no final newline
+    os.chmod(site / ".gitignore", 0o640)
+    _bare_repo(site).ok("init")
+    text = (site / ".gitignore").read_text()
+    assert text.startswith("node_modules/\n*.log\n\n# vaultpy: ")
+    assert text.count("/.vaultpy-writes\n") == 1
+    assert stat.S_IMODE((site / ".gitignore").stat().st_mode) == 0o640
+
+
 def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     repo = _bare_repo(tmp_path / "site")
     repo.ok("init", "--generate-identity", "keys/master.txt")
@@ -449,10 +463,17 @@ def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     # git (the real one) sees the cache files, never renc's local state
     git = need("git")
     repo.ok("renc")          # a no-op run: writes the memo too
+    # and a kill's write journal beside hosts.toml, with its own temp file
+    planted = [repo.root / ".vaultpy-writes", repo.root / "..vaultpy-writes.vaultpy-tmp-1"]
+    for path in planted:
+        path.write_text("{}\n")
     subprocess.run([git, "init", "-q", str(repo.root)], check=True)
     status = subprocess.run([git, "status", "--porcelain", "--untracked-files=all"],
                             cwd=repo.root, check=True, capture_output=True, text=True).stdout
     listed = {Path(line[3:]).name for line in status.splitlines()}
     assert listed & LOCAL_STATE == set(), status
+    assert not {p.name for p in planted} & listed, status
     assert any(name.startswith("db.") for name in listed) and ".gitignore" in listed
+    for path in planted:
+        path.unlink()
     assert (repo.root / "secrets" / "cache" / ".vaultpy-memo").exists()

@@ -56,6 +56,30 @@ GITIGNORE = """\
 """
 
 
+# Beside hosts.toml: the journal of a write of several files, while it runs (or after a
+# kill, until the next command finishes it), and its own temp file.
+TOP_GITIGNORE = """\
+# vaultpy: the journal of a write of several files, while it runs (or after a crash)
+/.vaultpy-writes
+/..vaultpy-writes.vaultpy-tmp-*
+"""
+
+
+def _ignore_journal(path: Path) -> bool:
+    """Make git ignore the write journal beside hosts.toml: ``path`` (the .gitignore
+    there) is created, or the lines added to it; False when it already has them."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = None
+    if old is not None and "/.vaultpy-writes\n" in old:
+        return False
+    mode = path.stat().st_mode & 0o777 if old is not None else 0o644
+    head = "" if not old else old if old.endswith("\n") else old + "\n"
+    fsutil.atomic_write(path, (head + ("\n" if head else "") + TOP_GITIGNORE).encode(), mode)
+    return True
+
+
 def _identity_text(secret_key: str, public: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
@@ -113,6 +137,8 @@ def init(directory: Path, recipients: Sequence[str] = (),
             ignore.parent.mkdir(exist_ok=True)
             fsutil.atomic_write(ignore, GITIGNORE.encode(), 0o644)
             written.append(ignore)
+        if _ignore_journal(directory / ".gitignore"):
+            written.append(directory / ".gitignore")
     except FileExistsError as exc:
         raise fail(exc.filename or target, "already exists") from None
     except OSError as exc:
