@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -494,12 +495,23 @@ def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path:
         assert_one_clean_error(repo.run("pull"), f"TLS verification of {addr} failed",
                                "set ca_cert in [vaultpy.vault]")
         assert secret_files(repo) == before
-        # a CA directory (VAULT_CAPATH) is read under OpenSSL's hashed names
+        # a CA directory (VAULT_CAPATH) is read as Vault's own client reads it: every
+        # file in it, whatever its name (not only OpenSSL's hashed names)
         cadir = tmp_path / "cadir"
         cadir.mkdir()
-        shutil.copy(ca, cadir / "vault-ca.pem")
+        shutil.copy(leaf, cadir / "not-the-ca.pem")
         assert_one_clean_error(repo.run("pull", env={"VAULT_CAPATH": str(cadir)}),
-                               "TLS verification", f"openssl rehash {cadir}")
+                               "TLS verification", f"check that {cadir} holds the CA")
+        (cadir / "notes.txt").write_text("not a certificate\n")
+        assert_one_clean_error(repo.run("pull", env={"VAULT_CAPATH": str(cadir)}),
+                               "VAULT_CAPATH", f"{cadir / 'notes.txt'} holds no PEM "
+                               "certificate", "keep only PEM certificates")
+        (cadir / "notes.txt").unlink()
+        (cadir / "not-the-ca.pem").unlink()
+        assert_one_clean_error(repo.run("pull", env={"BAO_CAPATH": str(cadir)}),
+                               "BAO_CAPATH", "holds no certificate")
+        (cadir / "sub").mkdir()
+        shutil.copy(ca, cadir / "sub" / "vault-ca.pem")
         for env, needles in (({"VAULT_CACERT": str(cadir)}, ("VAULT_CACERT", "is a directory",
                                                               "VAULT_CAPATH")),
                              ({"VAULT_CAPATH": str(ca)}, ("VAULT_CAPATH", "is not a directory")),
@@ -507,10 +519,12 @@ def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path:
                                str(cadir)}, ("BAO_CACERT", "gone.pem does not exist"))):
             assert_one_clean_error(repo.run("pull", env=env), *needles)
         assert secret_files(repo) == before
-        subprocess.run([need("openssl"), "rehash", str(cadir)], check=True,
-                       capture_output=True)
+        shutil.copy(leaf, cadir / "also-there.pem")     # (any other certificate may be)
+        tmp_before = set(os.listdir(tempfile.gettempdir()))
         repo.ok("pull", env={"VAULT_CAPATH": str(cadir)})
         assert age_decrypt(master(repo, "a"), repo.identity) == b"over-tls"
+        assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before
+                    if n.startswith("vaultpy-ca-")], "the bundle is removed"
     finally:
         _stop(proc)
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Target:
     namespace: str | None
     verify: bool | str
     settings: VaultSettings
+    ca_data: bytes | None = None    # a CA directory's certificates (verify names it)
 
 
 def target(cfg: Config) -> Target:
@@ -91,11 +93,49 @@ def target(cfg: Config) -> Target:
         source, verify = "vaultpy.vault.ca_cert", str(settings.ca_cert)
     elif env_capath:
         source, verify = env_capath
+    ca_data = None
     if isinstance(verify, str):
-        problem = _ca_problem(verify, source in _ENV["ca_path"], addr.startswith("https:"))
+        directory = source in _ENV["ca_path"]
+        problem = _ca_problem(verify, directory, addr.startswith("https:"))
+        if problem is None and directory:
+            ca_data, problem = _ca_dir(verify)
         if problem:
             raise VaultpyError(Problem(file, problem[0], source, problem[1]))
-    return Target(addr.rstrip("/"), namespace, verify, settings)
+    return Target(addr.rstrip("/"), namespace, verify, settings, ca_data)
+
+
+def _ca_dir(path: str) -> tuple[bytes, tuple[str, str] | None]:
+    """Every certificate in the CA directory ``path``, as Vault's own client reads
+    one: each file in it (and below) is PEM certificates, whatever it is called.
+    Python's TLS would look only for OpenSSL's hashed names (``openssl rehash``)."""
+    import ssl
+
+    out: list[bytes] = []
+    for top, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            file = os.path.join(top, name)
+            why = ""
+            try:
+                with open(file, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                why = f"cannot be read ({exc.strerror})"
+            else:
+                try:
+                    ssl.create_default_context().load_verify_locations(
+                        cadata=data.decode("ascii"))
+                except (ssl.SSLError, UnicodeDecodeError, ValueError):
+                    why = "holds no PEM certificate"
+            if why:
+                return b"", (f"CA directory {path}: {file} {why}",
+                             "keep only PEM certificates (-----BEGIN CERTIFICATE----- …) "
+                             "in it: Vault's client reads every file there")
+            out.append(data.rstrip(b"\n") + b"\n")
+    if not out:
+        return b"", (f"CA directory {path} holds no certificate",
+                     "put the PEM file of Vault's CA in it, or use BAO_CACERT / VAULT_CACERT")
+    return b"".join(out), None
 
 
 def _ca_problem(path: str, directory: bool, https: bool) -> tuple[str, str] | None:
@@ -176,8 +216,7 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
         detail = f" ({m.group(1)})" if m else ""
         ca = target.verify
         if isinstance(ca, str) and os.path.isdir(ca):
-            hint = (f"check that {ca} holds the CA that signed Vault's certificate, under "
-                    f"OpenSSL's hashed names (openssl rehash {ca})")
+            hint = f"check that {ca} holds the CA that signed Vault's certificate"
         elif isinstance(ca, str):
             hint = (f"check that {ca} is the CA that signed Vault's certificate, and that "
                     "the certificate names the host in addr")
@@ -252,11 +291,25 @@ class Session:
         session.hooks["response"].append(_refuse_redirects)
         # hvac takes verify from a session it is given (its issue 991), over its own
         # verify argument: without this, ca_cert was ignored.
-        session.verify = self.target.verify
-        self.client = hvac.Client(url=self.target.addr, token="", verify=self.target.verify,
+        self._ca_file = ""
+        self._revoke = False
+        verify = self.target.verify
+        if self.target.ca_data is not None:     # requests takes a file: one for this run
+            fd, self._ca_file = tempfile.mkstemp(prefix="vaultpy-ca-", suffix=".pem")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self.target.ca_data)    # public certificates, nothing secret
+            except OSError as exc:
+                self.close()
+                raise VaultpyError(Problem(self.file, "cannot write the CA directory's "
+                                           f"certificates to a temp file: {exc.strerror}",
+                                           "", "free space in the temp directory "
+                                           "(TMPDIR)")) from None
+            verify = self._ca_file
+        session.verify = verify
+        self.client = hvac.Client(url=self.target.addr, token="", verify=verify,
                                   timeout=TIMEOUT, namespace=self.target.namespace,
                                   allow_redirects=False, session=session)
-        self._revoke = False
         self._down: VaultFailure | None = None     # first connection failure, reused
         self._token_ok: bool | None = None
 
@@ -392,7 +445,12 @@ class Session:
         return secret_id
 
     def close(self) -> None:
-        """Revoke the token an AppRole login created (best effort)."""
+        """Revoke the token an AppRole login created (best effort); remove the CA
+        directory's bundle."""
+        if self._ca_file:
+            with suppress(OSError):
+                os.unlink(self._ca_file)
+            self._ca_file = ""
         if self._revoke:
             self._revoke = False
             with suppress(Exception):   # the token expires on its own anyway
