@@ -360,7 +360,7 @@ def test_the_memos_literal_names_are_the_projects(repo: Repo) -> None:
     from vaultpy._internal import delta, writes
 
     assert (lock, writes.JOURNAL) == (delta._LOCK, delta._WRITES)
-    assert writes.JOURNAL == cache._WRITES_JOURNAL
+    assert writes.JOURNAL == cache._WRITES_JOURNAL == model._WRITES
     assert writes.JOURNAL not in memo._OWN      # an interrupted write is no no-op
 
 

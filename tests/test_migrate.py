@@ -820,6 +820,10 @@ def test_an_import_killed_while_it_writes_leaves_nothing_behind(vaultix, tmp_pat
         assert temps() == []
     elif when == 1:                     # hosts.toml's: decided, nothing in place yet
         assert journal.exists() and not hosts.exists()
+        for cmd in ("check", "renc"):   # nothing to find but the journal: it says what to do
+            assert_one_clean_error(run(cmd, cwd=repo), ".vaultpy-writes: a killed import's "
+                                   "write waits here to create hosts.toml",
+                                   "run the same vaultpy import again")
         proc = run(*args, cwd=repo)     # only this rerun can find the journal: it finishes it
         assert_one_clean_error(proc, "hosts.toml", "an interrupted write (a killed import's) "
                                "was finished first", "run vaultpy check")

@@ -893,8 +893,28 @@ def find(start: Path) -> Path:
         candidate = d / FILENAME
         if candidate.is_file():
             return candidate
+        if _creates_hosts_toml(d / _WRITES):
+            raise VaultpyError(Problem(display_path(d / _WRITES), "a killed import's write "
+                                       f"waits here to create {FILENAME}", "",
+                                       "run the same vaultpy import again: it finishes "
+                                       "the write first"))
     raise VaultpyError(Problem(display_path(start), f"no {FILENAME} here or in any parent "
                                "directory", "", "run vaultpy init, or pass -C DIR"))
+
+
+_WRITES = ".vaultpy-writes"      # vaultpy/_internal/writes.py JOURNAL (it imports this)
+
+
+def _creates_hosts_toml(journal: Path) -> bool:
+    """Whether ``journal`` is a write journal that renames hosts.toml into its folder:
+    an import into a new repository, killed once its write was decided.  Until that
+    write is finished there is no hosts.toml to find, and only the import can finish
+    it (vaultpy/_internal/writes.py)."""
+    try:
+        data = json.loads(journal.read_bytes())
+        return any(os.path.normpath(e[1]) == FILENAME for e in data["renames"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def load(repo: Path | None = None) -> Config:
