@@ -190,8 +190,12 @@ def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict
 
     def kill_helper_then_feed(pid: int, fifo: Path, data: bytes, deadline: float) -> None:
         helper = _helper_of(pid, deadline)
-        os.close(_open_writer(fifo, deadline))      # the helper was reading s05: now
+        # Open for writing once the helper has s05 open for reading; held open, the
+        # helper stays blocked in read() (closed first, it would read EOF and could be
+        # gone, reaped, before the kill: CI saw ProcessLookupError once).
+        writer = _open_writer(fifo, deadline)
         os.kill(helper, signal.SIGKILL)
+        os.close(writer)
         while time.monotonic() < deadline:          # until the parent has reaped it
             try:
                 os.kill(helper, 0)
