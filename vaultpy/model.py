@@ -893,7 +893,7 @@ def find(start: Path) -> Path:
         candidate = d / FILENAME
         if candidate.is_file():
             return candidate
-        if _creates_hosts_toml(d / _WRITES):
+        if _creates_hosts_toml(d):
             raise VaultpyError(Problem(display_path(d / _WRITES), "a killed import's write "
                                        f"waits here to create {FILENAME}", "",
                                        "run the same vaultpy import again: it finishes "
@@ -905,16 +905,18 @@ def find(start: Path) -> Path:
 _WRITES = ".vaultpy-writes"      # vaultpy/_internal/writes.py JOURNAL (it imports this)
 
 
-def _creates_hosts_toml(journal: Path) -> bool:
-    """Whether ``journal`` is a write journal that renames hosts.toml into its folder:
-    an import into a new repository, killed once its write was decided.  Until that
-    write is finished there is no hosts.toml to find, and only the import can finish
-    it (vaultpy/_internal/writes.py)."""
+def _creates_hosts_toml(folder: Path) -> bool:
+    """Whether ``folder`` holds a write journal that renames hosts.toml into it: an
+    import into a new repository, killed once its write was decided.  Until that write
+    is finished there is no hosts.toml to find, and only the import can finish it."""
     try:
-        data = json.loads(journal.read_bytes())
-        return any(os.path.normpath(e[1]) == FILENAME for e in data["renames"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        raw = (folder / _WRITES).read_bytes()
+    except OSError:
         return False
+    from vaultpy._internal import writes  # (it imports this module)
+
+    return any(final == folder / FILENAME for _tmp, final, _new in writes.parse(raw, folder)
+               or ())
 
 
 def load(repo: Path | None = None) -> Config:

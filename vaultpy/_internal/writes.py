@@ -54,7 +54,7 @@ def begin(cfg: Config, renames: Sequence[tuple[Path, Path, bool]]) -> None:
     """Record ``renames`` ((temp file, final path, must be new)), durably, before the
     first of them.  Paths are kept relative to the repository (it may be moved), with
     where it was: a file outside it (secrets_dir = "/srv/…" or "../…") is found again
-    under either (see :func:`_parse`)."""
+    under either (see :func:`parse`)."""
     entries = [[os.path.relpath(tmp, cfg.root), os.path.relpath(final, cfg.root), new]
                for tmp, final, new in renames]
     data = json.dumps({"format": _FORMAT, "root": os.path.abspath(cfg.root),
@@ -125,7 +125,7 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
         return []
     except OSError as exc:
         raise VaultpyError(os_problem(journal, exc, "read")) from None
-    renames = _parse(raw, cfg.root)
+    renames = parse(raw, cfg.root)
     if renames is None:
         raise VaultpyError(Problem(
             display_path(journal), "the journal of an interrupted write is damaged", "",
@@ -180,7 +180,7 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
     return done
 
 
-def _parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
+def parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
     """The journal's renames, as paths under ``root`` (the repository now).  They are
     joined as hosts.toml's paths are (``..`` taken off the path, not looked up: through
     a symlink to the repository it is the link's parent); a temp file not found there
@@ -217,7 +217,7 @@ def listed(cfg: Config) -> set[str]:
     out: set[str] = set()
     for journal in _journals(cfg):
         try:
-            renames = _parse(journal.read_bytes(), cfg.root)
+            renames = parse(journal.read_bytes(), cfg.root)
         except OSError:
             continue
         out.update(display_path(tmp) for tmp, _final, _new in renames or ())
