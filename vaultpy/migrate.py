@@ -885,16 +885,7 @@ def _write(cfg: model.Config, text: str, existing: model.Config | None, old_text
                                        "run the import again"))
         # A killed import's temp files (a temp file is only made under the lock):
         # renc removes those beside the masters, but without hosts.toml nothing runs.
-        prefixes: dict[Path, set[str]] = {}
-        for dest in [hosts_path, *dests, writes.path(cfg)]:
-            prefixes.setdefault(dest.parent, set()).add(fsutil.tmp_prefix(dest.name))
-        for folder, mine in prefixes.items():
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                for entry in os.listdir(folder):
-                    left = folder / entry
-                    if entry.startswith(tuple(mine)) and left.is_file() \
-                            and not left.is_symlink():
-                        left.unlink()
+        fsutil.remove_leftovers([hosts_path, *dests, writes.path(cfg)])
         return text.encode("utf-8")
 
     new = {dest for dest in dests if not os.path.lexists(dest)}

@@ -351,11 +351,7 @@ def _write_identity(path: Path, line: str, public: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A run killed while writing the identity left its temp file, a secret key
         # never used (the journal's key is the one written whole): remove it.
-        prefix = fsutil.tmp_prefix(path.name)
-        for leftover in path.parent.iterdir():
-            if leftover.name.startswith(prefix) and leftover.is_file() \
-                    and not leftover.is_symlink():
-                leftover.unlink()
+        fsutil.remove_leftovers([path])
         _write_exclusive(path, _identity_text(line, public))
         fsutil.fsync_path(path.parent, directory=True)
     except OSError as exc:

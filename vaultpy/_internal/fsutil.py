@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from vaultpy._internal import sigint
 
@@ -31,6 +31,24 @@ TMP_MARK = ".vaultpy-tmp-"
 def tmp_prefix(name: str) -> str:
     """How every temp file for final name ``name`` begins (a killed run's leftovers)."""
     return f".{name}{TMP_MARK}"
+
+
+def remove_leftovers(paths: Iterable[Path]) -> None:
+    """Remove the temp files a killed writer of ``paths`` left beside them (named by
+    :func:`tmp_basename`): regular files only, never through a symlink; each folder is
+    listed once, and a folder that is missing has none."""
+    prefixes: dict[Path, list[str]] = {}
+    for path in paths:
+        prefixes.setdefault(path.parent, []).append(tmp_prefix(path.name))
+    for folder, mine in prefixes.items():
+        try:
+            entries = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            left = folder / entry
+            if entry.startswith(tuple(mine)) and left.is_file() and not left.is_symlink():
+                left.unlink()
 
 
 def tmp_basename(name: str) -> str:
