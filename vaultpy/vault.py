@@ -110,6 +110,7 @@ def _ca_dir(path: str) -> tuple[bytes, tuple[str, str] | None]:
     Python's TLS would look only for OpenSSL's hashed names (``openssl rehash``)."""
     import ssl
 
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # bare: no system store to load
     out: list[bytes] = []
     for top, dirs, files in os.walk(path):
         dirs.sort()
@@ -123,8 +124,7 @@ def _ca_dir(path: str) -> tuple[bytes, tuple[str, str] | None]:
                 why = f"cannot be read ({exc.strerror})"
             else:
                 try:
-                    ssl.create_default_context().load_verify_locations(
-                        cadata=data.decode("ascii"))
+                    check.load_verify_locations(cadata=data.decode("ascii"))
                 except (ssl.SSLError, UnicodeDecodeError, ValueError):
                     why = "holds no PEM certificate"
             if why:
