@@ -185,7 +185,7 @@ def test_plugin_code_marks_the_threads_not_to_wait_for(on_path, pkey, monkeypatc
             other.join()
 
 
-def test_renc_works_alone_when_plugin_threads_outlive_the_wait(monkeypatch, tmp_path):
+def test_renc_works_alone_when_plugin_threads_outlive_the_wait(monkeypatch):
     done = threading.Event()
     time.sleep(0.3)                 # an earlier test's pyrage thread (<= 100 ms) is gone
     monkeypatch.setattr(forksafe, "_baseline", forksafe.threads())
@@ -197,9 +197,12 @@ def test_renc_works_alone_when_plugin_threads_outlive_the_wait(monkeypatch, tmp_
         assert renc._pool(2) is None
         assert 0.2 <= time.monotonic() - start < 2
         ran_in: list[int] = []
-        assert renc._in_workers(lambda p: ran_in.append(os.getpid()), [tmp_path] * 3, 2) \
-            == [None] * 3
+        monkeypatch.setattr(renc, "_run_job", lambda job: ran_in.append(os.getpid()) or [])
+        delivered: list[object] = []
+        renc._execute(["a", "b", "c"], 2,  # type: ignore[list-item]
+                      lambda job, replies: delivered.append(job))
         assert ran_in == [os.getpid()] * 3          # no pool: done in this process
+        assert delivered == ["a", "b", "c"]
     finally:
         done.set()
         lingering.join()

@@ -2,7 +2,9 @@
 
 1. ``plan``     - hash master files, name every expected cache file (no crypto);
 2. ``verify``   - files already present are done, unless damaged;
-3. ``decrypt``  - each needed master once, in a worker, with identities loaded once;
+3. ``decrypt``  - each needed master once, in a worker, with identities loaded once
+                  (a first run, before its lock file exists, encrypts everything
+                  and publishes nothing until every master has decrypted);
 4. ``encrypt``  - per secret, in worker processes; each output is written to a temp
                   name; while the workers go on, the parent publishes finished
                   batches: one ``syncfs`` makes a batch durable, then its renames.
@@ -25,7 +27,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,13 +80,6 @@ class _Job:
 # Identities are set in the parent before the worker pool forks, so workers
 # inherit them in memory: no key material crosses a pipe, no second prompt.
 _IDENTITIES: list[age.Identity] = []
-# First runs decrypt every master before creating anything (see _decrypts_or_raise).
-# When an identity is a plugin (a hardware key may want a touch per decryption) the
-# plaintexts, keyed by id with the hash of the master they came from, are kept and
-# inherited by the workers, so no master is decrypted twice.  Plain X25519 / SSH keys
-# decrypt again in the workers instead: cheap, and the parent (whose memory every
-# forked worker starts from) does not hold every plaintext at once.
-_PLAINTEXTS: dict[str, tuple[str, bytes]] = {}
 # The jobs of a pool's run, set before the pool forks: a worker is sent a job's index,
 # not the job (10,000 pickled items cost the parent ~45 ms and the workers ~60 ms).
 _JOBS: list[_Job] = []
@@ -118,16 +112,12 @@ def _run_job(job: _Job) -> list[_Reply]:
     if sigint.stopped():            # Ctrl-C was pressed: start no other job
         raise KeyboardInterrupt
     try:
-        known = _PLAINTEXTS.get(job.secret_id)
-        if known is not None and known[0] == job.master_sha256:
-            plaintext = known[1]
-        else:
-            data = fsutil.read_regular(job.master)[0]
-            if hashlib.sha256(data).hexdigest() != job.master_sha256:
-                raise VaultpyError(Problem(job.source, "changed while renc was running",
-                                           "", "run vaultpy renc again"))
-            plaintext = age.decrypt(data, _IDENTITIES, job.source)
-            del data
+        data = fsutil.read_regular(job.master)[0]
+        if hashlib.sha256(data).hexdigest() != job.master_sha256:
+            raise VaultpyError(Problem(job.source, "changed while renc was running",
+                                       "", "run vaultpy renc again"))
+        plaintext = age.decrypt(data, _IDENTITIES, job.source)
+        del data
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
@@ -445,11 +435,14 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
 
 def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Sequence[Path],
           ask: age.PassphraseFn, progress: ProgressFn | None) -> Result:
+    early: _Publisher | None = None
     try:
-        # On a first run, validate everything and unlock keys before creating anything:
-        # bad input or a wrong key must not leave even a lock file behind.
-        first = _first_run_checks(cfg, hosts, identity_files, ask, workers) \
-            if not cfg.lock_path.exists() else None
+        # A first run (no lock file yet) validates everything and unlocks keys before
+        # it creates anything: bad input or a wrong key must not leave even a lock file
+        # behind.  With plain keys it also encrypts then (:func:`_first_run`).
+        first = None
+        if not cfg.lock_path.exists():
+            first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress)
         with contextlib.ExitStack() as stack:
             try:
                 cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -460,29 +453,46 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
             # A lock file this run created was never held by anyone else: no writer
-            # can have changed a master or the cache since the first run's survey.
-            s = (first if first is not None and created and not finished
-                 else _Survey.take(cfg, hosts))
+            # can have changed a master or the cache since the first run's survey, so
+            # its survey stands, and so do the files it wrote.  Otherwise both go.
+            if first is not None and created and not finished:
+                s = first
+            else:
+                if early is not None:
+                    early.discard()
+                    early = None
+                s = _Survey.take(cfg, hosts)
             del first
             result, index, p = s.result, s.index, s.plan
-            if s.todo:
+            if early is not None:
+                _publish(early, result)
+            elif s.todo:
                 if not _IDENTITIES:
                     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-                # Renamed files are recorded in the index as they are published.
-                _encrypt_all(cfg, p, s.todo, result, index, workers, progress)
-                # A damaged file is repaired once its new copy is in place, not before;
-                # a file whose directory's fsync failed is failed, not also written.
-                failed = result.failed_items
-                result.repaired = [i for i in result.repaired if (i.host, i.id) not in failed]
-                result.written = [i for i in result.written if (i.host, i.id) not in failed]
+                _publish(_encrypt(cfg, p, s.todo, result, index, workers, progress)[0],
+                         result)
             s.todo = []
             _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change
                 index.save(None if hosts else p.items)
     finally:
+        if early is not None:
+            early.discard()
         _IDENTITIES.clear()
-        _PLAINTEXTS.clear()
     return result
+
+
+def _publish(pub: _Publisher, result: Result) -> None:
+    """Make what the workers wrote final; the index records each file as it is."""
+    try:
+        pub.finish()
+    finally:
+        pub.discard()                   # an interrupt: no temp file stays behind
+    # A damaged file is repaired once its new copy is in place, not before; a file
+    # whose directory's fsync failed is failed, not also written.
+    failed = result.failed_items
+    result.repaired = [i for i in result.repaired if (i.host, i.id) not in failed]
+    result.written = [i for i in result.written if (i.host, i.id) not in failed]
 
 
 @dataclass
@@ -501,73 +511,45 @@ class _Survey:
         return cls(result, index, p, _survey(cfg, hosts, result, index, p))
 
 
-def _first_run_checks(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
-                      ask: age.PassphraseFn, workers: int) -> _Survey:
-    """Before the lock file exists: survey, and decrypt every master the run needs."""
+def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
+               ask: age.PassphraseFn, workers: int, progress: ProgressFn | None
+               ) -> tuple[_Survey, _Publisher | None]:
+    """Before the lock file exists: survey, unlock the keys, and make sure every master
+    the run needs decrypts; raise, having created nothing, when one does not.
+
+    The check is the encryption itself: the workers decrypt each master once and write
+    every file (into temp directories and temp names: nothing under a final path),
+    and the publisher they filled is returned unfinished, for :func:`_renc` to finish
+    once it holds the lock.  A master that fails stops the run; what was written goes,
+    and so does the cache directory if this made it.  (A plugin identity, say a
+    hardware key, is thus asked once per master, as on any later run.)"""
     s = _Survey.take(cfg, hosts)
-    needed: dict[str, list[str]] = {}
-    for item in s.todo:
-        needed.setdefault(item.id, []).append(item.host)
-    if needed:
-        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-        _decrypts_or_raise(cfg, needed, workers)
-    return s
-
-
-def _decrypts_or_raise(cfg: Config, needed: dict[str, list[str]], workers: int = 1) -> None:
-    """First run: every master it needs must decrypt before the lock file is created
-    (a corrupt master or a wrong key is bad input, and bad input changes nothing).
-    ``needed``: secret id -> the hosts that need it.  The masters are decrypted in
-    ``workers`` processes (forked: they inherit the unlocked identities), except when
-    the plaintexts are kept (below), which must stay in this process."""
-    # Kept for the workers (inherited through fork) only when a plugin may be asked:
-    # a hardware key would otherwise want every touch twice.
-    keep = any(i.kind == "plugin" for i in _IDENTITIES)
-    order = sorted(needed)
-    paths = [cfg.secrets[sid].file for sid in order]
-    if keep or workers <= 1 or len(paths) <= 1:
-        outcomes = [_decrypt_master(path, sid if keep else None)
-                    for sid, path in zip(order, paths, strict=True)]
-    else:
-        outcomes = _in_workers(_decrypt_master, paths, workers)
-    problems = [_needed_by(problem, needed[sid])
-                for sid, problem in zip(order, outcomes, strict=True)
-                if problem is not None]
-    if problems:
+    if not s.todo:
+        return s, None
+    _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+    made = []                           # mkdir -p: the directories it creates
+    d = cfg.cache_dir
+    while not os.path.lexists(d):
+        made.append(d)
+        d = d.parent
+    try:
+        try:
+            cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VaultpyError(os_problem(cfg.cache_dir, exc,
+                                          "create the cache directory")) from None
+        pub, bad = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
+                            batches=False)
+        if bad:
+            pub.discard()
+            raise VaultpyError([bad[sid] for sid in sorted(bad)])
+    except BaseException:
         _IDENTITIES.clear()
-        _PLAINTEXTS.clear()
-        raise VaultpyError(problems)
-
-
-def _decrypt_master(path: Path, keep_as: str | None = None) -> Problem | None:
-    """Whether ``path`` decrypts with the loaded identities; ``keep_as``: keep the
-    plaintext under this secret id (with the hash of the master it came from)."""
-    try:
-        data = fsutil.read_regular(path)[0]
-        plaintext = age.decrypt(data, _IDENTITIES, display_path(path))
-    except (OSError, VaultpyError) as exc:
-        return _master_problem(path, exc)
-    if keep_as is not None:
-        _PLAINTEXTS[keep_as] = (hashlib.sha256(data).hexdigest(), plaintext)
-    return None
-
-
-def _in_workers(fn: Callable[[Path], Problem | None], paths: list[Path], workers: int
-                ) -> list[Problem | None]:
-    """``[fn(p) for p in paths]``, in forked worker processes (or here, see _pool)."""
-    pool = _pool(min(workers, len(paths)))
-    if pool is None:
-        return [fn(p) for p in paths]
-    try:
-        chunk = max(1, len(paths) // (8 * workers))
-        with sigint.held():
-            outcomes = pool.map(fn, paths, chunksize=chunk)   # every chunk queued
-        return list(outcomes)
-    except BrokenProcessPool:       # a worker died (OOM, signal): ask this process
-        return [fn(p) for p in paths]
-    finally:
-        with sigint.held():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for d in made:                  # deepest first; left if anything is in it
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
+    return s, pub
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
@@ -596,16 +578,53 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     return todo + result.repaired
 
 
-def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
-                 index: cache.VerifiedIndex, workers: int, progress: ProgressFn | None
-                 ) -> None:
+# A batch is published once it holds 1/8 of the run (at least this much): big enough
+# that syncfs calls stay few, small enough that most of them overlap encryption.
+_BATCH_FILES = 256
+_BATCH_BYTES = 8 << 20
+
+
+def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
+             index: cache.VerifiedIndex, workers: int, progress: ProgressFn | None,
+             batches: bool = True) -> tuple[_Publisher, dict[str, Problem]]:
+    """Encrypt every item of ``todo``.  Returns the publisher, which the caller must
+    :meth:`~_Publisher.finish` or :meth:`~_Publisher.discard`, and the masters that
+    could not be read or decrypted (secret id -> problem; their items failed).
+
+    ``batches``: publish finished temp files while the workers go on.  Without it,
+    nothing is published before the caller's ``finish``: the first run, whose lock
+    is not held yet, writes this way (:func:`_first_run`)."""
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
-    # A host without a directory is built in a temp one (a killed run leaves only that,
-    # which the next full renc prunes), renamed into place at the end.
-    staging: dict[str, str] = {}
+    total = len(todo)
+    total_bytes = sum((i.payload or 0) + 256 for i in todo)
+    if batches and workers > 1 and len(by_secret) > 1:
+        pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
+                         max(_BATCH_BYTES, total_bytes // 8), {})
+    else:                       # nothing to overlap with, or no lock: all at the end
+        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, {})
+    bad: dict[str, Problem] = {}
+    done = 0
+
+    def deliver(job: _Job, replies: list[_Reply]) -> None:
+        nonlocal done
+        for i, path, problem, key in replies:
+            item = job.targets[i]
+            if problem is None:
+                pub.add(item, path, key)
+            else:
+                pub.fail(item, problem)
+                if problem.file == job.source:      # (others name the cache file)
+                    bad[job.secret_id] = problem
+        pub.flush_if_full()
+        done += len(replies)
+        if progress:
+            progress(done, total)
+
     try:
+        # A host without a directory is built in a temp one (a killed run leaves only
+        # that, which the next full renc prunes), renamed into place at the end.
         for d in sorted({i.dir for i in todo}):
             if not os.path.lexists(d):
                 built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
@@ -617,58 +636,17 @@ def _encrypt_all(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Res
                     except OSError as exc:      # no inode left, a read-only file system
                         raise VaultpyError(os_problem(d, exc, "create the host's cache "
                                                       "directory")) from None
-                    staging[d] = built
-        _encrypt_jobs(cfg, p, todo, by_secret, result, index, workers, progress, staging)
-    finally:
-        # What the publisher did not place or remove: made before a failed mkdir, or
-        # left by a Ctrl-C that came before the publisher's own clean-up began.
-        with sigint.held():
-            for built in staging.values():
-                with contextlib.suppress(OSError):
-                    fsutil.remove_tree(Path(built))
-
-
-# A batch is published once it holds 1/8 of the run (at least this much): big enough
-# that syncfs calls stay few, small enough that most of them overlap encryption.
-_BATCH_FILES = 256
-_BATCH_BYTES = 8 << 20
-
-
-def _encrypt_jobs(cfg: Config, p: cache.Plan, todo: list[cache.Item],
-                  by_secret: dict[str, list[cache.Item]], result: Result,
-                  index: cache.VerifiedIndex, workers: int,
-                  progress: ProgressFn | None, staging: dict[str, str]) -> None:
-    jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
-                 p.masters[sid].sha256, tuple(items),
-                 tuple(staging.get(i.dir, "") for i in items) if staging else ())
-            for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
-    total = len(todo)
-    total_bytes = sum((i.payload or 0) + 256 for i in todo)
-    if workers > 1 and len(jobs) > 1:
-        pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
-                         max(_BATCH_BYTES, total_bytes // 8), staging)
-    else:                       # nothing to overlap with: one syncfs, at the end
-        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, staging)
-    done = 0
-
-    def deliver(job: _Job, replies: list[_Reply]) -> None:
-        nonlocal done
-        for i, path, problem, key in replies:
-            item = job.targets[i]
-            if problem is None:
-                pub.add(item, path, key)
-            else:
-                pub.fail(item, problem)
-        pub.flush_if_full()
-        done += len(replies)
-        if progress:
-            progress(done, total)
-
-    try:
+                    pub.staging[d] = built
+        staging = pub.staging
+        jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
+                     p.masters[sid].sha256, tuple(items),
+                     tuple(staging.get(i.dir, "") for i in items) if staging else ())
+                for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
         _execute(jobs, workers, deliver)
-        pub.finish()
-    finally:
+    except BaseException:
         pub.discard()                   # an interrupt: no temp file stays behind
+        raise
+    return pub, bad
 
 
 def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
