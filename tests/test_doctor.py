@@ -22,7 +22,8 @@ from conftest import Repo, age_keygen
 from vaultpy import doctor
 from vaultpy.cli import app
 
-CHECKS = ["vaultpy", "hosts.toml", "recipients", "masters", "identity", "ram-dir", "ramfs",
+CHECKS = ["vaultpy", "hosts.toml", "recipients", "masters", "identity", "git-ignore",
+          "ram-dir", "ramfs",
           "tool:age", "tool:age-keygen", "tool:ssh-keygen", "tool:ssh-keyscan",
           "tool:nix-instantiate"]
 
@@ -151,6 +152,60 @@ def test_invalid_hosts_toml_and_no_repository(make_repo, tmp_path: Path) -> None
     rc, checks = doctor_json(repo, cwd=empty)
     assert rc == 1 and "no hosts.toml" in checks["hosts.toml"]["detail"]
     assert checks["hosts.toml"]["fix"] == "run vaultpy init, or pass -C DIR"
+
+
+def _git(repo: Repo, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo.root), *args], check=True, capture_output=True)
+
+
+def test_git_ignore_names_each_local_file_git_would_show(make_repo) -> None:
+    """A repository made by hand (no vaultpy init): git would show the journal a kill
+    leaves, and the cache's lock, index and memo.  Doctor names each, and the
+    .gitignore each goes in; with the lines init writes, it is ok.  Outside a git work
+    tree it is skipped."""
+    from vaultpy.init import GITIGNORE, TOP_GITIGNORE
+
+    repo = make_repo(hosts=1)
+    _rc, checks = doctor_json(repo)
+    assert checks["git-ignore"]["status"] == "skipped"
+    assert checks["git-ignore"]["detail"] == "not in a git work tree"
+
+    _git(repo, "init", "-q")
+    _rc, checks = doctor_json(repo)
+    c = checks["git-ignore"]
+    assert c["status"] == "warning", c
+    assert c["detail"].startswith("git does not ignore .vaultpy-writes, "
+                                  "secrets/cache/.vaultpy.lock, secrets/cache/.vaultpy-"
+                                  "verified, secrets/cache/.vaultpy-memo (")
+    assert c["fix"] == ("add /.vaultpy-writes to .gitignore; add /.vaultpy.lock, "
+                        "/.vaultpy-verified, /.vaultpy-memo to secrets/cache/.gitignore")
+
+    (repo.cache / ".gitignore").write_text(GITIGNORE)          # half done: one left
+    _rc, checks = doctor_json(repo)
+    assert checks["git-ignore"]["fix"] == "add /.vaultpy-writes to .gitignore"
+
+    (repo.root / ".gitignore").write_text(TOP_GITIGNORE)
+    rc, checks = doctor_json(repo)
+    assert rc == 0 and checks["git-ignore"]["status"] == "ok", checks["git-ignore"]
+
+
+def test_git_ignore_counts_a_committed_lock_file_as_shown(make_repo) -> None:
+    """A lock file committed before the .gitignore was written stays tracked: git
+    shows its changes whatever the .gitignore says, so doctor warns, and says how to
+    untrack it."""
+    from vaultpy.init import GITIGNORE, TOP_GITIGNORE
+
+    repo = make_repo(hosts=1)
+    repo.ok("renc")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "secrets/cache/.vaultpy.lock")
+    (repo.cache / ".gitignore").write_text(GITIGNORE)
+    (repo.root / ".gitignore").write_text(TOP_GITIGNORE)
+    _rc, checks = doctor_json(repo)
+    c = checks["git-ignore"]
+    assert c["status"] == "warning"
+    assert c["detail"].startswith("git does not ignore secrets/cache/.vaultpy.lock (")
+    assert c["fix"] == "git rm --cached secrets/cache/.vaultpy.lock"
 
 
 def test_tools_missing_are_warnings(make_repo, tmp_path: Path) -> None:

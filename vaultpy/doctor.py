@@ -10,9 +10,11 @@ Each check returns a :class:`Check` with a status:
 
 Checks: hosts.toml (valid), recipients (parse; a backup recipient), masters (each
 master file a regular file and a well-formed age file: needs no key), identity (present,
-private, unlocks, decrypts the well-formed master files), ram-dir (RAM-backed storage for
-``vaultpy edit``), ramfs (in the kernel; as root, actually mountable inside a throwaway
-``unshare -m`` namespace), and the versions of the external tools vaultpy works with.
+private, unlocks, decrypts the well-formed master files), git-ignore (git ignores
+vaultpy's local files: the write journal, the lock, the verification index, the memo),
+ram-dir (RAM-backed storage for ``vaultpy edit``), ramfs (in the kernel; as root,
+actually mountable inside a throwaway ``unshare -m`` namespace), and the versions of the
+external tools vaultpy works with.
 Nothing is written.
 """
 
@@ -170,6 +172,71 @@ def check_masters(cfg: Config | None,
                      "restore it from git, or recreate it with vaultpy edit (vaultpy "
                      "check lists every one)")
     return Check("masters", OK, f"{len(good)} master file(s) are well-formed age files")
+
+
+def local_state(cfg: Config) -> list[Path]:
+    """vaultpy's local files, which must never be committed: the write journal beside
+    hosts.toml, and the cache directory's lock, verification index and no-op memo."""
+    from vaultpy import cache
+    from vaultpy._internal import memo, writes
+
+    return [cfg.root / writes.JOURNAL, cfg.lock_path, cfg.cache_dir / cache.INDEX,
+            cfg.cache_dir / memo.FILENAME]
+
+
+def check_git_ignore(cfg: Config | None) -> Check:
+    """Does git ignore vaultpy's local state?  (``vaultpy init`` writes the lines; a
+    repository made by hand, or before init wrote the journal's, may lack them: a kill
+    mid-write then leaves the journal in ``git status``, and a commit would carry it.)"""
+    name = "git-ignore"
+    if cfg is None:
+        return Check(name, SKIPPED, "needs a valid hosts.toml")
+    git = shutil.which("git")
+    if git is None:
+        return Check(name, SKIPPED, "git is not installed")
+    exposed: list[Path] = []
+    tracked: list[Path] = []            # ignored by a pattern, but committed already
+    in_a_tree = False
+    for path in local_state(cfg):
+        base = path.parent
+        while not base.is_dir():        # a cache directory no renc has made yet
+            base = base.parent
+        rel = os.path.relpath(path, base)
+        try:
+            proc = subprocess.run([git, "-C", str(base), "check-ignore", "-q", "--", rel],
+                                  capture_output=True, text=True, timeout=TOOL_TIMEOUT,
+                                  stdin=subprocess.DEVNULL)
+            if proc.returncode == 1:    # a tracked file is never "ignored": which is it?
+                pattern = subprocess.run([git, "-C", str(base), "check-ignore", "-q",
+                                          "--no-index", "--", rel], capture_output=True,
+                                         timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check(name, SKIPPED, f"git check-ignore does not run: {exc}")
+        if proc.returncode == 128 and "not a git repository" in proc.stderr:
+            continue
+        if proc.returncode not in (0, 1):
+            said = proc.stderr.strip().splitlines()
+            return Check(name, SKIPPED, f"git check-ignore failed: "
+                         f"{said[-1] if said else proc.returncode}")
+        in_a_tree = True
+        if proc.returncode == 1:
+            (tracked if pattern.returncode == 0 else exposed).append(path)
+    if not in_a_tree:
+        return Check(name, SKIPPED, "not in a git work tree")
+    if not exposed and not tracked:
+        return Check(name, OK, "git ignores vaultpy's local state (journal, lock, "
+                     "verification index, memo)")
+    by_folder: dict[Path, list[str]] = {}
+    for path in exposed:
+        by_folder.setdefault(path.parent, []).append("/" + path.name)
+    fixes = [f"add {', '.join(names)} to {display_path(folder / '.gitignore')}"
+             for folder, names in by_folder.items()]
+    if tracked:
+        fixes.append("git rm --cached " + " ".join(display_path(p) for p in tracked))
+    return Check(name, WARNING, "git does not ignore "
+                 + ", ".join(display_path(p) for p in exposed + tracked)
+                 + " (local state: a kill mid-write leaves the journal for git to show, "
+                 "and a commit would carry it)", "; ".join(fixes))
 
 
 def check_identity(cfg: Config | None, explicit: Sequence[Path],
@@ -355,6 +422,7 @@ def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
     masters = read_masters(cfg) if cfg is not None else None
     add(check_masters(cfg, masters))
     add(check_identity(cfg, identity_files, masters))
+    add(check_git_ignore(cfg))
     add(check_ram_dir())
     add(check_ramfs())
     for tool in tools:
