@@ -638,3 +638,22 @@ def test_items_of_a_host_without_a_directory_are_missing_without_a_stat(repo, mo
         [(second, sid) for sid in SECRETS] + [(third, "s1")])
     assert [p.name for p in result.pruned] == ["s0.not-planned.age"]
     _assert_complete(repo)
+
+
+def test_the_heaviest_jobs_are_handed_out_first(make_repo, monkeypatch):
+    """Workers take jobs in the order given: the heaviest (bytes to encrypt) go first,
+    so the last job of a run is a light one and no worker finishes long after the
+    other.  (Every job here has one file per host: by id, "z9" would come last.)"""
+    repo = make_repo(hosts=2, secrets={"a0": b"a\n", "a1": b"b\n", "z9": os.urandom(50_000),
+                                       "m5": os.urandom(5_000)})
+    monkeypatch.chdir(repo.root)
+    order: list[list[str]] = []
+    real = pipeline._execute
+
+    def spy(jobs: Any, workers: int, deliver: Any) -> None:
+        order.append([j.secret_id for j in jobs])
+        real(jobs, workers, deliver)
+
+    monkeypatch.setattr(pipeline, "_execute", spy)
+    assert _renc(repo, 2).ok
+    assert [o[:2] for o in order] == [["z9", "m5"]]

@@ -641,12 +641,20 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
         jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
                      p.masters[sid].sha256, tuple(items),
                      tuple(staging.get(i.dir, "") for i in items) if staging else ())
-                for sid, items in sorted(by_secret.items(), key=lambda kv: -len(kv[1]))]
+                for sid, items in sorted(by_secret.items(), key=_work, reverse=True)]
         _execute(jobs, workers, deliver)
     except BaseException:
         pub.discard()                   # an interrupt: no temp file stays behind
         raise
     return pub, bad
+
+
+def _work(entry: tuple[str, list[cache.Item]]) -> tuple[int, int]:
+    """A job's weight, to hand out the heaviest first (so the last job a worker takes
+    is a light one, and no worker finishes long after the other): bytes to encrypt and
+    write, then files."""
+    items = entry[1]
+    return sum((i.payload or 0) + 256 for i in items), len(items)
 
 
 def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
