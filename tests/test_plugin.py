@@ -416,11 +416,15 @@ def test_renc_wrong_pin_is_tried_once(prepo, jobs):
 
 
 def test_renc_without_terminal_or_passphrase_source(prepo):
+    """A first run: every master fails with a problem that names the PIN's missing
+    source, not the master.  Those masters still do not decrypt, and a first run that
+    meets one creates nothing, not even the lock file."""
     repo = prepo.fresh()
     proc = no_tty(repo, "renc")
     assert proc.returncode == 1
     assert_one_clean_error(proc, "VAULTPY_PASSPHRASE_FILE", "no terminal")
     assert prepo.plugin.count()["pin-attempt"] == 0 and repo.cache_files() == {}
+    assert not repo.cache.exists()
 
 
 def test_touch_confirmation_asked_once(prepo):

@@ -97,8 +97,12 @@ def _master_problem(path: Path, exc: OSError | VaultpyError) -> Problem:
             else exc.problems[0])
 
 
+# The field of a master's failure (:func:`_run_job`); a cache file's names the item.
+_NEEDED_BY = "needed by "
+
+
 def _needed_by(problem: Problem, hosts: Sequence[str]) -> Problem:
-    return Problem(problem.file, problem.message, f"needed by {', '.join(hosts)}",
+    return Problem(problem.file, problem.message, _NEEDED_BY + ", ".join(hosts),
                    problem.hint)
 
 
@@ -615,7 +619,9 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
                 pub.add(item, path, key)
             else:
                 pub.fail(item, problem)
-                if problem.file == job.source:      # (others name the cache file)
+                # The master failed, whatever file its problem names: a plugin's PIN
+                # that could not be asked for names where it would have come from.
+                if problem.field.startswith(_NEEDED_BY):
                     bad[job.secret_id] = problem
         pub.flush_if_full()
         done += len(replies)
