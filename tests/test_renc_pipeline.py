@@ -229,6 +229,33 @@ def test_first_run_with_a_bad_master_leaves_a_cloned_cache_as_it_was(repo, jobs)
     assert _tree(repo.cache) == before
 
 
+_PARENT: list[int] = []
+
+
+def _dies_in_a_worker(job: Any) -> Any:
+    if os.getpid() not in _PARENT:
+        os._exit(9)
+    return _real_run_job(job)
+
+
+_real_run_job = pipeline._run_job
+
+
+def test_first_run_finds_a_bad_master_when_its_workers_die(repo, monkeypatch):
+    """Every worker of a first run dies (OOM killer, a signal) before it reads its
+    master, so no master was checked by the encryption: the parent checks them itself,
+    and a damaged one stops the run as it would have, creating nothing."""
+    _first_run(repo)
+    (repo.root / "secrets" / "s4.age").write_bytes(b"age-encryption.org/v1\njunk\n")
+    _PARENT[:] = [os.getpid()]
+    monkeypatch.setattr(pipeline, "_run_job", _dies_in_a_worker)
+    with pytest.raises(VaultpyError) as err:
+        _renc(repo, 2)
+    assert [p.file for p in err.value.problems] == ["secrets/s4.age"]
+    assert err.value.problems[0].field == "needed by " + ", ".join(sorted(repo.hosts))
+    assert not repo.cache.exists()
+
+
 def test_first_run_plans_once_when_it_created_the_lock(repo, monkeypatch):
     """The lock file a first run creates was never held by anyone: the survey made
     before it stands.  A lock file someone else made in between means a new plan."""

@@ -116,12 +116,7 @@ def _run_job(job: _Job) -> list[_Reply]:
     if sigint.stopped():            # Ctrl-C was pressed: start no other job
         raise KeyboardInterrupt
     try:
-        data = fsutil.read_regular(job.master)[0]
-        if hashlib.sha256(data).hexdigest() != job.master_sha256:
-            raise VaultpyError(Problem(job.source, "changed while renc was running",
-                                       "", "run vaultpy renc again"))
-        plaintext = age.decrypt(data, _IDENTITIES, job.source)
-        del data
+        plaintext = _decrypt_master(job.master, job.source, job.master_sha256)
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
@@ -152,6 +147,15 @@ def _run_job(job: _Job) -> list[_Reply]:
                     os.unlink(path)
         raise
     return out
+
+
+def _decrypt_master(master: Path, source: str, sha256: str) -> bytes:
+    """The plaintext of ``master``, as planned (its hash ``sha256``)."""
+    data = fsutil.read_regular(master)[0]
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise VaultpyError(Problem(source, "changed while renc was running", "",
+                                   "run vaultpy renc again"))
+    return age.decrypt(data, _IDENTITIES, source)
 
 
 def _worker_init(parent: int) -> None:
@@ -536,6 +540,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     while not os.path.lexists(d):
         made.append(d)
         d = d.parent
+    pub: _Publisher | None = None
     try:
         try:
             cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -544,10 +549,24 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
                                           "create the cache directory")) from None
         pub, bad = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
                             batches=False)
+        if s.result.failed_items:
+            # A worker that died (OOM, a signal) took its jobs' verdicts with it: a
+            # master none of whose files was written is checked here.
+            needed: dict[str, list[str]] = {}
+            for item in s.todo:
+                needed.setdefault(item.id, []).append(item.host)
+            written = {i.id for i in s.todo if (i.host, i.id) not in s.result.failed_items}
+            for sid in sorted(needed.keys() - written - bad.keys()):
+                path = cfg.secrets[sid].file
+                try:
+                    _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256)
+                except (OSError, VaultpyError) as exc:
+                    bad[sid] = _needed_by(_master_problem(path, exc), needed[sid])
         if bad:
-            pub.discard()
             raise VaultpyError([bad[sid] for sid in sorted(bad)])
     except BaseException:
+        if pub is not None:
+            pub.discard()
         _IDENTITIES.clear()
         for d in made:                  # deepest first; left if anything is in it
             with contextlib.suppress(OSError):
