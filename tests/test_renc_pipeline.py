@@ -1,7 +1,7 @@
 """renc's pipeline internals (in process): batches published while encryption goes on
 (syncfs before every rename, directories fsynced after), interrupts leave no temp
-file, first runs keep no plaintext unless a plugin may be asked, and a lock file the
-run created itself lets it reuse its first-run survey."""
+file, a first run's encryption is its check that every master decrypts, and a lock
+file the run created itself lets it reuse its first-run survey and files."""
 
 from __future__ import annotations
 
