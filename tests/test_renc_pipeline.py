@@ -256,6 +256,27 @@ def test_first_run_finds_a_bad_master_when_its_workers_die(repo, monkeypatch):
     assert not repo.cache.exists()
 
 
+def test_first_run_starts_over_when_a_writer_changes_a_master_meanwhile(repo, monkeypatch):
+    """`vaultpy encrypt` runs while a first run encrypts: it takes the lock (making the
+    lock file) and replaces a master the run surveyed.  That is no bad input: the run
+    starts over under the lock, as whenever another process made the lock file, and
+    the cache gets the new value."""
+    _first_run(repo)
+    real_load = pipeline.identities.load
+
+    def then_a_writer(*args: Any) -> Any:
+        loaded = real_load(*args)
+        repo.ok("encrypt", "s1", input=b"written meanwhile\n")
+        return loaded
+
+    monkeypatch.setattr(pipeline.identities, "load", then_a_writer)
+    assert _renc(repo, 2).ok
+    for host in repo.hosts.values():
+        [f] = (repo.cache / host.name).glob("s1.*")
+        assert age_decrypt(f, host.key) == b"written meanwhile\n"
+    assert _temps(repo) == []
+
+
 def test_first_run_plans_once_when_it_created_the_lock(repo, monkeypatch):
     """The lock file a first run creates was never held by anyone: the survey made
     before it stands.  A lock file someone else made in between means a new plan."""

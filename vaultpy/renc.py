@@ -149,12 +149,14 @@ def _run_job(job: _Job) -> list[_Reply]:
     return out
 
 
+_CHANGED = "changed while renc was running"
+
+
 def _decrypt_master(master: Path, source: str, sha256: str) -> bytes:
     """The plaintext of ``master``, as planned (its hash ``sha256``)."""
     data = fsutil.read_regular(master)[0]
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise VaultpyError(Problem(source, "changed while renc was running", "",
-                                   "run vaultpy renc again"))
+        raise VaultpyError(Problem(source, _CHANGED, "", "run vaultpy renc again"))
     return age.decrypt(data, _IDENTITIES, source)
 
 
@@ -547,8 +549,8 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         except OSError as exc:
             raise VaultpyError(os_problem(cfg.cache_dir, exc,
                                           "create the cache directory")) from None
-        pub, bad = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
-                            batches=False)
+        pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
+                               batches=False)
         if s.result.failed_items:
             # A worker that died (OOM, a signal) took its jobs' verdicts with it: a
             # master none of whose files was written is checked here.
@@ -556,14 +558,17 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
             for item in s.todo:
                 needed.setdefault(item.id, []).append(item.host)
             written = {i.id for i in s.todo if (i.host, i.id) not in s.result.failed_items}
-            for sid in sorted(needed.keys() - written - bad.keys()):
+            for sid in sorted(needed.keys() - written - failed.keys()):
                 path = cfg.secrets[sid].file
                 try:
                     _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256)
                 except (OSError, VaultpyError) as exc:
-                    bad[sid] = _needed_by(_master_problem(path, exc), needed[sid])
+                    failed[sid] = _needed_by(_master_problem(path, exc), needed[sid])
+        # A master that changed since the survey is no bad input: a writer that took the
+        # lock (so made its file) changed it, and the run starts over under the lock.
+        bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
         if bad:
-            raise VaultpyError([bad[sid] for sid in sorted(bad)])
+            raise VaultpyError(bad)
     except BaseException:
         if pub is not None:
             pub.discard()
