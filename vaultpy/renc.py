@@ -552,18 +552,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
                                batches=False)
         if s.result.failed_items:
-            # A worker that died (OOM, a signal) took its jobs' verdicts with it: a
-            # master none of whose files was written is checked here.
-            needed: dict[str, list[str]] = {}
-            for item in s.todo:
-                needed.setdefault(item.id, []).append(item.host)
-            written = {i.id for i in s.todo if (i.host, i.id) not in s.result.failed_items}
-            for sid in sorted(needed.keys() - written - failed.keys()):
-                path = cfg.secrets[sid].file
-                try:
-                    _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256)
-                except (OSError, VaultpyError) as exc:
-                    failed[sid] = _needed_by(_master_problem(path, exc), needed[sid])
+            _check_unwritten(cfg, s, failed)
         # A master that changed since the survey is no bad input: a writer that took the
         # lock (so made its file) changed it, and the run starts over under the lock.
         bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
@@ -578,6 +567,22 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
                 os.rmdir(d)
         raise
     return s, pub
+
+
+def _check_unwritten(cfg: Config, s: _Survey, failed: dict[str, Problem]) -> None:
+    """A worker that died (OOM, a signal) took its jobs' verdicts with it: each master
+    none of whose files was written, and not known to fail, is decrypted here; those
+    that fail are added to ``failed``."""
+    needed: dict[str, list[str]] = {}
+    for item in s.todo:
+        needed.setdefault(item.id, []).append(item.host)
+    written = {i.id for i in s.todo if (i.host, i.id) not in s.result.failed_items}
+    for sid in sorted(needed.keys() - written - failed.keys()):
+        path = cfg.secrets[sid].file
+        try:
+            _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256)
+        except (OSError, VaultpyError) as exc:
+            failed[sid] = _needed_by(_master_problem(path, exc), needed[sid])
 
 
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
