@@ -705,3 +705,54 @@ def test_the_heaviest_jobs_are_handed_out_first(make_repo, monkeypatch):
     monkeypatch.setattr(pipeline, "_execute", spy)
     assert _renc(repo, 2).ok
     assert [o[:2] for o in order] == [["z9", "m5"]]
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_host_directories_are_flocked_while_they_are_built(repo, monkeypatch, jobs):
+    """A first run builds its host directories before it holds the lock: each is
+    flocked meanwhile (so a run that holds the lock does not take it for a killed run's
+    leftover), and the flocks go with the run: no descriptor is left open."""
+    _first_run(repo)
+    seen: list[bool] = []
+    real = pipeline._execute
+
+    def spy(jobs_: Any, workers: int, deliver: Any) -> None:
+        built = [p for p in repo.cache.iterdir() if fsutil.TMP_MARK in p.name]
+        assert len(built) == len(repo.hosts)
+        seen.extend(fsutil.in_use(p) for p in built)
+        real(jobs_, workers, deliver)
+
+    monkeypatch.setattr(pipeline, "_execute", spy)
+    before = _fds()
+    assert _renc(repo, jobs).ok
+    assert seen == [True] * len(repo.hosts)
+    assert _fds() == before
+    _assert_complete(repo)
+    assert not any(fsutil.in_use(repo.cache / h) for h in repo.hosts)
+
+
+def test_a_directory_being_built_is_neither_pruned_nor_reported(repo):
+    """A temp host directory someone holds the flock of is a first run's work in
+    progress: a full renc leaves it, and check does not call it a leftover.  Once the
+    flock is gone it is a leftover: check reports it, renc removes it."""
+    from vaultpy import check
+
+    assert _renc(repo, 2).ok
+    building = repo.cache / fsutil.tmp_basename("h-new")
+    building.mkdir()
+    (building / "s1.age").write_bytes(b"partial")
+    fd = fsutil.hold_dir(building)
+    try:
+        assert _renc(repo, 2).ok
+        assert building.is_dir()
+        assert check.check(model.load(repo.root)) == []
+    finally:
+        os.close(fd)
+    [problem] = check.check(model.load(repo.root))
+    assert problem.message.startswith("leftover temporary directory")
+    assert _renc(repo, 2).ok
+    assert not building.exists()

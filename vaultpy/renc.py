@@ -229,6 +229,7 @@ class _Publisher:
         # in place with it.  They are unlinked before the last syncfs (:meth:`finish`).
         self.dropped: list[str] = []
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
+        self.held: list[int] = []       # the staged directories' flocks (fsutil.hold_dir)
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
         """A finished file: ``tmp`` to rename, or (``key`` given) one in a staged
@@ -359,6 +360,9 @@ class _Publisher:
                 with contextlib.suppress(OSError):
                     fsutil.remove_tree(Path(built))
             self.staging.clear()
+            for fd in self.held:
+                os.close(fd)
+            self.held = []
 
 
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
@@ -668,10 +672,13 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
                 with sigint.held():
                     try:
                         os.mkdir(built, 0o755)
+                        pub.staging[d] = built
+                        # Flocked while it is built: a first run builds before it holds
+                        # the lock, and a run that does must not prune it as a leftover.
+                        pub.held.append(fsutil.hold_dir(built))
                     except OSError as exc:      # no inode left, a read-only file system
                         raise VaultpyError(os_problem(d, exc, "create the host's cache "
                                                       "directory")) from None
-                    pub.staging[d] = built
         staging = pub.staging
         jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
                      p.masters[sid].sha256, tuple(items),
@@ -698,6 +705,8 @@ def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
         m = cache.NAME_RE.fullmatch(path.name)
         if m and (path.parent.name, m.group("id")) in result.failed_items:
             continue            # keep the host's last good copy until renc succeeds
+        if cache.is_leftover(path) and fsutil.in_use(path):
+            continue            # a host directory a first run is building, not a leftover
         try:
             fsutil.remove_tree(path)
         except OSError as exc:

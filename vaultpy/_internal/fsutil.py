@@ -199,6 +199,37 @@ def syncfs(path: Path | str) -> None:
         os.close(fd)
 
 
+def hold_dir(path: Path | str) -> int:
+    """An fd holding an exclusive flock on the directory ``path``, which this process
+    is building: :func:`in_use` then tells it from a leftover of a killed run (the
+    kernel drops the lock with the last process holding the fd).  Close it when done."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def in_use(path: Path | str) -> bool:
+    """Whether a live process holds ``path``'s flock (:func:`hold_dir`): a directory it
+    is still building, not a leftover.  False for anything that is not a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def locked(lock_path: Path | str) -> Iterator[bool]:
     """Hold an exclusive flock on ``lock_path`` (created once, never rewritten).
