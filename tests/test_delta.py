@@ -233,7 +233,16 @@ def test_killed_at_any_point_the_next_run_completes(repo: Repo) -> None:
     complete cache file (the old or the new), and the next run finishes the job."""
     rng = random.Random(os.urandom(8))
     env = {**os.environ, "NO_COLOR": "1", **repo.env}
-    killed, old = 0, b"alpha\n"
+    # How long an incremental run takes on this machine: the kills land within that.
+    # (A fixed 0-0.3 s let all 12 runs of a ~50 ms command finish unkilled ~10% of
+    # the time.)
+    repo.ok("renc")
+    repo.ok("renc")
+    change(repo, "alpha", b"timing\n")
+    start = time.monotonic()
+    repo.ok("renc")
+    span = time.monotonic() - start
+    killed, old = 0, b"timing\n"
     for n in range(12):
         repo.ok("renc")                 # twice: a run that wrote records no memo
         repo.ok("renc")
@@ -242,7 +251,7 @@ def test_killed_at_any_point_the_next_run_completes(repo: Repo) -> None:
         change(repo, "alpha", value)
         proc = subprocess.Popen([sys.executable, "-m", "vaultpy", "renc"], cwd=repo.root,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, span))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
