@@ -475,3 +475,24 @@ def test_ctrl_c_on_the_fast_path_is_one_line(repo: Repo) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo.root, capture_output=True,
                           env={**os.environ, **repo.env}, timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, b"", b"interrupted\n")
+
+
+def test_a_directory_being_built_is_not_remembered(repo: Repo) -> None:
+    """renc and check pass over a temp host directory a first run holds the flock of;
+    that answer rests on the flock, which no stat shows: once the run is gone (killed),
+    the directory is a leftover, and the memo must not answer as if it were not."""
+    from vaultpy._internal import fsutil
+
+    building = repo.cache / fsutil.tmp_basename("host9")
+    building.mkdir()
+    fd = fsutil.hold_dir(building)
+    try:
+        time.sleep(0.05)                 # the racy-clean rule: let the clock pass it
+        repo.ok("renc")
+        repo.ok("check")
+    finally:
+        os.close(fd)                     # the first run was killed
+    assert full(repo, "check")[0] == 1
+    assert outputs(repo.run("check")) == full(repo, "check")
+    repo.ok("renc")
+    assert not building.exists()

@@ -552,7 +552,7 @@ class Snapshot:
 
     def commit(self, command: str, facts: dict[str, int] | None = None) -> None:
         """The run ended clean: record that ``command`` had nothing to do."""
-        if self.lists is None:
+        if self.lists is None or _building(self.cache_dir):
             return
         old = _load(os.path.join(self.cache_dir, FILENAME))
         entries: dict[str, object] = {}
@@ -564,6 +564,18 @@ class Snapshot:
         write(self.cache_dir, {"config": self.config, **self.lists, **self.extra,
                                "files_digest": self.files_value, "digest": self.value,
                                "ok": entries})
+
+
+def _building(cache_dir: str) -> bool:
+    """Whether a temp host directory is in the cache directory.  renc and check pass
+    over one a first run holds the flock of (it is being built): an answer no stat
+    shows, for the flock goes with a killed run and leaves a leftover.  (A leftover
+    fails check, and renc removes it before it records: only those remain.)"""
+    try:
+        return any(_TMP in n and os.path.isdir(os.path.join(cache_dir, n))
+                   for n in os.listdir(cache_dir))
+    except OSError:
+        return True
 
 
 def write(cache_dir: str, memo: dict[str, object]) -> None:
