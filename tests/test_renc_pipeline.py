@@ -756,3 +756,24 @@ def test_a_directory_being_built_is_neither_pruned_nor_reported(repo):
     assert problem.message.startswith("leftover temporary directory")
     assert _renc(repo, 2).ok
     assert not building.exists()
+
+
+def test_a_first_run_of_more_hosts_than_free_descriptors(repo):
+    """Each host directory being built holds a descriptor (its flock) until the run
+    ends: a first run of a big fleet must not fail for want of descriptors while the
+    hard limit has room (a soft limit of 1024 is common)."""
+    import resource
+
+    pubkey = repo.hosts["host0"].pubkey
+    with open(repo.root / "hosts.toml", "a") as f:
+        for i in range(60):
+            f.write(f'\n[hosts.more{i}]\npubkey = "{pubkey}"\nsecrets = ["s0"]\n')
+    _first_run(repo)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_fds() + 40, hard))
+    try:
+        result = _renc(repo, 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.ok, result.failed
+    assert len([p for p in repo.cache.iterdir() if p.name.startswith("more")]) == 60

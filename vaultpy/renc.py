@@ -664,7 +664,10 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
     try:
         # A host without a directory is built in a temp one (a killed run leaves only
         # that, which the next full renc prunes), renamed into place at the end.
-        for d in sorted({i.dir for i in todo}):
+        dirs = sorted({i.dir for i in todo})
+        # Each new one holds a descriptor (its flock) until the run ends.
+        fsutil.make_room(sum(not os.path.lexists(d) for d in dirs))
+        for d in dirs:
             if not os.path.lexists(d):
                 built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
                 # Held: a Ctrl-C during the mkdir is raised as it returns, which must

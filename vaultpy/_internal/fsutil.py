@@ -212,6 +212,20 @@ def hold_dir(path: Path | str) -> int:
     return fd
 
 
+def make_room(fds: int) -> None:
+    """Raise the soft limit on open files toward the hard one by ``fds``: a run that
+    holds a descriptor per host directory it builds (:func:`hold_dir`, until it ends)
+    would otherwise fail a big first run at the common soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if fds <= 0 or soft == resource.RLIM_INFINITY:
+        return
+    new = soft + fds if hard == resource.RLIM_INFINITY else min(hard, soft + fds)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 def in_use(path: Path | str) -> bool:
     """Whether a live process holds ``path``'s flock (:func:`hold_dir`): a directory it
     is still building, not a leftover.  False for anything that is not a directory."""
