@@ -777,3 +777,27 @@ def test_a_first_run_of_more_hosts_than_free_descriptors(repo):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert result.ok, result.failed
     assert len([p for p in repo.cache.iterdir() if p.name.startswith("more")]) == 60
+
+
+def test_a_file_system_without_flock_on_directories_still_builds(repo, monkeypatch):
+    """NFS emulates flock with POSIX locks, and an exclusive one needs a descriptor
+    open for writing, which a directory never is (flock(2)): there, holding a host
+    directory being built fails with EBADF.  The flock only guards against another
+    run's prune: without it the run goes on, as it did before there was one."""
+    import errno
+    import fcntl
+    import stat
+
+    real = fcntl.flock
+
+    def nfs_flock(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real(fd, op)
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", nfs_flock)
+    _first_run(repo)
+    before = _fds()
+    assert _renc(repo, 2).ok
+    assert _fds() == before
+    _assert_complete(repo)

@@ -678,7 +678,9 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
                         pub.staging[d] = built
                         # Flocked while it is built: a first run builds before it holds
                         # the lock, and a run that does must not prune it as a leftover.
-                        pub.held.append(fsutil.hold_dir(built))
+                        # (NFS has no exclusive flock on a directory: built unguarded.)
+                        with contextlib.suppress(OSError):
+                            pub.held.append(fsutil.hold_dir(built))
                     except OSError as exc:      # no inode left, a read-only file system
                         raise VaultpyError(os_problem(d, exc, "create the host's cache "
                                                       "directory")) from None
