@@ -402,3 +402,20 @@ def test_no_escape_codes_when_not_a_terminal(args: list[str], tmp_path: Path) ->
                           env=_env(), cwd=tmp_path, timeout=60)
     assert proc.returncode in (1, 2)
     assert proc.stderr.strip() and b"\x1b" not in proc.stderr + proc.stdout
+
+
+def test_git_ignore_says_why_git_failed(make_repo, tmp_path: Path) -> None:
+    """git's own reason (its fatal: line) is what doctor shows, not the last line of a
+    longer message, here the command git suggests for a repository owned by another
+    user (a real git says this when the repository is chowned away)."""
+    repo = make_repo(hosts=1)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text("#!/bin/sh\nprintf \"fatal: detected dubious ownership in repository at "
+                    "'/r'\\nTo add an exception for this directory, call:\\n\\n"
+                    "\\tgit config --global --add safe.directory /r\\n\" >&2\nexit 128\n")
+    fake.chmod(0o755)
+    _rc, checks = doctor_json(repo, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert checks["git-ignore"]["detail"] == (
+        "git check-ignore failed: fatal: detected dubious ownership in repository at '/r'")

@@ -216,6 +216,7 @@ def check_git_ignore(cfg: Config | None) -> Check:
             continue
         if proc.returncode not in (0, 1):
             said = proc.stderr.strip().splitlines()
+            said = [ln for ln in said if ln.startswith("fatal:")] or said   # git's reason
             return Check(name, SKIPPED, f"git check-ignore failed: "
                          f"{said[-1] if said else proc.returncode}")
         in_a_tree = True
