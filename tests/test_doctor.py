@@ -404,18 +404,41 @@ def test_no_escape_codes_when_not_a_terminal(args: list[str], tmp_path: Path) ->
     assert proc.stderr.strip() and b"\x1b" not in proc.stderr + proc.stdout
 
 
+def _fake_git(tmp_path: Path, body: str) -> str:
+    """A PATH whose first git is a shell script running ``body``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
 def test_git_ignore_says_why_git_failed(make_repo, tmp_path: Path) -> None:
     """git's own reason (its fatal: line) is what doctor shows, not the last line of a
     longer message, here the command git suggests for a repository owned by another
     user (a real git says this when the repository is chowned away)."""
     repo = make_repo(hosts=1)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "git"
-    fake.write_text("#!/bin/sh\nprintf \"fatal: detected dubious ownership in repository at "
-                    "'/r'\\nTo add an exception for this directory, call:\\n\\n"
-                    "\\tgit config --global --add safe.directory /r\\n\" >&2\nexit 128\n")
-    fake.chmod(0o755)
-    _rc, checks = doctor_json(repo, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    path = _fake_git(tmp_path, "printf \"fatal: detected dubious ownership in repository at "
+                     "'/r'\\nTo add an exception for this directory, call:\\n\\n"
+                     "\\tgit config --global --add safe.directory /r\\n\" >&2\nexit 128\n")
+    _rc, checks = doctor_json(repo, env={"PATH": path})
     assert checks["git-ignore"]["detail"] == (
         "git check-ignore failed: fatal: detected dubious ownership in repository at '/r'")
+
+
+def test_git_ignore_reads_git_in_english_whatever_the_locale(make_repo, tmp_path: Path) -> None:
+    """Outside a work tree git says "not a git repository" - in the user's language
+    unless told otherwise.  Doctor runs it with LC_ALL=C, so a German git still reads
+    as "not in a git work tree", not as a failure of git.  (A stand-in git that
+    answers in German unless LC_ALL=C: this machine has no git translations.)"""
+    repo = make_repo(hosts=1)
+    path = _fake_git(tmp_path, "if [ \"$LC_ALL\" = C ]; then\n"
+                     "  echo 'fatal: not a git repository (or any of the parent directories): "
+                     ".git' >&2\nelse\n"
+                     "  echo 'Schwerwiegend: Kein Git-Repository (oder irgendeines der "
+                     "Elternverzeichnisse): .git' >&2\nfi\nexit 128\n")
+    _rc, checks = doctor_json(repo, env={"PATH": path, "LC_ALL": "de_DE.UTF-8",
+                                         "LANG": "de_DE.UTF-8"})
+    assert checks["git-ignore"]["status"] == "skipped"
+    assert checks["git-ignore"]["detail"] == "not in a git work tree"

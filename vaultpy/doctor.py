@@ -194,6 +194,8 @@ def check_git_ignore(cfg: Config | None) -> Check:
     git = shutil.which("git")
     if git is None:
         return Check(name, SKIPPED, "git is not installed")
+    # git's messages in English whatever the locale: "not a git repository" is matched.
+    env = {**os.environ, "LC_ALL": "C", "LANGUAGE": ""}
     exposed: list[Path] = []
     tracked: list[Path] = []            # ignored by a pattern, but committed already
     in_a_tree = False
@@ -205,11 +207,12 @@ def check_git_ignore(cfg: Config | None) -> Check:
         try:
             proc = subprocess.run([git, "-C", str(base), "check-ignore", "-q", "--", rel],
                                   capture_output=True, text=True, timeout=TOOL_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, env=env)
             if proc.returncode == 1:    # a tracked file is never "ignored": which is it?
                 pattern = subprocess.run([git, "-C", str(base), "check-ignore", "-q",
                                           "--no-index", "--", rel], capture_output=True,
-                                         timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+                                         timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL,
+                                         env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return Check(name, SKIPPED, f"git check-ignore does not run: {exc}")
         if proc.returncode == 128 and "not a git repository" in proc.stderr:
