@@ -22,7 +22,7 @@ from stat import S_ISDIR, S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
-from vaultpy._internal.fsutil import atomic_write, is_tmp, read_regular, tmp_prefix
+from vaultpy._internal.fsutil import atomic_write, in_use, is_tmp, read_regular, tmp_prefix
 
 # Naming lives apart (the incremental renc needs it alone); it is this module's API too.
 from vaultpy._internal.names import NAME_RE as NAME_RE
@@ -153,13 +153,16 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
         prefixes = tuple(tmp_prefix(h.name) for h in selected)
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
-            if entry.startswith(prefixes) and path.is_dir() and not path.is_symlink():
+            if entry.startswith(prefixes) and path.is_dir() and not path.is_symlink() \
+                    and not in_use(path):
                 result.stale.append(path)
     else:
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
             removed_host = entry not in cfg.hosts and path.is_dir() and not path.is_symlink()
             leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
+            if removed_host and is_tmp(entry) and in_use(path):
+                continue        # a host directory a renc is building right now, flocked
             if removed_host or leftover:
                 result.stale.append(path)
         # Temp files of an interrupted encrypt/edit/rekey beside the master files

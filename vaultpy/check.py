@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vaultpy import cache
-from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, display_path
 from vaultpy.model import Config
 
@@ -107,8 +106,6 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             continue            # the out-of-date line above says it, and renc replaces it
         top, is_dir, leftover = (path.parent == cfg.cache_dir, path.is_dir(),
                                  cache.is_leftover(path))
-        if leftover and is_dir and top and fsutil.in_use(path):
-            continue            # a renc is building that host's directory right now
         what = ("leftover temporary directory (a new host's cache, from an interrupted "
                 "renc)" if leftover and is_dir and top else
                 "leftover temporary file" if leftover and not is_dir else

@@ -710,8 +710,6 @@ def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
         m = cache.NAME_RE.fullmatch(path.name)
         if m and (path.parent.name, m.group("id")) in result.failed_items:
             continue            # keep the host's last good copy until renc succeeds
-        if cache.is_leftover(path) and fsutil.in_use(path):
-            continue            # a host directory a first run is building, not a leftover
         try:
             fsutil.remove_tree(path)
         except OSError as exc:
