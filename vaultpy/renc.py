@@ -453,7 +453,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
     try:
         # A first run (no lock file yet) validates everything and unlocks keys before
         # it creates anything: bad input or a wrong key must not leave even a lock file
-        # behind.  With plain keys it also encrypts then (:func:`_first_run`).
+        # behind.  It also encrypts then, publishing nothing (:func:`_first_run`).
         first = None
         if not cfg.lock_path.exists():
             first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress)
@@ -664,26 +664,25 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
     try:
         # A host without a directory is built in a temp one (a killed run leaves only
         # that, which the next full renc prunes), renamed into place at the end.
-        dirs = sorted({i.dir for i in todo})
+        new = [d for d in sorted({i.dir for i in todo}) if not os.path.lexists(d)]
         # Each new one holds a descriptor (its flock) until the run ends.
-        fsutil.make_room(sum(not os.path.lexists(d) for d in dirs))
-        for d in dirs:
-            if not os.path.lexists(d):
-                built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
-                # Held: a Ctrl-C during the mkdir is raised as it returns, which must
-                # find the directory recorded, or nothing would remove it.
-                with sigint.held():
-                    try:
-                        os.mkdir(built, 0o755)
-                        pub.staging[d] = built
-                        # Flocked while it is built: a first run builds before it holds
-                        # the lock, and a run that does must not prune it as a leftover.
-                        # (NFS has no exclusive flock on a directory: built unguarded.)
-                        with contextlib.suppress(OSError):
-                            pub.held.append(fsutil.hold_dir(built))
-                    except OSError as exc:      # no inode left, a read-only file system
-                        raise VaultpyError(os_problem(d, exc, "create the host's cache "
-                                                      "directory")) from None
+        fsutil.make_room(len(new))
+        for d in new:
+            built = os.path.join(cfg.cache_dir, fsutil.tmp_basename(os.path.basename(d)))
+            # Held: a Ctrl-C during the mkdir is raised as it returns, which must
+            # find the directory recorded, or nothing would remove it.
+            with sigint.held():
+                try:
+                    os.mkdir(built, 0o755)
+                    pub.staging[d] = built
+                    # Flocked while it is built: a first run builds before it holds
+                    # the lock, and a run that does must not prune it as a leftover.
+                    # (NFS has no exclusive flock on a directory: built unguarded.)
+                    with contextlib.suppress(OSError):
+                        pub.held.append(fsutil.hold_dir(built))
+                except OSError as exc:      # no inode left, a read-only file system
+                    raise VaultpyError(os_problem(d, exc, "create the host's cache "
+                                                  "directory")) from None
         staging = pub.staging
         jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
                      p.masters[sid].sha256, tuple(items),
