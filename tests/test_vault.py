@@ -507,6 +507,11 @@ def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path:
                                "VAULT_CAPATH", f"{cadir / 'notes.txt'} holds no PEM "
                                "certificate", "keep only PEM certificates")
         (cadir / "notes.txt").unlink()
+        os.mkfifo(cadir / "notes.fifo")                 # never opened for reading
+        assert_one_clean_error(repo.run("pull", env={"VAULT_CAPATH": str(cadir)}, timeout=30),
+                               "VAULT_CAPATH", f"{cadir / 'notes.fifo'} cannot be read "
+                               "(not a regular file")
+        (cadir / "notes.fifo").unlink()
         (cadir / "not-the-ca.pem").unlink()
         assert_one_clean_error(repo.run("pull", env={"BAO_CAPATH": str(cadir)}),
                                "BAO_CAPATH", "holds no certificate")

@@ -117,9 +117,8 @@ def _ca_dir(path: str) -> tuple[bytes, tuple[str, str] | None]:
         for name in sorted(files):
             file = os.path.join(top, name)
             why = ""
-            try:
-                with open(file, "rb") as f:
-                    data = f.read()
+            try:        # (a FIFO there must not hang the run: regular files only)
+                data = fsutil.read_regular(file)[0]
             except OSError as exc:
                 why = f"cannot be read ({exc.strerror})"
             else:
