@@ -3,14 +3,13 @@ pruning, --host, --jobs, crash leftovers, repair, template-only secrets, --json.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from conftest import LOCAL_STATE, Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
@@ -320,42 +319,44 @@ def test_jobs_1_and_2_give_the_same_valid_cache(make_repo):
     repo.ok("check")
 
 
-class _RecordingPool(concurrent.futures.ProcessPoolExecutor):
-    """The real process pool, recording that it was used."""
-
-    created: ClassVar[list[int]] = []
-    submitted: ClassVar[list[int]] = []
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        type(self).created.append(kw.get("max_workers", args[0] if args else 0))
-
-    def submit(self, fn: Any, /, *args: Any, **kw: Any) -> Any:
-        type(self).submitted.append(os.getpid())
-        return super().submit(fn, *args, **kw)
-
-
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_process_pool_is_used_for_jobs_above_one(make_repo, monkeypatch, jobs):
+def test_worker_processes_are_used_for_jobs_above_one(make_repo, monkeypatch, tmp_path, jobs):
+    """Each job runs once, in a forked worker when --jobs > 1, here otherwise."""
     from vaultpy import model
     from vaultpy import renc as pipeline
+    from vaultpy._internal import forkpool
 
     secrets = {f"s{i}": f"pool secret {i}".encode() for i in range(4)}
     repo = make_repo(hosts=2, secrets=secrets)
-    monkeypatch.setattr(_RecordingPool, "created", [])
-    monkeypatch.setattr(_RecordingPool, "submitted", [])
-    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", _RecordingPool)
+    ran_in = tmp_path / "ran-in"
+    real_job, real_run = pipeline._run_job, forkpool.run
+    pools: list[int] = []
+
+    def job(j: Any) -> Any:
+        with open(ran_in, "a") as f:        # one short append per job: whole lines
+            f.write(f"{os.getpid()} {j.secret_id}\n")
+        return real_job(j)
+
+    def run(n: int, workers: int, *args: Any, **kw: Any) -> None:
+        pools.append(workers)
+        real_run(n, workers, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "_run_job", job)
+    monkeypatch.setattr(forkpool, "run", run)
     monkeypatch.chdir(repo.root)
 
     result = pipeline.renc(model.load(repo.root), jobs=jobs, identity_files=[repo.identity])
 
     assert result.ok, result.failed
     assert len(result.written) == len(secrets) * len(repo.hosts)
+    runs = [line.split() for line in ran_in.read_text().splitlines()]
+    assert sorted(sid for _pid, sid in runs) == sorted(secrets)    # one job per secret
     if jobs == 1:
-        assert _RecordingPool.created == []
+        assert pools == []
+        assert {int(pid) for pid, _sid in runs} == {os.getpid()}
     else:
-        assert _RecordingPool.created == [2]
-        assert len(_RecordingPool.submitted) == len(secrets)   # one job per secret, > 1
+        assert pools == [2]
+        assert os.getpid() not in {int(pid) for pid, _sid in runs}
     assert_all_decrypt(repo, secrets, {h: list(secrets) for h in repo.hosts})
 
 

@@ -21,17 +21,15 @@ partial file under a final name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import multiprocessing
 import os
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import forksafe, fsutil, memo, sigint, writes
+from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -368,46 +366,26 @@ class _Publisher:
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
              ) -> None:
     """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
-    pool = _pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else None
-    if pool is None:
+    if workers < 2 or len(jobs) < 2 or not _can_fork():
         for job in jobs:
             with sigint.held():    # as a worker: a job, once begun, is delivered
                 deliver(job, _run_job(job))
         return
-    # Delivered jobs leave the queue, and their replies with them.
-    queue: deque[tuple[Future[list[_Reply]], _Job]] = deque()
-    _JOBS[:] = jobs             # before the first submit forks the workers
+
+    def delivered(n: int, replies: list[_Reply] | forkpool.Failed) -> None:
+        job = jobs[n]
+        if isinstance(replies, forkpool.Failed):        # a worker died (OOM, a signal)
+            replies = [_failure(i, t, Problem(display_path(t.path),
+                                              f"worker failed: {replies.reason}"))
+                       for i, t in enumerate(job.targets)]
+        deliver(job, replies)
+
+    _JOBS[:] = jobs                 # before the workers fork
     try:
-        with sigint.held():    # (inside the try: a job runs as soon as it is queued)
-            for n, j in enumerate(jobs):
-                queue.append((pool.submit(_run_job_at, n), j))
-        while queue:
-            fut, job = queue[0]
-            try:
-                replies = fut.result()
-            except Exception as exc:  # a worker died (OOM, signal)
-                replies = [_failure(i, t, Problem(display_path(t.path),
-                                                  f"worker failed: {exc}"))
-                           for i, t in enumerate(job.targets)]
-            deliver(job, replies)
-            queue.popleft()
-            del fut, replies
-    except BaseException:
+        forkpool.run(len(jobs), min(workers, len(jobs)), _run_job_at, delivered,
+                     init=functools.partial(_worker_init, os.getpid()), abandon=_unlink)
+    finally:
         _JOBS.clear()
-        with sigint.held():
-            pool.shutdown(wait=True, cancel_futures=True)
-            # Jobs that finished but were not (all) delivered: their temp files go too
-            # (unlinking one already renamed fails harmlessly: temp names are unique).
-            for fut, _job in queue:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    for _i, tmp, _err, _st in fut.result():
-                        if tmp:
-                            with contextlib.suppress(OSError):
-                                os.unlink(tmp)
-        raise
-    _JOBS.clear()
-    with sigint.held():
-        pool.shutdown(wait=True)
 
 
 def _run_job_at(n: int) -> list[_Reply]:
@@ -415,15 +393,18 @@ def _run_job_at(n: int) -> list[_Reply]:
     return _run_job(_JOBS[n])
 
 
-def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """Forked workers (they inherit the unlocked identities), set up by _worker_init;
-    None when threads a plugin call left behind outlive the wait (:mod:`forksafe`):
+def _unlink(replies: list[_Reply]) -> None:
+    """A finished job's files, when the run stops before they are delivered."""
+    for _i, tmp, _problem, _st in replies:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _can_fork() -> bool:
+    """False when threads a plugin call left behind outlive the wait (:mod:`forksafe`):
     the caller then does the work itself."""
-    if not forksafe.settled(_FORK_WAIT):
-        return None
-    return ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
+    return forksafe.settled(_FORK_WAIT)
 
 
 _FORK_WAIT = 1.0      # seconds; ~100 ms in practice

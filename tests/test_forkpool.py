@@ -1,0 +1,163 @@
+"""The worker pool renc encrypts with (vaultpy/_internal/forkpool.py): real forks,
+real pipes, real SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from vaultpy._internal import forkpool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)             # an unreaped (zombie) child still answers
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _collect(n: int, workers: int, work, **kw) -> dict[int, object]:
+    got: dict[int, object] = {}
+
+    def deliver(i: int, result: object) -> None:
+        assert i not in got, f"job {i} delivered twice"
+        got[i] = result
+
+    forkpool.run(n, workers, work, deliver, **kw)
+    return got
+
+
+def test_every_job_runs_once_in_a_worker_even_past_a_pipe_s_capacity():
+    """20,000 job numbers are 80 KB: more than a pipe holds (64 KiB), so the parent
+    feeds them as the workers take them."""
+    before = _fds()
+    got = _collect(20_000, 2, lambda i: (i * i, os.getpid()))
+    assert sorted(got) == list(range(20_000))
+    assert all(got[i][0] == i * i for i in got)                 # type: ignore[index]
+    pids = {got[i][1] for i in got}                             # type: ignore[index]
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert not any(_alive(p) for p in pids)                     # reaped
+    assert _fds() == before
+
+
+def test_init_runs_in_each_worker_before_its_jobs():
+    state: list[str] = []
+    got = _collect(8, 2, lambda i: list(state), init=lambda: state.append("ready"))
+    assert all(v == ["ready"] for v in got.values())
+    assert state == []                                          # not in the parent
+
+
+def test_no_jobs_fork_nothing():
+    before = _fds()
+    assert _collect(0, 4, lambda i: i) == {}
+    assert _fds() == before
+
+
+def test_a_job_that_raises_fails_alone():
+    def work(i: int) -> int:
+        if i == 3:
+            raise ValueError("bad input")
+        return i
+    got = _collect(10, 2, work)
+    assert got.pop(3) == forkpool.Failed("it raised ValueError: bad input")
+    assert got == {i: i for i in range(10) if i != 3}
+
+
+def test_a_worker_killed_mid_job_loses_only_that_job():
+    def work(i: int) -> int:
+        if i == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.005)
+        return i
+    got = _collect(40, 2, work)
+    assert got.pop(5) == forkpool.Failed("its worker was killed by SIGKILL")
+    assert got == {i: i for i in range(40) if i != 5}           # the other took the rest
+
+
+def test_when_every_worker_dies_every_job_is_still_answered():
+    got = _collect(10, 2, lambda i: os.kill(os.getpid(), signal.SIGKILL))
+    assert sorted(got) == list(range(10))
+    assert set(got.values()) == {forkpool.Failed("its worker was killed by SIGKILL")}
+
+
+def test_a_worker_that_exits_is_reported_with_its_status():
+    got = _collect(3, 1, lambda i: os._exit(3))
+    assert set(got.values()) == {forkpool.Failed("its worker exited with status 3")}
+
+
+def test_a_failing_init_fails_the_jobs_instead_of_running_them(tmp_path: Path):
+    ran = tmp_path / "ran"
+
+    def init() -> None:
+        raise RuntimeError("no keys")
+
+    got = _collect(4, 2, lambda i: ran.touch(), init=init)
+    assert not ran.exists()
+    assert set(got.values()) == {forkpool.Failed("its worker exited with status 1")}
+
+
+def _recording(log: Path):
+    def record(i: int) -> int:
+        with open(log, "a") as f:       # one short append per job: whole lines
+            f.write(f"{i} {os.getpid()}\n")
+        time.sleep(0.02)
+        return i
+    return record
+
+
+def _ran(log: Path) -> list[tuple[int, int]]:
+    return [(int(i), int(pid)) for i, pid in (ln.split() for ln in log.read_text().splitlines())]
+
+
+@pytest.mark.parametrize("stop", [OSError("disk full"), KeyboardInterrupt()])
+def test_when_deliver_raises_the_jobs_not_taken_are_withdrawn(tmp_path: Path, stop):
+    """Each job that ran is delivered or abandoned (the one whose delivery was cut
+    short too); the jobs no worker had taken never run; no worker is left."""
+    before = _fds()
+    log = tmp_path / "ran"
+    delivered: list[int] = []
+    abandoned: list[int] = []
+
+    def deliver(i: int, result: object) -> None:
+        if len(delivered) == 3:
+            raise stop
+        delivered.append(i)
+
+    with pytest.raises(type(stop)):
+        forkpool.run(200, 2, _recording(log), deliver, abandon=abandoned.append)
+    ran = _ran(log)
+    assert len(ran) < 50, ran           # 20 ms each: the workers held a few at most
+    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
+    assert not any(_alive(pid) for _i, pid in ran)
+    assert _fds() == before
+
+
+def test_ctrl_c_in_a_job_stops_the_run_here(tmp_path: Path):
+    """A worker's KeyboardInterrupt (renc's workers raise it at their next job once
+    Ctrl-C came) is raised here, after the clean-up."""
+    log = tmp_path / "ran"
+    record = _recording(log)
+    delivered: list[int] = []
+    abandoned: list[int] = []
+
+    def work(i: int) -> int:
+        if i == 2:
+            raise KeyboardInterrupt
+        return record(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        forkpool.run(200, 2, work, lambda i, r: delivered.append(i),
+                     abandon=abandoned.append)
+    ran = _ran(log)
+    assert len(ran) < 50, ran
+    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
+    assert not any(_alive(pid) for _i, pid in ran)
