@@ -89,6 +89,34 @@ def test_when_every_worker_dies_every_job_is_still_answered():
     assert set(got.values()) == {forkpool.Failed("its worker was killed by SIGKILL")}
 
 
+@pytest.fixture
+def deadline():
+    """A run that hangs fails the test (TimeoutError) instead of the suite."""
+    def expired(_signum: int, _frame: object) -> None:
+        raise TimeoutError("forkpool.run hung")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("how", ["killed", "failed init"])
+def test_when_every_worker_dies_with_jobs_not_fed_yet_the_run_ends(deadline, how):
+    """20,000 job numbers do not fit in the pipe: once the last worker is gone nobody
+    takes them, and the parent must not wait to feed the rest."""
+    before = _fds()
+    if how == "killed":
+        got = _collect(20_000, 2, lambda i: os.kill(os.getpid(), signal.SIGKILL))
+        reason = "its worker was killed by SIGKILL"
+    else:
+        got = _collect(20_000, 2, lambda i: i, init=lambda: os._exit(1))
+        reason = "its worker exited with status 1"
+    assert sorted(got) == list(range(20_000))
+    assert set(got.values()) == {forkpool.Failed(reason)}
+    assert _fds() == before
+
+
 def test_a_worker_that_exits_is_reported_with_its_status():
     got = _collect(3, 1, lambda i: os._exit(3))
     assert set(got.values()) == {forkpool.Failed("its worker exited with status 3")}

@@ -88,7 +88,10 @@ def run(n: int, workers: int, work: Callable[[int], T],
             sel.register(jobs_w, selectors.EVENT_WRITE)
         else:
             jobs_w = _closed(jobs_w)
-        while sel.get_map():
+        live = len(pool)
+        # Until the last worker is gone: once it is, nobody reads the job numbers not
+        # yet fed (the pipe stays full), and waiting to write them would never end.
+        while live:
             for key, _events in sel.select():
                 if key.fd == jobs_w:
                     feed = _feed(jobs_w, feed)
@@ -99,6 +102,7 @@ def run(n: int, workers: int, work: Callable[[int], T],
                 worker = next(w for w in pool if w.fd == key.fd)
                 if _read(worker, deaths):
                     sel.unregister(worker.fd)
+                    live -= 1
                 ready.extend(_frames(worker))
                 while ready:
                     i, status, value = ready[0]
