@@ -117,6 +117,32 @@ def test_when_every_worker_dies_with_jobs_not_fed_yet_the_run_ends(deadline, how
     assert _fds() == before
 
 
+@pytest.mark.parametrize("fails", [1, 2])
+def test_a_fork_that_fails_leaks_nothing(monkeypatch, fails):
+    """fork() can fail (EAGAIN: the process limit; ENOMEM).  The second worker's
+    failure leaves the run to the first; the first's fails the run.  Either way the
+    pipe made for it is closed."""
+    real_fork, calls = os.fork, []
+
+    def fork() -> int:
+        calls.append(1)
+        if len(calls) == fails:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    before = _fds()
+    if fails == 1:
+        with pytest.raises(BlockingIOError):
+            _collect(10, 2, lambda i: i)
+    else:
+        got = _collect(10, 2, lambda i: (i, os.getpid()))
+        assert sorted(got) == list(range(10))
+        pids = {got[i][1] for i in got}                         # type: ignore[index]
+        assert len(pids) == 1 and not any(_alive(p) for p in pids)
+    assert _fds() == before
+
+
 def test_a_worker_that_exits_is_reported_with_its_status():
     got = _collect(3, 1, lambda i: os._exit(3))
     assert set(got.values()) == {forkpool.Failed("its worker exited with status 3")}

@@ -74,7 +74,14 @@ def run(n: int, workers: int, work: Callable[[int], T],
         with sigint.held():     # a Ctrl-C mid-fork: every worker made is known
             for _ in range(workers):
                 res_r, res_w = os.pipe()
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError:     # EAGAIN, ENOMEM: go on with the workers made
+                    os.close(res_r)
+                    os.close(res_w)
+                    if not pool:
+                        raise
+                    break
                 if pid == 0:        # the child
                     os.close(res_r)
                     os.close(jobs_w)
