@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vaultpy._internal import forkpool
+from vaultpy._internal import forkpool, sigint
 
 
 def _alive(pid: int) -> bool:
@@ -211,6 +211,33 @@ def test_ctrl_c_in_a_job_stops_the_run_here(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         forkpool.run(200, 2, work, lambda i, r: delivered.append(i),
                      abandon=abandoned.append)
+    ran = _ran(log)
+    assert len(ran) < 50, ran
+    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
+    assert not any(_alive(pid) for _i, pid in ran)
+
+
+def test_ctrl_c_as_a_result_is_read_loses_no_result(tmp_path: Path, monkeypatch):
+    """A Ctrl-C that lands while the parent reads a worker's results (handled as read()
+    returns, as CPython does) must not drop the bytes read: their jobs' files would be
+    neither delivered nor abandoned (renc: temp files left behind)."""
+    log = tmp_path / "ran"
+    delivered: list[int] = []
+    abandoned: list[int] = []
+    parent, real_read, pressed = os.getpid(), os.read, []
+
+    def read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if os.getpid() == parent and data and not pressed:
+            pressed.append(fd)
+            os.kill(parent, signal.SIGINT)      # the terminal's Ctrl-C, right now
+        return data
+
+    monkeypatch.setattr(os, "read", read)
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        forkpool.run(200, 2, _recording(log), lambda i, r: delivered.append(i),
+                     abandon=abandoned.append)
+    assert pressed
     ran = _ran(log)
     assert len(ran) < 50, ran
     assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)

@@ -156,9 +156,12 @@ def _feed(fd: int, feed: memoryview) -> memoryview:
 
 def _read(w: _Worker, deaths: list[str]) -> bool:
     """Read what ``w`` sent; True at its end (it exited: reaped, a death recorded)."""
-    data = os.read(w.fd, 1 << 16)
-    if data:
+    # Held: a Ctrl-C handled as read() returns would drop the bytes read, and with
+    # them results that then are neither delivered nor abandoned.
+    with sigint.held():
+        data = os.read(w.fd, 1 << 16)
         w.buf += data
+    if data:
         return False
     status = _reap(w)
     if status:
