@@ -242,3 +242,45 @@ def test_ctrl_c_as_a_result_is_read_loses_no_result(tmp_path: Path, monkeypatch)
     assert len(ran) < 50, ran
     assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
     assert not any(_alive(pid) for _i, pid in ran)
+
+
+@pytest.mark.parametrize("when", ["the job pipe is closed", "the run's pipes are closed"])
+def test_ctrl_c_as_the_parent_closes_a_pipe(tmp_path: Path, monkeypatch, when):
+    """A Ctrl-C handled as close() returns: the descriptor closed must be known as
+    closed (or _stop closes it again: EBADF, and the clean-up stops there), and the
+    rest must still be closed (in a library caller's process they would leak)."""
+    log = tmp_path / "ran"
+    delivered: list[int] = []
+    abandoned: list[int] = []
+    parent, pressed = os.getpid(), []
+    real_pipe, real_close, real_set_blocking = os.pipe, os.close, os.set_blocking
+    fds: dict[str, int] = {}
+
+    def pipe() -> tuple[int, int]:
+        r, w = real_pipe()
+        fds.setdefault("jobs_r", r)
+        return r, w
+
+    def set_blocking(fd: int, blocking: bool) -> None:
+        fds.setdefault("jobs_w", fd)
+        real_set_blocking(fd, blocking)
+
+    def close(fd: int) -> None:
+        real_close(fd)
+        target = fds.get("jobs_w" if when == "the job pipe is closed" else "jobs_r")
+        if os.getpid() == parent and fd == target and not pressed:
+            pressed.append(fd)
+            os.kill(parent, signal.SIGINT)      # the terminal's Ctrl-C, right now
+
+    monkeypatch.setattr(os, "pipe", pipe)
+    monkeypatch.setattr(os, "set_blocking", set_blocking)
+    monkeypatch.setattr(os, "close", close)
+    before = _fds()
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        forkpool.run(20, 2, _recording(log), lambda i, r: delivered.append(i),
+                     abandon=abandoned.append)
+    assert pressed
+    ran = _ran(log) if log.exists() else []     # (withdrawn before any was taken)
+    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
+    assert not any(_alive(pid) for _i, pid in ran)
+    assert _fds() == before

@@ -94,7 +94,8 @@ def run(n: int, workers: int, work: Callable[[int], T],
         if feed:
             sel.register(jobs_w, selectors.EVENT_WRITE)
         else:
-            jobs_w = _closed(jobs_w)
+            with sigint.held():     # closed and known as closed, together
+                jobs_w = _closed(jobs_w)
         live = len(pool)
         # Until the last worker is gone: once it is, nobody reads the job numbers not
         # yet fed (the pipe stays full), and waiting to write them would never end.
@@ -104,7 +105,8 @@ def run(n: int, workers: int, work: Callable[[int], T],
                     feed = _feed(jobs_w, feed)
                     if not feed:
                         sel.unregister(jobs_w)
-                        jobs_w = _closed(jobs_w)
+                        with sigint.held():
+                            jobs_w = _closed(jobs_w)
                     continue
                 worker = next(w for w in pool if w.fd == key.fd)
                 if _read(worker, deaths):
@@ -130,12 +132,13 @@ def run(n: int, workers: int, work: Callable[[int], T],
             jobs_w = -1
         raise
     finally:
-        sel.close()
-        for fd in (jobs_r, jobs_w, *(w.fd for w in pool)):
-            if fd >= 0:
-                os.close(fd)
-        for w in pool:
-            _reap(w)
+        with sigint.held():         # a Ctrl-C must not cut the closing short
+            sel.close()
+            for fd in (jobs_r, jobs_w, *(w.fd for w in pool)):
+                if fd >= 0:
+                    os.close(fd)
+            for w in pool:
+                _reap(w)
 
 
 def _closed(fd: int) -> int:
