@@ -284,3 +284,47 @@ def test_ctrl_c_as_the_parent_closes_a_pipe(tmp_path: Path, monkeypatch, when):
     assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
     assert not any(_alive(pid) for _i, pid in ran)
     assert _fds() == before
+
+
+_ESCAPE = r"""
+import os, signal, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, sys.argv[1])
+from vaultpy._internal import forkpool
+
+parent, real_fork, forks = os.getpid(), os.fork, []
+
+def fork():
+    pid = real_fork()
+    forks.append(pid)
+    if pid == 0 and len(forks) == 1:        # a Ctrl-C reaches the new worker at once
+        os.kill(os.getpid(), signal.SIGINT)
+    return pid
+
+os.fork = fork
+got = {}
+try:
+    forkpool.run(10, 2, lambda i: i, got.__setitem__)
+finally:
+    if os.getpid() != parent:
+        print("a worker ran the caller's code", flush=True)
+print(sorted(got))
+"""
+
+
+def test_a_ctrl_c_before_the_worker_s_own_handler_stays_in_the_worker():
+    """Outside renc's policy (forkpool.run called as it is; renc from a thread other
+    than the main one, whose policy then is no handler) a Ctrl-C reaching a worker as
+    it is forked must not raise KeyboardInterrupt in the caller's code, in the child:
+    that would run the caller's clean-up there (renc's: removing the parent's temp
+    files) and take the parent's job numbers from the pipe."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _ESCAPE, root], capture_output=True,
+                          timeout=60)
+    out = proc.stdout.decode()
+    assert "caller's code" not in out, (out, proc.stderr.decode())
+    assert out.splitlines()[-1] == str(list(range(10))), out
+    assert proc.returncode == 0, proc.stderr.decode()

@@ -23,6 +23,8 @@ never run twice.
 
 from __future__ import annotations
 
+# signal itself imports enum (~6 ms); only these functions of its C module are used.
+import _signal  # type: ignore[import-not-found]
 import os
 import pickle
 import selectors
@@ -74,21 +76,28 @@ def run(n: int, workers: int, work: Callable[[int], T],
         with sigint.held():     # a Ctrl-C mid-fork: every worker made is known
             for _ in range(workers):
                 res_r, res_w = os.pipe()
+                # Signals blocked across the fork: the child must handle none (a
+                # KeyboardInterrupt raised into the caller's code, there) before it is
+                # in _worker and init has set its handlers; the parent none before it
+                # knows the child (outside sigint's policy, held() holds nothing).
+                mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
                 try:
                     pid = os.fork()
                 except OSError:     # EAGAIN, ENOMEM: go on with the workers made
+                    _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
                     os.close(res_r)
                     os.close(res_w)
                     if not pool:
                         raise
                     break
                 if pid == 0:        # the child
-                    os.close(res_r)
-                    os.close(jobs_w)
-                    _worker(jobs_r, res_w, work, init)
-                os.close(res_w)
-                pool.append(_Worker(pid, res_r, bytearray()))
-                sel.register(res_r, selectors.EVENT_READ)
+                    _worker(jobs_r, res_w, (res_r, jobs_w), mask, work, init)
+                try:
+                    os.close(res_w)
+                    pool.append(_Worker(pid, res_r, bytearray()))
+                    sel.register(res_r, selectors.EVENT_READ)
+                finally:
+                    _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         os.set_blocking(jobs_w, False)
         feed = _feed(jobs_w, feed)
         if feed:
@@ -227,12 +236,17 @@ def _stop(jobs_r: int, jobs_w: int, pool: list[_Worker], ready: deque[tuple[int,
             abandon(value)
 
 
-def _worker(jobs: int, out: int, work: Callable[[int], T], init: Callable[[], None]
-            ) -> NoReturn:
-    """In a worker: take job numbers until the pipe ends, send back each result."""
+def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
+            work: Callable[[int], T], init: Callable[[], None]) -> NoReturn:
+    """In a worker: take job numbers until the pipe ends, send back each result.
+    ``parents``: the parent's descriptors to close; ``mask``: the signal mask to restore
+    once ``init`` has run (until then every signal waits)."""
     code = 0
     try:
+        for fd in parents:
+            os.close(fd)
         init()
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         while True:
             data = os.read(jobs, _NUM.size)
             if not data:
