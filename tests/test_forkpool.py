@@ -328,3 +328,39 @@ def test_a_ctrl_c_before_the_worker_s_own_handler_stays_in_the_worker():
     assert "caller's code" not in out, (out, proc.stderr.decode())
     assert out.splitlines()[-1] == str(list(range(10))), out
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+_STREAMS = r"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, sys.argv[1])
+from vaultpy._internal import forkpool
+
+sys.stdout.write("before the pool;")        # a pipe: block-buffered, not written yet
+
+def work(i):
+    print(f"job {i}", flush=i == 0)         # a worker's own output, flushed or not
+    return i
+
+forkpool.run(4, 2, work, lambda i, r: None)
+print("after the pool")
+"""
+
+
+def test_each_line_written_once_and_none_lost():
+    """As multiprocessing did: what the parent had buffered is written before the fork
+    (or a worker that flushes writes it again), and what a worker buffered is written
+    before it exits (os._exit flushes nothing)."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", _STREAMS, root], capture_output=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert out.count("before the pool;") == 1, out
+    assert sorted(ln for ln in out.split("before the pool;")[1].splitlines()
+                  if ln.startswith("job ")) == [f"job {i}" for i in range(4)], out
+    assert out.endswith("after the pool\n"), out

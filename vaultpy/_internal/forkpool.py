@@ -29,6 +29,7 @@ import os
 import pickle
 import selectors
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def run(n: int, workers: int, work: Callable[[int], T],
     sel = selectors.DefaultSelector()
     feed = memoryview(b"".join(_NUM.pack(i) for i in range(n)))
     try:
+        _flush_std_streams()    # or a worker that flushes writes it again
         with sigint.held():     # a Ctrl-C mid-fork: every worker made is known
             for _ in range(workers):
                 res_r, res_w = os.pipe()
@@ -270,4 +272,17 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
     except BaseException:
         code = 1
     finally:
-        os._exit(code)
+        try:
+            _flush_std_streams()    # os._exit flushes nothing
+        finally:
+            os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    """What multiprocessing did before a fork and as a child exits."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):   # closed, a broken pipe
+            pass
