@@ -587,3 +587,48 @@ def test_ctrl_c_at_the_pin_prompt_of_a_later_run_ends_it(prepo, jobs):
     assert run.returncode == 130, run.output.decode(errors="replace")
     assert b"Traceback" not in run.output and b"interrupted" in run.output
     assert not any(fsutil.is_tmp(p.name) for p in repo.cache.rglob("*"))
+
+
+_KILLED_ASKING = r"""
+import os, signal, sys, time
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, sys.argv[1])
+from vaultpy import age
+from vaultpy._internal import forkpool
+
+answers = age._Answers()
+asking = sys.argv[2]
+
+def killed():           # the OOM killer, kill -9, while it asks the user
+    open(asking, "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def work(i):
+    if i == 0:
+        return answers.answer("confirm", killed, secret=False)
+    while not os.path.exists(asking):
+        time.sleep(0.01)
+    return answers.answer("confirm", lambda: "asked again", secret=False)
+
+got = {}
+forkpool.run(2, 2, work, got.__setitem__)
+print(got[1], got[0])
+"""
+
+
+def test_a_worker_killed_while_it_asks_leaves_the_others_asking(tmp_path):
+    """renc's pool lets the other workers go on once one died: they must not wait for
+    good on the answers' lock the dead one held (ProcessPoolExecutor terminated them)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_ASKING, root,
+                             str(tmp_path / "asking")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail("the other worker waited for the dead one's lock")
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == "asked again Failed(reason='its worker was killed by SIGKILL')\n"

@@ -365,6 +365,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _SharedLock:
+    """A lock for this process and the workers it forks that the kernel releases when
+    its holder dies: a POSIX record lock on an anonymous file (inherited, but owned per
+    process), with a thread lock to order this process's own threads.
+
+    Not a multiprocessing lock: a renc worker that dies (the OOM killer, a signal)
+    while it holds one (it asks the user under it) would leave the other workers
+    waiting for it for good, and the run with them (renc's pool lets the other workers
+    go on once one died; ProcessPoolExecutor used to terminate them)."""
+
+    def __init__(self) -> None:
+        import threading  # plugins only: not on every run's import path
+
+        self._fd = os.memfd_create("vaultpy-answers", os.MFD_CLOEXEC)
+        self._pid = os.getpid()
+        self._threads = threading.Lock()
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        if self._pid != os.getpid():    # a forked worker: a thread lock of its own
+            import threading
+
+            self._pid, self._threads = os.getpid(), threading.Lock()
+        self._threads.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        import fcntl
+
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
 class _Answers:
     """What the user told plugins during this run, shared with forked workers: an
     anonymous shared mapping (JSON) and a lock, both inherited across ``fork``.
@@ -375,10 +415,8 @@ class _Answers:
     few wrong PINs."""
 
     def __init__(self) -> None:
-        import multiprocessing
-
         self._mem = mmap.mmap(-1, _ANSWERS_SIZE)    # MAP_SHARED | MAP_ANONYMOUS
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self._lock = _SharedLock()
         self._mine: set[str] = set()                 # pending secrets this process gave
 
     def _read(self) -> dict[str, dict[str, Any]]:
