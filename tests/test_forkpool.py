@@ -364,3 +364,35 @@ def test_each_line_written_once_and_none_lost():
     assert sorted(ln for ln in out.split("before the pool;")[1].splitlines()
                   if ln.startswith("job ")) == [f"job {i}" for i in range(4)], out
     assert out.endswith("after the pool\n"), out
+
+
+_STDIN = r"""
+import sys, time
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, sys.argv[1])
+from vaultpy._internal import forkpool
+
+first = sys.stdin.readline()        # buffers the lines after it, here
+
+def work(i):
+    time.sleep(0.2)                 # one job per worker
+    return sys.stdin.readline()
+
+got = {}
+forkpool.run(2, 2, work, got.__setitem__)
+print(repr(first), repr(got[0]), repr(got[1]), repr(sys.stdin.readline()))
+"""
+
+
+def test_workers_read_no_stdin():
+    """As multiprocessing's workers: stdin is the parent's.  A worker reading it would
+    read the parent's buffered copy, each worker the same lines (renc: the same answer
+    read from stdin for two plugins' questions, a wrong PIN to a hardware key)."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _STDIN, root], capture_output=True,
+                          input=b"one\ntwo\nthree\n", timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode() == "'one\\n' '' '' 'two\\n'\n"

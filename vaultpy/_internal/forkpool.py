@@ -25,6 +25,7 @@ from __future__ import annotations
 
 # signal itself imports enum (~6 ms); only these functions of its C module are used.
 import _signal  # type: ignore[import-not-found]
+import contextlib
 import os
 import pickle
 import selectors
@@ -247,6 +248,7 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
     try:
         for fd in parents:
             os.close(fd)
+        _no_stdin()
         init()
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         while True:
@@ -276,6 +278,17 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
             _flush_std_streams()    # os._exit flushes nothing
         finally:
             os._exit(code)
+
+
+def _no_stdin() -> None:
+    """What multiprocessing did in a child: sys.stdin reads nothing (the parent's is a
+    copy, with what the parent buffered: each worker would read the same lines)."""
+    if sys.stdin is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdin.close()
+    with contextlib.suppress(OSError):
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
 
 
 def _flush_std_streams() -> None:
