@@ -133,14 +133,34 @@ def test_a_fork_that_fails_leaks_nothing(monkeypatch, fails):
     monkeypatch.setattr(os, "fork", fork)
     before = _fds()
     if fails == 1:
-        with pytest.raises(BlockingIOError):
+        with pytest.raises(forkpool.NoWorker) as raised:
             _collect(10, 2, lambda i: i)
+        assert raised.value.errno == 11
     else:
         got = _collect(10, 2, lambda i: (i, os.getpid()))
         assert sorted(got) == list(range(10))
         pids = {got[i][1] for i in got}                         # type: ignore[index]
         assert len(pids) == 1 and not any(_alive(p) for p in pids)
     assert _fds() == before
+
+
+def test_a_result_that_cannot_be_sent_fails_its_job_alone():
+    got = _collect(6, 2, lambda i: (lambda: i) if i == 1 else i)     # a lambda: no pickle
+    failed = got.pop(1)
+    assert isinstance(failed, forkpool.Failed)
+    assert failed.reason.startswith("its result could not be sent: ")
+    assert got == {i: i for i in range(6) if i != 1}
+
+
+def test_a_job_number_cut_short_ends_the_worker():
+    r, w = os.pipe()
+    os.write(w, bytes([7, 0, 0, 0, 9, 0]))
+    os.close(w)
+    try:
+        assert forkpool._take(r) == 7
+        assert forkpool._take(r) is None          # two bytes, then the end
+    finally:
+        os.close(r)
 
 
 def test_a_worker_that_exits_is_reported_with_its_status():

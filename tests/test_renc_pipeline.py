@@ -801,3 +801,17 @@ def test_a_file_system_without_flock_on_directories_still_builds(repo, monkeypat
     assert _renc(repo, 2).ok
     assert _fds() == before
     _assert_complete(repo)
+
+
+def test_no_process_to_spare_and_the_work_is_done_here(repo, monkeypatch):
+    """fork() failing for every worker (EAGAIN at the process limit) is no failure:
+    renc encrypts in its own process, as with --jobs 1."""
+    _first_run(repo)
+
+    def fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", fork)
+    result = _renc(repo, 2)
+    assert result.ok, result.failed
+    _assert_complete(repo)

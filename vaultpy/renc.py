@@ -367,9 +367,7 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
              ) -> None:
     """Run every job; hand each job's replies to ``deliver`` as soon as they arrive."""
     if workers < 2 or len(jobs) < 2 or not _can_fork():
-        for job in jobs:
-            with sigint.held():    # as a worker: a job, once begun, is delivered
-                deliver(job, _run_job(job))
+        _execute_here(jobs, deliver)
         return
 
     def delivered(n: int, replies: list[_Reply] | forkpool.Failed) -> None:
@@ -384,8 +382,17 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
     try:
         forkpool.run(len(jobs), min(workers, len(jobs)), _run_job_at, delivered,
                      init=functools.partial(_worker_init, os.getpid()), abandon=_unlink)
+    except forkpool.NoWorker:       # no process to spare (EAGAIN): the work is done here
+        _JOBS.clear()
+        _execute_here(jobs, deliver)
     finally:
         _JOBS.clear()
+
+
+def _execute_here(jobs: list[_Job], deliver: Callable[[_Job, list[_Reply]], None]) -> None:
+    for job in jobs:
+        with sigint.held():        # as a worker: a job, once begun, is delivered
+            deliver(job, _run_job(job))
 
 
 def _run_job_at(n: int) -> list[_Reply]:

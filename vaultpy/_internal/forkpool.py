@@ -52,6 +52,10 @@ class Failed:
     reason: str
 
 
+class NoWorker(OSError):
+    """Not one worker could be forked (EAGAIN, ENOMEM): no job ran."""
+
+
 @dataclass
 class _Worker:
     pid: int
@@ -86,12 +90,12 @@ def run(n: int, workers: int, work: Callable[[int], T],
                 mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
                 try:
                     pid = os.fork()
-                except OSError:     # EAGAIN, ENOMEM: go on with the workers made
+                except OSError as exc:  # EAGAIN, ENOMEM: go on with the workers made
                     _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
                     os.close(res_r)
                     os.close(res_w)
                     if not pool:
-                        raise
+                        raise NoWorker(exc.errno, exc.strerror) from exc
                     break
                 if pid == 0:        # the child
                     _worker(jobs_r, res_w, (res_r, jobs_w), mask, work, init)
@@ -251,13 +255,7 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
         _no_stdin()
         init()
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
-        while True:
-            data = os.read(jobs, _NUM.size)
-            if not data:
-                break
-            while len(data) < _NUM.size:    # not seen: numbers go in and out whole
-                data += os.read(jobs, _NUM.size - len(data))
-            (i,) = _NUM.unpack(data)
+        while (i := _take(jobs)) is not None:
             stop = False
             try:
                 msg: tuple[int, int, object] = (i, _OK, work(i))
@@ -265,7 +263,10 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
                 msg, stop = (i, _STOPPED, None), True
             except Exception as exc:
                 msg = (i, _RAISED, f"it raised {type(exc).__name__}: {exc}")
-            frame = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                frame = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:    # a result that cannot be sent: say why
+                frame = pickle.dumps((i, _RAISED, f"its result could not be sent: {exc}"))
             view = memoryview(_NUM.pack(len(frame)) + frame)
             while view:
                 view = view[os.write(out, view):]
@@ -278,6 +279,18 @@ def _worker(jobs: int, out: int, parents: tuple[int, ...], mask: Any,
             _flush_std_streams()    # os._exit flushes nothing
         finally:
             os._exit(code)
+
+
+def _take(jobs: int) -> int | None:
+    """In a worker: the next job number; None once the pipe has ended."""
+    data = b""
+    while len(data) < _NUM.size:
+        more = os.read(jobs, _NUM.size - len(data))
+        if not more:            # (a number cut short: never seen, they go in whole)
+            return None
+        data += more
+    i: int = _NUM.unpack(data)[0]
+    return i
 
 
 def _no_stdin() -> None:
