@@ -815,3 +815,25 @@ def test_no_process_to_spare_and_the_work_is_done_here(repo, monkeypatch):
     result = _renc(repo, 2)
     assert result.ok, result.failed
     _assert_complete(repo)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_first_run_that_cannot_make_its_lock_file_leaves_nothing(repo, monkeypatch, jobs):
+    """A first run encrypts before it takes the lock; when the lock file cannot then be
+    made (no inode left), everything it wrote goes, the cache directory it made too."""
+    import errno
+
+    _first_run(repo)
+    real_locked = pipeline.fsutil.locked
+
+    def locked(path: Path, *args: Any, **kw: Any) -> Any:
+        if path.name == ".vaultpy.lock":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_locked(path, *args, **kw)
+
+    monkeypatch.setattr(pipeline.fsutil, "locked", locked)
+    with pytest.raises(VaultpyError) as err:
+        _renc(repo, jobs)
+    [problem] = err.value.problems
+    assert "cannot take the lock" in problem.message, problem
+    assert not repo.cache.exists(), sorted(p.name for p in repo.cache.iterdir())

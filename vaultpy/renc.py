@@ -228,6 +228,9 @@ class _Publisher:
         self.dropped: list[str] = []
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
         self.held: list[int] = []       # the staged directories' flocks (fsutil.hold_dir)
+        # A first run's: the folders its mkdir -p of the cache directory created, deepest
+        # first.  Until its lock file is in the cache directory, discard() removes them.
+        self.made: list[Path] = []
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
         """A finished file: ``tmp`` to rename, or (``key`` given) one in a staged
@@ -361,6 +364,10 @@ class _Publisher:
             for fd in self.held:
                 os.close(fd)
             self.held = []
+            for d in self.made:         # left if anything is in it
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            self.made = []
 
 
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
@@ -451,6 +458,8 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 created = stack.enter_context(fsutil.locked(cfg.lock_path))
             except OSError as exc:      # read-only checkout, a directory in its place...
                 raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+            if early is not None:       # its lock file is in the cache directory now
+                early.made = []
             # A write of several masters a killed writer left half done is finished
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
@@ -550,6 +559,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
         if bad:
             raise VaultpyError(bad)
+        pub.made = made                 # until the lock file is made (_renc)
     except BaseException:
         if pub is not None:
             pub.discard()
