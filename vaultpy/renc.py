@@ -364,9 +364,7 @@ class _Publisher:
             for fd in self.held:
                 os.close(fd)
             self.held = []
-            for d in self.made:         # left if anything is in it
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
+            _remove_empty(self.made)
             self.made = []
 
 
@@ -453,11 +451,19 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         if not cfg.lock_path.exists():
             first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress)
         with contextlib.ExitStack() as stack:
+            # A first run with nothing to encrypt makes the cache directory here (one
+            # that encrypted made it already: early.made): gone again without the lock.
+            made = _absent(cfg.cache_dir)
             try:
-                cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-                created = stack.enter_context(fsutil.locked(cfg.lock_path))
-            except OSError as exc:      # read-only checkout, a directory in its place...
-                raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+                try:
+                    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+                    created = stack.enter_context(fsutil.locked(cfg.lock_path))
+                except OSError as exc:  # read-only checkout, a directory in its place...
+                    raise VaultpyError(os_problem(cfg.lock_path, exc,
+                                                  "take the lock")) from None
+            except BaseException:
+                _remove_empty(made)
+                raise
             if early is not None:       # its lock file is in the cache directory now
                 early.made = []
             # A write of several masters a killed writer left half done is finished
@@ -538,11 +544,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     if not s.todo:
         return s, None
     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-    made = []                           # mkdir -p: the directories it creates
-    d = cfg.cache_dir
-    while not os.path.lexists(d):
-        made.append(d)
-        d = d.parent
+    made = _absent(cfg.cache_dir)       # mkdir -p: the directories it creates
     pub: _Publisher | None = None
     try:
         try:
@@ -564,11 +566,25 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         if pub is not None:
             pub.discard()
         _IDENTITIES.clear()
-        for d in made:                  # deepest first; left if anything is in it
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
+        _remove_empty(made)
         raise
     return s, pub
+
+
+def _absent(d: Path) -> list[Path]:
+    """What ``mkdir -p d`` would create, deepest first."""
+    made = []
+    while not os.path.lexists(d):
+        made.append(d)
+        d = d.parent
+    return made
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The directories :func:`_absent` listed, each left if anything is in it."""
+    for d in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def _check_unwritten(cfg: Config, s: _Survey, failed: dict[str, Problem]) -> None:
