@@ -818,36 +818,16 @@ def test_no_process_to_spare_and_the_work_is_done_here(repo, monkeypatch):
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_a_first_run_that_cannot_make_its_lock_file_leaves_nothing(repo, monkeypatch, jobs):
+@pytest.mark.parametrize("secrets", [SECRETS, {}], ids=["work", "no-work"])
+def test_a_first_run_that_cannot_make_its_lock_file_leaves_nothing(make_repo, monkeypatch,
+                                                                   secrets, jobs):
     """A first run encrypts before it takes the lock; when the lock file cannot then be
-    made (no inode left), everything it wrote goes, the cache directory it made too."""
+    made (no inode left), everything it wrote goes, the cache directory it made too.
+    With no master to encrypt (no secret yet) the cache directory is made only for the
+    lock file, and goes the same way.  The next run succeeds."""
     import errno
 
-    _first_run(repo)
-    real_locked = pipeline.fsutil.locked
-
-    def locked(path: Path, *args: Any, **kw: Any) -> Any:
-        if path.name == ".vaultpy.lock":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_locked(path, *args, **kw)
-
-    monkeypatch.setattr(pipeline.fsutil, "locked", locked)
-    with pytest.raises(VaultpyError) as err:
-        _renc(repo, jobs)
-    [problem] = err.value.problems
-    assert "cannot take the lock" in problem.message, problem
-    assert not repo.cache.exists(), sorted(p.name for p in repo.cache.iterdir())
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_a_first_run_with_nothing_to_write_that_cannot_make_its_lock_file_leaves_nothing(
-        make_repo, monkeypatch, jobs):
-    """No master to encrypt (no secret yet), so the first run's early encryption makes
-    nothing; the cache directory is then made by _renc, for the lock file.  When that
-    cannot be made, the cache directory goes too, as when there was work to do."""
-    import errno
-
-    r: Repo = make_repo(hosts=2, secrets={})
+    r: Repo = make_repo(hosts=2, secrets=secrets)
     monkeypatch.chdir(r.root)
     _first_run(r)
     real_locked = pipeline.fsutil.locked
@@ -864,5 +844,5 @@ def test_a_first_run_with_nothing_to_write_that_cannot_make_its_lock_file_leaves
     assert "cannot take the lock" in problem.message, problem
     assert not r.cache.exists(), sorted(p.name for p in r.cache.iterdir())
     monkeypatch.setattr(pipeline.fsutil, "locked", real_locked)
-    assert _renc(r, jobs).ok                        # and the next run succeeds
+    assert _renc(r, jobs).ok
     assert (r.cache / ".vaultpy.lock").exists()
