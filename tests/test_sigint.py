@@ -137,3 +137,33 @@ def test_a_ctrl_c_in_importlibs_module_lock_callback_is_taken_after_it() -> None
         pytest.fail("not interrupted")
     assert log == ["cb went on", "cb done", "after cb"]
     assert signal.getsignal(signal.SIGALRM) == alarm      # put back
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new-lock", "lock-file-exists"])
+def test_a_ctrl_c_while_the_lock_is_opened_leaves_it_free(tmp_path, monkeypatch, exists):
+    """renc() called from a program (not the CLI) runs under the policy.  A Ctrl-C that
+    lands while the lock file is made or opened (held: its temp file must go) is raised
+    as that step ends: the descriptor, already flocked for a new lock file, must be
+    closed then, or the lock stays taken and the program's next renc() waits forever."""
+    from vaultpy._internal import fsutil
+
+    lock = tmp_path / ".vaultpy.lock"
+    if exists:
+        lock.touch()
+    real_open = os.open
+
+    def open_then_ctrl_c(path, *args, **kw):
+        fd = real_open(path, *args, **kw)
+        if lock.name in os.path.basename(str(path)):       # the lock, or its temp file
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(fsutil.os, "open", open_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), sigint.caught(), fsutil.locked(lock):
+        pytest.fail("the lock was taken after the Ctrl-C")
+    monkeypatch.undo()
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert [p.name for p in tmp_path.iterdir()] == [lock.name]       # no temp file left
+    with fsutil.locked(lock):                   # free: taken at once, not waited for
+        pass

@@ -252,26 +252,28 @@ def locked(lock_path: Path | str) -> Iterator[bool]:
     leaves a lock that blocks the next one.  Yields True when this call created the
     lock file: then no other process can ever have held the lock before this one.
     """
-    fd, created = _open_new_lock(lock_path) if not os.path.lexists(lock_path) else (-1, False)
-    if fd < 0:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd, created = -1, False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Held (none of it blocks): a Ctrl-C waits for the temp file to be gone, and
+        # for the descriptor to be bound here, where the finally closes it.  Lost, it
+        # would keep a new lock file's flock: a program's next renc() would wait forever.
+        with sigint.held():
+            if not os.path.lexists(lock_path):
+                fd, created = _link_new_lock(lock_path)
+            if fd < 0:
+                fd = os.open(lock_path,
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)          # the wait for the lock: Ctrl-C ends it
         yield created
     finally:
-        os.close(fd)
-
-
-def _open_new_lock(lock_path: Path | str) -> tuple[int, bool]:
-    """Create ``lock_path`` already locked: a temp file is flocked before it is linked
-    to the lock's name, so nobody can take the lock between creation and flock.
-    (-1, False) when the name exists by now, or the filesystem has no hard links.
-    A Ctrl-C waits for the temp file to be gone (none of this blocks)."""
-    with sigint.held():
-        return _link_new_lock(lock_path)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _link_new_lock(lock_path: Path | str) -> tuple[int, bool]:
+    """Create ``lock_path`` already locked: a temp file is flocked before it is linked
+    to the lock's name, so nobody can take the lock between creation and flock.
+    (-1, False) when the name exists by now, or the filesystem has no hard links."""
     tmp = os.path.join(os.path.dirname(lock_path), tmp_basename(os.path.basename(lock_path)))
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
