@@ -228,9 +228,6 @@ class _Publisher:
         self.dropped: list[str] = []
         self.broken: Problem | None = None   # syncfs or a rename failed: publish no more
         self.held: list[int] = []       # the staged directories' flocks (fsutil.hold_dir)
-        # A first run's: the folders its mkdir -p of the cache directory created, deepest
-        # first.  Until its lock file is in the cache directory, discard() removes them.
-        self.made: list[Path] = []
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
         """A finished file: ``tmp`` to rename, or (``key`` given) one in a staged
@@ -364,8 +361,6 @@ class _Publisher:
             for fd in self.held:
                 os.close(fd)
             self.held = []
-            _remove_empty(self.made)
-            self.made = []
 
 
 def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Reply]], None]
@@ -388,7 +383,6 @@ def _execute(jobs: list[_Job], workers: int, deliver: Callable[[_Job, list[_Repl
         forkpool.run(len(jobs), min(workers, len(jobs)), _run_job_at, delivered,
                      init=functools.partial(_worker_init, os.getpid()), abandon=_unlink)
     except forkpool.NoWorker:       # no process to spare (EAGAIN): the work is done here
-        _JOBS.clear()
         _execute_here(jobs, deliver)
     finally:
         _JOBS.clear()
@@ -443,6 +437,9 @@ def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
 def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Sequence[Path],
           ask: age.PassphraseFn, progress: ProgressFn | None) -> Result:
     early: _Publisher | None = None
+    # What this run's mkdir -p of the cache directory creates (a first run's): removed
+    # again, if empty, unless the lock file is made in it.
+    made = _absent(cfg.cache_dir)
     try:
         # A first run (no lock file yet) validates everything and unlocks keys before
         # it creates anything: bad input or a wrong key must not leave even a lock file
@@ -451,21 +448,12 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         if not cfg.lock_path.exists():
             first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress)
         with contextlib.ExitStack() as stack:
-            # A first run with nothing to encrypt makes the cache directory here (one
-            # that encrypted made it already: early.made): gone again without the lock.
-            made = _absent(cfg.cache_dir)
             try:
-                try:
-                    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-                    created = stack.enter_context(fsutil.locked(cfg.lock_path))
-                except OSError as exc:  # read-only checkout, a directory in its place...
-                    raise VaultpyError(os_problem(cfg.lock_path, exc,
-                                                  "take the lock")) from None
-            except BaseException:
-                _remove_empty(made)
-                raise
-            if early is not None:       # its lock file is in the cache directory now
-                early.made = []
+                cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+                created = stack.enter_context(fsutil.locked(cfg.lock_path))
+            except OSError as exc:      # read-only checkout, a directory in its place...
+                raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
+            made = []                   # the lock file is in the cache directory now
             # A write of several masters a killed writer left half done is finished
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
@@ -495,6 +483,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
     finally:
         if early is not None:
             early.discard()
+        _remove_empty(made)             # (after the discard: its temp directories)
         _IDENTITIES.clear()
     return result
 
@@ -537,14 +526,14 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     The check is the encryption itself: the workers decrypt each master once and write
     every file (into temp directories and temp names: nothing under a final path),
     and the publisher they filled is returned unfinished, for :func:`_renc` to finish
-    once it holds the lock.  A master that fails stops the run; what was written goes,
-    and so does the cache directory if this made it.  (A plugin identity, say a
-    hardware key, is thus asked once per master, as on any later run.)"""
+    once it holds the lock.  A master that fails stops the run and what was written
+    goes (:func:`_renc` then removes the cache directory, if the run made it).  A
+    plugin identity, say a hardware key, is thus asked once per master, as on any
+    later run."""
     s = _Survey.take(cfg, hosts)
     if not s.todo:
         return s, None
     _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-    made = _absent(cfg.cache_dir)       # mkdir -p: the directories it creates
     pub: _Publisher | None = None
     try:
         try:
@@ -561,12 +550,10 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
         if bad:
             raise VaultpyError(bad)
-        pub.made = made                 # until the lock file is made (_renc)
     except BaseException:
         if pub is not None:
             pub.discard()
         _IDENTITIES.clear()
-        _remove_empty(made)
         raise
     return s, pub
 
