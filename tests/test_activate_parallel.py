@@ -9,7 +9,6 @@ SIGKILL mid-way costs nothing but a retry in the parent.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from activate_helpers import (
     vaultpy_env,
 )
 from conftest import ROOT, Repo
+from open_gate import OpenGate
 
 IDS = [f"s{i:02d}" for i in range(50)]    # 3 shares of >= PARALLEL_MIN / 2 each
 
@@ -125,88 +125,59 @@ def test_first_error_is_the_one_a_single_process_reports(world: tuple[Repo, dict
     assert results["2"] == results["1"]
 
 
-def _helper_of(pid: int, deadline: float) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    while time.monotonic() < deadline:
-        found = children.read_text().split()
-        if found:
-            return int(found[0])
-        time.sleep(0.005)
-    raise AssertionError("no helper process appeared")
-
-
-def _open_writer(fifo: Path, deadline: float) -> int:
-    """Open the FIFO for writing once a reader has it open."""
-    while time.monotonic() < deadline:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-        time.sleep(0.005)
-    raise AssertionError(f"nobody opened {fifo} for reading")
-
-
-def _feed(fifo: Path, data: bytes, deadline: float) -> None:
-    """Write ``data`` to the FIFO's next reader, then close it (EOF)."""
-    fd = _open_writer(fifo, deadline)
-    os.set_blocking(fd, True)
-    with open(fd, "wb") as f:
-        f.write(data)
-
-
-def _activate_over_fifo(host: HostRoot, sid: str,
-                        drive: Callable[[int, Path, bytes, float], None]
-                        ) -> tuple[int, bytes]:
-    """Activate with --jobs 2 while ``sid``'s cache file is a FIFO, which
-    ``drive(pid, fifo, ciphertext, deadline)`` serves; (exit status, stderr)."""
+def _activate_gated(host: HostRoot, sid: str, on_open: Callable[[int, int], None]
+                    ) -> tuple[int, bytes, list[int]]:
+    """Activate with --jobs 2 while every open of ``sid``'s cache file waits at a gate
+    (tests/open_gate.py): ``on_open(pid of the opener, pid of the activation)`` runs
+    while the opener is held, then the open goes through.  (exit status, stderr, the
+    pids that opened the file, in order.)"""
     path = cache_file(host, sid)
-    data = path.read_bytes()
-    path.unlink()
-    os.mkfifo(path)
     assert share_of(host, sid) == 1, f"{sid} is not in the helper's share"
-    deadline = time.monotonic() + 60
-    proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
-                                         systemctl=shutil.which("true")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=vaultpy_env(), cwd=ROOT)
+    gate = OpenGate(path)
+    openers: list[int] = []
     try:
-        drive(proc.pid, path, data, deadline)
-        _out, err = proc.communicate(timeout=60)
+        proc = subprocess.Popen(activate_cmd(host.profile, host.root, "--jobs", "2",
+                                             systemctl=shutil.which("true")),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=vaultpy_env(), cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                held = gate.wait(min(deadline, time.monotonic() + 0.1))
+                if held is not None:
+                    event_fd, pid = held
+                    openers.append(pid)
+                    on_open(pid, proc.pid)
+                    gate.allow(event_fd)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err
+        gate.close()
+    return proc.returncode, err, openers
 
 
 def test_helper_killed_mid_share_is_redone_by_the_parent(world: tuple[Repo, dict[str, bytes]],
                                                          tmp_path: Path) -> None:
-    """s05's cache file is a FIFO: the helper (whose share it is) blocks reading it
-    and is SIGKILLed there.  The parent decrypts s05 and the rest of that share
-    itself, and the generation is complete and right."""
+    """The helper whose share holds s05 is SIGKILLed as it opens s05's cache file.  The
+    parent decrypts s05 and the rest of that share itself, and the generation is
+    complete and right."""
     repo, vals = world
     host = make_host_root(repo, "host0", tmp_path / "root")
+    killed: list[int] = []
 
-    def kill_helper_then_feed(pid: int, fifo: Path, data: bytes, deadline: float) -> None:
-        helper = _helper_of(pid, deadline)
-        # Open for writing once the helper has s05 open for reading; held open, the
-        # helper stays blocked in read() (closed first, it would read EOF and could be
-        # gone, reaped, before the kill: CI saw ProcessLookupError once).
-        writer = _open_writer(fifo, deadline)
-        os.kill(helper, signal.SIGKILL)
-        os.close(writer)
-        while time.monotonic() < deadline:          # until the parent has reaped it
-            try:
-                os.kill(helper, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.005)
-        _feed(fifo, data, deadline)                 # the parent reads s05 itself
+    def kill_the_helper(pid: int, parent: int) -> None:
+        if not killed:
+            assert pid != parent, "the parent opened s05 first: no helper ran"
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
-    status, err = _activate_over_fifo(host, "s05", kill_helper_then_feed)
+    status, err, openers = _activate_gated(host, "s05", kill_the_helper)
     assert status == 0, err.decode()
     assert b"Traceback" not in err
+    assert len(openers) == 2 and openers[0] == killed[0] != openers[1]
     assert {name: d for name, (d, *_rest) in generation(host).items()} == vals
 
 
@@ -229,14 +200,16 @@ def test_small_profiles_stay_in_one_process(world: tuple[Repo, dict[str, bytes]]
 
 def test_what_a_helper_delivers_is_not_decrypted_again(world: tuple[Repo, dict[str, bytes]],
                                                        tmp_path: Path) -> None:
-    """s05's cache file is a FIFO fed exactly once, to the helper whose share it is:
-    had the parent read it again, the run would block there."""
+    """s05's cache file is opened once, by the helper whose share it is."""
     repo, vals = world
     host = make_host_root(repo, "host0", tmp_path / "root")
-    status, err = _activate_over_fifo(host, "s05", lambda _pid, fifo, data, deadline:
-                                      _feed(fifo, data, deadline))
+    def a_helper(pid: int, parent: int) -> None:
+        assert pid != parent, "the parent opened s05: no helper did"
+
+    status, err, openers = _activate_gated(host, "s05", a_helper)
     assert status == 0, err.decode()
     assert b"50 decrypted in 2 processes" in err
+    assert len(openers) == 1
     assert {name: d for name, (d, *_rest) in generation(host).items()} == vals
 
 
