@@ -160,9 +160,10 @@ def profile_of(host: HostRoot, which: str) -> Path:
 
 
 def run(host: HostRoot, which: str = "A", *extra: str, no_mount: bool = True,
-        systemctl: str | Path | None = None) -> subprocess.CompletedProcess[bytes]:
+        systemctl: str | Path | None = None, timeout: float = 120
+        ) -> subprocess.CompletedProcess[bytes]:
     return activate(profile_of(host, which), host.root, *extra, no_mount=no_mount,
-                    systemctl=systemctl or shutil.which("true"))
+                    systemctl=systemctl or shutil.which("true"), timeout=timeout)
 
 
 def run_ok(host: HostRoot, which: str = "A", **kw: object) -> subprocess.CompletedProcess[bytes]:
@@ -270,6 +271,24 @@ def _user_removed(host: HostRoot, tmp: Path) -> None:
     passwd.write_text("\n".join(lines) + "\n")
 
 
+def _fifo(path: Path) -> None:
+    """A FIFO nobody writes in place of ``path``: opened as a file, it blocks forever."""
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _fifo_host_key(host: HostRoot, tmp: Path) -> None:
+    _fifo(host.root / "etc/ssh/ssh_host_ed25519_key")
+
+
+def _fifo_cache(host: HostRoot, tmp: Path) -> None:
+    _fifo(cache_file(host, "beta"))
+
+
+def _fifo_passwd(host: HostRoot, tmp: Path) -> None:
+    _fifo(host.root / "etc/passwd")
+
+
 def _template_owner_ghost(host: HostRoot, tmp: Path) -> None:
     def change(d: dict[str, Any]) -> None:
         (t,) = [t for t in d["templates"] if t["name"] == "app.env"]
@@ -314,6 +333,9 @@ FAULTS: dict[str, tuple[Callable[[HostRoot, Path], None], list[tuple[str, ...]]]
                                                                   "not a valid age file")]),
     "empty-cache-file": (_empty_cache, [("secret 'beta'",), ("empty",)]),
     "missing-cache-file": (_missing_cache, [("secret 'delta'",), ("cannot read",)]),
+    "fifo-host-key": (_fifo_host_key, [("{key}",), ("not a regular file",)]),
+    "fifo-cache-file": (_fifo_cache, [("secret 'beta'",), ("not a regular file",)]),
+    "fifo-passwd": (_fifo_passwd, [("etc/passwd",), ("not a regular file",)]),
     "unknown-owner-secret": (_user_removed, [("secret 'beta'",), ("unknown user 'svc'",)]),
     "unknown-owner-template": (_template_owner_ghost, [("template 'app.env'",),
                                                        ("unknown user 'ghost'",)]),
@@ -352,7 +374,7 @@ def test_fault_keeps_previous_generation_live_and_identical(world: World, tmp_pa
     apply(host, tmp_path)
     root_before = snapshot_tree(host.root)          # everything, after the fault
     key = str(host.root / KEY)
-    proc = run(host, "A")
+    proc = run(host, "A", timeout=60)      # a fault must end the run, never hang it
 
     line = assert_clean_line(proc, [tuple(a.replace("{key}", key) for a in alts)
                                     for alts in words])

@@ -243,6 +243,28 @@ def test_a_failure_does_not_wait_for_a_later_blocked_file(
     assert errors["2"] == errors["1"]
 
 
+def test_a_fifo_in_a_helper_s_share_is_a_clean_error_not_a_hang(
+        world: tuple[Repo, dict[str, bytes]], tmp_path: Path) -> None:
+    """s05 (the helper's share) is a FIFO nobody writes, and nothing fails before it:
+    it was opened and waited on forever, by the helper and then by the parent's
+    in-order pass.  Now both refuse it unread, and say so as one process does."""
+    repo, _vals = world
+    errors = {}
+    for jobs in ("1", "2"):
+        host = make_host_root(repo, "host0", tmp_path / f"root{jobs}")
+        fifo = cache_file(host, "s05")
+        fifo.unlink()
+        os.mkfifo(fifo)
+        assert share_of(host, "s05") == 1
+        proc = activate(host.profile, host.root, "--jobs", jobs,
+                        systemctl=shutil.which("true"), timeout=60)
+        assert proc.returncode == 1, proc.stderr.decode()
+        errors[jobs] = proc.stderr.decode().replace(str(host.root), "<root>")
+        assert not host.live.exists()
+    assert "'s05'" in errors["2"] and "not a regular file" in errors["2"]
+    assert errors["2"] == errors["1"]
+
+
 def test_shares_are_balanced_by_work_and_keep_the_order() -> None:
     """The benchmark's profile: every 100th secret is 1 MiB.  Dealt every other
     secret, all five landed in the helper's share (three times the bytes); dealt by

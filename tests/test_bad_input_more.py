@@ -70,6 +70,43 @@ def test_a_fifo_as_master_is_a_clean_error(repo: Repo) -> None:
     assert_one_clean_error(proc, "secrets/beta.age", "not a regular file")
 
 
+@pytest.mark.parametrize("where", ["found", "-C dir", "-C file"])
+@pytest.mark.parametrize("command", ["renc", "check"])
+def test_a_fifo_as_hosts_toml_is_a_clean_error(repo: Repo, command: str, where: str) -> None:
+    """Found by the search upwards, it was passed over ("no hosts.toml here"), and
+    named with -C it was opened and waited on forever."""
+    config = repo.root / "hosts.toml"
+    config.unlink()
+    os.mkfifo(config)
+    args = {"found": (), "-C dir": ("-C", str(repo.root)), "-C file": ("-C", str(config))}
+    proc = repo.run(*args[where], command, timeout=30)
+    assert_one_clean_error(proc, "hosts.toml", "not a regular file")
+
+
+@pytest.mark.parametrize("name", [".vaultpy-memo", ".vaultpy-verified"])
+def test_a_fifo_as_a_bookkeeping_file_is_passed_over(repo: Repo, name: str) -> None:
+    """The memo and the verification index are derived state: a FIFO in their place
+    is not waited on but ignored, as a damaged one is, and a run that saves its own
+    replaces it."""
+    path = repo.cache / name
+    if os.path.lexists(path):
+        path.unlink()
+    os.mkfifo(path)
+    repo.ok("check", timeout=30)
+    repo.ok("renc", timeout=30)
+    repo.ok("check", timeout=30)
+    if name == ".vaultpy-memo":
+        assert path.is_file()
+
+
+def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo) -> None:
+    journal = repo.root / ".vaultpy-writes"
+    os.mkfifo(journal)
+    proc = repo.run("renc", timeout=30)
+    line = assert_one_clean_error(proc, ".vaultpy-writes", "not a regular file")
+    assert "replace it with a regular file" in line
+
+
 def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:
     """`encrypt --file /dev/zero` (or an endless pipe) used to read until memory ran
     out; it stops past the limit, writes nothing, and says what to do instead."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyrage
 
-from vaultpy._internal import ageformat, forksafe, sigint
+from vaultpy._internal import ageformat, forksafe, fsutil, sigint
 from vaultpy._internal.record import record
 from vaultpy.errors import Problem, VaultpyError, display_path, fail
 
@@ -289,10 +289,14 @@ DAMAGED_HINT = "restore it from git, or recreate it (vaultpy edit / encrypt)"
 
 
 def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tty, *,
-                       unreadable_hint: str = UNREADABLE_IDENTITY_HINT) -> list[Identity]:
+                       unreadable_hint: str = UNREADABLE_IDENTITY_HINT,
+                       regular_only: bool = False) -> list[Identity]:
+    """The identities in ``path``.  ``regular_only``: refuse anything but a regular file
+    (a key read unattended, at boot, where a FIFO would block forever); a key named on
+    the command line may be a pipe, like ``-i <(pass show age-key)``."""
     source = display_path(path)
     try:
-        data = path.read_bytes()
+        data = fsutil.read_regular(path)[0] if regular_only else path.read_bytes()
     except OSError as exc:
         raise VaultpyError(Problem(source, f"cannot read identity: {exc.strerror}", "",
                                    unreadable_hint)) from None

@@ -292,11 +292,11 @@ class VerifiedIndex:
         self.entries: dict[str, StatKey] = {}
         self.changed = False
         try:
-            raw = json.loads(self.path.read_text())
+            raw = json.loads(read_regular(self.path)[0])
             if isinstance(raw, dict):
                 self.entries = {k: (v[0], v[1], v[2], v[3]) for k, v in raw.items()
                                 if isinstance(v, list) and len(v) == 4}
-        except (OSError, ValueError, RecursionError):     # a damaged index: start over
+        except (OSError, ValueError, RecursionError):     # damaged, a FIFO…: start over
             pass
         # Entries this run adds are planned ones; only loaded ones can be stale.
         self.loaded = bool(self.entries)

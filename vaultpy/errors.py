@@ -108,5 +108,9 @@ def os_problem(path: str | os.PathLike[str], exc: OSError, action: str, *,
         hint = "point it at a file, not a directory"
     elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "free some disk space, then run it again"
+    elif exc.errno == errno.EINVAL:
+        from vaultpy._internal.fsutil import NOT_REGULAR
+        if reason == NOT_REGULAR:
+            hint = "replace it with a regular file"
     return Problem(os.fspath(path) if as_is else display_path(path),
                    f"cannot {action}: {reason}", "", hint)

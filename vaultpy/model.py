@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from vaultpy import templates
+from vaultpy._internal import fsutil
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.output import (
@@ -893,6 +894,9 @@ def find(start: Path) -> Path:
         candidate = d / FILENAME
         if candidate.is_file():
             return candidate
+        if candidate.exists():          # not silently passed over for a parent's
+            raise VaultpyError(Problem(display_path(candidate), "not a regular file", "",
+                                       f"replace it with your {FILENAME}, or pass -C DIR"))
         if _creates_hosts_toml(d):
             raise VaultpyError(Problem(display_path(d / _WRITES), "a killed import's write "
                                        f"waits here to create {FILENAME}", "",
@@ -910,7 +914,7 @@ def _creates_hosts_toml(folder: Path) -> bool:
     import into a new repository, killed once its write was decided.  Until that write
     is finished there is no hosts.toml to find, and only the import can finish it."""
     try:
-        raw = (folder / _WRITES).read_bytes()
+        raw = fsutil.read_regular(folder / _WRITES)[0]
     except OSError:
         return False
     from vaultpy._internal import writes  # (it imports this module)
@@ -934,7 +938,7 @@ def load(repo: Path | None = None) -> Config:
     else:
         path = repo
     try:
-        data = path.read_bytes()
+        data = fsutil.read_regular(path)[0]      # a FIFO must not hang the run
     except OSError as exc:
         raise VaultpyError(Problem(display_path(path), f"cannot read: {exc.strerror}", "",
                                    "check the path and its permissions")) from None

@@ -314,6 +314,8 @@ def mount_fstype(path: Path) -> str | None:
 
 
 RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+# read_regular's OSError (EINVAL) for anything but a regular file.
+NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 
 
 def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
@@ -327,8 +329,7 @@ def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)",
-                          str(path))
+            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
         chunks = []
         while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
             chunks.append(chunk)

@@ -653,12 +653,35 @@ def _load(path: str) -> dict[str, object] | None:
     """The memo, or None.  marshal, not json: it is built in, where json would import
     ``re`` (~8 ms of a 70 ms run); like a .pyc file, the memo is local derived state,
     and one damaged or written by another Python is refused, never trusted."""
+    data = _read_regular(path)
+    if data is None:
+        return None
     try:
-        with open(path, "rb") as f:
-            raw = marshal.loads(f.read())
-    except (OSError, ValueError, EOFError, TypeError):
+        raw = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
         return None
     return raw if isinstance(raw, dict) else None
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The bytes of the regular file at ``path``, or None: a FIFO planted there must
+    not block the run (it is opened non-blocking and never read).  The rule of
+    ``fsutil.read_regular``, without importing it (see the module's docstring)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _strings(value: object) -> list[str] | None:
@@ -727,9 +750,8 @@ def _cache_dir(config: str) -> str:
     ``cache_dir = "..."`` says so, else the default (a wrong guess only misses)."""
     root = os.path.dirname(config)
     try:
-        with open(config, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, ValueError):
+        text = (_read_regular(config) or b"").decode("utf-8")
+    except ValueError:
         text = ""
     given = "secrets/cache"
     if "cache_dir" in text:                 # no `re`: its import alone costs 4 ms

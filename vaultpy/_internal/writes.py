@@ -120,7 +120,7 @@ def finish(cfg: Config) -> list[Path]:
 
 def _finish(cfg: Config, journal: Path) -> list[Path]:
     try:
-        raw = journal.read_bytes()
+        raw = fsutil.read_regular(journal)[0]
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -217,7 +217,7 @@ def listed(cfg: Config) -> set[str]:
     out: set[str] = set()
     for journal in _journals(cfg):
         try:
-            renames = parse(journal.read_bytes(), cfg.root)
+            renames = parse(fsutil.read_regular(journal)[0], cfg.root)
         except OSError:
             continue
         out.update(display_path(tmp) for tmp, _final, _new in renames or ())

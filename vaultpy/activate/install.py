@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 
 from vaultpy import age, templates
+from vaultpy._internal import fsutil
 from vaultpy.activate.context import Context
 from vaultpy.activate.users import Accounts
 from vaultpy.errors import Problem, VaultpyError, display_path
@@ -74,8 +75,7 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
                                    "in the profile", "secrets",
                                    "regenerate the profile with vaultpy profile"))
     try:
-        with open(item.file, "rb") as f:      # (pathlib's read_bytes costs twice as much)
-            data = f.read()
+        data = fsutil.read_regular(item.file)[0]     # a FIFO there must not hang a boot
     except OSError as exc:
         raise VaultpyError(Problem(display_path(item.file), f"secret {sid!r}: cannot "
                                    f"read its cache file: {exc.strerror}", "file",

@@ -53,7 +53,8 @@ def load_identities(ctx: Context) -> None:
                                        "decrypt what renc wrote for the old one"))
         try:
             ctx.identities.extend(age.load_identity_file(path, _no_prompt(path),
-                                                         unreadable_hint=_UNREADABLE))
+                                                         unreadable_hint=_UNREADABLE,
+                                                         regular_only=True))
         except VaultpyError as exc:     # the hints speak to an operator (-i, hosts.toml)
             raise VaultpyError([p if p.field == _FIELD else
                                 Problem(p.file, p.message, _FIELD,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy._internal import fsutil
+from vaultpy.errors import Problem, VaultpyError, os_problem
 
 _NUMERIC = re.compile(r"[0-9]+")
 
@@ -18,9 +19,12 @@ _NUMERIC = re.compile(r"[0-9]+")
 def _read_db(path: Path) -> dict[str, int]:
     ids: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = fsutil.read_regular(path)[0].decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ids
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "read the host's accounts",
+                                      as_is=True)) from None
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) >= 3 and parts[0] and _NUMERIC.fullmatch(parts[2]):
