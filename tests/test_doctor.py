@@ -442,3 +442,19 @@ def test_git_ignore_reads_git_in_english_whatever_the_locale(make_repo, tmp_path
                                          "LANG": "de_DE.UTF-8"})
     assert checks["git-ignore"]["status"] == "skipped"
     assert checks["git-ignore"]["detail"] == "not in a git work tree"
+
+
+@pytest.mark.parametrize("where", ["found", "-C dir"])
+def test_fifo_hosts_toml_is_one_problem_not_a_hang(make_repo, where: str) -> None:
+    """Named with -C, doctor reported it, then read it again for the recipients, and
+    that read waited forever."""
+    repo = make_repo(hosts=1)
+    config = repo.root / "hosts.toml"
+    config.unlink()
+    os.mkfifo(config)
+    args = ("-C", str(repo.root)) if where == "-C dir" else ()
+    proc = repo.run(*args, "doctor", "--json", timeout=60)
+    assert proc.returncode == 1, proc.stderr.decode()
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["hosts.toml"]["status"] == "problem"
+    assert "not a regular file" in checks["hosts.toml"]["detail"]

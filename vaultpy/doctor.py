@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vaultpy import __version__
+from vaultpy._internal import fsutil
 from vaultpy.errors import VaultpyError, display_path
 from vaultpy.model import Config
 
@@ -94,7 +95,7 @@ def _raw_recipients(repo: Path | None) -> list[str] | None:
     try:
         path = model.find(Path.cwd()) if repo is None else (
             repo / model.FILENAME if repo.is_dir() else repo)
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc = tomllib.loads(fsutil.read_regular(path)[0].decode("utf-8"))
     except (VaultpyError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     value = doc.get("vaultpy", {}).get("recipients") if isinstance(doc.get("vaultpy"),
