@@ -80,7 +80,7 @@ def test_a_fifo_as_hosts_toml_is_a_clean_error(repo: Repo, command: str, where: 
     os.mkfifo(config)
     args = {"found": (), "-C dir": ("-C", str(repo.root)), "-C file": ("-C", str(config))}
     proc = repo.run(*args[where], command, timeout=30)
-    assert_one_clean_error(proc, "hosts.toml", "not a regular file")
+    assert_one_clean_error(proc, "hosts.toml", "not a regular file", "replace it with your")
 
 
 @pytest.mark.parametrize("name", [".vaultpy-memo", ".vaultpy-verified"])

@@ -298,8 +298,10 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     try:
         data = fsutil.read_regular(path)[0] if regular_only else path.read_bytes()
     except OSError as exc:
+        hint = ("replace it with the key file" if exc.strerror == fsutil.NOT_REGULAR
+                else unreadable_hint)
         raise VaultpyError(Problem(source, f"cannot read identity: {exc.strerror}", "",
-                                   unreadable_hint)) from None
+                                   hint)) from None
     if _OPENSSH_KEY in data[:200] or _PEM_RSA_KEY in data[:200]:
         return [_unlock_ssh(data, source, ask)]
     if data.startswith(b"age-encryption.org/") or ageformat.is_armored(data):

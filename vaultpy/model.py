@@ -940,8 +940,10 @@ def load(repo: Path | None = None) -> Config:
     try:
         data = fsutil.read_regular(path)[0]      # a FIFO must not hang the run
     except OSError as exc:
+        hint = ("replace it with your hosts.toml" if exc.strerror == fsutil.NOT_REGULAR
+                else "check the path and its permissions")
         raise VaultpyError(Problem(display_path(path), f"cannot read: {exc.strerror}", "",
-                                   "check the path and its permissions")) from None
+                                   hint)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
