@@ -107,6 +107,24 @@ def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo) -> None:
     assert "replace it with a regular file" in line
 
 
+@pytest.mark.parametrize("command", [("check",), ("rotate", "--mark", "alpha"),
+                                     ("rotate", "--due")], ids=" ".join)
+def test_a_fifo_as_the_rotation_state_is_a_clean_error(repo: Repo,
+                                                       command: tuple[str, ...]) -> None:
+    """secrets/rotation.toml, read by check (once a secret has rotate_days), rotate and
+    generate, was opened as it was and waited on forever."""
+    hosts = repo.root / "hosts.toml"
+    hosts.write_text(hosts.read_text().replace("[secrets.alpha]\n",
+                                               "[secrets.alpha]\nrotate_days = 30\n"))
+    os.mkfifo(repo.root / "secrets" / "rotation.toml")
+    proc = repo.run(*command, timeout=30)
+    if command == ("check",):       # a damaged state file is a warning there
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert "secrets/rotation.toml: cannot read: not a regular file" in proc.stderr.decode()
+    else:
+        assert_one_clean_error(proc, "secrets/rotation.toml", "not a regular file")
+
+
 def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:
     """`encrypt --file /dev/zero` (or an endless pipe) used to read until memory ran
     out; it stops past the limit, writes nothing, and says what to do instead."""

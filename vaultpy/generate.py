@@ -50,7 +50,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vaultpy._internal import writes
+from vaultpy._internal import fsutil, writes
 from vaultpy.errors import Problem, UsageError, VaultpyError, display_path
 from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
@@ -223,7 +223,7 @@ def load_rotation(cfg: Config) -> dict[str, dt.datetime]:
     path = rotation_path(cfg)
     shown = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = fsutil.read_regular(path)[0].decode("utf-8")     # a FIFO must not hang
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
