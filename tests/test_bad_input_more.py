@@ -125,6 +125,37 @@ def test_a_fifo_as_the_rotation_state_is_a_clean_error(repo: Repo,
         assert_one_clean_error(proc, "secrets/rotation.toml", "not a regular file")
 
 
+@pytest.mark.parametrize("command", ["check --recipient-coverage",
+                                     "check --backup-identity",
+                                     "rekey --rotate-master"])
+def test_a_fifo_as_master_is_a_clean_error_for_recovery(repo: Repo, command: str) -> None:
+    """check --recipient-coverage / --backup-identity reported a FIFO master as a
+    problem, then read it again to try the keys, and rekey --rotate-master read every
+    master to decrypt it: both opened it as it was and waited forever."""
+    master = repo.root / "secrets" / "beta.age"
+    master.unlink()
+    os.mkfifo(master)
+    args = {"check --recipient-coverage": ["check", "--recipient-coverage"],
+            "check --backup-identity": ["check", "--backup-identity", str(repo.identity)],
+            "rekey --rotate-master": ["rekey", "--new-identity",
+                                      str(repo.root / "keys" / "new.txt")]}[command]
+    proc = repo.run(*args, timeout=30)
+    if command.startswith("check"):
+        check_line(proc, "secrets/beta.age", "not a regular file")
+    else:
+        assert_one_clean_error(proc, "secrets/beta.age", "not a regular file")
+        assert not (repo.root / ".vaultpy-rotation.jsonl").exists()
+
+
+def test_a_fifo_as_the_rotation_journal_is_a_clean_error(repo: Repo) -> None:
+    """check says to finish an unfinished rotation with rekey --rotate-master, which
+    opened the journal as it was and waited forever."""
+    os.mkfifo(repo.root / ".vaultpy-rotation.jsonl")
+    proc = repo.run("rekey", "--rotate-master", timeout=30)
+    assert_one_clean_error(proc, ".vaultpy-rotation.jsonl", "cannot read the rotation "
+                           "journal: not a regular file")
+
+
 def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:
     """`encrypt --file /dev/zero` (or an endless pipe) used to read until memory ran
     out; it stops past the limit, writes nothing, and says what to do instead."""

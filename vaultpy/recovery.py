@@ -124,7 +124,7 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
                         "run vaultpy rekey"))
     for sid, secret in cfg.secrets.items():
         try:
-            data = secret.file.read_bytes()
+            data = fsutil.read_regular(secret.file)[0]       # a FIFO must not hang check
             ageformat.parse(data)
         except (OSError, ageformat.FormatError):
             continue
@@ -293,11 +293,12 @@ class Journal:
 def read_journal(cfg: Config) -> Journal | None:
     path = cfg.root / JOURNAL
     try:
-        text = path.read_text(encoding="utf-8")
+        text = fsutil.read_regular(path)[0].decode("utf-8")    # a FIFO must not hang
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise fail(path, f"cannot read the rotation journal: {exc}",
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise fail(path, f"cannot read the rotation journal: {reason}",
                    hint="restore it, or remove it and check every master by hand") from None
     lines = text.split("\n")
     try:
@@ -383,6 +384,8 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
            retire: Sequence[str], ask: age.PassphraseFn
            ) -> tuple[Journal, Decrypted, list[age.Identity]]:
     """Validate, decrypt every master, then write the journal and the new identity."""
+    from vaultpy.masters import read_master  # (it imports this module)
+
     if os.path.lexists(new_identity):
         raise fail(new_identity, "already exists", field="--new-identity",
                    hint="give a path for the new master identity that does not exist yet")
@@ -414,7 +417,7 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
                                    "--retire RECIPIENT"))
     plain: Decrypted = {}
     for sid in chosen:
-        data = cfg.secrets[sid].file.read_bytes()
+        data = read_master(cfg, sid)
         plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
                       ageformat.is_armored(data), data)
     line, public = age.generate_x25519()
@@ -467,6 +470,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     """Rotate the master key, or finish a rotation that was interrupted."""
     from vaultpy import model
     from vaultpy import renc as pipeline
+    from vaultpy.masters import read_master  # (it imports this module)
 
     # A write a killed generate (or pull) left is finished first: its masters are
     # among those to rotate, not left encrypted to the old key once the lock is held.
@@ -507,7 +511,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
 
     for sid in todo:
         if sid not in plain:
-            data = cfg.secrets[sid].file.read_bytes()
+            data = read_master(cfg, sid)
             plain[sid] = (decrypt(cfg.secrets[sid].file, data), ageformat.is_armored(data),
                           data)
     recipients = journal.recipients
@@ -517,7 +521,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
             for sid in todo:
                 text, armor, was = plain.pop(sid)
                 current = cfg.secrets[sid].file
-                now = current.read_bytes()
+                now = fsutil.read_regular(current)[0]
                 if now != was:
                     # Written since it was read (before the lock): rotate the newer value.
                     text, armor = decrypt(current, now), ageformat.is_armored(now)
