@@ -549,6 +549,32 @@ def test_status_covers_early_items(world: World) -> None:
     assert [(c["name"], c["kind"]) for c in changes] == [("early_pw", "changed")]
 
 
+@pytest.mark.parametrize("what", ["num", ".vaultpy-manifest.json"])
+def test_a_fifo_in_the_live_generation_is_passed_over_not_waited_on(world: World,
+                                                                    what: str) -> None:
+    """The previous generation's files (an item, to compare, and the manifest, for
+    removals, links and unit calls) were opened as they were: a FIFO there hung status,
+    --dry-run and every activation, with the store's lock held.  Now it reads as
+    missing: the item as added (its units are called), the manifest as none."""
+    w, h = world, world.host
+    w.activate()
+    w.activate("--early")        # the profile has early items: status looks at both
+    w.rec.clear()
+    path = h.live / what
+    path.unlink()
+    os.mkfifo(path)
+    args = ("status", "--profile", str(h.profile), "--root", str(h.root), "--json")
+    proc = run_vaultpy(*args, timeout=30)
+    assert proc.returncode == (1 if what == "num" else 0), proc.stderr.decode()
+    assert [(c["name"], c["kind"]) for c in json.loads(proc.stdout)["changes"]] == (
+        [("num", "added")] if what == "num" else [])
+    activate_ok(h.profile, h.root, "--dry-run", systemctl=w.rec.script, timeout=30)
+    assert w.rec.take() == []
+    activate_ok(h.profile, h.root, systemctl=w.rec.script, timeout=30)
+    assert w.rec.take() == (["try-restart num.service"] if what == "num" else [])
+    assert_normal_generation(w, h.live)
+
+
 # ------------------------------------------------------------- 7. bundle
 
 def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,

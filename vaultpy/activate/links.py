@@ -190,7 +190,7 @@ def stale_links(ctx: Context) -> dict[str, str]:
 def _placed_by(gen: Path) -> dict[str, str]:
     """The links generation ``gen`` placed, or owed removing (path -> item name)."""
     try:
-        data = json.loads((gen / MANIFEST).read_bytes())
+        data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
         old = {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
         if not (gen / LINKED).exists():
             for path, name in data.get("unlink", []):

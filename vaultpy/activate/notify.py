@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from vaultpy._internal import fsutil
 from vaultpy.activate import links
 from vaultpy.activate.context import MANIFEST, Change, Context
 from vaultpy.activate.users import Accounts
@@ -25,7 +26,7 @@ def _previous_items(ctx: Context, gen: Path | None = None
     if gen is None:
         return {}
     try:
-        data = json.loads((gen / MANIFEST).read_bytes())
+        data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
         return {i["name"]: i for i in data["items"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -47,8 +48,7 @@ def compute_changes(ctx: Context) -> list[Change]:
             if old is None:
                 raise FileNotFoundError
             st = os.stat(old, follow_symlinks=False)
-            with open(old, "rb") as fh:
-                old_content = fh.read()
+            old_content = fsutil.read_regular(old)[0]      # a FIFO must not hang the run
         except OSError:
             changes.append(Change(item.name, "added", "", *units))
             continue
@@ -90,7 +90,7 @@ def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
     if ctx.previous is None or (ctx.previous / NOTIFIED).exists():
         return []
     try:
-        data = json.loads((ctx.previous / MANIFEST).read_bytes())
+        data = json.loads(fsutil.read_regular(ctx.previous / MANIFEST)[0])
         return [(str(v), str(u)) for v, u in data.get("pending", [])]
     except (OSError, ValueError, TypeError):
         return []
