@@ -433,6 +433,17 @@ def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
     assert stat.S_IMODE((site / ".gitignore").stat().st_mode) == 0o640
 
 
+def test_init_refuses_a_fifo_gitignore_before_writing(tmp_path: Path) -> None:
+    """init added its lines to a FIFO .gitignore with read_text, after hosts.toml was
+    written: it waited forever, and the rerun found hosts.toml there already."""
+    site = tmp_path / "site"
+    site.mkdir()
+    os.mkfifo(site / ".gitignore")
+    proc = _bare_repo(site).run("init", timeout=30)
+    assert_one_clean_error(proc, ".gitignore", "not a regular file")
+    assert sorted(os.listdir(site)) == [".gitignore"]
+
+
 def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     repo = _bare_repo(tmp_path / "site")
     repo.ok("init", "--generate-identity", "keys/master.txt")

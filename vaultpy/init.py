@@ -69,7 +69,7 @@ def _ignore_journal(path: Path) -> bool:
     """Make git ignore the write journal beside hosts.toml: ``path`` (the .gitignore
     there) is created, or the lines added to it; False when it already has them."""
     try:
-        old = path.read_text(encoding="utf-8")
+        old = fsutil.read_regular(path)[0].decode("utf-8")     # a FIFO must not hang
     except FileNotFoundError:
         old = None
     if old is not None and "/.vaultpy-writes\n" in old:
@@ -93,6 +93,10 @@ def init(directory: Path, recipients: Sequence[str] = (),
     if target.exists():
         problems.append(Problem(display_path(target), "already exists", "",
                                 "edit it, or choose another directory"))
+    ignore = directory / ".gitignore"       # added to at the end: refused before any write
+    if ignore.exists() and not ignore.is_file():
+        problems.append(Problem(display_path(ignore), "not a regular file", "",
+                                "replace it with a regular file, or remove it"))
     if generate_identity is not None and generate_identity.exists():
         problems.append(Problem(display_path(generate_identity), "already exists", "",
                                 "choose another path; vaultpy never overwrites a key"))
