@@ -38,12 +38,12 @@ def nix_env(tmp_path_factory) -> dict[str, str]:
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
-        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        input: bytes | None = None, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
     full = {k: v for k, v in os.environ.items() if k not in ("VAULTPY_IDENTITY",
                                                               "VAULTPY_DEBUG")}
     full.update({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
     return subprocess.run([sys.executable, "-m", "vaultpy", *args], cwd=cwd, input=input,
-                          capture_output=True, env=full, timeout=180)
+                          capture_output=True, env=full, timeout=timeout)
 
 
 def ok(*args: str, **kw) -> subprocess.CompletedProcess[bytes]:
@@ -321,6 +321,23 @@ def test_import_agenix_dry_run_prints_hosts_toml(agenix, nix_env, tmp_path):
     cfg = model.parse(proc.stdout.decode(), repo / "hosts.toml")
     assert {h: {d.id for d in host.deployments} for h, host in cfg.hosts.items()} == \
         agenix.expected
+
+
+def test_a_fifo_as_an_agenix_secret_file_is_a_clean_error(agenix, nix_env, tmp_path):
+    """The files secrets.nix names were read with read_bytes: a FIFO among them hung
+    the import (--dry-run too) before anything was checked.  (vaultix's are looked
+    up with is_file(): a FIFO there is 'not found'.)"""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fifo = agenix.dir / "api-token.age"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    for dry in ([], ["--dry-run"]):
+        proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+                   str(hosts_nix(agenix)), "-i", str(agenix.operator), *dry, cwd=repo,
+                   env=nix_env, timeout=60)
+        assert_one_clean_error(proc, "api-token.age", "not a regular file")
+        assert list(repo.iterdir()) == []
 
 
 def test_agenix_ids():

@@ -798,7 +798,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                     "left by an older vaultpy's interrupted import); remove "
                                     "it, or pass --force to replace it"))
         try:
-            data = sec.source.read_bytes()
+            data = fsutil.read_regular(sec.source)[0]      # a FIFO must not hang it
         except OSError as exc:
             p = os_problem(sec.source, exc, "read the secret")
             problems.append(Problem(p.file, p.message, sec.origin, f"create it with "
