@@ -555,6 +555,18 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
                            "does not accept the token")
 
 
+def test_a_fifo_as_the_token_file_is_a_clean_error(vrepo, bao: Bao, prefix: str) -> None:
+    """~/.vault-token, found by vaultpy itself, was read with read_text: a FIFO there
+    hung pull and push."""
+    repo = vrepo({"a": f"secret/{prefix}/a#v"})
+    repo.ok("encrypt", "a", input=b"A")                 # (push needs the master)
+    os.mkfifo(repo.root / "home" / ".vault-token")
+    for command in ("pull", "push"):
+        proc = repo.run(command, env={"VAULT_TOKEN": ""}, timeout=30)
+        assert_one_clean_error(proc, ".vault-token", "cannot read the Vault token",
+                               "not a regular file")
+
+
 # --------------------------------------------------------------------------- AppRole
 
 def test_wrapped_secret_id_unwrapped_once(vrepo, bao: Bao, prefix: str) -> None:

@@ -327,7 +327,7 @@ class Session:
             return found[1]
         path = Path(os.path.expanduser(TOKEN_FILE))
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = fsutil.read_regular(path)[0].decode("utf-8").strip()   # never a FIFO
         except FileNotFoundError:
             token = ""
         except (OSError, UnicodeDecodeError) as exc:
