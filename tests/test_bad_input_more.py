@@ -156,6 +156,24 @@ def test_a_fifo_as_the_rotation_journal_is_a_clean_error(repo: Repo) -> None:
                            "journal: not a regular file")
 
 
+def test_a_fifo_as_the_default_identity_is_a_clean_error(repo: Repo, tmp_path: Path) -> None:
+    """~/.config/vaultpy/master.txt is found, not named: a FIFO there hung every command
+    that decrypts, and doctor.  A file named with -i is read as given, so a pipe there
+    (-i <(pass show age-key)) still works."""
+    home = tmp_path / "home"
+    (home / ".config" / "vaultpy").mkdir(parents=True)
+    os.mkfifo(home / ".config" / "vaultpy" / "master.txt")
+    env = {"HOME": str(home), "VAULTPY_IDENTITY": ""}
+    proc = repo.run("decrypt", "alpha", env=env, timeout=30)
+    assert_one_clean_error(proc, "master.txt", "cannot read identity", "not a regular file")
+    proc = repo.run("doctor", env=env, timeout=30)
+    assert proc.returncode == 1 and "master.txt: cannot read identity: not a regular " \
+        "file" in proc.stdout.decode(), proc.stdout.decode()
+    proc = repo.ok("decrypt", "-i", "/dev/stdin", "alpha", env=env, timeout=30,
+                   input=repo.identity.read_bytes())
+    assert proc.stdout == SECRETS["alpha"]
+
+
 def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:
     """`encrypt --file /dev/zero` (or an endless pipe) used to read until memory ran
     out; it stops past the limit, writes nothing, and says what to do instead."""

@@ -618,6 +618,20 @@ def test_an_import_the_disk_cannot_take_writes_nothing(agenix, nix_env, tmp_path
     ok(*argv[3:], cwd=repo, env=nix_env)            # and the rerun needs no --force
 
 
+def test_a_fifo_as_an_agenix_default_identity_is_a_clean_error(agenix, nix_env, tmp_path):
+    """~/.ssh/id_ed25519, found without -i, was read as it was: a FIFO there hung the
+    import."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    os.mkfifo(home / ".ssh" / "id_ed25519")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+               str(hosts_nix(agenix)), "--dry-run", cwd=repo,
+               env={**nix_env, "HOME": str(home)}, timeout=60)
+    assert_one_clean_error(proc, "id_ed25519", "cannot read identity", "not a regular file")
+
+
 def test_agenix_default_identities_take_a_pem_rsa_key(agenix, nix_env, tmp_path):
     """agenix decrypts with ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, and age reads an RSA key
     in the PEM format ssh-keygen wrote before OpenSSH 7.8 ("BEGIN RSA PRIVATE KEY", with

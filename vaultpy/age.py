@@ -324,11 +324,14 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
 
 
 def load_identities(paths: Iterable[Path], ask: PassphraseFn = passphrase_from_env_or_tty,
-                    *, unreadable_hint: str = UNREADABLE_IDENTITY_HINT) -> list[Identity]:
-    """Load every identity from ``paths``; each file is read (and unlocked) once."""
+                    *, unreadable_hint: str = UNREADABLE_IDENTITY_HINT,
+                    regular_only: bool = False) -> list[Identity]:
+    """Load every identity from ``paths``; each file is read (and unlocked) once.
+    ``regular_only``: as for :func:`load_identity_file` (a default path, not named)."""
     out: list[Identity] = []
     for path in paths:
-        out.extend(load_identity_file(path, ask, unreadable_hint=unreadable_hint))
+        out.extend(load_identity_file(path, ask, unreadable_hint=unreadable_hint,
+                                      regular_only=regular_only))
     out.sort(key=lambda i: i.kind == "plugin")     # stable: plain keys first, in order
     return out
 

@@ -71,4 +71,7 @@ def load_configured(configured: Path | None, explicit: Sequence[Path] = (),
     """:func:`load`, given ``[vaultpy] identity`` (``configured``)."""
     if _in_memory and not explicit:
         return list(_in_memory)
-    return age.load_identities(configured_paths(configured, explicit), ask)
+    # The default file is found, not named: a FIFO there must not hang the run.
+    default = not explicit and not os.environ.get("VAULTPY_IDENTITY") and configured is None
+    return age.load_identities(configured_paths(configured, explicit), ask,
+                               regular_only=default)

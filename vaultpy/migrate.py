@@ -725,7 +725,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             f"pass the key {plan.tool} decrypted with: -i FILE")])
     try:
         keys = age.load_identities(files, ask, unreadable_hint=f"pass the key {plan.tool} "
-                                   "decrypted with: -i FILE")
+                                   "decrypted with: -i FILE",
+                                   regular_only=not identity_files)     # found: ~/.ssh/…
     except VaultpyError as exc:
         raise VaultpyError([*problems, *exc.problems]) from None
     chosen: list[str] = []
