@@ -95,8 +95,7 @@ def test_a_fifo_as_a_bookkeeping_file_is_passed_over(repo: Repo, name: str) -> N
     repo.ok("check", timeout=30)
     repo.ok("renc", timeout=30)
     repo.ok("check", timeout=30)
-    if name == ".vaultpy-memo":
-        assert path.is_file()
+    assert path.is_file()           # (docs/contracts.md says so of both)
 
 
 def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo) -> None:
