@@ -28,6 +28,7 @@ tests: the targets of the performance issue are printed as met / missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -63,16 +64,36 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
 
 def timed_rss(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     """Wall time and peak RSS (KiB) of one process, measured with wait4."""
+    elapsed, rss, _err = timed_run(cmd, cwd, env)
+    return elapsed, rss
+
+
+def timed_run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+    """:func:`timed_rss`, and what the process wrote to stderr (into a file: a full
+    pipe would stop it before it exits)."""
     os.sync()        # no run pays for flushing what an earlier one wrote
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        err.seek(0)
+        text = err.read().decode(errors="replace")
     if status != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        sys.exit(f"bench: {' '.join(cmd)} failed: {err}")
-    return elapsed, usage.ru_maxrss
+        sys.exit(f"bench: {' '.join(cmd)} failed: {text}")
+    return elapsed, usage.ru_maxrss, text
+
+
+def phases(stderr: str) -> dict[str, tuple[float, float]]:
+    """``renc --timings``'s table: step -> (wall s, CPU s)."""
+    out = {}
+    for line in stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] != "phase":
+            with contextlib.suppress(ValueError):
+                out[parts[0]] = (float(parts[1]) / 1000, float(parts[2]) / 1000)
+    return out
 
 
 def set_aside(tree: Path) -> None:
@@ -86,11 +107,17 @@ def set_aside(tree: Path) -> None:
 def cold_renc(root: Path, env: dict[str, str], args: list[str]) -> tuple[float, int]:
     """Wall time and peak RSS of one renc run on an empty cache (callers take the best
     of their rounds, interleaved with the runs they are compared with)."""
+    elapsed, rss, _err = cold_renc_timed(root, env, args)
+    return elapsed, rss
+
+
+def cold_renc_timed(root: Path, env: dict[str, str], args: list[str]
+                    ) -> tuple[float, int, str]:
     set_aside(root / "secrets" / "cache")
     # Written back now, as the floor's start is: renc's own syncfs calls would
     # otherwise flush it inside the timed run.
     os.sync()
-    return timed_rss(vaultpy("renc", *args), root, env)
+    return timed_run(vaultpy("renc", *args), root, env)
 
 
 def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -394,13 +421,20 @@ def main() -> None:
         # --jobs 1 vs --jobs 2, cold, best of 5 each, interleaved: with 3, one run's
         # --jobs 1 was slowed 40 % in every round (the same work took 40 % more CPU
         # time: the VM's host, not vaultpy) and the ratio read 2.76x.
+        # Each run prints its steps (--timings): the best run's are kept, to show
+        # which part of the run scales with the workers and which stays serial.
         best = {1: float("inf"), 2: float("inf")}
+        steps: dict[int, dict[str, tuple[float, float]]] = {}
         for _ in range(3 if args.quick else 5):
             for jobs in (1, 2):
-                t = cold_renc(big, env, ["--jobs", str(jobs)])[0]
-                best[jobs] = min(best[jobs], t)
+                t, _rss, err = cold_renc_timed(big, env, ["--jobs", str(jobs), "--timings"])
+                if t < best[jobs]:
+                    best[jobs], steps[jobs] = t, phases(err)
         for jobs, t in best.items():
             res[f"renc_cold_jobs{jobs}_s"] = t
+            for step, (wall, cpu) in steps[jobs].items():
+                res[f"renc_cold_jobs{jobs}_{step}_wall_s"] = wall
+                res[f"renc_cold_jobs{jobs}_{step}_cpu_s"] = cpu
 
         res["activation"] = bench_activation(big, env, min(500, n_secrets))
 
@@ -433,6 +467,12 @@ def report(r: dict[str, object], out: Path, quick: bool) -> None:
          ">= 1.7x", lambda x: x >= 1.7),
         ("(machine) pyrage floor in 2 processes vs 1", f["floor_1proc_per_file_ms"] /
          f["floor_per_file_ms"], "reference", lambda x: True),
+        ("(reference) the encrypt step alone (renc --timings), --jobs 2 vs --jobs 1",
+         f["renc_cold_jobs1_encrypt_wall_s"] / f["renc_cold_jobs2_encrypt_wall_s"],
+         "reference", lambda x: True),
+        ("(reference) a cold --jobs 2 run, whole, vs its encrypt step",
+         f["renc_cold_jobs2_s"] / f["renc_cold_jobs2_encrypt_wall_s"], "reference",
+         lambda x: True),
         ("no-op renc vs --version", f["renc_noop_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
         ("check vs --version", f["check_s"] / noop_ref, "<= 3x", lambda x: x <= 3),
         ("(reference) check of a fresh clone, as in CI (no index, no memo) vs --version",

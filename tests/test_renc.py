@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -570,3 +571,46 @@ def test_json_report_shape(make_repo):
     failure = data["failed"][0]
     assert "beta.age" in failure["file"] and failure["message"]
     assert "Traceback" not in proc.stderr.decode()
+
+
+# --------------------------------------------------------------------------- --timings
+
+def test_timings_name_each_step_of_a_run(make_repo):
+    """--timings: a cold run lists each step it took, in order, with the time no step
+    accounts for; a run with nothing to do lists no encryption (and is a full run: the
+    no-op memo would have nothing to time).  Without it, the JSON has no timings."""
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    data = renc_json(repo, "--timings", "--jobs", "2")
+    phases = [p["phase"] for p in data["timings"]]
+    assert phases == ["load", "survey", "unlock", "encrypt", "publish", "prune", "index",
+                      "total"], phases
+    for p in data["timings"]:
+        assert set(p) == {"phase", "wall_s", "cpu_s"}
+        assert p["wall_s"] >= 0 and p["cpu_s"] >= 0
+    total = data["timings"][-1]
+    assert total["wall_s"] >= sum(p["wall_s"] for p in data["timings"][:-1]) - 1e-6
+
+    assert "timings" not in renc_json(repo)          # nothing to do (the memo is recorded)
+    proc = repo.ok("renc", "--timings")
+    assert proc.stdout.decode().startswith("nothing to do: 7 cache files of 3 hosts")
+    lines = proc.stderr.decode().splitlines()
+    assert lines[0].split() == ["phase", "wall", "ms", "CPU", "ms"]
+    assert [line.split()[0] for line in lines[1:]] == ["load", "survey", "prune", "index",
+                                                       "other", "total"]
+    for line in lines[1:]:
+        _name, wall, cpu = line.split()
+        assert float(wall) >= 0 and float(cpu) >= 0
+
+
+def test_a_step_s_cpu_time_counts_the_worker_processes_it_waited_for():
+    """The encrypt step's CPU time is mostly its workers': a phase counts the CPU time of
+    the children reaped in it, not only this process's."""
+    from vaultpy._internal import timings
+
+    clock = timings.Clock()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    with clock.phase("child"):
+        subprocess.run([sys.executable, "-c", busy], check=True)
+    (phase,) = clock.phases
+    assert phase.name == "child" and phase.cpu >= 0.25, phase
+    assert clock.total().wall >= phase.wall

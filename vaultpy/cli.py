@@ -261,21 +261,27 @@ def renc(
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
+    show_timings: Annotated[bool, typer.Option(
+        "--timings", help="Also print how long each step took, wall and CPU time (on "
+        "stderr; with --json, in the JSON).")] = False,
 ) -> None:
     """Re-encrypt master secrets to each host's key, into the cache."""
     from vaultpy import renc as pipeline
-    from vaultpy._internal import memo
+    from vaultpy._internal import memo, timings
 
+    clock = timings.Clock()
     snapshot = None if host else memo.begin(repo or _Globals.repo)   # before loading
-    cfg = _config_for(repo, json_out)
+    with clock.phase("load"):
+        cfg = _config_for(repo, json_out)
     if snapshot is not None:
         snapshot.capture(cfg)
     progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
     if progress_cm is None:
-        result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity))
+        result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity),
+                               clock=clock)
     else:
         with progress_cm as report:
-            result = pipeline.renc(cfg, host or [], jobs=jobs,
+            result = pipeline.renc(cfg, host or [], jobs=jobs, clock=clock,
                                    identity_files=_identity(identity), progress=report)
     from vaultpy.model import shared_host_keys
 
@@ -284,12 +290,16 @@ def renc(
             result.written or result.repaired or result.pruned):
         # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
+    total = clock.total()
     if json_out:
-        _emit_json(result.as_dict() | {"warnings": [w.as_dict() for w in warnings]})
+        extra = {"timings": timings.as_list(clock.phases, total)} if show_timings else {}
+        _emit_json(result.as_dict() | {"warnings": [w.as_dict() for w in warnings]} | extra)
     else:
         for w in warnings:
             _err().print(f"warning: {w}", markup=False, style="yellow")
         _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts))
+        if show_timings:
+            _err().print(timings.table(clock.phases, total), markup=False, highlight=False)
     if not result.ok:
         _print_problems(result.failed)
         _exit(1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
-from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, writes
+from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, timings, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
@@ -423,19 +423,23 @@ def default_jobs() -> int:
 def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
          identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
-         progress: ProgressFn | None = None) -> Result:
-    """Bring the cache of ``hosts`` (default: all) up to date with the master files."""
+         progress: ProgressFn | None = None, clock: timings.Clock | None = None) -> Result:
+    """Bring the cache of ``hosts`` (default: all) up to date with the master files.
+
+    ``clock``: records how long each step took (``renc --timings``)."""
     for h in hosts:
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
     workers = jobs or default_jobs()
     with sigint.caught():
-        return _renc(cfg, hosts, workers, identity_files, ask, progress)
+        return _renc(cfg, hosts, workers, identity_files, ask, progress,
+                     clock or timings.Clock())
 
 
 def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Sequence[Path],
-          ask: age.PassphraseFn, progress: ProgressFn | None) -> Result:
+          ask: age.PassphraseFn, progress: ProgressFn | None, clock: timings.Clock
+          ) -> Result:
     early: _Publisher | None = None
     # What this run's mkdir -p of the cache directory creates (a first run's): removed
     # again, if empty, unless the lock file is made in it.
@@ -446,7 +450,8 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         # behind.  It also encrypts then, publishing nothing (:func:`_first_run`).
         first = None
         if not cfg.lock_path.exists():
-            first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress)
+            first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress,
+                                      clock)
         with contextlib.ExitStack() as stack:
             try:
                 cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -466,20 +471,26 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 if early is not None:
                     early.discard()
                     early = None
-                s = _Survey.take(cfg, hosts)
+                s = _Survey.take(cfg, hosts, clock)
             del first
             result, index, p = s.result, s.index, s.plan
             if early is not None:
-                _publish(early, result)
+                with clock.phase("publish"):
+                    _publish(early, result)
             elif s.todo:
                 if not _IDENTITIES:
-                    _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-                _publish(_encrypt(cfg, p, s.todo, result, index, workers, progress)[0],
-                         result)
+                    with clock.phase("unlock"):
+                        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+                with clock.phase("encrypt"):
+                    pub = _encrypt(cfg, p, s.todo, result, index, workers, progress)[0]
+                with clock.phase("publish"):
+                    _publish(pub, result)
             s.todo = []
-            _prune(cfg, p, result)
+            with clock.phase("prune"):
+                _prune(cfg, p, result)
             if result.ok:       # a failed run changes nothing it need not change
-                index.save(None if hosts else p.items)
+                with clock.phase("index"):
+                    index.save(None if hosts else p.items)
     finally:
         if early is not None:
             early.discard()
@@ -511,15 +522,17 @@ class _Survey:
     todo: list[cache.Item]
 
     @classmethod
-    def take(cls, cfg: Config, hosts: Sequence[str]) -> _Survey:
-        index = cache.VerifiedIndex(cfg.cache_dir, clock=memo.fs_clock(str(cfg.cache_dir)))
-        result, p = Result(), cache.plan(cfg, hosts)
-        return cls(result, index, p, _survey(cfg, hosts, result, index, p))
+    def take(cls, cfg: Config, hosts: Sequence[str], clock: timings.Clock) -> _Survey:
+        with clock.phase("survey"):
+            index = cache.VerifiedIndex(cfg.cache_dir,
+                                        clock=memo.fs_clock(str(cfg.cache_dir)))
+            result, p = Result(), cache.plan(cfg, hosts)
+            return cls(result, index, p, _survey(cfg, hosts, result, index, p))
 
 
 def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
-               ask: age.PassphraseFn, workers: int, progress: ProgressFn | None
-               ) -> tuple[_Survey, _Publisher | None]:
+               ask: age.PassphraseFn, workers: int, progress: ProgressFn | None,
+               clock: timings.Clock) -> tuple[_Survey, _Publisher | None]:
     """Before the lock file exists: survey, unlock the keys, and make sure every master
     the run needs decrypts; raise, having created nothing, when one does not.
 
@@ -530,10 +543,11 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     goes (:func:`_renc` then removes the cache directory, if the run made it).  A
     plugin identity, say a hardware key, is thus asked once per master, as on any
     later run."""
-    s = _Survey.take(cfg, hosts)
+    s = _Survey.take(cfg, hosts, clock)
     if not s.todo:
         return s, None
-    _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+    with clock.phase("unlock"):
+        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
     pub: _Publisher | None = None
     try:
         try:
@@ -541,8 +555,9 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         except OSError as exc:
             raise VaultpyError(os_problem(cfg.cache_dir, exc,
                                           "create the cache directory")) from None
-        pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers, progress,
-                               batches=False)
+        with clock.phase("encrypt"):
+            pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers,
+                                   progress, batches=False)
         if s.result.failed_items:
             _check_unwritten(cfg, s, failed)
         # A master that changed since the survey is no bad input: a writer that took the
