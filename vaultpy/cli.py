@@ -65,6 +65,12 @@ def _out() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+def _plain(text: str, *, err: bool = False) -> None:
+    """``text`` and a newline, exactly as :func:`_out` / :func:`_err` print it without
+    markup: a successful run's last words need not import rich (~40 ms)."""
+    (sys.stderr if err else sys.stdout).write(text + "\n")
+
+
 def _config(repo: Path | None) -> Config:
     from vaultpy import model
 
@@ -299,7 +305,7 @@ def renc(
             _err().print(f"warning: {w}", markup=False, style="yellow")
         _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts))
         if show_timings:
-            _err().print(timings.table(clock.phases, total), markup=False, highlight=False)
+            _plain(timings.table(clock.phases, total), err=True)
     if not result.ok:
         _print_problems(result.failed)
         _exit(1)
@@ -339,7 +345,7 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
     from vaultpy._internal.memo import renc_noop_line, renc_table
 
     if not (result.written or result.repaired or result.pruned or result.failed):
-        _out().print(renc_noop_line(len(result.unchanged), hosts), markup=False)
+        _plain(renc_noop_line(len(result.unchanged), hosts))
         return
 
     rows: dict[str, list[int]] = {}
@@ -349,7 +355,7 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
     for path in result.pruned:       # a file of a host, or a removed host's directory
         host = path.name if path.parent == cache_dir else path.parent.name
         rows.setdefault(host, [0, 0, 0, 0])[3] += 1
-    _out().print(renc_table(rows), markup=False)
+    _plain(renc_table(rows))
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 
@@ -399,6 +405,8 @@ def check(
         if problems:
             _print_problems(problems, _out())
             _err().print(f"[red]{len(problems)} problem(s)[/]")
+        elif (color := memo._color(sys.stderr)) is not None:   # as the memo's answer
+            _plain(memo.check_ok_line(color), err=True)
         else:
             _err().print(f"[green]ok[/]{memo.CHECK_OK_TAIL}")
     if problems:
@@ -666,6 +674,44 @@ def _usage_error(exc: Any) -> None:
                  style="red")
 
 
+# The global options that take a value (see _main above): what comes before the command.
+_GLOBAL_VALUED = ("-C", "--repo", "-i", "--identity", "--from-shares", "--passphrase-fd")
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` runs, when only global options precede it (else None:
+    ``--help``, ``--version``, a completion option or a typo want the whole app)."""
+    args = iter(argv)
+    for a in args:
+        if a in _GLOBAL_VALUED:
+            if next(args, None) is None:
+                return None
+        elif not (a == "--from-shares-prompt" or a.startswith(("-C", "-i")) or
+                  any(a.startswith(o + "=") for o in _GLOBAL_VALUED if o.startswith("--"))):
+            return None if a.startswith("-") else a
+    return None
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command ``argv`` runs.  typer builds a click command for
+    every command it has, inspecting each function's signature and evaluating its
+    annotations, at every start: ~60 ms for ~30 commands, against ~3 ms for one.  The
+    whole app still answers anything else (help, completion, an unknown name)."""
+    import copy
+
+    name = _command_name(argv)
+    if name is None or any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):
+        return app
+    commands = [c for c in app.registered_commands if c.callback is not None and
+                (c.name or c.callback.__name__.lower().replace("_", "-")) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if len(commands) + len(groups) != 1:
+        return app
+    one = copy.copy(app)
+    one.registered_commands, one.registered_groups = commands, groups
+    return one
+
+
 def main() -> None:
     """Entry point: map every failure to one readable line and an exit code."""
     if sys.argv[1:] == ["--version"]:
@@ -674,7 +720,7 @@ def main() -> None:
     try:
         # Not standalone: usage errors come here (see _usage_error), and an exit code
         # (typer.Exit, --help) is returned rather than raised.
-        code = app(prog_name="vaultpy", standalone_mode=False)
+        code = _app_for(sys.argv[1:])(prog_name="vaultpy", standalone_mode=False)
         if isinstance(code, int) and not isinstance(code, bool) and code:
             sys.exit(code)      # (130, typer's Ctrl-C, is reported below)
     except typer.Abort:         # end of input at a prompt

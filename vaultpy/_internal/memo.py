@@ -858,13 +858,16 @@ def answer(argv: Sequence[str]) -> int | None:
     elif json_out:
         sys.stdout.write(as_json({"ok": True, "problems": [], "warnings": []}))
     else:
-        ok = "\x1b[32mok\x1b[0m" if color else "ok"
-        sys.stderr.write(f"{ok}{CHECK_OK_TAIL}\n")
+        sys.stderr.write(check_ok_line(bool(color)) + "\n")
     return 0
 
 
 # The answers, shared with the full commands so that both print the very same thing.
 CHECK_OK_TAIL = ": every host has every secret; nothing stale"
+
+
+def check_ok_line(color: bool) -> str:
+    return ("\x1b[32mok\x1b[0m" if color else "ok") + CHECK_OK_TAIL
 
 
 def renc_noop_line(files: int, hosts: int) -> str:
