@@ -196,7 +196,9 @@ def _worker_sigint(_signum: int, _frame: object) -> None:
 class _Publisher:
     """Makes finished temp files final, a batch at a time, while encryption goes on.
 
-    Per batch: one ``syncfs`` (every byte of the batch durable), then its renames
+    Per batch: one ``syncfs`` (every byte of the batch durable; for a few files while
+    other programs' data waits to be written, an fdatasync each instead:
+    :func:`fsutil.sync_files`), then its renames
     (each atomic, replacing a damaged file), then the index records them.  The host
     directories are fsynced once, at the end (:meth:`finish`).  Until a temp file is
     renamed it is ``pending``: :meth:`discard` removes what is left on an interrupt.
@@ -219,6 +221,7 @@ class _Publisher:
         self.pending: list[tuple[cache.Item, str]] = []
         self.pending_bytes = 0
         self.unsynced = 0               # files written since the last syncfs (staged too)
+        self.staged_unsynced: list[str] = []    # of those, the ones in staged directories
         self.staged: dict[str, list[tuple[cache.Item, cache.StatKey]]] = {}
         self.dirs: set[str] = set()
         self.placed: set[str] = set()   # staged directories renamed into place
@@ -236,6 +239,8 @@ class _Publisher:
         self.unsynced += 1
         if key is not None:
             self.staged.setdefault(item.dir, []).append((item, key))
+            if len(self.staged_unsynced) <= fsutil.FEW_FILES:   # more: a syncfs, no list
+                self.staged_unsynced.append(tmp)
         else:
             self.pending.append((item, tmp))
             self.pending_bytes += (item.payload or 0) + 256
@@ -258,11 +263,14 @@ class _Publisher:
         if not self.unsynced:
             return
         if self.broken is None:
-            try:
-                fsutil.syncfs(self.cfg.cache_dir)        # data durable before any rename
+            try:                        # data durable before any rename
+                fsutil.sync_files(self.cfg.cache_dir,
+                                  [tmp for _item, tmp in self.pending] + self.staged_unsynced,
+                                  sorted(self.staging.values()))
             except OSError as exc:
                 self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
         self.unsynced = self.pending_bytes = 0
+        self.staged_unsynced = []
         with sigint.held():
             pending, self.pending = self.pending, []
             done = 0

@@ -11,7 +11,9 @@ except some master files, this module does only what that change needs, in steps
 2. ``encrypt`` - each changed master read and decrypted once, encrypted for each host
                  that needs it into a temp file;
 3. ``publish`` - one ``syncfs``, the renames, the host's previous files removed, one
-                 ``syncfs``: the same order and durability as the full pipeline;
+                 ``syncfs``: the same order and durability as the full pipeline (and
+                 as it, an fdatasync per file and an fsync per folder instead while
+                 other data waits to be written: ``fsutil.sync_files``);
 4. ``record``  - the state after: the state before plus exactly this run's changes,
                  re-stat'ed once the file system's clock has passed them, so the next
                  unchanged run is a memo hit (the memo's racy-clean rule, unchanged);
@@ -252,7 +254,7 @@ class Run:
         from vaultpy._internal import fsutil
 
         try:
-            fsutil.syncfs(self.cache_dir)
+            fsutil.sync_files(self.cache_dir, [w.tmp for w in self.writes])
         except OSError:
             return False
         with sigint.held():         # from the first rename on, a Ctrl-C waits for the end
@@ -285,8 +287,8 @@ class Run:
                 continue
             w.pruned = True
             self.ours[w.folder][w.old] = None
-        try:
-            fsutil.syncfs(self.cache_dir)           # the renames and removals too
+        try:                                        # the renames and removals too
+            fsutil.sync_files(self.cache_dir, [], sorted({w.folder for w in published}))
         except OSError as exc:
             self._fail(os_problem(self.cache_dir, exc, "finish writing the cache"))
             self.unsynced = True    # in place, not known durable: failed, not written
