@@ -7,6 +7,7 @@ import sys
 def main() -> None:
     """Run the command in ``sys.argv`` and end the process."""
     from vaultpy._internal import sigint
+    from vaultpy._internal.leave import leave
 
     # For the whole process: a first Ctrl-C stops the command, later ones cannot cut
     # the clean-up it started short (vaultpy/_internal/sigint.py).
@@ -25,30 +26,8 @@ def main() -> None:
     except SystemExit as exc:
         if exc.code is not None and not isinstance(exc.code, int):
             raise                   # a message for Python to print
-        _leave(exc.code or 0)
-    _leave(0)
-
-
-def _leave(code: int) -> None:
-    """Exit with ``code`` without tearing the interpreter down: freeing every module
-    and object one by one takes ~40 ms after a full command (typer, rich, the plan),
-    and the kernel frees the whole process at once.  Only when nothing is left for
-    that teardown to do: stdout and stderr flushed, no ``atexit`` function (a
-    ``weakref.finalize``, coverage's data file) and no other thread.  Otherwise, and
-    if a flush fails (a closed pipe: Python reports it as it always does), the
-    normal exit."""
-    import atexit
-    import os
-
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        sys.exit(code)
-    threading = sys.modules.get("threading")
-    if atexit._ncallbacks() or (threading is not None and threading.active_count() > 1):
-        sys.exit(code)
-    os._exit(code)
+        leave(exc.code or 0)
+    leave(0)
 
 
 def _main() -> None:

@@ -71,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from vaultpy._internal.leave import leave
+
+    try:
+        code = main()
+    except SystemExit as exc:       # argparse: a usage error, --help
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise
+        code = exc.code or 0
+    leave(code)
 
 
 if __name__ == "__main__":
