@@ -567,6 +567,19 @@ def test_a_fifo_as_the_token_file_is_a_clean_error(vrepo, bao: Bao, prefix: str)
                                "not a regular file")
 
 
+@pytest.mark.parametrize("field", ["secret_id_file", "wrapped_secret_id_file"])
+def test_a_fifo_as_a_secret_id_file_is_a_clean_error(vrepo, bao: Bao, prefix: str,
+                                                      field: str) -> None:
+    """The AppRole files of [vaultpy.vault] were read with read_text: a FIFO there
+    hung pull."""
+    repo = vrepo({"a": f"secret/{prefix}/a#v"},
+                 vault=f'auth = "approle"\nrole_id = "r"\n{field} = "sid"')
+    repo.env["VAULT_TOKEN"] = ""
+    os.mkfifo(repo.root / "sid")
+    proc = repo.run("pull", timeout=30)
+    assert_one_clean_error(proc, "sid", f"vaultpy.vault.{field}", "not a regular file")
+
+
 # --------------------------------------------------------------------------- AppRole
 
 def test_wrapped_secret_id_unwrapped_once(vrepo, bao: Bao, prefix: str) -> None:

@@ -587,7 +587,7 @@ def _version(value: Any, location: str) -> int:
 
 def _read_small(path: Path, what: str, where: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = fsutil.read_regular(path)[0].decode("utf-8").strip()    # never a FIFO
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not text"
         raise VaultpyError(Problem(display_path(path), f"cannot read the {what}: {reason}",
