@@ -466,6 +466,20 @@ def test_a_ca_file_that_holds_no_certificate_is_blamed_not_the_server(vrepo, bao
                                "BEGIN CERTIFICATE")
 
 
+def test_a_fifo_as_the_ca_file_is_a_clean_error(vrepo, bao: Bao, prefix: str) -> None:
+    """The CA file is read to check it before any connection: a FIFO there (in ca_cert
+    or VAULT_CACERT) hung pull."""
+    repo = vrepo({"a": f"secret/{prefix}/a#v"})
+    os.mkfifo(repo.root / "ca.pem")
+    for env in ({"VAULT_CACERT": str(repo.root / "ca.pem")}, {}):
+        if not env:
+            write_config(repo, bao, {"a": f"secret/{prefix}/a#v"}, 'ca_cert = "ca.pem"')
+        https = bao.addr.replace("http:", "https:")
+        proc = repo.run("pull", env={"VAULT_ADDR": https, **env}, timeout=30)
+        where = "VAULT_CACERT" if env else "vaultpy.vault.ca_cert"
+        assert_one_clean_error(proc, where, "ca.pem is not a regular file")
+
+
 def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path: Path
                                                            ) -> None:
     """A real TLS server (bao -dev-tls makes its own CA): pulled with its CA; with a

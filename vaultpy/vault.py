@@ -151,7 +151,8 @@ def _ca_problem(path: str, directory: bool, https: bool) -> tuple[str, str] | No
         return (f"{what} {path} is a directory",
                 "a directory of certificates goes in BAO_CAPATH / VAULT_CAPATH")
     if not directory and https:
-        reason = _unreadable_ca(path)
+        # A FIFO would hang the check below (and could not serve requests' second read).
+        reason = "is not a regular file" if not os.path.isfile(path) else _unreadable_ca(path)
         if reason:
             return (f"{what} {path} {reason}",
                     "point it at the PEM file of Vault's CA (-----BEGIN CERTIFICATE----- …)")
