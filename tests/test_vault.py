@@ -591,7 +591,8 @@ def test_a_fifo_as_a_secret_id_file_is_a_clean_error(vrepo, bao: Bao, prefix: st
     repo.env["VAULT_TOKEN"] = ""
     os.mkfifo(repo.root / "sid")
     proc = repo.run("pull", timeout=30)
-    assert_one_clean_error(proc, "sid", f"vaultpy.vault.{field}", "not a regular file")
+    assert_one_clean_error(proc, "sid", f"vaultpy.vault.{field}", "not a regular file",
+                           "replace it with a regular file")
 
 
 # --------------------------------------------------------------------------- AppRole

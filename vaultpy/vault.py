@@ -591,8 +591,10 @@ def _read_small(path: Path, what: str, where: str) -> str:
         text = fsutil.read_regular(path)[0].decode("utf-8").strip()    # never a FIFO
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not text"
+        hint = (f"replace it with a regular file holding the {what}"
+                if reason == fsutil.NOT_REGULAR else "check the path in [vaultpy.vault]")
         raise VaultpyError(Problem(display_path(path), f"cannot read the {what}: {reason}",
-                                   where, "check the path in [vaultpy.vault]")) from None
+                                   where, hint)) from None
     if not text:
         raise VaultpyError(Problem(display_path(path), f"the {what} file is empty", where,
                                    "put the value in it"))
