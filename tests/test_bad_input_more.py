@@ -98,12 +98,28 @@ def test_a_fifo_as_a_bookkeeping_file_is_passed_over(repo: Repo, name: str) -> N
     assert path.is_file()           # (docs/contracts.md says so of both)
 
 
-def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo) -> None:
-    journal = repo.root / ".vaultpy-writes"
-    os.mkfifo(journal)
-    proc = repo.run("renc", timeout=30)
-    line = assert_one_clean_error(proc, ".vaultpy-writes", "not a regular file")
-    assert "replace it with a regular file" in line
+@pytest.mark.parametrize("where", ["beside hosts.toml", "in cache_dir"])
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo, where: str,
+                                                      kind: str) -> None:
+    """vaultpy writes its journal as a regular file, so a FIFO there holds no write to
+    finish.  renc said to replace it with a regular file, and the empty file that
+    advice gave was then "damaged … delete it"; check called it an interrupted write
+    and said to run renc.  Both now say what it is and to delete it, which works."""
+    journal = (repo.root if where == "beside hosts.toml" else repo.cache) / ".vaultpy-writes"
+    if kind == "fifo":
+        os.mkfifo(journal)
+    else:
+        journal.mkdir()
+    needles = (".vaultpy-writes", "not a regular file" if kind == "fifo" else "a directory",
+               "no interrupted write", "delete it")
+    renc = assert_one_clean_error(repo.run("renc", timeout=30), *needles)
+    check = check_line(repo.run("check", timeout=30), *needles)
+    assert "interrupted before" not in check
+    assert renc.split("; ", 1)[1] == check.split("; ", 1)[1]       # the same fix
+    journal.unlink() if kind == "fifo" else journal.rmdir()
+    repo.ok("renc", timeout=30)
+    repo.ok("check", timeout=30)
 
 
 @pytest.mark.parametrize("command", [("check",), ("rotate", "--mark", "alpha"),

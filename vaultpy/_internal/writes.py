@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -118,12 +119,26 @@ def finish(cfg: Config) -> list[Path]:
     return done
 
 
+def _not_a_journal(journal: Path, directory: bool) -> Problem:
+    """A FIFO, device, socket or (``directory``) directory in the journal's place.
+    vaultpy writes its journal as a regular file (an atomic rename), so this holds no
+    write to finish: the fix is to delete it, not to put a regular file there (an empty
+    one would be a damaged journal)."""
+    what = "a directory" if directory else fsutil.NOT_REGULAR
+    return Problem(display_path(journal), f"{what}, so no interrupted write is in it", "",
+                   "delete it: vaultpy writes its journal as a regular file")
+
+
 def _finish(cfg: Config, journal: Path) -> list[Path]:
     try:
         raw = fsutil.read_regular(journal)[0]
     except FileNotFoundError:
         return []
+    except IsADirectoryError:
+        raise VaultpyError(_not_a_journal(journal, directory=True)) from None
     except OSError as exc:
+        if exc.strerror == fsutil.NOT_REGULAR:
+            raise VaultpyError(_not_a_journal(journal, directory=False)) from None
         raise VaultpyError(os_problem(journal, exc, "read")) from None
     renames = parse(raw, cfg.root)
     if renames is None:
@@ -225,8 +240,21 @@ def listed(cfg: Config) -> set[str]:
 
 
 def problems(cfg: Config) -> list[Problem]:
-    """For ``check``: an interrupted write waits to be finished."""
-    return [Problem(display_path(journal), "a write of several files was interrupted "
-                    "before all of them were replaced", "",
-                    "run vaultpy renc: any command that takes the lock finishes it first")
-            for journal in _journals(cfg) if os.path.lexists(journal)]
+    """For ``check``: an interrupted write waits to be finished, or a FIFO or directory
+    stands where a journal would be (stat only: opening a FIFO waits for a writer)."""
+    out = []
+    for journal in _journals(cfg):
+        if not os.path.lexists(journal):
+            continue
+        try:
+            mode = os.stat(journal).st_mode
+        except OSError:
+            mode = stat.S_IFREG         # cannot tell (a dangling symlink): as before
+        if not stat.S_ISREG(mode):
+            out.append(_not_a_journal(journal, directory=stat.S_ISDIR(mode)))
+            continue
+        out.append(Problem(display_path(journal), "a write of several files was "
+                           "interrupted before all of them were replaced", "",
+                           "run vaultpy renc: any command that takes the lock finishes "
+                           "it first"))
+    return out
