@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,63 @@ def assert_one_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: s
     lines = [ln for ln in err.splitlines() if all(n in ln for n in needles)]
     assert lines, f"no line with {needles!r} in:\n{err}"
     return lines[0]
+
+
+# ------------------------------------------------ reading devices and FIFOs
+
+_GIB = 1 << 30
+
+
+def capped_run(argv: list[str], env: dict[str, str], cwd: Path, *, input: bytes | None = None,
+               stdin: int | None = None, timeout: float = 60
+               ) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI in 1 GiB of address space: a run that reads /dev/zero to its end
+    fails in a second (MemoryError), instead of filling this machine's RAM."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (_GIB, _GIB))
+
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env}
+    full.pop("VAULTPY_DEBUG", None)
+    return subprocess.run(argv, input=input, stdin=stdin, capture_output=True, cwd=cwd,
+                          env=full, timeout=timeout, preexec_fn=cap)
+
+
+def vaultpy_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vaultpy", *args]
+
+
+@contextlib.contextmanager
+def fifo_writer(path: Path, data: bytes, hold: bool = False) -> Iterator[None]:
+    """A FIFO at ``path`` that a thread fills with ``data`` once a reader opens it,
+    then closes, or (``hold``) holds open, no end of file, until the block ends: a
+    reader that wants a line must not wait for more."""
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY)         # waits for the reader
+        try:
+            os.write(fd, data)
+            if hold:
+                done.wait(120)
+        except BrokenPipeError:                 # the reader was gone
+            pass
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(1)
+        if thread.is_alive():                   # never opened: open it to let it end
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import typer
+from activate_helpers import make_host_root
+from conftest import Repo, assert_one_clean_error, capped_run, fifo_writer, vaultpy_argv
 
 from vaultpy.activate.main import parser
 from vaultpy.cli import app
@@ -45,3 +49,39 @@ def test_bad_profile_is_one_clean_line(tmp_path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert any("p.json" in line and "settings" in line for line in proc.stderr.splitlines())
+
+
+# What runs `--profile FILE` on a host: both activation entry points, and status.
+PROFILE_READERS = {
+    "vaultpy-activate": [sys.executable, "-m", "vaultpy.activate.main", "--no-mount"],
+    "vaultpy activate": [sys.executable, "-m", "vaultpy", "activate", "--no-mount"],
+    "vaultpy status": [sys.executable, "-m", "vaultpy", "status"],
+}
+
+
+@pytest.mark.parametrize("reader", PROFILE_READERS)
+def test_a_device_as_the_profile_is_one_clean_line(tmp_path: Path, reader: str) -> None:
+    """`--profile /dev/zero` was read until memory ran out (MemoryError, exit 70); a
+    profile is now read up to 64 MiB (docs/contracts.md)."""
+    argv = [*PROFILE_READERS[reader], "--profile", "/dev/zero", "--root", str(tmp_path)]
+    proc = capped_run(argv, {}, tmp_path)
+    assert_one_clean_error(proc, "/dev/zero: more than 64 MiB, too much for a "
+                           "profile", "point --profile at the profile.json")
+
+
+def test_a_named_profile_may_still_be_a_pipe(make_repo, tmp_path: Path) -> None:
+    """The cap keeps what a named path may be: a FIFO being written (activated from),
+    /dev/stdin (status compares with it)."""
+    repo: Repo = make_repo(hosts=1)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    fifo = host.root / "profile.fifo"       # beside profile.json: its files are relative
+    with fifo_writer(fifo, host.profile.read_bytes()):
+        proc = capped_run([*PROFILE_READERS["vaultpy-activate"], "--profile", str(fifo),
+                           "--root", str(host.root)], {}, tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    absolute = repo.ok("profile", "--host", "host0").stdout     # file paths absolute
+    proc = capped_run(vaultpy_argv("status", "--profile", "/dev/stdin", "--root",
+                                   str(host.root)), {}, tmp_path, input=absolute)
+    assert proc.returncode == 0 and b"in sync with the profile" in proc.stdout, \
+        (proc.stdout.decode(), proc.stderr.decode())

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from conftest import Repo, age_decrypt, assert_one_clean_error
+from conftest import (
+    Repo,
+    age_decrypt,
+    assert_one_clean_error,
+    capped_run,
+    fifo_writer,
+    vaultpy_argv,
+)
 
 from vaultpy import age
 from vaultpy.errors import VaultpyError
@@ -206,6 +213,59 @@ def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> No
     big.write_bytes(b"x" * MAX_PLAINTEXT)
     repo.ok("encrypt", "alpha", "--file", str(big), timeout=60)
     assert age_decrypt(master, repo.identity) == big.read_bytes()
+
+
+# ------------------------------------------------ files named on the command line: capped
+
+@pytest.mark.parametrize("how", ["-i", "VAULTPY_IDENTITY"])
+def test_a_device_named_as_the_identity_is_one_clean_line(repo: Repo, how: str) -> None:
+    """`-i /dev/zero` was read until memory ran out (a MemoryError, exit 70); an
+    identity file is now read up to 16 MiB (docs/contracts.md)."""
+    args = ("-i", "/dev/zero") if how == "-i" else ()
+    proc = capped_run(vaultpy_argv("decrypt", *args, "alpha"),
+                      {**repo.env, "VAULTPY_IDENTITY": "/dev/zero"}, repo.root)
+    assert_one_clean_error(proc, "/dev/zero: more than 16 MiB, too much for an identity "
+                           "file", "pass -i FILE")
+
+
+def test_a_named_identity_may_still_be_a_pipe(repo: Repo) -> None:
+    """The cap keeps what a named path may be: /dev/stdin, and a FIFO being written."""
+    key = repo.identity.read_bytes()
+    proc = capped_run(vaultpy_argv("decrypt", "-i", "/dev/stdin", "alpha"), repo.env,
+                      repo.root, input=key)
+    assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
+    fifo = repo.root / "key.fifo"
+    with fifo_writer(fifo, key):
+        proc = capped_run(vaultpy_argv("decrypt", "-i", str(fifo), "alpha"), repo.env,
+                          repo.root, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
+
+
+def test_a_device_as_the_passphrase_source_is_one_clean_line(repo: Repo) -> None:
+    """VAULTPY_PASSPHRASE_FILE=/dev/zero was read (readline) until memory ran out;
+    --passphrase-fd on /dev/zero read one byte at a time, for ever.  Both stop past
+    1 MiB without a line break (docs/contracts.md).  A FIFO whose writer keeps it open after
+    the line, and a file with more lines, still give their first line."""
+    locked = repo.root / "keys" / "locked.age"
+    locked.write_bytes(pyrage.passphrase.encrypt(repo.identity.read_bytes(), "pw"))
+    argv = vaultpy_argv("decrypt", "-i", str(locked), "alpha")
+    cap = "more than 1 MiB without a line break"
+    proc = capped_run(argv, {**repo.env, "VAULTPY_PASSPHRASE_FILE": "/dev/zero"}, repo.root)
+    assert_one_clean_error(proc, "/dev/zero: VAULTPY_PASSPHRASE_FILE: " + cap,
+                           "first line is the passphrase")
+    with open("/dev/zero", "rb") as zero:
+        proc = capped_run(vaultpy_argv("--passphrase-fd", "0", *argv[3:]), repo.env,
+                          repo.root, stdin=zero.fileno())
+    assert_one_clean_error(proc, "--passphrase-fd: " + cap, "a line break")
+    fifo = repo.root / "pw.fifo"
+    with fifo_writer(fifo, b"pw\n", hold=True):
+        proc = capped_run(argv, {**repo.env, "VAULTPY_PASSPHRASE_FILE": str(fifo)},
+                          repo.root, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
+    for text in (b"pw\r\nnot it\n", b"pw\rnot it", b"pw"):
+        (repo.root / "pw.txt").write_bytes(text)
+        proc = capped_run(argv, {**repo.env, "VAULTPY_PASSPHRASE_FILE": "pw.txt"}, repo.root)
+        assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
 
 
 def test_a_directory_in_a_cache_files_place_is_named_and_kept(repo: Repo) -> None:

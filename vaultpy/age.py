@@ -27,7 +27,7 @@ import pyrage
 
 from vaultpy._internal import ageformat, forksafe, fsutil, sigint
 from vaultpy._internal.record import record
-from vaultpy.errors import Problem, VaultpyError, display_path, fail
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, too_big
 
 TYPE_CHECKING = False       # typing costs ~5 ms to import; annotations only
 if TYPE_CHECKING:
@@ -154,6 +154,12 @@ class Identity:
 
 PassphraseFn = Callable[[str], str]
 
+# Caps on what is read from a file the user names (docs/contracts.md): far beyond any
+# real one, so that /dev/zero or an endless pipe ends in one line, not a MemoryError.
+MAX_IDENTITY_FILE = 16 << 20    # ~190 bytes an age-keygen key: 80,000 keys; RSA-16384 ~12 KiB
+MAX_PASSPHRASE = 1 << 20        # the first line of VAULTPY_PASSPHRASE_FILE / --passphrase-fd
+_NO_LINE = " without a line break, too much for a passphrase"
+
 
 _passphrase_fd: int | None = None
 
@@ -177,6 +183,9 @@ def _read_line_from_fd(fd: int) -> str:
         if not chunk or chunk == b"\n":
             break
         data += chunk
+        if len(data) > MAX_PASSPHRASE:
+            raise VaultpyError(too_big("--passphrase-fd", MAX_PASSPHRASE, _NO_LINE,
+                                       "write the passphrase and a line break to it"))
     try:
         return data.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
@@ -191,11 +200,16 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
     path = os.environ.get("VAULTPY_PASSPHRASE_FILE")
     if path:
         try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.readline().rstrip("\r\n")
+            raw = fsutil.read_named(path, MAX_PASSPHRASE, line=True)
         except OSError as exc:
             raise fail(path, f"cannot read passphrase file: {exc.strerror}",
                        field="VAULTPY_PASSPHRASE_FILE") from None
+        if raw is None:
+            raise VaultpyError(too_big(path, MAX_PASSPHRASE, _NO_LINE,
+                                       "point it at a file whose first line is the passphrase",
+                                       field="VAULTPY_PASSPHRASE_FILE"))
+        try:        # the first line, ended as readline would end it (\n, \r\n or \r)
+            return (raw.splitlines() or [b""])[0].decode("utf-8")
         except UnicodeDecodeError:
             raise fail(path, "the passphrase file is not UTF-8 text",
                        field="VAULTPY_PASSPHRASE_FILE",
@@ -296,12 +310,17 @@ def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tt
     the command line may be a pipe, like ``-i <(pass show age-key)``."""
     source = display_path(path)
     try:
-        data = fsutil.read_regular(path)[0] if regular_only else path.read_bytes()
+        found = (fsutil.read_regular(path)[0] if regular_only
+                 else fsutil.read_named(path, MAX_IDENTITY_FILE))
     except OSError as exc:
         hint = ("replace it with the key file" if exc.strerror == fsutil.NOT_REGULAR
                 else unreadable_hint)
         raise VaultpyError(Problem(source, f"cannot read identity: {exc.strerror}", "",
                                    hint)) from None
+    if found is None:
+        raise VaultpyError(too_big(path, MAX_IDENTITY_FILE, ", too much for an identity file",
+                                   unreadable_hint))
+    data = found
     if _OPENSSH_KEY in data[:200] or _PEM_RSA_KEY in data[:200]:
         return [_unlock_ssh(data, source, ask)]
     if data.startswith(b"age-encryption.org/") or ageformat.is_armored(data):

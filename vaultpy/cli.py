@@ -188,24 +188,21 @@ def encrypt(
     cfg.secret(secret_id)
     if file is None and sys.stdin.isatty():
         _err().print("reading the secret from the terminal; end with Ctrl-D", markup=False)
-    from vaultpy._internal.fsutil import read_at_most
+    from vaultpy._internal.fsutil import read_at_most, read_named
 
     limit = masters.MAX_PLAINTEXT
     try:
-        if file is None:
-            data = read_at_most(sys.stdin.buffer.fileno(), limit)
-        else:
-            with open(file, "rb") as stream:
-                data = read_at_most(stream.fileno(), limit)
+        data = (read_at_most(sys.stdin.buffer.fileno(), limit) if file is None
+                else read_named(file, limit))
     except OSError as exc:
         from vaultpy.errors import os_problem
 
         raise VaultpyError(os_problem(file or "-", exc, "read plaintext")) from None
     if data is None:
-        from vaultpy.errors import display_path
+        from vaultpy.errors import too_big
 
-        raise VaultpyError(Problem(
-            display_path(file) if file else "-", f"more than {limit >> 20} MiB of plaintext", "",
+        raise VaultpyError(too_big(
+            file or "-", limit, " of plaintext",
             "a secret is held in RAM on every host it goes to; encrypt a big file with "
             "age on its own and keep only its key in vaultpy"))
     path = masters.write_master(cfg, secret_id, data, armor)

@@ -94,6 +94,14 @@ def fail(file: str | os.PathLike[str], message: str, *, field: str = "",
     return VaultpyError(Problem(display_path(file), message, field, hint))
 
 
+def too_big(path: str | os.PathLike[str], limit: int, what: str, hint: str, *,
+            field: str = "") -> Problem:
+    """A file the user named held more than ``limit`` bytes (``fsutil.read_named``):
+    ``what`` follows "more than N MiB" as it is (" of plaintext", ", too much for a
+    profile")."""
+    return Problem(display_path(path), f"more than {limit >> 20} MiB{what}", field, hint)
+
+
 def os_problem(path: str | os.PathLike[str], exc: OSError, action: str, *,
                as_is: bool = False) -> Problem:
     """Turn an OSError into a readable problem without a traceback.  ``as_is``: name

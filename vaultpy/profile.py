@@ -17,8 +17,9 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from vaultpy import templates
+from vaultpy._internal import fsutil
 from vaultpy._internal.record import record
-from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.errors import Problem, VaultpyError, display_path, too_big
 from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
@@ -364,14 +365,24 @@ def parse(data: Any, source: str, base: Path) -> Profile:
     return Profile(host, settings, tuple(secrets), tuple(tmpls), source)
 
 
+# What is read of a profile at most (docs/contracts.md): 10,000 secrets make ~2.3 MB
+# (bench/bench.py's fixture), templates hold their text; /dev/zero must end in one line.
+MAX_PROFILE = 64 << 20
+
+
 def load(path: Path) -> Profile:
     source = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = fsutil.read_named(path, MAX_PROFILE)
+        text = raw.decode("utf-8") if raw is not None else None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise VaultpyError(Problem(source, f"cannot read profile: {reason}", "",
                                    "check the --profile path")) from None
+    if text is None:
+        raise VaultpyError(too_big(path, MAX_PROFILE, ", too much for a profile",
+                                   "point --profile at the profile.json vaultpy profile "
+                                   "or vaultpy bundle wrote"))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -380,9 +380,11 @@ def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
-def read_at_most(fd: int, limit: int) -> bytes | None:
+def read_at_most(fd: int, limit: int, *, line: bool = False) -> bytes | None:
     """Everything readable from ``fd`` (a file, pipe or terminal), or None once it
-    holds more than ``limit`` bytes: ``--file /dev/zero`` must end, not fill RAM."""
+    holds more than ``limit`` bytes: ``--file /dev/zero`` must end, not fill RAM.
+    ``line``: stop at the first line break (the bytes read with it are kept), as
+    ``readline`` would: a writer that keeps a pipe open after its line is not waited on."""
     chunks: list[bytes] = []
     size = 0
     while chunk := os.read(fd, 1 << 16):
@@ -390,7 +392,21 @@ def read_at_most(fd: int, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
+        if line and b"\n" in chunk:
+            break
     return b"".join(chunks)
+
+
+def read_named(path: Path | str, limit: int, *, line: bool = False) -> bytes | None:
+    """:func:`read_at_most` of a file the user named (``-i``, ``--profile``,
+    ``--file``, ``VAULTPY_PASSPHRASE_FILE``): opened as given, so ``/dev/stdin``, a
+    FIFO or ``<(…)`` is read once its writer writes; None past ``limit`` bytes, so a
+    device such as ``/dev/zero`` ends in an error, not a MemoryError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_at_most(fd, limit, line=line)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:
