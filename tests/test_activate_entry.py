@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +88,34 @@ def test_a_named_profile_may_still_be_a_pipe(make_repo, tmp_path: Path) -> None:
                                    str(host.root)), {}, tmp_path, input=absolute)
     assert proc.returncode == 0 and b"in sync with the profile" in proc.stdout, \
         (proc.stdout.decode(), proc.stderr.decode())
+
+
+def test_a_fifo_as_the_bundles_profile_fails_its_units(make_repo, tmp_path: Path) -> None:
+    """The units vaultpy bundle writes name the profile it installs, a path vaultpy
+    chose: a FIFO there hung vaultpy-activate, and boot with it (the units run before
+    sysinit.target).  Their command lines now pass --regular-profile: one line, and the
+    unit fails.  (A profile named by hand is still read as given: the test above.)"""
+    from vaultpy import bundle
+
+    repo: Repo = make_repo(hosts=1)
+    repo.ok("renc")
+    out = tmp_path / "bundle"
+    repo.ok("bundle", "--host", "host0", "-o", str(out))
+    profile = out / "profile.json"
+    settings = json.loads(profile.read_text())["settings"]
+    profile.unlink()
+    os.mkfifo(profile)
+    units = {"normal": (out / bundle.UNIT_NAME).read_text(),     # as written to the bundle
+             "early": bundle.unit_text("host0", settings, "/usr/local/bin/vaultpy", True)}
+    for name, unit in units.items():
+        for key in ("ExecStart", "ExecReload"):
+            (line,) = [ln.split("=", 1)[1] for ln in unit.splitlines()
+                       if ln.startswith(f"{key}=")]
+            argv = shlex.split(line)
+            assert argv[:3] == ["/usr/local/bin/vaultpy-activate", "--profile",
+                                "/etc/vaultpy/profile.json"], (name, key, line)
+            argv = [sys.executable, "-m", "vaultpy.activate.main", "--profile", str(profile),
+                    *argv[3:], "--root", str(tmp_path / "root"), "--no-mount"]
+            proc = capped_run(argv, {}, tmp_path, timeout=30)
+            assert_one_clean_error(proc, "profile.json: cannot read profile: not a regular "
+                                   "file", "replace it with the profile.json vaultpy bundle")

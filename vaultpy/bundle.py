@@ -37,8 +37,8 @@ ConditionPathExists={install}/profile.json
 Type=oneshot
 RemainAfterExit=yes
 UMask=0077
-ExecStart={vaultpy}-activate --profile {install}/profile.json{flags}
-ExecReload={vaultpy}-activate --profile {install}/profile.json{flags}
+ExecStart={vaultpy}-activate --profile {install}/profile.json{flags} --regular-profile
+ExecReload={vaultpy}-activate --profile {install}/profile.json{flags} --regular-profile
 
 [Install]
 WantedBy={wanted}

@@ -503,13 +503,17 @@ def activate(
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1,
         help="Processes that decrypt (default: the CPUs, at most 4).")] = None,
+    regular_profile: Annotated[bool, typer.Option(
+        "--regular-profile", help="Read the profile only if it is a regular file, never "
+        "wait on a FIFO (the units vaultpy bundle writes pass it).")] = False,
 ) -> None:
     """On the host: decrypt into a new generation on ramfs and switch to it atomically."""
     from vaultpy.activate import Options, summary
     from vaultpy.activate import activate as run
 
     ctx = run(Options(profile=profile, root=root, no_mount=no_mount, dry_run=dry_run,
-                      early=early, systemctl=systemctl, keep=keep, jobs=jobs))
+                      early=early, systemctl=systemctl, keep=keep, jobs=jobs,
+                      regular_profile=regular_profile))
     for line in summary(ctx):
         _err().print(line, markup=False)
 

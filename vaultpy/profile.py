@@ -370,15 +370,21 @@ def parse(data: Any, source: str, base: Path) -> Profile:
 MAX_PROFILE = 64 << 20
 
 
-def load(path: Path) -> Profile:
+def load(path: Path, regular_only: bool = False) -> Profile:
+    """The profile at ``path``, read as given (``--profile /dev/stdin``, a FIFO) up to
+    :data:`MAX_PROFILE`; ``regular_only``: only if it is a regular file (the profile a
+    bundle's unit names, read at boot, where a FIFO would wait for ever)."""
     source = display_path(path)
     try:
-        raw = fsutil.read_named(path, MAX_PROFILE)
+        raw = (fsutil.read_regular(path)[0] if regular_only
+               else fsutil.read_named(path, MAX_PROFILE))
         text = raw.decode("utf-8") if raw is not None else None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        hint = ("replace it with the profile.json vaultpy bundle wrote"
+                if reason == fsutil.NOT_REGULAR else "check the --profile path")
         raise VaultpyError(Problem(source, f"cannot read profile: {reason}", "",
-                                   "check the --profile path")) from None
+                                   hint)) from None
     if text is None:
         raise VaultpyError(too_big(path, MAX_PROFILE, ", too much for a profile",
                                    "point --profile at the profile.json vaultpy profile "

@@ -64,7 +64,7 @@ def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
     old_umask = os.umask(0o077)
-    ctx = Context(opts, profile_mod.load(opts.profile))
+    ctx = Context(opts, profile_mod.load(opts.profile, regular_only=opts.regular_profile))
     try:
         for name, step in STEPS:
             try:

@@ -25,6 +25,7 @@ class Options:
     keep: int | None = None
     quiet: bool = False
     jobs: int | None = None         # decrypting processes (default: CPUs, at most 4)
+    regular_profile: bool = False   # the profile only if a regular file (bundle's units)
 
 
 @record

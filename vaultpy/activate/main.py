@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Generations to keep (default: the profile's).")
     p.add_argument("--jobs", "-j", type=int, metavar="N",
                    help="Processes that decrypt (default: the CPUs, at most 4).")
+    p.add_argument("--regular-profile", action="store_true",
+                   help="Read the profile only if it is a regular file, never wait on a "
+                        "FIFO (the units vaultpy bundle writes pass it).")
     return p
 
 
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = activate(Options(profile=args.profile, root=args.root, no_mount=args.no_mount,
                                dry_run=args.dry_run, early=args.early,
-                               systemctl=args.systemctl, keep=args.keep, jobs=args.jobs))
+                               systemctl=args.systemctl, keep=args.keep, jobs=args.jobs,
+                               regular_profile=args.regular_profile))
     except VaultpyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
