@@ -54,6 +54,19 @@ def test_bad_profile_is_one_clean_line(tmp_path) -> None:
     assert any("p.json" in line and "settings" in line for line in proc.stderr.splitlines())
 
 
+def test_at_boot_paths_are_named_from_the_root(tmp_path) -> None:
+    """A unit runs in /: its journal named the bundle's profile "etc/vaultpy/…", a path
+    relative to nothing the reader knows.  From /, every path is named absolute."""
+    (tmp_path / "p.json").write_text('{"version": 1}')
+    relative = str(tmp_path / "p.json").lstrip("/")
+    proc = subprocess.run([sys.executable, "-m", "vaultpy.activate.main", "--profile",
+                           relative, "--root", str(tmp_path), "--no-mount"],
+                          capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith(f"{tmp_path}/p.json: ") for line in lines), lines
+
+
 # What runs `--profile FILE` on a host: both activation entry points, and status.
 PROFILE_READERS = {
     "vaultpy-activate": [sys.executable, "-m", "vaultpy.activate.main", "--no-mount"],

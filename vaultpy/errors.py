@@ -24,8 +24,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """A path as the user would type it: relative to the working directory when below it."""
+    """A path as the user would type it: relative to the working directory when below it
+    (but never to ``/``, the working directory of a unit at boot: "etc/vaultpy/…" would
+    read as relative to somewhere else)."""
     p = Path(path)
+    if os.getcwd() == "/":
+        return str(p.absolute())
     if p.name in ("", ".."):
         try:
             rel = p.resolve().relative_to(Path.cwd().resolve())
