@@ -228,6 +228,19 @@ def test_a_device_named_as_the_identity_is_one_clean_line(repo: Repo, how: str) 
                            "file", "pass -i FILE")
 
 
+@pytest.mark.parametrize("args", [
+    ("identity", "combine", "/dev/zero"),
+    ("host", "add", "web9", "--pubkey-file", "/dev/zero", "--no-renc"),
+    ("import", "vaultix", "/dev/zero"),
+], ids=["share-file", "pubkey-file", "vaultix-profile"])
+def test_other_devices_named_on_the_command_line_are_one_clean_line(
+        repo: Repo, args: tuple[str, ...]) -> None:
+    """A share file, a host's public key file and a vaultix profile were read whole: a
+    share file's size check took a device's st_size (0) at its word."""
+    proc = capped_run(vaultpy_argv(*args), repo.env, repo.root)
+    assert_one_clean_error(proc, "/dev/zero", "too ")
+
+
 def test_a_named_identity_may_still_be_a_pipe(repo: Repo) -> None:
     """The cap keeps what a named path may be: /dev/stdin, and a FIFO being written."""
     key = repo.identity.read_bytes()

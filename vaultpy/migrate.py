@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, masters, model, templates
+from vaultpy import profile as profile_mod
 from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 
@@ -477,7 +478,10 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
     for prof_path in profiles:
         shown = display_path(prof_path)
         try:
-            data = json.loads(prof_path.read_text(encoding="utf-8"))
+            raw = fsutil.read_named(prof_path, profile_mod.MAX_PROFILE)
+            if raw is None:
+                raise ValueError(f"more than {profile_mod.MAX_PROFILE >> 20} MiB, too much for one")
+            data = json.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise fail(prof_path, f"cannot read the vaultix profile: {exc}",
                        hint="give the JSON profile (see docs/migration.md)") from None

@@ -96,6 +96,10 @@ def fingerprint(recipient: str) -> str:
     return f"{recipient.split()[0]} SHA256:{digest}"
 
 
+# What is read of a --pubkey-file at most: a key line is ~100 bytes; /dev/zero must end.
+MAX_PUBKEY_FILE = 64 << 10
+
+
 def _bad_key(source: str, message: str) -> VaultpyError:
     return VaultpyError(Problem(source, message, "", model.HOST_KEY_HINT))
 
@@ -220,11 +224,15 @@ def validate_source(source: KeySource) -> Resolved | None:
     if source.kind == "pubkey-file":
         path = Path(source.value)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = fsutil.read_named(path, MAX_PUBKEY_FILE)
+            text = raw.decode("utf-8") if raw is not None else None
         except (OSError, UnicodeDecodeError) as exc:
             if isinstance(exc, OSError):
                 raise VaultpyError(os_problem(path, exc, "read the public key")) from None
             raise _bad_key(display_path(path), "not a text file") from None
+        if text is None:
+            raise _bad_key(display_path(path), f"more than {MAX_PUBKEY_FILE >> 10} KiB, "
+                           "too much for a public key file")
         return _parse_key(text, display_path(path))
     if source.kind == "keyscan":
         _split_target(source.value)

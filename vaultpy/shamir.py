@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, fail, os_problem
 
 SECRET_HRP = "age-secret-key-"
@@ -319,10 +320,11 @@ def combine(mnemonics: Sequence[str], sources: Sequence[str] | None = None) -> s
 
 def read_share_file(path: Path) -> str:
     """The mnemonic in a share file (``#`` comment lines ignored)."""
-    try:
-        if path.stat().st_size > MAX_SHARE_FILE:
+    try:            # (a device's size is 0: the cap is on what is read)
+        raw = fsutil.read_named(path, MAX_SHARE_FILE)
+        if raw is None:
             raise fail(path, "too large to be a share file", hint=SHARE_HINT)
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise fail(path, "not a share file (binary data)", hint=SHARE_HINT) from None
     except OSError as exc:
