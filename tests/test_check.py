@@ -323,3 +323,52 @@ def test_a_misspelt_id_gets_the_id_it_resembles(make_repo) -> None:
                                 {"host0": (h.pubkey, ["smtp_password"])}))
     assert_one_clean_error(repo.run("decrypt", "smtp_pasword"), "smtp_pasword",
                            "did you mean 'smtp_password'?")
+
+
+def test_many_files_are_read_by_workers_with_the_same_verdicts(make_repo, monkeypatch) -> None:
+    """With many files to read (a fresh clone, as CI checks it: no verification index),
+    forked workers read and parse them.  Every verdict is the one a single process
+    gives, damage included, and the share of a worker that died is read here."""
+    import os
+
+    from vaultpy import cache, check, model
+    from vaultpy._internal import forkpool
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: check reads every file itself")
+    repo = make_repo(hosts=3)
+    repo.ok("renc")
+    gone = cache_file(repo, "host0", "beta")
+    gone.unlink()
+    cut = cache_file(repo, "host2", "beta")
+    cut.write_bytes(cut.read_bytes()[:100])
+    swapped(repo)
+    stale_file(repo)
+    (repo.cache / cache.INDEX).unlink()
+    cfg = model.load(repo.root)
+    monkeypatch.setattr(check, "PARALLEL_FILES", 10**9)
+    alone = check.survey(cfg)
+    assert len(alone[1]) == 5 and {e.state for e in alone[0]} == {"ok", "missing", "damaged"}
+
+    monkeypatch.setattr(check, "PARALLEL_FILES", 1)
+    pools: list[int] = []
+    real_run = forkpool.run
+
+    def counted(n: int, workers: int, *args: object, **kw: object) -> None:
+        pools.append(workers)
+        real_run(n, workers, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(forkpool, "run", counted)
+    assert check.survey(cfg) == alone
+    assert len(pools) == 1 and pools[0] >= 2
+
+    parent, real_check = os.getpid(), cache.VerifiedIndex.check
+
+    def dies_in_a_worker(self: cache.VerifiedIndex, item: cache.Item) -> str | None:
+        if os.getpid() != parent and (item.host, item.id) == ("host1", "alpha"):
+            os._exit(9)                 # as the OOM killer would end it
+        return real_check(self, item)
+
+    monkeypatch.setattr(cache.VerifiedIndex, "check", dies_in_a_worker)
+    assert check.survey(cfg) == alone
+    assert len(pools) == 2

@@ -6,6 +6,9 @@ header, stanzas for exactly the host's recipients, plausible payload size).
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vaultpy import cache
@@ -13,6 +16,10 @@ from vaultpy.errors import Problem, display_path
 from vaultpy.model import Config
 
 FIX_RENC = "run vaultpy renc"
+# From this many cache files to read (none vouched for by the verification index: a
+# fresh clone, as CI checks it), forked workers read and parse them, at most this many.
+PARALLEL_FILES = 2048
+MAX_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
+    reasons = _reasons(index, [item for host in cfg.hosts.values() for sid in host.needed
+                               if (item := planned.get((host.name, sid))) is not None])
     shown_cache = display_path(cfg.cache_dir)        # once, not per file (resolve() is slow)
     for host in cfg.hosts.values():
         installed = {d.id for d in host.deployments}
@@ -63,7 +72,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      installed=sid in installed))
                 continue
             shown = f"{shown_cache}/{item.host}/{item.name}"
-            reason = index.check(item)
+            reason = reasons[item.host, item.id]
             blocker = None if reason in (None, "missing") else cache.in_the_way(item)
             if blocker is not None:
                 entries.append(Entry(host.name, sid, "damaged", shown, blocker,
@@ -114,6 +123,36 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 "stale cache file")
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     return entries, problems
+
+
+def _reasons(index: cache.VerifiedIndex, items: Sequence[cache.Item]
+             ) -> dict[tuple[str, str], str | None]:
+    """``index.check`` of each item, by (host, id).  When there are many files to read,
+    forked workers take shares of them (every 8th item from an offset each: the big
+    secrets spread over the shares), and a share whose worker died is done here."""
+    workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    to_read = sum(1 for i in items if i.key not in index.entries)
+    if workers < 2 or to_read < PARALLEL_FILES:
+        return {(i.host, i.id): index.check(i) for i in items}
+    from vaultpy._internal import forkpool, forksafe  # (a few ms: only when needed)
+
+    if not forksafe.settled(0):
+        return {(i.host, i.id): index.check(i) for i in items}
+    n = workers * 8
+    shares = [items[k::n] for k in range(n)]
+    done: dict[int, list[str | None]] = {}
+
+    def deliver(k: int, result: list[str | None] | forkpool.Failed) -> None:
+        if not isinstance(result, forkpool.Failed):
+            done[k] = result
+
+    with contextlib.suppress(forkpool.NoWorker):    # no process to spare: all of it here
+        forkpool.run(n, workers, lambda k: [index.check(i) for i in shares[k]], deliver)
+    out: dict[tuple[str, str], str | None] = {}
+    for k, share in enumerate(shares):
+        got = done[k] if k in done else [index.check(i) for i in share]
+        out.update(zip(((i.host, i.id) for i in share), got, strict=True))
+    return out
 
 
 def check(cfg: Config) -> list[Problem]:
