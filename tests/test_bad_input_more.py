@@ -129,6 +129,15 @@ def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo, where: str,
     repo.ok("check", timeout=30)
 
 
+def test_a_dangling_symlink_as_the_journal_is_no_journal_for_check_either(repo: Repo) -> None:
+    """renc reads a symlink to nothing as no journal (and replaces it with its next
+    one); check called it an interrupted write and said to run renc, which left it."""
+    journal = repo.root / ".vaultpy-writes"
+    journal.symlink_to(repo.root / "nowhere")
+    repo.ok("renc", timeout=30)
+    repo.ok("check", timeout=30)
+
+
 @pytest.mark.parametrize("command", [("check",), ("rotate", "--mark", "alpha"),
                                      ("rotate", "--due")], ids=" ".join)
 def test_a_fifo_as_the_rotation_state_is_a_clean_error(repo: Repo,

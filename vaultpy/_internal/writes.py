@@ -248,8 +248,10 @@ def problems(cfg: Config) -> list[Problem]:
             continue
         try:
             mode = os.stat(journal).st_mode
+        except FileNotFoundError:       # a symlink to nothing: no journal, as renc reads it
+            continue
         except OSError:
-            mode = stat.S_IFREG         # cannot tell (a dangling symlink): as before
+            mode = stat.S_IFREG         # cannot tell: as before
         if not stat.S_ISREG(mode):
             out.append(_not_a_journal(journal, directory=stat.S_ISDIR(mode)))
             continue
