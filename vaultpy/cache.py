@@ -16,7 +16,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
@@ -30,6 +30,7 @@ from vaultpy._internal.names import _name
 from vaultpy._internal.names import cache_hash as cache_hash
 from vaultpy._internal.names import cache_name as cache_name
 from vaultpy._internal.names import recipients_suffix as recipients_suffix
+from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, display_path, os_problem
 
 _WRITES_JOURNAL = ".vaultpy-writes"    # vaultpy._internal.writes.JOURNAL, spelled out
@@ -38,7 +39,7 @@ TYPE_CHECKING = False       # the incremental renc names cache files without the
 if TYPE_CHECKING:
     from vaultpy.model import Config
 
-@dataclass(frozen=True)
+@record
 class Master:
     """What the plan needs of a master file: its hash, and its payload length when the
     header parses (age's payload length depends only on the plaintext length, so every
@@ -83,7 +84,7 @@ class Item:
         return f"{self.host}/{self.name}"
 
 
-@dataclass
+@mutable_record
 class Plan:
     items: list[Item] = field(default_factory=list)
     masters: dict[str, Master] = field(default_factory=dict)

@@ -14,7 +14,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from vaultpy import templates
 from vaultpy._internal import fsutil
+from vaultpy._internal.record import field, record
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.output import (
@@ -59,7 +59,7 @@ _VAULT_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=~@-]*")
 _VAULT_FIELD_RE = re.compile(r"(?:(?![#@\\\"])[\x21-\x7e])+")
 
 
-@dataclass(frozen=True)
+@record
 class VaultRef:
     """A value in Vault/OpenBao KV v2: ``field`` of the secret at ``<mount>/<path>``,
     the latest version or, when ``version`` is set, exactly that one."""
@@ -112,7 +112,7 @@ def parse_vault_ref(text: str) -> VaultRef:
     return VaultRef(mount, path, field_name, version)
 
 
-@dataclass(frozen=True)
+@record
 class VaultSettings:
     """``[vaultpy.vault]``: how ``pull`` and ``push`` reach Vault/OpenBao.  The
     environment (VAULT_ADDR/BAO_ADDR …) overrides ``addr``, ``namespace`` and ``ca_cert``
@@ -139,7 +139,7 @@ ROTATION_FILE = "rotation.toml"     # in secrets_dir: vaultpy.generate's rotatio
 VAULT_VERSIONS_FILE = "vault-versions.toml"     # in secrets_dir: see vaultpy.vaultstate
 
 
-@dataclass(frozen=True)
+@record
 class GenerateSpec:
     """``generate = "…"`` of a secret: how `vaultpy generate` makes its value.
 
@@ -185,7 +185,7 @@ def parse_generate_spec(text: str) -> GenerateSpec:
                                                       if close else ""))
 
 
-@dataclass(frozen=True)
+@record
 class Secret:
     """A master secret: ``secrets/<id>.age``, encrypted to the master recipients."""
 
@@ -204,7 +204,7 @@ class Secret:
         return self.file.parent / f"{self.id}.pub"
 
 
-@dataclass(frozen=True)
+@record
 class Deployment:
     """Secret ``id`` installed on a host as file ``name``."""
 
@@ -213,7 +213,7 @@ class Deployment:
     out: Output = field(default_factory=Output)
 
 
-@dataclass(frozen=True)
+@record
 class Template:
     """Non-secret text with placeholders, rendered on the host into file ``name``."""
 
@@ -224,7 +224,7 @@ class Template:
     out: Output = field(default_factory=Output)
 
 
-@dataclass(frozen=True)
+@record
 class Host:
     name: str
     recipients: tuple[str, ...]
@@ -241,7 +241,7 @@ class Host:
         return tuple(sorted(ids))
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     path: Path
     recipients: tuple[str, ...]

@@ -25,18 +25,18 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultpy import age, cache, identities
 from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, timings, writes
+from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.model import Config
 
 ProgressFn = Callable[[int, int], None]
 
 
-@dataclass
+@mutable_record
 class Result:
     written: list[cache.Item] = field(default_factory=list)
     unchanged: list[cache.Item] = field(default_factory=list)
@@ -61,7 +61,7 @@ class Result:
         }
 
 
-@dataclass(frozen=True)
+@record
 class _Job:
     """Encrypt one master secret for several hosts (decrypting it once)."""
 
@@ -520,7 +520,7 @@ def _publish(pub: _Publisher, result: Result) -> None:
     result.written = [i for i in result.written if (i.host, i.id) not in failed]
 
 
-@dataclass
+@mutable_record
 class _Survey:
     """The plan, and its items sorted into unchanged / repaired / to do."""
 

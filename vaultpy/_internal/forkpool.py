@@ -33,10 +33,10 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 from vaultpy._internal import sigint
+from vaultpy._internal.record import mutable_record, record
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ _CHUNK = 4096                   # PIPE_BUF: a write this size is whole or not at
 _OK, _RAISED, _STOPPED = 0, 1, 2
 
 
-@dataclass(frozen=True)
+@record
 class Failed:
     """A job that gave no result: its worker died, or it raised."""
 
@@ -56,7 +56,7 @@ class NoWorker(OSError):
     """Not one worker could be forked (EAGAIN, ENOMEM): no job ran."""
 
 
-@dataclass
+@mutable_record
 class _Worker:
     pid: int
     fd: int                         # the read end of its result pipe

@@ -8,10 +8,11 @@ import contextlib
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from vaultpy._internal.record import record
 
 
-@dataclass(frozen=True)
+@record
 class Phase:
     name: str
     wall: float         # seconds
