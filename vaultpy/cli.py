@@ -402,7 +402,7 @@ def check(
         if problems:
             _print_problems(problems, _out())
             _err().print(f"[red]{len(problems)} problem(s)[/]")
-        elif (color := memo._color(sys.stderr)) is not None:   # as the memo's answer
+        elif (color := memo.rich_colours(sys.stderr)) is not None:   # as the memo answers
             _plain(memo.check_ok_line(color), err=True)
         else:
             _err().print(f"[green]ok[/]{memo.CHECK_OK_TAIL}")

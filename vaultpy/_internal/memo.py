@@ -794,7 +794,7 @@ def lookup(command: str, config: str, cache_dir: str | None = None,
     return entry
 
 
-def _color(stream: object) -> bool | None:
+def rich_colours(stream: object) -> bool | None:
     """Whether rich would colour ``stream``; None when that is not obvious (then the
     full command answers: rich's own rules have more cases than are worth copying)."""
     if os.environ.get("NO_COLOR"):
@@ -844,7 +844,7 @@ def answer(argv: Sequence[str]) -> int | None:
         if command == "renc" and not (isinstance(files, int) and isinstance(hosts, int)
                                       and _may_lock(cache_dir)):
             return None
-        color = _color(sys.stderr) if command == "check" and not json_out else False
+        color = rich_colours(sys.stderr) if command == "check" and not json_out else False
         if color is None:
             return None
     except Exception:       # never worse than the full run
