@@ -108,3 +108,36 @@ def test_otherwise_one_syncfs(repo: Repo, tmp_path: Path, setup: str) -> None:
     calls = traced(repo, tmp_path, setup)
     assert calls.count("syncfs") == 2 and "fdatasync" not in calls, calls
     reads_back(repo, "beta", b"beta, rotated")
+
+
+def traced_paths(repo: Repo, tmp_path: Path, setup: str = "") -> list[tuple[str, str]]:
+    """:func:`traced`, with the path of each call's descriptor (strace -y)."""
+    out = tmp_path / "strace-y.out"
+    code = (f"import sys\nfrom vaultpy._internal import fsutil\n{setup}\n"
+            "sys.argv = ['vaultpy', 'renc']\nfrom vaultpy.__main__ import main\nmain()\n")
+    proc = subprocess.run([need("strace"), "-f", "-qq", "-y", "-o", str(out), "-e",
+                           "trace=syncfs,fdatasync,fsync", sys.executable, "-c", code],
+                          cwd=repo.root, env={**os.environ, "NO_COLOR": "1", **repo.env},
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    calls = []
+    for line in out.read_text().splitlines():
+        rest = line.split(None, 1)[1] if " " in line else ""
+        name, _, args = rest.partition("(")
+        if name in ("syncfs", "fdatasync", "fsync") and "<" in args:
+            calls.append((name, args.split("<", 1)[1].split(">", 1)[0]))
+    return calls
+
+
+def test_a_first_run_s_new_cache_directory_is_durable_too(repo: Repo, tmp_path: Path
+                                                          ) -> None:
+    """A first run creates the cache directory itself (mkdir -p): its entry in its
+    parent must be durable as the one syncfs made it, before the run says it wrote
+    anything, or a crash could lose the whole cache the run reported written."""
+    shutil.rmtree(repo.cache)
+    calls = traced_paths(repo, tmp_path, WAITING)
+    assert not any(name == "syncfs" for name, _ in calls), calls
+    synced_dirs = {os.path.realpath(p) for name, p in calls if name == "fsync"}
+    assert os.path.realpath(repo.cache) in synced_dirs, calls
+    assert os.path.realpath(repo.cache.parent) in synced_dirs, calls
+    assert full(repo, "check")[0] == 0

@@ -295,7 +295,7 @@ class _Publisher:
             self.result.written.append(item)
         self.index.record(item, key)
 
-    def finish(self) -> None:
+    def finish(self, new_dirs: Sequence[Path] = ()) -> None:
         for path in self.dropped:   # before the syncfs: the unlinks durable with the rest
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -321,6 +321,17 @@ class _Publisher:
                 for item in self.result.written:
                     if item.dir in self.placed:
                         self.fail(item, problem)
+        # A first run's cache directory (and any parent it made): a syncfs after the
+        # mkdir made its entry durable, an fdatasync per file does not
+        # (fsutil.sync_files).  Without it, a crash could lose every file just written.
+        for new in new_dirs:
+            try:
+                fsutil.fsync_path(new.parent, directory=True)
+            except OSError as exc:
+                problem = os_problem(new.parent, exc, "finish writing the cache")
+                for item in [*self.result.written, *self.result.repaired]:
+                    self.fail(item, problem)
+                break
 
     def _place(self, final: str, built: str) -> None:
         """Rename the staged directory ``built`` to ``final`` (its files are durable:
@@ -466,7 +477,9 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 created = stack.enter_context(fsutil.locked(cfg.lock_path))
             except OSError as exc:      # read-only checkout, a directory in its place...
                 raise VaultpyError(os_problem(cfg.lock_path, exc, "take the lock")) from None
-            made = []                   # the lock file is in the cache directory now
+            # What it made stays; each one's entry in its parent must be durable too
+            # (:meth:`_Publisher.finish`: no syncfs may have covered the mkdir).
+            new_dirs, made = made, []   # the lock file is in the cache directory now
             # A write of several masters a killed writer left half done is finished
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
@@ -484,7 +497,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             result, index, p = s.result, s.index, s.plan
             if early is not None:
                 with clock.phase("publish"):
-                    _publish(early, result)
+                    _publish(early, result, new_dirs)
             elif s.todo:
                 if not _IDENTITIES:
                     with clock.phase("unlock"):
@@ -492,7 +505,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 with clock.phase("encrypt"):
                     pub = _encrypt(cfg, p, s.todo, result, index, workers, progress)[0]
                 with clock.phase("publish"):
-                    _publish(pub, result)
+                    _publish(pub, result, new_dirs)
             s.todo = []
             with clock.phase("prune"):
                 _prune(cfg, p, result)
@@ -507,10 +520,11 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
     return result
 
 
-def _publish(pub: _Publisher, result: Result) -> None:
-    """Make what the workers wrote final; the index records each file as it is."""
+def _publish(pub: _Publisher, result: Result, new_dirs: Sequence[Path] = ()) -> None:
+    """Make what the workers wrote final; the index records each file as it is.
+    ``new_dirs``: the directories this run's mkdir -p of the cache created."""
     try:
-        pub.finish()
+        pub.finish(new_dirs)
     finally:
         pub.discard()                   # an interrupt: no temp file stays behind
     # A damaged file is repaired once its new copy is in place, not before; a file
