@@ -137,3 +137,28 @@ def test_check_says_ok_on_a_terminal_as_rich_would_and_as_the_memo_does(make_rep
     assert full == captured.get().encode().replace(b"\n", b"\r\n")
     assert full.startswith(b"\x1b[32mok\x1b[0m: every host")
     assert on_a_terminal() == full                      # the memo's answer
+
+
+ACTIVATE = "from vaultpy.activate.main import entry\nentry()\n"
+
+
+@pytest.mark.parametrize(("closed", "args", "status"), [
+    ("1", ("-m", "vaultpy", "--version"), 0),
+    ("1", ("-c", ACTIVATE, "--help"), 0),
+    ("2", ("-m", "vaultpy", "renc", "--bogus"), 2),
+    ("2", ("-c", ACTIVATE, "--keep", "0", "--profile", "p.json"), 2),
+], ids=["version-no-stdout", "activate-help-no-stdout", "usage-no-stderr",
+        "activate-usage-no-stderr"])
+def test_a_closed_stdout_or_stderr_changes_no_exit_status(
+        make_repo, closed: str, args: tuple[str, ...], status: int) -> None:
+    """Started with descriptor 1 or 2 closed (a daemon's child, ``>&-``), Python has no
+    sys.stdout or sys.stderr (None): the exit must still be the command's own, with
+    no traceback, as it was before the fast exit."""
+    repo: Repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    log = repo.root / "log"
+    other = "2" if closed == "1" else "1"
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {closed}>&- {other}>"$LOG"', "sh",
+                           sys.executable, *args], cwd=repo.root, timeout=60,
+                          env={**os.environ, **repo.env, "LOG": str(log)})
+    assert proc.returncode == status, log.read_text()
+    assert "Traceback" not in log.read_text()

@@ -20,8 +20,9 @@ def leave(code: int) -> NoReturn:
     if a flush fails (a closed pipe: Python reports it as it always does), the
     normal exit."""
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:      # None: started with that descriptor closed
+                stream.flush()
     except (OSError, ValueError):
         sys.exit(code)
     threading = sys.modules.get("threading")
