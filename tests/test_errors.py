@@ -496,3 +496,21 @@ def test_every_help_text_reads_whole_in_the_command_list() -> None:
                 raise AssertionError(f"{name}: rich would eat {m.group()!r} in {text!r}")
         seen += 1
     assert seen > 20
+
+
+def test_display_path_from_a_removed_working_directory_and_from_the_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message names its file however odd the working directory: one that was
+    removed (getcwd fails) names paths as given, not with a traceback; / (a unit's,
+    at boot) names them absolute."""
+    from vaultpy.errors import display_path
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert display_path("secrets/alpha.age") == "secrets/alpha.age"
+    assert display_path("..") == ".."
+    monkeypatch.chdir("/")
+    assert display_path("etc/vaultpy/profile.json") == "/etc/vaultpy/profile.json"
+    assert display_path("etc/x/../profile.json") == "/etc/profile.json"

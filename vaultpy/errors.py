@@ -28,8 +28,12 @@ def display_path(path: str | os.PathLike[str]) -> str:
     (but never to ``/``, the working directory of a unit at boot: "etc/vaultpy/…" would
     read as relative to somewhere else)."""
     p = Path(path)
-    if os.getcwd() == "/":
-        return str(p.absolute())
+    try:
+        at_root = os.getcwd() == "/"
+    except OSError:                 # the working directory was removed: as given
+        return str(p)
+    if at_root:
+        return os.path.abspath(p)
     if p.name in ("", ".."):
         try:
             rel = p.resolve().relative_to(Path.cwd().resolve())
