@@ -152,6 +152,19 @@ def test_wrong_identity(make_repo, tmp_path: Path) -> None:
     assert proc.stdout == b""
     assert repo.snapshot() == before[0]
 
+    # With --json, any failure is one JSON document, as every --json is: the keys
+    # opened nothing (failed items), or none could be read (a problem, raised).
+    proc = repo.run("renc", "--json", env={"VAULTPY_IDENTITY": str(other)})
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["ok"] is False and len(doc["failed"]) == 2
+    proc = repo.run("renc", "--json", env={"VAULTPY_IDENTITY": str(tmp_path / "nothing")})
+    assert proc.returncode == 1, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["written"] == [] and doc["failed"] == []
+    [problem] = doc["problems"]
+    assert problem["file"].endswith("nothing") and "cannot read identity" in problem["message"]
+    assert repo.cache_files() == {}
+
 
 # --------------------------------------------------------------------------- unreadable files
 

@@ -279,9 +279,10 @@ def renc(
     if snapshot is not None:
         snapshot.capture(cfg)
     progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
-    if progress_cm is None:
-        result = pipeline.renc(cfg, host or [], jobs=jobs, identity_files=_identity(identity),
-                               clock=clock)
+    if progress_cm is None:     # (with --json, a run that raises still prints its JSON)
+        result = _json_errors(json_out, lambda: pipeline.renc(
+            cfg, host or [], jobs=jobs, identity_files=_identity(identity), clock=clock),
+            pipeline.Result)
     else:
         with progress_cm as report:
             result = pipeline.renc(cfg, host or [], jobs=jobs, clock=clock,
