@@ -47,19 +47,25 @@ def test_another_program_s_unwritten_data_is_seen(tmp_path: Path) -> None:
 def traced(repo: Repo, tmp_path: Path, setup: str = "") -> list[str]:
     """``vaultpy renc`` under strace: its syncfs, fdatasync and fsync calls, in order.
     ``setup``: Python run first in the same process (to set a threshold)."""
+    return [name for name, _path in traced_paths(repo, tmp_path, setup)]
+
+
+def traced_paths(repo: Repo, tmp_path: Path, setup: str = "") -> list[tuple[str, str]]:
+    """:func:`traced`, with the path of each call's descriptor (strace -y)."""
     out = tmp_path / "strace.out"
     code = (f"import sys\nfrom vaultpy._internal import fsutil\n{setup}\n"
             "sys.argv = ['vaultpy', 'renc']\nfrom vaultpy.__main__ import main\nmain()\n")
-    proc = subprocess.run([need("strace"), "-f", "-qq", "-o", str(out), "-e",
+    proc = subprocess.run([need("strace"), "-f", "-qq", "-y", "-o", str(out), "-e",
                            "trace=syncfs,fdatasync,fsync", sys.executable, "-c", code],
                           cwd=repo.root, env={**os.environ, "NO_COLOR": "1", **repo.env},
                           capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     calls = []
     for line in out.read_text().splitlines():
-        name = line.split(None, 1)[1].split("(", 1)[0] if " " in line else ""
+        rest = line.split(None, 1)[1] if " " in line else ""
+        name, _, args = rest.partition("(")
         if name in ("syncfs", "fdatasync", "fsync"):
-            calls.append(name)
+            calls.append((name, args.split("<", 1)[1].split(">", 1)[0] if "<" in args else ""))
     return calls
 
 
@@ -108,25 +114,6 @@ def test_otherwise_one_syncfs(repo: Repo, tmp_path: Path, setup: str) -> None:
     calls = traced(repo, tmp_path, setup)
     assert calls.count("syncfs") == 2 and "fdatasync" not in calls, calls
     reads_back(repo, "beta", b"beta, rotated")
-
-
-def traced_paths(repo: Repo, tmp_path: Path, setup: str = "") -> list[tuple[str, str]]:
-    """:func:`traced`, with the path of each call's descriptor (strace -y)."""
-    out = tmp_path / "strace-y.out"
-    code = (f"import sys\nfrom vaultpy._internal import fsutil\n{setup}\n"
-            "sys.argv = ['vaultpy', 'renc']\nfrom vaultpy.__main__ import main\nmain()\n")
-    proc = subprocess.run([need("strace"), "-f", "-qq", "-y", "-o", str(out), "-e",
-                           "trace=syncfs,fdatasync,fsync", sys.executable, "-c", code],
-                          cwd=repo.root, env={**os.environ, "NO_COLOR": "1", **repo.env},
-                          capture_output=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr.decode()
-    calls = []
-    for line in out.read_text().splitlines():
-        rest = line.split(None, 1)[1] if " " in line else ""
-        name, _, args = rest.partition("(")
-        if name in ("syncfs", "fdatasync", "fsync") and "<" in args:
-            calls.append((name, args.split("<", 1)[1].split(">", 1)[0]))
-    return calls
 
 
 def test_a_first_run_s_new_cache_directory_is_durable_too(repo: Repo, tmp_path: Path
