@@ -24,7 +24,7 @@ import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from vaultpy import age, cache, identities
@@ -306,32 +306,29 @@ class _Publisher:
             for final, built in sorted(self.staging.items()):
                 self._place(final, built)
         for d in sorted(self.dirs):
-            try:
-                fsutil.fsync_path(Path(d), directory=True)
-            except OSError as exc:
-                problem = os_problem(d, exc, "finish writing the cache")
-                for item in [*self.result.written, *self.result.repaired]:
-                    if item.dir == d:
-                        self.fail(item, problem)
+            self._durable_dir(d, {d})
         if self.placed:             # (placed ones have left self.staging)
-            try:
-                fsutil.fsync_path(self.cfg.cache_dir, directory=True)
-            except OSError as exc:
-                problem = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
-                for item in self.result.written:
-                    if item.dir in self.placed:
-                        self.fail(item, problem)
+            self._durable_dir(self.cfg.cache_dir, self.placed)
         # A first run's cache directory (and any parent it made): a syncfs after the
         # mkdir made its entry durable, an fdatasync per file does not
         # (fsutil.sync_files).  Without it, a crash could lose every file just written.
         for new in new_dirs:
-            try:
-                fsutil.fsync_path(new.parent, directory=True)
-            except OSError as exc:
-                problem = os_problem(new.parent, exc, "finish writing the cache")
-                for item in [*self.result.written, *self.result.repaired]:
-                    self.fail(item, problem)
+            if not self._durable_dir(new.parent):
                 break
+
+    def _durable_dir(self, d: Path | str, holding: Collection[str] | None = None) -> bool:
+        """fsync directory ``d``; when that fails, each written or repaired item whose
+        directory is one of ``holding`` (default: all of them) fails: its file is in
+        place, not known durable."""
+        try:
+            fsutil.fsync_path(Path(d), directory=True)
+        except OSError as exc:
+            problem = os_problem(d, exc, "finish writing the cache")
+            for item in [*self.result.written, *self.result.repaired]:
+                if holding is None or item.dir in holding:
+                    self.fail(item, problem)
+            return False
+        return True
 
     def _place(self, final: str, built: str) -> None:
         """Rename the staged directory ``built`` to ``final`` (its files are durable:
