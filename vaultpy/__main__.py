@@ -24,9 +24,7 @@ def main() -> None:
             # into a kill.  An ignored signal it leaves alone.
             sigint.ignore()
     except SystemExit as exc:
-        if exc.code is not None and not isinstance(exc.code, int):
-            raise                   # a message for Python to print
-        leave(exc.code or 0)
+        leave(exc.code)
     leave(0)
 
 

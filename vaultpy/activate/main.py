@@ -78,11 +78,9 @@ def entry() -> None:
     from vaultpy._internal.leave import leave
 
     try:
-        code = main()
+        code: object = main()
     except SystemExit as exc:       # argparse: a usage error, --help
-        if exc.code is not None and not isinstance(exc.code, int):
-            raise
-        code = exc.code or 0
+        code = exc.code
     leave(code)
 
 
