@@ -105,9 +105,10 @@ def fail(file: str | os.PathLike[str], message: str, *, field: str = "",
 def too_big(path: str | os.PathLike[str], limit: int, what: str, hint: str, *,
             field: str = "") -> Problem:
     """A file the user named held more than ``limit`` bytes (``fsutil.read_named``):
-    ``what`` follows "more than N MiB" as it is (" of plaintext", ", too much for a
-    profile")."""
-    return Problem(display_path(path), f"more than {limit >> 20} MiB{what}", field, hint)
+    ``what`` follows "more than N MiB" (or KiB, under a MiB) as it is (" of plaintext",
+    ", too much for a profile")."""
+    size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
+    return Problem(display_path(path), f"more than {size}{what}", field, hint)
 
 
 def os_problem(path: str | os.PathLike[str], exc: OSError, action: str, *,

@@ -50,7 +50,7 @@ from typing import Any
 from vaultpy import age, masters, model, templates
 from vaultpy import profile as profile_mod
 from vaultpy._internal import ageformat, fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
 
 ID_RE = re.compile(templates.ID_PATTERN)
 _COMMENT_HOST = re.compile(r"root@(" + templates.ID_PATTERN + r")")
@@ -480,7 +480,9 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
         try:
             raw = fsutil.read_named(prof_path, profile_mod.MAX_PROFILE)
             if raw is None:
-                raise ValueError(f"more than {profile_mod.MAX_PROFILE >> 20} MiB, too much for one")
+                raise VaultpyError(too_big(prof_path, profile_mod.MAX_PROFILE,
+                                           ", too much for a vaultix profile",
+                                           "give the JSON profile (see docs/migration.md)"))
             data = json.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise fail(prof_path, f"cannot read the vaultix profile: {exc}",

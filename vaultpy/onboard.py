@@ -39,7 +39,7 @@ from typing import Any
 
 from vaultpy import age, model
 from vaultpy._internal import fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem, too_big
 from vaultpy.model import Config
 
 HOST_KEY = "ssh_host_ed25519_key"
@@ -231,8 +231,8 @@ def validate_source(source: KeySource) -> Resolved | None:
                 raise VaultpyError(os_problem(path, exc, "read the public key")) from None
             raise _bad_key(display_path(path), "not a text file") from None
         if text is None:
-            raise _bad_key(display_path(path), f"more than {MAX_PUBKEY_FILE >> 10} KiB, "
-                           "too much for a public key file")
+            raise VaultpyError(too_big(path, MAX_PUBKEY_FILE,
+                                       ", too much for a public key file", model.HOST_KEY_HINT))
         return _parse_key(text, display_path(path))
     if source.kind == "keyscan":
         _split_target(source.value)
