@@ -70,7 +70,7 @@ def test_help_typos_and_groups_answer_as_before(make_repo) -> None:
     assert repo.ok("-C", str(repo.root), "renc").stdout.decode().startswith("host ")
 
 
-def _program(tmp_path: Path, body: str) -> str:
+def _program(body: str) -> str:
     """Python code that sets things up for the exit, then runs ``vaultpy --version``."""
     return (f"import sys\n{body}\nsys.argv = ['vaultpy', '--version']\n"
             "from vaultpy.__main__ import main\nmain()\n")
@@ -80,7 +80,7 @@ def test_atexit_functions_still_run_and_threads_are_still_waited_for(tmp_path: P
     """The fast exit skips only the teardown: an atexit function (a weakref.finalize,
     coverage's data file) runs, and a thread still running is waited for."""
     ran, waited = tmp_path / "atexit-ran", tmp_path / "thread-done"
-    code = _program(tmp_path, f"""
+    code = _program(f"""
 import atexit, threading, time
 atexit.register(lambda: open({str(ran)!r}, "w").close())
 def late():
