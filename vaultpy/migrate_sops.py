@@ -1,0 +1,261 @@
+"""Migration from sops-nix (``vaultpy import sops FILE...``).
+
+The files are decrypted by the real ``sops --decrypt``, with the operator's own sops
+keys (age or SSH keys, PGP, KMS, Vault transit: whatever sops finds, as when they edit
+them); the plaintext comes back through a pipe, never a file.  sops itself checks each
+file's MAC.  What becomes a master secret follows what sops-nix could install:
+
+* YAML and JSON files: every string value, its id taken from its sops-nix key
+  (``db/password`` for ``db: {password: …}``: ``db_password``).  sops-nix installs only
+  strings by key, so numbers, booleans, lists and nulls are skipped with a warning;
+  ``--key KEY[=ID]`` takes only the keys named (looked up as sops-nix does), and
+  ``--whole`` each file as one secret (sops-nix's ``key = ""``);
+* dotenv, INI and binary files: the whole file, as sops-nix installs them.
+
+The format is guessed from the file's extension, as sops does (``.yaml``/``.yml``,
+``.json``, ``.env``, ``.ini``; anything else is binary), unless ``--format`` says.
+Which hosts get which secret lives in the NixOS configuration (``sops.secrets``), not
+in these files, so no host is declared: :func:`vaultpy.migrate.apply` writes the
+masters and their ``[secrets.<id>]`` tables, and the operator lists them under hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vaultpy import age, masters
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, too_big
+from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply
+
+FORMATS = ("yaml", "json", "dotenv", "ini", "binary")
+_BY_SUFFIX = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv",
+              ".ini": "ini"}
+_TREES = ("yaml", "json")           # values addressed by key; the others are whole files
+_NOT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def file_format(path: Path, given: str | None) -> str:
+    """sops's own guess from the extension (``--format`` wins)."""
+    return given or _BY_SUFFIX.get(path.suffix.lower(), "binary")
+
+
+def to_id(text: str) -> str:
+    """A secret id for a sops-nix key or a file's stem: ``/`` and anything else an id
+    cannot hold become ``_`` (``db/password`` -> ``db_password``)."""
+    return _NOT_ID.sub("_", text).lstrip("_.-")
+
+
+def stem_id(path: Path) -> str:
+    """A whole file's id: its name without the extension, nor a ``.sops`` or ``.enc``
+    before it (``db.sops.env`` -> ``db``)."""
+    stem = path.stem
+    for mark in (".sops", ".enc"):
+        stem = stem.removesuffix(mark)
+    return to_id(stem)
+
+
+def sops_binary() -> str:
+    found = shutil.which("sops")
+    if found is None:
+        raise VaultpyError(Problem("sops", "not found on PATH", "",
+                                   "install sops (the importer runs sops --decrypt with "
+                                   "your own sops keys)"))
+    return found
+
+
+def decrypt(path: Path, fmt: str, sops: str, out: str) -> bytes:
+    """``sops --decrypt`` of ``path``, a ``fmt`` file, written as ``out`` ("json" for
+    the tree of a YAML or JSON file; ``fmt`` for the file as sops-nix installs it).
+    sops finds the keys in the environment, as when the operator edits the file."""
+    try:
+        proc = subprocess.run([sops, "--decrypt", "--input-type", fmt, "--output-type", out,
+                               str(path)], capture_output=True, check=False)
+    except OSError as exc:
+        raise fail(path, f"cannot run sops: {exc.strerror or exc}",
+                   hint="check that sops is installed and runs") from None
+    if proc.returncode != 0:
+        raise fail(path, f"sops --decrypt failed: {_sops_error(proc.stderr)}"[:400],
+                   hint=_sops_hint(proc.stderr, path, fmt))
+    if len(proc.stdout) > masters.MAX_PLAINTEXT:
+        raise VaultpyError(too_big(path, masters.MAX_PLAINTEXT, " of plaintext",
+                                   "a secret is held in RAM on every host it goes to; "
+                                   "move a big file by hand"))
+    return proc.stdout
+
+
+def _sops_error(stderr: bytes) -> str:
+    """The line of sops's error output that says what went wrong: its first."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines()]
+    return next((ln for ln in lines if ln), "(no output)").rstrip(".")
+
+
+def _sops_hint(stderr: bytes, path: Path, fmt: str) -> str:
+    text = stderr.decode("utf-8", "replace")
+    if "data key" in text:
+        return ("give sops a key that opens it, as when you edit it (SOPS_AGE_KEY_FILE, "
+                "SOPS_AGE_SSH_PRIVATE_KEY_FILE, your PGP agent...)")
+    if "metadata not found" in text:
+        return (f"it is not a sops-encrypted {fmt} file: check it, or give its format "
+                "with --format")
+    return f"run sops --decrypt {display_path(path)} to see sops's whole error"
+
+
+def _leaves(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every value that is not a mapping, with its keys, in the file's order."""
+    if isinstance(tree, dict):
+        out: list[tuple[tuple[str, ...], Any]] = []
+        for key, value in tree.items():
+            out.extend(_leaves(value, (*path, str(key))))
+        return out
+    return [(path, tree)]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, int | float) else "a mapping"
+
+
+class KeyProblem(ValueError):
+    """A ``--key`` that names no string of the file (``missing``: no such key)."""
+
+    def __init__(self, message: str, hint: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.hint, self.missing = hint, missing
+
+
+def lookup(tree: Any, key: str) -> str:
+    """The string at sops-nix key ``key`` (``a/b``: ``b`` in mapping ``a``), with
+    sops-nix's own refusals as :class:`KeyProblem`."""
+    value = tree
+    parts = key.split("/")
+    for n, part in enumerate(parts):
+        if not isinstance(value, dict):
+            raise KeyProblem(f"key {'/'.join(parts[:n])!r} does not refer to a mapping",
+                             "name a key inside a mapping (a/b for b inside a)")
+        if part not in value:
+            raise KeyProblem(f"key {'/'.join(parts[:n + 1])!r} is not in the file",
+                             "check the key's spelling (a/b for b inside a)", missing=True)
+        value = value[part]
+    if not isinstance(value, str):
+        raise KeyProblem(f"the value of key {key!r} is {_kind(value)}, not a string",
+                         "sops-nix installs strings only: encrypt it by hand if you need "
+                         "it (vaultpy encrypt ID)")
+    return value
+
+
+def _parse_keys(keys: Sequence[str]) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """``--key KEY[=ID]`` options: (key, id) pairs."""
+    out, problems = [], []
+    for given in keys:
+        key, sep, sid = given.partition("=")
+        sid = sid if sep else to_id(key)
+        if not key or not ID_RE.fullmatch(sid):
+            problems.append(Problem("--key", f"{given!r}: not KEY or KEY=ID with an id of "
+                                    "letters, digits, '_', '.' and '-'", "",
+                                    "for example --key db/password=db_password"))
+        else:
+            out.append((key, sid))
+    return out, problems
+
+
+def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[str] = (),
+              whole: bool = False) -> Plan:
+    """Decrypt every file with sops and name a master secret for each value taken."""
+    plan = Plan("sops", ", ".join(display_path(f) for f in files))
+    plan.default_hint = "the X25519 identity given with -i"
+    wanted, plan.problems = _parse_keys(keys)
+    if whole and keys:
+        plan.problems.append(Problem("--key", "--key and --whole both given", "",
+                                     "--whole takes each file as one secret: drop one"))
+    if fmt is not None and fmt not in FORMATS:
+        plan.problems.append(Problem("--format", f"{fmt!r} is not a sops format", "",
+                                     f"use one of {', '.join(FORMATS)}"))
+    if plan.problems:
+        return plan
+    sops = sops_binary()
+    origins: dict[str, str] = {}            # id -> where it came from, for collisions
+
+    def take(sid: str, value: bytes, source: Path, origin: str) -> None:
+        if not ID_RE.fullmatch(sid):
+            plan.problems.append(Problem(display_path(source), f"{origin}: no secret id can "
+                                         "be made of its name", "", "name it: --key KEY=ID"))
+        elif sid in origins:
+            plan.problems.append(Problem(display_path(source), f"{origin} would be secret "
+                                         f"{sid!r}, as {origins[sid]} is", "",
+                                         "name one of them: --key KEY=ID"))
+        else:
+            origins[sid] = f"{display_path(source)}: {origin}"
+            plan.secrets[sid] = PlannedSecret(sid, source, origins[sid], value)
+
+    for path in files:
+        kind = file_format(path, fmt)
+        as_tree = kind in _TREES and not whole
+        if wanted and not as_tree:
+            plan.problems.append(Problem(display_path(path), f"a {kind} file is installed "
+                                         "whole by sops-nix", "--key",
+                                         "drop --key, or import this file on its own"))
+            continue
+        try:
+            plain = decrypt(path, kind, sops, "json" if as_tree else kind)
+        except VaultpyError as exc:
+            plan.problems.extend(exc.problems)
+            continue
+        if not as_tree:
+            take(stem_id(path), plain, path, "the whole file")
+            continue
+        tree = json.loads(plain)
+        if wanted:
+            for key, sid in wanted:
+                try:
+                    value = lookup(tree, key)
+                except KeyProblem as exc:
+                    if exc.missing and len(files) > 1:
+                        continue            # another file may have it
+                    plan.problems.append(Problem(display_path(path), str(exc), "--key",
+                                                 exc.hint))
+                    continue
+                take(sid, value.encode("utf-8"), path, f"key {key!r}")
+            continue
+        for keys_path, value in _leaves(tree):
+            key = "/".join(keys_path)
+            if isinstance(value, str):
+                take(to_id(key), value.encode("utf-8"), path, f"key {key!r}")
+            else:
+                plan.warnings.append(f"{display_path(path)}: key {key!r} is {_kind(value)}, "
+                                     "not a string: not imported (sops-nix installs "
+                                     "strings only; encrypt it by hand if you need it)")
+    if wanted and not plan.problems:
+        for key, sid in wanted:
+            if sid not in plan.secrets:
+                plan.problems.append(Problem("--key", f"key {key!r} is in none of the "
+                                             "files", "", "check the key's spelling "
+                                             "(a/b for b inside a)"))
+    if not plan.secrets and not plan.problems:
+        plan.problems.append(Problem(plan.source, "no string value to import", "",
+                                     "give --whole to import each file as one secret"))
+    return plan
+
+
+def import_sops(files: Sequence[Path], target: Path, *, fmt: str | None = None,
+                keys: Sequence[str] = (), whole: bool = False,
+                recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
+                force: bool = False, dry_run: bool = False, masters_dir: str | None = None,
+                ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
+    plan = plan_sops(files, fmt=fmt, keys=keys, whole=whole)
+    return apply(plan, target, recipients=recipients, identity_files=identity_files,
+                 force=force, dry_run=dry_run, masters_dir=masters_dir, ask=ask)
+
+
+__all__ = ["FORMATS", "KeyProblem", "file_format", "import_sops", "lookup", "plan_sops",
+           "stem_id", "to_id"]
