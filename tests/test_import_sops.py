@@ -194,7 +194,7 @@ def test_into_an_existing_repository(sops, make_repo):
 
 @pytest.mark.parametrize("case", ["wrong key", "not sops", "tampered", "no sops",
                                   "collision", "missing key", "not a string",
-                                  "key on a dotenv file"])
+                                  "key on a dotenv file", "fifo", "missing file"])
 def test_problems_are_one_line_and_write_nothing(sops, tmp_path, case):
     f = sops.encrypt("s.yaml", YAML.encode())
     args = [str(f)]
@@ -226,12 +226,19 @@ def test_problems_are_one_line_and_write_nothing(sops, tmp_path, case):
     elif case == "not a string":
         args += ["--key", "db/port"]
         needles = ("s.yaml", "the value of key 'db/port' is a number, not a string")
+    elif case == "fifo":                # sops would wait for a writer forever
+        os.mkfifo(sops.dir / "pipe.yaml")
+        args = [str(sops.dir / "pipe.yaml")]
+        needles = ("pipe.yaml", "not a regular file")
+    elif case == "missing file":
+        args = [str(sops.dir / "nope.yaml")]
+        needles = ("nope.yaml", "No such file")
     else:
         args = [str(sops.encrypt("app.env", DOTENV.encode())), "--key", "TOKEN"]
         needles = ("app.env", "a dotenv file is installed whole by sops-nix", "--key")
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run("import", "sops", *args, "-i", str(sops.key), cwd=repo, env=env)
+    proc = run("import", "sops", *args, "-i", str(sops.key), cwd=repo, env=env, timeout=60)
     assert_one_clean_error(proc, *needles)
     assert list(repo.iterdir()) == []
 

@@ -22,15 +22,17 @@ masters and their ``[secrets.<id>]`` tables, and the operator lists them under h
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from vaultpy import age, masters
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, too_big
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
 from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply
 
 FORMATS = ("yaml", "json", "dotenv", "ini", "binary")
@@ -73,6 +75,12 @@ def decrypt(path: Path, fmt: str, sops: str, out: str) -> bytes:
     """``sops --decrypt`` of ``path``, a ``fmt`` file, written as ``out`` ("json" for
     the tree of a YAML or JSON file; ``fmt`` for the file as sops-nix installs it).
     sops finds the keys in the environment, as when the operator edits the file."""
+    try:        # sops would wait forever on a FIFO, and name a missing file its own way
+        st = os.stat(path)
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "read it")) from None
+    if not S_ISREG(st.st_mode):
+        raise fail(path, "not a regular file", hint="give the sops-encrypted file itself")
     try:
         proc = subprocess.run([sops, "--decrypt", "--input-type", fmt, "--output-type", out,
                                str(path)], capture_output=True, check=False)
