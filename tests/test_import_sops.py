@@ -76,9 +76,9 @@ class Sops:
 
     def encrypt(self, name: str, plaintext: bytes, fmt: str | None = None) -> Path:
         """The real sops encrypts a plaintext file, which is then deleted."""
-        plain = self.dir / f"plain-{name}"
-        plain.write_bytes(plaintext)
         out = self.dir / name
+        plain = out.with_name(f"plain-{out.name}")     # the same ending: sops's guess
+        plain.write_bytes(plaintext)
         types = ["--input-type", fmt, "--output-type", fmt] if fmt else []
         proc = subprocess.run([self.exe, "--encrypt", "--age", self.recipient, *types,
                                str(plain)], capture_output=True, env={**os.environ,
@@ -249,7 +249,7 @@ def test_ids_and_lookups_follow_sops_nix():
     assert migrate_sops.to_id("_x") == "x"
     assert migrate_sops.stem_id(Path("dir/db.sops.env")) == "db"
     assert migrate_sops.stem_id(Path("s.enc.yaml")) == "s"
-    assert migrate_sops.file_format(Path("a.YML"), None) == "yaml"
+    assert migrate_sops.file_format(Path("a.yml"), None) == "yaml"
     assert migrate_sops.file_format(Path("a.age"), None) == "binary"
     assert migrate_sops.file_format(Path("a.age"), "json") == "json"
     tree = {"a": {"b": "x", "n": 1}, "s": "y"}
@@ -260,3 +260,21 @@ def test_ids_and_lookups_follow_sops_nix():
                       ("a/c", "key 'a/c' is not in the file")]:
         with pytest.raises(migrate_sops.KeyProblem, match=says):
             migrate_sops.lookup(tree, key)
+
+
+def test_the_format_is_guessed_as_sops_guesses_it(sops, tmp_path):
+    """sops matches the end of the name, case and all (Go's strings.HasSuffix): a
+    ``.env`` file is dotenv, an ``a.YML`` one binary; the importer reads them so."""
+    assert migrate_sops.file_format(Path("h/.env"), None) == "dotenv"
+    assert migrate_sops.file_format(Path("a.YML"), None) == "binary"
+    (sops.dir / "web1").mkdir()
+    env_file = sops.encrypt("web1/.env", DOTENV.encode())
+    upper = sops.encrypt("conf.YML", b"a: x\n")        # sops stored it as binary
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "sops", str(env_file), str(upper), "-i", str(sops.key), cwd=repo,
+       env=sops.env)
+    cfg = model.load(repo)
+    assert set(cfg.secrets) == {"env", "conf"}
+    assert age_decrypt(cfg.secrets["env"].file, sops.key) == sops.decrypt(env_file, "dotenv")
+    assert age_decrypt(cfg.secrets["conf"].file, sops.key) == b"a: x\n"

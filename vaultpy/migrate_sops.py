@@ -43,8 +43,13 @@ _NOT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def file_format(path: Path, given: str | None) -> str:
-    """sops's own guess from the extension (``--format`` wins)."""
-    return given or _BY_SUFFIX.get(path.suffix.lower(), "binary")
+    """sops's own guess from the end of the name (``--format`` wins).  sops matches it
+    as Go's strings.HasSuffix does, case and all, not as ``Path.suffix``: ``.env`` is a
+    dotenv file, ``a.YML`` a binary one, and sops encrypted them so."""
+    if given:
+        return given
+    return next((fmt for end, fmt in _BY_SUFFIX.items() if path.name.endswith(end)),
+                "binary")
 
 
 def to_id(text: str) -> str:
