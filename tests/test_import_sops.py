@@ -278,3 +278,20 @@ def test_the_format_is_guessed_as_sops_guesses_it(sops, tmp_path):
     assert set(cfg.secrets) == {"env", "conf"}
     assert age_decrypt(cfg.secrets["env"].file, sops.key) == sops.decrypt(env_file, "dotenv")
     assert age_decrypt(cfg.secrets["conf"].file, sops.key) == b"a: x\n"
+
+
+@pytest.mark.parametrize("how", ["key", "--key ID"])
+def test_an_id_too_long_is_named_where_it_comes_from(sops, tmp_path, how):
+    """An id is at most model.ID_MAX characters: a long sops-nix key, or a long ID of
+    --key, is refused on its own line, with the fix, not as hosts.toml's."""
+    long = "k" * (model.ID_MAX + 1)
+    f = sops.encrypt("s.yaml", f"{long}: v\nshort: w\n".encode())
+    args = ([str(f)] if how == "key" else [str(f), "--key", f"short={long}"])
+    needles = (("s.yaml", f"key '{long}'", "--key KEY=ID") if how == "key"
+               else ("--key", f"short={long}", f"at most {model.ID_MAX}"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", *args, "-i", str(sops.key), cwd=repo, env=sops.env)
+    line = assert_one_clean_error(proc, *needles)
+    assert "hosts.toml" not in line
+    assert list(repo.iterdir()) == []

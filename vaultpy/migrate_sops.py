@@ -31,7 +31,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from vaultpy import age, masters
+from vaultpy import age, masters, model
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
 from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply
 
@@ -173,9 +173,10 @@ def _parse_keys(keys: Sequence[str]) -> tuple[list[tuple[str, str]], list[Proble
     for given in keys:
         key, sep, sid = given.partition("=")
         sid = sid if sep else to_id(key)
-        if not key or not ID_RE.fullmatch(sid):
+        if not key or not ID_RE.fullmatch(sid) or len(sid) > model.ID_MAX:
             problems.append(Problem("--key", f"{given!r}: not KEY or KEY=ID with an id of "
-                                    "letters, digits, '_', '.' and '-'", "",
+                                    "letters, digits, '_', '.' and '-', starting with a "
+                                    f"letter or digit, at most {model.ID_MAX} characters", "",
                                     "for example --key db/password=db_password"))
         else:
             out.append((key, sid))
@@ -203,6 +204,10 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
         if not ID_RE.fullmatch(sid):
             plan.problems.append(Problem(display_path(source), f"{origin}: no secret id can "
                                          "be made of its name", "", "name it: --key KEY=ID"))
+        elif len(sid) > model.ID_MAX:   # else hosts.toml's loader names a file not written
+            plan.problems.append(Problem(display_path(source), f"{origin}: its id would be "
+                                         f"longer than {model.ID_MAX} characters", "",
+                                         "name it: --key KEY=ID"))
         elif sid in origins:
             plan.problems.append(Problem(display_path(source), f"{origin} would be secret "
                                          f"{sid!r}, as {origins[sid]} is", "",
