@@ -295,3 +295,39 @@ def test_an_id_too_long_is_named_where_it_comes_from(sops, tmp_path, how):
     line = assert_one_clean_error(proc, *needles)
     assert "hosts.toml" not in line
     assert list(repo.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["same file twice", "a symlink to it", "same key",
+                                  "same name"])
+def test_a_collision_between_files_names_a_fix_that_works(sops, tmp_path, case):
+    """The fix offered for two files bringing the same id is one the user can take:
+    --key cannot name a whole file (refused on dotenv) nor tell two files apart (it
+    applies to each); a file given twice is one."""
+    web1, web2 = sops.dir / "web1", sops.dir / "web2"
+    web1.mkdir()
+    web2.mkdir()
+    first = sops.encrypt("web1/secrets.yaml", b"db:\n  password: one\n")
+    if case == "same file twice":
+        second = first
+        needles: tuple[str, ...] = ("web1/secrets.yaml", "given twice", "once")
+    elif case == "a symlink to it":
+        second = sops.dir / "link.yaml"
+        second.symlink_to(first)
+        needles = ("link.yaml", "given twice", "web1/secrets.yaml")
+    elif case == "same key":
+        second = sops.encrypt("web2/secrets.yaml", b"db:\n  password: two\n")
+        needles = ("web2/secrets.yaml", "key 'db/password' would be secret 'db_password'",
+                   "one at a time")
+    else:
+        first = sops.encrypt("web1/app.env", DOTENV.encode())
+        second = sops.encrypt("web2/app.env", DOTENV.encode())
+        needles = ("web2/app.env", "the whole file would be secret 'app'",
+                   "a copy of one under another name")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", str(first), str(second), "-i", str(sops.key), cwd=repo,
+               env=sops.env)
+    line = assert_one_clean_error(proc, *needles)
+    if case != "same key":
+        assert "--key" not in line
+    assert list(repo.iterdir()) == []

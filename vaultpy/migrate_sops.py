@@ -198,7 +198,8 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
     if plan.problems:
         return plan
     sops = sops_binary()
-    origins: dict[str, str] = {}            # id -> where it came from, for collisions
+    origins: dict[str, tuple[Path, str]] = {}   # id -> its file and where, for collisions
+    seen: dict[tuple[int, int], Path] = {}      # (st_dev, st_ino) -> the file given first
 
     def take(sid: str, value: bytes, source: Path, origin: str) -> None:
         if not ID_RE.fullmatch(sid):
@@ -209,14 +210,34 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
                                          f"longer than {model.ID_MAX} characters", "",
                                          "name it: --key KEY=ID"))
         elif sid in origins:
+            first, where = origins[sid]
+            # --key names keys, in every file given: it renames neither a whole file nor
+            # a key that another file has too.
+            if first != source:
+                hint = ("import a copy of one under another name (its name is its id)"
+                        if origin == "the whole file" else
+                        "import the files one at a time, one of them with --key KEY=ID "
+                        "for each key to bring (--key takes only the keys named)")
+            else:
+                hint = "name one of them: --key KEY=ID"
             plan.problems.append(Problem(display_path(source), f"{origin} would be secret "
-                                         f"{sid!r}, as {origins[sid]} is", "",
-                                         "name one of them: --key KEY=ID"))
+                                         f"{sid!r}, as {where} is", "", hint))
         else:
-            origins[sid] = f"{display_path(source)}: {origin}"
-            plan.secrets[sid] = PlannedSecret(sid, source, origins[sid], value)
+            origins[sid] = (source, f"{display_path(source)}: {origin}")
+            plan.secrets[sid] = PlannedSecret(sid, source, origins[sid][1], value)
 
     for path in files:
+        try:        # one file twice (or by a link) would collide with itself on every id
+            st = os.stat(path)
+        except OSError:
+            pass                            # decrypt() says why, in its words
+        else:
+            if (st.st_dev, st.st_ino) in seen:
+                plan.problems.append(Problem(display_path(path), "given twice (as "
+                                             f"{display_path(seen[st.st_dev, st.st_ino])} "
+                                             "too)", "", "give each file once"))
+                continue
+            seen[st.st_dev, st.st_ino] = path
         kind = file_format(path, fmt)
         as_tree = kind in _TREES and not whole
         if wanted and not as_tree:
