@@ -331,3 +331,20 @@ def test_a_collision_between_files_names_a_fix_that_works(sops, tmp_path, case):
     if case != "same key":
         assert "--key" not in line
     assert list(repo.iterdir()) == []
+
+
+def test_keys_sops_nix_cannot_name_are_skipped_with_a_warning(sops, tmp_path):
+    """sops-nix splits its key on '/' and takes key "" for the whole file: a YAML key
+    with '/' in its own name, or a top-level "" key, is no value it can install.  They
+    are named and skipped, as numbers are, not imported as (or colliding with) the
+    key that sops-nix's name would find."""
+    f = sops.encrypt("s.yaml", b'a/b: top\na:\n  b: nested\n"": nameless\nx: y\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "sops", str(f), "-i", str(sops.key), cwd=repo, env=sops.env)
+    err = proc.stderr.decode()
+    cfg = model.load(repo)
+    assert set(cfg.secrets) == {"a_b", "x"}
+    assert age_decrypt(cfg.secrets["a_b"].file, sops.key) == b"nested"
+    for key in ("a/b", ""):
+        assert f"s.yaml: key {key!r} cannot be named by sops-nix" in err, err

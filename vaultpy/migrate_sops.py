@@ -7,7 +7,8 @@ file's MAC.  What becomes a master secret follows what sops-nix could install:
 
 * YAML and JSON files: every string value, its id taken from its sops-nix key
   (``db/password`` for ``db: {password: …}``: ``db_password``).  sops-nix installs only
-  strings by key, so numbers, booleans, lists and nulls are skipped with a warning;
+  strings by key, so numbers, booleans, lists and nulls are skipped with a warning,
+  as are keys its names cannot reach (a '/' in one key's name, a top-level "");
   ``--key KEY[=ID]`` takes only the keys named (looked up as sops-nix does), and
   ``--whole`` each file as one secret (sops-nix's ``key = ""``);
 * dotenv, INI and binary files: the whole file, as sops-nix installs them.
@@ -127,6 +128,15 @@ def _leaves(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...]
             out.extend(_leaves(value, (*path, str(key))))
         return out
     return [(path, tree)]
+
+
+def _unnamable(keys: tuple[str, ...]) -> str | None:
+    """Why sops-nix's key cannot name the value at ``keys`` (None: it can).  Its
+    recurseSecretKey splits the key on '/', and key "" is the whole file."""
+    if keys == ("",):
+        return "its name is \"\", sops-nix's name for the whole file"
+    part = next((k for k in keys if "/" in k), None)
+    return None if part is None else f"{part!r} is one name, and sops-nix splits on '/'"
 
 
 def _kind(value: Any) -> str:
@@ -268,7 +278,11 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
             continue
         for keys_path, value in _leaves(tree):
             key = "/".join(keys_path)
-            if isinstance(value, str):
+            if (why := _unnamable(keys_path)) is not None:
+                plan.warnings.append(f"{display_path(path)}: key {key!r} cannot be named by "
+                                     f"sops-nix ({why}): not imported (encrypt it by hand "
+                                     "if you need it)")
+            elif isinstance(value, str):
                 take(to_id(key), value.encode("utf-8"), path, f"key {key!r}")
             else:
                 plan.warnings.append(f"{display_path(path)}: key {key!r} is {_kind(value)}, "
