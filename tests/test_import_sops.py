@@ -348,3 +348,16 @@ def test_keys_sops_nix_cannot_name_are_skipped_with_a_warning(sops, tmp_path):
     assert age_decrypt(cfg.secrets["a_b"].file, sops.key) == b"nested"
     for key in ("a/b", ""):
         assert f"s.yaml: key {key!r} cannot be named by sops-nix" in err, err
+
+
+def test_a_multi_document_yaml_file_names_what_is_left_out(sops, tmp_path):
+    """sops keeps each document of a YAML file; its JSON output, and sops-nix's
+    yaml.Unmarshal, only the first.  The documents after it are not imported, and
+    a warning says so: a migration must not lose values without a word."""
+    f = sops.encrypt("s.yaml", b"a: x\n---\nb: y\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "sops", str(f), "-i", str(sops.key), cwd=repo, env=sops.env)
+    assert set(model.load(repo).secrets) == {"a"}
+    assert "s.yaml: holds 2 YAML documents: only the first is imported" in \
+        proc.stderr.decode()

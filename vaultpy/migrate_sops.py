@@ -33,6 +33,7 @@ from stat import S_ISREG
 from typing import Any
 
 from vaultpy import age, masters, model
+from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
 from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply
 
@@ -101,6 +102,17 @@ def decrypt(path: Path, fmt: str, sops: str, out: str) -> bytes:
                                    "a secret is held in RAM on every host it goes to; "
                                    "move a big file by hand"))
     return proc.stdout
+
+
+def _documents(path: Path) -> int:
+    """How many YAML documents a sops file holds.  sops decrypts them all, but its JSON
+    output (as sops-nix's yaml.Unmarshal) has the first only; sops writes its ``sops:``
+    metadata at the top of each, which is all this reads (the file sops just read)."""
+    try:
+        data = fsutil.read_regular(path)[0]
+    except OSError:
+        return 1                            # sops read it a moment ago
+    return max(1, len(re.findall(rb"^sops:", data, re.MULTILINE)))
 
 
 def _sops_error(stderr: bytes) -> str:
@@ -264,6 +276,10 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
             take(stem_id(path), plain, path, "the whole file")
             continue
         tree = json.loads(plain)
+        if kind == "yaml" and (docs := _documents(path)) > 1:
+            plan.warnings.append(f"{display_path(path)}: holds {docs} YAML documents: only "
+                                 "the first is imported, as sops-nix reads only it (give "
+                                 "the others a file each, or encrypt them by hand)")
         if wanted:
             for key, sid in wanted:
                 try:
