@@ -361,3 +361,21 @@ def test_a_multi_document_yaml_file_names_what_is_left_out(sops, tmp_path):
     assert set(model.load(repo).secrets) == {"a"}
     assert "s.yaml: holds 2 YAML documents: only the first is imported" in \
         proc.stderr.decode()
+
+
+@pytest.mark.parametrize("fmt", [None, "json", "ini", "dotenv"])
+def test_a_file_read_in_the_wrong_format_says_format(sops, tmp_path, fmt):
+    """A YAML file read as another format (a .txt name, or a wrong --format): sops's
+    parse error is quoted, and the fix named is --format, not a plain `sops --decrypt`
+    that would guess the format again, differently, and show no error at all."""
+    f = sops.encrypt("s.yaml", YAML.encode())
+    if fmt is None:
+        f = f.rename(f.with_name("s.txt"))          # read as binary
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", str(f), *(["--format", fmt] if fmt else []), "-i",
+               str(sops.key), cwd=repo, env=sops.env)
+    line = assert_one_clean_error(proc, f.name, "sops --decrypt failed",
+                                  f"not a sops-encrypted {fmt or 'binary'} file", "--format")
+    assert "run sops --decrypt" not in line
+    assert list(repo.iterdir()) == []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -42,6 +43,10 @@ _BY_SUFFIX = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv"
               ".ini": "ini"}
 _TREES = ("yaml", "json")           # values addressed by key; the others are whole files
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+# sops's words when a file does not parse as the --input-type given (json, yaml; dotenv;
+# ini): the file is of another format, or not sops's.
+_NOT_FMT = re.compile(r"sops metadata not found|Error unmarshalling input|"
+                      r"invalid dotenv input|key-value delimiter not found")
 
 
 def file_format(path: Path, given: str | None) -> str:
@@ -126,10 +131,12 @@ def _sops_hint(stderr: bytes, path: Path, fmt: str) -> str:
     if "data key" in text:
         return ("give sops a key that opens it, as when you edit it (SOPS_AGE_KEY_FILE, "
                 "SOPS_AGE_SSH_PRIVATE_KEY_FILE, your PGP agent...)")
-    if "metadata not found" in text:
+    if _NOT_FMT.search(text):
         return (f"it is not a sops-encrypted {fmt} file: check it, or give its format "
                 "with --format")
-    return f"run sops --decrypt {display_path(path)} to see sops's whole error"
+    # The format as given to sops: without it, sops guesses again, maybe otherwise.
+    return (f"run sops --decrypt --input-type {fmt} {shlex.quote(display_path(path))} to "
+            "see sops's whole error")
 
 
 def _leaves(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
