@@ -379,3 +379,28 @@ def test_a_file_read_in_the_wrong_format_says_format(sops, tmp_path, fmt):
                                   f"not a sops-encrypted {fmt or 'binary'} file", "--format")
     assert "run sops --decrypt" not in line
     assert list(repo.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["nested too deep", "not json"])
+def test_a_tree_python_cannot_read_is_one_line(sops, tmp_path, case):
+    """sops's JSON is parsed by Python: a file nested deeper than its recursion limit,
+    or a `sops` on PATH that prints more than JSON (a wrapper's banner), is a line
+    naming the file, not an internal error (exit 70)."""
+    env = dict(sops.env)
+    if case == "nested too deep":
+        depth = 3000
+        f = sops.encrypt("deep.json", ('{"k":' * depth + '"x"' + "}" * depth).encode())
+        needles: tuple[str, ...] = ("deep.json", "nested too deep", "--whole")
+    else:
+        f = sops.encrypt("s.yaml", YAML.encode())
+        wrapper = tmp_path / "bin"
+        wrapper.mkdir()
+        (wrapper / "sops").write_text(f"#!/bin/sh\necho banner\nexec {sops.exe} \"$@\"\n")
+        (wrapper / "sops").chmod(0o755)
+        env["PATH"] = f"{wrapper}:{env['PATH']}"
+        needles = ("s.yaml", "not JSON", "sops --version")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", str(f), "-i", str(sops.key), cwd=repo, env=env)
+    assert_one_clean_error(proc, *needles)
+    assert list(repo.iterdir()) == []

@@ -282,7 +282,18 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
         if not as_tree:
             take(stem_id(path), plain, path, "the whole file")
             continue
-        tree = json.loads(plain)
+        try:        # Python's parser and walk: one frame a level, as deep as the file
+            tree = json.loads(plain)
+            leaves = _leaves(tree)
+        except RecursionError:
+            plan.problems.append(Problem(display_path(path), "nested too deep to read by key",
+                                         "", "import it as one secret: --whole"))
+            continue
+        except ValueError:          # what is on PATH as sops printed more than its JSON
+            plan.problems.append(Problem(display_path(path), "sops --decrypt --output-type "
+                                         "json printed what is not JSON", "", "check that the sops "
+                                         "on PATH is sops itself (sops --version)"))
+            continue
         if kind == "yaml" and (docs := _documents(path)) > 1:
             plan.warnings.append(f"{display_path(path)}: holds {docs} YAML documents: only "
                                  "the first is imported, as sops-nix reads only it (give "
@@ -299,7 +310,7 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
                     continue
                 take(sid, value.encode("utf-8"), path, f"key {key!r}")
             continue
-        for keys_path, value in _leaves(tree):
+        for keys_path, value in leaves:
             key = "/".join(keys_path)
             if (why := _unnamable(keys_path)) is not None:
                 plan.warnings.append(f"{display_path(path)}: key {key!r} cannot be named by "
