@@ -404,3 +404,15 @@ def test_a_tree_python_cannot_read_is_one_line(sops, tmp_path, case):
     proc = run("import", "sops", str(f), "-i", str(sops.key), cwd=repo, env=env)
     assert_one_clean_error(proc, *needles)
     assert list(repo.iterdir()) == []
+
+
+def test_a_file_name_with_a_line_break_stays_in_its_comment(sops, tmp_path):
+    """The files' names go into hosts.toml's header comment: a newline in one must not
+    end the comment and declare what follows (here a secret 'evil'), nor a carriage
+    return (not allowed in a TOML comment) make the new hosts.toml invalid."""
+    f = sops.encrypt("s.yaml", b"a: x\n")
+    odd = f.rename(f.with_name("nl\n[secrets.evil]\n#\r.yaml"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "sops", str(odd), "-i", str(sops.key), cwd=repo, env=sops.env)
+    assert set(model.load(repo).secrets) == {"a"}

@@ -54,6 +54,7 @@ from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 
 ID_RE = re.compile(templates.ID_PATTERN)
 _COMMENT_HOST = re.compile(r"root@(" + templates.ID_PATTERN + r")")
+_NOT_IN_COMMENT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")     # TOML: tab only, of these
 
 
 @dataclass
@@ -769,6 +770,9 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     text = ""
     if not problems:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+        # The source goes into a comment: a newline in a file's name would end it, and
+        # what follows be read as tables; other control characters make it invalid.
+        source = _NOT_IN_COMMENT.sub(lambda m: ascii(m[0])[1:-1], plan.source)
         tables = render_tables(plan)
         if existing is None:
             import tomli_w
@@ -777,11 +781,11 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             if masters_dir is not None:
                 settings.update(secrets_dir=masters_dir, cache_dir=f"{masters_dir}/cache")
             head = tomli_w.dumps({"vaultpy": settings})
-            text = (f"# Imported from {plan.tool} ({plan.source}) on {stamp} by vaultpy "
+            text = (f"# Imported from {plan.tool} ({source}) on {stamp} by vaultpy "
                     f"import.\n# Master recipients: {origin}.\n{head}\n{tables}")
         else:
             sep = "" if old_text.endswith("\n") or not old_text else "\n"
-            text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({plan.source}) on {stamp} "
+            text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({source}) on {stamp} "
                     f"by vaultpy import.\n{tables}")
         try:
             cfg = model.parse(text, hosts_path)
