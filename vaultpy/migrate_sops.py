@@ -13,7 +13,7 @@ file's MAC.  What becomes a master secret follows what sops-nix could install:
   ``--whole`` each file as one secret (sops-nix's ``key = ""``);
 * dotenv, INI and binary files: the whole file, as sops-nix installs them.
 
-The format is guessed from the file's extension, as sops does (``.yaml``/``.yml``,
+The format is guessed from the end of the name, as sops does (``.yaml``/``.yml``,
 ``.json``, ``.env``, ``.ini``; anything else is binary), unless ``--format`` says.
 Which hosts get which secret lives in the NixOS configuration (``sops.secrets``), not
 in these files, so no host is declared: :func:`vaultpy.migrate.apply` writes the
