@@ -219,7 +219,7 @@ def test_problems_are_one_line_and_write_nothing(sops, tmp_path, case):
         needles = ("sops", "not found on PATH", "install sops")
     elif case == "collision":
         args.append(str(sops.encrypt("t.yaml", b"db:\n  password: other\n")))
-        needles = ("t.yaml", "key 'db/password' would be secret 'db_password'", "--key KEY=ID")
+        needles = ("t.yaml", "key 'db/password' would be secret 'db_password'", "--prefix")
     elif case == "missing key":
         args += ["--key", "db/pasword"]
         needles = ("s.yaml", "--key", "key 'db/pasword' is not in the file", "spelling")
@@ -317,20 +317,40 @@ def test_a_collision_between_files_names_a_fix_that_works(sops, tmp_path, case):
     elif case == "same key":
         second = sops.encrypt("web2/secrets.yaml", b"db:\n  password: two\n")
         needles = ("web2/secrets.yaml", "key 'db/password' would be secret 'db_password'",
-                   "one at a time")
+                   "one at a time, each with its own --prefix")
     else:
         first = sops.encrypt("web1/app.env", DOTENV.encode())
         second = sops.encrypt("web2/app.env", DOTENV.encode())
         needles = ("web2/app.env", "the whole file would be secret 'app'",
-                   "a copy of one under another name")
+                   "one at a time, each with its own --prefix")
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run("import", "sops", str(first), str(second), "-i", str(sops.key), cwd=repo,
                env=sops.env)
     line = assert_one_clean_error(proc, *needles)
-    if case != "same key":
-        assert "--key" not in line
+    assert "--key" not in line
     assert list(repo.iterdir()) == []
+    if "--prefix" in line:          # the fix offered works as offered
+        for n, f in enumerate((first, second), 1):
+            ok("import", "sops", str(f), "--prefix", f"web{n}_", "-i", str(sops.key),
+               cwd=repo, env=sops.env)
+        cfg = model.load(repo)
+        made = "db_password" if case == "same key" else "app"
+        assert set(cfg.secrets) == {f"web1_{made}", f"web2_{made}"}
+        assert age_decrypt(cfg.secrets[f"web2_{made}"].file, sops.key) == (
+            b"two" if case == "same key" else sops.decrypt(second, "dotenv"))
+
+
+def test_prefix_goes_before_made_ids_only(sops, tmp_path):
+    f = sops.encrypt("s.yaml", YAML.encode())
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ok("import", "sops", str(f), "--prefix", "web1-", "--key", "db/password", "--key",
+       "api-key=given", "-i", str(sops.key), cwd=repo, env=sops.env)
+    assert set(model.load(repo).secrets) == {"web1-db_password", "given"}
+    proc = run("import", "sops", str(f), "--prefix", "_x", "-i", str(sops.key), cwd=repo,
+               env=sops.env)
+    assert_one_clean_error(proc, "--prefix", "'_x' cannot start a secret id", "web1_")
 
 
 def test_keys_sops_nix_cannot_name_are_skipped_with_a_warning(sops, tmp_path):

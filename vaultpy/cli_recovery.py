@@ -277,6 +277,10 @@ def import_sops(
     whole: Annotated[bool, typer.Option(
         "--whole", help="Import each YAML/JSON file whole, as one secret named after the "
         "file (sops-nix's key = \"\"); dotenv, INI and binary files always are.")] = False,
+    prefix: Annotated[str, typer.Option(
+        "--prefix", metavar="TEXT", help="Put TEXT before every id made of a key or a file "
+        "name (--prefix web1_ for hosts/web1/secrets.yaml: each host's file with the same "
+        "keys, imported one at a time).")] = "",
     fmt: Annotated[str | None, typer.Option(
         "--format", metavar="FORMAT", help="yaml, json, dotenv, ini or binary (default: "
         "from the extension, as sops).")] = None,
@@ -298,7 +302,7 @@ def import_sops(
     from vaultpy import migrate_sops
 
     result = migrate_sops.import_sops(
-        files, _target(repo), fmt=fmt, keys=key or [], whole=whole,
+        files, _target(repo), fmt=fmt, keys=key or [], whole=whole, prefix=prefix,
         recipients=recipient or [], identity_files=_identity(identity), force=force,
         dry_run=dry_run, masters_dir=masters_dir)
     _report(result, dry_run)

@@ -196,12 +196,14 @@ def lookup(tree: Any, key: str) -> str:
     return value
 
 
-def _parse_keys(keys: Sequence[str]) -> tuple[list[tuple[str, str]], list[Problem]]:
-    """``--key KEY[=ID]`` options: (key, id) pairs."""
+def _parse_keys(keys: Sequence[str], prefix: str
+                ) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """``--key KEY[=ID]`` options: (key, id) pairs (``prefix`` before an id made of KEY,
+    not before one given)."""
     out, problems = [], []
     for given in keys:
         key, sep, sid = given.partition("=")
-        sid = sid if sep else to_id(key)
+        sid = sid if sep else _prefixed(prefix, to_id(key))
         if not key or not ID_RE.fullmatch(sid) or len(sid) > model.ID_MAX:
             problems.append(Problem("--key", f"{given!r}: not KEY or KEY=ID with an id of "
                                     "letters, digits, '_', '.' and '-', starting with a "
@@ -212,12 +214,23 @@ def _parse_keys(keys: Sequence[str]) -> tuple[list[tuple[str, str]], list[Proble
     return out, problems
 
 
+def _prefixed(prefix: str, made: str) -> str:
+    """An id made of a name, after ``--prefix`` ("" when the name gave nothing)."""
+    return prefix + made if made else ""
+
+
 def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[str] = (),
-              whole: bool = False) -> Plan:
-    """Decrypt every file with sops and name a master secret for each value taken."""
+              whole: bool = False, prefix: str = "") -> Plan:
+    """Decrypt every file with sops and name a master secret for each value taken.
+    ``prefix`` goes before every id made of a key or a file's name: each host's file of
+    the same keys (``hosts/web1/secrets.yaml``), imported one at a time."""
     plan = Plan("sops", ", ".join(display_path(f) for f in files))
     plan.default_hint = "the X25519 identity given with -i"
-    wanted, plan.problems = _parse_keys(keys)
+    wanted, plan.problems = _parse_keys(keys, prefix)
+    if prefix and not ID_RE.fullmatch(prefix + "x"):
+        plan.problems.append(Problem("--prefix", f"{prefix!r} cannot start a secret id", "",
+                                     "use letters, digits, '_', '.' and '-', starting with "
+                                     "a letter or digit: --prefix web1_"))
     if whole and keys:
         plan.problems.append(Problem("--key", "--key and --whole both given", "",
                                      "--whole takes each file as one secret: drop one"))
@@ -241,12 +254,10 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
         elif sid in origins:
             first, where = origins[sid]
             # --key names keys, in every file given: it renames neither a whole file nor
-            # a key that another file has too.
+            # a key that another file has too; a prefix per file does.
             if first != source:
-                hint = ("import a copy of one under another name (its name is its id)"
-                        if origin == "the whole file" else
-                        "import the files one at a time, one of them with --key KEY=ID "
-                        "for each key to bring (--key takes only the keys named)")
+                hint = ("import the files one at a time, each with its own --prefix "
+                        "(--prefix web1_)")
             else:
                 hint = "name one of them: --key KEY=ID"
             plan.problems.append(Problem(display_path(source), f"{origin} would be secret "
@@ -280,7 +291,7 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
             plan.problems.extend(exc.problems)
             continue
         if not as_tree:
-            take(stem_id(path), plain, path, "the whole file")
+            take(_prefixed(prefix, stem_id(path)), plain, path, "the whole file")
             continue
         try:        # Python's parser and walk: one frame a level, as deep as the file
             tree = json.loads(plain)
@@ -317,7 +328,7 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
                                      f"sops-nix ({why}): not imported (encrypt it by hand "
                                      "if you need it)")
             elif isinstance(value, str):
-                take(to_id(key), value.encode("utf-8"), path, f"key {key!r}")
+                take(_prefixed(prefix, to_id(key)), value.encode("utf-8"), path, f"key {key!r}")
             else:
                 plan.warnings.append(f"{display_path(path)}: key {key!r} is {_kind(value)}, "
                                      "not a string: not imported (sops-nix installs "
@@ -335,11 +346,11 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
 
 
 def import_sops(files: Sequence[Path], target: Path, *, fmt: str | None = None,
-                keys: Sequence[str] = (), whole: bool = False,
+                keys: Sequence[str] = (), whole: bool = False, prefix: str = "",
                 recipients: Sequence[str] = (), identity_files: Sequence[Path] = (),
                 force: bool = False, dry_run: bool = False, masters_dir: str | None = None,
                 ask: age.PassphraseFn = age.passphrase_from_env_or_tty) -> ImportResult:
-    plan = plan_sops(files, fmt=fmt, keys=keys, whole=whole)
+    plan = plan_sops(files, fmt=fmt, keys=keys, whole=whole, prefix=prefix)
     return apply(plan, target, recipients=recipients, identity_files=identity_files,
                  force=force, dry_run=dry_run, masters_dir=masters_dir, ask=ask)
 
