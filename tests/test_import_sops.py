@@ -20,6 +20,7 @@ from conftest import age_decrypt, age_keygen, assert_one_clean_error, ssh_keygen
 from test_migrate import ok, run
 
 from vaultpy import migrate_sops, model
+from vaultpy.errors import VaultpyError
 
 
 def _sops_path() -> str:
@@ -436,3 +437,19 @@ def test_a_file_name_with_a_line_break_stays_in_its_comment(sops, tmp_path):
     repo.mkdir()
     ok("import", "sops", str(odd), "-i", str(sops.key), cwd=repo, env=sops.env)
     assert set(model.load(repo).secrets) == {"a"}
+
+
+def test_a_hosts_toml_declaring_more_than_the_import_is_never_written(tmp_path):
+    """The last guard before writing: the rendered hosts.toml declares exactly the
+    plan's secrets (and those already there).  A comment that a newline in a source's
+    name ended once declared one more (fixed where the comment is written)."""
+    from vaultpy import migrate
+
+    plan = migrate.Plan("sops", "s.yaml")
+    plan.secrets["a"] = migrate.PlannedSecret("a", tmp_path / "s.yaml", "s.yaml: key 'a'")
+    _key, recipient = age_keygen(tmp_path, "k.txt")
+    text = f'[vaultpy]\nrecipients = ["{recipient}"]\n[secrets.a]\n'
+    migrate._check_equivalent(plan, model.parse(text, tmp_path / "hosts.toml"))
+    with pytest.raises(VaultpyError, match=r"declares secrets the import does not \(evil\)"):
+        migrate._check_equivalent(plan, model.parse(text + "[secrets.evil]\n",
+                                                    tmp_path / "hosts.toml"))

@@ -793,7 +793,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             problems.extend(Problem(p.file, p.message, p.field, p.hint or "fix the source "
                                     f"{plan.tool} configuration") for p in exc.problems)
         else:
-            _check_equivalent(plan, cfg)
+            _check_equivalent(plan, cfg, existing)
             if existing is None and not dry_run:
                 _finish_interrupted(cfg, None)
     # Decrypt everything before writing anything.
@@ -939,8 +939,17 @@ def _opener(files: Sequence[Path], keys: Sequence[age.Identity], ciphertext: byt
     return None
 
 
-def _check_equivalent(plan: Plan, cfg: model.Config) -> None:
-    """The hosts.toml about to be written says exactly what the plan says."""
+def _check_equivalent(plan: Plan, cfg: model.Config,
+                      existing: model.Config | None = None) -> None:
+    """The hosts.toml about to be written says exactly what the plan says: its hosts,
+    and no secret but the plan's and those already declared (a source's name in the
+    header comment once declared one of its own)."""
+    before = set(existing.secrets) if existing is not None else set()
+    if set(cfg.secrets) != before | set(plan.secrets):
+        extra = sorted(set(cfg.secrets) - before - set(plan.secrets))
+        raise VaultpyError(Problem(display_path(cfg.path), "the rendered hosts.toml declares "
+                                   f"secrets the import does not ({', '.join(extra) or '-'})"
+                                   " (a bug)", "", "please report it"))
     for name, host in plan.hosts.items():
         got = cfg.hosts.get(name)
         want_keys = tuple(_norm(k, host=True) for k in host.pubkeys)
