@@ -303,6 +303,7 @@ NO_JSON = {
     "identity split": "writes share files",
     "import agenix": "writes hosts.toml and master files",
     "import vaultix": "writes hosts.toml and master files",
+    "import sops": "writes hosts.toml and master files",
     "completion": "its output is a shell script",
 }
 
