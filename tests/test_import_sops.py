@@ -453,3 +453,15 @@ def test_a_hosts_toml_declaring_more_than_the_import_is_never_written(tmp_path):
     with pytest.raises(VaultpyError, match=r"declares secrets the import does not \(evil\)"):
         migrate._check_equivalent(plan, model.parse(text + "[secrets.evil]\n",
                                                     tmp_path / "hosts.toml"))
+
+
+def test_a_whole_file_without_a_name_for_an_id_is_told_to_rename_it(sops, tmp_path):
+    """--key cannot name a whole file (it is refused for one): the hint must not offer it."""
+    f = sops.encrypt("___.bin", BINARY)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "sops", str(f), "-i", str(sops.key), cwd=repo, env=sops.env)
+    line = assert_one_clean_error(proc, "___.bin", "the whole file: no secret id can be made",
+                                  "a copy of it named with letters or digits")
+    assert "--key" not in line
+    assert list(repo.iterdir()) == []

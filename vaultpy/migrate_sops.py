@@ -244,13 +244,16 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
     seen: dict[tuple[int, int], Path] = {}      # (st_dev, st_ino) -> the file given first
 
     def take(sid: str, value: bytes, source: Path, origin: str) -> None:
+        # --key cannot name a whole file (refused for one): a copy of it can.
+        rename = ("import a copy of it named with letters or digits"
+                  if origin == "the whole file" else "name it: --key KEY=ID")
         if not ID_RE.fullmatch(sid):
             plan.problems.append(Problem(display_path(source), f"{origin}: no secret id can "
-                                         "be made of its name", "", "name it: --key KEY=ID"))
+                                         "be made of its name", "", rename))
         elif len(sid) > model.ID_MAX:   # else hosts.toml's loader names a file not written
             plan.problems.append(Problem(display_path(source), f"{origin}: its id would be "
                                          f"longer than {model.ID_MAX} characters", "",
-                                         "name it: --key KEY=ID"))
+                                         rename))
         elif sid in origins:
             first, where = origins[sid]
             # --key names keys, in every file given: it renames neither a whole file nor
