@@ -731,13 +731,12 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     # Identities open the old tool's files; when the importer has every plaintext
     # already (sops), only -i's are loaded: a master recipient, the next step's hint.
     needs_key = any(sec.value is None for sec in plan.secrets.values())
+    hint = (f"pass the key {plan.tool} decrypted with: -i FILE" if needs_key
+            else "pass an age identity file: -i FILE")
     files = list(identity_files) or (default_identities() if needs_key else [])
     if not files and needs_key:
         raise VaultpyError([*problems, Problem(
-            "-i", f"no identity to decrypt the {plan.tool} secrets", "",
-            f"pass the key {plan.tool} decrypted with: -i FILE")])
-    hint = (f"pass the key {plan.tool} decrypted with: -i FILE" if needs_key
-            else "pass an age identity file: -i FILE")
+            "-i", f"no identity to decrypt the {plan.tool} secrets", "", hint)])
     try:
         keys = age.load_identities(files, ask, unreadable_hint=hint,
                                    regular_only=not identity_files     # found: ~/.ssh/…

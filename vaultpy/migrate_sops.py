@@ -86,13 +86,9 @@ def sops_binary() -> str:
 def decrypt(path: Path, fmt: str, sops: str, out: str) -> bytes:
     """``sops --decrypt`` of ``path``, a ``fmt`` file, written as ``out`` ("json" for
     the tree of a YAML or JSON file; ``fmt`` for the file as sops-nix installs it).
-    sops finds the keys in the environment, as when the operator edits the file."""
-    try:        # sops would wait forever on a FIFO, and name a missing file its own way
-        st = os.stat(path)
-    except OSError as exc:
-        raise VaultpyError(os_problem(path, exc, "read it")) from None
-    if not S_ISREG(st.st_mode):
-        raise fail(path, "not a regular file", hint="give the sops-encrypted file itself")
+    sops finds the keys in the environment, as when the operator edits the file.
+    ``path`` must be a regular file (:func:`plan_sops` checks): sops would wait
+    forever on a FIFO."""
     try:
         proc = subprocess.run([sops, "--decrypt", "--input-type", fmt, "--output-type", out,
                                str(path)], capture_output=True, check=False)
@@ -270,17 +266,22 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
             plan.secrets[sid] = PlannedSecret(sid, source, origins[sid][1], value)
 
     for path in files:
-        try:        # one file twice (or by a link) would collide with itself on every id
+        try:        # sops would name a missing file its own way, and wait on a FIFO
             st = os.stat(path)
-        except OSError:
-            pass                            # decrypt() says why, in its words
-        else:
-            if (st.st_dev, st.st_ino) in seen:
-                plan.problems.append(Problem(display_path(path), "given twice (as "
-                                             f"{display_path(seen[st.st_dev, st.st_ino])} "
-                                             "too)", "", "give each file once"))
-                continue
-            seen[st.st_dev, st.st_ino] = path
+        except OSError as exc:
+            plan.problems.append(os_problem(path, exc, "read it"))
+            continue
+        if not S_ISREG(st.st_mode):
+            plan.problems.append(Problem(display_path(path), "not a regular file", "",
+                                         "give the sops-encrypted file itself"))
+            continue
+        # One file twice (or by a link) would collide with itself on every id.
+        if (st.st_dev, st.st_ino) in seen:
+            plan.problems.append(Problem(display_path(path), "given twice (as "
+                                         f"{display_path(seen[st.st_dev, st.st_ino])} "
+                                         "too)", "", "give each file once"))
+            continue
+        seen[st.st_dev, st.st_ino] = path
         kind = file_format(path, fmt)
         as_tree = kind in _TREES and not whole
         if wanted and not as_tree:
