@@ -167,3 +167,40 @@ def test_a_ctrl_c_while_the_lock_is_opened_leaves_it_free(tmp_path, monkeypatch,
     assert [p.name for p in tmp_path.iterdir()] == [lock.name]       # no temp file left
     with fsutil.locked(lock):                   # free: taken at once, not waited for
         pass
+
+
+_ENDING = """
+import signal, sys
+import vaultpy.__main__ as entry
+from vaultpy._internal import sigint
+
+real_ignore = sigint.ignore
+calls = []
+
+def ignore():
+    calls.append(1)
+    if len(calls) == 1:     # the Ctrl-C lands as the command's end ignores SIGINT
+        signal.raise_signal(signal.SIGINT)
+    real_ignore()
+
+def command():
+    print("done", flush=True)
+    sys.exit(int(sys.argv[1]))
+
+sigint.ignore = ignore
+entry._main = command
+entry.main()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_ctrl_c_as_the_command_ends_keeps_its_exit_status(code: int) -> None:
+    """A first Ctrl-C (a real SIGINT, through the real handler) in the instant between
+    the command's end and the entry point's ignore(): the command had finished, so it
+    exits with its own status, without a traceback or a death by SIGINT."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _ENDING, str(code)], capture_output=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, b"done\n", b"")

@@ -25,6 +25,14 @@ def main() -> None:
             sigint.ignore()
     except SystemExit as exc:
         leave(exc.code)
+    except KeyboardInterrupt as exc:
+        # The first Ctrl-C, in the instant between the command's end and ignore()
+        # taking effect (raised in the finally above: any earlier one was caught
+        # there, and later ones are ignored).  The command had finished: its own exit
+        # status stands, not a traceback and death by SIGINT.
+        sigint.ignore()
+        ended = exc.__context__
+        leave(ended.code if isinstance(ended, SystemExit) else 0)
     leave(0)
 
 
