@@ -129,6 +129,18 @@ def hosts_toml(recipients: list[str], secrets: list[str],
 
 
 @pytest.fixture
+def syncfs_as_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing else waits to be written, as far as renc can tell: ``fsutil.sync_files``
+    then always takes its ``syncfs`` path.  The kernel's real count is the machine's
+    (the other test worker's writes), and a test that injects a fault into ``syncfs``
+    would pass without it whenever that count is high (the fdatasync path ran).  The
+    other path is tested on its own (tests/test_sync_files.py and the fdatasync case
+    of test_a_failed_sync_puts_no_new_host_in_place)."""
+    from vaultpy._internal import fsutil
+    monkeypatch.setattr(fsutil, "unwritten_bytes", lambda: 0)
+
+
+@pytest.fixture
 def make_repo(tmp_path: Path) -> Iterator[object]:
     """Factory: make_repo(hosts=3, secrets={"id": b"plaintext", ...}) -> Repo.
 

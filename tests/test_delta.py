@@ -382,6 +382,7 @@ def test_identities_that_do_not_load_fail_as_a_full_run_does(
     assert from_memo(repo, "renc", env=gone)          # answered without the CLI
 
 
+@pytest.mark.usefixtures("syncfs_as_the_rule")
 def test_a_failed_sync_after_the_renames_reports_no_file_written(
         repo: Repo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         ) -> None:

@@ -18,6 +18,9 @@ from vaultpy import renc as pipeline
 from vaultpy._internal import fsutil
 from vaultpy.errors import VaultpyError
 
+# Faults are injected into syncfs, the path renc takes as a rule (conftest.py).
+pytestmark = pytest.mark.usefixtures("syncfs_as_the_rule")
+
 SECRETS = {f"s{i}": f"pipeline secret {i}\n".encode() for i in range(6)} | {
     "big": os.urandom(100_000)}
 
@@ -473,15 +476,21 @@ def test_a_host_directory_made_meanwhile_gets_the_files_one_by_one(repo, monkeyp
     _assert_complete(repo)
 
 
-def test_a_failed_syncfs_puts_no_new_host_in_place(repo, monkeypatch):
-    """The last syncfs fails on a first run: no host directory is renamed into place
-    (its files' bytes may not be on disk), no temp directory stays."""
+@pytest.mark.parametrize("path", ["syncfs", "fdatasync"])
+def test_a_failed_sync_puts_no_new_host_in_place(repo, monkeypatch, path):
+    """The last sync fails on a first run, by either of sync_files's paths (one syncfs;
+    an fdatasync per file while other data waits to be written): no host directory is
+    renamed into place (its files' bytes may not be on disk), no temp directory stays."""
     _first_run(repo)
 
-    def syncfs(path: Path) -> None:
+    def fail(*args: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    if path == "syncfs":
+        monkeypatch.setattr(pipeline.fsutil, "syncfs", fail)
+    else:
+        monkeypatch.setattr(pipeline.fsutil, "unwritten_bytes", lambda: 1 << 40)
+        monkeypatch.setattr(pipeline.fsutil.os, "fdatasync", fail)
     result = _renc(repo, 2)
     assert not result.ok and result.written == []
     assert any("cannot finish writing the cache" in p.message for p in result.failed)
