@@ -457,6 +457,10 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
           ask: age.PassphraseFn, progress: ProgressFn | None, clock: timings.Clock
           ) -> Result:
     early: _Publisher | None = None
+    # Every publisher this run makes, listed by _encrypt before anything is written:
+    # a Ctrl-C as one is handed back (before the caller holds it) must not strand
+    # its temp files.  Each is discarded at the end (a no-op once it has finished).
+    pubs: list[_Publisher] = []
     # What this run's mkdir -p of the cache directory creates (a first run's): removed
     # again, if empty, unless the lock file is made in it.
     made = _absent(cfg.cache_dir)
@@ -467,7 +471,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         first = None
         if not cfg.lock_path.exists():
             first, early = _first_run(cfg, hosts, identity_files, ask, workers, progress,
-                                      clock)
+                                      clock, pubs)
         with contextlib.ExitStack() as stack:
             try:
                 cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -500,7 +504,8 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                     with clock.phase("unlock"):
                         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
                 with clock.phase("encrypt"):
-                    pub = _encrypt(cfg, p, s.todo, result, index, workers, progress)[0]
+                    pub = _encrypt(cfg, p, s.todo, result, index, workers, progress,
+                                   pubs)[0]
                 with clock.phase("publish"):
                     _publish(pub, result, new_dirs)
             s.todo = []
@@ -510,8 +515,8 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
     finally:
-        if early is not None:
-            early.discard()
+        for each in pubs:
+            each.discard()
         _remove_empty(made)             # (after the discard: its temp directories)
         _IDENTITIES.clear()
     return result
@@ -551,7 +556,8 @@ class _Survey:
 
 def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path],
                ask: age.PassphraseFn, workers: int, progress: ProgressFn | None,
-               clock: timings.Clock) -> tuple[_Survey, _Publisher | None]:
+               clock: timings.Clock, pubs: list[_Publisher]
+               ) -> tuple[_Survey, _Publisher | None]:
     """Before the lock file exists: survey, unlock the keys, and make sure every master
     the run needs decrypts; raise, having created nothing, when one does not.
 
@@ -576,7 +582,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
                                           "create the cache directory")) from None
         with clock.phase("encrypt"):
             pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers,
-                                   progress, batches=False)
+                                   progress, pubs, batches=False)
         if s.result.failed_items:
             _check_unwritten(cfg, s, failed)
         # A master that changed since the survey is no bad input: a writer that took the
@@ -658,10 +664,13 @@ _BATCH_BYTES = 8 << 20
 
 def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
              index: cache.VerifiedIndex, workers: int, progress: ProgressFn | None,
-             batches: bool = True) -> tuple[_Publisher, dict[str, Problem]]:
+             pubs: list[_Publisher], batches: bool = True
+             ) -> tuple[_Publisher, dict[str, Problem]]:
     """Encrypt every item of ``todo``.  Returns the publisher, which the caller must
     :meth:`~_Publisher.finish` or :meth:`~_Publisher.discard`, and the masters that
-    could not be read or decrypted (secret id -> problem; their items failed).
+    could not be read or decrypted (secret id -> problem; their items failed).  The
+    publisher is also added to ``pubs`` before anything is written, for the caller to
+    discard if it never gets hold of it (a Ctrl-C as this returns).
 
     ``batches``: publish finished temp files while the workers go on.  Without it,
     nothing is published before the caller's ``finish``: the first run, whose lock
@@ -676,6 +685,7 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
                          max(_BATCH_BYTES, total_bytes // 8), {})
     else:                       # nothing to overlap with, or no lock: all at the end
         pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, {})
+    pubs.append(pub)
     bad: dict[str, Problem] = {}
     done = 0
 
