@@ -880,6 +880,32 @@ def test_an_interrupt_just_after_a_rename_is_undone_with_the_others(
     assert not (repo.root / ".vaultpy-writes").exists()
 
 
+def test_an_interrupt_as_a_temp_file_is_written_leaves_no_temp_file(
+        make_repo, monkeypatch) -> None:
+    """A Ctrl-C that lands as the second temp file's write returns, before the writer
+    listed it: that temp file goes with the first, nothing else changed."""
+    from vaultpy import masters
+    from vaultpy._internal import fsutil
+
+    repo, cfg, files = _three_files(make_repo)
+    before = repo.snapshot()
+    real = fsutil.write_new
+    calls = []
+
+    def write_new(path: Any, *args: Any, **kwargs: Any) -> Any:
+        st = real(path, *args, **kwargs)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return st
+
+    monkeypatch.setattr(fsutil, "write_new", write_new)
+    with pytest.raises(KeyboardInterrupt):
+        masters.write_all(cfg, [(f, b"new %d" % i, 0o644) for i, f in enumerate(files)])
+    assert len(calls) == 2
+    assert repo.snapshot() == before
+
+
 def test_a_master_made_elsewhere_since_a_killed_generate_keeps_its_own_pub(
         make_repo, tmp_path: Path) -> None:
     """generate of a key pair killed after its journal, before any of its renames; the

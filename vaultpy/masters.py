@@ -186,8 +186,9 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                 for path, data, mode in files:
                     current = path
                     tmp = fsutil.tmp_name(path)
-                    fsutil.write_new(tmp, data() if callable(data) else data, mode)
+                    # Listed first: a Ctrl-C can land as the write returns.
                     temps.append((tmp, path))
+                    fsutil.write_new(tmp, data() if callable(data) else data, mode)
                     fsutil.fsync_path(tmp)
                 # From here on the write is decided: killed, it is finished by the next
                 # command that takes the lock (vaultpy/_internal/writes.py).
