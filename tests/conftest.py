@@ -141,6 +141,31 @@ def syncfs_as_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def disk_path(tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory on a disk file system: ``tmp_path``, unless the temp directory
+    is in RAM (Debian 13 mounts a tmpfs on /tmp by default; TMPDIR may point to one),
+    then one under /var/tmp.  For tests whose point is a disk: dirty pages that wait to
+    be written, a directory edit must refuse for plaintext."""
+    from vaultpy._internal import fsutil
+
+    if fsutil.mount_fstype(tmp_path) not in fsutil.RAM_FILESYSTEMS:
+        yield tmp_path
+        return
+    base = Path("/var/tmp")
+    if not base.is_dir() or fsutil.mount_fstype(base) in fsutil.RAM_FILESYSTEMS:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tmp_path} and /var/tmp are in RAM: no disk directory to test with")
+        pytest.skip(f"{tmp_path} and /var/tmp are in RAM: no disk directory to test with")
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vaultpy-test-disk-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def make_repo(tmp_path: Path) -> Iterator[object]:
     """Factory: make_repo(hosts=3, secrets={"id": b"plaintext", ...}) -> Repo.
 

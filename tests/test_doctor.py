@@ -229,13 +229,13 @@ def test_old_tool_version_is_a_warning(tmp_path: Path) -> None:
     assert check.status == "warning" and "older than 1.0" in check.detail
 
 
-def test_ram_dir_problem_when_only_disk(monkeypatch, tmp_path: Path) -> None:
+def test_ram_dir_problem_when_only_disk(monkeypatch, disk_path: Path) -> None:
     from vaultpy import edit
 
-    monkeypatch.setattr(edit, "ram_candidates", lambda: [tmp_path])
+    monkeypatch.setattr(edit, "ram_candidates", lambda: [disk_path])
     check = doctor.check_ram_dir()
     assert check.status == "problem"
-    assert str(tmp_path) in check.detail and "--allow-disk" in check.fix
+    assert str(disk_path) in check.detail and "--allow-disk" in check.fix
 
 
 def test_ramfs_check() -> None:

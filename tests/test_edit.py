@@ -476,20 +476,20 @@ def test_private_dir_prefers_ram_backed_xdg_runtime_dir(runtime, monkeypatch):
         fsutil.remove_tree(d)
 
 
-def test_private_dir_skips_a_disk_backed_xdg_runtime_dir(tmp_path, monkeypatch):
-    assert fsutil.mount_fstype(tmp_path) not in fsutil.RAM_FILESYSTEMS
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+def test_private_dir_skips_a_disk_backed_xdg_runtime_dir(disk_path, monkeypatch):
+    assert fsutil.mount_fstype(disk_path) not in fsutil.RAM_FILESYSTEMS
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(disk_path))
     d = edit_mod.private_dir()
     try:
-        assert d.parent != tmp_path
+        assert d.parent != disk_path
         assert fsutil.mount_fstype(d) in fsutil.RAM_FILESYSTEMS
     finally:
         fsutil.remove_tree(d)
-    assert list(tmp_path.iterdir()) == []
+    assert list(disk_path.iterdir()) == []
 
 
-def test_no_ram_backed_dir_needs_allow_disk(tmp_path, monkeypatch):
-    disk = tmp_path / "disk"
+def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
+    disk = disk_path / "disk"
     disk.mkdir()
     monkeypatch.setattr(edit_mod, "ram_candidates", lambda: [disk])
     with pytest.raises(VaultpyError) as exc:

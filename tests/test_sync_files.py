@@ -28,9 +28,10 @@ def repo(memo_template: Repo, tmp_path: Path) -> Repo:
 WAITING = "fsutil.OTHERS_WAITING = -1"
 
 
-def test_another_program_s_unwritten_data_is_seen(tmp_path: Path) -> None:
-    """128 MiB written and not yet on disk (a download, a build) show in the count."""
-    big = tmp_path / "download.bin"
+def test_another_program_s_unwritten_data_is_seen(disk_path: Path) -> None:
+    """128 MiB written and not yet on disk (a download, a build) show in the count.
+    (On a disk: a tmpfs's pages are never dirty.)"""
+    big = disk_path / "download.bin"
     seen = []
     for _ in range(5):          # (another process's syncfs may write it back meanwhile)
         with open(big, "wb") as f:
