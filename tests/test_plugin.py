@@ -170,8 +170,7 @@ def test_plugin_code_marks_the_threads_not_to_wait_for(on_path, pkey, monkeypatc
         other = threading.Thread(target=done.wait, args=(10,))  # a library caller's
         other.start()
         try:
-            start = time.monotonic()
-            assert forksafe.settled(5) and time.monotonic() - start < 0.1
+            assert forksafe.settled(0)             # at once: nothing to wait for
             first_use()
             assert forksafe._baseline is not None
             assert forksafe.settled(5)              # `other` is not waited for
