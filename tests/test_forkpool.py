@@ -264,6 +264,33 @@ def test_ctrl_c_as_a_result_is_read_loses_no_result(tmp_path: Path, monkeypatch)
     assert not any(_alive(pid) for _i, pid in ran)
 
 
+def test_ctrl_c_as_results_are_taken_from_the_buffer_loses_none(tmp_path: Path,
+                                                               monkeypatch):
+    """A Ctrl-C handled as the parent takes whole results out of a worker's buffer,
+    before it holds them: they must still be delivered or abandoned (found by renc's
+    Ctrl-C-at-every-point test: temp files left behind)."""
+    log = tmp_path / "ran"
+    delivered: list[int] = []
+    abandoned: list[int] = []
+    parent, real_frames, pressed = os.getpid(), forkpool._frames, []
+
+    def frames(w: object) -> list[object]:
+        out = real_frames(w)  # type: ignore[arg-type]
+        if os.getpid() == parent and out and not pressed:
+            pressed.append(len(out))
+            os.kill(parent, signal.SIGINT)      # handled as this returns
+        return out
+
+    monkeypatch.setattr(forkpool, "_frames", frames)
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        forkpool.run(200, 2, _recording(log), lambda i, r: delivered.append(i),
+                     abandon=abandoned.append)
+    assert pressed
+    ran = _ran(log)
+    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
+    assert not any(_alive(pid) for _i, pid in ran)
+
+
 @pytest.mark.parametrize("when", ["the job pipe is closed", "the run's pipes are closed"])
 def test_ctrl_c_as_the_parent_closes_a_pipe(tmp_path: Path, monkeypatch, when):
     """A Ctrl-C handled as close() returns: the descriptor closed must be known as

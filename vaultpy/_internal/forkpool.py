@@ -128,7 +128,8 @@ def run(n: int, workers: int, work: Callable[[int], T],
                 if _read(worker, deaths):
                     sel.unregister(worker.fd)
                     live -= 1
-                ready.extend(_frames(worker))
+                with sigint.held():     # out of the buffer and into ``ready`` together
+                    ready.extend(_frames(worker))
                 while ready:
                     i, status, value = ready[0]
                     if status == _STOPPED:
