@@ -88,6 +88,35 @@ def test_caught_inside_caught_keeps_the_outer_policy() -> None:
         ctrl_c()
 
 
+def test_a_ctrl_c_as_the_policy_ends_leaves_none_of_it_behind(monkeypatch) -> None:
+    """A Ctrl-C that comes as caught() puts the old handler back is the old handler's
+    (here Python's: KeyboardInterrupt), and the policy is gone all the same: a stale
+    one would make a program's next caught() install nothing and, with the Ctrl-C
+    recorded, stop its next renc before its first job.  (Found by
+    tests/test_ctrl_c_everywhere.py.)"""
+    real = sigint._signal
+
+    class Signal:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def signal(self, signum: int, handler: object) -> object:
+            old = real.signal(signum, handler)
+            if handler is not sigint._handler:      # the restore: Ctrl-C right then
+                real.raise_signal(signum)
+            return old
+
+    monkeypatch.setattr(sigint, "_signal", Signal())
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        pass
+    monkeypatch.undo()
+    assert sigint._state is None and not sigint.stopped()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), sigint.caught():
+        assert signal.getsignal(signal.SIGINT) is sigint._handler
+        ctrl_c()
+
+
 def test_a_child_keeps_a_ctrl_c_its_parent_saw() -> None:
     with pytest.raises(KeyboardInterrupt), sigint.caught(), sigint.held():
         ctrl_c()

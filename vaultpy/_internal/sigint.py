@@ -125,9 +125,12 @@ def caught() -> Iterator[None]:
     try:
         yield
     finally:
-        # Handler first: a Ctrl-C in between must not find the policy half gone.
-        _signal.signal(_signal.SIGINT, old if old is not None else _signal.default_int_handler)
+        # The policy goes first, then the handler: CPython runs a handler only once a
+        # call has returned, so nothing comes between the two, and a Ctrl-C during
+        # the restore is the old handler's.  (The other way round, that Ctrl-C cut
+        # this short and left the policy in force, without its handler.)
         _state = None
+        _signal.signal(_signal.SIGINT, old if old is not None else _signal.default_int_handler)
 
 
 @contextlib.contextmanager
