@@ -237,51 +237,27 @@ def test_ctrl_c_in_a_job_stops_the_run_here(tmp_path: Path):
     assert not any(_alive(pid) for _i, pid in ran)
 
 
-def test_ctrl_c_as_a_result_is_read_loses_no_result(tmp_path: Path, monkeypatch):
-    """A Ctrl-C that lands while the parent reads a worker's results (handled as read()
-    returns, as CPython does) must not drop the bytes read: their jobs' files would be
-    neither delivered nor abandoned (renc: temp files left behind)."""
+@pytest.mark.parametrize("step", ["read", "_frames"])
+def test_ctrl_c_as_results_are_read_loses_none(tmp_path: Path, monkeypatch, step):
+    """A Ctrl-C handled (as CPython does) as the parent's ``read`` of a worker's pipe
+    returns, or as whole results come out of that worker's buffer (``_frames``), before
+    the parent holds them: each result is still delivered or abandoned, or its job's
+    files would stay (renc: temp files left behind; ``_frames`` found by
+    tests/test_ctrl_c_everywhere.py)."""
     log = tmp_path / "ran"
     delivered: list[int] = []
     abandoned: list[int] = []
-    parent, real_read, pressed = os.getpid(), os.read, []
+    owner = os if step == "read" else forkpool
+    parent, real, pressed = os.getpid(), getattr(owner, step), []
 
-    def read(fd: int, n: int) -> bytes:
-        data = real_read(fd, n)
-        if os.getpid() == parent and data and not pressed:
-            pressed.append(fd)
-            os.kill(parent, signal.SIGINT)      # the terminal's Ctrl-C, right now
-        return data
-
-    monkeypatch.setattr(os, "read", read)
-    with pytest.raises(KeyboardInterrupt), sigint.caught():
-        forkpool.run(200, 2, _recording(log), lambda i, r: delivered.append(i),
-                     abandon=abandoned.append)
-    assert pressed
-    ran = _ran(log)
-    assert len(ran) < 50, ran
-    assert sorted(delivered + abandoned) == sorted(i for i, _pid in ran)
-    assert not any(_alive(pid) for _i, pid in ran)
-
-
-def test_ctrl_c_as_results_are_taken_from_the_buffer_loses_none(tmp_path: Path,
-                                                               monkeypatch):
-    """A Ctrl-C handled as the parent takes whole results out of a worker's buffer,
-    before it holds them: they must still be delivered or abandoned (found by renc's
-    Ctrl-C-at-every-point test: temp files left behind)."""
-    log = tmp_path / "ran"
-    delivered: list[int] = []
-    abandoned: list[int] = []
-    parent, real_frames, pressed = os.getpid(), forkpool._frames, []
-
-    def frames(w: object) -> list[object]:
-        out = real_frames(w)  # type: ignore[arg-type]
+    def returns_then_ctrl_c(*args: object) -> object:
+        out = real(*args)
         if os.getpid() == parent and out and not pressed:
-            pressed.append(len(out))
-            os.kill(parent, signal.SIGINT)      # handled as this returns
+            pressed.append(step)
+            os.kill(parent, signal.SIGINT)      # the terminal's Ctrl-C, right now
         return out
 
-    monkeypatch.setattr(forkpool, "_frames", frames)
+    monkeypatch.setattr(owner, step, returns_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt), sigint.caught():
         forkpool.run(200, 2, _recording(log), lambda i, r: delivered.append(i),
                      abandon=abandoned.append)
