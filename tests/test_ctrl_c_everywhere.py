@@ -10,7 +10,8 @@ an offset drawn from the seed), for a first run and for a run with changed maste
 a new host and a secret a host no longer gets, with and without worker
 processes.  After each interrupted run:
 
-* nothing is left behind: no temp file or directory, no child process, no open
+* nothing is left behind: no temp file or directory, no child process, no SIGINT
+  handler of vaultpy's (the caller's is back), no open
   descriptor holding a lock (a program's next renc() would wait for it forever;
   other descriptors a Ctrl-C strands as ``open`` returns go when the process ends,
   as the CLI's does at once);
@@ -91,6 +92,17 @@ class CtrlC:
                 if self.n == self.at:
                     os.kill(self.pid, signal.SIGINT)    # handled here, at once
         return self.step
+
+
+EDGE = 25
+
+
+def _points(n: int, first: int, stride: int) -> list[int]:
+    """Every ``stride``-th point from ``first``, and every one of the first and last
+    ``EDGE``: where the Ctrl-C policy itself is set up and taken down (a Ctrl-C there
+    once left vaultpy's handler in place of the caller's)."""
+    return sorted({*range(first, n + 1, stride), *range(1, EDGE + 1),
+                   *range(max(1, n - EDGE), n + 2)})
 
 
 def _renc(root: Path, identity: Path, jobs: int, ctrl_c: CtrlC | None = None) -> str:
@@ -186,9 +198,10 @@ def test_a_ctrl_c_anywhere_leaves_a_whole_cache_the_next_run_completes(
     seed = int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or random.randrange(1 << 32)
     first = 1 + random.Random(seed).randrange(STRIDE)
     locks, children = _locks_held(), _children()
+    handler = signal.getsignal(signal.SIGINT)
     problems: list[str] = []
     landed = 0
-    for k in range(first, count.n + STRIDE, STRIDE):
+    for k in _points(count.n, first, STRIDE):
         shutil.rmtree(work)
         shutil.copytree(repo.root, work, symlinks=True)
         where = f"{scenario}, --jobs {jobs}, Ctrl-C at point {k} of {count.n} (seed {seed})"
@@ -200,6 +213,7 @@ def test_a_ctrl_c_anywhere_leaves_a_whole_cache_the_next_run_completes(
         try:
             assert how != "failed", "the run failed"
             assert _children() == children, "a child process outlived the run"
+            assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler changed"
             assert _locks_held() == locks, f"locks left held: {_locks_held()}"
             for host, files in _cache_values(work, repo).items():
                 for name, value in files.items():
@@ -259,10 +273,11 @@ def test_a_ctrl_c_anywhere_in_an_incremental_renc_leaves_a_whole_cache(
     current = b"counted\n"
     seed = int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or random.randrange(1 << 32)
     locks, children = _locks_held(), _children()
+    handler = signal.getsignal(signal.SIGINT)
     problems: list[str] = []
     landed = 0
     first = 1 + random.Random(seed).randrange(DELTA_STRIDE)
-    for k in range(first, count.n + DELTA_STRIDE, DELTA_STRIDE):
+    for k in _points(count.n, first, DELTA_STRIDE):
         for _ in range(3):                  # a clean state recorded: the memo answers
             if trusted(repo, "renc"):
                 break
@@ -277,6 +292,7 @@ def test_a_ctrl_c_anywhere_in_an_incremental_renc_leaves_a_whole_cache(
         try:
             assert how in ("ok", "interrupted"), f"it ended with {how}"
             assert _children() == children, "a child process outlived the run"
+            assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler changed"
             assert _locks_held() == locks, f"locks left held: {_locks_held()}"
             either = {"alpha": {current, new}} | {s: {v} for s, v in fixed.items()}
             for host, files in _cache_values(repo.root, repo).items():

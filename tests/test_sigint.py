@@ -88,13 +88,16 @@ def test_caught_inside_caught_keeps_the_outer_policy() -> None:
         ctrl_c()
 
 
-def test_a_ctrl_c_as_the_policy_ends_leaves_none_of_it_behind(monkeypatch) -> None:
-    """A Ctrl-C that comes as caught() puts the old handler back is the old handler's
-    (here Python's: KeyboardInterrupt), and the policy is gone all the same: a stale
+@pytest.mark.parametrize("when", ["begins", "ends"])
+def test_a_ctrl_c_as_the_policy_begins_or_ends_leaves_none_of_it_behind(monkeypatch,
+                                                                         when) -> None:
+    """A Ctrl-C that comes as caught() installs its handler, or puts the old one back,
+    is raised, and afterwards the old handler is in place and no policy is: a stale
     one would make a program's next caught() install nothing and, with the Ctrl-C
-    recorded, stop its next renc before its first job.  (Found by
-    tests/test_ctrl_c_everywhere.py.)"""
+    recorded, stop its next renc before its first job; a handler left behind would
+    replace the program's own.  (Found by tests/test_ctrl_c_everywhere.py.)"""
     real = sigint._signal
+    before = signal.getsignal(signal.SIGINT)
 
     class Signal:
         def __getattr__(self, name: str) -> object:
@@ -102,16 +105,17 @@ def test_a_ctrl_c_as_the_policy_ends_leaves_none_of_it_behind(monkeypatch) -> No
 
         def signal(self, signum: int, handler: object) -> object:
             old = real.signal(signum, handler)
-            if handler is not sigint._handler:      # the restore: Ctrl-C right then
-                real.raise_signal(signum)
+            if (handler is sigint._handler) == (when == "begins"):
+                real.raise_signal(signum)       # Ctrl-C right then
             return old
 
     monkeypatch.setattr(sigint, "_signal", Signal())
     with pytest.raises(KeyboardInterrupt), sigint.caught():
-        pass
+        if when == "begins":
+            pytest.fail("not interrupted")
     monkeypatch.undo()
     assert sigint._state is None and not sigint.stopped()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(KeyboardInterrupt), sigint.caught():
         assert signal.getsignal(signal.SIGINT) is sigint._handler
         ctrl_c()

@@ -111,26 +111,33 @@ def ignore() -> None:
 @contextlib.contextmanager
 def caught() -> Iterator[None]:
     """The policy in force within the block (unchanged if it already is), the previous
-    handler back after it."""
+    handler back after it, however a Ctrl-C lands.  (CPython runs a handler only once
+    a call has returned: after ``_State()`` the old handler's Ctrl-C finds nothing to
+    undo; after the ``signal`` call ours finds the policy set and the ``finally`` to
+    undo it.)"""
     global _state
     if _state is not None:
         yield
         return
+    old = _signal.getsignal(_signal.SIGINT)
     try:
-        old = _signal.signal(_signal.SIGINT, _handler)
-    except ValueError:          # not the main thread: no handler can be set
-        yield
-        return
-    _state = _State()
-    try:
+        _state = _State()
+        try:
+            _signal.signal(_signal.SIGINT, _handler)
+        except ValueError:      # not the main thread: no handler can be set
+            _state = None
         yield
     finally:
-        # The policy goes first, then the handler: CPython runs a handler only once a
-        # call has returned, so nothing comes between the two, and a Ctrl-C during
-        # the restore is the old handler's.  (The other way round, that Ctrl-C cut
-        # this short and left the policy in force, without its handler.)
+        # The policy goes first, then the handler, with no call in between (a with
+        # block's __enter__ would be one): nothing comes between the two, and a Ctrl-C
+        # during the restore is the old handler's.  (The other way round, that Ctrl-C
+        # cut this short and left the policy in force, without its handler.)
         _state = None
-        _signal.signal(_signal.SIGINT, old if old is not None else _signal.default_int_handler)
+        try:  # noqa: SIM105 (contextlib.suppress: a call, a window for a Ctrl-C)
+            _signal.signal(_signal.SIGINT,
+                           old if old is not None else _signal.default_int_handler)
+        except ValueError:      # not the main thread
+            pass
 
 
 @contextlib.contextmanager
