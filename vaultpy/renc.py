@@ -573,28 +573,23 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         return s, None
     with clock.phase("unlock"):
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-    pub: _Publisher | None = None
+    # On any exception, _renc's finally discards the publisher (listed in ``pubs``)
+    # and forgets the identities.
     try:
-        try:
-            cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise VaultpyError(os_problem(cfg.cache_dir, exc,
-                                          "create the cache directory")) from None
-        with clock.phase("encrypt"):
-            pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers,
-                                   progress, pubs, batches=False)
-        if s.result.failed_items:
-            _check_unwritten(cfg, s, failed)
-        # A master that changed since the survey is no bad input: a writer that took the
-        # lock (so made its file) changed it, and the run starts over under the lock.
-        bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
-        if bad:
-            raise VaultpyError(bad)
-    except BaseException:
-        if pub is not None:
-            pub.discard()
-        _IDENTITIES.clear()
-        raise
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VaultpyError(os_problem(cfg.cache_dir, exc,
+                                      "create the cache directory")) from None
+    with clock.phase("encrypt"):
+        pub, failed = _encrypt(cfg, s.plan, s.todo, s.result, s.index, workers,
+                               progress, pubs, batches=False)
+    if s.result.failed_items:
+        _check_unwritten(cfg, s, failed)
+    # A master that changed since the survey is no bad input: a writer that took the
+    # lock (so made its file) changed it, and the run starts over under the lock.
+    bad = [failed[sid] for sid in sorted(failed) if failed[sid].message != _CHANGED]
+    if bad:
+        raise VaultpyError(bad)
     return s, pub
 
 
