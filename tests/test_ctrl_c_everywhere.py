@@ -94,6 +94,31 @@ class CtrlC:
         return self.step
 
 
+class Held:
+    """What this process holds before the runs (children, SIGINT handler, locks):
+    after each interrupted run it must hold the same, nothing more."""
+
+    def __init__(self) -> None:
+        self.children, self.locks = _children(), _locks_held()
+        self.handler = signal.getsignal(signal.SIGINT)
+
+    def assert_unchanged(self) -> None:
+        assert _children() == self.children, "a child process outlived the run"
+        assert signal.getsignal(signal.SIGINT) is self.handler, "the SIGINT handler changed"
+        assert _locks_held() == self.locks, f"locks left held: {_locks_held()}"
+
+
+def _assert_whole(root: Path, repo: Repo, either: dict[str, set[bytes]]) -> None:
+    """Every cache file (no temp one) opens to one of its secret's allowed values."""
+    for host, files in _cache_values(root, repo).items():
+        for name, value in files.items():
+            assert value in either[name.split(".")[0]], f"{host}/{name} is wrong"
+
+
+def _seed() -> int:
+    return int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or random.randrange(1 << 32)
+
+
 EDGE = 25
 
 
@@ -195,10 +220,9 @@ def test_a_ctrl_c_anywhere_leaves_a_whole_cache_the_next_run_completes(
     shutil.copytree(repo.root, work, symlinks=True)
     count = CtrlC(None)
     assert _renc(work, repo.identity, jobs, count) == "ok"
-    seed = int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or random.randrange(1 << 32)
+    seed = _seed()
     first = 1 + random.Random(seed).randrange(STRIDE)
-    locks, children = _locks_held(), _children()
-    handler = signal.getsignal(signal.SIGINT)
+    held = Held()
     problems: list[str] = []
     landed = 0
     for k in _points(count.n, first, STRIDE):
@@ -212,23 +236,19 @@ def test_a_ctrl_c_anywhere_leaves_a_whole_cache_the_next_run_completes(
         landed += how not in ("ok", "failed")
         try:
             assert how != "failed", "the run failed"
-            assert _children() == children, "a child process outlived the run"
-            assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler changed"
-            assert _locks_held() == locks, f"locks left held: {_locks_held()}"
-            for host, files in _cache_values(work, repo).items():
-                for name, value in files.items():
-                    assert value in either[name.split(".")[0]], f"{host}/{name} is wrong"
+            held.assert_unchanged()
+            _assert_whole(work, repo, either)
             assert _renc(work, repo.identity, jobs) == "ok", "the next run failed"
             after = _cache_values(work, repo)
             assert {h: sorted(v.values()) for h, v in after.items()} == {
                 h: sorted(values[sid] for sid in ids) for h, ids in final.items()}, \
                 "the next run did not complete the cache"
-            faulthandler.cancel_dump_traceback_later()
         except AssertionError as exc:
-            faulthandler.cancel_dump_traceback_later()
             problems.append(f"{where}: {str(exc).splitlines()[0]} (interrupted at {how})")
             if len(problems) >= 5:
                 break
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     assert problems == [], "\n".join(problems)
     assert landed >= count.n // STRIDE // 2       # most runs were indeed interrupted
 
@@ -271,9 +291,8 @@ def test_a_ctrl_c_anywhere_in_an_incremental_renc_leaves_a_whole_cache(
     _master(repo.root, repo.recipient, "alpha", b"counted\n")
     assert run(count) == "ok"
     current = b"counted\n"
-    seed = int(os.environ.get("VAULTPY_SOAK_SEED", "0")) or random.randrange(1 << 32)
-    locks, children = _locks_held(), _children()
-    handler = signal.getsignal(signal.SIGINT)
+    seed = _seed()
+    held = Held()
     problems: list[str] = []
     landed = 0
     first = 1 + random.Random(seed).randrange(DELTA_STRIDE)
@@ -291,23 +310,19 @@ def test_a_ctrl_c_anywhere_in_an_incremental_renc_leaves_a_whole_cache(
         landed += how == "interrupted"
         try:
             assert how in ("ok", "interrupted"), f"it ended with {how}"
-            assert _children() == children, "a child process outlived the run"
-            assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler changed"
-            assert _locks_held() == locks, f"locks left held: {_locks_held()}"
-            either = {"alpha": {current, new}} | {s: {v} for s, v in fixed.items()}
-            for host, files in _cache_values(repo.root, repo).items():
-                for name, value in files.items():
-                    assert value in either[name.split(".")[0]], f"{host}/{name} is wrong"
+            held.assert_unchanged()
+            _assert_whole(repo.root, repo,
+                          {"alpha": {current, new}} | {s: {v} for s, v in fixed.items()})
             repo.ok("renc")
             after = _cache_values(repo.root, repo)
             assert {h: sorted(v.values()) for h, v in after.items()} == {
                 h: sorted([new, *fixed.values()]) for h in repo.hosts}, \
                 "the next run did not complete the cache"
-            faulthandler.cancel_dump_traceback_later()
         except AssertionError as exc:
-            faulthandler.cancel_dump_traceback_later()
             problems.append(f"{where}: {str(exc).splitlines()[0]} ({how})")
             break
+        finally:
+            faulthandler.cancel_dump_traceback_later()
         current = new
     assert problems == [], "\n".join(problems)
     assert landed >= count.n // DELTA_STRIDE // 2
