@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hangs import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_STATE = {".vaultpy.lock", ".vaultpy-verified", ".vaultpy-memo"}   # git-ignored
