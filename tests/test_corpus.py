@@ -217,9 +217,14 @@ def _profile(case: Path, spec: dict[str, Any]) -> None:
     out.write_text(profile_mod.dumps(data) + "\n")
 
 
+# Taken once, at collection: the cases run in threads while pytest sets and unsets
+# PYTEST_CURRENT_TEST, and iterating os.environ then raised KeyError (a CI failure).
+_ENV = {k: v for k, v in os.environ.items()
+        if not k.startswith(("VAULTPY_", "VAULT_", "BAO_", "PYTEST_"))}
+
+
 def cli_env(case: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VAULTPY_") and not k.startswith(("VAULT_", "BAO_"))}
+    env = dict(_ENV)
     env.update({"NO_COLOR": "1", "COLUMNS": "200", "HOME": str(case), "LC_ALL": "C.UTF-8"})
     return env
 
