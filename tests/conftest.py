@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -241,6 +242,22 @@ def capped_run(argv: list[str], env: dict[str, str], cwd: Path, *, input: bytes 
 
 def vaultpy_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "vaultpy", *args]
+
+
+def read_if_regular(path: str | Path) -> bytes | None:
+    """The bytes of the regular file at ``path``; None for anything else, or gone.
+    Opened without waiting: the plaintext scans cover the shared temp dir, where
+    another worker's test can turn a name just listed as a file into a FIFO (a plain
+    open of it once hung the suite until CI's time limit)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(fd, "rb") as fh:
+        try:
+            return fh.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
 
 
 @contextlib.contextmanager

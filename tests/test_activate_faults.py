@@ -49,7 +49,16 @@ from activate_helpers import (
     write_deploy_hosts,
     write_profile,
 )
-from conftest import ROOT, Host, Repo, age_keygen, assert_one_clean_error, need, ssh_keygen
+from conftest import (
+    ROOT,
+    Host,
+    Repo,
+    age_keygen,
+    assert_one_clean_error,
+    need,
+    read_if_regular,
+    ssh_keygen,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (chown, lchown, mounts, setpriv)")
@@ -839,9 +848,10 @@ def _find(tops: list[Path], needles: list[bytes], skip: set[Path], since: float 
                         continue
                     if since is not None and max(st.st_mtime, st.st_ctime) < since:
                         continue
-                    with open(path, "rb") as fh:
-                        data = fh.read()
                 except OSError:
+                    continue
+                data = read_if_regular(path)
+                if data is None:
                     continue
                 hits += [f"{path}: {n[:12]!r}…" for n in needles if n in data]
     return hits

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import age_decrypt, assert_one_clean_error, hosts_toml, need
+from conftest import age_decrypt, assert_one_clean_error, hosts_toml, need, read_if_regular
 
 from vaultpy import edit as edit_mod
 from vaultpy._internal import fsutil
@@ -120,9 +120,8 @@ class EditCase:
         needles = [self.marker, self.append.encode().strip()]
         for root in (self.runtime, Path("/dev/shm"), Path("/tmp"), self.repo.root):
             for path in _recent_files(root, self.started - 2):
-                try:
-                    data = path.read_bytes()
-                except OSError:
+                data = read_if_regular(path)
+                if data is None:
                     continue
                 for needle in needles:
                     assert needle not in data, f"plaintext found in {path}"

@@ -57,6 +57,7 @@ from conftest import (
     age_keygen,
     assert_one_clean_error,
     need,
+    read_if_regular,
     ssh_keygen,
     toml_str,
 )
@@ -990,12 +991,8 @@ def _under(path: str, top: Path) -> bool:
 
 
 def _holds(path: str, needles: Sequence[bytes]) -> list[bytes]:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return []
-    return [n for n in needles if n in data]
+    data = read_if_regular(path)
+    return [] if data is None else [n for n in needles if n in data]
 
 
 def scan_since(tops: Sequence[Path], stamp: Path, needles: Sequence[bytes],
@@ -1010,6 +1007,24 @@ def scan_since(tops: Sequence[Path], stamp: Path, needles: Sequence[bytes],
             if not any(_under(path, s) for s in skip):
                 hits += [f"{path}: {n[:16]!r}" for n in _holds(path, needles)]
     return hits
+
+
+def test_the_plaintext_scan_waits_on_no_fifo(tmp_path: Path) -> None:
+    """A name listed as a file and a FIFO by the time it is read: skipped at once."""
+    import threading
+
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)
+    found: list[list[bytes]] = []
+    reader = threading.Thread(target=lambda: found.append(_holds(str(fifo), [b"x"])),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    waited = reader.is_alive()
+    if waited:                              # let it go: open the other end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert not waited and found == [[]]
 
 
 def fs_type(path: Path) -> str:
