@@ -48,6 +48,11 @@ def _children_map() -> dict[int, list[int]]:
     return out
 
 
+def children(pid: int) -> set[int]:
+    """``pid``'s children, zombies too."""
+    return set(_children_map().get(pid, []))
+
+
 def descendants(pid: int) -> list[int]:
     """``pid``'s descendants, parents before their children."""
     kids, out, todo = _children_map(), [], [pid]

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import hangs
 import pyrage
 import pytest
 from conftest import Repo, hosts_toml
@@ -170,16 +171,7 @@ def _cache_values(root: Path, repo: Repo) -> dict[str, dict[str, bytes]]:
 
 def _children() -> set[int]:
     """This process's children, zombies too (an unreaped worker is one left behind)."""
-    me, out = os.getpid(), set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                out.add(int(entry))
-    return out
+    return hangs.children(os.getpid())
 
 
 def _locks_held() -> list[str]:
