@@ -98,13 +98,19 @@ class _Dog:
     def start(self, nodeid: str) -> None:
         self.record, self.started = None, time.monotonic()
         bite = threading.Timer(LIMIT, self._bite, (nodeid,))
+        bite.name = "hang guard"
         bite.daemon = True
         self.timers = [bite]
         bite.start()
 
     def stop(self) -> None:
+        """Cancelled and gone: a test that counts threads sees the same ones from its
+        start to its end (a cancelled timer once ended during one, failing it)."""
         for timer in self.timers:
             timer.cancel()
+        for timer in self.timers:
+            if timer is not threading.current_thread():
+                timer.join()
 
     def _bite(self, nodeid: str) -> None:
         me = os.getpid()
@@ -116,6 +122,7 @@ class _Dog:
             f"stacks:\n{_stacks()}"])
         _kill(pids)
         last = threading.Timer(GRACE, self._give_up, (nodeid,))
+        last.name = "hang guard, last"
         last.daemon = True
         self.timers.append(last)
         last.start()
