@@ -24,7 +24,6 @@ import os
 import signal
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,12 +90,10 @@ def _kill(pids: list[int]) -> None:
 class _Dog:
     def __init__(self) -> None:
         self.record: str | None = None     # for the test's report, once
-        self.bitten = ""
         self.timers: list[threading.Timer] = []
-        self.started = 0.0
 
     def start(self, nodeid: str) -> None:
-        self.record, self.started = None, time.monotonic()
+        self.record = None
         bite = threading.Timer(LIMIT, self._bite, (nodeid,))
         bite.name = "hang guard"
         bite.daemon = True
@@ -115,20 +112,20 @@ class _Dog:
     def _bite(self, nodeid: str) -> None:
         me = os.getpid()
         pids = descendants(me)
-        self.record = self.bitten = "\n".join([
+        self.record = record = "\n".join([
             f"{nodeid} still ran after {LIMIT:.0f} s; what it waited on was killed.",
             f"processes (this one first):\n{_describe(me)}",
             *(_describe(pid) for pid in pids),
             f"stacks:\n{_stacks()}"])
         _kill(pids)
-        last = threading.Timer(GRACE, self._give_up, (nodeid,))
+        last = threading.Timer(GRACE, self._give_up, (nodeid, record))
         last.name = "hang guard, last"
         last.daemon = True
         self.timers.append(last)
         last.start()
 
-    def _give_up(self, nodeid: str) -> None:
-        record = (f"{self.bitten}\n{nodeid} was still running {GRACE:.0f} s after that:"
+    def _give_up(self, nodeid: str, bitten: str) -> None:
+        record = (f"{bitten}\n{nodeid} was still running {GRACE:.0f} s after that:"
                   f" the hang is in the test process; it exits.\nstacks now:\n{_stacks()}")
         HANGS.mkdir(parents=True, exist_ok=True)
         name = f"{os.getpid()}-{nodeid.replace('/', '_').replace('::', '-')[:150]}.txt"
