@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from activate_helpers import (
@@ -545,24 +546,31 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
         for sid in [rng.choice(bigs), *rng.sample(sorted(set(sizes) - set(bigs)), 3)]:
             fleet.set_master(sid, rng)
 
+    def start(first: bool, **out: Any) -> tuple[subprocess.Popen[bytes], bool]:
+        """A renc run: a first one (no cache), or one with changed masters; returned
+        once it has opened hosts.toml, or made its first temp file in the cache (False
+        where it ended before)."""
+        if first:
+            shutil.rmtree(fleet.cache)
+            watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
+        else:
+            change_some()
+            watch = Inotify([fleet.cache / h for h in fleet.needs])
+        proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
+                                env=env, start_new_session=True, **out)
+        try:
+            seen = (watch.wait(Inotify.IN_OPEN, proc, name="hosts.toml") if first
+                    else watch.wait(Inotify.IN_CREATE, proc))
+        finally:
+            watch.close()
+        return proc, seen
+
     ends: list[float] = []
     encs: list[float] = []
     for _ in range(3):
         for span, first in ((ends, True), (encs, False)):
-            if first:
-                shutil.rmtree(fleet.cache)
-                watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
-            else:
-                change_some()
-                watch = Inotify([fleet.cache / h for h in fleet.needs])
-            proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"),
-                                    cwd=fleet.repo.root, env=env,
-                                    stdout=subprocess.DEVNULL, start_new_session=True)
-            if first:
-                assert watch.wait(Inotify.IN_OPEN, proc, name="hosts.toml")
-            else:
-                assert watch.wait(Inotify.IN_CREATE, proc)
-            watch.close()
+            proc, seen = start(first, stdout=subprocess.DEVNULL)
+            assert seen
             t0 = time.monotonic()
             assert proc.wait() == 0
             span.append(time.monotonic() - t0)
@@ -572,23 +580,12 @@ def test_ctrl_c_stops_renc_and_its_workers_cleanly(tmp_path: Path) -> None:
         where = f"interrupt {i} (seed {seed})"
         first = i % 2 == 0
         twice = i % 4 == 3                             # every other encrypting run
+        proc, seen = start(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if first:                                      # no cache, no lock file
-            shutil.rmtree(fleet.cache)
-            watch = Inotify([fleet.repo.root], Inotify.IN_OPEN)
-        else:
-            change_some()
-            watch = Inotify([fleet.cache / h for h in fleet.needs])
-        proc = subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        try:
-            if first:
-                assert watch.wait(Inotify.IN_OPEN, proc, name="hosts.toml"), where
-                time.sleep(rng.uniform(0, 0.8 * t_end))   # (not as it exits)
-            elif watch.wait(Inotify.IN_CREATE, proc):  # encryption under way
-                time.sleep(rng.uniform(0, 0.5 * t_enc))
-        finally:
-            watch.close()
+            assert seen, where
+            time.sleep(rng.uniform(0, 0.8 * t_end))   # (not as it exits)
+        elif seen:                                     # encryption under way
+            time.sleep(rng.uniform(0, 0.5 * t_enc))
         if press_ctrl_c(proc, twice, rng, where) and fleet.finals() != fleet.planned():
             landed["first-run" if first else "encrypting"] += 1    # it stopped short
             landed["twice"] += twice
