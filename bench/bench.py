@@ -13,7 +13,8 @@ sizes mixed 32 B .. 64 KiB with a few 1 MiB):
            writing plain files: the cost of crypto + writes alone;
 * vaultpy — cold / no-op / one-changed renc, check, --version, --help, and
            activation of a large profile into a ramfs (inside unshare -m) versus
-           a plain pyrage decrypt loop of the same files; peak RSS of each run.
+           a plain pyrage decrypt loop of the same files; peak RSS of renc runs
+           (GNU time: see :func:`timed_run`).
 
 No tree is deleted between timed runs: each is renamed aside (:func:`set_aside`) and
 removed with the whole work directory at the end.  On ext4 without a journal (as on
@@ -63,26 +64,52 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
 
 
 def timed_rss(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one process, measured with wait4."""
-    elapsed, rss, _err = timed_run(cmd, cwd, env)
+    """Wall time and peak RSS (KiB) of one process (:func:`timed_run`)."""
+    elapsed, rss, _err = timed_run(cmd, cwd, env, rss=True)
     return elapsed, rss
 
 
-def timed_run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
-    """:func:`timed_rss`, and what the process wrote to stderr (into a file: a full
-    pipe would stop it before it exits)."""
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall time of one process, run directly (no RSS: see :func:`timed_run`)."""
+    return timed_run(cmd, cwd, env)[0]
+
+
+# GNU time (Debian's `time`): it forks the command from its own ~1 MB process and
+# reports that child's peak RSS alone.
+GNU_TIME = "/usr/bin/time"
+
+
+def timed_run(cmd: list[str], cwd: Path, env: dict[str, str], *, rss: bool = False
+              ) -> tuple[float, int, str]:
+    """Wall time, peak RSS in KiB (0 without ``rss``), and what the process wrote to
+    stderr (into a file: a full pipe would stop it before it exits).
+
+    The peak RSS is not wait4's: Linux starts a process's high-water mark at the RSS
+    of the memory it exec'd from, and a child of this process execs from ours
+    (vfork/posix_spawn share it; a fork copies it), so ``ru_maxrss`` never reads below
+    the benchmark's own peak (~38 MB here, more than renc's).  With ``rss`` the command
+    runs under GNU time, whose fork and exec add ~1 ms: fine for multi-second cold
+    runs, never used for the start-up-bound ones."""
     os.sync()        # no run pays for flushing what an earlier one wrote
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as peak:
+        wrap = [GNU_TIME, "-f", "%M", "-o", peak.name] if rss else []
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(wrap + cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        status = proc.wait()
         elapsed = time.perf_counter() - start
         err.seek(0)
         text = err.read().decode(errors="replace")
+        kib = int(Path(peak.name).read_text().split()[-1]) if rss and status == 0 else 0
     if status != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed: {text}")
-    return elapsed, usage.ru_maxrss, text
+    return elapsed, kib, text
+
+
+def rss_floor() -> int:
+    """The peak RSS :func:`timed_run` reports for `true`: what the method itself adds
+    (GNU time's own ~1 MB), to show it is not the benchmark's."""
+    return timed_run(["true"], Path("/"), dict(os.environ), rss=True)[1]
 
 
 def phases(stderr: str) -> dict[str, tuple[float, float]]:
@@ -107,21 +134,21 @@ def set_aside(tree: Path) -> None:
 def cold_renc(root: Path, env: dict[str, str], args: list[str]) -> tuple[float, int]:
     """Wall time and peak RSS of one renc run on an empty cache (callers take the best
     of their rounds, interleaved with the runs they are compared with)."""
-    elapsed, rss, _err = cold_renc_timed(root, env, args)
+    elapsed, rss, _err = cold_renc_timed(root, env, args, rss=True)
     return elapsed, rss
 
 
-def cold_renc_timed(root: Path, env: dict[str, str], args: list[str]
+def cold_renc_timed(root: Path, env: dict[str, str], args: list[str], *, rss: bool = False
                     ) -> tuple[float, int, str]:
     set_aside(root / "secrets" / "cache")
     # Written back now, as the floor's start is: renc's own syncfs calls would
     # otherwise flush it inside the timed run.
     os.sync()
-    return timed_run(vaultpy("renc", *args), root, env)
+    return timed_run(vaultpy("renc", *args), root, env, rss=rss)
 
 
 def best_of(n: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    return min(timed_rss(cmd, cwd, env)[0] for _ in range(n))
+    return min(timed(cmd, cwd, env) for _ in range(n))
 
 
 def best_interleaved(n: int, cmds: dict[str, list[str]], cwd: Path, env: dict[str, str]
@@ -131,11 +158,11 @@ def best_interleaved(n: int, cmds: dict[str, list[str]], cwd: Path, env: dict[st
     do records the no-op memo; until one has, the first such run is a full one, which
     ``renc_noop_full_s`` measures on its own.)"""
     for cmd in cmds.values():
-        timed_rss(cmd, cwd, env)
+        timed(cmd, cwd, env)
     best = dict.fromkeys(cmds, float("inf"))
     for _ in range(n):
         for key, cmd in cmds.items():
-            best[key] = min(best[key], timed_rss(cmd, cwd, env)[0])
+            best[key] = min(best[key], timed(cmd, cwd, env))
     return best
 
 
@@ -345,6 +372,9 @@ def main() -> None:
     n_secrets = args.secrets or (60 if args.quick else 500)
     n_hosts = args.hosts or (5 if args.quick else 20)
     cores = len(os.sched_getaffinity(0))
+    if not os.access(GNU_TIME, os.X_OK):
+        sys.exit(f"bench: {GNU_TIME} (Debian's `time`) measures peak RSS; `make dev` "
+                 "installs it")
     rng = random.Random(7)
     # Measure vaultpy as installed (pip and Nix compile its bytecode), not a source
     # tree that may never have been imported before.
@@ -400,7 +430,7 @@ def main() -> None:
         for _ in range(3):
             for local in (index, index.with_name(".vaultpy-memo")):
                 local.unlink(missing_ok=True)
-            fresh.append(timed_rss(vaultpy("check"), big, env)[0])
+            fresh.append(timed(vaultpy("check"), big, env))
         index.write_bytes(kept)          # later runs measure a working copy, not a clone
         res["check_fresh_clone_s"] = min(fresh)
 
@@ -413,7 +443,7 @@ def main() -> None:
         for n in range(3):
             (big / "secrets" / f"{sid}.age").write_bytes(
                 pyrage.encrypt(f"changed {n}".encode(), [pub]))
-            changed.append(timed_rss(vaultpy("renc"), big, env)[0])
+            changed.append(timed(vaultpy("renc"), big, env))
             reenc.append(reencrypt_one(big, fx, sid))
         res["renc_one_changed_s"] = min(changed)
         res["reencrypt_one_secret_s"] = min(reenc)
@@ -448,6 +478,7 @@ def main() -> None:
         # which holds every plaintext in memory); one host's 500 files rewritten.
         set_aside(small / "secrets" / "cache" / "h000")
         res["renc_rss_1000_later_kib"] = timed_rss(vaultpy("renc"), small, env_small)[1]
+        res["rss_floor_kib"] = rss_floor()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
