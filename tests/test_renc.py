@@ -511,14 +511,49 @@ def test_the_index_does_not_vouch_for_a_file_changed_in_the_tick_it_was_read(mak
     st = os.stat(item.path)
     tick = max(st.st_mtime_ns, st.st_ctime_ns)
     racy = cache.VerifiedIndex(repo.cache, clock=tick)
-    assert racy.check(item) is None and item.key not in racy.entries
+    assert racy.check(item) is None and item not in racy
     blind = cache.VerifiedIndex(repo.cache)               # `check`: no clock, no vouching
-    assert blind.check(item) is None and item.key not in blind.entries
+    assert blind.check(item) is None and item not in blind
     later = cache.VerifiedIndex(repo.cache, clock=tick + 1)
-    assert later.check(item) is None and later.entries[item.key] == cache.stat_key(st)
+    assert later.check(item) is None and later.get(item) == cache.stat_key(st)
     # A real run reads the file system's clock first: files older than it are recorded.
     renc_json(repo, env={**os.environ, "VAULTPY_NO_MEMO": "1"})
-    assert item.key in cache.VerifiedIndex(repo.cache).entries
+    assert item in cache.VerifiedIndex(repo.cache)
+
+
+def test_the_index_is_a_line_per_file_and_a_line_that_does_not_parse_vouches_for_nothing(
+        make_repo):
+    """The index file is read and written a line at a time (a large cache's index, parsed
+    whole, was the peak of renc's memory).  A damaged line costs its file one
+    verification by reading, never a wrong answer; an index of another format (earlier
+    versions wrote JSON) costs every file one, and the next full run writes it anew."""
+    from vaultpy import cache, model
+
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    no_memo = {**os.environ, "VAULTPY_NO_MEMO": "1"}
+    items = cache.plan(model.load(repo.root), ()).items
+    path = repo.cache / cache.INDEX
+    header, *lines = path.read_bytes().splitlines()
+    assert header == b"vaultpy-verified 2"
+    assert sorted(lines) == lines
+    assert [ln.split()[0].decode() for ln in lines] == sorted(i.key for i in items)
+    index = cache.VerifiedIndex(repo.cache)
+    assert all(index.get(i) == cache.stat_key(os.stat(i.path)) for i in items)
+
+    damaged, *rest = lines
+    path.write_bytes(b"\n".join([header, damaged[:-3], *rest]) + b"\n")
+    index = cache.VerifiedIndex(repo.cache)
+    assert [i for i in items if i not in index] == [
+        i for i in items if i.key == damaged.split()[0].decode()]
+
+    stats = {i.key: os.stat(i.path) for i in items}
+    path.write_text(json.dumps({key: [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+                                for key, st in stats.items()}))
+    assert not any(i in cache.VerifiedIndex(repo.cache) for i in items)
+    assert renc_json(repo, env=no_memo)["repaired"] == []     # verified, none rewritten
+    assert path.read_bytes().startswith(b"vaultpy-verified 2\n")
+    assert all(i in cache.VerifiedIndex(repo.cache) for i in items)
 
 
 # --------------------------------------------------------------------------- 9. templates

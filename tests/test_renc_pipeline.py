@@ -125,7 +125,7 @@ def test_every_rename_follows_a_syncfs_that_saw_its_temp_file(repo, monkeypatch,
     assert _temps(repo) == []
     _assert_complete(repo)
     index = cache.VerifiedIndex(repo.cache)
-    assert all(index.check(i) is None and i.key in index.entries for i in result.written)
+    assert all(index.check(i) is None and i in index for i in result.written)
 
 
 def test_interrupt_while_publishing_leaves_no_temp_file(repo, monkeypatch):
@@ -355,7 +355,7 @@ def test_index_vouches_only_for_the_file_it_read(repo, monkeypatch):
     monkeypatch.setattr(cache, "_verify_read", swapped)
     assert index.check(item) is None              # it did read an intact file...
     monkeypatch.setattr(cache, "_verify_read", real)
-    assert item.key not in index.entries          # ...but not the one the lstat saw
+    assert item not in index            # ...but not the one the lstat saw
     assert "damaged" in (index.check(item) or "")
 
 
@@ -412,7 +412,7 @@ def test_a_new_host_is_built_whole_then_renamed_into_place(repo, monkeypatch, jo
     _assert_complete(repo)
     index = cache.VerifiedIndex(repo.cache)
     for item in result.written:
-        assert index.entries[item.key] == cache.stat_key(os.stat(item.path))
+        assert index.get(item) == cache.stat_key(os.stat(item.path))
 
 
 def _without_hosts(repo: Repo, first: bool) -> list[str] | None:
@@ -471,7 +471,7 @@ def test_a_host_directory_made_meanwhile_gets_the_files_one_by_one(repo, monkeyp
     assert _temps(repo) == []
     index = cache.VerifiedIndex(repo.cache)
     for item in result.written:
-        assert index.entries[item.key] == cache.stat_key(os.stat(item.path))
+        assert index.get(item) == cache.stat_key(os.stat(item.path))
     (repo.cache / host / "notes.txt").unlink()
     _assert_complete(repo)
 

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import os
-from collections.abc import Iterable, Sequence
+import struct
+from binascii import a2b_hex
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
-from vaultpy._internal.fsutil import atomic_write, in_use, is_tmp, read_regular, tmp_prefix
+from vaultpy._internal.fsutil import (
+    atomic_write,
+    in_use,
+    is_tmp,
+    open_regular,
+    read_regular,
+    tmp_prefix,
+)
 
 # Naming lives apart (the incremental renc needs it alone); it is this module's API too.
 from vaultpy._internal.names import NAME_RE as NAME_RE
@@ -264,13 +271,16 @@ FIX_IN_THE_WAY = "move it away, then run vaultpy renc"
 INDEX = ".vaultpy-verified"      # git-ignored, like the lock file
 
 
-StatKey = tuple[int, int, int, int]
+StatKey = bytes
+# (size, mtime ns, inode, ctime ns), packed: 65 bytes a file where a tuple of four ints
+# took ~190, and a large cache has 10,000s of them.
+_STAT = struct.Struct("<qqQq")
 
 
 def stat_key(st: os.stat_result) -> StatKey:
     """What must stay the same for a verified file to still be the verified bytes.
     ctime cannot be set from user space: any write or rename changes it."""
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class VerifiedIndex:
@@ -285,22 +295,38 @@ class VerifiedIndex:
     same-size rewrite in the very timestamp tick of the read (a coarse clock: 1 s on
     some file systems) would otherwise keep the stat the index trusts (git's
     "racily clean" rule).  Without a clock, reads vouch for nothing.
+
+    In memory: host -> file name -> :data:`StatKey`, the names being the plan's own
+    strings where they can (a large cache has 10,000s of entries, and renc's peak
+    memory must not grow with them).  On disk: a line per file, ``<host>/<name>
+    <stat key in hex>``, read and written a line at a time (:func:`_read`,
+    :func:`_lines`).
     """
 
     def __init__(self, cache_dir: Path, *, clock: int | None = None) -> None:
         self.path = cache_dir / INDEX
         self.clock = clock
-        self.entries: dict[str, StatKey] = {}
+        self.hosts: dict[str, dict[str, StatKey]] = {}
         self.changed = False
-        try:
-            raw = json.loads(read_regular(self.path)[0])
-            if isinstance(raw, dict):
-                self.entries = {k: (v[0], v[1], v[2], v[3]) for k, v in raw.items()
-                                if isinstance(v, list) and len(v) == 4}
-        except (OSError, ValueError, RecursionError):     # damaged, a FIFO…: start over
-            pass
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            self.hosts = _read(self.path)     # damaged, a FIFO...: start over
         # Entries this run adds are planned ones; only loaded ones can be stale.
-        self.loaded = bool(self.entries)
+        self.loaded = bool(self.hosts)
+
+    def get(self, item: Item) -> StatKey | None:
+        """The stat the index vouches for at ``item``'s file, if any."""
+        names = self.hosts.get(item.host)
+        return None if names is None else names.get(item.name)
+
+    def __contains__(self, item: Item) -> bool:
+        return self.get(item) is not None
+
+    def _set(self, item: Item, key: StatKey) -> None:
+        names = self.hosts.get(item.host)
+        if names is None:
+            names = self.hosts[item.host] = {}
+        names[item.name] = key
+        self.changed = True
 
     def check(self, item: Item) -> str | None:
         """Like :func:`verify`, but trusting files whose stat the index vouches for."""
@@ -312,7 +338,7 @@ class VerifiedIndex:
         except OSError as exc:
             return f"unreadable ({exc.strerror})"
         key = stat_key(st)
-        if self.entries.get(item.key) == key:
+        if self.get(item) == key:
             return None
         reason, read = _verify_read(path, item.recipients, item.payload)
         # Vouch only for what was read: the file lstat'ed before the read is the one
@@ -321,8 +347,7 @@ class VerifiedIndex:
         if (reason is None and read is not None and S_ISREG(st.st_mode)
                 and read.st_dev == st.st_dev and stat_key(read) == key
                 and self.clock is not None and max(st.st_mtime_ns, st.st_ctime_ns) < self.clock):
-            self.entries[item.key] = key
-            self.changed = True
+            self._set(item, key)
         return reason
 
     def record(self, item: Item, key: StatKey | None = None) -> None:
@@ -333,39 +358,58 @@ class VerifiedIndex:
                 key = stat_key(os.stat(os.path.join(item.dir, item.name)))
             except OSError:
                 return
-        self.entries[item.key] = key
-        self.changed = True
+        self._set(item, key)
 
     def save(self, items: Iterable[Item] | None) -> None:
         """Write atomically, only if anything changed; with ``items`` (a full plan),
         forget entries of files that are no longer planned."""
-        stale: list[str] = []
         if items is not None and self.loaded:
-            live = {i.key for i in items}
-            stale = [k for k in self.entries if k not in live]
-            del live
-        if not (self.changed or stale):
+            # The planned entries, copied (a dict per host, no set of 10,000 keys).
+            kept: dict[str, dict[str, StatKey]] = {}
+            n = 0
+            for item in items:
+                key = self.get(item)
+                if key is not None:
+                    kept.setdefault(item.host, {})[item.name] = key
+                    n += 1
+            if n != sum(map(len, self.hosts.values())):
+                self.hosts, self.changed = kept, True
+        if not self.changed:
             return
-        for key in stale:
-            del self.entries[key]
         with contextlib.suppress(OSError):
-            atomic_write(self.path, _dump_sorted(self.entries), 0o644)
+            atomic_write(self.path, _lines(self.hosts), 0o644)
 
 
-def _dump_sorted(entries: dict[str, StatKey], chunk: int = 512) -> bytes:
-    """``json.dumps(entries, sort_keys=True)``, compact, built a chunk at a time: one
-    json.dumps of 10,000 entries is a 5 MB transient, the biggest peak of a whole renc
-    run (measured), and a pure-Python iterencode is four times slower."""
-    keys = sorted(entries)
-    buf = io.BytesIO()
-    buf.write(b"{")
-    for start in range(0, len(keys), chunk):
-        part = {k: entries[k] for k in keys[start:start + chunk]}
-        if start:
-            buf.write(b",")
-        buf.write(json.dumps(part, separators=(",", ":"))[1:-1].encode())
-    buf.write(b"}")
-    return buf.getvalue()
+_HEADER = b"vaultpy-verified 2\n"
+
+
+def _lines(hosts: dict[str, dict[str, StatKey]]) -> Iterator[bytes]:
+    """The index file, a host at a time, sorted (no churn, as git would show it)."""
+    yield _HEADER
+    for host in sorted(hosts):
+        names = hosts[host]
+        yield "".join(f"{host}/{name} {names[name].hex()}\n" for name in sorted(names)
+                      ).encode()
+
+
+def _read(path: Path) -> dict[str, dict[str, StatKey]]:
+    """The index at ``path``, a line at a time (the whole file parsed at once was the
+    peak of a large renc); a line that does not parse is dropped, as is an index of
+    any other format (earlier versions wrote JSON): its files are verified again."""
+    hosts: dict[str, dict[str, StatKey]] = {}
+    with open_regular(path) as f:
+        if f.readline() != _HEADER:
+            return hosts
+        for line in f:
+            where, _, value = line.rpartition(b" ")
+            host, slash, name = where.decode().partition("/")
+            if not slash or len(value) != 2 * _STAT.size + 1:    # + the newline
+                continue
+            names = hosts.get(host)
+            if names is None:
+                names = hosts[host] = {}
+            names[name] = a2b_hex(value[:-1])
+    return hosts
 
 
 def is_leftover(path: Path) -> bool:

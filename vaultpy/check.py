@@ -131,7 +131,7 @@ def _reasons(index: cache.VerifiedIndex, items: Sequence[cache.Item]
     forked workers take shares of them (every 8th item from an offset each: the big
     secrets spread over the shares), and a share whose worker died is done here."""
     workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
-    to_read = sum(1 for i in items if i.key not in index.entries)
+    to_read = sum(1 for i in items if i not in index)
     if workers < 2 or to_read < PARALLEL_FILES:
         return {(i.host, i.id): index.check(i) for i in items}
     from vaultpy._internal import forkpool, forksafe  # (a few ms: only when needed)

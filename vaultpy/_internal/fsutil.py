@@ -24,6 +24,7 @@ from vaultpy._internal import sigint
 TYPE_CHECKING = False       # pathlib costs ~10 ms to import; only callers need it
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import BinaryIO
 
 TMP_MARK = ".vaultpy-tmp-"
 
@@ -67,15 +68,18 @@ def is_tmp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> os.stat_result:
-    """Create ``path`` exclusively and write ``data`` (no fsync, no rename); return the
-    stat of the file as written."""
+def write_new(path: Path | str, data: bytes | Iterable[bytes], mode: int = 0o644
+              ) -> os.stat_result:
+    """Create ``path`` exclusively and write ``data`` (bytes, or chunks of them: a large
+    file need not be whole in memory), no fsync, no rename; return the stat of the file
+    as written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         return os.fstat(fd)
     finally:
         os.close(fd)
@@ -110,7 +114,7 @@ def fsync_path(path: Path | str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new bytes, never a mix."""
     tmp = tmp_name(path)
     with sigint.held():             # a Ctrl-C cannot come between the temp file and its end
@@ -365,6 +369,22 @@ def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
     read.  Anything else raises OSError before a byte is read: a FIFO planted where a
     file is expected would block ``open`` or ``read`` forever (it is opened
     non-blocking, and never read), a device could stream without end."""
+    fd, st = _open_regular(path)
+    try:
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """:func:`read_regular`'s file, open, to be read a line or a block at a time."""
+    return os.fdopen(_open_regular(path)[0], "rb")
+
+
+def _open_regular(path: Path | str) -> tuple[int, os.stat_result]:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -372,12 +392,10 @@ def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
-        chunks = []
-        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
-            chunks.append(chunk)
-        return b"".join(chunks), st
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, st
 
 
 def read_at_most(fd: int, limit: int, *, line: bool = False) -> bytes | None:
