@@ -551,6 +551,27 @@ def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tm
     assert "root@legacy) looks like a host key but becomes a master recipient" in err, err
 
 
+def test_host_keys_left_unnamed_are_refused_as_master_recipients(agenix, nix_env,
+                                                                  tmp_path):
+    """Keys agenix lists that no host option names become the master recipients.  An
+    ssh-ed25519 key whose comment names a host (root@web1) is a host's: as a master
+    recipient, that host could read every master.  The import only warned, and wrote
+    it so; it now stops, naming the key and both ways on, and writes nothing."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+               cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "secrets.nix: publicKeys: ssh-ed25519 SHA256:",
+                           "(root@", "and 1 more look like host keys", "--hosts-by-comment",
+                           "--recipient KEY")
+    assert list(repo.iterdir()) == []
+    # Either way on works: the hosts named by their comments, or the recipients chosen.
+    ok("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+       "--hosts-by-comment", "--dry-run", cwd=repo, env=nix_env)
+    ok("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+       "--recipient", agenix.operator_pub, "--dry-run", cwd=repo, env=nix_env)
+
+
 def test_an_rsa_user_key_is_named_once_and_not_called_a_host_key(agenix, nix_env,
                                                                   tmp_path):
     """An ssh-rsa key stays a master recipient (vaultpy hosts take no RSA key), and the
@@ -940,7 +961,7 @@ def test_the_rules_file_and_its_names_are_read_as_agenix_reads_them(agenix, nix_
     proc = run("import", "agenix", *opts, cwd=other, env=nix_env)
     assert_one_clean_error(proc, "secrets.nix", "no such file", "RULES")
     # RULES set, but agenix ran beside the file (the usual cd secrets/): one line, too.
-    proc = run("import", "agenix", *opts, cwd=agenix.dir.parent,
+    proc = run("import", "agenix", *opts, "--hosts-by-comment", cwd=agenix.dir.parent,
                env={**nix_env, "RULES": "agenix/secrets.nix"})
     line = assert_one_clean_error(proc, 'agenix/secrets.nix: "api-token.age": found from '
                                   "this file's directory, not from the current one (and 3 "

@@ -84,6 +84,7 @@ class Plan:
     default_recipients: list[str] = field(default_factory=list)
     default_hint: str = ""
     default_warnings: list[str] = field(default_factory=list)   # if the defaults are used
+    default_refused: Problem | None = None                      # the defaults can't be used
     warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -349,6 +350,19 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
             plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
                                  "key; it is added without secrets")
     plan.default_recipients = list(users.values())
+    # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
+    # it) is a host's key until the operator says otherwise: as a master recipient,
+    # that host could read every master secret, and the import would only warn.
+    hosts_like = [k for k in plan.default_recipients if k.startswith(age.SSH_ED25519)
+                  and _COMMENT_HOST.fullmatch(_comment(k))]
+    if hosts_like:
+        more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
+        plan.default_refused = Problem(
+            shown, f"{_short(hosts_like[0])}{more} look like host keys, and would become "
+            "master recipients, able to decrypt every secret",
+            "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
+            "--host-key NAME=KEY; or, if they are operators' keys, choose the master "
+            "recipients with --recipient KEY")
     for key in plan.default_recipients:      # a host that could read every master
         host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
         rsa = key.startswith("ssh-rsa ")
@@ -683,6 +697,8 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
     if given:
         return [g.strip() for g in given], "--recipient"
     if plan.default_recipients:
+        if plan.default_refused is not None:
+            raise VaultpyError(plan.default_refused)
         plan.warnings.extend(plan.default_warnings)
         return plan.default_recipients, plan.default_hint
     publics = []
