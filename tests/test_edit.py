@@ -246,6 +246,13 @@ def test_a_master_written_during_the_edit_is_not_overwritten(case):
     assert kept.name in line
     assert age_decrypt(kept, case.repo.identity) == (case.marker + b"\n"
                                                      + case.append.encode())
+    # The hint's way to read ours (`vaultpy decrypt ID` prints theirs) works as given.
+    shown = line.split("read it with vaultpy decrypt --file ", 1)[1].split(",", 1)[0]
+    assert case.repo.ok("decrypt", "--file", shown).stdout == (case.marker + b"\n"
+                                                               + case.append.encode())
+    for args in ((), ("s", "--file", shown)):
+        assert case.repo.run("decrypt", *args).returncode == 2
+        assert_one_clean_error(case.repo.run("decrypt", *args), "give a secret ID or --file")
     assert not [p for p in case.master.parent.iterdir() if fsutil.is_tmp(p.name)]
     case.assert_clean()
 

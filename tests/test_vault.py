@@ -736,7 +736,7 @@ def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix:
     repo.ok("encrypt", "pw", input=b"and here")                         # 4. both changed
     proc = repo.run("push")
     assert_one_clean_error(proc, "secrets.pw.vault", "changed both here and in Vault",
-                           "version 4 → 5", "--force")
+                           "version 4 → 5", "vaultpy pull --force takes Vault's value")
     for value in ("set in vault", "and here", "edited"):
         assert value not in text_of(proc)
     assert bao.get(f"{prefix}/db")[1] == 5 and recorded(repo) == {"pw": 4}

@@ -213,19 +213,30 @@ def encrypt(
 
 @app.command()
 def decrypt(
-    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    secret_id: Annotated[str | None, typer.Argument(
+        metavar="ID", help="Secret id from hosts.toml.")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", metavar="FILE", help="Decrypt FILE, encrypted like a master (an edit "
+        "conflict's kept version, a backup copy), instead of ID's master.")] = None,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
 ) -> None:
-    """Decrypt master secret ID to stdout."""
+    """Decrypt master secret ID (or --file FILE) to stdout."""
     import resource
 
     from vaultpy import identities, masters
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if (secret_id is None) == (file is None):
+        raise UsageError(Problem("vaultpy decrypt", "give a secret ID or --file FILE, "
+                                 "not both or neither", "", "see vaultpy decrypt --help"))
     cfg = _config(repo)
-    cfg.secret(secret_id)
-    data = masters.decrypt(cfg, secret_id, identities.load(cfg, _identity(identity)))
+    if file is not None:
+        data = masters.decrypt_file(file, identities.load(cfg, _identity(identity)))
+    else:
+        assert secret_id is not None
+        cfg.secret(secret_id)
+        data = masters.decrypt(cfg, secret_id, identities.load(cfg, _identity(identity)))
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

@@ -286,13 +286,23 @@ def _keep_conflict(cfg: Config, secret_id: str, ciphertext: bytes) -> NoReturn:
     raise VaultpyError(Problem(
         display_path(secret.file), "changed by another writer while you were editing it; "
         "it was not overwritten", f"secrets.{secret_id}",
-        f"your version is kept, encrypted, in {display_path(kept)}: compare it with "
-        f"vaultpy decrypt {secret_id}, merge with vaultpy edit {secret_id}, then delete it"))
+        f"your version is kept, encrypted, in {display_path(kept)}: read it with "
+        f"vaultpy decrypt --file {display_path(kept)}, merge it into the other writer's "
+        f"with vaultpy edit {secret_id}, then delete it"))
 
 
 def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
     data = read_master(cfg, secret_id)
     return age.decrypt(data, ids, display_path(cfg.secret(secret_id).file))
+
+
+def decrypt_file(path: Path, ids: Sequence[age.Identity]) -> bytes:
+    """A file encrypted like a master (an edit conflict's kept version, a backup)."""
+    try:
+        data = fsutil.read_regular(path)[0]
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "read the file")) from None
+    return age.decrypt(data, ids, display_path(path))
 
 
 def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] = (),

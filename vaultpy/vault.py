@@ -1081,8 +1081,9 @@ def _conflict(s: Session, ref: VaultRef, current: KvSecret | None, ours: str,
     if was == ours:
         return (f"Vault has a newer value (version {version}; this master holds version "
                 f"{base}'s)", "vaultpy pull takes it")
+    # Edited here: pull refuses it without --force (as it says itself).
     return (f"changed both here and in Vault (version {base} → {version}) since the last "
-            "pull", fix)
+            "pull", "vaultpy pull --force takes Vault's value; push --force overwrites it")
 
 
 # --------------------------------------------------------------------------- access
