@@ -132,3 +132,18 @@ def test_a_fifo_as_the_bundles_profile_fails_its_units(make_repo, tmp_path: Path
             proc = capped_run(argv, {}, tmp_path, timeout=30)
             assert_one_clean_error(proc, "profile.json: cannot read profile: not a regular "
                                    "file", "replace it with the profile.json vaultpy bundle")
+
+
+@pytest.mark.parametrize("reader", ["vaultpy-activate", "vaultpy activate"])
+def test_a_root_that_does_not_exist_is_one_clean_line(make_repo, tmp_path: Path,
+                                                      reader: str) -> None:
+    """A typo in --root took its lock first, creating <root>/run/vaultpy.d.lock and the
+    directories above it, then blamed the host key it could not find there."""
+    repo: Repo = make_repo(hosts=1)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    typo = tmp_path / "rooot"
+    proc = capped_run([*PROFILE_READERS[reader], "--profile", str(host.profile),
+                       "--root", str(typo)], {}, tmp_path, timeout=60)
+    assert_one_clean_error(proc, f"--root: {typo}: no such directory", "/ on the host")
+    assert not typo.exists()

@@ -38,7 +38,7 @@ from vaultpy import profile as profile_mod
 from vaultpy._internal import fsutil
 from vaultpy.activate import generation, install, links, notify, store
 from vaultpy.activate.context import Context, Options
-from vaultpy.errors import VaultpyError, os_problem
+from vaultpy.errors import Problem, VaultpyError, os_problem
 
 Step = Callable[[Context], None]
 
@@ -63,6 +63,10 @@ __all__ = ["STEPS", "Context", "Options", "activate", "summary"]
 def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
+    if not os.path.isdir(opts.root):   # a typo'd --root: else its lock and dirs are made
+        raise VaultpyError(Problem("--root", f"{opts.root}: no such directory", "",
+                                   "give the directory the host's files are under "
+                                   "(/ on the host itself)"))
     old_umask = os.umask(0o077)
     ctx = Context(opts, profile_mod.load(opts.profile, regular_only=opts.regular_profile))
     try:
