@@ -194,6 +194,12 @@ def test_import_in_the_agenix_repository_itself(agenix, nix_env, tmp_path):
     ok("check", cwd=infra)
     for sid, plain in agenix.plain.items():
         assert age_decrypt(masters / f"{sid}.age", agenix.operator) == plain
+    # Committed as `vaultpy init` sets a repository up: the cache, not vaultpy's
+    # local state (the lock, the index, the memo), which the import left to git.
+    subprocess.run(["git", "init", "-q"], cwd=infra, check=True)
+    added = subprocess.run(["git", "add", "-n", "."], cwd=infra, capture_output=True,
+                           text=True, check=True).stdout
+    assert "vaultpy-secrets/cache/web1/" in added and ".vaultpy-" not in added, added
     proc = run(*args, "--masters-dir", "elsewhere", cwd=infra, env=nix_env)
     assert_one_clean_error(proc, "--masters-dir", "hosts.toml exists")
 

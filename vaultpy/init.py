@@ -80,6 +80,21 @@ def _ignore_journal(path: Path) -> bool:
     return True
 
 
+def ignore_local_state(top: Path, cache_dir: Path) -> list[Path]:
+    """Make git ignore vaultpy's local state (the cache files themselves are committed):
+    ``cache_dir``'s .gitignore, made if missing, and the write journal's lines in
+    ``top``'s.  Returns the files written.  (``init`` and the importers.)"""
+    written = []
+    ignore = cache_dir / ".gitignore"
+    if not ignore.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fsutil.atomic_write(ignore, GITIGNORE.encode(), 0o644)
+        written.append(ignore)
+    if _ignore_journal(top / ".gitignore"):
+        written.append(top / ".gitignore")
+    return written
+
+
 def _identity_text(secret_key: str, public: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
@@ -135,14 +150,7 @@ def init(directory: Path, recipients: Sequence[str] = (),
         (directory / "secrets").mkdir(exist_ok=True)
         fsutil.create_new(target, text.encode(), 0o644)
         written.append(target)
-        ignore = directory / "secrets" / "cache" / ".gitignore"
-        if not ignore.exists():
-            # renc's local state: never committed (the cache files themselves are)
-            ignore.parent.mkdir(exist_ok=True)
-            fsutil.atomic_write(ignore, GITIGNORE.encode(), 0o644)
-            written.append(ignore)
-        if _ignore_journal(directory / ".gitignore"):
-            written.append(directory / ".gitignore")
+        written += ignore_local_state(directory, directory / "secrets" / "cache")
     except FileExistsError as exc:
         raise fail(exc.filename or target, "already exists") from None
     except OSError as exc:

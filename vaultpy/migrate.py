@@ -871,6 +871,15 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                                 for p in exc.problems]) from None
     _write(cfg, text, existing, old_text, out)
     result.written = [dest for dest, _, _ in out]
+    if existing is None:            # a new repository: as `vaultpy init` makes one
+        from vaultpy.init import ignore_local_state
+
+        try:
+            result.written += ignore_local_state(cfg.root, cfg.cache_dir)
+        except OSError as exc:
+            result.warnings.append(f"{os_problem(exc.filename or cfg.cache_dir, exc, 'write')}"
+                                   "; add vaultpy's local state to .gitignore by hand "
+                                   "(vaultpy doctor lists it)")
     result.master_identity = _opener(files, keys, out[0][1] if out else b"")
     return result
 
