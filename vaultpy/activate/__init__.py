@@ -63,12 +63,13 @@ __all__ = ["STEPS", "Context", "Options", "activate", "summary"]
 def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
+    profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile)
     if not os.path.isdir(opts.root):   # a typo'd --root: else its lock and dirs are made
         raise VaultpyError(Problem("--root", f"{opts.root}: no such directory", "",
                                    "give the directory the host's files are under "
                                    "(/ on the host itself)"))
     old_umask = os.umask(0o077)
-    ctx = Context(opts, profile_mod.load(opts.profile, regular_only=opts.regular_profile))
+    ctx = Context(opts, profile)
     try:
         for name, step in STEPS:
             try:
