@@ -372,3 +372,29 @@ def test_many_files_are_read_by_workers_with_the_same_verdicts(make_repo, monkey
     monkeypatch.setattr(cache.VerifiedIndex, "check", dies_in_a_worker)
     assert check.survey(cfg) == alone
     assert len(pools) == 2
+
+
+def test_a_master_no_host_needs_yet_is_checked_too(make_repo) -> None:
+    """check walked only the masters some host needs: a declared secret no host lists
+    yet (a generated key made ahead of its host) could be missing, garbage or addressed
+    to old recipients, and CI passed it."""
+    repo: Repo = make_repo(hosts=1, secrets={"alpha": b"a", "spare": b"s"})
+    host = repo.hosts["host0"]
+    repo.write_hosts(hosts_toml([repo.recipient], ["alpha", "spare"],
+                                {"host0": (host.pubkey, ["alpha"])}))
+    repo.ok("renc")
+    repo.ok("check")
+    spare = repo.root / "secrets" / "spare.age"
+    good = spare.read_bytes()
+    for damage, expected in ((b"garbage\n", "master file is not a valid age file"),
+                             (None, "master file is missing")):
+        if damage is None:
+            spare.unlink()
+        else:
+            spare.write_bytes(damage)
+        proc = repo.run("check")
+        assert proc.returncode == 1
+        [line] = proc.stdout.decode().splitlines()
+        assert line.startswith("secrets/spare.age: secrets.spare: " + expected), line
+    spare.write_bytes(good)
+    repo.ok("check")

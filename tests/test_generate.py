@@ -113,6 +113,12 @@ def test_every_generator_makes_what_it_declares(make_repo, tmp_path: Path) -> No
     for when in state["rotated"].values():
         assert isinstance(when, dt.datetime) and when.tzinfo is not None
     repo.ok("renc")
+    # "manual" has no generator and no host yet: check still names its missing master.
+    proc = repo.run("check")
+    assert proc.returncode == 1 and proc.stdout.decode().splitlines() == [
+        "secrets/manual.age: secrets.manual: master file is missing; create it with vaultpy "
+        "edit manual (or vaultpy encrypt manual)"], proc.stdout.decode()
+    repo.ok("encrypt", "manual", input=b"by hand")
     repo.ok("check")
 
 
