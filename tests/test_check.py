@@ -8,6 +8,7 @@ a temp file as a killed renc leaves it); ``check`` must name each file with the 
 from __future__ import annotations
 
 import json
+import os
 import secrets as pysecrets
 import shutil
 import subprocess
@@ -397,4 +398,36 @@ def test_a_master_no_host_needs_yet_is_checked_too(make_repo) -> None:
         [line] = proc.stdout.decode().splitlines()
         assert line.startswith("secrets/spare.age: secrets.spare: " + expected), line
     spare.write_bytes(good)
+    repo.ok("check")
+
+
+def test_renc_deletes_nothing_from_a_cache_dir_that_holds_what_it_never_wrote(
+        make_repo) -> None:
+    """With cache_dir = "~" (or a folder of other files), every directory there that is
+    not a host's was "a host that is not in hosts.toml": renc deleted ~/.ssh and the
+    master identity it had just used, and exited 0; check told the user to run renc to
+    do it.  A directory holding anything vaultpy does not name so is now named by both,
+    and renc removes nothing at all until it is gone."""
+    repo: Repo = make_repo(hosts=2, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    ssh = repo.cache / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_ed25519").write_text("a private key\n")
+    (repo.cache / "projects" / "x").mkdir(parents=True)
+    removed = repo.cache / "oldhost"                     # a removed host's, by its look
+    removed.mkdir()
+    shutil.copy(cache_file(repo, "host0", "alpha"), removed)
+    for command in ("check", "renc"):
+        proc = repo.run(command, env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+        assert proc.returncode == 1
+        out = (proc.stdout + proc.stderr).decode()
+        for name in (".ssh", "projects"):
+            assert f"secrets/cache/{name}: not vaultpy's" in out, out
+        assert "oldhost" not in out if command == "renc" else True
+    assert (ssh / "id_ed25519").read_text() == "a private key\n"
+    assert (repo.cache / "projects" / "x").is_dir() and removed.is_dir()
+    shutil.rmtree(ssh)
+    shutil.rmtree(repo.cache / "projects")
+    repo.ok("renc")                                     # now the removed host goes
+    assert not removed.exists()
     repo.ok("check")

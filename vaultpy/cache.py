@@ -99,6 +99,8 @@ class Plan:
     problems: list[Problem] = field(default_factory=list)   # missing/unreadable masters
     # Host cache directories that did not exist: their items are missing, no stat needed
     absent: set[str] = field(default_factory=set)
+    # In cache_dir, what vaultpy never writes there: left alone, and named (foreign()).
+    foreign: list[Path] = field(default_factory=list)
 
 
 def missing_master(cfg: Config, sid: str) -> Problem:
@@ -169,7 +171,9 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
             if removed_host and is_tmp(entry) and in_use(path):
                 continue        # a host directory a renc is building right now, flocked
-            if removed_host or leftover:
+            if removed_host and not is_tmp(entry) and not _holds_cache_files_only(path):
+                result.foreign.append(path)     # ~/.ssh, were cache_dir set to "~"
+            elif removed_host or leftover:
                 result.stale.append(path)
         # Temp files of an interrupted encrypt/edit/rekey beside the master files
         # (ciphertext only, but clutter that must not pile up),
@@ -190,6 +194,30 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     broken = {p.field.removeprefix("secrets.") for p in result.problems}
     result.stale = [p for p in result.stale if _stale_id(p) not in broken]
     return result
+
+
+def _cache_file_name(name: str) -> bool:
+    """A name vaultpy gives files in a host's cache directory: a cache file's, a temp's."""
+    return NAME_RE.fullmatch(name) is not None or is_tmp(name)
+
+
+def _holds_cache_files_only(path: Path) -> bool:
+    """Whether directory ``path`` could be a removed host's (renc deletes it whole):
+    nothing in it but files named as vaultpy names them."""
+    try:
+        with os.scandir(path) as it:
+            return all(_cache_file_name(e.name) and not e.is_dir(follow_symlinks=False)
+                       for e in it)
+    except OSError:
+        return False
+
+
+def foreign(path: Path) -> Problem:
+    """What ``check`` and ``renc`` say of an entry of cache_dir vaultpy did not write."""
+    return Problem(display_path(path), "not vaultpy's: a cache directory holds host "
+                   "directories of <id>.<hash>.age files only, and renc removes nothing "
+                   "from it while this is there", "", "move it out; if cache_dir points at "
+                   "a directory of other files, set it to one of vaultpy's own")
 
 
 def _stale_id(path: Path) -> str | None:

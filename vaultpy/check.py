@@ -128,6 +128,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 "directory inside a host's cache directory" if is_dir else
                 "stale cache file")
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
+    problems += [cache.foreign(path) for path in p.foreign]
     return entries, problems
 
 

@@ -744,6 +744,12 @@ def _work(entry: tuple[str, list[cache.Item]]) -> tuple[int, int]:
 
 
 def _prune(cfg: Config, p: cache.Plan, result: Result) -> None:
+    if p.foreign:
+        # cache_dir holds what vaultpy never wrote: it may be no cache directory at all
+        # (cache_dir = "~"), and a name there that looks like a removed host's, or a
+        # host's own, may be the user's.  Nothing is deleted until it is sorted out.
+        result.failed += [cache.foreign(path) for path in p.foreign]
+        return
     dirs: set[Path] = set()
     for path in p.stale:
         m = cache.NAME_RE.fullmatch(path.name)
