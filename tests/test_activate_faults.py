@@ -280,6 +280,18 @@ def _user_removed(host: HostRoot, tmp: Path) -> None:
     passwd.write_text("\n".join(lines) + "\n")
 
 
+def _uid_of_svc(uid: str) -> Callable[[HostRoot, Path], None]:
+    """svc's uid field replaced: too big for a uid_t (fchown raised OverflowError, exit
+    70), or (uid_t) -1, which chown takes as "no change" (the file stayed root's and
+    activation said done)."""
+    def apply(host: HostRoot, tmp: Path) -> None:
+        passwd = host.root / "etc/passwd"
+        lines = [":".join([*ln.split(":")[:2], uid, *ln.split(":")[3:]])
+                 if ln.startswith("svc:") else ln for ln in passwd.read_text().splitlines()]
+        passwd.write_text("\n".join(lines) + "\n")
+    return apply
+
+
 def _fifo(path: Path) -> None:
     """A FIFO nobody writes in place of ``path``: opened as a file, it blocks forever."""
     path.unlink()
@@ -347,6 +359,10 @@ FAULTS: dict[str, tuple[Callable[[HostRoot, Path], None], list[tuple[str, ...]]]
     "fifo-cache-file": (_fifo_cache, [("secret 'beta'",), ("not a regular file",)]),
     "fifo-passwd": (_fifo_passwd, [("etc/passwd",), ("not a regular file",)]),
     "unknown-owner-secret": (_user_removed, [("secret 'beta'",), ("unknown user 'svc'",)]),
+    "huge-uid": (_uid_of_svc("99999999999999"), [("secret 'beta'",),
+                                                  ("user 'svc' has no valid uid",)]),
+    "minus-one-uid": (_uid_of_svc("4294967295"), [("secret 'beta'",),
+                                                 ("user 'svc' has no valid uid",)]),
     "unknown-owner-template": (_template_owner_ghost, [("template 'app.env'",),
                                                        ("unknown user 'ghost'",)]),
     "unknown-group": (_group_ghost, [("secret 'alpha'",), ("unknown group 'ghostgrp'",)]),

@@ -14,10 +14,18 @@ from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, os_problem
 
 _NUMERIC = re.compile(r"[0-9]+")
+# A uid or gid is 32 bits, and (uid_t) -1 means "no change" to chown: a larger value in
+# passwd crashed fchown, and 4294967295 left a file root's while activation said done.
+_MAX_ID = 2**32 - 2
 
 
-def _read_db(path: Path) -> dict[str, int]:
-    ids: dict[str, int] = {}
+def _valid(text: str) -> int | None:
+    return int(text) if _NUMERIC.fullmatch(text) and int(text) <= _MAX_ID else None
+
+
+def _read_db(path: Path) -> dict[str, int | str]:
+    """name -> id, or the id field as written when it is no valid id (named, if used)."""
+    ids: dict[str, int | str] = {}
     try:
         text = fsutil.read_regular(path)[0].decode("utf-8", errors="replace")
     except FileNotFoundError:
@@ -27,8 +35,9 @@ def _read_db(path: Path) -> dict[str, int]:
                                       as_is=True)) from None
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) >= 3 and parts[0] and _NUMERIC.fullmatch(parts[2]):
-            ids.setdefault(parts[0], int(parts[2]))
+        if len(parts) >= 3 and parts[0]:
+            number = _valid(parts[2])
+            ids.setdefault(parts[0], parts[2] if number is None else number)
     return ids
 
 
@@ -36,8 +45,8 @@ class Accounts:
     def __init__(self, root: Path) -> None:
         self.passwd_path = root / "etc/passwd"
         self.group_path = root / "etc/group"
-        self._users: dict[str, int] | None = None
-        self._groups: dict[str, int] | None = None
+        self._users: dict[str, int | str] | None = None
+        self._groups: dict[str, int | str] | None = None
 
     def uid(self, name: str, item: str) -> int:
         if self._users is None:
@@ -50,11 +59,19 @@ class Accounts:
         return self._resolve(name, self._groups, "group", self.group_path, item)
 
     @staticmethod
-    def _resolve(name: str, table: dict[str, int], kind: str, db: Path, item: str) -> int:
+    def _resolve(name: str, table: dict[str, int | str], kind: str, db: Path, item: str
+                 ) -> int:
         if _NUMERIC.fullmatch(name):
             return int(name)
-        if name in table:
-            return table[name]
+        found = table.get(name)
+        if isinstance(found, int):
+            return found
+        if found is not None:
+            what = "uid" if kind == "user" else "gid"
+            raise VaultpyError(Problem(item, f"{kind} {name!r} has no valid {what} in {db} "
+                                       f"({found!r}: not a number from 0 to {_MAX_ID})",
+                                       "owner" if kind == "user" else "group",
+                                       f"fix its line in {db}, or use a numeric id"))
         if name == "root":
             return 0
         raise VaultpyError(Problem(item, f"unknown {kind} {name!r} (not in {db})", "owner"
