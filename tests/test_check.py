@@ -431,3 +431,25 @@ def test_renc_deletes_nothing_from_a_cache_dir_that_holds_what_it_never_wrote(
     repo.ok("renc")                                     # now the removed host goes
     assert not removed.exists()
     repo.ok("check")
+
+
+@pytest.mark.parametrize("name", [".vaultpy.lock", ".vaultpy-memo", ".vaultpy-verified"])
+def test_a_directory_in_place_of_a_bookkeeping_file_is_named_to_be_removed(
+        make_repo, name: str) -> None:
+    """check called a directory at the lock's path "a host that is not in hosts.toml;
+    run vaultpy renc to remove it", and renc then could not take the lock."""
+    repo: Repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    path = repo.cache / name
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    proc = repo.run("check", env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert f"secrets/cache/{name}: a directory where vaultpy keeps a file of its own; " \
+        "remove the directory" in out, out
+    assert "not in hosts.toml" not in out
+    path.rmdir()
+    repo.ok("renc")
+    repo.ok("check")

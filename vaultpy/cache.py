@@ -171,7 +171,8 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
             if removed_host and is_tmp(entry) and in_use(path):
                 continue        # a host directory a renc is building right now, flocked
-            if removed_host and not is_tmp(entry) and not _holds_cache_files_only(path):
+            if removed_host and not is_tmp(entry) and (entry in _BOOKKEEPING
+                                                        or not _holds_cache_files_only(path)):
                 result.foreign.append(path)     # ~/.ssh, were cache_dir set to "~"
             elif removed_host or leftover:
                 result.stale.append(path)
@@ -196,6 +197,11 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     return result
 
 
+# The cache directory's own files (the lock, the index, the memo): a directory under one
+# of these names is in the way, not a removed host's to prune.
+_BOOKKEEPING = frozenset({".vaultpy.lock", ".vaultpy-verified", ".vaultpy-memo"})   # (INDEX)
+
+
 def _cache_file_name(name: str) -> bool:
     """A name vaultpy gives files in a host's cache directory: a cache file's, a temp's."""
     return NAME_RE.fullmatch(name) is not None or is_tmp(name)
@@ -214,6 +220,9 @@ def _holds_cache_files_only(path: Path) -> bool:
 
 def foreign(path: Path) -> Problem:
     """What ``check`` and ``renc`` say of an entry of cache_dir vaultpy did not write."""
+    if path.name in _BOOKKEEPING:
+        return Problem(display_path(path), "a directory where vaultpy keeps a file of its "
+                       "own", "", "remove the directory: the next run makes the file")
     return Problem(display_path(path), "not vaultpy's: a cache directory holds host "
                    "directories of <id>.<hash>.age files only, and renc removes nothing "
                    "from it while this is there", "", "move it out; if cache_dir points at "
