@@ -12,11 +12,12 @@ import os
 import secrets as pysecrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL_STATE, Repo, assert_one_clean_error, hosts_toml
+from conftest import LOCAL_STATE, Repo, assert_one_clean_error, hosts_toml, need
 
 from vaultpy._internal import fsutil
 
@@ -453,3 +454,27 @@ def test_a_directory_in_place_of_a_bookkeeping_file_is_named_to_be_removed(
     path.rmdir()
     repo.ok("renc")
     repo.ok("check")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, setpriv)")
+@pytest.mark.parametrize("blocked", ["host directory", "secrets directory"])
+def test_a_cache_this_user_cannot_read_is_one_line(make_repo, blocked: str) -> None:
+    """A host's cache directory of another user's (mode 0700), or a secrets/ directory
+    this user cannot search: check, renc and status crashed in listdir or stat
+    (PermissionError, exit 70).  Root here runs without its capabilities to override
+    permissions (setpriv), as another user would."""
+    need("setpriv")
+    repo: Repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    where = repo.cache / "host0" if blocked == "host directory" else repo.root / "secrets"
+    os.chown(where, 65534, 65534)
+    where.chmod(0o700)
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "NO_COLOR": "1", "VAULTPY_NO_MEMO": "1", **repo.env}
+    for command in ("check", "renc", "status"):
+        proc = subprocess.run([*drop, sys.executable, "-m", "vaultpy", command],
+                              cwd=repo.root, env=env, capture_output=True, timeout=60)
+        text = (proc.stdout + proc.stderr).decode()
+        assert proc.returncode == 1, text
+        assert "Traceback" not in text and "internal error" not in text, text
+        assert "Permission denied" in text, text

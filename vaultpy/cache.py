@@ -38,7 +38,7 @@ from vaultpy._internal.names import cache_hash as cache_hash
 from vaultpy._internal.names import cache_name as cache_name
 from vaultpy._internal.names import recipients_suffix as recipients_suffix
 from vaultpy._internal.record import field, mutable_record, record
-from vaultpy.errors import Problem, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 
 _WRITES_JOURNAL = ".vaultpy-writes"    # vaultpy._internal.writes.JOURNAL, spelled out
 
@@ -154,6 +154,8 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             continue
         except NotADirectoryError:      # in the way: each item's check says so
             continue
+        except OSError as exc:          # unreadable (another user's): one line
+            raise VaultpyError(os_problem(host_dir, exc, "list the host's cache")) from None
         for entry in entries:
             if entry not in names:
                 result.stale.append(cfg.cache_dir / host.name / entry)
@@ -239,6 +241,8 @@ def _listdir(path: Path) -> list[str]:
         return sorted(os.listdir(path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise VaultpyError(os_problem(path, exc, "list the directory")) from None
 
 
 def verify(path: Path | str, recipients: Sequence[str], payload: int | None = None

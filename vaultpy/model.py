@@ -870,7 +870,15 @@ def parse(text: str, path: Path) -> Config:
             resolved_cache == resolved_root or resolved_root.is_relative_to(resolved_cache)):
         ck.add("vaultpy.cache_dir", "the cache would contain hosts.toml",
                'use a directory of its own, like "secrets/cache"')
-    if resolved_cache is not None and cache_dir.exists() and not cache_dir.is_dir():
+    try:
+        st = cache_dir.stat() if resolved_cache is not None else None
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:      # a parent it cannot search: one line, not a traceback
+        ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)}: {exc.strerror}",
+               "give this user access to it, or run as its owner")
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
                "point cache_dir at a directory (renc creates it if missing)")
     for s in declared.values():
