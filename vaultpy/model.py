@@ -54,6 +54,7 @@ VAULT_AUTH = ("token", "approle")
 VAULT_REF_HINT = ('write it as "<mount>/<path>#<field>", e.g. "secret/app/db#password" '
                   '(append @N to pin version N)')
 # KV v2 mount and path segments: no policy globs (* +), quotes, spaces or "..".
+_NAME_MAX = 255         # bytes in one file name, on Linux's file systems
 _VAULT_MOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _VAULT_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=~@-]*")
 _VAULT_FIELD_RE = re.compile(r"(?:(?![#@\\\"])[\x21-\x7e])+")
@@ -882,6 +883,9 @@ def parse(text: str, path: Path) -> Config:
         ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
                "point cache_dir at a directory (renc creates it if missing)")
     for s in declared.values():
+        if any(len(os.fsencode(part)) > _NAME_MAX for part in s.file.parts):
+            ck.add(f"secrets.{_quote(s.id)}.file", f"a name in this path is longer than "
+                   f"{_NAME_MAX} bytes, more than a file system allows", "shorten it")
         resolved = where_is[s.id]
         if resolved is not None and resolved_cache is not None and \
                 resolved.is_relative_to(resolved_cache):
