@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOCAL_STATE, Repo, age_decrypt, age_keygen, need, ssh_keygen, toml_str
+from conftest import (
+    LOCAL_STATE,
+    Repo,
+    age_decrypt,
+    age_keygen,
+    assert_one_clean_error,
+    need,
+    ssh_keygen,
+    toml_str,
+)
 
 RESULT_KEYS = {"ok", "written", "repaired", "unchanged", "pruned", "failed", "warnings"}
 
@@ -649,3 +658,25 @@ def test_a_step_s_cpu_time_counts_the_worker_processes_it_waited_for():
     (phase,) = clock.phases
     assert phase.name == "child" and phase.cpu >= 0.25, phase
     assert clock.total().wall >= phase.wall
+
+
+def test_a_missing_master_says_that_no_host_was_renewed(make_repo):
+    """One missing master stops the whole renc; its line named that master only, and
+    the other hosts' out-of-date files looked like another failure.  A last line says
+    nothing was written, and names --host for a host that needs none of the broken
+    masters, which then works."""
+    repo = make_repo(hosts=2, secrets={"alpha": b"a", "beta": b"b"})
+    write_config(repo, ["alpha", "beta"],
+                 {"host0": (repo.hosts["host0"].pubkey, ["alpha"]),
+                  "host1": (repo.hosts["host1"].pubkey, ["beta"])})
+    renc_json(repo)
+    (repo.root / "secrets" / "beta.age").unlink()
+    repo.ok("encrypt", "alpha", input=b"a2")
+    before = sorted(p.name for p in (repo.cache / "host0").iterdir())
+    proc = repo.run("renc")
+    assert_one_clean_error(proc, "secrets/beta.age", "master file is missing")
+    assert_one_clean_error(proc, "renc: nothing was written, for any host",
+                           "vaultpy renc --host host0")
+    assert sorted(p.name for p in (repo.cache / "host0").iterdir()) == before
+    repo.ok("renc", "--host", "host0")
+    assert sorted(p.name for p in (repo.cache / "host0").iterdir()) != before

@@ -630,7 +630,15 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     """Plan and sort items into unchanged / repaired (damaged) / todo."""
     p = p or cache.plan(cfg, hosts)
     if p.problems:
-        raise VaultpyError(p.problems)
+        # Said once more, for the hosts that need none of these masters: their files
+        # were not renewed either (a whole renc or nothing, but for --host).
+        named = {h for h in (hosts or cfg.hosts) if not any(
+            pr.field.removeprefix("secrets.") in cfg.hosts[h].needed for pr in p.problems)}
+        tail = ([Problem("renc", "nothing was written, for any host", "",
+                         "fix the master files above; until then, vaultpy renc --host "
+                         f"{min(named)} (and each other host that needs none of them) "
+                         "renews that host alone")] if named else [])
+        raise VaultpyError([*p.problems, *tail])
     todo: list[cache.Item] = []
     absent = p.absent           # a first run's 10,000 items: no stat each
     for item in p.items:
