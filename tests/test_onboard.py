@@ -229,6 +229,9 @@ def test_refused_input_changes_nothing(make_repo, tmp_path: Path) -> None:
         (("host", "add", "n", "--pubkey", "ssh-ed25519 AAAA"), ("--pubkey", "damaged")),
         (("host", "add", "n", "--pubkey", "hello"), ("--pubkey", "not an ssh-ed25519")),
         (("host", "add", "n", "--pubkey-file", f"{rsa}.pub"), ("rsa.pub", "ssh-rsa")),
+        # the private half (it said "expected one public key line, found 27")
+        (("host", "add", "n", "--pubkey-file", str(rsa)),
+         ("rsa: this is a private key, not a public one", "the .pub file beside it")),
         (("host", "add", "n", "--pubkey-file", str(tmp_path / "none.pub")),
          ("none.pub", "cannot read")),
         (("host", "add", "n", "--pubkey", pub, "--secrets", "alpha,nope"),

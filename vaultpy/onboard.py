@@ -107,6 +107,10 @@ def _bad_key(source: str, message: str) -> VaultpyError:
 def _parse_key(text: str, source: str) -> Resolved:
     lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and not ln.strip().startswith("#")]
+    if lines and lines[0].startswith("-----BEGIN ") and "PRIVATE KEY" in lines[0]:
+        raise VaultpyError(Problem(source, "this is a private key, not a public one", "",
+                                   "give its public half: the .pub file beside it (or "
+                                   "ssh-keygen -y -f FILE)"))
     if len(lines) != 1:
         raise _bad_key(source, "expected one public key line, found "
                        f"{len(lines) or 'none'}")
