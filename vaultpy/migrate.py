@@ -350,22 +350,13 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
             plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
                                  "key; it is added without secrets")
     plan.default_recipients = list(users.values())
-    # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
-    # it) is a host's key until the operator says otherwise: as a master recipient,
-    # that host could read every master secret, and the import would only warn.
-    hosts_like = [k for k in plan.default_recipients if k.startswith(age.SSH_ED25519)
-                  and _COMMENT_HOST.fullmatch(_comment(k))]
-    if hosts_like:
-        more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
-        plan.default_refused = Problem(
-            shown, f"{_short(hosts_like[0])}{more} look like host keys, and would become "
-            "master recipients, able to decrypt every secret",
-            "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
-            "--host-key NAME=KEY; or, if they are operators' keys, choose the master "
-            "recipients with --recipient KEY")
+    hosts_like = []
     for key in plan.default_recipients:      # a host that could read every master
         host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
         rsa = key.startswith("ssh-rsa ")
+        if host_like and key.startswith(age.SSH_ED25519):
+            hosts_like.append(key)          # refused below, not only warned of
+            continue
         if not (host_like or rsa):
             continue
         # _short names the key once, with its comment.  An RSA key may be a user's
@@ -377,6 +368,17 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
         plan.default_warnings.append(
             f"{_short(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
             f" a master recipient, able to decrypt every secret: {fix}")
+    # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
+    # it) is a host's key until the operator says otherwise: as a master recipient,
+    # that host could read every master secret, and the import would only warn.
+    if hosts_like:
+        more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
+        plan.default_refused = Problem(
+            shown, f"{_short(hosts_like[0])}{more} look like host keys, and would become "
+            "master recipients, able to decrypt every secret",
+            "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
+            "--host-key NAME=KEY; or, if they are operators' keys, choose the master "
+            "recipients with --recipient KEY")
     return plan
 
 
