@@ -356,12 +356,12 @@ def test_the_memos_literal_names_are_the_projects(repo: Repo) -> None:
 
     assert memo._TMP == fsutil.TMP_MARK
     lock = model.load(repo.root).lock_path.name
-    assert {lock, cache.INDEX, memo.FILENAME} == memo._OWN
+    assert {lock, cache.INDEX, memo.FILENAME} == memo.OWN_FILES
     from vaultpy._internal import delta, writes
 
     assert (lock, writes.JOURNAL) == (delta._LOCK, delta._WRITES)
     assert writes.JOURNAL == cache._WRITES_JOURNAL == model._WRITES
-    assert writes.JOURNAL not in memo._OWN      # an interrupted write is no no-op
+    assert writes.JOURNAL not in memo.OWN_FILES      # an interrupted write is no no-op
 
 
 # ------------------------------------------------------------------ the scan's helper process

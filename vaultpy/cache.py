@@ -32,6 +32,7 @@ from vaultpy._internal.fsutil import (
 )
 
 # Naming lives apart (the incremental renc needs it alone); it is this module's API too.
+from vaultpy._internal.memo import OWN_FILES
 from vaultpy._internal.names import NAME_RE as NAME_RE
 from vaultpy._internal.names import _name
 from vaultpy._internal.names import cache_hash as cache_hash
@@ -101,6 +102,10 @@ class Plan:
     absent: set[str] = field(default_factory=set)
     # In cache_dir, what vaultpy never writes there: left alone, and named (foreign()).
     foreign: list[Path] = field(default_factory=list)
+
+    def broken_ids(self) -> set[str]:
+        """The secrets whose master could not be hashed (:attr:`problems`)."""
+        return {p.field.removeprefix("secrets.") for p in self.problems}
 
 
 def missing_master(cfg: Config, sid: str) -> Problem:
@@ -194,14 +199,14 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
                          and top / e not in result.stale]
     # A master that could not be hashed keeps its old cache files: they are the
     # host's last good copy until the master is fixed.
-    broken = {p.field.removeprefix("secrets.") for p in result.problems}
+    broken = result.broken_ids()
     result.stale = [p for p in result.stale if _stale_id(p) not in broken]
     return result
 
 
 # The cache directory's own files (the lock, the index, the memo): a directory under one
 # of these names is in the way, not a removed host's to prune.
-_BOOKKEEPING = frozenset({".vaultpy.lock", ".vaultpy-verified", ".vaultpy-memo"})   # (INDEX)
+_BOOKKEEPING = OWN_FILES
 
 
 def _cache_file_name(name: str) -> bool:

@@ -43,8 +43,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     # Declared masters no host needs yet are checked too: CI must not pass a missing or
     # damaged one (a generated key made ahead of its host, a secret being phased in).
     unused, unused_problems = cache.master_hashes(cfg, set(cfg.secrets) - set(p.masters)
-                                                  - {pr.field.removeprefix("secrets.")
-                                                     for pr in p.problems})
+                                                  - p.broken_ids())
     problems += unused_problems
     damaged_masters: set[str] = set()
     for sid, master in sorted({**p.masters, **unused}.items()):

@@ -632,8 +632,8 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     if p.problems:
         # Said once more, for the hosts that need none of these masters: their files
         # were not renewed either (a whole renc or nothing, but for --host).
-        named = {h for h in (hosts or cfg.hosts) if not any(
-            pr.field.removeprefix("secrets.") in cfg.hosts[h].needed for pr in p.problems)}
+        broken = p.broken_ids()
+        named = {h for h in (hosts or cfg.hosts) if broken.isdisjoint(cfg.hosts[h].needed)}
         tail = ([Problem("renc", "nothing was written, for any host", "",
                          "fix the master files above; until then, vaultpy renc --host "
                          f"{min(named)} (and each other host that needs none of them) "

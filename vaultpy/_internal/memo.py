@@ -57,7 +57,7 @@ FILENAME = ".vaultpy-memo"
 FORMAT = 3
 # Bookkeeping files of the cache directory that are not inputs of any answer (the
 # lock, cache.INDEX: literals here, see tests/test_memo.py, to keep imports cheap).
-_OWN = frozenset({FILENAME, ".vaultpy-verified", ".vaultpy.lock"})
+OWN_FILES = frozenset({FILENAME, ".vaultpy-verified", ".vaultpy.lock"})
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -227,7 +227,7 @@ class Scanning:
         names: dict[str, str] = {}
         for folder in self.listed:
             try:
-                found = sorted(set(os.listdir(folder)) - _OWN)
+                found = sorted(set(os.listdir(folder)) - OWN_FILES)
                 # a temp-named entry is a leftover only as a regular file: its type counts
                 kinds = [_kind(os.path.join(folder, n)) for n in found if _TMP in n]
                 names[folder] = "\0".join(found) + "\0" + " ".join(kinds)
@@ -327,9 +327,9 @@ def _scan(folder: str) -> Scan:
             raise _Untrusted(folder) from None
     finally:
         os.close(fd)
-    if _OWN.intersection(entries):   # bookkeeping files do not count - as files
+    if OWN_FILES.intersection(entries):   # bookkeeping files do not count - as files
         kept = [(n, st) for n, st in zip(entries, sts, strict=True)
-                if not (n in _OWN and S_ISREG(st.st_mode))]
+                if not (n in OWN_FILES and S_ISREG(st.st_mode))]
         entries, sts = [n for n, _ in kept], [st for _, st in kept]
     modes = [s.st_mode for s in sts]
     if any(S_ISLNK(m) for m in modes):
