@@ -249,7 +249,7 @@ def test_all_damages_at_once_status_and_repair(make_repo) -> None:
     assert states["host1", "beta"]["state"] == "ok"
     assert len(states) == 6
     text = repo.run("status")
-    assert "Traceback" not in text.stderr.decode()
+    assert text.returncode == 1 and "Traceback" not in text.stderr.decode()
     table = text.stdout.decode()
     assert "missing" in table and "damaged" in table and " ok " in table
     assert "problem" in text.stderr.decode()
@@ -282,10 +282,20 @@ def test_an_edited_master_makes_the_hosts_copies_outdated_not_missing(make_repo)
     assert_clean(repo)
 
 
-def test_status_shows_missing_before_first_renc(make_repo) -> None:
+def test_status_shows_missing_before_first_renc_and_exits_1_as_check_does(make_repo) -> None:
+    """status listed problems and exited 0: a script had to parse its table (or its
+    JSON) to learn what check's status says.  It exits 1 unless every file is ok."""
     repo = make_repo(hosts=1, secrets={"alpha": b"x"})
-    data = json.loads(repo.ok("status", "--json").stdout)
+    proc = repo.run("status", "--json")
+    assert proc.returncode == 1, proc.stderr.decode()
+    data = json.loads(proc.stdout)
     assert data["ok"] is False
+    table = repo.run("status")
+    assert table.returncode == 1 and "missing" in table.stdout.decode()
+    assert "1 problem(s); see vaultpy check" in table.stderr.decode()
+    repo.ok("renc")
+    assert json.loads(repo.ok("status", "--json").stdout)["ok"] is True
+    assert " ok " in repo.ok("status").stdout.decode()
     (entry,) = data["entries"]
     assert (entry["host"], entry["id"], entry["state"]) == ("host0", "alpha", "missing")
     assert data["problems"][0]["message"] == "cache file is missing"

@@ -561,7 +561,8 @@ def status(
     root: Annotated[Path, typer.Option("--root", metavar="DIR",
                                        help="With --profile: the host's root.")] = Path("/"),
 ) -> None:
-    """Show hosts x secrets and the state of each cache file.
+    """Show hosts x secrets and the state of each cache file; exit 1 unless every
+    one is ok (as check does).
 
     With --profile, on a host: the live generation and what differs from the profile."""
     from rich.table import Table
@@ -574,10 +575,13 @@ def status(
 
     cfg = _config_for(repo, json_out)
     entries, problems = survey(cfg)
+    ok = not problems and all(e.state == "ok" for e in entries)
     if json_out:
-        _emit_json({"ok": not problems,
+        _emit_json({"ok": ok,
                     "entries": [e.__dict__ for e in entries],
                     "problems": [p.as_dict() for p in problems]})
+        if not ok:
+            raise typer.Exit(1)
         return
     ids = sorted({e.id for e in entries})
     table = Table(show_edge=False)
@@ -596,6 +600,8 @@ def status(
     _out().print(table)
     if problems:
         _err().print(f"[yellow]{len(problems)} problem(s); see vaultpy check[/]")
+    if not ok:
+        raise typer.Exit(1)
 
 
 SHELLS = ("bash", "zsh", "fish")
