@@ -1014,6 +1014,10 @@ def test_a_file_inside_a_flake_source_in_the_store_maps_below_secrets_dir(vaulti
             line = assert_one_clean_error(proc, "secrets.db.file", f"{source}/secrets/db.age",
                                           "not found", "--secrets-dir")
             assert "secrets/hosts/secrets/db.age" in line, line   # where it was looked for
+            # The hint names the directory given as the wrong one, not "pass --secrets-dir"
+            # as if none had been.
+            assert line.endswith(f"give --secrets-dir the DIR holding secrets/db.age (or "
+                                 f"db.age), not {secrets_dir}"), line
             assert sorted(repo.iterdir()) == []
             continue
         ok(*args, cwd=repo)

@@ -578,7 +578,10 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                 plan.problems.append(Problem(
                     shown, f"secret file {file_text!r} not found" + (
                         f", nor {', '.join(display_path(t) for t in tried)}" if tried else ""),
-                    f"{where}.file", f"pass --secrets-dir {holding}" if tried else
+                    f"{where}.file",
+                    # (tried: --secrets-dir was given, and is the wrong directory)
+                    f"give --secrets-dir the {holding}, not {display_path(secrets_dir)}"
+                    if tried and secrets_dir is not None else
                     f"build the host once so the file is in /nix/store, or pass "
                     f"--secrets-dir {holding}"))
                 continue
