@@ -613,6 +613,38 @@ def test_symlink_planted_at_path_is_replaced_never_followed(world: World, tmp_pa
     assert tmp_leftovers(host.root) == []
 
 
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_file_at_path_is_refused_before_the_switch_and_kept(world: World, tmp_path: Path,
+                                                              kind: str) -> None:
+    """A regular file at an extra path (a config written by hand, an old tool's copy)
+    was replaced by the link without a word: its content was gone.  Only a symlink is
+    replaced; anything else stops the run before the switch, named, and is kept."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    link_before = os.readlink(host.live)
+    taken = host.root / "var/lib/app/alpha"
+    taken.unlink()                                   # vaultpy's link, gone; in its place:
+    if kind == "file":
+        taken.write_bytes(b"written by hand\n")
+    else:
+        os.mkfifo(taken)
+    before = snapshot_tree(host.root)
+
+    proc = run(host, "A")
+    line = assert_clean_line(proc, [("/var/lib/app/alpha",), ("not a symlink",),
+                                    ("move it away",)])
+    assert ("a regular file" if kind == "file" else "a special file") in line, line
+    assert snapshot_tree(host.root) == before        # nothing live changed, nothing written
+    assert os.readlink(host.live) == link_before
+    if kind == "file":
+        assert taken.read_bytes() == b"written by hand\n"
+
+    taken.unlink()                                   # moved away: the link goes in
+    run_ok(host, "A")
+    assert os.readlink(taken) == "../../../run/vaultpy/alpha"
+    assert taken.read_bytes() == world.vals["alpha"]
+
+
 def _move_alphas_path_to_beta(data: dict[str, Any]) -> None:
     for entry in data["secrets"]:
         if entry["id"] == "alpha":

@@ -10,6 +10,7 @@ user, at the path itself or anywhere above it, is never followed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -28,6 +29,19 @@ def _refuse(path: str, why: str) -> VaultpyError:
     return VaultpyError(Problem(path, why, "path",
                                 "remove it, or make the directories above it root-owned "
                                 "and not writable by others"))
+
+
+def _check_replaceable(path: str, st: os.stat_result) -> None:
+    """Only a symlink is replaced by the link: it holds no data.  A file there (a
+    config written by hand, an old tool's copy of the secret) is nobody's to delete
+    without a word, and a directory cannot be replaced."""
+    if stat.S_ISLNK(st.st_mode):
+        return
+    what = ("a directory" if stat.S_ISDIR(st.st_mode) else
+            "a regular file" if stat.S_ISREG(st.st_mode) else "a special file")
+    raise VaultpyError(Problem(path, f"is {what}, not a symlink: vaultpy replaces only "
+                               "symlinks with its link", "path",
+                               "move it away (or set another path), then activate again"))
 
 
 def open_parent(ctx: Context, path: str, create: bool) -> int:
@@ -147,12 +161,8 @@ def _place(ctx: Context, path: str, name: str) -> None:
     try:
         _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
         target = _target(ctx, fd, path, name)
-        try:
-            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                raise _refuse(path, "is a directory")
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):     # nothing there yet
+            _check_replaceable(path, os.stat(base, dir_fd=fd, follow_symlinks=False))
         prefix = fsutil.tmp_prefix(base)
         for leftover in os.listdir(fd):             # from a killed run: ours only
             if leftover.startswith(prefix):
@@ -225,8 +235,8 @@ def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None)
 
 def check_paths(ctx: Context) -> None:
     """Before the switch, writing nothing: every extra path can be linked (no directory
-    of another user above it, no directory in its place), so that a refused path
-    changes nothing live.  :func:`link_paths` checks again as it places each link."""
+    of another user above it, nothing but a symlink in its place), so that a refused
+    path changes nothing live.  :func:`link_paths` checks again as it places each link."""
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
         try:
             fd = open_parent(ctx, path, create=False)
@@ -234,9 +244,8 @@ def check_paths(ctx: Context) -> None:
             continue                    # link_paths creates the rest, root-owned
         try:
             _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
-            st = os.stat(PurePosixPath(path).name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                raise _refuse(path, "is a directory")
+            _check_replaceable(path, os.stat(PurePosixPath(path).name, dir_fd=fd,
+                                             follow_symlinks=False))
         except FileNotFoundError:
             pass
         finally:
