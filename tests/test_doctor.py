@@ -285,6 +285,42 @@ def test_completion_completes_commands_and_subcommands() -> None:
     assert "--json" in complete("vaultpy doctor --j")
 
 
+def test_completion_offers_the_ids_and_hosts_hosts_toml_declares(make_repo,
+                                                                 tmp_path: Path) -> None:
+    """Ids and host names were not completed: `vaultpy edit <TAB>` offered files."""
+    repo: Repo = make_repo(hosts=2, secrets={"alpha": b"a", "beta": b"b", "api": b"c"})
+
+    def complete(words: str, cwd: Path) -> list[str]:
+        cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+        proc = subprocess.run([sys.executable, "-m", "vaultpy"], capture_output=True,
+                              text=True, cwd=cwd, timeout=60,
+                              env={**os.environ, "_VAULTPY_COMPLETE": "complete_bash",
+                                   "COMP_WORDS": words, "COMP_CWORD": str(cword)})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        return proc.stdout.split()
+
+    root = repo.root
+    assert complete("vaultpy edit ", root) == ["alpha", "api", "beta"]
+    assert complete("vaultpy decrypt a", root / "secrets") == ["alpha", "api"]  # found upwards
+    for cmd in ("encrypt", "rekey", "generate", "rotate", "pull", "push"):
+        assert complete(f"vaultpy {cmd} b", root) == ["beta"], cmd
+    assert complete("vaultpy renc --host ", root) == ["host0", "host1"]
+    for cmd in ("profile", "bundle", "access", "host rm", "host rotate"):
+        flag = "--host " if cmd in ("profile", "bundle", "access") else ""
+        assert complete(f"vaultpy {cmd} {flag}host1", root) == ["host1"], cmd
+    assert complete("vaultpy host add web --secrets alpha,", root) == ["alpha,api",
+                                                                        "alpha,beta"]
+    # -C before or after the command, a directory or the file itself
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert complete(f"vaultpy -C {root} edit al", elsewhere) == ["alpha"]
+    assert complete(f"vaultpy edit --repo {root / 'hosts.toml'} ap", elsewhere) == ["api"]
+    # Nothing to offer, and never an error on the prompt: no hosts.toml, a broken one.
+    assert complete("vaultpy edit ", elsewhere) == []
+    (root / "hosts.toml").write_text("[secrets.alpha\n")
+    assert complete("vaultpy edit ", root) == []
+
+
 # --------------------------------------------------------------------------- --json
 
 # Every command is classified here; a new command must be added to one of the lists.

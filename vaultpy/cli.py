@@ -38,6 +38,47 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
+    """Shell completion of the names hosts.toml declares in ``[table]``: secret ids,
+    host names.  The nearest hosts.toml (or -C's) is read as TOML and not checked: a
+    half-edited file still completes, and nothing ever goes wrong on a prompt."""
+
+    def complete(ctx: typer.Context, incomplete: str) -> list[str]:
+        import tomllib
+
+        from vaultpy import model
+
+        try:
+            c: Any = ctx
+            repo = None
+            while c is not None and repo is None:     # -C after the command, or before it
+                repo = c.params.get("repo")
+                c = c.parent
+            if repo is None:
+                path = model.find(Path.cwd())
+            else:
+                path = Path(repo) if Path(repo).is_file() else Path(repo) / model.FILENAME
+            entries = tomllib.loads(path.read_text(encoding="utf-8")).get(table)
+        except Exception:   # no hosts.toml, a TOML error: nothing to offer
+            return []
+        if not isinstance(entries, dict):
+            return []
+        return sorted(n for n in entries if isinstance(n, str) and n.startswith(incomplete))
+
+    return complete
+
+
+complete_ids = _declared("secrets")
+complete_hosts = _declared("hosts")
+
+
+def complete_id_list(ctx: typer.Context, incomplete: str) -> list[str]:
+    """An ``ID,ID…`` option's last id (those before it stay as typed)."""
+    head, _, last = incomplete.rpartition(",")
+    given = set(head.split(","))
+    prefix = head + "," if head else ""
+    return [prefix + i for i in complete_ids(ctx, last) if i not in given]
+
 RepoOpt = Annotated[Path | None, typer.Option(
     "-C", "--repo", metavar="DIR",
     help="Repository (or hosts.toml) to use; default: the nearest hosts.toml upwards.")]
@@ -175,7 +216,8 @@ def init(
 
 @app.command()
 def encrypt(
-    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.",
+                                            autocompletion=complete_ids)],
     file: Annotated[Path | None, typer.Option("--file", "-f",
                                               help="Read plaintext from FILE, not stdin.")] = None,
     armor: Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor.")] = False,
@@ -214,7 +256,7 @@ def encrypt(
 @app.command()
 def decrypt(
     secret_id: Annotated[str | None, typer.Argument(
-        metavar="ID", help="Secret id from hosts.toml.")] = None,
+        metavar="ID", help="Secret id from hosts.toml.", autocompletion=complete_ids)] = None,
     file: Annotated[Path | None, typer.Option(
         "--file", metavar="FILE", help="Decrypt FILE, encrypted like a master (an edit "
         "conflict's kept version, a backup copy), instead of ID's master.")] = None,
@@ -243,7 +285,8 @@ def decrypt(
 
 @app.command()
 def edit(
-    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.")],
+    secret_id: Annotated[str, typer.Argument(metavar="ID", help="Secret id from hosts.toml.",
+                                            autocompletion=complete_ids)],
     allow_disk: Annotated[bool, typer.Option(
         "--allow-disk", help="Accept a disk-backed temp dir if no RAM-backed one exists.")
     ] = False,
@@ -269,7 +312,8 @@ def edit(
 @app.command()
 def renc(
     host: Annotated[list[str] | None, typer.Option(
-        "--host", "-H", help="Only this host (repeatable).")] = None,
+        "--host", "-H", help="Only this host (repeatable).",
+        autocompletion=complete_hosts)] = None,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, help="Worker processes (default: one per CPU).")] = None,
     json_out: JsonOpt = False,
@@ -425,7 +469,8 @@ def check(
 @app.command()
 def rekey(
     secret_ids: Annotated[list[str] | None, typer.Argument(
-        metavar="[ID]...", help="Only these secrets (default: all).")] = None,
+        metavar="[ID]...", help="Only these secrets (default: all).",
+        autocompletion=complete_ids)] = None,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
     rotate_master: Annotated[bool, typer.Option(
@@ -468,7 +513,8 @@ def rekey(
 
 @app.command()
 def profile(
-    host: Annotated[str, typer.Option("--host", "-H", help="The host to describe.")],
+    host: Annotated[str, typer.Option("--host", "-H", help="The host to describe.",
+                                            autocompletion=complete_hosts)],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE",
         help="Write here (cache paths relative to FILE's directory) instead of stdout "
@@ -532,7 +578,8 @@ def activate(
 
 @app.command()
 def bundle(
-    host: Annotated[str, typer.Option("--host", "-H", help="The host to bundle.")],
+    host: Annotated[str, typer.Option("--host", "-H", help="The host to bundle.",
+                                            autocompletion=complete_hosts)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
                                          help="Directory to create.")],
     vaultpy_path: Annotated[str, typer.Option(

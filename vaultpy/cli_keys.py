@@ -29,6 +29,9 @@ from vaultpy.cli import (
     _out,
     _print_problems,
     app,
+    complete_hosts,
+    complete_id_list,
+    complete_ids,
 )
 
 if os.environ.get("NO_COLOR") and (sys.stdout.isatty() or sys.stderr.isatty()):
@@ -54,6 +57,8 @@ host_app = typer.Typer(
 app.add_typer(host_app, name="host")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name in hosts.toml.")]
+KnownNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name in hosts.toml.",
+                                             autocompletion=complete_hosts)]
 PubkeyOpt = Annotated[str | None, typer.Option(
     "--pubkey", metavar="KEY", help='The host key line, e.g. "ssh-ed25519 AAAA… root@web1" '
     "(or an age1… key).")]
@@ -121,7 +126,7 @@ def host_add(
     generate: GenerateOpt = None,
     secrets: Annotated[str | None, typer.Option(
         "--secrets", metavar="ID,ID…", help="Deploy these declared secrets to the host "
-        "(all defaults: root:root 0400).")] = None,
+        "(all defaults: root:root 0400).", autocompletion=complete_id_list)] = None,
     no_renc: NoRencOpt = False,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
@@ -140,7 +145,7 @@ def host_add(
 
 @host_app.command("rm")
 def host_rm(
-    name: NameArg,
+    name: KnownNameArg,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
 ) -> None:
@@ -154,7 +159,7 @@ def host_rm(
 
 @host_app.command("rotate")
 def host_rotate(
-    name: NameArg,
+    name: KnownNameArg,
     pubkey: PubkeyOpt = None,
     pubkey_file: PubkeyFileOpt = None,
     keyscan: KeyscanOpt = None,
@@ -175,9 +180,6 @@ def host_rotate(
 
 
 # --------------------------------------------------------------------------- generate, rotate
-
-IdsArg = Annotated[list[str] | None, typer.Argument(metavar="[ID]...", show_default=False)]
-
 
 def _report_values(cfg: Any, result: Any, json_out: bool, verb: str) -> None:
     from vaultpy.errors import display_path
@@ -213,7 +215,7 @@ def _report_values(cfg: Any, result: Any, json_out: bool, verb: str) -> None:
 def generate_cmd(
     secret_ids: Annotated[list[str] | None, typer.Argument(
         metavar="[ID]...", help="Only these secrets (default: every secret with generate = "
-        "… whose master file is missing).")] = None,
+        "… whose master file is missing).", autocompletion=complete_ids)] = None,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,
@@ -234,7 +236,7 @@ def generate_cmd(
 def rotate_cmd(
     secret_ids: Annotated[list[str] | None, typer.Argument(
         metavar="[ID]...", help="The secrets to regenerate (with --due: only those of them "
-        "that are due).")] = None,
+        "that are due).", autocompletion=complete_ids)] = None,
     due: Annotated[bool, typer.Option(
         "--due", help="Regenerate every secret whose rotate_days have passed.")] = False,
     mark: Annotated[bool, typer.Option(

@@ -24,10 +24,13 @@ from vaultpy.cli import (
     _out,
     _print_problems,
     app,
+    complete_hosts,
+    complete_ids,
 )
 
 IdsArg = Annotated[list[str] | None, typer.Argument(
-    metavar="[ID]...", help="Only these secrets (default: every secret with vault = …).")]
+    metavar="[ID]...", help="Only these secrets (default: every secret with vault = …).",
+    autocompletion=complete_ids)]
 
 
 @app.command()
@@ -118,7 +121,8 @@ def access(
         "--vault-policy", help="Print one HCL policy per host granting read on exactly "
         "its secrets' KV v2 paths (instead of the matrix).")] = False,
     host: Annotated[list[str] | None, typer.Option(
-        "--host", "-H", help="Only this host (repeatable).")] = None,
+        "--host", "-H", help="Only this host (repeatable).",
+        autocompletion=complete_hosts)] = None,
     repo: RepoOpt = None,
 ) -> None:
     """Who can read what: hosts x secrets, with the host key and cache file of each."""
