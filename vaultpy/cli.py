@@ -608,10 +608,10 @@ def status(
     root: Annotated[Path, typer.Option("--root", metavar="DIR",
                                        help="With --profile: the host's root.")] = Path("/"),
 ) -> None:
-    """Show hosts x secrets and the state of each cache file; exit 1 unless every
-    one is ok (as check does).
+    """Show hosts x secrets and the state of each cache file.
 
-    With --profile, on a host: the live generation and what differs from the profile."""
+    Exits 1 unless every one is ok, as check does.  With --profile, on a host: the
+    live generation and what differs from the profile."""
     from rich.table import Table
 
     if profile is not None:
