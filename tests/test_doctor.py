@@ -317,6 +317,8 @@ def test_completion_offers_the_ids_and_hosts_hosts_toml_declares(make_repo,
     assert complete(f"vaultpy edit --repo {root / 'hosts.toml'} ap", elsewhere) == ["api"]
     # Nothing to offer, and never an error on the prompt: no hosts.toml, a broken one.
     assert complete("vaultpy edit ", elsewhere) == []
+    os.mkfifo(elsewhere / "hosts.toml")                     # never opened for reading
+    assert complete(f"vaultpy -C {elsewhere} edit ", root) == []
     (root / "hosts.toml").write_text("[secrets.alpha\n")
     assert complete("vaultpy edit ", root) == []
 

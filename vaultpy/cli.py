@@ -47,6 +47,7 @@ def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
         import tomllib
 
         from vaultpy import model
+        from vaultpy._internal.fsutil import read_regular
 
         try:
             c: Any = ctx
@@ -58,7 +59,8 @@ def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
                 path = model.find(Path.cwd())
             else:
                 path = Path(repo) if Path(repo).is_file() else Path(repo) / model.FILENAME
-            entries = tomllib.loads(path.read_text(encoding="utf-8")).get(table)
+            # (read_regular: a FIFO named hosts.toml must not hang the shell's prompt)
+            entries = tomllib.loads(read_regular(path)[0].decode("utf-8")).get(table)
         except Exception:   # no hosts.toml, a TOML error: nothing to offer
             return []
         if not isinstance(entries, dict):
