@@ -614,35 +614,96 @@ def test_symlink_planted_at_path_is_replaced_never_followed(world: World, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo"])
-def test_a_file_at_path_is_refused_before_the_switch_and_kept(world: World, tmp_path: Path,
-                                                              kind: str) -> None:
-    """A regular file at an extra path (a config written by hand, an old tool's copy)
-    was replaced by the link without a word: its content was gone.  Only a symlink is
-    replaced; anything else stops the run before the switch, named, and is kept."""
+def test_a_file_on_disk_at_path_is_kept_and_named_and_the_rest_goes_live(
+        world: World, tmp_path: Path, kind: str) -> None:
+    """A regular file at an extra path (a config written by hand, a copy of an old
+    secret) was replaced by the link without a word: its content was gone.  A file on
+    disk is kept now, and named; every other secret still goes live (at boot too),
+    and the run exits 1 until the file is moved away."""
     host = fresh(world, tmp_path)
     run_ok(host, "A")
-    link_before = os.readlink(host.live)
+    first = live_gen(host)
     taken = host.root / "var/lib/app/alpha"
     taken.unlink()                                   # vaultpy's link, gone; in its place:
     if kind == "file":
         taken.write_bytes(b"written by hand\n")
     else:
         os.mkfifo(taken)
-    before = snapshot_tree(host.root)
 
     proc = run(host, "A")
-    line = assert_clean_line(proc, [("/var/lib/app/alpha",), ("not a symlink",),
-                                    ("move it away",)])
-    assert ("a regular file" if kind == "file" else "a special file") in line, line
-    assert snapshot_tree(host.root) == before        # nothing live changed, nothing written
-    assert os.readlink(host.live) == link_before
+    line = assert_clean_line(proc, [("/var/lib/app/alpha",), ("move it away",),
+                                    ("a regular file on disk" if kind == "file"
+                                     else "a special file",)])
+    assert "replaces only a symlink, or a file in RAM" in line, line
+    gen = live_gen(host)
+    assert gen is not None and gen != first          # the switch went ahead
+    assert (gen / "alpha").read_bytes() == world.vals["alpha"]
     if kind == "file":
         assert taken.read_bytes() == b"written by hand\n"
+    else:
+        assert stat.S_ISFIFO(taken.lstat().st_mode)
 
     taken.unlink()                                   # moved away: the link goes in
     run_ok(host, "A")
     assert os.readlink(taken) == "../../../run/vaultpy/alpha"
     assert taken.read_bytes() == world.vals["alpha"]
+
+
+def test_directories_at_paths_are_all_named_before_the_switch(world: World,
+                                                             tmp_path: Path) -> None:
+    """A directory cannot be replaced: refused before the switch, nothing live changes,
+    and every such path is named at once (not one per run)."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    edit_profile(host, _beta_at_path)
+    run_ok(host, "A")
+    for name in ("alpha", "beta"):
+        (host.root / "var/lib/app" / name).unlink()
+        (host.root / "var/lib/app" / name).mkdir()
+    before = snapshot_tree(host.root)
+    proc = run(host, "A")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "/var/lib/app/alpha: path: is a directory" in err, err
+    assert "/var/lib/app/beta: path: is a directory" in err, err
+    assert snapshot_tree(host.root) == before
+
+
+def test_agenix_files_at_run_agenix_are_replaced_as_after_a_migration(
+        world: World, tmp_path: Path) -> None:
+    """docs/migration.md: `path = "/run/agenix/<name>"` keeps services that read agenix's
+    files working.  Until the next boot that path holds agenix's own copy, a regular
+    file in its ramfs (/run/agenix -> /run/agenix.d/N): runtime state, replaced by the
+    link, as any file in RAM."""
+    host = fresh(world, tmp_path)
+    edit_profile(host, _alpha_at_agenix_path)
+    script = ('set -e\n'
+              'mkdir -p "$ROOT_DIR/run/agenix.d"\n'
+              'mount -t ramfs ramfs "$ROOT_DIR/run/agenix.d"\n'
+              'mkdir "$ROOT_DIR/run/agenix.d/1"\n'
+              'echo agenix > "$ROOT_DIR/run/agenix.d/1/alpha"\n'
+              'ln -s agenix.d/1 "$ROOT_DIR/run/agenix"\n'
+              '"$@"\n'
+              'readlink "$ROOT_DIR/run/agenix.d/1/alpha"\n'
+              'cat "$ROOT_DIR/run/agenix/alpha"\n')
+    cmd = activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))
+    proc = unshare_sh(script, env={"ROOT_DIR": str(host.root)}, args=cmd)
+    assert proc.returncode == 0, proc.stderr.decode()
+    link, _, content = proc.stdout.partition(b"\n")
+    assert link == b"../../vaultpy/alpha", proc.stdout
+    assert content == world.vals["alpha"]
+
+
+def _beta_at_path(data: dict[str, Any]) -> None:
+    for entry in data["secrets"]:
+        if entry["id"] == "beta":
+            entry["path"] = "/var/lib/app/beta"
+
+
+def _alpha_at_agenix_path(data: dict[str, Any]) -> None:
+    for entry in data["secrets"]:
+        if entry["id"] == "alpha":
+            entry["path"] = "/run/agenix/alpha"
 
 
 def _move_alphas_path_to_beta(data: dict[str, Any]) -> None:

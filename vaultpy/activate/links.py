@@ -31,17 +31,30 @@ def _refuse(path: str, why: str) -> VaultpyError:
                                 "and not writable by others"))
 
 
-def _check_replaceable(path: str, st: os.stat_result) -> None:
-    """Only a symlink is replaced by the link: it holds no data.  A file there (a
-    config written by hand, an old tool's copy of the secret) is nobody's to delete
-    without a word, and a directory cannot be replaced."""
+def _check_replaceable(path: str, st: os.stat_result, fd: int) -> None:
+    """What the link may replace at ``path`` (its parent open as ``fd``): a symlink,
+    which holds no data, or a regular file in RAM (tmpfs, ramfs: runtime state such as
+    agenix's ``/run/agenix/<name>``, gone at the next boot anyway).  A file on disk (a
+    config written by hand, a copy of an old secret) is nobody's to delete without a
+    word, and a directory or a device cannot be replaced."""
     if stat.S_ISLNK(st.st_mode):
         return
+    if stat.S_ISREG(st.st_mode) and _in_ram(fd):
+        return
     what = ("a directory" if stat.S_ISDIR(st.st_mode) else
-            "a regular file" if stat.S_ISREG(st.st_mode) else "a special file")
-    raise VaultpyError(Problem(path, f"is {what}, not a symlink: vaultpy replaces only "
-                               "symlinks with its link", "path",
+            "a regular file on disk" if stat.S_ISREG(st.st_mode) else "a special file")
+    raise VaultpyError(Problem(path, f"is {what}: vaultpy replaces only a symlink, or a "
+                               "file in RAM (/run), with its link", "path",
                                "move it away (or set another path), then activate again"))
+
+
+def _in_ram(fd: int) -> bool:
+    """The directory open as ``fd`` is on tmpfs or ramfs."""
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return fsutil.mount_fstype(Path(where)) in fsutil.RAM_FILESYSTEMS
 
 
 def open_parent(ctx: Context, path: str, create: bool) -> int:
@@ -162,7 +175,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
         _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
         target = _target(ctx, fd, path, name)
         with contextlib.suppress(FileNotFoundError):     # nothing there yet
-            _check_replaceable(path, os.stat(base, dir_fd=fd, follow_symlinks=False))
+            _check_replaceable(path, os.stat(base, dir_fd=fd, follow_symlinks=False), fd)
         prefix = fsutil.tmp_prefix(base)
         for leftover in os.listdir(fd):             # from a killed run: ours only
             if leftover.startswith(prefix):
@@ -235,21 +248,33 @@ def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None)
 
 def check_paths(ctx: Context) -> None:
     """Before the switch, writing nothing: every extra path can be linked (no directory
-    of another user above it, nothing but a symlink in its place), so that a refused
-    path changes nothing live.  :func:`link_paths` checks again as it places each link."""
+    of another user above it, no directory in its place), so that a refused path
+    changes nothing live; every refused path is named, not only the first.
+    :func:`link_paths` checks again as it places each link; a file there that is not
+    for it to replace (:func:`_check_replaceable`) is reported then, and stops no
+    other secret going live."""
+    problems: list[Problem] = []
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
         try:
             fd = open_parent(ctx, path, create=False)
         except FileNotFoundError:
             continue                    # link_paths creates the rest, root-owned
+        except VaultpyError as exc:
+            problems += exc.problems
+            continue
         try:
             _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
-            _check_replaceable(path, os.stat(PurePosixPath(path).name, dir_fd=fd,
-                                             follow_symlinks=False))
+            st = os.stat(PurePosixPath(path).name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise _refuse(path, "is a directory")
         except FileNotFoundError:
             pass
+        except VaultpyError as exc:
+            problems += exc.problems
         finally:
             os.close(fd)
+    if problems:
+        raise VaultpyError(problems)
 
 
 def link_paths(ctx: Context) -> None:
