@@ -315,6 +315,14 @@ def test_completion_offers_the_ids_and_hosts_hosts_toml_declares(make_repo,
     elsewhere.mkdir()
     assert complete(f"vaultpy -C {root} edit al", elsewhere) == ["alpha"]
     assert complete(f"vaultpy edit --repo {root / 'hosts.toml'} ap", elsewhere) == ["api"]
+    # bash passes ~ and $HOME as typed
+    home = os.environ["HOME"]
+    os.environ["HOME"] = str(root.parent)
+    try:
+        assert complete(f"vaultpy -C ~/{root.name} edit al", elsewhere) == ["alpha"]
+        assert complete(f"vaultpy -C $HOME/{root.name} edit al", elsewhere) == ["alpha"]
+    finally:
+        os.environ["HOME"] = home
     # Nothing to offer, and never an error on the prompt: no hosts.toml, a broken one.
     assert complete("vaultpy edit ", elsewhere) == []
     os.mkfifo(elsewhere / "hosts.toml")                     # never opened for reading

@@ -57,8 +57,9 @@ def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
                 c = c.parent
             if repo is None:
                 path = model.find(Path.cwd())
-            else:
-                path = Path(repo) if Path(repo).is_file() else Path(repo) / model.FILENAME
+            else:       # as typed: bash expands neither ~ nor $HOME in what it passes
+                given = Path(os.path.expandvars(str(repo))).expanduser()
+                path = given if given.is_file() else given / model.FILENAME
             # (read_regular: a FIFO named hosts.toml must not hang the shell's prompt)
             entries = tomllib.loads(read_regular(path)[0].decode("utf-8")).get(table)
         except Exception:   # no hosts.toml, a TOML error: nothing to offer
