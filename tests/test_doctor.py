@@ -305,6 +305,10 @@ def test_completion_offers_the_ids_and_hosts_hosts_toml_declares(make_repo,
     for cmd in ("encrypt", "rekey", "generate", "rotate", "pull", "push"):
         assert complete(f"vaultpy {cmd} b", root) == ["beta"], cmd
     assert complete("vaultpy renc --host ", root) == ["host0", "host1"]
+    # what is already given is not offered again
+    assert complete("vaultpy renc --host host0 --host ", root) == ["host1"]
+    assert complete("vaultpy rekey api ", root) == ["alpha", "beta"]
+    assert complete("vaultpy push alpha beta ", root) == ["api"]
     for cmd in ("profile", "bundle", "access", "host rm", "host rotate"):
         flag = "--host " if cmd in ("profile", "bundle", "access") else ""
         assert complete(f"vaultpy {cmd} {flag}host1", root) == ["host1"], cmd

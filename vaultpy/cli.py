@@ -66,7 +66,10 @@ def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
             return []
         if not isinstance(entries, dict):
             return []
-        return sorted(n for n in entries if isinstance(n, str) and n.startswith(incomplete))
+        typed = {v for value in ctx.params.values()      # [ID]..., a repeated --host
+                 if isinstance(value, (list, tuple)) for v in value}
+        return sorted(n for n in entries
+                      if isinstance(n, str) and n.startswith(incomplete) and n not in typed)
 
     return complete
 
