@@ -178,9 +178,11 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
             if removed_host and is_tmp(entry) and in_use(path):
                 continue        # a host directory a renc is building right now, flocked
-            if removed_host and not is_tmp(entry) and (entry in _BOOKKEEPING
+            # Not a removed host's: a directory named as the lock, the index or the memo,
+            # or one holding what renc never writes (~/.ssh, were cache_dir set to "~").
+            if removed_host and not is_tmp(entry) and (entry in OWN_FILES
                                                         or not _holds_cache_files_only(path)):
-                result.foreign.append(path)     # ~/.ssh, were cache_dir set to "~"
+                result.foreign.append(path)
             elif removed_host or leftover:
                 result.stale.append(path)
         # Temp files of an interrupted encrypt/edit/rekey beside the master files
@@ -204,11 +206,6 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     return result
 
 
-# The cache directory's own files (the lock, the index, the memo): a directory under one
-# of these names is in the way, not a removed host's to prune.
-_BOOKKEEPING = OWN_FILES
-
-
 def _cache_file_name(name: str) -> bool:
     """A name vaultpy gives files in a host's cache directory: a cache file's, a temp's."""
     return NAME_RE.fullmatch(name) is not None or is_tmp(name)
@@ -227,7 +224,7 @@ def _holds_cache_files_only(path: Path) -> bool:
 
 def foreign(path: Path) -> Problem:
     """What ``check`` and ``renc`` say of an entry of cache_dir vaultpy did not write."""
-    if path.name in _BOOKKEEPING:
+    if path.name in OWN_FILES:         # the lock's, the index's or the memo's name
         return Problem(display_path(path), "a directory where vaultpy keeps a file of its "
                        "own", "", "remove the directory: the next run makes the file")
     return Problem(display_path(path), "not vaultpy's: a cache directory holds host "
