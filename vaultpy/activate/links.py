@@ -265,8 +265,8 @@ def check_paths(ctx: Context) -> None:
         try:
             _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
             st = os.stat(PurePosixPath(path).name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                raise _refuse(path, "is a directory")
+            if stat.S_ISDIR(st.st_mode):        # (a file: for link_paths to keep and name)
+                _check_replaceable(path, st, fd)
         except FileNotFoundError:
             pass
         except VaultpyError as exc:
