@@ -752,3 +752,60 @@ def test_each_step_alone(world: World) -> None:
         for fd in (ctx.generation_fd, ctx.lock_fd):
             if fd is not None:
                 os.close(fd)
+
+
+def _switched(world: World) -> Any:
+    """A Context run through the steps up to the switch, its links not placed yet."""
+    from vaultpy import profile as profile_mod
+    from vaultpy.activate import STEPS, Context, Options
+
+    h = world.host
+    opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
+                   systemctl=str(world.rec.script))
+    ctx = Context(opts, profile_mod.load(h.profile))
+    for name, step in STEPS:
+        step(ctx)
+        if name == "switch":
+            return ctx
+    raise AssertionError("no switch step")
+
+
+@pytest.mark.parametrize("appears", ["file on disk", "symlink"])
+def test_an_entry_that_appears_after_the_check_is_replaced_only_if_replaceable(
+        world: World, monkeypatch: pytest.MonkeyPatch, appears: str) -> None:
+    """In a sticky directory every user may write to, another user's file can appear at
+    an extra path between link_paths' look and its rename.  The rename swaps (it does
+    not replace) and the check is made on what it took out: a file on disk goes back,
+    kept and named; a symlink, which holds no data, is replaced."""
+    from vaultpy.activate import links
+
+    ctx = _switched(world)
+    try:
+        at = world.host.root / "etc/app/named.key"
+        assert not os.path.lexists(at)
+        real_symlink = os.symlink
+
+        def racing_symlink(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            real_symlink(src, dst, *args, **kwargs)     # our temp link; then, theirs:
+            if appears == "file on disk":
+                at.write_bytes(b"another user's file\n")
+            else:
+                real_symlink("/nowhere", at)
+
+        monkeypatch.setattr(links.os, "symlink", racing_symlink)
+        links.link_paths(ctx)
+        monkeypatch.undo()
+        leftovers = [n for n in os.listdir(at.parent) if n != "named.key"]
+        assert leftovers == []
+        if appears == "file on disk":
+            assert at.read_bytes() == b"another user's file\n"
+            [problem] = ctx.problems
+            assert problem.file == "/etc/app/named.key"
+            assert "a regular file on disk" in problem.message, problem
+        else:
+            assert ctx.problems == []
+            assert at.read_bytes() == SECRETS["named"]
+    finally:
+        for fd in (ctx.generation_fd, ctx.lock_fd):
+            if fd is not None:
+                os.close(fd)

@@ -154,12 +154,14 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
 
-def _renameat2(src: Path | str, dst: Path | str, flags: int) -> bool:
-    """renameat2(2) with ``flags``; False where it cannot be asked (a libc without it,
-    such as musl before 1.2.4, or a file system refusing the flag: EINVAL, ENOSYS), for
-    the caller's fallback.  Any other failure raises OSError naming ``dst``."""
+def _renameat2(src: Path | str, dst: Path | str, flags: int, dir_fd: int = _AT_FDCWD
+               ) -> bool:
+    """renameat2(2) with ``flags`` (relative paths from ``dir_fd``); False where it
+    cannot be asked (a libc without it, such as musl before 1.2.4, or a file system
+    refusing the flag: EINVAL, ENOSYS), for the caller's fallback.  Any other failure
+    raises OSError naming ``dst``."""
     try:
-        _libc_call(dst, "renameat2", _AT_FDCWD, os.fsencode(src), _AT_FDCWD,
+        _libc_call(dst, "renameat2", dir_fd, os.fsencode(src), dir_fd,
                    os.fsencode(dst), flags)
     except AttributeError:
         return False
@@ -180,6 +182,14 @@ def exchange(a: Path | str, b: Path | str) -> None:
     os.rename(b, aside)
     os.rename(a, b)
     os.rename(aside, a)
+
+
+def rename_in(dir_fd: int, src: str, dst: str, *, exchange: bool) -> bool:
+    """In the directory open as ``dir_fd``: rename ``src`` to ``dst`` unless ``dst``
+    exists (FileExistsError), or, ``exchange``, swap the two (FileNotFoundError when
+    ``dst`` is gone).  False where renameat2 cannot be asked: the caller falls back."""
+    return _renameat2(src, dst, _RENAME_EXCHANGE if exchange else _RENAME_NOREPLACE,
+                      dir_fd)
 
 
 def rename_new(src: Path | str, dst: Path | str) -> None:

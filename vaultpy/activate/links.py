@@ -3,9 +3,10 @@ becomes a symlink to ``<dir>/<name>``; the early items' live link goes with the 
 of them.
 
 The link points through the live symlink, so it follows every switch without
-being rewritten.  It is placed by temp name + rename(2) inside a directory
+being rewritten.  It is placed by temp name + renameat2(2) inside a directory
 opened component by component with O_NOFOLLOW: a symlink planted by another
-user, at the path itself or anywhere above it, is never followed.
+user, at the path itself or anywhere above it, is never followed, and what the
+link replaces is checked as the rename takes it out, not before (:func:`_put`).
 """
 
 from __future__ import annotations
@@ -185,13 +186,52 @@ def _place(ctx: Context, path: str, name: str) -> None:
         tmp = fsutil.tmp_basename(base)
         os.symlink(target, tmp, dir_fd=fd)
         try:
-            os.rename(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)   # replaces, never follows
-        except OSError:
-            os.unlink(tmp, dir_fd=fd)
+            _put(path, fd, tmp, base)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
             raise
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _put(path: str, fd: int, tmp: str, base: str) -> None:
+    """Rename the new link ``tmp`` to ``base`` (in the directory open as ``fd``),
+    replacing only what :func:`_check_replaceable` allows: what is there as the rename
+    happens, not as :func:`_place` looked.  In a sticky directory every user may write
+    to (/tmp), another user's file can appear in between; so the link goes in where
+    nothing is (RENAME_NOREPLACE), or is swapped with what is there (RENAME_EXCHANGE),
+    which is then looked at: removed if replaceable, else swapped back, kept, and
+    named.  At no moment is ``base`` absent.  Where renameat2 cannot be asked, a plain
+    rename after the check (the window stays)."""
+    for _try in range(_PUT_TRIES):
+        try:
+            if not fsutil.rename_in(fd, tmp, base, exchange=False):
+                break
+            return
+        except FileExistsError:
+            pass
+        try:
+            if not fsutil.rename_in(fd, tmp, base, exchange=True):
+                break
+        except FileNotFoundError:       # removed meanwhile: place it where nothing is
+            continue
+        old = os.stat(tmp, dir_fd=fd, follow_symlinks=False)     # now at the temp name
+        try:
+            _check_replaceable(path, old, fd)
+        except VaultpyError:
+            fsutil.rename_in(fd, tmp, base, exchange=True)      # theirs goes back
+            raise
+        os.unlink(tmp, dir_fd=fd)
+        return
+    else:
+        raise VaultpyError(Problem(path, "kept appearing and disappearing while its link "
+                                   "was placed", "path", "activate again"))
+    os.rename(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)   # replaces, never follows
+
+
+_PUT_TRIES = 3
 
 
 LINKED = ".vaultpy-linked"   # in a generation: the old links its run owed are removed
