@@ -13,9 +13,11 @@ import pty
 import select
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 import typer
 from conftest import Repo, age_keygen
 
@@ -300,15 +302,24 @@ def test_completion_offers_the_ids_and_hosts_hosts_toml_declares(make_repo,
         return proc.stdout.split()
 
     root = repo.root
+    data = tomllib.loads((root / "hosts.toml").read_text())
+    data["secrets"]["beta"]["generate"] = "alnum:16"
+    data["secrets"]["api"]["vault"] = "secret/app#api"
+    data["secrets"]["alpha"]["vault"] = "secret/app#alpha"
+    (root / "hosts.toml").write_text(tomli_w.dumps(data))
     assert complete("vaultpy edit ", root) == ["alpha", "api", "beta"]
     assert complete("vaultpy decrypt a", root / "secrets") == ["alpha", "api"]  # found upwards
-    for cmd in ("encrypt", "rekey", "generate", "rotate", "pull", "push"):
+    for cmd in ("encrypt", "rekey", "rotate"):
         assert complete(f"vaultpy {cmd} b", root) == ["beta"], cmd
+    # generate offers the secrets with `generate =`; pull and push those with `vault =`
+    assert complete("vaultpy generate ", root) == ["beta"]
+    assert complete("vaultpy pull ", root) == ["alpha", "api"]
+    assert complete("vaultpy push a", root) == ["alpha", "api"]
     assert complete("vaultpy renc --host ", root) == ["host0", "host1"]
     # what is already given is not offered again
     assert complete("vaultpy renc --host host0 --host ", root) == ["host1"]
     assert complete("vaultpy rekey api ", root) == ["alpha", "beta"]
-    assert complete("vaultpy push alpha beta ", root) == ["api"]
+    assert complete("vaultpy push alpha ", root) == ["api"]
     for cmd in ("profile", "bundle", "access", "host rm", "host rotate"):
         flag = "--host " if cmd in ("profile", "bundle", "access") else ""
         assert complete(f"vaultpy {cmd} {flag}host1", root) == ["host1"], cmd

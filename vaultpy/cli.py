@@ -38,10 +38,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
+def _declared(table: str, having: str = "") -> Callable[[typer.Context, str], list[str]]:
     """Shell completion of the names hosts.toml declares in ``[table]``: secret ids,
-    host names.  The nearest hosts.toml (or -C's) is read as TOML and not checked: a
-    half-edited file still completes, and nothing ever goes wrong on a prompt."""
+    host names (``having``: only the entries that set that field).  The nearest
+    hosts.toml (or -C's) is read as TOML and not checked: a half-edited file still
+    completes, and nothing ever goes wrong on a prompt."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         import tomllib
@@ -68,13 +69,16 @@ def _declared(table: str) -> Callable[[typer.Context, str], list[str]]:
             return []
         typed = {v for value in ctx.params.values()      # [ID]..., a repeated --host
                  if isinstance(value, (list, tuple)) for v in value}
-        return sorted(n for n in entries
-                      if isinstance(n, str) and n.startswith(incomplete) and n not in typed)
+        return sorted(n for n, entry in entries.items()
+                      if isinstance(n, str) and n.startswith(incomplete) and n not in typed
+                      and (not having or (isinstance(entry, dict) and having in entry)))
 
     return complete
 
 
 complete_ids = _declared("secrets")
+complete_generated_ids = _declared("secrets", "generate")   # generate's
+complete_vault_ids = _declared("secrets", "vault")          # pull's and push's
 complete_hosts = _declared("hosts")
 
 

@@ -29,6 +29,7 @@ from vaultpy.cli import (
     _out,
     _print_problems,
     app,
+    complete_generated_ids,
     complete_hosts,
     complete_id_list,
     complete_ids,
@@ -215,7 +216,7 @@ def _report_values(cfg: Any, result: Any, json_out: bool, verb: str) -> None:
 def generate_cmd(
     secret_ids: Annotated[list[str] | None, typer.Argument(
         metavar="[ID]...", help="Only these secrets (default: every secret with generate = "
-        "… whose master file is missing).", autocompletion=complete_ids)] = None,
+        "… whose master file is missing).", autocompletion=complete_generated_ids)] = None,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
     identity: IdentityOpt = None,

@@ -25,12 +25,12 @@ from vaultpy.cli import (
     _print_problems,
     app,
     complete_hosts,
-    complete_ids,
+    complete_vault_ids,
 )
 
 IdsArg = Annotated[list[str] | None, typer.Argument(
     metavar="[ID]...", help="Only these secrets (default: every secret with vault = …).",
-    autocompletion=complete_ids)]
+    autocompletion=complete_vault_ids)]
 
 
 @app.command()
