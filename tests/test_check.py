@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL_STATE, Repo, assert_one_clean_error, hosts_toml, need
+from conftest import LOCAL_STATE, Repo, age_decrypt, assert_one_clean_error, hosts_toml, need
 
 from vaultpy._internal import fsutil
 
@@ -127,25 +127,10 @@ def leftover_tmp(repo: Repo) -> Expected:
     return [(rel(repo, tmp), "leftover temporary file")]
 
 
-def dir_in_host_dir(repo: Repo) -> Expected:
-    junk = repo.cache / "host1" / "junk"
-    junk.mkdir()
-    return [(rel(repo, junk), "directory inside a host's cache directory")]
-
-
-def tmp_named_dir_in_host_dir(repo: Repo) -> Expected:
-    """renc builds only a new host's directory under a temp name, beside the hosts: one
-    inside a host's directory is no cache of a new host (check said it was)."""
-    junk = fsutil.tmp_name(cache_file(repo, "host1", "alpha"))
-    junk.mkdir()
-    return [(rel(repo, junk), "directory inside a host's cache directory")]
-
-
 # an unknown host's directory and a header cut are covered by the all-at-once test
 DAMAGES: dict[str, Callable[[Repo], Expected]] = {
     "missing": missing, "stale_file": stale_file, "removed_host": removed_host,
     "truncated_tail": truncated_tail, "swapped_host_keys": swapped, "leftover_tmp": leftover_tmp,
-    "dir_in_host_dir": dir_in_host_dir, "tmp_named_dir_in_host_dir": tmp_named_dir_in_host_dir,
 }
 
 
@@ -441,6 +426,74 @@ def test_renc_deletes_nothing_from_a_cache_dir_that_holds_what_it_never_wrote(
     shutil.rmtree(repo.cache / "projects")
     repo.ok("renc")                                     # now the removed host goes
     assert not removed.exists()
+    repo.ok("check")
+
+
+def test_renc_removes_from_a_host_directory_only_what_it_could_have_written(
+        make_repo, tmp_path: Path) -> None:
+    """Everything in a host's directory that was not a planned file was "stale": renc
+    removed it, directories whole.  With cache_dir = "/etc" and a host named ssh, that
+    was /etc/ssh's files.  Now only files named as vaultpy names them go; anything else
+    is named by check and renc, and renc removes nothing while it is there."""
+    repo: Repo = make_repo(hosts=2, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    host1 = repo.cache / "host1"
+    tmp_dir = fsutil.tmp_name(cache_file(repo, "host1", "alpha"))   # a temp name, a dir
+    tmp_dir.mkdir()
+    stale = host1 / f"alpha.{pysecrets.token_hex(16)}.age"      # vaultpy's, by its name
+    shutil.copy2(cache_file(repo, "host1", "alpha"), stale)
+    (host1 / "junk").mkdir()
+    (host1 / "junk" / "kept").write_text("x\n")
+    (host1 / "ssh_config").write_text("Host *\n")
+    foreign = [host1 / "junk", tmp_dir, host1 / "ssh_config"]
+    for command in ("check", "renc"):
+        proc = repo.run(command, env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+        assert proc.returncode == 1
+        out = (proc.stdout + proc.stderr).decode()
+        assert "Traceback" not in out
+        for path in foreign:
+            assert f"{rel(repo, path)}: not vaultpy's" in out, out
+    assert (host1 / "junk" / "kept").read_text() == "x\n" and tmp_dir.is_dir()
+    assert (host1 / "ssh_config").read_text() == "Host *\n" and stale.exists()
+    for path in foreign:
+        fsutil.remove_tree(path)
+    repo.ok("renc")                                     # now the stale file goes
+    assert not stale.exists()
+    repo.ok("check")
+
+
+def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: Path
+                                                          ) -> None:
+    """secrets/cache/<host> as a symlink to another directory (/etc, in a review):
+    renc listed the directory it leads to, removed every file there as stale, and wrote
+    the host's cache files into it.  Now nothing is read, written or removed through it:
+    each of the host's files fails, naming the link; the other host is renewed."""
+    repo: Repo = make_repo(hosts=2, secrets={"alpha": b"a", "beta": b"b"})
+    repo.ok("renc")
+    other = tmp_path / "fake-etc"
+    (other / "ssh").mkdir(parents=True)
+    (other / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (other / "ssh" / "sshd_config").write_text("PermitRootLogin no\n")
+    before = sorted((p.relative_to(other), p.read_bytes() if p.is_file() else b"")
+                    for p in other.rglob("*"))
+    fsutil.remove_tree(repo.cache / "host1")
+    (repo.cache / "host1").symlink_to(other)
+    repo.ok("encrypt", "alpha", input=b"a2")     # host0 has something to renew
+    for command in ("renc", "check"):
+        proc = repo.run(command, env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+        assert proc.returncode == 1
+        out = (proc.stdout + proc.stderr).decode()
+        assert "Traceback" not in out
+        for sid in ("alpha", "beta"):
+            assert f"hosts.host1.{sid}" in out, out
+        assert out.count("secrets/cache/host1 is a symlink: a host's cache directory is "
+                         "a directory of its own") == 2, out
+        assert sorted((p.relative_to(other), p.read_bytes() if p.is_file() else b"")
+                      for p in other.rglob("*")) == before
+    assert age_decrypt(cache_file(repo, "host0", "alpha"),     # the other host: renewed
+                       repo.hosts["host0"].key) == b"a2"
+    (repo.cache / "host1").unlink()
+    repo.ok("renc")
     repo.ok("check")
 
 

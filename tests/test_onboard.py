@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaultpy import onboard
+from vaultpy._internal import fsutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,6 +313,29 @@ def test_rm_removes_the_table_and_its_cache(make_repo) -> None:
     assert not (repo.cache / "host1").exists()
     assert (repo.cache / "host0").is_dir() and (repo.cache / "host2").is_dir()
     repo.ok("check")
+
+
+def test_rm_deletes_no_file_vaultpy_did_not_write(make_repo, tmp_path: Path) -> None:
+    """`host rm` removed the host's cache directory whole: with cache_dir = "/etc" and a
+    host named ssh, /etc/ssh.  A directory holding anything but cache files is kept now,
+    with a warning; a symlink in its place is removed, never what it leads to."""
+    repo = make_repo(hosts=3)
+    repo.ok("renc")
+    (repo.cache / "host1" / "sshd_config").write_text("PermitRootLogin no\n")
+    proc = repo.ok("host", "rm", "host1")
+    err = proc.stderr.decode()
+    assert "removed host host1" in err and "deleted its cache" not in err, err
+    assert ("warning: secrets/cache/host1: not deleted: it holds files vaultpy did not "
+            "write") in err, err
+    assert (repo.cache / "host1" / "sshd_config").read_text() == "PermitRootLogin no\n"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept").write_text("x")
+    fsutil.remove_tree(repo.cache / "host2")
+    (repo.cache / "host2").symlink_to(elsewhere)
+    proc = repo.ok("host", "rm", "host2")
+    assert not os.path.lexists(repo.cache / "host2")
+    assert (elsewhere / "kept").read_text() == "x"
 
 
 def test_rotate_reencrypts_to_the_new_key_and_prunes_the_old(make_repo, tmp_path: Path

@@ -18,7 +18,7 @@ from binascii import a2b_hex
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from vaultpy import age
 from vaultpy._internal import ageformat
@@ -102,6 +102,9 @@ class Plan:
     absent: set[str] = field(default_factory=set)
     # In cache_dir, what vaultpy never writes there: left alone, and named (foreign()).
     foreign: list[Path] = field(default_factory=list)
+    # Host cache directories that are symlinks: never read, written or pruned through
+    # (a link to /etc would have had /etc's files removed as stale); their items fail.
+    linked: set[str] = field(default_factory=set)
 
     def broken_ids(self) -> set[str]:
         """The secrets whose master could not be hashed (:attr:`problems`)."""
@@ -153,6 +156,9 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             result.items.append(Item(host.name, sid, host_dir, name, host.recipients,
                                      master[1]))
         try:
+            if S_ISLNK(os.lstat(host_dir).st_mode):
+                result.linked.add(host_dir)
+                continue
             entries = sorted(os.listdir(host_dir))
         except FileNotFoundError:
             result.absent.add(host_dir)
@@ -163,7 +169,11 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             raise VaultpyError(os_problem(host_dir, exc, "list the host's cache")) from None
         for entry in entries:
             if entry not in names:
-                result.stale.append(cfg.cache_dir / host.name / entry)
+                # Stale only if vaultpy could have written it: a file named as it names
+                # files.  Anything else is left alone and named (a typo'd cache_dir may
+                # make a host's directory someone else's: cache_dir = "/etc", host ssh).
+                path = cfg.cache_dir / host.name / entry
+                (result.stale if _own_entry(host_dir, entry) else result.foreign).append(path)
     if hosts:   # a --host run: what a killed run left of these hosts' new directories
         prefixes = tuple(tmp_prefix(h.name) for h in selected)
         for entry in _listdir(cfg.cache_dir):
@@ -181,7 +191,7 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             # Not a removed host's: a directory named as the lock, the index or the memo,
             # or one holding what renc never writes (~/.ssh, were cache_dir set to "~").
             if removed_host and not is_tmp(entry) and (entry in OWN_FILES
-                                                        or not _holds_cache_files_only(path)):
+                                                        or not holds_cache_files_only(path)):
                 result.foreign.append(path)
             elif removed_host or leftover:
                 result.stale.append(path)
@@ -211,7 +221,23 @@ def _cache_file_name(name: str) -> bool:
     return NAME_RE.fullmatch(name) is not None or is_tmp(name)
 
 
-def _holds_cache_files_only(path: Path) -> bool:
+def _own_entry(folder: str, name: str) -> bool:
+    """Whether ``name`` in a host's directory may be vaultpy's: named as a cache file or
+    a temp file, and no directory (a symlink is unlinked, never followed)."""
+    if not _cache_file_name(name):
+        return False
+    try:
+        return not S_ISDIR(os.lstat(os.path.join(folder, name)).st_mode)
+    except FileNotFoundError:
+        return True                 # gone meanwhile: nothing to remove, or to name
+    except OSError:
+        return False
+
+
+LINKED = "is a symlink: a host's cache directory is a directory of its own"
+
+
+def holds_cache_files_only(path: Path) -> bool:
     """Whether directory ``path`` could be a removed host's (renc deletes it whole):
     nothing in it but files named as vaultpy names them."""
     try:
@@ -293,7 +319,10 @@ def in_the_way(item: Item) -> str | None:
     hold someone's files): a directory in the file's place, or a file in the place of
     the host's directory.  None when nothing is in the way."""
     try:
-        if not S_ISDIR(os.stat(item.dir).st_mode):
+        st = os.lstat(item.dir)
+        if S_ISLNK(st.st_mode):
+            return f"{display_path(item.dir)} {LINKED}"
+        if not S_ISDIR(st.st_mode):
             return f"{display_path(item.dir)} is not a directory"
     except FileNotFoundError:
         return None

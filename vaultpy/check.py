@@ -65,7 +65,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
     planned = {(i.host, i.id): i for i in p.items}
     reasons = _reasons(index, [item for host in cfg.hosts.values() for sid in host.needed
-                               if (item := planned.get((host.name, sid))) is not None])
+                               if (item := planned.get((host.name, sid))) is not None
+                               and item.dir not in p.linked])
     shown_cache = display_path(cfg.cache_dir)        # once, not per file (resolve() is slow)
     for host in cfg.hosts.values():
         installed = {d.id for d in host.deployments}
@@ -77,8 +78,13 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      installed=sid in installed))
                 continue
             shown = f"{shown_cache}/{item.host}/{item.name}"
-            reason = reasons[item.host, item.id]
-            blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+            reason: str | None
+            blocker: str | None
+            if item.dir in p.linked:      # never read through (cache.Plan.linked)
+                reason, blocker = "linked", f"{display_path(item.dir)} {cache.LINKED}"
+            else:
+                reason = reasons[item.host, item.id]
+                blocker = None if reason in (None, "missing") else cache.in_the_way(item)
             if blocker is not None:
                 entries.append(Entry(host.name, sid, "damaged", shown, blocker,
                                      sid in installed))
@@ -124,8 +130,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 "renc)" if leftover and is_dir and top else
                 "leftover temporary file" if leftover and not is_dir else
                 "directory of a host that is not in hosts.toml" if is_dir and top else
-                "directory inside a host's cache directory" if is_dir else
-                "stale cache file")
+                "stale cache file")     # (a directory in a host's is foreign: cache.plan)
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     problems += [cache.foreign(path) for path in p.foreign]
     return entries, problems

@@ -674,8 +674,16 @@ def remove(cfg: Config, name: str) -> Outcome:
     out = Outcome("removed", name)
 
     def drop_cache() -> None:
+        from vaultpy.cache import holds_cache_files_only
+
+        if cache.is_dir() and not cache.is_symlink() and not holds_cache_files_only(cache):
+            # What renc never writes may be someone's (cache_dir = "/etc", host ssh).
+            out.warnings.append(f"{display_path(cache)}: not deleted: it holds files "
+                                "vaultpy did not write; delete it yourself if it is no "
+                                "longer needed")
+            return
         if cache.exists() or cache.is_symlink():
-            fsutil.remove_tree(cache)
+            fsutil.remove_tree(cache)       # (a symlink itself, never what it leads to)
             out.cache_removed = cache
             with contextlib.suppress(OSError):
                 fsutil.fsync_path(cfg.cache_dir, directory=True)

@@ -640,10 +640,15 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
                          "renews that host alone")] if named else [])
         raise VaultpyError([*p.problems, *tail])
     todo: list[cache.Item] = []
-    absent = p.absent           # a first run's 10,000 items: no stat each
+    absent, linked = p.absent, p.linked     # a first run's 10,000 items: no stat each
     for item in p.items:
-        reason = "missing" if item.dir in absent else index.check(item)
-        blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+        reason: str | None
+        blocker: str | None
+        if item.dir in linked:          # never written through (cache.Plan.linked)
+            reason, blocker = "linked", f"{display_path(item.dir)} {cache.LINKED}"
+        else:
+            reason = "missing" if item.dir in absent else index.check(item)
+            blocker = None if reason in (None, "missing") else cache.in_the_way(item)
         if blocker is not None:         # renc never removes what it did not write
             result.failed.append(Problem(display_path(item.path), "cannot write the cache "
                                          f"file: {blocker}", f"hosts.{item.host}.{item.id}",
