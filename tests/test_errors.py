@@ -482,6 +482,21 @@ def test_usage_errors_exit_2(make_repo, args: tuple[str, ...]) -> None:
     assert state(repo) == before
 
 
+def test_identity_after_a_command_that_needs_none_says_where_it_goes(make_repo) -> None:
+    """README: -i goes before the command, or after one that decrypts.  A script that
+    put it after `check` was told only "No such option: -i"."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    key = str(repo.identity)
+    proc = repo.run("check", "-i", key)
+    assert proc.returncode == 2
+    [line] = proc.stderr.decode().splitlines()
+    assert line == ("vaultpy check: No such option: -i (vaultpy check needs no master "
+                    "identity); before the command, every command takes -i; see vaultpy "
+                    "check --help"), line
+    assert repo.run("renc", "-i", key).returncode == 0
+    assert repo.run("-i", key, "check").returncode == 0
+
+
 def _commands(group: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for name, cmd in group.commands.items():
         yield f"{prefix}{name}", cmd

@@ -746,8 +746,15 @@ def _usage_error(exc: Any) -> None:
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None else "vaultpy"
     message = " ".join(str(exc.format_message()).split()).rstrip(".")
+    if type(exc).__name__ == "NoSuchOption" and getattr(exc, "option_name", "") in _IDENTITY:
+        # A script that passes -i to every command: this one needs none.
+        message += (f" ({where} needs no master identity); before the command, every "
+                    "command takes -i")
     _err().print(f"{where}: {message}; see {where} --help", markup=False, soft_wrap=True,
                  style="red")
+
+
+_IDENTITY = ("-i", "--identity")
 
 
 # The global options that take a value (see _main above): what comes before the command.
