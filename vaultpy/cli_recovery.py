@@ -156,7 +156,8 @@ ForceOpt = Annotated[bool, typer.Option(
     "(put there by hand, or left by an older vaultpy's interrupted import).")]
 OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
     "-i", "--identity", metavar="FILE", help="The identity the old tool decrypted with "
-    "(repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, as agenix).")]
+    "(repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist: "
+    "agenix's defaults).")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
 MastersDirOpt = Annotated[str | None, typer.Option(
@@ -225,8 +226,8 @@ def import_agenix(
 ) -> None:
     """Import agenix secrets: hosts from host keys, masters re-encrypted.
 
-    Master recipients: --recipient, else hosts.toml's, else the keys of secrets.nix
-    that are not host keys."""
+    Master recipients: hosts.toml's (a --recipient must then name the same keys),
+    else --recipient, else the keys of secrets.nix that are not host keys."""
     from vaultpy import migrate
 
     result = migrate.import_agenix(
@@ -255,8 +256,8 @@ def import_vaultix(
 ) -> None:
     """Import vaultix secrets and templates, masters re-encrypted.
 
-    Master recipients: --recipient, else hosts.toml's, else the public key of the
-    X25519 identity given with -i."""
+    Master recipients: hosts.toml's (a --recipient must then name the same keys),
+    else --recipient, else the public key of the X25519 identity given with -i."""
     from vaultpy import migrate
 
     result = migrate.import_vaultix(
@@ -297,8 +298,9 @@ def import_sops(
     """Import sops-nix secrets: each string value (or file) becomes a master.
 
     Which hosts get them is in your NixOS configuration: list them under
-    the hosts in hosts.toml afterwards.  Master recipients: --recipient,
-    else hosts.toml's, else the public key of the X25519 identity -i."""
+    the hosts in hosts.toml afterwards.  Master recipients: hosts.toml's (a
+    --recipient must then name the same keys), else --recipient, else the public
+    key of the X25519 identity -i."""
     from vaultpy import migrate_sops
 
     result = migrate_sops.import_sops(

@@ -697,7 +697,8 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                 existing.recipients):
             raise fail(existing.path, "hosts.toml already has [vaultpy] recipients; the "
                        "imported masters are encrypted to them", field="--recipient",
-                       hint="drop --recipient (or change hosts.toml first)")
+                       hint="drop --recipient, or give exactly those keys (or change "
+                       "hosts.toml first)")
         return list(existing.recipients), "hosts.toml"
     if given:
         return [g.strip() for g in given], "--recipient"
