@@ -56,9 +56,9 @@ def _cache_file(repo: Repo, sid: str) -> Path:
 def test_a_fifo_in_the_cache_is_removed_never_opened(repo: Repo) -> None:
     """Stale, it is unlinked (opening it would wait for a writer forever, with the
     lock held); under a planned name, it is reported by check and replaced by renc."""
-    stale = repo.cache / "host0" / "fifo.age"
-    os.mkfifo(stale)
     planned = _cache_file(repo, "alpha")
+    stale = repo.cache / "host0" / f"alpha.{'0' * 32}.age"      # named as renc names files
+    os.mkfifo(stale)
     planned.unlink()
     os.mkfifo(planned)
     proc = repo.run("check", env=NO_MEMO, timeout=30)
@@ -127,6 +127,33 @@ def test_a_fifo_as_the_write_journal_is_a_clean_error(repo: Repo, where: str,
     journal.unlink() if kind == "fifo" else journal.rmdir()
     repo.ok("renc", timeout=30)
     repo.ok("check", timeout=30)
+
+
+@pytest.mark.parametrize("final", ["outside", "elsewhere in the repository"])
+def test_a_journal_committed_to_the_repository_moves_no_file_out_of_it(
+        repo: Repo, tmp_path: Path, final: str) -> None:
+    """The journal of an interrupted write is a file in the repository, so a clone can
+    bring one.  One listing a temp file of the repository's and, as its final name, a
+    file elsewhere (~/.ssh/authorized_keys) had the next renc move the repository's
+    file there.  A rename is taken only from a temp name beside its final name, as
+    every writer makes them; anything else is a damaged journal, which moves nothing."""
+    victim = (tmp_path / "home" / ".ssh" / "authorized_keys" if final == "outside"
+              else repo.root / "secrets" / "alpha.age")
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    if final == "outside":
+        victim.write_text("ssh-ed25519 AAAA the owner's key\n")
+    before = victim.read_bytes()
+    planted = repo.root / "secrets" / ".authorized_keys.vaultpy-tmp-0123456789ab"
+    planted.write_text("ssh-ed25519 AAAA an attacker's key\n")
+    (repo.root / ".vaultpy-writes").write_text(json.dumps({
+        "format": 1, "root": str(repo.root),
+        "renames": [[os.path.relpath(planted, repo.root), str(victim), False]]}))
+    for command in ("renc", "check"):
+        proc = repo.run(command, timeout=30)
+        assert proc.returncode == 1, proc.stderr.decode()
+        out = (proc.stdout + proc.stderr).decode()
+        assert ".vaultpy-writes" in out and "damaged" in out, out
+    assert victim.read_bytes() == before and planted.exists()
 
 
 def test_a_dangling_symlink_as_the_journal_is_no_journal_for_check_either(repo: Repo) -> None:

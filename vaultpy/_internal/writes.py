@@ -129,6 +129,12 @@ def _not_a_journal(journal: Path, directory: bool) -> Problem:
                    "delete it: vaultpy writes its journal as a regular file")
 
 
+def _damaged(journal: Path) -> Problem:
+    return Problem(display_path(journal), "the journal of an interrupted write is damaged",
+                   "", "the temp files it lists (named .<file>.vaultpy-tmp-…) hold the new "
+                   "values; move the ones you want into place by hand, then delete it")
+
+
 def _finish(cfg: Config, journal: Path) -> list[Path]:
     try:
         raw = fsutil.read_regular(journal)[0]
@@ -142,10 +148,7 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
         raise VaultpyError(os_problem(journal, exc, "read")) from None
     renames = parse(raw, cfg.root)
     if renames is None:
-        raise VaultpyError(Problem(
-            display_path(journal), "the journal of an interrupted write is damaged", "",
-            "the temp files it lists (named .<file>.vaultpy-tmp-…) hold the new values; "
-            "move the ones you want into place by hand, then delete it"))
+        raise VaultpyError(_damaged(journal))
     def waiting(tmp: Path) -> bool:     # else renamed before the interruption
         return os.path.isfile(tmp) and not os.path.islink(tmp)
 
@@ -215,7 +218,7 @@ def parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
     for e in entries:
         if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
                 and isinstance(e[1], str) and isinstance(e[2], bool)
-                and fsutil.is_tmp(os.path.basename(e[0]))):
+                and _beside(e[0], e[1])):
             return None
         for base in (os.fspath(root), was):
             tmp, final = (Path(os.path.normpath(os.path.join(base, p))) for p in e[:2])
@@ -225,6 +228,17 @@ def parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
             tmp, final = (Path(os.path.normpath(os.path.join(root, p))) for p in e[:2])
         out.append((tmp, final, e[2]))
     return out
+
+
+def _beside(tmp: str, final: str) -> bool:
+    """Whether ``tmp`` is a temp name of ``final``, in its directory, as every writer
+    makes them (:func:`fsutil.tmp_name`).  A journal is only a file in the repository:
+    one committed to it, listing ``/root/.ssh/authorized_keys`` after a temp file of
+    the repository's, would have had the next command move that file there.  A temp
+    file beside the final name is one only who may write there can have made."""
+    tmp, final = os.path.normpath(tmp), os.path.normpath(final)
+    return (os.path.dirname(tmp) == os.path.dirname(final)
+            and os.path.basename(tmp).startswith(fsutil.tmp_prefix(os.path.basename(final))))
 
 
 def listed(cfg: Config) -> set[str]:
@@ -255,6 +269,10 @@ def problems(cfg: Config) -> list[Problem]:
         if not stat.S_ISREG(mode):
             out.append(_not_a_journal(journal, directory=stat.S_ISDIR(mode)))
             continue
+        with contextlib.suppress(OSError):      # (unreadable: renc says why)
+            if parse(fsutil.read_regular(journal)[0], cfg.root) is None:
+                out.append(_damaged(journal))   # renc would refuse it, not finish it
+                continue
         out.append(Problem(display_path(journal), "a write of several files was "
                            "interrupted before all of them were replaced", "",
                            "run vaultpy renc: any command that takes the lock finishes "
