@@ -230,6 +230,12 @@ def test_a_fifo_as_the_default_identity_is_a_clean_error(repo: Repo, tmp_path: P
     proc = repo.ok("decrypt", "-i", "/dev/stdin", "alpha", env=env, timeout=30,
                    input=repo.identity.read_bytes())
     assert proc.stdout == SECRETS["alpha"]
+    # hosts.toml's identity: a clone brings it, nobody typed it; a FIFO there hung renc
+    os.mkfifo(repo.root / "keys" / "fifo")
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[vaultpy]\n", '[vaultpy]\nidentity = "keys/fifo"\n', 1))
+    proc = repo.run("decrypt", "alpha", env=env, timeout=30)
+    assert_one_clean_error(proc, "keys/fifo", "cannot read identity", "not a regular file")
 
 
 def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> None:

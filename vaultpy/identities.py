@@ -71,7 +71,9 @@ def load_configured(configured: Path | None, explicit: Sequence[Path] = (),
     """:func:`load`, given ``[vaultpy] identity`` (``configured``)."""
     if _in_memory and not explicit:
         return list(_in_memory)
-    # The default file is found, not named: a FIFO there must not hang the run.
-    default = not explicit and not os.environ.get("VAULTPY_IDENTITY") and configured is None
+    # A file named where it is typed (-i, VAULTPY_IDENTITY) may be a pipe, as
+    # -i <(pass show key); one named in hosts.toml, which a clone brings, or the
+    # default one, found, must be a regular file: a FIFO there would hang the run.
+    typed = bool(explicit) or bool(os.environ.get("VAULTPY_IDENTITY"))
     return age.load_identities(configured_paths(configured, explicit), ask,
-                               regular_only=default)
+                               regular_only=not typed)
