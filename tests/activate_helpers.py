@@ -149,7 +149,8 @@ class Recorder:
 
     Every call must pass ``--no-block`` (checked here, then left out of the lines):
     activation runs inside a unit, and waiting for the restart of a unit ordered after
-    it would wait forever."""
+    it would wait forever.  And ``--`` before the unit (also left out): "-.mount" is a
+    unit, not an option."""
 
     script: Path
     log: Path
@@ -157,9 +158,9 @@ class Recorder:
     def calls(self) -> list[str]:
         if not self.log.exists():
             return []
-        lines = self.log.read_text().splitlines()
-        assert all(ln.startswith("--no-block ") for ln in lines), lines
-        return [ln.removeprefix("--no-block ") for ln in lines]
+        calls = [ln.split(" ") for ln in self.log.read_text().splitlines()]
+        assert all(len(c) == 4 and c[0] == "--no-block" and c[2] == "--" for c in calls), calls
+        return [f"{verb} {unit}" for _no_block, verb, _end, unit in calls]
 
     def clear(self) -> None:
         if self.log.exists():

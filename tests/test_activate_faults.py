@@ -548,8 +548,8 @@ def test_kill_after_switch_does_not_lose_unit_restarts(world: World, tmp_path: P
     run_ok(host, "B", systemctl=recorder)
     calls = set(log.read_text().splitlines())
     # A -> B changed alpha (mode), beta (content), app.env (content)
-    assert {"--no-block try-restart a.service", "--no-block try-restart b.service",
-            "--no-block try-reload-or-restart app.service"} <= calls, sorted(calls)
+    assert {"--no-block try-restart -- a.service", "--no-block try-restart -- b.service",
+            "--no-block try-reload-or-restart -- app.service"} <= calls, sorted(calls)
 
 
 def test_temp_names_a_killed_run_left_are_removed(world: World, tmp_path: Path) -> None:

@@ -378,6 +378,20 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                        "temporary names")),
     "master_in_cache": ('[secrets.gamma]\nfile = "secrets/cache/gamma.age"\n',
                         ("secrets.gamma.file", "inside the cache directory")),
+    # (found by a review: each was taken, exit 0)
+    "unit_option": (ALPHA + 'restart_units = ["--now"]\n',
+                    ("hosts.web.secrets.alpha.restart_units", "invalid unit name '--now'")),
+    "pubkey_two_lines": ('[hosts.web]\npubkey = "ssh-ed25519 AAAA\\nssh-ed25519 BBBB"\n',
+                         ("hosts.web.pubkey", "a line break or NUL is in it")),
+    "file_empty": ('[secrets.gamma]\nfile = ""\n', ("secrets.gamma.file", "an empty path")),
+    "path_double_slash": (ALPHA + 'path = "//etc/app/key"\n',
+                          ("hosts.web.secrets.alpha.path", "not an absolute, normalised")),
+    "path_line_break": (ALPHA + 'path = "/etc/app\\nkey"\n',
+                        ("hosts.web.secrets.alpha.path", "a control character")),
+    "path_long_name": (ALPHA + f'path = "/etc/{"k" * 256}"\n',
+                       ("hosts.web.secrets.alpha.path", "too long for Linux")),
+    "path_var_run": (ALPHA + 'path = "/var/run/vaultpy/x"\n',
+                     ("hosts.web.secrets.alpha.path", "overlaps '/run/vaultpy'")),
 }
 
 

@@ -509,7 +509,7 @@ def _set(kind: str, i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     (_set("secrets", 0, owner="4294967295"), "secrets[0].owner", "invalid user"),
     (_set("templates", 0, group="99999999999999999999"), "templates[0].group", "invalid"),
     (_set("templates", 0, owner="\u00b2"), "templates[0].owner", "invalid user"),
-    (_set("templates", 0, path="/etc/a\u0000b"), "templates[0].path", "not an absolute"),
+    (_set("templates", 0, path="/etc/a\u0000b"), "templates[0].path", "a control character"),
     (_set("secrets", 0, file="\u0000"), "secrets[0].file", "NUL"),
     (lambda d: d["settings"].update(dir="/run/vaultpy.d/live"), "settings.dir",
      "dir and store overlap"),

@@ -86,6 +86,9 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False, allow_plugin: boo
     ``allow_plugin``: accept ``age1<name>1…`` plugin recipients (age-plugin-<name> must be
     on PATH when encrypting) — for master recipients only, never for hosts."""
     text = text.strip()
+    if any(c in text for c in "\n\r\0"):
+        # "K1\nK2": the second key was taken as the first's comment, without a word.
+        raise ValueError("a line break or NUL is in it: one key, on one line")
     if text.startswith("age1"):
         if text != text.lower() or " " in text:
             raise ValueError("an age recipient is a single lowercase age1… word")

@@ -15,7 +15,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from vaultpy.output import (
     numeric_id_ok,
     path_clash,
     path_clash_message,
+    path_shape_problem,
 )
 
 # Re-exported: vaultpy.model.Output and the name patterns predate vaultpy.output.
@@ -322,6 +323,15 @@ class _Checker:
             self.add(where, f"invalid path {text!r} (it holds a NUL character)",
                      "remove the NUL (\\u0000) from the path")
             return None
+        if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
+            self.add(where, f"invalid path {text!r} (a control character, such as a line "
+                     "break, is in it)", "remove it from the path")
+            return None
+        if text is not None and not text.strip():
+            # ("" was taken as the default, without a word: a setting lost in an edit)
+            self.add(where, "an empty path", "give a path, or leave the key out for the "
+                     "default")
+            return None
         return text
 
     def parsed(self, table: Mapping[str, Any], key: str, where: str,
@@ -459,10 +469,9 @@ def _path(ck: _Checker, value: Any, where: str) -> str | None:
     text = ck.string(value, where)
     if text is None:
         return None
-    pure = PurePosixPath(text)
-    if (not pure.is_absolute() or ".." in pure.parts or text != str(pure) or text == "/"
-            or "\0" in text):
-        ck.add(where, f"invalid path {text!r}",
+    why = path_shape_problem(text)
+    if why is not None:
+        ck.add(where, f"invalid path {text!r}: {why}",
                "use an absolute, normalised path like /var/lib/app/secret")
         return None
     clash = path_clash(text, DEFAULT_DIRS)

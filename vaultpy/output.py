@@ -9,6 +9,7 @@ runs on every boot and reads only a profile, does not load hosts.toml's validato
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from vaultpy._internal.fsutil import TMP_MARK
 from vaultpy._internal.record import record
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 
 ID_RE = re.compile(ID_PATTERN)                      # secret ids, file and host names
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")  # owner / group names
-UNIT_RE = re.compile(r"[^\s/]+")                    # systemd units to restart / reload
+# systemd units to restart / reload: systemd's characters, and globs as systemctl takes
+# them; a leading "-" only as in "-.mount" (else systemctl would read an option).
+UNIT_RE = re.compile(r"(?!-[^.])[A-Za-z0-9:_.\\@*?\[\]-]{1,255}")
 UID_MAX = 2**32 - 2         # numeric owners: (uid_t)-1 means "leave unchanged" to chown
 # Where activation keeps its own state (the profile's settings): never a ``path``.
 DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
@@ -63,12 +66,33 @@ def _overlaps(path: str, d: str) -> bool:
     return path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path + "/")
 
 
+def path_shape_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an item's extra path (None: it can): absolute and
+    normalised (no "..", no "//" at its start, which POSIX keeps), no control
+    character (a line break in a file name breaks every tool that lists it), each
+    name at most 255 bytes and the whole at most 4095, as Linux takes them."""
+    pure = PurePosixPath(path)
+    if (not pure.is_absolute() or ".." in pure.parts or str(pure) != path or path == "/"
+            or path.startswith("//")):
+        return "not an absolute, normalised path"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "a control character (a line break, a tab, a NUL) is in it"
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > 4095 or any(len(part) > 255 for part in encoded.split(b"/")):
+        return "too long for Linux (a name at most 255 bytes, the path 4095)"
+    return None
+
+
 def path_clash(path: str, dirs: dict[str, str]) -> tuple[str, str] | None:
     """What activation keeps at ``path`` (is it, lies inside or contains it), given its
     settings ``dirs`` (name -> absolute path): ``(what, where)``, or None.  A link there
     would replace activation's own files or symlinks: the ``dir``, ``early_dir`` and
     ``store`` themselves, the store's lock file, and the temporary names of the live
     symlinks.  The NixOS module (nix/module.nix ``clashes``) refuses the same paths."""
+    if path == "/var/run" or path.startswith("/var/run/"):   # root's symlink to /run
+        clash = path_clash(path[4:], dirs)
+        if clash is not None:
+            return clash
     for key, d in dirs.items():
         if _overlaps(path, d):
             return key, d

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from vaultpy import templates
 from vaultpy._internal import fsutil
@@ -34,6 +34,7 @@ from vaultpy.output import (
     numeric_id_ok,
     path_clash,
     path_clash_message,
+    path_shape_problem,
     settings_clashes,
 )
 
@@ -188,10 +189,9 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
     if not isinstance(value, str):
         rd.bad(where, "expected a string")
         return None
-    pure = PurePosixPath(value)
-    if (not pure.is_absolute() or ".." in pure.parts or str(pure) != value or value == "/"
-            or "\0" in value):
-        rd.bad(where, f"not an absolute, normalised path: {value!r}")
+    why = path_shape_problem(value)
+    if why is not None:
+        rd.bad(where, f"{why}: {value!r}")
         return None
     return value
 

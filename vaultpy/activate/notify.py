@@ -158,7 +158,7 @@ def diff_and_notify(ctx: Context) -> None:
         # oneshot unit (no start timeout); a unit ordered after it (After=
         # vaultpy-activate.service, as services that read secrets often are) could
         # only restart once that unit is done: waiting here would never end.
-        proc = subprocess.run([systemctl, "--no-block", verb, unit], capture_output=True,
+        proc = subprocess.run([systemctl, "--no-block", verb, "--", unit], capture_output=True,
                               text=True)
         ctx.notified.append(f"{verb} {unit}")
         if proc.returncode != 0:
