@@ -34,7 +34,7 @@ let
   # would start inside it, exactly like the Python scanner.
   templateRefs = text:
     let
-      parts = split "(\\{\\{\\{\\{|\\{\\{ *secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*) *}})" text;
+      parts = split "(\\{\\{\\{\\{|\\{\\{[ \t]*secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]*}})" text;
       found = map (m: elemAt m 1) (filter (m: isList m && elemAt m 1 != null) parts);
     in
     foldl' (acc: id: if builtins.elem id acc then acc else acc ++ [ id ]) [ ] found;
@@ -43,7 +43,7 @@ let
   # Python parser's "broken placeholder" (the same leftmost scan as templateRefs).
   brokenPlaceholder = text:
     let
-      parts = split "(\\{\\{\\{\\{|\\{\\{ *secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*) *}}|\\{\\{ *secrets\\.)" text;
+      parts = split "(\\{\\{\\{\\{|\\{\\{[ \t]*secrets\\.([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]*}}|\\{\\{[ \t]*secrets\\.)" text;
     in
     builtins.any (m: isList m && elemAt m 1 == null && elemAt m 0 != "{{{{") parts;
 

@@ -496,6 +496,35 @@ def test_usage_errors_exit_2(make_repo, args: tuple[str, ...]) -> None:
     assert state(repo) == before
 
 
+def test_a_template_s_problems_are_all_named_and_a_mistyped_placeholder_warned_of(
+        make_repo, rsa_pub: str) -> None:
+    """An unknown id on line 2 and a broken placeholder on line 3: only line 3 was
+    named, line 2 after it was fixed.  `{{ secret.alpha }}` (and `{{\tsecrets.…`) went
+    to the host as text, with exit 0 everywhere: a tab is a space now, and the typo a
+    warning (`check --strict`: a problem)."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a", "beta": b"b"})
+    body = (WEB + '[hosts.web.templates."app.env"]\n'
+            'content = "A={{{{ secrets.alpha }}}}\\nB={{{{ secrets.nosuch }}}}\\n'
+            'C={{{{ secrets.beta"\n')
+    repo.write_hosts(bad_hosts(repo, body, rsa_pub))
+    proc = repo.run("check")
+    where = 'hosts.toml: hosts.web.templates."app.env".content: '
+    fails(proc, where + "line 2 column 3: unknown secret id 'nosuch'")
+    fails(proc, where + "line 3 column 3: broken placeholder")
+    body = (WEB + '[hosts.web.templates."app.env"]\n'
+            'content = "A={{{{ secret.alpha }}}}\\nB={{{{\\tsecrets.beta }}}}\\n"\n')
+    repo.write_hosts(bad_hosts(repo, body, rsa_pub))
+    repo.ok("renc")
+    proc = repo.ok("check")
+    [line] = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("warning:")]
+    assert line == ("warning: " + where + "line 1 column 3: '{{ secret.alpha }}' is kept as "
+                    "text, not a placeholder; did you mean {{ secrets.alpha }}? (to keep it, "
+                    "write {{{{ for its {{)"), line
+    assert repo.run("check", "--strict").returncode == 1
+    profile = json.loads(repo.ok("profile", "--host", "web").stdout)
+    assert {s["id"] for s in profile["secrets"]} == {"beta"}   # {{\tsecrets.beta }}: used
+
+
 def test_identity_after_a_command_that_needs_none_says_where_it_goes(make_repo) -> None:
     """README: -i goes before the command, or after one that decrypts.  A script that
     put it after `check` was told only "No such option: -i"."""

@@ -550,6 +550,7 @@ TRICKY_REFS: list[tuple[str, list[str]]] = [
     ("{ {{ secrets.a }} }", ["a"]),
     ("{{ foo {{ secrets.a }}", ["a"]),
     ("{{\nsecrets.a }}", []),
+    ("{{\tsecrets.a\t}} {{ \t secrets.b }}", ["a", "b"]),     # tabs, as spaces
     ("é{{ secrets.a }}\n{{ secrets.B_2 }}ü", ["a", "B_2"]),
     ("{{ secrets.a }} {{{{ secrets.b }}", ["a"]),
     ("", []),
@@ -574,7 +575,7 @@ def test_template_refs_tricky(nix: Nix, tmp_path: Path) -> None:
         assert nix_refs == want, text
 
 
-_TOKENS = st.sampled_from(["{", "}", "{{", "}}", "{{{{", " ", "  ", "secrets.", "a", "b",
+_TOKENS = st.sampled_from(["{", "}", "{{", "}}", "{{{{", " ", "  ", "\t", "secrets.", "a", "b",
                            ".", "s", "e", "{{ secrets.", "{{secrets.", " }}", "}}", "ab"])
 _TEMPLATE_TEXT = st.one_of(st.text(alphabet="{} secrets.ab", max_size=40),
                            st.lists(_TOKENS, max_size=16).map("".join))

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaultpy.templates import ID_PATTERN, Ref, TemplateError, parse, references, render
+from vaultpy.templates import (
+    ID_PATTERN,
+    Ref,
+    TemplateError,
+    check,
+    near_misses,
+    parse,
+    references,
+    render,
+)
 
 
 def segs(text: str) -> list[str | Ref]:
@@ -53,6 +62,8 @@ def test_several_placeholders_and_references_in_order_of_first_use():
     "{{  secrets.a  }}",
     "{{secrets.a   }}",
     "{{     secrets.a}}",
+    "{{\tsecrets.a\t}}",             # a tab, as a space (it was text, kept verbatim)
+    "{{ \t secrets.a }}",
 ])
 def test_spaces_inside_the_braces_are_optional(text):
     assert segs(text) == [Ref("a")]
@@ -125,6 +136,31 @@ def test_broken_placeholder_is_an_error_with_line_and_column(text, line, column)
         references(text)
     with pytest.raises(TemplateError):
         render(text, {"a": b"x", "b": b"y"})
+
+
+def test_check_names_every_broken_placeholder_and_every_id():
+    """hosts.toml's messages name them all at once: one at a time, a user fixed line 3,
+    then learnt of line 2."""
+    text = "a {{ secrets.x }}\nb {{ secrets.y\nc {{ secrets.z }} {{ secrets. }}"
+    ids, broken = check(text)
+    assert ids == ["x", "z"]
+    assert [(e.line, e.column) for e in broken] == [(2, 3), (3, 19)]
+    assert check("{{ secrets.a }}") == (["a"], [])
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("A={{ secret.db }}", [(1, 3, "{{ secret.db }}", "{{ secrets.db }}")]),
+    ("\n  {{Secrets.db}}", [(2, 3, "{{Secrets.db}}", "{{ secrets.db }}")]),
+    ("{{ SECRETS: x.y }}", [(1, 1, "{{ SECRETS: x.y }}", "{{ secrets.x.y }}")]),
+    ("{{ secrets . db }}", [(1, 1, "{{ secrets . db }}", "{{ secrets.db }}")]),
+    ("{{ secrets.db }}", []),              # a placeholder
+    ("{{{{ secret.db }}", []),             # written as a literal on purpose
+    ("{{ .Values.secret }}", []),          # another tool's
+    ("{{ secretary.x }}", []),
+])
+def test_near_misses_are_what_reads_like_a_mistyped_placeholder(text, found):
+    assert near_misses(text) == found
+    assert references(text) == (["db"] if text == "{{ secrets.db }}" else [])
 
 
 def test_template_error_is_a_value_error():

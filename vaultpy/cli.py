@@ -352,9 +352,9 @@ def renc(
         with progress_cm as report:
             result = pipeline.renc(cfg, host or [], jobs=jobs, clock=clock,
                                    identity_files=_identity(identity), progress=report)
-    from vaultpy.model import shared_host_keys
+    from vaultpy.model import config_warnings
 
-    warnings = shared_host_keys(cfg)
+    warnings = config_warnings(cfg)
     if snapshot is not None and result.ok and not warnings and not (
             result.written or result.repaired or result.pruned):
         # (no memo while there is a warning: it is said again on every run)
@@ -441,7 +441,7 @@ def check(
     from vaultpy._internal import memo
     from vaultpy.check import check as do_check
     from vaultpy.check import has_rotation, overdue
-    from vaultpy.model import shared_host_keys
+    from vaultpy.model import config_warnings
 
     plain = not (recipient_coverage or backup_identity or strict)
     snapshot = memo.begin(repo or _Globals.repo) if plain else None    # before loading
@@ -449,7 +449,7 @@ def check(
     if snapshot is not None:
         snapshot.capture(cfg)
     problems = do_check(cfg)
-    warnings = shared_host_keys(cfg) + overdue(cfg)
+    warnings = config_warnings(cfg) + overdue(cfg)
     # A passing check is remembered unless time alone could change it (rotate_days).
     if snapshot is not None and not problems and not warnings and not has_rotation(cfg):
         snapshot.commit("check")        # (a warning is said again on every run)

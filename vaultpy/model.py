@@ -551,6 +551,26 @@ def shared_host_keys(cfg: Config) -> list[Problem]:
     return out
 
 
+def mistyped_placeholders(cfg: Config) -> list[Problem]:
+    """Warnings: template text that reads like a placeholder mistyped (``{{ secret.x }}``,
+    ``{{ Secrets.x }}``), kept as text: the host would get it verbatim."""
+    out: list[Problem] = []
+    for name, host in cfg.hosts.items():
+        for t in host.templates:
+            for line, column, text, meant in templates.near_misses(t.content):
+                out.append(Problem(display_path(cfg.path), f"line {line} column {column}: "
+                                   f"{text!r} is kept as text, not a placeholder",
+                                   f"hosts.{name}.templates.{_quote(t.name)}.content",
+                                   f"did you mean {meant}? (to keep it, write {{{{{{{{ for "
+                                   "its {{)"))
+    return out
+
+
+def config_warnings(cfg: Config) -> list[Problem]:
+    """What renc and check say of hosts.toml as warnings (with a memo answer never)."""
+    return shared_host_keys(cfg) + mistyped_placeholders(cfg)
+
+
 def identity_setting(root: Path, path: Path) -> str:
     """How hosts.toml names an identity file at ``path``: relative inside the repository
     ``root`` (it moves with it), ``~/…`` under the home directory (the same for every
@@ -693,9 +713,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
                 ck.add(f"{at}.content", "missing", "give the template's text")
             refs: list[str] = []
             if content is not None:
-                try:
-                    refs = templates.references(content)
-                except templates.TemplateError as exc:
+                refs, broken = templates.check(content)
+                for exc in broken:      # each one, with the unknown ids below
                     ck.add(f"{at}.content", str(exc))
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
