@@ -434,8 +434,9 @@ def check(
         "--backup-identity", metavar="FILE", help="A backup identity every master file must "
         "decrypt with (repeatable; implies --recipient-coverage).")] = None,
     strict: Annotated[bool, typer.Option(
-        "--strict", help="Secrets overdue for rotation (rotate_days) fail the check instead "
-        "of warning.")] = False,
+        "--strict", help="Warnings fail the check: secrets overdue for rotation "
+        "(rotate_days), hosts sharing a key, text in a template that reads like a mistyped "
+        "placeholder.")] = False,
 ) -> None:
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy._internal import memo
