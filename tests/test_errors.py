@@ -10,6 +10,7 @@ files on disk, real keys from age-keygen/ssh-keygen, and an unprivileged user
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -585,3 +586,20 @@ def test_display_path_from_a_removed_working_directory_and_from_the_root(
     monkeypatch.chdir("/")
     assert display_path("etc/vaultpy/profile.json") == "/etc/vaultpy/profile.json"
     assert display_path("etc/x/../profile.json") == "/etc/profile.json"
+
+
+@pytest.mark.parametrize(("err", "action", "needle"), [
+    (errno.EACCES, "read master file", "run as a user who can read it"),
+    (errno.EPERM, "write cache file", "or run as a user who can write there"),
+    (errno.EROFS, "write cache file", "the file system is read-only"),
+    (errno.ENAMETOOLONG, "create the directory", "a name is at most 255 bytes"),
+    (errno.ENOTDIR, "read master file", "a part of the path is a file, not a directory"),
+    (errno.ENXIO, "read master file", "a socket or a device, not a file"),
+])
+def test_os_problem_hints_fit_the_failure(err: int, action: str, needle: str) -> None:
+    """A write refused (chattr +i) was told to "run as a user who can read it"; a path
+    too long, a file where a directory belongs, a socket: no fix at all."""
+    from vaultpy.errors import os_problem
+
+    problem = os_problem("x", OSError(err, os.strerror(err)), action)
+    assert needle in problem.hint, problem

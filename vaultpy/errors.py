@@ -117,8 +117,19 @@ def os_problem(path: str | os.PathLike[str], exc: OSError, action: str, *,
     ``path`` as given (a host path during activation), not relative to the cwd."""
     reason = exc.strerror or str(exc)
     hint = ""
-    if isinstance(exc, PermissionError):
-        hint = "check the file's permissions or run as a user who can read it"
+    reading = action.startswith(("read", "list", "open"))
+    if exc.errno == errno.EROFS:
+        hint = "the file system is read-only: run it where it can be written"
+    elif isinstance(exc, PermissionError):
+        hint = ("check the file's permissions or run as a user who can read it" if reading
+                else "check the permissions of the file and its directory (or chattr -i), "
+                "or run as a user who can write there")
+    elif exc.errno == errno.ENAMETOOLONG:
+        hint = "shorten the path: a name is at most 255 bytes"
+    elif exc.errno == errno.ENOTDIR:
+        hint = "a part of the path is a file, not a directory: check the path"
+    elif exc.errno == errno.ENXIO:
+        hint = "it is a socket or a device, not a file: point it at a regular file"
     elif isinstance(exc, FileNotFoundError):
         hint = "check the path"
     elif isinstance(exc, IsADirectoryError):
