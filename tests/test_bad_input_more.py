@@ -448,7 +448,10 @@ def test_no_terminal_and_no_stdin_is_one_line_without_python_warnings(make_repo,
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "Warning" not in err and "getpass" not in err, err
-    assert_one_clean_error(proc, "no terminal to ask on", "VAULTPY_PASSPHRASE_FILE")
+    line = assert_one_clean_error(proc, "no terminal to ask on", "VAULTPY_PASSPHRASE_FILE",
+                                  "--passphrase-fd")
+    # named by the key that needs it (it was named by the variable, as if a file)
+    assert line.startswith(f"{protected}: a passphrase is needed"), line
 
 
 # ------------------------------------------------------------------ one problem, one line

@@ -267,5 +267,7 @@ def test_cli_combine_reads_shares_typed_on_stdin(tmp_path):
     proc = run("identity", "combine", "prompt", cwd=tmp_path, input=typed)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == public
+    # piped shares: getpass printed "Warning: Password input may be echoed." before each
+    assert "Warning" not in proc.stderr.decode(), proc.stderr.decode()
     proc = run("identity", "combine", cwd=tmp_path, input=(shares[0].mnemonic + "\n").encode())
     assert_one_clean_error(proc, "1 distinct share(s)", "needs 2")

@@ -218,14 +218,14 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
                        field="VAULTPY_PASSPHRASE_FILE",
                        hint="save the passphrase as UTF-8") from None
     try:
-        secret = _tty_secret(prompt)
-        if secret is None:          # no terminal: a line from stdin, as getpass would
-            secret = _stdin_line(prompt)
-        return secret
+        return ask_hidden(prompt)
     except (EOFError, OSError, UnicodeDecodeError):
-        problem = Problem("VAULTPY_PASSPHRASE_FILE", "a passphrase is needed but there is no "
-                          "terminal to ask on", "", "set VAULTPY_PASSPHRASE_FILE to a file "
-                          "holding it")
+        # The prompt names what needs it ("Passphrase for keys/ops.age: ").
+        what = prompt.strip().rstrip(":").removeprefix("Passphrase for ").strip()
+        problem = Problem(what or "vaultpy", "a passphrase is needed, but there is no "
+                          "terminal to ask on and standard input gave none", "",
+                          "set VAULTPY_PASSPHRASE_FILE to a file holding it, or pass "
+                          "--passphrase-fd N before the command")
         raise VaultpyError(problem) from None
 
 
@@ -550,6 +550,13 @@ def _tty_line(prompt: str) -> str | None:
     return line.decode("utf-8", "replace").rstrip("\r")
 
 
+def ask_hidden(prompt: str) -> str:
+    """getpass without its warning lines: on the terminal, echo off; without one, a line
+    from stdin (EOFError at its end)."""
+    secret = _tty_secret(prompt)
+    return _stdin_line(prompt) if secret is None else secret
+
+
 def _tty_secret(prompt: str) -> str | None:
     """What getpass does on the terminal (echo off, then a newline), read with
     :func:`_read_tty_line`; None without a terminal.  EOFError on Ctrl-D."""
@@ -584,6 +591,7 @@ def _stdin_line(prompt: str) -> str:
     sys.stderr.flush()
     line = sys.stdin.readline()
     if not line:
+        sys.stderr.write("\n")     # the error that follows starts a line of its own
         raise EOFError
     return line.rstrip("\r\n")
 

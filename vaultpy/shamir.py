@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -370,11 +369,10 @@ PromptFn = Callable[[str], str]
 
 
 def _getpass(prompt: str) -> str:
-    import getpass
+    """Hidden input; piped shares without getpass's "Password input may be echoed"."""
+    from vaultpy.age import ask_hidden
 
-    with warnings.catch_warnings():          # no TTY: read stdin, without a warning
-        warnings.simplefilter("ignore", getpass.GetPassWarning)
-        return getpass.getpass(prompt)
+    return ask_hidden(prompt)
 
 
 def combine_from_prompt(ask: PromptFn = _getpass,
