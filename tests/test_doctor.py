@@ -267,6 +267,7 @@ def test_completion_prints_the_named_shells_script(shell: str, mark: str) -> Non
                                               "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert proc.returncode == 0, proc.stderr
     assert mark in proc.stdout and "_VAULTPY_COMPLETE" in proc.stdout
+    assert proc.stdout.endswith("\n")      # a file of lines (fish's had no last newline)
 
 
 def test_completion_for_an_unknown_shell_is_one_clean_error() -> None:

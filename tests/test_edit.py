@@ -501,6 +501,10 @@ def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
     with pytest.raises(VaultpyError) as exc:
         edit_mod.private_dir()
     assert "--allow-disk" in str(exc.value)
+    # (it was named "$XDG_RUNTIME_DIR", even when that variable was not set)
+    [problem] = exc.value.problems
+    assert problem.file == "vaultpy edit" and f"tried {disk}: none is a writable" in \
+        problem.message, problem
     assert list(disk.iterdir()) == []
     d = edit_mod.private_dir(allow_disk=True)
     try:

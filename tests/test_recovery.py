@@ -447,6 +447,8 @@ def test_rotate_master_sigkill_then_rerun_finishes(make_repo, tmp_path):
 
     proc = repo.ok("rekey", "--rotate-master")            # resume: same command, no path
     assert "resuming" in proc.stderr.decode()
+    # the rotation's count, not this run's share (it said "rotated 0" after a kill late)
+    assert "rotated 240 master file(s)" in proc.stderr.decode(), proc.stderr.decode()
     new_pub = shamir.public_key(key_line(new))
     cfg_text = (repo.root / "hosts.toml").read_text()
     assert f'recipients = ["{new_pub}", "{backup_pub}"]' in cfg_text

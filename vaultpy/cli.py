@@ -680,8 +680,9 @@ def completion(
     if shell not in SHELLS:
         raise UsageError(Problem("SHELL", f"no completion for {shell!r}", "",
                                  "choose one of " + ", ".join(SHELLS)))
-    sys.stdout.write(get_completion_script(prog_name="vaultpy",
-                                           complete_var="_VAULTPY_COMPLETE", shell=shell))
+    script = get_completion_script(prog_name="vaultpy", complete_var="_VAULTPY_COMPLETE",
+                                   shell=shell)
+    sys.stdout.write(script if script.endswith("\n") else script + "\n")    # (fish's had none)
 
 
 def _host_status(profile: Path, root: Path, json_out: bool) -> None:

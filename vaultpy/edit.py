@@ -56,10 +56,11 @@ def private_dir(allow_disk: bool = False) -> Path:
             return Path(tempfile.mkdtemp(prefix="vaultpy-edit-", dir=base))
     if allow_disk:
         return Path(tempfile.mkdtemp(prefix="vaultpy-edit-"))
-    raise VaultpyError(Problem("$XDG_RUNTIME_DIR", "no RAM-backed directory for the "
-                               "plaintext (tried " + ", ".join(map(str, ram_candidates()))
-                               + ")", "", "mount a tmpfs on /dev/shm, or pass --allow-disk "
-                               "to accept plaintext on disk"))
+    raise VaultpyError(Problem("vaultpy edit", "no RAM-backed directory for the plaintext "
+                               "(tried " + ", ".join(map(str, ram_candidates())) + ": none "
+                               "is a writable tmpfs or ramfs)", "", "set XDG_RUNTIME_DIR to "
+                               "one, mount a tmpfs on /dev/shm, or pass --allow-disk to "
+                               "accept plaintext on disk"))
 
 
 class _Aborted(Exception):

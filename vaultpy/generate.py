@@ -438,7 +438,8 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
     _check_ids(cfg, ids)
     if not ids and not due_only:
         raise UsageError(Problem("vaultpy rotate", "nothing to rotate", "",
-                                 "name the secret ids, or pass --due"))
+                                 "name the secret ids that were rotated by hand" if mark
+                                 else "name the secret ids, or pass --due"))
     if mark and due_only:
         raise UsageError(Problem("vaultpy rotate", "--mark and --due do not go together",
                                  "", "name the ids that were rotated by hand"))

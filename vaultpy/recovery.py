@@ -535,8 +535,10 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     cfg = model.load(cfg.path)
     result = pipeline.renc(cfg, (), jobs=renc_jobs, identity_files=[journal.new_identity],
                            ask=ask)
+    # (resumed: the masters a killed run rotated count too; the rotation is one)
     rotation = RotationResult(journal.new_identity, journal.new_recipient, recipients,
-                              journal.retired, todo, resumed, identity_set, result)
+                              journal.retired, [s for s in journal.masters if s in journal.done],
+                              resumed, identity_set, result)
     if not result.ok:
         raise VaultpyError([*result.failed, Problem(display_path(journal.path), "renc failed "
                             "after the masters were rotated", "", "fix the problems above "
