@@ -323,7 +323,9 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
     "type_secrets_list": (WEB + "secrets = [1]\n", ("hosts.web.secrets[0]",
                                                    "expected a string")),
     "type_owner": (ALPHA + "owner = true\n", ("hosts.web.secrets.alpha.owner",
-                                              "invalid user or group")),
+                                              "invalid user or group a boolean")),
+    "owner_date": (ALPHA + "owner = 1979-05-27\n", ("hosts.web.secrets.alpha.owner",
+                                                   "invalid user or group a date")),
     "owner_unicode_digit": (ALPHA + 'owner = "²"\n', ("hosts.web.secrets.alpha.owner",
                                                        "invalid user or group")),
     "id_dotdot": ('[secrets."../x"]\n', ('secrets."../x"', "invalid secret id '../x'")),
@@ -380,6 +382,8 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
     "master_in_cache": ('[secrets.gamma]\nfile = "secrets/cache/gamma.age"\n',
                         ("secrets.gamma.file", "inside the cache directory")),
     # (found by a review: each was taken, exit 0)
+    "file_hosts_toml": ('[secrets.gamma]\nfile = "hosts.toml"\n',
+                        ("secrets.gamma.file", "is also this hosts.toml")),
     "unit_option": (ALPHA + 'restart_units = ["--now"]\n',
                     ("hosts.web.secrets.alpha.restart_units", "invalid unit name '--now'")),
     "pubkey_two_lines": ('[hosts.web]\npubkey = "ssh-ed25519 AAAA\\nssh-ed25519 BBBB"\n',
@@ -603,3 +607,22 @@ def test_os_problem_hints_fit_the_failure(err: int, action: str, needle: str) ->
 
     problem = os_problem("x", OSError(err, os.strerror(err)), action)
     assert needle in problem.hint, problem
+
+
+def test_a_broken_hosts_toml_symlink_and_a_wrong_c_file_are_named_for_what_they_are(
+        make_repo, tmp_path: Path) -> None:
+    """hosts.toml as a symlink to nothing: "no hosts.toml in this directory; run vaultpy
+    init there" (there is one), or, found upwards, passed over for a parent's.  -C at a
+    master file: "not UTF-8 text; save it as UTF-8"."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "hosts.toml").symlink_to("nowhere")
+    for args, cwd in ((("-C", str(broken), "check"), repo.root), (("check",), broken)):
+        proc = repo.run(*args, cwd=cwd)
+        assert_one_clean_error(proc, "hosts.toml: a symlink that leads nowhere",
+                               "point it at your hosts.toml, or remove it")
+    master = next((repo.root / "secrets").glob("alpha.age"))
+    proc = repo.run("-C", str(master), "check")
+    assert_one_clean_error(proc, "not UTF-8 text", "-C/--repo takes the repository's "
+                           "directory or its hosts.toml")

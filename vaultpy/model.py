@@ -281,8 +281,13 @@ class Config:
 # --------------------------------------------------------------------------- validation
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    import datetime as dt
+
+    kinds: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number",
+                              str: "a string", list: "a list", dict: "a table",
+                              dt.datetime: "a date-time", dt.date: "a date",
+                              dt.time: "a time"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 class _Checker:
@@ -388,7 +393,9 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
         return text
     if len(text) <= 32 and USER_RE.fullmatch(text) and text.isascii():
         return text
-    ck.add(where, f"invalid user or group {value!r}",
+    shown = (repr(value) if isinstance(value, (str, int)) and not isinstance(value, bool)
+             else _kind(value))     # (true, a date: TOML's words, not Python's True)
+    ck.add(where, f"invalid user or group {shown}",
            "use a name like \"postgres\" or a numeric id like 1000")
     return "root"
 
@@ -769,7 +776,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
 
 def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: set[str],
                   secrets_dir: Path, where_is: Mapping[str, Path | None],
-                  files: _Files) -> None:
+                  files: _Files, hosts_toml: Path) -> None:
     """A ``file = …`` that is also another secret's master file, a key pair's ``<id>.pub``
     or the rotation state: one `vaultpy generate` would write both values to it, the
     second overwriting the first (a plaintext .pub over a master, or the reverse).
@@ -784,6 +791,7 @@ def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: se
     # file as resolved -> (the secret it belongs to, or "", what it is, its path)
     claimed: dict[Path, tuple[str, str, Path]] = {}
     for fixed, what in (
+            (hosts_toml, "this hosts.toml, the configuration"),
             (secrets_dir / ROTATION_FILE,
              "the rotation state file (vaultpy generate and rotate write it)"),
             (secrets_dir / VAULT_VERSIONS_FILE,
@@ -884,7 +892,7 @@ def parse(text: str, path: Path) -> Config:
     files = _Files(ck)
     where_is = {s.id: files.resolve(s.file, f"secrets.{_quote(s.id)}.file")
                 for s in declared.values()}
-    _shared_files(ck, declared, chosen_files, secrets_dir, where_is, files)
+    _shared_files(ck, declared, chosen_files, secrets_dir, where_is, files, path)
 
     hosts: dict[str, Host] = {}
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
@@ -937,6 +945,8 @@ def find(start: Path) -> Path:
         if candidate.exists():          # not silently passed over for a parent's
             raise VaultpyError(Problem(display_path(candidate), "not a regular file", "",
                                        f"replace it with your {FILENAME}, or pass -C DIR"))
+        if os.path.lexists(candidate):  # nor a broken symlink
+            raise _leads_nowhere(candidate)
         if _creates_hosts_toml(d):
             raise VaultpyError(Problem(display_path(d / _WRITES), "a killed import's write "
                                        f"waits here to create {FILENAME}", "",
@@ -973,6 +983,8 @@ def load(repo: Path | None = None) -> Config:
     elif repo.is_dir():
         path = repo / FILENAME
         if not path.exists():
+            if os.path.lexists(path):       # (it said "no hosts.toml in this directory")
+                raise _leads_nowhere(path)
             raise VaultpyError(Problem(display_path(repo), f"no {FILENAME} in this directory",
                                        "", "run vaultpy init there, or fix -C"))
     else:
@@ -988,5 +1000,13 @@ def load(repo: Path | None = None) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise VaultpyError(Problem(display_path(path), "not UTF-8 text", "",
-                                   "save it as UTF-8")) from None
+                                   "save it as UTF-8" if path.suffix == ".toml" else
+                                   "-C/--repo takes the repository's directory or its "
+                                   f"{FILENAME}: fix -C")) from None
     return parse(text, path.absolute())
+
+
+def _leads_nowhere(path: Path) -> VaultpyError:
+    return VaultpyError(Problem(display_path(path), "a symlink that leads nowhere (its "
+                                "target is missing, or it is a loop)", "",
+                                f"point it at your {FILENAME}, or remove it"))
