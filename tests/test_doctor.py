@@ -50,7 +50,8 @@ def test_healthy_repository(make_repo) -> None:
     assert checks["identity"]["status"] == "ok"
     assert "decrypts all 2 master file(s)" in checks["identity"]["detail"]
     assert checks["masters"] == {"name": "masters", "status": "ok", "fix": "",
-                                 "detail": "2 master file(s) are well-formed age files"}
+                                 "detail": "2 master file(s) are well-formed age files, "
+                                 "each addressed to the [vaultpy] recipients"}
     assert checks["recipients"]["status"] == "warning"      # one master recipient only
     assert "backup recipient" in checks["recipients"]["fix"]
     for c in checks.values():
@@ -64,6 +65,37 @@ def test_healthy_repository(make_repo) -> None:
     assert any(ln.strip().startswith("fix: add a backup recipient") for ln in lines)
     assert "no problems found" in text.stderr.decode()
     assert repo.snapshot() == before                       # doctor writes nothing
+
+
+def test_masters_as_check_sees_them(make_repo, tmp_path: Path) -> None:
+    """doctor said "no problems found" of a missing master and of one not encrypted to a
+    backup recipient (check fails both), and blamed a cut or altered master on the key
+    ("cannot decrypt … pass the right key")."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a" * 100, "beta": b"b"})
+    alpha = repo.root / "secrets" / "alpha.age"
+    good = alpha.read_bytes()
+    alpha.write_bytes(good[:-1])                                    # cut by one byte
+    rc, checks = doctor_json(repo)
+    assert rc == 1 and checks["masters"]["status"] == "ok"         # its header is whole
+    assert checks["identity"]["status"] == "problem"
+    assert "opens every master file, but 1 of them are damaged (first: secrets/alpha.age)" \
+        in checks["identity"]["detail"]
+    assert "restore it from git" in checks["identity"]["fix"]
+    alpha.unlink()                                                  # missing
+    rc, checks = doctor_json(repo)
+    assert rc == 1 and checks["masters"]["status"] == "problem"
+    assert checks["masters"]["detail"] == "secrets/alpha.age: missing"
+    assert "vaultpy edit alpha" in checks["masters"]["fix"]
+    alpha.write_bytes(good)
+    _key, backup = age_keygen(tmp_path, "backup.txt")               # added, no rekey
+    text = (repo.root / "hosts.toml").read_text()
+    (repo.root / "hosts.toml").write_text(text.replace(
+        f'recipients = ["{repo.recipient}"]', f'recipients = ["{repo.recipient}", "{backup}"]'))
+    rc, checks = doctor_json(repo)
+    assert rc == 1 and checks["masters"]["status"] == "problem"
+    assert "but [vaultpy] recipients list 2 age1 key(s)" in checks["masters"]["detail"]
+    assert "(and 1 more)" in checks["masters"]["detail"]
+    assert checks["masters"]["fix"].startswith("run vaultpy rekey")
 
 
 def test_missing_and_wrong_identity(make_repo, tmp_path: Path) -> None:

@@ -196,6 +196,9 @@ def _read_line_from_fd(fd: int) -> str:
                                    "pass the passphrase as UTF-8")) from None
 
 
+DAMAGED = "the file is damaged"     # in decrypt's message when the payload fails
+
+
 def passphrase_from_env_or_tty(prompt: str) -> str:
     """``--passphrase-fd``, then ``VAULTPY_PASSPHRASE_FILE`` (first line), else a prompt."""
     if _passphrase_fd is not None:
@@ -785,7 +788,7 @@ def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str, *,
         if "age-plugin-" in message:
             raise fail(source, f"{message}{notes}", hint="check the PIN, and that the "
                        "plugin's key is present") from None
-        raise fail(source, f"decryption failed: {exc} (the file is damaged)",
+        raise fail(source, f"decryption failed: {exc} ({DAMAGED})",
                    hint=damaged_hint) from None
     finally:
         if _answers is not None:

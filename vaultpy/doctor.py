@@ -136,43 +136,66 @@ def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
     return Check("recipients", OK, detail)
 
 
-def read_masters(cfg: Config) -> tuple[dict[Path, bytes], list[str]]:
-    """The master files present that are well-formed age files (by path), and one line
-    per master that is not: unreadable, not a regular file (a FIFO would block a plain
-    read forever), or not an age file.  Missing masters are neither (check reports
-    them)."""
-    from vaultpy._internal import ageformat, fsutil
+@dataclass
+class Masters:
+    """The master files as doctor finds them (:func:`read_masters`)."""
 
-    good: dict[Path, bytes] = {}
-    bad: list[str] = []
+    good: dict[Path, bytes]         # well-formed age files, by path
+    bad: list[str]                  # a line each: unreadable, not a file, not age
+    missing: list[str]              # declared secrets whose master file does not exist
+    unaddressed: list[str]          # a line each: not encrypted to exactly the recipients
+
+
+def read_masters(cfg: Config) -> Masters:
+    """Every declared master file, sorted as :class:`Masters` says (a FIFO is not read:
+    a plain read would block forever)."""
+    from vaultpy._internal import ageformat, fsutil
+    from vaultpy.recovery import header_problems
+
+    out = Masters({}, [], [], [])
     for s in cfg.secrets.values():
         try:
             data = fsutil.read_regular(s.file)[0]
         except FileNotFoundError:
+            out.missing.append(s.id)
             continue
         except OSError as exc:
-            bad.append(f"{display_path(s.file)}: cannot read: {exc.strerror or exc}")
+            out.bad.append(f"{display_path(s.file)}: cannot read: {exc.strerror or exc}")
             continue
         try:
-            ageformat.parse(data)
+            header = ageformat.parse(data)
         except ageformat.FormatError as exc:
-            bad.append(f"{display_path(s.file)}: not a valid age file: {exc}")
+            out.bad.append(f"{display_path(s.file)}: not a valid age file: {exc}")
             continue
-        good[s.file] = data
-    return good, bad
+        out.good[s.file] = data
+        out.unaddressed += [f"{p.file}: {p.message}" for p in header_problems(cfg, s.id,
+                                                                              header)]
+    return out
 
 
-def check_masters(cfg: Config | None,
-                  masters: tuple[dict[Path, bytes], list[str]] | None = None) -> Check:
+def check_masters(cfg: Config | None, masters: Masters | None = None) -> Check:
+    """As ``check`` sees them: each present, an age file, addressed to exactly the
+    ``[vaultpy] recipients`` (a backup key added without rekey covers nothing)."""
     if cfg is None:
         return Check("masters", SKIPPED, "needs a valid hosts.toml")
-    good, bad = masters if masters is not None else read_masters(cfg)
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        return Check("masters", PROBLEM, bad[0] + more,
-                     "restore it from git, or recreate it with vaultpy edit (vaultpy "
-                     "check lists every one)")
-    return Check("masters", OK, f"{len(good)} master file(s) are well-formed age files")
+    m = masters if masters is not None else read_masters(cfg)
+
+    def first(lines: list[str]) -> str:
+        return lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
+
+    if m.bad:
+        return Check("masters", PROBLEM, first(m.bad), "restore it from git, or recreate "
+                     "it with vaultpy edit (vaultpy check lists every one)")
+    if m.missing:
+        return Check("masters", PROBLEM, first([f"{display_path(cfg.secrets[i].file)}: "
+                                                "missing" for i in m.missing]),
+                     f"create it with vaultpy edit {m.missing[0]} (or vaultpy generate, "
+                     "for a generated one)")
+    if m.unaddressed:
+        return Check("masters", PROBLEM, first(m.unaddressed),
+                     "run vaultpy rekey (vaultpy check lists every one)")
+    return Check("masters", OK, f"{len(m.good)} master file(s) are well-formed age files, "
+                 "each addressed to the [vaultpy] recipients")
 
 
 def local_state(cfg: Config) -> list[Path]:
@@ -245,7 +268,7 @@ def check_git_ignore(cfg: Config | None) -> Check:
 
 
 def check_identity(cfg: Config | None, explicit: Sequence[Path],
-                   masters: tuple[dict[Path, bytes], list[str]] | None = None) -> Check:
+                   masters: Masters | None = None) -> Check:
     """Whether the identity decrypts the master files; only the well-formed ones are
     tried (a damaged file is a masters problem, not a wrong key)."""
     if cfg is None:
@@ -276,19 +299,26 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
     except VaultpyError as exc:
         detail, fix = _first_problem(exc)
         return Check("identity", PROBLEM, detail, fix)
-    readable, damaged = masters if masters is not None else read_masters(cfg)
+    m = masters if masters is not None else read_masters(cfg)
+    readable, damaged = m.good, m.bad
     failed: list[str] = []
+    broken: list[str] = []      # the key opened it, the payload did not check out
     for path, data in readable.items():
         try:
             age.decrypt(data, keys, display_path(path))
-        except VaultpyError:
-            failed.append(display_path(path))
+        except VaultpyError as exc:
+            (broken if age.DAMAGED in exc.problems[0].message else failed).append(
+                display_path(path))
     where = "in memory" if not paths else ", ".join(display_path(p) for p in paths)
     if failed:
         return Check("identity", PROBLEM, f"{where} cannot decrypt {len(failed)} of "
                      f"{len(readable)} master file(s) (first: {failed[0]})",
                      "pass the right key with -i FILE, or re-encrypt them with a key that "
                      "can (vaultpy rekey)")
+    if broken:      # (a cut file, a flipped byte: the key is right, the file is not)
+        return Check("identity", PROBLEM, f"{where} opens every master file, but "
+                     f"{len(broken)} of them are damaged (first: {broken[0]})",
+                     "restore it from git, or recreate it with vaultpy edit")
     which = " well-formed" if damaged else ""
     detail = (f"{where} decrypts all {len(readable)}{which} master file(s)" if readable else
               f"{where} unlocks (no master file yet to test it on)")
