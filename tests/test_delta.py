@@ -186,8 +186,8 @@ def test_anything_else_changed_runs_the_full_pipeline(repo: Repo, other: str) ->
         path.write_text(path.read_text() + "\n# a comment\n")
     elif other == "leftover beside masters":
         (repo.root / "secrets" / ".alpha.age.vaultpy-tmp-0123456789ab").write_bytes(b"x")
-    else:
-        (host0 / "notes.txt").write_text("x")
+    else:       # (named as renc names files: anything else is not vaultpy's to remove)
+        (host0 / f"alpha.{'0' * 32}.age").write_text("x")
     assert not from_memo(repo, "renc")
     assert outputs(repo.run("renc"))[1].startswith("nothing to do")
     assert full(repo, "check")[0] == 0

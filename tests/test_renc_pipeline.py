@@ -706,7 +706,8 @@ def test_items_of_a_host_without_a_directory_are_missing_without_a_stat(repo, mo
     assert _renc(repo).ok
     first, second, third = repo.hosts
     fsutil.remove_tree(repo.cache / second)
-    (repo.cache / third / "s0.not-planned.age").write_text("stale")
+    stale = f"s0.{'0' * 32}.age"                  # named as renc names files: stale
+    (repo.cache / third / stale).write_text("stale")
     next((repo.cache / third).glob("s1.*")).unlink()
     damaged = next((repo.cache / third).glob("s2.*"))
     damaged.write_bytes(b"damaged")
@@ -725,7 +726,7 @@ def test_items_of_a_host_without_a_directory_are_missing_without_a_stat(repo, mo
     assert {(i.host, i.id) for i in result.repaired} == {(third, "s2")}
     assert sorted((i.host, i.id) for i in result.written) == sorted(
         [(second, sid) for sid in SECRETS] + [(third, "s1")])
-    assert [p.name for p in result.pruned] == ["s0.not-planned.age"]
+    assert [p.name for p in result.pruned] == [stale]
     _assert_complete(repo)
 
 
