@@ -492,6 +492,10 @@ def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: P
                       for p in other.rglob("*")) == before
     assert age_decrypt(cache_file(repo, "host0", "alpha"),     # the other host: renewed
                        repo.hosts["host0"].key) == b"a2"
+    out = tmp_path / "bundle"                                  # nor is it bundled from
+    assert_one_clean_error(repo.run("bundle", "--host", "host1", "-o", str(out)),
+                           "secrets/cache/host1", "is a symlink")
+    assert not os.path.lexists(out)
     (repo.cache / "host1").unlink()
     repo.ok("renc")
     repo.ok("check")

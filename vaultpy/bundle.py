@@ -80,6 +80,9 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
                 display_path(out), "is not a vaultpy bundle (no profile.json and "
                 f"{UNIT_NAME} in it), so --force does not replace it", "",
                 "choose another -o, or move it away yourself"))
+    if (cfg.cache_dir / host).is_symlink():    # never read through (cache.Plan.linked)
+        raise VaultpyError(Problem(display_path(cfg.cache_dir / host), cache.LINKED,
+                                   f"hosts.{host}", cache.FIX_IN_THE_WAY))
     data = profile.build(cfg, host, relative_to=cfg.cache_dir / host)
     missing = [s for s in data["secrets"]
                if not (cfg.cache_dir / host / s["file"]).is_file()]
