@@ -156,6 +156,31 @@ def test_a_journal_committed_to_the_repository_moves_no_file_out_of_it(
     assert victim.read_bytes() == before and planted.exists()
 
 
+def test_a_journal_moves_nothing_over_a_file_of_a_shared_directory(repo: Repo,
+                                                                   tmp_path: Path) -> None:
+    """A temp name beside its final name is not proof enough: in a directory every user
+    may write to (/tmp), anyone can make .foo.vaultpy-tmp-… beside root's foo, and a
+    journal a clone brought had renc, run as root, rename it over foo.  Only the files
+    multi-file writes make (hosts.toml, masters, .pub, the state files) are renamed."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    victim = shared / "foo"
+    victim.write_text("root's own\n")
+    planted = shared / ".foo.vaultpy-tmp-0123456789ab"
+    planted.write_text("someone else's\n")
+    for root_field, entry in ((str(shared), [".foo.vaultpy-tmp-0123456789ab", "foo", False]),
+                              (str(repo.root), [os.path.relpath(planted, repo.root),
+                                                os.path.relpath(victim, repo.root), False])):
+        (repo.root / ".vaultpy-writes").write_text(json.dumps({
+            "format": 1, "root": root_field, "renames": [entry]}))
+        for command in ("renc", "check"):
+            proc = repo.run(command, timeout=30)
+            out = (proc.stdout + proc.stderr).decode()
+            assert proc.returncode == 1 and "damaged" in out, out
+        assert victim.read_text() == "root's own\n" and planted.exists()
+
+
 def test_a_dangling_symlink_as_the_journal_is_no_journal_for_check_either(repo: Repo) -> None:
     """renc reads a symlink to nothing as no journal (and replaces it with its next
     one); check called it an interrupted write and said to run renc, which left it."""

@@ -147,7 +147,7 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
             raise VaultpyError(_not_a_journal(journal, directory=False)) from None
         raise VaultpyError(os_problem(journal, exc, "read")) from None
     renames = parse(raw, cfg.root)
-    if renames is None:
+    if renames is None or _strays(cfg, renames):
         raise VaultpyError(_damaged(journal))
     def waiting(tmp: Path) -> bool:     # else renamed before the interruption
         return os.path.isfile(tmp) and not os.path.islink(tmp)
@@ -241,6 +241,34 @@ def _beside(tmp: str, final: str) -> bool:
             and os.path.basename(tmp).startswith(fsutil.tmp_prefix(os.path.basename(final))))
 
 
+def _strays(cfg: Config, renames: list[tuple[Path, Path, bool]]) -> bool:
+    """Whether a rename still to do (its temp file is there) has a final name no
+    multi-file write has (:func:`_writable`).  One whose temp file is gone renames
+    nothing: a folder removed since (a branch switch) is no reason to refuse."""
+    return any(os.path.isfile(tmp) and not _writable(cfg, final)
+               for tmp, final, _new in renames)
+
+
+def _writable(cfg: Config, final: Path) -> bool:
+    """Whether a multi-file write may have ``final`` as a final name: hosts.toml, a
+    declared master file or its key pair's .pub, the rotation and Vault state files,
+    or a new master (``*.age``: an import's) in secrets_dir.  A temp file beside a
+    final name is not proof enough: in a directory every user may write to (/tmp), anyone
+    can make one beside root's file, and a journal brought by a clone would have had it
+    renamed over that file."""
+    from vaultpy.model import ROTATION_FILE, VAULT_VERSIONS_FILE
+
+    final = Path(os.path.normpath(final))
+    known = {cfg.path, cfg.secrets_dir / ROTATION_FILE, cfg.secrets_dir / VAULT_VERSIONS_FILE}
+    for s in cfg.secrets.values():
+        known.add(s.file)
+        if s.public_file is not None:
+            known.add(s.public_file)
+    return (final in {Path(os.path.normpath(k)) for k in known}
+            or (final.parent == Path(os.path.normpath(cfg.secrets_dir))
+                and final.suffix == ".age"))
+
+
 def listed(cfg: Config) -> set[str]:
     """The temp files an interrupted write lists, as :func:`display_path` names them."""
     out: set[str] = set()
@@ -270,7 +298,8 @@ def problems(cfg: Config) -> list[Problem]:
             out.append(_not_a_journal(journal, directory=stat.S_ISDIR(mode)))
             continue
         with contextlib.suppress(OSError):      # (unreadable: renc says why)
-            if parse(fsutil.read_regular(journal)[0], cfg.root) is None:
+            renames = parse(fsutil.read_regular(journal)[0], cfg.root)
+            if renames is None or _strays(cfg, renames):
                 out.append(_damaged(journal))   # renc would refuse it, not finish it
                 continue
         out.append(Problem(display_path(journal), "a write of several files was "
