@@ -501,6 +501,32 @@ def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: P
     repo.ok("check")
 
 
+def test_a_symlinked_cache_directory_is_refused_and_a_temp_named_one_of_others_kept(
+        make_repo, tmp_path: Path) -> None:
+    """secrets/cache itself as a symlink (git keeps them) sent renc's files, and its
+    prune, where it led: a directory there was deleted as a removed host's.  And a
+    temp-named directory beside the hosts was deleted whole, whatever it held."""
+    repo: Repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "emptydir").mkdir(parents=True)
+    (elsewhere / "passwd").write_text("x\n")
+    shutil.move(repo.cache, tmp_path / "old-cache")
+    repo.cache.symlink_to(elsewhere)
+    for command in ("renc", "check", "status"):
+        assert_one_clean_error(repo.run(command), "hosts.toml", "vaultpy.cache_dir",
+                               "secrets/cache is a symlink", "replace the link")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["emptydir", "passwd"]
+    repo.cache.unlink()
+    shutil.move(tmp_path / "old-cache", repo.cache)
+    kept = repo.cache / fsutil.tmp_basename("newhost") / "sub"
+    kept.mkdir(parents=True)
+    (kept / "file").write_text("precious\n")
+    proc = repo.run("renc", env={**os.environ, "VAULTPY_NO_MEMO": "1"})
+    assert proc.returncode == 1 and b"not vaultpy's" in proc.stderr, proc.stderr
+    assert (kept / "file").read_text() == "precious\n"
+
+
 @pytest.mark.parametrize("name", [".vaultpy.lock", ".vaultpy-memo", ".vaultpy-verified"])
 def test_a_directory_in_place_of_a_bookkeeping_file_is_named_to_be_removed(
         make_repo, name: str) -> None:

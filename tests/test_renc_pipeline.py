@@ -786,7 +786,7 @@ def test_a_directory_being_built_is_neither_pruned_nor_reported(repo):
     assert _renc(repo, 2).ok
     building = repo.cache / fsutil.tmp_basename("h-new")
     building.mkdir()
-    (building / "s1.age").write_bytes(b"partial")
+    (building / f"s1.{'0' * 32}.age").write_bytes(b"partial")   # as renc names files
     fd = fsutil.hold_dir(building)
     try:
         assert _renc(repo, 2).ok

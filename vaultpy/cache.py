@@ -180,7 +180,7 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             path = cfg.cache_dir / entry
             if entry.startswith(prefixes) and path.is_dir() and not path.is_symlink() \
                     and not in_use(path):
-                result.stale.append(path)
+                (result.stale if holds_cache_files_only(path) else result.foreign).append(path)
     else:
         for entry in _listdir(cfg.cache_dir):
             path = cfg.cache_dir / entry
@@ -188,10 +188,10 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
             leftover = is_tmp(entry) and not path.is_dir()   # e.g. the index's, from a kill
             if removed_host and is_tmp(entry) and in_use(path):
                 continue        # a host directory a renc is building right now, flocked
-            # Not a removed host's: a directory named as the lock, the index or the memo,
-            # or one holding what renc never writes (~/.ssh, were cache_dir set to "~").
-            if removed_host and not is_tmp(entry) and (entry in OWN_FILES
-                                                        or not holds_cache_files_only(path)):
+            # Not a removed host's, nor a killed renc's new one: a directory named as the
+            # lock, the index or the memo, or one holding what renc never writes (~/.ssh,
+            # were cache_dir set to "~").
+            if removed_host and (entry in OWN_FILES or not holds_cache_files_only(path)):
                 result.foreign.append(path)
             elif removed_host or leftover:
                 result.stale.append(path)

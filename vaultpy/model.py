@@ -565,6 +565,8 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
     for name, host in cfg.hosts.items():
         for t in host.templates:
             for line, column, text, meant in templates.near_misses(t.content):
+                if meant.split(".", 1)[1].rstrip(" }") not in cfg.secrets:
+                    continue    # another tool's {{ secret.password }} (Jinja), no typo of ours
                 out.append(Problem(display_path(cfg.path), f"line {line} column {column}: "
                                    f"{text!r} is kept as text, not a placeholder",
                                    f"hosts.{name}.templates.{_quote(t.name)}.content",
@@ -820,6 +822,24 @@ def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: se
                f"remove that symlink, or give secret {s.id!r} a file of its own (file = …)")
 
 
+def _linked_below(root: Path, folder: Path) -> Path | None:
+    """The first symlink among ``folder`` and its parents below ``root`` (the
+    repository), if ``folder`` lies there; None otherwise."""
+    try:
+        rest = folder.relative_to(root)
+    except ValueError:
+        return None                     # outside the repository: the operator's choice
+    here = root
+    for part in rest.parts:
+        here = here / part
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return here
+        except OSError:
+            return None                 # not there yet: renc makes it, a directory
+    return None
+
+
 def parse(text: str, path: Path) -> Config:
     """Validate the text of a hosts.toml that lives at ``path``."""
     # here, not at the top: activation imports this module, never TOML
@@ -918,6 +938,13 @@ def parse(text: str, path: Path) -> Config:
     if st is not None and not stat.S_ISDIR(st.st_mode):
         ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
                "point cache_dir at a directory (renc creates it if missing)")
+    linked = _linked_below(root, cache_dir)
+    if linked is not None:
+        # git keeps symlinks: a clone's secrets/cache -> /somewhere would send renc's
+        # writes, and its prune, there.
+        ck.add("vaultpy.cache_dir", f"{display_path(linked)} is a symlink: the cache lies in "
+               "the repository, in directories of its own", "replace the link with a "
+               "directory (or set cache_dir to where it leads)")
     for s in declared.values():
         if any(len(os.fsencode(part)) > _NAME_MAX for part in s.file.parts):
             ck.add(f"secrets.{_quote(s.id)}.file", f"a name in this path is longer than "
