@@ -528,6 +528,12 @@ def test_a_template_s_problems_are_all_named_and_a_mistyped_placeholder_warned_o
     assert repo.run("check", "--strict").returncode == 1
     profile = json.loads(repo.ok("profile", "--host", "web").stdout)
     assert {s["id"] for s in profile["secrets"]} == {"beta"}   # {{\tsecrets.beta }}: used
+    # Jinja's {{ secret.password }}, no secret of that name: another tool's, no warning
+    body = (WEB + '[hosts.web.templates."app.env"]\n'
+            'content = "A={{{{ secret.password }}}} B={{{{ secrets.alpha }}}}\\n"\n')
+    repo.write_hosts(bad_hosts(repo, body, rsa_pub))
+    repo.ok("renc")
+    assert "warning" not in repo.ok("check", "--strict").stderr.decode()
 
 
 def test_identity_after_a_command_that_needs_none_says_where_it_goes(make_repo) -> None:
