@@ -18,11 +18,17 @@ let
   vlib = import ./lib.nix;
 
   # As strict as `vaultpy activate`'s profile loader: what evaluates also boots.
-  unitName = types.strMatching "[^[:space:]/]+";
+  # (vaultpy/output.py UNIT_RE: systemd's characters and globs; "-" first only as "-.")
+  unitName = types.strMatching
+    "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
   userName = types.either types.ints.unsigned
     (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
-  # absolute and normalised: no empty, "." or ".." segment, no trailing slash
-  absPath = types.strMatching "(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+";
+  # absolute and normalised: no empty, "." or ".." segment, no trailing slash, no
+  # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem)
+  absPath = types.addCheck
+    (types.strMatching "(/([^/.[:cntrl:]][^/[:cntrl:]]*|[.][^/.[:cntrl:]][^/[:cntrl:]]*|[.][.][^/[:cntrl:]]+))+")
+    (p: lib.stringLength p <= 4095
+        && lib.all (n: lib.stringLength n <= 255) (lib.splitString "/" p));
 
   outputOptions = {
     owner = mkOption {
@@ -238,7 +244,10 @@ let
   # (.<name>.vaultpy-tmp-… beside it), it would break or be removed by the next run.
   # vaultpy/output.py `path_clash` refuses the same paths.
   tmpLinkPrefix = d: "${lib.removeSuffix (baseNameOf d) d}.${baseNameOf d}.vaultpy-tmp-";
-  clashes = p: builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
+  # /var/run is root's symlink to /run: /var/run/vaultpy/x is /run/vaultpy/x
+  clashes = p0: let p = if p0 == "/var/run" || lib.hasPrefix "/var/run/" p0
+                        then lib.removePrefix "/var" p0 else p0; in
+    builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
       [ s.dir s.earlyDir s.store "${s.store}.lock" ]
     ++ (let live = map (d: "${tmpLinkPrefix d}*")
                      (builtins.filter (d: lib.hasPrefix (tmpLinkPrefix d) p) [ s.dir s.earlyDir ]);

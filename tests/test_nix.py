@@ -950,6 +950,10 @@ TYPE_ERRORS = {
     "unknown-option": ({"bogus": True}, _OPT + "bogus"),
     "unit-with-space": ({"restartUnits": ["bad unit.service"]}, _OPT + "restartUnits"),
     "unit-with-slash": ({"reloadUnits": ["a/b.service"]}, _OPT + "reloadUnits"),
+    # (the profile loader refuses these: the whole profile would not boot)
+    "unit-as-option": ({"restartUnits": ["--now"]}, _OPT + "restartUnits"),
+    "path-line-break": ({"path": "/etc/a\nb"}, _OPT + "path"),
+    "path-long-name": ({"path": "/etc/" + "k" * 256}, _OPT + "path"),
     "bad-owner": ({"owner": "Bad Name"}, _OPT + "owner"),
 }
 
@@ -1013,6 +1017,7 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             "settings": settings_, "secrets": {"db_password": {"file": master}},
             "templates": {"t": {"content": "{{ secrets.db_password }"}}}},
         "path-in-live-dir": _base_secret(rich, path="/run/vaultpy/other"),
+        "path-in-live-dir-via-var-run": _base_secret(rich, path="/var/run/vaultpy/other"),
         "path-above-store": _base_secret(rich, path="/run"),
         "path-is-store-lock": _base_secret(rich, path="/run/vaultpy.d.lock"),
         "path-is-tmp-link": _base_secret(rich, path="/run/.vaultpy-early.vaultpy-tmp-x"),
@@ -1063,6 +1068,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("secret-id-slash", ['secret id "a/b" is invalid']),
     ("broken-placeholder", ["template t: broken placeholder", "{{ secrets.<id> }}"]),
     ("path-in-live-dir", ["secret db_password", "/run/vaultpy/other overlaps /run/vaultpy,"]),
+    ("path-in-live-dir-via-var-run", ["secret db_password", "path /var/run/vaultpy/other "
+                                      "overlaps /run/vaultpy,"]),
     ("path-above-store", ["path /run overlaps /run/vaultpy and /run/vaultpy-early and "
                           "/run/vaultpy.d"]),
     ("path-is-store-lock", ["secret db_password", "path /run/vaultpy.d.lock overlaps "
