@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, sigint
 from vaultpy.activate.context import MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
@@ -212,19 +212,22 @@ def _put(path: str, fd: int, tmp: str, base: str) -> None:
             return
         except FileExistsError:
             pass
-        try:
-            if not fsutil.rename_in(fd, tmp, base, exchange=True):
-                break
-        except FileNotFoundError:       # removed meanwhile: place it where nothing is
-            continue
-        old = os.stat(tmp, dir_fd=fd, follow_symlinks=False)     # now at the temp name
-        try:
-            _check_replaceable(path, old, fd)
-        except VaultpyError:
-            fsutil.rename_in(fd, tmp, base, exchange=True)      # theirs goes back
-            raise
-        os.unlink(tmp, dir_fd=fd)
-        return
+        # Held whole: interrupted between the swap and the swap back, their file would
+        # be left at the temp name, which the caller then removes.
+        with sigint.held():
+            try:
+                if not fsutil.rename_in(fd, tmp, base, exchange=True):
+                    break
+            except FileNotFoundError:   # removed meanwhile: place it where nothing is
+                continue
+            old = os.stat(tmp, dir_fd=fd, follow_symlinks=False)     # now at the temp name
+            try:
+                _check_replaceable(path, old, fd)
+            except VaultpyError:
+                fsutil.rename_in(fd, tmp, base, exchange=True)      # theirs goes back
+                raise
+            os.unlink(tmp, dir_fd=fd)
+            return
     else:
         raise VaultpyError(Problem(path, "kept appearing and disappearing while its link "
                                    "was placed", "path", "activate again"))
