@@ -15,7 +15,7 @@ import hashlib
 import os
 import struct
 from binascii import a2b_hex
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
@@ -334,6 +334,15 @@ def in_the_way(item: Item) -> str | None:
     except OSError:
         pass
     return None
+
+
+def blocker(item: Item, reason: str | None, linked: Collection[str]) -> str | None:
+    """What stops renc writing ``item``, given its verification ``reason`` (None: it is
+    fine; "missing"): a host directory that is a symlink (:attr:`Plan.linked`: never
+    read through, so no reason), or :func:`in_the_way`."""
+    if item.dir in linked:
+        return f"{display_path(item.dir)} {LINKED}"
+    return None if reason in (None, "missing") else in_the_way(item)
 
 
 FIX_IN_THE_WAY = "move it away, then run vaultpy renc"

@@ -78,13 +78,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                      installed=sid in installed))
                 continue
             shown = f"{shown_cache}/{item.host}/{item.name}"
-            reason: str | None
-            blocker: str | None
-            if item.dir in p.linked:      # never read through (cache.Plan.linked)
-                reason, blocker = "linked", f"{display_path(item.dir)} {cache.LINKED}"
-            else:
-                reason = reasons[item.host, item.id]
-                blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+            reason = reasons.get((item.host, item.id))   # (none: a linked host directory)
+            blocker = cache.blocker(item, reason, p.linked)
             if blocker is not None:
                 entries.append(Entry(host.name, sid, "damaged", shown, blocker,
                                      sid in installed))

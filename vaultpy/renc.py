@@ -642,13 +642,9 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     todo: list[cache.Item] = []
     absent, linked = p.absent, p.linked     # a first run's 10,000 items: no stat each
     for item in p.items:
-        reason: str | None
-        blocker: str | None
-        if item.dir in linked:          # never written through (cache.Plan.linked)
-            reason, blocker = "linked", f"{display_path(item.dir)} {cache.LINKED}"
-        else:
-            reason = "missing" if item.dir in absent else index.check(item)
-            blocker = None if reason in (None, "missing") else cache.in_the_way(item)
+        reason = (None if item.dir in linked        # never read through: blocked below
+                  else "missing" if item.dir in absent else index.check(item))
+        blocker = cache.blocker(item, reason, linked)
         if blocker is not None:         # renc never removes what it did not write
             result.failed.append(Problem(display_path(item.path), "cannot write the cache "
                                          f"file: {blocker}", f"hosts.{item.host}.{item.id}",
