@@ -30,7 +30,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vaultpy._internal import fsutil, sigint
@@ -234,8 +234,8 @@ def _beside(tmp: str, final: str) -> bool:
     """Whether ``tmp`` is a temp name of ``final``, in its directory, as every writer
     makes them (:func:`fsutil.tmp_name`).  A journal is only a file in the repository:
     one committed to it, listing ``/root/.ssh/authorized_keys`` after a temp file of
-    the repository's, would have had the next command move that file there.  A temp
-    file beside the final name is one only who may write there can have made."""
+    the repository's, would have had the next command move that file there.  Not
+    enough alone (a shared /tmp): :func:`_writable` says which final names may be."""
     tmp, final = os.path.normpath(tmp), os.path.normpath(final)
     return (os.path.dirname(tmp) == os.path.dirname(final)
             and os.path.basename(tmp).startswith(fsutil.tmp_prefix(os.path.basename(final))))
@@ -245,28 +245,32 @@ def _strays(cfg: Config, renames: list[tuple[Path, Path, bool]]) -> bool:
     """Whether a rename still to do (its temp file is there) has a final name no
     multi-file write has (:func:`_writable`).  One whose temp file is gone renames
     nothing: a folder removed since (a branch switch) is no reason to refuse."""
-    return any(os.path.isfile(tmp) and not _writable(cfg, final)
-               for tmp, final, _new in renames)
+    writable = _writable(cfg)
+    return any(os.path.isfile(tmp) and not writable(final) for tmp, final, _new in renames)
 
 
-def _writable(cfg: Config, final: Path) -> bool:
-    """Whether a multi-file write may have ``final`` as a final name: hosts.toml, a
+def _writable(cfg: Config) -> Callable[[Path], bool]:
+    """Whether a multi-file write may have a path as a final name: hosts.toml, a
     declared master file or its key pair's .pub, the rotation and Vault state files,
     or a new master (``*.age``: an import's) in secrets_dir.  A temp file beside a
     final name is not proof enough: in a directory every user may write to (/tmp), anyone
     can make one beside root's file, and a journal brought by a clone would have had it
-    renamed over that file."""
+    renamed over that file.  (The set is made once per journal, not per rename.)"""
     from vaultpy.model import ROTATION_FILE, VAULT_VERSIONS_FILE
 
-    final = Path(os.path.normpath(final))
-    known = {cfg.path, cfg.secrets_dir / ROTATION_FILE, cfg.secrets_dir / VAULT_VERSIONS_FILE}
+    named = {cfg.path, cfg.secrets_dir / ROTATION_FILE, cfg.secrets_dir / VAULT_VERSIONS_FILE}
     for s in cfg.secrets.values():
-        known.add(s.file)
+        named.add(s.file)
         if s.public_file is not None:
-            known.add(s.public_file)
-    return (final in {Path(os.path.normpath(k)) for k in known}
-            or (final.parent == Path(os.path.normpath(cfg.secrets_dir))
-                and final.suffix == ".age"))
+            named.add(s.public_file)
+    known = {Path(os.path.normpath(k)) for k in named}
+    masters = Path(os.path.normpath(cfg.secrets_dir))
+
+    def writable(final: Path) -> bool:
+        final = Path(os.path.normpath(final))
+        return final in known or (final.parent == masters and final.suffix == ".age")
+
+    return writable
 
 
 def listed(cfg: Config) -> set[str]:
