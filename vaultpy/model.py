@@ -30,6 +30,7 @@ from vaultpy.output import (
     EARLY_OWNER_HINT,
     EARLY_OWNER_PROBLEM,
     early_owner_ok,
+    has_control,
     nesting,
     nesting_message,
     numeric_id_ok,
@@ -328,7 +329,7 @@ class _Checker:
             self.add(where, f"invalid path {text!r} (it holds a NUL character)",
                      "remove the NUL (\\u0000) from the path")
             return None
-        if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if text is not None and has_control(text):
             self.add(where, f"invalid path {text!r} (a control character, such as a line "
                      "break, is in it)", "remove it from the path")
             return None

@@ -66,6 +66,11 @@ def _overlaps(path: str, d: str) -> bool:
     return path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path + "/")
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (a line break, a tab, a NUL, DEL)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def path_shape_problem(path: str) -> str | None:
     """Why ``path`` cannot be an item's extra path (None: it can): absolute and
     normalised (no "..", no "//" at its start, which POSIX keeps), no control
@@ -75,7 +80,7 @@ def path_shape_problem(path: str) -> str | None:
     if (not pure.is_absolute() or ".." in pure.parts or str(pure) != path or path == "/"
             or path.startswith("//")):
         return "not an absolute, normalised path"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if has_control(path):
         return "a control character (a line break, a tab, a NUL) is in it"
     encoded = path.encode("utf-8", "surrogateescape")
     if len(encoded) > 4095 or any(len(part) > 255 for part in encoded.split(b"/")):
