@@ -140,12 +140,12 @@ def _scan(text: str, errors: list[TemplateError] | None = None
 
 
 def references(text: str) -> list[str]:
-    """The secret ids a template uses, in order of first use."""
-    seen: dict[str, None] = {}
-    for seg in parse(text):
-        if isinstance(seg, Ref):
-            seen.setdefault(seg.id)
-    return list(seen)
+    """The secret ids a template uses, in order of first use (TemplateError: its first
+    broken placeholder)."""
+    ids, broken = check(text)
+    if broken:
+        raise broken[0]
+    return ids
 
 
 def render(text: str, values: Mapping[str, bytes], trim: bool = False) -> bytes:
