@@ -196,7 +196,9 @@ def _read_line_from_fd(fd: int) -> str:
                                    "pass the passphrase as UTF-8")) from None
 
 
-DAMAGED = "the file is damaged"     # in decrypt's message when the payload fails
+class Damaged(VaultpyError):
+    """:func:`decrypt`'s failure when a key opened the file but its payload does not
+    check out (cut short, altered): the file's fault, not the key's."""
 
 
 def passphrase_from_env_or_tty(prompt: str) -> str:
@@ -788,8 +790,8 @@ def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str, *,
         if "age-plugin-" in message:
             raise fail(source, f"{message}{notes}", hint="check the PIN, and that the "
                        "plugin's key is present") from None
-        raise fail(source, f"decryption failed: {exc} ({DAMAGED})",
-                   hint=damaged_hint) from None
+        raise Damaged(Problem(display_path(source), f"decryption failed: {exc} (the file "
+                              "is damaged)", "", damaged_hint)) from None
     finally:
         if _answers is not None:
             _answers.settle(worked)

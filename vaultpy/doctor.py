@@ -307,8 +307,7 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
         try:
             age.decrypt(data, keys, display_path(path))
         except VaultpyError as exc:
-            (broken if age.DAMAGED in exc.problems[0].message else failed).append(
-                display_path(path))
+            (broken if isinstance(exc, age.Damaged) else failed).append(display_path(path))
     where = "in memory" if not paths else ", ".join(display_path(p) for p in paths)
     if failed:
         return Check("identity", PROBLEM, f"{where} cannot decrypt {len(failed)} of "
