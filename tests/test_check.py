@@ -501,6 +501,37 @@ def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: P
     repo.ok("check")
 
 
+def test_a_cache_file_that_is_a_symlink_is_never_read_through(make_repo, tmp_path: Path
+                                                              ) -> None:
+    """A cache file replaced by a symlink (git keeps them) to another age file for the
+    same host, with a payload as long: check read through it and passed it, and bundle
+    shipped the other secret's ciphertext under this one's name.  Now check and bundle
+    name the link, and renc replaces the link (never its target) with the real file."""
+    repo: Repo = make_repo(hosts=2, secrets={"alpha": b"aaaa", "beta": b"bbbb"})
+    repo.ok("renc")
+    alpha, beta = cache_file(repo, "host1", "alpha"), cache_file(repo, "host1", "beta")
+    beta_bytes = beta.read_bytes()
+    alpha.unlink()
+    alpha.symlink_to(beta.name)
+    proc = repo.run("check")
+    assert proc.returncode == 1
+    text = (proc.stdout + proc.stderr).decode()
+    assert "Traceback" not in text
+    assert (f"{rel(repo, alpha)}: hosts.host1.alpha: cache file is a symbolic link, not a "
+            "file; run vaultpy renc") in text, text
+    out = tmp_path / "bundle"
+    assert_one_clean_error(repo.run("bundle", "--host", "host1", "-o", str(out)),
+                           rel(repo, alpha), "a symbolic link, not a file",
+                           "run vaultpy renc first")
+    assert not os.path.lexists(out)
+    repo.ok("renc")
+    assert not alpha.is_symlink() and beta.read_bytes() == beta_bytes
+    assert age_decrypt(alpha, repo.hosts["host1"].key) == b"aaaa"
+    repo.ok("check")
+    repo.ok("bundle", "--host", "host1", "-o", str(out))
+    assert age_decrypt(out / "cache" / alpha.name, repo.hosts["host1"].key) == b"aaaa"
+
+
 def test_a_symlinked_cache_directory_is_refused_and_a_temp_named_one_of_others_kept(
         make_repo, tmp_path: Path) -> None:
     """secrets/cache itself as a symlink (git keeps them) sent renc's files, and its

@@ -486,21 +486,21 @@ def test_a_damaged_file_that_could_not_be_rewritten_is_not_counted_repaired(make
     repo.ok("check")
 
 
-def test_a_symlinked_cache_file_is_reverified_every_run(make_repo, tmp_path):
-    """The verification index vouches for regular files only: a symlink's own stat
-    stays the same while its target is damaged, so renc reads through it each time."""
+def test_a_symlinked_cache_file_is_replaced_not_read_through(make_repo, tmp_path):
+    """A symlink in a cache file's place is no file renc wrote: it was verified through
+    (what it points at passed for the cache file, and was bundled).  Now renc repairs
+    it as a damaged file: the link is replaced, its target left as it was."""
     repo, plaintexts, _layout = three_host_repo(make_repo)
     renc_json(repo)
     name = next(p for p in state(repo) if p.startswith("host0/alpha."))
     target = tmp_path / "elsewhere.age"
     (repo.cache / name).rename(target)
     (repo.cache / name).symlink_to(target)
-    no_memo = {**os.environ, "VAULTPY_NO_MEMO": "1"}
-    assert renc_json(repo, env=no_memo)["repaired"] == []     # verified through the link
     good = target.read_bytes()
-    target.write_bytes(good[:-5])                             # the link's lstat is unchanged
+    no_memo = {**os.environ, "VAULTPY_NO_MEMO": "1"}
     result = renc_json(repo, env=no_memo)
     assert rel(repo, result["repaired"]) == {name}
+    assert target.read_bytes() == good
     assert not (repo.cache / name).is_symlink()
     assert age_decrypt(repo.cache / name, repo.hosts["host0"].key) == plaintexts["alpha"]
 

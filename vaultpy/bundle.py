@@ -84,19 +84,22 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
         raise VaultpyError(Problem(display_path(cfg.cache_dir / host), cache.LINKED,
                                    f"hosts.{host}", cache.FIX_IN_THE_WAY))
     data = profile.build(cfg, host, relative_to=cfg.cache_dir / host)
-    missing = [s for s in data["secrets"]
-               if not (cfg.cache_dir / host / s["file"]).is_file()]
-    if missing:
-        raise VaultpyError([Problem(display_path(cfg.cache_dir / host / s["file"]),
-                                    "cache file is missing", f"hosts.{host}.{s['id']}",
-                                    "run vaultpy renc first") for s in missing])
+    # Each file read once, not following a symlink, and the bytes verified are the
+    # bytes copied: nothing swapped in between the check and the copy.
+    copies: list[tuple[str, bytes]] = []
+    problems: list[Problem] = []
     for s in data["secrets"]:
-        bad = cache.verify(cfg.cache_dir / host / s["file"], cfg.hosts[host].recipients)
+        path = cfg.cache_dir / host / s["file"]
+        got, _st, why = cache.read_cache_file(path)
+        bad = why if got is None else cache.verify_bytes(got, cfg.hosts[host].recipients)
         if bad is not None:
-            raise VaultpyError(Problem(display_path(cfg.cache_dir / host / s["file"]),
-                                       f"cache file is {bad}",
-                                       f"hosts.{host}.{s['id']}", "run vaultpy renc first"))
-        s["file"] = f"cache/{s['file']}"
+            problems.append(Problem(display_path(path), f"cache file is {bad}",
+                                    f"hosts.{host}.{s['id']}", "run vaultpy renc first"))
+        elif got is not None:
+            s["file"] = f"cache/{s['file']}"
+            copies.append((s["file"], got))
+    if problems:
+        raise VaultpyError(problems)
     files: dict[str, bytes] = {
         "profile.json": (profile.dumps(data) + "\n").encode(),
         UNIT_NAME: unit_text(host, data["settings"], vaultpy,
@@ -105,12 +108,11 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
     if any(i["early"] for i in data["secrets"] + data["templates"] if i.get("install", True)):
         files["vaultpy-activate-early.service"] = unit_text(
             host, data["settings"], vaultpy, early=True).encode()
-    _publish(out, [(s["file"], cfg.cache_dir / host / Path(s["file"]).name)
-                   for s in data["secrets"]], files)
+    _publish(out, copies, files)
     return out
 
 
-def _publish(out: Path, copies: list[tuple[str, Path]], files: dict[str, bytes]) -> None:
+def _publish(out: Path, copies: list[tuple[str, bytes]], files: dict[str, bytes]) -> None:
     """Build the bundle beside ``out`` under a temp name, flush it, and swap it in:
     ``out`` is the old bundle or the new one, never absent or half-written, even if
     the run is killed (a killed run's temp directory is removed by the next one)."""
@@ -122,9 +124,7 @@ def _publish(out: Path, copies: list[tuple[str, Path]], files: dict[str, bytes])
             if leftover.startswith(fsutil.tmp_prefix(out.name)):
                 fsutil.remove_tree(parent / leftover)
         (staging / "cache").mkdir(parents=True)
-        for rel, src in copies:
-            _put(staging / rel, fsutil.read_regular(src)[0])
-        for rel, text in files.items():
+        for rel, text in [*copies, *files.items()]:
             _put(staging / rel, text)
         fsutil.syncfs(staging)
         if os.path.lexists(out):

@@ -23,6 +23,7 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from vaultpy import age
 from vaultpy._internal import ageformat
 from vaultpy._internal.fsutil import (
+    LINK,
     atomic_write,
     in_use,
     is_tmp,
@@ -284,18 +285,34 @@ def verify(path: Path | str, recipients: Sequence[str], payload: int | None = No
 
 def _verify_read(path: Path | str, recipients: Sequence[str], payload: int | None
                  ) -> tuple[str | None, os.stat_result | None]:
-    """:func:`verify`, and the stat of the very file it read (None if unread)."""
+    """:func:`verify`, and the stat of the very file it read (None if unread).
+
+    A symlink is not followed: it is no cache file renc wrote, and what it points at
+    (anything the reader may read) must not pass for one, nor be copied into a bundle.
+    renc replaces it (the link, never its target) as it repairs a damaged file."""
+    data, st, reason = read_cache_file(path)
+    if data is None:
+        return reason, None
+    return verify_bytes(data, recipients, payload), st
+
+
+def read_cache_file(path: Path | str
+                    ) -> tuple[bytes, os.stat_result, None] | tuple[None, None, str]:
+    """The bytes and stat of a cache file, or why they cannot be read ("missing",
+    "a symbolic link, not a file", "unreadable (...)")."""
     try:
-        data, st = read_regular(path)
+        data, st = read_regular(path, follow=False)
     except FileNotFoundError:
-        return "missing", None
+        return None, None, "missing"
     except OSError as exc:
-        return f"unreadable ({exc.strerror})", None
-    return _verify_bytes(data, recipients, payload), st
+        if exc.strerror == LINK:
+            return None, None, LINK
+        return None, None, f"unreadable ({exc.strerror})"
+    return data, st, None
 
 
-def _verify_bytes(data: bytes, recipients: Sequence[str], payload: int | None
-                  ) -> str | None:
+def verify_bytes(data: bytes, recipients: Sequence[str], payload: int | None = None
+                 ) -> str | None:
     try:
         header = ageformat.parse(data)
     except ageformat.FormatError as exc:

@@ -372,14 +372,17 @@ def mount_fstype(path: Path) -> str | None:
 RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 # read_regular's OSError (EINVAL) for anything but a regular file.
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
+LINK = "a symbolic link, not a file"
 
 
-def read_regular(path: Path | str) -> tuple[bytes, os.stat_result]:
-    """The bytes of a regular file (a symlink to one included), and the stat of what was
+def read_regular(path: Path | str, *, follow: bool = True
+                 ) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file (a symlink to one included, unless not ``follow``:
+    then a symlink raises OSError(ELOOP, :data:`LINK`)), and the stat of what was
     read.  Anything else raises OSError before a byte is read: a FIFO planted where a
     file is expected would block ``open`` or ``read`` forever (it is opened
     non-blocking, and never read), a device could stream without end."""
-    fd, st = _open_regular(path)
+    fd, st = _open_regular(path, follow)
     try:
         chunks = []
         while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
@@ -394,8 +397,14 @@ def open_regular(path: Path | str) -> BinaryIO:
     return os.fdopen(_open_regular(path)[0], "rb")
 
 
-def _open_regular(path: Path | str) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def _open_regular(path: Path | str, follow: bool = True) -> tuple[int, os.stat_result]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                     | (0 if follow else os.O_NOFOLLOW))
+    except OSError as exc:
+        if follow or exc.errno != errno.ELOOP or not os.path.islink(path):
+            raise
+        raise OSError(errno.ELOOP, LINK, str(path)) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
