@@ -508,6 +508,42 @@ def test_a_profile_field_missing_or_mistyped_is_one_problem(change, field: str) 
     assert [p.field for p in exc.value.problems] == [field], exc.value.problems
 
 
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["secrets"][0].update(onwer="app"), "secrets[0].onwer"),
+    (lambda d: d["templates"][0].update({"restart-units": ["a.service"]}),
+     'templates[0]["restart-units"]'),
+    (lambda d: d["settings"].update(kep=5), "settings.kep"),
+    (lambda d: d.update(rotate=True), "rotate"),
+])
+def test_a_profile_field_vaultpy_does_not_know_is_refused(change, field: str) -> None:
+    """A typo ("onwer") was skipped: the file was installed as root's, the owner the
+    profile meant never told.  A newer vaultpy's field would be left undone the same way."""
+    from test_fuzz import VALID_PROFILE
+
+    from vaultpy import profile
+
+    data = copy.deepcopy(VALID_PROFILE)
+    change(data)
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [(p.field, p.message) for p in exc.value.problems] == [(field, "unknown field")]
+    assert "upgrade vaultpy on this host" in exc.value.problems[0].hint
+
+
+def test_a_profile_of_another_version_is_named_for_its_version_alone() -> None:
+    """Its other fields are that version's: naming each as unknown would bury the line
+    that says what to do."""
+    from test_fuzz import VALID_PROFILE
+
+    from vaultpy import profile
+
+    data = copy.deepcopy(VALID_PROFILE) | {"version": 2, "rotate": True}
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [(p.field, p.message) for p in exc.value.problems] == [
+        ("version", "unsupported profile version 2")]
+
+
 def test_an_early_item_with_a_named_owner_is_refused(repo: Repo) -> None:
     """Early items are installed before users and groups exist (a first boot, a user
     added in the same switch): a name there could not be looked up, and the whole early

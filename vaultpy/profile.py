@@ -263,6 +263,27 @@ def _not_utf8(value: Any, where: str = "") -> list[str]:
     return found
 
 
+# Every field a profile of this VERSION has.  Any other is refused, not skipped: a typo
+# ("onwer") would install the file as root's, and a field of a newer vaultpy (a profile
+# built by it, activated by this one) would be silently left undone.
+_OUTPUT_KEYS = frozenset({"owner", "group", "mode", "path", "restart_units",
+                          "reload_units", "early"})
+_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"version", "host", "settings", "secrets", "templates"}),
+    "settings": frozenset({"identities", "dir", "early_dir", "store", "keep"}),
+    "secrets": _OUTPUT_KEYS | {"id", "name", "file", "install"},
+    "templates": _OUTPUT_KEYS | {"name", "content", "trim"},
+}
+
+
+def _unknown(rd: _Reader, obj: Mapping[str, Any], kind: str, where: str) -> None:
+    for key in obj:
+        if key not in _KEYS[kind]:
+            rd.bad(_field(where, key), "unknown field",
+                   "a newer vaultpy's? upgrade vaultpy on this host, or regenerate the "
+                   "profile with this version (vaultpy profile)")
+
+
 def parse(data: Any, source: str, base: Path) -> Profile:
     """Validate a decoded profile; ``base`` resolves relative ``file`` paths."""
     rd = _Reader(source)
@@ -277,8 +298,11 @@ def parse(data: Any, source: str, base: Path) -> Profile:
     if version is not None and version != VERSION:
         rd.bad("version", f"unsupported profile version {version}",
                "upgrade vaultpy on this host")
+        raise VaultpyError(rd.problems)     # its fields are another version's
+    _unknown(rd, data, "", "")
     host = rd.get(data, "host", str, "") or ""
     raw = rd.get(data, "settings", dict, "") or {}
+    _unknown(rd, raw, "settings", "settings")
     idents = rd.get(raw, "identities", list, "settings")    # None: reported already
     if not idents or not all(isinstance(i, str) for i in idents):
         if idents is not None:
@@ -300,6 +324,7 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         if not isinstance(obj, dict):
             rd.bad(where, "expected an object")
             continue
+        _unknown(rd, obj, "secrets", where)
         got = {key: rd.get(obj, key, str, where) for key in ("id", "name")}
         for key, val in got.items():     # a missing or mistyped one is reported already
             if val is not None and not ID_RE.fullmatch(val):
@@ -319,6 +344,7 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         if not isinstance(obj, dict):
             rd.bad(where, "expected an object")
             continue
+        _unknown(rd, obj, "templates", where)
         got_name = rd.get(obj, "name", str, where)
         if got_name is not None and not ID_RE.fullmatch(got_name):
             rd.bad(f"{where}.name", f"invalid name {got_name!r}")
