@@ -319,14 +319,16 @@ def test_rm_deletes_no_file_vaultpy_did_not_write(make_repo, tmp_path: Path) -> 
     """`host rm` removed the host's cache directory whole: with cache_dir = "/etc" and a
     host named ssh, /etc/ssh.  A directory holding anything but cache files is kept now,
     with a warning; a symlink in its place is removed, never what it leads to."""
-    repo = make_repo(hosts=3)
+    repo = make_repo(hosts=4)
     repo.ok("renc")
     (repo.cache / "host1" / "sshd_config").write_text("PermitRootLogin no\n")
+    (repo.cache / "host1" / "ssh_host_ed25519_key").write_text("k\n")
     proc = repo.ok("host", "rm", "host1")
     err = proc.stderr.decode()
     assert "removed host host1" in err and "deleted its cache" not in err, err
-    assert ("warning: secrets/cache/host1: not deleted: it holds files vaultpy did not "
-            "write") in err, err
+    # the warning names what it kept for (it named nothing: the user had to look)
+    assert ("warning: secrets/cache/host1: not deleted: it holds what vaultpy did not "
+            "write (secrets/cache/host1/ssh_host_ed25519_key and 1 more)") in err, err
     assert (repo.cache / "host1" / "sshd_config").read_text() == "PermitRootLogin no\n"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -336,6 +338,16 @@ def test_rm_deletes_no_file_vaultpy_did_not_write(make_repo, tmp_path: Path) -> 
     proc = repo.ok("host", "rm", "host2")
     assert not os.path.lexists(repo.cache / "host2")
     assert (elsewhere / "kept").read_text() == "x"
+    err = proc.stderr.decode()      # it said "deleted its cache" of the link's target
+    assert ("warning: secrets/cache/host2 was a symlink: removed the link, not what it "
+            "leads to") in err, err
+    fsutil.remove_tree(repo.cache / "host3")      # a file in the directory's place
+    (repo.cache / "host3").write_text("notes\n")
+    err = repo.ok("host", "rm", "host3").stderr.decode()
+    assert (repo.cache / "host3").read_text() == "notes\n"
+    assert "deleted its cache" not in err and (
+        "warning: secrets/cache/host3: not deleted: a file, where the host's cache "
+        "directory would be") in err, err
 
 
 def test_rotate_reencrypts_to_the_new_key_and_prunes_the_old(make_repo, tmp_path: Path

@@ -242,11 +242,17 @@ def holds_cache_files_only(path: Path) -> bool:
     """Whether directory ``path`` could be a removed host's (renc deletes it whole):
     nothing in it but files named as vaultpy names them."""
     try:
-        with os.scandir(path) as it:
-            return all(_cache_file_name(e.name) and not e.is_dir(follow_symlinks=False)
-                       for e in it)
+        return not not_cache_files(path)
     except OSError:
         return False
+
+
+def not_cache_files(path: Path) -> list[str]:
+    """The names in directory ``path`` (sorted) that are not files named as vaultpy
+    names them: what makes it no removed host's.  OSError if it cannot be listed."""
+    with os.scandir(path) as it:
+        return sorted(e.name for e in it
+                      if not _cache_file_name(e.name) or e.is_dir(follow_symlinks=False))
 
 
 def foreign(path: Path) -> Problem:

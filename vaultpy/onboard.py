@@ -674,19 +674,40 @@ def remove(cfg: Config, name: str) -> Outcome:
     out = Outcome("removed", name)
 
     def drop_cache() -> None:
-        from vaultpy.cache import holds_cache_files_only
+        from vaultpy.cache import not_cache_files
 
-        if cache.is_dir() and not cache.is_symlink() and not holds_cache_files_only(cache):
+        shown = display_path(cache)
+        if cache.is_symlink():              # the link itself, never what it leads to
+            fsutil.remove_tree(cache)
+            out.cache_removed = cache
+            out.warnings.append(f"{shown} was a symlink: removed the link, not what it "
+                                "leads to")
+        elif cache.is_dir():
             # What renc never writes may be someone's (cache_dir = "/etc", host ssh).
-            out.warnings.append(f"{display_path(cache)}: not deleted: it holds files "
-                                "vaultpy did not write; delete it yourself if it is no "
+            try:
+                others = not_cache_files(cache)
+            except OSError as exc:
+                out.warnings.append(f"{shown}: not deleted: cannot list it "
+                                    f"({exc.strerror}); delete it yourself if it is no "
+                                    "longer needed")
+                return
+            if others:
+                more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+                out.warnings.append(f"{shown}: not deleted: it holds what vaultpy did not "
+                                    f"write ({display_path(cache / others[0])}{more}); "
+                                    "delete it yourself if it is no longer needed")
+                return
+            fsutil.remove_tree(cache)
+            out.cache_removed = cache
+        elif cache.exists():                # a file in the directory's place: not ours
+            out.warnings.append(f"{shown}: not deleted: a file, where the host's cache "
+                                "directory would be; delete it yourself if it is no "
                                 "longer needed")
             return
-        if cache.exists() or cache.is_symlink():
-            fsutil.remove_tree(cache)       # (a symlink itself, never what it leads to)
-            out.cache_removed = cache
-            with contextlib.suppress(OSError):
-                fsutil.fsync_path(cfg.cache_dir, directory=True)
+        else:
+            return
+        with contextlib.suppress(OSError):
+            fsutil.fsync_path(cfg.cache_dir, directory=True)
 
     _write(cfg, text, new_text, then=drop_cache)
     return out
