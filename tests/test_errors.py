@@ -485,6 +485,28 @@ def test_repo_option_and_no_hosts_toml(make_repo, tmp_path: Path) -> None:
     assert list(empty.iterdir()) == []
 
 
+def test_the_search_for_hosts_toml_stops_at_the_top_of_a_git_repository(
+        make_repo, tmp_path: Path) -> None:
+    """The nearest hosts.toml upwards was searched past the git repository the command
+    ran in: `vaultpy check` there passed on another repository's, and `vaultpy import`
+    added its tables to it.  Like git, the search ends at the repository's top."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    repo.ok("renc")
+    inner = repo.root / "vendor" / "other"
+    (inner / "sub").mkdir(parents=True)
+    assert repo.ok("check", cwd=inner / "sub").returncode == 0     # no .git: found above
+    subprocess.run(["git", "init", "-q", str(inner)], check=True)
+    text = (repo.root / "hosts.toml").read_text()
+    for command in ("renc", "check", "status"):
+        proc = repo.run(command, cwd=inner / "sub")
+        fails(proc, "no hosts.toml in this git repository", f"its top: {inner}",
+              "vaultpy init")
+    (inner / ".git").rename(inner / "gitdir")          # a worktree's .git is a file
+    (inner / ".git").write_text(f"gitdir: {inner / 'gitdir'}\n")
+    fails(repo.run("check", cwd=inner / "sub"), "no hosts.toml in this git repository")
+    assert (repo.root / "hosts.toml").read_text() == text
+
+
 @pytest.mark.parametrize("args", [("renc", "--bogus"), ("--bogus", "check"), ("nosuchcmd",),
                                   ("renc", "--jobs", "0"), ("decrypt",)],
                          ids=["unknown_option", "unknown_global", "unknown_command",

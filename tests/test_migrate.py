@@ -185,6 +185,13 @@ def test_import_in_the_agenix_repository_itself(agenix, nix_env, tmp_path):
         assert "--force" not in line
         assert {p: p.read_bytes() for p in (infra / "secrets").rglob("*")
                 if p.is_file()} == before and not (infra / "hosts.toml").exists()
+    for outside in ("../vp", "a/../../vp", str(tmp_path / "vp"), "~/vp"):
+        # It is hosts.toml's secrets_dir: "../vp" put masters and cache outside the
+        # repository, silently.
+        proc = run(*args, "--masters-dir", outside, cwd=infra, env=nix_env)
+        assert_one_clean_error(proc, "--masters-dir", "is not a folder inside the "
+                               "repository", "relative to hosts.toml's folder")
+        assert not (infra / "hosts.toml").exists() and not (tmp_path / "vp").exists()
     ok(*args, "--masters-dir", "vaultpy-secrets", cwd=infra, env=nix_env)
     assert {p: p.read_bytes() for p in before} == before        # agenix's files as they were
     cfg = model.load(infra)

@@ -30,7 +30,7 @@ from vaultpy.cli import (
     _out,
     app,
 )
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy.errors import Problem, VaultpyError, display_path
 
 identity_app = typer.Typer(
     name="identity", no_args_is_help=True,
@@ -161,8 +161,9 @@ OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
 MastersDirOpt = Annotated[str | None, typer.Option(
-    "--masters-dir", metavar="DIR", help="Where a new hosts.toml keeps vaultpy's masters "
-    "(its secrets_dir; default: secrets), when the old tool's files are in secrets/.")]
+    "--masters-dir", metavar="DIR", help="Where a new hosts.toml keeps vaultpy's masters: "
+    "its secrets_dir, a folder relative to hosts.toml's (default: secrets), for when the "
+    "old tool's files are in secrets/.")]
 
 
 def _target(repo: Path | None) -> Path:
@@ -193,13 +194,15 @@ def _report(result: object, dry_run: bool) -> None:
         import shlex
 
         renc += f" -i {shlex.quote(str(result.master_identity))}"
+    # Named as from here ("../hosts.toml" for -C .., not ".../secrets/../hosts.toml").
+    shown = display_path(Path(os.path.realpath(result.path.parent)) / result.path.name)
     if not result.hosts:            # sops: which host gets what is in the NixOS config
-        _err().print(f"imported {len(result.secrets)} secret(s) into {result.path}; next: "
+        _err().print(f"imported {len(result.secrets)} secret(s) into {shown}; next: "
                      "list them under each host that needs them ([hosts.NAME] secrets = "
                      f"[...]), then {renc} && vaultpy check", markup=False)
         return
     _err().print(f"imported {len(result.secrets)} secret(s) for {len(result.hosts)} host(s) "
-                 f"into {result.path}; next: {renc} && vaultpy check", markup=False)
+                 f"into {shown}; next: {renc} && vaultpy check", markup=False)
 
 
 @import_app.command("agenix")

@@ -771,6 +771,15 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         chosen, origin = _recipients(plan, recipients, existing, keys)
     except VaultpyError as exc:
         problems.extend(exc.problems)
+    if masters_dir is not None and (os.path.isabs(masters_dir) or masters_dir.startswith("~")
+                                    or os.path.normpath(masters_dir).split(os.sep)[0]
+                                    == ".."):
+        # It is written as secrets_dir, which is read relative to hosts.toml: "../vp"
+        # put the masters and the cache outside the repository, and nothing said so.
+        problems.append(Problem("--masters-dir", f"{masters_dir!r} is not a folder inside "
+                                f"the repository ({display_path(hosts_path.parent)})", "",
+                                "name one relative to hosts.toml's folder, like "
+                                "--masters-dir vaultpy"))
     if existing is not None and masters_dir is not None:
         problems.append(Problem("--masters-dir", f"{display_path(hosts_path)} exists, and "
                                 "its secrets_dir decides where masters go", "",

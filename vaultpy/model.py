@@ -964,7 +964,9 @@ def parse(text: str, path: Path) -> Config:
 
 
 def find(start: Path) -> Path:
-    """hosts.toml in ``start`` or its nearest parent that has one (like git)."""
+    """hosts.toml in ``start`` or its nearest parent that has one (like git), never
+    above the top of the git repository ``start`` is in: a hosts.toml further up is
+    another repository's, which a command (an import, say) must not change."""
     here = start.resolve()
     for d in (here, *here.parents):
         candidate = d / FILENAME
@@ -980,6 +982,10 @@ def find(start: Path) -> Path:
                                        f"waits here to create {FILENAME}", "",
                                        "run the same vaultpy import again: it finishes "
                                        "the write first"))
+        if os.path.lexists(d / ".git"):     # a repository's top (.git: a file in a worktree)
+            raise VaultpyError(Problem(
+                display_path(start), f"no {FILENAME} in this git repository (its top: "
+                f"{display_path(d)})", "", "run vaultpy init, or pass -C DIR"))
     raise VaultpyError(Problem(display_path(start), f"no {FILENAME} here or in any parent "
                                "directory", "", "run vaultpy init, or pass -C DIR"))
 

@@ -732,6 +732,8 @@ def _hosts_toml(repo: str | None) -> str | None:
         candidate = os.path.join(here, "hosts.toml")
         if os.path.isfile(candidate):
             return candidate
+        if os.path.lexists(os.path.join(here, ".git")):     # as model.find: not above it
+            return None
         parent = os.path.dirname(here)
         if parent == here:
             return None
