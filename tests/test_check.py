@@ -168,6 +168,10 @@ def test_a_damaged_master_and_the_copy_renc_keeps(make_repo) -> None:
     proc = repo.run("status", "--json")
     rows = [e for e in json.loads(proc.stdout)["entries"] if e["id"] == "alpha"]
     assert rows and all(e["detail"] == "its master file is damaged" for e in rows), rows
+    # (the table said "missing", which the cache files renc kept are not)
+    assert all(e["state"] == "bad-master" for e in rows), rows
+    table = repo.run("status", env={**os.environ, "NO_COLOR": "1"}).stdout.decode()
+    assert table.count("master damaged") == 2 and "missing" not in table, table
 
 
 def test_check_invalid_hosts_toml(make_repo) -> None:

@@ -486,6 +486,22 @@ def test_a_damaged_file_that_could_not_be_rewritten_is_not_counted_repaired(make
     repo.ok("check")
 
 
+def test_a_run_that_failed_whole_prints_no_table_of_zeros(make_repo, tmp_path):
+    """With the wrong key every item failed, and renc still printed its table: one row,
+    "total 0 0 0 0", above the line that said what was wrong."""
+    repo, _plaintexts, _layout = three_host_repo(make_repo)
+    renc_json(repo)
+    for name in state(repo):
+        (repo.cache / name).unlink()            # (the lock stays: not a first run)
+    other, _ = age_keygen(tmp_path, "other.txt")
+    proc = repo.run("renc", env={"VAULTPY_IDENTITY": str(other), "NO_COLOR": "1"})
+    assert proc.returncode == 1 and proc.stdout == b"", proc.stdout
+    err = proc.stderr.decode()
+    assert err.startswith("3 failed\n") and "none of the identities" in err, err  # 3 masters
+    proc = repo.run("renc", env={"NO_COLOR": "1"})       # a run that did something: its table
+    assert proc.stdout.decode().splitlines()[-1].split() == ["total", "7", "0", "0", "0"]
+
+
 def test_a_symlinked_cache_file_is_replaced_not_read_through(make_repo, tmp_path):
     """A symlink in a cache file's place is no file renc wrote: it was verified through
     (what it points at passed for the cache file, and was bundled).  Now renc repairs

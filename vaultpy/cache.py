@@ -113,9 +113,12 @@ class Plan:
 
 
 def missing_master(cfg: Config, sid: str) -> Problem:
-    return Problem(display_path(cfg.secrets[sid].file), "master file is missing",
-                   f"secrets.{sid}", f"create it with vaultpy edit {sid} (or vaultpy "
-                   f"encrypt {sid})")
+    secret = cfg.secrets[sid]
+    fix = (f"create it with vaultpy generate {sid} (its generate = rule)"
+           if secret.generate is not None
+           else f"create it with vaultpy edit {sid} (or vaultpy encrypt {sid})")
+    return Problem(display_path(secret.file), "master file is missing", f"secrets.{sid}",
+                   fix)
 
 
 def master_hashes(cfg: Config, ids: Iterable[str]) -> tuple[dict[str, Master], list[Problem]]:

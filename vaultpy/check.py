@@ -28,7 +28,7 @@ class Entry:
 
     host: str
     id: str
-    state: str          # ok | outdated | missing | damaged | no-master
+    state: str          # ok | outdated | missing | damaged | no-master | bad-master
     file: str
     detail: str = ""
     installed: bool = True
@@ -98,9 +98,9 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 problems.append(Problem(shown, f"cache file is out of date: {why}",
                                         f"hosts.{host.name}.{sid}", FIX_RENC))
                 continue
-            entries.append(Entry(host.name, sid, state, shown,
-                                 "its master file is damaged" if bad_master else reason or "",
-                                 sid in installed))
+            entries.append(Entry(host.name, sid, "bad-master" if bad_master else state,
+                                 shown, "its master file is damaged" if bad_master
+                                 else reason or "", sid in installed))
             if bad_master:
                 continue        # the master's own line says what to do
             if reason == "missing":

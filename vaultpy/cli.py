@@ -418,7 +418,8 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
     for path in result.pruned:       # a file of a host, or a removed host's directory
         host = path.name if path.parent == cache_dir else path.parent.name
         rows.setdefault(host, [0, 0, 0, 0])[3] += 1
-    _plain(renc_table(rows))
+    if rows:            # (a run that failed whole: a table of zeros says nothing)
+        _plain(renc_table(rows))
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 
@@ -648,7 +649,7 @@ def status(
         table.add_column(sid, justify="center")
     marks = {"ok": "[green]ok[/]", "outdated": "[yellow]outdated[/]",
              "missing": "[red]missing[/]", "damaged": "[red]damaged[/]",
-             "no-master": "[red]no master[/]"}
+             "no-master": "[red]no master[/]", "bad-master": "[red]master damaged[/]"}
     grid: dict[str, dict[str, str]] = {}
     for e in entries:
         mark = marks[e.state] + ("" if e.installed else " [dim](tmpl)[/]")
