@@ -511,3 +511,59 @@ def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
         assert d.is_dir() and stat.S_IMODE(d.stat().st_mode) == 0o700
     finally:
         fsutil.remove_tree(d)
+
+
+@pytest.mark.parametrize("editor, vimrc", [
+    ("vi", None),
+    ("vim", "set undofile undodir=~/undo backup backupdir=~/backup writebackup\n"),
+])
+def test_vim_keeps_no_copy_of_the_secret_on_disk(case: EditCase, editor: str,
+                                                  vimrc: str | None) -> None:
+    """With Debian's stock vi (vim), a line yanked in `vaultpy edit` went to
+    ~/.viminfo, on disk: the plaintext outside edit's private directory.  vaultpy now
+    starts Vim with no viminfo, no swap file, and no undo or backup file, over what
+    the user's vimrc sets."""
+    need("vim")
+    script = need("script")     # a terminal for Vim, as a user's (viminfo is written then)
+    home = case.tmp / "home"
+    home.mkdir()
+    if vimrc is not None:
+        (home / "undo").mkdir()
+        (home / "backup").mkdir()
+        (home / ".vimrc").write_text(vimrc)
+    # The user's keys, given after vaultpy's options: yank a line, put it, save, quit.
+    command = f"{editor} -c 'normal yyp' -c wq"
+    env = {**os.environ, "NO_COLOR": "1", "HOME": str(home), "TERM": "xterm",
+           **case.repo.env, **case.env(command)}
+    env.pop("VIMINIT", None)
+    vaultpy = f"{sys.executable} -m vaultpy edit s"
+    proc = subprocess.run([script, "-qec", vaultpy, "/dev/null"], cwd=case.repo.root,
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+    value = age_decrypt(case.repo.root / "secrets" / "s.age", case.repo.identity)
+    assert value == case.marker + b"\n" + case.marker + b"\n"     # the edit was made
+    found = [p for p in home.rglob("*") if p.is_file() and case.marker in p.read_bytes()]
+    assert found == [], found
+    assert list(case.runtime.iterdir()) == []           # the private directory is gone
+
+
+def test_only_vim_gets_vims_options(tmp_path: Path) -> None:
+    """Another editor, a plain vi that is no Vim, or a shell command line are left as
+    they are: they would not know the options."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("vi", "nano", "vim.basic"):
+        (bindir / name).write_text("#!/bin/sh\n")
+        (bindir / name).chmod(0o755)
+    (bindir / "vim").symlink_to("vim.basic")
+    old = os.environ["PATH"]
+    os.environ["PATH"] = str(bindir)
+    try:
+        opts = " ".join(edit_mod.VIM_OPTIONS[:3])
+        assert edit_mod._with_vim_options("vim -u NONE").startswith(f"vim {opts} ")
+        assert edit_mod._with_vim_options("vim -u NONE").endswith(" -u NONE")
+        for command in ("vi", "nano", "vim; true", "code --wait"):
+            assert edit_mod._with_vim_options(command) == command
+    finally:
+        os.environ["PATH"] = old

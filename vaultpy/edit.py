@@ -17,6 +17,8 @@ import contextlib
 import os
 import re
 import resource
+import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -97,13 +99,36 @@ def editor_command() -> str:
 _PLAIN_COMMAND = re.compile(r"""[\w\s./'"=:+,@%~-]+""")
 
 
+# Vim (vi on Debian) keeps yanked and deleted lines in ~/.viminfo (Neovim: its shada
+# file), and may write a swap, backup or undo file beside the one edited: the secret on
+# disk, in the stock configuration.  These options come before the user's own, so a
+# user's `-c wq` still runs after them; vaultpy's settings win over the vimrc.
+VIM_OPTIONS = ("-i", "NONE", "-n", "-c", "set noundofile nobackup nowritebackup")
+# (Not a plain "vi": on some systems that is another editor, which has no such options.)
+_VIM = re.compile(r"n?vim(\.[a-z0-9]+)?")
+
+
+def _with_vim_options(command: str) -> str:
+    """``command`` with :data:`VIM_OPTIONS` after its program, when it is a plain command
+    line whose program is Vim or Neovim (found on PATH, symlinks followed: Debian's
+    vi is /usr/bin/vim.basic through /etc/alternatives); else as it is."""
+    words = command.split(None, 1)
+    if not words or not _PLAIN_COMMAND.fullmatch(command):
+        return command
+    found = shutil.which(words[0])
+    if found is None or not _VIM.fullmatch(os.path.basename(os.path.realpath(found))):
+        return command
+    return " ".join([words[0], shlex.join(VIM_OPTIONS), *words[1:]])
+
+
 def run_editor(path: Path, editor: str | None = None) -> None:
     """Run ``$VISUAL``/``$EDITOR`` on ``path`` (through sh, as git does).
 
     Call inside :func:`_signals_during_editor`.
     """
     command = editor or editor_command()
-    script = ("exec " if _PLAIN_COMMAND.fullmatch(command) else "") + command + ' "$@"'
+    plain = _PLAIN_COMMAND.fullmatch(command)
+    script = ("exec " if plain else "") + _with_vim_options(command) + ' "$@"'
     # The child must not inherit our ignored SIGINT: restore defaults in it.
     proc = subprocess.Popen(["sh", "-c", script, "vaultpy-editor", str(path)],
                             preexec_fn=_child_signals)
