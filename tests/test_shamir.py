@@ -271,3 +271,53 @@ def test_cli_combine_reads_shares_typed_on_stdin(tmp_path):
     assert "Warning" not in proc.stderr.decode(), proc.stderr.decode()
     proc = run("identity", "combine", cwd=tmp_path, input=(shares[0].mnemonic + "\n").encode())
     assert_one_clean_error(proc, "1 distinct share(s)", "needs 2")
+
+
+def _split_under_strace(tmp_path, ident, out, sig: str):
+    """`identity split -n 5` with ``sig`` delivered as it links its third share."""
+    need("strace")
+    log = tmp_path / f"strace-{sig}.log"
+    argv = [sys.executable, "-m", "vaultpy", "identity", "split", "-t", "2", "-n", "5",
+            "-o", str(out), "-i", str(ident)]
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=link,linkat",
+                           "-e", f"inject=link,linkat:signal={sig}:when=3", *argv],
+                          cwd=tmp_path, capture_output=True,
+                          env={**os.environ, "NO_COLOR": "1"})
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    return proc
+
+
+def test_an_interrupted_split_leaves_no_share(tmp_path):
+    """Ctrl-C while the shares were written left those written so far: a partial set,
+    any k of which rebuilt the master key.  All shares or none, now."""
+    ident, _ = age_keygen(tmp_path, "master.txt")
+    out = tmp_path / "s"
+    proc = _split_under_strace(tmp_path, ident, out, "SIGINT")
+    assert proc.returncode == 130, proc.stderr.decode()
+    assert "Traceback" not in proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == [], list(out.iterdir())
+    assert run("identity", "split", "-t", "2", "-n", "3", "-o", str(out), "-i", str(ident),
+               cwd=tmp_path).returncode == 0                    # the rerun needs nothing
+    assert len(list(out.iterdir())) == 3
+
+
+def test_a_killed_splits_leftovers_are_named_with_what_to_do(tmp_path):
+    """A SIGKILL mid-split leaves the shares written so far and a temp file holding a
+    whole share, which nothing named: the rerun said only "use an empty -o DIR"."""
+    ident, _ = age_keygen(tmp_path, "master.txt")
+    out = tmp_path / "s"
+    proc = _split_under_strace(tmp_path, ident, out, "SIGKILL")
+    assert proc.returncode == -9 or proc.returncode == 137, proc.returncode
+    shares = sorted(p.name for p in out.glob("share-*"))
+    temps = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert len(shares) == 2 and len(temps) == 1, sorted(os.listdir(out))
+    proc = run("identity", "split", "-t", "2", "-n", "3", "-o", str(out), "-i", str(ident),
+               cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    for name in shares:
+        assert f"{name}: a share file is already there" in err, err
+    assert f"{temps[0]}: a share a killed split left half placed (it holds a whole share); " \
+           "delete it (shred -u)" in err, err
+    assert "interrupted split left can still rebuild the key" in err, err

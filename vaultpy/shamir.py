@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, sigint
 from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, fail, os_problem
 
 SECRET_HRP = "age-secret-key-"
@@ -182,13 +182,22 @@ def write_shares(shares: Sequence[Share], public: str, directory: Path) -> list[
     durable; refuses if any target exists, and then writes nothing."""
     targets = [directory / share_file_name(s) for s in shares]
     taken = [p for p in targets if os.path.lexists(p)]
+    left: list[Path] = []
     if directory.is_dir():      # shares of another split there would make the set ambiguous
         taken += sorted(p for p in directory.glob("share-*-of-*.txt") if p not in taken)
-    if taken:
+        # A split killed mid-write (SIGKILL, a crash) leaves a temp file: a whole share.
+        left = sorted(p for p in directory.glob(".share-*-of-*.txt*") if fsutil.is_tmp(p.name))
+    if taken or left:
         raise VaultpyError([Problem(display_path(p), "a share file is already there", "",
-                                    "use an empty -o DIR; shares are never overwritten or "
-                                    "mixed with another split's")
-                            for p in taken])
+                                    "use an empty -o DIR: shares are never overwritten or "
+                                    "mixed with another split's (files an interrupted split "
+                                    "left can still rebuild the key with others: delete "
+                                    "them, shred -u)")
+                            for p in taken] + [
+                            Problem(display_path(p), "a share a killed split left half "
+                                    "placed (it holds a whole share)", "", "delete it "
+                                    "(shred -u), and the rest of that split's files")
+                            for p in left])
     try:
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True)
@@ -200,11 +209,20 @@ def write_shares(shares: Sequence[Share], public: str, directory: Path) -> list[
         for share, path in zip(shares, targets, strict=True):
             _write_exclusive(path, render_share(share, public, created).encode())
             written.append(path)
-    except OSError as exc:
-        for p in written:                 # all shares or none
+    except BaseException as exc:        # a full disk, or Ctrl-C: all shares or none
+        if not isinstance(exc, OSError) and len(written) < len(targets):
+            # A Ctrl-C during a file's write is raised once it is complete (held):
+            # that file is this run's too.
+            written.append(targets[len(written)])
+        with sigint.held():             # (a second Ctrl-C must not cut this short)
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
             with contextlib.suppress(OSError):
-                p.unlink()
-        raise VaultpyError(os_problem(directory, exc, "write the share files")) from None
+                fsutil.fsync_path(directory, directory=True)
+        if isinstance(exc, OSError):
+            raise VaultpyError(os_problem(directory, exc, "write the share files")) from None
+        raise
     return written
 
 
