@@ -359,6 +359,18 @@ def test_editor_that_deletes_the_file_is_a_clean_error(case):
     case.assert_clean()
 
 
+def test_an_edited_value_over_the_limit_changes_nothing(case):
+    """encrypt refuses more than 64 MiB of plaintext (held in RAM on every host); edit
+    saved it (and read it whole, whatever its size)."""
+    snap = case.repo.snapshot()
+    proc = case.edit(case.editor(RECORD + 'head -c 67108865 /dev/zero >> "$f"\n'))
+    assert_one_clean_error(proc, "$EDITOR", "the edited value is more than 64 MiB",
+                           "nothing was changed")
+    assert proc.returncode == 1
+    assert case.repo.snapshot() == snap
+    case.assert_clean()
+
+
 def test_wrong_identity_fails_before_any_plaintext_dir(case):
     from conftest import age_keygen
 
@@ -473,7 +485,8 @@ def test_ctrl_c_inside_an_editor_that_handles_it_does_not_abort(case):
 
 def test_private_dir_prefers_ram_backed_xdg_runtime_dir(runtime, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    d = edit_mod.private_dir()
+    d, held = edit_mod.private_dir()
+    os.close(held)
     try:
         assert d.parent == runtime
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
@@ -485,7 +498,8 @@ def test_private_dir_prefers_ram_backed_xdg_runtime_dir(runtime, monkeypatch):
 def test_private_dir_skips_a_disk_backed_xdg_runtime_dir(disk_path, monkeypatch):
     assert fsutil.mount_fstype(disk_path) not in fsutil.RAM_FILESYSTEMS
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(disk_path))
-    d = edit_mod.private_dir()
+    d, held = edit_mod.private_dir()
+    os.close(held)
     try:
         assert d.parent != disk_path
         assert fsutil.mount_fstype(d) in fsutil.RAM_FILESYSTEMS
@@ -506,7 +520,8 @@ def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
     assert problem.file == "vaultpy edit" and f"tried {disk}: none is a writable" in \
         problem.message, problem
     assert list(disk.iterdir()) == []
-    d = edit_mod.private_dir(allow_disk=True)
+    d, held = edit_mod.private_dir(allow_disk=True)
+    os.close(held)
     try:
         assert d.is_dir() and stat.S_IMODE(d.stat().st_mode) == 0o700
     finally:
@@ -567,3 +582,54 @@ def test_only_vim_gets_vims_options(tmp_path: Path) -> None:
             assert edit_mod._with_vim_options(command) == command
     finally:
         os.environ["PATH"] = old
+
+
+def test_a_killed_edits_plaintext_is_removed_by_the_next_edit(case):
+    """A SIGKILLed edit (the OOM killer) ran no clean-up: its plaintext stayed in
+    /dev/shm until the next reboot, and nothing ever named it.  The next edit removes
+    the directories of this user's edits that no live process holds (a live edit's
+    flock says it is live: its directory is never touched)."""
+    killed = case.popen(case.editor(RECORD + "sleep 60\n"))
+    _wait_for(case.info, killed)
+    left = Path(case.seen()["path"]).parent
+    live = case.popen(case.editor('echo "$1" > "$INFO.live"\nsleep 60\n'))
+    _wait_for(Path(f"{case.info}.live"), live)
+    os.killpg(killed.pid, signal.SIGKILL)       # vaultpy and its editor, as the OOM killer
+    killed.wait(timeout=10)
+    assert case.marker in (left / "s").read_bytes()         # left behind
+    dirs = sorted(p for p in case.runtime.iterdir())
+    assert len(dirs) == 2 and left in dirs, dirs
+    proc = case.edit(case.editor("true\n"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert f"warning: removed {left}: the plaintext a killed vaultpy edit left" in err, err
+    assert not left.exists()
+    assert [p for p in case.runtime.iterdir()] == [d for d in dirs if d != left]  # live kept
+    os.killpg(live.pid, signal.SIGTERM)
+    case.finish(live)
+
+
+
+def test_plaintext_that_cannot_be_removed_is_named_and_the_edit_kept(case):
+    """An editor (a plugin) left a file in the private directory that cannot be removed:
+    the clean-up's error replaced everything, an internal error (exit 70), the edit
+    was lost although it was read, and the plaintext stayed unnamed.  Now the edit is
+    saved and the directory named, with what to do."""
+    chattr = need("chattr")
+    editor = case.editor(RECORD + 'printf "%s" "$APPEND" >> "$f"\n'
+                         f'echo x > "$d/stuck" && {chattr} +i "$d/stuck" || exit 9\n')
+    proc = case.edit(editor)
+    left = Path(case.seen()["path"]).parent
+    try:
+        if proc.returncode == 1 and b"exited with status 9" in proc.stderr:
+            pytest.skip("this file system has no immutable flag")
+        line = assert_one_clean_error(proc, "the plaintext could not be removed",
+                                      "the edit is saved in secrets/s.age",
+                                      f"remove it now: rm -rf {left}")
+        assert line.startswith(f"{left}: "), line
+        assert proc.returncode == 1
+        value = age_decrypt(case.repo.root / "secrets" / "s.age", case.repo.identity)
+        assert value == case.marker + b"\n" + case.append.encode()
+    finally:
+        subprocess.run([chattr, "-i", str(left / "stuck")], check=False)
+        fsutil.remove_tree(left)

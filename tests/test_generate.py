@@ -955,3 +955,18 @@ def test_a_journal_whose_folder_is_gone_is_dropped(make_repo) -> None:
         ["gone/.x.age.vaultpy-tmp-0123456789ab", "gone/x.age", False]]}))
     repo.ok("renc")
     assert not journal.exists() and not (repo.root / "gone").exists()
+
+
+def test_a_command_that_prints_without_end_is_stopped_at_the_limit(make_repo) -> None:
+    """`generate = "command:yes"` read the command's output whole: the memory filled
+    until the OOM killer came.  It is read up to the limit of a master (64 MiB, as
+    encrypt's), and the command is then stopped."""
+    repo = spec_repo(make_repo, {"pw": 'generate = "command:yes"',
+                                 "big": 'generate = "command:head -c 67108866 /dev/zero"'},
+                     host_secrets=("pw", "big"))
+    for sid in ("pw", "big"):
+        proc = repo.run("generate", sid)
+        assert proc.returncode == 1, proc.stderr.decode()
+        assert "printed more than 64 MiB" in proc.stderr.decode(), proc.stderr.decode()
+        assert not (repo.root / "secrets" / f"{sid}.age").exists()
+

@@ -315,8 +315,8 @@ def edit(
         what = "created" if result.created else "updated"
         _err().print(f"{secret_id}: {what} {result.path}; run vaultpy renc to update the "
                      "hosts", markup=False)
-        for w in result.warnings:
-            _err().print(f"warning: {w}", markup=False, style="yellow")
+    for w in result.warnings:
+        _err().print(f"warning: {w}", markup=False, style="yellow")
 
 
 @app.command()

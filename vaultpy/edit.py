@@ -20,6 +20,7 @@ import resource
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,7 @@ from types import FrameType
 
 from vaultpy import age, identities, masters
 from vaultpy._internal import ageformat, fsutil, writes
-from vaultpy.errors import Problem, VaultpyError
+from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import Config
 from vaultpy.recovery import refuse_if_rotating
 
@@ -50,19 +51,71 @@ def ram_candidates() -> list[Path]:
     return out
 
 
-def private_dir(allow_disk: bool = False) -> Path:
-    """A new 0700 directory on RAM-backed storage (or on disk if explicitly allowed)."""
+PREFIX = "vaultpy-edit-"
+
+
+def private_dir(allow_disk: bool = False) -> tuple[Path, int]:
+    """A new 0700 directory on RAM-backed storage (or on disk if explicitly allowed),
+    and an fd holding its flock (:func:`fsutil.hold_dir`) while the edit runs: a
+    directory whose flock nobody holds is a killed edit's (:func:`sweep`).  It is
+    made under a name :func:`sweep` passes over and renamed once locked."""
     for base in ram_candidates():
         if (base.is_dir() and os.access(base, os.W_OK | os.X_OK)
                 and fsutil.mount_fstype(base) in fsutil.RAM_FILESYSTEMS):
-            return Path(tempfile.mkdtemp(prefix="vaultpy-edit-", dir=base))
+            return _locked_dir(str(base))
     if allow_disk:
-        return Path(tempfile.mkdtemp(prefix="vaultpy-edit-"))
+        return _locked_dir(None)
     raise VaultpyError(Problem("vaultpy edit", "no RAM-backed directory for the plaintext "
                                "(tried " + ", ".join(map(str, ram_candidates())) + ": none "
                                "is a writable tmpfs or ramfs)", "", "set XDG_RUNTIME_DIR to "
                                "one, mount a tmpfs on /dev/shm, or pass --allow-disk to "
                                "accept plaintext on disk"))
+
+
+def _locked_dir(base: str | None) -> tuple[Path, int]:
+    made = Path(tempfile.mkdtemp(prefix="." + PREFIX, dir=base))
+    try:
+        fd = fsutil.hold_dir(made)
+    except BaseException:
+        made.rmdir()
+        raise
+    final = made.with_name(made.name[1:])
+    try:
+        fsutil.rename_new(made, final)
+    except BaseException:
+        os.close(fd)
+        made.rmdir()
+        raise
+    return final, fd
+
+
+def sweep() -> list[Path]:
+    """Remove what killed edits left (SIGKILL, the OOM killer: nothing ran their
+    clean-up), the plaintext until the next reboot otherwise: this user's
+    ``vaultpy-edit-*`` directories on RAM-backed storage whose flock no live process
+    holds.  Returns those removed."""
+    removed = []
+    for base in ram_candidates():
+        try:
+            entries = [e for e in os.scandir(base) if e.name.startswith(PREFIX)]
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                fd = fsutil.hold_dir(entry.path)       # BlockingIOError: a live edit's
+            except OSError:
+                continue
+            try:
+                fsutil.remove_tree(Path(entry.path))
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return removed
 
 
 class _Aborted(Exception):
@@ -172,28 +225,54 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
     old_umask = os.umask(0o077)
     # Signal handlers stay in place until the plaintext is gone: a SIGTERM at any
     # moment in between still runs the cleanup below.
+    swept = sweep()
+    cleanup: OSError | None = None
     with _signals_during_editor():
-        workdir = private_dir(allow_disk)
+        workdir, held = private_dir(allow_disk)
         try:
             plain = workdir / secret_id
             fsutil.write_new(plain, old, 0o600)
             run_editor(plain, editor)
             try:
-                new = plain.read_bytes()
+                big = os.lstat(plain).st_size > masters.MAX_PLAINTEXT   # (before reading)
+                got = b"" if big else fsutil.read_regular(plain, follow=False)[0]
             except OSError as exc:
                 raise VaultpyError(Problem("$EDITOR", f"the edited file is gone or unreadable "
                                            f"({exc.strerror})", "",
                                            "nothing was changed; save the file in place")
                                    ) from None
+            if big or len(got) > masters.MAX_PLAINTEXT:
+                raise VaultpyError(Problem("$EDITOR", "the edited value is more than "
+                                           f"{masters.MAX_PLAINTEXT >> 20} MiB", "",
+                                           "nothing was changed; a secret is held in RAM "
+                                           "on every host it goes to"))
+            new = got
         except _Aborted as exc:
             raise VaultpyError(Problem("$EDITOR", f"interrupted by {exc}", "",
                                        "nothing was changed")) from None
         finally:
             os.umask(old_umask)
-            fsutil.remove_tree(workdir)
+            try:
+                fsutil.remove_tree(workdir)
+            except OSError as exc:  # (the edit is in memory: it is saved all the same)
+                cleanup = exc
+            finally:
+                os.close(held)
+    said = tuple(f"removed {display_path(d)}: the plaintext a killed vaultpy edit left"
+                 for d in swept)
     if new == old:
-        return EditResult(secret.file, changed=False, created=False)
+        _cleaned(workdir, cleanup, "nothing was changed")
+        return EditResult(secret.file, changed=False, created=False, warnings=said)
     # Another edit (or encrypt) may have written meanwhile: never overwrite it silently.
     masters.write_master(cfg, secret_id, new, armor, based_on=data, keep_unsaved=True)
+    _cleaned(workdir, cleanup, f"the edit is saved in {display_path(secret.file)}")
     return EditResult(secret.file, changed=True, created=not exists,
-                      warnings=tuple(masters.value_warnings(cfg, secret_id, new)))
+                      warnings=said + tuple(masters.value_warnings(cfg, secret_id, new)))
+
+
+def _cleaned(workdir: Path, cleanup: OSError | None, outcome: str) -> None:
+    """Raise, once the edit is saved (or found unchanged), if its plaintext stayed."""
+    if cleanup is not None:
+        raise VaultpyError(Problem(display_path(workdir), "the plaintext could not be "
+                                   f"removed ({cleanup.strerror or cleanup}); {outcome}",
+                                   "", f"remove it now: rm -rf {display_path(workdir)}"))

@@ -145,23 +145,43 @@ def public_half(spec: GenerateSpec, secret_id: str, private: bytes) -> bytes:
 def _command(cfg: Config, secret: Secret, command: str) -> Value:
     where = f"secrets.{secret.id}.generate"
     env = {**os.environ, "VAULTPY_SECRET_ID": secret.id, "VAULTPY_REPO": str(cfg.root)}
+    from vaultpy.masters import MAX_PLAINTEXT
+
     try:
-        proc = subprocess.run(["/bin/sh", "-c", command], cwd=cfg.root, env=env,
-                              stdout=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cfg.root, env=env,
+                                stdout=subprocess.PIPE)
     except OSError as exc:
         raise VaultpyError(Problem(display_path(cfg.path), f"cannot run the command: "
                                    f"{exc.strerror}", where, "nothing was written")) from None
-    if proc.returncode != 0:
+    assert proc.stdout is not None
+    with proc, proc.stdout:
+        # Read at most what a master may hold (and its line ending): `yes` filled the
+        # memory until the OOM killer came.
+        printed = fsutil.read_at_most(proc.stdout.fileno(), MAX_PLAINTEXT + 2)
+        if printed is None:
+            proc.kill()
+        returncode = proc.wait()
+    if printed is None:
+        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
+                                   f"more than {MAX_PLAINTEXT >> 20} MiB", where,
+                                   "a secret is held in RAM on every host it goes to; "
+                                   "nothing was written"))
+    if returncode != 0:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} failed "
-                                   f"(exit {proc.returncode})", where,
+                                   f"(exit {returncode})", where,
                                    "fix the command; nothing was written"))
     # `echo value` ends its line: the value is what is before it (one line ending only,
     # unlike the shell's $(…), so a value that ends in blank lines keeps them).
-    out = proc.stdout
+    out = printed
     out = out[:-2] if out.endswith(b"\r\n") else out[:-1] if out.endswith(b"\n") else out
+    if len(out) > MAX_PLAINTEXT:
+        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
+                                   f"more than {MAX_PLAINTEXT >> 20} MiB", where,
+                                   "a secret is held in RAM on every host it goes to; "
+                                   "nothing was written"))
     if not out:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
-                                   "nothing" + (" but a line ending" if proc.stdout else ""),
+                                   "nothing" + (" but a line ending" if printed else ""),
                                    where, "it must print the secret on its "
                                    "standard output; nothing was written"))
     return Value(secret.id, out)
