@@ -386,6 +386,18 @@ def test_a_new_identity_a_killed_run_left_half_written_is_removed(make_repo, tmp
     assert sorted(p.name for p in new.parent.iterdir()) == ["new.txt", "unrelated.txt"]
 
 
+def test_retire_without_a_rotation_is_a_usage_error(make_repo):
+    """`rekey --retire KEY` re-encrypted every master to every recipient, KEY too, and
+    said nothing: the key the user meant to drop was not dropped."""
+    repo, _ = many_secret_repo(make_repo, 2)
+    before = repo.snapshot()
+    proc = repo.run("rekey", "--retire", repo.recipient)
+    assert proc.returncode == 2
+    assert_one_clean_error(proc, "--retire drops a recipient in a master key rotation",
+                           "add --rotate-master")
+    assert repo.snapshot() == before
+
+
 def test_rotate_master_that_cannot_decrypt_writes_nothing(make_repo, tmp_path):
     repo, _ = many_secret_repo(make_repo, 3)
     stranger, _ = age_keygen(tmp_path, "stranger.txt")
@@ -445,6 +457,10 @@ def test_rotate_master_sigkill_then_rerun_finishes(make_repo, tmp_path):
         assert_one_clean_error(proc, "rotation is unfinished", "--rotate-master")
     assert masters[0].read_bytes() == first
 
+    # --retire is read when a rotation starts: another set on resume was ignored.
+    proc = repo.run("rekey", "--rotate-master", "--retire", backup_pub)
+    assert_one_clean_error(proc, "an unfinished rotation retires", "--retire is read when "
+                           "a rotation starts", "rerun without --retire")
     proc = repo.ok("rekey", "--rotate-master")            # resume: same command, no path
     assert "resuming" in proc.stderr.decode()
     # the rotation's count, not this run's share (it said "rotated 0" after a kill late)

@@ -501,6 +501,12 @@ def rekey(
     With --rotate-master: a new master key, the old one retired."""
     from vaultpy import masters, recovery
 
+    if retire and not (rotate_master or new_identity is not None):
+        # A plain rekey keeps every [vaultpy] recipient: the key was not dropped.
+        _err().print("--retire drops a recipient in a master key rotation: add "
+                     "--rotate-master, or remove the key from [vaultpy] recipients in "
+                     "hosts.toml and run vaultpy rekey", markup=False)
+        _exit(2)
     cfg = _config(repo)
     if rotate_master or new_identity is not None:
         if secret_ids:

@@ -490,6 +490,18 @@ def rotate_master(cfg: Config, new_identity: Path | None,
             raise fail(journal.path, f"an unfinished rotation writes the new identity to "
                        f"{journal.new_identity}, not {new_identity}",
                        hint="rerun with that --new-identity, or without it")
+        retiring: set[str] = set()
+        for key in retire:
+            try:
+                retiring.add(_master(key))
+            except ValueError:
+                retiring.add(key)
+        if retire and retiring != set(journal.retired):
+            # Read when the rotation started: another set now would be ignored.
+            raise fail(journal.path, "an unfinished rotation retires "
+                       + ", ".join(_short(r) for r in journal.retired)
+                       + "; --retire is read when a rotation starts",
+                       hint="rerun without --retire (or with those keys) to finish it")
         if say:
             say(f"resuming the unfinished master key rotation ({len(journal.done)} of "
                 f"{len(journal.masters)} master(s) done)")
