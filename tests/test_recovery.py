@@ -99,6 +99,13 @@ def test_from_shares_decrypts_and_rencs_without_writing_the_key(make_repo, tmp_p
             assert age_decrypt(f, host.key) in (b"alpha", b"beta\n")
     # The key is on disk only where the test put it (the renamed original).
     assert files_holding(tmp_path, secret) == [hidden]
+    # With -i as well, the -i key was used and the shares silently not: which one?
+    for args in (("-i", str(hidden), "--from-shares", str(keep), "decrypt", "a"),
+                 ("--from-shares", str(keep), "decrypt", "-i", str(hidden), "a")):
+        proc = repo.run(*args, env=env)
+        assert proc.returncode == 2 and proc.stdout == b""
+        assert_one_clean_error(proc, "--from-shares rebuilds the master identity to use",
+                               "give one of them")
 
 
 def test_from_shares_with_two_of_three_is_a_clean_error(make_repo, tmp_path):

@@ -102,6 +102,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 class _Globals:
     repo: Path | None = None
     identity: list[Path] = []  # noqa: RUF012 (process-wide CLI state)
+    from_shares: bool = False
 
 
 def _err() -> Console:
@@ -150,7 +151,14 @@ def _config_for(repo: Path | None, json_out: bool) -> Config:
     return _json_errors(json_out, lambda: _config(repo))
 
 
+_BOTH_KEYS = ("--from-shares rebuilds the master identity to use, and -i names another: "
+              "give one of them")
+
+
 def _identity(identity: list[Path] | None) -> list[Path]:
+    if identity and _Globals.from_shares:   # (-i after the command: the key is rebuilt)
+        _err().print(_BOTH_KEYS, markup=False)
+        _exit(2)
     return list(identity or _Globals.identity)
 
 
@@ -192,11 +200,16 @@ def _main(
         raise typer.Exit(0)
     _Globals.repo = repo
     _Globals.identity = list(identity or [])
+    _Globals.from_shares = False
     if passphrase_fd is not None:
         from vaultpy import age
 
         age.set_passphrase_fd(passphrase_fd)
     if from_shares is not None or from_shares_prompt:
+        if identity:                # before a share is asked for
+            _err().print(_BOTH_KEYS, markup=False)
+            _exit(2)
+        _Globals.from_shares = True
         from vaultpy import identities, shamir
 
         text = (shamir.combine_from_dir(from_shares) if from_shares is not None
