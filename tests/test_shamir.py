@@ -136,6 +136,20 @@ def test_prompt_asks_until_the_set_is_complete_and_retries_a_typo(tmp_path):
     assert all(shares[0].mnemonic not in s for s in said)
 
 
+def test_prompt_a_share_of_an_old_split_first_does_not_turn_away_the_right_ones(tmp_path):
+    """The first share fixed the set: one from an older split typed first made every
+    right share after it "belong to another share set", with no way to drop it."""
+    line = key_line(age_keygen(tmp_path, "m.txt")[0])
+    old_line = key_line(age_keygen(tmp_path, "old.txt")[0])
+    old, shares = shamir.split(old_line, 2, 3), shamir.split(line, 3, 5)
+    answers = iter([old[0].mnemonic, shares[1].mnemonic, shares[3].mnemonic,
+                    shares[0].mnemonic])
+    said: list[str] = []
+    assert shamir.combine_from_prompt(lambda _p: next(answers), said.append) == line
+    assert any("belongs to another split" in m and "kept apart" in m for m in said), said
+    assert not any("belongs to another share set" in m for m in said), said
+
+
 def test_prompt_stops_on_an_empty_answer_with_a_clean_error(tmp_path):
     line = key_line(age_keygen(tmp_path, "m.txt")[0])
     shares = shamir.split(line, 3, 5)

@@ -408,13 +408,17 @@ def combine_from_prompt(ask: PromptFn = _getpass,
             sys.stderr.write(msg + "\n")
             sys.stderr.flush()
 
+    # Shares by set (identifier, threshold): one of an old split typed first must not
+    # turn away every right one after it.  The first set to be complete is used (a
+    # wrong key is then named as no recipient of the repository).
+    sets: dict[tuple[int, int], list[tuple[Share, str]]] = {}
     got: list[tuple[Share, str]] = []
-    need: int | None = None
-    failures = 0
-    while need is None or len({s.index for s, _ in got}) < need:
-        number = len(got) + 1
-        prompt = (f"Share {number}" + (f" of {need}" if need else "") +
-                  " (33 words, hidden; empty to stop): ")
+    failures = number = 0
+    while not got or len({s.index for s, _ in got}) < got[0][0].threshold:
+        number += 1
+        need = got[0][0].threshold if got else None
+        prompt = (f"Share {number}" + (f" ({len(got)} of {need} given)" if need else "")
+                  + " (33 words, hidden; empty to stop): ")
         try:
             text = ask(prompt)
         except (EOFError, OSError):
@@ -423,8 +427,8 @@ def combine_from_prompt(ask: PromptFn = _getpass,
             break
         try:
             share = _parse_share(text, f"share {number}")
-            if got:
-                _check_set([got[0], (share, f"share {number}")], complete=False)
+            same = sets.get((share.identifier, share.threshold), [])
+            _check_set([*same, (share, f"share {number}")], complete=False)
         except VaultpyError as exc:
             tell(str(exc.problems[0]))
             failures += 1
@@ -432,10 +436,14 @@ def combine_from_prompt(ask: PromptFn = _getpass,
                 raise VaultpyError(Problem("--from-shares-prompt", "too many invalid shares",
                                            "", SHARE_HINT)) from None
             continue
-        if any(s.index == share.index for s, _ in got):
+        if any(s.index == share.index for s, _ in same):
             tell(f"share number {share.index} was already given; give another one")
             continue
-        got.append((share, f"share {number}"))
-        need = share.threshold
-        tell(f"share {number} accepted ({len(got)} of {need})")
+        if not same and sets:
+            tell(f"share {number} belongs to another split ({share.identifier:04x}) than "
+                 "the share(s) before it: kept apart; the first split complete is used")
+        same = sets[(share.identifier, share.threshold)] = [*same, (share, f"share {number}")]
+        # The set closest to its threshold is the one counted in the prompt.
+        got = max(sets.values(), key=lambda g: len(g) / g[0][0].threshold)
+        tell(f"share {number} accepted ({len(same)} of {share.threshold} of its set)")
     return combine([s.mnemonic for s, _ in got], [src for _, src in got])
