@@ -130,31 +130,51 @@ let
       masterFile = id:
         let spec = declared.${id}; in
         if spec ? file then resolve root spec.file else resolve root "${secretsDir}/${id}.age";
-      h = doc.hosts.${host};
-      recipients = toList h.pubkey;
+      # The same one-line errors as the NixOS module's hostsToml (and `vaultpy check`):
+      # a typo ("mdoe") was passed over, the default used in its place.
+      bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
+      hw = "hosts.${host}";
+      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
+      checked = where: allowed: spec:
+        let unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec); in
+        if !(isAttrs spec) then bad where "expected a table"
+        else if unknown != [ ] then bad "${where}.${head unknown}"
+          "unknown key; use one of ${concatStringsSep ", " allowed}"
+        else spec;
+      h = doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
+        concatStringsSep ", " (attrNames (doc.hosts or { }))}");
+      recipients = toList (h.pubkey or (bad "${hw}.pubkey"
+        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"));
       raw = h.secrets or [ ];
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = h.templates or { };
-      refs = builtins.concatLists (map (n: templateRefs tmpls.${n}.content) (attrNames tmpls));
+      tmpls = builtins.mapAttrs (n: spec: checked "${hw}.templates.${n}"
+        ([ "content" "trim" ] ++ outputKeys) spec) (h.templates or { });
+      content = n: tmpls.${n}.content or (bad "${hw}.templates.${n}.content"
+        "missing: give the template's text");
+      refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
       needed = uniqueSorted (attrNames deployed ++ refs);
+      existing = id:
+        let f = masterFile id; in
+        if builtins.pathExists f then f
+        else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
       secretEntry = id:
         let
-          spec = deployed.${id} or { };
+          spec = checked "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { });
           installed = deployed ? ${id};
         in
         {
           inherit id;
           file = toString (cacheDir + "/${host}/${cacheName {
             inherit id recipients;
-            secretFile = masterFile id;
+            secretFile = existing id;
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
         } // outputFields spec // { mode = mode "hosts.${host}.secrets.${id}.mode" spec; };
       templateEntry = name:
         let spec = tmpls.${name}; in
-        { inherit name; content = spec.content; trim = spec.trim or false; }
+        { inherit name; content = content name; trim = spec.trim or false; }
         // outputFields spec // { mode = mode "hosts.${host}.templates.${name}.mode" spec; };
     in
     mkProfile {

@@ -531,6 +531,38 @@ def test_profile_json_escaping_matches(nix: Nix, tmp_path: Path) -> None:
     assert old_style == cli
 
 
+def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix,
+                                                                        tmp_path: Path) -> None:
+    """lib.profileFromHostsToml (a flake output) passed a typo over ("mdoe": the mode
+    became 0400), and an unknown host or a missing master was a bare Nix error.  Each
+    is now one line naming the file, the field and the fix, as the module's hostsToml."""
+    root = tmp_path / "v"
+    (root / "secrets").mkdir(parents=True)
+    (root / "secrets" / "a.age").write_bytes(b"only hashed")
+    _, pub = ssh_keygen(tmp_path, "k", comment="c")
+    master = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"
+    head = f'[vaultpy]\nrecipients = ["{master}"]\n[secrets.a]\n[secrets.b]\n'
+    hosts = root / "hosts.toml"
+    cases = [
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\n[hosts.h.secrets.a]\nmdoe = "0440"\n',
+         "h", "hosts.h.secrets.a.mdoe: unknown key; use one of name, owner"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
+         'content = "x"\ntirm = true\n', "h", "hosts.h.templates.t.tirm: unknown key"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["a"]\n', "nohost",
+         "hosts: no host nohost; known hosts: h"),
+        ('[hosts.h]\nsecrets = ["a"]\n', "h", "hosts.h.pubkey: missing"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["b"]\n', "h",
+         "hosts.h.secrets: secret b has no master file"),
+    ]
+    for body, host, expected in cases:
+        hosts.write_text(head + body)
+        proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)})"
+                             f".profileFromHostsToml {{ hostsToml = {nix_value(hosts)}; "
+                             f'host = "{host}"; }})')
+        assert proc.returncode != 0, body
+        assert f"vaultpy: {hosts}: {expected}" in proc.stderr, (body, proc.stderr)
+
+
 # =========================================================================== 4. templateRefs
 
 TRICKY_REFS: list[tuple[str, list[str]]] = [
