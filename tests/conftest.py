@@ -97,7 +97,7 @@ class Repo:
         verification index (local state, git-ignored)."""
         out = {}
         for p in sorted(self.cache.rglob("*")):
-            if p.is_file() and p.name not in LOCAL_STATE:
+            if p.is_file() and p.name not in LOCAL_STATE and not is_cache_gitignore(self, p):
                 out[str(p.relative_to(self.cache))] = p.read_bytes()
         return out
 
@@ -108,6 +108,12 @@ class Repo:
             if p.is_file():
                 out[str(p.relative_to(self.root))] = (p.read_bytes(), p.stat().st_mtime_ns)
         return out
+
+
+def is_cache_gitignore(repo: Repo, path: Path) -> bool:
+    """The cache directory's .gitignore (vaultpy's local state there), which whatever
+    creates the directory writes: no cache file."""
+    return path.name == ".gitignore" and path.parent == repo.cache
 
 
 def toml_str(value: str) -> str:

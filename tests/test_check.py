@@ -248,7 +248,7 @@ def test_all_damages_at_once_status_and_repair(make_repo) -> None:
     status = json.loads(repo.ok("status", "--json").stdout)
     assert {e["state"] for e in status["entries"]} == {"ok"}
     assert sorted(p.name for p in repo.cache.iterdir()
-                  if p.name not in LOCAL_STATE) == ["host0", "host1", "host2"]
+                  if p.name not in LOCAL_STATE) == [".gitignore", "host0", "host1", "host2"]
     assert all(len(list((repo.cache / h).iterdir())) == 2 for h in repo.hosts)
 
 

@@ -64,6 +64,8 @@ from conftest import (
 )
 from memo_helpers import trusted
 
+from vaultpy._internal.writes import CACHE_GITIGNORE
+
 TMP_MARK = ".vaultpy-tmp-"           # docs/contracts.md: temp names never end in .age
 NAME_RE = re.compile(r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)\.(?P<hash>[0-9a-f]{32})\.age")
 LOCK = ".vaultpy.lock"
@@ -212,6 +214,8 @@ class Fleet:
             path = Path(entry.path)
             if entry.name in (LOCK, INDEX, MEMO):
                 assert entry.is_file(follow_symlinks=False), path
+            elif entry.name == ".gitignore":     # the first renc's: whole, or not there
+                assert path.read_text() == CACHE_GITIGNORE, path
             elif TMP_MARK in entry.name and entry.name.startswith("."):
                 temps.append(path)
             else:

@@ -418,6 +418,49 @@ def test_init_names_an_identity_under_home_with_a_tilde(tmp_path: Path) -> None:
     assert repo.ok("decrypt", "s", env=env).stdout == b"v"
 
 
+@pytest.mark.parametrize("first", ["renc", "encrypt"])
+def test_a_cache_dir_changed_after_init_is_ignored_by_git_too(tmp_path: Path, first: str
+                                                              ) -> None:
+    """init writes secrets/cache/.gitignore; a cache_dir set after it was created
+    without one (by renc, or by the first encrypt, for its lock), and `git add -A` took
+    the lock, the verification index and the memo into the next commit.  The renc that
+    first fills a cache directory with no .gitignore now writes the same one (and never
+    replaces one that is there)."""
+    need("git")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    site = tmp_path / "site"
+    repo = _bare_repo(site)
+    repo.ok("init", "--generate-identity", str(home / "master.txt"), env=env)
+    subprocess.run(["git", "init", "-q", str(site)], check=True)
+    text = (site / "hosts.toml").read_text()
+    assert '# cache_dir = "secrets/cache"' in text
+    _, pub = ssh_keygen(tmp_path, "h")
+    (site / "hosts.toml").write_text(
+        text.replace('# cache_dir = "secrets/cache"', 'cache_dir = "hostcache"')
+        + f'\n[secrets.s]\n\n[hosts.web]\npubkey = {toml_str(pub)}\nsecrets = ["s"]\n')
+    if first == "encrypt":
+        repo.ok("encrypt", "s", input=b"v", env=env)
+        assert (site / "hostcache" / ".vaultpy.lock").exists()
+    else:
+        (site / "secrets" / "s.age").write_bytes(
+            subprocess.run(["age", "-r", (home / "master.txt").read_text().split(
+                "public key: ")[1].split()[0]], input=b"v", capture_output=True,
+                check=True).stdout)
+    repo.ok("renc", env=env)
+    repo.ok("check", env=env)
+    added = subprocess.run(["git", "add", "-n", "-A"], cwd=site, capture_output=True,
+                           text=True, check=True).stdout
+    assert "hostcache/web/" in added, added
+    for name in LOCAL_STATE:
+        assert name not in added, added
+    (site / "hostcache" / ".gitignore").write_text("# mine\n")
+    shutil.rmtree(site / "hostcache" / "web")          # a renc that writes: no replacing
+    repo.ok("renc", env=env)
+    assert (site / "hostcache" / ".gitignore").read_text() == "# mine\n"
+
+
 def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
     """A repository that has a .gitignore keeps every line of it; the journal's lines
     are added once."""

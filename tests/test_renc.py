@@ -19,6 +19,7 @@ from conftest import (
     age_decrypt,
     age_keygen,
     assert_one_clean_error,
+    is_cache_gitignore,
     need,
     ssh_keygen,
     toml_str,
@@ -57,7 +58,7 @@ def state(repo: Repo) -> dict[str, tuple[bytes, int]]:
     """Bytes and mtime_ns of every file under the cache (renc's local state excluded)."""
     out = {}
     for p in sorted(repo.cache.rglob("*")):
-        if p.is_file() and p.name not in LOCAL_STATE:
+        if p.is_file() and p.name not in LOCAL_STATE and not is_cache_gitignore(repo, p):
             out[str(p.relative_to(repo.cache))] = (p.read_bytes(), p.stat().st_mtime_ns)
     return out
 

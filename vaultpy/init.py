@@ -9,7 +9,7 @@ from pathlib import Path
 import tomli_w
 
 from vaultpy import age, model
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
 from vaultpy.model import FILENAME
 
@@ -46,14 +46,7 @@ TEMPLATE = """\
 """
 
 
-GITIGNORE = """\
-# Local state of vaultpy: the lock, the verification index, the no-op memo, and the
-# journal of a write of several files while it runs.
-.vaultpy.lock
-.vaultpy-verified
-.vaultpy-memo
-.vaultpy-writes
-"""
+GITIGNORE = writes.CACHE_GITIGNORE
 
 
 # Beside hosts.toml: the journal of a write of several files, while it runs (or after a
@@ -85,11 +78,9 @@ def ignore_local_state(top: Path, cache_dir: Path) -> list[Path]:
     ``cache_dir``'s .gitignore, made if missing, and the write journal's lines in
     ``top``'s.  Returns the files written.  (``init`` and the importers.)"""
     written = []
-    ignore = cache_dir / ".gitignore"
-    if not ignore.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fsutil.atomic_write(ignore, GITIGNORE.encode(), 0o644)
-        written.append(ignore)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if writes.ignore_own_files(cache_dir):
+        written.append(cache_dir / ".gitignore")
     if _ignore_journal(top / ".gitignore"):
         written.append(top / ".gitignore")
     return written

@@ -481,6 +481,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             # What it made stays; each one's entry in its parent must be durable too
             # (:meth:`_Publisher.finish`: no syncfs may have covered the mkdir).
             new_dirs, made = made, []   # the lock file is in the cache directory now
+            _ignore_own_files(cfg)
             # A write of several masters a killed writer left half done is finished
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
@@ -520,6 +521,23 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         _remove_empty(made)             # (after the discard: its temp directories)
         _IDENTITIES.clear()
     return result
+
+
+def _ignore_own_files(cfg: Config) -> None:
+    """A cache directory with no .gitignore and no host's directory yet (a cache_dir
+    set after ``vaultpy init``, which writes one into the default): this run is the
+    first to fill it, and writes the .gitignore init would have, or git shows (and a
+    commit carries) the lock, the index and the memo.  One that has hosts already,
+    and no .gitignore, is the user's choice.  Best effort: doctor names what git shows."""
+    d = cfg.cache_dir
+    if os.path.lexists(d / ".gitignore"):
+        return
+    with contextlib.suppress(OSError):
+        with os.scandir(d) as it:
+            if any(e.is_dir(follow_symlinks=False) and not fsutil.is_tmp(e.name)
+                   for e in it):
+                return
+        writes.ignore_own_files(d)
 
 
 def _publish(pub: _Publisher, result: Result, new_dirs: Sequence[Path] = ()) -> None:

@@ -78,6 +78,41 @@ def end(cfg: Config, *, undone: bool = False) -> None:
         fsutil.fsync_path(cfg.root, directory=True)
 
 
+# The cache directory's .gitignore: vaultpy's local state there (the cache files
+# themselves are committed).  Written by init, the importers, and the renc that fills
+# a cache directory that has none (a cache_dir changed after init, say).
+CACHE_GITIGNORE = """\
+# Local state of vaultpy: the lock, the verification index, the no-op memo, and the
+# journal of a write of several files while it runs.
+.vaultpy.lock
+.vaultpy-verified
+.vaultpy-memo
+.vaultpy-writes
+"""
+
+
+def ignore_own_files(cache_dir: Path) -> bool:
+    """Write ``cache_dir``'s .gitignore (:data:`CACHE_GITIGNORE`) unless there is one;
+    whether it was written.  Never replaces one, even one made meanwhile."""
+    path = cache_dir / ".gitignore"
+    if os.path.lexists(path):
+        return False
+    tmp = fsutil.tmp_name(path)
+    with sigint.held():             # no temp file left by a Ctrl-C
+        try:
+            fsutil.write_new(tmp, CACHE_GITIGNORE.encode(), 0o644)
+            fsutil.fsync_path(tmp)
+            fsutil.rename_new(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, FileExistsError):
+                return False
+            raise
+    fsutil.fsync_path(cache_dir, directory=True)
+    return True
+
+
 @contextlib.contextmanager
 def lock(cfg: Config) -> Iterator[bool]:
     """Hold the repository's lock (:func:`fsutil.locked`, creating the cache directory
