@@ -633,3 +633,27 @@ def test_plaintext_that_cannot_be_removed_is_named_and_the_edit_kept(case):
     finally:
         subprocess.run([chattr, "-i", str(left / "stuck")], check=False)
         fsutil.remove_tree(left)
+
+
+def test_a_ctrl_c_after_the_editor_quit_neither_loses_the_edit_nor_says_interrupted(case):
+    """Ctrl-C a moment after the editor quit (as the save read the master again) raised
+    KeyboardInterrupt: "interrupted", exit 130, the edit lost; a moment later it said
+    "interrupted" of an edit that was saved.  Ctrl-C stays ignored until the save is
+    done.  The SIGINT is delivered by strace as the save opens the master (the third
+    open of that file: two come before the editor)."""
+    need("strace")
+    master = case.repo.root / "secrets" / "s.age"
+    editor = case.editor('printf "%s" "$APPEND" >> "$1"\n')
+    env = {**os.environ, "NO_COLOR": "1", **case.repo.env, **case.env(editor)}
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", str(case.tmp / "strace.log"), "-P",
+                           str(master), "-e", "inject=openat:signal=SIGINT:when=3+",
+                           sys.executable, "-m", "vaultpy", "edit", "s"],
+                          cwd=case.repo.root, env=env, capture_output=True, timeout=60)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert "SIGINT" in (case.tmp / "strace.log").read_text()     # it was delivered
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"s: updated" in proc.stderr and b"interrupted" not in proc.stderr
+    assert age_decrypt(master, case.repo.identity) == case.marker + b"\n" + \
+        case.append.encode()
+    case.assert_clean()

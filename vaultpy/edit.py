@@ -23,7 +23,7 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -125,18 +125,28 @@ class _Aborted(Exception):
 
 
 @contextlib.contextmanager
-def _signals_during_editor() -> Iterator[None]:
+def _signals_during_editor() -> Iterator[Callable[[], None]]:
+    """Ctrl-C (and Ctrl-\\) are the editor's; SIGTERM and SIGHUP end the editor and
+    run the clean-up.  Yields ``editor_done``: once the plaintext is gone, SIGTERM and
+    SIGHUP act as before, while Ctrl-C stays ignored until the block ends (the edit is
+    saved): a Ctrl-C just after the editor quit lost the edit, or, a moment later, said
+    "interrupted" of an edit that was saved."""
     def abort(signum: int, _frame: FrameType | None) -> None:
         raise _Aborted(signum)
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT,
                                                 signal.SIGTERM, signal.SIGHUP)}
+
+    def editor_done() -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, saved[s])
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, abort)
     signal.signal(signal.SIGHUP, abort)
     try:
-        yield
+        yield editor_done
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
@@ -227,7 +237,7 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
     # moment in between still runs the cleanup below.
     swept = sweep()
     cleanup: OSError | None = None
-    with _signals_during_editor():
+    with _signals_during_editor() as editor_done:
         workdir, held = private_dir(allow_disk)
         try:
             plain = workdir / secret_id
@@ -258,13 +268,15 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
                 cleanup = exc
             finally:
                 os.close(held)
-    said = tuple(f"removed {display_path(d)}: the plaintext a killed vaultpy edit left"
-                 for d in swept)
-    if new == old:
-        _cleaned(workdir, cleanup, "nothing was changed")
-        return EditResult(secret.file, changed=False, created=False, warnings=said)
-    # Another edit (or encrypt) may have written meanwhile: never overwrite it silently.
-    masters.write_master(cfg, secret_id, new, armor, based_on=data, keep_unsaved=True)
+        editor_done()
+        said = tuple(f"removed {display_path(d)}: the plaintext a killed vaultpy edit left"
+                     for d in swept)
+        if new == old:
+            _cleaned(workdir, cleanup, "nothing was changed")
+            return EditResult(secret.file, changed=False, created=False, warnings=said)
+        # Another edit (or encrypt) may have written meanwhile: never overwrite it
+        # silently.  (Ctrl-C is still ignored: the edit is saved, or kept beside.)
+        masters.write_master(cfg, secret_id, new, armor, based_on=data, keep_unsaved=True)
     _cleaned(workdir, cleanup, f"the edit is saved in {display_path(secret.file)}")
     return EditResult(secret.file, changed=True, created=not exists,
                       warnings=said + tuple(masters.value_warnings(cfg, secret_id, new)))
