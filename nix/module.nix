@@ -390,7 +390,7 @@ in
         ++ optionals (s.hostPubkey != null && s.cacheRoot != null && builtins.all keyShape recipients)
           (lib.mapAttrsToList (id: spec: {
             assertion = validId id -> builtins.pathExists (cachePath id spec);
-            message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: list ${id} under [hosts.${s.hostName}] in hosts.toml (renc writes only what a host is given there, under the same id and master file), then run `vaultpy renc`";
+            message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file)";
           }) cfg.secrets)
         ++ map (id: { assertion = false;
             message = "vaultpy: secret id ${builtins.toJSON id} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128), as in hosts.toml"; })
