@@ -232,7 +232,7 @@ def test_git_ignore_counts_a_committed_lock_file_as_shown(make_repo) -> None:
     repo = make_repo(hosts=1)
     repo.ok("renc")
     _git(repo, "init", "-q")
-    _git(repo, "add", "secrets/cache/.vaultpy.lock")
+    _git(repo, "add", "-f", "secrets/cache/.vaultpy.lock")   # (as before it was ignored)
     (repo.cache / ".gitignore").write_text(GITIGNORE)
     (repo.root / ".gitignore").write_text(TOP_GITIGNORE)
     _rc, checks = doctor_json(repo)

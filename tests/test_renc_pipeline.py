@@ -494,7 +494,7 @@ def test_a_failed_sync_puts_no_new_host_in_place(repo, monkeypatch, path):
     result = _renc(repo, 2)
     assert not result.ok and result.written == []
     assert any("cannot finish writing the cache" in p.message for p in result.failed)
-    assert sorted(p.name for p in repo.cache.iterdir()) == [".gitignore", ".vaultpy.lock"]
+    assert sorted(p.name for p in repo.cache.iterdir()) == [".vaultpy.lock"]
 
 
 @pytest.mark.parametrize(("step", "first"), [("_encrypt", False), ("_encrypt", True),

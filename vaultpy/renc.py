@@ -481,7 +481,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             # What it made stays; each one's entry in its parent must be durable too
             # (:meth:`_Publisher.finish`: no syncfs may have covered the mkdir).
             new_dirs, made = made, []   # the lock file is in the cache directory now
-            _ignore_own_files(cfg)
+            fills_first = _fills_first(cfg)
             # A write of several masters a killed writer left half done is finished
             # first (vaultpy/_internal/writes.py).
             finished = writes.finish(cfg)
@@ -515,6 +515,9 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             if result.ok:       # a failed run changes nothing it need not change
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
+                if fills_first:
+                    with contextlib.suppress(OSError):  # (doctor names what git shows)
+                        writes.ignore_own_files(cfg.cache_dir)
     finally:
         for each in pubs:
             each.discard()
@@ -523,21 +526,21 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
     return result
 
 
-def _ignore_own_files(cfg: Config) -> None:
-    """A cache directory with no .gitignore and no host's directory yet (a cache_dir
-    set after ``vaultpy init``, which writes one into the default): this run is the
-    first to fill it, and writes the .gitignore init would have, or git shows (and a
-    commit carries) the lock, the index and the memo.  One that has hosts already,
-    and no .gitignore, is the user's choice.  Best effort: doctor names what git shows."""
+def _fills_first(cfg: Config) -> bool:
+    """Whether this run is the first to fill a cache directory that has no .gitignore
+    (a cache_dir set after ``vaultpy init``, which writes one into the default): no
+    host's directory in it yet.  Such a run, if it succeeds, writes the .gitignore init
+    would have, or git shows (and a commit carries) the lock, the index and the memo.
+    One that holds hosts already, and no .gitignore, is the user's choice."""
     d = cfg.cache_dir
     if os.path.lexists(d / ".gitignore"):
-        return
-    with contextlib.suppress(OSError):
+        return False
+    try:
         with os.scandir(d) as it:
-            if any(e.is_dir(follow_symlinks=False) and not fsutil.is_tmp(e.name)
-                   for e in it):
-                return
-        writes.ignore_own_files(d)
+            return not any(e.is_dir(follow_symlinks=False) and not fsutil.is_tmp(e.name)
+                           for e in it)
+    except OSError:
+        return False
 
 
 def _publish(pub: _Publisher, result: Result, new_dirs: Sequence[Path] = ()) -> None:
