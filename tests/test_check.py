@@ -606,3 +606,32 @@ def test_a_cache_this_user_cannot_read_is_one_line(make_repo, blocked: str) -> N
         assert proc.returncode == 1, text
         assert "Traceback" not in text and "internal error" not in text, text
         assert "Permission denied" in text, text
+
+
+def test_master_files_no_secret_declares_and_kept_edits_are_warnings(make_repo) -> None:
+    """A secret removed from hosts.toml left its master in secrets/ (still committed,
+    still readable by the master key), and an edit kept beside its master
+    (`.conflict-…`) went into the README's `git add hosts.toml secrets`: check said
+    nothing of either.  Both are warnings now (--strict fails on them); and the memo,
+    whose digest holds the secrets folder's names, never answers over them."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a", "beta": b"b"})
+    repo.ok("renc")
+    repo.ok("check")
+    secrets = repo.root / "secrets"
+    (secrets / "gone.age").write_bytes((secrets / "alpha.age").read_bytes())
+    (secrets / "alpha.age.conflict-20261129T101010Z").write_bytes(b"kept")
+    for _ in range(2):                                  # the second: no memo answer
+        proc = repo.run("check", env={**os.environ, "NO_COLOR": "1"})
+        assert proc.returncode == 0, proc.stderr.decode()
+        err = proc.stderr.decode()
+        assert ("warning: secrets/gone.age: secrets.gone: no secret in hosts.toml has this "
+                "master file; declare it ([secrets.gone]), or delete it (git rm)") in err, err
+        assert ("warning: secrets/alpha.age.conflict-20261129T101010Z: an edit kept beside "
+                "a master written while its editor was open") in err, err
+        assert "vaultpy edit alpha" in err
+    proc = repo.run("check", "--strict")
+    assert proc.returncode == 1 and b"secrets/gone.age" in proc.stdout, proc.stdout
+    (secrets / "gone.age").unlink()
+    (secrets / "alpha.age.conflict-20261129T101010Z").unlink()
+    proc = repo.ok("check")
+    assert b"warning" not in proc.stderr

@@ -450,7 +450,8 @@ def check(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Warnings fail the check: secrets overdue for rotation "
         "(rotate_days), hosts sharing a key, text in a template that reads like a mistyped "
-        "placeholder.")] = False,
+        "placeholder, a master file no secret declares, an edit kept beside its master "
+        "(.conflict-, .unsaved-).")] = False,
 ) -> None:
     """Verify the cache for CI: complete, well-formed, nothing stale (no key needed)."""
     from vaultpy._internal import memo

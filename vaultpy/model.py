@@ -578,7 +578,44 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
 
 def config_warnings(cfg: Config) -> list[Problem]:
     """What renc and check say of hosts.toml as warnings (with a memo answer never)."""
-    return shared_host_keys(cfg) + mistyped_placeholders(cfg)
+    return shared_host_keys(cfg) + mistyped_placeholders(cfg) + stray_masters(cfg)
+
+
+_KEPT = re.compile(r"(?P<id>.+)\.age\.(?P<why>conflict|unsaved)-[^/]*")
+
+
+def stray_masters(cfg: Config) -> list[Problem]:
+    """Warnings: files in secrets_dir that look like a master but are none: a ``*.age``
+    no ``[secrets.*]`` declares (a secret removed from hosts.toml, its file left: it is
+    still committed, still readable by the master key), and an edit kept beside its
+    master (``<id>.age.conflict-…``, ``.unsaved-…``), which ``git add secrets`` would
+    commit while the edit waits to be merged.  (The secrets folder's entry names are
+    in the memo's digest: a new file there is seen.)"""
+    declared = {os.path.abspath(s.file) for s in cfg.secrets.values()}
+    try:
+        with os.scandir(cfg.secrets_dir) as it:
+            names = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
+    out: list[Problem] = []
+    for name in names:
+        path = cfg.secrets_dir / name
+        kept = _KEPT.fullmatch(name)
+        if kept is not None:
+            sid = kept.group("id")
+            why = ("a master written while its editor was open" if kept["why"] == "conflict"
+                   else "a master that could not be written")
+            out.append(Problem(display_path(path), f"an edit kept beside {why}", "",
+                               f"read it with age -d -i YOUR_KEY, merge it into the master "
+                               f"with vaultpy edit {sid}, then delete it"))
+        elif (name.endswith(".age") and not name.startswith(".")
+              and os.path.abspath(path) not in declared):
+            sid = name[:-4]
+            out.append(Problem(display_path(path), "no secret in hosts.toml has this master "
+                               "file", f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
+                               f"declare it ([secrets.{sid}]), or delete it (git rm) if the "
+                               "secret is gone"))
+    return out
 
 
 def identity_setting(root: Path, path: Path) -> str:
