@@ -461,6 +461,30 @@ def test_a_cache_dir_changed_after_init_is_ignored_by_git_too(tmp_path: Path, fi
     assert (site / "hostcache" / ".gitignore").read_text() == "# mine\n"
 
 
+def test_init_without_a_recipient_takes_the_default_identitys(tmp_path: Path) -> None:
+    """`vaultpy init` with no -r wrote `recipients = []`, though the default identity
+    (~/.config/vaultpy/master.txt, the key every command uses) was there: its public
+    key is the master recipient now, and init says so.  -r given, or no default key:
+    as before."""
+    home = tmp_path / "home"
+    (home / ".config" / "vaultpy").mkdir(parents=True)
+    env = {"HOME": str(home)}
+    repo = _bare_repo(tmp_path / "none")
+    repo.ok("init", env=env)
+    assert "recipients = []" in (repo.root / "hosts.toml").read_text()
+    _, public = age_keygen(home / ".config" / "vaultpy", "master.txt")
+    repo = _bare_repo(tmp_path / "found")
+    proc = repo.ok("init", env=env)
+    assert model.load(repo.root).recipients == (public,)
+    assert (f"master recipient: {public} (the public key of ~/.config/vaultpy/master.txt"
+            in proc.stderr.decode()), proc.stderr.decode()
+    _, other = age_keygen(tmp_path, "other.txt")
+    repo = _bare_repo(tmp_path / "given")
+    proc = repo.ok("init", "-r", other, env=env)
+    assert model.load(repo.root).recipients == (other,)
+    assert "master recipient" not in proc.stderr.decode()
+
+
 def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
     """A repository that has a .gitignore keeps every line of it; the journal's lines
     are added once."""

@@ -227,9 +227,21 @@ def init(
         "--recipient", "-r", help="A master recipient to list (repeatable).")] = None,
 ) -> None:
     """Start a repository: a commented hosts.toml and a secrets/ directory."""
+    from vaultpy.init import default_recipient
     from vaultpy.init import init as do_init
 
-    written = do_init(directory, recipient or [], generate_identity)
+    recipients = list(recipient or [])
+    found = None
+    if not recipients and generate_identity is None:
+        # No key named: the default identity's, if there is one (it wrote
+        # `recipients = []`, while the key every command uses by default sat there).
+        found = default_recipient()
+        if found is not None:
+            recipients = [found[1]]
+    written = do_init(directory, recipients, generate_identity)
+    if found is not None:
+        _err().print(f"master recipient: {found[1]} (the public key of {found[0]}, the "
+                     "default identity)", markup=False)
     for path in written:
         _err().print(f"wrote {path}", markup=False)
     if generate_identity is not None:

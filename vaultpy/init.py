@@ -86,6 +86,28 @@ def ignore_local_state(top: Path, cache_dir: Path) -> list[Path]:
     return written
 
 
+def default_recipient() -> tuple[str, str] | None:
+    """(how it is named, its public key) of the default identity
+    (``~/.config/vaultpy/master.txt``) when it is one plain age key; else None (absent,
+    unreadable, passphrase-protected, several keys, a plugin's)."""
+    import os
+
+    from vaultpy.identities import DEFAULT_IDENTITY
+
+    try:
+        text = fsutil.read_regular(os.path.expanduser(DEFAULT_IDENTITY))[0].decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    keys = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("AGE-SECRET-KEY-")]
+    if len(keys) != 1:
+        return None
+    try:
+        (ident,) = age.parse_identity_text(keys[0], DEFAULT_IDENTITY)
+        return DEFAULT_IDENTITY, str(ident.key.to_public())
+    except Exception:   # a damaged key: init says nothing of it, as before
+        return None
+
+
 def _identity_text(secret_key: str, public: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
