@@ -1262,3 +1262,112 @@ def test_a_fifo_where_pull_writes_is_one_line_not_a_hang(vrepo, bao: Bao, prefix
     master(repo, "db").unlink()
     os.mkfifo(master(repo, "db"))
     assert_one_clean_error(repo.run("pull", timeout=30), "db.age", "not a regular file")
+
+
+# --------------------------------------------------------------------------- failures
+
+def test_a_kv_version_1_mount_is_named_and_nothing_is_written(vrepo, bao: Bao,
+                                                              prefix: str) -> None:
+    """push into a KV v1 mount wrote the value at <mount>/data/<path> (a path nobody
+    named), then crashed on the answer (exit 70); pull said "not a KV version 2
+    secret" only once that junk was there.  Both name the mount now, before a write."""
+    mount = f"kv1-{prefix}"
+    bao.root.sys.enable_secrets_engine("kv", path=mount, options={"version": "1"})
+    repo = vrepo({"v1s": f"{mount}/app/x#token"})
+    repo.ok("encrypt", "v1s", input=b"hello")
+    for command in ("push", "pull"):
+        proc = repo.run(command)
+        assert proc.returncode == 1, text_of(proc)
+        assert_one_clean_error(proc, "secrets.v1s.vault", f"{mount}/ is a KV version 1 "
+                               "mount", f"bao kv enable-versioning {mount}/")
+    import hvac.exceptions
+
+    with contextlib.suppress(hvac.exceptions.InvalidPath):      # (404: an empty mount)
+        keys = bao.root.secrets.kv.v1.list_secrets(path="", mount_point=mount)["data"]["keys"]
+        raise AssertionError(f"written into the v1 mount: {keys}")
+
+
+class _FailingVersionReads:
+    """A plain HTTP relay in front of the real server that answers 500 to reads of a
+    given version (?version=N): the server failing at the moment pull checks whether
+    a master was edited here."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                if "version=" in self.path:
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"errors":["internal error"]}')
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                req = urllib.request.Request(upstream + self.path, data=body,
+                                             method=self.command)
+                for k in ("X-Vault-Token", "Content-Type", "X-Vault-Namespace"):
+                    if self.headers.get(k):
+                        req.add_header(k, self.headers[k])
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"http://127.0.0.1:{self.server.server_address[1]}"
+        relay.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        relay.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_failed_read_of_the_recorded_version_never_lets_vault_win(vrepo, bao: Bao,
+                                                                     prefix: str) -> None:
+    """Whether a master was edited here is told by reading Vault's value at the version
+    recorded for it.  When that read failed (a 500, the server gone), it counted as "no
+    record", and pull replaced the unpushed edit with Vault's value.  It fails the id
+    now, and nothing is written; push says the same."""
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    repo.ok("encrypt", "pw", input=b"MY-LOCAL-EDIT")
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u2"})         # Vault moves on
+    relay = _FailingVersionReads(bao.addr)
+    try:
+        # The record names the server it is of: the relay is a server of its own.
+        state = repo.root / "secrets" / "vault-versions.toml"
+        state.write_text(state.read_text().replace(bao.addr, relay.addr))
+        repo.write_hosts((repo.root / "hosts.toml").read_text().replace(bao.addr,
+                                                                         relay.addr))
+        before = secret_files(repo)
+        proc = repo.run("pull")
+        assert proc.returncode == 1, text_of(proc)
+        assert_one_clean_error(proc, "secrets.pw.vault", "cannot tell whether it was "
+                               "edited here")
+        assert secret_files(repo) == before
+        proc = repo.run("push")
+        assert proc.returncode == 1, text_of(proc)
+        assert_one_clean_error(proc, "secrets.pw.vault", "cannot read the version it was "
+                               "pulled at")
+        assert bao.get(f"{prefix}/db") == ({"pw": "p1", "user": "u2"}, 2)
+    finally:
+        relay.close()
+    assert repo.ok("decrypt", "pw").stdout == b"MY-LOCAL-EDIT"

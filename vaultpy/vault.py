@@ -312,6 +312,7 @@ class Session:
                                   allow_redirects=False, session=session)
         self._down: VaultFailure | None = None     # first connection failure, reused
         self._token_ok: bool | None = None
+        self._kv2: set[str] = set()        # mounts known to be KV version 2
 
     # -- authentication
 
@@ -535,6 +536,10 @@ class Session:
                               f"the token's policies must grant read on {data_path} "
                               "(vaultpy access --vault-policy writes such a policy)")
         if response is None:
+            # Nothing at <mount>/data/<path>: also what a KV version 1 mount answers,
+            # where push would then write a secret at "data/<path>" (a path nobody
+            # named, under policies nobody meant).
+            self._require_kv2(mount)
             return None
         body = response.get("data") if isinstance(response, dict) else None
         if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
@@ -547,6 +552,26 @@ class Session:
                         deleted=bool(meta.get("deletion_time")),
                         destroyed=bool(meta.get("destroyed")),
                         created=str(meta.get("created_time") or ""))
+
+    def _require_kv2(self, mount: str) -> None:
+        """Raise when ``mount`` is known to be a KV version 1 mount (Vault's own mount
+        lookup, which any token with a capability under it may call); unknown (no
+        answer, refused) passes."""
+        if mount in self._kv2:
+            return
+        try:
+            answer = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}")
+            options = answer["data"]["options"] or {}
+            version = str(options.get("version", ""))
+            kind = str(answer["data"].get("type", ""))
+        except Exception:
+            return
+        if kind == "kv" and version in ("", "1"):
+            raise VaultFailure(f"{mount}/ is a KV version 1 mount: vaultpy reads and "
+                               "writes KV version 2 (versions, check-and-set)",
+                               f"upgrade it: {self.cli(f'bao kv enable-versioning {mount}/')}"
+                               ", or use a KV v2 mount in vault = …")
+        self._kv2.add(mount)
 
     def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> tuple[int, str]:
         """Write a new version with check-and-set ``cas``; returns the new version and
@@ -569,7 +594,11 @@ class Session:
         response = self._call(call, f"writing {data_path}",
                               f"the token's policies must grant create and update on "
                               f"{data_path}")
-        answer = (response or {}).get("data") or {}
+        answer = (response.get("data") if isinstance(response, dict) else None) or {}
+        if not isinstance(answer, dict) or "version" not in answer:
+            raise VaultFailure(f"{mount}/ did not answer as a KV version 2 mount (no "
+                               "version came back)", "check the mount in vault = … "
+                               f"({self.cli('bao secrets list -detailed')})")
         return (_version(answer.get("version"), f"{mount}/{path}"),
                 str(answer.get("created_time") or ""))
 
@@ -796,10 +825,9 @@ def _recorded_value(s: Session, ref: VaultRef, entry: vaultstate.Entry,
                                                                         entry.created):
         then: KvSecret | None = current
     else:
-        try:
-            then = s.read(ref.mount, ref.path, entry.version)
-        except VaultFailure:
-            return None
+        # A failure to read it (a 500, the server gone) is no answer: it propagates,
+        # and the id fails.  Taken as "no record", Vault won over an unpushed edit.
+        then = s.read(ref.mount, ref.path, entry.version)
         if then is not None and then.created != entry.created:
             return None
     return (then.data or {}).get(ref.field) if then is not None else None
@@ -850,11 +878,20 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
             except VaultFailure as exc:
                 problems.append(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint))
         recorded = vaultstate.load(cfg)
-        edited = {} if force or problems else {
-            sid: base for sid, ref in chosen
-            if sid in current and current[sid][0] != fetched[sid][0]
-            and (base := _edited_here(s, ref, recorded.get(sid), fetched[sid][1],
-                                      current[sid][0])) is not None}
+        edited: dict[str, int] = {}
+        for sid, ref in [] if force or problems else chosen:
+            if sid not in current or current[sid][0] == fetched[sid][0]:
+                continue
+            try:
+                base = _edited_here(s, ref, recorded.get(sid), fetched[sid][1],
+                                    current[sid][0])
+            except VaultFailure as exc:     # whether it was edited here: unknown
+                problems.append(_problem(cfg, sid, f"{ref}: cannot tell whether it was "
+                                         f"edited here: {exc.message}", exc.hint or
+                                         "run vaultpy pull again once Vault answers"))
+                continue
+            if base is not None:
+                edited[sid] = base
     if problems:
         raise VaultpyError(problems)
 
@@ -1006,7 +1043,12 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                     continue
                 mine[ref.field] = values[sid]
                 if not force and old.get(ref.field) != values[sid]:
-                    conflict = _conflict(s, ref, current, values[sid], pulled.get(sid))
+                    try:
+                        conflict = _conflict(s, ref, current, values[sid], pulled.get(sid))
+                    except VaultFailure as exc:     # the recorded version: unreadable now
+                        conflict = (f"cannot read the version it was pulled at to compare: "
+                                    f"{exc.message}", exc.hint or "run vaultpy push again "
+                                    "once Vault answers")
                     if conflict is not None:
                         problems.append(_problem(cfg, sid, f"{ref}: {conflict[0]}",
                                                  conflict[1]))
