@@ -1371,3 +1371,28 @@ def test_a_failed_read_of_the_recorded_version_never_lets_vault_win(vrepo, bao: 
     finally:
         relay.close()
     assert repo.ok("decrypt", "pw").stdout == b"MY-LOCAL-EDIT"
+
+
+def test_the_same_field_recorded_at_another_address_is_not_overwritten(vrepo, bao: Bao,
+                                                                        prefix: str) -> None:
+    """A record counts for the address it was made at: the same server reached as
+    localhost instead of 127.0.0.1 had no record, and pull replaced an unpushed edit
+    with Vault's value (pull --check even said to run pull).  Whether it was edited
+    here cannot be told then: the id fails, naming both addresses; --force takes
+    Vault's value on purpose."""
+    bao.put(f"{prefix}/db", {"pw": "p1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    repo.ok("encrypt", "pw", input=b"LOCAL-EDIT")
+    assert "127.0.0.1" in bao.addr
+    other = bao.addr.replace("127.0.0.1", "localhost")
+    repo.write_hosts((repo.root / "hosts.toml").read_text().replace(bao.addr, other))
+    before = secret_files(repo)
+    for args in (("pull", "--check"), ("pull",)):
+        proc = repo.run(*args)
+        assert proc.returncode == 1, text_of(proc)
+        assert_one_clean_error(proc, "secrets.pw.vault", f"recorded at {bao.addr}, not "
+                               f"{other}", "cannot be told", "pull --force")
+        assert secret_files(repo) == before
+    repo.ok("pull", "--force")
+    assert repo.ok("decrypt", "pw").stdout == b"p1"

@@ -882,6 +882,21 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
         for sid, ref in [] if force or problems else chosen:
             if sid not in current or current[sid][0] == fetched[sid][0]:
                 continue
+            entry = recorded.get(sid)
+            if (entry is not None and entry.vault == str(ref)
+                    and not entry.matches(str(ref), s.target.addr, s.target.namespace)):
+                # The same field, recorded at another address or namespace (localhost
+                # for 127.0.0.1, a DNS alias): perhaps this server, perhaps not.  Taken
+                # as "no record", Vault won over what may be an unpushed edit.
+                at = entry.server + (f", namespace {entry.namespace}"
+                                     if entry.namespace else "")
+                problems.append(_problem(
+                    cfg, sid, f"{ref}: the master differs from Vault, and the version it "
+                    f"holds is recorded at {at}, not {s.target.addr}: whether it was "
+                    "edited here cannot be told", "pull from the address recorded (addr "
+                    "in [vaultpy.vault], or VAULT_ADDR), or vaultpy pull --force to take "
+                    "this server's value"))
+                continue
             try:
                 base = _edited_here(s, ref, recorded.get(sid), fetched[sid][1],
                                     current[sid][0])
