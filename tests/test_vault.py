@@ -1287,12 +1287,14 @@ def test_a_kv_version_1_mount_is_named_and_nothing_is_written(vrepo, bao: Bao,
         raise AssertionError(f"written into the v1 mount: {keys}")
 
 
-class _FailingVersionReads:
-    """A plain HTTP relay in front of the real server that answers 500 to reads of a
-    given version (?version=N): the server failing at the moment pull checks whether
-    a master was edited here."""
+class _Relay:
+    """A plain HTTP relay in front of the real server.  ``fail_versions``: it answers 500
+    to reads of a given version (?version=N), the server failing at the moment pull
+    checks whether a master was edited here.  ``on_request(path)`` runs before each
+    request is relayed (another command writing meanwhile)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, fail_versions: bool = False,
+                 on_request: Any = None) -> None:
         import http.server
         import threading
 
@@ -1303,7 +1305,9 @@ class _FailingVersionReads:
                 pass
 
             def _relay(self) -> None:
-                if "version=" in self.path:
+                if on_request is not None:
+                    on_request(self.path)
+                if fail_versions and "version=" in self.path:
                     self.send_response(500)
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
@@ -1350,7 +1354,7 @@ def test_a_failed_read_of_the_recorded_version_never_lets_vault_win(vrepo, bao: 
     repo.ok("pull")
     repo.ok("encrypt", "pw", input=b"MY-LOCAL-EDIT")
     bao.put(f"{prefix}/db", {"pw": "p1", "user": "u2"})         # Vault moves on
-    relay = _FailingVersionReads(bao.addr)
+    relay = _Relay(bao.addr, fail_versions=True)
     try:
         # The record names the server it is of: the relay is a server of its own.
         state = repo.root / "secrets" / "vault-versions.toml"
@@ -1396,3 +1400,37 @@ def test_the_same_field_recorded_at_another_address_is_not_overwritten(vrepo, ba
         assert secret_files(repo) == before
     repo.ok("pull", "--force")
     assert repo.ok("decrypt", "pw").stdout == b"p1"
+
+
+def test_a_master_written_while_pull_asks_vault_is_not_replaced(vrepo, bao: Bao,
+                                                                 prefix: str) -> None:
+    """pull reads the masters, asks Vault (without the lock: it may be slow), then
+    writes under the lock.  A master encrypt wrote in between was replaced by the value
+    pull had decided on without it.  The master is compared with what pull read, under
+    the lock: it changed, so nothing is written, and the file is named."""
+    bao.put(f"{prefix}/db", {"pw": "p1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    bao.put(f"{prefix}/db", {"pw": "VAULT-NEW"})
+    done: list[str] = []
+
+    def meanwhile(path: str) -> None:
+        if f"/data/{prefix}/db" in path and "version=" not in path and not done:
+            done.append(path)
+            repo.ok("encrypt", "pw", input=b"CONCURRENT-EDIT")
+
+    relay = _Relay(bao.addr, on_request=meanwhile)
+    try:
+        state = repo.root / "secrets" / "vault-versions.toml"      # (its own address)
+        state.write_text(state.read_text().replace(bao.addr, relay.addr))
+        repo.write_hosts((repo.root / "hosts.toml").read_text().replace(bao.addr,
+                                                                         relay.addr))
+        proc = repo.run("pull")
+    finally:
+        relay.close()
+    assert done, "the relay never saw the read"
+    assert proc.returncode == 1, text_of(proc)
+    assert_one_clean_error(proc, "secrets/pw.age", "written by another command while this "
+                           "one ran", "run the command again")
+    assert repo.ok("decrypt", "pw").stdout == b"CONCURRENT-EDIT"
+

@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -143,8 +143,17 @@ class Appeared(Exception):
         self.paths = paths
 
 
+def _now(path: Path) -> bytes | None:
+    """The bytes at ``path`` now, or None if absent (a FIFO there: OSError)."""
+    try:
+        return fsutil.read_regular(path)[0]
+    except FileNotFoundError:
+        return None
+
+
 def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], bytes], int]],
-              *, new: Collection[Path] = ()) -> None:
+              *, new: Collection[Path] = (),
+              based_on: Mapping[Path, bytes | None] | None = None) -> None:
     """Write every file durably under a temp name, then rename them all under one hold of
     the lock: a reader that takes the lock (renc) sees all of them or none, and a failed
     rename puts back what the earlier ones replaced (``rotate`` of a key pair: never a
@@ -158,7 +167,11 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
 
     A file's data may be a function: it is called under the lock (a read-modify-write
     of a file other writers update, such as rotation.toml); what it raises stops the
-    run before anything is renamed."""
+    run before anything is renamed.
+
+    ``based_on``: for some paths, the bytes the caller read before deciding (None: the
+    file was absent).  If one holds anything else once the lock is held, another writer
+    changed it meanwhile: nothing is written, and each such file is named."""
     new = set(new)
     seen: set[str] = set()
     for path, _, _ in files:        # the second would silently replace the first
@@ -180,6 +193,13 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
             appeared = [path for path in new if os.path.lexists(path)]
             if appeared:
                 raise Appeared(appeared)
+            moved = [path for path, bytes_read in (based_on or {}).items()
+                     if _now(path) != bytes_read]
+            if moved:
+                raise VaultpyError([Problem(display_path(p), "written by another command "
+                                            "while this one ran; nothing was written", "",
+                                            "run the command again: it starts from the "
+                                            "new value") for p in moved])
             # Each rename done, and what it replaced: bytes, mode and times (or nothing).
             before: list[tuple[Path, Path, tuple[bytes, os.stat_result] | None]] = []
             try:

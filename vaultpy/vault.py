@@ -702,10 +702,12 @@ def select(cfg: Config, ids: Sequence[str]) -> list[tuple[str, VaultRef]]:
 
 
 def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence[Path],
-                      ask: age.PassphraseFn, *, required: bool
+                      ask: age.PassphraseFn, *, required: bool,
+                      read: dict[str, bytes] | None = None
                       ) -> tuple[dict[str, tuple[bytes, bool]], list[Problem]]:
     """Plaintext and armor flag of each master file that exists (all must, if
-    ``required``); identities are loaded only when some file needs them."""
+    ``required``); identities are loaded only when some file needs them.  ``read``, if
+    given, gets the bytes of each file as read (to tell later whether it changed)."""
     raw: dict[str, bytes] = {}
     problems: list[Problem] = []
     for sid in sids:
@@ -719,6 +721,8 @@ def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence
             problems.append(Problem(display_path(secret.file), "cannot read master file: "
                                     f"{exc.strerror}", f"secrets.{sid}",
                                     "check the file's permissions"))
+    if read is not None:
+        read.update(raw)
     if problems or not raw:
         return {}, problems
     keys = identities.load(cfg, identity_files, ask)
@@ -863,7 +867,9 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
     chosen = select(cfg, ids)
     sids = [sid for sid, _ in chosen]
     writes.settle(cfg)          # compare with what an interrupted pull was writing
-    current, problems = _decrypt_existing(cfg, sids, identity_files, ask, required=False)
+    was: dict[str, bytes] = {}
+    current, problems = _decrypt_existing(cfg, sids, identity_files, ask, required=False,
+                                          read=was)
     if problems:
         raise VaultpyError(problems)
 
@@ -946,7 +952,10 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
         files.append((vaultstate.path(cfg), vaultstate.under_lock(cfg, entries), 0o644))
         result.recorded = True
     if files:
-        masters.write_all(cfg, files)
+        # Read before Vault was asked, without the lock: a master another command wrote
+        # meanwhile (encrypt, edit) must not be replaced by what was decided without it.
+        masters.write_all(cfg, files, based_on={
+            cfg.secrets[item.id].file: was.get(item.id) for item in result.changed})
     return result
 
 
