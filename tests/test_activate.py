@@ -619,6 +619,21 @@ def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
     assert not (out / "stale-file").exists() and (out / "profile.json").is_file()
 
 
+@pytest.mark.parametrize("path", ["/opt/my vault/bin/vaultpy", "vaultpy",
+                                  "/opt/100%/vaultpy", "/opt/v\nExecStartPre=/bin/sh -c id"])
+def test_bundle_refuses_a_vaultpy_path_the_unit_cannot_hold(world: World, tmp_path: Path,
+                                                             path: str) -> None:
+    """--vaultpy was pasted into ExecStart= as given: a space split it, % was expanded
+    as a systemd specifier, a newline put a unit line of its own in (ExecStartPre=),
+    a relative name is no command.  Each was written, exit 0, and failed at boot."""
+    out = tmp_path / "bundle"
+    proc = world.repo.run("bundle", "--host", HOST, "-o", str(out), "--vaultpy", path)
+    assert proc.returncode == 1
+    assert_one_clean_error(proc, "--vaultpy", "cannot be put in the unit's ExecStart=",
+                           "absolute path")
+    assert not os.path.lexists(out)
+
+
 def test_bundle_force_replaces_only_a_bundle(world: World, tmp_path: Path) -> None:
     """--force replaced whatever -o named: a file of notes, a directory of other data,
     a device (a review run turned /dev/null into a bundle directory)."""

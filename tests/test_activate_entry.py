@@ -85,6 +85,18 @@ def test_a_device_as_the_profile_is_one_clean_line(tmp_path: Path, reader: str) 
                            "profile", "point --profile at the profile.json")
 
 
+def test_a_regular_profile_is_capped_too(tmp_path: Path) -> None:
+    """--regular-profile (the bundle's units pass it) read the file whole: a 200 MB
+    one took 430 MB of memory, where without it the same file is refused at once."""
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(200 << 20)
+    argv = [*PROFILE_READERS["vaultpy-activate"], "--regular-profile", "--profile",
+            str(big), "--root", str(tmp_path)]
+    proc = capped_run(argv, {}, tmp_path)
+    assert_one_clean_error(proc, "big.json: more than 64 MiB, too much for a profile")
+
+
 def test_a_named_profile_may_still_be_a_pipe(make_repo, tmp_path: Path) -> None:
     """The cap keeps what a named path may be: a FIFO being written (activated from),
     /dev/stdin (status compares with it)."""

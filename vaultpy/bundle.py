@@ -71,6 +71,13 @@ def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool)
 def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vaultpy",
            force: bool = False) -> Path:
     """Write the bundle of ``host`` to ``out``; refuses to replace it unless ``force``."""
+    # Pasted into ExecStart=: a space splits it, % is a systemd specifier, a newline
+    # starts a unit line of its own (ExecStartPre=…), a relative name is no command.
+    if (not vaultpy.startswith("/") or any(c.isspace() or not c.isprintable() or c == "%"
+                                            for c in vaultpy)):
+        raise VaultpyError(Problem("--vaultpy", f"{vaultpy!r} cannot be put in the unit's "
+                                   "ExecStart=", "", "give vaultpy's absolute path on the "
+                                   "host, with no space, % or control character"))
     if os.path.lexists(out):
         if not force:
             raise VaultpyError(Problem(display_path(out), "already exists", "",

@@ -402,8 +402,11 @@ def load(path: Path, regular_only: bool = False) -> Profile:
     bundle's unit names, read at boot, where a FIFO would wait for ever)."""
     source = display_path(path)
     try:
-        raw = (fsutil.read_regular(path)[0] if regular_only
-               else fsutil.read_named(path, MAX_PROFILE))
+        if regular_only:    # a regular file, and no bigger than any other profile
+            with fsutil.open_regular(path) as f:
+                raw = fsutil.read_at_most(f.fileno(), MAX_PROFILE)
+        else:
+            raw = fsutil.read_named(path, MAX_PROFILE)
         text = raw.decode("utf-8") if raw is not None else None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
