@@ -775,7 +775,14 @@ def test_a_grant_the_new_generation_revokes_ends_with_the_switch(world: World) -
         assert not member_reads(first / "alpha")
         assert stat.S_IMODE(first.stat().st_mode) == 0o700
         assert stat.S_IMODE(second.stat().st_mode) == 0o751
-        run_ok(host, "A")                           # back to A: a new generation, 0751
+        # Sealed at the switch, not at prune: while the units restart (a slow one, or
+        # a run killed then), the old copy is already root's alone.
+        seen = host.root.parent / "mode-seen"
+        probe = host.root.parent / "systemctl-probe"
+        probe.write_text(f"#!/bin/sh\nstat -c %a {second} >> {seen}\n")
+        probe.chmod(0o755)
+        run_ok(host, "A", systemctl=probe)          # back to A: a new generation, 0751
+        assert set(seen.read_text().split()) == {"700"}, seen.read_text()
         third = live_gen(host)
         assert third is not None and third.name == "3"
         assert member_reads(host.live / "alpha")

@@ -134,6 +134,23 @@ def switch(ctx: Context) -> None:
         fsutil.fsync_path(link.parent, directory=True)
     except OSError as exc:      # like any problem after the switch: reported at the end
         ctx.problems.append(os_problem(link.parent, exc, "sync the switch", as_is=True))
+    # A grant the new generation revokes ends here, not at prune: until then the old
+    # file stayed readable by its full path through the links, every unit's restart
+    # (a slow one), and for good if the run was killed before prune.
+    try:
+        _seal_not_live(ctx)
+    except OSError as exc:
+        ctx.problems.append(os_problem(ctx.store, exc, "seal the previous generation",
+                                       as_is=True))
+
+
+def _seal_not_live(ctx: Context) -> None:
+    """Every generation no live link points at: 0700, root only."""
+    live = referenced(ctx)
+    for n in generations(ctx.store):
+        path = ctx.store / str(n)
+        if path.resolve() not in live and stat.S_IMODE(path.stat().st_mode) != 0o700:
+            os.chmod(path, 0o700)
 
 
 def prune(ctx: Context) -> None:
