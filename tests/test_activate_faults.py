@@ -737,6 +737,38 @@ def test_a_failed_switch_changes_no_link(world: World, tmp_path: Path) -> None:
     assert (host.root / "var/lib/app/beta").read_bytes() == world.vals["beta"]
 
 
+def test_an_item_moved_below_its_old_path_is_linked(world: World, tmp_path: Path) -> None:
+    """alpha's path moved from /etc/conf to /etc/conf/alpha: the old link, vaultpy's own
+    symlink at /etc/conf, was in the way, check_paths failed on it before the switch
+    ("conf: cannot check paths: Not a directory"), and the old link was only ever
+    removed after a switch: every run failed, for good.  The old link is removed first
+    now; a file of someone else's in the way is named, with the item's path."""
+    host = fresh(world, tmp_path)
+
+    def at(path: str) -> Callable[[dict[str, Any]], None]:
+        def change(data: dict[str, Any]) -> None:
+            for entry in data["secrets"]:
+                if entry["id"] == "alpha":
+                    entry["path"] = path
+        return change
+
+    edit_profile(host, at("/etc/conf"))
+    run_ok(host, "A")
+    assert (host.root / "etc/conf").is_symlink()
+    edit_profile(host, at("/etc/conf/alpha"))
+    run_ok(host, "A")
+    assert (host.root / "etc/conf").is_dir() and not (host.root / "etc/conf").is_symlink()
+    assert (host.root / "etc/conf/alpha").read_bytes() == world.vals["alpha"]
+    edit_profile(host, at("/etc/notes/alpha"))      # root's symlink to a file, no dir
+    (host.root / "etc/notes.txt").write_text("someone's file\n")
+    os.symlink("notes.txt", host.root / "etc/notes")
+    proc = run(host, "A")
+    assert proc.returncode == 1
+    assert_one_clean_error(proc, "/etc/notes/alpha: cannot be linked: a part of it is not "
+                           "a directory", "remove what is in the way")
+    assert (host.root / "etc/notes").read_text() == "someone's file\n"
+
+
 def test_a_path_below_roots_own_symlink_links_to_the_live_file(world: World,
                                                                tmp_path: Path) -> None:
     """A root-owned symlink above the path (followed on purpose, like /etc -> …) that

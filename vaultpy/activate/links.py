@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil, sigint
@@ -289,6 +289,12 @@ def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None)
         os.close(fd)
 
 
+def _below_any(path: str, above: Collection[str]) -> bool:
+    """Whether ``path`` is strictly below one of ``above``."""
+    p = PurePosixPath(path)
+    return any(p != PurePosixPath(a) and p.is_relative_to(a) for a in above)
+
+
 def check_paths(ctx: Context) -> None:
     """Before the switch, writing nothing: every extra path can be linked (no directory
     of another user above it, no directory in its place), so that a refused path
@@ -297,13 +303,21 @@ def check_paths(ctx: Context) -> None:
     for it to replace (:func:`_check_replaceable`) is reported then, and stops no
     other secret going live."""
     problems: list[Problem] = []
+    stale = stale_links(ctx)
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
+        if _below_any(path, stale):
+            continue        # below a link of ours no item wants: link_paths removes it first
         try:
             fd = open_parent(ctx, path, create=False)
         except FileNotFoundError:
             continue                    # link_paths creates the rest, root-owned
         except VaultpyError as exc:
             problems += exc.problems
+            continue
+        except OSError as exc:          # ENOTDIR: a part of the path is a file
+            problems.append(Problem(path, "cannot be linked: a part of it is not a "
+                                    f"directory ({exc.strerror})", "", "remove what is in "
+                                    "the way, or give the item another path"))
             continue
         try:
             _refuse_own_place(ctx, path, _real_path(ctx, fd, path))
@@ -325,6 +339,11 @@ def link_paths(ctx: Context) -> None:
     path that cannot be linked or removed does not stop the run: its problem is kept
     in ``ctx.problems``, raised once the units have heard of the new generation."""
     wanted = {i.out.path: i.name for i in ctx.items() if i.out.path}
+    if not ctx.opts.dry_run:
+        # An old link in the way of a new path (an item moved from /x to /x/y): first.
+        for path, old_name in sorted(stale_links(ctx).items()):
+            if any(_below_any(w, {path}) for w in wanted):
+                _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
     for path, name in sorted(wanted.items()):
         if ctx.opts.dry_run:
             ctx.log("link_paths", f"would link {path}")
