@@ -76,8 +76,12 @@ def activate(opts: Options) -> Context:
                 step(ctx)
             except OSError as exc:      # ENOSPC, EIO…: one line naming the step
                 where = exc.filename if isinstance(exc.filename, str) else str(ctx.link)
-                raise VaultpyError(os_problem(where, exc, name.replace("_", " "),
-                                                 as_is=True)) from None
+                problem = os_problem(where, exc, name.replace("_", " "), as_is=True)
+                if not ctx.switched:
+                    raise VaultpyError(problem) from None
+                # After the switch the run goes to the end (prune seals and removes
+                # old generations); what failed is said with everything else.
+                ctx.problems.append(problem)
         if ctx.problems:
             raise VaultpyError(ctx.problems)
         return ctx
