@@ -530,6 +530,21 @@ def test_a_profile_field_vaultpy_does_not_know_is_refused(change, field: str) ->
     assert "upgrade vaultpy on this host" in exc.value.problems[0].hint
 
 
+def test_a_profile_name_longer_than_hosts_toml_allows_is_refused() -> None:
+    """A name of 300 characters was taken, and activation failed mid-build with "File
+    name too long"; hosts.toml allows 128 (model.ID_MAX), as the profile now does."""
+    from test_fuzz import VALID_PROFILE
+
+    from vaultpy import model, profile
+
+    assert profile._NAME_MAX == model.ID_MAX
+    data = copy.deepcopy(VALID_PROFILE)
+    data["secrets"][0]["name"] = "a" * 300
+    with pytest.raises(VaultpyError) as exc:
+        profile.parse(data, "profile.json", Path("/x"))
+    assert [p.field for p in exc.value.problems] == ["secrets[0].name"]
+
+
 def test_a_profile_of_another_version_is_named_for_its_version_alone() -> None:
     """Its other fields are that version's: naming each as unknown would bury the line
     that says what to do."""

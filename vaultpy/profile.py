@@ -284,6 +284,11 @@ def _unknown(rd: _Reader, obj: Mapping[str, Any], kind: str, where: str) -> None
                    "profile with this version (vaultpy profile)")
 
 
+# hosts.toml's limit on ids and names (model.ID_MAX, not imported: activation loads
+# profiles only): a longer one was refused only by the kernel, mid-build.
+_NAME_MAX = 128
+
+
 def parse(data: Any, source: str, base: Path) -> Profile:
     """Validate a decoded profile; ``base`` resolves relative ``file`` paths."""
     rd = _Reader(source)
@@ -327,7 +332,7 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         _unknown(rd, obj, "secrets", where)
         got = {key: rd.get(obj, key, str, where) for key in ("id", "name")}
         for key, val in got.items():     # a missing or mistyped one is reported already
-            if val is not None and not ID_RE.fullmatch(val):
+            if val is not None and (not ID_RE.fullmatch(val) or len(val) > _NAME_MAX):
                 rd.bad(f"{where}.{key}", f"invalid {key} {val!r}")
         sid, name = got["id"] or "", got["name"] or ""
         file = rd.get(obj, "file", str, where) or ""
@@ -346,7 +351,8 @@ def parse(data: Any, source: str, base: Path) -> Profile:
             continue
         _unknown(rd, obj, "templates", where)
         got_name = rd.get(obj, "name", str, where)
-        if got_name is not None and not ID_RE.fullmatch(got_name):
+        if got_name is not None and (not ID_RE.fullmatch(got_name)
+                                     or len(got_name) > _NAME_MAX):
             rd.bad(f"{where}.name", f"invalid name {got_name!r}")
         name = got_name or ""
         content = rd.get(obj, "content", str, where) or ""
