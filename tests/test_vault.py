@@ -567,6 +567,14 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
     proc = repo.run("pull", env={"BAO_ADDR": bao.addr, "VAULT_TOKEN": "bogus"})
     assert_one_clean_error(proc, "secrets.a.vault", "permission denied",
                            "does not accept the token")
+    # One no HTTP header can carry: it crashed in the HTTP library (exit 70), or, with
+    # a line break, was blamed on the request.
+    for env in ({"VAULT_TOKEN": "s.\u20acabc"}, {"VAULT_TOKEN": "a\tb"},
+                {"VAULT_NAMESPACE": "t\u00e9\u20ac"}):
+        proc = repo.run("pull", env={"BAO_ADDR": bao.addr, **env})
+        assert proc.returncode == 1, text_of(proc)
+        assert_one_clean_error(proc, next(iter(env)), "a character an HTTP header cannot "
+                               "carry")
 
 
 def test_a_fifo_as_the_token_file_is_a_clean_error(vrepo, bao: Bao, prefix: str) -> None:

@@ -58,6 +58,16 @@ def _env(kind: str) -> tuple[str, str] | None:
     return None
 
 
+def _header_value(value: str, where: str, file: str) -> str:
+    """``value`` as an HTTP header can carry it (a token, a namespace): printable ASCII.
+    "s.€abc" crashed in the HTTP library (exit 70); a newline was blamed on Vault."""
+    if not value.isascii() or not value.isprintable():
+        raise VaultpyError(Problem(file, "holds a character an HTTP header cannot carry "
+                                   "(not printable ASCII: a line break, a non-ASCII "
+                                   "letter)", where, "check the value: copy it again"))
+    return value
+
+
 @dataclass(frozen=True)
 class Target:
     """Where Vault is, after the environment has had its say."""
@@ -84,6 +94,9 @@ def target(cfg: Config) -> Target:
                                    'use a URL like "https://vault.example.com:8200"'))
     env_ns = _env("namespace")
     namespace = env_ns[1] if env_ns else settings.namespace
+    if namespace:
+        _header_value(namespace, "" if env_ns else "vaultpy.vault.namespace",
+                      env_ns[0] if env_ns else file)
     verify: bool | str = True
     source = ""                 # where verify came from: the field or variable to name
     env_ca, env_capath = _env("ca_cert"), _env("ca_path")
@@ -326,7 +339,7 @@ class Session:
     def _token(self) -> str:
         found = _env("token")
         if found:
-            return found[1]
+            return _header_value(found[1], "", found[0])
         path = Path(os.path.expanduser(TOKEN_FILE))
         try:
             token = fsutil.read_regular(path)[0].decode("utf-8").strip()   # never a FIFO
@@ -336,6 +349,8 @@ class Session:
             reason = getattr(exc, "strerror", None) or "not text"
             raise VaultpyError(Problem(str(path), f"cannot read the Vault token: {reason}",
                                        "", "set BAO_TOKEN / VAULT_TOKEN instead")) from None
+        if token:
+            _header_value(token, "", str(path))
         if not token:
             raise VaultpyError(Problem(
                 self.file, "no Vault token", "vaultpy.vault.auth",
