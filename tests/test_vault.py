@@ -569,6 +569,9 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
                            "does not accept the token")
     # One no HTTP header can carry: it crashed in the HTTP library (exit 70), or, with
     # a line break, was blamed on the request.
+    # A port out of range in the environment: "request failed (InvalidURL)" before.
+    proc = repo.run("pull", env={"BAO_ADDR": "http://127.0.0.1:99999"})
+    assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address")
     for env in ({"VAULT_TOKEN": "s.\u20acabc"}, {"VAULT_TOKEN": "a\tb"},
                 {"VAULT_NAMESPACE": "t\u00e9\u20ac"}):
         proc = repo.run("pull", env={"BAO_ADDR": bao.addr, **env})

@@ -88,7 +88,14 @@ def target(cfg: Config) -> Target:
         raise VaultpyError(Problem(file, "no Vault address", "vaultpy.vault.addr",
                                    'set addr = "https://vault.example.com:8200" in '
                                    "[vaultpy.vault], or BAO_ADDR / VAULT_ADDR"))
-    if not re.match(r"https?://[^/\s]", addr):
+    try:                        # (a port out of range: the HTTP library's InvalidURL)
+        from urllib.parse import urlsplit
+
+        urlsplit(addr).port     # noqa: B018 (it raises for a port out of range)
+        port_ok = True
+    except ValueError:
+        port_ok = False
+    if not re.match(r"https?://[^/\s]", addr) or not port_ok:
         where = env_addr[0] if env_addr else "vaultpy.vault.addr"
         raise VaultpyError(Problem(file, f"invalid Vault address {addr!r}", where,
                                    'use a URL like "https://vault.example.com:8200"'))
