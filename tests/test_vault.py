@@ -835,6 +835,13 @@ def test_push_refuses_pinned_refs_and_missing_masters(vrepo, bao: Bao, prefix: s
     assert_one_clean_error(proc, "master file is missing")
     with pytest.raises(hvac.exceptions.InvalidPath):
         bao.get(f"{prefix}/q")
+    # Not named: skipped, said so (a plain push failed on it and pushed nothing, though
+    # the docs' own example pins one).
+    repo.ok("encrypt", "absent", input=b"a-value")
+    proc = repo.ok("push")
+    err = proc.stderr.decode()
+    assert "pinned: skipped (pinned)" in err and "absent: written" in err, err
+    assert bao.get(f"{prefix}/q") == ({"v": "a-value"}, 1)
 
 
 def test_push_after_a_pull_killed_between_its_renames(vrepo, bao: Bao, prefix: str

@@ -987,7 +987,7 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
 class PushItem:
     id: str
     ref: VaultRef
-    status: str              # "written" | "unchanged" | "failed"
+    status: str              # "written" | "unchanged" | "failed" | "skipped (pinned)"
     version: int             # Vault's version after the push (or the current one)
 
     def as_dict(self) -> dict[str, Any]:
@@ -1028,6 +1028,15 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
     overwritten.  Conflicts and read failures stop the run before any write."""
     chosen = select(cfg, ids)
     problems: list[Problem] = []
+    skipped: list[PushItem] = []
+    if not ids:
+        # Every secret with vault = …: a pinned one reads a fixed version and is not
+        # pushed (a plain `push` failed on it, pushing nothing); named, it is an error.
+        skipped = [PushItem(sid, ref, "skipped (pinned)", ref.version or 0)
+                   for sid, ref in chosen if ref.version is not None]
+        chosen = [(sid, ref) for sid, ref in chosen if ref.version is None]
+        if not chosen:
+            return PushResult(items=skipped)
     for sid, ref in chosen:
         if ref.version is not None:
             problems.append(_problem(cfg, sid, f"{sid} is pinned to version {ref.version} "
@@ -1057,7 +1066,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
     for sid, ref in chosen:
         groups.setdefault((ref.mount, ref.path), []).append((sid, ref))
 
-    result = PushResult()
+    result = PushResult(items=list(skipped))
     pulled = vaultstate.load(cfg)
     entries: dict[str, vaultstate.Entry] = {}      # what to record once pushed
     with session_factory(cfg) as s:
@@ -1117,7 +1126,8 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                 continue
             result.items.extend(PushItem(sid, ref, "written", written[0]) for sid, ref in w.ids)
             entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
-    order = {sid: i for i, (sid, _) in enumerate(chosen)}
+    order = {sid: i for i, sid in enumerate([*(sid for sid, _ in chosen),
+                                             *(item.id for item in skipped)])}
     result.items.sort(key=lambda i: order[i.id])
     # The record takes the lock, which finishes first any write a writer killed since
     # settle left (a journal): the lock is not held across the Vault calls, which wait
