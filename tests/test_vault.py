@@ -509,6 +509,10 @@ def test_tls_with_the_servers_ca_with_another_and_with_none(make_repo, tmp_path:
         assert_one_clean_error(repo.run("pull"), f"TLS verification of {addr} failed",
                                "set ca_cert in [vaultpy.vault]")
         assert secret_files(repo) == before
+        # http:// to the TLS server: Vault's own 400 was quoted, with no way out
+        plain = addr.replace("https://", "http://")
+        assert_one_clean_error(repo.run("pull", env={"VAULT_ADDR": plain}),
+                               f"{plain} serves HTTPS, not HTTP", f"use {addr}")
         # a CA directory (VAULT_CAPATH) is read as Vault's own client reads it: every
         # file in it, whatever its name (not only OpenSSL's hashed names)
         cadir = tmp_path / "cadir"
@@ -569,6 +573,10 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
                            "does not accept the token")
     # One no HTTP header can carry: it crashed in the HTTP library (exit 70), or, with
     # a line break, was blamed on the request.
+    # https:// to a plain-HTTP server: it was blamed on the CA ("set ca_cert").
+    tls = bao.addr.replace("http://", "https://")
+    assert_one_clean_error(repo.run("pull", env={"BAO_ADDR": tls}),
+                           f"{tls} does not answer in TLS", f"use {bao.addr}")
     # A port out of range in the environment: "request failed (InvalidURL)" before.
     proc = repo.run("pull", env={"BAO_ADDR": "http://127.0.0.1:99999"})
     assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address")

@@ -231,6 +231,12 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
     import requests  # type: ignore[import-untyped,unused-ignore]
 
     addr = target.addr
+    if isinstance(exc, requests.exceptions.SSLError) and re.search(
+            r"wrong.version.number|unknown protocol|record layer failure", str(exc), re.I):
+        # Not a certificate: the server did not answer in TLS at all.
+        return VaultFailure(f"{addr} does not answer in TLS (a plain-HTTP server or port)",
+                            f"use {addr.replace('https://', 'http://', 1)} if the server "
+                            "has no TLS, or the port it serves TLS on")
     if isinstance(exc, requests.exceptions.SSLError):
         m = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(exc))
         detail = f" ({m.group(1)})" if m else ""
@@ -266,7 +272,11 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
         return VaultFailure(f"Vault at {addr} is sealed or unavailable",
                             "unseal it or try again later")
     if isinstance(exc, hx.VaultError):
-        return VaultFailure(f"Vault refused {what}: {_vault_message(exc) or type(exc).__name__}")
+        said = _vault_message(exc)
+        if "HTTP request to an HTTPS server" in said:
+            return VaultFailure(f"{addr} serves HTTPS, not HTTP",
+                                f"use {addr.replace('http://', 'https://', 1)}")
+        return VaultFailure(f"Vault refused {what}: {said or type(exc).__name__}")
     raise exc
 
 
