@@ -506,6 +506,34 @@ def test_status_in_sync_then_differs(world: World) -> None:
             ] == [("plain", "changed", "owner")]
 
 
+def test_status_names_a_path_link_that_is_missing_or_replaced(world: World) -> None:
+    """status --profile compared the generation's files only: with a `path` link deleted,
+    or a file put in its place (which activation refuses), it said "in sync"."""
+    w, h = world, world.host
+    w.activate()
+    w.activate("--early")
+    args = ("status", "--profile", str(h.profile), "--root", str(h.root), "--json")
+    assert run_vaultpy(*args).returncode == 0
+    data = json.loads(h.profile.read_text())
+    item = next(i for i in data["secrets"] if i.get("path") and i.get("install", True))
+    link = h.root / item["path"].lstrip("/")
+    assert link.is_symlink()
+    target = os.readlink(link)
+    link.unlink()
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 1
+    assert [(c["name"], c["kind"], c["detail"]) for c in json.loads(proc.stdout)["changes"]
+            ] == [(item["name"], "link", f"{item['path']} is missing")]
+    link.write_text("someone's file\n")
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 1
+    assert [c["detail"] for c in json.loads(proc.stdout)["changes"]] == [
+        f"{item['path']} is not a link (a file or directory is there)"]
+    link.unlink()
+    os.symlink(target, link)
+    assert run_vaultpy(*args).returncode == 0
+
+
 @pytest.mark.parametrize("kind, field, value", [
     ("templates", "content", "X=\ud800{{ secrets.plain }}"),
     ("secrets", "path", "/etc/app/x\ud800"),

@@ -742,6 +742,9 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
                 files.append({"name": entry.name, "uid": st.st_uid, "gid": st.st_gid,
                               "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size})
         changes = [{**c.__dict__, "early": r.opts.early} for c in r.changes]
+        if live is not None:
+            changes += [{"name": name, "kind": "link", "detail": detail,
+                         "early": r.opts.early} for name, detail in _link_drift(r)]
         prefix = "early_" if r.opts.early else ""
         report.update({f"{prefix}live": str(live) if live else None, f"{prefix}files": files})
         report["changes"] += changes                 # one list: consumers need not merge
@@ -756,15 +759,37 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
         for f in files:
             table.add_row(*(str(f[k]) for k in ("name", "uid", "gid", "mode", "size")))
         _out().print(table)
-        for c in r.changes:
-            _out().print(f"differs: {c.name} ({c.kind}{': ' + c.detail if c.detail else ''})",
-                         markup=False)
+        for c in changes:
+            detail = f": {c['detail']}" if c["detail"] else ""
+            _out().print(f"differs: {c['name']} ({c['kind']}{detail})", markup=False)
     if json_out:
         _emit_json(report)
     elif report["ok"]:
         _out().print("in sync with the profile", markup=False)
     if not report["ok"]:
         _exit(1)
+
+
+def _link_drift(ctx: Any) -> list[tuple[str, str]]:
+    """(item name, what is wrong) for each extra ``path`` of the profile that is not a
+    link reaching the live file: missing, a file in its place, a link elsewhere."""
+    import os
+
+    out = []
+    root = str(ctx.opts.root)
+    for item in ctx.items():
+        path = item.out.path
+        if not path:
+            continue
+        at = os.path.join(root, path.lstrip("/"))
+        want = os.path.realpath(os.path.join(str(ctx.link), item.name))
+        if not os.path.lexists(at):
+            out.append((item.name, f"{path} is missing"))
+        elif not os.path.islink(at):
+            out.append((item.name, f"{path} is not a link (a file or directory is there)"))
+        elif os.path.realpath(at) != want:
+            out.append((item.name, f"{path} leads elsewhere"))
+    return out
 
 
 def _is_usage_error(exc: Exception) -> bool:
