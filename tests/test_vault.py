@@ -577,9 +577,11 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
     tls = bao.addr.replace("http://", "https://")
     assert_one_clean_error(repo.run("pull", env={"BAO_ADDR": tls}),
                            f"{tls} does not answer in TLS", f"use {bao.addr}")
-    # A port out of range in the environment: "request failed (InvalidURL)" before.
-    proc = repo.run("pull", env={"BAO_ADDR": "http://127.0.0.1:99999"})
-    assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address")
+    # A port out of range in the environment: "request failed (InvalidURL)" before;
+    # a path in the address: every request missed, and "no secret at …" blamed the ref.
+    for bad in ("http://127.0.0.1:99999", bao.addr + "/sub"):
+        proc = repo.run("pull", env={"BAO_ADDR": bad})
+        assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address", "no path")
     for env in ({"VAULT_TOKEN": "s.\u20acabc"}, {"VAULT_TOKEN": "a\tb"},
                 {"VAULT_NAMESPACE": "t\u00e9\u20ac"}):
         proc = repo.run("pull", env={"BAO_ADDR": bao.addr, **env})
@@ -1460,3 +1462,15 @@ def test_a_master_written_while_pull_asks_vault_is_not_replaced(vrepo, bao: Bao,
                            "one ran", "run the command again")
     assert repo.ok("decrypt", "pw").stdout == b"CONCURRENT-EDIT"
 
+
+
+def test_a_vault_address_with_a_path_is_refused_in_hosts_toml(vrepo, bao: Bao,
+                                                               prefix: str) -> None:
+    """addr = "https://vault:8200/ui" (the web UI's address) passed: every request went
+    to /ui/v1/…, and pull blamed each secret's path."""
+    repo = vrepo({"a": f"secret/{prefix}/a#v"})
+    repo.write_hosts((repo.root / "hosts.toml").read_text().replace(bao.addr,
+                                                                     bao.addr + "/ui"))
+    for command in ("check", "pull"):
+        proc = repo.run(command, env={"VAULTPY_NO_MEMO": "1"})
+        assert_one_clean_error(proc, "vaultpy.vault.addr", "invalid address", "no path")

@@ -660,11 +660,14 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
             parts = urlsplit(addr)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname)
             ok = ok and (parts.port is None or parts.port >= 0)   # .port checks the port
+            # Vault's API is at <addr>/v1/…: a path there made every request miss.
+            ok = ok and parts.path in ("", "/") and not parts.query and not parts.fragment
         except ValueError:
             ok = False
         if not ok:
             ck.add(f"{where}.addr", f"invalid address {addr!r}",
-                   'use a URL like "https://vault.example.com:8200"')
+                   'use a URL like "https://vault.example.com:8200": a scheme, a host and '
+                   "a port, no path")
     auth = text.get("auth", "token")
     if auth not in VAULT_AUTH:
         ck.add(f"{where}.auth", f"unknown auth method {auth!r}",

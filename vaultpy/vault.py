@@ -91,14 +91,18 @@ def target(cfg: Config) -> Target:
     try:                        # (a port out of range: the HTTP library's InvalidURL)
         from urllib.parse import urlsplit
 
-        urlsplit(addr).port     # noqa: B018 (it raises for a port out of range)
-        port_ok = True
+        parts = urlsplit(addr)
+        parts.port              # noqa: B018 (it raises for a port out of range)
+        # Vault's API is at <addr>/v1/…: a path (or a query) in the address made every
+        # request miss, and "no secret at …" blamed the secret's path.
+        port_ok = parts.path in ("", "/") and not parts.query and not parts.fragment
     except ValueError:
         port_ok = False
     if not re.match(r"https?://[^/\s]", addr) or not port_ok:
         where = env_addr[0] if env_addr else "vaultpy.vault.addr"
         raise VaultpyError(Problem(file, f"invalid Vault address {addr!r}", where,
-                                   'use a URL like "https://vault.example.com:8200"'))
+                                   'use a URL like "https://vault.example.com:8200": a '
+                                   "scheme, a host and a port, no path"))
     env_ns = _env("namespace")
     namespace = env_ns[1] if env_ns else settings.namespace
     if namespace:
