@@ -97,19 +97,10 @@ def ignore_own_files(cache_dir: Path) -> bool:
     path = cache_dir / ".gitignore"
     if os.path.lexists(path):
         return False
-    tmp = fsutil.tmp_name(path)
-    with sigint.held():             # no temp file left by a Ctrl-C
-        try:
-            fsutil.write_new(tmp, CACHE_GITIGNORE.encode(), 0o644)
-            fsutil.fsync_path(tmp)
-            fsutil.rename_new(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, FileExistsError):
-                return False
-            raise
-    fsutil.fsync_path(cache_dir, directory=True)
+    try:
+        fsutil.create_new(path, CACHE_GITIGNORE.encode(), 0o644)
+    except FileExistsError:
+        return False
     return True
 
 
