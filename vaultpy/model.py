@@ -636,6 +636,19 @@ def _rel(root: Path, text: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+def vault_address_ok(addr: str) -> bool:
+    """Whether ``addr`` is a Vault address: http(s), a host, a valid port if any, and
+    no path (Vault's API is at ``<addr>/v1/…``: a path there made every request miss),
+    query or fragment.  For ``addr`` in hosts.toml and BAO_ADDR / VAULT_ADDR alike."""
+    try:                                    # "http://[::1", "http://h:x" raise
+        parts = urlsplit(addr)
+        return (parts.scheme in ("http", "https") and bool(parts.hostname)
+                and (parts.port is None or parts.port >= 0)     # .port checks the port
+                and parts.path in ("", "/") and not parts.query and not parts.fragment)
+    except ValueError:
+        return False
+
+
 VAULT_KEYS = ("addr", "auth", "role_id", "secret_id_file", "wrapped_secret_id_file",
               "namespace", "ca_cert", "approle_mount")
 
@@ -655,19 +668,10 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
             elif value is not None:
                 text[key] = value
     addr = text.get("addr")
-    if addr is not None:
-        try:                                    # "http://[::1", "http://h:x" raise
-            parts = urlsplit(addr)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-            ok = ok and (parts.port is None or parts.port >= 0)   # .port checks the port
-            # Vault's API is at <addr>/v1/…: a path there made every request miss.
-            ok = ok and parts.path in ("", "/") and not parts.query and not parts.fragment
-        except ValueError:
-            ok = False
-        if not ok:
-            ck.add(f"{where}.addr", f"invalid address {addr!r}",
-                   'use a URL like "https://vault.example.com:8200": a scheme, a host and '
-                   "a port, no path")
+    if addr is not None and not vault_address_ok(addr):
+        ck.add(f"{where}.addr", f"invalid address {addr!r}",
+               'use a URL like "https://vault.example.com:8200": a scheme, a host and '
+               "a port, no path")
     auth = text.get("auth", "token")
     if auth not in VAULT_AUTH:
         ck.add(f"{where}.auth", f"unknown auth method {auth!r}",

@@ -33,7 +33,14 @@ from typing import Any
 from vaultpy import age, cache, identities, masters, vaultstate
 from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import Config, Host, VaultRef, VaultSettings, did_you_mean
+from vaultpy.model import (
+    Config,
+    Host,
+    VaultRef,
+    VaultSettings,
+    did_you_mean,
+    vault_address_ok,
+)
 
 TIMEOUT = 15.0                       # seconds per HTTP request
 TOKEN_FILE = "~/.vault-token"        # where `vault login` and `bao login` keep the token
@@ -88,17 +95,9 @@ def target(cfg: Config) -> Target:
         raise VaultpyError(Problem(file, "no Vault address", "vaultpy.vault.addr",
                                    'set addr = "https://vault.example.com:8200" in '
                                    "[vaultpy.vault], or BAO_ADDR / VAULT_ADDR"))
-    try:                        # (a port out of range: the HTTP library's InvalidURL)
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(addr)
-        parts.port              # noqa: B018 (it raises for a port out of range)
-        # Vault's API is at <addr>/v1/…: a path (or a query) in the address made every
-        # request miss, and "no secret at …" blamed the secret's path.
-        port_ok = parts.path in ("", "/") and not parts.query and not parts.fragment
-    except ValueError:
-        port_ok = False
-    if not re.match(r"https?://[^/\s]", addr) or not port_ok:
+    # (the same check as hosts.toml's: a port out of range was the HTTP library's
+    # InvalidURL, a path made every request miss)
+    if not re.match(r"https?://[^/\s]", addr) or not vault_address_ok(addr):
         where = env_addr[0] if env_addr else "vaultpy.vault.addr"
         raise VaultpyError(Problem(file, f"invalid Vault address {addr!r}", where,
                                    'use a URL like "https://vault.example.com:8200": a '
@@ -370,14 +369,12 @@ class Session:
             reason = getattr(exc, "strerror", None) or "not text"
             raise VaultpyError(Problem(str(path), f"cannot read the Vault token: {reason}",
                                        "", "set BAO_TOKEN / VAULT_TOKEN instead")) from None
-        if token:
-            _header_value(token, "", str(path))
         if not token:
             raise VaultpyError(Problem(
                 self.file, "no Vault token", "vaultpy.vault.auth",
                 f"set BAO_TOKEN or VAULT_TOKEN, run bao login / vault login (it writes "
                 f'{TOKEN_FILE}), or use auth = "approle"'))
-        return token
+        return _header_value(token, "", str(path))
 
     def _fail(self, where: str, failure: VaultFailure) -> VaultpyError:
         return VaultpyError(Problem(self.target.addr, failure.message, where, failure.hint))
