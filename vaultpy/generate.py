@@ -153,6 +153,9 @@ def _command(cfg: Config, secret: Secret, command: str) -> Value:
     except OSError as exc:
         raise VaultpyError(Problem(display_path(cfg.path), f"cannot run the command: "
                                    f"{exc.strerror}", where, "nothing was written")) from None
+    too_much = Problem(display_path(cfg.path), f"command {command!r} printed more than "
+                       f"{MAX_PLAINTEXT >> 20} MiB", where, "a secret is held in RAM on "
+                       "every host it goes to; nothing was written")
     assert proc.stdout is not None
     with proc, proc.stdout:
         # Read at most what a master may hold (and its line ending): `yes` filled the
@@ -162,10 +165,7 @@ def _command(cfg: Config, secret: Secret, command: str) -> Value:
             proc.kill()
         returncode = proc.wait()
     if printed is None:
-        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
-                                   f"more than {MAX_PLAINTEXT >> 20} MiB", where,
-                                   "a secret is held in RAM on every host it goes to; "
-                                   "nothing was written"))
+        raise VaultpyError(too_much)
     if returncode != 0:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} failed "
                                    f"(exit {returncode})", where,
@@ -175,10 +175,7 @@ def _command(cfg: Config, secret: Secret, command: str) -> Value:
     out = printed
     out = out[:-2] if out.endswith(b"\r\n") else out[:-1] if out.endswith(b"\n") else out
     if len(out) > MAX_PLAINTEXT:
-        raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
-                                   f"more than {MAX_PLAINTEXT >> 20} MiB", where,
-                                   "a secret is held in RAM on every host it goes to; "
-                                   "nothing was written"))
+        raise VaultpyError(too_much)
     if not out:
         raise VaultpyError(Problem(display_path(cfg.path), f"command {command!r} printed "
                                    "nothing" + (" but a line ending" if printed else ""),

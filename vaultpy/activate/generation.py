@@ -149,8 +149,13 @@ def _seal_not_live(ctx: Context) -> None:
     live = referenced(ctx)
     for n in generations(ctx.store):
         path = ctx.store / str(n)
-        if path.resolve() not in live and stat.S_IMODE(path.stat().st_mode) != 0o700:
-            os.chmod(path, 0o700)
+        if path.resolve() not in live:
+            _seal(path)
+
+
+def _seal(path: Path) -> None:
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        os.chmod(path, 0o700)
 
 
 def prune(ctx: Context) -> None:
@@ -165,8 +170,8 @@ def prune(ctx: Context) -> None:
         if path.resolve() in live:
             continue
         if n in keep:
-            if not ctx.opts.dry_run and stat.S_IMODE(path.stat().st_mode) != 0o700:
-                os.chmod(path, 0o700)
+            if not ctx.opts.dry_run:        # (switch sealed it; a killed run's not)
+                _seal(path)
             continue
         if ctx.opts.dry_run:
             ctx.log("prune", f"would remove generation {n}")
