@@ -1201,6 +1201,65 @@ def test_a_redirect_is_refused_and_the_token_stays_home(vrepo, bao: Bao, prefix:
         elsewhere.close()
 
 
+_PROXY_PAGE = (b"<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n"
+               b"<center><h1>502 Bad Gateway</h1></center>\n" + b"<!-- padding -->\n" * 40
+               + b"<hr><center>nginx</center>\n</body>\n</html>\n")
+
+
+@pytest.mark.parametrize("auth", ["token", "approle"])
+def test_a_proxys_web_page_is_named_not_quoted(vrepo, bao: Bao, prefix: str, auth: str
+                                               ) -> None:
+    """A proxy in front of a Vault that is down answers with an HTML page: the problem
+    line quoted the whole page."""
+    front = _Front((502, {"Content-Type": "text/html"}, _PROXY_PAGE))
+    try:
+        vault = ('auth = "approle"\nrole_id = "r"\nsecret_id_file = "sid"'
+                 if auth == "approle" else "")
+        repo = vrepo({"a": f"secret/{prefix}/a#v"}, vault=vault)
+        (repo.root / "sid").write_text("s\n")
+        before = repo.snapshot()
+        proc = repo.run("pull", env={"VAULT_ADDR": front.addr})
+        line = assert_one_clean_error(proc, front.addr, "web page", "'502 Bad Gateway'")
+        err = proc.stderr.decode()
+        assert "<" not in err and "padding" not in err and len(line) < 300, err
+        assert "proxy" in err
+        assert repo.snapshot() == before
+    finally:
+        front.close()
+
+
+def test_an_error_text_too_long_is_cut_in_the_problem_line(vrepo, prefix: str) -> None:
+    front = _Front((500, {"Content-Type": "text/plain"}, b"upstream failure " * 200))
+    try:
+        repo = vrepo({"a": f"secret/{prefix}/a#v"})
+        proc = repo.run("pull", env={"VAULT_ADDR": front.addr})
+        line = assert_one_clean_error(proc, "upstream failure")
+        assert line.count("upstream failure") < 20 and "…" in line
+    finally:
+        front.close()
+
+
+def test_an_approle_mount_that_does_not_exist_is_named(vrepo, bao: Bao, prefix: str
+                                                        ) -> None:
+    """A login at a path with no AppRole gets a 403, which read as a bad role_id."""
+    role = f"{prefix}-m"
+    role_id = bao.approle(role, f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}')
+    repo = vrepo({"a": f"secret/{prefix}/a#v"},
+                 vault=f'auth = "approle"\nrole_id = "{role_id}"\nsecret_id_file = "sid"\n'
+                       'approle_mount = "approle-typo"')
+    repo.env["VAULT_TOKEN"] = ""
+    (repo.root / "sid").write_text(bao.secret_id(role) + "\n")
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "auth/approle-typo", "no AppRole auth method",
+                           "set approle_mount")
+    # The right mount with a wrong secret ID still blames the credentials.
+    text = (repo.root / "hosts.toml").read_text().replace('approle_mount = "approle-typo"\n', "")
+    repo.write_hosts(text)
+    (repo.root / "sid").write_text("not-the-secret-id\n")
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "AppRole login failed", "check role_id")
+
+
 def test_a_version_that_is_not_a_number_is_a_clean_error(vrepo, prefix: str) -> None:
     body = json.dumps({"data": {"metadata": {"version": "x"}, "data": {"v": "a"}}}).encode()
     front = _Front((200, {"Content-Type": "application/json"}, body))

@@ -206,13 +206,33 @@ class VaultFailure(Exception):
         self.hint = hint
 
 
+_SAID_MAX = 200      # characters of a server's own words quoted in a problem line
+
+
 def _vault_message(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if errors:
         text = "; ".join(str(e) for e in errors)
     else:
         text = str(exc.args[0]) if exc.args and exc.args[0] is not None else ""
-    return " ".join(text.replace("*", " ").split())     # Vault's "1 error occurred:\n\t* …"
+    text = " ".join(text.replace("*", " ").split())     # Vault's "1 error occurred:\n\t* …"
+    return text if len(text) <= _SAID_MAX else text[:_SAID_MAX - 1] + "…"
+
+
+def _web_page(exc: Exception) -> str | None:
+    """When the answer was a web page (a proxy's or load balancer's "502 Bad Gateway"),
+    not Vault's JSON: its title, or "" when it has none; else None."""
+    errors = getattr(exc, "errors", None)
+    text = getattr(exc, "text", None)
+    if errors or not isinstance(text, str):
+        return None
+    head = text.lstrip()[:1024].lower()
+    if not (head.startswith(("<!doctype html", "<html", "<head", "<body", "<title"))
+            or "<html" in head):
+        return None
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    title = " ".join(m.group(1).split()) if m else ""
+    return title if len(title) <= 80 else title[:79] + "…"
 
 
 _NO_NAMESPACE = "namespace not found"       # what Vault and OpenBao answer, with a 404
@@ -266,6 +286,13 @@ def _classify(exc: Exception, target: Target, what: str, denied_hint: str) -> Va
                             "it")
     if isinstance(exc, requests.exceptions.RequestException):
         return VaultFailure(f"request to Vault at {addr} failed ({type(exc).__name__})")
+    page = _web_page(exc)
+    if page is not None:
+        return VaultFailure(
+            f"{addr} sent a web page{f' ({page!r})' if page else ''} instead of Vault's "
+            f"answer {what}",
+            "a proxy or load balancer answered for Vault: check addr, and that Vault "
+            "is up behind it")
     if isinstance(exc, hx.Forbidden):
         return VaultFailure(f"permission denied {what}", denied_hint)
     if isinstance(exc, hx.Unauthorized):
@@ -391,11 +418,22 @@ class Session:
                                 "check role_id and the secret ID")
             import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
 
-            if isinstance(exc, hx.InvalidRequest | hx.Forbidden):
+            if _web_page(exc) is not None:
+                pass                    # a proxy's page: _classify said so
+            elif isinstance(exc, hx.InvalidRequest):
                 failure = VaultFailure(
                     f"AppRole login failed: {_vault_message(exc) or 'invalid credentials'}",
                     "check role_id, and that the secret ID is not expired or used up "
                     "(ask for a new one)")
+            elif isinstance(exc, hx.Forbidden):
+                # Vault and OpenBao answer bad credentials with a 400; a login at a
+                # path where no AppRole is enabled with a 403.
+                said = _vault_message(exc) or "permission denied"
+                failure = VaultFailure(
+                    f"AppRole login at auth/{mount} refused ({said}): no AppRole auth "
+                    "method answers there",
+                    "set approle_mount in [vaultpy.vault] to the path AppRole is enabled "
+                    "at (bao auth list)")
             elif isinstance(exc, hx.InvalidPath):
                 failure = VaultFailure(f"no AppRole auth method at auth/{mount}",
                                        "enable it (bao auth enable approle) or set "
