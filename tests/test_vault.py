@@ -725,6 +725,28 @@ def test_push_round_trip_and_refuses_to_overwrite(vrepo, bao: Bao, prefix: str) 
     assert repo.snapshot() == before
 
 
+def test_push_says_written_only_of_the_fields_it_changed(vrepo, bao: Bao, prefix: str
+                                                        ) -> None:
+    """Two ids, two fields of one Vault secret, one changed: the new version holds both,
+    and only the changed one was pushed (both said written)."""
+    repo = vrepo({"user": f"secret/{prefix}/db#user", "pw": f"secret/{prefix}/db#pw"})
+    repo.ok("encrypt", "user", input=b"app")
+    repo.ok("encrypt", "pw", input=b"p-1")
+    doc = json.loads(repo.ok("push", "--json").stdout)
+    assert {s["id"]: (s["status"], s["version"]) for s in doc["secrets"]} == {
+        "user": ("written", 1), "pw": ("written", 1)}
+    repo.ok("encrypt", "pw", input=b"p-2")
+    proc = repo.ok("push")
+    err = proc.stderr.decode()
+    assert "user: unchanged (" in err and "version 2)" in err, err
+    assert "pw: written (" in err, err
+    assert bao.get(f"{prefix}/db") == ({"user": "app", "pw": "p-2"}, 2)
+    assert recorded(repo) == {"user": 2, "pw": 2}
+    before = repo.snapshot()
+    repo.ok("pull")                               # the record holds: nothing to take
+    assert repo.snapshot() == before
+
+
 def test_push_tells_an_edit_here_from_a_change_in_vault(vrepo, bao: Bao, prefix: str
                                                          ) -> None:
     """pull and push record the version each master holds (secrets/vault-versions.toml,

@@ -1065,6 +1065,7 @@ class _Write:
     data: dict[str, Any]
     cas: int
     ids: list[tuple[str, VaultRef]]
+    same: set[str]          # of those, the ids whose field already held their value
 
 
 def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
@@ -1162,7 +1163,9 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                     for sid, ref in members)
                 entries.update((sid, _entry(s, ref, current)) for sid, ref in members)
             else:
-                to_write.append(_Write(mount, path, new, version, members))
+                to_write.append(_Write(mount, path, new, version, members,
+                                       {sid for sid, ref in members
+                                        if ref.field in old and old[ref.field] == values[sid]}))
         if problems:
             raise VaultpyError(problems)
         for w in to_write:
@@ -1173,7 +1176,10 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                                 exc.hint) for sid, ref in w.ids)
                 result.items.extend(PushItem(sid, ref, "failed", w.cas) for sid, ref in w.ids)
                 continue
-            result.items.extend(PushItem(sid, ref, "written", written[0]) for sid, ref in w.ids)
+            # The new version holds every field; an id whose value was there already
+            # was not pushed, whatever the version says.
+            result.items.extend(PushItem(sid, ref, "unchanged" if sid in w.same else "written",
+                                         written[0]) for sid, ref in w.ids)
             entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
     order = {sid: i for i, sid in enumerate([*(sid for sid, _ in chosen),
                                              *(item.id for item in skipped)])}
