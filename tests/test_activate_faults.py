@@ -1219,6 +1219,80 @@ def test_a_link_a_killed_run_owed_is_removed_by_the_next(world: World, tmp_path:
     assert not os.path.lexists(old)
 
 
+def _reboot(host: HostRoot) -> None:
+    """What a reboot does to the host under --root: /run (a ramfs, a tmpfs) is empty."""
+    run_dir = host.root / "run"
+    assert run_dir.is_relative_to(host.root) and host.root != Path("/")
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()
+
+
+def _record(host: HostRoot) -> dict[str, Any]:
+    path = host.root / "var/lib/vaultpy/links.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def test_a_link_the_profile_drops_across_a_reboot_is_removed(world: World, tmp_path: Path
+                                                             ) -> None:
+    """Stale links were worked out from the previous generation's manifest, on the
+    ramfs: a profile that drops a path, activated first after a reboot (nixos-rebuild
+    boot), left the old link, dangling, for good.  A record on disk names them."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    alpha, beta = host.root / "var/lib/app/alpha", host.root / "var/lib/app/beta"
+    assert _record(host)["normal"] == {"/var/lib/app/alpha": "../../../run/vaultpy/alpha"}
+    edit_profile(host, _move_alphas_path_to_beta)
+    _reboot(host)
+    run_ok(host, "A")
+    assert not os.path.lexists(alpha)
+    assert beta.read_bytes() == world.vals["beta"]
+    assert _record(host)["normal"] == {"/var/lib/app/beta": "../../../run/vaultpy/beta"}
+
+    # Dropped again across a reboot, but root replaced the link meanwhile (its own
+    # symlink, another target): kept, and the record forgets it.
+    edit_profile(host, lambda data: [e.update(path=None) for e in data["secrets"]])
+    beta.unlink()
+    os.symlink("/srv/beta", beta)
+    _reboot(host)
+    run_ok(host, "A")
+    assert os.readlink(beta) == "/srv/beta"
+    assert _record(host)["normal"] == {}
+
+
+def test_an_early_link_dropped_across_a_reboot_is_removed(world: World, tmp_path: Path
+                                                          ) -> None:
+    """The early run keeps its own part of the record; the normal run removes its
+    links when no early item is left, also after a reboot (no early generation)."""
+    host = fresh(world, tmp_path)
+    alpha = host.root / "var/lib/app/alpha"
+    edit_profile(host, _set_alpha(early=True, owner="root", group="root"))
+    run_extra_ok(host, "--early")
+    run_extra_ok(host)
+    assert os.readlink(alpha) == "../../../run/vaultpy-early/alpha"
+    assert _record(host)["early"] == {"/var/lib/app/alpha": "../../../run/vaultpy-early/alpha"}
+    edit_profile(host, _set_alpha(early=False, path=None))
+    _reboot(host)
+    run_extra_ok(host)
+    assert not os.path.lexists(alpha)
+    assert _record(host)["early"] == {}
+
+
+def test_an_unwritable_link_record_is_a_warning(world: World, tmp_path: Path) -> None:
+    """A read-only /var (here: a file where the record's directory goes): activation
+    goes on and says what is lost."""
+    host = fresh(world, tmp_path)
+    (host.root / "var/lib").mkdir(parents=True, exist_ok=True)
+    (host.root / "var/lib/vaultpy").write_text("not a directory\n")
+    proc = run_ok(host, "A")
+    err = proc.stderr.decode()
+    assert "warning: cannot record the links placed" in err and "next reboot" in err, err
+    assert len([ln for ln in err.splitlines() if "warning" in ln]) == 1
+    assert (host.root / "var/lib/app/alpha").read_bytes() == world.vals["alpha"]
+
+
 def test_an_error_after_the_live_link_moved_keeps_the_new_generation(world: World,
                                                                     tmp_path: Path) -> None:
     """switch renames the live symlink, then fsyncs its directory.  An I/O error in that

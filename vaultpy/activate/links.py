@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil, sigint
+from vaultpy.activate import linkrecord
 from vaultpy.activate.context import MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
@@ -169,7 +170,8 @@ def _target(ctx: Context, fd: int, path: str, name: str, early: bool | None = No
     return os.path.relpath(PurePosixPath(dir_path) / name, parent)
 
 
-def _place(ctx: Context, path: str, name: str) -> None:
+def _place(ctx: Context, path: str, name: str) -> str:
+    """Link ``path`` to item ``name``; the link's target."""
     base = PurePosixPath(path).name
     fd = open_parent(ctx, path, create=True)
     try:
@@ -192,6 +194,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
                 os.unlink(tmp, dir_fd=fd)
             raise
         os.fsync(fd)
+        return target
     finally:
         os.close(fd)
 
@@ -253,6 +256,16 @@ def stale_links(ctx: Context) -> dict[str, str]:
             if path not in wanted}
 
 
+def forgotten_links(ctx: Context) -> dict[str, str]:
+    """The links this run's part of the on-disk record holds that no item wants and
+    no previous generation names (it was lost with the ramfs, at a reboot): path ->
+    the target each was placed with (:mod:`linkrecord`)."""
+    wanted = {i.out.path for i in ctx.items() if i.out.path}
+    stale = stale_links(ctx)
+    return {path: target for path, target in linkrecord.recorded(ctx).items()
+            if path not in wanted and path not in stale}
+
+
 def _placed_by(gen: Path) -> dict[str, str]:
     """The links generation ``gen`` placed, or owed removing (path -> item name)."""
     try:
@@ -289,6 +302,27 @@ def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None)
         os.close(fd)
 
 
+def _unlink_recorded(ctx: Context, path: str, target: str) -> None:
+    """Remove a link the record holds, only if it is still root's symlink to
+    ``target``, the very text it was placed with."""
+    try:
+        fd = open_parent(ctx, path, create=False)
+    except (FileNotFoundError, VaultpyError):
+        return
+    try:
+        base = PurePosixPath(path).name
+        st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+                and os.readlink(base, dir_fd=fd) == target):
+            os.unlink(base, dir_fd=fd)
+            os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    finally:
+        os.close(fd)
+
+
 def _below_any(path: str, above: Collection[str]) -> bool:
     """Whether ``path`` is strictly below one of ``above``."""
     p = PurePosixPath(path)
@@ -303,7 +337,7 @@ def check_paths(ctx: Context) -> None:
     for it to replace (:func:`_check_replaceable`) is reported then, and stops no
     other secret going live."""
     problems: list[Problem] = []
-    stale = stale_links(ctx)
+    stale = {*stale_links(ctx), *forgotten_links(ctx)}
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
         if _below_any(path, stale):
             continue        # below a link of ours no item wants: link_paths removes it first
@@ -339,22 +373,39 @@ def link_paths(ctx: Context) -> None:
     path that cannot be linked or removed does not stop the run: its problem is kept
     in ``ctx.problems``, raised once the units have heard of the new generation."""
     wanted = {i.out.path: i.name for i in ctx.items() if i.out.path}
-    if not ctx.opts.dry_run:
-        # An old link in the way of a new path (an item moved from /x to /x/y): first.
-        for path, old_name in sorted(stale_links(ctx).items()):
-            if any(_below_any(w, {path}) for w in wanted):
-                _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
-    for path, name in sorted(wanted.items()):
-        if ctx.opts.dry_run:
+    if ctx.opts.dry_run:
+        for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
-            continue
-        _attempt(ctx, path, "link", _place, name)
-    if not ctx.opts.dry_run:
-        failed = len(ctx.problems)
-        for path, old_name in sorted(stale_links(ctx).items()):
+        return
+    forgotten = forgotten_links(ctx)
+    kept: dict[str, str] = {}       # the record's links, placed now or not removed
+
+    def place(ctx: Context, path: str, name: str) -> None:
+        kept[path] = _place(ctx, path, name)
+
+    def unlink_recorded(ctx: Context, path: str, target: str) -> None:
+        kept[path] = target             # until it is gone
+        _unlink_recorded(ctx, path, target)
+        del kept[path]
+
+    # An old link in the way of a new path (an item moved from /x to /x/y): first.
+    for path, old_name in sorted(stale_links(ctx).items()):
+        if any(_below_any(w, {path}) for w in wanted):
             _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
-        if len(ctx.problems) == failed:         # else the next run tries them again
-            _attempt(ctx, str(ctx.generation), "record the links", _mark_linked)
+    first = {path for path in forgotten if any(_below_any(w, {path}) for w in wanted)}
+    for path in sorted(first):
+        _attempt(ctx, path, "remove the old link", unlink_recorded, forgotten[path])
+    for path, name in sorted(wanted.items()):
+        _attempt(ctx, path, "link", place, name)
+    failed = len(ctx.problems)
+    for path, old_name in sorted(stale_links(ctx).items()):
+        _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
+    for path, target in sorted(forgotten.items()):
+        if path not in first:
+            _attempt(ctx, path, "remove the old link", unlink_recorded, target)
+    if len(ctx.problems) == failed:         # else the next run tries them again
+        _attempt(ctx, str(ctx.generation), "record the links", _mark_linked)
+    linkrecord.write(ctx, kept)
     if wanted:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
 
@@ -366,6 +417,7 @@ def retire_early(ctx: Context) -> None:
     ``early_dir`` are removed, then ``early_dir`` itself, and :func:`prune` treats the
     generation as any old one (sealed, then removed).  A run killed part way leaves the
     rest to the next."""
+    _forget_early(ctx)
     gen = retiring(ctx)
     if gen is None:
         return
@@ -382,6 +434,23 @@ def retire_early(ctx: Context) -> None:
     if len(ctx.problems) == failed:
         ctx.retired = True
         ctx.log("retire_early", f"removed {link}: no early item is left")
+
+
+def _forget_early(ctx: Context) -> None:
+    """No early item left: the early part of the on-disk record goes, with each of its
+    links still root's symlink to the target it was placed with (one placed before a
+    reboot has no early generation left to name it)."""
+    if ctx.opts.early or ctx.opts.dry_run or ctx.profile.installed(early=True):
+        return
+    old = linkrecord.recorded(ctx, early=True)
+    left: dict[str, str] = {}
+    for path, target in sorted(old.items()):
+        failed = len(ctx.problems)
+        _attempt(ctx, path, "remove the old link", _unlink_recorded, target)
+        if len(ctx.problems) != failed:
+            left[path] = target         # the next run tries again
+    if old:
+        linkrecord.write(ctx, left, early=True)
 
 
 def retiring(ctx: Context) -> Path | None:
