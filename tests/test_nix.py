@@ -1271,6 +1271,47 @@ def test_flake_outputs(nixpkgs_lib: Nix, demo_doc: dict[str, Any]) -> None:
     assert "vaultpy" in out["description"]
 
 
+def _package_args(nixpkgs_lib: Nix, *, with_pyrage: bool, system: str = "x86_64-linux"
+                  ) -> Any:
+    """nix/package.nix called with stub nixpkgs pieces that return their arguments:
+    what it asks buildPythonApplication for (no real nixpkgs here)."""
+    lib_path = nixpkgs_lib.env["NIXPKGS_LIB"]
+    names = ["setuptools", "cryptography", "bcrypt", "typer", "rich", "tomli-w",
+             "shamir-mnemonic", "tomlkit", "hvac"] + (["pyrage"] if with_pyrage else [])
+    py = "{ " + " ".join(f'{nix_str(n)} = {{ pname = {nix_str(n)}; from = "nixpkgs"; }};'
+                         for n in names) + """
+        buildPythonApplication = a: a;
+        buildPythonPackage = a: a // { from = "wheel"; };
+        fetchPypi = a: a; }"""
+    expr = f"""
+      let lib = import {nix_value(Path(lib_path))}; in
+      import {nix_value(ROOT / 'nix' / 'package.nix')} {{
+        inherit lib; age = "age"; autoPatchelfHook = "autoPatchelfHook";
+        stdenv = {{ hostPlatform.system = {nix_str(system)}; cc.cc.lib = "libgcc"; }};
+        python3Packages = {py};
+      }}"""
+    return nixpkgs_lib.eval(f"let a = ({expr}); in {{ deps = a.dependencies; inherit (a) pname; }}")
+
+
+@pytest.mark.parametrize("with_pyrage", [True, False])
+def test_the_package_depends_on_every_project_dependency(nixpkgs_lib: Nix,
+                                                         with_pyrage: bool) -> None:
+    """nix/package.nix listed 6 of pyproject's 9 dependencies: host add, identity split
+    and pull failed to import in the Nix package.  pyrage comes from nixpkgs when it
+    has one, else from its PyPI wheel."""
+    got = _package_args(nixpkgs_lib, with_pyrage=with_pyrage)
+    names = {d["pname"] for d in got["deps"]}
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower()
+              for d in doc["project"]["dependencies"]}
+    assert wanted <= names, wanted - names
+    pyrage = next(d for d in got["deps"] if d["pname"] == "pyrage")
+    assert pyrage["from"] == ("nixpkgs" if with_pyrage else "wheel")
+    if not with_pyrage:
+        assert pyrage["src"]["hash"].startswith("sha256-")
+        assert "x86_64" in pyrage["src"]["platform"]
+
+
 def test_flake_module_uses_the_flake_package(nixpkgs_lib: Nix) -> None:
     """nixosModules.default sets vaultpy.package to the flake's package (here built by a
     stub callPackage: no real nixpkgs)."""
