@@ -9,7 +9,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := age git nix-bin openssh-client openssh-server openssl util-linux strace time vim
+APT_PACKAGES := age git nix-bin openssh-client openssh-server openssl systemd util-linux strace time vim
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast lint dev deps bench bench-quick clean
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 deps:  ## Debian packages the tests run against (real peers, not mocks)
-	@missing=""; for t in age age-keygen git nix-instantiate openssl ssh-keygen ssh-keyscan sshd setpriv strace unshare /usr/bin/time vim script; do \
+	@missing=""; for t in age age-keygen git nix-instantiate openssl ssh-keygen ssh-keyscan sshd setpriv strace systemd-analyze unshare /usr/bin/time vim script; do \
 	  command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \

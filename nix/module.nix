@@ -42,9 +42,9 @@ let
       description = "Group of the file: a group name from `users.groups`, or a numeric id.";
     };
     mode = mkOption {
-      type = types.strMatching "0[0-7]{3}";
+      type = types.strMatching "0?[0-7]{3}";
       default = "0400";
-      description = "Permission bits, four octal digits.";
+      description = "Permission bits, octal: \"0440\" or \"440\".";
     };
     path = mkOption {
       type = types.nullOr absPath;
@@ -103,7 +103,9 @@ let
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
       };
       name = mkOption {
-        type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
+        # Checked by an assertion (letters, digits, _ . -), which says what to do: a type
+        # error would blame module.nix for an id such as "nginx/cert".
+        type = types.str;
         default = name;
         description = "File name inside the generation directory.";
       };
@@ -184,7 +186,8 @@ let
       declared = doc.secrets or { };
       hw = "hosts.${s.hostName}";
       h = doc.hosts.${s.hostName} or (throw
-        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file}");
+        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file} (hosts there: ${
+          concatStringsSep ", " (attrNames (doc.hosts or { }))}): set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there");
       masterFile = id:
         let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
                 else resolve "${top.secrets_dir or "secrets"}/${id}.age";
@@ -295,6 +298,20 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
     (attrNames cfg.templates);
   hasEarly = builtins.any (i: i.early) items;
+  # Users are made by systemd-sysusers or userborn (units), not the `users` script.
+  systemdUsers = (config.systemd.sysusers.enable or false)
+    || (config.services.userborn.enable or false);
+  # A user's password file that is a secret installed after users are created: the
+  # users of a boot would read it before it exists (it must be early).
+  lateSecretAt = builtins.listToAttrs (lib.mapAttrsToList (id: v:
+    { name = v.path; value = id; }) (filterAttrs (_: v: v.install && !v.early) cfg.secrets));
+  latePasswordFiles = concatMap (u:
+    let v = config.users.users.${u}; in
+    concatMap (f: let file = v.${f} or null; in
+      optional (builtins.isString file && lateSecretAt ? ${file})
+        { user = u; field = f; inherit file; id = lateSecretAt.${file}; })
+      [ "hashedPasswordFile" "passwordFile" ])
+    (attrNames (config.users.users or { }));
   earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
@@ -317,7 +334,7 @@ in
         description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys.";
       };
       hostKeys = mkOption {
-        type = types.nonEmptyListOf types.str;
+        type = types.listOf types.str;      # empty: an assertion says what to do
         default = map (k: k.path) (builtins.filter (k: (k.type or "") == "ed25519")
           (config.services.openssh.hostKeys or [ { type = "ed25519"; path = "/etc/ssh/ssh_host_ed25519_key"; } ]));
         defaultText = lib.literalExpression ''ed25519 paths of services.openssh.hostKeys'';
@@ -392,6 +409,18 @@ in
             assertion = validId id -> builtins.pathExists (cachePath id spec);
             message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file)";
           }) cfg.secrets)
+        ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
+            assertion = false;
+            message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }
+        ++ optional (s.hostKeys == [ ]) {
+            assertion = false;
+            message = "vaultpy.settings.hostKeys is empty (services.openssh.hostKeys has no ed25519 key): set vaultpy.settings.hostKeys = [ \"/etc/ssh/ssh_host_ed25519_key\" ], the private key(s) this host decrypts with"; }
+        ++ map (x: { assertion = false;
+            message = "vaultpy: users.users.${x.user}.${x.field} is ${x.file}, secret ${x.id}'s path, which is installed after users are created: set vaultpy.secrets.${x.id}.early = true (owner and group root), as for any password hash"; })
+          latePasswordFiles
+        ++ lib.mapAttrsToList (id: v: { assertion = false;
+            message = "vaultpy: secret ${id}: name ${builtins.toJSON v.name} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
+          (filterAttrs (id: v: v.name != id && !(validId v.name)) cfg.secrets)
         ++ map (id: { assertion = false;
             message = "vaultpy: secret id ${builtins.toJSON id} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128), as in hosts.toml"; })
           (builtins.filter (id: !(validId id)) (attrNames cfg.secrets))
@@ -442,8 +471,11 @@ in
       systemd.services.vaultpy-activate = {
         description = "vaultpy: install secrets into ${s.dir}";
         wantedBy = [ "sysinit.target" ];
+        # sysinit-reactivation.target: on a switch, restarted before the units that
+        # read its files (NixOS manual, "sysinit units").
+        requiredBy = [ "sysinit-reactivation.target" ];
         after = [ "local-fs.target" "systemd-sysusers.service" "userborn.service" ];
-        before = [ "sysinit.target" "shutdown.target" ];
+        before = [ "sysinit.target" "sysinit-reactivation.target" "shutdown.target" ];
         conflicts = [ "shutdown.target" ];
         unitConfig.DefaultDependencies = false;
         restartTriggers = [ profileFile ];   # switch-to-configuration re-runs activation
@@ -455,16 +487,21 @@ in
         };
       };
     })
-    (mkIf hasEarly {
-      # Early items (user password hashes) must exist before users are created: by
-      # the activation script on classic NixOS, by this unit with sysusers/userborn.
+    # Early items (user password hashes) must exist before users are created: by the
+    # activation script on classic NixOS, by a unit with sysusers/userborn.
+    (mkIf (hasEarly && systemdUsers) {
       systemd.services.vaultpy-activate-early = {
         description = "vaultpy: install early secrets into ${s.earlyDir}";
-        wantedBy = [ "sysinit.target" ];
-        after = [ "local-fs.target" ];
-        before = [ "systemd-sysusers.service" "userborn.service" "sysinit.target" "shutdown.target" ];
+        wantedBy = [ "sysinit.target" "systemd-sysusers.service" "userborn.service" ];
+        requiredBy = [ "sysinit-reactivation.target" ];
+        # Not after local-fs.target: systemd-tmpfiles-setup-dev.service runs after
+        # sysusers and before local-fs-pre.target, so that order is a cycle (systemd
+        # breaks it by dropping a job at boot).  Only the host keys' mounts are needed.
+        before = [ "systemd-sysusers.service" "userborn.service" "sysinit.target"
+                   "sysinit-reactivation.target" "shutdown.target" ];
         conflicts = [ "shutdown.target" ];
         unitConfig.DefaultDependencies = false;
+        unitConfig.RequiresMountsFor = s.hostKeys;
         restartTriggers = [ profileFile ];
         serviceConfig = {
           Type = "oneshot";
@@ -473,16 +510,15 @@ in
           ExecStart = activateCmd " --early";
         };
       };
+    })
+    # Classic NixOS creates users in the `users` activation script, at every boot and
+    # switch: early items first.  (With sysusers or userborn that script is an empty
+    # string: no deps may be added to it.)
+    (mkIf (hasEarly && !systemdUsers) {
       system.activationScripts.vaultpy-early = {
         deps = [ "specialfs" ];
         text = activateCmd " --early";
       };
-    })
-    # Classic NixOS creates users in the `users` activation script: early items first.
-    # With systemd-sysusers or userborn that script is an empty string (no deps: the
-    # early unit orders itself before them instead).
-    (mkIf (hasEarly && !(config.systemd.sysusers.enable or false)
-           && !(config.services.userborn.enable or false)) {
       system.activationScripts.users.deps = [ "vaultpy-early" ];
     })
   ];

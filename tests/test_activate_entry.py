@@ -159,3 +159,86 @@ def test_a_root_that_does_not_exist_is_one_clean_line(make_repo, tmp_path: Path,
                        "--root", str(typo)], {}, tmp_path, timeout=60)
     assert_one_clean_error(proc, f"--root: {typo}: no such directory", "/ on the host")
     assert not typo.exists()
+
+
+_UNIT_DIRS = ("/usr/lib/systemd/system", "/lib/systemd/system", "/etc/systemd/system")
+
+
+def _order_edges(text: str) -> tuple[set[str], set[str]]:
+    """The After= and Before= names of a unit file's [Unit] section."""
+    after: set[str] = set()
+    before: set[str] = set()
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Unit]" and "=" in line:
+            key, value = (x.strip() for x in line.split("=", 1))
+            if key in ("After", "Before"):
+                (after if key == "After" else before).update(value.split())
+    return after, before
+
+
+def _ordering_cycle(ours: dict[str, str]) -> list[str] | None:
+    """A cycle of After=/Before= through one of ``ours`` (name -> unit text), with every
+    real unit file of this machine's systemd (a unit can be ordered against ours from
+    its own file only: tmpfiles-setup-dev names sysusers, not the other way): the
+    path, or None."""
+    texts = {p.name: p for d in _UNIT_DIRS if os.path.isdir(d) for p in Path(d).iterdir()
+             if p.is_file() and not p.name.endswith(".d")}
+    # "x -> y": x is started before y.
+    succ: dict[str, set[str]] = {}
+    for name in {*texts, *ours}:
+        try:
+            t = ours[name] if name in ours else texts[name].read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        after, before = _order_edges(t)
+        succ.setdefault(name, set()).update(before)
+        for a in after:
+            succ.setdefault(a, set()).add(name)
+    for start in ours:
+        stack, visited = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(succ.get(node, ())):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in visited:
+                    visited.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_the_bundles_units_make_no_ordering_cycle_with_systemds_own(make_repo,
+                                                                     tmp_path: Path) -> None:
+    """The early unit was After=local-fs.target and Before=systemd-sysusers.service,
+    which systemd-tmpfiles-setup-dev.service (after sysusers, before
+    local-fs-pre.target) closes into a cycle: systemd breaks it at boot by dropping a
+    job.  Checked against this machine's real unit files."""
+    from conftest import need
+
+    from vaultpy import bundle
+
+    need("systemd-analyze")
+    if not Path(_UNIT_DIRS[0], "systemd-tmpfiles-setup-dev.service").is_file():
+        pytest.fail("systemd's unit files are missing (make deps installs systemd)")
+    settings = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
+                "identities": ["/etc/ssh/ssh_host_ed25519_key"]}
+    units = {"vaultpy-activate.service": bundle.unit_text("h", settings, "/usr/bin/vaultpy",
+                                                          False),
+             "vaultpy-activate-early.service": bundle.unit_text("h", settings,
+                                                                "/usr/bin/vaultpy", True)}
+    assert _ordering_cycle(units) is None, _ordering_cycle(units)
+    # The checker finds the cycle the early unit had.
+    old = units["vaultpy-activate-early.service"].replace(
+        "RequiresMountsFor=", "After=local-fs.target\nRequiresMountsFor=")
+    cycle = _ordering_cycle({"vaultpy-activate-early.service": old})
+    assert cycle is not None and "systemd-tmpfiles-setup-dev.service" in cycle, cycle
+    # And systemd itself loads both.
+    for name, unit in units.items():
+        (tmp_path / name).write_text(unit.replace("/usr/bin/vaultpy-activate", "/bin/true"))
+        proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr

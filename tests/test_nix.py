@@ -731,7 +731,9 @@ def test_module_from_generated_hosts_toml(nixpkgs_lib: Nix, rich: Rich, tmp_path
         _check_store_files(out[h]["profile"], cli[h])
         early = any(i["early"] for i in cli[h]["secrets"] if i["install"]) or any(
             i["early"] for i in cli[h]["templates"])
-        assert ("vaultpy-activate-early" in out[h]["services"]) == early, h
+        # (classic NixOS: early items by the activation script, no unit)
+        assert ("vaultpy-early" in out[h]["activationScripts"]) == early, h
+        assert "vaultpy-activate-early" not in out[h]["services"], h
 
 
 def _web1_options(rich: Rich) -> dict[str, Any]:
@@ -816,16 +818,13 @@ def test_module_activation_unit(nixpkgs_lib: Nix, tmp_path: Path) -> None:
 
 
 def test_module_early_unit(web1_options: dict[str, Any]) -> None:
-    """(c) an early item adds vaultpy-activate-early (--early, before sysusers), the
-    vaultpy-early activation script, and makes the users script depend on it."""
+    """(c) on classic NixOS an early item adds the vaultpy-early activation script, and
+    makes the users script depend on it; no early unit (it installed them a second
+    time at every switch, one generation more each time)."""
     services = web1_options["services"]
-    early = services["vaultpy-activate-early"]
+    assert "vaultpy-activate-early" not in services
     profile_path = _profile_store_path(web1_options)
     cmd = f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} --early"
-    assert early["serviceConfig"]["ExecStart"] == cmd
-    assert early["serviceConfig"]["Type"] == "oneshot"
-    assert "sysinit.target" in early["wantedBy"]
-    assert {"systemd-sysusers.service", "sysinit.target"} <= set(early["before"])
     assert services["vaultpy-activate"]["serviceConfig"]["ExecStart"].startswith(
         f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} --systemctl ")
     scripts = web1_options["activationScripts"]
@@ -901,13 +900,25 @@ def test_early_items_order_the_users_script_only_on_classic_nixos(
         opts["services"] = {"userborn": {"enable": True}}
     out = eval_modules(nixpkgs_lib, {"c": write_module(tmp_path / "c.nix", opts)})["c"]
     scripts = out["activationScripts"]
-    assert "vaultpy-early" in scripts
     if sysusers is None:
         assert scripts["users"]["deps"] == ["vaultpy-early"]
-    else:
-        assert "users" not in scripts
-        assert {"systemd-sysusers.service", "userborn.service"} <= set(
-            out["services"]["vaultpy-activate-early"]["before"])
+        assert "vaultpy-activate-early" not in out["services"]
+        return
+    # The unit installs early items, the activation script does not (twice per switch).
+    assert scripts == {}
+    early = out["services"]["vaultpy-activate-early"]
+    profile_path = _profile_store_path(out)
+    assert early["serviceConfig"]["ExecStart"] == (
+        f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile_path} --early")
+    assert early["serviceConfig"]["Type"] == "oneshot"
+    assert {"systemd-sysusers.service", "userborn.service", "sysinit.target",
+            "sysinit-reactivation.target"} <= set(early["before"])
+    assert {"systemd-sysusers.service", "userborn.service"} <= set(early["wantedBy"])
+    assert early["requiredBy"] == ["sysinit-reactivation.target"]
+    # Not after local-fs.target: systemd-tmpfiles-setup-dev.service is ordered after
+    # sysusers and before local-fs-pre.target, so that order was a cycle at boot.
+    assert "local-fs.target" not in early.get("after", [])
+    assert early["unitConfig"]["RequiresMountsFor"] == ["/etc/ssh/ssh_host_ed25519_key"]
 
 
 # hosts.toml mistakes the module must report as `vaultpy check` does: one line naming
@@ -977,7 +988,7 @@ def _base_secret(rich: Rich, **fields: Any) -> dict[str, Any]:
 
 _OPT = "vaultpy.secrets.db_password."
 TYPE_ERRORS = {
-    "mode-no-leading-zero": ({"mode": "400"}, _OPT + "mode"),
+    "mode-too-short": ({"mode": "40"}, _OPT + "mode"),
     "mode-not-octal": ({"mode": "0999"}, _OPT + "mode"),
     "unknown-option": ({"bogus": True}, _OPT + "bogus"),
     "unit-with-space": ({"restartUnits": ["bad unit.service"]}, _OPT + "restartUnits"),
@@ -1005,7 +1016,7 @@ def test_module_option_type_errors(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path)
         # "`vaultpy.secrets.db_password.mode'", or "`…restartUnits."[definition …"
         assert re.search(f"`{re.escape(option)}['.]", proc.stderr), f"{name}:\n{proc.stderr}"
     # The same base with a valid value evaluates: the failures above are the values'.
-    ok = write_module(tmp_path / "ok.nix", _base_secret(rich, mode="0440"))
+    ok = write_module(tmp_path / "ok.nix", _base_secret(rich, mode="440"))   # as vaultix
     assert nixpkgs_lib.eval(file=EVAL_MODULE, attr="profile",
                             args=["--arg", "config", str(ok)])["secrets"][0]["mode"] == "0440"
 
@@ -1045,6 +1056,9 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             "templates": {"../../etc/shadow": {"content": "x"}}}},
         "secret-id-slash": {"vaultpy": {"settings": settings_,
                                         "secrets": {"a/b": {"file": master, "name": "ab"}}}},
+        # (its name defaults to the id: that was a type error blaming module.nix)
+        "secret-id-slash-no-name": {"vaultpy": {"settings": settings_, "secrets": {
+            "nginx/cert": {"file": master}}}},
         "broken-placeholder": {"vaultpy": {
             "settings": settings_, "secrets": {"db_password": {"file": master}},
             "templates": {"t": {"content": "{{ secrets.db_password }"}}}},
@@ -1063,6 +1077,15 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             **base["vaultpy"]["settings"], "earlyDir": "/run/vaultpy.d.lock"}}},
         "early-named-owner": {**_base_secret(rich, early=True, owner="app"), **DEMO_USERS},
         "early-numeric-ids": _base_secret(rich, early=True, owner="0", group=0),
+        "cache-root-string": {"vaultpy": {**base["vaultpy"], "settings": {
+            **settings_, "cacheRoot": str(rich.cache)}}},
+        "no-host-key": {"vaultpy": {**base["vaultpy"], "settings": {
+            **settings_, "hostKeys": []}}},
+        "late-password-hash": {**_base_secret(rich), "users": {"users": {"alice": {
+            "hashedPasswordFile": "/run/vaultpy/db_password"}}}},
+        "early-password-hash": {**_base_secret(rich, early=True), "users": {"users": {
+            "alice": {"hashedPasswordFile": "/run/vaultpy-early/db_password"}}}},
+        "name-with-slash": _base_secret(rich, name="nginx/cert"),
     }
 
 
@@ -1085,6 +1108,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     assert assertion_results["options-valid"] == []
     assert assertion_results["early-numeric-ids"] == []
     assert assertion_results["sibling-paths"] == []
+    assert assertion_results["early-password-hash"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1098,6 +1122,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                                     "declare vaultpy.secrets.nope"]),
     ("template-name-traversal", ['template name "../../etc/shadow" is invalid']),
     ("secret-id-slash", ['secret id "a/b" is invalid']),
+    ("secret-id-slash-no-name", ['secret id "nginx/cert" is invalid', "letters, digits"]),
     ("broken-placeholder", ["template t: broken placeholder", "{{ secrets.<id> }}"]),
     ("path-in-live-dir", ["secret db_password", "/run/vaultpy/other overlaps /run/vaultpy,"]),
     ("path-in-live-dir-via-var-run", ["secret db_password", "path /var/run/vaultpy/other "
@@ -1118,6 +1143,16 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                                  "overlap", "a place of its own"]),
     ("early-named-owner", ["secret db_password", "an early item is installed before users "
                            "and groups exist", "root or numeric ids"]),
+    # A string is no path: the cache would not go to the store, the host looks for it there.
+    ("cache-root-string", ["vaultpy.settings.cacheRoot is the string", "not a Nix path",
+                           "./secrets/cache, no quotes"]),
+    ("no-host-key", ["vaultpy.settings.hostKeys is empty", "ed25519",
+                     "/etc/ssh/ssh_host_ed25519_key"]),
+    # agenix orders its install before users; here a password hash must be early.
+    ("late-password-hash", ["users.users.alice.hashedPasswordFile is /run/vaultpy/db_password",
+                            "secret db_password's path", "installed after users are created",
+                            "vaultpy.secrets.db_password.early = true"]),
+    ("name-with-slash", ['secret db_password: name "nginx/cert" is invalid', "letters"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:
@@ -1335,3 +1370,18 @@ def test_flake_module_uses_the_flake_package(nixpkgs_lib: Nix) -> None:
       in c.systemd.services.vaultpy-activate.serviceConfig.ExecStart"""
     assert nixpkgs_lib.eval(expr).startswith(
         f"{pkg}/bin/vaultpy-activate --profile /nix/store/")
+
+
+def test_a_host_not_in_hosts_toml_names_the_hosts_and_the_option(nixpkgs_lib: Nix,
+                                                                 tmp_path: Path) -> None:
+    """The error named only the host missing, not the hosts there nor the option that
+    picks the name (networking.hostName by default)."""
+    config = write_module(tmp_path / "c.nix", {
+        "vaultpy": {"hostsToml": ROOT / "hosts.toml"}, "networking": {"hostName": "web2"},
+        **DEMO_USERS})
+    proc = nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profile",
+                                 args=["--arg", "config", str(config)])
+    assert proc.returncode != 0
+    line = next(ln for ln in proc.stderr.splitlines() if "no [hosts.web2]" in ln)
+    assert "hosts there: db1, mail1, web1" in line, line
+    assert "set vaultpy.settings.hostName" in line, line

@@ -27,8 +27,7 @@ UNIT = """\
 [Unit]
 Description=vaultpy: install {what} into {dir}
 DefaultDependencies=no
-Wants=local-fs.target
-After=local-fs.target{after}
+{order}
 Before={before} shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists={install}/profile.json
@@ -57,15 +56,27 @@ def is_bundle(path: Path) -> bool:
 
 def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool) -> str:
     if early:
+        # Not After=local-fs.target: systemd-tmpfiles-setup-dev.service is ordered after
+        # systemd-sysusers.service and before local-fs-pre.target, so that order is a
+        # cycle, which systemd breaks at boot by dropping a job.  Only the mounts that
+        # hold the host keys are waited for.
+        keys = [k for k in _str_list(settings.get("identities"))
+                if k.startswith("/") and not any(c.isspace() or c in "%\\" for c in k)]
         return UNIT.format(host=host, what="early secrets (before users exist)",
-                           dir=settings["early_dir"], after="",
+                           dir=settings["early_dir"],
+                           order="RequiresMountsFor=" + " ".join(keys) if keys else "",
                            before="systemd-sysusers.service sysinit.target",
                            install=INSTALL_DIR, vaultpy=vaultpy, flags=" --early",
-                           wanted="sysinit.target")
+                           wanted="sysinit.target systemd-sysusers.service")
     return UNIT.format(host=host, what="secrets", dir=settings["dir"],
-                       after=" systemd-sysusers.service systemd-tmpfiles-setup.service",
+                       order="Wants=local-fs.target\nAfter=local-fs.target "
+                             "systemd-sysusers.service systemd-tmpfiles-setup.service",
                        before="sysinit.target", install=INSTALL_DIR, vaultpy=vaultpy,
                        flags="", wanted="sysinit.target")
+
+
+def _str_list(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vaultpy",
