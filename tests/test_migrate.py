@@ -158,8 +158,15 @@ def test_import_agenix_with_hosts_from_a_nix_file(agenix, nix_env, tmp_path):
     assert "imported 4 secret(s) for 2 host(s)" in proc.stderr.decode()
     text = (repo / "hosts.toml").read_text()
     assert "Master recipients: the keys of secrets.nix that are not host keys" in text
-    cfg = assert_imported(agenix, repo, [agenix.operator_pub,
-                                         _ci_pub(agenix)])
+    # ci could open 2 of the 4 secrets: as a master recipient it would read all 4.
+    cfg = assert_imported(agenix, repo, [agenix.operator_pub])
+    line = next(ln for ln in proc.stderr.decode().splitlines() if "(ci" not in ln
+                and "could open 2 of 4 secrets" in ln)
+    assert "db_password, only-ops" in line and "not a master recipient" in line, line
+    assert "--recipient" in line
+    ci = agenix.dir.parent / "keys" / "ci.txt"
+    with pytest.raises(AssertionError, match="no identity matched"):
+        age_decrypt(cfg.secrets["api-token"].file, ci)
     # The operator's SSH key (a master recipient now) opens every master.
     for sid, plain in agenix.plain.items():
         assert age_decrypt(cfg.secrets[sid].file, agenix.operator) == plain
@@ -232,7 +239,23 @@ def test_import_agenix_hosts_by_comment(agenix, nix_env, tmp_path):
     repo.mkdir()
     ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
        "-i", str(agenix.operator), cwd=repo, env=nix_env)
-    assert_imported(agenix, repo, [agenix.operator_pub, _ci_pub(agenix)])
+    assert_imported(agenix, repo, [agenix.operator_pub])
+
+
+def test_no_key_that_could_open_every_secret_is_no_master_recipient(agenix, nix_env,
+                                                                     tmp_path):
+    """Every key agenix lists that was no host's became a master recipient, able to
+    decrypt every secret: one given some secrets (bob) gained the rest, silently."""
+    text = agenix.secrets_nix.read_text()
+    agenix.secrets_nix.write_text(text.replace('"api-token.age".publicKeys = [ alice web1 ];',
+                                               '"api-token.age".publicKeys = [ ci web1 ];'))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
+               "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "--recipient", "no master recipient",
+                           "no key in", "could open every secret")
+    assert list(repo.iterdir()) == []
 
 
 def test_import_agenix_into_an_existing_repository(agenix, nix_env, make_repo):
@@ -555,7 +578,9 @@ def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tm
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
                     "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
     rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
-    agenix.secrets_nix.write_text(text.replace("publicKeys = [", f'publicKeys = [ "{rsa_pub}" ', 1))
+    # (on every secret: a key on some only is no master recipient at all)
+    agenix.secrets_nix.write_text(text.replace("publicKeys = ",
+                                               f'publicKeys = [ "{rsa_pub}" ] ++ '))
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
@@ -597,7 +622,7 @@ def test_an_rsa_user_key_is_named_once_and_not_called_a_host_key(agenix, nix_env
                         "-C", comment, "-f", str(tmp_path / name)], check=True)
         pubs[comment] = (tmp_path / f"{name}.pub").read_text().strip()
     keys = " ".join(f'"{k}"' for k in pubs.values())
-    agenix.secrets_nix.write_text(text.replace("publicKeys = [", f"publicKeys = [ {keys} ", 1))
+    agenix.secrets_nix.write_text(text.replace("publicKeys = ", f"publicKeys = [ {keys} ] ++ "))
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from",

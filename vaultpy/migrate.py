@@ -301,6 +301,7 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
             host = plan.hosts.setdefault(name, PlannedHost(name, []))
             host.pubkeys.append(key.strip())
     users: dict[str, str] = {}                  # normalised -> as written, first seen
+    opens: dict[str, set[str]] = {}             # normalised -> the ids it can open
     ids: dict[str, str] = {}
     for name in sorted(rules):
         rule = rules[name]
@@ -344,20 +345,35 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
                 plan.hosts[host_name].secrets.setdefault(sid, {})
             else:
                 users.setdefault(norm, key.strip())
+                opens.setdefault(norm, set()).add(sid)
     _misplaced(plan, secrets_nix, base, ids)
     for host in plan.hosts.values():
         if not host.secrets:
             plan.warnings.append(f"host {host.name}: no secret in {shown} is encrypted to its "
                                  "key; it is added without secrets")
-    plan.default_recipients = list(users.values())
+    # A master recipient can decrypt every master: only a key that could open every
+    # secret before becomes one.  Another (a user given some secrets, a host no option
+    # names) would gain the rest; it is named, and left out.
+    every = set(plan.secrets)
+    plan.default_recipients = [k for n, k in users.items() if opens[n] >= every]
+    for norm, key in users.items():
+        if not opens[norm] >= every and _COMMENT_HOST.fullmatch(_comment(key)) is None:
+            some = sorted(opens[norm])
+            shown_ids = ", ".join(some[:3]) + (", …" if len(some) > 3 else "")
+            plan.default_warnings.append(
+                f"{_short(key)} could open {len(some)} of {len(every)} secrets "
+                f"({shown_ids}), so it is not a master recipient (they can decrypt every "
+                "secret): if it is a host's key, name its host with --hosts-from, "
+                "--host-key or --hosts-by-comment; if it may read every secret, give the "
+                "master recipients with --recipient")
     hosts_like = []
-    for key in plan.default_recipients:      # a host that could read every master
+    for key in users.values():              # a host that could read every master
         host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
         rsa = key.startswith("ssh-rsa ")
         if host_like and key.startswith(age.SSH_ED25519):
             hosts_like.append(key)          # refused below, not only warned of
             continue
-        if not (host_like or rsa):
+        if not (host_like or rsa) or key not in plan.default_recipients:
             continue
         # _short names the key once, with its comment.  An RSA key may be a user's
         # (agenix's id_rsa) or a host's, and cannot be a vaultpy host's either way.
@@ -713,9 +729,11 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
             publics.append(str(k.key.to_public()))
     if publics:
         return publics, "the X25519 identity given with -i"
-    raise VaultpyError(Problem("--recipient", "no master recipient for the new hosts.toml",
-                               "", "give one with --recipient KEY (your master public key, "
-                               "age-keygen -y)"))
+    none_all = (f"; no key in {plan.source} could open every secret"
+                if plan.default_warnings else "")
+    raise VaultpyError(Problem("--recipient", "no master recipient for the new hosts.toml"
+                               + none_all, "", "give one with --recipient KEY (your master "
+                               "public key, age-keygen -y)"))
 
 
 def _file_key(path: Path) -> tuple[int, int] | None:
