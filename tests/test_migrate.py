@@ -480,6 +480,31 @@ def test_import_vaultix_profiles(vaultix, tmp_path):
             assert age_decrypt(f, key) == vaultix["plain"][f.name.split(".")[0]]
 
 
+def test_vaultix_extra_recipients_are_named_not_dropped_silently(vaultix, tmp_path):
+    """vaultix encrypts its sources to the master identity and its extraRecipients
+    (backup keys): the masters went to the -i identity's key alone, without a word."""
+    backup, backup_pub = age_keygen(tmp_path / "keys", "backup.txt")
+    for sid, value in vaultix["plain"].items():
+        (vaultix["sdir"] / f"{sid}.age").unlink()
+        age_encrypt(value, [vaultix["master_pub"], backup_pub], vaultix["sdir"] / f"{sid}.age",
+                    armor=sid == "wg")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ["import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"])]
+    proc = ok(*args, cwd=repo)
+    line = next(ln for ln in proc.stderr.decode().splitlines() if "extraRecipients" in ln)
+    assert "encrypted to 2 recipients, the new masters to 1" in line, line
+    assert "--recipient" in line
+    # With both given: no warning, and the backup key opens the masters.
+    repo2 = tmp_path / "repo2"
+    repo2.mkdir()
+    proc = ok(*args, "--recipient", vaultix["master_pub"], "--recipient", backup_pub,
+              cwd=repo2)
+    assert "extraRecipients" not in proc.stderr.decode()
+    assert age_decrypt(repo2 / "secrets" / "db.age", backup) == vaultix["plain"]["db"]
+
+
 def test_import_vaultix_unsupported_and_missing_are_clean_errors(vaultix, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

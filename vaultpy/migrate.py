@@ -846,6 +846,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 _finish_interrupted(cfg, None)
     # Decrypt everything before writing anything.
     plain: dict[str, tuple[bytes, bool]] = {}
+    widest = 0                      # the most recipients one source file is encrypted to
     imported = {key for sec in plan.secrets.values()
                 if (key := _file_key(sec.source)) is not None}
     for sid, sec in plan.secrets.items():
@@ -882,11 +883,24 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 ageformat.is_armored(data))
         except VaultpyError as exc:
             problems.extend(exc.problems)
+            continue
+        with contextlib.suppress(ageformat.FormatError):
+            widest = max(widest, len(ageformat.parse(data).recipient_stanzas()))
     if problems:
         raise VaultpyError(problems)
+    if plan.tool == "vaultix" and existing is None and widest > len(chosen):
+        # vaultix's sources go to its master identity and its extraRecipients (backup
+        # keys); only the master's key is known here.
+        result_warnings = [f"the vaultix secrets are encrypted to {widest} recipients, the "
+                           f"new masters to {len(chosen)} ({origin}): vaultix's "
+                           "extraRecipients (backup keys) are not kept; give every master "
+                           "recipient with --recipient (repeatable), the master's own key "
+                           "included"]
+    else:
+        result_warnings = []
     assert cfg is not None          # built and valid whenever nothing was found wrong
     result = ImportResult(hosts_path, text, sorted(plan.secrets), sorted(plan.hosts),
-                          plan.warnings, [])
+                          [*plan.warnings, *result_warnings], [])
     if dry_run:
         return result
     # Encrypted before anything is made: a recipient that cannot be encrypted to (its
