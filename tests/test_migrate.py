@@ -222,6 +222,30 @@ def _ci_pub(agenix: Agenix) -> str:
     return (agenix.dir.parent / "keys" / "ci.txt").read_text().split("public key: ")[1].split()[0]
 
 
+def test_hosts_from_a_keys_file_of_lists_is_refused(agenix, nix_env, tmp_path):
+    """agenix's README keeps { users = [ … ]; systems = [ web1 db1 ]; }: given as
+    --hosts-from, "systems" became one host with every machine's key (each could read
+    the others' secrets) and "users" a host too."""
+    keys = tmp_path / "keys.nix"
+    web1, db1 = agenix.hosts["web1"][1], agenix.hosts["db1"][1]
+    keys.write_text(f'{{ users = [ "{agenix.operator_pub}" "{_ci_pub(agenix)}" ];\n'
+                    f'  systems = [ "{web1}" "{db1}" ]; }}\n')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from", str(keys),
+               "-r", agenix.operator_pub, "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "keys.nix: systems: 2 keys (root@db1, root@web1) for one "
+                           "host", "give one entry per host")
+    assert_one_clean_error(proc, "keys.nix: users: 2 keys", "for one host")
+    assert list(repo.iterdir()) == []
+    # One host with two keys of its own (the same comment) is still one host.
+    other, other_pub = ssh_keygen(tmp_path, "web1-new", comment="root@web1")
+    keys.write_text(f'{{ web1 = [ "{web1}" "{other_pub}" ]; db1 = "{db1}"; }}\n')
+    ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from", str(keys),
+       "-r", agenix.operator_pub, "-i", str(agenix.operator), "--dry-run", cwd=repo,
+       env=nix_env)
+
+
 def test_import_agenix_with_host_key_options_and_own_recipient(agenix, nix_env, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

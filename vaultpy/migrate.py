@@ -201,6 +201,11 @@ def agenix_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", base)
 
 
+# Names of key lists in agenix's secrets.nix / keys.nix layouts, never one host's.
+_GROUP_NAMES = frozenset({"users", "systems", "hosts", "machines", "servers", "admins",
+                          "all", "everyone", "keys"})
+
+
 def _host_map(plan: Plan, hosts_from: Path | None, host_keys: Sequence[str]
               ) -> dict[str, list[str]]:
     """Host name -> its keys as written, from --hosts-from and --host-key."""
@@ -216,6 +221,19 @@ def _host_map(plan: Plan, hosts_from: Path | None, host_keys: Sequence[str]
                     isinstance(k, str) for k in keys):
                 plan.problems.append(Problem(display_path(hosts_from), "expected a key or "
                                              "a list of keys", str(name)))
+                continue
+            # agenix's README keeps { users = [ alice bob ]; systems = [ web1 db1 ]; }:
+            # a list of several machines' keys is no host (each would read the others').
+            named_in = sorted({c for k in keys if (c := _comment(k))})
+            if len(keys) > 1 and (len(named_in) > 1 or str(name).lower() in _GROUP_NAMES):
+                shown_in = f" ({', '.join(named_in[:3])}{', …' if len(named_in) > 3 else ''})"
+                plan.problems.append(Problem(
+                    display_path(hosts_from), f"{len(keys)} keys"
+                    + (shown_in if len(named_in) > 1 else "") + " for one host: this looks "
+                    "like a list of several machines' or people's keys, and one host gets "
+                    "every key's secrets", str(name), "give one entry per host: "
+                    '{ web1 = "ssh-ed25519 AAAA…"; db1 = "ssh-ed25519 AAAA…"; } (a host '
+                    "with two keys of its own: a list of those)"))
                 continue
             named.setdefault(str(name), []).extend(keys)
     for item in host_keys:
