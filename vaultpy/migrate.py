@@ -769,6 +769,11 @@ def default_identities() -> list[Path]:
     return [p for p in (home / "id_ed25519", home / "id_rsa") if p.exists()]
 
 
+# An age file of MAX_PLAINTEXT bytes, armored (base64, 64-column lines), with room to
+# spare for its header: a bigger source cannot hold a secret vaultpy keeps.
+_MAX_SOURCE = masters.MAX_PLAINTEXT * 14 // 10 + (1 << 20)
+
+
 def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
           identity_files: Sequence[Path] = (), force: bool = False, dry_run: bool = False,
           masters_dir: str | None = None,
@@ -886,6 +891,12 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         if sec.value is not None:
             plain[sid] = (sec.value, False)
             continue
+        with contextlib.suppress(OSError):      # (else read_regular says what is wrong)
+            if sec.source.stat().st_size > _MAX_SOURCE:
+                problems.append(too_big(sec.source, masters.MAX_PLAINTEXT, " of plaintext",
+                                        "a secret is held in RAM on every host it goes "
+                                        "to; move a big file by hand"))
+                continue
         try:
             data = fsutil.read_regular(sec.source)[0]      # a FIFO must not hang it
         except OSError as exc:
@@ -901,6 +912,12 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
                 ageformat.is_armored(data))
         except VaultpyError as exc:
             problems.extend(exc.problems)
+            continue
+        if len(plain[sid][0]) > masters.MAX_PLAINTEXT:     # as encrypt, edit, import sops
+            del plain[sid]
+            problems.append(too_big(sec.source, masters.MAX_PLAINTEXT, " of plaintext",
+                                    "a secret is held in RAM on every host it goes to; "
+                                    "move a big file by hand"))
             continue
         with contextlib.suppress(ageformat.FormatError):
             widest = max(widest, len(ageformat.parse(data).recipient_stanzas()))
