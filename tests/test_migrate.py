@@ -239,7 +239,7 @@ def test_hosts_from_a_keys_file_of_lists_is_refused(agenix, nix_env, tmp_path):
     assert_one_clean_error(proc, "keys.nix: users: 2 keys", "for one host")
     assert list(repo.iterdir()) == []
     # One host with two keys of its own (the same comment) is still one host.
-    other, other_pub = ssh_keygen(tmp_path, "web1-new", comment="root@web1")
+    _key, other_pub = ssh_keygen(tmp_path, "web1-new", comment="root@web1")
     keys.write_text(f'{{ web1 = [ "{web1}" "{other_pub}" ]; db1 = "{db1}"; }}\n')
     ok("import", "agenix", str(agenix.secrets_nix), "--hosts-from", str(keys),
        "-r", agenix.operator_pub, "-i", str(agenix.operator), "--dry-run", cwd=repo,
@@ -827,6 +827,21 @@ def test_one_run_lists_the_input_and_the_decryption_problems(agenix, nix_env, tm
 
 
 
+def test_a_secret_bigger_than_vaultpy_keeps_is_refused(agenix, nix_env, tmp_path):
+    """encrypt, edit, generate and import sops refuse more than 64 MiB of plaintext;
+    import agenix took it (its every renc then held it in RAM, ~400 MB)."""
+    big = os.urandom(1 << 20) * 64 + b"!"
+    (agenix.dir / "only-ops.age").unlink()
+    age_encrypt(big, [agenix.operator_pub, _ci_pub(agenix)], agenix.dir / "only-ops.age",
+                armor=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "--hosts-from",
+               str(hosts_nix(agenix)), "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "only-ops.age", "more than 64 MiB of plaintext")
+    assert list(repo.iterdir()) == []
+
+
 def _next_step(proc: subprocess.CompletedProcess[bytes]) -> list[list[str]]:
     """The commands after "next: " of an import's last line, as argv lists."""
     import shlex
@@ -856,7 +871,17 @@ def test_the_next_step_printed_works_as_printed(agenix, nix_env, tmp_path):
     _, master_pub = age_keygen(tmp_path, "master.txt")
     other = tmp_path / "repo-recipient"
     other.mkdir()
+    # Nor is there one renc finds by itself (no [vaultpy] identity, no default one):
+    # a bare "vaultpy renc" failed with "no master identity to decrypt with".
     proc = ok(*args, "--recipient", master_pub, cwd=other, env=nix_env)
+    assert "next: vaultpy renc -i <your master identity> && vaultpy check" in \
+        proc.stderr.decode()
+    home = tmp_path / "home"
+    (home / ".config/vaultpy").mkdir(parents=True)
+    (home / ".config/vaultpy/master.txt").write_bytes((tmp_path / "master.txt").read_bytes())
+    again = tmp_path / "repo-default-identity"
+    again.mkdir()
+    proc = ok(*args, "--recipient", master_pub, cwd=again, env={**nix_env, "HOME": str(home)})
     assert _next_step(proc) == [["renc"], ["check"]]
 
 

@@ -194,6 +194,14 @@ def _report(result: object, dry_run: bool) -> None:
         import shlex
 
         renc += f" -i {shlex.quote(str(result.master_identity))}"
+    else:                           # renc alone finds none: say which flag it needs
+        from vaultpy import identities, model
+        from vaultpy.errors import VaultpyError
+
+        try:
+            identities.identity_paths(model.load(result.path))
+        except (VaultpyError, OSError):
+            renc += " -i <your master identity>"
     # Named as from here ("../hosts.toml" for -C .., not ".../secrets/../hosts.toml").
     shown = display_path(Path(os.path.realpath(result.path.parent)) / result.path.name)
     if not result.hosts:            # sops: which host gets what is in the NixOS config
