@@ -404,6 +404,10 @@ def test_agenix_ids():
     assert migrate.agenix_id("a.age") == "a"
     assert migrate.agenix_id("./hosts/web/db.age") == "hosts-web-db"
     assert migrate.agenix_id("we ird$.age") == "we_ird_"
+    # What an id cannot start with: dropped (renaming meant editing agenix's config).
+    assert migrate.agenix_id("-dash.age") == "dash"
+    assert migrate.agenix_id("ünï.age") == "n_"
+    assert migrate.agenix_id("_private/key.age") == "private-key"
 
 
 # --------------------------------------------------------------------------- vaultix

@@ -195,10 +195,11 @@ def _mode(value: Any) -> str | None:
 
 def agenix_id(name: str) -> str:
     """``"hosts/web/db.age"`` -> ``"hosts-web-db"``: ``.age`` dropped, ``/`` -> ``-``,
-    other characters outside ``[A-Za-z0-9_.-]`` -> ``_``."""
+    other characters outside ``[A-Za-z0-9_.-]`` -> ``_``, and what an id cannot start
+    with dropped from its start (``-dash.age`` -> ``dash``, as import sops does)."""
     base = name[:-4] if name.endswith(".age") else name
     base = base.lstrip("./").replace("/", "-")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", base)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("_.-")
 
 
 # Names of key lists in agenix's secrets.nix / keys.nix layouts, never one host's.
