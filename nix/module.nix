@@ -88,8 +88,18 @@ let
   validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
     && builtins.stringLength id <= 128;
 
+  # Whether `group` was set (hosts.toml's mkDefault counts), not left at "root".
+  groupGivenOption = options: mkOption {
+    type = types.bool;
+    internal = true;
+    readOnly = true;
+    default = options.group.highestPrio < (lib.mkOptionDefault null).priority;
+    description = "Whether `group` was set (not its default).";
+  };
+
   secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
+      groupGiven = groupGivenOption options;
       path = pathAt config.outPath;
       pathGiven = mkOption {
         type = types.bool;
@@ -125,8 +135,9 @@ let
     };
   });
 
-  templateType = types.submodule ({ name, config, ... }: {
+  templateType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
+      groupGiven = groupGivenOption options;
       path = pathAt config.outPath;
       content = mkOption {
         type = types.str;
@@ -239,8 +250,8 @@ let
 
   # --- checks ------------------------------------------------------------------------
   installed = filterAttrs (_: v: v.install) cfg.secrets;
-  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; path = extraPath v; inherit (v) name owner group early; }) installed
-    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) owner group early;
+  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; path = extraPath v; inherit (v) name owner group early mode groupGiven; }) installed
+    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n; inherit (v) owner group early mode groupGiven;
                                    path = if validId n then extraPath v else null; }) cfg.templates;
   # `path` overlapping activation's own directories would write into the live generation;
   # on the store's lock file (<store>.lock) or a temporary name of a live symlink
@@ -298,6 +309,12 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
     (attrNames cfg.templates);
   hasEarly = builtins.any (i: i.early) items;
+  # agenix, sops-nix and vaultix default `group` to the owner's group; here it is root.
+  # A mode with group bits and the group left so is most likely such a migration.
+  groupBits = mode: builtins.substring (builtins.stringLength mode - 2) 1 mode != "0";
+  ownersGroup = owner: (config.users.users.${toString owner} or { }).group or null;
+  rootGroupByDefault = builtins.filter (i: !i.groupGiven && groupBits i.mode
+    && !earlyOwnerOk i.owner) items;
   # Users are made by systemd-sysusers or userborn (units), not the `users` script.
   systemdUsers = (config.systemd.sysusers.enable or false)
     || (config.services.userborn.enable or false);
@@ -465,6 +482,9 @@ in
         ++ map (r: { assertion = cfg.secrets ? ${r.id};
             message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
           templateRefs;
+
+      warnings = map (i: "vaultpy: ${i.label}: mode ${i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${
+          let g = ownersGroup i.owner; in if g == null || g == "" then "<the group>" else g}\", or group = \"root\" to keep it") rootGroupByDefault;
 
       environment.systemPackages = [ cfg.package ];
 

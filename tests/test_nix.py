@@ -1385,3 +1385,27 @@ def test_a_host_not_in_hosts_toml_names_the_hosts_and_the_option(nixpkgs_lib: Ni
     line = next(ln for ln in proc.stderr.splitlines() if "no [hosts.web2]" in ln)
     assert "hosts there: db1, mail1, web1" in line, line
     assert "set vaultpy.settings.hostName" in line, line
+
+
+def test_a_group_readable_mode_with_the_group_left_to_root_is_a_warning(
+        nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """agenix, sops-nix and vaultix default group to the owner's group; here it is root.
+    `owner = "grafana"; mode = "0440";` moved over as is gave group root read access and
+    grafana's group none, without a word."""
+    users = {"users": {"users": {"grafana": {"group": "grafana"}},
+                       "groups": {"grafana": {}}}}
+    cases = {
+        "left": {**_base_secret(rich, owner="grafana", mode="0440"), **users},
+        "root-said": {**_base_secret(rich, owner="grafana", mode="0440", group="root"),
+                      **users},
+        "owner-only": {**_base_secret(rich, owner="grafana", mode="0400"), **users},
+        "root-owner": _base_secret(rich, mode="0440"),
+    }
+    configs = {n: write_module(tmp_path / f"{n}.nix", c) for n, c in cases.items()}
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; in "
+            f"builtins.mapAttrs (_: c: (em {{ config = c; }}).warnings) {nix_value(configs)}")
+    out = nixpkgs_lib.eval(expr)
+    [warning] = out["left"]
+    assert "secret db_password: mode 0440 lets group root read it" in warning, warning
+    assert 'set group = "grafana", or group = "root" to keep it' in warning, warning
+    assert out["root-said"] == out["owner-only"] == out["root-owner"] == []

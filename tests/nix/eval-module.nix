@@ -17,6 +17,7 @@ in
   paths = lib.mapAttrs (_: v: if v.install then v.path else null) c.vaultpy.secrets
     // lib.mapAttrs' (n: v: lib.nameValuePair "template:${n}" v.path) c.vaultpy.templates;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+  inherit (c) warnings;
   services = lib.mapAttrs (_: v: builtins.removeAttrs v [ "restartTriggers" ]) c.systemd.services;
   activationScripts = c.system.activationScripts;
 }
