@@ -9,6 +9,7 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       app = pkgs: command: {
         type = "app";
+        meta.description = "vaultpy ${command}";
         program = toString (pkgs.writeShellScript "vaultpy-${command}" ''
           exec ${self.packages.${pkgs.stdenv.hostPlatform.system}.default}/bin/vaultpy ${command} "$@"
         '');
