@@ -157,7 +157,11 @@ let
     };
   });
 
-  recipients = if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ];
+  # A key given as a path (./hosts/web1.pub, as vaultix and agenix-rekey take it): its
+  # text, as hosts.toml would hold it.
+  keyText = k: if builtins.isPath k then lib.removeSuffix "\n" (builtins.readFile k) else k;
+  recipients = map keyText
+    (if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ]);
 
   cachePath = id: spec:
     s.cacheRoot + "/${s.hostName}/${vlib.cacheName { inherit id recipients; secretFile = spec.file; }}";
@@ -346,9 +350,10 @@ in
     };
     settings = {
       hostPubkey = mkOption {
-        type = types.nullOr (types.either types.str (types.listOf types.str));
+        type = let key = types.either types.str types.path;
+               in types.nullOr (types.either key (types.listOf key));
         default = null;
-        description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys.";
+        description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys; or the path of a file holding one (./hosts/web1.pub).";
       };
       hostKeys = mkOption {
         type = types.listOf types.str;      # empty: an assertion says what to do

@@ -1409,3 +1409,19 @@ def test_a_group_readable_mode_with_the_group_left_to_root_is_a_warning(
     assert "secret db_password: mode 0440 lets group root read it" in warning, warning
     assert 'set group = "grafana", or group = "root" to keep it' in warning, warning
     assert out["root-said"] == out["owner-only"] == out["root-owner"] == []
+
+
+def test_the_host_key_may_be_given_as_a_path(nixpkgs_lib: Nix, rich: Rich,
+                                             tmp_path: Path) -> None:
+    """vaultix and agenix-rekey take hostPubkey = ./web1.pub; here it was a type error."""
+    pub = tmp_path / "web1.pub"
+    pub.write_text(rich.pub["web1"] + "\n")
+    by_text = _base_secret(rich)
+    by_path = _base_secret(rich)
+    by_path["vaultpy"]["settings"]["hostPubkey"] = pub
+    in_list = _base_secret(rich)
+    in_list["vaultpy"]["settings"]["hostPubkey"] = [pub]
+    out = eval_modules(nixpkgs_lib, {n: write_module(tmp_path / f"{n}.nix", c) for n, c in
+                                     {"text": by_text, "path": by_path, "list": in_list}.items()})
+    assert out["path"]["failedAssertions"] == [] == out["list"]["failedAssertions"]
+    assert out["path"]["profile"] == out["text"]["profile"] == out["list"]["profile"]
