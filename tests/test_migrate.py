@@ -533,6 +533,32 @@ def test_vaultix_extra_recipients_are_named_not_dropped_silently(vaultix, tmp_pa
     assert age_decrypt(repo2 / "secrets" / "db.age", backup) == vaultix["plain"]["db"]
 
 
+def test_a_vaultix_host_key_given_as_a_path_is_read(vaultix, tmp_path):
+    """vaultix takes hostPubkey as the path of a .pub file (a store path, exported):
+    the import said "not an ssh-ed25519 or age1 public key"."""
+    alpha = vaultix["profiles"][0]
+    data = json.loads(alpha.read_text())
+    pub = tmp_path / "alpha.pub"
+    pub.write_text(data["settings"]["hostPubkey"] + "\n")
+    data["settings"]["hostPubkey"] = str(pub)
+    alpha.write_text(json.dumps(data))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ["import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+            str(vaultix["sdir"]), "-i", str(vaultix["master"])]
+    ok(*args, cwd=repo)
+    assert model.load(repo).hosts["alpha"].recipients == (
+        model.normalize_recipient(pub.read_text()),)
+    # A path that is not there: one line, naming it and what to do.
+    data["settings"]["hostPubkey"] = str(tmp_path / "gone.pub")
+    alpha.write_text(json.dumps(data))
+    other = tmp_path / "other"
+    other.mkdir()
+    proc = run(*args, cwd=other)
+    assert_one_clean_error(proc, "settings.hostPubkey", "gone.pub: cannot read the host key",
+                           "export the key's text")
+
+
 def test_import_vaultix_unsupported_and_missing_are_clean_errors(vaultix, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -558,6 +559,20 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
         if not isinstance(pubkey, str):
             plan.problems.append(Problem(shown, "missing", "settings.hostPubkey"))
             continue
+        if pubkey.startswith("/"):
+            # vaultix takes the path of a .pub file too (a store path once exported).
+            try:
+                if os.stat(pubkey).st_size > 16 << 10:
+                    raise OSError(errno.EFBIG, "too big for a public key")
+                raw = fsutil.read_regular(pubkey)[0]        # (a FIFO would hang it)
+            except OSError as exc:
+                plan.problems.append(Problem(shown, f"{pubkey}: cannot read the host key "
+                                             f"file: {exc.strerror or exc}",
+                                             "settings.hostPubkey", "export the key's text "
+                                             "instead of its path, or run the import where "
+                                             "that file is"))
+                continue
+            pubkey = raw.decode("utf-8", "replace").strip()
         try:
             _norm(pubkey, host=True)
         except ValueError as exc:
