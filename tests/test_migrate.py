@@ -559,6 +559,27 @@ def test_a_vaultix_host_key_given_as_a_path_is_read(vaultix, tmp_path):
                            "export the key's text")
 
 
+def test_every_bad_vaultix_profile_is_named_in_one_run(vaultix, tmp_path):
+    """The first unreadable profile stopped the import (the others unread), with
+    Python's words: "[Errno 2] No such file or directory: 'nope.json'"."""
+    (tmp_path / "a.json").write_text("not json")
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe")
+    (tmp_path / "c.json").write_text('{"x": 1}')
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "vaultix", *(str(tmp_path / n) for n in
+                                      ("a.json", "b.json", "c.json", "nope.json")),
+               *map(str, vaultix["profiles"]), "--secrets-dir", str(vaultix["sdir"]),
+               "-i", str(vaultix["master"]), cwd=repo)
+    assert_one_clean_error(proc, "a.json: not a vaultix profile: not JSON (line 1")
+    assert_one_clean_error(proc, "b.json: not a vaultix profile: not UTF-8 text")
+    assert_one_clean_error(proc, "c.json: not a vaultix profile (no settings)")
+    line = assert_one_clean_error(proc, "nope.json: cannot read the vaultix profile: No such "
+                                  "file or directory")
+    assert "Errno" not in proc.stderr.decode() and "'" not in line, line
+    assert list(repo.iterdir()) == []
+
+
 def test_import_vaultix_unsupported_and_missing_are_clean_errors(vaultix, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

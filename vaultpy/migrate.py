@@ -533,19 +533,34 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
     claimed: dict[str, str] = {}                      # source read -> the file it is for
     for prof_path in profiles:
         shown = display_path(prof_path)
+        # Each profile's problem is kept and the next one read: one run names them all.
+        give = "give the JSON profile (see docs/migration.md)"
         try:
             raw = fsutil.read_named(prof_path, profile_mod.MAX_PROFILE)
-            if raw is None:
-                raise VaultpyError(too_big(prof_path, profile_mod.MAX_PROFILE,
-                                           ", too much for a vaultix profile",
-                                           "give the JSON profile (see docs/migration.md)"))
+        except OSError as exc:
+            p = os_problem(prof_path, exc, "read the vaultix profile")
+            plan.problems.append(Problem(p.file, p.message, "", give))
+            continue
+        if raw is None:
+            plan.problems.append(too_big(prof_path, profile_mod.MAX_PROFILE,
+                                         ", too much for a vaultix profile", give))
+            continue
+        try:
             data = json.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise fail(prof_path, f"cannot read the vaultix profile: {exc}",
-                       hint="give the JSON profile (see docs/migration.md)") from None
+        except UnicodeDecodeError:
+            plan.problems.append(Problem(shown, "not a vaultix profile: not UTF-8 text", "",
+                                         give))
+            continue
+        except ValueError as exc:
+            where = (f" (line {exc.lineno}, column {exc.colno})"
+                     if isinstance(exc, json.JSONDecodeError) else "")
+            plan.problems.append(Problem(shown, f"not a vaultix profile: not JSON{where}", "",
+                                         give))
+            continue
         if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
-            raise fail(prof_path, "not a vaultix profile (no settings)",
-                       hint="give the JSON profile (see docs/migration.md)")
+            plan.problems.append(Problem(shown, "not a vaultix profile (no settings)", "",
+                                         give))
+            continue
         settings = data["settings"]
         name, pubkey = settings.get("hostIdentifier"), settings.get("hostPubkey")
         if not isinstance(name, str) or not ID_RE.fullmatch(name):
