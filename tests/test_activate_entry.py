@@ -231,6 +231,12 @@ def test_the_bundles_units_make_no_ordering_cycle_with_systemds_own(make_repo,
              "vaultpy-activate-early.service": bundle.unit_text("h", settings,
                                                                 "/usr/bin/vaultpy", True)}
     assert _ordering_cycle(units) is None, _ordering_cycle(units)
+    # A bundle not where the units look fails them (systemctl --failed shows it): with
+    # ConditionPathExists= they were skipped, and the host booted without its secrets
+    # and without a word.
+    for unit in units.values():
+        assert "\nAssertPathExists=/etc/vaultpy/profile.json\n" in unit
+        assert "ConditionPathExists" not in unit
     # The checker finds the cycle the early unit had.
     old = units["vaultpy-activate-early.service"].replace(
         "RequiresMountsFor=", "After=local-fs.target\nRequiresMountsFor=")

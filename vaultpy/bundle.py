@@ -30,7 +30,7 @@ DefaultDependencies=no
 {order}
 Before={before} shutdown.target
 Conflicts=shutdown.target
-ConditionPathExists={install}/profile.json
+AssertPathExists={install}/profile.json
 
 [Service]
 Type=oneshot
