@@ -179,7 +179,12 @@ let
     in
     mkProfile {
       inherit host;
-      settings = { };
+      # [hosts.<name>] identities: the host's private key files (else sshd's ed25519 key)
+      settings = if h ? identities then {
+        identities = if isList h.identities && h.identities != [ ]
+          then h.identities
+          else bad "${hw}.identities" "expected a non-empty list of key paths";
+      } else { };
       secrets = map secretEntry needed;
       templates = map templateEntry (attrNames tmpls);
     };

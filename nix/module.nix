@@ -238,6 +238,7 @@ let
     {
       pubkey = h.pubkey or (bad "${hw}.pubkey"
         "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
+      identities = h.identities or null;
       cacheRoot = resolve (top.cache_dir or "secrets/cache");
       secrets = builtins.listToAttrs (map
         (id: {
@@ -412,6 +413,8 @@ in
     (mkIf (cfg.hostsToml != null) {
       vaultpy.settings.hostPubkey = mkDefault fromToml.pubkey;
       vaultpy.settings.cacheRoot = mkDefault fromToml.cacheRoot;
+      vaultpy.settings.hostKeys = mkIf (fromToml.identities != null)
+        (mkDefault fromToml.identities);
       vaultpy.secrets = fromToml.secrets;
       vaultpy.templates = fromToml.templates;
     })

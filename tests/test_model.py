@@ -554,3 +554,20 @@ def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     for path in planted:
         path.unlink()
     assert (repo.root / "secrets" / "cache" / ".vaultpy-memo").exists()
+
+
+def test_a_hosts_identities_are_checked_paths(keys: dict[str, str], tmp_path: Path) -> None:
+    """[hosts.<name>] identities: the key files its profile names (an age1 host's key
+    is no sshd host key)."""
+    base = head(keys) + f"[hosts.edge]\npubkey = {toml_str(keys['age_host'])}\n"
+    cfg = parse(base + 'identities = ["/var/lib/vaultpy/edge.key"]\n', tmp_path)
+    assert cfg.hosts["edge"].identities == ("/var/lib/vaultpy/edge.key",)
+    assert parse(base, tmp_path).hosts["edge"].identities == ()
+    for value, needle in [('"/k"', "expected a non-empty list of key paths, got a string"),
+                          ("[]", "expected a non-empty list of key paths"),
+                          ('["keys/edge.key"]', "invalid path 'keys/edge.key'"),
+                          ("[1]", "hosts.edge.identities[0]")]:
+        with pytest.raises(VaultpyError) as err:
+            parse(base + f"identities = {value}\n", tmp_path)
+        text = str(err.value)
+        assert "hosts.edge.identities" in text and needle in text, (value, text)

@@ -318,6 +318,7 @@ content = "{{{{ secrets.only_tmpl }}}}"
 
 [hosts.edge1]
 pubkey = {edge1}
+identities = ["/var/lib/vaultpy/edge1.key"]
 secrets = ["db_password", "user_hash"]
 
 [hosts.multi]
@@ -1425,3 +1426,22 @@ def test_the_host_key_may_be_given_as_a_path(nixpkgs_lib: Nix, rich: Rich,
                                      {"text": by_text, "path": by_path, "list": in_list}.items()})
     assert out["path"]["failedAssertions"] == [] == out["list"]["failedAssertions"]
     assert out["path"]["profile"] == out["text"]["profile"] == out["list"]["profile"]
+
+
+def test_a_hosts_identities_reach_its_profile_on_every_path(nixpkgs_lib: Nix, rich: Rich,
+                                                            tmp_path: Path) -> None:
+    """[hosts.edge1] identities (an age1 host: its key is no sshd host key) names the
+    key files in the profile: `vaultpy profile`, lib.profileFromHostsToml and the
+    module (settings.hostKeys) alike.  Only profile.json could say it before."""
+    want = ["/var/lib/vaultpy/edge1.key"]
+    cli = json.loads(cli_profiles(rich.root, ["edge1", "db1"])["edge1"])
+    assert cli["settings"]["identities"] == want
+    lib_side = nixpkgs_lib.eval(
+        f"(import {nix_value(LIB_NIX)}).profileFromHostsToml {{ hostsToml = "
+        f"{nix_value(rich.root / 'hosts.toml')}; host = \"edge1\"; }}")
+    assert lib_side["settings"]["identities"] == want
+    config = write_module(tmp_path / "edge1.nix", {
+        "vaultpy": {"hostsToml": rich.root / "hosts.toml"}, "networking": {"hostName": "edge1"}})
+    out = eval_modules(nixpkgs_lib, {"edge1": config})["edge1"]
+    assert out["profile"]["settings"]["identities"] == want
+    assert out["failedAssertions"] == []

@@ -233,6 +233,8 @@ class Host:
     recipients: tuple[str, ...]
     deployments: tuple[Deployment, ...]
     templates: tuple[Template, ...]
+    # The host's private key files, for its profile (empty: sshd's ed25519 host key).
+    identities: tuple[str, ...] = ()
 
     @cached_property
     def needed(self) -> tuple[str, ...]:
@@ -711,7 +713,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
     table = ck.table(raw, where)
     if table is None:
         return None
-    ck.keys(table, where, ("pubkey", "secrets", "templates"))
+    ck.keys(table, where, ("pubkey", "identities", "secrets", "templates"))
+    identities = _identities(ck, table.get("identities"), f"{where}.identities")
     if "pubkey" not in table:
         ck.add(f"{where}.pubkey", "missing", HOST_KEY_HINT)
         recipients: tuple[str, ...] = ()
@@ -818,7 +821,30 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
             ck.add(where, f"{label(i)}: {problem}", hint)
     if not ok:
         return None
-    return Host(name, recipients, tuple(deployments), tuple(tmpls))
+    return Host(name, recipients, tuple(deployments), tuple(tmpls), identities)
+
+
+def _identities(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
+    """``[hosts.<name>] identities``: the private key files the host decrypts with, as
+    its profile names them (an ``age1`` host's key is not at sshd's path)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        ck.add(where, f"expected a non-empty list of key paths, got {_kind(value)}",
+               'write identities = ["/var/lib/vaultpy/host.key"]')
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        text = ck.string(item, f"{where}[{i}]")
+        if text is None:
+            continue
+        why = path_shape_problem(text)
+        if why is not None:
+            ck.add(f"{where}[{i}]", f"invalid path {text!r}: {why}",
+                   "give the absolute path of the host's private key file")
+            continue
+        out.append(text)
+    return tuple(out)
 
 
 def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: set[str],

@@ -136,7 +136,10 @@ def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, 
                         "name": d.name if d else sid, **_output_json(out)})
     tmpls = [{"name": t.name, "content": t.content, "trim": t.trim, **_output_json(t.out)}
              for t in sorted(h.templates, key=lambda t: t.name)]
-    return {"version": VERSION, "host": host, "settings": dict(DEFAULT_SETTINGS),
+    settings = dict(DEFAULT_SETTINGS)
+    if h.identities:
+        settings["identities"] = list(h.identities)
+    return {"version": VERSION, "host": host, "settings": settings,
             "secrets": secrets, "templates": tmpls}
 
 
