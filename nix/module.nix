@@ -110,6 +110,9 @@ let
       };
       file = mkOption {
         type = types.path;
+        default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
+          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets (then <id>.age there is the default)";
+        defaultText = lib.literalExpression ''"''${config.vaultpy.settings.secretsDir}/<id>.age"'';
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
       };
       name = mkOption {
@@ -240,6 +243,7 @@ let
         "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
       identities = h.identities or null;
       cacheRoot = resolve (top.cache_dir or "secrets/cache");
+      secretsDir = resolve (top.secrets_dir or "secrets");
       secrets = builtins.listToAttrs (map
         (id: {
           name = id;
@@ -368,6 +372,11 @@ in
         default = null;
         description = "The repository's secrets/cache directory (vaultpy renc output).";
       };
+      secretsDir = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "Where the master files are (secrets_dir): a secret's `file` defaults to <id>.age there, as vaultix's defaultSecretDirectory.";
+      };
       hostName = mkOption {
         type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
         default = config.networking.hostName or "nixos";
@@ -413,6 +422,7 @@ in
     (mkIf (cfg.hostsToml != null) {
       vaultpy.settings.hostPubkey = mkDefault fromToml.pubkey;
       vaultpy.settings.cacheRoot = mkDefault fromToml.cacheRoot;
+      vaultpy.settings.secretsDir = mkDefault fromToml.secretsDir;
       vaultpy.settings.hostKeys = mkIf (fromToml.identities != null)
         (mkDefault fromToml.identities);
       vaultpy.secrets = fromToml.secrets;

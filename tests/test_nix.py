@@ -1445,3 +1445,26 @@ def test_a_hosts_identities_reach_its_profile_on_every_path(nixpkgs_lib: Nix, ri
     out = eval_modules(nixpkgs_lib, {"edge1": config})["edge1"]
     assert out["profile"]["settings"]["identities"] == want
     assert out["failedAssertions"] == []
+
+
+def test_a_secrets_file_defaults_to_its_id_in_secrets_dir(nixpkgs_lib: Nix, rich: Rich,
+                                                          tmp_path: Path) -> None:
+    """vaultpy.secrets.db_password = { } failed with "`file' was accessed but has no
+    value defined"; with settings.secretsDir (vaultix's defaultSecretDirectory) the
+    file is <id>.age there, and without it the error says what to set."""
+    given = _base_secret(rich)
+    by_dir = _base_secret(rich)
+    del by_dir["vaultpy"]["secrets"]["db_password"]["file"]
+    by_dir["vaultpy"]["settings"]["secretsDir"] = rich.masters["db_password"].parent
+    out = eval_modules(nixpkgs_lib, {n: write_module(tmp_path / f"{n}.nix", c)
+                                     for n, c in {"given": given, "dir": by_dir}.items()})
+    assert out["dir"]["failedAssertions"] == []
+    assert out["dir"]["profile"] == out["given"]["profile"]
+    del by_dir["vaultpy"]["settings"]["secretsDir"]
+    proc = nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profile",
+                                 args=["--arg", "config", str(write_module(
+                                     tmp_path / "none.nix", by_dir))])
+    assert proc.returncode != 0
+    assert ("vaultpy: secret db_password: file is not set: give "
+            "vaultpy.secrets.db_password.file = ./secrets/db_password.age, or set "
+            "vaultpy.settings.secretsDir") in proc.stderr, proc.stderr
