@@ -535,6 +535,10 @@ in
         # Not after local-fs.target: systemd-tmpfiles-setup-dev.service runs after
         # sysusers and before local-fs-pre.target, so that order is a cycle (systemd
         # breaks it by dropping a job at boot).  Only the host keys' mounts are needed.
+        # After / is writable (its links are placed on disk; sysusers waits for that
+        # too).  A host key on a file system mounted after the initrd would close the
+        # same cycle: early items' keys belong on /.
+        after = [ "systemd-remount-fs.service" ];
         before = [ "systemd-sysusers.service" "userborn.service" "sysinit.target"
                    "sysinit-reactivation.target" "shutdown.target" ];
         conflicts = [ "shutdown.target" ];

@@ -238,6 +238,7 @@ def test_the_bundles_units_make_no_ordering_cycle_with_systemds_own(make_repo,
         assert "\nAssertPathExists=/etc/vaultpy/profile.json\n" in unit
         assert "ConditionPathExists" not in unit
     # The checker finds the cycle the early unit had.
+    assert "\nAfter=systemd-remount-fs.service\n" in units["vaultpy-activate-early.service"]
     old = units["vaultpy-activate-early.service"].replace(
         "RequiresMountsFor=", "After=local-fs.target\nRequiresMountsFor=")
     cycle = _ordering_cycle({"vaultpy-activate-early.service": old})

@@ -1228,7 +1228,7 @@ def _reboot(host: HostRoot) -> None:
 
 
 def _record(host: HostRoot) -> dict[str, Any]:
-    path = host.root / "var/lib/vaultpy/links.json"
+    [path] = (host.root / "var/lib/vaultpy").glob("links-*.json")   # one store: one file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     data: dict[str, Any] = json.loads(path.read_text())
@@ -1243,13 +1243,13 @@ def test_a_link_the_profile_drops_across_a_reboot_is_removed(world: World, tmp_p
     host = fresh(world, tmp_path)
     run_ok(host, "A")
     alpha, beta = host.root / "var/lib/app/alpha", host.root / "var/lib/app/beta"
-    assert _record(host)["normal"] == {"/var/lib/app/alpha": "../../../run/vaultpy/alpha"}
+    assert _record(host)["normal"] == {"/var/lib/app/alpha": ["/run/vaultpy", "alpha"]}
     edit_profile(host, _move_alphas_path_to_beta)
     _reboot(host)
     run_ok(host, "A")
     assert not os.path.lexists(alpha)
     assert beta.read_bytes() == world.vals["beta"]
-    assert _record(host)["normal"] == {"/var/lib/app/beta": "../../../run/vaultpy/beta"}
+    assert _record(host)["normal"] == {"/var/lib/app/beta": ["/run/vaultpy", "beta"]}
 
     # Dropped again across a reboot, but root replaced the link meanwhile (its own
     # symlink, another target): kept, and the record forgets it.
@@ -1272,12 +1272,81 @@ def test_an_early_link_dropped_across_a_reboot_is_removed(world: World, tmp_path
     run_extra_ok(host, "--early")
     run_extra_ok(host)
     assert os.readlink(alpha) == "../../../run/vaultpy-early/alpha"
-    assert _record(host)["early"] == {"/var/lib/app/alpha": "../../../run/vaultpy-early/alpha"}
+    assert _record(host)["early"] == {"/var/lib/app/alpha": ["/run/vaultpy-early", "alpha"]}
     edit_profile(host, _set_alpha(early=False, path=None))
     _reboot(host)
     run_extra_ok(host)
     assert not os.path.lexists(alpha)
     assert _record(host)["early"] == {}
+
+
+def test_a_record_someone_else_may_write_is_not_used(world: World, tmp_path: Path) -> None:
+    """The record names links root removes: in a directory (or a file) another user
+    may write, it would let that user have root remove any of root's symlinks."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    [record] = (host.root / "var/lib/vaultpy").glob("links-*.json")
+    victim = host.root / "etc/victim"
+    victim.parent.mkdir(exist_ok=True)
+    os.symlink("../run/vaultpy/alpha", victim)          # root's, through the live dir
+    data = json.loads(record.read_text())
+    data["normal"]["/etc/victim"] = ["/run/vaultpy", "alpha"]
+    record.write_text(json.dumps(data))
+    os.chown(record.parent, 1000, 1000)
+    proc = run_ok(host, "A")
+    assert "is not a directory of root's that only root may write" in proc.stderr.decode()
+    assert os.path.islink(victim)
+    os.chown(record.parent, 0, 0)
+    os.chmod(record, 0o666)
+    proc = run_ok(host, "A")
+    assert "is not root's alone" in proc.stderr.decode()
+    assert os.path.islink(victim)
+
+
+def test_a_link_placed_by_a_run_killed_before_it_was_recorded_goes_after_a_reboot(
+        world: World, tmp_path: Path) -> None:
+    """The record was written at the end of the run: one killed after placing beta's
+    link (a real SIGKILL as it enters unlink, removing alpha's old one) never recorded
+    it, and a profile dropping it after a reboot left it, dangling, for good.  Every
+    wanted path is recorded before it is placed."""
+    need("strace")
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    edit_profile(host, _move_alphas_path_to_beta)
+    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=unlink,unlinkat",
+           "-e", "inject=unlink,unlinkat:signal=KILL:when=1",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    alpha, beta = host.root / "var/lib/app/alpha", host.root / "var/lib/app/beta"
+    assert os.path.islink(alpha) and os.path.islink(beta)
+    edit_profile(host, lambda data: [e.update(path=None) for e in data["secrets"]])
+    _reboot(host)
+    run_ok(host, "A")
+    assert not os.path.lexists(alpha) and not os.path.lexists(beta)
+    assert _record(host)["normal"] == {}
+
+
+def test_a_profile_with_a_store_of_its_own_keeps_its_own_record(world: World,
+                                                                tmp_path: Path) -> None:
+    """One record for every store: a second profile (its own dir and store) found the
+    first one's links in it, wanted by none of its items, and removed them."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    alpha = host.root / "var/lib/app/alpha"
+    assert os.path.islink(alpha)
+    other = json.loads(host.profile.read_text())
+    other["settings"].update(dir="/run/other", early_dir="/run/other-early",
+                             store="/run/other.d")
+    for entry in other["secrets"]:
+        entry["path"] = None
+    second = host.root / "profile-other.json"
+    second.write_text(json.dumps(other))
+    proc = activate(second, host.root, no_mount=True, systemctl=shutil.which("true"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert os.readlink(alpha) == "../../../run/vaultpy/alpha"
 
 
 def test_an_unwritable_link_record_is_a_warning(world: World, tmp_path: Path) -> None:

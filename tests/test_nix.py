@@ -918,7 +918,7 @@ def test_early_items_order_the_users_script_only_on_classic_nixos(
     assert early["requiredBy"] == ["sysinit-reactivation.target"]
     # Not after local-fs.target: systemd-tmpfiles-setup-dev.service is ordered after
     # sysusers and before local-fs-pre.target, so that order was a cycle at boot.
-    assert "local-fs.target" not in early.get("after", [])
+    assert early["after"] == ["systemd-remount-fs.service"]
     assert early["unitConfig"]["RequiresMountsFor"] == ["/etc/ssh/ssh_host_ed25519_key"]
 
 

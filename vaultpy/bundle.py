@@ -59,12 +59,15 @@ def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool)
         # Not After=local-fs.target: systemd-tmpfiles-setup-dev.service is ordered after
         # systemd-sysusers.service and before local-fs-pre.target, so that order is a
         # cycle, which systemd breaks at boot by dropping a job.  Only the mounts that
-        # hold the host keys are waited for.
+        # hold the host keys are waited for, and / made writable (its links are placed
+        # on disk); a key on a file system mounted after the initrd (a separate /var)
+        # would close the same cycle: early items' keys belong on /.
         keys = [k for k in _str_list(settings.get("identities"))
                 if k.startswith("/") and not any(c.isspace() or c in "%\\" for c in k)]
         return UNIT.format(host=host, what="early secrets (before users exist)",
                            dir=settings["early_dir"],
-                           order="RequiresMountsFor=" + " ".join(keys) if keys else "",
+                           order="After=systemd-remount-fs.service"
+                                 + ("\nRequiresMountsFor=" + " ".join(keys) if keys else ""),
                            before="systemd-sysusers.service sysinit.target",
                            install=INSTALL_DIR, vaultpy=vaultpy, flags=" --early",
                            wanted="sysinit.target systemd-sysusers.service")

@@ -56,6 +56,8 @@ class Context:
     retired: bool = False                   # early_dir removed: no early item is left
     notified: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)   # after the switch: raised last
+    # The on-disk record of links placed, as read once this run (links.linkrecord).
+    link_record: dict[str, dict[str, tuple[str, str]]] | None = None
 
     def host_path(self, path: str) -> Path:
         """A path on the host, under --root."""

@@ -4,18 +4,26 @@ Which links a profile no longer wants is worked out from the previous generation
 manifest (:func:`vaultpy.activate.links.stale_links`), which lives on the ramfs: after
 a reboot there is no previous generation, and a link that the new profile dropped
 (``nixos-rebuild boot``, a bundle copied, then a reboot) would stay, dangling, for
-good.  So each run also writes down the links it placed, with their exact target, in
-:data:`RECORD` on the host's disk (one part for the early run, one for the normal one),
-and the next run removes those no item wants, if each is still root's symlink with
-that very target.
+good.  So the normal run also writes down the links placed, each as the live directory
+it leads through and the item's name, in a record on the host's disk (one file per
+store, under the store's lock; one part for the normal items, one for the early ones),
+and removes those no item wants, each only while it is still root's symlink to that
+very place.
 
-The record holds paths, never a secret.  It is written by temp file + fsync + rename
-under the store's lock; a run that cannot write it (a read-only /var) says so and goes
-on: links are then removed as before, up to the next reboot.
+Only the normal run reads and writes the record: the early run comes before local
+file systems are mounted (or writable), and the normal run, which follows it, keeps
+the early part from the profile.
+
+The record holds paths, never a secret.  It is trusted only in a directory and a file
+of root's that no one else may write; it is written by temp file + fsync + rename, and
+ahead of placing links (a run killed between placing a link and recording it would
+lose it).  A run that cannot write it says so and goes on: links are then removed as
+before, up to the next reboot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -24,62 +32,87 @@ from pathlib import Path
 
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import Context
+from vaultpy.output import ID_RE, path_shape_problem
 
-RECORD = "/var/lib/vaultpy/links.json"
-_VERSION = 1
+DIR = "/var/lib/vaultpy"
+_VERSION = 2
 _MAX = 4 << 20          # bytes: far more than any profile's links
 
-
-def _path(ctx: Context) -> Path:
-    return ctx.host_path(RECORD)
+Links = dict[str, tuple[str, str]]     # path -> (the live dir it leads through, item name)
 
 
-def _part(ctx: Context) -> str:
-    return "early" if ctx.opts.early else "normal"
+def path(ctx: Context) -> Path:
+    """This store's record (two profiles with stores of their own keep two)."""
+    store = ctx.profile.settings.store
+    tag = hashlib.sha256(store.encode()).hexdigest()[:12]
+    return ctx.host_path(DIR) / f"links-{tag}.json"
 
 
-def _load(ctx: Context) -> dict[str, dict[str, str]]:
-    """The whole record (part -> path -> target); empty when absent or unusable."""
+def _private(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _warn(message: str) -> None:
+    print(f"vaultpy activate: warning: {message}", file=sys.stderr)
+
+
+def load(ctx: Context) -> dict[str, Links]:
+    """The record: part ("normal", "early") -> its links; empty when there is none, or
+    when it is not root's alone (then said: someone else could make root remove links)."""
+    where = path(ctx)
     try:
-        data = json.loads(fsutil.read_regular(_path(ctx), follow=False)[0][:_MAX])
-    except (OSError, ValueError):
+        st = os.lstat(where.parent)
+        if not stat.S_ISDIR(st.st_mode):
+            return {}                   # (write says so)
+        if not _private(st):
+            _warn(f"{where.parent} is not a directory of root's that only root may write: "
+                  "the record of links in it is not used")
+            return {}
+        raw, st = fsutil.read_regular(where, follow=False)
+    except OSError:             # none yet (a first run), or unreadable: none
+        return {}
+    if not _private(st):
+        _warn(f"{where} is not root's alone: the record of links is not used")
+        return {}
+    try:
+        data = json.loads(raw[:_MAX])
+    except ValueError:
         return {}
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         return {}
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, Links] = {}
     for part in ("early", "normal"):
         links = data.get(part)
-        if isinstance(links, dict):
-            out[part] = {p: t for p, t in links.items()
-                         if isinstance(p, str) and p.startswith("/") and isinstance(t, str)}
+        if not isinstance(links, dict):
+            continue
+        out[part] = {p: (v[0], v[1]) for p, v in links.items()
+                     if isinstance(p, str) and path_shape_problem(p) is None
+                     and isinstance(v, list) and len(v) == 2
+                     and isinstance(v[0], str) and path_shape_problem(v[0]) is None
+                     and isinstance(v[1], str) and ID_RE.fullmatch(v[1])}
     return out
 
 
-def recorded(ctx: Context, early: bool | None = None) -> dict[str, str]:
-    """The links this run's part of the record holds (``early``: that part): path ->
-    the target each was placed with."""
-    part = _part(ctx) if early is None else ("early" if early else "normal")
-    return _load(ctx).get(part, {})
-
-
-def write(ctx: Context, links: dict[str, str], early: bool | None = None) -> None:
-    """Replace this run's part of the record (``early``: that part) with ``links``.
-    Not written when nothing changes; a failure is logged, never raised."""
-    part = _part(ctx) if early is None else ("early" if early else "normal")
-    whole = _load(ctx)
-    if whole.get(part, {}) == links and (links or _path(ctx).exists()):
-        return
-    whole[part] = dict(sorted(links.items()))
-    path = _path(ctx)
+def write(ctx: Context, record: dict[str, Links], old: dict[str, Links]) -> bool:
+    """Replace the record ``old`` (as :func:`load` read it) with ``record``, unless they
+    are the same.  A failure is said, never raised: False."""
+    where = path(ctx)
+    if all(record.get(p, {}) == old.get(p, {}) for p in ("early", "normal")):
+        return True
+    doc = {"version": _VERSION,
+           **{part: {p: list(v) for p, v in sorted(record.get(part, {}).items())}
+              for part in ("early", "normal")}}
     try:
-        fsutil.makedirs(path.parent, 0o700)
-        st = os.lstat(path.parent)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise OSError(f"{path.parent} is not a directory of root's")
-        fsutil.atomic_write(path, (json.dumps({"version": _VERSION, **whole}, indent=1)
-                                   + "\n").encode(), 0o600)
+        fsutil.makedirs(where.parent.parent, 0o755)
+        if not os.path.lexists(where.parent):
+            fsutil.mkdir_exact(where.parent, 0o700)
+        st = os.lstat(where.parent)
+        if not stat.S_ISDIR(st.st_mode) or not _private(st):
+            raise OSError(f"{where.parent} is not a directory of root's that only root "
+                          "may write")
+        fsutil.atomic_write(where, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"vaultpy activate: warning: cannot record the links placed in {path} "
-              f"({reason}): a link a later profile drops is removed only until the next "
-              "reboot", file=sys.stderr)
+        _warn(f"cannot record the links placed in {where} ({exc.strerror or exc}): a link "
+              "a later profile drops is removed only until the next reboot")
+        return False
+    return True

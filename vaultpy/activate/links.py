@@ -166,12 +166,17 @@ def _target(ctx: Context, fd: int, path: str, name: str, early: bool | None = No
     really is."""
     early = ctx.opts.early if early is None else early
     dir_path = ctx.profile.settings.early_dir if early else ctx.profile.settings.dir
+    return _target_at(ctx, fd, path, dir_path, name)
+
+
+def _target_at(ctx: Context, fd: int, path: str, dir_path: str, name: str) -> str:
+    """A link at ``path`` (its parent open as ``fd``) to ``name`` in the live directory
+    ``dir_path``, relative to where the link really is."""
     parent = _real_parent(ctx, fd, str(PurePosixPath(path).parent))
     return os.path.relpath(PurePosixPath(dir_path) / name, parent)
 
 
-def _place(ctx: Context, path: str, name: str) -> str:
-    """Link ``path`` to item ``name``; the link's target."""
+def _place(ctx: Context, path: str, name: str) -> None:
     base = PurePosixPath(path).name
     fd = open_parent(ctx, path, create=True)
     try:
@@ -194,7 +199,6 @@ def _place(ctx: Context, path: str, name: str) -> str:
                 os.unlink(tmp, dir_fd=fd)
             raise
         os.fsync(fd)
-        return target
     finally:
         os.close(fd)
 
@@ -256,16 +260,6 @@ def stale_links(ctx: Context) -> dict[str, str]:
             if path not in wanted}
 
 
-def forgotten_links(ctx: Context) -> dict[str, str]:
-    """The links this run's part of the on-disk record holds that no item wants and
-    no previous generation names (it was lost with the ramfs, at a reboot): path ->
-    the target each was placed with (:mod:`linkrecord`)."""
-    wanted = {i.out.path for i in ctx.items() if i.out.path}
-    stale = stale_links(ctx)
-    return {path: target for path, target in linkrecord.recorded(ctx).items()
-            if path not in wanted and path not in stale}
-
-
 def _placed_by(gen: Path) -> dict[str, str]:
     """The links generation ``gen`` placed, or owed removing (path -> item name)."""
     try:
@@ -302,9 +296,9 @@ def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None)
         os.close(fd)
 
 
-def _unlink_recorded(ctx: Context, path: str, target: str) -> None:
-    """Remove a link the record holds, only if it is still root's symlink to
-    ``target``, the very text it was placed with."""
+def _unlink_recorded(ctx: Context, path: str, dir_path: str, name: str) -> None:
+    """Remove a link the record holds, only if it is still root's symlink to ``name``
+    in the live directory ``dir_path``, as it was placed."""
     try:
         fd = open_parent(ctx, path, create=False)
     except (FileNotFoundError, VaultpyError):
@@ -313,7 +307,8 @@ def _unlink_recorded(ctx: Context, path: str, target: str) -> None:
         base = PurePosixPath(path).name
         st = os.stat(base, dir_fd=fd, follow_symlinks=False)
         if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
-                and os.readlink(base, dir_fd=fd) == target):
+                and os.readlink(base, dir_fd=fd) == _target_at(ctx, fd, path, dir_path,
+                                                               name)):
             os.unlink(base, dir_fd=fd)
             os.fsync(fd)
     except OSError as exc:
@@ -321,6 +316,43 @@ def _unlink_recorded(ctx: Context, path: str, target: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _record(ctx: Context) -> dict[str, linkrecord.Links]:
+    """The on-disk record, read once a run; the early run has none (its own)."""
+    if ctx.opts.early:
+        return {}
+    if ctx.link_record is None:
+        ctx.link_record = linkrecord.load(ctx)
+    return ctx.link_record
+
+
+def _forgotten(ctx: Context, record: dict[str, linkrecord.Links]) -> linkrecord.Links:
+    """The links the record's normal part holds that no item wants and no previous
+    generation names (it was lost with the ramfs, at a reboot)."""
+    wanted = {i.out.path for i in ctx.items() if i.out.path}
+    stale = stale_links(ctx)
+    return {p: v for p, v in record.get("normal", {}).items()
+            if p not in wanted and p not in stale}
+
+
+def _sync_early(ctx: Context, old: linkrecord.Links) -> linkrecord.Links:
+    """(The normal run) the early part of the record: the profile's early items' links;
+    each old one no early item wants any more (dropped across a reboot: no early
+    generation names it) is removed first, while still root's link through
+    ``early_dir``.  One that cannot be removed stays in the record."""
+    early_dir = ctx.profile.settings.early_dir
+    want = {i.out.path: (early_dir, i.name)
+            for i in ctx.profile.installed(early=True) if i.out.path}
+    left = dict(want)
+    for path, (dir_path, name) in sorted(old.items()):
+        if want.get(path) == (dir_path, name):
+            continue
+        before = len(ctx.problems)
+        _attempt(ctx, path, "remove the old link", _unlink_recorded, dir_path, name)
+        if len(ctx.problems) != before and path not in left:
+            left[path] = (dir_path, name)   # the next run tries again
+    return left
 
 
 def _below_any(path: str, above: Collection[str]) -> bool:
@@ -337,7 +369,7 @@ def check_paths(ctx: Context) -> None:
     for it to replace (:func:`_check_replaceable`) is reported then, and stops no
     other secret going live."""
     problems: list[Problem] = []
-    stale = {*stale_links(ctx), *forgotten_links(ctx)}
+    stale = {*stale_links(ctx), *_forgotten(ctx, _record(ctx))}
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
         if _below_any(path, stale):
             continue        # below a link of ours no item wants: link_paths removes it first
@@ -377,35 +409,43 @@ def link_paths(ctx: Context) -> None:
         for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
         return
-    forgotten = forgotten_links(ctx)
-    kept: dict[str, str] = {}       # the record's links, placed now or not removed
+    # The on-disk record (linkrecord): the normal run's alone.  Every wanted path is
+    # written to it before it is placed.
+    record = _record(ctx)
+    live = ctx.profile.settings.dir
+    forgotten = _forgotten(ctx, record)
+    ahead = {**record.get("normal", {}), **{p: (live, n) for p, n in wanted.items()}}
+    writable = ctx.opts.early or linkrecord.write(ctx, {**record, "normal": ahead}, record)
+    gone: set[str] = set()          # old links removed (or found gone)
 
-    def place(ctx: Context, path: str, name: str) -> None:
-        kept[path] = _place(ctx, path, name)
-
-    def unlink_recorded(ctx: Context, path: str, target: str) -> None:
-        kept[path] = target             # until it is gone
-        _unlink_recorded(ctx, path, target)
-        del kept[path]
+    def remove(path: str, fn: Callable[..., None], *args: object) -> None:
+        before = len(ctx.problems)
+        _attempt(ctx, path, "remove the old link", fn, *args)
+        if len(ctx.problems) == before:
+            gone.add(path)
 
     # An old link in the way of a new path (an item moved from /x to /x/y): first.
     for path, old_name in sorted(stale_links(ctx).items()):
         if any(_below_any(w, {path}) for w in wanted):
-            _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
-    first = {path for path in forgotten if any(_below_any(w, {path}) for w in wanted)}
-    for path in sorted(first):
-        _attempt(ctx, path, "remove the old link", unlink_recorded, forgotten[path])
+            remove(path, _unlink_stale, old_name)
+    for path, (dir_path, name) in sorted(forgotten.items()):
+        if any(_below_any(w, {path}) for w in wanted):
+            remove(path, _unlink_recorded, dir_path, name)
     for path, name in sorted(wanted.items()):
-        _attempt(ctx, path, "link", place, name)
+        _attempt(ctx, path, "link", _place, name)
     failed = len(ctx.problems)
     for path, old_name in sorted(stale_links(ctx).items()):
-        _attempt(ctx, path, "remove the old link", _unlink_stale, old_name)
-    for path, target in sorted(forgotten.items()):
-        if path not in first:
-            _attempt(ctx, path, "remove the old link", unlink_recorded, target)
+        if path not in gone:
+            remove(path, _unlink_stale, old_name)
+    for path, (dir_path, name) in sorted(forgotten.items()):
+        if path not in gone:
+            remove(path, _unlink_recorded, dir_path, name)
     if len(ctx.problems) == failed:         # else the next run tries them again
         _attempt(ctx, str(ctx.generation), "record the links", _mark_linked)
-    linkrecord.write(ctx, kept)
+    if not ctx.opts.early and writable:
+        after = {"normal": {p: v for p, v in ahead.items() if p in wanted or p not in gone},
+                 "early": _sync_early(ctx, record.get("early", {}))}
+        linkrecord.write(ctx, after, {**record, "normal": ahead})
     if wanted:
         ctx.log("link_paths", f"{len(wanted)} path(s)")
 
@@ -417,7 +457,6 @@ def retire_early(ctx: Context) -> None:
     ``early_dir`` are removed, then ``early_dir`` itself, and :func:`prune` treats the
     generation as any old one (sealed, then removed).  A run killed part way leaves the
     rest to the next."""
-    _forget_early(ctx)
     gen = retiring(ctx)
     if gen is None:
         return
@@ -434,23 +473,6 @@ def retire_early(ctx: Context) -> None:
     if len(ctx.problems) == failed:
         ctx.retired = True
         ctx.log("retire_early", f"removed {link}: no early item is left")
-
-
-def _forget_early(ctx: Context) -> None:
-    """No early item left: the early part of the on-disk record goes, with each of its
-    links still root's symlink to the target it was placed with (one placed before a
-    reboot has no early generation left to name it)."""
-    if ctx.opts.early or ctx.opts.dry_run or ctx.profile.installed(early=True):
-        return
-    old = linkrecord.recorded(ctx, early=True)
-    left: dict[str, str] = {}
-    for path, target in sorted(old.items()):
-        failed = len(ctx.problems)
-        _attempt(ctx, path, "remove the old link", _unlink_recorded, target)
-        if len(ctx.problems) != failed:
-            left[path] = target         # the next run tries again
-    if old:
-        linkrecord.write(ctx, left, early=True)
 
 
 def retiring(ctx: Context) -> Path | None:
