@@ -689,6 +689,24 @@ def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tm
     assert "root@legacy) looks like a host key but becomes a master recipient" in err, err
 
 
+def test_an_rsa_host_key_on_some_secrets_is_named_not_dropped_silently(agenix, nix_env,
+                                                                       tmp_path):
+    """An ssh-rsa key whose comment names a host, on one secret, was left out of the
+    master recipients without a word (no vaultpy host takes it either)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
+                    "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
+    rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
+    text = agenix.secrets_nix.read_text()
+    agenix.secrets_nix.write_text(text.replace('"api-token.age".publicKeys = [',
+                                               f'"api-token.age".publicKeys = [ "{rsa_pub}"'))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
+              "-i", str(agenix.operator), cwd=repo, env=nix_env)
+    line = next(ln for ln in proc.stderr.decode().splitlines() if "root@legacy" in ln)
+    assert "could open 1 of 4 secrets (api-token)" in line, line
+
+
 def test_host_keys_left_unnamed_are_refused_as_master_recipients(agenix, nix_env,
                                                                   tmp_path):
     """Keys agenix lists that no host option names become the master recipients.  An

@@ -377,7 +377,10 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
     every = set(plan.secrets)
     plan.default_recipients = [k for n, k in users.items() if opens[n] >= every]
     for norm, key in users.items():
-        if not opens[norm] >= every and _COMMENT_HOST.fullmatch(_comment(key)) is None:
+        # (an ssh-ed25519 key named like a host's is refused below, not only warned of)
+        host_ed25519 = (_COMMENT_HOST.fullmatch(_comment(key)) is not None
+                        and key.startswith(age.SSH_ED25519))
+        if not opens[norm] >= every and not host_ed25519:
             some = sorted(opens[norm])
             shown_ids = ", ".join(some[:3]) + (", …" if len(some) > 3 else "")
             plan.default_warnings.append(
@@ -410,8 +413,8 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
     if hosts_like:
         more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
         plan.default_refused = Problem(
-            shown, f"{_short(hosts_like[0])}{more} look like host keys, and would become "
-            "master recipients, able to decrypt every secret",
+            shown, f"{_short(hosts_like[0])}{more} look like host keys that no host option "
+            "names (a master recipient can decrypt every secret)",
             "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
             "--host-key NAME=KEY; or, if they are operators' keys, choose the master "
             "recipients with --recipient KEY")
@@ -777,6 +780,7 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
         if k.kind == "x25519":
             publics.append(str(k.key.to_public()))
     if publics:
+        plan.warnings.extend(plan.default_warnings)     # (the keys left out of them)
         return publics, "the X25519 identity given with -i"
     none_all = (f"; no key in {plan.source} could open every secret"
                 if plan.default_warnings else "")
