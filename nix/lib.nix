@@ -22,6 +22,20 @@ let
 
   toList = x: if isList x then x else [ x ];
 
+  # vaultpy/output.py path_shape_problem: absolute and normalised, no control
+  # character, names of at most 255 bytes and the whole at most 4095.
+  isAbsPath = p: isString p
+    && builtins.match "(/([^/.[:cntrl:]][^/[:cntrl:]]*|[.][^/.[:cntrl:]][^/[:cntrl:]]*|[.][.][^/[:cntrl:]]+))+" p != null
+    && stringLength p <= 4095
+    && builtins.all (n: stringLength n <= 255) (filter isString (split "/" p));
+
+  # [hosts.<name>] identities, as vaultpy/model.py checks it; `bad where msg` throws.
+  checkedIdentities = bad: where: v:
+    if !(isList v) || v == [ ] then bad where "expected a non-empty list of key paths"
+    else let wrong = filter (p: !(isAbsPath p)) v; in
+      if wrong != [ ] then bad where "invalid path ${builtins.toJSON (head wrong)}: give the absolute path of the host's private key file"
+      else v;
+
   cacheHash = { secretFile, recipients }:
     hashString "sha256"
       (hashFile "sha256" secretFile + "\n"
@@ -180,11 +194,9 @@ let
     mkProfile {
       inherit host;
       # [hosts.<name>] identities: the host's private key files (else sshd's ed25519 key)
-      settings = if h ? identities then {
-        identities = if isList h.identities && h.identities != [ ]
-          then h.identities
-          else bad "${hw}.identities" "expected a non-empty list of key paths";
-      } else { };
+      settings = if h ? identities
+        then { identities = checkedIdentities bad "${hw}.identities" h.identities; }
+        else { };
       secrets = map secretEntry needed;
       templates = map templateEntry (attrNames tmpls);
     };
@@ -217,6 +229,6 @@ let
     };
 in
 {
-  inherit cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit checkedIdentities isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode;
 }

@@ -100,7 +100,7 @@ let
   secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
       groupGiven = groupGivenOption options;
-      path = pathAt config.outPath;
+      path = pathAt (if validId config.name then config.outPath else null);
       pathGiven = mkOption {
         type = types.bool;
         internal = true;
@@ -141,7 +141,7 @@ let
   templateType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
       groupGiven = groupGivenOption options;
-      path = pathAt config.outPath;
+      path = pathAt (if validId name then config.outPath else null);
       content = mkOption {
         type = types.str;
         description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
@@ -241,7 +241,8 @@ let
     {
       pubkey = h.pubkey or (bad "${hw}.pubkey"
         "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
-      identities = h.identities or null;
+      identities = if h ? identities
+        then vlib.checkedIdentities bad "${hw}.identities" h.identities else null;
       cacheRoot = resolve (top.cache_dir or "secrets/cache");
       secretsDir = resolve (top.secrets_dir or "secrets");
       secrets = builtins.listToAttrs (map
@@ -329,8 +330,11 @@ let
     || (config.services.userborn.enable or false);
   # A user's password file that is a secret installed after users are created: the
   # users of a boot would read it before it exists (it must be early).
-  lateSecretAt = builtins.listToAttrs (lib.mapAttrsToList (id: v:
-    { name = v.path; value = id; }) (filterAttrs (_: v: v.install && !v.early) cfg.secrets));
+  # (by `path` or by `outPath`: both name the file; a null path names nothing)
+  lateSecretAt = builtins.listToAttrs (concatMap (id:
+    let v = cfg.secrets.${id}; in map (p: { name = p; value = id; })
+      (builtins.filter builtins.isString (lib.unique [ v.path v.outPath ])))
+    (attrNames (filterAttrs (_: v: v.install && !v.early && validId v.name) cfg.secrets)));
   latePasswordFiles = concatMap (u:
     let v = config.users.users.${u}; in
     concatMap (f: let file = v.${f} or null; in
@@ -441,9 +445,16 @@ in
           (if s.hostPubkey == null then [ ] else recipients)
         ++ optionals (s.hostPubkey != null && s.cacheRoot != null && builtins.all keyShape recipients)
           (lib.mapAttrsToList (id: spec: {
-            assertion = validId id -> builtins.pathExists (cachePath id spec);
-            message = "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file)";
+            assertion = validId id && builtins.pathExists spec.file
+              -> builtins.pathExists (cachePath id spec);
+            # (a message is evaluated for a passing assertion too: it must not read a
+            # master that is missing, which has an assertion of its own)
+            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file)";
           }) cfg.secrets)
+        ++ lib.mapAttrsToList (id: spec: {
+            assertion = false;
+            message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${id}.file"; })
+          (filterAttrs (_: spec: !(builtins.pathExists spec.file)) cfg.secrets)
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
             assertion = false;
             message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }

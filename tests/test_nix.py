@@ -939,6 +939,15 @@ HOSTS_TOML_ERRORS = {
     "decimal-mode": (_DEMO_TOML.replace('mode = "0440"', "mode = 440"),
                      'hosts.web1.secrets.api_token.mode: mode = 440 is a decimal number '
                      '(0o670); write it as a string "0440"'),
+    # (the module put a relative key path in the profile, which `vaultpy check` refuses)
+    "identities-relative": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY
+                                               + '\nidentities = ["keys/web1.key"]'),
+                            'hosts.web1.identities: invalid path "keys/web1.key"'),
+    "identities-string": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY
+                                             + '\nidentities = "/etc/web1.key"'),
+                          "hosts.web1.identities: expected a non-empty list of key paths"),
+    "identities-empty": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY + "\nidentities = []"),
+                         "hosts.web1.identities: expected a non-empty list of key paths"),
     "missing-master": (_DEMO_TOML.replace("[hosts.web1.secrets.api_token]",
                                           "[hosts.web1.secrets.nope]\n"
                                           "[hosts.web1.secrets.api_token]"),
@@ -1087,6 +1096,17 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "early-password-hash": {**_base_secret(rich, early=True), "users": {"users": {
             "alice": {"hashedPasswordFile": "/run/vaultpy-early/db_password"}}}},
         "name-with-slash": _base_secret(rich, name="nginx/cert"),
+        # path = null, and a user whose password file is another file: evaluation
+        # stopped at "value is null while a string was expected".
+        "null-path-and-a-password-file": {**_base_secret(rich, path=None), "users": {
+            "users": {"alice": {"hashedPasswordFile": "/etc/alice.hash"}}}},
+        "late-password-hash-by-out-path": {**_base_secret(rich, path="/etc/db.pw"),
+                                           "users": {"users": {"alice": {
+                                               "hashedPasswordFile":
+                                                   "/run/vaultpy/db_password"}}}},
+        "name-dot-dot": _base_secret(rich, name=".."),
+        "master-missing": {"vaultpy": {**base["vaultpy"], "secrets": {
+            "nope": {"file": Raw(f"{nix_value(master.parent)} + \"/nope.age\"")}}}},
     }
 
 
@@ -1110,6 +1130,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     assert assertion_results["early-numeric-ids"] == []
     assert assertion_results["sibling-paths"] == []
     assert assertion_results["early-password-hash"] == []
+    assert assertion_results["null-path-and-a-password-file"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1154,6 +1175,12 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                             "secret db_password's path", "installed after users are created",
                             "vaultpy.secrets.db_password.early = true"]),
     ("name-with-slash", ['secret db_password: name "nginx/cert" is invalid', "letters"]),
+    # (the path type check failed first, blaming module.nix)
+    ("name-dot-dot", ['secret db_password: name ".." is invalid']),
+    ("late-password-hash-by-out-path", ["users.users.alice.hashedPasswordFile is "
+                                        "/run/vaultpy/db_password", "early = true"]),
+    ("master-missing", ["secret nope: master file", "/nope.age does not exist",
+                        "vaultpy edit nope"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:
