@@ -17,6 +17,7 @@ Layout of every test root (a copy of one module-wide template)::
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -27,6 +28,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -1347,6 +1349,53 @@ def test_a_profile_with_a_store_of_its_own_keeps_its_own_record(world: World,
     proc = activate(second, host.root, no_mount=True, systemctl=shutil.which("true"))
     assert proc.returncode == 0, proc.stderr.decode()
     assert os.readlink(alpha) == "../../../run/vaultpy/alpha"
+
+
+@pytest.mark.parametrize("entry", ["vaultpy activate", "vaultpy-activate"])
+def test_a_stderr_that_cannot_be_written_stops_no_activation(world: World, tmp_path: Path,
+                                                             entry: str) -> None:
+    """Activation logs each step to stderr: with stderr on a full disk (/dev/full) the
+    first log line failed the run (exit 1, "cannot decrypt secrets: No space left on
+    device"), or exited 70 after the switch.  Logging is best effort."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    cmd = activate_cmd(profile_of(host, "B"), host.root, systemctl=shutil.which("true"))
+    if entry == "vaultpy-activate":
+        cmd = [sys.executable, "-m", "vaultpy.activate.main", *cmd[4:]]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=full, env=vaultpy_env(),
+                              cwd=ROOT, timeout=120)
+    assert proc.returncode == 0
+    gen = live_gen(host)
+    assert gen is not None and gen.name == "2"
+
+
+def test_a_previous_manifest_that_cannot_be_read_for_now_is_no_manifest_naming_nothing(
+        world: World, tmp_path: Path) -> None:
+    """links._placed_by took any OSError reading the previous generation's manifest
+    (EMFILE, EIO) as "it names no link": the links it named were then owed by no one,
+    and stayed for good.  A failure for now is raised; a manifest that is not there, or
+    not vaultpy's, still names none.  (A real EMFILE: RLIMIT_NOFILE at the fds open.)"""
+    import resource
+
+    from vaultpy.activate import links
+
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    gen = live_gen(host)
+    assert gen is not None
+    assert links._placed_by(gen) == {"/var/lib/app/alpha": "alpha"}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)      # the next open's descriptor
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            links._placed_by(gen)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert err.value.errno == errno.EMFILE
+    assert links._placed_by(tmp_path / "no-such-generation") == {}
 
 
 def test_an_unwritable_link_record_is_a_warning(world: World, tmp_path: Path) -> None:

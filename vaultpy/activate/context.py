@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -83,7 +84,10 @@ class Context:
 
     def log(self, step: str, message: str) -> None:
         if not self.opts.quiet:
-            print(f"vaultpy activate: {step}: {message}", file=sys.stderr)
+            # Best effort: a stderr that cannot be written (a full disk, a reader gone)
+            # must not stop, or fail, the activation it tells of.
+            with contextlib.suppress(OSError, ValueError):
+                print(f"vaultpy activate: {step}: {message}", file=sys.stderr, flush=True)
 
 
 def read_link_generation(link: Path) -> Path | None:

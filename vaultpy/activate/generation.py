@@ -3,6 +3,7 @@ store, and the live symlink that points at one of them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -102,12 +103,20 @@ def _write_manifest(ctx: Context) -> None:
                        "unlink": sorted(list(p) for p in links.stale_links(ctx).items())},
                       sort_keys=True).encode()
     assert ctx.generation_fd is not None
-    fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+    # Under a temp name, renamed whole: a run killed as it wrote left a manifest cut
+    # short (or empty) that made the generation count as finished.
+    tmp = f".{MANIFEST}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=ctx.generation_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o400, dir_fd=ctx.generation_fd)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+    os.rename(tmp, MANIFEST, src_dir_fd=ctx.generation_fd, dst_dir_fd=ctx.generation_fd)
 
 
 def switch(ctx: Context) -> None:

@@ -262,15 +262,26 @@ def stale_links(ctx: Context) -> dict[str, str]:
 
 def _placed_by(gen: Path) -> dict[str, str]:
     """The links generation ``gen`` placed, or owed removing (path -> item name)."""
+    # A manifest that is not there, or not one vaultpy wrote, names no link.  A read
+    # that failed for now (EMFILE, EIO) is raised: taken as naming none, the links it
+    # names were owed by no one, and stayed for good.
     try:
         data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
         old = {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
         if not (gen / LINKED).exists():
             for path, name in data.get("unlink", []):
                 old.setdefault(str(path), str(name))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except OSError as exc:
+        if exc.errno in _FOR_NOW:
+            raise
+        return {}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return old
+
+
+_FOR_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EINTR,
+                      errno.EAGAIN})
 
 
 def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None) -> None:

@@ -9,6 +9,7 @@ problems in the same one-line form.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaultpy-activate: internal error: {type(exc).__name__}: {exc} (set "
               "VAULTPY_DEBUG=1 for details and please report it)", file=sys.stderr)
         return 70
-    for line in summary(ctx):
-        print(line, file=sys.stderr)
+    # Best effort, as every line the steps logged: the activation is done.
+    with contextlib.suppress(OSError, ValueError):
+        for line in summary(ctx):
+            print(line, file=sys.stderr, flush=True)
     return 0
 
 
