@@ -654,3 +654,21 @@ def test_a_broken_hosts_toml_symlink_and_a_wrong_c_file_are_named_for_what_they_
     proc = repo.run("-C", str(master), "check")
     assert_one_clean_error(proc, "not UTF-8 text", "-C/--repo takes the repository's "
                            "directory or its hosts.toml")
+
+
+def test_an_output_that_cannot_be_written_is_no_internal_error(make_repo) -> None:
+    """renc > /dev/full exited 70, "internal error … please report it", though the
+    cache was complete; rotate 2>/dev/full exited 1 though the secret was rotated.
+    A failure to write stdout is one line (on stderr, if it can be written) and exit
+    74; what the command did stands."""
+    repo: Repo = make_repo(hosts=2, secrets={"a": b"x", "b": b"y"})
+    env = {**os.environ, **repo.env, "NO_COLOR": "1", "VAULTPY_NO_MEMO": "1"}
+    env.pop("VAULTPY_DEBUG", None)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "vaultpy", "renc"], stdout=full,
+                              stderr=subprocess.PIPE, cwd=repo.root, env=env, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode == 74, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert "cannot write the output (No space left on device)" in err, err
+    repo.ok("check")                            # the cache is complete

@@ -9,6 +9,7 @@ and exit 1; usage errors exit 2; nothing here ever shows a traceback unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -616,8 +617,9 @@ def activate(
     ctx = run(Options(profile=profile, root=root, no_mount=no_mount, dry_run=dry_run,
                       early=early, systemctl=systemctl, keep=keep, jobs=jobs,
                       regular_profile=regular_profile))
-    for line in summary(ctx):
-        _err().print(line, markup=False)
+    with contextlib.suppress(OSError, ValueError):     # the activation is done
+        for line in summary(ctx):
+            _err().print(line, markup=False)
 
 
 @app.command()
@@ -855,6 +857,16 @@ def _app_for(argv: list[str]) -> typer.Typer:
     return one
 
 
+def _output_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure to write stdout or stderr: an OSError of the kind
+    writes give that names no file (vaultpy's own file errors all name theirs)."""
+    import errno
+
+    return (isinstance(exc, OSError) and exc.filename is None
+            and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG,
+                              errno.EBADF))
+
+
 def main() -> None:
     """Entry point: map every failure to one readable line and an exit code."""
     if sys.argv[1:] == ["--version"]:
@@ -864,6 +876,7 @@ def main() -> None:
         # Not standalone: usage errors come here (see _usage_error), and an exit code
         # (typer.Exit, --help) is returned rather than raised.
         code = _app_for(sys.argv[1:])(prog_name="vaultpy", standalone_mode=False)
+        sys.stdout.flush()      # here, where a failure to write is handled below
         if isinstance(code, int) and not isinstance(code, bool) and code:
             sys.exit(code)      # (130, typer's Ctrl-C, is reported below)
     except typer.Abort:         # end of input at a prompt
@@ -888,6 +901,16 @@ def main() -> None:
         if _is_usage_error(exc):
             _usage_error(exc)
             sys.exit(getattr(exc, "exit_code", 2))
+        if isinstance(exc, OSError) and _output_error(exc):
+            # stdout or stderr cannot be written (> /dev/full, a full disk): what the
+            # command did stands; only its report is lost.  Not an internal error.
+            with contextlib.suppress(OSError, ValueError):
+                os.write(2, f"vaultpy: cannot write the output ({exc.strerror}); what the "
+                            "command did is not undone: vaultpy check or status tells "
+                            "where things are\n".encode())
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(74)            # EX_IOERR
         if os.environ.get("VAULTPY_DEBUG"):
             raise
         _err().print(f"vaultpy: internal error: {type(exc).__name__}: {exc} (set "
