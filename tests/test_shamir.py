@@ -335,3 +335,50 @@ def test_a_killed_splits_leftovers_are_named_with_what_to_do(tmp_path):
     assert f"{temps[0]}: a share a killed split left half placed (it holds a whole share); " \
            "delete it (shred -u)" in err, err
     assert "interrupted split left can still rebuild the key" in err, err
+
+
+def test_a_combine_killed_after_its_link_leaves_no_copy_of_the_key(tmp_path):
+    """A real SIGKILL as combine linked the rebuilt key into place (before it unlinked
+    the temp name) left .rebuilt.txt.vaultpy-tmp-…, the master key, which nothing
+    removed: the next write of that file removes it."""
+    need("strace")
+    ident, _public = age_keygen(tmp_path, "master.txt")
+    out = tmp_path / "s"
+    assert run("identity", "split", "-t", "2", "-n", "3", "-o", str(out), "-i", str(ident),
+               cwd=tmp_path).returncode == 0
+    dest = tmp_path / "keys" / "rebuilt.txt"
+    dest.parent.mkdir()
+    killed = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=link,linkat",
+         "-e", "inject=link,linkat:signal=KILL:when=1", sys.executable, "-m", "vaultpy",
+         "identity", "combine", str(out), "--output", str(dest)],
+        cwd=tmp_path, capture_output=True, env={**os.environ, "NO_COLOR": "1"}, timeout=120)
+    if killed.returncode != 0 and b"ptrace" in killed.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert killed.returncode == -9, killed.stderr.decode()
+    assert [p.name for p in dest.parent.iterdir() if ".vaultpy-tmp-" in p.name], "a leftover"
+    proc = run("identity", "combine", str(out), "--output", str(dest), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["rebuilt.txt"]
+    assert key_line(dest) == key_line(ident)
+
+
+def test_a_split_whose_directory_sync_fails_leaves_no_share(tmp_path):
+    """All shares or none: an error after a share's link (the directory's fsync, here a
+    real EIO injected by strace) left that share on disk, and the rerun refused ("a share
+    file is already there"); with a threshold of 1 that share is the whole key."""
+    need("strace")
+    ident, _public = age_keygen(tmp_path, "master.txt")
+    out = tmp_path / "s"
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+         "-e", "inject=fsync:error=EIO:when=2", sys.executable, "-m", "vaultpy",
+         "identity", "split", "-t", "2", "-n", "3", "-o", str(out), "-i", str(ident)],
+        cwd=tmp_path, capture_output=True, env={**os.environ, "NO_COLOR": "1"}, timeout=120)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert not out.exists() or list(out.iterdir()) == []
+    again = run("identity", "split", "-t", "2", "-n", "3", "-o", str(out), "-i", str(ident),
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()

@@ -279,6 +279,7 @@ class Journal:
                 "retired": self.retired, "masters": self.masters}
 
     def write_header(self) -> None:
+        fsutil.remove_leftovers([self.path])      # a killed write's temp file
         fsutil.atomic_write(self.path, (json.dumps(self.header()) + "\n").encode(), 0o600)
 
     def append(self, entry: dict[str, Any]) -> None:
@@ -455,6 +456,10 @@ def _resume_identity(journal: Journal) -> list[age.Identity]:
             raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")
                                ) from None
         _write_identity(path, line, public)
+    # Killed after linking the identity into place, before unlinking its temp name:
+    # a second name for the new master key, which nothing else removes.
+    with contextlib.suppress(OSError):
+        fsutil.remove_leftovers([path])
     keys = age.load_identity_file(path)
     if journal.new_recipient not in _x25519_publics(keys):
         raise fail(path, "is not the identity this rotation started with (its public key "

@@ -93,6 +93,9 @@ def create_new(path: Path, data: bytes, mode: int = 0o644, *, exact_mode: bool =
     the umask."""
     tmp = tmp_name(path)
     with sigint.held():             # a Ctrl-C cannot come between the temp file and its end
+        # A writer of ``path`` killed before it unlinked its temp file left it (a whole
+        # private key, for an identity), which nothing else would ever remove.
+        remove_leftovers([path])
         try:
             write_new(tmp, data, mode)
             if exact_mode:
