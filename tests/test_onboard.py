@@ -23,7 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Repo, age_decrypt, assert_one_clean_error, need, ssh_keygen
+from conftest import (
+    Repo,
+    age_decrypt,
+    assert_one_clean_error,
+    need,
+    ssh_keygen,
+    vaultpy_argv,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,6 +116,40 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
 
 
 # --------------------------------------------------------------------------- add
+
+def test_an_error_after_hosts_toml_is_replaced_says_it_is_updated(make_repo,
+                                                                  tmp_path: Path) -> None:
+    """An EIO (injected by strace) on the fsync of hosts.toml's directory, after its
+    rename: host add said "hosts.toml: cannot write …", and its rerun failed with
+    "host 'web9' already exists", renc never having run."""
+    need("strace")
+    repo = make_repo(hosts=1, secrets={"alpha": b"alpha-secret\n"})
+    repo.ok("renc")
+    key, pub = ssh_keygen(tmp_path, "web9", comment="root@web9")
+    env = {**os.environ, **repo.env, "NO_COLOR": "1"}
+    env.pop("VAULTPY_DEBUG", None)
+    for n in range(1, 8):           # the fsync of the directory, whichever number it is
+        before = (repo.root / "hosts.toml").read_text()
+        proc = subprocess.run(
+            ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+             "-e", f"inject=fsync:error=EIO:when={n}", *vaultpy_argv("host", "add", "web9",
+                                                                    "--pubkey", pub,
+                                                                    "--secrets", "alpha")],
+            cwd=repo.root, capture_output=True, env=env, timeout=120)
+        if proc.returncode != 0 and b"ptrace" in proc.stderr:
+            pytest.skip("ptrace not permitted here")
+        err = proc.stderr.decode()
+        if (repo.root / "hosts.toml").read_text() != before:
+            break
+    else:
+        pytest.fail("no injected fsync error came after hosts.toml's rename")
+    assert proc.returncode == 1, err
+    assert_one_clean_error(proc, "hosts.toml: is updated, but", "run vaultpy renc to finish")
+    assert "cannot write" not in err and "run it again" not in err, err
+    repo.ok("renc")
+    repo.ok("check")
+    assert age_decrypt(cache_file(repo, "web9", "alpha"), key) == b"alpha-secret\n"
+
 
 def test_add_pubkey_then_age_decrypts_with_the_new_host_key(make_repo, tmp_path: Path) -> None:
     repo = make_repo(hosts=1, secrets={"alpha": b"alpha-secret\n", "beta": b"beta"})

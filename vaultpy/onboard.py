@@ -562,6 +562,7 @@ def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] |
            ) -> None:
     """Replace hosts.toml atomically (same mode and owner) under the repository lock."""
     path = cfg.path.resolve()
+    renamed = False
     try:
         st = path.stat()
         with writes.lock(cfg):
@@ -576,6 +577,7 @@ def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] |
                     os.chown(tmp, st.st_uid, st.st_gid)
                 fsutil.fsync_path(tmp)
                 os.rename(tmp, path)
+                renamed = True
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -584,6 +586,14 @@ def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] |
             if then is not None:
                 then()
     except OSError as exc:
+        if renamed:
+            # The edit is in place: "cannot write hosts.toml, then run it again" sent
+            # the user to a rerun that fails ("already exists", "unknown host").
+            failed = os_problem(exc.filename or path.parent, exc, "finish")
+            raise VaultpyError(Problem(display_path(path), "is updated, but "
+                                       f"{failed.file}: {failed.message}", "",
+                                       "run vaultpy renc to finish (vaultpy check shows "
+                                       "what is left)")) from None
         raise VaultpyError(os_problem(path, exc, "write")) from None
 
 
