@@ -657,3 +657,27 @@ def test_a_ctrl_c_after_the_editor_quit_neither_loses_the_edit_nor_says_interrup
     assert age_decrypt(master, case.repo.identity) == case.marker + b"\n" + \
         case.append.encode()
     case.assert_clean()
+
+
+@pytest.mark.parametrize("full", ["inodes", "bytes"])
+def test_a_full_ram_directory_is_one_line_not_an_internal_error(case, full: str) -> None:
+    """A real tmpfs out of inodes or of bytes (mounted inside unshare -m) as
+    XDG_RUNTIME_DIR: edit exited 70, "internal error: OSError … please report it"."""
+    need("unshare")
+    rt = case.tmp / "full-rt"
+    rt.mkdir()
+    opts = "size=1m,nr_inodes=2" if full == "inodes" else "size=4k"
+    fill = "" if full == "inodes" else f"head -c 1m /dev/zero > {rt}/fill 2>/dev/null; "
+    editor = case.editor("exit 0\n")
+    script = (f"mount -t tmpfs -o {opts},mode=0700 tmpfs {rt} && {fill}"
+              f"exec {sys.executable} -m vaultpy edit s")
+    full_env = {**os.environ, "NO_COLOR": "1", **case.repo.env, **case.env(editor),
+                "XDG_RUNTIME_DIR": str(rt)}
+    full_env.pop("VAULTPY_DEBUG", None)
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          cwd=case.repo.root, env=full_env, capture_output=True, timeout=60)
+    if proc.returncode != 0 and b"unshare failed" in proc.stderr:
+        pytest.skip("unshare -m not permitted here")
+    line = assert_one_clean_error(proc, "No space left on device", "free some room there")
+    assert "internal error" not in proc.stderr.decode(), proc.stderr.decode()
+    assert str(rt) in line

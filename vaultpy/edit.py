@@ -62,14 +62,26 @@ def private_dir(allow_disk: bool = False) -> tuple[Path, int]:
     for base in ram_candidates():
         if (base.is_dir() and os.access(base, os.W_OK | os.X_OK)
                 and fsutil.mount_fstype(base) in fsutil.RAM_FILESYSTEMS):
-            return _locked_dir(str(base))
+            return _made(str(base))
     if allow_disk:
-        return _locked_dir(None)
+        return _made(None)
     raise VaultpyError(Problem("vaultpy edit", "no RAM-backed directory for the plaintext "
                                "(tried " + ", ".join(map(str, ram_candidates())) + ": none "
                                "is a writable tmpfs or ramfs)", "", "set XDG_RUNTIME_DIR to "
                                "one, mount a tmpfs on /dev/shm, or pass --allow-disk to "
                                "accept plaintext on disk"))
+
+
+def _made(base: str | None) -> tuple[Path, int]:
+    """:func:`_locked_dir`, a failure (the RAM directory full of bytes or of inodes) one
+    line."""
+    try:
+        return _locked_dir(base)
+    except OSError as exc:
+        raise VaultpyError(Problem(base or tempfile.gettempdir(), "cannot make the private "
+                                   f"directory for the plaintext: {exc.strerror or exc}", "",
+                                   "free some room there (or set XDG_RUNTIME_DIR to another "
+                                   "tmpfs), then edit again")) from None
 
 
 def _locked_dir(base: str | None) -> tuple[Path, int]:
@@ -241,7 +253,13 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
         workdir, held = private_dir(allow_disk)
         try:
             plain = workdir / secret_id
-            fsutil.write_new(plain, old, 0o600)
+            try:
+                fsutil.write_new(plain, old, 0o600)
+            except OSError as exc:
+                raise VaultpyError(Problem(str(workdir.parent), "cannot write the plaintext "
+                                           f"to edit: {exc.strerror or exc}", "", "free some "
+                                           "room there (or set XDG_RUNTIME_DIR to another "
+                                           "tmpfs), then edit again")) from None
             run_editor(plain, editor)
             try:
                 big = os.lstat(plain).st_size > masters.MAX_PLAINTEXT   # (before reading)
