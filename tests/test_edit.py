@@ -681,3 +681,23 @@ def test_a_full_ram_directory_is_one_line_not_an_internal_error(case, full: str)
     line = assert_one_clean_error(proc, "No space left on device", "free some room there")
     assert "internal error" not in proc.stderr.decode(), proc.stderr.decode()
     assert str(rt) in line
+
+
+def test_an_edit_killed_before_its_directory_was_renamed_leaves_nothing(case) -> None:
+    """An edit killed between making its private directory (.vaultpy-edit-…) and
+    renaming it once locked left it, empty, for good: the sweep passed over hidden
+    names.  One a minute old and empty is a killed edit's; a newer one may be an edit
+    starting, and one with a file in it was never made by vaultpy."""
+    old_empty = case.runtime / ".vaultpy-edit-killed1"
+    fresh = case.runtime / ".vaultpy-edit-starting"
+    not_empty = case.runtime / ".vaultpy-edit-notours"
+    for d in (old_empty, fresh, not_empty):
+        d.mkdir(mode=0o700)
+    (not_empty / "x").write_text("x")
+    past = time.time() - 120
+    os.utime(old_empty, (past, past))
+    os.utime(not_empty, (past, past))
+    proc = case.edit(case.editor("exit 0\n"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert not old_empty.exists()
+    assert fresh.is_dir() and not_empty.is_dir()

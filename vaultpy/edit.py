@@ -23,6 +23,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,13 +110,19 @@ def sweep() -> list[Path]:
     removed = []
     for base in ram_candidates():
         try:
-            entries = [e for e in os.scandir(base) if e.name.startswith(PREFIX)]
+            entries = [e for e in os.scandir(base)
+                       if e.name.startswith((PREFIX, "." + PREFIX))]
         except OSError:
             continue
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                # Not yet renamed (:func:`private_dir`): empty, and an edit's only for
+                # the instant before its flock; one a minute old was left by a kill.
+                if entry.name.startswith(".") and (time.time() - st.st_mtime < 60
+                                                   or os.listdir(entry.path)):
                     continue
                 fd = fsutil.hold_dir(entry.path)       # BlockingIOError: a live edit's
             except OSError:
