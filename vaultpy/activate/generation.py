@@ -3,7 +3,6 @@ store, and the live symlink that points at one of them."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -105,9 +104,7 @@ def _write_manifest(ctx: Context) -> None:
     assert ctx.generation_fd is not None
     # Under a temp name, renamed whole: a run killed as it wrote left a manifest cut
     # short (or empty) that made the generation count as finished.
-    tmp = f".{MANIFEST}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp, dir_fd=ctx.generation_fd)
+    tmp = f".{MANIFEST}.tmp"            # (the generation is this run's: none is there)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o400, dir_fd=ctx.generation_fd)
     try:
