@@ -672,3 +672,20 @@ def test_an_output_that_cannot_be_written_is_no_internal_error(make_repo) -> Non
     assert "internal error" not in err and "Traceback" not in err, err
     assert "cannot write the output (No space left on device)" in err, err
     repo.ok("check")                            # the cache is complete
+
+
+def test_a_write_error_of_vaultpys_own_is_not_called_an_output_error(make_repo) -> None:
+    """Only a failed write of stdout or stderr is "cannot write the output": an ENOSPC
+    (injected by strace) on renc's first write, one of its own, was reported as one
+    (exit 74, "what the command did is not undone") while the cache was incomplete."""
+    need("strace")
+    repo: Repo = make_repo(hosts=2, secrets={"a": b"x", "b": b"y"})
+    env = {**os.environ, **repo.env, "NO_COLOR": "1"}
+    env.pop("VAULTPY_DEBUG", None)
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=write",
+                           "-e", "inject=write:error=ENOSPC:when=1",
+                           sys.executable, "-m", "vaultpy", "renc"],
+                          cwd=repo.root, capture_output=True, env=env, timeout=120)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert "cannot write the output" not in proc.stderr.decode(), proc.stderr.decode()

@@ -858,13 +858,24 @@ def _app_for(argv: list[str]) -> typer.Typer:
 
 
 def _output_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure to write stdout or stderr: an OSError of the kind
-    writes give that names no file (vaultpy's own file errors all name theirs)."""
+    """Whether ``exc`` is a failure to write stdout or stderr: an OSError of the kind a
+    write gives, naming no file, raised where output is written (the CLI modules, rich,
+    click) — not by a write of vaultpy's library code to a file of its own."""
     import errno
 
-    return (isinstance(exc, OSError) and exc.filename is None
-            and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG,
-                              errno.EBADF))
+    if not (isinstance(exc, OSError) and exc.filename is None
+            and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG)):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+    here = os.path.dirname(os.path.abspath(__file__)).replace(os.sep, "/")
+    return (any(f"/{pkg}/" in where for pkg in ("rich", "click", "typer"))
+            or (os.path.dirname(where) == here
+            and os.path.basename(where).startswith(("cli", "output"))))
 
 
 def main() -> None:
