@@ -1399,6 +1399,24 @@ def test_a_previous_manifest_that_cannot_be_read_for_now_is_no_manifest_naming_n
     assert links._placed_by(tmp_path / "no-such-generation") == {}
 
 
+def test_a_record_that_cannot_be_read_now_is_left_as_it_is(world: World,
+                                                           tmp_path: Path) -> None:
+    """linkrecord.load took any error (EIO, a record too big) as "no record", and the
+    run then wrote its own over it: the links it named that no item wants any more
+    were forgotten for good.  It is now left as it is, and said."""
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    [record] = (host.root / "var/lib/vaultpy").glob("links-*.json")
+    data = json.loads(record.read_text())
+    data["normal"]["/etc/dropped"] = ["/run/vaultpy", "alpha"]
+    record.write_text(json.dumps(data) + " " * (4 << 20))          # past 4 MiB
+    before = record.read_bytes()
+    edit_profile(host, _move_alphas_path_to_beta)
+    proc = run_ok(host, "A")
+    assert "is too big for a record of links: it is left as it is" in proc.stderr.decode()
+    assert record.read_bytes() == before
+
+
 def test_an_unwritable_link_record_is_a_warning(world: World, tmp_path: Path) -> None:
     """A read-only /var (here: a file where the record's directory goes): activation
     goes on and says what is lost."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ from vaultpy.errors import Problem
 from vaultpy.profile import Item, Profile
 
 MANIFEST = ".vaultpy-manifest.json"   # written last: marks a generation as complete
+# Errors of a read that may work the next time (too many open files, an I/O error): a
+# manifest that could not be read for them is not "no manifest".
+FOR_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EINTR,
+                     errno.EAGAIN})
 
 
 @record
@@ -59,6 +64,10 @@ class Context:
     problems: list[Problem] = field(default_factory=list)   # after the switch: raised last
     # The on-disk record of links placed, as read once this run (links.linkrecord).
     link_record: dict[str, dict[str, tuple[str, str]]] | None = None
+    link_record_read: bool = False
+    # The links this run owes removing, worked out once, before the switch (the
+    # previous manifest is not read again after it: a read failing then stopped links).
+    stale: dict[str, str] | None = None
 
     def host_path(self, path: str) -> Path:
         """A path on the host, under --root."""

@@ -56,9 +56,10 @@ def _warn(message: str) -> None:
     print(f"vaultpy activate: warning: {message}", file=sys.stderr)
 
 
-def load(ctx: Context) -> dict[str, Links]:
+def load(ctx: Context) -> dict[str, Links] | None:
     """The record: part ("normal", "early") -> its links; empty when there is none, or
-    when it is not root's alone (then said: someone else could make root remove links)."""
+    when it is not root's alone (then said: someone else could make root remove links);
+    None when it cannot be read now (EIO, too big): not to be written over this run."""
     where = path(ctx)
     try:
         st = os.lstat(where.parent)
@@ -69,13 +70,19 @@ def load(ctx: Context) -> dict[str, Links]:
                   "the record of links in it is not used")
             return {}
         raw, st = fsutil.read_regular(where, follow=False)
-    except OSError:             # none yet (a first run), or unreadable: none
+    except FileNotFoundError:   # none yet (a first run)
         return {}
+    except OSError as exc:
+        _warn(f"cannot read {where} ({exc.strerror or exc}): it is left as it is")
+        return None
+    if len(raw) > _MAX:
+        _warn(f"{where} is too big for a record of links: it is left as it is")
+        return None
     if not _private(st):
         _warn(f"{where} is not root's alone: the record of links is not used")
         return {}
     try:
-        data = json.loads(raw[:_MAX])
+        data = json.loads(raw)
     except ValueError:
         return {}
     if not isinstance(data, dict) or data.get("version") != _VERSION:

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil, sigint
 from vaultpy.activate import linkrecord
-from vaultpy.activate.context import MANIFEST, Context, read_link_generation
+from vaultpy.activate.context import FOR_NOW, MANIFEST, Context, read_link_generation
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
 
@@ -253,11 +253,12 @@ def stale_links(ctx: Context) -> dict[str, str]:
     it did not get to remove its own (killed after its switch, or a removal failed:
     no ``LINKED`` in it), those it owed too.  Recorded in the manifest before the
     switch, so that a run killed after it leaves them to the next one."""
-    if ctx.previous is None:
-        return {}
-    wanted = {i.out.path for i in ctx.items() if i.out.path}
-    return {path: name for path, name in _placed_by(ctx.previous).items()
+    if ctx.stale is None:
+        wanted = {i.out.path for i in ctx.items() if i.out.path}
+        ctx.stale = {} if ctx.previous is None else {
+            path: name for path, name in _placed_by(ctx.previous).items()
             if path not in wanted}
+    return ctx.stale
 
 
 def _placed_by(gen: Path) -> dict[str, str]:
@@ -272,16 +273,13 @@ def _placed_by(gen: Path) -> dict[str, str]:
             for path, name in data.get("unlink", []):
                 old.setdefault(str(path), str(name))
     except OSError as exc:
-        if exc.errno in _FOR_NOW:
+        if exc.errno in FOR_NOW:
             raise
         return {}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return old
 
-
-_FOR_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EINTR,
-                      errno.EAGAIN})
 
 
 def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None) -> None:
@@ -329,12 +327,14 @@ def _unlink_recorded(ctx: Context, path: str, dir_path: str, name: str) -> None:
         os.close(fd)
 
 
-def _record(ctx: Context) -> dict[str, linkrecord.Links]:
-    """The on-disk record, read once a run; the early run has none (its own)."""
+def _record(ctx: Context) -> dict[str, linkrecord.Links] | None:
+    """The on-disk record, read once a run; the early run has none (its own); None
+    when it cannot be read now (then neither used nor written over)."""
     if ctx.opts.early:
         return {}
-    if ctx.link_record is None:
+    if not ctx.link_record_read:
         ctx.link_record = linkrecord.load(ctx)
+        ctx.link_record_read = True
     return ctx.link_record
 
 
@@ -380,7 +380,7 @@ def check_paths(ctx: Context) -> None:
     for it to replace (:func:`_check_replaceable`) is reported then, and stops no
     other secret going live."""
     problems: list[Problem] = []
-    stale = {*stale_links(ctx), *_forgotten(ctx, _record(ctx))}
+    stale = {*stale_links(ctx), *_forgotten(ctx, _record(ctx) or {})}
     for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
         if _below_any(path, stale):
             continue        # below a link of ours no item wants: link_paths removes it first
@@ -422,11 +422,13 @@ def link_paths(ctx: Context) -> None:
         return
     # The on-disk record (linkrecord): the normal run's alone.  Every wanted path is
     # written to it before it is placed.
-    record = _record(ctx)
+    loaded = _record(ctx)
+    record = loaded or {}
     live = ctx.profile.settings.dir
     forgotten = _forgotten(ctx, record)
     ahead = {**record.get("normal", {}), **{p: (live, n) for p, n in wanted.items()}}
-    writable = ctx.opts.early or linkrecord.write(ctx, {**record, "normal": ahead}, record)
+    writable = (not ctx.opts.early and loaded is not None
+                and linkrecord.write(ctx, {**record, "normal": ahead}, record))
     gone: set[str] = set()          # old links removed (or found gone)
 
     def remove(path: str, fn: Callable[..., None], *args: object) -> None:
@@ -453,7 +455,7 @@ def link_paths(ctx: Context) -> None:
             remove(path, _unlink_recorded, dir_path, name)
     if len(ctx.problems) == failed:         # else the next run tries them again
         _attempt(ctx, str(ctx.generation), "record the links", _mark_linked)
-    if not ctx.opts.early and writable:
+    if writable:
         after = {"normal": {p: v for p, v in ahead.items() if p in wanted or p not in gone},
                  "early": _sync_early(ctx, record.get("early", {}))}
         linkrecord.write(ctx, after, {**record, "normal": ahead})

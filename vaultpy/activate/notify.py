@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vaultpy._internal import fsutil
 from vaultpy.activate import links
-from vaultpy.activate.context import MANIFEST, Change, Context
+from vaultpy.activate.context import FOR_NOW, MANIFEST, Change, Context
 from vaultpy.activate.users import Accounts
 
 
@@ -28,7 +28,13 @@ def _previous_items(ctx: Context, gen: Path | None = None
     try:
         data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
         return {i["name"]: i for i in data["items"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError as exc:
+        # A read that failed for now (EMFILE, EIO) is no "no manifest": the removed
+        # items' units would never hear of it (the next run no longer knows them).
+        if exc.errno in FOR_NOW:
+            raise
+        return {}
+    except (ValueError, KeyError, TypeError):
         return {}
 
 
@@ -92,7 +98,11 @@ def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
     try:
         data = json.loads(fsutil.read_regular(ctx.previous / MANIFEST)[0])
         return [(str(v), str(u)) for v, u in data.get("pending", [])]
-    except (OSError, ValueError, TypeError):
+    except OSError as exc:
+        if exc.errno in FOR_NOW:        # (as above: the calls owed would be lost)
+            raise
+        return []
+    except (ValueError, TypeError):
         return []
 
 
