@@ -210,8 +210,10 @@ def write_shares(shares: Sequence[Share], public: str, directory: Path) -> list[
             _write_exclusive(path, render_share(share, public, created).encode())
             written.append(path)
     except BaseException as exc:        # a full disk, or Ctrl-C: all shares or none
-        if len(written) < len(targets) and (not isinstance(exc, OSError)
-                                            or os.path.lexists(targets[len(written)])):
+        if len(written) < len(targets) and (
+                not isinstance(exc, OSError)
+                or (not isinstance(exc, FileExistsError)    # (that one: another's)
+                    and os.path.lexists(targets[len(written)]))):
             # A Ctrl-C during a file's write is raised once it is complete (held), and
             # an error after its link (the directory's fsync) once it is in place:
             # that file is this run's too (the directory was empty of shares).

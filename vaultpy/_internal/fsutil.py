@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from vaultpy._internal import sigint
@@ -34,10 +35,11 @@ def tmp_prefix(name: str) -> str:
     return f".{name}{TMP_MARK}"
 
 
-def remove_leftovers(paths: Iterable[Path]) -> None:
+def remove_leftovers(paths: Iterable[Path], older_than: float = 0) -> None:
     """Remove the temp files a killed writer of ``paths`` left beside them (named by
     :func:`tmp_basename`): regular files only, never through a symlink; each folder is
-    listed once, and a folder that is missing has none."""
+    listed once, and a folder that is missing has none.  ``older_than``: only those
+    last changed that many seconds ago or more (a writer at work keeps its own)."""
     prefixes: dict[Path, list[str]] = {}
     for path in paths:
         prefixes.setdefault(path.parent, []).append(tmp_prefix(path.name))
@@ -49,6 +51,8 @@ def remove_leftovers(paths: Iterable[Path]) -> None:
         for entry in entries:
             left = folder / entry
             if entry.startswith(tuple(mine)) and left.is_file() and not left.is_symlink():
+                if older_than and time.time() - left.lstat().st_mtime < older_than:
+                    continue
                 left.unlink()
 
 
@@ -94,8 +98,9 @@ def create_new(path: Path, data: bytes, mode: int = 0o644, *, exact_mode: bool =
     tmp = tmp_name(path)
     with sigint.held():             # a Ctrl-C cannot come between the temp file and its end
         # A writer of ``path`` killed before it unlinked its temp file left it (a whole
-        # private key, for an identity), which nothing else would ever remove.
-        remove_leftovers([path])
+        # private key, for an identity), which nothing else would ever remove.  Not a
+        # recent one: another writer of the same path may be at work on it.
+        remove_leftovers([path], older_than=60)
         try:
             write_new(tmp, data, mode)
             if exact_mode:
