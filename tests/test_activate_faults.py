@@ -1191,6 +1191,18 @@ def test_an_item_moved_between_early_and_normal_keeps_its_link(world: World, tmp
     assert link.read_bytes() == world.vals["alpha"]
 
 
+def _activate_killed_at_its_first_unlink(host: HostRoot) -> None:
+    """Activate profile A, a real SIGKILL (sent by strace) as the run enters its first
+    unlink: after its switch, as it removes an old link."""
+    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=unlink,unlinkat",
+           "-e", "inject=unlink,unlinkat:signal=KILL:when=1",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
 def test_a_link_a_killed_run_owed_is_removed_by_the_next(world: World, tmp_path: Path) -> None:
     """A moves alpha's path to beta.  The run that makes the move is killed (a real
     SIGKILL, sent by strace as it enters unlink) after its switch, before it removed
@@ -1203,13 +1215,7 @@ def test_a_link_a_killed_run_owed_is_removed_by_the_next(world: World, tmp_path:
     old = host.root / "var/lib/app/alpha"
     assert os.readlink(old) == "../../../run/vaultpy/alpha"
     edit_profile(host, _move_alphas_path_to_beta)
-    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=unlink,unlinkat",
-           "-e", "inject=unlink,unlinkat:signal=KILL:when=1",
-           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
-    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
-    if proc.returncode != 0 and b"ptrace" in proc.stderr:
-        pytest.skip("ptrace not permitted here")
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    _activate_killed_at_its_first_unlink(host)
     gen = live_gen(host)
     assert gen is not None and gen.name == "2", "killed after its switch"
     assert os.path.lexists(old), "killed before it removed the old link"
@@ -1316,13 +1322,7 @@ def test_a_link_placed_by_a_run_killed_before_it_was_recorded_goes_after_a_reboo
     host = fresh(world, tmp_path)
     run_ok(host, "A")
     edit_profile(host, _move_alphas_path_to_beta)
-    cmd = ["strace", "-qq", "-o", os.devnull, "-e", "trace=unlink,unlinkat",
-           "-e", "inject=unlink,unlinkat:signal=KILL:when=1",
-           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
-    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
-    if proc.returncode != 0 and b"ptrace" in proc.stderr:
-        pytest.skip("ptrace not permitted here")
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    _activate_killed_at_its_first_unlink(host)
     alpha, beta = host.root / "var/lib/app/alpha", host.root / "var/lib/app/beta"
     assert os.path.islink(alpha) and os.path.islink(beta)
     edit_profile(host, lambda data: [e.update(path=None) for e in data["secrets"]])

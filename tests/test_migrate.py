@@ -671,21 +671,28 @@ def test_a_bad_recipient_into_an_existing_repository(agenix, nix_env, make_repo)
     assert_one_clean_error(proc, "--recipient", "age-keygen -y")
 
 
-def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tmp_path):
-    """--hosts-by-comment names ssh-ed25519 keys only: an RSA host key, or a key
-    whose comment says root@host, would silently read every master secret."""
-    text = agenix.secrets_nix.read_text()
+def _import_with_legacy(agenix, nix_env, tmp_path: Path, old: str, new: str) -> str:
+    """Import agenix (--hosts-by-comment) after putting a new ssh-rsa key commented
+    root@legacy into secrets.nix, as ``new`` (``{}``: the key) in place of ``old``;
+    the import's stderr."""
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
                     "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
     rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
-    # (on every secret: a key on some only is no master recipient at all)
-    agenix.secrets_nix.write_text(text.replace("publicKeys = ",
-                                               f'publicKeys = [ "{rsa_pub}" ] ++ '))
+    text = agenix.secrets_nix.read_text()
+    agenix.secrets_nix.write_text(text.replace(old, new.replace("{}", rsa_pub)))
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
               "-i", str(agenix.operator), cwd=repo, env=nix_env)
-    err = proc.stderr.decode()
+    return proc.stderr.decode()
+
+
+def test_a_host_key_that_becomes_a_master_recipient_is_named(agenix, nix_env, tmp_path):
+    """--hosts-by-comment names ssh-ed25519 keys only: an RSA host key, or a key
+    whose comment says root@host, would silently read every master secret."""
+    # (on every secret: a key on some only is no master recipient at all)
+    err = _import_with_legacy(agenix, nix_env, tmp_path, "publicKeys = ",
+                              'publicKeys = [ "{}" ] ++ ')
     assert "root@legacy) looks like a host key but becomes a master recipient" in err, err
 
 
@@ -693,17 +700,9 @@ def test_an_rsa_host_key_on_some_secrets_is_named_not_dropped_silently(agenix, n
                                                                        tmp_path):
     """An ssh-rsa key whose comment names a host, on one secret, was left out of the
     master recipients without a word (no vaultpy host takes it either)."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C",
-                    "root@legacy", "-f", str(tmp_path / "legacy")], check=True)
-    rsa_pub = (tmp_path / "legacy.pub").read_text().strip()
-    text = agenix.secrets_nix.read_text()
-    agenix.secrets_nix.write_text(text.replace('"api-token.age".publicKeys = [',
-                                               f'"api-token.age".publicKeys = [ "{rsa_pub}"'))
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    proc = ok("import", "agenix", str(agenix.secrets_nix), "--hosts-by-comment",
-              "-i", str(agenix.operator), cwd=repo, env=nix_env)
-    line = next(ln for ln in proc.stderr.decode().splitlines() if "root@legacy" in ln)
+    err = _import_with_legacy(agenix, nix_env, tmp_path, '"api-token.age".publicKeys = [',
+                              '"api-token.age".publicKeys = [ "{}"')
+    line = next(ln for ln in err.splitlines() if "root@legacy" in ln)
     assert "could open 1 of 4 secrets (api-token)" in line, line
 
 

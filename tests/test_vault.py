@@ -618,14 +618,21 @@ def test_a_fifo_as_a_secret_id_file_is_a_clean_error(vrepo, bao: Bao, prefix: st
 
 # --------------------------------------------------------------------------- AppRole
 
+def _approle_repo(vrepo, bao: Bao, prefix: str, role: str, refs: dict[str, str | None],
+                  more: str) -> Repo:
+    """A repo logging in with AppRole ``role`` (read on secret/<prefix>/*), no token;
+    ``more``: the rest of [vaultpy.vault]."""
+    role_id = bao.approle(role, f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}')
+    repo: Repo = vrepo(refs, vault=f'auth = "approle"\nrole_id = "{role_id}"\n{more}')
+    repo.env["VAULT_TOKEN"] = ""
+    return repo
+
+
 def test_wrapped_secret_id_unwrapped_once(vrepo, bao: Bao, prefix: str) -> None:
     bao.put(f"{prefix}/db", {"password": "via-approle"})
     role = f"{prefix}-w"
-    role_id = bao.approle(role, f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}')
-    repo = vrepo({"db": f"secret/{prefix}/db#password"},
-                 vault=f'auth = "approle"\nrole_id = "{role_id}"\n'
-                       'wrapped_secret_id_file = "wrapped"')
-    repo.env["VAULT_TOKEN"] = ""
+    repo = _approle_repo(vrepo, bao, prefix, role, {"db": f"secret/{prefix}/db#password"},
+                         'wrapped_secret_id_file = "wrapped"')
     (repo.root / "wrapped").write_text(bao.wrapped_secret_id(role) + "\n")
     repo.ok("pull")
     assert age_decrypt(master(repo, "db"), repo.identity) == b"via-approle"
@@ -1265,11 +1272,8 @@ def test_an_approle_mount_that_does_not_exist_is_named(vrepo, bao: Bao, prefix: 
                                                         ) -> None:
     """A login at a path with no AppRole gets a 403, which read as a bad role_id."""
     role = f"{prefix}-m"
-    role_id = bao.approle(role, f'path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}')
-    repo = vrepo({"a": f"secret/{prefix}/a#v"},
-                 vault=f'auth = "approle"\nrole_id = "{role_id}"\nsecret_id_file = "sid"\n'
-                       'approle_mount = "approle-typo"')
-    repo.env["VAULT_TOKEN"] = ""
+    repo = _approle_repo(vrepo, bao, prefix, role, {"a": f"secret/{prefix}/a#v"},
+                         'secret_id_file = "sid"\napprole_mount = "approle-typo"')
     (repo.root / "sid").write_text(bao.secret_id(role) + "\n")
     proc = repo.run("pull")
     assert_one_clean_error(proc, "auth/approle-typo", "no AppRole auth method",

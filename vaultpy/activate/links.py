@@ -281,28 +281,15 @@ def _placed_by(gen: Path) -> dict[str, str]:
     return old
 
 
-
 def _unlink_stale(ctx: Context, path: str, name: str, early: bool | None = None) -> None:
     """Remove a link a previous generation placed, only if it is still our symlink:
     root's, and to ``name`` through this run's live directory (``early``: early_dir,
     or not).  A link to anything else is not this run's to remove: the other run's (an
     item moved between the early and the normal run, which the other run has just
     linked), or one root put there since."""
-    try:
-        fd = open_parent(ctx, path, create=False)
-    except (FileNotFoundError, VaultpyError):
-        return
-    try:
-        base = PurePosixPath(path).name
-        st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-        if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
-                and os.readlink(base, dir_fd=fd) == _target(ctx, fd, path, name, early)):
-            os.unlink(base, dir_fd=fd)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-    finally:
-        os.close(fd)
+    early = ctx.opts.early if early is None else early
+    settings = ctx.profile.settings
+    _unlink_recorded(ctx, path, settings.early_dir if early else settings.dir, name)
 
 
 def _unlink_recorded(ctx: Context, path: str, dir_path: str, name: str) -> None:
