@@ -45,6 +45,7 @@ from activate_helpers import (
     activate_cmd,
     make_host_root,
     make_recorder,
+    run_vaultpy,
     snapshot_tree,
     unshare_sh,
     vaultpy_env,
@@ -547,7 +548,19 @@ def test_kill_after_switch_does_not_lose_unit_restarts(world: World, tmp_path: P
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     gen = live_gen(host)
     assert gen is not None and _which_profile(gen, world.exp) == "B"   # it had switched
+    # status --profile says what the killed run owes (it said "in sync")
+    status = run_vaultpy("status", "--profile", str(profile_of(host, "B")), "--root",
+                         str(host.root), "--json")
+    assert status.returncode == 1, status.stderr.decode()
+    owed = {(c["name"], c["detail"].split(" not made")[0])
+            for c in json.loads(status.stdout)["changes"] if c["kind"] == "owed"}
+    assert {("a.service", "systemctl try-restart"), ("b.service", "systemctl try-restart"),
+            ("app.service", "systemctl try-reload-or-restart")} <= owed, owed
     run_ok(host, "B", systemctl=recorder)
+    status = run_vaultpy("status", "--profile", str(profile_of(host, "B")), "--root",
+                         str(host.root), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["changes"] == [], (
+        status.stdout.decode())
     calls = set(log.read_text().splitlines())
     # A -> B changed alpha (mode), beta (content), app.env (content)
     assert {"--no-block try-restart -- a.service", "--no-block try-restart -- b.service",

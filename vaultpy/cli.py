@@ -747,6 +747,10 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
         if live is not None:
             changes += [{"name": name, "kind": "link", "detail": detail,
                          "early": r.opts.early} for name, detail in _link_drift(r)]
+            changes += [{"name": unit, "kind": "owed", "detail": f"systemctl {verb} not "
+                         "made: the activation that switched to this generation was "
+                         "stopped first; the next one makes it", "early": r.opts.early}
+                        for verb, unit in _owed_calls(live)]
         prefix = "early_" if r.opts.early else ""
         report.update({f"{prefix}live": str(live) if live else None, f"{prefix}files": files})
         report["changes"] += changes                 # one list: consumers need not merge
@@ -770,6 +774,24 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
         _out().print("in sync with the profile", markup=False)
     if not report["ok"]:
         _exit(1)
+
+
+def _owed_calls(live: Path) -> list[tuple[str, str]]:
+    """(verb, unit) the live generation's manifest owes and no run has made (a killed
+    activation: no ``.vaultpy-notified`` in it)."""
+    import json
+
+    from vaultpy._internal import fsutil
+    from vaultpy.activate.context import MANIFEST
+    from vaultpy.activate.notify import NOTIFIED
+
+    if (live / NOTIFIED).exists():
+        return []
+    try:
+        data = json.loads(fsutil.read_regular(live / MANIFEST)[0])
+        return [(str(v), str(u)) for v, u in data.get("pending", [])]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def _link_drift(ctx: Any) -> list[tuple[str, str]]:
