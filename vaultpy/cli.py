@@ -778,19 +778,12 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
 
 def _owed_calls(live: Path) -> list[tuple[str, str]]:
     """(verb, unit) the live generation's manifest owes and no run has made (a killed
-    activation: no ``.vaultpy-notified`` in it)."""
-    import json
+    activation: no ``.vaultpy-notified`` in it); none when it cannot be read now."""
+    from vaultpy.activate.notify import owed_calls
 
-    from vaultpy._internal import fsutil
-    from vaultpy.activate.context import MANIFEST
-    from vaultpy.activate.notify import NOTIFIED
-
-    if (live / NOTIFIED).exists():
-        return []
     try:
-        data = json.loads(fsutil.read_regular(live / MANIFEST)[0])
-        return [(str(v), str(u)) for v, u in data.get("pending", [])]
-    except (OSError, ValueError, TypeError, AttributeError):
+        return owed_calls(live)
+    except OSError:
         return []
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from vaultpy import age
+from vaultpy._internal import fsutil
 from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem
 from vaultpy.profile import Item, Profile
@@ -97,6 +100,21 @@ class Context:
             # must not stop, or fail, the activation it tells of.
             with contextlib.suppress(OSError, ValueError):
                 print(f"vaultpy activate: {step}: {message}", file=sys.stderr, flush=True)
+
+
+def read_manifest(gen: Path) -> dict[str, Any] | None:
+    """Generation ``gen``'s manifest, decoded; None when none is there or it is not one
+    vaultpy wrote.  A read that failed for now (:data:`FOR_NOW`) is raised: taken as "no
+    manifest", what it names (old links, units to call) would be owed by no one."""
+    try:
+        data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
+    except OSError as exc:
+        if exc.errno in FOR_NOW:
+            raise
+        return None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_link_generation(link: Path) -> Path | None:

@@ -23,6 +23,7 @@ before, up to the next reboot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +54,8 @@ def _private(st: os.stat_result) -> bool:
 
 
 def _warn(message: str) -> None:
-    print(f"vaultpy activate: warning: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):     # best effort, as Context.log
+        print(f"vaultpy activate: warning: {message}", file=sys.stderr, flush=True)
 
 
 def load(ctx: Context) -> dict[str, Links] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import posixpath
 import stat
@@ -22,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil, sigint
 from vaultpy.activate import linkrecord
-from vaultpy.activate.context import FOR_NOW, MANIFEST, Context, read_link_generation
+from vaultpy.activate.context import Context, read_link_generation, read_manifest
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
 
@@ -254,7 +253,7 @@ def stale_links(ctx: Context) -> dict[str, str]:
     no ``LINKED`` in it), those it owed too.  Recorded in the manifest before the
     switch, so that a run killed after it leaves them to the next one."""
     if ctx.stale is None:
-        wanted = {i.out.path for i in ctx.items() if i.out.path}
+        wanted = _wanted(ctx)
         ctx.stale = {} if ctx.previous is None else {
             path: name for path, name in _placed_by(ctx.previous).items()
             if path not in wanted}
@@ -263,19 +262,14 @@ def stale_links(ctx: Context) -> dict[str, str]:
 
 def _placed_by(gen: Path) -> dict[str, str]:
     """The links generation ``gen`` placed, or owed removing (path -> item name)."""
-    # A manifest that is not there, or not one vaultpy wrote, names no link.  A read
-    # that failed for now (EMFILE, EIO) is raised: taken as naming none, the links it
-    # names were owed by no one, and stayed for good.
+    data = read_manifest(gen)
+    if data is None:
+        return {}
     try:
-        data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
         old = {str(i["path"]): str(i["name"]) for i in data["items"] if i.get("path")}
         if not (gen / LINKED).exists():
             for path, name in data.get("unlink", []):
                 old.setdefault(str(path), str(name))
-    except OSError as exc:
-        if exc.errno in FOR_NOW:
-            raise
-        return {}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return old
@@ -325,10 +319,15 @@ def _record(ctx: Context) -> dict[str, linkrecord.Links] | None:
     return ctx.link_record
 
 
+def _wanted(ctx: Context) -> dict[str, str]:
+    """This run's extra paths: path -> the item name it links to."""
+    return {i.out.path: i.name for i in ctx.items() if i.out.path}
+
+
 def _forgotten(ctx: Context, record: dict[str, linkrecord.Links]) -> linkrecord.Links:
     """The links the record's normal part holds that no item wants and no previous
     generation names (it was lost with the ramfs, at a reboot)."""
-    wanted = {i.out.path for i in ctx.items() if i.out.path}
+    wanted = _wanted(ctx)
     stale = stale_links(ctx)
     return {p: v for p, v in record.get("normal", {}).items()
             if p not in wanted and p not in stale}
@@ -346,9 +345,8 @@ def _sync_early(ctx: Context, old: linkrecord.Links) -> linkrecord.Links:
     for path, (dir_path, name) in sorted(old.items()):
         if want.get(path) == (dir_path, name):
             continue
-        before = len(ctx.problems)
-        _attempt(ctx, path, "remove the old link", _unlink_recorded, dir_path, name)
-        if len(ctx.problems) != before and path not in left:
+        if (not _attempt(ctx, path, "remove the old link", _unlink_recorded, dir_path, name)
+                and path not in left):
             left[path] = (dir_path, name)   # the next run tries again
     return left
 
@@ -368,7 +366,7 @@ def check_paths(ctx: Context) -> None:
     other secret going live."""
     problems: list[Problem] = []
     stale = {*stale_links(ctx), *_forgotten(ctx, _record(ctx) or {})}
-    for path in sorted({i.out.path for i in ctx.items() if i.out.path}):
+    for path in sorted(_wanted(ctx)):
         if _below_any(path, stale):
             continue        # below a link of ours no item wants: link_paths removes it first
         try:
@@ -402,7 +400,7 @@ def link_paths(ctx: Context) -> None:
     """After the switch (links of items that are new resolve only from then on).  A
     path that cannot be linked or removed does not stop the run: its problem is kept
     in ``ctx.problems``, raised once the units have heard of the new generation."""
-    wanted = {i.out.path: i.name for i in ctx.items() if i.out.path}
+    wanted = _wanted(ctx)
     if ctx.opts.dry_run:
         for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
@@ -419,9 +417,7 @@ def link_paths(ctx: Context) -> None:
     gone: set[str] = set()          # old links removed (or found gone)
 
     def remove(path: str, fn: Callable[..., None], *args: object) -> None:
-        before = len(ctx.problems)
-        _attempt(ctx, path, "remove the old link", fn, *args)
-        if len(ctx.problems) == before:
+        if _attempt(ctx, path, "remove the old link", fn, *args):
             gone.add(path)
 
     # An old link in the way of a new path (an item moved from /x to /x/y): first.
@@ -505,10 +501,14 @@ def _mark_linked(ctx: Context, path: str) -> None:
 
 
 def _attempt(ctx: Context, path: str, action: str, fn: Callable[..., None],
-             *args: object) -> None:
+             *args: object) -> bool:
+    """``fn(ctx, path, *args)``; a failure kept in ``ctx.problems`` (False)."""
     try:
         fn(ctx, path, *args)
     except VaultpyError as exc:
         ctx.problems.extend(exc.problems)
     except OSError as exc:
         ctx.problems.append(os_problem(path, exc, action, as_is=True))
+    else:
+        return True
+    return False

@@ -9,13 +9,12 @@ reload_units (a unit in both is restarted): queued, never waited for.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from vaultpy._internal import fsutil
 from vaultpy.activate import links
-from vaultpy.activate.context import FOR_NOW, MANIFEST, Change, Context
+from vaultpy.activate.context import Change, Context, read_manifest
 from vaultpy.activate.users import Accounts
 
 
@@ -25,16 +24,10 @@ def _previous_items(ctx: Context, gen: Path | None = None
     gen = ctx.previous if gen is None else gen
     if gen is None:
         return {}
+    data = read_manifest(gen)
     try:
-        data = json.loads(fsutil.read_regular(gen / MANIFEST)[0])
-        return {i["name"]: i for i in data["items"]}
-    except OSError as exc:
-        # A read that failed for now (EMFILE, EIO) is no "no manifest": the removed
-        # items' units would never hear of it (the next run no longer knows them).
-        if exc.errno in FOR_NOW:
-            raise
-        return {}
-    except (ValueError, KeyError, TypeError):
+        return {i["name"]: i for i in data["items"]} if data is not None else {}
+    except (KeyError, TypeError):
         return {}
 
 
@@ -90,20 +83,21 @@ def compute_changes(ctx: Context) -> list[Change]:
 NOTIFIED = ".vaultpy-notified"   # in a generation: its pending unit calls were made
 
 
-def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
-    """Unit calls the previous generation recorded but never confirmed (a crash
+def owed_calls(gen: Path) -> list[tuple[str, str]]:
+    """(verb, unit) calls generation ``gen`` recorded but never confirmed (a crash
     between its switch and its notification)."""
-    if ctx.previous is None or (ctx.previous / NOTIFIED).exists():
+    if (gen / NOTIFIED).exists():
         return []
+    data = read_manifest(gen)
     try:
-        data = json.loads(fsutil.read_regular(ctx.previous / MANIFEST)[0])
-        return [(str(v), str(u)) for v, u in data.get("pending", [])]
-    except OSError as exc:
-        if exc.errno in FOR_NOW:        # (as above: the calls owed would be lost)
-            raise
+        return [(str(v), str(u)) for v, u in data.get("pending", [])] if data else []
+    except (ValueError, TypeError, AttributeError):
         return []
-    except (ValueError, TypeError):
-        return []
+
+
+def _unfinished_calls(ctx: Context) -> list[tuple[str, str]]:
+    """Unit calls the previous generation owes (:func:`owed_calls`)."""
+    return [] if ctx.previous is None else owed_calls(ctx.previous)
 
 
 def plan_calls(ctx: Context) -> list[tuple[str, str]]:
