@@ -580,9 +580,10 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
         if pubkey.startswith("/"):
             # vaultix takes the path of a .pub file too (a store path once exported).
             try:
-                if os.stat(pubkey).st_size > 16 << 10:
+                with fsutil.open_regular(pubkey) as f:      # (a FIFO would hang it)
+                    raw = fsutil.read_at_most(f.fileno(), 16 << 10)
+                if raw is None:
                     raise OSError(errno.EFBIG, "too big for a public key")
-                raw = fsutil.read_regular(pubkey)[0]        # (a FIFO would hang it)
             except OSError as exc:
                 plan.problems.append(Problem(shown, f"{pubkey}: cannot read the host key "
                                              f"file: {exc.strerror or exc}",
@@ -809,6 +810,12 @@ def default_identities() -> list[Path]:
 _MAX_SOURCE = masters.MAX_PLAINTEXT * 14 // 10 + (1 << 20)
 
 
+def too_much_plaintext(path: Path) -> Problem:
+    """An imported secret over masters.MAX_PLAINTEXT, as encrypt and edit refuse one."""
+    return too_big(path, masters.MAX_PLAINTEXT, " of plaintext", "a secret is held in RAM "
+                   "on every host it goes to; move a big file by hand")
+
+
 def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
           identity_files: Sequence[Path] = (), force: bool = False, dry_run: bool = False,
           masters_dir: str | None = None,
@@ -926,19 +933,18 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         if sec.value is not None:
             plain[sid] = (sec.value, False)
             continue
-        with contextlib.suppress(OSError):      # (else read_regular says what is wrong)
-            if sec.source.stat().st_size > _MAX_SOURCE:
-                problems.append(too_big(sec.source, masters.MAX_PLAINTEXT, " of plaintext",
-                                        "a secret is held in RAM on every host it goes "
-                                        "to; move a big file by hand"))
-                continue
         try:
-            data = fsutil.read_regular(sec.source)[0]      # a FIFO must not hang it
+            with fsutil.open_regular(sec.source) as f:      # a FIFO must not hang it
+                read = fsutil.read_at_most(f.fileno(), _MAX_SOURCE)
         except OSError as exc:
             p = os_problem(sec.source, exc, "read the secret")
             problems.append(Problem(p.file, p.message, sec.origin, f"create it with "
                                     f"{plan.tool} first, or remove it from its configuration"))
             continue
+        if read is None:
+            problems.append(too_much_plaintext(sec.source))
+            continue
+        data = read
         try:
             plain[sid] = (age.decrypt(
                 data, keys, display_path(sec.source),
@@ -950,9 +956,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             continue
         if len(plain[sid][0]) > masters.MAX_PLAINTEXT:     # as encrypt, edit, import sops
             del plain[sid]
-            problems.append(too_big(sec.source, masters.MAX_PLAINTEXT, " of plaintext",
-                                    "a secret is held in RAM on every host it goes to; "
-                                    "move a big file by hand"))
+            problems.append(too_much_plaintext(sec.source))
             continue
         with contextlib.suppress(ageformat.FormatError):
             widest = max(widest, len(ageformat.parse(data).recipient_stanzas()))

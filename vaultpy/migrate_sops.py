@@ -35,8 +35,8 @@ from typing import Any
 
 from vaultpy import age, masters, model
 from vaultpy._internal import fsutil
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
-from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.migrate import ID_RE, ImportResult, Plan, PlannedSecret, apply, too_much_plaintext
 
 FORMATS = ("yaml", "json", "dotenv", "ini", "binary")
 _BY_SUFFIX = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv",
@@ -99,9 +99,7 @@ def decrypt(path: Path, fmt: str, sops: str, out: str) -> bytes:
         raise fail(path, f"sops --decrypt failed: {_sops_error(proc.stderr)}"[:400],
                    hint=_sops_hint(proc.stderr, path, fmt))
     if len(proc.stdout) > masters.MAX_PLAINTEXT:
-        raise VaultpyError(too_big(path, masters.MAX_PLAINTEXT, " of plaintext",
-                                   "a secret is held in RAM on every host it goes to; "
-                                   "move a big file by hand"))
+        raise VaultpyError(too_much_plaintext(path))
     return proc.stdout
 
 
