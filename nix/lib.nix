@@ -24,8 +24,9 @@ let
 
   # vaultpy/output.py path_shape_problem: absolute and normalised, no control
   # character, names of at most 255 bytes and the whole at most 4095.
+  absPathPattern = "(/([^/.[:cntrl:]][^/[:cntrl:]]*|[.][^/.[:cntrl:]][^/[:cntrl:]]*|[.][.][^/[:cntrl:]]+))+";
   isAbsPath = p: isString p
-    && builtins.match "(/([^/.[:cntrl:]][^/[:cntrl:]]*|[.][^/.[:cntrl:]][^/[:cntrl:]]*|[.][.][^/[:cntrl:]]+))+" p != null
+    && builtins.match absPathPattern p != null
     && stringLength p <= 4095
     && builtins.all (n: stringLength n <= 255) (filter isString (split "/" p));
 
@@ -229,6 +230,6 @@ let
     };
 in
 {
-  inherit checkedIdentities isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode;
 }

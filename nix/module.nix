@@ -24,11 +24,9 @@ let
   userName = types.either types.ints.unsigned
     (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
   # absolute and normalised: no empty, "." or ".." segment, no trailing slash, no
-  # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem)
-  absPath = types.addCheck
-    (types.strMatching "(/([^/.[:cntrl:]][^/[:cntrl:]]*|[.][^/.[:cntrl:]][^/[:cntrl:]]*|[.][.][^/[:cntrl:]]+))+")
-    (p: lib.stringLength p <= 4095
-        && lib.all (n: lib.stringLength n <= 255) (lib.splitString "/" p));
+  # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem;
+  # lib.nix isAbsPath, which hosts.toml's identities are checked with too)
+  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath;
 
   outputOptions = {
     owner = mkOption {
