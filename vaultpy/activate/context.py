@@ -8,13 +8,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from vaultpy import age
 from vaultpy._internal import fsutil
 from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem
 from vaultpy.profile import Item, Profile
+
+TYPE_CHECKING = False       # typing costs activation's start-up (tests/test_record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 MANIFEST = ".vaultpy-manifest.json"   # written last: marks a generation as complete
 # Errors of a read that may work the next time (too many open files, an I/O error): a
