@@ -20,7 +20,11 @@ No tree is deleted between timed runs: each is renamed aside (:func:`set_aside`)
 removed with the whole work directory at the end.  On ext4 without a journal (as on
 the CI's VMs) a file created within a minute or more of a large deletion waits while
 the kernel skips every recently freed inode, which would charge a cold run for the
-tree the benchmark removed before it.
+tree the benchmark removed before it.  The kernel skips an inode for 60 s after it was
+freed (ext4's ``recently_deleted``: in a perf profile of a cold ``--jobs 1`` run started
+just after a large deletion, ~20 % of the samples, and the encrypt step took 3.9 s
+against 2.9 s six minutes later), so a run that removed its work directory leaves a
+time stamp, and a run started within :data:`SETTLE_S` of it waits out the rest first.
 
 Writes bench/results/latest.md and latest.json.  Numbers are never asserted in
 tests: the targets of the performance issue are printed as met / missed.
@@ -104,6 +108,33 @@ def timed_run(cmd: list[str], cwd: Path, env: dict[str, str], *, rss: bool = Fal
     if status != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed: {text}")
     return elapsed, kib, text
+
+
+# How long after a run removed its work directory the next one waits (see the module's
+# docstring): the kernel's 60 s, plus the time its os.sync() takes to clean the
+# inode-table blocks (a dirty one adds 300 s to the 60).
+SETTLE_S = 70.0
+FREED_STAMP = "vaultpy-bench-freed"
+
+
+def settle(tmp: Path) -> None:
+    """Wait until an earlier run's deletion can no longer slow this one's file creations."""
+    stamp = tmp / FREED_STAMP
+    with contextlib.suppress(OSError):
+        left = SETTLE_S - (time.time() - stamp.stat().st_mtime)
+        if left > 0:
+            print(f"bench: the last run removed its files {SETTLE_S - left:.0f} s ago; "
+                  f"waiting {left:.0f} s, or the kernel's skipping of freed inodes would "
+                  "slow this run's cold renc", file=sys.stderr)
+            os.sync()
+            time.sleep(left)
+
+
+def freed(tmp: Path) -> None:
+    """Note that this run has just removed a large tree (:func:`settle`)."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        (tmp / FREED_STAMP).write_text(f"{time.time()}\n")
 
 
 def rss_floor() -> int:
@@ -380,6 +411,7 @@ def main() -> None:
     # tree that may never have been imported before.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "vaultpy")],
                    check=True)
+    settle(WORK)
     work = WORK = Path(tempfile.mkdtemp(prefix="vaultpy-bench-"))
     PY = installed_python(work)
     env = {**os.environ, "NO_COLOR": "1", "VAULTPY_IDENTITY": str(work / "big/keys/master.txt")}
@@ -482,6 +514,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            freed(work.parent)
     report(res, args.out, args.quick)
 
 
