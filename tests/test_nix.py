@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
-from conftest import ROOT, Repo, age_keygen, need, ssh_keygen, toml_str
+from conftest import ROOT, Nix, Repo, age_keygen, need, ssh_keygen, toml_str
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,67 +41,9 @@ from vaultpy.errors import VaultpyError
 
 LIB_NIX = ROOT / "nix" / "lib.nix"
 EVAL_MODULE = ROOT / "tests" / "nix" / "eval-module.nix"
-DEFAULT_NIXPKGS_LIB = ROOT.parent / "shared" / "nixpkgs-lib" / "lib"
 FAKE_PACKAGE = "/nix/store/11111111111111111111111111111111-vaultpy"
 FAKE_SYSTEMD = "/nix/store/00000000000000000000000000000000-systemd"
 STORE_RE = re.compile(r"/nix/store/([0-9a-df-np-sv-z]{32})-([^/]+)")
-
-
-# --------------------------------------------------------------------------- Nix runner
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the Nix tests", pytrace=False)
-    pytest.skip(reason)
-
-
-@dataclass(frozen=True)
-class Nix:
-    exe: str
-    env: dict[str, str]
-
-    def run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.exe, "--readonly-mode", *map(str, args)],
-                              capture_output=True, text=True, env=self.env, timeout=120)
-
-    def eval(self, expr: str | None = None, *, file: Path | None = None,
-             args: Iterable[str] = (), attr: str | None = None) -> Any:
-        """``nix-instantiate --eval --strict --json`` of ``expr`` (or ``file``)."""
-        proc = self.eval_proc(expr, file=file, args=args, attr=attr)
-        assert proc.returncode == 0, f"nix-instantiate failed:\n{proc.stderr}\n{expr or ''}"
-        return json.loads(proc.stdout)
-
-    def eval_proc(self, expr: str | None = None, *, file: Path | None = None,
-                  args: Iterable[str] = (), attr: str | None = None
-                  ) -> subprocess.CompletedProcess[str]:
-        cmd: list[str | Path] = ["--eval", "--strict", "--json", *args]
-        if attr is not None:
-            cmd += ["-A", attr]
-        cmd += ["-E", expr] if expr is not None else [file or ""]
-        return self.run(*cmd)
-
-
-@pytest.fixture(scope="session")
-def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
-    exe = shutil.which("nix-instantiate")
-    if exe is None:
-        _unavailable("nix-instantiate not installed (make deps installs nix-bin)")
-    state = tmp_path_factory.mktemp("nix-state")
-    env = {**os.environ, "NIX_STATE_DIR": str(state), "XDG_CACHE_HOME": str(state / "cache"),
-           "NIX_PATH": ""}
-    return Nix(str(exe), env)
-
-
-@pytest.fixture(scope="session")
-def nixpkgs_lib(nix: Nix) -> Nix:
-    """``nix`` with NIXPKGS_LIB pointing at a nixpkgs lib (for lib.evalModules)."""
-    given_path = os.environ.get("NIXPKGS_LIB")
-    path = Path(given_path) if given_path else DEFAULT_NIXPKGS_LIB
-    if not (path / "default.nix").is_file():
-        where = f"NIXPKGS_LIB={given_path}" if given_path else f"the default {path}"
-        _unavailable(f"no nixpkgs lib at {where}: set NIXPKGS_LIB to a nixpkgs checkout's "
-                     "lib/ directory (nix-community/nixpkgs.lib), see the README")
-    return Nix(nix.exe, {**nix.env, "NIXPKGS_LIB": str(path.resolve())})
 
 
 # --------------------------------------------------------------------------- Nix values
