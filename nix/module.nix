@@ -418,6 +418,20 @@ in
       default = profileFile;
       description = "The profile as a JSON file in the store.";
     };
+    renc = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      internal = true;
+      # Strings, not paths: read by `vaultpy renc` (hosts.toml's `nixos`), nothing is
+      # copied to the store for it.
+      default = {
+        host = s.hostName;
+        recipients = if s.hostPubkey == null then null else recipients;
+        cacheRoot = if s.cacheRoot == null then null else toString s.cacheRoot;
+        secrets = mapAttrs (_: v: toString v.file) cfg.secrets;
+      };
+      description = "What `vaultpy renc` needs of this host: its name, keys, cache directory and master files.";
+    };
   };
 
   config = mkMerge [
@@ -447,7 +461,7 @@ in
               -> builtins.pathExists (cachePath id spec);
             # (a message is evaluated for a passing assertion too: it must not read a
             # master that is missing, which has an assertion of its own)
-            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file)";
+            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
         ++ lib.mapAttrsToList (id: spec: {
             assertion = false;

@@ -235,6 +235,9 @@ class Host:
     templates: tuple[Template, ...]
     # The host's private key files, for its profile (empty: sshd's ed25519 host key).
     identities: tuple[str, ...] = ()
+    # Declared in a NixOS configuration (hosts.toml's ``nixos``): its attribute name
+    # there.  Its profile is the module's (config.vaultpy.profileFile), not vaultpy's.
+    nixos: str = ""
 
     @cached_property
     def needed(self) -> tuple[str, ...]:
@@ -256,6 +259,9 @@ class Config:
     secrets: Mapping[str, Secret]
     hosts: Mapping[str, Host]
     vault: VaultSettings | None = None   # [vaultpy.vault]
+    # [vaultpy] nixos: a Nix file whose NixOS configurations declare more hosts and
+    # secrets (vaultpy/nixhosts.py); ``load`` merges them in.
+    nixos: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -933,7 +939,7 @@ def parse(text: str, path: Path) -> Config:
 
     settings = ck.table(doc.get("vaultpy", {}), "vaultpy") or {}
     ck.keys(settings, "vaultpy", ("recipients", "identity", "secrets_dir", "cache_dir",
-                                  "vault"))
+                                  "vault", "nixos"))
     if "recipients" not in settings:
         ck.add("vaultpy.recipients", "missing",
                'add recipients = ["age1…"] (the master public key, age-keygen -y)')
@@ -950,6 +956,10 @@ def parse(text: str, path: Path) -> Config:
         dirs[key] = Path(os.path.normpath(_rel(root, folder)))
     secrets_dir, cache_dir = dirs["secrets_dir"], dirs["cache_dir"]
     vault = _vault_settings(ck, settings["vault"], root) if "vault" in settings else None
+    nixos = None
+    if "nixos" in settings:
+        given = ck.path_string(settings["nixos"], "vaultpy.nixos")
+        nixos = Path(os.path.normpath(_rel(root, given))) if given else None
 
     declared: dict[str, Secret] = {}
     chosen_files: set[str] = set()          # ids with a `file = …` of their own
@@ -1030,7 +1040,8 @@ def parse(text: str, path: Path) -> Config:
     return Config(path=path, recipients=recipients, identity=identity,
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
-                  hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault)
+                  hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
+                  nixos=nixos)
 
 
 def find(start: Path) -> Path:
@@ -1107,7 +1118,12 @@ def load(repo: Path | None = None) -> Config:
                                    "save it as UTF-8" if path.suffix == ".toml" else
                                    "-C/--repo takes the repository's directory or its "
                                    f"{FILENAME}: fix -C")) from None
-    return parse(text, path.absolute())
+    cfg = parse(text, path.absolute())
+    if cfg.nixos is None:
+        return cfg
+    from vaultpy import nixhosts
+
+    return nixhosts.merge(cfg, nixhosts.evaluate(cfg))
 
 
 def _leads_nowhere(path: Path) -> VaultpyError:

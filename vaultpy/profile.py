@@ -122,6 +122,11 @@ def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, 
         raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {host!r}", "hosts",
                                    "known hosts: " + ", ".join(cfg.hosts)))
     h = cfg.hosts[host]
+    if h.nixos:
+        raise VaultpyError(Problem(
+            display_path(cfg.nixos or cfg.path), f"host {host!r} is declared in the NixOS "
+            f"configuration {h.nixos!r}: its profile is the module's", "vaultpy.nixos",
+            f"use config.vaultpy.profileFile of nixosConfigurations.{h.nixos}"))
     hashes, problems = cache.master_hashes(cfg, h.needed)
     if problems:
         raise VaultpyError(problems)

@@ -524,7 +524,7 @@ class Snapshot:
         from vaultpy._internal.writes import JOURNAL as WRITES
         from vaultpy.recovery import JOURNAL
 
-        if (str(cfg.path) != self.config
+        if (str(cfg.path) != self.config or cfg.nixos is not None   # inputs: Nix's, unknown
                 or os.path.realpath(cfg.cache_dir) != os.path.realpath(self.cache_dir)
                 or _stat(self.config) != self.pre):
             return                  # hosts.toml changed, or the memo would live elsewhere

@@ -1,0 +1,267 @@
+"""hosts.toml's ``nixos``: renc reads hosts and secrets from NixOS configurations.
+
+The configurations are real: the module (nix/module.nix) evaluated by the real
+``lib.evalModules`` of the nixpkgs lib (../shared/nixpkgs-lib), through Debian's
+``nix-instantiate``, run by vaultpy itself; the cache it writes is decrypted by the real
+``age`` CLI and found by the module's own cache-name computation.  One test evaluates a
+real flake (``builtins.getFlake``) in a store under the test's temp directory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Nix, Repo, age_decrypt, assert_one_clean_error, need
+from test_nix import nix_value
+
+from vaultpy import nixhosts
+
+STUBS = ROOT / "tests" / "nix" / "nixos-stubs.nix"
+MODULE = ROOT / "nix" / "module.nix"
+FAKE_PACKAGE = {"type": "derivation", "name": "vaultpy",
+                "outPath": "/nix/store/11111111111111111111111111111111-vaultpy"}
+
+
+def nixos_file(path: Path, lib: Path, configs: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A Nix file evaluating to ``{ <name> = lib.evalModules { … }; }``: NixOS
+    configurations as far as the module is concerned (tests/nix/nixos-stubs.nix)."""
+    body = " ".join(
+        f"{json.dumps(name)} = mk ({nix_value(cfg)});" for name, cfg in configs.items())
+    path.write_text(
+        f"let lib = import {nix_value(lib)};\n"
+        f"  mk = c: lib.evalModules {{ modules = [ {nix_value(STUBS)} {nix_value(MODULE)}\n"
+        f"    {{ vaultpy.package = {nix_value(FAKE_PACKAGE)}; }} c ]; }};\n"
+        f"in {{ {body} }}\n")
+    return path
+
+
+@pytest.fixture
+def nixrepo(make_repo: Callable[..., Repo], nixpkgs_lib: Nix, tmp_path: Path
+            ) -> tuple[Repo, Callable[..., None], Path]:
+    """A repository whose hosts.toml declares secrets but no host, whose nixos.nix
+    declares host0 with two of them (its key given as a path, as agenix-rekey takes it),
+    and a configuration without vaultpy's secrets; and a function to rewrite it."""
+    repo = make_repo(hosts=2, secrets={"db": b"db-pass\n", "api": b"api-token",
+                                       "other": b"not for host0"})
+    lib = Path(nixpkgs_lib.env["NIXPKGS_LIB"])
+    toml = (repo.root / "hosts.toml").read_text()
+    head, _, _ = toml.partition("\n[hosts.")
+    repo.write_hosts(head.replace("[vaultpy]\n", '[vaultpy]\nnixos = "nixos.nix"\n', 1))
+    repo.env.update({"NIX_STATE_DIR": str(tmp_path / "nix-state"), "NIX_PATH": ""})
+
+    def write(**changes: Any) -> None:
+        host0 = {"networking": {"hostName": "host0"},
+                 "vaultpy": {"settings": {"hostPubkey": Path(f"{repo.hosts['host0'].key}.pub"),
+                                          "cacheRoot": repo.root / "secrets" / "cache"},
+                             "secrets": {"db": {"file": repo.root / "secrets" / "db.age",
+                                                "owner": "root"},
+                                         "api": {"file": repo.root / "secrets" / "api.age"}}}}
+        for key, value in changes.items():
+            node = host0["vaultpy"]
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node[p]
+            if value is None:
+                node.pop(last)
+            else:
+                node[last] = value
+        nixos_file(repo.root / "nixos.nix", lib, {
+            "host0": host0, "bare": {"networking": {"hostName": "bare"}}})
+
+    write()
+    return repo, write, lib
+
+
+def module_eval(nix: Nix, repo: Repo) -> dict[str, Any]:
+    """What the module itself makes of host0: failed assertions, cache files it reads."""
+    expr = (f"let c = (import {nix_value(repo.root / 'nixos.nix')}).host0.config; in {{ "
+            "failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions); "
+            "files = map (s: baseNameOf s.file) c.vaultpy.profile.secrets; }")
+    result: dict[str, Any] = nix.eval(expr)
+    return result
+
+
+def test_renc_writes_what_the_configurations_declare(nixrepo: tuple[Repo, Any, Path],
+                                                    nixpkgs_lib: Nix) -> None:
+    repo, _write, _lib = nixrepo
+    before = module_eval(nixpkgs_lib, repo)
+    assert any("is missing: run `vaultpy renc`" in m for m in before["failed"]), before
+    repo.ok("renc")
+    files = sorted(p.name for p in (repo.cache / "host0").iterdir())
+    assert [f.split(".")[0] for f in files] == ["api", "db"]      # not "other"
+    assert not (repo.cache / "bare").exists()
+    key = repo.hosts["host0"].key
+    assert age_decrypt(next((repo.cache / "host0").glob("db.*")), key) == b"db-pass\n"
+    assert age_decrypt(next((repo.cache / "host0").glob("api.*")), key) == b"api-token"
+    # The module finds exactly these files: its assertions pass.
+    after = module_eval(nixpkgs_lib, repo)
+    assert after["failed"] == [] and sorted(
+        f.split("-", 1)[1] for f in after["files"]) == files
+    repo.ok("check")
+    assert "host0" in repo.ok("status").stdout.decode()
+    # Its profile is the module's: vaultpy's own would miss every Nix option.
+    line = assert_one_clean_error(repo.run("profile", "--host", "host0"), "nixos.nix",
+                                  "config.vaultpy.profileFile", "nixosConfigurations.host0")
+    assert "declared in the NixOS configuration 'host0'" in line
+
+
+def test_a_secret_added_in_nix_is_written_and_one_removed_is_pruned(
+        nixrepo: tuple[Repo, Any, Path]) -> None:
+    repo, write, _lib = nixrepo
+    repo.ok("renc")
+    write(**{"secrets.other": {"file": repo.root / "secrets" / "other.age"},
+             "secrets.api": None})
+    out = json.loads(repo.ok("renc", "--json").stdout)
+    assert [Path(p).name.split(".")[0] for p in out["written"]] == ["other"]
+    assert [Path(p).name.split(".")[0] for p in out["pruned"]] == ["api"]
+    assert age_decrypt(next((repo.cache / "host0").glob("other.*")),
+                       repo.hosts["host0"].key) == b"not for host0"
+
+
+def test_a_host_in_both_gets_the_union(nixrepo: tuple[Repo, Any, Path]) -> None:
+    repo, _write, _lib = nixrepo
+    host0 = repo.hosts["host0"]
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{host0.pubkey}"\n'
+                     'secrets = ["other"]\n')
+    repo.ok("renc")
+    assert sorted(p.name.split(".")[0] for p in (repo.cache / "host0").iterdir()) == \
+        ["api", "db", "other"]
+
+
+@pytest.mark.parametrize("case", ["key", "file", "cache", "unset-key", "throw", "missing",
+                                  "shared", "id"])
+def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) -> None:
+    repo, write, _lib = nixrepo
+    root = repo.root
+    text = (root / "hosts.toml").read_text()
+    needles: tuple[str, ...]
+    if case == "key":           # hosts.toml gives host0 another key
+        repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{repo.hosts["host1"].pubkey}"\n'
+                         'secrets = ["other"]\n')
+        needles = ("nixos.nix", "nixosConfigurations.host0: vaultpy.settings.hostPubkey",
+                   "differs from [hosts.host0]")
+    elif case == "file":        # the same id, another master file
+        write(**{"secrets.db": {"file": root / "secrets" / "other.age"}})
+        needles = ("nixosConfigurations.host0: vaultpy.secrets.db.file",
+                   "hosts.toml gives secret 'db' the master file")
+    elif case == "cache":
+        (root / "elsewhere").mkdir()
+        write(**{"settings.cacheRoot": root / "elsewhere"})
+        needles = ("vaultpy.settings.cacheRoot", "not the cache_dir renc writes",
+                   "point both at the same directory")
+    elif case == "unset-key":
+        write(**{"settings.hostPubkey": None})
+        needles = ("nixosConfigurations.host0: vaultpy.settings.hostPubkey", "not set")
+    elif case == "throw":       # no file, no secretsDir: the module's own message
+        write(**{"secrets.api": {"owner": "root"}})
+        needles = ("nixos.nix", "did not evaluate", "secret api: file is not set",
+                   "--show-trace")
+    elif case == "missing":
+        (root / "nixos.nix").unlink()
+        needles = ("hosts.toml", "vaultpy.nixos", "nixos.nix: no such file")
+    elif case == "shared":      # a new id whose master file is another secret's
+        write(**{"secrets.db2": {"file": root / "secrets" / "db.age"}})
+        needles = ("vaultpy.secrets.db2.file", "is already the master file of secret 'db'")
+    else:
+        write(**{"secrets.bad/id": {"file": root / "secrets" / "db.age"}})
+        needles = ("nixosConfigurations.host0: vaultpy.secrets", "'bad/id' is invalid")
+    for command in ("renc", "check"):
+        assert_one_clean_error(repo.run(command), *needles)
+    assert not (repo.cache / "host0").exists()
+
+
+def test_nix_instantiate_missing_is_one_line(nixrepo: tuple[Repo, Any, Path],
+                                             tmp_path: Path) -> None:
+    repo, _write, _lib = nixrepo
+    empty = tmp_path / "no-nix"
+    empty.mkdir()
+    proc = repo.run("renc", env={"PATH": str(empty)})
+    assert_one_clean_error(proc, "hosts.toml", "vaultpy.nixos", "nix-instantiate is not "
+                           "installed", "remove nixos")
+
+
+def test_no_memo_is_recorded(nixrepo: tuple[Repo, Any, Path]) -> None:
+    """The memo knows hosts.toml's inputs, not Nix's: a change in nixos.nix alone must
+    not be answered from it."""
+    repo, write, _lib = nixrepo
+    repo.ok("renc")
+    repo.ok("renc")
+    repo.ok("check")
+    assert not (repo.cache / ".vaultpy-memo").exists()
+    write(**{"secrets.other": {"file": repo.root / "secrets" / "other.age"}})
+    assert repo.run("check").returncode != 0
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_a_flake_is_read_through_its_store_copy(nixrepo: tuple[Repo, Any, Path],
+                                                tmp_path: Path) -> None:
+    """A real flake: ``builtins.getFlake`` copies the repository into a store (here one
+    under the temp directory), so every path names the copy; renc maps them back."""
+    repo, _write, _lib = nixrepo
+    git = need("git")
+    root = repo.root
+    # Paths relative to the flake: the copy must hold what they name.
+    text = (root / "nixos.nix").read_text().replace(f"(/. + \"{root}", "(./. + \"")
+    (root / "configs.nix").write_text(text)
+    (root / "flake.nix").write_text(
+        "{ outputs = { self }: { nixosConfigurations = import ./configs.nix; }; }\n")
+    # git+file: the copy holds what git tracks, as `nixos-rebuild --flake .` builds
+    (root / "nixos.nix").write_text(
+        '(builtins.getFlake "git+file://${toString ./.}").nixosConfigurations\n')
+    for cmd in (["init", "-q"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "i"]):
+        subprocess.run([git, *cmd], cwd=root, check=True)
+    store = tmp_path / "store"
+    env = {"NIX_CONFIG": f"store = {store}"}
+    repo.ok("renc", env=env)
+    assert list(store.glob("nix/store/*-source/secrets/db.age")), "no store copy was made"
+    assert sorted(p.name.split(".")[0] for p in (repo.cache / "host0").iterdir()) == \
+        ["api", "db"]
+    # A master file git does not track is not in the copy: named, with what to do.
+    (root / "secrets" / "new.age").write_bytes((root / "secrets" / "db.age").read_bytes())
+    text = (root / "configs.nix").read_text().replace(
+        '"api" = {', '"new" = { "file" = (./. + "/secrets/new.age"); }; "api" = {')
+    (root / "configs.nix").write_text(text)
+    subprocess.run([git, "add", "configs.nix"], cwd=root, check=True)
+    assert_one_clean_error(repo.run("renc", env=env), "vaultpy.secrets.new.file",
+                           "secrets/new.age is not in the flake's copy", "git add it")
+    subprocess.run([git, "add", "secrets/new.age"], cwd=root, check=True)
+    repo.ok("renc", env=env)
+    assert age_decrypt(next((repo.cache / "host0").glob("new.*")),
+                       repo.hosts["host0"].key) == b"db-pass\n"
+
+
+def test_store_paths_map_to_the_repository(tmp_path: Path) -> None:
+    """The mapping alone: a store path's part under the copy, from hosts.toml's folder
+    up to the git top; an ordinary path as it is."""
+    top = tmp_path / "top"
+    (top / ".git").mkdir(parents=True)
+    (top / "infra" / "secrets").mkdir(parents=True)
+    (top / "secrets").mkdir()
+    (top / "secrets" / "x.age").write_bytes(b"")
+    cfg = type("C", (), {"root": top / "infra"})()
+    store = "/nix/store/" + "a" * 32 + "-source"
+    assert nixhosts._local(cfg, f"{store}/secrets/x.age") == [top / "secrets" / "x.age"]  # type: ignore[arg-type]
+    assert nixhosts._local(cfg, f"/tmp/root{store}/secrets/x.age") == \
+        [top / "secrets" / "x.age"]                                       # type: ignore[arg-type]
+    assert nixhosts._local(cfg, f"{store}/secrets/y.age") == []          # type: ignore[arg-type]
+    assert nixhosts._local(cfg, "/srv/a/../b.age") == [Path("/srv/b.age")]  # type: ignore[arg-type]
+    assert nixhosts._local(cfg, f"{store}/secrets/cache", exists=False) == [  # type: ignore[arg-type]
+        top / "infra" / "secrets" / "cache", top / "secrets" / "cache"]
+
+
+def test_nix_error_is_the_throw_text() -> None:
+    stderr = ("error:\n       … while evaluating the attribute 'x'\n\n"
+              "         at /r/nixos.nix:3:5:\n\n"
+              "       error: vaultpy: secret api: file is not set: give it\n")
+    assert nixhosts._nix_error(stderr) == "vaultpy: secret api: file is not set: give it"
+    assert nixhosts._nix_error("error: undefined variable 'x'\n\n       at /r/a.nix:1:1:\n") \
+        == "undefined variable 'x'"
+

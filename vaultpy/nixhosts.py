@@ -1,0 +1,240 @@
+"""Hosts declared in NixOS configurations: hosts.toml's ``[vaultpy] nixos``.
+
+agenix-rekey and vaultix read what each host needs from the flake's
+``nixosConfigurations``: a secret declared once, in the host's configuration, is
+re-encrypted for that host.  So does vaultpy, with
+
+    [vaultpy]
+    nixos = "nixos.nix"     # evaluates to an attribute set of NixOS configurations
+
+(for a flake: ``(builtins.getFlake (toString ./.)).nixosConfigurations``).
+:func:`evaluate` runs ``nix-instantiate`` once and reads, from every configuration that
+imports vaultpy's module and declares a secret, ``config.vaultpy.renc``: the host's name
+and public keys, its cache directory and each secret's master file.  :func:`merge` adds
+those hosts and secrets to hosts.toml's, refusing every disagreement between the two.
+
+A path evaluated in a flake names the flake's copy in the Nix store
+(``/nix/store/<hash>-source/secrets/db.age``): it is taken back to the repository by
+its path under that copy (``secrets/db.age``), from hosts.toml's folder up to the top of
+its git repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from vaultpy import output
+from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.model import ID_MAX, Config, Deployment, Host, Secret, _Checker, _recipients
+
+NIX_INSTANTIATE = "nix-instantiate"
+
+# Every configuration that imports the module and declares a secret: attribute name ->
+# config.vaultpy.renc (nix/module.nix).  A configuration without the module is passed over.
+_EXPR = """
+let
+  configs = import (/. + %s);
+  uses = c: builtins.isAttrs c && c ? config && c.config ? vaultpy
+    && c.config.vaultpy ? renc && c.config.vaultpy.secrets != { };
+in
+if !(builtins.isAttrs configs) then
+  throw "it is a ${builtins.typeOf configs}, not an attribute set of NixOS configurations"
+else
+  builtins.listToAttrs (builtins.concatMap
+    (n: if uses configs.${n}
+        then [ { name = n; value = configs.${n}.config.vaultpy.renc; } ] else [ ])
+    (builtins.attrNames configs))
+"""
+
+# A store path; under another root too (a chroot store: --store /some/root).
+_STORE = re.compile(r"(?:/.*)?/nix/store/[0-9a-df-np-sv-z]{32}-[^/]+(?:/(?P<rest>.*))?")
+_ERROR_LINES = 3
+
+
+def _nix_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'
+
+
+def evaluate(cfg: Config) -> dict[str, Any]:
+    """``config.vaultpy.renc`` of each NixOS configuration the ``nixos`` file holds."""
+    assert cfg.nixos is not None
+    where, shown = display_path(cfg.path), display_path(cfg.nixos)
+    if not cfg.nixos.is_file():
+        raise VaultpyError(Problem(where, f"{shown}: no such file", "vaultpy.nixos",
+                                   "give the Nix file that evaluates to your NixOS "
+                                   "configurations, or remove nixos"))
+    expr = _EXPR % _nix_string(str(cfg.nixos.absolute()))
+    cmd = [NIX_INSTANTIATE, "--eval", "--strict", "--json",
+           # builtins.getFlake, for a flake's nixosConfigurations
+           "--option", "extra-experimental-features", "nix-command flakes", "-E", expr]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                              cwd=cfg.root, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise VaultpyError(Problem(where, f"{NIX_INSTANTIATE} is not installed, and nixos "
+                                   f"= {json.dumps(str(shown))} needs it", "vaultpy.nixos",
+                                   "install Nix (Debian: apt install nix-bin), or remove "
+                                   "nixos")) from None
+    except OSError as exc:
+        raise VaultpyError(Problem(where, f"cannot run {NIX_INSTANTIATE}: {exc.strerror}",
+                                   "vaultpy.nixos", "check your Nix installation")) from None
+    if proc.returncode != 0:
+        raise VaultpyError(Problem(shown, "the NixOS configurations did not evaluate: "
+                                   + _nix_error(proc.stderr), "vaultpy.nixos",
+                                   f"fix that, then run again ({NIX_INSTANTIATE} "
+                                   "--show-trace shows where it comes from)"))
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise VaultpyError(Problem(shown, f"{NIX_INSTANTIATE} printed no attribute set "
+                                   "of hosts", "vaultpy.nixos",
+                                   "check your Nix installation (nix-instantiate --version)"))
+    return data
+
+
+def _nix_error(stderr: str) -> str:
+    """Nix's own message: the last ``error:`` line (a throw's text), in one line."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    at = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=-1)
+    if at < 0:
+        text = " ".join(line for line in lines if line) or "no message"
+    else:
+        first = lines[at].removeprefix("error:").strip()
+        rest = [line for line in lines[at + 1:at + 1 + _ERROR_LINES] if line
+                and not line.startswith(("…", "at ", "|"))]
+        text = " ".join([first, *rest] if first else rest) or "no message"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _bases(cfg: Config) -> Iterator[Path]:
+    """hosts.toml's folder, then each parent up to the top of its git repository."""
+    for d in (cfg.root, *cfg.root.parents):
+        yield d
+        if os.path.lexists(d / ".git"):
+            return
+
+
+def _local(cfg: Config, text: str, *, exists: bool = True) -> list[Path]:
+    """Where a path the evaluation printed is in the repository: itself, or for one in
+    the Nix store, each place its path under the store copy may be (the first existing
+    one, with ``exists``)."""
+    m = _STORE.fullmatch(text)
+    if m is None:
+        return [Path(os.path.normpath(text))]
+    rest = m.group("rest") or ""
+    places = [Path(os.path.normpath(d / rest)) for d in _bases(cfg)]
+    return [p for p in places if os.path.lexists(p)][:1] if exists else places
+
+
+def _same(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
+    """hosts.toml's hosts and secrets, with those of the NixOS configurations ``data``
+    (:func:`evaluate`).  A host or secret both declare must agree: the same keys, the
+    same master file."""
+    assert cfg.nixos is not None
+    shown = display_path(cfg.nixos)
+    ck = _Checker(cfg.nixos)
+    secrets = dict(cfg.secrets)
+    hosts = dict(cfg.hosts)
+    from_nix: dict[str, str] = {}           # host -> the configuration declaring it
+    owner = {os.path.realpath(s.file): s.id for s in cfg.secrets.values()}
+    cache = os.path.realpath(cfg.cache_dir)
+    for attr, rec in sorted(data.items()):
+        at = f"nixosConfigurations.{attr}: vaultpy"
+        if not isinstance(rec, dict) or not {"host", "recipients", "cacheRoot",
+                                             "secrets"} <= rec.keys():
+            ck.add(at, "vaultpy's module there is not this version's (no renc record)",
+                   "use the module of the vaultpy you run (the flake's nixosModules)")
+            continue
+        name = rec["host"]
+        if rec["recipients"] is None:
+            ck.add(f"{at}.settings.hostPubkey", "not set", "give the host's "
+                   "/etc/ssh/ssh_host_ed25519_key.pub line: renc encrypts to it")
+            continue
+        keys = _recipients(ck, rec["recipients"], f"{at}.settings.hostPubkey", host=True)
+        if not keys:
+            continue
+        root = rec["cacheRoot"]
+        if root is None:
+            ck.add(f"{at}.settings.cacheRoot", "not set", "set it to the repository's "
+                   f"cache directory, {display_path(cfg.cache_dir)}, where renc writes")
+            continue
+        if not any(_same(p, cfg.cache_dir) for p in _local(cfg, root, exists=False)):
+            ck.add(f"{at}.settings.cacheRoot", f"is {root}, not the cache_dir renc writes "
+                   f"({display_path(cfg.cache_dir)})", "point both at the same directory")
+            continue
+        ids: list[str] = []
+        for sid, file in sorted(rec["secrets"].items()):
+            where = f"{at}.secrets.{sid}.file"
+            if not output.ID_RE.fullmatch(sid) or len(sid) > ID_MAX:
+                ck.add(f"{at}.secrets", f"secret id {sid!r} is invalid", "use letters, "
+                       f"digits, _ . - (starting with a letter or digit, at most {ID_MAX})")
+                continue
+            places = _local(cfg, file)
+            if not places:
+                ck.add(where, f"{file} is in the Nix store, and its path there is nowhere "
+                       f"in the repository (searched from {display_path(cfg.root)} up to "
+                       "the top of its git repository)", "add the file to git (a flake "
+                       "sees only tracked files), or fix the path")
+                continue
+            path = places[0]
+            if _STORE.fullmatch(file) and not os.path.lexists(file):
+                ck.add(where, f"{display_path(path)} is not in the flake's copy of the "
+                       f"repository ({file})", "git add it: a flake sees only the files "
+                       "git tracks")
+                continue
+            real = os.path.realpath(path)
+            known = secrets.get(sid)
+            if known is not None and not _same(known.file, path):
+                origin = ("hosts.toml" if sid in cfg.secrets else "another configuration")
+                ck.add(where, f"is {display_path(path)}, but {origin} gives secret {sid!r} "
+                       f"the master file {display_path(known.file)}",
+                       "use the same file for the same id, or another id")
+                continue
+            other = owner.setdefault(real, sid)
+            if other != sid:
+                ck.add(where, f"{display_path(path)} is already the master file of secret "
+                       f"{other!r}", "give each secret its own master file")
+                continue
+            if real == cache or real.startswith(cache + os.sep):
+                ck.add(where, "master file lies inside the cache directory (renc would "
+                       "delete it)", "move it out of cache_dir")
+                continue
+            secrets.setdefault(sid, Secret(sid, path))
+            ids.append(sid)
+        if name in from_nix:
+            ck.add(f"{at}.settings.hostName", f"{name!r} is also nixosConfigurations."
+                   f"{from_nix[name]}'s host name", "give each host its own name")
+            continue
+        from_nix[name] = attr
+        known_host = hosts.get(name)
+        if known_host is None:
+            hosts[name] = Host(name, keys, tuple(Deployment(sid, sid) for sid in ids), (),
+                               nixos=attr)
+            continue
+        if set(known_host.recipients) != set(keys):
+            ck.add(f"{at}.settings.hostPubkey", f"differs from [hosts.{name}] pubkey in "
+                   "hosts.toml", "give the host the same key(s) in both")
+            continue
+        extra = tuple(Deployment(sid, sid) for sid in ids if sid not in known_host.needed)
+        hosts[name] = Host(name, known_host.recipients, known_host.deployments + extra,
+                           known_host.templates, known_host.identities, nixos=attr)
+    if ck.problems:
+        raise VaultpyError([Problem(shown, p.message, p.field, p.hint) for p in ck.problems])
+    return Config(path=cfg.path, recipients=cfg.recipients, identity=cfg.identity,
+                  secrets_dir=cfg.secrets_dir, cache_dir=cfg.cache_dir,
+                  secrets=MappingProxyType(dict(sorted(secrets.items()))),
+                  hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=cfg.vault,
+                  nixos=cfg.nixos)
