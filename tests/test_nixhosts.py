@@ -265,3 +265,22 @@ def test_nix_error_is_the_throw_text() -> None:
     assert nixhosts._nix_error("error: undefined variable 'x'\n\n       at /r/a.nix:1:1:\n") \
         == "undefined variable 'x'"
 
+
+
+def test_host_commands_keep_and_name_the_nix_hosts(nixrepo: tuple[Repo, Any, Path]) -> None:
+    """host add renews the cache with the Nix hosts still in it (never pruning
+    theirs); host rm and rotate of a host Nix declares say where to change it."""
+    repo, _write, _lib = nixrepo
+    repo.ok("renc")
+    before = {p.name for p in (repo.cache / "host0").iterdir()}
+    host1 = repo.hosts["host1"]
+    repo.ok("host", "add", "host1", "--pubkey", host1.pubkey, "--secrets", "other")
+    assert {p.name for p in (repo.cache / "host0").iterdir()} == before
+    assert age_decrypt(next((repo.cache / "host1").glob("other.*")), host1.key) == \
+        b"not for host0"
+    for args in (("rm", "host0"), ("rotate", "host0", "--pubkey", host1.pubkey)):
+        assert_one_clean_error(repo.run("host", *args), "nixos.nix", "vaultpy.nixos",
+                               "host 'host0' is declared in the NixOS configuration 'host0'",
+                               "nixosConfigurations.host0.config.vaultpy")
+    assert {p.name for p in (repo.cache / "host0").iterdir()} == before
+    repo.ok("check")

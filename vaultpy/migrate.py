@@ -901,7 +901,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             text = (f"{old_text}{sep}\n# Imported from {plan.tool} ({source}) on {stamp} "
                     f"by vaultpy import.\n{tables}")
         try:
-            cfg = model.parse(text, hosts_path)
+            cfg = model.reparse(text, hosts_path)
         except VaultpyError as exc:
             problems.extend(Problem(p.file, p.message, p.field, p.hint or "fix the source "
                                     f"{plan.tool} configuration") for p in exc.problems)

@@ -1118,7 +1118,13 @@ def load(repo: Path | None = None) -> Config:
                                    "save it as UTF-8" if path.suffix == ".toml" else
                                    "-C/--repo takes the repository's directory or its "
                                    f"{FILENAME}: fix -C")) from None
-    cfg = parse(text, path.absolute())
+    return reparse(text, path.absolute())
+
+
+def reparse(text: str, path: Path) -> Config:
+    """:func:`parse`, with the hosts of hosts.toml's ``nixos`` merged in, as :func:`load`
+    gives them: what a command that edits hosts.toml must compare and renc with."""
+    cfg = parse(text, path)
     if cfg.nixos is None:
         return cfg
     from vaultpy import nixhosts

@@ -549,13 +549,23 @@ def _read_text(cfg: Config) -> str:
 
 def _edit(cfg: Config, text: str, fn: Callable[[], str], host: str) -> tuple[str, Config]:
     """Apply a text edit and validate the result as a whole hosts.toml."""
+    known = cfg.hosts.get(host)
     try:
         new_text = fn()
     except EditError as exc:
+        if known is not None and known.nixos:   # declared in Nix alone: change it there
+            raise _nix_host(cfg, known) from None
         raise _problem(cfg, f"cannot edit this hosts.toml automatically: {exc}",
                        f"hosts.{host}", "make the change by hand") from None
-    new_cfg = model.parse(new_text, cfg.path)
+    new_cfg = model.reparse(new_text, cfg.path)
     return new_text, new_cfg
+
+
+def _nix_host(cfg: Config, host: model.Host) -> VaultpyError:
+    return VaultpyError(Problem(
+        display_path(cfg.nixos or cfg.path), f"host {host.name!r} is declared in the NixOS "
+        f"configuration {host.nixos!r}", "vaultpy.nixos", f"change it there "
+        f"(nixosConfigurations.{host.nixos}.config.vaultpy), then run vaultpy renc"))
 
 
 def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] | None = None
@@ -678,6 +688,8 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
 def remove(cfg: Config, name: str) -> Outcome:
     """Remove host ``name`` from hosts.toml and delete its cache directory."""
     _known_host(cfg, name)
+    if cfg.hosts[name].nixos:       # removed from hosts.toml, Nix would still declare it
+        raise _nix_host(cfg, cfg.hosts[name])
     text = _read_text(cfg)
     new_text, _ = _edit(cfg, text, lambda: remove_host_text(text, name), name)
     cache = cfg.cache_dir / name

@@ -615,7 +615,7 @@ def _update_hosts_toml(cfg: Config, journal: Journal) -> bool:
                 new_text, "identity", _toml_str(_identity_setting(cfg, journal.new_identity)))
             new_text = with_id if with_id is not None else new_text
         try:
-            updated = model.parse(new_text, cfg.path)
+            updated = model.reparse(new_text, cfg.path)
         except VaultpyError:
             continue
         if (list(updated.recipients) == journal.recipients and updated.hosts == cfg.hosts
