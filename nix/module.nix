@@ -428,6 +428,7 @@ in
         host = s.hostName;
         recipients = if s.hostPubkey == null then null else recipients;
         cacheRoot = if s.cacheRoot == null then null else toString s.cacheRoot;
+        cacheRootIsPath = builtins.isPath s.cacheRoot;    # a string: an assertion fails
         secrets = mapAttrs (_: v: toString v.file) cfg.secrets;
       };
       description = "What `vaultpy renc` needs of this host: its name, keys, cache directory and master files.";

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Nix, Repo, age_decrypt, assert_one_clean_error, need
-from test_nix import nix_value
+from test_nix import Raw, nix_value
 
 from vaultpy import nixhosts
 
@@ -135,7 +135,8 @@ def test_a_host_in_both_gets_the_union(nixrepo: tuple[Repo, Any, Path]) -> None:
 
 
 @pytest.mark.parametrize("case", ["key", "file", "cache", "unset-key", "throw", "missing",
-                                  "shared", "id"])
+                                  "shared", "id", "order", "string-cache", "store-path",
+                                  "hostname", "nothing", "not-config"])
 def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) -> None:
     repo, write, _lib = nixrepo
     root = repo.root
@@ -161,16 +162,40 @@ def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) 
     elif case == "throw":       # no file, no secretsDir: the module's own message
         write(**{"secrets.api": {"owner": "root"}})
         needles = ("nixos.nix", "did not evaluate", "secret api: file is not set",
-                   "--show-trace")
+                   "fix that, then run again")
     elif case == "missing":
         (root / "nixos.nix").unlink()
         needles = ("hosts.toml", "vaultpy.nixos", "nixos.nix: no such file")
     elif case == "shared":      # a new id whose master file is another secret's
         write(**{"secrets.db2": {"file": root / "secrets" / "db.age"}})
         needles = ("vaultpy.secrets.db2.file", "is already the master file of secret 'db'")
-    else:
+    elif case == "id":
         write(**{"secrets.bad/id": {"file": root / "secrets" / "db.age"}})
         needles = ("nixosConfigurations.host0: vaultpy.secrets", "'bad/id' is invalid")
+    elif case == "order":       # the same keys in another order: other cache names
+        age = repo.recipient
+        repo.write_hosts(text + f'\n[hosts.host0]\npubkey = ["{repo.hosts["host0"].pubkey}", '
+                         f'"{age}"]\nsecrets = ["other"]\n')
+        write(**{"settings.hostPubkey": [age, repo.hosts["host0"].pubkey]})
+        needles = ("vaultpy.settings.hostPubkey", "differs from [hosts.host0]",
+                   "in the same order")
+    elif case == "string-cache":
+        write(**{"settings.cacheRoot": str(root / "secrets" / "cache")})
+        needles = ("vaultpy.settings.cacheRoot", "is the string", "not a Nix path")
+    elif case == "store-path":  # "${./x}": a store path of its own
+        write(**{"secrets.db": {"file": Raw(f'"${{{nix_value(root / "secrets" / "db.age")}}}"')}})
+        needles = ("vaultpy.secrets.db.file", "a store path of its own", "unquoted")
+    elif case == "hostname":
+        write(**{"settings.hostName": "h" * 200})
+        needles = ("nixosConfigurations.host0: vaultpy.settings.hostName",
+                   "invalid host name")
+    elif case == "nothing":     # the flake itself, say: nothing there imports the module
+        (root / "nixos.nix").write_text("{ bare = { config = { }; }; }\n")
+        needles = ("nixos.nix", "vaultpy.nixos", "no configuration in it imports vaultpy's "
+                   "module (bare)")
+    else:
+        (root / "nixos.nix").write_text("{ outputs = { self }: { }; }\n")
+        needles = ("nixos.nix", "nixosConfigurations.outputs", "not a NixOS configuration")
     for command in ("renc", "check"):
         assert_one_clean_error(repo.run(command), *needles)
     assert not (repo.cache / "host0").exists()
@@ -236,6 +261,17 @@ def test_a_flake_is_read_through_its_store_copy(nixrepo: tuple[Repo, Any, Path],
     repo.ok("renc", env=env)
     assert age_decrypt(next((repo.cache / "host0").glob("new.*")),
                        repo.hosts["host0"].key) == b"db-pass\n"
+    # Declared before its master exists: vaultpy encrypt makes it, where the flake reads.
+    text = (root / "configs.nix").read_text().replace(
+        '"api" = {', '"fresh" = { "file" = (./. + "/secrets/fresh.age"); }; "api" = {')
+    (root / "configs.nix").write_text(text)
+    subprocess.run([git, "add", "configs.nix"], cwd=root, check=True)
+    repo.ok("encrypt", "fresh", input=b"fresh value", env=env)
+    subprocess.run([git, "add", "secrets/fresh.age"], cwd=root, check=True)
+    repo.ok("renc", env=env)
+    assert age_decrypt(next((repo.cache / "host0").glob("fresh.*")),
+                       repo.hosts["host0"].key) == b"fresh value"
+
 
 
 def test_store_paths_map_to_the_repository(tmp_path: Path) -> None:
@@ -255,6 +291,15 @@ def test_store_paths_map_to_the_repository(tmp_path: Path) -> None:
     assert nixhosts._local(cfg, "/srv/a/../b.age") == [Path("/srv/b.age")]  # type: ignore[arg-type]
     assert nixhosts._local(cfg, f"{store}/secrets/cache", exists=False) == [  # type: ignore[arg-type]
         top / "infra" / "secrets" / "cache", top / "secrets" / "cache"]
+    # With the store copy at hand, the file with its bytes: not the nearer namesake.
+    copy = tmp_path / "root" / store.lstrip("/") / "secrets" / "x.age"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"top")
+    (top / "secrets" / "x.age").write_bytes(b"top")
+    (top / "infra" / "secrets" / "x.age").write_bytes(b"infra")
+    assert nixhosts._local(cfg, str(copy)) == [top / "secrets" / "x.age"]  # type: ignore[arg-type]
+    (top / "secrets" / "x.age").write_bytes(b"changed")
+    assert nixhosts._local(cfg, str(copy)) == []                          # type: ignore[arg-type]
 
 
 def test_nix_error_is_the_throw_text() -> None:
@@ -262,8 +307,10 @@ def test_nix_error_is_the_throw_text() -> None:
               "         at /r/nixos.nix:3:5:\n\n"
               "       error: vaultpy: secret api: file is not set: give it\n")
     assert nixhosts._nix_error(stderr) == "vaultpy: secret api: file is not set: give it"
-    assert nixhosts._nix_error("error: undefined variable 'x'\n\n       at /r/a.nix:1:1:\n") \
-        == "undefined variable 'x'"
+    assert nixhosts._nix_error("error: undefined variable 'x'\n\n       at /r/a.nix:1:7:\n\n"
+                               "            1| { a = x; }\n"
+                               "(use '--show-trace' to show detailed location information)\n") \
+        == "undefined variable 'x' (at /r/a.nix:1:7)"
 
 
 

@@ -41,16 +41,18 @@ NIX_INSTANTIATE = "nix-instantiate"
 _EXPR = """
 let
   configs = import (/. + %s);
-  uses = c: builtins.isAttrs c && c ? config && c.config ? vaultpy
-    && c.config.vaultpy ? renc && c.config.vaultpy.secrets != { };
+  # The record, or why there is none (merge says what a string means).
+  record = c:
+    if !(builtins.isAttrs c && c ? config && builtins.isAttrs c.config) then "not-config"
+    else if !(c.config ? vaultpy) then "no-module"
+    else if !(c.config.vaultpy ? renc) then "old-module"
+    else if c.config.vaultpy.secrets == { } then "no-secrets"
+    else c.config.vaultpy.renc;
 in
 if !(builtins.isAttrs configs) then
   throw "it is a ${builtins.typeOf configs}, not an attribute set of NixOS configurations"
 else
-  builtins.listToAttrs (builtins.concatMap
-    (n: if uses configs.${n}
-        then [ { name = n; value = configs.${n}.config.vaultpy.renc; } ] else [ ])
-    (builtins.attrNames configs))
+  builtins.mapAttrs (_: record) configs
 """
 
 # A store path; under another root too (a chroot store: --store /some/root).
@@ -66,7 +68,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     """``config.vaultpy.renc`` of each NixOS configuration the ``nixos`` file holds."""
     assert cfg.nixos is not None
     where, shown = display_path(cfg.path), display_path(cfg.nixos)
-    if not cfg.nixos.is_file():
+    if not cfg.nixos.exists():         # (a directory: its default.nix)
         raise VaultpyError(Problem(where, f"{shown}: no such file", "vaultpy.nixos",
                                    "give the Nix file that evaluates to your NixOS "
                                    "configurations, or remove nixos"))
@@ -88,8 +90,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     if proc.returncode != 0:
         raise VaultpyError(Problem(shown, "the NixOS configurations did not evaluate: "
                                    + _nix_error(proc.stderr), "vaultpy.nixos",
-                                   f"fix that, then run again ({NIX_INSTANTIATE} "
-                                   "--show-trace shows where it comes from)"))
+                                   "fix that, then run again"))
     try:
         data = json.loads(proc.stdout)
     except ValueError:
@@ -103,15 +104,21 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
 def _nix_error(stderr: str) -> str:
     """Nix's own message: the last ``error:`` line (a throw's text), in one line."""
-    lines = [line.strip() for line in stderr.splitlines()]
+    lines = [line.strip() for line in stderr.splitlines()
+             if not line.strip().startswith("(use '--show-trace'")]
     at = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=-1)
     if at < 0:
         text = " ".join(line for line in lines if line) or "no message"
     else:
         first = lines[at].removeprefix("error:").strip()
-        rest = [line for line in lines[at + 1:at + 1 + _ERROR_LINES] if line
-                and not line.startswith(("…", "at ", "|"))]
+        after = lines[at + 1:]
+        rest = [line for line in after[:_ERROR_LINES] if line
+                and not line.startswith(("…", "at ", "|")) and not line[:1].isdigit()]
+        where = next((line.removeprefix("at ").rstrip(":") for line in after
+                      if line.startswith("at /")), "")
         text = " ".join([first, *rest] if first else rest) or "no message"
+        if where:
+            text += f" (at {where})"
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -132,7 +139,21 @@ def _local(cfg: Config, text: str, *, exists: bool = True) -> list[Path]:
         return [Path(os.path.normpath(text))]
     rest = m.group("rest") or ""
     places = [Path(os.path.normpath(d / rest)) for d in _bases(cfg)]
-    return [p for p in places if os.path.lexists(p)][:1] if exists else places
+    if not exists:
+        return places
+    found = [p for p in places if os.path.lexists(p)]
+    copy = _bytes(text)
+    if copy is not None:            # the file the flake sees: the one with its bytes
+        return [p for p in found if _bytes(str(p)) == copy][:1]
+    return found[:1]
+
+
+def _bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 26)
+    except OSError:
+        return None
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -151,14 +172,27 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
     from_nix: dict[str, str] = {}           # host -> the configuration declaring it
     owner = {os.path.realpath(s.file): s.id for s in cfg.secrets.values()}
     cache = os.path.realpath(cfg.cache_dir)
+    if not any(isinstance(rec, dict) or rec == "no-secrets" for rec in data.values()):
+        ck.add("vaultpy.nixos", "no configuration in it imports vaultpy's module ("
+               + (", ".join(sorted(data)) or "it is empty") + ")", "give the file that "
+               "evaluates to your NixOS configurations (a flake's nixosConfigurations)")
     for attr, rec in sorted(data.items()):
         at = f"nixosConfigurations.{attr}: vaultpy"
+        if rec == "not-config":
+            ck.add(f"nixosConfigurations.{attr}", "not a NixOS configuration (no config "
+                   "attribute)", "the file must evaluate to { <name> = <nixosSystem>; }, "
+                   "as a flake's nixosConfigurations")
+            continue
+        if rec in ("no-module", "no-secrets"):
+            continue
         if not isinstance(rec, dict) or not {"host", "recipients", "cacheRoot",
-                                             "secrets"} <= rec.keys():
+                                             "cacheRootIsPath", "secrets"} <= rec.keys():
             ck.add(at, "vaultpy's module there is not this version's (no renc record)",
                    "use the module of the vaultpy you run (the flake's nixosModules)")
             continue
         name = rec["host"]
+        if not ck.ident(name, f"{at}.settings.hostName", "host name"):
+            continue
         if rec["recipients"] is None:
             ck.add(f"{at}.settings.hostPubkey", "not set", "give the host's "
                    "/etc/ssh/ssh_host_ed25519_key.pub line: renc encrypts to it")
@@ -171,6 +205,11 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             ck.add(f"{at}.settings.cacheRoot", "not set", "set it to the repository's "
                    f"cache directory, {display_path(cfg.cache_dir)}, where renc writes")
             continue
+        if not rec["cacheRootIsPath"]:
+            ck.add(f"{at}.settings.cacheRoot", f"is the string {json.dumps(root)}, not a "
+                   "Nix path (the module refuses it)", "write a path: ./secrets/cache, no "
+                   "quotes")
+            continue
         if not any(_same(p, cfg.cache_dir) for p in _local(cfg, root, exists=False)):
             ck.add(f"{at}.settings.cacheRoot", f"is {root}, not the cache_dir renc writes "
                    f"({display_path(cfg.cache_dir)})", "point both at the same directory")
@@ -182,15 +221,22 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                 ck.add(f"{at}.secrets", f"secret id {sid!r} is invalid", "use letters, "
                        f"digits, _ . - (starting with a letter or digit, at most {ID_MAX})")
                 continue
-            places = _local(cfg, file)
-            if not places:
-                ck.add(where, f"{file} is in the Nix store, and its path there is nowhere "
-                       f"in the repository (searched from {display_path(cfg.root)} up to "
-                       "the top of its git repository)", "add the file to git (a flake "
-                       "sees only tracked files), or fix the path")
+            m = _STORE.fullmatch(file)
+            if m is not None and not m.group("rest"):
+                ck.add(where, f"{file} is a store path of its own, not a file of the "
+                       "repository", "write the path unquoted (./secrets/<id>.age)")
                 continue
+            places = _local(cfg, file)
+            if m is not None and not places:
+                tried = _local(cfg, file, exists=False)
+                if any(os.path.lexists(p) for p in tried):
+                    ck.add(where, f"{display_path(tried[0])} differs from the flake's copy "
+                           f"({file})", "git add it (and commit): the flake sees what git "
+                           "tracks")
+                    continue
+                places = tried[-1:]     # the git top: the flake's root, as a rule
             path = places[0]
-            if _STORE.fullmatch(file) and not os.path.lexists(file):
+            if m is not None and not os.path.lexists(file) and os.path.lexists(path):
                 ck.add(where, f"{display_path(path)} is not in the flake's copy of the "
                        f"repository ({file})", "git add it: a flake sees only the files "
                        "git tracks")
@@ -224,9 +270,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             hosts[name] = Host(name, keys, tuple(Deployment(sid, sid) for sid in ids), (),
                                nixos=attr)
             continue
-        if set(known_host.recipients) != set(keys):
+        if list(known_host.recipients) != list(keys):   # (cache names hash the order)
             ck.add(f"{at}.settings.hostPubkey", f"differs from [hosts.{name}] pubkey in "
-                   "hosts.toml", "give the host the same key(s) in both")
+                   "hosts.toml", "give the host the same key(s), in the same order, in both")
             continue
         extra = tuple(Deployment(sid, sid) for sid in ids if sid not in known_host.needed)
         hosts[name] = Host(name, known_host.recipients, known_host.deployments + extra,
