@@ -331,3 +331,23 @@ def test_host_commands_keep_and_name_the_nix_hosts(nixrepo: tuple[Repo, Any, Pat
                                "nixosConfigurations.host0.config.vaultpy")
     assert {p.name for p in (repo.cache / "host0").iterdir()} == before
     repo.ok("check")
+
+
+def test_a_store_copy_not_on_disk_is_trusted(make_repo: Callable[..., Repo]) -> None:
+    """Lazy trees, a remote store: the copy a path names may not be on this disk.  The
+    repository's file is then taken, not refused as 'not in the flake's copy'."""
+    from vaultpy import model
+
+    repo = make_repo(hosts=1, secrets={"db": b"x"})
+    text = (repo.root / "hosts.toml").read_text().partition("\n[hosts.")[0]
+    text = text.replace("[vaultpy]\n", '[vaultpy]\nnixos = "nixos.nix"\n', 1)
+    cfg = model.parse(text, repo.root / "hosts.toml")
+    store = "/nix/store/" + "0" * 32 + "-source"
+    assert not Path(store).exists()
+    merged = nixhosts.merge(cfg, {"h": {
+        "host": "h", "recipients": [repo.hosts["host0"].pubkey],
+        "cacheRoot": f"{store}/secrets/cache", "cacheRootIsPath": True,
+        "secrets": {"db": f"{store}/secrets/db.age", "new": f"{store}/secrets/new.age"}}})
+    assert merged.secrets["db"].file == repo.root / "secrets" / "db.age"
+    assert merged.secrets["new"].file == repo.root / "secrets" / "new.age"   # not written yet
+    assert merged.hosts["h"].nixos == "h" and merged.hosts["h"].needed == ("db", "new")

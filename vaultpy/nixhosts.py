@@ -130,6 +130,11 @@ def _bases(cfg: Config) -> Iterator[Path]:
             return
 
 
+def _git_top(cfg: Config) -> Path:
+    """The last of :func:`_bases`: the git top, or ``/`` outside git."""
+    return list(_bases(cfg))[-1]
+
+
 def _local(cfg: Config, text: str, *, exists: bool = True) -> list[Path]:
     """Where a path the evaluation printed is in the repository: itself, or for one in
     the Nix store, each place its path under the store copy may be (the first existing
@@ -234,9 +239,13 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                            f"({file})", "git add it (and commit): the flake sees what git "
                            "tracks")
                     continue
-                places = tried[-1:]     # the git top: the flake's root, as a rule
+                # the git top (the flake's root, as a rule), else hosts.toml's folder
+                top = tried[-1] if os.path.lexists(_git_top(cfg) / ".git") else tried[0]
+                places = [top]
             path = places[0]
-            if m is not None and not os.path.lexists(file) and os.path.lexists(path):
+            # (a copy not on disk - lazy trees, a remote store - cannot tell: trusted)
+            if (m is not None and os.path.isdir(file[:m.start("rest") - 1])
+                    and not os.path.lexists(file) and os.path.lexists(path)):
                 ck.add(where, f"{display_path(path)} is not in the flake's copy of the "
                        f"repository ({file})", "git add it: a flake sees only the files "
                        "git tracks")
