@@ -325,7 +325,8 @@ def test_host_commands_keep_and_name_the_nix_hosts(nixrepo: tuple[Repo, Any, Pat
     assert {p.name for p in (repo.cache / "host0").iterdir()} == before
     assert age_decrypt(next((repo.cache / "host1").glob("other.*")), host1.key) == \
         b"not for host0"
-    for args in (("rm", "host0"), ("rotate", "host0", "--pubkey", host1.pubkey)):
+    for args in (("rm", "host0"), ("rotate", "host0", "--pubkey", host1.pubkey),
+                 ("add", "host0", "--pubkey", host1.pubkey)):
         assert_one_clean_error(repo.run("host", *args), "nixos.nix", "vaultpy.nixos",
                                "host 'host0' is declared in the NixOS configuration 'host0'",
                                "nixosConfigurations.host0.config.vaultpy")

@@ -642,6 +642,8 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
     """Add host ``name`` with the key from ``source`` and deploy ``secrets`` to it."""
     _check_name(cfg, name)
     text = _read_text(cfg)
+    if name in cfg.hosts and cfg.hosts[name].nixos:
+        raise _nix_host(cfg, cfg.hosts[name])
     if name in cfg.hosts or name in _hosts_of(tomllib.loads(text)):
         raise _problem(cfg, f"host {name!r} already exists", f"hosts.{name}",
                        f"use vaultpy host rotate {name} to change its key, or choose "
