@@ -1698,3 +1698,32 @@ def test_a_directory_others_can_change_is_not_written_below(world: World, tmp_pa
     words = "another user" if case == "roots-symlink-to-theirs" else "every user"
     assert_clean_line(proc, [("/var/lib/app",), (words,)])
     assert snapshot_tree(host.root) == before
+
+
+def test_a_run_killed_writing_its_manifest_leaves_no_finished_generation(
+        world: World, tmp_path: Path) -> None:
+    """A real SIGKILL (sent by strace) at the first write to the new generation's
+    manifest: the manifest marks a generation finished, so one cut short must not be
+    there under its name.  The old generation stays live, and the next run removes the
+    killed one's as unfinished (its plaintext too) instead of keeping it."""
+    from vaultpy.activate.context import MANIFEST
+
+    need("strace")
+    host = fresh(world, tmp_path)
+    run_ok(host, "A")
+    first = live_gen(host)
+    assert first is not None and first.name == "1"
+    killed = first.parent / "2"
+    watch = [x for p in (killed / MANIFEST, killed / f".{MANIFEST}.tmp") for x in ("-P", str(p))]
+    cmd = ["strace", "-qq", "-o", os.devnull, *watch, "-e", "trace=write",
+           "-e", "inject=write:signal=KILL:when=1",
+           *activate_cmd(host.profile, host.root, systemctl=shutil.which("true"))]
+    proc = subprocess.run(cmd, capture_output=True, env=vaultpy_env(), cwd=ROOT)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert live_gen(host) == first and killed.is_dir()
+    assert not (killed / MANIFEST).exists()
+    proc = run_ok(host, "A")
+    assert "removed unfinished generation 2" in proc.stderr.decode()
+    assert not killed.exists() and live_gen(host) == first.parent / "3"
