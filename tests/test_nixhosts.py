@@ -352,3 +352,23 @@ def test_a_store_copy_not_on_disk_is_trusted(make_repo: Callable[..., Repo]) -> 
     assert merged.secrets["db"].file == repo.root / "secrets" / "db.age"
     assert merged.secrets["new"].file == repo.root / "secrets" / "new.age"   # not written yet
     assert merged.hosts["h"].nixos == "h" and merged.hosts["h"].needed == ("db", "new")
+
+
+def test_check_names_nixos_where_it_names_hosts_toml(nixrepo: tuple[Repo, Any, Path],
+                                                     nixpkgs_lib: Nix) -> None:
+    """A host dropped from the configurations, a master no one declares: the words say
+    where hosts and secrets are declared, both places."""
+    repo, _write, lib = nixrepo
+    repo.ok("renc")
+    nixos_file(repo.root / "nixos.nix", lib, {"bare": {"networking": {"hostName": "bare"},
+                                                       "vaultpy": {"secrets": {}}}})
+    (repo.root / "nixos.nix").write_text((repo.root / "nixos.nix").read_text().replace(
+        "in {", "in { keep = mk ({ networking.hostName = \"keep\"; vaultpy.settings = { "
+        f"hostPubkey = \"{repo.hosts['host1'].pubkey}\"; cacheRoot = "
+        f"{nix_value(repo.cache)}; }}; vaultpy.secrets.other.file = "
+        f"{nix_value(repo.root / 'secrets' / 'other.age')}; }});", 1))
+    (repo.root / "secrets" / "stray.age").write_bytes(b"")
+    proc = repo.run("check")
+    err = proc.stdout.decode() + proc.stderr.decode()
+    assert "directory of a host that is not in hosts.toml or nixos.nix" in err, err
+    assert "no secret in hosts.toml or nixos.nix has this master file" in err, err

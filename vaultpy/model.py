@@ -619,7 +619,8 @@ def stray_masters(cfg: Config) -> list[Problem]:
         elif (name.endswith(".age") and not name.startswith(".")
               and os.path.abspath(path) not in declared):
             sid = name[:-4]
-            out.append(Problem(display_path(path), "no secret in hosts.toml has this master "
+            where = "hosts.toml" + (f" or {display_path(cfg.nixos)}" if cfg.nixos else "")
+            out.append(Problem(display_path(path), f"no secret in {where} has this master "
                                "file", f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
                                f"declare it ([secrets.{sid}]), or delete it (git rm) if the "
                                "secret is gone"))
