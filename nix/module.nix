@@ -430,6 +430,7 @@ in
         cacheRoot = if s.cacheRoot == null then null else toString s.cacheRoot;
         cacheRootIsPath = builtins.isPath s.cacheRoot;    # a string: an assertion fails
         secrets = mapAttrs (_: v: toString v.file) cfg.secrets;
+        installed = mapAttrs (_: v: v.name) (filterAttrs (_: v: v.install) cfg.secrets);
       };
       description = "What `vaultpy renc` needs of this host: its name, keys, cache directory and master files.";
     };

@@ -348,6 +348,7 @@ def test_a_store_copy_not_on_disk_is_trusted(make_repo: Callable[..., Repo]) -> 
     merged = nixhosts.merge(cfg, {"h": {
         "host": "h", "recipients": [repo.hosts["host0"].pubkey],
         "cacheRoot": f"{store}/secrets/cache", "cacheRootIsPath": True,
+        "installed": {"db": "db", "new": "new"},
         "secrets": {"db": f"{store}/secrets/db.age", "new": f"{store}/secrets/new.age"}}})
     assert merged.secrets["db"].file == repo.root / "secrets" / "db.age"
     assert merged.secrets["new"].file == repo.root / "secrets" / "new.age"   # not written yet
@@ -372,3 +373,19 @@ def test_check_names_nixos_where_it_names_hosts_toml(nixrepo: tuple[Repo, Any, P
     err = proc.stdout.decode() + proc.stderr.decode()
     assert "directory of a host that is not in hosts.toml or nixos.nix" in err, err
     assert "no secret in hosts.toml or nixos.nix has this master file" in err, err
+
+
+def test_status_shows_the_module_names_and_install_false(nixrepo: tuple[Repo, Any, Path]
+                                                         ) -> None:
+    """A secret installed under another name, and one with install = false (its value
+    only for the module's templates): renc writes both; status shows the second as no
+    file of its own, as it shows a template's secret."""
+    repo, write, _lib = nixrepo
+    write(**{"secrets.db": {"file": repo.root / "secrets" / "db.age", "name": "db.conf"},
+             "secrets.api": {"file": repo.root / "secrets" / "api.age", "install": False}})
+    repo.ok("renc")
+    assert sorted(p.name.split(".")[0] for p in (repo.cache / "host0").iterdir()) == \
+        ["api", "db"]
+    data = json.loads(repo.ok("status", "--json").stdout)
+    rows = {r["id"]: r for r in data["entries"] if r["host"] == "host0"}
+    assert rows["db"]["installed"] is True and rows["api"]["installed"] is False, data

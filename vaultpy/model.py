@@ -238,12 +238,16 @@ class Host:
     # Declared in a NixOS configuration (hosts.toml's ``nixos``): its attribute name
     # there.  Its profile is the module's (config.vaultpy.profileFile), not vaultpy's.
     nixos: str = ""
+    # Secrets it receives with no file of its own: the module's ``install = false``
+    # (used by templates the module renders).
+    received: tuple[str, ...] = ()
 
     @cached_property
     def needed(self) -> tuple[str, ...]:
         """Every secret id whose ciphertext the host receives (installed or used by a
         template), sorted."""
         ids = {d.id for d in self.deployments}
+        ids.update(self.received)
         for t in self.templates:
             ids.update(t.refs)
         return tuple(sorted(ids))

@@ -55,6 +55,9 @@ else
   builtins.mapAttrs (_: record) configs
 """
 
+# config.vaultpy.renc's fields (nix/module.nix)
+_RECORD = frozenset({"host", "recipients", "cacheRoot", "cacheRootIsPath", "secrets",
+                     "installed"})
 # A store path; under another root too (a chroot store: --store /some/root).
 _STORE = re.compile(r"(?:/.*)?/nix/store/[0-9a-df-np-sv-z]{32}-[^/]+(?:/(?P<rest>.*))?")
 _ERROR_LINES = 3
@@ -190,8 +193,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         if rec in ("no-module", "no-secrets"):
             continue
-        if not isinstance(rec, dict) or not {"host", "recipients", "cacheRoot",
-                                             "cacheRootIsPath", "secrets"} <= rec.keys():
+        if not isinstance(rec, dict) or not rec.keys() >= _RECORD:
             ck.add(at, "vaultpy's module there is not this version's (no renc record)",
                    "use the module of the vaultpy you run (the flake's nixosModules)")
             continue
@@ -274,18 +276,23 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    f"{from_nix[name]}'s host name", "give each host its own name")
             continue
         from_nix[name] = attr
+        installed: dict[str, str] = rec["installed"]      # id -> its file's name
         known_host = hosts.get(name)
         if known_host is None:
-            hosts[name] = Host(name, keys, tuple(Deployment(sid, sid) for sid in ids), (),
-                               nixos=attr)
+            hosts[name] = Host(name, keys, tuple(Deployment(sid, installed[sid])
+                                                 for sid in ids if sid in installed), (),
+                               nixos=attr,
+                               received=tuple(sid for sid in ids if sid not in installed))
             continue
         if list(known_host.recipients) != list(keys):   # (cache names hash the order)
             ck.add(f"{at}.settings.hostPubkey", f"differs from [hosts.{name}] pubkey in "
                    "hosts.toml", "give the host the same key(s), in the same order, in both")
             continue
-        extra = tuple(Deployment(sid, sid) for sid in ids if sid not in known_host.needed)
-        hosts[name] = Host(name, known_host.recipients, known_host.deployments + extra,
-                           known_host.templates, known_host.identities, nixos=attr)
+        new = [sid for sid in ids if sid not in known_host.needed]
+        hosts[name] = Host(name, known_host.recipients, known_host.deployments + tuple(
+            Deployment(sid, installed[sid]) for sid in new if sid in installed),
+            known_host.templates, known_host.identities, nixos=attr,
+            received=tuple(sid for sid in new if sid not in installed))
     if ck.problems:
         raise VaultpyError([Problem(shown, p.message, p.field, p.hint) for p in ck.problems])
     return Config(path=cfg.path, recipients=cfg.recipients, identity=cfg.identity,
