@@ -9,7 +9,7 @@
 # or import everything for this host from the operator's hosts.toml:
 #
 #   vaultpy.hostsToml = ./hosts.toml;
-{ config, lib, ... }:
+{ config, lib, options, ... }:
 let
   inherit (lib) mkOption mkIf mkMerge mkDefault types mapAttrs attrNames filterAttrs
     concatMap concatStringsSep optional optionals;
@@ -431,6 +431,11 @@ in
         cacheRootIsPath = builtins.isPath s.cacheRoot;    # a string: an assertion fails
         secrets = mapAttrs (_: v: toString v.file) cfg.secrets;
         installed = mapAttrs (_: v: v.name) (filterAttrs (_: v: v.install) cfg.secrets);
+        # The hosts.toml this host is imported from (vaultpy.hostsToml), and whether its
+        # key is that file's (not set over it here).
+        hostsToml = if cfg.hostsToml == null then null else toString cfg.hostsToml;
+        keyFromHostsToml = cfg.hostsToml != null
+          && options.vaultpy.settings.hostPubkey.highestPrio >= (lib.mkDefault null).priority;
       };
       description = "What `vaultpy renc` needs of this host: its name, keys, cache directory and master files.";
     };

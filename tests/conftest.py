@@ -313,6 +313,7 @@ def memo_template(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 DEFAULT_NIXPKGS_LIB = ROOT.parent / "shared" / "nixpkgs-lib" / "lib"
 
+
 def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must run the Nix tests", pytrace=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Nix, Repo, age_decrypt, assert_one_clean_error, need
+from conftest import ROOT, Nix, Repo, age_decrypt, assert_one_clean_error, need, ssh_keygen
 from test_nix import Raw, nix_value
 
 from vaultpy import nixhosts
@@ -123,28 +123,61 @@ def test_a_secret_added_in_nix_is_written_and_one_removed_is_pruned(
                        repo.hosts["host0"].key) == b"not for host0"
 
 
-def test_a_host_in_both_gets_the_union(nixrepo: tuple[Repo, Any, Path]) -> None:
-    repo, _write, _lib = nixrepo
+def test_a_host_in_both_gets_the_union(nixrepo: tuple[Repo, Any, Path],
+                                       nixpkgs_lib: Nix) -> None:
+    """A configuration that imports hosts.toml (vaultpy.hostsToml) and adds secrets of
+    its own: renc writes all of them, and the module installs all of them."""
+    repo, write, _lib = nixrepo
     host0 = repo.hosts["host0"]
     text = (repo.root / "hosts.toml").read_text()
     repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{host0.pubkey}"\n'
                      'secrets = ["other"]\n')
+    write(hostsToml=repo.root / "hosts.toml")
     repo.ok("renc")
     assert sorted(p.name.split(".")[0] for p in (repo.cache / "host0").iterdir()) == \
         ["api", "db", "other"]
+    view = module_eval(nixpkgs_lib, repo)
+    assert view["failed"] == [] and len(view["files"]) == 3
+
+
+def test_host_commands_on_a_host_nix_imports_from_hosts_toml(
+        nixrepo: tuple[Repo, Any, Path]) -> None:
+    """hosts.toml stays the source (the README's vaultpy.hostsToml set-up): host rotate
+    edits it, and host add lists a host whose configuration imports it already, which
+    until then evaluates to nothing for vaultpy (the module would throw)."""
+    repo, _write, lib = nixrepo
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text + f'\n[hosts.host1]\npubkey = "{repo.hosts["host1"].pubkey}"\n'
+                     'secrets = ["other"]\n')
+    imports = {"vaultpy": {"hostsToml": repo.root / "hosts.toml"}}
+    body = (repo.root / "nixos.nix").read_text()
+    nixos_file(repo.root / "nixos.nix", lib, {
+        "h1": {"networking": {"hostName": "host1"}, **imports},
+        "h2": {"networking": {"hostName": "host2"}, **imports}})
+    (repo.root / "nixos.nix").write_text((repo.root / "nixos.nix").read_text().replace(
+        "in {", "in { " + body.split("in {", 1)[1].rsplit("}", 1)[0], 1))
+    repo.ok("renc")
+    repo.ok("host", "rotate", "host1", "--pubkey", repo.hosts["host0"].pubkey)
+    assert age_decrypt(next((repo.cache / "host1").glob("other.*")),
+                       repo.hosts["host0"].key) == b"not for host0"
+    key, pub = ssh_keygen(repo.root / "keys", "host2", comment="root@host2")
+    repo.ok("host", "add", "host2", "--pubkey", pub, "--secrets", "other")
+    assert age_decrypt(next((repo.cache / "host2").glob("other.*")), key) == b"not for host0"
+    repo.ok("check")
 
 
 @pytest.mark.parametrize("case", ["key", "file", "cache", "unset-key", "throw", "missing",
                                   "shared", "id", "order", "string-cache", "store-path",
-                                  "hostname", "nothing", "not-config"])
+                                  "hostname", "nothing", "not-config", "not-imported"])
 def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) -> None:
     repo, write, _lib = nixrepo
     root = repo.root
     text = (root / "hosts.toml").read_text()
     needles: tuple[str, ...]
-    if case == "key":           # hosts.toml gives host0 another key
+    if case == "key":           # hosts.toml gives host0 another key, Nix sets its own
         repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{repo.hosts["host1"].pubkey}"\n'
                          'secrets = ["other"]\n')
+        write(hostsToml=root / "hosts.toml")
         needles = ("nixos.nix", "nixosConfigurations.host0: vaultpy.settings.hostPubkey",
                    "differs from [hosts.host0]")
     elif case == "file":        # the same id, another master file
@@ -176,7 +209,8 @@ def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) 
         age = repo.recipient
         repo.write_hosts(text + f'\n[hosts.host0]\npubkey = ["{repo.hosts["host0"].pubkey}", '
                          f'"{age}"]\nsecrets = ["other"]\n')
-        write(**{"settings.hostPubkey": [age, repo.hosts["host0"].pubkey]})
+        write(**{"settings.hostPubkey": [age, repo.hosts["host0"].pubkey],
+                 "hostsToml": root / "hosts.toml"})
         needles = ("vaultpy.settings.hostPubkey", "differs from [hosts.host0]",
                    "in the same order")
     elif case == "string-cache":
@@ -193,6 +227,11 @@ def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) 
         (root / "nixos.nix").write_text("{ bare = { config = { }; }; }\n")
         needles = ("nixos.nix", "vaultpy.nixos", "no configuration in it imports vaultpy's "
                    "module (bare)")
+    elif case == "not-imported":    # its profile is the module's: the table is dead
+        repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{repo.hosts["host0"].pubkey}"\n'
+                         'secrets = ["other"]\n')
+        needles = ("nixosConfigurations.host0: vaultpy.hostsToml", "also declared in "
+                   "hosts.toml", "would never be installed", "vaultpy.hostsToml = ./hosts.toml")
     else:
         (root / "nixos.nix").write_text("{ outputs = { self }: { }; }\n")
         needles = ("nixos.nix", "nixosConfigurations.outputs", "not a NixOS configuration")
@@ -348,7 +387,7 @@ def test_a_store_copy_not_on_disk_is_trusted(make_repo: Callable[..., Repo]) -> 
     merged = nixhosts.merge(cfg, {"h": {
         "host": "h", "recipients": [repo.hosts["host0"].pubkey],
         "cacheRoot": f"{store}/secrets/cache", "cacheRootIsPath": True,
-        "installed": {"db": "db", "new": "new"},
+        "installed": {"db": "db", "new": "new"}, "hostsToml": None, "keyFromHostsToml": False,
         "secrets": {"db": f"{store}/secrets/db.age", "new": f"{store}/secrets/new.age"}}})
     assert merged.secrets["db"].file == repo.root / "secrets" / "db.age"
     assert merged.secrets["new"].file == repo.root / "secrets" / "new.age"   # not written yet

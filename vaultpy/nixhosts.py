@@ -7,7 +7,9 @@ re-encrypted for that host.  So does vaultpy, with
     [vaultpy]
     nixos = "nixos.nix"     # evaluates to an attribute set of NixOS configurations
 
-(for a flake: ``(builtins.getFlake (toString ./.)).nixosConfigurations``).
+(for a flake: ``(builtins.getFlake "git+file://${toString ./.}").nixosConfigurations``:
+``git+file`` copies what git tracks; a plain path would copy untracked files, keys
+included, into the world-readable store).
 :func:`evaluate` runs ``nix-instantiate`` once and reads, from every configuration that
 imports vaultpy's module and declares a secret, ``config.vaultpy.renc``: the host's name
 and public keys, its cache directory and each secret's master file.  :func:`merge` adds
@@ -41,11 +43,16 @@ NIX_INSTANTIATE = "nix-instantiate"
 _EXPR = """
 let
   configs = import (/. + %s);
+  # A configuration importing a hosts.toml that does not list it yet (a host to add
+  # with `vaultpy host add`) would throw: it is passed over instead.
+  listed = v: v.hostsToml == null || ((builtins.fromTOML (builtins.readFile v.hostsToml)).hosts
+    or { }) ? ${v.settings.hostName};
   # The record, or why there is none (merge says what a string means).
   record = c:
     if !(builtins.isAttrs c && c ? config && builtins.isAttrs c.config) then "not-config"
     else if !(c.config ? vaultpy) then "no-module"
     else if !(c.config.vaultpy ? renc) then "old-module"
+    else if !(listed c.config.vaultpy) then "not-listed"
     else if c.config.vaultpy.secrets == { } then "no-secrets"
     else c.config.vaultpy.renc;
 in
@@ -57,7 +64,9 @@ else
 
 # config.vaultpy.renc's fields (nix/module.nix)
 _RECORD = frozenset({"host", "recipients", "cacheRoot", "cacheRootIsPath", "secrets",
-                     "installed"})
+                     "installed", "hostsToml", "keyFromHostsToml"})
+# What the expression says of a configuration that imports the module but gives no record.
+_USES = frozenset({"no-secrets", "not-listed", "old-module"})
 # A store path; under another root too (a chroot store: --store /some/root).
 _STORE = re.compile(r"(?:/.*)?/nix/store/[0-9a-df-np-sv-z]{32}-[^/]+(?:/(?P<rest>.*))?")
 _ERROR_LINES = 3
@@ -180,7 +189,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
     from_nix: dict[str, str] = {}           # host -> the configuration declaring it
     owner = {os.path.realpath(s.file): s.id for s in cfg.secrets.values()}
     cache = os.path.realpath(cfg.cache_dir)
-    if not any(isinstance(rec, dict) or rec == "no-secrets" for rec in data.values()):
+    if not any(isinstance(rec, dict) or rec in _USES for rec in data.values()):
         ck.add("vaultpy.nixos", "no configuration in it imports vaultpy's module ("
                + (", ".join(sorted(data)) or "it is empty") + ")", "give the file that "
                "evaluates to your NixOS configurations (a flake's nixosConfigurations)")
@@ -191,7 +200,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    "attribute)", "the file must evaluate to { <name> = <nixosSystem>; }, "
                    "as a flake's nixosConfigurations")
             continue
-        if rec in ("no-module", "no-secrets"):
+        if rec in ("no-module", "no-secrets", "not-listed"):
             continue
         if not isinstance(rec, dict) or not rec.keys() >= _RECORD:
             ck.add(at, "vaultpy's module there is not this version's (no renc record)",
@@ -278,13 +287,25 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         from_nix[name] = attr
         installed: dict[str, str] = rec["installed"]      # id -> its file's name
         known_host = hosts.get(name)
+        imported = rec["hostsToml"] is not None and any(
+            _same(p, cfg.path) for p in _local(cfg, rec["hostsToml"], exists=False))
+        if known_host is not None and not imported:
+            # Its profile is the module's: hosts.toml's table would never be installed.
+            ck.add(f"{at}.hostsToml", f"host {name!r} is also declared in hosts.toml "
+                   "([hosts." + name + "]), which this configuration does not import: "
+                   "that table's secrets and templates would never be installed",
+                   "set vaultpy.hostsToml = ./hosts.toml in the configuration, or remove "
+                   f"[hosts.{name}] from hosts.toml")
+            continue
         if known_host is None:
             hosts[name] = Host(name, keys, tuple(Deployment(sid, installed[sid])
                                                  for sid in ids if sid in installed), (),
                                nixos=attr,
                                received=tuple(sid for sid in ids if sid not in installed))
             continue
-        if list(known_host.recipients) != list(keys):   # (cache names hash the order)
+        # An edit of hosts.toml (host rotate) is read from the new text here, and by
+        # the module at build time; the evaluation read the file still on disk.
+        if not rec["keyFromHostsToml"] and list(known_host.recipients) != list(keys):
             ck.add(f"{at}.settings.hostPubkey", f"differs from [hosts.{name}] pubkey in "
                    "hosts.toml", "give the host the same key(s), in the same order, in both")
             continue
