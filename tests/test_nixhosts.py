@@ -412,6 +412,9 @@ def test_check_names_nixos_where_it_names_hosts_toml(nixrepo: tuple[Repo, Any, P
     err = proc.stdout.decode() + proc.stderr.decode()
     assert "directory of a host that is not in hosts.toml or nixos.nix" in err, err
     assert "no secret in hosts.toml or nixos.nix has this master file" in err, err
+    assert "declare it ([secrets.stray], or in nixos.nix)" in err, err
+    assert_one_clean_error(repo.run("edit", "newid"), "unknown secret id 'newid'",
+                           "or vaultpy.secrets.newid in a configuration of nixos.nix")
 
 
 def test_status_shows_the_module_names_and_install_false(nixrepo: tuple[Repo, Any, Path]

@@ -283,7 +283,9 @@ class Config:
             if close:
                 hint = close
             elif ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
-                hint = f"declare [secrets.{secret_id}] in hosts.toml"
+                hint = f"declare [secrets.{secret_id}] in hosts.toml" + (
+                    f", or vaultpy.secrets.{secret_id} in a configuration of "
+                    f"{display_path(self.nixos)}" if self.nixos else "")
             else:
                 hint = ("ids are letters, digits, _ . - (starting with a letter or digit, "
                         f"at most {ID_MAX}); known: " + (", ".join(self.secrets) or "none"))
@@ -626,8 +628,9 @@ def stray_masters(cfg: Config) -> list[Problem]:
             where = "hosts.toml" + (f" or {display_path(cfg.nixos)}" if cfg.nixos else "")
             out.append(Problem(display_path(path), f"no secret in {where} has this master "
                                "file", f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
-                               f"declare it ([secrets.{sid}]), or delete it (git rm) if the "
-                               "secret is gone"))
+                               f"declare it ([secrets.{sid}]"
+                               + (f", or in {display_path(cfg.nixos)}" if cfg.nixos else "")
+                               + "), or delete it (git rm) if the secret is gone"))
     return out
 
 
