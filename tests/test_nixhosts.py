@@ -431,3 +431,26 @@ def test_status_shows_the_module_names_and_install_false(nixrepo: tuple[Repo, An
     data = json.loads(repo.ok("status", "--json").stdout)
     rows = {r["id"]: r for r in data["entries"] if r["host"] == "host0"}
     assert rows["db"]["installed"] is True and rows["api"]["installed"] is False, data
+
+
+def test_a_secret_hosts_toml_declares_needs_no_evaluation(nixrepo: tuple[Repo, Any, Path],
+                                                          tmp_path: Path) -> None:
+    """encrypt, decrypt and edit of a secret hosts.toml declares run without Nix (and
+    with a configuration that does not evaluate); one only Nix declares needs it."""
+    repo, write, _lib = nixrepo
+    write(**{"secrets.nixonly": {"file": repo.root / "secrets" / "nixonly.age"}})
+    repo.ok("encrypt", "nixonly", input=b"from nix")
+    empty = tmp_path / "no-nix"
+    empty.mkdir()
+    no_nix = {"PATH": str(empty)}      # no nix-instantiate, and no sh either
+    assert repo.ok("decrypt", "db", env=no_nix).stdout == b"db-pass\n"
+    repo.ok("encrypt", "db", input=b"new", env=no_nix)
+    assert repo.ok("decrypt", "db", env=no_nix).stdout == b"new"
+    editor = tmp_path / "ed.sh"
+    editor.write_text("#!/bin/sh\nprintf edited > \"$1\"\n")
+    editor.chmod(0o755)
+    repo.ok("edit", "db", env={**no_nix, "EDITOR": str(editor), "VISUAL": str(editor)})
+    assert repo.ok("decrypt", "db", env=no_nix).stdout == b"edited"
+    assert_one_clean_error(repo.run("decrypt", "nixonly", env=no_nix),
+                           "nix-instantiate is not installed")
+    assert repo.ok("decrypt", "nixonly").stdout == b"from nix"

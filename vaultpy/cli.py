@@ -130,6 +130,17 @@ def _config(repo: Path | None) -> Config:
     return model.load(repo or _Globals.repo)
 
 
+def _config_of(repo: Path | None, secret_id: str | None) -> Config:
+    """hosts.toml for one secret: Nix is evaluated only for an id hosts.toml does not
+    declare (encrypt, decrypt and edit of its own secrets need no configuration)."""
+    from vaultpy import model
+
+    cfg = model.load(repo or _Globals.repo, nixos=False)
+    if secret_id is None or secret_id in cfg.secrets:
+        return cfg
+    return model.with_nixos(cfg)
+
+
 def _json_errors(json_out: bool, fn: Callable[[], T],
                  empty: Callable[[], Any] | None = None) -> T:
     """Run ``fn``; with --json a failure is still one JSON document on stdout, with
@@ -262,7 +273,7 @@ def encrypt(
     """Encrypt plaintext (stdin or --file) as master secret ID."""
     from vaultpy import masters
 
-    cfg = _config(repo)
+    cfg = _config_of(repo, secret_id)
     cfg.secret(secret_id)
     if file is None and sys.stdin.isatty():
         _err().print("reading the secret from the terminal; end with Ctrl-D", markup=False)
@@ -308,7 +319,7 @@ def decrypt(
     if (secret_id is None) == (file is None):
         raise UsageError(Problem("vaultpy decrypt", "give a secret ID or --file FILE, "
                                  "not both or neither", "", "see vaultpy decrypt --help"))
-    cfg = _config(repo)
+    cfg = _config_of(repo, secret_id)
     if file is not None:
         data = masters.decrypt_file(file, identities.load(cfg, _identity(identity)))
     else:
@@ -332,7 +343,7 @@ def edit(
     """Edit master secret ID in $VISUAL/$EDITOR; plaintext stays in RAM."""
     from vaultpy.edit import edit as do_edit
 
-    cfg = _config(repo)
+    cfg = _config_of(repo, secret_id)
     result = do_edit(cfg, secret_id, identity_files=_identity(identity),
                      allow_disk=allow_disk)
     if not result.changed:

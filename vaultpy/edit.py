@@ -212,8 +212,13 @@ def run_editor(path: Path, editor: str | None = None) -> None:
     plain = _PLAIN_COMMAND.fullmatch(command)
     script = ("exec " if plain else "") + _with_vim_options(command) + ' "$@"'
     # The child must not inherit our ignored SIGINT: restore defaults in it.
-    proc = subprocess.Popen(["sh", "-c", script, "vaultpy-editor", str(path)],
-                            preexec_fn=_child_signals)
+    try:        # /bin/sh, not sh from PATH: a PATH without it is no reason to fail
+        proc = subprocess.Popen(["/bin/sh", "-c", script, "vaultpy-editor", str(path)],
+                                preexec_fn=_child_signals)
+    except OSError as exc:
+        raise VaultpyError(Problem("$EDITOR", f"cannot start the editor {command!r} "
+                                   f"through /bin/sh: {exc.strerror}", "",
+                                   "nothing was changed; check /bin/sh")) from None
     try:
         status = proc.wait()
     except _Aborted:

@@ -1096,8 +1096,9 @@ def _creates_hosts_toml(folder: Path) -> bool:
                or ())
 
 
-def load(repo: Path | None = None) -> Config:
-    """Find and load hosts.toml: ``repo`` may be a directory or the file itself."""
+def load(repo: Path | None = None, *, nixos: bool = True) -> Config:
+    """Find and load hosts.toml: ``repo`` may be a directory or the file itself.
+    ``nixos=False``: without the hosts of its ``nixos`` file (:func:`with_nixos`)."""
     if repo is None:
         path = find(Path.cwd())
     elif not repo.exists():
@@ -1126,13 +1127,19 @@ def load(repo: Path | None = None) -> Config:
                                    "save it as UTF-8" if path.suffix == ".toml" else
                                    "-C/--repo takes the repository's directory or its "
                                    f"{FILENAME}: fix -C")) from None
-    return reparse(text, path.absolute())
+    cfg = parse(text, path.absolute())
+    return with_nixos(cfg) if nixos else cfg
 
 
 def reparse(text: str, path: Path) -> Config:
     """:func:`parse`, with the hosts of hosts.toml's ``nixos`` merged in, as :func:`load`
     gives them: what a command that edits hosts.toml must compare and renc with."""
-    cfg = parse(text, path)
+    return with_nixos(parse(text, path))
+
+
+def with_nixos(cfg: Config) -> Config:
+    """``cfg`` with the hosts and secrets its ``nixos`` file declares (one Nix
+    evaluation: vaultpy/nixhosts.py)."""
     if cfg.nixos is None:
         return cfg
     from vaultpy import nixhosts
