@@ -431,6 +431,7 @@ in
         cacheRootIsPath = builtins.isPath s.cacheRoot;    # a string: an assertion fails
         secrets = mapAttrs (_: v: toString v.file) cfg.secrets;
         installed = mapAttrs (_: v: v.name) (filterAttrs (_: v: v.install) cfg.secrets);
+        templates = mapAttrs (_: t: vlib.templateRefs t.content) cfg.templates;   # -> ids
         # The hosts.toml this host is imported from (vaultpy.hostsToml), and whether its
         # key is that file's (not set over it here).
         hostsToml = if cfg.hostsToml == null then null else toString cfg.hostsToml;

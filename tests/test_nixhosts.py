@@ -387,7 +387,8 @@ def test_a_store_copy_not_on_disk_is_trusted(make_repo: Callable[..., Repo]) -> 
     merged = nixhosts.merge(cfg, {"h": {
         "host": "h", "recipients": [repo.hosts["host0"].pubkey],
         "cacheRoot": f"{store}/secrets/cache", "cacheRootIsPath": True,
-        "installed": {"db": "db", "new": "new"}, "hostsToml": None, "keyFromHostsToml": False,
+        "installed": {"db": "db", "new": "new"}, "templates": {}, "hostsToml": None,
+        "keyFromHostsToml": False,
         "secrets": {"db": f"{store}/secrets/db.age", "new": f"{store}/secrets/new.age"}}})
     assert merged.secrets["db"].file == repo.root / "secrets" / "db.age"
     assert merged.secrets["new"].file == repo.root / "secrets" / "new.age"   # not written yet
@@ -424,8 +425,14 @@ def test_status_shows_the_module_names_and_install_false(nixrepo: tuple[Repo, An
     file of its own, as it shows a template's secret."""
     repo, write, _lib = nixrepo
     write(**{"secrets.db": {"file": repo.root / "secrets" / "db.age", "name": "db.conf"},
-             "secrets.api": {"file": repo.root / "secrets" / "api.age", "install": False}})
+             "secrets.api": {"file": repo.root / "secrets" / "api.age", "install": False},
+             "templates": {"app.env": {"content": "TOKEN={{ secrets.api }}\n"}}})
     repo.ok("renc")
+    grants = json.loads(repo.ok("access", "--json").stdout)
+    rows = grants["grants"] if isinstance(grants, dict) else grants
+    by_id = {g["secret"]: g for g in rows if g["host"] == "host0"}
+    assert by_id["api"]["templates"] == ["app.env"], by_id
+    assert by_id["api"]["installed_as"] is None and by_id["db"]["installed_as"] == "db.conf"
     assert sorted(p.name.split(".")[0] for p in (repo.cache / "host0").iterdir()) == \
         ["api", "db"]
     data = json.loads(repo.ok("status", "--json").stdout)

@@ -34,7 +34,7 @@ from typing import Any
 
 from vaultpy import output
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import ID_MAX, Config, Deployment, Host, Secret, _Checker, _recipients
+from vaultpy.model import ID_MAX, Config, Deployment, Host, Secret, Template, _Checker, _recipients
 
 NIX_INSTANTIATE = "nix-instantiate"
 
@@ -64,7 +64,7 @@ else
 
 # config.vaultpy.renc's fields (nix/module.nix)
 _RECORD = frozenset({"host", "recipients", "cacheRoot", "cacheRootIsPath", "secrets",
-                     "installed", "hostsToml", "keyFromHostsToml"})
+                     "installed", "templates", "hostsToml", "keyFromHostsToml"})
 # What the expression says of a configuration that imports the module but gives no record.
 _USES = frozenset({"no-secrets", "not-listed", "old-module"})
 # A store path; under another root too (a chroot store: --store /some/root).
@@ -286,6 +286,11 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         from_nix[name] = attr
         installed: dict[str, str] = rec["installed"]      # id -> its file's name
+        # The module's templates, by name: the secrets each uses (its text is the
+        # module's to render: not needed here).
+        tmpls = tuple(Template(t, "", False, tuple(sorted(set(refs))))
+                      for t, refs in sorted(rec["templates"].items()))
+        used = {sid for t in tmpls for sid in t.refs}
         known_host = hosts.get(name)
         imported = rec["hostsToml"] is not None and any(
             _same(p, cfg.path) for p in _local(cfg, rec["hostsToml"], exists=False))
@@ -299,9 +304,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         if known_host is None:
             hosts[name] = Host(name, keys, tuple(Deployment(sid, installed[sid])
-                                                 for sid in ids if sid in installed), (),
-                               nixos=attr,
-                               received=tuple(sid for sid in ids if sid not in installed))
+                                                 for sid in ids if sid in installed), tmpls,
+                               nixos=attr, received=tuple(
+                                   sid for sid in ids if sid not in installed.keys() | used))
             continue
         # An edit of hosts.toml (host rotate) is read from the new text here, and by
         # the module at build time; the evaluation read the file still on disk.
@@ -310,10 +315,12 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    "hosts.toml", "give the host the same key(s), in the same order, in both")
             continue
         new = [sid for sid in ids if sid not in known_host.needed]
+        named = {t.name for t in known_host.templates}
         hosts[name] = Host(name, known_host.recipients, known_host.deployments + tuple(
             Deployment(sid, installed[sid]) for sid in new if sid in installed),
-            known_host.templates, known_host.identities, nixos=attr,
-            received=tuple(sid for sid in new if sid not in installed))
+            known_host.templates + tuple(t for t in tmpls if t.name not in named),
+            known_host.identities, nixos=attr,
+            received=tuple(sid for sid in new if sid not in installed.keys() | used))
     if ck.problems:
         raise VaultpyError([Problem(shown, p.message, p.field, p.hint) for p in ck.problems])
     return Config(path=cfg.path, recipients=cfg.recipients, identity=cfg.identity,
