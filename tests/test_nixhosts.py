@@ -461,3 +461,26 @@ def test_a_secret_hosts_toml_declares_needs_no_evaluation(nixrepo: tuple[Repo, A
     assert_one_clean_error(repo.run("decrypt", "nixonly", env=no_nix),
                            "nix-instantiate is not installed")
     assert repo.ok("decrypt", "nixonly").stdout == b"from nix"
+
+
+def test_hosts_toml_hosts_use_a_secret_only_nix_declares(nixrepo: tuple[Repo, Any, Path],
+                                                        tmp_path: Path) -> None:
+    """Declared once, in a configuration: a plain host of hosts.toml gets it too (and
+    host add can give it); an id declared nowhere is still one line."""
+    repo, write, _lib = nixrepo
+    write(**{"secrets.nixonly": {"file": repo.root / "secrets" / "nixonly.age"}})
+    repo.ok("encrypt", "nixonly", input=b"shared")
+    text = (repo.root / "hosts.toml").read_text()
+    host1 = repo.hosts["host1"]
+    repo.write_hosts(text + f'\n[hosts.host1]\npubkey = "{host1.pubkey}"\n'
+                     'secrets = ["nixonly"]\n')
+    repo.ok("renc")
+    assert age_decrypt(next((repo.cache / "host1").glob("nixonly.*")), host1.key) == b"shared"
+    key, pub = ssh_keygen(tmp_path, "host2", comment="root@host2")
+    repo.ok("host", "add", "host2", "--pubkey", pub, "--secrets", "nixonly")
+    assert age_decrypt(next((repo.cache / "host2").glob("nixonly.*")), key) == b"shared"
+    repo.write_hosts(text + f'\n[hosts.host1]\npubkey = "{host1.pubkey}"\n'
+                     'secrets = ["nowhere"]\n')
+    for command in ("renc", "check"):
+        assert_one_clean_error(repo.run(command), "hosts.toml", "hosts.host1.secrets.nowhere",
+                               "unknown secret id 'nowhere'")

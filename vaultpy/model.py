@@ -266,6 +266,9 @@ class Config:
     # [vaultpy] nixos: a Nix file whose NixOS configurations declare more hosts and
     # secrets (vaultpy/nixhosts.py); ``load`` merges them in.
     nixos: Path | None = None
+    # Secret ids hosts.toml's hosts use and only the nixos file may declare, each with
+    # the problem to report if it does not (with_nixos).
+    later: tuple[tuple[str, Problem], ...] = ()
 
     @property
     def root(self) -> Path:
@@ -721,7 +724,10 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                          approle_mount=mount)
 
 
-def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> Host | None:
+def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
+          later: list[tuple[str, Problem]] | None = None) -> Host | None:
+    """``later``: where an unknown secret id goes, with its problem, instead of being
+    refused now (hosts.toml's ``nixos`` file may declare it: :func:`with_nixos`)."""
     where = f"hosts.{_quote(name)}"
     ok = ck.ident(name, where, "host name")
     table = ck.table(raw, where)
@@ -791,20 +797,25 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret]) -> 
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
                                   _output(ck, sub, at)))
 
+    def unknown(sid: str, at: str, message: str, hint: str) -> None:
+        if later is None:
+            ck.add(at, message, hint)
+        else:
+            later.append((sid, Problem(ck.file, message, at, hint)))
+
     for d in deployments:
         if d.id not in declared:
-            ck.add(f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
-                   did_you_mean(d.id, declared)
-                   or f"declare [secrets.{_quote(d.id)}] in hosts.toml")
+            unknown(d.id, f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
+                    did_you_mean(d.id, declared)
+                    or f"declare [secrets.{_quote(d.id)}] in hosts.toml")
     for t in tmpls:
         for ref in t.refs:
             if ref not in declared:
                 line, column = templates.position_of(t.content, ref)
-                ck.add(f"{where}.templates.{_quote(t.name)}.content",
-                       f"line {line} column {column}: unknown secret id {ref!r} in "
-                       "placeholder",
-                       did_you_mean(ref, declared)
-                       or f"declare [secrets.{_quote(ref)}] or fix the placeholder")
+                unknown(ref, f"{where}.templates.{_quote(t.name)}.content",
+                        f"line {line} column {column}: unknown secret id {ref!r} in "
+                        "placeholder", did_you_mean(ref, declared)
+                        or f"declare [secrets.{_quote(ref)}] or fix the placeholder")
     seen_ids: set[str] = set()
     for d in deployments:
         if d.id in seen_ids:
@@ -1004,9 +1015,11 @@ def parse(text: str, path: Path) -> Config:
     _shared_files(ck, declared, chosen_files, secrets_dir, where_is, files, path)
 
     hosts: dict[str, Host] = {}
+    # With a nixos file, an id only it declares is checked once it is read (with_nixos).
+    later: list[tuple[str, Problem]] | None = [] if nixos is not None else None
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
     for name, spec in raw_hosts.items():
-        host = _host(ck, name, spec, declared)
+        host = _host(ck, name, spec, declared, later)
         if host is not None:
             hosts[name] = host
 
@@ -1049,7 +1062,7 @@ def parse(text: str, path: Path) -> Config:
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
-                  nixos=nixos)
+                  nixos=nixos, later=tuple(later or ()))
 
 
 def find(start: Path) -> Path:
@@ -1144,7 +1157,11 @@ def with_nixos(cfg: Config) -> Config:
         return cfg
     from vaultpy import nixhosts
 
-    return nixhosts.merge(cfg, nixhosts.evaluate(cfg))
+    merged = nixhosts.merge(cfg, nixhosts.evaluate(cfg))
+    unknown = [problem for sid, problem in cfg.later if sid not in merged.secrets]
+    if unknown:
+        raise VaultpyError(unknown)
+    return merged
 
 
 def _leads_nowhere(path: Path) -> VaultpyError:
