@@ -484,3 +484,41 @@ def test_hosts_toml_hosts_use_a_secret_only_nix_declares(nixrepo: tuple[Repo, An
     for command in ("renc", "check"):
         assert_one_clean_error(repo.run(command), "hosts.toml", "hosts.host1.secrets.nowhere",
                                "unknown secret id 'nowhere'")
+
+
+def test_imported_hosts_review_cases(nixrepo: tuple[Repo, Any, Path]) -> None:
+    """Configurations importing hosts.toml: a Nix template of the same name as one of
+    hosts.toml wins, and its secrets are written; a host name hosts.toml lacks is a
+    warning, not a silent ok; an id hosts.toml gives such a host that only Nix declares
+    gets the fix in the error; decrypt of an id declared nowhere names that id."""
+    repo, _write, lib = nixrepo
+    root = repo.root
+    text = (root / "hosts.toml").read_text()
+    repo.write_hosts(text + f'\n[hosts.host1]\npubkey = "{repo.hosts["host1"].pubkey}"\n'
+                     'secrets = ["other"]\n[hosts.host1.templates."app.env"]\n'
+                     'content = "X={{ secrets.db }}"\n')
+    body = (root / "nixos.nix").read_text()
+    imports = {"hostsToml": root / "hosts.toml"}
+    nixos_file(root / "nixos.nix", lib, {
+        "h1": {"networking": {"hostName": "host1"}, "vaultpy": {
+            **imports, "secrets": {"api": {"file": root / "secrets" / "api.age",
+                                           "install": False}},
+            "templates": {"app.env": {"content": "Y={{ secrets.api }}"}}}},
+        "typo": {"networking": {"hostName": "hots1"}, "vaultpy": dict(imports)}})
+    (root / "nixos.nix").write_text((root / "nixos.nix").read_text().replace(
+        "in {", "in { " + body.split("in {", 1)[1].rsplit("}", 1)[0], 1))
+    proc = repo.ok("renc")
+    assert "nixosConfigurations.typo" in proc.stderr.decode()
+    assert next((repo.cache / "host1").glob("api.*"), None) is not None
+    proc = repo.ok("check")
+    assert "imports hosts.toml, which has no [hosts.hots1]" in proc.stderr.decode() + \
+        proc.stdout.decode()
+    assert_one_clean_error(repo.run("decrypt", "nowhere"), "unknown secret id 'nowhere'")
+    # host1 (imported) is given an id only host0's configuration declares
+    (root / "hosts.toml").write_text((root / "hosts.toml").read_text().replace(
+        'secrets = ["other"]\n[hosts.host1.templates', 'secrets = ["other", "db2"]\n'
+        '[hosts.host1.templates', 1))
+    (root / "nixos.nix").write_text((root / "nixos.nix").read_text().replace(
+        '"api" = {', f'"db2" = {{ "file" = {nix_value(root / "secrets" / "db.age")}; }}; '
+        '"api" = {', 1))
+    assert_one_clean_error(repo.run("renc"), "declare [secrets.db2] in hosts.toml")

@@ -138,7 +138,7 @@ def _config_of(repo: Path | None, secret_id: str | None) -> Config:
     cfg = model.load(repo or _Globals.repo, nixos=False)
     if secret_id is None or secret_id in cfg.secrets:
         return cfg
-    return model.with_nixos(cfg)
+    return model.with_nixos(cfg, first=secret_id)
 
 
 def _json_errors(json_out: bool, fn: Callable[[], T],

@@ -269,6 +269,8 @@ class Config:
     # Secret ids hosts.toml's hosts use and only the nixos file may declare, each with
     # the problem to report if it does not (with_nixos).
     later: tuple[tuple[str, Problem], ...] = ()
+    # Warnings the nixos file's evaluation gave (renc and check print them).
+    notes: tuple[Problem, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -595,7 +597,8 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
 
 def config_warnings(cfg: Config) -> list[Problem]:
     """What renc and check say of hosts.toml as warnings (with a memo answer never)."""
-    return shared_host_keys(cfg) + mistyped_placeholders(cfg) + stray_masters(cfg)
+    return (shared_host_keys(cfg) + mistyped_placeholders(cfg) + stray_masters(cfg)
+            + list(cfg.notes))
 
 
 _KEPT = re.compile(r"(?P<id>.+)\.age\.(?P<why>conflict|unsaved)-[^/]*")
@@ -1150,14 +1153,17 @@ def reparse(text: str, path: Path) -> Config:
     return with_nixos(parse(text, path))
 
 
-def with_nixos(cfg: Config) -> Config:
+def with_nixos(cfg: Config, *, first: str | None = None) -> Config:
     """``cfg`` with the hosts and secrets its ``nixos`` file declares (one Nix
-    evaluation: vaultpy/nixhosts.py)."""
+    evaluation: vaultpy/nixhosts.py).  ``first``: a secret id a command was given,
+    refused before anything hosts.toml's hosts use and nothing declares."""
     if cfg.nixos is None:
         return cfg
     from vaultpy import nixhosts
 
     merged = nixhosts.merge(cfg, nixhosts.evaluate(cfg))
+    if first is not None:
+        merged.secret(first)
     unknown = [problem for sid, problem in cfg.later if sid not in merged.secrets]
     if unknown:
         raise VaultpyError(unknown)

@@ -47,12 +47,13 @@ let
   # with `vaultpy host add`) would throw: it is passed over instead.
   listed = v: v.hostsToml == null || ((builtins.fromTOML (builtins.readFile v.hostsToml)).hosts
     or { }) ? ${v.settings.hostName};
+  notListed = v: "not-listed:" + v.settings.hostName;
   # The record, or why there is none (merge says what a string means).
   record = c:
     if !(builtins.isAttrs c && c ? config && builtins.isAttrs c.config) then "not-config"
     else if !(c.config ? vaultpy) then "no-module"
     else if !(c.config.vaultpy ? renc) then "old-module"
-    else if !(listed c.config.vaultpy) then "not-listed"
+    else if !(listed c.config.vaultpy) then notListed c.config.vaultpy
     else if c.config.vaultpy.secrets == { } then "no-secrets"
     else c.config.vaultpy.renc;
 in
@@ -66,7 +67,7 @@ else
 _RECORD = frozenset({"host", "recipients", "cacheRoot", "cacheRootIsPath", "secrets",
                      "installed", "templates", "hostsToml", "keyFromHostsToml"})
 # What the expression says of a configuration that imports the module but gives no record.
-_USES = frozenset({"no-secrets", "not-listed", "old-module"})
+_USES = frozenset({"no-secrets", "old-module"})
 # A store path; under another root too (a chroot store: --store /some/root).
 _STORE = re.compile(r"(?:/.*)?/nix/store/[0-9a-df-np-sv-z]{32}-[^/]+(?:/(?P<rest>.*))?")
 _ERROR_LINES = 3
@@ -100,9 +101,15 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         raise VaultpyError(Problem(where, f"cannot run {NIX_INSTANTIATE}: {exc.strerror}",
                                    "vaultpy.nixos", "check your Nix installation")) from None
     if proc.returncode != 0:
+        message = _nix_error(proc.stderr)
+        hint = "fix that, then run again"
+        for sid, _problem in cfg.later:    # (a hosts.toml host's id only Nix declares)
+            if f"secret {sid} " in message:
+                hint = (f"declare [secrets.{sid}] in hosts.toml (with its file): a "
+                        "configuration that imports hosts.toml reads its master from there")
+                break
         raise VaultpyError(Problem(shown, "the NixOS configurations did not evaluate: "
-                                   + _nix_error(proc.stderr), "vaultpy.nixos",
-                                   "fix that, then run again"))
+                                   + message, "vaultpy.nixos", hint))
     try:
         data = json.loads(proc.stdout)
     except ValueError:
@@ -189,7 +196,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
     from_nix: dict[str, str] = {}           # host -> the configuration declaring it
     owner = {os.path.realpath(s.file): s.id for s in cfg.secrets.values()}
     cache = os.path.realpath(cfg.cache_dir)
-    if not any(isinstance(rec, dict) or rec in _USES for rec in data.values()):
+    notes: list[Problem] = []
+    if not any(isinstance(rec, dict) or rec in _USES or str(rec).startswith("not-listed:")
+               for rec in data.values()):
         ck.add("vaultpy.nixos", "no configuration in it imports vaultpy's module ("
                + (", ".join(sorted(data)) or "it is empty") + ")", "give the file that "
                "evaluates to your NixOS configurations (a flake's nixosConfigurations)")
@@ -200,7 +209,13 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    "attribute)", "the file must evaluate to { <name> = <nixosSystem>; }, "
                    "as a flake's nixosConfigurations")
             continue
-        if rec in ("no-module", "no-secrets", "not-listed"):
+        if isinstance(rec, str) and rec.startswith("not-listed:"):
+            missing = rec.partition(":")[2]
+            notes.append(Problem(shown, f"imports hosts.toml, which has no [hosts.{missing}]: "
+                                 "nothing is written for it", f"nixosConfigurations.{attr}",
+                                 f"vaultpy host add {missing} (or fix its host name)"))
+            continue
+        if rec in ("no-module", "no-secrets"):
             continue
         if not isinstance(rec, dict) or not rec.keys() >= _RECORD:
             ck.add(at, "vaultpy's module there is not this version's (no renc record)",
@@ -308,6 +323,15 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                                nixos=attr, received=tuple(
                                    sid for sid in ids if sid not in installed.keys() | used))
             continue
+        # Imported from hosts.toml: an id it gives the host that only Nix declares has
+        # no master file the module's import can find.
+        deferred = {sid for sid, _problem in cfg.later}
+        for sid in known_host.needed:
+            if sid in deferred:
+                ck.add(f"{at}.hostsToml", f"hosts.toml gives host {name!r} secret {sid!r}, "
+                       "which only a configuration declares: the module's import of "
+                       "hosts.toml cannot find its master file", f"declare [secrets.{sid}] "
+                       "in hosts.toml (with its file)")
         # An edit of hosts.toml (host rotate) is read from the new text here, and by
         # the module at build time; the evaluation read the file still on disk.
         if not rec["keyFromHostsToml"] and list(known_host.recipients) != list(keys):
@@ -315,16 +339,21 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    "hosts.toml", "give the host the same key(s), in the same order, in both")
             continue
         new = [sid for sid in ids if sid not in known_host.needed]
-        named = {t.name for t in known_host.templates}
-        hosts[name] = Host(name, known_host.recipients, known_host.deployments + tuple(
-            Deployment(sid, installed[sid]) for sid in new if sid in installed),
-            known_host.templates + tuple(t for t in tmpls if t.name not in named),
-            known_host.identities, nixos=attr,
-            received=tuple(sid for sid in new if sid not in installed.keys() | used))
+        deployments = known_host.deployments + tuple(
+            Deployment(sid, installed[sid]) for sid in new if sid in installed)
+        # The module's template wins over hosts.toml's of the same name (it imports
+        # hosts.toml's with mkDefault): its secrets are the ones the host needs.
+        mine = {t.name: t for t in tmpls}
+        templates = tuple(mine.pop(t.name, t) for t in known_host.templates) + tuple(
+            mine.values())
+        covered = {d.id for d in deployments} | {r for t in templates for r in t.refs}
+        hosts[name] = Host(name, known_host.recipients, deployments, templates,
+                           known_host.identities, nixos=attr,
+                           received=tuple(sid for sid in ids if sid not in covered))
     if ck.problems:
         raise VaultpyError([Problem(shown, p.message, p.field, p.hint) for p in ck.problems])
     return Config(path=cfg.path, recipients=cfg.recipients, identity=cfg.identity,
                   secrets_dir=cfg.secrets_dir, cache_dir=cfg.cache_dir,
                   secrets=MappingProxyType(dict(sorted(secrets.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=cfg.vault,
-                  nixos=cfg.nixos)
+                  nixos=cfg.nixos, notes=tuple(notes))
