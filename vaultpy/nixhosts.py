@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vaultpy import output
+from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import ID_MAX, Config, Deployment, Host, Secret, Template, _Checker, _recipients
 
@@ -149,11 +150,6 @@ def _bases(cfg: Config) -> Iterator[Path]:
             return
 
 
-def _git_top(cfg: Config) -> Path:
-    """The last of :func:`_bases`: the git top, or ``/`` outside git."""
-    return list(_bases(cfg))[-1]
-
-
 def _local(cfg: Config, text: str, *, exists: bool = True) -> list[Path]:
     """Where a path the evaluation printed is in the repository: itself, or for one in
     the Nix store, each place its path under the store copy may be (the first existing
@@ -173,9 +169,9 @@ def _local(cfg: Config, text: str, *, exists: bool = True) -> list[Path]:
 
 
 def _bytes(path: str) -> bytes | None:
+    """A regular file's bytes (a FIFO where a master should be would block a read)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(1 << 26)
+        return fsutil.read_regular(path)[0]
     except OSError:
         return None
 
@@ -197,6 +193,10 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
     owner = {os.path.realpath(s.file): s.id for s in cfg.secrets.values()}
     cache = os.path.realpath(cfg.cache_dir)
     notes: list[Problem] = []
+    # A master not written yet goes to the git top (the flake's root, as a rule),
+    # outside git beside hosts.toml.
+    in_git = os.path.lexists(list(_bases(cfg))[-1] / ".git")
+    deferred = {sid for sid, _problem in cfg.later}     # (model.parse: ids only Nix has)
     if not any(isinstance(rec, dict) or rec in _USES or str(rec).startswith("not-listed:")
                for rec in data.values()):
         ck.add("vaultpy.nixos", "no configuration in it imports vaultpy's module ("
@@ -265,9 +265,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                            f"({file})", "git add it (and commit): the flake sees what git "
                            "tracks")
                     continue
-                # the git top (the flake's root, as a rule), else hosts.toml's folder
-                top = tried[-1] if os.path.lexists(_git_top(cfg) / ".git") else tried[0]
-                places = [top]
+                places = [tried[-1] if in_git else tried[0]]
             path = places[0]
             # (a copy not on disk - lazy trees, a remote store - cannot tell: trusted)
             if (m is not None and os.path.isdir(file[:m.start("rest") - 1])
@@ -325,7 +323,6 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         # Imported from hosts.toml: an id it gives the host that only Nix declares has
         # no master file the module's import can find.
-        deferred = {sid for sid, _problem in cfg.later}
         for sid in known_host.needed:
             if sid in deferred:
                 ck.add(f"{at}.hostsToml", f"hosts.toml gives host {name!r} secret {sid!r}, "
