@@ -124,8 +124,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
         what = ("leftover temporary directory (a new host's cache, from an interrupted "
                 "renc)" if leftover and is_dir and top else
                 "leftover temporary file" if leftover and not is_dir else
-                "directory of a host that is not in hosts.toml"
-                + (f" or {display_path(cfg.nixos)}" if cfg.nixos else "") if is_dir and top else
+                f"directory of a host that is not in {cfg.declared_in}" if is_dir and top else
                 "stale cache file")     # (a directory in a host's is foreign: cache.plan)
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     problems += [cache.foreign(path) for path in p.foreign]

@@ -277,6 +277,11 @@ class Config:
         return self.path.parent
 
     @property
+    def declared_in(self) -> str:
+        """Where hosts and secrets are declared, as messages name it."""
+        return "hosts.toml" + (f" or {display_path(self.nixos)}" if self.nixos else "")
+
+    @property
     def lock_path(self) -> Path:
         return self.cache_dir / ".vaultpy.lock"
 
@@ -631,9 +636,9 @@ def stray_masters(cfg: Config) -> list[Problem]:
         elif (name.endswith(".age") and not name.startswith(".")
               and os.path.abspath(path) not in declared):
             sid = name[:-4]
-            where = "hosts.toml" + (f" or {display_path(cfg.nixos)}" if cfg.nixos else "")
-            out.append(Problem(display_path(path), f"no secret in {where} has this master "
-                               "file", f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
+            out.append(Problem(display_path(path), f"no secret in {cfg.declared_in} has "
+                               "this master file",
+                               f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
                                f"declare it ([secrets.{sid}]"
                                + (f", or in {display_path(cfg.nixos)}" if cfg.nixos else "")
                                + "), or delete it (git rm) if the secret is gone"))
