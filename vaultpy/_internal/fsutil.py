@@ -72,13 +72,13 @@ def is_tmp(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def write_new(path: Path | str, data: bytes | Iterable[bytes], mode: int = 0o644
-              ) -> os.stat_result:
-    """Create ``path`` exclusively and write ``data`` (bytes, or chunks of them: a large
-    file need not be whole in memory), no fsync, no rename; return the stat of the file
-    as written."""
+def write_new(path: Path | str, data: bytes | Iterable[bytes], mode: int = 0o644, *,
+              dir_fd: int | None = None) -> os.stat_result:
+    """Create ``path`` exclusively (relative to the directory open as ``dir_fd``, if
+    given) and write ``data`` (bytes, or chunks of them: a large file need not be whole
+    in memory), no fsync, no rename; return the stat of the file as written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode)
+                 mode, dir_fd=dir_fd)
     try:
         for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
             view = memoryview(chunk)

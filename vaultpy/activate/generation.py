@@ -105,14 +105,7 @@ def _write_manifest(ctx: Context) -> None:
     # Under a temp name, renamed whole: a run killed as it wrote left a manifest cut
     # short (or empty) that made the generation count as finished.
     tmp = f".{MANIFEST}.tmp"            # (the generation is this run's: none is there)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o400, dir_fd=ctx.generation_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    fsutil.write_new(tmp, data, 0o400, dir_fd=ctx.generation_fd)
     os.rename(tmp, MANIFEST, src_dir_fd=ctx.generation_fd, dst_dir_fd=ctx.generation_fd)
 
 
