@@ -642,6 +642,56 @@ def test_a_key_pair_master_that_holds_no_key_is_reported(make_repo) -> None:
     assert repo.snapshot() == before
 
 
+def _openssl_wg_pubkey(private_b64: bytes) -> bytes:
+    """The public key of a WireGuard private key as OpenSSL derives it (X25519 in PKCS#8:
+    a fixed 16-byte prefix, then the raw key; its public DER ends in the raw public)."""
+    der = bytes.fromhex("302e020100300506032b656e04220420") + base64.b64decode(private_b64)
+    public = subprocess.run(["openssl", "pkey", "-inform", "DER", "-pubout", "-outform",
+                             "DER"], input=der, check=True, capture_output=True).stdout
+    return base64.b64encode(public[-32:]) + b"\n"
+
+
+def test_wireguard_keys_are_what_wg_genkey_and_wg_pubkey_make(make_repo) -> None:
+    """generate = "wireguard": the master is a private key as `wg genkey` prints it
+    (base64 of 32 clamped bytes and a newline), <id>.pub its public key as `wg pubkey`
+    prints it: derived again here by OpenSSL, and checked against RFC 7748's vector."""
+    need("openssl")
+    repo = spec_repo(make_repo, {"wg": 'generate = "wireguard"', "wg2": 'generate = "wireguard"'},
+                     ("wg",))
+    repo.ok("generate")
+    private = master(repo, "wg")
+    assert re.fullmatch(rb"[A-Za-z0-9+/]{43}=\n", private), private
+    raw = base64.b64decode(private)
+    assert raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40          # clamped as wg genkey does
+    pub = (repo.root / "secrets" / "wg.pub").read_bytes()
+    assert pub == _openssl_wg_pubkey(private.strip())
+    assert master(repo, "wg2") != private
+    assert (repo.root / "secrets" / "wg2.pub").read_bytes() != pub
+    repo.ok("renc")
+    assert age_decrypt(repo.cache / "host0" / next(
+        p.name for p in (repo.cache / "host0").iterdir() if p.name.startswith("wg")),
+        repo.hosts["host0"].key) == private
+
+    # RFC 7748 §6.1: Alice's private key and public key (a known answer, not ours).
+    alice = base64.b64encode(bytes.fromhex(
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+    spec = GenerateSpec("wireguard")
+    assert generate.public_half(spec, "wg", alice + b"\n") == base64.b64encode(bytes.fromhex(
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")) + b"\n"
+    assert _openssl_wg_pubkey(alice) == generate.public_half(spec, "wg", alice)
+
+    # A lost .pub is derived again; a master that holds no key is named.
+    (repo.root / "secrets" / "wg.pub").unlink()
+    assert "wg: secrets/wg.pub was missing; derived it again" in \
+        repo.ok("generate").stderr.decode()
+    assert (repo.root / "secrets" / "wg.pub").read_bytes() == pub
+    repo.ok("encrypt", "wg2", input=b"c2hvcnQ=\n")
+    (repo.root / "secrets" / "wg2.pub").unlink()
+    assert_one_clean_error(repo.run("generate"), "secrets/wg2.pub", "secrets.wg2",
+                           "not a WireGuard private key (5 bytes, not 32)",
+                           "vaultpy rotate wg2")
+
+
 def test_concurrent_runs_keep_each_others_rotation_records(make_repo) -> None:
     """rotation.toml is read, updated and written back: a record another run wrote
     between the read and the write (here: from inside a generator) must stay."""

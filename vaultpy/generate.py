@@ -10,14 +10,16 @@ A secret declares how its value is made, ``[secrets.<id>] generate = "…"``
                    separated by single spaces;
 * ``ssh-ed25519``  an OpenSSH ed25519 private key; its public line goes to ``<id>.pub``;
 * ``x25519``       an age X25519 identity; its ``age1…`` recipient goes to ``<id>.pub``;
+* ``wireguard``    a WireGuard private key (base64, as ``wg genkey`` prints it); its public
+                   key (``wg pubkey``) goes to ``<id>.pub``;
 * ``command:<cmd>`` the standard output of ``/bin/sh -c <cmd>``, run in the repository
                    with ``VAULTPY_SECRET_ID`` set, less one trailing line ending (``\n``
                    or ``\r\n``, as ``echo`` adds); a non-zero exit or no output fails.
 
 Randomness comes from :mod:`secrets` (the OS CSPRNG); key pairs are made in memory with
 ``cryptography`` / pyrage, so no plaintext key ever touches the disk.  Values carry no
-trailing newline, except key files, which end with one as ssh-keygen and age-keygen
-write them.
+trailing newline, except key files, which end with one as ssh-keygen, age-keygen and
+wg genkey write them.
 
 Every value of a run is made first, in memory; only when all succeeded are the master
 files, public halves and ``secrets/rotation.toml`` written (temp names, fsync, renames,
@@ -116,6 +118,35 @@ def _x25519(secret_id: str) -> Value:
     return Value(secret_id, text.encode(), f"{public}\n".encode())
 
 
+def _wireguard(secret_id: str) -> Value:
+    # Clamped as `wg genkey` clamps it (RFC 7748 §5): the same key either way, but the
+    # bytes are then what WireGuard's own tools would have written.
+    raw = bytearray(pysecrets.token_bytes(32))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    private = base64.b64encode(bytes(raw)) + b"\n"
+    return Value(secret_id, private, _wireguard_public(private))
+
+
+def _wireguard_public(private: bytes) -> bytes:
+    """``wg pubkey`` of a private key file's bytes; ValueError says why it is not one."""
+    import binascii
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    try:
+        raw = base64.b64decode(private.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not a WireGuard private key (base64, as wg genkey prints it)") \
+            from None
+    if len(raw) != 32:
+        raise ValueError(f"not a WireGuard private key ({len(raw)} bytes, not 32)")
+    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(public) + b"\n"
+
+
 def public_half(spec: GenerateSpec, secret_id: str, private: bytes) -> bytes:
     """The ``<id>.pub`` bytes of a key pair's master plaintext, as generate writes them;
     ValueError says why ``private`` is not such a key."""
@@ -139,6 +170,8 @@ def public_half(spec: GenerateSpec, secret_id: str, private: bytes) -> bytes:
         if len(keys) != 1:
             raise ValueError("not an age X25519 identity (one AGE-SECRET-KEY-1… line)")
         return f"{age.x25519_recipient(keys[0])}\n".encode()
+    if spec.kind == "wireguard":
+        return _wireguard_public(private)
     raise ValueError(f"{spec} makes no key pair")
 
 
@@ -208,6 +241,8 @@ def make_value(spec: GenerateSpec, secret_id: str, run_command: Any = None) -> V
         return _ssh_ed25519(secret_id)
     if kind == "x25519":
         return _x25519(secret_id)
+    if kind == "wireguard":
+        return _wireguard(secret_id)
     if kind == "command" and run_command is not None:
         value: Value = run_command(spec.command)
         return value

@@ -133,10 +133,11 @@ class VaultSettings:
 
 GENERATE_SIZED = {"alnum": "characters", "hex": "random bytes", "base64": "random bytes",
                   "passphrase": "words"}
-GENERATE_KINDS = (*GENERATE_SIZED, "ssh-ed25519", "x25519", "command")
+KEY_PAIR_KINDS = ("ssh-ed25519", "x25519", "wireguard")
+GENERATE_KINDS = (*GENERATE_SIZED, *KEY_PAIR_KINDS, "command")
 GENERATE_MAX = {"alnum": 4096, "hex": 4096, "base64": 4096, "passphrase": 64}
 GENERATE_HINT = ('use "alnum:32", "hex:32", "base64:32", "passphrase:6", "ssh-ed25519", '
-                 '"x25519" or "command:<shell command>"')
+                 '"x25519", "wireguard" or "command:<shell command>"')
 ROTATE_DAYS_MAX = 36500
 ROTATION_FILE = "rotation.toml"     # in secrets_dir: vaultpy.generate's rotation state
 VAULT_VERSIONS_FILE = "vault-versions.toml"     # in secrets_dir: see vaultpy.vaultstate
@@ -155,7 +156,7 @@ class GenerateSpec:
 
     @property
     def key_pair(self) -> bool:
-        return self.kind in ("ssh-ed25519", "x25519")
+        return self.kind in KEY_PAIR_KINDS
 
     def __str__(self) -> str:
         if self.kind == "command":
@@ -170,7 +171,7 @@ def parse_generate_spec(text: str) -> GenerateSpec:
         if not arg.strip():
             raise ValueError("command: needs a shell command, e.g. \"command:pwgen -s 32 1\"")
         return GenerateSpec("command", command=arg)
-    if kind in ("ssh-ed25519", "x25519"):
+    if kind in KEY_PAIR_KINDS:
         if colon:
             raise ValueError(f"{kind} takes no size (got {text!r})")
         return GenerateSpec(kind)
