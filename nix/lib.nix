@@ -164,9 +164,16 @@ let
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
       tmpls = builtins.mapAttrs (n: spec: checked "${hw}.templates.${n}"
-        ([ "content" "trim" ] ++ outputKeys) spec) (h.templates or { });
-      content = n: tmpls.${n}.content or (bad "${hw}.templates.${n}.content"
-        "missing: give the template's text");
+        ([ "content" "file" "trim" ] ++ outputKeys) spec) (h.templates or { });
+      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
+      content = n:
+        let spec = tmpls.${n}; in
+        if spec ? file then
+          (if spec ? content
+           then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
+           else readFile (resolve root spec.file))
+        else spec.content or (bad "${hw}.templates.${n}.content"
+          "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
       needed = uniqueSorted (attrNames deployed ++ refs);
       existing = id:

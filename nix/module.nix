@@ -213,8 +213,15 @@ let
       deployed = if builtins.isList raw
         then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
       tmpls = h.templates or { };
-      content = n: tmpls.${n}.content or (bad "${hw}.templates.${n}.content"
-        "missing: give the template's text");
+      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
+      content = n:
+        let spec = tmpls.${n}; in
+        if spec ? file then
+          (if spec ? content
+           then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
+           else builtins.readFile (resolve spec.file))
+        else spec.content or (bad "${hw}.templates.${n}.content"
+          "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
       decimals = vlib.decimalModes text;
       outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
@@ -252,8 +259,9 @@ let
         })
         (lib.unique (attrNames deployed ++ refs)));
       templates = mapAttrs (n: spec: mapAttrs (_: mkDefault)
-        (fromSpec "${hw}.templates.${n}" ([ "content" "trim" ] ++ outputKeys) spec
-          // { content = content n; })) tmpls;
+        (builtins.removeAttrs
+          (fromSpec "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
+          [ "file" ] // { content = content n; })) tmpls;
     };
 
   # --- checks ------------------------------------------------------------------------

@@ -250,6 +250,9 @@ mode = "0444"
 [hosts.db1]
 pubkey = {db1}
 secrets = ["db_password", "api-token"]
+[hosts.db1.templates."pg.conf"]
+file = "templates/pg.conf"
+mode = "0440"
 
 [hosts.mail1]
 pubkey = {mail1}
@@ -267,6 +270,10 @@ pubkey = [{multi_ssh}, {multi_age}]
 [hosts.multi.templates."x.conf"]
 content = "{{{{ secrets.db_password }}}}:{{{{ secrets.api-token }}}}"
 """
+
+
+# db1's template, from its own file: a secret only it uses reaches db1 through it.
+PG_CONF = "password = '{{ secrets.only_tmpl }}'\n# é ✓\tand {{{{ kept\n"
 
 
 @pytest.fixture(scope="session")
@@ -294,6 +301,8 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> Rich:
         **{k: toml_str(v) for k, v in pub.items() if isinstance(v, str)},
         multi_ssh=toml_str(multi_ssh), multi_age=toml_str(multi_age))
     (root / "hosts.toml").write_text(text)
+    (root / "templates").mkdir()
+    (root / "templates" / "pg.conf").write_text(PG_CONF)
     doc = tomllib.loads(text)
     assert doc["hosts"]["mail1"]["pubkey"] == mail1 and "\t" in mail1
     # Master files: the real age CLI, to both master recipients.
@@ -438,6 +447,10 @@ def test_generated_profile_covers_the_features(rich: Rich) -> None:
     assert t["app.env"]["trim"] is True and t["app.env"]["mode"] == "0440"
     assert t["app.env"]["owner"] == "app" and t["motd"]["early"] is True
     assert "é ✓\ttab" in t["app.env"]["content"] and '"quoted" \\ back' in t["app.env"]["content"]
+    db1 = json.loads(cli_profiles(rich.root, ["db1"])["db1"])
+    t = {x["name"]: x for x in db1["templates"]}
+    assert t["pg.conf"]["content"] == PG_CONF and t["pg.conf"]["mode"] == "0440"
+    assert {x["id"]: x["install"] for x in db1["secrets"]}["only_tmpl"] is False
 
 
 def toml_basic(text: str) -> str:
@@ -495,6 +508,11 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
         ('[hosts.h]\nsecrets = ["a"]\n', "h", "hosts.h.pubkey: missing"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["b"]\n', "h",
          "hosts.h.secrets: secret b has no master file"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
+         'file = "secrets/a.age"\ncontent = "x"\n', "h",
+         "hosts.h.templates.t.file: a template has content or a file, not both"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\ntrim = true\n",
+         "h", "hosts.h.templates.t.content: missing: give the template's text (content = "),
     ]
     for body, host, expected in cases:
         hosts.write_text(head + body)
@@ -874,6 +892,10 @@ HOSTS_TOML_ERRORS = {
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\ncontents = """'),
         "hosts.web1.templates.app.env.content: missing: give the template's text"),
+    "template-content-and-file": (_DEMO_TOML.replace(
+        '[hosts.web1.templates."app.env"]\ncontent = """',
+        '[hosts.web1.templates."app.env"]\nfile = "hosts.toml"\ncontent = """'),
+        "hosts.web1.templates.app.env.file: a template has content or a file, not both"),
     "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                        'ownr = "app"\ngroup = "app"'),
                     "hosts.web1.secrets.api_token.ownr: unknown key; use one of name, owner"),

@@ -292,3 +292,105 @@ def test_encrypt_and_edit_warn_of_a_newline_a_template_puts_mid_line(make_repo) 
     editor.chmod(0o755)
     err = repo.ok("edit", "pw", env={"EDITOR": str(editor)}).stderr.decode()
     assert "warning: pw ends with a newline" in err
+
+
+# ------------------------------------------------------------ templates in their own files
+
+def _file_template_repo(make_repo, text: str, table: str = 'file = "templates/app.env"\n'):
+    from conftest import hosts_toml
+
+    repo = make_repo(hosts=1, secrets={"pw": b"pw-value\n", "tok": b"tok-value"})
+    h = repo.hosts["host0"]
+    (repo.root / "templates").mkdir()
+    (repo.root / "templates" / "app.env").write_text(text)
+    repo.write_hosts(hosts_toml([repo.recipient], ["pw", "tok"], {"host0": (h.pubkey, [])})
+                     + '[hosts.host0.templates."app.env"]\n' + table + "trim = true\n")
+    return repo
+
+
+def _host_cache(repo) -> dict[str, bytes]:
+    from conftest import age_decrypt
+
+    return {p.name.split(".")[0]: age_decrypt(p, repo.hosts["host0"].key)
+            for p in sorted((repo.cache / "host0").glob("*.age"))}
+
+
+def test_a_template_may_live_in_its_own_file(make_repo) -> None:
+    """file = "templates/app.env": its text is the template, as content would be; a
+    change to that file alone changes what the host needs, and the no-op memo of renc
+    and check must see it (the file is one of their inputs)."""
+    import json
+
+    from memo_helpers import settled, trusted
+
+    text = "# app\nPW={{ secrets.pw }}\n"
+    repo = _file_template_repo(make_repo, text)
+    repo.ok("renc")
+    assert _host_cache(repo) == {"pw": b"pw-value\n"}      # the age CLI opened it
+    profile = json.loads(repo.ok("profile", "--host", "host0").stdout)
+    assert [(t["name"], t["content"], t["trim"]) for t in profile["templates"]] == [
+        ("app.env", text, True)]
+    assert {s["id"]: s["install"] for s in profile["secrets"]} == {"pw": False}
+
+    settled(repo)
+    (repo.root / "templates" / "app.env").write_text(text + "TOKEN={{ secrets.tok }}\n")
+    assert not trusted(repo, "check") and not trusted(repo, "renc")
+    proc = repo.run("check")
+    assert proc.returncode == 1 and "tok" in proc.stdout.decode() + proc.stderr.decode()
+    repo.ok("renc")
+    assert _host_cache(repo) == {"pw": b"pw-value\n", "tok": b"tok-value"}
+    repo.ok("check")
+
+    # A placeholder mistyped in the file is named in the file, with its line.
+    (repo.root / "templates" / "app.env").write_text("A={{ secret.pw }}\nB={{ secrets.pw }}\n")
+    err = repo.ok("renc").stderr.decode()
+    assert ("templates/app.env: hosts.host0.templates.\"app.env\".file: line 1 column 3: "
+            "'{{ secret.pw }}' is kept as text") in err, err
+
+
+@pytest.mark.parametrize(("setup", "table", "needles"), [
+    (None, 'file = "templates/nope.env"\n',
+     ("templates/nope.env", 'hosts.host0.templates."app.env".file',
+      "cannot read the template: No such file or directory",
+      "a relative one is read from hosts.toml's directory")),
+    (None, 'file = "templates/app.env"\ncontent = "x"\n',
+     ("hosts.toml", 'hosts.host0.templates."app.env".file',
+      "a template has content or a file, not both", "remove one of them")),
+    (None, 'file = ""\n', ("hosts.toml", 'templates."app.env".file', "an empty path")),
+    (None, "file = 3\n", ("hosts.toml", 'templates."app.env".file', "expected a string")),
+    (None, "trim = false\n", ('templates."app.env".content', "missing",
+                              'or the file that holds it (file = "templates/…")')),
+    ("latin-1", 'file = "templates/app.env"\n',
+     ("hosts.toml", 'templates."app.env".file', "templates/app.env is not UTF-8 text (byte 3)",
+      "keep binary data in a secret")),
+    ("unknown id", 'file = "templates/app.env"\n',
+     ("templates/app.env", 'hosts.host0.templates."app.env".file',
+      "line 2 column 3: unknown secret id 'nope' in placeholder")),
+    ("broken", 'file = "templates/app.env"\n',
+     ("templates/app.env", 'hosts.host0.templates."app.env".file', "line 1")),
+    ("fifo", 'file = "templates/fifo"\n',
+     ("templates/fifo", 'templates."app.env".file', "not a regular file")),
+    ("directory", 'file = "templates"\n',
+     ("templates", 'templates."app.env".file', "cannot read the template")),
+])
+def test_a_bad_template_file_is_one_clear_line(make_repo, setup, table, needles) -> None:
+    import os
+
+    from conftest import assert_one_clean_error
+
+    repo = _file_template_repo(make_repo, "PW={{ secrets.pw }}\n",
+                               table.replace("trim = false\n", ""))
+    if "trim = false" in table:
+        text = (repo.root / "hosts.toml").read_text()
+        (repo.root / "hosts.toml").write_text(text.replace("trim = true\n", table))
+    app = repo.root / "templates" / "app.env"
+    if setup == "latin-1":
+        app.write_bytes(b"PW=\xe9\n")
+    elif setup == "unknown id":
+        app.write_text("PW={{ secrets.pw }}\nX={{ secrets.nope }}\n")
+    elif setup == "broken":
+        app.write_text("PW={{ secrets.pw\n")
+    elif setup == "fifo":
+        os.mkfifo(repo.root / "templates" / "fifo")
+    for command in ("check", "renc"):
+        assert_one_clean_error(repo.run(command, timeout=30), *needles)

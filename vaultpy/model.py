@@ -24,7 +24,7 @@ from vaultpy import templates
 from vaultpy._internal import fsutil
 from vaultpy._internal.record import field, record
 from vaultpy.age import normalize_recipient
-from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
 from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
@@ -226,6 +226,15 @@ class Template:
     trim: bool
     refs: tuple[str, ...]
     out: Output = field(default_factory=Output)
+    # ``file = "…"``: where ``content`` was read from (None: given inline).
+    source: Path | None = None
+
+    @property
+    def content_field(self) -> tuple[str, str]:
+        """Where the text is: the file that holds it (hosts.toml or its own) and its
+        field there, for problems naming a line and column of it."""
+        return ((display_path(self.source), f"templates.{_quote(self.name)}.file")
+                if self.source is not None else ("", f"templates.{_quote(self.name)}.content"))
 
 
 @record
@@ -590,12 +599,14 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
     out: list[Problem] = []
     for name, host in cfg.hosts.items():
         for t in host.templates:
+            text_file, text_field = t.content_field
             for line, column, text, meant in templates.near_misses(t.content):
                 if meant.split(".", 1)[1].rstrip(" }") not in cfg.secrets:
                     continue    # another tool's {{ secret.password }} (Jinja), no typo of ours
-                out.append(Problem(display_path(cfg.path), f"line {line} column {column}: "
+                out.append(Problem(text_file or display_path(cfg.path),
+                                   f"line {line} column {column}: "
                                    f"{text!r} is kept as text, not a placeholder",
-                                   f"hosts.{name}.templates.{_quote(t.name)}.content",
+                                   f"hosts.{name}.{text_field}",
                                    f"did you mean {meant}? (to keep it, write {{{{{{{{ for "
                                    "its {{)"))
     return out
@@ -657,6 +668,30 @@ def identity_setting(root: Path, path: Path) -> str:
     if home not in ("", "/", "~") and path.is_relative_to(home):
         return f"~/{path.relative_to(home)}"
     return str(path)
+
+
+def _template_file(ck: _Checker, root: Path, value: Any, where: str
+                   ) -> tuple[Path | None, str | None]:
+    """``file = "…"`` of a template (relative to hosts.toml's directory): its path and
+    text, or a problem and (None, None)."""
+    given = ck.path_string(value, where)
+    if not given:
+        return None, None
+    path = Path(os.path.normpath(_rel(root, given)))
+    try:
+        data = fsutil.read_regular(path)[0]     # a FIFO must not hang the run
+    except OSError as exc:
+        p = os_problem(path, exc, "read the template")
+        hint = ("check the path: a relative one is read from hosts.toml's directory"
+                if isinstance(exc, FileNotFoundError) else p.hint)
+        ck.problems.append(Problem(p.file, p.message, where, hint))
+        return None, None
+    try:
+        return path, data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ck.add(where, f"{display_path(path)} is not UTF-8 text (byte {exc.start})",
+               "a template is text; keep binary data in a secret")
+        return None, None
 
 
 def _rel(root: Path, text: str) -> Path:
@@ -734,7 +769,8 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
 
 
 def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
-          later: list[tuple[str, Problem]] | None = None) -> Host | None:
+          later: list[tuple[str, Problem]] | None = None, root: Path = Path(".")
+          ) -> Host | None:
     """``later``: where an unknown secret id goes, with its problem, instead of being
     refused now (hosts.toml's ``nixos`` file may declare it: :func:`with_nixos`)."""
     where = f"hosts.{_quote(name)}"
@@ -793,24 +829,38 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            ck.keys(sub, at, ("content", "trim", *OUTPUT_KEYS))
+            ck.keys(sub, at, ("content", "file", "trim", *OUTPUT_KEYS))
             content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
-            if "content" not in sub:
-                ck.add(f"{at}.content", "missing", "give the template's text")
+            source = None
+            if "file" in sub:
+                if "content" in sub:
+                    ck.add(f"{at}.file", "a template has content or a file, not both",
+                           "remove one of them")
+                    content = None
+                else:
+                    source, content = _template_file(ck, root, sub["file"], f"{at}.file")
+            elif "content" not in sub:
+                ck.add(f"{at}.content", "missing", "give the template's text (content = "
+                       "\"…\"), or the file that holds it (file = \"templates/…\")")
             refs: list[str] = []
             if content is not None:
                 refs, broken = templates.check(content)
                 for exc in broken:      # each one, with the unknown ids below
-                    ck.add(f"{at}.content", str(exc))
+                    if source is None:
+                        ck.add(f"{at}.content", str(exc))
+                    else:
+                        ck.problems.append(Problem(display_path(source), str(exc),
+                                                   f"{at}.file"))
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
-                                  _output(ck, sub, at)))
+                                  _output(ck, sub, at), source))
 
-    def unknown(sid: str, at: str, message: str, hint: str) -> None:
+    def unknown(sid: str, at: str, message: str, hint: str, file: str = "") -> None:
+        problem = Problem(file or ck.file, message, at, hint)
         if later is None:
-            ck.add(at, message, hint)
+            ck.problems.append(problem)
         else:
-            later.append((sid, Problem(ck.file, message, at, hint)))
+            later.append((sid, problem))
 
     for d in deployments:
         if d.id not in declared:
@@ -821,10 +871,12 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
         for ref in t.refs:
             if ref not in declared:
                 line, column = templates.position_of(t.content, ref)
-                unknown(ref, f"{where}.templates.{_quote(t.name)}.content",
+                text_file, text_field = t.content_field
+                unknown(ref, f"{where}.{text_field}",
                         f"line {line} column {column}: unknown secret id {ref!r} in "
                         "placeholder", did_you_mean(ref, declared)
-                        or f"declare [secrets.{_quote(ref)}] or fix the placeholder")
+                        or f"declare [secrets.{_quote(ref)}] or fix the placeholder",
+                        text_file)
     seen_ids: set[str] = set()
     for d in deployments:
         if d.id in seen_ids:
@@ -1028,7 +1080,7 @@ def parse(text: str, path: Path) -> Config:
     later: list[tuple[str, Problem]] | None = [] if nixos is not None else None
     raw_hosts = ck.table(doc.get("hosts", {}), "hosts") or {}
     for name, spec in raw_hosts.items():
-        host = _host(ck, name, spec, declared, later)
+        host = _host(ck, name, spec, declared, later, root)
         if host is not None:
             hosts[name] = host
 

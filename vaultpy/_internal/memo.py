@@ -4,8 +4,9 @@ A full ``renc`` that found nothing to do, or a ``check`` that passed, records in
 ``<cache_dir>/.vaultpy-memo`` (git-ignored, like the lock and the verification index)
 a digest of the stat of everything its answer depended on:
 
-* files, stat'ed: hosts.toml, every master file, the rotation journal (or its absence),
-  and vaultpy's own modules (other code never trusts this memo);
+* files, stat'ed: hosts.toml, every master file, every template's own file (``file =``),
+  the rotation journal (or its absence), and vaultpy's own modules (other code never
+  trusts this memo);
 * directories whose entry *names* matter: the secrets directory and every folder
   holding a master file (leftover temp files);
 * directories whose entries matter *with their stat*: the cache directory and every
@@ -529,7 +530,10 @@ class Snapshot:
                 or _stat(self.config) != self.pre):
             return                  # hosts.toml changed, or the memo would live elsewhere
         files = [self.config, str(cfg.root / JOURNAL), str(cfg.root / WRITES),
-                 *(str(s.file) for s in cfg.secrets.values())]
+                 *(str(s.file) for s in cfg.secrets.values()),
+                 # templates' own files: their placeholders decide what a host needs
+                 *(str(t.source) for h in cfg.hosts.values() for t in h.templates
+                   if t.source is not None)]
         # hosts.toml's folder too: check and renc count the temp files of a killed
         # hosts.toml write, or of a write journal killed before its rename, there
         listed = [str(cfg.root), str(cfg.secrets_dir),
