@@ -43,6 +43,8 @@ TEMPLATE = """\
 #
 # [hosts.web1.templates."app.env"]          # rendered on the host
 # content = "DB_URL=postgres://app:{{{{ secrets.db_password }}}}@db/app\\n"
+# trim = true                               # the value's newline: not inside the URL
+#   (a longer text: file = "templates/app.env" in place of content)
 """
 
 
