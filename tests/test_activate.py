@@ -686,6 +686,44 @@ def test_bundle_force_replaces_only_a_bundle(world: World, tmp_path: Path) -> No
     assert stat_mod.S_ISCHR(device.lstat().st_mode) and notes.read_text() == "important\n"
 
 
+def test_bundle_force_keeps_what_it_did_not_write(world: World, tmp_path: Path) -> None:
+    """An age host's key put into its bundle folder (which mirrors /etc/vaultpy) went
+    with the old bundle on --force, without a word."""
+    repo = world.repo
+    out = tmp_path / "b"
+    repo.ok("bundle", "--host", HOST, "-o", str(out))
+    repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")      # its own files: fine
+    for extra in (out / "host.key", out / "cache" / "notes.txt"):
+        extra.write_text("keep me\n")
+        before = snapshot_tree(tmp_path)
+        proc = repo.run("bundle", "--host", HOST, "-o", str(out), "--force")
+        rel = str(extra.relative_to(out))
+        assert_one_clean_error(proc, str(out), f"does not write ({rel})",
+                               "which --force would delete", "move it out of the bundle")
+        assert snapshot_tree(tmp_path) == before
+        extra.unlink()
+    repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")
+
+
+def test_profile_output_replaces_only_a_profile(world: World, tmp_path: Path) -> None:
+    """profile -o wrote over any file: -o hosts.toml, -o the master key were one typo
+    from losing them."""
+    repo = world.repo
+    out = tmp_path / "p.json"
+    repo.ok("profile", "--host", HOST, "-o", str(out))
+    first = out.read_bytes()
+    repo.ok("profile", "--host", HOST, "-o", str(out))                # a profile: replaced
+    assert out.read_bytes() == first
+    for victim in (repo.identity, repo.root / "hosts.toml", tmp_path / "notes.json"):
+        if not victim.exists():
+            victim.write_text('{"a": 1}\n')
+        before = victim.read_bytes()
+        proc = repo.run("profile", "--host", HOST, "-o", str(victim))
+        assert_one_clean_error(proc, "--output", "exists and is not a vaultpy profile",
+                               "give another file name")
+        assert victim.read_bytes() == before
+
+
 def _bundle_under_strace(repo: Repo, out: Path, fault: str) -> Any:
     import subprocess
     import sys

@@ -54,6 +54,22 @@ def is_bundle(path: Path) -> bool:
             and os.path.isfile(path / "profile.json") and os.path.isfile(path / UNIT_NAME))
 
 
+_WRITTEN = frozenset({"profile.json", UNIT_NAME, "vaultpy-activate-early.service", "cache"})
+
+
+def _not_written_by_bundle(out: Path) -> list[str]:
+    """What is in the bundle ``out`` that no bundle run writes (a key put beside it):
+    its paths relative to ``out``, sorted."""
+    extra = sorted(n for n in os.listdir(out) if n not in _WRITTEN)
+    cache_dir = out / "cache"
+    if os.path.isdir(cache_dir) and not os.path.islink(cache_dir):
+        extra += sorted(f"cache/{e.name}" for e in os.scandir(cache_dir)
+                        if not (e.name.endswith(".age") and e.is_file(follow_symlinks=False)))
+    elif os.path.lexists(cache_dir):
+        extra.append("cache")
+    return extra
+
+
 def unit_text(host: str, settings: dict[str, object], vaultpy: str, early: bool) -> str:
     if early:
         # Not After=local-fs.target: systemd-tmpfiles-setup-dev.service is ordered after
@@ -101,6 +117,15 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
                 display_path(out), "is not a vaultpy bundle (no profile.json and "
                 f"{UNIT_NAME} in it), so --force does not replace it", "",
                 "choose another -o, or move it away yourself"))
+        foreign = _not_written_by_bundle(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                              if len(foreign) > 3 else "")
+            raise VaultpyError(Problem(
+                display_path(out), f"holds what vaultpy bundle does not write ({shown}), "
+                "which --force would delete with the old bundle", "",
+                "move it out of the bundle (a host key belongs in /etc/vaultpy on the "
+                "host, not in the bundle), then run it again"))
     if (cfg.cache_dir / host).is_symlink():    # never read through (cache.Plan.linked)
         raise VaultpyError(Problem(display_path(cfg.cache_dir / host), cache.LINKED,
                                    f"hosts.{host}", cache.FIX_IN_THE_WAY))

@@ -567,6 +567,27 @@ def rekey(
                  markup=False)
 
 
+def _not_over_another_file(output: Path) -> None:
+    """``profile -o`` replaces an older profile, never any other file: a slip of the
+    finger (-o hosts.toml, -o the master key) must not destroy it."""
+    import json
+
+    from vaultpy._internal import fsutil
+    from vaultpy.errors import display_path
+
+    if not os.path.lexists(output):
+        return
+    try:
+        old = json.loads(fsutil.read_regular(output)[0])
+        if isinstance(old, dict) and {"version", "host", "secrets"} <= old.keys():
+            return
+    except (OSError, ValueError):
+        pass
+    raise VaultpyError(Problem(display_path(output), "exists and is not a vaultpy profile: "
+                               "not replaced", "--output", "give another file name (or "
+                               "remove this file first, if it is to go)"))
+
+
 @app.command()
 def profile(
     host: Annotated[str, typer.Option("--host", "-H", help="The host to describe.",
@@ -587,6 +608,7 @@ def profile(
     if output is None:
         sys.stdout.write(text + "\n")
         return
+    _not_over_another_file(output)
     try:
         fsutil.atomic_write(output, text.encode() + b"\n")
     except OSError as exc:
