@@ -510,6 +510,48 @@ def test_init_refuses_a_fifo_gitignore_before_writing(tmp_path: Path) -> None:
     assert sorted(os.listdir(site)) == [".gitignore"]
 
 
+@pytest.mark.parametrize("where", ["keys/master.txt", "secrets/master.txt", "a b/m[1]*.txt"])
+def test_a_master_key_made_inside_the_repository_is_never_committed(tmp_path: Path,
+                                                                    where: str) -> None:
+    """init --generate-identity secrets/master.txt, then the README's `git add hosts.toml
+    secrets .gitignore`, staged the plaintext master key (a new-user review)."""
+    need("git")
+    repo = _bare_repo(tmp_path / "site")
+    subprocess.run(["git", "init", "-q", str(repo.root)], check=True)
+    err = repo.ok("init", "--generate-identity", where).stderr.decode()
+    assert "wrote .gitignore" in err or "/.gitignore" in err, err
+    key = repo.root / where
+    assert "AGE-SECRET-KEY-" in key.read_text()
+    subprocess.run(["git", "add", "-A"], cwd=repo.root, check=True)
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo.root,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    assert "hosts.toml" in staged and ".gitignore" in staged
+    assert where not in staged and not any("master" in s or "m[1]" in s for s in staged)
+    # A key made outside the repository adds nothing (and init -r adds no such line).
+    other = _bare_repo(tmp_path / "other")
+    other.ok("init", "--generate-identity", str(tmp_path / "outside.txt"))
+    assert "master identity" not in (other.root / ".gitignore").read_text()
+
+
+def test_init_with_no_master_recipient_says_so(tmp_path: Path) -> None:
+    """No -r, no --generate-identity and no default key: init wrote `recipients = []`
+    and said nothing, and every later command failed (a new-user review)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = _bare_repo(tmp_path / "site")
+    err = repo.ok("init", env={"HOME": str(home)}).stderr.decode()
+    assert ("warning: no master recipient (no -r, no --generate-identity, and no age key "
+            "in ~/.config/vaultpy/master.txt): add your master public key to [vaultpy] "
+            "recipients in hosts.toml") in err, err
+    err = _bare_repo(tmp_path / "b").ok("init", "-r", repo_recipient(tmp_path),
+                                        env={"HOME": str(home)}).stderr.decode()
+    assert "warning" not in err, err
+
+
+def repo_recipient(tmp_path: Path) -> str:
+    return age_keygen(tmp_path, "r.txt")[1]
+
+
 def test_init_generate_identity_full_cycle(tmp_path: Path) -> None:
     repo = _bare_repo(tmp_path / "site")
     repo.ok("init", "--generate-identity", "keys/master.txt")

@@ -307,7 +307,7 @@ def parse_identity_text(text: str, source: str,
 UNREADABLE_IDENTITY_HINT = ("pass -i FILE, set VAULTPY_IDENTITY, or fix [vaultpy] identity "
                             "in hosts.toml")
 WRONG_KEY_HINT = "pass the right key with -i FILE or VAULTPY_IDENTITY"
-DAMAGED_HINT = "restore it from git, or recreate it (vaultpy edit / encrypt)"
+DAMAGED_HINT = "restore it from git, or give it a new value (vaultpy encrypt ID < FILE)"
 
 
 def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tty, *,

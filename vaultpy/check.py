@@ -49,10 +49,12 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     for sid, master in sorted({**p.masters, **unused}.items()):
         if master.format_error is not None:
             damaged_masters.add(sid)
-            problems.append(Problem(display_path(cfg.secrets[sid].file), "master file is "
+            shown = display_path(cfg.secrets[sid].file)
+            problems.append(Problem(shown, "master file is "
                                     f"not a valid age file: {master.format_error}",
                                     f"secrets.{sid}",
-                                    "restore it from git, or recreate it with vaultpy edit"))
+                                    f"restore it from git (git checkout -- {shown}), or "
+                                    f"give it a new value: vaultpy encrypt {sid} < FILE"))
         elif master.header is not None:
             # A backup key added without `vaultpy rekey` covers nothing yet.
             problems += header_problems(cfg, sid, master.header)

@@ -259,6 +259,12 @@ def init(
     if generate_identity is not None:
         _err().print(f"Keep {generate_identity} secret and backed up: it decrypts every "
                      "secret. Consider a second (backup) recipient.", markup=False)
+    elif not recipients:
+        # Every later command fails on `recipients = []`: say so now, and how to mend it.
+        _err().print("warning: no master recipient (no -r, no --generate-identity, and no "
+                     "age key in ~/.config/vaultpy/master.txt): add your master public key "
+                     "to [vaultpy] recipients in hosts.toml (age-keygen -o "
+                     "~/.config/vaultpy/master.txt prints one)", markup=False)
 
 
 @app.command()

@@ -317,7 +317,7 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
     if broken:      # (a cut file, a flipped byte: the key is right, the file is not)
         return Check("identity", PROBLEM, f"{where} opens every master file, but "
                      f"{len(broken)} of them are damaged (first: {broken[0]})",
-                     "restore it from git, or recreate it with vaultpy edit")
+                     "restore it from git, or give it a new value: vaultpy encrypt ID < FILE")
     which = " well-formed" if damaged else ""
     detail = (f"{where} decrypts all {len(readable)}{which} master file(s)" if readable else
               f"{where} unlocks (no master file yet to test it on)")

@@ -75,6 +75,28 @@ def _ignore_journal(path: Path) -> bool:
     return True
 
 
+def _ignore_identity(top: Path, identity: Path) -> bool:
+    """A master key made inside the repository: a line in ``top``'s .gitignore, so that
+    `git add .` (or the README's `git add secrets`) never commits it.  False when it is
+    outside, or the line is there already."""
+    try:
+        rel = identity.resolve().relative_to(top.resolve())
+    except ValueError:
+        return False
+    # A name git would read as a pattern is escaped, each special character alone.
+    line = "/" + "".join("\\" + c if c in "*?[]!#\\" else c for c in rel.as_posix())
+    if line.endswith(" "):
+        line = line[:-1] + "\\ "
+    path = top / ".gitignore"
+    old = fsutil.read_regular(path)[0].decode("utf-8")
+    if f"\n{line}\n" in f"\n{old}":
+        return False
+    head = old if old.endswith("\n") else old + "\n"
+    text = head + "\n# vaultpy: the master identity (never commit it)\n" + line + "\n"
+    fsutil.atomic_write(path, text.encode(), path.stat().st_mode & 0o777)
+    return True
+
+
 def ignore_local_state(top: Path, cache_dir: Path) -> list[Path]:
     """Make git ignore vaultpy's local state (the cache files themselves are committed):
     ``cache_dir``'s .gitignore, made if missing, and the write journal's lines in
@@ -166,6 +188,8 @@ def init(directory: Path, recipients: Sequence[str] = (),
         fsutil.create_new(target, text.encode(), 0o644)
         written.append(target)
         written += ignore_local_state(directory, directory / "secrets" / "cache")
+        if generate_identity is not None and _ignore_identity(directory, generate_identity):
+            written += [p for p in [directory / ".gitignore"] if p not in written]
     except FileExistsError as exc:
         raise fail(exc.filename or target, "already exists") from None
     except OSError as exc:
