@@ -246,6 +246,20 @@ def test_hosts_from_a_keys_file_of_lists_is_refused(agenix, nix_env, tmp_path):
        env=nix_env)
 
 
+def test_no_host_named_is_said_as_it_is(agenix, nix_env, tmp_path):
+    """With no host named, the import warned "every key became a master recipient"
+    while it had just named the keys it left out (a review): it says what is true."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "-r", agenix.operator_pub,
+               "-i", str(agenix.operator), "--dry-run", cwd=repo, env=nix_env)
+    err = proc.stderr.decode()
+    assert ("warning: no host key recognised: no host is added, and no secret goes to "
+            "any host; name hosts with --hosts-from FILE, --host-key NAME=KEY or "
+            "--hosts-by-comment") in err, err
+    assert "every key became" not in err
+
+
 def test_import_agenix_with_host_key_options_and_own_recipient(agenix, nix_env, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -704,6 +718,11 @@ def test_an_rsa_host_key_on_some_secrets_is_named_not_dropped_silently(agenix, n
                               '"api-token.age".publicKeys = [ "{}"')
     line = next(ln for ln in err.splitlines() if "root@legacy" in ln)
     assert "could open 1 of 4 secrets (api-token)" in line, line
+    # The fix it gives can be followed: --host-key and --hosts-by-comment take no RSA
+    # key, so it says to add the host with its ssh-ed25519 key (a review).
+    assert ("if it is a host's key, add the host with its ssh-ed25519 key (vaultpy hosts "
+            "take no RSA key: --host-key NAME=KEY) and give it these secrets") in line, line
+    assert "--hosts-by-comment" not in line, line
 
 
 def test_host_keys_left_unnamed_are_refused_as_master_recipients(agenix, nix_env,
@@ -951,6 +970,19 @@ def test_the_next_step_printed_works_as_printed(agenix, nix_env, tmp_path):
     again.mkdir()
     proc = ok(*args, "--recipient", master_pub, cwd=again, env={**nix_env, "HOME": str(home)})
     assert _next_step(proc) == [["renc"], ["check"]]
+
+
+def test_the_next_step_printed_after_an_import_with_c_works_from_here(vaultix, tmp_path):
+    """import … -C newrepo printed "next: vaultpy renc …", which, run from the same
+    directory, found no hosts.toml (a review): the commands carry -C now."""
+    (tmp_path / "new repo").mkdir()
+    proc = ok("import", "vaultix", *map(str, vaultix["profiles"]), "--secrets-dir",
+              str(vaultix["sdir"]), "-i", str(vaultix["master"]), "-C", "new repo",
+              cwd=tmp_path)
+    steps = _next_step(proc)
+    assert [s[:3] for s in steps] == [["-C", "new repo", "renc"], ["-C", "new repo", "check"]]
+    for step in steps:
+        ok(*step, cwd=tmp_path, env={"HOME": str(tmp_path)})
 
 
 def test_the_next_step_printed_after_a_vaultix_import_works(vaultix, tmp_path):

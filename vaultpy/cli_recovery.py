@@ -189,14 +189,27 @@ def _report(result: object, dry_run: bool) -> None:
     if dry_run:
         sys.stdout.write(result.hosts_toml)
         return
-    renc = "vaultpy renc"
-    if result.master_identity is not None:      # the masters are not opened by default
-        import shlex
+    import shlex
 
+    from vaultpy import model
+    from vaultpy.errors import VaultpyError
+
+    # Run from here, the next commands must find this hosts.toml: -C when they would not.
+    here = ""
+    try:
+        found = model.find(Path.cwd())
+    except VaultpyError:
+        found = None
+    if found is None or not os.path.samefile(found, result.path):
+        shown_dir = display_path(result.path.parent)
+        here = " -C " + ("~/" + shlex.quote(shown_dir[2:]) if shown_dir.startswith("~/")
+                         else shlex.quote(shown_dir))
+    renc = f"vaultpy{here} renc"
+    check = f"vaultpy{here} check"
+    if result.master_identity is not None:      # the masters are not opened by default
         renc += f" -i {shlex.quote(str(result.master_identity))}"
     else:                           # renc alone finds none: say which flag it needs
-        from vaultpy import identities, model
-        from vaultpy.errors import VaultpyError
+        from vaultpy import identities
 
         try:
             identities.identity_paths(model.load(result.path))
@@ -207,10 +220,10 @@ def _report(result: object, dry_run: bool) -> None:
     if not result.hosts:            # sops: which host gets what is in the NixOS config
         _err().print(f"imported {len(result.secrets)} secret(s) into {shown}; next: "
                      "list them under each host that needs them ([hosts.NAME] secrets = "
-                     f"[...]), then {renc} && vaultpy check", markup=False)
+                     f"[...]), then {renc} && {check}", markup=False)
         return
     _err().print(f"imported {len(result.secrets)} secret(s) for {len(result.hosts)} host(s) "
-                 f"into {shown}; next: {renc} && vaultpy check", markup=False)
+                 f"into {shown}; next: {renc} && {check}", markup=False)
 
 
 @import_app.command("agenix")

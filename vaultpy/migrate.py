@@ -383,11 +383,15 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
         if not opens[norm] >= every and not host_ed25519:
             some = sorted(opens[norm])
             shown_ids = ", ".join(some[:3]) + (", …" if len(some) > 3 else "")
+            host_fix = ("if it is a host's key, add the host with its ssh-ed25519 key "
+                        "(vaultpy hosts take no RSA key: --host-key NAME=KEY) and give it "
+                        "these secrets" if key.startswith("ssh-rsa ") else
+                        "if it is a host's key, name its host with --hosts-from, "
+                        "--host-key or --hosts-by-comment")
             plan.default_warnings.append(
                 f"{_short(key)} could open {len(some)} of {len(every)} secrets "
                 f"({shown_ids}), so it is not a master recipient (they can decrypt every "
-                "secret): if it is a host's key, name its host with --hosts-from, "
-                "--host-key or --hosts-by-comment; if it may read every secret, give the "
+                f"secret): {host_fix}; if it may read every secret, give the "
                 "master recipients with --recipient")
     hosts_like = []
     for key in users.values():              # a host that could read every master
@@ -1124,8 +1128,9 @@ def import_agenix(secrets_nix: Path | None, target: Path, *, hosts_from: Path | 
     plan = plan_agenix(rules, hosts_from=hosts_from, host_keys=host_keys,
                        hosts_by_comment=hosts_by_comment, base=base)
     if not plan.hosts and not plan.problems:
-        plan.warnings.append("no host key recognised: every key became a master recipient; "
-                             "name hosts with --hosts-from FILE or --host-key NAME=KEY")
+        plan.warnings.append("no host key recognised: no host is added, and no secret "
+                             "goes to any host; name hosts with --hosts-from FILE, "
+                             "--host-key NAME=KEY or --hosts-by-comment")
     return apply(plan, target, recipients=recipients, identity_files=identity_files,
                  force=force, dry_run=dry_run, masters_dir=masters_dir, ask=ask)
 
