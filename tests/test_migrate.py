@@ -1092,6 +1092,11 @@ def test_an_import_killed_while_it_writes_leaves_nothing_behind(vaultix, tmp_pat
         assert_one_clean_error(proc, "hosts.toml", "an interrupted write (a killed import's) "
                                "was finished first", "run vaultpy check")
         assert temps() == [] and not journal.exists()
+        # The new repository's .gitignore lines, which the killed run never reached, are
+        # written then too (they were missing for good: a review).
+        assert "/.vaultpy-writes" in (repo / ".gitignore").read_text()
+        cache = model.load(hosts).cache_dir
+        assert ".vaultpy.lock" in (cache / ".gitignore").read_text()
     else:                               # a master's: hosts.toml there, check names the fix
         assert journal.exists() and hosts.exists()
         proc = run("check", cwd=repo)

@@ -1020,6 +1020,14 @@ def _finish_interrupted(cfg: model.Config, text: str | None) -> None:
         now: str | None = cfg.path.read_text(encoding="utf-8")
     except FileNotFoundError:
         now = None
+    if text is None and now is not None:
+        # It made a new repository, and was killed before its .gitignore lines (written
+        # after the journaled write, as init writes them): they are added now.
+        from vaultpy.init import ignore_local_state
+
+        with contextlib.suppress(OSError, VaultpyError):    # (doctor names what is left)
+            made = model.load(cfg.path, nixos=False)
+            ignore_local_state(made.root, made.cache_dir)
     if now != text:
         raise VaultpyError(Problem(
             display_path(cfg.path), "an interrupted write (a killed import's) was finished "
