@@ -459,6 +459,13 @@ def test_a_cache_dir_changed_after_init_is_ignored_by_git_too(tmp_path: Path, fi
     shutil.rmtree(site / "hostcache" / "web")          # a renc that writes: no replacing
     repo.ok("renc", env=env)
     assert (site / "hostcache" / ".gitignore").read_text() == "# mine\n"
+    # A repository with no .gitignore beside hosts.toml either (an import killed before
+    # it wrote them, a hand-made one): the first fill adds the journal's lines there too.
+    os.unlink(site / ".gitignore")
+    shutil.rmtree(site / "hostcache")
+    repo.ok("renc", env=env)
+    assert "/.vaultpy-writes\n" in (site / ".gitignore").read_text()
+    assert ".vaultpy.lock" in (site / "hostcache" / ".gitignore").read_text()
 
 
 def test_init_without_a_recipient_takes_the_default_identitys(tmp_path: Path) -> None:

@@ -516,8 +516,12 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
                 if fills_first:
+                    # The cache's .gitignore, and the write journal's lines beside
+                    # hosts.toml (an import killed before it wrote them left none).
+                    from vaultpy.init import ignore_local_state
+
                     with contextlib.suppress(OSError):  # (doctor names what git shows)
-                        writes.ignore_own_files(cfg.cache_dir)
+                        ignore_local_state(cfg.root, cfg.cache_dir)
     finally:
         for each in pubs:
             each.discard()
