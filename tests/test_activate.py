@@ -637,14 +637,14 @@ def test_bundle_activates_from_a_copy_and_refuses_overwrite(world: World,
     # refuses to overwrite without --force
     shutil.move(tmp_path / "cache-moved-away", repo.cache)
     shutil.move(tmp_path / "bundle-moved-away", out)
-    (out / "stale-file").write_text("x")
+    (out / "cache" / "stale-file.age").write_text("x")   # an old bundle's cache file
     before = snapshot_tree(out)
     proc = repo.run("bundle", "--host", HOST, "-o", str(out))
     line = assert_one_clean_error(proc, "exists")
     assert "--force" in proc.stderr.decode(), line
     assert snapshot_tree(out) == before
     repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")
-    assert not (out / "stale-file").exists() and (out / "profile.json").is_file()
+    assert not (out / "cache" / "stale-file.age").exists() and (out / "profile.json").is_file()
 
 
 @pytest.mark.parametrize("path", ["/opt/my vault/bin/vaultpy", "vaultpy",
@@ -746,7 +746,7 @@ def test_bundle_replacement_is_one_step_and_a_failure_keeps_the_old_one(
     repo = world.repo
     out = tmp_path / "out" / "bundle"
     repo.ok("bundle", "--host", HOST, "-o", str(out))
-    (out / "old-marker").write_text("old")
+    (out / "cache" / "old-marker.age").write_text("old")
     before = snapshot_tree(out)
 
     def leftovers() -> list[str]:
@@ -766,11 +766,11 @@ def test_bundle_replacement_is_one_step_and_a_failure_keeps_the_old_one(
     (out.parent / ".bundle.vaultpy-tmp-killedrun" / "cache").mkdir(parents=True)
     proc = _bundle_under_strace(repo, out, "inject=renameat2:error=EINVAL")
     assert proc.returncode == 0, proc.stderr.decode()
-    assert not (out / "old-marker").exists() and (out / "profile.json").is_file()
+    assert not (out / "cache" / "old-marker.age").exists() and (out / "profile.json").is_file()
     assert leftovers() == []
-    (out / "old-marker").write_text("old")
+    (out / "cache" / "old-marker.age").write_text("old")
     repo.ok("bundle", "--host", HOST, "-o", str(out), "--force")
-    assert not (out / "old-marker").exists() and leftovers() == []
+    assert not (out / "cache" / "old-marker.age").exists() and leftovers() == []
 
 
 # ------------------------------------------------------------- 8. steps alone
