@@ -635,3 +635,34 @@ def test_master_files_no_secret_declares_and_kept_edits_are_warnings(make_repo) 
     (secrets / "alpha.age.conflict-20261129T101010Z").unlink()
     proc = repo.ok("check")
     assert b"warning" not in proc.stderr
+
+
+def test_an_age_host_without_identities_is_named_before_it_fails_at_boot(make_repo,
+                                                                         tmp_path: Path
+                                                                         ) -> None:
+    """A host whose key is age1… and that names no identities: every command passed,
+    profile and bundle named sshd's ed25519 key, and activation failed on the host
+    with "run vaultpy renc and deploy again" (a new-user review).  check and renc warn
+    (--strict fails), profile and bundle refuse; identities = […] mends it."""
+    from conftest import age_keygen
+
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    _key, host_pub = age_keygen(tmp_path, "edge.txt")
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text + f'\n[hosts.edge]\npubkey = "{host_pub}"\nsecrets = ["alpha"]\n')
+    warning = ("warning: hosts.toml: hosts.edge.identities: the host's key is an age1… key, "
+               "and no identities say where its identity file is")
+    for command in ("renc", "check"):
+        err = repo.ok(command).stderr.decode()
+        assert warning in err and 'add identities = ["/etc/vaultpy/host.key"]' in err, err
+    assert repo.run("check", "--strict").returncode == 1
+    for args in (("profile", "--host", "edge"),
+                 ("bundle", "--host", "edge", "-o", str(tmp_path / "b"))):
+        assert_one_clean_error(repo.run(*args), "hosts.toml", "hosts.edge.identities",
+                               "the host's key is an age1… key")
+    assert not (tmp_path / "b").exists()
+    repo.ok("profile", "--host", "host0")               # an ssh host: as before
+    repo.write_hosts(text + f'\n[hosts.edge]\npubkey = "{host_pub}"\nsecrets = ["alpha"]\n'
+                     'identities = ["/etc/vaultpy/host.key"]\n')
+    assert "warning" not in repo.ok("check").stderr.decode()
+    assert '"/etc/vaultpy/host.key"' in repo.ok("profile", "--host", "edge").stdout.decode()

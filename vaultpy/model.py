@@ -615,7 +615,26 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
 def config_warnings(cfg: Config) -> list[Problem]:
     """What renc and check say of hosts.toml as warnings (with a memo answer never)."""
     return (shared_host_keys(cfg) + mistyped_placeholders(cfg) + stray_masters(cfg)
+            + [keyless for h in cfg.hosts.values()
+               if (keyless := no_identity_for_age_key(cfg, h.name)) is not None]
             + list(cfg.notes))
+
+
+def no_identity_for_age_key(cfg: Config, host: str) -> Problem | None:
+    """A hosts.toml host whose keys are all age1… and that names no ``identities``: its
+    profile would name sshd's ed25519 key, which cannot open what renc writes for it.
+    (A warning for renc and check: the NixOS module's settings.hostKeys may name the
+    key; an error for ``profile`` and ``bundle``, which would write that profile.)"""
+    h = cfg.hosts[host]
+    if h.nixos or h.identities or not h.recipients or not all(
+            r.startswith("age1") for r in h.recipients):
+        return None
+    return Problem(display_path(cfg.path), "the host's key is an age1… key, and no "
+                   "identities say where its identity file is: activation would try sshd's "
+                   "/etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes "
+                   "for it", f"hosts.{_quote(host)}.identities",
+                   'add identities = ["/etc/vaultpy/host.key"] (where that age identity '
+                   "file is on the host; on NixOS the module's settings.hostKeys may say it)")
 
 
 _KEPT = re.compile(r"(?P<id>.+)\.age\.(?P<why>conflict|unsaved)-[^/]*")
@@ -917,7 +936,7 @@ def _identities(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not value:
         ck.add(where, f"expected a non-empty list of key paths, got {_kind(value)}",
-               'write identities = ["/var/lib/vaultpy/host.key"]')
+               'write identities = ["/etc/vaultpy/host.key"]')
         return ()
     out = []
     for i, item in enumerate(value):

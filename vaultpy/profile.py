@@ -127,6 +127,11 @@ def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, 
             display_path(cfg.nixos or cfg.path), f"host {host!r} is declared in the NixOS "
             f"configuration {h.nixos!r}: its profile is the module's", "vaultpy.nixos",
             f"use config.vaultpy.profileFile of nixosConfigurations.{h.nixos}"))
+    from vaultpy.model import no_identity_for_age_key
+
+    keyless = no_identity_for_age_key(cfg, host)
+    if keyless is not None:     # the profile would name a key that opens nothing
+        raise VaultpyError(keyless)
     hashes, problems = cache.master_hashes(cfg, h.needed)
     if problems:
         raise VaultpyError(problems)
