@@ -121,6 +121,23 @@ let
   # Join a hosts.toml-relative path onto root (a path), keeping absolute ones.
   resolve = root: p: if substring 0 1 p == "/" then /. + p else root + "/${p}";
 
+  # A template's `file = "…"` (hosts.toml-relative), read as vaultpy reads it; each
+  # mistake one line through `bad` (its field, the fix), not a bare Nix error.
+  readTemplate = { bad, where, root, file }:
+    if !(isString file) then bad where "expected a string, got ${builtins.typeOf file}; quote the value"
+    else if builtins.match "[[:space:]]*" file != null
+    then bad where "an empty path; give the template's file, e.g. \"templates/app.conf\""
+    else
+      let
+        p = resolve root file;
+        kind = if builtins.pathExists (dirOf p)
+          then (builtins.readDir (dirOf p)).${baseNameOf p} or null else null;
+      in
+      if kind == null then bad where "cannot read the template ${toString p}: no such file; check the path: a relative one is read from hosts.toml's directory (in a flake, only files git knows: git add it)"
+      else if kind == "directory" then bad where "cannot read the template ${toString p}: it is a directory; point it at a file"
+      else if kind == "unknown" then bad where "cannot read the template ${toString p}: not a regular file; replace it with a regular file"
+      else readFile p;
+
   # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
   # templates = [ { name, content, trim, <output fields> } ]  ->  the profile attrset.
   mkProfile = { host, settings, secrets, templates }: {
@@ -171,7 +188,7 @@ let
         if spec ? file then
           (if spec ? content
            then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else readFile (resolve root spec.file))
+           else readTemplate { inherit bad root; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
         else spec.content or (bad "${hw}.templates.${n}.content"
           "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
@@ -237,6 +254,6 @@ let
     };
 in
 {
-  inherit checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit readTemplate checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode;
 }

@@ -219,7 +219,7 @@ let
         if spec ? file then
           (if spec ? content
            then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else builtins.readFile (resolve spec.file))
+           else vlib.readTemplate { inherit bad root; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
         else spec.content or (bad "${hw}.templates.${n}.content"
           "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);

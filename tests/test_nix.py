@@ -513,7 +513,25 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
          "hosts.h.templates.t.file: a template has content or a file, not both"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\ntrim = true\n",
          "h", "hosts.h.templates.t.content: missing: give the template's text (content = "),
+        # A template's file: each mistake one line, as vaultpy check says it (a review:
+        # bare Nix errors, and a FIFO hung the evaluation).
+        *(("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
+           f"file = {value}\n", "h", f"hosts.h.templates.t.file: {expected}")
+          for value, expected in (
+              ('"templates/nope.conf"', f"cannot read the template {root}/templates/nope.conf"
+               ": no such file; check the path: a relative one is read from hosts.toml's "
+               "directory"),
+              ('"nowhere/nope.conf"', f"cannot read the template {root}/nowhere/nope.conf: "
+               "no such file"),
+              ('"templates"', f"cannot read the template {root}/templates: it is a "
+               "directory"),
+              ('"templates/fifo"', f"cannot read the template {root}/templates/fifo: not a "
+               "regular file"),
+              ('""', "an empty path"),
+              ("3", "expected a string, got int"))),
     ]
+    (root / "templates").mkdir()
+    os.mkfifo(root / "templates" / "fifo")
     for body, host, expected in cases:
         hosts.write_text(head + body)
         proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)})"
@@ -896,6 +914,10 @@ HOSTS_TOML_ERRORS = {
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\nfile = "hosts.toml"\ncontent = """'),
         "hosts.web1.templates.app.env.file: a template has content or a file, not both"),
+    "template-file-missing": (_DEMO_TOML.replace(
+        '[hosts.web1.templates."app.env"]\ncontent = """',
+        '[hosts.web1.templates."app.env"]\nfile = "templates/app.env"\ncontents = """'),
+        "hosts.web1.templates.app.env.file: cannot read the template "),
     "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                        'ownr = "app"\ngroup = "app"'),
                     "hosts.web1.secrets.api_token.ownr: unknown key; use one of name, owner"),

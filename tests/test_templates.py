@@ -394,3 +394,68 @@ def test_a_bad_template_file_is_one_clear_line(make_repo, setup, table, needles)
         os.mkfifo(repo.root / "templates" / "fifo")
     for command in ("check", "renc"):
         assert_one_clean_error(repo.run(command, timeout=30), *needles)
+
+
+def test_the_memo_never_vouches_for_a_template_file_no_run_read(make_repo) -> None:
+    """The template is read with hosts.toml, and the memo stats its inputs after: a
+    symlink retargeted in between (to a file older than the run) had the memo record
+    the new file's stat with the old file's answer, and check said ok for good (a
+    review).  What was read is what the memo must record, or it records nothing."""
+    import os
+
+    from vaultpy import model
+    from vaultpy._internal import memo
+
+    repo = _file_template_repo(make_repo, "PW={{ secrets.pw }}\n")
+    tdir = repo.root / "templates"
+    (tdir / "a.env").write_text("PW={{ secrets.pw }}\n")
+    (tdir / "b.env").write_text("PW={{ secrets.pw }}\nT={{ secrets.tok }}\n")
+    for name in ("a.env", "b.env"):
+        os.utime(tdir / name, (1_000_000_000, 1_000_000_000))
+    (tdir / "app.env").unlink()
+    (tdir / "app.env").symlink_to("a.env")
+    repo.ok("renc")
+    os.environ.pop("VAULTPY_NO_MEMO", None)
+    snap = memo.begin(repo.root)
+    assert snap is not None
+    cfg = model.load(repo.root)                     # reads a.env
+    (tdir / "next").symlink_to("b.env")
+    os.replace(tdir / "next", tdir / "app.env")     # retargeted before the stat
+    snap.capture(cfg)
+    assert snap.lists is None                       # nothing to commit
+    snap = memo.begin(repo.root)                    # untouched meanwhile: recorded
+    assert snap is not None
+    snap.capture(model.load(repo.root))
+    assert snap.lists is not None
+
+
+@pytest.mark.parametrize(("target", "what"), [
+    ("hosts.toml", "hosts.toml itself"),
+    ("secrets/pw.age", "the master file of secret 'pw'"),
+])
+def test_a_template_file_is_a_file_of_its_own(make_repo, target, what) -> None:
+    """file = "secrets/pw.age" (an armored master reads as text): the incremental renc
+    reported success where the full one failed (a review).  Refused, with the reason."""
+    import subprocess
+
+    from conftest import assert_one_clean_error
+
+    repo = _file_template_repo(make_repo, "x", f'file = "{target}"\n')
+    armored = subprocess.run(["age", "-a", "-r", repo.recipient], input=b"pw-value\n",
+                             check=True, capture_output=True).stdout
+    (repo.root / "secrets" / "pw.age").write_bytes(armored)     # text, as a template is
+    for command in ("check", "renc"):
+        assert_one_clean_error(repo.run(command), 'hosts.host0.templates."app.env".file',
+                               f"{target} is {what}", "give the template a file of its own")
+
+
+def test_a_nul_in_a_template_is_refused_as_nix_would(make_repo) -> None:
+    """Nix cannot hold a NUL: inline content was cut at it without a word, a file's
+    failed the build.  vaultpy check refuses both, naming where."""
+    from conftest import assert_one_clean_error
+
+    repo = _file_template_repo(make_repo, "A=\0B\n")
+    assert_one_clean_error(repo.run("check"), "templates/app.env holds a NUL byte (byte 2)")
+    repo = _file_template_repo(make_repo, "", 'content = "A=\\u0000B"\n')
+    assert_one_clean_error(repo.run("check"), 'hosts.host0.templates."app.env".content',
+                           "holds a NUL character")

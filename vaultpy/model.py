@@ -226,8 +226,10 @@ class Template:
     trim: bool
     refs: tuple[str, ...]
     out: Output = field(default_factory=Output)
-    # ``file = "…"``: where ``content`` was read from (None: given inline).
+    # ``file = "…"``: where ``content`` was read from (None: given inline), and the
+    # stat of what was read (memo.stat_key: the no-op memo records no other state).
     source: Path | None = None
+    source_stat: tuple[int, ...] = ()
 
     @property
     def content_field(self) -> tuple[str, str]:
@@ -690,27 +692,71 @@ def identity_setting(root: Path, path: Path) -> str:
 
 
 def _template_file(ck: _Checker, root: Path, value: Any, where: str
-                   ) -> tuple[Path | None, str | None]:
-    """``file = "…"`` of a template (relative to hosts.toml's directory): its path and
-    text, or a problem and (None, None)."""
+                   ) -> tuple[Path | None, str | None, tuple[int, ...]]:
+    """``file = "…"`` of a template (relative to hosts.toml's directory): its path, its
+    text and the stat of what was read; or a problem and (None, None, ())."""
+    from vaultpy._internal.memo import stat_key
+    from vaultpy.profile import MAX_PROFILE
+
+    if isinstance(value, str) and not value.strip():
+        ck.add(where, "an empty path", 'give the template\'s file, e.g. "templates/app.conf"')
+        return None, None, ()
     given = ck.path_string(value, where)
     if not given:
-        return None, None
+        return None, None, ()
     path = Path(os.path.normpath(_rel(root, given)))
     try:
-        data = fsutil.read_regular(path)[0]     # a FIFO must not hang the run
+        data, st = fsutil.read_regular(path)    # a FIFO must not hang the run
     except OSError as exc:
         p = os_problem(path, exc, "read the template")
         hint = ("check the path: a relative one is read from hosts.toml's directory"
                 if isinstance(exc, FileNotFoundError) else p.hint)
         ck.problems.append(Problem(p.file, p.message, where, hint))
-        return None, None
+        return None, None, ()
+    fix = "a template is text; keep binary data in a secret"
+    if len(data) > MAX_PROFILE:
+        ck.add(where, f"{display_path(path)} holds more than {MAX_PROFILE >> 20} MiB: more "
+               "than a host's profile may hold", "keep a template to a configuration file")
+        return None, None, ()
     try:
-        return path, data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        ck.add(where, f"{display_path(path)} is not UTF-8 text (byte {exc.start})",
-               "a template is text; keep binary data in a secret")
-        return None, None
+        ck.add(where, f"{display_path(path)} is not UTF-8 text (byte {exc.start})", fix)
+        return None, None, ()
+    if "\0" in text:
+        ck.add(where, f"{display_path(path)} holds a NUL byte (byte {text.index(chr(0))})",
+               f"{fix} (Nix cannot hold a NUL either)")
+        return None, None, ()
+    return path, text, stat_key(st)
+
+
+def _templates_of_their_own(ck: _Checker, config: Path, declared: Mapping[str, Secret],
+                            hosts: Mapping[str, Host]) -> None:
+    """A template's file is no file vaultpy writes: not hosts.toml, a master file or a
+    key pair's public half (a master read as a template changes with every encrypt)."""
+    def key(p: Path) -> tuple[int, int] | None:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    theirs: dict[tuple[int, int], str] = {}
+    for p, what in [(config, "hosts.toml itself"),
+                    *((s.file, f"the master file of secret {s.id!r}")
+                      for s in declared.values()),
+                    *((s.public_file, f"the public half of secret {s.id!r}")
+                      for s in declared.values() if s.public_file is not None)]:
+        k = key(p)
+        if k is not None:
+            theirs.setdefault(k, what)
+    for name, h in hosts.items():
+        for t in h.templates:
+            k = None if t.source is None else key(t.source)
+            if k is not None and k in theirs:
+                ck.add(f"hosts.{_quote(name)}.templates.{_quote(t.name)}.file",
+                       f"{display_path(t.source or config)} is {theirs[k]}",
+                       "give the template a file of its own")
 
 
 def _rel(root: Path, text: str) -> Path:
@@ -850,14 +896,20 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 continue
             ck.keys(sub, at, ("content", "file", "trim", *OUTPUT_KEYS))
             content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
-            source = None
+            source: Path | None = None
+            source_stat: tuple[int, ...] = ()
+            if content is not None and "\0" in content:
+                ck.add(f"{at}.content", "holds a NUL character (\\u0000)", "remove it: a "
+                       "template is text, and Nix cannot hold a NUL either")
+                content = None
             if "file" in sub:
                 if "content" in sub:
                     ck.add(f"{at}.file", "a template has content or a file, not both",
                            "remove one of them")
                     content = None
                 else:
-                    source, content = _template_file(ck, root, sub["file"], f"{at}.file")
+                    source, content, source_stat = _template_file(ck, root, sub["file"],
+                                                                  f"{at}.file")
             elif "content" not in sub:
                 ck.add(f"{at}.content", "missing", "give the template's text (content = "
                        "\"…\"), or the file that holds it (file = \"templates/…\")")
@@ -872,7 +924,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                                                    f"{at}.file"))
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
-                                  _output(ck, sub, at), source))
+                                  _output(ck, sub, at), source, source_stat))
 
     def unknown(sid: str, at: str, message: str, hint: str, file: str = "") -> None:
         problem = Problem(file or ck.file, message, at, hint)
@@ -1102,6 +1154,7 @@ def parse(text: str, path: Path) -> Config:
         host = _host(ck, name, spec, declared, later, root)
         if host is not None:
             hosts[name] = host
+    _templates_of_their_own(ck, path, declared, hosts)
 
     resolved_cache = _resolved(ck, cache_dir, "vaultpy.cache_dir")
     resolved_root = _resolved(ck, root, "")

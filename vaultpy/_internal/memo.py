@@ -529,6 +529,13 @@ class Snapshot:
                 or os.path.realpath(cfg.cache_dir) != os.path.realpath(self.cache_dir)
                 or _stat(self.config) != self.pre):
             return                  # hosts.toml changed, or the memo would live elsewhere
+        # A template's own file is read with hosts.toml, before this stats it: the stat
+        # recorded must be of what was read (a symlink retargeted in between would have
+        # the memo vouch for a file no run read).
+        for h in cfg.hosts.values():
+            for t in h.templates:
+                if t.source is not None and _stat(str(t.source)) != t.source_stat:
+                    return
         files = [self.config, str(cfg.root / JOURNAL), str(cfg.root / WRITES),
                  *(str(s.file) for s in cfg.secrets.values()),
                  # templates' own files: their placeholders decide what a host needs
@@ -647,6 +654,11 @@ def _stat(path: str) -> tuple[int, ...]:
         st = os.stat(path)
     except OSError:
         return ()
+    return stat_key(st)
+
+
+def stat_key(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one state of a file from another, for :meth:`Snapshot.capture`."""
     return (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
