@@ -620,3 +620,16 @@ def test_a_hosts_identities_are_checked_paths(keys: dict[str, str], tmp_path: Pa
             parse(base + f"identities = {value}\n", tmp_path)
         text = str(err.value)
         assert "hosts.edge.identities" in text and needle in text, (value, text)
+
+
+def test_the_two_forms_of_a_hosts_secrets_mixed_get_a_fix(tmp_path: Path) -> None:
+    """`host add` writes secrets = [...]; the README shows [hosts.X.secrets.<id>]: both
+    in one host was a bare TOML error, "fix the syntax at that line" (a review)."""
+    text = ('[vaultpy]\nrecipients = []\n[hosts.web2]\nsecrets = ["a"]\n'
+            '[hosts.web2.secrets.db]\nowner = "x"\n')
+    with pytest.raises(VaultpyError) as err:
+        model.parse(text, tmp_path / "hosts.toml")
+    line = str(err.value.problems[0])
+    assert "not valid TOML: Cannot declare ('hosts', 'web2', 'secrets', 'db') twice" in line
+    assert ("hosts.web2 lists its secrets (secrets = [...]) and has [hosts.web2.secrets.<id>] "
+            "tables too: use one form") in line, line

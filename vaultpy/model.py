@@ -1079,6 +1079,13 @@ def parse(text: str, path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         hint = ("the file starts with a byte order mark (BOM): save it as UTF-8 without one"
                 if text.startswith("\ufeff") else "fix the syntax at that line")
+        mixed = re.match(r"Cannot declare \('hosts', '([^']*)', 'secrets'", str(exc))
+        if mixed:   # `host add` writes the list form; the README shows the table form
+            name = mixed.group(1)
+            hint = (f"hosts.{_quote(name)} lists its secrets (secrets = [...]) and has "
+                    f"[hosts.{_quote(name)}.secrets.<id>] tables too: use one form, e.g. "
+                    f"turn the list into a table per id ([hosts.{_quote(name)}.secrets.<id>], "
+                    "empty for the defaults)")
         raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "", hint)) from None
     except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
         raise VaultpyError(Problem(ck.file, "not valid TOML for vaultpy: a number with "
