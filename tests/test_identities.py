@@ -377,3 +377,17 @@ def test_default_identity_in_home(make_repo, tmp_path):
     repo = new_repo(make_repo, [pub])
     proc = repo.ok("decrypt", "s", env={"VAULTPY_IDENTITY": "", "HOME": str(home)})
     assert proc.stdout == SECRET
+
+
+def test_a_public_key_given_as_the_identity_says_so(make_repo, tmp_path):
+    """-i ~/.ssh/id_ed25519.pub was told "an identity file holds AGE-SECRET-KEY-1…
+    lines", which sent an SSH user looking for an age key (a migration review)."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    key, _pub = ssh_keygen(tmp_path, "id_ed25519")
+    _ident, age_pub = age_keygen(tmp_path, "m.txt")
+    (tmp_path / "age.pub").write_text(age_pub + "\n")
+    for given, private in ((f"{key}.pub", str(key)),
+                           (str(tmp_path / "age.pub"), "the private key file")):
+        proc = repo.run("-i", given, "decrypt", "alpha")
+        assert_one_clean_error(proc, given, "line 1: a public key, not a private one",
+                               f"give {private} instead")

@@ -293,6 +293,14 @@ def parse_identity_text(text: str, source: str,
                            "checksum)", hint="regenerate it with the plugin (e.g. "
                            "age-plugin-yubikey --identity)") from None
             plugins.setdefault(ident.plugin(), (number, []))[1].append(ident)
+        elif line.startswith(("ssh-", "age1", "ecdsa-sha2-", "sk-")):
+            # A .pub given for its private key (-i ~/.ssh/id_ed25519.pub, age-keygen -y's
+            # output): say so, not just what an identity file holds.
+            private = (source[:-4] if source.endswith(".pub")
+                       and os.path.isfile(os.path.expanduser(source[:-4]))
+                       else "the private key file")
+            raise fail(source, f"line {number}: a public key, not a private one",
+                       hint=f"give {private} instead (a public key decrypts nothing)")
         else:
             raise fail(source, f"line {number}: not an age identity",
                        hint="an identity file holds AGE-SECRET-KEY-1… lines (age-keygen)")
