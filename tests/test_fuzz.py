@@ -252,6 +252,11 @@ def _check_config(cfg: model.Config) -> None:
             assert re.fullmatch(r"0[0-7]{3}", out.mode), out.mode
             assert out.path is None or (out.path.startswith("/") and ".." not in out.path
                                         and "\0" not in out.path)
+        if model.no_identity_for_age_key(cfg, name) is not None:
+            # renc and check warn of it; profile refuses it: it would not boot
+            with pytest.raises(VaultpyError, match="no identities say where"):
+                _profile_without_masters(cfg, name)
+            continue
         data = json.loads(profile.dumps(_profile_without_masters(cfg, name)))
         prof = profile.parse(data, "profile.json", HOSTS_PATH.parent)
         assert prof.host == name
