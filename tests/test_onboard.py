@@ -187,9 +187,27 @@ def test_add_pubkey_file_and_age_recipient(make_repo, tmp_path: Path) -> None:
     subprocess.run([need("age-keygen"), "-o", str(ident)], check=True, capture_output=True)
     recipient = subprocess.run([need("age-keygen"), "-y", str(ident)], check=True,
                                capture_output=True, text=True).stdout.strip()
-    repo.ok("host", "add", "h2.example", "--pubkey", recipient, "--secrets", "beta")
+    err = repo.ok("host", "add", "h2.example", "--pubkey", recipient, "--secrets",
+                  "beta").stderr.decode()
     assert '[hosts."h2.example"]' in (repo.root / "hosts.toml").read_text()
     assert age_decrypt(cache_file(repo, "h2.example", "beta"), ident) == b"beta-secret"
+    # An age1 host needs to be told where its identity file is: said now, not at boot.
+    assert ("warning: hosts.\"h2.example\".identities: the host's key is an age1… key"
+            in err and "(host add --key-path PATH writes it)" in err), err
+    # --key-path writes it; its profile names it.
+    ident3 = tmp_path / "h3.txt"
+    subprocess.run([need("age-keygen"), "-o", str(ident3)], check=True, capture_output=True)
+    r3 = subprocess.run([need("age-keygen"), "-y", str(ident3)], check=True,
+                        capture_output=True, text=True).stdout.strip()
+    err = repo.ok("host", "add", "h3", "--pubkey", r3, "--key-path", "/etc/vaultpy/host.key",
+                  "--secrets", "alpha").stderr.decode()
+    assert "warning" not in err, err
+    assert 'identities = ["/etc/vaultpy/host.key"]' in (repo.root / "hosts.toml").read_text()
+    profile = json.loads(repo.ok("profile", "--host", "h3").stdout)
+    assert profile["settings"]["identities"] == ["/etc/vaultpy/host.key"]
+    proc = repo.run("host", "add", "h4", "--pubkey", r3, "--key-path", "keys/h4.key")
+    assert_one_clean_error(proc, "hosts.h4.identities", "invalid path")
+    assert "[hosts.h4]" not in (repo.root / "hosts.toml").read_text()
 
 
 def test_add_generate_makes_a_0600_key_pair_and_explains(make_repo, tmp_path: Path) -> None:

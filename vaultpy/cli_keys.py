@@ -128,6 +128,10 @@ def host_add(
     secrets: Annotated[str | None, typer.Option(
         "--secrets", metavar="ID,ID…", help="Deploy these declared secrets to the host "
         "(all defaults: root:root 0400).", autocompletion=complete_id_list)] = None,
+    key_path: Annotated[list[str] | None, typer.Option(
+        "--key-path", metavar="PATH", help="Where the host's private key file is on the "
+        "host, written as its identities (repeatable; an age1 host needs it, e.g. "
+        "/etc/vaultpy/host.key; default: sshd's /etc/ssh/ssh_host_ed25519_key).")] = None,
     no_renc: NoRencOpt = False,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
@@ -140,7 +144,8 @@ def host_add(
     ids = [s.strip() for s in (secrets or "").split(",") if s.strip()]
     cfg = _config_for(repo, json_out)
     out = _json_errors(json_out, lambda: onboard.add(
-        cfg, name, source, ids, run_renc=not no_renc, identity_files=_identity(identity)))
+        cfg, name, source, ids, run_renc=not no_renc, identity_files=_identity(identity),
+        key_paths=key_path or []))
     _report_host(out, json_out)
 
 

@@ -297,17 +297,22 @@ def _hosts_of(doc: dict[str, Any]) -> dict[str, Any]:
     return hosts
 
 
-def add_host_text(text: str, name: str, pubkey: str, secrets: Sequence[str] = ()) -> str:
+def add_host_text(text: str, name: str, pubkey: str, secrets: Sequence[str] = (),
+                  identities: Sequence[str] = ()) -> str:
     """hosts.toml with a new ``[hosts.<name>]`` table appended."""
     old = tomllib.loads(text)
     if name in _hosts_of(old):
         raise EditError(f"host {name!r} exists")
     table: dict[str, Any] = {"pubkey": pubkey}
+    if identities:
+        table["identities"] = list(identities)
     if secrets:
         table["secrets"] = list(secrets)
     expected = {**old, "hosts": {**_hosts_of(old), name: table}}
     nl = _newline(text)
     fragment = [f"[hosts.{_toml_key(name)}]", f"pubkey = {_toml_value(pubkey)}"]
+    if identities:
+        fragment.append(f"identities = {_toml_value(list(identities))}")
     if secrets:
         fragment.append(f"secrets = {_toml_value(list(secrets))}")
     body = text.rstrip("\r\n")
@@ -638,8 +643,11 @@ def _run_renc(out: Outcome, cfg: Config, identity_files: Sequence[Path]) -> None
 
 
 def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), *,
-        run_renc: bool = True, identity_files: Sequence[Path] = ()) -> Outcome:
-    """Add host ``name`` with the key from ``source`` and deploy ``secrets`` to it."""
+        run_renc: bool = True, identity_files: Sequence[Path] = (),
+        key_paths: Sequence[str] = ()) -> Outcome:
+    """Add host ``name`` with the key from ``source`` and deploy ``secrets`` to it.
+    ``key_paths``: where the host's private key files are on the host (its
+    ``identities``; an age1 host needs them)."""
     _check_name(cfg, name)
     text = _read_text(cfg)
     if name in cfg.hosts and cfg.hosts[name].nixos:
@@ -664,7 +672,8 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
     validate_source(source)
     key = resolve(source, name)
     return _apply_key(cfg, text, name, key, "added",
-                      lambda: add_host_text(text, name, key.line, list(secrets)),
+                      lambda: add_host_text(text, name, key.line, list(secrets),
+                                            list(key_paths)),
                       run_renc, identity_files)
 
 
@@ -682,6 +691,12 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
         raise
     out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
+    from vaultpy.model import no_identity_for_age_key
+
+    keyless = no_identity_for_age_key(new_cfg, name)
+    if keyless is not None:     # said now, not first at the host's boot
+        out.warnings.append(f"{keyless.field}: {keyless.message}; {keyless.hint} "
+                            "(host add --key-path PATH writes it)")
     if run_renc:
         _run_renc(out, new_cfg, identity_files)
     return out
