@@ -123,7 +123,7 @@ let
 
   # A template's `file = "…"` (hosts.toml-relative), read as vaultpy reads it; each
   # mistake one line through `bad` (its field, the fix), not a bare Nix error.
-  readTemplate = { bad, where, root, file }:
+  readTemplate = { bad, where, root, file, hostsToml ? null }:
     if !(isString file) then bad where "expected a string, got ${builtins.typeOf file}; quote the value"
     else if builtins.match "[[:space:]]*" file != null
     then bad where "an empty path; give the template's file, e.g. \"templates/app.conf\""
@@ -136,6 +136,9 @@ let
       if kind == null then bad where "cannot read the template ${toString p}: no such file; check the path: a relative one is read from hosts.toml's directory (in a flake, only files git knows: git add it)"
       else if kind == "directory" then bad where "cannot read the template ${toString p}: it is a directory; point it at a file"
       else if kind == "unknown" then bad where "cannot read the template ${toString p}: not a regular file; replace it with a regular file"
+      # (what a link leads to cannot be told before reading it: a FIFO would hang this)
+      else if kind == "symlink" then bad where "cannot read the template ${toString p}: a symbolic link, not a file; point file at the file itself, not at a symbolic link"
+      else if hostsToml != null && toString p == toString hostsToml then bad where "${toString p} is hosts.toml itself; give the template a file of its own"
       else readFile p;
 
   # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
@@ -188,7 +191,7 @@ let
         if spec ? file then
           (if spec ? content
            then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else readTemplate { inherit bad root; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
+           else readTemplate { inherit bad root hostsToml; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
         else spec.content or (bad "${hw}.templates.${n}.content"
           "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
@@ -221,6 +224,9 @@ let
       # [hosts.<name>] identities: the host's private key files (else sshd's ed25519 key)
       settings = if h ? identities
         then { identities = checkedIdentities bad "${hw}.identities" h.identities; }
+        # as `vaultpy profile`: sshd's key cannot open what renc writes for an age1 key
+        else if builtins.all (r: substring 0 4 (normalizeRecipient r) == "age1") recipients
+        then bad "${hw}.identities" "the host's key is an age1… key, and no identities say where its identity file is: activation would try sshd's /etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes for it; add identities = [\"/etc/vaultpy/host.key\"] (where that age identity file is on the host; the NixOS module takes it as settings.hostKeys)"
         else { };
       secrets = map secretEntry needed;
       templates = map templateEntry (attrNames tmpls);

@@ -219,7 +219,7 @@ let
         if spec ? file then
           (if spec ? content
            then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else vlib.readTemplate { inherit bad root; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
+           else vlib.readTemplate { inherit bad root; inherit (cfg) hostsToml; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
         else spec.content or (bad "${hw}.templates.${n}.content"
           "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
@@ -486,6 +486,12 @@ in
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
             assertion = false;
             message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }
+        # An age1 key is opened by its identity file, never by sshd's key (the default).
+        ++ optional (s.hostPubkey != null && recipients != [ ]
+            && builtins.all (r: builtins.substring 0 4 r == "age1") recipients
+            && options.vaultpy.settings.hostKeys.highestPrio >= (lib.mkOptionDefault null).priority) {
+            assertion = false;
+            message = "vaultpy.settings.hostKeys: this host's key is an age1… key, and hostKeys is sshd's ed25519 key, which cannot decrypt what renc writes for it: set vaultpy.settings.hostKeys = [ \"/etc/vaultpy/host.key\" ] (where its age identity file is), or identities in hosts.toml"; }
         ++ optional (s.hostKeys == [ ]) {
             assertion = false;
             message = "vaultpy.settings.hostKeys is empty (services.openssh.hostKeys has no ed25519 key): set vaultpy.settings.hostKeys = [ \"/etc/ssh/ssh_host_ed25519_key\" ], the private key(s) this host decrypts with"; }

@@ -513,6 +513,10 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
          "hosts.h.templates.t.file: a template has content or a file, not both"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\ntrim = true\n",
          "h", "hosts.h.templates.t.content: missing: give the template's text (content = "),
+        # as `vaultpy profile` refuses it (it would not boot)
+        ('[hosts.h]\npubkey = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"'
+         '\nsecrets = ["a"]\n', "h", "hosts.h.identities: the host's key is an age1… key, "
+         "and no identities say where its identity file is"),
         # A template's file: each mistake one line, as vaultpy check says it (a review:
         # bare Nix errors, and a FIFO hung the evaluation).
         *(("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
@@ -527,11 +531,15 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
                "directory"),
               ('"templates/fifo"', f"cannot read the template {root}/templates/fifo: not a "
                "regular file"),
+              ('"templates/fifolink"', f"cannot read the template {root}/templates/fifolink:"
+               " a symbolic link, not a file"),
+              ('"hosts.toml"', f"{root}/hosts.toml is hosts.toml itself"),
               ('""', "an empty path"),
               ("3", "expected a string, got int"))),
     ]
     (root / "templates").mkdir()
     os.mkfifo(root / "templates" / "fifo")
+    (root / "templates" / "fifolink").symlink_to("fifo")
     for body, host, expected in cases:
         hosts.write_text(head + body)
         proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)})"
@@ -1076,6 +1084,15 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             **settings_, "cacheRoot": str(rich.cache)}}},
         "no-host-key": {"vaultpy": {**base["vaultpy"], "settings": {
             **settings_, "hostKeys": []}}},
+        # An age1 host with sshd's key as hostKeys (the default): it could open nothing.
+        "age-key-sshd-default": {"vaultpy": {
+            "settings": {"hostPubkey": rich.pub["edge1"], "cacheRoot": rich.cache,
+                         "hostName": "edge1"},
+            "secrets": {"db_password": {"file": master}}}},
+        "age-key-with-host-keys": {"vaultpy": {
+            "settings": {"hostPubkey": rich.pub["edge1"], "cacheRoot": rich.cache,
+                         "hostName": "edge1", "hostKeys": ["/var/lib/vaultpy/edge1.key"]},
+            "secrets": {"db_password": {"file": master}}}},
         "late-password-hash": {**_base_secret(rich), "users": {"users": {"alice": {
             "hashedPasswordFile": "/run/vaultpy/db_password"}}}},
         "early-password-hash": {**_base_secret(rich, early=True), "users": {"users": {
@@ -1116,6 +1133,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     assert assertion_results["sibling-paths"] == []
     assert assertion_results["early-password-hash"] == []
     assert assertion_results["null-path-and-a-password-file"] == []
+    assert assertion_results["age-key-with-host-keys"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1155,6 +1173,8 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                            "./secrets/cache, no quotes"]),
     ("no-host-key", ["vaultpy.settings.hostKeys is empty", "ed25519",
                      "/etc/ssh/ssh_host_ed25519_key"]),
+    ("age-key-sshd-default", ["vaultpy.settings.hostKeys: this host's key is an age1… key",
+                              'set vaultpy.settings.hostKeys = [ "/etc/vaultpy/host.key" ]']),
     # agenix orders its install before users; here a password hash must be early.
     ("late-password-hash", ["users.users.alice.hashedPasswordFile is /run/vaultpy/db_password",
                             "secret db_password's path", "installed after users are created",

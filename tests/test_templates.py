@@ -372,6 +372,9 @@ def test_a_template_may_live_in_its_own_file(make_repo) -> None:
      ("templates/fifo", 'templates."app.env".file', "not a regular file")),
     ("directory", 'file = "templates"\n',
      ("templates", 'templates."app.env".file', "cannot read the template")),
+    ("symlink", 'file = "templates/link.env"\n',
+     ("templates/link.env", 'templates."app.env".file', "a symbolic link, not a file",
+      "point file at the file itself")),
 ])
 def test_a_bad_template_file_is_one_clear_line(make_repo, setup, table, needles) -> None:
     import os
@@ -392,35 +395,38 @@ def test_a_bad_template_file_is_one_clear_line(make_repo, setup, table, needles)
         app.write_text("PW={{ secrets.pw\n")
     elif setup == "fifo":
         os.mkfifo(repo.root / "templates" / "fifo")
+    elif setup == "symlink":
+        (repo.root / "templates" / "link.env").symlink_to("app.env")
     for command in ("check", "renc"):
         assert_one_clean_error(repo.run(command, timeout=30), *needles)
 
 
 def test_the_memo_never_vouches_for_a_template_file_no_run_read(make_repo) -> None:
     """The template is read with hosts.toml, and the memo stats its inputs after: a
-    symlink retargeted in between (to a file older than the run) had the memo record
-    the new file's stat with the old file's answer, and check said ok for good (a
-    review).  What was read is what the memo must record, or it records nothing."""
+    symlinked folder on its path retargeted in between (to files older than the run) had
+    the memo record the new file's stat with the old file's answer, and check said ok
+    for good (a review).  What was read is what the memo must record, or nothing."""
     import os
 
     from vaultpy import model
     from vaultpy._internal import memo
 
     repo = _file_template_repo(make_repo, "PW={{ secrets.pw }}\n")
-    tdir = repo.root / "templates"
-    (tdir / "a.env").write_text("PW={{ secrets.pw }}\n")
-    (tdir / "b.env").write_text("PW={{ secrets.pw }}\nT={{ secrets.tok }}\n")
-    for name in ("a.env", "b.env"):
-        os.utime(tdir / name, (1_000_000_000, 1_000_000_000))
-    (tdir / "app.env").unlink()
-    (tdir / "app.env").symlink_to("a.env")
+    for folder, text in (("ta", "PW={{ secrets.pw }}\n"),
+                         ("tb", "PW={{ secrets.pw }}\nT={{ secrets.tok }}\n")):
+        (repo.root / folder).mkdir()
+        (repo.root / folder / "app.env").write_text(text)
+        os.utime(repo.root / folder / "app.env", (1_000_000_000, 1_000_000_000))
+    (repo.root / "templates" / "app.env").unlink()
+    (repo.root / "templates").rmdir()
+    (repo.root / "templates").symlink_to("ta")
     repo.ok("renc")
     os.environ.pop("VAULTPY_NO_MEMO", None)
     snap = memo.begin(repo.root)
     assert snap is not None
-    cfg = model.load(repo.root)                     # reads a.env
-    (tdir / "next").symlink_to("b.env")
-    os.replace(tdir / "next", tdir / "app.env")     # retargeted before the stat
+    cfg = model.load(repo.root)                     # reads ta/app.env
+    (repo.root / "next").symlink_to("tb")
+    os.replace(repo.root / "next", repo.root / "templates")    # retargeted before the stat
     snap.capture(cfg)
     assert snap.lists is None                       # nothing to commit
     snap = memo.begin(repo.root)                    # untouched meanwhile: recorded

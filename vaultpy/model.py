@@ -636,7 +636,7 @@ def no_identity_for_age_key(cfg: Config, host: str) -> Problem | None:
                    "/etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes "
                    "for it", f"hosts.{_quote(host)}.identities",
                    'add identities = ["/etc/vaultpy/host.key"] (where that age identity '
-                   "file is on the host; on NixOS the module's settings.hostKeys may say it)")
+                   "file is on the host; the NixOS module takes it as settings.hostKeys)")
 
 
 _KEPT = re.compile(r"(?P<id>.+)\.age\.(?P<why>conflict|unsaved)-[^/]*")
@@ -705,16 +705,23 @@ def _template_file(ck: _Checker, root: Path, value: Any, where: str
     if not given:
         return None, None, ()
     path = Path(os.path.normpath(_rel(root, given)))
+    too_big = False
     try:
-        data, st = fsutil.read_regular(path)    # a FIFO must not hang the run
+        # Not through a symlink (the name's own file: Nix cannot tell what a link leads
+        # to before it reads it, and a FIFO there would hang it), and sized first.
+        too_big = os.lstat(path).st_size > MAX_PROFILE
+        if not too_big:
+            data, st = fsutil.read_regular(path, follow=False)  # a FIFO must not hang it
     except OSError as exc:
         p = os_problem(path, exc, "read the template")
         hint = ("check the path: a relative one is read from hosts.toml's directory"
-                if isinstance(exc, FileNotFoundError) else p.hint)
+                if isinstance(exc, FileNotFoundError) else
+                "point file at the file itself, not at a symbolic link"
+                if exc.strerror == fsutil.LINK else p.hint)
         ck.problems.append(Problem(p.file, p.message, where, hint))
         return None, None, ()
     fix = "a template is text; keep binary data in a secret"
-    if len(data) > MAX_PROFILE:
+    if too_big:
         ck.add(where, f"{display_path(path)} holds more than {MAX_PROFILE >> 20} MiB: more "
                "than a host's profile may hold", "keep a template to a configuration file")
         return None, None, ()
