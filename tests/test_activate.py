@@ -714,6 +714,13 @@ def test_profile_output_replaces_only_a_profile(world: World, tmp_path: Path) ->
     first = out.read_bytes()
     repo.ok("profile", "--host", HOST, "-o", str(out))                # a profile: replaced
     assert out.read_bytes() == first
+    empty = tmp_path / "mktemp.json"       # an empty file (mktemp's): nothing to lose
+    empty.touch()
+    repo.ok("profile", "--host", HOST, "-o", str(empty))
+    assert empty.read_bytes() == first
+    proc = repo.run("profile", "--host", HOST, "-o", "/dev/null")
+    assert_one_clean_error(proc, "/dev/null", "exists and is not a regular file",
+                           "leave -o out to print the profile")
     for victim in (repo.identity, repo.root / "hosts.toml", tmp_path / "notes.json"):
         if not victim.exists():
             victim.write_text('{"a": 1}\n')

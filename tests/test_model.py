@@ -547,9 +547,16 @@ def test_init_with_no_master_recipient_says_so(tmp_path: Path) -> None:
     home.mkdir()
     repo = _bare_repo(tmp_path / "site")
     err = repo.ok("init", env={"HOME": str(home)}).stderr.decode()
-    assert ("warning: no master recipient (no -r, no --generate-identity, and no age key "
-            "in ~/.config/vaultpy/master.txt): add your master public key to [vaultpy] "
-            "recipients in hosts.toml") in err, err
+    assert ("warning: no master recipient (no -r, no --generate-identity, and no "
+            "~/.config/vaultpy/master.txt): make a key (mkdir -p ~/.config/vaultpy && "
+            "age-keygen -o ~/.config/vaultpy/master.txt) and add the public key it prints to "
+            "[vaultpy] recipients in hosts.toml") in err, err
+    # One there but unusable: its public key is what to add (age-keygen -o would refuse).
+    (home / ".config" / "vaultpy").mkdir(parents=True)
+    (home / ".config" / "vaultpy" / "master.txt").write_text("garbage\n")
+    err = _bare_repo(tmp_path / "c").ok("init", env={"HOME": str(home)}).stderr.decode()
+    assert ("~/.config/vaultpy/master.txt holds no plain age key" in err
+            and "add its public key (age-keygen -y" in err), err
     err = _bare_repo(tmp_path / "b").ok("init", "-r", repo_recipient(tmp_path),
                                         env={"HOME": str(home)}).stderr.decode()
     assert "warning" not in err, err
@@ -633,3 +640,56 @@ def test_the_two_forms_of_a_hosts_secrets_mixed_get_a_fix(tmp_path: Path) -> Non
     assert "not valid TOML: Cannot declare ('hosts', 'web2', 'secrets', 'db') twice" in line
     assert ("hosts.web2 lists its secrets (secrets = [...]) and has [hosts.web2.secrets.<id>] "
             "tables too: use one form") in line, line
+    # A table written twice, with no list: the plain hint, not this one (a review).
+    twice = ('[vaultpy]\nrecipients = []\n[hosts.web2]\n[hosts.web2.secrets.db]\n'
+             '[hosts.web2.secrets.db]\n')
+    with pytest.raises(VaultpyError) as err:
+        model.parse(twice, tmp_path / "hosts.toml")
+    line = str(err.value.problems[0])
+    assert line.endswith("fix the syntax at that line") and "lists its secrets" not in line
+
+
+def test_a_key_in_the_git_repository_above_hosts_toml_is_ignored_there(tmp_path: Path) -> None:
+    """hosts.toml in infra/, the key made at the git top: only hosts.toml's folder was
+    looked at, and `git add -A` staged the key (a review)."""
+    need("git")
+    top = tmp_path / "gi"
+    top.mkdir()
+    subprocess.run(["git", "init", "-q", str(top)], check=True)
+    repo = _bare_repo(top / "infra")
+    repo.ok("init", str(top / "infra"), "--generate-identity", str(top / "master.txt"),
+            cwd=top)
+    subprocess.run(["git", "add", "-A"], cwd=top, check=True)
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=top, check=True,
+                            capture_output=True, text=True).stdout.splitlines()
+    assert "infra/hosts.toml" in staged and "master.txt" not in staged, staged
+    assert "/master.txt" in (top / ".gitignore").read_text()
+
+
+def test_renc_adds_its_lines_to_any_gitignore_and_leaves_a_linked_one(tmp_path: Path) -> None:
+    """A .gitignore in Latin-1 made renc's first fill die with an internal error after it
+    had written the cache; a symlinked one was replaced by a copy (a review)."""
+    need("git")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    site = tmp_path / "site"
+    repo = _bare_repo(site)
+    repo.ok("init", "--generate-identity", str(home / "master.txt"), env=env)
+    _, pub = ssh_keygen(tmp_path, "h")
+    with (site / "hosts.toml").open("a") as fh:
+        fh.write(f'\n[secrets.s]\n\n[hosts.web]\npubkey = {toml_str(pub)}\nsecrets = ["s"]\n')
+    repo.ok("encrypt", "s", input=b"v", env=env)
+    latin = b"caf\xe9.txt\n"
+    (site / ".gitignore").write_bytes(latin)
+    shutil.rmtree(site / "secrets" / "cache")
+    repo.ok("renc", env=env)
+    data = (site / ".gitignore").read_bytes()
+    assert data.startswith(latin) and b"/.vaultpy-writes\n" in data
+    shared = tmp_path / "shared-ignore"
+    shared.write_text("*.log\n")
+    (site / ".gitignore").unlink()
+    (site / ".gitignore").symlink_to(shared)
+    shutil.rmtree(site / "secrets" / "cache")
+    repo.ok("renc", env=env)
+    assert (site / ".gitignore").is_symlink() and shared.read_text() == "*.log\n"

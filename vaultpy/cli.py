@@ -261,10 +261,18 @@ def init(
                      "secret. Consider a second (backup) recipient.", markup=False)
     elif not recipients:
         # Every later command fails on `recipients = []`: say so now, and how to mend it.
-        _err().print("warning: no master recipient (no -r, no --generate-identity, and no "
-                     "age key in ~/.config/vaultpy/master.txt): add your master public key "
-                     "to [vaultpy] recipients in hosts.toml (age-keygen -o "
-                     "~/.config/vaultpy/master.txt prints one)", markup=False)
+        from vaultpy.identities import DEFAULT_IDENTITY
+
+        if os.path.lexists(os.path.expanduser(DEFAULT_IDENTITY)):
+            why = (f"{DEFAULT_IDENTITY} holds no plain age key (passphrase-protected, a "
+                   "plugin's, several, or damaged)")
+            fix = "add its public key (age-keygen -y, or the plugin's recipient)"
+        else:
+            why = f"no -r, no --generate-identity, and no {DEFAULT_IDENTITY}"
+            fix = ("make a key (mkdir -p ~/.config/vaultpy && age-keygen -o "
+                   f"{DEFAULT_IDENTITY}) and add the public key it prints")
+        _err().print(f"warning: no master recipient ({why}): {fix} to [vaultpy] recipients "
+                     "in hosts.toml", markup=False)
 
 
 @app.command()
@@ -583,8 +591,15 @@ def _not_over_another_file(output: Path) -> None:
 
     if not os.path.lexists(output):
         return
+    if not os.path.isfile(output) or os.path.islink(output):   # /dev/null, a directory
+        raise VaultpyError(Problem(display_path(output), "exists and is not a regular file: "
+                                   "not replaced", "--output", "give the name of a file "
+                                   "(or leave -o out to print the profile)"))
     try:
-        old = json.loads(fsutil.read_regular(output)[0])
+        data = fsutil.read_regular(output)[0]
+        if not data:            # an empty file (mktemp's) holds nothing to lose
+            return
+        old = json.loads(data)
         if isinstance(old, dict) and {"version", "host", "secrets"} <= old.keys():
             return
     except (OSError, ValueError):

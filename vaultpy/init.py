@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,41 +62,56 @@ TOP_GITIGNORE = """\
 """
 
 
+def _add_to_gitignore(path: Path, line: str, block: str) -> bool:
+    """Append ``block`` to the .gitignore ``path`` (created if missing) unless ``line``
+    is one of its lines; False when it is.  Its bytes are kept as they are, whatever
+    their encoding.  A symbolic link is left alone (git does not follow one): OSError."""
+    if os.path.islink(path):
+        raise OSError(errno.ELOOP, fsutil.LINK, str(path))
+    try:
+        old: bytes | None = fsutil.read_regular(path)[0]       # a FIFO must not hang
+    except FileNotFoundError:
+        old = None
+    if old is not None and line.encode() in [ln.rstrip() for ln in old.splitlines()]:
+        return False
+    mode = path.stat().st_mode & 0o777 if old is not None else 0o644
+    head = b"" if not old else old if old.endswith(b"\n") else old + b"\n"
+    fsutil.atomic_write(path, head + (b"\n" if head else b"") + block.encode(), mode)
+    return True
+
+
 def _ignore_journal(path: Path) -> bool:
     """Make git ignore the write journal beside hosts.toml: ``path`` (the .gitignore
     there) is created, or the lines added to it; False when it already has them."""
-    try:
-        old = fsutil.read_regular(path)[0].decode("utf-8")     # a FIFO must not hang
-    except FileNotFoundError:
-        old = None
-    if old is not None and "/.vaultpy-writes\n" in old:
-        return False
-    mode = path.stat().st_mode & 0o777 if old is not None else 0o644
-    head = "" if not old else old if old.endswith("\n") else old + "\n"
-    fsutil.atomic_write(path, (head + ("\n" if head else "") + TOP_GITIGNORE).encode(), mode)
-    return True
+    return _add_to_gitignore(path, "/.vaultpy-writes", TOP_GITIGNORE)
 
 
-def _ignore_identity(top: Path, identity: Path) -> bool:
-    """A master key made inside the repository: a line in ``top``'s .gitignore, so that
-    `git add .` (or the README's `git add secrets`) never commits it.  False when it is
-    outside, or the line is there already."""
-    try:
-        rel = identity.resolve().relative_to(top.resolve())
-    except ValueError:
-        return False
+def _git_top(start: Path) -> Path | None:
+    for d in (start, *start.parents):
+        if os.path.lexists(d / ".git"):
+            return d
+    return None
+
+
+def _ignore_identity(top: Path, identity: Path) -> Path | None:
+    """A master key made inside the repository (``top``, hosts.toml's folder, or the
+    git repository it is in): a line in that folder's .gitignore, so that `git add .`
+    (or the README's `git add secrets`) never commits it.  The .gitignore written, or
+    None (outside, or the line is there already)."""
+    here = top.resolve()
+    key = identity.resolve()
+    git = _git_top(here)
+    folder = git if git is not None and key.is_relative_to(git) else here
+    if not key.is_relative_to(folder):
+        return None
     # A name git would read as a pattern is escaped, each special character alone.
-    line = "/" + "".join("\\" + c if c in "*?[]!#\\" else c for c in rel.as_posix())
+    line = "/" + "".join("\\" + c if c in "*?[]!#\\" else c
+                         for c in key.relative_to(folder).as_posix())
     if line.endswith(" "):
         line = line[:-1] + "\\ "
-    path = top / ".gitignore"
-    old = fsutil.read_regular(path)[0].decode("utf-8")
-    if f"\n{line}\n" in f"\n{old}":
-        return False
-    head = old if old.endswith("\n") else old + "\n"
-    text = head + "\n# vaultpy: the master identity (never commit it)\n" + line + "\n"
-    fsutil.atomic_write(path, text.encode(), path.stat().st_mode & 0o777)
-    return True
+    path = folder / ".gitignore"
+    block = f"# vaultpy: the master identity (never commit it)\n{line}\n"
+    return path if _add_to_gitignore(path, line, block) else None
 
 
 def ignore_local_state(top: Path, cache_dir: Path) -> list[Path]:
@@ -114,8 +131,6 @@ def default_recipient() -> tuple[str, str] | None:
     """(how it is named, its public key) of the default identity
     (``~/.config/vaultpy/master.txt``) when it is one plain age key; else None (absent,
     unreadable, passphrase-protected, several keys, a plugin's)."""
-    import os
-
     from vaultpy.identities import DEFAULT_IDENTITY
 
     try:
@@ -188,8 +203,18 @@ def init(directory: Path, recipients: Sequence[str] = (),
         fsutil.create_new(target, text.encode(), 0o644)
         written.append(target)
         written += ignore_local_state(directory, directory / "secrets" / "cache")
-        if generate_identity is not None and _ignore_identity(directory, generate_identity):
-            written += [p for p in [directory / ".gitignore"] if p not in written]
+        if generate_identity is not None:
+            try:
+                ignored = _ignore_identity(directory, generate_identity)
+            except OSError as exc:      # a symlinked or unwritable .gitignore
+                raise VaultpyError(Problem(
+                    display_path(exc.filename or directory), "cannot add the new master "
+                    f"identity to it: {exc.strerror}", "", "keep the key out of git "
+                    f"yourself: {display_path(generate_identity)} is the plaintext master "
+                    "key (hosts.toml and the key were written)")) from None
+            if ignored is not None and Path(os.path.abspath(ignored)) not in [
+                    Path(os.path.abspath(w)) for w in written]:
+                written.append(ignored)
     except FileExistsError as exc:
         raise fail(exc.filename or target, "already exists") from None
     except OSError as exc:

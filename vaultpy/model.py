@@ -691,6 +691,20 @@ def identity_setting(root: Path, path: Path) -> str:
     return str(path)
 
 
+def _lists_secrets(text: str, host: str) -> bool:
+    """Whether ``[hosts.<host>]`` in ``text`` has a ``secrets = [`` line (for the hint on
+    a TOML error, which comes before any parse: a line scan, quoted names included)."""
+    headers = {f"[hosts.{host}]", f'[hosts."{host}"]', f"[hosts.'{host}']"}
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line.split("#", 1)[0].strip() in headers
+        elif inside and re.match(r"secrets\s*=\s*\[", line):
+            return True
+    return False
+
+
 def _template_file(ck: _Checker, root: Path, value: Any, where: str
                    ) -> tuple[Path | None, str | None, tuple[int, ...]]:
     """``file = "…"`` of a template (relative to hosts.toml's directory): its path, its
@@ -1087,6 +1101,8 @@ def parse(text: str, path: Path) -> Config:
         hint = ("the file starts with a byte order mark (BOM): save it as UTF-8 without one"
                 if text.startswith("\ufeff") else "fix the syntax at that line")
         mixed = re.match(r"Cannot declare \('hosts', '([^']*)', 'secrets'", str(exc))
+        if mixed and not _lists_secrets(text, mixed.group(1)):
+            mixed = None
         if mixed:   # `host add` writes the list form; the README shows the table form
             name = mixed.group(1)
             hint = (f"hosts.{_quote(name)} lists its secrets (secrets = [...]) and has "
