@@ -418,6 +418,18 @@ def test_init_names_an_identity_under_home_with_a_tilde(tmp_path: Path) -> None:
     assert repo.ok("decrypt", "s", env=env).stdout == b"v"
 
 
+def _initialised_site(tmp_path: Path) -> tuple[Repo, Path, Path, dict[str, str]]:
+    """``vaultpy init`` in tmp_path/site, its master key made under a HOME of its own:
+    (the repository, its folder, HOME, the environment naming HOME)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    site = tmp_path / "site"
+    repo = _bare_repo(site)
+    repo.ok("init", "--generate-identity", str(home / "master.txt"), env=env)
+    return repo, site, home, env
+
+
 @pytest.mark.parametrize("first", ["renc", "encrypt"])
 def test_a_cache_dir_changed_after_init_is_ignored_by_git_too(tmp_path: Path, first: str
                                                               ) -> None:
@@ -427,12 +439,7 @@ def test_a_cache_dir_changed_after_init_is_ignored_by_git_too(tmp_path: Path, fi
     first fills a cache directory with no .gitignore now writes the same one (and never
     replaces one that is there)."""
     need("git")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home)}
-    site = tmp_path / "site"
-    repo = _bare_repo(site)
-    repo.ok("init", "--generate-identity", str(home / "master.txt"), env=env)
+    repo, site, home, env = _initialised_site(tmp_path)
     subprocess.run(["git", "init", "-q", str(site)], check=True)
     text = (site / "hosts.toml").read_text()
     assert '# cache_dir = "secrets/cache"' in text
@@ -670,12 +677,7 @@ def test_renc_adds_its_lines_to_any_gitignore_and_leaves_a_linked_one(tmp_path: 
     """A .gitignore in Latin-1 made renc's first fill die with an internal error after it
     had written the cache; a symlinked one was replaced by a copy (a review)."""
     need("git")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home)}
-    site = tmp_path / "site"
-    repo = _bare_repo(site)
-    repo.ok("init", "--generate-identity", str(home / "master.txt"), env=env)
+    repo, site, _home, env = _initialised_site(tmp_path)
     _, pub = ssh_keygen(tmp_path, "h")
     with (site / "hosts.toml").open("a") as fh:
         fh.write(f'\n[secrets.s]\n\n[hosts.web]\npubkey = {toml_str(pub)}\nsecrets = ["s"]\n')

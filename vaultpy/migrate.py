@@ -257,8 +257,8 @@ def agenix_rules(given: Path | None, rules_env: str | None) -> tuple[Path, Path]
     env_path = Path(rules_env) if rules_env else None
     if given is None:
         return env_path or Path("secrets.nix"), Path.cwd()
-    key = _file_key(env_path) if env_path is not None else None
-    return given, Path.cwd() if key is not None and key == _file_key(given) else given.parent
+    key = fsutil.file_key(env_path) if env_path is not None else None
+    return given, Path.cwd() if key is not None and key == fsutil.file_key(given) else given.parent
 
 
 def _misplaced(plan: Plan, secrets_nix: Path, base: Path, ids: Mapping[str, str]) -> None:
@@ -794,15 +794,6 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                                "public key, age-keygen -y)"))
 
 
-def _file_key(path: Path) -> tuple[int, int] | None:
-    """What makes ``path`` the same file as another (None: there is no file)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def default_identities() -> list[Path]:
     """agenix's own defaults: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist."""
     home = Path(os.path.expanduser("~/.ssh"))
@@ -917,10 +908,10 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
     plain: dict[str, tuple[bytes, bool]] = {}
     widest = 0                      # the most recipients one source file is encrypted to
     imported = {key for sec in plan.secrets.values()
-                if (key := _file_key(sec.source)) is not None}
+                if (key := fsutil.file_key(sec.source)) is not None}
     for sid, sec in plan.secrets.items():
         target_file = cfg.secrets[sid].file if cfg is not None else None
-        if target_file is not None and _file_key(target_file) in imported:
+        if target_file is not None and fsutil.file_key(target_file) in imported:
             # Never replaced, --force or not: it is what is being imported (this
             # secret's file, or another's).
             problems.append(Problem(

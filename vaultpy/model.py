@@ -755,13 +755,7 @@ def _templates_of_their_own(ck: _Checker, config: Path, declared: Mapping[str, S
                             hosts: Mapping[str, Host]) -> None:
     """A template's file is no file vaultpy writes: not hosts.toml, a master file or a
     key pair's public half (a master read as a template changes with every encrypt)."""
-    def key(p: Path) -> tuple[int, int] | None:
-        try:
-            st = p.stat()
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
+    key = fsutil.file_key
     theirs: dict[tuple[int, int], str] = {}
     for p, what in [(config, "hosts.toml itself"),
                     *((s.file, f"the master file of secret {s.id!r}")

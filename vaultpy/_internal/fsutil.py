@@ -383,6 +383,15 @@ NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 LINK = "a symbolic link, not a file"
 
 
+def file_key(path: Path | str) -> tuple[int, int] | None:
+    """What makes ``path`` the same file as another (device, inode); None: no file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def read_regular(path: Path | str, *, follow: bool = True
                  ) -> tuple[bytes, os.stat_result]:
     """The bytes of a regular file (a symlink to one included, unless not ``follow``:
