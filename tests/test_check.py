@@ -666,3 +666,23 @@ def test_an_age_host_without_identities_is_named_before_it_fails_at_boot(make_re
                      'identities = ["/etc/vaultpy/host.key"]\n')
     assert "warning" not in repo.ok("check").stderr.decode()
     assert '"/etc/vaultpy/host.key"' in repo.ok("profile", "--host", "edge").stdout.decode()
+
+
+def test_a_damaged_masters_fix_can_be_run_from_where_check_was(make_repo,
+                                                               tmp_path: Path) -> None:
+    """check of a damaged master said to run "vaultpy encrypt db < FILE", which, with
+    check run as `vaultpy -C repo check` from elsewhere, finds no hosts.toml (a review):
+    the command it names carries -C then."""
+    repo = make_repo(hosts=1, secrets={"db": b"v"})
+    master = repo.root / "secrets" / "db.age"
+    master.write_bytes(master.read_bytes()[:300])
+    proc = repo.run("check")
+    assert proc.returncode == 1 and ("secrets/db.age: secrets.db: master file is not a valid "
+                                     "age file") in proc.stdout.decode(), proc.stdout
+    assert "give it a new value: vaultpy encrypt db < FILE" in proc.stdout.decode()
+    name = repo.root.name
+    proc = repo.run("-C", name, "check", cwd=repo.root.parent)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    assert f"give it a new value: vaultpy -C {name} encrypt db < FILE" in out, out
+    assert f"git checkout -- {name}/secrets/db.age" in out, out

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vaultpy import cache
+from vaultpy import cache, model
 from vaultpy.errors import Problem, display_path
 from vaultpy.model import Config
 
@@ -54,7 +54,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                     f"not a valid age file: {master.format_error}",
                                     f"secrets.{sid}",
                                     f"restore it from git (git checkout -- {shown}), or "
-                                    f"give it a new value: vaultpy encrypt {sid} < FILE"))
+                                    f"give it a new value: {model.command_for(cfg.path)} "
+                                    f"encrypt {sid} < FILE"))
         elif master.header is not None:
             # A backup key added without `vaultpy rekey` covers nothing yet.
             problems += header_problems(cfg, sid, master.header)

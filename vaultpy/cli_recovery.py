@@ -192,20 +192,10 @@ def _report(result: object, dry_run: bool) -> None:
     import shlex
 
     from vaultpy import model
-    from vaultpy.errors import VaultpyError
 
-    # Run from here, the next commands must find this hosts.toml: -C when they would not.
-    here = ""
-    try:
-        found = model.find(Path.cwd())
-    except VaultpyError:
-        found = None
-    if found is None or not os.path.samefile(found, result.path):
-        shown_dir = display_path(result.path.parent)
-        here = " -C " + ("~/" + shlex.quote(shown_dir[2:]) if shown_dir.startswith("~/")
-                         else shlex.quote(shown_dir))
-    renc = f"vaultpy{here} renc"
-    check = f"vaultpy{here} check"
+    vaultpy = model.command_for(result.path)
+    renc = f"{vaultpy} renc"
+    check = f"{vaultpy} check"
     if result.master_identity is not None:      # the masters are not opened by default
         renc += f" -i {shlex.quote(str(result.master_identity))}"
     else:                           # renc alone finds none: say which flag it needs

@@ -1222,6 +1222,21 @@ def parse(text: str, path: Path) -> Config:
                   nixos=nixos, later=tuple(later or ()))
 
 
+def command_for(config: Path) -> str:
+    """``vaultpy``, or ``vaultpy -C DIR`` when a command run from here would not find
+    hosts.toml ``config`` by itself: the start of a command a message tells to run."""
+    import shlex
+
+    try:
+        if os.path.samefile(find(Path.cwd()), config):
+            return "vaultpy"
+    except (VaultpyError, OSError):
+        pass
+    shown = display_path(config.parent)
+    return "vaultpy -C " + ("~/" + shlex.quote(shown[2:]) if shown.startswith("~/")
+                            else shlex.quote(shown))
+
+
 def find(start: Path) -> Path:
     """hosts.toml in ``start`` or its nearest parent that has one (like git), never
     above the top of the git repository ``start`` is in: a hosts.toml further up is
