@@ -168,7 +168,8 @@ def test_host_commands_on_a_host_nix_imports_from_hosts_toml(
 
 @pytest.mark.parametrize("case", ["key", "file", "cache", "unset-key", "throw", "missing",
                                   "shared", "id", "order", "string-cache", "store-path",
-                                  "hostname", "nothing", "not-config", "not-imported"])
+                                  "hostname", "nothing", "not-config", "not-imported",
+                                  "template-undeclared"])
 def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) -> None:
     repo, write, _lib = nixrepo
     root = repo.root
@@ -227,6 +228,11 @@ def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) 
         (root / "nixos.nix").write_text("{ bare = { config = { }; }; }\n")
         needles = ("nixos.nix", "vaultpy.nixos", "no configuration in it imports vaultpy's "
                    "module (bare)")
+    elif case == "template-undeclared":     # renc and check died with KeyError (exit 70)
+        write(templates={"ghost.env": {"content": "G={{ secrets.ghost }}"}})
+        needles = ("nixosConfigurations.host0: vaultpy.templates.\"ghost.env\"",
+                   "uses secret 'ghost', which this configuration does not declare",
+                   "declare vaultpy.secrets.ghost")
     elif case == "not-imported":    # its profile is the module's: the table is dead
         repo.write_hosts(text + f'\n[hosts.host0]\npubkey = "{repo.hosts["host0"].pubkey}"\n'
                          'secrets = ["other"]\n')

@@ -35,7 +35,17 @@ from typing import Any
 from vaultpy import output
 from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path
-from vaultpy.model import ID_MAX, Config, Deployment, Host, Secret, Template, _Checker, _recipients
+from vaultpy.model import (
+    ID_MAX,
+    Config,
+    Deployment,
+    Host,
+    Secret,
+    Template,
+    _Checker,
+    _quote,
+    _recipients,
+)
 
 NIX_INSTANTIATE = "nix-instantiate"
 
@@ -304,6 +314,14 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         tmpls = tuple(Template(t, "", False, tuple(sorted(set(refs))))
                       for t, refs in sorted(rec["templates"].items()))
         used = {sid for t in tmpls for sid in t.refs}
+        undeclared = [(t.name, sid) for t in tmpls for sid in t.refs
+                      if sid not in rec["secrets"]]
+        for tname, sid in undeclared:   # (the module's own assertion says the same)
+            ck.add(f"{at}.templates.{_quote(tname)}", f"template {tname!r} uses secret "
+                   f"{sid!r}, which this configuration does not declare",
+                   f"declare vaultpy.secrets.{_quote(sid)} (or fix the placeholder)")
+        if undeclared:
+            continue
         known_host = hosts.get(name)
         imported = rec["hostsToml"] is not None and any(
             _same(p, cfg.path) for p in _local(cfg, rec["hostsToml"], exists=False))
