@@ -87,7 +87,17 @@ let
       if builtins.match "[0-7]{1,3}" (toString m) != null
       then "write it as a string \"0${toString m}\" or as 0o${toString m}"
       else "write it as an octal string like \"0440\""}"
-    else normalizeMode m;
+    # as vaultpy check: permission bits only, "440" / "0440" or an integer up to 0o777
+    else if (isInt m && m >= 0 && m <= 511)
+      || (isString m && builtins.match "0?[0-7]{3}" m != null)
+    then normalizeMode m
+    else throw "${file}: ${where}: invalid mode ${builtins.toJSON m}; use an octal string like \"0440\" (permission bits only)";
+
+  # owner/group: a name, or a numeric id (true was taken as uid 1)
+  checkedOwner = { file, where }: o:
+    if isInt o && o >= 0 then toString o
+    else if isString o && o != "" then o
+    else throw "${file}: ${where}: expected a user or group name or a numeric id, got ${builtins.toJSON o}; quote the name";
 
   uniqueSorted = xs: attrNames (listToAttrs (map (x: { name = x; value = null; }) xs));
 
@@ -95,7 +105,8 @@ let
   octal = n: if n < 8 then toString n else octal (n / 8) + toString (n - 8 * (n / 8));
   normalizeMode = m:
     let s = if isInt m then octal m else m;
-    in concatStringsSep "" (genList (_: "0") (4 - stringLength s)) + s;
+    in if stringLength s >= 4 then s
+       else concatStringsSep "" (genList (_: "0") (4 - stringLength s)) + s;
 
   normalizeOwner = o: if isInt o then toString o else o;
 
@@ -120,6 +131,28 @@ let
 
   # Join a hosts.toml-relative path onto root (a path), keeping absolute ones.
   resolve = root: p: if substring 0 1 p == "/" then /. + p else root + "/${p}";
+
+  # [hosts.<name>] itself, as vaultpy check takes it: its own keys, its secrets (a list
+  # of ids, once each, or a table) and its templates (a table); each mistake one line
+  # through `bad` (a typo such as `template` dropped what it held without a word).
+  checkedHost = bad: hw: h:
+    let
+      allowed = [ "pubkey" "identities" "secrets" "templates" ];
+      unknown = filter (k: !(builtins.elem k allowed)) (attrNames h);
+      raw = h.secrets or [ ];
+      ids = if isList raw then raw else [ ];
+      twice = filter (id: length (filter (x: x == id) ids) > 1) ids;
+    in
+    if !(isAttrs h) then bad hw "expected a table; write it as [${hw}]"
+    else if unknown != [ ] then bad "${hw}.${head unknown}"
+      "unknown key; use one of ${concatStringsSep ", " allowed}"
+    else if !(isList raw || isAttrs raw) then bad "${hw}.secrets"
+      "expected a list of ids or a table, got ${builtins.typeOf raw}; write secrets = [\"id\"] or [${hw}.secrets.<id>]"
+    else if !(builtins.all isString ids) then bad "${hw}.secrets" "expected a list of ids (strings); quote each id"
+    else if twice != [ ] then bad "${hw}.secrets" "secret ${head twice} is listed twice; remove one"
+    else if !(isAttrs (h.templates or { })) then bad "${hw}.templates"
+      "expected a table, got ${builtins.typeOf h.templates}; write [${hw}.templates.\"<file name>\"]"
+    else h;
 
   # A template's `file = "…"` (hosts.toml-relative), read as vaultpy reads it; each
   # mistake one line through `bad` (its field, the fix), not a bare Nix error.
@@ -156,7 +189,10 @@ let
       text = readFile hostsToml;
       doc = fromTOML text;
       decimals = decimalModes text;
-      mode = where: spec: checkedMode { inherit decimals where; file = toString hostsToml; }
+      owners = where: spec: builtins.mapAttrs (k: v:
+        checkedOwner { file = "vaultpy: ${toString hostsToml}"; where = "${where}.${k}"; } v)
+        (builtins.intersectAttrs { owner = null; group = null; } spec);
+      mode = where: spec: checkedMode { inherit decimals where; file = "vaultpy: ${toString hostsToml}"; }
         (spec.mode or "0400");
       top = doc.vaultpy or { };
       secretsDir = top.secrets_dir or "secrets";
@@ -176,8 +212,8 @@ let
         else if unknown != [ ] then bad "${where}.${head unknown}"
           "unknown key; use one of ${concatStringsSep ", " allowed}"
         else spec;
-      h = doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
-        concatStringsSep ", " (attrNames (doc.hosts or { }))}");
+      h = checkedHost bad hw (doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
+        concatStringsSep ", " (attrNames (doc.hosts or { }))}"));
       recipients = toList (h.pubkey or (bad "${hw}.pubkey"
         "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"));
       raw = h.secrets or [ ];
@@ -213,11 +249,13 @@ let
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
-        } // outputFields spec // { mode = mode "hosts.${host}.secrets.${id}.mode" spec; };
+        } // outputFields spec // { mode = mode "hosts.${host}.secrets.${id}.mode" spec; }
+        // owners "hosts.${host}.secrets.${id}" spec;
       templateEntry = name:
         let spec = tmpls.${name}; in
         { inherit name; content = content name; trim = spec.trim or false; }
-        // outputFields spec // { mode = mode "hosts.${host}.templates.${name}.mode" spec; };
+        // outputFields spec // { mode = mode "hosts.${host}.templates.${name}.mode" spec; }
+        // owners "hosts.${host}.templates.${name}" spec;
     in
     mkProfile {
       inherit host;
@@ -261,5 +299,5 @@ let
 in
 {
   inherit readTemplate checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
-    profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode;
+    profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -201,9 +201,9 @@ let
       resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
       declared = doc.secrets or { };
       hw = "hosts.${s.hostName}";
-      h = doc.hosts.${s.hostName} or (throw
+      h = vlib.checkedHost bad hw (doc.hosts.${s.hostName} or (throw
         "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file} (hosts there: ${
-          concatStringsSep ", " (attrNames (doc.hosts or { }))}): set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there");
+          concatStringsSep ", " (attrNames (doc.hosts or { }))}): set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there"));
       masterFile = id:
         let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
                 else resolve "${top.secrets_dir or "secrets"}/${id}.age";
@@ -239,8 +239,10 @@ let
           } // lib.optionalAttrs (spec ? mode) {
               mode = vlib.checkedMode { inherit decimals; file = "vaultpy.hostsToml: ${file}";
                                      where = "${where}.mode"; } spec.mode; }
-            // lib.optionalAttrs (spec ? owner) { owner = toString spec.owner; }
-            // lib.optionalAttrs (spec ? group) { group = toString spec.group; })
+            // lib.optionalAttrs (spec ? owner) { owner = vlib.checkedOwner {
+                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.owner"; } spec.owner; }
+            // lib.optionalAttrs (spec ? group) { group = vlib.checkedOwner {
+                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.group"; } spec.group; })
           [ "restart_units" "reload_units" ];
     in
     {
@@ -274,9 +276,12 @@ let
   # (.<name>.vaultpy-tmp-… beside it), it would break or be removed by the next run.
   # vaultpy/output.py `path_clash` refuses the same paths.
   tmpLinkPrefix = d: "${lib.removeSuffix (baseNameOf d) d}.${baseNameOf d}.vaultpy-tmp-";
-  # /var/run is root's symlink to /run: /var/run/vaultpy/x is /run/vaultpy/x
-  clashes = p0: let p = if p0 == "/var/run" || lib.hasPrefix "/var/run/" p0
-                        then lib.removePrefix "/var" p0 else p0; in
+  # /var/run is root's symlink to /run: /var/run/vaultpy/x is /run/vaultpy/x; and a dir
+  # set under /var/run itself clashes with the path as written (both, as path_clash).
+  clashes = p0: lib.unique
+    (lib.optionals (p0 == "/var/run" || lib.hasPrefix "/var/run/" p0)
+      (clashesAt (lib.removePrefix "/var" p0)) ++ clashesAt p0);
+  clashesAt = p:
     builtins.filter (d: p == d || lib.hasPrefix "${d}/" p || lib.hasPrefix "${p}/" d)
       [ s.dir s.earlyDir s.store "${s.store}.lock" ]
     ++ (let live = map (d: "${tmpLinkPrefix d}*")
@@ -319,16 +324,22 @@ let
       groups = builtins.groupBy (x: x.k) keyed;
     in
     filterAttrs (_: g: builtins.length g > 1) groups;
+  # By each entry's `name` (users.users.svc.name = "my-service" makes my-service, and
+  # `owner = config.users.users.svc.name` is the agenix idiom), and by attribute name.
+  accountNames = kind: lib.mapAttrs' (attr: v: lib.nameValuePair (v.name or attr) attr)
+    (config.users.${kind} or { });
   known = kind: name:
     builtins.isInt name || builtins.match "[0-9]+" name != null || name == "root"
-    || (config.users.${kind} or { }) ? ${name};
+    || (config.users.${kind} or { }) ? ${name} || (accountNames kind) ? ${name};
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; }) (vlib.templateRefs cfg.templates.${n}.content))
     (attrNames cfg.templates);
   hasEarly = builtins.any (i: i.early) items;
   # agenix, sops-nix and vaultix default `group` to the owner's group; here it is root.
   # A mode with group bits and the group left so is most likely such a migration.
   groupBits = mode: builtins.substring (builtins.stringLength mode - 2) 1 mode != "0";
-  ownersGroup = owner: (config.users.users.${toString owner} or { }).group or null;
+  ownersGroup = owner:
+    let attr = (accountNames "users").${toString owner} or (toString owner);
+    in (config.users.users.${attr} or { }).group or null;
   rootGroupByDefault = builtins.filter (i: !i.groupGiven && groupBits i.mode
     && !earlyOwnerOk i.owner) items;
   # Users are made by systemd-sysusers or userborn (units), not the `users` script.

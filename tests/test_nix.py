@@ -513,6 +513,26 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
          "hosts.h.templates.t.file: a template has content or a file, not both"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\ntrim = true\n",
          "h", "hosts.h.templates.t.content: missing: give the template's text (content = "),
+        # What the NixOS review found passed (or failed as a bare Nix error): one line.
+        *(("[hosts.h]\npubkey = " + toml_str(pub) + "\n" + body, "h", expected)
+          for body, expected in (
+              ('[hosts.h.secrets.a]\nmode = "0o440"\n',
+               'hosts.h.secrets.a.mode: invalid mode "0o440"; use an octal string'),
+              ('[hosts.h.secrets.a]\nmode = "00440"\n',
+               'hosts.h.secrets.a.mode: invalid mode "00440"'),
+              ('[hosts.h.secrets.a]\nmode = "40"\n', 'hosts.h.secrets.a.mode: invalid mode "40"'),
+              ("[hosts.h.secrets.a]\nmode = true\n", "hosts.h.secrets.a.mode: invalid mode true"),
+              ("[hosts.h.secrets.a]\nowner = true\n", "hosts.h.secrets.a.owner: expected a "
+               "user or group name or a numeric id, got true"),
+              ('[hosts.h.templates.t]\ncontent = "x"\ngroup = ""\n',
+               "hosts.h.templates.t.group: expected a user or group name"),
+              ('secrets = "a"\n', "hosts.h.secrets: expected a list of ids or a table, got "
+               "string"),
+              ('secrets = ["a", "a"]\n', "hosts.h.secrets: secret a is listed twice"),
+              ('templates = "x"\n', "hosts.h.templates: expected a table, got string"),
+              ('[hosts.h.template.t]\ncontent = "x"\n', "hosts.h.template: unknown key; "
+               "use one of pubkey, identities, secrets, templates"),
+              ('identites = ["/k"]\n', "hosts.h.identites: unknown key"))),
         # as `vaultpy profile` refuses it (it would not boot)
         ('[hosts.h]\npubkey = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"'
          '\nsecrets = ["a"]\n', "h", "hosts.h.identities: the host's key is an age1… key, "
@@ -1084,6 +1104,15 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
             **settings_, "cacheRoot": str(rich.cache)}}},
         "no-host-key": {"vaultpy": {**base["vaultpy"], "settings": {
             **settings_, "hostKeys": []}}},
+        # agenix's idiom: owner = config.users.users.svc.name, a name of its own
+        # (an assertion said "owner my-service is not in users.users").
+        "owner-by-name": {**_base_secret(rich, owner="my-service", group="svcgroup"),
+                          "users": {"users": {"svc": {"name": "my-service"}},
+                                    "groups": {"svcgrp": {"name": "svcgroup"}}}},
+        # dir set under /var/run, a path below it: activation refuses the overlap.
+        "var-run-dir": {"vaultpy": {
+            "settings": {**settings_, "dir": "/var/run/secrets"},
+            "secrets": {"db_password": {"file": master, "path": "/var/run/secrets/db"}}}},
         # An age1 host with sshd's key as hostKeys (the default): it could open nothing.
         "age-key-sshd-default": {"vaultpy": {
             "settings": {"hostPubkey": rich.pub["edge1"], "cacheRoot": rich.cache,
@@ -1134,6 +1163,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     assert assertion_results["early-password-hash"] == []
     assert assertion_results["null-path-and-a-password-file"] == []
     assert assertion_results["age-key-with-host-keys"] == []
+    assert assertion_results["owner-by-name"] == []
 
 
 @pytest.mark.parametrize("case, needles", [
@@ -1173,6 +1203,7 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
                            "./secrets/cache, no quotes"]),
     ("no-host-key", ["vaultpy.settings.hostKeys is empty", "ed25519",
                      "/etc/ssh/ssh_host_ed25519_key"]),
+    ("var-run-dir", ["secret db_password: path /var/run/secrets/db overlaps /var/run/secrets"]),
     ("age-key-sshd-default", ["vaultpy.settings.hostKeys: this host's key is an age1… key",
                               'set vaultpy.settings.hostKeys = [ "/etc/vaultpy/host.key" ]']),
     # agenix orders its install before users; here a password hash must be early.
