@@ -581,7 +581,14 @@ def test_env_and_token_sources(vrepo, bao: Bao, prefix: str) -> None:
     # a path in the address: every request missed, and "no secret at …" blamed the ref.
     for bad in ("http://127.0.0.1:99999", bao.addr + "/sub"):
         proc = repo.run("pull", env={"BAO_ADDR": bad})
-        assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address", "no path")
+        line = assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address", "no path")
+        assert not line.startswith("hosts.toml"), line      # the environment's, not its
+    # A user:password@ went into vault-versions.toml (committed) and every error line.
+    creds = bao.addr.replace("http://", "http://proxyuser:S3CRETPW@")
+    proc = repo.run("pull", env={"BAO_ADDR": creds})
+    assert_one_clean_error(proc, "BAO_ADDR", "invalid Vault address 'http://…@",
+                           "no user:password@")
+    assert b"S3CRETPW" not in proc.stdout + proc.stderr
     for env in ({"VAULT_TOKEN": "s.\u20acabc"}, {"VAULT_TOKEN": "a\tb"},
                 {"VAULT_NAMESPACE": "t\u00e9\u20ac"}):
         proc = repo.run("pull", env={"BAO_ADDR": bao.addr, **env})
@@ -826,6 +833,51 @@ def test_pull_does_not_replace_an_edit_made_here_and_not_pushed(vrepo, bao: Bao,
     assert repo.ok("decrypt", "pw").stdout == b"edited here"
     for value in (b"edited here", b"second edit", b"p1"):
         assert value not in proc.stdout + proc.stderr
+
+
+def test_a_damaged_version_record_stops_pull_and_push(vrepo, bao: Bao, prefix: str) -> None:
+    """vault-versions.toml with a git merge's conflict markers was read as no record:
+    pull took Vault's value over an edit made here, and dropped every other id's record
+    (a Vault review).  pull and push stop, naming it; --force goes on."""
+    bao.put(f"{prefix}/db", {"pw": "p1", "user": "u1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw", "user": f"secret/{prefix}/db#user"})
+    repo.ok("pull")
+    repo.ok("encrypt", "pw", input=b"edited here")
+    bao.put(f"{prefix}/db", {"pw": "vault-new", "user": "u1"})
+    record = repo.root / "secrets" / "vault-versions.toml"
+    record.write_text("<<<<<<< HEAD\n" + record.read_text() + "=======\n>>>>>>> other\n")
+    before = secret_files(repo)
+    for command in ("pull", "push"):
+        assert_one_clean_error(repo.run(command), "secrets/vault-versions.toml",
+                               "cannot be read: not valid TOML", "mend it",
+                               "--force takes Vault's values")
+        assert secret_files(repo) == before
+    assert repo.ok("decrypt", "pw").stdout == b"edited here"
+    repo.ok("pull", "--force")
+    assert repo.ok("decrypt", "pw").stdout == b"vault-new"
+
+
+def test_pull_stops_when_the_version_it_was_pulled_at_is_only_deleted(vrepo, bao: Bao,
+                                                                     prefix: str) -> None:
+    """A soft-deleted version can be undeleted: it was taken as gone from Vault's
+    history, and pull replaced an edit made here (a Vault review).  It stops, saying so,
+    until the version is undeleted (then it sees the edit) or --force is given."""
+    bao.put(f"{prefix}/db", {"pw": "p1"})
+    repo = vrepo({"pw": f"secret/{prefix}/db#pw"})
+    repo.ok("pull")
+    repo.ok("encrypt", "pw", input=b"edited here")
+    bao.put(f"{prefix}/db", {"pw": "remote change"})
+    bao.root.secrets.kv.v2.delete_secret_versions(path=f"{prefix}/db", versions=[1],
+                                                  mount_point="secret")
+    before = secret_files(repo)
+    assert_one_clean_error(repo.run("pull"), "secrets.pw.vault", "cannot tell whether it "
+                           "was edited here", "the one it was pulled at, is deleted",
+                           "bao kv undelete -versions=1")
+    assert secret_files(repo) == before
+    bao.root.secrets.kv.v2.undelete_secret_versions(path=f"{prefix}/db", versions=[1],
+                                                    mount_point="secret")
+    assert_one_clean_error(repo.run("pull"), "edited here since version 1")
+    assert repo.ok("decrypt", "pw").stdout == b"edited here"
 
 
 def test_push_never_takes_a_record_for_another_value(vrepo, bao: Bao, prefix: str

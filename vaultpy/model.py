@@ -787,9 +787,17 @@ def vault_address_ok(addr: str) -> bool:
         parts = urlsplit(addr)
         return (parts.scheme in ("http", "https") and bool(parts.hostname)
                 and (parts.port is None or parts.port >= 0)     # .port checks the port
-                and parts.path in ("", "/") and not parts.query and not parts.fragment)
+                and parts.path in ("", "/") and not parts.query and not parts.fragment
+                # a user:password@ would go into vault-versions.toml (committed) and
+                # into every error that names the address
+                and parts.username is None and parts.password is None)
     except ValueError:
         return False
+
+
+def shown_address(addr: str) -> str:
+    """``addr`` for a message: any ``user:password@`` in it left out."""
+    return re.sub(r"//[^/@\s]*@", "//…@", addr, count=1)
 
 
 VAULT_KEYS = ("addr", "auth", "role_id", "secret_id_file", "wrapped_secret_id_file",
@@ -812,9 +820,9 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                 text[key] = value
     addr = text.get("addr")
     if addr is not None and not vault_address_ok(addr):
-        ck.add(f"{where}.addr", f"invalid address {addr!r}",
+        ck.add(f"{where}.addr", f"invalid address {shown_address(addr)!r}",
                'use a URL like "https://vault.example.com:8200": a scheme, a host and '
-               "a port, no path")
+               "a port, no path, no user:password@")
     auth = text.get("auth", "token")
     if auth not in VAULT_AUTH:
         ck.add(f"{where}.auth", f"unknown auth method {auth!r}",

@@ -39,6 +39,7 @@ from vaultpy.model import (
     VaultRef,
     VaultSettings,
     did_you_mean,
+    shown_address,
     vault_address_ok,
 )
 
@@ -98,10 +99,13 @@ def target(cfg: Config) -> Target:
     # (the same check as hosts.toml's: a port out of range was the HTTP library's
     # InvalidURL, a path made every request miss)
     if not re.match(r"https?://[^/\s]", addr) or not vault_address_ok(addr):
-        where = env_addr[0] if env_addr else "vaultpy.vault.addr"
-        raise VaultpyError(Problem(file, f"invalid Vault address {addr!r}", where,
+        # An address from the environment is not hosts.toml's to blame.
+        at = (env_addr[0], "") if env_addr else (file, "vaultpy.vault.addr")
+        raise VaultpyError(Problem(at[0], f"invalid Vault address "
+                                   f"{shown_address(addr)!r}", at[1],
                                    'use a URL like "https://vault.example.com:8200": a '
-                                   "scheme, a host and a port, no path"))
+                                   "scheme, a host and a port, no path, no "
+                                   "user:password@"))
     env_ns = _env("namespace")
     namespace = env_ns[1] if env_ns else settings.namespace
     if namespace:
@@ -905,6 +909,14 @@ def _recorded_value(s: Session, ref: VaultRef, entry: vaultstate.Entry,
         then = s.read(ref.mount, ref.path, entry.version)
         if then is not None and then.created != entry.created:
             return None
+        if then is not None and then.deleted and not then.destroyed:
+            # Soft-deleted: still in Vault's history (undelete brings it back), only
+            # unreadable now.  Taken as gone, Vault won over an unpushed edit.
+            raise VaultFailure(f"version {entry.version} of {ref.location}, the one it was "
+                               "pulled at, is deleted (it can be undeleted)",
+                               s.cli(f"bao kv undelete -versions={entry.version} "
+                                     f"{ref.location}") + ", then pull again; or vaultpy "
+                               "pull --force to take Vault's value")
     return (then.data or {}).get(ref.field) if then is not None else None
 
 
@@ -954,7 +966,7 @@ def pull(cfg: Config, ids: Sequence[str] = (), *, check: bool = False, force: bo
                 entries[sid] = _entry(s, ref, fetched[sid][1])
             except VaultFailure as exc:
                 problems.append(_problem(cfg, sid, f"{ref}: {exc.message}", exc.hint))
-        recorded = vaultstate.load(cfg)
+        recorded = vaultstate.load(cfg, strict=not force)
         edited: dict[str, int] = {}
         for sid, ref in [] if force or problems else chosen:
             if sid not in current or current[sid][0] == fetched[sid][0]:
@@ -1117,7 +1129,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
         groups.setdefault((ref.mount, ref.path), []).append((sid, ref))
 
     result = PushResult(items=list(skipped))
-    pulled = vaultstate.load(cfg)
+    pulled = vaultstate.load(cfg, strict=not force)
     entries: dict[str, vaultstate.Entry] = {}      # what to record once pushed
     with session_factory(cfg) as s:
         to_write: list[_Write] = []

@@ -59,10 +59,39 @@ def _read(cfg: Config) -> bytes | None:
         return None
 
 
-def load(cfg: Config) -> dict[str, Entry]:
+def load(cfg: Config, *, strict: bool = False) -> dict[str, Entry]:
     """id -> entry; well-formed entries only, and none when the file is missing or
-    unreadable (push then refuses what it cannot tell apart, as without the file)."""
-    return _parse(_read(cfg))
+    unreadable (push then refuses what it cannot tell apart, as without the file).
+
+    ``strict`` (pull and push, unless --force): a file that is there but cannot be read
+    as TOML (a git merge left its conflict markers in it) raises instead: read as no
+    record, pull took Vault's value over a master edited here and never pushed, and
+    dropped every other id's record."""
+    if not strict:
+        return _parse(_read(cfg))
+    from vaultpy.errors import Problem, VaultpyError, display_path
+
+    where = path(cfg)
+    try:
+        data = fsutil.read_regular(where)[0]
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        try:
+            tomllib.loads(data.decode("utf-8"))
+            return _parse(data)
+        except UnicodeDecodeError:
+            why = "not UTF-8"
+        except tomllib.TOMLDecodeError as exc:
+            why = f"not valid TOML ({exc})"
+    raise VaultpyError(Problem(
+        display_path(where), f"cannot be read: {why}", "", "it records which Vault version "
+        "each master was pulled at, to tell an edit made here from a change in Vault: "
+        "mend it (a merge conflict: take both sides' [versions.<id>] tables, the higher "
+        "version of an id), or restore it (git checkout); --force takes Vault's values "
+        "(pull) or writes over Vault's (push) without it"))
 
 
 def _parse(data: bytes | None) -> dict[str, Entry]:
