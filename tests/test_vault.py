@@ -1185,7 +1185,8 @@ secrets = ["ok"]
     assert_one_clean_error(proc, "secrets.nopath.vault", "needs a mount and a path")
     assert_one_clean_error(proc, "secrets.badversion.vault", "not a positive integer")
     assert_one_clean_error(proc, "secrets.glob.vault", "invalid path segment '*'")
-    assert_one_clean_error(proc, "secrets.dots.vault", "invalid path segment '..'")
+    line = assert_one_clean_error(proc, "secrets.dots.vault", "invalid path segment '..'")
+    assert "(a letter, digit or _ first, then letters, digits and" in line, line  # vault.md
     assert_one_clean_error(proc, "secrets.notstring.vault", "expected a string")
     assert "secrets.ok" not in err
     assert len(err.strip().splitlines()) == 9, err

@@ -106,12 +106,13 @@ def parse_vault_ref(text: str) -> VaultRef:
         raise ValueError(f"vault reference {text!r} needs a mount and a path "
                          "(<mount>/<path>)")
     if not _VAULT_MOUNT_RE.fullmatch(mount):
-        raise ValueError(f"invalid mount {mount!r} in vault reference {text!r}")
+        raise ValueError(f"invalid mount {mount!r} in vault reference {text!r} (a letter, "
+                         "digit or _ first, then letters, digits and _ . -)")
     for segment in path.split("/"):
         if not _VAULT_SEGMENT_RE.fullmatch(segment) or segment.strip(".") == "":
             raise ValueError(f"invalid path segment {segment!r} in vault reference {text!r} "
-                             "(letters, digits and _ . , : = ~ @ -; no empty, '.' or '..' "
-                             "segments)")
+                             "(a letter, digit or _ first, then letters, digits and "
+                             "_ . , : = ~ @ -)")
     return VaultRef(mount, path, field_name, version)
 
 
