@@ -695,6 +695,25 @@ def test_wrapped_secret_id_is_kept_in_secret_id_file(vrepo, bao: Bao, prefix: st
     assert saved.read_text() != first and not (repo.root / "wrapped").exists()
     assert age_decrypt(master(repo, "db"), repo.identity) == b"p3"
 
+    # One for another role on the same mount unwraps (its creation path is approle's)
+    # but cannot log in as this role: it replaced the working saved ID, and every later
+    # run failed (a Vault review).  The saved ID is kept until a login proves the new.
+    other_role = f"{prefix}-k2"
+    bao.approle(other_role, 'path "secret/data/none" { capabilities = ["read"] }')
+    second = saved.read_text()
+    (repo.root / "wrapped").write_text(bao.wrapped_secret_id(other_role))
+    before = secret_files(repo)
+    proc = repo.run("pull")
+    assert_one_clean_error(proc, "AppRole login failed", "with the secret ID unwrapped from "
+                           "wrapped", "state/secret-id still holds the secret ID saved before",
+                           "delete wrapped (spent) to log in with it")
+    assert saved.read_text() == second and (repo.root / "wrapped").exists()
+    assert secret_files(repo) == before
+    (repo.root / "wrapped").unlink()
+    bao.put(f"{prefix}/db", {"password": "p4"})
+    repo.ok("pull")
+    assert age_decrypt(master(repo, "db"), repo.identity) == b"p4"
+
 
 # --------------------------------------------------------------------------- push
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vaultpy import age, cache, identities, masters, vaultstate
 from vaultpy._internal import ageformat, fsutil, writes
@@ -411,53 +411,78 @@ class Session:
         return VaultpyError(Problem(self.target.addr, failure.message, where, failure.hint))
 
     def _login_approle(self, settings: VaultSettings) -> None:
-        secret_id = self._secret_id(settings)
+        secret_id, keep = self._secret_id(settings)
         mount = settings.approle_mount
         where = f"auth/{mount}/login"
         try:
             self.client.auth.approle.login(role_id=settings.role_id, secret_id=secret_id,
                                            mount_point=mount)
         except Exception as exc:
-            failure = _classify(exc, self.target, "to log in with the AppRole",
-                                "check role_id and the secret ID")
-            import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
-
-            if _web_page(exc) is not None:
-                pass                    # a proxy's page: _classify said so
-            elif isinstance(exc, hx.InvalidRequest):
-                failure = VaultFailure(
-                    f"AppRole login failed: {_vault_message(exc) or 'invalid credentials'}",
-                    "check role_id, and that the secret ID is not expired or used up "
-                    "(ask for a new one)")
-            elif isinstance(exc, hx.Forbidden):
-                # Vault and OpenBao answer bad credentials with a 400; a login at a
-                # path where no AppRole is enabled with a 403.
-                said = _vault_message(exc) or "permission denied"
-                failure = VaultFailure(
-                    f"AppRole login at auth/{mount} refused ({said}): no AppRole auth "
-                    "method answers there",
-                    "set approle_mount in [vaultpy.vault] to the path AppRole is enabled "
-                    "at (bao auth list)")
-            elif isinstance(exc, hx.InvalidPath):
-                failure = VaultFailure(f"no AppRole auth method at auth/{mount}",
-                                       "enable it (bao auth enable approle) or set "
-                                       "approle_mount in [vaultpy.vault]")
-            raise self._fail(where, failure) from None
+            self._login_failed(exc, settings, where,
+                               unwrapped=settings.wrapped_secret_id_file if keep else None)
+        if keep is not None:        # it works: now it replaces the saved one
+            keep()
         self._revoke = True
 
-    def _secret_id(self, settings: VaultSettings) -> str:
-        """The AppRole secret ID.  A wrapped one (``wrapped_secret_id_file``, when that
-        file exists) is unwrapped — which consumes it — and, with ``secret_id_file``
-        set, saved there (0600) and its spent token file removed, so later runs log in
-        with the saved ID until a new wrapped token is dropped in place."""
+    def _login_failed(self, exc: Exception, settings: VaultSettings, where: str,
+                      unwrapped: Path | None) -> NoReturn:
+        """One line for a failed AppRole login; ``unwrapped``: the wrapped-ID file whose
+        secret ID was refused (the ID saved before it is kept: :meth:`_secret_id`)."""
+        mount = settings.approle_mount
+        failure = _classify(exc, self.target, "to log in with the AppRole",
+                            "check role_id and the secret ID")
+        import hvac.exceptions as hx  # type: ignore[import-untyped,unused-ignore]
+
+        if _web_page(exc) is not None:
+            pass                    # a proxy's page: _classify said so
+        elif isinstance(exc, hx.InvalidRequest):
+            failure = VaultFailure(
+                f"AppRole login failed: {_vault_message(exc) or 'invalid credentials'}",
+                "check role_id, and that the secret ID is not expired or used up "
+                "(ask for a new one)")
+        elif isinstance(exc, hx.Forbidden):
+            # Vault and OpenBao answer bad credentials with a 400; a login at a
+            # path where no AppRole is enabled with a 403.
+            said = _vault_message(exc) or "permission denied"
+            failure = VaultFailure(
+                f"AppRole login at auth/{mount} refused ({said}): no AppRole auth "
+                "method answers there",
+                "set approle_mount in [vaultpy.vault] to the path AppRole is enabled "
+                "at (bao auth list)")
+        elif isinstance(exc, hx.InvalidPath):
+            failure = VaultFailure(f"no AppRole auth method at auth/{mount}",
+                                   "enable it (bao auth enable approle) or set "
+                                   "approle_mount in [vaultpy.vault]")
+        if unwrapped is not None:   # the saved ID is kept, the spent token named
+            stored = settings.secret_id_file
+            failure = VaultFailure(
+                f"{failure.message} (with the secret ID unwrapped from "
+                f"{display_path(unwrapped)})", f"{failure.hint}; "
+                + (f"{display_path(stored)} still holds the secret ID saved before: "
+                   f"delete {display_path(unwrapped)} (spent) to log in with it"
+                   if stored is not None and stored.exists() else
+                   f"delete {display_path(unwrapped)} (spent) and drop a new one"))
+        raise self._fail(where, failure) from None
+
+    def _secret_id(self, settings: VaultSettings) -> tuple[str, Callable[[], None] | None]:
+        """The AppRole secret ID, and what to do once a login with it worked.  A wrapped
+        one (``wrapped_secret_id_file``, when that file exists) is unwrapped — which
+        consumes it — and, with ``secret_id_file`` set, saved there (0600) and its spent
+        token file removed, once it logged in: later runs log in with the saved ID until
+        a new wrapped token is dropped in place."""
         stored, wrapped = settings.secret_id_file, settings.wrapped_secret_id_file
         if wrapped is None or (stored is not None and not wrapped.exists()):
             assert stored is not None       # the model requires one of the two
-            return _read_small(stored, "secret ID", "vaultpy.vault.secret_id_file")
+            return _read_small(stored, "secret ID", "vaultpy.vault.secret_id_file"), None
         token = _wrapping_token(wrapped)
         saved = stored if stored is not None and stored.exists() else None
         secret_id = self._unwrap(token, settings.approle_mount, wrapped, saved)
-        if stored is not None:
+
+        def keep() -> None:
+            """Once the login with it worked (a token for another role unwraps as well):
+            save it, and remove the spent token file."""
+            if stored is None:
+                return
             try:
                 stored.parent.mkdir(parents=True, exist_ok=True)
                 fsutil.atomic_write(stored, secret_id.encode() + b"\n", mode=0o600)
@@ -469,7 +494,7 @@ class Session:
                                            "new wrapped secret ID")) from None
             with suppress(OSError):
                 wrapped.unlink()
-        return secret_id
+        return secret_id, keep
 
     def _unwrap(self, token: str, mount: str, wrapped: Path, saved: Path | None) -> str:
         """Look the wrapping token up (who made it?), then unwrap it — once."""
