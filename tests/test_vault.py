@@ -1021,6 +1021,44 @@ def test_push_check_and_set_loses_to_a_concurrent_writer(vrepo, bao: Bao, prefix
     assert bao.get(f"{prefix}/race") == ({"v": "theirs"}, 2)
 
 
+def test_a_push_interrupted_between_writes_records_what_vault_took(vrepo, bao: Bao,
+                                                                   prefix: str,
+                                                                   monkeypatch) -> None:
+    """Ctrl-C during the second of two writes: Vault held the first, unrecorded, so pull
+    called it "edited here" and push a conflict that --force would settle by overwriting
+    a colleague's later write (a Vault review).  What was written is recorded."""
+    from vaultpy import model, vault
+
+    bao.put(f"{prefix}/one", {"v": "old1"})
+    bao.put(f"{prefix}/two", {"v": "old2"})
+    repo = vrepo({"a": f"secret/{prefix}/one#v", "b": f"secret/{prefix}/two#v"})
+    repo.ok("pull")
+    repo.ok("encrypt", "a", input=b"pushA")
+    repo.ok("encrypt", "b", input=b"pushB")
+    for name, value in repo.env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+
+    class CtrlC(vault.Session):
+        def write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> Any:
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return super().write(mount, path, data, cas)
+
+    cfg = model.load(repo.root)
+    with pytest.raises(KeyboardInterrupt):
+        vault.push(cfg, identity_files=[repo.identity], session_factory=_logged_in(CtrlC))
+    first = calls[0].rsplit("/", 1)[1]
+    sid = {"one": "a", "two": "b"}[first]
+    assert bao.get(f"{prefix}/{first}")[1] == 2
+    assert recorded(repo)[sid] == 2                     # Vault's new version, recorded
+    bao.put(f"{prefix}/{first}", {"v": "a colleague's"})        # v3
+    proc = repo.run("pull", sid)                        # behind, not edited: Vault's value
+    assert proc.returncode == 0, text_of(proc)
+    assert repo.ok("decrypt", sid).stdout == b"a colleague's"
+
+
 def _push_with(vrepo, bao: Bao, prefix: str, monkeypatch, meanwhile: Any
                ) -> tuple[Repo, Any]:
     """push of secret r (a value new to Vault), with ``meanwhile(repo)`` run right after

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vaultpy import age, cache, identities, masters, vaultstate
-from vaultpy._internal import ageformat, fsutil, writes
+from vaultpy._internal import ageformat, fsutil, sigint, writes
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import (
     Config,
@@ -1205,19 +1205,28 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
                                         if ref.field in old and old[ref.field] == values[sid]}))
         if problems:
             raise VaultpyError(problems)
-        for w in to_write:
-            try:
-                written = s.write(w.mount, w.path, w.data, w.cas)
-            except VaultFailure as exc:
-                result.problems.extend(_problem(cfg, sid, f"{ref}: {exc.message}",
-                                                exc.hint) for sid, ref in w.ids)
-                result.items.extend(PushItem(sid, ref, "failed", w.cas) for sid, ref in w.ids)
-                continue
-            # The new version holds every field; an id whose value was there already
-            # was not pushed, whatever the version says.
-            result.items.extend(PushItem(sid, ref, "unchanged" if sid in w.same else "written",
-                                         written[0]) for sid, ref in w.ids)
-            entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
+        try:
+            for w in to_write:
+                try:
+                    written = s.write(w.mount, w.path, w.data, w.cas)
+                except VaultFailure as exc:
+                    result.problems.extend(_problem(cfg, sid, f"{ref}: {exc.message}",
+                                                    exc.hint) for sid, ref in w.ids)
+                    result.items.extend(PushItem(sid, ref, "failed", w.cas)
+                                        for sid, ref in w.ids)
+                    continue
+                # The new version holds every field; an id whose value was there already
+                # was not pushed, whatever the version says.
+                result.items.extend(PushItem(sid, ref, "unchanged" if sid in w.same
+                                             else "written", written[0]) for sid, ref in w.ids)
+                entries.update((sid, _entry(s, ref, written)) for sid, ref in w.ids)
+        except KeyboardInterrupt:
+            # What Vault took before the Ctrl-C is recorded: unrecorded, pull called it
+            # an edit made here, and push a conflict that --force would settle by
+            # overwriting whatever a colleague wrote since (a review).
+            with suppress(OSError, VaultpyError), sigint.held():
+                vaultstate.record(cfg, entries)
+            raise
     order = {sid: i for i, sid in enumerate([*(sid for sid, _ in chosen),
                                              *(item.id for item in skipped)])}
     result.items.sort(key=lambda i: order[i.id])
