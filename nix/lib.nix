@@ -2,7 +2,9 @@
 #
 #   cacheName            { id, secretFile, recipients } -> "<id>.<hash>.age"   (docs/contracts.md)
 #   profileFromHostsToml { hostsToml, host, root? }     -> the profile `vaultpy profile --host H` writes
-#   profileFromOptions   { host, settings, secrets, templates } -> the same profile from module options
+#   profileFromOptions   { host, settings?, secrets, templates, cacheFile } -> the same profile from
+#                        module options (each secret and template with every field the module's
+#                        options have; cacheFile: id -> spec -> the cache file's path)
 #   templateRefs         text -> [ id ]   the secrets a template uses
 #   placeholder          id -> "{{ secrets.<id> }}"
 #
@@ -21,6 +23,11 @@ let
     in if substring 0 4 (head w) == "age1" then head w else "${elemAt w 0} ${elemAt w 1}";
 
   toList = x: if isList x then x else [ x ];
+
+  # Leading and trailing whitespace off (lib.trim is newer than some nixpkgs in use).
+  trimSpace = s:
+    let m = builtins.match "[[:space:]]*([^[:space:]](.*[^[:space:]])?)[[:space:]]*" s;
+    in if m == null then "" else head m;
 
   # vaultpy/output.py path_shape_problem: absolute and normalised, no control
   # character, names of at most 255 bytes and the whole at most 4095.
@@ -298,6 +305,6 @@ let
     };
 in
 {
-  inherit readTemplate checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace readTemplate checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -160,7 +160,10 @@ let
 
   # A key given as a path (./hosts/web1.pub, as vaultix and agenix-rekey take it): its
   # text, as hosts.toml would hold it.
-  keyText = k: if builtins.isPath k then lib.removeSuffix "\n" (builtins.readFile k) else k;
+  keyText = k:
+    if !(builtins.isPath k) then vlib.trimSpace k
+    else if builtins.pathExists k then vlib.trimSpace (builtins.readFile k)
+    else throw "vaultpy.settings.hostPubkey: ${toString k}: no such file; give the host's /etc/ssh/ssh_host_ed25519_key.pub (copied into your configuration), or its key line as a string";
   recipients = map keyText
     (if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ]);
 
@@ -557,7 +560,7 @@ in
             message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
           templateRefs;
 
-      warnings = map (i: "vaultpy: ${i.label}: mode ${i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${
+      warnings = map (i: "vaultpy: ${i.label}: mode ${vlib.normalizeMode i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${
           let g = ownersGroup i.owner; in if g == null || g == "" then "<the group>" else g}\", or group = \"root\" to keep it") rootGroupByDefault;
 
       environment.systemPackages = [ cfg.package ];
