@@ -675,7 +675,8 @@ def test_a_damaged_masters_fix_can_be_run_from_where_check_was(make_repo,
     the command it names carries -C then."""
     repo = make_repo(hosts=1, secrets={"db": b"v"})
     master = repo.root / "secrets" / "db.age"
-    master.write_bytes(master.read_bytes()[:300])
+    data = master.read_bytes()
+    master.write_bytes(data[:len(data) // 2])       # (rage's grease stanzas vary the size)
     proc = repo.run("check")
     assert proc.returncode == 1 and ("secrets/db.age: secrets.db: master file is not a valid "
                                      "age file") in proc.stdout.decode(), proc.stdout
