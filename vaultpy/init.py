@@ -86,13 +86,6 @@ def _ignore_journal(path: Path) -> bool:
     return _add_to_gitignore(path, "/.vaultpy-writes", TOP_GITIGNORE)
 
 
-def _git_top(start: Path) -> Path | None:
-    for d in (start, *start.parents):
-        if os.path.lexists(d / ".git"):
-            return d
-    return None
-
-
 def _ignore_identity(top: Path, identity: Path) -> Path | None:
     """A master key made inside the repository (``top``, hosts.toml's folder, or the
     git repository it is in): a line in that folder's .gitignore, so that `git add .`
@@ -100,7 +93,7 @@ def _ignore_identity(top: Path, identity: Path) -> Path | None:
     None (outside, or the line is there already)."""
     here = top.resolve()
     key = identity.resolve()
-    git = _git_top(here)
+    git = fsutil.git_top(here)
     folder = git if git is not None and key.is_relative_to(git) else here
     if not key.is_relative_to(folder):
         return None

@@ -756,6 +756,10 @@ def _templates_of_their_own(ck: _Checker, config: Path, declared: Mapping[str, S
                             hosts: Mapping[str, Host]) -> None:
     """A template's file is no file vaultpy writes: not hosts.toml, a master file or a
     key pair's public half (a master read as a template changes with every encrypt)."""
+    sourced = [(name, t) for name, h in hosts.items() for t in h.templates
+               if t.source is not None]
+    if not sourced:             # (one stat per master on every load, for nothing)
+        return
     key = fsutil.file_key
     theirs: dict[tuple[int, int], str] = {}
     for p, what in [(config, "hosts.toml itself"),
@@ -766,13 +770,12 @@ def _templates_of_their_own(ck: _Checker, config: Path, declared: Mapping[str, S
         k = key(p)
         if k is not None:
             theirs.setdefault(k, what)
-    for name, h in hosts.items():
-        for t in h.templates:
-            k = None if t.source is None else key(t.source)
-            if k is not None and k in theirs:
-                ck.add(f"hosts.{_quote(name)}.templates.{_quote(t.name)}.file",
-                       f"{display_path(t.source or config)} is {theirs[k]}",
-                       "give the template a file of its own")
+    for name, t in sourced:
+        k = key(t.source) if t.source is not None else None
+        if k is not None and k in theirs:
+            ck.add(f"hosts.{_quote(name)}.templates.{_quote(t.name)}.file",
+                   f"{display_path(t.source or config)} is {theirs[k]}",
+                   "give the template a file of its own")
 
 
 def _rel(root: Path, text: str) -> Path:

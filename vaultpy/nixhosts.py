@@ -154,9 +154,10 @@ def _nix_error(stderr: str) -> str:
 
 def _bases(cfg: Config) -> Iterator[Path]:
     """hosts.toml's folder, then each parent up to the top of its git repository."""
+    top = fsutil.git_top(cfg.root)
     for d in (cfg.root, *cfg.root.parents):
         yield d
-        if os.path.lexists(d / ".git"):
+        if d == top:
             return
 
 
@@ -205,7 +206,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
     notes: list[Problem] = []
     # A master not written yet goes to the git top (the flake's root, as a rule),
     # outside git beside hosts.toml.
-    in_git = os.path.lexists(list(_bases(cfg))[-1] / ".git")
+    in_git = fsutil.git_top(cfg.root) is not None
     deferred = {sid for sid, _problem in cfg.later}     # (model.parse: ids only Nix has)
     if not any(isinstance(rec, dict) or rec in _USES or str(rec).startswith("not-listed:")
                for rec in data.values()):

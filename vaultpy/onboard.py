@@ -691,9 +691,7 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
         raise
     out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
-    from vaultpy.model import no_identity_for_age_key
-
-    keyless = no_identity_for_age_key(new_cfg, name)
+    keyless = model.no_identity_for_age_key(new_cfg, name)
     if keyless is not None:     # said now, not first at the host's boot
         out.warnings.append(f"{keyless.field}: {keyless.message}; {keyless.hint} "
                             "(host add --key-path PATH writes it)")

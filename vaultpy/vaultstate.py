@@ -80,8 +80,7 @@ def load(cfg: Config, *, strict: bool = False) -> dict[str, Entry]:
         why = exc.strerror or str(exc)
     else:
         try:
-            tomllib.loads(data.decode("utf-8"))
-            return _parse(data)
+            return _entries(tomllib.loads(data.decode("utf-8")))
         except UnicodeDecodeError:
             why = "not UTF-8"
         except tomllib.TOMLDecodeError as exc:
@@ -99,6 +98,11 @@ def _parse(data: bytes | None) -> dict[str, Entry]:
         doc = tomllib.loads((data or b"").decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
+    return _entries(doc)
+
+
+def _entries(doc: dict[str, object]) -> dict[str, Entry]:
+    """The well-formed entries of the decoded file."""
     versions = doc.get("versions")
     if not isinstance(versions, dict):
         return {}

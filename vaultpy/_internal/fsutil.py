@@ -383,6 +383,15 @@ NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 LINK = "a symbolic link, not a file"
 
 
+def git_top(start: Path) -> Path | None:
+    """The top of the git repository ``start`` is in (``.git`` there: a directory, or a
+    file in a worktree), or None."""
+    for d in (start, *start.parents):
+        if os.path.lexists(d / ".git"):
+            return d
+    return None
+
+
 def file_key(path: Path | str) -> tuple[int, int] | None:
     """What makes ``path`` the same file as another (device, inode); None: no file."""
     try:
