@@ -181,6 +181,15 @@ let
       else if hostsToml != null && toString p == toString hostsToml then bad where "${toString p} is hosts.toml itself; give the template a file of its own"
       else readFile p;
 
+  # A hosts.toml template's text: its `content`, or its `file` read (one of the two).
+  templateText = { bad, where, root, hostsToml, spec }:
+    if spec ? file then
+      (if spec ? content
+       then bad "${where}.file" "a template has content or a file, not both; remove one of them"
+       else readTemplate { inherit bad root hostsToml; where = "${where}.file"; inherit (spec) file; })
+    else spec.content or (bad "${where}.content"
+      "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
+
   # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
   # templates = [ { name, content, trim, <output fields> } ]  ->  the profile attrset.
   mkProfile = { host, settings, secrets, templates }: {
@@ -229,14 +238,8 @@ let
       tmpls = builtins.mapAttrs (n: spec: checked "${hw}.templates.${n}"
         ([ "content" "file" "trim" ] ++ outputKeys) spec) (h.templates or { });
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n:
-        let spec = tmpls.${n}; in
-        if spec ? file then
-          (if spec ? content
-           then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else readTemplate { inherit bad root hostsToml; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
-        else spec.content or (bad "${hw}.templates.${n}.content"
-          "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
+      content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${n}";
+                                  spec = tmpls.${n}; };
       refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
       needed = uniqueSorted (attrNames deployed ++ refs);
       existing = id:
@@ -305,6 +308,6 @@ let
     };
 in
 {
-  inherit trimSpace readTemplate checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace templateText checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

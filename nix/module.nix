@@ -217,14 +217,8 @@ let
         then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
       tmpls = h.templates or { };
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n:
-        let spec = tmpls.${n}; in
-        if spec ? file then
-          (if spec ? content
-           then bad "${hw}.templates.${n}.file" "a template has content or a file, not both; remove one of them"
-           else vlib.readTemplate { inherit bad root; inherit (cfg) hostsToml; where = "${hw}.templates.${n}.file"; inherit (spec) file; })
-        else spec.content or (bad "${hw}.templates.${n}.content"
-          "missing: give the template's text (content = \"...\"), or the file that holds it (file = \"templates/...\")");
+      content = n: vlib.templateText { inherit bad root; inherit (cfg) hostsToml;
+                                       where = "${hw}.templates.${n}"; spec = tmpls.${n}; };
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
       decimals = vlib.decimalModes text;
       outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
