@@ -617,14 +617,19 @@ def profile(
         "--output", "-o", metavar="FILE",
         help="Write here (cache paths relative to FILE's directory) instead of stdout "
              "(absolute paths).")] = None,
+    user: Annotated[bool, typer.Option(
+        "--user", help="A user's profile: HOST is a person's key; they activate it "
+        "themselves (systemd --user), into their runtime directory; every file is "
+        "theirs.")] = False,
     repo: RepoOpt = None,
 ) -> None:
-    """Write the activation profile (JSON) of one host."""
+    """Write the activation profile (JSON) of one host, or of one user (--user)."""
     from vaultpy import profile as profile_mod
     from vaultpy._internal import fsutil
 
     cfg = _config(repo)
-    data = profile_mod.build(cfg, host, relative_to=output.absolute().parent if output else None)
+    data = profile_mod.build(cfg, host, relative_to=output.absolute().parent if output else None,
+                             user=user)
     text = profile_mod.dumps(data)
     if output is None:
         sys.stdout.write(text + "\n")

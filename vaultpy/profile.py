@@ -50,6 +50,18 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     **DEFAULT_DIRS,
     "keep": 3,
 }
+# A user's profile (``settings.user``: activated by that user, for their own programs,
+# from a systemd --user unit): the user's SSH key, the generations in their runtime
+# directory (RAM), the live link in their home.  ``%h`` and ``%r`` are expanded when
+# it is activated (:func:`expand`), as systemd expands them in a user unit.
+USER_SETTINGS: dict[str, Any] = {
+    "user": True,
+    "identities": ["%h/.ssh/id_ed25519"],
+    "dir": "%h/.local/state/vaultpy/secrets",
+    "early_dir": "%h/.local/state/vaultpy/early",
+    "store": "%r/vaultpy.d",
+    "keep": 3,
+}
 
 
 @record
@@ -59,6 +71,7 @@ class Settings:
     early_dir: str
     store: str
     keep: int
+    user: bool = False      # a user's profile: every file theirs, activated by them
 
 
 @record
@@ -104,17 +117,39 @@ class Profile:
         return found
 
 
+def _user_output_json(cfg: Config, out: Output, where: str) -> dict[str, Any]:
+    """An item of a user's profile: the user's, so no owner or group; never early."""
+    for key, value in (("owner", out.owner), ("group", out.group)):
+        if value != "root":
+            raise VaultpyError(Problem(display_path(cfg.path), f"{key} {value!r} in a user's "
+                                       "profile, which installs every file as the user "
+                                       "who activates it", f"{where}.{key}",
+                                       f"remove {key} (or build a host's profile: drop "
+                                       "--user)"))
+    if out.early:
+        raise VaultpyError(Problem(display_path(cfg.path), "early in a user's profile "
+                                   "(early files are for a host's boot)", f"{where}.early",
+                                   "remove early (or drop --user)"))
+    data = _output_json(out)
+    for key in ("owner", "group", "early"):
+        del data[key]
+    return data
+
+
 def _output_json(out: Output) -> dict[str, Any]:
     return {"owner": out.owner, "group": out.group, "mode": out.mode, "path": out.path,
             "restart_units": list(out.restart_units), "reload_units": list(out.reload_units),
             "early": out.early}
 
 
-def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, Any]:
+def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool = False
+          ) -> dict[str, Any]:
     """The profile of ``host`` as a JSON-ready dict.
 
     ``file`` paths are absolute, or relative to ``relative_to`` (the directory the
-    profile will be written to) when given.
+    profile will be written to) when given.  ``user``: a user's profile (``host`` is a
+    person's key in hosts.toml), which the user activates: :data:`USER_SETTINGS`, and
+    no owner, group or early item.
     """
     from vaultpy import cache  # operator side only: hosts load profiles, not caches
 
@@ -142,11 +177,15 @@ def build(cfg: Config, host: str, relative_to: Path | None = None) -> dict[str, 
         file = os.path.relpath(path, relative_to) if relative_to else str(path.absolute())
         d = deployed.get(sid)
         out = d.out if d else Output()
+        where = f"hosts.{host}.secrets.{sid}"
         secrets.append({"id": sid, "file": file, "install": d is not None,
-                        "name": d.name if d else sid, **_output_json(out)})
-    tmpls = [{"name": t.name, "content": t.content, "trim": t.trim, **_output_json(t.out)}
+                        "name": d.name if d else sid,
+                        **(_user_output_json(cfg, out, where) if user else _output_json(out))})
+    tmpls = [{"name": t.name, "content": t.content, "trim": t.trim,
+              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}") if user
+                 else _output_json(t.out))}
              for t in sorted(h.templates, key=lambda t: t.name)]
-    settings = dict(DEFAULT_SETTINGS)
+    settings = dict(USER_SETTINGS if user else DEFAULT_SETTINGS)
     if h.identities:
         settings["identities"] = list(h.identities)
     return {"version": VERSION, "host": host, "settings": settings,
@@ -164,6 +203,8 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[Problem] = []
+        # A user's profile: its paths' %h and %r are expanded from this environment.
+        self.user_env: Mapping[str, str] | None = None
 
     def bad(self, where: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(self.source, message, where,
@@ -202,11 +243,44 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
     if not isinstance(value, str):
         rd.bad(where, "expected a string")
         return None
-    why = path_shape_problem(value)
+    text: str = value
+    if rd.user_env is not None:
+        try:
+            text = expand(value, rd.user_env)
+        except ValueError as exc:
+            rd.bad(where, f"{exc}: {value!r}", _EXPAND_HINT)
+            return None
+    why = path_shape_problem(text)
     if why is not None:
-        rd.bad(where, f"{why}: {value!r}")
+        rd.bad(where, f"{why}: {text!r}")
         return None
-    return value
+    return text
+
+
+_SPECIFIER = re.compile(r"%(.?)", re.DOTALL)
+_SPECIFIERS = {"h": "HOME", "r": "XDG_RUNTIME_DIR"}
+_EXPAND_HINT = ("in a user's profile a path may begin with %h (their home) or %r (their "
+                "runtime directory, $XDG_RUNTIME_DIR); %% is a %; run it from the "
+                "user's systemd --user unit, which sets both")
+
+
+def expand(path: str, env: Mapping[str, str]) -> str:
+    """A user's profile path with ``%h`` ($HOME), ``%r`` ($XDG_RUNTIME_DIR) and ``%%``
+    expanded, as systemd expands them in a user unit.  ValueError: an unknown
+    specifier, or a variable unset or not an absolute path."""
+    def one(m: re.Match[str]) -> str:
+        c = m.group(1)
+        if c == "%":
+            return "%"
+        var = _SPECIFIERS.get(c)
+        if var is None:
+            raise ValueError(f"unknown specifier %{c}" if c else "a lone % at the end")
+        value = env.get(var, "")
+        if not value.startswith("/"):
+            raise ValueError(f"%{c} needs ${var}, which is "
+                             + ("not set" if not value else f"not absolute ({value!r})"))
+        return value.rstrip("/")
+    return _SPECIFIER.sub(one, path) if "%" in path else path
 
 
 _MODE_RE = re.compile(r"0[0-7]{3}")
@@ -214,6 +288,8 @@ _WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
+    if rd.user_env is not None:
+        return _read_user_output(rd, obj, where)
     owner = rd.get(obj, "owner", str, where) or "root"
     group = rd.get(obj, "group", str, where) or "root"
     for key, val in (("owner", owner), ("group", group)):
@@ -236,6 +312,26 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
     path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
     return Output(owner, group, mode, path, units["restart_units"], units["reload_units"],
                   bool(early))
+
+
+def _read_user_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
+    """A user's profile: every file is the user's, installed while they are logged in."""
+    for key in ("owner", "group"):
+        if key in obj:
+            rd.bad(f"{where}.{key}", "a user's profile installs every file as the user "
+                   "who activates it", f"remove {key} (or make this a host's profile)")
+    if obj.get("early"):
+        rd.bad(f"{where}.early", "a user's profile has no early files (they are for a "
+               "host's boot, before its users exist)", "remove early")
+    plain = {k: v for k, v in obj.items() if k not in ("owner", "group", "early")}
+    rd.user_env, env = None, rd.user_env
+    try:                    # the system reader's checks of mode and units, path expanded
+        out = _read_output(rd, {**plain, "owner": "root", "group": "root", "early": False,
+                                "path": None}, where)
+    finally:
+        rd.user_env = env
+    path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
+    return Output("", "", out.mode, path, out.restart_units, out.reload_units, False)
 
 
 def _field(where: str, key: object) -> str:
@@ -283,7 +379,7 @@ _OUTPUT_KEYS = frozenset({"owner", "group", "mode", "path", "restart_units",
                           "reload_units", "early"})
 _KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"version", "host", "settings", "secrets", "templates"}),
-    "settings": frozenset({"identities", "dir", "early_dir", "store", "keep"}),
+    "settings": frozenset({"identities", "dir", "early_dir", "store", "keep", "user"}),
     "secrets": _OUTPUT_KEYS | {"id", "name", "file", "install"},
     "templates": _OUTPUT_KEYS | {"name", "content", "trim"},
 }
@@ -302,8 +398,11 @@ def _unknown(rd: _Reader, obj: Mapping[str, Any], kind: str, where: str) -> None
 _NAME_MAX = 128
 
 
-def parse(data: Any, source: str, base: Path) -> Profile:
-    """Validate a decoded profile; ``base`` resolves relative ``file`` paths."""
+def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = None
+          ) -> Profile:
+    """Validate a decoded profile; ``base`` resolves relative ``file`` paths.  A user's
+    profile has its paths' ``%h`` and ``%r`` expanded from ``env`` (default: this
+    process's environment)."""
     rd = _Reader(source)
     if not isinstance(data, dict):
         raise VaultpyError(Problem(source, "not a JSON object", "",
@@ -321,11 +420,17 @@ def parse(data: Any, source: str, base: Path) -> Profile:
     host = rd.get(data, "host", str, "") or ""
     raw = rd.get(data, "settings", dict, "") or {}
     _unknown(rd, raw, "settings", "settings")
+    user = bool(rd.get(raw, "user", bool, "settings", optional=True))
+    if user:
+        rd.user_env = os.environ if env is None else env
     idents = rd.get(raw, "identities", list, "settings")    # None: reported already
     if not idents or not all(isinstance(i, str) for i in idents):
         if idents is not None:
             rd.bad("settings.identities", "expected a non-empty list of key paths")
         idents = []
+    elif user:
+        idents = [_abs_path(rd, i, f"settings.identities[{n}]") or ""
+                  for n, i in enumerate(idents)]
     keep = rd.get(raw, "keep", int, "settings")
     if keep is not None and keep < 1:
         rd.bad("settings.keep", "must be at least 1")
@@ -335,7 +440,7 @@ def parse(data: Any, source: str, base: Path) -> Profile:
         early_dir=_abs_path(rd, rd.get(raw, "early_dir", str, "settings"),
                             "settings.early_dir") or "",
         store=_abs_path(rd, rd.get(raw, "store", str, "settings"), "settings.store") or "",
-        keep=keep if isinstance(keep, int) and keep >= 1 else 3)
+        keep=keep if isinstance(keep, int) and keep >= 1 else 3, user=user)
     secrets: list[Item] = []
     for i, obj in enumerate(rd.get(data, "secrets", list, "") or []):
         where = f"secrets[{i}]"

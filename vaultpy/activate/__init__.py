@@ -64,6 +64,8 @@ def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
     profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile)
+    if profile.settings.user:
+        _check_user_run(opts, profile)
     if not os.path.isdir(opts.root):   # a typo'd --root: else its lock and dirs are made
         raise VaultpyError(Problem("--root", f"{opts.root}: no such directory", "",
                                    "give the directory the host's files are under "
@@ -95,6 +97,19 @@ def activate(opts: Options) -> Context:
         ctx.plaintext.clear()
         ctx.rendered.clear()
         os.umask(old_umask)
+
+
+def _check_user_run(opts: Options, profile: profile_mod.Profile) -> None:
+    """A user's profile is activated by that user (their systemd --user unit): as root,
+    every file, directory and link would be root's, in the user's home."""
+    if os.geteuid() == 0:
+        raise VaultpyError(Problem(profile.source, "a user's profile (settings.user), "
+                                   "activated as root", "settings.user",
+                                   "activate it as the user whose secrets these are (as "
+                                   "their systemd --user unit vaultpy.service does)"))
+    if opts.early:
+        raise VaultpyError(Problem("--early", "a user's profile has no early files", "",
+                                   "drop --early"))
 
 
 def summary(ctx: Context) -> list[str]:

@@ -75,6 +75,26 @@ class Context:
     # previous manifest is not read again after it: a read failing then stopped links).
     stale: dict[str, str] | None = None
 
+    @property
+    def user(self) -> bool:
+        """A user's profile: activated by that user, every file theirs."""
+        return self.profile.settings.user
+
+    @property
+    def uid(self) -> int:
+        """Whose the files, directories and links activation makes are (and whose
+        symlinks it takes for its own): root's, or a user's profile's user."""
+        return os.geteuid() if self.user else 0
+
+    @property
+    def gid(self) -> int:
+        return os.getegid() if self.user else 0
+
+    def trusted(self, uid: int) -> bool:
+        """Whether a directory owned by ``uid`` may hold what activation writes: root's,
+        and with a user's profile the user's own (their home): no one else's."""
+        return uid == 0 or uid == self.uid
+
     def host_path(self, path: str) -> Path:
         """A path on the host, under --root."""
         return self.opts.root / path.lstrip("/")

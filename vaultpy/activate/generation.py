@@ -31,8 +31,9 @@ def generations(store: Path) -> list[int]:
             if (store / str(n)).is_dir() and not (store / str(n)).is_symlink()]
 
 
-def remove_leftover_links(link: Path) -> None:
-    """Temp symlinks a killed run left beside ``link`` (ours: root-owned symlinks only)."""
+def remove_leftover_links(link: Path, uid: int = 0) -> None:
+    """Temp symlinks a killed run left beside ``link`` (ours: symlinks owned by ``uid``,
+    root, or a user's profile's user, only)."""
     prefix = fsutil.tmp_prefix(link.name)
     try:
         names = os.listdir(link.parent)
@@ -41,7 +42,7 @@ def remove_leftover_links(link: Path) -> None:
     for name in names:
         if name.startswith(prefix):
             st = os.lstat(link.parent / name)
-            if stat.S_ISLNK(st.st_mode) and st.st_uid == 0:
+            if stat.S_ISLNK(st.st_mode) and st.st_uid == uid:
                 os.unlink(link.parent / name)
 
 
@@ -64,7 +65,8 @@ def _check_link_replaceable(link: Path) -> None:
 
 
 def new_generation(ctx: Context) -> None:
-    """Next number after every existing generation; created 0751, root-owned.
+    """Next number after every existing generation; created 0751, root's (a user's
+    profile: the user's).
     Generations a killed run left unfinished (no manifest, not live) are removed."""
     _check_link_replaceable(ctx.link)
     ctx.previous = read_link_generation(ctx.link)
@@ -86,7 +88,7 @@ def new_generation(ctx: Context) -> None:
         return
     fsutil.mkdir_exact(target, 0o751)
     ctx.generation = target                     # ours from now on (removed if we fail)
-    os.chown(target, 0, 0)
+    os.chown(target, ctx.uid, ctx.gid)
     ctx.generation_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     ctx.log("new_generation", f"building {target}")
 
@@ -118,7 +120,7 @@ def switch(ctx: Context) -> None:
     _write_manifest(ctx)
     link = ctx.link
     fsutil.makedirs(link.parent)
-    remove_leftover_links(link)
+    remove_leftover_links(link, ctx.uid)
     target = os.path.relpath(ctx.generation, link.parent)
     tmp = fsutil.tmp_name(link)
     os.symlink(target, tmp)

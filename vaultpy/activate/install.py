@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from vaultpy import age, templates
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import Context
-from vaultpy.activate.users import Accounts
+from vaultpy.activate.users import Accounts, owner_ids
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.profile import Item
 
@@ -55,13 +55,8 @@ def create_file(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: i
         os.close(fd)
 
 
-def _owner(ctx: Context, accounts: Accounts, item: Item) -> tuple[int, int]:
-    label = f"{'template' if item.is_template else 'secret'} {item.name!r}"
-    return accounts.uid(item.out.owner, label), accounts.gid(item.out.group, label)
-
-
 def _install(ctx: Context, item: Item, data: bytes, accounts: Accounts) -> None:
-    uid, gid = _owner(ctx, accounts, item)       # unknown users fail before any write
+    uid, gid = owner_ids(ctx, accounts, item)   # unknown users fail before any write
     if ctx.opts.dry_run:
         return
     assert ctx.generation_fd is not None

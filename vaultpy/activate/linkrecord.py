@@ -43,10 +43,22 @@ Links = dict[str, tuple[str, str]]     # path -> (the live dir it leads through,
 
 
 def path(ctx: Context) -> Path:
-    """This store's record (two profiles with stores of their own keep two)."""
+    """This store's record (two profiles with stores of their own keep two).  A user's
+    profile keeps it in the user's state directory ($XDG_STATE_HOME/vaultpy)."""
     store = ctx.profile.settings.store
     tag = hashlib.sha256(store.encode()).hexdigest()[:12]
-    return ctx.host_path(DIR) / f"links-{tag}.json"
+    return ctx.host_path(user_dir() if ctx.user else DIR) / f"links-{tag}.json"
+
+
+def user_dir() -> str:
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not state.startswith("/"):     # unset, or relative: ignored, as the spec says
+        state = os.environ.get("HOME", "").rstrip("/") + "/.local/state"
+    return state.rstrip("/") + "/vaultpy"
+
+
+def _whose(ctx: Context) -> str:
+    return "yours that only you" if ctx.user else "root's that only root"
 
 
 def _private(st: os.stat_result) -> bool:
@@ -68,8 +80,8 @@ def load(ctx: Context) -> dict[str, Links] | None:
         if not stat.S_ISDIR(st.st_mode):
             return {}                   # (write says so)
         if not _private(st):
-            _warn(f"{where.parent} is not a directory of root's that only root may write: "
-                  "the record of links in it is not used")
+            _warn(f"{where.parent} is not a directory of {_whose(ctx)} may write: the "
+                  "record of links in it is not used")
             return {}
         raw, st = fsutil.read_regular(where, follow=False)
     except FileNotFoundError:   # none yet (a first run)
@@ -81,7 +93,8 @@ def load(ctx: Context) -> dict[str, Links] | None:
         _warn(f"{where} is too big for a record of links: it is left as it is")
         return None
     if not _private(st):
-        _warn(f"{where} is not root's alone: the record of links is not used")
+        owner = "yours" if ctx.user else "root's"
+        _warn(f"{where} is not {owner} alone: the record of links is not used")
         return {}
     try:
         data = json.loads(raw)
@@ -117,8 +130,7 @@ def write(ctx: Context, record: dict[str, Links], old: dict[str, Links]) -> bool
             fsutil.mkdir_exact(where.parent, 0o700)
         st = os.lstat(where.parent)
         if not stat.S_ISDIR(st.st_mode) or not _private(st):
-            raise OSError(f"{where.parent} is not a directory of root's that only root "
-                          "may write")
+            raise OSError(f"{where.parent} is not a directory of {_whose(ctx)} may write")
         fsutil.atomic_write(where, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
     except OSError as exc:
         _warn(f"cannot record the links placed in {where} ({exc.strerror or exc}): a link "

@@ -26,9 +26,10 @@ from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
 
 
-def _refuse(path: str, why: str) -> VaultpyError:
+def _refuse(ctx: Context, path: str, why: str) -> VaultpyError:
+    owners = "yours (or root's)" if ctx.user else "root-owned"
     return VaultpyError(Problem(path, why, "path",
-                                "remove it, or make the directories above it root-owned "
+                                f"remove it, or make the directories above it {owners} "
                                 "and not writable by others"))
 
 
@@ -60,7 +61,8 @@ def _in_ram(fd: int) -> bool:
 
 def open_parent(ctx: Context, path: str, create: bool) -> int:
     """A descriptor of ``path``'s parent directory, walked from --root without
-    following any symlink or directory that a non-root user controls."""
+    following any symlink or directory that a non-root user controls (a user's
+    profile: that anyone but root and the user controls)."""
     parts = PurePosixPath(path).parent.parts[1:]
     fd = os.open(ctx.opts.root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -73,8 +75,9 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
                     raise
                 fsutil.mkdir_exact(part, 0o755, dir_fd=fd)
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            if st.st_uid != 0:
-                raise _refuse(shown, "is owned by another user; refusing to write below it")
+            if not ctx.trusted(st.st_uid):
+                raise _refuse(ctx, shown, "is owned by another user; refusing to write "
+                              "below it")
             if stat.S_ISLNK(st.st_mode):     # root's own symlink (e.g. /etc -> …): follow
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
                 try:
@@ -85,26 +88,26 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
             elif stat.S_ISDIR(st.st_mode):
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             else:
-                raise _refuse(shown, "is not a directory")
+                raise _refuse(ctx, shown, "is not a directory")
             os.close(fd)
             fd = nxt
-            _refuse_theirs(os.fstat(fd), shown, followed=stat.S_ISLNK(st.st_mode))
+            _refuse_theirs(ctx, os.fstat(fd), shown, followed=stat.S_ISLNK(st.st_mode))
         return fd
     except BaseException:
         os.close(fd)
         raise
 
 
-def _refuse_theirs(st: os.stat_result, shown: str, followed: bool) -> None:
+def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool) -> None:
     """A directory the walk entered (``followed``: through root's symlink) must be one
     no other user can change: root's, and not writable by everyone (unless sticky, as
     /tmp: then nobody else can rename or remove root's entries).  Else another user
     could replace the link with one of theirs, and the service would read their file."""
-    if st.st_uid != 0:
-        raise _refuse(shown, ("leads to a directory" if followed else "is")
+    if not ctx.trusted(st.st_uid):
+        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
                       + " owned by another user; refusing to write below it")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise _refuse(shown, ("leads to a directory" if followed else "is")
+        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
                       + " writable by every user; refusing to write below it")
 
 
@@ -187,7 +190,7 @@ def _place(ctx: Context, path: str, name: str) -> None:
         for leftover in os.listdir(fd):             # from a killed run: ours only
             if leftover.startswith(prefix):
                 lst = os.stat(leftover, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(lst.st_mode) and lst.st_uid == 0:
+                if stat.S_ISLNK(lst.st_mode) and lst.st_uid == ctx.uid:
                     os.unlink(leftover, dir_fd=fd)
         tmp = fsutil.tmp_basename(base)
         os.symlink(target, tmp, dir_fd=fd)
@@ -296,7 +299,7 @@ def _unlink_recorded(ctx: Context, path: str, dir_path: str, name: str) -> None:
     try:
         base = PurePosixPath(path).name
         st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-        if (stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+        if (stat.S_ISLNK(st.st_mode) and st.st_uid == ctx.uid
                 and os.readlink(base, dir_fd=fd) == _target_at(ctx, fd, path, dir_path,
                                                                name)):
             os.unlink(base, dir_fd=fd)
@@ -483,7 +486,8 @@ def retiring(ctx: Context) -> Path | None:
         st = os.lstat(link)
     except FileNotFoundError:
         return None
-    gen = read_link_generation(link) if stat.S_ISLNK(st.st_mode) and st.st_uid == 0 else None
+    gen = (read_link_generation(link) if stat.S_ISLNK(st.st_mode) and st.st_uid == ctx.uid
+           else None)
     if gen is None or gen.resolve().parent != ctx.store.resolve():
         return None
     return gen

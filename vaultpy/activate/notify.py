@@ -15,7 +15,7 @@ from pathlib import Path
 from vaultpy._internal import fsutil
 from vaultpy.activate import links
 from vaultpy.activate.context import Change, Context, read_manifest
-from vaultpy.activate.users import Accounts
+from vaultpy.activate.users import Accounts, owner_ids
 
 
 def _previous_items(ctx: Context, gen: Path | None = None
@@ -38,9 +38,7 @@ def compute_changes(ctx: Context) -> list[Change]:
     for item in ctx.items():
         content = (ctx.rendered[item.name] if item.is_template
                    else ctx.plaintext[item.id or ""])
-        label = f"{'template' if item.is_template else 'secret'} {item.name!r}"
-        want = (accounts.uid(item.out.owner, label), accounts.gid(item.out.group, label),
-                int(item.out.mode, 8))
+        want = (*owner_ids(ctx, accounts, item), int(item.out.mode, 8))
         units = (item.out.restart_units, item.out.reload_units)
         old = ctx.previous / item.name if ctx.previous is not None else None
         try:
@@ -143,10 +141,12 @@ def diff_and_notify(ctx: Context) -> None:
         if not ctx.opts.dry_run:
             _mark_notified(ctx)
         return
+    # A user's profile names the user's own units (their systemd --user manager's).
+    scope = ["--user"] if ctx.user else []
     if ctx.opts.dry_run:
         for verb, unit in calls:
-            ctx.log("diff_and_notify",
-                    f"would run {ctx.opts.systemctl or 'systemctl'} --no-block {verb} {unit}")
+            ctx.log("diff_and_notify", f"would run {ctx.opts.systemctl or 'systemctl'} "
+                    f"{' '.join([*scope, '--no-block'])} {verb} {unit}")
         return
     # Only when a unit is to be restarted: subprocess takes ~5 ms to import.
     import shutil
@@ -162,8 +162,8 @@ def diff_and_notify(ctx: Context) -> None:
         # oneshot unit (no start timeout); a unit ordered after it (After=
         # vaultpy-activate.service, as services that read secrets often are) could
         # only restart once that unit is done: waiting here would never end.
-        proc = subprocess.run([systemctl, "--no-block", verb, "--", unit], capture_output=True,
-                              text=True)
+        proc = subprocess.run([systemctl, *scope, "--no-block", verb, "--", unit],
+                              capture_output=True, text=True)
         ctx.notified.append(f"{verb} {unit}")
         if proc.returncode != 0:
             ctx.log("diff_and_notify", f"warning: systemctl {verb} {unit} failed: "

@@ -45,26 +45,36 @@ def load_identities(ctx: Context) -> None:
     """Read the host's key(s) once; a missing key is fatal, clearly."""
     for raw in ctx.profile.settings.identities:
         path = ctx.host_path(raw)
+        if not path.exists() and ctx.user:
+            raise VaultpyError(Problem(str(path), "your key not found", "settings.identities",
+                                       "restore it from a backup (a new key cannot decrypt "
+                                       "what renc wrote for the old one), or name where it "
+                                       "is in settings.identities"))
         if not path.exists():
             raise VaultpyError(Problem(str(path), "host key not found",
                                        "settings.identities",
                                        "is this the right host? restore its key from "
                                        "a backup: a new key (ssh-keygen -A) cannot "
                                        "decrypt what renc wrote for the old one"))
+        unreadable = _UNREADABLE_USER if ctx.user else _UNREADABLE
         try:
             ctx.identities.extend(age.load_identity_file(path, _no_prompt(path),
-                                                         unreadable_hint=_UNREADABLE,
+                                                         unreadable_hint=unreadable,
                                                          regular_only=True))
         except VaultpyError as exc:     # the hints speak to an operator (-i, hosts.toml)
+            wrong = _NOT_YOUR_KEY if ctx.user else _NOT_A_KEY
             raise VaultpyError([p if p.field == _FIELD else
                                 Problem(p.file, p.message, _FIELD,
-                                        _UNREADABLE if p.hint == _UNREADABLE else _NOT_A_KEY)
+                                        unreadable if p.hint == unreadable else wrong)
                                 for p in exc.problems]) from None
     ctx.log("load_identities", f"{len(ctx.identities)} key(s)")
 
 
 _FIELD = "settings.identities"
 _UNREADABLE = "root must be able to read the host key: check the file and its permissions"
+_UNREADABLE_USER = "you must be able to read your key: check the file and its permissions"
+_NOT_YOUR_KEY = ("settings.identities must name your private key (~/.ssh/id_ed25519), whose "
+                 "public key hosts.toml gives: restore it from a backup")
 _NOT_A_KEY = ("settings.identities must name the host's private key, its OpenSSH host key "
               "(/etc/ssh/ssh_host_ed25519_key) or, for an age1 pubkey, its age identity "
               "file: restore it from a backup")
@@ -72,7 +82,11 @@ _NOT_A_KEY = ("settings.identities must name the host's private key, its OpenSSH
 
 def mount_store(ctx: Context) -> None:
     """The store must be a ramfs: never swapped, never on disk.  Mount one if the
-    store is not a mountpoint; refuse tmpfs and disk filesystems."""
+    store is not a mountpoint; refuse tmpfs and disk filesystems.  (A user's
+    profile: :func:`_user_store`.)"""
+    if ctx.user:
+        _user_store(ctx)
+        return
     store = ctx.store
     if not store.exists():
         if ctx.opts.dry_run:
@@ -116,3 +130,38 @@ def mount_store(ctx: Context) -> None:
             raise VaultpyError(Problem(str(store), "store is not owned by root or "
                                        "is writable by others", "store",
                                        f"chown root:root {store} && chmod 0751 {store}"))
+
+
+def _user_store(ctx: Context) -> None:
+    """A user's store: a directory of theirs, 0700, in RAM.  A user cannot mount a
+    ramfs; their runtime directory ($XDG_RUNTIME_DIR, ``%r``: a tmpfs systemd makes
+    for them, 0700) is where it belongs, as agenix's and sops-nix's home-manager
+    modules keep theirs.  A store on disk is refused (``--no-mount`` takes it as it is,
+    for tests)."""
+    store = ctx.store
+    fstype = fsutil.mount_fstype(store)     # (of where it would be, before it is made)
+    if fstype not in fsutil.RAM_FILESYSTEMS:
+        if not ctx.opts.no_mount:
+            where = fstype or "a file system of unknown type"
+            raise VaultpyError(Problem(str(store), f"store is on {where}, not in RAM: "
+                                       "plaintext would be written to disk", "store",
+                                       "keep it under %r, your runtime directory (a tmpfs "
+                                       "systemd makes at login); is $XDG_RUNTIME_DIR set?"))
+        ctx.log("mount_store", f"--no-mount: using {store} as it is (NOT in RAM)")
+    if not store.exists():
+        if ctx.opts.dry_run:
+            ctx.log("mount_store", f"would create {store}")
+            return
+        fsutil.makedirs(store.parent)
+        fsutil.mkdir_exact(store, 0o700)
+    st = store.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise VaultpyError(Problem(str(store), "store is not a directory", "store",
+                                   "remove it; vaultpy creates the store itself"))
+    if st.st_uid != ctx.uid:
+        raise VaultpyError(Problem(str(store), f"store is not yours (owned by uid "
+                                   f"{st.st_uid})", "store",
+                                   "remove it, or set settings.store to a place of your "
+                                   "own under %r (your runtime directory)"))
+    if stat.S_IMODE(st.st_mode) != 0o700 and not ctx.opts.dry_run:
+        os.chmod(store, 0o700)      # (ours: no one else's files are in it)

@@ -13,6 +13,11 @@ from pathlib import Path
 from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, os_problem
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vaultpy.activate.context import Context
+    from vaultpy.profile import Item
+
 _NUMERIC = re.compile(r"[0-9]+")
 # A uid or gid is 32 bits, and (uid_t) -1 means "no change" to chown: a larger value in
 # passwd crashed fchown, and 4294967295 left a file root's while activation said done.
@@ -39,6 +44,15 @@ def _read_db(path: Path) -> dict[str, int | str]:
             number = _valid(parts[2])
             ids.setdefault(parts[0], parts[2] if number is None else number)
     return ids
+
+
+def owner_ids(ctx: Context, accounts: Accounts, item: Item) -> tuple[int, int]:
+    """The uid and gid ``item``'s file gets.  A user's profile names no owner: every
+    file is the user's who activates it."""
+    if ctx.user:
+        return ctx.uid, ctx.gid
+    label = f"{'template' if item.is_template else 'secret'} {item.name!r}"
+    return accounts.uid(item.out.owner, label), accounts.gid(item.out.group, label)
 
 
 class Accounts:

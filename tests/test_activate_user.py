@@ -1,0 +1,334 @@
+"""A user's profile (``vaultpy profile --user``): activated by the user, for their own
+programs, as agenix's and sops-nix's home-manager modules do.
+
+Real throughout: the repository from the real CLI, the user's key from ``ssh-keygen``,
+activation run by a process of a real non-root uid (tests/user_session.py: setuid for
+good, no capability left) in a private mount namespace whose runtime directory is a
+real tmpfs of the user's, as pam_systemd makes /run/user/<uid>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from activate_helpers import host_table, new_repo, toml_str, vaultpy_env
+from conftest import ROOT, Repo, assert_one_clean_error
+
+from vaultpy import profile as profile_mod
+from vaultpy.errors import VaultpyError
+
+if os.geteuid() != 0:
+    pytest.skip("runs activation as another user (setuid) in a mount namespace: run as "
+                "root", allow_module_level=True)
+
+UID, GID = 1201, 1201          # the user: no account the tests' other users have
+OTHER = 1202
+SECRETS = {"token": b"api-token-1\n", "db": b"db-password"}
+
+
+@dataclass
+class User:
+    outer: Path         # 0755, below /tmp: the user can reach what is below it
+    repo: Repo
+    home: Path
+    runtime: Path       # a tmpfs once a session starts (user_session.py)
+    bin: Path           # the user's: a fake systemctl writes its calls here
+
+    @property
+    def state(self) -> Path:
+        return self.home / ".local/state/vaultpy"
+
+    def write_hosts(self, secrets: Mapping[str, Mapping[str, object]],
+                    templates: Mapping[str, Mapping[str, object]] | None = None) -> None:
+        text = (f"[vaultpy]\nrecipients = [{toml_str(self.repo.recipient)}]\n\n"
+                + "".join(f"[secrets.{sid}]\n" for sid in SECRETS) + "\n"
+                + host_table("alice", self.repo.hosts["alice"].pubkey, secrets,
+                             templates or {}))
+        self.repo.write_hosts(text)
+
+    def profile(self, name: str) -> Path:
+        """``vaultpy renc`` then ``vaultpy profile -H alice --user -o <outer>/<name>``."""
+        self.repo.ok("renc")
+        out = self.outer / name
+        self.repo.ok("profile", "-H", "alice", "--user", "-o", str(out))
+        return out
+
+    def session(self, *steps: list[str], runtime: bool = True,
+                env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Run ``steps`` as the user in one login session (one tmpfs runtime directory:
+        gone when it ends, as at a logout or a reboot)."""
+        spec = {"uid": UID, "gid": GID, "home": str(self.home),
+                "runtime": str(self.runtime) if runtime else "", "env": dict(env or {}),
+                "steps": [list(s) for s in steps]}
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                               str(ROOT / "tests" / "user_session.py"), json.dumps(spec)],
+                              capture_output=True, text=True, env=vaultpy_env(), cwd=ROOT,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    def activate(self, profile: Path, *extra: str) -> list[str]:
+        return ["activate", "--profile", str(profile), "--systemctl",
+                str(self.bin / "systemctl"), *extra]
+
+    def calls(self) -> list[str]:
+        log = self.bin / "calls.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture
+def user() -> Iterator[User]:
+    outer = Path(tempfile.mkdtemp(prefix="vaultpy-user-"))     # tmp_path is 0700: root's
+    try:
+        os.chmod(outer, 0o755)
+        repo = new_repo(outer / "repo", SECRETS, hosts=("alice",))
+        for d in [outer / "repo", *(p for p in (outer / "repo").rglob("*") if p.is_dir())]:
+            d.chmod(0o755)              # the cache files are read by the user
+        home = outer / "home" / "alice"
+        (home / ".ssh").mkdir(parents=True)
+        shutil.copyfile(repo.hosts["alice"].key, home / ".ssh" / "id_ed25519")
+        (home / ".ssh" / "id_ed25519").chmod(0o600)
+        bin_dir = outer / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "systemctl").write_text(
+            f'#!/bin/sh\necho "$*" >> {bin_dir}/calls.log\n')
+        (bin_dir / "systemctl").chmod(0o755)
+        for path in [home, *home.rglob("*"), bin_dir, bin_dir / "systemctl"]:
+            os.lchown(path, UID, GID)
+        home.chmod(0o700)
+        (outer / "run" / "user").mkdir(parents=True)
+        yield User(outer, repo, home, outer / "run" / "user" / str(UID), bin_dir)
+    finally:
+        shutil.rmtree(outer)
+
+
+def _ok(row: dict[str, Any]) -> dict[str, Any]:
+    assert row["rc"] == 0, row
+    return row
+
+
+def test_user_activation_installs_their_files_in_their_runtime_dir(user: User) -> None:
+    link = user.home / ".config" / "app" / "token"
+    user.write_hosts({"token": {"mode": "0600", "path": str(link),
+                                "restart_units": ["app.service"]}, "db": {}},
+                     {"app.env": {"content": "DB={{ secrets.db }}\n", "mode": "0440"}})
+    a = user.profile("a.json")
+    # B: token's mode changes and its extra path goes; db is no longer installed.
+    user.write_hosts({"token": {"mode": "0400", "restart_units": ["app.service"]}},
+                     {"app.env": {"content": "DB={{ secrets.db }}\n", "mode": "0440"}})
+    b = user.profile("b.json")
+    live = user.state / "secrets"
+    look = (f'stat -c "%u %g %a %F" "$XDG_RUNTIME_DIR/vaultpy.d" '
+            f'"$XDG_RUNTIME_DIR"/vaultpy.d/*/token "{live}/app.env"; '
+            f'cat "{live}/token" "{live}/app.env"; readlink "{link}"; cat "{link}"; '
+            f'ls "{live}/"; ls "{user.state}"')
+    rows = user.session(user.activate(a), ["sh", look], user.activate(b),
+                        ["sh", look + f'; ls "{link}" || echo gone'])
+    _ok(rows[0])
+    assert "live:" in rows[0]["err"]
+    out = _ok(rows[1])["out"].splitlines()
+    assert out[0] == f"{UID} {GID} 700 directory"           # the store: theirs alone
+    assert out[1] == f"{UID} {GID} 600 regular file"        # installed as the user
+    assert out[2] == f"{UID} {GID} 440 regular file"
+    assert out[3:5] == ["api-token-1", "DB=db-password"]
+    assert out[5].endswith("/secrets/token") and out[6] == "api-token-1"   # extra path
+    assert out[7:10] == ["app.env", "db", "token"]
+    assert [n for n in out[10:] if n.startswith("links-")], out   # the record, in XDG state
+    _ok(rows[2])
+    out = _ok(rows[3])["out"].splitlines()
+    assert out[-1] == "gone" and "app.env" in out and "db" not in out
+    # their own manager's unit (systemctl --user): token added, then its mode changed
+    assert user.calls() == ["--user --no-block try-restart -- app.service"] * 2
+    # nothing of theirs is root's, and no plaintext was left outside the session's RAM
+    assert not (user.outer / "run" / "user" / str(UID)).exists() or not any(
+        (user.outer / "run" / "user" / str(UID)).iterdir())
+    for path in [user.state, *user.state.rglob("*")]:
+        assert path.lstat().st_uid == UID, path
+    assert all(b"api-token" not in p.read_bytes() for p in user.home.rglob("*")
+               if p.is_file() and not p.is_symlink() and p.name != "id_ed25519")
+
+
+def test_a_new_session_rebuilds_and_drops_the_links_the_profile_no_longer_wants(
+        user: User) -> None:
+    """After a logout (or a reboot) the runtime directory is empty: the record of links
+    in the user's state directory still says which link to remove."""
+    link = user.home / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    a = user.profile("a.json")
+    _ok(user.session(user.activate(a))[0])
+    assert link.is_symlink()
+    user.write_hosts({"token": {}})
+    b = user.profile("b.json")
+    rows = user.session(user.activate(b), ["sh", f'cat "{user.state}/secrets/token"'])
+    _ok(rows[0])
+    assert _ok(rows[1])["out"] == "api-token-1\n"
+    assert not os.path.lexists(link)
+
+
+def test_root_may_not_activate_a_users_profile(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    proc = subprocess.run([sys.executable, "-m", "vaultpy.activate.main", "--profile", str(a)],
+                          capture_output=True, cwd=ROOT,
+                          env=vaultpy_env({"HOME": str(user.home),
+                                           "XDG_RUNTIME_DIR": str(user.runtime)}))
+    assert_one_clean_error(proc, "settings.user", "activated as root", "as the user")
+    assert not (user.state / "secrets").exists() and not user.runtime.exists()
+
+
+def test_a_store_on_disk_is_refused(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    disk = user.home / "rt"         # the user's, 0700, but on the disk's file system
+    rows = user.session(["sh", f'mkdir -m 700 "{disk}"'], user.activate(a), runtime=False,
+                        env={"XDG_RUNTIME_DIR": str(disk)})
+    row = rows[1]
+    errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
+    assert row["rc"] == 1 and len(errors) == 1, row       # after the steps' own log lines
+    assert "not in RAM" in errors[0] and "%r" in errors[0], row
+    assert not (disk / "vaultpy.d").exists()            # no store, no generation on disk
+
+
+def test_without_a_runtime_dir_the_one_line_says_which_variable(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    row = user.session(user.activate(a), runtime=False)[0]
+    assert row["rc"] == 1 and len(row["err"].splitlines()) == 1, row
+    assert "settings.store" in row["err"] and "$XDG_RUNTIME_DIR" in row["err"], row
+
+
+def test_a_missing_key_is_theirs_to_restore(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    (user.home / ".ssh" / "id_ed25519").unlink()
+    row = user.session(user.activate(a))[0]
+    errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
+    assert row["rc"] == 1 and len(errors) == 1, row
+    assert "id_ed25519: settings.identities: your key not found" in errors[0], row
+    assert "ssh-keygen -A" not in errors[0]      # a host's advice, not hers
+
+
+def test_dry_run_and_early(user: User) -> None:
+    user.write_hosts({"token": {"path": str(user.home / "token")}})
+    a = user.profile("a.json")
+    rows = user.session(user.activate(a, "--dry-run"), user.activate(a, "--early"),
+                        ["sh", f'ls -A "$XDG_RUNTIME_DIR"; echo --; ls -A "{user.home}"'])
+    assert _ok(rows[0])["err"].count("would") >= 2, rows[0]
+    assert rows[1]["rc"] == 1 and "--early: a user's profile has no early files" in \
+        rows[1]["err"], rows[1]
+    # nothing made: no store or lock in the runtime dir, no link or state in the home
+    assert _ok(rows[2])["out"] == "--\n.ssh\n"
+
+
+def test_a_link_below_another_users_directory_is_refused(user: User) -> None:
+    theirs = user.outer / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER, OTHER)
+    theirs.chmod(0o777)         # even one the user may write
+    user.write_hosts({"token": {"path": str(theirs / "token")}})
+    a = user.profile("a.json")
+    row = user.session(user.activate(a))[0]
+    assert row["rc"] == 1 and "owned by another user" in row["err"], row
+    assert "yours (or root's)" in row["err"]
+    assert not os.path.lexists(theirs / "token")
+
+
+def test_the_users_own_symlink_in_their_home_is_followed(user: User) -> None:
+    """~/.config a symlink of theirs (dotfiles kept elsewhere): theirs to follow."""
+    elsewhere = user.home / "dotfiles" / "config"
+    rows = user.session(["sh", f'mkdir -p "{elsewhere}" && ln -s "{elsewhere}" '
+                               f'"{user.home}/.config"'])
+    _ok(rows[0])
+    user.write_hosts({"token": {"path": str(user.home / ".config" / "token")}})
+    a = user.profile("a.json")
+    rows = user.session(user.activate(a), ["sh", f'cat "{elsewhere}/token"'])
+    _ok(rows[0])
+    assert _ok(rows[1])["out"] == "api-token-1\n"
+
+
+@pytest.mark.parametrize(("opts", "field"), [
+    ({"owner": "app"}, "hosts.alice.secrets.token.owner"),
+    ({"group": "wheel"}, "hosts.alice.secrets.token.group"),
+    ({"early": True}, "hosts.alice.secrets.token.early"),
+])
+def test_profile_user_refuses_what_only_a_host_has(user: User, opts: dict[str, object],
+                                                   field: str) -> None:
+    user.write_hosts({"token": opts})
+    proc = user.repo.run("profile", "-H", "alice", "--user")
+    assert_one_clean_error(proc, field, "--user")
+
+
+def test_the_profile_names_the_users_places(user: User) -> None:
+    user.write_hosts({"token": {"mode": "0600"}})
+    data = json.loads(user.repo.ok("profile", "-H", "alice", "--user").stdout)
+    assert data["settings"] == {"user": True, "identities": ["%h/.ssh/id_ed25519"],
+                                "dir": "%h/.local/state/vaultpy/secrets",
+                                "early_dir": "%h/.local/state/vaultpy/early",
+                                "store": "%r/vaultpy.d", "keep": 3}
+    assert {"owner", "group", "early"}.isdisjoint(data["secrets"][0])
+
+
+# ------------------------------------------------------------- the profile's reader
+
+def _user_profile(**over: object) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "version": 1, "host": "alice",
+        "settings": {"user": True, "identities": ["%h/.ssh/id_ed25519"],
+                     "dir": "%h/.local/state/vaultpy/secrets",
+                     "early_dir": "%h/.local/state/vaultpy/early", "store": "%r/vaultpy.d",
+                     "keep": 3},
+        "secrets": [{"id": "token", "name": "token", "file": "/c/token.age", "install": True,
+                     "mode": "0400", "path": "%h/.config/gh/token",
+                     "restart_units": [], "reload_units": []}],
+        "templates": []}
+    data["secrets"][0].update(over)
+    return data
+
+
+ENV = {"HOME": "/home/alice", "XDG_RUNTIME_DIR": "/run/user/1201"}
+
+
+def test_reader_expands_home_and_runtime_dir() -> None:
+    p = profile_mod.parse(_user_profile(), "p.json", Path("/"), ENV)
+    assert p.settings.user and p.settings.store == "/run/user/1201/vaultpy.d"
+    assert p.settings.identities == ("/home/alice/.ssh/id_ed25519",)
+    assert p.settings.dir == "/home/alice/.local/state/vaultpy/secrets"
+    assert p.secrets[0].out.path == "/home/alice/.config/gh/token"
+    assert (p.secrets[0].out.owner, p.secrets[0].out.group) == ("", "")
+
+
+def test_reader_keeps_a_percent_in_a_hosts_profile() -> None:
+    data = _user_profile(path="/etc/100%h", owner="root", group="root", early=False)
+    data["settings"] = {k: v for k, v in data["settings"].items() if k != "user"}
+    data["settings"].update({"identities": ["/k"], "dir": "/run/a", "early_dir": "/run/b",
+                             "store": "/run/c"})
+    assert profile_mod.parse(data, "p.json", Path("/"), ENV).secrets[0].out.path == "/etc/100%h"
+
+
+@pytest.mark.parametrize(("over", "env", "needle"), [
+    ({"path": "%x/a"}, ENV, "unknown specifier %x"),
+    ({"path": "/a/100%"}, ENV, "a lone %"),
+    ({"owner": "root"}, ENV, "secrets[0].owner"),
+    ({"early": True}, ENV, "secrets[0].early"),
+    ({}, {"HOME": "/home/alice"}, "%r needs $XDG_RUNTIME_DIR, which is not set"),
+    ({}, {**ENV, "HOME": "home"}, "%h needs $HOME, which is not absolute"),
+])
+def test_reader_refuses(over: dict[str, object], env: dict[str, str], needle: str) -> None:
+    with pytest.raises(VaultpyError) as err:
+        profile_mod.parse(_user_profile(**over), "p.json", Path("/"), env)
+    assert needle in "\n".join(str(p) for p in err.value.problems)
+
+
+def test_percent_percent_is_a_percent() -> None:
+    assert profile_mod.expand("%h/100%%", ENV) == "/home/alice/100%"
+    assert profile_mod.expand("%%h", ENV) == "%h"
