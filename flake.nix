@@ -30,6 +30,13 @@
       };
       nixosModules.vaultpy = self.nixosModules.default;
 
+      # A user's own secrets (home-manager), activated by their systemd --user unit.
+      homeManagerModules.default = { lib, pkgs, ... }: {
+        imports = [ ./nix/home-module.nix ];
+        vaultpy.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      };
+      homeManagerModules.vaultpy = self.homeManagerModules.default;
+
       apps = forAllSystems (pkgs: {
         renc = app pkgs "renc";
         edit = app pkgs "edit";

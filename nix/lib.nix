@@ -2,7 +2,7 @@
 #
 #   cacheName            { id, secretFile, recipients } -> "<id>.<hash>.age"   (docs/contracts.md)
 #   profileFromHostsToml { hostsToml, host, root? }     -> the profile `vaultpy profile --host H` writes
-#   profileFromOptions   { host, settings?, secrets, templates, cacheFile } -> the same profile from
+#   profileFromOptions   { host, settings?, secrets, templates, cacheFile, user? } -> the same profile from
 #                        module options (each secret and template with every field the module's
 #                        options have; cacheFile: id -> spec -> the cache file's path)
 #   templateRefs         text -> [ id ]   the secrets a template uses
@@ -125,6 +125,21 @@ let
     keep = 3;
   };
 
+  # A user's profile (`vaultpy profile --user`, the home-manager module): vaultpy/profile.py
+  # USER_SETTINGS.  %h (home) and %r ($XDG_RUNTIME_DIR) are expanded at activation.
+  userSettings = {
+    user = true;
+    identities = [ "%h/.ssh/id_ed25519" ];
+    dir = "%h/.local/state/vaultpy/secrets";
+    early_dir = "%h/.local/state/vaultpy/early";
+    store = "%r/vaultpy.d";
+    keep = 3;
+  };
+
+  # A path of a user's profile: absolute, or %h/… or %r/… (isAbsPath once expanded).
+  isUserPath = p: isString p &&
+    (let m = builtins.match "%[hr](/.*)" p; in isAbsPath (if m == null then p else head m));
+
   # The output fields shared by secrets and templates, with hosts.toml's defaults.
   outputFields = spec: {
     owner = normalizeOwner (spec.owner or "root");
@@ -192,10 +207,10 @@ let
 
   # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
   # templates = [ { name, content, trim, <output fields> } ]  ->  the profile attrset.
-  mkProfile = { host, settings, secrets, templates }: {
+  mkProfile = { host, settings, secrets, templates, user ? false }: {
     version = 1;
     inherit host;
-    settings = defaultSettings // settings;
+    settings = (if user then userSettings else defaultSettings) // settings;
     secrets = sort (a: b: a.id < b.id) secrets;
     templates = sort (a: b: a.name < b.name) templates;
   };
@@ -284,16 +299,24 @@ let
   #   secrets.<id>   = { file, install, name, owner, group, mode, path, restartUnits, reloadUnits, early }
   #   templates.<n>  = { content, trim, owner, group, mode, path, restartUnits, reloadUnits, early }
   #   cacheFile      = id: spec -> the cache file (a path or a store path string)
-  profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile }:
+  #   user           = true: a user's profile (the home-manager module's): no owner,
+  #                    group or early, userSettings the defaults
+  profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile, user ? false }:
     let
-      out = spec: outputFields {
-        inherit (spec) owner group mode path early;
-        restart_units = spec.restartUnits;
-        reload_units = spec.reloadUnits;
-      };
+      out = spec:
+        if user then builtins.removeAttrs (outputFields {
+          inherit (spec) mode path;
+          restart_units = spec.restartUnits;
+          reload_units = spec.reloadUnits;
+        }) [ "owner" "group" "early" ]
+        else outputFields {
+          inherit (spec) owner group mode path early;
+          restart_units = spec.restartUnits;
+          reload_units = spec.reloadUnits;
+        };
     in
     mkProfile {
-      inherit host settings;
+      inherit host settings user;
       secrets = map
         (id:
           let spec = secrets.${id}; in
@@ -309,5 +332,5 @@ let
 in
 {
   inherit trimSpace templateText checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
-    profileFromOptions defaultSettings normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
+    profileFromOptions defaultSettings userSettings isUserPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

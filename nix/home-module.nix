@@ -1,0 +1,248 @@
+# The vaultpy home-manager module: a user's own secrets, for their own programs, as
+# agenix's and sops-nix's home-manager modules give them.
+#
+#   vaultpy.settings.hostName = "alice";                  # your entry in hosts.toml
+#   vaultpy.settings.hostPubkey = ./keys/alice.pub;       # its pubkey: ~/.ssh/id_ed25519.pub
+#   vaultpy.settings.cacheRoot = ./secrets/cache;         # the repo's renc output
+#   vaultpy.secrets.gh_token = { file = ./secrets/gh_token.age; };
+#   programs.foo.tokenFile = config.vaultpy.secrets.gh_token.path;
+#
+# hosts.toml lists the same secrets under [hosts.alice] (with alice's public key), so
+# `vaultpy renc` encrypts them to her key.  At login (and at every `home-manager
+# switch` that changes them) the user unit vaultpy.service decrypts them with
+# ~/.ssh/id_ed25519 into $XDG_RUNTIME_DIR/vaultpy.d/<N> (RAM), every file hers, and
+# switches ~/.local/state/vaultpy/secrets to it: the profile is a user's
+# (`vaultpy profile --user` writes the same one), refused if activated as root.
+{ config, lib, ... }:
+let
+  inherit (lib) mkOption mkIf types mapAttrs attrNames filterAttrs concatMap
+    concatStringsSep;
+  cfg = config.vaultpy;
+  s = cfg.settings;
+  vlib = import ./lib.nix;
+  home = config.home.homeDirectory;
+
+  unitName = types.strMatching
+    "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
+  # absolute, or %h/… (home) or %r/… ($XDG_RUNTIME_DIR), normalised (lib.nix isUserPath)
+  userPath = types.addCheck types.str vlib.isUserPath;
+  validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
+    && builtins.stringLength id <= 128;
+
+  outputOptions = {
+    mode = mkOption {
+      type = types.strMatching "0?[0-7]{3}";
+      default = "0400";
+      description = "Permission bits, octal: \"0400\" or \"600\".  The file is always yours.";
+    };
+    restartUnits = mkOption {
+      type = types.listOf unitName;
+      default = [ ];
+      description = "Your units (systemctl --user) to try-restart when this file changes.";
+    };
+    reloadUnits = mkOption {
+      type = types.listOf unitName;
+      default = [ ];
+      description = "Your units to try-reload-or-restart when this file changes.";
+    };
+  };
+  pathOption = place: mkOption {
+    type = types.nullOr userPath;
+    default = place;
+    defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
+    description = ''
+      Where the file is read: by default its place in the live directory, `outPath`; set
+      to another path (in your home, say ~/.config/gh/token), a symlink there to it.
+    '';
+  };
+  extraPath = v: if !(v.install or true) || v.path == null || v.path == v.outPath then null else v.path;
+
+  secretType = types.submodule ({ name, config, ... }: {
+    options = outputOptions // {
+      path = pathOption (if validId config.name && config.install then config.outPath else null);
+      file = mkOption {
+        type = types.path;
+        default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
+          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets";
+        description = "The master file, secrets/<id>.age (encrypted to the master key).";
+      };
+      name = mkOption { type = types.str; default = name; description = "File name in the live directory."; };
+      install = mkOption {
+        type = types.bool;
+        default = true;
+        description = "false: only decrypted for templates, not installed as a file.";
+      };
+      outPath = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "${s.dir}/${config.name}";
+        description = "Where the secret is readable.";
+      };
+    };
+  });
+
+  templateType = types.submodule ({ name, config, ... }: {
+    options = outputOptions // {
+      path = pathOption (if validId name then config.outPath else null);
+      content = mkOption {
+        type = types.str;
+        description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
+      };
+      trim = mkOption { type = types.bool; default = false; description = "Strip whitespace around each inserted secret."; };
+      outPath = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "${s.dir}/${name}";
+        description = "Where the rendered file is readable.";
+      };
+    };
+  });
+
+  keyText = k:
+    if !(builtins.isPath k) then vlib.trimSpace k
+    else if builtins.pathExists k then vlib.trimSpace (builtins.readFile k)
+    else throw "vaultpy.settings.hostPubkey: ${toString k}: no such file; give your ~/.ssh/id_ed25519.pub (copied into your configuration), or its key line as a string";
+  recipients = map keyText
+    (if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ]);
+  cachePath = id: spec:
+    s.cacheRoot + "/${s.hostName}/${vlib.cacheName { inherit id recipients; secretFile = spec.file; }}";
+  cacheFile = id: spec:
+    let p = cachePath id spec; in if builtins.pathExists p then "${p}" else toString p;
+
+  profile = vlib.profileFromOptions {
+    host = s.hostName;
+    user = true;
+    settings = { identities = s.hostKeys; inherit (s) dir store keep; early_dir = s.earlyDir; };
+    secrets = mapAttrs (_: v: v // { path = extraPath v; }) cfg.secrets;
+    templates = mapAttrs (_: v: v // { path = extraPath v; }) cfg.templates;
+    inherit cacheFile;
+  };
+  profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
+
+  items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; inherit (v) name; path = extraPath v; })
+      (filterAttrs (_: v: v.install) cfg.secrets)
+    ++ lib.mapAttrsToList (n: v: { label = "template ${n}"; name = n;
+                                   path = if validId n then extraPath v else null; }) cfg.templates;
+  dupes = key: builtins.filter (g: builtins.length g > 1) (builtins.attrValues
+    (builtins.groupBy (x: key x) (builtins.filter (x: key x != null) items)));
+  templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; })
+    (vlib.templateRefs cfg.templates.${n}.content)) (attrNames cfg.templates);
+  overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
+  keyShape = k: builtins.match
+    "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
+in
+{
+  options.vaultpy = {
+    package = mkOption {
+      type = types.package;
+      description = "The vaultpy package (the flake's homeManagerModules.default sets it).";
+    };
+    settings = {
+      hostName = mkOption {
+        type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
+        default = config.home.username;
+        defaultText = lib.literalExpression "config.home.username";
+        description = "Your entry's name in hosts.toml (its cache directory).";
+      };
+      hostPubkey = mkOption {
+        type = let key = types.either types.str types.path;
+               in types.nullOr (types.either key (types.listOf key));
+        default = null;
+        description = "Your public key as in hosts.toml: the ssh-ed25519 line of ~/.ssh/id_ed25519.pub (or an age1 key), or the path of a file holding it.";
+      };
+      hostKeys = mkOption {
+        type = types.listOf userPath;
+        default = [ "${home}/.ssh/id_ed25519" ];
+        defaultText = lib.literalExpression ''[ "''${config.home.homeDirectory}/.ssh/id_ed25519" ]'';
+        description = "Your private keys, which decrypt (passphrase-less: the unit runs unattended).";
+      };
+      cacheRoot = mkOption { type = types.nullOr types.path; default = null; description = "The repository's secrets/cache directory (vaultpy renc output)."; };
+      secretsDir = mkOption { type = types.nullOr types.path; default = null; description = "Where the master files are: a secret's `file` defaults to <id>.age there."; };
+      dir = mkOption {
+        type = userPath;
+        default = "${home}/.local/state/vaultpy/secrets";
+        defaultText = lib.literalExpression ''"''${config.home.homeDirectory}/.local/state/vaultpy/secrets"'';
+        description = "The live symlink (in your home: paths your programs can be given).";
+      };
+      earlyDir = mkOption {
+        type = userPath;
+        default = "${home}/.local/state/vaultpy/early";
+        internal = true;
+        description = "Unused by a user's profile (no early items); kept apart from dir.";
+      };
+      store = mkOption {
+        type = userPath;
+        default = "%r/vaultpy.d";
+        description = "Where generations are built: in RAM, your runtime directory (%r is $XDG_RUNTIME_DIR).";
+      };
+      keep = mkOption { type = types.ints.positive; default = 3; description = "Generations to keep."; };
+    };
+    secrets = mkOption { type = types.attrsOf secretType; default = { }; description = "Your secrets, by id."; };
+    templates = mkOption { type = types.attrsOf templateType; default = { }; description = "Files rendered from text with secret placeholders."; };
+    placeholder = mkOption {
+      type = types.attrsOf types.str;
+      readOnly = true;
+      default = mapAttrs (id: _: vlib.placeholder id) cfg.secrets;
+      description = "placeholder.<id>: the text to put in a template for secret <id>.";
+    };
+    profile = mkOption { type = types.attrs; readOnly = true; default = profile; description = "The activation profile (what `vaultpy profile --user` writes)."; };
+    profileFile = mkOption { type = types.str; readOnly = true; default = profileFile; description = "The profile as a JSON file in the store."; };
+  };
+
+  config = mkIf (cfg.secrets != { } || cfg.templates != { }) {
+    assertions = [
+      { assertion = s.hostPubkey != null;
+        message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${s.hostName}] in hosts.toml), or a path to it"; }
+      { assertion = s.hostPubkey == null || builtins.all keyShape recipients;
+        message = "vaultpy.settings.hostPubkey: ${concatStringsSep ", "
+          (if s.hostPubkey == null then [ ] else recipients)}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub"; }
+      { assertion = s.cacheRoot != null;
+        message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache (vaultpy renc writes it)"; }
+      { assertion = s.hostKeys != [ ];
+        message = "vaultpy.settings.hostKeys is empty: give your private key, ~/.ssh/id_ed25519"; }
+      { assertion = !(overlaps s.dir s.store || overlaps s.dir s.earlyDir || overlaps s.store s.earlyDir);
+        message = "vaultpy.settings: dir (${s.dir}), store (${s.store}) and earlyDir (${s.earlyDir}) overlap: give each a place of its own"; }
+    ]
+    ++ lib.optionals (s.cacheRoot != null && s.hostPubkey != null) (lib.mapAttrsToList (id: v: {
+        assertion = builtins.pathExists (cachePath id v);
+        message = "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
+      }) cfg.secrets)
+    ++ lib.mapAttrsToList (id: v: {
+        assertion = validId id && validId v.name;
+        message = "vaultpy: secret ${id}: an id or name of letters, digits, _ . - (at most 128), starting with a letter or digit";
+      }) cfg.secrets
+    ++ map (n: { assertion = validId n;
+        message = "vaultpy: template ${n}: a name of letters, digits, _ . - (at most 128), starting with a letter or digit"; })
+      (attrNames cfg.templates)
+    ++ map (g: { assertion = false;
+        message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} install as the same name ${(builtins.head g).name}"; })
+      (dupes (i: i.name))
+    ++ map (g: { assertion = false;
+        message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${(builtins.head g).path}"; })
+      (dupes (i: i.path))
+    ++ concatMap (i: lib.optional (i.path != null && builtins.any (d: overlaps d i.path) [ s.dir s.store s.earlyDir "${s.store}.lock" ]) {
+        assertion = false;
+        message = "vaultpy: ${i.label}: path ${i.path} lies in or above vaultpy's own places (${s.dir}, ${s.store}): choose another path, or drop it"; })
+      items
+    ++ map (r: { assertion = cfg.secrets ? ${r.id};
+        message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
+      templateRefs;
+
+    home.packages = [ cfg.package ];
+
+    systemd.user.services.vaultpy = {
+      Unit = {
+        Description = "vaultpy: install your secrets into ${s.dir}";
+        # A switch that changes the profile changes this unit: it is started again.
+        X-Restart-Triggers = [ profileFile ];
+      };
+      Service = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        UMask = "0077";
+        ExecStart = "${cfg.package}/bin/vaultpy-activate --profile ${profileFile} --systemctl ${config.systemd.user.systemctlPath}";
+      };
+      Install.WantedBy = [ "default.target" ];
+    };
+  };
+}

@@ -1,0 +1,188 @@
+"""nix/home-module.nix (home-manager: a user's own secrets) against the Python side.
+
+The real Debian ``nix-instantiate`` and the real ``lib.evalModules`` of the nixpkgs
+lib copy (tests/test_nix.py says how they are found); home-manager's own options are
+declared loosely by tests/nix/home-manager-stubs.nix (home-manager is not in this
+checkout).  Python results come from the real CLI (``vaultpy profile --user``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Nix, Repo, age_keygen, ssh_keygen, toml_str
+from test_nix import (
+    FAKE_PACKAGE,
+    Raw,
+    nix_value,
+    normalise_files,
+    store_path_of_file,
+    store_path_of_text,
+    write_module,
+)
+
+EVAL = ROOT / "tests" / "nix" / "eval-home-module.nix"
+SYSTEMCTL = "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl"
+
+
+class Alice:
+    """A repository with a user's entry, alice (her own ssh key), renc'd."""
+
+    def __init__(self, root: Path) -> None:
+        (root / "keys").mkdir(parents=True)
+        identity, recipient = age_keygen(root / "keys", "master.txt")
+        _key, self.pub = ssh_keygen(root / "keys", "alice", comment="alice@laptop")
+        self.root = root
+        self.repo = Repo(root, identity, recipient, env={"VAULTPY_IDENTITY": str(identity)})
+        self.repo.write_hosts(
+            f"[vaultpy]\nrecipients = [{toml_str(recipient)}]\n\n[secrets.token]\n"
+            f"[secrets.db]\n\n[hosts.alice]\npubkey = {toml_str(self.pub)}\n\n"
+            "[hosts.alice.secrets.token]\nmode = \"0600\"\n"
+            "path = \"/home/alice/.config/app/token\"\n"
+            "restart_units = [\"app.service\"]\n\n"
+            "[hosts.alice.templates.\"app.env\"]\ncontent = \"DB={{ secrets.db }}\\n\"\n")
+        (root / "secrets").mkdir()
+        self.repo.ok("encrypt", "token", input=b"api-token\n")
+        self.repo.ok("encrypt", "db", input=b"db-password")
+        self.repo.ok("renc")
+
+    def options(self, **settings: Any) -> dict[str, Any]:
+        """The same, as home-manager options."""
+        return {"vaultpy": {
+            "settings": {"hostPubkey": self.pub, "cacheRoot": self.root / "secrets" / "cache",
+                         **settings},
+            "secrets": {
+                "token": {"file": self.root / "secrets/token.age", "mode": "0600",
+                          "path": "/home/alice/.config/app/token",
+                          "restartUnits": ["app.service"]},
+                "db": {"file": self.root / "secrets/db.age", "install": False},
+            },
+            "templates": {"app.env": {"content": "DB={{ secrets.db }}\n"}},
+        }}
+
+
+@pytest.fixture(scope="module")
+def alice(tmp_path_factory: pytest.TempPathFactory) -> Alice:
+    return Alice(tmp_path_factory.mktemp("home") / "repo")
+
+
+def evaluate(nix: Nix, configs: dict[str, Path], attr: str = "") -> dict[str, Any]:
+    """Every output of tests/nix/eval-home-module.nix (or only ``attr``) per config."""
+    expr = (f"let em = import {nix_value(EVAL)}; in builtins.mapAttrs (_: c: "
+            f"(em {{ config = c; }}){'.' + attr if attr else ''}) {nix_value(configs)}")
+    out: dict[str, Any] = nix.eval(expr)
+    return out
+
+
+def test_the_modules_profile_is_the_clis(nixpkgs_lib: Nix, alice: Alice, tmp_path: Path) -> None:
+    """With the CLI's places (%h, %r), the module writes what `vaultpy profile --user`
+    writes, field for field; each cache file is the store copy of the CLI's."""
+    places = {"hostKeys": ["%h/.ssh/id_ed25519"], "dir": "%h/.local/state/vaultpy/secrets",
+              "earlyDir": "%h/.local/state/vaultpy/early"}
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix",
+                                                   alice.options(**places))})["a"]
+    assert out["failedAssertions"] == []
+    cli = json.loads(alice.repo.ok("profile", "-H", "alice", "--user").stdout)
+    assert normalise_files(out["profile"], store=True) == normalise_files(cli, store=False)
+    by_id = {s["id"]: s["file"] for s in cli["secrets"]}
+    for s in out["profile"]["secrets"]:
+        assert s["file"] == store_path_of_file(Path(by_id[s["id"]])), s["id"]
+    assert json.loads(out["profileJson"]) == out["profile"]
+
+
+def test_defaults_give_programs_absolute_paths(nixpkgs_lib: Nix, alice: Alice,
+                                               tmp_path: Path) -> None:
+    """By default the live link is in the home (a path a program's option can take);
+    the generations are in RAM, the runtime directory; the key is ~/.ssh/id_ed25519."""
+    opts = alice.options()
+    del opts["vaultpy"]["secrets"]["token"]["path"]
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", opts)})["a"]
+    assert out["failedAssertions"] == []
+    assert out["settings"] == {"hostKeys": ["/home/alice/.ssh/id_ed25519"],
+                               "dir": "/home/alice/.local/state/vaultpy/secrets",
+                               "store": "%r/vaultpy.d", "hostName": "alice"}
+    assert out["paths"]["token"] == "/home/alice/.local/state/vaultpy/secrets/token"
+    assert out["paths"]["template:app.env"] == "/home/alice/.local/state/vaultpy/secrets/app.env"
+    assert out["paths"]["db"] is None                 # not installed: no file
+    settings = out["profile"]["settings"]
+    assert settings["user"] is True and settings["store"] == "%r/vaultpy.d"
+    assert all({"owner", "group", "early"}.isdisjoint(i)
+               for i in out["profile"]["secrets"] + out["profile"]["templates"])
+
+
+def test_the_user_unit_activates_the_profile(nixpkgs_lib: Nix, alice: Alice,
+                                             tmp_path: Path) -> None:
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", alice.options())})["a"]
+    unit = out["services"]["vaultpy"]
+    files = [s["file"] for s in out["profile"]["secrets"]]
+    profile = store_path_of_text("vaultpy-profile-alice.json", out["profileJson"], files)
+    assert unit["Service"]["ExecStart"] == (
+        f"{FAKE_PACKAGE}/bin/vaultpy-activate --profile {profile} --systemctl {SYSTEMCTL}")
+    assert unit["Service"]["Type"] == "oneshot" and unit["Service"]["RemainAfterExit"] is True
+    assert unit["Install"]["WantedBy"] == ["default.target"]
+    assert unit["Unit"]["X-Restart-Triggers"] == [profile]
+    assert out["packages"] == [FAKE_PACKAGE]
+
+
+def test_nothing_declared_adds_nothing(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", {})})["a"]
+    assert out["services"] == {} and out["packages"] == [] and out["failedAssertions"] == []
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (lambda o: o["vaultpy"]["settings"].pop("hostPubkey"),
+     "vaultpy.settings.hostPubkey is not set"),
+    (lambda o: o["vaultpy"]["settings"].pop("cacheRoot"), "vaultpy.settings.cacheRoot is not set"),
+    (lambda o: o["vaultpy"]["settings"].update(hostName="bob"),
+     "vaultpy: secret token: no cache file"),
+    (lambda o: o["vaultpy"]["templates"].update({"x": {"content": "{{ secrets.nope }}"}}),
+     "template x uses secrets.nope: declare vaultpy.secrets.nope"),
+    (lambda o: o["vaultpy"]["secrets"]["token"].update(
+        path="/home/alice/.local/state/vaultpy/secrets/x"), "lies in or above vaultpy's own"),
+    (lambda o: o["vaultpy"]["templates"]["app.env"].update(path="/home/alice/.config/app/token"),
+     "use the same path /home/alice/.config/app/token"),
+    (lambda o: o["vaultpy"]["settings"].update(dir="%r/vaultpy.d/live"), "overlap"),
+])
+def test_mistakes_fail_as_assertions_that_say_what_to_do(nixpkgs_lib: Nix, alice: Alice,
+                                                         tmp_path: Path, change: Any,
+                                                         needle: str) -> None:
+    opts = alice.options()
+    change(opts)
+    # (home-manager stops at failed assertions: the profile is never built then)
+    failed = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", opts)},
+                      "failedAssertions")["a"]
+    assert any(needle in m for m in failed), failed
+
+
+@pytest.mark.parametrize("bad", ["owner", "group", "early"])
+def test_a_hosts_only_options_do_not_exist_here(nixpkgs_lib: Nix, alice: Alice,
+                                                tmp_path: Path, bad: str) -> None:
+    opts = alice.options()
+    opts["vaultpy"]["secrets"]["token"][bad] = True if bad == "early" else "root"
+    proc = nixpkgs_lib.eval_proc(file=EVAL, attr="profileJson",
+                                 args=["--arg", "config", str(write_module(tmp_path / "a.nix",
+                                                                           opts))])
+    assert proc.returncode != 0
+    assert f"vaultpy.secrets.token.{bad}' does not exist" in proc.stderr, proc.stderr
+
+
+def test_the_flakes_home_manager_module_sets_the_package(nixpkgs_lib: Nix, alice: Alice) -> None:
+    pkg = "/nix/store/22222222222222222222222222222222-vaultpy"
+    expr = f"""
+      let
+        lib = import (builtins.getEnv "NIXPKGS_LIB");
+        fake = {{ type = "derivation"; name = "vaultpy"; outPath = "{pkg}"; }};
+        nixpkgs = {{ inherit lib; legacyPackages.x86_64-linux.callPackage = _: _: fake; }};
+        self = (import {nix_value(ROOT / 'flake.nix')}).outputs {{ inherit self nixpkgs; }};
+        c = (lib.evalModules {{ modules = [
+          {nix_value(ROOT / 'tests' / 'nix' / 'home-manager-stubs.nix')}
+          self.homeManagerModules.default
+          {{ _module.args.pkgs = {{ stdenv.hostPlatform.system = "x86_64-linux"; }};
+             home.username = "alice"; home.homeDirectory = "/home/alice"; }}
+          {nix_value(Raw(nix_value(alice.options())))}
+        ]; }}).config;
+      in c.systemd.user.services.vaultpy.Service.ExecStart"""
+    assert nixpkgs_lib.eval(expr).startswith(f"{pkg}/bin/vaultpy-activate --profile /nix/store/")
