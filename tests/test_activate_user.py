@@ -175,6 +175,28 @@ def test_a_new_session_rebuilds_and_drops_the_links_the_profile_no_longer_wants(
     assert not os.path.lexists(link)
 
 
+def test_a_home_reached_through_a_symlink(user: User) -> None:
+    """$HOME is a symlink (/home -> /data/home, say): the live link in it points across
+    into the runtime directory, and its ".." are taken where it really is.  The profile
+    is written into the home through the symlink too, its cache paths relative to where
+    it really is."""
+    real = user.outer / "data" / "deep" / "alice"
+    real.parent.mkdir(parents=True)
+    user.home.rename(real)
+    user.home.symlink_to(os.path.relpath(real, user.home.parent))
+    link = user.home / ".config" / "app" / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    user.repo.ok("renc")
+    prof = user.home / "profile.json"
+    user.repo.ok("profile", "-H", "alice", "--user", "-o", str(prof))
+    live = user.state / "secrets"
+    rows = user.session(user.activate(prof), ["sh", f'cat "{live}/token" "{link}"'],
+                        ["activate", "--profile", str(prof), "--dry-run"])
+    assert "live:" in _ok(rows[0])["err"]
+    assert _ok(rows[1])["out"] == "api-token-1\n" * 2
+    assert "would change: nothing" in _ok(rows[2])["err"]     # the live one is found
+
+
 def test_root_may_not_activate_a_users_profile(user: User) -> None:
     user.write_hosts({"token": {}})
     a = user.profile("a.json")

@@ -628,8 +628,10 @@ def profile(
     from vaultpy._internal import fsutil
 
     cfg = _config(repo)
-    data = profile_mod.build(cfg, host, relative_to=output.absolute().parent if output else None,
-                             user=user)
+    # Relative to where the profile really is (its ".." are taken there, not in the -o
+    # path as written through a symlinked directory).
+    data = profile_mod.build(cfg, host, user=user, relative_to=(
+        Path(os.path.realpath(output.absolute().parent)) if output else None))
     text = profile_mod.dumps(data)
     if output is None:
         sys.stdout.write(text + "\n")

@@ -121,7 +121,10 @@ def switch(ctx: Context) -> None:
     link = ctx.link
     fsutil.makedirs(link.parent)
     remove_leftover_links(link, ctx.uid)
-    target = os.path.relpath(ctx.generation, link.parent)
+    # Relative to where the link really is: its ".." are taken in the directory that
+    # holds it, not in the path as written (a user's home may be a symlink, the live
+    # link in it and the store in the runtime directory).
+    target = os.path.relpath(ctx.generation, os.path.realpath(link.parent))
     tmp = fsutil.tmp_name(link)
     os.symlink(target, tmp)
     try:
@@ -131,6 +134,10 @@ def switch(ctx: Context) -> None:
         raise
     ctx.switched = True         # live from here: never removed as a failed build
     ctx.log("switch", f"{link} -> {target}")
+    if not _leads_to(link, ctx.generation):
+        ctx.problems.append(Problem(str(link), f"the live link does not lead to {ctx.generation}",
+                                    "dir", "report this: the link was placed, its target "
+                                    "does not resolve there"))
     try:
         fsutil.fsync_path(link.parent, directory=True)
     except OSError as exc:      # like any problem after the switch: reported at the end
@@ -143,6 +150,13 @@ def switch(ctx: Context) -> None:
     except OSError as exc:
         ctx.problems.append(os_problem(ctx.store, exc, "seal the previous generation",
                                        as_is=True))
+
+
+def _leads_to(link: Path, generation: Path) -> bool:
+    try:
+        return os.path.samefile(link, generation)
+    except OSError:
+        return False
 
 
 def _seal_not_live(ctx: Context) -> None:
