@@ -278,6 +278,67 @@ def test_the_users_own_symlink_in_their_home_is_followed(user: User) -> None:
     assert _ok(rows[1])["out"] == "api-token-1\n"
 
 
+def test_a_percent_in_a_hosts_toml_path_means_itself(user: User) -> None:
+    """hosts.toml's paths are literal: profile --user writes a % as %%, which activation
+    reads back as it was (it was refused as "unknown specifier %o")."""
+    link = user.home / "50%off" / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    a = user.profile("a.json")
+    assert json.loads(a.read_text())["secrets"][0]["path"] == str(link).replace("%", "%%")
+    rows = user.session(user.activate(a), ["sh", f'cat "{link}"'])
+    _ok(rows[0])
+    assert _ok(rows[1])["out"] == "api-token-1\n"
+
+
+def test_a_passphrase_protected_key_gets_a_users_advice(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    key = user.home / ".ssh" / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-p", "-q", "-N", "secret-pass", "-P", "", "-f", str(key)],
+                   check=True, capture_output=True)
+    row = user.session(user.activate(a))[0]
+    assert row["rc"] == 1 and "your key is passphrase-protected" in row["err"], row
+    assert "ssh-keygen -t ed25519 -N ''" in row["err"] and "ssh-keygen -A" not in row["err"]
+
+
+def test_a_key_that_is_not_the_entrys_gets_a_users_advice(user: User) -> None:
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    key = user.home / ".ssh" / "id_ed25519"
+    key.unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True, capture_output=True)
+    os.chown(key, UID, GID)
+    row = user.session(user.activate(a))[0]
+    assert row["rc"] == 1 and "was it encrypted to your key?" in row["err"], row
+    assert "ssh-keygen -lf" in row["err"]
+
+
+def test_a_hosts_profile_activated_by_a_user_says_what_to_do(user: User) -> None:
+    """Forgetting --user: the host's profile failed on the lock file in /run, which
+    said nothing of what was wrong."""
+    user.write_hosts({"token": {}})
+    user.repo.ok("renc")
+    host_profile = user.outer / "host.json"
+    user.repo.ok("profile", "-H", "alice", "-o", str(host_profile))
+    row = user.session(["activate", "--profile", str(host_profile)])[0]
+    assert row["rc"] == 1 and len(row["err"].splitlines()) == 1, row
+    assert "a host's profile, activated by a user who is not root" in row["err"]
+    assert "vaultpy profile --host alice --user" in row["err"]
+
+
+def test_removing_a_path_is_said(user: User) -> None:
+    link = user.home / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    a = user.profile("a.json")
+    user.write_hosts({"token": {}})
+    b = user.profile("b.json")
+    rows = user.session(user.activate(a), user.activate(b, "--dry-run"), user.activate(b))
+    assert f"would remove {link} (no item wants it)" in _ok(rows[1])["err"]
+    assert f"removed {link} (no item wants it)" in _ok(rows[2])["err"]
+    assert not os.path.lexists(link)
+
+
 @pytest.mark.parametrize(("opts", "field"), [
     ({"owner": "app"}, "hosts.alice.secrets.token.owner"),
     ({"group": "wheel"}, "hosts.alice.secrets.token.group"),
@@ -288,6 +349,15 @@ def test_profile_user_refuses_what_only_a_host_has(user: User, opts: dict[str, o
     user.write_hosts({"token": opts})
     proc = user.repo.run("profile", "-H", "alice", "--user")
     assert_one_clean_error(proc, field, "--user")
+
+
+def test_profile_user_names_every_such_field_at_once(user: User) -> None:
+    user.write_hosts({"token": {"owner": "app"}, "db": {"group": "0", "early": True}})
+    proc = user.repo.run("profile", "-H", "alice", "--user")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    for field in ("secrets.token.owner", "secrets.db.group", "secrets.db.early"):
+        assert f"hosts.alice.{field}" in err, err
 
 
 def test_the_profile_names_the_users_places(user: User) -> None:

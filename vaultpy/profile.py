@@ -117,23 +117,32 @@ class Profile:
         return found
 
 
-def _user_output_json(cfg: Config, out: Output, where: str) -> dict[str, Any]:
-    """An item of a user's profile: the user's, so no owner or group; never early."""
+def _user_output_json(cfg: Config, out: Output, where: str, wrong: list[Problem]
+                      ) -> dict[str, Any]:
+    """An item of a user's profile: the user's, so no owner or group; never early (what
+    hosts.toml says otherwise is added to ``wrong``).  Its path is taken literally: a
+    ``%`` in it is written ``%%``, as activation expands %h and %r."""
     for key, value in (("owner", out.owner), ("group", out.group)):
         if value != "root":
-            raise VaultpyError(Problem(display_path(cfg.path), f"{key} {value!r} in a user's "
-                                       "profile, which installs every file as the user "
-                                       "who activates it", f"{where}.{key}",
-                                       f"remove {key} (or build a host's profile: drop "
-                                       "--user)"))
+            wrong.append(Problem(display_path(cfg.path), f"{key} {value!r} in a user's "
+                                 "profile, which installs every file as the user who "
+                                 "activates it", f"{where}.{key}",
+                                 f"remove {key} (or build a host's profile: drop --user)"))
     if out.early:
-        raise VaultpyError(Problem(display_path(cfg.path), "early in a user's profile "
-                                   "(early files are for a host's boot)", f"{where}.early",
-                                   "remove early (or drop --user)"))
+        wrong.append(Problem(display_path(cfg.path), "early in a user's profile (early "
+                             "files are for a host's boot)", f"{where}.early",
+                             "remove early (or drop --user)"))
     data = _output_json(out)
     for key in ("owner", "group", "early"):
         del data[key]
+    if data["path"] is not None:
+        data["path"] = _literal(data["path"])
     return data
+
+
+def _literal(path: str) -> str:
+    """``path`` as a user's profile writes it to mean itself (:func:`expand`)."""
+    return path.replace("%", "%%")
 
 
 def _output_json(out: Output) -> dict[str, Any]:
@@ -172,6 +181,7 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
         raise VaultpyError(problems)
     deployed = {d.id: d for d in h.deployments}
     secrets = []
+    wrong: list[Problem] = []       # a user's profile: every item's owner/group/early
     for sid in h.needed:
         path = cfg.cache_dir / host / cache.cache_name(sid, hashes[sid].sha256, h.recipients)
         file = os.path.relpath(path, relative_to) if relative_to else str(path.absolute())
@@ -180,14 +190,17 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
         where = f"hosts.{host}.secrets.{sid}"
         secrets.append({"id": sid, "file": file, "install": d is not None,
                         "name": d.name if d else sid,
-                        **(_user_output_json(cfg, out, where) if user else _output_json(out))})
+                        **(_user_output_json(cfg, out, where, wrong) if user
+                           else _output_json(out))})
     tmpls = [{"name": t.name, "content": t.content, "trim": t.trim,
-              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}") if user
-                 else _output_json(t.out))}
+              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}", wrong)
+                 if user else _output_json(t.out))}
              for t in sorted(h.templates, key=lambda t: t.name)]
+    if wrong:
+        raise VaultpyError(wrong)
     settings = dict(USER_SETTINGS if user else DEFAULT_SETTINGS)
     if h.identities:
-        settings["identities"] = list(h.identities)
+        settings["identities"] = [_literal(i) if user else i for i in h.identities]
     return {"version": VERSION, "host": host, "settings": settings,
             "secrets": secrets, "templates": tmpls}
 

@@ -66,6 +66,12 @@ def activate(opts: Options) -> Context:
     profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile)
     if profile.settings.user:
         _check_user_run(opts, profile)
+    elif os.geteuid() != 0 and os.path.realpath(opts.root) == "/":
+        # (a user's own test or image under --root may go on: it fails where it must)
+        raise VaultpyError(Problem(profile.source, "a host's profile, activated by a user "
+                                   "who is not root", "", "run it as root (sudo); for "
+                                   "secrets of your own, write a user's profile: vaultpy "
+                                   f"profile --host {profile.host or 'NAME'} --user"))
     if not os.path.isdir(opts.root):   # a typo'd --root: else its lock and dirs are made
         raise VaultpyError(Problem("--root", f"{opts.root}: no such directory", "",
                                    "give the directory the host's files are under "

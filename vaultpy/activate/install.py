@@ -79,9 +79,12 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
         return age.decrypt(data, ctx.identities, str(item.file))
     except VaultpyError as exc:
         p = exc.problems[0]
+        hint = ("was it encrypted to your key? compare your entry's pubkey in hosts.toml "
+                "with your key's .pub (ssh-keygen -lf), run vaultpy renc and write your "
+                "profile again" if ctx.user else
+                "was it encrypted to this host's key? run vaultpy renc and deploy again")
         raise VaultpyError(Problem(p.file, f"secret {sid!r}: {p.message}", p.field,
-                                   "was it encrypted to this host's key? run vaultpy "
-                                   "renc and deploy again")) from None
+                                   hint)) from None
 
 
 # Below this many secrets a helper process costs more than it saves (a fork of this

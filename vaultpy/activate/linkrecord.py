@@ -44,17 +44,17 @@ Links = dict[str, tuple[str, str]]     # path -> (the live dir it leads through,
 
 def path(ctx: Context) -> Path:
     """This store's record (two profiles with stores of their own keep two).  A user's
-    profile keeps it in the user's state directory ($XDG_STATE_HOME/vaultpy)."""
+    profile keeps it in the user's home (:func:`user_dir`)."""
     store = ctx.profile.settings.store
     tag = hashlib.sha256(store.encode()).hexdigest()[:12]
     return ctx.host_path(user_dir() if ctx.user else DIR) / f"links-{tag}.json"
 
 
 def user_dir() -> str:
-    state = os.environ.get("XDG_STATE_HOME", "")
-    if not state.startswith("/"):     # unset, or relative: ignored, as the spec says
-        state = os.environ.get("HOME", "").rstrip("/") + "/.local/state"
-    return state.rstrip("/") + "/vaultpy"
+    """~/.local/state/vaultpy, whatever $XDG_STATE_HOME says: the record must be found
+    where the last run left it, and a session's environment may differ from the last
+    one's (the live link, settings.dir, does not move with it either)."""
+    return os.environ.get("HOME", "").rstrip("/") + "/.local/state/vaultpy"
 
 
 def _whose(ctx: Context) -> str:

@@ -304,6 +304,7 @@ def _unlink_recorded(ctx: Context, path: str, dir_path: str, name: str) -> None:
                                                                name)):
             os.unlink(base, dir_fd=fd)
             os.fsync(fd)
+            ctx.log("link_paths", f"removed {path} (no item wants it)")
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
@@ -407,6 +408,8 @@ def link_paths(ctx: Context) -> None:
     if ctx.opts.dry_run:
         for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
+        for path in sorted(set(stale_links(ctx)) - set(wanted)):
+            ctx.log("link_paths", f"would remove {path} (no item wants it)")
         return
     # The on-disk record (linkrecord): the normal run's alone.  Every wanted path is
     # written to it before it is placed.

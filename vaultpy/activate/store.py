@@ -33,8 +33,15 @@ def lock(ctx: Context) -> None:
     ctx.log("lock", f"holding {path}")
 
 
-def _no_prompt(path: Path) -> age.PassphraseFn:
+def _no_prompt(path: Path, user: bool) -> age.PassphraseFn:
     def refuse(prompt: str) -> str:
+        if user:
+            raise VaultpyError(Problem(str(path), "your key is passphrase-protected, but "
+                                       "activation runs unattended", "settings.identities",
+                                       "give vaultpy a key of its own, without a "
+                                       "passphrase (ssh-keygen -t ed25519 -N '' -f "
+                                       "~/.ssh/vaultpy_ed25519): its .pub as your entry's "
+                                       "pubkey in hosts.toml, its path in identities"))
         raise VaultpyError(Problem(str(path), "host key is passphrase-protected, but "
                                    "activation runs unattended", "settings.identities",
                                    "use an unencrypted host key (ssh-keygen -A makes them)"))
@@ -58,7 +65,7 @@ def load_identities(ctx: Context) -> None:
                                        "decrypt what renc wrote for the old one"))
         unreadable = _UNREADABLE_USER if ctx.user else _UNREADABLE
         try:
-            ctx.identities.extend(age.load_identity_file(path, _no_prompt(path),
+            ctx.identities.extend(age.load_identity_file(path, _no_prompt(path, ctx.user),
                                                          unreadable_hint=unreadable,
                                                          regular_only=True))
         except VaultpyError as exc:     # the hints speak to an operator (-i, hosts.toml)
