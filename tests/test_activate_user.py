@@ -339,6 +339,43 @@ def test_removing_a_path_is_said(user: User) -> None:
     assert not os.path.lexists(link)
 
 
+def test_a_users_bundle_is_activated_from_their_config_dir(user: User) -> None:
+    """vaultpy bundle --user: the profile, copies of the cache files and vaultpy.service,
+    installed in ~/.config/vaultpy as the README says: a later renc (which prunes the
+    cache files the profile names) leaves it working until the next bundle."""
+    user.write_hosts({"token": {"mode": "0600"}})
+    user.repo.ok("renc")
+    out = user.outer / "alice-bundle"
+    proc = user.repo.ok("bundle", "--host", "alice", "--user", "-o", str(out),
+                        "--vaultpy", "%h/.local/bin/vaultpy")
+    assert "~/.config/vaultpy" in proc.stderr.decode()
+    unit = (out / "vaultpy.service").read_text()
+    assert ("ExecStart=%h/.local/bin/vaultpy-activate --profile "
+            "%h/.config/vaultpy/profile.json --regular-profile") in unit
+    assert "WantedBy=default.target" in unit and "sysinit" not in unit
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "profile.json", "vaultpy.service"]
+    user.repo.ok("encrypt", "token", input=b"api-token-2\n")
+    user.repo.ok("renc")                # prunes the cache file the bundle copied
+    for p in [out, *out.rglob("*")]:
+        os.lchown(p, UID, GID)
+    conf = user.home / ".config" / "vaultpy"
+    rows = user.session(["sh", f'mkdir -p "{conf.parent}" && cp -r "{out}" "{conf}"'],
+                        ["activate", "--profile", str(conf / "profile.json"),
+                         "--regular-profile"],
+                        ["sh", f'cat "{user.state}/secrets/token"'])
+    _ok(rows[0])
+    _ok(rows[1])
+    assert _ok(rows[2])["out"] == "api-token-1\n"
+
+
+def test_a_users_bundle_takes_only_home_as_a_specifier(user: User) -> None:
+    user.write_hosts({"token": {}})
+    user.repo.ok("renc")
+    proc = user.repo.run("bundle", "--host", "alice", "--user", "-o",
+                         str(user.outer / "b"), "--vaultpy", "%u/bin/vaultpy")
+    assert_one_clean_error(proc, "--vaultpy", "%h/.local/bin/vaultpy")
+
+
 @pytest.mark.parametrize(("opts", "field"), [
     ({"owner": "app"}, "hosts.alice.secrets.token.owner"),
     ({"group": "wheel"}, "hosts.alice.secrets.token.group"),

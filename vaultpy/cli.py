@@ -695,12 +695,19 @@ def bundle(
     ] = "/usr/local/bin/vaultpy",
     force: Annotated[bool, typer.Option(
         "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
+    user: Annotated[bool, typer.Option(
+        "--user", help="A user's bundle: HOST is a person's entry; its vaultpy.service is "
+        "for their systemd --user, reading ~/.config/vaultpy.")] = False,
     repo: RepoOpt = None,
 ) -> None:
-    """Write a self-contained bundle for a non-NixOS systemd host."""
+    """Write a self-contained bundle for a non-NixOS systemd host (or a user: --user)."""
     from vaultpy.bundle import bundle as do_bundle
 
-    out = do_bundle(_config(repo), host, output, vaultpy_path, force)
+    out = do_bundle(_config(repo), host, output, vaultpy_path, force, user=user)
+    if user:
+        _err().print(f"wrote {out}: as {host}, copy it to ~/.config/vaultpy (see README); "
+                     f"its vaultpy.service runs {vaultpy_path}-activate", markup=False)
+        return
     _err().print(f"wrote {out}: copy it to /etc/vaultpy on {host} (see README); its unit "
                  f"runs {vaultpy_path}-activate there", markup=False)
 
