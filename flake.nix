@@ -33,7 +33,8 @@
       # A user's own secrets (home-manager), activated by their systemd --user unit.
       homeManagerModules.default = { lib, pkgs, ... }: {
         imports = [ ./nix/home-module.nix ];
-        vaultpy.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        vaultpy.package = lib.mkDefault (self.packages.${pkgs.stdenv.hostPlatform.system}.default
+          or (throw "vaultpy: no package for ${pkgs.stdenv.hostPlatform.system}: the home-manager module needs Linux with systemd --user (${builtins.concatStringsSep ", " systems})"));
       };
       homeManagerModules.vaultpy = self.homeManagerModules.default;
 

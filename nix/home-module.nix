@@ -13,7 +13,7 @@
 # ~/.ssh/id_ed25519 into $XDG_RUNTIME_DIR/vaultpy.d/<N> (RAM), every file hers, and
 # switches ~/.local/state/vaultpy/secrets to it: the profile is a user's
 # (`vaultpy profile --user` writes the same one), refused if activated as root.
-{ config, lib, ... }:
+{ config, lib, options, ... }:
 let
   inherit (lib) mkOption mkIf types mapAttrs attrNames filterAttrs concatMap
     concatStringsSep;
@@ -24,8 +24,18 @@ let
 
   unitName = types.strMatching
     "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
-  # absolute, or %h/… (home) or %r/… ($XDG_RUNTIME_DIR), normalised (lib.nix isUserPath)
-  userPath = types.addCheck types.str vlib.isUserPath;
+  # Absolute and normalised (lib.nix isAbsPath); home-manager knows the home, so a path
+  # in it is written with config.home.homeDirectory, never ~ or $HOME.
+  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath // {
+    description = "absolute, normalised path (for your home: \"\${config.home.homeDirectory}/…\", not ~ or $HOME)";
+  };
+  # The store alone may be in the runtime directory, known only at login: %r/…
+  storePath = types.addCheck types.str (p: vlib.isAbsPath (lib.removePrefix "%r" p)) // {
+    description = "absolute, normalised path, or %r/… (in $XDG_RUNTIME_DIR)";
+  };
+  # As the profile writes it: literally, but for the store's leading %r.
+  storeText = p: if lib.hasPrefix "%r/" p then "%r" + vlib.literalPath (lib.removePrefix "%r" p)
+                 else vlib.literalPath p;
   validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
     && builtins.stringLength id <= 128;
 
@@ -47,7 +57,7 @@ let
     };
   };
   pathOption = place: mkOption {
-    type = types.nullOr userPath;
+    type = types.nullOr absPath;
     default = place;
     defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
     description = ''
@@ -55,11 +65,22 @@ let
       to another path (in your home, say ~/.config/gh/token), a symlink there to it.
     '';
   };
-  extraPath = v: if !(v.install or true) || v.path == null || v.path == v.outPath then null else v.path;
+  # A secret with install = false has no file: reading its `path` throws (a program
+  # given it would wait for a file that never comes); `pathGiven` says it was set.
+  extraPath = v:
+    if !(v.install or true) then (if v.pathGiven then v.path else null)
+    else if v.path == null || v.path == v.outPath then null else v.path;
 
-  secretType = types.submodule ({ name, config, ... }: {
+  secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
-      path = pathOption (if validId config.name && config.install then config.outPath else null);
+      path = pathOption (if validId config.name then config.outPath else null);
+      pathGiven = mkOption {
+        type = types.bool;
+        internal = true;
+        readOnly = true;
+        default = options.path.highestPrio < (lib.mkOptionDefault null).priority;
+        description = "Whether `path` was set (not its default).";
+      };
       file = mkOption {
         type = types.path;
         default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
@@ -75,8 +96,9 @@ let
       outPath = mkOption {
         type = types.str;
         readOnly = true;
-        default = "${s.dir}/${config.name}";
-        description = "Where the secret is readable.";
+        default = if config.install then "${s.dir}/${config.name}" else throw
+          "vaultpy: secret ${name} is not installed (install = false: it only feeds templates), so it has no path: read it through a template, or set vaultpy.secrets.${name}.install = true";
+        description = "Where the secret is readable (none with install = false).";
       };
     };
   });
@@ -112,7 +134,13 @@ let
   profile = vlib.profileFromOptions {
     host = s.hostName;
     user = true;
-    settings = { identities = s.hostKeys; inherit (s) dir store keep; early_dir = s.earlyDir; };
+    settings = {
+      identities = map vlib.literalPath s.hostKeys;
+      dir = vlib.literalPath s.dir;
+      early_dir = vlib.literalPath s.earlyDir;
+      store = storeText s.store;
+      inherit (s) keep;
+    };
     secrets = mapAttrs (_: v: v // { path = extraPath v; }) cfg.secrets;
     templates = mapAttrs (_: v: v // { path = extraPath v; }) cfg.templates;
     inherit cacheFile;
@@ -128,6 +156,14 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; })
     (vlib.templateRefs cfg.templates.${n}.content)) (attrNames cfg.templates);
   overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
+  # An item's path inside another item's (a link to a file: nothing can be linked below
+  # it), looked up by ancestor, as nix/module.nix does.
+  byPath = builtins.groupBy (i: i.path) (builtins.filter (i: i.path != null) items);
+  ancestors = p: let parts = builtins.tail (lib.splitString "/" p); in
+    map (k: "/" + concatStringsSep "/" (lib.take k parts)) (lib.range 1 (builtins.length parts - 1));
+  nested = concatMap (i: concatMap (a: map (o: { inherit (i) label path; outer = o; })
+    (byPath.${a} or [ ])) (ancestors i.path)) (builtins.filter (i: i.path != null) items);
+  keySet = s.hostPubkey != null && s.hostPubkey != [ ];
   keyShape = k: builtins.match
     "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
 in
@@ -140,7 +176,8 @@ in
     settings = {
       hostName = mkOption {
         type = types.strMatching "[A-Za-z0-9][A-Za-z0-9_.-]*";
-        default = config.home.username;
+        default = if validId config.home.username then config.home.username else throw
+          "vaultpy.settings.hostName: home.username ${builtins.toJSON config.home.username} is no name hosts.toml can hold: set vaultpy.settings.hostName to your entry's name there ([hosts.<name>])";
         defaultText = lib.literalExpression "config.home.username";
         description = "Your entry's name in hosts.toml (its cache directory).";
       };
@@ -151,7 +188,7 @@ in
         description = "Your public key as in hosts.toml: the ssh-ed25519 line of ~/.ssh/id_ed25519.pub (or an age1 key), or the path of a file holding it.";
       };
       hostKeys = mkOption {
-        type = types.listOf userPath;
+        type = types.listOf (types.coercedTo types.path toString absPath);
         default = [ "${home}/.ssh/id_ed25519" ];
         defaultText = lib.literalExpression ''[ "''${config.home.homeDirectory}/.ssh/id_ed25519" ]'';
         description = "Your private keys, which decrypt (passphrase-less: the unit runs unattended).";
@@ -159,19 +196,19 @@ in
       cacheRoot = mkOption { type = types.nullOr types.path; default = null; description = "The repository's secrets/cache directory (vaultpy renc output)."; };
       secretsDir = mkOption { type = types.nullOr types.path; default = null; description = "Where the master files are: a secret's `file` defaults to <id>.age there."; };
       dir = mkOption {
-        type = userPath;
+        type = absPath;
         default = "${home}/.local/state/vaultpy/secrets";
         defaultText = lib.literalExpression ''"''${config.home.homeDirectory}/.local/state/vaultpy/secrets"'';
         description = "The live symlink (in your home: paths your programs can be given).";
       };
       earlyDir = mkOption {
-        type = userPath;
+        type = absPath;
         default = "${home}/.local/state/vaultpy/early";
         internal = true;
         description = "Unused by a user's profile (no early items); kept apart from dir.";
       };
       store = mkOption {
-        type = userPath;
+        type = storePath;
         default = "%r/vaultpy.d";
         description = "Where generations are built: in RAM, your runtime directory (%r is $XDG_RUNTIME_DIR).";
       };
@@ -191,11 +228,11 @@ in
 
   config = mkIf (cfg.secrets != { } || cfg.templates != { }) {
     assertions = [
-      { assertion = s.hostPubkey != null;
+      { assertion = keySet;
         message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${s.hostName}] in hosts.toml), or a path to it"; }
-      { assertion = s.hostPubkey == null || builtins.all keyShape recipients;
+      { assertion = !keySet || builtins.all keyShape recipients;
         message = "vaultpy.settings.hostPubkey: ${concatStringsSep ", "
-          (if s.hostPubkey == null then [ ] else recipients)}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub"; }
+          (if keySet then recipients else [ ])}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub"; }
       { assertion = s.cacheRoot != null;
         message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache (vaultpy renc writes it)"; }
       { assertion = s.hostKeys != [ ];
@@ -203,10 +240,33 @@ in
       { assertion = !(overlaps s.dir s.store || overlaps s.dir s.earlyDir || overlaps s.store s.earlyDir);
         message = "vaultpy.settings: dir (${s.dir}), store (${s.store}) and earlyDir (${s.earlyDir}) overlap: give each a place of its own"; }
     ]
-    ++ lib.optionals (s.cacheRoot != null && s.hostPubkey != null) (lib.mapAttrsToList (id: v: {
-        assertion = builtins.pathExists (cachePath id v);
-        message = "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
+    ++ lib.optionals (s.cacheRoot != null && keySet && builtins.all keyShape recipients)
+      (lib.mapAttrsToList (id: v: {
+        assertion = validId id && builtins.pathExists v.file -> builtins.pathExists (cachePath id v);
+        # (evaluated for a passing assertion too: it must not read a missing master)
+        message = if !(validId id && builtins.pathExists v.file) then "" else
+          "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
       }) cfg.secrets)
+    ++ lib.mapAttrsToList (id: v: { assertion = false;
+        message = "vaultpy: secret ${id}: master file ${toString v.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${id}.file"; })
+      (filterAttrs (_: v: !(builtins.pathExists v.file)) cfg.secrets)
+    ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
+        assertion = false;
+        message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes)"; }
+    # An age1 key is opened by its identity file, never by ~/.ssh/id_ed25519 (the default).
+    ++ lib.optional (keySet && builtins.all (r: builtins.substring 0 4 r == "age1") recipients
+        && options.vaultpy.settings.hostKeys.highestPrio >= (lib.mkOptionDefault null).priority) {
+        assertion = false;
+        message = "vaultpy.settings.hostKeys: your key is an age1… key, and hostKeys is ~/.ssh/id_ed25519, which cannot decrypt what renc writes for it: set vaultpy.settings.hostKeys = [ \"\${config.home.homeDirectory}/.config/sops/age/keys.txt\" ] (where your age identity file is)"; }
+    ++ lib.mapAttrsToList (id: _: { assertion = false;
+        message = "vaultpy: secret ${id}: path is set, but install = false (it only feeds templates): no file is installed to link there; drop path, or set install = true"; })
+      (filterAttrs (_: v: !v.install && v.pathGiven) cfg.secrets)
+    ++ lib.mapAttrsToList (n: _: { assertion = false;
+        message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
+      (filterAttrs (_: t: vlib.brokenPlaceholder t.content) cfg.templates)
+    ++ map (n: { assertion = false;
+        message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
+      nested
     ++ lib.mapAttrsToList (id: v: {
         assertion = validId id && validId v.name;
         message = "vaultpy: secret ${id}: an id or name of letters, digits, _ . - (at most 128), starting with a letter or digit";

@@ -136,9 +136,9 @@ let
     keep = 3;
   };
 
-  # A path of a user's profile: absolute, or %h/… or %r/… (isAbsPath once expanded).
-  isUserPath = p: isString p &&
-    (let m = builtins.match "%[hr](/.*)" p; in isAbsPath (if m == null then p else head m));
+  # A path as a user's profile writes it to mean itself: activation expands %h and %r
+  # there (vaultpy/profile.py expand), so a % is written %%.
+  literalPath = p: builtins.replaceStrings [ "%" ] [ "%%" ] p;
 
   # The output fields shared by secrets and templates, with hosts.toml's defaults.
   outputFields = spec: {
@@ -300,12 +300,14 @@ let
   #   templates.<n>  = { content, trim, owner, group, mode, path, restartUnits, reloadUnits, early }
   #   cacheFile      = id: spec -> the cache file (a path or a store path string)
   #   user           = true: a user's profile (the home-manager module's): no owner,
-  #                    group or early, userSettings the defaults
+  #                    group or early, userSettings the defaults, paths taken literally
+  #                    (settings are given as the profile writes them)
   profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile, user ? false }:
     let
       out = spec:
         if user then builtins.removeAttrs (outputFields {
-          inherit (spec) mode path;
+          inherit (spec) mode;
+          path = if spec.path == null then null else literalPath spec.path;
           restart_units = spec.restartUnits;
           reload_units = spec.reloadUnits;
         }) [ "owner" "group" "early" ]
@@ -332,5 +334,5 @@ let
 in
 {
   inherit trimSpace templateText checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
-    profileFromOptions defaultSettings userSettings isUserPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
+    profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -24,8 +24,11 @@ from test_nix import (
     write_module,
 )
 
+from vaultpy import profile as vprofile
+
 EVAL = ROOT / "tests" / "nix" / "eval-home-module.nix"
 SYSTEMCTL = "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl"
+AGE_KEY = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 
 
 class Alice:
@@ -78,15 +81,23 @@ def evaluate(nix: Nix, configs: dict[str, Path], attr: str = "") -> dict[str, An
 
 
 def test_the_modules_profile_is_the_clis(nixpkgs_lib: Nix, alice: Alice, tmp_path: Path) -> None:
-    """With the CLI's places (%h, %r), the module writes what `vaultpy profile --user`
-    writes, field for field; each cache file is the store copy of the CLI's."""
-    places = {"hostKeys": ["%h/.ssh/id_ed25519"], "dir": "%h/.local/state/vaultpy/secrets",
-              "earlyDir": "%h/.local/state/vaultpy/early"}
-    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix",
-                                                   alice.options(**places))})["a"]
+    """The module writes what `vaultpy profile --user` writes, field for field, but for
+    the places in the home: the module knows it (/home/alice/…), the CLI says %h.  Read
+    by activation's loader, for alice, the two are the same profile; each cache file is
+    the store copy of the CLI's."""
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", alice.options())})["a"]
     assert out["failedAssertions"] == []
     cli = json.loads(alice.repo.ok("profile", "-H", "alice", "--user").stdout)
-    assert normalise_files(out["profile"], store=True) == normalise_files(cli, store=False)
+    module = normalise_files(out["profile"], store=True)
+    assert {k: v for k, v in module.items() if k != "settings"} == \
+        {k: v for k, v in normalise_files(cli, store=False).items() if k != "settings"}
+    assert module["settings"] == {**cli["settings"],
+                                  "identities": ["/home/alice/.ssh/id_ed25519"],
+                                  "dir": "/home/alice/.local/state/vaultpy/secrets",
+                                  "early_dir": "/home/alice/.local/state/vaultpy/early"}
+    env = {"HOME": "/home/alice", "XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert vprofile.parse(module, "m", Path("/"), env) == \
+        vprofile.parse(normalise_files(cli, store=False), "m", Path("/"), env)
     by_id = {s["id"]: s["file"] for s in cli["secrets"]}
     for s in out["profile"]["secrets"]:
         assert s["file"] == store_path_of_file(Path(by_id[s["id"]])), s["id"]
@@ -144,7 +155,22 @@ def test_nothing_declared_adds_nothing(nixpkgs_lib: Nix, tmp_path: Path) -> None
         path="/home/alice/.local/state/vaultpy/secrets/x"), "lies in or above vaultpy's own"),
     (lambda o: o["vaultpy"]["templates"]["app.env"].update(path="/home/alice/.config/app/token"),
      "use the same path /home/alice/.config/app/token"),
-    (lambda o: o["vaultpy"]["settings"].update(dir="%r/vaultpy.d/live"), "overlap"),
+    (lambda o: o["vaultpy"]["settings"].update(
+        store="/home/alice/.local/state/vaultpy/secrets/gens"), "overlap"),
+    (lambda o: o["vaultpy"]["settings"].update(hostPubkey=[]),
+     "vaultpy.settings.hostPubkey is not set"),
+    (lambda o: o["vaultpy"]["settings"].update(cacheRoot="/somewhere/cache"),
+     "not a Nix path"),
+    (lambda o: o["vaultpy"]["settings"].update(hostPubkey=AGE_KEY),
+     "your key is an age1… key, and hostKeys is ~/.ssh/id_ed25519"),
+    (lambda o: o["vaultpy"]["secrets"]["token"].update(file=Path("/nonexistent/t.age")),
+     "vaultpy: secret token: master file /nonexistent/t.age does not exist"),
+    (lambda o: o["vaultpy"]["secrets"]["db"].update(path="/home/alice/.db"),
+     "vaultpy: secret db: path is set, but install = false"),
+    (lambda o: o["vaultpy"]["templates"].update({"y": {"content": "{{ secrets.token }"}}),
+     "vaultpy: template y: broken placeholder"),
+    (lambda o: o["vaultpy"]["templates"]["app.env"].update(
+        path="/home/alice/.config/app/token/app.env"), "lies inside /home/alice/.config/app/token"),
 ])
 def test_mistakes_fail_as_assertions_that_say_what_to_do(nixpkgs_lib: Nix, alice: Alice,
                                                          tmp_path: Path, change: Any,
@@ -186,3 +212,63 @@ def test_the_flakes_home_manager_module_sets_the_package(nixpkgs_lib: Nix, alice
         ]; }}).config;
       in c.systemd.user.services.vaultpy.Service.ExecStart"""
     assert nixpkgs_lib.eval(expr).startswith(f"{pkg}/bin/vaultpy-activate --profile /nix/store/")
+
+
+def test_an_age_key_with_its_identity_file_is_fine(nixpkgs_lib: Nix, alice: Alice,
+                                                  tmp_path: Path) -> None:
+    opts = alice.options(hostPubkey=AGE_KEY,
+                         hostKeys=["/home/alice/.config/sops/age/keys.txt"])
+    failed = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", opts)},
+                      "failedAssertions")["a"]
+    assert not any("age1" in m for m in failed), failed
+
+
+def test_a_percent_in_a_path_is_written_to_mean_itself(nixpkgs_lib: Nix, alice: Alice,
+                                                       tmp_path: Path) -> None:
+    """Activation expands %h and %r in a user's profile: the module writes a % of its
+    own as %%, and the store's leading %r as the specifier it is."""
+    opts = alice.options(store="%r/vault%py.d")
+    opts["vaultpy"]["secrets"]["token"]["path"] = "/home/alice/50%off/token"
+    out = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", opts)})["a"]
+    assert out["failedAssertions"] == []
+    token = next(s for s in out["profile"]["secrets"] if s["id"] == "token")
+    assert token["path"] == "/home/alice/50%%off/token"
+    assert out["profile"]["settings"]["store"] == "%r/vault%%py.d"
+    read = vprofile.parse(normalise_files(out["profile"], store=True), "m", Path("/"),
+                          {"HOME": "/home/alice", "XDG_RUNTIME_DIR": "/run/user/1000"})
+    assert read.settings.store == "/run/user/1000/vault%py.d"
+    assert read.secret("token").out.path == "/home/alice/50%off/token"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("opts", "needle"), [
+    ({"settings": {"dir": "~/.secrets"}}, "not ~ or $HOME"),
+    ({"secrets": {"token": {"path": "$HOME/.token"}}}, "not ~ or $HOME"),
+])
+def test_a_path_not_absolute_says_how_to_write_one(nixpkgs_lib: Nix, alice: Alice,
+                                                   tmp_path: Path, opts: dict[str, Any],
+                                                   needle: str) -> None:
+    config = alice.options()
+    for key, value in opts.items():
+        for k, v in value.items():
+            if isinstance(v, dict):
+                config["vaultpy"][key][k].update(v)
+            else:
+                config["vaultpy"][key][k] = v
+    proc = nixpkgs_lib.eval_proc(file=EVAL, attr="profileJson",
+                                 args=["--arg", "config", str(write_module(tmp_path / "a.nix",
+                                                                           config))])
+    assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+
+
+def test_a_user_name_hosts_toml_cannot_hold_asks_for_host_name(nixpkgs_lib: Nix,
+                                                               alice: Alice,
+                                                               tmp_path: Path) -> None:
+    config = alice.options()
+    config["home"] = {"username": Raw('lib.mkForce "alice@corp"')}
+    path = tmp_path / "a.nix"
+    path.write_text("{ lib, ... }: " + nix_value(config) + "\n")
+    proc = nixpkgs_lib.eval_proc(file=EVAL, attr="profileJson", args=["--arg", "config",
+                                                                       str(path)])
+    assert proc.returncode != 0
+    assert ('vaultpy.settings.hostName: home.username "alice@corp" is no name hosts.toml '
+            "can hold") in proc.stderr, proc.stderr

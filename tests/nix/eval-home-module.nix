@@ -15,7 +15,7 @@ in
   inherit (c.vaultpy) profile placeholder;
   profileJson = builtins.toJSON c.vaultpy.profile;
   settings = { inherit (c.vaultpy.settings) hostKeys dir store hostName; };
-  paths = lib.mapAttrs (_: v: v.path) c.vaultpy.secrets
+  paths = lib.mapAttrs (_: v: if v.install then v.path else null) c.vaultpy.secrets
     // lib.mapAttrs' (n: v: lib.nameValuePair "template:${n}" v.path) c.vaultpy.templates;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
   services = c.systemd.user.services;
