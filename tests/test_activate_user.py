@@ -204,7 +204,7 @@ def test_root_may_not_activate_a_users_profile(user: User) -> None:
                           capture_output=True, cwd=ROOT,
                           env=vaultpy_env({"HOME": str(user.home),
                                            "XDG_RUNTIME_DIR": str(user.runtime)}))
-    assert_one_clean_error(proc, "settings.user", "activated as root", "as the user")
+    assert_one_clean_error(proc, "settings.user", "run as root", "as the user")
     assert not (user.state / "secrets").exists() and not user.runtime.exists()
 
 
@@ -323,7 +323,7 @@ def test_a_hosts_profile_activated_by_a_user_says_what_to_do(user: User) -> None
     user.repo.ok("profile", "-H", "alice", "-o", str(host_profile))
     row = user.session(["activate", "--profile", str(host_profile)])[0]
     assert row["rc"] == 1 and len(row["err"].splitlines()) == 1, row
-    assert "a host's profile, activated by a user who is not root" in row["err"]
+    assert "a host's profile, run by a user who is not root" in row["err"]
     assert "vaultpy profile --host alice --user" in row["err"]
 
 

@@ -618,7 +618,7 @@ def profile(
         help="Write here (cache paths relative to FILE's directory) instead of stdout "
              "(absolute paths).")] = None,
     user: Annotated[bool, typer.Option(
-        "--user", help="A user's profile: HOST is a person's key; they activate it "
+        "--user", help="A user's profile: HOST is a person's entry; they activate it "
         "themselves (systemd --user), into their runtime directory; every file is "
         "theirs.")] = False,
     repo: RepoOpt = None,
@@ -649,7 +649,8 @@ def profile(
 @app.command()
 def activate(
     profile: Annotated[Path, typer.Option("--profile", "-p", metavar="FILE",
-                                          help="The host's profile.json.")],
+                                          help="The profile: a host's, or a user's "
+                                               "(profile --user).")],
     root: Annotated[Path, typer.Option(
         "--root", metavar="DIR",
         help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")] = Path("/"),
@@ -671,7 +672,7 @@ def activate(
         "--regular-profile", help="Read the profile only if it is a regular file, never "
         "wait on a FIFO (the units vaultpy bundle writes pass it).")] = False,
 ) -> None:
-    """On the host: decrypt into a new generation on ramfs and switch to it atomically."""
+    """On the host: decrypt into a new generation in RAM and switch to it atomically."""
     from vaultpy.activate import Options, summary
     from vaultpy.activate import activate as run
 

@@ -68,8 +68,8 @@ def activate(opts: Options) -> Context:
         _check_user_run(opts, profile)
     elif os.geteuid() != 0 and os.path.realpath(opts.root) == "/":
         # (a user's own test or image under --root may go on: it fails where it must)
-        raise VaultpyError(Problem(profile.source, "a host's profile, activated by a user "
-                                   "who is not root", "", "run it as root (sudo); for "
+        raise VaultpyError(Problem(profile.source, "a host's profile, run by a user who is "
+                                   "not root", "", "run it as root (sudo); for "
                                    "secrets of your own, write a user's profile: vaultpy "
                                    f"profile --host {profile.host or 'NAME'} --user"))
     if not os.path.isdir(opts.root):   # a typo'd --root: else its lock and dirs are made
@@ -110,7 +110,7 @@ def _check_user_run(opts: Options, profile: profile_mod.Profile) -> None:
     every file, directory and link would be root's, in the user's home."""
     if os.geteuid() == 0:
         raise VaultpyError(Problem(profile.source, "a user's profile (settings.user), "
-                                   "activated as root", "settings.user",
+                                   "run as root", "settings.user",
                                    "activate it as the user whose secrets these are (as "
                                    "their systemd --user unit vaultpy.service does)"))
     if opts.early:

@@ -20,10 +20,10 @@ from vaultpy.errors import VaultpyError
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaultpy-activate",
-        description="On the host: decrypt into a new generation on ramfs and switch to it "
+        description="On the host: decrypt into a new generation in RAM and switch to it "
                     "atomically (the same as `vaultpy activate`).")
     p.add_argument("--profile", "-p", type=Path, required=True, metavar="FILE",
-                   help="The host's profile.json.")
+                   help="The profile: a host's, or a user's (profile --user).")
     p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
                    help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")
     p.add_argument("--no-mount", action="store_true",
