@@ -376,6 +376,61 @@ def test_a_users_bundle_takes_only_home_as_a_specifier(user: User) -> None:
     assert_one_clean_error(proc, "--vaultpy", "%h/.local/bin/vaultpy")
 
 
+def _with_settings(profile: Path, **settings: str) -> Path:
+    data = json.loads(profile.read_text())
+    data["settings"].update(settings)
+    profile.write_text(json.dumps(data))
+    return profile
+
+
+@pytest.mark.parametrize("field", ["store", "dir"])
+def test_a_place_below_another_users_directory_is_refused(user: User, field: str) -> None:
+    """A store or live link below a directory another user controls: they could swap it
+    for a place of theirs between activation's checks and its writes (plaintext on their
+    disk, the user's own directories removed as "unfinished generations")."""
+    shared = user.outer / "shared"
+    shared.mkdir()
+    os.chown(shared, OTHER, OTHER)
+    shared.chmod(0o777)
+    user.write_hosts({"token": {}})
+    a = _with_settings(user.profile("a.json"), **{field: f"{shared}/alice/{field}"})
+    row = user.session(user.activate(a))[0]
+    assert row["rc"] == 1 and len(row["err"].splitlines()) == 1, row
+    assert f"settings.{field}" in row["err"] and "owned by another user" in row["err"], row
+    assert list(shared.iterdir()) == []          # nothing made there
+
+
+def test_a_runtime_dir_of_another_user_is_refused(user: User) -> None:
+    theirs = user.outer / "rt-theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER, OTHER)
+    theirs.chmod(0o777)
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    row = user.session(user.activate(a), runtime=False,
+                       env={"XDG_RUNTIME_DIR": str(theirs)})[0]
+    assert row["rc"] == 1 and "settings.store" in row["err"], row
+    assert "owned by another user" in row["err"] and list(theirs.iterdir()) == []
+
+
+def test_a_lock_file_another_user_made_first_is_refused(user: User) -> None:
+    """In a shared sticky directory another user may create <store>.lock first and hold
+    its flock for ever: every activation would wait on it."""
+    sticky = user.outer / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    lock = sticky / "alice.d.lock"
+    lock.touch()
+    os.chown(lock, OTHER, OTHER)
+    lock.chmod(0o666)
+    user.write_hosts({"token": {}})
+    a = _with_settings(user.profile("a.json"), store=f"{sticky}/alice.d")
+    row = user.session(user.activate(a))[0]
+    errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
+    assert row["rc"] == 1 and len(errors) == 1, row
+    assert f"the lock file is owned by uid {OTHER}, not you" in errors[0], row
+
+
 @pytest.mark.parametrize(("opts", "field"), [
     ({"owner": "app"}, "hosts.alice.secrets.token.owner"),
     ({"group": "wheel"}, "hosts.alice.secrets.token.group"),
@@ -450,12 +505,25 @@ def test_reader_keeps_a_percent_in_a_hosts_profile() -> None:
     ({"owner": "root"}, ENV, "secrets[0].owner"),
     ({"early": True}, ENV, "secrets[0].early"),
     ({}, {"HOME": "/home/alice"}, "%r needs $XDG_RUNTIME_DIR, which is not set"),
-    ({}, {**ENV, "HOME": "home"}, "%h needs $HOME, which is not absolute"),
+    ({}, {**ENV, "HOME": "home"}, "%h needs $HOME to be an absolute, normalised path, not 'home'"),
+    ({}, {**ENV, "HOME": "//x/alice"}, "%h needs $HOME to be an absolute, normalised path"),
+    ({}, {**ENV, "HOME": "/home/../alice"}, "%h needs $HOME to be an absolute, normalised"),
 ])
 def test_reader_refuses(over: dict[str, object], env: dict[str, str], needle: str) -> None:
     with pytest.raises(VaultpyError) as err:
         profile_mod.parse(_user_profile(**over), "p.json", Path("/"), env)
     assert needle in "\n".join(str(p) for p in err.value.problems)
+
+
+@pytest.mark.parametrize("env", [{"XDG_RUNTIME_DIR": "/run/user/1201"},
+                                 {**ENV, "HOME": "home"}])
+def test_a_wrong_home_is_said_once(env: dict[str, str]) -> None:
+    """Not once per path that says %h (five lines, each blaming the profile)."""
+    with pytest.raises(VaultpyError) as err:
+        profile_mod.parse(_user_profile(), "p.json", Path("/"), env)
+    assert len(err.value.problems) == 1, err.value.problems
+    assert "$HOME" in str(err.value.problems[0]) and "systemd --user" in str(
+        err.value.problems[0])
 
 
 def test_percent_percent_is_a_percent() -> None:

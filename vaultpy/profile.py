@@ -218,6 +218,7 @@ class _Reader:
         self.problems: list[Problem] = []
         # A user's profile: its paths' %h and %r are expanded from this environment.
         self.user_env: Mapping[str, str] | None = None
+        self.env_said: set[str] = set()     # what is wrong with it, said once
 
     def bad(self, where: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(self.source, message, where,
@@ -260,6 +261,11 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
     if rd.user_env is not None:
         try:
             text = expand(value, rd.user_env)
+        except EnvironmentProblem as exc:   # one line for the variable, not per path
+            if str(exc) not in rd.env_said:
+                rd.env_said.add(str(exc))
+                rd.bad(where, str(exc), _ENV_HINT)
+            return None
         except ValueError as exc:
             rd.bad(where, f"{exc}: {value!r}", _EXPAND_HINT)
             return None
@@ -272,15 +278,22 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
 
 _SPECIFIER = re.compile(r"%(.?)", re.DOTALL)
 _SPECIFIERS = {"h": "HOME", "r": "XDG_RUNTIME_DIR"}
+_ENV_HINT = ("activate a user's profile from their systemd --user unit (vaultpy.service), "
+             "which sets $HOME and $XDG_RUNTIME_DIR")
 _EXPAND_HINT = ("in a user's profile a path may begin with %h (their home) or %r (their "
                 "runtime directory, $XDG_RUNTIME_DIR); %% is a %; run it from the "
                 "user's systemd --user unit, which sets both")
 
 
+class EnvironmentProblem(ValueError):
+    """A variable a user's profile needs is unset, or not a usable path."""
+
+
 def expand(path: str, env: Mapping[str, str]) -> str:
     """A user's profile path with ``%h`` ($HOME), ``%r`` ($XDG_RUNTIME_DIR) and ``%%``
     expanded, as systemd expands them in a user unit.  ValueError: an unknown
-    specifier, or a variable unset or not an absolute path."""
+    specifier; :class:`EnvironmentProblem`: a variable unset, or not an absolute,
+    normalised path."""
     def one(m: re.Match[str]) -> str:
         c = m.group(1)
         if c == "%":
@@ -289,9 +302,11 @@ def expand(path: str, env: Mapping[str, str]) -> str:
         if var is None:
             raise ValueError(f"unknown specifier %{c}" if c else "a lone % at the end")
         value = env.get(var, "")
-        if not value.startswith("/"):
-            raise ValueError(f"%{c} needs ${var}, which is "
-                             + ("not set" if not value else f"not absolute ({value!r})"))
+        if not value:
+            raise EnvironmentProblem(f"%{c} needs ${var}, which is not set")
+        if value != "/" and (value.endswith("/") or path_shape_problem(value) is not None):
+            raise EnvironmentProblem(f"%{c} needs ${var} to be an absolute, normalised "
+                                     f"path, not {value!r}")
         return value.rstrip("/")
     return _SPECIFIER.sub(one, path) if "%" in path else path
 
@@ -436,6 +451,12 @@ def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = No
     user = bool(rd.get(raw, "user", bool, "settings", optional=True))
     if user:
         rd.user_env = os.environ if env is None else env
+        # $HOME is needed whatever the paths say: the record of links is kept there.
+        try:
+            expand("%h", rd.user_env)
+        except EnvironmentProblem as exc:
+            rd.env_said.add(str(exc))
+            rd.bad("settings.user", str(exc), _ENV_HINT)
     idents = rd.get(raw, "identities", list, "settings")    # None: reported already
     if not idents or not all(isinstance(i, str) for i in idents):
         if idents is not None:

@@ -17,7 +17,10 @@ from vaultpy.output import lock_path
 def lock(ctx: Context) -> None:
     """flock ``<store>.lock`` beside the store (the ramfs is mounted over the store
     itself), so two activations never interleave.  The kernel drops the lock if
-    the process dies."""
+    the process dies.  (A user's profile: its places are checked first,
+    :func:`_user_places`.)"""
+    if ctx.user:
+        _user_places(ctx)
     if ctx.opts.dry_run:
         return
     path = Path(lock_path(str(ctx.store)))      # a profile path never overlaps it
@@ -28,6 +31,16 @@ def lock(ctx: Context) -> None:
         raise VaultpyError(Problem(str(path), f"cannot open the lock file: {exc.strerror}",
                                    "store", "remove it if it is a symlink or not a regular "
                                    "file; vaultpy creates it")) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != ctx.uid:
+        # Another user's file (made first, in a shared sticky directory) would let them
+        # hold the lock, and so every activation, for as long as they like.
+        os.close(fd)
+        whose = "not a regular file" if not stat.S_ISREG(st.st_mode) else (
+            f"owned by uid {st.st_uid}, not " + ("you" if ctx.user else "root"))
+        raise VaultpyError(Problem(str(path), f"the lock file is {whose}", "store",
+                                   "remove it (vaultpy creates it), or give the store a "
+                                   "place of its own"))
     fcntl.flock(fd, fcntl.LOCK_EX)
     ctx.lock_fd = fd
     ctx.log("lock", f"holding {path}")
@@ -139,6 +152,31 @@ def mount_store(ctx: Context) -> None:
                                        f"chown root:root {store} && chmod 0751 {store}"))
 
 
+def _user_places(ctx: Context) -> None:
+    """The directories above a user's store and live link must be root's or the user's,
+    and not writable by others unless sticky (:func:`links.open_parent`, which makes
+    what is missing, but for a dry run): else another user could swap one for a
+    place of theirs between the checks and the writes that follow, which use plain
+    paths, and have the plaintext written, or the user's own files removed, there."""
+    from vaultpy.activate import links
+
+    s = ctx.profile.settings
+    for field, place, where in (("store", s.store, "under %r, your runtime directory"),
+                                ("dir", s.dir, "in your home")):
+        try:
+            os.close(links.open_parent(ctx, place, create=not ctx.opts.dry_run))
+        except OSError as exc:
+            if ctx.opts.dry_run and isinstance(exc, FileNotFoundError):
+                continue                    # (a real run makes it)
+            raise VaultpyError(Problem(place, f"cannot reach its directory: {exc.strerror}",
+                                       f"settings.{field}", f"keep it {where} (is "
+                                       "$XDG_RUNTIME_DIR your runtime directory?)")) from None
+        except VaultpyError as exc:
+            raise VaultpyError([Problem(p.file, p.message, f"settings.{field}",
+                                        f"keep it {where}; " + p.hint)
+                                for p in exc.problems]) from None
+
+
 def _user_store(ctx: Context) -> None:
     """A user's store: a directory of theirs, 0700, in RAM.  A user cannot mount a
     ramfs; their runtime directory ($XDG_RUNTIME_DIR, ``%r``: a tmpfs systemd makes
@@ -155,12 +193,11 @@ def _user_store(ctx: Context) -> None:
                                        "keep it under %r, your runtime directory (a tmpfs "
                                        "systemd makes at login); is $XDG_RUNTIME_DIR set?"))
         ctx.log("mount_store", f"--no-mount: using {store} as it is (NOT in RAM)")
-    if not store.exists():
+    if not os.path.lexists(store):
         if ctx.opts.dry_run:
             ctx.log("mount_store", f"would create {store}")
             return
-        fsutil.makedirs(store.parent)
-        fsutil.mkdir_exact(store, 0o700)
+        fsutil.mkdir_exact(store, 0o700)        # (its parent: made by _user_places)
     st = store.lstat()
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise VaultpyError(Problem(str(store), "store is not a directory", "store",
