@@ -20,13 +20,13 @@ let
   cfg = config.vaultpy;
   s = cfg.settings;
   vlib = import ./lib.nix;
+  common = import ./common.nix { inherit lib; };
+  inherit (common) validId keyShape overlaps;
   home = config.home.homeDirectory;
 
-  unitName = types.strMatching
-    "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
   # Absolute and normalised (lib.nix isAbsPath); home-manager knows the home, so a path
   # in it is written with config.home.homeDirectory, never ~ or $HOME.
-  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath // {
+  absPath = common.absPath // {
     description = "absolute, normalised path (for your home: \"\${config.home.homeDirectory}/…\", not ~ or $HOME)";
   };
   # The store alone may be in the runtime directory, known only at login: %r/…
@@ -36,26 +36,7 @@ let
   # As the profile writes it: literally, but for the store's leading %r.
   storeText = p: if lib.hasPrefix "%r/" p then "%r" + vlib.literalPath (lib.removePrefix "%r" p)
                  else vlib.literalPath p;
-  validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
-    && builtins.stringLength id <= 128;
-
-  outputOptions = {
-    mode = mkOption {
-      type = types.strMatching "0?[0-7]{3}";
-      default = "0400";
-      description = "Permission bits, octal: \"0400\" or \"600\".  The file is always yours.";
-    };
-    restartUnits = mkOption {
-      type = types.listOf unitName;
-      default = [ ];
-      description = "Your units (systemctl --user) to try-restart when this file changes.";
-    };
-    reloadUnits = mkOption {
-      type = types.listOf unitName;
-      default = [ ];
-      description = "Your units to try-reload-or-restart when this file changes.";
-    };
-  };
+  outputOptions = common.modeAndUnits "--user ";     # (the file is always yours)
   pathOption = place: mkOption {
     type = types.nullOr absPath;
     default = place;
@@ -104,13 +85,8 @@ let
   });
 
   templateType = types.submodule ({ name, config, ... }: {
-    options = outputOptions // {
+    options = outputOptions // common.templateText // {
       path = pathOption (if validId name then config.outPath else null);
-      content = mkOption {
-        type = types.str;
-        description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
-      };
-      trim = mkOption { type = types.bool; default = false; description = "Strip whitespace around each inserted secret."; };
       outPath = mkOption {
         type = types.str;
         readOnly = true;
@@ -120,16 +96,8 @@ let
     };
   });
 
-  keyText = k:
-    if !(builtins.isPath k) then vlib.trimSpace k
-    else if builtins.pathExists k then vlib.trimSpace (builtins.readFile k)
-    else throw "vaultpy.settings.hostPubkey: ${toString k}: no such file; give your ~/.ssh/id_ed25519.pub (copied into your configuration), or its key line as a string";
-  recipients = map keyText
-    (if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ]);
-  cachePath = id: spec:
-    s.cacheRoot + "/${s.hostName}/${vlib.cacheName { inherit id recipients; secretFile = spec.file; }}";
-  cacheFile = id: spec:
-    let p = cachePath id spec; in if builtins.pathExists p then "${p}" else toString p;
+  inherit (common.keysAndCache "your ~/.ssh/id_ed25519.pub (copied into your configuration), or its key line as a string" s)
+    recipients cachePath cacheFile;
 
   profile = vlib.profileFromOptions {
     host = s.hostName;
@@ -155,17 +123,7 @@ let
     (builtins.groupBy (x: key x) (builtins.filter (x: key x != null) items)));
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; })
     (vlib.templateRefs cfg.templates.${n}.content)) (attrNames cfg.templates);
-  overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
-  # An item's path inside another item's (a link to a file: nothing can be linked below
-  # it), looked up by ancestor, as nix/module.nix does.
-  byPath = builtins.groupBy (i: i.path) (builtins.filter (i: i.path != null) items);
-  ancestors = p: let parts = builtins.tail (lib.splitString "/" p); in
-    map (k: "/" + concatStringsSep "/" (lib.take k parts)) (lib.range 1 (builtins.length parts - 1));
-  nested = concatMap (i: concatMap (a: map (o: { inherit (i) label path; outer = o; })
-    (byPath.${a} or [ ])) (ancestors i.path)) (builtins.filter (i: i.path != null) items);
   keySet = s.hostPubkey != null && s.hostPubkey != [ ];
-  keyShape = k: builtins.match
-    "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
 in
 {
   options.vaultpy = {
@@ -247,9 +205,7 @@ in
         message = if !(validId id && builtins.pathExists v.file) then "" else
           "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
       }) cfg.secrets)
-    ++ lib.mapAttrsToList (id: v: { assertion = false;
-        message = "vaultpy: secret ${id}: master file ${toString v.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${id}.file"; })
-      (filterAttrs (_: v: !(builtins.pathExists v.file)) cfg.secrets)
+    ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
     ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
         assertion = false;
         message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes)"; }
@@ -261,12 +217,7 @@ in
     ++ lib.mapAttrsToList (id: _: { assertion = false;
         message = "vaultpy: secret ${id}: path is set, but install = false (it only feeds templates): no file is installed to link there; drop path, or set install = true"; })
       (filterAttrs (_: v: !v.install && v.pathGiven) cfg.secrets)
-    ++ lib.mapAttrsToList (n: _: { assertion = false;
-        message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
-      (filterAttrs (_: t: vlib.brokenPlaceholder t.content) cfg.templates)
-    ++ map (n: { assertion = false;
-        message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
-      nested
+
     ++ lib.mapAttrsToList (id: v: {
         assertion = validId id && validId v.name;
         message = "vaultpy: secret ${id}: an id or name of letters, digits, _ . - (at most 128), starting with a letter or digit";

@@ -16,19 +16,12 @@ let
   cfg = config.vaultpy;
   s = cfg.settings;
   vlib = import ./lib.nix;
+  common = import ./common.nix { inherit lib; };
+  inherit (common) absPath validId keyShape overlaps;
 
-  # As strict as `vaultpy activate`'s profile loader: what evaluates also boots.
-  # (vaultpy/output.py UNIT_RE: systemd's characters and globs; "-" first only as "-.")
-  unitName = types.strMatching
-    "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
   userName = types.either types.ints.unsigned
     (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
-  # absolute and normalised: no empty, "." or ".." segment, no trailing slash, no
-  # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem;
-  # lib.nix isAbsPath, which hosts.toml's identities are checked with too)
-  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath;
-
-  outputOptions = {
+  outputOptions = common.modeAndUnits "" // {
     owner = mkOption {
       type = userName;
       default = "root";
@@ -39,11 +32,6 @@ let
       default = "root";
       description = "Group of the file: a group name from `users.groups`, or a numeric id.";
     };
-    mode = mkOption {
-      type = types.strMatching "0?[0-7]{3}";
-      default = "0400";
-      description = "Permission bits, octal: \"0440\" or \"440\".";
-    };
     path = mkOption {
       type = types.nullOr absPath;
       default = null;
@@ -53,16 +41,6 @@ let
         symlink there to it (outside `settings.dir`, `earlyDir` and `store`, and not
         `<store>.lock`, activation's lock file).
       '';
-    };
-    restartUnits = mkOption {
-      type = types.listOf unitName;
-      default = [ ];
-      description = "Units to `systemctl try-restart` when this file changes.";
-    };
-    reloadUnits = mkOption {
-      type = types.listOf unitName;
-      default = [ ];
-      description = "Units to `systemctl try-reload-or-restart` when this file changes.";
     };
     early = mkOption {
       type = types.bool;
@@ -83,8 +61,6 @@ let
   extraPath = v:
     if !(v.install or true) then (if v.pathGiven then v.path else null)
     else if v.path == null || v.path == v.outPath then null else v.path;
-  validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
-    && builtins.stringLength id <= 128;
 
   # Whether `group` was set (hosts.toml's mkDefault counts), not left at "root".
   groupGivenOption = options: mkOption {
@@ -137,18 +113,9 @@ let
   });
 
   templateType = types.submodule ({ name, config, options, ... }: {
-    options = outputOptions // {
+    options = outputOptions // common.templateText // {
       groupGiven = groupGivenOption options;
       path = pathAt (if validId name then config.outPath else null);
-      content = mkOption {
-        type = types.str;
-        description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
-      };
-      trim = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Strip whitespace around each inserted secret.";
-      };
       outPath = mkOption {
         type = types.str;
         readOnly = true;
@@ -160,20 +127,8 @@ let
 
   # A key given as a path (./hosts/web1.pub, as vaultix and agenix-rekey take it): its
   # text, as hosts.toml would hold it.
-  keyText = k:
-    if !(builtins.isPath k) then vlib.trimSpace k
-    else if builtins.pathExists k then vlib.trimSpace (builtins.readFile k)
-    else throw "vaultpy.settings.hostPubkey: ${toString k}: no such file; give the host's /etc/ssh/ssh_host_ed25519_key.pub (copied into your configuration), or its key line as a string";
-  recipients = map keyText
-    (if builtins.isList s.hostPubkey then s.hostPubkey else [ s.hostPubkey ]);
-
-  cachePath = id: spec:
-    s.cacheRoot + "/${s.hostName}/${vlib.cacheName { inherit id recipients; secretFile = spec.file; }}";
-
-  # The cache file goes into the store (it is ciphertext); a missing one is
-  # reported by an assertion, not by a copy error.
-  cacheFile = id: spec:
-    let p = cachePath id spec; in if builtins.pathExists p then "${p}" else toString p;
+  inherit (common.keysAndCache "the host's /etc/ssh/ssh_host_ed25519_key.pub (copied into your configuration), or its key line as a string" s)
+    recipients cachePath cacheFile;
 
   profile = vlib.profileFromOptions {
     host = s.hostName;
@@ -286,23 +241,10 @@ let
         # else a link's own temp names, beside it (removed as a killed run's leftovers)
         in if live != [ ] then live
            else lib.optional (lib.hasInfix ".vaultpy-tmp-" (baseNameOf p)) "*.vaultpy-tmp-*");
-  # An item's path inside another item's: that one is a symlink to a file, and a link
-  # below it would be written through it (vaultpy/output.py `nesting`).  Each path's
-  # ancestors are looked up by name, as there: a pairwise scan is quadratic, minutes
-  # of evaluation for a host with thousands of items.
-  withPath = builtins.filter (i: i.path != null) items;
-  byPath = builtins.groupBy (i: i.path) withPath;
-  ancestors = p:                        # "/a/b/c" -> [ "/a" "/a/b" ]
-    let parts = builtins.tail (lib.splitString "/" p); in
-    map (k: "/" + concatStringsSep "/" (lib.take k parts))
-      (lib.range 1 (builtins.length parts - 1));
-  nested = concatMap (i: concatMap (a: map (o: { inherit (i) label path; outer = o; })
-    (byPath.${a} or [ ])) (ancestors i.path)) withPath;
   # Activation's own places must not be, or lie inside, one another
   # (vaultpy/output.py `settings_clashes`).
   places = [ { n = "dir"; p = s.dir; } { n = "earlyDir"; p = s.earlyDir; }
              { n = "store"; p = s.store; } { n = "the store's lock file"; p = "${s.store}.lock"; } ];
-  overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
   settingsClashes = concatMap (i: map (b: { a = (builtins.elemAt places i).n; inherit (b) n; })
       (builtins.filter (b: overlaps (builtins.elemAt places i).p b.p)
         (lib.drop (i + 1) places)))
@@ -313,8 +255,6 @@ let
         d = if digits == null then "" else builtins.head digits;
         len = builtins.stringLength d;
     in digits != null && (len > 10 || (len == 10 && d > "4294967294"));
-  keyShape = k: builtins.match
-    "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
   dupes = key: xs:
     let
       keyed = map (x: { k = key x; inherit (x) label; }) (builtins.filter (x: key x != null) xs);
@@ -487,10 +427,7 @@ in
             # master that is missing, which has an assertion of its own)
             message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
-        ++ lib.mapAttrsToList (id: spec: {
-            assertion = false;
-            message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${id}.file"; })
-          (filterAttrs (_: spec: !(builtins.pathExists spec.file)) cfg.secrets)
+        ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
             assertion = false;
             message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }
@@ -515,9 +452,6 @@ in
         ++ map (n: { assertion = false;
             message = "vaultpy: template name ${builtins.toJSON n} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
           (builtins.filter (n: !(validId n)) (attrNames cfg.templates))
-        ++ lib.mapAttrsToList (n: _: { assertion = false;
-            message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
-          (filterAttrs (_: t: vlib.brokenPlaceholder t.content) cfg.templates)
         ++ map (c: { assertion = false;
             message = "vaultpy.settings: ${c.a} and ${c.n} overlap: activation would put one over the other; give each a place of its own"; })
           settingsClashes
@@ -547,9 +481,6 @@ in
         ++ lib.mapAttrsToList (p: g: { assertion = false;
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${p}"; })
           (dupes (i: i.path) items)
-        ++ map (n: { assertion = false;
-            message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
-          nested
         ++ map (r: { assertion = cfg.secrets ? ${r.id};
             message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
           templateRefs;
