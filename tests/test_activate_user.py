@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from activate_helpers import host_table, new_repo, toml_str, vaultpy_env
-from conftest import ROOT, Repo, assert_one_clean_error
+from activate_helpers import (
+    activate_ok,
+    host_table,
+    make_host_root,
+    new_repo,
+    toml_str,
+    vaultpy_env,
+)
+from conftest import ROOT, Repo, age_keygen, assert_one_clean_error
 
 from vaultpy import profile as profile_mod
+from vaultpy._internal import fsutil
 from vaultpy.errors import VaultpyError
 
 if os.geteuid() != 0:
@@ -205,6 +213,12 @@ def test_root_may_not_activate_a_users_profile(user: User) -> None:
                           env=vaultpy_env({"HOME": str(user.home),
                                            "XDG_RUNTIME_DIR": str(user.runtime)}))
     assert_one_clean_error(proc, "settings.user", "run as root", "as the user")
+    # root's environment (sudo, a system unit: no $XDG_RUNTIME_DIR) is not the problem
+    env = vaultpy_env()
+    env.pop("XDG_RUNTIME_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "vaultpy.activate.main", "--profile", str(a)],
+                          capture_output=True, cwd=ROOT, env=env)
+    assert_one_clean_error(proc, "settings.user", "run as root")
     assert not (user.state / "secrets").exists() and not user.runtime.exists()
 
 
@@ -212,6 +226,8 @@ def test_a_store_on_disk_is_refused(user: User) -> None:
     user.write_hosts({"token": {}})
     a = user.profile("a.json")
     disk = user.home / "rt"         # the user's, 0700, but on the disk's file system
+    if fsutil.mount_fstype(user.home) in fsutil.RAM_FILESYSTEMS:
+        pytest.skip("/tmp is in RAM here: no disk to put the store on")
     rows = user.session(["sh", f'mkdir -m 700 "{disk}"'], user.activate(a), runtime=False,
                         env={"XDG_RUNTIME_DIR": str(disk)})
     row = rows[1]
@@ -428,7 +444,34 @@ def test_a_lock_file_another_user_made_first_is_refused(user: User) -> None:
     row = user.session(user.activate(a))[0]
     errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
     assert row["rc"] == 1 and len(errors) == 1, row
-    assert f"the lock file is owned by uid {OTHER}, not you" in errors[0], row
+    # (with fs.protected_regular, systemd's default, the kernel refuses the open itself)
+    assert (f"the lock file is owned by uid {OTHER}, not you" in errors[0]
+            or "cannot open the lock file: Permission denied" in errors[0]), row
+
+
+def test_dry_run_after_a_new_session_names_the_links_the_record_owes(user: User) -> None:
+    """A new session starts with an empty runtime dir: only the record says which link
+    an earlier one placed."""
+    link = user.home / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    a = user.profile("a.json")
+    _ok(user.session(user.activate(a))[0])
+    user.write_hosts({"token": {}})
+    b = user.profile("b.json")
+    rows = user.session(user.activate(b, "--dry-run"))
+    assert f"would remove {link} (no item wants it)" in _ok(rows[0])["err"]
+    assert link.is_symlink()
+
+
+def test_an_age_key_entry_without_identities_gets_a_users_advice(user: User) -> None:
+    _identity, recipient = age_keygen(user.outer, "alice-age.txt")
+    text = (f"[vaultpy]\nrecipients = [{toml_str(user.repo.recipient)}]\n\n[secrets.token]\n"
+            f"[secrets.db]\n\n[hosts.alice]\npubkey = {toml_str(recipient)}\n"
+            "secrets = [\"token\"]\n")
+    user.repo.write_hosts(text)
+    proc = user.repo.run("profile", "-H", "alice", "--user")
+    assert_one_clean_error(proc, "hosts.alice.identities", "~/.ssh/id_ed25519",
+                           "/home/<you>/.config/age/keys.txt")
 
 
 @pytest.mark.parametrize(("opts", "field"), [
@@ -444,7 +487,7 @@ def test_profile_user_refuses_what_only_a_host_has(user: User, opts: dict[str, o
 
 
 def test_profile_user_names_every_such_field_at_once(user: User) -> None:
-    user.write_hosts({"token": {"owner": "app"}, "db": {"group": "0", "early": True}})
+    user.write_hosts({"token": {"owner": "app"}, "db": {"group": "1", "early": True}})
     proc = user.repo.run("profile", "-H", "alice", "--user")
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err
@@ -460,6 +503,32 @@ def test_the_profile_names_the_users_places(user: User) -> None:
                                 "early_dir": "%h/.local/state/vaultpy/early",
                                 "store": "%r/vaultpy.d", "keep": 3}
     assert {"owner", "group", "early"}.isdisjoint(data["secrets"][0])
+
+
+# ------------------------------------------------- paths through symlinks (hosts too)
+
+def test_a_hosts_live_link_stays_inside_a_symlinked_root(make_repo: Any, tmp_path: Path
+                                                         ) -> None:
+    """--root reached through a symlink (an image mounted at a link): the live link's
+    target is relative inside the root, as before, not through the link's name."""
+    repo = make_repo(hosts=1)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "real")
+    (tmp_path / "rootlink").symlink_to("real")
+    activate_ok(host.profile, tmp_path / "rootlink", systemctl="/bin/true")
+    assert os.readlink(host.live) == "vaultpy.d/1"
+
+
+def test_profile_o_in_a_symlinked_repo_stays_relative_inside_it(make_repo: Any,
+                                                                tmp_path: Path) -> None:
+    repo = make_repo(hosts=1)
+    repo.ok("renc")
+    (tmp_path / "repolink").symlink_to(repo.root)
+    out = tmp_path / "repolink" / "out" / "p.json"
+    out.parent.mkdir()
+    repo.ok("-C", str(tmp_path / "repolink"), "profile", "-H", "host0", "-o", str(out))
+    files = [s["file"] for s in json.loads(out.read_text())["secrets"]]
+    assert files and all(f.startswith("../secrets/cache/host0/") for f in files), files
 
 
 # ------------------------------------------------------------- the profile's reader

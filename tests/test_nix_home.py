@@ -272,3 +272,11 @@ def test_a_user_name_hosts_toml_cannot_hold_asks_for_host_name(nixpkgs_lib: Nix,
     assert proc.returncode != 0
     assert ('vaultpy.settings.hostName: home.username "alice@corp" is no name hosts.toml '
             "can hold") in proc.stderr, proc.stderr
+
+
+def test_lib_user_settings_are_the_pythons(nix: Nix) -> None:
+    """lib.nix userSettings and vaultpy/profile.py USER_SETTINGS: one set of defaults
+    (the home module sets every field but `user` itself, so nothing else compares them)."""
+    from test_nix import LIB_NIX
+
+    assert nix.eval(f"(import {nix_value(LIB_NIX)}).userSettings") == vprofile.USER_SETTINGS

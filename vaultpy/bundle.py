@@ -144,7 +144,7 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
         if not is_bundle(out):
             raise VaultpyError(Problem(
                 display_path(out), "is not a vaultpy bundle (no profile.json and "
-                f"{UNIT_NAME} in it), so --force does not replace it", "",
+                f"{UNIT_NAME} or {USER_UNIT_NAME} in it), so --force does not replace it", "",
                 "choose another -o, or move it away yourself"))
         foreign = _not_written_by_bundle(out)
         if foreign:

@@ -655,7 +655,8 @@ def activate(
         "--root", metavar="DIR",
         help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")] = Path("/"),
     no_mount: Annotated[bool, typer.Option(
-        "--no-mount", help="Do not mount ramfs on the store (tests and demos only).")] = False,
+        "--no-mount", help="Do not mount ramfs on the store (a user's profile: accept a "
+        "store not in RAM); tests and demos only.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show what would change; touch nothing.")] = False,
     early: Annotated[bool, typer.Option(

@@ -123,7 +123,7 @@ def _user_output_json(cfg: Config, out: Output, where: str, wrong: list[Problem]
     hosts.toml says otherwise is added to ``wrong``).  Its path is taken literally: a
     ``%`` in it is written ``%%``, as activation expands %h and %r."""
     for key, value in (("owner", out.owner), ("group", out.group)):
-        if value != "root":
+        if value not in ("root", "0"):
             wrong.append(Problem(display_path(cfg.path), f"{key} {value!r} in a user's "
                                  "profile, which installs every file as the user who "
                                  "activates it", f"{where}.{key}",
@@ -174,6 +174,13 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     from vaultpy.model import no_identity_for_age_key
 
     keyless = no_identity_for_age_key(cfg, host)
+    if keyless is not None and user:
+        raise VaultpyError(Problem(keyless.file, "the entry's key is an age1… key, and no "
+                                   "identities say where its identity file is: activation "
+                                   "would try ~/.ssh/id_ed25519, which cannot decrypt what "
+                                   "renc writes for it", keyless.field,
+                                   'add identities = ["/home/<you>/.config/age/keys.txt"] '
+                                   "(where that age identity file is)"))
     if keyless is not None:     # the profile would name a key that opens nothing
         raise VaultpyError(keyless)
     hashes, problems = cache.master_hashes(cfg, h.needed)
@@ -184,7 +191,8 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     wrong: list[Problem] = []       # a user's profile: every item's owner/group/early
     for sid in h.needed:
         path = cfg.cache_dir / host / cache.cache_name(sid, hashes[sid].sha256, h.recipients)
-        file = os.path.relpath(path, relative_to) if relative_to else str(path.absolute())
+        file = (os.path.relpath(os.path.realpath(path), relative_to) if relative_to
+                else str(path.absolute()))
         d = deployed.get(sid)
         out = d.out if d else Output()
         where = f"hosts.{host}.secrets.{sid}"
@@ -276,6 +284,8 @@ def _abs_path(rd: _Reader, value: Any, where: str) -> str | None:
     return text
 
 
+USER_AS_ROOT_HINT = ("activate it as the user whose secrets these are (as their systemd "
+                     "--user unit vaultpy.service does)")
 _SPECIFIER = re.compile(r"%(.?)", re.DOTALL)
 _SPECIFIERS = {"h": "HOME", "r": "XDG_RUNTIME_DIR"}
 _ENV_HINT = ("activate a user's profile from their systemd --user unit (vaultpy.service), "
@@ -426,11 +436,12 @@ def _unknown(rd: _Reader, obj: Mapping[str, Any], kind: str, where: str) -> None
 _NAME_MAX = 128
 
 
-def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = None
-          ) -> Profile:
+def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = None,
+          *, as_root: bool = False) -> Profile:
     """Validate a decoded profile; ``base`` resolves relative ``file`` paths.  A user's
     profile has its paths' ``%h`` and ``%r`` expanded from ``env`` (default: this
-    process's environment)."""
+    process's environment); ``as_root``: refused, before anything is expanded (root's
+    environment is no user's)."""
     rd = _Reader(source)
     if not isinstance(data, dict):
         raise VaultpyError(Problem(source, "not a JSON object", "",
@@ -449,6 +460,9 @@ def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = No
     raw = rd.get(data, "settings", dict, "") or {}
     _unknown(rd, raw, "settings", "settings")
     user = bool(rd.get(raw, "user", bool, "settings", optional=True))
+    if user and as_root:
+        raise VaultpyError(Problem(source, "a user's profile (settings.user), run as root",
+                                   "settings.user", USER_AS_ROOT_HINT))
     if user:
         rd.user_env = os.environ if env is None else env
         # $HOME is needed whatever the paths say: the record of links is kept there.
@@ -554,7 +568,7 @@ def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = No
 MAX_PROFILE = 64 << 20
 
 
-def load(path: Path, regular_only: bool = False) -> Profile:
+def load(path: Path, regular_only: bool = False, *, as_root: bool = False) -> Profile:
     """The profile at ``path``, read as given (``--profile /dev/stdin``, a FIFO) up to
     :data:`MAX_PROFILE`; ``regular_only``: only if it is a regular file (the profile a
     bundle's unit names, read at boot, where a FIFO would wait for ever)."""
@@ -585,4 +599,4 @@ def load(path: Path, regular_only: bool = False) -> Profile:
         raise VaultpyError(Problem(source, "not a profile: a number with thousands of digits "
                                    "or values nested too deeply", "",
                                    "regenerate it with vaultpy profile")) from None
-    return parse(data, source, path.parent.absolute())
+    return parse(data, source, path.parent.absolute(), as_root=as_root)

@@ -63,7 +63,8 @@ __all__ = ["STEPS", "Context", "Options", "activate", "summary"]
 def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
-    profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile)
+    profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile,
+                               as_root=os.geteuid() == 0)
     if profile.settings.user:
         _check_user_run(opts, profile)
     elif os.geteuid() != 0 and os.path.realpath(opts.root) == "/":
@@ -108,11 +109,10 @@ def activate(opts: Options) -> Context:
 def _check_user_run(opts: Options, profile: profile_mod.Profile) -> None:
     """A user's profile is activated by that user (their systemd --user unit): as root,
     every file, directory and link would be root's, in the user's home."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:      # (the loader says so first: load's as_root)
         raise VaultpyError(Problem(profile.source, "a user's profile (settings.user), "
                                    "run as root", "settings.user",
-                                   "activate it as the user whose secrets these are (as "
-                                   "their systemd --user unit vaultpy.service does)"))
+                                   profile_mod.USER_AS_ROOT_HINT))
     if opts.early:
         raise VaultpyError(Problem("--early", "a user's profile has no early files", "",
                                    "drop --early"))

@@ -124,7 +124,7 @@ def switch(ctx: Context) -> None:
     # Relative to where the link really is: its ".." are taken in the directory that
     # holds it, not in the path as written (a user's home may be a symlink, the live
     # link in it and the store in the runtime directory).
-    target = os.path.relpath(ctx.generation, os.path.realpath(link.parent))
+    target = os.path.relpath(os.path.realpath(ctx.generation), os.path.realpath(link.parent))
     tmp = fsutil.tmp_name(link)
     os.symlink(target, tmp)
     try:

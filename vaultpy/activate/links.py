@@ -408,7 +408,10 @@ def link_paths(ctx: Context) -> None:
     if ctx.opts.dry_run:
         for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
-        for path in sorted(set(stale_links(ctx)) - set(wanted)):
+        # (the previous generation's, and the record's: after a reboot or a logout,
+        # the only ones that say what an earlier run placed)
+        owed = set(stale_links(ctx)) | set(_forgotten(ctx, _record(ctx) or {}))
+        for path in sorted(owed - set(wanted)):
             ctx.log("link_paths", f"would remove {path} (no item wants it)")
         return
     # The on-disk record (linkrecord): the normal run's alone.  Every wanted path is

@@ -27,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
                    help="Prefix every host path (keys, dirs, extra paths, /etc/passwd).")
     p.add_argument("--no-mount", action="store_true",
-                   help="Do not mount ramfs on the store (tests and demos only).")
+                   help="Do not mount ramfs on the store (a user's profile: accept a "
+                        "store not in RAM); tests and demos only.")
     p.add_argument("--dry-run", action="store_true",
                    help="Show what would change; touch nothing.")
     p.add_argument("--early", action="store_true",

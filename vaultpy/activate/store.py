@@ -32,12 +32,12 @@ def lock(ctx: Context) -> None:
                                    "store", "remove it if it is a symlink or not a regular "
                                    "file; vaultpy creates it")) from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != ctx.uid:
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
         # Another user's file (made first, in a shared sticky directory) would let them
         # hold the lock, and so every activation, for as long as they like.
         os.close(fd)
         whose = "not a regular file" if not stat.S_ISREG(st.st_mode) else (
-            f"owned by uid {st.st_uid}, not " + ("you" if ctx.user else "root"))
+            f"owned by uid {st.st_uid}, not " + ("root" if os.geteuid() == 0 else "you"))
         raise VaultpyError(Problem(str(path), f"the lock file is {whose}", "store",
                                    "remove it (vaultpy creates it), or give the store a "
                                    "place of its own"))
@@ -161,7 +161,8 @@ def _user_places(ctx: Context) -> None:
     from vaultpy.activate import links
 
     s = ctx.profile.settings
-    for field, place, where in (("store", s.store, "under %r, your runtime directory"),
+    for field, place, where in (("store", s.store, "under %r, your runtime directory (is "
+                                 "$XDG_RUNTIME_DIR yours?)"),
                                 ("dir", s.dir, "in your home")):
         try:
             os.close(links.open_parent(ctx, place, create=not ctx.opts.dry_run))
@@ -169,8 +170,7 @@ def _user_places(ctx: Context) -> None:
             if ctx.opts.dry_run and isinstance(exc, FileNotFoundError):
                 continue                    # (a real run makes it)
             raise VaultpyError(Problem(place, f"cannot reach its directory: {exc.strerror}",
-                                       f"settings.{field}", f"keep it {where} (is "
-                                       "$XDG_RUNTIME_DIR your runtime directory?)")) from None
+                                       f"settings.{field}", f"keep it {where}")) from None
         except VaultpyError as exc:
             raise VaultpyError([Problem(p.file, p.message, f"settings.{field}",
                                         f"keep it {where}; " + p.hint)
