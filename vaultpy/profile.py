@@ -191,8 +191,10 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     wrong: list[Problem] = []       # a user's profile: every item's owner/group/early
     for sid in h.needed:
         path = cfg.cache_dir / host / cache.cache_name(sid, hashes[sid].sha256, h.recipients)
-        file = (os.path.relpath(os.path.realpath(path), relative_to) if relative_to
-                else str(path.absolute()))
+        # (its directory's realpath: the file itself is named, never what a link there
+        # leads to, which check and bundle refuse by name)
+        file = (os.path.relpath(os.path.join(os.path.realpath(path.parent), path.name),
+                                relative_to) if relative_to else str(path.absolute()))
         d = deployed.get(sid)
         out = d.out if d else Output()
         where = f"hosts.{host}.secrets.{sid}"
