@@ -416,6 +416,30 @@ def test_a_place_below_another_users_directory_is_refused(user: User, field: str
     assert list(shared.iterdir()) == []          # nothing made there
 
 
+def test_a_live_link_another_user_made_first_is_refused(user: User) -> None:
+    """settings.dir in a shared sticky directory, where another user made the link
+    first, pointing at a "generation" of theirs: its manifest would choose the units to
+    restart and the links to remove."""
+    sticky = user.outer / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    fake = user.outer / "fake-gen"
+    fake.mkdir()
+    (fake / ".vaultpy-manifest.json").write_text(json.dumps(
+        {"version": 1, "host": "alice", "items": [], "unlink": [],
+         "pending": [["try-restart", "evil.service"]]}))
+    live = sticky / "alice-live"
+    live.symlink_to(fake)
+    os.lchown(live, OTHER, OTHER)
+    user.write_hosts({"token": {}})
+    a = _with_settings(user.profile("a.json"), dir=str(live))
+    row = user.session(user.activate(a))[0]
+    errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
+    assert row["rc"] == 1 and len(errors) == 1, row
+    assert f"is a symlink of another user (uid {OTHER})" in errors[0], row
+    assert user.calls() == []
+
+
 def test_a_runtime_dir_of_another_user_is_refused(user: User) -> None:
     theirs = user.outer / "rt-theirs"
     theirs.mkdir()

@@ -57,18 +57,25 @@ def referenced(ctx: Context) -> set[Path]:
     return out
 
 
-def _check_link_replaceable(link: Path) -> None:
+def _check_link_replaceable(ctx: Context, link: Path) -> None:
     if link.exists() and not link.is_symlink():
         raise VaultpyError(Problem(str(link), "exists and is not a symlink", "dir",
                                    "move it away: vaultpy manages this path as a symlink "
                                    "to the live generation"))
+    # Another user's symlink there (made first, in a sticky directory) would be read as
+    # the live link: its "previous generation" would name the units to restart and the
+    # links to remove.
+    if link.is_symlink() and not ctx.trusted(link.lstat().st_uid):
+        raise VaultpyError(Problem(str(link), f"is a symlink of another user (uid "
+                                   f"{link.lstat().st_uid})", "dir",
+                                   "remove it, or give settings.dir a place of its own"))
 
 
 def new_generation(ctx: Context) -> None:
     """Next number after every existing generation; created 0751, root's (a user's
     profile: the user's).
     Generations a killed run left unfinished (no manifest, not live) are removed."""
-    _check_link_replaceable(ctx.link)
+    _check_link_replaceable(ctx, ctx.link)
     ctx.previous = read_link_generation(ctx.link)
     live = referenced(ctx)
     numbers = _numeric(ctx.store)               # number past anything numeric in the store
