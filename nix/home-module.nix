@@ -9,7 +9,8 @@
 #
 # hosts.toml lists the same secrets under [hosts.alice] (with alice's public key), so
 # `vaultpy renc` encrypts them to her key.  At login (and at every `home-manager
-# switch` that changes them) the user unit vaultpy.service decrypts them with
+# switch` that changes them, when home-manager manages user units: startServices) the
+# user unit vaultpy.service decrypts them with
 # ~/.ssh/id_ed25519 into $XDG_RUNTIME_DIR/vaultpy.d/<N> (RAM), every file hers, and
 # switches ~/.local/state/vaultpy/secrets to it: the profile is a user's
 # (`vaultpy profile --user` writes the same one), refused if activated as root.
