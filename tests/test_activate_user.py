@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from activate_helpers import (
+    activate_cmd,
     activate_ok,
     host_table,
     make_host_root,
@@ -392,7 +393,7 @@ def test_a_users_bundle_takes_only_home_as_a_specifier(user: User) -> None:
     assert_one_clean_error(proc, "--vaultpy", "%h/.local/bin/vaultpy")
 
 
-def _with_settings(profile: Path, **settings: str) -> Path:
+def _with_settings(profile: Path, **settings: object) -> Path:
     data = json.loads(profile.read_text())
     data["settings"].update(settings)
     profile.write_text(json.dumps(data))
@@ -417,12 +418,14 @@ def test_a_place_below_another_users_directory_is_refused(user: User, field: str
 
 
 def test_a_live_link_another_user_made_first_is_refused(user: User) -> None:
-    """settings.dir in a shared sticky directory, where another user made the link
-    first, pointing at a "generation" of theirs: its manifest would choose the units to
-    restart and the links to remove."""
-    sticky = user.outer / "sticky"
+    """settings.dir where another user made the link first, pointing at a "generation"
+    of theirs: its manifest would choose the units to restart and the links to remove.
+    (The directory: root's, writable by the user's own group, which that user could
+    have been in; one every user may write to is refused before, as a place.)"""
+    sticky = user.outer / "shared-group"
     sticky.mkdir()
-    sticky.chmod(0o1777)
+    os.chown(sticky, 0, GID)
+    sticky.chmod(0o775)
     fake = user.outer / "fake-gen"
     fake.mkdir()
     (fake / ".vaultpy-manifest.json").write_text(json.dumps(
@@ -440,6 +443,58 @@ def test_a_live_link_another_user_made_first_is_refused(user: User) -> None:
     assert user.calls() == []
 
 
+def test_the_users_symlink_into_another_users_directory_is_refused(user: User) -> None:
+    """~/.local/state a symlink of the user's, into a directory of theirs that lies in
+    another user's: the kernel follows the whole chain, so what is above where it leads
+    is checked too (that user could swap it, and the live link in it)."""
+    theirs = user.outer / "pi"
+    (theirs / "alice").mkdir(parents=True)
+    os.chown(theirs, OTHER, OTHER)
+    theirs.chmod(0o755)
+    os.chown(theirs / "alice", UID, GID)
+    rows = user.session(["sh", f'mkdir -p "{user.home}/.local" && ln -s "{theirs}/alice" '
+                               f'"{user.home}/.local/state"'])
+    _ok(rows[0])
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    row = user.session(user.activate(a))[0]
+    assert row["rc"] == 1 and "settings.dir" in row["err"], row
+    assert "owned by another user" in row["err"] and str(theirs) in row["err"], row
+    assert list((theirs / "alice").iterdir()) == []
+
+
+@pytest.mark.parametrize("group", [OTHER, GID])
+def test_a_group_writable_home_is_the_users_only_in_their_own_group(user: User,
+                                                                    group: int) -> None:
+    os.chown(user.home, UID, group)
+    user.home.chmod(0o775)
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    row = user.session(user.activate(a))[0]
+    if group == GID:            # a user private group: theirs
+        _ok(row)
+        return
+    assert row["rc"] == 1 and f"writable by group {OTHER}, not yours" in row["err"], row
+
+
+def test_a_link_at_early_dir_keeps_no_generation(user: User) -> None:
+    """A user's profile has no early run: its early_dir is never read as a live link
+    (another user's link there, to generation 1, kept it from being pruned and sealed
+    for good)."""
+    sticky = user.outer / "sticky-early"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    early = sticky / "alice-early"
+    early.symlink_to(user.runtime / "vaultpy.d" / "1")      # resolves once it is built
+    os.lchown(early, OTHER, OTHER)
+    user.write_hosts({"token": {}})
+    a = _with_settings(user.profile("a.json"), early_dir=str(early), keep=1)
+    rows = user.session(user.activate(a), user.activate(a), user.activate(a),
+                        ["sh", 'ls "$XDG_RUNTIME_DIR/vaultpy.d"'])
+    assert [r["rc"] for r in rows] == [0] * 4, rows
+    assert rows[3]["out"].split() == ["3"]
+
+
 def test_a_runtime_dir_of_another_user_is_refused(user: User) -> None:
     theirs = user.outer / "rt-theirs"
     theirs.mkdir()
@@ -453,24 +508,40 @@ def test_a_runtime_dir_of_another_user_is_refused(user: User) -> None:
     assert "owned by another user" in row["err"] and list(theirs.iterdir()) == []
 
 
-def test_a_lock_file_another_user_made_first_is_refused(user: User) -> None:
-    """In a shared sticky directory another user may create <store>.lock first and hold
-    its flock for ever: every activation would wait on it."""
+def test_a_store_in_a_directory_everyone_may_write_is_refused(user: User) -> None:
+    """In a shared sticky directory another user may make the store's name, or the
+    lock's, first (and hold its flock for ever)."""
     sticky = user.outer / "sticky"
     sticky.mkdir()
     sticky.chmod(0o1777)
-    lock = sticky / "alice.d.lock"
-    lock.touch()
-    os.chown(lock, OTHER, OTHER)
-    lock.chmod(0o666)
     user.write_hosts({"token": {}})
     a = _with_settings(user.profile("a.json"), store=f"{sticky}/alice.d")
     row = user.session(user.activate(a))[0]
-    errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
-    assert row["rc"] == 1 and len(errors) == 1, row
-    # (with fs.protected_regular, systemd's default, the kernel refuses the open itself)
-    assert (f"the lock file is owned by uid {OTHER}, not you" in errors[0]
-            or "cannot open the lock file: Permission denied" in errors[0]), row
+    assert row["rc"] == 1 and len(row["err"].splitlines()) == 1, row
+    assert "settings.store" in row["err"] and "every user may write" in row["err"], row
+    assert list(sticky.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["theirs", "hard link"])
+def test_a_hosts_lock_file_must_be_roots_own(make_repo: Any, tmp_path: Path,
+                                            kind: str) -> None:
+    repo = make_repo(hosts=1)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    lock = host.root / "run" / "vaultpy.d.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "theirs":
+        lock.touch()
+        os.chown(lock, OTHER, OTHER)
+        needle = f"the lock file is owned by uid {OTHER}, not root"
+    else:
+        (host.root / "notes").touch()
+        os.link(host.root / "notes", lock)
+        needle = "the lock file is a hard link to another name"
+    proc = subprocess.run(activate_cmd(host.profile, host.root), capture_output=True,
+                          env=vaultpy_env(), cwd=ROOT)
+    assert_one_clean_error(proc, needle)
+    assert host.generations() == []
 
 
 def test_dry_run_after_a_new_session_names_the_links_the_record_owes(user: User) -> None:

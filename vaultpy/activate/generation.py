@@ -47,10 +47,13 @@ def remove_leftover_links(link: Path, uid: int = 0) -> None:
 
 
 def referenced(ctx: Context) -> set[Path]:
-    """Generations a live symlink (``dir`` or ``early_dir``) points to."""
+    """Generations a live symlink (``dir`` or ``early_dir``) points to.  A user's
+    profile has no early run: its ``early_dir`` is never read (a link another user made
+    there would keep a generation from being pruned and sealed)."""
     s = ctx.profile.settings
     out = set()
-    for link in (ctx.host_path(s.dir), ctx.host_path(s.early_dir)):
+    for link in ((ctx.host_path(s.dir),) if ctx.user
+                 else (ctx.host_path(s.dir), ctx.host_path(s.early_dir))):
         gen = read_link_generation(link)
         if gen is not None:
             out.add(gen.resolve())

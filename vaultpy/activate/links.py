@@ -82,6 +82,7 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
                 try:
                     _refuse_own_place(ctx, path, _real_parent(ctx, nxt, shown), below=True)
+                    _refuse_theirs_above(ctx, nxt, shown)
                 except BaseException:
                     os.close(nxt)
                     raise
@@ -98,6 +99,25 @@ def open_parent(ctx: Context, path: str, create: bool) -> int:
         raise
 
 
+def _refuse_theirs_above(ctx: Context, fd: int, shown: str) -> None:
+    """A trusted symlink was followed to the directory ``fd``: the kernel followed its
+    whole target, so every directory above where it leads must pass the same rule (a
+    user's link into a directory another user controls would let them swap what lies
+    below).  Its real path holds no symlink: one there now (a race) is refused too."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        raise _refuse(ctx, shown, "leads to a directory whose place cannot be read "
+                      "(/proc)") from None
+    parts = real.split("/")[1:-1]
+    for i in range(len(parts)):
+        above = "/" + "/".join(parts[: i + 1])
+        st = os.lstat(above)
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(ctx, shown, f"leads through {above}, which changed meanwhile")
+        _refuse_theirs(ctx, st, f"{shown} (through {above})", followed=True)
+
+
 def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool) -> None:
     """A directory the walk entered (``followed``: through root's symlink) must be one
     no other user can change: root's, and not writable by everyone (unless sticky, as
@@ -109,6 +129,13 @@ def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool)
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
                       + " writable by every user; refusing to write below it")
+    # A user's: a group-writable directory is theirs alone only in their own group (a
+    # user private group) or root's; another group's members could swap its entries.
+    if (ctx.user and st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX
+            and st.st_gid not in (0, ctx.gid)):
+        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
+                      + f" writable by group {st.st_gid}, not yours; refusing to write "
+                      "below it")
 
 
 def _real_parent(ctx: Context, fd: int, nominal: str) -> str:

@@ -32,12 +32,13 @@ def lock(ctx: Context) -> None:
                                    "store", "remove it if it is a symlink or not a regular "
                                    "file; vaultpy creates it")) from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
         # Another user's file (made first, in a shared sticky directory) would let them
         # hold the lock, and so every activation, for as long as they like.
         os.close(fd)
-        whose = "not a regular file" if not stat.S_ISREG(st.st_mode) else (
-            f"owned by uid {st.st_uid}, not " + ("root" if os.geteuid() == 0 else "you"))
+        whose = ("not a regular file" if not stat.S_ISREG(st.st_mode) else
+                 f"owned by uid {st.st_uid}, not " + ("root" if os.geteuid() == 0 else "you")
+                 if st.st_uid != os.geteuid() else "a hard link to another name")
         raise VaultpyError(Problem(str(path), f"the lock file is {whose}", "store",
                                    "remove it (vaultpy creates it), or give the store a "
                                    "place of its own"))
@@ -165,7 +166,9 @@ def _user_places(ctx: Context) -> None:
                                  "$XDG_RUNTIME_DIR yours?)"),
                                 ("dir", s.dir, "in your home")):
         try:
-            os.close(links.open_parent(ctx, place, create=not ctx.opts.dry_run))
+            fd = links.open_parent(ctx, place, create=not ctx.opts.dry_run)
+            everyone = os.fstat(fd).st_mode & stat.S_IWOTH
+            os.close(fd)
         except OSError as exc:
             if ctx.opts.dry_run and isinstance(exc, FileNotFoundError):
                 continue                    # (a real run makes it)
@@ -175,6 +178,10 @@ def _user_places(ctx: Context) -> None:
             raise VaultpyError([Problem(p.file, p.message, f"settings.{field}",
                                         f"keep it {where}; " + p.hint)
                                 for p in exc.problems]) from None
+        if everyone:        # sticky (else refused above), but anyone may take its names
+            raise VaultpyError(Problem(place, "lies in a directory every user may write "
+                                       "to: another could make its name (or the lock's) "
+                                       "first", f"settings.{field}", f"keep it {where}"))
 
 
 def _user_store(ctx: Context) -> None:
