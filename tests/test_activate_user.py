@@ -206,6 +206,21 @@ def test_a_home_reached_through_a_symlink(user: User) -> None:
     assert "would change: nothing" in _ok(rows[2])["err"]     # the live one is found
 
 
+def test_status_shows_a_link_the_profile_no_longer_wants(user: User) -> None:
+    link = user.home / "token"
+    user.write_hosts({"token": {"path": str(link)}})
+    a = user.profile("a.json")
+    user.write_hosts({"token": {}})
+    b = user.profile("b.json")
+    rows = user.session(user.activate(a), ["vaultpy", "status", "--profile", str(b)])
+    _ok(rows[0])
+    row = rows[1]
+    assert row["rc"] == 1, row
+    assert f"{link} is no item's any more: activation removes it" in row["out"], row
+    live = [ln for ln in row["out"].splitlines() if ln.startswith("live generation: ")]
+    assert live == [f"live generation: {user.runtime}/vaultpy.d/1"], row   # no "../"
+
+
 def test_root_may_not_activate_a_users_profile(user: User) -> None:
     user.write_hosts({"token": {}})
     a = user.profile("a.json")

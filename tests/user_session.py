@@ -6,12 +6,13 @@ Run as root inside ``unshare -m`` (a private mount namespace)::
 
 SPEC: {"uid", "gid", "home", "runtime" (made a tmpfs of the user's, 0700, as
 pam_systemd makes /run/user/<uid>; "" leaves it as it is), "env" (extra variables),
-"steps": [["activate", ARG...] | ["sh", SCRIPT], ...]}.
+"steps": [["activate", ARG...] | ["vaultpy", ARG...] | ["sh", SCRIPT], ...]}.
 
 It mounts the runtime directory, then becomes the user for good (setgroups, setgid,
 setuid: a real process of that uid, no capability left) and runs each step: ``activate``
 is ``vaultpy-activate`` run in this process (the interpreter, under /root, is not
-the user's to start again), ``sh`` a shell as the user.  One JSON line per step on
+the user's to start again), ``vaultpy`` the CLI likewise (once a session: its console
+is made once), ``sh`` a shell as the user.  One JSON line per step on
 stdout: {"rc", "out", "err"}.
 """
 
@@ -41,9 +42,11 @@ def main() -> None:
     import cryptography.exceptions  # (age: SSH keys)
     import cryptography.hazmat.primitives.serialization  # noqa: F401
     import pyrage  # noqa: F401
+    import rich.table  # noqa: F401  (status)
 
     import vaultpy.activate  # noqa: F401
     import vaultpy.activate.main as entry
+    import vaultpy.cli as cli
     from vaultpy import age, profile, templates  # noqa: F401
     from vaultpy._internal import leave  # noqa: F401
 
@@ -56,11 +59,16 @@ def main() -> None:
                        **spec.get("env", {})})
     os.chdir(spec["home"])
     for step in spec["steps"]:
-        if step[0] == "activate":
+        if step[0] in ("activate", "vaultpy"):
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
-                    rc = entry.main(step[1:])
+                    if step[0] == "activate":
+                        rc = entry.main(step[1:])
+                    else:
+                        sys.argv = ["vaultpy", *step[1:]]
+                        cli.main()
+                        rc = 0
                 except SystemExit as exc:
                     rc = exc.code if isinstance(exc.code, int) else 2
             row = {"rc": rc, "out": out.getvalue(), "err": err.getvalue()}

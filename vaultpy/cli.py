@@ -805,6 +805,7 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
     report: dict[str, Any] = {"ok": True, "changes": []}
     for r in runs:
         live = read_link_generation(r.link)
+        live = Path(os.path.realpath(live)) if live is not None else None   # ../ resolved
         files = []
         if live is not None:
             for entry in sorted(live.iterdir()):
@@ -876,6 +877,11 @@ def _link_drift(ctx: Any) -> list[tuple[str, str]]:
             out.append((item.name, f"{path} is not a link (a file or directory is there)"))
         elif os.path.realpath(at) != want:
             out.append((item.name, f"{path} leads elsewhere"))
+    from vaultpy.activate.links import owed_removals
+
+    for path, name in sorted(owed_removals(ctx).items()):
+        if os.path.islink(os.path.join(root, path.lstrip("/"))):
+            out.append((name, f"{path} is no item's any more: activation removes it"))
     return out
 
 

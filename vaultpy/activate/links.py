@@ -427,6 +427,16 @@ def check_paths(ctx: Context) -> None:
         raise VaultpyError(problems)
 
 
+def owed_removals(ctx: Context) -> dict[str, str]:
+    """The links a run of this profile would remove (path -> the item name they lead
+    to): the previous generation's, and the record's (after a reboot or a logout, the
+    only ones that say what an earlier run placed), that no item wants."""
+    wanted = _wanted(ctx)
+    owed = {p: n for p, (_d, n) in _forgotten(ctx, _record(ctx) or {}).items()}
+    owed.update(stale_links(ctx))
+    return {p: n for p, n in owed.items() if p not in wanted}
+
+
 def link_paths(ctx: Context) -> None:
     """After the switch (links of items that are new resolve only from then on).  A
     path that cannot be linked or removed does not stop the run: its problem is kept
@@ -435,10 +445,7 @@ def link_paths(ctx: Context) -> None:
     if ctx.opts.dry_run:
         for path in sorted(wanted):
             ctx.log("link_paths", f"would link {path}")
-        # (the previous generation's, and the record's: after a reboot or a logout,
-        # the only ones that say what an earlier run placed)
-        owed = set(stale_links(ctx)) | set(_forgotten(ctx, _record(ctx) or {}))
-        for path in sorted(owed - set(wanted)):
+        for path in sorted(owed_removals(ctx)):
             ctx.log("link_paths", f"would remove {path} (no item wants it)")
         return
     # The on-disk record (linkrecord): the normal run's alone.  Every wanted path is
