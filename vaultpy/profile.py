@@ -335,23 +335,12 @@ def _read_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
     for key, val in (("owner", owner), ("group", group)):
         if not (numeric_id_ok(val) or (not val.isdigit() and USER_RE.fullmatch(val))):
             rd.bad(f"{where}.{key}", f"invalid user or group {val!r}")
-    mode = rd.get(obj, "mode", str, where) or "0400"
-    if not _MODE_RE.fullmatch(mode):
-        rd.bad(f"{where}.mode", f"invalid mode {mode!r}", 'use 4 octal digits like "0400"')
-        mode = "0400"
-    units: dict[str, tuple[str, ...]] = {}
-    for key in ("restart_units", "reload_units"):
-        raw = rd.get(obj, key, list, where) or []
-        if not all(isinstance(u, str) and UNIT_RE.fullmatch(u) for u in raw):
-            rd.bad(f"{where}.{key}", "expected a list of unit names")
-            raw = []
-        units[key] = tuple(raw)
+    mode, restart, reload = _mode_and_units(rd, obj, where)
     early = rd.get(obj, "early", bool, where)
     if early and not (early_owner_ok(owner) and early_owner_ok(group)):
         rd.bad(f"{where}.early", EARLY_OWNER_PROBLEM, EARLY_OWNER_HINT)
     path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
-    return Output(owner, group, mode, path, units["restart_units"], units["reload_units"],
-                  bool(early))
+    return Output(owner, group, mode, path, restart, reload, bool(early))
 
 
 def _read_user_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output:
@@ -363,15 +352,26 @@ def _read_user_output(rd: _Reader, obj: Mapping[str, Any], where: str) -> Output
     if obj.get("early"):
         rd.bad(f"{where}.early", "a user's profile has no early files (they are for a "
                "host's boot, before its users exist)", "remove early")
-    plain = {k: v for k, v in obj.items() if k not in ("owner", "group", "early")}
-    rd.user_env, env = None, rd.user_env
-    try:                    # the system reader's checks of mode and units, path expanded
-        out = _read_output(rd, {**plain, "owner": "root", "group": "root", "early": False,
-                                "path": None}, where)
-    finally:
-        rd.user_env = env
+    mode, restart, reload = _mode_and_units(rd, obj, where)
     path = _abs_path(rd, obj.get("path"), f"{where}.path") if "path" in obj else None
-    return Output("", "", out.mode, path, out.restart_units, out.reload_units, False)
+    return Output("", "", mode, path, restart, reload, False)
+
+
+def _mode_and_units(rd: _Reader, obj: Mapping[str, Any], where: str
+                    ) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """An item's mode, restart_units and reload_units (a host's or a user's alike)."""
+    mode = rd.get(obj, "mode", str, where) or "0400"
+    if not _MODE_RE.fullmatch(mode):
+        rd.bad(f"{where}.mode", f"invalid mode {mode!r}", 'use 4 octal digits like "0400"')
+        mode = "0400"
+    units: dict[str, tuple[str, ...]] = {}
+    for key in ("restart_units", "reload_units"):
+        raw = rd.get(obj, key, list, where) or []
+        if not all(isinstance(u, str) and UNIT_RE.fullmatch(u) for u in raw):
+            rd.bad(f"{where}.{key}", "expected a list of unit names")
+            raw = []
+        units[key] = tuple(raw)
+    return mode, units["restart_units"], units["reload_units"]
 
 
 def _field(where: str, key: object) -> str:

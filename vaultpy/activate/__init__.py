@@ -107,12 +107,9 @@ def activate(opts: Options) -> Context:
 
 
 def _check_user_run(opts: Options, profile: profile_mod.Profile) -> None:
-    """A user's profile is activated by that user (their systemd --user unit): as root,
-    every file, directory and link would be root's, in the user's home."""
-    if os.geteuid() == 0:      # (the loader says so first: load's as_root)
-        raise VaultpyError(Problem(profile.source, "a user's profile (settings.user), "
-                                   "run as root", "settings.user",
-                                   profile_mod.USER_AS_ROOT_HINT))
+    """A user's profile is activated by that user (their systemd --user unit), never as
+    root (the loader refuses that, ``as_root``, before it expands anything), and has no
+    early run."""
     if opts.early:
         raise VaultpyError(Problem("--early", "a user's profile has no early files", "",
                                    "drop --early"))

@@ -68,10 +68,11 @@ def _check_link_replaceable(ctx: Context, link: Path) -> None:
     # Another user's symlink there (made first, in a sticky directory) would be read as
     # the live link: its "previous generation" would name the units to restart and the
     # links to remove.
-    if link.is_symlink() and not ctx.trusted(link.lstat().st_uid):
-        raise VaultpyError(Problem(str(link), f"is a symlink of another user (uid "
-                                   f"{link.lstat().st_uid})", "dir",
-                                   "remove it, or give settings.dir a place of its own"))
+    owner = link.lstat().st_uid if link.is_symlink() else ctx.uid
+    if not ctx.trusted(owner):
+        raise VaultpyError(Problem(str(link), f"is a symlink of another user (uid {owner})",
+                                   "dir", "remove it, or give settings.dir a place of its "
+                                   "own"))
 
 
 def new_generation(ctx: Context) -> None:

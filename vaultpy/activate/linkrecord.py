@@ -34,6 +34,7 @@ from pathlib import Path
 from vaultpy._internal import fsutil
 from vaultpy.activate.context import Context
 from vaultpy.output import ID_RE, path_shape_problem
+from vaultpy.profile import expand
 
 DIR = "/var/lib/vaultpy"
 _VERSION = 2
@@ -53,8 +54,9 @@ def path(ctx: Context) -> Path:
 def user_dir() -> str:
     """~/.local/state/vaultpy, whatever $XDG_STATE_HOME says: the record must be found
     where the last run left it, and a session's environment may differ from the last
-    one's (the live link, settings.dir, does not move with it either)."""
-    return os.environ.get("HOME", "").rstrip("/") + "/.local/state/vaultpy"
+    one's (the live link, settings.dir, does not move with it either).  ($HOME was
+    checked when the profile was read.)"""
+    return expand("%h/.local/state/vaultpy", os.environ)
 
 
 def _whose(ctx: Context) -> str:

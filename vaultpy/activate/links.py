@@ -123,19 +123,18 @@ def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool)
     no other user can change: root's, and not writable by everyone (unless sticky, as
     /tmp: then nobody else can rename or remove root's entries).  Else another user
     could replace the link with one of theirs, and the service would read their file."""
+    what = "leads to a directory" if followed else "is"
     if not ctx.trusted(st.st_uid):
-        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
-                      + " owned by another user; refusing to write below it")
+        raise _refuse(ctx, shown, f"{what} owned by another user; refusing to write below it")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
-                      + " writable by every user; refusing to write below it")
+        raise _refuse(ctx, shown, f"{what} writable by every user; refusing to write below "
+                      "it")
     # A user's: a group-writable directory is theirs alone only in their own group (a
     # user private group) or root's; another group's members could swap its entries.
     if (ctx.user and st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX
             and st.st_gid not in (0, ctx.gid)):
-        raise _refuse(ctx, shown, ("leads to a directory" if followed else "is")
-                      + f" writable by group {st.st_gid}, not yours; refusing to write "
-                      "below it")
+        raise _refuse(ctx, shown, f"{what} writable by group {st.st_gid}, not yours; "
+                      "refusing to write below it")
 
 
 def _real_parent(ctx: Context, fd: int, nominal: str) -> str:

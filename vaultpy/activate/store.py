@@ -66,17 +66,14 @@ def load_identities(ctx: Context) -> None:
     """Read the host's key(s) once; a missing key is fatal, clearly."""
     for raw in ctx.profile.settings.identities:
         path = ctx.host_path(raw)
-        if not path.exists() and ctx.user:
-            raise VaultpyError(Problem(str(path), "your key not found", "settings.identities",
-                                       "restore it from a backup (a new key cannot decrypt "
-                                       "what renc wrote for the old one), or name where it "
-                                       "is in settings.identities"))
         if not path.exists():
-            raise VaultpyError(Problem(str(path), "host key not found",
-                                       "settings.identities",
-                                       "is this the right host? restore its key from "
-                                       "a backup: a new key (ssh-keygen -A) cannot "
-                                       "decrypt what renc wrote for the old one"))
+            raise VaultpyError(Problem(
+                str(path), "your key not found" if ctx.user else "host key not found",
+                "settings.identities",
+                "restore it from a backup (a new key cannot decrypt what renc wrote for "
+                "the old one), or name where it is in settings.identities" if ctx.user else
+                "is this the right host? restore its key from a backup: a new key "
+                "(ssh-keygen -A) cannot decrypt what renc wrote for the old one"))
         unreadable = _UNREADABLE_USER if ctx.user else _UNREADABLE
         try:
             ctx.identities.extend(age.load_identity_file(path, _no_prompt(path, ctx.user),
