@@ -72,6 +72,14 @@ class User:
         self.repo.ok("profile", "-H", "alice", "--user", "-o", str(out))
         return out
 
+    def link_dropped(self) -> tuple[Path, Path, Path]:
+        """(link, a, b): profile a links ~/token to the token; b, else the same, does not."""
+        link = self.home / "token"
+        self.write_hosts({"token": {"path": str(link)}})
+        a = self.profile("a.json")
+        self.write_hosts({"token": {}})
+        return link, a, self.profile("b.json")
+
     def session(self, *steps: list[str], runtime: bool = True,
                 env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Run ``steps`` as the user in one login session (one tmpfs runtime directory:
@@ -171,13 +179,9 @@ def test_a_new_session_rebuilds_and_drops_the_links_the_profile_no_longer_wants(
         user: User) -> None:
     """After a logout (or a reboot) the runtime directory is empty: the record of links
     in the user's state directory still says which link to remove."""
-    link = user.home / "token"
-    user.write_hosts({"token": {"path": str(link)}})
-    a = user.profile("a.json")
+    link, a, b = user.link_dropped()
     _ok(user.session(user.activate(a))[0])
     assert link.is_symlink()
-    user.write_hosts({"token": {}})
-    b = user.profile("b.json")
     rows = user.session(user.activate(b), ["sh", f'cat "{user.state}/secrets/token"'])
     _ok(rows[0])
     assert _ok(rows[1])["out"] == "api-token-1\n"
@@ -207,11 +211,7 @@ def test_a_home_reached_through_a_symlink(user: User) -> None:
 
 
 def test_status_shows_a_link_the_profile_no_longer_wants(user: User) -> None:
-    link = user.home / "token"
-    user.write_hosts({"token": {"path": str(link)}})
-    a = user.profile("a.json")
-    user.write_hosts({"token": {}})
-    b = user.profile("b.json")
+    link, a, b = user.link_dropped()
     rows = user.session(user.activate(a), ["vaultpy", "status", "--profile", str(b)])
     _ok(rows[0])
     row = rows[1]
@@ -360,11 +360,7 @@ def test_a_hosts_profile_activated_by_a_user_says_what_to_do(user: User) -> None
 
 
 def test_removing_a_path_is_said(user: User) -> None:
-    link = user.home / "token"
-    user.write_hosts({"token": {"path": str(link)}})
-    a = user.profile("a.json")
-    user.write_hosts({"token": {}})
-    b = user.profile("b.json")
+    link, a, b = user.link_dropped()
     rows = user.session(user.activate(a), user.activate(b, "--dry-run"), user.activate(b))
     assert f"would remove {link} (no item wants it)" in _ok(rows[1])["err"]
     assert f"removed {link} (no item wants it)" in _ok(rows[2])["err"]
@@ -562,12 +558,8 @@ def test_a_hosts_lock_file_must_be_roots_own(make_repo: Any, tmp_path: Path,
 def test_dry_run_after_a_new_session_names_the_links_the_record_owes(user: User) -> None:
     """A new session starts with an empty runtime dir: only the record says which link
     an earlier one placed."""
-    link = user.home / "token"
-    user.write_hosts({"token": {"path": str(link)}})
-    a = user.profile("a.json")
+    link, a, b = user.link_dropped()
     _ok(user.session(user.activate(a))[0])
-    user.write_hosts({"token": {}})
-    b = user.profile("b.json")
     rows = user.session(user.activate(b, "--dry-run"))
     assert f"would remove {link} (no item wants it)" in _ok(rows[0])["err"]
     assert link.is_symlink()
