@@ -888,3 +888,59 @@ def test_a_first_run_that_cannot_make_its_lock_file_leaves_nothing(make_repo, mo
     monkeypatch.setattr(pipeline.fsutil, "locked", real_locked)
     assert _renc(r, jobs).ok
     assert (r.cache / ".vaultpy.lock").exists()
+
+
+@pytest.mark.parametrize("layout", ["first-run", "first-run-hosts-exist", "lock-held"])
+def test_batches_are_made_durable_while_the_workers_go_on(repo, monkeypatch, layout):
+    """With workers beside the parent, each batch is synced as the parent takes it,
+    so the sync at the end waits for the last batch only.  Before the lock is held
+    nothing is published meanwhile: no cache file renamed, no host directory in
+    place; and the last syncfs comes after the last file was handed back, before any
+    rename."""
+    if layout == "lock-held":
+        assert _renc(repo, 2).ok
+        for h in repo.hosts:
+            fsutil.remove_tree(repo.cache / h)
+    else:
+        _first_run(repo)
+        if layout == "first-run-hosts-exist":          # a clone: no lock, host dirs
+            _hosts_exist(repo)
+    monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
+    monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
+    events: list[tuple[str, bool]] = []
+    real_syncfs, real_rename, real_new = fsutil.syncfs, os.rename, fsutil.rename_new
+    real_add = pipeline._Publisher.add
+    lock = model.load(repo.root).lock_path
+
+    def add(self: pipeline._Publisher, *args: Any) -> None:
+        real_add(self, *args)
+        events.append(("add", lock.exists()))
+
+    def syncfs(path: Path) -> None:
+        real_syncfs(path)
+        events.append(("syncfs", lock.exists()))
+
+    def rename(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        if str(dst).endswith(".age"):
+            events.append(("rename", lock.exists()))
+
+    def rename_new(src: str, dst: str) -> None:
+        real_new(src, dst)
+        events.append(("rename", lock.exists()))
+
+    monkeypatch.setattr(pipeline._Publisher, "add", add)
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    monkeypatch.setattr(pipeline.os, "rename", rename)
+    monkeypatch.setattr(pipeline.fsutil, "rename_new", rename_new)
+    result = _renc(repo, 2)
+    assert result.ok, result.failed
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("add") == len(SECRETS) * len(repo.hosts)
+    last_add = len(kinds) - 1 - kinds[::-1].index("add")
+    assert kinds[:last_add].count("syncfs") >= 2, kinds    # durable a batch at a time
+    first_rename = kinds.index("rename")
+    assert "syncfs" in kinds[last_add:first_rename]        # all of it, before a rename
+    if layout != "lock-held":               # nothing in place before the lock is held
+        assert all(held for kind, held in events if kind == "rename")
+    _assert_complete(repo)

@@ -198,8 +198,10 @@ class _Publisher:
 
     Per batch: one ``syncfs`` (every byte of the batch durable; for a few files while
     other programs' data waits to be written, an fdatasync each instead:
-    :func:`fsutil.sync_files`), then its renames
-    (each atomic, replacing a damaged file), then the index records them.  The host
+    :func:`fsutil.sync_files`), then, if ``renames`` (the lock is held), its renames
+    (each atomic, replacing a damaged file), then the index records them.  Without
+    ``renames`` a batch is only made durable (:meth:`sync`), and every rename waits for
+    :meth:`finish`.  The host
     directories are fsynced once, at the end (:meth:`finish`).  Until a temp file is
     renamed it is ``pending``: :meth:`discard` removes what is left on an interrupt.
 
@@ -210,18 +212,20 @@ class _Publisher:
     """
 
     def __init__(self, cfg: Config, result: Result, index: cache.VerifiedIndex,
-                 batch_files: int, batch_bytes: int, staging: dict[str, str]) -> None:
+                 batch_files: int, batch_bytes: int, staging: dict[str, str],
+                 renames: bool = True) -> None:
         self.cfg = cfg
         self.result = result
         self.index = index
         self.batch_files = batch_files
         self.batch_bytes = batch_bytes
         self.staging = staging
+        self.renames = renames
         self.repaired = {(i.host, i.id) for i in result.repaired}
         self.pending: list[tuple[cache.Item, str]] = []
-        self.pending_bytes = 0
-        self.unsynced = 0               # files written since the last syncfs (staged too)
-        self.staged_unsynced: list[str] = []    # of those, the ones in staged directories
+        self.unsynced = 0               # files written since the last sync (staged too)
+        self.unsynced_bytes = 0
+        self.fresh: list[str] = []      # their paths (more than FEW_FILES: a syncfs, no list)
         self.staged: dict[str, list[tuple[cache.Item, cache.StatKey]]] = {}
         self.dirs: set[str] = set()
         self.placed: set[str] = set()   # staged directories renamed into place
@@ -234,20 +238,27 @@ class _Publisher:
 
     def add(self, item: cache.Item, tmp: str, key: cache.StatKey | None) -> None:
         """A finished file: ``tmp`` to rename, or (``key`` given) one in a staged
-        directory, which waits for the end: a syncfs while the workers run costs them
-        more than it saves (measured on 2 cores), and the file has no rename to wait."""
+        directory, which has no rename of its own (its directory's waits for the end)."""
         self.unsynced += 1
+        self.unsynced_bytes += (item.payload or 0) + 256
+        if len(self.fresh) <= fsutil.FEW_FILES:
+            self.fresh.append(tmp)
         if key is not None:
             self.staged.setdefault(item.dir, []).append((item, key))
-            if len(self.staged_unsynced) <= fsutil.FEW_FILES:   # more: a syncfs, no list
-                self.staged_unsynced.append(tmp)
         else:
             self.pending.append((item, tmp))
-            self.pending_bytes += (item.payload or 0) + 256
 
     def flush_if_full(self) -> None:
-        if len(self.pending) >= self.batch_files or self.pending_bytes >= self.batch_bytes:
-            self.flush()
+        """Once a batch is written: durable now, while the workers go on, so that the
+        sync at the end waits for the last batch only, not for the whole run's bytes
+        (a cold --jobs 2 run of 10,000 files: its last sync from ~0.13 s to ~0.02 s,
+        the run ~4 % faster on 2 cores, though the writeback then competes with the
+        workers)."""
+        if self.unsynced >= self.batch_files or self.unsynced_bytes >= self.batch_bytes:
+            if self.renames:
+                self.flush()
+            else:
+                self.sync()
 
     def fail(self, item: cache.Item, problem: Problem) -> None:
         if problem not in self.result.failed:
@@ -257,20 +268,21 @@ class _Publisher:
         if built is not None:
             self.dropped.append(os.path.join(built, item.name))
 
-    def flush(self) -> None:
-        """Publish the pending batch.  A Ctrl-C during its syncfs leaves it pending
-        (:meth:`discard` removes it); its renames are held whole, with their clean-up."""
-        if not self.unsynced:
-            return
-        if self.broken is None:
-            try:                        # data durable before any rename
-                fsutil.sync_files(self.cfg.cache_dir,
-                                  [tmp for _item, tmp in self.pending] + self.staged_unsynced,
+    def sync(self) -> None:
+        """Make every file written since the last sync durable; rename none."""
+        if self.unsynced and self.broken is None:
+            try:
+                fsutil.sync_files(self.cfg.cache_dir, self.fresh,
                                   sorted(self.staging.values()))
             except OSError as exc:
                 self.broken = os_problem(self.cfg.cache_dir, exc, "finish writing the cache")
-        self.unsynced = self.pending_bytes = 0
-        self.staged_unsynced = []
+        self.unsynced = self.unsynced_bytes = 0
+        self.fresh = []
+
+    def flush(self) -> None:
+        """Publish the pending batch.  A Ctrl-C during its syncfs leaves it pending
+        (:meth:`discard` removes it); its renames are held whole, with their clean-up."""
+        self.sync()                     # data durable before any rename
         with sigint.held():
             pending, self.pending = self.pending, []
             done = 0
@@ -685,8 +697,9 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
     return todo + result.repaired
 
 
-# A batch is published once it holds 1/8 of the run (at least this much): big enough
-# that syncfs calls stay few, small enough that most of them overlap encryption.
+# A batch is made durable (and, with the lock held, published) once it holds 1/8 of
+# the run (at least this much): big enough that syncfs calls stay few, small enough
+# that most of them overlap encryption.
 _BATCH_FILES = 256
 _BATCH_BYTES = 8 << 20
 
@@ -701,19 +714,21 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
     publisher is also added to ``pubs`` before anything is written, for the caller to
     discard if it never gets hold of it (a Ctrl-C as this returns).
 
-    ``batches``: publish finished temp files while the workers go on.  Without it,
-    nothing is published before the caller's ``finish``: the first run, whose lock
-    is not held yet, writes this way (:func:`_first_run`)."""
+    When workers run beside the parent, what they write is made durable a batch at a
+    time while they go on (:meth:`_Publisher.flush_if_full`).  ``batches``: each batch
+    is also renamed into place then.  Without it, nothing is published before the
+    caller's ``finish``: the first run, whose lock is not held yet, writes this way
+    (:func:`_first_run`)."""
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
     total = len(todo)
     total_bytes = sum((i.payload or 0) + 256 for i in todo)
-    if batches and workers > 1 and len(by_secret) > 1:
+    if workers > 1 and len(by_secret) > 1:
         pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
-                         max(_BATCH_BYTES, total_bytes // 8), {})
-    else:                       # nothing to overlap with, or no lock: all at the end
-        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, {})
+                         max(_BATCH_BYTES, total_bytes // 8), {}, batches)
+    else:                       # nothing to overlap with: all at the end
+        pub = _Publisher(cfg, result, index, total + 1, total_bytes + 1, {}, batches)
     pubs.append(pub)
     bad: dict[str, Problem] = {}
     done = 0
