@@ -233,14 +233,14 @@ _GIB = 1 << 30
 
 
 def capped_run(argv: list[str], env: dict[str, str], cwd: Path, *, input: bytes | None = None,
-               stdin: int | None = None, timeout: float = 60
+               stdin: int | None = None, timeout: float = 60, limit: int = _GIB
                ) -> subprocess.CompletedProcess[bytes]:
-    """The real CLI in 1 GiB of address space: a run that reads /dev/zero to its end
-    fails in a second (MemoryError), instead of filling this machine's RAM."""
+    """The real CLI in 1 GiB of address space (``limit``): a run that reads /dev/zero
+    to its end fails in a second (MemoryError), instead of filling this machine's RAM."""
     import resource
 
     def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (_GIB, _GIB))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env}
     full.pop("VAULTPY_DEBUG", None)
