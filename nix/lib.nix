@@ -38,11 +38,21 @@ let
     && builtins.all (n: stringLength n <= 255) (filter isString (split "/" p));
 
   # [hosts.<name>] identities, as vaultpy/model.py checks it; `bad where msg` throws.
-  checkedIdentities = bad: where: v:
+  # A person's entry (`user = true`) may begin a path with %h/ or %r/ (userPath).
+  checkedIdentities = bad: where: v: checkedKeyPaths { inherit bad where; } v;
+  checkedKeyPaths = { bad, where, user ? false }: v:
     if !(isList v) || v == [ ] then bad where "expected a non-empty list of key paths"
-    else let wrong = filter (p: !(isAbsPath p)) v; in
-      if wrong != [ ] then bad where "invalid path ${builtins.toJSON (head wrong)}: give the absolute path of the host's private key file"
+    else let wrong = filter (p: !(if user then isUserPath p else isAbsPath p)) v; in
+      if wrong != [ ] then bad where (if user
+        then "invalid path ${builtins.toJSON (head wrong)}: a key path is absolute or begins with %h/ (the person's home)"
+        else "invalid path ${builtins.toJSON (head wrong)}: give the absolute path of the host's private key file")
       else v;
+
+  # A person's entry's path, as a user's profile takes it: absolute once %h (any home)
+  # and %r (any runtime directory) are expanded; %% is a %.
+  isUserPath = p: isString p && isAbsPath (builtins.replaceStrings [ "%%" "%h" "%r" ]
+    [ "%" "/home/user" "/run/user/1000" ] p) && builtins.match ".*%[^hr].*|.*%" (
+    builtins.replaceStrings [ "%%" ] [ "" ] p) == null;
 
   cacheHash = { secretFile, recipients }:
     hashString "sha256"
@@ -159,7 +169,7 @@ let
   # through `bad` (a typo such as `template` dropped what it held without a word).
   checkedHost = bad: hw: h:
     let
-      allowed = [ "pubkey" "identities" "secrets" "templates" ];
+      allowed = [ "pubkey" "identities" "secrets" "templates" "user" ];
       unknown = filter (k: !(builtins.elem k allowed)) (attrNames h);
       raw = h.secrets or [ ];
       ids = if isList raw then raw else [ ];
@@ -168,6 +178,8 @@ let
     if !(isAttrs h) then bad hw "expected a table; write it as [${hw}]"
     else if unknown != [ ] then bad "${hw}.${head unknown}"
       "unknown key; use one of ${concatStringsSep ", " allowed}"
+    else if !(builtins.isBool (h.user or false)) then bad "${hw}.user"
+      "expected true or false, got ${builtins.typeOf h.user}; write true or false, without quotes"
     else if !(isList raw || isAttrs raw) then bad "${hw}.secrets"
       "expected a list of ids or a table, got ${builtins.typeOf raw}; write secrets = [\"id\"] or [${hw}.secrets.<id>]"
     else if !(builtins.all isString ids) then bad "${hw}.secrets" "expected a list of ids (strings); quote each id"
@@ -245,13 +257,27 @@ let
         else spec;
       h = checkedHost bad hw (doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
         concatStringsSep ", " (attrNames (doc.hosts or { }))}"));
+      # A person's entry (`user = true`): a user's profile, as `vaultpy profile` makes it.
+      person = h.user or false;
+      personal = where: spec:
+        let wrong = filter (k: spec ? ${k}) [ "owner" "group" "early" ]; in
+        if !person then spec
+        else if wrong != [ ] then bad "${where}.${head wrong}" (if head wrong == "early"
+          then "early in a person's entry (user = true): early files are for a host's boot; remove early"
+          else "${head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${head wrong}")
+        else spec;
+      fields = where: spec:
+        if person then builtins.removeAttrs (outputFields spec // { mode = mode "${where}.mode" spec; })
+          [ "owner" "group" "early" ]
+        else outputFields spec // { mode = mode "${where}.mode" spec; } // owners where spec;
       recipients = toList (h.pubkey or (bad "${hw}.pubkey"
         "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"));
       raw = h.secrets or [ ];
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = builtins.mapAttrs (n: spec: checked "${hw}.templates.${n}"
-        ([ "content" "file" "trim" ] ++ outputKeys) spec) (h.templates or { });
+      tmpls = builtins.mapAttrs (n: spec: personal "${hw}.templates.${n}" (checked
+        "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec))
+        (h.templates or { });
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
       content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${n}";
                                   spec = tmpls.${n}; };
@@ -263,7 +289,8 @@ let
         else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
       secretEntry = id:
         let
-          spec = checked "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { });
+          spec = personal "${hw}.secrets.${id}"
+            (checked "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
           installed = deployed ? ${id};
         in
         {
@@ -274,19 +301,21 @@ let
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
-        } // outputFields spec // { mode = mode "hosts.${host}.secrets.${id}.mode" spec; }
-        // owners "hosts.${host}.secrets.${id}" spec;
+        } // fields "hosts.${host}.secrets.${id}" spec;
       templateEntry = name:
         let spec = tmpls.${name}; in
         { inherit name; content = content name; trim = spec.trim or false; }
-        // outputFields spec // { mode = mode "hosts.${host}.templates.${name}.mode" spec; }
-        // owners "hosts.${host}.templates.${name}" spec;
+        // fields "hosts.${host}.templates.${name}" spec;
     in
     mkProfile {
       inherit host;
+      user = person;
       # [hosts.<name>] identities: the host's private key files (else sshd's ed25519 key)
       settings = if h ? identities
-        then { identities = checkedIdentities bad "${hw}.identities" h.identities; }
+        then { identities = checkedKeyPaths { inherit bad; where = "${hw}.identities";
+                                              user = person; } h.identities; }
+        else if person && builtins.all (r: substring 0 4 (normalizeRecipient r) == "age1") recipients
+        then bad "${hw}.identities" "the person's key is an age1… key, and no identities say where its identity file is: activation would try ~/.ssh/id_ed25519, which cannot decrypt what renc writes for it; add identities = [\"%h/.config/age/keys.txt\"] (where that age identity file is)"
         # as `vaultpy profile`: sshd's key cannot open what renc writes for an age1 key
         else if builtins.all (r: substring 0 4 (normalizeRecipient r) == "age1") recipients
         then bad "${hw}.identities" "the host's key is an age1… key, and no identities say where its identity file is: activation would try sshd's /etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes for it; add identities = [\"/etc/vaultpy/host.key\"] (where that age identity file is on the host; the NixOS module takes it as settings.hostKeys)"

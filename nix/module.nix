@@ -159,9 +159,13 @@ let
       resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
       declared = doc.secrets or { };
       hw = "hosts.${s.hostName}";
-      h = vlib.checkedHost bad hw (doc.hosts.${s.hostName} or (throw
+      entry = vlib.checkedHost bad hw (doc.hosts.${s.hostName} or (throw
         "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file} (hosts there: ${
           concatStringsSep ", " (attrNames (doc.hosts or { }))}): set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there"));
+      # A person's entry is theirs to activate (a user's profile), never a host's.
+      h = if entry.user or false
+        then bad "${hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)"
+        else entry;
       masterFile = id:
         let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
                 else resolve "${top.secrets_dir or "secrets"}/${id}.age";

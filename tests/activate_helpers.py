@@ -259,11 +259,14 @@ def file_state(path: Path) -> tuple[bytes, int, int, int]:
 # ------------------------------------------------------------- hosts.toml for deployments
 
 def host_table(host: str, pubkey: str, secrets: Mapping[str, Mapping[str, object]] = {},
-               templates: Mapping[str, Mapping[str, object]] = {}) -> str:
+               templates: Mapping[str, Mapping[str, object]] = {},
+               extra: Mapping[str, object] = {}) -> str:
     """TOML for one host with per-secret / per-template options, e.g.
     ``host_table("h", pub, {"db": {"owner": "app", "mode": "0440"}},
-    {"app.env": {"content": "X={{ secrets.db }}"}})``."""
+    {"app.env": {"content": "X={{ secrets.db }}"}})``; ``extra``: the host's own keys
+    besides pubkey (``{"user": True}``)."""
     lines = [f"[hosts.{toml_key(host)}]", f"pubkey = {toml_str(pubkey)}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in extra.items()]
     for sid, opts in secrets.items():
         lines += ["", f"[hosts.{toml_key(host)}.secrets.{toml_key(sid)}]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in opts.items()]

@@ -58,11 +58,13 @@ class User:
         return self.home / ".local/state/vaultpy"
 
     def write_hosts(self, secrets: Mapping[str, Mapping[str, object]],
-                    templates: Mapping[str, Mapping[str, object]] | None = None) -> None:
+                    templates: Mapping[str, Mapping[str, object]] | None = None,
+                    **extra: object) -> None:
+        """hosts.toml with alice's entry; ``extra``: its own keys (``user=True``)."""
         text = (f"[vaultpy]\nrecipients = [{toml_str(self.repo.recipient)}]\n\n"
                 + "".join(f"[secrets.{sid}]\n" for sid in SECRETS) + "\n"
                 + host_table("alice", self.repo.hosts["alice"].pubkey, secrets,
-                             templates or {}))
+                             templates or {}, extra))
         self.repo.write_hosts(text)
 
     def profile(self, name: str) -> Path:
@@ -605,6 +607,92 @@ def test_the_profile_names_the_users_places(user: User) -> None:
                                 "early_dir": "%h/.local/state/vaultpy/early",
                                 "store": "%r/vaultpy.d", "keep": 3}
     assert {"owner", "group", "early"}.isdisjoint(data["secrets"][0])
+
+
+# ------------------------------------------------- a person's entry: user = true
+
+def test_a_persons_entry_is_a_users_profile_whose_paths_say_home(user: User) -> None:
+    """``user = true``: profile and activation need no --user, and the entry's paths
+    are a user's profile's own (%h is the home; hosts.toml does not spell it out)."""
+    user.write_hosts({"token": {"path": "%h/app/token", "mode": "0600"}},
+                     {"app.env": {"content": "T={{ secrets.token }}", "path": "%h/app/env"}},
+                     user=True)
+    user.repo.ok("renc")
+    user.repo.ok("check")
+    out = user.outer / "p.json"
+    user.repo.ok("profile", "-H", "alice", "-o", str(out))
+    data = json.loads(out.read_text())
+    assert data["settings"]["user"] is True
+    assert [s["path"] for s in data["secrets"] if s["install"]] == ["%h/app/token"]
+    assert data["templates"][0]["path"] == "%h/app/env"
+    rows = user.session(user.activate(out), ["sh", 'cat "$HOME/app/token" "$HOME/app/env"; '
+                                             'stat -c "%u %a" "$(readlink -f "$HOME/app/token")"'])
+    _ok(rows[0])
+    assert _ok(rows[1])["out"] == f"api-token-1\nT=api-token-1\n{UID} 600\n"
+
+
+@pytest.mark.parametrize(("opts", "field", "needle"), [
+    ({"owner": "app"}, "owner", "remove owner"),
+    ({"group": "wheel"}, "group", "remove group"),
+    ({"early": True}, "early", "remove early"),
+    ({"path": "%x/token"}, "path", "unknown specifier %x"),
+    ({"path": "token"}, "path", "begins with %h/"),
+    ({"path": "%h/.local/state/vaultpy/secrets/token"}, "path",
+     "overlaps '%h/.local/state/vaultpy/secrets'"),
+])
+def test_check_refuses_in_a_persons_entry_what_a_users_profile_cannot_do(
+        user: User, opts: dict[str, object], field: str, needle: str) -> None:
+    user.write_hosts({"token": opts}, user=True)
+    for command in (["check"], ["profile", "-H", "alice"]):
+        assert_one_clean_error(user.repo.run(*command), f"hosts.alice.secrets.token.{field}",
+                               needle)
+
+
+def test_a_hosts_entry_keeps_its_paths_literal(user: User) -> None:
+    """Without ``user = true`` a path is a host's: absolute, so %h/… is refused."""
+    user.write_hosts({"token": {"path": "%h/token"}})
+    assert_one_clean_error(user.repo.run("check"), "hosts.alice.secrets.token.path",
+                           "absolute")
+
+
+def test_a_persons_bundle_needs_no_user_flag(user: User) -> None:
+    user.write_hosts({"token": {"path": "%h/token"}}, user=True)
+    user.repo.ok("renc")
+    out = user.outer / "bundle"
+    proc = user.repo.ok("bundle", "-H", "alice", "-o", str(out), "--vaultpy",
+                        "%h/.local/bin/vaultpy")
+    assert "~/.config/vaultpy" in proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "profile.json",
+                                                     "vaultpy.service"]
+    data = json.loads((out / "profile.json").read_text())
+    assert data["settings"]["user"] is True and data["secrets"][0]["path"] == "%h/token"
+
+
+def test_a_persons_age_key_names_its_identity_with_home(user: User) -> None:
+    identity, recipient = age_keygen(user.outer, "alice-age.txt")
+    text = (f"[vaultpy]\nrecipients = [{toml_str(user.repo.recipient)}]\n\n[secrets.token]\n"
+            f"[secrets.db]\n\n[hosts.alice]\nuser = true\npubkey = {toml_str(recipient)}\n"
+            "secrets = [\"token\"]\n")
+    user.repo.write_hosts(text)
+    proc = user.repo.run("profile", "-H", "alice")
+    assert_one_clean_error(proc, "hosts.alice.identities", "~/.ssh/id_ed25519",
+                           "%h/.config/age/keys.txt")
+    user.repo.write_hosts(text.replace("user = true\n", "user = true\nidentities = "
+                                       "[\"%h/.config/age/keys.txt\"]\n"))
+    user.repo.ok("renc")
+    out = user.outer / "p.json"
+    user.repo.ok("profile", "-H", "alice", "-o", str(out))
+    assert json.loads(out.read_text())["settings"]["identities"] == [
+        "%h/.config/age/keys.txt"]
+    keys = user.home / ".config" / "age"
+    keys.mkdir(parents=True)
+    shutil.copyfile(identity, keys / "keys.txt")
+    for p in (user.home / ".config", keys, keys / "keys.txt"):
+        os.lchown(p, UID, GID)
+    rows = user.session(user.activate(out), ["sh", 'cat "$HOME/.local/state/vaultpy/'
+                                             'secrets/token"'])
+    _ok(rows[0])
+    assert _ok(rows[1])["out"] == "api-token-1\n"
 
 
 # ------------------------------------------------- paths through symlinks (hosts too)

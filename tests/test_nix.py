@@ -569,6 +569,56 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
         assert f"vaultpy: {hosts}: {expected}" in proc.stderr, (body, proc.stderr)
 
 
+def test_a_persons_entry_is_the_same_users_profile_from_nix(nix: Nix, tmp_path: Path) -> None:
+    """``user = true``: lib.profileFromHostsToml gives what `vaultpy profile` writes, a
+    user's profile byte for byte (its paths as written, %h and all), and refuses what
+    `vaultpy check` refuses there, in one line naming the field."""
+    root = tmp_path / "v"
+    (root / "secrets").mkdir(parents=True)
+    for sid in ("a", "b"):
+        (root / "secrets" / f"{sid}.age").write_bytes(f"only hashed {sid}".encode())
+    _, pub = ssh_keygen(tmp_path, "k", comment="alice@laptop")
+    master = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"
+    head = (f'[vaultpy]\nrecipients = ["{master}"]\n[secrets.a]\n[secrets.b]\n'
+            f"[hosts.alice]\nuser = true\npubkey = {toml_str(pub)}\n")
+    hosts = root / "hosts.toml"
+    hosts.write_text(head + 'identities = ["%h/.ssh/id_ed25519_vaultpy"]\n'
+                     '[hosts.alice.secrets.a]\npath = "%h/.config/app/token"\nmode = "0600"\n'
+                     'restart_units = ["app.service"]\n'
+                     '[hosts.alice.templates.netrc]\ncontent = "password {{ secrets.b }}"\n'
+                     'path = "%h/.netrc"\n')
+    _profile_parity(nix, root, ["alice"])
+    got = json.loads(cli_profiles(root, ["alice"])["alice"])
+    assert got["settings"]["user"] is True
+    assert got["settings"]["identities"] == ["%h/.ssh/id_ed25519_vaultpy"]
+    assert got["secrets"][0]["path"] == "%h/.config/app/token"
+    cases = [
+        ('[hosts.alice.secrets.a]\nowner = "app"\n', "hosts.alice.secrets.a.owner: owner in "
+         "a person's entry (user = true)"),
+        ('[hosts.alice.templates.t]\ncontent = "x"\ngroup = "wheel"\n',
+         "hosts.alice.templates.t.group: group in a person's entry"),
+        ("[hosts.alice.secrets.a]\nearly = true\n", "hosts.alice.secrets.a.early: early in a "
+         "person's entry"),
+        ('identities = ["%x/key"]\n', 'hosts.alice.identities: invalid path "%x/key"'),
+        ('identities = ["key"]\n', 'hosts.alice.identities: invalid path "key"'),
+    ]
+    for body, expected in cases:
+        hosts.write_text(head + body)
+        proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)})"
+                             f".profileFromHostsToml {{ hostsToml = {nix_value(hosts)}; "
+                             'host = "alice"; })')
+        assert proc.returncode != 0, body
+        assert f"vaultpy: {hosts}: {expected}" in proc.stderr, (body, proc.stderr)
+        py = subprocess.run([sys.executable, "-m", "vaultpy", "-C", str(root), "check"],
+                            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+        assert py.returncode != 0 and expected.split(": ")[0] in py.stdout + py.stderr, body
+    hosts.write_text(head.replace(toml_str(pub), f'"{master}"') + 'secrets = ["a"]\n')
+    proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)}).profileFromHostsToml "
+                         f'{{ hostsToml = {nix_value(hosts)}; host = "alice"; }})')
+    assert "hosts.alice.identities: the person's key is an age1… key" in proc.stderr
+    assert '"%h/.config/age/keys.txt"' in proc.stderr
+
+
 # =========================================================================== 4. templateRefs
 
 TRICKY_REFS: list[tuple[str, list[str]]] = [
@@ -961,6 +1011,10 @@ HOSTS_TOML_ERRORS = {
                           "hosts.web1.identities: expected a non-empty list of key paths"),
     "identities-empty": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY + "\nidentities = []"),
                          "hosts.web1.identities: expected a non-empty list of key paths"),
+    # a person's entry is a user's profile, activated by them: never a host's
+    "persons-entry": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY + "\nuser = true"),
+                      "hosts.web1.user: a person's entry (user = true) is activated by "
+                      "that person, not by a host"),
     "missing-master": (_DEMO_TOML.replace("[hosts.web1.secrets.api_token]",
                                           "[hosts.web1.secrets.nope]\n"
                                           "[hosts.web1.secrets.api_token]"),

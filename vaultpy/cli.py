@@ -620,7 +620,7 @@ def profile(
     user: Annotated[bool, typer.Option(
         "--user", help="A user's profile: HOST is a person's entry; they activate it "
         "themselves (systemd --user), into their runtime directory; every file is "
-        "theirs.")] = False,
+        "theirs.  (Always so for an entry with user = true.)")] = False,
     repo: RepoOpt = None,
 ) -> None:
     """Write the activation profile (JSON) of one host, or of one user (--user)."""
@@ -699,14 +699,16 @@ def bundle(
         "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
     user: Annotated[bool, typer.Option(
         "--user", help="A user's bundle: HOST is a person's entry; its vaultpy.service is "
-        "for their systemd --user, reading ~/.config/vaultpy.")] = False,
+        "for their systemd --user, reading ~/.config/vaultpy.  (Always so for an entry "
+        "with user = true.)")] = False,
     repo: RepoOpt = None,
 ) -> None:
     """Write a self-contained bundle for a non-NixOS systemd host (or a user: --user)."""
     from vaultpy.bundle import bundle as do_bundle
 
-    out = do_bundle(_config(repo), host, output, vaultpy_path, force, user=user)
-    if user:
+    cfg = _config(repo)
+    out = do_bundle(cfg, host, output, vaultpy_path, force, user=user)
+    if user or cfg.hosts[host].user:
         _err().print(f"wrote {out}: as {host}, copy it to ~/.config/vaultpy (see README); "
                      f"its vaultpy.service runs {vaultpy_path}-activate", markup=False)
         return

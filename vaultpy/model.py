@@ -254,6 +254,9 @@ class Host:
     # Secrets it receives with no file of its own: the module's ``install = false``
     # (used by templates the module renders).
     received: tuple[str, ...] = ()
+    # A person's entry (``user = true``): their own key; they activate its profile
+    # themselves (a user's profile), so every file is theirs and paths may say %h, %r.
+    user: bool = False
 
     @cached_property
     def needed(self) -> tuple[str, ...]:
@@ -510,10 +513,12 @@ def _mode(ck: _Checker, value: Any, where: str) -> str:
     return f"{number:04o}"
 
 
-def _path(ck: _Checker, value: Any, where: str) -> str | None:
+def _path(ck: _Checker, value: Any, where: str, *, user: bool = False) -> str | None:
     text = ck.string(value, where)
     if text is None:
         return None
+    if user:
+        return _user_path(ck, text, where, clash=True)
     why = path_shape_problem(text)
     if why is not None:
         ck.add(where, f"invalid path {text!r}: {why}",
@@ -534,15 +539,53 @@ def _units(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
     return tuple(units)
 
 
+# A person's entry's paths are checked as if expanded here: any home and runtime
+# directory shaped as systemd sets them (the person's own are only known at activation).
+_SAMPLE_USER_ENV = {"HOME": "/home/user", "XDG_RUNTIME_DIR": "/run/user/1000"}
+_USER_PATH_HINT = ("in a person's entry (user = true) a path is absolute or begins with %h/ "
+                   "(their home) or %r/ (their runtime directory); %% is a %")
+
+
+def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | None:
+    """A path of a person's entry, as a user's profile takes it (profile.expand)."""
+    from vaultpy.profile import USER_SETTINGS, expand
+
+    try:
+        why = path_shape_problem(expand(text, _SAMPLE_USER_ENV))
+    except ValueError as exc:
+        why = str(exc)
+    if why is not None:
+        ck.add(where, f"invalid path {text!r}: {why}", _USER_PATH_HINT)
+        return None
+    dirs = {k: USER_SETTINGS[k] for k in DEFAULT_DIRS}
+    found = path_clash(text, dirs) if clash else None
+    if found is not None:
+        ck.add(where, *path_clash_message(text, *found))
+        return None
+    return text
+
+
 OUTPUT_KEYS = ("owner", "group", "mode", "path", "restart_units", "reload_units", "early")
 
 
-def _output(ck: _Checker, table: Mapping[str, Any], where: str) -> Output:
+def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = False
+            ) -> Output:
+    if user:
+        # A user's profile: installed as the person who activates it, once they log in.
+        for key in ("owner", "group"):
+            if key in table:
+                ck.add(f"{where}.{key}", f"{key} in a person's entry (user = true): every "
+                       "file is installed as the person who activates it", f"remove {key}")
+        if "early" in table:
+            ck.add(f"{where}.early", "early in a person's entry (user = true): early files "
+                   "are for a host's boot", "remove early")
+        table = {k: v for k, v in table.items() if k not in ("owner", "group", "early")}
     out = Output(
         owner=_owner(ck, table["owner"], f"{where}.owner") if "owner" in table else "root",
         group=_owner(ck, table["group"], f"{where}.group") if "group" in table else "root",
         mode=_mode(ck, table["mode"], f"{where}.mode") if "mode" in table else "0400",
-        path=_path(ck, table["path"], f"{where}.path") if "path" in table else None,
+        path=(_path(ck, table["path"], f"{where}.path", user=user) if "path" in table
+              else None),
         restart_units=_units(ck, table.get("restart_units", []), f"{where}.restart_units"),
         reload_units=_units(ck, table.get("reload_units", []), f"{where}.reload_units"),
         early=ck.boolean(table["early"], f"{where}.early") if "early" in table else False,
@@ -632,6 +675,12 @@ def no_identity_for_age_key(cfg: Config, host: str) -> Problem | None:
     if h.nixos or h.identities or not h.recipients or not all(
             r.startswith("age1") for r in h.recipients):
         return None
+    if h.user:
+        return Problem(display_path(cfg.path), "the person's key is an age1… key, and no "
+                       "identities say where its identity file is: activation would try "
+                       "~/.ssh/id_ed25519, which cannot decrypt what renc writes for it",
+                       f"hosts.{_quote(host)}.identities", 'add identities = '
+                       '["%h/.config/age/keys.txt"] (where that age identity file is)')
     return Problem(display_path(cfg.path), "the host's key is an age1… key, and no "
                    "identities say where its identity file is: activation would try sshd's "
                    "/etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes "
@@ -870,8 +919,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
     table = ck.table(raw, where)
     if table is None:
         return None
-    ck.keys(table, where, ("pubkey", "identities", "secrets", "templates"))
-    identities = _identities(ck, table.get("identities"), f"{where}.identities")
+    ck.keys(table, where, ("pubkey", "identities", "secrets", "templates", "user"))
+    user = ck.boolean(table["user"], f"{where}.user") if "user" in table else False
+    identities = _identities(ck, table.get("identities"), f"{where}.identities", user=user)
     if "pubkey" not in table:
         ck.add(f"{where}.pubkey", "missing", HOST_KEY_HINT)
         recipients: tuple[str, ...] = ()
@@ -906,7 +956,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 given = ck.string(sub["name"], f"{at}.name")
                 if given is not None and ck.ident(given, f"{at}.name", "file name"):
                     out_name = given
-            deployments.append(Deployment(sid, out_name, _output(ck, sub, at)))
+            deployments.append(Deployment(sid, out_name, _output(ck, sub, at, user=user)))
     else:
         ck.add(f"{where}.secrets", f"expected a list of ids or a table, got "
                f"{_kind(raw_secrets)}", f'write secrets = ["id"] or [{where}.secrets.<id>]')
@@ -951,7 +1001,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                                                    f"{at}.file"))
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
-                                  _output(ck, sub, at), source, source_stat))
+                                  _output(ck, sub, at, user=user), source, source_stat))
 
     def unknown(sid: str, at: str, message: str, hint: str, file: str = "") -> None:
         problem = Problem(file or ck.file, message, at, hint)
@@ -1005,12 +1055,14 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             ck.add(where, f"{label(i)}: {problem}", hint)
     if not ok:
         return None
-    return Host(name, recipients, tuple(deployments), tuple(tmpls), identities)
+    return Host(name, recipients, tuple(deployments), tuple(tmpls), identities, user=user)
 
 
-def _identities(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
+def _identities(ck: _Checker, value: Any, where: str, *, user: bool = False
+                ) -> tuple[str, ...]:
     """``[hosts.<name>] identities``: the private key files the host decrypts with, as
-    its profile names them (an ``age1`` host's key is not at sshd's path)."""
+    its profile names them (an ``age1`` host's key is not at sshd's path).  A person's
+    (``user``) may begin with %h/."""
     if value is None:
         return ()
     if not isinstance(value, list) or not value:
@@ -1021,6 +1073,10 @@ def _identities(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
     for i, item in enumerate(value):
         text = ck.string(item, f"{where}[{i}]")
         if text is None:
+            continue
+        if user:
+            if _user_path(ck, text, f"{where}[{i}]", clash=False) is not None:
+                out.append(text)
             continue
         why = path_shape_problem(text)
         if why is not None:

@@ -117,11 +117,13 @@ class Profile:
         return found
 
 
-def _user_output_json(cfg: Config, out: Output, where: str, wrong: list[Problem]
-                      ) -> dict[str, Any]:
+def _user_output_json(cfg: Config, out: Output, where: str, wrong: list[Problem],
+                      person: bool = False) -> dict[str, Any]:
     """An item of a user's profile: the user's, so no owner or group; never early (what
     hosts.toml says otherwise is added to ``wrong``).  Its path is taken literally: a
-    ``%`` in it is written ``%%``, as activation expands %h and %r."""
+    ``%`` in it is written ``%%``, as activation expands %h and %r; unless the entry
+    is a ``person``'s (``user = true``), whose paths are written as a user's profile
+    takes them."""
     for key, value in (("owner", out.owner), ("group", out.group)):
         if value not in ("root", "0"):
             wrong.append(Problem(display_path(cfg.path), f"{key} {value!r} in a user's "
@@ -135,7 +137,7 @@ def _user_output_json(cfg: Config, out: Output, where: str, wrong: list[Problem]
     data = _output_json(out)
     for key in ("owner", "group", "early"):
         del data[key]
-    if data["path"] is not None:
+    if data["path"] is not None and not person:
         data["path"] = _literal(data["path"])
     return data
 
@@ -158,7 +160,7 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     ``file`` paths are absolute, or relative to ``relative_to`` (the directory the
     profile will be written to) when given.  ``user``: a user's profile (``host`` is a
     person's key in hosts.toml), which the user activates: :data:`USER_SETTINGS`, and
-    no owner, group or early item.
+    no owner, group or early item; an entry with ``user = true`` always gives one.
     """
     from vaultpy import cache  # operator side only: hosts load profiles, not caches
 
@@ -166,6 +168,7 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
         raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {host!r}", "hosts",
                                    "known hosts: " + ", ".join(cfg.hosts)))
     h = cfg.hosts[host]
+    user = user or h.user
     if h.nixos:
         raise VaultpyError(Problem(
             display_path(cfg.nixos or cfg.path), f"host {host!r} is declared in the NixOS "
@@ -174,7 +177,7 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     from vaultpy.model import no_identity_for_age_key
 
     keyless = no_identity_for_age_key(cfg, host)
-    if keyless is not None and user:
+    if keyless is not None and user and not h.user:
         raise VaultpyError(Problem(keyless.file, "the entry's key is an age1… key, and no "
                                    "identities say where its identity file is: activation "
                                    "would try ~/.ssh/id_ed25519, which cannot decrypt what "
@@ -200,17 +203,18 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
         where = f"hosts.{host}.secrets.{sid}"
         secrets.append({"id": sid, "file": file, "install": d is not None,
                         "name": d.name if d else sid,
-                        **(_user_output_json(cfg, out, where, wrong) if user
+                        **(_user_output_json(cfg, out, where, wrong, h.user) if user
                            else _output_json(out))})
     tmpls = [{"name": t.name, "content": t.content, "trim": t.trim,
-              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}", wrong)
-                 if user else _output_json(t.out))}
+              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}", wrong,
+                                   h.user) if user else _output_json(t.out))}
              for t in sorted(h.templates, key=lambda t: t.name)]
     if wrong:
         raise VaultpyError(wrong)
     settings = dict(USER_SETTINGS if user else DEFAULT_SETTINGS)
     if h.identities:
-        settings["identities"] = [_literal(i) if user else i for i in h.identities]
+        settings["identities"] = [_literal(i) if user and not h.user else i
+                                  for i in h.identities]
     return {"version": VERSION, "host": host, "settings": settings,
             "secrets": secrets, "templates": tmpls}
 
