@@ -210,6 +210,27 @@ def test_add_pubkey_file_and_age_recipient(make_repo, tmp_path: Path) -> None:
     assert "[hosts.h4]" not in (repo.root / "hosts.toml").read_text()
 
 
+def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
+    """``host add --user``: ``user = true`` first in the new table, their own key from
+    --pubkey-file, --key-path may say %h; its profile is a user's."""
+    repo = make_repo(hosts=0)
+    key, _ = ssh_keygen(tmp_path, "alice", comment="alice@laptop")
+    repo.ok("host", "add", "alice", "--user", "--pubkey-file", f"{key}.pub", "--key-path",
+            "%h/.ssh/id_vaultpy", "--secrets", "alpha")
+    assert hosts_doc(repo)["hosts"]["alice"]["user"] is True
+    assert "[hosts.alice]\nuser = true\n" in (repo.root / "hosts.toml").read_text()
+    assert age_decrypt(cache_file(repo, "alice", "alpha"), key) == b"alpha-secret\n"
+    repo.ok("check")
+    profile = json.loads(repo.ok("profile", "--host", "alice").stdout)
+    assert profile["settings"]["user"] is True
+    assert profile["settings"]["identities"] == ["%h/.ssh/id_vaultpy"]
+    before = repo.snapshot()
+    for source in (["--generate", str(tmp_path / "gen")], ["--keyscan", "127.0.0.1"]):
+        proc = repo.run("host", "add", "bob", "--user", *source)
+        assert proc.returncode == 2 and "a person's key is their own" in proc.stderr.decode()
+    assert repo.snapshot() == before
+
+
 def test_add_generate_makes_a_0600_key_pair_and_explains(make_repo, tmp_path: Path) -> None:
     repo = make_repo(hosts=0)
     out_dir = tmp_path / "provision" / "web5"

@@ -132,6 +132,10 @@ def host_add(
         "--key-path", metavar="PATH", help="Where the host's private key file is on the "
         "host, written as its identities (repeatable; an age1 host needs it, e.g. "
         "/etc/vaultpy/host.key; default: sshd's /etc/ssh/ssh_host_ed25519_key).")] = None,
+    user: Annotated[bool, typer.Option(
+        "--user", help="A person's entry (user = true), not a host's: their "
+        "~/.ssh/id_ed25519.pub as --pubkey-file; they activate its profile themselves "
+        "(README: A user's own secrets).")] = False,
     no_renc: NoRencOpt = False,
     json_out: JsonOpt = False,
     repo: RepoOpt = None,
@@ -141,11 +145,15 @@ def host_add(
     from vaultpy import onboard
 
     source = _source(pubkey, pubkey_file, keyscan, generate)
+    if user and source.kind in ("keyscan", "generate"):
+        raise typer.BadParameter(
+            "a person's key is their own: give their ~/.ssh/id_ed25519.pub with "
+            "--pubkey-file or --pubkey", param_hint=f"--user with --{source.kind}")
     ids = [s.strip() for s in (secrets or "").split(",") if s.strip()]
     cfg = _config_for(repo, json_out)
     out = _json_errors(json_out, lambda: onboard.add(
         cfg, name, source, ids, run_renc=not no_renc, identity_files=_identity(identity),
-        key_paths=key_path or []))
+        key_paths=key_path or [], user=user))
     _report_host(out, json_out)
 
 

@@ -298,19 +298,21 @@ def _hosts_of(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_host_text(text: str, name: str, pubkey: str, secrets: Sequence[str] = (),
-                  identities: Sequence[str] = ()) -> str:
-    """hosts.toml with a new ``[hosts.<name>]`` table appended."""
+                  identities: Sequence[str] = (), user: bool = False) -> str:
+    """hosts.toml with a new ``[hosts.<name>]`` table appended (``user``: a person's)."""
     old = tomllib.loads(text)
     if name in _hosts_of(old):
         raise EditError(f"host {name!r} exists")
-    table: dict[str, Any] = {"pubkey": pubkey}
+    table: dict[str, Any] = {"user": True} if user else {}
+    table["pubkey"] = pubkey
     if identities:
         table["identities"] = list(identities)
     if secrets:
         table["secrets"] = list(secrets)
     expected = {**old, "hosts": {**_hosts_of(old), name: table}}
     nl = _newline(text)
-    fragment = [f"[hosts.{_toml_key(name)}]", f"pubkey = {_toml_value(pubkey)}"]
+    fragment = [f"[hosts.{_toml_key(name)}]", *(["user = true"] if user else []),
+                f"pubkey = {_toml_value(pubkey)}"]
     if identities:
         fragment.append(f"identities = {_toml_value(list(identities))}")
     if secrets:
@@ -644,10 +646,11 @@ def _run_renc(out: Outcome, cfg: Config, identity_files: Sequence[Path]) -> None
 
 def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), *,
         run_renc: bool = True, identity_files: Sequence[Path] = (),
-        key_paths: Sequence[str] = ()) -> Outcome:
+        key_paths: Sequence[str] = (), user: bool = False) -> Outcome:
     """Add host ``name`` with the key from ``source`` and deploy ``secrets`` to it.
     ``key_paths``: where the host's private key files are on the host (its
-    ``identities``; an age1 host needs them)."""
+    ``identities``; an age1 host needs them).  ``user``: a person's entry
+    (``user = true``), their own key from ``source``."""
     _check_name(cfg, name)
     text = _read_text(cfg)
     if name in cfg.hosts and cfg.hosts[name].nixos:
@@ -673,7 +676,7 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
     key = resolve(source, name)
     return _apply_key(cfg, text, name, key, "added",
                       lambda: add_host_text(text, name, key.line, list(secrets),
-                                            list(key_paths)),
+                                            list(key_paths), user),
                       run_renc, identity_files)
 
 
