@@ -4,6 +4,7 @@
 { lib }:
 let
   inherit (lib) mkOption types concatMap concatStringsSep filterAttrs;
+  inherit (builtins) attrNames;
   vlib = import ./lib.nix;
 in
 rec {
@@ -101,4 +102,98 @@ rec {
     ++ map (n: { assertion = false;
         message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
       (nested items);
+
+  # [hosts.<name>] of hosts.toml as the modules' options (vaultpy.hostsToml), each field
+  # a default the configuration may override; every mistake one line naming the file,
+  # the field and the fix, as `vaultpy check` says it.  `missing`: what to do when there
+  # is no such entry.  `home`: set by the home-manager module, which imports a person's
+  # entry (user = true) only, its %h written out as that home; the NixOS module refuses
+  # a person's entry.
+  fromHostsToml = { hostsToml, name, missing, home ? null }:
+    let
+      person = home != null;
+      file = toString hostsToml;
+      text = builtins.readFile hostsToml;
+      doc = builtins.fromTOML text;
+      bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
+      root = dirOf hostsToml;
+      top = doc.vaultpy or { };
+      resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
+      declared = doc.secrets or { };
+      hw = "hosts.${name}";
+      entry = vlib.checkedHost bad hw (doc.hosts.${name} or (throw
+        "vaultpy.hostsToml: no [hosts.${name}] in ${file} (hosts there: ${
+          concatStringsSep ", " (attrNames (doc.hosts or { }))}): ${missing}"));
+      h = if (entry.user or false) == person then entry
+        else if person then bad "${hw}.user" "not a person's entry: the home-manager module imports a person's entry only; add user = true to [${hw}] (its paths may then begin with %h/), or import it in the NixOS module"
+        else bad "${hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)";
+      # A person's path as home-manager writes it: %h is the home, %% a %; %r (the
+      # runtime directory) is known only at login.
+      homePath = where: p:
+        let parts = lib.splitString "%%" p; in
+        if builtins.any (x: builtins.match ".*%[^h].*|.*%" x != null) parts
+        then bad where "${builtins.toJSON p}: the home-manager module writes a path with %h (your home) only; use %h/… or an absolute path"
+        else concatStringsSep "%" (map (builtins.replaceStrings [ "%h" ] [ home ]) parts);
+      masterFile = id:
+        let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
+                else resolve "${top.secrets_dir or "secrets"}/${id}.age";
+        in if builtins.pathExists f then f
+           else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
+      raw = h.secrets or [ ];
+      deployed = if builtins.isList raw
+        then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
+      tmpls = h.templates or { };
+      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
+      content = n: vlib.templateText { inherit bad root hostsToml;
+                                       where = "${hw}.templates.${n}"; spec = tmpls.${n}; };
+      refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
+      decimals = vlib.decimalModes text;
+      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
+      fromSpec = where: allowed: spec:
+        let
+          unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
+          wrong = builtins.filter (k: spec ? ${k}) [ "owner" "group" "early" ];
+        in
+        if !(builtins.isAttrs spec) then bad where "expected a table"
+        else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
+          "unknown key; use one of ${concatStringsSep ", " allowed}"
+        else if person && wrong != [ ] then bad "${where}.${builtins.head wrong}"
+          "${builtins.head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${builtins.head wrong}"
+        else builtins.removeAttrs
+          (spec // {
+            restartUnits = spec.restart_units or [ ];
+            reloadUnits = spec.reload_units or [ ];
+          } // lib.optionalAttrs (spec ? mode) {
+              mode = vlib.checkedMode { inherit decimals; file = "vaultpy.hostsToml: ${file}";
+                                     where = "${where}.mode"; } spec.mode; }
+            // lib.optionalAttrs (spec ? owner) { owner = vlib.checkedOwner {
+                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.owner"; } spec.owner; }
+            // lib.optionalAttrs (spec ? group) { group = vlib.checkedOwner {
+                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.group"; } spec.group; }
+            // lib.optionalAttrs (person && spec ? path) {
+                 path = homePath "${where}.path" spec.path; })
+          [ "restart_units" "reload_units" ];
+    in
+    {
+      pubkey = h.pubkey or (bad "${hw}.pubkey"
+        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
+      identities = if !(h ? identities) then null else
+        let keys = vlib.checkedKeyPaths { inherit bad; where = "${hw}.identities";
+                                          user = person; } h.identities;
+        in if person then map (homePath "${hw}.identities") keys else keys;
+      cacheRoot = resolve (top.cache_dir or "secrets/cache");
+      secretsDir = resolve (top.secrets_dir or "secrets");
+      secrets = builtins.listToAttrs (map
+        (id: {
+          name = id;
+          value = lib.mapAttrs (_: lib.mkDefault)
+            (fromSpec "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
+              // { file = masterFile id; install = deployed ? ${id}; });
+        })
+        (lib.unique (attrNames deployed ++ refs)));
+      templates = lib.mapAttrs (n: spec: lib.mapAttrs (_: lib.mkDefault)
+        (builtins.removeAttrs
+          (fromSpec "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
+          [ "file" ] // { content = content n; })) tmpls;
+    };
 }

@@ -8,7 +8,8 @@
 #   programs.foo.tokenFile = config.vaultpy.secrets.gh_token.path;
 #
 # hosts.toml lists the same secrets under [hosts.alice] (with alice's public key), so
-# `vaultpy renc` encrypts them to her key.  At login (and at every `home-manager
+# `vaultpy renc` encrypts them to her key; or, with `user = true` there, the module
+# takes them all from it:  vaultpy.hostsToml = ./hosts.toml;  At login (and at every `home-manager
 # switch` that changes them, when home-manager manages user units: startServices) the
 # user unit vaultpy.service decrypts them with
 # ~/.ssh/id_ed25519 into $XDG_RUNTIME_DIR/vaultpy.d/<N> (RAM), every file hers, and
@@ -16,8 +17,8 @@
 # (`vaultpy profile --user` writes the same one), refused if activated as root.
 { config, lib, options, ... }:
 let
-  inherit (lib) mkOption mkIf types mapAttrs attrNames filterAttrs concatMap
-    concatStringsSep;
+  inherit (lib) mkOption mkIf mkMerge mkDefault types mapAttrs attrNames filterAttrs
+    concatMap concatStringsSep;
   cfg = config.vaultpy;
   s = cfg.settings;
   vlib = import ./lib.nix;
@@ -125,12 +126,25 @@ let
   templateRefs = concatMap (n: map (id: { tmpl = n; inherit id; })
     (vlib.templateRefs cfg.templates.${n}.content)) (attrNames cfg.templates);
   keySet = s.hostPubkey != null && s.hostPubkey != [ ];
+
+  # Your entry of hosts.toml (vaultpy.hostsToml): a person's, user = true.
+  fromToml = common.fromHostsToml {
+    inherit (cfg) hostsToml;
+    inherit home;
+    name = s.hostName;
+    missing = "set vaultpy.settings.hostName to your entry's name in hosts.toml, or add [hosts.${s.hostName}] there (user = true)";
+  };
 in
 {
   options.vaultpy = {
     package = mkOption {
       type = types.package;
       description = "The vaultpy package (the flake's homeManagerModules.default sets it).";
+    };
+    hostsToml = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "Import your secrets and templates from your entry in the operator's hosts.toml (a person's entry, user = true; merged with the options below, which win).";
     };
     settings = {
       hostName = mkOption {
@@ -185,7 +199,16 @@ in
     profileFile = mkOption { type = types.str; readOnly = true; default = profileFile; description = "The profile as a JSON file in the store."; };
   };
 
-  config = mkIf (cfg.secrets != { } || cfg.templates != { }) {
+  config = mkMerge [
+   (mkIf (cfg.hostsToml != null) {
+    vaultpy.settings.hostPubkey = mkDefault fromToml.pubkey;
+    vaultpy.settings.cacheRoot = mkDefault fromToml.cacheRoot;
+    vaultpy.settings.secretsDir = mkDefault fromToml.secretsDir;
+    vaultpy.settings.hostKeys = mkIf (fromToml.identities != null) (mkDefault fromToml.identities);
+    vaultpy.secrets = fromToml.secrets;
+    vaultpy.templates = fromToml.templates;
+   })
+   (mkIf (cfg.secrets != { } || cfg.templates != { }) {
     assertions = [
       { assertion = keySet;
         message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${s.hostName}] in hosts.toml), or a path to it"; }
@@ -256,5 +279,6 @@ in
       };
       Install.WantedBy = [ "default.target" ];
     };
-  };
+   })
+  ];
 }

@@ -362,6 +362,6 @@ let
     };
 in
 {
-  inherit trimSpace templateText checkedIdentities absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace templateText checkedIdentities checkedKeyPaths isUserPath absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

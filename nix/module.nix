@@ -146,81 +146,12 @@ let
 
   profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
 
-  # --- hosts.toml import -------------------------------------------------------------
-  fromToml =
-    let
-      file = toString cfg.hostsToml;
-      text = builtins.readFile cfg.hostsToml;
-      doc = builtins.fromTOML text;
-      # one line naming the file, the field and the fix, as `vaultpy check` does
-      bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
-      root = dirOf cfg.hostsToml;
-      top = doc.vaultpy or { };
-      resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
-      declared = doc.secrets or { };
-      hw = "hosts.${s.hostName}";
-      entry = vlib.checkedHost bad hw (doc.hosts.${s.hostName} or (throw
-        "vaultpy.hostsToml: no [hosts.${s.hostName}] in ${file} (hosts there: ${
-          concatStringsSep ", " (attrNames (doc.hosts or { }))}): set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there"));
-      # A person's entry is theirs to activate (a user's profile), never a host's.
-      h = if entry.user or false
-        then bad "${hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)"
-        else entry;
-      masterFile = id:
-        let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
-                else resolve "${top.secrets_dir or "secrets"}/${id}.age";
-        in if builtins.pathExists f then f
-           else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
-      raw = h.secrets or [ ];
-      deployed = if builtins.isList raw
-        then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = h.templates or { };
-      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n: vlib.templateText { inherit bad root; inherit (cfg) hostsToml;
-                                       where = "${hw}.templates.${n}"; spec = tmpls.${n}; };
-      refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
-      decimals = vlib.decimalModes text;
-      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
-      fromSpec = where: allowed: spec:
-        let
-          unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
-        in
-        if !(builtins.isAttrs spec) then bad where "expected a table"
-        else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
-          "unknown key; use one of ${concatStringsSep ", " allowed}"
-        else builtins.removeAttrs
-          (spec // {
-            restartUnits = spec.restart_units or [ ];
-            reloadUnits = spec.reload_units or [ ];
-          } // lib.optionalAttrs (spec ? mode) {
-              mode = vlib.checkedMode { inherit decimals; file = "vaultpy.hostsToml: ${file}";
-                                     where = "${where}.mode"; } spec.mode; }
-            // lib.optionalAttrs (spec ? owner) { owner = vlib.checkedOwner {
-                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.owner"; } spec.owner; }
-            // lib.optionalAttrs (spec ? group) { group = vlib.checkedOwner {
-                 file = "vaultpy.hostsToml: ${file}"; where = "${where}.group"; } spec.group; })
-          [ "restart_units" "reload_units" ];
-    in
-    {
-      pubkey = h.pubkey or (bad "${hw}.pubkey"
-        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
-      identities = if h ? identities
-        then vlib.checkedIdentities bad "${hw}.identities" h.identities else null;
-      cacheRoot = resolve (top.cache_dir or "secrets/cache");
-      secretsDir = resolve (top.secrets_dir or "secrets");
-      secrets = builtins.listToAttrs (map
-        (id: {
-          name = id;
-          value = mapAttrs (_: mkDefault)
-            (fromSpec "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
-              // { file = masterFile id; install = deployed ? ${id}; });
-        })
-        (lib.unique (attrNames deployed ++ refs)));
-      templates = mapAttrs (n: spec: mapAttrs (_: mkDefault)
-        (builtins.removeAttrs
-          (fromSpec "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
-          [ "file" ] // { content = content n; })) tmpls;
-    };
+  # --- hosts.toml import (common.nix) ------------------------------------------------
+  fromToml = common.fromHostsToml {
+    inherit (cfg) hostsToml;
+    name = s.hostName;
+    missing = "set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there";
+  };
 
   # --- checks ------------------------------------------------------------------------
   installed = filterAttrs (_: v: v.install) cfg.secrets;

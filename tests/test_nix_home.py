@@ -280,3 +280,77 @@ def test_lib_user_settings_are_the_pythons(nix: Nix) -> None:
     from test_nix import LIB_NIX
 
     assert nix.eval(f"(import {nix_value(LIB_NIX)}).userSettings") == vprofile.USER_SETTINGS
+
+
+# ------------------------------------------------- vaultpy.hostsToml: a person's entry
+
+def _person(root: Path) -> Repo:
+    """A repository whose [hosts.alice] is a person's (user = true), %h in its paths,
+    renc'd."""
+    (root / "keys").mkdir(parents=True)
+    identity, recipient = age_keygen(root / "keys", "master.txt")
+    _key, pub = ssh_keygen(root / "keys", "alice", comment="alice@laptop")
+    repo = Repo(root, identity, recipient, env={"VAULTPY_IDENTITY": str(identity)})
+    repo.write_hosts(
+        f"[vaultpy]\nrecipients = [{toml_str(recipient)}]\n\n[secrets.token]\n[secrets.db]\n\n"
+        f"[hosts.alice]\nuser = true\npubkey = {toml_str(pub)}\n"
+        'identities = ["%h/.ssh/id_vaultpy"]\n\n'
+        '[hosts.alice.secrets.token]\nmode = "0600"\npath = "%h/.config/app/token"\n'
+        'restart_units = ["app.service"]\n\n'
+        '[hosts.alice.templates."app.env"]\ncontent = "DB={{ secrets.db }}\\n"\n'
+        'path = "%h/.config/app/env"\n')
+    (root / "secrets").mkdir()
+    repo.ok("encrypt", "token", input=b"api-token\n")
+    repo.ok("encrypt", "db", input=b"db-password")
+    repo.ok("renc")
+    return repo
+
+
+def test_hosts_toml_import_gives_the_clis_profile(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    """vaultpy.hostsToml with a person's entry: key, cache, master files, secrets,
+    templates and key path all from hosts.toml, %h written as the home; read by
+    activation's loader for alice, the same profile `vaultpy profile` writes."""
+    repo = _person(tmp_path / "repo")
+    config = write_module(tmp_path / "a.nix", {"vaultpy": {"hostsToml": repo.root /
+                                                           "hosts.toml"}})
+    out = evaluate(nixpkgs_lib, {"a": config})["a"]
+    assert out["failedAssertions"] == []
+    cli = json.loads(repo.ok("profile", "-H", "alice").stdout)
+    assert cli["settings"]["user"] is True
+    module = normalise_files(out["profile"], store=True)
+    env = {"HOME": "/home/alice", "XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert vprofile.parse(module, "m", Path("/"), env) == \
+        vprofile.parse(normalise_files(cli, store=False), "m", Path("/"), env)
+    assert out["settings"]["hostKeys"] == ["/home/alice/.ssh/id_vaultpy"]
+    assert out["paths"]["token"] == "/home/alice/.config/app/token"
+    assert out["paths"]["template:app.env"] == "/home/alice/.config/app/env"
+    # the options win over hosts.toml
+    config = write_module(tmp_path / "b.nix", {"vaultpy": {
+        "hostsToml": repo.root / "hosts.toml", "secrets": {"token": {"mode": "0400"}}}})
+    out = evaluate(nixpkgs_lib, {"b": config})["b"]
+    assert {s["id"]: s["mode"] for s in out["profile"]["secrets"]}["token"] == "0400"
+
+
+@pytest.mark.parametrize(("hosts_edit", "needle"), [
+    (lambda t: t.replace("user = true\n", ""),
+     "hosts.alice.user: not a person's entry: the home-manager module imports a person's "
+     "entry only; add user = true"),
+    (lambda t: t.replace('path = "%h/.config/app/token"', 'path = "%r/token"'),
+     "hosts.alice.secrets.token.path: \"%r/token\": the home-manager module writes a path "
+     "with %h (your home) only"),
+    (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nowner = "app"'),
+     "hosts.alice.secrets.token.owner: owner in a person's entry (user = true)"),
+    (lambda t: t.replace("[hosts.alice]", "[hosts.bob]").replace("hosts.alice.", "hosts.bob."),
+     "no [hosts.alice] in"),
+])
+def test_hosts_toml_import_mistakes_are_one_line(nixpkgs_lib: Nix, tmp_path: Path,
+                                                 hosts_edit: Any, needle: str) -> None:
+    repo = _person(tmp_path / "repo")
+    hosts = repo.root / "hosts.toml"
+    hosts.write_text(hosts_edit(hosts.read_text()))
+    config = write_module(tmp_path / "a.nix", {"vaultpy": {"hostsToml": hosts}})
+    proc = nixpkgs_lib.eval_proc(file=EVAL, attr="profileJson", args=["--arg", "config",
+                                                                     str(config)])
+    assert proc.returncode != 0
+    line = next((ln for ln in proc.stderr.splitlines() if needle in ln), "")
+    assert line.startswith("error: vaultpy.hostsToml: ") and str(hosts) in line, proc.stderr
