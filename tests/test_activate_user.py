@@ -83,12 +83,14 @@ class User:
         return link, a, self.profile("b.json")
 
     def session(self, *steps: list[str], runtime: bool = True,
-                env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                env: Mapping[str, str] | None = None,
+                binds: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Run ``steps`` as the user in one login session (one tmpfs runtime directory:
-        gone when it ends, as at a logout or a reboot)."""
+        gone when it ends, as at a logout or a reboot); ``binds``: system files seen
+        through another in that session alone (user_session.py)."""
         spec = {"uid": UID, "gid": GID, "home": str(self.home),
                 "runtime": str(self.runtime) if runtime else "", "env": dict(env or {}),
-                "steps": [list(s) for s in steps]}
+                "binds": dict(binds or {}), "steps": [list(s) for s in steps]}
         proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
                                str(ROOT / "tests" / "user_session.py"), json.dumps(spec)],
                               capture_output=True, text=True, env=vaultpy_env(), cwd=ROOT,
@@ -488,6 +490,35 @@ def test_a_group_writable_home_is_the_users_only_in_their_own_group(user: User,
         _ok(row)
         return
     assert row["rc"] == 1 and f"writable by group {OTHER}, not yours" in row["err"], row
+
+
+@pytest.mark.parametrize(("passwd", "group", "other"), [
+    ("", f"alice:x:{GID}:alice,bob\n", "bob"),                  # a member listed
+    (f"bob:x:{OTHER}:{GID}::/home/bob:/bin/sh\n", f"alice:x:{GID}:\n", "bob"),  # primary
+    ("", f"alice:x:{GID}:alice\n", None),                        # alice alone: hers
+])
+def test_the_users_own_group_is_theirs_only_without_other_members(
+        user: User, passwd: str, group: str, other: str | None) -> None:
+    """A home writable by the user's own group: another account in that group (a
+    member in /etc/group, or one whose primary group it is in /etc/passwd) could swap
+    its entries; seen through the system's account files (NSS), bind-mounted in the
+    session alone."""
+    os.chown(user.home, UID, GID)
+    user.home.chmod(0o775)
+    user.write_hosts({"token": {}})
+    a = user.profile("a.json")
+    binds = {}
+    for name, extra in (("passwd", f"alice:x:{UID}:{GID}::{user.home}:/bin/sh\n" + passwd),
+                        ("group", group)):
+        copy = user.outer / name
+        copy.write_text(Path(f"/etc/{name}").read_text() + extra)
+        binds[f"/etc/{name}"] = str(copy)
+    row = user.session(user.activate(a), binds=binds)[0]
+    if other is None:
+        _ok(row)
+        return
+    assert row["rc"] == 1 and f"writable by your group {GID}, which {other} is in too" \
+        in row["err"], row
 
 
 def test_a_link_at_early_dir_keeps_no_generation(user: User) -> None:

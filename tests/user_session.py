@@ -6,6 +6,8 @@ Run as root inside ``unshare -m`` (a private mount namespace)::
 
 SPEC: {"uid", "gid", "home", "runtime" (made a tmpfs of the user's, 0700, as
 pam_systemd makes /run/user/<uid>; "" leaves it as it is), "env" (extra variables),
+"binds" (optional: {system file: file bind-mounted over it in this namespace alone,
+as /etc/group with another member}),
 "steps": [["activate", ARG...] | ["vaultpy", ARG...] | ["sh", SCRIPT], ...]}.
 
 It mounts the runtime directory, then becomes the user for good (setgroups, setgid,
@@ -33,9 +35,13 @@ def main() -> None:
         subprocess.run(["mount", "-t", "tmpfs", "-o",
                         f"mode=0700,uid={spec['uid']},gid={spec['gid']},size=16m",
                         "tmpfs", spec["runtime"]], check=True)
+    for target, source in spec.get("binds", {}).items():
+        subprocess.run(["mount", "--bind", source, target], check=True)
     # Everything activation imports, imported while the interpreter's files are
     # readable (they are root's): the user could not import them later.
     import ctypes  # noqa: F401  (fsutil: syncfs, renameat2)
+    import grp  # noqa: F401  (links: who else is in the user's group)
+    import pwd  # noqa: F401
     import resource  # noqa: F401
     import shutil  # noqa: F401  (notify, when it calls systemctl)
 
