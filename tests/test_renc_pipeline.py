@@ -944,3 +944,23 @@ def test_batches_are_made_durable_while_the_workers_go_on(repo, monkeypatch, lay
     if layout != "lock-held":               # nothing in place before the lock is held
         assert all(held for kind, held in events if kind == "rename")
     _assert_complete(repo)
+
+
+def test_without_workers_a_first_run_syncs_once(repo, monkeypatch):
+    """--jobs 2 where no worker can be forked (threads a plugin left): the parent does
+    the work, so nothing runs beside a mid-run sync: one sync, at the end."""
+    _first_run(repo)
+    monkeypatch.setattr(pipeline, "_BATCH_FILES", 1)
+    monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1)
+    monkeypatch.setattr(pipeline, "_can_fork", lambda: False)
+    calls: list[int] = []
+    real = fsutil.syncfs
+
+    def syncfs(path: Path) -> None:
+        real(path)
+        calls.append(os.getpid())
+
+    monkeypatch.setattr(pipeline.fsutil, "syncfs", syncfs)
+    assert _renc(repo, 2).ok
+    assert calls == [os.getpid()]
+    _assert_complete(repo)

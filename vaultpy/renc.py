@@ -6,8 +6,9 @@
                   (a first run, before its lock file exists, encrypts everything
                   and publishes nothing until every master has decrypted);
 4. ``encrypt``  - per secret, in worker processes; each output is written to a temp
-                  name; while the workers go on, the parent publishes finished
-                  batches: one ``syncfs`` makes a batch durable, then its renames.
+                  name; while the workers go on, the parent makes finished batches
+                  durable (one ``syncfs`` each) and, once it holds the lock, renames
+                  them into place (a first run's renames wait for the end).
                   A host whose directory does not exist yet (a first run, a new
                   host) is written whole into a temp directory, renamed into place
                   once at the end: one rename for the host, not one per file;
@@ -206,14 +207,14 @@ class _Publisher:
     renamed it is ``pending``: :meth:`discard` removes what is left on an interrupt.
 
     ``staging``: final host directory -> the temp directory it is being built in.
-    Files written there need no rename of their own; :meth:`finish` makes them
-    durable with the last ``syncfs`` and renames each directory into place (never
-    over one that appeared meanwhile: its files are then moved in one by one).
+    Files written there need no rename of their own: they are synced with the batches,
+    and :meth:`finish`, once every file is synced, renames each directory into place
+    (never over one that appeared meanwhile: its files are then moved in one by one).
     """
 
     def __init__(self, cfg: Config, result: Result, index: cache.VerifiedIndex,
                  batch_files: int, batch_bytes: int, staging: dict[str, str],
-                 renames: bool = True) -> None:
+                 renames: bool) -> None:
         self.cfg = cfg
         self.result = result
         self.index = index
@@ -250,10 +251,10 @@ class _Publisher:
 
     def flush_if_full(self) -> None:
         """Once a batch is written: durable now, while the workers go on, so that the
-        sync at the end waits for the last batch only, not for the whole run's bytes
-        (a cold --jobs 2 run of 10,000 files: its last sync from ~0.13 s to ~0.02 s,
-        the run ~4 % faster on 2 cores, though the writeback then competes with the
-        workers)."""
+        sync at the end waits only for what came after the last batch, not for the
+        whole run's bytes (a cold --jobs 2 run of 10,000 files: its last sync from
+        ~0.13 s to ~0.02 s, the run 20-45 ms faster on 2 cores, though the writeback
+        then competes with the workers)."""
         if self.unsynced >= self.batch_files or self.unsynced_bytes >= self.batch_bytes:
             if self.renames:
                 self.flush()
@@ -344,7 +345,7 @@ class _Publisher:
 
     def _place(self, final: str, built: str) -> None:
         """Rename the staged directory ``built`` to ``final`` (its files are durable:
-        :meth:`flush` ran syncfs after the last of them)."""
+        :meth:`finish` runs after the sync that covered the last of them)."""
         files = self.staged.pop(final, [])
         if self.broken is not None:
             for item, _key in files:
@@ -716,15 +717,17 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
 
     When workers run beside the parent, what they write is made durable a batch at a
     time while they go on (:meth:`_Publisher.flush_if_full`).  ``batches``: each batch
-    is also renamed into place then.  Without it, nothing is published before the
-    caller's ``finish``: the first run, whose lock is not held yet, writes this way
-    (:func:`_first_run`)."""
+    is also renamed into place then (the lock is held).  Without it, nothing is
+    published before the caller's ``finish``: the first run, whose lock is not held
+    yet, writes this way (:func:`_first_run`)."""
     by_secret: dict[str, list[cache.Item]] = {}
     for item in todo:
         by_secret.setdefault(item.id, []).append(item)
     total = len(todo)
     total_bytes = sum((i.payload or 0) + 256 for i in todo)
-    if workers > 1 and len(by_secret) > 1:
+    # Workers beside the parent (decided once: _can_fork may wait for threads)?
+    parallel = workers > 1 and len(by_secret) > 1 and _can_fork()
+    if parallel:
         pub = _Publisher(cfg, result, index, max(_BATCH_FILES, total // 8),
                          max(_BATCH_BYTES, total_bytes // 8), {}, batches)
     else:                       # nothing to overlap with: all at the end
@@ -777,7 +780,7 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
                      p.masters[sid].sha256, tuple(items),
                      tuple(staging.get(i.dir, "") for i in items) if staging else ())
                 for sid, items in sorted(by_secret.items(), key=_work, reverse=True)]
-        _execute(jobs, workers, deliver)
+        _execute(jobs, workers if parallel else 1, deliver)
     except BaseException:
         pub.discard()                   # an interrupt: no temp file stays behind
         raise
