@@ -129,11 +129,14 @@ rec {
         else bad "${hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)";
       # A person's path as home-manager writes it: %h is the home, %% a %; %r (the
       # runtime directory) is known only at login.
-      homePath = where: p:
-        let parts = lib.splitString "%%" p; in
-        if builtins.any (x: builtins.match ".*%[^h].*|.*%" x != null) parts
+      homeExpand = where: p:
+        if lib.hasPrefix "%r/" p
         then bad where "${builtins.toJSON p}: the home-manager module writes a path with %h (your home) only; use %h/… or an absolute path"
-        else concatStringsSep "%" (map (builtins.replaceStrings [ "%h" ] [ home ]) parts);
+        else vlib.expandUserPath { inherit home; } p;
+      homePath = where: p:
+        homeExpand where (vlib.checkedItemPath { inherit bad where; user = true; } p);
+      # A host's path: one line, not the option type's error.
+      hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false; } p;
       masterFile = id:
         let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
                 else resolve "${top.secrets_dir or "secrets"}/${id}.age";
@@ -158,7 +161,9 @@ rec {
         else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
           "unknown key; use one of ${concatStringsSep ", " allowed}"
         else if person && wrong != [ ] then bad "${where}.${builtins.head wrong}"
-          "${builtins.head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${builtins.head wrong}"
+          (if builtins.head wrong == "early"
+           then "early in a person's entry (user = true): early files are for a host's boot; remove early"
+           else "${builtins.head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${builtins.head wrong}")
         else builtins.removeAttrs
           (spec // {
             restartUnits = spec.restart_units or [ ];
@@ -170,17 +175,18 @@ rec {
                  file = "vaultpy.hostsToml: ${file}"; where = "${where}.owner"; } spec.owner; }
             // lib.optionalAttrs (spec ? group) { group = vlib.checkedOwner {
                  file = "vaultpy.hostsToml: ${file}"; where = "${where}.group"; } spec.group; }
-            // lib.optionalAttrs (person && spec ? path) {
-                 path = homePath "${where}.path" spec.path; })
+            // lib.optionalAttrs (spec ? path) {
+                 path = (if person then homePath else hostPath) "${where}.path" spec.path; })
           [ "restart_units" "reload_units" ];
     in
     {
       pubkey = h.pubkey or (bad "${hw}.pubkey"
-        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line");
+        (if person then "missing: give the person's ~/.ssh/id_ed25519.pub line"
+         else "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"));
       identities = if !(h ? identities) then null else
         let keys = vlib.checkedKeyPaths { inherit bad; where = "${hw}.identities";
                                           user = person; } h.identities;
-        in if person then map (homePath "${hw}.identities") keys else keys;
+        in if person then map (homeExpand "${hw}.identities") keys else keys;
       cacheRoot = resolve (top.cache_dir or "secrets/cache");
       secretsDir = resolve (top.secrets_dir or "secrets");
       secrets = builtins.listToAttrs (map

@@ -44,15 +44,45 @@ let
     if !(isList v) || v == [ ] then bad where "expected a non-empty list of key paths"
     else let wrong = filter (p: !(if user then isUserPath p else isAbsPath p)) v; in
       if wrong != [ ] then bad where (if user
-        then "invalid path ${builtins.toJSON (head wrong)}: a key path is absolute or begins with %h/ (the person's home)"
+        then "invalid path ${builtins.toJSON (head wrong)}: a key path is absolute or begins with %h/ (the person's home) or %r/ (their runtime directory); %% is a %"
         else "invalid path ${builtins.toJSON (head wrong)}: give the absolute path of the host's private key file")
       else v;
 
-  # A person's entry's path, as a user's profile takes it: absolute once %h (any home)
-  # and %r (any runtime directory) are expanded; %% is a %.
-  isUserPath = p: isString p && isAbsPath (builtins.replaceStrings [ "%%" "%h" "%r" ]
-    [ "%" "/home/user" "/run/user/1000" ] p) && builtins.match ".*%[^hr].*|.*%" (
-    builtins.replaceStrings [ "%%" ] [ "" ] p) == null;
+  # A person's entry's path, as a user's profile takes it (vaultpy/model.py _user_path):
+  # absolute, or %h/ (any home) or %r/ (any runtime directory) and the rest, in which
+  # %% is a % and no other % may stand.
+  userPathRest = p:
+    if builtins.elem (substring 0 3 p) [ "%h/" "%r/" ] then substring 2 (stringLength p) p else p;
+  isUserPath = p: isString p
+    && builtins.match ".*%.*" (builtins.replaceStrings [ "%%" ] [ "" ] (userPathRest p)) == null
+    && isAbsPath (expandUserPath { home = "/home/user"; runtime = "/run/user/1000"; } p);
+  # Such a path with %h and %r given (`runtime` null: a %r/ is left as it is).
+  expandUserPath = { home, runtime ? null }: p:
+    let
+      lead = substring 0 3 p;
+      rest = builtins.replaceStrings [ "%%" ] [ "%" ] (userPathRest p);
+    in
+    if lead == "%h/" then home + rest
+    else if lead == "%r/" && runtime != null then runtime + rest
+    else if lead == "%r/" then "%r" + rest
+    else rest;
+
+  # `path`, overlapping activation's own places (settings dir, early_dir, store, as
+  # written): vaultpy/output.py path_clash, for the dirs themselves.
+  overlapsPath = a: b: a == b || substring 0 (stringLength a + 1) b == "${a}/"
+    || substring 0 (stringLength b + 1) a == "${b}/";
+  checkedItemPath = { bad, where, user }: p:
+    let
+      dirs = if user then userSettings else defaultSettings;
+      clash = filter (k: overlapsPath p dirs.${k}) [ "dir" "early_dir" "store" ];
+    in
+    if !(if user then isUserPath p else isAbsPath p)
+    then bad where "invalid path ${builtins.toJSON p}: ${if user
+      then "a path is absolute or begins with %h/ (the person's home) or %r/ (their runtime directory); %% is a %"
+      else "use an absolute, normalised path like /var/lib/app/secret"}"
+    else if clash != [ ]
+    then bad where "path ${builtins.toJSON p} overlaps ${builtins.toJSON dirs.${head clash}}, where activation keeps its ${head clash}; choose a path outside ${dirs.${head clash}}, or drop it"
+    else p;
 
   cacheHash = { secretFile, recipients }:
     hashString "sha256"
@@ -267,11 +297,17 @@ let
           else "${head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${head wrong}")
         else spec;
       fields = where: spec:
-        if person then builtins.removeAttrs (outputFields spec // { mode = mode "${where}.mode" spec; })
-          [ "owner" "group" "early" ]
-        else outputFields spec // { mode = mode "${where}.mode" spec; } // owners where spec;
+        let
+          checked = outputFields spec // { mode = mode "${where}.mode" spec; }
+            // (if spec ? path then { path = checkedItemPath { inherit bad; user = person;
+                                                             where = "${where}.path"; } spec.path; }
+                else { });
+        in
+        if person then builtins.removeAttrs checked [ "owner" "group" "early" ]
+        else checked // owners where spec;
       recipients = toList (h.pubkey or (bad "${hw}.pubkey"
-        "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"));
+        (if person then "missing: give the person's ~/.ssh/id_ed25519.pub line"
+         else "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line")));
       raw = h.secrets or [ ];
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
@@ -362,6 +398,6 @@ let
     };
 in
 {
-  inherit trimSpace templateText checkedIdentities checkedKeyPaths isUserPath absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace templateText checkedIdentities checkedKeyPaths checkedItemPath isUserPath expandUserPath absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

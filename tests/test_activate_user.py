@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -478,47 +479,56 @@ def test_the_users_symlink_into_another_users_directory_is_refused(user: User) -
     assert list((theirs / "alice").iterdir()) == []
 
 
-@pytest.mark.parametrize("group", [OTHER, GID])
-def test_a_group_writable_home_is_the_users_only_in_their_own_group(user: User,
-                                                                    group: int) -> None:
-    os.chown(user.home, UID, group)
+def test_a_home_writable_by_another_group_is_refused(user: User) -> None:
+    os.chown(user.home, UID, OTHER)
     user.home.chmod(0o775)
     user.write_hosts({"token": {}})
-    a = user.profile("a.json")
-    row = user.session(user.activate(a))[0]
-    if group == GID:            # a user private group: theirs
-        _ok(row)
-        return
+    row = user.session(user.activate(user.profile("a.json")))[0]
     assert row["rc"] == 1 and f"writable by group {OTHER}, not yours" in row["err"], row
 
 
-@pytest.mark.parametrize(("passwd", "group", "other"), [
-    ("", f"alice:x:{GID}:alice,bob\n", "bob"),                  # a member listed
-    (f"bob:x:{OTHER}:{GID}::/home/bob:/bin/sh\n", f"alice:x:{GID}:\n", "bob"),  # primary
-    ("", f"alice:x:{GID}:alice\n", None),                        # alice alone: hers
+def _accounts(user: User, passwd: str, group: Callable[[str], str]) -> dict[str, str]:
+    """Copies of /etc/passwd (alice's entry and ``passwd`` added) and /etc/group
+    (``group`` applied), for user_session.py to bind-mount over the real ones."""
+    binds = {}
+    for name, edit in (("passwd", lambda t: t + f"alice:x:{UID}:{GID}::{user.home}:/bin/sh\n"
+                        + passwd), ("group", group)):
+        copy = user.outer / name
+        copy.write_text(edit(Path(f"/etc/{name}").read_text()))
+        binds[f"/etc/{name}"] = str(copy)
+    return binds
+
+
+def _root_group(members: str) -> Callable[[str], str]:
+    return lambda t: re.sub(r"(?m)^root:([^:]*):0:.*$", rf"root:\1:0:{members}", t)
+
+
+@pytest.mark.parametrize(("gid", "passwd", "group", "refused"), [
+    (GID, "", lambda t: t + f"alice:x:{GID}:alice\n", None),             # hers alone
+    (GID, "", lambda t: t + f"alice:x:{GID}:alice,bob\n", "which bob is in too"),
+    (GID, f"bob:x:{OTHER}:{GID}::/home/bob:/bin/sh\n",                    # bob's primary
+     lambda t: t + f"alice:x:{GID}:\n", "which bob is in too"),
+    (GID, "", lambda t: t, "which the group database does not know"),    # no entry
+    (0, "", _root_group(""), None),                                       # root's alone
+    (0, "", _root_group("bob"), "which bob is in too"),
 ])
-def test_the_users_own_group_is_theirs_only_without_other_members(
-        user: User, passwd: str, group: str, other: str | None) -> None:
-    """A home writable by the user's own group: another account in that group (a
-    member in /etc/group, or one whose primary group it is in /etc/passwd) could swap
-    its entries; seen through the system's account files (NSS), bind-mounted in the
-    session alone."""
-    os.chown(user.home, UID, GID)
+def test_a_group_writable_home_is_the_users_only_while_no_one_else_is_in_it(
+        user: User, gid: int, passwd: str, group: Callable[[str], str],
+        refused: str | None) -> None:
+    """A home writable by the user's own group (or root's): another account in that
+    group (a member in /etc/group, or one whose primary group it is in /etc/passwd)
+    could swap its entries; a group the database does not know is not vouched for.
+    Seen through the system's account files (NSS), bind-mounted in the session alone."""
+    os.chown(user.home, UID, gid)
     user.home.chmod(0o775)
     user.write_hosts({"token": {}})
-    a = user.profile("a.json")
-    binds = {}
-    for name, extra in (("passwd", f"alice:x:{UID}:{GID}::{user.home}:/bin/sh\n" + passwd),
-                        ("group", group)):
-        copy = user.outer / name
-        copy.write_text(Path(f"/etc/{name}").read_text() + extra)
-        binds[f"/etc/{name}"] = str(copy)
-    row = user.session(user.activate(a), binds=binds)[0]
-    if other is None:
+    row = user.session(user.activate(user.profile("a.json")),
+                       binds=_accounts(user, passwd, group))[0]
+    if refused is None:
         _ok(row)
         return
-    assert row["rc"] == 1 and f"writable by your group {GID}, which {other} is in too" \
-        in row["err"], row
+    assert row["rc"] == 1 and f"writable by {'your' if gid else 'root' + chr(39) + 's'} " \
+        f"group {gid}, {refused}" in row["err"], row
 
 
 def test_a_link_at_early_dir_keeps_no_generation(user: User) -> None:
@@ -668,6 +678,7 @@ def test_a_persons_entry_is_a_users_profile_whose_paths_say_home(user: User) -> 
     ({"early": True}, "early", "remove early"),
     ({"path": "%x/token"}, "path", "unknown specifier %x"),
     ({"path": "token"}, "path", "begins with %h/"),
+    ({"path": "%htoken"}, "path", "a %h or %r that does not begin it, followed by /"),
     ({"path": "%h/.local/state/vaultpy/secrets/token"}, "path",
      "overlaps '%h/.local/state/vaultpy/secrets'"),
 ])
@@ -677,6 +688,13 @@ def test_check_refuses_in_a_persons_entry_what_a_users_profile_cannot_do(
     for command in (["check"], ["profile", "-H", "alice"]):
         assert_one_clean_error(user.repo.run(*command), f"hosts.alice.secrets.token.{field}",
                                needle)
+
+
+def test_a_persons_missing_key_asks_for_theirs(user: User) -> None:
+    user.repo.write_hosts(f"[vaultpy]\nrecipients = [{toml_str(user.repo.recipient)}]\n\n"
+                          "[secrets.token]\n[secrets.db]\n\n[hosts.alice]\nuser = true\n")
+    assert_one_clean_error(user.repo.run("check"), "hosts.alice.pubkey: missing",
+                           "the person's ~/.ssh/id_ed25519.pub")
 
 
 def test_a_hosts_entry_keeps_its_paths_literal(user: User) -> None:

@@ -532,7 +532,12 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
               ('templates = "x"\n', "hosts.h.templates: expected a table, got string"),
               ('[hosts.h.template.t]\ncontent = "x"\n', "hosts.h.template: unknown key; "
                "use one of pubkey, identities, secrets, templates"),
-              ('identites = ["/k"]\n', "hosts.h.identites: unknown key"))),
+              ('identites = ["/k"]\n', "hosts.h.identites: unknown key"),
+              # a host's item path, as `vaultpy check` refuses it (lib wrote it out)
+              ('[hosts.h.secrets.a]\npath = "rel/x"\n', 'hosts.h.secrets.a.path: invalid '
+               'path "rel/x"'),
+              ('[hosts.h.secrets.a]\npath = "/run/vaultpy/x"\n', 'hosts.h.secrets.a.path: '
+               'path "/run/vaultpy/x" overlaps "/run/vaultpy"'))),
         # as `vaultpy profile` refuses it (it would not boot)
         ('[hosts.h]\npubkey = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"'
          '\nsecrets = ["a"]\n', "h", "hosts.h.identities: the host's key is an age1… key, "
@@ -601,6 +606,17 @@ def test_a_persons_entry_is_the_same_users_profile_from_nix(nix: Nix, tmp_path: 
          "person's entry"),
         ('identities = ["%x/key"]\n', 'hosts.alice.identities: invalid path "%x/key"'),
         ('identities = ["key"]\n', 'hosts.alice.identities: invalid path "key"'),
+        ('identities = ["%hkey"]\n', 'hosts.alice.identities: invalid path "%hkey"'),
+        # an item's path: what `vaultpy check` refuses, lib refuses (it wrote them out)
+        *((f'[hosts.alice.secrets.a]\npath = "{bad}"\n', f'hosts.alice.secrets.a.path: {why}')
+          for bad, why in (
+              ("/a/%z", 'invalid path "/a/%z"'), ("/a/b%", 'invalid path "/a/b%"'),
+              ("rel/x", 'invalid path "rel/x"'), ("%h/../x", 'invalid path "%h/../x"'),
+              ("/srv/%h/x", 'invalid path "/srv/%h/x"'), ("%hfoo", 'invalid path "%hfoo"'),
+              ("%%h/x", 'invalid path "%%h/x"'),
+              ("%r/vaultpy.d/x", 'path "%r/vaultpy.d/x" overlaps "%r/vaultpy.d"'),
+              ("%h/.local/state/vaultpy/secrets/x", 'path "%h/.local/state/vaultpy/secrets/x"'
+               ' overlaps "%h/.local/state/vaultpy/secrets", where activation keeps its dir'))),
     ]
     for body, expected in cases:
         hosts.write_text(head + body)
@@ -999,6 +1015,10 @@ HOSTS_TOML_ERRORS = {
     "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                        'ownr = "app"\ngroup = "app"'),
                     "hosts.web1.secrets.api_token.ownr: unknown key; use one of name, owner"),
+    # (the option type's error named the module, not hosts.toml's field)
+    "path-relative": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
+                                         'owner = "app"\ngroup = "app"\npath = "app/token"'),
+                      'hosts.web1.secrets.api_token.path: invalid path "app/token"'),
     "decimal-mode": (_DEMO_TOML.replace('mode = "0440"', "mode = 440"),
                      'hosts.web1.secrets.api_token.mode: mode = 440 is a decimal number '
                      '(0o670); write it as a string "0440"'),

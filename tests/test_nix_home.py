@@ -342,6 +342,16 @@ def test_hosts_toml_import_gives_the_clis_profile(nixpkgs_lib: Nix, tmp_path: Pa
      "hosts.alice.secrets.token.owner: owner in a person's entry (user = true)"),
     (lambda t: t.replace("[hosts.alice]", "[hosts.bob]").replace("hosts.alice.", "hosts.bob."),
      "no [hosts.alice] in"),
+    # one line naming hosts.toml's field, not the option type's error about the module
+    (lambda t: t.replace('path = "%h/.config/app/token"', 'path = "/srv/%h/x"'),
+     'hosts.alice.secrets.token.path: invalid path "/srv/%h/x"'),
+    (lambda t: t.replace('path = "%h/.config/app/env"', 'path = "%h/.local/state/vaultpy"'),
+     'hosts.alice.templates.app.env.path: path "%h/.local/state/vaultpy" overlaps'),
+    (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nearly = true'),
+     "hosts.alice.secrets.token.early: early in a person's entry (user = true): early files "
+     "are for a host's boot"),
+    (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("pubkey")) + "\n",
+     "hosts.alice.pubkey: missing: give the person's ~/.ssh/id_ed25519.pub line"),
 ])
 def test_hosts_toml_import_mistakes_are_one_line(nixpkgs_lib: Nix, tmp_path: Path,
                                                  hosts_edit: Any, needle: str) -> None:

@@ -169,7 +169,7 @@ def test_host_commands_on_a_host_nix_imports_from_hosts_toml(
 @pytest.mark.parametrize("case", ["key", "file", "cache", "unset-key", "throw", "missing",
                                   "shared", "id", "order", "string-cache", "store-path",
                                   "hostname", "nothing", "not-config", "not-imported",
-                                  "template-undeclared"])
+                                  "template-undeclared", "persons-name"])
 def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) -> None:
     repo, write, _lib = nixrepo
     root = repo.root
@@ -238,6 +238,11 @@ def test_disagreements_are_one_line(nixrepo: tuple[Repo, Any, Path], case: str) 
                          'secrets = ["other"]\n')
         needles = ("nixosConfigurations.host0: vaultpy.hostsToml", "also declared in "
                    "hosts.toml", "would never be installed", "vaultpy.hostsToml = ./hosts.toml")
+    elif case == "persons-name":    # a person's entry is no host's (was: "import it")
+        repo.write_hosts(text + f'\n[hosts.host0]\nuser = true\npubkey = '
+                         f'"{repo.hosts["host1"].pubkey}"\nsecrets = ["other"]\n')
+        needles = ("nixosConfigurations.host0: vaultpy.settings.hostName", "a person's entry "
+                   "in hosts.toml", "give the host its own name")
     else:
         (root / "nixos.nix").write_text("{ outputs = { self }: { }; }\n")
         needles = ("nixos.nix", "nixosConfigurations.outputs", "not a NixOS configuration")

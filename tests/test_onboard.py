@@ -226,9 +226,12 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
     assert profile["settings"]["identities"] == ["%h/.ssh/id_vaultpy"]
     before = repo.snapshot()
     for source in (["--generate", str(tmp_path / "gen")], ["--keyscan", "127.0.0.1"]):
-        proc = repo.run("host", "add", "bob", "--user", *source)
-        assert proc.returncode == 2 and "a person's key is their own" in proc.stderr.decode()
+        for command in (["add", "bob", "--user"], ["rotate", "alice"]):
+            proc = repo.run("host", *command, *source)
+            assert proc.returncode == 2, proc.stderr.decode()
+            assert "a person's key is their own" in proc.stderr.decode()
     assert repo.snapshot() == before
+    assert not (tmp_path / "gen").exists()
 
 
 def test_add_generate_makes_a_0600_key_pair_and_explains(make_repo, tmp_path: Path) -> None:

@@ -90,6 +90,14 @@ def _source(pubkey: str | None, pubkey_file: Path | None, keyscan: str | None,
     return given[0]
 
 
+def _persons_key(source: Any, who: str) -> None:
+    """A person's key is their own: neither made here nor scanned from a host's sshd."""
+    if source.kind in ("keyscan", "generate"):
+        raise typer.BadParameter(
+            "a person's key is their own: give their ~/.ssh/id_ed25519.pub with "
+            "--pubkey-file or --pubkey", param_hint=f"{who} with --{source.kind}")
+
+
 def _report_host(out: Any, json_out: bool) -> None:
     from vaultpy.onboard import install_instructions
 
@@ -145,10 +153,8 @@ def host_add(
     from vaultpy import onboard
 
     source = _source(pubkey, pubkey_file, keyscan, generate)
-    if user and source.kind in ("keyscan", "generate"):
-        raise typer.BadParameter(
-            "a person's key is their own: give their ~/.ssh/id_ed25519.pub with "
-            "--pubkey-file or --pubkey", param_hint=f"--user with --{source.kind}")
+    if user:
+        _persons_key(source, "--user")
     ids = [s.strip() for s in (secrets or "").split(",") if s.strip()]
     cfg = _config_for(repo, json_out)
     out = _json_errors(json_out, lambda: onboard.add(
@@ -188,6 +194,8 @@ def host_rotate(
 
     source = _source(pubkey, pubkey_file, keyscan, generate)
     cfg = _config_for(repo, json_out)
+    if name in cfg.hosts and cfg.hosts[name].user:
+        _persons_key(source, f"{name}, a person's entry (user = true),")
     out = _json_errors(json_out, lambda: onboard.rotate(
         cfg, name, source, run_renc=not no_renc, identity_files=_identity(identity)))
     _report_host(out, json_out)

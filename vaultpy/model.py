@@ -52,6 +52,7 @@ ID_MAX = 128
 _DECIMAL_MODE = re.compile(
     r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]{1,20})(?![0-9_.xXoObBeE:-])")
 HOST_KEY_HINT = "use the host's /etc/ssh/ssh_host_ed25519_key.pub (or an age1… key)"
+PERSON_KEY_HINT = "use the person's ~/.ssh/id_ed25519.pub (or an age1… key)"
 VAULT_AUTH = ("token", "approle")
 VAULT_REF_HINT = ('write it as "<mount>/<path>#<field>", e.g. "secret/app/db#password" '
                   '(append @N to pin version N)')
@@ -550,10 +551,13 @@ def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | Non
     """A path of a person's entry, as a user's profile takes it (profile.expand)."""
     from vaultpy.profile import USER_SETTINGS, expand
 
+    rest = text[2:] if text.startswith(("%h/", "%r/")) else text
     try:
         why = path_shape_problem(expand(text, _SAMPLE_USER_ENV))
     except ValueError as exc:
         why = str(exc)
+    if why is None and "%" in rest.replace("%%", ""):  # %hfoo: /home/alicefoo, a typo
+        why = "a %h or %r that does not begin it, followed by /"
     if why is not None:
         ck.add(where, f"invalid path {text!r}: {why}", _USER_PATH_HINT)
         return None
@@ -595,7 +599,8 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = 
     return out
 
 
-def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[str, ...]:
+def _recipients(ck: _Checker, value: Any, where: str, *, host: bool, person: bool = False
+                ) -> tuple[str, ...]:
     items = [value] if host and isinstance(value, str) else ck.strings(value, where)
     if not items:
         if value == []:         # (a list of other things was reported by ck.strings)
@@ -607,7 +612,7 @@ def _recipients(ck: _Checker, value: Any, where: str, *, host: bool) -> tuple[st
         try:
             norm = normalize_recipient(text, allow_rsa=not host, allow_plugin=not host)
         except ValueError as exc:
-            ck.add(at, str(exc), HOST_KEY_HINT if host else
+            ck.add(at, str(exc), (PERSON_KEY_HINT if person else HOST_KEY_HINT) if host else
                    "use an age1… key (age-keygen -y) or an ssh-ed25519 public key line")
             continue
         if norm in out:
@@ -923,10 +928,11 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
     user = ck.boolean(table["user"], f"{where}.user") if "user" in table else False
     identities = _identities(ck, table.get("identities"), f"{where}.identities", user=user)
     if "pubkey" not in table:
-        ck.add(f"{where}.pubkey", "missing", HOST_KEY_HINT)
+        ck.add(f"{where}.pubkey", "missing", PERSON_KEY_HINT if user else HOST_KEY_HINT)
         recipients: tuple[str, ...] = ()
     else:
-        recipients = _recipients(ck, table["pubkey"], f"{where}.pubkey", host=True)
+        recipients = _recipients(ck, table["pubkey"], f"{where}.pubkey", host=True,
+                                 person=user)
 
     deployments: list[Deployment] = []
     raw_secrets = table.get("secrets", [])

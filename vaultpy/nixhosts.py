@@ -326,6 +326,14 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         known_host = hosts.get(name)
         imported = rec["hostsToml"] is not None and any(
             _same(p, cfg.path) for p in _local(cfg, rec["hostsToml"], exists=False))
+        if known_host is not None and known_host.user:
+            # A person's entry is no host's: the two share a name, not a cache directory.
+            ck.add(f"{at}.settings.hostName", f"{name!r} is a person's entry in hosts.toml "
+                   f"([hosts.{name}], user = true), not this host's: both would write "
+                   f"{display_path(cfg.cache_dir / name)}",
+                   "give the host its own name (vaultpy.settings.hostName), or the person's "
+                   "entry another")
+            continue
         if known_host is not None and not imported:
             # Its profile is the module's: hosts.toml's table would never be installed.
             ck.add(f"{at}.hostsToml", f"host {name!r} is also declared in hosts.toml "

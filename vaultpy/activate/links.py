@@ -130,39 +130,43 @@ def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool)
         raise _refuse(ctx, shown, f"{what} writable by every user; refusing to write below "
                       "it")
     # A user's: a group-writable directory is theirs alone only in their own group (a
-    # user private group) or root's; another group's members could swap its entries.
-    # Their own group too must hold no one else (as OpenSSH's Debian patch checks it).
+    # user private group) or root's, and only while no one else is in that group (as
+    # OpenSSH's Debian patch checks ~/.ssh): another member could swap its entries.
     if ctx.user and st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
         if st.st_gid not in (0, ctx.gid):
             raise _refuse(ctx, shown, f"{what} writable by group {st.st_gid}, not yours; "
                           "refusing to write below it")
-        other = _other_member(ctx.uid, st.st_gid) if st.st_gid else None
+        other = _other_member(ctx.uid, st.st_gid)
         if other is not None:
-            raise _refuse(ctx, shown, f"{what} writable by your group {st.st_gid}, which "
-                          f"{other} is in too; refusing to write below it (chmod g-w it)")
+            mine = "your group" if st.st_gid == ctx.gid else "root's group"
+            raise _refuse(ctx, shown, f"{what} writable by {mine} {st.st_gid}, {other}; "
+                          "refusing to write below it")
 
 
 _MEMBERS: dict[tuple[int, int], str | None] = {}
 
 
 def _other_member(uid: int, gid: int) -> str | None:
-    """A user other than ``uid`` in group ``gid`` (listed as a member, or with it as
-    their primary group), as the system's account databases say (NSS); None if none."""
+    """Why group ``gid`` may hold someone other than ``uid`` and root ("which bob is
+    in too"), as the system's account databases say (NSS); None when it holds no one
+    else.  A group the database does not know is not vouched for."""
     if (uid, gid) not in _MEMBERS:
         import grp
         import pwd
 
         try:
-            me = pwd.getpwuid(uid).pw_name
+            listed = grp.getgrgid(gid).gr_mem
         except KeyError:
-            me = None
-        try:
-            listed = [m for m in grp.getgrgid(gid).gr_mem if m != me]
-        except KeyError:
-            listed = []
-        primary = [p.pw_name for p in pwd.getpwall() if p.pw_gid == gid and p.pw_uid != uid]
-        others = listed + primary
-        _MEMBERS[uid, gid] = others[0] if others else None
+            _MEMBERS[uid, gid] = "which the group database does not know"
+            return _MEMBERS[uid, gid]
+        ours = set()
+        for known in (uid, 0):
+            with contextlib.suppress(KeyError):
+                ours.add(pwd.getpwuid(known).pw_name)
+        others = [m for m in listed if m not in ours]
+        others += [p.pw_name for p in pwd.getpwall()
+                   if p.pw_gid == gid and p.pw_uid not in (uid, 0)]
+        _MEMBERS[uid, gid] = f"which {others[0]} is in too" if others else None
     return _MEMBERS[uid, gid]
 
 
