@@ -232,7 +232,7 @@ in
     ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
     ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
         assertion = false;
-        message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes)"; }
+        message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }
     # An age1 key is opened by its identity file, never by ~/.ssh/id_ed25519 (the default).
     ++ lib.optional (keySet && builtins.all (r: builtins.substring 0 4 r == "age1") recipients
         && options.vaultpy.settings.hostKeys.highestPrio >= (lib.mkOptionDefault null).priority) {

@@ -364,3 +364,14 @@ def test_hosts_toml_import_mistakes_are_one_line(nixpkgs_lib: Nix, tmp_path: Pat
     assert proc.returncode != 0
     line = next((ln for ln in proc.stderr.splitlines() if needle in ln), "")
     assert line.startswith("error: vaultpy.hostsToml: ") and str(hosts) in line, proc.stderr
+
+
+def test_hosts_toml_as_a_string_says_to_write_a_path(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    """A quoted hostsToml makes every path from it a string: the one assertion that
+    fires (about cacheRoot, never set by hand) says to unquote hostsToml too."""
+    repo = _person(tmp_path / "repo")
+    config = write_module(tmp_path / "a.nix", {"vaultpy": {
+        "hostsToml": str(repo.root / "hosts.toml")}})
+    failed = evaluate(nixpkgs_lib, {"a": config}, "failedAssertions")["a"]
+    assert any("not a Nix path" in m and "for vaultpy.hostsToml too: ./hosts.toml" in m
+               for m in failed), failed
