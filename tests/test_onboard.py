@@ -215,8 +215,9 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
     --pubkey-file, --key-path may say %h; its profile is a user's."""
     repo = make_repo(hosts=0)
     key, _ = ssh_keygen(tmp_path, "alice", comment="alice@laptop")
-    repo.ok("host", "add", "alice", "--user", "--pubkey-file", f"{key}.pub", "--key-path",
-            "%h/.ssh/id_vaultpy", "--secrets", "alpha")
+    err = repo.ok("host", "add", "alice", "--user", "--pubkey-file", f"{key}.pub",
+                  "--key-path", "%h/.ssh/id_vaultpy", "--secrets", "alpha").stderr.decode()
+    assert "added person alice (ssh-ed25519 SHA256:" in err, err
     assert hosts_doc(repo)["hosts"]["alice"]["user"] is True
     assert "[hosts.alice]\nuser = true\n" in (repo.root / "hosts.toml").read_text()
     assert age_decrypt(cache_file(repo, "alice", "alpha"), key) == b"alpha-secret\n"
@@ -232,6 +233,12 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
             assert "a person's key is their own" in proc.stderr.decode()
     assert repo.snapshot() == before
     assert not (tmp_path / "gen").exists()
+    key2, _ = ssh_keygen(tmp_path, "alice2", comment="alice@desktop")
+    out = json.loads(repo.ok("host", "rotate", "alice", "--pubkey-file", f"{key2}.pub",
+                             "--json").stdout)
+    assert out["action"] == "rotated" and out["user"] is True
+    assert hosts_doc(repo)["hosts"]["alice"]["user"] is True       # kept by the rotation
+    assert "removed person alice" in repo.ok("host", "rm", "alice").stderr.decode()
 
 
 def test_add_generate_makes_a_0600_key_pair_and_explains(make_repo, tmp_path: Path) -> None:

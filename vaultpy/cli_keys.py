@@ -105,10 +105,11 @@ def _report_host(out: Any, json_out: bool) -> None:
         _emit_json(out.as_dict())
     else:
         what = f" ({out.fingerprint})" if out.fingerprint else ""
-        _say({"added": f"added host {out.host}{what} to hosts.toml",
-              "rotated": f"new key for host {out.host}{what} in hosts.toml",
-              "unchanged": f"unchanged: host {out.host} already has this key{what}",
-              "removed": f"removed host {out.host} from hosts.toml"}[out.action])
+        who = f"{'person' if out.person else 'host'} {out.host}"
+        _say({"added": f"added {who}{what} to hosts.toml",
+              "rotated": f"new key for {who}{what} in hosts.toml",
+              "unchanged": f"unchanged: {who} already has this key{what}",
+              "removed": f"removed {who} from hosts.toml"}[out.action])
         if out.cache_removed is not None:
             _say(f"deleted its cache {out.cache_removed}")
         for w in out.warnings:

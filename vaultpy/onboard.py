@@ -519,6 +519,7 @@ class Outcome:
     renc_problems: list[Problem] = field(default_factory=list)   # renc could not run
     cache_removed: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    person: bool = False            # a person's entry (user = true), not a host's
 
     @property
     def ok(self) -> bool:
@@ -538,7 +539,7 @@ class Outcome:
                 "renc_problems": [p.as_dict() for p in self.renc_problems],
                 "cache_removed": None if self.cache_removed is None
                 else str(self.cache_removed),
-                "warnings": self.warnings}
+                "warnings": self.warnings, "user": self.person}
 
 
 def _problem(cfg: Config, message: str, where: str = "hosts", hint: str = "") -> VaultpyError:
@@ -693,6 +694,7 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
             key.generated.undo()
         raise
     out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
+                  person=name in new_cfg.hosts and new_cfg.hosts[name].user,
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
     keyless = model.no_identity_for_age_key(new_cfg, name)
     if keyless is not None:     # said now, not first at the host's boot
@@ -711,7 +713,7 @@ def remove(cfg: Config, name: str) -> Outcome:
     text = _read_text(cfg)
     new_text, _ = _edit(cfg, text, lambda: remove_host_text(text, name), name)
     cache = cfg.cache_dir / name
-    out = Outcome("removed", name)
+    out = Outcome("removed", name, person=cfg.hosts[name].user)
 
     def drop_cache() -> None:
         from vaultpy.cache import not_cache_files
@@ -763,7 +765,8 @@ def rotate(cfg: Config, name: str, source: KeySource, *, run_renc: bool = True,
     if cfg.hosts[name].recipients == (key.normalized,):
         if key.generated is not None:       # unreachable: a new key pair is new
             key.generated.undo()
-        return Outcome("unchanged", name, key.line, fingerprint(key.normalized))
+        return Outcome("unchanged", name, key.line, fingerprint(key.normalized),
+                       person=cfg.hosts[name].user)
     return _apply_key(cfg, text, name, key, "rotated",
                       lambda: set_pubkey_text(text, name, key.line), run_renc, identity_files)
 
