@@ -238,6 +238,9 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
                              "--json").stdout)
     assert out["action"] == "rotated" and out["user"] is True
     assert hosts_doc(repo)["hosts"]["alice"]["user"] is True       # kept by the rotation
+    doctor = json.loads(repo.run("doctor", "--json").stdout)
+    detail = next(c["detail"] for c in doctor["checks"] if c["name"] == "hosts.toml")
+    assert ": 0 host(s), 1 person(s), " in detail, detail
     assert "removed person alice" in repo.ok("host", "rm", "alice").stderr.decode()
 
 
