@@ -837,3 +837,25 @@ def test_a_wrong_home_is_said_once(env: dict[str, str]) -> None:
 def test_percent_percent_is_a_percent() -> None:
     assert profile_mod.expand("%h/100%%", ENV) == "/home/alice/100%"
     assert profile_mod.expand("%%h", ENV) == "%h"
+
+
+def test_group_members_under_root_come_from_its_account_files(tmp_path: Path) -> None:
+    """With --root the members are the root's (its /etc/group and /etc/passwd), as owner
+    names are, not the running system's."""
+    from types import SimpleNamespace
+
+    from vaultpy.activate import links
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\nalice:x:{UID}:{GID}::/h:/bin/sh\n"
+                                f"carol:x:{OTHER}:{GID}::/c:/bin/sh\n")
+    ctx: Any = SimpleNamespace(uid=UID, opts=SimpleNamespace(root=tmp_path))
+    for group, gid, said in ((f"alice:x:{GID}:alice,bob\n", GID, "which bob is in too"),
+                             (f"alice:x:{GID}:\n", GID, "which carol is in too"),
+                             ("root:x:0:alice\n", 0, None),
+                             ("root:x:0:\n", GID, "which the group database does not know")):
+        (etc / "group").write_text(group)
+        links._MEMBERS.clear()
+        assert links._other_member(ctx, gid) == said, group
+    links._MEMBERS.clear()
