@@ -10,8 +10,7 @@ in
 rec {
   # As strict as `vaultpy activate`'s profile loader: what evaluates also activates.
   # (vaultpy/output.py UNIT_RE: systemd's characters and globs; "-" first only as "-.")
-  unitName = types.strMatching
-    "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
+  unitName = types.strMatching vlib.unitPattern;
   # absolute and normalised: no empty, "." or ".." segment, no trailing slash, no
   # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem;
   # lib.nix isAbsPath, which hosts.toml's identities are checked with too)
@@ -132,7 +131,7 @@ rec {
       homeExpand = where: p:
         if lib.hasPrefix "%r/" p
         then bad where "${builtins.toJSON p}: the home-manager module writes a path with %h (your home) only; use %h/… or an absolute path"
-        else vlib.expandUserPath { inherit home; } p;
+        else vlib.expandUserPath { inherit home; runtime = throw "unreachable: %r/ refused"; } p;
       homePath = where: p:
         homeExpand where (vlib.checkedItemPath { inherit bad where; user = true; } p);
       # A host's path: one line, not the option type's error.
@@ -155,19 +154,16 @@ rec {
       fromSpec = where: allowed: spec:
         let
           unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
-          wrong = builtins.filter (k: spec ? ${k}) [ "owner" "group" "early" ];
         in
         if !(builtins.isAttrs spec) then bad where "expected a table"
         else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
           "unknown key; use one of ${concatStringsSep ", " allowed}"
-        else if person && wrong != [ ] then bad "${where}.${builtins.head wrong}"
-          (if builtins.head wrong == "early"
-           then "early in a person's entry (user = true): early files are for a host's boot; remove early"
-           else "${builtins.head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${builtins.head wrong}")
         else builtins.removeAttrs
-          (spec // {
-            restartUnits = spec.restart_units or [ ];
-            reloadUnits = spec.reload_units or [ ];
+          ((if person then vlib.personalSpec { inherit bad where; } spec else spec) // {
+            restartUnits = vlib.checkedUnits { inherit bad; where = "${where}.restart_units"; }
+              (spec.restart_units or [ ]);
+            reloadUnits = vlib.checkedUnits { inherit bad; where = "${where}.reload_units"; }
+              (spec.reload_units or [ ]);
           } // lib.optionalAttrs (spec ? mode) {
               mode = vlib.checkedMode { inherit decimals; file = "vaultpy.hostsToml: ${file}";
                                      where = "${where}.mode"; } spec.mode; }

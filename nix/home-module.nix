@@ -144,7 +144,7 @@ in
     hostsToml = mkOption {
       type = types.nullOr types.path;
       default = null;
-      description = "Import your secrets and templates from your entry in the operator's hosts.toml (a person's entry, user = true; merged with the options below, which win).";
+      description = "Import your entry from the operator's hosts.toml (a person's entry, user = true): its key (settings.hostPubkey), key paths (settings.hostKeys), the cache and master-file directories, secrets and templates; the options below win.";
     };
     settings = {
       hostName = mkOption {

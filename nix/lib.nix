@@ -38,8 +38,7 @@ let
     && builtins.all (n: stringLength n <= 255) (filter isString (split "/" p));
 
   # [hosts.<name>] identities, as vaultpy/model.py checks it; `bad where msg` throws.
-  # A person's entry (`user = true`) may begin a path with %h/ or %r/ (userPath).
-  checkedIdentities = bad: where: v: checkedKeyPaths { inherit bad where; } v;
+  # A person's entry (`user = true`) may begin a path with %h/ or %r/ (isUserPath).
   checkedKeyPaths = { bad, where, user ? false }: v:
     if !(isList v) || v == [ ] then bad where "expected a non-empty list of key paths"
     else let wrong = filter (p: !(if user then isUserPath p else isAbsPath p)) v; in
@@ -56,32 +55,70 @@ let
   isUserPath = p: isString p
     && builtins.match ".*%.*" (builtins.replaceStrings [ "%%" ] [ "" ] (userPathRest p)) == null
     && isAbsPath (expandUserPath { home = "/home/user"; runtime = "/run/user/1000"; } p);
-  # Such a path with %h and %r given (`runtime` null: a %r/ is left as it is).
-  expandUserPath = { home, runtime ? null }: p:
+  # Such a path with %h and %r given (each read only if the path begins with it).
+  expandUserPath = { home, runtime }: p:
     let
       lead = substring 0 3 p;
       rest = builtins.replaceStrings [ "%%" ] [ "%" ] (userPathRest p);
     in
-    if lead == "%h/" then home + rest
-    else if lead == "%r/" && runtime != null then runtime + rest
-    else if lead == "%r/" then "%r" + rest
-    else rest;
+    if lead == "%h/" then home + rest else if lead == "%r/" then runtime + rest else rest;
 
-  # `path`, overlapping activation's own places (settings dir, early_dir, store, as
-  # written): vaultpy/output.py path_clash, for the dirs themselves.
-  overlapsPath = a: b: a == b || substring 0 (stringLength a + 1) b == "${a}/"
-    || substring 0 (stringLength b + 1) a == "${b}/";
-  checkedItemPath = { bad, where, user }: p:
+  # A person's entry refuses owner, group and early: every file is theirs, installed
+  # once they log in (vaultpy/model.py _output).  `spec` back as it is, else `bad`.
+  personalSpec = { bad, where }: spec:
+    let wrong = filter (k: spec ? ${k}) [ "owner" "group" "early" ]; in
+    if wrong == [ ] then spec
+    else bad "${where}.${head wrong}" (if head wrong == "early"
+      then "early in a person's entry (user = true): early files are for a host's boot; remove early"
+      else "${head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${head wrong}");
+
+  # vaultpy/output.py path_clash: what activation keeps at `path` (its settings' dir,
+  # early_dir and store themselves, the store's lock file, the live links' temporary
+  # names), as { what, where } or null; /var/run is root's symlink to /run.
+  hasPrefix = pre: x: substring 0 (stringLength pre) x == pre;
+  overlapsPath = a: d: a == d || hasPrefix "${d}/" a || hasPrefix "${a}/" d;
+  tmpMark = ".vaultpy-tmp-";
+  tmpLinkPrefix = link:
+    let parts = split "/" link; base = elemAt parts (length parts - 1);
+    in substring 0 (stringLength link - stringLength base) link + ".${base}${tmpMark}";
+  pathClash = dirs: p:
     let
-      dirs = if user then userSettings else defaultSettings;
-      clash = filter (k: overlapsPath p dirs.${k}) [ "dir" "early_dir" "store" ];
+      viaRun = if p == "/var/run" || hasPrefix "/var/run/" p
+        then pathClash dirs (substring 4 (stringLength p) p) else null;
+      inDirs = filter (k: overlapsPath p dirs.${k}) [ "dir" "early_dir" "store" ];
+      lock = "${dirs.store}.lock";
+      links = filter (k: hasPrefix (tmpLinkPrefix dirs.${k}) p) [ "dir" "early_dir" ];
+      parts = split "/" p;
     in
+    if viaRun != null then viaRun
+    else if inDirs != [ ] then { what = head inDirs; where = dirs.${head inDirs}; }
+    else if overlapsPath p lock then { what = "lock file"; where = lock; }
+    else if links != [ ] then { what = "${head links}'s temporary symlinks";
+                                where = tmpLinkPrefix dirs.${head links} + "*"; }
+    else if builtins.match ".*${builtins.replaceStrings [ "." ] [ "[.]" ] tmpMark}.*"
+      (elemAt parts (length parts - 1)) != null
+    then { what = "temporary names (removed as a killed run's leftovers)"; where = "*${tmpMark}*"; }
+    else null;
+  # vaultpy/output.py UNIT_RE: systemd's characters and globs; "-" first only as "-.".
+  unitPattern = "-[.][]A-Za-z0-9:_.\\@*?[-]{0,253}|[]A-Za-z0-9:_.\\@*?[][]A-Za-z0-9:_.\\@*?[-]{0,254}";
+  # restart_units / reload_units from hosts.toml, as `vaultpy check` takes them.
+  checkedUnits = { bad, where }: units:
+    if !(isList units) || !(builtins.all isString units)
+    then bad where "expected a list of strings, got ${builtins.typeOf units}; write it as [\"a\", \"b\"]"
+    else let wrong = filter (u: builtins.match unitPattern u == null) units; in
+      if wrong != [ ] then bad where "invalid unit name ${builtins.toJSON (head wrong)}; use a name like \"nginx.service\""
+      else units;
+  # An item's `path` from hosts.toml, as `vaultpy check` takes it: one line through `bad`.
+  checkedItemPath = { bad, where, user }: p:
+    let clash = pathClash (if user then userSettings else defaultSettings) p; in
     if !(if user then isUserPath p else isAbsPath p)
     then bad where "invalid path ${builtins.toJSON p}: ${if user
       then "a path is absolute or begins with %h/ (the person's home) or %r/ (their runtime directory); %% is a %"
       else "use an absolute, normalised path like /var/lib/app/secret"}"
-    else if clash != [ ]
-    then bad where "path ${builtins.toJSON p} overlaps ${builtins.toJSON dirs.${head clash}}, where activation keeps its ${head clash}; choose a path outside ${dirs.${head clash}}, or drop it"
+    else if clash != null
+    then bad where "path ${builtins.toJSON p} overlaps ${builtins.toJSON clash.where}, where activation keeps its ${clash.what}; ${
+      if builtins.elem clash.what [ "dir" "early_dir" "store" ]
+      then "choose a path outside ${clash.where}, or drop it" else "choose another path, or drop it"}"
     else p;
 
   cacheHash = { secretFile, recipients }:
@@ -289,19 +326,15 @@ let
         concatStringsSep ", " (attrNames (doc.hosts or { }))}"));
       # A person's entry (`user = true`): a user's profile, as `vaultpy profile` makes it.
       person = h.user or false;
-      personal = where: spec:
-        let wrong = filter (k: spec ? ${k}) [ "owner" "group" "early" ]; in
-        if !person then spec
-        else if wrong != [ ] then bad "${where}.${head wrong}" (if head wrong == "early"
-          then "early in a person's entry (user = true): early files are for a host's boot; remove early"
-          else "${head wrong} in a person's entry (user = true): every file is installed as the person who activates it; remove ${head wrong}")
-        else spec;
+      personal = where: spec: if person then personalSpec { inherit bad where; } spec else spec;
       fields = where: spec:
         let
           checked = outputFields spec // { mode = mode "${where}.mode" spec; }
             // (if spec ? path then { path = checkedItemPath { inherit bad; user = person;
                                                              where = "${where}.path"; } spec.path; }
-                else { });
+                else { })
+            // builtins.mapAttrs (k: v: checkedUnits { inherit bad; where = "${where}.${k}"; } v)
+                 (builtins.intersectAttrs { restart_units = null; reload_units = null; } spec);
         in
         if person then builtins.removeAttrs checked [ "owner" "group" "early" ]
         else checked // owners where spec;
@@ -398,6 +431,6 @@ let
     };
 in
 {
-  inherit trimSpace templateText checkedIdentities checkedKeyPaths checkedItemPath isUserPath expandUserPath absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

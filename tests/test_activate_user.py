@@ -437,7 +437,8 @@ def test_a_live_link_another_user_made_first_is_refused(user: User) -> None:
     """settings.dir where another user made the link first, pointing at a "generation"
     of theirs: its manifest would choose the units to restart and the links to remove.
     (The directory: root's, writable by the user's own group, which that user could
-    have been in; one every user may write to is refused before, as a place.)"""
+    have been in before they left it; one every user may write to, or whose group has
+    another member, is refused before, as a place.)"""
     sticky = user.outer / "shared-group"
     sticky.mkdir()
     os.chown(sticky, 0, GID)
@@ -452,7 +453,8 @@ def test_a_live_link_another_user_made_first_is_refused(user: User) -> None:
     os.lchown(live, OTHER, OTHER)
     user.write_hosts({"token": {}})
     a = _with_settings(user.profile("a.json"), dir=str(live))
-    row = user.session(user.activate(a))[0]
+    row = user.session(user.activate(a), binds=_accounts(
+        user, "", lambda t: t + f"alice:x:{GID}:alice\n"))[0]
     errors = [ln for ln in row["err"].splitlines() if not ln.startswith("vaultpy activate: ")]
     assert row["rc"] == 1 and len(errors) == 1, row
     assert f"is a symlink of another user (uid {OTHER})" in errors[0], row
@@ -678,7 +680,7 @@ def test_a_persons_entry_is_a_users_profile_whose_paths_say_home(user: User) -> 
     ({"early": True}, "early", "remove early"),
     ({"path": "%x/token"}, "path", "unknown specifier %x"),
     ({"path": "token"}, "path", "begins with %h/"),
-    ({"path": "%htoken"}, "path", "a %h or %r that does not begin it, followed by /"),
+    ({"path": "%htoken"}, "path", "a % other than a leading %h/ or %r/"),
     ({"path": "%h/.local/state/vaultpy/secrets/token"}, "path",
      "overlaps '%h/.local/state/vaultpy/secrets'"),
 ])
@@ -688,6 +690,12 @@ def test_check_refuses_in_a_persons_entry_what_a_users_profile_cannot_do(
     for command in (["check"], ["profile", "-H", "alice"]):
         assert_one_clean_error(user.repo.run(*command), f"hosts.alice.secrets.token.{field}",
                                needle)
+
+
+def test_a_non_boolean_user_is_one_line(user: User) -> None:
+    """user = "yes": said once, and the entry's %h paths are not also called a host's."""
+    user.write_hosts({"token": {"path": "%h/token"}}, user="yes")
+    assert_one_clean_error(user.repo.run("check"), "hosts.alice.user: expected true or false")
 
 
 def test_a_persons_missing_key_asks_for_theirs(user: User) -> None:

@@ -616,7 +616,11 @@ def test_a_persons_entry_is_the_same_users_profile_from_nix(nix: Nix, tmp_path: 
               ("%%h/x", 'invalid path "%%h/x"'),
               ("%r/vaultpy.d/x", 'path "%r/vaultpy.d/x" overlaps "%r/vaultpy.d"'),
               ("%h/.local/state/vaultpy/secrets/x", 'path "%h/.local/state/vaultpy/secrets/x"'
-               ' overlaps "%h/.local/state/vaultpy/secrets", where activation keeps its dir'))),
+               ' overlaps "%h/.local/state/vaultpy/secrets", where activation keeps its dir'),
+              ("%r/vaultpy.d.lock", 'path "%r/vaultpy.d.lock" overlaps "%r/vaultpy.d.lock", '
+               "where activation keeps its lock file"))),
+        ('[hosts.alice.secrets.a]\nrestart_units = ["bad unit"]\n',
+         'hosts.alice.secrets.a.restart_units: invalid unit name "bad unit"'),
     ]
     for body, expected in cases:
         hosts.write_text(head + body)
@@ -633,6 +637,35 @@ def test_a_persons_entry_is_the_same_users_profile_from_nix(nix: Nix, tmp_path: 
                          f'{{ hostsToml = {nix_value(hosts)}; host = "alice"; }})')
     assert "hosts.alice.identities: the person's key is an age1… key" in proc.stderr
     assert '"%h/.config/age/keys.txt"' in proc.stderr
+
+
+_CLASH_CASES = [
+    ("host", p) for p in ("/run/vaultpy/x", "/var/run/vaultpy/x", "/var/run", "/run",
+                          "/run/vaultpy.d.lock", "/run/vaultpy.d.lock/x", "/",
+                          "/run/.vaultpy.vaultpy-tmp-abc", "/etc/app/.x.vaultpy-tmp-1",
+                          "/etc/app/x", "/run/vaultpy-early", "/etc/a.vaultpy-tmp-/b",
+                          "/run/.vaultpy-early.vaultpy-tmp-q", "/run/vaultpyx")
+] + [
+    ("user", p) for p in ("%h/.local/state/vaultpy/secrets/x", "%r/vaultpy.d.lock",
+                          "%h/.local/state/vaultpy/.secrets.vaultpy-tmp-x", "%h/x",
+                          "%r/vaultpy.d", "%h/.local", "%r/vaultpy.d2")
+]
+
+
+def test_lib_path_clash_is_pythons(nix: Nix) -> None:
+    """lib.pathClash (what lib.profileFromHostsToml and the modules' hostsToml refuse
+    as an item's path) says what vaultpy/output.py path_clash says, for a host's
+    settings and a user's."""
+    from vaultpy.output import DEFAULT_DIRS, path_clash
+
+    dirs = {"host": dict(DEFAULT_DIRS),
+            "user": {k: vprofile.USER_SETTINGS[k] for k in DEFAULT_DIRS}}
+    got = nix.eval(f"let l = import {nix_value(LIB_NIX)}; in map (c: l.pathClash "
+                   "(if c.kind == \"user\" then l.userSettings else l.defaultSettings) c.path) "
+                   + nix_value([{"kind": k, "path": p} for k, p in _CLASH_CASES]))
+    for (kind, path), clash in zip(_CLASH_CASES, got, strict=True):
+        want = path_clash(path, dirs[kind])
+        assert (None if clash is None else (clash["what"], clash["where"])) == want, path
 
 
 # =========================================================================== 4. templateRefs

@@ -350,6 +350,8 @@ def test_hosts_toml_import_gives_the_clis_profile(nixpkgs_lib: Nix, tmp_path: Pa
     (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nearly = true'),
      "hosts.alice.secrets.token.early: early in a person's entry (user = true): early files "
      "are for a host's boot"),
+    (lambda t: t.replace('restart_units = ["app.service"]', 'restart_units = ["bad unit"]'),
+     'hosts.alice.secrets.token.restart_units: invalid unit name "bad unit"'),
     (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("pubkey")) + "\n",
      "hosts.alice.pubkey: missing: give the person's ~/.ssh/id_ed25519.pub line"),
 ])

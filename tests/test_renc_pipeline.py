@@ -740,9 +740,9 @@ def test_the_heaviest_jobs_are_handed_out_first(make_repo, monkeypatch):
     order: list[list[str]] = []
     real = pipeline._execute
 
-    def spy(jobs: Any, workers: int, deliver: Any) -> None:
+    def spy(jobs: Any, workers: int, deliver: Any, **kw: Any) -> None:
         order.append([j.secret_id for j in jobs])
-        real(jobs, workers, deliver)
+        real(jobs, workers, deliver, **kw)
 
     monkeypatch.setattr(pipeline, "_execute", spy)
     assert _renc(repo, 2).ok
@@ -762,11 +762,11 @@ def test_host_directories_are_flocked_while_they_are_built(repo, monkeypatch, jo
     seen: list[bool] = []
     real = pipeline._execute
 
-    def spy(jobs_: Any, workers: int, deliver: Any) -> None:
+    def spy(jobs_: Any, workers: int, deliver: Any, **kw: Any) -> None:
         built = [p for p in repo.cache.iterdir() if fsutil.TMP_MARK in p.name]
         assert len(built) == len(repo.hosts)
         seen.extend(fsutil.in_use(p) for p in built)
-        real(jobs_, workers, deliver)
+        real(jobs_, workers, deliver, **kw)
 
     monkeypatch.setattr(pipeline, "_execute", spy)
     before = _fds()

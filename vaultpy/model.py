@@ -557,7 +557,7 @@ def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | Non
     except ValueError as exc:
         why = str(exc)
     if why is None and "%" in rest.replace("%%", ""):  # %hfoo: /home/alicefoo, a typo
-        why = "a %h or %r that does not begin it, followed by /"
+        why = "a % other than a leading %h/ or %r/ (write %% for a %)"
     if why is not None:
         ck.add(where, f"invalid path {text!r}: {why}", _USER_PATH_HINT)
         return None
@@ -925,7 +925,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
     if table is None:
         return None
     ck.keys(table, where, ("pubkey", "identities", "secrets", "templates", "user"))
-    user = ck.boolean(table["user"], f"{where}.user") if "user" in table else False
+    # (a non-boolean is said once; its paths are still read as a person's, as meant)
+    user = "user" in table and (ck.boolean(table["user"], f"{where}.user")
+                                or bool(table["user"]))
     identities = _identities(ck, table.get("identities"), f"{where}.identities", user=user)
     if "pubkey" not in table:
         ck.add(f"{where}.pubkey", "missing", PERSON_KEY_HINT if user else HOST_KEY_HINT)
@@ -1068,12 +1070,13 @@ def _identities(ck: _Checker, value: Any, where: str, *, user: bool = False
                 ) -> tuple[str, ...]:
     """``[hosts.<name>] identities``: the private key files the host decrypts with, as
     its profile names them (an ``age1`` host's key is not at sshd's path).  A person's
-    (``user``) may begin with %h/."""
+    (``user``) may begin with %h/ or %r/."""
     if value is None:
         return ()
     if not isinstance(value, list) or not value:
         ck.add(where, f"expected a non-empty list of key paths, got {_kind(value)}",
-               'write identities = ["/etc/vaultpy/host.key"]')
+               'write identities = ["%h/.ssh/id_ed25519"]' if user
+               else 'write identities = ["/etc/vaultpy/host.key"]')
         return ()
     out = []
     for i, item in enumerate(value):
