@@ -610,12 +610,19 @@ def test_dry_run_after_a_new_session_names_the_links_the_record_owes(user: User)
     assert link.is_symlink()
 
 
-def test_an_age_key_entry_without_identities_gets_a_users_advice(user: User) -> None:
-    _identity, recipient = age_keygen(user.outer, "alice-age.txt")
+def _age_entry(user: User, person: bool) -> tuple[Path, str]:
+    """hosts.toml with alice's entry keyed by a new age key (no identities), written;
+    the key's identity file, and the text."""
+    identity, recipient = age_keygen(user.outer, "alice-age.txt")
     text = (f"[vaultpy]\nrecipients = [{toml_str(user.repo.recipient)}]\n\n[secrets.token]\n"
-            f"[secrets.db]\n\n[hosts.alice]\npubkey = {toml_str(recipient)}\n"
-            "secrets = [\"token\"]\n")
+            "[secrets.db]\n\n[hosts.alice]\n" + ("user = true\n" if person else "")
+            + f"pubkey = {toml_str(recipient)}\nsecrets = [\"token\"]\n")
     user.repo.write_hosts(text)
+    return identity, text
+
+
+def test_an_age_key_entry_without_identities_gets_a_users_advice(user: User) -> None:
+    _age_entry(user, person=False)
     proc = user.repo.run("profile", "-H", "alice", "--user")
     assert_one_clean_error(proc, "hosts.alice.identities", "~/.ssh/id_ed25519",
                            "/home/<you>/.config/age/keys.txt")
@@ -726,11 +733,7 @@ def test_a_persons_bundle_needs_no_user_flag(user: User) -> None:
 
 
 def test_a_persons_age_key_names_its_identity_with_home(user: User) -> None:
-    identity, recipient = age_keygen(user.outer, "alice-age.txt")
-    text = (f"[vaultpy]\nrecipients = [{toml_str(user.repo.recipient)}]\n\n[secrets.token]\n"
-            f"[secrets.db]\n\n[hosts.alice]\nuser = true\npubkey = {toml_str(recipient)}\n"
-            "secrets = [\"token\"]\n")
-    user.repo.write_hosts(text)
+    identity, text = _age_entry(user, person=True)
     proc = user.repo.run("profile", "-H", "alice")
     assert_one_clean_error(proc, "hosts.alice.identities", "~/.ssh/id_ed25519",
                            "%h/.config/age/keys.txt")
