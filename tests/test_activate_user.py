@@ -531,6 +531,8 @@ def test_a_group_writable_home_is_the_users_only_while_no_one_else_is_in_it(
         return
     assert row["rc"] == 1 and f"writable by {'your' if gid else 'root' + chr(39) + 's'} " \
         f"group {gid}, {refused}" in row["err"], row
+    assert row["err"].rstrip().endswith("make that directory writable by its owner alone "
+                                        "(chmod g-w), or choose a place elsewhere"), row
 
 
 def test_a_link_at_early_dir_keeps_no_generation(user: User) -> None:
@@ -687,6 +689,8 @@ def test_a_persons_entry_is_a_users_profile_whose_paths_say_home(user: User) -> 
     ({"early": True}, "early", "remove early"),
     ({"path": "%x/token"}, "path", "unknown specifier %x"),
     ({"path": "token"}, "path", "begins with %h/"),
+    ({"path": "~/.config/token"}, "path", "write %h/.config/token (%h is their home)"),
+    ({"path": "$HOME/token"}, "path", "write %h/token"),
     ({"path": "%htoken"}, "path", "a % other than a leading %h/ or %r/"),
     ({"path": "%h/.local/state/vaultpy/secrets/token"}, "path",
      "overlaps '%h/.local/state/vaultpy/secrets'"),
@@ -713,19 +717,21 @@ def test_a_persons_missing_key_asks_for_theirs(user: User) -> None:
 
 
 def test_a_hosts_entry_keeps_its_paths_literal(user: User) -> None:
-    """Without ``user = true`` a path is a host's: absolute, so %h/… is refused."""
+    """Without ``user = true`` a path is a host's: absolute, so %h/… is refused, saying
+    what a person's entry would need."""
     user.write_hosts({"token": {"path": "%h/token"}})
     assert_one_clean_error(user.repo.run("check"), "hosts.alice.secrets.token.path",
-                           "absolute")
+                           "absolute", "a person's entry says user = true")
 
 
 def test_a_persons_bundle_needs_no_user_flag(user: User) -> None:
     user.write_hosts({"token": {"path": "%h/token"}}, user=True)
     user.repo.ok("renc")
     out = user.outer / "bundle"
-    proc = user.repo.ok("bundle", "-H", "alice", "-o", str(out), "--vaultpy",
-                        "%h/.local/bin/vaultpy")
+    proc = user.repo.ok("bundle", "-H", "alice", "-o", str(out))
     assert "~/.config/vaultpy" in proc.stderr.decode()
+    # where pipx installs it, unless --vaultpy says otherwise
+    assert "ExecStart=%h/.local/bin/vaultpy-activate " in (out / "vaultpy.service").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["cache", "profile.json",
                                                      "vaultpy.service"]
     data = json.loads((out / "profile.json").read_text())

@@ -226,6 +226,12 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
     assert profile["settings"]["user"] is True
     assert profile["settings"]["identities"] == ["%h/.ssh/id_vaultpy"]
     before = repo.snapshot()
+    rsa = tmp_path / "bob_rsa"         # a person's key, refused with a person's advice
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f",
+                    str(rsa)], check=True, capture_output=True)
+    assert_one_clean_error(repo.run("host", "add", "bob", "--user", "--pubkey-file",
+                                    f"{rsa}.pub"), "ssh-rsa",
+                           "use the person's ~/.ssh/id_ed25519.pub")
     for source in (["--generate", str(tmp_path / "gen")], ["--keyscan", "127.0.0.1"]):
         for command in (["add", "bob", "--user"], ["rotate", "alice"]):
             proc = repo.run("host", *command, *source)

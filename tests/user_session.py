@@ -39,6 +39,7 @@ def main() -> None:
         subprocess.run(["mount", "--bind", source, target], check=True)
     # Everything activation imports, imported while the interpreter's files are
     # readable (they are root's): the user could not import them later.
+    import array  # noqa: F401  (memo: status --json)
     import ctypes  # noqa: F401  (fsutil: syncfs, renameat2)
     import grp  # noqa: F401  (links: who else is in the user's group)
     import pwd  # noqa: F401

@@ -691,10 +691,11 @@ def bundle(
                                             autocompletion=complete_hosts)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
                                          help="Directory to create.")],
-    vaultpy_path: Annotated[str, typer.Option(
+    vaultpy_path: Annotated[str | None, typer.Option(
         "--vaultpy", metavar="PATH", help="vaultpy's path on the host: the unit runs "
-        "PATH-activate, beside it.")
-    ] = "/usr/local/bin/vaultpy",
+        "PATH-activate, beside it.  [default: /usr/local/bin/vaultpy; a user's: "
+        "%h/.local/bin/vaultpy, where pipx installs it]", show_default=False)
+    ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
     user: Annotated[bool, typer.Option(
@@ -707,8 +708,11 @@ def bundle(
     from vaultpy.bundle import bundle as do_bundle
 
     cfg = _config(repo)
+    person = user or (host in cfg.hosts and cfg.hosts[host].user)
+    vaultpy_path = vaultpy_path or ("%h/.local/bin/vaultpy" if person
+                                    else "/usr/local/bin/vaultpy")
     out = do_bundle(cfg, host, output, vaultpy_path, force, user=user)
-    if user or cfg.hosts[host].user:
+    if person:
         _err().print(f"wrote {out}: as {host}, copy it to ~/.config/vaultpy (see README); "
                      f"its vaultpy.service runs {vaultpy_path}-activate", markup=False)
         return

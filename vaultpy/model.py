@@ -523,7 +523,9 @@ def _path(ck: _Checker, value: Any, where: str, *, user: bool = False) -> str | 
     why = path_shape_problem(text)
     if why is not None:
         ck.add(where, f"invalid path {text!r}: {why}",
-               "use an absolute, normalised path like /var/lib/app/secret")
+               "a host's path is absolute: a person's entry says user = true, then %h/ is "
+               "their home" if text.startswith(("%h/", "%r/"))
+               else "use an absolute, normalised path like /var/lib/app/secret")
         return None
     clash = path_clash(text, DEFAULT_DIRS)
     if clash is not None:
@@ -557,9 +559,12 @@ def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | Non
     except ValueError as exc:
         why = str(exc)
     if why is None and "%" in rest.replace("%%", ""):  # %hfoo: /home/alicefoo, a typo
-        why = "a % other than a leading %h/ or %r/ (write %% for a %)"
+        why = "a % other than a leading %h/ or %r/"
     if why is not None:
-        ck.add(where, f"invalid path {text!r}: {why}", _USER_PATH_HINT)
+        home = re.match(r"(~|\$HOME|\$\{HOME\})/", text)   # a shell's way to say it
+        ck.add(where, f"invalid path {text!r}: {why}",
+               f"write %h/{text[home.end():]} (%h is their home)" if home
+               else _USER_PATH_HINT)
         return None
     dirs = {k: USER_SETTINGS[k] for k in DEFAULT_DIRS}
     found = path_clash(text, dirs) if clash else None

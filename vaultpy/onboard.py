@@ -673,12 +673,25 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
         seen.add(sid)
     if problems:
         raise VaultpyError(problems)
-    validate_source(source)
-    key = resolve(source, name)
+    key = _persons_or_hosts_key(source, name, user)
     return _apply_key(cfg, text, name, key, "added",
                       lambda: add_host_text(text, name, key.line, list(secrets),
                                             list(key_paths), user),
                       run_renc, identity_files)
+
+
+def _persons_or_hosts_key(source: KeySource, name: str, person: bool) -> Resolved:
+    """The key ``source`` gives; a bad one is told what a person's key is, for a
+    person's entry, not a host's."""
+    try:
+        validate_source(source)
+        return resolve(source, name)
+    except VaultpyError as exc:
+        if not person:
+            raise
+        raise VaultpyError([Problem(p.file, p.message, p.field, model.PERSON_KEY_HINT)
+                            if p.hint == model.HOST_KEY_HINT else p
+                            for p in exc.problems]) from None
 
 
 def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
@@ -760,8 +773,7 @@ def rotate(cfg: Config, name: str, source: KeySource, *, run_renc: bool = True,
     """Give host ``name`` a new key (after a reinstall) and re-encrypt its secrets."""
     _known_host(cfg, name)
     text = _read_text(cfg)
-    validate_source(source)
-    key = resolve(source, name)
+    key = _persons_or_hosts_key(source, name, cfg.hosts[name].user)
     if cfg.hosts[name].recipients == (key.normalized,):
         if key.generated is not None:       # unreachable: a new key pair is new
             key.generated.undo()

@@ -26,11 +26,16 @@ from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
 
 
-def _refuse(ctx: Context, path: str, why: str) -> VaultpyError:
+def _refuse(ctx: Context, path: str, why: str, hint: str = "") -> VaultpyError:
     owners = "yours (or root's)" if ctx.user else "root-owned"
-    return VaultpyError(Problem(path, why, "path",
+    return VaultpyError(Problem(path, why, "path", hint or
                                 f"remove it, or make the directories above it {owners} "
                                 "and not writable by others"))
+
+
+# A group-writable directory: the fix is the directory's own mode.
+GROUP_HINT = ("make that directory writable by its owner alone (chmod g-w), or choose a "
+               "place elsewhere")
 
 
 def _check_replaceable(path: str, st: os.stat_result, fd: int) -> None:
@@ -135,12 +140,12 @@ def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool)
     if ctx.user and st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
         if st.st_gid not in (0, ctx.gid):
             raise _refuse(ctx, shown, f"{what} writable by group {st.st_gid}, not yours; "
-                          "refusing to write below it")
+                          "refusing to write below it", GROUP_HINT)
         other = _other_member(ctx, st.st_gid)
         if other is not None:
             mine = "your group" if st.st_gid == ctx.gid else "root's group"
             raise _refuse(ctx, shown, f"{what} writable by {mine} {st.st_gid}, {other}; "
-                          "refusing to write below it")
+                          "refusing to write below it", GROUP_HINT)
 
 
 _MEMBERS: dict[tuple[int, int], str | None] = {}

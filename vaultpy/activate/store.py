@@ -173,7 +173,8 @@ def _user_places(ctx: Context) -> None:
                                        f"settings.{field}", f"keep it {where}")) from None
         except VaultpyError as exc:
             raise VaultpyError([Problem(p.file, p.message, f"settings.{field}",
-                                        f"keep it {where}; " + p.hint)
+                                        p.hint if p.hint == links.GROUP_HINT
+                                        else f"keep it {where}; " + p.hint)
                                 for p in exc.problems]) from None
         if everyone:        # sticky (else refused above), but anyone may take its names
             raise VaultpyError(Problem(place, "lies in a directory every user may write "
