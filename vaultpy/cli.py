@@ -693,8 +693,8 @@ def bundle(
                                          help="Directory to create.")],
     vaultpy_path: Annotated[str | None, typer.Option(
         "--vaultpy", metavar="PATH", help="vaultpy's path on the host: the unit runs "
-        "PATH-activate, beside it.  [default: /usr/local/bin/vaultpy; a user's: "
-        "%h/.local/bin/vaultpy, where pipx installs it]", show_default=False)
+        "PATH-activate, beside it (default /usr/local/bin/vaultpy; a user's bundle: "
+        "%h/.local/bin/vaultpy, where pipx installs it).", show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace the bundle an earlier run wrote at DIR.")] = False,
