@@ -21,6 +21,16 @@ rec {
     "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
   overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
 
+  # An internal, read-only flag: whether option `name` of a submodule (its `options`)
+  # was set, by the configuration or hosts.toml's mkDefault, not left at its default.
+  givenOption = options: name: mkOption {
+    type = types.bool;
+    internal = true;
+    readOnly = true;
+    default = options.${name}.highestPrio < (lib.mkOptionDefault null).priority;
+    description = "Whether `${name}` was set (not its default).";
+  };
+
   # mode, restartUnits, reloadUnits; `scope`: "--user " for a user's own units.
   modeAndUnits = scope: {
     mode = mkOption {

@@ -57,13 +57,7 @@ let
   secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
       path = pathOption (if validId config.name then config.outPath else null);
-      pathGiven = mkOption {
-        type = types.bool;
-        internal = true;
-        readOnly = true;
-        default = options.path.highestPrio < (lib.mkOptionDefault null).priority;
-        description = "Whether `path` was set (not its default).";
-      };
+      pathGiven = common.givenOption options "path";
       file = mkOption {
         type = types.path;
         default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw

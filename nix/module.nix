@@ -62,26 +62,13 @@ let
     if !(v.install or true) then (if v.pathGiven then v.path else null)
     else if v.path == null || v.path == v.outPath then null else v.path;
 
-  # Whether `group` was set (hosts.toml's mkDefault counts), not left at "root".
-  groupGivenOption = options: mkOption {
-    type = types.bool;
-    internal = true;
-    readOnly = true;
-    default = options.group.highestPrio < (lib.mkOptionDefault null).priority;
-    description = "Whether `group` was set (not its default).";
-  };
 
   secretType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // {
-      groupGiven = groupGivenOption options;
+      # (hosts.toml's mkDefault counts as set: group left at "root" is not)
+      groupGiven = common.givenOption options "group";
       path = pathAt (if validId config.name then config.outPath else null);
-      pathGiven = mkOption {
-        type = types.bool;
-        internal = true;
-        readOnly = true;
-        default = options.path.highestPrio < (lib.mkOptionDefault null).priority;
-        description = "Whether `path` was set (not its default).";
-      };
+      pathGiven = common.givenOption options "path";
       file = mkOption {
         type = types.path;
         default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
@@ -114,7 +101,7 @@ let
 
   templateType = types.submodule ({ name, config, options, ... }: {
     options = outputOptions // common.templateText // {
-      groupGiven = groupGivenOption options;
+      groupGiven = common.givenOption options "group";
       path = pathAt (if validId name then config.outPath else null);
       outPath = mkOption {
         type = types.str;
