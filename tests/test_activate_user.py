@@ -861,7 +861,7 @@ def test_group_members_under_root_come_from_its_account_files(tmp_path: Path) ->
     names are, not the running system's."""
     from types import SimpleNamespace
 
-    from vaultpy.activate import links
+    from vaultpy.activate import users
 
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -873,6 +873,6 @@ def test_group_members_under_root_come_from_its_account_files(tmp_path: Path) ->
                              ("root:x:0:alice\n", 0, None),
                              ("root:x:0:\n", GID, "which the group database does not know")):
         (etc / "group").write_text(group)
-        links._MEMBERS.clear()
-        assert links._other_member(ctx, gid) == said, group
-    links._MEMBERS.clear()
+        users._MEMBERS.clear()
+        assert users.other_member(ctx, gid) == said, group
+    users._MEMBERS.clear()

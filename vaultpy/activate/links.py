@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 
 from vaultpy._internal import fsutil, sigint
-from vaultpy.activate import linkrecord
+from vaultpy.activate import linkrecord, users
 from vaultpy.activate.context import Context, read_link_generation, read_manifest
 from vaultpy.errors import Problem, VaultpyError, os_problem
 from vaultpy.output import path_clash
@@ -141,64 +141,11 @@ def _refuse_theirs(ctx: Context, st: os.stat_result, shown: str, followed: bool)
         if st.st_gid not in (0, ctx.gid):
             raise _refuse(ctx, shown, f"{what} writable by group {st.st_gid}, not yours; "
                           "refusing to write below it", GROUP_HINT)
-        other = _other_member(ctx, st.st_gid)
+        other = users.other_member(ctx, st.st_gid)
         if other is not None:
             mine = "your group" if st.st_gid == ctx.gid else "root's group"
             raise _refuse(ctx, shown, f"{what} writable by {mine} {st.st_gid}, {other}; "
                           "refusing to write below it", GROUP_HINT)
-
-
-_MEMBERS: dict[tuple[int, int], str | None] = {}
-
-
-def _other_member(ctx: Context, gid: int) -> str | None:
-    """Why group ``gid`` may hold someone other than the user and root ("which bob is
-    in too"), as the account databases say (NSS; under ``--root``, the root's
-    /etc/group and /etc/passwd); None when it holds no one else.  A group the database
-    does not know is not vouched for."""
-    uid = ctx.uid
-    if (uid, gid) not in _MEMBERS:
-        root = ctx.opts.root
-        found = _accounts_nss(gid) if root == Path("/") else _accounts_files(root, gid)
-        if found is None:
-            _MEMBERS[uid, gid] = "which the group database does not know"
-            return _MEMBERS[uid, gid]
-        listed, users = found          # (group members; (name, uid, primary gid) of all)
-        ours = {name for name, u, _g in users if u in (uid, 0)}
-        others = [m for m in listed if m not in ours]
-        others += [name for name, u, g in users if g == gid and u not in (uid, 0)]
-        _MEMBERS[uid, gid] = f"which {others[0]} is in too" if others else None
-    return _MEMBERS[uid, gid]
-
-
-_Accounts = tuple[list[str], list[tuple[str, int, int]]]
-
-
-def _accounts_nss(gid: int) -> _Accounts | None:
-    import grp
-    import pwd
-
-    try:
-        listed = grp.getgrgid(gid).gr_mem
-    except KeyError:
-        return None
-    return listed, [(p.pw_name, p.pw_uid, p.pw_gid) for p in pwd.getpwall()]
-
-
-def _accounts_files(root: Path, gid: int) -> _Accounts | None:
-    def lines(name: str) -> list[list[str]]:
-        try:
-            text = fsutil.read_regular(root / "etc" / name)[0].decode("utf-8", "replace")
-        except OSError:
-            return []
-        return [ln.split(":") for ln in text.splitlines()]
-    listed = next(([m for m in f[3].split(",") if m] for f in lines("group")
-                   if len(f) >= 4 and f[2] == str(gid)), None)
-    if listed is None:
-        return None
-    users = [(f[0], int(f[2]), int(f[3])) for f in lines("passwd")
-             if len(f) >= 4 and f[2].isdigit() and f[3].isdigit()]
-    return listed, users
 
 
 def _real_parent(ctx: Context, fd: int, nominal: str) -> str:

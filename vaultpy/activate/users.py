@@ -1,4 +1,5 @@
-"""Owner and group names → numeric ids, from the *target* system's files.
+"""Owner and group names → numeric ids, and who else is in a group, from the *target*
+system's account databases.
 
 With ``--root`` the host's /etc/passwd and /etc/group are read under the root,
 not the running system's, so a test (or an installer) resolves names exactly
@@ -28,22 +29,73 @@ def _valid(text: str) -> int | None:
     return int(text) if _NUMERIC.fullmatch(text) and int(text) <= _MAX_ID else None
 
 
-def _read_db(path: Path) -> dict[str, int | str]:
-    """name -> id, or the id field as written when it is no valid id (named, if used)."""
-    ids: dict[str, int | str] = {}
+def _records(path: Path) -> list[list[str]]:
+    """The colon-separated fields of each line of an account file (none if missing)."""
     try:
         text = fsutil.read_regular(path)[0].decode("utf-8", errors="replace")
     except FileNotFoundError:
-        return ids
+        return []
     except OSError as exc:
         raise VaultpyError(os_problem(path, exc, "read the host's accounts",
                                       as_is=True)) from None
-    for line in text.splitlines():
-        parts = line.split(":")
+    return [line.split(":") for line in text.splitlines()]
+
+
+def _read_db(path: Path) -> dict[str, int | str]:
+    """name -> id, or the id field as written when it is no valid id (named, if used)."""
+    ids: dict[str, int | str] = {}
+    for parts in _records(path):
         if len(parts) >= 3 and parts[0]:
             number = _valid(parts[2])
             ids.setdefault(parts[0], parts[2] if number is None else number)
     return ids
+
+
+_MEMBERS: dict[tuple[int, int], str | None] = {}
+
+
+def other_member(ctx: Context, gid: int) -> str | None:
+    """Why group ``gid`` may hold someone other than the user and root ("which bob is
+    in too"), as the account databases say (NSS; under ``--root``, the root's
+    /etc/group and /etc/passwd); None when it holds no one else.  A group the database
+    does not know is not vouched for."""
+    uid = ctx.uid
+    if (uid, gid) not in _MEMBERS:
+        root = ctx.opts.root
+        found = _accounts_nss(gid) if root == Path("/") else _accounts_files(root, gid)
+        if found is None:
+            _MEMBERS[uid, gid] = "which the group database does not know"
+            return _MEMBERS[uid, gid]
+        listed, users = found          # (group members; (name, uid, primary gid) of all)
+        ours = {name for name, u, _g in users if u in (uid, 0)}
+        others = [m for m in listed if m not in ours]
+        others += [name for name, u, g in users if g == gid and u not in (uid, 0)]
+        _MEMBERS[uid, gid] = f"which {others[0]} is in too" if others else None
+    return _MEMBERS[uid, gid]
+
+
+_Accounts = tuple[list[str], list[tuple[str, int, int]]]
+
+
+def _accounts_nss(gid: int) -> _Accounts | None:
+    import grp
+    import pwd
+
+    try:
+        listed = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return None
+    return listed, [(p.pw_name, p.pw_uid, p.pw_gid) for p in pwd.getpwall()]
+
+
+def _accounts_files(root: Path, gid: int) -> _Accounts | None:
+    listed = next(([m for m in f[3].split(",") if m] for f in _records(root / "etc/group")
+                   if len(f) >= 4 and f[2] == str(gid)), None)
+    if listed is None:
+        return None
+    users = [(f[0], int(f[2]), int(f[3])) for f in _records(root / "etc/passwd")
+             if len(f) >= 4 and f[2].isdigit() and f[3].isdigit()]
+    return listed, users
 
 
 def owner_ids(ctx: Context, accounts: Accounts, item: Item) -> tuple[int, int]:
