@@ -127,7 +127,7 @@ rec {
       bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
       root = dirOf hostsToml;
       top = doc.vaultpy or { };
-      resolve = p: if builtins.substring 0 1 p == "/" then /. + p else root + "/${p}";
+      resolve = vlib.resolve root;
       declared = doc.secrets or { };
       hw = "hosts.${name}";
       entry = vlib.checkedHost bad hw (doc.hosts.${name} or (throw
@@ -160,7 +160,7 @@ rec {
                                        where = "${hw}.templates.${n}"; spec = tmpls.${n}; };
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
       decimals = vlib.decimalModes text;
-      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
+      inherit (vlib) outputKeys;
       fromSpec = where: allowed: spec:
         let
           unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);

@@ -231,6 +231,9 @@ let
   # Join a hosts.toml-relative path onto root (a path), keeping absolute ones.
   resolve = root: p: if substring 0 1 p == "/" then /. + p else root + "/${p}";
 
+  # The fields an item (secret or template) of hosts.toml may set about its file.
+  outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
+
   # [hosts.<name>] itself, as vaultpy check takes it: its own keys, its secrets (a list
   # of ids, once each, or a table) and its templates (a table); each mistake one line
   # through `bad` (a typo such as `template` dropped what it held without a word).
@@ -315,7 +318,6 @@ let
       # a typo ("mdoe") was passed over, the default used in its place.
       bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
       hw = "hosts.${host}";
-      outputKeys = [ "owner" "group" "mode" "path" "restart_units" "reload_units" "early" ];
       checked = where: allowed: spec:
         let unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec); in
         if !(isAttrs spec) then bad where "expected a table"
@@ -431,6 +433,6 @@ let
     };
 in
 {
-  inherit trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }
