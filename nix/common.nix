@@ -103,7 +103,7 @@ rec {
   sharedFailures = { secrets, templates, items }:
     lib.mapAttrsToList (id: spec: {
         assertion = false;
-        message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${id}.file"; })
+        message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${vlib.nixAttr id}.file"; })
       (filterAttrs (_: spec: !(builtins.pathExists spec.file)) secrets)
     ++ lib.mapAttrsToList (n: _: { assertion = false;
         message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
@@ -129,9 +129,9 @@ rec {
       top = doc.vaultpy or { };
       resolve = vlib.resolve root;
       declared = doc.secrets or { };
-      hw = "hosts.${name}";
+      hw = "hosts.${vlib.tomlKey name}";
       entry = vlib.checkedHost bad hw (doc.hosts.${name} or (throw
-        "vaultpy.hostsToml: no [hosts.${name}] in ${file} (hosts there: ${
+        "vaultpy.hostsToml: no [${hw}] in ${file} (hosts there: ${
           concatStringsSep ", " (attrNames (doc.hosts or { }))}): ${missing}"));
       h = if (entry.user or false) == person then entry
         else if person then bad "${hw}.user" "not a person's entry: the home-manager module imports a person's entry only; add user = true to [${hw}] (its paths may then begin with %h/), or import it in the NixOS module"
@@ -157,7 +157,8 @@ rec {
       tmpls = h.templates or { };
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
       content = n: vlib.templateText { inherit bad root hostsToml;
-                                       where = "${hw}.templates.${n}"; spec = tmpls.${n}; };
+                                       where = "${hw}.templates.${vlib.tomlKey n}";
+                                       spec = tmpls.${n}; };
       refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
       decimals = vlib.decimalModes text;
       inherit (vlib) outputKeys;
@@ -166,8 +167,10 @@ rec {
           unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
         in
         if !(builtins.isAttrs spec) then bad where "expected a table"
-        else if unknown != [ ] then bad "${where}.${builtins.head unknown}"
-          "unknown key; use one of ${concatStringsSep ", " allowed}"
+        else if unknown != [ ] then bad "${where}.${vlib.tomlKey (builtins.head unknown)}"
+          (vlib.unknownKey (builtins.head unknown)
+            (if person then builtins.filter (k: !(builtins.elem k vlib.notPersonal)) allowed
+             else allowed))
         else builtins.removeAttrs
           ((if person then vlib.personalSpec { inherit bad where; } spec else spec) // {
             restartUnits = vlib.checkedUnits { inherit bad; where = "${where}.restart_units"; }
@@ -199,13 +202,13 @@ rec {
         (id: {
           name = id;
           value = lib.mapAttrs (_: lib.mkDefault)
-            (fromSpec "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
+            (fromSpec "${hw}.secrets.${vlib.tomlKey id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
               // { file = masterFile id; install = deployed ? ${id}; });
         })
         (lib.unique (attrNames deployed ++ refs)));
       templates = lib.mapAttrs (n: spec: lib.mapAttrs (_: lib.mkDefault)
         (builtins.removeAttrs
-          (fromSpec "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
+          (fromSpec "${hw}.templates.${vlib.tomlKey n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
           [ "file" ] // { content = content n; })) tmpls;
     };
 }

@@ -61,7 +61,7 @@ let
       file = mkOption {
         type = types.path;
         default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
-          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets";
+          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${vlib.nixAttr name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets";
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
       };
       name = mkOption { type = types.str; default = name; description = "File name in the live directory."; };
@@ -74,7 +74,7 @@ let
         type = types.str;
         readOnly = true;
         default = if config.install then "${s.dir}/${config.name}" else throw
-          "vaultpy: secret ${name} is not installed (install = false: it only feeds templates), so it has no path: read it through a template, or set vaultpy.secrets.${name}.install = true";
+          "vaultpy: secret ${name} is not installed (install = false: it only feeds templates), so it has no path: read it through a template, or set vaultpy.secrets.${vlib.nixAttr name}.install = true";
         description = "Where the secret is readable (none with install = false).";
       };
     };
@@ -126,7 +126,7 @@ let
     inherit (cfg) hostsToml;
     inherit home;
     name = s.hostName;
-    missing = "set vaultpy.settings.hostName to your entry's name in hosts.toml, or add [hosts.${s.hostName}] there (user = true)";
+    missing = "set vaultpy.settings.hostName to your entry's name in hosts.toml, or add [hosts.${vlib.tomlKey s.hostName}] there (user = true)";
   };
 in
 {
@@ -205,7 +205,7 @@ in
    (mkIf (cfg.secrets != { } || cfg.templates != { }) {
     assertions = [
       { assertion = keySet;
-        message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${s.hostName}] in hosts.toml), or a path to it"; }
+        message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${vlib.tomlKey s.hostName}] in hosts.toml), or a path to it"; }
       { assertion = !keySet || builtins.all keyShape recipients;
         message = "vaultpy.settings.hostPubkey: ${concatStringsSep ", "
           (if keySet then recipients else [ ])}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub"; }
@@ -221,7 +221,7 @@ in
         assertion = validId id && builtins.pathExists v.file -> builtins.pathExists (cachePath id v);
         # (evaluated for a passing assertion too: it must not read a missing master)
         message = if !(validId id && builtins.pathExists v.file) then "" else
-          "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
+          "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${vlib.tomlKey s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
       }) cfg.secrets)
     ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
     ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
@@ -254,7 +254,7 @@ in
         message = "vaultpy: ${i.label}: path ${i.path} lies in or above vaultpy's own places (${s.dir}, ${s.store}): choose another path, or drop it"; })
       items
     ++ map (r: { assertion = cfg.secrets ? ${r.id};
-        message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
+        message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${vlib.nixAttr r.id}"; })
       templateRefs;
 
     home.packages = [ cfg.package ];

@@ -24,6 +24,51 @@ let
 
   toList = x: if isList x then x else [ x ];
 
+  # A key as TOML writes it in a dotted key or a header (vaultpy/errors.py toml_key):
+  # bare when it may be, else quoted ("app.env": [secrets.app.env] is another table).
+  tomlKey = k: if builtins.match "[A-Za-z0-9_-]+" k != null then k else builtins.toJSON k;
+  # A name as Nix writes it in an attribute path (errors.py nix_attr): "1password" and
+  # "app.env" are quoted, db is not.
+  nixAttr = k: if builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" k != null then k else builtins.toJSON k;
+
+  # vaultpy/model.py did_you_mean: difflib.get_close_matches(word, known, n=1), whose
+  # SequenceMatcher ratio (2 x matched / total length, at least 0.6) is computed as
+  # difflib does for strings under 200 characters: the longest common run (first in
+  # the known key, then in the word), then the same on either side of it.
+  chars = s: genList (i: substring i 1 s) (stringLength s);
+  range = lo: hi: genList (d: lo + d) (hi - lo);
+  matched = a: b:
+    let
+      go = alo: ahi: blo: bhi:
+        let
+          run = i: j: if i < ahi && j < bhi && elemAt a i == elemAt b j then 1 + run (i + 1) (j + 1) else 0;
+          best = foldl' (x: i: foldl' (y: j: let k = run i j; in if k > y.k then { inherit i j k; } else y)
+            x (range blo bhi)) { i = alo; j = blo; k = 0; } (range alo ahi);
+        in if best.k == 0 then 0
+           else best.k + go alo best.i blo best.j + go (best.i + best.k) ahi (best.j + best.k) bhi;
+    in go 0 (length a) 0 (length b);
+  closeMatch = word: known:
+    let
+      lw = stringLength word;
+      scored = map (x: rec {
+        inherit x;
+        t = stringLength x + lw;
+        # at most the shorter length matches: the rest is computed only if that may do
+        may = 10 * (if stringLength x < lw then stringLength x else lw) >= 3 * t;
+        m = matched (chars x) (chars word);
+      }) known;
+      close = filter (s: s.t > 0 && s.may && 10 * s.m >= 3 * s.t) scored;
+      better = s: o: s.m * o.t > o.m * s.t || (s.m * o.t == o.m * s.t && s.x > o.x);
+      best = foldl' (b: s: if b == null || better s b then s else b) null close;
+    in if best == null then null else best.x;
+  # What `vaultpy check` says of a key not in `known`.
+  unknownKey = key: known:
+    let c = closeMatch key known; in
+    "unknown key; " + (if c != null then "did you mean '${c}'?"
+                       else "allowed keys: ${concatStringsSep ", " known}");
+  # A person's entry refuses these with a line of their own (personalSpec).
+  notPersonal = [ "owner" "group" "early" ];
+
   # Leading and trailing whitespace off (lib.trim is newer than some nixpkgs in use).
   trimSpace = s:
     let m = builtins.match "[[:space:]]*([^[:space:]](.*[^[:space:]])?)[[:space:]]*" s;
@@ -246,8 +291,7 @@ let
       twice = filter (id: length (filter (x: x == id) ids) > 1) ids;
     in
     if !(isAttrs h) then bad hw "expected a table; write it as [${hw}]"
-    else if unknown != [ ] then bad "${hw}.${head unknown}"
-      "unknown key; use one of ${concatStringsSep ", " allowed}"
+    else if unknown != [ ] then bad "${hw}.${tomlKey (head unknown)}" (unknownKey (head unknown) allowed)
     else if !(builtins.isBool (h.user or false)) then bad "${hw}.user"
       "expected true or false, got ${builtins.typeOf h.user}; write true or false, without quotes"
     else if !(isList raw || isAttrs raw) then bad "${hw}.secrets"
@@ -317,12 +361,12 @@ let
       # The same one-line errors as the NixOS module's hostsToml (and `vaultpy check`):
       # a typo ("mdoe") was passed over, the default used in its place.
       bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
-      hw = "hosts.${host}";
+      hw = "hosts.${tomlKey host}";
       checked = where: allowed: spec:
         let unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec); in
         if !(isAttrs spec) then bad where "expected a table"
-        else if unknown != [ ] then bad "${where}.${head unknown}"
-          "unknown key; use one of ${concatStringsSep ", " allowed}"
+        else if unknown != [ ] then bad "${where}.${tomlKey (head unknown)}" (unknownKey (head unknown)
+          (if person then filter (k: !(builtins.elem k notPersonal)) allowed else allowed))
         else spec;
       h = checkedHost bad hw (doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
         concatStringsSep ", " (attrNames (doc.hosts or { }))}"));
@@ -346,11 +390,11 @@ let
       raw = h.secrets or [ ];
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = builtins.mapAttrs (n: spec: personal "${hw}.templates.${n}" (checked
-        "${hw}.templates.${n}" ([ "content" "file" "trim" ] ++ outputKeys) spec))
+      tmpls = builtins.mapAttrs (n: spec: personal "${hw}.templates.${tomlKey n}" (checked
+        "${hw}.templates.${tomlKey n}" ([ "content" "file" "trim" ] ++ outputKeys) spec))
         (h.templates or { });
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${n}";
+      content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${tomlKey n}";
                                   spec = tmpls.${n}; };
       refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
       needed = uniqueSorted (attrNames deployed ++ refs);
@@ -360,8 +404,8 @@ let
         else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
       secretEntry = id:
         let
-          spec = personal "${hw}.secrets.${id}"
-            (checked "${hw}.secrets.${id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
+          spec = personal "${hw}.secrets.${tomlKey id}"
+            (checked "${hw}.secrets.${tomlKey id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
           installed = deployed ? ${id};
         in
         {
@@ -372,11 +416,11 @@ let
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
-        } // fields "hosts.${host}.secrets.${id}" spec;
+        } // fields "${hw}.secrets.${tomlKey id}" spec;
       templateEntry = name:
         let spec = tmpls.${name}; in
         { inherit name; content = content name; trim = spec.trim or false; }
-        // fields "hosts.${host}.templates.${name}" spec;
+        // fields "${hw}.templates.${tomlKey name}" spec;
     in
     mkProfile {
       inherit host;
@@ -433,6 +477,6 @@ let
     };
 in
 {
-  inherit trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -72,7 +72,7 @@ let
       file = mkOption {
         type = types.path;
         default = if s.secretsDir != null then s.secretsDir + "/${name}.age" else throw
-          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets (then <id>.age there is the default)";
+          "vaultpy: secret ${name}: file is not set: give vaultpy.secrets.${vlib.nixAttr name}.file = ./secrets/${name}.age, or set vaultpy.settings.secretsDir = ./secrets (then <id>.age there is the default)";
         defaultText = lib.literalExpression ''"''${config.vaultpy.settings.secretsDir}/<id>.age"'';
         description = "The master file, secrets/<id>.age (encrypted to the master key).";
       };
@@ -92,7 +92,7 @@ let
         type = types.str;
         readOnly = true;
         default = if config.install then "${liveDir config.early}/${config.name}" else throw
-          "vaultpy: secret ${name} is not installed on this host (install = false: it only feeds templates), so it has no path: read it through a template, or install it (list it under [hosts.<host>.secrets] in hosts.toml, or set vaultpy.secrets.${name}.install = true)";
+          "vaultpy: secret ${name} is not installed on this host (install = false: it only feeds templates), so it has no path: read it through a template, or install it (list it under [hosts.<host>.secrets] in hosts.toml, or set vaultpy.secrets.${vlib.nixAttr name}.install = true)";
         defaultText = lib.literalExpression ''"''${config.vaultpy.settings.dir}/<name>"'';
         description = "Where the secret is readable on the host (none with install = false).";
       };
@@ -137,7 +137,7 @@ let
   fromToml = common.fromHostsToml {
     inherit (cfg) hostsToml;
     name = s.hostName;
-    missing = "set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${s.hostName}] there";
+    missing = "set vaultpy.settings.hostName to this host's name in hosts.toml, or add [hosts.${vlib.tomlKey s.hostName}] there";
   };
 
   # --- checks ------------------------------------------------------------------------
@@ -347,7 +347,7 @@ in
               -> builtins.pathExists (cachePath id spec);
             # (a message is evaluated for a passing assertion too: it must not read a
             # master that is missing, which has an assertion of its own)
-            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
+            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${vlib.tomlKey s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
         ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
@@ -363,7 +363,7 @@ in
             assertion = false;
             message = "vaultpy.settings.hostKeys is empty (services.openssh.hostKeys has no ed25519 key): set vaultpy.settings.hostKeys = [ \"/etc/ssh/ssh_host_ed25519_key\" ], the private key(s) this host decrypts with"; }
         ++ map (x: { assertion = false;
-            message = "vaultpy: users.users.${x.user}.${x.field} is ${x.file}, secret ${x.id}'s path, which is installed after users are created: set vaultpy.secrets.${x.id}.early = true (owner and group root), as for any password hash"; })
+            message = "vaultpy: users.users.${vlib.nixAttr x.user}.${x.field} is ${x.file}, secret ${x.id}'s path, which is installed after users are created: set vaultpy.secrets.${vlib.nixAttr x.id}.early = true (owner and group root), as for any password hash"; })
           latePasswordFiles
         ++ lib.mapAttrsToList (id: v: { assertion = false;
             message = "vaultpy: secret ${id}: name ${builtins.toJSON v.name} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
@@ -404,7 +404,7 @@ in
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} use the same path ${p}"; })
           (dupes (i: i.path) items)
         ++ map (r: { assertion = cfg.secrets ? ${r.id};
-            message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${r.id}"; })
+            message = "vaultpy: template ${r.tmpl} uses secrets.${r.id}: declare vaultpy.secrets.${vlib.nixAttr r.id}"; })
           templateRefs;
 
       warnings = map (i: "vaultpy: ${i.label}: mode ${vlib.normalizeMode i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${

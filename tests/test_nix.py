@@ -500,7 +500,14 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
     hosts = root / "hosts.toml"
     cases = [
         ("[hosts.h]\npubkey = " + toml_str(pub) + '\n[hosts.h.secrets.a]\nmdoe = "0440"\n',
-         "h", "hosts.h.secrets.a.mdoe: unknown key; use one of name, owner"),
+         "h", "hosts.h.secrets.a.mdoe: unknown key; did you mean 'mode'?"),
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\n[hosts.h.secrets.a]\nzzz = "0440"\n',
+         "h", "hosts.h.secrets.a.zzz: unknown key; allowed keys: name, owner, group, mode, "
+         "path, restart_units, reload_units, early"),
+        # a person's entry: not pointed at the owner it would then refuse
+        ("[hosts.h]\nuser = true\npubkey = " + toml_str(pub) + '\n[hosts.h.secrets.a]\n'
+         'ownr = "me"\n', "h", "hosts.h.secrets.a.ownr: unknown key; allowed keys: name, "
+         "mode, path, restart_units, reload_units"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
          'content = "x"\ntirm = true\n', "h", "hosts.h.templates.t.tirm: unknown key"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["a"]\n', "nohost",
@@ -531,7 +538,7 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
               ('secrets = ["a", "a"]\n', "hosts.h.secrets: secret a is listed twice"),
               ('templates = "x"\n', "hosts.h.templates: expected a table, got string"),
               ('[hosts.h.template.t]\ncontent = "x"\n', "hosts.h.template: unknown key; "
-               "use one of pubkey, identities, secrets, templates"),
+               "did you mean 'templates'?"),
               ('identites = ["/k"]\n', "hosts.h.identites: unknown key"),
               # a host's item path, as `vaultpy check` refuses it (lib wrote it out)
               ('[hosts.h.secrets.a]\npath = "rel/x"\n', 'hosts.h.secrets.a.path: invalid '
@@ -572,6 +579,70 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
                              f'host = "{host}"; }})')
         assert proc.returncode != 0, body
         assert f"vaultpy: {hosts}: {expected}" in proc.stderr, (body, proc.stderr)
+
+
+def test_an_unknown_key_is_said_by_nix_as_by_vaultpy_check(nix: Nix, tmp_path: Path) -> None:
+    """The same line from lib.profileFromHostsToml and from hosts.toml's loader: the
+    field, quoted where TOML quotes it, and the closest key (difflib's) or the list."""
+    root = tmp_path / "v"
+    (root / "secrets").mkdir(parents=True)
+    (root / "secrets" / "a.age").write_bytes(b"only hashed")
+    _, pub = ssh_keygen(tmp_path, "k", comment="c")
+    head = ('[vaultpy]\nrecipients = ["age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55'
+            'qaz6zqc"]\n[secrets.a]\n[hosts.h]\npubkey = ' + toml_str(pub) + "\n")
+    hosts = root / "hosts.toml"
+    for body in ('[hosts.h.secrets.a]\nmdoe = "0440"\n', '[hosts.h.secrets.a]\nzzz = 1\n',
+                 '[hosts.h.templates."app.env"]\ncontent = "x"\ntirm = true\n',
+                 '[hosts.h.templates."app.env"]\ncontent = "x"\n"re.load_units" = []\n',
+                 'identites = ["/k"]\n', '[hosts.h.template.t]\ncontent = "x"\n',
+                 'user = true\n[hosts.h.secrets.a]\nownr = "me"\n',
+                 'user = true\n[hosts.h.secrets.a]\nerly = true\n'):
+        hosts.write_text(head + body)
+        with pytest.raises(VaultpyError) as raised:
+            vmodel.load(hosts)
+        python = [f"{p.field}: {p.message}; {p.hint}" for p in raised.value.problems
+                  if p.message == "unknown key"]
+        assert len(python) == 1, (body, raised.value.problems)
+        proc = nix.eval_proc(f"builtins.toJSON ((import {nix_value(LIB_NIX)})"
+                             f".profileFromHostsToml {{ hostsToml = {nix_value(hosts)}; "
+                             'host = "h"; })')
+        assert f"vaultpy: {hosts}: {python[0]}\n" in proc.stderr, (body, python, proc.stderr)
+
+
+def test_lib_close_match_is_difflibs(nix: Nix) -> None:
+    """lib.nix closeMatch, the twin of model.did_you_mean (difflib.get_close_matches):
+    the same suggestion, or none, for typos of hosts.toml's keys and for random words."""
+    import random
+
+    rng = random.Random(6)
+    key_sets = [[*vmodel.OUTPUT_KEYS, "name"], ["content", "file", "trim"],
+                ["pubkey", "identities", "secrets", "templates", "user"],
+                ["ab", "ba", "abc", "cab", "aab"]]
+    letters = "abcdeilmnoprstuy_-"
+    cases = []
+    for _ in range(800):
+        known = rng.choice(key_sets)
+        word = list(rng.choice(known))
+        for _ in range(rng.randint(0, 4)):     # deletions, insertions, swaps, changes
+            op, at = rng.randint(0, 3), rng.randint(0, max(0, len(word) - 1))
+            if op == 0 and word:
+                del word[at]
+            elif op == 1:
+                word.insert(at, rng.choice(letters))
+            elif op == 2 and len(word) > 1:
+                at = min(at, len(word) - 2)
+                word[at], word[at + 1] = word[at + 1], word[at]
+            elif word:
+                word[at] = rng.choice(letters)
+        if rng.random() < 0.15:
+            word = [rng.choice(letters) for _ in range(rng.randint(0, 9))]
+        cases.append(["".join(word), known])
+    want = [(vmodel.did_you_mean(w, k)[len("did you mean '"):-2] or None) for w, k in cases]
+    assert sum(w is not None for w in want) > 400          # mostly close, some not
+    got = nix.eval(f"let c = (import {nix_value(LIB_NIX)}).closeMatch; in map (p: c "
+                   f"(builtins.elemAt p 0) (builtins.elemAt p 1)) (builtins.fromJSON "
+                   f"{nix_value(json.dumps(cases))})")
+    assert got == want
 
 
 def test_a_persons_entry_is_the_same_users_profile_from_nix(nix: Nix, tmp_path: Path) -> None:
@@ -1036,18 +1107,18 @@ HOSTS_TOML_ERRORS = {
     "template-without-content": (_DEMO_TOML.replace(
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\ncontents = """'),
-        "hosts.web1.templates.app.env.content: missing: give the template's text"),
+        "hosts.web1.templates.\"app.env\".content: missing: give the template's text"),
     "template-content-and-file": (_DEMO_TOML.replace(
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\nfile = "hosts.toml"\ncontent = """'),
-        "hosts.web1.templates.app.env.file: a template has content or a file, not both"),
+        'hosts.web1.templates."app.env".file: a template has content or a file, not both'),
     "template-file-missing": (_DEMO_TOML.replace(
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\nfile = "templates/app.env"\ncontents = """'),
-        "hosts.web1.templates.app.env.file: cannot read the template "),
+        'hosts.web1.templates."app.env".file: cannot read the template '),
     "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                        'ownr = "app"\ngroup = "app"'),
-                    "hosts.web1.secrets.api_token.ownr: unknown key; use one of name, owner"),
+                    "hosts.web1.secrets.api_token.ownr: unknown key; did you mean 'owner'?"),
     # (the option type's error named the module, not hosts.toml's field)
     "path-relative": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                          'owner = "app"\ngroup = "app"\npath = "app/token"'),
@@ -1662,3 +1733,17 @@ def test_a_secrets_file_defaults_to_its_id_in_secrets_dir(nixpkgs_lib: Nix, rich
     assert ("vaultpy: secret db_password: file is not set: give "
             "vaultpy.secrets.db_password.file = ./secrets/db_password.age, or set "
             "vaultpy.settings.secretsDir") in proc.stderr, proc.stderr
+
+
+def test_an_option_path_names_a_dotted_id_as_nix_writes_it(nixpkgs_lib: Nix, rich: Rich,
+                                                           tmp_path: Path) -> None:
+    """The fix to paste: vaultpy.secrets.db.password.file would be another option."""
+    mod = _base_secret(rich)
+    mod["vaultpy"]["secrets"] = {"db.password": {}}
+    proc = nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profile",
+                                 args=["--arg", "config", str(write_module(
+                                     tmp_path / "dotted.nix", mod))])
+    assert proc.returncode != 0
+    assert ('vaultpy: secret db.password: file is not set: give '
+            'vaultpy.secrets."db.password".file = ./secrets/db.password.age') in proc.stderr, \
+        proc.stderr

@@ -340,13 +340,19 @@ def test_hosts_toml_import_gives_the_clis_profile(nixpkgs_lib: Nix, tmp_path: Pa
      "with %h (your home) only"),
     (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nowner = "app"'),
      "hosts.alice.secrets.token.owner: owner in a person's entry (user = true)"),
+    # a typo is not pointed at the owner it would then refuse
+    (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nownr = "app"'),
+     "hosts.alice.secrets.token.ownr: unknown key; allowed keys: name, mode, path, "
+     "restart_units, reload_units"),
+    (lambda t: t.replace('mode = "0600"', 'mdoe = "0600"'),
+     "hosts.alice.secrets.token.mdoe: unknown key; did you mean 'mode'?"),
     (lambda t: t.replace("[hosts.alice]", "[hosts.bob]").replace("hosts.alice.", "hosts.bob."),
      "no [hosts.alice] in"),
     # one line naming hosts.toml's field, not the option type's error about the module
     (lambda t: t.replace('path = "%h/.config/app/token"', 'path = "/srv/%h/x"'),
      'hosts.alice.secrets.token.path: invalid path "/srv/%h/x"'),
     (lambda t: t.replace('path = "%h/.config/app/env"', 'path = "%h/.local/state/vaultpy"'),
-     'hosts.alice.templates.app.env.path: path "%h/.local/state/vaultpy" overlaps'),
+     'hosts.alice.templates."app.env".path: path "%h/.local/state/vaultpy" overlaps'),
     (lambda t: t.replace('mode = "0600"', 'mode = "0600"\nearly = true'),
      "hosts.alice.secrets.token.early: early in a person's entry (user = true): early files "
      "are for a host's boot"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vaultpy import cache, profile
 from vaultpy._internal import fsutil
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
 
 INSTALL_DIR = "/etc/vaultpy"
@@ -159,7 +159,7 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
                 "host, not in the bundle), then run it again"))
     if (cfg.cache_dir / host).is_symlink():    # never read through (cache.Plan.linked)
         raise VaultpyError(Problem(display_path(cfg.cache_dir / host), cache.LINKED,
-                                   f"hosts.{host}", cache.FIX_IN_THE_WAY))
+                                   key_path("hosts", host), cache.FIX_IN_THE_WAY))
     data = profile.build(cfg, host, relative_to=cfg.cache_dir / host, user=user)
     # Each file read once, not following a symlink, and the bytes verified are the
     # bytes copied: nothing swapped in between the check and the copy.
@@ -171,7 +171,7 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
         bad = why if got is None else cache.verify_bytes(got, cfg.hosts[host].recipients)
         if bad is not None:
             problems.append(Problem(display_path(path), f"cache file is {bad}",
-                                    f"hosts.{host}.{s['id']}", "run vaultpy renc first"))
+                                    key_path("hosts", host, s["id"]), "run vaultpy renc first"))
         elif got is not None:
             s["file"] = f"cache/{s['file']}"
             copies.append((s["file"], got))

@@ -40,7 +40,7 @@ from vaultpy._internal.names import cache_hash as cache_hash
 from vaultpy._internal.names import cache_name as cache_name
 from vaultpy._internal.names import recipients_suffix as recipients_suffix
 from vaultpy._internal.record import field, mutable_record, record
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 
 _WRITES_JOURNAL = ".vaultpy-writes"    # vaultpy._internal.writes.JOURNAL, spelled out
 
@@ -117,7 +117,7 @@ def missing_master(cfg: Config, sid: str) -> Problem:
     fix = (f"create it with vaultpy generate {sid} (its generate = rule)"
            if secret.generate is not None
            else f"create it with vaultpy edit {sid} (or vaultpy encrypt {sid})")
-    return Problem(display_path(secret.file), "master file is missing", f"secrets.{sid}",
+    return Problem(display_path(secret.file), "master file is missing", key_path("secrets", sid),
                    fix)
 
 
@@ -132,7 +132,7 @@ def master_hashes(cfg: Config, ids: Iterable[str]) -> tuple[dict[str, Master], l
             problems.append(missing_master(cfg, sid))
         except OSError as exc:
             p = os_problem(secret.file, exc, "read master file")
-            problems.append(Problem(p.file, p.message, f"secrets.{sid}", p.hint))
+            problems.append(Problem(p.file, p.message, key_path("secrets", sid), p.hint))
     return hashes, problems
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vaultpy import cache, model
-from vaultpy.errors import Problem, display_path
+from vaultpy.errors import Problem, display_path, key_path
 from vaultpy.model import Config
 
 FIX_RENC = "run vaultpy renc"
@@ -52,7 +52,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             shown = display_path(cfg.secrets[sid].file)
             problems.append(Problem(shown, "master file is "
                                     f"not a valid age file: {master.format_error}",
-                                    f"secrets.{sid}",
+                                    key_path("secrets", sid),
                                     f"restore it from git (git checkout -- {shown}), or "
                                     f"give it a new value: {model.command_for(cfg.path)} "
                                     f"encrypt {sid} < FILE"))
@@ -87,7 +87,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 entries.append(Entry(host.name, sid, "damaged", shown, blocker,
                                      sid in installed))
                 problems.append(Problem(shown, f"cache file cannot be written: {blocker}",
-                                        f"hosts.{host.name}.{sid}", cache.FIX_IN_THE_WAY))
+                                        key_path("hosts", host.name, sid), cache.FIX_IN_THE_WAY))
                 continue
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
@@ -99,7 +99,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 entries.append(Entry(host.name, sid, "outdated", shown, why,
                                      sid in installed))
                 problems.append(Problem(shown, f"cache file is out of date: {why}",
-                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+                                        key_path("hosts", host.name, sid), FIX_RENC))
                 continue
             entries.append(Entry(host.name, sid, "bad-master" if bad_master else state,
                                  shown, "its master file is damaged" if bad_master
@@ -108,10 +108,10 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 continue        # the master's own line says what to do
             if reason == "missing":
                 problems.append(Problem(shown, "cache file is missing",
-                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+                                        key_path("hosts", host.name, sid), FIX_RENC))
             elif reason is not None:
                 problems.append(Problem(shown, f"cache file is {reason}",
-                                        f"hosts.{host.name}.{sid}", FIX_RENC))
+                                        key_path("hosts", host.name, sid), FIX_RENC))
     outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}
     for path in p.stale:
         host_id = older.get(path)

@@ -83,6 +83,39 @@ class Problem:
                 "hint": self.hint}
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
+
+
+def toml_key(key: str) -> str:
+    """``key`` as TOML writes it in a dotted key or a table header: bare when it may
+    be (``web1``), else a quoted string (``"app.env"``: ``[secrets.app.env]`` would
+    be a table ``env`` inside a table ``app``)."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    import json  # a JSON string is a TOML basic string
+
+    return json.dumps(key, ensure_ascii=False)
+
+
+def key_path(*keys: str) -> str:
+    """The dotted TOML path of a field, each key written as :func:`toml_key` does:
+    ``key_path("hosts", "web1", "templates", "app.env")`` is
+    ``hosts.web1.templates."app.env"``."""
+    return ".".join(map(toml_key, keys))
+
+
+def nix_attr(name: str) -> str:
+    """``name`` as Nix writes it in an attribute path: bare when it is an identifier
+    (``db``), else quoted (``"app.env"``, ``"1password"``; a TOML bare key may start
+    with a digit, a Nix identifier may not)."""
+    if _NIX_NAME.fullmatch(name):
+        return name
+    import json  # for these names (no "$" or "\"), a Nix string too
+
+    return json.dumps(name, ensure_ascii=False)
+
+
 class VaultpyError(Exception):
     """Raised for any problem the user can fix.  ``problems`` holds one or more lines."""
 

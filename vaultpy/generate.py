@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy._internal import fsutil, writes
-from vaultpy.errors import Problem, UsageError, VaultpyError, display_path
+from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, key_path
 from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
 ALNUM = string.ascii_letters + string.digits
@@ -176,7 +176,7 @@ def public_half(spec: GenerateSpec, secret_id: str, private: bytes) -> bytes:
 
 
 def _command(cfg: Config, secret: Secret, command: str) -> Value:
-    where = f"secrets.{secret.id}.generate"
+    where = f"{key_path('secrets', secret.id)}.generate"
     env = {**os.environ, "VAULTPY_SECRET_ID": secret.id, "VAULTPY_REPO": str(cfg.root)}
     from vaultpy.masters import MAX_PLAINTEXT
 
@@ -251,7 +251,7 @@ def make_value(spec: GenerateSpec, secret_id: str, run_command: Any = None) -> V
 
 def no_generator(cfg: Config, secret_id: str) -> Problem:
     return Problem(display_path(cfg.path), f"secret {secret_id!r} has no generate = …",
-                   f"secrets.{secret_id}", 'add e.g. generate = "alnum:32", or change it '
+                   key_path("secrets", secret_id), 'add e.g. generate = "alnum:32", or change it '
                    f"by hand with vaultpy edit {secret_id}")
 
 
@@ -373,7 +373,7 @@ def overdue_problems(cfg: Config, at: dt.datetime | None = None) -> list[Problem
         else:
             msg = (f"overdue for rotation: last rotated {d.last:%Y-%m-%d} "
                    f"({d.age_days(at)} days ago; rotate_days = {d.rotate_days})")
-        out.append(Problem(shown, msg, f"secrets.{d.id}", fix))
+        out.append(Problem(shown, msg, key_path("secrets", d.id), fix))
     return out
 
 
@@ -404,7 +404,8 @@ def _check_ids(cfg: Config, ids: Sequence[str]) -> None:
     for sid in ids:
         if sid not in cfg.secrets:
             problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
-                                    "secrets", f"declare [secrets.{sid}] in hosts.toml"))
+                                    "secrets",
+                                    f"declare [{key_path('secrets', sid)}] in hosts.toml"))
     if problems:
         raise VaultpyError(problems)
 
@@ -451,7 +452,7 @@ def _public_halves(cfg: Config, ids: list[str], result: Result,
         assert secret.public_file is not None
         result.problems.append(Problem(
             display_path(secret.public_file), f"missing beside {display_path(secret.file)} "
-            f"(an interrupted run?), and {why}", f"secrets.{sid}", f"{fix}, or run vaultpy "
+            f"(an interrupted run?), and {why}", key_path("secrets", sid), f"{fix}, or run vaultpy "
             f"rotate {sid} for a new key pair"))
 
     try:
@@ -510,7 +511,7 @@ def rotate(cfg: Config, ids: Sequence[str] = (), *, due_only: bool = False,
             if cfg.secrets[d.id].generate is None:
                 result.problems.append(Problem(
                     display_path(rotation_path(cfg)), "due for rotation but has no "
-                    "generate = …", f"secrets.{d.id}", f"change it (vaultpy edit {d.id}), "
+                    "generate = …", key_path("secrets", d.id), f"change it (vaultpy edit {d.id}), "
                     f"then record it: vaultpy rotate --mark {d.id}"))
             else:
                 chosen.append(d.id)
@@ -586,7 +587,7 @@ def _produce_and_write(cfg: Config, todo: list[str], marks: list[str], result: R
     except masters.Appeared as exc:
         raise VaultpyError([Problem(
             display_path(path), "created by another writer while vaultpy generate made "
-            "its value; nothing was written", f"secrets.{new[path]}",
+            "its value; nothing was written", key_path("secrets", new[path]),
             f"it is kept as written (vaultpy rotate {new[path]} replaces it); run "
             "vaultpy generate again for any others") for path in exc.paths]) from None
     result.generated += todo

@@ -18,7 +18,7 @@ from typing import NoReturn
 from vaultpy import age, identities
 from vaultpy._internal import ageformat, fsutil, sigint, writes
 from vaultpy.cache import missing_master
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
 from vaultpy.recovery import refuse_if_rotating
 
@@ -105,7 +105,7 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
         problem = os_problem(secret.file, exc, "write master file")
         kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
         if kept is not None:
-            problem = Problem(problem.file, problem.message, f"secrets.{secret_id}",
+            problem = Problem(problem.file, problem.message, key_path("secrets", secret_id),
                               f"your edit is kept, encrypted, in {display_path(kept)}: once "
                               f"this is fixed, mv {display_path(kept)} "
                               f"{display_path(secret.file)}")
@@ -305,7 +305,7 @@ def _keep_conflict(cfg: Config, secret_id: str, ciphertext: bytes) -> NoReturn:
             kept = secret.file.with_name(f"{secret.file.name}.conflict-{stamp}-{n}")
     raise VaultpyError(Problem(
         display_path(secret.file), "changed by another writer while you were editing it; "
-        "it was not overwritten", f"secrets.{secret_id}",
+        "it was not overwritten", key_path("secrets", secret_id),
         f"your version is kept, encrypted, in {display_path(kept)}: read it with "
         f"vaultpy decrypt --file {display_path(kept)}, merge it into the other writer's "
         f"with vaultpy edit {secret_id}, then delete it"))

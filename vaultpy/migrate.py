@@ -51,7 +51,16 @@ from typing import Any
 from vaultpy import age, masters, model, templates
 from vaultpy import profile as profile_mod
 from vaultpy._internal import ageformat, fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem, too_big
+from vaultpy.errors import (
+    Problem,
+    VaultpyError,
+    display_path,
+    fail,
+    key_path,
+    nix_attr,
+    os_problem,
+    too_big,
+)
 
 ID_RE = re.compile(templates.ID_PATTERN)
 _COMMENT_HOST = re.compile(r"root@(" + templates.ID_PATTERN + r")")
@@ -627,7 +636,7 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
             if m:
                 placeholders[m.group(1)] = sid
         for sid, entry in sorted(secrets.items()):
-            where = f"secrets.{sid}"
+            where = f"secrets.{nix_attr(sid)}"
             if not isinstance(entry, dict):
                 plan.problems.append(Problem(shown, "expected an object", where))
                 continue
@@ -695,7 +704,7 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                                          shown))
             host.secrets[sid] = fields
         for key, entry in sorted((data.get("templates") or {}).items()):
-            where = f"templates.{key}"
+            where = f"templates.{nix_attr(key)}"
             if not isinstance(entry, dict):
                 plan.problems.append(Problem(shown, "expected an object", where))
                 continue
@@ -866,12 +875,12 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
         for sid in plan.secrets:
             if sid in existing.secrets:
                 problems.append(Problem(display_path(hosts_path), f"secret {sid!r} is already "
-                                        "declared", f"secrets.{sid}", "remove it, or import "
-                                        "into another repository"))
+                                        "declared", key_path("secrets", sid),
+                                        "remove it, or import into another repository"))
         for name in plan.hosts:
             if name in existing.hosts:
                 problems.append(Problem(display_path(hosts_path), f"host {name!r} is already "
-                                        "declared", f"hosts.{name}", "remove it, or import "
+                                        "declared", key_path("hosts", name), "remove it, or import "
                                         "into another repository"))
     # The new hosts.toml, when the input is right (else it would say something else).
     cfg: model.Config | None = None
@@ -916,12 +925,13 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             # secret's file, or another's).
             problems.append(Problem(
                 display_path(target_file), f"is the {plan.tool} file being imported, and "
-                "its vaultpy master would replace it", f"secrets.{sid}",
+                "its vaultpy master would replace it", key_path("secrets", sid),
                 "keep vaultpy's masters apart: --masters-dir vaultpy-secrets"
                 if existing is None
                 else "set secrets_dir in hosts.toml to a directory of vaultpy's own"))
         elif target_file is not None and target_file.exists() and not force:
-            problems.append(Problem(display_path(target_file), "already exists", f"secrets.{sid}",
+            problems.append(Problem(display_path(target_file), "already exists",
+                                    key_path("secrets", sid),
                                     "it is not declared in hosts.toml (put there by hand, or "
                                     "left by an older vaultpy's interrupted import); remove "
                                     "it, or pass --force to replace it"))

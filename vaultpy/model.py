@@ -9,7 +9,6 @@ hosts.toml; whether master files exist is the business of the commands.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import stat
@@ -24,7 +23,15 @@ from vaultpy import templates
 from vaultpy._internal import fsutil
 from vaultpy._internal.record import field, record
 from vaultpy.age import normalize_recipient
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+from vaultpy.errors import (
+    Problem,
+    VaultpyError,
+    display_path,
+    key_path,
+    nix_attr,
+    os_problem,
+    toml_key,
+)
 from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
@@ -237,8 +244,8 @@ class Template:
     def content_field(self) -> tuple[str, str]:
         """Where the text is: the file that holds it (hosts.toml or its own) and its
         field there, for problems naming a line and column of it."""
-        return ((display_path(self.source), f"templates.{_quote(self.name)}.file")
-                if self.source is not None else ("", f"templates.{_quote(self.name)}.content"))
+        return ((display_path(self.source), f"templates.{toml_key(self.name)}.file")
+                if self.source is not None else ("", f"templates.{toml_key(self.name)}.content"))
 
 
 @record
@@ -310,8 +317,8 @@ class Config:
             if close:
                 hint = close
             elif ID_RE.fullmatch(secret_id) and len(secret_id) <= ID_MAX:
-                hint = f"declare [secrets.{secret_id}] in hosts.toml" + (
-                    f", or vaultpy.secrets.{secret_id} in a configuration of "
+                hint = f"declare [{key_path('secrets', secret_id)}] in hosts.toml" + (
+                    f", or vaultpy.secrets.{nix_attr(secret_id)} in a configuration of "
                     f"{display_path(self.nixos)}" if self.nixos else "")
             else:
                 hint = ("ids are letters, digits, _ . - (starting with a letter or digit, "
@@ -344,11 +351,17 @@ class _Checker:
     def add(self, where: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(self.file, message, where, hint))
 
-    def keys(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    def keys(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...],
+             shown: tuple[str, ...] | None = None) -> None:
+        """An unknown key is a problem, with the closest of ``shown`` (else all of them)
+        as its hint.  ``shown``: ``allowed`` but for keys refused later with a line of
+        their own (a person's owner): a typo is not pointed at them."""
+        known = allowed if shown is None else shown
         for key in table:
             if key not in allowed:
-                hint = did_you_mean(key, allowed) or "allowed keys: " + ", ".join(allowed)
-                self.add(f"{where}.{key}" if where else key, "unknown key", hint)
+                hint = did_you_mean(key, known) or "allowed keys: " + ", ".join(known)
+                at = f"{where}.{toml_key(key)}" if where else toml_key(key)
+                self.add(at, "unknown key", hint)
 
     def table(self, value: Any, where: str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -417,11 +430,6 @@ class _Checker:
                      f"digit, at most {ID_MAX} characters")
             return False
         return True
-
-
-def _quote(key: str) -> str:
-    # A TOML basic string (JSON's escapes are a subset): "a\\b", "x\\u0000y" as written.
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _owner(ck: _Checker, value: Any, where: str) -> str:
@@ -575,6 +583,14 @@ def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | Non
 
 
 OUTPUT_KEYS = ("owner", "group", "mode", "path", "restart_units", "reload_units", "early")
+# Of those, what a person's entry refuses (_output): its files are the person's own.
+NOT_PERSONAL = ("owner", "group", "early")
+
+
+def _item_keys(*keys: str, user: bool) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """An item table's allowed keys, and those its unknown-key hint offers."""
+    allowed = (*keys, *OUTPUT_KEYS)
+    return allowed, tuple(k for k in allowed if k not in NOT_PERSONAL) if user else None
 
 
 def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = False
@@ -644,7 +660,8 @@ def shared_host_keys(cfg: Config) -> list[Problem]:
             if other != name:
                 out.append(Problem(display_path(cfg.path), f"hosts {other!r} and {name!r} "
                                    "have the same key: each can read the other's secrets",
-                                   f"hosts.{name}.pubkey", "give each host its own key (its "
+                                   f"{key_path('hosts', name)}.pubkey",
+                                   "give each host its own key (its "
                                    "/etc/ssh/ssh_host_ed25519_key.pub)"))
     return out
 
@@ -662,7 +679,7 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
                 out.append(Problem(text_file or display_path(cfg.path),
                                    f"line {line} column {column}: "
                                    f"{text!r} is kept as text, not a placeholder",
-                                   f"hosts.{name}.{text_field}",
+                                   f"{key_path('hosts', name)}.{text_field}",
                                    f"did you mean {meant}? (to keep it, write {{{{{{{{ for "
                                    "its {{)"))
     return out
@@ -689,12 +706,12 @@ def no_identity_for_age_key(cfg: Config, host: str) -> Problem | None:
         return Problem(display_path(cfg.path), "the person's key is an age1… key, and no "
                        "identities say where its identity file is: activation would try "
                        "~/.ssh/id_ed25519, which cannot decrypt what renc writes for it",
-                       f"hosts.{_quote(host)}.identities", 'add identities = '
+                       f"{key_path('hosts', host)}.identities", 'add identities = '
                        '["%h/.config/age/keys.txt"] (where that age identity file is)')
     return Problem(display_path(cfg.path), "the host's key is an age1… key, and no "
                    "identities say where its identity file is: activation would try sshd's "
                    "/etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes "
-                   "for it", f"hosts.{_quote(host)}.identities",
+                   "for it", f"{key_path('hosts', host)}.identities",
                    'add identities = ["/etc/vaultpy/host.key"] (where that age identity '
                    "file is on the host; the NixOS module takes it as settings.hostKeys)")
 
@@ -731,8 +748,8 @@ def stray_masters(cfg: Config) -> list[Problem]:
             sid = name[:-4]
             out.append(Problem(display_path(path), f"no secret in {cfg.declared_in} has "
                                "this master file",
-                               f"secrets.{sid}" if ID_RE.fullmatch(sid) else "",
-                               f"declare it ([secrets.{sid}]"
+                               key_path("secrets", sid) if ID_RE.fullmatch(sid) else "",
+                               f"declare it ([{key_path('secrets', sid)}]"
                                + (f", or in {display_path(cfg.nixos)}" if cfg.nixos else "")
                                + "), or delete it (git rm) if the secret is gone"))
     return out
@@ -754,7 +771,7 @@ def identity_setting(root: Path, path: Path) -> str:
 def _lists_secrets(text: str, host: str) -> bool:
     """Whether ``[hosts.<host>]`` in ``text`` has a ``secrets = [`` line (for the hint on
     a TOML error, which comes before any parse: a line scan, quoted names included)."""
-    headers = {f"[hosts.{host}]", f'[hosts."{host}"]', f"[hosts.'{host}']"}
+    headers = {f"[{key_path('hosts', host)}]", f'[hosts."{host}"]', f"[hosts.'{host}']"}
     inside = False
     for raw in text.splitlines():
         line = raw.strip()
@@ -832,7 +849,7 @@ def _templates_of_their_own(ck: _Checker, config: Path, declared: Mapping[str, S
     for name, t in sourced:
         k = key(t.source) if t.source is not None else None
         if k is not None and k in theirs:
-            ck.add(f"hosts.{_quote(name)}.templates.{_quote(t.name)}.file",
+            ck.add(f"{key_path('hosts', name, 'templates', t.name)}.file",
                    f"{display_path(t.source or config)} is {theirs[k]}",
                    "give the template a file of its own")
 
@@ -924,7 +941,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
           ) -> Host | None:
     """``later``: where an unknown secret id goes, with its problem, instead of being
     refused now (hosts.toml's ``nixos`` file may declare it: :func:`with_nixos`)."""
-    where = f"hosts.{_quote(name)}"
+    where = key_path("hosts", name)
     ok = ck.ident(name, where, "host name")
     table = ck.table(raw, where)
     if table is None:
@@ -957,13 +974,13 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 ck.ident(sid, f"{where}.secrets[{i}]", "secret id")     # adds the problem
     elif isinstance(raw_secrets, dict):
         for sid, spec in raw_secrets.items():
-            at = f"{where}.secrets.{_quote(sid)}"
+            at = f"{where}.secrets.{toml_key(sid)}"
             if not ck.ident(sid, at, "secret id"):
                 continue
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            ck.keys(sub, at, ("name", *OUTPUT_KEYS))
+            ck.keys(sub, at, *_item_keys("name", user=user))
             out_name = sid
             if "name" in sub:
                 given = ck.string(sub["name"], f"{at}.name")
@@ -978,13 +995,13 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
     raw_templates = table.get("templates", {})
     if ck.table(raw_templates, f"{where}.templates") is not None:
         for tname, spec in raw_templates.items():
-            at = f"{where}.templates.{_quote(tname)}"
+            at = f"{where}.templates.{toml_key(tname)}"
             if not ck.ident(tname, at, "template name"):
                 continue
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            ck.keys(sub, at, ("content", "file", "trim", *OUTPUT_KEYS))
+            ck.keys(sub, at, *_item_keys("content", "file", "trim", user=user))
             content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
             source: Path | None = None
             source_stat: tuple[int, ...] = ()
@@ -1025,9 +1042,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
 
     for d in deployments:
         if d.id not in declared:
-            unknown(d.id, f"{where}.secrets.{_quote(d.id)}", f"unknown secret id {d.id!r}",
+            unknown(d.id, f"{where}.secrets.{toml_key(d.id)}", f"unknown secret id {d.id!r}",
                     did_you_mean(d.id, declared)
-                    or f"declare [secrets.{_quote(d.id)}] in hosts.toml")
+                    or f"declare [{key_path('secrets', d.id)}] in hosts.toml")
     for t in tmpls:
         for ref in t.refs:
             if ref not in declared:
@@ -1036,7 +1053,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 unknown(ref, f"{where}.{text_field}",
                         f"line {line} column {column}: unknown secret id {ref!r} in "
                         "placeholder", did_you_mean(ref, declared)
-                        or f"declare [secrets.{_quote(ref)}] or fix the placeholder",
+                        or f"declare [secrets.{toml_key(ref)}] or fix the placeholder",
                         text_file)
     seen_ids: set[str] = set()
     for d in deployments:
@@ -1141,7 +1158,7 @@ def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: se
         shown, other = display_path(s.file), display_path(path)
         through = ("" if path == s.file else ", through a symlink" if other == shown
                    else f", through a symlink (it is {other})")
-        at = f"secrets.{_quote(s.id)}" + (".file" if s.id in chosen_files else "")
+        at = f"secrets.{toml_key(s.id)}" + (".file" if s.id in chosen_files else "")
         ck.add(at, f"{shown} is also {named}{through}",
                f"give secret {s.id!r} a file of its own" if s.id in chosen_files else
                f"remove that symlink, or give secret {s.id!r} a file of its own (file = …)")
@@ -1181,9 +1198,9 @@ def parse(text: str, path: Path) -> Config:
             mixed = None
         if mixed:   # `host add` writes the list form; the README shows the table form
             name = mixed.group(1)
-            hint = (f"hosts.{_quote(name)} lists its secrets (secrets = [...]) and has "
-                    f"[hosts.{_quote(name)}.secrets.<id>] tables too: use one form, e.g. "
-                    f"turn the list into a table per id ([hosts.{_quote(name)}.secrets.<id>], "
+            hint = (f"{key_path('hosts', name)} lists its secrets (secrets = [...]) and has "
+                    f"[{key_path('hosts', name)}.secrets.<id>] tables too: use one form, e.g. "
+                    f"turn the list into a table per id ([{key_path('hosts', name)}.secrets.<id>], "
                     "empty for the defaults)")
         raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "", hint)) from None
     except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
@@ -1222,7 +1239,7 @@ def parse(text: str, path: Path) -> Config:
     chosen_files: set[str] = set()          # ids with a `file = …` of their own
     raw_secrets = ck.table(doc.get("secrets", {}), "secrets") or {}
     for sid, spec in raw_secrets.items():
-        where = f"secrets.{_quote(sid)}"
+        where = f"secrets.{toml_key(sid)}"
         if not ck.ident(sid, where, "secret id"):
             continue
         sub = ck.table(spec, where)
@@ -1248,7 +1265,7 @@ def parse(text: str, path: Path) -> Config:
                        f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
         declared[sid] = Secret(sid, file, ref, gen, rotate_days)
     files = _Files(ck)
-    where_is = {s.id: files.resolve(s.file, f"secrets.{_quote(s.id)}.file")
+    where_is = {s.id: files.resolve(s.file, f"secrets.{toml_key(s.id)}.file")
                 for s in declared.values()}
     _shared_files(ck, declared, chosen_files, secrets_dir, where_is, files, path)
 
@@ -1288,12 +1305,12 @@ def parse(text: str, path: Path) -> Config:
                "directory (or set cache_dir to where it leads)")
     for s in declared.values():
         if any(len(os.fsencode(part)) > _NAME_MAX for part in s.file.parts):
-            ck.add(f"secrets.{_quote(s.id)}.file", f"a name in this path is longer than "
+            ck.add(f"secrets.{toml_key(s.id)}.file", f"a name in this path is longer than "
                    f"{_NAME_MAX} bytes, more than a file system allows", "shorten it")
         resolved = where_is[s.id]
         if resolved is not None and resolved_cache is not None and \
                 resolved.is_relative_to(resolved_cache):
-            ck.add(f"secrets.{_quote(s.id)}.file", "master file lies inside the cache "
+            ck.add(f"secrets.{toml_key(s.id)}.file", "master file lies inside the cache "
                    "directory (renc would delete it)", "move it out of cache_dir")
     if ck.problems:
         raise VaultpyError(ck.problems)

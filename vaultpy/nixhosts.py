@@ -34,7 +34,7 @@ from typing import Any
 
 from vaultpy import output
 from vaultpy._internal import fsutil
-from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, nix_attr
 from vaultpy.model import (
     ID_MAX,
     Config,
@@ -43,7 +43,6 @@ from vaultpy.model import (
     Secret,
     Template,
     _Checker,
-    _quote,
     _recipients,
 )
 
@@ -116,7 +115,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         hint = "fix that, then run again"
         for sid, _problem in cfg.later:    # (a hosts.toml host's id only Nix declares)
             if f"secret {sid} " in message:
-                hint = (f"declare [secrets.{sid}] in hosts.toml (with its file): a "
+                hint = (f"declare [{key_path('secrets', sid)}] in hosts.toml (with its file): a "
                         "configuration that imports hosts.toml reads its master from there")
                 break
         raise VaultpyError(Problem(shown, "the NixOS configurations did not evaluate: "
@@ -222,8 +221,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         if isinstance(rec, str) and rec.startswith("not-listed:"):
             missing = rec.partition(":")[2]
-            notes.append(Problem(shown, f"imports hosts.toml, which has no [hosts.{missing}]: "
-                                 "nothing is written for it", f"nixosConfigurations.{attr}",
+            notes.append(Problem(shown, "imports hosts.toml, which has no "
+                                 f"[{key_path('hosts', missing)}]: nothing is written for it",
+                                 f"nixosConfigurations.{attr}",
                                  f"vaultpy host add {missing} (or fix its host name)"))
             continue
         if rec in ("no-module", "no-secrets"):
@@ -258,7 +258,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             continue
         ids: list[str] = []
         for sid, file in sorted(rec["secrets"].items()):
-            where = f"{at}.secrets.{sid}.file"
+            where = f"{at}.secrets.{nix_attr(sid)}.file"
             if not output.ID_RE.fullmatch(sid) or len(sid) > ID_MAX:
                 ck.add(f"{at}.secrets", f"secret id {sid!r} is invalid", "use letters, "
                        f"digits, _ . - (starting with a letter or digit, at most {ID_MAX})")
@@ -318,9 +318,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         undeclared = [(t.name, sid) for t in tmpls for sid in t.refs
                       if sid not in rec["secrets"]]
         for tname, sid in undeclared:   # (the module's own assertion says the same)
-            ck.add(f"{at}.templates.{_quote(tname)}", f"template {tname!r} uses secret "
+            ck.add(f"{at}.templates.{nix_attr(tname)}", f"template {tname!r} uses secret "
                    f"{sid!r}, which this configuration does not declare",
-                   f"declare vaultpy.secrets.{_quote(sid)} (or fix the placeholder)")
+                   f"declare vaultpy.secrets.{nix_attr(sid)} (or fix the placeholder)")
         if undeclared:
             continue
         known_host = hosts.get(name)
@@ -329,7 +329,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         if known_host is not None and known_host.user:
             # A person's entry is no host's: the two share a name, not a cache directory.
             ck.add(f"{at}.settings.hostName", f"{name!r} is a person's entry in hosts.toml "
-                   f"([hosts.{name}], user = true), not this host's: both would write "
+                   f"([{key_path('hosts', name)}], user = true), not this host's: both would write "
                    f"{display_path(cfg.cache_dir / name)}",
                    "give the host its own name (vaultpy.settings.hostName), or the person's "
                    "entry another")
@@ -340,7 +340,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                    "([hosts." + name + "]), which this configuration does not import: "
                    "that table's secrets and templates would never be installed",
                    "set vaultpy.hostsToml = ./hosts.toml in the configuration, or remove "
-                   f"[hosts.{name}] from hosts.toml")
+                   f"[{key_path('hosts', name)}] from hosts.toml")
             continue
         if known_host is None:
             hosts[name] = Host(name, keys, tuple(Deployment(sid, installed[sid])
@@ -354,13 +354,14 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             if sid in deferred:
                 ck.add(f"{at}.hostsToml", f"hosts.toml gives host {name!r} secret {sid!r}, "
                        "which only a configuration declares: the module's import of "
-                       "hosts.toml cannot find its master file", f"declare [secrets.{sid}] "
-                       "in hosts.toml (with its file)")
+                       "hosts.toml cannot find its master file",
+                       f"declare [{key_path('secrets', sid)}] in hosts.toml (with its file)")
         # An edit of hosts.toml (host rotate) is read from the new text here, and by
         # the module at build time; the evaluation read the file still on disk.
         if not rec["keyFromHostsToml"] and list(known_host.recipients) != list(keys):
-            ck.add(f"{at}.settings.hostPubkey", f"differs from [hosts.{name}] pubkey in "
-                   "hosts.toml", "give the host the same key(s), in the same order, in both")
+            ck.add(f"{at}.settings.hostPubkey",
+                   f"differs from [{key_path('hosts', name)}] pubkey in hosts.toml",
+                   "give the host the same key(s), in the same order, in both")
             continue
         new = [sid for sid in ids if sid not in known_host.needed]
         deployments = known_host.deployments + tuple(

@@ -39,7 +39,7 @@ from typing import Any
 
 from vaultpy import age, model
 from vaultpy._internal import fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, os_problem, too_big
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem, too_big
 from vaultpy.model import Config
 
 HOST_KEY = "ssh_host_ed25519_key"
@@ -266,10 +266,6 @@ def _toml_value(value: Any) -> str:
     return text
 
 
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
-
-
 def _newline(text: str) -> str:
     return "\r\n" if "\r\n" in text else "\n"
 
@@ -311,7 +307,7 @@ def add_host_text(text: str, name: str, pubkey: str, secrets: Sequence[str] = ()
         table["secrets"] = list(secrets)
     expected = {**old, "hosts": {**_hosts_of(old), name: table}}
     nl = _newline(text)
-    fragment = [f"[hosts.{_toml_key(name)}]", *(["user = true"] if user else []),
+    fragment = [f"[{key_path('hosts', name)}]", *(["user = true"] if user else []),
                 f"pubkey = {_toml_value(pubkey)}"]
     if identities:
         fragment.append(f"identities = {_toml_value(list(identities))}")
@@ -564,7 +560,7 @@ def _edit(cfg: Config, text: str, fn: Callable[[], str], host: str) -> tuple[str
         if known is not None and known.nixos:   # declared in Nix alone: change it there
             raise _nix_host(cfg, known) from None
         raise _problem(cfg, f"cannot edit this hosts.toml automatically: {exc}",
-                       f"hosts.{host}", "make the change by hand") from None
+                       key_path("hosts", host), "make the change by hand") from None
     new_cfg = model.reparse(new_text, cfg.path)
     return new_text, new_cfg
 
@@ -657,7 +653,7 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
     if name in cfg.hosts and cfg.hosts[name].nixos:
         raise _nix_host(cfg, cfg.hosts[name])
     if name in cfg.hosts or name in _hosts_of(tomllib.loads(text)):
-        raise _problem(cfg, f"host {name!r} already exists", f"hosts.{name}",
+        raise _problem(cfg, f"host {name!r} already exists", key_path("hosts", name),
                        f"use vaultpy host rotate {name} to change its key, or choose "
                        "another name")
     problems = []
@@ -665,8 +661,8 @@ def add(cfg: Config, name: str, source: KeySource, secrets: Sequence[str] = (), 
     for sid in secrets:
         if sid not in cfg.secrets:
             problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
-                                    "--secrets", f"declare [secrets.{sid}] in hosts.toml "
-                                    "first"))
+                                    "--secrets",
+                                    f"declare [{key_path('secrets', sid)}] in hosts.toml first"))
         elif sid in seen:
             problems.append(Problem("--secrets", f"secret {sid!r} is listed twice", "",
                                     "list it once"))

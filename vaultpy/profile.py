@@ -19,7 +19,7 @@ from pathlib import Path
 from vaultpy import templates
 from vaultpy._internal import fsutil
 from vaultpy._internal.record import record
-from vaultpy.errors import Problem, VaultpyError, display_path, too_big
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, too_big
 from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
@@ -200,13 +200,13 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
                                 relative_to) if relative_to else str(path.absolute()))
         d = deployed.get(sid)
         out = d.out if d else Output()
-        where = f"hosts.{host}.secrets.{sid}"
+        where = key_path("hosts", host, "secrets", sid)
         secrets.append({"id": sid, "file": file, "install": d is not None,
                         "name": d.name if d else sid,
                         **(_user_output_json(cfg, out, where, wrong, h.user) if user
                            else _output_json(out))})
     tmpls = [{"name": t.name, "content": t.content, "trim": t.trim,
-              **(_user_output_json(cfg, t.out, f"hosts.{host}.templates.{t.name}", wrong,
+              **(_user_output_json(cfg, t.out, key_path("hosts", host, "templates", t.name), wrong,
                                    h.user) if user else _output_json(t.out))}
              for t in sorted(h.templates, key=lambda t: t.name)]
     if wrong:

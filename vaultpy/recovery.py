@@ -34,7 +34,7 @@ from typing import Any
 
 from vaultpy import age, identities
 from vaultpy._internal import ageformat, fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, os_problem
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, key_path, os_problem
 from vaultpy.model import Config
 
 JOURNAL = ".vaultpy-rotation.jsonl"
@@ -53,7 +53,7 @@ def _short(recipient: str) -> str:
 def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Problem]:
     """What a master's stanzas say about its recipients versus ``[vaultpy] recipients``."""
     shown = display_path(cfg.secrets[sid].file)
-    where = f"secrets.{sid}"
+    where = key_path("secrets", sid)
     out: list[Problem] = []
     stanzas = header.recipient_stanzas()
     tags = {s.args[0] for s in stanzas if s.type in (age.SSH_ED25519, age.SSH_RSA) and s.args}
@@ -135,7 +135,7 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
                 reason = exc.problems[0].message
                 why = "" if "can decrypt it" in reason else f" ({reason})"
                 problems.append(Problem(display_path(secret.file), "cannot be decrypted by "
-                                        f"backup identity {source}{why}", f"secrets.{sid}",
+                                        f"backup identity {source}{why}", key_path("secrets", sid),
                                         fix))
     return problems
 

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 from vaultpy import age, cache, identities, masters, vaultstate
 from vaultpy._internal import ageformat, fsutil, sigint, writes
-from vaultpy.errors import Problem, VaultpyError, display_path
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path
 from vaultpy.model import (
     Config,
     Host,
@@ -769,7 +769,7 @@ SessionFactory = Callable[[Config], Any]
 # --------------------------------------------------------------------------- selection
 
 def _problem(cfg: Config, sid: str, message: str, hint: str = "") -> Problem:
-    return Problem(display_path(cfg.path), message, f"secrets.{sid}.vault", hint)
+    return Problem(display_path(cfg.path), message, f"{key_path('secrets', sid)}.vault", hint)
 
 
 def select(cfg: Config, ids: Sequence[str]) -> list[tuple[str, VaultRef]]:
@@ -789,11 +789,11 @@ def select(cfg: Config, ids: Sequence[str]) -> list[tuple[str, VaultRef]]:
         if secret is None:
             problems.append(Problem(display_path(cfg.path), f"unknown secret id {sid!r}",
                                     "secrets", did_you_mean(sid, cfg.secrets)
-                                    or f"declare [secrets.{sid}] in hosts.toml"))
+                                    or f"declare [{key_path('secrets', sid)}] in hosts.toml"))
         elif secret.vault is None:
             problems.append(_problem(cfg, sid, f"secret {sid!r} has no vault reference",
                                      'add vault = "<mount>/<path>#<field>" to '
-                                     f"[secrets.{sid}]"))
+                                     f"[{key_path('secrets', sid)}]"))
         else:
             chosen.append((sid, secret.vault))
     if problems:
@@ -819,7 +819,7 @@ def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence
                 problems.append(cache.missing_master(cfg, sid))
         except OSError as exc:
             problems.append(Problem(display_path(secret.file), "cannot read master file: "
-                                    f"{exc.strerror}", f"secrets.{sid}",
+                                    f"{exc.strerror}", key_path("secrets", sid),
                                     "check the file's permissions"))
     if read is not None:
         read.update(raw)
@@ -1144,7 +1144,7 @@ def push(cfg: Config, ids: Sequence[str] = (), *, force: bool = False,
             values[sid] = plain[sid][0].decode("utf-8")
         except UnicodeDecodeError:
             problems.append(Problem(display_path(cfg.secrets[sid].file), "not UTF-8 text; "
-                                    "Vault KV v2 stores strings", f"secrets.{sid}",
+                                    "Vault KV v2 stores strings", key_path("secrets", sid),
                                     "push only text secrets (or base64-encode it first)"))
     if problems:
         raise VaultpyError(problems)

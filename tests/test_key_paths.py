@@ -1,0 +1,103 @@
+"""Field paths in messages name TOML keys and Nix attributes as those languages write
+them: an id with a dot ("db.password") is quoted, so a hint such as ``declare
+[secrets."db.password"]`` can be pasted as it is (``[secrets.db.password]`` would
+declare a table ``password`` inside a table ``db``)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import Nix, Repo, assert_one_clean_error
+
+from vaultpy.errors import key_path, nix_attr, toml_key
+
+NAMES = ["db", "db.password", "app.env", "1password", "a-b_c", "x'y", "sp ace", 'q"uote',
+         "back\\slash", "ünï"]
+NIX = Path(__file__).parent.parent / "nix"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_key_path_reads_back_as_the_same_keys_in_toml(name: str) -> None:
+    assert tomllib.loads(f"{key_path('hosts', name, 'templates', name)} = 1") == {
+        "hosts": {name: {"templates": {name: 1}}}}
+    assert tomllib.loads(f"[{key_path('secrets', name)}]\nfile = 'x'") == {
+        "secrets": {name: {"file": "x"}}}
+
+
+def test_only_keys_that_need_it_are_quoted() -> None:
+    assert key_path("hosts", "web-1", "secrets", "db_pw") == "hosts.web-1.secrets.db_pw"
+    assert key_path("secrets", "db.password") == 'secrets."db.password"'
+    assert toml_key("1password") == "1password"          # a bare key in TOML
+    assert nix_attr("1password") == '"1password"'        # not an identifier in Nix
+    assert nix_attr("db") == "db" and nix_attr("x'y") == "x'y"
+
+
+def test_nix_attr_reads_back_as_the_same_names_in_nix(nix: Nix) -> None:
+    names = [n for n in NAMES if "\\" not in n]           # no id or file name has one
+    attrs = " ".join(f"{nix_attr(n)} = {i};" for i, n in enumerate(names))
+    got = nix.eval(f"builtins.attrNames {{ {attrs} }}")
+    assert sorted(got) == sorted(names)
+
+
+def test_lib_nix_quotes_as_python_does(nix: Nix) -> None:
+    """lib.nix's tomlKey and nixAttr, twins of errors.toml_key and errors.nix_attr."""
+    names = [n for n in NAMES if "\\" not in n]
+    expr = (f"let l = import {NIX}/lib.nix; names = builtins.fromJSON ''{json.dumps(names)}''; "
+            "in map (n: [ (l.tomlKey n) (l.nixAttr n) ]) names")
+    assert nix.eval(expr) == [[toml_key(n), nix_attr(n)] for n in names]
+
+
+def test_the_hint_for_an_undeclared_dotted_id_can_be_pasted(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=1, secrets={"db.password": b"pw\n"})
+    pubkey = repo.hosts["host0"].pubkey.replace("root@host0", "root@web9")
+    add = ("host", "add", "web9", "--pubkey", pubkey, "--secrets", "api.token")
+    line = assert_one_clean_error(repo.run(*add), "api.token")
+    assert 'declare [secrets."api.token"] in hosts.toml' in line, line
+    # Pasted as the hint says, with the master file made: the same command succeeds.
+    with (repo.root / "hosts.toml").open("a") as f:
+        f.write('\n[secrets."api.token"]\n')
+    repo.ok("encrypt", "api.token", input=b"tok")
+    repo.ok(*add)
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_check_names_a_dotted_id_of_a_host_quoted(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=1, secrets={"db.password": b"pw\n"})
+    proc = repo.run("check")                  # check lists its problems on stdout
+    assert proc.returncode == 1
+    assert 'hosts.host0."db.password": cache file is missing' in proc.stdout.decode()
+
+
+def test_an_unknown_key_is_named_quoted(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[hosts.host0]\n", '[hosts.host0]\n"pub.key" = "x"\n'))
+    line = assert_one_clean_error(repo.run("check"), "unknown key")
+    assert 'hosts.host0."pub.key": unknown key' in line, line
+
+
+def test_a_user_profile_names_a_dotted_template_quoted(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text + '\n[hosts.host0.templates."app.env"]\ncontent = "x"\n'
+                            'owner = "nobody"\n')
+    line = assert_one_clean_error(repo.run("profile", "--host", "host0", "--user"),
+                                  "owner 'nobody'")
+    assert 'hosts.host0.templates."app.env".owner' in line, line
+
+
+def test_lib_nix_names_a_dotted_template_quoted(nix: Nix, make_repo) -> None:  # type: ignore[no-untyped-def]
+    """profileFromHostsToml says what `vaultpy check` says of the same mistake."""
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text + '\n[hosts.host0.templates."app.env"]\ncontent = "x"\nmdoe = "0400"\n')
+    proc = nix.eval_proc(f'(import {NIX}/lib.nix).profileFromHostsToml '
+                         f'{{ hostsToml = {repo.root}/hosts.toml; host = "host0"; }}')
+    assert proc.returncode != 0
+    assert 'hosts.host0.templates."app.env".mdoe: unknown key' in proc.stderr, proc.stderr
+    line = assert_one_clean_error(repo.run("check"), "unknown key")
+    assert 'hosts.host0.templates."app.env".mdoe: unknown key' in line, line
