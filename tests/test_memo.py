@@ -42,6 +42,30 @@ def test_memo_answers_exactly_like_the_full_command(repo: Repo, args: tuple[str,
     assert full(repo, *args)[0] == 0
 
 
+@pytest.mark.parametrize(("people", "entries", "who"), [
+    (("host2",), "2 hosts and 1 person", "every host and person"),
+    (("host0", "host1", "host2"), "3 people", "every person")])
+def test_people_are_counted_as_people_by_the_memo_as_by_the_full_command(
+        repo: Repo, people: tuple[str, ...], entries: str, who: str) -> None:
+    """A person's entry (user = true) is not a host: renc and check say so, from the
+    full command, from the memo, and from an incremental renc alike."""
+    text = (repo.root / "hosts.toml").read_text()
+    for name in people:
+        text = text.replace(f"[hosts.{name}]\n", f"[hosts.{name}]\nuser = true\n")
+    repo.write_hosts(text)
+    settled(repo)
+    for args in (("renc",), ("check",)):
+        assert from_memo(repo, *args)
+        assert outputs(repo.run(*args)) == full(repo, *args)
+    assert full(repo, "renc")[1] == f"nothing to do: 9 cache files of {entries} up to date\n"
+    assert full(repo, "check")[2] == f"ok: {who} has every secret; nothing stale\n"
+    # the incremental renc (a master's stat changed, its bytes did not: nothing to write)
+    os.utime(repo.root / "secrets" / "beta.age")
+    assert from_memo(repo, "renc")
+    os.utime(repo.root / "secrets" / "beta.age")
+    assert repo.ok("renc").stdout.decode() == full(repo, "renc")[1]
+
+
 def test_a_run_that_wrote_files_records_nothing(repo: Repo) -> None:
     shutil.rmtree(repo.cache / "host0")
     repo.ok("renc")

@@ -247,6 +247,8 @@ def test_add_user_writes_a_persons_entry(make_repo, tmp_path: Path) -> None:
     doctor = json.loads(repo.run("doctor", "--json").stdout)
     detail = next(c["detail"] for c in doctor["checks"] if c["name"] == "hosts.toml")
     assert ": 0 host(s), 1 person(s), " in detail, detail
+    keys = next(c["detail"] for c in doctor["checks"] if c["name"] == "recipients")
+    assert "; 0 host key(s), 1 person key(s) parse" in keys, keys
     assert "removed person alice" in repo.ok("host", "rm", "alice").stderr.decode()
 
 

@@ -410,6 +410,7 @@ def renc(
             result.written or result.repaired or result.pruned):
         # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
+    people = sum(1 for name in host or cfg.hosts if name in cfg.hosts and cfg.hosts[name].user)
     total = clock.total()
     if json_out:
         extra = {"timings": timings.as_list(clock.phases, total)} if show_timings else {}
@@ -417,7 +418,7 @@ def renc(
     else:
         for w in warnings:
             _err().print(f"warning: {w}", markup=False, style="yellow")
-        _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts))
+        _renc_summary(result, cfg.cache_dir, len(host) if host else len(cfg.hosts), people)
         if show_timings:
             _plain(timings.table(clock.phases, total), err=True)
     if not result.ok:
@@ -455,11 +456,11 @@ def _progress() -> Any:
     return cm()
 
 
-def _renc_summary(result: Any, cache_dir: Path, hosts: int) -> None:
+def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None:
     from vaultpy._internal.memo import renc_noop_line, renc_table
 
     if not (result.written or result.repaired or result.pruned or result.failed):
-        _plain(renc_noop_line(len(result.unchanged), hosts))
+        _plain(renc_noop_line(len(result.unchanged), hosts, people))
         return
 
     rows: dict[str, list[int]] = {}
@@ -522,10 +523,12 @@ def check(
         if problems:
             _print_problems(problems, _out())
             _err().print(f"[red]{len(problems)} problem(s)[/]")
-        elif (color := memo.rich_colours(sys.stderr)) is not None:   # as the memo answers
-            _plain(memo.check_ok_line(color), err=True)
         else:
-            _err().print(f"[green]ok[/]{memo.CHECK_OK_TAIL}")
+            hosts, people = len(cfg.hosts), sum(1 for h in cfg.hosts.values() if h.user)
+            if (color := memo.rich_colours(sys.stderr)) is not None:   # as the memo answers
+                _plain(memo.check_ok_line(color, hosts, people), err=True)
+            else:
+                _err().print(f"[green]ok[/]{memo.check_ok_tail(hosts, people)}")
     if problems:
         _exit(1)
 

@@ -129,8 +129,10 @@ def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
                          "ssh-ed25519 public key line to [vaultpy] recipients")
         return Check("recipients", OK, f"{len(raw)} master recipient(s) parse")
     kinds = sorted({r.split()[0] if " " in r else "age1" for r in cfg.recipients})
+    hosts = sum(len(h.recipients) for h in cfg.hosts.values() if not h.user)
+    people = sum(len(h.recipients) for h in cfg.hosts.values() if h.user)
     detail = f"{len(cfg.recipients)} master recipient(s) ({', '.join(kinds)}); " \
-             f"{sum(len(h.recipients) for h in cfg.hosts.values())} host key(s) parse"
+             f"{hosts} host key(s){f', {people} person key(s)' if people else ''} parse"
     if len(cfg.recipients) == 1:
         return Check("recipients", WARNING, detail + "; a single master recipient: losing "
                      "that key loses every secret", "add a backup recipient to [vaultpy] "

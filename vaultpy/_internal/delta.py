@@ -82,6 +82,9 @@ class Recorded:
         identity = plan["identity"]
         self.identity = None if identity is None else _string(identity)
         self.hosts = [(_string(h[0]), tuple(_strings(h[1]))) for h in plan["hosts"]]
+        self.people = plan["people"]
+        if not (isinstance(self.people, int) and 0 <= self.people <= len(self.hosts)):
+            raise ValueError("bad count of people")
         self.secrets: dict[str, tuple[str, list[int]]] = {}
         self.needs = [0] * len(self.hosts)      # how many secrets each host needs
         for sid, (file, indices) in dict(plan["secrets"]).items():
@@ -357,7 +360,7 @@ class Run:
         if not self.writes:
             if json_out:
                 return memo.as_json(memo.renc_noop_json(rec.items)), "", 0
-            return memo.renc_noop_line(rec.items, len(rec.hosts)) + "\n", "", 0
+            return memo.renc_noop_line(rec.items, len(rec.hosts), rec.people) + "\n", "", 0
         problems = _lines(self.failed)
         code = 1 if self.failed else 0
         written = [] if self.unsynced else self.published

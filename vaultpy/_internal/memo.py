@@ -612,7 +612,8 @@ def skeleton(cfg: Config) -> dict[str, object]:
             entry[1].append(i)          # type: ignore[attr-defined]
     return {"cache_dir": str(cfg.cache_dir),
             "identity": None if cfg.identity is None else str(cfg.identity),
-            "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets}
+            "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets,
+            "people": sum(1 for h in hosts if h.user)}
 
 
 def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
@@ -858,9 +859,13 @@ def answer(argv: Sequence[str]) -> int | None:
             return delta.answer(config, cache_dir, json_out, raw)
         if entry is None:
             return None
-        files, hosts = entry.get("files"), entry.get("hosts")
-        if command == "renc" and not (isinstance(files, int) and isinstance(hosts, int)
-                                      and _may_lock(cache_dir)):
+        plan = raw.get("plan") if raw is not None else None
+        if not isinstance(plan, dict):
+            return None
+        people = plan.get("people")             # hosts.toml's entries: hosts, people
+        files, hosts = entry.get("files", 0), entry.get("hosts", len(plan["hosts"]))
+        if not (isinstance(files, int) and isinstance(hosts, int) and isinstance(people, int)
+                and 0 <= people <= hosts) or (command == "renc" and not _may_lock(cache_dir)):
             return None
         color = rich_colours(sys.stderr) if command == "check" and not json_out else False
         if color is None:
@@ -868,29 +873,41 @@ def answer(argv: Sequence[str]) -> int | None:
     except Exception:       # never worse than the full run
         return None
     if command == "renc":
-        assert isinstance(files, int) and isinstance(hosts, int)
         if json_out:
             sys.stdout.write(as_json(renc_noop_json(files)))
         else:
-            sys.stdout.write(renc_noop_line(files, hosts) + "\n")
+            sys.stdout.write(renc_noop_line(files, hosts, people) + "\n")
     elif json_out:
         sys.stdout.write(as_json({"ok": True, "problems": [], "warnings": []}))
     else:
-        sys.stderr.write(check_ok_line(bool(color)) + "\n")
+        sys.stderr.write(check_ok_line(bool(color), hosts, people) + "\n")
     return 0
 
 
 # The answers, shared with the full commands so that both print the very same thing.
-CHECK_OK_TAIL = ": every host has every secret; nothing stale"
+# ``hosts``: hosts.toml's entries, ``people`` of them a person's (user = true).
+def check_ok_tail(hosts: int, people: int) -> str:
+    who = ("every person" if people and people == hosts
+           else "every host and person" if people else "every host")
+    return f": {who} has every secret; nothing stale"
 
 
-def check_ok_line(color: bool) -> str:
-    return ("\x1b[32mok\x1b[0m" if color else "ok") + CHECK_OK_TAIL
+def check_ok_line(color: bool, hosts: int, people: int) -> str:
+    return ("\x1b[32mok\x1b[0m" if color else "ok") + check_ok_tail(hosts, people)
 
 
-def renc_noop_line(files: int, hosts: int) -> str:
-    return (f"nothing to do: {files} cache file{'s' if files != 1 else ''} of {hosts} "
-            f"host{'s' if hosts != 1 else ''} up to date")
+def renc_noop_line(files: int, hosts: int, people: int) -> str:
+    return (f"nothing to do: {files} cache file{'s' if files != 1 else ''} of "
+            f"{entries(hosts, people)} up to date")
+
+
+def entries(hosts: int, people: int) -> str:
+    """"18 hosts and 2 people", "1 host", "1 person": hosts.toml's entries, counted."""
+    machines = hosts - people
+    parts = [f"{machines} host{'s' if machines != 1 else ''}"] if machines or not people else []
+    if people:
+        parts.append(f"{people} {'person' if people == 1 else 'people'}")
+    return " and ".join(parts)
 
 
 def as_json(data: dict[str, object]) -> str:
