@@ -180,6 +180,21 @@ def test_user_activation_installs_their_files_in_their_runtime_dir(user: User) -
                if p.is_file() and not p.is_symlink() and p.name != "id_ed25519")
 
 
+def test_a_user_manager_out_of_reach_is_a_warning_that_says_what_to_do(user: User) -> None:
+    """systemctl --user without a manager to talk to (su, ssh without lingering): the
+    files are installed, and the warning names the call as made and the way out."""
+    user.write_hosts({"token": {"restart_units": ["app.service"]}}, {})
+    profile = user.profile("a.json")
+    (user.bin / "systemctl").write_text(
+        "#!/bin/sh\necho 'Failed to connect to bus: No medium found' >&2\nexit 1\n")
+    rows = user.session(user.activate(profile), ["sh", f'cat "{user.state}/secrets/token"'])
+    err = _ok(rows[0])["err"]
+    assert ("warning: systemctl --user try-restart app.service failed: Failed to connect to "
+            "bus: No medium found; no systemd --user manager of yours answers") in err, err
+    assert "loginctl enable-linger" in err
+    assert _ok(rows[1])["out"] == "api-token-1\n"
+
+
 def test_a_new_session_rebuilds_and_drops_the_links_the_profile_no_longer_wants(
         user: User) -> None:
     """After a logout (or a reboot) the runtime directory is empty: the record of links
@@ -349,6 +364,9 @@ def test_a_key_that_is_not_the_entrys_gets_a_users_advice(user: User) -> None:
     row = user.session(user.activate(a))[0]
     assert row["rc"] == 1 and "was it encrypted to your key?" in row["err"], row
     assert "ssh-keygen -lf" in row["err"]
+    # what a person does after a renc: their profile comes with the cache files
+    assert "run vaultpy renc and deploy again (home-manager switch, or a new vaultpy " \
+        "bundle)" in row["err"], row
 
 
 def test_a_hosts_profile_activated_by_a_user_says_what_to_do(user: User) -> None:

@@ -80,8 +80,8 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
     except VaultpyError as exc:
         p = exc.problems[0]
         hint = ("was it encrypted to your key? compare your entry's pubkey in hosts.toml "
-                "with your key's .pub (ssh-keygen -lf), run vaultpy renc and write your "
-                "profile again" if ctx.user else
+                "with your key's .pub (ssh-keygen -lf), run vaultpy renc and deploy "
+                "again (home-manager switch, or a new vaultpy bundle)" if ctx.user else
                 "was it encrypted to this host's key? run vaultpy renc and deploy again")
         raise VaultpyError(Problem(p.file, f"secret {sid!r}: {p.message}", p.field,
                                    hint)) from None

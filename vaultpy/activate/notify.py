@@ -166,6 +166,12 @@ def diff_and_notify(ctx: Context) -> None:
                               capture_output=True, text=True)
         ctx.notified.append(f"{verb} {unit}")
         if proc.returncode != 0:
-            ctx.log("diff_and_notify", f"warning: systemctl {verb} {unit} failed: "
-                    f"{(proc.stderr or proc.stdout).strip()}")
+            said = (proc.stderr or proc.stdout).strip()
+            # The usual cause for a user: no manager of theirs to reach (a su or ssh
+            # session without one, a user without lingering).
+            hint = ("; no systemd --user manager of yours answers (log in on a session "
+                    "that has one, or: loginctl enable-linger): restart the unit by hand"
+                    if ctx.user and "bus" in said.lower() else "")
+            ctx.log("diff_and_notify", f"warning: systemctl {' '.join([*scope, verb])} "
+                    f"{unit} failed: {said}{hint}")
     _mark_notified(ctx)
