@@ -29,12 +29,16 @@ let
   tomlKey = k: if builtins.match "[A-Za-z0-9_-]+" k != null then k else builtins.toJSON k;
   # A name as Nix writes it in an attribute path (errors.py nix_attr): "1password" and
   # "app.env" are quoted, db is not.
-  nixAttr = k: if builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" k != null then k else builtins.toJSON k;
+  nixAttr = k: if builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" k != null
+      && !(builtins.elem k [ "assert" "else" "if" "in" "inherit" "let" "rec" "then" "with" ])
+    then k else builtins.toJSON k;
 
   # vaultpy/model.py did_you_mean: difflib.get_close_matches(word, known, n=1), whose
   # SequenceMatcher ratio (2 x matched / total length, at least 0.6) is computed as
   # difflib does for strings under 200 characters: the longest common run (first in
-  # the known key, then in the word), then the same on either side of it.
+  # the known key, then in the word), then the same on either side of it.  Nix counts
+  # bytes where Python counts characters: for a non-ASCII word the two may differ
+  # (hosts.toml's keys are ASCII: such a word is never one of them).
   chars = s: genList (i: substring i 1 s) (stringLength s);
   range = lo: hi: genList (d: lo + d) (hi - lo);
   matched = a: b:

@@ -15,7 +15,7 @@ from conftest import Nix, Repo, assert_one_clean_error
 from vaultpy.errors import key_path, nix_attr, toml_key
 
 NAMES = ["db", "db.password", "app.env", "1password", "a-b_c", "x'y", "sp ace", 'q"uote',
-         "back\\slash", "ünï"]
+         "back\\slash", "ünï", "in", "let", "or"]     # (Nix keywords: in and let quoted)
 NIX = Path(__file__).parent.parent / "nix"
 
 
@@ -33,6 +33,7 @@ def test_only_keys_that_need_it_are_quoted() -> None:
     assert toml_key("1password") == "1password"          # a bare key in TOML
     assert nix_attr("1password") == '"1password"'        # not an identifier in Nix
     assert nix_attr("db") == "db" and nix_attr("x'y") == "x'y"
+    assert nix_attr("in") == '"in"' and toml_key("in") == "in"
 
 
 def test_nix_attr_reads_back_as_the_same_names_in_nix(nix: Nix) -> None:
@@ -101,3 +102,21 @@ def test_lib_nix_names_a_dotted_template_quoted(nix: Nix, make_repo) -> None:  #
     assert 'hosts.host0.templates."app.env".mdoe: unknown key' in proc.stderr, proc.stderr
     line = assert_one_clean_error(repo.run("check"), "unknown key")
     assert 'hosts.host0.templates."app.env".mdoe: unknown key' in line, line
+
+
+def test_rotation_toml_names_a_dotted_id_quoted(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=1, secrets={"db.password": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace('[secrets."db.password"]\n',
+                                  '[secrets."db.password"]\nrotate_days = 30\n'))
+    (repo.root / "secrets" / "rotation.toml").write_text('[rotated]\n"db.password" = "soon"\n')
+    proc = repo.run("check")
+    assert 'rotated."db.password": expected a date-time' in proc.stdout.decode() + \
+        proc.stderr.decode(), (proc.stdout, proc.stderr)
+
+
+def test_renc_counts_a_host_named_twice_once(make_repo) -> None:  # type: ignore[no-untyped-def]
+    repo: Repo = make_repo(hosts=2, secrets={"db": b"pw\n"})
+    repo.ok("renc")
+    out = repo.ok("renc", "-H", "host0", "-H", "host0").stdout.decode()
+    assert out == "nothing to do: 1 cache file of 1 host up to date\n", out

@@ -389,6 +389,7 @@ def renc(
     from vaultpy._internal import memo, timings
 
     clock = timings.Clock()
+    host = list(dict.fromkeys(host)) if host else None     # -H a -H a: host a, once
     snapshot = None if host else memo.begin(repo or _Globals.repo)   # before loading
     with clock.phase("load"):
         cfg = _config_for(repo, json_out)

@@ -85,6 +85,9 @@ class Problem:
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _NIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
+# Nix's keywords: an identifier's shape, never an attribute name unquoted.
+_NIX_KEYWORDS = frozenset({"assert", "else", "if", "in", "inherit", "let", "rec", "then",
+                           "with"})
 
 
 def toml_key(key: str) -> str:
@@ -107,9 +110,9 @@ def key_path(*keys: str) -> str:
 
 def nix_attr(name: str) -> str:
     """``name`` as Nix writes it in an attribute path: bare when it is an identifier
-    (``db``), else quoted (``"app.env"``, ``"1password"``; a TOML bare key may start
-    with a digit, a Nix identifier may not)."""
-    if _NIX_NAME.fullmatch(name):
+    (``db``), else quoted (``"app.env"``, ``"1password"``, ``"in"``; a TOML bare key
+    may start with a digit, a Nix identifier may not, nor be a keyword)."""
+    if _NIX_NAME.fullmatch(name) and name not in _NIX_KEYWORDS:
         return name
     import json  # for these names (no "$" or "\"), a Nix string too
 

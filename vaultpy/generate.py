@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy._internal import fsutil, writes
-from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, key_path
+from vaultpy.errors import Problem, UsageError, VaultpyError, display_path, key_path, toml_key
 from vaultpy.model import ROTATION_FILE, Config, GenerateSpec, Secret
 
 ALNUM = string.ascii_letters + string.digits
@@ -294,7 +294,8 @@ def load_rotation(cfg: Config) -> dict[str, dt.datetime]:
                                 "version", "this vaultpy reads version 1"))
     for key in doc:
         if key not in ("version", "rotated"):
-            problems.append(Problem(shown, "unknown key", key, "allowed keys: version, rotated"))
+            problems.append(Problem(shown, "unknown key", toml_key(key),
+                                    "allowed keys: version, rotated"))
     table = doc.get("rotated", {})
     out: dict[str, dt.datetime] = {}
     if not isinstance(table, dict):
@@ -307,7 +308,7 @@ def load_rotation(cfg: Config) -> dict[str, dt.datetime]:
             out[sid] = dt.datetime(when.year, when.month, when.day, tzinfo=_UTC)
         else:
             problems.append(Problem(shown, f"expected a date-time, got {when!r}",
-                                    f"rotated.{sid}", "write it like 2025-05-01T10:00:00Z"))
+                                    key_path("rotated", sid), "write it like 2025-05-01T10:00:00Z"))
     if problems:
         raise VaultpyError(problems)
     return out

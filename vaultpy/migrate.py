@@ -57,7 +57,6 @@ from vaultpy.errors import (
     display_path,
     fail,
     key_path,
-    nix_attr,
     os_problem,
     too_big,
 )
@@ -636,7 +635,7 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
             if m:
                 placeholders[m.group(1)] = sid
         for sid, entry in sorted(secrets.items()):
-            where = f"secrets.{nix_attr(sid)}"
+            where = key_path("secrets", sid)      # (a JSON file: as jq, or TOML, writes it)
             if not isinstance(entry, dict):
                 plan.problems.append(Problem(shown, "expected an object", where))
                 continue
@@ -704,7 +703,7 @@ def plan_vaultix(profiles: Sequence[Path], *, secrets_dir: Path | None = None) -
                                          shown))
             host.secrets[sid] = fields
         for key, entry in sorted((data.get("templates") or {}).items()):
-            where = f"templates.{nix_attr(key)}"
+            where = key_path("templates", key)
             if not isinstance(entry, dict):
                 plan.problems.append(Problem(shown, "expected an object", where))
                 continue

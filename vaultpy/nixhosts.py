@@ -213,9 +213,9 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
                + (", ".join(sorted(data)) or "it is empty") + ")", "give the file that "
                "evaluates to your NixOS configurations (a flake's nixosConfigurations)")
     for attr, rec in sorted(data.items()):
-        at = f"nixosConfigurations.{attr}: vaultpy"
+        at = f"nixosConfigurations.{nix_attr(attr)}: vaultpy"
         if rec == "not-config":
-            ck.add(f"nixosConfigurations.{attr}", "not a NixOS configuration (no config "
+            ck.add(f"nixosConfigurations.{nix_attr(attr)}", "not a NixOS configuration (no config "
                    "attribute)", "the file must evaluate to { <name> = <nixosSystem>; }, "
                    "as a flake's nixosConfigurations")
             continue
@@ -223,7 +223,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
             missing = rec.partition(":")[2]
             notes.append(Problem(shown, "imports hosts.toml, which has no "
                                  f"[{key_path('hosts', missing)}]: nothing is written for it",
-                                 f"nixosConfigurations.{attr}",
+                                 f"nixosConfigurations.{nix_attr(attr)}",
                                  f"vaultpy host add {missing} (or fix its host name)"))
             continue
         if rec in ("no-module", "no-secrets"):
@@ -337,7 +337,7 @@ def merge(cfg: Config, data: Mapping[str, Any]) -> Config:
         if known_host is not None and not imported:
             # Its profile is the module's: hosts.toml's table would never be installed.
             ck.add(f"{at}.hostsToml", f"host {name!r} is also declared in hosts.toml "
-                   "([hosts." + name + "]), which this configuration does not import: "
+                   f"([{key_path('hosts', name)}]), which this configuration does not import: "
                    "that table's secrets and templates would never be installed",
                    "set vaultpy.hostsToml = ./hosts.toml in the configuration, or remove "
                    f"[{key_path('hosts', name)}] from hosts.toml")

@@ -39,7 +39,15 @@ from typing import Any
 
 from vaultpy import age, model
 from vaultpy._internal import fsutil, writes
-from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem, too_big
+from vaultpy.errors import (
+    Problem,
+    VaultpyError,
+    display_path,
+    key_path,
+    nix_attr,
+    os_problem,
+    too_big,
+)
 from vaultpy.model import Config
 
 HOST_KEY = "ssh_host_ed25519_key"
@@ -569,7 +577,7 @@ def _nix_host(cfg: Config, host: model.Host) -> VaultpyError:
     return VaultpyError(Problem(
         display_path(cfg.nixos or cfg.path), f"host {host.name!r} is declared in the NixOS "
         f"configuration {host.nixos!r}", "vaultpy.nixos", f"change it there "
-        f"(nixosConfigurations.{host.nixos}.config.vaultpy), then run vaultpy renc"))
+        f"(nixosConfigurations.{nix_attr(host.nixos)}.config.vaultpy), then run vaultpy renc"))
 
 
 def _write(cfg: Config, old_text: str, new_text: str, then: Callable[[], None] | None = None

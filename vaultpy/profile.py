@@ -19,7 +19,7 @@ from pathlib import Path
 from vaultpy import templates
 from vaultpy._internal import fsutil
 from vaultpy._internal.record import record
-from vaultpy.errors import Problem, VaultpyError, display_path, key_path, too_big
+from vaultpy.errors import Problem, VaultpyError, display_path, key_path, nix_attr, too_big
 from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
@@ -173,7 +173,7 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
         raise VaultpyError(Problem(
             display_path(cfg.nixos or cfg.path), f"host {host!r} is declared in the NixOS "
             f"configuration {h.nixos!r}: its profile is the module's", "vaultpy.nixos",
-            f"use config.vaultpy.profileFile of nixosConfigurations.{h.nixos}"))
+            f"use config.vaultpy.profileFile of nixosConfigurations.{nix_attr(h.nixos)}"))
     from vaultpy.model import no_identity_for_age_key
 
     keyless = no_identity_for_age_key(cfg, host)
