@@ -100,7 +100,8 @@ rec {
       (byPath.${a} or [ ])) (ancestors i.path)) withPath;
 
   # The failed assertions both modules make alike.
-  sharedFailures = { secrets, templates, items }:
+  # `keys`: settings.hostKeys, the private keys activation decrypts with.
+  sharedFailures = { secrets, templates, items, keys }:
     lib.mapAttrsToList (id: spec: {
         assertion = false;
         message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${vlib.nixAttr id}.file"; })
@@ -110,7 +111,10 @@ rec {
       (filterAttrs (_: t: vlib.brokenPlaceholder t.content) templates)
     ++ map (n: { assertion = false;
         message = "vaultpy: ${n.label}: path ${n.path} lies inside ${n.outer.path}, ${n.outer.label}'s path (a link to a file: nothing can be linked below it): give one of them another path"; })
-      (nested items);
+      (nested items)
+    ++ map (i: { assertion = false;
+        message = "vaultpy: ${i.label}: path ${i.path} is one of vaultpy.settings.hostKeys, the private key activation decrypts with: give it a path of its own (a link there would lead nowhere after a reboot, and nothing could be decrypted)"; })
+      (builtins.filter (i: i.path != null && builtins.elem i.path (map toString keys)) items);
 
   # [hosts.<name>] of hosts.toml as the modules' options (vaultpy.hostsToml), each field
   # a default the configuration may override; every mistake one line naming the file,
@@ -143,9 +147,11 @@ rec {
         then bad where "${builtins.toJSON p}: the home-manager module writes a path with %h (your home) only; use %h/… or an absolute path"
         else vlib.expandUserPath { inherit home; runtime = throw "unreachable: %r/ refused"; } p;
       homePath = where: p:
-        homeExpand where (vlib.checkedItemPath { inherit bad where; user = true; } p);
+        homeExpand where (vlib.checkedItemPath { inherit bad where; user = true;
+                                                 keys = h.identities or null; } p);
       # A host's path: one line, not the option type's error.
-      hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false; } p;
+      hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false;
+                                                  keys = h.identities or null; } p;
       masterFile = id:
         let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
                 else resolve "${top.secrets_dir or "secrets"}/${id}.age";

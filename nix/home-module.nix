@@ -223,7 +223,7 @@ in
         message = if !(validId id && builtins.pathExists v.file) then "" else
           "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${vlib.tomlKey s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
       }) cfg.secrets)
-    ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
+    ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; keys = s.hostKeys; }
     ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
         assertion = false;
         message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }

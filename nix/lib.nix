@@ -158,7 +158,9 @@ let
       if wrong != [ ] then bad where "invalid unit name ${builtins.toJSON (head wrong)}; use a name like \"nginx.service\""
       else units;
   # An item's `path` from hosts.toml, as `vaultpy check` takes it: one line through `bad`.
-  checkedItemPath = { bad, where, user }: p:
+  # `keys`: the entry's identities as written (null: the default), never a path
+  # (vaultpy/output.py key_path_problem).
+  checkedItemPath = { bad, where, user, keys ? null }: p:
     let clash = pathClash (if user then userSettings else defaultSettings) p; in
     if !(if user then isUserPath p else isAbsPath p)
     then bad where "invalid path ${builtins.toJSON p}: ${if user
@@ -168,6 +170,10 @@ let
     then bad where "path ${builtins.toJSON p} overlaps ${builtins.toJSON clash.where}, where activation keeps its ${clash.what}; ${
       if builtins.elem clash.what [ "dir" "early_dir" "store" ]
       then "choose a path outside ${clash.where}, or drop it" else "choose another path, or drop it"}"
+    else if builtins.elem p (if keys == null
+                             then (if user then userSettings else defaultSettings).identities
+                             else if isList keys then keys else [ ])   # (else said elsewhere)
+    then bad where "path ${builtins.toJSON p} is ${if user then "the person's" else "the host's"} private key, which activation decrypts with; give the secret a path of its own (a link there would lead nowhere after a reboot, and nothing could be decrypted)"
     else p;
 
   cacheHash = { secretFile, recipients }:
@@ -381,6 +387,7 @@ let
         let
           checked = outputFields spec // { mode = mode "${where}.mode" spec; }
             // (if spec ? path then { path = checkedItemPath { inherit bad; user = person;
+                                                             keys = h.identities or null;
                                                              where = "${where}.path"; } spec.path; }
                 else { })
             // builtins.mapAttrs (k: v: checkedUnits { inherit bad; where = "${where}.${k}"; } v)

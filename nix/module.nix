@@ -349,7 +349,7 @@ in
             # master that is missing, which has an assertion of its own)
             message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${vlib.tomlKey s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
-        ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; }
+        ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; keys = s.hostKeys; }
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
             assertion = false;
             message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }

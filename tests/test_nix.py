@@ -1735,6 +1735,23 @@ def test_a_secrets_file_defaults_to_its_id_in_secrets_dir(nixpkgs_lib: Nix, rich
             "vaultpy.settings.secretsDir") in proc.stderr, proc.stderr
 
 
+def test_a_path_on_the_hosts_own_key_is_refused_by_the_module(nixpkgs_lib: Nix, rich: Rich,
+                                                              tmp_path: Path) -> None:
+    """A link there would replace the key activation decrypts with, and lead nowhere
+    after a reboot (vaultpy check refuses the same in hosts.toml)."""
+    mod = _base_secret(rich, path="/etc/ssh/ssh_host_ed25519_key")
+    other = _base_secret(rich, path="/etc/ssh/ssh_host_ed25519_key")
+    other["vaultpy"]["settings"]["hostKeys"] = ["/etc/vaultpy/host.key"]
+    out = eval_modules(nixpkgs_lib, {"sshd": write_module(tmp_path / "sshd.nix", mod),
+                                     "other": write_module(tmp_path / "other.nix", other)})
+    assert out["sshd"]["failedAssertions"] == [
+        "vaultpy: secret db_password: path /etc/ssh/ssh_host_ed25519_key is one of "
+        "vaultpy.settings.hostKeys, the private key activation decrypts with: give it a "
+        "path of its own (a link there would lead nowhere after a reboot, and nothing could "
+        "be decrypted)"]
+    assert out["other"]["failedAssertions"] == []     # not this host's key: a secret's file
+
+
 def test_an_option_path_names_a_dotted_id_as_nix_writes_it(nixpkgs_lib: Nix, rich: Rich,
                                                            tmp_path: Path) -> None:
     """The fix to paste: vaultpy.secrets.db.password.file would be another option."""

@@ -36,8 +36,11 @@ from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
     EARLY_OWNER_PROBLEM,
+    HOST_IDENTITY,
+    PERSON_IDENTITY,
     early_owner_ok,
     has_control,
+    key_path_problem,
     nesting,
     nesting_message,
     numeric_id_ok,
@@ -1032,6 +1035,13 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
                                   _output(ck, sub, at, user=user), source, source_stat))
+
+    keys = set(identities) or {PERSON_IDENTITY if user else HOST_IDENTITY}
+    for at, out in [*((f"{where}.secrets.{toml_key(d.id)}", d.out) for d in deployments),
+                    *((f"{where}.templates.{toml_key(t.name)}", t.out) for t in tmpls)]:
+        said = None if out.path is None else key_path_problem(out.path, keys, user)
+        if said is not None:
+            ck.add(f"{at}.path", *said)
 
     def unknown(sid: str, at: str, message: str, hint: str, file: str = "") -> None:
         problem = Problem(file or ck.file, message, at, hint)

@@ -28,6 +28,22 @@ UID_MAX = 2**32 - 2         # numeric owners: (uid_t)-1 means "leave unchanged" 
 # Where activation keeps its own state (the profile's settings): never a ``path``.
 DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
                 "store": "/run/vaultpy.d"}
+# The private key a profile decrypts with when its entry names none (``identities``):
+# a host's sshd key, a person's own SSH key.  Never a ``path`` either.
+HOST_IDENTITY = "/etc/ssh/ssh_host_ed25519_key"
+PERSON_IDENTITY = "%h/.ssh/id_ed25519"
+
+
+def key_path_problem(path: str, keys: Container[str], person: bool) -> tuple[str, str] | None:
+    """(problem, hint) when an item's ``path`` is one of the entry's private ``keys``:
+    its link would replace the key activation decrypts with (refused there, as a file
+    in the way), and would lead nowhere once the runtime directory is gone."""
+    if path not in keys:
+        return None
+    whose = "the person's" if person else "the host's"
+    return (f"path {path!r} is {whose} private key, which activation decrypts with",
+            "give the secret a path of its own (a link there would lead nowhere after "
+            "a reboot, and nothing could be decrypted)")
 
 
 def numeric_id_ok(text: str) -> bool:

@@ -24,11 +24,14 @@ from vaultpy.output import (
     DEFAULT_DIRS,
     EARLY_OWNER_HINT,
     EARLY_OWNER_PROBLEM,
+    HOST_IDENTITY,
     ID_RE,
+    PERSON_IDENTITY,
     UNIT_RE,
     USER_RE,
     Output,
     early_owner_ok,
+    key_path_problem,
     nesting,
     nesting_message,
     numeric_id_ok,
@@ -46,7 +49,7 @@ if TYPE_CHECKING:       # activation loads profiles only, never hosts.toml's mod
 
 VERSION = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "identities": ["/etc/ssh/ssh_host_ed25519_key"],
+    "identities": [HOST_IDENTITY],
     **DEFAULT_DIRS,
     "keep": 3,
 }
@@ -56,7 +59,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 # it is activated (:func:`expand`), as systemd expands them in a user unit.
 USER_SETTINGS: dict[str, Any] = {
     "user": True,
-    "identities": ["%h/.ssh/id_ed25519"],
+    "identities": [PERSON_IDENTITY],
     "dir": "%h/.local/state/vaultpy/secrets",
     "early_dir": "%h/.local/state/vaultpy/early",
     "store": "%r/vaultpy.d",
@@ -559,6 +562,9 @@ def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = No
         clash = path_clash(path, {k: v for k, v in dirs.items() if v})
         if clash is not None:
             rd.bad(f"{where}.path", *path_clash_message(path, *clash))
+        said = key_path_problem(path, settings.identities, settings.user)
+        if said is not None:
+            rd.bad(f"{where}.path", *said)
     for where, item in labelled:
         path = item.out.path
         outer = nesting(path, paths) if path is not None else None
