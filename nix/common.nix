@@ -126,20 +126,16 @@ rec {
     let
       person = home != null;
       file = toString hostsToml;
-      text = builtins.readFile hostsToml;
-      doc = builtins.fromTOML text;
       bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
-      root = dirOf hostsToml;
-      top = doc.vaultpy or { };
-      resolve = vlib.resolve root;
-      declared = doc.secrets or { };
-      hw = "hosts.${vlib.tomlKey name}";
-      entry = vlib.checkedHost bad hw (doc.hosts.${name} or (throw
-        "vaultpy.hostsToml: no [${hw}] in ${file} (hosts there: ${
-          concatStringsSep ", " (attrNames (doc.hosts or { }))}): ${missing}"));
-      h = if (entry.user or false) == person then entry
-        else if person then bad "${hw}.user" "not a person's entry: the home-manager module imports a person's entry only; add user = true to [${hw}] (its paths may then begin with %h/), or import it in the NixOS module"
-        else bad "${hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)";
+      read = vlib.readEntry {
+        inherit hostsToml name bad;
+        missing = known: throw "vaultpy.hostsToml: no [hosts.${vlib.tomlKey name}] in ${file} (hosts there: ${concatStringsSep ", " known}): ${missing}";
+      };
+      # Every field below comes through this: the wrong kind of entry is said first.
+      entry = if read.person == person then read
+        else if person then bad "${read.hw}.user" "not a person's entry: the home-manager module imports a person's entry only; add user = true to [${read.hw}] (its paths may then begin with %h/), or import it in the NixOS module"
+        else bad "${read.hw}.user" "a person's entry (user = true) is activated by that person, not by a host: set vaultpy.settings.hostName to this host's own entry (a person's secrets go in their home-manager configuration, the vaultpy home module)";
+      inherit (entry) hw h deployed tmpls content decimals;
       # A person's path as home-manager writes it: %h is the home, %% a %; %r (the
       # runtime directory) is known only at login.
       homeExpand = where: p:
@@ -152,33 +148,11 @@ rec {
       # A host's path: one line, not the option type's error.
       hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false;
                                                   keys = h.identities or null; } p;
-      masterFile = id:
-        let f = if (declared.${id} or { }) ? file then resolve declared.${id}.file
-                else resolve "${top.secrets_dir or "secrets"}/${id}.age";
-        in if builtins.pathExists f then f
-           else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
-      raw = h.secrets or [ ];
-      deployed = if builtins.isList raw
-        then builtins.listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = h.templates or { };
-      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n: vlib.templateText { inherit bad root hostsToml;
-                                       where = "${hw}.templates.${vlib.tomlKey n}";
-                                       spec = tmpls.${n}; };
-      refs = concatMap (n: vlib.templateRefs (content n)) (attrNames tmpls);
-      decimals = vlib.decimalModes text;
       inherit (vlib) outputKeys;
       fromSpec = where: allowed: spec:
-        let
-          unknown = builtins.filter (k: !(builtins.elem k allowed)) (attrNames spec);
-        in
-        if !(builtins.isAttrs spec) then bad where "expected a table"
-        else if unknown != [ ] then bad "${where}.${vlib.tomlKey (builtins.head unknown)}"
-          (vlib.unknownKey (builtins.head unknown)
-            (if person then builtins.filter (k: !(builtins.elem k vlib.notPersonal)) allowed
-             else allowed))
-        else builtins.removeAttrs
-          ((if person then vlib.personalSpec { inherit bad where; } spec else spec) // {
+        builtins.removeAttrs
+          ((if person then vlib.personalSpec { inherit bad where; } else lib.id)
+            (entry.checked where allowed spec) // {
             restartUnits = vlib.checkedUnits { inherit bad; where = "${where}.restart_units"; }
               (spec.restart_units or [ ]);
             reloadUnits = vlib.checkedUnits { inherit bad; where = "${where}.reload_units"; }
@@ -202,16 +176,16 @@ rec {
         let keys = vlib.checkedKeyPaths { inherit bad; where = "${hw}.identities";
                                           user = person; } h.identities;
         in if person then map (homeExpand "${hw}.identities") keys else keys;
-      cacheRoot = resolve (top.cache_dir or "secrets/cache");
-      secretsDir = resolve (top.secrets_dir or "secrets");
+      cacheRoot = entry.cacheDir;
+      inherit (entry) secretsDir;
       secrets = builtins.listToAttrs (map
         (id: {
           name = id;
           value = lib.mapAttrs (_: lib.mkDefault)
             (fromSpec "${hw}.secrets.${vlib.tomlKey id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
-              // { file = masterFile id; install = deployed ? ${id}; });
+              // { file = entry.masterFile id; install = deployed ? ${id}; });
         })
-        (lib.unique (attrNames deployed ++ refs)));
+        entry.needed);
       templates = lib.mapAttrs (n: spec: lib.mapAttrs (_: lib.mkDefault)
         (builtins.removeAttrs
           (fromSpec "${hw}.templates.${vlib.tomlKey n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)

@@ -351,37 +351,67 @@ let
     templates = sort (a: b: a.name < b.name) templates;
   };
 
-  profileFromHostsToml = { hostsToml, host, root ? dirOf hostsToml }:
+  # One [hosts.<name>] entry of hosts.toml, read as `vaultpy check` reads it; shared by
+  # profileFromHostsToml and the modules' import of it (nix/common.nix fromHostsToml),
+  # which make a profile and module options of it.  `bad where msg` throws one line;
+  # `missing`, given the names there, is what an absent entry throws.  Gives the checked
+  # table `h`, whether it is a person's (user = true), its field path `hw`, `checked`
+  # (an item table with only `allowed` keys), the deployed secrets (id -> table), the
+  # templates (checked) and each one's text, the ids the entry needs (its secrets and
+  # its templates' placeholders) and each one's master file.
+  readEntry = { hostsToml, name, bad, missing, root ? dirOf hostsToml }:
     let
       text = readFile hostsToml;
       doc = fromTOML text;
-      decimals = decimalModes text;
-      owners = where: spec: builtins.mapAttrs (k: v:
-        checkedOwner { file = "vaultpy: ${toString hostsToml}"; where = "${where}.${k}"; } v)
-        (builtins.intersectAttrs { owner = null; group = null; } spec);
-      mode = where: spec: checkedMode { inherit decimals where; file = "vaultpy: ${toString hostsToml}"; }
-        (spec.mode or "0400");
       top = doc.vaultpy or { };
-      secretsDir = top.secrets_dir or "secrets";
-      cacheDir = resolve root (top.cache_dir or "secrets/cache");
       declared = doc.secrets or { };
-      masterFile = id:
-        let spec = declared.${id}; in
-        if spec ? file then resolve root spec.file else resolve root "${secretsDir}/${id}.age";
-      # The same one-line errors as the NixOS module's hostsToml (and `vaultpy check`):
-      # a typo ("mdoe") was passed over, the default used in its place.
-      bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
-      hw = "hosts.${tomlKey host}";
+      hw = "hosts.${tomlKey name}";
+      h = checkedHost bad hw (doc.hosts.${name} or (missing (attrNames (doc.hosts or { }))));
+      person = h.user or false;
+      # A typo ("mdoe") was passed over, the default used in its place: refused.
       checked = where: allowed: spec:
         let unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec); in
         if !(isAttrs spec) then bad where "expected a table"
         else if unknown != [ ] then bad "${where}.${tomlKey (head unknown)}" (unknownKey (head unknown)
           (if person then filter (k: !(builtins.elem k notPersonal)) allowed else allowed))
         else spec;
-      h = checkedHost bad hw (doc.hosts.${host} or (bad "hosts" "no host ${host}; known hosts: ${
-        concatStringsSep ", " (attrNames (doc.hosts or { }))}"));
+      raw = h.secrets or [ ];
+      deployed =
+        if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
+      tmpls = builtins.mapAttrs (n: checked "${hw}.templates.${tomlKey n}"
+        ([ "content" "file" "trim" ] ++ outputKeys)) (h.templates or { });
+      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
+      content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${tomlKey n}";
+                                  spec = tmpls.${n}; };
+    in
+    {
+      inherit hw h person checked deployed tmpls content declared;
+      decimals = decimalModes text;
+      cacheDir = resolve root (top.cache_dir or "secrets/cache");
+      secretsDir = resolve root (top.secrets_dir or "secrets");
+      needed = uniqueSorted (attrNames deployed
+        ++ builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls)));
+      masterFile = id:
+        let
+          spec = declared.${id} or { };
+          f = resolve root (spec.file or "${top.secrets_dir or "secrets"}/${id}.age");
+        in
+        if builtins.pathExists f then f
+        else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
+    };
+
+  profileFromHostsToml = { hostsToml, host, root ? dirOf hostsToml }:
+    let
+      bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
+      entry = readEntry { inherit hostsToml root bad; name = host;
+                          missing = known: bad "hosts" "no host ${host}; known hosts: ${concatStringsSep ", " known}"; };
+      inherit (entry) hw h person checked deployed tmpls content decimals cacheDir;
+      owners = where: spec: builtins.mapAttrs (k: v:
+        checkedOwner { file = "vaultpy: ${toString hostsToml}"; where = "${where}.${k}"; } v)
+        (builtins.intersectAttrs { owner = null; group = null; } spec);
+      mode = where: spec: checkedMode { inherit decimals where; file = "vaultpy: ${toString hostsToml}"; }
+        (spec.mode or "0400");
       # A person's entry (`user = true`): a user's profile, as `vaultpy profile` makes it.
-      person = h.user or false;
       personal = where: spec: if person then personalSpec { inherit bad where; } spec else spec;
       fields = where: spec:
         let
@@ -398,21 +428,6 @@ let
       recipients = toList (h.pubkey or (bad "${hw}.pubkey"
         (if person then "missing: give the person's ~/.ssh/id_ed25519.pub line"
          else "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line")));
-      raw = h.secrets or [ ];
-      deployed =
-        if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = builtins.mapAttrs (n: spec: personal "${hw}.templates.${tomlKey n}" (checked
-        "${hw}.templates.${tomlKey n}" ([ "content" "file" "trim" ] ++ outputKeys) spec))
-        (h.templates or { });
-      # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
-      content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${tomlKey n}";
-                                  spec = tmpls.${n}; };
-      refs = builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls));
-      needed = uniqueSorted (attrNames deployed ++ refs);
-      existing = id:
-        let f = masterFile id; in
-        if builtins.pathExists f then f
-        else bad "${hw}.secrets" "secret ${id} has no master file ${toString f}: create it with `vaultpy edit ${id}`";
       secretEntry = id:
         let
           spec = personal "${hw}.secrets.${tomlKey id}"
@@ -423,13 +438,14 @@ let
           inherit id;
           file = toString (cacheDir + "/${host}/${cacheName {
             inherit id recipients;
-            secretFile = existing id;
+            secretFile = if entry.declared ? ${id} then entry.masterFile id
+              else bad "${hw}.secrets" "unknown secret id ${builtins.toJSON id}; declare [secrets.${tomlKey id}] in hosts.toml";
           }}");
           install = installed;
           name = if installed then spec.name or id else id;
         } // fields "${hw}.secrets.${tomlKey id}" spec;
       templateEntry = name:
-        let spec = tmpls.${name}; in
+        let spec = personal "${hw}.templates.${tomlKey name}" tmpls.${name}; in
         { inherit name; content = content name; trim = spec.trim or false; }
         // fields "${hw}.templates.${tomlKey name}" spec;
     in
@@ -446,7 +462,7 @@ let
         else if builtins.all (r: substring 0 4 (normalizeRecipient r) == "age1") recipients
         then bad "${hw}.identities" "the host's key is an age1… key, and no identities say where its identity file is: activation would try sshd's /etc/ssh/ssh_host_ed25519_key, which cannot decrypt what renc writes for it; add identities = [\"/etc/vaultpy/host.key\"] (where that age identity file is on the host; the NixOS module takes it as settings.hostKeys)"
         else { };
-      secrets = map secretEntry needed;
+      secrets = map secretEntry entry.needed;
       templates = map templateEntry (attrNames tmpls);
     };
 
@@ -488,6 +504,6 @@ let
     };
 in
 {
-  inherit tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit readEntry tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -515,6 +515,9 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
         ('[hosts.h]\nsecrets = ["a"]\n', "h", "hosts.h.pubkey: missing"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["b"]\n', "h",
          "hosts.h.secrets: secret b has no master file"),
+        # (a bare Nix error: attribute 'z.z' missing)
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["z.z"]\n', "h",
+         'hosts.h.secrets: unknown secret id "z.z"; declare [secrets."z.z"] in hosts.toml'),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
          'file = "secrets/a.age"\ncontent = "x"\n', "h",
          "hosts.h.templates.t.file: a template has content or a file, not both"),
@@ -1101,20 +1104,23 @@ def test_early_items_order_the_users_script_only_on_classic_nixos(
 # the file, the field and the fix (not a Nix error about an attribute or an option).
 _DEMO_TOML = (ROOT / "hosts.toml").read_text()
 _WEB1_PUBKEY = next(ln for ln in _DEMO_TOML.splitlines() if "AAAAIGqkay" in ln)
+_APP_ENV_TEXT = _DEMO_TOML[_DEMO_TOML.index('content = """\nDATABASE_URL'):]
+_APP_ENV_TEXT = _APP_ENV_TEXT[:_APP_ENV_TEXT.index('"""\n', 14) + 4]   # the whole string
 HOSTS_TOML_ERRORS = {
     "no-pubkey": (_DEMO_TOML.replace(_WEB1_PUBKEY, ""),
                   "hosts.web1.pubkey: missing: give this host's"),
-    "template-without-content": (_DEMO_TOML.replace(
+    "template-without-content": (_DEMO_TOML.replace(_APP_ENV_TEXT, ""),
+        "hosts.web1.templates.\"app.env\".content: missing: give the template's text"),
+    "template-content-typo": (_DEMO_TOML.replace(
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\ncontents = """'),
-        "hosts.web1.templates.\"app.env\".content: missing: give the template's text"),
+        "hosts.web1.templates.\"app.env\".contents: unknown key; did you mean 'content'?"),
     "template-content-and-file": (_DEMO_TOML.replace(
         '[hosts.web1.templates."app.env"]\ncontent = """',
         '[hosts.web1.templates."app.env"]\nfile = "hosts.toml"\ncontent = """'),
         'hosts.web1.templates."app.env".file: a template has content or a file, not both'),
     "template-file-missing": (_DEMO_TOML.replace(
-        '[hosts.web1.templates."app.env"]\ncontent = """',
-        '[hosts.web1.templates."app.env"]\nfile = "templates/app.env"\ncontents = """'),
+        _APP_ENV_TEXT, 'file = "templates/app.env"\n'),
         'hosts.web1.templates."app.env".file: cannot read the template '),
     "unknown-key": (_DEMO_TOML.replace('owner = "app"\ngroup = "app"',
                                        'ownr = "app"\ngroup = "app"'),
