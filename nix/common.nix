@@ -50,12 +50,26 @@ rec {
     };
   };
 
-  # A template's own options.
-  templateText = {
+  # A template's own options (its submodule's `name`, `config` and `options`): its text,
+  # given as content or read from a file (sops-nix's templates.<name>.file).
+  templateText = { name, config, options }: {
     content = mkOption {
       type = types.str;
+      default =
+        if config.file == null
+        then throw "vaultpy: template ${name}: no text: set its content, or file = ./templates/${name} (a file holding it)"
+        else if !(builtins.pathExists config.file)
+        then throw "vaultpy: template ${name}: file ${toString config.file} does not exist: create it, or give the template's content"
+        else builtins.readFile config.file;
+      defaultText = lib.literalMD "the text of `file`";
       description = "Text with `{{ secrets.<id> }}` placeholders (see vaultpy.placeholder).";
     };
+    file = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "A file holding the template's text, read at evaluation, instead of `content` (it holds placeholders, not secrets: it may go to the store).";
+    };
+    contentGiven = givenOption options "content";
     trim = mkOption {
       type = types.bool;
       default = false;
@@ -102,7 +116,10 @@ rec {
   # The failed assertions both modules make alike.
   # `keys`: settings.hostKeys, the private keys activation decrypts with.
   sharedFailures = { secrets, templates, items, keys }:
-    lib.mapAttrsToList (id: spec: {
+    lib.mapAttrsToList (n: t: { assertion = false;
+        message = "vaultpy: template ${n}: both content and file are set: remove one (content imported from hosts.toml with vaultpy.hostsToml counts too)"; })
+      (filterAttrs (_: t: t.file != null && t.contentGiven) templates)
+    ++ lib.mapAttrsToList (id: spec: {
         assertion = false;
         message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${vlib.nixAttr id}.file"; })
       (filterAttrs (_: spec: !(builtins.pathExists spec.file)) secrets)

@@ -80,8 +80,8 @@ let
     };
   });
 
-  templateType = types.submodule ({ name, config, ... }: {
-    options = outputOptions // common.templateText // {
+  templateType = types.submodule ({ name, config, options, ... }: {
+    options = outputOptions // common.templateText { inherit name config options; } // {
       path = pathOption (if validId name then config.outPath else null);
       outPath = mkOption {
         type = types.str;

@@ -100,7 +100,7 @@ let
   });
 
   templateType = types.submodule ({ name, config, options, ... }: {
-    options = outputOptions // common.templateText // {
+    options = outputOptions // common.templateText { inherit name config options; } // {
       groupGiven = common.givenOption options "group";
       path = pathAt (if validId name then config.outPath else null);
       outPath = mkOption {

@@ -1758,6 +1758,39 @@ def test_a_path_on_the_hosts_own_key_is_refused_by_the_module(nixpkgs_lib: Nix, 
     assert out["other"]["failedAssertions"] == []     # not this host's key: a secret's file
 
 
+def test_a_templates_text_may_come_from_a_file(nixpkgs_lib: Nix, rich: Rich,
+                                               tmp_path: Path) -> None:
+    """sops-nix's templates.<name>.file: the text read at evaluation, the same profile
+    as with content; both set, neither set, or a missing file: one line each."""
+    text = "DB={{ secrets.db_password }}\n"
+    (tmp_path / "app.env").write_text(text)
+    with_content = _base_secret(rich)
+    with_content["vaultpy"]["templates"] = {"app.env": {"content": text}}
+    with_file = _base_secret(rich)
+    with_file["vaultpy"]["templates"] = {"app.env": {"file": tmp_path / "app.env"}}
+    both = _base_secret(rich)
+    both["vaultpy"]["templates"] = {"app.env": {"file": tmp_path / "app.env", "content": "x"}}
+    out = eval_modules(nixpkgs_lib, {n: write_module(tmp_path / f"{n}.nix", c) for n, c in
+                                     {"content": with_content, "file": with_file,
+                                      "both": both}.items()})
+    assert out["file"]["failedAssertions"] == []
+    assert out["file"]["profile"] == out["content"]["profile"]
+    assert out["file"]["profile"]["templates"][0]["content"] == text
+    assert out["both"]["failedAssertions"] == [
+        "vaultpy: template app.env: both content and file are set: remove one (content "
+        "imported from hosts.toml with vaultpy.hostsToml counts too)"]
+    for name, spec, said in (
+            ("missing", {"file": tmp_path / "nope.env"}, "vaultpy: template app.env: file "
+             f"{tmp_path}/nope.env does not exist: create it, or give the template's content"),
+            ("none", {}, "vaultpy: template app.env: no text: set its content, or file = "
+             "./templates/app.env (a file holding it)")):
+        mod = _base_secret(rich)
+        mod["vaultpy"]["templates"] = {"app.env": spec}
+        proc = nixpkgs_lib.eval_proc(file=EVAL_MODULE, attr="profile", args=[
+            "--arg", "config", str(write_module(tmp_path / f"{name}.nix", mod))])
+        assert proc.returncode != 0 and said in proc.stderr, (name, proc.stderr)
+
+
 def test_an_option_path_names_a_dotted_id_as_nix_writes_it(nixpkgs_lib: Nix, rich: Rich,
                                                            tmp_path: Path) -> None:
     """The fix to paste: vaultpy.secrets.db.password.file would be another option."""
