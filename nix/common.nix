@@ -77,6 +77,13 @@ rec {
     };
   };
 
+  # A hostPubkey that is not a public key, as an assertion shows it: never a private
+  # key's text (it would go to build logs), nor a whole file of something else.
+  shownKey = k:
+    if lib.hasInfix "PRIVATE KEY" k then "a private key (its text is not shown)"
+    else if builtins.stringLength k > 120 then builtins.toJSON "${builtins.substring 0 60 k}…"
+    else builtins.toJSON k;
+
   # settings.hostPubkey (a key line, the path of a file holding one, or a list of
   # them) as hosts.toml would hold it; `give`: what to give for a missing file.
   recipientsOf = give: value: map

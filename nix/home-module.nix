@@ -208,7 +208,7 @@ in
         message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${vlib.tomlKey s.hostName}] in hosts.toml), or a path to it"; }
       { assertion = !keySet || builtins.all keyShape recipients;
         message = "vaultpy.settings.hostPubkey: ${concatStringsSep ", "
-          (if keySet then recipients else [ ])}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub"; }
+          (map common.shownKey (builtins.filter (k: !(keyShape k)) (if keySet then recipients else [ ])))}: not an ssh-ed25519 or age1 public key; give the line of ~/.ssh/id_ed25519.pub (the .pub file, not the key beside it)"; }
       { assertion = s.cacheRoot != null;
         message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache (vaultpy renc writes it)"; }
       { assertion = s.hostKeys != [ ];

@@ -339,7 +339,7 @@ in
             message = "vaultpy.settings.cacheRoot is not set: point it at your repository's secrets/cache"; }
         ]
         ++ map (k: { assertion = keyShape k;
-            message = "vaultpy.settings.hostPubkey: ${k} is not an ssh-ed25519 or age1 public key: give this host's /etc/ssh/ssh_host_ed25519_key.pub line"; })
+            message = "vaultpy.settings.hostPubkey: ${common.shownKey k} is not an ssh-ed25519 or age1 public key: give this host's /etc/ssh/ssh_host_ed25519_key.pub line (the .pub file, not the key beside it)"; })
           (if s.hostPubkey == null then [ ] else recipients)
         ++ optionals (s.hostPubkey != null && s.cacheRoot != null && builtins.all keyShape recipients)
           (lib.mapAttrsToList (id: spec: {

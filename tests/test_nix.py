@@ -1758,6 +1758,21 @@ def test_a_path_on_the_hosts_own_key_is_refused_by_the_module(nixpkgs_lib: Nix, 
     assert out["other"]["failedAssertions"] == []     # not this host's key: a secret's file
 
 
+def test_a_private_key_given_as_the_host_pubkey_is_never_shown(nixpkgs_lib: Nix, rich: Rich,
+                                                               tmp_path: Path) -> None:
+    """The key file beside the .pub (a typo away): the assertion names it, never its
+    text, which would be in every build log."""
+    key, _ = ssh_keygen(tmp_path, "ssh_host_ed25519_key", comment="root@web1")
+    mod = _base_secret(rich)
+    mod["vaultpy"]["settings"]["hostPubkey"] = key
+    failed = eval_modules(nixpkgs_lib, {"k": write_module(tmp_path / "k.nix", mod)}
+                          )["k"]["failedAssertions"]
+    said = "\n".join(failed)
+    assert ("vaultpy.settings.hostPubkey: a private key (its text is not shown) is not an "
+            "ssh-ed25519 or age1 public key") in said, failed
+    assert "PRIVATE KEY-----" not in said and key.read_text().splitlines()[1] not in said
+
+
 def test_a_templates_text_may_come_from_a_file(nixpkgs_lib: Nix, rich: Rich,
                                                tmp_path: Path) -> None:
     """sops-nix's templates.<name>.file: the text read at evaluation, the same profile

@@ -143,6 +143,20 @@ def test_nothing_declared_adds_nothing(nixpkgs_lib: Nix, tmp_path: Path) -> None
     assert out["services"] == {} and out["packages"] == [] and out["failedAssertions"] == []
 
 
+def test_a_private_key_given_as_the_pubkey_is_never_shown(nixpkgs_lib: Nix, alice: Alice,
+                                                          tmp_path: Path) -> None:
+    """hostPubkey = ./id_ed25519 (the .pub left off): the assertion, which goes to build
+    logs, says what it is and not what it holds."""
+    key, _ = ssh_keygen(tmp_path, "id_ed25519", comment="alice@laptop")
+    opts = alice.options()
+    opts["vaultpy"]["settings"]["hostPubkey"] = key
+    failed = evaluate(nixpkgs_lib, {"a": write_module(tmp_path / "a.nix", opts)},
+                      "failedAssertions")["a"]
+    said = "\n".join(failed)
+    assert "a private key (its text is not shown)" in said and "the .pub file" in said, failed
+    assert "PRIVATE KEY-----" not in said and key.read_text().splitlines()[1] not in said
+
+
 @pytest.mark.parametrize(("change", "needle"), [
     (lambda o: o["vaultpy"]["settings"].pop("hostPubkey"),
      "vaultpy.settings.hostPubkey is not set"),
