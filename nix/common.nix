@@ -153,6 +153,7 @@ rec {
       bad = where: msg: throw "vaultpy.hostsToml: ${file}: ${where}: ${msg}";
       read = vlib.readEntry {
         inherit hostsToml name bad;
+        elsewhere = id: ", or vaultpy.secrets.${vlib.nixAttr id} in this configuration";
         missing = known: throw "vaultpy.hostsToml: no [hosts.${vlib.tomlKey name}] in ${file} (hosts there: ${concatStringsSep ", " known}): ${missing}";
       };
       # Every field below comes through this: the wrong kind of entry is said first.

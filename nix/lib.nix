@@ -359,7 +359,8 @@ let
   # (an item table with only `allowed` keys), the deployed secrets (id -> table), the
   # templates (checked) and each one's text, the ids the entry needs (its secrets and
   # its templates' placeholders) and each one's master file.
-  readEntry = { hostsToml, name, bad, missing, root ? dirOf hostsToml }:
+  # `elsewhere id`: where else an id may be declared (the modules: their configuration).
+  readEntry = { hostsToml, name, bad, missing, root ? dirOf hostsToml, elsewhere ? (_: "") }:
     let
       text = readFile hostsToml;
       doc = fromTOML text;
@@ -383,6 +384,19 @@ let
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
       content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${tomlKey n}";
                                   spec = tmpls.${n}; };
+      # An id no [secrets] table declares: said where the entry names it, its secrets or
+      # the first template whose placeholder it is, as `vaultpy check` says it.
+      unknownId = id:
+        let
+          listed = deployed ? ${id};
+          t = head (filter (n: builtins.elem id (templateRefs (content n))) (attrNames tmpls));
+          close = closeMatch id (attrNames declared);
+        in
+        bad (if listed then "${hw}.secrets"
+             else "${hw}.templates.${tomlKey t}.${if tmpls.${t} ? file then "file" else "content"}")
+          ("unknown secret id '${id}'${if listed then "" else " in placeholder"}; "
+           + (if close != null then "did you mean '${close}'?"
+              else "declare [secrets.${tomlKey id}] in hosts.toml${elsewhere id}"));
     in
     {
       inherit hw h person checked deployed tmpls content declared;
@@ -392,8 +406,9 @@ let
       needed = uniqueSorted (attrNames deployed
         ++ builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls)));
       masterFile = id:
+        if !(declared ? ${id}) then unknownId id else
         let
-          spec = declared.${id} or { };
+          spec = declared.${id};
           f = resolve root (spec.file or "${top.secrets_dir or "secrets"}/${id}.age");
         in
         if builtins.pathExists f then f
@@ -438,8 +453,7 @@ let
           inherit id;
           file = toString (cacheDir + "/${host}/${cacheName {
             inherit id recipients;
-            secretFile = if entry.declared ? ${id} then entry.masterFile id
-              else bad "${hw}.secrets" "unknown secret id ${builtins.toJSON id}; declare [secrets.${tomlKey id}] in hosts.toml";
+            secretFile = entry.masterFile id;
           }}");
           install = installed;
           name = if installed then spec.name or id else id;

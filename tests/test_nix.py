@@ -517,7 +517,11 @@ def test_lib_profile_from_hosts_toml_refuses_what_vaultpy_check_refuses(nix: Nix
          "hosts.h.secrets: secret b has no master file"),
         # (a bare Nix error: attribute 'z.z' missing)
         ("[hosts.h]\npubkey = " + toml_str(pub) + '\nsecrets = ["z.z"]\n', "h",
-         'hosts.h.secrets: unknown secret id "z.z"; declare [secrets."z.z"] in hosts.toml'),
+         "hosts.h.secrets: unknown secret id 'z.z'; declare [secrets.\"z.z\"] in hosts.toml"),
+        # a placeholder's typo: said at the template, with the closest id
+        ("[hosts.h]\npubkey = " + toml_str(pub) + '\n[hosts.h.templates."app.env"]\n'
+         'content = "X={{ secrets.bb }}"\n', "h", "hosts.h.templates.\"app.env\".content: "
+         "unknown secret id 'bb' in placeholder; did you mean 'b'?"),
         ("[hosts.h]\npubkey = " + toml_str(pub) + "\n[hosts.h.templates.t]\n"
          'file = "secrets/a.age"\ncontent = "x"\n', "h",
          "hosts.h.templates.t.file: a template has content or a file, not both"),
@@ -1145,8 +1149,13 @@ HOSTS_TOML_ERRORS = {
     "persons-entry": (_DEMO_TOML.replace(_WEB1_PUBKEY, _WEB1_PUBKEY + "\nuser = true"),
                       "hosts.web1.user: a person's entry (user = true) is activated by "
                       "that person, not by a host"),
+    "undeclared-secret": (_DEMO_TOML.replace("[hosts.web1.secrets.api_token]",
+                                             "[hosts.web1.secrets.nope]\n"
+                                             "[hosts.web1.secrets.api_token]"),
+                          "hosts.web1.secrets: unknown secret id 'nope'; declare [secrets.nope] "
+                          "in hosts.toml, or vaultpy.secrets.nope in this configuration"),
     "missing-master": (_DEMO_TOML.replace("[hosts.web1.secrets.api_token]",
-                                          "[hosts.web1.secrets.nope]\n"
+                                          "[secrets.nope]\n[hosts.web1.secrets.nope]\n"
                                           "[hosts.web1.secrets.api_token]"),
                        "hosts.web1.secrets: secret nope has no master file"),
 }

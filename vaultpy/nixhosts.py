@@ -114,7 +114,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         message = _nix_error(proc.stderr)
         hint = "fix that, then run again"
         for sid, _problem in cfg.later:    # (a hosts.toml host's id only Nix declares)
-            if f"secret {sid} " in message:
+            if f"secret {sid} " in message or f"secret id '{sid}'" in message:
                 hint = (f"declare [{key_path('secrets', sid)}] in hosts.toml (with its file): a "
                         "configuration that imports hosts.toml reads its master from there")
                 break
