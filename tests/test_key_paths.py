@@ -120,3 +120,24 @@ def test_renc_counts_a_host_named_twice_once(make_repo) -> None:  # type: ignore
     repo.ok("renc")
     out = repo.ok("renc", "-H", "host0", "-H", "host0").stdout.decode()
     assert out == "nothing to do: 1 cache file of 1 host up to date\n", out
+
+
+@pytest.mark.parametrize(("table", "line"), [
+    ('[secrets.redis.password]\n',
+     "secrets.redis.password: a table inside [secrets.redis]; for the name "
+     "'redis.password', quote it: [secrets.\"redis.password\"]"),
+    ('[hosts.host0.templates.app.env]\ncontent = "x"\n',
+     "hosts.host0.templates.app.env: a table inside [hosts.host0.templates.app]; for the "
+     "name 'app.env', quote it: [hosts.host0.templates.\"app.env\"]"),
+    ('[hosts.host0.secrets.db.pw]\nmode = "0400"\n',
+     "hosts.host0.secrets.db.pw: a table inside [hosts.host0.secrets.db]; for the name "
+     "'db.pw', quote it: [hosts.host0.secrets.\"db.pw\"]")])
+def test_a_dotted_name_left_unquoted_is_said_so(make_repo, table: str, line: str) -> None:  # type: ignore[no-untyped-def]
+    """[secrets.redis.password] reads as a table inside [secrets.redis]: not an unknown
+    key of that secret, but a name to quote."""
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    repo.write_hosts(text + table)
+    said = assert_one_clean_error(repo.run("check"), "a table inside")
+    assert said.endswith(line), said
+    assert "unknown key" not in repo.run("check").stderr.decode()

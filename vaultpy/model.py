@@ -366,6 +366,18 @@ class _Checker:
                 at = f"{where}.{toml_key(key)}" if where else toml_key(key)
                 self.add(at, "unknown key", hint)
 
+    def unquoted(self, table: dict[str, Any], prefix: tuple[str, ...], name: str,
+                 allowed: tuple[str, ...]) -> dict[str, Any]:
+        """``[secrets.redis.password]`` is a table ``password`` inside ``[secrets.redis]``:
+        an id or file name with a dot must be quoted.  A sub-table where none may be is
+        said as that, with the quoted header, and left out of the unknown keys."""
+        nested = [k for k, v in table.items() if k not in allowed and isinstance(v, dict)]
+        for key in nested:
+            whole = f"{name}.{key}"
+            self.add(key_path(*prefix, name, key), f"a table inside [{key_path(*prefix, name)}]",
+                     f"for the name {whole!r}, quote it: [{key_path(*prefix, whole)}]")
+        return {k: v for k, v in table.items() if k not in nested}
+
     def table(self, value: Any, where: str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
             self.add(where, f"expected a table, got {_kind(value)}",
@@ -983,7 +995,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            ck.keys(sub, at, *_item_keys("name", user=user))
+            item_keys = _item_keys("name", user=user)
+            ck.keys(ck.unquoted(sub, ("hosts", name, "secrets"), sid, item_keys[0]), at,
+                    *item_keys)
             out_name = sid
             if "name" in sub:
                 given = ck.string(sub["name"], f"{at}.name")
@@ -1004,7 +1018,9 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            ck.keys(sub, at, *_item_keys("content", "file", "trim", user=user))
+            item_keys = _item_keys("content", "file", "trim", user=user)
+            ck.keys(ck.unquoted(sub, ("hosts", name, "templates"), tname, item_keys[0]), at,
+                    *item_keys)
             content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
             source: Path | None = None
             source_stat: tuple[int, ...] = ()
@@ -1255,7 +1271,8 @@ def parse(text: str, path: Path) -> Config:
         sub = ck.table(spec, where)
         if sub is None:
             continue
-        ck.keys(sub, where, ("file", "vault", "generate", "rotate_days"))
+        secret_keys = ("file", "vault", "generate", "rotate_days")
+        ck.keys(ck.unquoted(sub, ("secrets",), sid, secret_keys), where, secret_keys)
         file = secrets_dir / f"{sid}.age"
         if "file" in sub:
             given = ck.path_string(sub["file"], f"{where}.file")
