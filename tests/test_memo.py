@@ -528,3 +528,86 @@ def test_a_directory_being_built_is_not_remembered(repo: Repo) -> None:
     assert outputs(repo.run("check")) == full(repo, "check")
     repo.ok("renc")
     assert not building.exists()
+
+
+# ---------------------------------------------------------------- a review's attacks
+
+
+@pytest.mark.parametrize("make", ["dir", "dangling", "journal"])
+def test_a_hosts_toml_below_that_stops_the_search_stops_the_memo_too(repo: Repo,
+                                                                      make: str) -> None:
+    """model.find stops at anything named hosts.toml, or a killed import's journal, in
+    a folder below: the memo found the repository's hosts.toml above it and said ok."""
+    docs = repo.root / "docs"
+    docs.mkdir()                    # (a new folder in the repository's top is a miss)
+    settled(repo)
+    assert from_memo(repo, "check", cwd=docs)
+    if make == "dir":
+        (docs / "hosts.toml").mkdir()
+    elif make == "dangling":
+        (docs / "hosts.toml").symlink_to("nowhere")
+    else:       # (whether it would create hosts.toml: the full command reads it)
+        (docs / ".vaultpy-writes").write_text("not a journal\n")
+    assert not from_memo(repo, "check", cwd=docs)
+    for args in (("check",), ("renc",), ("check", "--json")):
+        assert outputs(repo.run(*args, cwd=docs)) == full_in(repo, docs, *args), args
+
+
+def full_in(repo: Repo, cwd: Path, *args: str) -> tuple[int, str, str]:
+    return outputs(repo.run(*args, cwd=cwd, env={"VAULTPY_NO_MEMO": "1"}))
+
+
+def test_a_stray_master_that_became_a_file_is_warned_of(repo: Repo) -> None:
+    """A stray master warns only as a regular file: a directory of that name replaced
+    by one kept the folder's names, and the memo said ok without the warning."""
+    stray = repo.root / "secrets" / "old.age"
+    stray.mkdir()
+    settled(repo)
+    stray.rmdir()
+    stray.write_bytes(b"x")
+    for args in (("check",), ("check", "--json"), ("renc",)):
+        got = outputs(repo.run(*args))
+        assert got == full(repo, *args), args
+        assert "old.age" in got[1] + got[2], got
+
+
+def test_a_folder_turned_into_a_symlink_is_not_trusted(repo: Repo, tmp_path: Path) -> None:
+    """secrets/ moved elsewhere and linked back: the full command refuses a cache behind
+    a symlink; the memo said "nothing to do", and an incremental renc wrote there."""
+    settled(repo)
+    repo.ok("encrypt", "beta", input=b"beta 2")         # a change delta would write
+    moved = tmp_path / "moved"
+    (repo.root / "secrets").rename(moved)
+    (repo.root / "secrets").symlink_to(moved)
+    before = sorted(p.name for p in moved.rglob("*"))
+    for args in (("renc",), ("check",)):
+        got = outputs(repo.run(*args))
+        assert got == full(repo, *args), args
+        assert got[0] == 1 and "is a symlink" in got[1] + got[2], got
+    assert sorted(p.name for p in moved.rglob("*")) == before
+
+
+def test_an_incremental_renc_that_cannot_load_keys_still_prints_its_json(repo: Repo) -> None:
+    settled(repo)
+    repo.ok("encrypt", "beta", input=b"beta 2")
+    env = {"VAULTPY_IDENTITY": "/nonexistent/key"}
+    fast = outputs(repo.run("renc", "--json", env=env))
+    slow = outputs(repo.run("renc", "--json", env={**env, "VAULTPY_NO_MEMO": "1"}))
+    assert fast == slow and fast[0] == 1 and '"ok": false' in fast[1], fast
+
+
+@pytest.mark.parametrize("command", ["renc", "check"])
+def test_an_answer_that_cannot_be_written_says_so_as_the_cli_does(repo: Repo,
+                                                                  command: str) -> None:
+    settled(repo)
+    args = [sys.executable, "-m", "vaultpy", command, *(["--json"] if command == "check"
+                                                           else [])]
+    runs = []
+    for extra in ({}, {"VAULTPY_NO_MEMO": "1"}):
+        with open("/dev/full", "wb") as out:
+            proc = subprocess.run(args, stdout=out, stderr=subprocess.PIPE, cwd=repo.root,
+                                  env={**os.environ, "NO_COLOR": "1", **repo.env, **extra})
+        runs.append((proc.returncode, proc.stderr.decode()))
+    assert runs[0] == runs[1], runs
+    assert runs[0][0] == 74 and "cannot write the output" in runs[0][1], runs
+    assert "Traceback" not in runs[0][1]

@@ -44,8 +44,17 @@ def _main() -> None:
         return
     if "renc" in sys.argv[1:] or "check" in sys.argv[1:]:
         from vaultpy._internal import memo
+        from vaultpy._internal.leave import OUTPUT_ERRNOS, output_lost
 
-        code = memo.answer(sys.argv[1:])
+        try:
+            code = memo.answer(sys.argv[1:])    # (what it prints, flushed here)
+            if code is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+        except OSError as exc:      # as the CLI: stdout or stderr cannot be written
+            if not (isinstance(exc, BrokenPipeError) or exc.errno in OUTPUT_ERRNOS):
+                raise
+            sys.exit(output_lost(exc))
         if code is not None:
             sys.exit(code)
     import resource

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from vaultpy import __version__
+from vaultpy._internal.leave import OUTPUT_ERRNOS, output_lost
 from vaultpy.errors import Problem, UsageError, VaultpyError
 
 if TYPE_CHECKING:
@@ -962,10 +963,8 @@ def _output_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure to write stdout or stderr: an OSError of the kind a
     write gives, naming no file, raised where output is written (the CLI modules, rich,
     click) — not by a write of vaultpy's library code to a file of its own."""
-    import errno
-
     if not (isinstance(exc, OSError) and exc.filename is None
-            and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG)):
+            and exc.errno in OUTPUT_ERRNOS):
         return False
     tb = exc.__traceback__
     if tb is None:
@@ -1004,11 +1003,9 @@ def main() -> None:
         if exc.code == 130:     # typer turns Ctrl-C into a silent exit 130
             _err().print("interrupted", markup=False)
         raise
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         # The reader went away (`vaultpy decrypt x | head`): exit like other Unix tools.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(141)
+        sys.exit(output_lost(exc))
     except Exception as exc:
         if _is_usage_error(exc):
             _usage_error(exc)
@@ -1016,13 +1013,7 @@ def main() -> None:
         if isinstance(exc, OSError) and _output_error(exc):
             # stdout or stderr cannot be written (> /dev/full, a full disk): what the
             # command did stands; only its report is lost.  Not an internal error.
-            with contextlib.suppress(OSError, ValueError):
-                os.write(2, f"vaultpy: cannot write the output ({exc.strerror}); what the "
-                            "command did is not undone: vaultpy check or status tells "
-                            "where things are\n".encode())
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(74)            # EX_IOERR
+            sys.exit(output_lost(exc))
         if os.environ.get("VAULTPY_DEBUG"):
             raise
         _err().print(f"vaultpy: internal error: {type(exc).__name__}: {exc} (set "

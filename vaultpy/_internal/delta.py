@@ -433,6 +433,11 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
                     return None
                 if not (run.survey(scanning) and run.encrypt() and run.publish()):
                     if run.fatal:
+                        if json_out:    # as the full command: its result, and the problems
+                            sys.stdout.write(memo.as_json({
+                                "failed": [], "ok": False, "pruned": [], "repaired": [],
+                                "unchanged": 0, "written": [],
+                                "problems": [p.as_dict() for p in run.fatal]}))
                         sys.stderr.write(_lines(run.fatal))
                         return 1
                     if run.keys is not None:

@@ -33,3 +33,24 @@ def leave(code: object) -> NoReturn:
     if atexit._ncallbacks() or (threading is not None and threading.active_count() > 1):
         sys.exit(code)
     os._exit(code)
+
+
+# Write errors of stdout or stderr (> /dev/full, a full disk): not an internal error.
+OUTPUT_ERRNOS = frozenset({28, 5, 122, 27})     # ENOSPC, EIO, EDQUOT, EFBIG (Linux)
+
+
+def output_lost(exc: OSError) -> int:
+    """The exit status once stdout or stderr could not be written, said on stderr if it
+    can be: 141 when the reader went away (``vaultpy check | head``: as other Unix
+    tools), else 74 (EX_IOERR), after one line; what the command did stands.  stdout
+    then goes to /dev/null, so that the exit's own flush fails no more."""
+    import contextlib  # (loaded already: runpy imports it)
+
+    if not isinstance(exc, BrokenPipeError):
+        with contextlib.suppress(OSError, ValueError):
+            os.write(2, f"vaultpy: cannot write the output ({exc.strerror}); what the "
+                        "command did is not undone: vaultpy check or status tells where "
+                        "things are\n".encode())
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141 if isinstance(exc, BrokenPipeError) else 74

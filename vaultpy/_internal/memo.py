@@ -228,9 +228,14 @@ class Scanning:
         names: dict[str, str] = {}
         for folder in self.listed:
             try:
-                found = sorted(set(os.listdir(folder)) - OWN_FILES)
+                # Each entry's type too (from the directory itself, no stat): a stray
+                # master warns only as a regular file, and a directory turned into a
+                # symlink (secrets -> elsewhere) is refused by the full command.
+                with os.scandir(folder) as it:
+                    found = sorted(f"{e.name}/{_type(e)}" for e in it if e.name not in OWN_FILES)
                 # a temp-named entry is a leftover only as a regular file: its type counts
-                kinds = [_kind(os.path.join(folder, n)) for n in found if _TMP in n]
+                kinds = [_kind(os.path.join(folder, n.rpartition("/")[0])) for n in found
+                         if _TMP in n]
                 names[folder] = "\0".join(found) + "\0" + " ".join(kinds)
             except OSError as exc:
                 names[folder] = f"-{exc.errno}"
@@ -468,6 +473,12 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
 _TMP = ".vaultpy-tmp-"      # fsutil.TMP_MARK, not imported: fsutil takes ~25 ms to load
 
 
+def _type(entry: os.DirEntry[str]) -> str:
+    """An entry's type as its directory tells it (a stat only where it does not)."""
+    return ("l" if entry.is_symlink() else "d" if entry.is_dir(follow_symlinks=False)
+            else "f" if entry.is_file(follow_symlinks=False) else "o")
+
+
 def _kind(path: str) -> str:
     try:
         return f"{os.lstat(path).st_mode}:{int(os.path.isfile(path))}"
@@ -543,7 +554,10 @@ class Snapshot:
                    if t.source is not None)]
         # hosts.toml's folder too: check and renc count the temp files of a killed
         # hosts.toml write, or of a write journal killed before its rename, there
-        listed = [str(cfg.root), str(cfg.secrets_dir),
+        # and every folder from the repository down to the cache directory: one turned
+        # into a symlink is refused by the full command (model._linked_below)
+        chain = [str(p) for p in cfg.cache_dir.parents if p == cfg.root or cfg.root in p.parents]
+        listed = [str(cfg.root), str(cfg.secrets_dir), *chain,
                   *(str(s.file.parent) for s in cfg.secrets.values())]
         scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
         self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),
@@ -749,7 +763,10 @@ def _hosts_toml(repo: str | None) -> str | None:
         candidate = os.path.join(here, "hosts.toml")
         if os.path.isfile(candidate):
             return candidate
-        if os.path.lexists(os.path.join(here, ".git")):     # as model.find: not above it
+        # As model.find: stopped (with an error the full command says) by anything else
+        # named hosts.toml, a killed import's journal, or the top of a git repository.
+        if any(os.path.lexists(os.path.join(here, n))
+               for n in ("hosts.toml", ".vaultpy-writes", ".git")):
             return None
         parent = os.path.dirname(here)
         if parent == here:
