@@ -10,11 +10,16 @@ in
 rec {
   # As strict as `vaultpy activate`'s profile loader: what evaluates also activates.
   # (vaultpy/output.py UNIT_RE: systemd's characters and globs; "-" first only as "-.")
-  unitName = types.strMatching vlib.unitPattern;
+  # (Each type's description is what a wrong value's error names: words, not a regex.)
+  unitName = types.strMatching vlib.unitPattern // {
+    description = "systemd unit name (like \"nginx.service\")";
+  };
   # absolute and normalised: no empty, "." or ".." segment, no trailing slash, no
   # control character, names of at most 255 bytes (vaultpy/output.py path_shape_problem;
   # lib.nix isAbsPath, which hosts.toml's identities are checked with too)
-  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath;
+  absPath = types.addCheck (types.strMatching vlib.absPathPattern) vlib.isAbsPath // {
+    description = "absolute, normalised path (like /etc/app/secret: no . or .. part, no trailing /)";
+  };
   validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
     && builtins.stringLength id <= 128;
   keyShape = k: builtins.match
@@ -34,7 +39,7 @@ rec {
   # mode, restartUnits, reloadUnits; `scope`: "--user " for a user's own units.
   modeAndUnits = scope: {
     mode = mkOption {
-      type = types.strMatching "0?[0-7]{3}";
+      type = types.strMatching "0?[0-7]{3}" // { description = "octal mode, a string (like \"0440\")"; };
       default = "0400";
       description = "Permission bits, octal: \"0440\" or \"440\".";
     };

@@ -19,8 +19,10 @@ let
   common = import ./common.nix { inherit lib; };
   inherit (common) absPath validId keyShape overlaps;
 
+  userNameWords = "user or group name (a letter or _ first, then letters, digits, _ . -) or numeric id";
   userName = types.either types.ints.unsigned
-    (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+");
+    (types.strMatching "[A-Za-z_][A-Za-z0-9_.-]*[$]?|[0-9]+" // { description = userNameWords; })
+    // { description = userNameWords; };
   outputOptions = common.modeAndUnits "" // {
     owner = mkOption {
       type = userName;

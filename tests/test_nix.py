@@ -1231,6 +1231,14 @@ def test_module_option_type_errors(nixpkgs_lib: Nix, rich: Rich, tmp_path: Path)
         assert proc.returncode != 0, f"{name}: evaluation succeeded"
         # "`vaultpy.secrets.db_password.mode'", or "`…restartUnits."[definition …"
         assert re.search(f"`{re.escape(option)}['.]", proc.stderr), f"{name}:\n{proc.stderr}"
+        # and says what the value should be in words, not as the regular expression
+        assert "matching the pattern" not in proc.stderr, f"{name}:\n{proc.stderr}"
+        said = {"mode": "octal mode, a string", "Units": "systemd unit name",
+                "path": "absolute, normalised path", "owner": "user or group name (a "
+                "letter or _ first"}
+        for tail, words in said.items():
+            if option.endswith(tail):
+                assert words in proc.stderr, f"{name}:\n{proc.stderr}"
     # The same base with a valid value evaluates: the failures above are the values'.
     ok = write_module(tmp_path / "ok.nix", _base_secret(rich, mode="440"))   # as vaultix
     assert nixpkgs_lib.eval(file=EVAL_MODULE, attr="profile",
