@@ -395,9 +395,9 @@ in
           (builtins.filter (i: i.early && !(earlyOwnerOk i.owner && earlyOwnerOk i.group)) items)
         ++ concatMap (i: [
           { assertion = known "users" i.owner;
-            message = "vaultpy: ${i.label}: owner ${toString i.owner} is not in users.users"; }
+            message = "vaultpy: ${i.label}: owner ${toString i.owner} is not in users.users: declare users.users.${vlib.nixAttr (toString i.owner)} (the service's module may, once enabled), or give a numeric id"; }
           { assertion = known "groups" i.group;
-            message = "vaultpy: ${i.label}: group ${toString i.group} is not in users.groups"; }
+            message = "vaultpy: ${i.label}: group ${toString i.group} is not in users.groups: declare users.groups.${vlib.nixAttr (toString i.group)} (the service's module may, once enabled), or give a numeric id"; }
         ]) items
         ++ lib.mapAttrsToList (n: g: { assertion = false;
             message = "vaultpy: ${concatStringsSep " and " (map (x: x.label) g)} install as the same name ${n}"; })

@@ -1369,7 +1369,9 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
 
 @pytest.mark.parametrize("case, needles", [
     ("missing-cache", ["secret x", "is missing", "run `vaultpy renc`"]),
-    ("unknown-owner", ["secret db_password", "owner ghost is not in users.users"]),
+    ("unknown-owner", ["secret db_password", "owner ghost is not in users.users: declare "
+                       "users.users.ghost (the service's module may, once enabled), or give "
+                       "a numeric id"]),
     ("unknown-group", ["secret db_password", "group ghosts is not in users.groups"]),
     ("duplicate-path", ["secret db_password", "secret user_hash", "same path /etc/same"]),
     ("nested-path", ["secret user_hash: path /etc/app/conf/hash lies inside /etc/app, "
