@@ -220,6 +220,23 @@ let
         { user = u; field = f; inherit file; id = lateSecretAt.${file}; })
       [ "hashedPasswordFile" "passwordFile" ])
     (attrNames (config.users.users or { }));
+  # A user's password file written by hand into vaultpy's live directories where no
+  # item is installed (an early secret's file is in earlyDir, not dir): that user would
+  # have no password, without a word.
+  installedAt = lib.unique (concatMap (v: builtins.filter builtins.isString [ v.path v.outPath ])
+    (builtins.attrValues (filterAttrs (_: v: v.install) cfg.secrets)
+     ++ builtins.attrValues cfg.templates));
+  strayPasswordFiles = concatMap (u:
+    let v = config.users.users.${u}; in
+    concatMap (f: let file = v.${f} or null; in
+      optional (builtins.isString file && !(builtins.elem file installedAt)
+                && (lib.hasPrefix "${s.dir}/" file || lib.hasPrefix "${s.earlyDir}/" file))
+        { user = u; field = f; inherit file;
+          named = builtins.filter (id: cfg.secrets.${id}.install
+                                       && cfg.secrets.${id}.name == baseNameOf file)
+            (attrNames cfg.secrets); })
+      [ "hashedPasswordFile" "passwordFile" ])
+    (attrNames (config.users.users or { }));
   earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
@@ -367,6 +384,12 @@ in
         ++ map (x: { assertion = false;
             message = "vaultpy: users.users.${vlib.nixAttr x.user}.${x.field} is ${x.file}, secret ${x.id}'s path, which is installed after users are created: set vaultpy.secrets.${vlib.nixAttr x.id}.early = true (owner and group root), as for any password hash"; })
           latePasswordFiles
+        ++ map (x: { assertion = false;
+            message = "vaultpy: users.users.${vlib.nixAttr x.user}.${x.field} is ${x.file}, where no secret is installed: ${
+              if x.named != [ ] then let id = builtins.head x.named; in
+                "secret ${id} is at ${cfg.secrets.${id}.outPath}; write config.vaultpy.secrets.${vlib.nixAttr id}.path"
+              else "write config.vaultpy.secrets.<id>.path (an early secret's file is in ${s.earlyDir})"}"; })
+          strayPasswordFiles
         ++ lib.mapAttrsToList (id: v: { assertion = false;
             message = "vaultpy: secret ${id}: name ${builtins.toJSON v.name} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
           (filterAttrs (id: v: v.name != id && !(validId v.name)) cfg.secrets)

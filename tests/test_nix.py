@@ -1792,6 +1792,25 @@ def test_a_private_key_given_as_the_host_pubkey_is_never_shown(nixpkgs_lib: Nix,
     assert "PRIVATE KEY-----" not in said and key.read_text().splitlines()[1] not in said
 
 
+def test_a_password_file_where_no_secret_is_installed_is_refused(nixpkgs_lib: Nix,
+                                                                  rich: Rich,
+                                                                  tmp_path: Path) -> None:
+    """hashedPasswordFile = "/run/vaultpy/db_password" for an early secret (its file is
+    in /run/vaultpy-early): the user would have no password, without a word."""
+    mod = {**_base_secret(rich, early=True),
+           "users": {"users": {"alice": {"hashedPasswordFile": "/run/vaultpy/db_password"}}}}
+    right = {**_base_secret(rich, early=True),
+             "users": {"users": {"alice": {
+                 "hashedPasswordFile": "/run/vaultpy-early/db_password"}}}}
+    out = eval_modules(nixpkgs_lib, {n: write_module(tmp_path / f"{n}.nix", c)
+                                     for n, c in {"wrong": mod, "right": right}.items()})
+    assert out["wrong"]["failedAssertions"] == [
+        "vaultpy: users.users.alice.hashedPasswordFile is /run/vaultpy/db_password, where "
+        "no secret is installed: secret db_password is at /run/vaultpy-early/db_password; "
+        "write config.vaultpy.secrets.db_password.path"]
+    assert out["right"]["failedAssertions"] == []
+
+
 def test_a_templates_text_may_come_from_a_file(nixpkgs_lib: Nix, rich: Rich,
                                                tmp_path: Path) -> None:
     """sops-nix's templates.<name>.file: the text read at evaluation, the same profile
