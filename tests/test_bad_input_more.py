@@ -363,11 +363,11 @@ def test_a_directory_in_a_cache_files_place_is_named_and_kept(repo: Repo) -> Non
         proc = repo.run(cmd, env=NO_MEMO)
         line = find(proc, planned.name, "a directory is in its place",
                     "move it away, then run vaultpy renc")
-        assert "host0.alpha" in line
+        assert "host0.secrets.alpha" in line
     assert (planned / "someone's file").read_text() == "keep me"
     report = json.loads(repo.run("renc", "--json", env=NO_MEMO).stdout)
     assert report["repaired"] == [] and report["written"] == []     # not counted twice
-    assert [p["field"] for p in report["failed"]] == ["hosts.host0.alpha"]
+    assert [p["field"] for p in report["failed"]] == ["hosts.host0.secrets.alpha"]
     (planned / "someone's file").unlink()
     planned.rmdir()
     repo.ok("renc", env=NO_MEMO)

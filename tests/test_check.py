@@ -261,7 +261,7 @@ def test_an_edited_master_makes_the_hosts_copies_outdated_not_missing(make_repo)
     data = check_json(repo)
     lines = sorted((p["field"], p["message"]) for p in data["problems"])
     why = "cache file is out of date: its master or the host's key changed since renc"
-    assert lines == [("hosts.host0.alpha", why), ("hosts.host1.alpha", why)], lines
+    assert lines == [("hosts.host0.secrets.alpha", why), ("hosts.host1.secrets.alpha", why)], lines
     states = {(e["host"], e["id"]): e["state"]
               for e in json.loads(repo.run("status", "--json").stdout)["entries"]}
     assert states == {("host0", "alpha"): "outdated", ("host1", "alpha"): "outdated",
@@ -489,7 +489,7 @@ def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: P
         out = (proc.stdout + proc.stderr).decode()
         assert "Traceback" not in out
         for sid in ("alpha", "beta"):
-            assert f"hosts.host1.{sid}" in out, out
+            assert f"hosts.host1.secrets.{sid}" in out, out
         assert out.count("secrets/cache/host1 is a symlink: a host's cache directory is "
                          "a directory of its own") == 2, out
         assert sorted((p.relative_to(other), p.read_bytes() if p.is_file() else b"")
@@ -521,7 +521,7 @@ def test_a_cache_file_that_is_a_symlink_is_never_read_through(make_repo, tmp_pat
     assert proc.returncode == 1
     text = (proc.stdout + proc.stderr).decode()
     assert "Traceback" not in text
-    assert (f"{rel(repo, alpha)}: hosts.host1.alpha: cache file is a symbolic link, not a "
+    assert (f"{rel(repo, alpha)}: hosts.host1.secrets.alpha: cache file is a symbolic link, not a "
             "file; run vaultpy renc") in text, text
     out = tmp_path / "bundle"
     assert_one_clean_error(repo.run("bundle", "--host", "host1", "-o", str(out)),

@@ -70,7 +70,7 @@ def test_check_names_a_dotted_id_of_a_host_quoted(make_repo) -> None:  # type: i
     repo: Repo = make_repo(hosts=1, secrets={"db.password": b"pw\n"})
     proc = repo.run("check")                  # check lists its problems on stdout
     assert proc.returncode == 1
-    assert 'hosts.host0."db.password": cache file is missing' in proc.stdout.decode()
+    assert 'hosts.host0.secrets."db.password": cache file is missing' in proc.stdout.decode()
 
 
 def test_an_unknown_key_is_named_quoted(make_repo) -> None:  # type: ignore[no-untyped-def]

@@ -171,7 +171,8 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
         bad = why if got is None else cache.verify_bytes(got, cfg.hosts[host].recipients)
         if bad is not None:
             problems.append(Problem(display_path(path), f"cache file is {bad}",
-                                    key_path("hosts", host, s["id"]), "run vaultpy renc first"))
+                                    key_path("hosts", host, "secrets", s["id"]),
+                                    "run vaultpy renc first"))
         elif got is not None:
             s["file"] = f"cache/{s['file']}"
             copies.append((s["file"], got))

@@ -87,7 +87,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 entries.append(Entry(host.name, sid, "damaged", shown, blocker,
                                      sid in installed))
                 problems.append(Problem(shown, f"cache file cannot be written: {blocker}",
-                                        key_path("hosts", host.name, sid), cache.FIX_IN_THE_WAY))
+                                        key_path("hosts", host.name, "secrets", sid),
+                                        cache.FIX_IN_THE_WAY))
                 continue
             state = "ok" if reason is None else ("missing" if reason == "missing"
                                                  else "damaged")
@@ -99,7 +100,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 entries.append(Entry(host.name, sid, "outdated", shown, why,
                                      sid in installed))
                 problems.append(Problem(shown, f"cache file is out of date: {why}",
-                                        key_path("hosts", host.name, sid), FIX_RENC))
+                                        key_path("hosts", host.name, "secrets", sid), FIX_RENC))
                 continue
             entries.append(Entry(host.name, sid, "bad-master" if bad_master else state,
                                  shown, "its master file is damaged" if bad_master
@@ -108,10 +109,10 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                 continue        # the master's own line says what to do
             if reason == "missing":
                 problems.append(Problem(shown, "cache file is missing",
-                                        key_path("hosts", host.name, sid), FIX_RENC))
+                                        key_path("hosts", host.name, "secrets", sid), FIX_RENC))
             elif reason is not None:
                 problems.append(Problem(shown, f"cache file is {reason}",
-                                        key_path("hosts", host.name, sid), FIX_RENC))
+                                        key_path("hosts", host.name, "secrets", sid), FIX_RENC))
     outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}
     for path in p.stale:
         host_id = older.get(path)

@@ -107,7 +107,7 @@ def _needed_by(problem: Problem, hosts: Sequence[str]) -> Problem:
 
 def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
     return (i, "", Problem(problem.file, problem.message,
-                           key_path("hosts", item.host, item.id), problem.hint), None)
+                           key_path("hosts", item.host, "secrets", item.id), problem.hint), None)
 
 
 def _run_job(job: _Job) -> list[_Reply]:
@@ -687,7 +687,8 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
         blocker = cache.blocker(item, reason, linked)
         if blocker is not None:         # renc never removes what it did not write
             result.failed.append(Problem(display_path(item.path), "cannot write the cache "
-                                         f"file: {blocker}", key_path("hosts", item.host, item.id),
+                                         f"file: {blocker}",
+                                         key_path("hosts", item.host, "secrets", item.id),
                                          cache.FIX_IN_THE_WAY))
             result.failed_items.add((item.host, item.id))
             continue
