@@ -22,6 +22,13 @@ rec {
   };
   validId = id: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" id != null
     && builtins.stringLength id <= 128;
+  # vaultpy/migrate_sops.py to_id: what an import makes of a sops-nix key (db/password).
+  toId = text:
+    let
+      parts = builtins.filter builtins.isString (builtins.split "[^A-Za-z0-9_.-]+" text);
+      joined = concatStringsSep "_" parts;
+      lead = builtins.match "[_.-]*(.*)" joined;
+    in builtins.head lead;
   keyShape = k: builtins.match
     "[[:space:]]*(ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}|age1[0-9a-z]{20,})([[:space:]].*)?" k != null;
   overlaps = a: b: a == b || lib.hasPrefix "${a}/" b || lib.hasPrefix "${b}/" a;
@@ -134,7 +141,7 @@ rec {
     ++ lib.mapAttrsToList (id: spec: {
         assertion = false;
         message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${vlib.nixAttr id}.file"; })
-      (filterAttrs (_: spec: !(builtins.pathExists spec.file)) secrets)
+      (filterAttrs (id: spec: validId id && !(builtins.pathExists spec.file)) secrets)
     ++ lib.mapAttrsToList (n: _: { assertion = false;
         message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })
       (filterAttrs (_: t: vlib.brokenPlaceholder t.content) templates)

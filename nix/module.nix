@@ -237,6 +237,10 @@ let
             (attrNames cfg.secrets); })
       [ "hashedPasswordFile" "passwordFile" ])
     (attrNames (config.users.users or { }));
+  # The cache files are looked for (an assertion each) once the key and cacheRoot are right.
+  cacheChecked = s.hostPubkey != null && s.cacheRoot != null && builtins.isPath s.cacheRoot
+    && builtins.all keyShape recipients && cfg.secrets != { };
+  hostCache = s.cacheRoot + "/${s.hostName}";
   earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
@@ -360,13 +364,21 @@ in
         ++ map (k: { assertion = keyShape k;
             message = "vaultpy.settings.hostPubkey: ${common.shownKey k} is not an ssh-ed25519 or age1 public key: give this host's /etc/ssh/ssh_host_ed25519_key.pub line (the .pub file, not the key beside it)"; })
           (if s.hostPubkey == null then [ ] else recipients)
-        ++ optionals (s.hostPubkey != null && s.cacheRoot != null && builtins.all keyShape recipients)
-          (lib.mapAttrsToList (id: spec: {
+        ++ optional (cacheChecked && !(builtins.pathExists hostCache)) {
+            assertion = false;
+            message = "vaultpy: no cache directory ${toString hostCache}: vaultpy renc writes one for each host of hosts.toml: check settings.cacheRoot (the repository's secrets/cache) and settings.hostName (${s.hostName}: this host's name there), then run vaultpy renc"; }
+        ++ optionals (cacheChecked && builtins.pathExists hostCache)
+          (lib.mapAttrsToList (id: spec:
+            let
+              # (a message is evaluated for a passing assertion too: it must not read
+              # a master that is missing, which has an assertion of its own)
+              others = builtins.filter (n: lib.hasPrefix "${id}." n) (attrNames (builtins.readDir hostCache));
+            in {
             assertion = validId id && builtins.pathExists spec.file
               -> builtins.pathExists (cachePath id spec);
-            # (a message is evaluated for a passing assertion too: it must not read a
-            # master that is missing, which has an assertion of its own)
-            message = if !(builtins.pathExists spec.file) then "" else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${vlib.tomlKey s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
+            message = if !(builtins.pathExists spec.file) then "" else if others != [ ]
+              then "vaultpy: secret ${id}: the cache holds ${builtins.head others}, made for another master file or host key than this configuration's (file ${toString spec.file}, hostPubkey): run `vaultpy renc` if hosts.toml changed since; else give the same file and key as hosts.toml's [${vlib.tomlKey s.hostName}] there"
+              else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${vlib.tomlKey s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
         ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; keys = s.hostKeys; }
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
@@ -394,7 +406,9 @@ in
             message = "vaultpy: secret ${id}: name ${builtins.toJSON v.name} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })
           (filterAttrs (id: v: v.name != id && !(validId v.name)) cfg.secrets)
         ++ map (id: { assertion = false;
-            message = "vaultpy: secret id ${builtins.toJSON id} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128), as in hosts.toml"; })
+            message = "vaultpy: secret id ${builtins.toJSON id} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128), as in hosts.toml${
+              let made = common.toId id; in lib.optionalString (validId made)
+                " (vaultpy import sops names it ${made}: vaultpy.secrets.${vlib.nixAttr made}, and {{ secrets.${made} }} in templates)"}"; })
           (builtins.filter (id: !(validId id)) (attrNames cfg.secrets))
         ++ map (n: { assertion = false;
             message = "vaultpy: template name ${builtins.toJSON n} is invalid: use letters, digits, _ . - (starting with a letter or digit, at most 128); it is a file name in ${s.dir}"; })

@@ -1250,8 +1250,17 @@ def _assertion_cases(rich: Rich, tmp_path: Path) -> dict[str, dict[str, Any]]:
     settings_ = base["vaultpy"]["settings"]
     master = rich.masters["db_password"]
     empty = tmp_path / "empty-cache"
-    empty.mkdir(exist_ok=True)
+    (empty / "web1").mkdir(parents=True, exist_ok=True)       # renc's, for another host
+    no_host = tmp_path / "no-host-cache"
+    no_host.mkdir(exist_ok=True)
+    stale = tmp_path / "stale-cache"
+    (stale / "web1").mkdir(parents=True, exist_ok=True)
+    (stale / "web1" / f"x.{'0' * 32}.age").write_bytes(b"for another master")
     return {
+        "no-host-cache": {"vaultpy": {"settings": {**settings_, "cacheRoot": no_host},
+                                      "secrets": {"x": {"file": master}}}},
+        "stale-cache": {"vaultpy": {"settings": {**settings_, "cacheRoot": stale},
+                                    "secrets": {"x": {"file": master}}}},
         "demo-valid": {"vaultpy": {"hostsToml": ROOT / "hosts.toml"},
                        "networking": {"hostName": "web1"}, **DEMO_USERS},
         "options-valid": _web1_options(rich),
@@ -1369,6 +1378,13 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
 
 @pytest.mark.parametrize("case, needles", [
     ("missing-cache", ["secret x", "is missing", "run `vaultpy renc`"]),
+    # the wrong cacheRoot or hostName: no directory for this host at all
+    ("no-host-cache", ["no cache directory", "/no-host-cache/web1", "settings.cacheRoot",
+                       "settings.hostName (web1"]),
+    # another master or key than renc used (an old key after a reinstall, agenix's file)
+    ("stale-cache", ["secret x: the cache holds x.00000000000000000000000000000000.age, made "
+                     "for another master file or host key", "run `vaultpy renc` if hosts.toml "
+                     "changed"]),
     ("unknown-owner", ["secret db_password", "owner ghost is not in users.users: declare "
                        "users.users.ghost (the service's module may, once enabled), or give "
                        "a numeric id"]),
@@ -1809,6 +1825,28 @@ def test_a_password_file_where_no_secret_is_installed_is_refused(nixpkgs_lib: Ni
         "no secret is installed: secret db_password is at /run/vaultpy-early/db_password; "
         "write config.vaultpy.secrets.db_password.path"]
     assert out["right"]["failedAssertions"] == []
+
+
+def test_a_sops_style_id_is_refused_with_the_id_an_import_makes(nixpkgs_lib: Nix, rich: Rich,
+                                                                 tmp_path: Path) -> None:
+    """vaultpy.secrets."db/password", as sops-nix names it: one line with the id to use
+    (migrate_sops.to_id's, whose twin common.toId is), not a fix that cannot work."""
+    from vaultpy.migrate_sops import to_id
+
+    mod = _base_secret(rich)
+    mod["vaultpy"]["secrets"] = {"db/password": {"file": tmp_path / "nope.age"}}
+    failed = nixpkgs_lib.eval(file=EVAL_MODULE, attr="failedAssertions", args=[
+        "--arg", "config", str(write_module(tmp_path / "s.nix", mod))])
+    assert ('vaultpy: secret id "db/password" is invalid: use letters, digits, _ . - '
+            "(starting with a letter or digit, at most 128), as in hosts.toml (vaultpy "
+            "import sops names it db_password: vaultpy.secrets.db_password, and {{ "
+            "secrets.db_password }} in templates)") in failed, failed
+    assert not any("vaultpy edit db/password" in m for m in failed), failed
+    words = ["db/password", "/lead/x", "a b//c", "-x", "..a", "ok", "ü/x", "a.b-c_d"]
+    got = nixpkgs_lib.eval(f"let c = import {nix_value(ROOT / 'nix' / 'common.nix')} "
+                           "{ lib = import (builtins.getEnv \"NIXPKGS_LIB\"); }; in map c.toId "
+                           f"(builtins.fromJSON {nix_value(json.dumps(words))})")
+    assert got == [to_id(w) for w in words]
 
 
 def test_a_templates_text_may_come_from_a_file(nixpkgs_lib: Nix, rich: Rich,
