@@ -133,6 +133,14 @@ rec {
       (byPath.${a} or [ ])) (ancestors i.path)) withPath;
 
   # The failed assertions both modules make alike.
+  # Warnings, as renc and check give them: a template's text that reads like a
+  # placeholder mistyped, for a secret declared here (another tool's {{ secret.x }} is
+  # left alone).
+  placeholderWarnings = { secrets, templates }: concatMap (n:
+    map (m: "vaultpy: template ${n}: ${builtins.toJSON m.text} is kept as text, not a placeholder; did you mean {{ secrets.${m.id} }}? (to keep it, write {{{{ for its {{)")
+      (builtins.filter (m: secrets ? ${m.id}) (vlib.nearMisses templates.${n}.content)))
+    (attrNames templates);
+
   # `keys`: settings.hostKeys, the private keys activation decrypts with.
   sharedFailures = { secrets, templates, items, keys }:
     lib.mapAttrsToList (n: t: { assertion = false;

@@ -203,6 +203,7 @@ in
     vaultpy.templates = fromToml.templates;
    })
    (mkIf (cfg.secrets != { } || cfg.templates != { }) {
+    warnings = common.placeholderWarnings { inherit (cfg) secrets templates; };
     assertions = [
       { assertion = keySet;
         message = "vaultpy.settings.hostPubkey is not set: give your ~/.ssh/id_ed25519.pub line (the pubkey of [hosts.${vlib.tomlKey s.hostName}] in hosts.toml), or a path to it"; }

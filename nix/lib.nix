@@ -203,6 +203,24 @@ let
 
   placeholder = id: "{{ secrets.${id} }}";
 
+  # vaultpy/templates.py near_misses: text kept as it is that reads like a placeholder
+  # mistyped ({{ secret.x }}, {{ Secrets.x }}, {{ secrets: x }}): [ { text, id } ], the
+  # text and the id it most likely meant.  Neither a placeholder nor a literal ({{{{).
+  nearMisses = text:
+    let
+      parts = split ("[{][{]([ \t]*)([sS][eE][cC][rR][eE][tT][sS]?)([ \t]*)([.:])([ \t]*)"
+        + "([A-Za-z0-9][A-Za-z0-9_.-]*)([ \t]*)[}][}]") text;
+      at = genList (i: i) (length parts);
+      found = i: let g = elemAt parts i; before = elemAt parts (i - 1); in {
+        text = "{{${elemAt g 0}${elemAt g 1}${elemAt g 2}${elemAt g 3}${elemAt g 4}${elemAt g 5}${elemAt g 6}}}";
+        id = elemAt g 5;
+        real = elemAt g 1 == "secrets" && elemAt g 2 == "" && elemAt g 3 == ".";
+        literal = isString before && stringLength before >= 2
+          && substring (stringLength before - 2) 2 before == "{{";
+      };
+    in map (m: { inherit (m) text id; })
+      (filter (m: !m.real && !m.literal) (map found (filter (i: isList (elemAt parts i)) at)));
+
   # `mode = 440` in hosts.toml is a decimal TOML integer (0o670), not what it looks
   # like: the decimal literals written after `mode =`, as strings, like the Python
   # checker's scan of the text (vaultpy/model.py _DECIMAL_MODE).
@@ -518,6 +536,6 @@ let
     };
 in
 {
-  inherit readEntry tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit nearMisses readEntry tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -447,7 +447,8 @@ in
           templateRefs;
 
       warnings = map (i: "vaultpy: ${i.label}: mode ${vlib.normalizeMode i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${
-          let g = ownersGroup i.owner; in if g == null || g == "" then "<the group>" else g}\", or group = \"root\" to keep it") rootGroupByDefault;
+          let g = ownersGroup i.owner; in if g == null || g == "" then "<the group>" else g}\", or group = \"root\" to keep it") rootGroupByDefault
+        ++ common.placeholderWarnings { inherit (cfg) secrets templates; };
 
       environment.systemPackages = [ cfg.package ];
 

@@ -1849,6 +1849,34 @@ def test_a_sops_style_id_is_refused_with_the_id_an_import_makes(nixpkgs_lib: Nix
     assert got == [to_id(w) for w in words]
 
 
+def test_lib_near_misses_are_the_pythons(nix: Nix) -> None:
+    """lib.nearMisses, the twin of templates.near_misses (check's warning)."""
+    from vaultpy import templates as vtemplates
+
+    texts = ["a {{ secret.db }} b", "{{ Secrets.db.pw }}", "{{secrets: x}}", "{{ secrets . y }}",
+             "{{ secrets.ok }}", "{{{{ secret.lit }}", "x {{ SECRET:z }}{{ secret.w }}",
+             "{{ secret.a }} and {{ secrets.b }} and {{ SeCrEtS.c }}", "no {{ such.x }}", ""]
+    want = [[{"text": t, "id": m[len("{{ secrets."):-3]} for _l, _c, t, m
+             in vtemplates.near_misses(text)] for text in texts]
+    assert any(want) and not all(want)
+    got = nix.eval(f"map (import {nix_value(LIB_NIX)}).nearMisses "
+                   f"(builtins.fromJSON {nix_value(json.dumps(texts))})")
+    assert got == want
+
+
+def test_a_mistyped_placeholder_is_warned_of_by_the_module(nixpkgs_lib: Nix, rich: Rich,
+                                                           tmp_path: Path) -> None:
+    mod = _base_secret(rich)
+    mod["vaultpy"]["templates"] = {"app.env": {"content": "A={{ secret.db_password }}\n"
+                                               "B={{ secret.password }}\n"}}   # (Jinja's)
+    out = eval_modules(nixpkgs_lib, {"t": write_module(tmp_path / "t.nix", mod)})["t"]
+    assert out["warnings"] == [
+        'vaultpy: template app.env: "{{ secret.db_password }}" is kept as text, not a '
+        "placeholder; did you mean {{ secrets.db_password }}? (to keep it, write {{{{ for "
+        "its {{)"], out["warnings"]
+    assert out["failedAssertions"] == []
+
+
 def test_a_templates_text_may_come_from_a_file(nixpkgs_lib: Nix, rich: Rich,
                                                tmp_path: Path) -> None:
     """sops-nix's templates.<name>.file: the text read at evaluation, the same profile
