@@ -148,7 +148,7 @@ rec {
       (filterAttrs (_: t: t.file != null && t.contentGiven) templates)
     ++ lib.mapAttrsToList (id: spec: {
         assertion = false;
-        message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: create it with `vaultpy edit ${id}`, or set vaultpy.secrets.${vlib.nixAttr id}.file"; })
+        message = "vaultpy: secret ${id}: master file ${toString spec.file} does not exist: if vaultpy.secrets.${vlib.nixAttr id}.file has a typo, correct it; else create the master: vaultpy edit ${id} writes the file hosts.toml's [secrets.${vlib.tomlKey id}] names (<secrets_dir>/${id}.age unless its file says otherwise)"; })
       (filterAttrs (id: spec: validId id && !(builtins.pathExists spec.file)) secrets)
     ++ lib.mapAttrsToList (n: _: { assertion = false;
         message = "vaultpy: template ${n}: broken placeholder: write {{ secrets.<id> }} (or {{{{ for a literal {{)"; })

@@ -1434,8 +1434,10 @@ def test_module_assertions_pass_for_valid_configs(assertion_results: dict[str, l
     ("name-dot-dot", ['secret db_password: name ".." is invalid']),
     ("late-password-hash-by-out-path", ["users.users.alice.hashedPasswordFile is "
                                         "/run/vaultpy/db_password", "early = true"]),
-    ("master-missing", ["secret nope: master file", "/nope.age does not exist",
-                        "vaultpy edit nope"]),
+    ("master-missing", ["secret nope: master file", "/nope.age does not exist: if "
+                        "vaultpy.secrets.nope.file has a typo, correct it; else create the "
+                        "master: vaultpy edit nope writes the file hosts.toml's "
+                        "[secrets.nope] names"]),
 ])
 def test_module_assertion_fires(assertion_results: dict[str, list[str]], case: str,
                                 needles: list[str]) -> None:
