@@ -535,3 +535,22 @@ def test_imported_hosts_review_cases(nixrepo: tuple[Repo, Any, Path]) -> None:
         '"api" = {', f'"db2" = {{ "file" = {nix_value(root / "secrets" / "db.age")}; }}; '
         '"api" = {', 1))
     assert_one_clean_error(repo.run("renc"), "declare [secrets.db2] in hosts.toml")
+
+
+def test_host_rm_is_the_way_out_of_a_host_declared_twice(
+        nixrepo: tuple[Repo, Any, Path]) -> None:
+    """host0 in hosts.toml too, and its configuration does not import hosts.toml: every
+    command says to remove it from hosts.toml, and `vaultpy host rm` did not, refusing
+    with that same line."""
+    repo, _write, _lib = nixrepo
+    host = repo.hosts["host0"]
+    with (repo.root / "hosts.toml").open("a") as f:
+        f.write(f'\n[hosts.host0]\npubkey = "{host.pubkey}"\nsecrets = ["db"]\n')
+    said = assert_one_clean_error(repo.run("renc"), "also declared in hosts.toml")
+    assert "remove [hosts.host0] from hosts.toml" in said, said
+    out = repo.ok("host", "rm", "host0")
+    assert "removed host host0 from hosts.toml" in out.stderr.decode(), out
+    assert "[hosts.host0]" not in (repo.root / "hosts.toml").read_text()
+    repo.ok("renc")                 # host0 is Nix's alone again
+    # a host only Nix declares is still refused, with the line that says so
+    assert_one_clean_error(repo.run("host", "rm", "host0"), "host0")

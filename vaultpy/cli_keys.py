@@ -9,6 +9,7 @@ never printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from vaultpy.cli import (
     _emit_json,
     _err,
     _exit,
+    _Globals,
     _identity,
     _json_errors,
     _out,
@@ -34,6 +36,7 @@ from vaultpy.cli import (
     complete_id_list,
     complete_ids,
 )
+from vaultpy.errors import VaultpyError
 
 if os.environ.get("NO_COLOR") and (sys.stdout.isatty() or sys.stderr.isatty()):
     # rich drops colours under NO_COLOR but keeps bold/dim; typer's usage-error and help
@@ -171,9 +174,18 @@ def host_rm(
     repo: RepoOpt = None,
 ) -> None:
     """Remove a host from hosts.toml and delete its cache directory."""
-    from vaultpy import onboard
+    from vaultpy import model, onboard
 
-    cfg = _config_for(repo, json_out)
+    where = repo or _Globals.repo
+    cfg = _json_errors(json_out, lambda: model.load(where, nixos=False))
+    if cfg.nixos is not None and name in cfg.hosts:
+        # hosts.toml's agreement with the NixOS configurations may be what fails (a host
+        # declared in both, which this removal is the fix for): what rm edits is
+        # hosts.toml alone, and a host it holds is not Nix's to keep.
+        with contextlib.suppress(VaultpyError):
+            cfg = model.load(where)
+    elif cfg.nixos is not None:
+        cfg = _config_for(repo, json_out)       # (a host only Nix declares: said so)
     out = _json_errors(json_out, lambda: onboard.remove(cfg, name))
     _report_host(out, json_out)
 
