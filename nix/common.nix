@@ -194,10 +194,10 @@ rec {
       hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false;
                                                   keys = h.identities or null; } p;
       inherit (vlib) outputKeys;
-      fromSpec = where: allowed: spec:
+      fromSpec = kind: item: allowed: spec: let where = "${hw}.${kind}.${vlib.tomlKey item}"; in
         builtins.removeAttrs
           ((if person then vlib.personalSpec { inherit bad where; } else lib.id)
-            (entry.checked where allowed spec) // {
+            (entry.checkedItem kind item allowed spec) // {
             restartUnits = vlib.checkedUnits { inherit bad; where = "${where}.restart_units"; }
               (spec.restart_units or [ ]);
             reloadUnits = vlib.checkedUnits { inherit bad; where = "${where}.reload_units"; }
@@ -227,13 +227,13 @@ rec {
         (id: {
           name = id;
           value = lib.mapAttrs (_: lib.mkDefault)
-            (fromSpec "${hw}.secrets.${vlib.tomlKey id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { })
+            (fromSpec "secrets" id ([ "name" ] ++ outputKeys) (deployed.${id} or { })
               // { file = entry.masterFile id; install = deployed ? ${id}; });
         })
         entry.needed);
       templates = lib.mapAttrs (n: spec: lib.mapAttrs (_: lib.mkDefault)
         (builtins.removeAttrs
-          (fromSpec "${hw}.templates.${vlib.tomlKey n}" ([ "content" "file" "trim" ] ++ outputKeys) spec)
+          (fromSpec "templates" n ([ "content" "file" "trim" ] ++ outputKeys) spec)
           [ "file" ] // { content = content n; })) tmpls;
     };
 }

@@ -373,7 +373,7 @@ let
   # profileFromHostsToml and the modules' import of it (nix/common.nix fromHostsToml),
   # which make a profile and module options of it.  `bad where msg` throws one line;
   # `missing`, given the names there, is what an absent entry throws.  Gives the checked
-  # table `h`, whether it is a person's (user = true), its field path `hw`, `checked`
+  # table `h`, whether it is a person's (user = true), its field path `hw`, `checkedItem`
   # (an item table with only `allowed` keys), the deployed secrets (id -> table), the
   # templates (checked) and each one's text, the ids the entry needs (its secrets and
   # its templates' placeholders) and each one's master file.
@@ -387,17 +387,25 @@ let
       hw = "hosts.${tomlKey name}";
       h = checkedHost bad hw (doc.hosts.${name} or (missing (attrNames (doc.hosts or { }))));
       person = h.user or false;
-      # A typo ("mdoe") was passed over, the default used in its place: refused.
-      checked = where: allowed: spec:
-        let unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec); in
+      # An item's table, [hosts.<name>.<kind>.<item>], with only `allowed` keys: a typo
+      # ("mdoe") was passed over, the default used in its place.  A table inside it is
+      # a dotted name left unquoted ([hosts.h.templates.app.env]), said as such.
+      checkedItem = kind: item: allowed: spec:
+        let
+          where = "${hw}.${kind}.${tomlKey item}";
+          unknown = filter (k: !(builtins.elem k allowed)) (attrNames spec);
+          k = head unknown;
+        in
         if !(isAttrs spec) then bad where "expected a table"
-        else if unknown != [ ] then bad "${where}.${tomlKey (head unknown)}" (unknownKey (head unknown)
+        else if unknown != [ ] && isAttrs spec.${k} then bad "${where}.${tomlKey k}"
+          "a table inside [${where}]; for the name '${item}.${k}', quote it: [${hw}.${kind}.${tomlKey "${item}.${k}"}]"
+        else if unknown != [ ] then bad "${where}.${tomlKey k}" (unknownKey k
           (if person then filter (k: !(builtins.elem k notPersonal)) allowed else allowed))
         else spec;
       raw = h.secrets or [ ];
       deployed =
         if isList raw then listToAttrs (map (id: { name = id; value = { }; }) raw) else raw;
-      tmpls = builtins.mapAttrs (n: checked "${hw}.templates.${tomlKey n}"
+      tmpls = builtins.mapAttrs (n: checkedItem "templates" n
         ([ "content" "file" "trim" ] ++ outputKeys)) (h.templates or { });
       # `file = "templates/app.conf"`: the text read from there (hosts.toml-relative).
       content = n: templateText { inherit bad root hostsToml; where = "${hw}.templates.${tomlKey n}";
@@ -417,7 +425,7 @@ let
               else "declare [secrets.${tomlKey id}] in hosts.toml${elsewhere id}"));
     in
     {
-      inherit hw h person checked deployed tmpls content declared;
+      inherit hw h person checkedItem deployed tmpls content declared;
       decimals = decimalModes text;
       cacheDir = resolve root (top.cache_dir or "secrets/cache");
       secretsDir = resolve root (top.secrets_dir or "secrets");
@@ -438,7 +446,7 @@ let
       bad = where: msg: throw "vaultpy: ${toString hostsToml}: ${where}: ${msg}";
       entry = readEntry { inherit hostsToml root bad; name = host;
                           missing = known: bad "hosts" "no host ${host}; known hosts: ${concatStringsSep ", " known}"; };
-      inherit (entry) hw h person checked deployed tmpls content decimals cacheDir;
+      inherit (entry) hw h person checkedItem deployed tmpls content decimals cacheDir;
       owners = where: spec: builtins.mapAttrs (k: v:
         checkedOwner { file = "vaultpy: ${toString hostsToml}"; where = "${where}.${k}"; } v)
         (builtins.intersectAttrs { owner = null; group = null; } spec);
@@ -464,7 +472,7 @@ let
       secretEntry = id:
         let
           spec = personal "${hw}.secrets.${tomlKey id}"
-            (checked "${hw}.secrets.${tomlKey id}" ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
+            (checkedItem "secrets" id ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
           installed = deployed ? ${id};
         in
         {

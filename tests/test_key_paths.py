@@ -141,3 +141,17 @@ def test_a_dotted_name_left_unquoted_is_said_so(make_repo, table: str, line: str
     said = assert_one_clean_error(repo.run("check"), "a table inside")
     assert said.endswith(line), said
     assert "unknown key" not in repo.run("check").stderr.decode()
+
+
+@pytest.mark.parametrize("table", ['[hosts.host0.templates.app.env]\ncontent = "x"\n',
+                                   '[hosts.host0.secrets.db.pw]\nmode = "0400"\n'])
+def test_lib_nix_says_a_dotted_name_left_unquoted_as_check_does(make_repo, nix: Nix,  # type: ignore[no-untyped-def]
+                                                                 table: str) -> None:
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    repo.write_hosts(text + table)
+    said = assert_one_clean_error(repo.run("check"), "a table inside")
+    line = said.split("hosts.toml: ", 1)[1]
+    proc = nix.eval_proc(f'(import {NIX}/lib.nix).profileFromHostsToml '
+                         f'{{ hostsToml = {repo.root}/hosts.toml; host = "host0"; }}')
+    assert proc.returncode != 0 and f"/hosts.toml: {line}\n" in proc.stderr, (line, proc.stderr)
