@@ -194,7 +194,12 @@ rec {
       hostPath = where: p: vlib.checkedItemPath { inherit bad where; user = false;
                                                   keys = h.identities or null; } p;
       inherit (vlib) outputKeys;
-      fromSpec = kind: item: allowed: spec: let where = "${hw}.${kind}.${vlib.tomlKey item}"; in
+      fromSpec = kind: item: allowed: given:
+        let
+          where = "${hw}.${kind}.${vlib.tomlKey item}";
+          spec = vlib.withoutOwnPath { inherit person;
+            name = if kind == "secrets" then given.name or item else item; } given;
+        in
         builtins.removeAttrs
           ((if person then vlib.personalSpec { inherit bad where; } else lib.id)
             (entry.checkedItem kind item allowed spec) // {

@@ -301,6 +301,15 @@ let
     early = spec.early or false;
   };
 
+  # An item's `path` that is where its file is anyway (/run/vaultpy/<name>, as agenix
+  # users write): no link, as the modules take it (vaultpy/model.py _output).
+  withoutOwnPath = { person, name }: spec:
+    let
+      dirs = if person then userSettings else defaultSettings;
+      own = "${if !person && (spec.early or false) == true then dirs.early_dir else dirs.dir}/${name}";
+    in
+    if isAttrs spec && (spec.path or null) == own then builtins.removeAttrs spec [ "path" ] else spec;
+
   # Join a hosts.toml-relative path onto root (a path), keeping absolute ones.
   resolve = root: p: if substring 0 1 p == "/" then /. + p else root + "/${p}";
 
@@ -471,8 +480,9 @@ let
          else "missing: give this host's /etc/ssh/ssh_host_ed25519_key.pub line")));
       secretEntry = id:
         let
-          spec = personal "${hw}.secrets.${tomlKey id}"
+          checkedSpec = personal "${hw}.secrets.${tomlKey id}"
             (checkedItem "secrets" id ([ "name" ] ++ outputKeys) (deployed.${id} or { }));
+          spec = withoutOwnPath { inherit person; name = checkedSpec.name or id; } checkedSpec;
           installed = deployed ? ${id};
         in
         {
@@ -485,7 +495,8 @@ let
           name = if installed then spec.name or id else id;
         } // fields "${hw}.secrets.${tomlKey id}" spec;
       templateEntry = name:
-        let spec = personal "${hw}.templates.${tomlKey name}" tmpls.${name}; in
+        let spec = withoutOwnPath { inherit person name; }
+          (personal "${hw}.templates.${tomlKey name}" tmpls.${name}); in
         { inherit name; content = content name; trim = spec.trim or false; }
         // fields "${hw}.templates.${tomlKey name}" spec;
     in
@@ -544,6 +555,6 @@ let
     };
 in
 {
-  inherit nearMisses readEntry tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
+  inherit withoutOwnPath nearMisses readEntry tomlKey nixAttr closeMatch unknownKey notPersonal trimSpace templateText checkedKeyPaths checkedItemPath checkedUnits unitPattern pathClash resolve outputKeys expandUserPath personalSpec absPathPattern isAbsPath cacheHash cacheName normalizeRecipient templateRefs placeholder profileFromHostsToml
     profileFromOptions defaultSettings userSettings literalPath normalizeMode brokenPlaceholder decimalModes checkedMode checkedOwner checkedHost;
 }

@@ -710,7 +710,7 @@ def test_a_persons_entry_is_a_users_profile_whose_paths_say_home(user: User) -> 
     ({"path": "~/.config/token"}, "path", "write %h/.config/token (%h is their home)"),
     ({"path": "$HOME/token"}, "path", "write %h/token"),
     ({"path": "%htoken"}, "path", "a % other than a leading %h/ or %r/"),
-    ({"path": "%h/.local/state/vaultpy/secrets/token"}, "path",
+    ({"path": "%h/.local/state/vaultpy/secrets/other"}, "path",
      "overlaps '%h/.local/state/vaultpy/secrets'"),
 ])
 def test_check_refuses_in_a_persons_entry_what_a_users_profile_cannot_do(

@@ -38,6 +38,7 @@ from vaultpy.output import (
     EARLY_OWNER_PROBLEM,
     HOST_IDENTITY,
     PERSON_IDENTITY,
+    USER_DIRS,
     early_owner_ok,
     has_control,
     key_path_problem,
@@ -608,8 +609,16 @@ def _item_keys(*keys: str, user: bool) -> tuple[tuple[str, ...], tuple[str, ...]
     return allowed, tuple(k for k in allowed if k not in NOT_PERSONAL) if user else None
 
 
-def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = False
-            ) -> Output:
+def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = False,
+            name: str | None = None) -> Output:
+    """An item's output fields.  ``name``: its file's name, for a ``path`` that is where
+    the file is anyway (``/run/vaultpy/<name>``, as agenix users write): no link, as
+    the modules take it, not an overlap with activation's own directory."""
+    if name is not None and "path" in table:
+        dirs = USER_DIRS if user else DEFAULT_DIRS
+        early = table.get("early") is True and not user
+        if table["path"] == f"{dirs['early_dir' if early else 'dir']}/{name}":
+            table = {k: v for k, v in table.items() if k != "path"}
     if user:
         # A user's profile: installed as the person who activates it, once they log in.
         for key in ("owner", "group"):
@@ -1003,7 +1012,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 given = ck.string(sub["name"], f"{at}.name")
                 if given is not None and ck.ident(given, f"{at}.name", "file name"):
                     out_name = given
-            deployments.append(Deployment(sid, out_name, _output(ck, sub, at, user=user)))
+            deployments.append(Deployment(sid, out_name,
+                                          _output(ck, sub, at, user=user, name=out_name)))
     else:
         ck.add(f"{where}.secrets", f"expected a list of ids or a table, got "
                f"{_kind(raw_secrets)}", f'write secrets = ["id"] or [{where}.secrets.<id>]')
@@ -1050,7 +1060,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                                                    f"{at}.file"))
             trim = ck.boolean(sub["trim"], f"{at}.trim") if "trim" in sub else False
             tmpls.append(Template(tname, content or "", trim, tuple(refs),
-                                  _output(ck, sub, at, user=user), source, source_stat))
+                                  _output(ck, sub, at, user=user, name=tname), source,
+                                  source_stat))
 
     keys = set(identities) or {PERSON_IDENTITY if user else HOST_IDENTITY}
     for at, out in [*((f"{where}.secrets.{toml_key(d.id)}", d.out) for d in deployments),

@@ -28,6 +28,9 @@ UID_MAX = 2**32 - 2         # numeric owners: (uid_t)-1 means "leave unchanged" 
 # Where activation keeps its own state (the profile's settings): never a ``path``.
 DEFAULT_DIRS = {"dir": "/run/vaultpy", "early_dir": "/run/vaultpy-early",
                 "store": "/run/vaultpy.d"}
+# A user's profile's (%h, %r: the user's home and runtime directory, at activation).
+USER_DIRS = {"dir": "%h/.local/state/vaultpy/secrets", "early_dir": "%h/.local/state/vaultpy/early",
+             "store": "%r/vaultpy.d"}
 # The private key a profile decrypts with when its entry names none (``identities``):
 # a host's sshd key, a person's own SSH key.  Never a ``path`` either.
 HOST_IDENTITY = "/etc/ssh/ssh_host_ed25519_key"

@@ -28,6 +28,7 @@ from vaultpy.output import (
     ID_RE,
     PERSON_IDENTITY,
     UNIT_RE,
+    USER_DIRS,
     USER_RE,
     Output,
     early_owner_ok,
@@ -60,9 +61,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 USER_SETTINGS: dict[str, Any] = {
     "user": True,
     "identities": [PERSON_IDENTITY],
-    "dir": "%h/.local/state/vaultpy/secrets",
-    "early_dir": "%h/.local/state/vaultpy/early",
-    "store": "%r/vaultpy.d",
+    **USER_DIRS,
     "keep": 3,
 }
 
