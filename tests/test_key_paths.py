@@ -155,3 +155,16 @@ def test_lib_nix_says_a_dotted_name_left_unquoted_as_check_does(make_repo, nix: 
     proc = nix.eval_proc(f'(import {NIX}/lib.nix).profileFromHostsToml '
                          f'{{ hostsToml = {repo.root}/hosts.toml; host = "host0"; }}')
     assert proc.returncode != 0 and f"/hosts.toml: {line}\n" in proc.stderr, (line, proc.stderr)
+
+
+@pytest.mark.parametrize("line", ["mode = 0440", "mode = 0440  # the group reads it",
+                                  "  mode=0600"])
+def test_an_octal_mode_written_as_a_number_says_to_quote_it(make_repo, line: str) -> None:  # type: ignore[no-untyped-def]
+    """TOML has no leading zeros, so mode = 0440 is a syntax error, which said only
+    'fix the syntax at that line'."""
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    repo.write_hosts(text + f"[hosts.host0.secrets.db]\n{line}\n")
+    value = line.split("=")[1].split("#")[0].strip()
+    said = assert_one_clean_error(repo.run("check"), "not valid TOML")
+    assert said.endswith(f'; write the mode as a string: mode = "{value}"'), said

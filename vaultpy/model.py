@@ -1230,6 +1230,12 @@ def parse(text: str, path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         hint = ("the file starts with a byte order mark (BOM): save it as UTF-8 without one"
                 if text.startswith("\ufeff") else "fix the syntax at that line")
+        at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        lines = text.splitlines()
+        bad_line = lines[int(at.group(1)) - 1] if at and 0 < int(at.group(1)) <= len(lines) else ""
+        octal = re.fullmatch(r"\s*mode\s*=\s*(0[0-7]+)\s*(#.*)?", bad_line)
+        if octal:   # TOML has no leading zeros: an octal mode is a string
+            hint = f'write the mode as a string: mode = "{octal.group(1)}"'
         mixed = re.match(r"Cannot declare \('hosts', '([^']*)', 'secrets'", str(exc))
         if mixed and not _lists_secrets(text, mixed.group(1)):
             mixed = None
