@@ -67,8 +67,17 @@ let
     in if best == null then null else best.x;
   # What `vaultpy check` says of a key not in `known`.
   unknownKey = key: known:
-    let c = closeMatch key known; in
-    "unknown key; " + (if c != null then "did you mean '${c}'?"
+    let
+      c = closeMatch key known;
+      # other tools' keys (vaultpy/model.py FOREIGN_KEYS)
+      foreign = {
+        neededForUsers = { meant = "early"; said = "sops-nix's neededForUsers is early = true here"; };
+        symlink = { meant = "path"; said = "agenix's symlink: a path here is always a symlink (to the file in RAM); remove it"; };
+      };
+    in
+    "unknown key; " + (if foreign ? ${key} && builtins.elem foreign.${key}.meant known
+                       then foreign.${key}.said
+                       else if c != null then "did you mean '${c}'?"
                        else "allowed keys: ${concatStringsSep ", " known}");
   # A person's entry refuses these with a line of their own (personalSpec).
   notPersonal = [ "owner" "group" "early" ];

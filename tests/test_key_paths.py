@@ -168,3 +168,19 @@ def test_an_octal_mode_written_as_a_number_says_to_quote_it(make_repo, line: str
     value = line.split("=")[1].split("#")[0].strip()
     said = assert_one_clean_error(repo.run("check"), "not valid TOML")
     assert said.endswith(f'; write the mode as a string: mode = "{value}"'), said
+
+
+@pytest.mark.parametrize(("key", "head", "hint"), [
+    ("neededForUsers = true", "", "sops-nix's neededForUsers is early = true here"),
+    ("symlink = false", "", "agenix's symlink: a path here is always a symlink (to the file "
+                            "in RAM); remove it"),
+    # a person's entry has no early: the list, not a fix it would refuse
+    ("neededForUsers = true", "user = true\n", "allowed keys: name, mode, path")])
+def test_another_tools_key_says_what_it_is_here(make_repo, key: str, head: str,  # type: ignore[no-untyped-def]
+                                                hint: str) -> None:
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    repo.write_hosts(text.replace("[hosts.host0]\n", "[hosts.host0]\n" + head)
+                     + f"[hosts.host0.secrets.db]\n{key}\n")
+    said = assert_one_clean_error(repo.run("check"), "unknown key")
+    assert f"unknown key; {hint}" in said, said

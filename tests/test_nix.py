@@ -603,7 +603,11 @@ def test_an_unknown_key_is_said_by_nix_as_by_vaultpy_check(nix: Nix, tmp_path: P
                  '[hosts.h.templates."app.env"]\ncontent = "x"\n"re.load_units" = []\n',
                  'identites = ["/k"]\n', '[hosts.h.template.t]\ncontent = "x"\n',
                  'user = true\n[hosts.h.secrets.a]\nownr = "me"\n',
-                 'user = true\n[hosts.h.secrets.a]\nerly = true\n'):
+                 'user = true\n[hosts.h.secrets.a]\nerly = true\n',
+                 # other tools' keys, as a migrated table keeps them
+                 '[hosts.h.secrets.a]\nneededForUsers = true\n',
+                 '[hosts.h.secrets.a]\nsymlink = false\n',
+                 'user = true\n[hosts.h.secrets.a]\nneededForUsers = true\n'):
         hosts.write_text(head + body)
         with pytest.raises(VaultpyError) as raised:
             vmodel.load(hosts)

@@ -363,7 +363,9 @@ class _Checker:
         known = allowed if shown is None else shown
         for key in table:
             if key not in allowed:
-                hint = did_you_mean(key, known) or "allowed keys: " + ", ".join(known)
+                meant, said = FOREIGN_KEYS.get(key, ("", ""))
+                hint = (said if meant in known else did_you_mean(key, known)
+                        or "allowed keys: " + ", ".join(known))
                 at = f"{where}.{toml_key(key)}" if where else toml_key(key)
                 self.add(at, "unknown key", hint)
 
@@ -446,6 +448,15 @@ class _Checker:
                      f"digit, at most {ID_MAX} characters")
             return False
         return True
+
+
+# Other tools' keys, as migrated tables keep them: what vaultpy says instead of its
+# list (when the key it names is allowed there).  lib.nix unknownKey says the same.
+FOREIGN_KEYS = {
+    "neededForUsers": ("early", "sops-nix's neededForUsers is early = true here"),
+    "symlink": ("path", "agenix's symlink: a path here is always a symlink (to the file "
+                "in RAM); remove it"),
+}
 
 
 def _owner(ck: _Checker, value: Any, where: str) -> str:
