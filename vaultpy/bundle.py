@@ -128,7 +128,7 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
     """Write the bundle of ``host`` to ``out``; refuses to replace it unless ``force``.
     ``user``: a user's bundle (the module's docstring), as it always is for an entry
     with ``user = true``."""
-    user = user or (host in cfg.hosts and cfg.hosts[host].user)
+    user = user or cfg.is_person(host)
     # Pasted into ExecStart=: a space splits it, % is a systemd specifier, a newline
     # starts a unit line of its own (ExecStartPre=…), a relative name is no command.
     # A user's unit may start with %h/ (the user's home: ~/.local/bin/vaultpy, pipx's).

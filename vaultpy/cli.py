@@ -412,7 +412,7 @@ def renc(
             result.written or result.repaired or result.pruned):
         # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
-    people = sum(1 for name in host or cfg.hosts if name in cfg.hosts and cfg.hosts[name].user)
+    people = cfg.people(host)
     total = clock.total()
     if json_out:
         extra = {"timings": timings.as_list(clock.phases, total)} if show_timings else {}
@@ -526,7 +526,7 @@ def check(
             _print_problems(problems, _out())
             _err().print(f"[red]{len(problems)} problem(s)[/]")
         else:
-            hosts, people = len(cfg.hosts), sum(1 for h in cfg.hosts.values() if h.user)
+            hosts, people = len(cfg.hosts), cfg.people()
             if (color := memo.rich_colours(sys.stderr)) is not None:   # as the memo answers
                 _plain(memo.check_ok_line(color, hosts, people), err=True)
             else:
@@ -713,7 +713,7 @@ def bundle(
     from vaultpy.bundle import bundle as do_bundle
 
     cfg = _config(repo)
-    person = user or (host in cfg.hosts and cfg.hosts[host].user)
+    person = user or cfg.is_person(host)
     vaultpy_path = vaultpy_path or ("%h/.local/bin/vaultpy" if person
                                     else "/usr/local/bin/vaultpy")
     out = do_bundle(cfg, host, output, vaultpy_path, force, user=user)

@@ -207,7 +207,7 @@ def host_rotate(
 
     source = _source(pubkey, pubkey_file, keyscan, generate)
     cfg = _config_for(repo, json_out)
-    if name in cfg.hosts and cfg.hosts[name].user:
+    if cfg.is_person(name):
         _persons_key(source, f"{name}, a person's entry (user = true),")
     out = _json_errors(json_out, lambda: onboard.rotate(
         cfg, name, source, run_renc=not no_renc, identity_files=_identity(identity)))

@@ -84,7 +84,7 @@ def check_config(repo: Path | None) -> tuple[Check, Config | None]:
     except VaultpyError as exc:
         detail, fix = _first_problem(exc)
         return Check("hosts.toml", PROBLEM, detail, fix), None
-    people = sum(1 for h in cfg.hosts.values() if h.user)
+    people = cfg.people()
     return Check("hosts.toml", OK, f"{display_path(cfg.path)}: {len(cfg.hosts) - people} "
                  f"host(s), {f'{people} person(s), ' if people else ''}"
                  f"{len(cfg.secrets)} secret(s)"), cfg

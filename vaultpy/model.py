@@ -313,6 +313,14 @@ class Config:
     def lock_path(self) -> Path:
         return self.cache_dir / ".vaultpy.lock"
 
+    def is_person(self, name: str) -> bool:
+        """Whether ``name`` is a person's entry (``user = true``), not a host's."""
+        return name in self.hosts and self.hosts[name].user
+
+    def people(self, names: Iterable[str] | None = None) -> int:
+        """How many of the entries ``names`` (default: all) are people's."""
+        return sum(map(self.is_person, self.hosts if names is None else names))
+
     def secret(self, secret_id: str) -> Secret:
         try:
             return self.secrets[secret_id]

@@ -711,7 +711,7 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
             key.generated.undo()
         raise
     out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
-                  person=name in new_cfg.hosts and new_cfg.hosts[name].user,
+                  person=new_cfg.is_person(name),
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
     keyless = model.no_identity_for_age_key(new_cfg, name)
     if keyless is not None:     # said now, not first at the host's boot

@@ -627,7 +627,7 @@ def skeleton(cfg: Config) -> dict[str, object]:
     return {"cache_dir": str(cfg.cache_dir),
             "identity": None if cfg.identity is None else str(cfg.identity),
             "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets,
-            "people": sum(1 for h in hosts if h.user)}
+            "people": cfg.people()}
 
 
 def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
