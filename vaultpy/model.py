@@ -377,17 +377,19 @@ class _Checker:
                 at = f"{where}.{toml_key(key)}" if where else toml_key(key)
                 self.add(at, "unknown key", hint)
 
-    def unquoted(self, table: dict[str, Any], prefix: tuple[str, ...], name: str,
-                 allowed: tuple[str, ...]) -> dict[str, Any]:
-        """``[secrets.redis.password]`` is a table ``password`` inside ``[secrets.redis]``:
+    def item_keys(self, table: dict[str, Any], prefix: tuple[str, ...], name: str,
+                  allowed: tuple[str, ...], shown: tuple[str, ...] | None = None) -> None:
+        """:meth:`keys` of the table ``[<prefix>.<name>]`` (a secret, a template).
+        ``[secrets.redis.password]`` is a table ``password`` inside ``[secrets.redis]``:
         an id or file name with a dot must be quoted.  A sub-table where none may be is
-        said as that, with the quoted header, and left out of the unknown keys."""
+        said as that, with the quoted header, not as an unknown key."""
         nested = [k for k, v in table.items() if k not in allowed and isinstance(v, dict)]
         for key in nested:
             whole = f"{name}.{key}"
             self.add(key_path(*prefix, name, key), f"a table inside [{key_path(*prefix, name)}]",
                      f"for the name {whole!r}, quote it: [{key_path(*prefix, whole)}]")
-        return {k: v for k, v in table.items() if k not in nested}
+        self.keys({k: v for k, v in table.items() if k not in nested},
+                  key_path(*prefix, name), allowed, shown)
 
     def table(self, value: Any, where: str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -1023,9 +1025,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            item_keys = _item_keys("name", user=user)
-            ck.keys(ck.unquoted(sub, ("hosts", name, "secrets"), sid, item_keys[0]), at,
-                    *item_keys)
+            ck.item_keys(sub, ("hosts", name, "secrets"), sid, *_item_keys("name", user=user))
             out_name = sid
             if "name" in sub:
                 given = ck.string(sub["name"], f"{at}.name")
@@ -1047,9 +1047,8 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
             sub = ck.table(spec, at)
             if sub is None:
                 continue
-            item_keys = _item_keys("content", "file", "trim", user=user)
-            ck.keys(ck.unquoted(sub, ("hosts", name, "templates"), tname, item_keys[0]), at,
-                    *item_keys)
+            ck.item_keys(sub, ("hosts", name, "templates"), tname,
+                         *_item_keys("content", "file", "trim", user=user))
             content = ck.string(sub["content"], f"{at}.content") if "content" in sub else None
             source: Path | None = None
             source_stat: tuple[int, ...] = ()
@@ -1307,8 +1306,7 @@ def parse(text: str, path: Path) -> Config:
         sub = ck.table(spec, where)
         if sub is None:
             continue
-        secret_keys = ("file", "vault", "generate", "rotate_days")
-        ck.keys(ck.unquoted(sub, ("secrets",), sid, secret_keys), where, secret_keys)
+        ck.item_keys(sub, ("secrets",), sid, ("file", "vault", "generate", "rotate_days"))
         file = secrets_dir / f"{sid}.age"
         if "file" in sub:
             given = ck.path_string(sub["file"], f"{where}.file")
