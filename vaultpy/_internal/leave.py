@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno  # (built in: no file read at start-up)
 import os
 import sys
 
@@ -36,7 +37,7 @@ def leave(code: object) -> NoReturn:
 
 
 # Write errors of stdout or stderr (> /dev/full, a full disk): not an internal error.
-OUTPUT_ERRNOS = frozenset({28, 5, 122, 27})     # ENOSPC, EIO, EDQUOT, EFBIG (Linux)
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
 
 
 def output_lost(exc: OSError) -> int:
