@@ -124,7 +124,7 @@ let
   # A person's entry refuses owner, group and early: every file is theirs, installed
   # once they log in (vaultpy/model.py _output).  `spec` back as it is, else `bad`.
   personalSpec = { bad, where }: spec:
-    let wrong = filter (k: spec ? ${k}) [ "owner" "group" "early" ]; in
+    let wrong = filter (k: spec ? ${k}) notPersonal; in
     if wrong == [ ] then spec
     else bad "${where}.${head wrong}" (if head wrong == "early"
       then "early in a person's entry (user = true): early files are for a host's boot; remove early"
@@ -170,7 +170,10 @@ let
   # `keys`: the entry's identities as written (null: the default), never a path
   # (vaultpy/output.py key_path_problem).
   checkedItemPath = { bad, where, user, keys ? null }: p:
-    let clash = pathClash (if user then userSettings else defaultSettings) p; in
+    let
+      settings = if user then userSettings else defaultSettings;
+      clash = pathClash settings p;
+    in
     if !(if user then isUserPath p else isAbsPath p)
     then bad where "invalid path ${builtins.toJSON p}: ${if user
       then "a path is absolute or begins with %h/ (the person's home) or %r/ (their runtime directory); %% is a %"
@@ -179,8 +182,7 @@ let
     then bad where "path ${builtins.toJSON p} overlaps ${builtins.toJSON clash.where}, where activation keeps its ${clash.what}; ${
       if builtins.elem clash.what [ "dir" "early_dir" "store" ]
       then "choose a path outside ${clash.where}, or drop it" else "choose another path, or drop it"}"
-    else if builtins.elem p (if keys == null
-                             then (if user then userSettings else defaultSettings).identities
+    else if builtins.elem p (if keys == null then settings.identities
                              else if isList keys then keys else [ ])   # (else said elsewhere)
     then bad where "path ${builtins.toJSON p} is ${if user then "the person's" else "the host's"} private key, which activation decrypts with; give the secret a path of its own (a link there would lead nowhere after a reboot, and nothing could be decrypted)"
     else p;
@@ -219,7 +221,7 @@ let
     let
       parts = split ("[{][{]([ \t]*)([sS][eE][cC][rR][eE][tT][sS]?)([ \t]*)([.:])([ \t]*)"
         + "([A-Za-z0-9][A-Za-z0-9_.-]*)([ \t]*)[}][}]") text;
-      at = genList (i: i) (length parts);
+      at = range 0 (length parts);
       found = i: let g = elemAt parts i; before = elemAt parts (i - 1); in {
         text = "{{${elemAt g 0}${elemAt g 1}${elemAt g 2}${elemAt g 3}${elemAt g 4}${elemAt g 5}${elemAt g 6}}}";
         id = elemAt g 5;
@@ -482,7 +484,7 @@ let
             // builtins.mapAttrs (k: v: checkedUnits { inherit bad; where = "${where}.${k}"; } v)
                  (builtins.intersectAttrs { restart_units = null; reload_units = null; } spec);
         in
-        if person then builtins.removeAttrs checked [ "owner" "group" "early" ]
+        if person then builtins.removeAttrs checked notPersonal
         else checked // owners where spec;
       recipients = toList (h.pubkey or (bad "${hw}.pubkey"
         (if person then "missing: give the person's ~/.ssh/id_ed25519.pub line"
@@ -541,7 +543,7 @@ let
           path = if spec.path == null then null else literalPath spec.path;
           restart_units = spec.restartUnits;
           reload_units = spec.reloadUnits;
-        }) [ "owner" "group" "early" ]
+        }) notPersonal
         else outputFields {
           inherit (spec) owner group mode path early;
           restart_units = spec.restartUnits;
