@@ -409,9 +409,23 @@ def scan(raw: dict[str, object], **kw: object) -> memo.Rest | None:
     return memo.Rest.start(raw["listed"], raw["scanned"], **kw).finish()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("share", [0.5, 0.8, 1.0])
+def scanned_by_the_helper(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders the helper sends back (collected in this process)."""
+    theirs: list[str] = []
+    real = memo._Helper.collect
+
+    def collect(self: memo._Helper) -> object:
+        got = real(self)
+        theirs.extend(got if isinstance(got, dict) else ())
+        return got
+
+    monkeypatch.setattr(memo._Helper, "collect", collect)
+    return theirs
+
+
+@pytest.mark.parametrize("busy", [0.0, 0.3])
 def test_a_helper_process_scans_to_the_very_same_state(
-        repo: Repo, monkeypatch: pytest.MonkeyPatch, share: float) -> None:
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, busy: float) -> None:
     settled(repo)
     raw = recorded(repo)
     alone = scan(raw, keep=set(raw["scanned"]))        # type: ignore[arg-type]
@@ -419,18 +433,56 @@ def test_a_helper_process_scans_to_the_very_same_state(
     forks: list[int] = []
     real_fork = os.fork
     monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
-    given: list[int] = []
-    real_start = memo._Helper.start
-    monkeypatch.setattr(memo._Helper, "start", lambda folders, keep: (
-        given.append(len(folders)), real_start(folders, keep))[1])
-    helped = scan(raw, keep=set(raw["scanned"]), entries=9, share=share)  # type: ignore[arg-type]
+    theirs = scanned_by_the_helper(monkeypatch)
+    scanning = memo.Rest.start(raw["listed"], raw["scanned"],  # type: ignore[arg-type]
+                               keep=set(raw["scanned"]), entries=9)  # type: ignore[arg-type]
+    time.sleep(busy)                   # the caller's own work, before it joins the scan
+    helped = scanning.finish()
     assert forks == [1]
-    assert given == [int(len(raw["scanned"]) * share)] and given[0] >= 2   # type: ignore[arg-type]
+    if busy:                           # the helper took every folder meanwhile
+        assert sorted(theirs) == sorted(raw["scanned"])  # type: ignore[arg-type]
     assert alone is not None and helped is not None
     assert helped.value == alone.value == raw["digest"]
     assert (helped.newest, helped.entries) == (alone.newest, alone.entries)
     assert {f: (s[0], list(s[1])) for f, s in helped.scans.items() if s} == \
         {f: (s[0], list(s[1])) for f, s in alone.scans.items() if s}
+
+
+def test_a_slow_helper_leaves_the_folders_to_this_process(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folders are shared out as they are taken, not in halves fixed at the start:
+    a helper held up (by the machine, say) takes only what it has time for."""
+    settled(repo)
+    raw = recorded(repo)
+    monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
+    parent, real = os.getpid(), memo._folder
+
+    def slow_in_the_helper(folder: str) -> object:
+        if os.getpid() != parent:
+            time.sleep(0.5)
+        return real(folder)
+
+    monkeypatch.setattr(memo, "_folder", slow_in_the_helper)
+    theirs = scanned_by_the_helper(monkeypatch)
+    rest = scan(raw, keep=set(raw["scanned"]), entries=9)  # type: ignore[arg-type]
+    assert rest is not None and rest.value == raw["digest"]
+    assert len(raw["scanned"]) >= 4 and len(theirs) <= 1  # type: ignore[arg-type]
+
+
+def test_many_folders_are_queued_in_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More folders than the queue has tokens: each token stands for a run of them, and
+    every folder is in exactly one run."""
+    monkeypatch.setattr(memo, "_TOKENS", 7)
+    folders = [f"/nowhere/{i}" for i in range(30)]
+    r, w = os.pipe()
+    os.write(w, b"".join(i.to_bytes(2, "little") for i in range(7)))
+    os.close(w)
+    helper = memo._Helper(folders, 0, -1, r)
+    runs = []
+    while taken := helper.take():
+        runs.append(taken)
+    os.close(r)
+    assert len(runs) == 7 and [f for run in runs for f in run] == folders
 
 
 def test_a_helper_that_fails_is_made_up_for(repo: Repo, monkeypatch: pytest.MonkeyPatch
@@ -463,11 +515,16 @@ def test_a_symlink_in_the_helpers_share_is_never_trusted(
     settled(repo)
     raw = recorded(repo)
     monkeypatch.setattr(memo, "PARALLEL_ENTRIES", 1)
-    theirs = raw["scanned"][1::2]                      # type: ignore[index]
-    os.symlink("/etc/hostname", os.path.join(theirs[0], "link"))
-    assert scan(raw, entries=9) is None
-    assert scan(raw, entries=9, share=1.0) is None
-    assert scan(raw) is None
+    for folder in raw["scanned"][1::2]:                # type: ignore[index]
+        os.symlink("/etc/hostname", os.path.join(folder, "link"))
+        assert scan(raw, entries=9) is None
+        scanning = memo.Rest.start(raw["listed"], raw["scanned"],  # type: ignore[arg-type]
+                                   entries=9)
+        time.sleep(0.2)                 # (the helper scans them all, that one included)
+        assert scanning.finish() is None
+        assert scan(raw) is None
+        os.unlink(os.path.join(folder, "link"))
+        assert scan(raw, entries=9) is not None
 
 
 def test_the_helper_is_not_interrupted_by_ctrl_c(repo: Repo, monkeypatch: pytest.MonkeyPatch
@@ -484,8 +541,7 @@ def test_the_helper_is_not_interrupted_by_ctrl_c(repo: Repo, monkeypatch: pytest
         return real(folder)
 
     monkeypatch.setattr(memo, "_folder", slow)      # the helper inherits it
-    scanning = memo.Rest.start(raw["listed"], raw["scanned"], entries=9,  # type: ignore[arg-type]
-                               share=1.0)
+    scanning = memo.Rest.start(raw["listed"], raw["scanned"], entries=9)  # type: ignore[arg-type]
     helper = scanning.helper
     assert helper is not None
     time.sleep(0.1)

@@ -51,10 +51,7 @@ _LOCK = ".vaultpy.lock"
 _WRITES = ".vaultpy-writes"     # writes.JOURNAL: an interrupted write the full run finishes
                                 # (beside hosts.toml; in the cache, from older versions)
 _CLOCK_WAIT_S = 0.1      # for the clock to pass this run's writes, else record nothing
-# Of the cache's folders, stat'ed by a helper while this process checks the masters
-# and imports the crypto stack (~15 ms on the 500 x 20 benchmark), then stats the rest.
-# Measured there, 10 runs each: median 74.6 ms at 0.8, 68.6 at 0.65, 71.6 at 0.6.
-_HELPER_SHARE = 0.65
+
 
 class Recorded:
     """The memo as recorded by a clean ``renc`` or ``check``, its fields type-checked."""
@@ -420,11 +417,11 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
             clock0 = memo.fs_clock(cache_dir)
             if clock0 is None or any(map(os.path.lexists, journals)):
                 return None     # (a writer killed while this waited for the lock)
-            # A helper process stats most of the cache (it shares the lock's open file
+            # A helper process stats the cache (it shares the lock's open file
             # meanwhile, and only stats) while this one checks the masters and imports;
-            # then this one stats the rest (_HELPER_SHARE).
+            # then this one takes its share of what is left.
             scanning = memo.Rest.start(listed, scanned, keep=set(scanned),
-                                       entries=raw.get("entries"), share=_HELPER_SHARE)
+                                       entries=raw.get("entries"))
             run: Run | None = None
             try:
                 try:

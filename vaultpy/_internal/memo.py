@@ -155,19 +155,17 @@ class Rest:
 
     @classmethod
     def start(cls, listed: Sequence[str], scanned: Sequence[str], *,
-              keep: Collection[str] = (), entries: object = 0, share: float = 0.5
-              ) -> Scanning:
+              keep: Collection[str] = (), entries: object = 0) -> Scanning:
         """:meth:`take` in two steps, so that the caller can work meanwhile.
 
         ``entries``: how many entries the last record saw.  From
-        :data:`PARALLEL_ENTRIES` on, a forked helper starts scanning ``share`` of the
-        folders, spread evenly; :meth:`Scanning.finish` scans the rest.  Half, unless
-        the caller has work of its own until it calls finish (then more, up to 1)."""
+        :data:`PARALLEL_ENTRIES` on, a forked helper starts scanning the folders at
+        once, taking them one at a time from a queue that :meth:`Scanning.finish`
+        joins: whichever process is free takes the next, so the two end together
+        however long the caller works meanwhile (or is held up by the machine)."""
         helper = None
         if isinstance(entries, int) and entries >= PARALLEL_ENTRIES and len(scanned) >= 4:
-            theirs = [f for i, f in enumerate(scanned)
-                      if int((i + 1) * share) > int(i * share)]
-            helper = _Helper.start(theirs, keep) if theirs else None
+            helper = _Helper.start(list(scanned), keep)
         return Scanning(listed, scanned, keep, helper)
 
     def updated(self, changes: dict[str, dict[str, os.stat_result | None]]) -> Rest | None:
@@ -242,18 +240,19 @@ class Scanning:
         helper = self.helper
         done: dict[str, _Folder] = {}
         try:
-            theirs = helper.folders if helper is not None else frozenset()
-            if not _scan_into(done, [f for f in self.scanned if f not in theirs]):
-                return None
             if helper is not None:
+                while folders := helper.take():
+                    if not _scan_into(done, folders):
+                        return None
                 got = helper.collect()
                 if isinstance(got, str):        # _UNTRUSTED
                     return None
-                if got is None:                 # the helper failed: scan its share here
-                    if not _scan_into(done, list(theirs)):
-                        return None
-                else:
-                    done.update(got)
+                for folder, one in (got or {}).items():
+                    done.setdefault(folder, one)
+            # All of them without a helper; with one, what it took but did not send
+            # (it failed): nothing is left out.
+            if not _scan_into(done, [f for f in self.scanned if f not in done]):
+                return None
         finally:
             self.cancel()
         return Rest(names, {f: done[f][2] if f in self.keep else None for f in self.scanned},
@@ -269,12 +268,12 @@ class Scanning:
 
 
 # From this many cache entries on (the last record's count), a forked helper stats
-# half of them: lstat is most of a no-op run, and on 2 cores the halves overlap.
+# about half of them: lstat is most of a no-op run, and on 2 cores the halves overlap.
 # (Threads do not help: each stat returns into a wait for the GIL.)
 PARALLEL_ENTRIES = 2048
-# The helper's share in :func:`digest`, where this process has ~550 files of its own to
-# stat (modules, masters) before its share of the folders.
-_FIRST_SHARE = 0.55
+# The helper's queue holds at most this many tokens of 2 bytes (one per folder, or per
+# run of folders when there are more): 4 KiB, what a pipe holds at the least.
+_TOKENS = 2048
 
 # A scanned folder's digest, its newest mtime/ctime, its scan, its number of entries.
 _Folder = tuple[bytes, int, Scan | None, int]
@@ -351,19 +350,46 @@ def _scan(folder: str) -> Scan:
 
 
 class _Helper:
-    """A forked process scanning ``folders``.  It sends back (marshal, over a pipe)
-    their digests, and the scans of those in ``keep`` (names and packed numbers, as
-    bytes); it leaves only through ``os._exit``."""
+    """A forked process scanning folders.  Both it and this process take them from a
+    queue (:meth:`take`): a pipe filled, before the fork, with one 2-byte token per
+    folder (or run of folders), each read whole by one of the two.  It sends back
+    (marshal, over a pipe) the digests of the folders it took, and the scans of those in
+    ``keep`` (names and packed numbers, as bytes); it leaves only through ``os._exit``."""
 
-    def __init__(self, folders: list[str], pid: int, fd: int) -> None:
-        self.folders, self.pid, self.fd = frozenset(folders), pid, fd
+    def __init__(self, folders: list[str], pid: int, fd: int, queue: int) -> None:
+        self.folders, self.pid, self.fd, self.queue = folders, pid, fd, queue
+        self.runs = min(len(folders), _TOKENS)
         self.status: int | None = None
+
+    def take(self) -> list[str]:
+        """The next folders in the queue, [] once it is empty."""
+        try:
+            token = os.read(self.queue, 2)
+        except OSError:
+            return []
+        if len(token) != 2:
+            return []
+        i, n, k = int.from_bytes(token, "little"), len(self.folders), self.runs
+        return self.folders[i * n // k:(i + 1) * n // k]
 
     @classmethod
     def start(cls, folders: list[str], keep: Collection[str]) -> _Helper | None:
+        runs = min(len(folders), _TOKENS)
         try:
-            r, w = os.pipe()
+            queue, filler = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
+            return None
+        try:
+            try:
+                tokens = b"".join(i.to_bytes(2, "little") for i in range(runs))
+                full = os.write(filler, tokens) == len(tokens)  # never blocks: all or none
+            finally:
+                os.close(filler)            # (so that the queue ends: read gives b"")
+            r, w = os.pipe() if full else (-1, -1)
+        except OSError:
+            full = False
+        if not full:
+            os.close(queue)
             return None
         # The helper must never run the caller's code: SIGINT (sent to the whole process
         # group by Ctrl-C), SIGTERM and SIGHUP are blocked across fork() and stay blocked
@@ -374,8 +400,8 @@ class _Helper:
             pid = os.fork()
         except OSError:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
-            os.close(r)
-            os.close(w)
+            for fd in (r, w, queue):
+                os.close(fd)
             return None
         if pid != 0:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
@@ -383,16 +409,18 @@ class _Helper:
             code = 1
             try:
                 os.close(r)
+                mine = cls(folders, 0, -1, queue)
                 out: list[object] | None = []
-                for folder in folders:
-                    one = _folder(folder)
-                    if one is None:
-                        out = None
-                        break
-                    scan = one[2]
-                    kept = (None if scan is None or folder not in keep
-                            else ("\0".join(scan[0]), scan[1].tobytes()))
-                    out.append((folder, one[0], one[1], one[3], kept))  # type: ignore[union-attr]
+                while out is not None and (taken := mine.take()):
+                    for folder in taken:
+                        one = _folder(folder)
+                        if one is None:
+                            out = None
+                            break
+                        scan = one[2]
+                        kept = (None if scan is None or folder not in keep
+                                else ("\0".join(scan[0]), scan[1].tobytes()))
+                        out.append((folder, one[0], one[1], one[3], kept))
                 view = memoryview(marshal.dumps(out))
                 while view:
                     view = view[os.write(w, view):]
@@ -400,7 +428,7 @@ class _Helper:
             finally:
                 os._exit(code)
         os.close(w)
-        return cls(folders, pid, r)
+        return cls(folders, pid, r, queue)
 
     def collect(self) -> dict[str, _Folder] | str | None:
         """The helper's folders, :data:`_UNTRUSTED`, or None if it failed."""
@@ -427,12 +455,13 @@ class _Helper:
                 numbers.frombytes(kept[1])
                 scan = (kept[0].split("\0") if count else [], numbers)
             got[folder] = (digest_value, newest, scan, count)
-        return got if got.keys() == self.folders else None
+        return got if got.keys() <= set(self.folders) else None
 
     def close(self, kill: bool = False) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.queue):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.queue = -1
         if self.status is None:
             if kill:
                 with contextlib.suppress(OSError):
@@ -451,10 +480,10 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     digest is then ""): a changed master is found in 500 stats, not 10,500.  The
     folders' digest is also "" when they cannot be trusted (see :meth:`Rest.take`).
 
-    On a big cache the helper starts first, and takes a little more than half of the
-    folders: this process stats vaultpy's modules and the files meanwhile.
+    On a big cache the helper starts first, and scans folders while this process stats
+    vaultpy's modules and the files; then both take what is left.
     """
-    scanning = Rest.start(listed, scanned, entries=entries, share=_FIRST_SHARE)
+    scanning = Rest.start(listed, scanned, entries=entries)
     try:
         head_value, newest = head()
         lines, files_newest = file_lines(files)
