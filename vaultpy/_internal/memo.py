@@ -519,12 +519,9 @@ def _who() -> str:
     """What the same files mean depends on who reads them and how paths expand: the
     user, groups and capabilities (permission to read), HOME (``~`` in hosts.toml),
     and the Python running vaultpy."""
-    caps = ""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            caps = next((ln for ln in f if ln.startswith("CapEff:")), "")
-    except OSError:
-        pass
+    # (read as bytes: a text file would import the ascii codec, 0.2 ms)
+    status = (_read_regular("/proc/self/status") or b"").decode("ascii", "replace")
+    caps = next((ln for ln in status.splitlines() if ln.startswith("CapEff:")), "")
     return (f"{os.geteuid()} {os.getegid()} {sorted(os.getgroups())} {caps.strip()} "
             f"{os.path.expanduser('~')} {sys.version}\n")
 
