@@ -25,7 +25,7 @@ from vaultpy import doctor
 from vaultpy.cli import app
 
 CHECKS = ["vaultpy", "hosts.toml", "recipients", "masters", "identity", "git-ignore",
-          "ram-dir", "ramfs",
+          "clock", "ram-dir", "ramfs",
           "tool:age", "tool:age-keygen", "tool:ssh-keygen", "tool:ssh-keyscan",
           "tool:nix-instantiate"]
 
@@ -65,6 +65,46 @@ def test_healthy_repository(make_repo) -> None:
     assert any(ln.strip().startswith("fix: add a backup recipient") for ln in lines)
     assert "no problems found" in text.stderr.decode()
     assert repo.snapshot() == before                       # doctor writes nothing
+
+
+def test_files_dated_in_the_future_are_named_with_the_fix(make_repo) -> None:
+    """A clock set back (or files unpacked from a machine whose clock ran ahead): renc
+    and check cannot use their memo, and only doctor says why."""
+    import time
+
+    from memo_helpers import trusted
+
+    repo = make_repo(hosts=2)
+    repo.ok("renc")
+    rc, checks = doctor_json(repo)
+    assert checks["clock"]["status"] == "ok" and "dated in the past" in checks["clock"]["detail"]
+    master = repo.root / "secrets" / "alpha.age"
+    cached = next((repo.cache / "host0").glob("beta.*.age"))
+    later = time.time_ns() + (3 * 3600 + 5 * 60 + 50) * 10**9
+    os.utime(master, ns=(later, later))
+    os.utime(cached, ns=(later - 10**12, later - 10**12))
+    repo.ok("renc")
+    repo.ok("renc")
+    assert not trusted(repo, "renc")           # the full run every time
+    rc, checks = doctor_json(repo)
+    clock = checks["clock"]
+    assert rc == 0 and clock["status"] == "warning", clock
+    assert clock["detail"].startswith("2 file(s) are dated in the future, up to 3 h 5 min "
+                                      "ahead of this machine's clock (secrets/alpha.age, "
+                                      "secrets/cache/host0/beta.")
+    assert clock["fix"].startswith("if the clock is right, touch them (touch -c -- "
+                                   "secrets/alpha.age secrets/cache/host0/beta.")
+    subprocess.run(["touch", "-c", "--", str(master), str(cached)], check=True)
+    time.sleep(0.05)
+    repo.ok("renc")
+    assert trusted(repo, "renc")               # the fix works
+    assert doctor_json(repo)[1]["clock"]["status"] == "ok"
+
+
+def test_clock_spans_read_as_people_say_them() -> None:
+    s = 10**9
+    assert [doctor._span(n * s) for n in (3, 119, 120, 7199, 7200, 7260, 2 * 86400)] == \
+        ["3 s", "119 s", "2 min", "119 min", "2 h 0 min", "2 h 1 min", "2 days"]
 
 
 def test_masters_as_check_sees_them(make_repo, tmp_path: Path) -> None:

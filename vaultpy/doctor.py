@@ -12,6 +12,7 @@ Checks: hosts.toml (valid), recipients (parse; a backup recipient), masters (eac
 master file a regular file and a well-formed age file: needs no key), identity (present,
 private, unlocks, decrypts the well-formed master files), git-ignore (git ignores
 vaultpy's local files: the write journal, the lock, the verification index, the memo),
+clock (nothing renc and check read is dated in the future: their memo would not answer),
 ram-dir (RAM-backed storage for ``vaultpy edit``), ramfs (in the kernel; as root,
 actually mountable inside a throwaway ``unshare -m`` namespace), and the versions of the
 external tools vaultpy works with.
@@ -20,6 +21,7 @@ Nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -331,6 +333,61 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
     return Check("identity", OK, detail)
 
 
+def check_clock(cfg: Config | None, now_ns: int | None = None) -> Check:
+    """Is anything renc and check read dated in the future?  Their no-op memo trusts
+    only inputs older than the run (a change within the same clock tick could hide
+    otherwise), so a file from a clock set back, or unpacked from a machine whose clock
+    ran ahead, has every run do the full work until the clock passes it: nothing fails,
+    it is only slow, and nothing else would say why."""
+    import time
+
+    from vaultpy._internal import memo
+
+    name = "clock"
+    if cfg is None:
+        return Check(name, SKIPPED, "needs a valid hosts.toml")
+    now = time.time_ns() if now_ns is None else now_ns
+    lists = memo.inputs(cfg)
+    stamps: list[tuple[int, str]] = []
+    for path in [*memo._code_files(), *lists["files"]]:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            stamps.append((max(st.st_mtime_ns, st.st_ctime_ns), path))
+    for folder in lists["scanned"]:
+        with contextlib.suppress(OSError), os.scandir(folder) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    stamps.append((max(st.st_mtime_ns, st.st_ctime_ns), entry.path))
+    ahead = sorted(((t, p) for t, p in stamps if t > now + _CLOCK_SLACK_NS), reverse=True)
+    if not ahead:
+        return Check(name, OK, f"the {len(stamps)} file(s) renc and check read are dated in "
+                     "the past: unchanged, they are answered from the no-op memo")
+    shown = [display_path(p) for _, p in ahead[:3]]
+    more = f" and {len(ahead) - 3} more" if len(ahead) > 3 else ""
+    return Check(name, WARNING, f"{len(ahead)} file(s) are dated in the future, up to "
+                 f"{_span(ahead[0][0] - now)} ahead of this machine's clock ("
+                 f"{', '.join(shown)}{more}): renc and check do their full work every time "
+                 "until the clock passes them",
+                 "if the clock is right, touch them (touch -c -- " + " ".join(shown)
+                 + (" ..." if more else "") + "), else set the clock right")
+
+
+_CLOCK_SLACK_NS = 2 * 10**9        # (a file just written by another process: not news)
+
+
+def _span(ns: int) -> str:
+    """A duration as people say it: "40 s", "3 min", "2 h 5 min", "12 days"."""
+    s = ns // 10**9
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
 def check_ram_dir() -> Check:
     from vaultpy._internal import fsutil
     from vaultpy.edit import ram_candidates
@@ -461,6 +518,7 @@ def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
     add(check_masters(cfg, masters))
     add(check_identity(cfg, identity_files, masters))
     add(check_git_ignore(cfg))
+    add(check_clock(cfg))
     add(check_ram_dir())
     add(check_ramfs())
     for tool in tools:

@@ -559,9 +559,6 @@ class Snapshot:
 
     def capture(self, cfg: Config) -> None:
         """Digest the inputs ``cfg`` names, before the run reads any of them."""
-        from vaultpy._internal.writes import JOURNAL as WRITES
-        from vaultpy.recovery import JOURNAL
-
         if (str(cfg.path) != self.config or cfg.nixos is not None   # inputs: Nix's, unknown
                 or os.path.realpath(cfg.cache_dir) != os.path.realpath(self.cache_dir)
                 or _stat(self.config) != self.pre):
@@ -573,27 +570,13 @@ class Snapshot:
             for t in h.templates:
                 if t.source is not None and _stat(str(t.source)) != t.source_stat:
                     return
-        files = [self.config, str(cfg.root / JOURNAL), str(cfg.root / WRITES),
-                 *(str(s.file) for s in cfg.secrets.values()),
-                 # templates' own files: their placeholders decide what a host needs
-                 *(str(t.source) for h in cfg.hosts.values() for t in h.templates
-                   if t.source is not None)]
-        # hosts.toml's folder too: check and renc count the temp files of a killed
-        # hosts.toml write, or of a write journal killed before its rename, there
-        # and every folder from the repository down to the cache directory: one turned
-        # into a symlink is refused by the full command (model._linked_below)
-        chain = [str(p) for p in cfg.cache_dir.parents if p == cfg.root or cfg.root in p.parents]
-        listed = [str(cfg.root), str(cfg.secrets_dir), *chain,
-                  *(str(s.file.parent) for s in cfg.secrets.values())]
-        scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
-        self.lists = {"files": sorted(set(files)), "listed": sorted(set(listed)),
-                      "scanned": sorted(set(scanned))}
+        self.lists = inputs(cfg)
         head_value, newest = head()
         lines, files_newest = file_lines(self.lists["files"])
         expected = sum(len(h.needed) for h in cfg.hosts.values())
         rest = Rest.take(self.lists["listed"], self.lists["scanned"], entries=expected)
         if (rest is None or max(newest, files_newest, rest.newest) >= self.since
-                or not _one_clock(self.cache_dir, files)):
+                or not _one_clock(self.cache_dir, self.lists["files"])):
             self.lists = None       # an input is changing (or did in this very tick)
             return
         self.files_value = files_digest(head_value, self.lists["files"], lines)
@@ -615,6 +598,29 @@ class Snapshot:
         write(self.cache_dir, {"config": self.config, **self.lists, **self.extra,
                                "files_digest": self.files_value, "digest": self.value,
                                "ok": entries})
+
+
+def inputs(cfg: Config) -> dict[str, list[str]]:
+    """What a run's answer depends on (see the module's docstring): ``files``, stat'ed;
+    ``listed`` folders, their entries' names; ``scanned`` folders, their entries' stat."""
+    from vaultpy._internal.writes import JOURNAL as WRITES
+    from vaultpy.recovery import JOURNAL
+
+    files = [str(cfg.path), str(cfg.root / JOURNAL), str(cfg.root / WRITES),
+             *(str(s.file) for s in cfg.secrets.values()),
+             # templates' own files: their placeholders decide what a host needs
+             *(str(t.source) for h in cfg.hosts.values() for t in h.templates
+               if t.source is not None)]
+    # hosts.toml's folder too: check and renc count the temp files of a killed
+    # hosts.toml write, or of a write journal killed before its rename, there
+    # and every folder from the repository down to the cache directory: one turned
+    # into a symlink is refused by the full command (model._linked_below)
+    chain = [str(p) for p in cfg.cache_dir.parents if p == cfg.root or cfg.root in p.parents]
+    listed = [str(cfg.root), str(cfg.secrets_dir), *chain,
+              *(str(s.file.parent) for s in cfg.secrets.values())]
+    scanned = [str(cfg.cache_dir), *(str(cfg.cache_dir / h) for h in cfg.hosts)]
+    return {"files": sorted(set(files)), "listed": sorted(set(listed)),
+            "scanned": sorted(set(scanned))}
 
 
 def _building(cache_dir: str) -> bool:
