@@ -212,6 +212,9 @@ def activate(profile: Path, root: Path, *extra: str, no_mount: bool = True,
                           timeout=timeout)
 
 
+activate_run = activate        # (for modules where "activate" names something else)
+
+
 def activate_ok(profile: Path, root: Path, *extra: str, **kw: object
                 ) -> subprocess.CompletedProcess[bytes]:
     proc = activate(profile, root, *extra, **kw)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from activate_helpers import (
     Recorder,
     activate_cmd,
     activate_ok,
+    activate_run,
     copy_repo,
     demo_repo,
     file_state,
@@ -278,6 +279,89 @@ exit $rc
     assert proc.stdout.decode().split("@@ls\n")[1].strip() == ""   # no generation
     assert not os.path.lexists(h.live)
     assert world.rec.calls() == []
+
+
+# ------------------------------------------------- inputs and places nobody else controls
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("how", ["mode", "owner", "group", "folder", "symlinked", "cache",
+                                 "cache-folder", "sticky"])
+def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: Path,
+                                                        how: str) -> None:
+    """Whoever can write the profile chooses owners, modes and paths; whoever can write
+    a cache file chooses the value (a host's public key is public): activation, as root,
+    refuses both before it does anything, and the live generation stays (found in
+    review: a profile chmod 666 had root hand its secret to nobody)."""
+    h = world.host
+    world.activate()
+    world.rec.clear()
+    cache_dir = world.repo.cache / HOST
+    cached = next(cache_dir.glob("plain.*.age"))
+    profile = h.profile
+    if how == "mode":
+        os.chmod(profile, 0o666)
+        path, said, fix = profile, "writable by every user", f"chmod go-w {profile}"
+    elif how == "owner":
+        os.chown(profile, NOBODY, -1)
+        path, said, fix = profile, f"owned by uid {NOBODY}, not root", f"chown root {profile}"
+    elif how == "group":
+        os.chown(profile, -1, NOBODY)
+        os.chmod(profile, 0o664)
+        path, said, fix = profile, f"writable by group {NOBODY}", f"chmod go-w {profile}"
+    elif how == "folder":
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        profile = theirs / "profile.json"
+        shutil.copy(h.profile, profile)
+        os.chown(theirs, NOBODY, NOBODY)
+        path, said, fix = theirs, f"a directory above {profile}", f"chown root {theirs}"
+    elif how == "symlinked":          # the profile's real place is theirs
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        shutil.copy(h.profile, theirs / "profile.json")
+        os.chown(theirs, NOBODY, NOBODY)
+        profile = tmp_path / "link.json"
+        profile.symlink_to(theirs / "profile.json")
+        path, said, fix = theirs, "owned by uid 65534", f"chown root {theirs}"
+    elif how == "cache":
+        os.chmod(cached, 0o646)
+        path, said, fix = cached, "writable by every user", f"chmod go-w {cached}"
+    elif how == "cache-folder":
+        os.chmod(cache_dir, 0o777)
+        path, said, fix = cache_dir, "writable by every user", f"chmod go-w {cache_dir}"
+    else:                             # sticky: others cannot rename or remove root's entries
+        os.chmod(cache_dir, 0o1777)
+        world.activate()
+        assert os.readlink(h.live) == "vaultpy.d/2"
+        return
+    before = snapshot_tree(h.root)
+    proc = activate_run(profile, h.root, systemctl=world.rec.script)
+    line = assert_one_clean_error(proc, str(path), said, fix)
+    assert "whoever" in line and "chooses what activation installs" in line
+    assert snapshot_tree(h.root) == before and os.readlink(h.live) == "vaultpy.d/1"
+    assert world.rec.calls() == []
+
+
+@pytest.mark.parametrize("field", ["dir", "store", "early_dir"])
+def test_a_hosts_places_below_another_users_directory_are_refused(
+        world: World, tmp_path: Path, field: str) -> None:
+    """A host's live link, store and early link in a directory another user owns: they
+    could swap the live link for theirs, and services would read their files (found in
+    review).  A user's profile had this check; a host's now has it too."""
+    h = world.host
+    data = json.loads(h.profile.read_text())
+    theirs = h.root / "srv" / "app"
+    theirs.mkdir(parents=True)
+    os.chown(theirs, 1101, 1101)
+    data["settings"][field] = f"/srv/app/{field}"
+    h.profile.write_text(json.dumps(data))
+    proc = activate_run(h.profile, h.root, systemctl=world.rec.script)
+    line = assert_one_clean_error(proc, "/srv/app", "owned by another user",
+                                  f"settings.{field}")
+    assert "only root can write to" in line
+    assert os.listdir(theirs) == [] and world.rec.calls() == []
 
 
 # ------------------------------------------------------------- 4. generations, notify
@@ -788,14 +872,16 @@ def test_each_step_alone(world: World) -> None:
 
     h = world.host
     assert [name for name, _ in STEPS] == [
-        "lock", "load_identities", "mount_store", "new_generation", "decrypt_secrets",
-        "render_templates", "check_paths", "switch", "link_paths", "retire_early",
-        "diff_and_notify", "prune"]
+        "trust_inputs", "lock", "load_identities", "mount_store", "new_generation",
+        "decrypt_secrets", "render_templates", "check_paths", "switch", "link_paths",
+        "retire_early", "diff_and_notify", "prune"]
     steps = dict(STEPS)
     opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
                    systemctl=str(world.rec.script))
     ctx = Context(opts, profile_mod.load(h.profile))
     try:
+        steps["trust_inputs"](ctx)                          # reads only
+        assert not (h.root / "run").exists()
         steps["lock"](ctx)
         assert ctx.lock_fd is not None and (h.root / "run/vaultpy.d.lock").exists()
         steps["load_identities"](ctx)

@@ -17,10 +17,8 @@ from vaultpy.output import lock_path
 def lock(ctx: Context) -> None:
     """flock ``<store>.lock`` beside the store (the ramfs is mounted over the store
     itself), so two activations never interleave.  The kernel drops the lock if
-    the process dies.  (A user's profile: its places are checked first,
-    :func:`_user_places`.)"""
-    if ctx.user:
-        _user_places(ctx)
+    the process dies.  (The profile's places are checked first, :func:`_places`.)"""
+    _places(ctx)
     if ctx.opts.dry_run:
         return
     path = Path(lock_path(str(ctx.store)))      # a profile path never overlaps it
@@ -150,18 +148,23 @@ def mount_store(ctx: Context) -> None:
                                        f"chown root:root {store} && chmod 0751 {store}"))
 
 
-def _user_places(ctx: Context) -> None:
-    """The directories above a user's store and live link must be root's or the user's,
-    and not writable by others unless sticky (:func:`links.open_parent`, which makes
-    what is missing, but for a dry run): else another user could swap one for a
-    place of theirs between the checks and the writes that follow, which use plain
-    paths, and have the plaintext written, or the user's own files removed, there."""
+def _places(ctx: Context) -> None:
+    """The directories above the store, the live link (and a host's early link) must be
+    root's (a user's profile: root's or the user's), and not writable by others unless
+    sticky (:func:`links.open_parent`, which makes what is missing, but for a dry run):
+    else another user could swap one for a place of theirs between the checks and the
+    writes that follow, which use plain paths, and have the plaintext written, a
+    service read their files through the live link, or the user's own files removed."""
     from vaultpy.activate import links
 
     s = ctx.profile.settings
-    for field, place, where in (("store", s.store, "under %r, your runtime directory (is "
-                                 "$XDG_RUNTIME_DIR yours?)"),
-                                ("dir", s.dir, "in your home")):
+    only_root = "in a directory only root can write to (as /run)"
+    places = ((("store", s.store, "under %r, your runtime directory (is "
+                "$XDG_RUNTIME_DIR yours?)"), ("dir", s.dir, "in your home"))
+              if ctx.user else
+              (("store", s.store, only_root), ("dir", s.dir, only_root),
+               ("early_dir", s.early_dir, only_root)))
+    for field, place, where in places:
         try:
             fd = links.open_parent(ctx, place, create=not ctx.opts.dry_run)
             everyone = os.fstat(fd).st_mode & stat.S_IWOTH
