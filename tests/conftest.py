@@ -138,6 +138,18 @@ def hosts_toml(recipients: list[str], secrets: list[str],
     return "\n".join(lines) + "\n" + extra
 
 
+@pytest.fixture(autouse=True)
+def _no_identities_left_in_memory() -> Iterator[None]:
+    """A test that runs vaultpy in this process may leave keys it unlocked in
+    ``identities._in_memory`` (the incremental renc hands them to the full run it falls
+    back to, which the test never starts): the next test's repository, with another
+    master key, would be read with them and fail (seen as a flaky Ctrl-C soak)."""
+    yield
+    from vaultpy import identities
+
+    identities._in_memory.clear()
+
+
 @pytest.fixture
 def syncfs_as_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing else waits to be written, as far as renc can tell: ``fsutil.sync_files``
