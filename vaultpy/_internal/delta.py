@@ -420,10 +420,11 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
             # A helper process stats the cache (it shares the lock's open file
             # meanwhile, and only stats) while this one checks the masters and imports;
             # then this one takes its share of what is left.
-            scanning = memo.Rest.start(listed, scanned, keep=set(scanned),
-                                       entries=raw.get("entries"))
             run: Run | None = None
+            scanning: memo.Scanning | None = None
             try:
+                scanning = memo.Rest.start(listed, scanned, keep=set(scanned),
+                                           entries=raw.get("entries"))
                 try:
                     run = Run(Recorded(raw), cache_dir, clock0)
                 except (KeyError, ValueError, TypeError, IndexError):
@@ -444,7 +445,8 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
                     return None
             finally:
                 with sigint.held():     # a Ctrl-C must not cut the clean-up short
-                    scanning.cancel()
+                    if scanning is not None:
+                        scanning.cancel()
                     if run is not None:
                         run.discard()
             with contextlib.suppress(Exception):    # published: the memo is only a shortcut

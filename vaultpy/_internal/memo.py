@@ -160,9 +160,10 @@ class Rest:
 
         ``entries``: how many entries the last record saw.  From
         :data:`PARALLEL_ENTRIES` on, a forked helper starts scanning the folders at
-        once, taking them one at a time from a queue that :meth:`Scanning.finish`
-        joins: whichever process is free takes the next, so the two end together
-        however long the caller works meanwhile (or is held up by the machine)."""
+        once, taking them one (or, past :data:`_TOKENS` folders, one run) at a time
+        from a queue that :meth:`Scanning.finish` joins: whichever process is free
+        takes the next, so the two end together however long the caller works
+        meanwhile (or is held up by the machine)."""
         helper = None
         if isinstance(entries, int) and entries >= PARALLEL_ENTRIES and len(scanned) >= 4:
             helper = _Helper.start(list(scanned), keep)
@@ -267,8 +268,8 @@ class Scanning:
             self.helper = None
 
 
-# From this many cache entries on (the last record's count), a forked helper stats
-# about half of them: lstat is most of a no-op run, and on 2 cores the halves overlap.
+# From this many cache entries on (the last record's count), a forked helper shares
+# the stats (Rest.start): lstat is most of a no-op run, and on 2 cores the two overlap.
 # (Threads do not help: each stat returns into a wait for the GIL.)
 PARALLEL_ENTRIES = 2048
 # The helper's queue holds at most this many tokens of 2 bytes (one per folder, or per
@@ -388,6 +389,9 @@ class _Helper:
             r, w = os.pipe() if full else (-1, -1)
         except OSError:
             full = False
+        except BaseException:               # a Ctrl-C: nothing left open
+            os.close(queue)
+            raise
         if not full:
             os.close(queue)
             return None
@@ -399,17 +403,16 @@ class _Helper:
         try:
             pid = os.fork()
         except OSError:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             for fd in (r, w, queue):
                 os.close(fd)
-            return None
-        if pid != 0:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
-        else:                                            # the helper
+            return None
+        if pid == 0:                                     # the helper
             code = 1
             try:
                 os.close(r)
                 mine = cls(folders, 0, -1, queue)
+                mine.status = 0                          # (itself: no process to wait for)
                 out: list[object] | None = []
                 while out is not None and (taken := mine.take()):
                     for folder in taken:
@@ -428,7 +431,13 @@ class _Helper:
             finally:
                 os._exit(code)
         os.close(w)
-        return cls(folders, pid, r, queue)
+        helper = cls(folders, pid, r, queue)
+        try:        # a Ctrl-C held back since the fork is raised here: the helper goes
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+        except BaseException:
+            helper.close(kill=True)
+            raise
+        return helper
 
     def collect(self) -> dict[str, _Folder] | str | None:
         """The helper's folders, :data:`_UNTRUSTED`, or None if it failed."""
@@ -462,7 +471,7 @@ class _Helper:
             if fd >= 0:
                 os.close(fd)
         self.fd = self.queue = -1
-        if self.status is None:
+        if self.status is None and self.pid > 0:     # (pid 0: no process of its own)
             if kill:
                 with contextlib.suppress(OSError):
                     os.kill(self.pid, _signal.SIGKILL)
@@ -483,8 +492,9 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
     On a big cache the helper starts first, and scans folders while this process stats
     vaultpy's modules and the files; then both take what is left.
     """
-    scanning = Rest.start(listed, scanned, entries=entries)
+    scanning: Scanning | None = None
     try:
+        scanning = Rest.start(listed, scanned, entries=entries)
         head_value, newest = head()
         lines, files_newest = file_lines(files)
         files_value = files_digest(head_value, files, lines)
@@ -493,7 +503,8 @@ def digest(files: Sequence[str], listed: Sequence[str], scanned: Sequence[str],
             return files_value, "", newest
         rest = scanning.finish()
     finally:
-        scanning.cancel()
+        if scanning is not None:
+            scanning.cancel()
     if rest is None:
         return files_value, "", newest
     return files_value, rest.value, max(newest, rest.newest)
