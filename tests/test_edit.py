@@ -508,6 +508,45 @@ def test_private_dir_skips_a_disk_backed_xdg_runtime_dir(disk_path, monkeypatch)
     assert list(disk_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("how", ["theirs", "open", "open-sticky-not-root"])
+def test_private_dir_passes_over_a_runtime_dir_others_can_change(runtime, monkeypatch,
+                                                                 how):
+    """Found in review: root running edit with another user's $XDG_RUNTIME_DIR (su
+    without -, sudo -E): that user renamed root's 0700 directory away, put one of theirs
+    in its place, and read what root typed.  Only a directory of one's own that nobody
+    else can write, or root's sticky one (/dev/shm), is used."""
+    theirs = runtime / "xdg"
+    theirs.mkdir()
+    if how == "theirs":
+        os.chown(theirs, 65534, 65534)
+        os.chmod(theirs, 0o700)
+        why = "owned by uid 65534, not you"
+    elif how == "open":
+        os.chmod(theirs, 0o777)
+        why = "writable by others and not sticky"
+    else:                               # sticky, but another user's: they own its names
+        os.chown(theirs, 65534, 65534)
+        os.chmod(theirs, 0o1777)
+        why = "owned by uid 65534, not you"
+    assert edit_mod.unusable(theirs) == why
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(theirs))
+    d, held = edit_mod.private_dir()
+    os.close(held)
+    try:
+        assert d.parent != theirs and edit_mod.unusable(d.parent) is None
+    finally:
+        fsutil.remove_tree(d)
+    assert list(theirs.iterdir()) == []
+    monkeypatch.setattr(edit_mod, "ram_candidates", lambda: [theirs])
+    with pytest.raises(VaultpyError) as exc:
+        edit_mod.private_dir()
+    assert f"tried {theirs} ({why})" in exc.value.problems[0].message
+    from vaultpy import doctor
+
+    check = doctor.check_ram_dir()
+    assert check.status == "problem" and f"{theirs} ({why})" in check.detail
+
+
 def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
     disk = disk_path / "disk"
     disk.mkdir()
@@ -517,8 +556,8 @@ def test_no_ram_backed_dir_needs_allow_disk(disk_path, monkeypatch):
     assert "--allow-disk" in str(exc.value)
     # (it was named "$XDG_RUNTIME_DIR", even when that variable was not set)
     [problem] = exc.value.problems
-    assert problem.file == "vaultpy edit" and f"tried {disk}: none is a writable" in \
-        problem.message, problem
+    assert problem.file == "vaultpy edit" and f"tried {disk} (" in problem.message, problem
+    assert "not in RAM)" in problem.message
     assert list(disk.iterdir()) == []
     d, held = edit_mod.private_dir(allow_disk=True)
     os.close(held)

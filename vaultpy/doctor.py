@@ -389,19 +389,20 @@ def _span(ns: int) -> str:
 
 
 def check_ram_dir() -> Check:
-    from vaultpy._internal import fsutil
-    from vaultpy.edit import ram_candidates
+    from vaultpy.edit import ram_candidates, unusable
 
     tried = []
     for base in ram_candidates():
-        fstype = fsutil.mount_fstype(base) if base.is_dir() else None
-        tried.append(f"{base} ({fstype or 'absent'})")
-        if (fstype in fsutil.RAM_FILESYSTEMS and os.access(base, os.W_OK | os.X_OK)):
+        why = unusable(base)
+        if why is None:
+            fstype = fsutil.mount_fstype(base)
             return Check("ram-dir", OK, f"{base} is {fstype}: vaultpy edit keeps plaintext "
                          "there")
-    return Check("ram-dir", PROBLEM, "no writable RAM-backed directory for vaultpy edit "
+        tried.append(f"{base} ({why})")
+    return Check("ram-dir", PROBLEM, "no private RAM-backed directory for vaultpy edit "
                  "(tried " + ", ".join(tried) + ")", "mount a tmpfs on /dev/shm or set "
-                 "XDG_RUNTIME_DIR to one (or accept disk: vaultpy edit --allow-disk)")
+                 "XDG_RUNTIME_DIR to a tmpfs directory of your own (or accept disk: vaultpy "
+                 "edit --allow-disk)")
 
 
 def _ramfs_in_kernel() -> bool | None:

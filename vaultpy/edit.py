@@ -60,17 +60,51 @@ def private_dir(allow_disk: bool = False) -> tuple[Path, int]:
     and an fd holding its flock (:func:`fsutil.hold_dir`) while the edit runs: a
     directory whose flock nobody holds is a killed edit's (:func:`sweep`).  It is
     made under a name :func:`sweep` passes over and renamed once locked."""
+    tried = []
     for base in ram_candidates():
-        if (base.is_dir() and os.access(base, os.W_OK | os.X_OK)
-                and fsutil.mount_fstype(base) in fsutil.RAM_FILESYSTEMS):
+        why = unusable(base)
+        if why is None:
             return _made(str(base))
+        tried.append(f"{base} ({why})")
     if allow_disk:
-        return _made(None)
-    raise VaultpyError(Problem("vaultpy edit", "no RAM-backed directory for the plaintext "
-                               "(tried " + ", ".join(map(str, ram_candidates())) + ": none "
-                               "is a writable tmpfs or ramfs)", "", "set XDG_RUNTIME_DIR to "
-                               "one, mount a tmpfs on /dev/shm, or pass --allow-disk to "
-                               "accept plaintext on disk"))
+        disk = Path(tempfile.gettempdir())
+        why = unusable(disk, ram=False)
+        if why is None:
+            return _made(str(disk))
+        tried.append(f"{disk} ({why})")
+    raise VaultpyError(Problem("vaultpy edit", "no private RAM-backed directory for the "
+                               "plaintext (tried " + ", ".join(tried) + ")", "",
+                               "set XDG_RUNTIME_DIR to a tmpfs directory of your own, mount "
+                               "a tmpfs on /dev/shm, or pass --allow-disk to accept plaintext "
+                               "on disk"))
+
+
+def unusable(base: Path, ram: bool = True) -> str | None:
+    """Why ``base`` may not hold edit's private directory, or None.  It must be a
+    writable directory (on tmpfs or ramfs, unless not ``ram``) that nobody else can
+    change: this user's and writable by no one else, or root's and sticky (/dev/shm,
+    /tmp).  Found in review: as root with another user's $XDG_RUNTIME_DIR (su without
+    -, sudo -E), that user could rename the 0700 directory away and put one of theirs
+    in its place, and read what root typed into the editor."""
+    try:
+        st = base.stat()
+    except OSError:
+        return "absent"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if ram:
+        fstype = fsutil.mount_fstype(base)
+        if fstype not in fsutil.RAM_FILESYSTEMS:
+            return f"{fstype or 'unknown file system'}, not in RAM"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return "not writable"
+    if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return None
+    if st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+        return None
+    if st.st_uid != os.geteuid() and st.st_uid != 0:
+        return f"owned by uid {st.st_uid}, not you"
+    return "writable by others and not sticky"
 
 
 def _made(base: str | None) -> tuple[Path, int]:
