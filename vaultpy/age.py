@@ -123,6 +123,25 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False, allow_plugin: boo
     return canonical
 
 
+def key_name(key: str) -> str:
+    """A recipient as people tell keys apart: an ssh key by its SHA256 fingerprint, as
+    ``ssh-keygen -l`` shows it (the start of the base64 is the same for every key of a
+    type), with its comment if it has one; an age1... key shortened."""
+    kind, _, rest = key.partition(" ")
+    if not rest:
+        return key[:20] + "…" if len(key) > 24 else key
+    parts = key.split(None, 2)
+    comment = parts[2].strip() if len(parts) == 3 else ""
+    try:
+        import hashlib  # (OpenSSL: not at import, activation's start-up)
+
+        blob = base64.b64decode(rest.split()[0], validate=True)
+        name = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    except ValueError:
+        name = rest.split()[0][:12] + "…"
+    return f"{kind} {name}" + (f" ({comment})" if comment else "")
+
+
 def ssh_stanza_tag(recipient: str) -> str | None:
     """The tag an ssh-ed25519/ssh-rsa stanza carries for ``recipient`` (None for age1)."""
     if recipient.startswith("age1"):

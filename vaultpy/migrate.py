@@ -31,7 +31,6 @@ vaultix (one JSON profile per host, as vaultix's ``renc`` app writes it from
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import hashlib
@@ -178,19 +177,7 @@ def _comment(key: str) -> str:
     return parts[2].strip() if len(parts) == 3 and not key.startswith("age1") else ""
 
 
-def _short(key: str) -> str:
-    """An ssh key as ``ssh-keygen -l`` names it (the start of the base64 is the same for
-    every key of a type), with its comment; an age1… key shortened."""
-    kind, _, rest = key.partition(" ")
-    if not rest:
-        return key[:20] + "…"
-    comment = _comment(key)
-    try:
-        blob = base64.b64decode(rest.split()[0], validate=True)
-        name = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    except ValueError:
-        name = rest.split()[0][:12] + "…"
-    return f"{kind} {name}" + (f" ({comment})" if comment else "")
+_short = age.key_name
 
 
 def _mode(value: Any) -> str | None:

@@ -43,13 +43,6 @@ FIX_REKEY = "run vaultpy rekey"
 
 # --------------------------------------------------------------------------- coverage
 
-def _short(recipient: str) -> str:
-    kind, _, rest = recipient.partition(" ")
-    if not rest:
-        return recipient[:16] + "…" if len(recipient) > 20 else recipient
-    return f"{kind} {rest[:12]}…"
-
-
 def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Problem]:
     """What a master's stanzas say about its recipients versus ``[vaultpy] recipients``."""
     shown = display_path(cfg.secrets[sid].file)
@@ -69,7 +62,7 @@ def header_problems(cfg: Config, sid: str, header: ageformat.Header) -> list[Pro
             continue
         wanted_tags.add(tag)
         if tag not in tags:
-            out.append(Problem(shown, f"not encrypted to [vaultpy] recipient {_short(r)}",
+            out.append(Problem(shown, f"not encrypted to [vaultpy] recipient {age.key_name(r)}",
                                where, FIX_REKEY))
     for tag in sorted(tags - wanted_tags):
         out.append(Problem(shown, f"also encrypted to an SSH key that is not a [vaultpy] "
@@ -402,8 +395,9 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
             problems.append(Problem("--retire", str(exc), "", age.KEY_HINT))
             continue
         if norm not in current:
-            problems.append(Problem("--retire", f"{_short(norm)} is not a [vaultpy] recipient",
-                                    "", "give one of the keys listed in hosts.toml"))
+            problems.append(Problem("--retire", f"{age.key_name(norm)} is not a [vaultpy] "
+                                    "recipient", "", "give one of the keys listed in "
+                                    "hosts.toml"))
         elif norm not in retired:
             retired.append(norm)
     if problems:
@@ -504,7 +498,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
         if retire and retiring != set(journal.retired):
             # Read when the rotation started: another set now would be ignored.
             raise fail(journal.path, "an unfinished rotation retires "
-                       + ", ".join(_short(r) for r in journal.retired)
+                       + ", ".join(age.key_name(r) for r in journal.retired)
                        + "; --retire is read when a rotation starts",
                        hint="rerun without --retire (or with those keys) to finish it")
         if say:
