@@ -418,6 +418,35 @@ def test_init_names_an_identity_under_home_with_a_tilde(tmp_path: Path) -> None:
     assert repo.ok("decrypt", "s", env=env).stdout == b"v"
 
 
+def test_a_tilde_the_shell_left_is_home_in_every_key_option(tmp_path: Path) -> None:
+    """`--generate-identity=~/...` (bash expands no ~ after =) or a quoted "~/...":
+    init wrote the new key to ./~/.config/... in the repository, while hosts.toml named
+    ~/.config/..., under $HOME (found in review); -i and --backup-identity did not
+    expand it either, where VAULTPY_IDENTITY and hosts.toml do."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    repo = _bare_repo(tmp_path / "r")
+    proc = repo.ok("init", "--generate-identity=~/.config/vaultpy/master.txt", env=env)
+    key = home / ".config" / "vaultpy" / "master.txt"
+    assert key.is_file() and not (repo.root / "~").exists()
+    assert 'identity = "~/.config/vaultpy/master.txt"' in (repo.root / "hosts.toml").read_text()
+    assert "Consider a second (backup) recipient" in proc.stderr.decode()
+    with (repo.root / "hosts.toml").open("a") as fh:
+        fh.write("\n[secrets.s]\n")
+    repo.ok("encrypt", "s", input=b"v", env=env)
+    for args in (("-i", "~/.config/vaultpy/master.txt", "decrypt", "s"),
+                 ("decrypt", "--identity=~/.config/vaultpy/master.txt", "s")):
+        assert repo.ok(*args, env={**env, "VAULTPY_IDENTITY": "/nowhere"}).stdout == b"v"
+    repo.ok("check", "--backup-identity=~/.config/vaultpy/master.txt", env=env)
+    # -r given: it is the backup; no advice to add one
+    other = _bare_repo(tmp_path / "o")
+    _, backup = age_keygen(tmp_path, "backup.txt")
+    proc = other.ok("init", "--generate-identity", str(tmp_path / "m.txt"), "-r", backup,
+                    env=env)
+    assert "Consider a second" not in proc.stderr.decode()
+
+
 def _initialised_site(tmp_path: Path) -> tuple[Repo, Path, Path, dict[str, str]]:
     """``vaultpy init`` in tmp_path/site, its master key made under a HOME of its own:
     (the repository, its folder, HOME, the environment naming HOME)."""

@@ -91,11 +91,20 @@ def complete_id_list(ctx: typer.Context, incomplete: str) -> list[str]:
     prefix = head + "," if head else ""
     return [prefix + i for i in complete_ids(ctx, last) if i not in given]
 
+def _tilde(value: Any) -> Any:
+    """A path option's ``~`` expanded: the shell leaves it in ``--opt=~/x`` and in quotes,
+    where VAULTPY_IDENTITY, hosts.toml and -C expand it (found in review: init wrote the
+    new master key to ./~/.config/..., while hosts.toml named the one under $HOME)."""
+    if isinstance(value, list):
+        return [Path(os.path.expanduser(v)) for v in value]
+    return None if value is None else Path(os.path.expanduser(value))
+
+
 RepoOpt = Annotated[Path | None, typer.Option(
     "-C", "--repo", metavar="DIR",
     help="Repository (or hosts.toml) to use; default: the nearest hosts.toml upwards.")]
 IdentityOpt = Annotated[list[Path] | None, typer.Option(
-    "-i", "--identity", metavar="FILE",
+    "-i", "--identity", metavar="FILE", callback=_tilde,
     help="Master identity file (repeatable); default: VAULTPY_IDENTITY, then "
          "\\[vaultpy] identity, then ~/.config/vaultpy/master.txt.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -234,7 +243,7 @@ def _main(
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create hosts.toml.")] = Path("."),
     generate_identity: Annotated[Path | None, typer.Option(
-        "--generate-identity", metavar="PATH",
+        "--generate-identity", metavar="PATH", callback=_tilde,
         help="Also create a new master identity (mode 0600) and use it.")] = None,
     recipient: Annotated[list[str] | None, typer.Option(
         "--recipient", "-r", help="A master recipient to list (repeatable).")] = None,
@@ -258,8 +267,10 @@ def init(
     for path in written:
         _err().print(f"wrote {path}", markup=False)
     if generate_identity is not None:
+        backup = ("" if recipients else " Consider a second (backup) recipient: vaultpy "
+                  "rekey after adding its public key to [vaultpy] recipients.")
         _err().print(f"Keep {generate_identity} secret and backed up: it decrypts every "
-                     "secret. Consider a second (backup) recipient.", markup=False)
+                     f"secret.{backup}", markup=False)
     elif not recipients:
         # Every later command fails on `recipients = []`: say so now, and how to mend it.
         from vaultpy.identities import DEFAULT_IDENTITY
@@ -486,8 +497,9 @@ def check(
         "--recipient-coverage", help="Kept for scripts: every check now proves each "
         "master file is addressed to exactly the \\[vaultpy] recipients.")] = False,
     backup_identity: Annotated[list[Path] | None, typer.Option(
-        "--backup-identity", metavar="FILE", help="A backup identity every master file must "
-        "decrypt with (repeatable; implies --recipient-coverage).")] = None,
+        "--backup-identity", metavar="FILE", callback=_tilde, help="A backup identity "
+        "every master file must decrypt with (repeatable; implies "
+        "--recipient-coverage).")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Warnings fail the check: secrets overdue for rotation "
         "(rotate_days), hosts sharing a key, text in a template that reads like a mistyped "

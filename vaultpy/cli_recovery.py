@@ -28,6 +28,7 @@ from vaultpy.cli import (
     _Globals,
     _identity,
     _out,
+    _tilde,
     app,
 )
 from vaultpy.errors import Problem, VaultpyError, display_path
@@ -155,8 +156,8 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace master files that exist but are not declared in hosts.toml "
     "(put there by hand, or left by an older vaultpy's interrupted import).")]
 OldIdentityOpt = Annotated[list[Path] | None, typer.Option(
-    "-i", "--identity", metavar="FILE", help="The identity the old tool decrypted with "
-    "(repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist: "
+    "-i", "--identity", metavar="FILE", callback=_tilde, help="The identity the old tool "
+    "decrypted with (repeatable; default: ~/.ssh/id_ed25519 and ~/.ssh/id_rsa, those that exist: "
     "agenix's defaults).")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Show the hosts.toml that would be written; write nothing.")]
@@ -301,7 +302,8 @@ def import_sops(
         "from the extension, as sops).")] = None,
     recipient: RecipientOpt = None,
     identity: Annotated[list[Path] | None, typer.Option(
-        "-i", "--identity", metavar="FILE", help="Your age identity: its public key "
+        "-i", "--identity", metavar="FILE", callback=_tilde, help="Your age identity: its "
+        "public key "
         "becomes the master recipient when there is no hosts.toml and no --recipient "
         "(repeatable).")] = None,
     force: ForceOpt = False,
