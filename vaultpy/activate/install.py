@@ -75,16 +75,24 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
         raise VaultpyError(Problem(display_path(item.file), f"secret {sid!r}: cannot "
                                    f"read its cache file: {exc.strerror}", "file",
                                    "run vaultpy renc and deploy again")) from None
+    # The hint fits the failure: no key of ours opens it, or it is damaged (cut short,
+    # altered), which no key would change (found in review: a truncated file was asked
+    # whether it was encrypted to this host's key).
+    wrong_key = ("was it encrypted to your key? compare your entry's pubkey in hosts.toml "
+                 "with your key's .pub (ssh-keygen -lf), run vaultpy renc and deploy "
+                 "again (home-manager switch, or a new vaultpy bundle)" if ctx.user else
+                 "was it encrypted to this host's key? run vaultpy renc and deploy again")
+    again = ("home-manager switch, or a new vaultpy bundle" if ctx.user else
+             "nixos-rebuild switch, or a new vaultpy bundle")
+    damaged = ("the cache file is damaged (cut short or altered): run vaultpy renc, which "
+               f"rewrites it, and deploy again ({again})")
     try:
-        return age.decrypt(data, ctx.identities, str(item.file))
+        return age.decrypt(data, ctx.identities, str(item.file), wrong_key_hint=wrong_key,
+                           damaged_hint=damaged)
     except VaultpyError as exc:
         p = exc.problems[0]
-        hint = ("was it encrypted to your key? compare your entry's pubkey in hosts.toml "
-                "with your key's .pub (ssh-keygen -lf), run vaultpy renc and deploy "
-                "again (home-manager switch, or a new vaultpy bundle)" if ctx.user else
-                "was it encrypted to this host's key? run vaultpy renc and deploy again")
         raise VaultpyError(Problem(p.file, f"secret {sid!r}: {p.message}", p.field,
-                                   hint)) from None
+                                   p.hint)) from None
 
 
 # Below this many secrets a helper process costs more than it saves (a fork of this
