@@ -313,6 +313,35 @@ def test_two_hosts_with_one_key_are_named_by_check_and_renc(make_repo) -> None:
     assert "same key" not in repo.ok("renc").stderr.decode()
 
 
+def test_group_bits_for_the_default_group_root_are_a_warning(make_repo) -> None:
+    """agenix, sops-nix and vaultix give a secret the owner's group; vaultpy gives root.
+    A migrated `owner = "app"`, `mode = "0440"` with no group lets group root read it,
+    not app's: the NixOS module warned of it, hosts.toml said nothing (found in review)."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a", "beta": b"b"})
+    h = repo.hosts["host0"]
+    items = {"alpha": 'owner = "app"\nmode = "0440"',           # the migration's mistake
+             "beta": 'owner = "app"\ngroup = "app"\nmode = "0440"'}  # said: fine
+    text = (f'[vaultpy]\nrecipients = ["{repo.recipient}"]\n[secrets.alpha]\n[secrets.beta]\n'
+            f'[hosts.host0]\npubkey = "{h.pubkey}"\n'
+            + "".join(f"[hosts.host0.secrets.{sid}]\n{body}\n" for sid, body in items.items())
+            + '[hosts.host0.templates."t.env"]\ncontent = "x"\nowner = "1001"\nmode = "0640"\n'
+            + '[hosts.host0.templates."r.env"]\ncontent = "y"\nmode = "0640"\n')
+    repo.write_hosts(text)
+    repo.ok("renc")
+    data = check_json(repo)
+    assert data["ok"] and [w["field"] for w in data["warnings"]] == \
+        ["hosts.host0.secrets.alpha.group"], data["warnings"]
+    (w,) = data["warnings"]
+    assert w["message"].startswith("mode 0440 lets group root read it, the default group "
+                                   "here (agenix, sops-nix and vaultix default to the owner's)")
+    assert w["hint"] == ('set group to the group meant to read it (the owner\'s: group = '
+                         '"app"?), or group = "root" to keep it')
+    assert "hosts.host0.secrets.alpha.group" in repo.ok("check").stderr.decode()
+    assert repo.run("check", "--strict").returncode == 1
+    repo.write_hosts(text.replace('owner = "app"\nmode', 'owner = "app"\ngroup = "root"\nmode'))
+    assert check_json(repo)["warnings"] == []
+
+
 def test_a_misspelt_id_gets_the_id_it_resembles(make_repo) -> None:
     repo = make_repo(hosts=1, secrets={"smtp_password": b"a"})
     h = repo.hosts["host0"]
