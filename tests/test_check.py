@@ -342,6 +342,25 @@ def test_group_bits_for_the_default_group_root_are_a_warning(make_repo) -> None:
     assert check_json(repo)["warnings"] == []
 
 
+def test_a_path_where_every_user_may_create_names_is_a_warning(make_repo) -> None:
+    """Found in review: with `path = "/tmp/app/tok"`, any user who makes /tmp/app first
+    stops every activation of the host (the link is refused, rightly, before the
+    switch): check and renc say so before it is deployed."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a", "beta": b"b"})
+    h = repo.hosts["host0"]
+    repo.write_hosts(f'[vaultpy]\nrecipients = ["{repo.recipient}"]\n[secrets.alpha]\n'
+                     f'[secrets.beta]\n[hosts.host0]\npubkey = "{h.pubkey}"\n'
+                     '[hosts.host0.secrets.alpha]\npath = "/tmp/app/alpha"\n'
+                     '[hosts.host0.secrets.beta]\npath = "/var/lib/app/beta"\n')
+    repo.ok("renc")
+    data = check_json(repo)
+    assert data["ok"] and [w["field"] for w in data["warnings"]] == \
+        ["hosts.host0.secrets.alpha.path"]
+    assert data["warnings"][0]["message"].startswith(
+        "path '/tmp/app/alpha' lies under /tmp, where every user may create names")
+    assert "hosts.host0.secrets.alpha.path" in repo.ok("renc").stderr.decode()
+
+
 def test_a_misspelt_id_gets_the_id_it_resembles(make_repo) -> None:
     repo = make_repo(hosts=1, secrets={"smtp_password": b"a"})
     h = repo.hosts["host0"]

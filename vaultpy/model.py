@@ -663,6 +663,17 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = 
     )
     if out.early and not (early_owner_ok(out.owner) and early_owner_ok(out.group)):
         ck.add(f"{where}.early", EARLY_OWNER_PROBLEM, EARLY_OWNER_HINT)
+    shared = next((d for d in SHARED_DIRS if out.path is not None
+                   and out.path.startswith(d + "/")), None)
+    if shared is not None and not user:
+        # Found in review: another user makes the path's directory there first; the
+        # link is then refused (never written below another user's directory), and
+        # with it the whole activation: no secret at all, on a first boot.
+        ck.warnings.append(Problem(
+            ck.file, f"path {out.path!r} lies under {shared}, where every user may create "
+            "names: one who makes its directory first stops every activation (refused, "
+            "rightly)", f"{where}.path", "choose a path under a directory only root can "
+            "write to (/etc, /var/lib, /run)"))
     if (not user and "group" not in table and out.mode[-2] != "0"
             and not early_owner_ok(out.owner)):
         # The NixOS module's warning, for hosts.toml: most likely a migration, the group
@@ -673,6 +684,11 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = 
             f'set group to the group meant to read it (the owner\'s: group = '
             f'"{out.owner}"?), or group = "root" to keep it'))
     return out
+
+
+# Directories every user may write to on a Linux host (sticky): a path below one can
+# be taken first by anyone.
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 
 def _recipients(ck: _Checker, value: Any, where: str, *, host: bool, person: bool = False
