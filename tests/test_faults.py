@@ -1254,6 +1254,28 @@ def test_decrypt_encrypt_renc_rekey_hold_plaintext_without_core_dumps(make_repo,
     assert checked == dict.fromkeys(checked, ("0", "0")), checked
 
 
+@pytest.mark.parametrize("args", [["status"], ["decrypt", "s"], ["activate", "--help"]])
+def test_no_command_is_dumpable_even_by_a_core_pipe(make_repo, args: list[str]) -> None:
+    """RLIMIT_CORE does not bind a core_pattern that pipes to a program (apport): the
+    process is made not dumpable too (prctl), which stops every core (found in review).
+    Asked of the process itself as it leaves (prctl answers for the caller only)."""
+    repo = make_repo(hosts=0, secrets={"s": b"v"})
+    code = ("import os, sys\n"
+            "from vaultpy._internal import leave, nocore\n"
+            "assert nocore.dumpable()\n"
+            "def said(code=0):\n"
+            "    sys.stdout.flush()\n"
+            "    os.write(2, f'@@dumpable={nocore.dumpable()}@@'.encode())\n"
+            "    os._exit(0)\n"
+            "leave.leave = said\n"
+            "from vaultpy.__main__ import main\n"
+            f"sys.argv = ['vaultpy', *{args!r}]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo.root, env=env_of(repo),
+                          capture_output=True, timeout=120)
+    assert "@@dumpable=False@@" in proc.stderr.decode(), proc.stderr.decode()[-2000:]
+
+
 def _blocked_on_fifo(pid: int) -> bool:
     """The process sleeps in open(2) of a FIFO that has no writer."""
     try:

@@ -57,10 +57,10 @@ def _main() -> None:
             sys.exit(output_lost(exc))
         if code is not None:
             sys.exit(code)
-    import resource
+    from vaultpy._internal import nocore
 
     # No command may dump core: renc, rekey, encrypt, pull... hold plaintext or keys.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nocore.forbid()
     from vaultpy.cli import main as cli_main
 
     cli_main()

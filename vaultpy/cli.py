@@ -337,11 +337,10 @@ def decrypt(
     identity: IdentityOpt = None,
 ) -> None:
     """Decrypt master secret ID (or --file FILE) to stdout."""
-    import resource
-
     from vaultpy import identities, masters
+    from vaultpy._internal import nocore
 
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nocore.forbid()
     if (secret_id is None) == (file is None):
         raise UsageError(Problem("vaultpy decrypt", "give a secret ID or --file FILE, "
                                  "not both or neither", "", "see vaultpy decrypt --help"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from vaultpy import age, identities, masters
-from vaultpy._internal import ageformat, fsutil, writes
+from vaultpy._internal import ageformat, fsutil, nocore, writes
 from vaultpy.errors import Problem, VaultpyError, display_path
 from vaultpy.model import Config
 from vaultpy.recovery import refuse_if_rotating
@@ -281,7 +280,7 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
     secret = cfg.secret(secret_id)
     refuse_if_rotating(cfg)     # before any typing: the save would be refused
     writes.settle(cfg)          # edit the value an interrupted write was putting there
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nocore.forbid()
     exists = secret.file.exists()
     armor = False
     old = b""

@@ -34,11 +34,10 @@ new generation.
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Callable
 
 from vaultpy import profile as profile_mod
-from vaultpy._internal import fsutil
+from vaultpy._internal import fsutil, nocore
 from vaultpy.activate import generation, install, links, notify, store, trust
 from vaultpy.activate.context import Context, Options
 from vaultpy.errors import Problem, VaultpyError, os_problem
@@ -66,7 +65,7 @@ __all__ = ["STEPS", "Context", "Options", "activate", "summary"]
 
 def activate(opts: Options) -> Context:
     """Run every step; raise :class:`~vaultpy.errors.VaultpyError` on failure."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # no plaintext in core dumps
+    nocore.forbid()                                      # no plaintext in core dumps
     profile = profile_mod.load(opts.profile, regular_only=opts.regular_profile,
                                as_root=os.geteuid() == 0)
     if profile.settings.user:
