@@ -209,6 +209,22 @@ def test_cli_combine_without_output_never_shows_the_secret(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["master.txt", "s"]
 
 
+def test_one_share_is_said_to_be_the_key_in_words(tmp_path):
+    """1 of 1 is allowed (a paper copy of the key as words), but it is no split: said so,
+    not "1 shares ...; any 1 rebuild it" (found in review)."""
+    ident, public = age_keygen(tmp_path, "master.txt")
+    out = tmp_path / "one"
+    proc = run("identity", "split", "-t", "1", "-n", "1", "-o", str(out), "-i", str(ident),
+               cwd=tmp_path)
+    assert proc.returncode == 0
+    err = proc.stderr.decode()
+    assert f"1 share of {public}: it alone rebuilds the key" in err
+    assert "keep it as you would the key" in err and "1 shares" not in err
+    combined = run("identity", "combine", str(out), cwd=tmp_path)
+    assert combined.returncode == 0 and public in combined.stdout.decode() + \
+        combined.stderr.decode()
+
+
 def test_cli_split_prints_shares_when_no_dir(tmp_path):
     ident, _ = age_keygen(tmp_path, "master.txt")
     proc = run("identity", "split", "-t", "2", "-n", "3", "-i", str(ident), cwd=tmp_path)

@@ -94,10 +94,15 @@ def split(
         for s in made:
             sys.stdout.write(shamir.render_share(s, public) + "\n")
         sys.stdout.flush()
-    _err().print(f"{shares} shares of {public}; any {threshold} rebuild it (vaultpy identity "
-                 "combine, or vaultpy --from-shares DIR COMMAND). Give each share to a "
-                 "different holder, then keep the identity file offline or destroy it.",
-                 markup=False)
+    how = "(vaultpy identity combine, or vaultpy --from-shares DIR COMMAND)"
+    if shares == 1:             # a mnemonic copy of the key, say for paper: not a split
+        _err().print(f"1 share of {public}: it alone rebuilds the key {how}, so it is the "
+                     "key written as words: keep it as you would the key (for a split, "
+                     "--shares 3 --threshold 2, say)", markup=False)
+        return
+    _err().print(f"{shares} shares of {public}; any {threshold} rebuild it {how}. Give "
+                 "each share to a different holder, then keep the identity file offline or "
+                 "destroy it.", markup=False)
 
 
 @identity_app.command("combine")
