@@ -203,6 +203,11 @@ let
     in (config.users.users.${attr} or { }).group or null;
   rootGroupByDefault = builtins.filter (i: !i.groupGiven && groupBits i.mode
     && !earlyOwnerOk i.owner) items;
+  # Directories every user may create names in (model.SHARED_DIRS): a path below one
+  # can be taken first by anyone, and a refused link stops the whole activation.
+  sharedDir = p: lib.findFirst (d: lib.hasPrefix "${d}/" p) null
+    [ "/tmp" "/var/tmp" "/dev/shm" "/run/lock" ];
+  inSharedDir = builtins.filter (i: i.path != null && sharedDir i.path != null) items;
   # Users are made by systemd-sysusers or userborn (units), not the `users` script.
   systemdUsers = (config.systemd.sysusers.enable or false)
     || (config.services.userborn.enable or false);
@@ -448,6 +453,7 @@ in
 
       warnings = map (i: "vaultpy: ${i.label}: mode ${vlib.normalizeMode i.mode} lets group root read it, the default group here (agenix, sops-nix and vaultix default to the owner's): set group = \"${
           let g = ownersGroup i.owner; in if g == null || g == "" then "<the group>" else g}\", or group = \"root\" to keep it") rootGroupByDefault
+        ++ map (i: "vaultpy: ${i.label}: path ${i.path} lies under ${sharedDir i.path}, where every user may create names: one who makes its directory first stops every activation (refused, rightly); choose a path under a directory only root can write to (/etc, /var/lib, /run)") inSharedDir
         ++ common.placeholderWarnings { inherit (cfg) secrets templates; };
 
       environment.systemPackages = [ cfg.package ];

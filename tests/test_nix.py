@@ -1703,6 +1703,25 @@ def test_a_group_readable_mode_with_the_group_left_to_root_is_a_warning(
     assert "mode 0440 lets group root read it" in warning, warning
 
 
+def test_a_path_where_every_user_may_create_names_is_a_warning(
+        nixpkgs_lib: Nix, rich: Rich, tmp_path: Path) -> None:
+    """The twin of check's warning (found in review): a path under /tmp can be taken
+    first by any user, whose directory there then stops every activation."""
+    cases = {"tmp": _base_secret(rich, path="/tmp/app/db"),
+             "shm": _base_secret(rich, path="/dev/shm/db"),
+             "etc": _base_secret(rich, path="/etc/app/db"),
+             "tmpish": _base_secret(rich, path="/tmpfiles/db")}
+    configs = {n: write_module(tmp_path / f"{n}.nix", c) for n, c in cases.items()}
+    expr = (f"let em = import {nix_value(EVAL_MODULE)}; in "
+            f"builtins.mapAttrs (_: c: (em {{ config = c; }}).warnings) {nix_value(configs)}")
+    out = nixpkgs_lib.eval(expr)
+    [warning] = out["tmp"]
+    assert warning.startswith("vaultpy: secret db_password: path /tmp/app/db lies under "
+                              "/tmp, where every user may create names"), warning
+    assert "/dev/shm, where every user" in out["shm"][0]
+    assert out["etc"] == out["tmpish"] == []
+
+
 def test_a_host_key_path_that_is_not_there_is_one_line(nixpkgs_lib: Nix, rich: Rich,
                                                       tmp_path: Path) -> None:
     """hostPubkey = ./hosts/web1.pub with no such file was Nix's bare "opening file";
