@@ -638,6 +638,21 @@ def test_a_killed_edits_plaintext_is_removed_by_the_next_edit(case):
     assert case.marker in (left / "s").read_bytes()         # left behind
     dirs = sorted(p for p in case.runtime.iterdir())
     assert len(dirs) == 2 and left in dirs, dirs
+    # doctor names it (and writes nothing: it is still there after)
+    from vaultpy import doctor
+
+    os.environ["XDG_RUNTIME_DIR"], old = str(case.runtime), os.environ.get("XDG_RUNTIME_DIR")
+    try:
+        check = doctor.check_ram_dir()
+    finally:
+        if old is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old
+    assert check.status == "warning", check
+    assert f"1 killed edit(s) left plaintext there: {left}" in check.detail, check
+    assert check.fix == f"vaultpy edit removes it when it next runs; or rm -rf {left}"
+    assert case.marker in (left / "s").read_bytes()
     proc = case.edit(case.editor("true\n"))
     err = proc.stderr.decode()
     assert proc.returncode == 0, err

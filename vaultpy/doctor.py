@@ -389,15 +389,21 @@ def _span(ns: int) -> str:
 
 
 def check_ram_dir() -> Check:
-    from vaultpy.edit import ram_candidates, unusable
+    from vaultpy.edit import ram_candidates, sweep, unusable
 
     tried = []
     for base in ram_candidates():
         why = unusable(base)
         if why is None:
             fstype = fsutil.mount_fstype(base)
-            return Check("ram-dir", OK, f"{base} is {fstype}: vaultpy edit keeps plaintext "
-                         "there")
+            detail = f"{base} is {fstype}: vaultpy edit keeps plaintext there"
+            left = sweep(remove=False)      # (found, not removed: doctor writes nothing)
+            if left:
+                shown = ", ".join(map(str, left[:3])) + (" ..." if len(left) > 3 else "")
+                return Check("ram-dir", WARNING, f"{detail}; {len(left)} killed edit(s) "
+                             f"left plaintext there: {shown}", "vaultpy edit removes it "
+                             "when it next runs; or rm -rf " + " ".join(map(str, left[:3])))
+            return Check("ram-dir", OK, detail)
         tried.append(f"{base} ({why})")
     return Check("ram-dir", PROBLEM, "no private RAM-backed directory for vaultpy edit "
                  "(tried " + ", ".join(tried) + ")", "mount a tmpfs on /dev/shm or set "

@@ -135,11 +135,11 @@ def _locked_dir(base: str | None) -> tuple[Path, int]:
     return final, fd
 
 
-def sweep() -> list[Path]:
+def sweep(remove: bool = True) -> list[Path]:
     """Remove what killed edits left (SIGKILL, the OOM killer: nothing ran their
     clean-up), the plaintext until the next reboot otherwise: this user's
     ``vaultpy-edit-*`` directories on RAM-backed storage whose flock no live process
-    holds.  Returns those removed."""
+    holds.  Returns those removed (not ``remove``: those found, for ``doctor``)."""
     removed = []
     for base in ram_candidates():
         try:
@@ -161,7 +161,8 @@ def sweep() -> list[Path]:
             except OSError:
                 continue
             try:
-                fsutil.remove_tree(Path(entry.path))
+                if remove:
+                    fsutil.remove_tree(Path(entry.path))
                 removed.append(Path(entry.path))
             except OSError:
                 pass
