@@ -170,6 +170,21 @@ def test_an_octal_mode_written_as_a_number_says_to_quote_it(make_repo, line: str
     assert said.endswith(f'; write the mode as a string: mode = "{value}"'), said
 
 
+@pytest.mark.parametrize("host", ["host0", "web 1"])
+def test_a_table_declared_twice_says_where_the_first_one_is(make_repo, host: str) -> None:  # type: ignore[no-untyped-def]
+    """A merge or a paste declares [hosts.X.secrets.db] twice: tomllib names the second
+    only (found in review); the hint names the first's line, as TOML writes the table."""
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    table = f"hosts.{toml_key(host)}.secrets.db"
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    text = text.replace("[hosts.host0]", f"[hosts.{toml_key(host)}]")
+    first = len(text.splitlines()) + 2
+    repo.write_hosts(text + f'\n[{table}]   # ours\nowner = "app"\n\n[{table}]\nmode = "0400"\n')
+    said = assert_one_clean_error(repo.run("check"), "not valid TOML", "declared twice")
+    assert said.endswith(f"; [{table}] is declared twice, first at line {first}: merge the "
+                         "two tables into one"), said
+
+
 @pytest.mark.parametrize(("key", "head", "hint"), [
     ("neededForUsers = true", "", "sops-nix's neededForUsers is early = true here"),
     ("symlink = false", "", "agenix's symlink: a path here is always a symlink (to the file "

@@ -1280,6 +1280,10 @@ def parse(text: str, path: Path) -> Config:
         octal = re.fullmatch(r"\s*mode\s*=\s*(0[0-7]+)\s*(#.*)?", bad_line)
         if octal:   # TOML has no leading zeros: an octal mode is a string
             hint = f'write the mode as a string: mode = "{octal.group(1)}"'
+        twice = _first_declared(str(exc), lines)
+        if twice is not None:   # (a merge, a paste): where the other one is
+            hint = (f"[{twice[0]}] is declared twice, first at line {twice[1]}: merge the "
+                    "two tables into one")
         mixed = re.match(r"Cannot declare \('hosts', '([^']*)', 'secrets'", str(exc))
         if mixed and not _lists_secrets(text, mixed.group(1)):
             mixed = None
@@ -1406,6 +1410,38 @@ def parse(text: str, path: Path) -> Config:
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
                   nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings))
+
+
+def _first_declared(message: str, lines: list[str]) -> tuple[str, int] | None:
+    """For tomllib's "Cannot declare ('a', 'b') twice (at line N ...)": the table as
+    written in TOML and the line of its first header, if a header declared it."""
+    import ast
+    import tomllib
+
+    m = re.match(r"Cannot declare (\(.*\)) twice \(at line (\d+),", message)
+    if m is None:
+        return None
+    try:
+        keys = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    if not (isinstance(keys, tuple) and all(isinstance(k, str) for k in keys)):
+        return None
+    for number, line in enumerate(lines[: int(m.group(2)) - 1], start=1):
+        header = line.strip()
+        if not header.startswith("[") or header.startswith("[["):
+            continue
+        try:
+            table: Any = tomllib.loads(header)
+        except tomllib.TOMLDecodeError:
+            continue
+        path: list[str] = []
+        while isinstance(table, dict) and len(table) == 1:
+            (key, table), = table.items()
+            path.append(key)
+        if tuple(path) == keys:
+            return key_path(*keys), number
+    return None
 
 
 def command_for(config: Path) -> str:
