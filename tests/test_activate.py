@@ -590,6 +590,34 @@ def test_status_in_sync_then_differs(world: World) -> None:
             ] == [("plain", "changed", "owner")]
 
 
+def test_status_shows_what_stays_live_when_the_profile_would_fail(world: World) -> None:
+    """A damaged cache file: status --profile printed only the decryption error, when
+    what an operator needs then is what is live, and that it stays so (found in
+    review)."""
+    w, h = world, world.host
+    w.activate()
+    cached = h.profile.parent / json.loads(h.profile.read_text())["secrets"][0]["file"]
+    cached.write_bytes(cached.read_bytes()[:200])
+    args = ("status", "--profile", str(h.profile), "--root", str(h.root))
+    proc = run_vaultpy(*args)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert out.startswith(f"live generation: {os.path.realpath(h.live)} (stays live: "
+                          "activating this profile would fail)"), out
+    assert "early live generation: none (stays live" in out, out
+    assert "secret " in err and "run vaultpy renc, which rewrites it" in err, err
+    proc = run_vaultpy(*args, "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1 and data["ok"] is False
+    assert data["live"] == os.path.realpath(h.live) and data["changes"] == []
+    assert len(data["problems"]) == 1 and "damaged" in data["problems"][0]["hint"]
+    assert data["early_live"] is None              # (never activated early here)
+    h.profile.write_text("{")                      # a profile that cannot be read at all
+    proc = run_vaultpy(*args)
+    assert proc.returncode == 1 and "not valid JSON" in proc.stderr.decode()
+    assert proc.stdout == b""
+
+
 def test_status_names_a_path_link_that_is_missing_or_replaced(world: World) -> None:
     """status --profile compared the generation's files only: with a `path` link deleted,
     or a file put in its place (which activation refuses), it said "in sync"."""

@@ -812,6 +812,36 @@ def completion(
     sys.stdout.write(script if script.endswith("\n") else script + "\n")    # (fish's had none)
 
 
+def _host_status_failing(profile: Path, root: Path, exc: VaultpyError,
+                         json_out: bool) -> None:
+    """status --profile when activating it would fail (a damaged cache file, a host key
+    gone): what is live now, which that failure leaves in place, then the problems
+    (found in review: only the error was shown, at the moment the live generation is
+    what an operator needs to know).  A profile that cannot be read says only that."""
+    from vaultpy import profile as profile_mod
+    from vaultpy.activate import Context, Options
+    from vaultpy.activate.context import read_link_generation
+
+    try:
+        loaded = profile_mod.load(profile)
+    except VaultpyError:
+        raise exc from None
+    report: dict[str, Any] = {"ok": False, "changes": [],
+                              "problems": [p.as_dict() for p in exc.problems]}
+    for early in (False, True) if loaded.installed(early=True) else (False,):
+        ctx = Context(Options(profile=profile, root=root, early=early), loaded)
+        live = read_link_generation(ctx.link)
+        live = Path(os.path.realpath(live)) if live is not None else None
+        report[f"{'early_' if early else ''}live"] = str(live) if live else None
+        if not json_out:
+            _out().print(f"{'early ' if early else ''}live generation: {live or 'none'} "
+                         "(stays live: activating this profile would fail)", markup=False)
+    if json_out:
+        _emit_json(report)
+        return
+    _print_problems(exc.problems)
+
+
 def _host_status(profile: Path, root: Path, json_out: bool) -> None:
     from rich.table import Table
 
@@ -819,11 +849,15 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
     from vaultpy.activate import activate as run
     from vaultpy.activate.context import read_link_generation
 
-    ctx = run(Options(profile=profile, root=root, dry_run=True, quiet=True))
-    runs = [ctx]
-    if ctx.profile.installed(early=True):          # the early side is a generation too
-        runs.append(run(Options(profile=profile, root=root, dry_run=True, quiet=True,
-                                early=True)))
+    try:
+        ctx = run(Options(profile=profile, root=root, dry_run=True, quiet=True))
+        runs = [ctx]
+        if ctx.profile.installed(early=True):      # the early side is a generation too
+            runs.append(run(Options(profile=profile, root=root, dry_run=True, quiet=True,
+                                    early=True)))
+    except VaultpyError as exc:
+        _host_status_failing(profile, root, exc, json_out)
+        raise typer.Exit(1) from None
     report: dict[str, Any] = {"ok": True, "changes": []}
     for r in runs:
         live = read_link_generation(r.link)
