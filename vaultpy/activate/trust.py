@@ -22,41 +22,60 @@ from vaultpy.errors import Problem, VaultpyError
 def trust_inputs(ctx: Context) -> None:
     """Refuse a profile or cache file that anyone but root or the user activating could
     have written (the file, or a directory above it)."""
-    seen: dict[str, Problem | None] = {}
+    seen: dict[str, Problem | None] = {}       # a directory: what is wrong with it
+    folders: dict[str, Problem | None] = {}    # a folder: what is wrong above it
     problems: list[Problem] = []
-    files = [os.fspath(i.file) for i in ctx.profile.secrets if i.file is not None]
-    inputs = [(f, "file") for f in files]
+    inputs = [(os.fspath(i.file), "file") for i in ctx.profile.secrets if i.file is not None]
     try:
         if stat.S_ISREG(os.stat(ctx.opts.profile).st_mode):
             inputs.insert(0, (os.fspath(ctx.opts.profile), ""))
     except OSError:
         pass                            # (read already: a FIFO, gone since is the read's)
     for path, field in inputs:
-        found = _problem(path, field, seen)
+        found = _problem(path, field, seen, folders)
         if found is not None and found not in problems:
             problems.append(found)
     if problems:
         raise VaultpyError(problems[:5])
 
 
-def _problem(path: str, field: str, seen: dict[str, Problem | None]) -> Problem | None:
+def _problem(path: str, field: str, seen: dict[str, Problem | None],
+             folders: dict[str, Problem | None]) -> Problem | None:
     """What makes ``path`` untrusted: itself, or a directory above it as given or as
-    resolved (a symlink followed leads through other directories)."""
+    resolved (a symlink followed leads through other directories).  Each folder is
+    walked once: a profile names hundreds of cache files in a few folders."""
     absolute = os.path.abspath(path)   # (shown without the profile's "../")
+    real_folder = None
     try:
-        st = os.stat(absolute)
+        st = os.lstat(absolute)
+        if stat.S_ISLNK(st.st_mode):    # the file it leads to, and where that lies
+            st = os.stat(absolute)
+            real_folder = os.path.dirname(os.path.realpath(absolute))
     except OSError:
         return None                     # the step that reads it says why it cannot
     mine = _owned(st, absolute, field, directory=False)
     if mine is not None:
         return mine
-    chains = {os.path.dirname(absolute), os.path.dirname(os.path.realpath(absolute))}
-    for folder in sorted(chains):
-        for above in _upwards(folder):
+    for folder in (os.path.dirname(absolute), real_folder):
+        if folder is None:
+            continue
+        if folder not in folders:
+            folders[folder] = _above(folder, field, absolute, seen)
+        if folders[folder] is not None:
+            return folders[folder]
+    return None
+
+
+def _above(folder: str, field: str, below: str, seen: dict[str, Problem | None]
+           ) -> Problem | None:
+    """The first directory of ``folder``'s chain, as given and as resolved, that
+    someone else could change."""
+    for chain in dict.fromkeys((folder, os.path.realpath(folder))):
+        for above in _upwards(chain):
             if above not in seen:
                 try:
                     seen[above] = _owned(os.lstat(above), above, field, directory=True,
-                                         below=absolute)
+                                         below=below)
                 except OSError:
                     seen[above] = None
             if seen[above] is not None:
