@@ -558,6 +558,30 @@ def test_a_template_s_problems_are_all_named_and_a_mistyped_placeholder_warned_o
     assert "warning" not in repo.ok("check", "--strict").stderr.decode()
 
 
+def test_an_option_of_one_value_given_twice_is_refused(make_repo, tmp_path: Path) -> None:
+    """click keeps the last value of a repeated option without a word: `host add
+    --pubkey-file a --pubkey-file b` dropped a's key (found in review).  Options that
+    take several (-H, -i) and flags are not counted."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    pubs = [tmp_path / "one.pub", tmp_path / "other.pub"]
+    for pub in pubs:
+        pub.write_text(repo.hosts["host0"].pubkey + "\n")
+    before = (repo.root / "hosts.toml").read_text()
+    for args, flag, values, where in (
+            (("host", "add", "web", "--pubkey-file", str(pubs[0]), f"--pubkey-file={pubs[1]}"),
+             "--pubkey-file", (str(pubs[0]), str(pubs[1])), "vaultpy host add"),
+            (("-C", str(repo.root), "-C", str(tmp_path), "check"), "-C",
+             (str(repo.root), str(tmp_path)), "vaultpy"),
+            (("renc", "--jobs", "1", "-j2"), "-j", ("1", "2"), "vaultpy renc")):
+        proc = repo.run(*args)
+        assert proc.returncode == 2, (args, proc.stderr.decode())
+        [line] = proc.stderr.decode().splitlines()
+        assert line == (f"{where}: {flag} given twice ({values[0]}, then {values[1]}): it "
+                        f"takes one value, and the last would win unseen; give {flag} once"), line
+    assert (repo.root / "hosts.toml").read_text() == before
+    repo.ok("renc", "-H", "host0", "-H", "host0", "--json", "--json")   # many, flags: fine
+
+
 def test_identity_after_a_command_that_needs_none_says_where_it_goes(make_repo) -> None:
     """README: -i goes before the command, or after one that decrypts.  A script that
     put it after `check` was told only "No such option: -i"."""

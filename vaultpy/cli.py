@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.core
 
 from vaultpy import __version__
 from vaultpy._internal.leave import OUTPUT_ERRNOS, output_lost
@@ -29,7 +30,57 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
+def _given_twice(group: Any, args: list[str]) -> Problem | None:
+    """An option that takes one value, given twice (click keeps the last without a
+    word: found in review, `host add --pubkey-file a --pubkey-file b` dropped a's key).
+    ``args`` as the root group receives them, subcommands' included."""
+    command: Any = group
+    seen: dict[tuple[int, str], str] = {}
+    path = ["vaultpy"]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a == "--":
+            break
+        if not (a.startswith("-") and len(a) > 1):
+            sub = getattr(command, "commands", {}).get(a)
+            if sub is not None:
+                command = sub
+                path.append(a)
+            continue
+        name, inline = ((a.split("=", 1)[0], "=" in a) if a.startswith("--")
+                        else (a[:2], len(a) > 2))
+        param = next((p for p in command.params if getattr(p, "param_type_name", "") ==
+                      "option" and name in (*p.opts, *p.secondary_opts)), None)
+        if param is None or param.is_flag or param.count:
+            continue
+        value = (a.split("=", 1)[1] if a.startswith("--") else a[2:]) if inline else (
+            args[i] if i < len(args) else "")
+        if not inline:
+            i += max(param.nargs, 1)
+        if param.multiple:
+            continue
+        key = (id(command), param.name)
+        if key in seen:
+            return Problem(" ".join(path), f"{name} given twice ({seen[key]}, then {value}): "
+                           "it takes one value, and the last would win unseen", "",
+                           f"give {name} once")
+        seen[key] = value
+    return None
+
+
+class _Group(typer.core.TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        twice = _given_twice(self, list(args))
+        if twice is not None:
+            raise UsageError(twice)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="vaultpy",
     help="Compile age-encrypted secrets for NixOS and Linux hosts.\n\n"
          "Master secrets live in secrets/<id>.age; `vaultpy renc` re-encrypts them to each "
