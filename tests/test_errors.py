@@ -582,6 +582,22 @@ def test_an_option_of_one_value_given_twice_is_refused(make_repo, tmp_path: Path
     repo.ok("renc", "-H", "host0", "-H", "host0", "--json", "--json")   # many, flags: fine
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (("decrypt", "alpha", "--from-shares", "shares"), "vaultpy --from-shares DIR decrypt"),
+    (("check", "--from-shares-prompt"), "vaultpy --from-shares-prompt check"),
+    (("renc", "--passphrase-fd", "3"), "vaultpy --passphrase-fd N renc")])
+def test_a_global_option_after_the_command_says_where_it_goes(make_repo, args, said) -> None:  # type: ignore[no-untyped-def]
+    """Found in review: `vaultpy decrypt ID --from-shares DIR` was told only "No such
+    option: --from-shares" (the README puts it before the command)."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a"})
+    proc = repo.run(*args)
+    assert proc.returncode == 2
+    [line] = proc.stderr.decode().splitlines()
+    option = next(a for a in args if a.startswith("--"))
+    assert line.startswith(f"vaultpy {args[0]}: No such option: {option} "), line
+    assert f"(it goes before the command: {said} ...)" in line, line
+
+
 def test_identity_after_a_command_that_needs_none_says_where_it_goes(make_repo) -> None:
     """README: -i goes before the command, or after one that decrypts.  A script that
     put it after `check` was told only "No such option: -i"."""

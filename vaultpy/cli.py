@@ -1010,11 +1010,19 @@ def _usage_error(exc: Any) -> None:
         # A script that passes -i to every command: this one needs none.
         message += (f" ({where} needs no master identity); before the command, every "
                     "command takes -i")
+    elif type(exc).__name__ == "NoSuchOption" and getattr(exc, "option_name", "") in _BEFORE:
+        name = exc.option_name
+        message += (f" (it goes before the command: vaultpy {name}"
+                    f"{'' if name == '--from-shares-prompt' else ' ' + _BEFORE[name]} "
+                    f"{where.removeprefix('vaultpy ')} ...)")
     _err().print(f"{where}: {message}; see {where} --help", markup=False, soft_wrap=True,
                  style="red")
 
 
 _IDENTITY = ("-i", "--identity")
+# Options only the whole command line takes, before the command (found in review:
+# `vaultpy decrypt ID --from-shares DIR` was told only "No such option").
+_BEFORE = {"--from-shares": "DIR", "--from-shares-prompt": "", "--passphrase-fd": "N"}
 
 
 # The global options that take a value (see _main above): what comes before the command.
