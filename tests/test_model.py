@@ -682,7 +682,8 @@ def test_the_two_forms_of_a_hosts_secrets_mixed_get_a_fix(tmp_path: Path) -> Non
     with pytest.raises(VaultpyError) as err:
         model.parse(twice, tmp_path / "hosts.toml")
     line = str(err.value.problems[0])
-    assert line.endswith("fix the syntax at that line") and "lists its secrets" not in line
+    assert line.endswith("; [hosts.web2.secrets.db] is declared twice, first at line 4: "
+                         "merge the two tables into one") and "lists its secrets" not in line
 
 
 def test_a_key_in_the_git_repository_above_hosts_toml_is_ignored_there(tmp_path: Path) -> None:
