@@ -187,6 +187,8 @@ def init(directory: Path, recipients: Sequence[str] = (),
             normalized.insert(0, public)
             shown = model.identity_setting(directory, generate_identity)
             identity_line = tomli_w.dumps({"identity": shown}).strip()
+            if os.path.isabs(shown):    # this machine's place: say how others differ
+                identity_line += "   # yours: -i or VAULTPY_IDENTITY override it"
         if normalized:
             recipients_line = tomli_w.dumps({"recipients": normalized}).strip()
         else:
