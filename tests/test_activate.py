@@ -286,8 +286,8 @@ exit $rc
 NOBODY = 65534
 
 
-@pytest.mark.parametrize("how", ["mode", "owner", "group", "folder", "symlinked", "cache",
-                                 "cache-folder", "sticky"])
+@pytest.mark.parametrize("how", ["mode", "owner", "group", "folder", "symlinked", "dotdot",
+                                 "cache", "cache-folder", "sticky"])
 def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: Path,
                                                         how: str) -> None:
     """Whoever can write the profile chooses owners, modes and paths; whoever can write
@@ -316,7 +316,7 @@ def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: 
         profile = theirs / "profile.json"
         shutil.copy(h.profile, profile)
         os.chown(theirs, NOBODY, NOBODY)
-        path, said, fix = theirs, f"a directory above {profile}", f"chown root {theirs}"
+        path, said, fix = theirs, f"on the way to {profile}", f"chown root {theirs}"
     elif how == "symlinked":          # the profile's real place is theirs
         theirs = tmp_path / "theirs"
         theirs.mkdir()
@@ -324,6 +324,21 @@ def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: 
         os.chown(theirs, NOBODY, NOBODY)
         profile = tmp_path / "link.json"
         profile.symlink_to(theirs / "profile.json")
+        path, said, fix = theirs, "owned by uid 65534", f"chown root {theirs}"
+    elif how == "dotdot":             # through root's symlink, then "..": theirs
+        real = tmp_path / "opt" / "vp"
+        (real / "b").mkdir(parents=True)
+        shutil.copy(h.profile, real / "b" / "profile.json")
+        theirs = real / "cache"
+        shutil.copytree(cached.parent, theirs)
+        os.chown(theirs, NOBODY, NOBODY)
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "vaultpy").symlink_to(real / "b")
+        profile = tmp_path / "etc" / "vaultpy" / "profile.json"
+        data = json.loads(profile.read_text())
+        for item in data["secrets"]:    # as `profile -o` writes them: relative, with ../
+            item["file"] = "../cache/" + os.path.basename(item["file"])
+        profile.write_text(json.dumps(data))
         path, said, fix = theirs, "owned by uid 65534", f"chown root {theirs}"
     elif how == "cache":
         os.chmod(cached, 0o646)
@@ -342,6 +357,61 @@ def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: 
     assert "whoever" in line and "chooses what activation installs" in line
     assert snapshot_tree(h.root) == before and os.readlink(h.live) == "vaultpy.d/1"
     assert world.rec.calls() == []
+
+
+@pytest.mark.parametrize("bob", [True, False])
+def test_a_users_cache_in_a_shared_group_s_directory_is_refused(bob: bool) -> None:
+    """A user's own profile: a cache directory writable by their primary group is theirs
+    alone only if nobody else is in the group (found in review: NixOS gives every user
+    the group users; any of them could write there).  Run as the user, with --root's
+    account files saying who is in the group (in /tmp: pytest's own folders are 0700)."""
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="vaultpy-trust-", dir="/tmp"))
+    request_cleanup = tmp_path
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "group").write_text("users:x:100:\n")
+    (root / "etc" / "passwd").write_text("alice:x:1000:100::/:/bin/sh\n"
+                                         + ("bob:x:1001:100::/:/bin/sh\n" if bob else ""))
+    home = tmp_path / "alice"
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "x.age").write_text("v")
+    (home / "profile.json").write_text("{}")
+    for p in (home, home / "cache", home / "cache" / "x.age", home / "profile.json"):
+        os.chown(p, 1000, 100)
+    os.chmod(home, 0o755)
+    os.chmod(home / "cache", 0o775)
+    os.chmod(tmp_path, 0o755)
+    code = f"""
+import os, types
+from pathlib import Path
+from vaultpy.activate import trust
+from vaultpy.errors import VaultpyError
+os.setgroups([100]); os.setresgid(100, 100, 100); os.setresuid(1000, 1000, 1000)
+ctx = types.SimpleNamespace(
+    opts=types.SimpleNamespace(profile=Path({str(home / "profile.json")!r}),
+                               root=Path({str(root)!r})),
+    profile=types.SimpleNamespace(secrets=[types.SimpleNamespace(
+        file=Path({str(home / "cache" / "x.age")!r}))]),
+    user=True, uid=1000, gid=100)
+try:
+    trust.trust_inputs(ctx)
+    print("accepted")
+except VaultpyError as exc:
+    print("refused:", exc.problems[0])
+"""
+    from activate_helpers import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=vaultpy_env({"PYTHONPATH": str(ROOT)}), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(request_cleanup)
+    if bob:
+        assert proc.stdout.startswith(f"refused: {home / 'cache'} (on the way to "), proc.stdout
+        assert "writable by group 100" in proc.stdout
+    else:
+        assert proc.stdout.strip() == "accepted", proc.stdout
 
 
 @pytest.mark.parametrize("field", ["dir", "store", "early_dir"])
