@@ -674,7 +674,7 @@ def test_status_shows_what_stays_live_when_the_profile_would_fail(world: World) 
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert out.startswith(f"live generation: {os.path.realpath(h.live)} (stays live: "
                           "activating this profile would fail)"), out
-    assert "early live generation: none (stays live" in out, out
+    assert "early live generation: none (and none until this profile activates)" in out, out
     assert "secret " in err and "run vaultpy renc, which rewrites it" in err, err
     proc = run_vaultpy(*args, "--json")
     data = json.loads(proc.stdout)

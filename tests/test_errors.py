@@ -580,6 +580,25 @@ def test_an_option_of_one_value_given_twice_is_refused(make_repo, tmp_path: Path
                         f"takes one value, and the last would win unseen; give {flag} once"), line
     assert (repo.root / "hosts.toml").read_text() == before
     repo.ok("renc", "-H", "host0", "-H", "host0", "--json", "--json")   # many, flags: fine
+    # the same option before and after the command is given twice too
+    proc = repo.run("-C", str(repo.root), "check", "-C", str(tmp_path))
+    assert proc.returncode == 2 and "-C given twice" in proc.stderr.decode()
+    # help wins; completion offers what it can (a value may be half typed)
+    assert repo.ok("renc", "--jobs", "1", "--jobs", "2", "--help").stdout
+    env = {"_VAULTPY_COMPLETE": "complete_bash", "COMP_WORDS": f"vaultpy -C {repo.root} "
+           f"-C {repo.root} re", "COMP_CWORD": "5"}
+    proc = repo.run(env=env)
+    assert proc.returncode == 0 and "renc" in proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_identities_before_and_after_the_command_are_all_used(make_repo,
+                                                             tmp_path: Path) -> None:
+    """`vaultpy -i a decrypt -i b ID` used b alone (found in review)."""
+    repo = make_repo(hosts=0, secrets={"alpha": b"a"})
+    other, _ = age_keygen(tmp_path, "other.txt")
+    proc = repo.run("-i", str(repo.identity), "decrypt", "-i", str(other), "alpha",
+                    env={"VAULTPY_IDENTITY": ""})
+    assert proc.returncode == 0 and proc.stdout == b"a", proc.stderr.decode()
 
 
 @pytest.mark.parametrize(("args", "said"), [

@@ -1276,6 +1276,18 @@ def test_no_command_is_dumpable_even_by_a_core_pipe(make_repo, args: list[str]) 
     assert "@@dumpable=False@@" in proc.stderr.decode(), proc.stderr.decode()[-2000:]
 
 
+def test_no_ctypes_leaves_the_core_limit_alone_without_failing() -> None:
+    """A Python built without ctypes (a minimal one) ran no command at all: the import
+    was outside the except (found in review)."""
+    code = ("import sys, resource; sys.modules['ctypes'] = None\n"
+            "from vaultpy._internal import nocore\n"
+            "nocore.forbid()\n"
+            "print(resource.getrlimit(resource.RLIMIT_CORE))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(0, 0)", proc.stderr
+
+
 def _blocked_on_fifo(pid: int) -> bool:
     """The process sleeps in open(2) of a FIFO that has no writer."""
     try:

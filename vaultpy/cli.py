@@ -36,7 +36,7 @@ def _given_twice(group: Any, args: list[str]) -> Problem | None:
     word: found in review, `host add --pubkey-file a --pubkey-file b` dropped a's key).
     ``args`` as the root group receives them, subcommands' included."""
     command: Any = group
-    seen: dict[tuple[int, str], str] = {}
+    seen: dict[str, str] = {}
     path = ["vaultpy"]
     i = 0
     while i < len(args):
@@ -62,7 +62,8 @@ def _given_twice(group: Any, args: list[str]) -> Problem | None:
             i += max(param.nargs, 1)
         if param.multiple:
             continue
-        key = (id(command), param.name)
+        # (the same option before and after the command: -C, -i are both)
+        key = ",".join(sorted((*param.opts, *param.secondary_opts)))
         if key in seen:
             return Problem(" ".join(path), f"{name} given twice ({seen[key]}, then {value}): "
                            "it takes one value, and the last would win unseen", "",
@@ -73,9 +74,11 @@ def _given_twice(group: Any, args: list[str]) -> Problem | None:
 
 class _Group(typer.core.TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        twice = _given_twice(self, list(args))
-        if twice is not None:
-            raise UsageError(twice)
+        # Not while completing (a value half typed), nor when help is asked for.
+        if not ctx.resilient_parsing and not {"-h", "--help"} & set(args):
+            twice = _given_twice(self, list(args))
+            if twice is not None:
+                raise UsageError(twice)
         return super().parse_args(ctx, args)
 
 
@@ -232,7 +235,9 @@ def _identity(identity: list[Path] | None) -> list[Path]:
     if identity and _Globals.from_shares:   # (-i after the command: the key is rebuilt)
         _err().print(_BOTH_KEYS, markup=False)
         _exit(2)
-    return list(identity or _Globals.identity)
+    # -i before the command and after it: all of them (the later ones dropped the
+    # earlier without a word: found in review)
+    return list(dict.fromkeys([*_Globals.identity, *(identity or [])]))
 
 
 def _print_problems(problems: list[Problem], console: Console | None = None) -> None:
@@ -885,8 +890,10 @@ def _host_status_failing(profile: Path, root: Path, exc: VaultpyError,
         live = Path(os.path.realpath(live)) if live is not None else None
         report[f"{'early_' if early else ''}live"] = str(live) if live else None
         if not json_out:
-            _out().print(f"{'early ' if early else ''}live generation: {live or 'none'} "
-                         "(stays live: activating this profile would fail)", markup=False)
+            _out().print(f"{'early ' if early else ''}live generation: "
+                         + (f"{live} (stays live: activating this profile would fail)"
+                            if live else "none (and none until this profile activates)"),
+                         markup=False)
     if json_out:
         _emit_json(report)
         return

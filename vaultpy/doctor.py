@@ -369,7 +369,7 @@ def check_clock(cfg: Config | None, now_ns: int | None = None) -> Check:
                  f"{_span(ahead[0][0] - now)} ahead of this machine's clock ("
                  f"{', '.join(shown)}{more}): renc and check do their full work every time "
                  "until the clock passes them",
-                 "if the clock is right, touch them (touch -c -- " + " ".join(shown)
+                 "if the clock is right, touch them (touch -h -c -- " + " ".join(shown)
                  + (" ..." if more else "") + "), else set the clock right")
 
 
@@ -385,7 +385,7 @@ def _span(ns: int) -> str:
         return f"{s // 60} min"
     if s < 2 * 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} days"
+    return f"{(s + 43200) // 86400} days"   # (2 days 23 h is nearer 3 days than 2)
 
 
 def check_ram_dir() -> Check:

@@ -22,8 +22,8 @@ def forbid() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):   # no prctl (not Linux): the limit stands alone
-        pass
+    except (ImportError, OSError, AttributeError):  # no ctypes (a minimal Python), no
+        pass                                         # prctl (not Linux): the limit alone
 
 
 def dumpable() -> bool:
