@@ -359,6 +359,26 @@ def test_a_profile_or_cache_others_can_write_is_refused(world: World, tmp_path: 
     assert world.rec.calls() == []
 
 
+def test_a_profile_streamed_in_is_the_invokers_whatever_it_came_from(
+        world: World, tmp_path: Path) -> None:
+    """`--profile /dev/stdin`: what the stream comes from is the invoker's choice (a
+    pipe, or a file they redirected); it is no path another user can reach (found in
+    review: a redirected file was checked, and the hint said to chown /dev/stdin)."""
+    h = world.host
+    streamed = tmp_path / "streamed.json"
+    streamed.write_bytes(world.repo.ok("profile", "--host", HOST).stdout)
+    os.chown(streamed, NOBODY, NOBODY)              # refused as --profile FILE
+    proc = activate_run(streamed, h.root, systemctl=world.rec.script)
+    assert_one_clean_error(proc, str(streamed), f"owned by uid {NOBODY}")
+    with streamed.open("rb") as stdin:
+        proc = subprocess.run(activate_cmd(Path("/dev/stdin"), h.root,
+                                           systemctl=world.rec.script),
+                              stdin=stdin, capture_output=True, env=vaultpy_env(),
+                              timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert os.readlink(h.live) == "vaultpy.d/1"
+
+
 @pytest.mark.parametrize("bob", [True, False])
 def test_a_users_cache_in_a_shared_group_s_directory_is_refused(bob: bool) -> None:
     """A user's own profile: a cache directory writable by their primary group is theirs
