@@ -185,6 +185,20 @@ def test_a_table_declared_twice_says_where_the_first_one_is(make_repo, host: str
                          "two tables into one"), said
 
 
+def test_a_header_inside_a_template_s_text_is_not_the_first_declaration(make_repo) -> None:  # type: ignore[no-untyped-def]
+    """A template's INI text holds "[hosts.host0.secrets.db]"-like lines: they are text,
+    not the first header (found in review)."""
+    repo: Repo = make_repo(hosts=1, secrets={"db": b"pw\n"})
+    text = (repo.root / "hosts.toml").read_text().replace('secrets = ["db"]\n', "", 1)
+    table = "hosts.host0.secrets.db"
+    body = (f'[hosts.host0.templates."app.ini"]\ncontent = """\n[{table}]\nx = 1\n"""\n'
+            f"[{table}]\n")
+    first = len(text.splitlines()) + 6      # (the one in the text is at + 3)
+    repo.write_hosts(text + body + f'[{table}]\nmode = "0400"\n')
+    said = assert_one_clean_error(repo.run("check"), "not valid TOML", "declared twice")
+    assert f"first at line {first}:" in said, (said, first)
+
+
 @pytest.mark.parametrize(("key", "head", "hint"), [
     ("neededForUsers = true", "", "sops-nix's neededForUsers is early = true here"),
     ("symlink = false", "", "agenix's symlink: a path here is always a symlink (to the file "

@@ -145,6 +145,7 @@ def complete_id_list(ctx: typer.Context, incomplete: str) -> list[str]:
     prefix = head + "," if head else ""
     return [prefix + i for i in complete_ids(ctx, last) if i not in given]
 
+
 def _tilde(value: Any) -> Any:
     """A path option's ``~`` expanded: the shell leaves it in ``--opt=~/x`` and in quotes,
     where VAULTPY_IDENTITY, hosts.toml and -C expand it (found in review: init wrote the

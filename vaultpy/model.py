@@ -1427,9 +1427,17 @@ def _first_declared(message: str, lines: list[str]) -> tuple[str, int] | None:
         return None
     if not (isinstance(keys, tuple) and all(isinstance(k, str) for k in keys)):
         return None
+    inside = ""                         # the quotes of a multi-line string open here
     for number, line in enumerate(lines[: int(m.group(2)) - 1], start=1):
         header = line.strip()
-        if not header.startswith("[") or header.startswith("[["):
+        # A template's text may hold "[section]" lines: not headers (found in review).
+        # (A rough scan: triple quotes in a comment can mislead it; the hint is then
+        # only less precise.)
+        opened = inside
+        for quotes in ('"""', "'''"):
+            if (not inside or inside == quotes) and line.count(quotes) % 2:
+                inside = "" if inside else quotes
+        if opened or not header.startswith("[") or header.startswith("[["):
             continue
         try:
             table: Any = tomllib.loads(header)
