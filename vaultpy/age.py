@@ -123,23 +123,32 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False, allow_plugin: boo
     return canonical
 
 
+def fingerprint(recipient: str) -> str:
+    """OpenSSH's SHA256 fingerprint of an ssh key, as ``ssh-keygen -l`` shows it, after
+    its type (an age1… key is its own name).  ValueError if its base64 is not."""
+    if recipient.startswith("age1"):
+        return recipient
+    import hashlib  # (OpenSSL: not at import, activation's start-up)
+
+    kind, body = recipient.split()[:2]
+    blob = base64.b64decode(body, validate=True)
+    return f"{kind} SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def key_name(key: str) -> str:
-    """A recipient as people tell keys apart: an ssh key by its SHA256 fingerprint, as
-    ``ssh-keygen -l`` shows it (the start of the base64 is the same for every key of a
-    type), with its comment if it has one; an age1... key shortened."""
+    """A recipient as people tell keys apart: an ssh key by its :func:`fingerprint` (the
+    start of the base64 is the same for every key of a type), with its comment if it
+    has one; an age1... key shortened."""
     kind, _, rest = key.partition(" ")
     if not rest:
         return key[:20] + "…" if len(key) > 24 else key
     parts = key.split(None, 2)
     comment = parts[2].strip() if len(parts) == 3 else ""
     try:
-        import hashlib  # (OpenSSL: not at import, activation's start-up)
-
-        blob = base64.b64decode(rest.split()[0], validate=True)
-        name = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+        name = fingerprint(key)
     except ValueError:
-        name = rest.split()[0][:12] + "…"
-    return f"{kind} {name}" + (f" ({comment})" if comment else "")
+        name = f"{kind} {rest.split()[0][:12]}…"
+    return name + (f" ({comment})" if comment else "")
 
 
 def ssh_stanza_tag(recipient: str) -> str | None:

@@ -177,9 +177,6 @@ def _comment(key: str) -> str:
     return parts[2].strip() if len(parts) == 3 and not key.startswith("age1") else ""
 
 
-_short = age.key_name
-
-
 def _mode(value: Any) -> str | None:
     """A chmod-style octal mode string as vaultpy writes it ("400" -> "0400")."""
     if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
@@ -384,7 +381,7 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
                         "if it is a host's key, name its host with --hosts-from, "
                         "--host-key or --hosts-by-comment")
             plan.default_warnings.append(
-                f"{_short(key)} could open {len(some)} of {len(every)} secrets "
+                f"{age.key_name(key)} could open {len(some)} of {len(every)} secrets "
                 f"({shown_ids}), so it is not a master recipient (they can decrypt every "
                 f"secret): {host_fix}; if it may read every secret, give the "
                 "master recipients with --recipient")
@@ -397,14 +394,14 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
             continue
         if not (host_like or rsa) or key not in plan.default_recipients:
             continue
-        # _short names the key once, with its comment.  An RSA key may be a user's
+        # age.key_name names the key once, with its comment.  An RSA key may be a user's
         # (agenix's id_rsa) or a host's, and cannot be a vaultpy host's either way.
         fix = ("if it is a host's key, drop it from [vaultpy] recipients after the import "
                "and give the host its ssh-ed25519 key (vaultpy hosts take no RSA key)"
                if rsa else "name its host with --hosts-from FILE, --host-key NAME=KEY or "
                "--hosts-by-comment, or drop it from [vaultpy] recipients after the import")
         plan.default_warnings.append(
-            f"{_short(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
+            f"{age.key_name(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
             f" a master recipient, able to decrypt every secret: {fix}")
     # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
     # it) is a host's key until the operator says otherwise: as a master recipient,
@@ -412,7 +409,7 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
     if hosts_like:
         more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
         plan.default_refused = Problem(
-            shown, f"{_short(hosts_like[0])}{more} look like host keys that no host option "
+            shown, f"{age.key_name(hosts_like[0])}{more} look like host keys that no host option "
             "names (a master recipient can decrypt every secret)",
             "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
             "--host-key NAME=KEY; or, if they are operators' keys, choose the master "

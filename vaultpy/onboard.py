@@ -23,9 +23,7 @@ parse to exactly the old document with the one intended change, or nothing is wr
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -93,15 +91,6 @@ class Resolved:
     line: str                      # as written into hosts.toml (comment kept)
     normalized: str                # `type base64`
     generated: Generated | None = None
-
-
-def fingerprint(recipient: str) -> str:
-    """OpenSSH's SHA256 fingerprint of an ssh key (an age1… key is its own name)."""
-    if recipient.startswith("age1"):
-        return recipient
-    blob = base64.b64decode(recipient.split()[1])
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"{recipient.split()[0]} SHA256:{digest}"
 
 
 # What is read of a --pubkey-file at most: a key line is ~100 bytes; /dev/zero must end.
@@ -710,7 +699,7 @@ def _apply_key(cfg: Config, text: str, name: str, key: Resolved, verb: str,
         if key.generated is not None:
             key.generated.undo()
         raise
-    out = Outcome(verb, name, key.line, fingerprint(key.normalized), key.generated,
+    out = Outcome(verb, name, key.line, age.fingerprint(key.normalized), key.generated,
                   person=new_cfg.is_person(name),
                   warnings=_same_key_elsewhere(cfg, name, key.normalized))
     keyless = model.no_identity_for_age_key(new_cfg, name)
@@ -781,7 +770,7 @@ def rotate(cfg: Config, name: str, source: KeySource, *, run_renc: bool = True,
     if cfg.hosts[name].recipients == (key.normalized,):
         if key.generated is not None:       # unreachable: a new key pair is new
             key.generated.undo()
-        return Outcome("unchanged", name, key.line, fingerprint(key.normalized),
+        return Outcome("unchanged", name, key.line, age.fingerprint(key.normalized),
                        person=cfg.hosts[name].user)
     return _apply_key(cfg, text, name, key, "rotated",
                       lambda: set_pubkey_text(text, name, key.line), run_renc, identity_files)
