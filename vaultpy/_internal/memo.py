@@ -411,8 +411,7 @@ class _Helper:
             code = 1
             try:
                 os.close(r)
-                mine = cls(folders, 0, -1, queue)
-                mine.status = 0                          # (itself: no process to wait for)
+                mine = cls(folders, 0, -1, queue)        # (pid 0: no process of its own)
                 out: list[object] | None = []
                 while out is not None and (taken := mine.take()):
                     for folder in taken:
