@@ -62,7 +62,7 @@ def _given_twice(group: Any, args: list[str]) -> Problem | None:
             i += max(param.nargs, 1)
         if param.multiple:
             continue
-        # (the same option before and after the command: -C, -i are both)
+        # by its names, not its command: -C before the command and after it is one option
         key = ",".join(sorted((*param.opts, *param.secondary_opts)))
         if key in seen:
             return Problem(" ".join(path), f"{name} given twice ({seen[key]}, then {value}): "
@@ -869,6 +869,14 @@ def completion(
     sys.stdout.write(script if script.endswith("\n") else script + "\n")    # (fish's had none)
 
 
+def _live(link: Path) -> Path | None:
+    """The generation ``link`` (a profile's live link) points to, ``../`` resolved."""
+    from vaultpy.activate.context import read_link_generation
+
+    live = read_link_generation(link)
+    return Path(os.path.realpath(live)) if live is not None else None
+
+
 def _host_status_failing(profile: Path, root: Path, exc: VaultpyError,
                          json_out: bool) -> None:
     """status --profile when activating it would fail (a damaged cache file, a host key
@@ -877,7 +885,6 @@ def _host_status_failing(profile: Path, root: Path, exc: VaultpyError,
     what an operator needs to know).  A profile that cannot be read says only that."""
     from vaultpy import profile as profile_mod
     from vaultpy.activate import Context, Options
-    from vaultpy.activate.context import read_link_generation
 
     try:
         loaded = profile_mod.load(profile)
@@ -886,9 +893,7 @@ def _host_status_failing(profile: Path, root: Path, exc: VaultpyError,
     report: dict[str, Any] = {"ok": False, "changes": [],
                               "problems": [p.as_dict() for p in exc.problems]}
     for early in (False, True) if loaded.installed(early=True) else (False,):
-        ctx = Context(Options(profile=profile, root=root, early=early), loaded)
-        live = read_link_generation(ctx.link)
-        live = Path(os.path.realpath(live)) if live is not None else None
+        live = _live(Context(Options(profile=profile, root=root, early=early), loaded).link)
         report[f"{'early_' if early else ''}live"] = str(live) if live else None
         if not json_out:
             _out().print(f"{'early ' if early else ''}live generation: "
@@ -906,7 +911,6 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
 
     from vaultpy.activate import Options
     from vaultpy.activate import activate as run
-    from vaultpy.activate.context import read_link_generation
 
     try:
         ctx = run(Options(profile=profile, root=root, dry_run=True, quiet=True))
@@ -919,8 +923,7 @@ def _host_status(profile: Path, root: Path, json_out: bool) -> None:
         raise typer.Exit(1) from None
     report: dict[str, Any] = {"ok": True, "changes": []}
     for r in runs:
-        live = read_link_generation(r.link)
-        live = Path(os.path.realpath(live)) if live is not None else None   # ../ resolved
+        live = _live(r.link)
         files = []
         if live is not None:
             for entry in sorted(live.iterdir()):
