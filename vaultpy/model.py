@@ -282,6 +282,15 @@ class Host:
 
 
 @record
+class Signing:
+    """The cache signing key: its public half, and the id of the secret that holds
+    its private half (an OpenSSH private key, encrypted to the master recipients)."""
+
+    key: str
+    secret: str
+
+
+@record
 class Config:
     path: Path
     recipients: tuple[str, ...]
@@ -299,6 +308,9 @@ class Config:
     later: tuple[tuple[str, Problem], ...] = ()
     # Warnings the nixos file's evaluation gave (renc and check print them).
     notes: tuple[Problem, ...] = ()
+    # [vaultpy] signing_key / signing_secret: the public key (an ssh-ed25519 line) that
+    # signs each host's cache, and the secret holding its private half (vaultpy/signing.py).
+    signing: Signing | None = None
 
     @property
     def root(self) -> Path:
@@ -1304,7 +1316,7 @@ def parse(text: str, path: Path) -> Config:
 
     settings = ck.table(doc.get("vaultpy", {}), "vaultpy") or {}
     ck.keys(settings, "vaultpy", ("recipients", "identity", "secrets_dir", "cache_dir",
-                                  "vault", "nixos"))
+                                  "vault", "nixos", "signing_key", "signing_secret"))
     if "recipients" not in settings:
         ck.add("vaultpy.recipients", "missing",
                'add recipients = ["age1…"] (the master public key, age-keygen -y)')
@@ -1326,6 +1338,7 @@ def parse(text: str, path: Path) -> Config:
         given = ck.path_string(settings["nixos"], "vaultpy.nixos")
         nixos = Path(os.path.normpath(_rel(root, given))) if given else None
 
+    signing_raw = _signing(ck, settings)
     declared: dict[str, Secret] = {}
     chosen_files: set[str] = set()          # ids with a `file = …` of their own
     raw_secrets = ck.table(doc.get("secrets", {}), "secrets") or {}
@@ -1369,6 +1382,15 @@ def parse(text: str, path: Path) -> Config:
         if host is not None:
             hosts[name] = host
     _templates_of_their_own(ck, path, declared, hosts)
+    if signing_raw is not None and signing_raw.secret not in declared:
+        ck.add("vaultpy.signing_secret", f"secret {signing_raw.secret!r} is not declared",
+               f"declare [{key_path('secrets', signing_raw.secret)}] (its master holds the "
+               "signing key: vaultpy signing-key makes both)")
+    for h in hosts.values():        # (a host that held it could sign anything)
+        if signing_raw is not None and signing_raw.secret in h.needed:
+            ck.add(key_path("hosts", h.name, "secrets"), f"lists {signing_raw.secret!r}, "
+                   "the cache signing key ([vaultpy] signing_secret): no host may hold it",
+                   f"remove {signing_raw.secret!r} from {key_path('hosts', h.name)}")
 
     resolved_cache = _resolved(ck, cache_dir, "vaultpy.cache_dir")
     resolved_root = _resolved(ck, root, "")
@@ -1409,7 +1431,45 @@ def parse(text: str, path: Path) -> Config:
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
-                  nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings))
+                  nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings),
+                  signing=signing_raw)
+
+
+def _signing(ck: _Checker, settings: Mapping[str, Any]) -> Signing | None:
+    """[vaultpy] signing_key and signing_secret: both, or neither."""
+    given = [k for k in ("signing_key", "signing_secret") if k in settings]
+    if not given:
+        return None
+    if len(given) == 1:
+        other = "signing_secret" if given[0] == "signing_key" else "signing_key"
+        ck.add(f"vaultpy.{other}", "missing: signing_key and signing_secret go together",
+               "run vaultpy signing-key, which sets both (or remove the other one)")
+        return None
+    key, secret = settings["signing_key"], settings["signing_secret"]
+    ok = True
+    if not isinstance(key, str):
+        ck.add("vaultpy.signing_key", f"expected a string, got {type(key).__name__}",
+               'write the public key in quotes: signing_key = "ssh-ed25519 AAAA…"')
+        ok = False
+    else:
+        from vaultpy import age
+
+        try:
+            kind = key.split()[0] if key.split() else ""
+            if kind != age.SSH_ED25519:
+                raise ValueError(f"not an ssh-ed25519 public key (got {kind or 'nothing'!r})")
+            key = age.normalize_recipient(key)
+        except ValueError as exc:
+            ck.add("vaultpy.signing_key", str(exc),
+                   "use the ssh-ed25519 line vaultpy signing-key wrote")
+            ok = False
+    if not isinstance(secret, str):
+        ck.add("vaultpy.signing_secret", f"expected a secret id, got {type(secret).__name__}",
+               'name the secret in quotes: signing_secret = "cache_signing"')
+        ok = False
+    elif not ck.ident(secret, "vaultpy.signing_secret", "secret id"):
+        ok = False
+    return Signing(key, secret) if ok else None
 
 
 def _first_declared(message: str, lines: list[str]) -> tuple[str, int] | None:

@@ -1,0 +1,283 @@
+"""The signed cache: who wrote a host's cache files, checked without any secret.
+
+age encrypts to a public key: anyone who can write ``secrets/cache/`` (a pull request,
+a CI job) could put a value of their choice, encrypted to a host's public key, under
+an existing file name, and a diff of ciphertext shows nothing to review.  With a
+signing key set in hosts.toml (``[vaultpy] signing_key`` / ``signing_secret``), renc
+writes beside each host's files::
+
+    secrets/cache/<host>/SHA256SUMS       "<sha256>  <name>" per cache file (sha256sum's form)
+    secrets/cache/<host>/SHA256SUMS.sig   its SSH signature (ssh-keygen -Y sign's form),
+                                          namespace "vaultpy-cache:<host>"
+
+``check`` verifies both with the public key alone (so CI refuses a forged file), and
+activation refuses a cache file whose hash is not the signed one.  The private key
+is an OpenSSH key held as a secret (a master file, encrypted to the master recipients
+like any other, re-keyed with them), which no host may receive.  The same check by
+hand, with OpenSSH and coreutils only::
+
+    echo "vaultpy $(vaultpy signing-key --public)" > signers
+    ssh-keygen -Y verify -f signers -I vaultpy -n vaultpy-cache:web1 \\
+        -s SHA256SUMS.sig < SHA256SUMS && sha256sum -c SHA256SUMS
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from vaultpy._internal import sshsig
+from vaultpy._internal.fsutil import atomic_write, read_regular
+from vaultpy._internal.names import NAME_RE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vaultpy import age
+    from vaultpy.model import Config
+
+SUMS = "SHA256SUMS"
+SIGNATURE = "SHA256SUMS.sig"
+FILES = (SUMS, SIGNATURE)
+DEFAULT_SECRET = "cache_signing"
+# A list of 100,000 files is ~6 MB; a signature ~300 bytes.
+MAX_SUMS = 64 << 20
+MAX_SIGNATURE = 64 << 10
+
+UNSIGNED = ("not signed: its SHA-256 is not the one SHA256SUMS lists (altered, or "
+            "written by someone without the signing key)")
+FIX = ("run vaultpy renc with the master key: it re-encrypts what is not signed, "
+       "and signs")
+
+
+class Unsigned(ValueError):
+    """Why a host's cache is not signed: ``path``, the file at fault, and ``reason``."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def namespace(host: str) -> str:
+    """The signature's namespace: a host's list signed for no other host."""
+    return f"vaultpy-cache:{host}"
+
+
+def sums_text(entries: Mapping[str, str]) -> bytes:
+    """The SHA256SUMS file of ``entries`` (name -> SHA-256 hex), sorted by name."""
+    return "".join(f"{entries[name]}  {name}\n" for name in sorted(entries)).encode()
+
+
+def parse_sums(data: bytes) -> dict[str, str]:
+    """Name -> SHA-256 of a SHA256SUMS file as renc writes it (ValueError otherwise)."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if (not sep or len(digest) != 64 or digest.strip("0123456789abcdef")
+                or NAME_RE.fullmatch(name) is None or name in out):
+            raise ValueError(f"line {n} is not '<sha256>  <id>.<hash>.age'")
+        out[name] = digest
+    return out
+
+
+def read_signed(host_dir: Path | str, host: str, key: str,
+                sums_path: Path | str | None = None, sig_path: Path | str | None = None
+                ) -> dict[str, str]:
+    """The verified list of ``host``'s cache files (name -> SHA-256), from its
+    directory (or the two paths given: a profile's); :class:`Unsigned` if it is
+    missing, unreadable, or not signed by ``key``."""
+    return read_signed_bytes(host_dir, host, key, sums_path, sig_path)[0]
+
+
+def read_signed_bytes(host_dir: Path | str, host: str, key: str,
+                      sums_path: Path | str | None = None, sig_path: Path | str | None = None
+                      ) -> tuple[dict[str, str], bytes, bytes]:
+    """:func:`read_signed`, and the very bytes of the list and signature verified (a
+    bundle copies those, not what a second read might find)."""
+    sums_path = sums_path or os.path.join(host_dir, SUMS)
+    sig_path = sig_path or os.path.join(host_dir, SIGNATURE)
+    data = _read(sums_path, MAX_SUMS)
+    sig = _read(sig_path, MAX_SIGNATURE)
+    try:
+        sshsig.verify(key, namespace(host), data, sig)
+    except sshsig.BadSignature as exc:
+        raise Unsigned(sig_path, f"signature {exc}") from None
+    try:
+        return parse_sums(data), data, sig
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unsigned(sums_path, str(exc)) from None
+
+
+def _read(path: Path | str, limit: int) -> bytes:
+    try:
+        data, _st = read_regular(path, follow=False)
+    except FileNotFoundError:
+        raise Unsigned(path, "missing") from None
+    except OSError as exc:
+        raise Unsigned(path, f"unreadable ({exc.strerror})") from None
+    if len(data) > limit:
+        raise Unsigned(path, "too big for a list of cache files")
+    return data
+
+
+def write_signed(host_dir: Path, host: str, entries: Mapping[str, str],
+                 key: Ed25519PrivateKey) -> None:
+    """Replace ``host``'s list and its signature (each file atomically: a crash between
+    the two leaves a list its signature does not match, which renc then re-encrypts
+    and signs anew: nothing unsigned is ever trusted)."""
+    text = sums_text(entries)
+    sig = sshsig.sign(key, namespace(host), text).encode()
+    atomic_write(host_dir / SUMS, text, 0o644)
+    atomic_write(host_dir / SIGNATURE, sig, 0o644)
+
+
+def sha256_file(path: Path | str) -> str | None:
+    """The SHA-256 of a regular file, None if it cannot be read."""
+    try:
+        return hashlib.sha256(read_regular(path, follow=False)[0]).hexdigest()
+    except OSError:
+        return None
+
+
+def generate(comment: str = "vaultpy cache signing") -> tuple[bytes, str]:
+    """A new key: (its OpenSSH private key file, its ``ssh-ed25519 …`` public line)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return private, f"{public} {comment}"
+
+
+def private_key(cfg: Config, identities: Sequence[age.Identity]) -> Ed25519PrivateKey:
+    """The signing key, decrypted from its secret's master file with ``identities``;
+    one problem if it is not the private half of ``[vaultpy] signing_key``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_ssh_private_key,
+    )
+
+    from vaultpy import masters
+    from vaultpy.errors import Problem, VaultpyError, display_path, key_path
+
+    assert cfg.signing is not None
+    sid = cfg.signing.secret
+    where = display_path(cfg.secret(sid).file)
+    pem = masters.decrypt(cfg, sid, identities)
+    try:
+        key = load_ssh_private_key(pem, None)
+    except (ValueError, TypeError) as exc:
+        raise VaultpyError(Problem(where, f"secret {sid!r} is no OpenSSH private key "
+                                   f"({exc})", key_path("secrets", sid),
+                                   "make a new signing key: vaultpy signing-key --new")) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise VaultpyError(Problem(where, f"secret {sid!r} is not an Ed25519 key",
+                                   key_path("secrets", sid),
+                                   "make a new signing key: vaultpy signing-key --new"))
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    if public.split()[:2] != cfg.signing.key.split()[:2]:
+        raise VaultpyError(Problem(where, f"secret {sid!r} holds another key than "
+                                   "[vaultpy] signing_key", "vaultpy.signing_key",
+                                   f'set signing_key = "{public}" if this key is the '
+                                   "one, or make a new pair: vaultpy signing-key --new"))
+    return key
+
+
+_VAULTPY_HEADER = re.compile(r"^[ \t]*\[[ \t]*vaultpy[ \t]*\][ \t]*(#.*)?(\r?\n|$)", re.M)
+_KEY_LINE = re.compile(r'^([ \t]*signing_key[ \t]*=[ \t]*)"[^"\n]*"', re.M)
+
+
+def _edited(text: str, public: str, secret: str, *, replace: bool, declare: bool) -> str:
+    """hosts.toml's text with the signing key set (ValueError when it cannot be done
+    by a plain insertion: the result is parsed and compared by the caller too)."""
+    if replace:
+        found = list(_KEY_LINE.finditer(text))
+        if len(found) != 1:
+            raise ValueError("its signing_key is not one plain 'signing_key = \"…\"' line")
+        m = found[0]
+        return text[:m.start()] + f'{m.group(1)}"{public}"' + text[m.end():]
+    found = list(_VAULTPY_HEADER.finditer(text))
+    if len(found) != 1:
+        raise ValueError("it has no [vaultpy] table header line to add the key under")
+    end = found[0].end()
+    nl = "\r\n" if "\r\n" in text else "\n"
+    if not text[:end].endswith("\n"):
+        text, end = text[:end] + nl + text[end:], end + len(nl)
+    added = (f'signing_key = "{public}"{nl}signing_secret = "{secret}"   # vaultpy '
+             f"signing-key: renc signs each host's cache, check and hosts verify it{nl}")
+    text = text[:end] + added + text[end:]
+    if declare:
+        if text and not text.endswith("\n"):
+            text += nl
+        text += (f"{nl}[secrets.{secret}]   # the cache signing key "
+                 f"([vaultpy] signing_secret): no host may list it{nl}")
+    return text
+
+
+def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) -> str:
+    """Make a signing key: its private half as the master file of ``secret`` (declared
+    in hosts.toml if it is not), its public half as ``[vaultpy] signing_key``, both
+    written in one step under the repository lock.  ``replace``: a new key in place of
+    the one set.  Returns the public key line."""
+    from vaultpy import age, masters, model
+    from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
+
+    shown = display_path(cfg.path)
+    if cfg.signing is not None and not replace:
+        raise VaultpyError(Problem(shown, "a signing key is set already",
+                                   "vaultpy.signing_key", "vaultpy signing-key --public "
+                                   "prints it; --new makes another (renc then "
+                                   "re-encrypts and signs every host's cache)"))
+    if cfg.signing is None and replace:
+        raise VaultpyError(Problem(shown, "no signing key is set to replace",
+                                   "vaultpy.signing_key", "run vaultpy signing-key "
+                                   "without --new"))
+    if cfg.signing is not None:
+        secret = cfg.signing.secret
+    elif secret in cfg.secrets and os.path.lexists(cfg.secrets[secret].file):
+        raise VaultpyError(Problem(display_path(cfg.secrets[secret].file), f"secret "
+                                   f"{secret!r} exists already: its value would be replaced "
+                                   "by the signing key", "", "choose another id: vaultpy "
+                                   "signing-key --secret ID"))
+    try:
+        raw = cfg.path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError):
+            raise VaultpyError(os_problem(cfg.path, exc, "read")) from None
+        raise VaultpyError(Problem(shown, "not UTF-8 text", "", "save it as UTF-8")) from None
+    private, public = generate()
+    try:
+        new_text = _edited(text, public, secret, replace=replace,
+                           declare=secret not in cfg.secrets)
+    except ValueError as exc:
+        raise VaultpyError(Problem(shown, f"cannot edit this hosts.toml automatically: "
+                                   f"{exc}", "vaultpy", f'add signing_key = "{public}" and '
+                                   f'signing_secret = "{secret}" under [vaultpy], declare '
+                                   f"[secrets.{secret}], then run vaultpy signing-key "
+                                   "--new")) from None
+    new_cfg = model.reparse(new_text, cfg.path)
+    if new_cfg.signing is None or new_cfg.signing.key.split()[:2] != public.split()[:2]:
+        raise VaultpyError(Problem(shown, "cannot edit this hosts.toml automatically: the "
+                                   "edit did not read back as the key set", "vaultpy",
+                                   f'add signing_key = "{public}" under [vaultpy] by hand'))
+    ciphertext = age.encrypt(private, new_cfg.recipients)
+    mode = os.stat(cfg.path).st_mode & 0o7777
+    masters.write_all(new_cfg, [(new_cfg.secret(secret).file, ciphertext, 0o644),
+                                (cfg.path.resolve(), new_text.encode(), mode)],
+                      based_on={cfg.path.resolve(): raw})
+    return public
