@@ -15,12 +15,12 @@ import hashlib
 import os
 import struct
 from binascii import a2b_hex
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
-from vaultpy import age
+from vaultpy import age, signing
 from vaultpy._internal import ageformat
 from vaultpy._internal.fsutil import (
     LINK,
@@ -114,7 +114,10 @@ class Plan:
 
 def missing_master(cfg: Config, sid: str) -> Problem:
     secret = cfg.secrets[sid]
-    fix = (f"create it with vaultpy generate {sid} (its generate = rule)"
+    signing_key = cfg.signing is not None and cfg.signing.secret == sid
+    fix = ("it holds the cache signing key: make a new one with vaultpy signing-key --new"
+           if signing_key else
+           f"create it with vaultpy generate {sid} (its generate = rule)"
            if secret.generate is not None
            else f"create it with vaultpy edit {sid} (or vaultpy encrypt {sid})")
     return Problem(display_path(secret.file), "master file is missing", key_path("secrets", sid),
@@ -148,7 +151,9 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     # 10,000s of items: plain strings, and cache_name's hash with its parts made once
     masters = {sid: (m.sha256.encode(), m.payload) for sid, m in result.masters.items()}
     for host in selected:
-        names = set()       # a host's at a time: a set of all 10,000 names was 640 KB
+        # A host's at a time: a set of all 10,000 names was 640 KB.  The signed list is
+        # no stale file while a signing key is set.
+        names = set(signing.FILES) if cfg.signing is not None else set()
         host_dir = os.path.join(cfg.cache_dir, host.name)
         suffix = recipients_suffix(host.recipients)
         for sid in host.needed:
@@ -221,8 +226,9 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
 
 
 def _cache_file_name(name: str) -> bool:
-    """A name vaultpy gives files in a host's cache directory: a cache file's, a temp's."""
-    return NAME_RE.fullmatch(name) is not None or is_tmp(name)
+    """A name vaultpy gives files in a host's cache directory: a cache file's, a temp's,
+    the signed list's."""
+    return NAME_RE.fullmatch(name) is not None or is_tmp(name) or name in signing.FILES
 
 
 def _own_entry(folder: str, name: str) -> bool:
@@ -417,6 +423,62 @@ class VerifiedIndex:
             self.hosts = _read(self.path)     # damaged, a FIFO...: start over
         # Entries this run adds are planned ones; only loaded ones can be stale.
         self.loaded = bool(self.hosts)
+        # With a signing key (:meth:`use_signatures`): each host's directory, whose
+        # signed list a file must match, and why a host's list is not to be trusted.
+        self.signed_dirs: dict[str, str] | None = None
+        self._entries: tuple[str, ...] = ()
+        self.unsigned: dict[str, signing.Unsigned] = {}
+        self._sums: dict[str, dict[str, str]] = {}
+
+    def use_signatures(self, key: str, host_dirs: Mapping[str, str]) -> None:
+        """From now on a file is verified only if its SHA-256 is the one its host's
+        list, signed by ``key``, gives.  A list is verified here, unless the index
+        recorded its stat after verifying it before (:meth:`record_signed`); a list
+        that changed since makes every file of its host verified again, against it."""
+        self.signed_dirs = dict(host_dirs)
+        # Recorded under names that hold the key's hash: a new key verifies every list.
+        tag = hashlib.sha256(key.split()[1].encode()).hexdigest()[:16]
+        self._entries = tuple(f"{name}@{tag}" for name in signing.FILES)
+        for host, folder in host_dirs.items():
+            keys = _stat_keys(folder)
+            names = self.hosts.get(host)
+            if names is not None and keys is not None and (
+                    names.get(self._entries[0]), names.get(self._entries[1])) == keys:
+                continue            # verified when recorded: read only if a file needs it
+            if names:
+                self.hosts[host] = {}
+                self.changed = True
+            try:
+                self._sums[host] = signing.read_signed(folder, host, key)
+            except signing.Unsigned as exc:
+                self._sums[host] = {}
+                self.unsigned[host] = exc
+                continue
+            if (keys is not None and keys == _stat_keys(folder) and self.clock is not None
+                    and all(_STAT.unpack(k)[1] < self.clock and _STAT.unpack(k)[3] < self.clock
+                            for k in keys)):
+                self.hosts.setdefault(host, {}).update(zip(self._entries, keys, strict=True))
+                self.changed = True
+
+    def signed(self, host: str) -> dict[str, str]:
+        """Host's signed list (name -> SHA-256): empty if it is not signed."""
+        sums = self._sums.get(host)
+        if sums is None:
+            assert self.signed_dirs is not None
+            try:            # verified when its stat was recorded
+                sums = signing.parse_sums(signing._read(
+                    os.path.join(self.signed_dirs[host], signing.SUMS), signing.MAX_SUMS))
+            except (signing.Unsigned, ValueError, UnicodeDecodeError):
+                sums = {}
+            self._sums[host] = sums
+        return sums
+
+    def record_signed(self, host: str, folder: str) -> None:
+        """The list and signature renc just wrote for ``host``."""
+        keys = _stat_keys(folder)
+        if keys is not None:
+            self.hosts.setdefault(host, {}).update(zip(self._entries, keys, strict=True))
+            self.changed = True
 
     def get(self, item: Item) -> StatKey | None:
         """The stat the index vouches for at ``item``'s file, if any."""
@@ -445,7 +507,15 @@ class VerifiedIndex:
         key = stat_key(st)
         if self.get(item) == key:
             return None
-        reason, read = _verify_read(path, item.recipients, item.payload)
+        if self.signed_dirs is not None:
+            data, read, reason = read_cache_file(path)
+            if data is not None:
+                reason = verify_bytes(data, item.recipients, item.payload)
+                if reason is None and (self.signed(item.host).get(item.name)
+                                       != hashlib.sha256(data).hexdigest()):
+                    reason = signing.UNSIGNED
+        else:
+            reason, read = _verify_read(path, item.recipients, item.payload)
         # Vouch only for what was read: the file lstat'ed before the read is the one
         # opened (same device, and a key that holds the inode: not a symlink's
         # target, not a directory swapped in meanwhile) and unchanged when read.
@@ -477,12 +547,33 @@ class VerifiedIndex:
                 if key is not None:
                     kept.setdefault(item.host, {})[item.name] = key
                     n += 1
+            for host, names in self.hosts.items():      # the signed lists' stat
+                for name in self._entries if host in kept else ():
+                    if name in names:
+                        kept[host][name] = names[name]
+                        n += 1
             if n != sum(map(len, self.hosts.values())):
                 self.hosts, self.changed = kept, True
         if not self.changed:
             return
         with contextlib.suppress(OSError):
             atomic_write(self.path, _lines(self.hosts), 0o644)
+
+
+def signed_dirs(cfg: Config, p: Plan, hosts: Sequence[str] = ()) -> dict[str, str]:
+    """Host -> cache directory, for the hosts whose signed list there is to read (not
+    a directory renc has yet to make, nor a symlink, never read through)."""
+    return {h: d for h in (hosts or cfg.hosts)
+            if (d := os.path.join(cfg.cache_dir, h)) not in p.absent and d not in p.linked}
+
+
+def _stat_keys(folder: str) -> tuple[StatKey, StatKey] | None:
+    """The stat keys of a host's list and signature, if both are regular files."""
+    try:
+        a, b = (os.stat(os.path.join(folder, n), follow_symlinks=False) for n in signing.FILES)
+    except OSError:
+        return None
+    return (stat_key(a), stat_key(b)) if S_ISREG(a.st_mode) and S_ISREG(b.st_mode) else None
 
 
 _HEADER = b"vaultpy-verified 2\n"

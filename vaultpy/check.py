@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vaultpy import cache, model
+from vaultpy import cache, model, signing
 from vaultpy.errors import Problem, display_path, key_path
 from vaultpy.model import Config
 
@@ -66,6 +66,12 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
     older_ids = set(older.values())
     entries: list[Entry] = []
     index = cache.VerifiedIndex(cfg.cache_dir)     # read, never written, by check
+    if cfg.signing is not None:
+        index.use_signatures(cfg.signing.key, cache.signed_dirs(cfg, p))
+        for name, unsigned in sorted(index.unsigned.items()):   # (its files' lines: not said)
+            problems.append(Problem(display_path(unsigned.path), f"the cache of host "
+                                    f"{name!r} is not signed: {unsigned.reason}",
+                                    key_path("hosts", name), signing.FIX))
     planned = {(i.host, i.id): i for i in p.items}
     reasons = _reasons(index, [item for host in cfg.hosts.values() for sid in host.needed
                                if (item := planned.get((host.name, sid))) is not None
@@ -110,7 +116,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             if reason == "missing":
                 problems.append(Problem(shown, "cache file is missing",
                                         key_path("hosts", host.name, "secrets", sid), FIX_RENC))
-            elif reason is not None:
+            elif reason is not None and not (reason == signing.UNSIGNED
+                                             and host.name in index.unsigned):
                 problems.append(Problem(shown, f"cache file is {reason}",
                                         key_path("hosts", host.name, "secrets", sid), FIX_RENC))
     outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}

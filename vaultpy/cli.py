@@ -476,7 +476,7 @@ def renc(
 
     warnings = config_warnings(cfg)
     if snapshot is not None and result.ok and not warnings and not (
-            result.written or result.repaired or result.pruned):
+            result.written or result.repaired or result.pruned or result.signed):
         # (no memo while there is a warning: it is said again on every run)
         snapshot.commit("renc", {"files": len(result.unchanged), "hosts": len(cfg.hosts)})
     people = cfg.people(host)
@@ -525,11 +525,17 @@ def _progress() -> Any:
     return cm()
 
 
+def _few(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{len(names)} hosts"
+
+
 def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None:
     from vaultpy._internal.memo import renc_noop_line, renc_table
 
     if not (result.written or result.repaired or result.pruned or result.failed):
         _plain(renc_noop_line(len(result.unchanged), hosts, people))
+        if result.signed:
+            _plain(f"signed the list of {_few(result.signed)}")
         return
 
     rows: dict[str, list[int]] = {}
@@ -541,6 +547,8 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None
         rows.setdefault(host, [0, 0, 0, 0])[3] += 1
     if rows:            # (a run that failed whole: a table of zeros says nothing)
         _plain(renc_table(rows))
+    if result.signed:
+        _plain(f"signed the list of {_few(result.signed)}")
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 

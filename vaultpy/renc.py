@@ -13,7 +13,10 @@
                   host) is written whole into a temp directory, renamed into place
                   once at the end: one rename for the host, not one per file;
 5. ``prune``    - stale files and directories of removed hosts;
-6. ``report``   - a :class:`Result` the CLI renders as a table or JSON.
+6. ``sign``     - with a signing key: each host's list of its files, signed where it
+                  changed (vaultpy/signing.py; a file not verified against the last
+                  signed list was re-encrypted in step 4, never signed as found);
+7. ``report``   - a :class:`Result` the CLI renders as a table or JSON.
 
 Any failure is collected per item; the cache is never left with an empty or
 partial file under a final name.
@@ -28,7 +31,7 @@ import os
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from vaultpy import age, cache, identities
+from vaultpy import age, cache, identities, signing
 from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, timings, writes
 from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
@@ -45,6 +48,7 @@ class Result:
     pruned: list[Path] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     failed_items: set[tuple[str, str]] = field(default_factory=set)   # (host, id)
+    signed: list[str] = field(default_factory=list)     # hosts whose list was signed anew
 
     @property
     def ok(self) -> bool:
@@ -527,6 +531,9 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             s.todo = []
             with clock.phase("prune"):
                 _prune(cfg, p, result)
+            if cfg.signing is not None:
+                with clock.phase("sign"):
+                    _sign(cfg, p, result, index, identity_files, ask)
             if result.ok:       # a failed run changes nothing it need not change
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
@@ -543,6 +550,52 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
         _remove_empty(made)             # (after the discard: its temp directories)
         _IDENTITIES.clear()
     return result
+
+
+def _sign(cfg: Config, p: cache.Plan, result: Result, index: cache.VerifiedIndex,
+          identity_files: Sequence[Path], ask: age.PassphraseFn) -> None:
+    """Each host's list of its cache files, signed, where it changed (vaultpy/signing.py).
+
+    Only files this run wrote, or verified against the signed list, are listed: a file
+    that failed verification and could not be written again stays unlisted (activation
+    refuses it), and nothing is trusted because it is there."""
+    failed = result.failed_items
+    written = {(i.host, i.name) for i in (*result.written, *result.repaired)
+               if (i.host, i.id) not in failed}
+    verified = {(i.host, i.name) for i in result.unchanged}
+    by_host: dict[str, list[cache.Item]] = {}
+    for item in p.items:
+        by_host.setdefault(item.host, []).append(item)
+    key = None
+    for host, items in sorted(by_host.items()):
+        folder = Path(items[0].dir)
+        if str(folder) in p.linked or not folder.is_dir():
+            continue
+        old = index.signed(host) if host not in index.unsigned and (
+            str(folder) not in p.absent) else {}
+        entries: dict[str, str] = {}
+        for item in items:
+            if (host, item.name) in written:
+                digest = signing.sha256_file(item.path)
+            elif (host, item.name) in verified:
+                digest = old.get(item.name)
+            else:
+                digest = None
+            if digest is not None:
+                entries[item.name] = digest
+        if entries == old and host not in index.unsigned and str(folder) not in p.absent:
+            continue                    # the same list, signed already: no churn
+        if key is None:
+            if not _IDENTITIES:
+                _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+            key = signing.private_key(cfg, _IDENTITIES)
+        try:
+            signing.write_signed(folder, host, entries, key)
+        except OSError as exc:
+            result.failed.append(os_problem(folder / signing.SUMS, exc, "sign the cache"))
+            continue
+        index.record_signed(host, str(folder))
+        result.signed.append(host)
 
 
 def _fills_first(cfg: Config) -> bool:
@@ -591,6 +644,8 @@ class _Survey:
             index = cache.VerifiedIndex(cfg.cache_dir,
                                         clock=memo.fs_clock(str(cfg.cache_dir)))
             result, p = Result(), cache.plan(cfg, hosts)
+            if cfg.signing is not None:
+                index.use_signatures(cfg.signing.key, cache.signed_dirs(cfg, p, hosts))
             return cls(result, index, p, _survey(cfg, hosts, result, index, p))
 
 

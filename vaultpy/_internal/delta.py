@@ -78,6 +78,8 @@ class Recorded:
         self.cache_dir = _string(plan["cache_dir"])
         identity = plan["identity"]
         self.identity = None if identity is None else _string(identity)
+        if plan.get("signing"):
+            raise ValueError("a signed cache: the full pipeline signs what it writes")
         self.hosts = [(_string(h[0]), tuple(_strings(h[1]))) for h in plan["hosts"]]
         self.people = plan["people"]
         if not (isinstance(self.people, int) and 0 <= self.people <= len(self.hosts)):

@@ -669,7 +669,7 @@ def skeleton(cfg: Config) -> dict[str, object]:
     return {"cache_dir": str(cfg.cache_dir),
             "identity": None if cfg.identity is None else str(cfg.identity),
             "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets,
-            "people": cfg.people()}
+            "people": cfg.people(), "signing": cfg.signing is not None}
 
 
 def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
