@@ -413,7 +413,7 @@ ctx = types.SimpleNamespace(
     opts=types.SimpleNamespace(profile=Path({str(home / "profile.json")!r}),
                                root=Path({str(root)!r})),
     profile=types.SimpleNamespace(secrets=[types.SimpleNamespace(
-        file=Path({str(home / "cache" / "x.age")!r}))]),
+        file=Path({str(home / "cache" / "x.age")!r}))], signed=None),
     user=True, uid=1000, gid=100)
 try:
     trust.trust_inputs(ctx)
@@ -990,9 +990,9 @@ def test_each_step_alone(world: World) -> None:
 
     h = world.host
     assert [name for name, _ in STEPS] == [
-        "trust_inputs", "lock", "load_identities", "mount_store", "new_generation",
-        "decrypt_secrets", "render_templates", "check_paths", "switch", "link_paths",
-        "retire_early", "diff_and_notify", "prune"]
+        "trust_inputs", "verify_signature", "lock", "load_identities", "mount_store",
+        "new_generation", "decrypt_secrets", "render_templates", "check_paths", "switch",
+        "link_paths", "retire_early", "diff_and_notify", "prune"]
     steps = dict(STEPS)
     opts = Options(profile=h.profile, root=h.root, no_mount=True, quiet=True,
                    systemctl=str(world.rec.script))
@@ -1000,6 +1000,8 @@ def test_each_step_alone(world: World) -> None:
     try:
         steps["trust_inputs"](ctx)                          # reads only
         assert not (h.root / "run").exists()
+        steps["verify_signature"](ctx)                      # no signed list: nothing
+        assert ctx.signed_ids is None and not (h.root / "run").exists()
         steps["lock"](ctx)
         assert ctx.lock_fd is not None and (h.root / "run/vaultpy.d.lock").exists()
         steps["load_identities"](ctx)

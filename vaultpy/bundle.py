@@ -16,10 +16,11 @@ reads the bundle at ``~/.config/vaultpy``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
-from vaultpy import cache, profile
+from vaultpy import cache, profile, signing
 from vaultpy._internal import fsutil
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
@@ -89,7 +90,8 @@ def _not_written_by_bundle(out: Path) -> list[str]:
     cache_dir = out / "cache"
     if os.path.isdir(cache_dir) and not os.path.islink(cache_dir):
         extra += sorted(f"cache/{e.name}" for e in os.scandir(cache_dir)
-                        if not (e.name.endswith(".age") and e.is_file(follow_symlinks=False)))
+                        if not ((e.name.endswith(".age") or e.name in signing.FILES)
+                                and e.is_file(follow_symlinks=False)))
     elif os.path.lexists(cache_dir):
         extra.append("cache")
     return extra
@@ -165,10 +167,27 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
     # bytes copied: nothing swapped in between the check and the copy.
     copies: list[tuple[str, bytes]] = []
     problems: list[Problem] = []
+    sums: dict[str, str] | None = None
+    if "signed" in data:        # the list verified as check would, and copied as read
+        try:
+            sums, *listed = signing.read_signed_bytes(cfg.cache_dir / host, host,
+                                                      data["signed"]["key"])
+        except signing.Unsigned as exc:
+            raise VaultpyError(Problem(display_path(exc.path), "the cache is not signed: "
+                                       f"{exc.reason}", key_path("hosts", host),
+                                       signing.FIX)) from None
+        for (field, name), got_bytes in zip((("sums", signing.SUMS),
+                                             ("signature", signing.SIGNATURE)), listed,
+                                            strict=True):
+            data["signed"][field] = f"cache/{name}"
+            copies.append((f"cache/{name}", got_bytes))
     for s in data["secrets"]:
         path = cfg.cache_dir / host / s["file"]
         got, _st, why = cache.read_cache_file(path)
         bad = why if got is None else cache.verify_bytes(got, cfg.hosts[host].recipients)
+        if bad is None and got is not None and sums is not None and (
+                sums.get(path.name) != hashlib.sha256(got).hexdigest()):
+            bad = signing.UNSIGNED
         if bad is not None:
             problems.append(Problem(display_path(path), f"cache file is {bad}",
                                     key_path("hosts", host, "secrets", s["id"]),

@@ -94,12 +94,23 @@ class Item:
 
 
 @record
+class Signed:
+    """Where the host's signed list of cache files is, and the key that signs it
+    (vaultpy/signing.py): activation installs only files whose hash it lists."""
+
+    key: str
+    sums: Path
+    signature: Path
+
+
+@record
 class Profile:
     host: str
     settings: Settings
     secrets: tuple[Item, ...]
     templates: tuple[Item, ...]
     source: str = "profile"
+    signed: Signed | None = None
 
     def installed(self, early: bool) -> list[Item]:
         """Files one activation creates: the ``early`` ones (into ``early_dir``, before
@@ -217,8 +228,17 @@ def build(cfg: Config, host: str, relative_to: Path | None = None, *, user: bool
     if h.identities:
         settings["identities"] = [_literal(i) if user and not h.user else i
                                   for i in h.identities]
+    signed = {}
+    if cfg.signing is not None and secrets:
+        from vaultpy import signing
+
+        folder = os.path.realpath(cfg.cache_dir / host)
+        signed = {"signed": {"key": cfg.signing.key, **{
+            field: os.path.relpath(os.path.join(folder, name), relative_to) if relative_to
+            else os.path.join(folder, name)
+            for field, name in (("sums", signing.SUMS), ("signature", signing.SIGNATURE))}}}
     return {"version": VERSION, "host": host, "settings": settings,
-            "secrets": secrets, "templates": tmpls}
+            "secrets": secrets, "templates": tmpls, **signed}
 
 
 def dumps(data: Mapping[str, Any]) -> str:
@@ -424,7 +444,8 @@ def _not_utf8(value: Any, where: str = "") -> list[str]:
 _OUTPUT_KEYS = frozenset({"owner", "group", "mode", "path", "restart_units",
                           "reload_units", "early"})
 _KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"version", "host", "settings", "secrets", "templates"}),
+    "": frozenset({"version", "host", "settings", "secrets", "templates", "signed"}),
+    "signed": frozenset({"key", "sums", "signature"}),
     "settings": frozenset({"identities", "dir", "early_dir", "store", "keep", "user"}),
     "secrets": _OUTPUT_KEYS | {"id", "name", "file", "install"},
     "templates": _OUTPUT_KEYS | {"name", "content", "trim"},
@@ -569,9 +590,31 @@ def parse(data: Any, source: str, base: Path, env: Mapping[str, str] | None = No
         outer = nesting(path, paths) if path is not None else None
         if path is not None and outer is not None:
             rd.bad(f"{where}.path", *nesting_message(path, outer))
+    signed = _read_signed(rd, data, base) if "signed" in data else None
     if rd.problems:
         raise VaultpyError(rd.problems)
-    return Profile(host, settings, tuple(secrets), tuple(tmpls), source)
+    return Profile(host, settings, tuple(secrets), tuple(tmpls), source, signed)
+
+
+def _read_signed(rd: _Reader, data: Mapping[str, Any], base: Path) -> Signed | None:
+    raw = rd.get(data, "signed", dict, "")
+    if raw is None:
+        return None
+    _unknown(rd, raw, "signed", "signed")
+    key = rd.get(raw, "key", str, "signed") or ""
+    from vaultpy._internal import sshsig
+
+    try:
+        sshsig.public_blob(key)
+    except ValueError as exc:
+        rd.bad("signed.key", str(exc), "regenerate the profile with vaultpy profile")
+    paths = []
+    for name in ("sums", "signature"):
+        value = rd.get(raw, name, str, "signed") or ""
+        if "\0" in value:
+            rd.bad(f"signed.{name}", "the path holds a NUL character")
+        paths.append(base / value)
+    return Signed(key, paths[0], paths[1])
 
 
 # What is read of a profile at most (docs/contracts.md): 10,000 secrets make ~2.3 MB

@@ -6,22 +6,24 @@ testable alone:
 
 1. ``trust_inputs``      the profile and the cache files, and the directories above
                          them: nobody but root (or the user activating) can write them;
-2. ``lock``              flock ``<store>.lock``: activations never interleave; the
+2. ``verify_signature``  with a signing key: the host's list of cache files is signed by
+                         it, and each file is installed only if the list has it;
+3. ``lock``              flock ``<store>.lock``: activations never interleave; the
                          directories above the store and links nobody else can change;
-3. ``load_identities``   the host's SSH key(s), read once;
-4. ``mount_store``       the store is ramfs (mounted if needed; tmpfs/disk refused);
-5. ``new_generation``    ``<store>/<N+1>``, 0751; unfinished leftovers removed;
-6. ``decrypt_secrets``   every needed secret (in forked helpers too, when there are
+4. ``load_identities``   the host's SSH key(s), read once;
+5. ``mount_store``       the store is ramfs (mounted if needed; tmpfs/disk refused);
+6. ``new_generation``    ``<store>/<N+1>``, 0751; unfinished leftovers removed;
+7. ``decrypt_secrets``   every needed secret (in forked helpers too, when there are
                          many), installed O_EXCL|O_NOFOLLOW, owner and mode set
                          before the first byte;
-7. ``render_templates``  placeholders filled, same file discipline;
-8. ``check_paths``       every extra path can be linked (writes nothing);
-9. ``switch``            manifest written, then ``dir`` swapped atomically;
-10. ``link_paths``       extra paths as symlinks through ``dir``, placed by temp
+8. ``render_templates``  placeholders filled, same file discipline;
+9. ``check_paths``       every extra path can be linked (writes nothing);
+10. ``switch``           manifest written, then ``dir`` swapped atomically;
+11. ``link_paths``       extra paths as symlinks through ``dir``, placed by temp
                          name + rename; those no item wants any more removed;
-11. ``retire_early``     no early item left: ``early_dir`` and its links removed;
-12. ``diff_and_notify``  changes since the previous generation → unit restarts;
-13. ``prune``            keep the newest ``keep`` generations; seal the older ones
+12. ``retire_early``     no early item left: ``early_dir`` and its links removed;
+13. ``diff_and_notify``  changes since the previous generation → unit restarts;
+14. ``prune``            keep the newest ``keep`` generations; seal the older ones
                          that stay (0700: a revoked grant ends with the switch).
 
 A failure before ``switch`` removes the half-built generation and leaves the
@@ -38,7 +40,7 @@ from collections.abc import Callable
 
 from vaultpy import profile as profile_mod
 from vaultpy._internal import fsutil, nocore
-from vaultpy.activate import generation, install, links, notify, store, trust
+from vaultpy.activate import generation, install, links, notify, store, trust, verify
 from vaultpy.activate.context import Context, Options
 from vaultpy.errors import Problem, VaultpyError, os_problem
 
@@ -46,6 +48,7 @@ Step = Callable[[Context], None]
 
 STEPS: list[tuple[str, Step]] = [
     ("trust_inputs", trust.trust_inputs),
+    ("verify_signature", verify.verify_signature),
     ("lock", store.lock),
     ("load_identities", store.load_identities),
     ("mount_store", store.mount_store),

@@ -27,6 +27,9 @@ def trust_inputs(ctx: Context) -> None:
     walk = _Walk(ctx)
     problems: list[Problem] = []
     inputs = [(os.fspath(i.file), "file") for i in ctx.profile.secrets if i.file is not None]
+    if ctx.profile.signed is not None:
+        inputs += [(os.fspath(ctx.profile.signed.sums), "signed.sums"),
+                   (os.fspath(ctx.profile.signed.signature), "signed.signature")]
     given = os.fspath(ctx.opts.profile)
     try:
         if stat.S_ISREG(os.stat(given).st_mode) and not given.startswith(_STREAMS):
