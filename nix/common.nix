@@ -227,6 +227,7 @@ rec {
                                           user = person; } h.identities;
         in if person then map (homeExpand "${hw}.identities") keys else keys;
       cacheRoot = entry.cacheDir;
+      inherit (entry) signingKey;
       inherit (entry) secretsDir;
       secrets = builtins.listToAttrs (map
         (id: {

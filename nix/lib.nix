@@ -381,13 +381,15 @@ let
 
   # profile: secrets = [ { id, file (path), install, name, <output fields> } ] and
   # templates = [ { name, content, trim, <output fields> } ]  ->  the profile attrset.
-  mkProfile = { host, settings, secrets, templates, user ? false }: {
+  # signed: { key, sums, signature } with a signing key ([vaultpy] signing_key), else
+  # null; only a profile with secrets carries it (vaultpy/profile.py build).
+  mkProfile = { host, settings, secrets, templates, user ? false, signed ? null }: {
     version = 1;
     inherit host;
     settings = (if user then userSettings else defaultSettings) // settings;
     secrets = sort (a: b: a.id < b.id) secrets;
     templates = sort (a: b: a.name < b.name) templates;
-  };
+  } // (if signed == null || secrets == [ ] then { } else { inherit signed; });
 
   # One [hosts.<name>] entry of hosts.toml, read as `vaultpy check` reads it; shared by
   # profileFromHostsToml and the modules' import of it (nix/common.nix fromHostsToml),
@@ -449,6 +451,8 @@ let
       decimals = decimalModes text;
       cacheDir = resolve root (top.cache_dir or "secrets/cache");
       secretsDir = resolve root (top.secrets_dir or "secrets");
+      # [vaultpy] signing_key, as vaultpy reads it ("ssh-ed25519 AAAA…"), or null
+      signingKey = if top ? signing_key then normalizeRecipient top.signing_key else null;
       needed = uniqueSorted (attrNames deployed
         ++ builtins.concatLists (map (n: templateRefs (content n)) (attrNames tmpls)));
       masterFile = id:
@@ -526,6 +530,11 @@ let
         else { };
       secrets = map secretEntry entry.needed;
       templates = map templateEntry (attrNames tmpls);
+      signed = if entry.signingKey == null then null else {
+        key = entry.signingKey;
+        sums = toString (cacheDir + "/${host}/SHA256SUMS");
+        signature = toString (cacheDir + "/${host}/SHA256SUMS.sig");
+      };
     };
 
   # From the NixOS module's options (camelCase) to the same profile.
@@ -535,7 +544,8 @@ let
   #   user           = true: a user's profile (the home-manager module's): no owner,
   #                    group or early, userSettings the defaults, paths taken literally
   #                    (settings are given as the profile writes them)
-  profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile, user ? false }:
+  profileFromOptions = { host, settings ? { }, secrets, templates, cacheFile, user ? false,
+                         signed ? null }:
     let
       out = spec:
         if user then builtins.removeAttrs (outputFields {
@@ -551,7 +561,7 @@ let
         };
     in
     mkProfile {
-      inherit host settings user;
+      inherit host settings user signed;
       secrets = map
         (id:
           let spec = secrets.${id}; in
