@@ -25,7 +25,7 @@ from vaultpy import doctor
 from vaultpy.cli import app
 
 CHECKS = ["vaultpy", "hosts.toml", "recipients", "masters", "identity", "git-ignore",
-          "clock", "ram-dir", "ramfs",
+          "clock", "signing", "ram-dir", "ramfs",
           "tool:age", "tool:age-keygen", "tool:ssh-keygen", "tool:ssh-keyscan",
           "tool:nix-instantiate"]
 
@@ -440,6 +440,7 @@ NO_JSON = {
     "import vaultix": "writes hosts.toml and master files",
     "import sops": "writes hosts.toml and master files",
     "completion": "its output is a shell script",
+    "signing-key": "writes hosts.toml and a master file; --public prints one key line",
 }
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -1947,3 +1948,39 @@ def test_an_option_path_names_a_dotted_id_as_nix_writes_it(nixpkgs_lib: Nix, ric
     assert ('vaultpy: secret db.password: file is not set: give '
             'vaultpy.secrets."db.password".file = ./secrets/db.password.age') in proc.stderr, \
         proc.stderr
+
+
+# =========================================================================== signed cache
+
+def test_a_signed_cache_reaches_the_profile_on_every_path(nixpkgs_lib: Nix, tmp_path: Path
+                                                          ) -> None:
+    """With [vaultpy] signing_key, `vaultpy profile`, lib.profileFromHostsToml (byte for
+    byte) and the module (the list and its signature copied to the store) all give
+    activation the key and the signed list; the module refuses a host whose list is
+    missing, as activation would."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    shutil.copy(ROOT / "hosts.toml", root)
+    for d in ("secrets", "demo"):
+        shutil.copytree(ROOT / d, root / d)
+    identity = root / "demo" / "master-identity.demo-only.txt"
+    repo = Repo(root, identity, "", env={"VAULTPY_IDENTITY": str(identity)})
+    repo.ok("signing-key")
+    repo.ok("renc")
+    _profile_parity(nixpkgs_lib, root, ["db1", "mail1", "web1"])
+    key = " ".join(repo.ok("signing-key", "--public").stdout.decode().split()[:2])
+    cli = json.loads(cli_profiles(root, ["mail1"])["mail1"])
+    host_dir = root / "secrets" / "cache" / "mail1"    # (no owners to declare)
+    assert cli["signed"] == {"key": key, "sums": str(host_dir / "SHA256SUMS"),
+                             "signature": str(host_dir / "SHA256SUMS.sig")}
+    config = write_module(tmp_path / "mail1.nix", {
+        "vaultpy": {"hostsToml": root / "hosts.toml"}, "networking": {"hostName": "mail1"}})
+    out = eval_modules(nixpkgs_lib, {"mail1": config})["mail1"]
+    assert out["failedAssertions"] == []
+    assert out["profile"]["signed"] == {
+        "key": key, "sums": store_path_of_file(host_dir / "SHA256SUMS"),
+        "signature": store_path_of_file(host_dir / "SHA256SUMS.sig")}
+    (host_dir / "SHA256SUMS.sig").unlink()
+    out = eval_modules(nixpkgs_lib, {"mail1": config})["mail1"]
+    assert any("SHA256SUMS or its .sig is missing" in m and "vaultpy renc" in m
+               for m in out["failedAssertions"]), out["failedAssertions"]

@@ -289,6 +289,44 @@ def rotate_cmd(
     _report_values(cfg, result, json_out, "rotated")
 
 
+@app.command("signing-key")
+def signing_key_cmd(
+    new: Annotated[bool, typer.Option(
+        "--new", help="Replace the key set with a new one (renc then re-encrypts and "
+        "signs every host's cache).")] = False,
+    public: Annotated[bool, typer.Option(
+        "--public", help="Print the public key set in hosts.toml, and nothing else.")] = False,
+    secret: Annotated[str, typer.Option(
+        "--secret", metavar="ID", help="The secret to hold the private key.")] = "cache_signing",
+    repo: RepoOpt = None,
+) -> None:
+    """Make the key renc signs each host's cache with; check and hosts verify it.
+
+    The private key becomes secret ID's master file (encrypted to the master recipients,
+    given to no host), the public key \\[vaultpy] signing_key in hosts.toml.  Then run
+    vaultpy renc: it re-encrypts every host's cache once (a file nobody signed is not
+    trusted) and writes SHA256SUMS and SHA256SUMS.sig beside each host's files."""
+    from vaultpy import signing
+    from vaultpy.errors import Problem, display_path
+
+    cfg = _config_for(repo, False)
+    if public:
+        if cfg.signing is None:
+            _print_problems([Problem(display_path(cfg.path), "no signing key is set",
+                                     "vaultpy.signing_key", "make one: vaultpy signing-key")])
+            _exit(1)
+        _out().print(cfg.signing.key, markup=False, highlight=False, soft_wrap=True)
+        return
+    try:
+        key = signing.set_up(cfg, secret, replace=new)
+    except VaultpyError as exc:
+        _print_problems(exc.problems)
+        _exit(1)
+    _err().print(f"signing key set in {display_path(cfg.path)}: {key}\nrun vaultpy renc "
+                 "to sign every host's cache (it re-encrypts each host's files once), "
+                 "then commit hosts.toml, the secret and the cache", markup=False)
+
+
 # --------------------------------------------------------------------------- doctor
 
 @app.command()

@@ -376,6 +376,19 @@ def check_clock(cfg: Config | None, now_ns: int | None = None) -> Check:
 _CLOCK_SLACK_NS = 2 * 10**9        # (a file just written by another process: not news)
 
 
+def check_signing(cfg: Config | None) -> Check:
+    """Whether the cache is signed (vaultpy/signing.py): said, never a warning (a
+    repository whose writers are all trusted needs no signature)."""
+    if cfg is None:
+        return Check("signing", SKIPPED, "needs a valid hosts.toml")
+    if cfg.signing is None:
+        return Check("signing", OK, "the cache is not signed (vaultpy signing-key: then "
+                     "check and hosts refuse a file anyone who can write secrets/cache "
+                     "encrypted to a host's public key)")
+    return Check("signing", OK, f"renc signs each host's cache with {cfg.signing.key[:32]}…, "
+                 f"its private half secret {cfg.signing.secret!r}; vaultpy check verifies it")
+
+
 def _span(ns: int) -> str:
     """A duration as people say it: "40 s", "3 min", "2 h 5 min", "12 days"."""
     s = ns // 10**9
@@ -526,6 +539,7 @@ def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
     add(check_identity(cfg, identity_files, masters))
     add(check_git_ignore(cfg))
     add(check_clock(cfg))
+    add(check_signing(cfg))
     add(check_ram_dir())
     add(check_ramfs())
     for tool in tools:

@@ -1,0 +1,303 @@
+"""The signed cache (vaultpy/signing.py): renc signs each host's list of cache files,
+check verifies it with no secret, activation installs only listed files.
+
+Real peers: OpenSSH's ``ssh-keygen -Y verify`` accepts vaultpy's signatures and
+vaultpy accepts ``ssh-keygen -Y sign``'s; coreutils' ``sha256sum -c`` accepts the
+list; forged files are made with the real ``age`` CLI from the host's public key,
+as anyone who can write the repository could.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from activate_helpers import activate, activate_ok, make_host_root
+from conftest import Repo, assert_one_clean_error, need
+
+SECRETS = {"alpha": b"alpha-value-1", "beta": b"beta--value-2"}    # one length: swappable
+
+
+def signed_repo(make_repo: object) -> Repo:
+    repo: Repo = make_repo(hosts=2, secrets=SECRETS)  # type: ignore[operator]
+    repo.ok("renc")
+    proc = repo.ok("signing-key")
+    assert b"run vaultpy renc" in proc.stderr
+    return repo
+
+
+def file_of(repo: Repo, host: str, sid: str) -> Path:
+    (found,) = (repo.cache / host).glob(f"{sid}.*.age")
+    return found
+
+
+def check_fails(repo: Repo, *needles: str) -> str:
+    """check fails cleanly, with every needle on one line of its report (stdout)."""
+    proc = repo.run("check")
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    lines = [ln for ln in out.splitlines() if all(n in ln for n in needles)]
+    assert lines, f"no line with {needles!r} in:\n{out}"
+    return lines[0]
+
+
+def forge(repo: Repo, host: str, sid: str, value: bytes) -> Path:
+    """What anyone with write access could do: encrypt to the host's public key."""
+    path = file_of(repo, host, sid)
+    pub = repo.hosts[host].pubkey
+    path.write_bytes(subprocess.run([need("age"), "-r", pub], input=value,
+                                    capture_output=True, check=True).stdout)
+    return path
+
+
+def test_signing_key_then_renc_signs_each_host_once(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    text = (repo.root / "hosts.toml").read_text()
+    assert re.search(r'^signing_key = "ssh-ed25519 AAAA\S+ vaultpy cache signing"$', text, re.M)
+    assert 'signing_secret = "cache_signing"' in text and "[secrets.cache_signing]" in text
+    assert (repo.root / "secrets" / "cache_signing.age").is_file()
+    # The files renc wrote before the key are signed by nobody: check says so per host.
+    check_fails(repo, "host 'host0'", "is not signed: missing")
+    before = repo.cache_files()
+    proc = repo.ok("renc")
+    assert b"signed the list of host0, host1" in proc.stdout
+    after = repo.cache_files()
+    # Every file re-encrypted once (a file nobody signed is not trusted as found).
+    assert {k for k in before if k in after and before[k] == after[k]} == set()
+    assert {"host0/SHA256SUMS", "host0/SHA256SUMS.sig"} <= set(after)
+    repo.ok("check")
+    # Nothing changed: nothing is written, the lists included (no git churn).
+    proc = repo.ok("renc")
+    assert b"nothing to do" in proc.stdout and b"signed" not in proc.stdout
+    assert repo.cache_files() == after
+    # The list names exactly the host's files, with their SHA-256.
+    sums = (repo.cache / "host0" / "SHA256SUMS").read_text().splitlines()
+    assert sorted(line.split("  ")[1] for line in sums) == sorted(
+        p.name for p in (repo.cache / "host0").glob("*.age"))
+
+
+def test_openssh_and_coreutils_verify_what_renc_signed(make_repo: object, tmp_path: Path
+                                                       ) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    public = repo.ok("signing-key", "--public").stdout.decode().strip()
+    signers = tmp_path / "signers"
+    signers.write_text(f"vaultpy {public}\n")
+    host_dir = repo.cache / "host0"
+    sums = (host_dir / "SHA256SUMS").read_bytes()
+
+    def verify(namespace: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([need("ssh-keygen"), "-Y", "verify", "-f", str(signers), "-I",
+                               "vaultpy", "-n", namespace, "-s", "SHA256SUMS.sig"],
+                              input=sums, capture_output=True, cwd=host_dir)
+
+    assert verify("vaultpy-cache:host0").returncode == 0
+    assert verify("vaultpy-cache:host1").returncode != 0     # bound to its host
+    subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=host_dir, check=True,
+                   capture_output=True)
+
+
+def test_check_accepts_a_signature_ssh_keygen_made(make_repo: object, tmp_path: Path) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    key = tmp_path / "signing_key"
+    key.write_bytes(subprocess.run([need("age"), "-d", "-i", str(repo.identity),
+                                    str(repo.root / "secrets" / "cache_signing.age")],
+                                   capture_output=True, check=True).stdout)
+    key.chmod(0o600)
+    host_dir = repo.cache / "host1"
+    (host_dir / "SHA256SUMS.sig").unlink()
+    subprocess.run([need("ssh-keygen"), "-Y", "sign", "-f", str(key), "-n",
+                    "vaultpy-cache:host1", "SHA256SUMS"], cwd=host_dir, check=True,
+                   capture_output=True)
+    repo.ok("check")
+    # Signed for the wrong host: refused, naming the namespace.
+    (host_dir / "SHA256SUMS.sig").unlink()
+    subprocess.run([need("ssh-keygen"), "-Y", "sign", "-f", str(key), "-n",
+                    "vaultpy-cache:host0", "SHA256SUMS"], cwd=host_dir, check=True,
+                   capture_output=True)
+    line = check_fails(repo, "SHA256SUMS.sig", "host1")
+    assert "made for 'vaultpy-cache:host0'" in line
+
+
+def test_a_forged_file_fails_check_and_renc_replaces_it(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    repo.ok("check")
+    path = forge(repo, "host0", "alpha", b"evil-value-XX")     # same length as alpha's
+    line = check_fails(repo, path.name, "hosts.host0.secrets.alpha")
+    assert "not signed" in line
+    proc = repo.ok("renc")
+    assert b"signed the list of host0" in proc.stdout
+    repo.ok("check")
+    assert subprocess.run([need("age"), "-d", "-i", str(repo.hosts["host0"].key), str(path)],
+                          capture_output=True, check=True).stdout == SECRETS["alpha"]
+
+
+def test_without_the_signing_key_check_fails_but_nothing_is_signed(make_repo: object
+                                                                   ) -> None:
+    """renc without the master key cannot sign: a forged file stays refused."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    forge(repo, "host0", "alpha", b"evil-value-XX")
+    proc = repo.run("renc", env={"VAULTPY_IDENTITY": str(repo.root / "nowhere.txt")})
+    assert proc.returncode != 0 and b"Traceback" not in proc.stderr
+    assert repo.run("check").returncode == 1
+
+
+def test_activation_refuses_forged_and_swapped_files(make_repo: object, tmp_path: Path
+                                                     ) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    assert '"signed"' in host.profile.read_text()
+    proc = activate_ok(host.profile, host.root)
+    assert b"verify_signature: 2 cache file(s) listed" in proc.stderr
+    assert (host.live / "alpha").read_bytes() == SECRETS["alpha"]
+    # A file encrypted to the host's key by someone else: refused before the switch.
+    alpha = file_of(repo, "host0", "alpha")
+    genuine = alpha.read_bytes()
+    forge(repo, "host0", "alpha", b"evil-value-XX")
+    proc = activate(host.profile, host.root)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "secret 'alpha': its cache file is not signed" in err and "Traceback" not in err
+    assert (host.live / "alpha").read_bytes() == SECRETS["alpha"]     # the old one stays
+    # Another secret's genuine, signed file in its place: refused too (bound to the id).
+    alpha.write_bytes(file_of(repo, "host0", "beta").read_bytes())
+    proc = activate(host.profile, host.root)
+    assert proc.returncode == 1 and b"secret 'alpha'" in proc.stderr
+    alpha.write_bytes(genuine)
+    activate_ok(host.profile, host.root)
+    # The list altered (say, to a forged file's hash): its signature fails.
+    sums = repo.cache / "host0" / "SHA256SUMS"
+    sums.write_text(sums.read_text().replace("a", "b", 1))
+    proc = activate(host.profile, host.root)
+    assert proc.returncode == 1
+    line = assert_one_clean_error(proc, "SHA256SUMS.sig", "the cache is not signed")
+    assert "does not match" in line
+
+
+def test_another_hosts_list_is_refused(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    for name in ("SHA256SUMS", "SHA256SUMS.sig"):
+        shutil.copy(repo.cache / "host1" / name, repo.cache / "host0" / name)
+    line = check_fails(repo, "host0")
+    assert "made for 'vaultpy-cache:host1'" in line
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_a_new_key_resigns_everything(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    old = repo.ok("signing-key", "--public").stdout
+    repo.ok("signing-key", "--new")
+    assert repo.ok("signing-key", "--public").stdout != old
+    line = check_fails(repo, "host0")
+    assert "made with another key" in line
+    repo.ok("renc")
+    repo.ok("check")
+    proc = repo.run("signing-key")
+    assert proc.returncode == 1 and b"already" in proc.stderr
+
+
+def test_removing_the_key_prunes_the_lists(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    path = repo.root / "hosts.toml"
+    path.write_text(re.sub(r"^signing_(key|secret) = .*\n", "", path.read_text(), flags=re.M))
+    check_fails(repo, "SHA256SUMS: stale cache file")
+    repo.ok("renc")
+    assert not list(repo.cache.glob("*/SHA256SUMS*"))
+    repo.ok("check")
+
+
+@pytest.mark.parametrize(("settings", "field", "needle"), [
+    ('signing_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqkayYyM7xri8xE+HoH3wJ87FEpSjrvj0VV'
+     'mRJql5xs"', "vaultpy.signing_secret", "go together"),
+    ('signing_key = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"\n'
+     'signing_secret = "alpha"', "vaultpy.signing_key", "not an ssh-ed25519 public key"),
+    ('signing_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqkayYyM7xri8xE+HoH3wJ87FEpSjrvj0VV'
+     'mRJql5xs"\nsigning_secret = "nope"', "vaultpy.signing_secret", "is not declared"),
+    ('signing_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqkayYyM7xri8xE+HoH3wJ87FEpSjrvj0VV'
+     'mRJql5xs"\nsigning_secret = "alpha"', "hosts.host0.secrets", "no host may hold it"),
+])
+def test_bad_signing_settings_are_one_line(make_repo: object, settings: str, field: str,
+                                           needle: str) -> None:
+    repo: Repo = make_repo(hosts=1, secrets=SECRETS)  # type: ignore[operator]
+    path = repo.root / "hosts.toml"
+    path.write_text(path.read_text().replace("[vaultpy]\n", f"[vaultpy]\n{settings}\n", 1))
+    line = check_fails(repo, field)
+    assert needle in line
+
+
+def test_a_bundle_carries_the_signed_list(make_repo: object, tmp_path: Path) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    out = tmp_path / "bundle"
+    repo.ok("bundle", "--host", "host0", "-o", str(out))
+    assert (out / "cache" / "SHA256SUMS").read_bytes() == (
+        repo.cache / "host0" / "SHA256SUMS").read_bytes()
+    assert '"signed"' in (out / "profile.json").read_text()
+
+
+def test_a_changed_master_is_signed_by_the_next_renc(make_repo: object) -> None:
+    """A changed master after a clean run (where the incremental renc would write alone,
+    unsigned) goes through the full pipeline: its new file is listed and signed."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    repo.ok("renc")                 # a clean run recorded: the memo holds
+    repo.ok("encrypt", "alpha", input=b"alpha-value-9")
+    proc = repo.ok("renc")
+    assert b"signed the list of host0, host1" in proc.stdout
+    repo.ok("check")
+    name = file_of(repo, "host0", "alpha").name
+    assert f"  {name}\n" in (repo.cache / "host0" / "SHA256SUMS").read_text()
+
+
+def test_signing_key_never_takes_an_existing_secret(make_repo: object) -> None:
+    repo: Repo = make_repo(hosts=1, secrets=SECRETS)  # type: ignore[operator]
+    before = repo.snapshot()
+    line = assert_one_clean_error(repo.run("signing-key", "--secret", "alpha"), "alpha")
+    assert "exists already" in line and "--secret ID" in line
+    proc = repo.run("signing-key", "--new")
+    assert proc.returncode == 1 and b"no signing key is set" in proc.stderr
+    assert repo.snapshot() == before
+
+
+def test_a_missing_signing_secret_says_how_to_make_a_new_key(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    (repo.root / "secrets" / "cache_signing.age").unlink()
+    line = check_fails(repo, "cache_signing.age", "master file is missing")
+    assert "vaultpy signing-key --new" in line
+    repo.ok("signing-key", "--new")
+    repo.ok("renc")
+    repo.ok("check")
+
+
+def test_verify_signature_alone(make_repo: object, tmp_path: Path) -> None:
+    """The step by itself: the signed list read once, each file's hash -> its id."""
+    import hashlib
+
+    from vaultpy import profile as profile_mod
+    from vaultpy.activate import STEPS, Context, Options
+    from vaultpy.errors import VaultpyError
+
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    step = dict(STEPS)["verify_signature"]
+    ctx = Context(Options(profile=host.profile, root=host.root, quiet=True),
+                  profile_mod.load(host.profile))
+    step(ctx)
+    assert ctx.signed_ids == {hashlib.sha256(file_of(repo, "host0", sid).read_bytes())
+                              .hexdigest(): sid for sid in SECRETS}
+    assert not (host.root / "run").exists()             # reads only
+    (repo.cache / "host0" / "SHA256SUMS.sig").write_text("not a signature\n")
+    with pytest.raises(VaultpyError, match="not an SSH signature"):
+        step(Context(ctx.opts, ctx.profile))
