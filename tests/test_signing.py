@@ -301,3 +301,18 @@ def test_verify_signature_alone(make_repo: object, tmp_path: Path) -> None:
     (repo.cache / "host0" / "SHA256SUMS.sig").write_text("not a signature\n")
     with pytest.raises(VaultpyError, match="not an SSH signature"):
         step(Context(ctx.opts, ctx.profile))
+
+
+def test_a_host_left_with_no_secret_needs_no_list(make_repo: object) -> None:
+    """Its directory stays (renc prunes files, not a host's directory): no list is
+    asked of it, and its old one goes as a stale file."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    path = repo.root / "hosts.toml"
+    text = path.read_text()
+    path.write_text(re.sub(r'(\[hosts\.host1\]\npubkey = "[^"]*"\n)secrets = \[[^\]]*\]',
+                           r"\1secrets = []", text))
+    assert path.read_text() != text
+    repo.ok("renc")
+    assert (repo.cache / "host1").is_dir() and not list((repo.cache / "host1").iterdir())
+    repo.ok("check")

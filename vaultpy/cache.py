@@ -152,8 +152,8 @@ def plan(cfg: Config, hosts: Sequence[str] | None = None) -> Plan:
     masters = {sid: (m.sha256.encode(), m.payload) for sid, m in result.masters.items()}
     for host in selected:
         # A host's at a time: a set of all 10,000 names was 640 KB.  The signed list is
-        # no stale file while a signing key is set.
-        names = set(signing.FILES) if cfg.signing is not None else set()
+        # no stale file while a signing key is set and the host is given a secret.
+        names = set(signing.FILES) if cfg.signing is not None and host.needed else set()
         host_dir = os.path.join(cfg.cache_dir, host.name)
         suffix = recipients_suffix(host.recipients)
         for sid in host.needed:
@@ -561,10 +561,11 @@ class VerifiedIndex:
 
 
 def signed_dirs(cfg: Config, p: Plan, hosts: Sequence[str] = ()) -> dict[str, str]:
-    """Host -> cache directory, for the hosts whose signed list there is to read (not
-    a directory renc has yet to make, nor a symlink, never read through)."""
-    return {h: d for h in (hosts or cfg.hosts)
-            if (d := os.path.join(cfg.cache_dir, h)) not in p.absent and d not in p.linked}
+    """Host -> cache directory, for the hosts whose signed list there is to read: those
+    given a secret (no list is signed for none), whose directory is there (not one renc
+    has yet to make) and no symlink (never read through)."""
+    return {h: d for h in (hosts or cfg.hosts) if cfg.hosts[h].needed
+            and (d := os.path.join(cfg.cache_dir, h)) not in p.absent and d not in p.linked}
 
 
 def _stat_keys(folder: str) -> tuple[StatKey, StatKey] | None:
