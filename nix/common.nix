@@ -116,6 +116,42 @@ rec {
       let p = cachePath id spec; in if builtins.pathExists p then "${p}" else toString p;
   };
 
+  # The signed cache (vaultpy/signing.py): settings.signingKey, hosts.toml's [vaultpy]
+  # signing_key.  `signed`: the profile's { key, sums, signature } (the list and its
+  # signature copied to the store beside the cache files), or null; `failures`: a
+  # key that is no ssh-ed25519 line, and a list missing where the cache is (activation
+  # would refuse every file).  `cached`: whether the cache files are looked for.
+  signingOption = mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… vaultpy cache signing";
+    description = "hosts.toml's [vaultpy] signing_key (vaultpy signing-key): activation then installs only cache files whose SHA-256 the signed SHA256SUMS of this entry lists.";
+  };
+  signing = s: cached:
+    let
+      keyOk = s.signingKey == null || builtins.match
+        "[[:space:]]*ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}([[:space:]].*)?"
+        s.signingKey != null;
+      usable = s.signingKey != null && keyOk && builtins.isPath s.cacheRoot;
+      hostCache = s.cacheRoot + "/${s.hostName}";
+      listFile = name: let p = hostCache + "/${name}"; in
+        if builtins.pathExists p then "${p}" else toString p;
+    in {
+      signed = if !usable then null else {
+        key = vlib.normalizeRecipient s.signingKey;
+        sums = listFile "SHA256SUMS";
+        signature = listFile "SHA256SUMS.sig";
+      };
+      failures = lib.optional (!keyOk) {
+          assertion = false;
+          message = "vaultpy.settings.signingKey is not an ssh-ed25519 public key line: give hosts.toml's [vaultpy] signing_key (vaultpy signing-key --public prints it)"; }
+        ++ lib.optional (usable && cached && builtins.pathExists hostCache
+            && !(builtins.pathExists (hostCache + "/SHA256SUMS")
+                 && builtins.pathExists (hostCache + "/SHA256SUMS.sig"))) {
+          assertion = false;
+          message = "vaultpy: ${toString hostCache}/SHA256SUMS or its .sig is missing: with vaultpy.settings.signingKey set, activation installs only signed cache files: run `vaultpy renc` (with [vaultpy] signing_key in hosts.toml it signs each host's cache) and commit the cache"; };
+    };
+
   # An item's path inside another item's: that one is a symlink to a file, and a link
   # below it would be written through it (vaultpy/output.py `nesting`).  Each path's
   # ancestors are looked up by name, as there: a pairwise scan is quadratic, minutes

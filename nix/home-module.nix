@@ -108,7 +108,10 @@ let
     secrets = mapAttrs (_: v: v // { path = extraPath v; }) cfg.secrets;
     templates = mapAttrs (_: v: v // { path = extraPath v; }) cfg.templates;
     inherit cacheFile;
+    inherit (signing) signed;        # the signed list of your cache files
   };
+  signing = common.signing s (s.cacheRoot != null && keySet && builtins.all keyShape recipients
+                              && cfg.secrets != { });
   profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
 
   items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; inherit (v) name; path = extraPath v; })
@@ -161,6 +164,7 @@ in
         description = "Your private keys, which decrypt (passphrase-less: the unit runs unattended).";
       };
       cacheRoot = mkOption { type = types.nullOr types.path; default = null; description = "The repository's secrets/cache directory (vaultpy renc output)."; };
+      signingKey = common.signingOption;
       secretsDir = mkOption { type = types.nullOr types.path; default = null; description = "Where the master files are: a secret's `file` defaults to <id>.age there."; };
       dir = mkOption {
         type = absPath;
@@ -198,6 +202,7 @@ in
     vaultpy.settings.hostPubkey = mkDefault fromToml.pubkey;
     vaultpy.settings.cacheRoot = mkDefault fromToml.cacheRoot;
     vaultpy.settings.secretsDir = mkDefault fromToml.secretsDir;
+    vaultpy.settings.signingKey = mkIf (fromToml.signingKey != null) (mkDefault fromToml.signingKey);
     vaultpy.settings.hostKeys = mkIf (fromToml.identities != null) (mkDefault fromToml.identities);
     vaultpy.secrets = fromToml.secrets;
     vaultpy.templates = fromToml.templates;
@@ -225,6 +230,7 @@ in
           "vaultpy: secret ${id}: no cache file ${toString (cachePath id v)}: list ${id} under [hosts.${vlib.tomlKey s.hostName}] in hosts.toml (with this pubkey) and run vaultpy renc";
       }) cfg.secrets)
     ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; keys = s.hostKeys; }
+    ++ signing.failures
     ++ lib.optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
         assertion = false;
         message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }

@@ -131,17 +131,8 @@ let
     secrets = mapAttrs (_: v: v // { path = extraPath v; }) cfg.secrets;
     templates = mapAttrs (_: v: v // { path = extraPath v; }) cfg.templates;
     inherit cacheFile;
-    # The signed list of the host's cache files, copied to the store beside them.
-    signed = if s.signingKey == null || !signingKeyOk || !(builtins.isPath s.cacheRoot) then null else {
-      key = vlib.normalizeRecipient s.signingKey;
-      sums = listFile "SHA256SUMS";
-      signature = listFile "SHA256SUMS.sig";
-    };
+    inherit (signing) signed;        # the signed list of the host's cache files
   };
-  listFile = name: let p = hostCache + "/${name}"; in
-    if builtins.pathExists p then "${p}" else toString p;
-  signingKeyOk = s.signingKey == null
-    || builtins.match "[[:space:]]*ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}([[:space:]].*)?" s.signingKey != null;
 
   profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
 
@@ -256,6 +247,7 @@ let
   cacheChecked = s.hostPubkey != null && s.cacheRoot != null && builtins.isPath s.cacheRoot
     && builtins.all keyShape recipients && cfg.secrets != { };
   hostCache = s.cacheRoot + "/${s.hostName}";
+  signing = common.signing s cacheChecked;
   earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";
@@ -278,12 +270,7 @@ in
         default = null;
         description = "This host's public key(s) as in hosts.toml: its ssh-ed25519 host key line, or age1 keys; or the path of a file holding one (./hosts/web1.pub).";
       };
-      signingKey = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… vaultpy cache signing";
-        description = "hosts.toml's [vaultpy] signing_key (vaultpy signing-key): activation then installs only cache files whose SHA-256 the host's signed SHA256SUMS lists.";
-      };
+      signingKey = common.signingOption;
       hostKeys = mkOption {
         type = types.listOf types.str;      # empty: an assertion says what to do
         default = map (k: k.path) (builtins.filter (k: (k.type or "") == "ed25519")
@@ -404,15 +391,7 @@ in
               else "vaultpy: secret ${id}: cache file ${toString (cachePath id spec)} is missing: run `vaultpy renc` and commit the cache (renc writes only what hosts.toml gives this host: if it still misses, list ${id} under [hosts.${vlib.tomlKey s.hostName}] there, with the same master file, or let renc read it from this configuration: nixos = \"nixos.nix\" in the [vaultpy] table of hosts.toml)";
           }) cfg.secrets)
         ++ common.sharedFailures { inherit (cfg) secrets templates; inherit items; keys = s.hostKeys; }
-        ++ optional (!signingKeyOk) {
-            assertion = false;
-            message = "vaultpy.settings.signingKey is not an ssh-ed25519 public key line: give hosts.toml's [vaultpy] signing_key (vaultpy signing-key --public prints it)"; }
-        ++ optional (signingKeyOk && s.signingKey != null && cacheChecked
-            && builtins.pathExists hostCache
-            && !(builtins.pathExists (hostCache + "/SHA256SUMS")
-                 && builtins.pathExists (hostCache + "/SHA256SUMS.sig"))) {
-            assertion = false;
-            message = "vaultpy: ${toString hostCache}/SHA256SUMS or its .sig is missing: with vaultpy.settings.signingKey set, activation installs only signed cache files: run `vaultpy renc` (with [vaultpy] signing_key in hosts.toml it signs each host's cache) and commit the cache"; }
+        ++ signing.failures
         ++ optional (s.cacheRoot != null && !builtins.isPath s.cacheRoot) {
             assertion = false;
             message = "vaultpy.settings.cacheRoot is the string ${builtins.toJSON s.cacheRoot}, not a Nix path: the cache files would not be copied to the store, and the host would look for them at that place; write a path (./secrets/cache, no quotes; for vaultpy.hostsToml too: ./hosts.toml)"; }

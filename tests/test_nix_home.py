@@ -397,3 +397,26 @@ def test_hosts_toml_as_a_string_says_to_write_a_path(nixpkgs_lib: Nix, tmp_path:
     failed = evaluate(nixpkgs_lib, {"a": config}, "failedAssertions")["a"]
     assert any("not a Nix path" in m and "for vaultpy.hostsToml too: ./hosts.toml" in m
                for m in failed), failed
+
+
+def test_a_signed_cache_reaches_the_persons_profile(nixpkgs_lib: Nix, tmp_path: Path) -> None:
+    """With [vaultpy] signing_key, the home module's profile carries the key and the
+    list (copied to the store), as `vaultpy profile` does: the user's activation
+    refuses a forged file as a host's does."""
+    repo = _person(tmp_path / "repo")
+    repo.ok("signing-key")
+    repo.ok("renc")
+    config = write_module(tmp_path / "a.nix", {"vaultpy": {"hostsToml": repo.root /
+                                                           "hosts.toml"}})
+    out = evaluate(nixpkgs_lib, {"a": config})["a"]
+    assert out["failedAssertions"] == []
+    key = " ".join(repo.ok("signing-key", "--public").stdout.decode().split()[:2])
+    folder = repo.cache / "alice"
+    assert out["profile"]["signed"] == {
+        "key": key, "sums": store_path_of_file(folder / "SHA256SUMS"),
+        "signature": store_path_of_file(folder / "SHA256SUMS.sig")}
+    cli = json.loads(repo.ok("profile", "-H", "alice").stdout)
+    assert cli["signed"]["key"] == key
+    (folder / "SHA256SUMS").unlink()
+    out = evaluate(nixpkgs_lib, {"a": config})["a"]
+    assert any("SHA256SUMS or its .sig is missing" in m for m in out["failedAssertions"])
