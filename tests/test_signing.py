@@ -316,3 +316,29 @@ def test_a_host_left_with_no_secret_needs_no_list(make_repo: object) -> None:
     repo.ok("renc")
     assert (repo.cache / "host1").is_dir() and not list((repo.cache / "host1").iterdir())
     repo.ok("check")
+
+
+def test_renc_that_cannot_sign_changes_nothing(make_repo: object, tmp_path: Path) -> None:
+    """A teammate without the master key removes a secret from a host: the list must
+    change, so renc needs the signing key, and stops before it prunes or writes."""
+    from conftest import age_keygen
+
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    mate, _ = age_keygen(tmp_path, "mate.txt")
+    path = repo.root / "hosts.toml"
+    text = path.read_text()
+    path.write_text(re.sub(r'(\[hosts\.host0\]\npubkey = "[^"]*"\n)secrets = \[[^\]]*\]',
+                           r'\1secrets = ["beta"]', text))
+    assert path.read_text() != text
+    before = repo.snapshot()
+    proc = repo.run("renc", env={"VAULTPY_IDENTITY": str(mate)})
+    line = assert_one_clean_error(proc, "cache_signing.age", "vaultpy.signing_secret")
+    assert "renc signs each host's cache" in line and "nothing was written" in line
+    assert repo.snapshot() == before
+    proc = repo.run("renc", "--json", env={"VAULTPY_IDENTITY": str(mate)})
+    assert proc.returncode == 1 and repo.snapshot() == before
+    proc = repo.ok("renc", "--json")
+    data = __import__("json").loads(proc.stdout)
+    assert data["signed"] == ["host0"] and len(data["pruned"]) == 1
+    repo.ok("check")

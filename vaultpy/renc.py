@@ -37,6 +37,10 @@ from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -62,6 +66,7 @@ class Result:
             "repaired": sorted(str(i.path) for i in self.repaired),
             "unchanged": len(self.unchanged),
             "pruned": sorted(str(p) for p in self.pruned),
+            "signed": sorted(self.signed),
             "failed": [p.as_dict() for p in self.failed],
         }
 
@@ -516,6 +521,8 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 s = _Survey.take(cfg, hosts, clock)
             del first
             result, index, p = s.result, s.index, s.plan
+            with clock.phase("unlock"):
+                _unlock_signing(cfg, s, identity_files, ask)
             if early is not None:
                 with clock.phase("publish"):
                     _publish(early, result, new_dirs)
@@ -533,7 +540,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 _prune(cfg, p, result)
             if cfg.signing is not None:
                 with clock.phase("sign"):
-                    _sign(cfg, p, result, index, identity_files, ask)
+                    _sign(p, result, index, s.key)
             if result.ok:       # a failed run changes nothing it need not change
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
@@ -552,13 +559,54 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
     return result
 
 
-def _sign(cfg: Config, p: cache.Plan, result: Result, index: cache.VerifiedIndex,
-          identity_files: Sequence[Path], ask: age.PassphraseFn) -> None:
+def _will_sign(s: _Survey) -> bool:
+    """Whether any host's list changes in this run: a file to write, a stale file to
+    prune in a host's directory, a host whose list is not signed, or one whose list
+    names other files than those verified."""
+    p, index = s.plan, s.index
+    if s.todo or index.unsigned:
+        return True
+    dirs = {item.dir for item in p.items}
+    if any(str(path.parent) in dirs for path in p.stale):
+        return True
+    verified: dict[str, set[str]] = {}
+    for item in s.result.unchanged:
+        verified.setdefault(item.host, set()).add(item.name)
+    return any(set(index.signed(host)) != verified.get(host, set())
+               for host in (index.signed_dirs or {}))
+
+
+def _unlock_signing(cfg: Config, s: _Survey, identity_files: Sequence[Path],
+                    ask: age.PassphraseFn) -> None:
+    """With a signing key and a list to sign, decrypt the key now, before anything is
+    written: a run that cannot sign (a teammate without the master key) must change
+    nothing, not publish and prune, then fail."""
+    if cfg.signing is None or s.key is not None or not _will_sign(s):
+        return
+    if not _IDENTITIES:
+        _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+    try:
+        s.key = signing.private_key(cfg, _IDENTITIES)
+    except VaultpyError as exc:
+        p = exc.problems[0]
+        if p.field == "vaultpy.signing_key" or "OpenSSH" in p.message or "Ed25519" in p.message:
+            raise
+        raise VaultpyError(Problem(
+            p.file, f"renc signs each host's cache with the key this master file holds "
+            f"([vaultpy] signing_secret), and {p.message.removeprefix('needed by renc: ')}",
+            "vaultpy.signing_secret", "only a holder of the master key can change what a "
+            "host gets: ask one to run vaultpy renc, or give the master identity "
+            "(-i FILE or VAULTPY_IDENTITY); nothing was written")) from None
+
+
+def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
+          key: Ed25519PrivateKey | None) -> None:
     """Each host's list of its cache files, signed, where it changed (vaultpy/signing.py).
 
     Only files this run wrote, or verified against the signed list, are listed: a file
     that failed verification and could not be written again stays unlisted (activation
-    refuses it), and nothing is trusted because it is there."""
+    refuses it), and nothing is trusted because it is there.  ``key``: decrypted by
+    :func:`_unlock_signing` whenever a list was to change."""
     failed = result.failed_items
     written = {(i.host, i.name) for i in (*result.written, *result.repaired)
                if (i.host, i.id) not in failed}
@@ -566,7 +614,6 @@ def _sign(cfg: Config, p: cache.Plan, result: Result, index: cache.VerifiedIndex
     by_host: dict[str, list[cache.Item]] = {}
     for item in p.items:
         by_host.setdefault(item.host, []).append(item)
-    key = None
     for host, items in sorted(by_host.items()):
         folder = Path(items[0].dir)
         if str(folder) in p.linked or not folder.is_dir():
@@ -585,14 +632,16 @@ def _sign(cfg: Config, p: cache.Plan, result: Result, index: cache.VerifiedIndex
                 entries[item.name] = digest
         if entries == old and host not in index.unsigned and str(folder) not in p.absent:
             continue                    # the same list, signed already: no churn
-        if key is None:
-            if not _IDENTITIES:
-                _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
-            key = signing.private_key(cfg, _IDENTITIES)
+        if key is None:     # (cannot be: _unlock_signing foresaw every change)
+            result.failed.append(Problem(display_path(folder / signing.SUMS), "not signed: "
+                                         "the signing key was not unlocked", "",
+                                         "run vaultpy renc again"))
+            continue
         try:
             signing.write_signed(folder, host, entries, key)
         except OSError as exc:
-            result.failed.append(os_problem(folder / signing.SUMS, exc, "sign the cache"))
+            result.failed.append(os_problem(exc.filename or folder / signing.SUMS, exc,
+                                            "sign the cache"))
             continue
         index.record_signed(host, str(folder))
         result.signed.append(host)
@@ -637,6 +686,9 @@ class _Survey:
     index: cache.VerifiedIndex
     plan: cache.Plan
     todo: list[cache.Item]
+    # With a signing key and a list to sign: the key, decrypted before anything is
+    # written (:func:`_unlock_signing`).
+    key: Ed25519PrivateKey | None = None
 
     @classmethod
     def take(cls, cfg: Config, hosts: Sequence[str], clock: timings.Clock) -> _Survey:
@@ -668,6 +720,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
         return s, None
     with clock.phase("unlock"):
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+        _unlock_signing(cfg, s, identity_files, ask)
     # On any exception, _renc's finally discards the publisher (listed in ``pubs``)
     # and forgets the identities.
     try:

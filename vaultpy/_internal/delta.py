@@ -366,7 +366,7 @@ class Run:
         if json_out:
             return memo.as_json({
                 "failed": [p.as_dict() for p in self.failed], "ok": not self.failed,
-                "repaired": [], "unchanged": rec.items - len(self.writes),
+                "repaired": [], "signed": [], "unchanged": rec.items - len(self.writes),
                 "pruned": sorted(os.path.join(w.folder, w.old) for w in self.published
                                  if w.pruned),
                 "warnings": [],             # as the memo it runs from: none stood
@@ -436,7 +436,7 @@ def answer(config: str, cache_dir: str, json_out: bool, raw: dict[str, object]
                         if json_out:    # as the full command: its result, and the problems
                             sys.stdout.write(memo.as_json({
                                 "failed": [], "ok": False, "pruned": [], "repaired": [],
-                                "unchanged": 0, "written": [],
+                                "signed": [], "unchanged": 0, "written": [],
                                 "problems": [p.as_dict() for p in run.fatal]}))
                         sys.stderr.write(_lines(run.fatal))
                         return 1

@@ -977,8 +977,9 @@ def as_json(data: dict[str, object]) -> str:
 
 
 def renc_noop_json(files: int) -> dict[str, object]:
-    return {"failed": [], "ok": True, "pruned": [], "repaired": [], "unchanged": files,
-            "warnings": [], "written": []}     # (no memo is recorded while a warning stands)
+    # (no memo is recorded while a warning stands)
+    return {"failed": [], "ok": True, "pruned": [], "repaired": [], "signed": [],
+            "unchanged": files, "warnings": [], "written": []}
 
 
 RENC_COLUMNS = ("written", "repaired", "unchanged", "pruned")
