@@ -127,15 +127,29 @@ rec {
     example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… vaultpy cache signing";
     description = "hosts.toml's [vaultpy] signing_key (vaultpy signing-key): activation then installs only cache files whose SHA-256 the signed SHA256SUMS of this entry lists.";
   };
-  signing = s: cached:
+  signing = s: cached: paths:
     let
       keyOk = s.signingKey == null || builtins.match
         "[[:space:]]*ssh-ed25519[[:space:]]+AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}([[:space:]].*)?"
         s.signingKey != null;
       usable = s.signingKey != null && keyOk && builtins.isPath s.cacheRoot;
       hostCache = s.cacheRoot + "/${s.hostName}";
+      sumsPath = hostCache + "/SHA256SUMS";
       listFile = name: let p = hostCache + "/${name}"; in
         if builtins.pathExists p then "${p}" else toString p;
+      listed = usable && cached && builtins.pathExists hostCache
+        && builtins.pathExists sumsPath && builtins.pathExists (hostCache + "/SHA256SUMS.sig");
+      # name -> SHA-256, from "<sha256>  <name>" lines (no signature check here: Nix has
+      # no Ed25519; activation verifies it.  This catches a list older than its files.)
+      sums = builtins.listToAttrs (map
+        (line: { name = builtins.substring 66 (builtins.stringLength line) line;
+                 value = builtins.substring 0 64 line; })
+        (builtins.filter (l: builtins.isString l && l != "")
+          (builtins.split "\n" (builtins.readFile sumsPath))));
+      unlisted = builtins.filter (p: builtins.pathExists p
+          && (sums.${baseNameOf (toString p)} or null) != builtins.hashFile "sha256" p)
+        paths;
+      committed = "run `vaultpy renc` (with the master key: it signs each host's cache) and commit the cache with its SHA256SUMS and SHA256SUMS.sig (in a flake, git add them: an untracked file is not in the flake)";
     in {
       signed = if !usable then null else {
         key = vlib.normalizeRecipient s.signingKey;
@@ -145,11 +159,12 @@ rec {
       failures = lib.optional (!keyOk) {
           assertion = false;
           message = "vaultpy.settings.signingKey is not an ssh-ed25519 public key line: give hosts.toml's [vaultpy] signing_key (vaultpy signing-key --public prints it)"; }
-        ++ lib.optional (usable && cached && builtins.pathExists hostCache
-            && !(builtins.pathExists (hostCache + "/SHA256SUMS")
-                 && builtins.pathExists (hostCache + "/SHA256SUMS.sig"))) {
+        ++ lib.optional (usable && cached && builtins.pathExists hostCache && !listed) {
           assertion = false;
-          message = "vaultpy: ${toString hostCache}/SHA256SUMS or its .sig is missing: with vaultpy.settings.signingKey set, activation installs only signed cache files: run `vaultpy renc` (with [vaultpy] signing_key in hosts.toml it signs each host's cache) and commit the cache"; };
+          message = "vaultpy: ${toString hostCache}/SHA256SUMS or its .sig is missing: with vaultpy.settings.signingKey set, activation installs only signed cache files: ${committed}"; }
+        ++ lib.optional (listed && unlisted != [ ]) {
+          assertion = false;
+          message = "vaultpy: ${toString (builtins.head unlisted)}: its SHA-256 is not the one ${toString sumsPath} lists${if builtins.length unlisted > 1 then " (and ${toString (builtins.length unlisted - 1)} more)" else ""}: the list is older than the file (not committed with it?) or the file was altered, and activation would refuse it: ${committed}"; };
     };
 
   # An item's path inside another item's: that one is a symlink to a file, and a link

@@ -111,7 +111,10 @@ let
     inherit (signing) signed;        # the signed list of your cache files
   };
   signing = common.signing s (s.cacheRoot != null && keySet && builtins.all keyShape recipients
-                              && cfg.secrets != { });
+                              && cfg.secrets != { })
+    (map (id: cachePath id cfg.secrets.${id})
+      (builtins.filter (id: validId id && builtins.pathExists cfg.secrets.${id}.file)
+        (attrNames cfg.secrets)));
   profileFile = builtins.toFile "vaultpy-profile-${s.hostName}.json" (builtins.toJSON profile);
 
   items = lib.mapAttrsToList (id: v: { label = "secret ${id}"; inherit (v) name; path = extraPath v; })

@@ -247,7 +247,9 @@ let
   cacheChecked = s.hostPubkey != null && s.cacheRoot != null && builtins.isPath s.cacheRoot
     && builtins.all keyShape recipients && cfg.secrets != { };
   hostCache = s.cacheRoot + "/${s.hostName}";
-  signing = common.signing s cacheChecked;
+  signing = common.signing s cacheChecked (map (id: cachePath id cfg.secrets.${id})
+    (builtins.filter (id: common.validId id && builtins.pathExists cfg.secrets.${id}.file)
+      (attrNames cfg.secrets)));
   earlyOwnerOk = x: x == "root" || builtins.isInt x || builtins.match "[0-9]+" (toString x) != null;
   # vaultpy-activate: the boot-time entry point (no typer/rich imports)
   activateCmd = flags: "${cfg.package}/bin/vaultpy-activate --profile ${profileFile}${flags}";

@@ -1980,6 +1980,16 @@ def test_a_signed_cache_reaches_the_profile_on_every_path(nixpkgs_lib: Nix, tmp_
     assert out["profile"]["signed"] == {
         "key": key, "sums": store_path_of_file(host_dir / "SHA256SUMS"),
         "signature": store_path_of_file(host_dir / "SHA256SUMS.sig")}
+    # A list older than its files (a new value renc'd, the list not committed with it):
+    # refused at evaluation, not first by activation on the host.
+    old = {n: (host_dir / n).read_bytes() for n in ("SHA256SUMS", "SHA256SUMS.sig")}
+    repo.ok("encrypt", "smtp_password", input=b"a new value")
+    repo.ok("renc")
+    for name, data in old.items():
+        (host_dir / name).write_bytes(data)
+    out = eval_modules(nixpkgs_lib, {"mail1": config})["mail1"]
+    (stale,) = [m for m in out["failedAssertions"] if "SHA256SUMS lists" in m]
+    assert "smtp_password." in stale and "not committed with it?" in stale and "git add" in stale
     (host_dir / "SHA256SUMS.sig").unlink()
     out = eval_modules(nixpkgs_lib, {"mail1": config})["mail1"]
     assert any("SHA256SUMS or its .sig is missing" in m and "vaultpy renc" in m
