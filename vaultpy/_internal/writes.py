@@ -175,6 +175,9 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
     renames = parse(raw, cfg.root)
     if renames is None or _strays(cfg, renames):
         raise VaultpyError(_damaged(journal))
+    if _tracked(journal):
+        raise VaultpyError(_committed(journal))
+
     def waiting(tmp: Path) -> bool:     # else renamed before the interruption
         return os.path.isfile(tmp) and not os.path.islink(tmp)
 
@@ -222,6 +225,29 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
                 p.file, p.message, p.field, (f"{p.hint}; " if p.hint else "") +
                 f"or delete {display_path(journal)} to leave the write as it is")) from None
     return done
+
+
+def _committed(journal: Path) -> Problem:
+    return Problem(display_path(journal), "a write journal git tracks: it came with a "
+                   "commit, not from a vaultpy command killed here, and finishing it would "
+                   "replace hosts.toml or master files where no review sees it", "",
+                   "git rm --cached it, delete it and the temp files it lists, and look at "
+                   "the commit that added it")
+
+
+def _tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (False where there is no git, or no work tree): a
+    journal is local state, git-ignored, and one in a commit was put there (found in
+    review: a force-added journal swapped hosts.toml's signing key during a renc)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "-C", str(path.parent), "ls-files", "--error-unmatch",
+                               "--", path.name], capture_output=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
@@ -332,6 +358,9 @@ def problems(cfg: Config) -> list[Problem]:
             if renames is None or _strays(cfg, renames):
                 out.append(_damaged(journal))   # renc would refuse it, not finish it
                 continue
+        if _tracked(journal):
+            out.append(_committed(journal))
+            continue
         out.append(Problem(display_path(journal), "a write of several files was "
                            "interrupted before all of them were replaced", "",
                            "run vaultpy renc: any command that takes the lock finishes "

@@ -74,7 +74,7 @@ class Context:
     # The links this run owes removing, worked out once, before the switch (the
     # previous manifest is not read again after it: a read failing then stopped links).
     stale: dict[str, str] | None = None
-    # With a signed cache: SHA-256 of each signed cache file -> its secret's id.
+    # With a signed cache: SHA-256 of each signed cache file -> its name.
     signed_ids: dict[str, str] | None = None
 
     @property

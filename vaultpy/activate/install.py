@@ -76,7 +76,7 @@ def _decrypt_one(ctx: Context, sid: str) -> bytes:
         raise VaultpyError(Problem(display_path(item.file), f"secret {sid!r}: cannot "
                                    f"read its cache file: {exc.strerror}", "file",
                                    "run vaultpy renc and deploy again")) from None
-    verify.check_file(ctx, sid, data, display_path(item.file))
+    verify.check_file(ctx, sid, data, os.fspath(item.file))
     # The hint fits the failure: no key of ours opens it, or it is damaged (cut short,
     # altered), which no key would change (found in review: a truncated file was asked
     # whether it was encrypted to this host's key).

@@ -10,6 +10,7 @@ another secret's signed file put in its place, is refused before it is decrypted
 from __future__ import annotations
 
 import hashlib
+import os
 
 from vaultpy import signing
 from vaultpy._internal.names import NAME_RE
@@ -33,19 +34,26 @@ def verify_signature(ctx: Context) -> None:
                                    f"{exc.reason}", "signed", AGAIN)) from None
     ids: dict[str, str] = {}
     for name, digest in sums.items():
-        m = NAME_RE.fullmatch(name)
-        if m is not None:
-            ids[digest] = m.group("id")
+        if NAME_RE.fullmatch(name) is not None:
+            ids[digest] = name
     ctx.signed_ids = ids
     ctx.log("verify_signature", f"{len(ids)} cache file(s) listed, signed by the key set")
 
 
-def check_file(ctx: Context, sid: str, data: bytes, source: str) -> None:
-    """Refuse ``data`` as secret ``sid``'s cache file unless the signed list has it."""
+def check_file(ctx: Context, sid: str, data: bytes, file: str) -> None:
+    """Refuse ``data`` as secret ``sid``'s cache file ``file`` unless the signed list has
+    it under that very name: the secret's own (a signed file of another secret put in
+    its place is refused) and its current master's (an older signed list and the file
+    it listed, put under today's name, are refused too).  In the Nix store a file is
+    named ``<hash>-<name>``."""
     if ctx.signed_ids is None:
         return
-    if ctx.signed_ids.get(hashlib.sha256(data).hexdigest()) != sid:
-        raise VaultpyError(Problem(source, f"secret {sid!r}: its cache file is not signed "
-                                   "(the signed list has no file of this secret with its "
-                                   "SHA-256: altered, or written without the signing key)",
-                                   "file", AGAIN))
+    name = os.path.basename(file)
+    listed = ctx.signed_ids.get(hashlib.sha256(data).hexdigest())
+    m = NAME_RE.fullmatch(listed or "")
+    if listed is None or m is None or m.group("id") != sid or not (name == listed or (
+            name.endswith("-" + listed) and len(name) == len(listed) + 33)):
+        raise VaultpyError(Problem(display_path(file), f"secret {sid!r}: its cache file is "
+                                   "not signed (the signed list has no file of this name "
+                                   "with its SHA-256: altered, or written without the "
+                                   "signing key)", "file", AGAIN))
