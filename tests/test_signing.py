@@ -262,12 +262,22 @@ def test_a_changed_master_is_signed_by_the_next_renc(make_repo: object) -> None:
 
 def test_signing_key_never_takes_an_existing_secret(make_repo: object) -> None:
     repo: Repo = make_repo(hosts=1, secrets=SECRETS)  # type: ignore[operator]
+    path = repo.root / "hosts.toml"
+    path.write_text(path.read_text().replace("[secrets.alpha]", "[secrets.spare]\n[secrets.alpha]"))
+    repo.ok("encrypt", "spare", input=b"kept")
     before = repo.snapshot()
-    line = assert_one_clean_error(repo.run("signing-key", "--secret", "alpha"), "alpha")
+    line = assert_one_clean_error(repo.run("signing-key", "--secret", "spare"), "spare")
     assert "exists already" in line and "--secret ID" in line
+    line = assert_one_clean_error(repo.run("signing-key", "--secret", "alpha"), "--secret")
+    assert "goes to host0" in line and "no host" in line
+    line = assert_one_clean_error(repo.run("signing-key", "--secret", "bad id"), "--secret")
+    assert "invalid secret id 'bad id'" in line and "not valid TOML" not in line
     proc = repo.run("signing-key", "--new")
     assert proc.returncode == 1 and b"no signing key is set" in proc.stderr
     assert repo.snapshot() == before
+    repo.ok("signing-key", "--secret", "sig")
+    proc = repo.run("signing-key", "--new", "--secret", "other")
+    assert proc.returncode == 2 and b"--new keeps the secret" in proc.stderr
 
 
 def test_a_missing_signing_secret_says_how_to_make_a_new_key(make_repo: object) -> None:
@@ -296,7 +306,7 @@ def test_verify_signature_alone(make_repo: object, tmp_path: Path) -> None:
                   profile_mod.load(host.profile))
     step(ctx)
     assert ctx.signed_ids == {hashlib.sha256(file_of(repo, "host0", sid).read_bytes())
-                              .hexdigest(): sid for sid in SECRETS}
+                              .hexdigest(): file_of(repo, "host0", sid).name for sid in SECRETS}
     assert not (host.root / "run").exists()             # reads only
     (repo.cache / "host0" / "SHA256SUMS.sig").write_text("not a signature\n")
     with pytest.raises(VaultpyError, match="not an SSH signature"):
@@ -342,3 +352,83 @@ def test_renc_that_cannot_sign_changes_nothing(make_repo: object, tmp_path: Path
     data = __import__("json").loads(proc.stdout)
     assert data["signed"] == ["host0"] and len(data["pruned"]) == 1
     repo.ok("check")
+
+
+def test_status_says_unsigned_and_why(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    proc = repo.run("status", "--json")
+    data = __import__("json").loads(proc.stdout)
+    states = {(e["host"], e["id"]): (e["state"], e["detail"]) for e in data["entries"]}
+    assert states[("host0", "alpha")][0] == "unsigned"
+    assert "SHA256SUMS: missing" not in states[("host0", "alpha")][1]
+    assert states[("host0", "alpha")][1] == "not signed: missing"
+    assert b"unsigned" in repo.run("status").stdout
+
+
+def test_a_merge_conflict_in_a_list_says_what_to_do(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    sums = repo.cache / "host0" / "SHA256SUMS"
+    text = sums.read_text()
+    sums.write_text(f"<<<<<<< HEAD\n{text}=======\n{text}>>>>>>> other\n")
+    line = check_fails(repo, "SHA256SUMS", "host0")
+    assert "merge conflict markers" in line and "vaultpy renc" in line
+
+
+def test_an_older_list_and_its_file_under_todays_name_are_refused(make_repo: object,
+                                                                  tmp_path: Path) -> None:
+    """A replay: the list signed before a secret changed, and the file it listed put
+    under the name of the current master's file.  Its hash is on that (genuine) list,
+    but under another name: activation refuses it."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    host_dir = repo.cache / "host0"
+    old = {n: (host_dir / n).read_bytes() for n in ("SHA256SUMS", "SHA256SUMS.sig")}
+    old_alpha = file_of(repo, "host0", "alpha").read_bytes()
+    repo.ok("encrypt", "alpha", input=b"alpha-value-2")      # rotated: a new value
+    repo.ok("renc")
+    host = make_host_root(repo, "host0", tmp_path / "root")
+    for name, data in old.items():
+        (host_dir / name).write_bytes(data)
+    file_of(repo, "host0", "alpha").write_bytes(old_alpha)
+    proc = activate(host.profile, host.root)
+    line = assert_one_clean_error(proc, "secret 'alpha'", "not signed")
+    assert "no file of this name" in line
+    assert not host.live.exists()
+
+
+def test_a_huge_list_is_refused_before_it_is_read(make_repo: object) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    with open(repo.cache / "host0" / "SHA256SUMS", "r+b") as f:
+        f.truncate(6 << 30)                     # sparse: 6 GB, no disk used
+    proc = repo.run("check", env={"VAULTPY_NO_MEMO": "1"})
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "too big for a list of cache files" in out
+
+
+def test_a_write_journal_from_a_commit_is_never_finished(make_repo: object) -> None:
+    """Found in review: a force-added .vaultpy-writes (with its temp files) swapped
+    hosts.toml's signing_key during a renc, where no review of the commit's diff saw a
+    change to hosts.toml.  A journal git tracks is refused, and nothing is renamed."""
+    import json
+
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    hosts = repo.root / "hosts.toml"
+    evil = hosts.read_text().replace("signing_secret", "# swapped\nsigning_secret")
+    (repo.root / ".hosts.toml.vaultpy-tmp-x1").write_text(evil)
+    (repo.root / ".vaultpy-writes").write_text(json.dumps({
+        "format": 1, "root": "/x", "renames": [[".hosts.toml.vaultpy-tmp-x1", "hosts.toml",
+                                                False]]}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["add", "-f", ".vaultpy-writes",
+                                                  ".hosts.toml.vaultpy-tmp-x1"],
+                 ["commit", "-qm", "innocuous"]):
+        subprocess.run(git + args, cwd=repo.root, check=True, capture_output=True)
+    before = hosts.read_text()
+    for command in ("renc", "check"):
+        proc = repo.run(command)
+        out = proc.stdout.decode() + proc.stderr.decode()
+        assert proc.returncode == 1 and "a write journal git tracks" in out, out
+    assert hosts.read_text() == before

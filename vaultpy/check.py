@@ -28,7 +28,7 @@ class Entry:
 
     host: str
     id: str
-    state: str          # ok | outdated | missing | damaged | no-master | bad-master
+    state: str  # ok | outdated | missing | damaged | unsigned | no-master | bad-master
     file: str
     detail: str = ""
     installed: bool = True
@@ -96,8 +96,10 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                         key_path("hosts", host.name, "secrets", sid),
                                         cache.FIX_IN_THE_WAY))
                 continue
-            state = "ok" if reason is None else ("missing" if reason == "missing"
-                                                 else "damaged")
+            state = ("ok" if reason is None else "missing" if reason == "missing"
+                     else "unsigned" if reason == signing.UNSIGNED else "damaged")
+            if state == "unsigned" and host.name in index.unsigned:    # the host's why
+                reason = f"not signed: {index.unsigned[host.name].reason}"
             bad_master = sid in damaged_masters and reason == "missing"
             if reason == "missing" and not bad_master and (host.name, sid) in older_ids:
                 # The master (an edit) or the host's key changed since renc: the host's
@@ -116,7 +118,7 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
             if reason == "missing":
                 problems.append(Problem(shown, "cache file is missing",
                                         key_path("hosts", host.name, "secrets", sid), FIX_RENC))
-            elif reason is not None and not (reason == signing.UNSIGNED
+            elif reason is not None and not (state == "unsigned"
                                              and host.name in index.unsigned):
                 problems.append(Problem(shown, f"cache file is {reason}",
                                         key_path("hosts", host.name, "secrets", sid), FIX_RENC))

@@ -840,6 +840,7 @@ def status(
         table.add_column(sid, justify="center")
     marks = {"ok": "[green]ok[/]", "outdated": "[yellow]outdated[/]",
              "missing": "[red]missing[/]", "damaged": "[red]damaged[/]",
+             "unsigned": "[red]unsigned[/]",
              "no-master": "[red]no master[/]", "bad-master": "[red]master damaged[/]"}
     grid: dict[str, dict[str, str]] = {}
     for e in entries:

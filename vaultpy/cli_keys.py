@@ -296,8 +296,9 @@ def signing_key_cmd(
         "signs every host's cache).")] = False,
     public: Annotated[bool, typer.Option(
         "--public", help="Print the public key set in hosts.toml, and nothing else.")] = False,
-    secret: Annotated[str, typer.Option(
-        "--secret", metavar="ID", help="The secret to hold the private key.")] = "cache_signing",
+    secret: Annotated[str | None, typer.Option(
+        "--secret", metavar="ID", help="The secret to hold the private key (default: "
+        "cache_signing; --new keeps the one set).")] = None,
     repo: RepoOpt = None,
 ) -> None:
     """Make the key renc signs each host's cache with; check and hosts verify it.
@@ -317,8 +318,13 @@ def signing_key_cmd(
             _exit(1)
         _out().print(cfg.signing.key, markup=False, highlight=False, soft_wrap=True)
         return
+    if new and secret is not None:
+        _print_problems([Problem("--secret", "--new keeps the secret that holds the key "
+                                 "now ([vaultpy] signing_secret)", "",
+                                 "leave --secret out, or change signing_secret by hand")])
+        _exit(2)
     try:
-        key = signing.set_up(cfg, secret, replace=new)
+        key = signing.set_up(cfg, secret or signing.DEFAULT_SECRET, replace=new)
     except VaultpyError as exc:
         _print_problems(exc.problems)
         _exit(1)

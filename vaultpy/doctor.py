@@ -193,10 +193,11 @@ def check_masters(cfg: Config | None, masters: Masters | None = None) -> Check:
         return Check("masters", PROBLEM, first(m.bad), "restore it from git, or recreate "
                      "it with vaultpy edit (vaultpy check lists every one)")
     if m.missing:
+        from vaultpy.cache import missing_master
+
         return Check("masters", PROBLEM, first([f"{display_path(cfg.secrets[i].file)}: "
                                                 "missing" for i in m.missing]),
-                     f"create it with vaultpy edit {m.missing[0]} (or vaultpy generate, "
-                     "for a generated one)")
+                     missing_master(cfg, m.missing[0]).hint)
     if m.unaddressed:
         return Check("masters", PROBLEM, first(m.unaddressed),
                      "run vaultpy rekey (vaultpy check lists every one)")
@@ -377,16 +378,24 @@ _CLOCK_SLACK_NS = 2 * 10**9        # (a file just written by another process: no
 
 
 def check_signing(cfg: Config | None) -> Check:
-    """Whether the cache is signed (vaultpy/signing.py): said, never a warning (a
-    repository whose writers are all trusted needs no signature)."""
+    """Whether the cache is signed (vaultpy/signing.py), and by which key: said, never a
+    warning when it is not (a repository whose writers are all trusted needs none)."""
     if cfg is None:
         return Check("signing", SKIPPED, "needs a valid hosts.toml")
     if cfg.signing is None:
-        return Check("signing", OK, "the cache is not signed (vaultpy signing-key: then "
-                     "check and hosts refuse a file anyone who can write secrets/cache "
-                     "encrypted to a host's public key)")
-    return Check("signing", OK, f"renc signs each host's cache with {cfg.signing.key[:32]}…, "
-                 f"its private half secret {cfg.signing.secret!r}; vaultpy check verifies it")
+        return Check("signing", OK, "the cache is not signed: a host takes any cache file "
+                     "encrypted to its key (vaultpy signing-key makes check and hosts "
+                     "refuse files the master key's holders did not write)")
+    from vaultpy.age import fingerprint
+
+    master = cfg.secrets[cfg.signing.secret].file
+    if not os.path.lexists(master):
+        return Check("signing", PROBLEM, f"{display_path(master)}, the signing key's "
+                     "secret, is missing: renc cannot sign", "make a new key: vaultpy "
+                     "signing-key --new")
+    return Check("signing", OK, f"renc signs each host's cache with "
+                 f"{fingerprint(cfg.signing.key)} (secret {cfg.signing.secret!r}); vaultpy "
+                 "check verifies it")
 
 
 def _span(ns: int) -> str:

@@ -521,8 +521,9 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
                 s = _Survey.take(cfg, hosts, clock)
             del first
             result, index, p = s.result, s.index, s.plan
-            with clock.phase("unlock"):
-                _unlock_signing(cfg, s, identity_files, ask)
+            if cfg.signing is not None:
+                with clock.phase("unlock"):
+                    _unlock_signing(cfg, s, identity_files, ask)
             if early is not None:
                 with clock.phase("publish"):
                     _publish(early, result, new_dirs)

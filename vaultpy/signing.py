@@ -23,14 +23,16 @@ hand, with OpenSSH and coreutils only::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from vaultpy._internal import sshsig
-from vaultpy._internal.fsutil import atomic_write, read_regular
+from vaultpy._internal.fsutil import atomic_write, read_at_most, read_regular
 from vaultpy._internal.names import NAME_RE
 
 TYPE_CHECKING = False
@@ -46,12 +48,12 @@ SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"
 FILES = (SUMS, SIGNATURE)
 DEFAULT_SECRET = "cache_signing"
-# A list of 100,000 files is ~6 MB; a signature ~300 bytes.
-MAX_SUMS = 64 << 20
+# A list of 100,000 files is ~11 MB; a signature ~300 bytes.
+MAX_SUMS = 32 << 20
 MAX_SIGNATURE = 64 << 10
 
-UNSIGNED = ("not signed: its SHA-256 is not the one SHA256SUMS lists (altered, or "
-            "written by someone without the signing key)")
+UNSIGNED = ("not signed: its SHA-256 is not the one SHA256SUMS lists (altered, written "
+            "without the signing key, or committed without its SHA256SUMS)")
 FIX = ("run vaultpy renc with the master key: it re-encrypts what is not signed, "
        "and signs")
 
@@ -115,14 +117,29 @@ def read_signed_bytes(host_dir: Path | str, host: str, key: str,
 
 
 def _read(path: Path | str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (not a symlink): a 6 GB list, a
+    zero-filled file git stores in a few bytes, is refused before it is read."""
     try:
-        data, _st = read_regular(path, follow=False)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Unsigned(path, "missing") from None
     except OSError as exc:
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise Unsigned(path, f"unreadable ({reason})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unsigned(path, "not a regular file")
+        data = read_at_most(fd, limit)
+    except OSError as exc:
         raise Unsigned(path, f"unreadable ({exc.strerror})") from None
-    if len(data) > limit:
+    finally:
+        os.close(fd)
+    if data is None:
         raise Unsigned(path, "too big for a list of cache files")
+    if data.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in data:
+        raise Unsigned(path, "holds git's merge conflict markers: take either side "
+                       "(git checkout --theirs), run vaultpy renc with the master key, "
+                       "which signs the merged cache, and git add it")
     return data
 
 
@@ -248,6 +265,14 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
                                    "without --new"))
     if cfg.signing is not None:
         secret = cfg.signing.secret
+    elif not model.ID_RE.fullmatch(secret) or len(secret) > model.ID_MAX:
+        raise VaultpyError(Problem("--secret", f"invalid secret id {secret!r}", "",
+                                   "ids are letters, digits, _ . - (starting with a letter "
+                                   f"or digit, at most {model.ID_MAX})"))
+    elif given := sorted(h.name for h in cfg.hosts.values() if secret in h.needed):
+        raise VaultpyError(Problem("--secret", f"secret {secret!r} goes to {given[0]}: the "
+                                   "signing key must go to no host", "",
+                                   "choose another id: vaultpy signing-key --secret ID"))
     elif secret in cfg.secrets and os.path.lexists(cfg.secrets[secret].file):
         raise VaultpyError(Problem(display_path(cfg.secrets[secret].file), f"secret "
                                    f"{secret!r} exists already: its value would be replaced "
@@ -270,7 +295,14 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
                                    f'signing_secret = "{secret}" under [vaultpy], declare '
                                    f"[secrets.{secret}], then run vaultpy signing-key "
                                    "--new")) from None
-    new_cfg = model.reparse(new_text, cfg.path)
+    try:
+        new_cfg = model.reparse(new_text, cfg.path)
+    except VaultpyError as exc:     # what the edit made of it, not what the file holds
+        raise VaultpyError(Problem(shown, "cannot edit this hosts.toml automatically: "
+                                   f"the edited text would not load ({exc.problems[0].message})",
+                                   "vaultpy", f'add signing_key = "{public}" and '
+                                   f'signing_secret = "{secret}" under [vaultpy] and declare '
+                                   f"[secrets.{secret}] by hand")) from None
     if new_cfg.signing is None or new_cfg.signing.key.split()[:2] != public.split()[:2]:
         raise VaultpyError(Problem(shown, "cannot edit this hosts.toml automatically: the "
                                    "edit did not read back as the key set", "vaultpy",
