@@ -26,6 +26,10 @@ import pytest
 from hangs import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where vaultpy keeps the ledger of master values it wrote (vaultpy/signing.py): one per
+# test process, never the home of whoever runs the suite.  A test that needs a ledger
+# of its own sets XDG_STATE_HOME in its repository's environment.
+os.environ["XDG_STATE_HOME"] = __import__("tempfile").mkdtemp(prefix="vaultpy-test-state-")
 LOCAL_STATE = {".vaultpy.lock", ".vaultpy-verified", ".vaultpy-memo"}   # git-ignored
 
 

@@ -432,3 +432,60 @@ def test_a_write_journal_from_a_commit_is_never_finished(make_repo: object) -> N
         out = proc.stdout.decode() + proc.stderr.decode()
         assert proc.returncode == 1 and "a write journal git tracks" in out, out
     assert hosts.read_text() == before
+
+
+def test_a_forged_master_is_never_signed_unasked(make_repo: object, tmp_path: Path) -> None:
+    """Found in review: a master replaced with the age CLI (master recipients are public)
+    made check say "out of date, run vaultpy renc", and renc signed the forged value.
+    renc now encrypts only values it can vouch for: on the signed list of masters,
+    written by vaultpy on this machine, or accepted by name."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    master = repo.root / "secrets" / "alpha.age"
+    master.write_bytes(subprocess.run([need("age"), "-r", repo.recipient],
+                                      input=b"evil-value-XX", capture_output=True,
+                                      check=True).stdout)
+    check_fails(repo, "out of date")
+    before = repo.snapshot()
+    proc = repo.run("renc")
+    line = assert_one_clean_error(proc, "secrets/alpha.age", "secrets.alpha")
+    assert "changed since the last signed renc, and not by vaultpy on this machine" in line
+    assert "host0, host1" in line and "vaultpy renc --accept alpha" in line
+    assert repo.snapshot() == before
+    assert_one_clean_error(repo.run("renc", "--accept", "alphx"), "unknown secret id")
+    proc = repo.ok("renc", "--accept", "alpha")
+    assert b"signed the list of host0, host1" in proc.stdout
+    repo.ok("check")
+    repo.ok("renc")                 # accepted once: now on the signed list
+
+
+def test_a_teammates_value_needs_accepting_on_another_machine(make_repo: object,
+                                                              tmp_path: Path) -> None:
+    """A value written by vaultpy elsewhere (another ledger), not renc'd with the key,
+    is no value this machine's vaultpy wrote: renc asks; the same on the writer's
+    machine goes through."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    elsewhere = {"XDG_STATE_HOME": str(tmp_path / "teammate")}
+    repo.ok("encrypt", "beta", input=b"beta--value-3", env=elsewhere)
+    assert_one_clean_error(repo.run("renc"), "secrets/beta.age", "--accept beta")
+    repo.ok("renc", env=elsewhere)
+    repo.ok("check")
+
+
+def test_coreutils_and_openssh_verify_the_list_of_masters(make_repo: object,
+                                                          tmp_path: Path) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    subprocess.run(["sha256sum", "--strict", "-c", "secrets/cache/MASTERS"], cwd=repo.root,
+                   check=True, capture_output=True)
+    signers = tmp_path / "signers"
+    signers.write_text("vaultpy " + repo.ok("signing-key", "--public").stdout.decode())
+    subprocess.run([need("ssh-keygen"), "-Y", "verify", "-f", str(signers), "-I", "vaultpy",
+                    "-n", "vaultpy-masters", "-s", "secrets/cache/MASTERS.sig"],
+                   input=(repo.cache / "MASTERS").read_bytes(), cwd=repo.root, check=True,
+                   capture_output=True)
+    (repo.cache / "MASTERS.sig").unlink()
+    check_fails(repo, "MASTERS.sig", "the signed list of masters: missing")
+    repo.ok("renc")
+    repo.ok("check")

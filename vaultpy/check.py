@@ -122,6 +122,8 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
                                              and host.name in index.unsigned):
                 problems.append(Problem(shown, f"cache file is {reason}",
                                         key_path("hosts", host.name, "secrets", sid), FIX_RENC))
+    if cfg.signing is not None and p.masters:
+        problems += _masters_signed(cfg, p, entries)
     outdated = {(e.host, e.id) for e in entries if e.state == "outdated"}
     for path in p.stale:
         host_id = older.get(path)
@@ -142,6 +144,30 @@ def survey(cfg: Config) -> tuple[list[Entry], list[Problem]]:
         problems.append(Problem(display_path(path), what, "", f"{FIX_RENC} to remove it"))
     problems += [cache.foreign(path) for path in p.foreign]
     return entries, problems
+
+
+def _masters_signed(cfg: Config, p: cache.Plan, entries: Sequence[Entry]) -> list[Problem]:
+    """The signed list of masters (vaultpy/signing.py) verifies, and has the value of
+    every master whose cache files are all signed (one whose files are out of date
+    is said by their lines; renc then vouches for its value or asks --accept)."""
+    assert cfg.signing is not None
+    try:
+        listed = signing.read_masters(cfg.cache_dir, cfg.signing.key)
+    except signing.Unsigned as exc:
+        return [Problem(display_path(exc.path), f"the signed list of masters: {exc.reason}",
+                        "vaultpy.signing_key", "run vaultpy renc with the master key: it "
+                        "signs the masters' values (asking --accept for any it cannot "
+                        "vouch for)")]
+    not_ok = {e.id for e in entries if e.state != "ok"}
+    out = []
+    for sid, m in sorted(p.masters.items()):
+        name = signing.master_name(cfg, cfg.secrets[sid].file)
+        if sid not in not_ok and listed.get(name) != m.sha256:
+            out.append(Problem(display_path(cfg.secrets[sid].file), "its value is not the "
+                               "one the signed list of masters gives (secrets/cache/MASTERS)",
+                               key_path("secrets", sid), "run vaultpy renc with the master "
+                               "key"))
+    return out
 
 
 def _reasons(index: cache.VerifiedIndex, items: Sequence[cache.Item]

@@ -451,6 +451,12 @@ def renc(
     show_timings: Annotated[bool, typer.Option(
         "--timings", help="Also print how long each step took, wall and CPU time (on "
         "stderr; with --json, in the JSON).")] = False,
+    accept: Annotated[list[str] | None, typer.Option(
+        "--accept", metavar="ID", help="With a signing key: sign secret ID's new value, "
+        "though it was not written by vaultpy on this machine (repeatable; look at it "
+        "first).", autocompletion=complete_ids)] = None,
+    accept_all: Annotated[bool, typer.Option(
+        "--accept-all", help="As --accept, for every changed secret.")] = False,
 ) -> None:
     """Re-encrypt master secrets to each host's key, into the cache."""
     from vaultpy import renc as pipeline
@@ -464,14 +470,16 @@ def renc(
     if snapshot is not None:
         snapshot.capture(cfg)
     progress_cm = _progress() if (sys.stderr.isatty() and not json_out) else None
+    accepted: list[str] | bool = True if accept_all else list(accept or ())
     if progress_cm is None:     # (with --json, a run that raises still prints its JSON)
         result = _json_errors(json_out, lambda: pipeline.renc(
-            cfg, host or [], jobs=jobs, identity_files=_identity(identity), clock=clock),
-            pipeline.Result)
+            cfg, host or [], jobs=jobs, identity_files=_identity(identity), clock=clock,
+            accept=accepted), pipeline.Result)
     else:
         with progress_cm as report:
             result = pipeline.renc(cfg, host or [], jobs=jobs, clock=clock,
-                                   identity_files=_identity(identity), progress=report)
+                                   identity_files=_identity(identity), progress=report,
+                                   accept=accepted)
     from vaultpy.model import config_warnings
 
     warnings = config_warnings(cfg)

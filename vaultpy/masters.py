@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from vaultpy import age, identities
+from vaultpy import age, identities, signing
 from vaultpy._internal import ageformat, fsutil, sigint, writes
 from vaultpy.cache import missing_master
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
@@ -101,6 +101,7 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
             if based_on is not ANY and _current(secret.file) != based_on:
                 _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
+            signing.record_written(ciphertext)      # (renc: a value vaultpy wrote here)
     except OSError as exc:
         problem = os_problem(secret.file, exc, "write master file")
         kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
@@ -182,6 +183,7 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                                        "give each secret a file of its own in hosts.toml"))
         seen.add(where)
     temps: list[tuple[Path, Path]] = []
+    written: list[bytes] = []       # each file's bytes, for the ledger (signing.py)
     current: Path = cfg.secrets_dir
     try:
         for path, _, _ in files:
@@ -208,7 +210,9 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                     tmp = fsutil.tmp_name(path)
                     # Listed first: a Ctrl-C can land as the write returns.
                     temps.append((tmp, path))
-                    fsutil.write_new(tmp, data() if callable(data) else data, mode)
+                    payload = data() if callable(data) else data
+                    fsutil.write_new(tmp, payload, mode)
+                    written.append(payload)
                     fsutil.fsync_path(tmp)
                 # From here on the write is decided: killed, it is finished by the next
                 # command that takes the lock (vaultpy/_internal/writes.py).
@@ -249,6 +253,8 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                 fsutil.fsync_path(d, directory=True)
             with contextlib.suppress(OSError):      # left behind, it lists nothing to do
                 writes.end(cfg)
+            for payload in written:
+                signing.record_written(payload)
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "write")) from None
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vaultpy import age, identities
+from vaultpy import age, identities, signing
 from vaultpy._internal import ageformat, fsutil, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, key_path, os_problem
 from vaultpy.model import Config
@@ -536,7 +536,9 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                 if now != was:
                     # Written since it was read (before the lock): rotate the newer value.
                     text, armor = decrypt(current, now), ageformat.is_armored(now)
-                fsutil.atomic_write(current, age.encrypt(text, recipients, armor=armor))
+                new = age.encrypt(text, recipients, armor=armor)
+                fsutil.atomic_write(current, new)
+                signing.record_written(new)     # (renc: a value vaultpy wrote here)
                 journal.append({"done": sid})
                 journal.done.add(sid)
     except OSError as exc:

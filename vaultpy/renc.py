@@ -88,6 +88,8 @@ class _Job:
 # Identities are set in the parent before the worker pool forks, so workers
 # inherit them in memory: no key material crosses a pipe, no second prompt.
 _IDENTITIES: list[age.Identity] = []
+# This run's --accept (ids, or [True] for all): read by _gate.
+_ACCEPT: list[str | bool] = []
 # The jobs of a pool's run, set before the pool forks: a worker is sent a job's index,
 # not the job (10,000 pickled items cost the parent ~45 ms and the workers ~60 ms).
 _JOBS: list[_Job] = []
@@ -463,18 +465,28 @@ def default_jobs() -> int:
 def renc(cfg: Config, hosts: Sequence[str] = (), *, jobs: int | None = None,
          identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty,
-         progress: ProgressFn | None = None, clock: timings.Clock | None = None) -> Result:
+         progress: ProgressFn | None = None, clock: timings.Clock | None = None,
+         accept: Collection[str] | bool = ()) -> Result:
     """Bring the cache of ``hosts`` (default: all) up to date with the master files.
 
-    ``clock``: records how long each step took (``renc --timings``)."""
+    ``clock``: records how long each step took (``renc --timings``).  ``accept``: with
+    a signing key, masters whose value renc may sign though nothing vouches for it
+    (:func:`_gate`); True: all of them."""
     for h in hosts:
         if h not in cfg.hosts:
             raise VaultpyError(Problem(display_path(cfg.path), f"unknown host {h!r}",
                                        "hosts", "known hosts: " + ", ".join(cfg.hosts)))
+    if not isinstance(accept, bool):
+        for sid in accept:
+            cfg.secret(sid)             # an unknown id: one line, with a close match
     workers = jobs or default_jobs()
-    with sigint.caught():
-        return _renc(cfg, hosts, workers, identity_files, ask, progress,
-                     clock or timings.Clock())
+    _ACCEPT[:] = [True] if accept is True else list(accept or ())
+    try:
+        with sigint.caught():
+            return _renc(cfg, hosts, workers, identity_files, ask, progress,
+                         clock or timings.Clock())
+    finally:
+        _ACCEPT.clear()
 
 
 def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Sequence[Path],
@@ -522,6 +534,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             del first
             result, index, p = s.result, s.index, s.plan
             if cfg.signing is not None:
+                _gate(cfg, s, hosts)
                 with clock.phase("unlock"):
                     _unlock_signing(cfg, s, identity_files, ask)
             if early is not None:
@@ -542,6 +555,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             if cfg.signing is not None:
                 with clock.phase("sign"):
                     _sign(p, result, index, s.key)
+                    _sign_masters(cfg, s)
             if result.ok:       # a failed run changes nothing it need not change
                 with clock.phase("index"):
                     index.save(None if hosts else p.items)
@@ -565,7 +579,7 @@ def _will_sign(s: _Survey) -> bool:
     prune in a host's directory, a host whose list is not signed, or one whose list
     names other files than those verified."""
     p, index = s.plan, s.index
-    if s.todo or index.unsigned:
+    if s.todo or index.unsigned or s.masters_next != s.masters_found:
         return True
     dirs = {item.dir for item in p.items}
     if any(str(path.parent) in dirs for path in p.stale):
@@ -575,6 +589,74 @@ def _will_sign(s: _Survey) -> bool:
         verified.setdefault(item.host, set()).add(item.name)
     return any(set(index.signed(host)) != verified.get(host, set())
                for host in (index.signed_dirs or {}))
+
+
+def _gate(cfg: Config, s: _Survey, hosts: Sequence[str]) -> None:
+    """With a signing key: refuse, before anything is unlocked or written, to encrypt a
+    master whose value nothing vouches for (vaultpy/signing.py: on the signed list of
+    masters, written by vaultpy on this machine, or accepted with --accept).  Anyone
+    can replace a master (it is encrypted to public keys), and a change to ciphertext
+    is one no review can read: renc, holding the key, would sign it for the hosts.
+    Also works out the list of masters this run leaves (``s.masters_next``)."""
+    assert cfg.signing is not None
+    p = s.plan
+    try:
+        found: dict[str, str] | None = signing.read_masters(cfg.cache_dir, cfg.signing.key)
+    except signing.Unsigned:
+        found = None
+    s.masters_found = found
+    names = {sid: signing.master_name(cfg, cfg.secrets[sid].file) for sid in p.masters}
+    nxt = dict(found or {}) if hosts else {}    # (--host: the other masters' stay)
+    nxt.update((names[sid], m.sha256) for sid, m in p.masters.items())
+    s.masters_next = nxt
+    todo = sorted({item.id for item in s.todo})
+    accept = set(_ACCEPT)
+    if not todo or True in accept:
+        return
+    here: set[str] | None = None
+    needed: dict[str, list[str]] = {}
+    for item in s.todo:
+        needed.setdefault(item.id, []).append(item.host)
+    bad = []
+    for sid in todo:
+        sha = p.masters[sid].sha256
+        if (found or {}).get(names[sid]) == sha or sid in accept:
+            continue
+        if here is None:
+            here = signing.written_here()
+        if sha in here:
+            continue
+        shown = display_path(cfg.secrets[sid].file)
+        bad.append(Problem(shown, "changed since the last signed renc, and not by vaultpy "
+                           f"on this machine: renc would sign its value for "
+                           f"{', '.join(sorted(set(needed[sid])))}, and a change to "
+                           "ciphertext is one no review can read", key_path("secrets", sid),
+                           f"look at it (vaultpy decrypt {sid}; git log -p -- {shown}); if "
+                           f"the value is right, vaultpy renc --accept {sid}"))
+    if bad:
+        raise VaultpyError(bad)
+
+
+def _sign_masters(cfg: Config, s: _Survey) -> None:
+    """The signed list of masters, as this run leaves it, where it changed: a master
+    whose files failed keeps the value last signed."""
+    if s.masters_next is None or s.key is None:
+        return
+    failed = {sid for _host, sid in s.result.failed_items}
+    nxt = dict(s.masters_next)
+    for sid in failed & set(s.plan.masters):
+        name = signing.master_name(cfg, cfg.secrets[sid].file)
+        if s.masters_found is not None and name in s.masters_found:
+            nxt[name] = s.masters_found[name]
+        else:
+            nxt.pop(name, None)
+    if nxt == s.masters_found:
+        return
+    try:
+        signing.write_masters(cfg.cache_dir, nxt, s.key)
+    except OSError as exc:
+        s.result.failed.append(os_problem(exc.filename or cfg.cache_dir / signing.MASTERS,
+                                          exc, "sign the list of masters"))
 
 
 def _unlock_signing(cfg: Config, s: _Survey, identity_files: Sequence[Path],
@@ -690,6 +772,10 @@ class _Survey:
     # With a signing key and a list to sign: the key, decrypted before anything is
     # written (:func:`_unlock_signing`).
     key: Ed25519PrivateKey | None = None
+    # With a signing key: the signed list of masters as found (path -> SHA-256; None
+    # when it is missing or not signed) and as this run leaves it (:func:`_gate`).
+    masters_found: dict[str, str] | None = None
+    masters_next: dict[str, str] | None = None
 
     @classmethod
     def take(cls, cfg: Config, hosts: Sequence[str], clock: timings.Clock) -> _Survey:
@@ -719,6 +805,8 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     s = _Survey.take(cfg, hosts, clock)
     if not s.todo:
         return s, None
+    if cfg.signing is not None:
+        _gate(cfg, s, hosts)
     with clock.phase("unlock"):
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
         _unlock_signing(cfg, s, identity_files, ask)

@@ -309,7 +309,137 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
                                    f'add signing_key = "{public}" under [vaultpy] by hand'))
     ciphertext = age.encrypt(private, new_cfg.recipients)
     mode = os.stat(cfg.path).st_mode & 0o7777
+    # The signed list of masters: on a first key, every master as it is now (the values
+    # you turn signing on with: run it on a checkout you trust); on a new one, the list
+    # the old key signed, as far as it verifies.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    key = load_ssh_private_key(private, None)
+    assert isinstance(key, Ed25519PrivateKey)
+    entries: dict[str, str] = {}
+    if cfg.signing is not None:
+        try:
+            entries = read_masters(cfg.cache_dir, cfg.signing.key)
+        except Unsigned:
+            entries = {}
+    else:
+        for sid, s in new_cfg.secrets.items():
+            if sid != secret:
+                try:
+                    entries[master_name(new_cfg, s.file)] = hashlib.sha256(
+                        read_regular(s.file)[0]).hexdigest()
+                except OSError:
+                    continue        # (missing: check says so)
+    entries[master_name(new_cfg, new_cfg.secret(secret).file)] = hashlib.sha256(
+        ciphertext).hexdigest()
+    listed = masters_text(entries)
     masters.write_all(new_cfg, [(new_cfg.secret(secret).file, ciphertext, 0o644),
-                                (cfg.path.resolve(), new_text.encode(), mode)],
+                                (cfg.path.resolve(), new_text.encode(), mode),
+                                (new_cfg.cache_dir / MASTERS, listed, 0o644),
+                                (new_cfg.cache_dir / MASTERS_SIGNATURE,
+                                 sshsig.sign(key, MASTERS_NAMESPACE, listed).encode(), 0o644)],
                       based_on={cfg.path.resolve(): raw})
     return public
+
+
+# ------------------------------------------------------------------ the masters' values
+#
+# A master file is encrypted to the master recipients, which are public too: anyone who
+# can write the repository can replace one, and renc, run by whoever holds the key,
+# would then encrypt and sign that value for the hosts (found in review).  So renc
+# encrypts a master only if its value is one it can vouch for:
+#
+# - on the signed list of masters, secrets/cache/MASTERS (sha256sum's form, paths from
+#   the repository: `sha256sum -c secrets/cache/MASTERS` there), signed with the same
+#   key (namespace "vaultpy-masters") by the last renc that signed;
+# - or written by vaultpy on this machine: every master write records the new file's
+#   SHA-256 in a ledger outside the repository (no commit can bring one);
+# - or accepted by name (renc --accept ID) once its value has been looked at.
+
+MASTERS = "MASTERS"
+MASTERS_SIGNATURE = "MASTERS.sig"
+MASTERS_NAMESPACE = "vaultpy-masters"
+_LEDGER_MAX = 1 << 20           # bytes: 16,000 writes; then the newer half is kept
+
+
+def ledger_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".local", "state")
+    return Path(state, "vaultpy", "written")
+
+
+def record_written(data: bytes) -> None:
+    """Note that vaultpy on this machine wrote a file of these bytes (a master's new
+    ciphertext).  Best effort: a ledger that cannot be written only means renc asks
+    for --accept."""
+    line = (hashlib.sha256(data).hexdigest() + "\n").encode()
+    path = ledger_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size > _LEDGER_MAX:
+                kept = _read_ledger_bytes()[-_LEDGER_MAX // 2:]
+                kept = kept[kept.find(b"\n") + 1:]
+                atomic_write(path, kept + line, 0o600)
+                return
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_ledger_bytes() -> bytes:
+    try:
+        return read_regular(ledger_path(), follow=False)[0]
+    except OSError:
+        return b""
+
+
+def written_here() -> set[str]:
+    """The SHA-256 of every file vaultpy recorded writing on this machine."""
+    return {line for line in _read_ledger_bytes().decode("ascii", "replace").split("\n")
+            if len(line) == 64}
+
+
+def masters_text(entries: Mapping[str, str]) -> bytes:
+    """MASTERS: "<sha256>  <path from the repository>" per master, sorted by path."""
+    return "".join(f"{entries[p]}  {p}\n" for p in sorted(entries)).encode()
+
+
+def read_masters(cache_dir: Path, key: str) -> dict[str, str]:
+    """Path -> SHA-256 of the signed list of masters; :class:`Unsigned` if it is
+    missing, damaged or not signed by ``key``."""
+    path, sig_path = cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE
+    data, sig = _read(path, MAX_SUMS), _read(sig_path, MAX_SIGNATURE)
+    try:
+        sshsig.verify(key, MASTERS_NAMESPACE, data, sig)
+    except sshsig.BadSignature as exc:
+        raise Unsigned(sig_path, f"signature {exc}") from None
+    out: dict[str, str] = {}
+    try:
+        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            digest, sep, name = line.partition("  ")
+            if not sep or len(digest) != 64 or digest.strip("0123456789abcdef") or not name:
+                raise ValueError(f"line {n} is not '<sha256>  <path>'")
+            out[name] = digest
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unsigned(path, str(exc)) from None
+    return out
+
+
+def write_masters(cache_dir: Path, entries: Mapping[str, str], key: Ed25519PrivateKey
+                  ) -> None:
+    text = masters_text(entries)
+    sig = sshsig.sign(key, MASTERS_NAMESPACE, text).encode()
+    atomic_write(cache_dir / MASTERS, text, 0o644)
+    atomic_write(cache_dir / MASTERS_SIGNATURE, sig, 0o644)
+
+
+def master_name(cfg: Config, file: Path) -> str:
+    """A master's name on the list: its path from the repository, as sha256sum -c run
+    there reads it."""
+    return Path(os.path.relpath(os.path.abspath(file), os.path.abspath(cfg.root))).as_posix()
