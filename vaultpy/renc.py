@@ -534,7 +534,7 @@ def _renc(cfg: Config, hosts: Sequence[str], workers: int, identity_files: Seque
             del first
             result, index, p = s.result, s.index, s.plan
             if cfg.signing is not None:
-                _gate(cfg, s, hosts)
+                _gate(cfg, s)
                 with clock.phase("unlock"):
                     _unlock_signing(cfg, s, identity_files, ask)
             if early is not None:
@@ -591,7 +591,7 @@ def _will_sign(s: _Survey) -> bool:
                for host in (index.signed_dirs or {}))
 
 
-def _gate(cfg: Config, s: _Survey, hosts: Sequence[str]) -> None:
+def _gate(cfg: Config, s: _Survey) -> None:
     """With a signing key: refuse, before anything is unlocked or written, to encrypt a
     master whose value nothing vouches for (vaultpy/signing.py: on the signed list of
     masters, written by vaultpy on this machine, or accepted with --accept).  Anyone
@@ -606,7 +606,10 @@ def _gate(cfg: Config, s: _Survey, hosts: Sequence[str]) -> None:
         found = None
     s.masters_found = found
     names = {sid: signing.master_name(cfg, cfg.secrets[sid].file) for sid in p.masters}
-    nxt = dict(found or {}) if hosts else {}    # (--host: the other masters' stay)
+    # The values of the masters this run plans; every other declared master's stays as
+    # signed (one no host needs yet, another host's with --host), a removed one's goes.
+    declared = {signing.master_name(cfg, secret.file) for secret in cfg.secrets.values()}
+    nxt = {name: sha for name, sha in (found or {}).items() if name in declared}
     nxt.update((names[sid], m.sha256) for sid, m in p.masters.items())
     s.masters_next = nxt
     todo = sorted({item.id for item in s.todo})
@@ -806,7 +809,7 @@ def _first_run(cfg: Config, hosts: Sequence[str], identity_files: Sequence[Path]
     if not s.todo:
         return s, None
     if cfg.signing is not None:
-        _gate(cfg, s, hosts)
+        _gate(cfg, s)
     with clock.phase("unlock"):
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
         _unlock_signing(cfg, s, identity_files, ask)
