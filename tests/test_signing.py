@@ -474,12 +474,16 @@ def test_a_teammates_value_needs_accepting_on_another_machine(make_repo: object,
     repo.ok("check")
 
 
-def test_coreutils_and_openssh_verify_the_list_of_masters(make_repo: object,
+def test_openssh_verifies_the_list_of_masters(make_repo: object,
                                                           tmp_path: Path) -> None:
+    import hashlib
+
     repo = signed_repo(make_repo)
     repo.ok("renc")
-    subprocess.run(["sha256sum", "--strict", "-c", "secrets/cache/MASTERS"], cwd=repo.root,
-                   check=True, capture_output=True)
+    listed = dict(reversed(line.split("  ")) for line in
+                  (repo.cache / "MASTERS").read_text().splitlines())
+    assert listed == {sid: hashlib.sha256((repo.root / "secrets" / f"{sid}.age").read_bytes())
+                      .hexdigest() for sid in [*SECRETS, "cache_signing"]}
     signers = tmp_path / "signers"
     signers.write_text("vaultpy " + repo.ok("signing-key", "--public").stdout.decode())
     subprocess.run([need("ssh-keygen"), "-Y", "verify", "-f", str(signers), "-I", "vaultpy",
@@ -490,3 +494,71 @@ def test_coreutils_and_openssh_verify_the_list_of_masters(make_repo: object,
     check_fails(repo, "MASTERS.sig", "the signed list of masters: missing")
     repo.ok("renc")
     repo.ok("check")
+
+
+def test_a_value_vaultpy_wrote_for_one_secret_is_not_vouched_for_another(
+        make_repo: object) -> None:
+    """Found in review: the ledger held bare hashes, so the signing key's own master (or
+    any master vaultpy wrote here) copied over another secret's was signed for that
+    secret's hosts unasked.  A value is vouched for as the secret and path it was
+    written for, and only the last one written there."""
+    import shutil as sh
+
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    sh.copy(repo.root / "secrets" / "cache_signing.age", repo.root / "secrets" / "alpha.age")
+    line = assert_one_clean_error(repo.run("renc"), "secrets/alpha.age", "--accept alpha")
+    assert "not by vaultpy on this machine" in line
+    # An older value vaultpy wrote there (a rollback of the master alone): refused too.
+    repo.ok("encrypt", "beta", input=b"beta--value-4")
+    old = (repo.root / "secrets" / "beta.age").read_bytes()
+    repo.ok("encrypt", "beta", input=b"beta--value-5")
+    (repo.root / "secrets" / "beta.age").write_bytes(old)
+    proc = repo.run("renc", "--accept", "alpha")
+    assert proc.returncode == 1 and b"--accept beta" in proc.stderr
+
+
+def test_rekey_does_not_launder_a_forged_master(make_repo: object) -> None:
+    """Found in review: rekey re-encrypted a forged master and recorded the result as a
+    value vaultpy wrote here, so renc signed it.  What rekey re-encrypts is recorded
+    only if it was vouched for."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    (repo.root / "secrets" / "alpha.age").write_bytes(subprocess.run(
+        [need("age"), "-r", repo.recipient], input=b"evil-value-XX", capture_output=True,
+        check=True).stdout)
+    repo.ok("rekey")
+    line = assert_one_clean_error(repo.run("renc"), "secrets/alpha.age", "--accept alpha")
+    assert "not by vaultpy on this machine" in line
+    assert b"--accept beta" not in repo.run("renc").stderr      # beta: vouched, rekeyed
+
+
+def test_a_path_given_to_another_secret_carries_no_signed_value(make_repo: object) -> None:
+    """Found in review: the list of masters was keyed by path, so swapping two secrets'
+    files in hosts.toml signed one's value for the other's hosts unasked."""
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    path = repo.root / "hosts.toml"
+    path.write_text(path.read_text().replace(
+        "[secrets.alpha]", '[secrets.alpha]\nfile = "secrets/beta.age"').replace(
+        "[secrets.beta]", '[secrets.beta]\nfile = "secrets/alpha.age"'))
+    proc = repo.run("renc", env={"XDG_STATE_HOME": str(repo.root / "other-machine")})
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "--accept alpha" in err and "--accept beta" in err, err
+
+
+def test_a_journal_git_cannot_vouch_for_is_refused(make_repo: object) -> None:
+    """Found in review: in a repository git refuses to read (another user's: "dubious
+    ownership"), the check of a committed journal passed.  It fails closed."""
+    import json
+    import os
+
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    subprocess.run(["git", "init", "-q"], cwd=repo.root, check=True)
+    (repo.root / ".vaultpy-writes").write_text(json.dumps(
+        {"format": 1, "root": "/x", "renames": []}))
+    for p in [repo.root, *repo.root.rglob("*")]:
+        os.lchown(p, 4321, 4321)
+    line = check_fails(repo, ".vaultpy-writes", "git cannot tell whether it tracks")
+    assert "dubious" in line

@@ -161,8 +161,7 @@ def _masters_signed(cfg: Config, p: cache.Plan, entries: Sequence[Entry]) -> lis
     not_ok = {e.id for e in entries if e.state != "ok"}
     out = []
     for sid, m in sorted(p.masters.items()):
-        name = signing.master_name(cfg, cfg.secrets[sid].file)
-        if sid not in not_ok and listed.get(name) != m.sha256:
+        if sid not in not_ok and listed.get(sid) != m.sha256:
             out.append(Problem(display_path(cfg.secrets[sid].file), "its value is not the "
                                "one the signed list of masters gives (secrets/cache/MASTERS)",
                                key_path("secrets", sid), "run vaultpy renc with the master "

@@ -60,8 +60,8 @@ def value_warnings(cfg: Config, secret_id: str, plaintext: bytes) -> list[str]:
 
 
 def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = False, *,
-                 lock: bool = True, based_on: object = ANY, keep_unsaved: bool = False
-                 ) -> Path:
+                 lock: bool = True, based_on: object = ANY, keep_unsaved: bool = False,
+                 record: bool = True) -> Path:
     """Encrypt ``plaintext`` to the master recipients and replace the master file
     (``lock=False``: the caller already holds the repository lock).
 
@@ -73,6 +73,9 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
     ``keep_unsaved``: the plaintext exists nowhere else (``edit``): if the master
     cannot be written (a full disk, an I/O error), the new ciphertext is kept anyway
     (see :func:`_keep_unsaved`) and the error says where.
+
+    ``record``: note the new value as one vaultpy wrote here (vaultpy/signing.py), which
+    renc signs without asking; rekey does only for a value it could vouch for before.
     """
     secret = cfg.secret(secret_id)
     ciphertext = age.encrypt(plaintext, cfg.recipients, armor=armor)
@@ -101,7 +104,8 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
             if based_on is not ANY and _current(secret.file) != based_on:
                 _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
-            signing.record_written(ciphertext)      # (renc: a value vaultpy wrote here)
+            if record:                  # (renc: a value vaultpy wrote here)
+                signing.record_written(secret.file, ciphertext, [secret_id])
     except OSError as exc:
         problem = os_problem(secret.file, exc, "write master file")
         kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
@@ -253,8 +257,12 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
                 fsutil.fsync_path(d, directory=True)
             with contextlib.suppress(OSError):      # left behind, it lists nothing to do
                 writes.end(cfg)
-            for payload in written:
-                signing.record_written(payload)
+            ids_at: dict[str, list[str]] = {}
+            for sid, secret in cfg.secrets.items():
+                ids_at.setdefault(os.path.realpath(secret.file), []).append(sid)
+            for (_tmp, path), payload in zip(temps, written, strict=True):
+                signing.record_written(path, payload,
+                                       ids_at.get(os.path.realpath(path), []))
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "write")) from None
 
@@ -352,11 +360,15 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     # One hold of the lock from here to the last write: a master another writer
     # (encrypt, edit) replaced meanwhile is decrypted again, never overwritten
     # with the plaintext read before.
+    seen_now: dict[str, bytes] = {}
     with writes.held(cfg, "lock the repository"):
         for sid in chosen:
-            data = read_master(cfg, sid)
+            data = seen_now[sid] = read_master(cfg, sid)
             if data != seen[sid]:
                 plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
                               ageformat.is_armored(data))
-        return [write_master(cfg, sid, text, armor, lock=False)
+        # A value re-encrypted is recorded as vaultpy's only if it was vouched for: a
+        # forged master must not come out of a rekey as one renc signs unasked.
+        return [write_master(cfg, sid, text, armor, lock=False,
+                             record=signing.vouched(cfg, sid, seen_now[sid]))
                 for sid, (text, armor) in plain.items()]

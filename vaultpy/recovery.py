@@ -538,7 +538,8 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                     text, armor = decrypt(current, now), ageformat.is_armored(now)
                 new = age.encrypt(text, recipients, armor=armor)
                 fsutil.atomic_write(current, new)
-                signing.record_written(new)     # (renc: a value vaultpy wrote here)
+                if signing.vouched(cfg, sid, now):      # (renc: a value vaultpy wrote
+                    signing.record_written(current, new, [sid])     # here, as rekey)
                 journal.append({"done": sid})
                 journal.done.add(sid)
     except OSError as exc:

@@ -605,29 +605,27 @@ def _gate(cfg: Config, s: _Survey) -> None:
     except signing.Unsigned:
         found = None
     s.masters_found = found
-    names = {sid: signing.master_name(cfg, cfg.secrets[sid].file) for sid in p.masters}
     # The values of the masters this run plans; every other declared master's stays as
     # signed (one no host needs yet, another host's with --host), a removed one's goes.
-    declared = {signing.master_name(cfg, secret.file) for secret in cfg.secrets.values()}
-    nxt = {name: sha for name, sha in (found or {}).items() if name in declared}
-    nxt.update((names[sid], m.sha256) for sid, m in p.masters.items())
+    nxt = {sid: sha for sid, sha in (found or {}).items() if sid in cfg.secrets}
+    nxt.update((sid, m.sha256) for sid, m in p.masters.items())
     s.masters_next = nxt
     todo = sorted({item.id for item in s.todo})
     accept = set(_ACCEPT)
     if not todo or True in accept:
         return
-    here: set[str] | None = None
+    here: dict[tuple[str, str], str] | None = None
     needed: dict[str, list[str]] = {}
     for item in s.todo:
         needed.setdefault(item.id, []).append(item.host)
     bad = []
     for sid in todo:
         sha = p.masters[sid].sha256
-        if (found or {}).get(names[sid]) == sha or sid in accept:
+        if (found or {}).get(sid) == sha or sid in accept:
             continue
         if here is None:
             here = signing.written_here()
-        if sha in here:
+        if here.get((sid, os.path.realpath(cfg.secrets[sid].file))) == sha:
             continue
         shown = display_path(cfg.secrets[sid].file)
         bad.append(Problem(shown, "changed since the last signed renc, and not by vaultpy "
@@ -648,11 +646,10 @@ def _sign_masters(cfg: Config, s: _Survey) -> None:
     failed = {sid for _host, sid in s.result.failed_items}
     nxt = dict(s.masters_next)
     for sid in failed & set(s.plan.masters):
-        name = signing.master_name(cfg, cfg.secrets[sid].file)
-        if s.masters_found is not None and name in s.masters_found:
-            nxt[name] = s.masters_found[name]
+        if s.masters_found is not None and sid in s.masters_found:
+            nxt[sid] = s.masters_found[sid]
         else:
-            nxt.pop(name, None)
+            nxt.pop(sid, None)
     if nxt == s.masters_found:
         return
     try:
@@ -775,7 +772,7 @@ class _Survey:
     # With a signing key and a list to sign: the key, decrypted before anything is
     # written (:func:`_unlock_signing`).
     key: Ed25519PrivateKey | None = None
-    # With a signing key: the signed list of masters as found (path -> SHA-256; None
+    # With a signing key: the signed list of masters as found (id -> SHA-256; None
     # when it is missing or not signed) and as this run leaves it (:func:`_gate`).
     masters_found: dict[str, str] | None = None
     masters_next: dict[str, str] | None = None

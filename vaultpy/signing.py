@@ -28,7 +28,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from vaultpy._internal import sshsig
@@ -327,12 +327,10 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
         for sid, s in new_cfg.secrets.items():
             if sid != secret:
                 try:
-                    entries[master_name(new_cfg, s.file)] = hashlib.sha256(
-                        read_regular(s.file)[0]).hexdigest()
+                    entries[sid] = hashlib.sha256(read_regular(s.file)[0]).hexdigest()
                 except OSError:
                     continue        # (missing: check says so)
-    entries[master_name(new_cfg, new_cfg.secret(secret).file)] = hashlib.sha256(
-        ciphertext).hexdigest()
+    entries[secret] = hashlib.sha256(ciphertext).hexdigest()
     listed = masters_text(entries)
     masters.write_all(new_cfg, [(new_cfg.secret(secret).file, ciphertext, 0o644),
                                 (cfg.path.resolve(), new_text.encode(), mode),
@@ -350,11 +348,13 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
 # would then encrypt and sign that value for the hosts (found in review).  So renc
 # encrypts a master only if its value is one it can vouch for:
 #
-# - on the signed list of masters, secrets/cache/MASTERS (sha256sum's form, paths from
-#   the repository: `sha256sum -c secrets/cache/MASTERS` there), signed with the same
-#   key (namespace "vaultpy-masters") by the last renc that signed;
-# - or written by vaultpy on this machine: every master write records the new file's
-#   SHA-256 in a ledger outside the repository (no commit can bring one);
+# - on the signed list of masters, secrets/cache/MASTERS ("<sha256>  <secret id>" per
+#   master), signed with the same key (namespace "vaultpy-masters") by the last renc
+#   that signed;
+# - or the last value vaultpy wrote for that secret at that path on this machine: every
+#   master write records it in a ledger outside the repository (no commit can bring
+#   one), and rekey or a key rotation records a value it re-encrypts only if it was
+#   vouched for itself;
 # - or accepted by name (renc --accept ID) once its value has been looked at.
 
 MASTERS = "MASTERS"
@@ -369,23 +369,30 @@ def ledger_path() -> Path:
     return Path(state, "vaultpy", "written")
 
 
-def record_written(data: bytes) -> None:
-    """Note that vaultpy on this machine wrote a file of these bytes (a master's new
-    ciphertext).  Best effort: a ledger that cannot be written only means renc asks
-    for --accept."""
-    line = (hashlib.sha256(data).hexdigest() + "\n").encode()
-    path = ledger_path()
+def record_written(path: Path, data: bytes, ids: Iterable[str]) -> None:
+    """Note that vaultpy on this machine wrote ``data`` as the master of secrets ``ids``
+    at ``path``: a line "<sha256> <id> <real path>" each, the newest for an (id, path)
+    being what renc vouches for (found in review: bare hashes let a value vaultpy wrote
+    for one secret, copied over another's master, pass; and every older value of a
+    master stay vouched for).  Best effort: a ledger that cannot be written only means
+    renc asks for --accept."""
+    digest = hashlib.sha256(data).hexdigest()
+    where = os.path.realpath(path)
+    lines = "".join(f"{digest} {sid} {where}\n" for sid in ids).encode()
+    if not lines:
+        return
+    ledger = ledger_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        ledger.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         try:
             if os.fstat(fd).st_size > _LEDGER_MAX:
                 kept = _read_ledger_bytes()[-_LEDGER_MAX // 2:]
                 kept = kept[kept.find(b"\n") + 1:]
-                atomic_write(path, kept + line, 0o600)
+                atomic_write(ledger, kept + lines, 0o600)
                 return
-            os.write(fd, line)
+            os.write(fd, lines)
         finally:
             os.close(fd)
     except OSError:
@@ -399,19 +406,42 @@ def _read_ledger_bytes() -> bytes:
         return b""
 
 
-def written_here() -> set[str]:
-    """The SHA-256 of every file vaultpy recorded writing on this machine."""
-    return {line for line in _read_ledger_bytes().decode("ascii", "replace").split("\n")
-            if len(line) == 64}
+def written_here() -> dict[tuple[str, str], str]:
+    """(secret id, real path) -> the SHA-256 of the last master vaultpy wrote there on
+    this machine."""
+    out: dict[tuple[str, str], str] = {}
+    for line in _read_ledger_bytes().decode("utf-8", "replace").split("\n"):
+        digest, _, rest = line.partition(" ")
+        sid, _, where = rest.partition(" ")
+        if len(digest) == 64 and sid and where:
+            out[(sid, where)] = digest
+    return out
+
+
+def vouched(cfg: Config, sid: str, data: bytes) -> bool:
+    """Whether renc may sign ``data`` as secret ``sid``'s master: no signing key, or
+    its value is on the signed list of masters, or the last one vaultpy wrote there on
+    this machine.  (rekey and a master key rotation record what they re-encrypt only
+    if it was: else they would launder a forged master, found in review.)"""
+    if cfg.signing is None:
+        return True
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if read_masters(cfg.cache_dir, cfg.signing.key).get(sid) == digest:
+            return True
+    except Unsigned:
+        pass
+    return written_here().get((sid, os.path.realpath(cfg.secret(sid).file))) == digest
 
 
 def masters_text(entries: Mapping[str, str]) -> bytes:
-    """MASTERS: "<sha256>  <path from the repository>" per master, sorted by path."""
-    return "".join(f"{entries[p]}  {p}\n" for p in sorted(entries)).encode()
+    """MASTERS: "<sha256>  <secret id>" per master, sorted by id (by id, not by path: a
+    path given to another secret in hosts.toml carries no signed value with it)."""
+    return "".join(f"{entries[sid]}  {sid}\n" for sid in sorted(entries)).encode()
 
 
 def read_masters(cache_dir: Path, key: str) -> dict[str, str]:
-    """Path -> SHA-256 of the signed list of masters; :class:`Unsigned` if it is
+    """Secret id -> SHA-256 of the signed list of masters; :class:`Unsigned` if it is
     missing, damaged or not signed by ``key``."""
     path, sig_path = cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE
     data, sig = _read(path, MAX_SUMS), _read(sig_path, MAX_SIGNATURE)
@@ -424,7 +454,7 @@ def read_masters(cache_dir: Path, key: str) -> dict[str, str]:
         for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
             digest, sep, name = line.partition("  ")
             if not sep or len(digest) != 64 or digest.strip("0123456789abcdef") or not name:
-                raise ValueError(f"line {n} is not '<sha256>  <path>'")
+                raise ValueError(f"line {n} is not '<sha256>  <secret id>'")
             out[name] = digest
     except (ValueError, UnicodeDecodeError) as exc:
         raise Unsigned(path, str(exc)) from None
@@ -437,9 +467,3 @@ def write_masters(cache_dir: Path, entries: Mapping[str, str], key: Ed25519Priva
     sig = sshsig.sign(key, MASTERS_NAMESPACE, text).encode()
     atomic_write(cache_dir / MASTERS, text, 0o644)
     atomic_write(cache_dir / MASTERS_SIGNATURE, sig, 0o644)
-
-
-def master_name(cfg: Config, file: Path) -> str:
-    """A master's name on the list: its path from the repository, as sha256sum -c run
-    there reads it."""
-    return Path(os.path.relpath(os.path.abspath(file), os.path.abspath(cfg.root))).as_posix()

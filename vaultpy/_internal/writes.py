@@ -175,8 +175,9 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
     renames = parse(raw, cfg.root)
     if renames is None or _strays(cfg, renames):
         raise VaultpyError(_damaged(journal))
-    if _tracked(journal):
-        raise VaultpyError(_committed(journal))
+    why = _tracked(journal)
+    if why is not None:
+        raise VaultpyError(_committed(journal, why))
 
     def waiting(tmp: Path) -> bool:     # else renamed before the interruption
         return os.path.isfile(tmp) and not os.path.islink(tmp)
@@ -227,27 +228,37 @@ def _finish(cfg: Config, journal: Path) -> list[Path]:
     return done
 
 
-def _committed(journal: Path) -> Problem:
-    return Problem(display_path(journal), "a write journal git tracks: it came with a "
-                   "commit, not from a vaultpy command killed here, and finishing it would "
-                   "replace hosts.toml or master files where no review sees it", "",
-                   "git rm --cached it, delete it and the temp files it lists, and look at "
-                   "the commit that added it")
+def _committed(journal: Path, why: str) -> Problem:
+    return Problem(display_path(journal), f"a write journal {why}: one in a commit (it is "
+                   "git-ignored local state) would replace hosts.toml or master files where "
+                   "no review sees it", "", "if it is not from a vaultpy command killed "
+                   "here, git rm --cached it, delete it and the temp files it lists, and look "
+                   "at the commit that added it; else move its temp files into place by hand")
 
 
-def _tracked(path: Path) -> bool:
-    """Whether git tracks ``path`` (False where there is no git, or no work tree): a
-    journal is local state, git-ignored, and one in a commit was put there (found in
-    review: a force-added journal swapped hosts.toml's signing key during a renc)."""
+def _tracked(path: Path) -> str | None:
+    """Why the journal at ``path`` may have come with a commit: git tracks it, or git
+    cannot say (found in review: a repository git refuses to read, say another user's,
+    or a GIT_DIR from the environment, had the check pass); None when git says it does
+    not track it, or there is no git work tree or no git."""
     import subprocess
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         proc = subprocess.run(["git", "-C", str(path.parent), "ls-files", "--error-unmatch",
                                "--", path.name], capture_output=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
+                              stdin=subprocess.DEVNULL, env=env)
+    except FileNotFoundError:
+        return None                     # no git: no commit brought it
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"git could not be asked about ({exc})"
+    if proc.returncode == 0:
+        return "git tracks"
+    said = proc.stderr.decode(errors="replace").strip().splitlines()
+    if proc.returncode == 1 or (said and "not a git repository" in said[-1]):
+        return None
+    fatal = [line for line in said if line.startswith("fatal:")] or said
+    return f"git cannot tell whether it tracks ({fatal[0] if fatal else proc.returncode})"
 
 
 def parse(raw: bytes, root: Path) -> list[tuple[Path, Path, bool]] | None:
@@ -358,8 +369,9 @@ def problems(cfg: Config) -> list[Problem]:
             if renames is None or _strays(cfg, renames):
                 out.append(_damaged(journal))   # renc would refuse it, not finish it
                 continue
-        if _tracked(journal):
-            out.append(_committed(journal))
+        why = _tracked(journal)
+        if why is not None:
+            out.append(_committed(journal, why))
             continue
         out.append(Problem(display_path(journal), "a write of several files was "
                            "interrupted before all of them were replaced", "",
