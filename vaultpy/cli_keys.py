@@ -307,7 +307,7 @@ def signing_key_cmd(
     given to no host), the public key \\[vaultpy] signing_key in hosts.toml.  Then run
     vaultpy renc: it re-encrypts every host's cache once (a file nobody signed is not
     trusted) and writes SHA256SUMS and SHA256SUMS.sig beside each host's files."""
-    from vaultpy import signing
+    from vaultpy import signing, signing_key
     from vaultpy.errors import Problem, display_path
 
     cfg = _config_for(repo, False)
@@ -324,7 +324,7 @@ def signing_key_cmd(
                                  "leave --secret out, or change signing_secret by hand")])
         _exit(2)
     try:
-        key = signing.set_up(cfg, secret or signing.DEFAULT_SECRET, replace=new)
+        key = signing_key.set_up(cfg, secret or signing.DEFAULT_SECRET, replace=new)
     except VaultpyError as exc:
         _print_problems(exc.problems)
         _exit(1)

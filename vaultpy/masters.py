@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaultpy import age, identities, signing
-from vaultpy._internal import ageformat, fsutil, sigint, writes
+from vaultpy._internal import ageformat, fsutil, ledger, sigint, writes
 from vaultpy.cache import missing_master
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
@@ -105,7 +105,7 @@ def write_master(cfg: Config, secret_id: str, plaintext: bytes, armor: bool = Fa
                 _keep_conflict(cfg, secret_id, ciphertext)
             fsutil.atomic_write(secret.file, ciphertext)
             if record:                  # (renc: a value vaultpy wrote here)
-                signing.record_written(secret.file, ciphertext, [secret_id])
+                ledger.record_written(secret.file, ciphertext, [secret_id])
     except OSError as exc:
         problem = os_problem(secret.file, exc, "write master file")
         kept = _keep_unsaved(secret.file, ciphertext) if keep_unsaved else None
@@ -261,7 +261,7 @@ def write_all(cfg: Config, files: Sequence[tuple[Path, bytes | Callable[[], byte
             for sid, secret in cfg.secrets.items():
                 ids_at.setdefault(os.path.realpath(secret.file), []).append(sid)
             for (_tmp, path), payload in zip(temps, written, strict=True):
-                signing.record_written(path, payload,
+                ledger.record_written(path, payload,
                                        ids_at.get(os.path.realpath(path), []))
     except OSError as exc:
         raise VaultpyError(os_problem(current, exc, "write")) from None

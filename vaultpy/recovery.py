@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultpy import age, identities, signing
-from vaultpy._internal import ageformat, fsutil, writes
+from vaultpy._internal import ageformat, fsutil, ledger, writes
 from vaultpy.errors import Problem, VaultpyError, display_path, fail, key_path, os_problem
 from vaultpy.model import Config
 
@@ -539,7 +539,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                 new = age.encrypt(text, recipients, armor=armor)
                 fsutil.atomic_write(current, new)
                 if signing.vouched(cfg, sid, now):      # (renc: a value vaultpy wrote
-                    signing.record_written(current, new, [sid])     # here, as rekey)
+                    ledger.record_written(current, new, [sid])     # here, as rekey)
                 journal.append({"done": sid})
                 journal.done.add(sid)
     except OSError as exc:

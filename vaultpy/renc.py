@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from vaultpy import age, cache, identities, signing
-from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, timings, writes
+from vaultpy._internal import forkpool, forksafe, fsutil, ledger, memo, sigint, timings, writes
 from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
@@ -624,7 +624,7 @@ def _gate(cfg: Config, s: _Survey) -> None:
         if (found or {}).get(sid) == sha or sid in accept:
             continue
         if here is None:
-            here = signing.written_here()
+            here = ledger.written_here()
         if here.get((sid, os.path.realpath(cfg.secrets[sid].file))) == sha:
             continue
         shown = display_path(cfg.secrets[sid].file)

@@ -19,6 +19,11 @@ hand, with OpenSSH and coreutils only::
     echo "vaultpy $(vaultpy signing-key --public)" > signers
     ssh-keygen -Y verify -f signers -I vaultpy -n vaultpy-cache:web1 \\
         -s SHA256SUMS.sig < SHA256SUMS && sha256sum -c SHA256SUMS
+
+Masters are encrypted to public keys too: renc signs a master's value only if this
+module's list of masters (``secrets/cache/MASTERS``, below) or the ledger of values
+vaultpy wrote here (vaultpy/_internal/ledger.py) vouches for it.  The key itself is
+made by vaultpy/signing_key.py.
 """
 
 from __future__ import annotations
@@ -26,9 +31,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from vaultpy._internal import sshsig
@@ -162,22 +166,6 @@ def sha256_file(path: Path | str) -> str | None:
         return None
 
 
-def generate(comment: str = "vaultpy cache signing") -> tuple[bytes, str]:
-    """A new key: (its OpenSSH private key file, its ``ssh-ed25519 …`` public line)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
-    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    return private, f"{public} {comment}"
-
-
 def private_key(cfg: Config, identities: Sequence[age.Identity]) -> Ed25519PrivateKey:
     """The signing key, decrypted from its secret's master file with ``identities``;
     one problem if it is not the private half of ``[vaultpy] signing_key``."""
@@ -214,133 +202,6 @@ def private_key(cfg: Config, identities: Sequence[age.Identity]) -> Ed25519Priva
     return key
 
 
-_VAULTPY_HEADER = re.compile(r"^[ \t]*\[[ \t]*vaultpy[ \t]*\][ \t]*(#.*)?(\r?\n|$)", re.M)
-_KEY_LINE = re.compile(r'^([ \t]*signing_key[ \t]*=[ \t]*)"[^"\n]*"', re.M)
-
-
-def _edited(text: str, public: str, secret: str, *, replace: bool, declare: bool) -> str:
-    """hosts.toml's text with the signing key set (ValueError when it cannot be done
-    by a plain insertion: the result is parsed and compared by the caller too)."""
-    if replace:
-        found = list(_KEY_LINE.finditer(text))
-        if len(found) != 1:
-            raise ValueError("its signing_key is not one plain 'signing_key = \"…\"' line")
-        m = found[0]
-        return text[:m.start()] + f'{m.group(1)}"{public}"' + text[m.end():]
-    found = list(_VAULTPY_HEADER.finditer(text))
-    if len(found) != 1:
-        raise ValueError("it has no [vaultpy] table header line to add the key under")
-    end = found[0].end()
-    nl = "\r\n" if "\r\n" in text else "\n"
-    if not text[:end].endswith("\n"):
-        text, end = text[:end] + nl + text[end:], end + len(nl)
-    added = (f'signing_key = "{public}"{nl}signing_secret = "{secret}"   # vaultpy '
-             f"signing-key: renc signs each host's cache, check and hosts verify it{nl}")
-    text = text[:end] + added + text[end:]
-    if declare:
-        if text and not text.endswith("\n"):
-            text += nl
-        text += (f"{nl}[secrets.{secret}]   # the cache signing key "
-                 f"([vaultpy] signing_secret): no host may list it{nl}")
-    return text
-
-
-def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) -> str:
-    """Make a signing key: its private half as the master file of ``secret`` (declared
-    in hosts.toml if it is not), its public half as ``[vaultpy] signing_key``, both
-    written in one step under the repository lock.  ``replace``: a new key in place of
-    the one set.  Returns the public key line."""
-    from vaultpy import age, masters, model
-    from vaultpy.errors import Problem, VaultpyError, display_path, os_problem
-
-    shown = display_path(cfg.path)
-    if cfg.signing is not None and not replace:
-        raise VaultpyError(Problem(shown, "a signing key is set already",
-                                   "vaultpy.signing_key", "vaultpy signing-key --public "
-                                   "prints it; --new makes another (renc then "
-                                   "re-encrypts and signs every host's cache)"))
-    if cfg.signing is None and replace:
-        raise VaultpyError(Problem(shown, "no signing key is set to replace",
-                                   "vaultpy.signing_key", "run vaultpy signing-key "
-                                   "without --new"))
-    if cfg.signing is not None:
-        secret = cfg.signing.secret
-    elif not model.ID_RE.fullmatch(secret) or len(secret) > model.ID_MAX:
-        raise VaultpyError(Problem("--secret", f"invalid secret id {secret!r}", "",
-                                   "ids are letters, digits, _ . - (starting with a letter "
-                                   f"or digit, at most {model.ID_MAX})"))
-    elif given := sorted(h.name for h in cfg.hosts.values() if secret in h.needed):
-        raise VaultpyError(Problem("--secret", f"secret {secret!r} goes to {given[0]}: the "
-                                   "signing key must go to no host", "",
-                                   "choose another id: vaultpy signing-key --secret ID"))
-    elif secret in cfg.secrets and os.path.lexists(cfg.secrets[secret].file):
-        raise VaultpyError(Problem(display_path(cfg.secrets[secret].file), f"secret "
-                                   f"{secret!r} exists already: its value would be replaced "
-                                   "by the signing key", "", "choose another id: vaultpy "
-                                   "signing-key --secret ID"))
-    try:
-        raw = cfg.path.read_bytes()
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        if isinstance(exc, OSError):
-            raise VaultpyError(os_problem(cfg.path, exc, "read")) from None
-        raise VaultpyError(Problem(shown, "not UTF-8 text", "", "save it as UTF-8")) from None
-    private, public = generate()
-    try:
-        new_text = _edited(text, public, secret, replace=replace,
-                           declare=secret not in cfg.secrets)
-    except ValueError as exc:
-        raise VaultpyError(Problem(shown, f"cannot edit this hosts.toml automatically: "
-                                   f"{exc}", "vaultpy", f'add signing_key = "{public}" and '
-                                   f'signing_secret = "{secret}" under [vaultpy], declare '
-                                   f"[secrets.{secret}], then run vaultpy signing-key "
-                                   "--new")) from None
-    try:
-        new_cfg = model.reparse(new_text, cfg.path)
-    except VaultpyError as exc:     # what the edit made of it, not what the file holds
-        raise VaultpyError(Problem(shown, "cannot edit this hosts.toml automatically: "
-                                   f"the edited text would not load ({exc.problems[0].message})",
-                                   "vaultpy", f'add signing_key = "{public}" and '
-                                   f'signing_secret = "{secret}" under [vaultpy] and declare '
-                                   f"[secrets.{secret}] by hand")) from None
-    if new_cfg.signing is None or new_cfg.signing.key.split()[:2] != public.split()[:2]:
-        raise VaultpyError(Problem(shown, "cannot edit this hosts.toml automatically: the "
-                                   "edit did not read back as the key set", "vaultpy",
-                                   f'add signing_key = "{public}" under [vaultpy] by hand'))
-    ciphertext = age.encrypt(private, new_cfg.recipients)
-    mode = os.stat(cfg.path).st_mode & 0o7777
-    # The signed list of masters: on a first key, every master as it is now (the values
-    # you turn signing on with: run it on a checkout you trust); on a new one, the list
-    # the old key signed, as far as it verifies.
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
-    key = load_ssh_private_key(private, None)
-    assert isinstance(key, Ed25519PrivateKey)
-    entries: dict[str, str] = {}
-    if cfg.signing is not None:
-        try:
-            entries = read_masters(cfg.cache_dir, cfg.signing.key)
-        except Unsigned:
-            entries = {}
-    else:
-        for sid, s in new_cfg.secrets.items():
-            if sid != secret:
-                try:
-                    entries[sid] = hashlib.sha256(read_regular(s.file)[0]).hexdigest()
-                except OSError:
-                    continue        # (missing: check says so)
-    entries[secret] = hashlib.sha256(ciphertext).hexdigest()
-    listed = masters_text(entries)
-    masters.write_all(new_cfg, [(new_cfg.secret(secret).file, ciphertext, 0o644),
-                                (cfg.path.resolve(), new_text.encode(), mode),
-                                (new_cfg.cache_dir / MASTERS, listed, 0o644),
-                                (new_cfg.cache_dir / MASTERS_SIGNATURE,
-                                 sshsig.sign(key, MASTERS_NAMESPACE, listed).encode(), 0o644)],
-                      based_on={cfg.path.resolve(): raw})
-    return public
-
-
 # ------------------------------------------------------------------ the masters' values
 #
 # A master file is encrypted to the master recipients, which are public too: anyone who
@@ -360,62 +221,6 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
 MASTERS = "MASTERS"
 MASTERS_SIGNATURE = "MASTERS.sig"
 MASTERS_NAMESPACE = "vaultpy-masters"
-_LEDGER_MAX = 1 << 20           # bytes: 16,000 writes; then the newer half is kept
-
-
-def ledger_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                             ".local", "state")
-    return Path(state, "vaultpy", "written")
-
-
-def record_written(path: Path, data: bytes, ids: Iterable[str]) -> None:
-    """Note that vaultpy on this machine wrote ``data`` as the master of secrets ``ids``
-    at ``path``: a line "<sha256> <id> <real path>" each, the newest for an (id, path)
-    being what renc vouches for (found in review: bare hashes let a value vaultpy wrote
-    for one secret, copied over another's master, pass; and every older value of a
-    master stay vouched for).  Best effort: a ledger that cannot be written only means
-    renc asks for --accept."""
-    digest = hashlib.sha256(data).hexdigest()
-    where = os.path.realpath(path)
-    lines = "".join(f"{digest} {sid} {where}\n" for sid in ids).encode()
-    if not lines:
-        return
-    ledger = ledger_path()
-    try:
-        ledger.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(fd).st_size > _LEDGER_MAX:
-                kept = _read_ledger_bytes()[-_LEDGER_MAX // 2:]
-                kept = kept[kept.find(b"\n") + 1:]
-                atomic_write(ledger, kept + lines, 0o600)
-                return
-            os.write(fd, lines)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _read_ledger_bytes() -> bytes:
-    try:
-        return read_regular(ledger_path(), follow=False)[0]
-    except OSError:
-        return b""
-
-
-def written_here() -> dict[tuple[str, str], str]:
-    """(secret id, real path) -> the SHA-256 of the last master vaultpy wrote there on
-    this machine."""
-    out: dict[tuple[str, str], str] = {}
-    for line in _read_ledger_bytes().decode("utf-8", "replace").split("\n"):
-        digest, _, rest = line.partition(" ")
-        sid, _, where = rest.partition(" ")
-        if len(digest) == 64 and sid and where:
-            out[(sid, where)] = digest
-    return out
 
 
 def vouched(cfg: Config, sid: str, data: bytes) -> bool:
@@ -431,7 +236,9 @@ def vouched(cfg: Config, sid: str, data: bytes) -> bool:
             return True
     except Unsigned:
         pass
-    return written_here().get((sid, os.path.realpath(cfg.secret(sid).file))) == digest
+    from vaultpy._internal import ledger
+
+    return ledger.written_here().get((sid, os.path.realpath(cfg.secret(sid).file))) == digest
 
 
 def masters_text(entries: Mapping[str, str]) -> bytes:
