@@ -401,11 +401,21 @@ def test_an_older_list_and_its_file_under_todays_name_are_refused(make_repo: obj
 def test_a_huge_list_is_refused_before_it_is_read(make_repo: object) -> None:
     repo = signed_repo(make_repo)
     repo.ok("renc")
+    import os
+    import resource
+    import sys
+
     with open(repo.cache / "host0" / "SHA256SUMS", "r+b") as f:
         f.truncate(6 << 30)                     # sparse: 6 GB, no disk used
-    proc = repo.run("check", env={"VAULTPY_NO_MEMO": "1"})
-    out = proc.stdout.decode()
-    assert proc.returncode == 1 and "too big for a list of cache files" in out
+
+    def cap() -> None:                          # read whole, it would need 6 GB
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "vaultpy", "check"], cwd=repo.root,
+                          env={**os.environ, **repo.env, "VAULTPY_NO_MEMO": "1"},
+                          capture_output=True, preexec_fn=cap, timeout=120)
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 1 and "too big for a list of cache files" in out, out
 
 
 def test_a_write_journal_from_a_commit_is_never_finished(make_repo: object) -> None:
