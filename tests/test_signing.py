@@ -247,18 +247,51 @@ def test_a_bundle_carries_the_signed_list(make_repo: object, tmp_path: Path) -> 
     assert '"signed"' in (out / "profile.json").read_text()
 
 
-def test_a_changed_master_is_signed_by_the_next_renc(make_repo: object) -> None:
-    """A changed master after a clean run (where the incremental renc would write alone,
-    unsigned) goes through the full pipeline: its new file is listed and signed."""
+def test_a_changed_master_is_signed_by_the_incremental_renc(make_repo: object,
+                                                            tmp_path: Path) -> None:
+    """A changed master after a clean run: the incremental renc (no CLI, no model)
+    writes, lists and signs as the full pipeline does, with the same output and the
+    same lists; a value it cannot vouch for is handed to the full run, which asks."""
+    import json
+    import shutil as sh
+
+    from memo_helpers import from_memo, full, outputs, settled, trusted
+
     repo = signed_repo(make_repo)
     repo.ok("renc")
-    repo.ok("renc")                 # a clean run recorded: the memo holds
-    repo.ok("encrypt", "alpha", input=b"alpha-value-9")
+    settled(repo)
+    twin_root = tmp_path / "twin"
+    sh.copytree(repo.root, twin_root, symlinks=True)
+    twin = Repo(twin_root, repo.identity, repo.recipient, repo.hosts, dict(repo.env))
+    for sid, value in (("alpha", b"alpha-value-9"), ("beta", b"beta--value-9")):
+        repo.ok("encrypt", sid, input=value)
+        sh.copyfile(repo.root / "secrets" / f"{sid}.age",
+                    twin_root / "secrets" / f"{sid}.age")
+    assert from_memo(repo, "renc", "--json")
+    assert trusted(repo, "renc")                # the incremental run recorded its state
+    mine = json.loads(repo.run("check", "--json").stdout)
+    assert mine["ok"] is True
+    # (the twin's ledger knows other paths: its full run is told to accept the values)
+    theirs = outputs(twin.run("renc", "--json", "--accept-all", env={"VAULTPY_NO_MEMO": "1"}))
+    assert theirs[0] == 0 and json.loads(theirs[1])["signed"] == ["host0", "host1"]
+    def listed(root: Path, host: str) -> list[str]:      # (ciphertexts differ: names)
+        return [line.split("  ")[1] for line in
+                (root / "secrets" / "cache" / host / "SHA256SUMS").read_text().splitlines()]
+
+    for host in ("host0", "host1"):
+        assert listed(repo.root, host) == listed(twin_root, host)
+    assert (repo.cache / "MASTERS").read_bytes() == (
+        twin_root / "secrets" / "cache" / "MASTERS").read_bytes()
+    assert full(repo, "renc")[1].startswith("nothing to do")
+    # Text output: the table, then the signed line, as the full run prints them.
+    repo.ok("encrypt", "alpha", input=b"alpha-value-8")
     proc = repo.ok("renc")
-    assert b"signed the list of host0, host1" in proc.stdout
-    repo.ok("check")
-    name = file_of(repo, "host0", "alpha").name
-    assert f"  {name}\n" in (repo.cache / "host0" / "SHA256SUMS").read_text()
+    assert proc.stdout.decode().splitlines()[-1] == "signed the list of host0, host1"
+    # A value from elsewhere: handed over, and the full run asks.
+    settled(repo)
+    repo.ok("encrypt", "alpha", input=b"alpha-value-7",
+            env={"XDG_STATE_HOME": str(tmp_path / "elsewhere")})
+    assert_one_clean_error(repo.run("renc"), "--accept alpha")
 
 
 def test_signing_key_never_takes_an_existing_secret(make_repo: object) -> None:

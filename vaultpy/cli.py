@@ -533,17 +533,13 @@ def _progress() -> Any:
     return cm()
 
 
-def _few(names: list[str]) -> str:
-    return ", ".join(names) if len(names) <= 4 else f"{len(names)} hosts"
-
-
 def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None:
-    from vaultpy._internal.memo import renc_noop_line, renc_table
+    from vaultpy._internal.memo import renc_noop_line, renc_table, signed_line
 
     if not (result.written or result.repaired or result.pruned or result.failed):
         _plain(renc_noop_line(len(result.unchanged), hosts, people))
         if result.signed:
-            _plain(f"signed the list of {_few(result.signed)}")
+            _plain(signed_line(result.signed))
         return
 
     rows: dict[str, list[int]] = {}
@@ -556,7 +552,7 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None
     if rows:            # (a run that failed whole: a table of zeros says nothing)
         _plain(renc_table(rows))
     if result.signed:
-        _plain(f"signed the list of {_few(result.signed)}")
+        _plain(signed_line(result.signed))
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 

@@ -14,6 +14,9 @@ except some master files, this module does only what that change needs, in steps
                  ``syncfs``: the same order and durability as the full pipeline (and
                  as it, an fdatasync per file and an fsync per folder instead while
                  other data waits to be written: ``fsutil.sync_files``);
+                 and, with a signing key (vaultpy/signing.py), each written host's list
+                 and the list of masters signed anew (their checks, and the key, done
+                 in ``encrypt``, before anything is published);
 4. ``record``  - the state after: the state before plus exactly this run's changes,
                  re-stat'ed once the file system's clock has passed them, so the next
                  unchanged run is a memo hit (the memo's racy-clean rule, unchanged);
@@ -42,6 +45,8 @@ from vaultpy._internal import memo, sigint
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from vaultpy import age
     from vaultpy.errors import Problem
 
@@ -78,8 +83,11 @@ class Recorded:
         self.cache_dir = _string(plan["cache_dir"])
         identity = plan["identity"]
         self.identity = None if identity is None else _string(identity)
-        if plan.get("signing"):
-            raise ValueError("a signed cache: the full pipeline signs what it writes")
+        signed = plan.get("signing")
+        if signed is not None and not (isinstance(signed, dict) and all(
+                isinstance(signed.get(k), str) for k in ("key", "id", "file"))):
+            raise ValueError("bad signing entry")
+        self.signing: dict[str, str] | None = signed
         self.hosts = [(_string(h[0]), tuple(_strings(h[1]))) for h in plan["hosts"]]
         self.people = plan["people"]
         if not (isinstance(self.people, int) and 0 <= self.people <= len(self.hosts)):
@@ -113,8 +121,10 @@ def _strings(value: object) -> list[str]:
 class _Write:
     """One cache file this run replaces: ``old`` by ``new`` in ``folder``."""
 
-    def __init__(self, host: str, folder: str, old: str, new: str, tmp: str) -> None:
+    def __init__(self, host: str, folder: str, old: str, new: str, tmp: str,
+                 sha: str = "") -> None:
         self.host, self.folder, self.old, self.new, self.tmp = host, folder, old, new, tmp
+        self.sha = sha              # of the new file's bytes (a signed cache lists it)
         self.pruned = False         # the old file is removed
 
 
@@ -136,6 +146,14 @@ class Run:
         self.failed: list[Problem] = []     # after publishing began: reported, not handed over
         self.failed_record = False
         self.fatal: list[Problem] = []      # the full run's answer too (identities)
+        # A signed cache: the key, the verified lists of the hosts written (folder ->
+        # (host, name -> SHA-256)) and of masters, the masters' new values, and the
+        # hosts whose list was signed anew.
+        self.sign_key: Ed25519PrivateKey | None = None
+        self.lists: dict[str, tuple[str, dict[str, str]]] = {}
+        self.masters: dict[str, str] = {}
+        self.new_values: dict[str, str] = {}
+        self.signed: list[str] = []
 
     # 1 ---------------------------------------------------------------------- survey
     def survey(self, scanning: memo.Scanning) -> bool:
@@ -187,9 +205,12 @@ class Run:
                     targets.append((host, folder, old, new, recipients))
             if targets:
                 jobs.append((master, data, targets))
+                self.new_values[sid] = sha
         if jobs and not self._unlock():
             return False
         assert self.keys is not None or not jobs
+        if jobs and self.rec.signing is not None and not self._signable(jobs):
+            return False
         for master, data, targets in jobs:
             try:
                 plaintext = age.decrypt(data, self.keys or [], display_path(master))
@@ -199,10 +220,63 @@ class Run:
                 tmp = os.path.join(folder, fsutil.tmp_basename(new))
                 self.temps.add(tmp)
                 try:
-                    fsutil.write_new(tmp, age.encrypt(plaintext, recipients))
+                    ciphertext = age.encrypt(plaintext, recipients)
+                    fsutil.write_new(tmp, ciphertext)
                 except (VaultpyError, OSError, ValueError):
                     return False
-                self.writes.append(_Write(host, folder, old, new, tmp))
+                self.writes.append(_Write(host, folder, old, new, tmp,
+                                          hashlib.sha256(ciphertext).hexdigest()))
+        return True
+
+    def _signable(self, jobs: list[tuple[str, bytes, list[tuple[str, str, str, str,
+                                                                tuple[str, ...]]]]]) -> bool:
+        """A signed cache (vaultpy/signing.py): what the full pipeline would check before
+        it signs, checked here before anything is published, else hand over (the full
+        run then refuses, or repairs, and says why): each new master value vouched for
+        (the last vaultpy wrote for it here, or the signed list of masters), the lists
+        of masters and of each host written verified, the key decrypted and the one
+        hosts.toml names."""
+        from pathlib import Path
+
+        from vaultpy import age, signing
+        from vaultpy._internal import ledger
+
+        sig = self.rec.signing
+        assert sig is not None and self.keys is not None
+        try:
+            self.masters = signing.read_masters(Path(self.rec.cache_dir), sig["key"])
+            here = ledger.written_here()
+            by_file = {file: sid for sid, (file, _hosts) in self.rec.secrets.items()}
+            for master, _data, _targets in jobs:
+                sid = by_file[master]
+                sha = self.new_values[sid]
+                if (self.masters.get(sid) != sha
+                        and here.get((sid, os.path.realpath(master))) != sha):
+                    return False
+                for host, folder, old, _new, _recipients in _targets:
+                    if folder not in self.lists:
+                        self.lists[folder] = (host, signing.read_signed(folder, host,
+                                                                        sig["key"]))
+                    if old not in self.lists[folder][1]:
+                        return False
+            from vaultpy._internal import fsutil
+
+            pem = age.decrypt(fsutil.read_regular(sig["file"])[0], self.keys, sig["file"])
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import (
+                Encoding,
+                PublicFormat,
+                load_ssh_private_key,
+            )
+
+            key = load_ssh_private_key(pem, None)
+            if not isinstance(key, Ed25519PrivateKey) or key.public_key().public_bytes(
+                    Encoding.OpenSSH, PublicFormat.OpenSSH).decode().split()[:2] != \
+                    sig["key"].split()[:2]:
+                return False
+        except Exception:       # anything unexpected: the full run does it, and says so
+            return False
+        self.sign_key = key
         return True
 
     def _unlock(self) -> bool:
@@ -260,7 +334,52 @@ class Run:
         except OSError:
             return False
         with sigint.held():         # from the first rename on, a Ctrl-C waits for the end
-            return self._renames()
+            done = self._renames()
+            if done and self.sign_key is not None:
+                self._sign()
+            return done
+
+    def _sign(self) -> None:
+        """The lists of the hosts written, and of masters, signed anew as renc signs
+        them: each old file's entry goes, each new file's comes (a file whose rename
+        failed keeps its old one, still in place).  A write that fails is reported; the
+        next full renc finds the list unsigned and re-encrypts that host's files."""
+        from pathlib import Path
+
+        from vaultpy import signing
+        from vaultpy.errors import os_problem
+
+        assert self.sign_key is not None
+        for w in self.published:
+            entries = self.lists[w.folder][1]
+            entries.pop(w.old, None)
+            entries[w.new] = w.sha
+        written = {w.folder for w in self.published}
+        for folder in sorted(written):
+            host, entries = self.lists[folder]
+            try:
+                signing.write_signed(Path(folder), host, entries, self.sign_key)
+            except OSError as exc:
+                self._fail(os_problem(exc.filename or folder, exc, "sign the cache"))
+                continue
+            self.signed.append(host)
+            for name in signing.FILES:
+                self._ours(folder, name, os.path.join(folder, name))
+            self._ours(self.rec.cache_dir, host, folder)    # (its stat, after the lists)
+        unpublished = {w.new.rpartition(".")[0].rpartition(".")[0]
+                       for w in self.writes if w not in self.published}
+        for sid, sha in self.new_values.items():
+            if sid not in unpublished:
+                self.masters[sid] = sha
+        try:
+            signing.write_masters(Path(self.rec.cache_dir), self.masters, self.sign_key)
+        except OSError as exc:
+            self._fail(os_problem(exc.filename or self.rec.cache_dir, exc,
+                                  "sign the list of masters"))
+            return
+        for name in (signing.MASTERS, signing.MASTERS_SIGNATURE):
+            self._ours(self.rec.cache_dir, name, os.path.join(self.rec.cache_dir, name))
+        self.signed.sort()
 
     def _renames(self) -> bool:
         from vaultpy._internal import fsutil
@@ -366,7 +485,8 @@ class Run:
         if json_out:
             return memo.as_json({
                 "failed": [p.as_dict() for p in self.failed], "ok": not self.failed,
-                "repaired": [], "signed": [], "unchanged": rec.items - len(self.writes),
+                "repaired": [], "signed": self.signed,
+                "unchanged": rec.items - len(self.writes),
                 "pruned": sorted(os.path.join(w.folder, w.old) for w in self.published
                                  if w.pruned),
                 "warnings": [],             # as the memo it runs from: none stood
@@ -380,7 +500,8 @@ class Run:
             rows[w.host][0] += not self.unsynced
             rows[w.host][3] += w.pruned
         failed = f"{len(self.failed)} failed\n" if self.failed else ""
-        return memo.renc_table(rows) + "\n", failed + problems, code
+        signed = memo.signed_line(self.signed) + "\n" if self.signed else ""
+        return memo.renc_table(rows) + "\n" + signed, failed + problems, code
 
 
 def _lines(problems: list[Problem]) -> str:

@@ -669,7 +669,11 @@ def skeleton(cfg: Config) -> dict[str, object]:
     return {"cache_dir": str(cfg.cache_dir),
             "identity": None if cfg.identity is None else str(cfg.identity),
             "hosts": [[h.name, list(h.recipients)] for h in hosts], "secrets": secrets,
-            "people": cfg.people(), "signing": cfg.signing is not None}
+            "people": cfg.people(),
+            # With a signing key, what the incremental renc needs to sign as renc does.
+            "signing": None if cfg.signing is None else {
+                "key": cfg.signing.key, "id": cfg.signing.secret,
+                "file": str(cfg.secrets[cfg.signing.secret].file)}}
 
 
 def _one_clock(cache_dir: str, files: Sequence[str]) -> bool:
@@ -958,6 +962,12 @@ def check_ok_line(color: bool, hosts: int, people: int) -> str:
 def renc_noop_line(files: int, hosts: int, people: int) -> str:
     return (f"nothing to do: {files} cache file{'s' if files != 1 else ''} of "
             f"{entries(hosts, people)} up to date")
+
+
+def signed_line(hosts: Sequence[str]) -> str:
+    """renc's line for the hosts whose list of cache files it signed (vaultpy/signing.py)."""
+    return "signed the list of " + (", ".join(hosts) if len(hosts) <= 4
+                                    else f"{len(hosts)} hosts")
 
 
 def entries(hosts: int, people: int) -> str:
