@@ -366,6 +366,7 @@ class Run:
             for name in signing.FILES:
                 self._ours(folder, name, os.path.join(folder, name))
             self._ours(self.rec.cache_dir, host, folder)    # (its stat, after the lists)
+        self.signed.sort()
         unpublished = {w.new.rpartition(".")[0].rpartition(".")[0]
                        for w in self.writes if w not in self.published}
         for sid, sha in self.new_values.items():
@@ -379,7 +380,6 @@ class Run:
             return
         for name in (signing.MASTERS, signing.MASTERS_SIGNATURE):
             self._ours(self.rec.cache_dir, name, os.path.join(self.rec.cache_dir, name))
-        self.signed.sort()
 
     def _renames(self) -> bool:
         from vaultpy._internal import fsutil
