@@ -224,8 +224,9 @@ class Run:
                     fsutil.write_new(tmp, ciphertext)
                 except (VaultpyError, OSError, ValueError):
                     return False
-                self.writes.append(_Write(host, folder, old, new, tmp,
-                                          hashlib.sha256(ciphertext).hexdigest()))
+                listed = (hashlib.sha256(ciphertext).hexdigest()    # (signed caches only)
+                          if self.sign_key is not None else "")
+                self.writes.append(_Write(host, folder, old, new, tmp, listed))
         return True
 
     def _signable(self, jobs: list[tuple[str, bytes, list[tuple[str, str, str, str,
