@@ -466,8 +466,7 @@ class VerifiedIndex:
         if sums is None:
             assert self.signed_dirs is not None
             try:            # verified when its stat was recorded
-                sums = signing.parse_sums(signing._read(
-                    os.path.join(self.signed_dirs[host], signing.SUMS), signing.MAX_SUMS))
+                sums = signing.read_sums(os.path.join(self.signed_dirs[host], signing.SUMS))
             except (signing.Unsigned, ValueError, UnicodeDecodeError):
                 sums = {}
             self._sums[host] = sums

@@ -369,6 +369,8 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
                               ageformat.is_armored(data))
         # A value re-encrypted is recorded as vaultpy's only if it was vouched for: a
         # forged master must not come out of a rekey as one renc signs unasked.
+        vouchers = signing.Vouchers.of(cfg)
         return [write_master(cfg, sid, text, armor, lock=False,
-                             record=signing.vouched(cfg, sid, seen_now[sid]))
+                             record=vouchers is None or vouchers.vouch_bytes(
+                                 sid, cfg.secrets[sid].file, seen_now[sid]))
                 for sid, (text, armor) in plain.items()]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from vaultpy import age, cache, identities, signing
-from vaultpy._internal import forkpool, forksafe, fsutil, ledger, memo, sigint, timings, writes
+from vaultpy._internal import forkpool, forksafe, fsutil, memo, sigint, timings, writes
 from vaultpy._internal.record import field, mutable_record, record
 from vaultpy.errors import Problem, VaultpyError, display_path, key_path, os_problem
 from vaultpy.model import Config
@@ -614,18 +614,14 @@ def _gate(cfg: Config, s: _Survey) -> None:
     accept = set(_ACCEPT)
     if not todo or True in accept:
         return
-    here: dict[tuple[str, str], str] | None = None
+    vouchers = signing.Vouchers(found)
     needed: dict[str, list[str]] = {}
     for item in s.todo:
         needed.setdefault(item.id, []).append(item.host)
     bad = []
     for sid in todo:
-        sha = p.masters[sid].sha256
-        if (found or {}).get(sid) == sha or sid in accept:
-            continue
-        if here is None:
-            here = ledger.written_here()
-        if here.get((sid, os.path.realpath(cfg.secrets[sid].file))) == sha:
+        if sid in accept or vouchers.vouch(sid, cfg.secrets[sid].file,
+                                           p.masters[sid].sha256):
             continue
         shown = display_path(cfg.secrets[sid].file)
         bad.append(Problem(shown, "changed since the last signed renc, and not by vaultpy "
@@ -668,18 +664,19 @@ def _unlock_signing(cfg: Config, s: _Survey, identity_files: Sequence[Path],
         return
     if not _IDENTITIES:
         _IDENTITIES[:] = identities.load(cfg, identity_files, ask)
+    from vaultpy import masters
+
     try:
-        s.key = signing.private_key(cfg, _IDENTITIES)
+        pem = masters.decrypt(cfg, cfg.signing.secret, _IDENTITIES)
     except VaultpyError as exc:
         p = exc.problems[0]
-        if p.field == "vaultpy.signing_key" or "OpenSSH" in p.message or "Ed25519" in p.message:
-            raise
         raise VaultpyError(Problem(
             p.file, f"renc signs each host's cache with the key this master file holds "
             f"([vaultpy] signing_secret), and {p.message.removeprefix('needed by renc: ')}",
             "vaultpy.signing_secret", "only a holder of the master key can change what a "
             "host gets: ask one to run vaultpy renc, or give the master identity "
             "(-i FILE or VAULTPY_IDENTITY); nothing was written")) from None
+    s.key = signing.private_key(cfg, pem)
 
 
 def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,

@@ -32,7 +32,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vaultpy._internal import sshsig
@@ -41,11 +41,8 @@ from vaultpy._internal.names import NAME_RE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from vaultpy import age
     from vaultpy.model import Config
 
 SUMS = "SHA256SUMS"
@@ -75,21 +72,62 @@ def namespace(host: str) -> str:
     return f"vaultpy-cache:{host}"
 
 
-def sums_text(entries: Mapping[str, str]) -> bytes:
-    """The SHA256SUMS file of ``entries`` (name -> SHA-256 hex), sorted by name."""
+def list_text(entries: Mapping[str, str]) -> bytes:
+    """A signed list's text: "<sha256>  <name>" per entry, sorted by name (a host's
+    cache files, sha256sum's form; or the masters' secret ids)."""
     return "".join(f"{entries[name]}  {name}\n" for name in sorted(entries)).encode()
 
 
-def parse_sums(data: bytes) -> dict[str, str]:
-    """Name -> SHA-256 of a SHA256SUMS file as renc writes it (ValueError otherwise)."""
+def _parse(data: bytes, valid: Callable[[str], bool], form: str) -> dict[str, str]:
+    """Name -> SHA-256 of a list as :func:`list_text` writes it (ValueError, naming
+    the line and ``form``, otherwise)."""
     out: dict[str, str] = {}
     for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
         digest, sep, name = line.partition("  ")
         if (not sep or len(digest) != 64 or digest.strip("0123456789abcdef")
-                or NAME_RE.fullmatch(name) is None or name in out):
-            raise ValueError(f"line {n} is not '<sha256>  <id>.<hash>.age'")
+                or not valid(name) or name in out):
+            raise ValueError(f"line {n} is not '{form}'")
         out[name] = digest
     return out
+
+
+def parse_sums(data: bytes) -> dict[str, str]:
+    """Name -> SHA-256 of a SHA256SUMS file as renc writes it (ValueError otherwise)."""
+    return _parse(data, lambda name: NAME_RE.fullmatch(name) is not None,
+                  "<sha256>  <id>.<hash>.age")
+
+
+def read_sums(path: Path | str) -> dict[str, str]:
+    """A host's list as it is, unverified (the index verified it when it recorded its
+    stat); :class:`Unsigned` or ValueError if it cannot be read as one."""
+    return parse_sums(_read(path, MAX_SUMS))
+
+
+def _read_verified(path: Path | str, sig_path: Path | str, key: str, space: str,
+                   parse: Callable[[bytes], dict[str, str]]
+                   ) -> tuple[dict[str, str], bytes, bytes]:
+    """A signed list, its bytes and its signature's, read once and verified: the
+    entries, or :class:`Unsigned` naming the file at fault."""
+    data, sig = _read(path, MAX_SUMS), _read(sig_path, MAX_SIGNATURE)
+    try:
+        sshsig.verify(key, space, data, sig)
+    except sshsig.BadSignature as exc:
+        raise Unsigned(sig_path, f"signature {exc}") from None
+    try:
+        return parse(data), data, sig
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unsigned(path, str(exc)) from None
+
+
+def _write_signed(path: Path, sig_path: Path, space: str, entries: Mapping[str, str],
+                  key: Ed25519PrivateKey) -> None:
+    """Replace a list and its signature (each file atomically: a crash between the two
+    leaves a list its signature does not match, which renc then signs anew, having
+    re-encrypted what it could not verify: nothing unsigned is ever trusted)."""
+    text = list_text(entries)
+    sig = sshsig.sign(key, space, text).encode()
+    atomic_write(path, text, 0o644)
+    atomic_write(sig_path, sig, 0o644)
 
 
 def read_signed(host_dir: Path | str, host: str, key: str,
@@ -106,18 +144,9 @@ def read_signed_bytes(host_dir: Path | str, host: str, key: str,
                       ) -> tuple[dict[str, str], bytes, bytes]:
     """:func:`read_signed`, and the very bytes of the list and signature verified (a
     bundle copies those, not what a second read might find)."""
-    sums_path = sums_path or os.path.join(host_dir, SUMS)
-    sig_path = sig_path or os.path.join(host_dir, SIGNATURE)
-    data = _read(sums_path, MAX_SUMS)
-    sig = _read(sig_path, MAX_SIGNATURE)
-    try:
-        sshsig.verify(key, namespace(host), data, sig)
-    except sshsig.BadSignature as exc:
-        raise Unsigned(sig_path, f"signature {exc}") from None
-    try:
-        return parse_sums(data), data, sig
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Unsigned(sums_path, str(exc)) from None
+    return _read_verified(sums_path or os.path.join(host_dir, SUMS),
+                          sig_path or os.path.join(host_dir, SIGNATURE), key,
+                          namespace(host), parse_sums)
 
 
 def _read(path: Path | str, limit: int) -> bytes:
@@ -149,13 +178,8 @@ def _read(path: Path | str, limit: int) -> bytes:
 
 def write_signed(host_dir: Path, host: str, entries: Mapping[str, str],
                  key: Ed25519PrivateKey) -> None:
-    """Replace ``host``'s list and its signature (each file atomically: a crash between
-    the two leaves a list its signature does not match, which renc then re-encrypts
-    and signs anew: nothing unsigned is ever trusted)."""
-    text = sums_text(entries)
-    sig = sshsig.sign(key, namespace(host), text).encode()
-    atomic_write(host_dir / SUMS, text, 0o644)
-    atomic_write(host_dir / SIGNATURE, sig, 0o644)
+    """Replace ``host``'s list and its signature."""
+    _write_signed(host_dir / SUMS, host_dir / SIGNATURE, namespace(host), entries, key)
 
 
 def sha256_file(path: Path | str) -> str | None:
@@ -166,9 +190,9 @@ def sha256_file(path: Path | str) -> str | None:
         return None
 
 
-def private_key(cfg: Config, identities: Sequence[age.Identity]) -> Ed25519PrivateKey:
-    """The signing key, decrypted from its secret's master file with ``identities``;
-    one problem if it is not the private half of ``[vaultpy] signing_key``."""
+def load_private(pem: bytes, public: str) -> Ed25519PrivateKey:
+    """The signing key from its secret's plaintext (an OpenSSH private key); ValueError
+    with the reason if it is none, or not the private half of ``public``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
@@ -176,30 +200,44 @@ def private_key(cfg: Config, identities: Sequence[age.Identity]) -> Ed25519Priva
         load_ssh_private_key,
     )
 
-    from vaultpy import masters
+    try:
+        key = load_ssh_private_key(pem, None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"is no OpenSSH private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("is not an Ed25519 key")
+    own = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    if own.split()[:2] != public.split()[:2]:
+        raise _OtherKey(own)
+    return key
+
+
+class _OtherKey(ValueError):
+    """The key is another than ``[vaultpy] signing_key``: ``public`` is its own."""
+
+    def __init__(self, public: str) -> None:
+        super().__init__("holds another key than [vaultpy] signing_key")
+        self.public = public
+
+
+def private_key(cfg: Config, pem: bytes) -> Ed25519PrivateKey:
+    """:func:`load_private` for the key ``cfg`` names: one problem, naming its secret,
+    if ``pem`` (the secret's plaintext) is not its private half."""
     from vaultpy.errors import Problem, VaultpyError, display_path, key_path
 
     assert cfg.signing is not None
     sid = cfg.signing.secret
-    where = display_path(cfg.secret(sid).file)
-    pem = masters.decrypt(cfg, sid, identities)
     try:
-        key = load_ssh_private_key(pem, None)
-    except (ValueError, TypeError) as exc:
-        raise VaultpyError(Problem(where, f"secret {sid!r} is no OpenSSH private key "
-                                   f"({exc})", key_path("secrets", sid),
+        return load_private(pem, cfg.signing.key)
+    except _OtherKey as exc:
+        raise VaultpyError(Problem(display_path(cfg.secret(sid).file), f"secret {sid!r} "
+                                   f"{exc}", "vaultpy.signing_key",
+                                   f'set signing_key = "{exc.public}" if this key is the '
+                                   "one, or make a new pair: vaultpy signing-key --new")) from None
+    except ValueError as exc:
+        raise VaultpyError(Problem(display_path(cfg.secret(sid).file), f"secret {sid!r} "
+                                   f"{exc}", key_path("secrets", sid),
                                    "make a new signing key: vaultpy signing-key --new")) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise VaultpyError(Problem(where, f"secret {sid!r} is not an Ed25519 key",
-                                   key_path("secrets", sid),
-                                   "make a new signing key: vaultpy signing-key --new"))
-    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    if public.split()[:2] != cfg.signing.key.split()[:2]:
-        raise VaultpyError(Problem(where, f"secret {sid!r} holds another key than "
-                                   "[vaultpy] signing_key", "vaultpy.signing_key",
-                                   f'set signing_key = "{public}" if this key is the '
-                                   "one, or make a new pair: vaultpy signing-key --new"))
-    return key
 
 
 # ------------------------------------------------------------------ the masters' values
@@ -223,54 +261,50 @@ MASTERS_SIGNATURE = "MASTERS.sig"
 MASTERS_NAMESPACE = "vaultpy-masters"
 
 
-def vouched(cfg: Config, sid: str, data: bytes) -> bool:
-    """Whether renc may sign ``data`` as secret ``sid``'s master: no signing key, or
-    its value is on the signed list of masters, or the last one vaultpy wrote there on
-    this machine.  (rekey and a master key rotation record what they re-encrypt only
-    if it was: else they would launder a forged master, found in review.)"""
-    if cfg.signing is None:
-        return True
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        if read_masters(cfg.cache_dir, cfg.signing.key).get(sid) == digest:
+class Vouchers:
+    """Which master values renc may sign: the secret's on the signed list of masters
+    (``signed``: id -> SHA-256, as read), or the last vaultpy wrote for that secret at
+    that path on this machine (the ledger, read once, when first needed).  One
+    instance per run: renc's gate, the incremental renc, rekey and a master key
+    rotation each ask it for every master, and read the list and the ledger once."""
+
+    def __init__(self, signed: Mapping[str, str] | None) -> None:
+        self.signed = signed or {}
+        self._here: dict[tuple[str, str], str] | None = None
+
+    @classmethod
+    def of(cls, cfg: Config) -> Vouchers | None:
+        """For ``cfg``'s signing key; None without one (every value goes)."""
+        if cfg.signing is None:
+            return None
+        try:
+            return cls(read_masters(cfg.cache_dir, cfg.signing.key))
+        except Unsigned:
+            return cls(None)
+
+    def vouch(self, sid: str, file: Path | str, digest: str) -> bool:
+        if self.signed.get(sid) == digest:
             return True
-    except Unsigned:
-        pass
-    from vaultpy._internal import ledger
+        if self._here is None:
+            from vaultpy._internal import ledger
 
-    return ledger.written_here().get((sid, os.path.realpath(cfg.secret(sid).file))) == digest
+            self._here = ledger.written_here()
+        return self._here.get((sid, os.path.realpath(file))) == digest
 
-
-def masters_text(entries: Mapping[str, str]) -> bytes:
-    """MASTERS: "<sha256>  <secret id>" per master, sorted by id (by id, not by path: a
-    path given to another secret in hosts.toml carries no signed value with it)."""
-    return "".join(f"{entries[sid]}  {sid}\n" for sid in sorted(entries)).encode()
+    def vouch_bytes(self, sid: str, file: Path | str, data: bytes) -> bool:
+        return self.vouch(sid, file, hashlib.sha256(data).hexdigest())
 
 
 def read_masters(cache_dir: Path, key: str) -> dict[str, str]:
     """Secret id -> SHA-256 of the signed list of masters; :class:`Unsigned` if it is
-    missing, damaged or not signed by ``key``."""
-    path, sig_path = cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE
-    data, sig = _read(path, MAX_SUMS), _read(sig_path, MAX_SIGNATURE)
-    try:
-        sshsig.verify(key, MASTERS_NAMESPACE, data, sig)
-    except sshsig.BadSignature as exc:
-        raise Unsigned(sig_path, f"signature {exc}") from None
-    out: dict[str, str] = {}
-    try:
-        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            digest, sep, name = line.partition("  ")
-            if not sep or len(digest) != 64 or digest.strip("0123456789abcdef") or not name:
-                raise ValueError(f"line {n} is not '<sha256>  <secret id>'")
-            out[name] = digest
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Unsigned(path, str(exc)) from None
-    return out
+    missing, damaged or not signed by ``key``.  By id, not by path: a path given to
+    another secret in hosts.toml carries no signed value with it."""
+    return _read_verified(cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE, key,
+                          MASTERS_NAMESPACE, lambda data: _parse(
+                              data, bool, "<sha256>  <secret id>"))[0]
 
 
 def write_masters(cache_dir: Path, entries: Mapping[str, str], key: Ed25519PrivateKey
                   ) -> None:
-    text = masters_text(entries)
-    sig = sshsig.sign(key, MASTERS_NAMESPACE, text).encode()
-    atomic_write(cache_dir / MASTERS, text, 0o644)
-    atomic_write(cache_dir / MASTERS_SIGNATURE, sig, 0o644)
+    _write_signed(cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE, MASTERS_NAMESPACE,
+                  entries, key)

@@ -19,7 +19,7 @@ from vaultpy.signing import (
     MASTERS_NAMESPACE,
     MASTERS_SIGNATURE,
     Unsigned,
-    masters_text,
+    list_text,
     read_masters,
 )
 
@@ -161,7 +161,7 @@ def set_up(cfg: Config, secret: str = DEFAULT_SECRET, *, replace: bool = False) 
                 except OSError:
                     continue        # (missing: check says so)
     entries[secret] = hashlib.sha256(ciphertext).hexdigest()
-    listed = masters_text(entries)
+    listed = list_text(entries)
     masters.write_all(new_cfg, [(new_cfg.secret(secret).file, ciphertext, 0o644),
                                 (cfg.path.resolve(), new_text.encode(), mode),
                                 (new_cfg.cache_dir / MASTERS, listed, 0o644),

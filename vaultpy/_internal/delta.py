@@ -240,19 +240,16 @@ class Run:
         from pathlib import Path
 
         from vaultpy import age, signing
-        from vaultpy._internal import ledger
 
         sig = self.rec.signing
         assert sig is not None and self.keys is not None
         try:
             self.masters = signing.read_masters(Path(self.rec.cache_dir), sig["key"])
-            here = ledger.written_here()
+            vouchers = signing.Vouchers(self.masters)
             by_file = {file: sid for sid, (file, _hosts) in self.rec.secrets.items()}
             for master, _data, _targets in jobs:
                 sid = by_file[master]
-                sha = self.new_values[sid]
-                if (self.masters.get(sid) != sha
-                        and here.get((sid, os.path.realpath(master))) != sha):
+                if not vouchers.vouch(sid, master, self.new_values[sid]):
                     return False
                 for host, folder, old, _new, _recipients in _targets:
                     if folder not in self.lists:
@@ -263,18 +260,7 @@ class Run:
             from vaultpy._internal import fsutil
 
             pem = age.decrypt(fsutil.read_regular(sig["file"])[0], self.keys, sig["file"])
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-            from cryptography.hazmat.primitives.serialization import (
-                Encoding,
-                PublicFormat,
-                load_ssh_private_key,
-            )
-
-            key = load_ssh_private_key(pem, None)
-            if not isinstance(key, Ed25519PrivateKey) or key.public_key().public_bytes(
-                    Encoding.OpenSSH, PublicFormat.OpenSSH).decode().split()[:2] != \
-                    sig["key"].split()[:2]:
-                return False
+            key = signing.load_private(pem, sig["key"])
         except Exception:       # anything unexpected: the full run does it, and says so
             return False
         self.sign_key = key
