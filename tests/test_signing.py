@@ -605,3 +605,47 @@ def test_a_journal_git_cannot_vouch_for_is_refused(make_repo: object) -> None:
         os.lchown(p, 4321, 4321)
     line = check_fails(repo, ".vaultpy-writes", "git cannot tell whether it tracks")
     assert "dubious" in line
+
+
+def test_lists_are_written_together_and_one_that_fails_fails_alone(tmp_path: Path) -> None:
+    """write_lists: every list that can be replaced is, durably, with its signature; one
+    that cannot is returned with an error naming its file, and no temp file is left."""
+    from vaultpy import signing, signing_key
+
+    pem, public = signing_key.generate()
+    key = signing.load_private(pem, public)
+    digest = "ab" * 32
+    folders = [tmp_path / h for h in ("web", "db", "mail")]
+    for folder in folders:
+        folder.mkdir()
+    blocked = folders[1] / signing.SIGNATURE
+    blocked.mkdir()
+    (blocked / "x").write_text("a directory where the signature goes")
+    lists = [signing.host_list(f, f.name, {f"s.{'0' * 32}.age": digest}) for f in folders]
+    failed = signing.write_lists(lists, key, tmp_path)
+    assert list(failed) == [folders[1] / signing.SUMS]
+    assert failed[folders[1] / signing.SUMS].filename == str(blocked)
+    for folder in (folders[0], folders[2]):
+        assert signing.read_signed(folder, folder.name, public) == {f"s.{'0' * 32}.age": digest}
+        with pytest.raises(signing.Unsigned):               # signed for its host alone
+            signing.read_signed(folder, "db", public)
+    assert not [p for p in tmp_path.rglob("*") if ".vaultpy-tmp-" in p.name]
+
+
+def test_renc_reports_a_list_it_cannot_replace_and_signs_the_others(make_repo: object
+                                                                     ) -> None:
+    repo = signed_repo(make_repo)
+    repo.ok("renc")
+    sig = repo.cache / "host1" / "SHA256SUMS.sig"
+    sig.unlink()
+    sig.mkdir()
+    (sig / "x").write_text("in the way")
+    repo.ok("encrypt", "alpha", input=b"alpha-value-9")
+    proc = repo.run("renc")
+    line = assert_one_clean_error(proc, "secrets/cache/host1/SHA256SUMS.sig: cannot sign")
+    assert "Is a directory" in line
+    assert b"signed the list of host0\n" in proc.stdout
+    assert not [p for p in repo.cache.rglob("*") if ".vaultpy-tmp-" in p.name]
+    shutil.rmtree(sig)
+    repo.ok("renc")
+    repo.ok("check")

@@ -53,6 +53,9 @@ class Result:
     failed: list[Problem] = field(default_factory=list)
     failed_items: set[tuple[str, str]] = field(default_factory=set)   # (host, id)
     signed: list[str] = field(default_factory=list)     # hosts whose list was signed anew
+    # With a signing key: the SHA-256 of each file written ("host/name"), as the worker
+    # wrote it, for the host's list (vaultpy/signing.py).
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,10 @@ class _Job:
     # Per target: the temp directory its host is being built in (the file goes there
     # under its final name), or "" to write a temp file beside the final one.
     staged: tuple[str, ...] = ()
+    # Whether each file's SHA-256 is wanted (a signed cache: the list names it).  The
+    # worker hashes the bytes it has in hand: read back, a cold run's 10,000 files
+    # cost 0.29 s of 1.3.
+    digests: bool = False
 
 
 # Identities are set in the parent before the worker pool forks, so workers
@@ -98,8 +105,9 @@ _JOBS: list[_Job] = []
 # What a worker sends back per target: the target's index in its job, not a copy
 # of the item (10,000 pickled copies would double the parent's memory); for a file
 # written into a staged directory, its stat as written (a directory's rename changes
-# no stat of the files in it: the verification index takes it as is).
-_Reply = tuple[int, str, Problem | None, cache.StatKey | None]   # (index, file, failure, stat)
+# no stat of the files in it: the verification index takes it as is); if the job
+# asked for it, the SHA-256 of the bytes written (else "").
+_Reply = tuple[int, str, Problem | None, cache.StatKey | None, str]
 
 
 def _master_problem(path: Path, exc: OSError | VaultpyError) -> Problem:
@@ -118,7 +126,8 @@ def _needed_by(problem: Problem, hosts: Sequence[str]) -> Problem:
 
 def _failure(i: int, item: cache.Item, problem: Problem) -> _Reply:
     return (i, "", Problem(problem.file, problem.message,
-                           key_path("hosts", item.host, "secrets", item.id), problem.hint), None)
+                           key_path("hosts", item.host, "secrets", item.id), problem.hint),
+            None, "")
 
 
 def _run_job(job: _Job) -> list[_Reply]:
@@ -130,7 +139,7 @@ def _run_job(job: _Job) -> list[_Reply]:
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
-        return [(i, "", problem, None) for i in range(len(job.targets))]
+        return [(i, "", problem, None, "") for i in range(len(job.targets))]
     out: list[_Reply] = []
     tmp = ""
     try:
@@ -140,7 +149,8 @@ def _run_job(job: _Job) -> list[_Reply]:
             tmp = (os.path.join(staged, t.name) if staged
                    else os.path.join(t.dir, fsutil.tmp_basename(t.name)))
             try:
-                st = fsutil.write_new(tmp, age.encrypt(plaintext, t.recipients))
+                data = age.encrypt(plaintext, t.recipients)
+                st = fsutil.write_new(tmp, data)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -149,9 +159,10 @@ def _run_job(job: _Job) -> list[_Reply]:
                 out.append(_failure(i, t, Problem(display_path(t.path),
                                                   f"encryption failed: {exc}")))
             else:
-                out.append((i, tmp, None, cache.stat_key(st) if staged else None))
+                out.append((i, tmp, None, cache.stat_key(st) if staged else None,
+                            hashlib.sha256(data).hexdigest() if job.digests else ""))
     except BaseException:           # the parent never hears of these temp files
-        for path in [tmp, *(done for _i, done, _problem, _st in out)]:
+        for path in [tmp, *(done for _i, done, _problem, _st, _sha in out)]:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -443,7 +454,7 @@ def _run_job_at(n: int) -> list[_Reply]:
 
 def _unlink(replies: list[_Reply]) -> None:
     """A finished job's files, when the run stops before they are delivered."""
-    for _i, tmp, _problem, _st in replies:
+    for _i, tmp, _problem, _st, _sha in replies:
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -694,6 +705,8 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
     by_host: dict[str, list[cache.Item]] = {}
     for item in p.items:
         by_host.setdefault(item.host, []).append(item)
+    lists: dict[Path, str] = {}
+    changed: list[signing.Signed] = []
     for host, items in sorted(by_host.items()):
         folder = Path(items[0].dir)
         if str(folder) in p.linked or not folder.is_dir():
@@ -703,7 +716,7 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
         entries: dict[str, str] = {}
         for item in items:
             if (host, item.name) in written:
-                digest = signing.sha256_file(item.path)
+                digest = result.digests.get(item.key)
             elif (host, item.name) in verified:
                 digest = old.get(item.name)
             else:
@@ -717,13 +730,17 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
                                          "the signing key was not unlocked", "",
                                          "run vaultpy renc again"))
             continue
-        try:
-            signing.write_signed(folder, host, entries, key)
-        except OSError as exc:
-            result.failed.append(os_problem(exc.filename or folder / signing.SUMS, exc,
-                                            "sign the cache"))
+        changed.append(signing.host_list(folder, host, entries))
+        lists[changed[-1][0]] = host
+    if not changed or key is None:
+        return
+    failed_lists = signing.write_lists(changed, key, index.path.parent)
+    for path, host in lists.items():
+        exc = failed_lists.get(path)
+        if exc is not None:
+            result.failed.append(os_problem(exc.filename or path, exc, "sign the cache"))
             continue
-        index.record_signed(host, str(folder))
+        index.record_signed(host, str(path.parent))
         result.signed.append(host)
 
 
@@ -935,10 +952,12 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
 
     def deliver(job: _Job, replies: list[_Reply]) -> None:
         nonlocal done
-        for i, path, problem, key in replies:
+        for i, path, problem, key, digest in replies:
             item = job.targets[i]
             if problem is None:
                 pub.add(item, path, key)
+                if digest:
+                    result.digests[item.key] = digest
             else:
                 pub.fail(item, problem)
                 # The master failed, whatever file its problem names: a plugin's PIN
@@ -975,7 +994,8 @@ def _encrypt(cfg: Config, p: cache.Plan, todo: list[cache.Item], result: Result,
         staging = pub.staging
         jobs = [_Job(sid, cfg.secrets[sid].file, display_path(cfg.secrets[sid].file),
                      p.masters[sid].sha256, tuple(items),
-                     tuple(staging.get(i.dir, "") for i in items) if staging else ())
+                     tuple(staging.get(i.dir, "") for i in items) if staging else (),
+                     cfg.signing is not None)
                 for sid, items in sorted(by_secret.items(), key=_work, reverse=True)]
         _execute(jobs, workers if parallel else 1, deliver, may_fork=parallel)
     except BaseException:

@@ -28,15 +28,16 @@ made by vaultpy/signing_key.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from vaultpy._internal import sshsig
-from vaultpy._internal.fsutil import atomic_write, read_at_most, read_regular
+from vaultpy._internal.fsutil import read_at_most
 from vaultpy._internal.names import NAME_RE
 
 TYPE_CHECKING = False
@@ -119,15 +120,74 @@ def _read_verified(path: Path | str, sig_path: Path | str, key: str, space: str,
         raise Unsigned(path, str(exc)) from None
 
 
+# One list to write: its path, its signature's, the signature's namespace, its entries.
+Signed = tuple[Path, Path, str, Mapping[str, str]]
+
+
+def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
+                ) -> dict[Path, OSError]:
+    """Replace signed lists and their signatures, all on the file system of ``root``,
+    together: every temp file written, made durable at once (fsutil.sync_files: one
+    syncfs for many), renamed, and the folders' entries made durable at once.  One by
+    one, 20 hosts' lists cost 80 fsyncs: 27 of a one-secret renc's 120 ms.
+
+    Each file is replaced atomically; a crash between a list's two renames leaves a list
+    its signature does not match, which renc then signs anew, having re-encrypted what
+    it could not verify: nothing unsigned is ever trusted.  Returns the lists (by path)
+    that could not be replaced, with the error; the others are done."""
+    from vaultpy._internal import fsutil, sigint
+
+    failed: dict[Path, OSError] = {}
+    temps: list[Path] = []
+    with sigint.held():     # a Ctrl-C cannot come between the temp files and their end
+        try:
+            staged: list[tuple[Path, list[tuple[Path, Path]]]] = []
+            for path, sig_path, space, entries in lists:
+                text = list_text(entries)
+                sig = sshsig.sign(key, space, text).encode()
+                moves = []
+                try:
+                    for data, final in ((text, path), (sig, sig_path)):
+                        temps.append(tmp := fsutil.tmp_name(final))
+                        fsutil.write_new(tmp, data, 0o644)
+                        moves.append((tmp, final))
+                except OSError as exc:
+                    failed[path] = exc
+                    continue
+                staged.append((path, moves))
+            try:
+                fsutil.sync_files(root, [str(t) for _, moves in staged for t, _ in moves])
+            except OSError as exc:
+                failed.update((path, exc) for path, _ in staged)
+                staged = []
+            done = []
+            for path, moves in staged:
+                try:
+                    for tmp, final in moves:
+                        try:
+                            os.rename(tmp, final)
+                        except OSError as exc:      # (named by the file replaced)
+                            raise OSError(exc.errno, exc.strerror, str(final)) from None
+                except OSError as exc:
+                    failed[path] = exc
+                    continue
+                done.append(path)
+        finally:
+            for tmp in temps:           # (those renamed are gone already)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+    try:
+        fsutil.sync_files(root, [], sorted({str(path.parent) for path in done}))
+    except OSError as exc:
+        failed.update((path, exc) for path in done)
+    return failed
+
+
 def _write_signed(path: Path, sig_path: Path, space: str, entries: Mapping[str, str],
                   key: Ed25519PrivateKey) -> None:
-    """Replace a list and its signature (each file atomically: a crash between the two
-    leaves a list its signature does not match, which renc then signs anew, having
-    re-encrypted what it could not verify: nothing unsigned is ever trusted)."""
-    text = list_text(entries)
-    sig = sshsig.sign(key, space, text).encode()
-    atomic_write(path, text, 0o644)
-    atomic_write(sig_path, sig, 0o644)
+    """Replace one list and its signature (:func:`write_lists`); OSError if it failed."""
+    for exc in write_lists([(path, sig_path, space, entries)], key, path.parent).values():
+        raise exc
 
 
 def read_signed(host_dir: Path | str, host: str, key: str,
@@ -176,18 +236,9 @@ def _read(path: Path | str, limit: int) -> bytes:
     return data
 
 
-def write_signed(host_dir: Path, host: str, entries: Mapping[str, str],
-                 key: Ed25519PrivateKey) -> None:
-    """Replace ``host``'s list and its signature."""
-    _write_signed(host_dir / SUMS, host_dir / SIGNATURE, namespace(host), entries, key)
-
-
-def sha256_file(path: Path | str) -> str | None:
-    """The SHA-256 of a regular file, None if it cannot be read."""
-    try:
-        return hashlib.sha256(read_regular(path, follow=False)[0]).hexdigest()
-    except OSError:
-        return None
+def host_list(host_dir: Path, host: str, entries: Mapping[str, str]) -> Signed:
+    """``host``'s list and its signature, to :func:`write_lists`."""
+    return host_dir / SUMS, host_dir / SIGNATURE, namespace(host), entries
 
 
 def load_private(pem: bytes, public: str) -> Ed25519PrivateKey:

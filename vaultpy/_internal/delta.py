@@ -341,12 +341,14 @@ class Run:
             entries = self.lists[w.folder][1]
             entries.pop(w.old, None)
             entries[w.new] = w.sha
-        written = {w.folder for w in self.published}
-        for folder in sorted(written):
-            host, entries = self.lists[folder]
-            try:
-                signing.write_signed(Path(folder), host, entries, self.sign_key)
-            except OSError as exc:
+        written = sorted({w.folder for w in self.published})
+        failed = signing.write_lists([signing.host_list(Path(folder), *self.lists[folder])
+                                      for folder in written], self.sign_key,
+                                     Path(self.rec.cache_dir))
+        for folder in written:
+            host = self.lists[folder][0]
+            exc = failed.get(Path(folder, signing.SUMS))
+            if exc is not None:
                 self._fail(os_problem(exc.filename or folder, exc, "sign the cache"))
                 continue
             self.signed.append(host)
