@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -170,9 +171,17 @@ def cold_renc(root: Path, env: dict[str, str], args: list[str]) -> tuple[float, 
     return elapsed, rss
 
 
-def cold_renc_timed(root: Path, env: dict[str, str], args: list[str], *, rss: bool = False
-                    ) -> tuple[float, int, str]:
-    set_aside(root / "secrets" / "cache")
+def cold_renc_timed(root: Path, env: dict[str, str], args: list[str], *, rss: bool = False,
+                    keep: Sequence[str] = ()) -> tuple[float, int, str]:
+    """``keep``: files of the cache directory to carry over into the empty one (a signed
+    cache's list of masters, which a clone has: without it, no master is vouched for)."""
+    cache = root / "secrets" / "cache"
+    kept = {name: (cache / name).read_bytes() for name in keep}
+    set_aside(cache)
+    if kept:
+        cache.mkdir()
+        for name, data in kept.items():
+            (cache / name).write_bytes(data)
     # Written back now, as the floor's start is: renc's own syncfs calls would
     # otherwise flush it inside the timed run.
     os.sync()
@@ -405,8 +414,9 @@ def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float
         shutil.copy(hostroot / name, signed_root / name)
     signed_dir = signed_root / "signed"
     signed_dir.mkdir()
-    signing.write_signed(signed_dir, host, {
-        Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}, key)
+    signing.write_lists([signing.host_list(signed_dir, host, {
+        Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files})],
+        key, signed_dir)
     public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
     prof["signed"] = {"key": public, "sums": str(signed_dir / signing.SUMS),
                       "signature": str(signed_dir / signing.SIGNATURE)}
@@ -423,6 +433,39 @@ def bench_activation(root: Path, env: dict[str, str], n: int) -> dict[str, float
             "activate_signed_s": min(acts_times),
             "plain_decrypt_loop_signed_s": min(plain2_times),
             "plain_decrypt_loop_s": min(plain_times), "secrets": n}
+
+
+def bench_signed(root: Path, env: dict[str, str], sid: str) -> dict[str, float]:
+    """renc and check of a signed cache (vaultpy signing-key), on the same fixture,
+    after everything else has used it unsigned: reference rows, what signing costs.
+    Cold runs (best of 3, with their steps: the key's unlock and the sign step), then
+    the start-up bound runs (best of 5, interleaved with --version), then one secret
+    changed by `vaultpy encrypt` (a value vaultpy wrote here: renc signs it unasked)."""
+    env = {**env, "XDG_STATE_HOME": str(WORK / "state")}    # vaultpy's ledger: its own
+    run(vaultpy("signing-key"), cwd=root, env=env)
+    # Nothing was signed: every file again.  (The fixture wrote its masters with pyrage,
+    # not vaultpy: the first signed renc is told their values are right.)
+    run(vaultpy("renc", "--accept-all"), cwd=root, env=env)
+    out: dict[str, float] = {"cold_s": float("inf")}
+    for _ in range(3):
+        t, _rss, err = cold_renc_timed(root, env, ["--timings"],
+                                       keep=("MASTERS", "MASTERS.sig"))
+        if t < out["cold_s"]:
+            steps = phases(err)
+            out.update(cold_s=t, cold_encrypt_s=steps["encrypt"][0],
+                       cold_sign_s=steps["sign"][0] + steps["unlock"][0])
+    quick = {"noop_s": vaultpy("renc"), "check_s": vaultpy("check"),
+             "version_s": vaultpy("--version")}
+    out.update(best_interleaved(5, quick, root, env))
+    changed = []
+    for n in range(3):
+        proc = subprocess.run(vaultpy("encrypt", sid), cwd=root, env=env, capture_output=True,
+                              input=f"signed change {n}".encode())
+        if proc.returncode != 0:
+            sys.exit(f"bench: vaultpy encrypt {sid} failed:\n{proc.stderr.decode()}")
+        changed.append(timed(vaultpy("renc"), root, env))
+    out["one_changed_s"] = min(changed)
+    return out
 
 
 def main() -> None:
@@ -533,6 +576,7 @@ def main() -> None:
                 res[f"renc_cold_jobs{jobs}_{step}_cpu_s"] = cpu
 
         res["activation"] = bench_activation(big, env, min(500, n_secrets))
+        res["signed"] = bench_signed(big, env, sid)
 
         # Memory: renc at ~1,000 files vs the full fixture.
         small = work / "small"
@@ -555,6 +599,7 @@ def main() -> None:
 def report(r: dict[str, object], out: Path, quick: bool) -> None:
     f = {k: v for k, v in r.items() if isinstance(v, (int, float))}
     act: dict[str, float] = r["activation"]                  # type: ignore[assignment]
+    sig: dict[str, float] = r["signed"]                      # type: ignore[assignment]
     noop_ref = f["version_s"]
     rows = [
         ("cold renc vs age CLI peer (speed-up per file)", f["peer_per_file_ms"] /
@@ -589,6 +634,16 @@ def report(r: dict[str, object], out: Path, quick: bool) -> None:
         ("(reference) activation of a signed cache (vaultpy signing-key) vs the same loop",
          act["activate_signed_s"] / act["plain_decrypt_loop_signed_s"], "reference",
          lambda x: True),
+        ("(reference) signed cache: cold renc's unlock and sign steps vs the whole run",
+         sig["cold_sign_s"] / sig["cold_s"], "reference", lambda x: True),
+        ("(reference) signed cache: no-op renc vs --version", sig["noop_s"] / sig["version_s"],
+         "reference", lambda x: True),
+        ("(reference) signed cache: check vs --version", sig["check_s"] / sig["version_s"],
+         "reference", lambda x: True),
+        ("(reference) signed cache: one-changed renc vs (2x its no-op + re-encrypting "
+         "that secret alone)", sig["one_changed_s"] / (2 * sig["noop_s"] +
+                                                       f["reencrypt_one_secret_s"]),
+         "reference", lambda x: True),
         ("peak RSS renc full vs ~1,000 files", f["renc_rss_full_kib"] / f["renc_rss_1000_kib"],
          "<= 1.3x", lambda x: x <= 1.3),
         ("peak RSS, later runs: full vs ~1,000 files", f["renc_rss_later_kib"] /
@@ -607,6 +662,8 @@ def report(r: dict[str, object], out: Path, quick: bool) -> None:
         lines.append(f"| {k} | {v:.4g} |")
     for k, v in sorted(act.items()):
         lines.append(f"| activation.{k} | {v:.4g} |")
+    for k, v in sorted(sig.items()):
+        lines.append(f"| signed.{k} | {v:.4g} |")
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(text)
