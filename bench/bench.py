@@ -146,7 +146,7 @@ def probe_creation(work: Path) -> float:
     return slowest
 
 
-def settle(work: Path) -> tuple[float, float]:
+def settle(work: Path, wait: bool = True) -> tuple[float, float]:
     """Wait until file creation in ``work`` costs what it does on a quiet file system:
     (the last probe's µs per file, the seconds waited).  A large deletion on this file
     system slows file creation 15-35x for one to six minutes; measured in such a
@@ -155,20 +155,23 @@ def settle(work: Path) -> tuple[float, float]:
     the floor 0.45 ms per file, 4.6x its usual).  First the rest of SETTLE_S after this
     benchmark's own last clean-up (a probe can miss that deletion: b134 waited until its
     probe was quick, and its cold runs were then 2.3x slower than b133's), then until
-    a probe is quick (anyone else's)."""
+    a probe is quick (anyone else's).  Without ``wait`` (--quick, a smoke run whose small
+    fixture gives no ratio to trust, and which must stay under a minute): a probe only."""
     waited = 0.0
-    with contextlib.suppress(OSError):
+    try:
         left = SETTLE_S - (time.time() - (work.parent / FREED_STAMP).stat().st_mtime)
-        if left > 0:
-            print(f"bench: the last run removed its files {SETTLE_S - left:.0f} s ago; "
-                  f"waiting {left:.0f} s, until the kernel no longer skips the inodes it "
-                  "freed", file=sys.stderr)
-            os.sync()
-            time.sleep(left)
-            waited += left
+    except OSError:
+        left = 0.0
+    if wait and left > 0:
+        print(f"bench: the last run removed its files {SETTLE_S - left:.0f} s ago; "
+              f"waiting {left:.0f} s, until the kernel no longer skips the inodes it "
+              "freed", file=sys.stderr)
+        os.sync()
+        time.sleep(left)
+        waited += left
     while True:
         us = probe_creation(work)
-        if us < SETTLED_US or waited >= SETTLE_MAX_S:
+        if us < SETTLED_US or waited >= SETTLE_MAX_S or not wait:
             return us, waited
         print(f"bench: creating a file costs {us:.0f} µs (a quiet file system: ~20-50): "
               "a recent deletion; waiting", file=sys.stderr)
@@ -537,7 +540,7 @@ def main() -> None:
     env = {**os.environ, "NO_COLOR": "1", "VAULTPY_IDENTITY": str(work / "big/keys/master.txt")}
     res: dict[str, object] = {"secrets": n_secrets, "hosts": n_hosts, "cores": cores,
                               "python": sys.version.split()[0]}
-    res["file_create_us"], res["settle_wait_s"] = settle(work)
+    res["file_create_us"], res["settle_wait_s"] = settle(work, wait=not args.quick)
     try:
         big = work / "big"
         print(f"fixture: {n_secrets} secrets x {n_hosts} hosts …", file=sys.stderr)
