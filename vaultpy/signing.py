@@ -139,6 +139,9 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
 
     failed: dict[Path, OSError] = {}
     temps: list[Path] = []
+    done: list[Path] = []
+    if not lists:
+        return failed
     with sigint.held():     # a Ctrl-C cannot come between the temp files and their end
         try:
             staged: list[tuple[Path, list[tuple[Path, Path]]]] = []
@@ -156,11 +159,11 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
                     continue
                 staged.append((path, moves))
             try:
-                fsutil.sync_files(root, [str(t) for _, moves in staged for t, _ in moves])
+                if staged:
+                    fsutil.sync_files(root, [str(t) for _, moves in staged for t, _ in moves])
             except OSError as exc:
                 failed.update((path, exc) for path, _ in staged)
                 staged = []
-            done = []
             for path, moves in staged:
                 try:
                     for tmp, final in moves:
@@ -176,10 +179,11 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
             for tmp in temps:           # (those renamed are gone already)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-    try:
-        fsutil.sync_files(root, [], sorted({str(path.parent) for path in done}))
-    except OSError as exc:
-        failed.update((path, exc) for path in done)
+    if done:
+        try:
+            fsutil.sync_files(root, [], sorted({str(path.parent) for path in done}))
+        except OSError as exc:
+            failed.update((path, exc) for path in done)
     return failed
 
 
