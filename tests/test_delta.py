@@ -44,6 +44,11 @@ def change(repo: Repo, sid: str, plaintext: bytes) -> None:
     repo.ok("encrypt", sid, input=plaintext)
 
 
+def only_name(repo: Repo, host: str, sid: str = "alpha") -> str:
+    (only,) = (repo.cache / host).glob(f"{sid}.*.age")
+    return only.name
+
+
 def names(repo: Repo) -> dict[str, list[str]]:
     return {h: sorted(p.name for p in (repo.cache / h).iterdir()) for h in repo.hosts}
 
@@ -228,11 +233,16 @@ def test_an_in_place_edit_of_a_file_it_wrote_is_seen(repo: Repo) -> None:
                        repo.hosts["host1"].key) == b"alpha 2"
 
 
-def test_killed_at_any_point_the_next_run_completes(repo: Repo) -> None:
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_killed_at_any_point_the_next_run_completes(repo: Repo, signed: bool) -> None:
     """SIGKILL the incremental run at random moments: every host always holds a
-    complete cache file (the old or the new), and the next run finishes the job."""
+    complete cache file (the old or the new), and the next run finishes the job.  With
+    a signing key, the kill can also land among the lists' writes (vaultpy/signing.py
+    write_lists): the next run signs again, and check verifies every list."""
     rng = random.Random(os.urandom(8))
     env = {**os.environ, "NO_COLOR": "1", **repo.env}
+    if signed:
+        repo.ok("signing-key")
     # How long an incremental run takes on this machine: the kills land within that.
     # (A fixed 0-0.3 s let all 12 runs of a ~50 ms command finish unkilled ~10% of
     # the time.)  A run that ends before its kill shortens it: one measurement made
@@ -270,6 +280,10 @@ def test_killed_at_any_point_the_next_run_completes(repo: Repo) -> None:
             (only,) = (repo.cache / host.name).glob("alpha.*.age")
             assert age_decrypt(only, host.key) == value
         assert not list(repo.cache.rglob("*vaultpy-tmp*"))
+        if signed:
+            for host in repo.hosts.values():
+                listed = (repo.cache / host.name / "SHA256SUMS").read_text()
+                assert f"  {only_name(repo, host.name)}\n" in listed
         old = value
     assert killed >= 1
 
