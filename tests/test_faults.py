@@ -64,6 +64,7 @@ from conftest import (
 )
 from memo_helpers import trusted
 
+from vaultpy import signing
 from vaultpy._internal.writes import CACHE_GITIGNORE
 
 TMP_MARK = ".vaultpy-tmp-"           # docs/contracts.md: temp names never end in .age
@@ -164,6 +165,14 @@ class Fleet:
     promised: dict[tuple[str, str], str] = field(default_factory=dict)
     audited: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     decrypted: int = 0
+    # With a signing key (vaultpy signing-key): each host's list beside its files, the
+    # list of masters at the top.  The test writes masters with the age CLI, which
+    # nothing vouches for: its renc runs accept them (--accept-all).
+    signed: bool = False
+
+    @property
+    def renc_args(self) -> tuple[str, ...]:
+        return ("renc", "--jobs", "2", *(("--accept-all",) if self.signed else ()))
 
     @property
     def cache(self) -> Path:
@@ -216,6 +225,8 @@ class Fleet:
                 assert entry.is_file(follow_symlinks=False), path
             elif entry.name == ".gitignore":     # the first renc's: whole, or not there
                 assert path.read_text() == CACHE_GITIGNORE, path
+            elif self.signed and entry.name in (signing.MASTERS, signing.MASTERS_SIGNATURE):
+                assert entry.is_file(follow_symlinks=False), path
             elif TMP_MARK in entry.name and entry.name.startswith("."):
                 temps.append(path)
             else:
@@ -234,6 +245,8 @@ class Fleet:
                 temps.append(path)
                 continue
             assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file"
+            if self.signed and entry.name in signing.FILES:
+                continue        # (check verifies them after each recovery)
             assert NAME_RE.fullmatch(entry.name), f"{path}: not a cache name"
             promise = self.promised.get((host, entry.name))
             assert promise is not None, f"{path}: no master version has this name"
@@ -257,9 +270,10 @@ class Fleet:
 
 def build_fleet(root: Path, name: str, hosts: Mapping[str, Sequence[str]],
                 sizes: Mapping[str, int], needs: Mapping[str, Sequence[str]],
-                templates: Mapping[str, str] = {}) -> Fleet:
+                templates: Mapping[str, str] = {}, signed: bool = False) -> Fleet:
     """``hosts``: host -> key kinds ("ssh" or "age"; several = a pubkey list);
-    ``templates``: host -> a secret id it only uses in a template."""
+    ``templates``: host -> a secret id it only uses in a template; ``signed``: with a
+    signing key."""
     keydir = root / "keys"
     keydir.mkdir(parents=True)
     identity, recipient = age_keygen(keydir, "master.txt")
@@ -293,6 +307,11 @@ def build_fleet(root: Path, name: str, hosts: Mapping[str, Sequence[str]],
     for sid in sizes:
         fleet.set_master(sid, rng)
     repo.ok("renc")
+    if signed:
+        repo.ok("signing-key")
+        fleet.signed = True
+        repo.ok(*fleet.renc_args)       # every file again, and the lists signed
+        repo.ok("check")
     assert fleet.finals() == fleet.planned()
     assert fleet.audit() == []
     return fleet
@@ -318,6 +337,16 @@ def fleet_mixed(root: Path) -> Fleet:
              "rot": ["k0", "k1", "k2", "k3", "blob1"], "lone": ["k5"]}
     templates = {"a1": "k5", "s2": "blob0", "lone": "k4"}
     return build_fleet(root, "mixed", hosts, sizes, needs, templates)
+
+
+def fleet_signed(root: Path) -> Fleet:
+    """A signed cache (vaultpy signing-key): 3 ssh-ed25519 hosts x 7 secrets (2 of
+    256 KiB), where a kill can also land among the lists' writes."""
+    sizes = {f"v{i}": 48 for i in range(5)} | {f"big{i}": BIG for i in range(2)}
+    ids = list(sizes)
+    needs = {"app1": ids, "app2": [*ids[:4], "big0"], "gw1": [*ids[3:], "v0"]}
+    return build_fleet(root, "signed", {h: ["ssh"] for h in needs}, sizes, needs,
+                       signed=True)
 
 
 class Inotify:
@@ -374,7 +403,7 @@ class Inotify:
 
 
 def _launch(fleet: Fleet) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(vaultpy_argv("renc", "--jobs", "2"), cwd=fleet.repo.root,
+    return subprocess.Popen(vaultpy_argv(*fleet.renc_args), cwd=fleet.repo.root,
                             env=env_of(fleet.repo), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -457,7 +486,7 @@ def _soak(fleet: Fleet, kills: int, seed: int, recover_every: int) -> dict[str, 
                 assert rc == -signal.SIGKILL, (where, rc)
 
             if (i + 1) % recover_every == 0 or i == kills - 1:
-                fleet.repo.ok("renc", "--jobs", "2")        # a normal run converges
+                fleet.repo.ok(*fleet.renc_args)             # a normal run converges
                 assert fleet.audit() == [], f"{where}: temp files survive a normal run"
                 assert fleet.finals() == planned, where
                 fleet.repo.ok("check")
@@ -470,7 +499,8 @@ def _soak(fleet: Fleet, kills: int, seed: int, recover_every: int) -> dict[str, 
 @pytest.fixture(scope="module")
 def fleets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Fleet]:
     base = tmp_path_factory.mktemp("fleets")
-    return {"ssh": fleet_ssh(base / "ssh"), "mixed": fleet_mixed(base / "mixed")}
+    return {"ssh": fleet_ssh(base / "ssh"), "mixed": fleet_mixed(base / "mixed"),
+            "signed": fleet_signed(base / "signed")}
 
 
 @pytest.mark.slow
