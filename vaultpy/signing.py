@@ -33,7 +33,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from vaultpy._internal import sshsig
@@ -152,7 +152,8 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
                 try:
                     for data, final in ((text, path), (sig, sig_path)):
                         temps.append(tmp := fsutil.tmp_name(final))
-                        fsutil.write_new(tmp, data, 0o644)
+                        with _naming(final):
+                            fsutil.write_new(tmp, data, 0o644)
                         moves.append((tmp, final))
                 except OSError as exc:
                     failed[path] = exc
@@ -167,10 +168,8 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
             for path, moves in staged:
                 try:
                     for tmp, final in moves:
-                        try:
+                        with _naming(final):
                             os.rename(tmp, final)
-                        except OSError as exc:      # (named by the file replaced)
-                            raise OSError(exc.errno, exc.strerror, str(final)) from None
                 except OSError as exc:
                     failed[path] = exc
                     continue
@@ -185,6 +184,16 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
         except OSError as exc:
             failed.update((path, exc) for path in done)
     return failed
+
+
+@contextlib.contextmanager
+def _naming(final: Path) -> Iterator[None]:
+    """An OSError raised inside names ``final``, the file being replaced, not its temp
+    file: what the user can act on."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(final)) from None
 
 
 def _write_signed(path: Path, sig_path: Path, space: str, entries: Mapping[str, str],
