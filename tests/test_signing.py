@@ -64,6 +64,10 @@ def test_signing_key_then_renc_signs_each_host_once(make_repo: object) -> None:
     before = repo.cache_files()
     proc = repo.ok("renc")
     assert b"signed the list of host0, host1" in proc.stdout
+    # The "repaired" column, explained: no list vouched for the files found.
+    assert proc.stdout.decode().splitlines()[-1] == (
+        "re-encrypted every file of host0, host1: no signed list vouched for them "
+        "(SHA256SUMS missing)")
     after = repo.cache_files()
     # Every file re-encrypted once (a file nobody signed is not trusted as found).
     assert {k for k in before if k in after and before[k] == after[k]} == {
@@ -201,8 +205,11 @@ def test_a_new_key_resigns_everything(make_repo: object) -> None:
     assert repo.ok("signing-key", "--public").stdout != old
     line = check_fails(repo, "host0")
     assert "made with another key" in line
-    repo.ok("renc")
+    out = repo.ok("renc").stdout.decode()
+    assert ("re-encrypted every file of host0, host1: no signed list vouched for them "
+            "(SHA256SUMS.sig signature made with another key") in out
     repo.ok("check")
+    assert b"re-encrypted" not in repo.ok("renc", env={"VAULTPY_NO_MEMO": "1"}).stdout
     proc = repo.run("signing-key")
     assert proc.returncode == 1 and b"already" in proc.stderr
 

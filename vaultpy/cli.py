@@ -553,6 +553,12 @@ def _renc_summary(result: Any, cache_dir: Path, hosts: int, people: int) -> None
         _plain(renc_table(rows))
     if result.signed:
         _plain(signed_line(result.signed))
+    by_reason: dict[str, list[str]] = {}
+    for host, why in sorted(result.unvouched.items()):
+        by_reason.setdefault(why, []).append(host)
+    for why, names in by_reason.items():    # (why the "repaired" column is full)
+        _plain(f"re-encrypted every file of {', '.join(names)}: no signed list vouched for "
+               f"them ({why})")
     if result.failed:
         _err().print(f"[red]{len(result.failed)} failed[/]")
 

@@ -56,6 +56,9 @@ class Result:
     # With a signing key: the SHA-256 of each file written ("host/name"), as the worker
     # wrote it, for the host's list (vaultpy/signing.py).
     digests: dict[str, str] = field(default_factory=dict)
+    # Hosts whose files were re-encrypted because no list vouched for them, with why
+    # ("SHA256SUMS missing": the first signed run), for the summary.
+    unvouched: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -742,6 +745,9 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
             continue
         index.record_signed(host, str(path.parent))
         result.signed.append(host)
+        why = index.unsigned.get(host)
+        if why is not None and any(i.host == host for i in result.repaired):
+            result.unvouched[host] = f"{os.path.basename(why.path)} {why.reason}"
 
 
 def _fills_first(cfg: Config) -> bool:
