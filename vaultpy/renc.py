@@ -741,7 +741,9 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
     for path, host in lists.items():
         exc = failed_lists.get(path)
         if exc is not None:
-            result.failed.append(os_problem(exc.filename or path, exc, "sign the cache"))
+            problem = os_problem(exc.filename or path, exc, "sign the cache")
+            if problem not in result.failed:    # (one failed sync fails every list)
+                result.failed.append(problem)
             continue
         index.record_signed(host, str(path.parent))
         result.signed.append(host)

@@ -175,8 +175,8 @@ def write_lists(lists: Sequence[Signed], key: Ed25519PrivateKey, root: Path
                     continue
                 done.append(path)
         finally:
-            for tmp in temps:           # (those renamed are gone already)
-                with contextlib.suppress(FileNotFoundError):
+            for tmp in temps:           # (those renamed are gone already; on a read-only
+                with contextlib.suppress(OSError):  # folder, unlink says EROFS, not ENOENT)
                     os.unlink(tmp)
     if done:
         try:
