@@ -738,6 +738,7 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
     if not changed or key is None:
         return
     failed_lists = signing.write_lists(changed, key, index.path.parent)
+    repaired = {i.host for i in result.repaired}
     for path, host in lists.items():
         exc = failed_lists.get(path)
         if exc is not None:
@@ -748,7 +749,7 @@ def _sign(p: cache.Plan, result: Result, index: cache.VerifiedIndex,
         index.record_signed(host, str(path.parent))
         result.signed.append(host)
         why = index.unsigned.get(host)
-        if why is not None and any(i.host == host for i in result.repaired):
+        if why is not None and host in repaired:
             result.unvouched[host] = f"{os.path.basename(why.path)} {why.reason}"
 
 
