@@ -196,13 +196,6 @@ def _naming(final: Path) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror, str(final)) from None
 
 
-def _write_signed(path: Path, sig_path: Path, space: str, entries: Mapping[str, str],
-                  key: Ed25519PrivateKey) -> None:
-    """Replace one list and its signature (:func:`write_lists`); OSError if it failed."""
-    for exc in write_lists([(path, sig_path, space, entries)], key, path.parent).values():
-        raise exc
-
-
 def read_signed(host_dir: Path | str, host: str, key: str,
                 sums_path: Path | str | None = None, sig_path: Path | str | None = None
                 ) -> dict[str, str]:
@@ -370,5 +363,8 @@ def read_masters(cache_dir: Path, key: str) -> dict[str, str]:
 
 def write_masters(cache_dir: Path, entries: Mapping[str, str], key: Ed25519PrivateKey
                   ) -> None:
-    _write_signed(cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE, MASTERS_NAMESPACE,
-                  entries, key)
+    """Replace the list of masters and its signature (:func:`write_lists`); OSError if
+    it could not be."""
+    signed = (cache_dir / MASTERS, cache_dir / MASTERS_SIGNATURE, MASTERS_NAMESPACE, entries)
+    for exc in write_lists([signed], key, cache_dir).values():
+        raise exc
