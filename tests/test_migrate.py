@@ -746,6 +746,52 @@ def test_host_keys_left_unnamed_are_refused_as_master_recipients(agenix, nix_env
        "--recipient", agenix.operator_pub, "--dry-run", cwd=repo, env=nix_env)
 
 
+def test_with_recipient_keys_left_out_are_still_named(agenix, nix_env, tmp_path):
+    """With --recipient, the import dropped every other key of secrets.nix without a
+    word: the hosts their comments named (root@web1, root@db1) and ci, a user given two
+    secrets.  Secrets only those hosts had then went to no host, and check passed (a
+    review).  Each key left out is named, with the secrets it had and how to keep it;
+    the keys --recipient names are masters, not left out."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+              "--recipient", agenix.operator_pub, cwd=repo, env=nix_env)
+    warnings = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("warning:")]
+    for host, ids in (("web1", "api-token, db_password"),
+                      ("db1", "db_password, hosts-db1-backup_key")):
+        (line,) = [ln for ln in warnings if f"(root@{host})" in ln]
+        assert (f"looks like a host key that no host option names, on 2 of 4 secrets "
+                f"({ids}): no host gets them; name its host with --hosts-by-comment") \
+            in line, line
+    (ci,) = [ln for ln in warnings if "could open 2 of 4 secrets (db_password, only-ops)"
+             in ln]
+    assert ci.startswith(f"warning: {_ci_pub(agenix)[:20]}"), ci
+    assert "name it with --recipient, with every other master recipient" in ci, ci
+    # Not the operator's key: the master's.
+    assert len([ln for ln in warnings if "of 4 secrets" in ln]) == 3, warnings
+    # Named as a master recipient, a key is no longer left out.
+    again = tmp_path / "again"
+    again.mkdir()
+    proc = ok("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+              "--recipient", agenix.operator_pub, "--recipient", _ci_pub(agenix),
+              "--dry-run", cwd=again, env=nix_env)
+    assert "could open" not in proc.stderr.decode(), proc.stderr.decode()
+
+
+def test_unnamed_host_keys_on_some_secrets_are_refused_for_what_they_would_lose(
+        agenix, nix_env, tmp_path):
+    """The refusal said such keys would be master recipients, able to decrypt every
+    secret, of host keys that could open two secrets of four: they never would.  It
+    says what would happen: their hosts would be left out."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = run("import", "agenix", str(agenix.secrets_nix), "-i", str(agenix.operator),
+               cwd=repo, env=nix_env)
+    assert_one_clean_error(proc, "and 1 more look like host keys that no host option "
+                           "names: their hosts would be left out", "--hosts-by-comment")
+    assert "a master recipient can decrypt every secret" not in proc.stderr.decode()
+
+
 def test_an_rsa_user_key_is_named_once_and_not_called_a_host_key(agenix, nix_env,
                                                                   tmp_path):
     """An ssh-rsa key stays a master recipient (vaultpy hosts take no RSA key), and the

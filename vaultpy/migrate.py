@@ -92,6 +92,9 @@ class Plan:
     default_recipients: list[str] = field(default_factory=list)
     default_hint: str = ""
     default_warnings: list[str] = field(default_factory=list)   # if the defaults are used
+    # Keys of the source that open some secrets and become neither a host nor a master
+    # recipient (normalized key -> the warning naming them): unless --recipient names one.
+    left_out: dict[str, str] = field(default_factory=dict)
     default_refused: Problem | None = None                      # the defaults can't be used
     warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -368,49 +371,50 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
     # names) would gain the rest; it is named, and left out.
     every = set(plan.secrets)
     plan.default_recipients = [k for n, k in users.items() if opens[n] >= every]
+    hosts_like = []
     for norm, key in users.items():
-        # (an ssh-ed25519 key named like a host's is refused below, not only warned of)
-        host_ed25519 = (_COMMENT_HOST.fullmatch(_comment(key)) is not None
-                        and key.startswith(age.SSH_ED25519))
-        if not opens[norm] >= every and not host_ed25519:
-            some = sorted(opens[norm])
-            shown_ids = ", ".join(some[:3]) + (", …" if len(some) > 3 else "")
+        some = sorted(opens[norm])
+        shown_ids = ", ".join(some[:3]) + (", …" if len(some) > 3 else "")
+        # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
+        # it) is a host's until the operator says otherwise: as a master recipient that
+        # host could read every master; left out, it would get none of its secrets.
+        if (_COMMENT_HOST.fullmatch(_comment(key)) is not None
+                and key.startswith(age.SSH_ED25519)):
+            hosts_like.append(key)
+            plan.left_out[norm] = (
+                f"{age.key_name(key)} looks like a host key that no host option names, on "
+                f"{len(some)} of {len(every)} secrets ({shown_ids}): no host gets them; "
+                "name its host with --hosts-by-comment, --hosts-from FILE or --host-key "
+                "NAME=KEY")
+        elif not opens[norm] >= every:
             host_fix = ("if it is a host's key, add the host with its ssh-ed25519 key "
                         "(vaultpy hosts take no RSA key: --host-key NAME=KEY) and give it "
                         "these secrets" if key.startswith("ssh-rsa ") else
                         "if it is a host's key, name its host with --hosts-from, "
                         "--host-key or --hosts-by-comment")
-            plan.default_warnings.append(
+            plan.left_out[norm] = (
                 f"{age.key_name(key)} could open {len(some)} of {len(every)} secrets "
                 f"({shown_ids}), so it is not a master recipient (they can decrypt every "
-                f"secret): {host_fix}; if it may read every secret, give the "
-                "master recipients with --recipient")
-    hosts_like = []
-    for key in users.values():              # a host that could read every master
-        host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
-        rsa = key.startswith("ssh-rsa ")
-        if host_like and key.startswith(age.SSH_ED25519):
-            hosts_like.append(key)          # refused below, not only warned of
-            continue
-        if not (host_like or rsa) or key not in plan.default_recipients:
-            continue
-        # age.key_name names the key once, with its comment.  An RSA key may be a user's
-        # (agenix's id_rsa) or a host's, and cannot be a vaultpy host's either way.
-        fix = ("if it is a host's key, drop it from [vaultpy] recipients after the import "
-               "and give the host its ssh-ed25519 key (vaultpy hosts take no RSA key)"
-               if rsa else "name its host with --hosts-from FILE, --host-key NAME=KEY or "
-               "--hosts-by-comment, or drop it from [vaultpy] recipients after the import")
-        plan.default_warnings.append(
-            f"{age.key_name(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
-            f" a master recipient, able to decrypt every secret: {fix}")
-    # An ssh-ed25519 key whose comment names a host (root@web1, as a host's .pub has
-    # it) is a host's key until the operator says otherwise: as a master recipient,
-    # that host could read every master secret, and the import would only warn.
+                f"secret): {host_fix}; if it may read every secret, name it with "
+                "--recipient, with every other master recipient")
+        elif key.startswith("ssh-rsa "):
+            # An RSA key may be a user's (agenix's id_rsa) or a host's, and cannot be a
+            # vaultpy host's either way.  age.key_name names the key once, with its comment.
+            host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
+            plan.default_warnings.append(
+                f"{age.key_name(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
+                " a master recipient, able to decrypt every secret: if it is a host's key, "
+                "drop it from [vaultpy] recipients after the import and give the host its "
+                "ssh-ed25519 key (vaultpy hosts take no RSA key)")
+    # Unless the operator chose the master recipients (--recipient), such keys stop the
+    # import: as the defaults they would read every master, and their hosts be left out.
     if hosts_like:
         more = f" and {len(hosts_like) - 1} more" if len(hosts_like) > 1 else ""
         plan.default_refused = Problem(
             shown, f"{age.key_name(hosts_like[0])}{more} look like host keys that no host option "
-            "names (a master recipient can decrypt every secret)",
+            "names: their hosts would be left out"
+            + (", and a master recipient can decrypt every secret"
+               if set(hosts_like) & set(plan.default_recipients) else ""),
             "publicKeys", "name their hosts with --hosts-by-comment, --hosts-from FILE or "
             "--host-key NAME=KEY; or, if they are operators' keys, choose the master "
             "recipients with --recipient KEY")
@@ -764,23 +768,26 @@ def _recipients(plan: Plan, given: Sequence[str], existing: model.Config | None,
                        "imported masters are encrypted to them", field="--recipient",
                        hint="drop --recipient, or give exactly those keys (or change "
                        "hosts.toml first)")
+        plan.warnings.extend(w for k, w in plan.left_out.items()
+                             if k not in existing.recipients)
         return list(existing.recipients), "hosts.toml"
     if given:
+        chosen = {_norm(g, host=False) for g in given}
+        plan.warnings.extend(w for k, w in plan.left_out.items() if k not in chosen)
         return [g.strip() for g in given], "--recipient"
-    if plan.default_recipients:
+    publics = [] if plan.default_recipients else [
+        str(k.key.to_public()) for k in keys if k.kind == "x25519"]
+    if plan.default_recipients or publics:
         if plan.default_refused is not None:
             raise VaultpyError(plan.default_refused)
         plan.warnings.extend(plan.default_warnings)
+        plan.warnings.extend(plan.left_out.values())
+    if plan.default_recipients:
         return plan.default_recipients, plan.default_hint
-    publics = []
-    for k in keys:
-        if k.kind == "x25519":
-            publics.append(str(k.key.to_public()))
     if publics:
-        plan.warnings.extend(plan.default_warnings)     # (the keys left out of them)
         return publics, "the X25519 identity given with -i"
     none_all = (f"; no key in {plan.source} could open every secret"
-                if plan.default_warnings else "")
+                if plan.left_out else "")
     raise VaultpyError(Problem("--recipient", "no master recipient for the new hosts.toml"
                                + none_all, "", "give one with --recipient KEY (your master "
                                "public key, age-keygen -y)"))
