@@ -533,6 +533,45 @@ def test_init_without_a_recipient_takes_the_default_identitys(tmp_path: Path) ->
     assert "master recipient" not in proc.stderr.decode()
 
 
+def test_init_takes_the_master_key_named_with_i_or_vaultpy_identity(tmp_path: Path) -> None:
+    """`vaultpy -i KEY init` (or VAULTPY_IDENTITY=KEY) encrypted the new repository to
+    the default identity's key, ignoring the one named, which every other command takes
+    (a review).  The named key's public key is the master recipient now, first before
+    any -r; -i is also written as [vaultpy] identity, as --generate-identity's is."""
+    home = tmp_path / "home"
+    (home / ".config" / "vaultpy").mkdir(parents=True)
+    _, default = age_keygen(home / ".config" / "vaultpy", "master.txt")
+    _, named = age_keygen(tmp_path, "named.txt")
+    _, backup = age_keygen(tmp_path, "backup.txt")
+    env = {"HOME": str(home)}
+    key = str(tmp_path / "named.txt")
+    repo = _bare_repo(tmp_path / "flag")
+    proc = repo.ok("-i", key, "init", "-r", backup, env=env)
+    cfg = model.load(repo.root)
+    assert cfg.recipients == (named, backup), cfg.recipients
+    assert cfg.identity == tmp_path / "named.txt"
+    assert f"master recipient: {named} (the public key of" in proc.stderr.decode()
+    assert default not in proc.stderr.decode()
+    repo = _bare_repo(tmp_path / "env")
+    repo.ok("init", env={**env, "VAULTPY_IDENTITY": key})
+    cfg = model.load(repo.root)
+    assert cfg.recipients == (named,) and cfg.identity is None
+    # What init cannot take is refused before anything is written.
+    ssh = tmp_path / "ssh_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh)], check=True)
+    for args, code, words in (
+            (("-i", key, "init", "--generate-identity", "new.txt"), 2,
+             ("-i names the master identity, and --generate-identity makes a new one",)),
+            (("-i", str(ssh), "init"), 1, ("ssh_key: holds no single age key (-i)",
+                                          "give the master public key with -r KEY")),
+            (("-i", key, "-i", str(ssh), "init"), 1, ("-i: names 2 identity files",))):
+        repo = _bare_repo(tmp_path / f"refused{code}{len(args)}")
+        proc = repo.run(*args, env=env)
+        assert proc.returncode == code, proc.stderr.decode()
+        assert_one_clean_error(proc, *words)
+        assert sorted(os.listdir(repo.root)) == []
+
+
 def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
     """A repository that has a .gitignore keeps every line of it; the journal's lines
     are added once."""

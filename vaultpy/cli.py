@@ -21,7 +21,7 @@ import typer.core
 
 from vaultpy import __version__
 from vaultpy._internal.leave import OUTPUT_ERRNOS, output_lost
-from vaultpy.errors import Problem, UsageError, VaultpyError
+from vaultpy.errors import Problem, UsageError, VaultpyError, display_path
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -311,16 +311,25 @@ def init(
 
     recipients = list(recipient or [])
     found = None
-    if not recipients and generate_identity is None:
+    named = _named_identity(generate_identity)
+    if named is not None:
+        # -i or VAULTPY_IDENTITY, as every command takes them: its key is the master's
+        # (init took the default identity's while a key was named: found in review).
+        recipients = [named[1], *[r for r in recipients if r.strip() != named[1]]]
+    elif not recipients and generate_identity is None:
         # No key named: the default identity's, if there is one (it wrote
         # `recipients = []`, while the key every command uses by default sat there).
         found = default_recipient()
         if found is not None:
             recipients = [found[1]]
-    written = do_init(directory, recipients, generate_identity)
+    written = do_init(directory, recipients, generate_identity,
+                      identity=named[0] if named is not None and _Globals.identity else None)
     if found is not None:
         _err().print(f"master recipient: {found[1]} (the public key of {found[0]}, the "
                      "default identity)", markup=False)
+    if named is not None:
+        _err().print(f"master recipient: {named[1]} (the public key of "
+                     f"{display_path(named[0])})", markup=False)
     for path in written:
         _err().print(f"wrote {path}", markup=False)
     if generate_identity is not None:
@@ -342,6 +351,33 @@ def init(
                    f"{DEFAULT_IDENTITY}) and add the public key it prints")
         _err().print(f"warning: no master recipient ({why}): {fix} to [vaultpy] recipients "
                      "in hosts.toml", markup=False)
+
+
+def _named_identity(generate: Path | None) -> tuple[Path, str] | None:
+    """For init: the identity named with -i or VAULTPY_IDENTITY (one file, whose key is
+    an X25519 one) and its public key; None when none is named."""
+    from vaultpy import age
+    from vaultpy.identities import configured_paths
+
+    if not (_Globals.identity or os.environ.get("VAULTPY_IDENTITY")):
+        return None
+    how = "-i" if _Globals.identity else "VAULTPY_IDENTITY"
+    if generate is not None:
+        _err().print(f"{how} names the master identity, and --generate-identity makes a new "
+                     "one: give one of them", markup=False)
+        _exit(2)
+    paths = configured_paths(None, _Globals.identity)
+    if len(paths) != 1:
+        raise VaultpyError(Problem(how, f"names {len(paths)} identity files; init takes the "
+                                   "master's alone", "", "name one file (more master "
+                                   "recipients: -r KEY)"))
+    keys = age.load_identities(paths, regular_only=False)
+    publics = [str(k.key.to_public()) for k in keys if k.kind == "x25519"]
+    if len(publics) != 1:
+        raise VaultpyError(Problem(display_path(paths[0]), "holds no single age key "
+                                   f"({how}): init cannot tell the master's public key",
+                                   "", "give the master public key with -r KEY instead"))
+    return paths[0], publics[0]
 
 
 @app.command()

@@ -140,14 +140,25 @@ def default_recipient() -> tuple[str, str] | None:
         return None
 
 
+def _identity_line(directory: Path, identity: Path) -> str:
+    shown = model.identity_setting(directory, identity)
+    line = tomli_w.dumps({"identity": shown}).strip()
+    if os.path.isabs(shown):        # this machine's place: say how others differ
+        line += "   # yours: -i or VAULTPY_IDENTITY override it"
+    return line
+
+
 def _identity_text(secret_key: str, public: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"# created: {now}\n# public key: {public}\n{secret_key}\n"
 
 
 def init(directory: Path, recipients: Sequence[str] = (),
-         generate_identity: Path | None = None) -> list[Path]:
-    """Create ``directory/hosts.toml`` (never overwriting) and return what was written."""
+         generate_identity: Path | None = None, *, identity: Path | None = None
+         ) -> list[Path]:
+    """Create ``directory/hosts.toml`` (never overwriting) and return what was written.
+    ``identity``: an existing master identity for ``[vaultpy] identity`` (its public key
+    is among ``recipients``)."""
     target = directory / FILENAME
     problems: list[Problem] = []
     if target.exists():
@@ -178,6 +189,8 @@ def init(directory: Path, recipients: Sequence[str] = (),
     try:
         directory.mkdir(parents=True, exist_ok=True)
         identity_line = '# identity = "~/.config/vaultpy/master.txt"   # or -i / VAULTPY_IDENTITY'
+        if identity is not None:
+            identity_line = _identity_line(directory, identity)
         if generate_identity is not None:
             secret_key, public = age.generate_x25519()
             generate_identity.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -185,10 +198,7 @@ def init(directory: Path, recipients: Sequence[str] = (),
                               _identity_text(secret_key, public).encode(), 0o600)
             written.append(generate_identity)
             normalized.insert(0, public)
-            shown = model.identity_setting(directory, generate_identity)
-            identity_line = tomli_w.dumps({"identity": shown}).strip()
-            if os.path.isabs(shown):    # this machine's place: say how others differ
-                identity_line += "   # yours: -i or VAULTPY_IDENTITY override it"
+            identity_line = _identity_line(directory, generate_identity)
         if normalized:
             recipients_line = tomli_w.dumps({"recipients": normalized}).strip()
         else:
