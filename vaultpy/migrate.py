@@ -400,10 +400,11 @@ def plan_agenix(secrets_nix: Path, *, hosts_from: Path | None = None,
         elif key.startswith("ssh-rsa "):
             # An RSA key may be a user's (agenix's id_rsa) or a host's, and cannot be a
             # vaultpy host's either way.  age.key_name names the key once, with its comment.
-            host_like = _COMMENT_HOST.fullmatch(_comment(key)) is not None
+            looks = ("looks like a host key but becomes"
+                     if _COMMENT_HOST.fullmatch(_comment(key)) else "becomes")
             plan.default_warnings.append(
-                f"{age.key_name(key)} {'looks like a host key but becomes' if host_like else 'becomes'}"
-                " a master recipient, able to decrypt every secret: if it is a host's key, "
+                f"{age.key_name(key)} {looks} a master recipient, able to decrypt every "
+                "secret: if it is a host's key, "
                 "drop it from [vaultpy] recipients after the import and give the host its "
                 "ssh-ed25519 key (vaultpy hosts take no RSA key)")
     # Unless the operator chose the master recipients (--recipient), such keys stop the
