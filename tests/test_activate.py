@@ -888,6 +888,29 @@ def test_bundle_force_replaces_only_a_bundle(world: World, tmp_path: Path) -> No
     assert stat_mod.S_ISCHR(device.lstat().st_mode) and notes.read_text() == "important\n"
 
 
+def test_bundle_suggests_force_only_where_it_works(world: World, tmp_path: Path) -> None:
+    """Without --force, a file of notes at -o got "pass --force to replace it", and then
+    --force refused it as no bundle; and -o under a file said "File exists" of neither
+    (a review).  --force is suggested for a bundle alone, and the file in the way of a
+    folder is named."""
+    repo = world.repo
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important\n")
+    before = snapshot_tree(tmp_path)
+    proc = repo.run("bundle", "--host", HOST, "-o", str(notes))
+    assert_one_clean_error(proc, str(notes), "already exists, and is not a vaultpy bundle",
+                           "choose another -o")
+    assert "--force" not in proc.stderr.decode()
+    proc = repo.run("bundle", "--host", HOST, "-o", str(notes / "sub" / "b"))
+    assert_one_clean_error(proc, f"{notes}: is not a directory (-o {notes}/sub/b)",
+                           "choose another -o")
+    assert snapshot_tree(tmp_path) == before
+    out = tmp_path / "b"
+    repo.ok("bundle", "--host", HOST, "-o", str(out))
+    proc = repo.run("bundle", "--host", HOST, "-o", str(out))
+    assert_one_clean_error(proc, str(out), "already exists", "pass --force to replace it")
+
+
 def test_bundle_force_keeps_what_it_did_not_write(world: World, tmp_path: Path) -> None:
     """An age host's key put into its bundle folder (which mirrors /etc/vaultpy) went
     with the old bundle on --force, without a word."""

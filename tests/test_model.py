@@ -572,6 +572,24 @@ def test_init_takes_the_master_key_named_with_i_or_vaultpy_identity(tmp_path: Pa
         assert sorted(os.listdir(repo.root)) == []
 
 
+def test_init_names_the_file_in_the_way_and_makes_nothing(tmp_path: Path) -> None:
+    """`init y --generate-identity afile/k`, afile a file, said "afile: already exists"
+    with no fix, and left an empty y/ behind (a review).  The file in the way is named
+    before anything is made."""
+    repo = _bare_repo(tmp_path / "site")
+    (repo.root / "afile").write_text("x\n")
+    for args, words in (
+            (("init", "y", "--generate-identity", "afile/k"),
+             ("afile: is not a directory, so the identity afile/k cannot be created",
+              "choose another --generate-identity")),
+            (("init", "afile/z"), ("afile: is not a directory, so hosts.toml in afile/z "
+                                   "cannot be created", "choose another directory"))):
+        proc = repo.run(*args)
+        assert proc.returncode == 1, proc.stderr.decode()
+        assert_one_clean_error(proc, *words)
+        assert sorted(os.listdir(repo.root)) == ["afile"]
+
+
 def test_init_adds_the_journal_to_an_existing_gitignore(tmp_path: Path) -> None:
     """A repository that has a .gitignore keeps every line of it; the journal's lines
     are added once."""

@@ -141,10 +141,19 @@ def bundle(cfg: Config, host: str, out: Path, vaultpy: str = "/usr/local/bin/vau
                                    "ExecStart=", "", "give vaultpy's absolute path on the "
                                    "host" + (" (or %h/.local/bin/vaultpy)" if user else "")
                                    + ", with no space, % or control character"))
+    blocker = fsutil.not_a_directory(out.parent)
+    if blocker is not None:
+        raise VaultpyError(Problem(display_path(blocker), "is not a directory (-o "
+                                   f"{display_path(out)})", "", "choose another -o"))
     if os.path.lexists(out):
         if not force:
-            raise VaultpyError(Problem(display_path(out), "already exists", "",
-                                       "choose another -o, or pass --force to replace it"))
+            # --force replaces only what bundle wrote: suggested only for that.
+            ours = is_bundle(out)
+            raise VaultpyError(Problem(
+                display_path(out), "already exists" if ours else
+                "already exists, and is not a vaultpy bundle", "",
+                "choose another -o, or pass --force to replace it" if ours
+                else "choose another -o"))
         if not is_bundle(out):
             raise VaultpyError(Problem(
                 display_path(out), "is not a vaultpy bundle (no profile.json and "
@@ -223,7 +232,7 @@ def _publish(out: Path, copies: list[tuple[str, bytes]], files: dict[str, bytes]
     parent = out.parent
     staging = parent / fsutil.tmp_basename(out.name)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        fsutil.mkdir_p(parent)
         for leftover in os.listdir(parent):
             if leftover.startswith(fsutil.tmp_prefix(out.name)):
                 fsutil.remove_tree(parent / leftover)

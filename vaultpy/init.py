@@ -171,6 +171,15 @@ def init(directory: Path, recipients: Sequence[str] = (),
     if generate_identity is not None and generate_identity.exists():
         problems.append(Problem(display_path(generate_identity), "already exists", "",
                                 "choose another path; vaultpy never overwrites a key"))
+    # Refused before anything is made (a directory made, then the key's refused, stayed).
+    for what, folder, fix in (
+            (f"hosts.toml in {display_path(directory)}", directory, "another directory"),
+            (f"the identity {display_path(generate_identity or directory)}",
+             generate_identity and generate_identity.parent, "another --generate-identity")):
+        blocker = folder and fsutil.not_a_directory(folder)
+        if blocker:
+            problems.append(Problem(display_path(blocker), f"is not a directory, so {what} "
+                                    "cannot be created", "", f"choose {fix}"))
     normalized = []
     for r in recipients:
         try:
@@ -187,13 +196,13 @@ def init(directory: Path, recipients: Sequence[str] = (),
         raise VaultpyError(problems)
     written: list[Path] = []
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        fsutil.mkdir_p(directory)
         identity_line = '# identity = "~/.config/vaultpy/master.txt"   # or -i / VAULTPY_IDENTITY'
         if identity is not None:
             identity_line = _identity_line(directory, identity)
         if generate_identity is not None:
             secret_key, public = age.generate_x25519()
-            generate_identity.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fsutil.mkdir_p(generate_identity.parent, 0o700)
             fsutil.create_new(generate_identity,           # fails instead of overwriting
                               _identity_text(secret_key, public).encode(), 0o600)
             written.append(generate_identity)

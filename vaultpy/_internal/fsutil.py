@@ -517,6 +517,27 @@ def mount_ramfs(path: Path, mode: str = "0751") -> None:
                ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), f"mode={mode}".encode())
 
 
+def mkdir_p(path: Path, mode: int = 0o777) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, but a part of ``path`` that exists and
+    is no directory is named, as ENOTDIR (mkdir says EEXIST of it: "File exists", of a
+    path the user never meant to create)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+    except FileExistsError:
+        blocker = not_a_directory(path) or path
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(blocker)) from None
+
+
+def not_a_directory(path: Path) -> Path | None:
+    """The part of ``path`` (itself or a parent) that exists and is no directory, if
+    one does: what keeps ``path`` from being created as a directory."""
+    for p in (*reversed(path.parents), path):
+        if os.path.lexists(p) and not p.is_dir():
+            return p
+    return None
+
+
 def makedirs(path: Path, mode: int = 0o755) -> None:
     """mkdir -p whose new directories get exactly ``mode`` whatever the umask."""
     missing = []
