@@ -106,6 +106,12 @@ def test_from_shares_decrypts_and_rencs_without_writing_the_key(make_repo, tmp_p
         assert proc.returncode == 2 and proc.stdout == b""
         assert_one_clean_error(proc, "--from-shares rebuilds the master identity to use",
                                "give one of them")
+    # Both ways of giving the shares: the prompt was ignored without a word (a review).
+    proc = repo.run("--from-shares", str(keep), "--from-shares-prompt", "decrypt", "a",
+                    env=env)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert_one_clean_error(proc, "--from-shares reads the shares from DIR, and "
+                           "--from-shares-prompt asks for them", "give one of them")
 
 
 def test_from_shares_with_two_of_three_is_a_clean_error(make_repo, tmp_path):

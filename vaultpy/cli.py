@@ -284,6 +284,10 @@ def _main(
         from vaultpy import age
 
         age.set_passphrase_fd(passphrase_fd)
+    if from_shares is not None and from_shares_prompt:  # one was ignored without a word
+        _err().print("--from-shares reads the shares from DIR, and --from-shares-prompt "
+                     "asks for them: give one of them", markup=False)
+        _exit(2)
     if from_shares is not None or from_shares_prompt:
         if identity:                # before a share is asked for
             _err().print(_BOTH_KEYS, markup=False)
