@@ -232,6 +232,13 @@ def test_recipient_coverage_with_backup_identities(make_repo, tmp_path):
     repo.ok("renc")
     repo.ok("check", "--backup-identity", str(late), "--backup-identity", str(late_ssh),
             "--backup-identity", str(backup))
+    # A backup identity that cannot be read: the fix is --backup-identity's, not -i's,
+    # VAULTPY_IDENTITY's or [vaultpy] identity's, which it never reads (a review).
+    proc = repo.run("check", "--backup-identity", str(tmp_path / "nosuch.key"))
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [
+        f"{tmp_path}/nosuch.key: --backup-identity: cannot read identity: No such file or "
+        "directory; give the backup identity's file with --backup-identity FILE"]
 
 
 def test_recipient_coverage_flags_a_master_still_open_to_a_removed_key(make_repo, tmp_path):

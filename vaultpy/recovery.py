@@ -106,7 +106,8 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
     backups: list[tuple[str, list[age.Identity], str]] = []    # (source, keys, the fix)
     for path in backup_files:
         try:
-            keys = age.load_identity_file(path, ask)
+            keys = age.load_identity_file(path, ask, unreadable_hint="give the backup "
+                                          "identity's file with --backup-identity FILE")
         except VaultpyError as exc:
             problems.extend(Problem(p.file, p.message, "--backup-identity", p.hint)
                             for p in exc.problems)
