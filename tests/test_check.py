@@ -677,6 +677,10 @@ def test_master_files_no_secret_declares_and_kept_edits_are_warnings(make_repo) 
         assert ("warning: secrets/alpha.age.conflict-20261129T101010Z: an edit kept beside "
                 "a master written while its editor was open") in err, err
         assert "vaultpy edit alpha" in err
+        # The way to read it is vaultpy's own, as edit's message and the README say:
+        # it was `age -d -i YOUR_KEY` (a review).
+        assert ("read it with vaultpy decrypt --file "
+                "secrets/alpha.age.conflict-20261129T101010Z, merge it") in err, err
     proc = repo.run("check", "--strict")
     assert proc.returncode == 1 and b"secrets/gone.age" in proc.stdout, proc.stdout
     (secrets / "gone.age").unlink()

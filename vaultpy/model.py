@@ -824,8 +824,9 @@ def stray_masters(cfg: Config) -> list[Problem]:
             why = ("a master written while its editor was open" if kept["why"] == "conflict"
                    else "a master that could not be written")
             out.append(Problem(display_path(path), f"an edit kept beside {why}", "",
-                               f"read it with age -d -i YOUR_KEY, merge it into the master "
-                               f"with vaultpy edit {sid}, then delete it"))
+                               f"read it with vaultpy decrypt --file {display_path(path)}, "
+                               f"merge it into the master with vaultpy edit {sid}, then "
+                               "delete it"))
         elif (name.endswith(".age") and not name.startswith(".")
               and os.path.abspath(path) not in declared):
             sid = name[:-4]
