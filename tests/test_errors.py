@@ -259,6 +259,19 @@ def test_missing_master_fails_renc_and_check(make_repo) -> None:
     assert repo.cache_files() == cached
 
 
+def test_a_missing_master_with_a_vault_source_is_pulled(make_repo) -> None:
+    """A secret whose value lives in Vault (vault = …) and has no master yet: check said
+    "create it with vaultpy edit" and never vaultpy pull, the way its value comes in (a
+    review)."""
+    repo = make_repo(hosts=1)
+    text = (repo.root / "hosts.toml").read_text()
+    repo.write_hosts(text.replace("[secrets.alpha]", '[secrets.alpha]\nvault = '
+                                  '"secret/app/db#password"', 1))
+    (repo.root / "secrets" / "alpha.age").unlink()
+    output_line(repo.run("check"), "secrets/alpha.age", "master file is missing",
+                "fetch it from Vault with vaultpy pull alpha (its vault = source)")
+
+
 def test_decrypt_missing_master_hints_edit(make_repo) -> None:
     repo = make_repo(hosts=1, secrets={"alpha": b"x"}, encrypt=False)
     before = state(repo)

@@ -119,6 +119,8 @@ def missing_master(cfg: Config, sid: str) -> Problem:
            if signing_key else
            f"create it with vaultpy generate {sid} (its generate = rule)"
            if secret.generate is not None
+           else f"fetch it from Vault with vaultpy pull {sid} (its vault = source)"
+           if secret.vault is not None
            else f"create it with vaultpy edit {sid} (or vaultpy encrypt {sid})")
     return Problem(display_path(secret.file), "master file is missing", key_path("secrets", sid),
                    fix)
