@@ -187,7 +187,7 @@ def test_import_in_the_agenix_repository_itself(agenix, nix_env, tmp_path):
     for force in ((), ("--force",)):
         proc = run(*args, *force, cwd=infra, env=nix_env)
         line = assert_one_clean_error(proc, "secrets/db_password.age",
-                                      "is the agenix file being imported",
+                                      "is a file this import reads (import agenix)",
                                       "--masters-dir vaultpy-secrets")
         assert "--force" not in line
         assert {p: p.read_bytes() for p in (infra / "secrets").rglob("*")
@@ -999,7 +999,18 @@ def test_the_next_step_printed_works_as_printed(agenix, nix_env, tmp_path):
             str(hosts_nix(agenix)), "-i", str(agenix.operator))
     repo = tmp_path / "repo"
     repo.mkdir()
-    _run_next_step(ok(*args, cwd=repo, env=nix_env), repo, tmp_path)
+    proc = ok(*args, cwd=repo, env=nix_env)
+    _run_next_step(proc, repo, tmp_path)
+    # Every later command needs that -i too: the import says how to set it once, and
+    # what it says works (a review: no step said so).
+    line = next(ln for ln in proc.stderr.decode().splitlines()
+                if ln.startswith("the masters open with"))
+    assert f'set identity = "{agenix.operator}" under [vaultpy] in hosts.toml' in line, line
+    text = (repo / "hosts.toml").read_text()
+    (repo / "hosts.toml").write_text(text.replace("[vaultpy]\n", "[vaultpy]\nidentity = "
+                                                  f'"{agenix.operator}"\n', 1))
+    got = ok("decrypt", "api-token", cwd=repo, env={"HOME": str(tmp_path)}).stdout
+    assert got == agenix.plain["api-token"]
     # A dedicated master key given with --recipient is not one the import holds.
     _, master_pub = age_keygen(tmp_path, "master.txt")
     other = tmp_path / "repo-recipient"

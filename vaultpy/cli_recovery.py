@@ -203,7 +203,13 @@ def _report(result: object, dry_run: bool) -> None:
     renc = f"{vaultpy} renc"
     check = f"{vaultpy} check"
     if result.master_identity is not None:      # the masters are not opened by default
-        renc += f" -i {shlex.quote(str(result.master_identity))}"
+        key = shlex.quote(str(result.master_identity))
+        renc += f" -i {key}"
+        # Every later command needs it as well (edit, renc, rekey): how to say it once.
+        # (Before the last line, which stays the commands to run next.)
+        _err().print(f"the masters open with {key}: to drop -i from every later command, "
+                     f"set identity = \"{result.master_identity}\" under [vaultpy] in "
+                     f"{result.path.name}, or VAULTPY_IDENTITY={key}", markup=False)
     else:                           # renc alone finds none: say which flag it needs
         from vaultpy import identities
 

@@ -915,8 +915,8 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             # Never replaced, --force or not: it is what is being imported (this
             # secret's file, or another's).
             problems.append(Problem(
-                display_path(target_file), f"is the {plan.tool} file being imported, and "
-                "its vaultpy master would replace it", key_path("secrets", sid),
+                display_path(target_file), f"is a file this import reads (import {plan.tool}), "
+                "and its vaultpy master would replace it", key_path("secrets", sid),
                 "keep vaultpy's masters apart: --masters-dir vaultpy-secrets"
                 if existing is None
                 else "set secrets_dir in hosts.toml to a directory of vaultpy's own"))
