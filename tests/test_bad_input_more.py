@@ -333,6 +333,11 @@ def test_a_device_as_the_passphrase_source_is_one_clean_line(repo: Repo) -> None
     proc = capped_run(argv, {**repo.env, "VAULTPY_PASSPHRASE_FILE": "/dev/zero"}, repo.root)
     assert_one_clean_error(proc, "/dev/zero: VAULTPY_PASSPHRASE_FILE: " + cap,
                            "first line is the passphrase")
+    # A file that is not there: the line said why, and no fix (a review).
+    proc = capped_run(argv, {**repo.env, "VAULTPY_PASSPHRASE_FILE": "nosuch.txt"}, repo.root)
+    assert_one_clean_error(proc, "nosuch.txt: VAULTPY_PASSPHRASE_FILE: cannot read passphrase "
+                           "file: No such file or directory; point VAULTPY_PASSPHRASE_FILE "
+                           "at a file whose first line is the passphrase, or unset it")
     with open("/dev/zero", "rb") as zero:
         proc = capped_run(vaultpy_argv("--passphrase-fd", "0", *argv[3:]), repo.env,
                           repo.root, stdin=zero.fileno())

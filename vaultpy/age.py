@@ -239,7 +239,9 @@ def passphrase_from_env_or_tty(prompt: str) -> str:
             raw = fsutil.read_named(path, MAX_PASSPHRASE, line=True)
         except OSError as exc:
             raise fail(path, f"cannot read passphrase file: {exc.strerror}",
-                       field="VAULTPY_PASSPHRASE_FILE") from None
+                       field="VAULTPY_PASSPHRASE_FILE",
+                       hint="point VAULTPY_PASSPHRASE_FILE at a file whose first line is "
+                       "the passphrase, or unset it to be asked") from None
         if raw is None:
             raise VaultpyError(too_big(path, MAX_PASSPHRASE, _NO_LINE,
                                        "point it at a file whose first line is the passphrase",
