@@ -540,6 +540,10 @@ def test_a_symlink_for_a_host_directory_is_never_followed(make_repo, tmp_path: P
             assert f"hosts.host1.secrets.{sid}" in out, out
         assert out.count("secrets/cache/host1 is a symlink: a host's cache directory is "
                          "a directory of its own") == 2, out
+        # Each file named where the link is, not where it leads: renc named the
+        # target's files (another host's, /etc's; a review).
+        assert "fake-etc" not in out, out
+        assert out.count("secrets/cache/host1/") == 2, out
         assert sorted((p.relative_to(other), p.read_bytes() if p.is_file() else b"")
                       for p in other.rglob("*")) == before
     assert age_decrypt(cache_file(repo, "host0", "alpha"),     # the other host: renewed

@@ -906,7 +906,11 @@ def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.Veri
                   else "missing" if item.dir in absent else index.check(item))
         blocker = cache.blocker(item, reason, linked)
         if blocker is not None:         # renc never removes what it did not write
-            result.failed.append(Problem(display_path(item.path), "cannot write the cache "
+            # Through a linked folder, the path as written: display_path resolves the
+            # folder, and named the link's target (another host's folder, /etc).
+            shown = (f"{display_path(item.dir)}/{item.name}" if item.dir in linked
+                     else display_path(item.path))
+            result.failed.append(Problem(shown, "cannot write the cache "
                                          f"file: {blocker}",
                                          key_path("hosts", item.host, "secrets", item.id),
                                          cache.FIX_IN_THE_WAY))
