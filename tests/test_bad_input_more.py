@@ -321,6 +321,23 @@ def test_a_named_identity_may_still_be_a_pipe(repo: Repo) -> None:
     assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
 
 
+def test_decrypt_file_takes_a_pipe_and_stops_at_a_device(repo: Repo) -> None:
+    """decrypt --file <(…) was refused as "not a regular file", while encrypt --file
+    and -i take a pipe (a review).  It takes one now, and /dev/zero still ends in one
+    line, past the cap, not a MemoryError."""
+    master = (repo.root / "secrets" / "alpha.age").read_bytes()
+    proc = capped_run(vaultpy_argv("decrypt", "--file", "/dev/stdin"), repo.env, repo.root,
+                      input=master)
+    assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
+    fifo = repo.root / "master.fifo"
+    with fifo_writer(fifo, master):
+        proc = capped_run(vaultpy_argv("decrypt", "--file", str(fifo)), repo.env, repo.root,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout == SECRETS["alpha"], proc.stderr.decode()
+    proc = capped_run(vaultpy_argv("decrypt", "--file", "/dev/zero"), repo.env, repo.root)
+    assert_one_clean_error(proc, "/dev/zero: is more than", "MiB", "give the age file itself")
+
+
 def test_a_device_as_the_passphrase_source_is_one_clean_line(repo: Repo) -> None:
     """VAULTPY_PASSPHRASE_FILE=/dev/zero was read (readline) until memory ran out;
     --passphrase-fd on /dev/zero read one byte at a time, for ever.  Both stop past

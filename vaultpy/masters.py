@@ -330,12 +330,22 @@ def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
     return age.decrypt(data, ids, display_path(cfg.secret(secret_id).file))
 
 
+# The most ``decrypt --file`` reads: MAX_PLAINTEXT armored, with room for its header.
+_MAX_FILE = MAX_PLAINTEXT * 14 // 10 + (1 << 20)
+
+
 def decrypt_file(path: Path, ids: Sequence[age.Identity]) -> bytes:
-    """A file encrypted like a master (an edit conflict's kept version, a backup)."""
+    """A file encrypted like a master (an edit conflict's kept version, a backup).  Named
+    on the command line, it may be a pipe (``--file <(…)``), as ``encrypt --file`` and
+    ``-i`` take; a device that never ends stops at the cap."""
     try:
-        data = fsutil.read_regular(path)[0]
+        data = fsutil.read_named(path, _MAX_FILE)
     except OSError as exc:
         raise VaultpyError(os_problem(path, exc, "read the file")) from None
+    if data is None:
+        raise VaultpyError(Problem(display_path(path), f"is more than {_MAX_FILE >> 20} MiB, "
+                                   "more than any file vaultpy writes", "",
+                                   "give the age file itself"))
     return age.decrypt(data, ids, display_path(path))
 
 
