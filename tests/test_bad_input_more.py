@@ -503,6 +503,8 @@ def test_no_terminal_and_no_stdin_is_one_line_without_python_warnings(make_repo,
                                   "--passphrase-fd")
     # named by the key that needs it (it was named by the variable, as if a file)
     assert line.startswith(f"{protected}: a passphrase is needed"), line
+    # and that line alone: the prompt, written to a log, came before it (a review)
+    assert err.splitlines() == [line], err
 
 
 # ------------------------------------------------------------------ one problem, one line

@@ -627,14 +627,18 @@ def _tty_secret(prompt: str) -> str | None:
 
 def _stdin_line(prompt: str) -> str:
     """getpass's fallback without a terminal, minus its warning lines: the prompt on
-    stderr, a line from stdin (EOFError when there is none)."""
+    stderr (when someone can see it there: not in a log, where it only came before the
+    error, a second line), a line from stdin (EOFError when there is none)."""
     import sys
 
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
+    shown = sys.stderr.isatty()
+    if shown:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
     line = sys.stdin.readline()
     if not line:
-        sys.stderr.write("\n")     # the error that follows starts a line of its own
+        if shown:
+            sys.stderr.write("\n")     # the error that follows starts a line of its own
         raise EOFError
     return line.rstrip("\r\n")
 
