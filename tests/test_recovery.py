@@ -533,6 +533,64 @@ def test_rotation_resumes_when_the_new_key_was_lost_before_use(make_repo, tmp_pa
     repo.ok("check")
 
 
+def _journal_head(**changes: object) -> bytes:
+    """A well-formed first line of a rotation journal, with ``changes`` (None: left out)."""
+    new_pub = str(pyrage.x25519.Identity.generate().to_public())
+    head = {"version": 1, "new_identity": "/nonexistent/new.txt", "new_recipient": new_pub,
+            "recipients": [new_pub], "retired": [], "masters": []}
+    head.update(changes)
+    return (json.dumps({k: v for k, v in head.items() if v is not None}) + "\n").encode()
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    (b'{"bad": 1}\n', ("version: damaged rotation journal (first line",)),
+    (b"\xff\n", ("damaged rotation journal (not UTF-8 text)",)),
+    (b"", ("damaged rotation journal (first line: not JSON)",)),
+    (b"[1]\n", ("damaged rotation journal (first line: not a JSON object)",)),
+    (b"[" * 100_000 + b"\n", ("damaged rotation journal (first line: not JSON)",)),
+    (_journal_head(new_identity=None), ("new_identity: damaged rotation journal",)),
+    (_journal_head(new_identity="keys/new.txt"), ("new_identity:", "not an absolute path")),
+    (_journal_head(new_identity="/x\0y"), ("new_identity: damaged rotation journal",)),
+    (_journal_head(masters="s000"), ("masters:", "not a list of strings")),
+    (_journal_head(recipients=["not a key"]), ("recipients:", "not a recipient")),
+    (_journal_head(recipients=[]), ("recipients:", "does not start with new_recipient")),
+    (_journal_head(new_recipient=7), ("new_recipient: damaged rotation journal",)),
+    (_journal_head(version=2), ("version: a rotation journal of another vaultpy (version 2)",
+                                "finish it with the vaultpy that started it")),
+])
+def test_a_damaged_rotation_journal_is_the_same_one_line_for_every_command(
+        make_repo, content, needles):
+    """check said "a master key rotation is unfinished; run vaultpy rekey --rotate-master
+    to finish it", and that command then said the journal was damaged (or showed
+    Python's codec text for a journal that is not UTF-8): every command must name the
+    file, the field and the fix alike, and write nothing."""
+    repo, _ = many_secret_repo(make_repo, 2)
+    repo.ok("renc")
+    journal = repo.root / JOURNAL
+    journal.write_bytes(content)
+    masters = {p: p.read_bytes() for p in (repo.root / "secrets").glob("*.age")}
+    said = set()
+    for args in (("check",), ("check", "--json"), ("rekey", "--rotate-master"), ("rekey",),
+                 ("encrypt", "s000")):
+        proc = repo.run(*args, input=b"new value")
+        out = proc.stdout.decode() + proc.stderr.decode()
+        assert proc.returncode == 1, (args, out)
+        assert "Traceback" not in out and "codec" not in out and "unfinished" not in out, out
+        if "--json" in args:
+            (problem,) = [p for p in json.loads(proc.stdout)["problems"]
+                          if p["file"] == JOURNAL]
+            line = (f"{problem['file']}: {problem['field']}: " if problem["field"] else
+                    f"{problem['file']}: ") + f"{problem['message']}; {problem['hint']}"
+        else:
+            (line,) = [ln for ln in out.splitlines() if ln.startswith(JOURNAL)]
+        assert all(n in line for n in needles), (args, line)
+        assert line.endswith("remove it and check every master by hand"), line
+        said.add(line)
+    assert len(said) == 1, said
+    assert journal.read_bytes() == content
+    assert {p: p.read_bytes() for p in masters} == masters
+
+
 def test_rotation_with_an_ssh_master_needs_retire(make_repo, tmp_path):
     ssh_key, ssh_pub = ssh_keygen(tmp_path, "ops_ed25519")
     repo, secrets = many_secret_repo(make_repo, 2, extra=[ssh_pub])

@@ -135,11 +135,16 @@ def coverage(cfg: Config, backup_files: Sequence[Path],
 
 
 def rotation_problems(cfg: Config) -> list[Problem]:
-    """A rotation left unfinished is a problem for ``check``."""
-    journal = cfg.root / JOURNAL
-    if not journal.exists():
+    """A rotation left unfinished is a problem for ``check``; a journal that cannot be
+    read is named as ``rekey --rotate-master`` names it (that command would not finish
+    it, so check must not tell the user to run it)."""
+    try:
+        journal = read_journal(cfg)
+    except VaultpyError as exc:
+        return exc.problems
+    if journal is None:
         return []
-    return [Problem(display_path(journal), "a master key rotation is unfinished", "",
+    return [Problem(display_path(journal.path), "a master key rotation is unfinished", "",
                     "run vaultpy rekey --rotate-master to finish it")]
 
 
@@ -285,29 +290,77 @@ class Journal:
             os.close(fd)
 
 
+FIX_DAMAGED = "remove it and check every master by hand"
+
+
+def _damaged(path: Path, what: str, field: str = "") -> VaultpyError:
+    return fail(path, f"damaged rotation journal ({what})", field=field, hint=FIX_DAMAGED)
+
+
+def _journal_head(path: Path, line: str) -> Journal:
+    """The journal's first line, every field checked: a hand-edited or truncated one is
+    one clear problem naming the field, never a traceback later on."""
+    try:
+        head = json.loads(line)
+    except (ValueError, RecursionError):
+        raise _damaged(path, "first line: not JSON") from None
+    if not isinstance(head, dict):
+        raise _damaged(path, "first line: not a JSON object")
+    if head.get("version") != 1:
+        if isinstance(head.get("version"), int) and not isinstance(head["version"], bool):
+            raise fail(path, f"a rotation journal of another vaultpy (version "
+                       f"{head['version']})", field="version", hint="finish it with the "
+                       f"vaultpy that started it, or {FIX_DAMAGED}")
+        raise _damaged(path, "first line: missing or bad", "version")
+
+    def text(key: str) -> str:
+        value = head.get(key)
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise _damaged(path, "first line: missing or not a string", key)
+        return value
+
+    def texts(key: str) -> list[str]:
+        value = head.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _damaged(path, "first line: missing or not a list of strings", key)
+        return list(value)
+
+    new_identity = Path(text("new_identity"))
+    if not new_identity.is_absolute():
+        raise _damaged(path, "first line: not an absolute path", "new_identity")
+    new_recipient = text("new_recipient")
+    recipients, retired, masters = texts("recipients"), texts("retired"), texts("masters")
+    for key, values in (("new_recipient", [new_recipient]), ("recipients", recipients),
+                        ("retired", retired)):
+        for value in values:
+            try:
+                _master(value)
+            except ValueError:
+                raise _damaged(path, "first line: not a recipient", key) from None
+    if not recipients or _master(recipients[0]) != _master(new_recipient):
+        raise _damaged(path, "first line: does not start with new_recipient", "recipients")
+    return Journal(path, new_identity, new_recipient, recipients, retired, masters)
+
+
 def read_journal(cfg: Config) -> Journal | None:
     path = cfg.root / JOURNAL
     try:
-        text = fsutil.read_regular(path)[0].decode("utf-8")    # a FIFO must not hang
+        data = fsutil.read_regular(path)[0]         # a FIFO must not hang
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else exc
-        raise fail(path, f"cannot read the rotation journal: {reason}",
+    except OSError as exc:
+        raise fail(path, f"cannot read the rotation journal: {exc.strerror or exc}",
                    hint="restore it, or remove it and check every master by hand") from None
-    lines = text.split("\n")
     try:
-        head = json.loads(lines[0])
-        journal = Journal(path, Path(head["new_identity"]), head["new_recipient"],
-                          list(head["recipients"]), list(head["retired"]),
-                          list(head["masters"]))
-    except (ValueError, KeyError, TypeError):
-        raise fail(path, "damaged rotation journal (first line)",
-                   hint="remove it and check every master by hand") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    lines = text.split("\n")
+    journal = _journal_head(path, lines[0])
     for line in lines[1:]:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue                      # a line torn by a crash: that step is redone
         if isinstance(entry, dict) and isinstance(entry.get("done"), str):
             journal.done.add(entry["done"])
@@ -318,8 +371,8 @@ def read_journal(cfg: Config) -> Journal | None:
 
 def refuse_if_rotating(cfg: Config) -> None:
     """Plain ``rekey`` (and friends) must not run across an unfinished rotation."""
-    if (cfg.root / JOURNAL).exists():
-        raise VaultpyError(rotation_problems(cfg))
+    if problems := rotation_problems(cfg):
+        raise VaultpyError(problems)
 
 
 @dataclass
