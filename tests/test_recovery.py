@@ -533,6 +533,89 @@ def test_rotation_resumes_when_the_new_key_was_lost_before_use(make_repo, tmp_pa
     repo.ok("check")
 
 
+@pytest.mark.parametrize(("where", "needles"), [
+    ("afile/sub", ("afile is a file, not a directory",)),
+    ("afile/deeper/sub", ("afile is a file, not a directory",)),
+    ("dangling/new.txt", ("dangling is a symbolic link to nothing",)),
+    ("k" * 300, ("File name too long", "shorten the path")),
+])
+def test_a_new_identity_that_cannot_be_written_leaves_no_rotation_behind(
+        make_repo, where, needles):
+    """The journal was written before the new identity and kept when the identity could
+    not be written: check, rekey and encrypt then all said to finish the rotation,
+    which failed on the same path again, refused another --new-identity, and so on
+    until the journal was deleted by hand.  "File exists" was also said for a part
+    of the path that is a file.  Nothing was rotated: nothing may be left behind, and
+    the fix the line gives must work."""
+    repo, secrets = many_secret_repo(make_repo, 3)
+    repo.ok("renc")
+    (repo.root / "afile").write_text("x\n")
+    (repo.root / "dangling").symlink_to(repo.root / "nowhere")
+    masters = {p: p.read_bytes() for p in (repo.root / "secrets").glob("*.age")}
+    hosts = (repo.root / "hosts.toml").read_bytes()
+    proc = repo.run("rekey", "--rotate-master", "--new-identity", where)
+    assert proc.returncode == 1
+    assert not (repo.root / JOURNAL).exists()
+    line = assert_one_clean_error(proc, "--new-identity: cannot write the new identity",
+                                  *needles, "(nothing was rotated)")
+    assert "File exists" not in line and "unfinished" not in proc.stderr.decode()
+    assert {p: p.read_bytes() for p in masters} == masters
+    assert (repo.root / "hosts.toml").read_bytes() == hosts
+    assert files_holding(repo.root, "AGE-SECRET-KEY-1") == [repo.identity]   # no new key
+    repo.ok("check")
+    repo.ok("rekey")
+    # The fix: another path.  The rotation starts as if the failed one never ran.
+    new = repo.root / "keys" / "new.txt"
+    repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
+    for sid, plain in secrets.items():
+        master = repo.root / "secrets" / f"{sid}.age"
+        assert age_decrypt(master, new) == plain
+        assert fails_with(master, repo.identity)
+    repo.ok("check")
+
+
+@pytest.mark.parametrize("failure", ["link", "directory fsync"])
+def test_a_failed_write_of_the_new_identity_takes_its_journal_back(
+        make_repo, tmp_path, monkeypatch, failure):
+    """Whatever errno the identity's write fails with, once the journal is on disk (a
+    vanished directory: ENOENT; an I/O error on the directory's fsync, after the key
+    was linked into place): no journal, and no key file, is left."""
+    import errno
+
+    from vaultpy import model
+    from vaultpy._internal import fsutil
+
+    repo, _ = many_secret_repo(make_repo, 2)
+    monkeypatch.chdir(repo.root)
+    cfg = model.load(repo.root)
+    new = tmp_path / "keys" / "new.txt"
+    real_link, real_fsync = os.link, fsutil.fsync_path
+
+    def link(src, dst, *a, **k):
+        if Path(dst) == new and failure == "link":
+            assert (repo.root / JOURNAL).exists()          # the journal is written first
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(dst))
+        return real_link(src, dst, *a, **k)
+
+    def fsync_path(path, directory=False):
+        if directory and Path(path) == new.parent and new.exists() and failure != "link":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_fsync(path, directory)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(fsutil, "fsync_path", fsync_path)
+    before = {p: p.read_bytes() for p in (repo.root / "secrets").glob("*.age")}
+    with pytest.raises(recovery.VaultpyError) as info:
+        recovery.rotate_master(cfg, new, [repo.identity])
+    assert not (repo.root / JOURNAL).exists()
+    assert not new.exists() and list(new.parent.iterdir()) == []
+    (problem,) = info.value.problems
+    assert problem.field == "--new-identity" and "(nothing was rotated)" in problem.hint
+    assert ("No such file" if failure == "link" else "Input/output error") in problem.message
+    assert {p: p.read_bytes() for p in before} == before
+    assert recovery.rotation_problems(cfg) == []
+
+
 def _journal_head(**changes: object) -> bytes:
     """A well-formed first line of a rotation journal, with ``changes`` (None: left out)."""
     new_pub = str(pyrage.x25519.Identity.generate().to_public())

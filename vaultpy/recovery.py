@@ -16,7 +16,9 @@ rotate; then one ``{"done": id}`` line is appended (and fsynced) after each mast
 is atomically replaced, and ``{"hosts_toml": true}`` once hosts.toml is updated.
 The journal is removed when renc has succeeded.  The new identity file is written
 (0600, durable) after the journal's first line and before any master, so a master
-is never encrypted to a key that is not on disk.
+is never encrypted to a key that is not on disk.  A start whose identity cannot be
+written removes its journal again (nothing to finish, and it would stop every
+command that writes a master).
 """
 
 from __future__ import annotations
@@ -393,18 +395,74 @@ def _identity_text(line: str, public: str) -> bytes:
             f"# public key: {public}\n{line}\n").encode()
 
 
-def _write_identity(path: Path, line: str, public: str) -> None:
+def _identity_dir(path: Path) -> None:
+    """Make the new identity's directory, durably: the key must not vanish with a new
+    directory's entry once masters are encrypted to it."""
+    made = [d for d in (path.parent, *path.parent.parents) if not os.path.lexists(d)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for d in reversed(made):
+        fsutil.fsync_path(d.parent, directory=True)
+
+
+def _write_identity(path: Path, text: bytes) -> None:
+    """The new identity, 0600, complete or absent, never replacing a file (OSError)."""
     from vaultpy.shamir import _write_exclusive
 
+    # A run killed while writing the identity left its temp file, a secret key
+    # never used (the journal's key is the one written whole): remove it.
+    fsutil.remove_leftovers([path])
+    _write_exclusive(path, text)
+    fsutil.fsync_path(path.parent, directory=True)
+
+
+def _not_a_directory(path: Path) -> Path | None:
+    """The first part of ``path``'s directory that is there but no directory (a file, a
+    dangling symlink), if any: mkdir says "File exists" for it, open "Not a directory"
+    or "No such file": the path, not the file system, is what to fix."""
+    for d in (*reversed(path.parent.parents), path.parent):
+        if not os.path.lexists(d):
+            return None
+        if not d.is_dir():
+            return d
+    return None
+
+
+def _identity_problem(path: Path, exc: OSError) -> Problem:
+    """Why the new identity cannot be written, and the fix: one line."""
+    base = os_problem(path, exc, "write the new identity")
+    blocker = _not_a_directory(path)
+    if blocker is not None:
+        what = ("a symbolic link to nothing" if blocker.is_symlink() else
+                "a file, not a directory")
+        message = f"cannot write the new identity: {display_path(blocker)} is {what}"
+        hint = "give --new-identity a path in a directory"
+    elif isinstance(exc, FileExistsError):
+        message, hint = "already exists", "give a path that does not exist yet"
+    else:
+        message, hint = base.message, base.hint or "give --new-identity a path you can write"
+    return Problem(base.file, message, "--new-identity", f"{hint} (nothing was rotated)")
+
+
+def _drop_unstarted(journal: Journal, identity: bytes | None) -> list[Problem]:
+    """Undo a start whose new identity could not be written: no master is encrypted to
+    it, so the journal has nothing to finish, and left behind it would stop check,
+    rekey and encrypt and send every rerun to the same path.  The identity file goes
+    too if this run's write got as far as linking it (its directory's fsync failed)."""
+    with contextlib.suppress(OSError):
+        if (identity is not None
+                and fsutil.read_regular(journal.new_identity, follow=False)[0] == identity):
+            journal.new_identity.unlink()
+            fsutil.fsync_path(journal.new_identity.parent, directory=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A run killed while writing the identity left its temp file, a secret key
-        # never used (the journal's key is the one written whole): remove it.
-        fsutil.remove_leftovers([path])
-        _write_exclusive(path, _identity_text(line, public))
-        fsutil.fsync_path(path.parent, directory=True)
+        journal.path.unlink()
+        fsutil.fsync_path(journal.path.parent, directory=True)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        raise VaultpyError(os_problem(path, exc, "write the new identity")) from None
+        gone = os_problem(journal.path, exc, "remove the rotation journal")
+        return [Problem(gone.file, gone.message, "", "remove it by hand: no master was "
+                        "rotated")]
+    return []
 
 
 def _x25519_publics(keys: Sequence[age.Identity]) -> list[str]:
@@ -479,10 +537,23 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
     journal = Journal(cfg.root / JOURNAL, new_identity.absolute(), public,
                       [public, *remaining], retired, chosen)
     try:
+        # Before the journal: a path whose directory cannot be made leaves nothing.
+        _identity_dir(journal.new_identity)
+    except OSError as exc:
+        raise VaultpyError(_identity_problem(journal.new_identity, exc)) from None
+    try:
         journal.write_header()
     except OSError as exc:
         raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")) from None
-    _write_identity(journal.new_identity, line, public)
+    # The journal first, then the key: a run killed in between leaves a journal whose
+    # key was never written, for which the rerun makes a fresh key (no secret key is
+    # left on disk that no journal names).  A write that fails takes the journal back.
+    key_file = _identity_text(line, public)
+    try:
+        _write_identity(journal.new_identity, key_file)
+    except OSError as exc:
+        raise VaultpyError([_identity_problem(journal.new_identity, exc),
+                            *_drop_unstarted(journal, key_file)]) from None
     return journal, plain, keys
 
 
@@ -503,7 +574,13 @@ def _resume_identity(journal: Journal) -> list[age.Identity]:
         except OSError as exc:
             raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")
                                ) from None
-        _write_identity(path, line, public)
+        key_file = _identity_text(line, public)
+        try:
+            _identity_dir(path)
+            _write_identity(path, key_file)
+        except OSError as exc:
+            raise VaultpyError([_identity_problem(path, exc),
+                                *_drop_unstarted(journal, key_file)]) from None
     # Killed after linking the identity into place, before unlinking its temp name:
     # a second name for the new master key, which nothing else removes.
     with contextlib.suppress(OSError):
