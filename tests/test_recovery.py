@@ -616,6 +616,59 @@ def test_a_failed_write_of_the_new_identity_takes_its_journal_back(
     assert recovery.rotation_problems(cfg) == []
 
 
+def test_a_journal_whose_new_identity_was_never_written_starts_over(make_repo, tmp_path):
+    """An older vaultpy kept the journal of a failed identity write; a SIGKILL between
+    the journal and the key leaves the same.  Nothing is encrypted to that key:
+    check says so, a rerun that cannot write it drops the journal, and another
+    --new-identity is taken (it was refused: "an unfinished rotation writes the new
+    identity to …"), with the --retire the rotation was started with."""
+    _backup, backup_pub = age_keygen(tmp_path, "backup.txt")
+    _old, old_pub = age_keygen(tmp_path, "old-backup.txt")
+    repo, secrets = many_secret_repo(make_repo, 3, extra=[backup_pub, old_pub])
+    repo.ok("renc")
+    (repo.root / "afile").write_text("x\n")
+    lost = str(pyrage.x25519.Identity.generate().to_public())
+    journal = repo.root / JOURNAL
+    stuck = _journal_head(new_identity=str(repo.root / "afile" / "sub"), new_recipient=lost,
+                          recipients=[lost, backup_pub], retired=[repo.recipient, old_pub],
+                          masters=sorted(secrets))
+
+    journal.write_bytes(stuck)
+    for args in (("check",), ("rekey",)):
+        proc = repo.run(*args)
+        assert proc.returncode == 1
+        out = proc.stdout.decode() + proc.stderr.decode()
+        assert "nothing was rotated yet: run vaultpy rekey --rotate-master to start it " \
+               "again (with --new-identity FILE" in out, out
+    proc = repo.run("rekey", "--rotate-master")           # the same path: fails again
+    assert_one_clean_error(proc, "afile/sub", "afile is a file, not a directory",
+                           "(nothing was rotated)")
+    assert not journal.exists()
+    repo.ok("check")
+
+    # Killed while that key was written: its temp file, a secret key, is removed too.
+    lost_path = repo.root / "keys" / "lost.txt"
+    leftover = lost_path.with_name(".lost.txt.vaultpy-tmp-0123456789ab")
+    leftover.write_text("AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n")
+    journal.write_bytes(stuck.replace(str(repo.root / "afile" / "sub").encode(),
+                                      str(lost_path).encode()))
+    new = repo.root / "keys" / "k2.txt"
+    proc = repo.ok("rekey", "--rotate-master", "--new-identity", str(new))
+    assert "starting it again" in proc.stderr.decode()
+    assert not leftover.exists() and not lost_path.exists()
+    new_pub = shamir.public_key(key_line(new))
+    assert new_pub != lost
+    text = (repo.root / "hosts.toml").read_text()
+    assert f'recipients = ["{new_pub}", "{backup_pub}"]' in text      # old_pub retired
+    for sid, plain in secrets.items():
+        master = repo.root / "secrets" / f"{sid}.age"
+        assert age_decrypt(master, new) == plain
+        assert fails_with(master, repo.identity) and fails_with(master, tmp_path /
+                                                                 "old-backup.txt")
+    assert not journal.exists()
+    repo.ok("check")
+
+
 def _journal_head(**changes: object) -> bytes:
     """A well-formed first line of a rotation journal, with ``changes`` (None: left out)."""
     new_pub = str(pyrage.x25519.Identity.generate().to_public())

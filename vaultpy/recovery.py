@@ -16,7 +16,9 @@ rotate; then one ``{"done": id}`` line is appended (and fsynced) after each mast
 is atomically replaced, and ``{"hosts_toml": true}`` once hosts.toml is updated.
 The journal is removed when renc has succeeded.  The new identity file is written
 (0600, durable) after the journal's first line and before any master, so a master
-is never encrypted to a key that is not on disk.  A start whose identity cannot be
+is never encrypted to a key that is not on disk.  Hence a journal whose identity
+file does not exist and that records nothing done is a plan only (killed between
+the two writes): the rerun starts over, and a start whose identity cannot be
 written removes its journal again (nothing to finish, and it would stop every
 command that writes a master).
 """
@@ -146,6 +148,10 @@ def rotation_problems(cfg: Config) -> list[Problem]:
         return exc.problems
     if journal is None:
         return []
+    if journal.unstarted():
+        return [Problem(display_path(journal.path), "a master key rotation is unfinished", "",
+                        "nothing was rotated yet: run vaultpy rekey --rotate-master to start "
+                        "it again (with --new-identity FILE to write the new key elsewhere)")]
     return [Problem(display_path(journal.path), "a master key rotation is unfinished", "",
                     "run vaultpy rekey --rotate-master to finish it")]
 
@@ -273,6 +279,13 @@ class Journal:
     @property
     def recipients(self) -> list[str]:
         return [_master(r) for r in self.recipients_raw]
+
+    def unstarted(self) -> bool:
+        """Nothing was done yet: its new identity was never written (a master is only
+        ever encrypted to a key on disk), no master or hosts.toml recorded.  Such a
+        journal is a plan only: the rotation may start over, with another key."""
+        return (not self.done and not self.hosts_toml
+                and not os.path.lexists(self.new_identity))
 
     def header(self) -> dict[str, Any]:
         return {"version": 1, "new_identity": str(self.new_identity),
@@ -487,9 +500,10 @@ Decrypted = dict[str, tuple[bytes, bool, bytes]]    # id -> (plaintext, armored,
 
 
 def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
-           retire: Sequence[str], ask: age.PassphraseFn
+           retire: Sequence[str], ask: age.PassphraseFn, *, restart: bool = False
            ) -> tuple[Journal, Decrypted, list[age.Identity]]:
-    """Validate, decrypt every master, then write the journal and the new identity."""
+    """Validate, decrypt every master, then write the journal and the new identity.
+    ``restart``: a journal of a rotation that never started is there (replaced here)."""
     from vaultpy.masters import read_master  # (it imports this module)
 
     if os.path.lexists(new_identity):
@@ -540,14 +554,15 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
         # Before the journal: a path whose directory cannot be made leaves nothing.
         _identity_dir(journal.new_identity)
     except OSError as exc:
-        raise VaultpyError(_identity_problem(journal.new_identity, exc)) from None
+        raise VaultpyError([_identity_problem(journal.new_identity, exc),
+                            *(_drop_unstarted(journal, None) if restart else [])]) from None
     try:
         journal.write_header()
     except OSError as exc:
         raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")) from None
     # The journal first, then the key: a run killed in between leaves a journal whose
-    # key was never written, for which the rerun makes a fresh key (no secret key is
-    # left on disk that no journal names).  A write that fails takes the journal back.
+    # key was never written, which the rerun starts over (no secret key is left on disk
+    # that no journal names).  A write that fails takes the journal back.
     key_file = _identity_text(line, public)
     try:
         _write_identity(journal.new_identity, key_file)
@@ -558,29 +573,13 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
 
 
 def _resume_identity(journal: Journal) -> list[age.Identity]:
-    """The new identity of an unfinished rotation (regenerated if a crash lost it
-    before anything was encrypted to it)."""
+    """The new identity of an unfinished rotation (one whose key was never written
+    starts over instead: see :meth:`Journal.unstarted`)."""
     path = journal.new_identity
-    if not path.exists():
-        if journal.done or journal.hosts_toml:
-            raise fail(path, f"the new master identity is missing but {len(journal.done)} "
-                       "master(s) are already encrypted to it",
-                       hint="restore the file from where you copied it")
-        line, public = age.generate_x25519()
-        journal.new_recipient = public
-        journal.recipients_raw[0] = public
-        try:
-            journal.write_header()
-        except OSError as exc:
-            raise VaultpyError(os_problem(journal.path, exc, "write the rotation journal")
-                               ) from None
-        key_file = _identity_text(line, public)
-        try:
-            _identity_dir(path)
-            _write_identity(path, key_file)
-        except OSError as exc:
-            raise VaultpyError([_identity_problem(path, exc),
-                                *_drop_unstarted(journal, key_file)]) from None
+    if not os.path.lexists(path):
+        raise fail(path, f"the new master identity is missing but {len(journal.done)} "
+                   "master(s) are already encrypted to it",
+                   hint="restore the file from where you copied it")
     # Killed after linking the identity into place, before unlinking its temp name:
     # a second name for the new master key, which nothing else removes.
     with contextlib.suppress(OSError):
@@ -606,6 +605,22 @@ def rotate_master(cfg: Config, new_identity: Path | None,
     # among those to rotate, not left encrypted to the old key once the lock is held.
     writes.settle(cfg)
     journal = read_journal(cfg)
+    if journal is not None and journal.unstarted():
+        # Killed before its key was on disk (or left by a vaultpy that kept the journal
+        # of a failed write): nothing is encrypted to that key, so the rotation starts
+        # over, with this run's --new-identity and --retire when given.
+        if say:
+            say("the unfinished master key rotation had rotated nothing yet (its new "
+                "identity was never written): starting it again")
+        # A kill during that key's write left its temp file (a secret key never used),
+        # which a write to another path would not remove.
+        with contextlib.suppress(OSError):
+            fsutil.remove_leftovers([journal.new_identity])
+        new_identity = journal.new_identity if new_identity is None else new_identity
+        retire = retire or [r for r in journal.retired if r in cfg.recipients]
+        restart, journal = True, None
+    else:
+        restart = False
     resumed = journal is not None
     plain: Decrypted = {}
     old_keys: list[age.Identity] | None = None
@@ -614,7 +629,8 @@ def rotate_master(cfg: Config, new_identity: Path | None,
             raise VaultpyError(Problem("--new-identity", "missing", "",
                                        "say where to write the new master identity "
                                        "(--new-identity FILE)"))
-        journal, plain, old_keys = _start(cfg, new_identity, identity_files, retire, ask)
+        journal, plain, old_keys = _start(cfg, new_identity, identity_files, retire, ask,
+                                          restart=restart)
     else:
         if new_identity is not None and new_identity.absolute() != journal.new_identity:
             raise fail(journal.path, f"an unfinished rotation writes the new identity to "
