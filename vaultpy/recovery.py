@@ -428,22 +428,12 @@ def _write_identity(path: Path, text: bytes) -> None:
     fsutil.fsync_path(path.parent, directory=True)
 
 
-def _not_a_directory(path: Path) -> Path | None:
-    """The first part of ``path``'s directory that is there but no directory (a file, a
-    dangling symlink), if any: mkdir says "File exists" for it, open "Not a directory"
-    or "No such file": the path, not the file system, is what to fix."""
-    for d in (*reversed(path.parent.parents), path.parent):
-        if not os.path.lexists(d):
-            return None
-        if not d.is_dir():
-            return d
-    return None
-
-
 def _identity_problem(path: Path, exc: OSError) -> Problem:
     """Why the new identity cannot be written, and the fix: one line."""
     base = os_problem(path, exc, "write the new identity")
-    blocker = _not_a_directory(path)
+    # mkdir says "File exists" of a file in the way, open "Not a directory" or "No
+    # such file": the path, not the file system, is what to fix.
+    blocker = fsutil.not_a_directory(path.parent)
     if blocker is not None:
         what = ("a symbolic link to nothing" if blocker.is_symlink() else
                 "a file, not a directory")
