@@ -320,6 +320,41 @@ generate = "ssh-ed25519"
         model.load(tmp_path)
 
 
+@pytest.mark.parametrize("settings, says", [
+    ('cache_dir = "secrets"', "secrets_dir (secrets), with 3 master file(s)"),
+    ('cache_dir = "secrets"\nsecrets_dir = "secrets/enc"',
+     "secrets_dir (secrets/enc), with 3 master file(s)"),
+    ('cache_dir = "."', "hosts.toml, with 4 master file(s)"),
+])
+def test_a_cache_dir_holding_secrets_dir_is_one_line_on_cache_dir(
+        keys: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        settings: str, says: str) -> None:
+    """cache_dir = "secrets" put every master file inside the cache: a line per secret
+    ("secrets.X.file: ... move it out of cache_dir"), none naming cache_dir, the one
+    setting to fix.  A master of its own (file =) inside the cache is still its line."""
+    monkeypatch.chdir(tmp_path)
+    text = head(keys, settings) + """
+[secrets.a]
+[secrets.b]
+[secrets.c]
+[secrets.d]
+file = "elsewhere/d.age"
+"""
+    with pytest.raises(VaultpyError) as info:
+        parse(text, tmp_path)
+    assert [(p.field, p.message, p.hint) for p in info.value.problems] == [
+        ("vaultpy.cache_dir", f"the cache would contain {says} renc must never prune",
+         'use a directory of its own, like "secrets/cache"')], info.value.problems
+    with pytest.raises(VaultpyError) as info:
+        parse(head(keys, 'cache_dir = "build"') + """
+[secrets.a]
+[secrets.d]
+file = "build/d.age"
+""", tmp_path)
+    assert [(p.field, p.hint) for p in info.value.problems] == [
+        ("secrets.d.file", "move it out of cache_dir")], info.value.problems
+
+
 def test_parse_reports_every_problem_with_file_and_field(keys: dict[str, str],
                                                           tmp_path: Path) -> None:
     with pytest.raises(VaultpyError) as info:

@@ -1395,9 +1395,39 @@ def parse(text: str, path: Path) -> Config:
 
     resolved_cache = _resolved(ck, cache_dir, "vaultpy.cache_dir")
     resolved_root = _resolved(ck, root, "")
+    # Master files inside the cache: renc would delete them.  When the cache holds
+    # secrets_dir or hosts.toml's folder (cache_dir = "secrets", "."), those in there
+    # are cache_dir's mistake, said once, on its line; any other is its own `file =`'s.
+    inside: dict[str, Path] = {}
+    if resolved_cache is not None:
+        for s in declared.values():
+            r = where_is[s.id]
+            if r is not None and r.is_relative_to(resolved_cache):
+                inside[s.id] = r
+    held: list[str] = []                    # what the cache must not contain
+    covered = 0
+
+    def take(folder: Path) -> int:
+        """The masters in ``folder`` are cache_dir's to report: how many."""
+        ours = [sid for sid, r in inside.items() if r.is_relative_to(folder)]
+        for sid in ours:
+            del inside[sid]
+        return len(ours)
+
     if resolved_cache is not None and resolved_root is not None and (
-            resolved_cache == resolved_root or resolved_root.is_relative_to(resolved_cache)):
-        ck.add("vaultpy.cache_dir", "the cache would contain hosts.toml",
+            resolved_root.is_relative_to(resolved_cache)):
+        held.append("hosts.toml")
+        covered += take(resolved_root)
+    if inside and resolved_cache is not None:
+        resolved_secrets = _resolved(ck, secrets_dir, "vaultpy.secrets_dir")
+        if resolved_secrets is not None and resolved_secrets.is_relative_to(resolved_cache):
+            n = take(resolved_secrets)
+            if n:
+                held.append(f"secrets_dir ({display_path(secrets_dir)})")
+                covered += n
+    if held:
+        found = f", with {covered} master file(s) renc must never prune" if covered else ""
+        ck.add("vaultpy.cache_dir", f"the cache would contain {' and '.join(held)}{found}",
                'use a directory of its own, like "secrets/cache"')
     try:
         st = cache_dir.stat() if resolved_cache is not None else None
@@ -1421,9 +1451,7 @@ def parse(text: str, path: Path) -> Config:
         if any(len(os.fsencode(part)) > _NAME_MAX for part in s.file.parts):
             ck.add(f"secrets.{toml_key(s.id)}.file", f"a name in this path is longer than "
                    f"{_NAME_MAX} bytes, more than a file system allows", "shorten it")
-        resolved = where_is[s.id]
-        if resolved is not None and resolved_cache is not None and \
-                resolved.is_relative_to(resolved_cache):
+        if s.id in inside:
             ck.add(f"secrets.{toml_key(s.id)}.file", "master file lies inside the cache "
                    "directory (renc would delete it)", "move it out of cache_dir")
     if ck.problems:
