@@ -697,3 +697,26 @@ def test_a_missing_master_says_that_no_host_was_renewed(make_repo):
     assert sorted(p.name for p in (repo.cache / "host0").iterdir()) == before
     repo.ok("renc", "--host", "host0")
     assert sorted(p.name for p in (repo.cache / "host0").iterdir()) != before
+
+
+def test_an_unreadable_master_with_a_dot_in_its_id_is_known_by_its_id(make_repo):
+    """The plan knew its broken masters by their field, secrets."gam.ma" for an id
+    with a dot, and took "gam.ma" (quotes and all) for the id: renc advised --host for
+    the very host that needs it, and check, hashing the masters no host needs,
+    named it twice."""
+    repo = make_repo(hosts=2, secrets={"beta": b"b", "gam.ma": b"c"})
+    write_config(repo, ["beta", "gam.ma"],
+                 {"host0": (repo.hosts["host0"].pubkey, ["gam.ma"]),
+                  "host1": (repo.hosts["host1"].pubkey, ["beta"])})
+    renc_json(repo)
+    gamma = repo.root / "secrets" / "gam.ma.age"
+    gamma.unlink()
+    gamma.mkdir()
+    proc = repo.run("renc")
+    line = assert_one_clean_error(proc, "renc: nothing was written, for any host")
+    assert "vaultpy renc --host host1 (and each other host" in line
+    proc = repo.run("check")
+    assert proc.returncode == 1
+    lines = [ln for ln in (proc.stdout + proc.stderr).decode().splitlines()
+             if "gam.ma.age:" in ln and "cannot read master file" in ln]
+    assert len(lines) == 1, proc

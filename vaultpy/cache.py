@@ -109,7 +109,22 @@ class Plan:
 
     def broken_ids(self) -> set[str]:
         """The secrets whose master could not be hashed (:attr:`problems`)."""
-        return {p.field.removeprefix("secrets.") for p in self.problems}
+        return set(self.broken())
+
+    def broken(self) -> dict[str, Problem]:
+        """:attr:`problems` by secret id."""
+        return {_secret_id(p.field): p for p in self.problems}
+
+
+def _secret_id(field: str) -> str:
+    """The id in ``key_path("secrets", id)``: quoted when it is no bare key (an id
+    with a dot), and then not the id as written."""
+    key = field.removeprefix("secrets.")
+    if key.startswith('"'):
+        import json
+
+        return str(json.loads(key))
+    return key
 
 
 def missing_master(cfg: Config, sid: str) -> Problem:
