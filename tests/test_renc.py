@@ -699,6 +699,41 @@ def test_a_missing_master_says_that_no_host_was_renewed(make_repo):
     assert sorted(p.name for p in (repo.cache / "host0").iterdir()) != before
 
 
+def test_an_unreadable_master_names_the_damaged_ones_too(make_repo):
+    """A master renc could not read (a directory in its place) hid another that was
+    read but is no age file (cut short): renc named the first only, and advised
+    --host for a host that needs the cut one, which then failed on it.  Each is named
+    in one run, and the advice names only a host that needs neither."""
+    repo = make_repo(hosts=3, secrets={"alpha": b"a", "beta": b"b", "gamma": b"c"})
+    write_config(repo, ["alpha", "beta", "gamma"],
+                 {"host0": (repo.hosts["host0"].pubkey, ["gamma"]),
+                  "host1": (repo.hosts["host1"].pubkey, ["beta"]),
+                  "host2": (repo.hosts["host2"].pubkey, ["alpha"])})
+    renc_json(repo)
+    beta = repo.root / "secrets" / "beta.age"
+    beta.write_bytes(beta.read_bytes()[:60])                # cut: no MAC line
+    gamma = repo.root / "secrets" / "gamma.age"
+    gamma.unlink()
+    gamma.mkdir()
+    repo.ok("encrypt", "alpha", input=b"a2")
+    before = state(repo)
+    proc = repo.run("renc")
+    assert_one_clean_error(proc, "secrets/gamma.age", "cannot read master file: Is a "
+                           "directory")
+    assert_one_clean_error(proc, "secrets/beta.age: needed by host1: not a valid age "
+                           "file: header: no MAC line", "restore it from git")
+    line = assert_one_clean_error(proc, "renc: nothing was written, for any host")
+    assert "vaultpy renc --host host2 (and each other host" in line
+    assert state(repo) == before
+    data = json.loads(repo.run("renc", "--json").stdout)
+    assert [p["file"] for p in data["problems"]] == ["secrets/beta.age",
+                                                     "secrets/gamma.age", "renc"]
+    repo.ok("renc", "--host", "host2")      # the advice works
+    assert state(repo) != before
+    proc = repo.run("renc", "--host", "host1")
+    assert_one_clean_error(proc, "secrets/beta.age", "not a valid age file")
+
+
 def test_an_unreadable_master_with_a_dot_in_its_id_is_known_by_its_id(make_repo):
     """The plan knew its broken masters by their field, secrets."gam.ma" for an id
     with a dot, and took "gam.ma" (quotes and all) for the id: renc advised --host for

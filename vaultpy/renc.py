@@ -39,6 +39,8 @@ from vaultpy.model import Config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ProgressFn = Callable[[int, int], None]
@@ -885,20 +887,39 @@ def _check_unwritten(cfg: Config, s: _Survey, failed: dict[str, Problem]) -> Non
             failed[sid] = _needed_by(_master_problem(path, exc), needed[sid])
 
 
+def _refuse(cfg: Config, hosts: Sequence[str], p: cache.Plan) -> NoReturn:
+    """Some master could not be read: nothing is written, for any host.  Every master
+    found bad without a key is named, one read but no age file too (as its decryption
+    would have said), else the advice below would send the user to a host that then
+    fails on it.  Said once more, for the hosts that need none of them: their files
+    were not renewed either (a whole renc or nothing, but for --host)."""
+    damaged = {sid: m.format_error for sid, m in p.masters.items()
+               if m.format_error is not None}
+    lines = p.broken()
+    needed: dict[str, list[str]] = {}
+    for h in hosts or cfg.hosts:
+        for sid in cfg.hosts[h].needed:
+            if sid in damaged:
+                needed.setdefault(sid, []).append(h)
+    for sid, error in damaged.items():
+        lines[sid] = _needed_by(Problem(display_path(cfg.secrets[sid].file),
+                                        f"not a valid age file: {error}", "",
+                                        age.DAMAGED_HINT), needed[sid])
+    broken = lines.keys()
+    named = {h for h in (hosts or cfg.hosts) if broken.isdisjoint(cfg.hosts[h].needed)}
+    tail = ([Problem("renc", "nothing was written, for any host", "",
+                     "fix the master files above; until then, vaultpy renc --host "
+                     f"{min(named)} (and each other host that needs none of them) "
+                     "renews that host alone")] if named else [])
+    raise VaultpyError([*(lines[sid] for sid in sorted(lines)), *tail])
+
+
 def _survey(cfg: Config, hosts: Sequence[str], result: Result, index: cache.VerifiedIndex,
             p: cache.Plan | None = None) -> list[cache.Item]:
     """Plan and sort items into unchanged / repaired (damaged) / todo."""
     p = p or cache.plan(cfg, hosts)
     if p.problems:
-        # Said once more, for the hosts that need none of these masters: their files
-        # were not renewed either (a whole renc or nothing, but for --host).
-        broken = p.broken_ids()
-        named = {h for h in (hosts or cfg.hosts) if broken.isdisjoint(cfg.hosts[h].needed)}
-        tail = ([Problem("renc", "nothing was written, for any host", "",
-                         "fix the master files above; until then, vaultpy renc --host "
-                         f"{min(named)} (and each other host that needs none of them) "
-                         "renews that host alone")] if named else [])
-        raise VaultpyError([*p.problems, *tail])
+        _refuse(cfg, hosts, p)
     todo: list[cache.Item] = []
     absent, linked = p.absent, p.linked     # a first run's 10,000 items: no stat each
     for item in p.items:
