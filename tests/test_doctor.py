@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 import typer
-from conftest import Repo, age_keygen
+from conftest import Repo, age_keygen, need
 
 from vaultpy import doctor
 from vaultpy.cli import app
@@ -137,6 +137,39 @@ def test_masters_as_check_sees_them(make_repo, tmp_path: Path) -> None:
     assert "but [vaultpy] recipients list 2 age1 key(s)" in checks["masters"]["detail"]
     assert "(and 1 more)" in checks["masters"]["detail"]
     assert checks["masters"]["fix"].startswith("run vaultpy rekey")
+
+
+def test_an_unreadable_master_gets_the_permissions_fix(make_repo) -> None:
+    """A master this user cannot read (Permission denied) was told "restore it from
+    git, or recreate it with vaultpy edit", where check's "check the file's
+    permissions" is right; and a missing master beside it went unsaid.  Each kind is
+    said, each with its fix.  (As root, run without the capabilities that override
+    permissions: setpriv, as another user would.)"""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a", "beta": b"b", "gamma": b"c"})
+    secrets = repo.root / "secrets"
+    (secrets / "alpha.age").chmod(0)
+    beta = secrets / "beta.age"
+    beta.write_bytes(beta.read_bytes()[:40])                        # no age file
+    (secrets / "gamma.age").unlink()
+    drop = []
+    if os.geteuid() == 0:
+        drop = [need("setpriv"), "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "NO_COLOR": "1", **repo.env}
+    proc = subprocess.run([*drop, sys.executable, "-m", "vaultpy", "doctor", "--json"],
+                          cwd=repo.root, env=env, capture_output=True, timeout=120)
+    assert "Traceback" not in proc.stderr.decode()
+    assert proc.returncode == 1, proc.stderr.decode()
+    masters = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["masters"]
+    assert masters["status"] == "problem"
+    assert masters["detail"] == (
+        "secrets/alpha.age: cannot read: Permission denied; secrets/beta.age: not a valid "
+        "age file: header: no MAC line (file truncated or not an age file); "
+        "secrets/gamma.age: missing"), masters
+    assert masters["fix"] == (
+        "secrets/alpha.age: check the file's permissions or run as a user who can read "
+        "it; secrets/beta.age: restore it from git, or recreate it with vaultpy edit; "
+        "secrets/gamma.age: create it with vaultpy edit gamma (or vaultpy encrypt gamma); "
+        "vaultpy check lists every one"), masters
 
 
 def test_missing_and_wrong_identity(make_repo, tmp_path: Path) -> None:

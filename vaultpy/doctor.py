@@ -142,20 +142,26 @@ def check_recipients(cfg: Config | None, repo: Path | None) -> Check:
     return Check("recipients", OK, detail)
 
 
+# The fix for a master file that is no age file, or no file at all (a directory, a FIFO).
+RESTORE = "restore it from git, or recreate it with vaultpy edit"
+
+
 @dataclass
 class Masters:
     """The master files as doctor finds them (:func:`read_masters`)."""
 
     good: dict[Path, bytes]         # well-formed age files, by path
-    bad: list[str]                  # a line each: unreadable, not a file, not age
+    bad: list[tuple[str, str, str]]     # (file, what, fix): unreadable, no file, not age
     missing: list[str]              # declared secrets whose master file does not exist
-    unaddressed: list[str]          # a line each: not encrypted to exactly the recipients
+    unaddressed: list[tuple[str, str]]  # (file, what): not encrypted to exactly the
+                                        # recipients
 
 
 def read_masters(cfg: Config) -> Masters:
     """Every declared master file, sorted as :class:`Masters` says (a FIFO is not read:
     a plain read would block forever)."""
     from vaultpy._internal import ageformat, fsutil
+    from vaultpy.errors import os_problem
     from vaultpy.recovery import header_problems
 
     out = Masters({}, [], [], [])
@@ -166,41 +172,60 @@ def read_masters(cfg: Config) -> Masters:
             out.missing.append(s.id)
             continue
         except OSError as exc:
-            out.bad.append(f"{display_path(s.file)}: cannot read: {exc.strerror or exc}")
+            # No permission: the file may be fine, as check says (os_problem's fix).
+            fix = (os_problem(s.file, exc, "read").hint if isinstance(exc, PermissionError)
+                   else RESTORE)
+            out.bad.append((display_path(s.file), f"cannot read: {exc.strerror or exc}",
+                            fix))
             continue
         try:
             header = ageformat.parse(data)
         except ageformat.FormatError as exc:
-            out.bad.append(f"{display_path(s.file)}: not a valid age file: {exc}")
+            out.bad.append((display_path(s.file), f"not a valid age file: {exc}", RESTORE))
             continue
         out.good[s.file] = data
-        out.unaddressed += [f"{p.file}: {p.message}" for p in header_problems(cfg, s.id,
-                                                                              header)]
+        out.unaddressed += [(p.file, p.message) for p in header_problems(cfg, s.id, header)]
     return out
+
+
+def _first(lines: Sequence[str]) -> str:
+    return lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
+
+
+def _per_kind(kinds: Sequence[tuple[Sequence[str], str]]) -> str:
+    """The fix of one kind of problem; of several, each after the files it is for
+    (``kinds``: (files, fix) each)."""
+    if len(kinds) == 1:
+        return kinds[0][1]
+    return "; ".join(f"{_first(files)}: {fix}" for files, fix in kinds)
 
 
 def check_masters(cfg: Config | None, masters: Masters | None = None) -> Check:
     """As ``check`` sees them: each present, an age file, addressed to exactly the
-    ``[vaultpy] recipients`` (a backup key added without rekey covers nothing)."""
+    ``[vaultpy] recipients`` (a backup key added without rekey covers nothing).  Every
+    kind of problem is said, each with its fix."""
     if cfg is None:
         return Check("masters", SKIPPED, "needs a valid hosts.toml")
     m = masters if masters is not None else read_masters(cfg)
-
-    def first(lines: list[str]) -> str:
-        return lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
-
-    if m.bad:
-        return Check("masters", PROBLEM, first(m.bad), "restore it from git, or recreate "
-                     "it with vaultpy edit (vaultpy check lists every one)")
+    kinds: dict[str, list[tuple[str, str]]] = {}    # fix -> (file, what) each
+    for file, what, fix in m.bad:
+        kinds.setdefault(fix, []).append((file, what))
     if m.missing:
         from vaultpy.cache import missing_master
 
-        return Check("masters", PROBLEM, first([f"{display_path(cfg.secrets[i].file)}: "
-                                                "missing" for i in m.missing]),
-                     missing_master(cfg, m.missing[0]).hint)
+        kinds.setdefault(missing_master(cfg, m.missing[0]).hint, []).extend(
+            (display_path(cfg.secrets[sid].file), "missing") for sid in m.missing)
     if m.unaddressed:
-        return Check("masters", PROBLEM, first(m.unaddressed),
-                     "run vaultpy rekey (vaultpy check lists every one)")
+        kinds.setdefault("run vaultpy rekey", []).extend(m.unaddressed)
+    if kinds:
+        detail = "; ".join(_first([f"{file}: {what}" for file, what in found])
+                           for found in kinds.values())
+        fix = _per_kind([(list(dict.fromkeys(file for file, _what in found)), fix)
+                         for fix, found in kinds.items()])
+        if sum(map(len, kinds.values())) > 1:
+            fix += ("; vaultpy check lists every one" if len(kinds) > 1
+                    else " (vaultpy check lists every one)")
+        return Check("masters", PROBLEM, detail, fix)
     return Check("masters", OK, f"{len(m.good)} master file(s) are well-formed age files, "
                  "each addressed to the [vaultpy] recipients")
 
