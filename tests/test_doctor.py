@@ -139,6 +139,40 @@ def test_masters_as_check_sees_them(make_repo, tmp_path: Path) -> None:
     assert checks["masters"]["fix"].startswith("run vaultpy rekey")
 
 
+def test_a_wrong_key_and_a_damaged_master_are_both_said(make_repo, tmp_path: Path) -> None:
+    """One master encrypted to another key, another whose payload is damaged: doctor
+    said only "cannot decrypt 1 of 3 (first: …)", the damaged one dropped, and its
+    masters line called every master "addressed to the [vaultpy] recipients", which an
+    age1 stanza cannot show (the one the key cannot open is the doubt)."""
+    repo = make_repo(hosts=1, secrets={"alpha": b"a" * 100, "beta": b"b", "gamma": b"c"})
+    _other, stranger = age_keygen(tmp_path, "other.txt")
+    beta = repo.root / "secrets" / "beta.age"
+    beta.write_bytes(subprocess.run([need("age"), "-r", stranger], input=b"b", check=True,
+                                    capture_output=True).stdout)    # one X25519 stanza
+    alpha = repo.root / "secrets" / "alpha.age"
+    data = bytearray(alpha.read_bytes())
+    data[-5] ^= 1                                                   # payload flipped
+    alpha.write_bytes(bytes(data))
+    rc, checks = doctor_json(repo)
+    assert rc == 1
+    identity = checks["identity"]
+    assert identity["status"] == "problem"
+    assert "cannot decrypt 1 of 3 master file(s) (first: secrets/beta.age); of those it " \
+        "opens, 1 is damaged (first: secrets/alpha.age)" in identity["detail"], identity
+    assert identity["fix"] == ("secrets/beta.age: pass the right key with -i FILE, or "
+                               "re-encrypt them with a key that can (vaultpy rekey); "
+                               "secrets/alpha.age: restore it from git, or give it a new "
+                               "value: vaultpy encrypt ID < FILE"), identity
+    masters = checks["masters"]
+    assert masters["status"] == "ok", masters
+    assert "each addressed to" not in masters["detail"]
+    assert "the identity cannot open 1 of them (see identity)" in masters["detail"]
+    proc = repo.run("doctor")
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in out + proc.stderr.decode()
+    assert out.index("masters") < out.index("identity")         # the order stays
+
+
 def test_an_unreadable_master_gets_the_permissions_fix(make_repo) -> None:
     """A master this user cannot read (Permission denied) was told "restore it from
     git, or recreate it with vaultpy edit", where check's "check the file's

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vaultpy import __version__
@@ -155,6 +155,9 @@ class Masters:
     missing: list[str]              # declared secrets whose master file does not exist
     unaddressed: list[tuple[str, str]]  # (file, what): not encrypted to exactly the
                                         # recipients
+    # Well-formed ones the identity could not decrypt (filled by check_identity): their
+    # headers cannot say whose their X25519 stanzas are.
+    unopened: list[str] = field(default_factory=list)
 
 
 def read_masters(cfg: Config) -> Masters:
@@ -226,6 +229,11 @@ def check_masters(cfg: Config | None, masters: Masters | None = None) -> Check:
             fix += ("; vaultpy check lists every one" if len(kinds) > 1
                     else " (vaultpy check lists every one)")
         return Check("masters", PROBLEM, detail, fix)
+    if m.unopened:
+        return Check("masters", OK, f"{len(m.good)} master file(s) are well-formed age "
+                     "files, each with a stanza per [vaultpy] recipient, but the identity "
+                     f"cannot open {len(m.unopened)} of them (see identity): an age1 "
+                     "key's stanza does not say whose it is")
     return Check("masters", OK, f"{len(m.good)} master file(s) are well-formed age files, "
                  "each addressed to the [vaultpy] recipients")
 
@@ -302,7 +310,8 @@ def check_git_ignore(cfg: Config | None) -> Check:
 def check_identity(cfg: Config | None, explicit: Sequence[Path],
                    masters: Masters | None = None) -> Check:
     """Whether the identity decrypts the master files; only the well-formed ones are
-    tried (a damaged file is a masters problem, not a wrong key)."""
+    tried (a damaged file is a masters problem, not a wrong key).  Those it cannot
+    decrypt are noted in ``masters`` (:attr:`Masters.unopened`), for its check."""
     if cfg is None:
         return Check("identity", SKIPPED, "needs a valid hosts.toml")
     from vaultpy import age, identities
@@ -340,16 +349,22 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
             age.decrypt(data, keys, display_path(path))
         except VaultpyError as exc:
             (broken if isinstance(exc, age.Damaged) else failed).append(display_path(path))
+    m.unopened[:] = failed
     where = "in memory" if not paths else ", ".join(display_path(p) for p in paths)
+    wrong_key = ("pass the right key with -i FILE, or re-encrypt them with a key that can "
+                 "(vaultpy rekey)")
+    # (a cut file, a flipped byte: the key is right, the file is not)
+    damaged_fix = "restore it from git, or give it a new value: vaultpy encrypt ID < FILE"
     if failed:
+        also = (f"; of those it opens, {len(broken)} {'is' if len(broken) == 1 else 'are'} "
+                f"damaged (first: {broken[0]})" if broken else "")
         return Check("identity", PROBLEM, f"{where} cannot decrypt {len(failed)} of "
-                     f"{len(readable)} master file(s) (first: {failed[0]})",
-                     "pass the right key with -i FILE, or re-encrypt them with a key that "
-                     "can (vaultpy rekey)")
-    if broken:      # (a cut file, a flipped byte: the key is right, the file is not)
+                     f"{len(readable)} master file(s) (first: {failed[0]}){also}",
+                     _per_kind([(failed, wrong_key), *([(broken, damaged_fix)] if broken
+                                                        else [])]))
+    if broken:
         return Check("identity", PROBLEM, f"{where} opens every master file, but "
-                     f"{len(broken)} of them are damaged (first: {broken[0]})",
-                     "restore it from git, or give it a new value: vaultpy encrypt ID < FILE")
+                     f"{len(broken)} of them are damaged (first: {broken[0]})", damaged_fix)
     which = " well-formed" if damaged else ""
     detail = (f"{where} decrypts all {len(readable)}{which} master file(s)" if readable else
               f"{where} unlocks (no master file yet to test it on)")
@@ -569,8 +584,11 @@ def run(repo: Path | None = None, identity_files: Sequence[Path] = (),
     add(config_check)
     add(check_recipients(cfg, repo))
     masters = read_masters(cfg) if cfg is not None else None
+    # The identity is tried first: the masters line must not call a file it cannot
+    # open addressed to the recipients (an age1 stanza does not say whose it is).
+    identity = check_identity(cfg, identity_files, masters)
     add(check_masters(cfg, masters))
-    add(check_identity(cfg, identity_files, masters))
+    add(identity)
     add(check_git_ignore(cfg))
     add(check_clock(cfg))
     add(check_signing(cfg))
