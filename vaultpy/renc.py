@@ -902,6 +902,8 @@ def _refuse(cfg: Config, hosts: Sequence[str], p: cache.Plan) -> NoReturn:
             if sid in damaged:
                 needed.setdefault(sid, []).append(h)
     for sid, error in damaged.items():
+        if sid not in needed:       # (planned masters are the chosen hosts' own)
+            continue
         lines[sid] = _needed_by(Problem(display_path(cfg.secrets[sid].file),
                                         f"not a valid age file: {error}", "",
                                         age.DAMAGED_HINT), needed[sid])
