@@ -755,3 +755,187 @@ def test_an_edit_killed_before_its_directory_was_renamed_leaves_nothing(case) ->
     assert proc.returncode == 0, proc.stderr.decode()
     assert not old_empty.exists()
     assert fresh.is_dir() and not_empty.is_dir()
+
+
+# ------------------------------------------------------- an editor that needs a terminal
+
+# A stand-in for a terminal editor: with no terminal, vi "draws its screen", the secret
+# on it, on stdout (found in review: `vaultpy edit ID >out` with the default vi put the
+# plaintext in `out`).  It records that it ran, prints the file, then edits it.
+SCREEN = ('#!/bin/sh\nfor f; do :; done\nprintf "path=%s\\nran=%s\\n" "$f" "$0" > "$INFO"\n'
+          'cat "$f"\n'
+          'printf "%s" "$APPEND" >> "$f"\n')
+
+
+def _stand_ins(case: EditCase, *names: str) -> str:
+    """A PATH whose first directory holds a :data:`SCREEN` stand-in for each name."""
+    bindir = case.tmp / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name in names:
+        (bindir / name).write_text(SCREEN)
+        (bindir / name).chmod(0o755)
+    return f"{bindir}:{os.environ['PATH']}"
+
+
+def _edit_on(case: EditCase, env: dict[str, str | None], stdin: str = "null",
+             stdout: str = "pipe") -> subprocess.CompletedProcess[bytes]:
+    """``vaultpy edit s`` with stdin "null" (/dev/null) or "pty" (a terminal), stdout
+    "pipe", "file" or "pty"; an env value None unsets the variable.  The result's stdout
+    is what reached stdout, the terminal included."""
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **case.repo.env,
+            "XDG_RUNTIME_DIR": str(case.runtime), "APPEND": case.append,
+            "INFO": str(case.info)}
+    full.pop("VAULTPY_DEBUG", None)
+    for key, value in env.items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    leader, follower = os.openpty()
+    try:
+        with open(case.tmp / "out", "w+b") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "vaultpy", "edit", "s"], cwd=case.repo.root, env=full,
+                stdin={"null": subprocess.DEVNULL, "pty": follower}[stdin],
+                stdout={"pipe": subprocess.PIPE, "file": out, "pty": follower}[stdout],
+                stderr=subprocess.PIPE, timeout=60)
+            os.close(follower)
+            follower = -1
+            if stdout == "file":
+                out.seek(0)
+                shown = out.read()
+            elif stdout == "pty":
+                shown = b""
+                with contextlib.suppress(OSError):      # EIO: the terminal's last byte
+                    while chunk := os.read(leader, 1 << 16):
+                        shown += chunk
+            else:
+                shown = proc.stdout
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, shown, proc.stderr)
+
+
+def _refused_untouched(case: EditCase, proc: subprocess.CompletedProcess[bytes],
+                       before: bytes, *needles: str) -> str:
+    line = assert_one_clean_error(proc, *needles, "nothing was decrypted",
+                                  "run vaultpy edit in a terminal, stdin and stdout not "
+                                  "redirected",
+                                  "an editor that needs none", "vaultpy encrypt s")
+    assert case.marker not in proc.stdout
+    assert not case.info.exists(), "the editor ran"
+    assert case.master.read_bytes() == before
+    assert list(case.runtime.iterdir()) == []           # no private directory was made
+    return line
+
+
+@pytest.mark.parametrize(("stdin", "stdout", "lacking"), [
+    ("null", "file", "stdin and stdout are not terminals"),    # a CI job, `>out`
+    ("pty", "pipe", "stdout is not a terminal"),               # `vaultpy edit s | tee`
+    ("null", "pty", "stdin is not a terminal"),                # `</dev/null`, xargs
+])
+def test_the_default_vi_with_no_terminal_is_refused_before_decrypting(
+        case: EditCase, stdin: str, stdout: str, lacking: str) -> None:
+    before = case.master.read_bytes()
+    unset: dict[str, str | None] = {"EDITOR": None, "VISUAL": None,
+                                    "PATH": _stand_ins(case, "vi")}
+    # refused before the key is even read: a missing identity is never reached
+    proc = _edit_on(case, {**unset, "VAULTPY_IDENTITY": str(case.tmp / "no-such-key")},
+                    stdin, stdout)
+    _refused_untouched(case, proc, before, "$EDITOR: not set (nor $VISUAL), and the "
+                       "default, 'vi', is a terminal editor", lacking)
+    proc = _edit_on(case, unset, stdin, stdout)
+    line = _refused_untouched(case, proc, before, "default, 'vi'", lacking, "set EDITOR")
+    assert line == proc.stderr.decode().strip()                 # one line, nothing else
+    # empty counts as unset, as when the editor is chosen
+    proc = _edit_on(case, {**unset, "EDITOR": "", "VISUAL": ""}, stdin, stdout)
+    _refused_untouched(case, proc, before, "default, 'vi'", lacking)
+    case.assert_clean()
+
+
+@pytest.mark.parametrize("command", [
+    "vi", "vim", "nvim", "nano", "hx", "vim.basic", "BIN/vim", "vim -c wq", "emacs -nw",
+    "emacsclient -t", "editor",
+])
+def test_a_named_terminal_editor_with_no_terminal_is_refused(case: EditCase,
+                                                             command: str) -> None:
+    before = case.master.read_bytes()
+    path = _stand_ins(case, "vi", "vim", "nvim", "nano", "hx", "vim.basic", "emacs",
+                      "emacsclient")
+    (case.tmp / "bin" / "editor").symlink_to("nano")       # Debian's alternatives
+    command = command.replace("BIN", str(case.tmp / "bin"))
+    program = command.split()[0]
+    proc = _edit_on(case, {"EDITOR": command, "VISUAL": None, "PATH": path})
+    _refused_untouched(case, proc, before, f"$EDITOR: {program!r} is a terminal editor",
+                       "stdin and stdout are not terminals", "set EDITOR to")
+    # $VISUAL comes first, as when the editor is chosen
+    proc = _edit_on(case, {"EDITOR": case.editor(RECORD), "VISUAL": command, "PATH": path},
+                    "pty", "file")
+    _refused_untouched(case, proc, before, f"$VISUAL: {program!r} is a terminal editor",
+                       "stdout is not a terminal", "set VISUAL to")
+    case.assert_clean()
+
+
+def test_in_a_terminal_the_default_and_a_terminal_editor_run(case: EditCase) -> None:
+    path = _stand_ins(case, "vi", "nano")
+    proc = _edit_on(case, {"EDITOR": None, "VISUAL": None, "PATH": path}, "pty", "pty")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert case.seen()["ran"].endswith("/vi")
+    assert case.marker in proc.stdout                   # its screen: on the terminal
+    value = case.marker + b"\n" + case.append.encode()
+    assert age_decrypt(case.master, case.repo.identity) == value
+    proc = _edit_on(case, {"EDITOR": "nano", "VISUAL": "", "PATH": path}, "pty", "pty")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert case.seen()["ran"].endswith("/nano")
+    assert age_decrypt(case.master, case.repo.identity) == value + case.append.encode()
+    case.assert_clean()
+
+
+@pytest.mark.parametrize("command", [
+    "SCRIPT", "code --wait", "gvim -f", "emacs", "vim -g", "nvim --headless", "emacsclient -c",
+    'SCRIPT "$1" && true',
+])
+def test_editors_that_need_no_terminal_still_run_without_one(case: EditCase,
+                                                             command: str) -> None:
+    """Scripts, GUI editors, and terminal editors in a mode with no screen; with $VISUAL
+    set, a terminal editor in $EDITOR is not the one that runs."""
+    path = _stand_ins(case, "code", "gvim", "emacs", "vim", "nvim", "emacsclient")
+    command = command.replace("SCRIPT", case.editor(RECORD + 'printf "%s" "$APPEND" >> "$f"\n'))
+    proc = _edit_on(case, {"EDITOR": "vim", "VISUAL": command, "PATH": path})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"s: updated" in proc.stderr
+    assert case.info.exists()
+    value = case.marker + b"\n" + case.append.encode()
+    assert age_decrypt(case.master, case.repo.identity) == value
+
+
+def test_vim_in_silent_ex_mode_runs_a_script_from_a_pipe(case: EditCase) -> None:
+    """`vim -es` draws no screen and reads its commands from stdin: a way to script an
+    edit, which must keep working with no terminal."""
+    need("vim")
+    proc = case.repo.run("edit", "s", env={**case.env("vim -es"), "HOME": str(case.tmp)},
+                         input=b"$put ='added'\nwq\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert case.marker not in proc.stdout
+    assert age_decrypt(case.master, case.repo.identity) == case.marker + b"\nadded\n"
+    case.assert_clean()
+
+
+def test_which_editors_need_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nano").write_text("#!/bin/sh\n")
+    (bindir / "nano").chmod(0o755)
+    (bindir / "editor").symlink_to("nano")
+    monkeypatch.setenv("PATH", str(bindir))
+    for command in ("vi", "vim", "/usr/bin/vim", "vim.tiny", "nvim -u NONE", "nano -w",
+                    "micro", "kak", "joe", "ne", "mg", "vis", "pico", "editor",
+                    "emacs -nw", "emacs --no-window-system", "emacsclient -nw",
+                    "emacsclient --tty", "vim -c 'normal yy' -c wq"):
+        assert edit_mod.terminal_editor(command) == command.split()[0], command
+    for command in ("", "sh ./ed.sh", "./ed.sh", "code --wait", "subl -w", "gvim -f",
+                    "emacs", "emacsclient -c", "vim -es", "vim -e", "nvim --headless",
+                    "vim -g", "vim; true", "$EDITOR", "vim 'unclosed"):
+        assert edit_mod.terminal_editor(command) is None, command

@@ -205,8 +205,17 @@ def _signals_during_editor() -> Iterator[Callable[[], None]]:
             signal.signal(s, h)
 
 
+DEFAULT_EDITOR = "vi"
+
+
 def editor_command() -> str:
-    return os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    return os.environ.get("VISUAL") or os.environ.get("EDITOR") or DEFAULT_EDITOR
+
+
+def _editor_variable() -> str:
+    """Where :func:`editor_command` found the editor: "$VISUAL", "$EDITOR" or ""."""
+    return "$VISUAL" if os.environ.get("VISUAL") else "$EDITOR" if os.environ.get(
+        "EDITOR") else ""
 
 
 # A plain command line ("vim", "code --wait", "emacsclient -t") can be exec'd by
@@ -235,6 +244,79 @@ def _with_vim_options(command: str) -> str:
     if found is None or not _VIM.fullmatch(os.path.basename(os.path.realpath(found))):
         return command
     return " ".join([words[0], shlex.join(VIM_OPTIONS), *words[1:]])
+
+
+# Editors that draw on the terminal (a full screen on stdout, keys from stdin).  With
+# stdout not a terminal, that screen, the secret on it, goes wherever stdout goes (a CI
+# log, `| tee`): found in review, `vaultpy edit ID >out` with the default vi put the
+# plaintext in `out`.  Only names that are never a GUI: emacs and emacsclient count
+# only with their terminal options, gvim and the like not at all.
+TERMINAL_EDITORS = frozenset({"vi", "vim", "nvim", "view", "rvim", "rview", "nvi", "nano",
+                              "pico", "micro", "hx", "helix", "kak", "joe", "ne", "mg",
+                              "vis"})
+_VI_FAMILY = frozenset({"vi", "vim", "nvim", "view", "rvim", "rview", "nvi"})
+# Vi and Vim options that draw no screen: Ex mode (batch with -s: `vim -es` runs a
+# script from stdin), Vim's GUI, Neovim with no UI.
+_VI_NO_SCREEN = frozenset({"-e", "-E", "-es", "-Es", "-g", "--headless"})
+
+
+def terminal_editor(command: str) -> str | None:
+    """The program of ``command`` when it is a known terminal editor that will draw its
+    screen (:data:`TERMINAL_EDITORS`), else None: a script, a GUI editor, shell syntax,
+    a name vaultpy does not know (run as given).  Debian's ``editor`` alternative is
+    looked through to the editor it names."""
+    if not _PLAIN_COMMAND.fullmatch(command):
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words:
+        return None
+    name, args = os.path.basename(words[0]), words[1:]
+    if name == "editor":
+        found = shutil.which(words[0])
+        if found is not None:
+            name = os.path.basename(os.path.realpath(found))
+    name = name.split(".", 1)[0]                # vim.basic, vim.tiny, vim.gtk3 (as vim)
+    if name == "emacs":
+        terminal = bool({"-nw", "--no-window-system"} & set(args))
+    elif name == "emacsclient":
+        terminal = bool({"-t", "-nw", "--tty"} & set(args))
+    elif name in _VI_FAMILY:
+        terminal = not _VI_NO_SCREEN & set(args)
+    else:
+        terminal = name in TERMINAL_EDITORS
+    return words[0] if terminal else None
+
+
+def refuse_without_terminal(secret_id: str, editor: str | None = None) -> None:
+    """Refuse, before anything is decrypted, to start an editor that needs a terminal
+    when stdin or stdout is none: the default vi (no $VISUAL or $EDITOR), or a
+    :func:`terminal_editor`.  Its screen would put the secret on stdout, and it could
+    not be driven from a pipe or /dev/null anyway.  ``editor``: as :func:`edit`'s."""
+    if editor:
+        command, where = editor, "the editor"
+    else:
+        command, where = editor_command(), _editor_variable()
+    program = terminal_editor(command) or (None if where else command)
+    if program is None:
+        return
+    lacking = [name for fd, name in ((0, "stdin"), (1, "stdout")) if not os.isatty(fd)]
+    if not lacking:
+        return
+    which = " and ".join(lacking) + (" are not terminals" if len(lacking) > 1
+                                     else " is not a terminal")
+    what = (f"{program!r} is a terminal editor" if where else
+            f"not set (nor $VISUAL), and the default, {program!r}, is a terminal editor")
+    why = ("its screen, the secret on it, would go wherever stdout goes"
+           if "stdout" in lacking else "it could not read your keys")
+    variable = where if where.startswith("$") else "$EDITOR"
+    raise VaultpyError(Problem(
+        variable, f"{what}, and {which}: {why}; nothing was decrypted", "",
+        f"run vaultpy edit in a terminal, stdin and stdout not redirected, set "
+        f"{variable[1:]} to an editor that needs none (a script, code --wait), or store "
+        f"the value with vaultpy encrypt {secret_id} (from stdin or --file)"))
 
 
 def run_editor(path: Path, editor: str | None = None) -> None:
@@ -279,6 +361,7 @@ def edit(cfg: Config, secret_id: str, *, identity_files: Sequence[Path] = (),
          ask: age.PassphraseFn = age.passphrase_from_env_or_tty, editor: str | None = None,
          allow_disk: bool = False) -> EditResult:
     secret = cfg.secret(secret_id)
+    refuse_without_terminal(secret_id, editor)  # before any plaintext: no screen for it
     refuse_if_rotating(cfg)     # before any typing: the save would be refused
     writes.settle(cfg)          # edit the value an interrupted write was putting there
     nocore.forbid()
