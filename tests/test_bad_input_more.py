@@ -282,6 +282,43 @@ def test_encrypt_from_a_stream_without_end_stops_with_one_line(repo: Repo) -> No
     assert age_decrypt(master, repo.identity) == big.read_bytes()
 
 
+def test_empty_input_never_replaces_a_value(repo: Repo) -> None:
+    """`vaultpy encrypt alpha </dev/null` (an unset variable piped in, an empty file)
+    replaced alpha's value with an empty one, exit 0, and warned only once it was gone.
+    Empty input over a value is refused before anything is written; --allow-empty says
+    an empty value is meant.  Nothing is lost storing a new secret, or an empty one,
+    empty: that goes through, with the warning."""
+    (repo.root / "blank.txt").write_bytes(b"")
+    repo.ok("encrypt", "beta", "--armor", input=SECRETS["beta"])
+    snap = repo.snapshot()
+    for sid in ("alpha", "beta"):                       # binary and armored masters
+        for how in ({"input": b""}, {"stdin": subprocess.DEVNULL}):
+            proc = capped_run(vaultpy_argv("encrypt", sid), repo.env, repo.root, **how)
+            assert_one_clean_error(proc, f"secrets/{sid}.age: secrets.{sid}: stdin is empty",
+                                   f"would replace the value of {sid} with an empty one",
+                                   "nothing was written", "add --allow-empty")
+        proc = repo.run("encrypt", sid, "--file", "blank.txt")
+        assert_one_clean_error(proc, f"secrets/{sid}.age: secrets.{sid}: blank.txt is empty",
+                               "nothing was written", "add --allow-empty")
+    assert repo.snapshot() == snap
+    # a master that is no age file (damaged, hand-edited) may hold anything: refused too
+    (repo.root / "secrets" / "alpha.age").write_bytes(b"not an age file\n")
+    assert_one_clean_error(repo.run("encrypt", "alpha", input=b""), "secrets.alpha",
+                           "add --allow-empty")
+    # asked for: stored, and said
+    err = repo.ok("encrypt", "alpha", "--allow-empty", input=b"").stderr.decode()
+    assert "warning: alpha is now empty" in err
+    assert repo.ok("decrypt", "alpha").stdout == b""
+    # an empty value again: nothing to lose (told without a key: none is needed)
+    err = repo.ok("encrypt", "alpha", input=b"", env={"VAULTPY_IDENTITY": "/nonexistent"}
+                  ).stderr.decode()
+    assert "warning: alpha is now empty" in err
+    # a new secret may start empty
+    repo.write_hosts((repo.root / "hosts.toml").read_text() + "[secrets.gamma]\n")
+    assert "gamma is now empty" in repo.ok("encrypt", "gamma", input=b"").stderr.decode()
+    assert age_decrypt(repo.root / "secrets" / "gamma.age", repo.identity) == b""
+
+
 # ------------------------------------------------ files named on the command line: capped
 
 @pytest.mark.parametrize("how", ["-i", "VAULTPY_IDENTITY"])

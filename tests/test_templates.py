@@ -286,7 +286,8 @@ def test_encrypt_and_edit_warn_of_a_newline_a_template_puts_mid_line(make_repo) 
             "it on the same line") in err and "trim = true" in err
     for quiet in (("pw", b"s3cret"), ("tok", b"t0k\n")):       # no newline; at a line end
         assert "warning" not in repo.ok("encrypt", quiet[0], input=quiet[1]).stderr.decode()
-    assert "warning: tok is now empty" in repo.ok("encrypt", "tok", input=b"").stderr.decode()
+    assert "warning: tok is now empty" in repo.ok("encrypt", "tok", "--allow-empty",
+                                                  input=b"").stderr.decode()
     editor = repo.root / "ed.sh"
     editor.write_text("#!/bin/sh\nprintf 'edited\\n' > \"$1\"\n")
     editor.chmod(0o755)

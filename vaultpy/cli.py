@@ -391,6 +391,10 @@ def encrypt(
     file: Annotated[Path | None, typer.Option("--file", "-f",
                                               help="Read plaintext from FILE, not stdin.")] = None,
     armor: Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor.")] = False,
+    allow_empty: Annotated[bool, typer.Option(
+        "--allow-empty", help="Accept empty input over a secret that holds a value "
+        "(without it, that is refused: an empty stdin or file replaced the value).")
+    ] = False,
     repo: RepoOpt = None,
 ) -> None:
     """Encrypt plaintext (stdin or --file) as master secret ID."""
@@ -417,6 +421,9 @@ def encrypt(
             file or "-", limit, " of plaintext",
             "a secret is held in RAM on every host it goes to; encrypt a big file with "
             "age on its own and keep only its key in vaultpy"))
+    if not allow_empty:
+        masters.refuse_empty_over_a_value(
+            cfg, secret_id, data, "stdin" if file is None else display_path(file))
     path = masters.write_master(cfg, secret_id, data, armor)
     _err().print(f"wrote {path}; run vaultpy renc to update the hosts", markup=False)
     for w in masters.value_warnings(cfg, secret_id, data):
@@ -718,7 +725,6 @@ def _not_over_another_file(output: Path) -> None:
     import json
 
     from vaultpy._internal import fsutil
-    from vaultpy.errors import display_path
 
     if not os.path.lexists(output):
         return

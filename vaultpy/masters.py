@@ -40,6 +40,40 @@ MAX_PLAINTEXT = 64 << 20
 ANY = object()      # write_master(based_on=ANY): last writer wins (encrypt, pull)
 
 
+def holds_a_value(cfg: Config, secret_id: str) -> bool:
+    """Whether ``secret_id``'s master file holds a value an empty one would replace:
+    it exists and is no age file of empty plaintext.  Told without a key (``encrypt``
+    needs none): such a file's payload is a nonce and one empty chunk.  A master that
+    cannot be read or is no well-formed age file counts as a value."""
+    try:
+        data = fsutil.read_regular(cfg.secret(secret_id).file)[0]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        return ageformat.parse(data).payload_size != ageformat.NONCE + ageformat.TAG
+    except ageformat.FormatError:
+        return True
+
+
+def refuse_empty_over_a_value(cfg: Config, secret_id: str, plaintext: bytes,
+                              source: str) -> None:
+    """``encrypt`` of an empty input over a secret that holds a value: refused, before
+    anything is written (``vaultpy encrypt db </dev/null``, an unset variable piped in
+    or an empty file replaced the value, and only warned once it was gone).  A new
+    secret, or one already empty, may be stored empty; so may any with --allow-empty.
+    Checked before the lock is taken: encrypt's last writer wins all the same."""
+    if plaintext or not holds_a_value(cfg, secret_id):
+        return
+    file = cfg.secret(secret_id).file
+    raise VaultpyError(Problem(
+        display_path(file), f"{source} is empty, and storing it would replace the value "
+        f"of {secret_id} with an empty one; nothing was written",
+        key_path("secrets", secret_id),
+        f"check what feeds {source}; to store an empty value, add --allow-empty"))
+
+
 def value_warnings(cfg: Config, secret_id: str, plaintext: bytes) -> list[str]:
     """What a user may not mean by a value just given (warnings, never errors): an
     empty one, or a final newline that a template without ``trim`` puts mid-line."""
