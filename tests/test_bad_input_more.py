@@ -553,7 +553,10 @@ def test_recipients_that_are_not_strings_are_one_problem(repo: Repo) -> None:
     repo.write_hosts(text[:start] + "recipients = [1, 2]" + text[end:])
     proc = repo.run("check", env=NO_MEMO)
     lines = [ln for ln in proc.stderr.decode().splitlines() if "vaultpy.recipients" in ln]
-    assert len(lines) == 1 and "expected a list of strings" in lines[0], lines
+    # each item named by its index, as in identities and secrets; no "no recipients" too
+    assert len(lines) == 2, lines
+    for i, line in enumerate(lines):
+        assert f"vaultpy.recipients[{i}]: expected a string, got an integer" in line, lines
 
 
 @pytest.mark.parametrize("change, field", [

@@ -457,9 +457,15 @@ class _Checker:
         return value
 
     def strings(self, value: Any, where: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        """A list of strings; else [], with a problem for the list or each item that is
+        no string (``[1]: expected a string``, as ``identities`` and ``secrets`` say)."""
+        if not isinstance(value, list):
             self.add(where, f"expected a list of strings, got {_kind(value)}",
                      'write it as ["a", "b"]')
+            return []
+        if not all(isinstance(v, str) for v in value):
+            for i, item in enumerate(value):
+                self.string(item, f"{where}[{i}]")
             return []
         return list(value)
 
@@ -1190,7 +1196,8 @@ def _identities(ck: _Checker, value: Any, where: str, *, user: bool = False
     if value is None:
         return ()
     if not isinstance(value, list) or not value:
-        ck.add(where, f"expected a non-empty list of key paths, got {_kind(value)}",
+        ck.add(where, "expected a non-empty list of key paths, got "
+               + ("an empty list" if value == [] else _kind(value)),
                'write identities = ["%h/.ssh/id_ed25519"]' if user
                else 'write identities = ["/etc/vaultpy/host.key"]')
         return ()

@@ -1,0 +1,90 @@
+"""hosts.toml's error messages (vaultpy/model.py): each one line that names the file,
+the field and a fix that works, says what is actually wrong, in TOML's words, and
+echoes no user value at any length.
+
+Parsed in memory with :func:`vaultpy.model.parse` (the demo's public keys: no key is
+made here); ``check`` and ``renc`` print exactly these lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vaultpy import model
+from vaultpy.errors import VaultpyError
+
+MASTER = "age1lkw9q5tsu7e5rkchdwhqyprkclvg4ege422qmz86pa90rt8jg55qaz6zqc"
+WEB1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqkayYyM7xri8xE+HoH3wJ87FEpSjrvj0VVmRJql5xs"
+DB1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMw6F/cMvNsLiZwOqBF1x0Rc1CnOOKPVif5C4eHIYpA9"
+HEAD = f'[vaultpy]\nrecipients = ["{MASTER}"]\n\n[secrets.db]\n[secrets.api]\n\n'
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)     # hosts.toml is named as "hosts.toml"
+
+
+def problems(text: str, root: Path) -> list[str]:
+    """The lines hosts.toml ``text`` is refused with (none: it loads)."""
+    try:
+        model.parse(text, root / "hosts.toml")
+    except VaultpyError as exc:
+        lines = [str(p) for p in exc.problems]
+        assert all("\n" not in ln for ln in lines)
+        return lines
+    return []
+
+
+def one(text: str, root: Path) -> str:
+    found = problems(text, root)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def host(body: str, name: str = "web1", key: str = WEB1) -> str:
+    return f'[hosts.{name}]\npubkey = "{key}"\n{body}\n'
+
+
+# ------------------------------------------------------------- lists of strings
+
+@pytest.mark.parametrize(("text", "field"), [
+    (f'[vaultpy]\nrecipients = ["{MASTER}", 7]\n', "vaultpy.recipients[1]"),
+    (HEAD + f'[hosts.db1]\npubkey = ["{DB1}", 7]\n', "hosts.db1.pubkey[1]"),
+    (HEAD + host('[hosts.web1.secrets.db]\nrestart_units = ["a.service", 7]'),
+     "hosts.web1.secrets.db.restart_units[1]"),
+    (HEAD + host('[hosts.web1.secrets.db]\nreload_units = [true]'),
+     "hosts.web1.secrets.db.reload_units[0]"),
+])
+def test_a_list_item_that_is_no_string_is_named_by_its_index(tmp_path: Path, text: str,
+                                                             field: str) -> None:
+    line = one(text, tmp_path)
+    got = "a boolean" if "true" in text else "an integer"
+    assert line.startswith(f"hosts.toml: {field}: expected a string, got {got}"), line
+    assert "got a list" not in line
+
+
+def test_list_items_are_said_as_identities_and_secrets_say_them(tmp_path: Path) -> None:
+    said = problems(HEAD + host('identities = ["/k", 4]\nsecrets = ["db", 3]'), tmp_path)
+    pubkey = one(HEAD + f'[hosts.web1]\npubkey = ["{WEB1}", 4]\n', tmp_path)
+
+    def words(line: str) -> str:        # what follows "hosts.toml: <field>: "
+        return line.split(": ", 2)[2]
+
+    assert len(said) == 2 and {words(ln) for ln in said} == {words(pubkey)}, (said, pubkey)
+
+
+def test_a_list_where_none_may_be_is_still_said_as_a_whole(tmp_path: Path) -> None:
+    line = one(HEAD + host('[hosts.web1.secrets.db]\nrestart_units = "a.service"'),
+               tmp_path)
+    assert ("hosts.web1.secrets.db.restart_units: expected a list of strings, got a string"
+            in line), line
+
+
+@pytest.mark.parametrize("user", [False, True])
+def test_empty_identities_say_an_empty_list(tmp_path: Path, user: bool) -> None:
+    line = one(HEAD + host("identities = []" + ("\nuser = true" if user else "")), tmp_path)
+    assert "hosts.web1.identities: expected a non-empty list of key paths, got an empty " \
+        "list; write identities = [" in line, line
+    assert "got a list" not in line
