@@ -88,3 +88,47 @@ def test_empty_identities_say_an_empty_list(tmp_path: Path, user: bool) -> None:
     assert "hosts.web1.identities: expected a non-empty list of key paths, got an empty " \
         "list; write identities = [" in line, line
     assert "got a list" not in line
+
+
+# ------------------------------------------------------------- the signing key on a host
+
+SIGNING = f'signing_key = "{WEB1}"\nsigning_secret = "db"\n'
+SIGNED_HEAD = HEAD.replace("\n\n", f"\n{SIGNING}\n", 1)
+TEMPLATE = '[hosts.web1.templates."app.env"]\ncontent = "URL=pg://app:{{ secrets.db }}@db1"\n'
+
+
+def test_a_template_using_the_signing_key_is_named_not_the_hosts_secrets(tmp_path: Path
+                                                                         ) -> None:
+    line = one(SIGNED_HEAD + host("secrets = [\"api\"]\n" + TEMPLATE), tmp_path)
+    assert line.startswith('hosts.toml: hosts.web1.templates."app.env".content: line 1 '
+                           "column 14: the placeholder for 'db' gives the host the cache "
+                           "signing key"), line
+    assert line.endswith("; remove every placeholder for 'db' from the template"), line
+    assert "hosts.web1.secrets" not in line
+
+
+def test_a_template_file_using_the_signing_key_is_named_by_its_file(tmp_path: Path) -> None:
+    (tmp_path / "app.env.in").write_text("URL=pg://app:{{ secrets.db }}@db1\n")
+    line = one(SIGNED_HEAD + host('[hosts.web1.templates."app.env"]\nfile = "app.env.in"'),
+               tmp_path)
+    assert line.startswith('app.env.in: hosts.web1.templates."app.env".file: line 1 column '
+                           "14: the placeholder for 'db'"), line
+
+
+@pytest.mark.parametrize(("body", "field", "fix"), [
+    ('secrets = ["api", "db"]', "hosts.web1.secrets", "remove 'db' from hosts.web1.secrets"),
+    ("[hosts.web1.secrets.db]", "hosts.web1.secrets.db",
+     "remove the table [hosts.web1.secrets.db]"),
+])
+def test_the_signing_key_in_a_hosts_secrets_names_the_form_used(
+        tmp_path: Path, body: str, field: str, fix: str) -> None:
+    line = one(SIGNED_HEAD + host(body), tmp_path)
+    assert line.startswith(f"hosts.toml: {field}: "), line
+    assert "the cache signing key ([vaultpy] signing_secret): no host may hold it" in line
+    assert line.endswith(f"; {fix}"), line
+
+
+def test_each_place_giving_a_host_the_signing_key_is_named(tmp_path: Path) -> None:
+    said = problems(SIGNED_HEAD + host('secrets = ["db"]\n' + TEMPLATE), tmp_path)
+    assert [ln.split(": ")[1] for ln in said] == [
+        "hosts.web1.secrets", 'hosts.web1.templates."app.env".content'], said

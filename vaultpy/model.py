@@ -1394,11 +1394,10 @@ def parse(text: str, path: Path) -> Config:
         ck.add("vaultpy.signing_secret", f"secret {signing_raw.secret!r} is not declared",
                f"declare [{key_path('secrets', signing_raw.secret)}] (its master holds the "
                "signing key: vaultpy signing-key makes both)")
-    for h in hosts.values():        # (a host that held it could sign anything)
-        if signing_raw is not None and signing_raw.secret in h.needed:
-            ck.add(key_path("hosts", h.name, "secrets"), f"lists {signing_raw.secret!r}, "
-                   "the cache signing key ([vaultpy] signing_secret): no host may hold it",
-                   f"remove {signing_raw.secret!r} from {key_path('hosts', h.name)}")
+    if signing_raw is not None:
+        for h in hosts.values():        # (a host that held it could sign anything)
+            if signing_raw.secret in h.needed:
+                _holds_signing_key(ck, h, signing_raw.secret, raw_hosts[h.name])
 
     resolved_cache = _resolved(ck, cache_dir, "vaultpy.cache_dir")
     resolved_root = _resolved(ck, root, "")
@@ -1469,6 +1468,28 @@ def parse(text: str, path: Path) -> Config:
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
                   nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings),
                   signing=signing_raw)
+
+
+def _holds_signing_key(ck: _Checker, h: Host, sid: str, raw: Mapping[str, Any]) -> None:
+    """The problems of host ``h`` receiving secret ``sid``, the cache signing key: one
+    for each place that gives it to the host (its secrets, a template's placeholder)."""
+    why = "the cache signing key ([vaultpy] signing_secret): no host may hold it"
+    where = key_path("hosts", h.name)
+    if any(d.id == sid for d in h.deployments):
+        if isinstance(raw.get("secrets"), list):
+            ck.add(f"{where}.secrets", f"lists {sid!r}, {why}",
+                   f"remove {sid!r} from {where}.secrets")
+        else:
+            table = key_path("hosts", h.name, "secrets", sid)
+            ck.add(table, f"installs {sid!r}, {why}", f"remove the table [{table}]")
+    for t in h.templates:
+        if sid in t.refs:
+            line, column = templates.position_of(t.content, sid)
+            text_file, text_field = t.content_field
+            ck.problems.append(Problem(
+                text_file or ck.file, f"line {line} column {column}: the placeholder "
+                f"for {sid!r} gives the host {why}", f"{where}.{text_field}",
+                f"remove every placeholder for {sid!r} from the template"))
 
 
 def _signing(ck: _Checker, settings: Mapping[str, Any]) -> Signing | None:
