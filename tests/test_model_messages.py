@@ -8,6 +8,7 @@ made here); ``check`` and ``renc`` print exactly these lines.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,82 @@ def test_each_place_giving_a_host_the_signing_key_is_named(tmp_path: Path) -> No
     said = problems(SIGNED_HEAD + host('secrets = ["db"]\n' + TEMPLATE), tmp_path)
     assert [ln.split(": ")[1] for ln in said] == [
         "hosts.web1.secrets", 'hosts.web1.templates."app.env".content'], said
+
+
+# ------------------------------------------------------------- values of any length
+
+BIG = "a" * 100_000
+# hosts.toml texts with one value BIG (or starting or ending with it), each refused
+LONG = {
+    "owner": HEAD + host(f'[hosts.web1.secrets.db]\nowner = "{BIG}"'),
+    "group": HEAD + host(f'[hosts.web1.secrets.db]\ngroup = "{BIG}"'),
+    "mode": HEAD + host(f'[hosts.web1.secrets.db]\nmode = "{BIG}"'),
+    "path": HEAD + host(f'[hosts.web1.secrets.db]\npath = "/{BIG}"'),
+    "path_relative": HEAD + host(f'[hosts.web1.secrets.db]\npath = "{BIG}"'),
+    "user_path": HEAD + host(f'user = true\n[hosts.web1.secrets.db]\npath = "~/{BIG}"'),
+    "unit": HEAD + host(f'[hosts.web1.secrets.db]\nrestart_units = ["{BIG}/"]'),
+    "unknown_key": HEAD + host(f'[hosts.web1.secrets.db]\n{BIG} = 1'),
+    "unknown_quoted_key": HEAD + host(f'[hosts.web1.secrets.db]\n"{BIG}." = 1'),
+    "nested_table": HEAD + f"[secrets.db.{BIG}]\n",
+    "host_name": HEAD + host("", name=BIG),
+    "host_name_and_owner": HEAD + host(f'[hosts.{BIG}.secrets.db]\nowner = "{BIG}"',
+                                       name=BIG),
+    "secret_id": HEAD + f"[secrets.{BIG}]\n",
+    "listed_id": HEAD + host(f'secrets = ["{BIG}"]'),
+    "template_name": HEAD + host(f'[hosts.web1.templates.{BIG}]\ncontent = ""'),
+    "placeholder": HEAD + host('[hosts.web1.templates.t]\ncontent = "{{ secrets.'
+                               f'{BIG} }}}}"'),
+    "template_file": HEAD + host(f'[hosts.web1.templates.t]\nfile = "{BIG}"'),
+    "identities": HEAD + host(f'identities = ["{BIG}"]'),
+    "pubkey": HEAD + host("", key=f"ssh-{BIG} AAAA"),
+    "recipient": f'[vaultpy]\nrecipients = ["ssh-{BIG} AAAA"]\n',
+    "signing_key": HEAD.replace("\n\n", f'\nsigning_key = "x{BIG} A"\nsigning_secret = '
+                                '"db"\n\n', 1),
+    "signing_secret": HEAD.replace("\n\n", f'\nsigning_key = "{WEB1}"\nsigning_secret = '
+                                   f'"{BIG}"\n\n', 1),
+    "vault": HEAD + f'[secrets.x]\nvault = "{BIG}"\n',
+    "vault_mount": HEAD + f'[secrets.x]\nvault = "-{BIG}/p#f"\n',
+    "generate": HEAD + f'[secrets.x]\ngenerate = "{BIG}"\n',
+    "generate_size": HEAD + f'[secrets.x]\ngenerate = "hex:{BIG}"\n',
+    "rotate_days": HEAD + f'[secrets.x]\nrotate_days = "{BIG}"\n',
+    "secret_file": HEAD + f'[secrets.x]\nfile = "{BIG}\\n"\n',
+    "cache_dir": f'[vaultpy]\nrecipients = ["{MASTER}"]\ncache_dir = "{BIG}"\n',
+    "vault_addr": HEAD + f'[vaultpy.vault]\naddr = "{BIG}"\n',
+    "vault_auth": HEAD + f'[vaultpy.vault]\nauth = "{BIG}"\n',
+    "vault_mount_setting": HEAD + f'[vaultpy.vault]\nauth = "approle"\nrole_id = "r"\n'
+                                  f'secret_id_file = "s"\napprole_mount = "{BIG}/"\n',
+    "duplicate_table": HEAD + f"[secrets.{BIG}]\n[secrets.{BIG}]\n",
+}
+
+
+@pytest.mark.parametrize("case", list(LONG))
+def test_no_value_is_echoed_at_length(tmp_path: Path, case: str) -> None:
+    said = problems(LONG[case], tmp_path)
+    assert said, "loaded"
+    for line in said:
+        assert len(line) < 800, line[:400] + " … " + line[-400:]
+    cut = [ln for ln in said if "…" in ln]
+    assert cut, said
+    for line in cut:
+        # a cut value says its own length (BIG's, with what the case adds to it), never
+        # the length of the message it is in
+        for n in re.findall(r"\((\d+) characters\)", line):
+            assert 100_000 <= int(n) <= 100_010, line
+
+
+def test_an_unknown_secret_id_says_its_own_length(tmp_path: Path) -> None:
+    cfg = model.parse(HEAD, tmp_path / "hosts.toml")
+    with pytest.raises(VaultpyError) as caught:
+        cfg.secret("b" * 200)
+    line = str(caught.value)
+    assert "unknown secret id 'bbb" in line and "…' (200 characters)" in line, line
+    assert "(220 characters)" not in line and "known: api, db" in line, line
+
+
+def test_the_known_ids_a_hint_lists_are_cut_with_their_number(tmp_path: Path) -> None:
+    text = HEAD + "".join(f"[secrets.s{i:03}]\n" for i in range(300))
+    cfg = model.parse(text, tmp_path / "hosts.toml")
+    with pytest.raises(VaultpyError) as caught:
+        cfg.secret("no/such")
+    line = str(caught.value)
+    assert line.endswith(", … (302 in all)") and len(line) < 400, line

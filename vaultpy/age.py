@@ -27,7 +27,7 @@ import pyrage
 
 from vaultpy._internal import ageformat, forksafe, fsutil, sigint
 from vaultpy._internal.record import record
-from vaultpy.errors import Problem, VaultpyError, display_path, fail, too_big
+from vaultpy.errors import Problem, VaultpyError, display_path, fail, shown, too_big
 
 TYPE_CHECKING = False       # typing costs ~5 ms to import; annotations only
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def normalize_recipient(text: str, *, allow_rsa: bool = False, allow_plugin: boo
         raise ValueError("not an ssh-ed25519 or age1 public key")
     kind, b64 = parts[0], parts[1]
     if kind not in (SSH_ED25519, SSH_RSA) or (kind == SSH_RSA and not allow_rsa):
-        raise ValueError(f"not an ssh-ed25519 or age1 public key (got {kind!r})")
+        raise ValueError(f"not an ssh-ed25519 or age1 public key (got {shown(kind)})")
     try:
         blob = base64.b64decode(b64, validate=True)
         fields = _ssh_wire_fields(blob)

@@ -83,6 +83,19 @@ class Problem:
                 "hint": self.hint}
 
 
+SHOWN_MAX = 100      # characters of a value a message quotes (:func:`shown`)
+
+
+def shown(value: str, limit: int = SHOWN_MAX, *, quote: bool = True) -> str:
+    """``value`` for a message, quoted (``repr``) unless ``quote`` is false: at most
+    ``limit`` characters of it and, when cut, its own length:
+    ``'aaa…' (100000 characters)``."""
+    if len(value) <= limit:
+        return repr(value) if quote else value
+    cut = value[:limit - 1] + "…"
+    return f"{repr(cut) if quote else cut} ({len(value)} characters)"
+
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _NIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
 # Nix's keywords: an identifier's shape, never an attribute name unquoted.

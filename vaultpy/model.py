@@ -24,12 +24,14 @@ from vaultpy._internal import fsutil
 from vaultpy._internal.record import field, record
 from vaultpy.age import normalize_recipient
 from vaultpy.errors import (
+    SHOWN_MAX,
     Problem,
     VaultpyError,
     display_path,
     key_path,
     nix_attr,
     os_problem,
+    shown,
     toml_key,
 )
 from vaultpy.output import (
@@ -59,6 +61,9 @@ from vaultpy.output import Output as Output
 T = TypeVar("T")
 FILENAME = "hosts.toml"
 ID_MAX = 128
+_KNOWN_MAX = 10         # ids a hint lists
+# A key in a problem's field longer than an id (quoted) may be is cut (_fitted_field).
+_FIELD_MAX = ID_MAX + 2
 # `mode = 400` is decimal in TOML (0o620): refuse it rather than guess.
 _DECIMAL_MODE = re.compile(
     r"(?m)(?:^|[{,])[ \t]*mode[ \t]*=[ \t]*(?P<value>[0-9]{1,20})(?![0-9_.xXoObBeE:-])")
@@ -103,28 +108,29 @@ def parse_vault_ref(text: str) -> VaultRef:
     """``"<mount>/<path>#<field>[@version]"`` → :class:`VaultRef`; ValueError says why not."""
     where, sep, rest = text.rpartition("#")
     if not sep:
-        raise ValueError(f"no #field in vault reference {text!r}")
+        raise ValueError(f"no #field in vault reference {shown(text)}")
     field_name, at, version_text = rest.partition("@")
     version: int | None = None
     if at:
         if not re.fullmatch(r"[1-9][0-9]{0,9}", version_text):
-            raise ValueError(f"version {version_text!r} in vault reference {text!r} is not "
-                             "a positive integer")
+            raise ValueError(f"version {shown(version_text)} in vault reference "
+                             f"{shown(text)} is not a positive integer")
         version = int(version_text)
     if not _VAULT_FIELD_RE.fullmatch(field_name):
-        raise ValueError(f"invalid field name {field_name!r} in vault reference {text!r}")
+        raise ValueError(f"invalid field name {shown(field_name)} in vault reference "
+                         f"{shown(text)}")
     mount, slash, path = where.partition("/")
     if not slash or not path:
-        raise ValueError(f"vault reference {text!r} needs a mount and a path "
+        raise ValueError(f"vault reference {shown(text)} needs a mount and a path "
                          "(<mount>/<path>)")
     if not _VAULT_MOUNT_RE.fullmatch(mount):
-        raise ValueError(f"invalid mount {mount!r} in vault reference {text!r} (a letter, "
-                         "digit or _ first, then letters, digits and _ . -)")
+        raise ValueError(f"invalid mount {shown(mount)} in vault reference {shown(text)} "
+                         "(a letter, digit or _ first, then letters, digits and _ . -)")
     for segment in path.split("/"):
         if not _VAULT_SEGMENT_RE.fullmatch(segment) or segment.strip(".") == "":
-            raise ValueError(f"invalid path segment {segment!r} in vault reference {text!r} "
-                             "(a letter, digit or _ first, then letters, digits and "
-                             "_ . , : = ~ @ -)")
+            raise ValueError(f"invalid path segment {shown(segment)} in vault reference "
+                             f"{shown(text)} (a letter, digit or _ first, then letters, "
+                             "digits and _ . , : = ~ @ -)")
     return VaultRef(mount, path, field_name, version)
 
 
@@ -186,7 +192,7 @@ def parse_generate_spec(text: str) -> GenerateSpec:
         return GenerateSpec("command", command=arg)
     if kind in KEY_PAIR_KINDS:
         if colon:
-            raise ValueError(f"{kind} takes no size (got {text!r})")
+            raise ValueError(f"{kind} takes no size (got {shown(text)})")
         return GenerateSpec(kind)
     if kind in GENERATE_SIZED:
         unit = GENERATE_SIZED[kind]
@@ -194,11 +200,11 @@ def parse_generate_spec(text: str) -> GenerateSpec:
             raise ValueError(f"{kind} needs a size in {unit}, e.g. \"{kind}:"
                              f"{6 if kind == 'passphrase' else 32}\"")
         if not re.fullmatch(r"[1-9][0-9]{0,5}", arg) or int(arg) > GENERATE_MAX[kind]:
-            raise ValueError(f"invalid size {arg!r} for {kind}: 1 to {GENERATE_MAX[kind]} "
+            raise ValueError(f"invalid size {shown(arg)} for {kind}: 1 to {GENERATE_MAX[kind]} "
                              f"{unit}")
         return GenerateSpec(kind, int(arg))
     close = difflib.get_close_matches(kind, GENERATE_KINDS, n=1)
-    raise ValueError(f"unknown generator {kind!r}" + (f" (did you mean {close[0]!r}?)"
+    raise ValueError(f"unknown generator {shown(kind)}" + (f" (did you mean {close[0]!r}?)"
                                                       if close else ""))
 
 
@@ -345,10 +351,13 @@ class Config:
                     f", or vaultpy.secrets.{nix_attr(secret_id)} in a configuration of "
                     f"{display_path(self.nixos)}" if self.nixos else "")
             else:
+                known = list(self.secrets)
                 hint = ("ids are letters, digits, _ . - (starting with a letter or digit, "
-                        f"at most {ID_MAX}); known: " + (", ".join(self.secrets) or "none"))
-            raise VaultpyError(Problem(display_path(self.path), _short(
-                f"unknown secret id {secret_id!r}"), "secrets", _short(hint, 300))) from None
+                        f"at most {ID_MAX}); known: " + (", ".join(known[:_KNOWN_MAX]) or "none")
+                        + (f", … ({len(known)} in all)" if len(known) > _KNOWN_MAX else ""))
+            raise VaultpyError(Problem(display_path(self.path),
+                                       f"unknown secret id {shown(secret_id)}", "secrets",
+                                       hint)) from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -361,6 +370,63 @@ def _kind(value: Any) -> str:
                               dt.datetime: "a date-time", dt.date: "a date",
                               dt.time: "a time"}
     return kinds.get(type(value), type(value).__name__)
+
+
+# A key of a TOML path (key_path): quoted, or up to a dot or an index.
+_FIELD_KEY = re.compile(r'"(?:[^"\\]|\\.)*"|[^."\[\]]+')
+# What is left of a problem's file name or text at most (each value in the text is cut
+# where it is quoted, with its length: errors.shown; this is for what nothing cut).
+_TEXT_MAX = 1000
+
+
+def _named(path: Path) -> str:
+    """``path`` as a message names it (:func:`display_path`), cut as a value is."""
+    return shown(display_path(path), quote=False)
+
+
+# A quoted string in tomllib's message ("Cannot declare ('secrets', 'x') twice").
+_TOML_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _toml_message(exc: Exception) -> str:
+    """tomllib's message, each key in it longer than a value is shown cut."""
+    import ast
+
+    def cut(m: re.Match[str]) -> str:
+        if len(m.group()) <= SHOWN_MAX:
+            return m.group()
+        try:
+            return shown(ast.literal_eval(m.group()))
+        except (ValueError, SyntaxError):
+            return m.group()
+
+    return _TOML_QUOTED.sub(cut, str(exc))
+
+
+def _fitted_field(field: str) -> str:
+    """``field`` with each key longer than an id may be cut, as :func:`shown` cuts a
+    value (the problem's message gives its length)."""
+    def cut(m: re.Match[str]) -> str:
+        key = m.group()
+        if len(key) <= _FIELD_MAX:
+            return key
+        return (key[:SHOWN_MAX - 2] + '…"') if key.startswith('"') else key[:SHOWN_MAX - 1] + "…"
+
+    return field if len(field) <= _FIELD_MAX else _FIELD_KEY.sub(cut, field)
+
+
+def _fitted(problems: list[Problem]) -> list[Problem]:
+    """``problems`` as one short line each, whatever hosts.toml's keys and values hold:
+    a long key in a field cut (:func:`_fitted_field`), and a file name or text that
+    nothing cut cut here.  (Only on the error path: a valid file has no problem.)"""
+    def text(value: str) -> str:
+        return shown(value, _TEXT_MAX, quote=False)
+
+    return [p if max(len(p.message), len(p.hint)) <= _TEXT_MAX
+            and max(len(p.field), len(p.file)) <= _FIELD_MAX
+            else Problem(shown(p.file, _FIELD_MAX, quote=False), text(p.message),
+                         _fitted_field(p.field), text(p.hint))
+            for p in problems]
 
 
 class _Checker:
@@ -377,21 +443,25 @@ class _Checker:
         self.problems.append(Problem(self.file, message, where, hint))
 
     def keys(self, table: Mapping[str, Any], where: str, allowed: tuple[str, ...],
-             shown: tuple[str, ...] | None = None) -> None:
-        """An unknown key is a problem, with the closest of ``shown`` (else all of them)
-        as its hint.  ``shown``: ``allowed`` but for keys refused later with a line of
-        their own (a person's owner): a typo is not pointed at them."""
-        known = allowed if shown is None else shown
+             offered: tuple[str, ...] | None = None) -> None:
+        """An unknown key is a problem, with the closest of ``offered`` (else all of
+        them) as its hint.  ``offered``: ``allowed`` but for keys refused later with a
+        line of their own (a person's owner): a typo is not pointed at them."""
+        known = allowed if offered is None else offered
         for key in table:
             if key not in allowed:
                 meant, said = FOREIGN_KEYS.get(key, ("", ""))
                 hint = (said if meant in known else did_you_mean(key, known)
                         or "allowed keys: " + ", ".join(known))
-                at = f"{where}.{toml_key(key)}" if where else toml_key(key)
-                self.add(at, "unknown key", hint)
+                written = toml_key(key)
+                at = f"{where}.{written}" if where else written
+                # (the field shows a long key cut: _fitted)
+                self.add(at, "unknown key" + (f" ({len(key)} characters)"
+                                              if len(written) > _FIELD_MAX else ""), hint)
 
     def item_keys(self, table: dict[str, Any], prefix: tuple[str, ...], name: str,
-                  allowed: tuple[str, ...], shown: tuple[str, ...] | None = None) -> None:
+                  allowed: tuple[str, ...], offered: tuple[str, ...] | None = None
+                  ) -> None:
         """:meth:`keys` of the table ``[<prefix>.<name>]`` (a secret, a template).
         ``[secrets.redis.password]`` is a table ``password`` inside ``[secrets.redis]``:
         an id or file name with a dot must be quoted.  A sub-table where none may be is
@@ -400,9 +470,10 @@ class _Checker:
         for key in nested:
             whole = f"{name}.{key}"
             self.add(key_path(*prefix, name, key), f"a table inside [{key_path(*prefix, name)}]",
-                     f"for the name {whole!r}, quote it: [{key_path(*prefix, whole)}]")
+                     f"for the name {shown(whole)}, quote it: "
+                     f"[{_fitted_field(key_path(*prefix, whole))}]")
         self.keys({k: v for k, v in table.items() if k not in nested},
-                  key_path(*prefix, name), allowed, shown)
+                  key_path(*prefix, name), allowed, offered)
 
     def table(self, value: Any, where: str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -421,11 +492,11 @@ class _Checker:
         """A string naming a local file or directory: no OS accepts a NUL in one."""
         text = self.string(value, where)
         if text is not None and "\0" in text:
-            self.add(where, f"invalid path {text!r} (it holds a NUL character)",
+            self.add(where, f"invalid path {shown(text)} (it holds a NUL character)",
                      "remove the NUL (\\u0000) from the path")
             return None
         if text is not None and has_control(text):
-            self.add(where, f"invalid path {text!r} (a control character, such as a line "
+            self.add(where, f"invalid path {shown(text)} (a control character, such as a line "
                      "break, is in it)", "remove it from the path")
             return None
         if text is not None and not text.strip():
@@ -471,8 +542,7 @@ class _Checker:
 
     def ident(self, value: str, where: str, what: str) -> bool:
         if len(value) > ID_MAX or not ID_RE.fullmatch(value):
-            shown = value if len(value) <= 40 else value[:37] + "…"
-            self.add(where, f"invalid {what} {shown!r}",
+            self.add(where, f"invalid {what} {shown(value)}",
                      f"use letters, digits, '_', '.', '-', starting with a letter or "
                      f"digit, at most {ID_MAX} characters")
             return False
@@ -499,9 +569,9 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
         return text
     if len(text) <= 32 and USER_RE.fullmatch(text) and text.isascii():
         return text
-    shown = (repr(value) if isinstance(value, (str, int)) and not isinstance(value, bool)
-             else _kind(value))     # (true, a date: TOML's words, not Python's True)
-    ck.add(where, f"invalid user or group {shown}",
+    said = (shown(value) if isinstance(value, str) else text if text
+            else _kind(value))      # (true, a date: TOML's words, not Python's True)
+    ck.add(where, f"invalid user or group {said}",
            "use a name like \"postgres\" or a numeric id like 1000")
     return "root"
 
@@ -512,7 +582,7 @@ def _resolved(ck: _Checker, path: Path, where: str) -> Path | None:
         return path.resolve()
     except (RuntimeError, OSError) as exc:      # 3.11: RuntimeError("Symlink loop …")
         reason = "a symlink loop" if isinstance(exc, RuntimeError) else exc.strerror
-        ck.add(where, f"{display_path(path)}: cannot resolve it ({reason})",
+        ck.add(where, f"{_named(path)}: cannot resolve it ({reason})",
                "fix or remove the symlinks on that path")
         return None
 
@@ -552,11 +622,6 @@ class _Files:
         return _resolved(self.ck, path, where)
 
 
-def _short(text: str, limit: int = 120) -> str:
-    """A message about a value of any length, at most ``limit`` characters."""
-    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
-
-
 def _mode(ck: _Checker, value: Any, where: str) -> str:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -564,15 +629,15 @@ def _mode(ck: _Checker, value: Any, where: str) -> str:
             fix = (f'write it as a string "0{value}" or as 0o{value}'
                    if re.fullmatch(r"[0-7]{1,3}", str(value))
                    else 'write it as an octal string like "0440"')
-            ck.add(where, _short(f"mode = {value} is a decimal number (0o{value:o})"), fix)
+            ck.add(where, f"mode = {value} is a decimal number (0o{value:o})", fix)
             return "0400"
         number = value
     elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
         number = int(value, 8)
     if number is None or not 0 <= number <= 0o777:
-        shown = f"0o{value:o}" if isinstance(value, int) and not isinstance(value, bool) \
-            and value >= 0 else repr(value)
-        ck.add(where, _short(f"invalid mode {shown}"),
+        said = f"0o{value:o}" if isinstance(value, int) and not isinstance(value, bool) \
+            and value >= 0 else shown(value) if isinstance(value, str) else repr(value)
+        ck.add(where, f"invalid mode {said}",
                'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)')
         return "0400"
     return f"{number:04o}"
@@ -586,7 +651,7 @@ def _path(ck: _Checker, value: Any, where: str, *, user: bool = False) -> str | 
         return _user_path(ck, text, where, clash=True)
     why = path_shape_problem(text)
     if why is not None:
-        ck.add(where, f"invalid path {text!r}: {why}",
+        ck.add(where, f"invalid path {shown(text)}: {why}",
                "a host's path is absolute: a person's entry says user = true, then %h/ is "
                "their home" if text.startswith(("%h/", "%r/"))
                else "use an absolute, normalised path like /var/lib/app/secret")
@@ -602,7 +667,7 @@ def _units(ck: _Checker, value: Any, where: str) -> tuple[str, ...]:
     units = ck.strings(value, where)
     for unit in units:
         if not UNIT_RE.fullmatch(unit):
-            ck.add(where, f"invalid unit name {unit!r}", 'use a name like "nginx.service"')
+            ck.add(where, f"invalid unit name {shown(unit)}", 'use a name like "nginx.service"')
     return tuple(units)
 
 
@@ -626,8 +691,8 @@ def _user_path(ck: _Checker, text: str, where: str, *, clash: bool) -> str | Non
         why = "a % other than a leading %h/ or %r/"
     if why is not None:
         home = re.match(r"(~|\$HOME|\$\{HOME\})/", text)   # a shell's way to say it
-        ck.add(where, f"invalid path {text!r}: {why}",
-               f"write %h/{text[home.end():]} (%h is their home)" if home
+        ck.add(where, f"invalid path {shown(text)}: {why}",
+               f"write %h/{shown(text[home.end():], quote=False)} (%h is their home)" if home
                else _USER_PATH_HINT)
         return None
     dirs = {k: USER_SETTINGS[k] for k in DEFAULT_DIRS}
@@ -683,13 +748,13 @@ def _output(ck: _Checker, table: Mapping[str, Any], where: str, *, user: bool = 
         ck.add(f"{where}.early", EARLY_OWNER_PROBLEM, EARLY_OWNER_HINT)
     shared = next((d for d in SHARED_DIRS if out.path is not None
                    and out.path.startswith(d + "/")), None)
-    if shared is not None and not user:
+    if shared is not None and out.path is not None and not user:
         # Found in review: another user makes the path's directory there first; the
         # link is then refused (never written below another user's directory), and
         # with it the whole activation: no secret at all, on a first boot.
         ck.warnings.append(Problem(
-            ck.file, f"path {out.path!r} lies under {shared}, where every user may create "
-            "names: one who makes its directory first stops every activation (refused, "
+            ck.file, f"path {shown(out.path)} lies under {shared}, where every user may "
+            "create names: one who makes its directory first stops every activation (refused, "
             "rightly)", f"{where}.path", "choose a path under a directory only root can "
             "write to (/etc, /var/lib, /run)"))
     if (not user and "group" not in table and out.mode[-2] != "0"
@@ -767,7 +832,7 @@ def mistyped_placeholders(cfg: Config) -> list[Problem]:
                     continue    # another tool's {{ secret.password }} (Jinja), no typo of ours
                 out.append(Problem(text_file or display_path(cfg.path),
                                    f"line {line} column {column}: "
-                                   f"{text!r} is kept as text, not a placeholder",
+                                   f"{shown(text)} is kept as text, not a placeholder",
                                    f"{key_path('hosts', name)}.{text_field}",
                                    f"did you mean {meant}? (to keep it, write {{{{{{{{ for "
                                    "its {{)"))
@@ -903,16 +968,16 @@ def _template_file(ck: _Checker, root: Path, value: Any, where: str
         return None, None, ()
     fix = "a template is text; keep binary data in a secret"
     if too_big:
-        ck.add(where, f"{display_path(path)} holds more than {MAX_PROFILE >> 20} MiB: more "
+        ck.add(where, f"{_named(path)} holds more than {MAX_PROFILE >> 20} MiB: more "
                "than a host's profile may hold", "keep a template to a configuration file")
         return None, None, ()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        ck.add(where, f"{display_path(path)} is not UTF-8 text (byte {exc.start})", fix)
+        ck.add(where, f"{_named(path)} is not UTF-8 text (byte {exc.start})", fix)
         return None, None, ()
     if "\0" in text:
-        ck.add(where, f"{display_path(path)} holds a NUL byte (byte {text.index(chr(0))})",
+        ck.add(where, f"{_named(path)} holds a NUL byte (byte {text.index(chr(0))})",
                f"{fix} (Nix cannot hold a NUL either)")
         return None, None, ()
     return path, text, stat_key(st)
@@ -990,12 +1055,12 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                 text[key] = value
     addr = text.get("addr")
     if addr is not None and not vault_address_ok(addr):
-        ck.add(f"{where}.addr", f"invalid address {shown_address(addr)!r}",
+        ck.add(f"{where}.addr", f"invalid address {shown(shown_address(addr))}",
                'use a URL like "https://vault.example.com:8200": a scheme, a host and '
                "a port, no path, no user:password@")
     auth = text.get("auth", "token")
     if auth not in VAULT_AUTH:
-        ck.add(f"{where}.auth", f"unknown auth method {auth!r}",
+        ck.add(f"{where}.auth", f"unknown auth method {shown(auth)}",
                did_you_mean(str(auth), VAULT_AUTH) or 'use "token" or "approle"')
     approle_keys = ("role_id", "secret_id_file", "wrapped_secret_id_file", "approle_mount")
     if auth == "token":
@@ -1012,7 +1077,7 @@ def _vault_settings(ck: _Checker, raw: Any, root: Path) -> VaultSettings | None:
                    "point one of them at the file holding the (wrapped) secret ID")
     mount = text.get("approle_mount", "approle")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*", mount):
-        ck.add(f"{where}.approle_mount", f"invalid auth mount {mount!r}",
+        ck.add(f"{where}.approle_mount", f"invalid auth mount {shown(mount)}",
                'use the path the AppRole method is enabled at, like "approle"')
 
     def file(key: str) -> Path | None:
@@ -1151,9 +1216,10 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
                 line, column = templates.position_of(t.content, ref)
                 text_file, text_field = t.content_field
                 unknown(ref, f"{where}.{text_field}",
-                        f"line {line} column {column}: unknown secret id {ref!r} in "
+                        f"line {line} column {column}: unknown secret id {shown(ref)} in "
                         "placeholder", did_you_mean(ref, declared)
-                        or f"declare [secrets.{toml_key(ref)}] or fix the placeholder",
+                        or f"declare [{_fitted_field(key_path('secrets', ref))}] or fix the "
+                        "placeholder",
                         text_file)
     seen_ids: set[str] = set()
     for d in deployments:
@@ -1176,7 +1242,7 @@ def _host(ck: _Checker, name: str, raw: Any, declared: Mapping[str, Secret],
         if out.path is not None:
             first = paths.setdefault(out.path, i)
             if first != i:
-                ck.add(where, f"{label(i)} and {label(first)} both use path {out.path!r}",
+                ck.add(where, f"{label(i)} and {label(first)} both use path {shown(out.path)}",
                        "give one of them another path")
     for i, (_name, out) in enumerate(items):
         outer = nesting(out.path, paths) if out.path is not None else None
@@ -1212,7 +1278,7 @@ def _identities(ck: _Checker, value: Any, where: str, *, user: bool = False
             continue
         why = path_shape_problem(text)
         if why is not None:
-            ck.add(f"{where}[{i}]", f"invalid path {text!r}: {why}",
+            ck.add(f"{where}[{i}]", f"invalid path {shown(text)}: {why}",
                    "give the absolute path of the host's private key file")
             continue
         out.append(text)
@@ -1256,11 +1322,11 @@ def _shared_files(ck: _Checker, declared: Mapping[str, Secret], chosen_files: se
         kind, _, detail = what.partition(" (")
         named = (what if not owner else f"its own {what}" if owner == s.id else
                  f"the {kind} of secret {owner!r}" + (f" ({detail}" if detail else ""))
-        shown, other = display_path(s.file), display_path(path)
-        through = ("" if path == s.file else ", through a symlink" if other == shown
+        named_as, other = display_path(s.file), display_path(path)
+        through = ("" if path == s.file else ", through a symlink" if other == named_as
                    else f", through a symlink (it is {other})")
         at = f"secrets.{toml_key(s.id)}" + (".file" if s.id in chosen_files else "")
-        ck.add(at, f"{shown} is also {named}{through}",
+        ck.add(at, f"{named_as} is also {named}{through}",
                f"give secret {s.id!r} a file of its own" if s.id in chosen_files else
                f"remove that symlink, or give secret {s.id!r} a file of its own (file = …)")
 
@@ -1302,8 +1368,8 @@ def parse(text: str, path: Path) -> Config:
             hint = f'write the mode as a string: mode = "{octal.group(1)}"'
         twice = _first_declared(str(exc), lines)
         if twice is not None:   # (a merge, a paste): where the other one is
-            hint = (f"[{twice[0]}] is declared twice, first at line {twice[1]}: merge the "
-                    "two tables into one")
+            hint = (f"[{_fitted_field(twice[0])}] is declared twice, first at line "
+                    f"{twice[1]}: merge the two tables into one")
         mixed = re.match(r"Cannot declare \('hosts', '([^']*)', 'secrets'", str(exc))
         if mixed and not _lists_secrets(text, mixed.group(1)):
             mixed = None
@@ -1313,7 +1379,8 @@ def parse(text: str, path: Path) -> Config:
                     f"[{key_path('hosts', name)}.secrets.<id>] tables too: use one form, e.g. "
                     f"turn the list into a table per id ([{key_path('hosts', name)}.secrets.<id>], "
                     "empty for the defaults)")
-        raise VaultpyError(Problem(ck.file, f"not valid TOML: {exc}", "", hint)) from None
+        raise VaultpyError(_fitted([Problem(ck.file, f"not valid TOML: {_toml_message(exc)}",
+                                            "", hint)])) from None
     except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
         raise VaultpyError(Problem(ck.file, "not valid TOML for vaultpy: a number with "
                                    "thousands of digits or values nested too deeply", "",
@@ -1373,7 +1440,8 @@ def parse(text: str, path: Path) -> Config:
                     and 1 <= days <= ROTATE_DAYS_MAX):
                 rotate_days = days
             else:
-                ck.add(f"{where}.rotate_days", f"expected a number of days, got {days!r}",
+                ck.add(f"{where}.rotate_days", "expected a number of days, got "
+                       f"{shown(days) if isinstance(days, str) else repr(days)}",
                        f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
         declared[sid] = Secret(sid, file, ref, gen, rotate_days)
     files = _Files(ck)
@@ -1440,17 +1508,17 @@ def parse(text: str, path: Path) -> Config:
     except (FileNotFoundError, NotADirectoryError):
         st = None
     except OSError as exc:      # a parent it cannot search: one line, not a traceback
-        ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)}: {exc.strerror}",
+        ck.add("vaultpy.cache_dir", f"{_named(cache_dir)}: {exc.strerror}",
                "give this user access to it, or run as its owner")
         st = None
     if st is not None and not stat.S_ISDIR(st.st_mode):
-        ck.add("vaultpy.cache_dir", f"{display_path(cache_dir)} is not a directory",
+        ck.add("vaultpy.cache_dir", f"{_named(cache_dir)} is not a directory",
                "point cache_dir at a directory (renc creates it if missing)")
     linked = _linked_below(root, cache_dir)
     if linked is not None:
         # git keeps symlinks: a clone's secrets/cache -> /somewhere would send renc's
         # writes, and its prune, there.
-        ck.add("vaultpy.cache_dir", f"{display_path(linked)} is a symlink: the cache lies in "
+        ck.add("vaultpy.cache_dir", f"{_named(linked)} is a symlink: the cache lies in "
                "the repository, in directories of its own", "replace the link with a "
                "directory (or set cache_dir to where it leads)")
     for s in declared.values():
@@ -1461,12 +1529,12 @@ def parse(text: str, path: Path) -> Config:
             ck.add(f"secrets.{toml_key(s.id)}.file", "master file lies inside the cache "
                    "directory (renc would delete it)", "move it out of cache_dir")
     if ck.problems:
-        raise VaultpyError(ck.problems)
+        raise VaultpyError(_fitted(ck.problems))
     return Config(path=path, recipients=recipients, identity=identity,
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
-                  nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings),
+                  nixos=nixos, later=tuple(later or ()), notes=tuple(_fitted(ck.warnings)),
                   signing=signing_raw)
 
 
@@ -1514,7 +1582,8 @@ def _signing(ck: _Checker, settings: Mapping[str, Any]) -> Signing | None:
         try:
             kind = key.split()[0] if key.split() else ""
             if kind != age.SSH_ED25519:
-                raise ValueError(f"not an ssh-ed25519 public key (got {kind or 'nothing'!r})")
+                raise ValueError("not an ssh-ed25519 public key (got "
+                                 f"{shown(kind) if kind else 'nothing'})")
             key = age.normalize_recipient(key)
         except ValueError as exc:
             ck.add("vaultpy.signing_key", str(exc),
@@ -1579,9 +1648,9 @@ def command_for(config: Path) -> str:
             return "vaultpy"
     except (VaultpyError, OSError):
         pass
-    shown = display_path(config.parent)
-    return "vaultpy -C " + ("~/" + shlex.quote(shown[2:]) if shown.startswith("~/")
-                            else shlex.quote(shown))
+    folder = display_path(config.parent)
+    return "vaultpy -C " + ("~/" + shlex.quote(folder[2:]) if folder.startswith("~/")
+                            else shlex.quote(folder))
 
 
 def find(start: Path) -> Path:
@@ -1682,7 +1751,7 @@ def with_nixos(cfg: Config, *, first: str | None = None) -> Config:
         merged.secret(first)
     unknown = [problem for sid, problem in cfg.later if sid not in merged.secrets]
     if unknown:
-        raise VaultpyError(unknown)
+        raise VaultpyError(_fitted(unknown))
     return merged
 
 

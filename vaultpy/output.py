@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 
 from vaultpy._internal.fsutil import TMP_MARK
 from vaultpy._internal.record import record
+from vaultpy.errors import shown
 from vaultpy.templates import ID_PATTERN
 
 TYPE_CHECKING = False       # typing and collections.abc: not on activation's path
@@ -44,7 +45,7 @@ def key_path_problem(path: str, keys: Container[str], person: bool) -> tuple[str
     if path not in keys:
         return None
     whose = "the person's" if person else "the host's"
-    return (f"path {path!r} is {whose} private key, which activation decrypts with",
+    return (f"path {shown(path)} is {whose} private key, which activation decrypts with",
             "give the secret a path of its own (a link there would lead nowhere after "
             "a reboot, and nothing could be decrypted)")
 
@@ -146,7 +147,7 @@ def nesting(path: str, others: Container[str]) -> str | None:
 def nesting_message(path: str, outer: str, whose: str = "another item's"
                     ) -> tuple[str, str]:
     """The problem and hint for :func:`nesting`'s answer."""
-    return (f"path {path!r} lies inside {outer!r}, {whose} path (a link to a file: "
+    return (f"path {shown(path)} lies inside {shown(outer)}, {whose} path (a link to a file: "
             "nothing can be linked below it)", "give one of them another path")
 
 
@@ -165,7 +166,7 @@ def settings_clashes(dirs: dict[str, str]) -> list[tuple[str, str]]:
 
 def path_clash_message(path: str, what: str, where: str) -> tuple[str, str]:
     """The problem and hint for :func:`path_clash`'s answer."""
-    return (f"path {path!r} overlaps {where!r}, where activation keeps its {what}",
+    return (f"path {shown(path)} overlaps {where!r}, where activation keeps its {what}",
             f"choose a path outside {where}, or drop it" if what in DEFAULT_DIRS else
             "choose another path, or drop it")
 
