@@ -212,3 +212,25 @@ def test_the_known_ids_a_hint_lists_are_cut_with_their_number(tmp_path: Path) ->
         cfg.secret("no/such")
     line = str(caught.value)
     assert line.endswith(", … (302 in all)") and len(line) < 400, line
+
+
+# ------------------------------------------------------------- what is wrong, said
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('[hosts.web1.secrets.db]\npath = "/"', "hosts.web1.secrets.db.path"),
+    ('[hosts.web1.templates.t]\ncontent = ""\npath = "/"', "hosts.web1.templates.t.path"),
+    ('identities = ["/"]', "hosts.web1.identities[0]"),
+])
+def test_the_root_directory_as_a_path_is_said_to_be_it(tmp_path: Path, body: str,
+                                                       field: str) -> None:
+    line = one(HEAD + host(body), tmp_path)
+    assert line.startswith(f"hosts.toml: {field}: invalid path '/': it is the root "
+                           "directory itself, not a path below it; "), line
+    assert "not an absolute, normalised" not in line
+
+
+@pytest.mark.parametrize("path", ["etc/app", "/etc/../app", "/etc/app/", "//etc/app"])
+def test_other_paths_are_still_not_absolute_and_normalised(tmp_path: Path, path: str
+                                                           ) -> None:
+    line = one(HEAD + host(f'[hosts.web1.secrets.db]\npath = "{path}"'), tmp_path)
+    assert f"invalid path {path!r}: not an absolute, normalised path" in line, line

@@ -96,8 +96,10 @@ def path_shape_problem(path: str) -> str | None:
     normalised (no "..", no "//" at its start, which POSIX keeps), no control
     character (a line break in a file name breaks every tool that lists it), each
     name at most 255 bytes and the whole at most 4095, as Linux takes them."""
+    if path == "/":     # (absolute and normalised: that is not what is wrong)
+        return "it is the root directory itself, not a path below it"
     pure = PurePosixPath(path)
-    if (not pure.is_absolute() or ".." in pure.parts or str(pure) != path or path == "/"
+    if (not pure.is_absolute() or ".." in pure.parts or str(pure) != path
             or path.startswith("//")):
         return "not an absolute, normalised path"
     if has_control(path):
