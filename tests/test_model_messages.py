@@ -234,3 +234,45 @@ def test_other_paths_are_still_not_absolute_and_normalised(tmp_path: Path, path:
                                                            ) -> None:
     line = one(HEAD + host(f'[hosts.web1.secrets.db]\npath = "{path}"'), tmp_path)
     assert f"invalid path {path!r}: not an absolute, normalised path" in line, line
+
+
+# ------------------------------------------------------------- a key set twice
+
+TWICE = HEAD + host('[hosts.web1.secrets.db]\nowner = "app"\nmode = "0440"\nowner = "x"')
+
+
+@pytest.mark.parametrize(("text", "field", "fix"), [
+    (HEAD + f'[hosts.db1]\npubkey = "{DB1}"\npubkey = "{WEB1}"\n', "hosts.db1.pubkey",
+     "it is set twice (again at line 9): remove one of them"),
+    (TWICE, "hosts.web1.secrets.db.owner", "it is set twice (again at line 12)"),
+    (TWICE.replace("\n", "\r\n"), "hosts.web1.secrets.db.owner", "(again at line 12)"),
+    # a value that spans lines: its first line is named, and no line inside it
+    (HEAD + host('[hosts.web1.templates.t]\ncontent = "a"\ncontent = """\nb = 1\n[x]\n"""'),
+     "hosts.web1.templates.t.content", "(again at line 11)"),
+    (HEAD + host('[hosts.web1.secrets.db]\nrestart_units = [\n "a",\n]\n'
+                 'restart_units = [\n "b",\n]'),
+     "hosts.web1.secrets.db.restart_units", "(again at line 13)"),
+    (HEAD + '[hosts."web.1"]\n"pubkey" = "x"\n\'pubkey\' = "y"',
+     'hosts."web.1".pubkey', "(again at line 9)"),
+    (HEAD + host('[hosts.web1.secrets.db]\nowner = "app"\nowner.x = 1'),
+     "hosts.web1.secrets.db.owner.x", "hosts.web1.secrets.db.owner is a string already, "
+     "not a table (line 11 sets a key inside it): remove or rename one of them"),
+    (HEAD + host('[hosts.web1.pubkey]'), "hosts.web1.pubkey", "hosts.web1.pubkey is a "
+     "string already, not a table (line 9 declares [hosts.web1.pubkey])"),
+    (HEAD + host('[hosts.web1.secrets.db]\nowner = "app"\n[[hosts.web1.secrets.db.owner]]'),
+     "hosts.web1.secrets.db.owner", "hosts.web1.secrets.db.owner is a string already, not "
+     "a table (line 11 declares [[hosts.web1.secrets.db.owner]])"),
+    ('[[x]]\na = 1\n[[x]]\na = 1\na = 2', "x[1].a", "(again at line 5)"),
+])
+def test_a_key_set_twice_is_named(tmp_path: Path, text: str, field: str, fix: str) -> None:
+    line = one(text, tmp_path)
+    assert line.startswith(f"hosts.toml: {field}: not valid TOML: Cannot overwrite a value "
+                           "(at "), line
+    assert fix in line.split("; ", 1)[1], line
+
+
+def test_a_key_set_twice_in_an_inline_table_is_still_said_by_tomllib(tmp_path: Path
+                                                                     ) -> None:
+    line = one(HEAD + host('x = {a = 1, a.b = 2}'), tmp_path)
+    assert line == ("hosts.toml: not valid TOML: Cannot overwrite a value (at line 9, column "
+                    "20); fix the syntax at that line"), line

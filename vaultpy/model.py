@@ -1379,8 +1379,12 @@ def parse(text: str, path: Path) -> Config:
                     f"[{key_path('hosts', name)}.secrets.<id>] tables too: use one form, e.g. "
                     f"turn the list into a table per id ([{key_path('hosts', name)}.secrets.<id>], "
                     "empty for the defaults)")
+        overwritten = _overwritten(str(exc), text)
+        key = ""
+        if overwritten is not None:     # a key set twice: which one
+            key, hint = overwritten
         raise VaultpyError(_fitted([Problem(ck.file, f"not valid TOML: {_toml_message(exc)}",
-                                            "", hint)])) from None
+                                            key, hint)])) from None
     except (ValueError, RecursionError):    # tomllib: a 5000-digit integer, [[[[…]]]]
         raise VaultpyError(Problem(ck.file, "not valid TOML for vaultpy: a number with "
                                    "thousands of digits or values nested too deeply", "",
@@ -1635,6 +1639,117 @@ def _first_declared(message: str, lines: list[str]) -> tuple[str, int] | None:
             path.append(key)
         if tuple(path) == keys:
             return key_path(*keys), number
+    return None
+
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+# A dotted key as TOML writes it, at the start of a key/value line or in a header.
+_DOTTED_KEY = re.compile(rf"[ \t]*{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*")
+_OVERWRITE = re.compile(r"Cannot overwrite a value \(at (?:line (\d+), column (\d+)"
+                        r"|end of document)\)")
+_PROBE = "__vaultpy_table_probe__"      # a key no hosts.toml has (see _overwritten)
+
+
+def _keys_of(written: str) -> tuple[str, ...] | None:
+    """The keys of the dotted key ``written`` (as TOML writes it), or None."""
+    import tomllib
+
+    try:
+        node: Any = tomllib.loads(f"{written} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    keys: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        (key, node), = node.items()
+        keys.append(key)
+    return tuple(keys)
+
+
+def _toml_path(parts: Iterable[str | int]) -> str:
+    """A path in a TOML document as a field names it: ``hosts.web1.pubkey``, with an
+    array of tables' index as ``[i]``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + toml_key(part))
+    return out
+
+
+def _overwritten(message: str, text: str) -> tuple[str, str] | None:
+    """For tomllib's "Cannot overwrite a value (at line N, column M)": the key set again
+    as a field names it, and the fix (None when it cannot be told).
+
+    tomllib gives where the statement ends, not the key: the statement starts at the
+    nearest line start above from which the text up to there is one key/value pair,
+    and is read in the table the document up to there is in.  (On the error path only.)"""
+    import tomllib
+
+    m = _OVERWRITE.fullmatch(message)
+    if m is None:
+        return None
+    src = text.replace("\r\n", "\n")       # what tomllib reads, and counts in
+    lines = src.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    end_line = int(m.group(1)) if m.group(1) else len(lines)
+    end = (starts[end_line - 1] + int(m.group(2)) - 1) if m.group(2) else len(src)
+    for number in range(end_line, max(0, end_line - 200), -1):
+        line = lines[number - 1]
+        begin = starts[number - 1] + len(line) - len(line.lstrip(" \t"))
+        header = src.startswith("[", begin)
+        if header and number != end_line:
+            continue                # (text in a multi-line string: a header is one line)
+        brackets = ("[[", "]]") if src.startswith("[[", begin) else ("[", "]")
+        written = _DOTTED_KEY.match(src, begin + (len(brackets[0]) if header else 0))
+        if written is None:
+            continue
+        if not header:
+            try:
+                tomllib.loads(src[begin:end])   # one whole key/value pair?
+            except tomllib.TOMLDecodeError:
+                continue
+        keys = _keys_of(written.group().strip())
+        if keys is None:
+            return None
+        try:
+            doc = tomllib.loads(src[:begin] + ("" if header else f"\n{_PROBE} = 0\n"))
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError):
+            return None
+        table: tuple[str | int, ...] = () if header else _probe_path(doc) or ()
+        node: Any = doc
+        for part in table:
+            node = node[part]
+        field = _toml_path((*table, *keys))
+        # The table the key goes into, and the key itself for a header: a table each.
+        for i in range(len(keys) + (1 if header else 0)):
+            if isinstance(node, list) and node and isinstance(node[-1], dict):
+                node = node[-1]     # (a key goes into an array's last table, as tomllib's)
+            if not isinstance(node, dict):
+                return (field, f"{_toml_path((*table, *keys[:i]))} is {_kind(node)} "
+                        f"already, not a table (line {number} "
+                        + (f"declares {brackets[0]}{_toml_path(keys)}{brackets[1]}" if header
+                           else "sets a key inside it") + "): remove or rename one of them")
+            if i == len(keys):
+                return None
+            if keys[i] not in node:
+                return None
+            node = node[keys[i]]
+        return (field, f"it is set twice (again at line {number}): remove one of them")
+    return None
+
+
+def _probe_path(doc: dict[str, Any]) -> tuple[str | int, ...] | None:
+    """Where :data:`_PROBE` is in ``doc``: the table the text before it was in."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, dict):
+            if _PROBE in node:
+                node.pop(_PROBE)
+                return at
+            stack.extend((v, (*at, k)) for k, v in node.items() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, (*at, i)) for i, v in enumerate(node) if isinstance(v, (dict, list)))
     return None
 
 
