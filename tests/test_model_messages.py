@@ -170,7 +170,6 @@ LONG = {
     "vault_mount": HEAD + f'[secrets.x]\nvault = "-{BIG}/p#f"\n',
     "generate": HEAD + f'[secrets.x]\ngenerate = "{BIG}"\n',
     "generate_size": HEAD + f'[secrets.x]\ngenerate = "hex:{BIG}"\n',
-    "rotate_days": HEAD + f'[secrets.x]\nrotate_days = "{BIG}"\n',
     "secret_file": HEAD + f'[secrets.x]\nfile = "{BIG}\\n"\n',
     "cache_dir": f'[vaultpy]\nrecipients = ["{MASTER}"]\ncache_dir = "{BIG}"\n',
     "vault_addr": HEAD + f'[vaultpy.vault]\naddr = "{BIG}"\n',
@@ -276,3 +275,41 @@ def test_a_key_set_twice_in_an_inline_table_is_still_said_by_tomllib(tmp_path: P
     line = one(HEAD + host('x = {a = 1, a.b = 2}'), tmp_path)
     assert line == ("hosts.toml: not valid TOML: Cannot overwrite a value (at line 9, column "
                     "20); fix the syntax at that line"), line
+
+
+# ------------------------------------------------------------- TOML's words, not Python's
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("mode", "true", "expected an octal string or an integer, got a boolean"),
+    ("mode", "[1]", "expected an octal string or an integer, got a list"),
+    ("mode", "4.5", "expected an octal string or an integer, got a float"),
+    ("owner", "[]", "expected a user or group name or a numeric id, got a list"),
+    ("group", "{a = 1}", "expected a user or group name or a numeric id, got a table"),
+    ("owner", "false", "expected a user or group name or a numeric id, got a boolean"),
+])
+def test_a_wrong_type_is_said_in_tomls_words(tmp_path: Path, key: str, value: str,
+                                             said: str) -> None:
+    line = one(HEAD + host(f"[hosts.web1.secrets.db]\n{key} = {value}"), tmp_path)
+    assert line.startswith(f"hosts.toml: hosts.web1.secrets.db.{key}: {said}; "), line
+    for python in ("True", "False", "[1]", "4.5", "[]", "{'a': 1}"):
+        assert python not in line.split("; ")[0], line
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ("signing_key = 5\nsigning_secret = \"db\"", "vaultpy.signing_key: expected a string, "
+     "got an integer"),
+    (f'signing_key = "{WEB1}"\nsigning_secret = ["db"]', "vaultpy.signing_secret: "
+     "expected a secret id, got a list"),
+])
+def test_signing_settings_of_a_wrong_type_are_said_in_tomls_words(
+        tmp_path: Path, setting: str, said: str) -> None:
+    line = one(HEAD.replace("\n\n", f"\n{setting}\n\n", 1), tmp_path)
+    assert f"hosts.toml: {said};" in line, line
+
+
+@pytest.mark.parametrize(("value", "got"), [("true", "a boolean"), ('"30"', "a string"),
+                                            ("1.5", "a float"), ("0", "0")])
+def test_rotate_days_of_a_wrong_type_is_said_in_tomls_words(tmp_path: Path, value: str,
+                                                            got: str) -> None:
+    line = one(HEAD + f"[secrets.x]\nrotate_days = {value}\n", tmp_path)
+    assert f"secrets.x.rotate_days: expected a number of days, got {got};" in line, line

@@ -365,7 +365,7 @@ class Config:
 def _kind(value: Any) -> str:
     import datetime as dt
 
-    kinds: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number",
+    kinds: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a float",
                               str: "a string", list: "a list", dict: "a table",
                               dt.datetime: "a date-time", dt.date: "a date",
                               dt.time: "a time"}
@@ -569,10 +569,14 @@ def _owner(ck: _Checker, value: Any, where: str) -> str:
         return text
     if len(text) <= 32 and USER_RE.fullmatch(text) and text.isascii():
         return text
-    said = (shown(value) if isinstance(value, str) else text if text
-            else _kind(value))      # (true, a date: TOML's words, not Python's True)
-    ck.add(where, f"invalid user or group {said}",
-           "use a name like \"postgres\" or a numeric id like 1000")
+    hint = "use a name like \"postgres\" or a numeric id like 1000"
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        # (true, a date, a list: said in TOML's words, as every wrong type is)
+        ck.add(where, f"expected a user or group name or a numeric id, got {_kind(value)}",
+               hint)
+    else:
+        ck.add(where, "invalid user or group "
+               + (shown(value) if isinstance(value, str) else text), hint)
     return "root"
 
 
@@ -634,11 +638,14 @@ def _mode(ck: _Checker, value: Any, where: str) -> str:
         number = value
     elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
         number = int(value, 8)
+    hint = 'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)'
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        ck.add(where, f"expected an octal string or an integer, got {_kind(value)}", hint)
+        return "0400"
     if number is None or not 0 <= number <= 0o777:
-        said = f"0o{value:o}" if isinstance(value, int) and not isinstance(value, bool) \
-            and value >= 0 else shown(value) if isinstance(value, str) else repr(value)
-        ck.add(where, f"invalid mode {said}",
-               'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)')
+        said = shown(value) if isinstance(value, str) else \
+            f"0o{value:o}" if value >= 0 else str(value)
+        ck.add(where, f"invalid mode {said}", hint)
         return "0400"
     return f"{number:04o}"
 
@@ -1445,7 +1452,8 @@ def parse(text: str, path: Path) -> Config:
                 rotate_days = days
             else:
                 ck.add(f"{where}.rotate_days", "expected a number of days, got "
-                       f"{shown(days) if isinstance(days, str) else repr(days)}",
+                       + (f"{days}" if isinstance(days, int) and not isinstance(days, bool)
+                          else _kind(days)),
                        f"use a whole number from 1 to {ROTATE_DAYS_MAX}, e.g. rotate_days = 90")
         declared[sid] = Secret(sid, file, ref, gen, rotate_days)
     files = _Files(ck)
@@ -1577,7 +1585,7 @@ def _signing(ck: _Checker, settings: Mapping[str, Any]) -> Signing | None:
     key, secret = settings["signing_key"], settings["signing_secret"]
     ok = True
     if not isinstance(key, str):
-        ck.add("vaultpy.signing_key", f"expected a string, got {type(key).__name__}",
+        ck.add("vaultpy.signing_key", f"expected a string, got {_kind(key)}",
                'write the public key in quotes: signing_key = "ssh-ed25519 AAAA…"')
         ok = False
     else:
@@ -1594,7 +1602,7 @@ def _signing(ck: _Checker, settings: Mapping[str, Any]) -> Signing | None:
                    "use the ssh-ed25519 line vaultpy signing-key wrote")
             ok = False
     if not isinstance(secret, str):
-        ck.add("vaultpy.signing_secret", f"expected a secret id, got {type(secret).__name__}",
+        ck.add("vaultpy.signing_secret", f"expected a secret id, got {_kind(secret)}",
                'name the secret in quotes: signing_secret = "cache_signing"')
         ok = False
     elif not ck.ident(secret, "vaultpy.signing_secret", "secret id"):
