@@ -122,6 +122,8 @@ def test_masters_as_check_sees_them(make_repo, tmp_path: Path) -> None:
     assert "opens every master file, but 1 of them are damaged (first: secrets/alpha.age)" \
         in checks["identity"]["detail"]
     assert "restore it from git" in checks["identity"]["fix"]
+    # the secret's own id in the command, not a literal "ID"
+    assert "vaultpy encrypt alpha < FILE" in checks["identity"]["fix"], checks["identity"]
     alpha.unlink()                                                  # missing
     rc, checks = doctor_json(repo)
     assert rc == 1 and checks["masters"]["status"] == "problem"

@@ -102,6 +102,7 @@ def test_corrupt_master(make_repo, corrupt) -> None:
     before = state(repo)
     line = fails(repo.run("renc"), "secrets/alpha.age")
     assert "restore it from git" in line, line
+    assert "vaultpy encrypt alpha < FILE" in line, line     # its id, not a literal "ID"
     assert "Traceback" not in line
     assert state(repo) == before
     assert repo.cache_files() == cached              # the hosts keep their last good copy
@@ -128,6 +129,10 @@ def test_corrupt_master(make_repo, corrupt) -> None:
     named = {p["file"] for p in problems if p["message"] in (outdated, kept_as)}
     assert named == set((old if seen_damaged else new).values())
     assert set(old.values()) == set(f"secrets/cache/{f}" for f in cached)
+    # decrypt and rekey name its id in the fix too
+    for command in (("decrypt", "alpha"), ("rekey",)):
+        line = fails(repo.run(*command), "secrets/alpha.age")
+        assert "vaultpy encrypt alpha < FILE" in line, (command, line)
     if corrupt is not flip_payload:         # structurally broken: check sees it without a key
         assert [p for p in problems if p["file"] == "secrets/alpha.age"], problems
 

@@ -261,6 +261,10 @@ def test_ids_and_lookups_follow_sops_nix():
                       ("a/c", "key 'a/c' is not in the file")]:
         with pytest.raises(migrate_sops.KeyProblem, match=says):
             migrate_sops.lookup(tree, key)
+    # the fix names the id the key is imported as, not a literal "ID"
+    with pytest.raises(migrate_sops.KeyProblem) as caught:
+        migrate_sops.lookup(tree, "a/n", "db_port")
+    assert caught.value.hint.endswith("(vaultpy encrypt db_port)"), caught.value.hint
 
 
 def test_the_format_is_guessed_as_sops_guesses_it(sops, tmp_path):

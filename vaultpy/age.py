@@ -345,7 +345,15 @@ def parse_identity_text(text: str, source: str,
 UNREADABLE_IDENTITY_HINT = ("pass -i FILE, set VAULTPY_IDENTITY, or fix [vaultpy] identity "
                             "in hosts.toml")
 WRONG_KEY_HINT = "pass the right key with -i FILE or VAULTPY_IDENTITY"
-DAMAGED_HINT = "restore it from git, or give it a new value (vaultpy encrypt ID < FILE)"
+
+
+def damaged_fix(secret_id: str = "") -> str:
+    """How to fix a damaged master file: its id in the command when it is known."""
+    return ("restore it from git, or give it a new value (vaultpy encrypt "
+            f"{secret_id or 'ID'} < FILE)")
+
+
+DAMAGED_HINT = damaged_fix()
 
 
 def load_identity_file(path: Path, ask: PassphraseFn = passphrase_from_env_or_tty, *,
@@ -753,13 +761,15 @@ def _take_plugin_notes() -> str:
 
 # --------------------------------------------------------------------------- crypto
 
-def check_format(data: bytes, source: str, damaged_hint: str = DAMAGED_HINT
-                 ) -> ageformat.Header:
-    """Parse an age file strictly; raise a VaultpyError naming ``source`` if it is bad."""
+def check_format(data: bytes, source: str, damaged_hint: str | None = None, *,
+                 secret_id: str = "") -> ageformat.Header:
+    """Parse an age file strictly; raise a VaultpyError naming ``source`` if it is bad
+    (the fix: ``damaged_hint``, else :func:`damaged_fix` of ``secret_id``)."""
     try:
         return ageformat.parse(data)
     except ageformat.FormatError as exc:
-        raise fail(source, f"not a valid age file: {exc}", hint=damaged_hint) from None
+        raise fail(source, f"not a valid age file: {exc}", hint=damaged_hint
+                   if damaged_hint is not None else damaged_fix(secret_id)) from None
 
 
 def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) -> bytes:
@@ -806,10 +816,12 @@ def encrypt(plaintext: bytes, recipients: Sequence[str], armor: bool = False) ->
 
 
 def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str, *,
-            wrong_key_hint: str = WRONG_KEY_HINT, damaged_hint: str = DAMAGED_HINT) -> bytes:
+            wrong_key_hint: str = WRONG_KEY_HINT, damaged_hint: str | None = None,
+            secret_id: str = "") -> bytes:
     """The plaintext; one problem naming ``source`` if no identity opens it (the fix:
-    ``wrong_key_hint``) or it is damaged (``damaged_hint``)."""
-    header = check_format(ciphertext, source, damaged_hint)
+    ``wrong_key_hint``) or it is damaged (``damaged_hint``, else :func:`damaged_fix`
+    of ``secret_id``, the master's id when it is one)."""
+    header = check_format(ciphertext, source, damaged_hint, secret_id=secret_id)
     if header.armored:      # the spec allows whitespace around armor; rage does not
         ciphertext = ciphertext.strip(b" \t\r\n")
     worked = False
@@ -833,7 +845,8 @@ def decrypt(ciphertext: bytes, identities: Sequence[Identity], source: str, *,
             raise fail(source, f"{message}{notes}", hint="check the PIN, and that the "
                        "plugin's key is present") from None
         raise Damaged(Problem(display_path(source), f"decryption failed: {exc} (the file "
-                              "is damaged)", "", damaged_hint)) from None
+                              "is damaged)", "", damaged_hint if damaged_hint is not None
+                              else damaged_fix(secret_id))) from None
     finally:
         if _answers is not None:
             _answers.settle(worked)

@@ -354,7 +354,10 @@ def check_identity(cfg: Config | None, explicit: Sequence[Path],
     wrong_key = ("pass the right key with -i FILE, or re-encrypt them with a key that can "
                  "(vaultpy rekey)")
     # (a cut file, a flipped byte: the key is right, the file is not)
-    damaged_fix = "restore it from git, or give it a new value: vaultpy encrypt ID < FILE"
+    first = next((s.id for s in (cfg.secrets.values() if cfg is not None else ())
+                  if broken and display_path(s.file) == broken[0]), "ID")
+    damaged_fix = (f"restore it from git, or give it a new value: vaultpy encrypt {first} "
+                   "< FILE" + (" (vaultpy check names every one)" if len(broken) > 1 else ""))
     if failed:
         also = (f"; of those it opens, {len(broken)} {'is' if len(broken) == 1 else 'are'} "
                 f"damaged (first: {broken[0]})" if broken else "")

@@ -361,7 +361,8 @@ def _keep_conflict(cfg: Config, secret_id: str, ciphertext: bytes) -> NoReturn:
 
 def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
     data = read_master(cfg, secret_id)
-    return age.decrypt(data, ids, display_path(cfg.secret(secret_id).file))
+    return age.decrypt(data, ids, display_path(cfg.secret(secret_id).file),
+                       secret_id=secret_id)
 
 
 # The most ``decrypt --file`` reads: MAX_PLAINTEXT armored, with room for its header.
@@ -399,8 +400,8 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
     plain: dict[str, tuple[bytes, bool]] = {}
     for sid in chosen:
         data = seen[sid] = read_master(cfg, sid)
-        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
-                      ageformat.is_armored(data))
+        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file),
+                                  secret_id=sid), ageformat.is_armored(data))
     # One hold of the lock from here to the last write: a master another writer
     # (encrypt, edit) replaced meanwhile is decrypted again, never overwritten
     # with the plaintext read before.
@@ -409,8 +410,8 @@ def rekey(cfg: Config, ids: Sequence[str] = (), identity_files: Sequence[Path] =
         for sid in chosen:
             data = seen_now[sid] = read_master(cfg, sid)
             if data != seen[sid]:
-                plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
-                              ageformat.is_armored(data))
+                plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file),
+                                          secret_id=sid), ageformat.is_armored(data))
         # A value re-encrypted is recorded as vaultpy's only if it was vouched for: a
         # forged master must not come out of a rekey as one renc signs unasked.
         vouchers = signing.Vouchers.of(cfg)

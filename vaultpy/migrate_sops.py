@@ -170,9 +170,10 @@ class KeyProblem(ValueError):
         self.hint, self.missing = hint, missing
 
 
-def lookup(tree: Any, key: str) -> str:
+def lookup(tree: Any, key: str, secret_id: str = "ID") -> str:
     """The string at sops-nix key ``key`` (``a/b``: ``b`` in mapping ``a``), with
-    sops-nix's own refusals as :class:`KeyProblem`."""
+    sops-nix's own refusals as :class:`KeyProblem` (``secret_id``: the secret it is
+    imported as, for the fix)."""
     value = tree
     parts = key.split("/")
     for n, part in enumerate(parts):
@@ -186,7 +187,7 @@ def lookup(tree: Any, key: str) -> str:
     if not isinstance(value, str):
         raise KeyProblem(f"the value of key {key!r} is {_kind(value)}, not a string",
                          "sops-nix installs strings only: encrypt it by hand if you need "
-                         "it (vaultpy encrypt ID)")
+                         f"it (vaultpy encrypt {secret_id})")
     return value
 
 
@@ -314,7 +315,7 @@ def plan_sops(files: Sequence[Path], *, fmt: str | None = None, keys: Sequence[s
         if wanted:
             for key, sid in wanted:
                 try:
-                    value = lookup(tree, key)
+                    value = lookup(tree, key, sid)
                 except KeyProblem as exc:
                     if exc.missing and len(files) > 1:
                         continue            # another file may have it

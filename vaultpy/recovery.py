@@ -529,8 +529,8 @@ def _start(cfg: Config, new_identity: Path, identity_files: Sequence[Path],
     plain: Decrypted = {}
     for sid in chosen:
         data = read_master(cfg, sid)
-        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
-                      ageformat.is_armored(data), data)
+        plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file),
+                                  secret_id=sid), ageformat.is_armored(data), data)
     line, public = age.generate_x25519()
     remaining = [r for r in _raw_recipients(cfg)
                  if _master(r) not in retired]
@@ -648,20 +648,20 @@ def rotate_master(cfg: Config, new_identity: Path | None,
             journal.masters.append(sid)
     todo = [sid for sid in journal.masters if sid not in journal.done and sid in cfg.secrets
             and cfg.secrets[sid].file.exists()]
-    def decrypt(path: Path, data: bytes) -> bytes:
+    def decrypt(sid: str, data: bytes) -> bytes:
         nonlocal old_keys
+        shown = display_path(cfg.secrets[sid].file)
         try:
-            return age.decrypt(data, new_keys, display_path(path))
+            return age.decrypt(data, new_keys, shown, secret_id=sid)
         except VaultpyError:
             if old_keys is None:
                 old_keys = identities.load(cfg, identity_files, ask)
-            return age.decrypt(data, [*old_keys, *new_keys], display_path(path))
+            return age.decrypt(data, [*old_keys, *new_keys], shown, secret_id=sid)
 
     for sid in todo:
         if sid not in plain:
             data = read_master(cfg, sid)
-            plain[sid] = (decrypt(cfg.secrets[sid].file, data), ageformat.is_armored(data),
-                          data)
+            plain[sid] = (decrypt(sid, data), ageformat.is_armored(data), data)
     recipients = journal.recipients
     vouchers = signing.Vouchers.of(cfg)
     current: Path = cfg.cache_dir
@@ -673,7 +673,7 @@ def rotate_master(cfg: Config, new_identity: Path | None,
                 now = fsutil.read_regular(current)[0]
                 if now != was:
                     # Written since it was read (before the lock): rotate the newer value.
-                    text, armor = decrypt(current, now), ageformat.is_armored(now)
+                    text, armor = decrypt(sid, now), ageformat.is_armored(now)
                 new = age.encrypt(text, recipients, armor=armor)
                 fsutil.atomic_write(current, new)
                 if vouchers is None or vouchers.vouch_bytes(sid, current, now):  # (renc:

@@ -140,7 +140,7 @@ def _run_job(job: _Job) -> list[_Reply]:
     if sigint.stopped():            # Ctrl-C was pressed: start no other job
         raise KeyboardInterrupt
     try:
-        plaintext = _decrypt_master(job.master, job.source, job.master_sha256)
+        plaintext = _decrypt_master(job.master, job.source, job.master_sha256, job.secret_id)
     except (OSError, VaultpyError) as exc:
         # One line for the master, naming every host that misses it.
         problem = _needed_by(_master_problem(job.master, exc), [t.host for t in job.targets])
@@ -178,12 +178,13 @@ def _run_job(job: _Job) -> list[_Reply]:
 _CHANGED = "changed while renc was running"
 
 
-def _decrypt_master(master: Path, source: str, sha256: str) -> bytes:
-    """The plaintext of ``master``, as planned (its hash ``sha256``)."""
+def _decrypt_master(master: Path, source: str, sha256: str, secret_id: str) -> bytes:
+    """The plaintext of ``master``, secret ``secret_id``'s, as planned (its hash
+    ``sha256``)."""
     data = fsutil.read_regular(master)[0]
     if hashlib.sha256(data).hexdigest() != sha256:
         raise VaultpyError(Problem(source, _CHANGED, "", "run vaultpy renc again"))
-    return age.decrypt(data, _IDENTITIES, source)
+    return age.decrypt(data, _IDENTITIES, source, secret_id=secret_id)
 
 
 def _worker_init(parent: int) -> None:
@@ -882,7 +883,7 @@ def _check_unwritten(cfg: Config, s: _Survey, failed: dict[str, Problem]) -> Non
     for sid in sorted(needed.keys() - written - failed.keys()):
         path = cfg.secrets[sid].file
         try:
-            _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256)
+            _decrypt_master(path, display_path(path), s.plan.masters[sid].sha256, sid)
         except (OSError, VaultpyError) as exc:
             failed[sid] = _needed_by(_master_problem(path, exc), needed[sid])
 

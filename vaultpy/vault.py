@@ -829,8 +829,8 @@ def _decrypt_existing(cfg: Config, sids: Sequence[str], identity_files: Sequence
     plain: dict[str, tuple[bytes, bool]] = {}
     for sid, data in raw.items():
         try:
-            plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file)),
-                          ageformat.is_armored(data))
+            plain[sid] = (age.decrypt(data, keys, display_path(cfg.secrets[sid].file),
+                                      secret_id=sid), ageformat.is_armored(data))
         except VaultpyError as exc:
             problems.extend(exc.problems)
     return plain, problems
