@@ -638,14 +638,13 @@ def _mode(ck: _Checker, value: Any, where: str) -> str:
         number = value
     elif isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
         number = int(value, 8)
-    hint = 'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)'
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        ck.add(where, f"expected an octal string or an integer, got {_kind(value)}", hint)
-        return "0400"
     if number is None or not 0 <= number <= 0o777:
-        said = shown(value) if isinstance(value, str) else \
-            f"0o{value:o}" if value >= 0 else str(value)
-        ck.add(where, f"invalid mode {said}", hint)
+        hint = 'use an octal string like "0400" or "0440" (no setuid/setgid/sticky bits)'
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            ck.add(where, f"expected an octal string or an integer, got {_kind(value)}", hint)
+        else:
+            ck.add(where, "invalid mode " + (shown(value) if isinstance(value, str) else
+                                             f"0o{value:o}" if value >= 0 else str(value)), hint)
         return "0400"
     return f"{number:04o}"
 
@@ -1546,7 +1545,7 @@ def parse(text: str, path: Path) -> Config:
                   secrets_dir=secrets_dir, cache_dir=cache_dir,
                   secrets=MappingProxyType(dict(sorted(declared.items()))),
                   hosts=MappingProxyType(dict(sorted(hosts.items()))), vault=vault,
-                  nixos=nixos, later=tuple(later or ()), notes=tuple(_fitted(ck.warnings)),
+                  nixos=nixos, later=tuple(later or ()), notes=tuple(ck.warnings),
                   signing=signing_raw)
 
 
