@@ -164,7 +164,7 @@ def test_a_wrong_key_and_a_damaged_master_are_both_said(make_repo, tmp_path: Pat
     assert identity["fix"] == ("secrets/beta.age: pass the right key with -i FILE, or "
                                "re-encrypt them with a key that can (vaultpy rekey); "
                                "secrets/alpha.age: restore it from git, or give it a new "
-                               "value: vaultpy encrypt ID < FILE"), identity
+                               "value: vaultpy encrypt alpha < FILE"), identity
     masters = checks["masters"]
     assert masters["status"] == "ok", masters
     assert "each addressed to" not in masters["detail"]

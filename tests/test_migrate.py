@@ -926,8 +926,8 @@ def test_force_never_replaces_an_imported_file_of_another_secret(agenix, nix_env
     args = ("import", "agenix", "./secrets.nix", "-i", str(agenix.operator))
     for force in ((), ("--force",)):
         proc = run(*args, *force, cwd=infra, env=nix_env)
-        line = assert_one_clean_error(proc, "secrets/a.age", "is the agenix file being "
-                                      "imported", "--masters-dir vaultpy-secrets")
+        line = assert_one_clean_error(proc, "secrets/a.age", "is a file this import reads "
+                                      "(import agenix)", "--masters-dir vaultpy-secrets")
         assert "--force" not in line
         assert {p: p.read_bytes() for p in infra.rglob("*") if p.is_file()} == before
     ok(*args, "--masters-dir", "vaultpy-secrets", cwd=infra, env=nix_env)

@@ -181,11 +181,11 @@ def test_first_run_decrypts_each_master_once(repo, monkeypatch, tmp_path, jobs):
     log = tmp_path / "decrypted"
     real_decrypt = pipeline.age.decrypt
 
-    def counting(data: bytes, ids: Any, source: str) -> bytes:
+    def counting(data: bytes, ids: Any, source: str, **kwargs: Any) -> bytes:
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)   # workers too
         os.write(fd, f"{source}\n".encode())
         os.close(fd)
-        return real_decrypt(data, ids, source)
+        return real_decrypt(data, ids, source, **kwargs)
 
     monkeypatch.setattr(pipeline.age, "decrypt", counting)
     assert _renc(repo, jobs).ok
