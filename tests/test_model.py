@@ -591,6 +591,10 @@ def test_init_takes_the_master_key_named_with_i_or_vaultpy_identity(tmp_path: Pa
     repo.ok("init", env={**env, "VAULTPY_IDENTITY": key})
     cfg = model.load(repo.root)
     assert cfg.recipients == (named,) and cfg.identity is None
+    # -r given, VAULTPY_IDENTITY (set for every command, two files here) is not asked.
+    repo = _bare_repo(tmp_path / "env-r")
+    repo.ok("init", "-r", backup, env={**env, "VAULTPY_IDENTITY": f"{key}:{key}.nope"})
+    assert model.load(repo.root).recipients == (backup,)
     # What init cannot take is refused before anything is written.
     ssh = tmp_path / "ssh_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh)], check=True)

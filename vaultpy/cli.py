@@ -315,7 +315,10 @@ def init(
 
     recipients = list(recipient or [])
     found = None
-    named = _named_identity(generate_identity)
+    # VAULTPY_IDENTITY, set for every command, says nothing of a repository whose
+    # recipients -r names; -i, typed for this one, does.
+    named = (_named_identity(generate_identity)
+             if _Globals.identity or not recipients else None)
     if named is not None:
         # -i or VAULTPY_IDENTITY, as every command takes them: its key is the master's
         # (init took the default identity's while a key was named: found in review).
