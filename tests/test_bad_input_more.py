@@ -300,12 +300,20 @@ def test_empty_input_never_replaces_a_value(repo: Repo) -> None:
         proc = repo.run("encrypt", sid, "--file", "blank.txt")
         assert_one_clean_error(proc, f"secrets/{sid}.age: secrets.{sid}: blank.txt is empty",
                                "nothing was written", "add --allow-empty")
+    # a lone line break, as `echo "$UNSET" | vaultpy encrypt alpha` gives: refused the same
+    for blank in (b"\n", b"\r\n"):
+        proc = repo.run("encrypt", "alpha", input=blank)
+        assert_one_clean_error(proc, "secrets.alpha: stdin holds only a line break",
+                               "would replace the value of alpha with that",
+                               "to store it, add --allow-empty")
     assert repo.snapshot() == snap
     # a master that is no age file (damaged, hand-edited) may hold anything: refused too
     (repo.root / "secrets" / "alpha.age").write_bytes(b"not an age file\n")
     assert_one_clean_error(repo.run("encrypt", "alpha", input=b""), "secrets.alpha",
                            "add --allow-empty")
     # asked for: stored, and said
+    repo.ok("encrypt", "alpha", "--allow-empty", input=b"\n")
+    assert repo.ok("decrypt", "alpha").stdout == b"\n"
     err = repo.ok("encrypt", "alpha", "--allow-empty", input=b"").stderr.decode()
     assert "warning: alpha is now empty" in err
     assert repo.ok("decrypt", "alpha").stdout == b""

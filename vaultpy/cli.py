@@ -395,8 +395,9 @@ def encrypt(
                                               help="Read plaintext from FILE, not stdin.")] = None,
     armor: Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor.")] = False,
     allow_empty: Annotated[bool, typer.Option(
-        "--allow-empty", help="Accept empty input over a secret that holds a value "
-        "(without it, that is refused: an empty stdin or file replaced the value).")
+        "--allow-empty", help="Accept empty input (or a lone line break) over a secret "
+        "that holds a value (without it, that is refused: an empty stdin or file "
+        "replaced the value).")
     ] = False,
     repo: RepoOpt = None,
 ) -> None:

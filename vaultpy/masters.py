@@ -63,15 +63,19 @@ def refuse_empty_over_a_value(cfg: Config, secret_id: str, plaintext: bytes,
     anything is written (``vaultpy encrypt db </dev/null``, an unset variable piped in
     or an empty file replaced the value, and only warned once it was gone).  A new
     secret, or one already empty, may be stored empty; so may any with --allow-empty.
-    Checked before the lock is taken: encrypt's last writer wins all the same."""
-    if plaintext or not holds_a_value(cfg, secret_id):
+    Checked before the lock is taken: encrypt's last writer wins all the same.  A lone
+    line break counts as empty here: ``echo "$UNSET" | vaultpy encrypt db`` gives one."""
+    if plaintext not in (b"", b"\n", b"\r\n") or not holds_a_value(cfg, secret_id):
         return
     file = cfg.secret(secret_id).file
+    what, value = (("is empty", "an empty one") if not plaintext else
+                   ("holds only a line break (an unset variable echoed?)", "that"))
     raise VaultpyError(Problem(
-        display_path(file), f"{source} is empty, and storing it would replace the value "
-        f"of {secret_id} with an empty one; nothing was written",
+        display_path(file), f"{source} {what}, and storing it would replace the value "
+        f"of {secret_id} with {value}; nothing was written",
         key_path("secrets", secret_id),
-        f"check what feeds {source}; to store an empty value, add --allow-empty"))
+        f"check what feeds {source}; to store {'an empty value' if not plaintext else 'it'}"
+        ", add --allow-empty"))
 
 
 def value_warnings(cfg: Config, secret_id: str, plaintext: bytes) -> list[str]:
