@@ -369,8 +369,10 @@ def decrypt(cfg: Config, secret_id: str, ids: Sequence[age.Identity]) -> bytes:
                        secret_id=secret_id)
 
 
-# The most ``decrypt --file`` reads: MAX_PLAINTEXT armored, with room for its header.
-_MAX_FILE = MAX_PLAINTEXT * 14 // 10 + (1 << 20)
+# The largest age file that can hold a secret vaultpy keeps: MAX_PLAINTEXT bytes,
+# armored (base64, 64-column lines), with room to spare for its header.  What
+# ``decrypt --file`` and an import read at the most.
+MAX_AGE_FILE = MAX_PLAINTEXT * 14 // 10 + (1 << 20)
 
 
 def decrypt_file(path: Path, ids: Sequence[age.Identity]) -> bytes:
@@ -378,11 +380,11 @@ def decrypt_file(path: Path, ids: Sequence[age.Identity]) -> bytes:
     on the command line, it may be a pipe (``--file <(…)``), as ``encrypt --file`` and
     ``-i`` take; a device that never ends stops at the cap."""
     try:
-        data = fsutil.read_named(path, _MAX_FILE)
+        data = fsutil.read_named(path, MAX_AGE_FILE)
     except OSError as exc:
         raise VaultpyError(os_problem(path, exc, "read the file")) from None
     if data is None:
-        raise VaultpyError(Problem(display_path(path), f"is more than {_MAX_FILE >> 20} MiB, "
+        raise VaultpyError(Problem(display_path(path), f"is more than {MAX_AGE_FILE >> 20} MiB, "
                                    "more than any file vaultpy writes", "",
                                    "give the age file itself"))
     return age.decrypt(data, ids, display_path(path))

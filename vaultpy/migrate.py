@@ -800,11 +800,6 @@ def default_identities() -> list[Path]:
     return [p for p in (home / "id_ed25519", home / "id_rsa") if p.exists()]
 
 
-# An age file of MAX_PLAINTEXT bytes, armored (base64, 64-column lines), with room to
-# spare for its header: a bigger source cannot hold a secret vaultpy keeps.
-_MAX_SOURCE = masters.MAX_PLAINTEXT * 14 // 10 + (1 << 20)
-
-
 def too_much_plaintext(path: Path) -> Problem:
     """An imported secret over masters.MAX_PLAINTEXT, as encrypt and edit refuse one."""
     return too_big(path, masters.MAX_PLAINTEXT, " of plaintext", "a secret is held in RAM "
@@ -931,7 +926,7 @@ def apply(plan: Plan, target: Path, *, recipients: Sequence[str] = (),
             continue
         try:
             with fsutil.open_regular(sec.source) as f:      # a FIFO must not hang it
-                read = fsutil.read_at_most(f.fileno(), _MAX_SOURCE)
+                read = fsutil.read_at_most(f.fileno(), masters.MAX_AGE_FILE)
         except OSError as exc:
             p = os_problem(sec.source, exc, "read the secret")
             problems.append(Problem(p.file, p.message, sec.origin, f"create it with "
